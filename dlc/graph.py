@@ -1,0 +1,48 @@
+"""The graph IR every analysis and backend reads: typed nodes in topological order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dlc.errors import Pos
+
+
+@dataclass
+class Node:
+    name: str  # stable and readable: "conv1", "stage2.conv1", "bottleneck3.shortcut.conv"
+    kind: str  # canonical kind name from dlc.layers.KINDS ("conv", "relu", "input", "add", ...)
+    attrs: dict  # resolved attributes; the per-kind contract is in dlc/layers/*.py
+    inputs: list[str]  # names of the nodes it reads, in order
+    out_shape: tuple[int, ...]  # batch left out: (C, H, W), (N,), (T, D) or (T,) for token ids
+    dtype: str = "float32"  # "int64" for token ids, the output of `input seq T`
+    pos: Pos | None = None  # where the spec wrote it
+    row: str = ""  # the table row it is shown in: its own name, or the layer a suffix follows
+    label: str | None = None  # `as LABEL`
+    text: str = ""  # the spec text of its step, for tables and ONNX doc strings
+
+    def __post_init__(self):
+        if not self.row:
+            self.row = self.name
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]  # topological order; nodes[0] is the input
+    source: str = ""  # the spec text
+    file: str = "<spec>"
+    train: dict = field(default_factory=dict)  # the `train` statement's settings, keys as written
+
+    @property
+    def input(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def output(self) -> Node:
+        return self.nodes[-1]
+
+    def node(self, name: str) -> Node:
+        return self._by_name[name]
+
+    @property
+    def _by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}

@@ -1,0 +1,105 @@
+"""The registry of layer kinds: each kind's syntax, option defaults, shape rule, parameters and costs.
+
+A kind is defined once, here, in plain Python integers. The NumPy engine (dlc.engine) maps the kind's
+name to its forward/backward kernel and the ONNX exporter (dlc.onnx) to its lowering; neither repeats
+the shape or parameter arithmetic. Every rule reads the node's resolved attributes (`resolve` fills in
+the derived ones such as explicit pads) and the input shapes (batch left out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Callable
+
+Shape = tuple[int, ...]
+
+# Option values that are not plain numbers or on/off switches.
+PAD = "pad"  # an int, `same` or `valid`
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a kind moves over the spatial axes, for the receptive field (conventions.md)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    transposed: bool = False  # upconv/upsample: the jump shrinks by the stride
+
+
+GLOBAL = "global"  # the kind sees its whole input (fc, gap, recurrent layers)
+
+
+def _none(attrs, ins) -> dict:
+    return {}
+
+
+def _zero(attrs, ins, out) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    name: str
+    resolve: Callable[[dict, list[Shape]], tuple[Shape, dict]]
+    """(attrs as written, input shapes) -> (output shape, attrs with derived values); raises ShapeError."""
+    aliases: tuple[str, ...] = ()
+    size: str | None = None
+    """Form of the SIZE token: "conv" (C@KxK/S), "window" (KxK/S or K/S), "int", "number", or None."""
+    size_required: bool = False
+    size_attr: str = ""  # the attribute an "int"/"number" SIZE sets
+    size_default: object = None
+    options: dict = field(default_factory=dict)  # key=value options and their defaults
+    flags: tuple[str, ...] = ()  # bare words that switch something on (`ceil`, `sequences`)
+    params: Callable[[dict, list[Shape]], dict[str, Shape]] = _none
+    """Trainable parameter shapes by name ("W", "b", ...), after resolve."""
+    state: Callable[[dict, list[Shape]], dict[str, Shape]] = _none
+    """Non-trainable tensors (bn running statistics)."""
+    macs: Callable[[dict, list[Shape], Shape], int] = _zero
+    flops: Callable[[dict, list[Shape], Shape], int] = _zero
+    window: Callable[[dict], Window | str | None] = lambda attrs: None
+    """Window for the receptive field; None for pointwise kinds, GLOBAL for kinds that see everything."""
+    merge: bool = False  # takes two or more inputs (add, concat)
+    reads_tokens: bool = False  # reads token ids (`input seq T`); every other kind reads float features
+    activation: bool = False  # an elementwise activation (one FLOP per element unless it says otherwise)
+
+    @property
+    def suffixable(self) -> bool:
+        """A bare word naming this kind may follow a step's size as a suffix layer."""
+        return not self.size_required and not self.merge and self.name != "input"
+
+
+KINDS: dict[str, LayerKind] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(kind: LayerKind) -> LayerKind:
+    KINDS[kind.name] = kind
+    for n in (kind.name, *kind.aliases):
+        _ALIASES[n] = kind.name
+    return kind
+
+
+def lookup(word: str) -> LayerKind | None:
+    """The kind a word names (aliases included), or None."""
+    name = _ALIASES.get(word)
+    return KINDS[name] if name else None
+
+
+def all_words() -> list[str]:
+    """Every kind name and alias, for "did you mean" suggestions."""
+    return sorted(_ALIASES)
+
+
+def param_count(kind: LayerKind, attrs: dict, ins: list[Shape]) -> tuple[int, int]:
+    """(trainable, non-trainable) element counts."""
+    return (sum(prod(s) for s in kind.params(attrs, ins).values()),
+            sum(prod(s) for s in kind.state(attrs, ins).values()))
+
+
+def elements(shape: Shape) -> int:
+    return prod(shape)
+
+
+from dlc.layers import conv, pool, dense, elementwise, recurrent, merge  # noqa: E402,F401  (registers the kinds)

@@ -1,0 +1,138 @@
+"""conv, dwconv, upconv.
+
+Resolved attributes (what the backends read): channels (C_out), in_channels, kernel (kh, kw),
+stride (sh, sw), dilation (dh, dw), pads (top, left, bottom, right), groups, bias.
+Weights follow ONNX: conv W (C_out, C_in/groups, kh, kw); upconv W (C_in, C_out/groups, kh, kw); b (C_out).
+"""
+
+from __future__ import annotations
+
+from dlc.errors import ShapeError
+from dlc.layers import PAD, LayerKind, Window, register
+from dlc.layers.spatial import image, pair, resolve_pads, show, window_out
+
+CONV_OPTIONS = {"pad": 0, "dil": 1, "groups": 1, "bias": True}
+
+
+def _conv_out(a: dict, c: int, h: int, w: int) -> tuple[int, int, int]:
+    kernel, stride, dil = pair(a["kernel"]), pair(a.get("stride") or 1), pair(a["dil"])
+    pads = resolve_pads(a["pad"], (h, w), kernel, stride, dil)
+    groups = a["groups"]
+    if groups < 1 or c % groups or a["channels"] % groups:
+        raise ShapeError(f"groups={groups} must divide both the input channels ({c}) "
+                         f"and the output channels ({a['channels']})")
+    ho = window_out(h, kernel[0], stride[0], dil[0], pads[0], pads[2], axis="height")
+    wo = window_out(w, kernel[1], stride[1], dil[1], pads[1], pads[3], axis="width")
+    a.update(kernel=kernel, stride=stride, dilation=dil, pads=pads, in_channels=c)
+    return a["channels"], ho, wo
+
+
+def resolve_conv(attrs: dict, ins):
+    c, h, w = image(ins[0], "conv")
+    a = dict(attrs)
+    if a["channels"] < 1:
+        raise ShapeError(f"conv needs at least one output channel (received {a['channels']})")
+    return _conv_out(a, c, h, w), a
+
+
+def resolve_dwconv(attrs: dict, ins):
+    c, h, w = image(ins[0], "dwconv")
+    a = dict(attrs)
+    if a["mult"] < 1:
+        raise ShapeError(f"mult must be >= 1 (received mult={a['mult']})")
+    a.update(channels=c * a["mult"], groups=c)
+    return _conv_out(a, c, h, w), a
+
+
+def conv_params(a, ins):
+    kh, kw = a["kernel"]
+    p = {"W": (a["channels"], a["in_channels"] // a["groups"], kh, kw)}
+    if a["bias"]:
+        p["b"] = (a["channels"],)
+    return p
+
+
+def conv_macs(a, ins, out):
+    kh, kw = a["kernel"]
+    return out[0] * out[1] * out[2] * (a["in_channels"] // a["groups"]) * kh * kw
+
+
+def conv_flops(a, ins, out):
+    elems = out[0] * out[1] * out[2]
+    return 2 * conv_macs(a, ins, out) + (elems if a["bias"] else 0)
+
+
+def conv_window(a):
+    return Window(a["kernel"], a["stride"], a["dilation"])
+
+
+register(LayerKind(
+    "conv", resolve_conv, aliases=("conv2d",), size="conv", size_required=True,
+    options={**CONV_OPTIONS, "pad": PAD}, params=conv_params, macs=conv_macs, flops=conv_flops,
+    window=conv_window,
+))
+
+register(LayerKind(
+    "dwconv", resolve_dwconv, size="window", size_required=True,
+    options={**CONV_OPTIONS, "pad": PAD, "mult": 1}, params=conv_params, macs=conv_macs,
+    flops=conv_flops, window=conv_window,
+))
+
+
+def resolve_upconv(attrs: dict, ins):
+    c, h, w = image(ins[0], "upconv")
+    a = dict(attrs)
+    kernel, stride, dil = pair(a["kernel"]), pair(a.get("stride") or 1), pair(a["dil"])
+    p = a["pad"]
+    if not isinstance(p, int) or p < 0:
+        raise ShapeError(f"upconv takes pad as an integer >= 0 (received pad={p})")
+    groups = a["groups"]
+    if groups < 1 or c % groups or a["channels"] % groups:
+        raise ShapeError(f"groups={groups} must divide both the input channels ({c}) "
+                         f"and the output channels ({a['channels']})")
+    ho = (h - 1) * stride[0] - 2 * p + dil[0] * (kernel[0] - 1) + 1
+    wo = (w - 1) * stride[1] - 2 * p + dil[1] * (kernel[1] - 1) + 1
+    if ho < 1 or wo < 1:
+        raise ShapeError(f"pad={p} crops the {show(ins[0])} input to nothing")
+    a.update(kernel=kernel, stride=stride, dilation=dil, pads=(p, p, p, p), in_channels=c)
+    return (a["channels"], ho, wo), a
+
+
+def upconv_params(a, ins):
+    kh, kw = a["kernel"]
+    p = {"W": (a["in_channels"], a["channels"] // a["groups"], kh, kw)}
+    if a["bias"]:
+        p["b"] = (a["channels"],)
+    return p
+
+
+def upconv_macs(a, ins, out):
+    kh, kw = a["kernel"]
+    c, h, w = ins[0]
+    return c * h * w * (a["channels"] // a["groups"]) * kh * kw
+
+
+def upconv_flops(a, ins, out):
+    return 2 * upconv_macs(a, ins, out) + (out[0] * out[1] * out[2] if a["bias"] else 0)
+
+
+register(LayerKind(
+    "upconv", resolve_upconv, aliases=("deconv",), size="conv", size_required=True,
+    options={"pad": 0, "dil": 1, "groups": 1, "bias": True}, params=upconv_params, macs=upconv_macs,
+    flops=upconv_flops, window=lambda a: Window(a["kernel"], a["stride"], a["dilation"], transposed=True),
+))
+
+
+def resolve_upsample(attrs: dict, ins):
+    c, h, w = image(ins[0], "upsample")
+    f = attrs["factor"]
+    if f < 1:
+        raise ShapeError(f"upsample factor must be >= 1 (received {f})")
+    return (c, h * f, w * f), dict(attrs)
+
+
+# Nearest-neighbour copies: no arithmetic, so no FLOPs.
+register(LayerKind(
+    "upsample", resolve_upsample, size="int", size_required=True, size_attr="factor",
+    window=lambda a: Window((1, 1), (a["factor"], a["factor"]), transposed=True),
+))

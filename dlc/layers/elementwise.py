@@ -1,0 +1,80 @@
+"""Kinds that keep their input's shape: activations, softmax, dropout, noise, bn, lrn.
+
+Resolved attributes: dropout p; noise sigma; leaky/elu alpha; bn eps, momentum, channels (bn normalises
+axis 1 of the batch tensor: channels of an image, features of a vector; gamma, beta trainable; mean,
+var non-trainable); lrn size, alpha, beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
+softmax runs over channels of an image, features of a vector, the last axis of a sequence.
+"""
+
+from __future__ import annotations
+
+from dlc.errors import ShapeError
+from dlc.layers import LayerKind, elements, register
+from dlc.layers.spatial import image, show
+
+
+def keep(attrs, ins):
+    return ins[0], dict(attrs)
+
+
+def per_element(n: int):
+    return lambda a, ins, out: n * elements(out)
+
+
+# Conventions: one FLOP per output element for each elementwise activation.
+for _name, _opts in [("relu", {}), ("relu6", {}), ("sigmoid", {}), ("tanh", {}), ("elu", {"alpha": 1.0}),
+                     ("selu", {}), ("gelu", {}), ("leaky", {"alpha": 0.01})]:
+    register(LayerKind(_name, keep, options=_opts, flops=per_element(1), activation=True))
+
+register(LayerKind("identity", keep))
+
+# Softmax: exponential, sum and division, 3 per element (the max shift for stability is not counted).
+register(LayerKind("softmax", keep, flops=per_element(3), activation=True))
+
+
+def resolve_dropout(attrs, ins):
+    if not 0 <= attrs["p"] < 1:
+        raise ShapeError(f"dropout probability must satisfy 0 <= P < 1 (received {attrs['p']})")
+    return keep(attrs, ins)
+
+
+register(LayerKind("dropout", resolve_dropout, size="number", size_required=True, size_attr="p"))
+
+
+def resolve_noise(attrs, ins):
+    if attrs["sigma"] < 0:
+        raise ShapeError(f"noise sigma must be >= 0 (received {attrs['sigma']})")
+    return keep(attrs, ins)
+
+
+# Gaussian noise is training-only, so the inference forward pass counts nothing for it.
+register(LayerKind("noise", resolve_noise, size="number", size_required=True, size_attr="sigma"))
+
+
+def resolve_bn(attrs, ins):
+    if len(ins[0]) not in (1, 3):
+        raise ShapeError(f"bn expects an image or a vector, got {show(ins[0])}")
+    return ins[0], dict(attrs, channels=ins[0][0])
+
+
+register(LayerKind(
+    "bn", resolve_bn, aliases=("batchnorm",), options={"eps": 1e-5, "momentum": 0.1},
+    params=lambda a, ins: {"gamma": (a["channels"],), "beta": (a["channels"],)},
+    state=lambda a, ins: {"mean": (a["channels"],), "var": (a["channels"],)},
+    flops=per_element(2),  # inference: one multiply and one add per element with folded statistics
+))
+
+
+def resolve_lrn(attrs, ins):
+    image(ins[0], "lrn")
+    if attrs["size"] < 1:
+        raise ShapeError(f"lrn size must be >= 1 (received {attrs['size']})")
+    return keep(attrs, ins)
+
+
+register(LayerKind(
+    "lrn", resolve_lrn, size="int", size_attr="size", size_default=5,
+    options={"alpha": 1e-4, "beta": 0.75, "k": 1.0},
+    # per element: a square, size-1 adds over the window, scale and offset (2), the power, the division
+    flops=lambda a, ins, out: (a["size"] + 4) * elements(out),
+))

@@ -1,0 +1,43 @@
+"""input, add, concat.
+
+input: shape (batch left out); its node's dtype is int64 for `input seq T` (token ids).
+concat: axis, the index in the shape (batch left out) it joins along: channels of an image (0),
+features of a vector (0) or of a sequence (1).
+"""
+
+from __future__ import annotations
+
+from dlc.errors import ShapeError
+from dlc.layers import LayerKind, elements, register
+from dlc.layers.spatial import show
+
+register(LayerKind("input", lambda attrs, ins: (tuple(attrs["shape"]), dict(attrs))))
+
+
+def resolve_add(attrs, ins):
+    for s in ins[1:]:
+        if s != ins[0]:
+            raise ShapeError(f"add needs equal shapes, got {' and '.join(show(s) for s in ins)}")
+    return ins[0], dict(attrs)
+
+
+register(LayerKind(
+    "add", resolve_add, merge=True,
+    # one add per element for each input beyond the first
+    flops=lambda a, ins, out: (len(ins) - 1) * elements(out),
+))
+
+
+def resolve_concat(attrs, ins):
+    rank = len(ins[0])
+    axis = 1 if rank == 2 else 0
+    for s in ins[1:]:
+        if len(s) != rank or any(x != y for i, (x, y) in enumerate(zip(s, ins[0])) if i != axis):
+            what = "spatial sizes" if rank == 3 else "shapes apart from the features"
+            raise ShapeError(f"concat needs equal {what}, got {' and '.join(show(s) for s in ins)}")
+    out = list(ins[0])
+    out[axis] = sum(s[axis] for s in ins)
+    return tuple(out), dict(attrs, axis=axis)
+
+
+register(LayerKind("concat", resolve_concat, merge=True))

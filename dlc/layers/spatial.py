@@ -1,0 +1,63 @@
+"""Window arithmetic shared by every convolution and pooling kind (conventions.md, "Shapes")."""
+
+from __future__ import annotations
+
+from dlc.errors import ShapeError
+
+
+def pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def same_pads(size: int, k: int, stride: int, dil: int) -> tuple[int, int]:
+    """`pad=same`: out = ceil(in/stride); the odd pixel of padding goes at the end (TF/ONNX SAME_UPPER)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dil * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_pads(pad, hw: tuple[int, int], kernel, stride, dil) -> tuple[int, int, int, int]:
+    """Explicit (top, left, bottom, right) pads from an option value: int, "same" or "valid"."""
+    if pad == "valid":
+        return (0, 0, 0, 0)
+    if pad == "same":
+        t, b = same_pads(hw[0], kernel[0], stride[0], dil[0])
+        l, r = same_pads(hw[1], kernel[1], stride[1], dil[1])
+        return (t, l, b, r)
+    if isinstance(pad, int):
+        if pad < 0:
+            raise ShapeError(f"pad must be >= 0 (received pad={pad})")
+        return (pad, pad, pad, pad)
+    raise ShapeError(f"pad must be an integer, `same` or `valid` (received pad={pad})")
+
+
+def window_out(size: int, k: int, stride: int, dil: int, before: int, after: int, ceil: bool = False,
+               axis: str = "height") -> int:
+    """Output length of a sliding window; a window larger than the padded input is an error."""
+    span = dil * (k - 1) + 1
+    padded = size + before + after
+    if span > padded:
+        raise ShapeError(f"the {k}-wide window{' (dilated to ' + str(span) + ')' if dil > 1 else ''} "
+                         f"is larger than the padded input {axis} {padded}")
+    if stride < 1:
+        raise ShapeError(f"stride must be >= 1 (received {stride})")
+    if not ceil:
+        return (padded - span) // stride + 1
+    out = -(-(padded - span) // stride) + 1
+    # Caffe/PyTorch rule: the last window must start inside the input or the left padding.
+    if (out - 1) * stride >= size + before:
+        out -= 1
+    return out
+
+
+def image(shape, what: str) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ShapeError(f"{what} expects an image C@HxW, got {show(shape)}")
+    return shape
+
+
+def show(shape) -> str:
+    """A shape as the spec language writes it: 3@224x224, 784, 200x128."""
+    if len(shape) == 3:
+        return f"{shape[0]}@{shape[1]}x{shape[2]}"
+    return "x".join(str(d) for d in shape)

@@ -1,0 +1,39 @@
+"""The NumPy kernel of each layer kind, keyed by the kind's name in dlc.layers.
+
+A kernel is `forward(attrs, params, state, xs, ctx) -> (y, backward)`:
+- attrs: the node's resolved attributes (see the docstrings of dlc/layers/*.py);
+- params: the node's trainable arrays by parameter name ("W", "b", "gamma", ...);
+- state: its non-trainable arrays ("mean", "var"), updated in place when ctx.training;
+- xs: input arrays, batch first (NCHW images, (N, F) vectors, (N, T, D) sequences, (N, T) token ids);
+- backward(dy) -> (dxs, dparams): one gradient per input (None for token ids), and a gradient per
+  trainable parameter by name.
+Forward and backward sit side by side so each can be checked against the other. Kernels compute in
+the dtype of their input (float32 in training, float64 for gradient checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Ctx:
+    training: bool = False
+    rng: np.random.Generator | None = None
+
+
+KERNELS: dict[str, Callable] = {}
+
+
+def kernel(*kinds: str):
+    def register(fn):
+        for k in kinds:
+            KERNELS[k] = fn
+        return fn
+    return register
+
+
+from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge  # noqa: E402,F401

@@ -15,7 +15,7 @@ class Pos:
 class DlcError(Exception):
     """A user-facing error. `pos` is None for errors that are not about one place in a spec."""
 
-    def __init__(self, message: str, pos: Pos | None = None, file: str = "<spec>", source: str | None = None):
+    def __init__(self, message: str, pos: Pos | None = None, file: str | None = None, source: str | None = None):
         super().__init__(message)
         self.message = message
         self.pos = pos
@@ -36,6 +36,8 @@ class ShapeError(Exception):
 
 
 def format_error(err: DlcError) -> str:
+    if err.file is None:
+        return f"error: {err.message}"
     if err.pos is None:
         return f"{err.file}: {err.message}"
     head = f"{err.file}:{err.pos.line}:{err.pos.col}: {err.message}"

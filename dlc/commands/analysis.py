@@ -1,0 +1,1 @@
+"""Analysis commands: shapes, params, flops, summary, check, zoo."""

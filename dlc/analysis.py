@@ -1,0 +1,123 @@
+"""Per-node and total figures of a graph: params, MACs, FLOPs, memory, receptive field.
+
+Every rule comes from the layer registry (dlc.layers); this module only walks the graph and adds up,
+following ../shared/conventions.md (docs/conventions.md for users).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from math import prod
+
+from dlc.graph import Graph, Node
+from dlc.layers import GLOBAL, KINDS, Window, param_count
+
+BYTES_PER_VALUE = 4  # float32
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
+
+
+@dataclass
+class ReceptiveField:
+    """Size of the input window one output element sees, and the product of strides (the jump)."""
+
+    size: tuple[int, int]
+    jump: tuple[Fraction, Fraction]
+    whole: bool = False  # the node sees its whole input (fc, gap, recurrent)
+
+
+@dataclass
+class NodeStats:
+    node: Node
+    params: int
+    non_trainable: int
+    macs: int
+    flops: int
+    activations: int  # output elements per sample
+    rf: ReceptiveField | None  # None where the input has no spatial axes
+
+
+@dataclass
+class Totals:
+    params: int
+    non_trainable: int
+    macs: int
+    flops: int
+    activations: int
+    param_bytes: int
+    activation_bytes: int  # per sample
+    train_bytes: int
+    batch: int
+    optimizer: str
+    train_formula: str = field(default="")
+
+
+@dataclass
+class Analysis:
+    graph: Graph
+    nodes: list[NodeStats]
+    totals: Totals
+
+
+def _receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple[int, int]) -> ReceptiveField | None:
+    live = [r for r in inputs if r is not None]
+    if not live:
+        return None
+    size = tuple(max(r.size[i] for r in live) for i in (0, 1))
+    jump = tuple(max(r.jump[i] for r in live) for i in (0, 1))
+    whole = any(r.whole for r in live)
+    if window is None:
+        return ReceptiveField(size, jump, whole)
+    if window == GLOBAL:
+        return ReceptiveField(image_hw, jump, True)
+    assert isinstance(window, Window)
+    if window.transposed:
+        # An output pixel of a stride-s transposed window reads ceil(k/s) input pixels.
+        new = tuple(size[i] + (-(-window.dilation[i] * (window.kernel[i] - 1) // window.stride[i])) * jump[i]
+                    for i in (0, 1))
+        return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] / window.stride[i] for i in (0, 1)), whole)
+    new = tuple(size[i] + window.dilation[i] * (window.kernel[i] - 1) * jump[i] for i in (0, 1))
+    return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] * window.stride[i] for i in (0, 1)), whole)
+
+
+def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd") -> Analysis:
+    """Figures per node and in total. MACs, FLOPs and activations are per sample times `batch`."""
+    shapes = {n.name: n.out_shape for n in graph.nodes}
+    fields: dict[str, ReceptiveField | None] = {}
+    stats = []
+    for node in graph.nodes:
+        kind = KINDS[node.kind]
+        ins = [shapes[i] for i in node.inputs]
+        if node.kind == "input":
+            spatial = len(node.out_shape) == 3
+            fields[node.name] = ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if spatial else None
+        else:
+            fields[node.name] = _receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
+                                                 graph.input.out_shape[1:])
+        trainable, frozen = param_count(kind, node.attrs, ins)
+        stats.append(NodeStats(
+            node=node, params=trainable, non_trainable=frozen,
+            macs=kind.macs(node.attrs, ins, node.out_shape) * batch,
+            flops=kind.flops(node.attrs, ins, node.out_shape) * batch,
+            activations=prod(node.out_shape), rf=fields[node.name],
+        ))
+    return Analysis(graph, stats, totals(stats, batch, optimizer))
+
+
+def totals(stats: list[NodeStats], batch: int, optimizer: str) -> Totals:
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    p = sum(s.params for s in stats)
+    nt = sum(s.non_trainable for s in stats)
+    act = sum(s.activations for s in stats)
+    slots = OPTIMIZER_SLOTS[optimizer]
+    param_bytes = BYTES_PER_VALUE * (p + nt)
+    act_bytes = BYTES_PER_VALUE * act
+    train = param_bytes + BYTES_PER_VALUE * p * (1 + slots) + batch * act_bytes
+    formula = (f"parameters {param_bytes} + gradients {BYTES_PER_VALUE * p} + {optimizer} state "
+               f"{slots}x{BYTES_PER_VALUE * p} + batch {batch} x activations {act_bytes} = {train} bytes")
+    return Totals(
+        params=p, non_trainable=nt, macs=sum(s.macs for s in stats), flops=sum(s.flops for s in stats),
+        activations=act, param_bytes=param_bytes, activation_bytes=act_bytes, train_bytes=train,
+        batch=batch, optimizer=optimizer, train_formula=formula,
+    )

@@ -1,0 +1,180 @@
+"""Analysis reports: rich tables for people, a versioned JSON document for programs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.analysis import Analysis, NodeStats
+from dlc.layers.spatial import show
+from dlc.units import binary, grouped, si
+
+SCHEMA = "dlc.analysis/1"
+
+# The convention each figure follows; carried in the JSON beside the figures (docs/conventions.md).
+CONVENTIONS = {
+    "out_shape": "per sample, batch left out: [C, H, W] images, [N] vectors, [T, D] sequences, [T] token ids",
+    "params": "trainable parameters: weights, biases, bn scale and shift, embeddings, recurrent weights",
+    "non_trainable": "bn running mean and variance",
+    "macs": "multiply-accumulates of conv, transposed conv, fc and recurrent products (papers' 'FLOPs'); "
+            "per sample times batch",
+    "flops": "every floating-point operation of the inference forward pass: 2*MACs + bias adds + "
+             "activations + pooling + bn + merges; per sample times batch",
+    "activations": "output elements per sample",
+    "receptive_field": "input pixels [height, width] one output element sees; jump = product of strides",
+    "param_bytes": "float32: 4 * (params + non_trainable)",
+    "activation_bytes": "float32: 4 * sum of every node's output elements, per sample",
+    "train_bytes": "parameters + gradients + optimizer state + batch * activation_bytes",
+}
+
+
+@dataclass
+class Row:
+    """One table row: a layer with the suffix layers folded into it (or a single node with --all)."""
+
+    name: str
+    text: str
+    stats: list[NodeStats]
+    sources: list[str]  # where its input comes from, when that is not simply the row above
+
+    @property
+    def out_shape(self):
+        return self.stats[-1].node.out_shape
+
+    def total(self, field: str) -> int:
+        return sum(getattr(s, field) for s in self.stats)
+
+
+def rows(analysis: Analysis, every_node: bool = False) -> list[Row]:
+    out: list[Row] = []
+    row_of: dict[str, str] = {}  # node name -> row name
+    for s in analysis.nodes:
+        node = s.node
+        key = node.name if every_node else node.row
+        row_of[node.name] = key
+        if out and out[-1].name == key:
+            out[-1].stats.append(s)
+            continue
+        prev = out[-1].stats[-1].node.name if out else None
+        sources = [] if node.inputs == ([prev] if prev else []) else [row_of.get(i, i) for i in node.inputs]
+        text = node.kind if every_node else (node.text or node.kind)
+        out.append(Row(key, text, [s], sources))
+    return out
+
+
+def _rf(s: NodeStats) -> str:
+    if s.rf is None:
+        return ""
+    h, w = s.rf.size
+    size = f"{h}" if h == w else f"{h}x{w}"
+    return f"{size} (all)" if s.rf.whole else size
+
+
+def _jump(s: NodeStats) -> str:
+    if s.rf is None:
+        return ""
+    h, w = s.rf.jump
+    return f"{h}" if h == w else f"{h}x{w}"
+
+
+COLUMNS = {
+    # name: (header, right-justified, cell)
+    "layer": ("layer", False, lambda r: r.name),
+    "spec": ("spec", False, lambda r: r.text),
+    "from": ("from", False, lambda r: ", ".join(r.sources)),
+    "output": ("output", True, lambda r: show(r.out_shape)),
+    "params": ("params", True, lambda r: grouped(r.total("params"))),
+    "non_trainable": ("non-trainable", True, lambda r: grouped(r.total("non_trainable"))),
+    "macs": ("MACs", True, lambda r: si(r.total("macs"))),
+    "flops": ("FLOPs", True, lambda r: si(r.total("flops"))),
+    "memory": ("activations", True, lambda r: binary(4 * r.total("activations"))),
+    "rf": ("RF", True, lambda r: _rf(r.stats[-1])),
+    "jump": ("jump", True, lambda r: _jump(r.stats[-1])),
+}
+
+VIEWS = {
+    "shapes": ["layer", "spec", "from", "output"],
+    "params": ["layer", "spec", "output", "params", "non_trainable"],
+    "flops": ["layer", "spec", "output", "macs", "flops"],
+    "summary": ["layer", "spec", "from", "output", "params", "non_trainable", "macs", "flops", "memory", "rf",
+                "jump"],
+}
+
+
+def table(analysis: Analysis, view: str, every_node: bool = False):
+    from rich.table import Table
+
+    cols = VIEWS[view]
+    if not any(r.sources for r in rows(analysis, every_node)):
+        cols = [c for c in cols if c != "from"]
+    t = Table(title=f"{analysis.graph.file}", title_justify="left", show_edge=False, pad_edge=False)
+    for c in cols:
+        header, right, _ = COLUMNS[c]
+        t.add_column(header, justify="right" if right else "left", no_wrap=c != "spec")
+    for r in rows(analysis, every_node):
+        t.add_row(*(COLUMNS[c][2](r) for c in cols))
+    return t
+
+
+def totals_lines(analysis: Analysis, view: str) -> list[str]:
+    t = analysis.totals
+    per = "per sample" if t.batch == 1 else f"for a batch of {t.batch}"
+    lines = []
+    if view in ("params", "summary"):
+        lines.append(f"params: {grouped(t.params)} trainable + {grouped(t.non_trainable)} non-trainable "
+                     f"= {grouped(t.params + t.non_trainable)} ({binary(t.param_bytes)} as float32)")
+    if view in ("flops", "summary"):
+        lines.append(f"MACs: {si(t.macs)} ({grouped(t.macs)}) multiply-accumulates {per}, "
+                     f"weighted layers only")
+        lines.append(f"FLOPs: {si(t.flops)} ({grouped(t.flops)}) floating-point operations {per}, "
+                     f"forward pass at inference")
+    if view == "summary":
+        lines.append(f"activations: {binary(t.activation_bytes)} per sample "
+                     f"({grouped(t.activations)} float32 values)")
+        lines.append(f"training memory, batch {t.batch}, {t.optimizer}: {binary(t.train_bytes)} = "
+                     f"{t.train_formula.replace(' bytes', '')} bytes")
+    return lines
+
+
+def to_json(analysis: Analysis) -> dict:
+    g, t = analysis.graph, analysis.totals
+    layers = []
+    for s in analysis.nodes:
+        n = s.node
+        layers.append({
+            "name": n.name,
+            "kind": n.kind,
+            "row": n.row,
+            "text": n.text,
+            "line": n.pos.line if n.pos else None,
+            "col": n.pos.col if n.pos else None,
+            "inputs": list(n.inputs),
+            "out_shape": list(n.out_shape),
+            "params": s.params,
+            "non_trainable": s.non_trainable,
+            "macs": s.macs,
+            "flops": s.flops,
+            "activations": s.activations,
+            "receptive_field": list(s.rf.size) if s.rf else None,
+            "receptive_field_whole": s.rf.whole if s.rf else None,
+            "jump": [float(j) for j in s.rf.jump] if s.rf else None,
+        })
+    return {
+        "schema": SCHEMA,
+        "file": g.file,
+        "input": list(g.input.out_shape),
+        "input_dtype": g.input.dtype,
+        "batch": t.batch,
+        "conventions": CONVENTIONS,
+        "layers": layers,
+        "totals": {
+            "params": t.params,
+            "non_trainable": t.non_trainable,
+            "macs": t.macs,
+            "flops": t.flops,
+            "activations": t.activations,
+            "param_bytes": t.param_bytes,
+            "activation_bytes": t.activation_bytes,
+            "train_bytes": {"bytes": t.train_bytes, "batch": t.batch, "optimizer": t.optimizer,
+                            "formula": t.train_formula},
+        },
+    }

@@ -1,0 +1,115 @@
+"""The analysis commands as a user runs them: tables, JSON, exit statuses, start-up imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from dlc.cli import main
+
+ALEXNET_HEAD = "input 3@227x227\nconv 96@11x11/4 relu -> maxpool 3/2\n"
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+def test_json_has_the_documented_fields():
+    r = run("summary", "-e", ALEXNET_HEAD, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["schema"] == "dlc.analysis/1"
+    assert doc["input"] == [3, 227, 227]
+    names = [layer["name"] for layer in doc["layers"]]
+    assert names == ["input", "conv1", "relu1", "maxpool1"]
+    conv = doc["layers"][1]
+    # Course table: AlexNet conv1 gives 96@55x55 with 96*3*11*11 + 96 = 34,944 params and
+    # 96*55*55*3*11*11 = 105,415,200 MACs.
+    assert conv["out_shape"] == [96, 55, 55]
+    assert (conv["params"], conv["macs"]) == (34_944, 105_415_200)
+    assert conv["line"] == 2 and conv["inputs"] == ["input"] and conv["kind"] == "conv"
+    assert conv["receptive_field"] == [11, 11]
+    pool = doc["layers"][3]
+    assert pool["out_shape"] == [96, 27, 27] and pool["flops"] == 96 * 27 * 27 * 9
+    assert pool["receptive_field"] == [11 + 2 * 4, 11 + 2 * 4] and pool["jump"] == [8.0, 8.0]
+    totals = doc["totals"]
+    for key in ("params", "non_trainable", "macs", "flops", "param_bytes", "activation_bytes", "train_bytes"):
+        assert key in totals and key in doc["conventions"]
+    assert totals["param_bytes"] == 4 * 34_944
+    acts = 3 * 227 * 227 + 2 * 96 * 55 * 55 + 96 * 27 * 27
+    assert totals["activation_bytes"] == 4 * acts
+    assert totals["train_bytes"]["optimizer"] == "sgd" and totals["train_bytes"]["batch"] == 1
+
+
+def test_batch_and_optimizer_scale_costs_and_training_memory():
+    one = json.loads(run("flops", "-e", ALEXNET_HEAD, "--json").output)["totals"]
+    r = run("summary", "-e", ALEXNET_HEAD, "--json", "--batch", "8", "--optimizer", "adam")
+    eight = json.loads(r.output)["totals"]
+    assert eight["macs"] == 8 * one["macs"] and eight["flops"] == 8 * one["flops"]
+    p, acts = 34_944, one["activation_bytes"]
+    # parameters + gradients + two adam slots + batch x activations
+    assert eight["train_bytes"]["bytes"] == 4 * p + 4 * p + 2 * 4 * p + 8 * acts
+
+
+def test_table_folds_suffix_layers_and_all_unfolds_them():
+    folded = run("summary", "-e", ALEXNET_HEAD)
+    assert folded.exit_code == 0
+    assert "conv 96@11x11/4 relu" in folded.output and "relu1" not in folded.output
+    assert "34,944" in folded.output and "105.42 M" in folded.output
+    assert "96@55x55" in folded.output and "96@27x27" in folded.output
+    every = run("summary", "-e", ALEXNET_HEAD, "--all")
+    assert "relu1" in every.output
+
+
+def test_from_column_shows_where_branches_merge():
+    spec = "input 8@8x8\nconv 8@3x3 pad=1 as a\nconv 8@3x3 pad=1\nadd a\n"
+    r = run("shapes", "-e", spec)
+    assert r.exit_code == 0, r.output
+    line = next(l for l in r.output.splitlines() if l.lstrip().startswith("add"))
+    assert "conv1" in line and "conv2" in line
+
+
+def test_spec_error_exits_2_with_a_located_message_and_no_traceback():
+    r = run("params", "-e", "input 3@32x32\nconv 16@3x3 relu\nfc 10 sofmax\n")
+    assert r.exit_code == 2
+    assert "<expr>:3:" in r.output and "softmax" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_missing_file_and_unknown_zoo_name_are_errors_not_tracebacks(tmp_path):
+    r = run("check", str(tmp_path / "nope.dlc"))
+    assert r.exit_code == 2 and "no such file" in r.output
+    r = run("check", "resnet5O")
+    assert r.exit_code == 2 and "resnet50" in r.output  # did you mean
+
+
+def test_stdin_and_check():
+    r = run("check", "-", input="input 2 -> fc 2 sigmoid -> fc 1 sigmoid\n")
+    assert r.exit_code == 0 and "ok" in r.output and "9 params" in r.output  # (2*2+2) + (2*1+1)
+
+
+def test_zoo_lists_specs_and_names_resolve():
+    r = run("zoo", "--json")
+    names = {e["name"] for e in json.loads(r.output)}
+    assert {"alexnet", "resnet50", "lenet5", "xor"} <= names
+    r = run("params", "alexnet", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["input"] == [3, 227, 227]
+
+
+def test_analysis_path_imports_neither_numpy_nor_onnx():
+    code = (
+        "import sys\n"
+        "from dlc.cli import main\n"
+        "for cmd in ('shapes', 'params', 'flops', 'summary', 'check'):\n"
+        "    try:\n"
+        "        main([cmd, 'resnet50'], standalone_mode=False)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'onnx', 'onnxruntime'))\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

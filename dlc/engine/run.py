@@ -1,0 +1,233 @@
+"""Running a whole graph: forward in node order, backward through the recorded closures, the loss step.
+
+A graph is compiled once into a plan (a list of steps: kernel, attributes, parameter names, input
+slots) that is cached on the Graph object, so a training step does no name lookups beyond fetching
+each node's parameters. Values live in a list indexed by node position; slot 0 is the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from dlc.errors import DlcError
+from dlc.graph import Graph, Node
+from dlc.engine.kernels import KERNELS, Ctx
+from dlc.engine.losses import LOSSES
+from dlc.engine.params import tensors
+
+# A loss on the output of a final activation, and the fused, numerically stable loss on its input.
+FUSED_LOSSES = {("xent", "softmax"): "xent", ("bce", "sigmoid"): "bce_logits"}
+
+
+@dataclass(frozen=True)
+class Step:
+    node: Node
+    kernel: Callable
+    out: int  # the slot it writes: its node's position
+    inputs: tuple[int, ...]  # the slots it reads
+    params: tuple[tuple[str, str], ...]  # (name within the node, full name)
+    state: tuple[tuple[str, str], ...]
+    free: tuple[int, ...]  # slots no later step reads: dropped at once when nothing is kept for backward
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: list[Node]  # the graph's list, to notice a graph whose nodes were replaced
+    steps: list[Step]  # steps[i] computes nodes[i + 1]
+    index: dict[str, int]  # node name -> slot
+    param_names: tuple[str, ...]
+    tokens: bool  # the input is token ids, which have no gradient
+
+
+@dataclass
+class Tape:
+    """What backward needs: the plan, each step's backward closure, and the parameters (for shapes)."""
+
+    plan: Plan
+    backs: list[Callable]
+    stop: int  # the slot forward stopped at (its output)
+    params: dict
+
+
+def compile_plan(graph: Graph) -> Plan:
+    """The graph's plan, built on first use and kept on the graph."""
+    plan = graph.__dict__.get("_engine_plan")
+    if plan is not None and plan.nodes is graph.nodes:
+        return plan
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    last_read = {}
+    for i, n in enumerate(graph.nodes):
+        for name in n.inputs:
+            last_read[index[name]] = i
+    every = tensors(graph)
+    by_node: dict[str, list] = {}
+    for t in every:
+        by_node.setdefault(t.node.name, []).append(t)
+    steps = []
+    for i, n in enumerate(graph.nodes[1:], start=1):
+        kernel = KERNELS.get(n.kind)
+        if kernel is None:
+            raise DlcError(f"the NumPy engine has no kernel for `{n.kind}` (layer {n.name})", n.pos,
+                           graph.file, graph.source)
+        mine = by_node.get(n.name, [])
+        steps.append(Step(
+            node=n, kernel=kernel, out=i, inputs=tuple(index[name] for name in n.inputs),
+            params=tuple((t.name, t.full_name) for t in mine if t.trainable),
+            state=tuple((t.name, t.full_name) for t in mine if not t.trainable),
+            free=tuple(sorted({s for s, last in last_read.items() if last == i})),
+        ))
+    plan = Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
+                graph.input.dtype.startswith("int"))
+    graph.__dict__["_engine_plan"] = plan
+    return plan
+
+
+def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
+    if name is None:
+        return len(plan.nodes) - 1
+    if name not in plan.index:
+        raise DlcError(f"no layer named `{name}` in {graph.file}")
+    return plan.index[name]
+
+
+def _check_input(graph: Graph, x: np.ndarray) -> None:
+    if x.shape[1:] != graph.input.out_shape:
+        want = "x".join(str(d) for d in graph.input.out_shape)
+        raise DlcError(f"the input batch has shape {x.shape} (a batch of "
+                       f"{'x'.join(str(d) for d in x.shape[1:]) or 'scalars'}); {graph.file} takes {want}")
+
+
+def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, stop: int,
+             backs: list | None) -> Iterator[tuple[Node, np.ndarray]]:
+    """Yield each node's output in order up to slot `stop`; record backward closures in `backs`."""
+    values: list = [None] * len(plan.nodes)
+    values[0] = x
+    yield plan.nodes[0], x
+    for step in plan.steps[:stop]:
+        y, back = step.kernel(step.node.attrs, {k: params[f] for k, f in step.params},
+                              {k: state[f] for k, f in step.state}, [values[i] for i in step.inputs], ctx)
+        values[step.out] = y
+        if backs is not None:
+            backs.append(back)
+        else:
+            for i in step.free:
+                values[i] = None
+        yield step.node, y
+
+
+def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
+            rng: np.random.Generator | None = None, keep: bool = False,
+            upto: str | None = None) -> tuple[np.ndarray, Tape | None]:
+    """Run the graph (up to and including node `upto`); with keep=True also return the tape for backward.
+
+    In training mode dropout and noise draw from `rng` and bn uses batch statistics and updates `state`.
+    """
+    plan = compile_plan(graph)
+    stop = _slot(graph, plan, upto)
+    _check_input(graph, x)
+    if training and rng is None:
+        rng = np.random.default_rng()
+    backs = [] if keep else None
+    y = x
+    for _, y in _execute(plan, params, state, x, Ctx(training, rng), stop, backs):
+        pass
+    return y, (Tape(plan, backs, stop, params) if keep else None)
+
+
+def activations(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
+                rng: np.random.Generator | None = None) -> Iterator[tuple[Node, np.ndarray]]:
+    """Every node with its output, the input first, keeping nothing for backward."""
+    plan = compile_plan(graph)
+    _check_input(graph, x)
+    yield from _execute(plan, params, state, x, Ctx(training, rng), len(plan.nodes) - 1, None)
+
+
+def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """(gradient of every parameter by full name, gradient of the input or None for token ids).
+
+    A tensor read by several nodes receives the sum of their gradients. Parameters the output does not
+    depend on (past `upto`) get zeros, so an optimizer can treat every parameter alike.
+    """
+    plan = tape.plan
+    pending: list = [None] * len(plan.nodes)
+    pending[tape.stop] = dy
+    grads: dict[str, np.ndarray] = {}
+    for k in range(tape.stop - 1, -1, -1):
+        step = plan.steps[k]
+        g = pending[step.out]
+        if g is None:
+            continue
+        pending[step.out] = None
+        dxs, dparams = tape.backs[k](g)
+        for name, full in step.params:
+            grads[full] = dparams[name]
+        for i, dx in zip(step.inputs, dxs):
+            if dx is not None:
+                # out of place: the first gradient may be a kernel's own buffer or the caller's dy
+                pending[i] = dx if pending[i] is None else pending[i] + dx
+    if len(grads) < len(plan.param_names):
+        for full in plan.param_names:
+            if full not in grads:
+                grads[full] = np.zeros_like(tape.params[full])
+    return grads, (None if plan.tokens else pending[0])
+
+
+def _fused(graph: Graph, loss: str) -> str | None:
+    """The fused loss when `loss` follows the graph's final activation (xent after softmax, bce after sigmoid)."""
+    return FUSED_LOSSES.get((loss, graph.output.kind))
+
+
+def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,
+                 rng: np.random.Generator | None = None, keep: bool = False):
+    """(value, network output, d value / d (output or logits), tape or None), in training mode.
+
+    The tape ends where the loss was taken (the logits when fused), so `backward(tape, dout)` continues it.
+    """
+    if loss not in LOSSES:
+        raise DlcError(f"unknown loss `{loss}` (expected one of {', '.join(sorted(LOSSES))})")
+    if rng is None:
+        rng = np.random.default_rng()
+    fused = _fused(graph, loss)
+    if fused is None:
+        out, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep)
+        value, dout = LOSSES[loss](out, y)
+        return value, out, dout, tape
+    last = graph.output
+    logits, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, upto=last.inputs[0])
+    value, dlogits = LOSSES[fused](logits, y)
+    out, _ = KERNELS[last.kind](last.attrs, {}, {}, [logits], Ctx(True, rng))
+    return value, out, dlogits, tape
+
+
+def loss_and_grads(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,
+                   rng: np.random.Generator | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+    """One training step's core: (loss value, network output, parameter gradients).
+
+    With `xent` after a final softmax (or `bce` after a final sigmoid) the network runs up to the logits
+    and the fused loss takes them, which stays finite where the probabilities round to 0 or 1; `out`
+    is still the network's output (the probabilities). `xent` without a final softmax reads the output
+    as logits.
+    """
+    value, out, dout, tape = loss_forward(graph, params, state, x, y, loss, rng=rng, keep=True)
+    grads, _ = backward(tape, dout)
+    return value, out, grads
+
+
+def predict(graph: Graph, params: dict, state: dict, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The network's output for every sample of x, in inference mode, `batch` samples at a time."""
+    if batch < 1:
+        raise DlcError(f"batch must be >= 1 (received {batch})")
+    n = len(x)
+    if n == 0:
+        _check_input(graph, x)
+        return np.zeros((0, *graph.output.out_shape), dtype=np.float32)
+    out = None
+    for start in range(0, n, batch):
+        y, _ = forward(graph, params, state, x[start:start + batch])
+        if out is None:
+            out = np.empty((n, *y.shape[1:]), dtype=y.dtype)
+        out[start:start + len(y)] = y
+    return out

@@ -1,1 +1,138 @@
-"""Placeholder until its kernels land."""
+"""maxpool, avgpool, gap, gmp, upsample.
+
+Windowed pools loop over the kh*kw window offsets (never over samples or pixels), each step one
+vectorised operation on a strided (C, Ho, Wo, N) view of the batch-innermost layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.engine.kernels import kernel
+from dlc.engine.kernels.im2col import col2im, crop_chwn, from_chwn, pad_chwn, to_chwn, windows
+from dlc.layers.spatial import window_out
+
+
+def pool_geometry(attrs, h: int, w: int):
+    """(out_hw, pads) where pads grow at the bottom/right so the `ceil` windows that hang over the
+    edge read padding, not memory past the array."""
+    (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
+    ho = window_out(h, kh, sh, 1, t, b, attrs["ceil"])
+    wo = window_out(w, kw, sw, 1, l, r, attrs["ceil"])
+    b = max(b, (ho - 1) * sh + kh - t - h)
+    r = max(r, (wo - 1) * sw + kw - l - w)
+    return (ho, wo), (t, l, b, r)
+
+
+def inside_counts(size: int, out: int, k: int, stride: int, before: int) -> np.ndarray:
+    """How many cells of each window along one axis lie in the unpadded input."""
+    start = np.arange(out) * stride - before
+    return np.minimum(start + k, size) - np.maximum(start, 0)
+
+
+@kernel("avgpool")
+def avgpool(attrs, params, state, xs, ctx):
+    """ONNX AveragePool with count_include_pad=0: each window divides by its cells inside the input."""
+    x = to_chwn(xs[0])
+    c, h, w, n = x.shape
+    kernel_hw, stride = attrs["kernel"], attrs["stride"]
+    (ho, wo), pads = pool_geometry(attrs, h, w)
+    xp = pad_chwn(x, pads)
+    win = windows(xp, kernel_hw, stride, (1, 1), (ho, wo))
+    y = win[:, 0, 0].copy()
+    for i in range(kernel_hw[0]):
+        for j in range(kernel_hw[1]):
+            if i or j:
+                y += win[:, i, j]
+    if any(pads):
+        counts = np.outer(inside_counts(h, ho, kernel_hw[0], stride[0], pads[0]),
+                          inside_counts(w, wo, kernel_hw[1], stride[1], pads[1]))
+        scale = (1.0 / counts).astype(x.dtype)[:, :, None]
+    else:
+        scale = x.dtype.type(1.0 / (kernel_hw[0] * kernel_hw[1]))
+    y *= scale
+
+    def backward(dy):
+        d = to_chwn(dy) * scale
+        spread = np.broadcast_to(d[:, None, None], (c, *kernel_hw, ho, wo, n))
+        dxp = col2im(spread, xp.shape[1:3], kernel_hw, stride, (1, 1))
+        return [from_chwn(crop_chwn(dxp, pads))], {}
+
+    return from_chwn(y), backward
+
+
+@kernel("maxpool")
+def maxpool(attrs, params, state, xs, ctx):
+    x = to_chwn(xs[0])
+    c, h, w, n = x.shape
+    kernel_hw, stride = attrs["kernel"], attrs["stride"]
+    (ho, wo), pads = pool_geometry(attrs, h, w)
+    xp = pad_chwn(x, pads, -np.inf)
+    win = windows(xp, kernel_hw, stride, (1, 1), (ho, wo))
+    offsets = [(i, j) for i in range(kernel_hw[0]) for j in range(kernel_hw[1])]
+    y = win[:, 0, 0].copy()
+    for i, j in offsets[1:]:
+        np.maximum(y, win[:, i, j], out=y)
+
+    def backward(dy):
+        # Only the first maximum in row-major window order gets the gradient, as PyTorch does:
+        # flat regions (MNIST's background) tie exactly, and sharing would count the gradient twice.
+        d = to_chwn(dy)
+        routed = np.zeros((c, *kernel_hw, ho, wo, n), x.dtype)
+        unclaimed = np.ones((c, ho, wo, n), bool)
+        for i, j in offsets:
+            hit = win[:, i, j] == y
+            hit &= unclaimed
+            unclaimed ^= hit  # hit lies inside unclaimed, so this clears it
+            np.multiply(d, hit, out=routed[:, i, j])
+        dxp = col2im(routed, xp.shape[1:3], kernel_hw, stride, (1, 1))
+        return [from_chwn(crop_chwn(dxp, pads))], {}
+
+    return from_chwn(y), backward
+
+
+@kernel("gap")
+def gap(attrs, params, state, xs, ctx):
+    x = to_chwn(xs[0])
+    c, h, w, n = x.shape
+    y = x.reshape(c, h * w, n).mean(axis=1)
+
+    def backward(dy):
+        dx = np.empty_like(x)
+        np.copyto(dx, (dy.T / (h * w))[:, None, None, :])
+        return [from_chwn(dx)], {}
+
+    return np.ascontiguousarray(y.T), backward
+
+
+@kernel("gmp")
+def gmp(attrs, params, state, xs, ctx):
+    x = to_chwn(xs[0])
+    c, h, w, n = x.shape
+    flat = x.reshape(c, h * w, n)
+    # argmax returns the first maximum in (h, w) order: the one cell that gets the gradient.
+    first = flat.argmax(axis=1)[:, None, :]
+    y = np.take_along_axis(flat, first, axis=1)[:, 0, :]
+
+    def backward(dy):
+        dx = np.zeros_like(flat)
+        np.put_along_axis(dx, first, dy.T[:, None, :], axis=1)
+        return [from_chwn(dx.reshape(c, h, w, n))], {}
+
+    return np.ascontiguousarray(y.T), backward
+
+
+@kernel("upsample")
+def upsample(attrs, params, state, xs, ctx):
+    """Nearest neighbour: output cell (h, w) copies input cell (h // F, w // F)."""
+    x = to_chwn(xs[0])
+    c, h, w, n = x.shape
+    f = attrs["factor"]
+    y = np.empty((c, h, f, w, f, n), x.dtype)
+    np.copyto(y, x[:, :, None, :, None, :])
+
+    def backward(dy):
+        d = to_chwn(dy).reshape(c, h, f, w, f, n)
+        return [from_chwn(d.sum(axis=(2, 4)))], {}
+
+    return from_chwn(y.reshape(c, h * f, w * f, n)), backward

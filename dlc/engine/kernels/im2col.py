@@ -1,0 +1,82 @@
+"""Window views and im2col/col2im for the spatial kernels, in a batch-innermost (C, H, W, N) layout.
+
+Kernels take and return NCHW arrays, but inside they work on (C, H, W, N): a window row is then a
+contiguous run of W*N values, which made im2col about 6x and col2im about 4x faster than on NCHW
+(/work/shared/numpy-speed.md). Outputs leave as NCHW-shaped views of (C, H, W, N) memory, so the
+next spatial kernel gets its layout back for free (`to_chwn` copies only when it must), and
+elementwise kernels in between keep it because ufuncs allocate in the layout of their input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+
+def to_chwn(x: np.ndarray) -> np.ndarray:
+    """A contiguous (C, H, W, N) array from an NCHW one; no copy when x is a view made by from_chwn."""
+    return np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+
+
+def from_chwn(a: np.ndarray) -> np.ndarray:
+    """The NCHW view of a (C, H, W, N) array."""
+    return a.transpose(3, 0, 1, 2)
+
+
+def pad_chwn(x: np.ndarray, pads, value: float = 0.0) -> np.ndarray:
+    """x padded by (top, left, bottom, right) with `value`; x itself when there is nothing to pad."""
+    t, l, b, r = pads
+    if not (t or l or b or r):
+        return x
+    c, h, w, n = x.shape
+    xp = np.empty((c, t + h + b, l + w + r, n), x.dtype)
+    # Only the border is filled: writing the whole buffer twice costs as much as the copy itself.
+    xp[:, :t] = value
+    xp[:, t + h:] = value
+    xp[:, t:t + h, :l] = value
+    xp[:, t:t + h, l + w:] = value
+    xp[:, t:t + h, l:l + w] = x
+    return xp
+
+
+def crop_chwn(xp: np.ndarray, pads) -> np.ndarray:
+    t, l, b, r = pads
+    return xp[:, t:xp.shape[1] - b, l:xp.shape[2] - r]
+
+
+def windows(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
+    """The read-only (C, kh, kw, Ho, Wo, N) view of every window of a padded (C, Hp, Wp, N) array."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dil, out_hw
+    c, _, _, n = xp.shape
+    s0, s1, s2, s3 = xp.strides
+    return as_strided(xp, (c, kh, kw, ho, wo, n), (s0, s1 * dh, s2 * dw, s1 * sh, s2 * sw, s3),
+                      writeable=False)
+
+
+def im2col(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
+    """(C*kh*kw, Ho*Wo*N) columns, rows ordered as ONNX weights (c, i, j), so W.reshape(C_out, -1) @ cols."""
+    win = windows(xp, kernel, stride, dil, out_hw)
+    c, kh, kw, ho, wo, n = win.shape
+    cols = np.empty(win.shape, xp.dtype)
+    np.copyto(cols, win)
+    return cols.reshape(c * kh * kw, ho * wo * n)
+
+
+def col2im(cols: np.ndarray, padded_hw, kernel, stride, dil) -> np.ndarray:
+    """Sum the (C, kh, kw, Ho, Wo, N) window values back into a padded (C, Hp, Wp, N) image.
+
+    The transpose of `windows`: every cell gets the sum over the windows that cover it. cols may be
+    any array of that shape, a broadcast view included.
+    """
+    c, kh, kw, ho, wo, n = cols.shape
+    (hp, wp), (sh, sw), (dh, dw) = padded_hw, stride, dil
+    if (sh, sw) == (kh, kw) and (dh, dw) == (1, 1) and (hp, wp) == (ho * kh, wo * kw):
+        # Windows tile the image exactly (2/2 pooling, patchify convs): one transposing copy.
+        xp = np.empty((c, ho, kh, wo, kw, n), cols.dtype)
+        np.copyto(xp, cols.transpose(0, 3, 1, 4, 2, 5))
+        return xp.reshape(c, hp, wp, n)
+    xp = np.zeros((c, hp, wp, n), cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, i, j]
+    return xp

@@ -1,1 +1,50 @@
-"""Placeholder until its kernels land."""
+"""fc, flatten and embed: the kinds that read a whole vector or look rows up in a table.
+
+fc is ONNX Gemm with transB=1 (W is (units, in_features)); flatten is ONNX Flatten on NCHW, so the
+features come in C, H, W order; embed is ONNX Gather on axis 0 of W (vocab, dim).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.engine.kernels import kernel
+from dlc.errors import DlcError
+
+
+@kernel("fc")
+def fc(attrs, params, state, xs, ctx):
+    x, W, b = xs[0], params["W"], params.get("b")
+    y = x @ W.T
+    if b is not None:
+        y += b
+
+    def backward(dy):
+        grads = {"W": dy.T @ x}
+        if b is not None:
+            grads["b"] = dy.sum(axis=0)
+        return [dy @ W], grads
+    return y, backward
+
+
+@kernel("flatten")
+def flatten(attrs, params, state, xs, ctx):
+    x = xs[0]
+    return x.reshape(x.shape[0], -1), lambda dy: ([dy.reshape(x.shape)], {})
+
+
+@kernel("embed")
+def embed(attrs, params, state, xs, ctx):
+    ids, W = xs[0], params["W"]
+    if ids.size and (ids.min() < 0 or ids.max() >= W.shape[0]):
+        # NumPy would wrap a negative id round the table and fail on a large one with a bare IndexError
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise DlcError(f"token id {int(bad)} is outside the vocabulary 0..{W.shape[0] - 1}")
+    y = W[ids]
+
+    def backward(dy):
+        dW = np.zeros_like(W)
+        # a token may repeat within the batch: add.at accumulates where dW[ids] += dy would not
+        np.add.at(dW, ids.ravel(), dy.reshape(-1, W.shape[1]))
+        return [None], {"W": dW}
+    return y, backward

@@ -1,1 +1,196 @@
-"""Placeholder until its kernels land."""
+"""Activations, softmax, dropout and noise: kinds that keep their input's shape, one array in, one out.
+
+Every kernel computes in its input's dtype: constants are Python floats, which NumPy treats as weak
+scalars, so float32 stays float32. Backward closures keep only what the derivative needs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dlc.engine.kernels import kernel
+
+# Klambauer et al., "Self-Normalizing Neural Networks" (2017): the fixed point of mean 0, variance 1.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+@kernel("identity")
+def identity(attrs, params, state, xs, ctx):
+    return xs[0], lambda dy: ([dy], {})
+
+
+@kernel("relu")
+def relu(attrs, params, state, xs, ctx):
+    x = xs[0]
+    y = np.maximum(x, 0)
+    return y, lambda dy: ([dy * (x > 0)], {})
+
+
+@kernel("relu6")
+def relu6(attrs, params, state, xs, ctx):
+    x = xs[0]
+    y = np.clip(x, 0, 6)  # ONNX Clip(0, 6)
+    return y, lambda dy: ([dy * ((x > 0) & (x < 6))], {})
+
+
+@kernel("leaky")
+def leaky(attrs, params, state, xs, ctx):
+    x, alpha = xs[0], float(attrs["alpha"])
+    slope = np.where(x > 0, 1, alpha).astype(x.dtype, copy=False)
+    return x * slope, lambda dy: ([dy * slope], {})
+
+
+@kernel("sigmoid")
+def sigmoid(attrs, params, state, xs, ctx):
+    # sigma(x) = (1 + tanh(x/2)) / 2 cannot overflow for any x, and costs half of the
+    # exp-and-select forms at the MLP's small batches.
+    y = np.multiply(xs[0], 0.5)
+    np.tanh(y, out=y)
+    y *= 0.5
+    y += 0.5
+    return y, lambda dy: ([dy * y * (1 - y)], {})
+
+
+@kernel("tanh")
+def tanh(attrs, params, state, xs, ctx):
+    y = np.tanh(xs[0])
+    return y, lambda dy: ([dy * (1 - y * y)], {})
+
+
+@kernel("elu")
+def elu(attrs, params, state, xs, ctx):
+    x, alpha = xs[0], float(attrs["alpha"])
+    pos = x > 0
+    # expm1 of the clipped input: accurate near 0 and no overflow warning for large positive x
+    neg = alpha * np.expm1(np.minimum(x, 0))
+    y = np.where(pos, x, neg)
+    return y, lambda dy: ([dy * np.where(pos, 1, neg + alpha)], {})
+
+
+@kernel("selu")
+def selu(attrs, params, state, xs, ctx):
+    x = xs[0]
+    pos = x > 0
+    neg = SELU_ALPHA * np.expm1(np.minimum(x, 0))
+    y = SELU_SCALE * np.where(pos, x, neg)
+    return y, lambda dy: ([dy * (SELU_SCALE * np.where(pos, 1, neg + SELU_ALPHA))], {})
+
+
+# W. J. Cody, "Rational Chebyshev approximations for the error function", Math. Comp. 23 (1969),
+# 631-638: near-minimax rational functions good to about 18 significant digits on three intervals,
+# so the exact GELU passes float64 gradient checks. NumPy has no erf and scipy is not a dependency.
+_ERF_A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
+          3.20937758913846947e03, 1.85777706184603153e-1)
+_ERF_B = (2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
+          2.84423683343917062e03)
+_ERFC_C = (5.64188496988670089e-1, 8.88314979438837594e00, 6.61191906371416295e01,
+           2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03,
+           2.05107837782607147e03, 1.23033935479799725e03, 2.15311535474403846e-8)
+_ERFC_D = (1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
+           1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03,
+           3.43936767414372164e03, 1.23033935480374942e03)
+_ERFC_P = (3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1,
+           1.60837851487422766e-2, 6.58749161529837803e-4, 1.63153871373020978e-2)
+_ERFC_Q = (2.56852019228982242e00, 1.87295284992346047e00, 5.27905102951428412e-1,
+           6.05183413124413191e-2, 2.33520497626869185e-3)
+_ERF_SMALL = 0.46875  # below: erf directly; above: erfc, to keep relative accuracy in the tail
+_INV_SQRT_PI = 0.56418958354775628695
+
+
+def _ratio(t, num, den):
+    """Cody's Horner form: (((num[-1]*t + num[0])*t + ...) + num[n-1]) / ((t + den[0])*t ... + den[n-1])."""
+    p, q = num[-1] * t, t
+    for a, b in zip(num[:-2], den[:-1]):
+        p = (p + a) * t
+        q = (q + b) * t
+    return (p + num[-2]) / (q + den[-1])
+
+
+def _exp_neg_square(y):
+    """exp(-y*y) without the cancellation of squaring a large y: split y at a multiple of 1/16."""
+    y16 = np.trunc(y * 16) / 16
+    return np.exp(-y16 * y16) * np.exp(-(y - y16) * (y + y16))
+
+
+def erfc(x: np.ndarray) -> np.ndarray:
+    """The complementary error function, elementwise, accurate to float64 rounding (Cody 1969)."""
+    y = np.abs(x)
+    out = np.empty_like(x)
+    small = y <= _ERF_SMALL
+    xs = x[small]
+    out[small] = 1 - xs * _ratio(xs * xs, _ERF_A, _ERF_B)
+    mid = ~small & (y <= 4)
+    ym = y[mid]
+    out[mid] = _exp_neg_square(ym) * _ratio(ym, _ERFC_C, _ERFC_D)
+    big = y > 4
+    yb = np.minimum(y[big], 27.0)  # erfc underflows to 0 long before 27; inf would give nan below
+    inv2 = 1 / (yb * yb)
+    tail = (_INV_SQRT_PI - inv2 * _ratio(inv2, _ERFC_P, _ERFC_Q)) / yb
+    out[big] = _exp_neg_square(yb) * tail
+    flip = ~small & (x < 0)
+    out[flip] = 2 - out[flip]
+    return out
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+@kernel("gelu")
+def gelu(attrs, params, state, xs, ctx):
+    # exact GELU, x * Phi(x) (ONNX Gelu approximate="none", PyTorch's default); Phi through erfc
+    # keeps its relative accuracy for very negative x
+    x = xs[0]
+    cdf = 0.5 * erfc(-_SQRT_HALF * x)
+    y = x * cdf
+
+    def backward(dy):
+        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+        return [dy * (cdf + x * pdf)], {}
+    return y, backward
+
+
+def softmax_axis(x: np.ndarray) -> int:
+    """Softmax runs over channels of an image, features of a vector, the last axis of a sequence."""
+    return -1 if x.ndim == 3 else 1
+
+
+@kernel("softmax")
+def softmax(attrs, params, state, xs, ctx):
+    x = xs[0]
+    axis = softmax_axis(x)
+    y = np.exp(x - x.max(axis=axis, keepdims=True))
+    y /= y.sum(axis=axis, keepdims=True)
+
+    def backward(dy):
+        return [y * (dy - (dy * y).sum(axis=axis, keepdims=True))], {}
+    return y, backward
+
+
+def _rng(ctx, kind: str) -> np.random.Generator:
+    if ctx.rng is None:
+        raise ValueError(f"{kind} in training mode needs ctx.rng (a seeded numpy Generator)")
+    return ctx.rng
+
+
+@kernel("dropout")
+def dropout(attrs, params, state, xs, ctx):
+    x, p = xs[0], float(attrs["p"])
+    if not ctx.training or p == 0:
+        return identity(attrs, params, state, xs, ctx)
+    # inverted dropout: scale the kept units at training time so inference is the identity
+    keep = _rng(ctx, "dropout").random(x.shape, dtype=x.dtype) >= p
+    mask = np.multiply(keep, 1 / (1 - p), dtype=x.dtype)
+    return x * mask, lambda dy: ([dy * mask], {})
+
+
+@kernel("noise")
+def noise(attrs, params, state, xs, ctx):
+    x, sigma = xs[0], float(attrs["sigma"])
+    if not ctx.training or sigma == 0:
+        return identity(attrs, params, state, xs, ctx)
+    eps = _rng(ctx, "noise").standard_normal(x.shape, dtype=x.dtype)
+    return x + sigma * eps, lambda dy: ([dy], {})

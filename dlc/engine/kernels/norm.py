@@ -1,1 +1,84 @@
-"""Placeholder until its kernels land."""
+"""bn and lrn: normalisation over the batch and over neighbouring channels.
+
+bn follows PyTorch and ONNX BatchNormalization: training normalises with the batch's biased variance
+and moves the running statistics by `momentum` (running = (1 - momentum) * running + momentum * batch,
+the variance unbiased); inference reads the running statistics. lrn is ONNX LRN across channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.engine.kernels import kernel
+
+
+def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast against axis 1 of an (N, C) or (N, C, H, W) batch."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+@kernel("bn")
+def bn(attrs, params, state, xs, ctx):
+    x = xs[0]
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    eps = float(attrs["eps"])
+    gamma = _channel_view(params["gamma"], x.ndim)
+    beta = _channel_view(params["beta"], x.ndim)
+    if ctx.training:
+        mean = x.mean(axis=axes)
+        var = x.var(axis=axes)
+        n = x.size // x.shape[1]
+        momentum = float(attrs["momentum"])
+        state["mean"] *= 1 - momentum
+        state["mean"] += momentum * mean
+        state["var"] *= 1 - momentum
+        state["var"] += (momentum * n / max(n - 1, 1)) * var
+    else:
+        mean, var = state["mean"], state["var"]
+    inv_std = _channel_view(1 / np.sqrt(var + eps), x.ndim).astype(x.dtype, copy=False)
+    xhat = (x - _channel_view(mean, x.ndim).astype(x.dtype, copy=False)) * inv_std
+    y = xhat * gamma + beta
+
+    def backward(dy):
+        grads = {"gamma": (dy * xhat).sum(axis=axes), "beta": dy.sum(axis=axes)}
+        dxhat = dy * gamma
+        if not ctx.training:
+            return [dxhat * inv_std], grads
+        # the batch statistics depend on every x: subtract the mean gradient and the part along xhat
+        g = _channel_view(grads["gamma"], x.ndim) * gamma
+        dx = (dxhat - (_channel_view(grads["beta"], x.ndim) * gamma + xhat * g) * (1 / n)) * inv_std
+        return [dx], grads
+    return y, backward
+
+
+def _window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
+    """s[:, c] = sum of a[:, c - before .. c + after] over channels that exist (zero padding)."""
+    s = a.copy()
+    C = a.shape[1]
+    for k in range(1, before + 1):
+        s[:, k:] += a[:, :C - k]
+    for k in range(1, after + 1):
+        s[:, :C - k] += a[:, k:]
+    return s
+
+
+@kernel("lrn")
+def lrn(attrs, params, state, xs, ctx):
+    x = xs[0]
+    size = int(attrs["size"])
+    alpha, beta, k = float(attrs["alpha"]), float(attrs["beta"]), float(attrs["k"])
+    # ONNX LRN: the window holds floor((size-1)/2) channels before and ceil((size-1)/2) after
+    before = (size - 1) // 2
+    after = size - 1 - before
+    d = _window_sum(x * x, before, after)
+    d *= alpha / size
+    d += k
+    scale = d ** -beta
+    y = x * scale
+
+    def backward(dy):
+        # x_j enters the denominator of every channel whose window holds j: the transposed window
+        g = dy * y / d
+        dx = dy * scale - (2 * beta * alpha / size) * x * _window_sum(g, after, before)
+        return [dx], {}
+    return y, backward

@@ -1,0 +1,386 @@
+"""The non-spatial, non-recurrent kernels: fc, flatten, embed, activations, softmax, dropout, noise,
+bn, lrn, add, concat. Backward against central differences in float64; forward against onnxruntime
+running the matching ONNX operator in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dlc.engine.kernels import KERNELS, Ctx
+from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc
+from dlc.errors import DlcError
+from kernel_checks import assert_gradients, onnx_run, random_arrays, resolve
+
+ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "elu", "selu", "gelu", "identity", "leaky", "softmax"]
+
+
+def away_from_kinks(x: np.ndarray) -> np.ndarray:
+    """Move entries off relu's 0 and relu6's 6, where the derivative jumps."""
+    for kink in (0.0, 6.0):
+        near = np.abs(x - kink) < 0.05
+        x[near] += 0.1
+    return x
+
+
+def run(kind, attrs, params, xs, state=None, training=False, seed=0):
+    return KERNELS[kind](attrs, params, state or {}, xs, Ctx(training, np.random.default_rng(seed)))
+
+
+# ---- gradients ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fc_gradients(bias):
+    rng = np.random.default_rng(1)
+    attrs, shapes, _ = resolve("fc", [(4,)], units=3, bias=bias)
+    assert shapes == ({"W": (3, 4), "b": (3,)} if bias else {"W": (3, 4)})
+    assert_gradients("fc", attrs, random_arrays(shapes, rng), [rng.standard_normal((5, 4))])
+
+
+def test_flatten_gradients_and_chw_order():
+    rng = np.random.default_rng(2)
+    attrs, _, _ = resolve("flatten", [(2, 3, 2)])
+    x = rng.standard_normal((2, 2, 3, 2))
+    y, _ = run("flatten", attrs, {}, [x])
+    assert y.shape == (2, 12)
+    assert y[1, 7] == x[1, 1, 0, 1]  # C, H, W order: 1*6 + 0*2 + 1
+    assert_gradients("flatten", attrs, {}, [x])
+
+
+def test_embed_gradients_with_repeated_tokens():
+    rng = np.random.default_rng(3)
+    attrs, shapes, _ = resolve("embed", [(4,)], dim=3, vocab=5)
+    ids = np.array([[0, 2, 2, 4], [2, 1, 0, 0]], dtype=np.int64)
+    params = random_arrays(shapes, rng)
+    y, backward = run("embed", attrs, params, [ids])
+    assert y.shape == (2, 4, 3)
+    assert_gradients("embed", attrs, params, [ids])
+    dy = np.ones_like(y)
+    dxs, grads = backward(dy)
+    assert dxs == [None]
+    # token 2 appears three times, token 3 never
+    assert np.array_equal(grads["W"][:, 0], [3, 1, 3, 0, 1])
+
+
+def test_embed_rejects_ids_outside_the_vocabulary():
+    attrs, shapes, _ = resolve("embed", [(2,)], dim=2, vocab=3)
+    params = random_arrays(shapes, np.random.default_rng(0))
+    for bad in (3, -1):
+        with pytest.raises(DlcError, match=f"token id {bad} is outside the vocabulary 0..2"):
+            run("embed", attrs, params, [np.array([[0, bad]])])
+
+
+ACTIVATION_SHAPES = {"vector": (3, 5), "image": (2, 3, 2, 2), "sequence": (2, 3, 4)}
+
+
+@pytest.mark.parametrize("layout", sorted(ACTIVATION_SHAPES))
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_gradients(kind, layout):
+    shape = ACTIVATION_SHAPES[layout]
+    attrs, _, _ = resolve(kind, [shape[1:]])
+    x = away_from_kinks(4 * np.random.default_rng(4).standard_normal(shape))
+    assert_gradients(kind, attrs, {}, [x])
+
+
+@pytest.mark.parametrize("kind", ["elu", "leaky"])
+def test_activation_gradients_with_other_alpha(kind):
+    attrs, _, _ = resolve(kind, [(6,)], alpha=0.3)
+    x = away_from_kinks(2 * np.random.default_rng(5).standard_normal((4, 6)))
+    assert_gradients(kind, attrs, {}, [x])
+
+
+def test_gelu_gradients_far_into_both_tails():
+    attrs, _, _ = resolve("gelu", [(7,)])
+    x = np.array([[-12.0, -6.5, -4.2, -0.3, 0.2, 3.9, 9.0]])
+    assert_gradients("gelu", attrs, {}, [x])
+
+
+@pytest.mark.parametrize("kind,written", [("dropout", {"p": 0.4}), ("noise", {"sigma": 0.3})])
+def test_stochastic_gradients_in_training(kind, written):
+    attrs, _, _ = resolve(kind, [(3, 2, 2)], **written)
+    x = np.random.default_rng(6).standard_normal((2, 3, 2, 2))
+    # the same seed in every evaluation: the mask or the noise is fixed while x moves
+    assert_gradients(kind, attrs, {}, [x], ctx=lambda: Ctx(True, np.random.default_rng(7)))
+
+
+BN_SHAPES = {"vector": (6, 3), "image": (3, 3, 2, 2)}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layout", sorted(BN_SHAPES))
+def test_bn_gradients(layout, training):
+    rng = np.random.default_rng(8)
+    shape = BN_SHAPES[layout]
+    attrs, shapes, state_shapes = resolve("bn", [shape[1:]])
+    params = {"gamma": 1 + random_arrays(shapes, rng)["gamma"], "beta": random_arrays(shapes, rng)["beta"]}
+    state = {"mean": 0.3 * rng.standard_normal(3), "var": rng.uniform(0.5, 2, 3)}
+    assert_gradients("bn", attrs, params, [2 * rng.standard_normal(shape) + 1], state=state,
+                     ctx=lambda: Ctx(training))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_lrn_gradients(size):
+    attrs, _, _ = resolve("lrn", [(6, 2, 2)], size=size, alpha=0.5, beta=0.75, k=2.0)
+    x = np.random.default_rng(9).standard_normal((2, 6, 2, 2))
+    assert_gradients("lrn", attrs, {}, [x])
+
+
+def test_add_gradients_three_inputs():
+    rng = np.random.default_rng(10)
+    attrs, _, _ = resolve("add", [(2, 3)] * 3)
+    xs = [rng.standard_normal((2, 2, 3)) for _ in range(3)]
+    y, _ = run("add", attrs, {}, xs)
+    assert np.array_equal(y, xs[0] + xs[1] + xs[2])
+    assert_gradients("add", attrs, {}, xs)
+
+
+@pytest.mark.parametrize("shapes", [[(2, 3, 3), (4, 3, 3)], [(3,), (2,), (1,)], [(4, 2), (4, 3)]])
+def test_concat_gradients(shapes):
+    rng = np.random.default_rng(11)
+    attrs, _, _ = resolve("concat", shapes)
+    xs = [rng.standard_normal((2, *s)) for s in shapes]
+    y, _ = run("concat", attrs, {}, xs)
+    axis = attrs["axis"] + 1
+    assert y.shape[axis] == sum(s[attrs["axis"]] for s in shapes)
+    assert_gradients("concat", attrs, {}, xs)
+
+
+# ---- forward against onnxruntime ----------------------------------------------------------------
+
+def f32(rng, *shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def assert_close_f32(y, ref):
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fc_matches_gemm(bias):
+    rng = np.random.default_rng(20)
+    attrs, shapes, _ = resolve("fc", [(5,)], units=4, bias=bias)
+    params = {k: f32(rng, *s) for k, s in shapes.items()}
+    x = f32(rng, 3, 5)
+    ref = onnx_run("Gemm", [x, params["W"], params.get("b")], transB=1)[0]
+    assert_close_f32(run("fc", attrs, params, [x])[0], ref)
+
+
+def test_flatten_matches_onnx_flatten():
+    rng = np.random.default_rng(21)
+    x = f32(rng, 2, 3, 4, 5)
+    attrs, _, _ = resolve("flatten", [(3, 4, 5)])
+    assert np.array_equal(run("flatten", attrs, {}, [x])[0], onnx_run("Flatten", [x], axis=1)[0])
+
+
+def test_embed_matches_gather():
+    rng = np.random.default_rng(22)
+    attrs, shapes, _ = resolve("embed", [(5,)], dim=3, vocab=7)
+    W = f32(rng, *shapes["W"])
+    ids = rng.integers(0, 7, (2, 5))
+    assert np.array_equal(run("embed", attrs, {"W": W}, [ids])[0], onnx_run("Gather", [W, ids], axis=0)[0])
+
+
+ONNX_ACTIVATIONS = {
+    "relu": ("Relu", {}, {}, 17),
+    "sigmoid": ("Sigmoid", {}, {}, 17),
+    "tanh": ("Tanh", {}, {}, 17),
+    "elu": ("Elu", {"alpha": 0.7}, {"alpha": 0.7}, 17),
+    "selu": ("Selu", {}, {"alpha": SELU_ALPHA, "gamma": SELU_SCALE}, 17),
+    "gelu": ("Gelu", {}, {}, 20),
+    "leaky": ("LeakyRelu", {"alpha": 0.1}, {"alpha": 0.1}, 17),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ONNX_ACTIVATIONS))
+def test_activation_matches_onnxruntime(kind):
+    op, written, onnx_attrs, opset = ONNX_ACTIVATIONS[kind]
+    x = f32(np.random.default_rng(23), 2, 3, 4, 4, scale=3)
+    attrs, _, _ = resolve(kind, [(3, 4, 4)], **written)
+    assert_close_f32(run(kind, attrs, {}, [x])[0], onnx_run(op, [x], opset=opset, **onnx_attrs)[0])
+
+
+def test_relu6_matches_clip():
+    x = f32(np.random.default_rng(24), 4, 10, scale=5)
+    attrs, _, _ = resolve("relu6", [(10,)])
+    ref = onnx_run("Clip", [x, np.array(0, dtype=np.float32), np.array(6, dtype=np.float32)])[0]
+    assert_close_f32(run("relu6", attrs, {}, [x])[0], ref)
+
+
+def test_identity_returns_its_input():
+    x = f32(np.random.default_rng(25), 2, 3)
+    attrs, _, _ = resolve("identity", [(3,)])
+    assert np.array_equal(run("identity", attrs, {}, [x])[0], onnx_run("Identity", [x])[0])
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 7), 1), ((2, 5, 3, 3), 1), ((2, 4, 6), -1)])
+def test_softmax_matches_onnxruntime(shape, axis):
+    # large logits: only a max-shifted softmax stays finite
+    x = f32(np.random.default_rng(26), *shape, scale=30)
+    attrs, _, _ = resolve("softmax", [shape[1:]])
+    y = run("softmax", attrs, {}, [x])[0]
+    assert_close_f32(y, onnx_run("Softmax", [x], opset=13, axis=axis)[0])
+    np.testing.assert_allclose(y.sum(axis=axis), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4, 5)])
+def test_bn_inference_matches_batchnormalization(shape):
+    rng = np.random.default_rng(27)
+    attrs, _, _ = resolve("bn", [shape[1:]], eps=1e-3)
+    params = {"gamma": f32(rng, 3), "beta": f32(rng, 3)}
+    state = {"mean": f32(rng, 3), "var": rng.uniform(0.5, 2, 3).astype(np.float32)}
+    x = f32(rng, *shape)
+    ref = onnx_run("BatchNormalization", [x, params["gamma"], params["beta"], state["mean"], state["var"]],
+                   opset=15, epsilon=1e-3)[0]
+    assert_close_f32(run("bn", attrs, params, [x], state=state)[0], ref)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_lrn_matches_onnxruntime(size):
+    x = f32(np.random.default_rng(28), 2, 7, 3, 3, scale=2)
+    attrs, _, _ = resolve("lrn", [(7, 3, 3)], size=size, alpha=0.3, beta=0.75, k=1.5)
+    ref = onnx_run("LRN", [x], opset=13, size=size, alpha=0.3, beta=0.75, bias=1.5)[0]
+    assert_close_f32(run("lrn", attrs, {}, [x])[0], ref)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_lrn_even_size_follows_the_onnx_window(size):
+    # onnxruntime implements odd sizes only; the ONNX text puts floor((size-1)/2) channels before
+    # and ceil((size-1)/2) after: size 4 sums channels c-1 .. c+2
+    x = np.random.default_rng(29).standard_normal((2, 6, 2, 2))
+    attrs, _, _ = resolve("lrn", [(6, 2, 2)], size=size, alpha=0.3, beta=0.75, k=1.5)
+    before, after = (size - 1) // 2, size // 2
+    ref = np.empty_like(x)
+    for c in range(6):
+        window = x[:, max(0, c - before):min(6, c + after + 1)]
+        ref[:, c] = x[:, c] / (1.5 + 0.3 / size * (window ** 2).sum(axis=1)) ** 0.75
+    np.testing.assert_allclose(run("lrn", attrs, {}, [x])[0], ref, rtol=1e-13)
+
+
+def test_add_matches_onnx_add_and_sum():
+    rng = np.random.default_rng(29)
+    a, b, c = (f32(rng, 2, 3, 2, 2) for _ in range(3))
+    attrs, _, _ = resolve("add", [(3, 2, 2)] * 2)
+    assert_close_f32(run("add", attrs, {}, [a, b])[0], onnx_run("Add", [a, b])[0])
+    attrs, _, _ = resolve("add", [(3, 2, 2)] * 3)
+    assert_close_f32(run("add", attrs, {}, [a, b, c])[0], onnx_run("Sum", [a, b, c])[0])
+
+
+@pytest.mark.parametrize("shapes", [[(2, 3, 3), (4, 3, 3)], [(3,), (5,)], [(4, 2), (4, 3), (4, 1)]])
+def test_concat_matches_onnx_concat(shapes):
+    rng = np.random.default_rng(30)
+    xs = [f32(rng, 2, *s) for s in shapes]
+    attrs, _, _ = resolve("concat", shapes)
+    ref = onnx_run("Concat", xs, axis=attrs["axis"] + 1)[0]
+    assert np.array_equal(run("concat", attrs, {}, xs)[0], ref)
+
+
+# ---- dtype, statistics, running averages, randomness --------------------------------------------
+
+def test_float32_stays_float32_forward_and_backward():
+    rng = np.random.default_rng(31)
+    x = f32(rng, 4, 3, 2, 2)
+    cases = [(k, resolve(k, [(3, 2, 2)]), [x]) for k in ACTIVATIONS]
+    cases += [("dropout", resolve("dropout", [(3, 2, 2)], p=0.5), [x]),
+              ("noise", resolve("noise", [(3, 2, 2)], sigma=0.1), [x]),
+              ("bn", resolve("bn", [(3, 2, 2)]), [x]),
+              ("lrn", resolve("lrn", [(3, 2, 2)]), [x]),
+              ("flatten", resolve("flatten", [(3, 2, 2)]), [x]),
+              ("add", resolve("add", [(3, 2, 2)] * 2), [x, x]),
+              ("concat", resolve("concat", [(3, 2, 2)] * 2), [x, x]),
+              ("fc", resolve("fc", [(5,)], units=3), [f32(rng, 4, 5)])]
+    for kind, (attrs, pshapes, sshapes), xs in cases:
+        params = {k: (np.ones(s) if k == "gamma" else 0.1 * np.ones(s)).astype(np.float32)
+                  for k, s in pshapes.items()}
+        state = {k: np.ones(s, dtype=np.float32) for k, s in sshapes.items()}
+        for training in (False, True):
+            y, backward = run(kind, attrs, params, xs, state=state, training=training)
+            dxs, grads = backward(np.ones_like(y))
+            assert y.dtype == np.float32, (kind, training)
+            assert all(d.dtype == np.float32 for d in dxs), (kind, training)
+            assert all(g.dtype == np.float32 for g in grads.values()), (kind, training)
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 2, 5)])
+def test_bn_training_normalises_with_the_batch_and_moves_the_running_averages(shape):
+    rng = np.random.default_rng(32)
+    attrs, _, _ = resolve("bn", [shape[1:]], momentum=0.2, eps=1e-5)
+    x = 3 * rng.standard_normal(shape) + 2
+    params = {"gamma": np.ones(3), "beta": np.zeros(3)}
+    old_mean, old_var = np.array([0.5, -1.0, 0.0]), np.array([1.0, 2.0, 0.5])
+    state = {"mean": old_mean.copy(), "var": old_var.copy()}
+    mean_before, var_before = state["mean"], state["var"]
+    y, _ = run("bn", attrs, params, [x], state=state, training=True)
+
+    # by hand: per channel, every sample (and pixel) of the batch
+    per_channel = np.moveaxis(x, 1, 0).reshape(3, -1)
+    n = per_channel.shape[1]
+    mu = per_channel.sum(axis=1) / n
+    biased = ((per_channel - mu[:, None]) ** 2).sum(axis=1) / n
+    unbiased = biased * n / (n - 1)
+    assert state["mean"] is mean_before and state["var"] is var_before  # updated in place
+    np.testing.assert_allclose(state["mean"], 0.8 * old_mean + 0.2 * mu, rtol=1e-12)
+    np.testing.assert_allclose(state["var"], 0.8 * old_var + 0.2 * unbiased, rtol=1e-12)
+    # normalised with the biased variance: mean 0, variance exactly var/(var+eps) per channel
+    y_channels = np.moveaxis(y, 1, 0).reshape(3, -1)
+    np.testing.assert_allclose(y_channels.mean(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(y_channels.var(axis=1), biased / (biased + 1e-5), rtol=1e-10)
+
+    frozen = {k: v.copy() for k, v in state.items()}
+    run("bn", attrs, params, [x], state=state, training=False)
+    assert all(np.array_equal(state[k], frozen[k]) for k in state)
+
+
+def test_dropout_drops_at_rate_p_and_scales_the_rest():
+    attrs, _, _ = resolve("dropout", [(200, 500)], p=0.3)
+    x = np.full((1, 200, 500), 2.0, dtype=np.float32)
+    y, backward = run("dropout", attrs, {}, [x], training=True, seed=3)
+    kept = y != 0
+    n = x.size
+    # within 5 standard deviations of a binomial(n, 0.7) count
+    assert abs(kept.sum() - 0.7 * n) < 5 * math.sqrt(n * 0.3 * 0.7)
+    np.testing.assert_allclose(y[kept], 2.0 / 0.7, rtol=1e-6)
+    dx = backward(np.ones_like(y))[0][0]
+    assert np.array_equal(dx != 0, kept)
+    # the same seed gives the same mask; another seed a different one
+    assert np.array_equal(run("dropout", attrs, {}, [x], training=True, seed=3)[0], y)
+    assert not np.array_equal(run("dropout", attrs, {}, [x], training=True, seed=4)[0], y)
+    assert run("dropout", attrs, {}, [x], training=False)[0] is x
+
+
+def test_noise_adds_gaussian_noise_in_training_only():
+    attrs, _, _ = resolve("noise", [(100, 1000)], sigma=0.25)
+    x = np.ones((1, 100, 1000))
+    y, _ = run("noise", attrs, {}, [x], training=True)
+    e = (y - x).ravel()
+    # sample mean and std of 1e5 draws: within 5 standard errors
+    assert abs(e.mean()) < 5 * 0.25 / math.sqrt(e.size)
+    assert abs(e.std() - 0.25) < 5 * 0.25 / math.sqrt(2 * e.size)
+    assert run("noise", attrs, {}, [x], training=False)[0] is x
+
+
+def test_stochastic_kinds_need_an_rng_in_training():
+    attrs, _, _ = resolve("dropout", [(3,)], p=0.5)
+    with pytest.raises(ValueError, match="ctx.rng"):
+        KERNELS["dropout"](attrs, {}, {}, [np.ones((2, 3))], Ctx(training=True))
+
+
+def test_erfc_agrees_with_the_math_module_to_float64_rounding():
+    x = np.concatenate([np.linspace(-9, 9, 3601), [0.0, 0.46875, -0.46875, 4.0, -4.0, 26.0, 40.0, -40.0]])
+    ref = np.array([math.erfc(v) for v in x])
+    got = erfc(x)
+    tiny = ref < 1e-300
+    assert np.all(got[tiny] < 1e-300)
+    assert np.max(np.abs(got - ref)[~tiny] / ref[~tiny]) < 1e-14
+
+
+def test_gelu_values_at_published_points():
+    # x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, from the math module
+    x = np.array([[-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]])
+    ref = [v * 0.5 * math.erfc(-v / math.sqrt(2)) for v in x[0]]
+    attrs, _, _ = resolve("gelu", [(7,)])
+    np.testing.assert_allclose(run("gelu", attrs, {}, [x])[0][0], ref, rtol=1e-14, atol=1e-300)
+    assert abs(run("gelu", attrs, {}, [x])[0][0, 5] - 0.8413447460685429) < 1e-15  # Phi(1)

@@ -1,0 +1,1 @@
+"""ONNX backend: lowering of each layer kind, export with checks, onnxruntime sessions."""

@@ -1,0 +1,173 @@
+"""A compiled graph and its weights as an ONNX model, checked before anyone runs it.
+
+Default opset 21: the newest that every onnxruntime dlc's pyproject admits (>= 1.20) runs, and it has
+Gelu (opset 20), so no kind needs a decomposition. The IR version is the lowest one that opset needs
+(10 for opset 21): onnx 1.23 writes IR 14 by default, which onnxruntime up to at least 1.31 refuses
+(it accepts at most 13). Opsets below 13 are refused: Softmax before 13 normalises over every axis
+from `axis` on, not over channels alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from math import prod
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from dlc import __version__
+from dlc.errors import DlcError
+from dlc.engine.params import tensors
+from dlc.graph import Graph, Node
+from dlc.layers import KINDS, param_count
+from dlc.onnx.lower import LOWER
+
+DEFAULT_OPSET = 21
+MIN_OPSET = 13
+ELEM_TYPE = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+# metadata_props keys
+META_SPEC, META_FILE, META_VERSION, META_NORMALIZE = "dlc.spec", "dlc.file", "dlc.version", "dlc.normalize"
+
+
+def in_shapes(graph: Graph, n: Node) -> list[tuple[int, ...]]:
+    return [graph.node(i).out_shape for i in n.inputs]
+
+
+def where(graph: Graph, n: Node) -> str:
+    """`file:line: text` of the step that made the node, for doc strings and messages."""
+    return f"{graph.file}:{n.pos.line}: {n.text}" if n.pos else f"{graph.file}: {n.text or n.name}"
+
+
+def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int = DEFAULT_OPSET, batch: int | None = None,
+            normalize: dict | None = None) -> onnx.ModelProto:
+    """The ONNX model of `graph` with these weights; the batch axis is "N" unless `batch` fixes it.
+
+    `normalize` (a checkpoint's meta["normalize"]) travels in the metadata so `dlc infer` applies it.
+    """
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise DlcError(f"opset {opset} is not supported: dlc exports opsets {MIN_OPSET} to "
+                       f"{onnx.defs.onnx_opset_version()} (default {DEFAULT_OPSET})")
+    if batch is not None and batch < 1:
+        raise DlcError(f"batch must be >= 1 (received {batch})")
+    if len(graph.nodes) < 2:
+        raise DlcError("the network has no layers to export")
+    dim = batch if batch else "N"
+    given = {**state, **params}
+    nodes, initializers = [], []
+    for t in tensors(graph):
+        if t.full_name not in given:
+            raise DlcError(f"no weights for {t.full_name} (expected shape {t.shape})")
+        arr = np.asarray(given[t.full_name])
+        if arr.shape != t.shape:
+            raise DlcError(f"{t.full_name} has shape {arr.shape}, the spec needs {t.shape}")
+        initializers.append(numpy_helper.from_array(arr.astype(np.float32, copy=False), t.full_name))
+    for n in graph.nodes[1:]:
+        lower = LOWER.get(n.kind)
+        if lower is None:
+            raise DlcError(f"`{n.kind}` has no ONNX lowering", n.pos, graph.file, graph.source)
+        for proto in lower(n, list(n.inputs), opset):
+            proto.doc_string = where(graph, n)
+            nodes.append(proto)
+    inp, out = graph.input, graph.output
+    g = helper.make_graph(
+        nodes, Path(graph.file).stem or "dlc",
+        [helper.make_tensor_value_info(inp.name, ELEM_TYPE[inp.dtype], [dim, *inp.out_shape])],
+        [helper.make_tensor_value_info(out.name, TensorProto.FLOAT, [dim, *out.out_shape])],
+        initializer=initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(g, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets),
+                              producer_name="dlc", producer_version=__version__)
+    meta = {META_SPEC: graph.source, META_FILE: graph.file, META_VERSION: __version__}
+    if normalize:
+        meta[META_NORMALIZE] = json.dumps(normalize)
+    helper.set_model_props(model, meta)
+    return model
+
+
+def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict | None = None) -> None:
+    """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly dlc's weights."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise DlcError(f"the exported model is not valid ONNX: {e}")
+    shapes = {v.name: v.type.tensor_type.shape for v in
+              [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or None
+    for n in graph.nodes:
+        got = [d.dim_value or None for d in shapes[n.name].dim] if n.name in shapes else None
+        # A dynamic batch may come back under another symbol (Resize renames it): only a number counts.
+        if got is None or got[1:] != list(n.out_shape) or got[0] != batch:
+            show = "no shape" if got is None else [d or "N" for d in got]
+            raise DlcError(f"{where(graph, n)}: ONNX shape inference gives {show} for {n.name}, "
+                           f"dlc {[batch or 'N', *n.out_shape]}")
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    count = sum(a.size for a in stored.values())
+    dlc_count = sum(sum(param_count(KINDS[n.kind], n.attrs, in_shapes(graph, n))) for n in graph.nodes[1:])
+    if count != dlc_count:
+        raise DlcError(f"the model's initializers hold {count:,} values, dlc counts {dlc_count:,} "
+                       f"(params + non-trainable)")
+    given = {**(state or {}), **params}
+    for name, arr in stored.items():
+        if name in given and not np.array_equal(arr, np.asarray(given[name], np.float32)):
+            raise DlcError(f"initializer {name} differs from the weights it was exported from")
+
+
+def save_model(model: onnx.ModelProto, path) -> None:
+    """Write atomically: a temp file in the same directory, then os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_model(path) -> onnx.ModelProto:
+    """An .onnx file; a missing or unreadable one is a DlcError."""
+    p = Path(path)
+    if not p.is_file():
+        raise DlcError(f"no such file: {path}")
+    try:
+        return onnx.load_model(str(p))
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not a model
+        raise DlcError(f"{path} is not an ONNX model ({type(e).__name__}: {e})")
+
+
+def spec_of(model: onnx.ModelProto, path: str = "model") -> tuple[str, str]:
+    """(file, spec text) that dlc stored when it exported the model."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if META_SPEC not in meta:
+        raise DlcError(f"{path} was not exported by dlc: its metadata has no spec text")
+    return meta.get(META_FILE, path), meta[META_SPEC]
+
+
+def normalize_of(model: onnx.ModelProto) -> dict | None:
+    meta = {p.key: p.value for p in model.metadata_props}
+    return json.loads(meta[META_NORMALIZE]) if META_NORMALIZE in meta else None
+
+
+def weights_of(model: onnx.ModelProto, graph: Graph) -> tuple[dict, dict]:
+    """(params, state) from the initializers, split as the registry splits them."""
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    params, state = {}, {}
+    for t in tensors(graph):
+        arr = stored.get(t.full_name)
+        if arr is None or arr.shape != t.shape:
+            got = "missing" if arr is None else f"shaped {arr.shape}"
+            raise DlcError(f"the model's initializer {t.full_name} is {got}; its spec needs {t.shape}")
+        (params if t.trainable else state)[t.full_name] = arr
+    return params, state
+
+
+def summary_line(model: onnx.ModelProto) -> str:
+    n_values = sum(prod(t.dims) for t in model.graph.initializer)
+    return (f"opset {model.opset_import[0].version}, IR {model.ir_version}, {len(model.graph.node)} ONNX nodes, "
+            f"{len(model.graph.initializer)} initializers, {n_values:,} values")

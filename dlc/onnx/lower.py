@@ -1,0 +1,212 @@
+"""Each layer kind lowered to standard ONNX operators: one function per kind, one dict (LOWER).
+
+A lowering reads the node's resolved attributes (the contract in dlc/layers/*.py) and returns the ONNX
+nodes that compute it; the last one writes a tensor named after the layer. Parameters are initializers
+named "<layer>.<param>", already in ONNX's layouts (the registry chose them so). Helper tensors
+(shapes, clip bounds, resize scales) are Constant nodes, so the initializers hold exactly dlc's
+parameters and the exporter can count them. Tensors are batch-first as in dlc: NCHW images, (N, F)
+vectors, (N, T, D) sequences, (N, T) token ids.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from onnx import NodeProto, helper, numpy_helper
+
+from dlc.graph import Node
+
+GELU_OPSET = 20  # the first opset with a Gelu operator
+
+
+def op(kind: str, inputs: list[str], output: str, name: str, **attrs) -> NodeProto:
+    return helper.make_node(kind, inputs, [output], name=name, **attrs)
+
+
+def const(name: str, values, dtype=np.int64) -> NodeProto:
+    """A Constant node for a helper tensor (not a parameter, so not an initializer)."""
+    return helper.make_node("Constant", [], [name], name=name,
+                            value=numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+
+
+def param(n: Node, key: str) -> str:
+    return f"{n.name}.{key}"
+
+
+def unary(onnx_op: str, **fixed) -> Callable:
+    def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+        return [op(onnx_op, x[:1], n.name, n.name, **fixed)]
+    return lower
+
+
+def lower_conv(n: Node, x, opset):
+    a = n.attrs
+    ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
+    return [op("Conv", ins, n.name, n.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+               dilations=list(a["dilation"]), pads=list(a["pads"]), group=a["groups"])]
+
+
+def lower_upconv(n: Node, x, opset):
+    a = n.attrs
+    ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
+    return [op("ConvTranspose", ins, n.name, n.name, kernel_shape=list(a["kernel"]),
+               strides=list(a["stride"]), dilations=list(a["dilation"]), pads=list(a["pads"]),
+               group=a["groups"])]
+
+
+def pool(onnx_op: str, **fixed) -> Callable:
+    def lower(n: Node, x, opset):
+        a = n.attrs
+        # ONNX's ceil_mode drops a window that would start in the right padding: the Caffe/PyTorch
+        # rule dlc's shape arithmetic follows, so the output sizes agree.
+        return [op(onnx_op, x[:1], n.name, n.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                   pads=list(a["pads"]), ceil_mode=int(bool(a.get("ceil"))), **fixed)]
+    return lower
+
+
+def global_pool(onnx_op: str) -> Callable:
+    def lower(n: Node, x, opset):
+        # Global*Pool keeps 1x1 spatial axes; dlc's gap/gmp give a vector.
+        return [op(onnx_op, x[:1], f"{n.name}/pooled", f"{n.name}/pool"),
+                op("Flatten", [f"{n.name}/pooled"], n.name, n.name, axis=1)]
+    return lower
+
+
+def lower_fc(n: Node, x, opset):
+    ins = [x[0], param(n, "W")] + ([param(n, "b")] if n.attrs["bias"] else [])
+    return [op("Gemm", ins, n.name, n.name, transB=1)]
+
+
+def lower_dropout(n: Node, x, opset):
+    # Without a training_mode input Dropout is the identity; the ratio is kept for readers of the model.
+    ratio = f"{n.name}/ratio"
+    return [const(ratio, n.attrs["p"], np.float32), op("Dropout", [x[0], ratio], n.name, n.name)]
+
+
+def lower_bn(n: Node, x, opset):
+    ins = [x[0]] + [param(n, k) for k in ("gamma", "beta", "mean", "var")]
+    return [op("BatchNormalization", ins, n.name, n.name, epsilon=float(n.attrs["eps"]),
+               momentum=1.0 - float(n.attrs["momentum"]))]  # ONNX's momentum weighs the old statistic
+
+
+def lower_lrn(n: Node, x, opset):
+    a = n.attrs
+    return [op("LRN", x[:1], n.name, n.name, size=a["size"], alpha=float(a["alpha"]), beta=float(a["beta"]),
+               bias=float(a["k"]))]
+
+
+def lower_relu6(n: Node, x, opset):
+    lo, hi = f"{n.name}/min", f"{n.name}/max"
+    return [const(lo, 0.0, np.float32), const(hi, 6.0, np.float32), op("Clip", [x[0], lo, hi], n.name, n.name)]
+
+
+def lower_elu(n: Node, x, opset):
+    return [op("Elu", x[:1], n.name, n.name, alpha=float(n.attrs["alpha"]))]
+
+
+def lower_leaky(n: Node, x, opset):
+    return [op("LeakyRelu", x[:1], n.name, n.name, alpha=float(n.attrs["alpha"]))]
+
+
+def lower_softmax(n: Node, x, opset):
+    # Over channels of an image and features of a vector (axis 1), the last axis of a sequence.
+    return [op("Softmax", x[:1], n.name, n.name, axis=-1 if len(n.out_shape) == 2 else 1)]
+
+
+def lower_gelu(n: Node, x, opset):
+    if opset >= GELU_OPSET:
+        return [op("Gelu", x[:1], n.name, n.name)]
+    # x * (1 + erf(x / sqrt 2)) / 2, the exact Gelu
+    p = n.name
+    return [const(f"{p}/rsqrt2", 1 / math.sqrt(2), np.float32), const(f"{p}/one", 1.0, np.float32),
+            const(f"{p}/half", 0.5, np.float32),
+            op("Mul", [x[0], f"{p}/rsqrt2"], f"{p}/scaled", f"{p}/scale"),
+            op("Erf", [f"{p}/scaled"], f"{p}/erf", f"{p}/erf"),
+            op("Add", [f"{p}/erf", f"{p}/one"], f"{p}/shifted", f"{p}/shift"),
+            op("Mul", [x[0], f"{p}/shifted"], f"{p}/product", f"{p}/product"),
+            op("Mul", [f"{p}/product", f"{p}/half"], n.name, n.name)]
+
+
+def lower_upsample(n: Node, x, opset):
+    f = float(n.attrs["factor"])
+    scales = f"{n.name}/scales"
+    # asymmetric + floor copies input pixel floor(i / f) to output pixel i: plain pixel repetition.
+    return [const(scales, [1.0, 1.0, f, f], np.float32),
+            op("Resize", [x[0], "", scales], n.name, n.name, mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
+
+
+def lower_embed(n: Node, x, opset):
+    return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
+
+
+RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def lower_recurrent(n: Node, x, opset):
+    """(N, T, D) -> ONNX's time-major (T, N, D); Y (T, dirs, N, H) or Y_h (dirs, N, H) back to dlc's
+    (N, T, dirs*H) or (N, dirs*H). onnxruntime refuses layout=1, hence the transposes."""
+    a, p = n.attrs, n.name
+    dirs, hidden = a["directions"], a["hidden"]
+    extra = {"linear_before_reset": 1} if n.kind == "gru" else {}
+    nodes = [op("Transpose", [x[0]], f"{p}/time_major", f"{p}/to_time_major", perm=[1, 0, 2])]
+    ins = [f"{p}/time_major", param(n, "W"), param(n, "R"), param(n, "B")]
+    direction = "bidirectional" if dirs == 2 else "forward"
+    if a["sequences"]:
+        nodes += [helper.make_node(RECURRENT_OPS[n.kind], ins, [f"{p}/Y"], name=f"{p}/{n.kind}",
+                                   hidden_size=hidden, direction=direction, **extra),
+                  op("Transpose", [f"{p}/Y"], f"{p}/batch_major", f"{p}/to_batch_major", perm=[2, 0, 1, 3]),
+                  const(f"{p}/shape", [0, n.out_shape[0], dirs * hidden]),
+                  op("Reshape", [f"{p}/batch_major", f"{p}/shape"], p, p)]
+    else:
+        # Y_h holds each direction's final state: the forward pass at step T, the backward one at step 1.
+        nodes += [helper.make_node(RECURRENT_OPS[n.kind], ins, ["", f"{p}/Y_h"], name=f"{p}/{n.kind}",
+                                   hidden_size=hidden, direction=direction, **extra),
+                  op("Transpose", [f"{p}/Y_h"], f"{p}/batch_major", f"{p}/to_batch_major", perm=[1, 0, 2]),
+                  const(f"{p}/shape", [0, dirs * hidden]),
+                  op("Reshape", [f"{p}/batch_major", f"{p}/shape"], p, p)]
+    return nodes
+
+
+def lower_add(n: Node, x, opset):
+    return [op("Add" if len(x) == 2 else "Sum", x, n.name, n.name)]
+
+
+def lower_concat(n: Node, x, opset):
+    return [op("Concat", x, n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
+
+
+LOWER: dict[str, Callable[[Node, list[str], int], list[NodeProto]]] = {
+    "conv": lower_conv,
+    "dwconv": lower_conv,
+    "upconv": lower_upconv,
+    "maxpool": pool("MaxPool"),
+    "avgpool": pool("AveragePool", count_include_pad=0),
+    "gap": global_pool("GlobalAveragePool"),
+    "gmp": global_pool("GlobalMaxPool"),
+    "fc": lower_fc,
+    "flatten": unary("Flatten", axis=1),
+    "dropout": lower_dropout,
+    "noise": unary("Identity"),  # training only
+    "bn": lower_bn,
+    "lrn": lower_lrn,
+    "relu": unary("Relu"),
+    "relu6": lower_relu6,
+    "sigmoid": unary("Sigmoid"),
+    "tanh": unary("Tanh"),
+    "softmax": lower_softmax,
+    "elu": lower_elu,
+    "selu": unary("Selu"),
+    "gelu": lower_gelu,
+    "leaky": lower_leaky,
+    "identity": unary("Identity"),
+    "upsample": lower_upsample,
+    "embed": lower_embed,
+    "rnn": lower_recurrent,
+    "lstm": lower_recurrent,
+    "gru": lower_recurrent,
+    "add": lower_add,
+    "concat": lower_concat,
+}

@@ -35,7 +35,7 @@ class Step:
     inputs: tuple[int, ...]  # the slots it reads
     params: tuple[tuple[str, str], ...]  # (name within the node, full name)
     state: tuple[tuple[str, str], ...]
-    free: tuple[int, ...]  # slots no later step reads: dropped at once when nothing is kept for backward
+    free: tuple[int, ...]  # slots no later step reads: dropped as soon as this step has run
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Tape:
     """What backward needs: the plan, each step's backward closure, and the parameters (for shapes)."""
 
     plan: Plan
-    backs: list[Callable]
+    backs: list[Callable] | None  # None once backward has consumed them
     stop: int  # the slot forward stopped at (its output)
     params: dict
 
@@ -125,9 +125,9 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
         values[step.out] = y
         if backs is not None:
             backs.append(back)
-        else:
-            for i in step.free:
-                values[i] = None
+        # backward reads only what the closures kept, so an output nobody reads again can go at once
+        for i in step.free:
+            values[i] = None
         yield step.node, y
 
 
@@ -160,9 +160,13 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
     """(gradient of every parameter by full name, gradient of the input or None for token ids).
 
     A tensor read by several nodes receives the sum of their gradients. Parameters the output does not
-    depend on (past `upto`) get zeros, so an optimizer can treat every parameter alike.
+    depend on (past `upto`) get zeros, so an optimizer can treat every parameter alike. The tape is
+    consumed: each closure is released once used, so a layer's saved activations do not outlive it.
     """
-    plan = tape.plan
+    if tape.backs is None:
+        raise ValueError("this tape was already consumed by backward; run forward with keep=True again")
+    plan, backs = tape.plan, tape.backs
+    tape.backs = None
     pending: list = [None] * len(plan.nodes)
     pending[tape.stop] = dy
     grads: dict[str, np.ndarray] = {}
@@ -172,7 +176,8 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
         if g is None:
             continue
         pending[step.out] = None
-        dxs, dparams = tape.backs[k](g)
+        dxs, dparams = backs[k](g)
+        backs[k] = None  # its saved activations (im2col columns, masks) are no longer needed
         for name, full in step.params:
             grads[full] = dparams[name]
         for i, dx in zip(step.inputs, dxs):

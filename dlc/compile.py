@@ -1,0 +1,677 @@
+"""Spec text -> graph IR: expand defaults, blocks, repeats, groups, suffix layers, labels and merges,
+then give every node its shape through its kind's shape rule (dlc.layers).
+
+Node names are stable because they become table rows, ONNX node names and checkpoint keys: a counter
+per canonical kind in each scope (`conv1`, `relu2`), a scope per block call (`stage2.conv1`, nested as
+`stage2.block1.conv2`), `<scope>.shortcut.conv` for a projection shortcut.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+from dlc.errors import DlcError, Pos, ShapeError
+from dlc.graph import Graph, Node
+from dlc.layers import KINDS, PAD, LayerKind, all_words, lookup
+from dlc.layers.spatial import show
+from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Option, Size, Step, Train, Value, Word,
+                        parse, size_example)
+
+# A spec that expands past this many nodes is almost surely a mistyped repeat count, not a network.
+MAX_NODES = 50_000
+RESERVED = re.compile(r"x\d+")
+KEYWORDS = {"input", "seq", "of", "default", "block", "train", "as", "x"}
+SWITCH = {"on": True, "off": False, "true": True, "false": False}
+
+# The `train` statement's keys (dsl.md, "The `train` statement"): a type, or the words a key takes.
+TRAIN_KEYS: dict[str, type | tuple[str, ...]] = {
+    "loss": ("xent", "bce", "mse", "hinge"),
+    "optimizer": ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"),
+    "lr": float, "momentum": float, "beta1": float, "beta2": float, "eps": float,
+    "batch": int, "epochs": int, "seed": int,
+    "weight_decay": float, "l1": float, "maxnorm": float,
+    "init": ("he", "xavier", "gaussian"), "init_std": float,
+    "schedule": ("constant", "step", "poly", "cosine", "exp", "linear", "invsqrt"),
+    "step_every": int, "gamma": float, "power": float, "restart_every": int, "lr_min": float, "k": float,
+}
+
+
+def compile_spec(text: str, file: str = "<spec>") -> Graph:
+    """Compile spec text into a Graph whose nodes carry resolved attributes and output shapes."""
+    try:
+        return _compile(text.replace("\r\n", "\n"), file)
+    except DlcError as e:
+        raise e.located(file, text) from None
+
+
+@dataclass
+class Scope:
+    """Where names are counted and words are looked up: the top level, or one block call."""
+
+    prefix: str  # "" or "stage2." or "stage2.block1."
+    params: dict[str, Value]  # block parameters bound to literal values
+    labels: dict[str, str]  # label -> node name
+    stack: tuple[str, ...] = ()  # blocks being expanded, outermost first
+    counters: dict = field(default_factory=dict)
+
+    def count(self, key) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
+
+    def node_name(self, base: str) -> str:
+        return f"{self.prefix}{base}{self.count(base)}"
+
+
+@dataclass
+class Build:
+    """The graph being built."""
+
+    blocks: dict[str, BlockDef]
+    nodes: list[Node] = field(default_factory=list)
+    by_name: dict[str, Node] = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+@dataclass
+class Layer:
+    """One layer of a step before it becomes a node: the step's main layer or a suffix layer."""
+
+    kind: LayerKind
+    attrs: dict
+    pos: Pos
+    head: str  # how errors name it: "conv 64@3x3", "relu"
+
+
+Defaults = dict  # canonical kind -> {option or flag: value}, from `default` statements in scope
+
+STEPS = (Step, Group, Call, Merge)
+
+
+def _compile(text: str, file: str) -> Graph:
+    statements = parse(text)
+    build = Build(_collect_blocks(statements))
+    if not any(isinstance(s, (*STEPS, Input)) for s in statements):
+        raise DlcError("the spec is empty: write an `input` and the layers that follow it, "
+                       "like `input 784 -> fc 10 softmax`", Pos(1, 1))
+    _check_input(statements)
+    scope, defaults, cur = Scope("", {}, {}), {}, ""
+    for s in statements:
+        if isinstance(s, Input):
+            cur = _emit_input(build, s)
+        elif isinstance(s, Train):
+            _read_train(build, s)
+        elif not isinstance(s, BlockDef):
+            cur = _emit(build, s, cur, scope, defaults)
+    if len(build.nodes) == 1:
+        node = build.nodes[0]
+        raise DlcError(f"the network has no layers after `{node.text}`", node.pos)
+    return Graph(build.nodes, source=text, file=file, train=build.train)
+
+
+def _check_input(statements: list) -> None:
+    inputs = [s for s in statements if isinstance(s, Input)]
+    first_step = next((s for s in statements if isinstance(s, STEPS)), None)
+    if not inputs:
+        raise DlcError("the network has no `input`: start it with one, like `input 3@224x224`, `input 784` "
+                       "or `input seq 200`", first_step.pos)
+    if len(inputs) > 1:
+        raise DlcError(f"a second `input`: a network has exactly one (the first is on line {inputs[0].pos.line})",
+                       inputs[1].pos)
+    if first_step is not None and statements.index(first_step) < statements.index(inputs[0]):
+        raise DlcError(f"`input` must come before the first step (line {first_step.pos.line})", inputs[0].pos)
+
+
+# --- statements ----------------------------------------------------------------------------------
+
+def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
+    """Add the nodes of one statement after node `cur`; return the node that is now current."""
+    if isinstance(s, Default):
+        _read_default(s, scope, defaults)
+        return cur
+    if isinstance(s, Input):
+        raise DlcError("`input` is the first statement of the spec, not part of a block, group or branch", s.pos)
+    if isinstance(s, BlockDef):
+        raise DlcError("blocks are defined at the top level of the spec, not inside a block, group or branch",
+                       s.pos)
+    if isinstance(s, Train):
+        raise DlcError("`train` is a top-level statement, not part of a block, group or branch", s.pos)
+    emit = {Step: _emit_step, Group: _emit_group, Call: _emit_call, Merge: _emit_merge}[type(s)]
+    for _ in range(_repeat_count(s.repeat, scope)):
+        cur = emit(b, s, cur, scope, defaults)
+    if s.label is not None:
+        _check_name(s.label, "a label")
+        scope.labels[s.label.name] = cur
+        b.by_name[cur].label = s.label.name
+    return cur
+
+
+def _emit_input(b: Build, s: Input) -> str:
+    if s.size is not None:
+        z = s.size
+        if z.stride is not None:
+            raise DlcError(f"an input has no stride: write an image as C@HxW, like 3@224x224 (received `{z.raw}`)",
+                           z.pos)
+        if z.channels is not None:
+            c = _positive_int(z.channels, "the channel count")
+            if not isinstance(z.dims.v, tuple):
+                raise DlcError(f"an image input is written C@HxW, like 3@224x224 (received `{z.raw}`)", z.pos)
+            shape = (c, *(_at_least_one(d, z.dims) for d in z.dims.v))
+        elif isinstance(z.dims.v, tuple):
+            raise DlcError(f"an image input is written C@HxW, like 1@{z.raw} (received `{z.raw}`)", z.pos)
+        else:
+            shape = (_positive_int(z.dims, "the input size"),)
+        tokens = False
+    else:
+        steps = _positive_int(s.steps, "the sequence length")
+        tokens = s.features is None
+        shape = (steps,) if tokens else (steps, _positive_int(s.features, "the feature count"))
+    kind = KINDS["input"]
+    out, attrs = kind.resolve({"shape": shape, "tokens": tokens}, [])
+    node = Node("input", "input", attrs, [], tuple(out), "int64" if tokens else "float32", s.pos, "", None,
+                _one_line(s.text))
+    b.nodes.append(node)
+    b.by_name[node.name] = node
+    return node.name
+
+
+def _emit_group(b: Build, g: Group, cur: str, scope: Scope, defaults: Defaults) -> str:
+    inner = dict(defaults)
+    for s in g.body:
+        cur = _emit(b, s, cur, scope, inner)
+    return cur
+
+
+def _read_default(s: Default, scope: Scope, defaults: Defaults) -> None:
+    kind = _kind_or_error(s.kind, scope)
+    values = dict(defaults.get(kind.name, {}))
+    for item in s.items:
+        if isinstance(item, Option):
+            if item.key not in kind.options:
+                raise _unknown_option(item, [Layer(kind, {}, s.pos, s.kind.name)])
+            values[item.key] = _option_value(kind, item, scope)
+        elif item.name in kind.flags:
+            values[item.name] = True
+        else:
+            flags = f" (its flags: {', '.join(kind.flags)})" if kind.flags else ""
+            raise DlcError(f"`default {s.kind.name}` sets options like key=value and flags; `{item.name}` is "
+                           f"neither an option nor a flag of {kind.name}{flags}", item.pos)
+    defaults[kind.name] = values
+
+
+def _read_train(b: Build, s: Train) -> None:
+    if b.train:
+        raise DlcError("a second `train` statement: put every setting on one", s.pos)
+    for opt in s.options:
+        rule = TRAIN_KEYS.get(opt.key)
+        if rule is None:
+            raise DlcError(f"unknown training setting `{opt.key}`{_did_you_mean(opt.key, TRAIN_KEYS)}; the settings "
+                           f"are {', '.join(TRAIN_KEYS)}", opt.pos)
+        v, got = opt.value.v, f"(Received: {opt.key}={opt.value.raw})"
+        if isinstance(rule, tuple):
+            if v not in rule:
+                raise DlcError(f"{opt.key} is one of {', '.join(rule)} {got}", opt.value.pos)
+        elif rule is int:
+            if not isinstance(v, int):
+                raise DlcError(f"{opt.key} takes a whole number {got}", opt.value.pos)
+        elif isinstance(v, (str, tuple)):
+            raise DlcError(f"{opt.key} takes a number {got}", opt.value.pos)
+        else:
+            v = float(v)
+        if opt.key in b.train:
+            raise DlcError(f"`{opt.key}` is set twice", opt.pos)
+        b.train[opt.key] = v
+    if not s.options:
+        raise DlcError("`train` needs settings, like `train optimizer=sgd lr=0.01`", s.pos)
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+def _emit_step(b: Build, step: Step, cur: str, scope: Scope, defaults: Defaults) -> str:
+    kind = _kind_or_error(step.kind, scope)
+    if kind.name == "input":
+        raise DlcError("`input` is the first statement of the spec, not a step", step.kind.pos)
+    if kind.merge:
+        return _emit_label_merge(b, kind, step, cur, scope)
+    layers = _layers(step, kind, scope, defaults)
+    row = ""
+    for layer in layers:
+        node = _add_node(b, scope, layer.kind, dict(layer.attrs), [cur], layer.pos, step.text, layer.head, row)
+        row = row or node.name
+        cur = node.name
+    return cur
+
+
+def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> list[Layer]:
+    """The step's main layer and its suffix layers, with sizes, options and flags applied."""
+    items, size = list(step.items), step.size
+    if size is None and kind.size and items and isinstance(items[0], Word) and items[0].name in scope.params:
+        # a block parameter standing where the size stands: `dropout p`
+        w = items.pop(0)
+        size = Size(Value(w.name, w.name, w.pos), None, None, w.name, w.pos)
+    head = step.kind.name + (f" {size.raw}" if size is not None else "")
+    pos = step.kind.pos if size is None else Pos(step.kind.pos.line, step.kind.pos.col,
+                                                 size.pos.end_col if size.pos.line == step.kind.pos.line else None)
+    main = Layer(kind, _base_attrs(kind, defaults), pos, head)
+    main.attrs.update(_size_attrs(kind, size, step.kind, scope))
+    layers = [main]
+    for item in items:
+        if isinstance(item, Option):
+            target = next((layer for layer in reversed(layers) if item.key in layer.kind.options), None)
+            if target is None:
+                raise _unknown_option(item, layers)
+            target.attrs[item.key] = _option_value(target.kind, item, scope)
+            continue
+        target = next((layer for layer in reversed(layers) if item.name in layer.kind.flags), None)
+        if target is not None:
+            target.attrs[item.name] = True
+            continue
+        suffix = lookup(item.name)
+        if suffix is not None and suffix.suffixable:
+            attrs = _base_attrs(suffix, defaults)
+            if suffix.size:
+                attrs[suffix.size_attr] = suffix.size_default
+            layers.append(Layer(suffix, attrs, item.pos, item.name))
+            continue
+        raise _bad_word(item, step, layers, scope)
+    return layers
+
+
+def _base_attrs(kind: LayerKind, defaults: Defaults) -> dict:
+    """Registry defaults for every option and flag, then the `default` statements in scope."""
+    attrs = {k: (0 if v is PAD else v) for k, v in kind.options.items()}
+    attrs.update({f: False for f in kind.flags})
+    attrs.update(defaults.get(kind.name, {}))
+    return attrs
+
+
+def _size_attrs(kind: LayerKind, size: Size | None, word: Word, scope: Scope) -> dict:
+    """Attributes a SIZE sets, by the kind's size form (dlc.layers.LayerKind.size)."""
+    if size is None:
+        if kind.size_required:
+            raise DlcError(f"expected a size like {size_example(word.name)} after `{word.name}`",
+                           Pos(word.pos.line, word.pos.end_col or word.pos.col))
+        if kind.size is None:
+            return {}
+        return {kind.size_attr: kind.size_default} if kind.size_attr else {}
+    if kind.size is None:
+        raise DlcError(f"{word.name} takes no size (received `{size.raw}`)", size.pos)
+    channels = _value(size.channels, scope) if size.channels is not None else None
+    dims = _value(size.dims, scope)
+    stride = _value(size.stride, scope) if size.stride is not None else None
+    shaped = f"{word.name} takes a size like {size_example(word.name)}, not `{size.raw}`"
+    if kind.size == "conv":
+        if channels is None:
+            raise DlcError(f"{shaped}: write channels@kernel", size.pos)
+        return {"channels": _positive_int(channels, "the channel count"),
+                "kernel": _pair(dims, "the kernel size"),
+                "stride": _pair(stride, "the stride") if stride is not None else None}
+    if kind.size == "window":
+        if channels is not None:
+            raise DlcError(f"{shaped}: {word.name} keeps the channel count", size.pos)
+        return {"kernel": _pair(dims, "the window size"),
+                "stride": _pair(stride, "the stride") if stride is not None else None}
+    if channels is not None or stride is not None or isinstance(dims.v, tuple):
+        raise DlcError(shaped, size.pos)
+    if kind.size == "int":
+        if not isinstance(dims.v, int):
+            raise DlcError(f"{word.name} takes a whole number{_unbound(dims, scope)} (Received: `{dims.raw}`)",
+                           dims.pos)
+        return {kind.size_attr: dims.v}
+    if isinstance(dims.v, str):
+        raise DlcError(f"{word.name} takes a number{_unbound(dims, scope)} (Received: `{dims.raw}`)", dims.pos)
+    return {kind.size_attr: float(dims.v)}
+
+
+def _emit_label_merge(b: Build, kind: LayerKind, step: Step, cur: str, scope: Scope) -> str:
+    """`add LABEL` / `concat LABEL`: merge the current tensor with earlier labelled ones."""
+    if step.size is not None or any(isinstance(i, Option) for i in step.items):
+        bad = step.size.pos if step.size is not None else next(i for i in step.items if isinstance(i, Option)).pos
+        raise DlcError(f"`{step.kind.name}` takes labels (`{step.kind.name} LABEL`) or branches "
+                       f"(`{step.kind.name}( A | B )`)", bad)
+    if not step.items:
+        raise DlcError(f"`{step.kind.name}` needs what to merge: `{step.kind.name} LABEL` with a label set by "
+                       f"`as LABEL`, or branches `{step.kind.name}( A | B )`", step.kind.pos)
+    inputs = [cur] + [_label_node(w, scope) for w in step.items]
+    return _add_node(b, scope, kind, {}, inputs, step.pos, step.text, step.kind.name).name
+
+
+def _label_node(w: Word, scope: Scope) -> str:
+    if w.name not in scope.labels:
+        known = f" (labels so far: {', '.join(scope.labels)})" if scope.labels else \
+            " (no step before this one has `as LABEL`)"
+        raise DlcError(f"unknown label `{w.name}`{_did_you_mean(w.name, scope.labels)}{known}", w.pos)
+    return scope.labels[w.name]
+
+
+# --- merges --------------------------------------------------------------------------------------
+
+def _emit_merge(b: Build, m: Merge, cur: str, scope: Scope, defaults: Defaults) -> str:
+    kind = lookup(m.kind.name)
+    if kind is None or not kind.merge:
+        merges = [k.name for k in KINDS.values() if k.merge]
+        if m.kind.name in b.blocks:
+            raise DlcError(f"a block call takes its arguments on one line, like `{m.kind.name}(64, 2)`", m.kind.pos)
+        raise DlcError(f"`{m.kind.name}( … | … )`: branches are merged by {' or '.join(merges)}"
+                       f"{_did_you_mean(m.kind.name, merges)}", m.kind.pos)
+    if len(m.branches) < 2:
+        raise DlcError(f"{kind.name}( … ) needs two or more branches separated by `|`", m.kind.pos)
+    outs: list[str | None] = []
+    shortcuts: list[Step] = []
+    for branch in m.branches:
+        word = _lone_word(branch)
+        if word == "shortcut":
+            if kind.name != "add":
+                raise DlcError("`shortcut` is a branch of add( … ), not of concat", branch[0].pos)
+            shortcuts.append(branch[0])
+            outs.append(None)
+        elif word == "identity":
+            outs.append(cur)
+        else:
+            inner, out = dict(defaults), cur
+            for s in branch:
+                out = _emit(b, s, out, scope, inner)
+            outs.append(out)
+    target = next((o for o in outs if o is not None), cur)
+    for i, o in enumerate(outs):
+        if o is None:
+            outs[i] = _shortcut(b, shortcuts.pop(0), cur, target, scope, defaults)
+    text = _one_line(m.text) if "\n" not in m.text else f"{m.kind.name}(…)"
+    return _add_node(b, scope, kind, {}, outs, m.pos, text, kind.name).name
+
+
+def _lone_word(branch: list) -> str | None:
+    """`shortcut` or `identity` when a branch is just that word."""
+    if len(branch) == 1 and isinstance(branch[0], Step):
+        s = branch[0]
+        if s.size is None and not s.items and s.repeat is None and s.label is None:
+            return s.kind.name if s.kind.name in ("shortcut", "identity") else None
+    return None
+
+
+def _shortcut(b: Build, s: Step, cur: str, target: str, scope: Scope, defaults: Defaults) -> str:
+    """The ResNet "B" shortcut: the identity if the shape is kept, else `conv C@1x1/S bias=off -> bn`."""
+    src, dst = b.by_name[cur].out_shape, b.by_name[target].out_shape
+    if src == dst:
+        return cur
+    if len(src) != 3 or len(dst) != 3:
+        raise DlcError(f"shortcut can only project an image to an image; here it would turn {show(src)} "
+                       f"into {show(dst)}", s.pos)
+    stride = tuple(_projection_stride(src[i], dst[i]) for i in (1, 2))
+    if None in stride:
+        raise DlcError(f"shortcut cannot project {show(src)} to {show(dst)} with a strided 1x1 convolution",
+                       s.pos)
+    n = scope.count(("shortcut",))
+    base = f"{scope.prefix}shortcut{'' if n == 1 else n}"
+    conv = _base_attrs(KINDS["conv"], defaults)
+    conv.update(channels=dst[0], kernel=(1, 1), stride=stride, pad=0, dil=1, groups=1, bias=False)
+    s_text = "" if stride == (1, 1) else "/" + "x".join(dict.fromkeys(str(x) for x in stride))
+    text = f"shortcut: conv {dst[0]}@1x1{s_text} bias=off -> bn"
+    node = _add_node(b, scope, KINDS["conv"], conv, [cur], s.pos, text, "shortcut", name=f"{base}.conv")
+    bn = _add_node(b, scope, KINDS["bn"], _base_attrs(KINDS["bn"], defaults), [node.name], s.pos, text,
+                   "shortcut", row=node.name, name=f"{base}.bn")
+    return bn.name
+
+
+def _projection_stride(size: int, out: int) -> int | None:
+    """The stride S at which a 1x1 window over `size` pixels gives `out` of them: floor((size-1)/S)+1."""
+    for s in {max(1, size // out), -(-size // out)}:
+        if (size - 1) // s + 1 == out:
+            return s
+    return None
+
+
+# --- blocks --------------------------------------------------------------------------------------
+
+def _collect_blocks(statements: list) -> dict[str, BlockDef]:
+    blocks: dict[str, BlockDef] = {}
+    for s in statements:
+        if not isinstance(s, BlockDef):
+            continue
+        _check_name(s.name, "a block")
+        if lookup(s.name.name) is not None:
+            raise DlcError(f"`{s.name.name}` is a layer kind; give the block another name", s.name.pos)
+        if s.name.name == "shortcut":
+            raise DlcError("`shortcut` is a branch of add( … ); give the block another name", s.name.pos)
+        if s.name.name in blocks:
+            raise DlcError(f"block `{s.name.name}` is defined twice (first on line "
+                           f"{blocks[s.name.name].pos.line})", s.name.pos)
+        seen: set[str] = set()
+        for p in s.params:
+            _check_name(p.name, "a parameter")
+            if p.name.name in seen:
+                raise DlcError(f"parameter `{p.name.name}` appears twice in block `{s.name.name}`", p.name.pos)
+            seen.add(p.name.name)
+        if not any(isinstance(x, STEPS) for x in s.body):
+            raise DlcError(f"block `{s.name.name}` has no steps", s.name.pos)
+        blocks[s.name.name] = s
+    return blocks
+
+
+def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults) -> str:
+    name = call.name.name
+    kind = lookup(name)
+    if kind is not None and kind.merge:
+        raise DlcError(f"{name}( … ) needs two or more branches separated by `|`", call.name.pos)
+    block = b.blocks.get(name)
+    if block is None:
+        if kind is not None:
+            raise DlcError(f"`{name}` is a layer kind, not a block: write `{name} …` without parentheses",
+                           call.name.pos)
+        raise DlcError(f"unknown block `{name}`{_did_you_mean(name, b.blocks)}"
+                       + ("" if b.blocks else ": define it first with `block name(params) { … }`"), call.name.pos)
+    if name in scope.stack:
+        chain = " -> ".join((*scope.stack[scope.stack.index(name):], name))
+        raise DlcError(f"block `{name}` calls itself ({chain}); blocks cannot be recursive", call.name.pos)
+    params = _bind(block, call, scope)
+    n = scope.count(("block", name))
+    inner = Scope(f"{scope.prefix}{name}{n}.", params, {}, (*scope.stack, name))
+    body_defaults = dict(defaults)
+    try:
+        for s in block.body:
+            cur = _emit(b, s, cur, inner, body_defaults)
+    except DlcError as e:
+        e.message += f" (in {_one_line(call.text)}, line {call.pos.line})"
+        raise
+    return cur
+
+
+def _bind(block: BlockDef, call: Call, scope: Scope) -> dict[str, Value]:
+    """Block parameters bound to the call's arguments, positional then by name, then the defaults."""
+    names = [p.name.name for p in block.params]
+    sig = f"{block.name.name}({', '.join(names)})"
+    bound: dict[str, Value] = {}
+    keyword = False
+    positional = 0
+    for arg in call.args:
+        if isinstance(arg, Option):
+            keyword = True
+            if arg.key not in names:
+                raise DlcError(f"block {sig} has no parameter `{arg.key}`{_did_you_mean(arg.key, names)}", arg.pos)
+            if arg.key in bound:
+                raise DlcError(f"`{arg.key}` is given twice in this call of {sig}", arg.pos)
+            bound[arg.key] = _value(arg.value, scope)
+            continue
+        if keyword:
+            raise DlcError("positional arguments come before name=value ones", arg.pos)
+        if positional >= len(names):
+            raise DlcError(f"block {sig} takes {len(names)} argument{'s' if len(names) != 1 else ''}, "
+                           f"got {sum(isinstance(a, Value) for a in call.args)}", arg.pos)
+        bound[names[positional]] = _value(arg, scope)
+        positional += 1
+    for p in block.params:
+        if p.name.name not in bound:
+            if p.default is None:
+                raise DlcError(f"this call of {sig} is missing the argument `{p.name.name}`", call.name.pos)
+            bound[p.name.name] = p.default
+    return bound
+
+
+# --- nodes ---------------------------------------------------------------------------------------
+
+def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list[str], pos: Pos, text: str,
+              head: str, row: str = "", name: str | None = None) -> Node:
+    """Resolve the shape of one node and append it (an fc on a non-vector gets a flatten first)."""
+    if len(b.nodes) >= MAX_NODES:
+        raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
+    ins = [b.by_name[i] for i in inputs]
+    if kind.name == "fc" and len(ins[0].out_shape) != 1 and ins[0].dtype != "int64":
+        # dsl.md: fc flattens an image (C, H, W order) first, shown as its own row.
+        ins = [_add_node(b, scope, KINDS["flatten"], {}, inputs, pos, "flatten", "flatten")]
+        inputs = [ins[0].name]
+    _check_dtype(kind, ins, pos, head)
+    name = name or scope.node_name(kind.name)
+    shapes = [n.out_shape for n in ins]
+    try:
+        out, resolved = kind.resolve(attrs, shapes)
+    except ShapeError as e:
+        what = "inputs" if len(shapes) > 1 else "input"
+        raise DlcError(f"{head} ({name}) does not fit its {what} {' and '.join(show(s) for s in shapes)}: {e}",
+                       pos) from None
+    node = Node(name, kind.name, resolved, inputs, tuple(out), "float32", pos, row, None, _one_line(text))
+    b.nodes.append(node)
+    b.by_name[name] = node
+    return node
+
+
+def _check_dtype(kind: LayerKind, ins: list[Node], pos: Pos, head: str) -> None:
+    for n in ins:
+        if kind.reads_tokens and n.dtype != "int64":
+            raise DlcError(f"{head} reads token ids, which only `input seq T` gives; its input is "
+                           f"{show(n.out_shape)} features", pos)
+        if not kind.reads_tokens and n.dtype == "int64":
+            raise DlcError(f"{head} cannot read token ids: put `embed D vocab=V` after `input seq "
+                           f"{n.out_shape[0]}`", pos)
+
+
+# --- values --------------------------------------------------------------------------------------
+
+def _value(v: Value, scope: Scope) -> Value:
+    """A value with block parameters replaced by what the call bound them to."""
+    if v.is_name and v.v in scope.params:
+        bound = scope.params[v.v]
+        return Value(bound.v, bound.raw, v.pos)
+    return v
+
+
+def _unbound(v: Value, scope: Scope) -> str:
+    if not v.is_name:
+        return ""
+    where = "no block parameter" if not scope.stack else f"block `{scope.stack[-1]}` has no parameter"
+    return f"; {where} `{v.v}`{_did_you_mean(v.v, scope.params)}"
+
+
+def _positive_int(v: Value, what: str) -> int:
+    if not isinstance(v.v, int) or v.v < 1:
+        raise DlcError(f"{what} must be a whole number of at least 1 (Received: `{v.raw}`)", v.pos)
+    return v.v
+
+
+def _at_least_one(n: int, v: Value) -> int:
+    if n < 1:
+        raise DlcError(f"sizes must be at least 1 (Received: `{v.raw}`)", v.pos)
+    return n
+
+
+def _pair(v: Value, what: str) -> tuple[int, int]:
+    if isinstance(v.v, tuple):
+        return (_at_least_one(v.v[0], v), _at_least_one(v.v[1], v))
+    n = _positive_int(v, what)
+    return (n, n)
+
+
+def _repeat_count(v: Value | None, scope: Scope) -> int:
+    if v is None:
+        return 1
+    n = _value(v, scope)
+    if not isinstance(n.v, int) or n.v < 1:
+        raise DlcError(f"a repeat count is a whole number of at least 1{_unbound(n, scope)} "
+                       f"(Received: x{'' if n.raw[:1].isdigit() else ' '}{n.raw})", v.pos)
+    if n.v > MAX_NODES:
+        raise DlcError(f"a repeat count above {MAX_NODES:,} is surely a mistake (Received: x{n.raw})", v.pos)
+    return n.v
+
+
+def _option_value(kind: LayerKind, opt: Option, scope: Scope):
+    """An option's value typed by its registry default: PAD, on/off, int, float or a word."""
+    default, v = kind.options[opt.key], _value(opt.value, scope)
+    got = f"(Received: {opt.key}={v.raw})"
+    x = v.v
+    if default is PAD:
+        if x in ("same", "valid") or isinstance(x, int):
+            return x
+        raise DlcError(f"{opt.key} takes a whole number, `same` or `valid`{_unbound(v, scope)} {got}", v.pos)
+    if isinstance(default, bool):
+        if x in SWITCH:
+            return SWITCH[x]
+        raise DlcError(f"{opt.key} takes on or off{_unbound(v, scope) if x not in SWITCH else ''} {got}", v.pos)
+    if default is None or isinstance(default, int):
+        if isinstance(x, int):
+            return x
+        raise DlcError(f"{opt.key} takes a whole number{_unbound(v, scope)} {got}", v.pos)
+    if isinstance(default, float):
+        if isinstance(x, (int, float)):
+            return float(x)
+        raise DlcError(f"{opt.key} takes a number{_unbound(v, scope)} {got}", v.pos)
+    if not isinstance(x, str):
+        raise DlcError(f"{opt.key} takes a word {got}", v.pos)
+    return x
+
+
+def _check_name(w: Word, what: str) -> None:
+    if RESERVED.fullmatch(w.name):
+        raise DlcError(f"`{w.name}` cannot name {what}: names like x3 are reserved for repetition", w.pos)
+    if w.name in KEYWORDS:
+        raise DlcError(f"`{w.name}` cannot name {what}: it is a keyword of the language", w.pos)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def _did_you_mean(word: str, choices) -> str:
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{near[0]}`?)" if near else ""
+
+
+def _kind_or_error(w: Word, scope: Scope) -> LayerKind:
+    kind = lookup(w.name)
+    if kind is not None:
+        return kind
+    if w.name == "shortcut":
+        raise DlcError("`shortcut` stands alone as a branch of add( … | shortcut )", w.pos)
+    if w.name in scope.params:
+        raise DlcError(f"`{w.name}` is a block parameter, not a layer kind", w.pos)
+    raise DlcError(f"unknown layer kind `{w.name}`{_did_you_mean(w.name, all_words())}", w.pos)
+
+
+def _unknown_option(opt: Option, layers: list[Layer]) -> DlcError:
+    keys = [k for layer in layers for k in layer.kind.options]
+    takes = "; ".join(f"{layer.kind.name} takes {', '.join(layer.kind.options)}" if layer.kind.options
+                      else f"{layer.kind.name} takes no options" for layer in layers)
+    return DlcError(f"unknown option `{opt.key}=`{_did_you_mean(opt.key, keys)}; {takes}", opt.pos)
+
+
+def _bad_word(w: Word, step: Step, layers: list[Layer], scope: Scope) -> DlcError:
+    main = layers[0].kind
+    kind = lookup(w.name)
+    if kind is not None and kind.merge:
+        return DlcError(f"`{w.name}` is its own step: write `-> {w.name} LABEL` or `-> {w.name}( A | B )`", w.pos)
+    if kind is not None and kind.size_required:
+        return DlcError(f"`{w.name}` needs a size, so it starts its own step: write `-> {w.name} "
+                        f"{size_example(w.name)}`", w.pos)
+    if kind is not None:
+        return DlcError(f"`{w.name}` cannot follow a layer on the same step", w.pos)
+    if w.name in scope.params or RESERVED.fullmatch(w.name):
+        return DlcError(f"expected `->` or a new line before `{w.name}`", w.pos)
+    if w.name == "shortcut":
+        return DlcError("`shortcut` stands alone as a branch of add( … | shortcut )", w.pos)
+    flags = [f for layer in layers for f in layer.kind.flags]
+    suffixes = [k for k in all_words() if lookup(k).suffixable]
+    options = [f"{k}=" for layer in layers for k in layer.kind.options]
+    hint = _did_you_mean(w.name, flags + suffixes + options + list(scope.params))
+    what = f"a flag of {main.name}" + (f" ({', '.join(main.flags)})" if main.flags else "")
+    return DlcError(f"`{w.name}` is neither a layer kind nor {what}{hint}", w.pos)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -90,4 +90,4 @@ def load_graph(spec: str | None, expr: str | None):
 
 
 # Each module adds its commands to `main`.
-from dlc.commands import analysis, gradcheck, onnx as onnx_commands  # noqa: E402,F401
+from dlc.commands import analysis, gradcheck, onnx as onnx_commands, train  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Training on the NumPy engine: data, optimisers, schedules, augmentation and the resumable loop."""

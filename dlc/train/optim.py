@@ -1,0 +1,161 @@
+"""Optimisers: the published update rules, in place, in the parameters' own dtype (float32).
+
+With learning rate η, gradient g and weights w (CS231n's notes, "Parameter updates"):
+- sgd:       w -= η g
+- momentum:  v = μ v - η g;  w += v                                    (μ = `momentum`, default 0.9)
+- nesterov:  v' = v;  v = μ v - η g;  w += -μ v' + (1 + μ) v         (Sutskever et al. 2013, as
+             rewritten by Bengio et al. 2012 so the gradient is taken at the current weights)
+- adagrad:   c += g²;  w -= η g / (√c + ε)                              (Duchi et al. 2011)
+- rmsprop:   c = ρ c + (1 - ρ) g²;  w -= η g / (√c + ε)                 (Hinton, lecture 6e; ρ is the
+             `beta2` key, default 0.9 for rmsprop)
+- adam:      t += 1;  m = β1 m + (1 - β1) g;  v = β2 v + (1 - β2) g²;
+             w -= η (m / (1 - β1ᵗ)) / (√(v / (1 - β2ᵗ)) + ε)          (Kingma & Ba 2015, Algorithm 1)
+ε defaults to 1e-8. The state is a dict of named arrays ("v:conv1.W", "m:fc1.b"), plus adam's step
+count t, so a checkpoint holds it and a resumed run continues bit for bit.
+
+Regularisation acts on weights only: not on biases ("*.b", recurrent "*.B") nor bn's "gamma"/"beta".
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlc.errors import DlcError
+
+# slots each optimizer keeps per parameter (the counts dlc.analysis uses for the memory estimate)
+SLOTS = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("c",), "rmsprop": ("c",),
+         "adam": ("m", "v")}
+DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+RMSPROP_DECAY = 0.9
+NOT_DECAYED = ("b", "B", "gamma", "beta")  # parameter names within a node that are not weights
+
+
+@dataclass
+class Optimizer:
+    kind: str
+    momentum: float
+    beta1: float
+    beta2: float
+    eps: float
+    slots: dict[str, np.ndarray] = field(default_factory=dict)
+    t: int = 0  # updates applied so far (adam's bias correction reads it)
+
+
+def make_optimizer(kind: str, momentum: float | None = None, beta1: float | None = None,
+                   beta2: float | None = None, eps: float | None = None) -> Optimizer:
+    """An optimizer with its hyperparameters; None means the default for that optimizer."""
+    if kind not in SLOTS:
+        raise DlcError(f"unknown optimizer `{kind}` (expected {', '.join(SLOTS)})")
+    if beta2 is None and kind == "rmsprop":
+        beta2 = RMSPROP_DECAY
+    hyper = {k: DEFAULTS[k] if v is None else float(v)
+             for k, v in (("momentum", momentum), ("beta1", beta1), ("beta2", beta2), ("eps", eps))}
+    for k in ("momentum", "beta1", "beta2"):
+        if not 0 <= hyper[k] < 1:
+            raise DlcError(f"{k} must satisfy 0 <= {k} < 1 (received {hyper[k]})")
+    if hyper["eps"] <= 0:
+        raise DlcError(f"eps must be > 0 (received {hyper['eps']})")
+    return Optimizer(kind, **hyper)
+
+
+def _slot(opt: Optimizer, slot: str, name: str, w: np.ndarray) -> np.ndarray:
+    key = f"{slot}:{name}"
+    s = opt.slots.get(key)
+    if s is None:
+        s = opt.slots[key] = np.zeros_like(w)
+    return s
+
+
+def _sgd(opt, name, w, g, lr):
+    w -= lr * g
+
+
+def _momentum(opt, name, w, g, lr):
+    v = _slot(opt, "v", name, w)
+    v *= opt.momentum
+    v -= lr * g
+    w += v
+
+
+def _nesterov(opt, name, w, g, lr):
+    v = _slot(opt, "v", name, w)
+    mu = opt.momentum
+    w -= mu * v
+    v *= mu
+    v -= lr * g
+    w += (1 + mu) * v
+
+
+def _adagrad(opt, name, w, g, lr):
+    c = _slot(opt, "c", name, w)
+    c += g * g
+    w -= lr * g / (np.sqrt(c) + opt.eps)
+
+
+def _rmsprop(opt, name, w, g, lr):
+    c = _slot(opt, "c", name, w)
+    rho = opt.beta2
+    c *= rho
+    c += (1 - rho) * (g * g)
+    w -= lr * g / (np.sqrt(c) + opt.eps)
+
+
+def _adam(opt, name, w, g, lr):
+    m, v = _slot(opt, "m", name, w), _slot(opt, "v", name, w)
+    b1, b2 = opt.beta1, opt.beta2
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    mhat = m / (1 - b1 ** opt.t)
+    vhat = v / (1 - b2 ** opt.t)
+    w -= lr * mhat / (np.sqrt(vhat) + opt.eps)
+
+
+UPDATES = {"sgd": _sgd, "momentum": _momentum, "nesterov": _nesterov, "adagrad": _adagrad,
+           "rmsprop": _rmsprop, "adam": _adam}
+
+
+def step(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+    """Apply one update to every parameter in place."""
+    opt.t += 1
+    update = UPDATES[opt.kind]
+    for name, w in params.items():
+        update(opt, name, w, grads[name], lr)
+
+
+def decayed(names) -> list[str]:
+    """The weights among parameter names: what weight decay, L1 and max-norm act on."""
+    return [n for n in names if n.rsplit(".", 1)[-1] not in NOT_DECAYED]
+
+
+# ------------------------------------------------------------------------ checkpointing the state
+
+def state_to_json(opt: Optimizer) -> dict:
+    """The optimizer, JSON-ready, its arrays as exact base64 bytes (checkpoint meta is JSON)."""
+    return {"kind": opt.kind, "t": opt.t,
+            "hyper": {k: getattr(opt, k) for k in DEFAULTS},
+            "slots": {k: {"dtype": str(a.dtype), "shape": list(a.shape),
+                          "data": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")}
+                      for k, a in opt.slots.items()}}
+
+
+def state_from_json(doc: dict) -> Optimizer:
+    opt = Optimizer(doc["kind"], t=int(doc["t"]), **doc["hyper"])
+    for k, a in doc["slots"].items():
+        raw = base64.b64decode(a["data"])
+        opt.slots[k] = np.frombuffer(raw, dtype=a["dtype"]).reshape(a["shape"]).copy()
+    return opt
+
+
+# A unit's incoming weights for max-norm: every axis but the first, except where the layout differs.
+MAXNORM_AXES = {"rnn": (-1,), "lstm": (-1,), "gru": (-1,),  # W/R (dirs, gates*H, D): rows are units
+                "upconv": (0, 2, 3)}  # W (C_in, C_out, kh, kw): output channel j reads W[:, j]
+
+
+def maxnorm_axes(graph, names) -> dict[str, tuple[int, ...] | None]:
+    """For each weight, the axes its per-unit norm runs over (None: all but the first)."""
+    return {n: MAXNORM_AXES.get(graph.node(n.rsplit(".", 1)[0]).kind) for n in decayed(names)}

@@ -23,6 +23,8 @@ from dlc.layers import KINDS
 CHECKPOINT_SCHEMA = "dlc.checkpoint/1"
 META_KEY = "__dlc_meta__"  # the npz entry holding the JSON metadata; no parameter name has dunders
 
+INITS = ("he", "xavier", "gaussian")
+
 # Tensors that start at a constant rather than at random: biases, bn's scale and shift, its statistics.
 CONSTANT_INIT = {"b": 0.0, "B": 0.0, "beta": 0.0, "gamma": 1.0, "mean": 0.0, "var": 1.0}
 
@@ -76,22 +78,29 @@ def fans(t: Tensor) -> tuple[float, float]:
     raise DlcError(f"no initialisation rule for {t.full_name} of a `{kind}` layer")
 
 
-def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float) -> np.ndarray:
+def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float, dtype) -> np.ndarray:
     if t.name in CONSTANT_INIT:
-        return np.full(t.shape, CONSTANT_INIT[t.name])
+        return np.full(t.shape, CONSTANT_INIT[t.name], dtype)
+    # Drawn in the target precision: VGG-16's 138 M weights take a third of the time and half the
+    # memory they would as float64 first.
+    draw = dtype if np.dtype(dtype) in (np.float32, np.float64) else np.float64
     if t.node.kind == "embed":
         # A lookup is a product with a one-hot vector (fan-in 1): unit-variance rows, as PyTorch's
         # nn.Embedding, give the next layer inputs of the scale he/xavier assume.
-        return rng.standard_normal(t.shape) * (std if init == "gaussian" else 1.0)
-    if init == "gaussian":
-        return rng.standard_normal(t.shape) * std
-    fan_in, fan_out = fans(t)
-    if init == "he":
-        return rng.standard_normal(t.shape) * np.sqrt(2.0 / fan_in)
-    if init == "xavier":
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-limit, limit, t.shape)
-    raise DlcError(f"unknown init `{init}` (expected he, xavier or gaussian)")
+        scale = std if init == "gaussian" else 1.0
+    elif init == "gaussian":
+        scale = std
+    elif init == "he":
+        scale = np.sqrt(2.0 / fans(t)[0])
+    else:  # xavier
+        limit = np.sqrt(6.0 / sum(fans(t)))
+        w = rng.random(t.shape, dtype=draw)
+        w *= 2 * limit
+        w -= limit
+        return w.astype(dtype, copy=False)
+    w = rng.standard_normal(t.shape, dtype=draw)
+    w *= scale
+    return w.astype(dtype, copy=False)
 
 
 def init_params(graph: Graph, init: str = "he", seed: int = 0, std: float = 0.01,
@@ -101,11 +110,12 @@ def init_params(graph: Graph, init: str = "he", seed: int = 0, std: float = 0.01
     Each tensor draws from its own stream seeded by (seed, its name), so adding a layer leaves the
     others' initial values as they were.
     """
+    if init not in INITS:
+        raise DlcError(f"unknown init `{init}` (expected {', '.join(INITS)})")
     params, state = {}, {}
     for t in tensors(graph):
         rng = np.random.default_rng([seed, zlib.crc32(t.full_name.encode())])
-        value = initial_value(t, init, rng, std).astype(dtype)
-        (params if t.trainable else state)[t.full_name] = value
+        (params if t.trainable else state)[t.full_name] = initial_value(t, init, rng, std, dtype)
     return params, state
 
 

@@ -8,6 +8,7 @@ avgpool divides by the number of cells of the window that lie inside the unpadde
 
 from __future__ import annotations
 
+from dlc.errors import ShapeError
 from dlc.layers import GLOBAL, PAD, LayerKind, Window, register
 from dlc.layers.spatial import image, pair, resolve_pads, window_out
 

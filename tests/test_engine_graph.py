@@ -306,6 +306,8 @@ def gradcheck_cli(*args):
     "input 3@6x6\nconv 4@3x3 pad=1 bn relu\nmaxpool 2\nfc 3 softmax",
     "input seq 4\nembed 3 vocab=5\ngru 3 sequences\nlstm 2\nfc 2 softmax",
     "input 2@6x6\nadd(\n  conv 4@3x3/2 pad=1 bn relu\n  conv 4@3x3 pad=1 bn\n | shortcut\n)\nrelu\ngap\nfc 3",
+    "input 1@4x4\nconv 3@3x3 pad=1 softmax",  # pixel-wise classes: one label per pixel
+    "input seq 3 of 2\nlstm 3 sequences\nsoftmax",  # one label per step
 ])
 def test_gradcheck_command_passes_on_correct_kernels(spec):
     r = gradcheck_cli("-e", spec)

@@ -65,11 +65,14 @@ def sample_batch(graph: Graph, batch: int, rng: np.random.Generator) -> np.ndarr
 
 
 def sample_targets(graph: Graph, loss: str, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """Random targets: class indices over the last axis for xent, standard normal values for mse."""
+    """Random targets: class indices for xent (one per step of a sequence, per pixel of an image),
+    standard normal values for mse."""
     shape = graph.output.out_shape
-    if loss == "xent":
-        return rng.integers(0, shape[-1], size=(batch, *shape[:-1]))
-    return rng.standard_normal((batch, *shape))
+    if loss != "xent":
+        return rng.standard_normal((batch, *shape))
+    # the class axis is the one softmax normalises: the last of a sequence, else the first (C or N)
+    classes, rest = (shape[-1], shape[:-1]) if len(shape) == 2 else (shape[0], shape[1:])
+    return rng.integers(0, classes, size=(batch, *rest))
 
 
 def default_loss(graph: Graph) -> str:

@@ -8,7 +8,6 @@ per canonical kind in each scope (`conv1`, `relu2`), a scope per block call (`st
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 
@@ -250,6 +249,12 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
         # a block parameter standing where the size stands: `dropout p`
         w = items.pop(0)
         size = Size(Value(w.name, w.name, w.pos), None, None, w.name, w.pos)
+    if size is None and kind.size_required and items and isinstance(items[0], Word):
+        w = items[0]
+        other = lookup(w.name)
+        if not (other is not None and other.suffixable) and w.name not in kind.flags:
+            raise DlcError(f"expected a size like {size_example(step.kind.name)} after `{step.kind.name}`"
+                           f"{_unbound(Value(w.name, w.name, w.pos), scope)} (Received: `{w.name}`)", w.pos)
     head = step.kind.name + (f" {size.raw}" if size is not None else "")
     pos = step.kind.pos if size is None else Pos(step.kind.pos.line, step.kind.pos.col,
                                                  size.pos.end_col if size.pos.line == step.kind.pos.line else None)
@@ -304,14 +309,14 @@ def _size_attrs(kind: LayerKind, size: Size | None, word: Word, scope: Scope) ->
     if kind.size == "conv":
         if channels is None:
             raise DlcError(f"{shaped}: write channels@kernel", size.pos)
-        return {"channels": _positive_int(channels, "the channel count"),
-                "kernel": _pair(dims, "the kernel size"),
-                "stride": _pair(stride, "the stride") if stride is not None else None}
+        return {"channels": _positive_int(channels, "the channel count", scope),
+                "kernel": _pair(dims, "the kernel size", scope),
+                "stride": _pair(stride, "the stride", scope) if stride is not None else None}
     if kind.size == "window":
         if channels is not None:
             raise DlcError(f"{shaped}: {word.name} keeps the channel count", size.pos)
-        return {"kernel": _pair(dims, "the window size"),
-                "stride": _pair(stride, "the stride") if stride is not None else None}
+        return {"kernel": _pair(dims, "the window size", scope),
+                "stride": _pair(stride, "the stride", scope) if stride is not None else None}
     if channels is not None or stride is not None or isinstance(dims.v, tuple):
         raise DlcError(shaped, size.pos)
     if kind.size == "int":
@@ -516,19 +521,24 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     if len(b.nodes) >= MAX_NODES:
         raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
     ins = [b.by_name[i] for i in inputs]
-    if kind.name == "fc" and len(ins[0].out_shape) != 1 and ins[0].dtype != "int64":
+    if kind.name == "fc" and len(ins[0].out_shape) != 1:
         # dsl.md: fc flattens an image (C, H, W order) first, shown as its own row.
         ins = [_add_node(b, scope, KINDS["flatten"], {}, inputs, pos, "flatten", "flatten")]
         inputs = [ins[0].name]
     _check_dtype(kind, ins, pos, head)
     name = name or scope.node_name(kind.name)
     shapes = [n.out_shape for n in ins]
+    missing = next((k for k, v in attrs.items() if v is None and k in kind.options), None)
+    if missing is not None:
+        raise DlcError(f"{head} needs the option {missing}=… (it has no default)", pos)
     try:
         out, resolved = kind.resolve(attrs, shapes)
     except ShapeError as e:
+        shown = [show(s) for s in shapes]
+        if all(s in str(e) for s in shown):
+            raise DlcError(f"{head} ({name}): {e}", pos) from None
         what = "inputs" if len(shapes) > 1 else "input"
-        raise DlcError(f"{head} ({name}) does not fit its {what} {' and '.join(show(s) for s in shapes)}: {e}",
-                       pos) from None
+        raise DlcError(f"{head} ({name}) does not fit its {what} {' and '.join(shown)}: {e}", pos) from None
     node = Node(name, kind.name, resolved, inputs, tuple(out), "float32", pos, row, None, _one_line(text))
     b.nodes.append(node)
     b.by_name[name] = node
@@ -562,9 +572,10 @@ def _unbound(v: Value, scope: Scope) -> str:
     return f"; {where} `{v.v}`{_did_you_mean(v.v, scope.params)}"
 
 
-def _positive_int(v: Value, what: str) -> int:
+def _positive_int(v: Value, what: str, scope: Scope | None = None) -> int:
     if not isinstance(v.v, int) or v.v < 1:
-        raise DlcError(f"{what} must be a whole number of at least 1 (Received: `{v.raw}`)", v.pos)
+        hint = _unbound(v, scope) if scope is not None else ""
+        raise DlcError(f"{what} must be a whole number of at least 1{hint} (Received: `{v.raw}`)", v.pos)
     return v.v
 
 
@@ -574,10 +585,10 @@ def _at_least_one(n: int, v: Value) -> int:
     return n
 
 
-def _pair(v: Value, what: str) -> tuple[int, int]:
+def _pair(v: Value, what: str, scope: Scope) -> tuple[int, int]:
     if isinstance(v.v, tuple):
         return (_at_least_one(v.v[0], v), _at_least_one(v.v[1], v))
-    n = _positive_int(v, what)
+    n = _positive_int(v, what, scope)
     return (n, n)
 
 
@@ -629,6 +640,8 @@ def _check_name(w: Word, what: str) -> None:
 # --- errors --------------------------------------------------------------------------------------
 
 def _did_you_mean(word: str, choices) -> str:
+    import difflib  # only on the error path: it costs start-up time
+
     near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean `{near[0]}`?)" if near else ""
 

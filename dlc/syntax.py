@@ -15,6 +15,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from dlc.errors import DlcError, Pos
+from dlc.layers import lookup
 from dlc.resources import resource_dir
 
 
@@ -168,7 +169,7 @@ def token_value(tok: Token) -> Value:
     return Value(v, s, token_pos(tok))
 
 
-def _meta_pos(meta, text: str) -> Pos:
+def _meta_pos(meta) -> Pos:
     end = meta.end_column if meta.end_line == meta.line else None
     return Pos(meta.line, meta.column, end)
 
@@ -212,15 +213,15 @@ class _ToAst(Transformer):
         return token_value(children[0])
 
     def size_one(self, meta, children):
-        return Size(children[0], None, None, self._slice(meta), _meta_pos(meta, self.text))
+        return Size(children[0], None, None, self._slice(meta), _meta_pos(meta))
 
     def size_at(self, meta, children):
         channels, dims, stride = (*children, None)[:3]
-        return Size(dims, channels, stride, self._slice(meta), _meta_pos(meta, self.text))
+        return Size(dims, channels, stride, self._slice(meta), _meta_pos(meta))
 
     def size_stride(self, meta, children):
         dims, stride = children
-        return Size(dims, None, stride, self._slice(meta), _meta_pos(meta, self.text))
+        return Size(dims, None, stride, self._slice(meta), _meta_pos(meta))
 
     def word(self, meta, children):
         return Word(str(children[0]), token_pos(children[0]))
@@ -233,7 +234,7 @@ class _ToAst(Transformer):
         tok = children[0]
         if tok.type == "REPEAT":
             v = token_value(tok)
-            return _Repeat(Value(int(str(tok)[1:]), str(tok), v.pos))
+            return _Repeat(Value(int(str(tok)[1:]), str(tok)[1:], v.pos))
         return _Repeat(token_value(tok))
 
     def label(self, meta, children):
@@ -245,11 +246,11 @@ class _ToAst(Transformer):
         kind = Word(str(rest[0]), token_pos(rest[0]))
         size = next((c for c in rest[1:] if isinstance(c, Size)), None)
         items = [c for c in rest[1:] if isinstance(c, (Word, Option))]
-        return Step(kind, size, items, repeat, label, self._slice(meta), _meta_pos(meta, self.text))
+        return Step(kind, size, items, repeat, label, self._slice(meta), _meta_pos(meta))
 
     def group(self, meta, children):
         rest, repeat, label = _split(children)
-        return Group(rest[0].statements, repeat, label, self._slice(meta), _meta_pos(meta, self.text))
+        return Group(rest[0].statements, repeat, label, self._slice(meta), _meta_pos(meta))
 
     def arg(self, meta, children):
         return children[0]
@@ -257,27 +258,27 @@ class _ToAst(Transformer):
     def call(self, meta, children):
         rest, repeat, label = _split(children)
         name = Word(str(rest[0]), token_pos(rest[0]))
-        return Call(name, rest[1:], repeat, label, self._slice(meta), _meta_pos(meta, self.text))
+        return Call(name, rest[1:], repeat, label, self._slice(meta), _meta_pos(meta))
 
     def merge(self, meta, children):
         rest, repeat, label = _split(children)
         kind = Word(str(rest[0]), token_pos(rest[0]))
         branches = [b.statements for b in rest[1:]]
-        return Merge(kind, branches, repeat, label, self._slice(meta), _meta_pos(meta, self.text))
+        return Merge(kind, branches, repeat, label, self._slice(meta), _meta_pos(meta))
 
     def input_image(self, meta, children):
-        return Input(children[0], None, None, self._slice(meta), _meta_pos(meta, self.text))
+        return Input(children[0], None, None, self._slice(meta), _meta_pos(meta))
 
     def input_seq(self, meta, children):
         steps, features = children
-        return Input(None, steps, features, self._slice(meta), _meta_pos(meta, self.text))
+        return Input(None, steps, features, self._slice(meta), _meta_pos(meta))
 
     def default(self, meta, children):
         kind = Word(str(children[0]), token_pos(children[0]))
-        return Default(kind, list(children[1:]), _meta_pos(meta, self.text))
+        return Default(kind, list(children[1:]), _meta_pos(meta))
 
     def train(self, meta, children):
-        return Train(list(children), _meta_pos(meta, self.text))
+        return Train(list(children), _meta_pos(meta))
 
     def param(self, meta, children):
         name, default = children
@@ -286,7 +287,7 @@ class _ToAst(Transformer):
     def block(self, meta, children):
         name = Word(str(children[0]), token_pos(children[0]))
         params = [c for c in children[1:-1] if isinstance(c, Param)]
-        return BlockDef(name, params, children[-1], _meta_pos(meta, self.text))
+        return BlockDef(name, params, children[-1], _meta_pos(meta))
 
 
 @lru_cache(maxsize=1)
@@ -324,14 +325,12 @@ def describe(tok: Token) -> str:
     if tok.type == "$END":
         return "the end of the spec"
     if tok.type == "_SEP":
-        return "`->`" if "->" in tok else "a new line"
+        return "`->`" if tok.lstrip(" \t").startswith("->") else "the end of the line"
     return f"`{tok}`"
 
 
 def size_example(word: str) -> str | None:
     """How a kind's SIZE looks, for "expected a size like … after `conv`"."""
-    from dlc.layers import lookup
-
     kind = lookup(word)
     if kind is None or kind.size is None:
         return None
@@ -369,60 +368,83 @@ def _at(tok: Token) -> Pos:
 
 
 def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
+    """A lark error as the user's mistake: what was expected where, in the language's words."""
     if isinstance(e, UnexpectedCharacters):
-        bad = re.match(r"[A-Za-z0-9_.@/x]+", text[e.pos_in_stream:]) if text[e.pos_in_stream].isalnum() else None
-        if bad:
-            word = bad.group(0)
-            return DlcError(f"cannot read `{word}`: sizes are written like 64@3x3/2, numbers stand alone",
-                            Pos(e.line, e.column, e.column + len(word)))
-        ch = text[e.pos_in_stream]
-        shown = repr(ch)[1:-1] if not ch.isprintable() else ch
-        return DlcError(f"unexpected character `{shown}`", Pos(e.line, e.column))
+        return _bad_character(e, text)
     assert isinstance(e, UnexpectedToken)
     tok, expected = e.token, set(e.expected)
-    start = tok.start_pos if tok.type != "$END" else len(text)
-    before = _tokens_before(text, start if start is not None else len(text))
-    prev = before[-1] if before else None
-    where = _at(tok) if tok.type != "$END" else _end_pos(text)
+    end = tok.type == "$END"
+    before = _tokens_before(text, len(text) if end or tok.start_pos is None else tok.start_pos)
+    prev = before[-1].type if before else None
+    # the statement the error is in: the tokens since the last separator
+    cut = max((i for i, t in enumerate(before) if t.type in ("_SEP", "LPAR", "LBRACE", "VBAR")), default=-1)
+    stmt = before[cut + 1:]
+    where = _end_pos(text) if end else _at(tok)
     stray, open_ = _unbalanced(before + ([tok] if tok.type in CLOSERS else []))
+
     if stray is not None:
-        want = {"RPAR": "(", "RBRACE": "{"}[stray.type]
-        return DlcError(f"`{stray}` without a matching `{want}`", _at(stray))
-    if tok.type == "$END" and open_ is not None:
+        return DlcError(f"`{stray}` without a matching `{'(' if stray.type == 'RPAR' else '{'}`", _at(stray))
+    if open_ is not None and (end or tok.type == "RBRACE" and open_.type == "LPAR"):
         return DlcError(f"unclosed `{open_}`", _at(open_))
-    if prev is not None and prev.type == "X":
+    head = stmt[0].type if stmt else None
+    header = before[max((i for i, t in enumerate(before) if t.type == "_SEP"), default=-1) + 1:]
+    if header and header[0].type == "BLOCK" and all(t.type != "LBRACE" for t in header) and prev != "EQUAL":
+        return DlcError("a block is defined as `block name(p, q=1) { … }`", where)
+    if head == "DEFAULT" and len(stmt) == 1:
+        return DlcError("expected a layer kind after `default`, like `default conv pad=same`", where)
+    if head == "TRAIN" and prev != "EQUAL":
+        return DlcError("`train` takes settings like `train optimizer=sgd lr=0.01`", where)
+    if prev == "X":
         return DlcError("expected a repeat count after `x`: `x3`, or `x n` with a block parameter n "
                         "(`x` alone is not a name)", where)
-    if prev is not None and prev.type == "EQUAL":
-        key = before[-2] if len(before) > 1 else prev
-        return DlcError(f"expected a value after `{key}=`", where)
-    if prev is not None and prev.type == "AS":
+    if prev == "EQUAL":
+        return DlcError(f"expected a value after `{before[-2] if len(before) > 1 else ''}=`", where)
+    if prev == "AS":
         return DlcError("expected a label name after `as`", where)
-    if prev is not None and prev.type in ("AT", "SLASH"):
-        what = "a kernel or map size after `@`, like 64@3x3" if prev.type == "AT" else "a stride after `/`, like 3x3/2"
-        return DlcError(f"expected {what}", where)
-    if prev is not None and prev.type == "INPUT":
-        return DlcError("expected the input shape after `input`: 3@224x224, 784, seq 200 or seq 50 of 64", where)
-    if tok.type == "_SEP" and "COMMA" in expected:
+    if prev == "AT":
+        return DlcError("expected a kernel or map size after `@`, like 64@3x3", where)
+    if prev == "SLASH":
+        return DlcError("expected a stride after `/`, like 3x3/2", where)
+    if stmt and stmt[0].type == "INPUT" and tok.type != "_SEP" or prev == "INPUT" or prev == "SEQ":
+        return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200` or "
+                        "`input seq 50 of 64`", where)
+    if tok.type == "_SEP" and ("COMMA" in expected or prev == "COMMA"):
         return DlcError("a call's arguments stay on one line: expected `,` or `)`", where)
+    if prev == "_SEP" and len(before) > 2 and before[-2].type == "LPAR" and before[-3].type == "NAME" \
+            and tok.type in ("NUMBER", "DIMS", "EQUAL", "COMMA"):
+        return DlcError("a call's arguments stay on one line, right after `(`", where)
+    if len(stmt) == 2 and stmt[0].type == "DEFAULT" and tok.type in ("NUMBER", "DIMS", "AT", "SLASH"):
+        return DlcError(f"`default {stmt[1]}` sets options (key=value) and flags, not a size", where)
+    last = next((t.type for t in reversed(before) if t.type != "_SEP"), None)
+    if tok.type in ("VBAR", "RPAR") and last in ("LPAR", "VBAR"):
+        if "VBAR" in (tok.type, last):
+            return DlcError("empty branch: each branch of add( … | … ) or concat( … | … ) needs a step", where)
+        return DlcError("nothing inside `( )`", where)
     if tok.type == "VBAR":
         return DlcError("`|` separates branches, only inside add( … ) or concat( … )", where)
-    if prev is not None and prev.type == "NAME" and _starts_step(before) and tok.type in ("AT", "SLASH", "EQUAL"):
-        example = size_example(str(prev))
+    if len(stmt) == 1 and stmt[0].type == "NAME" and tok.type in ("AT", "SLASH", "EQUAL"):
+        example = size_example(str(stmt[0]))
         if example:
-            return DlcError(f"expected a size like {example} after `{prev}`", where)
-    if "_SEP" in expected and tok.type != "$END":
+            return DlcError(f"expected a size like {example} after `{stmt[0]}`", where)
+    if not stmt and tok.type != "_SEP":
+        return DlcError(f"expected a step (a layer kind, a block call or `( … )`) here, not {describe(tok)}", where)
+    if "_SEP" in expected and not end:
         return DlcError(f"expected `->` or a new line before {describe(tok)}", where)
-    if tok.type == "RBRACE" and open_ is not None and open_.type == "LPAR":
-        return DlcError(f"unclosed `(`: expected `)` before `}}`", _at(open_))
-    wanted = sorted({WHAT.get(t, f"`{t}`") for t in expected if t in WHAT} or {"something else"})
-    return DlcError(f"unexpected {describe(tok)}; expected {', '.join(wanted[:-1]) + ' or ' if len(wanted) > 1 else ''}"
-                    f"{wanted[-1]}", where)
+    wanted = sorted({WHAT[t] for t in expected if t in WHAT} or {"something else"})
+    listed = ", ".join(wanted[:-1]) + " or " + wanted[-1] if len(wanted) > 1 else wanted[0]
+    return DlcError(f"expected {listed} here, not {describe(tok)}", where)
 
 
-def _starts_step(before: list[Token]) -> bool:
-    """Whether the last token is the first word of a statement."""
-    return len(before) == 1 or before[-2].type in ("_SEP", "LPAR", "LBRACE", "VBAR")
+def _bad_character(e: UnexpectedCharacters, text: str) -> DlcError:
+    rest = text[e.pos_in_stream:]
+    bad = re.match(r"[A-Za-z0-9_.@/]+", rest) if rest[:1].isdigit() else None
+    if bad:
+        word = bad.group(0)
+        return DlcError(f"cannot read `{word}`: sizes are written like 64@3x3/2 and numbers stand alone",
+                        Pos(e.line, e.column, e.column + len(word)))
+    ch = rest[:1]
+    shown = ch if ch.isprintable() else repr(ch)[1:-1]
+    return DlcError(f"unexpected character `{shown}`", Pos(e.line, e.column))
 
 
 def _end_pos(text: str) -> Pos:

@@ -12,6 +12,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+# The most bytes of im2col columns built at once. Larger layers are done in bands of output rows, and
+# their columns are rebuilt in backward instead of kept: saved columns cost kh*kw times the input
+# (7 GiB for VGG-16's second layer at batch 64), while LeNet-5's fit whole (5 MiB at batch 64).
+COLS_BYTES = 64 << 20
+
 
 def to_chwn(x: np.ndarray) -> np.ndarray:
     """A contiguous (C, H, W, N) array from an NCHW one; no copy when x is a view made by from_chwn."""
@@ -44,6 +49,17 @@ def crop_chwn(xp: np.ndarray, pads) -> np.ndarray:
     return xp[:, t:xp.shape[1] - b, l:xp.shape[2] - r]
 
 
+def span(out: int, k: int, stride: int, dil: int) -> int:
+    """Input rows (or columns) that `out` windows of size k read."""
+    return (out - 1) * stride + dil * (k - 1) + 1
+
+
+def row_bands(rows: int, bytes_per_row: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of output rows whose im2col columns fit COLS_BYTES (one row at least)."""
+    step = max(1, COLS_BYTES // max(bytes_per_row, 1))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
 def windows(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
     """The read-only (C, kh, kw, Ho, Wo, N) view of every window of a padded (C, Hp, Wp, N) array."""
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dil, out_hw
@@ -62,21 +78,27 @@ def im2col(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
     return cols.reshape(c * kh * kw, ho * wo * n)
 
 
-def col2im(cols: np.ndarray, padded_hw, kernel, stride, dil) -> np.ndarray:
-    """Sum the (C, kh, kw, Ho, Wo, N) window values back into a padded (C, Hp, Wp, N) image.
+def add_windows(into: np.ndarray, cols: np.ndarray, stride, dil) -> None:
+    """into[window cells] += cols: the transpose of `windows`, for (C, kh, kw, Ho, Wo, N) values."""
+    _, kh, kw, ho, wo, _ = cols.shape
+    (sh, sw), (dh, dw) = stride, dil
+    for i in range(kh):
+        for j in range(kw):
+            into[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, i, j]
 
-    The transpose of `windows`: every cell gets the sum over the windows that cover it. cols may be
-    any array of that shape, a broadcast view included.
+
+def col2im(cols: np.ndarray, padded_hw, stride, dil) -> np.ndarray:
+    """A new padded (C, Hp, Wp, N) image where each cell sums the window values that cover it.
+
+    cols may be any (C, kh, kw, Ho, Wo, N) array, a broadcast view included.
     """
     c, kh, kw, ho, wo, n = cols.shape
-    (hp, wp), (sh, sw), (dh, dw) = padded_hw, stride, dil
-    if (sh, sw) == (kh, kw) and (dh, dw) == (1, 1) and (hp, wp) == (ho * kh, wo * kw):
+    hp, wp = padded_hw
+    if tuple(stride) == (kh, kw) and tuple(dil) == (1, 1) and (hp, wp) == (ho * kh, wo * kw):
         # Windows tile the image exactly (2/2 pooling, patchify convs): one transposing copy.
         xp = np.empty((c, ho, kh, wo, kw, n), cols.dtype)
         np.copyto(xp, cols.transpose(0, 3, 1, 4, 2, 5))
         return xp.reshape(c, hp, wp, n)
     xp = np.zeros((c, hp, wp, n), cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            xp[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, i, j]
+    add_windows(xp, cols, stride, dil)
     return xp

@@ -55,7 +55,7 @@ def avgpool(attrs, params, state, xs, ctx):
     def backward(dy):
         d = to_chwn(dy) * scale
         spread = np.broadcast_to(d[:, None, None], (c, *kernel_hw, ho, wo, n))
-        dxp = col2im(spread, xp.shape[1:3], kernel_hw, stride, (1, 1))
+        dxp = col2im(spread, xp.shape[1:3], stride, (1, 1))
         return [from_chwn(crop_chwn(dxp, pads))], {}
 
     return from_chwn(y), backward
@@ -85,7 +85,7 @@ def maxpool(attrs, params, state, xs, ctx):
             hit &= unclaimed
             unclaimed ^= hit  # hit lies inside unclaimed, so this clears it
             np.multiply(d, hit, out=routed[:, i, j])
-        dxp = col2im(routed, xp.shape[1:3], kernel_hw, stride, (1, 1))
+        dxp = col2im(routed, xp.shape[1:3], stride, (1, 1))
         return [from_chwn(crop_chwn(dxp, pads))], {}
 
     return from_chwn(y), backward

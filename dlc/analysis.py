@@ -72,8 +72,9 @@ def _receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tupl
         return ReceptiveField(image_hw, jump, True)
     assert isinstance(window, Window)
     if window.transposed:
-        # An output pixel of a stride-s transposed window reads ceil(k/s) input pixels.
-        new = tuple(size[i] + (-(-window.dilation[i] * (window.kernel[i] - 1) // window.stride[i])) * jump[i]
+        # An output pixel of a stride-s transposed window reads ceil(k/s) input pixels, which span
+        # floor(dil*(k-1)/s) + 1 of them (2x2/2: one pixel, so the field does not grow).
+        new = tuple(size[i] + (window.dilation[i] * (window.kernel[i] - 1) // window.stride[i]) * jump[i]
                     for i in (0, 1))
         return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] / window.stride[i] for i in (0, 1)), whole)
     new = tuple(size[i] + window.dilation[i] * (window.kernel[i] - 1) * jump[i] for i in (0, 1))

@@ -1,0 +1,532 @@
+"""Every layer kind on a tiny spec: output shape, parameters, MACs, FLOPs and receptive field.
+
+Each expected figure is worked out by hand in the comment beside it from conventions.md's formulas
+(shapes: floor((in + pads - dil*(k-1) - 1) / stride) + 1; conv MACs C_out*H_out*W_out*(C_in/groups)*kh*kw;
+FLOPs 2*MACs + bias adds + the per-kind elementwise rules), the way the course notes state them.
+Tests are named test_<kind>_...; the last test checks that no registered kind is left without one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dlc.analysis import analyse
+from dlc.compile import compile_spec
+from dlc.errors import DlcError
+from dlc.layers import KINDS
+
+
+def analysed(spec: str):
+    return analyse(compile_spec(spec, file="<test>"))
+
+
+def last(spec: str, kind: str | None = None):
+    """Figures of the spec's last node, or of its last node of `kind`."""
+    stats = analysed(spec).nodes
+    if kind is not None:
+        stats = [s for s in stats if s.node.kind == kind]
+    return stats[-1]
+
+
+def figures(s) -> tuple:
+    """(output shape, params, non-trainable, MACs, FLOPs) of one node."""
+    return s.node.out_shape, s.params, s.non_trainable, s.macs, s.flops
+
+
+def rf(s) -> tuple[int, int, int]:
+    """(field height, field width, jump) of one node; both axes share the jump in these tests."""
+    assert s.rf.jump[0] == s.rf.jump[1]
+    return s.rf.size[0], s.rf.size[1], s.rf.jump[0]
+
+
+def fails(spec: str, line: int, *words: str):
+    with pytest.raises(DlcError) as err:
+        compile_spec(spec, file="<test>")
+    assert err.value.pos is not None and err.value.pos.line == line, str(err.value)
+    for w in words:
+        assert w in err.value.message, err.value.message
+
+
+# --- conv ---------------------------------------------------------------------------------------
+
+def test_conv_alexnet_conv1_as_in_the_course_table():
+    # AlexNet conv1 on 3@227x227 gives 96@55x55: (227 - 11)/4 + 1 = 55. Params 96*3*11*11 + 96 = 34,944;
+    # MACs 96*55*55 * 3*11*11 = 105,415,200; FLOPs 2*MACs + one bias add per output (96*55*55 = 290,400).
+    s = last("input 3@227x227\nconv 96@11x11/4")
+    assert figures(s) == ((96, 55, 55), 34_944, 0, 105_415_200, 211_120_800)
+    assert rf(s) == (11, 11, 4)
+
+
+def test_conv_stride_and_padding_resnet_stem():
+    # ResNet's conv1 on 3@224x224: floor((224 + 3 + 3 - 7)/2) + 1 = 112. No bias: 64*3*7*7 = 9,408 params;
+    # MACs 64*112*112 * 3*7*7 = 118,013,952; FLOPs 2*MACs, nothing for a bias.
+    s = last("input 3@224x224\nconv 64@7x7/2 pad=3 bias=off")
+    assert figures(s) == ((64, 112, 112), 9_408, 0, 118_013_952, 236_027_904)
+    assert s.node.attrs["pads"] == (3, 3, 3, 3)
+
+
+def test_conv_pad_same_odd_input_pads_both_sides_equally():
+    # 7 wide, 3x3/2: out = ceil(7/2) = 4; total padding (4-1)*2 + 3 - 7 = 2, one pixel each side.
+    s = last("input 1@7x7\nconv 4@3x3/2 pad=same")
+    assert s.node.out_shape == (4, 4, 4)
+    assert s.node.attrs["pads"] == (1, 1, 1, 1)
+
+
+def test_conv_pad_same_even_input_puts_the_extra_pixel_at_the_end():
+    # 8 wide, 3x3/2: out = ceil(8/2) = 4; total padding (4-1)*2 + 3 - 8 = 1, all of it bottom and right
+    # (TensorFlow's and ONNX SAME_UPPER's choice). Pads are (top, left, bottom, right).
+    s = last("input 1@8x8\nconv 4@3x3/2 pad=same")
+    assert s.node.out_shape == (4, 4, 4)
+    assert s.node.attrs["pads"] == (0, 0, 1, 1)
+
+
+def test_conv_pad_same_even_kernel_at_stride_1():
+    # 4x4 kernel at stride 1 on 5x5: out 5, total padding 4 - 1 = 3, split 1 before and 2 after.
+    s = last("input 1@5x5\nconv 2@4x4 pad=same")
+    assert s.node.out_shape == (2, 5, 5)
+    assert s.node.attrs["pads"] == (1, 1, 2, 2)
+    # MACs 2*5*5 * 1*4*4 = 800 whatever the padding: every output reads the whole window.
+    assert s.macs == 800
+
+
+def test_conv_pad_valid_is_no_padding():
+    s = last("input 1@5x5\nconv 1@3x3 pad=valid")
+    assert s.node.out_shape == (1, 3, 3) and s.node.attrs["pads"] == (0, 0, 0, 0)
+
+
+def test_conv_dilation_widens_the_window():
+    # 3x3 at dil=2 spans 2*(3-1) + 1 = 5 pixels: 9 - 5 + 1 = 5. Params 2*1*9 + 2 = 20; MACs 2*5*5*9 = 450;
+    # FLOPs 900 + 50 bias adds. The field is the span: 1 + 2*(3-1)*1 = 5.
+    s = last("input 1@9x9\nconv 2@3x3 dil=2")
+    assert figures(s) == ((2, 5, 5), 20, 0, 450, 950)
+    assert rf(s) == (5, 5, 1)
+
+
+def test_conv_dilation_with_pad_same():
+    # out = ceil(9/1) = 9; total padding 8 + 2*(3-1) + 1 - 9 = 4, two each side.
+    s = last("input 1@9x9\nconv 1@3x3 dil=2 pad=same")
+    assert s.node.out_shape == (1, 9, 9) and s.node.attrs["pads"] == (2, 2, 2, 2)
+
+
+def test_conv_groups_divide_the_input_channels():
+    # 4 groups of 32/4 = 8 input channels: params 64*8*3*3 + 64 = 4,672; MACs 64*8*8 * 8*3*3 = 294,912;
+    # FLOPs 2*294,912 + 64*8*8 = 593,920.
+    s = last("input 32@8x8\nconv 64@3x3 pad=1 groups=4")
+    assert figures(s) == ((64, 8, 8), 4_672, 0, 294_912, 593_920)
+
+
+def test_conv_rectangular_kernel():
+    # 1x7 (height x width) on 10x10: height 10 - 1 + 1 = 10, width 10 - 7 + 1 = 4; params 8*1*1*7 + 8 = 64.
+    s = last("input 1@10x10\nconv 8@1x7")
+    assert s.node.out_shape == (8, 10, 4) and s.params == 64
+    assert rf(s) == (1, 7, 1)
+
+
+def test_conv_window_larger_than_the_padded_input_is_an_error():
+    fails("input 1@4x4\nconv 8@5x5\n", 2, "larger")
+
+
+def test_conv_groups_must_divide_the_channels():
+    fails("input 6@8x8\nconv 8@3x3 groups=4\n", 2, "groups")
+
+
+# --- dwconv -------------------------------------------------------------------------------------
+
+def test_dwconv_mobilenet_stride_2():
+    # MobileNet's second depthwise conv: 3x3/2 pad=same on 32@112x112 gives 32@56x56 (ceil(112/2));
+    # total padding (56-1)*2 + 3 - 112 = 1, at the end. One 3x3 filter per channel: 32*1*9 = 288 params;
+    # MACs 32*56*56*9 = 903,168; FLOPs 2*MACs, no bias.
+    s = last("input 32@112x112\ndwconv 3x3/2 pad=same bias=off")
+    assert figures(s) == ((32, 56, 56), 288, 0, 903_168, 1_806_336)
+    assert s.node.attrs["groups"] == 32 and s.node.attrs["pads"] == (0, 0, 1, 1)
+
+
+def test_dwconv_channel_multiplier():
+    # mult=2: 3*2 = 6 output channels, each from one input channel: 6*1*9 + 6 = 60 params; MACs 6*8*8*9 = 3,456.
+    s = last("input 3@8x8\ndwconv 3x3 pad=1 mult=2")
+    assert figures(s) == ((6, 8, 8), 60, 0, 3_456, 2 * 3_456 + 6 * 64)
+
+
+# --- upconv -------------------------------------------------------------------------------------
+
+def test_upconv_unet_doubles_the_map():
+    # (32 - 1)*2 + 1*(2 - 1) + 1 = 64. Params C_in*C_out*kh*kw + C_out = 32*16*4 + 16 = 2,064;
+    # MACs C_in*H_in*W_in*C_out*kh*kw = 32*32*32*16*4 = 2,097,152; FLOPs 2*MACs + 16*64*64 bias adds.
+    s = last("input 32@32x32\nupconv 16@2x2/2")
+    assert figures(s) == ((16, 64, 64), 2_064, 0, 2_097_152, 4_194_304 + 65_536)
+
+
+def test_upconv_padding_crops_the_output():
+    # DCGAN's 4x4/2 pad=1: (8 - 1)*2 - 2*1 + (4 - 1) + 1 = 16. Params 128*64*16 + 64 = 131,136;
+    # MACs 128*8*8 * 64*4*4 = 8,388,608.
+    s = last("input 128@8x8\nupconv 64@4x4/2 pad=1")
+    assert figures(s)[:4] == ((64, 16, 16), 131_136, 0, 8_388_608)
+
+
+# --- upsample -----------------------------------------------------------------------------------
+
+def test_upsample_nearest_neighbour_copies():
+    # 5*2 = 10; copies only: no parameters, no arithmetic.
+    s = last("input 3@5x5\nupsample 2")
+    assert figures(s) == ((3, 10, 10), 0, 0, 0, 0)
+
+
+# --- maxpool / avgpool --------------------------------------------------------------------------
+
+def test_maxpool_alexnet_first_pool():
+    # 3/2 on 96@55x55: (55 - 3)/2 + 1 = 27. FLOPs k*k per output: 96*27*27*9 = 629,856 (the course's 0.63 M).
+    # Field after conv1 (11, jump 4): 11 + (3 - 1)*4 = 19, jump 4*2 = 8.
+    s = last("input 3@227x227\nconv 96@11x11/4 -> maxpool 3/2")
+    assert figures(s) == ((96, 27, 27), 0, 0, 0, 629_856)
+    assert rf(s) == (19, 19, 8)
+
+
+def test_maxpool_stride_defaults_to_the_window():
+    # maxpool 2 is 2/2: 14 -> 7.
+    assert last("input 4@14x14\nmaxpool 2").node.out_shape == (4, 7, 7)
+
+
+def test_maxpool_ceil_googlenet():
+    # 3/2 on 28x28: (28 - 3)/2 = 12.5; floor + 1 = 13, ceil + 1 = 14 (the last window starts at 26,
+    # inside the input, so it is kept).
+    assert last("input 480@28x28\nmaxpool 3/2 ceil").node.out_shape == (480, 14, 14)
+    assert last("input 480@28x28\nmaxpool 3/2").node.out_shape == (480, 13, 13)
+
+
+def test_maxpool_ceil_window_may_not_start_in_the_right_padding():
+    # 2/2 pad=1 on 5: padded 7, (7 - 2)/2 = 2.5, ceil gives 4 windows starting at 0, 2, 4, 6; the one at 6
+    # starts in the right padding (the input plus left padding ends at 5 + 1 = 6), so it is dropped: 3
+    # (PyTorch and Caffe agree).
+    assert last("input 1@5x5\nmaxpool 2/2 pad=1 ceil").node.out_shape == (1, 3, 3)
+
+
+def test_maxpool_resnet_padding():
+    # 3/2 pad=1 on 112: (112 + 2 - 3)/2 + 1 = 56.
+    s = last("input 64@112x112\nmaxpool 3/2 pad=1")
+    assert figures(s) == ((64, 56, 56), 0, 0, 0, 64 * 56 * 56 * 9)
+
+
+def test_maxpool_padding_beyond_half_the_window_is_an_error():
+    fails("input 1@8x8\nmaxpool 2 pad=2\n", 2, "pad")
+
+
+def test_avgpool_lenet_subsampling():
+    # LeNet-5's S2: 2/2 on 6@28x28 gives 6@14x14; FLOPs 6*14*14 * 2*2 = 4,704.
+    s = last("input 6@28x28\navgpool 2/2")
+    assert figures(s) == ((6, 14, 14), 0, 0, 0, 4_704)
+
+
+# --- gap / gmp ----------------------------------------------------------------------------------
+
+def test_gap_resnet_head():
+    # Global average pool of 2048@7x7: a 2048 vector; H*W = 49 FLOPs per channel = 100,352.
+    # It sees the whole 7x7 input.
+    s = last("input 2048@7x7\ngap")
+    assert figures(s) == ((2048,), 0, 0, 0, 100_352)
+    assert s.rf.whole and s.rf.size == (7, 7)
+
+
+def test_gmp_global_max_pool():
+    s = last("input 512@7x7\ngmp")
+    assert figures(s) == ((512,), 0, 0, 0, 512 * 49)
+
+
+# --- fc / flatten -------------------------------------------------------------------------------
+
+def test_fc_nielsen_hidden_layer():
+    # 784 -> 30: 784*30 + 30 = 23,550 params; 23,520 MACs; FLOPs 2*23,520 + 30 bias adds = 47,070.
+    s = last("input 784\nfc 30")
+    assert figures(s) == ((30,), 23_550, 0, 23_520, 47_070)
+    assert s.rf is None  # a vector input has no receptive field
+
+
+def test_fc_without_bias():
+    s = last("input 30\nfc 10 bias=off")
+    assert figures(s) == ((10,), 300, 0, 300, 600)
+
+
+def test_fc_after_an_image_flattens_first_in_its_own_row():
+    # AlexNet's fc6 reads 256@6x6 = 9,216 values: 9216*4096 + 4096 = 37,752,832 params.
+    a = analysed("input 256@6x6\nfc 4096")
+    kinds = [s.node.kind for s in a.nodes]
+    assert kinds == ["input", "flatten", "fc"]
+    assert a.nodes[1].node.out_shape == (9216,)
+    assert figures(a.nodes[2])[:4] == ((4096,), 37_752_832, 0, 37_748_736)
+    assert a.nodes[2].rf.whole and a.nodes[2].rf.size == (6, 6)
+
+
+def test_flatten_lenet():
+    # LeNet-5's S4 output 16@5x5 flattens to 400 values; a copy, so no FLOPs.
+    s = last("input 16@5x5\nflatten")
+    assert figures(s) == ((400,), 0, 0, 0, 0)
+
+
+# --- embed --------------------------------------------------------------------------------------
+
+def test_embed_lookup_table():
+    # 200 token ids -> 200x128; the table is vocab x D = 20000*128 = 2,560,000 params; a lookup, no MACs.
+    a = analysed("input seq 200\nembed 128 vocab=20000")
+    assert a.nodes[0].node.out_shape == (200,) and a.nodes[0].node.dtype == "int64"
+    assert figures(a.nodes[1]) == ((200, 128), 2_560_000, 0, 0, 0)
+
+
+def test_embed_needs_its_vocabulary():
+    fails("input seq 10\nembed 8\n", 2, "vocab")
+
+
+# --- elementwise activations: same shape, no parameters, one FLOP per element -------------------
+
+def activation(kind: str, options: str = ""):
+    # 3@4x4 = 48 elements, one FLOP each.
+    s = last(f"input 3@4x4\n{kind} {options}".strip())
+    assert s.node.kind == kind
+    assert figures(s) == ((3, 4, 4), 0, 0, 0, 48)
+    assert rf(s) == (1, 1, 1)  # pointwise: the field does not grow
+
+
+def test_relu_elementwise():
+    activation("relu")
+
+
+def test_relu6_elementwise():
+    activation("relu6")
+
+
+def test_sigmoid_elementwise():
+    activation("sigmoid")
+
+
+def test_tanh_elementwise():
+    activation("tanh")
+
+
+def test_elu_elementwise():
+    activation("elu", "alpha=0.5")
+
+
+def test_selu_elementwise():
+    activation("selu")
+
+
+def test_gelu_elementwise():
+    activation("gelu")
+
+
+def test_leaky_elementwise_with_its_slope():
+    activation("leaky", "alpha=0.2")
+    assert last("input 4\nleaky alpha=0.2").node.attrs["alpha"] == 0.2
+    assert last("input 4\nleaky").node.attrs["alpha"] == 0.01
+
+
+def test_identity_costs_nothing():
+    assert figures(last("input 3@4x4\nidentity")) == ((3, 4, 4), 0, 0, 0, 0)
+
+
+def test_softmax_three_flops_per_element():
+    # exp, sum, divide: 3 per element; after fc 10 that is 30.
+    s = last("input 84\nfc 10 softmax")
+    assert s.node.kind == "softmax" and figures(s) == ((10,), 0, 0, 0, 30)
+
+
+# --- dropout / noise / bn / lrn -----------------------------------------------------------------
+
+def test_dropout_identity_at_inference():
+    assert figures(last("input 4096\ndropout 0.5")) == ((4096,), 0, 0, 0, 0)
+
+
+def test_dropout_probability_must_be_below_one():
+    fails("input 10\ndropout 1\n", 2, "dropout")
+
+
+def test_noise_training_only():
+    assert figures(last("input 3@4x4\nnoise 0.1")) == ((3, 4, 4), 0, 0, 0, 0)
+
+
+def test_bn_on_an_image():
+    # 64 channels: gamma and beta trainable (128), running mean and variance not (128);
+    # 2 FLOPs per element at inference: 2*64*56*56 = 401,408.
+    s = last("input 64@56x56\nbn")
+    assert figures(s) == ((64, 56, 56), 128, 128, 0, 401_408)
+    assert s.node.attrs["eps"] == 1e-5
+
+
+def test_bn_on_a_vector_with_its_own_eps():
+    s = last("input 30\nbn eps=0.001")
+    assert figures(s) == ((30,), 60, 60, 0, 60)
+    assert s.node.attrs["eps"] == 0.001
+
+
+def test_lrn_default_size_5():
+    # size + 4 FLOPs per element: 9 * 96*55*55 = 2,613,600.
+    s = last("input 96@55x55\nlrn")
+    assert s.node.attrs["size"] == 5
+    assert figures(s) == ((96, 55, 55), 0, 0, 0, 2_613_600)
+
+
+def test_lrn_size_3():
+    assert last("input 8@2x2\nlrn 3").flops == 7 * 32
+
+
+# --- input --------------------------------------------------------------------------------------
+
+def test_input_forms():
+    # A network needs a layer after its input; `identity` is the cheapest.
+    def first(spec):
+        return analysed(spec + " -> identity").nodes[0]
+
+    img = first("input 3@227x227")
+    assert figures(img) == ((3, 227, 227), 0, 0, 0, 0) and rf(img) == (1, 1, 1)
+    assert img.activations == 3 * 227 * 227
+    assert first("input 784").node.out_shape == (784,)
+    tokens = analysed("input seq 200 -> embed 4 vocab=10").nodes[0]  # token ids feed only embed
+    assert tokens.node.out_shape == (200,) and tokens.node.dtype == "int64"
+    steps = first("input seq 50 of 64")
+    assert steps.node.out_shape == (50, 64) and steps.node.dtype == "float32"
+
+
+def test_input_alone_is_an_error():
+    fails("input 784\n", 1, "no layers")
+
+
+# --- add / concat -------------------------------------------------------------------------------
+
+BASIC = """input 64@56x56
+default conv bias=off
+add(
+    conv 128@3x3/2 pad=1 bn relu
+    conv 128@3x3 pad=1 bn
+  | shortcut
+)
+"""
+
+
+def test_add_resnet_block_with_a_projection_shortcut():
+    # 64@56x56 -> 128@28x28 changes the shape, so the shortcut is conv 128@1x1/2 bias=off -> bn:
+    # 128*64 = 8,192 params + bn 256 (and 256 running statistics). The main path: 128*64*9 + 256 (bn)
+    # + 128*128*9 + 256 (bn) = 73,728 + 147,456 + 512 = 221,696. The add: one FLOP per element, 128*28*28.
+    a = analysed(BASIC)
+    add = a.nodes[-1]
+    assert add.node.kind == "add" and figures(add) == ((128, 28, 28), 0, 0, 0, 100_352)
+    assert a.totals.params == 221_696 + 8_192 + 256
+    assert a.totals.non_trainable == 3 * 256
+    # The main path's field: 3 (jump 2), then 3 + 2*2 = 7; the 1x1/2 shortcut sees 1. The largest is reported.
+    assert rf(add) == (7, 7, 2)
+
+
+def test_add_identity_shortcut_keeps_the_shape():
+    a = analysed("input 8@4x4\nadd(\n    conv 8@3x3 pad=1\n  | shortcut\n)\n")
+    assert [s.node.kind for s in a.nodes] == ["input", "conv", "add"]
+    assert a.nodes[-1].flops == 8 * 16
+
+
+def test_add_a_label():
+    s = last("input 8@8x8\nconv 8@3x3 pad=1 as a\nconv 8@3x3 pad=1\nadd a\n")
+    assert figures(s) == ((8, 8, 8), 0, 0, 0, 512)
+    assert len(s.node.inputs) == 2
+
+
+def test_add_of_unequal_shapes_is_an_error():
+    fails("input 8@8x8\nconv 8@3x3 as a\nconv 8@3x3\nadd a\n", 4, "8@6x6", "8@4x4")
+
+
+INCEPTION_3A = """input 192@28x28
+concat(
+    conv 64@1x1 relu
+  | conv 96@1x1 relu -> conv 128@3x3 pad=1 relu
+  | conv 16@1x1 relu -> conv 32@5x5 pad=2 relu
+  | maxpool 3/1 pad=1 -> conv 32@1x1 relu
+)
+"""
+
+
+def test_concat_inception_3a():
+    # Channels 64 + 128 + 32 + 32 = 256 at 28x28. Weights 192*64 + 192*96 + 96*128*9 + 192*16 + 16*32*25
+    # + 192*32 = 163,328, which Szegedy et al. 2015 (Table 1, row inception (3a)) print as 159K (K = 1024),
+    # with 128M ops = 163,328 * 28*28 = 128,049,152 MACs. Biases add 64+96+128+16+32+32 = 368.
+    a = analysed(INCEPTION_3A)
+    cat = a.nodes[-1]
+    assert cat.node.kind == "concat" and figures(cat) == ((256, 28, 28), 0, 0, 0, 0)
+    assert a.totals.params == 163_328 + 368
+    assert a.totals.macs == 128_049_152
+
+
+def test_concat_a_label_u_net_skip():
+    # dsl.md's U-Net example: upconv 16@2x2/2 on 32@32x32 is 16@64x64; with the 16@64x64 skip, 32@64x64.
+    spec = ("input 1@64x64\ndefault conv pad=same\nconv 16@3x3 relu as e1 -> maxpool 2\nconv 32@3x3 relu\n"
+            "upconv 16@2x2/2 -> concat e1\n")
+    assert last(spec).node.out_shape == (32, 64, 64)
+
+
+def test_concat_of_vectors_and_sequences():
+    assert last("input 4\nconcat(\n    fc 3\n  | fc 5\n)\n").node.out_shape == (8,)
+    assert last("input seq 10 of 4\nconcat(\n    rnn 3 sequences\n  | identity\n)\n").node.out_shape == (10, 7)
+
+
+def test_concat_of_unequal_spatial_sizes_is_an_error():
+    fails("input 8@8x8\nconv 8@3x3 as a\nconv 8@3x3\nconcat a\n", 4, "spatial")
+
+
+# --- rnn / lstm / gru ---------------------------------------------------------------------------
+
+def test_rnn_last_step_and_sequences():
+    # H*(D + H) + 2H = 16*(8 + 16) + 32 = 416 params; MACs T*H*(D + H) = 10*16*24 = 3,840;
+    # FLOPs 2*3,840 + T*(3*H joins and biases + H tanh) = 7,680 + 10*64 = 8,320.
+    s = last("input seq 10 of 8\nrnn 16")
+    assert figures(s) == ((16,), 416, 0, 3_840, 8_320)
+    assert last("input seq 10 of 8\nrnn 16 sequences").node.out_shape == (10, 16)
+
+
+def test_lstm_text_classifier():
+    # 4H*(D + H) + 8H = 4*256*(128 + 256) + 8*256 = 395,264 (ONNX and PyTorch count two bias vectors per gate);
+    # MACs 200 steps * 4*256*384 = 78,643,200.
+    # FLOPs 2*MACs + 200*(3*4*256 + 9*256) = 157,286,400 + 1,075,200.
+    s = last("input seq 200\nembed 128 vocab=20000\nlstm 256")
+    assert figures(s) == ((256,), 395_264, 0, 78_643_200, 157_286_400 + 1_075_200)
+    assert s.rf is None
+
+
+def test_lstm_bidirectional_sequences():
+    # Two directions: twice the weights and the products; 2H features per step.
+    s = last("input seq 200\nembed 128 vocab=20000\nlstm 256 bidirectional sequences")
+    assert figures(s)[:4] == ((200, 512), 2 * 395_264, 0, 2 * 78_643_200)
+
+
+def test_gru_counts():
+    # 3H*(D + H) + 6H = 3*32*(16 + 32) + 6*32 = 4,800; MACs 20*3*32*48 = 92,160;
+    # FLOPs 2*92,160 + 20*(3*3*32 + 7*32) = 184,320 + 10,240.
+    s = last("input seq 20 of 16\ngru 32")
+    assert figures(s) == ((32,), 4_800, 0, 92_160, 194_560)
+    assert last("input seq 20 of 16\ngru 32 bidirectional").node.out_shape == (64,)
+
+
+# --- receptive field: rf_out = rf_in + dil*(k-1)*jump_in, jump_out = jump_in*stride ---------------
+
+def test_receptive_field_two_3x3_convs_see_5():
+    # 1 + 2*1 = 3, then 3 + 2*1 = 5.
+    assert rf(last("input 1@16x16\nconv 1@3x3\nconv 1@3x3")) == (5, 5, 1)
+
+
+def test_receptive_field_three_3x3_convs_see_7():
+    # Simonyan & Zisserman 2015, Section 2.3: three stacked 3x3 layers have a 7x7 effective field.
+    assert rf(last("input 1@16x16\nconv 1@3x3 x3")) == (7, 7, 1)
+
+
+def test_receptive_field_with_a_stride_2_pool_between():
+    # conv 3x3: 3, jump 1; maxpool 2/2: 3 + 1*1 = 4, jump 2; conv 3x3: 4 + 2*2 = 8, jump 2.
+    assert rf(last("input 1@16x16\nconv 1@3x3\nmaxpool 2/2\nconv 1@3x3")) == (8, 8, 2)
+
+
+def test_receptive_field_through_transposed_windows():
+    # conv 3x3 then maxpool 2/2: field 4, jump 2. An upconv output pixel at position o reads the input pixels
+    # i with o = i*s + t, 0 <= t < k: at most ceil(k/s) of them, spanning floor((k-1)/s) + 1, so the field
+    # grows by floor((k-1)/s) * jump_in and the jump shrinks to 2/2 = 1.
+    head = "input 1@16x16\nconv 1@3x3\nmaxpool 2/2\n"
+    assert rf(last(head + "upconv 1@2x2/2")) == (4, 4, 1)  # 2x2/2: each output copies one input pixel
+    assert rf(last(head + "upconv 1@3x3/2")) == (6, 6, 1)  # 4 + 1*2
+    assert rf(last(head + "upconv 1@4x4/2 pad=1")) == (6, 6, 1)  # 4 + floor(3/2)*2
+    assert rf(last(head + "upsample 2")) == (4, 4, 1)  # nearest neighbour: a copy
+
+
+def test_every_kind_has_its_own_test():
+    tested = {name.split("_")[1] for name in globals() if name.startswith("test_")}
+    assert set(KINDS) - tested == set()

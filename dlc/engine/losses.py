@@ -16,13 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from dlc.engine.kernels.elementwise import logistic, softmax_axis
 from dlc.errors import DlcError
-
-
-def _class_axis(out: np.ndarray) -> int:
-    # the same axis the softmax kernel normalises: features of a vector, channels of an image,
-    # the last axis of a sequence
-    return -1 if out.ndim == 3 else 1
 
 
 def _is_indices(out: np.ndarray, target: np.ndarray) -> bool:
@@ -30,7 +25,7 @@ def _is_indices(out: np.ndarray, target: np.ndarray) -> bool:
     if target.shape == out.shape:
         return False
     labels = list(out.shape)
-    del labels[_class_axis(out)]
+    del labels[softmax_axis(out)]
     if target.shape == tuple(labels):
         return True
     raise DlcError(f"targets of shape {target.shape} do not fit outputs of shape {out.shape}: "
@@ -46,13 +41,17 @@ def _checked_indices(target: np.ndarray, classes: int) -> np.ndarray:
 
 
 def _as_rows(out: np.ndarray) -> np.ndarray:
-    """(predictions, classes): the class axis last, every other axis flattened into rows."""
-    return np.moveaxis(out, _class_axis(out), -1).reshape(-1, out.shape[_class_axis(out)])
+    """(predictions, classes): the class axis (the one softmax normalises) last, the rest as rows."""
+    if out.ndim == 2:
+        return out
+    return np.moveaxis(out, softmax_axis(out), -1).reshape(-1, out.shape[softmax_axis(out)])
 
 
 def _from_rows(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
     """The inverse of _as_rows: back to `out`'s shape and axis order."""
-    axis = _class_axis(out) % out.ndim
+    if out.ndim == 2:
+        return rows
+    axis = softmax_axis(out) % out.ndim
     moved = out.shape[:axis] + out.shape[axis + 1:] + out.shape[axis:axis + 1]
     return np.moveaxis(rows.reshape(moved), -1, axis)
 
@@ -80,18 +79,20 @@ def xent(logits: np.ndarray, target) -> tuple[float, np.ndarray]:
     z = _as_rows(logits)
     m = len(z)
     z = z - z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
-    logp = z - lse
-    p = np.exp(logp)
+    p = np.exp(z)
+    total = p.sum(axis=1, keepdims=True)
+    p /= total
+    log_total = np.log(total)
     if _is_indices(logits, target):
         t = _checked_indices(target.ravel(), z.shape[1])
         rows = np.arange(m)
-        value = -logp[rows, t].sum() / m
+        # -log softmax(z)[t] = log(sum exp z) - z[t]
+        value = (log_total.sum() - z[rows, t].sum()) / m
         p[rows, t] -= 1
         dz = p
     else:
         t = _as_rows(target.astype(logits.dtype, copy=False))
-        value = -(t * logp).sum() / m
+        value = -(t * (z - log_total)).sum() / m
         # d/dz of -sum t log softmax(z) is p * sum(t) - t; sum(t) is 1 for a distribution
         dz = p * t.sum(axis=1, keepdims=True) - t
     dz *= 1 / m
@@ -119,11 +120,7 @@ def bce_logits(logits: np.ndarray, target) -> tuple[float, np.ndarray]:
     n = logits.shape[0]
     # -[t log s(z) + (1-t) log(1-s(z))] = max(z, 0) - t z + log(1 + exp(-|z|))
     value = (np.maximum(logits, 0) - t * logits + np.log1p(np.exp(-np.abs(logits)))).sum() / n
-    s = np.multiply(logits, 0.5)
-    np.tanh(s, out=s)
-    s *= 0.5
-    s += 0.5
-    return float(value), (s - t) * (1 / n)
+    return float(value), (logistic(logits) - t) * (1 / n)
 
 
 def mse(out: np.ndarray, target) -> tuple[float, np.ndarray]:

@@ -43,14 +43,20 @@ def leaky(attrs, params, state, xs, ctx):
     return x * slope, lambda dy: ([dy * slope], {})
 
 
-@kernel("sigmoid")
-def sigmoid(attrs, params, state, xs, ctx):
-    # sigma(x) = (1 + tanh(x/2)) / 2 cannot overflow for any x, and costs half of the
-    # exp-and-select forms at the MLP's small batches.
-    y = np.multiply(xs[0], 0.5)
+def logistic(z: np.ndarray) -> np.ndarray:
+    """The logistic sigmoid of an array, as a new array in z's dtype."""
+    # (1 + tanh(z/2)) / 2 cannot overflow for any z, and costs half of the exp-and-select forms
+    # at the MLP's small batches
+    y = np.multiply(z, 0.5)
     np.tanh(y, out=y)
     y *= 0.5
     y += 0.5
+    return y
+
+
+@kernel("sigmoid")
+def sigmoid(attrs, params, state, xs, ctx):
+    y = logistic(xs[0])
     return y, lambda dy: ([dy * y * (1 - y)], {})
 
 
@@ -60,23 +66,25 @@ def tanh(attrs, params, state, xs, ctx):
     return y, lambda dy: ([dy * (1 - y * y)], {})
 
 
-@kernel("elu")
-def elu(attrs, params, state, xs, ctx):
-    x, alpha = xs[0], float(attrs["alpha"])
+def scaled_elu(x: np.ndarray, alpha: float, scale: float):
+    """scale * (x if x > 0 else alpha * (exp(x) - 1)), and its backward."""
     pos = x > 0
     # expm1 of the clipped input: accurate near 0 and no overflow warning for large positive x
     neg = alpha * np.expm1(np.minimum(x, 0))
     y = np.where(pos, x, neg)
-    return y, lambda dy: ([dy * np.where(pos, 1, neg + alpha)], {})
+    if scale != 1:
+        y *= scale
+    return y, lambda dy: ([dy * (scale * np.where(pos, 1, neg + alpha))], {})
+
+
+@kernel("elu")
+def elu(attrs, params, state, xs, ctx):
+    return scaled_elu(xs[0], float(attrs["alpha"]), 1.0)
 
 
 @kernel("selu")
 def selu(attrs, params, state, xs, ctx):
-    x = xs[0]
-    pos = x > 0
-    neg = SELU_ALPHA * np.expm1(np.minimum(x, 0))
-    y = SELU_SCALE * np.where(pos, x, neg)
-    return y, lambda dy: ([dy * (SELU_SCALE * np.where(pos, 1, neg + SELU_ALPHA))], {})
+    return scaled_elu(xs[0], SELU_ALPHA, SELU_SCALE)
 
 
 # W. J. Cody, "Rational Chebyshev approximations for the error function", Math. Comp. 23 (1969),

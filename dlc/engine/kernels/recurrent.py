@@ -17,14 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.engine.kernels import kernel
-
-
-def _sigmoid(z):
-    y = np.multiply(z, 0.5)
-    np.tanh(y, out=y)
-    y *= 0.5
-    y += 0.5
-    return y
+from dlc.engine.kernels.elementwise import logistic
 
 
 def rnn_step(zx, h, c, R, Rb):
@@ -40,7 +33,7 @@ def rnn_back(dh, dc, h, R):
 def lstm_step(zx, h, c, R, Rb):
     H = h.shape[1]
     z = zx + h @ R.T + Rb
-    sig = _sigmoid(z[:, :3 * H])  # i, o, f
+    sig = logistic(z[:, :3 * H])  # i, o, f
     g = np.tanh(z[:, 3 * H:])
     i, o, f = sig[:, :H], sig[:, H:2 * H], sig[:, 2 * H:]
     c_new = f * c + i * g
@@ -65,7 +58,7 @@ def lstm_back(dh, dc, cache, R):
 def gru_step(zx, h, c, R, Rb):
     H = h.shape[1]
     zh = h @ R.T + Rb
-    zr = _sigmoid(zx[:, :2 * H] + zh[:, :2 * H])
+    zr = logistic(zx[:, :2 * H] + zh[:, :2 * H])
     u, r = zr[:, :H], zr[:, H:]  # u is ONNX's update gate z
     hh = zh[:, 2 * H:]
     n = np.tanh(zx[:, 2 * H:] + r * hh)

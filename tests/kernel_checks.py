@@ -51,7 +51,8 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
     return float(np.linalg.norm(analytic - numeric) / scale) if scale > 0 else 0.0
 
 
-def gradient_errors(kind, attrs, params, xs, state=None, ctx=lambda: Ctx(), seed=12345) -> dict[str, float]:
+def gradient_errors(kind, attrs, params, xs, state=None, ctx=lambda: Ctx(),
+                    seed=12345) -> dict[str, float]:
     """Relative error of backward against central differences for every float input and parameter.
 
     The scalar checked is sum(y * r) for a fixed random r. `ctx` makes a fresh context per evaluation,

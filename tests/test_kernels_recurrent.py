@@ -50,8 +50,10 @@ def test_recurrent_matches_onnxruntime(kind, bidirectional, sequences):
     attrs, shapes = node(kind, bidirectional, sequences, hidden=hidden)
     params = random_arrays(shapes, rng, dtype=np.float32, scale=0.8)
     x = rng.standard_normal((N, T, D)).astype(np.float32)
-    y, _ = KERNELS[kind](attrs, params, {}, [x], Ctx())
-    assert y.dtype == np.float32
+    y, backward = KERNELS[kind](attrs, params, {}, [x], Ctx())
+    dxs, grads = backward(np.ones_like(y))
+    assert y.dtype == dxs[0].dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grads.values())
 
     op, extra = ONNX_OPS[kind]
     dirs = 2 if bidirectional else 1

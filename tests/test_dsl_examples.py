@@ -8,7 +8,9 @@ published parameter counts (torchvision's ResNet-50 and VGG-16) check the expand
 
 from __future__ import annotations
 
+import re
 from math import prod
+from pathlib import Path
 
 import pytest
 
@@ -272,3 +274,29 @@ def test_every_example_gives_a_well_formed_graph(text):
         assert prod(n.out_shape) >= 1 and n.pos is not None and n.text
         seen.add(n.name)
     assert g.nodes[0].name == "input" and g.source
+
+
+def test_the_language_guide_examples_compile_to_the_shapes_they_state():
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "language.md").read_text()
+    blocks = re.findall(r"```dlc\n(.*?)```", guide, re.S)
+    assert len(blocks) >= 5
+    for text in blocks:
+        compile_spec(text, "language.md")
+        # a comment ending in C@HxW states the shape of the network up to that line
+        lines = text.splitlines()
+        for line_no, line in enumerate(lines, start=1):
+            m = re.search(r"#.*?(\d+)@(\d+)x(\d+)\s*$", line)
+            if m:
+                upto = compile_spec("\n".join(lines[:line_no]), "language.md")
+                assert upto.output.out_shape == tuple(int(x) for x in m.groups()), line
+
+
+def test_the_language_guide_names_every_kind_alias_and_option():
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "language.md").read_text()
+    for kind in KINDS.values():
+        if kind.name == "input":
+            continue
+        for word in (kind.name, *kind.aliases, *kind.flags):
+            assert f"`{word}`" in guide, word
+        for option in kind.options:
+            assert f"`{option}=" in guide, (kind.name, option)

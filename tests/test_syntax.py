@@ -28,6 +28,12 @@ def test_comments_and_blank_lines_are_ignored():
     assert tree[1].text == "fc 10"
 
 
+def test_an_arrow_inside_a_comment_is_part_of_the_comment():
+    for end in ("", "\n"):
+        tree = parse("input 4\nfc 3   # 4 -> 3" + end)
+        assert [s.text for s in tree] == ["input 4", "fc 3"]
+
+
 def test_positions_are_one_based_line_and_column():
     tree = parse("input 3@32x32\n  conv 16@3x3/2 pad=1 relu x2 as a\n")
     conv = tree[1]

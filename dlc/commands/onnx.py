@@ -54,7 +54,12 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
             from dlc.compile import compile_spec
 
             file, text = export.spec_of(onnx_model, model)
-            graph = compile_spec(text, file=file)
+            try:
+                graph = compile_spec(text, file=file)
+            except DlcError:
+                if need_graph:
+                    raise
+                # onnxruntime needs only the model; the spec served to check token ids
             if need_graph:
                 params, state = export.weights_of(onnx_model, graph)
         return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model), f"{model}'s initializers")
@@ -239,7 +244,7 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
             doc["output"] = y.tolist()
         click.echo(json.dumps(doc))
         return
-    click.echo(f"{engine} on {ran_on}: input {tuple(x.shape)} -> output {tuple(y.shape)}"
+    click.echo(f"{engine} on {ran_on}, {net.weights}: input {tuple(x.shape)} -> output {tuple(y.shape)}"
                + (f", normalised ({net.normalize.get('kind')})" if net.normalize and dtype is not np.int64 else ""))
     shown = 10
     if ranked is not None:
@@ -296,12 +301,12 @@ def bench(model, expr, weights, batches, warmup, runs, device, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(show_edge=False, pad_edge=False,
-              title=f"onnxruntime on {session.provider}, {warmup} warm-up + {runs} timed runs")
+    t = Table(show_edge=False, pad_edge=False)
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "samples/s"):
         t.add_column(col, justify="right")
     for r in results:
         t.add_row(str(r.batch), f"{r.p50 * 1e3:.3f}", f"{r.p90 * 1e3:.3f}", f"{r.p99 * 1e3:.3f}",
                   f"{r.throughput:,.1f}")
     Console(highlight=False).print(t)
-    click.echo(f"provider: {session.provider}")
+    click.echo(f"provider: {session.provider}; {warmup} warm-up and {runs} timed runs per batch size; "
+               f"samples/s at the median latency")

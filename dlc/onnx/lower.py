@@ -92,9 +92,25 @@ def lower_bn(n: Node, x, opset):
 
 
 def lower_lrn(n: Node, x, opset):
-    a = n.attrs
-    return [op("LRN", x[:1], n.name, n.name, size=a["size"], alpha=float(a["alpha"]), beta=float(a["beta"]),
-               bias=float(a["k"]))]
+    a, p = n.attrs, n.name
+    size, alpha, beta, k = a["size"], float(a["alpha"]), float(a["beta"]), float(a["k"])
+    if size % 2:
+        return [op("LRN", x[:1], p, p, size=size, alpha=alpha, beta=beta, bias=k)]
+    # onnxruntime refuses an even LRN size, which ONNX allows; the same window (floor((size-1)/2)
+    # channels before, the rest after) as an average of squares over a (size, 1, 1) box.
+    before = (size - 1) // 2
+    return [op("Mul", [x[0], x[0]], f"{p}/square", f"{p}/square"),
+            const(f"{p}/axis", [1]),
+            op("Unsqueeze", [f"{p}/square", f"{p}/axis"], f"{p}/stacked", f"{p}/stack"),
+            op("AveragePool", [f"{p}/stacked"], f"{p}/mean_stacked", f"{p}/window", kernel_shape=[size, 1, 1],
+               pads=[before, 0, 0, size - 1 - before, 0, 0], count_include_pad=1),
+            op("Squeeze", [f"{p}/mean_stacked", f"{p}/axis"], f"{p}/mean", f"{p}/unstack"),
+            const(f"{p}/alpha", alpha, np.float32), const(f"{p}/k", k, np.float32),
+            const(f"{p}/beta", beta, np.float32),
+            op("Mul", [f"{p}/mean", f"{p}/alpha"], f"{p}/scaled", f"{p}/scale"),
+            op("Add", [f"{p}/scaled", f"{p}/k"], f"{p}/base", f"{p}/offset"),
+            op("Pow", [f"{p}/base", f"{p}/beta"], f"{p}/denominator", f"{p}/power"),
+            op("Div", [x[0], f"{p}/denominator"], p, p)]
 
 
 def lower_relu6(n: Node, x, opset):

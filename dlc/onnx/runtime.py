@@ -61,7 +61,7 @@ def cuda_failure(log: str) -> str:
     """Why onnxruntime did not create its CUDA provider, in a few words, from what it logged."""
     missing = re.search(r"([\w.+-]+\.(?:so[\w.]*|dll)): cannot open shared object file", log)
     if missing:
-        return f"{missing.group(1)} is missing (a CUDA library this onnxruntime needs)"
+        return f"{missing.group(1)}, a CUDA library onnxruntime needs, cannot be found"
     for pattern in (r"no CUDA-capable device is detected", r"CUDA driver version is insufficient[^\n]*",
                     r"LoadLibrary failed with error \d+[^\n]*"):
         m = re.search(pattern, log)
@@ -99,7 +99,7 @@ def create_session(model, device: str = "auto") -> Session:
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     if inp.type not in NUMPY_DTYPE:
         raise DlcError(f"the model's input {inp.name} is a {inp.type}; dlc feeds float32 or int64 tensors")
-    return Session(session, session.get_providers()[0], f"CUDA unavailable ({reason}); running on the CPU"
+    return Session(session, session.get_providers()[0], f"CUDA unavailable: {reason}; running on the CPU"
                    if device == "auto" and reason else None, inp.name, list(inp.shape), NUMPY_DTYPE[inp.type],
                    out.name)
 

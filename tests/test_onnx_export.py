@@ -1,0 +1,393 @@
+"""Every network dlc can write exports to valid ONNX that onnxruntime runs to the NumPy engine's numbers.
+
+The reference for each comparison is the NumPy engine's inference forward with the same weights; the
+error is max |onnxruntime - numpy| / max |numpy| over the output (an output-wide relative error, so
+values near zero do not blow it up), and must stay below 1e-4. Weights are not the trivial initial ones:
+biases, bn's shift and scale and its running statistics are random, so a lowering that dropped or
+misread any of them would fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from dlc.analysis import analyse
+from dlc.compile import compile_spec
+from dlc.engine.params import init_params
+from dlc.engine.run import activations
+from dlc.errors import DlcError
+from dlc.onnx.export import DEFAULT_OPSET, check_export, spec_of, to_onnx, weights_of
+from dlc.zoo import zoo_names, zoo_path
+
+TOL = 1e-4
+BIG = 50_000_000  # params above which a zoo network runs at batch 1
+
+# The examples of dsl.md, verbatim.
+DSL_EXAMPLES = {
+    "lenet5": """
+input 1@32x32
+conv 6@5x5 tanh -> avgpool 2/2       # 6@28x28 -> 6@14x14
+conv 16@5x5 tanh -> avgpool 2/2      # 16@10x10 -> 16@5x5
+flatten                              # 400
+fc 120 tanh -> fc 84 tanh -> fc 10 softmax
+""",
+    "alexnet": """
+input 3@227x227
+conv 96@11x11/4 relu -> maxpool 3/2      # 96@55x55 -> 96@27x27
+conv 256@5x5 pad=2 relu -> maxpool 3/2   # 256@27x27 -> 256@13x13
+conv 384@3x3 pad=1 relu
+conv 384@3x3 pad=1 relu
+conv 256@3x3 pad=1 relu -> maxpool 3/2   # 256@6x6
+fc 4096 relu -> dropout 0.5              # implicit flatten: 9216
+fc 4096 relu -> dropout 0.5
+fc 1000 softmax
+""",
+    "vgg16": """
+input 3@224x224
+default conv pad=same
+block stage(c, n) {
+    conv c@3x3 relu x n
+    maxpool 2
+}
+stage(64, 2) -> stage(128, 2) -> stage(256, 3) -> stage(512, 3) -> stage(512, 3)   # 512@7x7
+fc 4096 relu -> dropout 0.5 -> fc 4096 relu -> dropout 0.5 -> fc 1000 softmax
+""",
+    "resnet50": """
+input 3@224x224
+default conv bias=off
+block bottleneck(mid, out, s=1) {
+    add(
+        conv mid@1x1 bn relu
+        conv mid@3x3/s pad=1 bn relu
+        conv out@1x1 bn
+      | shortcut
+    )
+    relu
+}
+conv 64@7x7/2 pad=3 bn relu -> maxpool 3/2 pad=1      # 64@56x56
+bottleneck(64, 256) x3                                # 256@56x56
+bottleneck(128, 512, s=2) -> bottleneck(128, 512) x3  # 512@28x28
+bottleneck(256, 1024, s=2) -> bottleneck(256, 1024) x5
+bottleneck(512, 2048, s=2) -> bottleneck(512, 2048) x2   # 2048@7x7
+gap -> fc 1000 softmax
+""",
+    "inception": """
+input 192@28x28
+block inception(a, b1, b2, c1, c2, d) {
+    concat(
+        conv a@1x1 relu
+      | conv b1@1x1 relu -> conv b2@3x3 pad=1 relu
+      | conv c1@1x1 relu -> conv c2@5x5 pad=2 relu
+      | maxpool 3/1 pad=1 -> conv d@1x1 relu
+    )
+}
+inception(64, 96, 128, 16, 32, 32)     # 256@28x28
+inception(128, 128, 192, 32, 96, 64)   # 480@28x28
+maxpool 3/2 ceil                       # 480@14x14 (13x13 without ceil)
+""",
+    "mobilenet": """
+input 3@224x224
+default conv pad=same bias=off
+default dwconv pad=same bias=off
+block dwsep(c, s=1) {
+    dwconv 3x3/s bn relu
+    conv c@1x1 bn relu
+}
+conv 32@3x3/2 bn relu                  # 32@112x112
+dwsep(64) -> dwsep(128, s=2)           # 128@56x56
+""",
+    "unet": """
+input 1@64x64
+default conv pad=same
+conv 16@3x3 relu as e1 -> maxpool 2   # 16@32x32
+conv 32@3x3 relu                       # 32@32x32
+upconv 16@2x2/2 -> concat e1           # 32@64x64
+conv 2@1x1                             # 2@64x64
+""",
+    "lstm_text": """
+input seq 200
+embed 128 vocab=20000                  # 200x128
+lstm 256                               # 256
+dropout 0.5 -> fc 2 softmax
+""",
+    "xor": """
+input 2 -> fc 2 sigmoid -> fc 1 sigmoid
+train loss=mse optimizer=sgd lr=0.5 epochs=2000 batch=4
+""",
+}
+
+def exercised_weights(graph, seed=0):
+    """Initial weights with every constant-initialised tensor (biases, bn) made random as well."""
+    params, state = init_params(graph, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, a in params.items():
+        if name.endswith((".b", ".B", ".beta")):
+            params[name] = rng.normal(0, 0.1, a.shape).astype(np.float32)
+        elif name.endswith(".gamma"):
+            params[name] = rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
+    for name, a in state.items():
+        if name.endswith(".mean"):
+            state[name] = rng.normal(0, 0.2, a.shape).astype(np.float32)
+        elif name.endswith(".var"):
+            state[name] = rng.uniform(0.5, 2.0, a.shape).astype(np.float32)
+    return params, state
+
+
+def sample_batch(graph, n, seed=0):
+    rng = np.random.default_rng(seed)
+    if graph.input.dtype == "int64":
+        vocab = min(m.attrs["vocab"] for m in graph.nodes if m.kind == "embed")
+        return rng.integers(0, vocab, (n, *graph.input.out_shape))
+    return rng.standard_normal((n, *graph.input.out_shape)).astype(np.float32)
+
+
+def relative_error(got, want) -> float:
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """The model with an intermediate tensor as an extra graph output."""
+    model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return model
+
+
+def assert_matches_engine(text: str, batch: int = 2, opset: int = DEFAULT_OPSET, file: str = "<test>"):
+    """Export, check, run in onnxruntime and in the NumPy engine; compare the output and, before a final
+    softmax or sigmoid that could saturate and hide differences, its input too."""
+    graph = compile_spec(text, file=file)
+    params, state = exercised_weights(graph)
+    model = to_onnx(graph, params, state, opset=opset)
+    check_export(model, graph, params, state)
+    x = sample_batch(graph, batch)
+    names = [graph.output.name]
+    if graph.output.kind in ("softmax", "sigmoid"):
+        names.append(graph.output.inputs[0])
+        model = with_output(model, names[1])
+    # one session and one run give every compared tensor
+    got = session(model).run(names, {graph.input.name: x})
+    wanted = {node.name: y for node, y in activations(graph, params, state, x) if node.name in names}
+    for name, y in zip(names, got):
+        want = wanted[name]
+        assert y.shape == want.shape == (batch, *graph.node(name).out_shape)
+        err = relative_error(y, want)
+        assert err < TOL, f"{name}: onnxruntime and the NumPy engine differ by {err:.2e} (relative)"
+    return graph, model
+
+
+def structure(graph) -> list:
+    return [(n.name, n.kind, sorted(n.attrs.items(), key=str), n.inputs, n.out_shape, n.dtype) for n in graph.nodes]
+
+
+def zoo_twin(graph) -> str | None:
+    """The zoo spec that compiles to exactly this network, if there is one."""
+    mine = structure(graph)
+    return next((z for z in zoo_names() if structure(compile_spec(zoo_path(z).read_text())) == mine), None)
+
+
+def batch_for(graph) -> int:
+    return 1 if analyse(graph).totals.params > BIG else 2
+
+
+@pytest.mark.parametrize("name", sorted(DSL_EXAMPLES))
+def test_dsl_example_exports_and_matches_numpy(name):
+    """Examples that compile to a zoo network node for node (VGG-16, ResNet-50, ...) are compared once,
+    by the zoo test; the others here."""
+    graph = compile_spec(DSL_EXAMPLES[name])
+    if zoo_twin(graph) is None:
+        assert_matches_engine(DSL_EXAMPLES[name], batch=batch_for(graph))
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_zoo_spec_exports_and_matches_numpy(name):
+    path = zoo_path(name)
+    assert_matches_engine(path.read_text(), batch=batch_for(compile_spec(path.read_text())), file=str(path))
+
+
+# Per-kind lowering, mode by mode: (spec, what the mode exercises).
+KIND_CASES = {
+    "conv": "input 3@9x9 -> conv 4@3x3",
+    "conv stride 2 pad=same, odd input: pads (1,1,2,2)": "input 3@9x9 -> conv 4@4x4/2 pad=same",
+    "conv pad=same with an odd kernel on an even input": "input 3@8x7 -> conv 4@3x3/2 pad=same",
+    "conv rectangular kernel": "input 3@9x9 -> conv 4@3x5 pad=1",
+    "conv dilation 2": "input 3@11x11 -> conv 4@3x3 dil=2 pad=2",
+    "conv groups=2 without bias": "input 4@7x7 -> conv 6@3x3 groups=2 bias=off",
+    "dwconv stride 2 pad=same": "input 3@8x8 -> dwconv 3x3/2 pad=same",
+    "dwconv channel multiplier": "input 3@6x6 -> dwconv 3x3 mult=2 pad=1",
+    "upconv 2x2/2": "input 3@5x5 -> upconv 4@2x2/2",
+    "upconv 3x3/2 pad=1": "input 3@5x5 -> upconv 4@3x3/2 pad=1",
+    "upconv without bias": "input 3@4x4 -> upconv 2@4x4/2 pad=1 bias=off",
+    "maxpool": "input 3@8x8 -> maxpool 2",
+    "maxpool ceil": "input 3@8x8 -> maxpool 3/2 ceil",
+    "maxpool ceil drops a window in the padding": "input 3@6x6 -> maxpool 2/2 pad=1 ceil",
+    "maxpool pad=same": "input 3@7x7 -> maxpool 2/2 pad=same",
+    "maxpool 3/1 pad=1": "input 3@7x7 -> maxpool 3/1 pad=1",
+    "avgpool": "input 3@8x8 -> avgpool 2",
+    "avgpool ceil (partial windows divide by their cells)": "input 3@8x8 -> avgpool 3/2 ceil",
+    "avgpool pad excluded from the count": "input 3@7x7 -> avgpool 3/2 pad=1",
+    "avgpool pad=same": "input 3@7x7 -> avgpool 2/2 pad=same",
+    "gap": "input 3@5x5 -> gap",
+    "gmp": "input 3@5x4 -> gmp",
+    "fc": "input 7 -> fc 3",
+    "fc without bias after an image (flatten in C,H,W order)": "input 2@3x3 -> fc 4 bias=off",
+    "flatten": "input 2@3x4 -> flatten",
+    "dropout": "input 5 -> dropout 0.5",
+    "noise": "input 5 -> noise 0.3",
+    "bn on an image": "input 3@4x4 -> bn",
+    "bn on a vector": "input 6 -> bn eps=0.001",
+    "lrn 5": "input 7@4x4 -> lrn 5 alpha=0.1 beta=0.75 k=2",
+    "lrn 4 (even: onnxruntime refuses LRN, lowered to a window average)": "input 7@3x3 -> lrn 4 alpha=0.1 k=2",
+    "lrn 2": "input 7@3x3 -> lrn 2 alpha=0.2 beta=0.5",
+    "relu": "input 3@4x4 -> relu",
+    "relu6": "input 3@4x4 -> conv 3@1x1 -> relu6",
+    "sigmoid": "input 6 -> sigmoid",
+    "tanh": "input 6 -> tanh",
+    "softmax over features": "input 6 -> softmax",
+    "softmax over channels": "input 4@2x3 -> softmax",
+    "softmax over a sequence's last axis": "input seq 5 of 4 -> softmax",
+    "elu": "input 6 -> elu alpha=0.5",
+    "selu": "input 6 -> selu",
+    "gelu": "input 6 -> gelu",
+    "leaky": "input 6 -> leaky alpha=0.2",
+    "identity": "input 6 -> identity",
+    "upsample 2": "input 2@3x3 -> upsample 2",
+    "upsample 3": "input 2@2x3 -> upsample 3",
+    "embed": "input seq 6 -> embed 4 vocab=11",
+    "add of two branches": "input 3@4x4 -> add( conv 3@3x3 pad=1 | identity )",
+    "add of three branches": "input 3@4x4 -> add( conv 3@1x1 | conv 3@3x3 pad=1 | identity )",
+    "add with a projection shortcut": "input 3@8x8 -> add( conv 6@3x3/2 pad=1 bn | shortcut )",
+    "concat of images": "input 3@4x4 -> concat( conv 2@1x1 | identity )",
+    "concat of vectors": "input 5 -> concat( fc 2 | fc 3 )",
+    "concat of sequences along features": "input seq 4 of 3 -> concat( lstm 2 sequences | identity )",
+}
+for _k in ("rnn", "lstm", "gru"):
+    KIND_CASES[f"{_k}, last step"] = f"input seq 5 of 3 -> {_k} 4"
+    KIND_CASES[f"{_k}, sequences"] = f"input seq 5 of 3 -> {_k} 4 sequences"
+    KIND_CASES[f"{_k}, bidirectional, last step"] = f"input seq 5 of 3 -> {_k} 4 bidirectional"
+    KIND_CASES[f"{_k}, bidirectional with sequences"] = f"input seq 5 of 3 -> {_k} 4 bidirectional sequences"
+KIND_CASES["stacked bidirectional lstm on embeddings"] = (
+    "input seq 6 -> embed 5 vocab=9 -> lstm 3 bidirectional sequences -> gru 2")
+
+
+@pytest.mark.parametrize("case", sorted(KIND_CASES))
+def test_kind_lowering_matches_numpy(case):
+    assert_matches_engine(KIND_CASES[case])
+
+
+@pytest.mark.parametrize("opset", [13, 17, DEFAULT_OPSET])
+def test_gelu_and_even_lrn_at_other_opsets(opset):
+    """Below opset 20 gelu is its erf decomposition; the results agree either way."""
+    _, model = assert_matches_engine("input 4@3x3 -> lrn 4 -> gelu", opset=opset)
+    ops = {n.op_type for n in model.graph.node}
+    assert ("Gelu" in ops) == (opset >= 20) and ("Erf" in ops) == (opset < 20)
+
+
+def node_of(model, name):
+    return next(n for n in model.graph.node if n.name == name)
+
+
+def attr(node, key):
+    return helper.get_attribute_value(next(a for a in node.attribute if a.name == key))
+
+
+def test_same_padding_is_asymmetric_with_the_extra_pixel_at_the_end():
+    # 9 wide, k=4, s=2: out = ceil(9/2) = 5; total pad = (5-1)*2 + 4 - 9 = 3 -> 1 before, 2 after
+    graph = compile_spec("input 3@9x9 -> conv 4@4x4/2 pad=same")
+    model = to_onnx(graph, *init_params(graph))
+    conv = node_of(model, graph.nodes[1].name)
+    assert attr(conv, "pads") == [1, 1, 2, 2]
+    assert attr(conv, "strides") == [2, 2]
+
+
+def test_ceil_pooling_gives_the_caffe_shape():
+    # 8 wide, 3/2: floor gives (8-3)//2 + 1 = 3; ceil gives 4 (the last window starts at 6 < 8)
+    graph, model = assert_matches_engine("input 3@8x8 -> maxpool 3/2 ceil")
+    assert graph.output.out_shape == (3, 4, 4)
+    assert attr(node_of(model, graph.output.name), "ceil_mode") == 1
+
+
+def test_model_metadata_names_and_versions():
+    text = "input 1@8x8\nconv 2@3x3 relu\nfc 3\n"
+    graph = compile_spec(text, file="tiny.dlc")
+    params, state = init_params(graph)
+    model = to_onnx(graph, params, state)
+    assert model.ir_version == 10 and model.opset_import[0].version == 21
+    conv = graph.nodes[1]
+    proto = node_of(model, conv.name)
+    assert proto.op_type == "Conv" and proto.doc_string == f"tiny.dlc:2: {conv.text}"
+    assert {n.name for n in graph.nodes[1:]} <= {n.name for n in model.graph.node}
+    assert sorted(t.name for t in model.graph.initializer) == sorted(params)
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    assert dim[0].dim_param == "N" and [d.dim_value for d in dim[1:]] == [1, 8, 8]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["dlc.spec"] == text and meta["dlc.version"]
+    assert spec_of(model) == ("tiny.dlc", text)
+    back, back_state = weights_of(model, graph)
+    assert back.keys() == params.keys() and all(np.array_equal(back[k], params[k]) for k in params)
+    assert back_state == {}
+
+
+def test_fixed_batch():
+    graph = compile_spec("input 5 -> fc 2")
+    model = to_onnx(graph, *init_params(graph), batch=3)
+    check_export(model, graph, init_params(graph)[0])
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 3
+
+
+def test_resnet50_initializers_hold_kerass_total_params():
+    """25,557,032 trainable (torchvision) + 53,120 bn statistics = 25,610,152 (Keras's "Total params")."""
+    graph = compile_spec(DSL_EXAMPLES["resnet50"])
+    params, state = init_params(graph)
+    model = to_onnx(graph, params, state)
+    assert sum(a.size for a in params.values()) == 25_557_032
+    assert sum(np.prod(t.dims) for t in model.graph.initializer) == 25_610_152
+
+
+def test_check_export_catches_a_missing_initializer():
+    graph = compile_spec("input 6 -> fc 3 -> bn")
+    params, state = init_params(graph)
+    model = to_onnx(graph, params, state)
+    del model.graph.initializer[-1]
+    with pytest.raises(DlcError):  # the checker (an input with no producer) or the count
+        check_export(model, graph, params, state)
+
+
+def test_check_export_catches_a_shape_that_disagrees_with_dlc():
+    # gap hides the pool's spatial size from the declared output, so only dlc's own comparison sees it
+    graph = compile_spec("input 3@8x8 -> maxpool 3/2 ceil -> gap")
+    model = to_onnx(graph, *init_params(graph))
+    pool = node_of(model, graph.nodes[1].name)
+    for a in pool.attribute:
+        if a.name == "ceil_mode":
+            a.i = 0  # floor: 3x3 where dlc says 4x4
+    with pytest.raises(DlcError, match=r"shape inference gives \['N', 3, 3, 3\]"):
+        check_export(model, graph, {})
+
+
+def test_check_export_catches_changed_weights():
+    graph = compile_spec("input 6 -> fc 3")
+    params, state = init_params(graph)
+    model = to_onnx(graph, params, state)
+    params = {k: v + 1 for k, v in params.items()}
+    with pytest.raises(DlcError, match="differs"):
+        check_export(model, graph, params, state)
+
+
+def test_unsupported_opset_and_missing_weights_are_errors():
+    graph = compile_spec("input 6 -> fc 3")
+    params, state = init_params(graph)
+    with pytest.raises(DlcError, match="opset 12"):
+        to_onnx(graph, params, state, opset=12)
+    with pytest.raises(DlcError, match="fc"):
+        to_onnx(graph, {}, state)
+    bad = {k: v[:, :2] for k, v in params.items() if v.ndim == 2}
+    with pytest.raises(DlcError, match=r"\(3, 2\)"):
+        to_onnx(graph, {**params, **bad}, state)

@@ -110,16 +110,18 @@ def _compile(text: str, file: str) -> Graph:
 
 
 def _check_input(statements: list) -> None:
-    inputs = [s for s in statements if isinstance(s, Input)]
-    first_step = next((s for s in statements if isinstance(s, STEPS)), None)
+    inputs = [i for i, s in enumerate(statements) if isinstance(s, Input)]
+    first_step = next((i for i, s in enumerate(statements) if isinstance(s, STEPS)), None)
     if not inputs:
         raise DlcError("the network has no `input`: start it with one, like `input 3@224x224`, `input 784` "
-                       "or `input seq 200`", first_step.pos)
-    if len(inputs) > 1:
-        raise DlcError(f"a second `input`: a network has exactly one (the first is on line {inputs[0].pos.line})",
-                       inputs[1].pos)
-    if first_step is not None and statements.index(first_step) < statements.index(inputs[0]):
-        raise DlcError(f"`input` must come before the first step (line {first_step.pos.line})", inputs[0].pos)
+                       "or `input seq 200`", statements[first_step].pos)
+    first, *others = (statements[i] for i in inputs)
+    if others:
+        raise DlcError(f"a second `input`: a network has exactly one (the first is on line {first.pos.line})",
+                       others[0].pos)
+    if first_step is not None and first_step < inputs[0]:
+        raise DlcError(f"`input` must come before the first step (line {statements[first_step].pos.line})",
+                       first.pos)
 
 
 # --- statements ----------------------------------------------------------------------------------
@@ -228,6 +230,9 @@ def _read_train(b: Build, s: Train) -> None:
 # --- steps ---------------------------------------------------------------------------------------
 
 def _emit_step(b: Build, step: Step, cur: str, scope: Scope, defaults: Defaults) -> str:
+    if step.kind.name in b.blocks and lookup(step.kind.name) is None:
+        raise DlcError(f"`{step.kind.name}` is a block: call it with its arguments, like "
+                       f"`{step.kind.name}(…)`", step.kind.pos)
     kind = _kind_or_error(step.kind, scope)
     if kind.name == "input":
         raise DlcError("`input` is the first statement of the spec, not a step", step.kind.pos)
@@ -275,8 +280,7 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
         suffix = lookup(item.name)
         if suffix is not None and suffix.suffixable:
             attrs = _base_attrs(suffix, defaults)
-            if suffix.size:
-                attrs[suffix.size_attr] = suffix.size_default
+            attrs.update(_size_attrs(suffix, None, item, scope))
             layers.append(Layer(suffix, attrs, item.pos, item.name))
             continue
         raise _bad_word(item, step, layers, scope)

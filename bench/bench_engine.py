@@ -39,13 +39,15 @@ def load_mnist(path: Path | None, n: int, rng) -> tuple[np.ndarray, np.ndarray, 
     return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n), "random data (no MNIST file)"
 
 
-def best_of(repeats: int, fn) -> float:
-    """The fastest of `repeats` timed runs of fn(), in seconds: the least disturbed by other load."""
-    best = float("inf")
+def best_times(runs: dict, repeats: int) -> dict[str, float]:
+    """The fastest of `repeats` timed calls of each run, in seconds. The runs take turns, so load from
+    other processes falls on all of them alike, and the fastest call is the least disturbed one."""
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -160,7 +162,7 @@ def main():
     ap.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help="mnist.pkl.gz (else random data)")
     ap.add_argument("--mlp-images", type=int, default=10_000, help="images per timed MLP run")
     ap.add_argument("--lenet-images", type=int, default=6_400, help="images per timed LeNet-5 run")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs of each; the fastest counts")
     ap.add_argument("--quick", action="store_true", help="a tenth of the images, one repeat (a smoke test)")
     args = ap.parse_args()
     if args.quick:
@@ -190,7 +192,7 @@ def main():
             "per-sample loop, float32": nielsen_sgd([784, 30, 10], x, t, 10, 3.0, np.float32)}
     if torch:
         runs["PyTorch CPU"] = torch_sgd(torch, torch_mlp, x, t, 10, 3.0, quadratic)
-    times = {name: best_of(args.repeats, fn) for name, fn in runs.items()}
+    times = best_times(runs, args.repeats)
     loop = len(x) / times["per-sample loop, network.py (float64)"]
     print(f"\n784-30-10 sigmoid MLP, batch 10, quadratic cost, SGD (best of {args.repeats} x {len(x):,} images):")
     for name, s in times.items():
@@ -208,7 +210,7 @@ def main():
     runs = {"dlc engine (float32)": dlc_sgd(lenet, padded, y, 64, 0.01, "xent")}
     if torch:
         runs["PyTorch CPU"] = torch_sgd(torch, torch_lenet, padded, y, 64, 0.01, torch.nn.functional.cross_entropy)
-    times = {name: best_of(args.repeats, fn) for name, fn in runs.items()}
+    times = best_times(runs, args.repeats)
     seen = len(padded) // 64 * 64
     print(f"\nLeNet-5, batch 64, softmax cross-entropy, SGD (best of {args.repeats} x {seen:,} images):")
     ref = seen / times["PyTorch CPU"] if torch else None

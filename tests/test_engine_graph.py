@@ -275,6 +275,18 @@ def test_he_init_has_std_sqrt_2_over_fan_in():
     assert params["conv.W"].dtype == np.float32
 
 
+def test_he_init_of_a_stride_2_upconv_doubles_the_input_variance():
+    # He et al. (2015): Var(w) = 2 / n with n the products summed into one output. A 2x2/2 transposed
+    # convolution gives each output pixel exactly one tap from each of its C_in channels, so n = C_in
+    # and Var(y) = C_in * (2 / C_in) * E[x^2] = 2 for unit-variance inputs.
+    g = build((64, 8, 8), ("up", "upconv", {"channels": 32, "kernel": 2, "stride": 2}))
+    params, state = init_params(g, init="he", dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((8, 64, 8, 8))
+    y, _ = run.forward(g, params, state, x)
+    assert y.shape == (8, 32, 16, 16)
+    assert y.var() == pytest.approx(2.0, rel=0.1)
+
+
 def test_xavier_and_gaussian_init():
     g = build((300,), ("fc", "fc", {"units": 200}))
     w = init_params(g, init="xavier")[0]["fc.W"]

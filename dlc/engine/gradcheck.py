@@ -106,9 +106,9 @@ def check_gradients(graph: Graph, *, loss: str | None = None, batch: int = 2, se
         analytic["input"], targets["input"] = dx, x
 
     results: dict[str, LayerCheck] = {}
-    for name, value in targets.items():
+    for name, tensor in targets.items():
         layer = graph.input.name if name == "input" else name.rsplit(".", 1)[0]
-        flat = value.reshape(-1)  # a view: perturbing it perturbs the tensor evaluate() reads
+        flat = tensor.reshape(-1)  # a view: perturbing it perturbs the tensor evaluate() reads
         if every_entry or flat.size <= samples:
             picks = np.arange(flat.size)
         else:
@@ -128,7 +128,7 @@ def check_gradients(graph: Graph, *, loss: str | None = None, batch: int = 2, se
                 worst = (err, int(i), float(g[i]), float(numeric))
         node = graph.node(layer)
         check = TensorCheck(layer, node.kind, name, flat.size, len(picks), worst[0],
-                            tuple(int(j) for j in np.unravel_index(worst[1], value.shape)), worst[2], worst[3])
+                            tuple(int(j) for j in np.unravel_index(worst[1], tensor.shape)), worst[2], worst[3])
         results.setdefault(layer, LayerCheck(layer, node.kind, [])).tensors.append(check)
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     return sorted(results.values(), key=lambda r: order[r.layer])

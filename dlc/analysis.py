@@ -46,6 +46,8 @@ class Totals:
     activations: int
     param_bytes: int
     activation_bytes: int  # per sample
+    grad_bytes: int
+    optimizer_bytes: int
     train_bytes: int
     batch: int
     optimizer: str
@@ -114,11 +116,14 @@ def totals(stats: list[NodeStats], batch: int, optimizer: str) -> Totals:
     slots = OPTIMIZER_SLOTS[optimizer]
     param_bytes = BYTES_PER_VALUE * (p + nt)
     act_bytes = BYTES_PER_VALUE * act
-    train = param_bytes + BYTES_PER_VALUE * p * (1 + slots) + batch * act_bytes
+    grad_bytes = BYTES_PER_VALUE * p
+    optimizer_bytes = slots * grad_bytes
+    train = param_bytes + grad_bytes + optimizer_bytes + batch * act_bytes
     formula = (f"parameters {param_bytes} + gradients {BYTES_PER_VALUE * p} + {optimizer} state "
                f"{slots}x{BYTES_PER_VALUE * p} + batch {batch} x activations {act_bytes} = {train} bytes")
     return Totals(
         params=p, non_trainable=nt, macs=sum(s.macs for s in stats), flops=sum(s.flops for s in stats),
-        activations=act, param_bytes=param_bytes, activation_bytes=act_bytes, train_bytes=train,
+        activations=act, param_bytes=param_bytes, activation_bytes=act_bytes, grad_bytes=grad_bytes,
+        optimizer_bytes=optimizer_bytes, train_bytes=train,
         batch=batch, optimizer=optimizer, train_formula=formula,
     )

@@ -29,12 +29,10 @@ def _analysis_command(view: str, help_text: str):
         if as_json:
             click.echo(json.dumps(report.to_json(result), indent=1))
             return
-        from rich.console import Console
-
-        console = Console(highlight=False)
-        console.print(report.table(result, view, every_node))
+        click.echo(f"{graph.file}\n")
+        click.echo(report.table(result, view, every_node))
         for line in report.totals_lines(result, view):
-            console.print(line)
+            click.echo(line)
     return command
 
 

@@ -24,19 +24,6 @@ RESERVED = re.compile(r"x\d+")
 KEYWORDS = {"input", "seq", "of", "default", "block", "train", "as", "x"}
 SWITCH = {"on": True, "off": False, "true": True, "false": False}
 
-# The `train` statement's keys (dsl.md, "The `train` statement"): a type, or the words a key takes.
-TRAIN_KEYS: dict[str, type | tuple[str, ...]] = {
-    "loss": ("xent", "bce", "mse", "hinge"),
-    "optimizer": ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"),
-    "lr": float, "momentum": float, "beta1": float, "beta2": float, "eps": float,
-    "batch": int, "epochs": int, "seed": int,
-    "weight_decay": float, "l1": float, "maxnorm": float,
-    "init": ("he", "xavier", "gaussian"), "init_std": float,
-    "schedule": ("constant", "step", "poly", "cosine", "exp", "linear", "invsqrt"),
-    "step_every": int, "gamma": float, "power": float, "restart_every": int, "lr_min": float, "k": float,
-}
-
-
 def compile_spec(text: str, file: str = "<spec>") -> Graph:
     """Compile spec text into a Graph whose nodes carry resolved attributes and output shapes."""
     try:
@@ -202,29 +189,20 @@ def _read_default(s: Default, scope: Scope, defaults: Defaults) -> None:
 
 
 def _read_train(b: Build, s: Train) -> None:
+    """Training settings, typed as written (int, float or word); `dlc train` checks the keys and values."""
     if b.train:
         raise DlcError("a second `train` statement: put every setting on one", s.pos)
-    for opt in s.options:
-        rule = TRAIN_KEYS.get(opt.key)
-        if rule is None:
-            raise DlcError(f"unknown training setting `{opt.key}`{_did_you_mean(opt.key, TRAIN_KEYS)}; the settings "
-                           f"are {', '.join(TRAIN_KEYS)}", opt.pos)
-        v, got = opt.value.v, f"(Received: {opt.key}={opt.value.raw})"
-        if isinstance(rule, tuple):
-            if v not in rule:
-                raise DlcError(f"{opt.key} is one of {', '.join(rule)} {got}", opt.value.pos)
-        elif rule is int:
-            if not isinstance(v, int):
-                raise DlcError(f"{opt.key} takes a whole number {got}", opt.value.pos)
-        elif isinstance(v, (str, tuple)):
-            raise DlcError(f"{opt.key} takes a number {got}", opt.value.pos)
-        else:
-            v = float(v)
-        if opt.key in b.train:
-            raise DlcError(f"`{opt.key}` is set twice", opt.pos)
-        b.train[opt.key] = v
     if not s.options:
         raise DlcError("`train` needs settings, like `train optimizer=sgd lr=0.01`", s.pos)
+    settings = {}
+    for opt in s.options:
+        if isinstance(opt.value.v, tuple):
+            raise DlcError(f"a training setting is a number or a word (Received: {opt.key}={opt.value.raw})",
+                           opt.value.pos)
+        if opt.key in settings:
+            raise DlcError(f"`{opt.key}` is set twice", opt.pos)
+        settings[opt.key] = opt.value.v
+    b.train = settings
 
 
 # --- steps ---------------------------------------------------------------------------------------

@@ -235,11 +235,10 @@ def test_node_text_and_positions_come_from_the_step():
     assert g.input.text == "input 3@8x8"
 
 
-def test_train_settings_are_typed():
-    g = graph("input 2 -> fc 1\ntrain loss=bce optimizer=adam lr=1 beta1=0.9 batch=8 seed=0 schedule=cosine")
-    assert g.train == {"loss": "bce", "optimizer": "adam", "lr": 1.0, "beta1": 0.9, "batch": 8, "seed": 0,
-                       "schedule": "cosine"}
-    assert isinstance(g.train["lr"], float) and isinstance(g.train["batch"], int)
+def test_train_settings_are_typed_as_written():
+    g = graph("train loss=bce optimizer=adam lr=1 beta1=0.9 eps=1e-8 batch=8\ninput 2 -> fc 1")
+    assert g.train == {"loss": "bce", "optimizer": "adam", "lr": 1, "beta1": 0.9, "eps": 1e-8, "batch": 8}
+    assert [type(g.train[k]) for k in ("loss", "lr", "beta1", "eps")] == [str, int, float, float]
 
 
 def test_graph_keeps_file_and_source():

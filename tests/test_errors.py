@@ -283,12 +283,12 @@ def test_bad_repeat_count():
 
 
 def test_train_settings():
-    e = error("input 2 -> fc 1\ntrain lr=0.1 epohcs=3")
-    assert e.message.startswith("unknown training setting `epohcs` (did you mean `epochs`?)") and at(e) == (2, 14)
-    e = error("input 2 -> fc 1\ntrain epochs=2.5")
-    assert e.message == "epochs takes a whole number (Received: epochs=2.5)" and at(e) == (2, 14)
-    e = error("input 2 -> fc 1\ntrain loss=l2")
-    assert e.message == "loss is one of xent, bce, mse, hinge (Received: loss=l2)"
+    e = error("input 2 -> fc 1\ntrain lr=0.1 lr=0.2")
+    assert e.message == "`lr` is set twice" and at(e) == (2, 14)
+    e = error("input 2 -> fc 1\ntrain batch=3x3")
+    assert e.message == "a training setting is a number or a word (Received: batch=3x3)" and at(e) == (2, 13)
+    e = error("train lr=0.1\ninput 2 -> fc 1\ntrain epochs=3")
+    assert e.message == "a second `train` statement: put every setting on one" and at(e) == (3, 1)
 
 
 # --- syntax --------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
+import test_dsl_examples as dsl
+
 from dlc.analysis import analyse
 from dlc.compile import compile_spec
 from dlc.engine.params import init_params
@@ -26,99 +28,11 @@ from dlc.zoo import zoo_names, zoo_path
 TOL = 1e-4
 BIG = 50_000_000  # params above which a zoo network runs at batch 1
 
-# The examples of dsl.md, verbatim.
-DSL_EXAMPLES = {
-    "lenet5": """
-input 1@32x32
-conv 6@5x5 tanh -> avgpool 2/2       # 6@28x28 -> 6@14x14
-conv 16@5x5 tanh -> avgpool 2/2      # 16@10x10 -> 16@5x5
-flatten                              # 400
-fc 120 tanh -> fc 84 tanh -> fc 10 softmax
-""",
-    "alexnet": """
-input 3@227x227
-conv 96@11x11/4 relu -> maxpool 3/2      # 96@55x55 -> 96@27x27
-conv 256@5x5 pad=2 relu -> maxpool 3/2   # 256@27x27 -> 256@13x13
-conv 384@3x3 pad=1 relu
-conv 384@3x3 pad=1 relu
-conv 256@3x3 pad=1 relu -> maxpool 3/2   # 256@6x6
-fc 4096 relu -> dropout 0.5              # implicit flatten: 9216
-fc 4096 relu -> dropout 0.5
-fc 1000 softmax
-""",
-    "vgg16": """
-input 3@224x224
-default conv pad=same
-block stage(c, n) {
-    conv c@3x3 relu x n
-    maxpool 2
-}
-stage(64, 2) -> stage(128, 2) -> stage(256, 3) -> stage(512, 3) -> stage(512, 3)   # 512@7x7
-fc 4096 relu -> dropout 0.5 -> fc 4096 relu -> dropout 0.5 -> fc 1000 softmax
-""",
-    "resnet50": """
-input 3@224x224
-default conv bias=off
-block bottleneck(mid, out, s=1) {
-    add(
-        conv mid@1x1 bn relu
-        conv mid@3x3/s pad=1 bn relu
-        conv out@1x1 bn
-      | shortcut
-    )
-    relu
-}
-conv 64@7x7/2 pad=3 bn relu -> maxpool 3/2 pad=1      # 64@56x56
-bottleneck(64, 256) x3                                # 256@56x56
-bottleneck(128, 512, s=2) -> bottleneck(128, 512) x3  # 512@28x28
-bottleneck(256, 1024, s=2) -> bottleneck(256, 1024) x5
-bottleneck(512, 2048, s=2) -> bottleneck(512, 2048) x2   # 2048@7x7
-gap -> fc 1000 softmax
-""",
-    "inception": """
-input 192@28x28
-block inception(a, b1, b2, c1, c2, d) {
-    concat(
-        conv a@1x1 relu
-      | conv b1@1x1 relu -> conv b2@3x3 pad=1 relu
-      | conv c1@1x1 relu -> conv c2@5x5 pad=2 relu
-      | maxpool 3/1 pad=1 -> conv d@1x1 relu
-    )
-}
-inception(64, 96, 128, 16, 32, 32)     # 256@28x28
-inception(128, 128, 192, 32, 96, 64)   # 480@28x28
-maxpool 3/2 ceil                       # 480@14x14 (13x13 without ceil)
-""",
-    "mobilenet": """
-input 3@224x224
-default conv pad=same bias=off
-default dwconv pad=same bias=off
-block dwsep(c, s=1) {
-    dwconv 3x3/s bn relu
-    conv c@1x1 bn relu
-}
-conv 32@3x3/2 bn relu                  # 32@112x112
-dwsep(64) -> dwsep(128, s=2)           # 128@56x56
-""",
-    "unet": """
-input 1@64x64
-default conv pad=same
-conv 16@3x3 relu as e1 -> maxpool 2   # 16@32x32
-conv 32@3x3 relu                       # 32@32x32
-upconv 16@2x2/2 -> concat e1           # 32@64x64
-conv 2@1x1                             # 2@64x64
-""",
-    "lstm_text": """
-input seq 200
-embed 128 vocab=20000                  # 200x128
-lstm 256                               # 256
-dropout 0.5 -> fc 2 softmax
-""",
-    "xor": """
-input 2 -> fc 2 sigmoid -> fc 1 sigmoid
-train loss=mse optimizer=sgd lr=0.5 epochs=2000 batch=4
-""",
-}
+# The examples of dsl.md, verbatim, as the language tests pin them.
+DSL_EXAMPLES = {"lenet5": dsl.LENET5, "alexnet": dsl.ALEXNET, "vgg16": dsl.VGG16, "resnet50": dsl.RESNET50,
+                "inception": dsl.INCEPTION, "mobilenet": dsl.MOBILENET, "unet": dsl.UNET, "lstm_text": dsl.LSTM_TEXT,
+                "xor": dsl.XOR}
+
 
 def exercised_weights(graph, seed=0):
     """Initial weights with every constant-initialised tensor (biases, bn) made random as well."""

@@ -16,7 +16,6 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from math import prod
 
 import numpy as np
 import onnxruntime as ort
@@ -131,30 +130,6 @@ def check_tokens(x: np.ndarray, vocab: int) -> None:
     if x.size and (x.min() < 0 or x.max() >= vocab):
         raise DlcError(f"token ids must lie in 0..{vocab - 1} (the embedding's vocab={vocab}); "
                        f"the input holds {x.min()}..{x.max()}")
-
-
-def normalize_input(x: np.ndarray, norm: dict | None, sample_shape: tuple[int, ...]) -> np.ndarray:
-    """Apply a checkpoint's meta["normalize"] ({"kind": "mean-std"|"minmax"|"none", with "mean"/"std"
-    or "min"/"max" as scalars, one value per channel, or one per feature})."""
-    if not norm or norm.get("kind", "none") == "none":
-        return x
-
-    def stat(key):
-        v = np.asarray(norm[key], np.float32)
-        if v.size in (1, prod(sample_shape)):
-            return v.reshape(sample_shape) if v.size > 1 else v.reshape(())
-        if v.size == sample_shape[0]:
-            return v.reshape((-1,) + (1,) * (len(sample_shape) - 1))
-        raise DlcError(f"normalize {key} has {v.size} values; the input {sample_shape} needs 1, "
-                       f"{sample_shape[0]} or {prod(sample_shape)}")
-
-    kind = norm["kind"]
-    if kind == "mean-std":
-        return ((x - stat("mean")) / stat("std")).astype(x.dtype, copy=False)
-    if kind == "minmax":
-        lo = stat("min")
-        return ((x - lo) / (stat("max") - lo)).astype(x.dtype, copy=False)
-    raise DlcError(f"unknown normalize kind {kind!r} (expected mean-std, minmax or none)")
 
 
 def random_input(shape: tuple[int, ...], dtype, n: int, vocab: int | None = None, seed: int = 0) -> np.ndarray:

@@ -7,9 +7,14 @@ what was expected in the language's own terms.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -290,12 +295,48 @@ class _ToAst(Transformer):
         return BlockDef(name, params, children[-1], _meta_pos(meta))
 
 
+OPTIONS = dict(parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True)
+
+
 @lru_cache(maxsize=1)
 def parser() -> Lark:
-    """The LALR parser, built once per process (lark caches the tables in a temp file across runs)."""
+    """The LALR parser, built once per process and kept between runs in the user's cache folder
+    (building the tables costs far more than loading them)."""
+    import lark
+
     grammar = (resource_dir("grammars") / "dlc.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, cache=True)
+    key = hashlib.sha256(f"{grammar}{OPTIONS}{lark.__version__}{sys.version_info[:2]}".encode()).hexdigest()[:24]
+    cache = _cache_dir()
+    path = cache / f"parser-{key}.pickle" if cache is not None else None
+    if path is not None and path.is_file():
+        try:
+            with open(path, "rb") as f:
+                return Lark.load(f)
+        except Exception:  # a cache written by another lark, or cut short: build the parser again
+            pass
+    built = Lark(grammar, **OPTIONS)
+    if path is not None:
+        _save_atomically(built, path)
+    return built
+
+
+def _cache_dir() -> Path | None:
+    try:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlc"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    except (OSError, RuntimeError):  # no home folder, or a read-only one: run without the cache
+        return None
+
+
+def _save_atomically(built: Lark, path: Path) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            built.save(f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def parse(text: str) -> list:

@@ -143,3 +143,20 @@ def test_syntax_errors_are_located(text, line, col):
 
 def test_the_parser_is_built_once_per_process():
     assert parser() is parser()
+
+
+def test_the_parser_tables_are_cached_on_disk_and_a_broken_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    parser.cache_clear()
+    try:
+        parser()
+        (cached,) = (tmp_path / "dlc").glob("parser-*.pickle")
+        parser.cache_clear()
+        assert parse("input 4 -> relu")[1].kind.name == "relu"  # loaded from the file
+        cached.write_bytes(b"not a pickle")
+        parser.cache_clear()
+        assert parse("input 4 -> relu")[1].pos.col == 12  # rebuilt, and the file rewritten
+        assert cached.read_bytes() != b"not a pickle"
+        assert not list((tmp_path / "dlc").glob("*.tmp"))
+    finally:
+        parser.cache_clear()

@@ -6,6 +6,9 @@ and pad=same gives ceil(in/stride).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from dlc.compile import compile_spec
 
 
@@ -244,3 +247,19 @@ def test_train_settings_are_typed_as_written():
 def test_graph_keeps_file_and_source():
     g = compile_spec("input 2 -> fc 1", file="xor.dlc")
     assert g.file == "xor.dlc" and g.source == "input 2 -> fc 1"
+
+
+def test_compiling_imports_neither_numpy_nor_onnx():
+    code = """
+import sys
+from dlc.compile import compile_spec
+from dlc.errors import DlcError
+compile_spec("input 3@8x8 -> conv 4@3x3 bn relu -> fc 2 softmax")
+try:
+    compile_spec("input 3@8x8 -> cnv 4@3x3")
+except DlcError:
+    pass
+print([m for m in ("numpy", "onnx", "onnxruntime") if m in sys.modules])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -96,6 +96,13 @@ def test_infer_engines_agree_on_an_exported_model(lenet, tmp_path):
     assert np.abs(outs["numpy"] - outs["onnxruntime"]).max() < 1e-5
 
 
+def test_a_single_sample_is_a_batch_of_one(lenet, tmp_path):
+    np.save(tmp_path / "one.npy", np.zeros((1, 32, 32), np.float32))
+    r = run("infer", lenet, "--input", tmp_path / "one.npy", "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["input_shape"] == [1, 1, 32, 32]
+
+
 def test_infer_applies_softmax_to_logits(tmp_path):
     graph = compile_spec(LOGITS)
     params, state = init_params(graph, seed=2)
@@ -222,6 +229,7 @@ def test_infer_reads_token_ids_from_an_npz(tmp_path):
     (("infer", "{lenet}", "--input", "{wrong_shape}"), r"expects \(N, 1, 32, 32\)"),
     (("infer", "{lenet}", "--input", "{wrong_dtype}"), r"int64.*\(N, 1, 32, 32\)"),
     (("infer", "{lenet}", "--input", "nowhere.npy"), "no such file: nowhere.npy"),
+    (("infer", "{lenet}", "--input", "{lenet}"), "is not a NumPy .npy or .npz file"),
     (("infer", "{lenet}"), "--input X.npy"),
     (("infer", "{lenet}", "--random", 1, "--weights", "{ckpt}"), "carries its own weights"),
     (("infer", "-e", LENET, "--random", 1), "--weights"),

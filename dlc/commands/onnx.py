@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +107,14 @@ def read_array(path: str):
     p = Path(path)
     if not p.is_file():
         raise DlcError(f"no such file: {path}")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):  # .npy's magic string; .npz is a zip
+        raise DlcError(f"{path} is not a NumPy .npy or .npz file")
     try:
         data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DlcError(f"{path} is not a NumPy .npy or .npz file ({e})")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DlcError(f"{path} cannot be read as a NumPy array ({e})")
     if not isinstance(data, np.lib.npyio.NpzFile):
         return data
     with data:

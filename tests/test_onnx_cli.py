@@ -268,3 +268,15 @@ def test_commands_start_without_numpy_or_onnx():
     code = "import sys, dlc.cli; print(sorted({'numpy', 'onnx', 'onnxruntime'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_fallback_reason_is_read_from_onnxruntimes_log():
+    from dlc.onnx.runtime import cuda_failure
+
+    linux = ("[E:onnxruntime:Default, provider_bridge_ort.cc:2458 operator()] ... Failed to load library "
+             "/x/libonnxruntime_providers_cuda.so with error: libcudnn.so.9: cannot open shared object file: "
+             "No such file or directory")
+    assert cuda_failure(linux).startswith("libcudnn.so.9,")
+    assert cuda_failure("CUDA failure 100: no CUDA-capable device is detected ; GPU=0") == \
+        "no CUDA-capable device is detected"
+    assert cuda_failure("") == "onnxruntime could not create its CUDA provider"

@@ -8,6 +8,10 @@
 
 MNIST comes from --mnist (the classic mnist.pkl.gz), else random data of the same shape. PyTorch is
 optional: without it those ratios are skipped. Run: python bench/bench_engine.py [--quick]
+
+PyTorch gets OMP_NUM_THREADS threads (else one per core), as OpenBLAS under numpy does. On a machine
+shared with other work, two busy-waiting thread pools fall apart under contention; for a steadier
+comparison run both single-threaded: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_engine.py
 """
 
 from __future__ import annotations
@@ -177,7 +181,7 @@ def main():
     except ImportError:
         torch = None
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    print(f"data: {source}; numpy {np.__version__}; {threads} threads"
+    print(f"data: {source}; numpy {np.__version__}; {threads} thread{'s' if threads > 1 else ''}"
           + (f"; torch {torch.__version__}" if torch else "; torch not installed (its ratios skipped)"))
     if torch:
         torch.set_num_threads(threads)

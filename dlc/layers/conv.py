@@ -14,13 +14,16 @@ from dlc.layers.spatial import image, pair, resolve_pads, show, window_out
 CONV_OPTIONS = {"pad": 0, "dil": 1, "groups": 1, "bias": True}
 
 
+def _check_groups(groups: int, c_in: int, c_out: int):
+    if groups < 1 or c_in % groups or c_out % groups:
+        raise ShapeError(f"groups={groups} must divide both the input channels ({c_in}) "
+                         f"and the output channels ({c_out})")
+
+
 def _conv_out(a: dict, c: int, h: int, w: int) -> tuple[int, int, int]:
     kernel, stride, dil = pair(a["kernel"]), pair(a.get("stride") or 1), pair(a["dil"])
     pads = resolve_pads(a["pad"], (h, w), kernel, stride, dil)
-    groups = a["groups"]
-    if groups < 1 or c % groups or a["channels"] % groups:
-        raise ShapeError(f"groups={groups} must divide both the input channels ({c}) "
-                         f"and the output channels ({a['channels']})")
+    _check_groups(a["groups"], c, a["channels"])
     ho = window_out(h, kernel[0], stride[0], dil[0], pads[0], pads[2], axis="height")
     wo = window_out(w, kernel[1], stride[1], dil[1], pads[1], pads[3], axis="width")
     a.update(kernel=kernel, stride=stride, dilation=dil, pads=pads, in_channels=c)
@@ -44,12 +47,12 @@ def resolve_dwconv(attrs: dict, ins):
     return _conv_out(a, c, h, w), a
 
 
+def _weight_and_bias(a: dict, weight: tuple) -> dict:
+    return {"W": weight, "b": (a["channels"],)} if a["bias"] else {"W": weight}
+
+
 def conv_params(a, ins):
-    kh, kw = a["kernel"]
-    p = {"W": (a["channels"], a["in_channels"] // a["groups"], kh, kw)}
-    if a["bias"]:
-        p["b"] = (a["channels"],)
-    return p
+    return _weight_and_bias(a, (a["channels"], a["in_channels"] // a["groups"], *a["kernel"]))
 
 
 def conv_macs(a, ins, out):
@@ -86,10 +89,7 @@ def resolve_upconv(attrs: dict, ins):
     p = a["pad"]
     if not isinstance(p, int) or p < 0:
         raise ShapeError(f"upconv takes pad as an integer >= 0 (received pad={p})")
-    groups = a["groups"]
-    if groups < 1 or c % groups or a["channels"] % groups:
-        raise ShapeError(f"groups={groups} must divide both the input channels ({c}) "
-                         f"and the output channels ({a['channels']})")
+    _check_groups(a["groups"], c, a["channels"])
     ho = (h - 1) * stride[0] - 2 * p + dil[0] * (kernel[0] - 1) + 1
     wo = (w - 1) * stride[1] - 2 * p + dil[1] * (kernel[1] - 1) + 1
     if ho < 1 or wo < 1:
@@ -99,11 +99,7 @@ def resolve_upconv(attrs: dict, ins):
 
 
 def upconv_params(a, ins):
-    kh, kw = a["kernel"]
-    p = {"W": (a["in_channels"], a["channels"] // a["groups"], kh, kw)}
-    if a["bias"]:
-        p["b"] = (a["channels"],)
-    return p
+    return _weight_and_bias(a, (a["in_channels"], a["channels"] // a["groups"], *a["kernel"]))
 
 
 def upconv_macs(a, ins, out):

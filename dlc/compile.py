@@ -30,6 +30,9 @@ def compile_spec(text: str, file: str = "<spec>") -> Graph:
         return _compile(text.replace("\r\n", "\n"), file)
     except DlcError as e:
         raise e.located(file, text) from None
+    except RecursionError:
+        # hundreds of nested brackets: no network is written like that, and Python's stack ends first
+        raise DlcError("brackets are nested too deeply", Pos(1, 1)).located(file, text) from None
 
 
 @dataclass

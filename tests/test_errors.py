@@ -302,6 +302,10 @@ def test_unclosed_and_unmatched_brackets():
     assert e.message == "`)` without a matching `(`" and at(e) == (2, 5)
 
 
+def test_absurdly_deep_nesting_is_an_error_not_a_crash():
+    assert error("input 4\n" + "(" * 2000 + "relu" + ")" * 2000).message == "brackets are nested too deeply"
+
+
 def test_expected_things_after_operators():
     assert error("input 4\nbn eps=").message == "expected a value after `eps=`"
     assert error("input 4\nrelu as").message == "expected a label name after `as`"

@@ -148,7 +148,8 @@ class Display:
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]{text}[/dim]")
+            from rich.markup import escape
+            self.console.print(f"[dim]{escape(text)}[/dim]", soft_wrap=True)
 
     def __call__(self, kind: str, info: dict) -> None:
         if self.quiet:
@@ -168,7 +169,7 @@ class Display:
         elif kind == "end":
             self.close()
             if info["epoch"] == self.epoch["epochs"] or now - self.last_line >= self.LINE_EVERY:
-                self.console.print(epoch_line(info, self.label))
+                self.console.print(epoch_line(info, self.label), soft_wrap=True)
                 self.last_line = now
 
     def _start_bar(self):

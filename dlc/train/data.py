@@ -171,7 +171,7 @@ def load_idx(path) -> Data:
             raise DlcError(f"{path}: the test split lacks {missing}[.gz]")
         test = _idx_pair(found["test_x"], found["test_y"], "test") if found["test_x"] else None
         return Data(_idx_pair(found["train_x"], found["train_y"], "train"), None, test, name=str(path))
-    labels = Path(str(path).replace("images", "labels").replace("idx3", "idx1"))
+    labels = path.with_name(path.name.replace("images", "labels").replace("idx3", "idx1"))
     if labels == path or not labels.is_file():
         raise DlcError(f"{path}: an IDX images file needs its labels beside it ({labels.name})")
     return Data(_idx_pair(path, labels, "train"), name=str(path))
@@ -180,7 +180,8 @@ def load_idx(path) -> Data:
 # The classic pickle holds numpy arrays only; anything else in a data file is refused, not run.
 _PICKLE_ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
                    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-                   ("numpy._core.multiarray", "scalar")}
+                   ("numpy._core.multiarray", "scalar"),
+                   ("_codecs", "encode")}  # how protocol 2 spells a bytes object in Python 3
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -335,7 +335,8 @@ def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
 
     if checkpoint is None:
         flush()  # a good checkpoint exists from the first moment, whatever happens next
-    with _StopFlag() as stop:
+    # overflow on the way to a NaN loss is reported once, by the check below, not as numpy warnings
+    with _StopFlag() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while pos.epoch < cfg.epochs:
             lr = lr_at(pos.epoch)
             order = epoch_order(n, cfg.seed, pos.epoch, y, cfg.balanced)

@@ -1,0 +1,334 @@
+"""Data loaders on small files written here (IDX raw/gzip/directory, mnist-style pickle, npz, CSV), their
+errors on bad files, fitting to the spec's input, normalisation, held-out splits, batch order, and the
+built-in sets."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from dlc.errors import DlcError
+from dlc.train import data as D
+from dlc.train.builtin import builtin_data
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+LABELS = np.array([3, 0, 9, 1, 1], np.uint8)
+
+
+def idx_bytes(a: np.ndarray, code: int = 0x08) -> bytes:
+    """LeCun's IDX layout, written independently of the reader: 0, 0, type, ndim, big-endian sizes."""
+    return bytes([0, 0, code, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(">u1").tobytes()
+
+
+def write(path, raw: bytes, gz: bool = False):
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_file_raw_and_gzipped(tmp_path, gz):
+    p = write(tmp_path / ("x.idx3" + (".gz" if gz else "")), idx_bytes(IMAGES), gz)
+    a = D.read_idx(p)
+    assert a.shape == (5, 4, 3) and a.dtype == np.uint8 and np.array_equal(a, IMAGES)
+
+
+def test_idx_directory_with_the_four_standard_files(tmp_path):
+    write(tmp_path / "train-images-idx3-ubyte.gz", idx_bytes(IMAGES), gz=True)
+    write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(LABELS))
+    write(tmp_path / "t10k-images-idx3-ubyte", idx_bytes(IMAGES[:2]))
+    write(tmp_path / "t10k-labels-idx1-ubyte.gz", idx_bytes(LABELS[:2]), gz=True)
+    d = D.load_file(tmp_path)
+    assert d.train.x.shape == (5, 1, 4, 3) and d.test.x.shape == (2, 1, 4, 3) and d.val is None
+    assert d.train.x.dtype == np.float32
+    np.testing.assert_allclose(d.train.x[2, 0], IMAGES[2] / 255.0, rtol=1e-6)
+    assert d.train.y.tolist() == [3, 0, 9, 1, 1] and d.test.y.tolist() == [3, 0]
+
+
+def test_idx_images_file_finds_its_labels(tmp_path):
+    write(tmp_path / "train-images-idx3-ubyte", idx_bytes(IMAGES))
+    write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(LABELS))
+    d = D.load_file(tmp_path / "train-images-idx3-ubyte")
+    assert d.train.x.shape == (5, 1, 4, 3) and d.test is None
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"\x00\x00\x07\x03" + struct.pack(">3I", 5, 4, 3), "bad magic number 00000703"),
+    (b"\x00\x00\x08\x03" + struct.pack(">3I", 5, 4, 3) + bytes(59), r"says 5x4x3 values \(60 bytes\) but the file holds 59 bytes"),
+    (b"\x00\x00\x08\x03" + struct.pack(">I", 5), "header is cut short"),
+])
+def test_bad_idx_files(tmp_path, raw, message):
+    p = write(tmp_path / "bad-idx3-ubyte", raw)
+    with pytest.raises(DlcError, match=message) as e:
+        D.read_idx(p)
+    assert "bad-idx3-ubyte" in str(e.value)
+
+
+def test_idx_count_mismatch_and_missing_files(tmp_path):
+    write(tmp_path / "train-images-idx3-ubyte", idx_bytes(IMAGES))
+    write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(LABELS[:4]))
+    with pytest.raises(DlcError, match="holds 5 images but train-labels-idx1-ubyte holds 4 labels"):
+        D.load_file(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DlcError, match="no train-images-idx3-ubyte"):
+        D.load_idx(empty)
+
+
+def test_truncated_gzip(tmp_path):
+    whole = gzip.compress(idx_bytes(IMAGES))
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    p.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DlcError, match="truncated gzip") as e:
+        D.read_idx(p)
+    assert str(p) in str(e.value)
+
+
+def mnist_pickle(path, splits):
+    with gzip.open(path, "wb") as f:
+        pickle.dump(splits, f, protocol=2)
+    return path
+
+
+def test_mnist_pickle(tmp_path):
+    x = RNG.random((6, 784), dtype=np.float32)
+    y = np.arange(6) % 10
+    p = mnist_pickle(tmp_path / "mnist.pkl.gz", ((x, y), (x[:2], y[:2]), (x[:3], y[:3])))
+    d = D.load_file(p)
+    assert (len(d.train), len(d.val), len(d.test)) == (6, 2, 3)
+    assert np.array_equal(d.train.x, x) and d.train.y.tolist() == y.tolist()
+
+
+def test_unreadable_and_unsafe_pickles(tmp_path):
+    p = tmp_path / "junk.pkl.gz"
+    p.write_bytes(gzip.compress(b"not a pickle at all"))
+    with pytest.raises(DlcError, match="junk.pkl.gz: unreadable pickle"):
+        D.load_file(p)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    p = mnist_pickle(tmp_path / "evil.pkl.gz", Evil())
+    with pytest.raises(DlcError, match="print, which is not a numpy array"):
+        D.load_file(p)
+    p = mnist_pickle(tmp_path / "shape.pkl.gz", [np.zeros(3)])
+    with pytest.raises(DlcError, match="expected \\(train, valid, test\\)"):
+        D.load_file(p)
+
+
+def test_npz_with_optional_splits(tmp_path):
+    x, y = RNG.random((7, 3)), np.arange(7) % 2
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:2], y_test=y[:2])
+    d = D.load_file(tmp_path / "d.npz")
+    assert d.train.x.dtype == np.float32 and d.train.x.shape == (7, 3) and d.val is None and len(d.test) == 2
+    np.savez(tmp_path / "e.npz", x=x)
+    with pytest.raises(DlcError, match="e.npz: needs arrays `x` and `y` \\(found x\\)"):
+        D.load_file(tmp_path / "e.npz")
+    np.savez(tmp_path / "f.npz", x=x, y=y, x_val=x)
+    with pytest.raises(DlcError, match="has x_val without its partner"):
+        D.load_file(tmp_path / "f.npz")
+    np.savez(tmp_path / "g.npz", x=x, y=y[:5])
+    with pytest.raises(DlcError, match="g.npz: train has 7 inputs but 5 labels"):
+        D.load_file(tmp_path / "g.npz")
+
+
+@pytest.mark.parametrize("header", ["", "label,a,b\n"])
+def test_csv_with_and_without_header(tmp_path, header):
+    p = tmp_path / "d.csv"
+    p.write_text(header + "1,0.5,2\n0,1.5,-1\n2,0,0\n")
+    d = D.load_file(p)
+    assert d.train.y.tolist() == [1, 0, 2] and d.train.y.dtype == np.int64
+    np.testing.assert_array_equal(d.train.x, [[0.5, 2], [1.5, -1], [0, 0]])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no data rows"),
+    ("label,a\n", "no data rows"),
+    ("1,2,3\n4,5\n", "same number of comma-separated numbers"),
+    ("1\n2\n", "a label and at least one feature"),
+])
+def test_bad_csv(tmp_path, text, message):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    with pytest.raises(DlcError, match=message) as e:
+        D.load_file(p)
+    assert "bad.csv" in str(e.value)
+
+
+def test_unknown_format_and_missing_file(tmp_path):
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(DlcError, match="unknown data format"):
+        D.load_file(tmp_path / "d.txt")
+    with pytest.raises(DlcError, match="no such data file"):
+        D.load_file(tmp_path / "none.npz")
+
+
+def vectors(n=4, f=784) -> D.Data:
+    x = np.arange(n * f, dtype=np.float32).reshape(n, f) / (n * f)
+    return D.Data(D.Split(x, np.arange(n) % 10), name="v.npz")
+
+
+def test_equal_counts_reshape_automatically_and_say_so():
+    d = D.fit_inputs(vectors(), (1, 28, 28))
+    assert d.train.x.shape == (4, 1, 28, 28)
+    assert d.train.x[1, 0, 2, 3] == vectors().train.x[1, 2 * 28 + 3]
+    assert d.notes == ["reshaped the inputs of v.npz from 784 to 1@28x28"]
+
+
+def test_other_sizes_need_reshape_which_pads_centred():
+    with pytest.raises(DlcError, match=r"inputs have shape 784 \(784 values\) but the spec's input is "
+                                       r"1@32x32 \(1024 values\); --reshape"):
+        D.fit_inputs(vectors(), (1, 32, 32))
+    d = D.fit_inputs(vectors(), (1, 32, 32), reshape=True)
+    src = vectors().train.x.reshape(4, 28, 28)
+    x = d.train.x
+    assert x.shape == (4, 1, 32, 32)
+    # LeCun et al. 1998: the 28x28 digit sits in the middle of the 32x32 field, 2 pixels of border
+    assert np.array_equal(x[:, 0, 2:30, 2:30], src) and x[:, 0, :2].sum() == 0 and x[:, 0, :, 30:].sum() == 0
+    rgb = D.fit_inputs(vectors(), (3, 24, 24), reshape=True).train.x
+    assert rgb.shape == (4, 3, 24, 24) and np.array_equal(rgb[:, 2], src[:, 2:26, 2:26])
+    with pytest.raises(DlcError, match="cannot fit inputs of shape 10 to the spec's input 1@28x28"):
+        D.fit_inputs(vectors(f=10), (1, 28, 28), reshape=True)
+
+
+def test_labels_must_fit_the_output():
+    d = D.Data(D.Split(np.zeros((3, 2), np.float32), np.array([0, 4, 2])), name="d.csv")
+    D.check_labels(d, 5)
+    with pytest.raises(DlcError, match="d.csv: train labels range over 0..4 but the spec's output has 3 units"):
+        D.check_labels(d, 3)
+    soft = D.Data(D.Split(np.zeros((3, 2), np.float32), np.full((3, 4), 0.25, np.float32)), name="s.npz")
+    with pytest.raises(DlcError, match="train targets are 4 wide but the spec's output has 3 units"):
+        D.check_labels(soft, 3)
+    real = D.Data(D.Split(np.zeros((2, 2), np.float32), np.array([0.5, 1.5], np.float32)), name="r.npz")
+    with pytest.raises(DlcError, match="labels must be class indices 0..2"):
+        D.check_labels(real, 3)
+    D.check_labels(real, 1)  # a one-unit output regresses values
+
+
+def test_mean_std_uses_train_statistics_per_channel():
+    rng = np.random.default_rng(1)
+    train = rng.normal([[[[3.0]], [[-1.0]]]], [[[[2.0]], [[0.5]]]], (50, 2, 4, 4)).astype(np.float32)
+    norm = D.normalizer(train, "mean-std")
+    assert norm["kind"] == "mean-std" and len(norm["mean"]) == 2 and len(norm["std"]) == 2
+    for c in range(2):
+        assert norm["mean"][c] == pytest.approx(train[:, c].astype(np.float64).mean())
+        assert norm["std"][c] == pytest.approx(train[:, c].astype(np.float64).std())
+    out = D.normalize(train, norm)
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, atol=1e-4)
+    val = np.full((1, 2, 4, 4), 5.0, np.float32)  # scaled with train's numbers, not its own
+    np.testing.assert_allclose(D.normalize(val, norm)[0, :, 0, 0],
+                               [(5 - norm["mean"][c]) / norm["std"][c] for c in range(2)], rtol=1e-5)
+
+
+def test_minmax_and_scalars_for_one_channel():
+    x = np.array([[[[0.0, 2.0]]], [[[4.0, 1.0]]]], np.float32)  # (2, 1, 1, 2)
+    norm = D.normalizer(x, "minmax")
+    assert norm == {"kind": "minmax", "min": 0.0, "max": 4.0}
+    np.testing.assert_allclose(D.normalize(x, norm).ravel(), [0, 0.5, 1, 0.25])
+    assert D.normalize(x, {"kind": "none"}) is x
+    # a constant feature is centred, not divided by zero
+    flat = D.normalizer(np.array([[1.0, 2.0], [1.0, 4.0]], np.float32), "mean-std")
+    assert flat["std"] == [0.0, 1.0]
+    np.testing.assert_allclose(D.normalize(np.array([[1.0, 4.0]], np.float32), flat), [[0.0, 1.0]])
+
+
+def test_held_out_split_is_seeded_and_disjoint():
+    x = np.arange(20, dtype=np.float32)[:, None]
+    d = D.Data(D.Split(x, np.arange(20) % 2), name="d")
+    a, b, c = D.carve_val(d, 0.25, 3), D.carve_val(d, 0.25, 3), D.carve_val(d, 0.25, 4)
+    assert len(a.val) == 5 and len(a.train) == 15
+    assert sorted(a.val.x.ravel().tolist() + a.train.x.ravel().tolist()) == list(range(20))
+    assert np.array_equal(a.val.x, b.val.x) and not np.array_equal(a.val.x, c.val.x)
+    assert "held out 5 of 20" in a.notes[0]
+    with_val = D.Data(d.train, val=d.train, name="d")
+    assert D.carve_val(with_val, 0.25, 3) is with_val
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    a = D.epoch_order(100, 7, 3)
+    assert sorted(a.tolist()) == list(range(100))
+    assert np.array_equal(a, D.epoch_order(100, 7, 3))
+    assert not np.array_equal(a, D.epoch_order(100, 7, 4))
+    assert not np.array_equal(a, D.epoch_order(100, 8, 3))
+
+
+def test_balanced_batches_hold_every_class_equally():
+    labels = np.array([0] * 80 + [1] * 15 + [2] * 5)  # 16:3:1 imbalance
+    order = D.epoch_order(100, 0, 0, labels, balanced=True)
+    assert len(order) == 100
+    for start in range(0, 99, 3):  # each run of 3 slots holds one sample of each class
+        assert sorted(labels[order[start:start + 3]].tolist()) == [0, 1, 2]
+    # the rare class repeats, the common one is sampled without repeats
+    assert len(set(order[labels[order] == 2].tolist())) == 5
+    common = order[labels[order] == 0]
+    assert len(common) in (33, 34) and len(set(common.tolist())) == len(common)
+
+
+def test_glyphs_shapes_labels_and_determinism():
+    a = builtin_data("glyphs", (1, 28, 28), 10, (50, 20, 10), seed=0)
+    assert a.train.x.shape == (50, 1, 28, 28) and a.val.x.shape == (20, 1, 28, 28) and len(a.test) == 10
+    assert a.train.x.dtype == np.float32 and 0 <= a.train.x.min() and a.train.x.max() <= 1
+    y = np.concatenate([a.train.y, a.val.y, a.test.y])
+    assert np.bincount(y, minlength=10).tolist() == [8] * 10  # 80 images, 8 of each digit
+    b = builtin_data("glyphs", (1, 28, 28), 10, (50, 20, 10), seed=0)
+    assert np.array_equal(a.train.x, b.train.x) and np.array_equal(a.train.y, b.train.y)
+    c = builtin_data("glyphs", (1, 28, 28), 10, (50, 20, 10), seed=1)
+    assert not np.array_equal(a.train.x, c.train.x)
+    assert builtin_data("glyphs", (1, 32, 32), 10, (5, 0, 0)).train.x.shape == (5, 1, 32, 32)
+    flat = builtin_data("glyphs", (784,), 10, (5, 0, 0)).train.x
+    assert flat.shape == (5, 784)
+    rgb = builtin_data("glyphs", (3, 16, 16), 10, (5, 0, 0)).train.x
+    assert rgb.shape == (5, 3, 16, 16) and np.array_equal(rgb[:, 0], rgb[:, 2])
+    # ink on a dark field: every glyph has strokes, and most pixels are background
+    ink = (a.train.x > 0.5).mean(axis=(1, 2, 3))
+    assert ink.min() > 0.03 and ink.max() < 0.5
+
+
+def test_glyph_classes_are_told_apart_by_a_nearest_mean_classifier():
+    # an independent check that the ten shapes differ: class means from one set classify another
+    d = builtin_data("glyphs", (1, 16, 16), 10, (1000, 0, 500), seed=2)
+    x, y = d.train.x.reshape(1000, -1), d.train.y
+    means = np.stack([x[y == k].mean(axis=0) for k in range(10)])
+    t = d.test.x.reshape(500, -1)
+    pred = ((t[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (pred == d.test.y).mean() > 0.3  # chance is 0.1
+
+
+def test_glyphs_need_ten_classes_and_an_image_shape():
+    with pytest.raises(DlcError, match="glyphs are the 10 digits; the spec's output has 3 units"):
+        builtin_data("glyphs", (1, 28, 28), 3)
+    with pytest.raises(DlcError, match="square vector"):
+        builtin_data("glyphs", (10,), 10)
+
+
+def test_xor_spirals_blobs():
+    x = builtin_data("xor", (2,), 1)
+    assert x.train.x.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]] and x.train.y.tolist() == [0, 1, 1, 0]
+    s = builtin_data("spirals", (2,), 3, (30, 6, 6), seed=0)
+    assert s.train.x.shape == (30, 2) and set(s.train.y.tolist()) == {0, 1, 2}
+    assert np.sqrt((s.train.x ** 2).sum(1)).max() <= 1
+    b = builtin_data("blobs", (5,), 4, (40, 0, 8))
+    assert b.train.x.shape == (40, 5) and b.val is None and len(b.test) == 8
+    with pytest.raises(DlcError, match="`spirals` needs a 2-vector input; the spec's input is 1@28x28"):
+        builtin_data("spirals", (1, 28, 28), 3)
+    with pytest.raises(DlcError, match="no built-in data set `mnist`"):
+        builtin_data("mnist", (784,), 10)
+
+
+def test_prepare_fits_checks_and_normalises(tmp_path):
+    x = RNG.random((30, 784)).astype(np.float32) * 255
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(30) % 10)
+    src = D.data_source(str(tmp_path / "d.npz"), val=0.2, normalize="mean-std")
+    data, norm = D.prepare(src, (1, 28, 28), 10)
+    assert data.train.x.shape == (24, 1, 28, 28) and len(data.val) == 6
+    assert norm["kind"] == "mean-std" and isinstance(norm["mean"], float)
+    assert abs(float(data.train.x.mean())) < 1e-4
+    assert any("reshaped" in n for n in data.notes) and any("held out 6" in n for n in data.notes)
+    with pytest.raises(DlcError, match="no built-in data set of that name"):
+        D.data_source("mnistt")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 from dlc.analysis import Analysis, NodeStats
@@ -182,3 +184,10 @@ def to_json(analysis: Analysis) -> dict:
                             "formula": t.train_formula},
         },
     }
+
+
+def dumps(doc: dict) -> str:
+    """Indented JSON with short lists (shapes, fields) kept on one line, so a layer reads at a glance."""
+    text = json.dumps(doc, indent=1)
+    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]",
+                  text)

@@ -27,7 +27,7 @@ def _analysis_command(view: str, help_text: str):
         opt = optimizer or graph.train.get("optimizer", "sgd")
         result = analyse(graph, batch=batch, optimizer=opt if opt in OPTIMIZER_SLOTS else "sgd")
         if as_json:
-            click.echo(json.dumps(report.to_json(result), indent=1))
+            click.echo(report.dumps(report.to_json(result)))
             return
         click.echo(f"{graph.file}\n")
         click.echo(report.table(result, view, every_node))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,11 @@ def test_flags_override_the_train_statement(tmp_path):
     (["-e", "input 1@32x32 -> fc 10 softmax", "--data", "{npz}"], "inputs have shape 784 .* 1@32x32"),
     (["-e", "input 784 -> fc 10 softmax", "--flip"], "--flip needs an image input"),
     (["-e", "input 784 -> fc 3 softmax", "--data", "{npz}"], "labels range over 0..9 but the spec's output has 3"),
+    (["-e", "input 2 -> fc 1 sigmoid\ntrain lr=0.1 optimizer=adamw"],
+     r"<expr>:2:14: train optimizer=adamw: expected one of sgd, .*\n    train lr=0.1 optimizer=adamw\n {17}\^{15}"),
+    (["-e", "input 2 -> fc 1 sigmoid\ntrain batch=2.5"], "<expr>:2:7: train batch=2.5: expected a whole number"),
+    (["-e", "input 1@8x8 -> conv 2@3x3 -> fc 2 softmax", "--data", "xor"], "`xor` needs a 2-vector input"),
+    (["-e", "input 1@8x8 -> conv 2@3x3"], "vector output .* output is 2@6x6"),
 ])
 def test_user_errors_are_messages_not_tracebacks(tmp_path, args, message):
     npz = tmp_path / "d.npz"
@@ -124,7 +130,6 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path, args, message):
     r = run(*[a.replace("{npz}", str(npz)) for a in args], "--out", tmp_path / "o")
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
-    import re
     assert re.search(message, r.stderr), r.stderr
 
 

@@ -247,7 +247,8 @@ def test_held_out_split_is_seeded_and_disjoint():
     assert np.array_equal(a.val.x, b.val.x) and not np.array_equal(a.val.x, c.val.x)
     assert "held out 5 of 20" in a.notes[0]
     with_val = D.Data(d.train, val=d.train, name="d")
-    assert D.carve_val(with_val, 0.25, 3) is with_val
+    kept = D.carve_val(with_val, 0.25, 3)
+    assert kept.val is with_val.val and kept.notes == ["d has its own validation split; --val is not used"]
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():

@@ -8,20 +8,23 @@ inside the command, so the other commands start fast.
 from __future__ import annotations
 
 import json
-import math
+import re
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from dlc.analysis import OPTIMIZER_SLOTS
 from dlc.cli import guarded, load_graph, main, spec_input
-from dlc.errors import DlcError
+from dlc.errors import DlcError, Pos
+from dlc.layers.spatial import show
+from dlc.train.schedules import SCHEDULES
 
-LOSSES = ("xent", "bce", "mse", "hinge")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+LOSSES = ("xent", "bce", "mse", "hinge")  # dlc.engine.losses.LOSSES, which imports numpy
+OPTIMIZERS = tuple(OPTIMIZER_SLOTS)
 INITS = ("he", "xavier", "gaussian")
-SCHEDULES = ("constant", "step", "poly", "cosine", "exp", "linear", "invsqrt")
 
 # The `train` statement's keys as flags: (key, click type, help).
 TRAIN_FLAGS = [
@@ -64,25 +67,34 @@ def train_flags(fn):
     return fn
 
 
+def setting_pos(graph, key: str) -> Pos | None:
+    """Where the spec's `train` statement writes `key=` (the graph keeps the settings, not their places)."""
+    for n, line in enumerate(graph.source.splitlines(), start=1):
+        code = line.split("#", 1)[0]
+        if re.match(r"\s*train\b", code):
+            m = re.search(rf"\b{re.escape(key)}\s*=\s*\S+", code)
+            if m:
+                return Pos(n, m.start() + 1, m.end() + 1)
+    return None
+
+
 def spec_settings(graph) -> dict:
     """The spec's `train` statement, each value checked and typed like its flag."""
+    def error(key, message):
+        return DlcError(message, setting_pos(graph, key), graph.file, graph.source)
+
     out = {}
     for key, value in graph.train.items():
         if key not in TRAIN_KEY_NAMES:
-            raise DlcError(f"unknown key `{key}` in the train statement (expected {', '.join(TRAIN_KEY_NAMES)})",
-                           None, graph.file)
+            raise error(key, f"unknown training setting `{key}` (expected one of {', '.join(TRAIN_KEY_NAMES)})")
         if key in WORD_KEYS:
             if value not in WORD_KEYS[key]:
-                raise DlcError(f"train {key}={value}: expected one of {', '.join(WORD_KEYS[key])}", None, graph.file)
+                raise error(key, f"train {key}={value}: expected one of {', '.join(WORD_KEYS[key])}")
             out[key] = value
             continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise DlcError(f"train {key}={value}: expected a number", None, graph.file)
-        if key in INT_KEYS and number != int(number):
-            raise DlcError(f"train {key}={value}: expected a whole number", None, graph.file)
-        out[key] = int(number) if key in INT_KEYS else number
+        if isinstance(value, str) or (key in INT_KEYS and value != int(value)):
+            raise error(key, f"train {key}={value}: expected {'a whole number' if key in INT_KEYS else 'a number'}")
+        out[key] = int(value) if key in INT_KEYS else float(value)
     return out
 
 
@@ -103,14 +115,11 @@ def default_data(graph) -> str:
         return "xor"
     if (len(shape) == 3 or shape == (784,)) and out == (10,):
         return "glyphs"
-    from dlc.layers.spatial import show
     raise DlcError(f"no default data for an input of {show(shape)} and an output of {show(out)}: "
                    f"name it with --data (a .npz, .csv, .pkl.gz, IDX directory, or xor, spirals, blobs, glyphs)")
 
 
 def output_width(graph) -> int:
-    from dlc.layers.spatial import show
-
     shape = graph.output.out_shape
     if len(shape) != 1:
         raise DlcError(f"dlc train fits a vector output (classes or values); {graph.file}'s output is "
@@ -298,30 +307,31 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         runs = [(cfg, resume, checkpoint)]
     else:
         graph = load_graph(spec, expr)
+    classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
+    if resume is None:
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
-        sizes = None
+        src = dataio.data_source(data or default_data(graph), reshape=reshape, val=val, seed=cfg.seed,
+                                 normalize=normalize)
         if any(v is not None for v in (n_train, n_val, n_test)):
             from dlc.train.builtin import BUILTIN_SIZES
-            name = data or default_data(graph)
-            base = BUILTIN_SIZES.get(name, (0, 0, 0))
-            sizes = tuple(d if v is None else v for v, d in zip((n_train, n_val, n_test), base))
-        src = dataio.data_source(data or default_data(graph), sizes=sizes, reshape=reshape, val=val,
-                                 seed=cfg.seed, normalize=normalize)
+            if not src.builtin:
+                raise DlcError("--n-train, --n-val and --n-test size the built-in data sets, not a file")
+            src.sizes = tuple(d if v is None else v
+                              for v, d in zip((n_train, n_val, n_test), BUILTIN_SIZES[src.source]))
         norm = None
         root = out or fresh_out(graph)
         if repeat == 1:
             runs = [(cfg, root, None)]
         else:
-            from dataclasses import replace
             runs = [(replace(cfg, seed=cfg.seed + i), root / f"seed{cfg.seed + i}", None) for i in range(repeat)]
         for _, d, _ in runs:
             if (d / "last.npz").exists():
                 raise DlcError(f"{d} already holds a run: continue it with --resume {d}, or choose another --out")
-    data_arrays, norm = dataio.prepare(src, graph.input.out_shape, output_width(graph),
+    data_arrays, norm = dataio.prepare(src, graph.input.out_shape, classes,
                                        tokens=graph.input.dtype.startswith("int"), norm=norm)
     for text in data_arrays.notes:
         display.note(text)
-    meta = {"data": _source_json(src), "normalize": norm, "classes": output_width(graph)}
+    meta = {"data": asdict(src), "normalize": norm, "classes": classes}
     docs = []
     for cfg_i, out_i, checkpoint in runs:
         display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
@@ -353,11 +363,6 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         raise SystemExit(1 if stopped["stopped"] == "diverged" else 130)
 
 
-def _source_json(src) -> dict:
-    from dataclasses import asdict
-    return asdict(src)
-
-
 def load_resume(folder: Path, spec, expr, keys: dict):
     """(graph, config, data source, normalisation, checkpoint) of the run saved in folder."""
     from dlc.compile import compile_spec
@@ -387,7 +392,6 @@ def load_resume(folder: Path, spec, expr, keys: dict):
     check_against(graph, params, state, str(path))
     cfg = config_from_json(meta["config"])
     if keys.get("epochs") is not None:
-        from dataclasses import replace
         cfg = replace(cfg, epochs=keys["epochs"])
     src = DataSource(**dict(meta["data"], sizes=tuple(meta["data"]["sizes"]) if meta["data"]["sizes"] else None))
     return graph, cfg, src, meta["normalize"], (params, state, meta)

@@ -339,8 +339,10 @@ def check_labels(data: Data, out_width: int) -> None:
 
 def carve_val(data: Data, fraction: float, seed: int) -> Data:
     """Hold out a seeded `fraction` of train as the validation split when the data has none."""
-    if not fraction or data.val is not None:
+    if not fraction:
         return data
+    if data.val is not None:
+        return replace(data, notes=[*data.notes, f"{data.name} has its own validation split; --val is not used"])
     if not 0 < fraction < 1:
         raise DlcError(f"--val must be a fraction between 0 and 1 (received {fraction})")
     n = len(data.train)

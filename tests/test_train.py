@@ -152,7 +152,7 @@ def dlc(*args, wait=True, env=None):
     cmd = [sys.executable, "-m", "dlc", "train", *map(str, args)]
     env = None if env is None else dict(os.environ, **env)
     if not wait:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
     assert done.returncode == 0, done.stderr
     return done

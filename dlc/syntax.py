@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
+from dlc.atomic import atomic_write
 from dlc.errors import DlcError, Pos
 from dlc.layers import lookup
 from dlc.resources import resource_dir
@@ -331,11 +331,9 @@ def _cache_dir() -> Path | None:
 
 def _save_atomically(built: Lark, path: Path) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             built.save(f)
-        os.replace(tmp, path)
-    except OSError:
+    except (OSError, DlcError):  # a cache that cannot be written only costs the next start its speed
         pass
 
 

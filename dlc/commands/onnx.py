@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,20 +125,13 @@ def read_array(path: str):
 
 
 def write_array(path: str, y) -> None:
-    """np.save, atomically (temp file in the same directory, then os.replace)."""
+    """np.save, atomically."""
     import numpy as np
 
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise DlcError(f"cannot write {path}: no folder {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, y)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from dlc.atomic import atomic_write
+
+    with atomic_write(path) as f:
+        np.save(f, y)
 
 
 def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:

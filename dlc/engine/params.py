@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlc import __version__
+from dlc.atomic import atomic_write
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS
@@ -123,18 +123,8 @@ def save_checkpoint(path, params: dict, state: dict, meta: dict | None = None) -
     document = dict(meta or {}, schema=CHECKPOINT_SCHEMA, dlc_version=__version__,
                     state_tensors=sorted(state))
     arrays = {**params, **state, META_KEY: np.array(json.dumps(document))}
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]:

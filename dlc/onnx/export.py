@@ -10,8 +10,6 @@ from `axis` on, not over channels alone.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from math import prod
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dlc import __version__
+from dlc.atomic import atomic_write
 from dlc.errors import DlcError
 from dlc.engine.params import tensors
 from dlc.graph import Graph, Node
@@ -128,15 +127,8 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def save_model(model: onnx.ModelProto, path) -> None:
     """Write atomically: a temp file in the same directory, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(model.SerializeToString())
 
 
 def load_model(path) -> onnx.ModelProto:

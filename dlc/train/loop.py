@@ -19,7 +19,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from dlc.atomic import atomic_write
 from dlc.engine.losses import LOSSES, l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params, save_checkpoint
 from dlc.engine.run import loss_and_grads, predict
@@ -151,16 +151,8 @@ def evaluate(graph: Graph, params: dict, state: dict, split: Split, loss: str, c
 # ------------------------------------------------------------------------------------ run directory
 
 def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def append_line(path: Path, record: dict) -> None:

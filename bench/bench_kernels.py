@@ -168,10 +168,12 @@ def main():
         import torch
         runners["torch"] = (ref[0], torch.from_numpy(xs), torch.from_numpy(ys.astype(np.int64)))
     # Rounds alternate between the two so both see the same machine load; the fastest round counts,
-    # as other processes on a shared machine can only ever add time.
+    # as other processes on a shared machine can only ever add time. The pause before each round lets
+    # the other library's idle threads stop spinning (OpenBLAS spins about 0.1 s after a call).
     best = {k: float("inf") for k in runners}
     for r in range(args.rounds + 1):
         for name, (step, bx, by) in runners.items():
+            time.sleep(0.25)
             t0 = time.perf_counter()
             for i in range(args.steps):
                 step(bx[i], by[i])

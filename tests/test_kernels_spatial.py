@@ -213,12 +213,13 @@ def test_lenet_conv1_in_float32():
     np.testing.assert_array_equal(grads["W"], 0)
 
 
-def test_weight_gradient_summed_over_pieces():
-    # 4 samples at 40x40 give 6,400 columns, more than one piece of the weight-gradient product.
+@ids("c_in,c_out", [(2, 3), (1, 20)])
+def test_weight_gradient_by_einsum(c_in, c_out):
+    # Both orientations of the weight-gradient product: more im2col rows than output channels
+    # (2*3*3 = 18 > 3), and fewer (1*3*3 = 9 < 20).
     rng = np.random.default_rng(3)
-    _, a, shapes = node("conv", (2, 40, 40), **conv_opts(2, pad=1))
-    x, p = rng.standard_normal((4, 2, 40, 40)), random_arrays(shapes, rng)
-    assert 4 * 40 * 40 > conv.CHUNK
+    _, a, shapes = node("conv", (c_in, 40, 40), **conv_opts(c_out, pad=1))
+    x, p = rng.standard_normal((4, c_in, 40, 40)), random_arrays(shapes, rng)
     y, backward = run("conv", a, x, p, training=True)
     dy = rng.standard_normal(y.shape)
     _, grads = backward(dy)
@@ -231,10 +232,11 @@ def test_weight_gradient_summed_over_pieces():
 
 
 @ids("kind,case,in_shape,opts", [CONV_CASES[1], CONV_CASES[4], CONV_CASES[5], CONV_CASES[11]]
+     + [("dwconv", "depthwise-5-channels", (5, 6, 6), {"kernel": (3, 3), "stride": None, "pad": 1})]
      + [("upconv", *c) for c in UPCONV_CASES[2:6]], ids=lambda v: v if isinstance(v, str) else "")
-def test_row_bands_give_the_same_results(monkeypatch, kind, case, in_shape, opts):
-    # Layers too large for COLS_BYTES go through in bands of rows; a one-byte budget forces a band
-    # per row here, and outputs and gradients must not change.
+def test_bands_and_blocks_give_the_same_results(monkeypatch, kind, case, in_shape, opts):
+    # Layers too large for COLS_BYTES go through in bands of rows, depthwise convs in blocks of
+    # channels; budgets of a row and of two channels (the last block short) must change nothing.
     rng = np.random.default_rng(12)
     _, a, shapes = node(kind, in_shape, **opts)
     x, p = rng.standard_normal((3, *in_shape)), random_arrays(shapes, rng)
@@ -242,6 +244,7 @@ def test_row_bands_give_the_same_results(monkeypatch, kind, case, in_shape, opts
     dy = rng.standard_normal(y.shape)
     (dx,), grads = backward(dy)
     monkeypatch.setattr(im2col, "COLS_BYTES", 1)
+    monkeypatch.setattr(conv, "DEPTHWISE_BLOCK_BYTES", 2 * y.nbytes // in_shape[0])
     yb, backward_b = run(kind, a, x, p, training=True)
     (dxb,), grads_b = backward_b(dy)
     np.testing.assert_allclose(yb, y, rtol=1e-12, atol=1e-12)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-# The most bytes of im2col columns built at once. Larger layers are done in bands of output rows, and
-# their columns are rebuilt in backward instead of kept: saved columns cost kh*kw times the input
-# (7 GiB for VGG-16's second layer at batch 64), while LeNet-5's fit whole (5 MiB at batch 64).
-COLS_BYTES = 64 << 20
+# The most bytes of im2col columns built at once. A layer within it keeps its columns for backward
+# (LeNet-5's first layer at batch 64: 5 MiB); a larger one goes through in bands of output rows and
+# rebuilds them in backward, since kept columns cost kh*kw times the input (VGG-16's second layer at
+# batch 64: 7 GiB). With 8 MiB a LeNet-5 step at batch 256 peaks at 1.6x the training-memory
+# estimate of conventions.md instead of 3.7x.
+COLS_BYTES = 8 << 20
 
 
 def to_chwn(x: np.ndarray) -> np.ndarray:

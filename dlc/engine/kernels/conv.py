@@ -149,15 +149,14 @@ def depthwise(xp, weight, g, out_hw, stride, dil):
         d = d.reshape(c, mult, *out_hw, n)
         dw = np.empty(wd.shape[:4], xp.dtype)
         dxp = np.zeros(xp.shape, xp.dtype)
+        cells = windows(dxp, (kh, kw), stride, dil, out_hw, writeable=True)
         for cb in blocks:
             t = term[:cb.stop - cb.start]
             for i, j in offsets:
                 dw[cb, :, i, j] = np.einsum("cmhwn,chwn->cm", d[cb], win[cb, i, j])
-                cells = dxp[cb, i * dil[0]:i * dil[0] + span(out_hw[0], 1, stride[0], 1):stride[0],
-                            j * dil[1]:j * dil[1] + span(out_hw[1], 1, stride[1], 1):stride[1]]
                 for m in range(mult):
                     np.multiply(d[cb, m], wd[cb, m, i, j], out=t)
-                    cells += t
+                    cells[cb, i, j] += t
         return dxp, dw.reshape(weight.shape)
 
     return y.reshape(c_out, *out_hw, n), backward
@@ -179,11 +178,11 @@ def upconv(attrs, params, state, xs, ctx):
     # Bands of input rows: each input row fills one row of windows of the output.
     bands = row_bands(h, c_out * kh * kw * w * n * x.itemsize)
 
-    def band_cols(r0, r1):
+    def band_outputs(r0, r1):
         return matmul_groups(wm.transpose(0, 2, 1), xg[:, :, r0 * w * n:r1 * w * n]).reshape(
             c_out, kh, kw, r1 - r0, w, n)
 
-    y = crop_chwn(scatter(bands, band_cols, full, x.dtype, stride, dil), pads)
+    y = crop_chwn(scatter(bands, band_outputs, full, x.dtype, stride, dil), pads)
     if attrs["bias"]:
         y += params["b"].astype(x.dtype, copy=False)[:, None, None, None]
 

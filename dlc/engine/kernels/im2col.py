@@ -62,13 +62,16 @@ def row_bands(rows: int, bytes_per_row: int) -> list[tuple[int, int]]:
     return [(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
-def windows(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
-    """The read-only (C, kh, kw, Ho, Wo, N) view of every window of a padded (C, Hp, Wp, N) array."""
+def windows(xp: np.ndarray, kernel, stride, dil, out_hw, writeable: bool = False) -> np.ndarray:
+    """The (C, kh, kw, Ho, Wo, N) view of every window of a padded (C, Hp, Wp, N) array.
+
+    Windows overlap, so only one offset [:, i, j] at a time may be written through a writeable view.
+    """
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dil, out_hw
     c, _, _, n = xp.shape
     s0, s1, s2, s3 = xp.strides
     return as_strided(xp, (c, kh, kw, ho, wo, n), (s0, s1 * dh, s2 * dw, s1 * sh, s2 * sw, s3),
-                      writeable=False)
+                      writeable=writeable)
 
 
 def im2col(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
@@ -83,10 +86,10 @@ def im2col(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
 def add_windows(into: np.ndarray, cols: np.ndarray, stride, dil) -> None:
     """into[window cells] += cols: the transpose of `windows`, for (C, kh, kw, Ho, Wo, N) values."""
     _, kh, kw, ho, wo, _ = cols.shape
-    (sh, sw), (dh, dw) = stride, dil
+    cells = windows(into, (kh, kw), stride, dil, (ho, wo), writeable=True)
     for i in range(kh):
         for j in range(kw):
-            into[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, i, j]
+            cells[:, i, j] += cols[:, i, j]
 
 
 def col2im(cols: np.ndarray, padded_hw, stride, dil) -> np.ndarray:

@@ -30,33 +30,46 @@ def inside_counts(size: int, out: int, k: int, stride: int, before: int) -> np.n
     return np.minimum(start + k, size) - np.maximum(start, 0)
 
 
+def pool_windows(attrs, x: np.ndarray, pad_value: float):
+    """(padded x, its (C, kh, kw, Ho, Wo, N) window view, pads grown for `ceil`) of a (C, H, W, N) x."""
+    out_hw, pads = pool_geometry(attrs, x.shape[1], x.shape[2])
+    xp = pad_chwn(x, pads, pad_value)
+    return xp, windows(xp, attrs["kernel"], attrs["stride"], (1, 1), out_hw), pads
+
+
+def reduce_windows(win: np.ndarray, op) -> np.ndarray:
+    """op (np.add, np.maximum) over the kh*kw window offsets: (C, Ho, Wo, N)."""
+    y = win[:, 0, 0].copy()
+    for i in range(win.shape[1]):
+        for j in range(win.shape[2]):
+            if i or j:
+                op(y, win[:, i, j], out=y)
+    return y
+
+
+def input_gradient(per_window: np.ndarray, xp: np.ndarray, pads, stride) -> np.ndarray:
+    """The NCHW input gradient from each window cell's share, (C, kh, kw, Ho, Wo, N)."""
+    return from_chwn(crop_chwn(col2im(per_window, xp.shape[1:3], stride, (1, 1)), pads))
+
+
 @kernel("avgpool")
 def avgpool(attrs, params, state, xs, ctx):
     """ONNX AveragePool with count_include_pad=0: each window divides by its cells inside the input."""
     x = to_chwn(xs[0])
-    c, h, w, n = x.shape
-    kernel_hw, stride = attrs["kernel"], attrs["stride"]
-    (ho, wo), pads = pool_geometry(attrs, h, w)
-    xp = pad_chwn(x, pads)
-    win = windows(xp, kernel_hw, stride, (1, 1), (ho, wo))
-    y = win[:, 0, 0].copy()
-    for i in range(kernel_hw[0]):
-        for j in range(kernel_hw[1]):
-            if i or j:
-                y += win[:, i, j]
+    xp, win, pads = pool_windows(attrs, x, 0.0)
+    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+    y = reduce_windows(win, np.add)
     if any(pads):
-        counts = np.outer(inside_counts(h, ho, kernel_hw[0], stride[0], pads[0]),
-                          inside_counts(w, wo, kernel_hw[1], stride[1], pads[1]))
+        (_, h, w, _), (_, ho, wo, _) = x.shape, y.shape
+        counts = np.outer(inside_counts(h, ho, kh, sh, pads[0]), inside_counts(w, wo, kw, sw, pads[1]))
         scale = (1.0 / counts).astype(x.dtype)[:, :, None]
     else:
-        scale = x.dtype.type(1.0 / (kernel_hw[0] * kernel_hw[1]))
+        scale = x.dtype.type(1.0 / (kh * kw))
     y *= scale
 
     def backward(dy):
-        d = to_chwn(dy) * scale
-        spread = np.broadcast_to(d[:, None, None], (c, *kernel_hw, ho, wo, n))
-        dxp = col2im(spread, xp.shape[1:3], stride, (1, 1))
-        return [from_chwn(crop_chwn(dxp, pads))], {}
+        share = to_chwn(dy) * scale
+        return [input_gradient(np.broadcast_to(share[:, None, None], win.shape), xp, pads, (sh, sw))], {}
 
     return from_chwn(y), backward
 
@@ -64,29 +77,22 @@ def avgpool(attrs, params, state, xs, ctx):
 @kernel("maxpool")
 def maxpool(attrs, params, state, xs, ctx):
     x = to_chwn(xs[0])
-    c, h, w, n = x.shape
-    kernel_hw, stride = attrs["kernel"], attrs["stride"]
-    (ho, wo), pads = pool_geometry(attrs, h, w)
-    xp = pad_chwn(x, pads, -np.inf)
-    win = windows(xp, kernel_hw, stride, (1, 1), (ho, wo))
-    offsets = [(i, j) for i in range(kernel_hw[0]) for j in range(kernel_hw[1])]
-    y = win[:, 0, 0].copy()
-    for i, j in offsets[1:]:
-        np.maximum(y, win[:, i, j], out=y)
+    xp, win, pads = pool_windows(attrs, x, -np.inf)
+    y = reduce_windows(win, np.maximum)
 
     def backward(dy):
         # Only the first maximum in row-major window order gets the gradient, as PyTorch does:
         # flat regions (MNIST's background) tie exactly, and sharing would count the gradient twice.
         d = to_chwn(dy)
-        routed = np.zeros((c, *kernel_hw, ho, wo, n), x.dtype)
-        unclaimed = np.ones((c, ho, wo, n), bool)
-        for i, j in offsets:
-            hit = win[:, i, j] == y
-            hit &= unclaimed
-            unclaimed ^= hit  # hit lies inside unclaimed, so this clears it
-            np.multiply(d, hit, out=routed[:, i, j])
-        dxp = col2im(routed, xp.shape[1:3], stride, (1, 1))
-        return [from_chwn(crop_chwn(dxp, pads))], {}
+        routed = np.zeros(win.shape, x.dtype)
+        unclaimed = np.ones(y.shape, bool)
+        for i in range(win.shape[1]):
+            for j in range(win.shape[2]):
+                hit = win[:, i, j] == y
+                hit &= unclaimed
+                unclaimed ^= hit  # hit lies inside unclaimed, so this clears it
+                np.multiply(d, hit, out=routed[:, i, j])
+        return [input_gradient(routed, xp, pads, attrs["stride"])], {}
 
     return from_chwn(y), backward
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from dlc.engine.kernels import kernel
 from dlc.engine.kernels.im2col import (add_windows, col2im, crop_chwn, from_chwn, im2col, pad_chwn,
-                                       row_bands, span, to_chwn, windows)
+                                       row_bands, span, to_chwn, window_cells, windows)
 from dlc.layers.spatial import window_out
 
 # Output bytes of a block of depthwise channels: small enough that the block's sum over the window
@@ -149,14 +149,14 @@ def depthwise(xp, weight, g, out_hw, stride, dil):
         d = d.reshape(c, mult, *out_hw, n)
         dw = np.empty(wd.shape[:4], xp.dtype)
         dxp = np.zeros(xp.shape, xp.dtype)
-        cells = windows(dxp, (kh, kw), stride, dil, out_hw, writeable=True)
         for cb in blocks:
             t = term[:cb.stop - cb.start]
             for i, j in offsets:
                 dw[cb, :, i, j] = np.einsum("cmhwn,chwn->cm", d[cb], win[cb, i, j])
+                cells = window_cells(dxp[cb], i, j, stride, dil, out_hw)
                 for m in range(mult):
                     np.multiply(d[cb, m], wd[cb, m, i, j], out=t)
-                    cells[cb, i, j] += t
+                    cells += t
         return dxp, dw.reshape(weight.shape)
 
     return y.reshape(c_out, *out_hw, n), backward

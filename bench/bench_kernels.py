@@ -1,6 +1,7 @@
 """LeNet-5 training steps on dlc's conv/pool kernels against PyTorch on the same threads.
 
-Run: python bench/bench_kernels.py [--batch 64] [--steps 100] [--rounds 9] [--threads 2] [--no-torch]
+Run: python bench/bench_kernels.py [--mnist mnist.pkl.gz] [--batch 64] [--steps 100] [--rounds 9]
+                                   [--threads 2] [--no-torch]
 Prints the time of each kernel's forward and backward at LeNet-5's shapes, then images/s of a whole
 training step (forward, softmax cross-entropy, backward, SGD) for dlc's kernels with the fc layers and
 tanh written inline, for PyTorch (if installed: `pip install torch`, never a dependency of dlc) and
@@ -17,20 +18,19 @@ import pickle
 import time
 from pathlib import Path
 
-MNIST = Path("/work/shared/data/mnist.pkl.gz")
 
-
-def images(batch: int, steps: int, seed: int = 0):
-    """(x, labels) batches: MNIST when the shared copy is present, else uniform noise."""
+def images(batch: int, steps: int, mnist: Path | None = None, seed: int = 0):
+    """(x, labels) batches: from the classic mnist.pkl.gz when given, else uniform noise."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    if MNIST.exists():
-        with gzip.open(MNIST) as f:
+    if mnist is not None:
+        with gzip.open(mnist) as f:
             (x, y), _, _ = pickle.load(f, encoding="latin1")
+        idx = rng.permutation(len(x))[:batch * steps]
+        x, y = x[idx], y[idx]
     else:
-        x, y = rng.random((50000, 784), dtype=np.float32), rng.integers(0, 10, 50000)
-    idx = rng.permutation(len(x))[:batch * steps]
-    return x[idx].reshape(steps, batch, 1, 28, 28).astype(np.float32), y[idx].reshape(steps, batch)
+        x, y = rng.random((batch * steps, 784), dtype=np.float32), rng.integers(0, 10, batch * steps)
+    return x.reshape(steps, batch, 1, 28, 28).astype(np.float32), y.reshape(steps, batch)
 
 
 def best_time(fn, repeat: int, number: int) -> float:
@@ -44,7 +44,11 @@ def best_time(fn, repeat: int, number: int) -> float:
 
 
 def lenet_numpy(batch: int):
-    """A LeNet-5 training step on dlc's kernels; returns step(x, labels) -> loss."""
+    """(train_step(x, labels) -> loss, the conv/pool layers) for LeNet-5 on dlc's kernels.
+
+    Like dlc's graph executor, the step takes every kernel's input gradient, the first conv's too
+    (PyTorch skips that one: its input needs no gradient).
+    """
     import numpy as np
     from dlc.engine.kernels import KERNELS, Ctx
     from dlc.layers import KINDS
@@ -148,6 +152,7 @@ def torch_lenet(batch: int, threads: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mnist", type=Path, help="the classic mnist.pkl.gz (default: random images)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100, help="steps per timed round")
     ap.add_argument("--rounds", type=int, default=9)
@@ -156,7 +161,7 @@ def main():
     args = ap.parse_args()
 
     import numpy as np
-    xs, ys = images(args.batch, args.steps)
+    xs, ys = images(args.batch, args.steps, args.mnist)
     train_step, layers = lenet_numpy(args.batch)
     print(f"dlc kernels at LeNet-5's shapes, batch {args.batch} (fastest of 7, ms):")
     for name, ins, outs, fwd, bwd in kernel_table(layers, xs[0], 7, 30):

@@ -3,7 +3,8 @@
 Both run on the (C, H, W, N) layout of dlc.engine.kernels.im2col with one matrix product per group:
 conv forward is im2col then W @ cols, its input gradient W.T @ dy then col2im; upconv (ONNX
 ConvTranspose) is the same pair of steps the other way round. Layers whose columns would exceed
-COLS_BYTES go through in bands of rows, so memory stays bounded whatever the image size.
+COLS_BYTES go through in bands of rows, so memory stays bounded whatever the image size. Depthwise
+convs (groups = C) skip the columns and sum weighted window views instead.
 """
 
 from __future__ import annotations

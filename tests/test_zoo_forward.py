@@ -42,9 +42,6 @@ def test_every_node_has_the_analysed_shape(name):
     assert seen == [n.name for n in graph.nodes]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the conv kernel keeps its im2col columns for backward: 20 MB (conv1) + 15 MB (conv2) at batch 256 "
-    "beside a 16.9 MB estimate; the measured peak is about 62 MB, 3.7x"))
 def test_lenet5_training_step_memory_is_within_twice_the_estimate():
     graph = zoo_graph("lenet5")
     batch = 256

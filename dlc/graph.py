@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from dlc.errors import Pos
 
@@ -43,6 +44,6 @@ class Graph:
     def node(self, name: str) -> Node:
         return self._by_name[name]
 
-    @property
-    def _by_name(self) -> dict[str, Node]:
+    @cached_property
+    def _by_name(self) -> dict[str, Node]:  # a graph's nodes are fixed once the compiler returns it
         return {n.name: n for n in self.nodes}

@@ -14,6 +14,7 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
+from dlc.layers.spatial import show
 from dlc.engine.kernels import KERNELS, Ctx
 from dlc.engine.losses import LOSSES
 from dlc.engine.params import tensors
@@ -101,9 +102,8 @@ def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
 
 def _check_input(graph: Graph, x: np.ndarray) -> None:
     if x.shape[1:] != graph.input.out_shape:
-        want = "x".join(str(d) for d in graph.input.out_shape)
         raise DlcError(f"the input batch has shape {x.shape} (a batch of "
-                       f"{'x'.join(str(d) for d in x.shape[1:]) or 'scalars'}); {graph.file} takes {want}")
+                       f"{show(x.shape[1:]) or 'scalars'}); {graph.file} takes {show(graph.input.out_shape)}")
 
 
 def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None) -> Ctx:

@@ -31,7 +31,8 @@ def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json)
 
     Exits 0 when every relative error is within --tol, 1 when one is not.
     """
-    from dlc.engine.gradcheck import check_gradients, default_loss
+    from dlc.engine.gradcheck import check_gradients
+    from dlc.engine.losses import default_loss
 
     graph = load_graph(spec, expr)
     loss = loss or default_loss(graph)

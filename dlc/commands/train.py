@@ -100,9 +100,10 @@ def spec_settings(graph) -> dict:
 
 def resolve_config(graph, flags: dict, augment, balanced: bool):
     """dlc's defaults <- the spec's train statement <- the flags."""
+    from dlc.engine.losses import default_loss
     from dlc.train.loop import TrainConfig
 
-    settings = {"loss": "xent" if graph.output.kind == "softmax" else "mse"}
+    settings = {"loss": default_loss(graph)}
     settings.update(spec_settings(graph))
     settings.update({k: v for k, v in flags.items() if v is not None})
     return TrainConfig(**settings, balanced=balanced, augment=augment)

@@ -14,6 +14,7 @@ import numpy as np
 from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.layers import KINDS
+from dlc.engine.losses import default_loss
 from dlc.engine.params import init_params
 from dlc.engine.run import backward, loss_forward
 
@@ -73,10 +74,6 @@ def sample_targets(graph: Graph, loss: str, batch: int, rng: np.random.Generator
     # the class axis is the one softmax normalises: the last of a sequence, else the first (C or N)
     classes, rest = (shape[-1], shape[:-1]) if len(shape) == 2 else (shape[0], shape[1:])
     return rng.integers(0, classes, size=(batch, *rest))
-
-
-def default_loss(graph: Graph) -> str:
-    return "xent" if graph.output.kind == "softmax" else "mse"
 
 
 def check_gradients(graph: Graph, *, loss: str | None = None, batch: int = 2, seed: int = 0,

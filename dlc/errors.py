@@ -31,6 +31,14 @@ class DlcError(Exception):
         return format_error(self)
 
 
+class Failure(DlcError):
+    """A command's verdict that is not about the input (a failed gradient check): its own exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class ShapeError(Exception):
     """Raised by a layer's shape rule; the compiler turns it into a located DlcError naming the layer."""
 

@@ -1,1 +1,1 @@
-"""The CLI's commands, one module per area; each adds its commands to dlc.cli.main."""
+"""The CLI's commands, one module per area. Each defines plain click commands; dlc.cli.COMMANDS names them."""

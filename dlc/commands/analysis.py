@@ -7,11 +7,11 @@ import json
 import click
 
 from dlc.analysis import OPTIMIZER_SLOTS, analyse
-from dlc.cli import guarded, load_graph, main, spec_input
+from dlc.commands.arguments import load_graph, spec_input
 
 
 def _analysis_command(view: str, help_text: str):
-    @main.command(view, help=help_text)
+    @click.command(view, help=help_text)
     @spec_input
     @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Batch size for MACs, FLOPs and the training-memory estimate.")
@@ -19,7 +19,6 @@ def _analysis_command(view: str, help_text: str):
                   help="Optimizer for the training-memory estimate (default: the spec's, else sgd).")
     @click.option("--all", "every_node", is_flag=True, help="One row per node instead of folding suffix layers.")
     @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document instead of a table.")
-    @guarded
     def command(spec, expr, batch, optimizer, every_node, as_json):
         from dlc import report
 
@@ -36,16 +35,15 @@ def _analysis_command(view: str, help_text: str):
     return command
 
 
-_analysis_command("shapes", "Every layer's output shape.")
-_analysis_command("params", "Parameters per layer: trainable and non-trainable.")
-_analysis_command("flops", "MACs and FLOPs per layer (per sample, or for --batch N).")
-_analysis_command("summary", "Everything: shapes, parameters, MACs, FLOPs, memory, receptive field.")
+shapes = _analysis_command("shapes", "Every layer's output shape.")
+params = _analysis_command("params", "Parameters per layer: trainable and non-trainable.")
+flops = _analysis_command("flops", "MACs and FLOPs per layer (per sample, or for --batch N).")
+summary = _analysis_command("summary", "Everything: shapes, parameters, MACs, FLOPs, memory, receptive field.")
 
 
-@main.command()
+@click.command()
 @spec_input
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@guarded
 def check(spec, expr, as_json):
     """Validate a spec: exit 0 if it compiles, 2 with a located message if not."""
     graph = load_graph(spec, expr)
@@ -57,7 +55,7 @@ def check(spec, expr, as_json):
         click.echo(f"{graph.file}: ok, {len(graph.nodes)} nodes, {result.totals.params:,} params")
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def zoo(as_json):
     """List the specs that ship with dlc (use a name wherever a SPEC goes)."""

@@ -6,12 +6,13 @@ import json
 
 import click
 
-from dlc.cli import fail, guarded, load_graph, main, spec_input
+from dlc.commands.arguments import load_graph, spec_input
+from dlc.errors import Failure
 
 EXIT_GRADIENT_MISMATCH = 1
 
 
-@main.command()
+@click.command()
 @spec_input
 @click.option("--tol", type=float, default=1e-6, show_default=True,
               help="Largest relative error that passes.")
@@ -25,7 +26,6 @@ EXIT_GRADIENT_MISMATCH = 1
               help="Loss on the output (default: xent after a final softmax, else mse).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, batch and targets.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-@guarded
 def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json):
     """Check every layer's gradients against central differences (float64, random weights and batch).
 
@@ -53,7 +53,7 @@ def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json)
     else:
         _print_table(graph.file, layers, tol, loss, batch)
     if failed:
-        fail(f"gradcheck: {len(failed)} of {len(layers)} layers exceed the tolerance {tol:g}: "
+        raise Failure(f"gradcheck: {len(failed)} of {len(layers)} layers exceed the tolerance {tol:g}: "
              f"{', '.join(r.layer for r in failed)}", EXIT_GRADIENT_MISMATCH)
 
 

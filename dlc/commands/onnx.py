@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from dlc.cli import guarded, load_graph, main, spec_input
+from dlc.commands.arguments import load_graph, spec_input
 from dlc.errors import DlcError
 
 ENGINES = ("onnxruntime", "numpy")
@@ -149,14 +149,13 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
     return [[(int(c), float(p[i, c])) for c in row] for i, row in enumerate(order)]
 
 
-@main.command()
+@click.command()
 @spec_input
 @click.option("-o", "--output", required=True, metavar="FILE.onnx", help="Where to write the model.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
 @click.option("--seed", type=int, default=None, help="Seed of the fresh weights (default 0).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 21).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
-@guarded
 def export(spec, expr, output, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count."""
     from dlc.onnx.export import DEFAULT_OPSET, check_export, save_model, summary_line, to_onnx
@@ -180,7 +179,7 @@ def export(spec, expr, output, weights, seed, opset, batch):
                + (f"; input normalisation ({normalize.get('kind')}) stored" if normalize else ""))
 
 
-@main.command()
+@click.command()
 @model_input
 @click.option("--input", "input_path", metavar="X.npy|X.npz", help="The input batch (.npz: array `x`).")
 @click.option("--random", "random_n", type=click.IntRange(min=1), help="Run N random samples instead.")
@@ -192,7 +191,6 @@ def export(spec, expr, output, weights, seed, opset, batch):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
-@guarded
 def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out, device, seed):
     """Run MODEL (an .onnx file, or a spec with --weights) on a batch; show the top classes."""
     import numpy as np
@@ -270,7 +268,7 @@ def parse_batches(ctx, param, value: str) -> list[int]:
     return sizes
 
 
-@main.command()
+@click.command()
 @model_input
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint for a spec MODEL (else fresh weights).")
 @click.option("--batch", "batches", default="1,8,32", show_default=True, callback=parse_batches,
@@ -280,7 +278,6 @@ def parse_batches(ctx, param, value: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@guarded
 def bench(model, expr, weights, batches, warmup, runs, device, as_json):
     """onnxruntime latency (p50/p90/p99) and throughput of MODEL per batch size, after warm-up."""
     from dlc.onnx import runtime as rt

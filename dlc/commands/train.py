@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from dlc.analysis import OPTIMIZER_SLOTS
-from dlc.cli import guarded, load_graph, main, spec_input
+from dlc.commands.arguments import load_graph, spec_input
 from dlc.errors import DlcError, Pos
 from dlc.layers.spatial import show
 from dlc.train.schedules import SCHEDULES
@@ -268,7 +268,7 @@ def aggregate(docs: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------------------- command
 
-@main.command("train")
+@click.command("train")
 @spec_input
 @train_flags
 @click.option("--data", metavar="NAME|PATH", help="Training data: .npz, .csv, .pkl[.gz], an IDX directory or file, "
@@ -294,7 +294,6 @@ def aggregate(docs: list[dict]) -> dict:
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
-@guarded
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
           mixup, out, resume, save_every, repeat, quiet, as_json, **keys):
     """Train SPEC on the NumPy engine; flags override the spec's `train` statement."""
@@ -384,7 +383,7 @@ def load_resume(folder: Path, spec, expr, keys: dict):
     if "spec" not in meta or "optimizer" not in meta:
         raise DlcError(f"{path} was not written by dlc train, so it cannot be resumed")
     if spec is not None or expr is not None:
-        from dlc.cli import read_spec
+        from dlc.commands.arguments import load_graph, spec_input
         _, text = read_spec(spec, expr)
         if text != meta["spec"]:
             raise DlcError(f"the spec given differs from the one the run in {folder} trained; "

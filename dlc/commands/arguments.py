@@ -1,0 +1,54 @@
+"""Arguments several commands share: the SPEC argument (a file, stdin, a zoo name or -e TEXT)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dlc.errors import DlcError
+
+
+def spec_input(fn):
+    """SPEC argument: a file, `-` for stdin, or a zoo name; or -e 'TEXT' for inline text."""
+    fn = click.option("-e", "--expr", "expr", metavar="TEXT", help="Spec text given inline.")(fn)
+    return click.argument("spec", required=False, metavar="SPEC")(fn)
+
+
+def read_spec(spec: str | None, expr: str | None) -> tuple[str, str]:
+    """(file name for messages, text) for the SPEC argument or -e."""
+    from dlc.zoo import zoo_names, zoo_path
+
+    if expr is not None:
+        if spec is not None:
+            raise DlcError("give either SPEC or -e TEXT, not both")
+        return "<expr>", expr
+    if spec is None:
+        raise DlcError("no spec given: name a .dlc file, `-` for stdin, a zoo name, or -e 'TEXT'")
+    if spec == "-":
+        return "<stdin>", sys.stdin.read()
+    path = Path(spec)
+    if not path.exists() and "/" not in spec and not spec.endswith(".dlc"):
+        path = zoo_path(spec)
+        if path is None:
+            import difflib
+            near = difflib.get_close_matches(spec, zoo_names(), n=1)
+            hint = f" (did you mean `{near[0]}`?)" if near else " (`dlc zoo` lists the zoo)"
+            raise DlcError(f"no file and no zoo spec named `{spec}`{hint}")
+    if path.is_dir():
+        raise DlcError(f"{spec} is a directory, not a spec file")
+    if not path.exists():
+        raise DlcError(f"no such file: {spec}")
+    try:
+        return str(spec), path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DlcError(f"{spec} is not a text file")
+
+
+def load_graph(spec: str | None, expr: str | None):
+    """Compile SPEC (see read_spec) into a Graph; errors come back located, as DlcError."""
+    from dlc.compile import compile_spec
+
+    file, text = read_spec(spec, expr)
+    return compile_spec(text, file=file)

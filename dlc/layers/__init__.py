@@ -98,6 +98,13 @@ def param_count(kind: LayerKind, attrs: dict, ins: list[Shape]) -> tuple[int, in
             sum(prod(s) for s in kind.state(attrs, ins).values()))
 
 
+def feature_axis(shape: Shape) -> int:
+    """The axis of a batch-less shape that holds the features: the channels of an image (C, H, W), the
+    vector itself (F,), the last axis of a sequence (T, D). Softmax, concat, per-feature normalisation
+    and class targets all read it; add 1 for a batch-first array."""
+    return 1 if len(shape) == 2 else 0
+
+
 def elements(shape: Shape) -> int:
     return prod(shape)
 

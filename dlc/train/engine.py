@@ -23,6 +23,16 @@ from dlc.train.config import TrainConfig
 
 
 class Engine(Protocol):
+    """What the loop asks of an engine; a class is built by `fresh` or `resume`."""
+
+    @classmethod
+    def fresh(cls, graph: Graph, cfg: TrainConfig) -> Engine:
+        """Weights initialised as cfg says (init, init_std, seed) and an optimizer with no state yet."""
+
+    @classmethod
+    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> Engine:
+        """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
+
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         """The batch's loss with penalties, and the network's outputs; the gradients stay inside."""
 

@@ -98,7 +98,7 @@ class Run:
 
     def __init__(self, graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
                  checkpoint: tuple[dict, dict, dict] | None, save_every: int | None, save_seconds: float,
-                 on_event: Callable[[str, dict], None], engine: type[NumpyEngine]):
+                 on_event: Callable[[str, dict], None], engine: type[Engine]):
         check_config(cfg, graph, data)
         self.graph, self.data, self.cfg = graph, data, cfg
         self.save_every, self.save_seconds, self.emit = save_every, save_seconds, on_event
@@ -258,7 +258,7 @@ class Run:
 def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
           checkpoint: tuple[dict, dict, dict] | None = None, save_every: int | None = None,
           save_seconds: float = SAVE_SECONDS, on_event: Callable[[str, dict], None] | None = None,
-          engine: type[NumpyEngine] = NumpyEngine) -> RunResult:
+          engine: type[Engine] = NumpyEngine) -> RunResult:
     """Train `graph` on `data` (already fitted and normalised) into the run directory `out`.
 
     meta: what the checkpoints must carry besides the run's own state (data source, normalisation).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,10 @@ from dlc.commands.train_resume import load_resume
 from dlc.commands.train_settings import default_data, fresh_out, output_width, resolve_config, train_flags
 from dlc.commands.train_summary import aggregate, print_summary, run_summary
 from dlc.errors import DlcError
+
+if TYPE_CHECKING:  # numpy comes with them, so the command imports them only when it runs
+    from dlc.train.config import TrainConfig
+    from dlc.train.sources import DataSource
 
 
 @click.command("train")
@@ -93,8 +98,8 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         raise SystemExit(1 if stopped["stopped"] == "diverged" else 130)
 
 
-def data_source_of(graph, cfg, data: str | None, reshape: bool, val: float | None, normalize: str,
-                   sizes: tuple[int | None, int | None, int | None]):
+def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val: float | None,
+                   normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
     """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set."""
     from dlc.train.builtin import BUILTIN_SIZES
     from dlc.train.sources import data_source
@@ -107,7 +112,7 @@ def data_source_of(graph, cfg, data: str | None, reshape: bool, val: float | Non
     return src
 
 
-def fresh_runs(cfg, root: Path, repeat: int) -> list[tuple]:
+def fresh_runs(cfg: TrainConfig, root: Path, repeat: int) -> list[tuple]:
     """(config, run directory, no checkpoint) per run: root itself, or root/seedN for --repeat."""
     if repeat == 1:
         runs = [(cfg, root, None)]

@@ -47,7 +47,7 @@ class Display:
                 self.console.print(epoch_line(info, self.label), soft_wrap=True)
                 self.last_line = now
 
-    def _start_bar(self):
+    def _start_bar(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         e = self.epoch
@@ -58,7 +58,7 @@ class Display:
         self.task = self.progress.add_task(f"{self.label}epoch {e['epoch']}/{e['epochs']}",
                                            total=e["batches"], completed=e["done"], stats="")
 
-    def close(self):
+    def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

@@ -8,12 +8,17 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from dlc import choices
 from dlc.errors import DlcError, Pos
 from dlc.layers.spatial import show
+
+if TYPE_CHECKING:  # numpy comes with them, so the command imports them only when it runs
+    from dlc.train.augment import Augment
+    from dlc.train.config import TrainConfig
 
 # The `train` statement's keys as flags: (key, click type, help).
 TRAIN_FLAGS = [
@@ -49,7 +54,7 @@ RUN_FLAGS = set(TRAIN_KEY_NAMES) - {"epochs"} | {"data", "reshape", "normalize",
                                                  "n_val", "n_test", "flip", "shift", "noise", "mixup", "repeat", "out"}
 
 
-def train_flags(fn):
+def train_flags(fn: Callable) -> Callable:
     for key, kind, text in reversed(TRAIN_FLAGS):
         fn = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=text)(fn)
     return fn
@@ -86,7 +91,7 @@ def spec_settings(graph) -> dict:
     return out
 
 
-def resolve_config(graph, flags: dict, augment, balanced: bool):
+def resolve_config(graph, flags: dict, augment: Augment, balanced: bool) -> TrainConfig:
     """dlc's defaults <- the spec's train statement <- the flags."""
     from dlc.train.config import TrainConfig
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 METRICS = ["train_loss", "train_accuracy", "train_top5", "val_loss", "val_accuracy", "val_top5",
            "test_loss", "test_accuracy", "test_top5"]
 
 
-def closing_table(summary: dict):
+def closing_table(summary: dict) -> Table:
     """Rows train/val/test; a cell is a value or, with --repeat, mean ± std."""
     from rich.table import Table
 

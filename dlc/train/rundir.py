@@ -18,7 +18,7 @@ from dlc.engine.params import save_checkpoint
 
 RUN_SCHEMA = "dlc.train/1"
 
-Snapshot = tuple  # (params, state, meta), as save_checkpoint takes them
+Snapshot = tuple[dict, dict, dict]  # (params, state, meta), as save_checkpoint takes them
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -65,11 +65,11 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
     display = Display(quiet or as_json)
     if resume is not None:
         graph, cfg, src, norm, checkpoint = load_resume(resume, spec, expr, keys)
+        classes = output_width(graph)
         runs = [(cfg, resume, checkpoint)]
     else:
         graph = load_graph(spec, expr)
-    classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
-    if resume is None:
+        classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
         norm = None

@@ -219,7 +219,7 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
     if dtype is np.int64 and vocab:
         rt.check_tokens(x, vocab)
     elif dtype is not np.int64:
-        from dlc.train.data import normalize
+        from dlc.normalize import normalize
 
         x = normalize(x, net.normalize)  # the statistics dlc train stored, applied as it applies them
     if engine == "onnxruntime":

@@ -116,11 +116,11 @@ def test_unet_skips_are_four_nested_lanes():
         split = next((i for i in column.items if not isinstance(i, str)), None)
         if split is None:
             break
-        skips.append(split.skip)
+        skips.extend(split.skips)
         (column,) = split.branches
     # Fig. 1 of the paper: each level's last conv is copied to the decoder's concat at its resolution.
-    assert skips == [("double1.conv2", "concat4"), ("double2.conv2", "concat3"),
-                     ("double3.conv2", "concat2"), ("double4.conv2", "concat1")]
+    assert skips == [("double1.conv2", "concat4", False), ("double2.conv2", "concat3", False),
+                     ("double3.conv2", "concat2", False), ("double4.conv2", "concat1", False)]
 
 
 def test_collapse_draws_a_block_call_and_its_repeats_as_one_box(tmp_path):
@@ -161,7 +161,7 @@ def test_mermaid_lists_every_box_and_edge(tmp_path):
     out = tmp_path / "net.mmd"
     assert run("draw", "-e", RESIDUAL, "-o", out).exit_code == 0
     text = out.read_text().splitlines()
-    assert text[0] == "flowchart TD"
+    assert text[:3] == ["---", 'title: "<expr>"', "config:"] and "flowchart TD" in text
     nodes = [line for line in text if re.fullmatch(r'\s+n\d+\[".*"\]', line)]
     edges = [line for line in text if re.fullmatch(r"\s+n\d+ --> n\d+", line)]
     # input, conv1, conv2, conv3, add1, relu3; five edges down the column and the skip conv1 -> add1
@@ -199,3 +199,16 @@ def test_draw_refuses_to_write_over_the_spec(tmp_path):
     r = run("draw", spec, "-o", spec)
     assert r.exit_code == 2 and "is the spec itself" in r.output
     assert spec.read_text() == "input 2 -> fc 1\n"
+
+
+def test_a_label_read_twice_runs_down_the_lane_into_both_merges(tmp_path):
+    svg = draw_svg(tmp_path, "-e", "input 4 -> fc 4 as a -> fc 4 -> add a -> fc 4 -> add a -> fc 2")
+    b = boxes(svg)
+    assert list(b) == ["input", "fc1", "fc2", "add1", "fc3", "add2", "fc4"]
+    paths = [p.get("d") for p in svg.iter(f"{SVG}path") if p.get("marker-end")]
+    assert len(paths) == 8  # six down the column, fc1 -> add1 and fc1 -> add2
+    lane_x = {float(x) for d in paths for x in re.findall(r"C[\d.]+,[\d.]+ [\d.]+,[\d.]+ ([\d.]+),[\d.]+ V", d)}
+    assert len(lane_x) == 1 and lane_x.pop() > max(b[n]["x"] + b[n]["w"] for n in ("fc2", "fc3"))
+    add1 = b["add1"]
+    side = f"{add1['x'] + add1['w']:.1f},{add1['y'] + add1['h'] / 2:.1f}"
+    assert sum(d.endswith(side) for d in paths) == 1  # into add1's right side, not across fc2

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 V_GAP = 26.0  # between a box and the next: room for an arrow
+FAN_GAP = 36.0  # above and below a split, where edges fan out to its branches and back in
 H_GAP = 22.0  # between the branches of a split
 LANE = 18.0  # a skip lane; a split with one keeps as much room at its left, so its branches stay centred
 
@@ -34,7 +35,7 @@ class Column:
 @dataclass(eq=False)
 class Split:
     branches: list[Column]
-    skip: tuple[str, str] | None  # the identity edge (fork, merge) drawn in the lane
+    skips: list[tuple[str, str, bool]]  # (fork, target, ends inside a branch) of edges drawn in the lane
     w: float = 0.0
     h: float = 0.0
 
@@ -63,9 +64,15 @@ class Rect:
 
 
 @dataclass
+class Lane:
+    x: float
+    side: bool  # the edge ends inside a branch, so it enters its box from the side, not from above
+
+
+@dataclass
 class Layout:
     rects: dict[str, Rect] = field(default_factory=dict)
-    lanes: dict[tuple[str, str], float] = field(default_factory=dict)  # skip edge -> x of its lane
+    lanes: dict[tuple[str, str], Lane] = field(default_factory=dict)  # skip edge -> its lane
     width: float = 0.0
     height: float = 0.0
 
@@ -134,8 +141,13 @@ def _split(gap: list[str], succ: dict, preds: dict, fork: str | None, merge: str
                     todo.append(other)
     for n in gap:
         branches[branch_of[n]].append(n)
-    skip = (fork, merge) if fork is not None and merge is not None and merge in succ[fork] else None
-    return Split([_series(b, succ, preds, fork) for b in branches], skip)
+    skips = []
+    if fork is not None:
+        # The fork feeds the heads of the branches directly. An edge to the merge, or past a head (a label
+        # read again further down), would cross boxes, so it runs down the lane instead.
+        heads = {n for n in gap if not any(p in inside for p in preds[n])}
+        skips = [(fork, n, n != merge) for n in succ[fork] if n == merge or (n in inside and n not in heads)]
+    return Split([_series(b, succ, preds, fork) for b in branches], skips)
 
 
 def _measure(item: Item | Column, size: Callable[[str], tuple[float, float]]) -> tuple[float, float]:
@@ -144,12 +156,16 @@ def _measure(item: Item | Column, size: Callable[[str], tuple[float, float]]) ->
     if isinstance(item, Column):
         dims = [_measure(i, size) for i in item.items]
         item.w = max(w for w, _ in dims)
-        item.h = sum(h for _, h in dims) + V_GAP * (len(dims) - 1)
+        item.h = sum(h for _, h in dims) + sum(_gap(a, b) for a, b in zip(item.items, item.items[1:]))
     else:
         dims = [_measure(b, size) for b in item.branches]
-        item.w = sum(w for w, _ in dims) + H_GAP * (len(dims) - 1) + (2 * LANE if item.skip else 0)
+        item.w = sum(w for w, _ in dims) + H_GAP * (len(dims) - 1) + (2 * LANE if item.skips else 0)
         item.h = max(h for _, h in dims)
     return item.w, item.h
+
+
+def _gap(item: Item, after: Item | None) -> float:
+    return FAN_GAP if isinstance(item, Split) or isinstance(after, Split) else V_GAP
 
 
 def _place(item: Item | Column, cx: float, top: float, size: Callable[[str], tuple[float, float]],
@@ -159,14 +175,14 @@ def _place(item: Item | Column, cx: float, top: float, size: Callable[[str], tup
         out.rects[item] = Rect(cx - w / 2, top, w, h)
     elif isinstance(item, Column):
         y = top
-        for i in item.items:
+        for i, after in zip(item.items, [*item.items[1:], None]):
             _place(i, cx, y, size, out)
-            y += _measure(i, size)[1] + V_GAP
+            y += (size(i)[1] if isinstance(i, str) else i.h) + _gap(i, after)
     else:
-        inner = item.w - (2 * LANE if item.skip else 0)
+        inner = item.w - (2 * LANE if item.skips else 0)
         x = cx - inner / 2
         for b in item.branches:
             _place(b, x + b.w / 2, top, size, out)
             x += b.w + H_GAP
-        if item.skip:
-            out.lanes[item.skip] = cx + inner / 2 + LANE / 2
+        for fork, target, side in item.skips:
+            out.lanes[(fork, target)] = Lane(cx + inner / 2 + LANE / 2, side)

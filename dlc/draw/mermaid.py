@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 from dlc.draw.boxes import Diagram
 from dlc.draw.style import COLOURS, category, lines
+
+WRAP = 600  # px; the widest spec step shown (style.MAX_TEXT characters) fits
 
 
 def render(d: Diagram) -> str:
     ids = {b.name: f"n{i}" for i, b in enumerate(d.boxes)}
-    out = ["flowchart TD"]
+    # Mermaid wraps a label at 200 px unless told otherwise, which breaks a spec step mid-line
+    out = ["---", f"title: {json.dumps(d.title)}", "config:", "  flowchart:", f"    wrappingWidth: {WRAP}", "---",
+           "flowchart TD"]
     for b in d.boxes:
         first, *rest = (_escape(t) for t in lines(b))
         out.append(f'    {ids[b.name]}["<b>{first}</b><br/>{"<br/>".join(rest)}"]')

@@ -5,7 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape, quoteattr
 
 from dlc.draw.boxes import Box, Diagram
-from dlc.draw.layout import V_GAP, Layout, Rect, layout
+from dlc.draw.layout import FAN_GAP, Lane, Layout, Rect, layout
 from dlc.draw.style import COLOURS, category, lines
 
 FONT = "DejaVu Sans Mono, Menlo, Consolas, monospace"
@@ -88,17 +88,21 @@ def _curve(a: Rect, end_x: float, end_y: float) -> str:
     if abs(x - end_x) < 0.5:
         return f"M{x:.1f},{y:.1f} V{end_y:.1f}"
     path = f"M{x:.1f},{y:.1f} "
-    if end_y - V_GAP > y + 0.5:
-        y = end_y - V_GAP
+    if end_y - FAN_GAP > y + 0.5:
+        y = end_y - FAN_GAP
         path += f"V{y:.1f} "
     mid = (y + end_y) / 2
     return path + f"C{x:.1f},{mid:.1f} {end_x:.1f},{mid:.1f} {end_x:.1f},{end_y:.1f}"
 
 
-def _skip(a: Rect, b: Rect, lane: float) -> str:
-    """Out of the fork's bottom near its right corner, down the lane, into the merge's top."""
-    x0, x1 = min(a.right - 10, lane), min(b.right - 10, lane)
-    y0, y1 = a.bottom, b.y
-    g = V_GAP / 2
-    return (f"M{x0:.1f},{y0:.1f} C{x0:.1f},{y0 + g:.1f} {lane:.1f},{y0 + g:.1f} {lane:.1f},{y0 + V_GAP:.1f} "
-            f"V{y1 - V_GAP:.1f} C{lane:.1f},{y1 - g:.1f} {x1:.1f},{y1 - g:.1f} {x1:.1f},{y1:.1f}")
+def _skip(a: Rect, b: Rect, lane: Lane) -> str:
+    """Out of the fork's bottom near its right corner, down the lane, into the merge's top (or into the
+    right side of a box inside the branch)."""
+    x, g = lane.x, FAN_GAP / 2  # a split stands FAN_GAP below its fork and above its merge
+    x0, y0 = min(a.right - 10, x), a.bottom
+    path = f"M{x0:.1f},{y0:.1f} C{x0:.1f},{y0 + g:.1f} {x:.1f},{y0 + g:.1f} {x:.1f},{y0 + FAN_GAP:.1f} "
+    if lane.side:
+        y1 = b.y + b.h / 2
+        return path + f"V{y1 - g:.1f} C{x:.1f},{y1:.1f} {x:.1f},{y1:.1f} {b.right:.1f},{y1:.1f}"
+    x1, y1 = min(b.right - 10, x), b.y
+    return path + f"V{y1 - FAN_GAP:.1f} C{x:.1f},{y1 - g:.1f} {x1:.1f},{y1 - g:.1f} {x1:.1f},{y1:.1f}"

@@ -14,7 +14,7 @@ FORMATS = (".png", ".svg")
 STYLES = {"train": "-", "val": "--", "test": ":"}
 DPI = 100
 SIZE = {1: (7.0, 6.0), 2: (11.0, 6.0)}  # inches by the number of top panels: 700x600 or 1100x600 px
-LOG_RATIO = 30  # a loss that falls by more than this factor is drawn on a log axis
+LOG_RATIO = 30  # a loss or lr spanning more than this factor is drawn on a log axis
 MARKERS_UP_TO = 30  # epochs; past this the points would crowd the line
 
 
@@ -26,7 +26,7 @@ def save(runs: list[Run], out: Path) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
-        from matplotlib.ticker import PercentFormatter
+        from matplotlib.ticker import MaxNLocator, PercentFormatter
     except ImportError:
         raise DlcError("drawing curves to a file needs matplotlib: pip install 'dlc[plot]' "
                        "(without -o, `dlc plot` draws them in the terminal)") from None
@@ -43,7 +43,7 @@ def save(runs: list[Run], out: Path) -> None:
     colours = [f"C{i % 10}" for i in range(len(runs))]
     markers = max(len(records) for r in runs for records in r.seeds) <= MARKERS_UP_TO
 
-    losses = []
+    losses, rates = [], []
     for run, colour in zip(runs, colours):
         for split in SPLITS:
             c = curve(run, f"{split}_loss")
@@ -56,8 +56,11 @@ def save(runs: list[Run], out: Path) -> None:
         c = curve(run, "lr")
         if c:
             lr_ax.step(c.epochs, c.mean, where="post", color=colour)
-    if losses and min(losses) > 0 and max(losses) / min(losses) > LOG_RATIO:
-        loss_ax.set_yscale("log")
+            rates += c.mean
+    for ax, values in ((loss_ax, losses), (lr_ax, rates)):
+        if values and min(values) > 0 and max(values) / min(values) > LOG_RATIO:
+            ax.set_yscale("log")
+    lr_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     loss_ax.set_title("loss")
     if acc_ax is not None:
         acc_ax.set_title("accuracy")

@@ -86,7 +86,8 @@ def init_params(graph: Graph, init: str = "he", seed: int = 0, std: float = 0.01
     """
     if init not in INITS:
         raise DlcError(f"unknown init `{init}` (expected {', '.join(INITS)})")
-    params, state = {}, {}
+    params: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
     for t in tensors(graph):
         rng = np.random.default_rng([seed, zlib.crc32(t.full_name.encode())])
         (params if t.trainable else state)[t.full_name] = initial_value(t, init, rng, std, dtype)

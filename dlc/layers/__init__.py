@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-from typing import Protocol
+from typing import Mapping, Protocol
 
 Shape = tuple[int, ...]
 
@@ -40,7 +40,7 @@ class ShapeRule(Protocol):
 
 
 class TensorRule(Protocol):
-    def __call__(self, attrs: dict, ins: list[Shape], /) -> dict[str, Shape]:
+    def __call__(self, attrs: dict, ins: list[Shape], /) -> Mapping[str, Shape]:
         """(resolved attrs, input shapes) -> tensor shapes by name ("W", "b", ...)."""
 
 
@@ -64,9 +64,9 @@ class Role:
     """What one of a kind's tensors is, for the backends that create and train it.
 
     A tensor starts at `constant`, or is drawn at random: under he and xavier, at a fixed `std` (a table
-    of embeddings) or scaled by its `fans`; gaussian draws every random tensor at the std it is given. Weight decay and L1 act on `decayed`
-    tensors, and so does max-norm, over `maxnorm` axes (None: every axis but the first, the usual
-    layout of one unit's incoming weights).
+    of embeddings) or scaled by its `fans`; gaussian draws every random tensor at the std it is given.
+    Weight decay and L1 act on `decayed` tensors, and so does max-norm, over `maxnorm` axes (None:
+    every axis but the first, the usual layout of one unit's incoming weights).
     """
 
     role: str  # "weight", "bias", "table", "scale", "shift" or "statistic"

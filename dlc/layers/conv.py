@@ -135,7 +135,8 @@ register(LayerKind(
     "upconv", resolve_upconv, aliases=("deconv",), size="conv", size_required=True,
     options={"pad": 0, "dil": 1, "groups": 1, "bias": True}, params=upconv_params,
     # output channel j reads W[:, j]: its incoming weights span every axis but the second
-    tensors={"W": weight(upconv_fans, maxnorm=(0, 2, 3)), "b": BIAS}, macs=upconv_macs, flops=upconv_flops, window=lambda a: Window(a["kernel"], a["stride"], a["dilation"], transposed=True),
+    tensors={"W": weight(upconv_fans, maxnorm=(0, 2, 3)), "b": BIAS}, macs=upconv_macs, flops=upconv_flops,
+    window=lambda a: Window(a["kernel"], a["stride"], a["dilation"], transposed=True),
 ))
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dlc.errors import ShapeError
 from dlc.layers import Shape
 
+Pair = tuple[int, int]  # a (height, width) kernel, stride, dilation or output size
+Pads = tuple[int, int, int, int]  # (top, left, bottom, right)
 
-def pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+
+def pair(v: int | Pair | list[int]) -> Pair:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -17,8 +20,7 @@ def same_pads(size: int, k: int, stride: int, dil: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def resolve_pads(pad: int | str, hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
-                 dil: tuple[int, int]) -> tuple[int, int, int, int]:
+def resolve_pads(pad: int | str, hw: Pair, kernel: Pair, stride: Pair, dil: Pair) -> Pads:
     """Explicit (top, left, bottom, right) pads from an option value: int, "same" or "valid"."""
     if pad == "valid":
         return (0, 0, 0, 0)

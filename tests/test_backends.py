@@ -74,8 +74,10 @@ def test_every_tensor_a_kind_returns_has_a_role(text):
         assert (role.role == "statistic") == (not t.trainable), t.full_name
 
 
-def test_a_role_starts_one_way():
-    # a constant start and a random one are exclusive: a tensor with both, or neither, is a mistake
+def test_a_role_is_a_known_one_that_starts_one_way():
+    with pytest.raises(ValueError, match="unknown tensor role 'weights'"):
+        Role("weights", constant=0.0)
+    # a constant start and a random one exclude each other: a tensor with both, or neither, is a mistake
     with pytest.raises(ValueError, match="exactly one of"):
         Role("bias", constant=0.0, std=1.0)
     with pytest.raises(ValueError, match="exactly one of"):

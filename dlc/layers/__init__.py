@@ -36,7 +36,9 @@ GLOBAL = "global"  # the kind sees its whole input (fc, gap, recurrent layers)
 # The contracts of a kind's rules. Arguments are positional-only: rules name them as they like (`a`).
 class ShapeRule(Protocol):
     def __call__(self, attrs: dict, ins: list[Shape], /) -> tuple[Shape, dict]:
-        """(attrs as written, input shapes) -> (output shape, attrs with derived values); raises ShapeError."""
+        """(attrs as written, input shapes) -> (output shape, attrs with derived values).
+
+        Raises ShapeError when the input does not fit."""
 
 
 class TensorRule(Protocol):
@@ -50,13 +52,17 @@ class CostRule(Protocol):
 
 
 class WindowRule(Protocol):
-    def __call__(self, attrs: dict, /) -> Window | str | None: ...
+    def __call__(self, attrs: dict, /) -> Window | str | None:
+        """(resolved attrs) -> the Window for the receptive field, None (pointwise) or GLOBAL."""
 
 
 class FansRule(Protocol):
     def __call__(self, attrs: dict, shape: Shape, /) -> tuple[float, float]:
         """(resolved attrs, the weight's shape) -> (fan_in, fan_out): how many values one output sums,
         how many outputs one input feeds (what he and xavier initialisation scale by)."""
+
+
+ROLES = ("weight", "bias", "table", "scale", "shift", "statistic")
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class Role:
     every axis but the first, the usual layout of one unit's incoming weights).
     """
 
-    role: str  # "weight", "bias", "table", "scale", "shift" or "statistic"
+    role: str  # one of ROLES
     fans: FansRule | None = None
     constant: float | None = None
     std: float | None = None
@@ -77,6 +83,8 @@ class Role:
     maxnorm: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown tensor role {self.role!r} (expected {', '.join(ROLES)})")
         starts = [x for x in (self.fans, self.constant, self.std) if x is not None]
         if len(starts) != 1:
             raise ValueError(f"a {self.role} tensor needs exactly one of fans, constant or std")

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from dlc.cli import main
+from dlc.compile import compile_spec
 from dlc.engine import run
 from dlc.engine.gradcheck import check_gradients
 from dlc.engine.kernels import KERNELS
@@ -285,6 +286,20 @@ def test_he_init_of_a_stride_2_upconv_doubles_the_input_variance():
     y, _ = run.forward(g, params, state, x)
     assert y.shape == (8, 32, 16, 16)
     assert y.var() == pytest.approx(2.0, rel=0.1)
+
+
+def test_embedding_rows_have_unit_variance_and_recurrent_gates_their_own_fan_in():
+    # An embedding is a product with a one-hot vector (fan-in 1): N(0, 1) rows under he and xavier, as
+    # PyTorch's nn.Embedding. An lstm stacks one H x D matrix per gate: he's fan-in is D for W, H for R.
+    g = compile_spec("input seq 10 -> embed 100 vocab=400 -> lstm 50", file="lm.dlc")
+    for init in ("he", "xavier"):
+        params, _ = init_params(g, init=init, dtype=np.float64)
+        assert params["embed1.W"].std() == pytest.approx(1.0, rel=0.02), init
+    params, _ = init_params(g, init="he", dtype=np.float64)
+    assert params["lstm1.W"].std() == pytest.approx(np.sqrt(2 / 100), rel=0.03)
+    assert params["lstm1.R"].std() == pytest.approx(np.sqrt(2 / 50), rel=0.03)
+    assert not params["lstm1.B"].any()
+    assert init_params(g, init="gaussian", std=0.5)[0]["embed1.W"].std() == pytest.approx(0.5, rel=0.02)
 
 
 def test_xavier_and_gaussian_init():

@@ -22,6 +22,7 @@ from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import activations
 from dlc.errors import DlcError
+from dlc.layers.dense import token_vocab
 from dlc.onnx.export import DEFAULT_OPSET, check_export, spec_of, to_onnx, weights_of
 from dlc.zoo import zoo_names, zoo_path
 
@@ -54,8 +55,7 @@ def exercised_weights(graph, seed=0):
 def sample_batch(graph, n, seed=0):
     rng = np.random.default_rng(seed)
     if graph.input.dtype == "int64":
-        vocab = min(m.attrs["vocab"] for m in graph.nodes if m.kind == "embed")
-        return rng.integers(0, vocab, (n, *graph.input.out_shape))
+        return rng.integers(0, token_vocab(graph), (n, *graph.input.out_shape))
     return rng.standard_normal((n, *graph.input.out_shape)).astype(np.float32)
 
 

@@ -12,6 +12,7 @@ from dlc.analysis import analyse
 from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import activations, loss_and_grads
+from dlc.layers.dense import token_vocab
 from dlc.zoo import zoo_names, zoo_path
 
 
@@ -22,8 +23,7 @@ def zoo_graph(name: str):
 def random_batch(graph, batch: int, rng) -> np.ndarray:
     shape = (batch, *graph.input.out_shape)
     if graph.input.dtype.startswith("int"):
-        vocab = min(n.attrs["vocab"] for n in graph.nodes if n.kind == "embed")
-        return rng.integers(0, vocab, size=shape)
+        return rng.integers(0, token_vocab(graph), size=shape)
     return rng.standard_normal(shape, dtype=np.float32)
 
 

@@ -1,7 +1,7 @@
 """Per-node and total figures of a graph: params, MACs, FLOPs, memory, receptive field.
 
 Every rule comes from the layer registry (dlc.layers); this module only walks the graph and adds up,
-following ../shared/conventions.md (docs/conventions.md for users).
+following docs/conventions.md.
 """
 
 from __future__ import annotations

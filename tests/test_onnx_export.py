@@ -112,14 +112,15 @@ def test_dsl_example_exports_and_matches_numpy(name):
 
 
 @pytest.mark.parametrize("name", sorted(ZOO_TWINS))
-def test_dsl_example_left_to_the_zoo_test_is_that_zoo_network(name):
-    assert structure(compile_spec(ZOO_TWINS[name])) == structure(compile_spec(zoo_path(name).read_text()))
+def test_dsl_example_left_to_the_zoo_test_is_that_zoo_network(name, zoo_graph):
+    assert structure(compile_spec(ZOO_TWINS[name])) == structure(zoo_graph(name))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", zoo_names())
-def test_zoo_spec_exports_and_matches_numpy(name):
+def test_zoo_spec_exports_and_matches_numpy(name, zoo_graph):
     path = zoo_path(name)
-    assert_matches_engine(path.read_text(), batch=batch_for(compile_spec(path.read_text())), file=str(path))
+    assert_matches_engine(path.read_text(), batch=batch_for(zoo_graph(name)), file=str(path))
 
 
 # Per-kind lowering, mode by mode: (spec, what the mode exercises).
@@ -255,7 +256,7 @@ def test_fixed_batch():
 
 def test_resnet50_initializers_hold_kerass_total_params():
     """25,557,032 trainable (torchvision) + 53,120 bn statistics = 25,610,152 (Keras's "Total params")."""
-    graph = compile_spec(DSL_EXAMPLES["resnet50"])
+    graph = compile_spec(ZOO_TWINS["resnet50"])
     params, state = init_params(graph)
     model = to_onnx(graph, params, state)
     assert sum(a.size for a in params.values()) == 25_557_032

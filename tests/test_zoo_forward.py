@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 
 from dlc.analysis import analyse
-from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import activations, loss_and_grads
-from dlc.zoo import zoo_names, zoo_path
-
-
-def zoo_graph(name: str):
-    return compile_spec(zoo_path(name).read_text(), file=f"{name}.dlc")
+from dlc.zoo import zoo_names
 
 
 def random_batch(graph, batch: int, rng) -> np.ndarray:
@@ -27,8 +22,9 @@ def random_batch(graph, batch: int, rng) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", zoo_names())
-def test_every_node_has_the_analysed_shape(name):
+def test_every_node_has_the_analysed_shape(name, zoo_graph):
     graph = zoo_graph(name)
     params, state = init_params(graph)
     x = random_batch(graph, 2, np.random.default_rng(0))
@@ -43,7 +39,7 @@ def test_every_node_has_the_analysed_shape(name):
 
 
 @pytest.mark.parametrize("batch", [1, 32, 64, 256])  # 32 is dlc train's default batch
-def test_lenet5_training_step_peak_is_within_1_5x_of_the_engine_estimate(batch):
+def test_lenet5_training_step_peak_is_within_1_5x_of_the_engine_estimate(batch, zoo_graph):
     graph = zoo_graph("lenet5")
     # conventions.md "Memory": parameters + gradients + optimizer state (none for sgd) + batch x
     # activations, 4 bytes each, plus the im2col columns the engine holds at once
@@ -65,7 +61,7 @@ def test_lenet5_training_step_peak_is_within_1_5x_of_the_engine_estimate(batch):
     assert estimate / 1.5 <= peak <= 1.5 * estimate, f"peak {peak:,} bytes, estimate {estimate:,}"
 
 
-def test_lenet5_columns_by_hand():
+def test_lenet5_columns_by_hand(zoo_graph):
     graph = zoo_graph("lenet5")
     # batch 32: C1 builds 1*5*5 x 28*28*32 columns, C3 6*5*5 x 10*10*32; both fit 8 MiB and are kept,
     # and C1's, the larger, is in flight once more in backward

@@ -25,8 +25,12 @@ META_KEY = "__dlc_meta__"  # the npz entry holding the JSON metadata; no paramet
 
 INITS = ("he", "xavier", "gaussian")
 
-# Tensors that start at a constant rather than at random: biases, bn's scale and shift, its statistics.
-CONSTANT_INIT = {"b": 0.0, "B": 0.0, "beta": 0.0, "gamma": 1.0, "mean": 0.0, "var": 1.0}
+# Tensors that start at a constant rather than at random: biases (attention's four among them), bn's
+# and layernorm's scale and shift, bn's statistics, and the class token (zeros, as torchvision's ViT).
+CONSTANT_INIT = {"b": 0.0, "B": 0.0, "beta": 0.0, "gamma": 1.0, "mean": 0.0, "var": 1.0,
+                 "bq": 0.0, "bk": 0.0, "bv": 0.0, "bo": 0.0, "cls": 0.0}
+# Learned position tables start as GPT-2's and ViT's do: N(0, 0.02²), small beside the token embeddings.
+POSEMBED_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ def fans(t: Tensor) -> tuple[float, float]:
     if kind == "fc":
         units, in_features = t.shape
         return in_features, units
+    if kind == "attention":
+        # each of the four projections is a D x D fc
+        return t.shape[1], t.shape[0]
     if kind in ("rnn", "lstm", "gru"):
         # W (dirs, gates*H, D) and R (dirs, gates*H, H) stack one H x D (or H x H) matrix per gate
         # and direction; each gate is its own layer as far as the variance goes.
@@ -87,6 +94,8 @@ def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float, dt
         # A lookup is a product with a one-hot vector (fan-in 1): unit-variance rows, as PyTorch's
         # nn.Embedding, give the next layer inputs of the scale he/xavier assume.
         scale = std if init == "gaussian" else 1.0
+    elif t.node.kind == "posembed":
+        scale = std if init == "gaussian" else POSEMBED_STD
     elif init == "gaussian":
         scale = std
     elif init == "he":

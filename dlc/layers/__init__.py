@@ -16,6 +16,7 @@ Shape = tuple[int, ...]
 
 # Option values that are not plain numbers or on/off switches.
 PAD = "pad"  # an int, `same` or `valid`
+LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,28 @@ class Window:
 GLOBAL = "global"  # the kind sees its whole input (fc, gap, recurrent layers)
 
 
+@dataclass(frozen=True)
+class Ref:
+    """What a LABEL option resolves to: the labelled node, its kind and its parameter shapes."""
+
+    node: str
+    kind: str
+    params: tuple[tuple[str, Shape], ...]
+
+    def param(self, name: str) -> Shape | None:
+        return dict(self.params).get(name)
+
+
 def _none(attrs, ins) -> dict:
     return {}
 
 
 def _zero(attrs, ins, out) -> int:
     return 0
+
+
+def _own(attrs) -> dict:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,9 @@ class LayerKind:
     """Trainable parameter shapes by name ("W", "b", ...), after resolve."""
     state: Callable[[dict, list[Shape]], dict[str, Shape]] = _none
     """Non-trainable tensors (bn running statistics)."""
+    shared: Callable[[dict], dict[str, str]] = _own
+    """Tensors the node reads from another node instead of owning them: its name for the tensor -> the
+    owner's full tensor name (`fc tied=LABEL` reads an embed's "W"). They count once, with their owner."""
     macs: Callable[[dict, list[Shape], Shape], int] = _zero
     flops: Callable[[dict, list[Shape], Shape], int] = _zero
     window: Callable[[dict], Window | str | None] = lambda attrs: None
@@ -63,6 +83,12 @@ class LayerKind:
     merge: bool = False  # takes two or more inputs (add, concat)
     reads_tokens: bool = False  # reads token ids (`input seq T`); every other kind reads float features
     activation: bool = False  # an elementwise activation (one FLOP per element unless it says otherwise)
+
+    def default_attrs(self) -> dict:
+        """Every option at its default and every flag off, as attribute values (pad 0, no label)."""
+        attrs = {k: (0 if v is PAD else None if v is LABEL else v) for k, v in self.options.items()}
+        attrs.update({f: False for f in self.flags})
+        return attrs
 
     @property
     def suffixable(self) -> bool:
@@ -109,4 +135,4 @@ def elements(shape: Shape) -> int:
     return prod(shape)
 
 
-from dlc.layers import conv, pool, dense, elementwise, recurrent, merge  # noqa: E402,F401  (registers the kinds)
+from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence  # noqa: E402,F401  (registers the kinds)

@@ -91,6 +91,8 @@ def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict
     """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly dlc's weights."""
     try:
         onnx.checker.check_model(model, full_check=True)
+        # data_prop: clstoken's Expand takes a shape built from the batch (Shape, Gather, Concat), whose
+        # values only data propagation follows; without it the step axis comes back unknown
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True,
                                                     data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:

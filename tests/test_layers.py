@@ -550,6 +550,8 @@ def test_tokens_reads_an_image_as_a_sequence_of_pixels():
     assert figures(tokens) == ((196, 768), 0, 0, 0, 0)
     assert rf(tokens) == (16, 16, 16) and not tokens.rf.whole
     assert attention.rf.whole and attention.rf.size == (224, 224)
+    # causal: the last step sees every step, and the largest field is the one reported
+    assert last("input 3@32x32\nconv 8@16x16/16\ntokens\nattention 2 causal").rf.whole
     fails("input seq 4 of 3\ntokens", 2, "image")
 
 

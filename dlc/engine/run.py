@@ -81,9 +81,10 @@ def compile_plan(graph: Graph) -> Plan:
             raise DlcError(f"the NumPy engine has no kernel for `{n.kind}` (layer {n.name})", n.pos,
                            graph.file, graph.source)
         mine = by_node.get(n.name, [])
+        own = tuple((t.name, t.full_name) for t in mine if t.trainable)
         steps.append(Step(
             node=n, attrs=n.attrs, kernel=kernel, out=i, inputs=tuple(index[name] for name in n.inputs),
-            params=(*((t.name, t.full_name) for t in mine if t.trainable), *KINDS[n.kind].shared(n.attrs).items()),
+            params=own + tuple(KINDS[n.kind].shared(n.attrs).items()),
             state=tuple((t.name, t.full_name) for t in mine if not t.trainable),
             free=tuple(sorted({s for s, last in last_read.items() if last == i})),
         ))

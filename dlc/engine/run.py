@@ -15,6 +15,7 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
+from dlc.layers import KINDS
 from dlc.layers.spatial import show
 from dlc.engine.kernels import KERNELS, Ctx
 from dlc.engine.losses import LOSSES
@@ -22,7 +23,7 @@ from dlc.engine.params import tensors
 
 # Kinds that draw random numbers in training mode. A fresh unseeded Generator costs ~13 us (OS
 # entropy), a tenth of a whole MLP step at batch 10, so one is made only for graphs that need it.
-RANDOM_KINDS = frozenset({"dropout", "noise"})
+RANDOM_KINDS = frozenset({"dropout", "noise", "attention"})
 
 # A loss on the output of a final activation, and the fused, numerically stable loss on its input.
 FUSED_LOSSES = {("xent", "softmax"): "xent", ("bce", "sigmoid"): "bce_logits"}
@@ -35,7 +36,7 @@ class Step:
     kernel: Callable
     out: int  # the slot it writes: its node's position
     inputs: tuple[int, ...]  # the slots it reads
-    params: tuple[tuple[str, str], ...]  # (name within the node, full name)
+    params: tuple[tuple[str, str], ...]  # (name within the node, full name), shared ones included
     state: tuple[tuple[str, str], ...]
     free: tuple[int, ...]  # slots no later step reads: dropped as soon as this step has run
 
@@ -93,9 +94,10 @@ def _build_plan(graph: Graph) -> Plan:
             raise DlcError(f"the NumPy engine has no kernel for `{n.kind}` (layer {n.name})", n.pos,
                            graph.file, graph.source)
         mine = by_node.get(n.name, [])
+        own = tuple((t.name, t.full_name) for t in mine if t.trainable)
         steps.append(Step(
             node=n, attrs=n.attrs, kernel=kernel, out=i, inputs=tuple(index[name] for name in n.inputs),
-            params=tuple((t.name, t.full_name) for t in mine if t.trainable),
+            params=own + tuple(KINDS[n.kind].shared(n.attrs).items()),
             state=tuple((t.name, t.full_name) for t in mine if not t.trainable),
             free=tuple(sorted({s for s, last in last_read.items() if last == i})),
         ))
@@ -190,7 +192,8 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
         dxs, dparams = backs[k](g)
         backs[k] = None  # its saved activations (im2col columns, masks) are no longer needed
         for name, full in step.params:
-            grads[full] = dparams[name]
+            # a shared tensor (tied weights) receives the sum of its readers' gradients
+            grads[full] = grads[full] + dparams[name] if full in grads else dparams[name]
         for i, dx in zip(step.inputs, dxs):
             if dx is not None:
                 # out of place: the first gradient may be a kernel's own buffer or the caller's dy

@@ -23,7 +23,7 @@ from dlc.engine.kernels import KERNELS
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
-from dlc.layers import KINDS, PAD
+from dlc.layers import KINDS
 
 TOL = 1e-6
 
@@ -36,8 +36,7 @@ def build(input_shape, *steps, tokens=False) -> Graph:
     shapes = {"input": tuple(input_shape)}
     for name, kind, written, *inputs in steps:
         k = KINDS[kind]
-        attrs = {o: (0 if v == PAD else v) for o, v in k.options.items()}  # conv/pool pad defaults to 0
-        attrs.update({f: False for f in k.flags})
+        attrs = k.default_attrs()
         if k.size_attr:
             attrs[k.size_attr] = k.size_default
         attrs.update(written)

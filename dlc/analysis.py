@@ -35,6 +35,7 @@ class NodeStats:
     flops: int
     activations: int  # output elements per sample
     rf: ReceptiveField | None  # None where the input has no spatial axes
+    uncounted: str | None = None  # why macs and flops leave this node out (an ONNX operator without a rule)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Analysis:
     totals: Totals
 
 
-def _receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple[int, int]) -> ReceptiveField | None:
+def receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple[int, int]) -> ReceptiveField | None:
     live = [r for r in inputs if r is not None]
     if not live:
         return None
@@ -95,7 +96,7 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd") -> Analysis:
             spatial = len(node.out_shape) == 3
             fields[node.name] = ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if spatial else None
         else:
-            fields[node.name] = _receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
+            fields[node.name] = receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
                                                  graph.input.out_shape[1:])
         trainable, frozen = param_count(kind, node.attrs, ins)
         stats.append(NodeStats(

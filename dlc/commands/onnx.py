@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import load_graph, spec_input
+from dlc.commands.arguments import is_onnx, load_graph, spec_input
 from dlc.errors import DlcError
 
 ENGINES = ("onnxruntime", "numpy")
@@ -27,10 +27,6 @@ class Network:
     state: dict | None
     normalize: dict | None  # a checkpoint's meta["normalize"]
     weights: str  # where the weights came from, for the report
-
-
-def is_onnx(model: str | None) -> bool:
-    return model is not None and model.lower().endswith(".onnx")
 
 
 def model_input(fn):

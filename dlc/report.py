@@ -78,6 +78,11 @@ def _jump(s: NodeStats) -> str:
     return f"{h}" if h == w else f"{h}x{w}"
 
 
+def _cost(r: Row, field: str) -> str:
+    """The row's MACs or FLOPs; "not counted" where an ONNX operator in it has no counting rule."""
+    return "not counted" if any(s.uncounted for s in r.stats) else si(r.total(field))
+
+
 COLUMNS = {
     # name: (header, right-justified, cell)
     "layer": ("layer", False, lambda r: r.name),
@@ -86,8 +91,8 @@ COLUMNS = {
     "output": ("output", True, lambda r: show(r.out_shape)),
     "params": ("params", True, lambda r: grouped(r.total("params"))),
     "non_trainable": ("non-trainable", True, lambda r: grouped(r.total("non_trainable"))),
-    "macs": ("MACs", True, lambda r: si(r.total("macs"))),
-    "flops": ("FLOPs", True, lambda r: si(r.total("flops"))),
+    "macs": ("MACs", True, lambda r: _cost(r, "macs")),
+    "flops": ("FLOPs", True, lambda r: _cost(r, "flops")),
     "memory": ("activations", True, lambda r: binary(4 * r.total("activations"))),
     "rf": ("RF", True, lambda r: _rf(r.stats[-1])),
     "jump": ("jump", True, lambda r: _jump(r.stats[-1])),
@@ -163,6 +168,7 @@ def to_json(analysis: Analysis) -> dict:
             "receptive_field": list(s.rf.size) if s.rf else None,
             "receptive_field_whole": s.rf.whole if s.rf else None,
             "jump": [float(j) for j in s.rf.jump] if s.rf else None,
+            **({"not_counted": s.uncounted} if s.uncounted else {}),
         })
     return {
         "schema": SCHEMA,

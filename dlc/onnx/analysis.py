@@ -28,8 +28,11 @@ from dlc.onnx.model import OnnxGraph, Tensor, attributes, dtype_name
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
               "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Softplus", "Mish", "Dropout", "Identity"}
+AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
 NEVER_LIVE = {"Shape", "Size"}  # they read the data's shape, not its values
 NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance
+# A recurrent op's sequence lengths and initial states are inputs given as constants, not weights.
+CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
 
 
 @dataclass
@@ -166,7 +169,8 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
             for i, t in enumerate(n.input):
                 init = g.initializers.get(t)
-                if init is None or t in owner or not init.is_float or not init.dims:
+                if init is None or t in owner or not init.is_float or not init.dims or \
+                        i in CONSTANT_INPUTS.get(n.op_type, ()):
                     continue
                 owner[t] = layer.name
                 if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
@@ -219,7 +223,8 @@ def fold_rows(stats: list[NodeStats], steps: dict[str, str] | None) -> None:
             # A repeated step (`conv 64@3x3 relu x2`) starts a new row where its first op comes again.
             joins = steps[node.name] == steps[prev.node.name] and node.kind not in row_ops
         else:
-            joins = node.kind in SUFFIX_OPS and node.inputs == [prev.node.name]
+            # an activation, or a bias add or scale: one live input, the other operand a constant
+            joins = node.kind in SUFFIX_OPS | AFFINE_OPS and node.inputs == [prev.node.name]
         if joins:
             node.row = first.node.row
             row_ops.add(node.kind)

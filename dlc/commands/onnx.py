@@ -12,6 +12,7 @@ import click
 
 from dlc.commands.arguments import is_onnx, load_graph, spec_input
 from dlc.errors import DlcError
+from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET
 
 ENGINES = ("onnxruntime", "numpy")
 DEVICE_HELP = "auto: CUDA where onnxruntime really gets it, else the CPU with a notice; cuda: CUDA or exit 2."
@@ -150,11 +151,13 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 @click.option("-o", "--output", required=True, metavar="FILE.onnx", help="Where to write the model.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
 @click.option("--seed", type=int, default=None, help="Seed of the fresh weights (default 0).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 21).")
+@click.option("--opset", type=int, default=None,
+              help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: the lowest in which every layer has its own "
+                   f"operator: {MIN_OPSET}, or {GELU_OPSET} with gelu).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
 def export(spec, expr, output, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count."""
-    from dlc.onnx.export import DEFAULT_OPSET, check_export, save_model, summary_line, to_onnx
+    from dlc.onnx.export import check_export, save_model, summary_line, to_onnx
 
     graph = load_graph(spec, expr)
     if weights and seed is not None:
@@ -163,16 +166,18 @@ def export(spec, expr, output, weights, seed, opset, batch):
     if not os.path.isdir(folder):
         raise DlcError(f"cannot write {output}: no folder {folder}")
     params, state, normalize, source = weights_for(graph, weights, 0 if seed is None else seed)
-    model = to_onnx(graph, params, state, opset=DEFAULT_OPSET if opset is None else opset, batch=batch,
+    model = to_onnx(graph, params, state, opset=opset, batch=batch,
                     normalize=normalize)
     check_export(model, graph, params, state)
-    save_model(model, output)
+    data = save_model(model, output)
     n_params, n_state = (sum(a.size for a in d.values()) for d in (params, state))
     click.echo(f"wrote {output}: {len(graph.nodes) - 1} layers, {n_params:,} params + {n_state:,} non-trainable, "
                f"{source}")
     click.echo(f"  {summary_line(model)}, batch {batch or 'N (dynamic)'}")
     click.echo("  checked: ONNX checker (full), shape inference agrees with dlc on every layer, parameter count"
                + (f"; input normalisation ({normalize.get('kind')}) stored" if normalize else ""))
+    if data:
+        click.echo(f"  over protobuf's 2 GB limit: the weights are in {data} (keep it beside {output})")
 
 
 @click.command()

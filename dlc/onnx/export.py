@@ -1,15 +1,17 @@
 """A compiled graph and its weights as an ONNX model, checked before anyone runs it.
 
-Default opset 21: the newest that every onnxruntime dlc's pyproject admits (>= 1.20) runs, and it has
-Gelu (opset 20), so no kind needs a decomposition. The IR version is the lowest one that opset needs
-(10 for opset 21): onnx 1.23 writes IR 14 by default, which onnxruntime up to at least 1.31 refuses
-(it accepts at most 13). Opsets below 13 are refused: Softmax before 13 normalises over every axis
-from `axis` on, not over channels alone.
+Default opset: the lowest in which every kind of the network has its own operator (13; 20 with gelu),
+so that older runtimes and converters read the model (dlc.onnx.lower.lowest_opset). The IR version is
+the lowest one that opset needs (7 for opset 13, 10 for opset 21): onnx 1.23 writes IR 14 by default,
+which onnxruntime up to at least 1.31 refuses (it accepts at most 13). A model over protobuf's 2 GB
+limit is saved with its weights in an external data file beside it (NAME.onnx.data).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from math import prod
 from pathlib import Path
 
@@ -23,10 +25,10 @@ from dlc.errors import DlcError
 from dlc.engine.params import tensors
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS, param_count
-from dlc.onnx.lower import LOWER
+from dlc.onnx import MAX_OPSET, MIN_OPSET
+from dlc.onnx.lower import LOWER, lowest_opset
 
-DEFAULT_OPSET = 21
-MIN_OPSET = 13
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a larger message
 ELEM_TYPE = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
 # metadata_props keys
 META_SPEC, META_FILE, META_VERSION, META_NORMALIZE = "dlc.spec", "dlc.file", "dlc.version", "dlc.normalize"
@@ -41,15 +43,18 @@ def where(graph: Graph, n: Node) -> str:
     return f"{graph.file}:{n.pos.line}: {n.text}" if n.pos else f"{graph.file}: {n.text or n.name}"
 
 
-def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int = DEFAULT_OPSET, batch: int | None = None,
+def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None, batch: int | None = None,
             normalize: dict | None = None) -> onnx.ModelProto:
     """The ONNX model of `graph` with these weights; the batch axis is "N" unless `batch` fixes it.
 
+    `opset` defaults to the lowest that gives every kind its own operator (lowest_opset).
     `normalize` (a checkpoint's meta["normalize"]) travels in the metadata so `dlc infer` applies it.
     """
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise DlcError(f"opset {opset} is not supported: dlc exports opsets {MIN_OPSET} to "
-                       f"{onnx.defs.onnx_opset_version()} (default {DEFAULT_OPSET})")
+    if opset is None:
+        opset = lowest_opset(graph)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise DlcError(f"opset {opset} is not supported: dlc exports opsets {MIN_OPSET} to {MAX_OPSET} "
+                       f"(default: the lowest that expresses the network, {lowest_opset(graph)} for this one)")
     if batch is not None and batch < 1:
         raise DlcError(f"batch must be >= 1 (received {batch})")
     if len(graph.nodes) < 2:
@@ -90,7 +95,9 @@ def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int = DEFAULT_OPS
 def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict | None = None) -> None:
     """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly dlc's weights."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        # Over 2 GB the checker cannot serialise the model: it checks the graph without the weights'
+        # values, which the comparison below checks one by one.
+        onnx.checker.check_model(model if model.ByteSize() <= PROTOBUF_LIMIT else skeleton(model), full_check=True)
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise DlcError(f"the exported model is not valid ONNX: {e}")
@@ -125,10 +132,24 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def save_model(model: onnx.ModelProto, path) -> None:
-    """Write atomically: a temp file in the same directory, then os.replace."""
-    with atomic_write(path) as f:
-        f.write(model.SerializeToString())
+def save_model(model: onnx.ModelProto, path, limit: int = PROTOBUF_LIMIT) -> str | None:
+    """Write atomically: a temp file in the same directory, then os.replace. A model over `limit` bytes
+    keeps its weights in NAME.data beside it (ONNX external data, found by its relative location);
+    returns that file's path, else None. Saving that way moves the weights out of `model` (a copy
+    would double gigabytes): use the file afterwards, not `model`'s initializer values."""
+    if model.ByteSize() <= limit:
+        with atomic_write(path) as f:
+            f.write(model.SerializeToString())
+        return None
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        onnx.external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True,
+                                                                 location=data.name, size_threshold=1024)
+        onnx.save_model(model, os.path.join(tmp, path.name))
+        os.replace(os.path.join(tmp, data.name), data)  # the data first: a reader never sees a model without it
+        os.replace(os.path.join(tmp, path.name), path)
+    return str(data)
 
 
 def load_model(path) -> onnx.ModelProto:

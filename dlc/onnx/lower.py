@@ -17,8 +17,16 @@ import numpy as np
 from onnx import NodeProto, helper, numpy_helper
 
 from dlc.graph import Node
+from dlc.onnx import GELU_OPSET, MIN_OPSET
 
-GELU_OPSET = 20  # the first opset with a Gelu operator
+# Kinds whose own ONNX operator is newer than MIN_OPSET; below it they lower to a decomposition.
+NATIVE_OPSET = {"gelu": GELU_OPSET}
+
+
+def lowest_opset(graph) -> int:
+    """The lowest opset in which every kind of the graph has its own operator: dlc's default, so that
+    older runtimes and converters (onnx2torch and the like stop near 18) read the model."""
+    return max([MIN_OPSET, *(NATIVE_OPSET.get(n.kind, MIN_OPSET) for n in graph.nodes)])
 
 
 def op(kind: str, inputs: list[str], output: str, name: str, **attrs) -> NodeProto:

@@ -118,11 +118,16 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
 
 
 def input_shapes(model: onnx.ModelProto, given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Each graph input's shape per sample (batch left out): the file's dimensions, or `given` (by input
-    name; key None for the only input). A free dimension left unset is a DlcError naming it."""
+    """Each graph input's shape per sample (see resolve_shapes)."""
     init = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in init]
-    names = [v.name for v in inputs]
+    return resolve_shapes({v.name: _dims(v) for v in model.graph.input if v.name not in init}, given)
+
+
+def resolve_shapes(inputs: dict[str, list | None], given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Each input's shape per sample (batch left out), from its dimensions batch first (int fixed, str
+    named, None anonymous): the fixed ones, or `given` (by input name; key None for the only input).
+    A free dimension left unset is a DlcError naming it."""
+    names = list(inputs)
     if None in given and len(inputs) != 1:
         raise DlcError(f"the model has {len(inputs)} inputs ({', '.join(names) or 'none'}): give "
                        f"--shape NAME=SHAPE for each")
@@ -131,26 +136,34 @@ def input_shapes(model: onnx.ModelProto, given: dict[str | None, tuple[int, ...]
         raise DlcError(f"--shape {unknown[0]}=...: the model has no input {unknown[0]} (its inputs: "
                        f"{', '.join(names)})")
     shapes, missing = {}, []
-    for v in inputs:
-        dims = _dims(v)
+    for name, dims in inputs.items():
         if dims is None:
-            raise DlcError(f"the model's input {v.name} has no shape; ONNX inference needs its rank")
-        override = given.get(v.name, given.get(None))
+            raise DlcError(f"the model's input {name} has no shape: dlc needs at least its rank")
+        override = given.get(name, given.get(None))
         if override is not None:
             if len(override) != len(dims) - 1:
-                raise DlcError(f"--shape {show(override)} for input {v.name}: its per-sample shape has "
+                raise DlcError(f"--shape {show(override)} for input {name}: its per-sample shape has "
                                f"{len(dims) - 1} dimensions (the file says {_show_dims(dims)})")
-            shapes[v.name] = override
+            shapes[name] = override
             continue
         free = [d if isinstance(d, str) else "?" for d in dims[1:] if not isinstance(d, int) or d < 1]
         if free:
-            missing.append(f"{v.name} {_show_dims(dims)} (free: {', '.join(free)})")
-        shapes[v.name] = tuple(dims[1:])
+            missing.append(f"{name} {_show_dims(dims)} (free: {', '.join(free)})")
+        shapes[name] = tuple(dims[1:])
     if missing:
         how = "--shape 3@224x224" if len(inputs) == 1 else "--shape NAME=SHAPE for each"
         raise DlcError(f"the model's input shapes have free dimensions besides the batch: {'; '.join(missing)}. "
                        f"Give them with {how} (the batch is left out)")
     return shapes
+
+
+def check_ranked(model: onnx.ModelProto) -> None:
+    """A DlcError for a graph input without a shape: onnxruntime shows it as a scalar, dlc cannot shape a
+    batch for it."""
+    init = {t.name for t in model.graph.initializer}
+    for v in model.graph.input:
+        if v.name not in init and _dims(v) is None:
+            raise DlcError(f"the model's input {v.name} has no known rank; dlc cannot shape a batch for it")
 
 
 def _show_dims(dims) -> str:
@@ -173,8 +186,8 @@ def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: 
             weights.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     init = {t.name for t in g.initializer}
     inputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type,
-                                            [batch, *shapes[v.name]] if _dims(v) else None)
-              for v in g.input if v.name not in init]
+                                            [batch, *shapes[v.name]] if _dims(v) else _dims(v))
+              for v in g.input if v.name not in init]  # a scalar input stays one: it has no batch axis
     return helper.make_model(helper.make_graph(g.node, g.name, [*inputs, *weights], g.output, initializer=kept),
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 

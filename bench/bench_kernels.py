@@ -161,6 +161,8 @@ def main():
     args = ap.parse_args()
 
     import numpy as np
+    from dlc.engine.allocator import tune_allocator
+    tune_allocator()  # the malloc settings dlc train runs with
     xs, ys = images(args.batch, args.steps, args.mnist)
     train_step, layers = lenet_numpy(args.batch)
     print(f"dlc kernels at LeNet-5's shapes, batch {args.batch} (fastest of 7, ms):")

@@ -61,7 +61,7 @@ def main():
     args = ap.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data} not found: pass --data path/to/mnist.pkl.gz")
-    from dlc.train.data import load_file
+    from dlc.train.readers import load_file
 
     mnist = load_file(args.data)
     with tempfile.TemporaryDirectory() as tmp:

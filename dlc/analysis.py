@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from math import prod
 
+from dlc.choices import OPTIMIZER_SLOTS
 from dlc.graph import Graph, Node
 from dlc.layers import GLOBAL, KINDS, Window, param_count
 
 BYTES_PER_VALUE = 4  # float32
-OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
 
 
 @dataclass
@@ -114,7 +114,7 @@ def totals(stats: list[NodeStats], batch: int, optimizer: str) -> Totals:
     p = sum(s.params for s in stats)
     nt = sum(s.non_trainable for s in stats)
     act = sum(s.activations for s in stats)
-    slots = OPTIMIZER_SLOTS[optimizer]
+    slots = len(OPTIMIZER_SLOTS[optimizer])
     param_bytes = BYTES_PER_VALUE * (p + nt)
     act_bytes = BYTES_PER_VALUE * act
     grad_bytes = BYTES_PER_VALUE * p

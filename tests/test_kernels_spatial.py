@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dlc.engine import allocator
 from dlc.engine.kernels import KERNELS, Ctx, conv, im2col
 from dlc.layers import KINDS
 from kernel_checks import assert_gradients, onnx_run, random_arrays, resolve
@@ -387,6 +388,8 @@ def test_results_do_not_depend_on_the_memory_layout(kind, in_shape, opts):
 FAULTS_PER_STEP = """
 import resource, sys
 import numpy as np
+from dlc.engine.allocator import keep_freed_memory
+keep_freed_memory()  # as dlc train does
 from dlc.engine.kernels import KERNELS, Ctx
 from dlc.layers import KINDS
 _, a = KINDS["conv"].resolve({"channels": 6, "kernel": (5, 5), "stride": None, "pad": 2, "dil": 1,
@@ -406,7 +409,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 
-@pytest.mark.skipif(not im2col.keep_freed_memory(), reason="glibc's malloc only")
+@pytest.mark.skipif(not allocator.keep_freed_memory(), reason="glibc's malloc only")
 def test_repeated_steps_reuse_memory_instead_of_faulting_it_in():
     # LeNet-5's first conv at batch 64 allocates and frees about 13 MB a step (two 5 MB column
     # matrices among them). With glibc's defaults a fresh process page-faulted them back in every

@@ -13,8 +13,9 @@ from dlc.compile import compile_spec
 from dlc.engine.params import init_params, load_checkpoint
 from dlc.errors import DlcError
 from dlc.train import optim
-from dlc.train.data import Data, Split
-from dlc.train.loop import TrainConfig, train
+from dlc.train.config import TrainConfig
+from dlc.train.dataset import Data, Split
+from dlc.train.loop import train
 from dlc.train.schedules import make_schedule
 
 W0 = [0.5, -1.0, 2.0]

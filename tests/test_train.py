@@ -247,3 +247,12 @@ def test_nielsen_mlp_reaches_90_percent_in_two_epochs(tmp_path):
     r = run(SPECS / "mlp_mnist.dlc", "--data", MNIST, "--epochs", "2", "--out", tmp_path / "mlp", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["test_accuracy"] >= 0.90
+
+
+def test_resume_accepts_the_same_spec_and_refuses_another(tmp_path):
+    r = run(SPECS / "xor.dlc", "--epochs", "2", "--out", tmp_path / "x", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run(SPECS / "xor.dlc", "--resume", tmp_path / "x", "--epochs", "3", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("-e", "input 2 -> fc 1 sigmoid", "--resume", tmp_path / "x", "--epochs", "4")
+    assert r.exit_code == 2 and "differs from the one the run" in r.stderr

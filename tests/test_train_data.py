@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from dlc.errors import DlcError
-from dlc.train import data as D
+from dlc.normalize import normalize, normalizer
+from dlc.train.dataset import Data, Split
+from dlc.train.fit import carve_val, check_labels, fit_inputs
+from dlc.train.order import epoch_order
+from dlc.train.readers import load_file, load_idx, read_idx
+from dlc.train.sources import data_source, prepare
 from dlc.train.builtin import builtin_data
 
 RNG = np.random.default_rng(0)
@@ -33,7 +38,7 @@ def write(path, raw: bytes, gz: bool = False):
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_file_raw_and_gzipped(tmp_path, gz):
     p = write(tmp_path / ("x.idx3" + (".gz" if gz else "")), idx_bytes(IMAGES), gz)
-    a = D.read_idx(p)
+    a = read_idx(p)
     assert a.shape == (5, 4, 3) and a.dtype == np.uint8 and np.array_equal(a, IMAGES)
 
 
@@ -42,7 +47,7 @@ def test_idx_directory_with_the_four_standard_files(tmp_path):
     write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(LABELS))
     write(tmp_path / "t10k-images-idx3-ubyte", idx_bytes(IMAGES[:2]))
     write(tmp_path / "t10k-labels-idx1-ubyte.gz", idx_bytes(LABELS[:2]), gz=True)
-    d = D.load_file(tmp_path)
+    d = load_file(tmp_path)
     assert d.train.x.shape == (5, 1, 4, 3) and d.test.x.shape == (2, 1, 4, 3) and d.val is None
     assert d.train.x.dtype == np.float32
     np.testing.assert_allclose(d.train.x[2, 0], IMAGES[2] / 255.0, rtol=1e-6)
@@ -52,7 +57,7 @@ def test_idx_directory_with_the_four_standard_files(tmp_path):
 def test_idx_images_file_finds_its_labels(tmp_path):
     write(tmp_path / "train-images-idx3-ubyte", idx_bytes(IMAGES))
     write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(LABELS))
-    d = D.load_file(tmp_path / "train-images-idx3-ubyte")
+    d = load_file(tmp_path / "train-images-idx3-ubyte")
     assert d.train.x.shape == (5, 1, 4, 3) and d.test is None
 
 
@@ -64,7 +69,7 @@ def test_idx_images_file_finds_its_labels(tmp_path):
 def test_bad_idx_files(tmp_path, raw, message):
     p = write(tmp_path / "bad-idx3-ubyte", raw)
     with pytest.raises(DlcError, match=message) as e:
-        D.read_idx(p)
+        read_idx(p)
     assert "bad-idx3-ubyte" in str(e.value)
 
 
@@ -72,11 +77,11 @@ def test_idx_count_mismatch_and_missing_files(tmp_path):
     write(tmp_path / "train-images-idx3-ubyte", idx_bytes(IMAGES))
     write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(LABELS[:4]))
     with pytest.raises(DlcError, match="holds 5 images but train-labels-idx1-ubyte holds 4 labels"):
-        D.load_file(tmp_path)
+        load_file(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DlcError, match="no train-images-idx3-ubyte"):
-        D.load_idx(empty)
+        load_idx(empty)
 
 
 def test_truncated_gzip(tmp_path):
@@ -84,7 +89,7 @@ def test_truncated_gzip(tmp_path):
     p = tmp_path / "train-images-idx3-ubyte.gz"
     p.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DlcError, match="truncated gzip") as e:
-        D.read_idx(p)
+        read_idx(p)
     assert str(p) in str(e.value)
 
 
@@ -98,7 +103,7 @@ def test_mnist_pickle(tmp_path):
     x = RNG.random((6, 784), dtype=np.float32)
     y = np.arange(6) % 10
     p = mnist_pickle(tmp_path / "mnist.pkl.gz", ((x, y), (x[:2], y[:2]), (x[:3], y[:3])))
-    d = D.load_file(p)
+    d = load_file(p)
     assert (len(d.train), len(d.val), len(d.test)) == (6, 2, 3)
     assert np.array_equal(d.train.x, x) and d.train.y.tolist() == y.tolist()
 
@@ -107,7 +112,7 @@ def test_unreadable_and_unsafe_pickles(tmp_path):
     p = tmp_path / "junk.pkl.gz"
     p.write_bytes(gzip.compress(b"not a pickle at all"))
     with pytest.raises(DlcError, match="junk.pkl.gz: unreadable pickle"):
-        D.load_file(p)
+        load_file(p)
 
     class Evil:
         def __reduce__(self):
@@ -115,33 +120,33 @@ def test_unreadable_and_unsafe_pickles(tmp_path):
 
     p = mnist_pickle(tmp_path / "evil.pkl.gz", Evil())
     with pytest.raises(DlcError, match="print, which is not a numpy array"):
-        D.load_file(p)
+        load_file(p)
     p = mnist_pickle(tmp_path / "shape.pkl.gz", [np.zeros(3)])
     with pytest.raises(DlcError, match="expected \\(train, valid, test\\)"):
-        D.load_file(p)
+        load_file(p)
 
 
 def test_npz_with_optional_splits(tmp_path):
     x, y = RNG.random((7, 3)), np.arange(7) % 2
     np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:2], y_test=y[:2])
-    d = D.load_file(tmp_path / "d.npz")
+    d = load_file(tmp_path / "d.npz")
     assert d.train.x.dtype == np.float32 and d.train.x.shape == (7, 3) and d.val is None and len(d.test) == 2
     np.savez(tmp_path / "e.npz", x=x)
     with pytest.raises(DlcError, match="e.npz: needs arrays `x` and `y` \\(found x\\)"):
-        D.load_file(tmp_path / "e.npz")
+        load_file(tmp_path / "e.npz")
     np.savez(tmp_path / "f.npz", x=x, y=y, x_val=x)
     with pytest.raises(DlcError, match="has x_val without its partner"):
-        D.load_file(tmp_path / "f.npz")
+        load_file(tmp_path / "f.npz")
     np.savez(tmp_path / "g.npz", x=x, y=y[:5])
     with pytest.raises(DlcError, match="g.npz: train has 7 inputs but 5 labels"):
-        D.load_file(tmp_path / "g.npz")
+        load_file(tmp_path / "g.npz")
 
 
 @pytest.mark.parametrize("header", ["", "label,a,b\n"])
 def test_csv_with_and_without_header(tmp_path, header):
     p = tmp_path / "d.csv"
     p.write_text(header + "1,0.5,2\n0,1.5,-1\n2,0,0\n")
-    d = D.load_file(p)
+    d = load_file(p)
     assert d.train.y.tolist() == [1, 0, 2] and d.train.y.dtype == np.int64
     np.testing.assert_array_equal(d.train.x, [[0.5, 2], [1.5, -1], [0, 0]])
 
@@ -156,25 +161,25 @@ def test_bad_csv(tmp_path, text, message):
     p = tmp_path / "bad.csv"
     p.write_text(text)
     with pytest.raises(DlcError, match=message) as e:
-        D.load_file(p)
+        load_file(p)
     assert "bad.csv" in str(e.value)
 
 
 def test_unknown_format_and_missing_file(tmp_path):
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(DlcError, match="unknown data format"):
-        D.load_file(tmp_path / "d.txt")
+        load_file(tmp_path / "d.txt")
     with pytest.raises(DlcError, match="no such data file"):
-        D.load_file(tmp_path / "none.npz")
+        load_file(tmp_path / "none.npz")
 
 
-def vectors(n=4, f=784) -> D.Data:
+def vectors(n=4, f=784) -> Data:
     x = np.arange(n * f, dtype=np.float32).reshape(n, f) / (n * f)
-    return D.Data(D.Split(x, np.arange(n) % 10), name="v.npz")
+    return Data(Split(x, np.arange(n) % 10), name="v.npz")
 
 
 def test_equal_counts_reshape_automatically_and_say_so():
-    d = D.fit_inputs(vectors(), (1, 28, 28))
+    d = fit_inputs(vectors(), (1, 28, 28))
     assert d.train.x.shape == (4, 1, 28, 28)
     assert d.train.x[1, 0, 2, 3] == vectors().train.x[1, 2 * 28 + 3]
     assert d.notes == ["reshaped the inputs of v.npz from 784 to 1@28x28"]
@@ -183,85 +188,85 @@ def test_equal_counts_reshape_automatically_and_say_so():
 def test_other_sizes_need_reshape_which_pads_centred():
     with pytest.raises(DlcError, match=r"inputs have shape 784 \(784 values\) but the spec's input is "
                                        r"1@32x32 \(1024 values\); --reshape"):
-        D.fit_inputs(vectors(), (1, 32, 32))
-    d = D.fit_inputs(vectors(), (1, 32, 32), reshape=True)
+        fit_inputs(vectors(), (1, 32, 32))
+    d = fit_inputs(vectors(), (1, 32, 32), reshape=True)
     src = vectors().train.x.reshape(4, 28, 28)
     x = d.train.x
     assert x.shape == (4, 1, 32, 32)
     # LeCun et al. 1998: the 28x28 digit sits in the middle of the 32x32 field, 2 pixels of border
     assert np.array_equal(x[:, 0, 2:30, 2:30], src) and x[:, 0, :2].sum() == 0 and x[:, 0, :, 30:].sum() == 0
-    rgb = D.fit_inputs(vectors(), (3, 24, 24), reshape=True).train.x
+    rgb = fit_inputs(vectors(), (3, 24, 24), reshape=True).train.x
     assert rgb.shape == (4, 3, 24, 24) and np.array_equal(rgb[:, 2], src[:, 2:26, 2:26])
     with pytest.raises(DlcError, match="cannot fit inputs of shape 10 to the spec's input 1@28x28"):
-        D.fit_inputs(vectors(f=10), (1, 28, 28), reshape=True)
+        fit_inputs(vectors(f=10), (1, 28, 28), reshape=True)
 
 
 def test_labels_must_fit_the_output():
-    d = D.Data(D.Split(np.zeros((3, 2), np.float32), np.array([0, 4, 2])), name="d.csv")
-    D.check_labels(d, 5)
+    d = Data(Split(np.zeros((3, 2), np.float32), np.array([0, 4, 2])), name="d.csv")
+    check_labels(d, 5)
     with pytest.raises(DlcError, match="d.csv: train labels range over 0..4 but the spec's output has 3 units"):
-        D.check_labels(d, 3)
-    soft = D.Data(D.Split(np.zeros((3, 2), np.float32), np.full((3, 4), 0.25, np.float32)), name="s.npz")
+        check_labels(d, 3)
+    soft = Data(Split(np.zeros((3, 2), np.float32), np.full((3, 4), 0.25, np.float32)), name="s.npz")
     with pytest.raises(DlcError, match="train targets are 4 wide but the spec's output has 3 units"):
-        D.check_labels(soft, 3)
-    real = D.Data(D.Split(np.zeros((2, 2), np.float32), np.array([0.5, 1.5], np.float32)), name="r.npz")
+        check_labels(soft, 3)
+    real = Data(Split(np.zeros((2, 2), np.float32), np.array([0.5, 1.5], np.float32)), name="r.npz")
     with pytest.raises(DlcError, match="labels must be class indices 0..2"):
-        D.check_labels(real, 3)
-    D.check_labels(real, 1)  # a one-unit output regresses values
+        check_labels(real, 3)
+    check_labels(real, 1)  # a one-unit output regresses values
 
 
 def test_mean_std_uses_train_statistics_per_channel():
     rng = np.random.default_rng(1)
     train = rng.normal([[[[3.0]], [[-1.0]]]], [[[[2.0]], [[0.5]]]], (50, 2, 4, 4)).astype(np.float32)
-    norm = D.normalizer(train, "mean-std")
+    norm = normalizer(train, "mean-std")
     assert norm["kind"] == "mean-std" and len(norm["mean"]) == 2 and len(norm["std"]) == 2
     for c in range(2):
         assert norm["mean"][c] == pytest.approx(train[:, c].astype(np.float64).mean())
         assert norm["std"][c] == pytest.approx(train[:, c].astype(np.float64).std())
-    out = D.normalize(train, norm)
+    out = normalize(train, norm)
     np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, atol=1e-4)
     val = np.full((1, 2, 4, 4), 5.0, np.float32)  # scaled with train's numbers, not its own
-    np.testing.assert_allclose(D.normalize(val, norm)[0, :, 0, 0],
+    np.testing.assert_allclose(normalize(val, norm)[0, :, 0, 0],
                                [(5 - norm["mean"][c]) / norm["std"][c] for c in range(2)], rtol=1e-5)
 
 
 def test_minmax_and_scalars_for_one_channel():
     x = np.array([[[[0.0, 2.0]]], [[[4.0, 1.0]]]], np.float32)  # (2, 1, 1, 2)
-    norm = D.normalizer(x, "minmax")
+    norm = normalizer(x, "minmax")
     assert norm == {"kind": "minmax", "min": 0.0, "max": 4.0}
-    np.testing.assert_allclose(D.normalize(x, norm).ravel(), [0, 0.5, 1, 0.25])
-    assert D.normalize(x, {"kind": "none"}) is x
+    np.testing.assert_allclose(normalize(x, norm).ravel(), [0, 0.5, 1, 0.25])
+    assert normalize(x, {"kind": "none"}) is x
     # a constant feature is centred, not divided by zero
-    flat = D.normalizer(np.array([[1.0, 2.0], [1.0, 4.0]], np.float32), "mean-std")
+    flat = normalizer(np.array([[1.0, 2.0], [1.0, 4.0]], np.float32), "mean-std")
     assert flat["std"] == [0.0, 1.0]
-    np.testing.assert_allclose(D.normalize(np.array([[1.0, 4.0]], np.float32), flat), [[0.0, 1.0]])
+    np.testing.assert_allclose(normalize(np.array([[1.0, 4.0]], np.float32), flat), [[0.0, 1.0]])
 
 
 def test_held_out_split_is_seeded_and_disjoint():
     x = np.arange(20, dtype=np.float32)[:, None]
-    d = D.Data(D.Split(x, np.arange(20) % 2), name="d")
-    a, b, c = D.carve_val(d, 0.25, 3), D.carve_val(d, 0.25, 3), D.carve_val(d, 0.25, 4)
+    d = Data(Split(x, np.arange(20) % 2), name="d")
+    a, b, c = carve_val(d, 0.25, 3), carve_val(d, 0.25, 3), carve_val(d, 0.25, 4)
     assert len(a.val) == 5 and len(a.train) == 15
     assert sorted(a.val.x.ravel().tolist() + a.train.x.ravel().tolist()) == list(range(20))
     assert np.array_equal(a.val.x, b.val.x) and not np.array_equal(a.val.x, c.val.x)
     assert "held out 5 of 20" in a.notes[0]
-    with_val = D.Data(d.train, val=d.train, name="d")
-    kept = D.carve_val(with_val, 0.25, 3)
+    with_val = Data(d.train, val=d.train, name="d")
+    kept = carve_val(with_val, 0.25, 3)
     assert kept.val is with_val.val and kept.notes == ["d has its own validation split; --val is not used"]
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():
-    a = D.epoch_order(100, 7, 3)
+    a = epoch_order(100, 7, 3)
     assert sorted(a.tolist()) == list(range(100))
-    assert np.array_equal(a, D.epoch_order(100, 7, 3))
-    assert not np.array_equal(a, D.epoch_order(100, 7, 4))
-    assert not np.array_equal(a, D.epoch_order(100, 8, 3))
+    assert np.array_equal(a, epoch_order(100, 7, 3))
+    assert not np.array_equal(a, epoch_order(100, 7, 4))
+    assert not np.array_equal(a, epoch_order(100, 8, 3))
 
 
 def test_balanced_batches_hold_every_class_equally():
     labels = np.array([0] * 80 + [1] * 15 + [2] * 5)  # 16:3:1 imbalance
-    order = D.epoch_order(100, 0, 0, labels, balanced=True)
+    order = epoch_order(100, 0, 0, labels, balanced=True)
     assert len(order) == 100
     for start in range(0, 99, 3):  # each run of 3 slots holds one sample of each class
         assert sorted(labels[order[start:start + 3]].tolist()) == [0, 1, 2]
@@ -325,11 +330,11 @@ def test_xor_spirals_blobs():
 def test_prepare_fits_checks_and_normalises(tmp_path):
     x = RNG.random((30, 784)).astype(np.float32) * 255
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(30) % 10)
-    src = D.data_source(str(tmp_path / "d.npz"), val=0.2, normalize="mean-std")
-    data, norm = D.prepare(src, (1, 28, 28), 10)
+    src = data_source(str(tmp_path / "d.npz"), val=0.2, normalize="mean-std")
+    data, norm = prepare(src, (1, 28, 28), 10)
     assert data.train.x.shape == (24, 1, 28, 28) and len(data.val) == 6
     assert norm["kind"] == "mean-std" and isinstance(norm["mean"], float)
     assert abs(float(data.train.x.mean())) < 1e-4
     assert any("reshaped" in n for n in data.notes) and any("held out 6" in n for n in data.notes)
     with pytest.raises(DlcError, match="no built-in data set of that name"):
-        D.data_source("mnistt")
+        data_source("mnistt")

@@ -31,9 +31,11 @@ def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json)
 
     Exits 0 when every relative error is within --tol, 1 when one is not.
     """
+    from dlc.choices import default_loss
+    from dlc.engine.allocator import tune_allocator
     from dlc.engine.gradcheck import check_gradients
-    from dlc.engine.losses import default_loss
 
+    tune_allocator()
     graph = load_graph(spec, expr)
     loss = loss or default_loss(graph)
     layers = check_gradients(graph, loss=loss, batch=batch, seed=seed, samples=samples,

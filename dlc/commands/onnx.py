@@ -309,7 +309,7 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
             rt.check_tokens(feeds[p.name], vocab[p.name])
     normalized = bool(net.normalize) and len(ports) == 1 and np.dtype(ports[0].dtype).kind == "f"
     if normalized:
-        from dlc.train.data import normalize
+        from dlc.normalize import normalize
 
         # the statistics dlc train stored, applied as it applies them
         feeds[ports[0].name] = normalize(feeds[ports[0].name], net.normalize)

@@ -14,7 +14,7 @@ import numpy as np
 from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.layers import KINDS
-from dlc.engine.losses import default_loss
+from dlc.choices import default_loss
 from dlc.engine.params import init_params
 from dlc.engine.run import backward, loss_forward
 

@@ -184,8 +184,3 @@ def maxnorm_(W: np.ndarray, c: float, axes: tuple[int, ...] | None = None) -> np
     W *= np.minimum(1, c / np.maximum(norms, np.finfo(W.dtype).tiny))
     return W
 
-
-def default_loss(graph) -> str:
-    """What dlc trains and checks with when neither spec nor flag names a loss: softmax
-    cross-entropy after a final softmax, else the quadratic cost."""
-    return "xent" if graph.output.kind == "softmax" else "mse"

@@ -1,1 +1,8 @@
-"""Training on the NumPy engine: data, optimisers, schedules, augmentation and the resumable loop."""
+"""Training: data, optimisers, schedules, augmentation and the resumable loop around an engine.
+
+Data, in the order a run uses it: readers (files) or builtin (generated sets) give a dataset
+(Split, Data); fit shapes it to the spec and holds out validation; sources ties these to the --data
+flags and applies dlc.normalize. The run: config (settings), order (each epoch's samples), streams
+(the seeded random streams), engine (the arithmetic: NumpyEngine), optim and schedules (its update
+rules), scoring, rundir (checkpoints, log, metrics), signals, and loop (the epochs).
+"""

@@ -17,7 +17,7 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
-from dlc.train.data import Data, Split
+from dlc.train.dataset import Data, Split
 
 BUILTIN_SIZES = {  # default (train, val, test) sizes
     "xor": (4, 0, 0), "spirals": (600, 150, 150), "blobs": (600, 150, 150), "glyphs": (6000, 1000, 1000),

@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlc.choices import OPTIMIZER_SLOTS
 from dlc.errors import DlcError
 
-# slots each optimizer keeps per parameter (the counts dlc.analysis uses for the memory estimate)
-SLOTS = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("c",), "rmsprop": ("c",),
-         "adam": ("m", "v")}
 DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 RMSPROP_DECAY = 0.9
 NOT_DECAYED = ("b", "B", "gamma", "beta")  # parameter names within a node that are not weights
@@ -47,8 +45,8 @@ class Optimizer:
 def make_optimizer(kind: str, momentum: float | None = None, beta1: float | None = None,
                    beta2: float | None = None, eps: float | None = None) -> Optimizer:
     """An optimizer with its hyperparameters; None means the default for that optimizer."""
-    if kind not in SLOTS:
-        raise DlcError(f"unknown optimizer `{kind}` (expected {', '.join(SLOTS)})")
+    if kind not in OPTIMIZER_SLOTS:
+        raise DlcError(f"unknown optimizer `{kind}` (expected {', '.join(OPTIMIZER_SLOTS)})")
     if beta2 is None and kind == "rmsprop":
         beta2 = RMSPROP_DECAY
     hyper = {k: DEFAULTS[k] if v is None else float(v)

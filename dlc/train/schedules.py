@@ -18,9 +18,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from dlc.choices import SCHEDULES
 from dlc.errors import DlcError
-
-SCHEDULES = ("constant", "step", "poly", "cosine", "exp", "linear", "invsqrt")
 
 
 def _positive(name: str, value) -> None:

@@ -9,9 +9,6 @@ elementwise kernels in between keep it because ufuncs allocate in the layout of 
 
 from __future__ import annotations
 
-import ctypes
-import platform
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -21,29 +18,6 @@ from numpy.lib.stride_tricks import as_strided
 # batch 64: 7 GiB). With 8 MiB a LeNet-5 step at batch 256 peaks at 1.6x the training-memory
 # estimate of conventions.md instead of 3.7x.
 COLS_BYTES = 8 << 20
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed blocks up to 32 MiB for reuse instead of unmapping them.
-
-    A training step allocates and frees the same few-MiB arrays (columns, activations, gradients)
-    every time. glibc serves blocks over 128 KiB with fresh mmap pages and trims its heap eagerly, so
-    each step page-faulted them all back in: about 2,500 faults a LeNet-5 step at batch 64, which took
-    the engine's step from 4.5 ms to 12 ms. (Reading MNIST's 150 MB pickle first raises glibc's own
-    threshold and hid it.) Freed memory stays in the process instead, up to 256 MiB at the heap top.
-    Returns whether the settings took (glibc only).
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
-
-
-keep_freed_memory()
 
 
 def to_chwn(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,46 @@
+"""`dlc train --resume DIR`: the run saved in DIR, rebuilt to continue exactly where it stopped."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from dlc.commands.arguments import read_spec
+from dlc.commands.train_settings import RUN_FLAGS
+from dlc.errors import DlcError
+
+
+def load_resume(folder: Path, spec: str | None, expr: str | None, keys: dict) -> tuple:
+    """(graph, config, data source, normalisation, checkpoint) of the run saved in folder."""
+    from dlc.compile import compile_spec
+    from dlc.engine.params import check_against, load_checkpoint
+    from dlc.train.config import config_from_json
+    from dlc.train.sources import DataSource
+
+    ctx = click.get_current_context()
+    given = sorted(name for name in RUN_FLAGS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE)
+    if given:
+        flags = ", ".join(f"--{g.replace('_', '-')}" for g in given)
+        raise DlcError(f"--resume continues the saved run with its own settings; drop {flags} "
+                       f"(only --epochs may change, to extend the run)")
+    path = folder / "last.npz"
+    if not path.exists():
+        raise DlcError(f"--resume {folder}: no last.npz there (is it a dlc train run directory?)")
+    params, state, meta = load_checkpoint(path)
+    if "spec" not in meta or "optimizer" not in meta:
+        raise DlcError(f"{path} was not written by dlc train, so it cannot be resumed")
+    if spec is not None or expr is not None:
+        _, text = read_spec(spec, expr)
+        if text != meta["spec"]:
+            raise DlcError(f"the spec given differs from the one the run in {folder} trained; "
+                           f"drop SPEC to continue that run")
+    graph = compile_spec(meta["spec"], file=meta["file"])
+    check_against(graph, params, state, str(path))
+    cfg = config_from_json(meta["config"])
+    if keys.get("epochs") is not None:
+        cfg = replace(cfg, epochs=keys["epochs"])
+    src = DataSource(**dict(meta["data"], sizes=tuple(meta["data"]["sizes"]) if meta["data"]["sizes"] else None))
+    return graph, cfg, src, meta["normalize"], (params, state, meta)

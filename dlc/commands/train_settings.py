@@ -1,0 +1,130 @@
+"""`dlc train`'s settings: dlc's defaults, then the spec's `train` statement, then the flags.
+
+Each layer overrides the one before, so a spec alone reproduces its run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import click
+
+from dlc import choices
+from dlc.errors import DlcError, Pos
+from dlc.layers.spatial import show
+
+if TYPE_CHECKING:  # numpy comes with them, so the command imports them only when it runs
+    from dlc.train.augment import Augment
+    from dlc.train.config import TrainConfig
+
+# The `train` statement's keys as flags: (key, click type, help).
+TRAIN_FLAGS = [
+    ("loss", click.Choice(choices.LOSSES), "Loss (default: xent after a final softmax, else mse)."),
+    ("optimizer", click.Choice(tuple(choices.OPTIMIZER_SLOTS)), "Optimizer (default sgd)."),
+    ("lr", float, "Learning rate (default 0.01)."),
+    ("momentum", float, "Momentum of momentum/nesterov (default 0.9)."),
+    ("beta1", float, "Adam's beta1 (default 0.9)."),
+    ("beta2", float, "Adam's beta2 (default 0.999); rmsprop's decay (default 0.9)."),
+    ("eps", float, "Epsilon of adagrad/rmsprop/adam (default 1e-8)."),
+    ("batch", click.IntRange(min=1), "Mini-batch size (default 32)."),
+    ("epochs", click.IntRange(min=0), "Epochs (default 10)."),
+    ("seed", int, "Seed of initialisation, data order, dropout and augmentation (default 0)."),
+    ("weight_decay", float, "L2 weight decay on weights (not biases or bn)."),
+    ("l1", float, "L1 penalty on weights."),
+    ("maxnorm", float, "Max-norm constraint on each unit's incoming weights."),
+    ("init", click.Choice(choices.INITS), "Weight initialisation (default he)."),
+    ("init_std", float, "Standard deviation of init=gaussian (default 0.01)."),
+    ("schedule", click.Choice(choices.SCHEDULES), "Learning-rate schedule over epochs (default constant)."),
+    ("step_every", click.IntRange(min=1), "step: epochs between decays."),
+    ("gamma", float, "step/exp: decay factor."),
+    ("power", float, "poly: exponent."),
+    ("restart_every", click.IntRange(min=1), "cosine: epochs between warm restarts."),
+    ("lr_min", float, "cosine/linear: the lowest rate."),
+    ("k", float, "exp/invsqrt: decay constant."),
+]
+TRAIN_KEY_NAMES = [k for k, _, _ in TRAIN_FLAGS]
+INT_KEYS = {"batch", "epochs", "seed", "step_every", "restart_every"}
+WORD_KEYS = {"loss": choices.LOSSES, "optimizer": tuple(choices.OPTIMIZER_SLOTS), "init": choices.INITS,
+             "schedule": choices.SCHEDULES}
+# Flags that change what a run computes: refused with --resume, which continues the saved run as it was.
+RUN_FLAGS = set(TRAIN_KEY_NAMES) - {"epochs"} | {"data", "reshape", "normalize", "val", "balanced", "n_train",
+                                                 "n_val", "n_test", "flip", "shift", "noise", "mixup", "repeat", "out"}
+
+
+def train_flags(fn: Callable) -> Callable:
+    for key, kind, text in reversed(TRAIN_FLAGS):
+        fn = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=text)(fn)
+    return fn
+
+
+def setting_pos(graph, key: str) -> Pos | None:
+    """Where the spec's `train` statement writes `key=` (the graph keeps the settings, not their places)."""
+    for n, line in enumerate(graph.source.splitlines(), start=1):
+        code = line.split("#", 1)[0]
+        if re.match(r"\s*train\b", code):
+            m = re.search(rf"\b{re.escape(key)}\s*=\s*\S+", code)
+            if m:
+                return Pos(n, m.start() + 1, m.end() + 1)
+    return None
+
+
+def spec_settings(graph) -> dict:
+    """The spec's `train` statement, each value checked and typed like its flag."""
+    def error(key, message):
+        return DlcError(message, setting_pos(graph, key), graph.file, graph.source)
+
+    out = {}
+    for key, value in graph.train.items():
+        if key not in TRAIN_KEY_NAMES:
+            raise error(key, f"unknown training setting `{key}` (expected one of {', '.join(TRAIN_KEY_NAMES)})")
+        if key in WORD_KEYS:
+            if value not in WORD_KEYS[key]:
+                raise error(key, f"train {key}={value}: expected one of {', '.join(WORD_KEYS[key])}")
+            out[key] = value
+            continue
+        if isinstance(value, str) or (key in INT_KEYS and value != int(value)):
+            raise error(key, f"train {key}={value}: expected {'a whole number' if key in INT_KEYS else 'a number'}")
+        out[key] = int(value) if key in INT_KEYS else float(value)
+    return out
+
+
+def resolve_config(graph, flags: dict, augment: Augment, balanced: bool) -> TrainConfig:
+    """dlc's defaults <- the spec's train statement <- the flags."""
+    from dlc.train.config import TrainConfig
+
+    settings = {"loss": choices.default_loss(graph)}
+    settings.update(spec_settings(graph))
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    return TrainConfig(**settings, balanced=balanced, augment=augment)
+
+
+def default_data(graph) -> str:
+    """xor for a 2-input spec; glyphs for an image or 784-vector input with 10 outputs."""
+    shape, out = graph.input.out_shape, graph.output.out_shape
+    if shape == (2,):
+        return "xor"
+    if (len(shape) == 3 or shape == (784,)) and out == (10,):
+        return "glyphs"
+    raise DlcError(f"no default data for an input of {show(shape)} and an output of {show(out)}: "
+                   f"name it with --data (a .npz, .csv, .pkl.gz, IDX directory, or xor, spirals, blobs, glyphs)")
+
+
+def output_width(graph) -> int:
+    shape = graph.output.out_shape
+    if len(shape) != 1:
+        raise DlcError(f"dlc train fits a vector output (classes or values); {graph.file}'s output is "
+                       f"{show(shape)}")
+    return shape[0]
+
+
+def fresh_out(graph) -> Path:
+    stem = Path(graph.file).stem if graph.file not in ("<expr>", "<stdin>") else "spec"
+    base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out

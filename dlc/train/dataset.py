@@ -1,0 +1,32 @@
+"""A data set as dlc train holds it: splits of inputs and targets, already checked.
+
+Images are float32 NCHW, vectors (N, F); class labels are int64 (N,), regression or soft targets
+float32 (N, K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split | None = None
+    test: Split | None = None
+    name: str = ""  # the file or built-in set, for messages
+    notes: list[str] = field(default_factory=list)  # what was done on the user's behalf, to announce
+
+    def splits(self) -> dict[str, Split]:
+        return {k: s for k, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}

@@ -1,0 +1,105 @@
+"""The arithmetic of a run, behind one small seam: what an engine does and what the loop keeps.
+
+The loop (dlc.train.loop) owns everything that is not arithmetic: data order, augmentation, the
+random streams, the schedule, scoring, checkpoints, logs, signals and resume. An engine owns the
+weights and the optimizer and does four things with them: a forward/backward pass with the
+penalties (`loss_and_grads`), the update with its constraints (`update`), inference (`predict`), and
+handing its state over as NumPy arrays and JSON for a checkpoint (`weights`, `optimizer_state`).
+Another engine (PyTorch, say) is another class with these methods, and a `fresh`/`resume` pair.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
+from dlc.engine.params import init_params
+from dlc.engine.run import loss_and_grads, predict
+from dlc.graph import Graph
+from dlc.train import optim
+from dlc.train.config import TrainConfig
+
+
+class Engine(Protocol):
+    """What the loop asks of an engine; a class is built by `fresh` or `resume`."""
+
+    @classmethod
+    def fresh(cls, graph: Graph, cfg: TrainConfig) -> Engine:
+        """Weights initialised as cfg says (init, init_std, seed) and an optimizer with no state yet."""
+
+    @classmethod
+    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> Engine:
+        """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+        """The batch's loss with penalties, and the network's outputs; the gradients stay inside."""
+
+    def update(self, lr: float) -> None:
+        """Apply the gradients of the last loss_and_grads at learning rate lr."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Inference outputs (dropout off, running statistics) for a whole split."""
+
+    def finite(self) -> bool:
+        """Whether every weight is a finite number."""
+
+    def weights(self, copy: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(params, state) as dlc's checkpoints name them; copies when they must outlive further steps."""
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's slots and step count, JSON-ready and exact, for the checkpoint's meta."""
+
+
+class NumpyEngine:
+    """dlc's own NumPy engine (dlc.engine.run) with the optimizers of dlc.train.optim."""
+
+    def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
+        self.graph, self.cfg = graph, cfg
+        self.params, self.state, self.opt = params, state, opt
+        self.decayed = optim.decayed(params)
+        self.norm_axes = optim.maxnorm_axes(graph, params) if cfg.maxnorm else {}
+        self.grads: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def fresh(cls, graph: Graph, cfg: TrainConfig) -> NumpyEngine:
+        """Weights initialised from cfg.seed and an optimizer with no slots yet."""
+        params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
+        return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
+                                                                    cfg.beta2, cfg.eps))
+
+    @classmethod
+    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> NumpyEngine:
+        """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
+        return cls(graph, cfg, params, state, optim.state_from_json(optimizer))
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+        value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng)
+        for lam, penalty in ((self.cfg.weight_decay, l2_penalty), (self.cfg.l1, l1_penalty)):
+            if lam:
+                extra, pgrads = penalty(self.params, self.decayed, lam)
+                value += extra
+                for k, g in pgrads.items():
+                    grads[k] = grads[k] + g
+        self.grads = grads
+        return value, out
+
+    def update(self, lr: float) -> None:
+        optim.step(self.opt, self.params, self.grads, lr)
+        for k, axes in self.norm_axes.items():
+            maxnorm_(self.params[k], self.cfg.maxnorm, axes)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return predict(self.graph, self.params, self.state, x, batch=256)
+
+    def finite(self) -> bool:
+        return all(np.isfinite(p).all() for p in self.params.values())
+
+    def weights(self, copy: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        if copy:
+            return {k: v.copy() for k, v in self.params.items()}, {k: v.copy() for k, v in self.state.items()}
+        return self.params, self.state
+
+    def optimizer_state(self) -> dict:
+        return optim.state_to_json(self.opt)

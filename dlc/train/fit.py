@@ -1,0 +1,109 @@
+"""Fitting a data set to the spec it trains: input shapes, label ranges, a held-out validation split."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from dlc.errors import DlcError
+from dlc.layers.spatial import show
+from dlc.train.dataset import Data, Split
+from dlc.train.streams import STREAM_VAL
+
+
+def _as_image(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """The image a sample shape can be read as: itself, H x W with one channel, or a square vector."""
+    if len(shape) == 3:
+        return shape
+    if len(shape) == 2:
+        return (1, *shape)
+    r = math.isqrt(shape[0])
+    return (1, r, r) if r * r == shape[0] else None
+
+
+def _fit_image(x: np.ndarray, src: tuple[int, int, int], dst: tuple[int, int, int]) -> np.ndarray:
+    """Centre-pad or centre-crop each image to dst's size; one channel repeats to dst's channels."""
+    x = x.reshape(len(x), *src)
+    (c, h, w), (dc, dh, dw) = src, dst
+    out = np.zeros((len(x), c, dh, dw), np.float32)
+    top, left = (dh - h) // 2, (dw - w) // 2
+    sy, sx = max(-top, 0), max(-left, 0)  # crop offsets into the source
+    ty, tx = max(top, 0), max(left, 0)  # paste offsets into the target
+    ch, cw = min(h - sy, dh - ty), min(w - sx, dw - tx)
+    out[:, :, ty:ty + ch, tx:tx + cw] = x[:, :, sy:sy + ch, sx:sx + cw]
+    return np.repeat(out, dc, axis=1) if c == 1 and dc > 1 else out
+
+
+def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False) -> Data:
+    """Make every split's inputs the spec's input shape, or say why they cannot be.
+
+    Equal element counts reshape automatically (announced in data.notes); other sizes need
+    `reshape=True`, which reads both sides as images and centre-pads/crops them (MNIST's 28x28 into
+    LeNet-5's 32x32, as LeCun et al. 1998 did) and repeats a single channel.
+    """
+    shape = tuple(data.train.x.shape[1:])
+    target = tuple(input_shape)
+    if shape == target:
+        return data
+    if math.prod(shape) == math.prod(target):
+        fitted = {k: replace(s, x=s.x.reshape(len(s), *target)) for k, s in data.splits().items()}
+        note = f"reshaped the inputs of {data.name} from {show(shape)} to {show(target)}"
+    elif reshape:
+        src, dst = _as_image(shape), _as_image(target)
+        if src is None or dst is None or not (src[0] == dst[0] or src[0] == 1):
+            raise DlcError(f"{data.name}: cannot fit inputs of shape {show(shape)} to the spec's input "
+                           f"{show(target)}: --reshape pads/crops images and repeats one channel only")
+        fitted = {k: replace(s, x=_fit_image(s.x, src, dst).reshape(len(s), *target))
+                  for k, s in data.splits().items()}
+        note = f"fitted the inputs of {data.name} from {show(shape)} to {show(target)} (centred pad/crop)"
+    else:
+        raise DlcError(f"{data.name}: inputs have shape {show(shape)} ({math.prod(shape)} values) but the "
+                       f"spec's input is {show(target)} ({math.prod(target)} values); "
+                       f"--reshape pads or crops images to fit")
+    return replace(data, **fitted, notes=[*data.notes, note])
+
+
+def check_labels(data: Data, out_width: int) -> None:
+    """Class labels must lie in 0..K-1 for a K-unit output; target rows must be K wide."""
+    for what, s in data.splits().items():
+        y = s.y
+        if y.ndim == 2:
+            if y.shape[1] != out_width:
+                raise DlcError(f"{data.name}: {what} targets are {y.shape[1]} wide but the spec's output "
+                               f"has {out_width} units")
+        elif y.dtype != np.int64 and out_width > 1:
+            raise DlcError(f"{data.name}: {what} labels must be class indices 0..{out_width - 1} "
+                           f"(found non-integer values)")
+        elif out_width > 1 and (y.min() < 0 or y.max() >= out_width):
+            raise DlcError(f"{data.name}: {what} labels range over {y.min()}..{y.max()} but the spec's "
+                           f"output has {out_width} units (classes 0..{out_width - 1})")
+
+
+def carve_val(data: Data, fraction: float, seed: int) -> Data:
+    """Hold out a seeded `fraction` of train as the validation split when the data has none."""
+    if not fraction:
+        return data
+    if data.val is not None:
+        return replace(data, notes=[*data.notes, f"{data.name} has its own validation split; --val is not used"])
+    if not 0 < fraction < 1:
+        raise DlcError(f"--val must be a fraction between 0 and 1 (received {fraction})")
+    n = len(data.train)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise DlcError(f"{data.name}: --val {fraction} leaves no training samples out of {n}")
+    order = np.random.default_rng([seed, STREAM_VAL]).permutation(n)
+    val, train = np.sort(order[:k]), np.sort(order[k:])
+    t = data.train
+    return replace(data, train=Split(t.x[train], t.y[train]), val=Split(t.x[val], t.y[val]),
+                   notes=[*data.notes, f"held out {k} of {n} training samples for validation (seed {seed})"])
+
+
+def announce_range(data: Data, norm_kind: str) -> Data:
+    """Add a hint when raw inputs are far from unit scale and nothing normalises them."""
+    peak = float(np.abs(data.train.x).max())
+    if norm_kind == "none" and peak > 10:
+        return replace(data, notes=[*data.notes, f"inputs of {data.name} reach {peak:g}; "
+                                                 f"--normalize mean-std usually trains better"])
+    return data

@@ -1,0 +1,88 @@
+"""The files of a run directory.
+
+last.npz is the checkpoint a run resumes from; best.npz the best epoch's (by validation accuracy,
+else training loss), whose weights wait in memory until the next checkpoint is written, so a best
+epoch costs no extra write; log.jsonl has one line per epoch; metrics.json is written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from dlc.atomic import atomic_write
+from dlc.engine.params import save_checkpoint
+
+RUN_SCHEMA = "dlc.train/1"
+
+Snapshot = tuple[dict, dict, dict]  # (params, state, meta), as save_checkpoint takes them
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def append_line(path: Path, record: dict) -> None:
+    """One JSON line in one write(2) on an O_APPEND descriptor: a reader never sees half a line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_log(path: Path, upto_epoch: int) -> list[dict]:
+    """The epoch records of log.jsonl up to an epoch; lines past it (written after the checkpoint a
+    run resumes from) or cut short by a kill are dropped, and the file is rewritten to match."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and r.get("epoch", math.inf) <= upto_epoch:
+            records.append(r)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+class RunFiles:
+    """The run directory `out`, and the best checkpoint that waits to be written."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.last, self.best, self.log = out / "last.npz", out / "best.npz", out / "log.jsonl"
+        self.pending_best: Snapshot | None = None
+        self.last_save = time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+
+    def history(self, fresh: bool, upto_epoch: int) -> list[dict]:
+        """The epoch records so far: none for a fresh run (an old log goes), else log.jsonl's."""
+        if fresh:
+            self.log.unlink(missing_ok=True)
+            return []
+        return read_log(self.log, upto_epoch)
+
+    def flush(self, last: Snapshot | None) -> None:
+        """Write the pending best checkpoint, then `last` (None: keep the last.npz there is)."""
+        if self.pending_best is not None:
+            save_checkpoint(self.best, *self.pending_best)
+            self.pending_best = None
+        if last is not None:
+            save_checkpoint(self.last, *last)
+        self.last_save = time.perf_counter()
+
+    def since_save(self) -> float:
+        return time.perf_counter() - self.last_save
+
+    def append(self, record: dict) -> None:
+        append_line(self.log, record)
+
+    def write_metrics(self, doc: dict) -> None:
+        write_atomic(self.out / "metrics.json", json.dumps(doc, indent=1))

@@ -1,0 +1,61 @@
+"""Scoring a run: the loss and accuracy of outputs, and which epoch is the best so far."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from dlc.engine.losses import LOSSES
+from dlc.graph import Graph
+from dlc.train.dataset import Data, Split
+
+
+def _labels_of(y: np.ndarray) -> np.ndarray:
+    return y.argmax(axis=1) if y.ndim == 2 else y
+
+
+def classifies(data: Data, classes: int) -> bool:
+    """Whether accuracy means something: class labels, or 0/1 targets of a one-unit output."""
+    y = data.train.y
+    if y.ndim == 2:
+        return classes > 1
+    return classes > 1 or bool(np.all((y == 0) | (y == 1)))
+
+
+def count_correct(out: np.ndarray, y: np.ndarray, classes: int) -> tuple[int, int]:
+    """(top-1 hits, top-5 hits); a one-unit output is right when it is on the target's side of 0.5."""
+    if classes == 1:
+        return int(((out.reshape(len(out)) > 0.5) == (y.reshape(len(y)) > 0.5)).sum()), 0
+    labels = _labels_of(y)
+    top1 = int((out.argmax(axis=1) == labels).sum())
+    if classes <= 5:
+        return top1, 0
+    top5 = np.argpartition(-out, 5, axis=1)[:, :5]
+    return top1, int((top5 == labels[:, None]).any(axis=1).sum())
+
+
+def eval_loss(graph: Graph, out: np.ndarray, y: np.ndarray, loss: str) -> float:
+    """The loss of inference outputs; after a final softmax, xent reads log-probabilities as logits
+    (softmax(log p) = p), the same value the fused training loss computes."""
+    if loss == "xent" and graph.output.kind == "softmax":
+        out = np.log(np.maximum(out, np.finfo(out.dtype).tiny))
+    return LOSSES[loss](out, y)[0]
+
+
+def evaluate(predict: Callable[[np.ndarray], np.ndarray], graph: Graph, split: Split, loss: str,
+             classes: int, scored: bool) -> dict:
+    """Loss, top-1 and top-5 accuracy of a split, from the engine's inference outputs."""
+    out = predict(split.x)
+    top1, top5 = count_correct(out, split.y, classes)
+    n = len(split)
+    return {"loss": eval_loss(graph, out, split.y, loss),
+            "accuracy": top1 / n if scored else None,
+            "top5": top5 / n if scored and classes > 5 else None}
+
+
+def improves(best: dict, key: str, value: float) -> bool:
+    """Higher accuracy or lower loss than the best so far (or no best yet)."""
+    if not best:
+        return True
+    return value > best["value"] if key.endswith("accuracy") else value < best["value"]

@@ -1,0 +1,67 @@
+"""From the --data flags to normalised arrays: where a run's data comes from, and how it is made.
+
+The source is kept in the checkpoint, so `--resume` rebuilds the same arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from dlc.errors import DlcError
+from dlc.normalize import normalize, normalizer
+from dlc.train.builtin import BUILTIN, builtin_data
+from dlc.train.dataset import Data, Split
+from dlc.train.fit import announce_range, carve_val, check_labels, fit_inputs
+from dlc.train.readers import load_file
+
+
+@dataclass
+class DataSource:
+    """How a run's data was made, kept in the checkpoint so `--resume` rebuilds the same arrays."""
+
+    source: str  # a built-in set's name, or the absolute path of a file or directory
+    builtin: bool = False
+    sizes: tuple[int, int, int] | None = None  # built-in split sizes (train, val, test)
+    reshape: bool = False
+    val: float | None = None  # fraction of train held out when the data has no validation split
+    seed: int = 0  # for built-in sets and the held-out split
+    normalize: str = "none"
+
+
+def data_source(text: str, **kw) -> DataSource:
+    """A --data value: an existing file or directory, else a built-in set's name."""
+    p = Path(os.path.expanduser(text))
+    if p.exists():
+        return DataSource(str(p.resolve()), **kw)
+    if text in BUILTIN:
+        return DataSource(text, builtin=True, **kw)
+    raise DlcError(f"--data {text}: no such file or directory, and no built-in data set of that name "
+                   f"(built-in: {', '.join(BUILTIN)})")
+
+
+def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens: bool = False,
+            norm: dict | None = None) -> tuple[Data, dict]:
+    """Load, fit to the spec, check labels, hold out validation, normalise: (data, normalisation).
+
+    tokens: the spec reads token ids (`input seq T`), which must be integers and are not normalised.
+    `norm` reuses stored statistics (a resumed run) instead of computing them from train.
+    """
+    if src.builtin:
+        data = builtin_data(src.source, input_shape, classes, src.sizes, src.seed)
+    else:
+        data = load_file(src.source)
+    data = fit_inputs(data, input_shape, src.reshape)
+    check_labels(data, classes)
+    data = carve_val(data, src.val, src.seed)
+    if tokens:
+        if not all(np.issubdtype(s.x.dtype, np.integer) for s in data.splits().values()):
+            raise DlcError(f"{data.name}: the spec reads token ids, but the inputs are not integers")
+        return data, {"kind": "none"}
+    data = replace(data, **{k: Split(s.x.astype(np.float32, copy=False), s.y) for k, s in data.splits().items()})
+    norm = norm or normalizer(data.train.x, src.normalize)
+    data = announce_range(data, src.normalize)
+    return replace(data, **{k: Split(normalize(s.x, norm), s.y) for k, s in data.splits().items()}), norm

@@ -38,15 +38,15 @@ def test_opset_range_is_stated_and_enforced(tmp_path):
     assert run("export", "-e", "input 4 -> fc 2", "-o", tmp_path / "m.onnx", "--opset", 18).exit_code == 0
 
 
-def test_a_model_over_the_limit_is_saved_with_external_data(tmp_path, monkeypatch):
+def test_a_model_over_the_limit_is_saved_with_external_data(tmp_path):
     """The 2 GB limit lowered to 1 kB: the path a 2.3 GB fc 140000 takes, in milliseconds."""
     graph = compile_spec("input 16 -> fc 64 relu -> fc 8")
     params, state = init_params(graph, seed=1)
-    model = export.to_onnx(graph, params, state)
-    monkeypatch.setattr(export, "PROTOBUF_LIMIT", 1024)
+    model = export.to_onnx(graph, params, state, data_file="big.onnx.data", limit=1024)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     export.check_export(model, graph, params, state)  # the checker sees the graph without the weights
     path = tmp_path / "big.onnx"
-    data = export.save_model(model, path, limit=1024)
+    data = export.save_model(model, path, {**state, **params})
     assert data == str(tmp_path / "big.onnx.data") and os.path.getsize(data) >= 4 * (16 * 64 + 64 * 8)
     assert os.path.getsize(path) < 4096
     assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]  # no temporary left behind

@@ -71,7 +71,8 @@ def model_json(a: Analysed) -> dict:
 
 
 def _analysis_command(view: str, help_text: str):
-    @click.command(view, help=help_text)
+    @click.command(view, help=help_text + " SPEC may also be an .onnx model: its operators are counted by the same "
+                                          "rules (--shape gives dimensions the file leaves free).")
     @spec_input
     @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Batch size for MACs, FLOPs and the training-memory estimate.")

@@ -251,10 +251,10 @@ def export(spec, expr, output, weights, seed, opset, batch):
     if not os.path.isdir(folder):
         raise DlcError(f"cannot write {output}: no folder {folder}")
     params, state, normalize, source = weights_for(graph, weights, 0 if seed is None else seed)
-    model = to_onnx(graph, params, state, opset=opset, batch=batch,
+    model = to_onnx(graph, params, state, opset=opset, batch=batch, data_file=os.path.basename(output) + ".data",
                     normalize=normalize)
     check_export(model, graph, params, state)
-    data = save_model(model, output)
+    data = save_model(model, output, {**state, **params})
     n_params, n_state = (sum(a.size for a in d.values()) for d in (params, state))
     click.echo(f"wrote {output}: {len(graph.nodes) - 1} layers, {n_params:,} params + {n_state:,} non-trainable, "
                f"{source}")

@@ -129,10 +129,41 @@ def step_text(n: onnx.NodeProto) -> str | None:
     return n.doc_string.split(": ", 1)[1] if ": " in n.doc_string else None
 
 
+def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
+    """Each node's cost (by id), or why it has none."""
+    costs: dict[int, Cost | NotCounted] = {}
+    for n in g.nodes:
+        try:
+            costs[id(n)] = count(Op(n, [g.tensors.get(i) if i else None for i in n.input],
+                                    [g.tensors.get(o) if o else None for o in n.output]))
+        except NotCounted as e:
+            costs[id(n)] = e
+    return costs
+
+
+def layer_params(layer: Layer, g: OnnxGraph, owner: dict[str, str]) -> tuple[int, int]:
+    """(trainable, non-trainable) values of the float initializers this layer reads first; `owner`
+    records which layer took each, so a shared weight counts once."""
+    params = frozen = 0
+    for n in layer.nodes:
+        for i, t in enumerate(n.input):
+            init = g.initializers.get(t)
+            if init is None or t in owner or not init.is_float or not init.dims or \
+                    i in CONSTANT_INPUTS.get(n.op_type, ()):
+                continue
+            owner[t] = layer.name
+            if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
+                frozen += prod(init.dims)
+            else:
+                params += prod(init.dims)
+    return params, frozen
+
+
 def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[Analysis, list[Uncounted]]:
     """dlc's figures for an ONNX model, per layer and in total, and the nodes they leave out."""
     live = live_tensors(g)
     layers = group(g, live)
+    costs = node_costs(g)
     names = dict(zip(map(id, g.nodes), node_names(g.nodes)))
     producer = {o: layer.name for layer in layers for n in layer.nodes for o in n.output if o}
     producer.update({name: name for name in g.inputs})
@@ -152,42 +183,32 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
         node = Node(name, "input", {}, [], t.per_sample, dtype_name(t.elem_type), text="input")
         stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name]))
     for layer in layers:
-        macs = flops = params = frozen = 0
+        macs = flops = 0
         reasons = []
         for n in layer.nodes:
-            op = Op(n, [g.tensors.get(i) if i else None for i in n.input],
-                    [g.tensors.get(o) if o else None for o in n.output])
-            try:
-                cost = count(op)
-            except NotCounted as e:
+            cost = costs[id(n)]
+            if isinstance(cost, NotCounted):
+                reasons.append(str(cost))
+                uncounted.append(Uncounted(names[id(n)], n.op_type, str(cost)))
                 cost = Cost()
-                reasons.append(str(e))
-                uncounted.append(Uncounted(names[id(n)], n.op_type, str(e)))
             macs, flops = macs + cost.macs, flops + cost.flops
             field_in = [fields.get(i) for i in n.input if i in live]
             for o in n.output:
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
-            for i, t in enumerate(n.input):
-                init = g.initializers.get(t)
-                if init is None or t in owner or not init.is_float or not init.dims or \
-                        i in CONSTANT_INPUTS.get(n.op_type, ()):
-                    continue
-                owner[t] = layer.name
-                if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
-                    frozen += prod(init.dims)
-                else:
-                    params += prod(init.dims)
+        params, frozen = layer_params(layer, g, owner)
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
         sizes = [g.tensors[o].elements if o in g.tensors else None for o in leaving]
         if None in sizes:
             reasons.append("ONNX shape inference leaves an output's size unknown")
+            uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
         out = layer.main.output[0] if g.dlc_spec is None else (layer.name if layer.name in g.tensors else
                                                                  layer.main.output[0])
         t = g.tensors.get(out) or Tensor(out, None, 0)
         inputs = list(dict.fromkeys(producer[i] for n in layer.nodes for i in n.input
                                     if i in live and producer.get(i, layer.name) != layer.name))
-        main = max(layer.nodes, key=lambda n: _weight(n, g)) if g.dlc_spec is not None else layer.main
+        # a layer of dlc's export is named after its weightiest operator (LSTM, not the Transposes round it)
+        main = max(layer.nodes, key=lambda n: weight(costs[id(n)])) if g.dlc_spec is not None else layer.main
         text = (step_text(main) if steps is not None else None) or describe(main, g)
         if steps is not None:
             steps[layer.name] = main.doc_string
@@ -200,14 +221,8 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
     return Analysis(graph, stats, totals(stats, batch, optimizer)), uncounted
 
 
-def _weight(n: onnx.NodeProto, g: OnnxGraph) -> tuple[int, int]:
-    """A node's (MACs, FLOPs), to pick the operator that names a layer of several nodes."""
-    try:
-        cost = count(Op(n, [g.tensors.get(i) if i else None for i in n.input],
-                        [g.tensors.get(o) if o else None for o in n.output]))
-    except NotCounted:
-        return (0, 0)
-    return (cost.macs, cost.flops)
+def weight(cost: Cost | NotCounted) -> tuple[int, int]:
+    return (0, 0) if isinstance(cost, NotCounted) else (cost.macs, cost.flops)
 
 
 def fold_rows(stats: list[NodeStats], steps: dict[str, str] | None) -> None:

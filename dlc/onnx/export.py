@@ -29,6 +29,7 @@ from dlc.onnx import MAX_OPSET, MIN_OPSET
 from dlc.onnx.lower import LOWER, lowest_opset
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a larger message
+BYTES_PER_FLOAT = 4  # initializers are float32
 ELEM_TYPE = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
 # metadata_props keys
 META_SPEC, META_FILE, META_VERSION, META_NORMALIZE = "dlc.spec", "dlc.file", "dlc.version", "dlc.normalize"
@@ -44,11 +45,14 @@ def where(graph: Graph, n: Node) -> str:
 
 
 def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None, batch: int | None = None,
-            normalize: dict | None = None) -> onnx.ModelProto:
+            normalize: dict | None = None, data_file: str | None = None, limit: int = PROTOBUF_LIMIT) -> onnx.ModelProto:
     """The ONNX model of `graph` with these weights; the batch axis is "N" unless `batch` fixes it.
 
     `opset` defaults to the lowest that gives every kind its own operator (lowest_opset).
     `normalize` (a checkpoint's meta["normalize"]) travels in the metadata so `dlc infer` applies it.
+    Weights over `limit` bytes in all cannot live in a protobuf message (not even one 2.3 GB tensor): with
+    `data_file` (a name beside the model), the initializers then refer to that file, and save_model
+    writes it from the arrays themselves.
     """
     if opset is None:
         opset = lowest_opset(graph)
@@ -61,14 +65,17 @@ def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None
         raise DlcError("the network has no layers to export")
     dim = batch if batch else "N"
     given = {**state, **params}
-    nodes, initializers = [], []
+    nodes, arrays = [], {}
     for t in tensors(graph):
         if t.full_name not in given:
             raise DlcError(f"no weights for {t.full_name} (expected shape {t.shape})")
         arr = np.asarray(given[t.full_name])
         if arr.shape != t.shape:
             raise DlcError(f"{t.full_name} has shape {arr.shape}, the spec needs {t.shape}")
-        initializers.append(numpy_helper.from_array(arr.astype(np.float32, copy=False), t.full_name))
+        arrays[t.full_name] = arr
+    external = data_file is not None and BYTES_PER_FLOAT * sum(a.size for a in arrays.values()) > limit
+    initializers = external_initializers(arrays, data_file) if external else [
+        numpy_helper.from_array(a.astype(np.float32, copy=False), name) for name, a in arrays.items()]
     for n in graph.nodes[1:]:
         lower = LOWER.get(n.kind)
         if lower is None:
@@ -92,12 +99,29 @@ def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None
     return model
 
 
+def external_initializers(arrays: dict, data_file: str) -> list[onnx.TensorProto]:
+    """Float32 initializers whose values lie in `data_file`, one after another in the order of `arrays`
+    (write_external_data writes them so)."""
+    out, offset = [], 0
+    for name, arr in arrays.items():
+        t = onnx.TensorProto(name=name, dims=arr.shape, data_type=TensorProto.FLOAT,
+                             data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", data_file), ("offset", offset), ("length", BYTES_PER_FLOAT * arr.size)):
+            t.external_data.add(key=key, value=str(value))
+        out.append(t)
+        offset += BYTES_PER_FLOAT * arr.size
+    return out
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict | None = None) -> None:
     """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly dlc's weights."""
     try:
-        # Over 2 GB the checker cannot serialise the model: it checks the graph without the weights'
-        # values, which the comparison below checks one by one.
-        onnx.checker.check_model(model if model.ByteSize() <= PROTOBUF_LIMIT else skeleton(model), full_check=True)
+        # With external data (not written yet) the checker reads the graph without the weights' values.
+        onnx.checker.check_model(skeleton(model) if uses_external_data(model) else model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise DlcError(f"the exported model is not valid ONNX: {e}")
@@ -118,6 +142,8 @@ def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict
                        f"(params + non-trainable)")
     given = {**(state or {}), **params}
     for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            continue  # save_model writes these from the given arrays themselves
         if t.name in given and not np.array_equal(numpy_helper.to_array(t), np.asarray(given[t.name], np.float32)):
             raise DlcError(f"initializer {t.name} differs from the weights it was exported from")
 
@@ -132,21 +158,22 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def save_model(model: onnx.ModelProto, path, limit: int = PROTOBUF_LIMIT) -> str | None:
-    """Write atomically: a temp file in the same directory, then os.replace. A model over `limit` bytes
-    keeps its weights in NAME.data beside it (ONNX external data, found by its relative location);
-    returns that file's path, else None. Saving that way moves the weights out of `model` (a copy
-    would double gigabytes): use the file afterwards, not `model`'s initializer values."""
-    if model.ByteSize() <= limit:
+def save_model(model: onnx.ModelProto, path, weights: dict | None = None) -> str | None:
+    """Write atomically: a temp file in the same directory, then os.replace. A model whose initializers
+    refer to external data (to_onnx's data_file) is written with that file, from `weights` (params and
+    state by name), whose path it returns; else None."""
+    if not uses_external_data(model):
         with atomic_write(path) as f:
             f.write(model.SerializeToString())
         return None
     path = Path(path)
-    data = path.with_name(path.name + ".data")
+    data = path.with_name(model.graph.initializer[0].external_data[0].value)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
-        onnx.external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True,
-                                                                 location=data.name, size_threshold=1024)
-        onnx.save_model(model, os.path.join(tmp, path.name))
+        with open(os.path.join(tmp, data.name), "wb") as f:
+            for t in model.graph.initializer:  # in the order external_initializers laid them out
+                f.write(memoryview(np.ascontiguousarray(weights[t.name], dtype=np.float32)).cast("B"))
+        with open(os.path.join(tmp, path.name), "wb") as f:
+            f.write(model.SerializeToString())
         os.replace(os.path.join(tmp, data.name), data)  # the data first: a reader never sees a model without it
         os.replace(os.path.join(tmp, path.name), path)
     return str(data)

@@ -182,6 +182,16 @@ def test_batch_norm_statistics_are_non_trainable_and_rank0_initializers_are_cons
     assert doc["totals"]["flops"] == 2 * 48 + 48
 
 
+def test_shape_inference_that_rejects_the_graph_warns_and_counts_what_it_can(tmp_path):
+    # Add of (N, 4) and (N, 5) cannot broadcast: strict inference fails, the rest is inferred leniently
+    m = model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "z"], ["y"])],
+              [value("x", ["N", 4]), value("z", ["N", 5])], [value("y", ["N", 4])])
+    r = run("flops", save(m, tmp_path / "bad.onnx"), "--json")
+    assert r.exit_code == 0, r.output
+    assert "shape inference stopped early" in r.stderr
+    assert json.loads(r.stdout)["totals"]["flops"] == 4
+
+
 def test_bad_files_exit_2(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not a model")
@@ -198,3 +208,18 @@ def test_shape_goes_with_onnx_models_only():
 def test_check_takes_onnx_models(tmp_path):
     r = run("check", save(conv_net(3, 8), tmp_path / "ok.onnx"))
     assert r.exit_code == 0 and "ok, 6 nodes, 137 params" in r.stdout
+
+
+def test_an_operator_shape_inference_does_not_know_leaves_its_node_uncounted(tmp_path):
+    """A contrib op: no rule for it, and no shape after it (the Sigmoid); the Relu before still counts."""
+    m = model([helper.make_node("Relu", ["x"], ["r"]),
+               helper.make_node("FusedThing", ["r"], ["f"], domain="com.example"),
+               helper.make_node("Sigmoid", ["f"], ["y"])],
+              [value("x", ["N", 10])], [value("y", ["N", 10])])
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    r = run("flops", save(m, tmp_path / "custom.onnx"), "--json")
+    assert r.exit_code == 0, r.output
+    assert "1 FusedThing node not counted" in r.stderr and "1 Sigmoid node not counted" in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["totals"]["flops"] == 10  # the Relu; FusedThing has no rule, Sigmoid no shape
+    assert {u["op"] for u in doc["onnx"]["not_counted"]} == {"FusedThing", "Sigmoid"}

@@ -39,6 +39,8 @@ def analyse_input(spec, expr, shapes: tuple[str, ...], batch: int = 1, optimizer
 
 
 def warn_uncounted(a: Analysed) -> None:
+    if a.model is not None and a.model.inference_error:
+        click.echo(f"dlc: warning: ONNX shape inference stopped early: {a.model.inference_error}", err=True)
     by_op: dict[str, list] = {}
     for u in a.uncounted:
         by_op.setdefault(u.op, []).append(u)

@@ -199,7 +199,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
         sizes = [g.tensors[o].elements if o in g.tensors else None for o in leaving]
-        if None in sizes:
+        if None in sizes and not reasons:
             reasons.append("ONNX shape inference leaves an output's size unknown")
             uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
         out = layer.main.output[0] if g.dlc_spec is None else (layer.name if layer.name in g.tensors else

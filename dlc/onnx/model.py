@@ -80,6 +80,7 @@ class OnnxGraph:
     initializers: dict[str, Initializer]
     tensors: dict[str, Tensor]  # every value shape inference typed, inputs and initializers included
     metadata: dict[str, str] = field(default_factory=dict)
+    inference_error: str | None = None  # why strict ONNX shape inference failed, if it did
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -204,8 +205,8 @@ def _with_external_data(t: onnx.TensorProto, base: Path) -> onnx.TensorProto:
     return copy
 
 
-def infer(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
     g = inferred.graph
     return {v.name: v for v in [*g.input, *g.value_info, *g.output]}
 
@@ -219,10 +220,14 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
     """A model already in memory (its external data, if any, beside `path`)."""
     shapes = input_shapes(model, given or {})
     base = Path(path).resolve().parent
+    inference_error = None
     try:
         one = infer(skeleton(model, shapes, 1, base))
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
-        raise DlcError(f"ONNX shape inference fails on {path}: {str(e).strip().splitlines()[0]}")
+        # An operator inference does not know (a contrib op) or rejects: the shapes it could infer still
+        # count; the nodes left without one are shown as not counted.
+        inference_error = str(e).strip().splitlines()[0]
+        one = infer(skeleton(model, shapes, 1, base), strict=False)
     try:
         # The axis that doubles at batch 2 is each tensor's batch axis; a model that fixes its batch in a
         # Reshape may not infer at batch 2, and then no axis is called the batch but the leading 1.
@@ -233,16 +238,15 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
     tensors = {}
     for name, v in one.items():
         dims = _dims(v)
-        shape = None if dims is None else tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
-        if dims is not None and any(d == 0 for d in dims if isinstance(d, int)):
-            shape = tuple(dims)  # a genuinely empty tensor
-        tensors[name] = Tensor(name, shape, v.type.tensor_type.elem_type, _batch_axis(shape, two.get(name) if two else None))
+        shape = None if dims is None else tuple(d if isinstance(d, int) else None for d in dims)
+        batch_axis = _batch_axis(shape, two.get(name) if two else None)
+        tensors[name] = Tensor(name, shape, v.type.tensor_type.elem_type, batch_axis)
     for t in initializers.values():
         tensors[t.name] = Tensor(t.name, t.dims, t.elem_type)
     init = set(initializers)
     return OnnxGraph(str(path), model, [v.name for v in model.graph.input if v.name not in init],
                      [v.name for v in model.graph.output], initializers, tensors,
-                     {p.key: p.value for p in model.metadata_props})
+                     {p.key: p.value for p in model.metadata_props}, inference_error)
 
 
 def _batch_axis(shape, at_two: onnx.ValueInfoProto | None) -> int | None:

@@ -36,6 +36,7 @@ class NodeStats:
     flops: int
     activations: int  # output elements per sample
     rf: ReceptiveField | None  # None where the input has no spatial axes
+    uncounted: str | None = None  # why macs and flops leave this node out (an ONNX operator without a rule)
 
 
 @dataclass
@@ -53,12 +54,14 @@ class Totals:
     batch: int
     optimizer: str
     train_formula: str = field(default="")
-    columns_bytes: int = 0  # the NumPy engine's im2col columns at this batch (see engine_columns_bytes)
+    # The NumPy engine's im2col columns at this batch (see engine_columns_bytes); None for an ONNX
+    # model, which the engine does not run as it stands.
+    columns_bytes: int | None = None
 
     @property
-    def engine_train_bytes(self) -> int:
+    def engine_train_bytes(self) -> int | None:
         """What a training step of dlc's NumPy engine holds at its peak: the estimate plus its columns."""
-        return self.train_bytes + self.columns_bytes
+        return None if self.columns_bytes is None else self.train_bytes + self.columns_bytes
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Analysis:
     totals: Totals
 
 
-def _receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple[int, int]) -> ReceptiveField | None:
+def receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple[int, int]) -> ReceptiveField | None:
     live = [r for r in inputs if r is not None]
     if not live:
         return None
@@ -102,7 +105,7 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd") -> Analysis:
             spatial = len(node.out_shape) == 3
             fields[node.name] = ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if spatial else None
         else:
-            fields[node.name] = _receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
+            fields[node.name] = receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
                                                  graph.input.out_shape[1:])
         trainable, frozen = param_count(kind, node.attrs, ins)
         stats.append(NodeStats(
@@ -150,7 +153,7 @@ def engine_columns_bytes(graph: Graph, batch: int) -> int:
     return kept + in_flight
 
 
-def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: int = 0) -> Totals:
+def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: int | None = None) -> Totals:
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
     p = sum(s.params for s in stats)

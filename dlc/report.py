@@ -26,7 +26,8 @@ CONVENTIONS = {
     "param_bytes": "float32: 4 * (params + non_trainable)",
     "activation_bytes": "float32: 4 * sum of every node's output elements, per sample",
     "train_bytes": "parameters + gradients + optimizer state + batch * activation_bytes",
-    "engine_train_bytes": "train_bytes + the im2col columns dlc's NumPy engine holds at once at this batch",
+    "engine_train_bytes": "train_bytes + the im2col columns dlc's NumPy engine holds at once at this batch "
+                          "(null for an ONNX model)",
 }
 
 
@@ -79,6 +80,11 @@ def _jump(s: NodeStats) -> str:
     return f"{h}" if h == w else f"{h}x{w}"
 
 
+def _cost(r: Row, field: str) -> str:
+    """The row's MACs or FLOPs; "not counted" where an ONNX operator in it has no counting rule."""
+    return "not counted" if any(s.uncounted for s in r.stats) else si(r.total(field))
+
+
 COLUMNS = {
     # name: (header, right-justified, cell)
     "layer": ("layer", False, lambda r: r.name),
@@ -87,8 +93,8 @@ COLUMNS = {
     "output": ("output", True, lambda r: show(r.out_shape)),
     "params": ("params", True, lambda r: grouped(r.total("params"))),
     "non_trainable": ("non-trainable", True, lambda r: grouped(r.total("non_trainable"))),
-    "macs": ("MACs", True, lambda r: si(r.total("macs"))),
-    "flops": ("FLOPs", True, lambda r: si(r.total("flops"))),
+    "macs": ("MACs", True, lambda r: _cost(r, "macs")),
+    "flops": ("FLOPs", True, lambda r: _cost(r, "flops")),
     "memory": ("activations", True, lambda r: binary(4 * r.total("activations"))),
     "rf": ("RF", True, lambda r: _rf(r.stats[-1])),
     "jump": ("jump", True, lambda r: _jump(r.stats[-1])),
@@ -141,8 +147,9 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
         lines.append(f"training memory at batch {t.batch} with {t.optimizer}: {binary(t.train_bytes)} = "
                      f"parameters {binary(t.param_bytes)} + gradients {binary(t.grad_bytes)} + "
                      f"optimizer state {binary(t.optimizer_bytes)} + {t.batch} x activations {binary(t.activation_bytes)}")
-        lines.append(f"NumPy engine (dlc train) at its peak: {binary(t.engine_train_bytes)} = training memory + "
-                     f"im2col columns {binary(t.columns_bytes)}")
+        if t.columns_bytes is not None:
+            lines.append(f"NumPy engine (dlc train) at its peak: {binary(t.engine_train_bytes)} = training memory + "
+                         f"im2col columns {binary(t.columns_bytes)}")
     return lines
 
 
@@ -168,6 +175,7 @@ def to_json(analysis: Analysis) -> dict:
             "receptive_field": list(s.rf.size) if s.rf else None,
             "receptive_field_whole": s.rf.whole if s.rf else None,
             "jump": [float(j) for j in s.rf.jump] if s.rf else None,
+            **({"not_counted": s.uncounted} if s.uncounted else {}),
         })
     return {
         "schema": SCHEMA,

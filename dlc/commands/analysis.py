@@ -1,17 +1,80 @@
-"""Analysis commands: shapes, params, flops, summary, check, zoo. They import neither numpy nor onnx."""
+"""Analysis commands: shapes, params, flops, summary, check, zoo. On a spec they import neither numpy nor
+onnx; on an .onnx model they import onnx (never onnxruntime)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import click
 
-from dlc.analysis import OPTIMIZER_SLOTS, analyse
-from dlc.commands.arguments import load_graph, spec_input
+from dlc.analysis import OPTIMIZER_SLOTS, Analysis, analyse
+from dlc.commands.arguments import is_onnx, load_graph, parse_shapes, shape_option, spec_input
+from dlc.errors import DlcError
+
+
+@dataclass
+class Analysed:
+    """The analysis of a spec or of an .onnx model, with what only a model has."""
+
+    result: Analysis
+    uncounted: list = field(default_factory=list)  # dlc.onnx.analysis.Uncounted, an ONNX model's nodes
+    model: object = None  # dlc.onnx.model.OnnxGraph
+
+
+def analyse_input(spec, expr, shapes: tuple[str, ...], batch: int = 1, optimizer: str | None = None) -> Analysed:
+    """SPEC (a spec or an .onnx model) analysed at `batch` with `optimizer` (default: the spec's, else sgd)."""
+    if is_onnx(spec) and expr is None:
+        from dlc.onnx.analysis import analyse_onnx
+        from dlc.onnx.model import load
+
+        model = load(spec, parse_shapes(shapes))
+        result, uncounted = analyse_onnx(model, batch, optimizer or "sgd")
+        return Analysed(result, uncounted, model)
+    if shapes:
+        raise DlcError("--shape goes with an .onnx model; a spec's input step gives its shape")
+    graph = load_graph(spec, expr)
+    opt = optimizer or graph.train.get("optimizer", "sgd")
+    return Analysed(analyse(graph, batch=batch, optimizer=opt if opt in OPTIMIZER_SLOTS else "sgd"))
+
+
+def warn_uncounted(a: Analysed) -> None:
+    if a.model is not None and a.model.inference_error:
+        click.echo(f"dlc: warning: ONNX shape inference stopped early: {a.model.inference_error}", err=True)
+    by_op: dict[str, list] = {}
+    for u in a.uncounted:
+        by_op.setdefault(u.op, []).append(u)
+    for op, nodes in by_op.items():
+        click.echo(f"dlc: warning: {len(nodes)} {op} node{'s' if len(nodes) > 1 else ''} not counted "
+                   f"({nodes[0].reason}; first: {nodes[0].node})", err=True)
+
+
+def model_lines(a: Analysed) -> list[str]:
+    """An ONNX model's inputs, outputs and the nodes its totals leave out."""
+    from dlc.layers.spatial import show
+
+    m = a.model
+    lines = []
+    for what, names in (("inputs", m.inputs), ("outputs", m.outputs)):
+        shown = [f"{n} {show(m.tensors[n].per_sample) if n in m.tensors and m.tensors[n].known else '?'}"
+                 for n in names]
+        lines.append(f"{what}: {', '.join(shown) or 'none'}")
+    if a.uncounted:
+        ops = sorted({u.op for u in a.uncounted})
+        lines.append(f"not counted: {len(a.uncounted)} of {len(m.nodes)} nodes ({', '.join(ops)}): the MACs and "
+                     f"FLOPs above leave them out")
+    return lines
+
+
+def model_json(a: Analysed) -> dict:
+    m = a.model
+    return {"opset": m.opset, "inputs": m.inputs, "outputs": m.outputs, "nodes": len(m.nodes),
+            "not_counted": [{"node": u.node, "op": u.op, "reason": u.reason} for u in a.uncounted]}
 
 
 def _analysis_command(view: str, help_text: str):
-    @click.command(view, help=help_text)
+    @click.command(view, help=help_text + " SPEC may also be an .onnx model: its operators are counted by the same "
+                                          "rules (--shape gives dimensions the file leaves free).")
     @spec_input
     @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Batch size for MACs, FLOPs and the training-memory estimate.")
@@ -19,18 +82,22 @@ def _analysis_command(view: str, help_text: str):
                   help="Optimizer for the training-memory estimate (default: the spec's, else sgd).")
     @click.option("--all", "every_node", is_flag=True, help="One row per node instead of folding suffix layers.")
     @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document instead of a table.")
-    def command(spec, expr, batch, optimizer, every_node, as_json):
+    @shape_option
+    def command(spec, expr, batch, optimizer, every_node, as_json, shapes):
         from dlc import report
 
-        graph = load_graph(spec, expr)
-        opt = optimizer or graph.train.get("optimizer", "sgd")
-        result = analyse(graph, batch=batch, optimizer=opt if opt in OPTIMIZER_SLOTS else "sgd")
+        a = analyse_input(spec, expr, shapes, batch, optimizer)
+        warn_uncounted(a)
         if as_json:
-            click.echo(report.dumps(report.to_json(result)))
+            doc = report.to_json(a.result)
+            if a.model is not None:
+                doc["onnx"] = model_json(a)
+                doc["totals"]["not_counted"] = len(a.uncounted)
+            click.echo(report.dumps(doc))
             return
-        click.echo(f"{graph.file}\n")
-        click.echo(report.table(result, view, every_node))
-        for line in report.totals_lines(result, view):
+        click.echo(f"{a.result.graph.file}\n")
+        click.echo(report.table(a.result, view, every_node))
+        for line in report.totals_lines(a.result, view) + (model_lines(a) if a.model is not None else []):
             click.echo(line)
     return command
 
@@ -44,15 +111,20 @@ summary = _analysis_command("summary", "Everything: shapes, parameters, MACs, FL
 @click.command()
 @spec_input
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def check(spec, expr, as_json):
-    """Validate a spec: exit 0 if it compiles, 2 with a located message if not."""
-    graph = load_graph(spec, expr)
-    result = analyse(graph)
+@shape_option
+def check(spec, expr, as_json, shapes):
+    """Validate a spec (or an .onnx model): exit 0 if it compiles, 2 with a located message if not."""
+    a = analyse_input(spec, expr, shapes)
+    warn_uncounted(a)
+    graph, params = a.result.graph, a.result.totals.params
     if as_json:
-        click.echo(json.dumps({"schema": "dlc.check/1", "file": graph.file, "ok": True,
-                               "layers": len(graph.nodes), "params": result.totals.params}))
+        doc = {"schema": "dlc.check/1", "file": graph.file, "ok": True, "layers": len(graph.nodes), "params": params}
+        if a.model is not None:
+            doc["not_counted"] = len(a.uncounted)
+        click.echo(json.dumps(doc))
     else:
-        click.echo(f"{graph.file}: ok, {len(graph.nodes)} nodes, {result.totals.params:,} params")
+        click.echo(f"{graph.file}: ok, {len(graph.nodes)} nodes, {params:,} params"
+                   + (f", {len(a.uncounted)} ONNX nodes not counted" if a.uncounted else ""))
 
 
 @click.command()

@@ -10,6 +10,37 @@ import click
 from dlc.errors import DlcError
 
 
+def is_onnx(model: str | None) -> bool:
+    return model is not None and model.lower().endswith(".onnx")
+
+
+def shape_option(fn):
+    """--shape: an ONNX model's per-sample input shape where the file leaves dimensions free."""
+    return click.option("--shape", "shapes", multiple=True, metavar="SHAPE|NAME=SHAPE",
+                        help="An .onnx model's input shape per sample (batch left out) where the file leaves "
+                             "dimensions free: 3@224x224, 128x768, seq 128; NAME=SHAPE for each of several "
+                             "inputs.")(fn)
+
+
+def parse_shapes(values: tuple[str, ...]) -> dict[str | None, tuple[int, ...]]:
+    """--shape values by input name (None for a shape given without a name)."""
+    from dlc.layers.spatial import parse_shape
+
+    shapes: dict[str | None, tuple[int, ...]] = {}
+    for value in values:
+        name, _, text = value.rpartition("=")
+        key = name.strip() or None
+        if key in shapes:
+            raise DlcError(f"--shape {value}: {'input ' + key if key else 'the input'} already has a shape")
+        try:
+            shapes[key] = parse_shape(text)
+        except ValueError as e:
+            raise DlcError(f"--shape {value}: {e}")
+    if None in shapes and len(shapes) > 1:
+        raise DlcError("--shape: name every input (NAME=SHAPE) when giving several")
+    return shapes
+
+
 def spec_input(fn):
     """SPEC argument: a file, `-` for stdin, or a zoo name; or -e 'TEXT' for inline text."""
     fn = click.option("-e", "--expr", "expr", metavar="TEXT", help="Spec text given inline.")(fn)

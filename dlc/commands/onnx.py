@@ -10,8 +10,9 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import load_graph, spec_input
+from dlc.commands.arguments import is_onnx, load_graph, parse_shapes, shape_option, spec_input
 from dlc.errors import DlcError
+from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET
 
 ENGINES = ("onnxruntime", "numpy")
 DEVICE_HELP = "auto: CUDA where onnxruntime really gets it, else the CPU with a notice; cuda: CUDA or exit 2."
@@ -27,10 +28,7 @@ class Network:
     state: dict | None
     normalize: dict | None  # a checkpoint's meta["normalize"]
     weights: str  # where the weights came from, for the report
-
-
-def is_onnx(model: str | None) -> bool:
-    return model is not None and model.lower().endswith(".onnx")
+    path: str | None = None  # an .onnx file: onnxruntime reads it itself, external data included
 
 
 def model_input(fn):
@@ -48,7 +46,12 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
     if is_onnx(model) and expr is None:
         if weights:
             raise DlcError(f"{model} carries its own weights; --weights goes with a spec")
-        onnx_model = export.load_model(model)
+        if need_graph:
+            onnx_model = export.load_model(model)  # the numpy engine needs the weights' values
+        else:
+            from dlc.onnx.model import read_model
+
+            onnx_model = read_model(model)  # external data stays on disk, for onnxruntime to read by path
         graph = params = state = None
         if need_graph or any(p.key == export.META_SPEC for p in onnx_model.metadata_props):
             from dlc.compile import compile_spec
@@ -62,7 +65,8 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
                 # onnxruntime needs only the model; the spec served to check token ids
             if need_graph:
                 params, state = export.weights_of(onnx_model, graph)
-        return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model), f"{model}'s initializers")
+        return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model), f"{model}'s initializers",
+                       model)
     graph = load_graph(model, expr)
     return Network(graph, None, *weights_for(graph, weights, fresh_seed))
 
@@ -89,6 +93,84 @@ def onnx_model_of(net: Network):
 
         net.model = to_onnx(net.graph, net.params, net.state, normalize=net.normalize)
     return net.model
+
+
+def session_of(net: Network, device: str):
+    """An onnxruntime session: on the file itself for an .onnx model (a model over 2 GB cannot travel
+    as bytes, and its external data is found beside the file), else on dlc's export of the spec."""
+    from dlc.onnx import runtime as rt
+
+    if net.path:
+        from dlc.onnx.model import check_ranked
+
+        check_ranked(net.model)
+    return rt.create_session(net.path or onnx_model_of(net), device)
+
+
+def vocabularies(net: Network) -> dict[str, int]:
+    """Input name -> the vocabulary its token ids must stay below, where the spec or the graph says it."""
+    vocab = {}
+    if net.model is not None:
+        from dlc.onnx.model import token_vocabularies
+
+        vocab.update(token_vocabularies(net.model))
+    if token_vocab(net.graph):
+        vocab[net.graph.input.name] = token_vocab(net.graph)
+    return vocab
+
+
+def read_feeds(ports: list, input_path: str | None, random_n: int | None, seed: int, vocab: dict[str, int],
+               shapes: tuple[str, ...]) -> dict:
+    """The arrays to feed each input: --random N drawn for each (token ids below their vocabulary), or
+    --input: one array for one input, an .npz with one array per input name for several."""
+    from dlc.onnx import runtime as rt
+
+    if random_n is not None:
+        return rt.random_feeds(ports, rt.sample_shapes(ports, parse_shapes(shapes)), random_n, vocab, seed)
+    if shapes:
+        raise DlcError("--shape goes with --random: the arrays of --input carry their shapes")
+    if len(ports) == 1:
+        p = ports[0]
+        return {p.name: rt.prepare_input(read_array(input_path), p.shape, p.dtype, what=input_path)}
+    arrays = read_named_arrays(input_path, [p.name for p in ports])
+    return {p.name: rt.prepare_input(arrays[p.name], p.shape, p.dtype, what=f"{input_path}'s {p.name}")
+            for p in ports}
+
+
+def read_named_arrays(path: str, names: list[str]) -> dict:
+    """One array per input name from an .npz, for a model with several inputs."""
+    import numpy as np
+
+    listed = ", ".join(names)
+    if not path.lower().endswith(".npz"):
+        raise DlcError(f"the model has {len(names)} inputs ({listed}): give them as an .npz holding one array "
+                       f"per input name")
+    if not Path(path).is_file():
+        raise DlcError(f"no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [n for n in names if n not in data.files]
+            if missing:
+                raise DlcError(f"{path} holds {', '.join(data.files) or 'no arrays'}; the model reads {listed} "
+                               f"(no array named {missing[0]})")
+            return {n: data[n] for n in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DlcError(f"{path} cannot be read as a NumPy .npz file ({e})")
+
+
+def write_outputs(path: str, names: list[str], ys: list) -> None:
+    """--out: the only output as .npy, or every output by name in an .npz."""
+    if len(ys) == 1:
+        write_array(path, ys[0])
+        return
+    if not path.lower().endswith(".npz"):
+        raise DlcError(f"the model has {len(ys)} outputs ({', '.join(names)}): give --out Y.npz to save them all")
+    import numpy as np
+
+    from dlc.atomic import atomic_write
+
+    with atomic_write(path) as f:
+        np.savez(f, **dict(zip(names, ys)))
 
 
 def token_vocab(graph) -> int | None:
@@ -154,11 +236,13 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 @click.option("-o", "--output", required=True, metavar="FILE.onnx", help="Where to write the model.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
 @click.option("--seed", type=int, default=None, help="Seed of the fresh weights (default 0).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 21).")
+@click.option("--opset", type=int, default=None,
+              help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: the lowest in which every layer has its own "
+                   f"operator: {MIN_OPSET}, 17 with layernorm, {GELU_OPSET} with gelu).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
 def export(spec, expr, output, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count."""
-    from dlc.onnx.export import DEFAULT_OPSET, check_export, save_model, summary_line, to_onnx
+    from dlc.onnx.export import check_export, save_model, summary_line, to_onnx
 
     graph = load_graph(spec, expr)
     if weights and seed is not None:
@@ -167,16 +251,18 @@ def export(spec, expr, output, weights, seed, opset, batch):
     if not os.path.isdir(folder):
         raise DlcError(f"cannot write {output}: no folder {folder}")
     params, state, normalize, source = weights_for(graph, weights, 0 if seed is None else seed)
-    model = to_onnx(graph, params, state, opset=DEFAULT_OPSET if opset is None else opset, batch=batch,
+    model = to_onnx(graph, params, state, opset=opset, batch=batch, data_file=os.path.basename(output) + ".data",
                     normalize=normalize)
     check_export(model, graph, params, state)
-    save_model(model, output)
+    data = save_model(model, output, {**state, **params})
     n_params, n_state = (sum(a.size for a in d.values()) for d in (params, state))
     click.echo(f"wrote {output}: {len(graph.nodes) - 1} layers, {n_params:,} params + {n_state:,} non-trainable, "
                f"{source}")
     click.echo(f"  {summary_line(model)}, batch {batch or 'N (dynamic)'}")
     click.echo("  checked: ONNX checker (full), shape inference agrees with dlc on every layer, parameter count"
                + (f"; input normalisation ({normalize.get('kind')}) stored" if normalize else ""))
+    if data:
+        click.echo(f"  over protobuf's 2 GB limit: the weights are in {data} (keep it beside {output})")
 
 
 @click.command()
@@ -191,8 +277,12 @@ def export(spec, expr, output, weights, seed, opset, batch):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
-def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out, device, seed):
-    """Run MODEL (an .onnx file, or a spec with --weights) on a batch; show the top classes."""
+@shape_option
+def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out, device, seed, shapes):
+    """Run MODEL (an .onnx file, or a spec with --weights) on a batch; show the top classes.
+
+    A model with several inputs reads an .npz with one array per input name (--input), or draws each
+    (--random); every output is shown."""
     import numpy as np
 
     from dlc.onnx import runtime as rt
@@ -204,61 +294,81 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
     net = load_network(model, expr, weights, need_graph=engine == "numpy")
     notice = None
     if engine == "onnxruntime":
-        session = rt.create_session(onnx_model_of(net), device)
-        shape, dtype, notice, ran_on = session.input_shape, session.input_dtype, session.notice, session.provider
+        session = session_of(net, device)
+        ports, names, notice, ran_on = session.inputs, session.outputs, session.notice, session.provider
     else:
-        shape, ran_on = ["N", *net.graph.input.out_shape], "numpy"
         dtype = np.int64 if net.graph.input.dtype == "int64" else np.float32
+        ports = [rt.Port(net.graph.input.name, ["N", *net.graph.input.out_shape], dtype)]
+        names, ran_on = [net.graph.output.name], "numpy"
     if notice:
         click.echo(f"dlc: {notice}", err=True)
-    vocab = token_vocab(net.graph)
-    if random_n is not None:
-        x = rt.random_input(tuple(shape[1:]), dtype, random_n, vocab, seed)
-    else:
-        x = rt.prepare_input(read_array(input_path), shape, dtype, what=input_path)
-    if dtype is np.int64 and vocab:
-        rt.check_tokens(x, vocab)
-    elif dtype is not np.int64:
+    vocab = vocabularies(net)
+    feeds = read_feeds(ports, input_path, random_n, seed, vocab, shapes)
+    for p in ports:
+        if p.name in vocab:
+            rt.check_tokens(feeds[p.name], vocab[p.name])
+    normalized = bool(net.normalize) and len(ports) == 1 and np.dtype(ports[0].dtype).kind == "f"
+    if normalized:
         from dlc.normalize import normalize
 
-        x = normalize(x, net.normalize)  # the statistics dlc train stored, applied as it applies them
+        # the statistics dlc train stored, applied as it applies them
+        feeds[ports[0].name] = normalize(feeds[ports[0].name], net.normalize)
     if engine == "onnxruntime":
-        y = rt.infer(session, x)
+        ys = rt.run(session, feeds)
     else:
         from dlc.engine.run import predict
 
-        y = predict(net.graph, net.params, net.state, x)
+        ys = [predict(net.graph, net.params, net.state, feeds[ports[0].name])]
     if out:
-        write_array(out, y)
-    ranked = top_classes(y, top)
+        write_outputs(out, names, ys)
+    show_outputs(engine, ran_on, notice, net, feeds, names, ys, top, normalized, out, as_json)
+
+
+def show_outputs(engine, ran_on, notice, net, feeds, names, ys, top, normalized, out, as_json) -> None:
+    """infer's report: the top classes of a classifier's output, the first values of any other; every
+    output of a model with several."""
+    import numpy as np
+
+    ranked = [top_classes(y, top) for y in ys]
+    x, y = next(iter(feeds.values())), ys[0]
     if as_json:
         doc = {"schema": "dlc.infer/1", "engine": engine, "provider": ran_on, "notice": notice,
-               "input_shape": list(x.shape), "output_shape": list(y.shape),
-               "normalized": bool(net.normalize) and dtype is not np.int64, "out": out}
-        if ranked is not None:
-            doc["top"] = [[{"class": c, "p": p} for c, p in row] for row in ranked]
-        else:
-            doc["output"] = y.tolist()
+               "input_shape": list(x.shape), "output_shape": list(y.shape), "normalized": normalized, "out": out}
+        results = [{"name": n, "shape": list(o.shape),
+                    **({"top": [[{"class": c, "p": p} for c, p in row] for row in r]} if r is not None
+                       else {"output": o.tolist()})} for n, o, r in zip(names, ys, ranked)]
+        doc.update({k: v for k, v in results[0].items() if k in ("top", "output")})
+        if len(ys) > 1 or len(feeds) > 1:
+            doc["inputs"] = {n: list(a.shape) for n, a in feeds.items()}
+            doc["outputs"] = results
         click.echo(json.dumps(doc))
         return
-    click.echo(f"{engine} on {ran_on}, {net.weights}: input {tuple(x.shape)} -> output {tuple(y.shape)}"
-               + (f", normalised ({net.normalize.get('kind')})" if net.normalize and dtype is not np.int64 else ""))
+    shapes = lambda arrays: ", ".join(str(tuple(a.shape)) for a in arrays)  # noqa: E731
+    click.echo(f"{engine} on {ran_on}, {net.weights}: input {shapes(feeds.values())} -> output {shapes(ys)}"
+               + (f", normalised ({net.normalize.get('kind')})" if normalized else ""))
     shown = 10
-    if ranked is not None:
-        for i, row in enumerate(ranked[:shown]):
-            click.echo(f"  sample {i}: " + "  ".join(f"{c} ({p:.3f})" for c, p in row))
-    else:
-        for i, row in enumerate(y[:shown]):
-            flat = row.ravel()
-            head = ", ".join(f"{v:.4g}" for v in flat[:8]) + (", ..." if flat.size > 8 else "")
-            click.echo(f"  sample {i}: [{head}]")
-    if len(y) > shown:
-        click.echo(f"  ... {len(y) - shown} more samples (--json or --out for all)")
+    for name, y, rows in zip(names, ys, ranked):
+        indent = "  "
+        if len(ys) > 1:
+            click.echo(f"  output {name} {tuple(y.shape)} {y.dtype}:")
+            indent = "    "
+        if rows is not None:
+            for i, row in enumerate(rows[:shown]):
+                click.echo(f"{indent}sample {i}: " + "  ".join(f"{c} ({p:.3f})" for c, p in row))
+        else:
+            for i, row in enumerate(y[:shown] if y.ndim else [y]):
+                flat = np.ravel(row)
+                head = ", ".join(f"{v:.4g}" for v in flat[:8]) + (", ..." if flat.size > 8 else "")
+                click.echo(f"{indent}sample {i}: [{head}]")
+        if y.ndim and len(y) > shown:
+            click.echo(f"{indent}... {len(y) - shown} more samples (--json or --out for all)")
     if out:
-        click.echo(f"  saved the output to {out}")
+        click.echo(f"  saved the output{'s' if len(ys) > 1 else ''} to {out}")
 
 
-def parse_batches(ctx, param, value: str) -> list[int]:
+def parse_batches(ctx, param, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
     try:
         sizes = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
@@ -271,22 +381,27 @@ def parse_batches(ctx, param, value: str) -> list[int]:
 @click.command()
 @model_input
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint for a spec MODEL (else fresh weights).")
-@click.option("--batch", "batches", default="1,8,32", show_default=True, callback=parse_batches,
-              help="Batch sizes, comma-separated.")
+@click.option("--batch", "batches", default=None, callback=parse_batches,
+              help="Batch sizes, comma-separated (default 1,8,32; a model exported for one batch size runs at it).")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def bench(model, expr, weights, batches, warmup, runs, device, as_json):
+@shape_option
+def bench(model, expr, weights, batches, warmup, runs, device, as_json, shapes):
     """onnxruntime latency (p50/p90/p99) and throughput of MODEL per batch size, after warm-up."""
     from dlc.onnx import runtime as rt
 
     net = load_network(model, expr, weights, need_graph=False, fresh_seed=0)
-    session = rt.create_session(onnx_model_of(net), device)
+    session = session_of(net, device)
     if session.notice:
         click.echo(f"dlc: {session.notice}", err=True)
-    results = [rt.bench(session, b, warmup, runs, token_vocab(net.graph)) for b in batches]
+    sample = rt.sample_shapes(session.inputs, parse_shapes(shapes))
+    if batches is None:
+        fixed = rt.fixed_batch(session)
+        batches = [fixed] if fixed else [1, 8, 32]
+    results = [rt.bench(session, b, warmup, runs, vocabularies(net), sample) for b in batches]
     if as_json:
         click.echo(json.dumps({"schema": "dlc.bench/1", "provider": session.provider, "notice": session.notice,
                                "warmup": warmup, "runs": runs,

@@ -36,12 +36,14 @@ def resolve_layernorm(attrs, ins):
 
 
 # FLOPs per element: the mean (1 add), the centring (1), the variance (square and add, 2), the scaling
-# by 1/std (1), gamma and beta (2). Statistics are per sample, so unlike bn nothing folds at inference.
+# by 1/std (1), gamma and beta (2); per normalised vector the eps add and the square root (2), so that
+# ONNX's LayerNormalization and its ReduceMean/Sub/Pow/Sqrt/Div form count the same (dlc/onnx/count.py).
+# Statistics are per sample, so unlike bn nothing folds at inference.
 register(LayerKind(
     "layernorm", resolve_layernorm, aliases=("ln",), options={"eps": 1e-5},
     params=lambda a, ins: {"gamma": (a["features"],), "beta": (a["features"],)},
     tensors={"gamma": SCALE, "beta": SHIFT},
-    flops=lambda a, ins, out: 7 * elements(out),
+    flops=lambda a, ins, out: 7 * elements(out) + 2 * elements(out) // a["features"],
 ))
 
 

@@ -65,3 +65,20 @@ def show(shape: Shape) -> str:
     if len(shape) == 3:
         return f"{shape[0]}@{shape[1]}x{shape[2]}"
     return "x".join(str(d) for d in shape)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """The inverse of show, plus the input step's sequence forms: `3@224x224`, `784`, `200x128`,
+    `seq 200` (token ids), `seq 50 of 64` (50 steps of 64 features). Raises ValueError."""
+    words = text.strip().split()
+    if words[:1] == ["seq"] and len(words) in (2, 4) and (len(words) == 2 or words[2] == "of"):
+        dims = [words[1]] + words[3:]
+    elif len(words) == 1:
+        channels, _, rest = words[0].rpartition("@")
+        dims = ([channels] if channels else []) + rest.split("x")
+    else:
+        dims = []
+    if not dims or not all(d.isdigit() and int(d) > 0 for d in dims):
+        raise ValueError(f"`{text}` is not a shape: write it as the input step does, e.g. 3@224x224, 784, "
+                         f"200x128, seq 200 or seq 50 of 64")
+    return tuple(int(d) for d in dims)

@@ -1,15 +1,17 @@
 """A compiled graph and its weights as an ONNX model, checked before anyone runs it.
 
-Default opset 21: the newest that every onnxruntime dlc's pyproject admits (>= 1.20) runs, and it has
-Gelu (opset 20), so no kind needs a decomposition. The IR version is the lowest one that opset needs
-(10 for opset 21): onnx 1.23 writes IR 14 by default, which onnxruntime up to at least 1.31 refuses
-(it accepts at most 13). Opsets below 13 are refused: Softmax before 13 normalises over every axis
-from `axis` on, not over channels alone.
+Default opset: the lowest in which every kind of the network has its own operator (13; 20 with gelu),
+so that older runtimes and converters read the model (dlc.onnx.lower.lowest_opset). The IR version is
+the lowest one that opset needs (7 for opset 13, 10 for opset 21): onnx 1.23 writes IR 14 by default,
+which onnxruntime up to at least 1.31 refuses (it accepts at most 13). A model over protobuf's 2 GB
+limit is saved with its weights in an external data file beside it (NAME.onnx.data).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from math import prod
 from pathlib import Path
 
@@ -23,10 +25,11 @@ from dlc.errors import DlcError
 from dlc.engine.params import tensors
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS, param_count
-from dlc.onnx.lower import LOWER
+from dlc.onnx import MAX_OPSET, MIN_OPSET
+from dlc.onnx.lower import LOWER, lowest_opset
 
-DEFAULT_OPSET = 21
-MIN_OPSET = 13
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a larger message
+BYTES_PER_FLOAT = 4  # initializers are float32
 ELEM_TYPE = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
 # metadata_props keys
 META_SPEC, META_FILE, META_VERSION, META_NORMALIZE = "dlc.spec", "dlc.file", "dlc.version", "dlc.normalize"
@@ -41,29 +44,39 @@ def where(graph: Graph, n: Node) -> str:
     return f"{graph.file}:{n.pos.line}: {n.text}" if n.pos else f"{graph.file}: {n.text or n.name}"
 
 
-def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int = DEFAULT_OPSET, batch: int | None = None,
-            normalize: dict | None = None) -> onnx.ModelProto:
+def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None, batch: int | None = None,
+            normalize: dict | None = None, data_file: str | None = None,
+            limit: int = PROTOBUF_LIMIT) -> onnx.ModelProto:
     """The ONNX model of `graph` with these weights; the batch axis is "N" unless `batch` fixes it.
 
+    `opset` defaults to the lowest that gives every kind its own operator (lowest_opset).
     `normalize` (a checkpoint's meta["normalize"]) travels in the metadata so `dlc infer` applies it.
+    Weights over `limit` bytes in all cannot live in a protobuf message (not even one 2.3 GB tensor): with
+    `data_file` (a name beside the model), the initializers then refer to that file, and save_model
+    writes it from the arrays themselves.
     """
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise DlcError(f"opset {opset} is not supported: dlc exports opsets {MIN_OPSET} to "
-                       f"{onnx.defs.onnx_opset_version()} (default {DEFAULT_OPSET})")
+    if opset is None:
+        opset = lowest_opset(graph)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise DlcError(f"opset {opset} is not supported: dlc exports opsets {MIN_OPSET} to {MAX_OPSET} "
+                       f"(default: the lowest that expresses the network, {lowest_opset(graph)} for this one)")
     if batch is not None and batch < 1:
         raise DlcError(f"batch must be >= 1 (received {batch})")
     if len(graph.nodes) < 2:
         raise DlcError("the network has no layers to export")
     dim = batch if batch else "N"
     given = {**state, **params}
-    nodes, initializers = [], []
+    nodes, arrays = [], {}
     for t in tensors(graph):
         if t.full_name not in given:
             raise DlcError(f"no weights for {t.full_name} (expected shape {t.shape})")
         arr = np.asarray(given[t.full_name])
         if arr.shape != t.shape:
             raise DlcError(f"{t.full_name} has shape {arr.shape}, the spec needs {t.shape}")
-        initializers.append(numpy_helper.from_array(arr.astype(np.float32, copy=False), t.full_name))
+        arrays[t.full_name] = arr
+    external = data_file is not None and BYTES_PER_FLOAT * sum(a.size for a in arrays.values()) > limit
+    initializers = external_initializers(arrays, data_file) if external else [
+        numpy_helper.from_array(a.astype(np.float32, copy=False), name) for name, a in arrays.items()]
     for n in graph.nodes[1:]:
         lower = LOWER.get(n.kind)
         if lower is None:
@@ -87,10 +100,29 @@ def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int = DEFAULT_OPS
     return model
 
 
+def external_initializers(arrays: dict, data_file: str) -> list[onnx.TensorProto]:
+    """Float32 initializers whose values lie in `data_file`, one after another in the order of `arrays`
+    (write_external_data writes them so)."""
+    out, offset = [], 0
+    for name, arr in arrays.items():
+        t = onnx.TensorProto(name=name, dims=arr.shape, data_type=TensorProto.FLOAT,
+                             data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", data_file), ("offset", offset), ("length", BYTES_PER_FLOAT * arr.size)):
+            t.external_data.add(key=key, value=str(value))
+        out.append(t)
+        offset += BYTES_PER_FLOAT * arr.size
+    return out
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict | None = None) -> None:
     """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly dlc's weights."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        # With external data (not written yet) the checker reads the graph without the weights' values.
+        onnx.checker.check_model(skeleton(model) if uses_external_data(model) else model, full_check=True)
         # data_prop: clstoken's Expand takes a shape built from the batch (Shape, Gather, Concat), whose
         # values only data propagation follows; without it the step axis comes back unknown
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True,
@@ -114,6 +146,8 @@ def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict
                        f"(params + non-trainable)")
     given = {**(state or {}), **params}
     for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            continue  # save_model writes these from the given arrays themselves
         if t.name in given and not np.array_equal(numpy_helper.to_array(t), np.asarray(given[t.name], np.float32)):
             raise DlcError(f"initializer {t.name} differs from the weights it was exported from")
 
@@ -128,10 +162,25 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def save_model(model: onnx.ModelProto, path) -> None:
-    """Write atomically: a temp file in the same directory, then os.replace."""
-    with atomic_write(path) as f:
-        f.write(model.SerializeToString())
+def save_model(model: onnx.ModelProto, path, weights: dict | None = None) -> str | None:
+    """Write atomically: a temp file in the same directory, then os.replace. A model whose initializers
+    refer to external data (to_onnx's data_file) is written with that file, from `weights` (params and
+    state by name), whose path it returns; else None."""
+    if not uses_external_data(model):
+        with atomic_write(path) as f:
+            f.write(model.SerializeToString())
+        return None
+    path = Path(path)
+    data = path.with_name(model.graph.initializer[0].external_data[0].value)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        with open(os.path.join(tmp, data.name), "wb") as f:
+            for t in model.graph.initializer:  # in the order external_initializers laid them out
+                f.write(memoryview(np.ascontiguousarray(weights[t.name], dtype=np.float32)).cast("B"))
+        with open(os.path.join(tmp, path.name), "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(os.path.join(tmp, data.name), data)  # the data first: a reader never sees a model without it
+        os.replace(os.path.join(tmp, path.name), path)
+    return str(data)
 
 
 def load_model(path) -> onnx.ModelProto:

@@ -18,10 +18,19 @@ from onnx import NodeProto, helper, numpy_helper
 
 from dlc.graph import Node
 from dlc.layers import KINDS, feature_axis
+from dlc.onnx import GELU_OPSET, MIN_OPSET
 
-GELU_OPSET = 20  # the first opset with a Gelu operator
 LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
 REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on, an attribute before
+
+# Kinds whose own ONNX operator is newer than MIN_OPSET; below it they lower to a decomposition.
+NATIVE_OPSET = {"gelu": GELU_OPSET, "layernorm": LAYERNORM_OPSET}
+
+
+def lowest_opset(graph) -> int:
+    """The lowest opset in which every kind of the graph has its own operator: dlc's default, so that
+    older runtimes and converters (onnx2torch and the like stop near 18) read the model."""
+    return max([MIN_OPSET, *(NATIVE_OPSET.get(n.kind, MIN_OPSET) for n in graph.nodes)])
 
 
 class Lowering(Protocol):

@@ -26,7 +26,18 @@ DEVICES = ("auto", "cpu", "cuda")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 QUIET = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 ORT_DEFAULT_SEVERITY = 2  # the process-wide logger's level until someone sets it (onnxruntime has no getter)
-NUMPY_DTYPE = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+# What dlc feeds: float16 models get float16 (cast at the boundary), the integer types token ids.
+NUMPY_DTYPE = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+@dataclass
+class Port:
+    """One input of the model."""
+
+    name: str
+    shape: list  # batch first; an int, or a str (e.g. "N") or None for a free axis
+    dtype: type
 
 
 @dataclass
@@ -34,10 +45,25 @@ class Session:
     session: ort.InferenceSession
     provider: str  # the execution provider that really runs the model
     notice: str | None  # why `auto` fell back to the CPU, one line
-    input_name: str
-    input_shape: list  # batch first; a str (e.g. "N") for a dynamic axis
-    input_dtype: type
-    output_name: str
+    inputs: list[Port]
+    outputs: list[str]
+
+    # The first input and output, for the models dlc exports (one of each).
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def input_shape(self) -> list:
+        return self.inputs[0].shape
+
+    @property
+    def input_dtype(self) -> type:
+        return self.inputs[0].dtype
+
+    @property
+    def output_name(self) -> str:
+        return self.outputs[0]
 
 
 @contextmanager
@@ -109,12 +135,41 @@ def create_session(model, device: str = "auto") -> Session:
         reason = cuda_failure(log[0] + "\n".join(str(w.message) for w in warned))
     if device == "cuda" and reason:
         raise DlcError(f"--device cuda: CUDA cannot run here: {reason}")
-    inp, out = session.get_inputs()[0], session.get_outputs()[0]
-    if inp.type not in NUMPY_DTYPE:
-        raise DlcError(f"the model's input {inp.name} is a {inp.type}; dlc feeds float32 or int64 tensors")
     return Session(session, session.get_providers()[0], f"CUDA unavailable: {reason}; running on the CPU"
-                   if device == "auto" and reason else None, inp.name, list(inp.shape), NUMPY_DTYPE[inp.type],
-                   out.name)
+                   if device == "auto" and reason else None, ports(session), [o.name for o in session.get_outputs()])
+
+
+def ports(session: ort.InferenceSession) -> list[Port]:
+    """The model's inputs; a model dlc cannot feed (no inputs, a scalar, a type it does not draw) is a
+    DlcError."""
+    inputs = session.get_inputs()
+    if not inputs:
+        raise DlcError("the model has no inputs: there is nothing to feed it")
+    out = []
+    for i in inputs:
+        if i.type not in NUMPY_DTYPE:
+            raise DlcError(f"the model's input {i.name} is a {i.type}; dlc feeds float (32, 16, 64-bit) or integer "
+                           f"(int64, int32) tensors")
+        # onnxruntime shows an input without a shape as a scalar too (model.check_ranked tells them apart)
+        if not i.shape:
+            raise DlcError(f"the model's input {i.name} is a scalar (rank 0); dlc feeds batches, whose first "
+                           f"axis is the batch")
+        out.append(Port(i.name, list(i.shape), NUMPY_DTYPE[i.type]))
+    return out
+
+
+def sample_shapes(inputs: list[Port], given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Each input's per-sample shape (batch left out): the model's, with free dimensions from `given`
+    (--shape, by input name; key None for a model with one input)."""
+    from dlc.onnx.model import resolve_shapes
+
+    return resolve_shapes({p.name: p.shape for p in inputs}, given)
+
+
+def fixed_batch(s: Session) -> int | None:
+    """The batch size every input fixes, if the model was exported for one."""
+    sizes = {p.shape[0] for p in s.inputs}
+    return sizes.pop() if len(sizes) == 1 and isinstance(next(iter(sizes), None), int) else None
 
 
 def show_shape(shape) -> str:
@@ -131,7 +186,7 @@ def prepare_input(x: np.ndarray, shape: list, dtype: type, what: str = "input") 
     if not fits:
         raise DlcError(f"{what} has shape {show_shape(x.shape)}; the model expects {show_shape(shape)} "
                        f"(a batch of {show_shape(shape[1:])} samples)")
-    if dtype is np.int64:
+    if np.dtype(dtype).kind in "iu":
         if x.dtype.kind not in "iu":
             raise DlcError(f"{what} is {x.dtype}; the model reads token ids (integers), shape {show_shape(shape)}")
     elif x.dtype.kind != "f":
@@ -147,19 +202,35 @@ def check_tokens(x: np.ndarray, vocab: int) -> None:
 
 
 def random_input(shape: tuple[int, ...], dtype, n: int, vocab: int | None = None, seed: int = 0) -> np.ndarray:
-    """A batch of n samples: standard normal features, or token ids below vocab."""
+    """A batch of n samples: standard normal features, or integer ids below vocab (0 or 1 without one)."""
     rng = np.random.default_rng(seed)
-    if np.dtype(dtype) == np.int64:
-        return rng.integers(0, vocab or 2, size=(n, *shape), dtype=np.int64)
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(0, vocab or 2, size=(n, *shape), dtype=dtype)
     return rng.standard_normal((n, *shape)).astype(dtype)
 
 
-def infer(s: Session, x: np.ndarray) -> np.ndarray:
-    x = prepare_input(x, s.input_shape, s.input_dtype)
+def random_feeds(inputs: list[Port], shapes: dict[str, tuple[int, ...]], n: int,
+                 vocab: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """n random samples for every input (see random_input), each input from its own stream."""
+    return {p.name: random_input(shapes[p.name], p.dtype, n, (vocab or {}).get(p.name), seed + i)
+            for i, p in enumerate(inputs)}
+
+
+def run(s: Session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every output of the model for these inputs (by name), checked and cast to the model's types."""
+    missing = [p.name for p in s.inputs if p.name not in feeds]
+    if missing:
+        raise DlcError(f"no array for the model's input {missing[0]} (it reads {', '.join(p.name for p in s.inputs)})")
+    ready = {p.name: prepare_input(feeds[p.name], p.shape, p.dtype, what=p.name) for p in s.inputs}
     try:
-        return s.session.run([s.output_name], {s.input_name: x})[0]
+        return s.session.run(None, ready)
     except Exception as e:  # onnxruntime's run-time errors (e.g. an id outside Gather's table)
         raise DlcError(f"onnxruntime failed: {str(e).strip().splitlines()[0]}")
+
+
+def infer(s: Session, x: np.ndarray) -> np.ndarray:
+    """The first output for the only input: a model dlc exported."""
+    return run(s, {s.input_name: x})[0]
 
 
 def time_runs(fn, warmup: int, runs: int) -> np.ndarray:
@@ -174,15 +245,17 @@ def time_runs(fn, warmup: int, runs: int) -> np.ndarray:
     return times
 
 
-def runner(s: Session, x: np.ndarray):
-    """A no-argument callable running one batch; on CUDA, input and output stay on the device (IO
+def runner(s: Session, feeds: dict[str, np.ndarray]):
+    """A no-argument callable running one batch; on CUDA, inputs and outputs stay on the device (IO
     binding), so the timing measures the model, not host-device copies."""
-    x = prepare_input(x, s.input_shape, s.input_dtype)
+    ready = {p.name: prepare_input(feeds[p.name], p.shape, p.dtype, what=p.name) for p in s.inputs}
     if s.provider != CUDA:
-        return lambda: s.session.run([s.output_name], {s.input_name: x})
+        return lambda: s.session.run(None, ready)
     binding = s.session.io_binding()
-    binding.bind_ortvalue_input(s.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-    binding.bind_output(s.output_name, "cuda")
+    for name, x in ready.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+    for name in s.outputs:
+        binding.bind_output(name, "cuda")
 
     def run():
         s.session.run_with_iobinding(binding)
@@ -209,10 +282,12 @@ def latency(batch: int, times: np.ndarray) -> Latency:
     return Latency(batch, float(p50), float(p90), float(p99), len(times))
 
 
-def bench(s: Session, batch: int, warmup: int, runs: int, vocab: int | None = None) -> Latency:
-    """Latency of one batch of random input after warm-up: the code path of `dlc bench`."""
-    shape = [d if isinstance(d, int) else None for d in s.input_shape]
-    if shape[0] is not None and shape[0] != batch:
-        raise DlcError(f"the model was exported for batch {shape[0]}; it cannot run batch {batch}")
-    x = random_input(tuple(shape[1:]), s.input_dtype, batch, vocab)
-    return latency(batch, time_runs(runner(s, x), warmup, runs))
+def bench(s: Session, batch: int, warmup: int, runs: int, vocab: dict[str, int] | None = None,
+          shapes: dict[str, tuple[int, ...]] | None = None) -> Latency:
+    """Latency of one batch of random input after warm-up: the code path of `dlc bench`. `shapes` gives
+    each input's per-sample shape where the model leaves dimensions free (sample_shapes)."""
+    fixed = fixed_batch(s)
+    if fixed is not None and fixed != batch:
+        raise DlcError(f"the model was exported for batch {fixed}; it cannot run batch {batch}")
+    feeds = random_feeds(s.inputs, shapes or sample_shapes(s.inputs, {}), batch, vocab)
+    return latency(batch, time_runs(runner(s, feeds), warmup, runs))

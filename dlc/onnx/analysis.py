@@ -1,0 +1,249 @@
+"""The analysis of an ONNX model in dlc's terms: its nodes grouped into layers, each layer counted.
+
+A layer is one operator that computes on the model's data, together with the helper nodes that only
+feed it (Constants, Shape arithmetic, casts of weights). In a model dlc exported, a layer is one node
+of the spec: the lowering names its helper nodes "<layer>/<what>" and writes the step's text in the
+doc string, so the analysis gives exactly the spec's figures and rows. Layers fold into table rows as
+suffix layers do: a bn or activation reading the previous layer's output joins its row.
+
+Activations are the tensors that leave a layer (read by another layer, or a graph output), as a spec
+counts each layer's output and not the intermediates inside it. Parameters are the float initializers
+of rank >= 1, each counted once, at the first layer that reads it; BatchNormalization's mean and
+variance are non-trainable (conventions.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from math import prod
+
+import onnx
+
+from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
+from dlc.graph import Graph, Node
+from dlc.onnx.count import Cost, NotCounted, Op, count
+from dlc.onnx.model import OnnxGraph, Tensor, attributes, dtype_name
+
+# Ops shown in the row of the layer they follow, like a spec's suffix layers.
+SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
+              "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Softplus", "Mish", "Dropout", "Identity"}
+AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
+NEVER_LIVE = {"Shape", "Size"}  # they read the data's shape, not its values
+NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance
+# A recurrent op's sequence lengths and initial states are inputs given as constants, not weights.
+CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
+
+
+@dataclass
+class Uncounted:
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass
+class Layer:
+    name: str
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    main: onnx.NodeProto | None = None  # the node whose output the layer shows
+
+
+def node_names(nodes: list[onnx.NodeProto]) -> list[str]:
+    """Each node's name, made unique and non-empty (ONNX allows both)."""
+    seen: dict[str, int] = {}
+    names = []
+    for i, n in enumerate(nodes):
+        name = n.name or f"{n.op_type}_{i}"
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
+
+
+def live_tensors(g: OnnxGraph) -> set[str]:
+    """Tensors computed from the model's inputs; the rest (weights, constants, shape arithmetic) are
+    fixed once the shapes are."""
+    live = set(g.inputs)
+    for n in g.nodes:
+        if n.op_type not in NEVER_LIVE and any(i in live for i in n.input if i):
+            live.update(o for o in n.output if o)
+    return live
+
+
+def group(g: OnnxGraph, live: set[str]) -> list[Layer]:
+    nodes, names = g.nodes, node_names(g.nodes)
+    if g.dlc_spec is not None:
+        key = [name.split("/")[0] for name in names]
+    else:
+        consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(nodes):
+            for t in n.input:
+                consumers.setdefault(t, []).append(i)
+        key = [""] * len(nodes)
+        for i in reversed(range(len(nodes))):
+            n = nodes[i]
+            if any(o in live for o in n.output):
+                key[i] = names[i]
+                continue
+            # A helper joins the layer of its first consumer; one that feeds no layer stands alone.
+            fed = sorted(j for o in n.output for j in consumers.get(o, []) if key[j])
+            key[i] = key[fed[0]] if fed else names[i]
+    layers: dict[str, Layer] = {}
+    for i, (n, k) in enumerate(zip(nodes, key)):
+        layer = layers.setdefault(k, Layer(k))
+        layer.nodes.append(n)
+        if names[i] == k or (g.dlc_spec is not None and k in n.output):
+            layer.main = n
+    for layer in layers.values():
+        layer.main = layer.main or layer.nodes[-1]
+    # Order by the main node, so a helper computed early sits with the layer it feeds.
+    position = {id(n): i for i, n in enumerate(nodes)}
+    return sorted(layers.values(), key=lambda layer: position[id(layer.main)])
+
+
+def describe(n: onnx.NodeProto, g: OnnxGraph) -> str:
+    """The operator and its size in the spec language's words: `Conv 64@7x7/2`, `MaxPool 3x3/2`."""
+    a = attributes(n)
+    w = g.tensors.get(n.input[1]) if len(n.input) > 1 else None
+    if n.op_type in ("Conv", "ConvTranspose") and w is not None and w.known:
+        channels = w.shape[0] if n.op_type == "Conv" else w.shape[1] * a.get("group", 1)
+        return f"{n.op_type} {channels}@{_window(w.shape[2:], a.get('strides'))}"
+    if n.op_type in ("MaxPool", "AveragePool") and "kernel_shape" in a:
+        return f"{n.op_type} {_window(a['kernel_shape'], a.get('strides'))}"
+    if n.op_type in ("LSTM", "GRU", "RNN"):
+        return f"{n.op_type} {a.get('hidden_size')}"
+    out = g.tensors.get(n.output[0])
+    if n.op_type in ("Gemm", "MatMul") and w is not None and n.input[1] in g.initializers and out and out.shape:
+        return f"{n.op_type} {out.shape[-1]}"
+    return n.op_type
+
+
+def _window(kernel, strides) -> str:
+    k = "x".join(str(d) for d in kernel)
+    s = set(strides or [1])
+    return k + (f"/{s.pop()}" if s != {1} and len(s) == 1 else "")
+
+
+def step_text(n: onnx.NodeProto) -> str | None:
+    """The spec text dlc's exporter put in the doc string (`file:line: text`)."""
+    return n.doc_string.split(": ", 1)[1] if ": " in n.doc_string else None
+
+
+def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
+    """Each node's cost (by id), or why it has none."""
+    costs: dict[int, Cost | NotCounted] = {}
+    for n in g.nodes:
+        try:
+            costs[id(n)] = count(Op(n, [g.tensors.get(i) if i else None for i in n.input],
+                                    [g.tensors.get(o) if o else None for o in n.output]))
+        except NotCounted as e:
+            costs[id(n)] = e
+    return costs
+
+
+def layer_params(layer: Layer, g: OnnxGraph, owner: dict[str, str]) -> tuple[int, int]:
+    """(trainable, non-trainable) values of the float initializers this layer reads first; `owner`
+    records which layer took each, so a shared weight counts once."""
+    params = frozen = 0
+    for n in layer.nodes:
+        for i, t in enumerate(n.input):
+            init = g.initializers.get(t)
+            if init is None or t in owner or not init.is_float or not init.dims or \
+                    i in CONSTANT_INPUTS.get(n.op_type, ()):
+                continue
+            owner[t] = layer.name
+            if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
+                frozen += prod(init.dims)
+            else:
+                params += prod(init.dims)
+    return params, frozen
+
+
+def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[Analysis, list[Uncounted]]:
+    """dlc's figures for an ONNX model, per layer and in total, and the nodes they leave out."""
+    live = live_tensors(g)
+    layers = group(g, live)
+    costs = node_costs(g)
+    names = dict(zip(map(id, g.nodes), node_names(g.nodes)))
+    producer = {o: layer.name for layer in layers for n in layer.nodes for o in n.output if o}
+    producer.update({name: name for name in g.inputs})
+    read_by: dict[str, set[str]] = {}
+    for layer in layers:
+        for n in layer.nodes:
+            for t in n.input:
+                read_by.setdefault(t, set()).add(layer.name)
+    image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs) if t and t.known and len(t.shape) == 4), None)
+    fields: dict[str, ReceptiveField | None] = {
+        name: ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if image else None for name in g.inputs}
+
+    stats, uncounted, owner = [], [], {}
+    steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
+    for name in g.inputs:
+        t = g.tensors[name]
+        node = Node(name, "input", {}, [], t.per_sample, dtype_name(t.elem_type), text="input")
+        stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name]))
+    for layer in layers:
+        macs = flops = 0
+        reasons = []
+        for n in layer.nodes:
+            cost = costs[id(n)]
+            if isinstance(cost, NotCounted):
+                reasons.append(str(cost))
+                uncounted.append(Uncounted(names[id(n)], n.op_type, str(cost)))
+                cost = Cost()
+            macs, flops = macs + cost.macs, flops + cost.flops
+            field_in = [fields.get(i) for i in n.input if i in live]
+            for o in n.output:
+                fields[o] = receptive_field(cost.window, field_in, image) if image else None
+        params, frozen = layer_params(layer, g, owner)
+        leaving = [o for n in layer.nodes for o in n.output
+                   if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
+        sizes = [g.tensors[o].elements if o in g.tensors else None for o in leaving]
+        if None in sizes and not reasons:
+            reasons.append("ONNX shape inference leaves an output's size unknown")
+            uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
+        out = layer.main.output[0] if g.dlc_spec is None else (layer.name if layer.name in g.tensors else
+                                                                 layer.main.output[0])
+        t = g.tensors.get(out) or Tensor(out, None, 0)
+        inputs = list(dict.fromkeys(producer[i] for n in layer.nodes for i in n.input
+                                    if i in live and producer.get(i, layer.name) != layer.name))
+        # a layer of dlc's export is named after its weightiest operator (LSTM, not the Transposes round it)
+        main = max(layer.nodes, key=lambda n: weight(costs[id(n)])) if g.dlc_spec is not None else layer.main
+        text = (step_text(main) if steps is not None else None) or describe(main, g)
+        if steps is not None:
+            steps[layer.name] = main.doc_string
+        node = Node(layer.name, main.op_type, attributes(main), inputs, t.per_sample or (), dtype_name(t.elem_type),
+                    text=text)
+        stats.append(NodeStats(node, params, frozen, macs * batch, flops * batch,
+                               sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None))
+    fold_rows(stats, steps)
+    graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
+    return Analysis(graph, stats, totals(stats, batch, optimizer)), uncounted
+
+
+def weight(cost: Cost | NotCounted) -> tuple[int, int]:
+    return (0, 0) if isinstance(cost, NotCounted) else (cost.macs, cost.flops)
+
+
+def fold_rows(stats: list[NodeStats], steps: dict[str, str] | None) -> None:
+    """Set each node's row: suffix ops join the row of the layer they read (for a dlc export, `steps`
+    gives each layer's spec step, and the layers of one step share its row); the row's first node
+    carries the row's text."""
+    first, row_ops = None, set()
+    for prev, s in zip([None, *stats], stats):
+        node = s.node
+        if prev is None or node.kind == "input" or prev.node.kind == "input":
+            joins = False
+        elif steps is not None:
+            # A repeated step (`conv 64@3x3 relu x2`) starts a new row where its first op comes again.
+            joins = steps[node.name] == steps[prev.node.name] and node.kind not in row_ops
+        else:
+            # an activation, or a bias add or scale: one live input, the other operand a constant
+            joins = node.kind in SUFFIX_OPS | AFFINE_OPS and node.inputs == [prev.node.name]
+        if joins:
+            node.row = first.node.row
+            row_ops.add(node.kind)
+            if steps is None:
+                first.node.text += f" {node.text}"
+        else:
+            first, row_ops = s, {node.kind}

@@ -1,0 +1,247 @@
+"""MACs, FLOPs and receptive-field windows of ONNX operators: one function per op type, one dict (COUNT).
+
+The rules are dlc's (../shared/conventions.md), applied operator by operator on shapes at batch 1:
+Conv, ConvTranspose (by C_in), Gemm, MatMul (batched, weights or two activations), Einsum of two
+operands and RNN/LSTM/GRU (per step, times T, per direction) are MACs; bias adds are FLOPs, not MACs;
+elementwise ops cost one FLOP per output element and per extra input; data movement and arithmetic on
+integer (shape) tensors costs nothing. An operator without a rule, or whose shapes inference left
+unknown, raises NotCounted: the analysis shows the node as "not counted" and warns, never a silent zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Callable
+
+import onnx
+
+from dlc.layers import GLOBAL, Window
+from dlc.layers.recurrent import GATES, recurrent_flops, recurrent_macs
+from dlc.onnx.model import Tensor, attributes
+
+
+class NotCounted(Exception):
+    """The operator's cost is unknown to dlc; the message says why."""
+
+
+@dataclass
+class Op:
+    node: onnx.NodeProto
+    ins: list[Tensor | None]  # None for an omitted optional input
+    outs: list[Tensor | None]
+
+    @property
+    def attrs(self) -> dict:
+        return attributes(self.node)
+
+    def shape(self, tensor: Tensor | None) -> tuple[int, ...]:
+        if tensor is None or not tensor.known:
+            what = "an omitted input" if tensor is None else tensor.name
+            raise NotCounted(f"ONNX shape inference gives no shape for {what}")
+        return tensor.shape
+
+    def out_elements(self) -> int:
+        return prod(self.shape(self.outs[0]))
+
+    def floats_out(self) -> bool:
+        return self.outs[0] is None or self.outs[0].is_float
+
+    def has(self, i: int) -> bool:
+        return len(self.ins) > i and self.ins[i] is not None
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int = 0
+    flops: int = 0
+    window: Window | str | None = None  # for the receptive field; GLOBAL where the op sees everything
+
+
+FREE = Cost()
+
+
+def _window_2d(op: Op, kernel: tuple[int, ...], transposed: bool = False) -> Window | None:
+    """The window of a 2-D spatial op; None for 1-D and 3-D ones, whose field dlc does not follow."""
+    if len(kernel) != 2:
+        return None
+    a = op.attrs
+    return Window(tuple(kernel), tuple(a.get("strides", (1, 1))), tuple(a.get("dilations", (1, 1))), transposed)
+
+
+def count_conv(op: Op) -> Cost:
+    w = op.shape(op.ins[1])  # (C_out, C_in/groups, *kernel)
+    out = op.out_elements()
+    macs = out * prod(w[1:])
+    return Cost(macs, 2 * macs + (out if op.has(2) else 0), _window_2d(op, w[2:]))
+
+
+def count_conv_transpose(op: Op) -> Cost:
+    # Every input pixel scatters a (C_out/groups)*k*k window: MACs follow C_in, not C_out.
+    w = op.shape(op.ins[1])  # (C_in, C_out/groups, *kernel)
+    macs = prod(op.shape(op.ins[0])) * prod(w[1:])
+    return Cost(macs, 2 * macs + (op.out_elements() if op.has(2) else 0), _window_2d(op, w[2:], transposed=True))
+
+
+def count_gemm(op: Op) -> Cost:
+    a, b = op.shape(op.ins[0]), op.shape(op.ins[1])
+    k = a[0] if op.attrs.get("transA", 0) else a[1]
+    out = op.out_elements()
+    macs = out * k
+    return Cost(macs, 2 * macs + (out if op.has(2) else 0), GLOBAL)
+
+
+def count_matmul(op: Op) -> Cost:
+    # numpy's matmul: every output element is a K-long dot product, however many batch axes there are.
+    k = op.shape(op.ins[0])[-1]
+    macs = op.out_elements() * k
+    return Cost(macs, 2 * macs, GLOBAL)
+
+
+def count_einsum(op: Op) -> Cost:
+    equation = op.attrs["equation"].decode().replace(" ", "")
+    terms = equation.split("->")[0].split(",")
+    if "..." in equation or len(terms) != len(op.ins):
+        raise NotCounted(f"Einsum `{equation}`: only equations without `...` are counted")
+    sizes = {}
+    for term, tensor in zip(terms, op.ins):
+        sizes.update(zip(term, op.shape(tensor)))
+    if len(terms) == 2:
+        # Every combination of the letters is one multiply-accumulate (a contraction over the rest).
+        macs = prod(sizes.values())
+        return Cost(macs, 2 * macs, GLOBAL)
+    if len(terms) == 1:
+        return Cost(0, prod(op.shape(op.ins[0])) if op.floats_out() else 0)  # a sum over dropped letters
+    raise NotCounted(f"Einsum `{equation}` of {len(terms)} operands")
+
+
+def count_recurrent(op: Op) -> Cost:
+    """Per step, times T, per direction: the rules of dlc's rnn/lstm/gru kinds (dlc.layers.recurrent)."""
+    kind = op.node.op_type.lower()
+    x = op.shape(op.ins[0])
+    t, n, d = (x[1], x[0], x[2]) if op.attrs.get("layout", 0) else x
+    a = {"directions": 2 if op.attrs.get("direction", b"forward") == b"bidirectional" else 1,
+         "gates": GATES[kind], "hidden": op.attrs["hidden_size"], "in_features": d}
+    return Cost(n * recurrent_macs(a, [(t, d)], None), n * recurrent_flops(kind)(a, [(t, d)], None), GLOBAL)
+
+
+def count_pool(op: Op) -> Cost:
+    kernel = tuple(op.attrs["kernel_shape"])
+    return Cost(0, op.out_elements() * prod(kernel), _window_2d(op, kernel))
+
+
+def count_global_pool(op: Op) -> Cost:
+    return Cost(0, prod(op.shape(op.ins[0])), GLOBAL)
+
+
+def per_element(n: int) -> Callable[[Op], Cost]:
+    """n FLOPs per output element of a float result; nothing for integer (shape) arithmetic."""
+    def count(op: Op) -> Cost:
+        return Cost(0, n * op.out_elements()) if op.floats_out() else FREE
+    return count
+
+
+def per_input(op: Op) -> Cost:
+    """Elementwise with several inputs (Add, Sum, ...): one FLOP per output element and extra input."""
+    if not op.floats_out():
+        return FREE
+    return Cost(0, (sum(1 for t in op.ins if t is not None) - 1) * op.out_elements())
+
+
+def reduce(op: Op) -> Cost:
+    """One FLOP per input element (the sum, compare or product that folds it in)."""
+    return Cost(0, prod(op.shape(op.ins[0]))) if op.ins[0].is_float else FREE
+
+
+def count_normalization(op: Op) -> Cost:
+    """Layer, group and instance norm: the per-element work of its decomposed form (mean 1, center 1,
+    square 1, variance sum 1, divide 1, scale 1, shift 1) plus the eps add and square root per group,
+    so the fused operator and the ReduceMean/Sub/Pow/Sqrt/Div form count the same."""
+    x = op.shape(op.ins[0])
+    if op.node.op_type == "LayerNormalization":
+        axis = op.attrs.get("axis", -1) % len(x)
+        groups = prod(x[:axis])
+    elif op.node.op_type == "GroupNormalization":
+        groups = x[0] * op.attrs["num_groups"]
+    else:
+        groups = x[0] * x[1]
+    per = 5 + op.has(1) + op.has(2)
+    return Cost(0, per * prod(x) + 2 * groups)
+
+
+def count_lrn(op: Op) -> Cost:
+    # dlc's lrn rule: a square, size-1 adds over the window, scale and offset, the power, the division
+    return Cost(0, (op.attrs["size"] + 4) * op.out_elements())
+
+
+def count_resize(op: Op) -> Cost:
+    mode = op.attrs.get("mode", b"nearest")
+    if mode != b"nearest":
+        raise NotCounted(f"Resize mode={mode.decode()}: only nearest-neighbour copies are counted")
+    x, y = op.shape(op.ins[0]), op.shape(op.outs[0])
+    window = None
+    if len(x) == 4 and all(b % a == 0 for a, b in zip(x[2:], y[2:])):
+        factor = tuple(b // a for a, b in zip(x[2:], y[2:]))
+        window = Window((1, 1), factor, transposed=True)
+    return Cost(0, 0, window)
+
+
+def free(op: Op) -> Cost:
+    return FREE
+
+
+COUNT: dict[str, Callable[[Op], Cost]] = {
+    "Conv": count_conv,
+    "ConvTranspose": count_conv_transpose,
+    "Gemm": count_gemm,
+    "MatMul": count_matmul,
+    "Einsum": count_einsum,
+    "RNN": count_recurrent,
+    "LSTM": count_recurrent,
+    "GRU": count_recurrent,
+    "MaxPool": count_pool,
+    "AveragePool": count_pool,
+    "LpPool": count_pool,
+    "GlobalAveragePool": count_global_pool,
+    "GlobalMaxPool": count_global_pool,
+    "GlobalLpPool": count_global_pool,
+    # bn at inference: one multiply and one add per element with folded statistics (dlc's bn rule)
+    "BatchNormalization": per_element(2),
+    "LayerNormalization": count_normalization,
+    "GroupNormalization": count_normalization,
+    "InstanceNormalization": count_normalization,
+    "LRN": count_lrn,
+    # Softmax: exponential, sum and division (dlc's softmax rule); LogSoftmax adds the logarithm.
+    "Softmax": per_element(3),
+    "LogSoftmax": per_element(4),
+    "Resize": count_resize,
+    "Upsample": count_resize,
+    **{name: per_element(1) for name in (
+        "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "PRelu", "HardSigmoid",
+        "HardSwish", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Clip", "Erf", "Exp", "Log", "Sqrt",
+        "Reciprocal", "Neg", "Abs", "Sign", "Floor", "Ceil", "Round", "Sin", "Cos", "Tan", "Atan", "IsNaN",
+        "Not")},
+    **{name: per_input for name in (
+        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Mod", "Equal", "Less", "Greater",
+        "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift")},
+    **{name: reduce for name in (
+        "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+        "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum")},
+    # Data movement, constants and shape arithmetic: no floating-point work.
+    **{name: free for name in (
+        "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Split", "Gather",
+        "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Expand", "Tile", "Pad", "Identity",
+        "Dropout", "Constant", "ConstantOfShape", "Shape", "Size", "Cast", "CastLike", "Range", "Where",
+        "DepthToSpace", "SpaceToDepth", "Trilu", "OneHot", "NonZero", "EyeLike", "SequenceConstruct",
+        "SplitToSequence", "ConcatFromSequence", "Compress", "ReverseSequence")},
+}
+
+
+def count(op: Op) -> Cost:
+    """The operator's cost; NotCounted where dlc has no rule or no shapes for it."""
+    if op.node.domain not in ("", "ai.onnx"):
+        raise NotCounted(f"operators of the {op.node.domain} domain have no counting rule")
+    rule = COUNT.get(op.node.op_type)
+    if rule is None:
+        raise NotCounted(f"{op.node.op_type} has no counting rule")
+    return rule(op)

@@ -1,0 +1,281 @@
+"""An ONNX model's graph as dlc reads it: nodes, initializer metadata, and every tensor's inferred shape.
+
+Loading never materialises the weights it can avoid: external data stays on disk, and shape inference
+runs on a skeleton in which the large float initializers are typed graph inputs without values (the
+values shape inference needs, Reshape's target shape and the like, are small or integer tensors and
+keep their data). The first axis of every graph input is the batch: it is set to 1, so shapes and costs
+are per sample, as for a spec. Any other free dimension needs a value (`--shape`), else a DlcError
+names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from dlc.errors import DlcError
+from dlc.layers.spatial import show
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+KEEP_VALUES = 64  # float initializers up to this many elements keep their values for shape inference
+META_SPEC = "dlc.spec"  # the metadata key dlc's exporter writes (dlc.onnx.export.META_SPEC)
+
+
+def dtype_name(elem_type: int) -> str:
+    """numpy's name for an ONNX element type: float32, int64, float16, ..."""
+    return helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "undefined"
+
+
+@dataclass(frozen=True)
+class Initializer:
+    name: str
+    dims: tuple[int, ...]
+    elem_type: int
+
+    @property
+    def is_float(self) -> bool:
+        return self.elem_type in FLOAT_TYPES
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A value of the graph at batch 1: its full shape (None where inference left a dimension or the
+    whole shape unknown) and the axis that holds the batch, if one does."""
+
+    name: str
+    shape: tuple[int | None, ...] | None
+    elem_type: int
+    batch_axis: int | None = None
+
+    @property
+    def is_float(self) -> bool:
+        return self.elem_type in FLOAT_TYPES
+
+    @property
+    def known(self) -> bool:
+        return self.shape is not None and None not in self.shape
+
+    @property
+    def per_sample(self) -> tuple[int | None, ...] | None:
+        """The shape with the batch axis left out, as dlc shows shapes."""
+        if self.shape is None or self.batch_axis is None:
+            return self.shape
+        return self.shape[:self.batch_axis] + self.shape[self.batch_axis + 1:]
+
+    @property
+    def elements(self) -> int | None:
+        return prod(self.shape) if self.known else None
+
+
+@dataclass
+class OnnxGraph:
+    path: str
+    model: onnx.ModelProto  # as loaded: external data not read
+    inputs: list[str]  # graph inputs that are not initializers, in order
+    outputs: list[str]
+    initializers: dict[str, Initializer]
+    tensors: dict[str, Tensor]  # every value shape inference typed, inputs and initializers included
+    metadata: dict[str, str] = field(default_factory=dict)
+    inference_error: str | None = None  # why strict ONNX shape inference failed, if it did
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self.model.graph.node)
+
+    @property
+    def opset(self) -> int:
+        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    @property
+    def dlc_spec(self) -> str | None:
+        return self.metadata.get(META_SPEC)
+
+
+def read_model(path: str) -> onnx.ModelProto:
+    """The model's protobuf, external data left on disk; a missing or unreadable file is a DlcError."""
+    p = Path(path)
+    if not p.is_file():
+        raise DlcError(f"no such file: {path}")
+    try:
+        return onnx.load_model(str(p), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not a model
+        raise DlcError(f"{path} is not an ONNX model ({type(e).__name__}: {e})")
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    """int for a fixed dimension, str for a named one, None for an anonymous one; None without a shape."""
+    t = value.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def input_shapes(model: onnx.ModelProto, given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Each graph input's shape per sample (see resolve_shapes)."""
+    init = {t.name for t in model.graph.initializer}
+    return resolve_shapes({v.name: _dims(v) for v in model.graph.input if v.name not in init}, given)
+
+
+def resolve_shapes(inputs: dict[str, list | None],
+                   given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Each input's shape per sample (batch left out), from its dimensions batch first (int fixed, str
+    named, None anonymous): the fixed ones, or `given` (by input name; key None for the only input).
+    A free dimension left unset is a DlcError naming it."""
+    names = list(inputs)
+    if None in given and len(inputs) != 1:
+        raise DlcError(f"the model has {len(inputs)} inputs ({', '.join(names) or 'none'}): give "
+                       f"--shape NAME=SHAPE for each")
+    unknown = [k for k in given if k is not None and k not in names]
+    if unknown:
+        raise DlcError(f"--shape {unknown[0]}=...: the model has no input {unknown[0]} (its inputs: "
+                       f"{', '.join(names)})")
+    shapes, missing = {}, []
+    for name, dims in inputs.items():
+        if dims is None:
+            raise DlcError(f"the model's input {name} has no shape: dlc needs at least its rank")
+        override = given.get(name, given.get(None))
+        if override is not None:
+            if len(override) != len(dims) - 1:
+                raise DlcError(f"--shape {show(override)} for input {name}: its per-sample shape has "
+                               f"{len(dims) - 1} dimensions (the file says {_show_dims(dims)})")
+            shapes[name] = override
+            continue
+        free = [d if isinstance(d, str) else "?" for d in dims[1:] if not isinstance(d, int) or d < 1]
+        if free:
+            missing.append(f"{name} {_show_dims(dims)} (free: {', '.join(free)})")
+        shapes[name] = tuple(dims[1:])
+    if missing:
+        how = "--shape 3@224x224" if len(inputs) == 1 else "--shape NAME=SHAPE for each"
+        raise DlcError(f"the model's input shapes have free dimensions besides the batch: {'; '.join(missing)}. "
+                       f"Give them with {how} (the batch is left out)")
+    return shapes
+
+
+def check_ranked(model: onnx.ModelProto) -> None:
+    """A DlcError for a graph input without a shape: onnxruntime shows it as a scalar, dlc cannot shape a
+    batch for it."""
+    init = {t.name for t in model.graph.initializer}
+    for v in model.graph.input:
+        if v.name not in init and _dims(v) is None:
+            raise DlcError(f"the model's input {v.name} has no known rank; dlc cannot shape a batch for it")
+
+
+def _show_dims(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int, base: Path) -> onnx.ModelProto:
+    """The graph with its inputs fixed at `batch` and the shapes given, and every large float initializer
+    a typed input without values: shape inference reads their dims only, and a copy without hundreds of
+    MB of weights goes through onnx's C++ in milliseconds."""
+    g = model.graph
+    kept, weights = [], []
+    for t in g.initializer:
+        small = t.data_type not in FLOAT_TYPES or prod(t.dims) <= KEEP_VALUES
+        if small and onnx.external_data_helper.uses_external_data(t):
+            t = _with_external_data(t, base)
+        if small:
+            kept.append(t)
+        else:
+            weights.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    init = {t.name for t in g.initializer}
+    inputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type,
+                                            [batch, *shapes[v.name]] if _dims(v) else _dims(v))
+              for v in g.input if v.name not in init]  # a scalar input stays one: it has no batch axis
+    return helper.make_model(helper.make_graph(g.node, g.name, [*inputs, *weights], g.output, initializer=kept),
+                             opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def _with_external_data(t: onnx.TensorProto, base: Path) -> onnx.TensorProto:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(t)
+    try:
+        onnx.external_data_helper.load_external_data_for_tensor(copy, str(base))
+    except OSError as e:
+        raise DlcError(f"cannot read the external data of initializer {t.name}: {e}")
+    copy.data_location = TensorProto.DEFAULT
+    del copy.external_data[:]
+    return copy
+
+
+def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+    g = inferred.graph
+    return {v.name: v for v in [*g.input, *g.value_info, *g.output]}
+
+
+def load(path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> OnnxGraph:
+    """The model at `path` with every tensor's shape at batch 1 (see the module's doc)."""
+    return from_model(read_model(path), path, given)
+
+
+def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> OnnxGraph:
+    """A model already in memory (its external data, if any, beside `path`)."""
+    shapes = input_shapes(model, given or {})
+    base = Path(path).resolve().parent
+    inference_error = None
+    try:
+        one = infer(skeleton(model, shapes, 1, base))
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        # An operator inference does not know (a contrib op) or rejects: the shapes it could infer still
+        # count; the nodes left without one are shown as not counted.
+        inference_error = str(e).strip().splitlines()[0]
+        one = infer(skeleton(model, shapes, 1, base), strict=False)
+    try:
+        # The axis that doubles at batch 2 is each tensor's batch axis; a model that fixes its batch in a
+        # Reshape may not infer at batch 2, and then no axis is called the batch but the leading 1.
+        two = infer(skeleton(model, shapes, 2, base))
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        two = None
+    initializers = {t.name: Initializer(t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer}
+    tensors = {}
+    for name, v in one.items():
+        dims = _dims(v)
+        shape = None if dims is None else tuple(d if isinstance(d, int) else None for d in dims)
+        batch_axis = _batch_axis(shape, two.get(name) if two else None)
+        tensors[name] = Tensor(name, shape, v.type.tensor_type.elem_type, batch_axis)
+    for t in initializers.values():
+        tensors[t.name] = Tensor(t.name, t.dims, t.elem_type)
+    init = set(initializers)
+    return OnnxGraph(str(path), model, [v.name for v in model.graph.input if v.name not in init],
+                     [v.name for v in model.graph.output], initializers, tensors,
+                     {p.key: p.value for p in model.metadata_props}, inference_error)
+
+
+def _batch_axis(shape, at_two: onnx.ValueInfoProto | None) -> int | None:
+    if shape is None:
+        return None
+    leading = 0 if shape[:1] == (1,) and len(shape) > 1 else None
+    other = _dims(at_two) if at_two is not None else None
+    if other is None or len(other) != len(shape):
+        return leading
+    moved = [i for i, (a, b) in enumerate(zip(shape, other)) if a == 1 and b == 2]
+    if len(moved) == 1:
+        return moved[0]
+    # Unchanged at batch 2: the model fixes its batch (a Reshape to [1, -1]); a leading 1 is that batch.
+    return leading if tuple(other) == shape else None
+
+
+def token_vocabularies(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph inputs that index an embedding table (a Gather on an initializer, maybe through a Cast),
+    and the smallest table's row count: token ids must lie below it."""
+    init = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    inputs = {v.name for v in model.graph.input if v.name not in init}
+    source = {name: name for name in inputs}  # tensor -> the graph input it is a cast of
+    vocab: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type == "Cast" and n.input[0] in source:
+            source[n.output[0]] = source[n.input[0]]
+        elif n.op_type == "Gather" and len(n.input) == 2 and n.input[0] in init and n.input[1] in source:
+            if attributes(n).get("axis", 0) == 0 and init[n.input[0]]:
+                name = source[n.input[1]]
+                vocab[name] = min(vocab.get(name, init[n.input[0]][0]), init[n.input[0]][0])
+    return vocab

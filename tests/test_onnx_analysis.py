@@ -1,0 +1,227 @@
+"""`dlc shapes|params|flops|summary|check MODEL.onnx`: dlc's figures for ONNX models.
+
+dlc's own exports must give exactly their spec's figures; hand-built models pin the operator rules,
+symbolic dimensions, several inputs, external data and the operators dlc cannot count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from dlc.analysis import analyse
+from dlc.cli import main
+from dlc.compile import compile_spec
+from dlc.engine.params import tensors
+from dlc.onnx import export
+from dlc.onnx.analysis import analyse_onnx
+from dlc.onnx.model import from_model
+from dlc.zoo import zoo_names, zoo_path
+
+FIGURES = ("params", "non_trainable", "macs", "flops", "activations")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def weightless_export(graph, monkeypatch) -> onnx.ModelProto:
+    """dlc's export of `graph` with initializers that carry dims but no values: the analysis reads only
+    dims, and VGG-16's 138 M weights would take seconds to serialise for nothing."""
+    real = numpy_helper.from_array
+
+    def dims_only(arr, name=None):
+        if arr.ndim and not any(arr.strides):  # the zero-stride views below
+            return onnx.TensorProto(name=name, dims=arr.shape, data_type=TensorProto.FLOAT)
+        return real(arr, name)
+
+    monkeypatch.setattr(numpy_helper, "from_array", dims_only)
+    weights = {t.full_name: np.broadcast_to(np.float32(0), t.shape) for t in tensors(graph)}
+    return export.to_onnx(graph, weights, {})
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_a_dlc_export_gives_exactly_its_specs_figures(name, monkeypatch):
+    path = zoo_path(name)
+    graph = compile_spec(path.read_text(), file=str(path))
+    spec = analyse(graph)
+    model, _ = analyse_onnx(from_model(weightless_export(graph, monkeypatch), f"{name}.onnx"))
+    # every figure but the NumPy engine's workspace, which belongs to a spec the engine runs
+    assert model.totals == replace(spec.totals, columns_bytes=None)
+    got = {s.node.name: s for s in model.nodes}
+    assert list(got) == [s.node.name for s in spec.nodes]
+    for s in spec.nodes:
+        o = got[s.node.name]
+        assert [getattr(o, f) for f in FIGURES] == [getattr(s, f) for f in FIGURES], s.node.name
+        assert (tuple(o.node.out_shape), o.rf, o.node.row) == (s.node.out_shape, s.rf, s.node.row), s.node.name
+
+
+def test_the_cli_reads_an_exported_file_like_its_spec(tmp_path):
+    path = tmp_path / "net.onnx"
+    text = "input 3@32x32\nconv 8@3x3 bn relu\nmaxpool 2/2\nconv 16@3x3/2 relu x2\ngap\nfc 10 softmax\n"
+    assert run("export", "-e", text, "-o", path).exit_code == 0
+    spec = json.loads(run("summary", "-e", text, "--json").stdout)
+    onnx_doc = json.loads(run("summary", path, "--json").stdout)
+    assert onnx_doc["schema"] == "dlc.analysis/1"
+    for key in ("params", "non_trainable", "macs", "flops", "activations", "train_bytes"):
+        assert onnx_doc["totals"][key] == spec["totals"][key]
+    assert [r["row"] for r in onnx_doc["layers"]] == [r["row"] for r in spec["layers"]]
+    table = run("summary", path).stdout
+    assert "conv 8@3x3 bn relu" in table and "conv 16@3x3/2 relu x2" in table
+
+
+def model(nodes, inputs, outputs, initializers=(), opset=18) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def save(m: onnx.ModelProto, path, **kwargs):
+    onnx.save_model(m, str(path), **kwargs)
+    return path
+
+
+def value(name, dims, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def weight(name, *dims):
+    return numpy_helper.from_array(np.ones(dims, np.float32), name)
+
+
+def conv_net(c_in="C", h="H") -> onnx.ModelProto:
+    """N@C_in x H x H -> Conv 4@3x3 (bias) -> Relu -> GlobalAveragePool -> Flatten -> Gemm 5."""
+    return model([helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", ["c"], ["r"]),
+                  helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+                  helper.make_node("Flatten", ["p"], ["f"]),
+                  helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1)],
+                 [value("x", ["N", c_in, h, h])], [value("y", ["N", 5])],
+                 [weight("w", 4, 3, 3, 3), weight("b", 4), weight("fw", 5, 4), weight("fb", 5)])
+
+
+def test_symbolic_dimensions_need_shape_and_the_batch_becomes_one(tmp_path):
+    path = save(conv_net(), tmp_path / "free.onnx")
+    r = run("summary", path)
+    assert r.exit_code == 2 and "free: C, H" in r.stderr and "--shape" in r.stderr and "Traceback" not in r.stderr
+    doc = json.loads(run("flops", path, "--shape", "3@8x8", "--json").stdout)
+    # conv 4 x 8 x 8 outputs x 3*3*3 = 6,912 MACs; Gemm 4 x 5 = 20; per sample whatever the file's N
+    assert doc["totals"]["macs"] == 6_912 + 20
+    # 2 MACs + bias per conv output, relu 256, pool 256, 2*20 + 5 for the Gemm
+    assert doc["totals"]["flops"] == 2 * 6_912 + 256 + 256 + 256 + 2 * 20 + 5
+    assert [layer["out_shape"] for layer in doc["layers"]] == [[3, 8, 8], [4, 8, 8], [4, 8, 8], [4, 1, 1], [4], [5]]
+    assert doc["totals"]["params"] == 4 * 27 + 4 + 20 + 5
+    assert run("flops", path, "--shape", "x=3@8x8", "--batch", "4", "--json").exit_code == 0
+    bad = run("flops", path, "--shape", "3x8")
+    assert bad.exit_code == 2 and "3 dimensions" in bad.stderr
+    assert run("flops", path, "--shape", "y=3@8x8").exit_code == 2
+    assert run("flops", path, "--shape", "3@8@8").exit_code == 2
+
+
+def test_rows_fold_bias_and_activations_and_all_shows_every_layer(tmp_path):
+    path = save(conv_net(3, 8), tmp_path / "static.onnx")
+    folded, every = run("shapes", path).stdout, run("shapes", path, "--all").stdout
+    assert "Conv 4@3x3 Relu" in folded and len(every.splitlines()) == len(folded.splitlines()) + 1
+
+
+def test_several_inputs_matmul_of_two_activations_and_shared_weights(tmp_path):
+    # q (N, T, 6) @ k^T (N, 6, T) with T free: 2 inputs; the weight w is read by two MatMuls
+    m = model([helper.make_node("MatMul", ["a", "w"], ["q"]), helper.make_node("MatMul", ["b", "w"], ["k"]),
+               helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+               helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["y"])],
+              [value("a", ["N", "T", 4]), value("b", ["N", "T", 4])], [value("y", ["N", "T", "T"])],
+              [weight("w", 4, 6)])
+    path = save(m, tmp_path / "two.onnx")
+    assert "--shape NAME=SHAPE" in run("flops", path).stderr
+    assert run("flops", path, "--shape", "5x4").exit_code == 2  # which input?
+    doc = json.loads(run("summary", path, "--shape", "a=5x4", "--shape", "b=5x4", "--json").stdout)
+    t = doc["totals"]
+    assert t["params"] == 24  # counted once
+    assert t["macs"] == 2 * (5 * 4 * 6) + 5 * 5 * 6
+    assert t["flops"] == 2 * t["macs"] + 3 * 25
+    assert doc["onnx"]["inputs"] == ["a", "b"] and doc["onnx"]["outputs"] == ["y"]
+    assert "inputs: a 5x4, b 5x4" in run("summary", path, "--shape", "a=5x4", "--shape", "b=5x4").stdout
+
+
+def test_an_operator_without_a_rule_is_shown_and_warned_never_a_silent_zero(tmp_path):
+    m = model([helper.make_node("Relu", ["x"], ["r"]),
+               helper.make_node("Hardmax", ["r"], ["h"]),
+               helper.make_node("Mul", ["h", "x"], ["y"])],
+              [value("x", ["N", 10])], [value("y", ["N", 10])])
+    path = save(m, tmp_path / "odd.onnx")
+    r = run("flops", path)
+    assert r.exit_code == 0
+    assert "warning: 1 Hardmax node not counted (Hardmax has no counting rule" in r.stderr
+    row = next(line for line in r.stdout.splitlines() if "Hardmax" in line)
+    assert "not counted" in row
+    assert "not counted: 1 of 3 nodes (Hardmax)" in r.stdout
+    doc = json.loads(run("flops", path, "--json").stdout)
+    assert doc["totals"]["not_counted"] == 1 and doc["totals"]["flops"] == 20
+    assert doc["onnx"]["not_counted"][0]["op"] == "Hardmax"
+
+
+def test_external_data_is_found_beside_the_model(tmp_path, monkeypatch):
+    path = save(conv_net(3, 8), tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                location="ext.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path.parent)
+    doc = json.loads(run("params", path, "--json").stdout)
+    assert doc["totals"]["params"] == 4 * 27 + 4 + 20 + 5
+
+
+def test_batch_norm_statistics_are_non_trainable_and_rank0_initializers_are_constants(tmp_path):
+    m = model([helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["n"]),
+               helper.make_node("Mul", ["n", "s"], ["y"])],
+              [value("x", ["N", 3, 4, 4])], [value("y", ["N", 3, 4, 4])],
+              [weight("g", 3), weight("b", 3), weight("m", 3), weight("v", 3),
+               numpy_helper.from_array(np.float32(2.0), "s")])
+    doc = json.loads(run("summary", save(m, tmp_path / "bn.onnx"), "--json").stdout)
+    assert (doc["totals"]["params"], doc["totals"]["non_trainable"]) == (6, 6)
+    assert doc["totals"]["flops"] == 2 * 48 + 48
+
+
+def test_shape_inference_that_rejects_the_graph_warns_and_counts_what_it_can(tmp_path):
+    # Add of (N, 4) and (N, 5) cannot broadcast: strict inference fails, the rest is inferred leniently
+    m = model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "z"], ["y"])],
+              [value("x", ["N", 4]), value("z", ["N", 5])], [value("y", ["N", 4])])
+    r = run("flops", save(m, tmp_path / "bad.onnx"), "--json")
+    assert r.exit_code == 0, r.output
+    assert "shape inference stopped early" in r.stderr
+    assert json.loads(r.stdout)["totals"]["flops"] == 4
+
+
+def test_bad_files_exit_2(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a model")
+    for path in (junk, tmp_path / "missing.onnx"):
+        r = run("summary", path)
+        assert r.exit_code == 2 and "Traceback" not in r.stderr
+
+
+def test_shape_goes_with_onnx_models_only():
+    r = run("shapes", "-e", "input 4 -> fc 2", "--shape", "4")
+    assert r.exit_code == 2 and "--shape goes with an .onnx model" in r.stderr
+
+
+def test_check_takes_onnx_models(tmp_path):
+    r = run("check", save(conv_net(3, 8), tmp_path / "ok.onnx"))
+    assert r.exit_code == 0 and "ok, 6 nodes, 137 params" in r.stdout
+
+
+def test_an_operator_shape_inference_does_not_know_leaves_its_node_uncounted(tmp_path):
+    """A contrib op: no rule for it, and no shape after it (the Sigmoid); the Relu before still counts."""
+    m = model([helper.make_node("Relu", ["x"], ["r"]),
+               helper.make_node("FusedThing", ["r"], ["f"], domain="com.example"),
+               helper.make_node("Sigmoid", ["f"], ["y"])],
+              [value("x", ["N", 10])], [value("y", ["N", 10])])
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    r = run("flops", save(m, tmp_path / "custom.onnx"), "--json")
+    assert r.exit_code == 0, r.output
+    assert "1 FusedThing node not counted" in r.stderr and "1 Sigmoid node not counted" in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["totals"]["flops"] == 10  # the Relu; FusedThing has no rule, Sigmoid no shape
+    assert {u["op"] for u in doc["onnx"]["not_counted"]} == {"FusedThing", "Sigmoid"}

@@ -1,0 +1,144 @@
+"""dlc's figures for models PyTorch exported, with both of its exporters, against published and
+hand-computed figures.
+
+torchvision's GFLOPS (MACs): ResNet-18 1,814,073,344; ResNet-50 4,089,184,256; MobileNet v2 300,774,272.
+Both exporters fold BatchNormalization into the convolutions, so the file holds each conv's weights
+plus one bias per channel: the published parameter count less one value per bn channel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from dlc.cli import main
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")  # the dynamo exporter needs it
+
+from torch import nn  # noqa: E402
+
+import torch_models  # noqa: E402
+
+EXPORTERS = {"torchscript": False, "dynamo": True}
+PUBLISHED = {  # name: (params, MACs)
+    "resnet18": (11_689_512, 1_814_073_344),
+    "resnet50": (25_557_032, 4_089_184_256),
+    "mobilenet_v2": (3_504_872, 300_774_272),
+}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def figures(path, *args) -> dict:
+    r = run("summary", path, "--json", *args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def with_distinct_bn(model: nn.Module) -> nn.Module:
+    """Random bn statistics: with the fresh ones (mean 0, var 1, shift 0) every folded bias is zero and
+    the TorchScript exporter stores those identical tensors once."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            for t in (m.weight.data, m.bias.data, m.running_mean, m.running_var):
+                t.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module", params=[(n, e) for n in PUBLISHED for e in EXPORTERS], ids=lambda p: f"{p[0]}-{p[1]}")
+def exported(request, tmp_path_factory):
+    name, exporter = request.param
+    net = with_distinct_bn(getattr(torch_models, name)())
+    path = tmp_path_factory.mktemp(f"{name}_{exporter}") / f"{name}.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
+    bn_channels = sum(m.num_features for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    return name, path, sum(p.numel() for p in net.parameters()), bn_channels
+
+
+def test_the_torch_fixtures_have_torchvisions_parameter_counts(exported):
+    name, _, params, _ = exported
+    assert params == PUBLISHED[name][0]
+
+
+def test_torchvision_macs_and_parameters_from_both_exporters(exported):
+    name, path, _, bn_channels = exported
+    doc = figures(path)
+    assert doc["totals"]["macs"] == PUBLISHED[name][1]
+    assert doc["totals"]["params"] == PUBLISHED[name][0] - bn_channels
+    assert doc["totals"]["not_counted"] == 0
+    assert doc["layers"][0]["out_shape"] == [3, 224, 224] and doc["layers"][-1]["out_shape"] in ([1000], [1, 1000])
+
+
+def export_small(tmp_path, module: nn.Module, example, dynamo: bool, **kwargs):
+    path = tmp_path / f"{type(module).__name__}_{int(dynamo)}.onnx"
+    torch_models.export(module, path, example, dynamo=dynamo, **kwargs)
+    return path
+
+
+class BiLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(10, 20, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_lstm_counts_every_step_and_direction(tmp_path, dynamo):
+    doc = figures(export_small(tmp_path, BiLSTM(), (torch.randn(1, 7, 10),), dynamo))
+    t, d, h, dirs = 7, 10, 20, 2
+    assert doc["totals"]["macs"] == t * dirs * 4 * h * (d + h)  # 33,600
+    assert doc["totals"]["params"] == dirs * (4 * h * (d + h) + 8 * h)  # ONNX's two bias vectors: 5,120
+    # 2 per MAC, and per step and direction: Wx + Rh joined and two bias adds (3 per gate unit), and
+    # the gates' elementwise work (9 per hidden unit)
+    assert doc["totals"]["flops"] == 2 * 33_600 + t * dirs * (3 * 4 * h + 9 * h)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_transposed_conv_is_counted_by_its_input_channels(tmp_path, dynamo):
+    doc = figures(export_small(tmp_path, nn.ConvTranspose2d(8, 4, 3, stride=2), (torch.randn(1, 8, 5, 5),), dynamo))
+    assert doc["layers"][-1]["out_shape"] == [4, 11, 11]
+    assert doc["totals"]["macs"] == 8 * 5 * 5 * 4 * 3 * 3  # C_in * H_in * W_in * C_out * k * k
+    assert doc["totals"]["flops"] == 2 * 7_200 + 4 * 11 * 11
+    assert doc["totals"]["params"] == 8 * 4 * 9 + 4
+
+
+class Block(nn.Module):
+    """Token embedding, single-head self-attention with a residual and LayerNorm, a ReLU MLP."""
+
+    def __init__(self, vocab=100, d=16, ff=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln = nn.LayerNorm(d)
+        self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        scores = self.q(x) @ self.k(x).transpose(-1, -2) / math.sqrt(x.shape[-1])
+        x = self.ln(x + self.o(torch.softmax(scores, dim=-1) @ self.v(x)))
+        return x + self.ff2(torch.relu(self.ff1(x)))
+
+
+@pytest.mark.parametrize("dynamo,opset", [(False, 16), (False, 17), (True, 18)],
+                         ids=["torchscript-decomposed-layernorm", "torchscript", "dynamo"])
+def test_transformer_block(tmp_path, dynamo, opset):
+    t, d, ff, vocab = 8, 16, 32, 100
+    doc = figures(export_small(tmp_path, Block(vocab, d, ff), (torch.randint(0, vocab, (1, t)),), dynamo,
+                               opset_version=opset))
+    assert doc["layers"][0]["out_shape"] == [t]
+    assert doc["totals"]["params"] == vocab * d + 4 * (d * d + d) + 2 * d + (d * ff + ff) + (ff * d + d)
+    # four projections, QK^T and the weighted sum of values, the MLP
+    assert doc["totals"]["macs"] == 4 * t * d * d + 2 * t * t * d + 2 * t * d * ff
+    biases = 4 * t * d + t * ff + t * d
+    layernorm = 7 * t * d + 2 * t  # fused or decomposed alike
+    elementwise = t * t + 3 * t * t + t * ff + 2 * t * d  # scale, softmax, relu, two residual adds
+    assert doc["totals"]["flops"] == 2 * doc["totals"]["macs"] + biases + layernorm + elementwise

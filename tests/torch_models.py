@@ -1,0 +1,128 @@
+"""torchvision's ResNet-18, ResNet-50 and MobileNet v2, written in plain torch.nn.
+
+torchvision cannot be installed beside the CPU torch of the test extra, so the three architectures are
+restated here, layer for layer as torchvision builds them (ResNet v1.5: the stride on the 3x3 conv of a
+bottleneck). Their published parameter counts (11,689,512 / 25,557,032 / 3,504,872) are asserted in
+the tests, which checks this file against outside truth before any figure is compared with it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
+            relu: str | None = "relu") -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
+    if relu == "relu":
+        layers.append(nn.ReLU(inplace=True))
+    elif relu == "relu6":
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, width: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(c_in, width, 3, stride), conv_bn(width, width, 3, relu=None))
+        self.shortcut = (conv_bn(c_in, width, 1, stride, relu=None)
+                         if stride != 1 or c_in != width else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int):
+        super().__init__()
+        c_out = width * 4
+        self.body = nn.Sequential(conv_bn(c_in, width, 1), conv_bn(width, width, 3, stride),
+                                  conv_bn(width, c_out, 1, relu=None))
+        self.shortcut = (conv_bn(c_in, c_out, 1, stride, relu=None)
+                         if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, depths: list[int], classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1))
+        stages, c_in = [], 64
+        for i, depth in enumerate(depths):
+            width = 64 * 2 ** i
+            for j in range(depth):
+                stages.append(block(c_in, width, 2 if j == 0 and i > 0 else 1))
+                c_in = width * block.expansion
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(c_in, classes)
+
+    def forward(self, x):
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
+        super().__init__()
+        hidden = c_in * expand
+        layers = [conv_bn(c_in, hidden, 1, relu="relu6")] if expand != 1 else []
+        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden, relu="relu6"),
+                   conv_bn(hidden, c_out, 1, relu=None)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNetV2(nn.Module):
+    # (expansion t, channels c, repeats n, stride s) of the paper's table 2
+    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1)]
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        layers, c_in = [conv_bn(3, 32, 3, 2, relu="relu6")], 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(c_in, c, s if i == 0 else 1, t))
+                c_in = c
+        layers.append(conv_bn(c_in, 1280, 1, relu="relu6"))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def resnet18() -> nn.Module:
+    return ResNet(BasicBlock, [2, 2, 2, 2])
+
+
+def resnet50() -> nn.Module:
+    return ResNet(Bottleneck, [3, 4, 6, 3])
+
+
+def mobilenet_v2() -> nn.Module:
+    return MobileNetV2()
+
+
+def export(model: nn.Module, path, args: tuple, *, dynamo: bool, **kwargs) -> None:
+    """torch.onnx.export in eval mode, quietly, with either exporter."""
+    import warnings
+
+    model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, args, str(path), dynamo=True, verbose=False, **kwargs)
+        else:
+            torch.onnx.export(model, args, str(path), dynamo=False, **kwargs)

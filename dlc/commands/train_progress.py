@@ -1,4 +1,4 @@
-"""`dlc train`'s progress on stderr: a bar within an epoch, a line at its end."""
+"""`dlc train`'s progress on stderr: a spinner naming slow set-up, a bar within an epoch, a line at its end."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ def atomic_write(path, mode: str = "wb"):
     folder = path.parent
     if not folder.is_dir():
         raise DlcError(f"cannot write {path}: there is no folder {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)  # named as stale_temps finds
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -29,3 +30,9 @@ def atomic_write(path, mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def stale_temps(path) -> list[Path]:
+    """The temp files beside `path` that writes killed before their rename (SIGKILL, power loss) left."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))

@@ -1,7 +1,9 @@
-"""Arguments several commands share: the SPEC argument (a file, stdin, a zoo name or -e TEXT)."""
+"""Arguments several commands share: the SPEC argument (a file, stdin, a zoo name or -e TEXT), the
+types of flag values, and the refusal of work that cannot fit in memory."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -83,3 +85,66 @@ def load_graph(spec: str | None, expr: str | None):
 
     file, text = read_spec(spec, expr)
     return compile_spec(text, file=file)
+
+
+# --- flag values --------------------------------------------------------------------------------
+
+# numpy's generators take any whole number >= 0 as a seed and refuse a negative one with a traceback.
+SEED = click.IntRange(min=0)
+
+
+class FiniteFloat(click.ParamType):
+    """A float flag that must be a finite number at or above `low` (above it with `open_low`):
+    float('nan') and float('inf') parse, and nan passes every comparison a range check makes."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, open_low: bool = False):
+        self.low, self.open_low = low, open_low
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            x = float(value)
+        except OverflowError:  # a whole number past float's range
+            x = math.inf
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        if self.low is not None and (x < self.low or self.open_low and x == self.low):
+            self.fail(f"{value} is not {'>' if self.open_low else '>='} {self.low:g}", param, ctx)
+        return x
+
+
+NON_NEGATIVE = FiniteFloat(low=0)  # a decay, a penalty, a noise level
+POSITIVE = FiniteFloat(low=0, open_low=True)  # a rate, an epsilon
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: the kernel's MemAvailable, within a cgroup's limit; None
+    where neither can be read (then nothing is refused)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def refuse_unless_fits(needed: int, what: str) -> None:
+    """A DlcError naming both figures when `what` needs more memory than this machine has free."""
+    from dlc.units import binary
+
+    free = available_bytes()
+    if free is not None and needed > free:
+        raise DlcError(f"{what} needs at least {binary(needed)} of memory; {binary(free)} is available")

@@ -8,6 +8,7 @@ the command, so the other commands start fast.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,12 +16,13 @@ from typing import TYPE_CHECKING
 import click
 
 from dlc import choices
-from dlc.commands.arguments import load_graph, spec_input
+from dlc.commands.arguments import NON_NEGATIVE, load_graph, refuse_unless_fits, spec_input
 from dlc.commands.train_progress import Display
-from dlc.commands.train_resume import load_resume
+from dlc.commands.train_resume import check_same_data, load_resume
 from dlc.commands.train_settings import default_data, fresh_out, output_width, resolve_config, train_flags
 from dlc.commands.train_summary import aggregate, print_summary, run_summary
 from dlc.errors import DlcError
+from dlc.layers.spatial import show
 
 if TYPE_CHECKING:  # numpy comes with them, so the command imports them only when it runs
     from dlc.train.config import TrainConfig
@@ -44,8 +46,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--n-test", type=click.IntRange(min=0), help="Built-in sets: test samples.")
 @click.option("--flip", is_flag=True, help="Augment: random left-right flips.")
 @click.option("--shift", type=click.IntRange(min=0), default=0, help="Augment: random shifts of up to N pixels.")
-@click.option("--noise", type=click.FloatRange(min=0), default=0.0, help="Augment: Gaussian noise of this sigma.")
-@click.option("--mixup", type=click.FloatRange(min=0), default=0.0, help="Augment: mixup with Beta(alpha, alpha).")
+@click.option("--noise", type=NON_NEGATIVE, default=0.0, help="Augment: Gaussian noise of this sigma.")
+@click.option("--mixup", type=NON_NEGATIVE, default=0.0, help="Augment: mixup with Beta(alpha, alpha).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<spec>-<time>).")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="DIR", help="Continue the run in DIR exactly.")
 @click.option("--save-every", type=click.IntRange(min=1), metavar="STEPS",
@@ -74,11 +76,20 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
         norm = None
         runs = fresh_runs(cfg, out or fresh_out(graph), repeat)
-    data_arrays, norm = prepare(src, graph.input.out_shape, classes,
-                                tokens=graph.input.dtype.startswith("int"), norm=norm)
+    try:
+        data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
+                                    norm=norm, on_phase=display.phase)
+        display.phase("fingerprinting the data (--resume checks it)")
+        fingerprint = data_arrays.fingerprint()
+    except MemoryError:
+        raise DlcError(f"out of memory while preparing the data {src.source}") from None
+    finally:
+        display.phase(None)
+    if resume is not None:
+        check_same_data(checkpoint[2], fingerprint, resume)
     for text in data_arrays.notes:
         display.note(text)
-    meta = {"data": asdict(src), "normalize": norm, "classes": classes}
+    meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint}
     docs = []
     for cfg_i, out_i, checkpoint in runs:
         display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
@@ -104,11 +115,16 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val
     from dlc.train.builtin import BUILTIN_SIZES
     from dlc.train.sources import data_source
 
-    src = data_source(data or default_data(graph), reshape=reshape, val=val, seed=cfg.seed, normalize=normalize)
+    src = data_source(default_data(graph) if data is None else data, reshape=reshape, val=val, seed=cfg.seed,
+                      normalize=normalize)
     if any(v is not None for v in sizes):
-        if not src.builtin:
-            raise DlcError("--n-train, --n-val and --n-test size the built-in data sets, not a file")
+        if not src.builtin or src.source == "xor":
+            raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets spirals, blobs and "
+                           f"glyphs, not {'the four points of xor' if src.builtin else 'a file'}")
         src.sizes = tuple(d if v is None else v for v, d in zip(sizes, BUILTIN_SIZES[src.source]))
+        samples, shape = sum(src.sizes), graph.input.out_shape
+        # the arrays alone, as float32: a lower bound (generating and normalising them takes more)
+        refuse_unless_fits(4 * samples * math.prod(shape), f"the data ({samples:,} samples of {show(shape)})")
     return src
 
 
@@ -119,6 +135,23 @@ def fresh_runs(cfg: TrainConfig, root: Path, repeat: int) -> list[tuple]:
     else:
         runs = [(replace(cfg, seed=cfg.seed + i), root / f"seed{cfg.seed + i}", None) for i in range(repeat)]
     for _, d, _ in runs:
-        if (d / "last.npz").exists():
-            raise DlcError(f"{d} already holds a run: continue it with --resume {d}, or choose another --out")
+        check_fresh_folder(d)
     return runs
+
+
+def check_fresh_folder(folder: Path) -> None:
+    """A fresh run writes its files into `folder`: refuse one that is a file, lies under a file, or holds a
+    file the run would write (a model someone kept is not overwritten), before any data is loaded."""
+    from dlc.train.rundir import LAST, RUN_FILES
+
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # `.` or `/` at the latest
+    if not existing.is_dir():
+        where = "it is a file" if existing == folder else f"{existing} is a file"
+        raise DlcError(f"--out {folder}: {where}, not a folder")
+    if (folder / LAST).exists():
+        raise DlcError(f"{folder} already holds a run ({LAST}): continue it with --resume {folder}, "
+                       f"or choose another --out")
+    kept = [name for name in RUN_FILES if (folder / name).exists()]
+    if kept:
+        raise DlcError(f"{folder} holds {', '.join(kept)}, which a run writes: choose another --out "
+                       f"(or move them) so they are not overwritten")

@@ -1,7 +1,8 @@
-"""`dlc train`'s progress on stderr: a bar within an epoch, a line at its end."""
+"""`dlc train`'s progress on stderr: a spinner naming slow set-up, a bar within an epoch, a line at its end."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 
@@ -11,15 +12,45 @@ class Display:
 
     BAR_AFTER = 0.5  # seconds into an epoch before its bar appears
     LINE_EVERY = 1.0  # seconds between summary lines of short epochs
+    SETUP_AFTER = 2.0  # seconds of silent set-up (reading, fitting data) before a spinner names it
 
     def __init__(self, quiet: bool, label: str = ""):
         self.quiet, self.label = quiet, label
         self.progress = self.task = None
         self.epoch = {}
         self.last_update = self.last_line = 0.0
+        self.status = self.timer = None
+        self.phase_text = ""
+        self.lock = threading.Lock()
         if not quiet:
             from rich.console import Console
             self.console = Console(stderr=True, highlight=False)
+
+    def phase(self, what: str | None) -> None:
+        """Set-up work now under way (None: set-up is over). One call blocks for seconds at times (a
+        gunzip, an unpickle), so a timer thread shows the spinner once set-up has lasted SETUP_AFTER."""
+        if self.quiet:
+            return
+        with self.lock:
+            self.phase_text = what or ""
+            if what is None:
+                if self.timer is not None:
+                    self.timer.cancel()
+                if self.status is not None:
+                    self.status.stop()
+                self.status = self.timer = None
+            elif self.status is not None:
+                self.status.update(what)
+            elif self.timer is None:
+                self.timer = threading.Timer(self.SETUP_AFTER, self._show_status)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _show_status(self) -> None:
+        with self.lock:
+            if self.phase_text and self.status is None:
+                self.status = self.console.status(self.phase_text)
+                self.status.start()
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -59,6 +90,7 @@ class Display:
                                            total=e["batches"], completed=e["done"], stats="")
 
     def close(self) -> None:
+        self.phase(None)
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

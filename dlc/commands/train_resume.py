@@ -44,3 +44,22 @@ def load_resume(folder: Path, spec: str | None, expr: str | None, keys: dict) ->
         cfg = replace(cfg, epochs=keys["epochs"])
     src = DataSource(**dict(meta["data"], sizes=tuple(meta["data"]["sizes"]) if meta["data"]["sizes"] else None))
     return graph, cfg, src, meta["normalize"], (params, state, meta)
+
+
+def check_same_data(saved: dict, now: dict, folder: Path) -> None:
+    """--resume promises to continue exactly, so it refuses data other than the run's: other sample
+    counts, or the same counts with other contents (a file replaced, a reader or generator changed)."""
+    was = saved.get("data_fingerprint")
+    if was is None:  # written before checkpoints kept a fingerprint: nothing to compare with
+        return
+    source = saved["data"]["source"]
+
+    def counts(doc):
+        return ", ".join(f"{n:,} {split}" for split, n in doc["samples"].items())
+
+    if was["samples"] != now["samples"]:
+        raise DlcError(f"--resume {folder}: the data {source} has changed since the run began (samples: "
+                       f"{counts(now)} now, {counts(was)} then); a resumed run needs the data it trained on")
+    if was["sha256"] != now["sha256"]:
+        raise DlcError(f"--resume {folder}: the data {source} has the run's sample counts but other "
+                       f"contents (its SHA-256 differs); a resumed run needs the data it trained on")

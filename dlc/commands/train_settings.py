@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import click
 
 from dlc import choices
+from dlc.commands.arguments import NON_NEGATIVE, POSITIVE, SEED
 from dlc.errors import DlcError, Pos
 from dlc.layers.spatial import show
 
@@ -20,30 +21,32 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
     from dlc.train.augment import Augment
     from dlc.train.config import TrainConfig
 
-# The `train` statement's keys as flags: (key, click type, help).
+# The `train` statement's keys as flags: (key, click type, help). The type is the one rule for a key's
+# values, read for the flag and for the spec's `train` statement alike: a rate, decay or penalty is a
+# finite number (nan passes every comparison, so it is refused by name), a seed a whole number >= 0.
 TRAIN_FLAGS = [
     ("loss", click.Choice(choices.LOSSES), "Loss (default: xent after a final softmax, else mse)."),
     ("optimizer", click.Choice(tuple(choices.OPTIMIZER_SLOTS)), "Optimizer (default sgd)."),
-    ("lr", float, "Learning rate (default 0.01)."),
-    ("momentum", float, "Momentum of momentum/nesterov (default 0.9)."),
-    ("beta1", float, "Adam's beta1 (default 0.9)."),
-    ("beta2", float, "Adam's beta2 (default 0.999); rmsprop's decay (default 0.9)."),
-    ("eps", float, "Epsilon of adagrad/rmsprop/adam (default 1e-8)."),
+    ("lr", POSITIVE, "Learning rate (default 0.01)."),
+    ("momentum", NON_NEGATIVE, "Momentum of momentum/nesterov (default 0.9)."),
+    ("beta1", NON_NEGATIVE, "Adam's beta1 (default 0.9)."),
+    ("beta2", NON_NEGATIVE, "Adam's beta2 (default 0.999); rmsprop's decay (default 0.9)."),
+    ("eps", POSITIVE, "Epsilon of adagrad/rmsprop/adam (default 1e-8)."),
     ("batch", click.IntRange(min=1), "Mini-batch size (default 32)."),
     ("epochs", click.IntRange(min=0), "Epochs (default 10)."),
-    ("seed", int, "Seed of initialisation, data order, dropout and augmentation (default 0)."),
-    ("weight_decay", float, "L2 weight decay on weights (not biases or bn)."),
-    ("l1", float, "L1 penalty on weights."),
-    ("maxnorm", float, "Max-norm constraint on each unit's incoming weights."),
+    ("seed", SEED, "Seed of initialisation, data order, dropout and augmentation (default 0)."),
+    ("weight_decay", NON_NEGATIVE, "L2 weight decay on weights (not biases or bn)."),
+    ("l1", NON_NEGATIVE, "L1 penalty on weights."),
+    ("maxnorm", NON_NEGATIVE, "Max-norm constraint on each unit's incoming weights."),
     ("init", click.Choice(choices.INITS), "Weight initialisation (default he)."),
-    ("init_std", float, "Standard deviation of init=gaussian (default 0.01)."),
+    ("init_std", NON_NEGATIVE, "Standard deviation of init=gaussian (default 0.01)."),
     ("schedule", click.Choice(choices.SCHEDULES), "Learning-rate schedule over epochs (default constant)."),
     ("step_every", click.IntRange(min=1), "step: epochs between decays."),
-    ("gamma", float, "step/exp: decay factor."),
-    ("power", float, "poly: exponent."),
+    ("gamma", POSITIVE, "step/exp: decay factor."),
+    ("power", NON_NEGATIVE, "poly: exponent."),
     ("restart_every", click.IntRange(min=1), "cosine: epochs between warm restarts."),
-    ("lr_min", float, "cosine/linear: the lowest rate."),
-    ("k", float, "exp/invsqrt: decay constant."),
+    ("lr_min", NON_NEGATIVE, "cosine/linear: the lowest rate."),
+    ("k", NON_NEGATIVE, "exp/invsqrt: decay constant."),
 ]
 TRAIN_KEY_NAMES = [k for k, _, _ in TRAIN_FLAGS]
 INT_KEYS = {"batch", "epochs", "seed", "step_every", "restart_every"}
@@ -76,6 +79,7 @@ def spec_settings(graph) -> dict:
     def error(key, message):
         return DlcError(message, setting_pos(graph, key), graph.file, graph.source)
 
+    kinds = {key: kind for key, kind, _ in TRAIN_FLAGS}
     out = {}
     for key, value in graph.train.items():
         if key not in TRAIN_KEY_NAMES:
@@ -85,9 +89,12 @@ def spec_settings(graph) -> dict:
                 raise error(key, f"train {key}={value}: expected one of {', '.join(WORD_KEYS[key])}")
             out[key] = value
             continue
-        if isinstance(value, str) or (key in INT_KEYS and value != int(value)):
+        if isinstance(value, str) or (key in INT_KEYS and isinstance(value, float) and not value.is_integer()):
             raise error(key, f"train {key}={value}: expected {'a whole number' if key in INT_KEYS else 'a number'}")
-        out[key] = int(value) if key in INT_KEYS else float(value)
+        try:
+            out[key] = kinds[key].convert(int(value) if key in INT_KEYS else value, None, None)
+        except click.BadParameter as e:
+            raise error(key, f"train {key}={value}: {e.message}")
     return out
 
 

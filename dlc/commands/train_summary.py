@@ -70,8 +70,13 @@ def print_summary(summary: dict, runs: int, quiet: bool, as_json: bool) -> None:
     elif not quiet:
         from rich.console import Console
         console = Console(highlight=False)
-        console.print(closing_table(summary))
         outs = summary["out"] if isinstance(summary["out"], str) else ", ".join(summary["out"])
+        epochs = summary["epochs"]
+        if (epochs["mean"] if isinstance(epochs, dict) else epochs) == 0:
+            # a run stopped in its first epoch has no scores yet: a table of them would be empty
+            console.print(f"no epoch finished, so there are no scores yet; the checkpoint is in {outs}")
+            return
+        console.print(closing_table(summary))
         ips = summary["images_per_second"]
         ips = ips["mean"] if isinstance(ips, dict) else ips
         secs = summary["seconds"]["mean"] if isinstance(summary["seconds"], dict) else summary["seconds"]

@@ -6,6 +6,7 @@ float32 (N, K).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,3 +31,14 @@ class Data:
 
     def splits(self) -> dict[str, Split]:
         return {k: s for k, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
+
+    def fingerprint(self) -> dict:
+        """Each split's sample count and one SHA-256 over every input and target (their dtypes and
+        shapes too): a checkpoint keeps it, so that --resume can tell the run's data from changed data."""
+        digest = hashlib.sha256()
+        for name, split in self.splits().items():
+            for a in (split.x, split.y):
+                digest.update(f"{name} {a.dtype.str} {a.shape}\n".encode())
+                digest.update(np.ascontiguousarray(a))
+        return {"samples": {name: len(split) for name, split in self.splits().items()},
+                "sha256": digest.hexdigest()}

@@ -242,14 +242,16 @@ class Run:
         if improves(self.best, key, record[key]):
             self.best = {"key": key, "value": record[key], "epoch": pos.epoch}
             self.files.pending_best = self.snapshot(copy=True)
+        # The log line goes first: a kill between it and the checkpoint leaves a line past the
+        # checkpoint, which resume trims and writes again; the other order loses the epoch's line.
+        self.files.append(record)
+        self.history.append(record)
         # Tiny epochs (XOR's is one step) would spend their time writing files: an epoch's end is
         # checkpointed when the last checkpoint is EPOCH_SAVE_GAP old, and always at the end or a stop.
         if (pos.epoch == self.cfg.epochs or self.stop.raised
                 or (self.save_every and pos.step % self.save_every == 0)
                 or self.files.since_save() >= EPOCH_SAVE_GAP):
             self.flush()
-        self.files.append(record)
-        self.history.append(record)
         self.emit("end", record)
         if self.stop.raised:
             raise self.interrupted(f"after epoch {pos.epoch}")

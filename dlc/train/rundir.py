@@ -2,7 +2,10 @@
 
 last.npz is the checkpoint a run resumes from; best.npz the best epoch's (by validation accuracy,
 else training loss), whose weights wait in memory until the next checkpoint is written, so a best
-epoch costs no extra write; log.jsonl has one line per epoch; metrics.json is written at the end.
+epoch costs no extra write; log.jsonl has one line per epoch, appended before the checkpoint that
+counts the epoch (resume trims lines past its checkpoint, so a kill between the two loses nothing);
+metrics.json is written at the end. Temp files that killed writes left are removed when a run opens its
+folder.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import os
 import time
 from pathlib import Path
 
-from dlc.atomic import atomic_write
+from dlc.atomic import atomic_write, stale_temps
 from dlc.engine.params import save_checkpoint
+from dlc.errors import DlcError
 
 RUN_SCHEMA = "dlc.train/1"
+LAST, BEST, LOG, METRICS = "last.npz", "best.npz", "log.jsonl", "metrics.json"
+RUN_FILES = (LAST, BEST, LOG, METRICS)  # what a run writes into its folder
 
 Snapshot = tuple[dict, dict, dict]  # (params, state, meta), as save_checkpoint takes them
 
@@ -57,10 +63,16 @@ class RunFiles:
 
     def __init__(self, out: Path):
         self.out = out
-        self.last, self.best, self.log = out / "last.npz", out / "best.npz", out / "log.jsonl"
+        self.last, self.best, self.log = out / LAST, out / BEST, out / LOG
         self.pending_best: Snapshot | None = None
         self.last_save = time.perf_counter()
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DlcError(f"cannot make the run folder {out}: {e.strerror}") from None
+        for name in RUN_FILES:  # what writes of an earlier, killed run left; never read, never renamed
+            for tmp in stale_temps(out / name):
+                tmp.unlink(missing_ok=True)
 
     def history(self, fresh: bool, upto_epoch: int) -> list[dict]:
         """The epoch records so far: none for a fresh run (an old log goes), else log.jsonl's."""
@@ -85,4 +97,4 @@ class RunFiles:
         append_line(self.log, record)
 
     def write_metrics(self, doc: dict) -> None:
-        write_atomic(self.out / "metrics.json", json.dumps(doc, indent=1))
+        write_atomic(self.out / METRICS, json.dumps(doc, indent=1))

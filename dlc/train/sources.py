@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -34,6 +35,9 @@ class DataSource:
 
 def data_source(text: str, **kw) -> DataSource:
     """A --data value: an existing file or directory, else a built-in set's name."""
+    if not text.strip():
+        raise DlcError(f"--data {text!r} is empty: name a file, a directory, or a built-in set "
+                       f"({', '.join(BUILTIN)})")
     p = Path(os.path.expanduser(text))
     if p.exists():
         return DataSource(str(p.resolve()), **kw)
@@ -44,16 +48,20 @@ def data_source(text: str, **kw) -> DataSource:
 
 
 def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens: bool = False,
-            norm: dict | None = None) -> tuple[Data, dict]:
+            norm: dict | None = None, on_phase: Callable[[str], None] = lambda what: None) -> tuple[Data, dict]:
     """Load, fit to the spec, check labels, hold out validation, normalise: (data, normalisation).
 
     tokens: the spec reads token ids (`input seq T`), which must be integers and are not normalised.
     `norm` reuses stored statistics (a resumed run) instead of computing them from train.
+    on_phase(what) names each phase as it starts (MNIST takes seconds to read and fit), for a display.
     """
     if src.builtin:
+        on_phase(f"making the built-in set {src.source}")
         data = builtin_data(src.source, input_shape, classes, src.sizes, src.seed)
     else:
+        on_phase(f"reading {src.source}")
         data = load_file(src.source)
+    on_phase(f"fitting {data.name} to the spec")
     data = fit_inputs(data, input_shape, src.reshape)
     check_labels(data, classes)
     data = carve_val(data, src.val, src.seed)
@@ -61,6 +69,7 @@ def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens:
         if not all(np.issubdtype(s.x.dtype, np.integer) for s in data.splits().values()):
             raise DlcError(f"{data.name}: the spec reads token ids, but the inputs are not integers")
         return data, {"kind": "none"}
+    on_phase(f"normalising {data.name}")
     data = replace(data, **{k: Split(s.x.astype(np.float32, copy=False), s.y) for k, s in data.splits().items()})
     norm = norm or normalizer(data.train.x, src.normalize)
     data = announce_range(data, src.normalize)

@@ -1,0 +1,240 @@
+"""`dlc train` loses nothing and refuses what it cannot do (issue 9): a folder holding a run's files is
+not overwritten, a kill never drops an epoch from the log, --resume cleans killed writes and refuses
+changed data, bad flag and spec values and impossible sizes are refused with a message, a run stopped
+in its first epoch says so, and slow set-up shows what it is doing."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from dlc.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+XOR = REPO / "specs" / "xor.dlc"
+TINY = "input 2 -> fc 2 softmax"
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["train", *map(str, args)])
+
+
+def refused(r, *patterns):
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, (SystemExit, type(None))), r.exception
+    for p in patterns:
+        assert re.search(p, r.stderr), (p, r.stderr)
+
+
+# ------------------------------------------------------------------------------------- data loss
+
+@pytest.mark.parametrize("name", ["best.npz", "last.npz", "log.jsonl", "metrics.json"])
+def test_a_fresh_run_never_overwrites_a_file_a_run_writes(tmp_path, name):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / name).write_bytes(b"someone's good model")
+    refused(run(XOR, "--epochs", "1", "--out", kept), re.escape(name))
+    assert (kept / name).read_bytes() == b"someone's good model"
+    assert sorted(p.name for p in kept.iterdir()) == [name]
+
+
+def test_repeat_checks_each_seed_folder_and_other_files_do_not_matter(tmp_path):
+    (tmp_path / "rep" / "seed1").mkdir(parents=True)
+    (tmp_path / "rep" / "seed1" / "metrics.json").write_text("{}")
+    refused(run(XOR, "--epochs", "1", "--repeat", "2", "--out", tmp_path / "rep"), "seed1 holds metrics.json")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.txt").write_text("mine")
+    assert run(XOR, "--epochs", "1", "--out", notes, "--quiet").exit_code == 0
+    assert (notes / "README.txt").read_text() == "mine"
+
+
+def test_out_through_a_file_is_refused(tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    refused(run(XOR, "--epochs", "1", "--out", f), "it is a file, not a folder")
+    refused(run(XOR, "--epochs", "1", "--out", f / "run"), "f.txt is a file, not a folder")
+    assert f.read_text() == "x"
+
+
+def test_every_checkpoint_finds_its_epochs_already_in_the_log(tmp_path, monkeypatch):
+    # A kill can fall between any two writes; with the log line first, a checkpoint at epoch N never
+    # exists while log.jsonl lacks line N (the other order lost an epoch for good: issue 9).
+    import dlc.train.rundir as rundir
+
+    out, seen, save = tmp_path / "x", [], rundir.save_checkpoint
+
+    def watched(path, params, state, meta):
+        if path.name == "last.npz":
+            log = out / "log.jsonl"
+            lines = log.read_text().splitlines() if log.exists() else []
+            seen.append((meta["position"]["epoch"], [json.loads(line)["epoch"] for line in lines]))
+        save(path, params, state, meta)
+
+    monkeypatch.setattr(rundir, "save_checkpoint", watched)
+    assert run(XOR, "--epochs", "12", "--save-every", "1", "--out", out, "--quiet").exit_code == 0
+    assert [epoch for epoch, _ in seen] == list(range(13))  # the fresh checkpoint, then every epoch
+    for epoch, logged in seen:
+        assert logged == list(range(1, epoch + 1)), (epoch, logged)
+
+
+def dlc(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dlc", "train", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_sigkills_at_random_moments_lose_no_epoch_and_leave_no_temp_files(tmp_path):
+    # XOR's 2000 one-step epochs, killed six times at random moments while it writes its log, then
+    # resumed to the end: every epoch's line once, in order, and metrics.json counting 2000.
+    out, log, rng = tmp_path / "xor", tmp_path / "xor" / "log.jsonl", random.Random(9)
+    kills = 0
+    proc = dlc(XOR, "--out", out, "--quiet")
+    while kills < 6:
+        before = log.stat().st_mtime_ns if log.exists() else None
+        wait_for(lambda: log.exists() and log.stat().st_mtime_ns != before, proc)  # it is training
+        time.sleep(rng.uniform(0, 1.2))  # past a checkpoint (one a second) at times
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        proc = dlc("--resume", out, "--quiet")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert kills >= 3, "the run ended before it was killed enough times"
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == list(range(1, 2001))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2000 and [h["epoch"] for h in metrics["history"]] == epochs
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_resume_removes_what_killed_writes_left(tmp_path):
+    out = tmp_path / "x"
+    assert run(XOR, "--epochs", "2", "--out", out, "--quiet").exit_code == 0
+    for name in ("last.npz", "best.npz", "log.jsonl", "metrics.json"):
+        (out / f".{name}.k1ll3d__.tmp").write_bytes(b"half a file")
+    (out / ".notes.txt.abc.tmp").write_text("not dlc's")
+    assert run("--resume", out, "--epochs", "3", "--quiet").exit_code == 0
+    assert sorted(p.name for p in out.glob(".*")) == [".notes.txt.abc.tmp"]
+
+
+def test_resume_refuses_data_that_changed(tmp_path):
+    data, out = tmp_path / "d.npz", tmp_path / "run"
+
+    def write(n, seed):
+        rng = np.random.default_rng(seed)
+        np.savez(data, x=rng.random((n, 2)).astype(np.float32), y=np.arange(n) % 2)
+
+    write(20, 0)
+    assert run("-e", TINY, "--data", data, "--epochs", "2", "--out", out, "--quiet").exit_code == 0
+    write(20, 1)  # same count, other values
+    refused(run("--resume", out, "--epochs", "3"), "sample counts but other contents")
+    write(21, 0)
+    refused(run("--resume", out, "--epochs", "3"), r"samples: 21 train now, 20 train then")
+    write(20, 0)  # the run's own data again
+    assert run("--resume", out, "--epochs", "3", "--quiet").exit_code == 0
+
+
+# ------------------------------------------------------------------------- flag and spec values
+
+@pytest.mark.parametrize("flags, reason", [
+    (["--seed", "-1"], r"--seed.*-1"),
+    (["--schedule", "invsqrt", "--k", "-1"], r"--k.*-1 is not >= 0"),
+    (["--lr", "nan"], r"--lr.*nan is not a finite number"),
+    (["--lr", "inf"], r"--lr.*inf is not a finite number"),
+    (["--lr", "0"], r"--lr.*0 is not > 0"),
+    (["--optimizer", "adam", "--eps", "nan"], r"--eps.*nan is not a finite number"),
+    (["--noise", "nan"], r"--noise.*nan is not a finite number"),
+    (["--mixup", "nan"], r"--mixup.*nan is not a finite number"),
+    (["--weight-decay", "-0.1"], r"--weight-decay.*-0.1 is not >= 0"),
+    (["--l1", "-1"], r"--l1.*-1 is not >= 0"),
+    (["--maxnorm", "-1"], r"--maxnorm.*-1 is not >= 0"),
+    (["--init", "gaussian", "--init-std", "-1"], r"--init-std.*-1 is not >= 0"),
+    (["--data", ""], r"--data '' is empty"),
+])
+def test_bad_flag_values_are_refused(tmp_path, flags, reason):
+    refused(run("-e", "input 2 -> fc 1 sigmoid", "--epochs", "1", "--out", tmp_path / "o", *flags), reason)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("setting", ["seed=-1", "lr=1e999", "schedule=invsqrt k=-1", "weight_decay=-0.5",
+                                     "l1=-1", "maxnorm=-2", "init_std=-1", "eps=0", "batch=0"])
+def test_bad_spec_settings_are_refused_where_they_stand(tmp_path, setting):
+    key = setting.split()[-1].split("=")[0]
+    r = run("-e", f"input 2 -> fc 1 sigmoid\ntrain {setting}", "--out", tmp_path / "o")
+    refused(r, rf"<expr>:2:\d+: .*{key}=", rf"\n    train {re.escape(setting)}\n +\^+")
+
+
+def test_sizes_beyond_memory_are_refused_with_the_figure(tmp_path, monkeypatch):
+    import dlc.commands.arguments as arguments
+
+    monkeypatch.setattr(arguments, "available_bytes", lambda: 8 * 2**30)
+    # 10^8 training images of 1@32x32 plus glyphs' 1,000 + 1,000 others, 4 bytes a value:
+    # 100,002,000 x 1,024 x 4 = 409,608,192,000 bytes = 381.48 GiB
+    r = run("-e", "input 1@32x32 -> fc 10 softmax", "--n-train", "100000000", "--out", tmp_path / "o")
+    refused(r, r"100,002,000 samples of 1@32x32\) needs at least 381\.48 GiB of memory; 8\.00 GiB is available")
+    refused(run("-e", TINY, "--data", "xor", "--n-train", "10"), "not the four points of xor")
+
+
+# ------------------------------------------------------------------------------ what is printed
+
+def test_a_run_stopped_in_its_first_epoch_says_so_instead_of_an_empty_table(capsys):
+    from dlc.commands.train_summary import print_summary, run_summary
+    from dlc.train.dataset import Data, Split
+    from dlc.train.loop import RunResult
+
+    data = Data(Split(np.zeros((4, 2), np.float32), np.zeros(4, np.int64)), name="xor")
+    stopped = RunResult(Path("runs/x"), [], {}, 1.5, "interrupted", "stopped by SIGINT at epoch 1, step 3")
+    print_summary(run_summary(stopped, data, []), 1, quiet=False, as_json=False)
+    printed = capsys.readouterr().out
+    assert "no epoch finished" in printed and "runs/x" in printed
+    assert "split" not in printed and "loss" not in printed
+
+
+def test_slow_set_up_names_its_phase_on_stderr(monkeypatch):
+    from dlc.commands.train_progress import Display
+
+    display = Display(quiet=False)
+    monkeypatch.setattr(display, "SETUP_AFTER", 0.0)
+    screen = io.StringIO()
+    display.console = Console(file=screen, force_terminal=True, width=100)
+    shown = threading.Event()
+    show = display._show_status
+    monkeypatch.setattr(display, "_show_status", lambda: (show(), shown.set()))
+    display.phase("reading /data/mnist.pkl.gz")
+    assert shown.wait(30) and display.status is not None
+    display.phase("normalising mnist.pkl.gz")  # the spinner follows the phase
+    display.phase(None)  # and is gone when set-up ends, after a last frame
+    assert "normalising mnist.pkl.gz" in screen.getvalue()
+    assert display.status is None and display.timer is None
+
+
+def test_quick_set_up_prints_nothing():
+    from dlc.commands.train_progress import Display
+
+    display = Display(quiet=False)
+    screen = io.StringIO()
+    display.console = Console(file=screen, force_terminal=True)
+    display.phase("making the built-in set xor")
+    display.phase(None)  # well before SETUP_AFTER
+    assert screen.getvalue() == ""

@@ -44,6 +44,7 @@ class Scope:
     labels: dict[str, str]  # label -> node name
     stack: tuple[str, ...] = ()  # blocks being expanded, outermost first
     counters: dict = field(default_factory=dict)
+    label_at: dict[str, Pos] = field(default_factory=dict)  # label -> where it is written
 
     def count(self, key) -> int:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -71,6 +72,7 @@ class Layer:
     attrs: dict
     pos: Pos
     head: str  # how errors name it: "conv 64@3x3", "relu"
+    where: dict[str, Pos] = field(default_factory=dict)  # attribute -> where the spec writes its value
 
 
 Defaults = dict  # canonical kind -> {option or flag: value}, from `default` statements in scope
@@ -138,6 +140,10 @@ def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
             node.call = call
     if s.label is not None:
         _check_name(s.label, "a label")
+        first = scope.label_at.setdefault(s.label.name, s.label.pos)
+        if first != s.label.pos:  # a repeated group sets its own labels again, which is fine
+            raise DlcError(f"label `{s.label.name}` is used twice (first on line {first.line}): each label "
+                           f"names one step", s.label.pos)
         scope.labels[s.label.name] = cur
         b.by_name[cur].label = s.label.name
     return cur
@@ -182,12 +188,15 @@ def _emit_group(b: Build, g: Group, cur: str, scope: Scope, defaults: Defaults) 
 def _read_default(s: Default, scope: Scope, defaults: Defaults) -> None:
     kind = _kind_or_error(s.kind, scope)
     values = dict(defaults.get(kind.name, {}))
+    written = Layer(kind, {}, s.pos, s.kind.name)
     for item in s.items:
         if isinstance(item, Option):
             if item.key not in kind.options:
-                raise _unknown_option(item, [Layer(kind, {}, s.pos, s.kind.name)])
+                raise _unknown_option(item, [written])
+            _once(written, item.key, f"`{item.key}=`", item.pos)
             values[item.key] = _option_value(kind, item, scope)
         elif item.name in kind.flags:
+            _once(written, item.name, f"the flag `{item.name}`", item.pos)
             values[item.name] = True
         else:
             flags = f" (its flags: {', '.join(kind.flags)})" if kind.flags else ""
@@ -205,7 +214,7 @@ def _read_train(b: Build, s: Train) -> None:
     settings = {}
     for opt in s.options:
         if isinstance(opt.value.v, tuple):
-            raise DlcError(f"a training setting is a number or a word (Received: {opt.key}={opt.value.raw})",
+            raise DlcError(f"a training setting is a number or a word (received {opt.key}={opt.value.raw})",
                            opt.value.pos)
         if opt.key in settings:
             raise DlcError(f"`{opt.key}` is set twice", opt.pos)
@@ -227,7 +236,8 @@ def _emit_step(b: Build, step: Step, cur: str, scope: Scope, defaults: Defaults)
     layers = _layers(step, kind, scope, defaults)
     row = ""
     for layer in layers:
-        node = _add_node(b, scope, layer.kind, dict(layer.attrs), [cur], layer.pos, step.text, layer.head, row)
+        node = _add_node(b, scope, layer.kind, dict(layer.attrs), [cur], layer.pos, step.text, layer.head, row,
+                         where=layer.where)
         row = row or node.name
         cur = node.name
     return cur
@@ -245,11 +255,11 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
         other = lookup(w.name)
         if not (other is not None and other.suffixable) and w.name not in kind.flags:
             raise DlcError(f"expected a size like {size_example(step.kind.name)} after `{step.kind.name}`"
-                           f"{_unbound(Value(w.name, w.name, w.pos), scope)} (Received: `{w.name}`)", w.pos)
+                           f"{_unbound(Value(w.name, w.name, w.pos), scope)} (received `{w.name}`)", w.pos)
     head = step.kind.name + (f" {size.raw}" if size is not None else "")
     pos = step.kind.pos if size is None else Pos(step.kind.pos.line, step.kind.pos.col,
                                                  size.pos.end_col if size.pos.line == step.kind.pos.line else None)
-    main = Layer(kind, _base_attrs(kind, defaults), pos, head)
+    main = Layer(kind, _base_attrs(kind, defaults), pos, head, _size_where(kind, size))
     main.attrs.update(_size_attrs(kind, size, step.kind, scope))
     layers = [main]
     for item in items:
@@ -257,10 +267,13 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
             target = next((layer for layer in reversed(layers) if item.key in layer.kind.options), None)
             if target is None:
                 raise _unknown_option(item, layers)
+            _once(target, item.key, f"`{item.key}=`", item.pos)
             target.attrs[item.key] = _option_value(target.kind, item, scope)
+            target.where[item.key] = item.value.pos
             continue
         target = next((layer for layer in reversed(layers) if item.name in layer.kind.flags), None)
         if target is not None:
+            _once(target, item.name, f"the flag `{item.name}`", item.pos)
             target.attrs[item.name] = True
             continue
         suffix = lookup(item.name)
@@ -271,6 +284,25 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
             continue
         raise _bad_word(item, step, layers, scope)
     return layers
+
+
+def _once(layer: Layer, key: str, what: str, pos: Pos) -> None:
+    """Refuse an option or flag written twice for one layer (`pad=1 pad=2`: which one was meant?)."""
+    if key in layer.where:
+        raise DlcError(f"{what} is given twice for {layer.kind.name}; keep one", pos)
+    layer.where[key] = pos
+
+
+def _size_where(kind: LayerKind, size: Size | None) -> dict[str, Pos]:
+    """Where the attributes a SIZE sets are written, for errors about their values."""
+    if size is None:
+        return {}
+    if kind.size == "conv":
+        where = {"channels": size.channels.pos if size.channels else size.pos, "kernel": size.dims.pos}
+        return where | ({"stride": size.stride.pos} if size.stride else {})
+    if kind.size_attr:
+        return {kind.size_attr: size.dims.pos}
+    return {}
 
 
 def _base_attrs(kind: LayerKind, defaults: Defaults) -> dict:
@@ -310,11 +342,11 @@ def _size_attrs(kind: LayerKind, size: Size | None, word: Word, scope: Scope) ->
         raise DlcError(shaped, size.pos)
     if kind.size == "int":
         if not isinstance(dims.v, int):
-            raise DlcError(f"{word.name} takes a whole number{_unbound(dims, scope)} (Received: `{dims.raw}`)",
+            raise DlcError(f"{word.name} takes a whole number{_unbound(dims, scope)} (received `{dims.raw}`)",
                            dims.pos)
         return {kind.size_attr: dims.v}
     if isinstance(dims.v, str):
-        raise DlcError(f"{word.name} takes a number{_unbound(dims, scope)} (Received: `{dims.raw}`)", dims.pos)
+        raise DlcError(f"{word.name} takes a number{_unbound(dims, scope)} (received `{dims.raw}`)", dims.pos)
     return {kind.size_attr: float(dims.v)}
 
 
@@ -505,7 +537,7 @@ def _bind(block: BlockDef, call: Call, scope: Scope) -> dict[str, Value]:
 # --- nodes ---------------------------------------------------------------------------------------
 
 def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list[str], pos: Pos, text: str,
-              head: str, row: str = "", name: str | None = None) -> Node:
+              head: str, row: str = "", name: str | None = None, where: dict[str, Pos] | None = None) -> Node:
     """Resolve the shape of one node and append it (an fc on a non-vector gets a flatten first)."""
     if len(b.nodes) >= MAX_NODES:
         raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
@@ -527,6 +559,9 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     try:
         out, resolved = kind.resolve(attrs, shapes)
     except ShapeError as e:
+        if e.attr is not None:  # a value out of range, not a shape that does not fit: point at the value
+            at = (where or {}).get(e.attr)
+            raise DlcError(str(e) if at else f"{head} ({name}): {e}", at or pos) from None
         shown = [show(s) for s in shapes]
         if all(s in str(e) for s in shown):
             raise DlcError(f"{head} ({name}): {e}", pos) from None
@@ -575,13 +610,13 @@ def _unbound(v: Value, scope: Scope) -> str:
 def _positive_int(v: Value, what: str, scope: Scope | None = None) -> int:
     if not isinstance(v.v, int) or v.v < 1:
         hint = _unbound(v, scope) if scope is not None else ""
-        raise DlcError(f"{what} must be a whole number of at least 1{hint} (Received: `{v.raw}`)", v.pos)
+        raise DlcError(f"{what} must be a whole number of at least 1{hint} (received `{v.raw}`)", v.pos)
     return v.v
 
 
 def _at_least_one(n: int, v: Value) -> int:
     if n < 1:
-        raise DlcError(f"sizes must be at least 1 (Received: `{v.raw}`)", v.pos)
+        raise DlcError(f"sizes must be at least 1 (received `{v.raw}`)", v.pos)
     return n
 
 
@@ -598,16 +633,16 @@ def _repeat_count(v: Value | None, scope: Scope) -> int:
     n = _value(v, scope)
     if not isinstance(n.v, int) or n.v < 1:
         raise DlcError(f"a repeat count is a whole number of at least 1{_unbound(n, scope)} "
-                       f"(Received: x{'' if n.raw[:1].isdigit() else ' '}{n.raw})", v.pos)
+                       f"(received x{'' if n.raw[:1].isdigit() else ' '}{n.raw})", v.pos)
     if n.v > MAX_NODES:
-        raise DlcError(f"a repeat count above {MAX_NODES:,} is surely a mistake (Received: x{n.raw})", v.pos)
+        raise DlcError(f"a repeat count above {MAX_NODES:,} is surely a mistake (received x{n.raw})", v.pos)
     return n.v
 
 
 def _option_value(kind: LayerKind, opt: Option, scope: Scope):
     """An option's value typed by its registry default: PAD, on/off, int, float or a word."""
     default, v = kind.options[opt.key], _value(opt.value, scope)
-    got = f"(Received: {opt.key}={v.raw})"
+    got = f"(received {opt.key}={v.raw})"
     x = v.v
     if default is LABEL:
         if not v.is_name:

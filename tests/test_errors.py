@@ -68,14 +68,14 @@ def test_size_of_the_wrong_form():
     e = error("input 3@32x32\nconv 3x3")
     assert "conv takes a size like 64@3x3, not `3x3`: write channels@kernel" == e.message
     e = error("input 3@32x32\nfc 10.5")
-    assert "fc takes a whole number (Received: `10.5`)" == e.message and at(e) == (2, 4)
+    assert "fc takes a whole number (received `10.5`)" == e.message and at(e) == (2, 4)
 
 
 def test_zero_stride_and_kernel_are_refused():
     e = error("input 3@32x32\nconv 8@3x3/0")
-    assert "the stride must be a whole number of at least 1 (Received: `0`)" == e.message and at(e) == (2, 12)
+    assert "the stride must be a whole number of at least 1 (received `0`)" == e.message and at(e) == (2, 12)
     e = error("input 3@32x32\nmaxpool 0x2")
-    assert "sizes must be at least 1 (Received: `0x2`)" == e.message and at(e) == (2, 9)
+    assert "sizes must be at least 1 (received `0x2`)" == e.message and at(e) == (2, 9)
 
 
 def test_missing_arrow_before_a_size_after_a_flag():
@@ -201,7 +201,7 @@ def test_block_call_arguments_stay_on_one_line():
 def test_unbound_parameter_in_a_block_body():
     e = error("block b(c) {\n  conv c@3x3 relu x n\n}\ninput 3@8x8\nb(4)")
     assert e.message == ("a repeat count is a whole number of at least 1; block `b` has no parameter `n` "
-                         "(Received: x n) (in b(4), line 5)")
+                         "(received x n) (in b(4), line 5)")
     assert at(e) == (2, 21)
 
 
@@ -265,19 +265,19 @@ def test_reserved_repeat_names():
 
 def test_bad_option_values_quote_the_value():
     e = error("input 3@8x8\nconv 8@3x3 pad=foo")
-    assert e.message == "pad takes a whole number, `same` or `valid`; no block parameter `foo` (Received: pad=foo)"
+    assert e.message == "pad takes a whole number, `same` or `valid`; no block parameter `foo` (received pad=foo)"
     assert at(e) == (2, 16)
     e = error("input 3@8x8\nconv 8@3x3 bias=2")
-    assert e.message == "bias takes on or off (Received: bias=2)" and at(e) == (2, 17)
+    assert e.message == "bias takes on or off (received bias=2)" and at(e) == (2, 17)
     e = error("input 3@8x8\nconv 8@3x3 groups=1.5")
-    assert e.message == "groups takes a whole number (Received: groups=1.5)"
+    assert e.message == "groups takes a whole number (received groups=1.5)"
     e = error("input 3@8x8\nbn eps=small")
-    assert "eps takes a number" in e.message and "(Received: eps=small)" in e.message
+    assert "eps takes a number" in e.message and "(received eps=small)" in e.message
 
 
 def test_bad_repeat_count():
     e = error("input 4\nrelu x0")
-    assert e.message == "a repeat count is a whole number of at least 1 (Received: x0)" and at(e) == (2, 6)
+    assert e.message == "a repeat count is a whole number of at least 1 (received x0)" and at(e) == (2, 6)
     e = error("input 4\nrelu x")
     assert e.message.startswith("expected a repeat count after `x`") and at(e) == (2, 7)
 
@@ -286,7 +286,7 @@ def test_train_settings():
     e = error("input 2 -> fc 1\ntrain lr=0.1 lr=0.2")
     assert e.message == "`lr` is set twice" and at(e) == (2, 14)
     e = error("input 2 -> fc 1\ntrain batch=3x3")
-    assert e.message == "a training setting is a number or a word (Received: batch=3x3)" and at(e) == (2, 13)
+    assert e.message == "a training setting is a number or a word (received batch=3x3)" and at(e) == (2, 13)
     e = error("train lr=0.1\ninput 2 -> fc 1\ntrain epochs=3")
     assert e.message == "a second `train` statement: put every setting on one" and at(e) == (3, 1)
 

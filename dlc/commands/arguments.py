@@ -9,6 +9,10 @@ import click
 
 from dlc.errors import DlcError
 
+# The zoo's largest spec is a few kilobytes; a spec past this size is a wrong file (a model, /dev/zero),
+# and reading it whole would hang or fill the memory.
+MAX_SPEC_BYTES = 1 << 20
+
 
 def spec_input(fn):
     """SPEC argument: a file, `-` for stdin, or a zoo name; or -e 'TEXT' for inline text."""
@@ -27,7 +31,7 @@ def read_spec(spec: str | None, expr: str | None) -> tuple[str, str]:
     if spec is None:
         raise DlcError("no spec given: name a .dlc file, `-` for stdin, a zoo name, or -e 'TEXT'")
     if spec == "-":
-        return "<stdin>", sys.stdin.read()
+        return "<stdin>", _text(sys.stdin.buffer, "<stdin>")
     path = Path(spec)
     if not path.exists() and "/" not in spec and not spec.endswith(".dlc"):
         path = zoo_path(spec)
@@ -40,10 +44,22 @@ def read_spec(spec: str | None, expr: str | None) -> tuple[str, str]:
         raise DlcError(f"{spec} is a directory, not a spec file")
     if not path.exists():
         raise DlcError(f"no such file: {spec}")
+    with open(path, "rb") as f:
+        return str(spec), _text(f, spec)
+
+
+def _text(f, name: str) -> str:
+    """A spec's text, read no further than MAX_SPEC_BYTES."""
+    data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise DlcError(f"{name} is longer than {MAX_SPEC_BYTES >> 20} MiB; a spec is text of a few kilobytes")
     try:
-        return str(spec), path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise DlcError(f"{spec} is not a text file")
+        raise DlcError(f"{name} is not a text file")
+    if "\0" in text:
+        raise DlcError(f"{name} is not a text file (it holds NUL bytes)")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
 
 
 def load_graph(spec: str | None, expr: str | None):

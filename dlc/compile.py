@@ -20,6 +20,9 @@ from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Option, Si
 
 # A spec that expands past this many nodes is almost surely a mistyped repeat count, not a network.
 MAX_NODES = 50_000
+# Block calls nested deeper than this (b3 calls b2 calls b1 ...) are generated text, not a design; Python's
+# stack would end a few hundred levels further on.
+MAX_BLOCK_DEPTH = 100
 RESERVED = re.compile(r"x\d+")
 KEYWORDS = {"input", "seq", "of", "default", "block", "train", "as", "x"}
 SWITCH = {"on": True, "off": False, "true": True, "false": False}
@@ -218,6 +221,11 @@ def _read_train(b: Build, s: Train) -> None:
                            opt.value.pos)
         if opt.key in settings:
             raise DlcError(f"`{opt.key}` is set twice", opt.pos)
+        if isinstance(opt.value.v, (int, float)) and opt.value.v < 0:
+            # rates, counts, decays and seeds alike: numpy's generators refuse a negative seed, and a
+            # negative rate or decay climbs the loss instead of descending it
+            raise DlcError(f"training settings are never negative (received {opt.key}={opt.value.raw})",
+                           opt.value.pos)
         settings[opt.key] = opt.value.v
     b.train = settings
 
@@ -490,6 +498,11 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
     if name in scope.stack:
         chain = " -> ".join((*scope.stack[scope.stack.index(name):], name))
         raise DlcError(f"block `{name}` calls itself ({chain}); blocks cannot be recursive", call.name.pos)
+    if len(scope.stack) >= MAX_BLOCK_DEPTH:
+        chain = " -> ".join((*scope.stack[:3], "…", *scope.stack[-2:], name))
+        e = DlcError(f"block calls nest more than {MAX_BLOCK_DEPTH} deep here ({chain})", call.name.pos)
+        e.too_deep = True  # the hundred calls around it add no context worth printing
+        raise e
     params = _bind(block, call, scope)
     n = scope.count(("block", name))
     inner = Scope(f"{scope.prefix}{name}{n}.", params, {}, (*scope.stack, name))
@@ -498,7 +511,8 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
         for s in block.body:
             cur = _emit(b, s, cur, inner, body_defaults)
     except DlcError as e:
-        e.message += f" (in {_one_line(call.text)}, line {call.pos.line})"
+        if not getattr(e, "too_deep", False):
+            e.message += f" (in {_one_line(call.text)}, line {call.pos.line})"
         raise
     return cur
 

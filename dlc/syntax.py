@@ -499,6 +499,9 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
         return DlcError("expected a kernel or map size after `@`, like 64@3x3", where)
     if prev == "SLASH":
         return DlcError("expected a stride after `/`, like 3x3/2", where)
+    if head == "INPUT" and tok.type in ("AS", "REPEAT", "X") and prev in ("NUMBER", "DIMS", "NAME"):
+        return DlcError(f"the input takes no {'label' if tok.type == 'AS' else 'repeat'}: it is the one "
+                        f"`input` of the network", where)
     if stmt and stmt[0].type == "INPUT" and tok.type != "_SEP" or prev == "INPUT" or prev == "SEQ":
         return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200` or "
                         "`input seq 50 of 64`", where)
@@ -523,6 +526,11 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
     if not stmt and tok.type != "_SEP":
         return DlcError(f"expected a step (a layer kind, a block call or `( … )`) here, not {describe(tok)}", where)
     if "_SEP" in expected and not end:
+        kind = lookup(str(before[-1])) if prev == "NAME" and len(stmt) > 1 else None
+        if kind is not None and kind.size_required and tok.type in ("NUMBER", "DIMS"):
+            # `fc 100 relu fc 10`: the fault is the second `fc`, a layer kind where a flag stands
+            return DlcError(f"`{before[-1]}` is a layer kind, not a flag: missing `->` before `{before[-1]}`?",
+                            _at(before[-1]))
         return DlcError(f"expected `->` or a new line before {describe(tok)}", where)
     wanted = sorted({WHAT[t] for t in expected if t in WHAT} or {"something else"})
     listed = ", ".join(wanted[:-1]) + " or " + wanted[-1] if len(wanted) > 1 else wanted[0]

@@ -338,3 +338,76 @@ def test_error_text_shows_file_line_column_and_a_caret():
     assert str(e) == ("alexnet.dlc:2:18: expected `->` or a new line before `128`\n"
                       "    conv 64@3x3 relu 128\n"
                       "                     ^^^")
+
+
+# --- values refused where they are written (issue 9) ---------------------------------------------
+
+def test_out_of_range_option_values_point_at_the_value():
+    e = error("input 3@8x8\nconv 4@3x3 dil=0")
+    assert e.message == "dil must be >= 1 (received dil=0)" and at(e) == (2, 16)
+    e = error("input 3@8x8\nlrn beta=-1")
+    assert e.message == "lrn beta must be > 0 (received beta=-1.0)" and at(e) == (2, 10)
+    e = error("input 3@8x8\nbn eps=-1")
+    assert e.message == "bn eps must be > 0 (received eps=-1.0)" and at(e) == (2, 8)
+    e = error("input 4\ndropout 1.5")  # the caret under 1.5, not under `dropout`
+    assert e.message == "dropout probability must satisfy 0 <= P < 1 (received 1.5)" and at(e) == (2, 9)
+    e = error("input 4\nfc 0")
+    assert at(e) == (2, 4)
+    e = error("input 3@8x8\nconv 4@3x3 groups=2")  # 3 input channels: the groups value is the fault
+    assert e.message.startswith("groups=2 must divide") and at(e) == (2, 19)
+
+
+def test_a_value_from_a_default_statement_is_located_at_the_step():
+    e = error("input 3@8x8\ndefault bn eps=-1\nbn")
+    assert e.message == "bn (bn1): bn eps must be > 0 (received eps=-1.0)" and at(e) == (3, 1)
+
+
+def test_the_same_label_option_or_flag_twice():
+    e = error("input 3@8x8\nrelu as a\nrelu as a\nadd a")  # `add a` would add a layer to itself
+    assert e.message.startswith("label `a` is used twice (first on line 2)") and at(e) == (3, 9)
+    e = error("input 3@8x8\nconv 4@3x3 pad=1 pad=2")
+    assert e.message == "`pad=` is given twice for conv; keep one" and at(e) == (2, 18)
+    e = error("input 3@8x8\nmaxpool 2 ceil ceil")
+    assert e.message == "the flag `ceil` is given twice for maxpool; keep one" and at(e) == (2, 16)
+    e = error("input 3@8x8\ndefault conv pad=1 pad=2\nconv 4@3x3")
+    assert e.message == "`pad=` is given twice for conv; keep one" and at(e) == (2, 20)
+
+
+def test_digits_are_ascii():
+    e = error("input 4\nfc \u0663")  # Arabic-Indic three: int() reads it as 3
+    assert e.message.startswith("`\u0663` is not one of the digits 0-9") and at(e) == (2, 4)
+    e = error("input \uff11\uff10 -> relu")  # full-width 10
+    assert e.message.startswith("`\uff11` is not one of the digits 0-9") and at(e) == (1, 7)
+
+
+def test_numbers_too_large_for_any_size():
+    for digits in (400, 4301):  # past 4,300 digits Python will not even convert the text
+        e = error("input 4\nfc " + "1" * digits)
+        assert "is too large: sizes, counts and options are at most 9,223,372,036,854,775,807" in e.message
+        assert at(e) == (2, 4)
+    e = error("input 4\ndropout 1e999")
+    assert "too large for a number" in e.message and at(e) == (2, 9)
+    assert compile_spec("input 4 -> fc 9223372036854775807").output.out_shape == (2**63 - 1,)
+
+
+def test_the_input_takes_no_label():
+    e = error("input 10 as a")
+    assert e.message == "the input takes no label: it is the one `input` of the network" and at(e) == (1, 10)
+
+
+def test_a_layer_kind_where_a_flag_stands_is_the_fault():
+    e = error("input 4\nfc 100 relu fc 10")
+    assert e.message == "`fc` is a layer kind, not a flag: missing `->` before `fc`?" and at(e) == (2, 13)
+
+
+def test_deeply_chained_block_calls_are_not_called_brackets():
+    n = 500  # each block calls the one before it
+    text = "block b0() { relu }\n" + "".join(f"block b{i}() {{ b{i - 1}() }}\n" for i in range(1, n))
+    e = error(text + f"input 4 -> b{n - 1}()")
+    assert e.message.startswith("block calls nest more than 100 deep here (b499 -> b498 -> b497 -> …")
+    assert "(in " not in e.message and at(e) == (401, 16)
+
+
+def test_training_settings_are_never_negative():
+    e = error("input 2 -> fc 1\ntrain seed=-1")
+    assert e.message == "training settings are never negative (received seed=-1)" and at(e) == (2, 12)

@@ -1,7 +1,10 @@
-"""Arguments several commands share: the SPEC argument (a file, stdin, a zoo name or -e TEXT)."""
+"""Arguments several commands share: the SPEC argument (a file, stdin, a zoo name or -e TEXT), the
+types of flag values, and the checks on output files."""
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -68,3 +71,65 @@ def load_graph(spec: str | None, expr: str | None):
 
     file, text = read_spec(spec, expr)
     return compile_spec(text, file=file)
+
+
+# --- flag values --------------------------------------------------------------------------------
+
+# numpy's generators take any whole number >= 0 as a seed and refuse a negative one with a traceback.
+SEED = click.IntRange(min=0)
+
+
+class FiniteFloat(click.ParamType):
+    """A float flag that must be a finite number at or above `low` (above it with `open_low`): float('nan')
+    and float('inf') parse, and nan passes every comparison a range check makes."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, open_low: bool = False):
+        self.low, self.open_low = low, open_low
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, float):
+            x = value
+        else:
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        if self.low is not None and (x < self.low or self.open_low and x == self.low):
+            self.fail(f"{value} is not {'>' if self.open_low else '>='} {self.low:g}", param, ctx)
+        return x
+
+
+NON_NEGATIVE = FiniteFloat(low=0)  # a tolerance, a decay, a penalty
+POSITIVE = FiniteFloat(low=0, open_low=True)  # a rate, a step, an epsilon
+
+
+# --- output files -------------------------------------------------------------------------------
+
+def output_file(path: str, flag: str, suffixes: tuple[str, ...], inputs: list[str | None]) -> None:
+    """Refuse an output that would destroy an input (the same file after links are followed: `export
+    my.dlc -o my.dlc`), a name whose extension does not fit what is written, or a folder that is not
+    one, before any work is done."""
+    if not path.lower().endswith(suffixes):
+        raise DlcError(f"{flag} {path}: the file written is {' or '.join(suffixes)}; name it so")
+    target = Path(path)
+    for source in inputs:
+        if source and source != "-" and Path(source).exists() and _same_file(target, Path(source)):
+            raise DlcError(f"{flag} {path} is the input {source}: writing it would destroy the input")
+    folder = target.resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise DlcError(f"cannot write {path}: {existing} is a file, not a folder")
+    if existing != folder:
+        raise DlcError(f"cannot write {path}: no folder {folder}")
+    if target.is_dir():
+        raise DlcError(f"cannot write {path}: it is a folder")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists():
+        return os.path.samefile(a, b)  # hard links too
+    return a.resolve() == b.resolve()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import zipfile
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import load_graph, spec_input
+from dlc.commands.arguments import SEED, load_graph, output_file, spec_input
 from dlc.errors import DlcError
 
 ENGINES = ("onnxruntime", "numpy")
@@ -125,13 +126,41 @@ def read_array(path: str):
 
 
 def write_array(path: str, y) -> None:
-    """np.save, atomically."""
+    """np.save (or np.savez with the array as `y` for a .npz name), atomically."""
     import numpy as np
 
     from dlc.atomic import atomic_write
 
     with atomic_write(path) as f:
-        np.save(f, y)
+        if path.lower().endswith(".npz"):
+            np.savez(f, y=y)
+        else:
+            np.save(f, y)
+
+
+def json_values(y) -> list:
+    """An array as JSON lists, with null where a value is NaN or infinite (JSON has no NaN)."""
+    import numpy as np
+
+    if y.dtype.kind != "f":
+        return y.tolist()
+    cells = y.astype(object)
+    cells[~np.isfinite(y)] = None
+    return cells.tolist()
+
+
+def warn_not_finite(y) -> None:
+    import numpy as np
+
+    bad = int(y.size - np.count_nonzero(np.isfinite(y))) if y.dtype.kind == "f" else 0
+    if bad:
+        click.echo(f"dlc: warning: {bad:,} of {y.size:,} output values are not finite (NaN or infinite)",
+                   err=True)
+
+
+def spec_file(spec: str | None, expr: str | None) -> str | None:
+    """The file a SPEC argument names, if it names one (not a zoo name, stdin or -e)."""
+    return spec if expr is None and spec not in (None, "-") and Path(spec).is_file() else None
 
 
 def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
@@ -153,24 +182,37 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 @spec_input
 @click.option("-o", "--output", required=True, metavar="FILE.onnx", help="Where to write the model.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
-@click.option("--seed", type=int, default=None, help="Seed of the fresh weights (default 0).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 21).")
+@click.option("--seed", type=SEED, default=None, help="Seed of the fresh weights (default 0).")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset: 13 up to the newest the installed onnx package knows (default 21).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
 def export(spec, expr, output, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count."""
-    from dlc.onnx.export import DEFAULT_OPSET, check_export, save_model, summary_line, to_onnx
+    from dlc.analysis import analyse
+    from dlc.memory import ONNX_LIMIT, refuse_unless_fits
+    from dlc.progress import progress
+    from dlc.units import binary
 
+    output_file(output, "-o", (".onnx",), [spec_file(spec, expr), weights])
     graph = load_graph(spec, expr)
     if weights and seed is not None:
         raise DlcError("--seed picks fresh weights; it has no effect with --weights")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise DlcError(f"cannot write {output}: no folder {folder}")
-    params, state, normalize, source = weights_for(graph, weights, 0 if seed is None else seed)
-    model = to_onnx(graph, params, state, opset=DEFAULT_OPSET if opset is None else opset, batch=batch,
-                    normalize=normalize)
-    check_export(model, graph, params, state)
-    save_model(model, output)
+    weight_bytes = analyse(graph).totals.param_bytes
+    if weight_bytes > ONNX_LIMIT:
+        raise DlcError(f"the model's weights take {binary(weight_bytes)} as float32; an .onnx file holds at most "
+                       f"{binary(ONNX_LIMIT)} (protobuf's limit)")
+    refuse_unless_fits(2 * weight_bytes, "export")  # the arrays, and the model's copy of them
+    with progress("export: weights", 4) as update:
+        from dlc.onnx.export import DEFAULT_OPSET, check_export, save_model, summary_line, to_onnx
+
+        params, state, normalize, source = weights_for(graph, weights, 0 if seed is None else seed)
+        update(what="export: lowering to ONNX")
+        model = to_onnx(graph, params, state, opset=DEFAULT_OPSET if opset is None else opset, batch=batch,
+                        normalize=normalize)
+        update(what="export: checking")
+        check_export(model, graph, params, state)
+        update(what="export: writing")
+        save_model(model, output)
     n_params, n_state = (sum(a.size for a in d.values()) for d in (params, state))
     click.echo(f"wrote {output}: {len(graph.nodes) - 1} layers, {n_params:,} params + {n_state:,} non-trainable, "
                f"{source}")
@@ -187,10 +229,10 @@ def export(spec, expr, output, weights, seed, opset, batch):
 @click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@click.option("--out", metavar="Y.npy", help="Save the raw output array.")
+@click.option("--out", metavar="Y.npy|Y.npz", help="Save the raw output array (.npz: array `y`).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --random.")
 def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out, device, seed):
     """Run MODEL (an .onnx file, or a spec with --weights) on a batch; show the top classes."""
     import numpy as np
@@ -201,21 +243,27 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         raise DlcError("give the input: --input X.npy (or .npz) or --random N")
     if engine == "numpy" and device == "cuda":
         raise DlcError("--device cuda: the numpy engine runs on the CPU; use --engine onnxruntime")
+    if out:
+        output_file(out, "--out", (".npy", ".npz"), [input_path, weights, model])
     net = load_network(model, expr, weights, need_graph=engine == "numpy")
     notice = None
     if engine == "onnxruntime":
         session = rt.create_session(onnx_model_of(net), device)
         shape, dtype, notice, ran_on = session.input_shape, session.input_dtype, session.notice, session.provider
     else:
-        shape, ran_on = ["N", *net.graph.input.out_shape], "numpy"
+        shape, ran_on = ["N", *net.graph.input.out_shape], "the CPU"
         dtype = np.int64 if net.graph.input.dtype == "int64" else np.float32
     if notice:
         click.echo(f"dlc: {notice}", err=True)
     vocab = token_vocab(net.graph)
     if random_n is not None:
+        refuse_to_overrun(net.graph, shape, random_n, f"infer --random {random_n}",
+                          infer_extra_bytes(net.graph, shape, True, as_json, top))
         x = rt.random_input(tuple(shape[1:]), dtype, random_n, vocab, seed)
     else:
         x = rt.prepare_input(read_array(input_path), shape, dtype, what=input_path)
+        refuse_to_overrun(net.graph, shape, len(x), f"infer on {len(x):,} samples",
+                          infer_extra_bytes(net.graph, shape, False, as_json, top))
     if dtype is np.int64 and vocab:
         rt.check_tokens(x, vocab)
     elif dtype is not np.int64:
@@ -230,16 +278,17 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         y = predict(net.graph, net.params, net.state, x)
     if out:
         write_array(out, y)
+    warn_not_finite(y)
     ranked = top_classes(y, top)
     if as_json:
         doc = {"schema": "dlc.infer/1", "engine": engine, "provider": ran_on, "notice": notice,
                "input_shape": list(x.shape), "output_shape": list(y.shape),
                "normalized": bool(net.normalize) and dtype is not np.int64, "out": out}
         if ranked is not None:
-            doc["top"] = [[{"class": c, "p": p} for c, p in row] for row in ranked]
+            doc["top"] = [[{"class": c, "p": p if math.isfinite(p) else None} for c, p in row] for row in ranked]
         else:
-            doc["output"] = y.tolist()
-        click.echo(json.dumps(doc))
+            doc["output"] = json_values(y)
+        click.echo(json.dumps(doc, allow_nan=False))
         return
     click.echo(f"{engine} on {ran_on}, {net.weights}: input {tuple(x.shape)} -> output {tuple(y.shape)}"
                + (f", normalised ({net.normalize.get('kind')})" if net.normalize and dtype is not np.int64 else ""))
@@ -256,6 +305,26 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         click.echo(f"  ... {len(y) - shown} more samples (--json or --out for all)")
     if out:
         click.echo(f"  saved the output to {out}")
+
+
+def refuse_to_overrun(graph, shape: list, batch: int, what: str, per_sample: int = 0) -> None:
+    """Refuse a batch whose forward pass (and `per_sample` bytes more for each sample) cannot fit in
+    memory (dlc.memory), before allocating it."""
+    from dlc.memory import forward_bytes, input_bytes, refuse_unless_fits
+
+    if graph is not None:
+        refuse_unless_fits(forward_bytes(graph, batch) + batch * per_sample, what)
+    elif all(isinstance(d, int) for d in shape[1:]):
+        refuse_unless_fits(input_bytes(tuple(shape[1:]), batch) + batch * per_sample, what)
+
+
+def infer_extra_bytes(graph, shape: list, drawn: bool, as_json: bool, top: int) -> int:
+    """What infer holds per sample beside the forward pass: the float64 draw of --random, top_classes'
+    float64 copies and sort of the output, and with --json its Python objects (a float in a list takes
+    about 32 bytes, a top-k entry about 200)."""
+    n_in = prod(d for d in shape[1:] if isinstance(d, int))
+    n_out = prod(graph.output.out_shape) if graph is not None else 0
+    return 8 * n_in * drawn + 32 * n_out + (32 * n_out + 200 * top if as_json else 0)
 
 
 def parse_batches(ctx, param, value: str) -> list[int]:
@@ -282,11 +351,19 @@ def bench(model, expr, weights, batches, warmup, runs, device, as_json):
     """onnxruntime latency (p50/p90/p99) and throughput of MODEL per batch size, after warm-up."""
     from dlc.onnx import runtime as rt
 
+    from dlc.progress import progress
+
     net = load_network(model, expr, weights, need_graph=False, fresh_seed=0)
     session = rt.create_session(onnx_model_of(net), device)
+    drawn = 8 * prod(d for d in session.input_shape[1:] if isinstance(d, int))  # its float64 random batch
+    refuse_to_overrun(net.graph, session.input_shape, max(batches), f"bench --batch {max(batches)}", drawn)
     if session.notice:
         click.echo(f"dlc: {session.notice}", err=True)
-    results = [rt.bench(session, b, warmup, runs, token_vocab(net.graph)) for b in batches]
+    results = []
+    with progress("bench", len(batches)) as update:
+        for i, b in enumerate(batches):
+            update(i, what=f"bench: batch {b}")
+            results.append(rt.bench(session, b, warmup, runs, token_vocab(net.graph)))
     if as_json:
         click.echo(json.dumps({"schema": "dlc.bench/1", "provider": session.provider, "notice": session.notice,
                                "warmup": warmup, "runs": runs,

@@ -1,0 +1,66 @@
+"""Refusing work that cannot fit in memory, with the figure, before NumPy or onnxruntime tries.
+
+The estimates are lower bounds from the analysis (dlc.analysis): what any engine must hold at once.
+A refusal therefore never turns away a run that would have fit; a run that passes may still need more.
+"""
+
+from __future__ import annotations
+
+from math import prod
+from pathlib import Path
+
+from dlc.analysis import BYTES_PER_VALUE, analyse
+from dlc.errors import DlcError
+from dlc.graph import Graph
+from dlc.units import binary
+
+# protobuf refuses to serialise a message past 2 GiB, and an .onnx file is one message.
+ONNX_LIMIT = 2**31 - 1
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: the kernel's MemAvailable, within a cgroup's limit; None
+    where neither can be read (then nothing is refused)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def refuse_unless_fits(needed: int, what: str) -> None:
+    """A DlcError naming both figures when `what` needs more memory than this machine has free."""
+    free = available_bytes()
+    if free is not None and needed > free:
+        raise DlcError(f"{what} needs at least {binary(needed)} of memory; {binary(free)} is available")
+
+
+def forward_bytes(graph: Graph, batch: int, value_bytes: int = BYTES_PER_VALUE) -> int:
+    """A forward pass's least memory: the weights, and for each sample the input, the output and the
+    largest tensor in between (an engine that frees every tensor once read still holds those at once)."""
+    stats = analyse(graph).nodes
+    weights = sum(s.params + s.non_trainable for s in stats)
+    per_sample = stats[0].activations + stats[-1].activations + max(s.activations for s in stats)
+    return value_bytes * (weights + batch * per_sample)
+
+
+def backprop_bytes(graph: Graph, batch: int, value_bytes: int = BYTES_PER_VALUE) -> int:
+    """A training step's least memory: weights and their gradients, and every layer's output for each
+    sample, kept for the backward pass."""
+    totals = analyse(graph).totals
+    return value_bytes * (2 * (totals.params + totals.non_trainable) + batch * totals.activations)
+
+
+def input_bytes(shape: tuple[int, ...], batch: int, value_bytes: int = BYTES_PER_VALUE) -> int:
+    """The input batch alone (for a model whose graph dlc does not know)."""
+    return value_bytes * batch * prod(shape)

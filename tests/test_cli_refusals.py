@@ -182,3 +182,11 @@ def test_a_merge_of_ten_thousand_branches_prints_a_bounded_table():
     assert max(len(line) for line in lines) < 250  # every row was padded to 69,000 characters
     add = next(line for line in lines if line.startswith("add1"))
     assert "relu1, relu2, relu3, … +9,997 more" in add and "add(relu | relu" in add
+
+
+@pytest.mark.parametrize("values, dtype", [(np.ones((2, 4), np.complex64), "complex64"),
+                                           (np.full((2, 4), "a"), "<U1")])
+def test_infer_refuses_input_that_is_not_real_numbers(tmp_path, model, values, dtype):
+    np.save(tmp_path / "x.npy", values)
+    r = run("infer", model, "--input", tmp_path / "x.npy")
+    assert r.exit_code == 2 and f"holds {dtype} values; a network reads real numbers or token ids" in r.stderr

@@ -104,7 +104,6 @@ class FiniteFloat(click.ParamType):
 
 
 NON_NEGATIVE = FiniteFloat(low=0)  # a tolerance, a decay, a penalty
-POSITIVE = FiniteFloat(low=0, open_low=True)  # a rate, a step, an epsilon
 
 
 # --- output files -------------------------------------------------------------------------------

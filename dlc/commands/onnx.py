@@ -115,14 +115,17 @@ def read_array(path: str):
         data = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DlcError(f"{path} cannot be read as a NumPy array ({e})")
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        return data
-    with data:
-        if "x" in data.files:
-            return data["x"]
-        if len(data.files) == 1:
-            return data[data.files[0]]
-        raise DlcError(f"{path} holds {', '.join(data.files) or 'no arrays'}; name the input array `x`")
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            if "x" in data.files:
+                data = data["x"]
+            elif len(data.files) == 1:
+                data = data[data.files[0]]
+            else:
+                raise DlcError(f"{path} holds {', '.join(data.files) or 'no arrays'}; name the input array `x`")
+    if data.dtype.kind not in "biuf":  # a cast to float32 would drop an imaginary part without a word
+        raise DlcError(f"{path} holds {data.dtype} values; a network reads real numbers or token ids")
+    return data
 
 
 def write_array(path: str, y) -> None:

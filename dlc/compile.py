@@ -27,6 +27,11 @@ RESERVED = re.compile(r"x\d+")
 KEYWORDS = {"input", "seq", "of", "default", "block", "train", "as", "x"}
 SWITCH = {"on": True, "off": False, "true": True, "false": False}
 
+
+class TooDeep(DlcError):
+    """Block calls nested past MAX_BLOCK_DEPTH: the hundred calls around the error add no context."""
+
+
 def compile_spec(text: str, file: str = "<spec>") -> Graph:
     """Compile spec text into a Graph whose nodes carry resolved attributes and output shapes."""
     try:
@@ -500,9 +505,7 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
         raise DlcError(f"block `{name}` calls itself ({chain}); blocks cannot be recursive", call.name.pos)
     if len(scope.stack) >= MAX_BLOCK_DEPTH:
         chain = " -> ".join((*scope.stack[:3], "…", *scope.stack[-2:], name))
-        e = DlcError(f"block calls nest more than {MAX_BLOCK_DEPTH} deep here ({chain})", call.name.pos)
-        e.too_deep = True  # the hundred calls around it add no context worth printing
-        raise e
+        raise TooDeep(f"block calls nest more than {MAX_BLOCK_DEPTH} deep here ({chain})", call.name.pos)
     params = _bind(block, call, scope)
     n = scope.count(("block", name))
     inner = Scope(f"{scope.prefix}{name}{n}.", params, {}, (*scope.stack, name))
@@ -511,7 +514,7 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
         for s in block.body:
             cur = _emit(b, s, cur, inner, body_defaults)
     except DlcError as e:
-        if not getattr(e, "too_deep", False):
+        if not isinstance(e, TooDeep):
             e.message += f" (in {_one_line(call.text)}, line {call.pos.line})"
         raise
     return cur

@@ -1,7 +1,7 @@
 """Refusing work that cannot fit in memory, with the figure, before NumPy or onnxruntime tries.
 
-The estimates are lower bounds from the analysis (dlc.analysis): what any engine must hold at once.
-A refusal therefore never turns away a run that would have fit; a run that passes may still need more.
+The estimates come from the analysis (dlc.analysis) and count what an engine must hold at once, so a
+refusal turns away only work that could not have fit; work that passes may still need more.
 """
 
 from __future__ import annotations
@@ -54,11 +54,10 @@ def forward_bytes(graph: Graph, batch: int, value_bytes: int = BYTES_PER_VALUE) 
     return value_bytes * (weights + batch * per_sample)
 
 
-def backprop_bytes(graph: Graph, batch: int, value_bytes: int = BYTES_PER_VALUE) -> int:
-    """A training step's least memory: weights and their gradients, and every layer's output for each
-    sample, kept for the backward pass."""
-    totals = analyse(graph).totals
-    return value_bytes * (2 * (totals.params + totals.non_trainable) + batch * totals.activations)
+def backprop_bytes(graph: Graph, batch: int, optimizer: str = "sgd", value_bytes: int = BYTES_PER_VALUE) -> int:
+    """A NumPy engine training step's peak (dlc.analysis: weights, gradients, optimizer state, every
+    layer's output kept for backward, im2col columns), in values of `value_bytes` (gradcheck's are 8)."""
+    return analyse(graph, batch, optimizer).totals.engine_train_bytes * value_bytes // BYTES_PER_VALUE
 
 
 def input_bytes(shape: tuple[int, ...], batch: int, value_bytes: int = BYTES_PER_VALUE) -> int:

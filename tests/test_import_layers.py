@@ -22,10 +22,10 @@ TIERS: list[dict[str, tuple[str, ...]]] = [
     {"cli": ("dlc.cli", "dlc.__main__")},
     {"commands": ("dlc.commands",)},
     {"pictures": ("dlc.draw", "dlc.plot")},  # diagrams of the analysed graph, curves of runs
-    {"train": ("dlc.train",), "onnx": ("dlc.onnx",), "analysis": ("dlc.analysis", "dlc.report")},
+    {"train": ("dlc.train",), "onnx": ("dlc.onnx",), "analysis": ("dlc.analysis", "dlc.report", "dlc.memory")},
     {"engine": ("dlc.engine", "dlc.normalize")},
     {"front": ("dlc.layers", "dlc.graph", "dlc.compile", "dlc.syntax", "dlc.zoo")},
-    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.resources", "dlc.choices", "dlc")},
+    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.resources", "dlc.choices", "dlc.progress", "dlc")},
 ]
 
 

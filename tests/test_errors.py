@@ -355,6 +355,10 @@ def test_out_of_range_option_values_point_at_the_value():
     assert at(e) == (2, 4)
     e = error("input 3@8x8\nconv 4@3x3 groups=2")  # 3 input channels: the groups value is the fault
     assert e.message.startswith("groups=2 must divide") and at(e) == (2, 19)
+    e = error("input seq 4 of 8\nattention 2 dropout=1.5")
+    assert e.message == "attention dropout must satisfy 0 <= P < 1 (received dropout=1.5)" and at(e) == (2, 21)
+    e = error("input seq 4 of 8\nlayernorm eps=-1")
+    assert e.message == "layernorm eps must be > 0 (received eps=-1.0)" and at(e) == (2, 15)
 
 
 def test_a_value_from_a_default_statement_is_located_at_the_step():

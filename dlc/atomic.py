@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 from dlc.errors import DlcError
@@ -14,22 +15,57 @@ from dlc.errors import DlcError
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
     """Yield a temp file beside `path`; when the block ends without error, flush it to disk and rename
-    it over `path`. On any error (or Ctrl-C) the temp file is removed and `path` is untouched."""
+    it over `path`. On any error (or Ctrl-C) the temp file is removed and `path` is untouched.
+
+    The file gets the permissions open() would give it: an existing file's own, else 0666 minus the
+    umask (mkstemp's 0600 would hide checkpoints and models from the rest of a group). A failed write
+    names `path`, never the hidden temp file the user did not ask for."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise DlcError(f"cannot write {path}: there is no folder {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)  # named as stale_temps finds
+    if path.is_dir():
+        raise DlcError(f"cannot write {path}: it is a folder")
+    tmp = None
     try:
+        fd, tmp = _create_beside(path)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        if e.filename in (None, tmp, str(path)):
+            raise DlcError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
     except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new temp file `.NAME.XXXXXXXX.tmp` in path's folder, created with open()'s permissions."""
+    try:
+        perms = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        perms = None
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        if perms is not None:
+            os.fchmod(fd, perms)  # replacing a file keeps its permissions, as writing it in place would
+        return fd, tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
 
 
 def stale_temps(path) -> list[Path]:

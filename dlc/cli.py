@@ -8,6 +8,7 @@ the CLI back and the analysis commands start without numpy, onnx or onnxruntime.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 import click
@@ -36,14 +37,25 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def fail(message: str, status: int = EXIT_SPEC_ERROR):
-    """Print an error for a person (no traceback) and exit."""
+def fail(message: str, status: int = EXIT_SPEC_ERROR, as_json: bool = False, error: DlcError | None = None):
+    """Print an error for a person (no traceback) and exit. With --json, stdout gets the error too, as
+    {"error": {"message", "file", "line", "col"}}, so a program reading stdout sees why it is empty."""
+    if as_json:
+        pos = error.pos if error is not None else None
+        click.echo(json.dumps({"error": {
+            "message": error.message if error is not None else message.removeprefix("error: "),
+            "file": error.file if error is not None else None,
+            "line": pos.line if pos else None, "col": pos.col if pos else None}}))
     click.echo(message, err=True)
     sys.exit(status)
 
 
 class Commands(click.Group):
     """Reads COMMANDS lazily, and turns the errors a user can cause into a message and an exit status."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        ctx.meta["dlc.json"] = "--json" in args[1:args.index("--") if "--" in args else None]
+        return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -58,13 +70,24 @@ class Commands(click.Group):
         try:
             return super().invoke(ctx)
         except Failure as e:
-            fail(e.message, e.status)
-        except DlcError as e:
-            fail(str(e))
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-            fail(f"error: {e.filename}: {e.strerror}")
-        except KeyboardInterrupt:
-            fail("interrupted", EXIT_INTERRUPTED)
+            fail(e.message, e.status)  # a verdict: the command has printed its own document
+        except (DlcError, click.UsageError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                PermissionError, KeyboardInterrupt) as e:
+            message, status = explain(e)
+            fail(message, status, as_json=ctx.meta.get("dlc.json", False),
+                 error=e if isinstance(e, DlcError) else None)
+
+
+def explain(e: BaseException) -> tuple[str, int]:
+    """The line a person reads for an error they caused, and the exit status."""
+    if isinstance(e, DlcError):
+        return str(e), EXIT_SPEC_ERROR
+    if isinstance(e, click.UsageError):
+        # a flag out of range or missing: the same `error:` line as every other mistake, not click's Usage block
+        return f"error: {e.format_message()}", EXIT_SPEC_ERROR
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    return f"error: {e.filename}: {e.strerror}", EXIT_SPEC_ERROR
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,9 +20,17 @@ from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Option, Si
 
 # A spec that expands past this many nodes is almost surely a mistyped repeat count, not a network.
 MAX_NODES = 50_000
+# Block calls nested deeper than this (b3 calls b2 calls b1 ...) are generated text, not a design; Python's
+# stack would end a few hundred levels further on.
+MAX_BLOCK_DEPTH = 100
 RESERVED = re.compile(r"x\d+")
 KEYWORDS = {"input", "seq", "of", "default", "block", "train", "as", "x"}
 SWITCH = {"on": True, "off": False, "true": True, "false": False}
+
+
+class TooDeep(DlcError):
+    """Block calls nested past MAX_BLOCK_DEPTH: the hundred calls around the error add no context."""
+
 
 def compile_spec(text: str, file: str = "<spec>") -> Graph:
     """Compile spec text into a Graph whose nodes carry resolved attributes and output shapes."""
@@ -44,6 +52,7 @@ class Scope:
     labels: dict[str, str]  # label -> node name
     stack: tuple[str, ...] = ()  # blocks being expanded, outermost first
     counters: dict = field(default_factory=dict)
+    label_at: dict[str, Pos] = field(default_factory=dict)  # label -> where it is written
 
     def count(self, key) -> int:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -71,6 +80,7 @@ class Layer:
     attrs: dict
     pos: Pos
     head: str  # how errors name it: "conv 64@3x3", "relu"
+    where: dict[str, Pos] = field(default_factory=dict)  # attribute -> where the spec writes its value
 
 
 Defaults = dict  # canonical kind -> {option or flag: value}, from `default` statements in scope
@@ -138,6 +148,10 @@ def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
             node.call = call
     if s.label is not None:
         _check_name(s.label, "a label")
+        first = scope.label_at.setdefault(s.label.name, s.label.pos)
+        if first != s.label.pos:  # a repeated group sets its own labels again, which is fine
+            raise DlcError(f"label `{s.label.name}` is used twice (first on line {first.line}): each label "
+                           f"names one step", s.label.pos)
         scope.labels[s.label.name] = cur
         b.by_name[cur].label = s.label.name
     return cur
@@ -182,12 +196,15 @@ def _emit_group(b: Build, g: Group, cur: str, scope: Scope, defaults: Defaults) 
 def _read_default(s: Default, scope: Scope, defaults: Defaults) -> None:
     kind = _kind_or_error(s.kind, scope)
     values = dict(defaults.get(kind.name, {}))
+    written = Layer(kind, {}, s.pos, s.kind.name)
     for item in s.items:
         if isinstance(item, Option):
             if item.key not in kind.options:
-                raise _unknown_option(item, [Layer(kind, {}, s.pos, s.kind.name)])
+                raise _unknown_option(item, [written])
+            _once(written, item.key, f"`{item.key}=`", item.pos)
             values[item.key] = _option_value(kind, item, scope)
         elif item.name in kind.flags:
+            _once(written, item.name, f"the flag `{item.name}`", item.pos)
             values[item.name] = True
         else:
             flags = f" (its flags: {', '.join(kind.flags)})" if kind.flags else ""
@@ -205,10 +222,15 @@ def _read_train(b: Build, s: Train) -> None:
     settings = {}
     for opt in s.options:
         if isinstance(opt.value.v, tuple):
-            raise DlcError(f"a training setting is a number or a word (Received: {opt.key}={opt.value.raw})",
+            raise DlcError(f"a training setting is a number or a word (received {opt.key}={opt.value.raw})",
                            opt.value.pos)
         if opt.key in settings:
             raise DlcError(f"`{opt.key}` is set twice", opt.pos)
+        if isinstance(opt.value.v, (int, float)) and opt.value.v < 0:
+            # rates, counts, decays and seeds alike: numpy's generators refuse a negative seed, and a
+            # negative rate or decay climbs the loss instead of descending it
+            raise DlcError(f"training settings are never negative (received {opt.key}={opt.value.raw})",
+                           opt.value.pos)
         settings[opt.key] = opt.value.v
     b.train = settings
 
@@ -227,7 +249,8 @@ def _emit_step(b: Build, step: Step, cur: str, scope: Scope, defaults: Defaults)
     layers = _layers(step, kind, scope, defaults)
     row = ""
     for layer in layers:
-        node = _add_node(b, scope, layer.kind, dict(layer.attrs), [cur], layer.pos, step.text, layer.head, row)
+        node = _add_node(b, scope, layer.kind, dict(layer.attrs), [cur], layer.pos, step.text, layer.head, row,
+                         where=layer.where)
         row = row or node.name
         cur = node.name
     return cur
@@ -245,11 +268,11 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
         other = lookup(w.name)
         if not (other is not None and other.suffixable) and w.name not in kind.flags:
             raise DlcError(f"expected a size like {size_example(step.kind.name)} after `{step.kind.name}`"
-                           f"{_unbound(Value(w.name, w.name, w.pos), scope)} (Received: `{w.name}`)", w.pos)
+                           f"{_unbound(Value(w.name, w.name, w.pos), scope)} (received `{w.name}`)", w.pos)
     head = step.kind.name + (f" {size.raw}" if size is not None else "")
     pos = step.kind.pos if size is None else Pos(step.kind.pos.line, step.kind.pos.col,
                                                  size.pos.end_col if size.pos.line == step.kind.pos.line else None)
-    main = Layer(kind, _base_attrs(kind, defaults), pos, head)
+    main = Layer(kind, _base_attrs(kind, defaults), pos, head, _size_where(kind, size))
     main.attrs.update(_size_attrs(kind, size, step.kind, scope))
     layers = [main]
     for item in items:
@@ -257,10 +280,13 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
             target = next((layer for layer in reversed(layers) if item.key in layer.kind.options), None)
             if target is None:
                 raise _unknown_option(item, layers)
+            _once(target, item.key, f"`{item.key}=`", item.pos)
             target.attrs[item.key] = _option_value(target.kind, item, scope)
+            target.where[item.key] = item.value.pos
             continue
         target = next((layer for layer in reversed(layers) if item.name in layer.kind.flags), None)
         if target is not None:
+            _once(target, item.name, f"the flag `{item.name}`", item.pos)
             target.attrs[item.name] = True
             continue
         suffix = lookup(item.name)
@@ -271,6 +297,25 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
             continue
         raise _bad_word(item, step, layers, scope)
     return layers
+
+
+def _once(layer: Layer, key: str, what: str, pos: Pos) -> None:
+    """Refuse an option or flag written twice for one layer (`pad=1 pad=2`: which one was meant?)."""
+    if key in layer.where:
+        raise DlcError(f"{what} is given twice for {layer.kind.name}; keep one", pos)
+    layer.where[key] = pos
+
+
+def _size_where(kind: LayerKind, size: Size | None) -> dict[str, Pos]:
+    """Where the attributes a SIZE sets are written, for errors about their values."""
+    if size is None:
+        return {}
+    if kind.size == "conv":
+        where = {"channels": size.channels.pos if size.channels else size.pos, "kernel": size.dims.pos}
+        return where | ({"stride": size.stride.pos} if size.stride else {})
+    if kind.size_attr:
+        return {kind.size_attr: size.dims.pos}
+    return {}
 
 
 def _base_attrs(kind: LayerKind, defaults: Defaults) -> dict:
@@ -310,11 +355,11 @@ def _size_attrs(kind: LayerKind, size: Size | None, word: Word, scope: Scope) ->
         raise DlcError(shaped, size.pos)
     if kind.size == "int":
         if not isinstance(dims.v, int):
-            raise DlcError(f"{word.name} takes a whole number{_unbound(dims, scope)} (Received: `{dims.raw}`)",
+            raise DlcError(f"{word.name} takes a whole number{_unbound(dims, scope)} (received `{dims.raw}`)",
                            dims.pos)
         return {kind.size_attr: dims.v}
     if isinstance(dims.v, str):
-        raise DlcError(f"{word.name} takes a number{_unbound(dims, scope)} (Received: `{dims.raw}`)", dims.pos)
+        raise DlcError(f"{word.name} takes a number{_unbound(dims, scope)} (received `{dims.raw}`)", dims.pos)
     return {kind.size_attr: float(dims.v)}
 
 
@@ -458,6 +503,9 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
     if name in scope.stack:
         chain = " -> ".join((*scope.stack[scope.stack.index(name):], name))
         raise DlcError(f"block `{name}` calls itself ({chain}); blocks cannot be recursive", call.name.pos)
+    if len(scope.stack) >= MAX_BLOCK_DEPTH:
+        chain = " -> ".join((*scope.stack[:3], "…", *scope.stack[-2:], name))
+        raise TooDeep(f"block calls nest more than {MAX_BLOCK_DEPTH} deep here ({chain})", call.name.pos)
     params = _bind(block, call, scope)
     n = scope.count(("block", name))
     inner = Scope(f"{scope.prefix}{name}{n}.", params, {}, (*scope.stack, name))
@@ -466,7 +514,8 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
         for s in block.body:
             cur = _emit(b, s, cur, inner, body_defaults)
     except DlcError as e:
-        e.message += f" (in {_one_line(call.text)}, line {call.pos.line})"
+        if not isinstance(e, TooDeep):
+            e.message += f" (in {_one_line(call.text)}, line {call.pos.line})"
         raise
     return cur
 
@@ -505,7 +554,7 @@ def _bind(block: BlockDef, call: Call, scope: Scope) -> dict[str, Value]:
 # --- nodes ---------------------------------------------------------------------------------------
 
 def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list[str], pos: Pos, text: str,
-              head: str, row: str = "", name: str | None = None) -> Node:
+              head: str, row: str = "", name: str | None = None, where: dict[str, Pos] | None = None) -> Node:
     """Resolve the shape of one node and append it (an fc on a non-vector gets a flatten first)."""
     if len(b.nodes) >= MAX_NODES:
         raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
@@ -527,6 +576,9 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     try:
         out, resolved = kind.resolve(attrs, shapes)
     except ShapeError as e:
+        if e.attr is not None:  # a value out of range, not a shape that does not fit: point at the value
+            at = (where or {}).get(e.attr)
+            raise DlcError(str(e) if at else f"{head} ({name}): {e}", at or pos) from None
         shown = [show(s) for s in shapes]
         if all(s in str(e) for s in shown):
             raise DlcError(f"{head} ({name}): {e}", pos) from None
@@ -575,13 +627,13 @@ def _unbound(v: Value, scope: Scope) -> str:
 def _positive_int(v: Value, what: str, scope: Scope | None = None) -> int:
     if not isinstance(v.v, int) or v.v < 1:
         hint = _unbound(v, scope) if scope is not None else ""
-        raise DlcError(f"{what} must be a whole number of at least 1{hint} (Received: `{v.raw}`)", v.pos)
+        raise DlcError(f"{what} must be a whole number of at least 1{hint} (received `{v.raw}`)", v.pos)
     return v.v
 
 
 def _at_least_one(n: int, v: Value) -> int:
     if n < 1:
-        raise DlcError(f"sizes must be at least 1 (Received: `{v.raw}`)", v.pos)
+        raise DlcError(f"sizes must be at least 1 (received `{v.raw}`)", v.pos)
     return n
 
 
@@ -598,16 +650,16 @@ def _repeat_count(v: Value | None, scope: Scope) -> int:
     n = _value(v, scope)
     if not isinstance(n.v, int) or n.v < 1:
         raise DlcError(f"a repeat count is a whole number of at least 1{_unbound(n, scope)} "
-                       f"(Received: x{'' if n.raw[:1].isdigit() else ' '}{n.raw})", v.pos)
+                       f"(received x{'' if n.raw[:1].isdigit() else ' '}{n.raw})", v.pos)
     if n.v > MAX_NODES:
-        raise DlcError(f"a repeat count above {MAX_NODES:,} is surely a mistake (Received: x{n.raw})", v.pos)
+        raise DlcError(f"a repeat count above {MAX_NODES:,} is surely a mistake (received x{n.raw})", v.pos)
     return n.v
 
 
 def _option_value(kind: LayerKind, opt: Option, scope: Scope):
     """An option's value typed by its registry default: PAD, on/off, int, float or a word."""
     default, v = kind.options[opt.key], _value(opt.value, scope)
-    got = f"(Received: {opt.key}={v.raw})"
+    got = f"(received {opt.key}={v.raw})"
     x = v.v
     if default is LABEL:
         if not v.is_name:

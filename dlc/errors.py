@@ -40,7 +40,12 @@ class Failure(DlcError):
 
 
 class ShapeError(Exception):
-    """Raised by a layer's shape rule; the compiler turns it into a located DlcError naming the layer."""
+    """Raised by a layer's shape rule; the compiler turns it into a located DlcError naming the layer.
+    `attr` names the option (or size) whose value is out of range, so the caret goes under that value."""
+
+    def __init__(self, message: str, attr: str | None = None):
+        super().__init__(message)
+        self.attr = attr
 
 
 def format_error(err: DlcError) -> str:

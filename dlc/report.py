@@ -65,6 +65,29 @@ def rows(analysis: Analysis, every_node: bool = False) -> list[Row]:
     return out
 
 
+# A merge of thousands of branches would widen every row of the table to its list of sources and its
+# one-line text (3,000 branches printed 69 MB): those cells are cut, the sources with a count of the rest.
+# The zoo's longest spec cell has 40 characters.
+FROM_WIDTH = 40
+SPEC_WIDTH = 60
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _sources(names: list[str]) -> str:
+    shown: list[str] = []
+    for i, name in enumerate(names):
+        rest = len(names) - i
+        more = f"… +{rest:,} more"
+        if len(", ".join([*shown, name])) > FROM_WIDTH or rest > 1 and \
+                len(", ".join([*shown, name, more])) > FROM_WIDTH:
+            return ", ".join([*shown, more])
+        shown.append(name)
+    return ", ".join(shown)
+
+
 def _rf(s: NodeStats) -> str:
     if s.rf is None:
         return ""
@@ -88,8 +111,8 @@ def _cost(r: Row, field: str) -> str:
 COLUMNS = {
     # name: (header, right-justified, cell)
     "layer": ("layer", False, lambda r: r.name),
-    "spec": ("spec", False, lambda r: r.text),
-    "from": ("from", False, lambda r: ", ".join(r.sources)),
+    "spec": ("spec", False, lambda r: _clip(r.text, SPEC_WIDTH)),
+    "from": ("from", False, lambda r: _sources(r.sources)),
     "output": ("output", True, lambda r: show(r.out_shape)),
     "params": ("params", True, lambda r: grouped(r.total("params"))),
     "non_trainable": ("non-trainable", True, lambda r: grouped(r.total("non_trainable"))),

@@ -8,6 +8,7 @@ what was expected in the language's own terms.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -16,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from dlc.atomic import atomic_write
 from dlc.errors import DlcError, Pos
@@ -155,7 +156,10 @@ class _Branch:
     statements: list = field(default_factory=list)
 
 
-INT = re.compile(r"-?\d+")
+INT = re.compile(r"-?[0-9]+")
+# No axis, count or option is longer than a 64-bit integer (ONNX's and NumPy's sizes); a longer number is a
+# slip of the keyboard, and past 4,300 digits Python will not even read it.
+LARGEST = 2**63 - 1
 
 
 def token_pos(tok: Token) -> Pos:
@@ -166,12 +170,28 @@ def token_value(tok: Token) -> Value:
     s = str(tok)
     if tok.type == "DIMS":
         h, w = s.split("x")
-        v = (int(h), int(w))
+        v = (_number(h, tok), _number(w, tok))
     elif tok.type == "NUMBER":
-        v = int(s) if INT.fullmatch(s) else float(s)
+        v = _number(s, tok)
     else:
         v = s
     return Value(v, s, token_pos(tok))
+
+
+def _number(s: str, tok: Token) -> int | float:
+    """An int or a float as written; one too large for any size, count or option is a located error."""
+    shown = s if len(s) <= 24 else f"{s[:12]}…{s[-4:]} ({len(s)} characters)"
+    if INT.fullmatch(s):
+        digits = len(s.lstrip("-"))
+        v = int(s) if digits <= 19 else None  # 19 digits hold every 64-bit value
+        if v is None or abs(v) > LARGEST:
+            raise DlcError(f"`{shown}` is too large: sizes, counts and options are at most {LARGEST:,}",
+                           token_pos(tok))
+        return v
+    v = float(s)
+    if v in (float("inf"), float("-inf")):
+        raise DlcError(f"`{shown}` is too large for a number (at most about 1.8e308)", token_pos(tok))
+    return v
 
 
 def _meta_pos(meta) -> Pos:
@@ -301,18 +321,22 @@ OPTIONS = dict(parser="lalr", lexer="contextual", propagate_positions=True, mayb
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     """The LALR parser, built once per process and kept between runs in the user's cache folder
-    (building the tables costs far more than loading them)."""
+    (building the tables costs a cold start about 130 ms, loading them about 15 ms).
+
+    The cache is JSON, never lark's own pickle: unpickling runs whatever code the file names, so a file
+    planted in the cache folder would run on the next `dlc check`. Loading JSON builds only lark's
+    Rule and TerminalDef values (lark's deserializer knows no other class)."""
     import lark
 
     grammar = (resource_dir("grammars") / "dlc.lark").read_text(encoding="utf-8")
     key = hashlib.sha256(f"{grammar}{OPTIONS}{lark.__version__}{sys.version_info[:2]}".encode()).hexdigest()[:24]
     cache = _cache_dir()
-    path = cache / f"parser-{key}.pickle" if cache is not None else None
+    path = cache / f"parser-{key}.json" if cache is not None else None
     if path is not None and path.is_file():
         try:
-            with open(path, "rb") as f:
-                return Lark.load(f)
-        except Exception:  # a cache written by another lark, or cut short: build the parser again
+            tables = json.loads(path.read_text(encoding="utf-8"), object_hook=_decode)
+            return Lark._load_from_dict(tables["data"], tables["memo"])
+        except Exception:  # a cache written by another lark, cut short or edited: build the parser again
             pass
     built = Lark(grammar, **OPTIONS)
     if path is not None:
@@ -330,11 +354,37 @@ def _cache_dir() -> Path | None:
 
 
 def _save_atomically(built: Lark, path: Path) -> None:
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+
+    data, memo = built.memo_serialize([TerminalDef, Rule])
     try:
-        with atomic_write(path) as f:
-            built.save(f)
+        with atomic_write(path, "w") as f:
+            json.dump(_encode({"data": data, "memo": memo}), f)
     except (OSError, DlcError):  # a cache that cannot be written only costs the next start its speed
         pass
+
+
+def _encode(x):
+    """lark's tables as JSON: they hold tuples and int-keyed dicts, which JSON would turn into lists and
+    string keys, so those two are tagged."""
+    if isinstance(x, dict):
+        if all(isinstance(k, str) for k in x):
+            return {k: _encode(v) for k, v in x.items()}
+        return {"__items__": [[_encode(k), _encode(v)] for k, v in x.items()]}
+    if isinstance(x, tuple):
+        return {"__tuple__": [_encode(v) for v in x]}
+    if isinstance(x, list):
+        return [_encode(v) for v in x]
+    return x
+
+
+def _decode(d: dict):
+    if len(d) == 1 and "__tuple__" in d:
+        return tuple(d["__tuple__"])
+    if len(d) == 1 and "__items__" in d:
+        return {k: v for k, v in d["__items__"]}
+    return d
 
 
 def parse(text: str) -> list:
@@ -344,7 +394,12 @@ def parse(text: str) -> list:
         tree = parser().parse(text)
     except UnexpectedInput as e:
         raise syntax_error(e, text) from None
-    return _ToAst(text).transform(tree)
+    try:
+        return _ToAst(text).transform(tree)
+    except VisitError as e:  # lark wraps what the transformer raises, a located DlcError too
+        if isinstance(e.orig_exc, DlcError):
+            raise e.orig_exc from None
+        raise
 
 
 # --- errors in user words -----------------------------------------------------------------------
@@ -444,6 +499,9 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
         return DlcError("expected a kernel or map size after `@`, like 64@3x3", where)
     if prev == "SLASH":
         return DlcError("expected a stride after `/`, like 3x3/2", where)
+    if head == "INPUT" and tok.type in ("AS", "REPEAT", "X") and prev in ("NUMBER", "DIMS", "NAME"):
+        return DlcError(f"the input takes no {'label' if tok.type == 'AS' else 'repeat'}: it is the one "
+                        f"`input` of the network", where)
     if stmt and stmt[0].type == "INPUT" and tok.type != "_SEP" or prev == "INPUT" or prev == "SEQ":
         return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200` or "
                         "`input seq 50 of 64`", where)
@@ -468,6 +526,11 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
     if not stmt and tok.type != "_SEP":
         return DlcError(f"expected a step (a layer kind, a block call or `( … )`) here, not {describe(tok)}", where)
     if "_SEP" in expected and not end:
+        kind = lookup(str(before[-1])) if prev == "NAME" and len(stmt) > 1 else None
+        if kind is not None and kind.size_required and tok.type in ("NUMBER", "DIMS"):
+            # `fc 100 relu fc 10`: the fault is the second `fc`, a layer kind where a flag stands
+            return DlcError(f"`{before[-1]}` is a layer kind, not a flag: missing `->` before `{before[-1]}`?",
+                            _at(before[-1]))
         return DlcError(f"expected `->` or a new line before {describe(tok)}", where)
     wanted = sorted({WHAT[t] for t in expected if t in WHAT} or {"something else"})
     listed = ", ".join(wanted[:-1]) + " or " + wanted[-1] if len(wanted) > 1 else wanted[0]
@@ -483,6 +546,9 @@ def _bad_character(e: UnexpectedCharacters, text: str) -> DlcError:
                         Pos(e.line, e.column, e.column + len(word)))
     ch = rest[:1]
     shown = ch if ch.isprintable() else repr(ch)[1:-1]
+    if ch.isdigit() or ch.isnumeric():
+        return DlcError(f"`{shown}` is not one of the digits 0-9: write numbers with ASCII digits",
+                        Pos(e.line, e.column))
     return DlcError(f"unexpected character `{shown}`", Pos(e.line, e.column))
 
 

@@ -194,11 +194,13 @@ def test_add_and_concat_with_labels():
     assert g.node("concat1").inputs == ["add1", "conv1"] and g.output.out_shape == (8, 8, 8)
 
 
-def test_labels_are_local_to_a_block_call_and_relabelling_takes_the_latest():
-    text = "input 2@4x4\nblock r() { conv 2@1x1 as a -> relu -> add a }\nr() -> r()\nconv 2@1x1 as a\nrelu as a\nadd a"
+def test_labels_are_local_to_a_block_call_and_a_repeated_group_sets_its_own_again():
+    text = "input 2@4x4\nblock r() { conv 2@1x1 as a -> relu -> add a }\nr() -> r()\nconv 2@1x1 as a\nrelu\nadd a"
     g = graph(text)
     assert g.node("r2.add1").inputs == ["r2.relu1", "r2.conv1"]
-    assert g.node("add1").inputs == ["relu1", "relu1"]
+    assert g.node("add1").inputs == ["relu1", "conv1"]
+    g = graph("input 2\n(relu as a -> tanh -> add a) x2")
+    assert g.node("add2").inputs == ["tanh2", "relu2"]
 
 
 def test_shortcut_is_the_identity_when_the_shape_is_kept():

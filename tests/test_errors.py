@@ -68,14 +68,14 @@ def test_size_of_the_wrong_form():
     e = error("input 3@32x32\nconv 3x3")
     assert "conv takes a size like 64@3x3, not `3x3`: write channels@kernel" == e.message
     e = error("input 3@32x32\nfc 10.5")
-    assert "fc takes a whole number (Received: `10.5`)" == e.message and at(e) == (2, 4)
+    assert "fc takes a whole number (received `10.5`)" == e.message and at(e) == (2, 4)
 
 
 def test_zero_stride_and_kernel_are_refused():
     e = error("input 3@32x32\nconv 8@3x3/0")
-    assert "the stride must be a whole number of at least 1 (Received: `0`)" == e.message and at(e) == (2, 12)
+    assert "the stride must be a whole number of at least 1 (received `0`)" == e.message and at(e) == (2, 12)
     e = error("input 3@32x32\nmaxpool 0x2")
-    assert "sizes must be at least 1 (Received: `0x2`)" == e.message and at(e) == (2, 9)
+    assert "sizes must be at least 1 (received `0x2`)" == e.message and at(e) == (2, 9)
 
 
 def test_missing_arrow_before_a_size_after_a_flag():
@@ -201,7 +201,7 @@ def test_block_call_arguments_stay_on_one_line():
 def test_unbound_parameter_in_a_block_body():
     e = error("block b(c) {\n  conv c@3x3 relu x n\n}\ninput 3@8x8\nb(4)")
     assert e.message == ("a repeat count is a whole number of at least 1; block `b` has no parameter `n` "
-                         "(Received: x n) (in b(4), line 5)")
+                         "(received x n) (in b(4), line 5)")
     assert at(e) == (2, 21)
 
 
@@ -265,19 +265,19 @@ def test_reserved_repeat_names():
 
 def test_bad_option_values_quote_the_value():
     e = error("input 3@8x8\nconv 8@3x3 pad=foo")
-    assert e.message == "pad takes a whole number, `same` or `valid`; no block parameter `foo` (Received: pad=foo)"
+    assert e.message == "pad takes a whole number, `same` or `valid`; no block parameter `foo` (received pad=foo)"
     assert at(e) == (2, 16)
     e = error("input 3@8x8\nconv 8@3x3 bias=2")
-    assert e.message == "bias takes on or off (Received: bias=2)" and at(e) == (2, 17)
+    assert e.message == "bias takes on or off (received bias=2)" and at(e) == (2, 17)
     e = error("input 3@8x8\nconv 8@3x3 groups=1.5")
-    assert e.message == "groups takes a whole number (Received: groups=1.5)"
+    assert e.message == "groups takes a whole number (received groups=1.5)"
     e = error("input 3@8x8\nbn eps=small")
-    assert "eps takes a number" in e.message and "(Received: eps=small)" in e.message
+    assert "eps takes a number" in e.message and "(received eps=small)" in e.message
 
 
 def test_bad_repeat_count():
     e = error("input 4\nrelu x0")
-    assert e.message == "a repeat count is a whole number of at least 1 (Received: x0)" and at(e) == (2, 6)
+    assert e.message == "a repeat count is a whole number of at least 1 (received x0)" and at(e) == (2, 6)
     e = error("input 4\nrelu x")
     assert e.message.startswith("expected a repeat count after `x`") and at(e) == (2, 7)
 
@@ -286,7 +286,7 @@ def test_train_settings():
     e = error("input 2 -> fc 1\ntrain lr=0.1 lr=0.2")
     assert e.message == "`lr` is set twice" and at(e) == (2, 14)
     e = error("input 2 -> fc 1\ntrain batch=3x3")
-    assert e.message == "a training setting is a number or a word (Received: batch=3x3)" and at(e) == (2, 13)
+    assert e.message == "a training setting is a number or a word (received batch=3x3)" and at(e) == (2, 13)
     e = error("train lr=0.1\ninput 2 -> fc 1\ntrain epochs=3")
     assert e.message == "a second `train` statement: put every setting on one" and at(e) == (3, 1)
 
@@ -338,3 +338,80 @@ def test_error_text_shows_file_line_column_and_a_caret():
     assert str(e) == ("alexnet.dlc:2:18: expected `->` or a new line before `128`\n"
                       "    conv 64@3x3 relu 128\n"
                       "                     ^^^")
+
+
+# --- values refused where they are written (issue 9) ---------------------------------------------
+
+def test_out_of_range_option_values_point_at_the_value():
+    e = error("input 3@8x8\nconv 4@3x3 dil=0")
+    assert e.message == "dil must be >= 1 (received dil=0)" and at(e) == (2, 16)
+    e = error("input 3@8x8\nlrn beta=-1")
+    assert e.message == "lrn beta must be > 0 (received beta=-1.0)" and at(e) == (2, 10)
+    e = error("input 3@8x8\nbn eps=-1")
+    assert e.message == "bn eps must be > 0 (received eps=-1.0)" and at(e) == (2, 8)
+    e = error("input 4\ndropout 1.5")  # the caret under 1.5, not under `dropout`
+    assert e.message == "dropout probability must satisfy 0 <= P < 1 (received 1.5)" and at(e) == (2, 9)
+    e = error("input 4\nfc 0")
+    assert at(e) == (2, 4)
+    e = error("input 3@8x8\nconv 4@3x3 groups=2")  # 3 input channels: the groups value is the fault
+    assert e.message.startswith("groups=2 must divide") and at(e) == (2, 19)
+    e = error("input seq 4 of 8\nattention 2 dropout=1.5")
+    assert e.message == "attention dropout must satisfy 0 <= P < 1 (received dropout=1.5)" and at(e) == (2, 21)
+    e = error("input seq 4 of 8\nlayernorm eps=-1")
+    assert e.message == "layernorm eps must be > 0 (received eps=-1.0)" and at(e) == (2, 15)
+
+
+def test_a_value_from_a_default_statement_is_located_at_the_step():
+    e = error("input 3@8x8\ndefault bn eps=-1\nbn")
+    assert e.message == "bn (bn1): bn eps must be > 0 (received eps=-1.0)" and at(e) == (3, 1)
+
+
+def test_the_same_label_option_or_flag_twice():
+    e = error("input 3@8x8\nrelu as a\nrelu as a\nadd a")  # `add a` would add a layer to itself
+    assert e.message.startswith("label `a` is used twice (first on line 2)") and at(e) == (3, 9)
+    e = error("input 3@8x8\nconv 4@3x3 pad=1 pad=2")
+    assert e.message == "`pad=` is given twice for conv; keep one" and at(e) == (2, 18)
+    e = error("input 3@8x8\nmaxpool 2 ceil ceil")
+    assert e.message == "the flag `ceil` is given twice for maxpool; keep one" and at(e) == (2, 16)
+    e = error("input 3@8x8\ndefault conv pad=1 pad=2\nconv 4@3x3")
+    assert e.message == "`pad=` is given twice for conv; keep one" and at(e) == (2, 20)
+
+
+def test_digits_are_ascii():
+    e = error("input 4\nfc \u0663")  # Arabic-Indic three: int() reads it as 3
+    assert e.message.startswith("`\u0663` is not one of the digits 0-9") and at(e) == (2, 4)
+    e = error("input \uff11\uff10 -> relu")  # full-width 10
+    assert e.message.startswith("`\uff11` is not one of the digits 0-9") and at(e) == (1, 7)
+
+
+def test_numbers_too_large_for_any_size():
+    for digits in (400, 4301):  # past 4,300 digits Python will not even convert the text
+        e = error("input 4\nfc " + "1" * digits)
+        assert "is too large: sizes, counts and options are at most 9,223,372,036,854,775,807" in e.message
+        assert at(e) == (2, 4)
+    e = error("input 4\ndropout 1e999")
+    assert "too large for a number" in e.message and at(e) == (2, 9)
+    assert compile_spec("input 4 -> fc 9223372036854775807").output.out_shape == (2**63 - 1,)
+
+
+def test_the_input_takes_no_label():
+    e = error("input 10 as a")
+    assert e.message == "the input takes no label: it is the one `input` of the network" and at(e) == (1, 10)
+
+
+def test_a_layer_kind_where_a_flag_stands_is_the_fault():
+    e = error("input 4\nfc 100 relu fc 10")
+    assert e.message == "`fc` is a layer kind, not a flag: missing `->` before `fc`?" and at(e) == (2, 13)
+
+
+def test_deeply_chained_block_calls_are_not_called_brackets():
+    n = 500  # each block calls the one before it
+    text = "block b0() { relu }\n" + "".join(f"block b{i}() {{ b{i - 1}() }}\n" for i in range(1, n))
+    e = error(text + f"input 4 -> b{n - 1}()")
+    assert e.message.startswith("block calls nest more than 100 deep here (b499 -> b498 -> b497 -> …")
+    assert "(in " not in e.message and at(e) == (401, 16)
+
+
+def test_training_settings_are_never_negative():
+    e = error("input 2 -> fc 1\ntrain seed=-1")
+    assert e.message == "training settings are never negative (received seed=-1)" and at(e) == (2, 12)

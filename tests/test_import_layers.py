@@ -1,6 +1,6 @@
 """dlc's imports run one way, top to bottom, and no module imports itself back through others:
 
-    CLI -> commands -> pictures -> (train, onnx, analysis and reports) -> engine -> layers/graph/compiler -> errors/units
+    CLI -> commands -> pictures -> (train, onnx) -> analysis and reports -> engine -> layers/graph/compiler -> errors/units
 
 Imports are read from the source with ast, function-level ones included (a lazy import is still a
 dependency). A package's __init__ importing its own submodules (the registries of dlc.layers and
@@ -22,10 +22,11 @@ TIERS: list[dict[str, tuple[str, ...]]] = [
     {"cli": ("dlc.cli", "dlc.__main__")},
     {"commands": ("dlc.commands",)},
     {"pictures": ("dlc.draw", "dlc.plot")},  # diagrams of the analysed graph, curves of runs
-    {"train": ("dlc.train",), "onnx": ("dlc.onnx",), "analysis": ("dlc.analysis", "dlc.report")},
+    {"train": ("dlc.train",), "onnx": ("dlc.onnx",)},
+    {"analysis": ("dlc.analysis", "dlc.report", "dlc.memory")},  # the ONNX analysis builds on it
     {"engine": ("dlc.engine", "dlc.normalize")},
     {"front": ("dlc.layers", "dlc.graph", "dlc.compile", "dlc.syntax", "dlc.zoo")},
-    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.resources", "dlc.choices", "dlc")},
+    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.resources", "dlc.choices", "dlc.progress", "dlc")},
 ]
 
 

@@ -150,13 +150,49 @@ def test_the_parser_tables_are_cached_on_disk_and_a_broken_cache_is_rebuilt(tmp_
     parser.cache_clear()
     try:
         parser()
-        (cached,) = (tmp_path / "dlc").glob("parser-*.pickle")
+        (cached,) = (tmp_path / "dlc").glob("parser-*.json")
         parser.cache_clear()
         assert parse("input 4 -> relu")[1].kind.name == "relu"  # loaded from the file
-        cached.write_bytes(b"not a pickle")
+        cached.write_bytes(b"not json")
         parser.cache_clear()
         assert parse("input 4 -> relu")[1].pos.col == 12  # rebuilt, and the file rewritten
-        assert cached.read_bytes() != b"not a pickle"
+        assert cached.read_bytes() != b"not json"
         assert not list((tmp_path / "dlc").glob("*.tmp"))
+    finally:
+        parser.cache_clear()
+
+
+class _Planted:
+    """A pickle that, when loaded, creates a file: what an attacker would put in the cache folder."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_cache_file_runs_no_code(tmp_path, monkeypatch):
+    import json
+    import pickle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    parser.cache_clear()
+    try:
+        parser()
+        (cached,) = (tmp_path / "dlc").glob("parser-*.json")
+        marker = tmp_path / "code-ran"
+        payload = pickle.dumps(_Planted(marker))
+        assert not marker.exists()
+        pickle.loads(payload)  # the payload works: loading it as a pickle runs the call
+        assert marker.exists()
+        marker.unlink()
+        # lark's own cache name (a pickle) and dlc's, holding a pickle or JSON that names another class
+        cached.with_suffix(".pickle").write_bytes(payload)
+        for planted in (payload, json.dumps({"data": {}, "memo": {"0": {"__type__": "os.system"}}}).encode()):
+            cached.write_bytes(planted)
+            parser.cache_clear()
+            assert parse("input 4 -> relu")[1].kind.name == "relu"
+            assert not marker.exists()
     finally:
         parser.cache_clear()

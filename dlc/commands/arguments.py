@@ -1,15 +1,20 @@
 """Arguments several commands share: the SPEC argument (a file, stdin, a zoo name or -e TEXT), the
-types of flag values, and the refusal of work that cannot fit in memory."""
+types of flag values, and the checks on output files."""
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from dlc.errors import DlcError
+
+# The zoo's largest spec is a few kilobytes; a spec past this size is a wrong file (a model, /dev/zero),
+# and reading it whole would hang or fill the memory.
+MAX_SPEC_BYTES = 1 << 20
 
 
 def is_onnx(model: str | None) -> bool:
@@ -60,7 +65,7 @@ def read_spec(spec: str | None, expr: str | None) -> tuple[str, str]:
     if spec is None:
         raise DlcError("no spec given: name a .dlc file, `-` for stdin, a zoo name, or -e 'TEXT'")
     if spec == "-":
-        return "<stdin>", sys.stdin.read()
+        return "<stdin>", _text(sys.stdin.buffer, "<stdin>")
     path = Path(spec)
     if not path.exists() and "/" not in spec and not spec.endswith(".dlc"):
         path = zoo_path(spec)
@@ -73,10 +78,22 @@ def read_spec(spec: str | None, expr: str | None) -> tuple[str, str]:
         raise DlcError(f"{spec} is a directory, not a spec file")
     if not path.exists():
         raise DlcError(f"no such file: {spec}")
+    with open(path, "rb") as f:
+        return str(spec), _text(f, spec)
+
+
+def _text(f, name: str) -> str:
+    """A spec's text, read no further than MAX_SPEC_BYTES."""
+    data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise DlcError(f"{name} is longer than {MAX_SPEC_BYTES >> 20} MiB; a spec is text of a few kilobytes")
     try:
-        return str(spec), path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise DlcError(f"{spec} is not a text file")
+        raise DlcError(f"{name} is not a text file")
+    if "\0" in text:
+        raise DlcError(f"{name} is not a text file (it holds NUL bytes)")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
 
 
 def load_graph(spec: str | None, expr: str | None):
@@ -103,12 +120,15 @@ class FiniteFloat(click.ParamType):
         self.low, self.open_low = low, open_low
 
     def convert(self, value, param, ctx) -> float:
-        try:
-            x = float(value)
-        except OverflowError:  # a whole number past float's range
-            x = math.inf
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+        if isinstance(value, float):
+            x = value
+        else:
+            try:
+                x = float(value)
+            except OverflowError:  # a whole number past float's range
+                x = math.inf
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(x):
             self.fail(f"{value} is not a finite number", param, ctx)
         if self.low is not None and (x < self.low or self.open_low and x == self.low):
@@ -116,35 +136,33 @@ class FiniteFloat(click.ParamType):
         return x
 
 
-NON_NEGATIVE = FiniteFloat(low=0)  # a decay, a penalty, a noise level
+NON_NEGATIVE = FiniteFloat(low=0)  # a tolerance, a decay, a penalty
 POSITIVE = FiniteFloat(low=0, open_low=True)  # a rate, an epsilon
 
 
-# --- memory -------------------------------------------------------------------------------------
+# --- output files -------------------------------------------------------------------------------
 
-def available_bytes() -> int | None:
-    """Memory this process can still take: the kernel's MemAvailable, within a cgroup's limit; None
-    where neither can be read (then nothing is refused)."""
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
+def output_file(path: str, flag: str, suffixes: tuple[str, ...], inputs: list[str | None]) -> None:
+    """Refuse an output that would destroy an input (the same file after links are followed: `export
+    my.dlc -o my.dlc`), a name whose extension does not fit what is written, or a folder that is not
+    one, before any work is done."""
+    if not path.lower().endswith(suffixes):
+        raise DlcError(f"{flag} {path}: the file written is {' or '.join(suffixes)}; name it so")
+    target = Path(path)
+    for source in inputs:
+        if source and source != "-" and Path(source).exists() and _same_file(target, Path(source)):
+            raise DlcError(f"{flag} {path} is the input {source}: writing it would destroy the input")
+    folder = target.resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise DlcError(f"cannot write {path}: {existing} is a file, not a folder")
+    if existing != folder:
+        raise DlcError(f"cannot write {path}: no folder {folder}")
+    if target.is_dir():
+        raise DlcError(f"cannot write {path}: it is a folder")
 
 
-def refuse_unless_fits(needed: int, what: str) -> None:
-    """A DlcError naming both figures when `what` needs more memory than this machine has free."""
-    from dlc.units import binary
-
-    free = available_bytes()
-    if free is not None and needed > free:
-        raise DlcError(f"{what} needs at least {binary(needed)} of memory; {binary(free)} is available")
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists():
+        return os.path.samefile(a, b)  # hard links too
+    return a.resolve() == b.resolve()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
-from dlc.commands.arguments import load_graph, spec_input
+from dlc.commands.arguments import NON_NEGATIVE, SEED, load_graph, spec_input
 from dlc.errors import Failure
 
 EXIT_GRADIENT_MISMATCH = 1
@@ -14,7 +15,7 @@ EXIT_GRADIENT_MISMATCH = 1
 
 @click.command()
 @spec_input
-@click.option("--tol", type=float, default=1e-6, show_default=True,
+@click.option("--tol", type=NON_NEGATIVE, default=1e-6, show_default=True,
               help="Largest relative error that passes.")
 @click.option("--all", "every_entry", is_flag=True,
               help="Check every entry of every tensor (default: all of small ones, a sample of large ones).")
@@ -24,7 +25,7 @@ EXIT_GRADIENT_MISMATCH = 1
               help="Samples in the random batch.")
 @click.option("--loss", type=click.Choice(["mse", "xent"]), default=None,
               help="Loss on the output (default: xent after a final softmax, else mse).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, batch and targets.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for weights, batch and targets.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
 def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json):
     """Check every layer's gradients against central differences (float64, random weights and batch).
@@ -33,13 +34,19 @@ def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json)
     """
     from dlc.choices import default_loss
     from dlc.engine.allocator import tune_allocator
-    from dlc.engine.gradcheck import check_gradients
+    from dlc.memory import backprop_bytes, refuse_unless_fits
+    from dlc.progress import progress
+
+    graph = load_graph(spec, expr)
+    # float64 throughout, and the backward pass keeps every layer's output
+    refuse_unless_fits(backprop_bytes(graph, batch, value_bytes=8), f"gradcheck --batch {batch}")
+    from dlc.engine.gradcheck import check_gradients  # numpy, once the work is known to fit
 
     tune_allocator()
-    graph = load_graph(spec, expr)
     loss = loss or default_loss(graph)
-    layers = check_gradients(graph, loss=loss, batch=batch, seed=seed, samples=samples,
-                             every_entry=every_entry)
+    with progress("gradcheck") as update:
+        layers = check_gradients(graph, loss=loss, batch=batch, seed=seed, samples=samples,
+                                 every_entry=every_entry, progress=lambda done, total: update(done, total))
     failed = [r for r in layers if r.worst.worst > tol]
     if as_json:
         click.echo(json.dumps({
@@ -55,8 +62,10 @@ def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json)
     else:
         _print_table(graph.file, layers, tol, loss, batch)
     if failed:
+        why = "; NaN or infinite values: the forward pass or a gradient is not finite" \
+            if any(math.isinf(r.worst.worst) for r in failed) else ""
         raise Failure(f"gradcheck: {len(failed)} of {len(layers)} layers exceed the tolerance {tol:g}: "
-             f"{', '.join(r.layer for r in failed)}", EXIT_GRADIENT_MISMATCH)
+                      f"{', '.join(r.layer for r in failed)}{why}", EXIT_GRADIENT_MISMATCH)
 
 
 def _print_table(file: str, layers, tol: float, loss: str, batch: int) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import is_onnx, load_graph, parse_shapes, shape_option, spec_input
+from dlc.commands.arguments import SEED, is_onnx, load_graph, output_file, parse_shapes, shape_option, spec_input
 from dlc.errors import DlcError
 from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -196,24 +198,55 @@ def read_array(path: str):
         data = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DlcError(f"{path} cannot be read as a NumPy array ({e})")
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        return data
-    with data:
-        if "x" in data.files:
-            return data["x"]
-        if len(data.files) == 1:
-            return data[data.files[0]]
-        raise DlcError(f"{path} holds {', '.join(data.files) or 'no arrays'}; name the input array `x`")
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            if "x" in data.files:
+                data = data["x"]
+            elif len(data.files) == 1:
+                data = data[data.files[0]]
+            else:
+                raise DlcError(f"{path} holds {', '.join(data.files) or 'no arrays'}; name the input array `x`")
+    if data.dtype.kind not in "biuf":  # a cast to float32 would drop an imaginary part without a word
+        raise DlcError(f"{path} holds {data.dtype} values; a network reads real numbers or token ids")
+    return data
 
 
 def write_array(path: str, y) -> None:
-    """np.save, atomically."""
+    """np.save (or np.savez with the array as `y` for a .npz name), atomically."""
     import numpy as np
 
     from dlc.atomic import atomic_write
 
     with atomic_write(path) as f:
-        np.save(f, y)
+        if path.lower().endswith(".npz"):
+            np.savez(f, y=y)
+        else:
+            np.save(f, y)
+
+
+def json_values(y) -> list:
+    """An array as JSON lists, with null where a value is NaN or infinite (JSON has no NaN)."""
+    import numpy as np
+
+    if y.dtype.kind != "f":
+        return y.tolist()
+    cells = y.astype(object)
+    cells[~np.isfinite(y)] = None
+    return cells.tolist()
+
+
+def warn_not_finite(y) -> None:
+    import numpy as np
+
+    bad = int(y.size - np.count_nonzero(np.isfinite(y))) if y.dtype.kind == "f" else 0
+    if bad:
+        click.echo(f"dlc: warning: {bad:,} of {y.size:,} output values are not finite (NaN or infinite)",
+                   err=True)
+
+
+def spec_file(spec: str | None, expr: str | None) -> str | None:
+    """The file a SPEC argument names, if it names one (not a zoo name, stdin or -e)."""
+    return spec if expr is None and spec not in (None, "-") and Path(spec).is_file() else None
 
 
 def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
@@ -235,26 +268,34 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 @spec_input
 @click.option("-o", "--output", required=True, metavar="FILE.onnx", help="Where to write the model.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
-@click.option("--seed", type=int, default=None, help="Seed of the fresh weights (default 0).")
+@click.option("--seed", type=SEED, default=None, help="Seed of the fresh weights (default 0).")
 @click.option("--opset", type=int, default=None,
               help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: the lowest in which every layer has its own "
                    f"operator: {MIN_OPSET}, 17 with layernorm, {GELU_OPSET} with gelu).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
 def export(spec, expr, output, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count."""
-    from dlc.onnx.export import check_export, save_model, summary_line, to_onnx
+    from dlc.analysis import analyse
+    from dlc.memory import refuse_unless_fits
+    from dlc.progress import progress
 
+    output_file(output, "-o", (".onnx",), [spec_file(spec, expr), weights])
     graph = load_graph(spec, expr)
     if weights and seed is not None:
         raise DlcError("--seed picks fresh weights; it has no effect with --weights")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise DlcError(f"cannot write {output}: no folder {folder}")
-    params, state, normalize, source = weights_for(graph, weights, 0 if seed is None else seed)
-    model = to_onnx(graph, params, state, opset=opset, batch=batch, data_file=os.path.basename(output) + ".data",
-                    normalize=normalize)
-    check_export(model, graph, params, state)
-    data = save_model(model, output, {**state, **params})
+    weight_bytes = analyse(graph).totals.param_bytes
+    refuse_unless_fits(2 * weight_bytes, "export")  # the arrays, and the model's copy of them
+    with progress("export: weights", 4) as update:
+        from dlc.onnx.export import check_export, save_model, summary_line, to_onnx
+
+        params, state, normalize, source = weights_for(graph, weights, 0 if seed is None else seed)
+        update(what="export: lowering to ONNX")
+        model = to_onnx(graph, params, state, opset=opset, batch=batch,
+                        data_file=os.path.basename(output) + ".data", normalize=normalize)
+        update(what="export: checking")
+        check_export(model, graph, params, state)
+        update(what="export: writing")
+        data = save_model(model, output, {**state, **params})
     n_params, n_state = (sum(a.size for a in d.values()) for d in (params, state))
     click.echo(f"wrote {output}: {len(graph.nodes) - 1} layers, {n_params:,} params + {n_state:,} non-trainable, "
                f"{source}")
@@ -273,10 +314,10 @@ def export(spec, expr, output, weights, seed, opset, batch):
 @click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@click.option("--out", metavar="Y.npy", help="Save the raw output array.")
+@click.option("--out", metavar="Y.npy|Y.npz", help="Save the raw output array (.npz: array `y`, or one per output name).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --random.")
 @shape_option
 def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out, device, seed, shapes):
     """Run MODEL (an .onnx file, or a spec with --weights) on a batch; show the top classes.
@@ -291,6 +332,8 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         raise DlcError("give the input: --input X.npy (or .npz) or --random N")
     if engine == "numpy" and device == "cuda":
         raise DlcError("--device cuda: the numpy engine runs on the CPU; use --engine onnxruntime")
+    if out:
+        output_file(out, "--out", (".npy", ".npz"), [input_path, weights, model])
     net = load_network(model, expr, weights, need_graph=engine == "numpy")
     notice = None
     if engine == "onnxruntime":
@@ -299,11 +342,18 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
     else:
         dtype = np.int64 if net.graph.input.dtype == "int64" else np.float32
         ports = [rt.Port(net.graph.input.name, ["N", *net.graph.input.out_shape], dtype)]
-        names, ran_on = [net.graph.output.name], "numpy"
+        names, ran_on = [net.graph.output.name], "the CPU"
     if notice:
         click.echo(f"dlc: {notice}", err=True)
     vocab = vocabularies(net)
+    if random_n is not None:
+        refuse_to_overrun(net.graph, ports, random_n, f"infer --random {random_n}",
+                          infer_extra_bytes(net.graph, ports, True, as_json, top))
     feeds = read_feeds(ports, input_path, random_n, seed, vocab, shapes)
+    if random_n is None:
+        n = len(next(iter(feeds.values())))
+        refuse_to_overrun(net.graph, ports, n, f"infer on {n:,} samples",
+                          infer_extra_bytes(net.graph, ports, False, as_json, top))
     for p in ports:
         if p.name in vocab:
             rt.check_tokens(feeds[p.name], vocab[p.name])
@@ -321,6 +371,8 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         ys = [predict(net.graph, net.params, net.state, feeds[ports[0].name])]
     if out:
         write_outputs(out, names, ys)
+    for y in ys:
+        warn_not_finite(y)
     show_outputs(engine, ran_on, notice, net, feeds, names, ys, top, normalized, out, as_json)
 
 
@@ -335,13 +387,13 @@ def show_outputs(engine, ran_on, notice, net, feeds, names, ys, top, normalized,
         doc = {"schema": "dlc.infer/1", "engine": engine, "provider": ran_on, "notice": notice,
                "input_shape": list(x.shape), "output_shape": list(y.shape), "normalized": normalized, "out": out}
         results = [{"name": n, "shape": list(o.shape),
-                    **({"top": [[{"class": c, "p": p} for c, p in row] for row in r]} if r is not None
-                       else {"output": o.tolist()})} for n, o, r in zip(names, ys, ranked)]
+                    **({"top": [[{"class": c, "p": p if math.isfinite(p) else None} for c, p in row] for row in r]}
+                       if r is not None else {"output": json_values(o)})} for n, o, r in zip(names, ys, ranked)]
         doc.update({k: v for k, v in results[0].items() if k in ("top", "output")})
         if len(ys) > 1 or len(feeds) > 1:
             doc["inputs"] = {n: list(a.shape) for n, a in feeds.items()}
             doc["outputs"] = results
-        click.echo(json.dumps(doc))
+        click.echo(json.dumps(doc, allow_nan=False))
         return
     shapes = lambda arrays: ", ".join(str(tuple(a.shape)) for a in arrays)  # noqa: E731
     click.echo(f"{engine} on {ran_on}, {net.weights}: input {shapes(feeds.values())} -> output {shapes(ys)}"
@@ -364,6 +416,30 @@ def show_outputs(engine, ran_on, notice, net, feeds, names, ys, top, normalized,
             click.echo(f"{indent}... {len(y) - shown} more samples (--json or --out for all)")
     if out:
         click.echo(f"  saved the output{'s' if len(ys) > 1 else ''} to {out}")
+
+
+def refuse_to_overrun(graph, ports: list, batch: int, what: str, per_sample: int = 0) -> None:
+    """Refuse a batch whose forward pass (and `per_sample` bytes more for each sample) cannot fit in
+    memory (dlc.memory), before allocating it."""
+    from dlc.memory import forward_bytes, input_bytes, refuse_unless_fits
+
+    if graph is not None:
+        refuse_unless_fits(forward_bytes(graph, batch) + batch * per_sample, what)
+    elif all(isinstance(d, int) for p in ports for d in p.shape[1:]):
+        refuse_unless_fits(sum(input_bytes(tuple(p.shape[1:]), batch) for p in ports) + batch * per_sample, what)
+
+
+def drawn_bytes(ports: list) -> int:
+    """Per sample, the float64 batch --random draws before casting it."""
+    return sum(8 * prod(d for d in p.shape[1:] if isinstance(d, int)) for p in ports)
+
+
+def infer_extra_bytes(graph, ports: list, drawn: bool, as_json: bool, top: int) -> int:
+    """What infer holds per sample beside the forward pass: the float64 draw of --random, top_classes'
+    float64 copies and sort of the output, and with --json its Python objects (a float in a list takes
+    about 32 bytes, a top-k entry about 200)."""
+    n_out = prod(graph.output.out_shape) if graph is not None else 0
+    return drawn_bytes(ports) * drawn + 32 * n_out + (32 * n_out + 200 * top if as_json else 0)
 
 
 def parse_batches(ctx, param, value: str | None) -> list[int] | None:
@@ -392,6 +468,7 @@ def parse_batches(ctx, param, value: str | None) -> list[int] | None:
 def bench(model, expr, weights, batches, warmup, runs, device, as_json, shapes):
     """onnxruntime latency (p50/p90/p99) and throughput of MODEL per batch size, after warm-up."""
     from dlc.onnx import runtime as rt
+    from dlc.progress import progress
 
     net = load_network(model, expr, weights, need_graph=False, fresh_seed=0)
     session = session_of(net, device)
@@ -401,7 +478,13 @@ def bench(model, expr, weights, batches, warmup, runs, device, as_json, shapes):
     if batches is None:
         fixed = rt.fixed_batch(session)
         batches = [fixed] if fixed else [1, 8, 32]
-    results = [rt.bench(session, b, warmup, runs, vocabularies(net), sample) for b in batches]
+    refuse_to_overrun(net.graph, session.inputs, max(batches), f"bench --batch {max(batches)}",
+                      drawn_bytes(session.inputs))
+    results = []
+    with progress("bench", len(batches)) as update:
+        for i, b in enumerate(batches):
+            update(i, what=f"bench: batch {b}")
+            results.append(rt.bench(session, b, warmup, runs, vocabularies(net), sample))
     if as_json:
         click.echo(json.dumps({"schema": "dlc.bench/1", "provider": session.provider, "notice": session.notice,
                                "warmup": warmup, "runs": runs,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dlc import choices
-from dlc.commands.arguments import NON_NEGATIVE, load_graph, refuse_unless_fits, spec_input
+from dlc.commands.arguments import NON_NEGATIVE, load_graph, spec_input
 from dlc.commands.train_progress import Display
 from dlc.commands.train_resume import check_same_data, load_resume
 from dlc.commands.train_settings import default_data, fresh_out, output_width, resolve_config, train_flags

@@ -8,6 +8,7 @@ here repeats the shape arithmetic or knows which kinds have weights.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -121,12 +122,40 @@ def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]
         raise DlcError(f"{path} is a directory, not a checkpoint")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         raise DlcError(f"{path} is not a dlc checkpoint (unreadable or damaged)")
+    _check_meta(meta, path)
+    for name, a in arrays.items():
+        if a.dtype.kind != "f":
+            raise DlcError(f"checkpoint {path}: tensor {name} holds {a.dtype} values, not floating-point numbers")
+        bad = a.size - np.count_nonzero(np.isfinite(a))
+        if bad:
+            raise DlcError(f"checkpoint {path}: tensor {name} holds {bad:,} NaN or infinite value"
+                           f"{'s' if bad > 1 else ''} (of {a.size:,}); a network with them computes nothing")
     state_names = set(meta.get("state_tensors", ()))
     state = {k: v for k, v in arrays.items() if k in state_names}
     params = {k: v for k, v in arrays.items() if k not in state_names}
     if graph is not None:
         check_against(graph, params, state, path)
     return params, state, meta
+
+
+def _check_meta(meta: dict, path: str) -> None:
+    """The metadata fields every reader uses, with the types it expects (a hand-edited file may differ)."""
+    def wrong(field: str, expected: str) -> DlcError:
+        return DlcError(f"checkpoint {path}: its metadata's `{field}` is not {expected}")
+
+    names = meta.get("state_tensors", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise wrong("state_tensors", "a list of tensor names")
+    norm = meta.get("normalize")
+    if norm is None:
+        return
+    if not isinstance(norm, dict) or not isinstance(norm.get("kind"), str):
+        raise wrong("normalize", "an object with a `kind`")
+    for key, v in norm.items():
+        values = v if isinstance(v, list) else [v]
+        if key != "kind" and not all(isinstance(x, (int, float)) and not isinstance(x, bool) and
+                                     math.isfinite(x) for x in values):
+            raise wrong(f"normalize.{key}", "a finite number or a list of them")
 
 
 def check_against(graph: Graph, params: dict, state: dict, path: str) -> None:

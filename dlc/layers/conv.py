@@ -17,11 +17,19 @@ CONV_OPTIONS = {"pad": 0, "dil": 1, "groups": 1, "bias": True}
 def _check_groups(groups: int, c_in: int, c_out: int) -> None:
     if groups < 1 or c_in % groups or c_out % groups:
         raise ShapeError(f"groups={groups} must divide both the input channels ({c_in}) "
-                         f"and the output channels ({c_out})")
+                         f"and the output channels ({c_out})", "groups")
+
+
+def _window(a: dict) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, dilation) as pairs."""
+    dil = pair(a["dil"])
+    if min(dil) < 1:
+        raise ShapeError(f"dil must be >= 1 (received dil={a['dil']})", "dil")
+    return pair(a["kernel"]), pair(a.get("stride") or 1), dil
 
 
 def _conv_out(a: dict, c: int, h: int, w: int) -> tuple[int, int, int]:
-    kernel, stride, dil = pair(a["kernel"]), pair(a.get("stride") or 1), pair(a["dil"])
+    kernel, stride, dil = _window(a)
     pads = resolve_pads(a["pad"], (h, w), kernel, stride, dil)
     _check_groups(a["groups"], c, a["channels"])
     ho = window_out(h, kernel[0], stride[0], dil[0], pads[0], pads[2], axis="height")
@@ -42,7 +50,7 @@ def resolve_dwconv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "dwconv")
     a = dict(attrs)
     if a["mult"] < 1:
-        raise ShapeError(f"mult must be >= 1 (received mult={a['mult']})")
+        raise ShapeError(f"mult must be >= 1 (received mult={a['mult']})", "mult")
     a.update(channels=c * a["mult"], groups=c)
     return _conv_out(a, c, h, w), a
 
@@ -93,10 +101,10 @@ register(LayerKind(
 def resolve_upconv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "upconv")
     a = dict(attrs)
-    kernel, stride, dil = pair(a["kernel"]), pair(a.get("stride") or 1), pair(a["dil"])
+    kernel, stride, dil = _window(a)
     p = a["pad"]
     if not isinstance(p, int) or p < 0:
-        raise ShapeError(f"upconv takes pad as an integer >= 0 (received pad={p})")
+        raise ShapeError(f"upconv takes pad as an integer >= 0 (received pad={p})", "pad")
     _check_groups(a["groups"], c, a["channels"])
     ho = (h - 1) * stride[0] - 2 * p + dil[0] * (kernel[0] - 1) + 1
     wo = (w - 1) * stride[1] - 2 * p + dil[1] * (kernel[1] - 1) + 1
@@ -144,7 +152,7 @@ def resolve_upsample(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "upsample")
     f = attrs["factor"]
     if f < 1:
-        raise ShapeError(f"upsample factor must be >= 1 (received {f})")
+        raise ShapeError(f"upsample factor must be >= 1 (received {f})", "factor")
     return (c, h * f, w * f), dict(attrs)
 
 

@@ -24,7 +24,7 @@ def resolve_fc(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     steps = ins[0][0] if len(ins[0]) == 2 else None
     a = dict(attrs, in_features=ins[0][-1], steps=steps)
     if a["units"] < 1:
-        raise ShapeError(f"fc needs at least one unit (received {a['units']})")
+        raise ShapeError(f"fc needs at least one unit (received {a['units']})", "units")
     tied = a["tied"]
     if tied is not None:
         table = tied.param("W") if tied.kind == "embed" else None

@@ -34,7 +34,7 @@ register(LayerKind("softmax", keep, flops=per_element(3)))
 
 def resolve_dropout(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     if not 0 <= attrs["p"] < 1:
-        raise ShapeError(f"dropout probability must satisfy 0 <= P < 1 (received {attrs['p']})")
+        raise ShapeError(f"dropout probability must satisfy 0 <= P < 1 (received {attrs['p']})", "p")
     return keep(attrs, ins)
 
 
@@ -43,7 +43,7 @@ register(LayerKind("dropout", resolve_dropout, size="number", size_required=True
 
 def resolve_noise(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     if attrs["sigma"] < 0:
-        raise ShapeError(f"noise sigma must be >= 0 (received {attrs['sigma']})")
+        raise ShapeError(f"noise sigma must be >= 0 (received {attrs['sigma']})", "sigma")
     return keep(attrs, ins)
 
 
@@ -54,6 +54,11 @@ register(LayerKind("noise", resolve_noise, size="number", size_required=True, si
 def resolve_bn(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     if len(ins[0]) not in (1, 3):
         raise ShapeError(f"bn expects an image or a vector, got {show(ins[0])}")
+    if attrs["eps"] <= 0:  # it keeps the division by the standard deviation away from zero
+        raise ShapeError(f"bn eps must be > 0 (received eps={attrs['eps']})", "eps")
+    if not 0 <= attrs["momentum"] <= 1:
+        raise ShapeError(f"bn momentum must satisfy 0 <= momentum <= 1 (received momentum={attrs['momentum']})",
+                         "momentum")
     return ins[0], dict(attrs, channels=ins[0][0])
 
 
@@ -70,7 +75,12 @@ register(LayerKind(
 def resolve_lrn(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     image(ins[0], "lrn")
     if attrs["size"] < 1:
-        raise ShapeError(f"lrn size must be >= 1 (received {attrs['size']})")
+        raise ShapeError(f"lrn size must be >= 1 (received {attrs['size']})", "size")
+    for key in ("beta", "k"):  # k > 0 keeps the divisor away from zero; beta <= 0 would not normalise
+        if attrs[key] <= 0:
+            raise ShapeError(f"lrn {key} must be > 0 (received {key}={attrs[key]})", key)
+    if attrs["alpha"] < 0:
+        raise ShapeError(f"lrn alpha must be >= 0 (received alpha={attrs['alpha']})", "alpha")
     return keep(attrs, ins)
 
 

@@ -25,7 +25,7 @@ def resolve_recurrent(kind: str) -> ShapeRule:
         if len(ins[0]) != 2:
             raise ShapeError(f"{kind} expects a sequence TxD, got {show(ins[0])}")
         if attrs["hidden"] < 1:
-            raise ShapeError(f"{kind} needs at least one hidden unit (received {attrs['hidden']})")
+            raise ShapeError(f"{kind} needs at least one hidden unit (received {attrs['hidden']})", "hidden")
         t, d = ins[0]
         dirs = 2 if attrs["bidirectional"] else 1
         a = dict(attrs, in_features=d, directions=dirs, gates=GATES[kind])

@@ -31,7 +31,7 @@ def resolve_layernorm(attrs, ins):
         raise ShapeError(f"layernorm normalises the features of a vector or of each step of a sequence, got "
                          f"{show(ins[0])} (use bn on an image)")
     if attrs["eps"] <= 0:
-        raise ShapeError(f"layernorm eps must be > 0 (received eps={attrs['eps']})")
+        raise ShapeError(f"layernorm eps must be > 0 (received eps={attrs['eps']})", "eps")
     return ins[0], dict(attrs, features=ins[0][-1])
 
 
@@ -53,7 +53,8 @@ def resolve_attention(attrs, ins):
     if h < 1 or d % h:
         raise ShapeError(f"attention splits the {d} features into heads: {h} heads must divide {d}")
     if not 0 <= attrs["dropout"] < 1:
-        raise ShapeError(f"attention dropout must satisfy 0 <= P < 1 (received dropout={attrs['dropout']})")
+        raise ShapeError(f"attention dropout must satisfy 0 <= P < 1 (received dropout={attrs['dropout']})",
+                         "dropout")
     return (t, d), dict(attrs, steps=t, dim=d, head_dim=d // h)
 
 

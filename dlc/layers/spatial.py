@@ -30,7 +30,7 @@ def resolve_pads(pad: int | str, hw: Pair, kernel: Pair, stride: Pair, dil: Pair
         return (t, l, b, r)
     if isinstance(pad, int):
         if pad < 0:
-            raise ShapeError(f"pad must be >= 0 (received pad={pad})")
+            raise ShapeError(f"pad must be >= 0 (received pad={pad})", "pad")
         return (pad, pad, pad, pad)
     raise ShapeError(f"pad must be an integer, `same` or `valid` (received pad={pad})")
 

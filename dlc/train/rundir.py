@@ -53,17 +53,21 @@ def read_log(path: Path, upto_epoch: int) -> list[dict]:
 
 
 class RunFiles:
-    """The run directory `out`, and the best checkpoint that waits to be written."""
+    """The run directory `out`, and the best checkpoint that waits to be written. With writes=False
+    (a data-parallel process other than rank 0) nothing is read or written: rank 0 keeps the files."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: Path, writes: bool = True):
+        self.out, self.writes = out, writes
         self.last, self.best, self.log = out / "last.npz", out / "best.npz", out / "log.jsonl"
         self.pending_best: Snapshot | None = None
         self.last_save = time.perf_counter()
-        out.mkdir(parents=True, exist_ok=True)
+        if writes:
+            out.mkdir(parents=True, exist_ok=True)
 
     def history(self, fresh: bool, upto_epoch: int) -> list[dict]:
         """The epoch records so far: none for a fresh run (an old log goes), else log.jsonl's."""
+        if not self.writes:
+            return []
         if fresh:
             self.log.unlink(missing_ok=True)
             return []
@@ -71,10 +75,12 @@ class RunFiles:
 
     def flush(self, last: Snapshot | None) -> None:
         """Write the pending best checkpoint, then `last` (None: keep the last.npz there is)."""
-        if self.pending_best is not None:
+        if not self.writes:
+            self.pending_best = None
+        elif self.pending_best is not None:
             save_checkpoint(self.best, *self.pending_best)
             self.pending_best = None
-        if last is not None:
+        if last is not None and self.writes:
             save_checkpoint(self.last, *last)
         self.last_save = time.perf_counter()
 
@@ -82,7 +88,9 @@ class RunFiles:
         return time.perf_counter() - self.last_save
 
     def append(self, record: dict) -> None:
-        append_line(self.log, record)
+        if self.writes:
+            append_line(self.log, record)
 
     def write_metrics(self, doc: dict) -> None:
-        write_atomic(self.out / "metrics.json", json.dumps(doc, indent=1))
+        if self.writes:
+            write_atomic(self.out / "metrics.json", json.dumps(doc, indent=1))

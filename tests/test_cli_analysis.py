@@ -99,7 +99,7 @@ def test_zoo_lists_specs_and_names_resolve():
     assert r.exit_code == 0 and json.loads(r.output)["input"] == [3, 227, 227]
 
 
-def test_analysis_path_imports_neither_numpy_nor_onnx():
+def test_analysis_path_imports_neither_numpy_nor_onnx_nor_torch():
     code = (
         "import sys\n"
         "from dlc.cli import main\n"
@@ -108,7 +108,7 @@ def test_analysis_path_imports_neither_numpy_nor_onnx():
         "        main([cmd, 'resnet50'], standalone_mode=False)\n"
         "    except SystemExit as e:\n"
         "        assert not e.code, e.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'onnx', 'onnxruntime'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'onnx', 'onnxruntime', 'torch'))\n"
         "assert not heavy, heavy\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 from dlc import __version__
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
-from dlc.layers import KINDS
+from dlc.atomic import atomic_write
+from dlc.layers import KINDS, param_count
 from dlc.torch.modules import MODULES, Layer
 
 FUSED_OUTPUTS = ("softmax", "sigmoid")  # final activations a fused loss reads the input of
@@ -45,14 +46,13 @@ def identifiers(graph: Graph) -> dict[str, str]:
 
 def layers(graph: Graph) -> dict[str, Layer]:
     """Each node's Layer, from MODULES."""
-    shapes = {n.name: n.out_shape for n in graph.nodes}
     out = {}
-    for n in graph.nodes:
+    for n, ins in _inputs(graph):
         make = MODULES.get(n.kind)
         if make is None:
             raise DlcError(f"the PyTorch export has no mapping for `{n.kind}` (layer {n.name})", n.pos,
                            graph.file, graph.source)
-        out[n.name] = make(n, [shapes[i] for i in n.inputs])
+        out[n.name] = make(n, ins)
     return out
 
 
@@ -174,11 +174,31 @@ class Net(nn.Module):
 {NETLIB}'''
 
 
+def write_pytorch(graph: Graph, output: str, **onnx_only) -> list[str]:
+    """Write the file; the lines to print. The file holds no weights: Net.load_dlc reads a checkpoint."""
+    given = [f"--{k}" for k, v in onnx_only.items() if v is not None]
+    if given:
+        raise DlcError(f"{', '.join(given)}: the pytorch format writes the network's code alone; "
+                       "load weights in Python with Net.load_dlc(CKPT)")
+    folder = Path(output).resolve().parent
+    if not folder.is_dir():
+        raise DlcError(f"cannot write {output}: no folder {folder}")
+    with atomic_write(output, "w") as f:
+        f.write(pytorch_source(graph))
+    trainable, fixed = (sum(c) for c in zip(*(param_count(KINDS[n.kind], n.attrs, ins)
+                                               for n, ins in _inputs(graph))))
+    return [f"wrote {output}: class Net, {len(graph.nodes) - 1} layers, {trainable:,} params + {fixed:,} "
+            "non-trainable (weights: Net.load_dlc(CKPT))"]
+
+
+def _inputs(graph: Graph):
+    shapes = {n.name: n.out_shape for n in graph.nodes}
+    return [(n, [shapes[i] for i in n.inputs]) for n in graph.nodes]
+
+
 def state_names(graph: Graph) -> tuple[str, ...]:
     """The graph's non-trainable tensors (bn statistics) by dlc name, as the registry names them."""
-    shapes = {n.name: n.out_shape for n in graph.nodes}
-    return tuple(f"{n.name}.{k}" for n in graph.nodes
-                 for k in KINDS[n.kind].state(n.attrs, [shapes[i] for i in n.inputs]))
+    return tuple(f"{n.name}.{k}" for n, ins in _inputs(graph) for k in KINDS[n.kind].state(n.attrs, ins))
 
 
 NETLIB = (Path(__file__).parent / "netlib.py").read_text()

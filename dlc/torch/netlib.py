@@ -32,7 +32,7 @@ def read_npz(path) -> tuple[dict, dict]:
     with zipfile.ZipFile(path) as z:
         for entry in z.namelist():
             raw = z.read(entry)
-            head = 12 if raw[6] == 1 else 14  # format 1.0 stores the header length in 2 bytes, later ones in 4
+            head = 10 if raw[6] == 1 else 12  # format 1.0 stores the header length in 2 bytes, later ones in 4
             size = int.from_bytes(raw[8:head], "little")
             header = ast.literal_eval(raw[head:head + size].decode("latin1"))
             data, shape, descr = raw[head + size:], header["shape"], header["descr"]

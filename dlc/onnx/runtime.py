@@ -87,6 +87,10 @@ def create_session(model, device: str = "auto") -> Session:
     providers = [CUDA, CPU] if device != "cpu" and reason is None else [CPU]
     with captured_fd2() as log, warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
+        if CUDA in providers and hasattr(ort, "preload_dlls"):
+            # the CUDA/cuDNN/cuBLAS wheels of `pip install 'dlc[cuda]'` are found only when loaded
+            # first (onnxruntime >= 1.21); without them this is a no-op and the reason shows below
+            ort.preload_dlls()
         try:
             session = ort.InferenceSession(payload, opts, providers=providers)
         except Exception as e:  # onnxruntime's pybind errors share no useful base class

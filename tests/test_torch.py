@@ -241,27 +241,39 @@ def test_dropout_draws_resume_exactly_on_torch(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None and
-                    shutil.which("torchrun") is None, reason="torchrun is not installed")
-def test_two_processes_with_gloo_train_one_epoch_and_resume(tmp_path):
-    out = tmp_path / "ddp"
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    args = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "dlc", "train", "-e", SMALL, *GLYPHS,
-            "--engine", "torch", "--device", "cpu", "--out", str(out), "--json"]
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
+def test_two_processes_with_gloo_take_the_steps_of_one_with_twice_the_batch(tmp_path):
+    # Process r reads every other sample of the padded order, so step k of the two together reads
+    # the samples of step k of one process with twice the batch, and the averaged gradient of two
+    # half-batch means is the whole batch's mean: the same weights (no dropout or bn, which differ).
+    net = "input 1@12x12 -> conv 8@3x3 relu -> maxpool 2 -> fc 10 softmax"
+    data = ["--n-train", "400", "--n-val", "100", "--n-test", "100", "--optimizer", "momentum", "--lr", "0.05"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(args + ["--epochs", "1"], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    doc = json.loads(done.stdout)  # rank 0 alone prints
-    # 400 samples: 200 per process, ceil(200 / 32) = 7 steps, each on 2 x 32 samples
-    assert final(out)["step"] == 7 and doc["epochs"] == 1
-    assert final(out)["val_accuracy"] > 0.3  # glyphs: 10 classes, chance is 0.1
-    lines = (out / "log.jsonl").read_text().splitlines()
-    assert len(lines) == 1  # one writer
-    done = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "dlc", "train", "--resume",
-                           str(out), "--epochs", "2", "--engine", "torch", "--device", "cpu", "-q"],
+    launch = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "dlc", "train"]
+    done = subprocess.run(launch + ["-e", net, *data, "--batch", "16", "--epochs", "1", "--engine", "torch",
+                                    "--device", "cpu", "--out", str(ddp), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert final(out)["step"] == 14 and len((out / "log.jsonl").read_text().splitlines()) == 2
+    doc = json.loads(done.stdout)  # rank 0 alone prints: one JSON document
+    assert doc["epochs"] == 1
+    # 400 samples: 200 per process, ceil(200 / 16) = 13 steps
+    assert final(ddp)["step"] == 13 and len((ddp / "log.jsonl").read_text().splitlines()) == 1
+    r = train("-e", net, *data, "--batch", "32", "--epochs", "1", "--engine", "torch", "--device", "cpu",
+              "--out", single, "-q")
+    assert r.exit_code == 0, r.output
+    a, b = load_checkpoint(ddp / "last.npz")[0], load_checkpoint(single / "last.npz")[0]
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert final(ddp)["val_accuracy"] == final(single)["val_accuracy"]
+    done = subprocess.run(launch + ["--resume", str(ddp), "--epochs", "2", "--engine", "torch", "--device", "cpu",
+                                    "-q"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert final(ddp)["step"] == 26 and len((ddp / "log.jsonl").read_text().splitlines()) == 2
+    assert done.stdout == ""  # --quiet; rank 1 prints nothing either
 
 
 def test_shards_are_distributed_sampler_shards():

@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "infer": "dlc.commands.onnx",
     "bench": "dlc.commands.onnx",
     "train": "dlc.commands.train",
+    "draw": "dlc.commands.pictures",
+    "plot": "dlc.commands.pictures",
 }
 
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from dlc.errors import DlcError, Pos, ShapeError
-from dlc.graph import Graph, Node
+from dlc.graph import BlockCall, Graph, Node
 from dlc.layers import KINDS, PAD, LayerKind, all_words, lookup
 from dlc.layers.spatial import show
 from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Option, Size, Step, Train, Value, Word,
@@ -129,8 +129,13 @@ def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
     if isinstance(s, Train):
         raise DlcError("`train` is a top-level statement, not part of a block, group or branch", s.pos)
     emit = {Step: _emit_step, Group: _emit_group, Call: _emit_call, Merge: _emit_merge}[type(s)]
+    first = len(b.nodes)
     for _ in range(_repeat_count(s.repeat, scope)):
         cur = emit(b, s, cur, scope, defaults)
+    if isinstance(s, Call) and not scope.stack:
+        call = BlockCall(b.nodes[first].name.split(".", 1)[0], _one_line(s.text))
+        for node in b.nodes[first:]:
+            node.call = call
     if s.label is not None:
         _check_name(s.label, "a label")
         scope.labels[s.label.name] = cur

@@ -26,6 +26,7 @@ CONVENTIONS = {
     "param_bytes": "float32: 4 * (params + non_trainable)",
     "activation_bytes": "float32: 4 * sum of every node's output elements, per sample",
     "train_bytes": "parameters + gradients + optimizer state + batch * activation_bytes",
+    "engine_train_bytes": "train_bytes + the im2col columns dlc's NumPy engine holds at once at this batch",
 }
 
 
@@ -138,6 +139,8 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
         lines.append(f"training memory at batch {t.batch} with {t.optimizer}: {binary(t.train_bytes)} = "
                      f"parameters {binary(t.param_bytes)} + gradients {binary(t.grad_bytes)} + "
                      f"optimizer state {binary(t.optimizer_bytes)} + {t.batch} x activations {binary(t.activation_bytes)}")
+        lines.append(f"NumPy engine (dlc train) at its peak: {binary(t.engine_train_bytes)} = training memory + "
+                     f"im2col columns {binary(t.columns_bytes)}")
     return lines
 
 
@@ -182,6 +185,7 @@ def to_json(analysis: Analysis) -> dict:
             "activation_bytes": t.activation_bytes,
             "train_bytes": {"bytes": t.train_bytes, "batch": t.batch, "optimizer": t.optimizer,
                             "formula": t.train_formula},
+            "engine_train_bytes": t.engine_train_bytes,
         },
     }
 

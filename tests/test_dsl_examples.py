@@ -1,7 +1,7 @@
-"""Every example of the language contract (/work/shared/dsl.md), copied verbatim, compiles to the shapes
+"""Every example of the language contract (docs/language.md), copied verbatim, compiles to the shapes
 its comments state.
 
-The examples are copied here rather than read from the shared folder so that this test pins the
+The examples are copied here rather than read from docs/language.md so that this test pins the
 contract as it was agreed. Shapes are written the way the comments write them (C@HxW, N, TxD); the
 published parameter counts (torchvision's ResNet-50 and VGG-16) check the expanded attributes too.
 """

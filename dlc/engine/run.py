@@ -1,12 +1,13 @@
 """Running a whole graph: forward in node order, backward through the recorded closures, the loss step.
 
 A graph is compiled once into a plan (a list of steps: kernel, attributes, parameter names, input
-slots) that is cached on the Graph object, so a training step does no name lookups beyond fetching
-each node's parameters. Values live in a list indexed by node position; slot 0 is the input.
+slots) that is kept in this module's PLANS, not on the Graph, so a training step does no name lookups
+beyond fetching each node's parameters. Values live in a list indexed by node position; slot 0 is the input.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -59,11 +60,23 @@ class Tape:
     params: dict
 
 
+# Plans by id() of their graph: a Graph is a plain (unhashable) dataclass, so it cannot key a
+# WeakKeyDictionary; a finalizer removes the entry when the graph goes, before its id can be reused.
+PLANS: dict[int, Plan] = {}
+
+
 def compile_plan(graph: Graph) -> Plan:
-    """The graph's plan, built on first use and kept on the graph."""
-    plan = graph.__dict__.get("_engine_plan")
+    """The graph's plan, built on first use and kept in PLANS while the graph lives."""
+    plan = PLANS.get(id(graph))
     if plan is not None and plan.nodes is graph.nodes:
         return plan
+    if plan is None:
+        weakref.finalize(graph, PLANS.pop, id(graph), None)
+    plan = PLANS[id(graph)] = _build_plan(graph)
+    return plan
+
+
+def _build_plan(graph: Graph) -> Plan:
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     last_read = {}
     for i, n in enumerate(graph.nodes):
@@ -86,10 +99,8 @@ def compile_plan(graph: Graph) -> Plan:
             state=tuple((t.name, t.full_name) for t in mine if not t.trainable),
             free=tuple(sorted({s for s, last in last_read.items() if last == i})),
         ))
-    plan = Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
+    return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
                 graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes))
-    graph.__dict__["_engine_plan"] = plan
-    return plan
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:

@@ -11,21 +11,28 @@ vectors, (N, T, D) sequences, (N, T) token ids.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from onnx import NodeProto, helper, numpy_helper
 
 from dlc.graph import Node
+from dlc.layers import feature_axis
 
 GELU_OPSET = 20  # the first opset with a Gelu operator
 
 
-def op(kind: str, inputs: list[str], output: str, name: str, **attrs) -> NodeProto:
+class Lowering(Protocol):
+    def __call__(self, n: Node, x: list[str], opset: int, /) -> list[NodeProto]:
+        """(the node, its input tensor names, the target opset) -> the ONNX nodes that compute it."""
+
+
+def op(kind: str, inputs: list[str], output: str, name: str, **attrs: Any) -> NodeProto:
     return helper.make_node(kind, inputs, [output], name=name, **attrs)
 
 
-def const(name: str, values, dtype=np.int64) -> NodeProto:
+def const(name: str, values: float | list[int] | list[float],
+          dtype: type[np.generic] = np.int64) -> NodeProto:
     """A Constant node for a helper tensor (not a parameter, so not an initializer)."""
     return helper.make_node("Constant", [], [name], name=name,
                             value=numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
@@ -35,20 +42,20 @@ def param(n: Node, key: str) -> str:
     return f"{n.name}.{key}"
 
 
-def unary(onnx_op: str, **fixed) -> Callable:
+def unary(onnx_op: str, **fixed: Any) -> Lowering:
     def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
         return [op(onnx_op, x[:1], n.name, n.name, **fixed)]
     return lower
 
 
-def lower_conv(n: Node, x, opset):
+def lower_conv(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a = n.attrs
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
     return [op("Conv", ins, n.name, n.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
                dilations=list(a["dilation"]), pads=list(a["pads"]), group=a["groups"])]
 
 
-def lower_upconv(n: Node, x, opset):
+def lower_upconv(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a = n.attrs
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
     return [op("ConvTranspose", ins, n.name, n.name, kernel_shape=list(a["kernel"]),
@@ -56,8 +63,8 @@ def lower_upconv(n: Node, x, opset):
                group=a["groups"])]
 
 
-def pool(onnx_op: str, **fixed) -> Callable:
-    def lower(n: Node, x, opset):
+def pool(onnx_op: str, **fixed: Any) -> Lowering:
+    def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
         a = n.attrs
         # ONNX's ceil_mode drops a window that would start in the right padding: the Caffe/PyTorch
         # rule dlc's shape arithmetic follows, so the output sizes agree.
@@ -66,32 +73,32 @@ def pool(onnx_op: str, **fixed) -> Callable:
     return lower
 
 
-def global_pool(onnx_op: str) -> Callable:
-    def lower(n: Node, x, opset):
+def global_pool(onnx_op: str) -> Lowering:
+    def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
         # Global*Pool keeps 1x1 spatial axes; dlc's gap/gmp give a vector.
         return [op(onnx_op, x[:1], f"{n.name}/pooled", f"{n.name}/pool"),
                 op("Flatten", [f"{n.name}/pooled"], n.name, n.name, axis=1)]
     return lower
 
 
-def lower_fc(n: Node, x, opset):
+def lower_fc(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if n.attrs["bias"] else [])
     return [op("Gemm", ins, n.name, n.name, transB=1)]
 
 
-def lower_dropout(n: Node, x, opset):
+def lower_dropout(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     # Without a training_mode input Dropout is the identity; the ratio is kept for readers of the model.
     ratio = f"{n.name}/ratio"
     return [const(ratio, n.attrs["p"], np.float32), op("Dropout", [x[0], ratio], n.name, n.name)]
 
 
-def lower_bn(n: Node, x, opset):
+def lower_bn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     ins = [x[0]] + [param(n, k) for k in ("gamma", "beta", "mean", "var")]
     return [op("BatchNormalization", ins, n.name, n.name, epsilon=float(n.attrs["eps"]),
                momentum=1.0 - float(n.attrs["momentum"]))]  # ONNX's momentum weighs the old statistic
 
 
-def lower_lrn(n: Node, x, opset):
+def lower_lrn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a, p = n.attrs, n.name
     size, alpha, beta, k = a["size"], float(a["alpha"]), float(a["beta"]), float(a["k"])
     if size % 2:
@@ -113,25 +120,24 @@ def lower_lrn(n: Node, x, opset):
             op("Div", [x[0], f"{p}/denominator"], p, p)]
 
 
-def lower_relu6(n: Node, x, opset):
+def lower_relu6(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     lo, hi = f"{n.name}/min", f"{n.name}/max"
     return [const(lo, 0.0, np.float32), const(hi, 6.0, np.float32), op("Clip", [x[0], lo, hi], n.name, n.name)]
 
 
-def lower_elu(n: Node, x, opset):
+def lower_elu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Elu", x[:1], n.name, n.name, alpha=float(n.attrs["alpha"]))]
 
 
-def lower_leaky(n: Node, x, opset):
+def lower_leaky(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("LeakyRelu", x[:1], n.name, n.name, alpha=float(n.attrs["alpha"]))]
 
 
-def lower_softmax(n: Node, x, opset):
-    # Over channels of an image and features of a vector (axis 1), the last axis of a sequence.
-    return [op("Softmax", x[:1], n.name, n.name, axis=-1 if len(n.out_shape) == 2 else 1)]
+def lower_softmax(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("Softmax", x[:1], n.name, n.name, axis=feature_axis(n.out_shape) + 1)]  # +1: the batch axis
 
 
-def lower_gelu(n: Node, x, opset):
+def lower_gelu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     if opset >= GELU_OPSET:
         return [op("Gelu", x[:1], n.name, n.name)]
     # x * (1 + erf(x / sqrt 2)) / 2, the exact Gelu
@@ -145,7 +151,7 @@ def lower_gelu(n: Node, x, opset):
             op("Mul", [f"{p}/product", f"{p}/half"], n.name, n.name)]
 
 
-def lower_upsample(n: Node, x, opset):
+def lower_upsample(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     f = float(n.attrs["factor"])
     scales = f"{n.name}/scales"
     # asymmetric + floor copies input pixel floor(i / f) to output pixel i: plain pixel repetition.
@@ -154,14 +160,14 @@ def lower_upsample(n: Node, x, opset):
                coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
 
 
-def lower_embed(n: Node, x, opset):
+def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
 
 
 RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
-def lower_recurrent(n: Node, x, opset):
+def lower_recurrent(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     """(N, T, D) -> ONNX's time-major (T, N, D); Y (T, dirs, N, H) or Y_h (dirs, N, H) back to dlc's
     (N, T, dirs*H) or (N, dirs*H). onnxruntime refuses layout=1, hence the transposes."""
     a, p = n.attrs, n.name
@@ -186,15 +192,15 @@ def lower_recurrent(n: Node, x, opset):
     return nodes
 
 
-def lower_add(n: Node, x, opset):
+def lower_add(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Add" if len(x) == 2 else "Sum", x, n.name, n.name)]
 
 
-def lower_concat(n: Node, x, opset):
+def lower_concat(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Concat", x, n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
 
 
-LOWER: dict[str, Callable[[Node, list[str], int], list[NodeProto]]] = {
+LOWER: dict[str, Lowering] = {
     "conv": lower_conv,
     "dwconv": lower_conv,
     "upconv": lower_upconv,

@@ -94,7 +94,7 @@ class TorchEngine:
         self.state_names = set(state_names(graph))
         self.params = dict(self.net.named_parameters())  # by torch name
         dlc_of = {key: name for name, key, *_ in self.table}
-        weights = set(optim.decayed(params))
+        weights = set(optim.decayed(graph, params))  # the one rule: the kinds' tensor roles
         self.decayed = [k for k in self.params if dlc_of[k] in weights]
         axes = optim.maxnorm_axes(graph, params) if cfg.maxnorm else {}
         # torch's recurrent matrices are dlc's, one direction apiece: the trailing axes carry over

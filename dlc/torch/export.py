@@ -47,7 +47,7 @@ def identifiers(graph: Graph) -> dict[str, str]:
 def layers(graph: Graph) -> dict[str, Layer]:
     """Each node's Layer, from MODULES."""
     out = {}
-    for n, ins in _inputs(graph):
+    for n, ins in _inputs(graph)[1:]:  # the input node is `x` itself
         make = MODULES.get(n.kind)
         if make is None:
             raise DlcError(f"the PyTorch export has no mapping for `{n.kind}` (layer {n.name})", n.pos,
@@ -100,7 +100,7 @@ def pytorch_source(graph: Graph) -> str:
     """The text of the standalone file for `graph`."""
     made, idents = layers(graph), identifiers(graph)
     inits = [f"self.{idents[n.name]} = {made[n.name].module}{_comment(n)}"
-             for n in graph.nodes if made[n.name].module]
+             for n in graph.nodes[1:] if made[n.name].module]
     table = tensor_table(graph)
     shape = graph.input.out_shape
     dtype = "torch.int64" if graph.input.dtype.startswith("int") else "torch.float32"

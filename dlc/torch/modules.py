@@ -1,6 +1,6 @@
 """Each layer kind as PyTorch source: one function per kind, one dict (MODULES).
 
-A mapping reads the node's resolved attributes (the contract in dlc/layers/*.py) and returns a
+`input` has no entry: it is the batch the forward receives. A mapping reads the node's resolved attributes (the contract in dlc/layers/*.py) and returns a
 `Layer`: the module the network holds for the node (a constructor expression, or None for a pure
 function), the forward expression, and where each of the node's dlc tensors lives among the
 module's parameters and buffers. Nothing here imports torch: the generated file does
@@ -176,7 +176,6 @@ def function(expression: str) -> Callable[[Node, list[Shape]], Layer]:
 
 
 MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
-    "input": function("{x}"),
     "conv": conv,
     "dwconv": conv,
     "upconv": upconv,

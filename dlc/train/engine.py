@@ -63,7 +63,7 @@ class NumpyEngine:
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
         self.graph, self.cfg = graph, cfg
         self.params, self.state, self.opt = params, state, opt
-        self.decayed = optim.decayed(params)
+        self.decayed = optim.decayed(graph, params)
         self.norm_axes = optim.maxnorm_axes(graph, params) if cfg.maxnorm else {}
         self.grads: dict[str, np.ndarray] = {}
 

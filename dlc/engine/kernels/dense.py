@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 from dlc.errors import DlcError
 
 
 @kernel("fc")
-def fc(attrs, params, state, xs, ctx):
+def fc(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x, W, b = xs[0], params["W"], params.get("b")
     y = x @ W.T
     if b is not None:
@@ -28,13 +28,13 @@ def fc(attrs, params, state, xs, ctx):
 
 
 @kernel("flatten")
-def flatten(attrs, params, state, xs, ctx):
+def flatten(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     return x.reshape(x.shape[0], -1), lambda dy: ([dy.reshape(x.shape)], {})
 
 
 @kernel("embed")
-def embed(attrs, params, state, xs, ctx):
+def embed(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     ids, W = xs[0], params["W"]
     if ids.size and (ids.min() < 0 or ids.max() >= W.shape[0]):
         # NumPy would wrap a negative id round the table and fail on a large one with a bare IndexError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 
 
 def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
@@ -18,7 +18,7 @@ def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
 
 
 @kernel("bn")
-def bn(attrs, params, state, xs, ctx):
+def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     eps = float(attrs["eps"])
@@ -63,7 +63,7 @@ def _window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
 
 
 @kernel("lrn")
-def lrn(attrs, params, state, xs, ctx):
+def lrn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     size = int(attrs["size"])
     alpha, beta, k = float(attrs["alpha"]), float(attrs["beta"]), float(attrs["k"])

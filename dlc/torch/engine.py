@@ -108,6 +108,7 @@ class TorchEngine:
             for k, t in self.to_torch(self.table, arrays).items():
                 self.slots[f"{slot}:{k}"] = t.to(self.device, self.dtype).clone()
         self.fused = FUSED_LOSSES.get((cfg.loss, graph.output.kind))
+        self.tokens = graph.input.dtype.startswith("int")
         self.rng_restored = rng_state is not None
         if rng_state is not None:
             self.set_rng(rng_state)
@@ -127,8 +128,9 @@ class TorchEngine:
     # ------------------------------------------------------------------------------ the step
 
     def batch(self, x: np.ndarray) -> torch.Tensor:
+        """A NumPy batch on the device: token ids as int64, features in the weights' dtype."""
         t = torch.from_numpy(np.ascontiguousarray(x))
-        t = t.long() if t.dtype in (torch.int32, torch.int64) and self.graph.input.dtype.startswith("int") else t.to(self.dtype)
+        t = t.long() if self.tokens else t.to(self.dtype)
         return t.to(self.device, non_blocking=True)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
@@ -186,7 +188,8 @@ class TorchEngine:
         return torch.cat(outs).numpy()
 
     def finite(self) -> bool:
-        return bool(torch.stack([torch.isfinite(p).all() for p in self.params.values()]).all()) if self.params else True
+        # one device-to-host transfer for all the weights
+        return not self.params or bool(torch.stack([torch.isfinite(p).all() for p in self.params.values()]).all())
 
     # ---------------------------------------------------------------------- state, dlc's way
 

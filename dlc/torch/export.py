@@ -110,7 +110,7 @@ def pytorch_source(graph: Graph) -> str:
     signature = "self, x, logits: bool = False" if fused else "self, x"
     logits_doc = (" logits=True stops before the final\n        "
                   f"{graph.output.kind} (the fused loss reads its input).") if fused else ""
-    return f'''"""{Path(graph.file).name} as a PyTorch module, written by dlc {__version__} (`dlc export --format pytorch`).
+    return f'''"""{Path(graph.file).name} as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
 
 Net.load_dlc(path) reads a dlc checkpoint (.npz) into a new Net; net.save_dlc(path) writes one that
 dlc reads (export, infer, train --resume). The file needs torch alone.

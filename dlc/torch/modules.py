@@ -1,6 +1,6 @@
 """Each layer kind as PyTorch source: one function per kind, one dict (MODULES).
 
-`input` has no entry: it is the batch the forward receives. A mapping reads the node's resolved attributes (the contract in dlc/layers/*.py) and returns a
+A mapping reads the node's resolved attributes (the contract in dlc/layers/*.py) and returns a
 `Layer`: the module the network holds for the node (a constructor expression, or None for a pure
 function), the forward expression, and where each of the node's dlc tensors lives among the
 module's parameters and buffers. Nothing here imports torch: the generated file does
@@ -10,6 +10,7 @@ PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), u
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
 holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
 c; GRU r, z, n against z, r, h) and the two biases apart. A `Tensor` names that conversion.
+`input` has no entry: it is the batch that forward receives.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def _pad_call(pads: tuple[int, int, int, int], x: str = "{x}", value: str = "") 
     return f"F.pad({x}, ({l}, {r}, {t}, {b}){value})"
 
 
+def _size(v) -> object:
+    """A pair as torch's layers take it: one int when both are equal."""
+    v = tuple(v)
+    return v[0] if len(set(v)) == 1 else v
+
+
+def _call(fn: str, *args, **options: tuple) -> str:
+    """A constructor call with its options written only where they differ from torch's defaults;
+    each option is (value, default)."""
+    written = [repr(a) for a in args] + [f"{k}={v!r}" for k, (v, default) in options.items() if v != default]
+    return f"{fn}({', '.join(written)})"
+
+
 def _symmetric(pads) -> bool:
     return pads[0] == pads[2] and pads[1] == pads[3]
 
@@ -65,8 +79,9 @@ def conv(node: Node, ins: list[Shape]) -> Layer:
     a = node.attrs
     pads = a["pads"]
     padding = (pads[0], pads[1]) if _symmetric(pads) else (0, 0)
-    module = (f"nn.Conv2d({a['in_channels']}, {a['channels']}, {tuple(a['kernel'])}, stride={tuple(a['stride'])}, "
-              f"padding={padding}, dilation={tuple(a['dilation'])}, groups={a['groups']}, bias={bool(a['bias'])})")
+    module = _call("nn.Conv2d", a["in_channels"], a["channels"], _size(a["kernel"]), stride=(_size(a["stride"]), 1),
+                   padding=(_size(padding), 0), dilation=(_size(a["dilation"]), 1), groups=(a["groups"], 1),
+                   bias=(bool(a["bias"]), True))
     x = "{x}" if _symmetric(pads) else _pad_call(pads)
     tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
     return Layer(f"{{m}}({x})", module, tensors)
@@ -74,9 +89,9 @@ def conv(node: Node, ins: list[Shape]) -> Layer:
 
 def upconv(node: Node, ins: list[Shape]) -> Layer:
     a = node.attrs
-    module = (f"nn.ConvTranspose2d({a['in_channels']}, {a['channels']}, {tuple(a['kernel'])}, "
-              f"stride={tuple(a['stride'])}, padding={a['pads'][0]}, dilation={tuple(a['dilation'])}, "
-              f"groups={a['groups']}, bias={bool(a['bias'])})")
+    module = _call("nn.ConvTranspose2d", a["in_channels"], a["channels"], _size(a["kernel"]),
+                   stride=(_size(a["stride"]), 1), padding=(a["pads"][0], 0), dilation=(_size(a["dilation"]), 1),
+                   groups=(a["groups"], 1), bias=(bool(a["bias"]), True))
     tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
     return Layer("{m}({x})", module, tensors)
 
@@ -95,33 +110,34 @@ def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, int, int, int]:
 
 def maxpool(node: Node, ins: list[Shape]) -> Layer:
     a = node.attrs
-    k, s, pads = tuple(a["kernel"]), tuple(a["stride"]), a["pads"]
+    k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
     if _symmetric(pads):
-        return Layer("{m}({x})", f"nn.MaxPool2d({k}, {s}, padding={(pads[0], pads[1])}, ceil_mode={bool(a['ceil'])})")
+        return Layer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0),
+                                       ceil_mode=(bool(a["ceil"]), False)))
     _, ho, wo = node.out_shape
     padded = _pad_call(_pool_pads(node, ins), value=", value=-math.inf")
-    return Layer(f"{{m}}({padded})[..., :{ho}, :{wo}]", f"nn.MaxPool2d({k}, {s})")
+    return Layer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s))
 
 
 def avgpool(node: Node, ins: list[Shape]) -> Layer:
     a = node.attrs
-    k, s, pads = tuple(a["kernel"]), tuple(a["stride"]), a["pads"]
+    k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
     if _symmetric(pads):
         # count_include_pad=False: each window divides by its cells inside the input, as ONNX's default
-        return Layer("{m}({x})", f"nn.AvgPool2d({k}, {s}, padding={(pads[0], pads[1])}, "
-                                 f"ceil_mode={bool(a['ceil'])}, count_include_pad=False)")
+        return Layer("{m}({x})", _call("nn.AvgPool2d", k, s, padding=(_size(pads[:2]), 0),
+                                       ceil_mode=(bool(a["ceil"]), False), count_include_pad=(False, True)))
     # Asymmetric pads: window sums over the zero-padded input, divided by the windows' cells that
     # lie inside the input (the same pool over a padded plane of ones).
     _, ho, wo = node.out_shape
     grown = _pool_pads(node, ins)
     ones = _pad_call(grown, "torch.ones_like({x}[:1, :1])")
-    return Layer(f"({{m}}({_pad_call(grown)}) / {{m}}({ones}))[..., :{ho}, :{wo}]", f"nn.AvgPool2d({k}, {s})")
+    return Layer(f"({{m}}({_pad_call(grown)}) / {{m}}({ones}))[..., :{ho}, :{wo}]", _call("nn.AvgPool2d", k, s))
 
 
 def fc(node: Node, ins: list[Shape]) -> Layer:
     a = node.attrs
     tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
-    return Layer("{m}({x})", f"nn.Linear({a['in_features']}, {a['units']}, bias={bool(a['bias'])})", tensors)
+    return Layer("{m}({x})", _call("nn.Linear", a["in_features"], a["units"], bias=(bool(a["bias"]), True)), tensors)
 
 
 def embed(node: Node, ins: list[Shape]) -> Layer:
@@ -132,7 +148,7 @@ def embed(node: Node, ins: list[Shape]) -> Layer:
 def bn(node: Node, ins: list[Shape]) -> Layer:
     a = node.attrs
     cls = "nn.BatchNorm2d" if len(ins[0]) == 3 else "nn.BatchNorm1d"
-    return Layer("{m}({x})", f"{cls}({a['channels']}, eps={a['eps']}, momentum={a['momentum']})",
+    return Layer("{m}({x})", _call(cls, a["channels"], eps=(a["eps"], 1e-5), momentum=(a["momentum"], 0.1)),
                  _same(("gamma", "weight"), ("beta", "bias"), ("mean", "running_mean"), ("var", "running_var")))
 
 
@@ -151,8 +167,10 @@ def recurrent(node: Node, ins: list[Shape]) -> Layer:
     tensors = []
     for d in range(a["directions"]):
         suffix = "_l0" + ("_reverse" if d else "")
-        tensors += [Tensor("W", "weight_ih" + suffix, d, None, order), Tensor("R", "weight_hh" + suffix, d, None, order),
-                    Tensor("B", "bias_ih" + suffix, d, (0, g), order), Tensor("B", "bias_hh" + suffix, d, (g, 2 * g), order)]
+        tensors += [Tensor("W", "weight_ih" + suffix, d, None, order),
+                    Tensor("R", "weight_hh" + suffix, d, None, order),
+                    Tensor("B", "bias_ih" + suffix, d, (0, g), order),  # ONNX B = [Wb, Rb]
+                    Tensor("B", "bias_hh" + suffix, d, (g, 2 * g), order)]
     bidirectional = ", bidirectional=True" if a["directions"] == 2 else ""
     module = f"{RECURRENT_MODULES[kind]}({a['in_features']}, {a['hidden']}, batch_first=True{bidirectional})"
     # without `sequences`: each direction's last state (the backward one's is after reading x[0])

@@ -39,8 +39,12 @@ def read_npz(path) -> tuple[dict, dict]:
             if descr.startswith("<U"):  # the metadata: a NumPy unicode scalar, UTF-32
                 meta = json.loads(data.decode("utf-32-le").rstrip("\0"))
                 continue
-            t = torch.frombuffer(bytearray(data), dtype=NPY_DTYPES[descr]) if data else torch.zeros(0, dtype=NPY_DTYPES[descr])
-            t = t.reshape(shape[::-1]).permute(*reversed(range(len(shape)))) if header["fortran_order"] else t.reshape(shape)
+            dtype = NPY_DTYPES[descr]
+            t = torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.zeros(0, dtype=dtype)
+            if header["fortran_order"]:  # column-major bytes: the reversed shape, transposed back
+                t = t.reshape(shape[::-1]).permute(*reversed(range(len(shape))))
+            else:
+                t = t.reshape(shape)
             tensors[entry.removesuffix(".npy")] = t.contiguous()
     return tensors, meta
 

@@ -17,6 +17,7 @@ OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad":
                    "adam": ("m", "v")}
 SCHEDULES = ("constant", "step", "poly", "cosine", "exp", "linear", "invsqrt")
 NORMALIZE_KINDS = ("none", "mean-std", "minmax")
+TRAIN_ENGINES = ("numpy", "torch")
 
 
 def default_loss(graph) -> str:

@@ -23,6 +23,7 @@ from test_dsl_examples import (ALEXNET, INCEPTION, LENET5, LSTM_TEXT, MOBILENET,
 BACKENDS = {
     "NumPy kernels": ("dlc.engine.kernels", "KERNELS"),
     "ONNX lowerings": ("dlc.onnx.lower", "LOWER"),
+    "PyTorch modules": ("dlc.torch.modules", "MODULES"),
 }
 
 # `input` is the graph's entry: every backend feeds it the batch rather than computing it.

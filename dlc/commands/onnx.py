@@ -266,21 +266,29 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 
 @click.command()
 @spec_input
-@click.option("-o", "--output", required=True, metavar="FILE.onnx", help="Where to write the model.")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write the model (.onnx, or .py).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pytorch"]), default="onnx", show_default=True,
+              help="pytorch: a standalone Python file, class Net(nn.Module), that loads dlc checkpoints.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
 @click.option("--seed", type=SEED, default=None, help="Seed of the fresh weights (default 0).")
 @click.option("--opset", type=int, default=None,
               help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: the lowest in which every layer has its own "
                    f"operator: {MIN_OPSET}, 17 with layernorm, {GELU_OPSET} with gelu).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
-def export(spec, expr, output, weights, seed, opset, batch):
-    """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count."""
+def export(spec, expr, output, fmt, weights, seed, opset, batch):
+    """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count; or as PyTorch source."""
     from dlc.analysis import analyse
     from dlc.memory import refuse_unless_fits
     from dlc.progress import progress
 
-    output_file(output, "-o", (".onnx",), [spec_file(spec, expr), weights])
+    output_file(output, "-o", (".py",) if fmt == "pytorch" else (".onnx",), [spec_file(spec, expr), weights])
     graph = load_graph(spec, expr)
+    if fmt == "pytorch":
+        from dlc.torch.export import write_pytorch
+
+        for line in write_pytorch(graph, output, weights=weights, seed=seed, opset=opset, batch=batch):
+            click.echo(line)
+        return
     if weights and seed is not None:
         raise DlcError("--seed picks fresh weights; it has no effect with --weights")
     weight_bytes = analyse(graph).totals.param_bytes

@@ -55,16 +55,23 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+@click.option("--engine", type=click.Choice(choices.TRAIN_ENGINES), default="numpy", show_default=True,
+              help="numpy: dlc's own; torch: PyTorch, on --device, and data-parallel under torchrun.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, save_every, repeat, quiet, as_json, **keys):
-    """Train SPEC on the NumPy engine; flags override the spec's `train` statement."""
+          mixup, out, resume, save_every, repeat, quiet, as_json, engine, device, **keys):
+    """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
     from dlc.engine.allocator import tune_allocator
+    from dlc.torch import launched
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
     from dlc.train.sources import prepare
 
     tune_allocator()
-    display = Display(quiet or as_json)
+    engine_class = engine_for(engine, device)
+    writer = launched()[0] == 0  # under torchrun, rank 0 alone writes and prints
+    display = Display(quiet or as_json or not writer)
     if resume is not None:
         graph, cfg, src, norm, checkpoint = load_resume(resume, spec, expr, keys)
         classes = output_width(graph)
@@ -75,7 +82,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
         norm = None
-        runs = fresh_runs(cfg, out or fresh_out(graph), repeat)
+        runs = fresh_runs(cfg, out or fresh_out(graph), repeat, check=writer)
     try:
         data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                     norm=norm, on_phase=display.phase)
@@ -95,12 +102,14 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
         try:
             result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
-                                  save_every=save_every, on_event=display)
+                                  save_every=save_every, on_event=display, engine=engine_class)
         finally:
             display.close()
         docs.append(run_summary(result, data_arrays, data_arrays.notes))
         if result.stopped:
             break
+    if not writer:
+        return
     print_summary(docs[0] if len(docs) == 1 else aggregate(docs), len(docs), quiet, as_json)
     stopped = next((d for d in docs if d["stopped"]), None)
     if stopped:
@@ -128,14 +137,33 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val
     return src
 
 
-def fresh_runs(cfg: TrainConfig, root: Path, repeat: int) -> list[tuple]:
-    """(config, run directory, no checkpoint) per run: root itself, or root/seedN for --repeat."""
+def engine_for(engine: str, device: str):
+    """The engine class `train` runs: NumpyEngine, or the torch one for a device."""
+    if engine == "numpy":
+        if device == "cuda":
+            raise DlcError("--device cuda: the numpy engine runs on the CPU; use --engine torch")
+        from dlc.train.engine import NumpyEngine
+
+        return NumpyEngine
+    try:
+        from dlc.torch.engine import pick_device, torch_engine
+    except ImportError as e:
+        raise DlcError(f"--engine torch needs PyTorch ({e}); install it: pip install 'dlc[torch]' "
+                       "(the README says how to get the CPU build)")
+    pick_device(device)  # a missing GPU is reported before any data is read
+    return torch_engine(device)
+
+
+def fresh_runs(cfg: TrainConfig, root: Path, repeat: int, check: bool = True) -> list[tuple]:
+    """(config, run directory, no checkpoint) per run: root itself, or root/seedN for --repeat.
+    check: refuse a directory that holds a run (not on torchrun's other ranks, which rank 0 races)."""
     if repeat == 1:
         runs = [(cfg, root, None)]
     else:
         runs = [(replace(cfg, seed=cfg.seed + i), root / f"seed{cfg.seed + i}", None) for i in range(repeat)]
     for _, d, _ in runs:
-        check_fresh_folder(d)
+        if check:
+            check_fresh_folder(d)
     return runs
 
 

@@ -8,13 +8,15 @@ is created that descriptor points at a temporary file, whose text says why CUDA 
 
 from __future__ import annotations
 
+import io
+
 import os
 import re
 import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,12 +129,18 @@ def create_session(model, device: str = "auto") -> Session:
     providers = [CUDA, CPU] if device != "cpu" and reason is None else [CPU]
     with quiet_default_logger(), captured_fd2() as log, warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
+        printed = io.StringIO()
+        if CUDA in providers and hasattr(ort, "preload_dlls"):
+            # the CUDA/cuDNN/cuBLAS wheels of `pip install 'dlc[cuda]'` are found only when loaded
+            # first (onnxruntime >= 1.21); it prints what it misses, which the reason below reads
+            with redirect_stdout(printed):
+                ort.preload_dlls()
         try:
             session = ort.InferenceSession(payload, opts, providers=providers)
         except Exception as e:  # onnxruntime's pybind errors share no useful base class
             raise DlcError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0]}")
     if CUDA in providers and CUDA not in session.get_providers():
-        reason = cuda_failure(log[0] + "\n".join(str(w.message) for w in warned))
+        reason = cuda_failure(printed.getvalue() + log[0] + "\n".join(str(w.message) for w in warned))
     if device == "cuda" and reason:
         raise DlcError(f"--device cuda: CUDA cannot run here: {reason}")
     return Session(session, session.get_providers()[0], f"CUDA unavailable: {reason}; running on the CPU"

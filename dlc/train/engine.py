@@ -25,6 +25,9 @@ from dlc.train.config import TrainConfig
 class Engine(Protocol):
     """What the loop asks of an engine; a class is built by `fresh` or `resume`."""
 
+    rank: int  # this process among `world` data-parallel ones (torchrun); rank 0 alone writes the run
+    world: int
+
     @classmethod
     def fresh(cls, graph: Graph, cfg: TrainConfig) -> Engine:
         """Weights initialised as cfg says (init, init_std, seed) and an optimizer with no state yet."""
@@ -54,6 +57,8 @@ class Engine(Protocol):
 
 class NumpyEngine:
     """dlc's own NumPy engine (dlc.engine.run) with the optimizers of dlc.train.optim."""
+
+    rank, world = 0, 1
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
         self.graph, self.cfg = graph, cfg

@@ -92,6 +92,18 @@ def check_config(cfg: TrainConfig, graph: Graph, data: Data) -> None:
         raise DlcError("--balanced needs class labels, not target rows")
 
 
+def shard_size(n: int, world: int) -> int:
+    return -(-n // world)
+
+
+def shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This process's part of an epoch's order, as torch's DistributedSampler takes it: the order
+    padded with its own start to a multiple of `world`, then every world-th sample from `rank`."""
+    total = shard_size(len(order), world) * world
+    padded = np.concatenate([order, order[:total - len(order)]]) if total > len(order) else order
+    return padded[rank:total:world]
+
+
 class Run:
     """One training run. Its state is explicit: the engine's weights and optimizer, the position, the
     running sums, the best epoch and the random streams; a checkpoint's meta is exactly that state."""
@@ -107,7 +119,6 @@ class Run:
         self.lr_at = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, step_every=cfg.step_every,
                                    gamma=cfg.gamma, power=cfg.power, restart_every=cfg.restart_every,
                                    lr_min=cfg.lr_min, k=cfg.k)
-        self.files = RunFiles(out)
         self.fresh = checkpoint is None
         if checkpoint is None:
             self.engine: Engine = engine.fresh(graph, cfg)
@@ -120,8 +131,9 @@ class Run:
             self.noise_rng, self.aug_rng = rng_from(saved["rng"]["noise"]), rng_from(saved["rng"]["augment"])
             self.pos, self.running = Position(**saved["position"]), Running(**saved["running"])
             self.best, self.elapsed = saved["best"], saved["elapsed"]
+        self.files = RunFiles(out, writes=self.engine.rank == 0)
         self.history = self.files.history(self.fresh, self.pos.epoch)
-        self.batches = -(-len(data.train) // cfg.batch)
+        self.batches = -(-shard_size(len(data.train), self.engine.world) // cfg.batch)
         self.fixed_meta = dict(meta, schema_run=RUN_SCHEMA, spec=graph.source, file=graph.file,
                                config=config_to_json(cfg))
         self.started = time.perf_counter()
@@ -177,6 +189,8 @@ class Run:
         pos, cfg = self.pos, self.cfg
         lr = self.lr_at(pos.epoch)
         order = epoch_order(len(self.data.train), cfg.seed, pos.epoch, self.data.train.y, cfg.balanced)
+        if self.engine.world > 1:
+            order = shard(order, self.engine.rank, self.engine.world)
         self.emit("epoch", {"epoch": pos.epoch + 1, "epochs": cfg.epochs, "batches": self.batches,
                             "done": pos.batch, "lr": lr})
         epoch_start, seen_here = time.perf_counter(), 0

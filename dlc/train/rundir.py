@@ -59,13 +59,16 @@ def read_log(path: Path, upto_epoch: int) -> list[dict]:
 
 
 class RunFiles:
-    """The run directory `out`, and the best checkpoint that waits to be written."""
+    """The run directory `out`, and the best checkpoint that waits to be written. With writes=False
+    (a data-parallel process other than rank 0) nothing is read or written: rank 0 keeps the files."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: Path, writes: bool = True):
+        self.out, self.writes = out, writes
         self.last, self.best, self.log = out / LAST, out / BEST, out / LOG
         self.pending_best: Snapshot | None = None
         self.last_save = time.perf_counter()
+        if not writes:
+            return
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -76,6 +79,8 @@ class RunFiles:
 
     def history(self, fresh: bool, upto_epoch: int) -> list[dict]:
         """The epoch records so far: none for a fresh run (an old log goes), else log.jsonl's."""
+        if not self.writes:
+            return []
         if fresh:
             self.log.unlink(missing_ok=True)
             return []
@@ -83,10 +88,12 @@ class RunFiles:
 
     def flush(self, last: Snapshot | None) -> None:
         """Write the pending best checkpoint, then `last` (None: keep the last.npz there is)."""
-        if self.pending_best is not None:
+        if not self.writes:
+            self.pending_best = None
+        elif self.pending_best is not None:
             save_checkpoint(self.best, *self.pending_best)
             self.pending_best = None
-        if last is not None:
+        if last is not None and self.writes:
             save_checkpoint(self.last, *last)
         self.last_save = time.perf_counter()
 
@@ -94,7 +101,9 @@ class RunFiles:
         return time.perf_counter() - self.last_save
 
     def append(self, record: dict) -> None:
-        append_line(self.log, record)
+        if self.writes:
+            append_line(self.log, record)
 
     def write_metrics(self, doc: dict) -> None:
-        write_atomic(self.out / METRICS, json.dumps(doc, indent=1))
+        if self.writes:
+            write_atomic(self.out / METRICS, json.dumps(doc, indent=1))

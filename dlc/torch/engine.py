@@ -1,0 +1,224 @@
+"""The torch engine: the run's arithmetic in PyTorch, behind dlc.train.engine's seam.
+
+The network is the file `dlc export --format pytorch` writes (dlc.torch.export), run as it is. The
+engine keeps dlc's rules, not torch's defaults: the losses and updates of dlc.torch.rules, weight
+decay and L1 as penalties on the weights dlc.train.optim names (not biases, not bn), max-norm after
+each update. Checkpoints stay dlc's: weights and optimizer slots go out in dlc's names and layouts,
+so a run resumes on either engine.
+
+Dropout and noise draw from torch's generator, seeded once from the NumPy stream the loop hands
+over (plus the rank) and carried in the optimizer state, so a resumed run draws what it would have.
+
+Under torchrun (WORLD_SIZE > 1) the network is wrapped in DistributedDataParallel (gloo on the CPU,
+nccl on CUDA): gradients are averaged over the processes and the loss value too, so every rank
+sees the same value and stops together; the loop gives each rank its shard of the epoch's order.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import numpy as np
+import torch
+
+from dlc.engine.run import FUSED_LOSSES
+from dlc.errors import DlcError
+from dlc.graph import Graph
+from dlc.torch import launched
+from dlc.torch.export import pytorch_source, state_names
+from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
+from dlc.train import optim
+from dlc.train.config import TrainConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+PREDICT_BATCH = 256
+
+
+def pick_device(device: str) -> torch.device:
+    """cpu, cuda (or a clear reason why not), or auto: CUDA when torch sees a GPU."""
+    if device not in DEVICES:
+        raise DlcError(f"unknown device `{device}` (expected {', '.join(DEVICES)})")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DlcError(f"--device cuda: {cuda_missing()}")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def cuda_missing() -> str:
+    """Why torch sees no GPU, in words a user can act on."""
+    if torch.version.cuda is None:
+        return (f"this torch ({torch.__version__}) is a CPU build; install a CUDA build of torch "
+                "(https://pytorch.org/get-started/locally/)")
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU or no driver"
+
+
+def network(graph: Graph) -> dict:
+    """The generated file of `graph`, run: its Net class and its helpers by name."""
+    scope: dict = {}
+    exec(compile(pytorch_source(graph), f"<dlc pytorch: {graph.file}>", "exec"), scope)
+    return scope
+
+
+def torch_engine(device: str = "auto") -> type[TorchEngine]:
+    """The TorchEngine class for a device, as `train(..., engine=...)` takes it."""
+    return type("TorchEngine", (TorchEngine,), {"device_name": device})
+
+
+class TorchEngine:
+    """dlc's training step in PyTorch; build it with torch_engine(device)."""
+
+    device_name = "auto"
+
+    def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
+                 rng_state: str | None):
+        self.graph, self.cfg, self.opt = graph, cfg, opt
+        self.device = pick_device(self.device_name)
+        self.rank, self.world = launched()
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.dtype = torch.float64 if any(v.dtype == np.float64 for v in params.values()) else torch.float32
+        scope = network(graph)
+        self.net = scope["Net"]().to(self.dtype)
+        self.table = self.net.DLC_TENSORS
+        self.to_torch, self.to_dlc = scope["to_torch_layout"], scope["to_dlc_layout"]
+        self.net.from_dlc({k: torch.from_numpy(np.asarray(v)) for k, v in {**params, **state}.items()})
+        self.net.to(self.device)
+        self.model = self.net
+        if self.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.state_names = set(state_names(graph))
+        self.params = dict(self.net.named_parameters())  # by torch name
+        dlc_of = {key: name for name, key, *_ in self.table}
+        weights = set(optim.decayed(graph, params))  # the one rule: the kinds' tensor roles
+        self.decayed = [k for k in self.params if dlc_of[k] in weights]
+        axes = optim.maxnorm_axes(graph, params) if cfg.maxnorm else {}
+        # torch's recurrent matrices are dlc's, one direction apiece: the trailing axes carry over
+        self.norm_axes = {k: axes[dlc_of[k]] for k in self.decayed if dlc_of[k] in axes}
+        self.slots: dict[str, torch.Tensor] = {}
+        by_slot: dict[str, dict] = {}
+        for key, a in opt.slots.items():
+            slot, name = key.split(":", 1)
+            by_slot.setdefault(slot, {})[name] = torch.from_numpy(a)
+        for slot, arrays in by_slot.items():
+            for k, t in self.to_torch(self.table, arrays).items():
+                self.slots[f"{slot}:{k}"] = t.to(self.device, self.dtype).clone()
+        self.fused = FUSED_LOSSES.get((cfg.loss, graph.output.kind))
+        self.tokens = graph.input.dtype.startswith("int")
+        self.rng_restored = rng_state is not None
+        if rng_state is not None:
+            self.set_rng(rng_state)
+
+    @classmethod
+    def fresh(cls, graph: Graph, cfg: TrainConfig) -> TorchEngine:
+        from dlc.engine.params import init_params
+
+        params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
+        return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
+                                                                   cfg.beta2, cfg.eps), None)
+
+    @classmethod
+    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> TorchEngine:
+        return cls(graph, cfg, params, state, optim.state_from_json(optimizer), optimizer.get("torch_rng"))
+
+    # ------------------------------------------------------------------------------ the step
+
+    def batch(self, x: np.ndarray) -> torch.Tensor:
+        """A NumPy batch on the device: token ids as int64, features in the weights' dtype."""
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        t = t.long() if self.tokens else t.to(self.dtype)
+        return t.to(self.device, non_blocking=True)
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+        if not self.rng_restored:
+            torch.manual_seed(int(rng.integers(2 ** 62)) + self.rank)
+            self.rng_restored = True
+        self.model.train()
+        xb, yb = self.batch(x), torch.from_numpy(np.asarray(y)).to(self.device, non_blocking=True)
+        if not yb.is_floating_point():
+            yb = yb.long()
+        if self.fused:
+            logits = self.model(xb, logits=True)
+            value = LOSSES[self.fused](logits, yb)
+            out = FINAL[self.graph.output.kind](logits.detach())
+        else:
+            out = self.model(xb)
+            value = LOSSES[self.cfg.loss](out, yb)
+            out = out.detach()
+        if self.cfg.weight_decay:
+            value = value + 0.5 * self.cfg.weight_decay * sum((self.params[k] ** 2).sum() for k in self.decayed)
+        if self.cfg.l1:
+            value = value + self.cfg.l1 * sum(self.params[k].abs().sum() for k in self.decayed)
+        for p in self.params.values():
+            p.grad = None
+        value.backward()
+        reported = value.detach()
+        if self.world > 1:
+            torch.distributed.all_reduce(reported)
+            reported /= self.world
+        return float(reported), out.cpu().numpy()
+
+    def update(self, lr: float) -> None:
+        opt = self.opt
+        opt.t += 1
+        update = UPDATES[opt.kind]
+        with torch.no_grad():
+            for key, w in self.params.items():
+                def slot(name, key=key, w=w):
+                    s = self.slots.get(f"{name}:{key}")
+                    if s is None:
+                        s = self.slots[f"{name}:{key}"] = torch.zeros_like(w)
+                    return s
+                update(opt, slot, key, w, w.grad, lr)
+            for key, axes in self.norm_axes.items():
+                maxnorm_(self.params[key], self.cfg.maxnorm, axes)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.net.eval()  # the bare module: DDP's forward would broadcast buffers, a collective
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(x), PREDICT_BATCH):
+                outs.append(self.net(self.batch(x[start:start + PREDICT_BATCH])).cpu())
+        if not outs:
+            return np.zeros((0, *self.graph.output.out_shape), dtype=np.float32)
+        return torch.cat(outs).numpy()
+
+    def finite(self) -> bool:
+        # one device-to-host transfer for all the weights
+        return not self.params or bool(torch.stack([torch.isfinite(p).all() for p in self.params.values()]).all())
+
+    # ---------------------------------------------------------------------- state, dlc's way
+
+    def weights(self, copy: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        tensors = self.net.to_dlc()  # detached copies
+        params, state = {}, {}
+        for name, t in tensors.items():
+            (state if name in self.state_names else params)[name] = t.cpu().numpy()
+        return params, state
+
+    def optimizer_state(self) -> dict:
+        by_slot: dict[str, dict] = {}
+        for key, t in self.slots.items():
+            slot, name = key.split(":", 1)
+            by_slot.setdefault(slot, {})[name] = t
+        slots = {f"{slot}:{name}": t.cpu().numpy()
+                 for slot, tensors in by_slot.items() for name, t in self.to_dlc(self.table, tensors).items()}
+        saved = optim.Optimizer(self.opt.kind, self.opt.momentum, self.opt.beta1, self.opt.beta2, self.opt.eps,
+                                slots, self.opt.t)
+        return dict(optim.state_to_json(saved), torch_rng=self.rng_state())
+
+    def rng_state(self) -> str:
+        """torch's generator for this device, as base64 bytes."""
+        state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()
+        return base64.b64encode(bytes(state.tolist())).decode("ascii")
+
+    def set_rng(self, text: str) -> None:
+        state = torch.tensor(list(base64.b64decode(text)), dtype=torch.uint8)
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+        else:
+            torch.set_rng_state(state)

@@ -1,0 +1,204 @@
+"""A spec as a standalone PyTorch file: `class Net(nn.Module)` that imports only torch.
+
+One attribute per layer that has a module (named after the layer, dots as underscores), the spec text
+beside it; `forward` in graph order, a chain flowing through `x` and a value that a later merge reads
+kept under its layer's name; `Net.load_dlc(path)` / `save_dlc(path)` convert dlc checkpoints both
+ways through the table of where each dlc tensor lives. Each kind's code comes from MODULES
+(dlc.torch.modules); the helpers every file carries are dlc/torch/netlib.py, copied verbatim.
+The torch engine runs this same text, so what it trains is what the export writes.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from pathlib import Path
+
+from dlc import __version__
+from dlc.errors import DlcError
+from dlc.graph import Graph, Node
+from dlc.atomic import atomic_write
+from dlc.layers import KINDS, param_count
+from dlc.torch.modules import MODULES, Layer
+
+FUSED_OUTPUTS = ("softmax", "sigmoid")  # final activations a fused loss reads the input of
+# Names a layer cannot take as an attribute of an nn.Module or a local of forward.
+RESERVED = frozenset({"x", "logits", "self", "torch", "nn", "F", "math", "forward", "training", "train", "eval",
+                      "to", "type", "float", "double", "half", "cuda", "cpu", "apply", "parameters", "buffers",
+                      "children", "modules", "state_dict", "load_dlc", "save_dlc", "from_dlc", "to_dlc",
+                      "gaussian_noise", "lrn", "last_states", "zipfile", "json", "ast", "ctypes"})
+
+
+def identifiers(graph: Graph) -> dict[str, str]:
+    """A Python identifier per node name: dots and other marks as underscores, unique."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for n in graph.nodes:
+        ident = re.sub(r"\W", "_", n.name)
+        if ident[0].isdigit() or keyword.iskeyword(ident) or ident in RESERVED:
+            ident += "_"
+        while ident in taken:
+            ident += "_"
+        taken.add(ident)
+        out[n.name] = ident
+    return out
+
+
+def layers(graph: Graph) -> dict[str, Layer]:
+    """Each node's Layer, from MODULES."""
+    out = {}
+    for n, ins in _inputs(graph)[1:]:  # the input node is `x` itself
+        make = MODULES.get(n.kind)
+        if make is None:
+            raise DlcError(f"the PyTorch export has no mapping for `{n.kind}` (layer {n.name})", n.pos,
+                           graph.file, graph.source)
+        out[n.name] = make(n, ins)
+    return out
+
+
+def tensor_table(graph: Graph) -> list[tuple]:
+    """(dlc name, torch name, direction, rows, gates) for every tensor, in node order."""
+    idents, table = identifiers(graph), []
+    for name, layer in layers(graph).items():
+        table += [(f"{name}.{t.param}", f"{idents[name]}.{t.attr}", t.direction, t.rows, t.gates)
+                  for t in layer.tensors]
+    return table
+
+
+def _comment(node: Node) -> str:
+    return f"  # {node.text}" if node.text and node.row == node.name else ""
+
+
+def _forward_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) -> list[str]:
+    """forward's body: a value read only by the next layer flows through `x`; others keep a name."""
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.nodes):
+        for name in n.inputs:
+            readers.setdefault(name, []).append(i)
+    var: dict[str, str] = {}
+    lines = []
+    fused = graph.output.kind in FUSED_OUTPUTS
+    for i, n in enumerate(graph.nodes):
+        chained = readers.get(n.name) == [i + 1] and graph.nodes[i + 1].inputs == [n.name]
+        var[n.name] = "x" if chained or i == len(graph.nodes) - 1 else idents[n.name]
+        if i == 0:
+            if var[n.name] != "x":
+                lines.append(f"{var[n.name]} = x")
+            continue
+        ins = [var[name] for name in n.inputs]
+        expr = made[n.name].forward.format(m=f"self.{idents[n.name]}", x=ins[0], xs=", ".join(ins),
+                                           plus=" + ".join(ins))
+        if i == len(graph.nodes) - 1 and fused:
+            lines.append("if logits:  # the fused loss reads the input of the final activation")
+            lines.append(f"    return {ins[0]}")
+        lines.append(f"{var[n.name]} = {expr}{_comment(n)}")
+    lines.append(f"return {var[graph.output.name]}")
+    return lines
+
+
+def pytorch_source(graph: Graph) -> str:
+    """The text of the standalone file for `graph`."""
+    made, idents = layers(graph), identifiers(graph)
+    inits = [f"self.{idents[n.name]} = {made[n.name].module}{_comment(n)}"
+             for n in graph.nodes[1:] if made[n.name].module]
+    table = tensor_table(graph)
+    shape = graph.input.out_shape
+    dtype = "torch.int64" if graph.input.dtype.startswith("int") else "torch.float32"
+    spec = "\n".join("# " + line if line else "#" for line in graph.source.rstrip().splitlines())
+    indent = "\n        "
+    fused = graph.output.kind in FUSED_OUTPUTS
+    signature = "self, x, logits: bool = False" if fused else "self, x"
+    logits_doc = (" logits=True stops before the final\n        "
+                  f"{graph.output.kind} (the fused loss reads its input).") if fused else ""
+    return f'''"""{Path(graph.file).name} as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
+
+Net.load_dlc(path) reads a dlc checkpoint (.npz) into a new Net; net.save_dlc(path) writes one that
+dlc reads (export, infer, train --resume). The file needs torch alone.
+"""
+# The spec:
+{spec}
+
+import ast
+import ctypes
+import json
+import math
+import zipfile
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    input_shape = {tuple(shape)!r}  # one sample, batch left out
+    input_dtype = {dtype}
+    # (dlc tensor, torch tensor, direction, rows, gate order): where each tensor of a dlc checkpoint
+    # lives; recurrent kinds keep one matrix per direction, torch's gate order and the biases apart.
+    DLC_TENSORS = (
+        {indent.join(f"{row!r}," for row in table) if table else ""}
+    )
+    DLC_STATE = {state_names(graph)!r}  # the non-trainable ones
+
+    def __init__(self):
+        super().__init__()
+        {indent.join(inits) if inits else "pass"}
+
+    def forward({signature}):
+        """x: N x {" x ".join(map(str, shape))} ({dtype.split(".")[1]}).{logits_doc}"""
+        {indent.join(_forward_lines(graph, made, idents))}
+
+    @classmethod
+    def load_dlc(cls, path) -> "Net":
+        """A Net with the weights of a dlc checkpoint."""
+        net = cls()
+        net.from_dlc(read_npz(path)[0])
+        return net
+
+    def save_dlc(self, path) -> None:
+        """Write the weights as a dlc checkpoint."""
+        write_npz(path, self.to_dlc(), {{"schema": "dlc.checkpoint/1", "state_tensors": sorted(self.DLC_STATE)}})
+
+    def from_dlc(self, arrays: dict) -> None:
+        """Copy dlc's tensors (by dlc name) into this module's parameters and buffers."""
+        mine = dict(self.named_parameters()) | dict(self.named_buffers())
+        with torch.no_grad():
+            for key, t in to_torch_layout(self.DLC_TENSORS, arrays).items():
+                mine[key].copy_(t)
+
+    def to_dlc(self) -> dict:
+        """This module's parameters and buffers as dlc's tensors (by dlc name)."""
+        mine = dict(self.named_parameters()) | dict(self.named_buffers())
+        return {{k: v.detach().clone() for k, v in to_dlc_layout(self.DLC_TENSORS, mine).items()}}
+
+
+{NETLIB}'''
+
+
+def write_pytorch(graph: Graph, output: str, **onnx_only) -> list[str]:
+    """Write the file; the lines to print. The file holds no weights: Net.load_dlc reads a checkpoint."""
+    given = [f"--{k}" for k, v in onnx_only.items() if v is not None]
+    if given:
+        raise DlcError(f"{', '.join(given)}: the pytorch format writes the network's code alone; "
+                       "load weights in Python with Net.load_dlc(CKPT)")
+    folder = Path(output).resolve().parent
+    if not folder.is_dir():
+        raise DlcError(f"cannot write {output}: no folder {folder}")
+    with atomic_write(output, "w") as f:
+        f.write(pytorch_source(graph))
+    trainable, fixed = (sum(c) for c in zip(*(param_count(KINDS[n.kind], n.attrs, ins)
+                                               for n, ins in _inputs(graph))))
+    return [f"wrote {output}: class Net, {len(graph.nodes) - 1} layers, {trainable:,} params + {fixed:,} "
+            "non-trainable (weights: Net.load_dlc(CKPT))"]
+
+
+def _inputs(graph: Graph):
+    shapes = {n.name: n.out_shape for n in graph.nodes}
+    return [(n, [shapes[i] for i in n.inputs]) for n in graph.nodes]
+
+
+def state_names(graph: Graph) -> tuple[str, ...]:
+    """The graph's non-trainable tensors (bn statistics) by dlc name, as the registry names them."""
+    return tuple(f"{n.name}.{k}" for n, ins in _inputs(graph) for k in KINDS[n.kind].state(n.attrs, ins))
+
+
+NETLIB = (Path(__file__).parent / "netlib.py").read_text()

@@ -1,0 +1,227 @@
+"""Each layer kind as PyTorch source: one function per kind, one dict (MODULES).
+
+A mapping reads the node's resolved attributes (the contract in dlc/layers/*.py) and returns a
+`Layer`: the module the network holds for the node (a constructor expression, or None for a pure
+function), the forward expression, and where each of the node's dlc tensors lives among the
+module's parameters and buffers. Nothing here imports torch: the generated file does
+(dlc.torch.export), and both `dlc export --format pytorch` and the torch engine run that file.
+
+PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), upconv W (C_in,
+C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
+holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
+c; GRU r, z, n against z, r, h) and the two biases apart. A `Tensor` names that conversion.
+`input` has no entry: it is the batch that forward receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from dlc.graph import Node
+from dlc.layers import Shape
+
+# Torch's block order, as indices of ONNX's blocks: torch block k is ONNX block GATE_ORDER[kind][k].
+GATE_ORDER = {"rnn": (0,), "lstm": (0, 2, 3, 1), "gru": (1, 0, 2)}
+RECURRENT_MODULES = {"rnn": "nn.RNN", "lstm": "nn.LSTM", "gru": "nn.GRU"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One torch tensor of a node: `module.<attr>` holds dlc's `<node>.<param>`, or part of it."""
+
+    param: str  # dlc's name within the node: "W", "mean"
+    attr: str  # torch's name within the module: "weight", "running_mean", "weight_ih_l0_reverse"
+    direction: int | None = None  # recurrent: which slice of dlc's leading direction axis
+    rows: tuple[int, int] | None = None  # recurrent B: the input-side or hidden-side half
+    gates: tuple[int, ...] | None = None  # recurrent: GATE_ORDER, the blocks' order in torch
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A node in PyTorch: `module` builds self.<name> (None: no module); `forward` is an expression in
+    {m} (the module), {x} (the first input), {xs} (every input, comma-separated) and {plus} (their sum)."""
+
+    forward: str
+    module: str | None = None
+    tensors: tuple[Tensor, ...] = ()
+
+
+def _same(*pairs: tuple[str, str]) -> tuple[Tensor, ...]:
+    return tuple(Tensor(p, a) for p, a in pairs)
+
+
+def _pad_call(pads: tuple[int, int, int, int], x: str = "{x}", value: str = "") -> str:
+    """F.pad of the input with explicit (top, left, bottom, right) pads, which torch's layers take
+    only when they are symmetric (`pad=same` with an even total puts the odd pixel at the end)."""
+    t, l, b, r = pads
+    return f"F.pad({x}, ({l}, {r}, {t}, {b}){value})"
+
+
+def _size(v) -> object:
+    """A pair as torch's layers take it: one int when both are equal."""
+    v = tuple(v)
+    return v[0] if len(set(v)) == 1 else v
+
+
+def _call(fn: str, *args, **options: tuple) -> str:
+    """A constructor call with its options written only where they differ from torch's defaults;
+    each option is (value, default)."""
+    written = [repr(a) for a in args] + [f"{k}={v!r}" for k, (v, default) in options.items() if v != default]
+    return f"{fn}({', '.join(written)})"
+
+
+def _symmetric(pads) -> bool:
+    return pads[0] == pads[2] and pads[1] == pads[3]
+
+
+def conv(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    pads = a["pads"]
+    padding = (pads[0], pads[1]) if _symmetric(pads) else (0, 0)
+    module = _call("nn.Conv2d", a["in_channels"], a["channels"], _size(a["kernel"]), stride=(_size(a["stride"]), 1),
+                   padding=(_size(padding), 0), dilation=(_size(a["dilation"]), 1), groups=(a["groups"], 1),
+                   bias=(bool(a["bias"]), True))
+    x = "{x}" if _symmetric(pads) else _pad_call(pads)
+    tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
+    return Layer(f"{{m}}({x})", module, tensors)
+
+
+def upconv(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    module = _call("nn.ConvTranspose2d", a["in_channels"], a["channels"], _size(a["kernel"]),
+                   stride=(_size(a["stride"]), 1), padding=(a["pads"][0], 0), dilation=(_size(a["dilation"]), 1),
+                   groups=(a["groups"], 1), bias=(bool(a["bias"]), True))
+    tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
+    return Layer("{m}({x})", module, tensors)
+
+
+def upsample(node: Node, ins: list[Shape]) -> Layer:
+    return Layer(f"F.interpolate({{x}}, scale_factor={node.attrs['factor']}, mode='nearest')")
+
+
+def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, int, int, int]:
+    """Pads grown at the bottom/right so that floor-mode windows are exactly dlc's windows (those of
+    `ceil` included): the rule of the NumPy kernel, for the asymmetric case torch's pools cannot take."""
+    a, (_, h, w), (_, ho, wo) = node.attrs, ins[0], node.out_shape
+    (kh, kw), (sh, sw), (t, l, b, r) = a["kernel"], a["stride"], a["pads"]
+    return t, l, max(b, (ho - 1) * sh + kh - t - h), max(r, (wo - 1) * sw + kw - l - w)
+
+
+def maxpool(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
+    if _symmetric(pads):
+        return Layer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0),
+                                       ceil_mode=(bool(a["ceil"]), False)))
+    _, ho, wo = node.out_shape
+    padded = _pad_call(_pool_pads(node, ins), value=", value=-math.inf")
+    return Layer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s))
+
+
+def avgpool(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
+    if _symmetric(pads):
+        # count_include_pad=False: each window divides by its cells inside the input, as ONNX's default
+        return Layer("{m}({x})", _call("nn.AvgPool2d", k, s, padding=(_size(pads[:2]), 0),
+                                       ceil_mode=(bool(a["ceil"]), False), count_include_pad=(False, True)))
+    # Asymmetric pads: window sums over the zero-padded input, divided by the windows' cells that
+    # lie inside the input (the same pool over a padded plane of ones).
+    _, ho, wo = node.out_shape
+    grown = _pool_pads(node, ins)
+    ones = _pad_call(grown, "torch.ones_like({x}[:1, :1])")
+    return Layer(f"({{m}}({_pad_call(grown)}) / {{m}}({ones}))[..., :{ho}, :{wo}]", _call("nn.AvgPool2d", k, s))
+
+
+def fc(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
+    return Layer("{m}({x})", _call("nn.Linear", a["in_features"], a["units"], bias=(bool(a["bias"]), True)), tensors)
+
+
+def embed(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    return Layer("{m}({x})", f"nn.Embedding({a['vocab']}, {a['dim']})", _same(("W", "weight")))
+
+
+def bn(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    cls = "nn.BatchNorm2d" if len(ins[0]) == 3 else "nn.BatchNorm1d"
+    return Layer("{m}({x})", _call(cls, a["channels"], eps=(a["eps"], 1e-5), momentum=(a["momentum"], 0.1)),
+                 _same(("gamma", "weight"), ("beta", "bias"), ("mean", "running_mean"), ("var", "running_var")))
+
+
+def lrn(node: Node, ins: list[Shape]) -> Layer:
+    # ONNX LRN puts floor((size-1)/2) channels before and the rest after; nn.LocalResponseNorm does
+    # the opposite for an even size, so the window sum is written out.
+    a = node.attrs
+    size = a["size"]
+    before = (size - 1) // 2
+    return Layer(f"lrn({{x}}, {size}, {before}, {a['alpha']}, {a['beta']}, {a['k']})")
+
+
+def recurrent(node: Node, ins: list[Shape]) -> Layer:
+    a, kind = node.attrs, node.kind
+    g, order = a["gates"] * a["hidden"], GATE_ORDER[kind]
+    tensors = []
+    for d in range(a["directions"]):
+        suffix = "_l0" + ("_reverse" if d else "")
+        tensors += [Tensor("W", "weight_ih" + suffix, d, None, order),
+                    Tensor("R", "weight_hh" + suffix, d, None, order),
+                    Tensor("B", "bias_ih" + suffix, d, (0, g), order),  # ONNX B = [Wb, Rb]
+                    Tensor("B", "bias_hh" + suffix, d, (g, 2 * g), order)]
+    bidirectional = ", bidirectional=True" if a["directions"] == 2 else ""
+    module = f"{RECURRENT_MODULES[kind]}({a['in_features']}, {a['hidden']}, batch_first=True{bidirectional})"
+    # without `sequences`: each direction's last state (the backward one's is after reading x[0])
+    state = "[1][0]" if kind == "lstm" else "[1]"
+    forward = "{m}({x})[0]" if a["sequences"] else f"last_states({{m}}({{x}}){state})"
+    return Layer(forward, module, tuple(tensors))
+
+
+def softmax(node: Node, ins: list[Shape]) -> Layer:
+    # over channels of an image, features of a vector, the last axis of a sequence
+    return Layer(f"torch.softmax({{x}}, {-1 if len(ins[0]) == 2 else 1})")
+
+
+def concat(node: Node, ins: list[Shape]) -> Layer:
+    return Layer(f"torch.cat([{{xs}}], {node.attrs['axis'] + 1})")
+
+
+def function(expression: str) -> Callable[[Node, list[Shape]], Layer]:
+    """A kind computed by one expression of its input and attributes, with no tensors."""
+    return lambda node, ins: Layer(expression.format(x="{x}", xs="{xs}", plus="{plus}", **node.attrs))
+
+
+MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
+    "conv": conv,
+    "dwconv": conv,
+    "upconv": upconv,
+    "upsample": upsample,
+    "maxpool": maxpool,
+    "avgpool": avgpool,
+    "gap": function("{x}.mean((2, 3))"),
+    "gmp": function("{x}.amax((2, 3))"),
+    "fc": fc,
+    "flatten": function("{x}.flatten(1)"),
+    "embed": embed,
+    "identity": function("{x}"),
+    "relu": function("F.relu({x})"),
+    "relu6": function("F.relu6({x})"),
+    "leaky": function("F.leaky_relu({x}, {alpha})"),
+    "sigmoid": function("torch.sigmoid({x})"),
+    "tanh": function("torch.tanh({x})"),
+    "elu": function("F.elu({x}, {alpha})"),
+    "selu": function("F.selu({x})"),
+    "gelu": function("F.gelu({x})"),  # exact, x * Phi(x), as the NumPy kernel and ONNX's default
+    "softmax": softmax,
+    "dropout": function("F.dropout({x}, {p}, self.training)"),
+    "noise": function("gaussian_noise({x}, {sigma}, self.training)"),
+    "bn": bn,
+    "lrn": lrn,
+    "rnn": recurrent,
+    "lstm": recurrent,
+    "gru": recurrent,
+    "add": function("{plus}"),
+    "concat": concat,
+}

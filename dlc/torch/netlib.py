@@ -1,0 +1,103 @@
+# ------------------------------------------------------------------------------------------------
+# Helpers of a network dlc generated (`dlc export --format pytorch`); the same in every such file.
+# dlc checkpoints are NumPy .npz archives; these read and write them with the standard library and
+# torch alone, so the file needs neither NumPy nor dlc.
+# ------------------------------------------------------------------------------------------------
+
+def gaussian_noise(x, sigma: float, training: bool):
+    """noise: x + sigma * N(0, 1) in training, the identity in inference."""
+    return x + sigma * torch.randn_like(x) if training else x
+
+
+def lrn(x, size: int, before: int, alpha: float, beta: float, k: float):
+    """ONNX LRN across channels: x / (k + alpha/size * sum of x^2 over the window)^beta, the window
+    holding `before` channels before and size-1-before after."""
+    squares = F.pad((x * x).unsqueeze(1), (0, 0, 0, 0, before, size - 1 - before))
+    return x / (k + alpha * F.avg_pool3d(squares, (size, 1, 1), stride=1).squeeze(1)) ** beta
+
+
+def last_states(h):
+    """(directions, N, H) final states -> (N, directions*H), forward direction first."""
+    return h.transpose(0, 1).flatten(1)
+
+
+NPY_DTYPES = {"<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16, "<i8": torch.int64,
+              "<i4": torch.int32, "|u1": torch.uint8, "|b1": torch.bool}
+META = "__dlc_meta__"  # the archive entry holding dlc's JSON metadata
+
+
+def read_npz(path) -> tuple[dict, dict]:
+    """(tensors by name, metadata) of a dlc checkpoint: a zip of .npy files (NumPy's format 1-3)."""
+    tensors, meta = {}, {}
+    with zipfile.ZipFile(path) as z:
+        for entry in z.namelist():
+            raw = z.read(entry)
+            head = 10 if raw[6] == 1 else 12  # format 1.0 stores the header length in 2 bytes, later ones in 4
+            size = int.from_bytes(raw[8:head], "little")
+            header = ast.literal_eval(raw[head:head + size].decode("latin1"))
+            data, shape, descr = raw[head + size:], header["shape"], header["descr"]
+            if descr.startswith("<U"):  # the metadata: a NumPy unicode scalar, UTF-32
+                meta = json.loads(data.decode("utf-32-le").rstrip("\0"))
+                continue
+            dtype = NPY_DTYPES[descr]
+            t = torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.zeros(0, dtype=dtype)
+            if header["fortran_order"]:  # column-major bytes: the reversed shape, transposed back
+                t = t.reshape(shape[::-1]).permute(*reversed(range(len(shape))))
+            else:
+                t = t.reshape(shape)
+            tensors[entry.removesuffix(".npy")] = t.contiguous()
+    return tensors, meta
+
+
+def npy_bytes(descr: str, shape: tuple, data: bytes) -> bytes:
+    header = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)})
+    header += " " * (-(len(header) + 11) % 64) + "\n"  # NumPy aligns the data to 64 bytes
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + data
+
+
+def write_npz(path, tensors: dict, meta: dict) -> None:
+    names = {v: k for k, v in NPY_DTYPES.items()}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, t in tensors.items():
+            t = t.detach().cpu().contiguous()
+            data = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())  # the bytes, without NumPy
+            z.writestr(name + ".npy", npy_bytes(names[t.dtype], tuple(t.shape), data))
+        text = json.dumps(meta)
+        z.writestr(META + ".npy", npy_bytes(f"<U{max(len(text), 1)}", (), text.encode("utf-32-le")))
+
+
+def gate_blocks(t, order):
+    """A recurrent tensor's gate blocks in another order: block k of the result is block order[k]."""
+    blocks = t.chunk(len(order))
+    return torch.cat([blocks[i] for i in order])
+
+
+def to_torch_layout(table, arrays: dict) -> dict:
+    """dlc's tensors (by dlc name) as the module's (by torch name), for the names `arrays` holds."""
+    out = {}
+    for name, key, direction, rows, gates in table:
+        if name in arrays:
+            t = arrays[name]
+            t = t if direction is None else t[direction]
+            t = t if rows is None else t[rows[0]:rows[1]]
+            out[key] = t if gates is None else gate_blocks(t, gates)
+    return out
+
+
+def to_dlc_layout(table, tensors: dict) -> dict:
+    """The module's tensors (by torch name) as dlc's (by dlc name), for the names `tensors` holds."""
+    parts = {}
+    for name, key, direction, rows, gates in table:
+        if key in tensors:
+            t = tensors[key]
+            if gates is not None:  # block order[k] of dlc's tensor is block k of torch's
+                t = gate_blocks(t, sorted(range(len(gates)), key=lambda k: gates[k]))
+            parts.setdefault(name, {}).setdefault(direction, []).append((rows, t))
+    out = {}
+    for name, by_direction in parts.items():
+        if None in by_direction:
+            out[name] = by_direction[None][0][1]
+        else:
+            out[name] = torch.stack([torch.cat([t for _, t in sorted(by_direction[d], key=lambda p: p[0] or (0,))])
+                                     for d in sorted(by_direction)])
+    return out

@@ -1,0 +1,128 @@
+"""dlc's losses and optimizer updates on torch tensors: the rules of dlc.engine.losses and
+dlc.train.optim (their docstrings give the formulas and sources), so that a run gives the same
+numbers on either engine. Losses return the value only; autograd supplies the gradient, and where
+the NumPy loss defines its gradient otherwise (bce at clipped probabilities) the value is written so
+that autograd gives the same one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def class_axis(out: torch.Tensor) -> int:
+    """The axis softmax normalises: channels of an image, features of a vector, last of a sequence."""
+    return -1 if out.ndim == 3 else 1
+
+
+def as_rows(out: torch.Tensor) -> torch.Tensor:
+    """(predictions, classes): the class axis last, every other position a row."""
+    if out.ndim == 2:
+        return out
+    return out.movedim(class_axis(out), -1).reshape(-1, out.shape[class_axis(out)])
+
+
+def is_indices(out: torch.Tensor, target: torch.Tensor) -> bool:
+    return target.shape != out.shape
+
+
+def per_sample(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A vector of N values against an (N, 1) output is one value per sample."""
+    return target.reshape(out.shape).to(out.dtype)
+
+
+def xent(logits, target):
+    z = as_rows(logits)
+    if is_indices(logits, target):
+        return F.cross_entropy(z, target.reshape(-1).long())
+    return -(as_rows(target.to(z.dtype)) * F.log_softmax(z, 1)).sum() / len(z)
+
+
+def bce(prob, target):
+    t, n = per_sample(prob, target), prob.shape[0]
+    eps = torch.finfo(prob.dtype).eps
+    # the clipped probability in the value, the unclipped one's path for the gradient (as the NumPy
+    # loss: a saturated wrong answer still pulls its output back)
+    p = prob + (prob.clamp(eps, 1 - eps) - prob).detach()
+    return -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).sum() / n
+
+
+def bce_logits(logits, target):
+    return F.binary_cross_entropy_with_logits(logits, per_sample(logits, target), reduction="sum") / logits.shape[0]
+
+
+def mse(out, target):
+    if out.ndim == 2 and out.shape[1] > 1 and target.shape == out.shape[:1]:
+        target = F.one_hot(target.long(), out.shape[1])  # class labels, one unit per class
+    diff = out - per_sample(out, target)
+    return 0.5 * (diff * diff).sum() / out.shape[0]
+
+
+def hinge(scores, target):
+    s = as_rows(scores)
+    y = target.reshape(-1).long() if is_indices(scores, target) else as_rows(target).argmax(1)
+    others = 1 - F.one_hot(y, s.shape[1]).to(s.dtype)
+    margins = (s - s.gather(1, y[:, None]) + 1) * others
+    return F.relu(margins).sum() / len(s)
+
+
+LOSSES = {"xent": xent, "bce": bce, "bce_logits": bce_logits, "mse": mse, "hinge": hinge}
+FINAL = {"softmax": lambda z: torch.softmax(z, class_axis(z)), "sigmoid": torch.sigmoid}
+
+
+# -------------------------------------------------------------------- updates (dlc.train.optim)
+
+def _sgd(opt, slots, name, w, g, lr):
+    w -= lr * g
+
+
+def _momentum(opt, slots, name, w, g, lr):
+    v = slots("v")
+    v *= opt.momentum
+    v -= lr * g
+    w += v
+
+
+def _nesterov(opt, slots, name, w, g, lr):
+    v, mu = slots("v"), opt.momentum
+    w -= mu * v
+    v *= mu
+    v -= lr * g
+    w += (1 + mu) * v
+
+
+def _adagrad(opt, slots, name, w, g, lr):
+    c = slots("c")
+    c += g * g
+    w -= lr * g / (torch.sqrt(c) + opt.eps)
+
+
+def _rmsprop(opt, slots, name, w, g, lr):
+    c, rho = slots("c"), opt.beta2
+    c *= rho
+    c += (1 - rho) * (g * g)
+    w -= lr * g / (torch.sqrt(c) + opt.eps)
+
+
+def _adam(opt, slots, name, w, g, lr):
+    m, v = slots("m"), slots("v")
+    b1, b2 = opt.beta1, opt.beta2
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    mhat = m / (1 - b1 ** opt.t)
+    vhat = v / (1 - b2 ** opt.t)
+    w -= lr * mhat / (torch.sqrt(vhat) + opt.eps)
+
+
+UPDATES = {"sgd": _sgd, "momentum": _momentum, "nesterov": _nesterov, "adagrad": _adagrad,
+           "rmsprop": _rmsprop, "adam": _adam}
+
+
+def maxnorm_(w: torch.Tensor, c: float, axes: tuple[int, ...] | None) -> None:
+    """Scale each unit's incoming weights down to norm <= c (dlc.engine.losses.maxnorm_)."""
+    axes = tuple(range(1, w.ndim)) if axes is None else axes
+    norms = torch.sqrt((w * w).sum(dim=axes, keepdim=True))
+    w *= torch.clamp(c / torch.clamp(norms, min=torch.finfo(w.dtype).tiny), max=1)

@@ -1,0 +1,290 @@
+"""The spec as a PyTorch module, and the torch training engine, against the NumPy engine.
+
+The NumPy kernels are checked against numerical gradients and onnxruntime (test_kernels_*); here
+PyTorch's own layers, driven by the generated file, must compute what they compute: every zoo spec
+and every dsl.md example generates, compiles and counts `dlc params`; the outputs agree to 1e-5
+(float64 on both) wherever the NumPy forward is quick enough; a training step gives the same loss.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+from test_dsl_examples import ALEXNET, INCEPTION, LENET5, LSTM_TEXT, MOBILENET, RESNET50, UNET, VGG16, XOR  # noqa: E402
+
+from dlc.analysis import analyse  # noqa: E402
+from dlc.cli import main  # noqa: E402
+from dlc.compile import compile_spec  # noqa: E402
+from dlc.engine.params import init_params, load_checkpoint, save_checkpoint  # noqa: E402
+from dlc.engine.run import predict  # noqa: E402
+from dlc.layers import KINDS, param_count  # noqa: E402
+from dlc.torch.engine import network, torch_engine  # noqa: E402
+from dlc.train import optim  # noqa: E402
+from dlc.train.config import TrainConfig  # noqa: E402
+from dlc.train.engine import NumpyEngine  # noqa: E402
+from dlc.zoo import zoo_names, zoo_path  # noqa: E402
+
+# Kinds the zoo and dsl.md leave out or use one way only: every option path of the mapping.
+EVERY_KIND = """\
+input 3@11x11
+conv 8@4x4/2 pad=same elu -> bn -> lrn 4          # pad=same, stride 2 on odd input: asymmetric pads
+dwconv 3x3 mult=2 pad=1 selu -> maxpool 2 pad=same ceil as a  # 16@3x3
+upconv 4@3x3/2 pad=1 gelu -> upsample 2 -> leaky -> relu6 -> noise 0.1 -> dropout 0.2 as b
+avgpool 3/2 pad=same ceil -> identity -> sigmoid as c
+gmp -> fc 6 bias=off -> tanh -> softmax
+"""
+MERGES = """\
+input 4@6x6
+conv 4@3x3 pad=1 relu as a
+conv 4@1x1 -> add(identity | conv 4@1x1) -> concat(identity | conv 2@3x3 pad=1)
+avgpool 2 pad=same -> gap -> fc 3
+"""
+RECURRENT = """\
+input seq 5 of 7
+gru 4 bidirectional sequences -> rnn 3 sequences -> lstm 6 bidirectional -> fc 2 sigmoid
+"""
+TOKENS = "input seq 9 -> embed 5 vocab=20 -> lstm 4 sequences -> gru 3 bidirectional -> fc 4 softmax"
+EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS}
+EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
+            "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
+            "lstm_text_example": LSTM_TEXT, "xor_example": XOR}
+SPECS = {**{name: zoo_path(name).read_text() for name in zoo_names()}, **EXAMPLES, **EXTRA}
+FORWARD_MACS = 0.8e9  # per sample: the NumPy engine's float64 forward of bigger specs takes too long here
+
+
+def graph_of(name: str):
+    return compile_spec(SPECS[name], f"{name}.dlc")
+
+
+def net_of(graph):
+    return network(graph)["Net"]()
+
+
+def random_weights(graph, seed=0):
+    """Weights and bn statistics away from their initial constants, so every tensor's place matters."""
+    params, state = init_params(graph, seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    for d in (params, state):
+        for k, v in d.items():
+            v[...] = rng.uniform(0.5, 1.5, v.shape) if k.endswith(".var") else v + 0.1 * rng.standard_normal(v.shape)
+    return params, state
+
+
+def sample(graph, n=2, seed=1):
+    rng = np.random.default_rng(seed)
+    if graph.input.dtype.startswith("int"):
+        vocab = min(n.attrs["vocab"] for n in graph.nodes if n.kind == "embed")
+        return rng.integers(0, vocab, (n, *graph.input.out_shape))
+    return rng.standard_normal((n, *graph.input.out_shape))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_generated_file_compiles_counts_params_and_matches_numpy(name):
+    graph = graph_of(name)
+    net = net_of(graph)
+    trainable = sum(param_count(KINDS[n.kind], n.attrs, [graph.node(i).out_shape for i in n.inputs])[0]
+                    for n in graph.nodes)
+    assert sum(p.numel() for p in net.parameters()) == trainable  # what `dlc params` counts
+    macs = analyse(graph).totals.macs
+    x = sample(graph, n=1 if macs > 1e8 else 2)
+    if macs > FORWARD_MACS:
+        with torch.no_grad():
+            y = net.float().eval()(torch.from_numpy(x).float()[:1] if x.dtype.kind == "f" else torch.from_numpy(x)[:1])
+        assert tuple(y.shape[1:]) == graph.output.out_shape
+        return
+    params, state = random_weights(graph)
+    net.double().from_dlc({k: torch.from_numpy(v) for k, v in {**params, **state}.items()})
+    with torch.no_grad():
+        y = net.eval()(torch.from_numpy(x)).numpy()
+    expected = predict(graph, params, state, x)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name", ["recurrent", "tokens", "every_kind"])
+def test_load_dlc_and_save_dlc_convert_checkpoints_both_ways(name, tmp_path):
+    graph = graph_of(name)
+    params, state = random_weights(graph)
+    save_checkpoint(tmp_path / "in.npz", params, state)
+    net = network(graph)["Net"].load_dlc(tmp_path / "in.npz")  # float32 module: values rounded once
+    net.save_dlc(tmp_path / "out.npz")
+    p2, s2, _ = load_checkpoint(tmp_path / "out.npz", graph)
+    for mine, theirs in ((params, p2), (state, s2)):
+        assert set(mine) == set(theirs)
+        for k in mine:
+            np.testing.assert_array_equal(theirs[k], mine[k].astype(np.float32), err_msg=k)
+
+
+def test_export_command_writes_a_standalone_file(tmp_path):
+    out = tmp_path / "net.py"
+    r = CliRunner().invoke(main, ["export", "lenet5", "--format", "pytorch", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "61,706 params" in r.output  # conventions.md's LeNet-5
+    imported = set()
+    for node in ast.walk(ast.parse(out.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported == {"ast", "ctypes", "json", "math", "zipfile", "torch"}  # torch and the standard library
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import net\n"
+            "print(tuple(net.Net()(torch.zeros(2, 1, 32, 32)).shape))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert done.stdout.strip() == "(2, 10)", done.stderr[-2000:]
+    r = CliRunner().invoke(main, ["export", "lenet5", "--format", "pytorch", "-o", str(out), "--seed", "1"])
+    assert r.exit_code == 2 and "Net.load_dlc" in r.output
+
+
+# ------------------------------------------------------------------------------ the engine
+
+STEP_NET = "input 3@8x8 -> conv 6@3x3 pad=1 bn relu -> maxpool 2 -> fc 10 relu -> fc 4 softmax"
+STEP_CONFIGS = [
+    TrainConfig(loss="xent", optimizer="adam", lr=0.01, weight_decay=1e-3, maxnorm=1.5),
+    TrainConfig(loss="mse", optimizer="nesterov", lr=0.05, l1=1e-3),
+    TrainConfig(loss="hinge", optimizer="rmsprop", lr=0.01),
+]
+
+
+@pytest.mark.parametrize("cfg", STEP_CONFIGS, ids=lambda c: f"{c.loss}-{c.optimizer}")
+def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg):
+    graph = compile_spec(STEP_NET, "step.dlc")
+    params, state = init_params(graph, seed=3, dtype=np.float64)
+    fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
+    engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()},
+                                  {k: v.copy() for k, v in state.items()}, fresh),
+               torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(5):
+        x, y = rng.standard_normal((16, 3, 8, 8)), rng.integers(0, 4, 16)
+        step = []
+        for e in engines:
+            value, _ = e.loss_and_grads(x, y, np.random.default_rng(1))
+            e.update(cfg.lr)
+            step.append(value)
+        losses.append(step)
+    print("numpy/torch losses", cfg.loss, cfg.optimizer, losses)
+    np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
+    assert losses[-1][0] < losses[0][0]  # it learns
+    (pn, sn), (pt, st) = (e.weights(copy=True) for e in engines)
+    for k in pn:
+        # atol: conv1.b feeds bn, which cancels it; its gradient is rounding noise that adam scales up
+        np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-8, err_msg=k)
+    for k in sn:
+        np.testing.assert_allclose(st[k], sn[k], rtol=1e-9, atol=1e-8, err_msg=k)
+
+
+def train(*args):
+    return CliRunner().invoke(main, ["train", *map(str, args)])
+
+
+SMALL = "input 1@12x12 -> conv 8@3x3 relu -> maxpool 2 -> dropout 0.1 -> fc 10 softmax"
+GLYPHS = ["--n-train", "400", "--n-val", "100", "--n-test", "100", "--batch", "32", "--optimizer", "momentum"]
+
+
+def final(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())["final"]
+
+
+@pytest.mark.slow
+def test_switching_engines_on_resume_continues_the_run(tmp_path):
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    assert train("-e", SMALL, *GLYPHS, "--epochs", "2", "--out", whole, "-q").exit_code == 0
+    r = train("-e", SMALL, *GLYPHS, "--epochs", "1", "--out", half, "-q", "--engine", "torch", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = train("--resume", half, "--epochs", "2", "-q")  # the NumPy engine continues torch's checkpoint
+    assert r.exit_code == 0, r.output
+    assert final(half)["step"] == final(whole)["step"] == 2 * 13
+    # dropout draws from torch's generator in the first epoch, so the runs differ, but only a little
+    assert abs(final(half)["train_loss"] - final(whole)["train_loss"]) < 0.5
+    _, _, meta = load_checkpoint(half / "last.npz")
+    assert meta["position"]["epoch"] == 2
+    r = train("--resume", half, "--epochs", "3", "-q", "--engine", "torch", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert final(half)["epoch"] == 3
+
+
+def test_a_missing_gpu_or_a_cpu_engine_on_cuda_is_a_message(tmp_path):
+    r = train("-e", SMALL, "--engine", "numpy", "--device", "cuda", "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "numpy engine runs on the CPU" in r.output
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = train("-e", SMALL, "--engine", "torch", "--device", "cuda", "--out", tmp_path / "b")
+    assert r.exit_code == 2, r.output
+    assert ("CPU build" if torch.version.cuda is None else "no GPU") in r.output
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_dropout_draws_resume_exactly_on_torch(tmp_path):
+    # the torch generator's state goes into the checkpoint: two epochs equal one and a resumed one
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    torch_args = ["--engine", "torch", "--device", "cpu", "-q"]
+    assert train("-e", SMALL, *GLYPHS, "--epochs", "2", "--out", whole, *torch_args).exit_code == 0
+    assert train("-e", SMALL, *GLYPHS, "--epochs", "1", "--out", half, *torch_args).exit_code == 0
+    assert train("--resume", half, "--epochs", "2", *torch_args).exit_code == 0
+    a, b = load_checkpoint(whole / "last.npz")[0], load_checkpoint(half / "last.npz")[0]
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
+def test_two_processes_with_gloo_take_the_steps_of_one_with_twice_the_batch(tmp_path):
+    # Process r reads every other sample of the padded order, so step k of the two together reads
+    # the samples of step k of one process with twice the batch, and the averaged gradient of two
+    # half-batch means is the whole batch's mean: the same weights (no dropout or bn, which differ).
+    net = "input 1@12x12 -> conv 8@3x3 relu -> maxpool 2 -> fc 10 softmax"
+    data = ["--n-train", "400", "--n-val", "100", "--n-test", "100", "--optimizer", "momentum", "--lr", "0.05"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "dlc", "train"]
+    done = subprocess.run(launch + ["-e", net, *data, "--batch", "16", "--epochs", "1", "--engine", "torch",
+                                    "--device", "cpu", "--out", str(ddp), "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout)  # rank 0 alone prints: one JSON document
+    assert doc["epochs"] == 1
+    # 400 samples: 200 per process, ceil(200 / 16) = 13 steps
+    assert final(ddp)["step"] == 13 and len((ddp / "log.jsonl").read_text().splitlines()) == 1
+    r = train("-e", net, *data, "--batch", "32", "--epochs", "1", "--engine", "torch", "--device", "cpu",
+              "--out", single, "-q")
+    assert r.exit_code == 0, r.output
+    a, b = load_checkpoint(ddp / "last.npz")[0], load_checkpoint(single / "last.npz")[0]
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert final(ddp)["val_accuracy"] == final(single)["val_accuracy"]
+    done = subprocess.run(launch + ["--resume", str(ddp), "--epochs", "2", "--engine", "torch", "--device", "cpu",
+                                    "-q"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert final(ddp)["step"] == 26 and len((ddp / "log.jsonl").read_text().splitlines()) == 2
+    assert done.stdout == ""  # --quiet; rank 1 prints nothing either
+
+
+def test_shards_are_distributed_sampler_shards():
+    from dlc.train.loop import shard
+
+    from torch.utils.data import DistributedSampler
+
+    order = np.array([5, 3, 0, 4, 1, 2, 6])
+    # DistributedSampler pads with the order's start, then takes every world-th: by hand, and as torch does
+    assert [shard(order, r, 3).tolist() for r in range(3)] == [[5, 4, 6], [3, 1, 5], [0, 2, 3]]
+    for r in range(3):
+        sampler = DistributedSampler(list(range(7)), num_replicas=3, rank=r, shuffle=False)
+        assert shard(order, r, 3).tolist() == order[list(sampler)].tolist()

@@ -182,13 +182,14 @@ def test_bad_flag_values_are_refused(tmp_path, flags, reason):
 def test_bad_spec_settings_are_refused_where_they_stand(tmp_path, setting):
     key = setting.split()[-1].split("=")[0]
     r = run("-e", f"input 2 -> fc 1 sigmoid\ntrain {setting}", "--out", tmp_path / "o")
-    refused(r, rf"<expr>:2:\d+: .*{key}=", rf"\n    train {re.escape(setting)}\n +\^+")
+    # located: the message names the setting, or (a number past float's range) the value itself
+    refused(r, rf"<expr>:2:\d+: .*({key}=|too large for a number)", rf"\n    train {re.escape(setting)}\n +\^+")
 
 
 def test_sizes_beyond_memory_are_refused_with_the_figure(tmp_path, monkeypatch):
-    import dlc.commands.arguments as arguments
+    import dlc.memory as memory
 
-    monkeypatch.setattr(arguments, "available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
     # 10^8 training images of 1@32x32 plus glyphs' 1,000 + 1,000 others, 4 bytes a value:
     # 100,002,000 x 1,024 x 4 = 409,608,192,000 bytes = 381.48 GiB
     r = run("-e", "input 1@32x32 -> fc 10 softmax", "--n-train", "100000000", "--out", tmp_path / "o")

@@ -122,6 +122,7 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val
                    normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
     """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set."""
     from dlc.train.builtin import BUILTIN_SIZES
+    from dlc.memory import refuse_unless_fits
     from dlc.train.sources import data_source
 
     src = data_source(default_data(graph) if data is None else data, reshape=reshape, val=val, seed=cfg.seed,

@@ -149,8 +149,8 @@ def test_block_calls_are_kept_in_the_graph_outermost_first():
     # a repeated group runs each call statement once per turn: four calls, four boxes when collapsed
     assert [calls[f"inner{i}.fc1"].text for i in (1, 2, 3, 4)] == ["inner(4)", "inner(5)", "inner(4)", "inner(5)"]
     assert calls["fc1"] is None and calls["input"] is None
-    assert [b.name for b in diagram(analyse(g), collapse=True).boxes] == ["input", "outer1", "inner1", "inner2", "inner3",
-                                                                 "inner4", "fc1"]
+    assert [b.name for b in diagram(analyse(g), collapse=True).boxes] == ["input", "outer1", "inner1", "inner2",
+                                                                          "inner3", "inner4", "fc1"]
 
 
 def test_all_draws_every_node(tmp_path):
@@ -295,3 +295,22 @@ def test_collapse_is_refused_for_an_onnx_model(tmp_path):
     path = exported(tmp_path, "lenet5")
     r = run("draw", path, "-o", tmp_path / "net.svg", "--collapse")
     assert r.exit_code == 2 and "--collapse" in r.output and "Traceback" not in r.output
+
+
+def test_shape_gives_the_dimensions_a_pytorch_export_leaves_free(tmp_path):
+    torch = pytest.importorskip("torch")
+    import torch_models
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 2))
+    path = tmp_path / "net.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 32, 32),), dynamo=False, input_names=["x"],
+                        dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    r = run("draw", path, "-o", tmp_path / "net.svg")
+    assert r.exit_code == 2 and "--shape" in r.output and "Traceback" not in r.output
+    b = boxes(draw_svg(tmp_path, path, "--shape", "3@64x64"))
+    # conv 3*8*9 + 8 with its relu, the global pool, the flatten and fc 8*2 + 2
+    assert [v["lines"][1:] for v in b.values()] == [["input", "3@64x64"], ["Conv 8@3x3 Relu", "8@64x64 · 224 params"],
+                                                     ["GlobalAveragePool", "8@1x1"], ["Flatten", "8"],
+                                                     ["Gemm 2", "2 · 18 params"]]

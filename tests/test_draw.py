@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from dlc.cli import main
 from dlc.compile import compile_spec
+from dlc.analysis import analyse
 from dlc.draw.boxes import diagram
 from dlc.draw.layout import structure
 from dlc.zoo import zoo_path
@@ -109,7 +110,7 @@ def test_googlenet_draws_each_inception_module_as_four_branches(tmp_path):
 
 
 def test_unet_skips_are_four_nested_lanes():
-    d = diagram(zoo_graph("unet"))
+    d = diagram(analyse(zoo_graph("unet")))
     skips = []
     column = structure([b.name for b in d.boxes], {b.name: b.inputs for b in d.boxes})
     while True:
@@ -148,8 +149,8 @@ def test_block_calls_are_kept_in_the_graph_outermost_first():
     # a repeated group runs each call statement once per turn: four calls, four boxes when collapsed
     assert [calls[f"inner{i}.fc1"].text for i in (1, 2, 3, 4)] == ["inner(4)", "inner(5)", "inner(4)", "inner(5)"]
     assert calls["fc1"] is None and calls["input"] is None
-    assert [b.name for b in diagram(g, collapse=True).boxes] == ["input", "outer1", "inner1", "inner2", "inner3",
-                                                                 "inner4", "fc1"]
+    assert [b.name for b in diagram(analyse(g), collapse=True).boxes] == ["input", "outer1", "inner1", "inner2",
+                                                                          "inner3", "inner4", "fc1"]
 
 
 def test_all_draws_every_node(tmp_path):
@@ -212,3 +213,104 @@ def test_a_label_read_twice_runs_down_the_lane_into_both_merges(tmp_path):
     add1 = b["add1"]
     side = f"{add1['x'] + add1['w']:.1f},{add1['y'] + add1['h'] / 2:.1f}"
     assert sum(d.endswith(side) for d in paths) == 1  # into add1's right side, not across fc2
+
+
+# --- ONNX models: one box per row of `dlc shapes MODEL.onnx`, laid out as a spec is ---------------------
+
+def exported(tmp_path, name: str):
+    path = tmp_path / f"{name}.onnx"
+    r = run("export", name, "-o", path)
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def svg_text(svg: ET.Element) -> str:
+    return " ".join(t.text or "" for t in svg.iter() if t.tag in (f"{SVG}text", f"{SVG}title"))
+
+
+def test_dlcs_export_of_resnet18_draws_as_its_spec(tmp_path):
+    svg = draw_svg(tmp_path, exported(tmp_path, "resnet18"))
+    b = boxes(svg)
+    # the export keeps the spec's layer names, and its rows are the spec's rows
+    assert list(b) == list(boxes(draw_svg(tmp_path, "resnet18")))
+    text = svg_text(svg)
+    for name in [n.name for n in zoo_graph("resnet18").nodes if n.kind in ("conv", "bn", "fc")]:
+        assert re.search(rf"(^|[ +]){re.escape(name)}($|[ +])", text), name
+    assert b["conv1"]["lines"][1:] == ["conv 64@7x7/2 pad=3 bn relu", "64@112x112 · 9,536 params"]  # 3*64*49 + 2*64
+
+
+def test_dlcs_export_of_googlenet_keeps_the_four_branches(tmp_path):
+    b = boxes(draw_svg(tmp_path, exported(tmp_path, "googlenet")))
+    assert sum(1 for name in b if name.endswith(".concat1")) == 9
+    heads = [b[f"inception4.{n}"] for n in ("conv1", "conv2", "conv4", "maxpool1")]
+    assert len({h["y"] for h in heads}) == 1
+    assert all(a["x"] + a["w"] < c["x"] for a, c in zip(heads, heads[1:]))
+    assert b["inception4.concat1"]["lines"][2] == "512@14x14"  # 4a: 192 + 208 + 48 + 64
+
+
+@pytest.fixture(scope="module")
+def torch_resnet18(tmp_path_factory):
+    """torch_models' ResNet-18 through PyTorch's TorchScript exporter, and the torch module itself."""
+    torch = pytest.importorskip("torch")
+    import torch_models
+
+    net = torch_models.resnet18()
+    path = tmp_path_factory.mktemp("torch") / "resnet18.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=False)
+    return path, net
+
+
+def test_a_pytorch_resnet18_is_one_box_per_layer(tmp_path, torch_resnet18):
+    import onnx
+    from torch import nn
+
+    path, net = torch_resnet18
+    for suffix in (".mmd", ".dot"):
+        assert run("draw", path, "-o", tmp_path / f"net{suffix}").exit_code == 0
+    svg = draw_svg(tmp_path, path)
+    b = boxes(svg)
+    # input; stem conv (bn and relu folded in) and maxpool; 8 blocks of two convs and an add (its relu
+    # folded in); 3 projection shortcuts; global pool, flatten, fc
+    assert len(b) == 1 + 2 + 8 * 3 + 3 + 3
+    text = svg_text(svg)
+    model = onnx.load(path)
+    weights = {t.name for t in model.graph.initializer if t.dims and t.data_type == onnx.TensorProto.FLOAT}
+    # (the exporter stores the folded biases, all zero here, once and hands them on through Identity nodes)
+    weighted = [n.name for n in model.graph.node if n.op_type != "Identity" and any(i in weights for i in n.input)]
+    assert len(weighted) == 20 + 1  # the 20 convs of torchvision's ResNet-18 (bn folded) and the fc
+    for name in weighted:
+        assert re.search(rf"(^|[ +]){re.escape(name)}($|[ +])", text), name
+    # a box for each conv and each linear module of the torch model
+    kinds = [v["lines"][1].split()[0] for v in b.values()]
+    assert kinds.count("Conv") == sum(isinstance(m, nn.Conv2d) for m in net.modules())
+    assert kinds.count("Gemm") == sum(isinstance(m, nn.Linear) for m in net.modules())
+    # a projection shortcut stands beside the block's first conv, the add below both
+    body, shortcut = b["/stages/stages.2/body/body.0/body.0.0/Conv"], b["/stages/stages.2/shortcut/shortcut.0/Conv"]
+    assert body["y"] == shortcut["y"] and body["x"] + body["w"] <= shortcut["x"]
+    assert b["/stages/stages.2/Add"]["y"] > body["y"]
+    assert shortcut["lines"][1:] == ["Conv 128@1x1/2", "128@28x28 · 8,192 params"]  # 64*128, bias folded: zero
+
+
+def test_collapse_is_refused_for_an_onnx_model(tmp_path):
+    path = exported(tmp_path, "lenet5")
+    r = run("draw", path, "-o", tmp_path / "net.svg", "--collapse")
+    assert r.exit_code == 2 and "--collapse" in r.output and "Traceback" not in r.output
+
+
+def test_shape_gives_the_dimensions_a_pytorch_export_leaves_free(tmp_path):
+    torch = pytest.importorskip("torch")
+    import torch_models
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 2))
+    path = tmp_path / "net.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 32, 32),), dynamo=False, input_names=["x"],
+                        dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    r = run("draw", path, "-o", tmp_path / "net.svg")
+    assert r.exit_code == 2 and "--shape" in r.output and "Traceback" not in r.output
+    b = boxes(draw_svg(tmp_path, path, "--shape", "3@64x64"))
+    # conv 3*8*9 + 8 with its relu, the global pool, the flatten and fc 8*2 + 2
+    assert [v["lines"][1:] for v in b.values()] == [["input", "3@64x64"], ["Conv 8@3x3 Relu", "8@64x64 · 224 params"],
+                                                     ["GlobalAveragePool", "8@1x1"], ["Flatten", "8"],
+                                                     ["Gemm 2", "2 · 18 params"]]

@@ -1,7 +1,7 @@
 """Pictures: `dlc draw` (the network as a diagram) and `dlc plot` (training runs as curves).
 
-`draw` is an analysis command and imports neither numpy nor onnx; `plot` imports matplotlib only to
-write a file, from the optional `plot` extra.
+`draw` is an analysis command: on a spec it imports neither numpy nor onnx, on an .onnx model only onnx;
+`plot` imports matplotlib only to write a file, from the optional `plot` extra.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import load_graph, spec_input
+from dlc.commands.arguments import is_onnx, shape_option, spec_input
 from dlc.errors import DlcError
 
 DRAW_FORMATS = {".svg": "dlc.draw.svg", ".mmd": "dlc.draw.mermaid", ".dot": "dlc.draw.dot"}
@@ -24,9 +24,12 @@ DRAW_FORMATS = {".svg": "dlc.draw.svg", ".mmd": "dlc.draw.mermaid", ".dot": "dlc
               help="Where to write: .svg (a laid-out diagram), .mmd (Mermaid) or .dot (Graphviz).")
 @click.option("--all", "every_node", is_flag=True, help="One box per node instead of folding suffix layers.")
 @click.option("--collapse", is_flag=True, help="One box per block call, its repeats included (`basic(64) x2`).")
-def draw(spec, expr, out, every_node, collapse):
-    """The network as a diagram, top to bottom: one box per row of `dlc shapes`, branches side by side."""
+@shape_option
+def draw(spec, expr, out, every_node, collapse, shapes):
+    """The network as a diagram, top to bottom: one box per row of `dlc shapes`, branches side by side.
+    SPEC may also be an .onnx model: one box per row of `dlc shapes MODEL.onnx`."""
     from dlc.atomic import atomic_write
+    from dlc.commands.analysis import analyse_input
     from dlc.draw.boxes import diagram
 
     writer = DRAW_FORMATS.get(out.suffix.lower())
@@ -34,8 +37,10 @@ def draw(spec, expr, out, every_node, collapse):
         raise DlcError(f"cannot draw to {out}: give a file ending in {', '.join(DRAW_FORMATS)}")
     if spec is not None and spec != "-" and out.exists() and Path(spec).exists() and os.path.samefile(out, spec):
         raise DlcError(f"-o {out} is the spec itself; choose another file")
-    graph = load_graph(spec, expr)
-    text = importlib.import_module(writer).render(diagram(graph, every_node, collapse))
+    if collapse and is_onnx(spec) and expr is None:
+        raise DlcError("--collapse folds a spec's block calls; an .onnx model has none (draw it without --collapse)")
+    analysed = analyse_input(spec, expr, shapes).result
+    text = importlib.import_module(writer).render(diagram(analysed, every_node, collapse))
     with atomic_write(out, "w") as f:
         f.write(text)
     click.echo(f"wrote {out}")

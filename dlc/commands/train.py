@@ -53,6 +53,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--save-every", type=click.IntRange(min=1), metavar="STEPS",
               help="Checkpoint every N steps within an epoch (default: every 60 seconds).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
+@click.option("--plot", is_flag=True, help="At the end, draw the loss and accuracy curves into the run folder's "
+              "curves.png (needs the `plot` extra; --repeat: mean ± std over the seeds).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.option("--engine", type=click.Choice(choices.TRAIN_ENGINES), default="numpy", show_default=True,
@@ -60,8 +62,13 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, save_every, repeat, quiet, as_json, engine, device, **keys):
+          mixup, out, resume, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
+    from dlc import plot as curves
+
+    if plot and not curves.available():  # before any data is loaded or epoch run
+        raise DlcError("--plot draws with matplotlib, which is not installed: pip install 'dlc[plot]'")
+
     from dlc.engine.allocator import tune_allocator
     from dlc.torch import launched
     from dlc.train.augment import Augment
@@ -76,13 +83,15 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         graph, cfg, src, norm, checkpoint = load_resume(resume, spec, expr, keys)
         classes = output_width(graph)
         runs = [(cfg, resume, checkpoint)]
+        root = resume
     else:
         graph = load_graph(spec, expr)
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
         norm = None
-        runs = fresh_runs(cfg, out or fresh_out(graph), repeat, check=writer)
+        root = out or fresh_out(graph)
+        runs = fresh_runs(cfg, root, repeat, check=writer)
     try:
         data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                     norm=norm, on_phase=display.phase)
@@ -110,7 +119,10 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
             break
     if not writer:
         return
-    print_summary(docs[0] if len(docs) == 1 else aggregate(docs), len(docs), quiet, as_json)
+    summary = docs[0] if len(docs) == 1 else aggregate(docs)
+    if plot and any(d["epochs"] for d in docs):  # a run stopped in its first epoch has no curve yet
+        summary["curves"] = str(curves.write_curves(root))
+    print_summary(summary, len(docs), quiet, as_json, root)
     stopped = next((d for d in docs if d["stopped"]), None)
     if stopped:
         click.echo(f"error: {stopped['message']}" if stopped["stopped"] == "diverged" else stopped["message"],

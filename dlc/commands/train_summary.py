@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -63,8 +65,10 @@ def aggregate(docs: list[dict]) -> dict:
     return doc
 
 
-def print_summary(summary: dict, runs: int, quiet: bool, as_json: bool) -> None:
-    """One JSON object with --json; else the closing table and where the runs went (none when quiet)."""
+def print_summary(summary: dict, runs: int, quiet: bool, as_json: bool, root: Path | None = None) -> None:
+    """One JSON object with --json; else the closing table, where the runs went and their curves (written
+    by --plot, or how to draw them from `root`, the run folder or the folder of a --repeat's seeds);
+    nothing when quiet."""
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     elif not quiet:
@@ -82,3 +86,12 @@ def print_summary(summary: dict, runs: int, quiet: bool, as_json: bool) -> None:
         secs = summary["seconds"]["mean"] if isinstance(summary["seconds"], dict) else summary["seconds"]
         console.print(f"{runs} run(s), {secs:.1f} s each, "
                       f"{'-' if ips is None else format(ips, ',.0f')} img/s; written to {outs}")
+        # click, not rich: a path is neither wrapped at the console's width nor read as markup, so the
+        # line can be copied whole
+        if summary.get("curves"):
+            click.echo(f"curves: {summary['curves']}")
+        elif root is not None:
+            from dlc.plot import CURVES, available
+
+            if available():
+                click.echo(f"draw the curves: dlc plot {shlex.quote(str(root))} -o {shlex.quote(str(root / CURVES))}")

@@ -1,11 +1,12 @@
-"""The boxes of a diagram and what each reads: the analysis table's rows, or block calls folded whole."""
+"""The boxes of a diagram and what each reads: the analysis table's rows, or block calls folded whole.
+The rows are those of `dlc summary`, so a spec and an ONNX model (dlc.onnx.analysis) draw alike."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlc.analysis import analyse
-from dlc.graph import BlockCall, Graph
+from dlc.analysis import Analysis
+from dlc.graph import BlockCall
 from dlc.report import Row, rows
 
 
@@ -13,7 +14,7 @@ from dlc.report import Row, rows
 class Box:
     name: str  # the table row's name; "basic1 … basic2" for a collapsed block call and its repeats
     text: str  # the spec text of the row, or the block call as written ("basic(64) x2")
-    kind: str  # the kind of its first node; "block" for a collapsed block call
+    kind: str  # the kind of its first node (an ONNX op type for a model); "block" for a collapsed block call
     out_shape: tuple[int, ...]
     params: int  # trainable
     nodes: list[str]  # every graph node it stands for
@@ -26,11 +27,12 @@ class Diagram:
     boxes: list[Box]  # in the graph's (topological) order
 
 
-def diagram(graph: Graph, every_node: bool = False, collapse: bool = False) -> Diagram:
+def diagram(analysis: Analysis, every_node: bool = False, collapse: bool = False) -> Diagram:
     """One box per row of `dlc shapes` (per node with every_node); with collapse, one box per top-level
     block call, its repeats included."""
+    graph = analysis.graph
     groups: list[tuple[BlockCall | None, list[Row]]] = []
-    for row in rows(analyse(graph), every_node):
+    for row in rows(analysis, every_node):
         call = row.stats[0].node.call if collapse else None
         if call is not None and groups and groups[-1][0] == call:
             groups[-1][1].append(row)

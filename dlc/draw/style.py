@@ -24,7 +24,9 @@ def category(box: Box) -> str:
     """Read from the registry (weights, sliding window, merge), not from a list of kind names."""
     if box.kind in ("input", "block"):
         return box.kind
-    kind = KINDS[box.kind]
+    kind = KINDS.get(box.kind)
+    if kind is None:
+        return _onnx_category(box)
     if kind.merge:
         return "merge"
     if box.params and kind.size in ("conv", "window"):
@@ -39,3 +41,13 @@ def lines(box: Box) -> list[str]:
     text = box.text if len(box.text) <= MAX_TEXT else box.text[:MAX_TEXT - 1] + "…"
     shape = show(box.out_shape) + (f" · {box.params:,} params" if box.params else "")
     return [box.name, text, shape]
+
+
+def _onnx_category(box: Box) -> str:
+    """An ONNX operator, which has no registry entry: what it reads and holds, and the standard's op names
+    (Conv, ConvTranspose; MaxPool, AveragePool, LpPool slide a window; a Global…Pool is plain, as gap is)."""
+    if len(box.inputs) > 1:
+        return "merge"
+    if box.params:
+        return "conv" if box.kind.startswith("Conv") else "dense"
+    return "pool" if box.kind.endswith("Pool") and not box.kind.startswith("Global") else "plain"

@@ -8,6 +8,7 @@ the CLI back and the analysis commands start without numpy, onnx or onnxruntime.
 from __future__ import annotations
 
 import importlib
+import keyword
 import sys
 
 import click
@@ -31,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "infer": "dlc.commands.onnx",
     "bench": "dlc.commands.onnx",
     "train": "dlc.commands.train",
+    "import": "dlc.commands.importer",
 }
 
 
@@ -50,7 +52,9 @@ class Commands(click.Group):
         module = COMMANDS.get(name)
         if module is None:
             return None
-        return getattr(importlib.import_module(module), name.replace("-", "_"))
+        attr = name.replace("-", "_")
+        # a command named after a Python keyword (`import`) is defined as `import_`, PEP 8's spelling
+        return getattr(importlib.import_module(module), attr + "_" if keyword.iskeyword(attr) else attr)
 
     def invoke(self, ctx: click.Context):
         try:

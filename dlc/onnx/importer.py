@@ -147,7 +147,9 @@ def options(**values) -> str:
     """`key=value` words for the options that differ from their default (given as (value, default))."""
     words = []
     for key, (value, default) in values.items():
-        if value != default:
+        # float32 attributes (alpha=1e-4 stored as 9.99999974e-05) are their defaults if close
+        same = math.isclose(value, default, rel_tol=1e-6) if isinstance(value, float) else value == default
+        if not same:
             words.append(f"{key}={'on' if value is True else 'off' if value is False else f'{value:.6g}'}")
     return "".join(" " + w for w in words)
 
@@ -402,10 +404,11 @@ def import_gelu(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def gelu_erf_form(r: Reader, n: onnx.NodeProto) -> Found | None:
-    """x * 0.5 * (1 + erf(x / sqrt 2)) as the TorchScript exporter writes it: Div, Erf, Add, Mul, Mul
-    (the 0.5 on either product)."""
+    """x * 0.5 * (1 + erf(x / sqrt 2)) as exporters write it: Div by sqrt 2 (or Mul by its inverse),
+    Erf, Add 1, Mul by x, Mul by 0.5 (the 0.5 on either product)."""
     x = n.input[0]
-    if n.op_type != "Div" or not np.isclose(const_scalar(r, n.input[1]), math.sqrt(2), rtol=1e-5):
+    scale = const_scalar(r, n.input[1])
+    if not np.isclose(scale, math.sqrt(2) if n.op_type == "Div" else 1 / math.sqrt(2), rtol=1e-5):
         return None
     erf = r.only_consumer(n.output[0])
     add = erf and r.only_consumer(erf.output[0])
@@ -501,6 +504,11 @@ def recurrent(kind: str) -> Pattern:
     """An ONNX RNN/LSTM/GRU between the exporters' transposes: (N, T, D) in, and out either every step
     (N, T, dirs*H) as `sequences` or the final state (N, dirs*H)."""
     def match(r: Reader, n: onnx.NodeProto) -> Found | None:
+        if n.op_type == "Transpose":  # the pattern starts at the transpose to time-major
+            after = r.only_consumer(n.output[0])
+            if after is None or after.op_type != kind.upper() or list(attributes(n).get("perm", [])) != [1, 0, 2]:
+                return None
+            n = after
         a = attributes(n)
         if a.get("layout", 0):
             raise NotImportable("layout=1 (batch first inside the operator) is not what dlc's lowering reads")
@@ -592,15 +600,15 @@ IMPORT: dict[str, Import] = {
     "softmax": Import(("Softmax",), import_softmax),
     "elu": Import(("Elu",), import_elu),
     "selu": Import(("Selu",), import_selu),
-    "gelu": Import(("Gelu", "Div"), import_gelu),
+    "gelu": Import(("Gelu", "Div", "Mul"), import_gelu),
     "leaky": Import(("LeakyRelu",), import_leaky),
     # An Identity operator passes its tensor on: it imports as no layer at all.
     "identity": Import(("Identity",), import_identity),
     "upsample": Import(("Resize", "Upsample"), import_upsample),
     "embed": Import(("Gather",), import_embed),
-    "rnn": Import(("RNN",), recurrent("rnn")),
-    "lstm": Import(("LSTM",), recurrent("lstm")),
-    "gru": Import(("GRU",), recurrent("gru")),
+    "rnn": Import(("Transpose", "RNN"), recurrent("rnn")),
+    "lstm": Import(("Transpose", "LSTM"), recurrent("lstm")),
+    "gru": Import(("Transpose", "GRU"), recurrent("gru")),
     "add": Import(("Add", "Sum"), import_add),
     "concat": Import(("Concat",), import_concat),
 }

@@ -1,0 +1,116 @@
+"""`dlc import`: models PyTorch exported (both exporters) become a spec and a checkpoint that reproduce
+onnxruntime's outputs on the original file, through dlc's NumPy engine and through dlc's own export.
+
+The expectation is onnxruntime's output on the file PyTorch wrote, never dlc's own figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlc.cli import main
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")  # the dynamo exporter needs it
+ort = pytest.importorskip("onnxruntime")
+
+from torch import nn  # noqa: E402
+
+import torch_models  # noqa: E402
+from test_onnx_torch import EXPORTERS, with_distinct_bn  # noqa: E402
+
+TOLERANCE = 1e-4  # relative to the largest output
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def onnxruntime_output(path, x: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(y - ref).max() / np.abs(ref).max())
+
+
+def imported(tmp, path):
+    r = run("import", path, "-o", tmp / "net.dlc")
+    assert r.exit_code == 0, r.output
+    return tmp / "net.dlc", tmp / "net.npz"
+
+
+@pytest.fixture(scope="session", params=[(n, e) for n in ("resnet18", "mobilenet_v2", "googlenet")
+                                         for e in EXPORTERS], ids=lambda p: f"{p[0]}-{p[1]}")
+def exported(request, tmp_path_factory):
+    """Each model exported once per session, with random bn statistics so folded biases are not zero."""
+    name, exporter = request.param
+    net = with_distinct_bn(getattr(torch_models, name)())
+    folder = tmp_path_factory.mktemp(f"import_{name}_{exporter}")
+    torch_models.export(net, folder / f"{name}.onnx", (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
+    return folder, folder / f"{name}.onnx"
+
+
+def test_googlenet_fixture_has_torchvisions_parameter_count():
+    assert sum(p.numel() for p in torch_models.googlenet().parameters()) == 6_624_904
+
+
+def test_round_trip_reproduces_onnxruntime_on_the_original(exported):
+    folder, path = exported
+    spec, weights = imported(folder, path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.save(folder / "x.npy", x)
+    ref = onnxruntime_output(path, x)
+
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", folder / "x.npy",
+            "--out", folder / "y_numpy.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(folder / "y_numpy.npy"), ref) <= TOLERANCE
+
+    r = run("export", spec, "--weights", weights, "-o", folder / "back.onnx")
+    assert r.exit_code == 0, r.output
+    assert relative_error(onnxruntime_output(folder / "back.onnx", x), ref) <= TOLERANCE
+
+
+# Every kind an ONNX pattern imports, through dlc's own lowerings (the TorchScript-style Erf form of
+# gelu at opset 13, the Gelu operator at 20).
+KIND_SPECS = {
+    "image": "input 3@16x16 -> conv 8@3x3 pad=1 bn relu -> dwconv 3x3/2 pad=same mult=2 bias=off bn relu6 "
+             "-> lrn 5 -> conv 8@3x3 dil=2 pad=2 groups=2 elu alpha=0.5 -> add( conv 8@1x1 leaky alpha=0.2 "
+             "| identity ) -> concat( maxpool 3/1 pad=1 ceil | avgpool 3/1 pad=1 ) -> upconv 4@2x2/2 selu "
+             "-> upsample 2 -> maxpool 2 -> conv 4@3x3 pad=1 gelu sigmoid tanh -> gap -> dropout 0.3 "
+             "-> fc 10 softmax",
+    "vector": "input 2@4x4 -> conv 4@3x3 -> gmp -> bn -> fc 3 bias=off -> flatten -> fc 2",
+    "flatten": "input 2@4x4 -> flatten -> fc 3",
+    "sequence": "input seq 6 -> embed 4 vocab=9 -> rnn 3 bidirectional sequences -> gru 3 sequences "
+                "-> lstm 5 bidirectional -> fc 2 softmax",
+}
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+@pytest.mark.parametrize("name", KIND_SPECS)
+def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
+    from dlc.compile import compile_spec
+    from dlc.engine.params import init_params, save_checkpoint
+    from dlc.onnx.export import save_model, to_onnx
+
+    graph = compile_spec(KIND_SPECS[name])
+    params, state = init_params(graph, seed=1)
+    rng = np.random.default_rng(2)
+    for k in state:  # bn statistics away from (0, 1), so import mixing them up would show
+        state[k] = rng.uniform(0.5, 1.5, state[k].shape).astype(np.float32)
+    for k in params:
+        if k.endswith((".b", ".B", ".beta")):
+            params[k] = rng.uniform(-0.5, 0.5, params[k].shape).astype(np.float32)
+    save_model(to_onnx(graph, params, state, opset=opset), tmp_path / "m.onnx")
+    spec, weights = imported(tmp_path, tmp_path / "m.onnx")
+    shape = (2, *graph.input.out_shape)
+    x = rng.integers(0, 9, shape) if name == "sequence" else rng.standard_normal(shape).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(tmp_path / "m.onnx", x)) <= TOLERANCE

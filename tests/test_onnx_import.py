@@ -114,3 +114,51 @@ def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
             "--out", tmp_path / "y.npy")
     assert r.exit_code == 0, r.output
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(tmp_path / "m.onnx", x)) <= TOLERANCE
+
+
+def test_fine_tuning_an_imported_network_trains_only_its_head(tmp_path):
+    """Transfer learning as the course notes describe it: import, freeze the features, train a new head."""
+    from dlc.compile import compile_spec
+    from dlc.engine.params import load_checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 10), nn.Softmax(dim=1))
+    with torch.no_grad():  # running statistics of its own (not PyTorch's fresh 0 and 1) for the freeze to keep
+        net.train()
+        for _ in range(20):
+            net(torch.rand(64, 1, 16, 16))
+    # PRESERVE keeps BatchNormalization as an operator, so the import has running statistics to freeze
+    torch_models.export(net, tmp_path / "small.onnx", (torch.randn(1, 1, 16, 16),), dynamo=False,
+                        training=torch.onnx.TrainingMode.PRESERVE)
+    spec, weights = imported(tmp_path, tmp_path / "small.onnx")
+    graph = compile_spec(spec.read_text())
+    head = [n for n in graph.nodes if n.kind == "fc"][-1]
+    assert [n.kind for n in graph.nodes] == ["input", "conv", "bn", "relu", "maxpool", "flatten", "fc", "softmax"]
+    # the spec's own train statement names the freeze point, as `train freeze=LABEL` does
+    spec.write_text(spec.read_text() + f"train freeze={head.inputs[0]} optimizer=adam lr=0.01\n")
+    before, before_state, _ = load_checkpoint(weights)
+    r = run("train", spec, "--weights", weights, "--data", "glyphs", "--n-train", 256, "--n-val", 0, "--n-test", 0,
+            "--batch", 32, "--epochs", 3, "--out", tmp_path / "run", "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    after, after_state, meta = load_checkpoint(tmp_path / "run" / "last.npz")
+    for name in before:
+        changed = not np.array_equal(before[name], after[name])
+        assert changed == name.startswith(head.name + "."), name
+    for name in before_state:  # the frozen bn's statistics are those of the import, bit for bit
+        assert np.array_equal(before_state[name], after_state[name]), name
+    losses = [json_line["train_loss"] for json_line in meta_history(tmp_path / "run")]
+    assert losses[-1] < losses[0]
+
+
+def meta_history(run_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_freeze_names_a_label_or_layer_the_spec_has(tmp_path):
+    r = run("train", "-e", "input 2 -> fc 4 relu as features -> fc 1 sigmoid", "--freeze", "featurs",
+            "--epochs", 1, "--out", tmp_path / "run", "--quiet")
+    assert r.exit_code == 2
+    assert "freeze=featurs" in r.output and "features" in r.output

@@ -48,13 +48,15 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--mixup", type=click.FloatRange(min=0), default=0.0, help="Augment: mixup with Beta(alpha, alpha).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<spec>-<time>).")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="DIR", help="Continue the run in DIR exactly.")
+@click.option("--weights", metavar="CKPT", help="Start from this checkpoint's weights (e.g. dlc import's NET.npz) "
+              "instead of fresh ones; with --freeze LABEL, train only the layers after LABEL.")
 @click.option("--save-every", type=click.IntRange(min=1), metavar="STEPS",
               help="Checkpoint every N steps within an epoch (default: every 60 seconds).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, save_every, repeat, quiet, as_json, **keys):
+          mixup, out, resume, weights, save_every, repeat, quiet, as_json, **keys):
     """Train SPEC on the NumPy engine; flags override the spec's `train` statement."""
     from dlc.engine.allocator import tune_allocator
     from dlc.train.augment import Augment
@@ -63,7 +65,10 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
 
     tune_allocator()
     display = Display(quiet or as_json)
+    start = None
     if resume is not None:
+        if weights:
+            raise DlcError("--weights starts a new run; --resume continues one with its own weights")
         graph, cfg, src, norm, checkpoint = load_resume(resume, spec, expr, keys)
         classes = output_width(graph)
         runs = [(cfg, resume, checkpoint)]
@@ -73,6 +78,10 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
         norm = None
+        if weights:
+            from dlc.engine.params import load_checkpoint
+
+            start = load_checkpoint(weights, graph)[:2]
         runs = fresh_runs(cfg, out or fresh_out(graph), repeat)
     data_arrays, norm = prepare(src, graph.input.out_shape, classes,
                                 tokens=graph.input.dtype.startswith("int"), norm=norm)
@@ -84,7 +93,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
         try:
             result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
-                                  save_every=save_every, on_event=display)
+                                  save_every=save_every, on_event=display, start=start)
         finally:
             display.close()
         docs.append(run_summary(result, data_arrays, data_arrays.notes))

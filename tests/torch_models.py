@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 
-def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, relu: str | None = "relu") -> nn.Sequential:
+def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
+            relu: str | None = "relu") -> nn.Sequential:
     layers = [nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
     if relu == "relu":
         layers.append(nn.ReLU(inplace=True))

@@ -45,7 +45,8 @@ def where(graph: Graph, n: Node) -> str:
 
 
 def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None, batch: int | None = None,
-            normalize: dict | None = None, data_file: str | None = None, limit: int = PROTOBUF_LIMIT) -> onnx.ModelProto:
+            normalize: dict | None = None, data_file: str | None = None,
+            limit: int = PROTOBUF_LIMIT) -> onnx.ModelProto:
     """The ONNX model of `graph` with these weights; the batch axis is "N" unless `batch` fixes it.
 
     `opset` defaults to the lowest that gives every kind its own operator (lowest_opset).

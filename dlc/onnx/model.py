@@ -124,7 +124,8 @@ def input_shapes(model: onnx.ModelProto, given: dict[str | None, tuple[int, ...]
     return resolve_shapes({v.name: _dims(v) for v in model.graph.input if v.name not in init}, given)
 
 
-def resolve_shapes(inputs: dict[str, list | None], given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+def resolve_shapes(inputs: dict[str, list | None],
+                   given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """Each input's shape per sample (batch left out), from its dimensions batch first (int fixed, str
     named, None anonymous): the fixed ones, or `given` (by input name; key None for the only input).
     A free dimension left unset is a DlcError naming it."""

@@ -162,3 +162,83 @@ def test_freeze_names_a_label_or_layer_the_spec_has(tmp_path):
             "--epochs", 1, "--out", tmp_path / "run", "--quiet")
     assert r.exit_code == 2
     assert "freeze=featurs" in r.output and "features" in r.output
+
+
+def tiny_model(tmp_path, nodes, initializers, out_shape, in_shape=(1, 3, 8, 8), outputs=("y",)):
+    """An ONNX file from nodes over input `x`, for the importer's refusals."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in initializers.items()])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def conv_node(pads=(1, 1, 1, 1), out="c"):
+    from onnx import helper
+
+    return helper.make_node("Conv", ["x", "w"], [out], name="stem", kernel_shape=[3, 3], pads=list(pads))
+
+
+WEIGHT = {"w": np.ones((4, 3, 3, 3))}
+
+
+def refusal(tmp_path, path) -> str:
+    r = run("import", path, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2, r.output
+    assert not (tmp_path / "net.dlc").exists() and not (tmp_path / "net.npz").exists()
+    return r.output
+
+
+def test_an_operator_without_a_kind_is_refused_naming_it_and_its_node(tmp_path):
+    from onnx import helper
+
+    path = tiny_model(tmp_path, [conv_node(), helper.make_node("HardSwish", ["c"], ["y"], name="act7")], WEIGHT,
+                      None)
+    out = refusal(tmp_path, path)
+    assert "HardSwish" in out and "act7" in out and "no layer kind" in out
+
+
+def test_pads_neither_equal_nor_same_are_refused(tmp_path):
+    out = refusal(tmp_path, tiny_model(tmp_path, [conv_node(pads=(0, 0, 2, 2), out="y")], WEIGHT, None))
+    assert "Conv" in out and "stem" in out and "[0, 0, 2, 2]" in out
+
+
+def test_asymmetric_pads_that_are_same_become_pad_same(tmp_path):
+    # 8 pixels, kernel 2: `same` pads 0 before and 1 after (the odd pixel at the end, as TF and ONNX)
+    from onnx import helper
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", kernel_shape=[2, 2], pads=[0, 0, 1, 1])
+    path = tiny_model(tmp_path, [node], {"w": np.ones((4, 3, 2, 2))}, None)
+    spec, _ = imported(tmp_path, path)
+    assert "conv 4@2x2 pad=same bias=off" in spec.read_text()
+
+
+def test_a_global_pool_read_as_an_image_is_refused(tmp_path):
+    from onnx import helper
+
+    nodes = [conv_node(), helper.make_node("GlobalAveragePool", ["c"], ["p"], name="squeeze"),
+             helper.make_node("Mul", ["c", "p"], ["y"], name="excite")]
+    out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None))
+    assert "GlobalAveragePool" in out and "squeeze" in out and "read as an image" in out
+
+
+def test_import_never_writes_over_its_model(tmp_path):
+    path = tiny_model(tmp_path, [conv_node(out="y")], WEIGHT, None)
+    data = path.read_bytes()
+    r = run("import", path, "-o", path)
+    assert r.exit_code == 2 and "NET.dlc" in r.output
+    assert path.read_bytes() == data
+
+
+def test_several_outputs_are_refused(tmp_path):
+    from onnx import helper
+
+    nodes = [conv_node(), helper.make_node("Relu", ["c"], ["y"], name="r"),
+             helper.make_node("Sigmoid", ["c"], ["z"], name="s")]
+    out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None, outputs=("y", "z")))
+    assert "2 outputs" in out

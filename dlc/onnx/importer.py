@@ -774,9 +774,10 @@ def skip_fork(layers: list[Layer], m: Merge) -> int | None:
 
 
 def render(layers: list[Layer], items: list, labels: dict[int, str], readers: dict[int, int],
-           indent: str = "") -> list[str]:
+           indent: str = "") -> list[tuple[str, int | None]]:
     """Spec lines: a layer whose kind can be a suffix joins the line of the layer it reads (when that
-    output goes nowhere else); a residual is `as LABEL` ... `add LABEL`, other merges `add( A | B )`."""
+    output goes nowhere else); a residual is `as LABEL` ... `add LABEL`, other merges `add( A | B )`.
+    Each line comes with the layer whose output it ends at (None for a merge's opening line)."""
     lines: list[list] = []  # [text, last layer on the line, may take suffixes]
     for it in items:
         if isinstance(it, Merge):
@@ -784,15 +785,15 @@ def render(layers: list[Layer], items: list, labels: dict[int, str], readers: di
             fork = skip_fork(layers, it)
             if fork is not None:
                 body = next(b for b in it.branches if b)
-                lines += [[t, None, False] for t in render(layers, body, labels, readers, indent)]
+                lines += [[t, last, False] for t, last in render(layers, body, labels, readers, indent)]
                 lines.append([f"{indent}{kind} {labels[fork]}", it.layer, False])
                 continue
             lines.append([f"{indent}{kind}(", None, False])
             for k, b in enumerate(it.branches):
-                inner = render(layers, b, labels, readers, indent + "    ") if b else [f"{indent}    identity"]
+                inner = render(layers, b, labels, readers, indent + "    ") if b else [(f"{indent}    identity", None)]
                 if k:
-                    inner[0] = f"{indent}  | {inner[0].lstrip()}"
-                lines += [[t, None, False] for t in inner]
+                    inner[0] = (f"{indent}  | {inner[0][0].lstrip()}", inner[0][1])
+                lines += [[t, last, False] for t, last in inner]
             lines.append([f"{indent})", it.layer, False])
             continue
         layer = layers[it]
@@ -804,7 +805,7 @@ def render(layers: list[Layer], items: list, labels: dict[int, str], readers: di
             lines[-1][1] = it
         else:
             lines.append([f"{indent}{layer.text}", it, True])
-    return [text + (f" as {labels[last]}" if last in labels else "") for text, last, _ in lines]
+    return [(text + (f" as {labels[last]}" if last in labels else ""), last) for text, last, _ in lines]
 
 
 def labels_for(layers: list[Layer], items: list) -> dict[int, str]:
@@ -823,7 +824,9 @@ def labels_for(layers: list[Layer], items: list) -> dict[int, str]:
     return {f: f"skip{k}" for k, f in enumerate(sorted(set(forks)), start=1)}
 
 
-def to_spec(layers: list[Layer], output: int, source: str) -> tuple[str, list[int]]:
+def to_spec(layers: list[Layer], output: int, source: str) -> tuple[list[tuple[str, int | None]], list[int]]:
+    """The spec's lines after the input (each with the layer it ends at), and the layers in the order
+    the compiler makes their nodes."""
     paths = dominator_paths(layers)
     try:
         items = chain(layers, paths, 0, output)
@@ -837,8 +840,22 @@ def to_spec(layers: list[Layer], output: int, source: str) -> tuple[str, list[in
     for layer in layers:
         for i in layer.inputs:
             readers[i] = readers.get(i, 0) + 1
-    lines = render(layers, items, labels_for(layers, items), readers)
-    return "\n".join([layers[0].text, *lines]) + "\n", order
+    return render(layers, items, labels_for(layers, items), readers), order
+
+
+def bias_defaults(layers: list[Layer]) -> list[str]:
+    """`default conv bias=off` (and dwconv) where most of those layers have no bias, as a network with
+    bn after every conv does; the few with one then say bias=on."""
+    lines = []
+    for kind in ("conv", "dwconv"):
+        mine = [layer for layer in layers if layer.kind == kind]
+        if sum(layer.text.endswith(" bias=off") for layer in mine) * 2 <= len(mine):
+            continue
+        lines.append(f"default {kind} bias=off")
+        for layer in mine:
+            layer.text = layer.text.removesuffix(" bias=off") if layer.text.endswith(" bias=off") else \
+                layer.text + " bias=on"
+    return lines
 
 
 def import_onnx(path: str, shapes: dict | None = None) -> Imported:
@@ -849,11 +866,19 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     _, layers, output = read_layers(r)
     head = (f"# imported from {Path(path).name} ({model.producer_name or 'unknown producer'} "
             f"{model.producer_version}, opset {g.opset}) by dlc import\n")
-    text, order = to_spec(layers, output, path)
-    graph = compile_spec(head + text, file=path)
+    defaults = bias_defaults(layers)
+    lines, order = to_spec(layers, output, path)
+    lines = [(t, None) for t in defaults] + lines
+    graph = compile_spec("\n".join([layers[0].text, *(t for t, _ in lines)]) + "\n", file=path)
     nodes = graph.nodes[1:]
     if [n.kind for n in nodes] != [layers[i].kind for i in order]:
         raise DlcError(f"{path}: the written spec compiles to other layers than the model's (an importer bug)")
+    # each line's output shape as a comment, as the language's examples write them
+    shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
+    width = max(len(t) for t, _ in [(layers[0].text, 0), *lines]) + 2
+    text = "\n".join(t if last is None else f"{t:<{width}}# {show(shape_of[last])}"
+                     for t, last in [(layers[0].text, None), *lines]) + "\n"
+    graph = compile_spec(head + text, file=path)
     params, state = {}, {}
     for node, i in zip(nodes, order):
         kind = KINDS[node.kind]

@@ -864,8 +864,8 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     g = from_model(model, path, shapes)
     r = Reader(g, Path(path).resolve().parent)
     _, layers, output = read_layers(r)
-    head = (f"# imported from {Path(path).name} ({model.producer_name or 'unknown producer'} "
-            f"{model.producer_version}, opset {g.opset}) by dlc import\n")
+    producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
+    head = f"# imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import\n"
     defaults = bias_defaults(layers)
     lines, order = to_spec(layers, output, path)
     lines = [(t, None) for t in defaults] + lines

@@ -242,3 +242,42 @@ def test_several_outputs_are_refused(tmp_path):
              helper.make_node("Sigmoid", ["c"], ["z"], name="s")]
     out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None, outputs=("y", "z")))
     assert "2 outputs" in out
+
+
+class LastStep(nn.Module):
+    """An embedding, a recurrent layer read at its last step (`out[:, -1]`), a linear head."""
+
+    def __init__(self, cell=nn.LSTM, **kwargs):
+        super().__init__()
+        self.emb, self.rnn, self.fc = nn.Embedding(20, 8), cell(8, 6, batch_first=True, **kwargs), nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.fc(self.rnn(self.emb(ids))[0][:, -1])
+
+
+class Sequences(nn.Module):
+    """A bidirectional GRU that keeps every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn = nn.Embedding(20, 8), nn.GRU(8, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, ids):
+        return self.rnn(self.emb(ids))[0]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("module,layer", [(LastStep, "lstm 6  "), (Sequences, "gru 5 bidirectional sequences")],
+                         ids=["lstm-last-step", "bigru-sequences"])
+def test_recurrent_layers_from_pytorch(tmp_path, exporter, module, layer):
+    torch.manual_seed(0)
+    path = tmp_path / "rnn.onnx"
+    torch_models.export(module(), path, (torch.randint(0, 20, (1, 7)),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    assert f"\n{layer}" in spec.read_text()
+    x = np.random.default_rng(0).integers(0, 20, (1, 7))
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE

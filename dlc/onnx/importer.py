@@ -115,8 +115,9 @@ class Reader:
         return tuple(t.shape[1:])
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
-        """The one node reading the tensor, if exactly one does and it is not a graph output."""
-        readers = self.consumers.get(name, [])
+        """The one node reading the tensor's values, if exactly one does and it is not a graph output
+        (Shape and Size read only its shape, which the import keeps)."""
+        readers = [n for n in self.consumers.get(name, []) if n.op_type not in ("Shape", "Size")]
         return readers[0] if len(readers) == 1 and name not in self.g.outputs else None
 
 
@@ -518,10 +519,8 @@ def recurrent(kind: str) -> Pattern:
         if kind == "gru" and not a.get("linear_before_reset", 0):
             raise NotImportable("linear_before_reset=0; dlc's gru applies the reset gate after the product")
         for i in (4, 5, 6):
-            if r.optional(n, i):
-                v = r.value(n.input[i])
-                if i == 4 or v is None or v.any():
-                    raise NotImportable("sequence lengths or non-zero initial states have no dlc option")
+            if r.optional(n, i) and (i == 4 or not zeros(r, n.input[i])):
+                raise NotImportable("sequence lengths or non-zero initial states have no dlc option")
         before = producer_node(r, n.input[0])
         if before is None or before.op_type != "Transpose" or list(attributes(before)["perm"]) != [1, 0, 2]:
             raise NotImportable("its input is not a batch-first sequence transposed to time-major")
@@ -535,8 +534,12 @@ def recurrent(kind: str) -> Pattern:
         flags = " bidirectional" if dirs == 2 else ""
         ys = [o for o in n.output[:2]] + [""] * 2
         chain = follow_reshapes(r, ys[0]) if ys[0] and r.consumers.get(ys[0]) else None
-        t = r.shape(before.output[0])[0]
-        if chain is not None and r.shape(chain[-1].output[0])[-2:] == (t, dirs * hidden):
+        t = r.shape(before.input[0])[0]  # steps of the batch-first input
+        if chain is not None and r.shape(chain[-1].output[0]) == (t, dirs * hidden):
+            last = last_step(r, chain[-1].output[0], t)
+            if last is not None and dirs == 1:  # out[:, -1]: a one-way layer's final state
+                return Found(Layer(kind, f"{kind} {hidden}", [], tensors, n.name), [before, n, *chain, last],
+                             last.output[0])
             return Found(Layer(kind, f"{kind} {hidden}{flags} sequences", [], tensors, n.name),
                          [before, n, *chain], chain[-1].output[0])
         chain = follow_reshapes(r, ys[1]) if ys[1] and r.consumers.get(ys[1]) else None
@@ -545,6 +548,32 @@ def recurrent(kind: str) -> Pattern:
                          chain[-1].output[0])
         raise NotImportable("its outputs are not read as every step (N, T, dirs*H) or the final state (N, dirs*H)")
     return match
+
+
+def zeros(r: Reader, name: str) -> bool:
+    """Whether the tensor is all zeros: a stored one, or a zero expanded to a computed shape (the
+    TorchScript exporter's initial states)."""
+    v = r.value(name)
+    if v is not None:
+        return not v.any()
+    n = producer_node(r, name)
+    if n is not None and n.op_type == "Expand":
+        v = r.value(n.input[0])
+        return v is not None and not v.any()
+    if n is not None and n.op_type == "ConstantOfShape":
+        value = attributes(n).get("value")
+        return value is None or not numpy_helper.to_array(value).any()
+    return False
+
+
+def last_step(r: Reader, name: str, t: int) -> onnx.NodeProto | None:
+    """The Gather that takes step -1 (or T-1) of a batch-first sequence, if that is all that reads it."""
+    n = r.only_consumer(name)
+    if n is None or n.op_type != "Gather" or attributes(n).get("axis", 0) != 1:
+        return None
+    index = r.value(n.input[1])
+    return n if index is not None and index.size == 1 and int(index.reshape(-1)[0]) in (-1, t - 1) \
+        and index.ndim == 0 else None
 
 
 def producer_node(r: Reader, name: str) -> onnx.NodeProto | None:

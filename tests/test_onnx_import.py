@@ -172,9 +172,10 @@ def tiny_model(tmp_path, nodes, initializers, out_shape, in_shape=(1, 3, 8, 8), 
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in initializers.items()])
+        initializer=[numpy_helper.from_array(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else np.int64), k)
+                     for k, v in initializers.items()])
     path = tmp_path / "tiny.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     return path
 
 
@@ -306,3 +307,20 @@ def test_the_import_table_has_one_entry_per_kind_but_its_exemptions():
     from dlc.onnx.importer import IMPORT, NOT_IMPORTED
 
     assert sorted(IMPORT) == sorted(set(KINDS) - set(NOT_IMPORTED))
+
+
+def test_a_zero_pad_before_a_conv_becomes_its_pad(tmp_path):
+    # TensorFlow's exporters write `same` as an explicit Pad: 1 pixel each side around a 3x3 conv
+    from onnx import helper
+
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "w"], ["y"], name="c", kernel_shape=[3, 3])]
+    path = tiny_model(tmp_path, nodes, {**WEIGHT, "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}, None)
+    spec, weights = imported(tmp_path, path)
+    assert "conv 4@3x3 pad=1 " in spec.read_text()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE

@@ -155,7 +155,7 @@ def options(**values) -> str:
     return "".join(" " + w for w in words)
 
 
-def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, int], dilation=(1, 1)) -> tuple[tuple, str]:
+def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, int], dilation=(1, 1)) -> tuple[tuple, int | str]:
     """(stride, the pad= option) of a 2-D Conv or pool, from its strides, pads and auto_pad."""
     if len(x) != 3 or len(kernel) != 2:
         raise NotImportable(f"dlc's kinds are 2-D; this one works on {len(x) - 1} spatial axes")
@@ -182,10 +182,38 @@ def pad_word(pad) -> str:
 
 # --- convolutions ----------------------------------------------------------------------------------
 
+def zero_pad(r: Reader, pad: onnx.NodeProto) -> tuple[onnx.NodeProto, tuple[int, ...]] | None:
+    """A Pad with zeros on H and W whose only reader is a Conv (TensorFlow's exports write `same` so):
+    (the Conv, its pads with the Pad's added), or None."""
+    conv = r.only_consumer(pad.output[0])
+    a = attributes(pad)
+    pads = a.get("pads") if "pads" in a else r.value(pad.input[1]) if r.optional(pad, 1) else None
+    value = r.value(pad.input[2]) if r.optional(pad, 2) else np.zeros(1)
+    if (conv is None or conv.op_type != "Conv" or conv.input[0] != pad.output[0] or pads is None or len(pads) != 8
+            or a.get("mode", b"constant") != b"constant" or value is None or value.any() or r.optional(pad, 3)
+            or attributes(conv).get("auto_pad", b"NOTSET") != b"NOTSET"):
+        return None
+    pads = [int(p) for p in pads]
+    if any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        return None  # pads the batch or the channels, or crops
+    own = attributes(conv).get("pads", [0, 0, 0, 0])
+    return conv, (own[0] + pads[2], own[1] + pads[3], own[2] + pads[6], own[3] + pads[7])
+
+
 def conv_parts(r: Reader, n: onnx.NodeProto):
-    a = attributes(n)
-    w = r.weight(n, 1, "weight")
+    """The Conv's weight and words, with a zero Pad before it folded into its pad=."""
+    nodes = [n]
     x = r.shape(n.input[0])
+    if n.op_type == "Pad":
+        folded = zero_pad(r, n)
+        if folded is None:
+            return None
+        n, pads = folded
+        nodes.append(n)
+        a = dict(attributes(n), pads=pads)
+    else:
+        a = attributes(n)
+    w = r.weight(n, 1, "weight")
     kernel = tuple(w.shape[2:])
     dil = tuple(a.get("dilations", (1, 1)))
     stride, pad = spatial(a, x, kernel, dil)
@@ -194,7 +222,7 @@ def conv_parts(r: Reader, n: onnx.NodeProto):
         tensors["b"] = r.weight(n, 2, "bias")
     extra = pad_word(pad) + ("" if len(set(dil)) == 1 and dil[0] == 1 else
                              f" dil={dil[0]}" if len(set(dil)) == 1 else _refuse(f"dilations {list(dil)} differ"))
-    return a, w, x, kernel, stride, extra, tensors
+    return a, w, x, kernel, stride, extra, tensors, nodes
 
 
 def _refuse(reason: str):
@@ -202,22 +230,28 @@ def _refuse(reason: str):
 
 
 def import_conv(r: Reader, n: onnx.NodeProto) -> Found | None:
-    a, w, x, kernel, stride, extra, tensors = conv_parts(r, n)
+    parts = conv_parts(r, n)
+    if parts is None:
+        return None
+    a, w, x, kernel, stride, extra, tensors, nodes = parts
     groups = a.get("group", 1)
     if groups > 1 and groups == x[0]:
         return None  # depthwise: dwconv's
     text = (f"conv {w.shape[0]}@{window_text(kernel, stride)}{extra}" + options(groups=(groups, 1))
             + options(bias=("b" in tensors, True)))
-    return one("conv", text, n, tensors)
+    return one("conv", text, n, tensors, nodes[-1].output[0], nodes)
 
 
 def import_dwconv(r: Reader, n: onnx.NodeProto) -> Found | None:
-    a, w, x, kernel, stride, extra, tensors = conv_parts(r, n)
+    parts = conv_parts(r, n)
+    if parts is None:
+        return None
+    a, w, x, kernel, stride, extra, tensors, nodes = parts
     if not (a.get("group", 1) > 1 and a.get("group", 1) == x[0]):
         return None
     text = (f"dwconv {window_text(kernel, stride)}{extra}" + options(mult=(w.shape[0] // x[0], 1))
             + options(bias=("b" in tensors, True)))
-    return one("dwconv", text, n, tensors)
+    return one("dwconv", text, n, tensors, nodes[-1].output[0], nodes)
 
 
 def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -533,17 +567,17 @@ def recurrent(kind: str) -> Pattern:
                    np.zeros((dirs, 2 * r.weight(n, 1, "W").shape[1]), np.float32)}
         flags = " bidirectional" if dirs == 2 else ""
         ys = [o for o in n.output[:2]] + [""] * 2
-        chain = follow_reshapes(r, ys[0]) if ys[0] and r.consumers.get(ys[0]) else None
         t = r.shape(before.input[0])[0]  # steps of the batch-first input
-        if chain is not None and r.shape(chain[-1].output[0]) == (t, dirs * hidden):
+        chain = follow_reshapes(r, ys[0], (t, dirs * hidden)) if ys[0] else None
+        if chain is not None:
             last = last_step(r, chain[-1].output[0], t)
             if last is not None and dirs == 1:  # out[:, -1]: a one-way layer's final state
                 return Found(Layer(kind, f"{kind} {hidden}", [], tensors, n.name), [before, n, *chain, last],
                              last.output[0])
             return Found(Layer(kind, f"{kind} {hidden}{flags} sequences", [], tensors, n.name),
                          [before, n, *chain], chain[-1].output[0])
-        chain = follow_reshapes(r, ys[1]) if ys[1] and r.consumers.get(ys[1]) else None
-        if chain is not None and r.shape(chain[-1].output[0]) == (dirs * hidden,):
+        chain = follow_reshapes(r, ys[1], (dirs * hidden,)) if ys[1] else None
+        if chain is not None:
             return Found(Layer(kind, f"{kind} {hidden}{flags}", [], tensors, n.name), [before, n, *chain],
                          chain[-1].output[0])
         raise NotImportable("its outputs are not read as every step (N, T, dirs*H) or the final state (N, dirs*H)")
@@ -580,15 +614,18 @@ def producer_node(r: Reader, name: str) -> onnx.NodeProto | None:
     return next((n for n in r.g.nodes if name in n.output), None)
 
 
-def follow_reshapes(r: Reader, name: str) -> list[onnx.NodeProto] | None:
-    """The chain of Transpose/Reshape/Squeeze nodes, each the only reader of the last, from `name` on."""
+def follow_reshapes(r: Reader, name: str, target: tuple[int, ...]) -> list[onnx.NodeProto] | None:
+    """The shortest chain of Transpose/Reshape/Squeeze nodes, each the only reader of the last, from
+    `name` to a tensor shaped `target` per sample (batch first), or None."""
     chain, cur = [], name
     while True:
         nxt = r.only_consumer(cur)
         if nxt is None or nxt.op_type not in ("Transpose", "Reshape", "Squeeze"):
-            return chain or None
+            return None
         chain.append(nxt)
         cur = nxt.output[0]
+        if r.shape(cur) == target:
+            return chain
 
 
 # --- merges ----------------------------------------------------------------------------------------
@@ -610,8 +647,8 @@ def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 IMPORT: dict[str, Import] = {
-    "conv": Import(("Conv",), import_conv),
-    "dwconv": Import(("Conv",), import_dwconv),
+    "conv": Import(("Conv", "Pad"), import_conv),
+    "dwconv": Import(("Conv", "Pad"), import_dwconv),
     "upconv": Import(("ConvTranspose",), import_upconv),
     "maxpool": Import(("MaxPool",), pool("maxpool")),
     "avgpool": Import(("AveragePool",), pool("avgpool")),

@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "bench": "dlc.commands.onnx",
     "train": "dlc.commands.train",
     "import": "dlc.commands.importer",
+    "draw": "dlc.commands.pictures",
+    "plot": "dlc.commands.pictures",
 }
 
 

@@ -8,6 +8,15 @@ from functools import cached_property
 from dlc.errors import Pos
 
 
+@dataclass(frozen=True)
+class BlockCall:
+    """A block-call statement of the spec's top level, with all its repeats: `dlc draw --collapse` shows
+    it as one box."""
+
+    name: str  # the scope of its first expansion: "basic1" (its nodes are "basic1.conv1", ...)
+    text: str  # as written: "basic(64) x2"
+
+
 @dataclass
 class Node:
     name: str  # stable and readable: "conv1", "stage2.conv1", "bottleneck3.shortcut.conv"
@@ -20,6 +29,7 @@ class Node:
     row: str = ""  # the table row it is shown in: its own name, or the layer a suffix follows
     label: str | None = None  # `as LABEL`
     text: str = ""  # the spec text of its step, for tables and ONNX doc strings
+    call: BlockCall | None = None  # the outermost block call it was expanded from
 
     def __post_init__(self):
         if not self.row:

@@ -1,7 +1,8 @@
 """Parameters and running statistics of a graph: their shapes, initial values and checkpoints.
 
-Every tensor is named "<node>.<param>" ("conv1.W", "bn1.mean") and shaped by the layer registry
-(`KINDS[kind].params` / `.state`); nothing here repeats the shape arithmetic.
+Every tensor is named "<node>.<param>" ("conv1.W", "bn1.mean"), shaped by the layer registry
+(`KINDS[kind].params` / `.state`) and started as its role there says (`KINDS[kind].tensors`); nothing
+here repeats the shape arithmetic or knows which kinds have weights.
 """
 
 from __future__ import annotations
@@ -18,27 +19,28 @@ from dlc import __version__
 from dlc.atomic import atomic_write
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
-from dlc.layers import KINDS
+from dlc.layers import KINDS, Role, Shape, role
 
 CHECKPOINT_SCHEMA = "dlc.checkpoint/1"
 META_KEY = "__dlc_meta__"  # the npz entry holding the JSON metadata; no parameter name has dunders
 
 INITS = ("he", "xavier", "gaussian")
 
-# Tensors that start at a constant rather than at random: biases, bn's scale and shift, its statistics.
-CONSTANT_INIT = {"b": 0.0, "B": 0.0, "beta": 0.0, "gamma": 1.0, "mean": 0.0, "var": 1.0}
-
 
 @dataclass(frozen=True)
 class Tensor:
     node: Node
     name: str  # the parameter's name within its node: "W", "gamma", "mean"
-    shape: tuple[int, ...]
+    shape: Shape
     trainable: bool
 
     @property
     def full_name(self) -> str:
         return f"{self.node.name}.{self.name}"
+
+    @property
+    def role(self) -> Role:
+        return role(self.node.kind, self.name)
 
 
 def tensors(graph: Graph) -> list[Tensor]:
@@ -53,46 +55,22 @@ def tensors(graph: Graph) -> list[Tensor]:
     return out
 
 
-def fans(t: Tensor) -> tuple[float, float]:
-    """(fan_in, fan_out) of a weight tensor: how many values one output sums, how many outputs one input feeds."""
-    a, kind = t.node.attrs, t.node.kind
-    if kind in ("conv", "dwconv"):
-        c_out, c_in_per_group, kh, kw = t.shape
-        return c_in_per_group * kh * kw, c_out // a["groups"] * kh * kw
-    if kind == "upconv":
-        # W is (C_in, C_out/groups, kh, kw). An output pixel of a stride-s transposed convolution
-        # gathers about kh*kw/(sh*sw) taps of each of its group's C_in/groups input channels; PyTorch
-        # and Keras take the adjoint convolution's fan-in (C_out/groups*kh*kw) instead, which
-        # misjudges the forward variance whenever C_in != C_out or the stride is not 1.
-        c_in, c_out_per_group, kh, kw = t.shape
-        sh, sw = a["stride"]
-        taps = max(kh * kw / (sh * sw), 1.0)
-        return c_in // a["groups"] * taps, c_out_per_group * taps
-    if kind == "fc":
-        units, in_features = t.shape
-        return in_features, units
-    if kind in ("rnn", "lstm", "gru"):
-        # W (dirs, gates*H, D) and R (dirs, gates*H, H) stack one H x D (or H x H) matrix per gate
-        # and direction; each gate is its own layer as far as the variance goes.
-        return t.shape[2], a["hidden"]
-    raise DlcError(f"no initialisation rule for {t.full_name} of a `{kind}` layer")
-
-
-def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float, dtype) -> np.ndarray:
-    if t.name in CONSTANT_INIT:
-        return np.full(t.shape, CONSTANT_INIT[t.name], dtype)
+def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float,
+                  dtype: type[np.floating]) -> np.ndarray:
+    """The tensor's start: its role's constant, else drawn by the init (`std` is gaussian's)."""
+    r = t.role
+    if r.constant is not None:
+        return np.full(t.shape, r.constant, dtype)
     # Drawn in float64 whatever the dtype, so a float32 network starts from its float64 twin's
     # values rounded (the gradient check and the trainer see the same network).
-    if t.node.kind == "embed":
-        # A lookup is a product with a one-hot vector (fan-in 1): unit-variance rows, as PyTorch's
-        # nn.Embedding, give the next layer inputs of the scale he/xavier assume.
-        scale = std if init == "gaussian" else 1.0
-    elif init == "gaussian":
+    if init == "gaussian":
         scale = std
+    elif r.std is not None:
+        scale = r.std
     elif init == "he":
-        scale = np.sqrt(2.0 / fans(t)[0])
+        scale = np.sqrt(2.0 / r.fans(t.node.attrs, t.shape)[0])
     else:  # xavier
-        limit = np.sqrt(6.0 / sum(fans(t)))
+        limit = np.sqrt(6.0 / sum(r.fans(t.node.attrs, t.shape)))
         return rng.uniform(-limit, limit, t.shape).astype(dtype, copy=False)
     w = rng.standard_normal(t.shape)
     w *= scale
@@ -100,7 +78,7 @@ def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float, dt
 
 
 def init_params(graph: Graph, init: str = "he", seed: int = 0, std: float = 0.01,
-                dtype=np.float32) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                dtype: type[np.floating] = np.float32) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(params, state) by full name: he, xavier or gaussian(std) weights, zero biases, bn at identity.
 
     Each tensor draws from its own stream seeded by (seed, its name), so adding a layer leaves the
@@ -108,7 +86,8 @@ def init_params(graph: Graph, init: str = "he", seed: int = 0, std: float = 0.01
     """
     if init not in INITS:
         raise DlcError(f"unknown init `{init}` (expected {', '.join(INITS)})")
-    params, state = {}, {}
+    params: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
     for t in tensors(graph):
         rng = np.random.default_rng([seed, zlib.crc32(t.full_name.encode())])
         (params if t.trainable else state)[t.full_name] = initial_value(t, init, rng, std, dtype)

@@ -2,20 +2,23 @@
 
 A kind is defined once, here, in plain Python integers. The NumPy engine (dlc.engine) maps the kind's
 name to its forward/backward kernel and the ONNX exporter (dlc.onnx) to its lowering; neither repeats
-the shape or parameter arithmetic. Every rule reads the node's resolved attributes (`resolve` fills in
-the derived ones such as explicit pads) and the input shapes (batch left out).
+the shape or parameter arithmetic, nor keeps its own list of which kinds have weights: each kind's
+`tensors` say what every tensor it may have is (weight, bias, table, scale, shift, statistic), how it
+starts and whether regularisation acts on it. Every rule reads the node's resolved attributes
+(`resolve` fills in the derived ones such as explicit pads) and the input shapes (batch left out).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-from typing import Callable
+from typing import Callable, Mapping, Protocol
 
 Shape = tuple[int, ...]
 
 # Option values that are not plain numbers or on/off switches.
 PAD = "pad"  # an int, `same` or `valid`
+LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
 
 
 @dataclass(frozen=True)
@@ -31,19 +34,108 @@ class Window:
 GLOBAL = "global"  # the kind sees its whole input (fc, gap, recurrent layers)
 
 
-def _none(attrs, ins) -> dict:
+# The contracts of a kind's rules. Arguments are positional-only: rules name them as they like (`a`).
+class ShapeRule(Protocol):
+    def __call__(self, attrs: dict, ins: list[Shape], /) -> tuple[Shape, dict]:
+        """(attrs as written, input shapes) -> (output shape, attrs with derived values).
+
+        Raises ShapeError when the input does not fit."""
+
+
+class TensorRule(Protocol):
+    def __call__(self, attrs: dict, ins: list[Shape], /) -> Mapping[str, Shape]:
+        """(resolved attrs, input shapes) -> tensor shapes by name ("W", "b", ...)."""
+
+
+class CostRule(Protocol):
+    def __call__(self, attrs: dict, ins: list[Shape], out: Shape, /) -> int:
+        """(resolved attrs, input shapes, output shape) -> a count of MACs or FLOPs per sample."""
+
+
+class WindowRule(Protocol):
+    def __call__(self, attrs: dict, /) -> Window | str | None:
+        """(resolved attrs) -> the Window for the receptive field, None (pointwise) or GLOBAL."""
+
+
+class FansRule(Protocol):
+    def __call__(self, attrs: dict, shape: Shape, /) -> tuple[float, float]:
+        """(resolved attrs, the weight's shape) -> (fan_in, fan_out): how many values one output sums,
+        how many outputs one input feeds (what he and xavier initialisation scale by)."""
+
+
+ROLES = ("weight", "bias", "table", "scale", "shift", "statistic")
+
+
+@dataclass(frozen=True)
+class Role:
+    """What one of a kind's tensors is, for the backends that create and train it.
+
+    A tensor starts at `constant`, or is drawn at random: under he and xavier, at a fixed `std` (a table
+    of embeddings) or scaled by its `fans`; gaussian draws every random tensor at the std it is given.
+    Weight decay and L1 act on `decayed` tensors, and so does max-norm, over `maxnorm` axes (None:
+    every axis but the first, the usual layout of one unit's incoming weights).
+    """
+
+    role: str  # one of ROLES
+    fans: FansRule | None = None
+    constant: float | None = None
+    std: float | None = None
+    decayed: bool = False
+    maxnorm: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown tensor role {self.role!r} (expected {', '.join(ROLES)})")
+        starts = [x for x in (self.fans, self.constant, self.std) if x is not None]
+        if len(starts) != 1:
+            raise ValueError(f"a {self.role} tensor needs exactly one of fans, constant or std")
+
+
+def weight(fans: FansRule, maxnorm: tuple[int, ...] | None = None) -> Role:
+    return Role("weight", fans=fans, decayed=True, maxnorm=maxnorm)
+
+
+BIAS = Role("bias", constant=0.0)
+SCALE = Role("scale", constant=1.0)  # bn's gamma: the identity at the start
+SHIFT = Role("shift", constant=0.0)  # bn's beta
+
+
+def statistic(start: float) -> Role:
+    return Role("statistic", constant=start)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """What a LABEL option resolves to: the labelled node, its kind and its parameter shapes."""
+
+    node: str
+    kind: str
+    params: tuple[tuple[str, Shape], ...]
+
+    def param(self, name: str) -> Shape | None:
+        return dict(self.params).get(name)
+
+
+def _none(attrs: dict, ins: list[Shape], /) -> dict[str, Shape]:
     return {}
 
 
-def _zero(attrs, ins, out) -> int:
+def _zero(attrs: dict, ins: list[Shape], out: Shape, /) -> int:
     return 0
+
+
+def _pointwise(attrs: dict, /) -> None:
+    return None
+
+
+def _own(attrs: dict, /) -> dict[str, str]:
+    return {}
 
 
 @dataclass(frozen=True)
 class LayerKind:
     name: str
-    resolve: Callable[[dict, list[Shape]], tuple[Shape, dict]]
-    """(attrs as written, input shapes) -> (output shape, attrs with derived values); raises ShapeError."""
+    resolve: ShapeRule
     aliases: tuple[str, ...] = ()
     size: str | None = None
     """Form of the SIZE token: "conv" (C@KxK/S), "window" (KxK/S or K/S), "int", "number", or None."""
@@ -52,17 +144,27 @@ class LayerKind:
     size_default: object = None
     options: dict = field(default_factory=dict)  # key=value options and their defaults
     flags: tuple[str, ...] = ()  # bare words that switch something on (`ceil`, `sequences`)
-    params: Callable[[dict, list[Shape]], dict[str, Shape]] = _none
+    params: TensorRule = _none
     """Trainable parameter shapes by name ("W", "b", ...), after resolve."""
-    state: Callable[[dict, list[Shape]], dict[str, Shape]] = _none
+    state: TensorRule = _none
     """Non-trainable tensors (bn running statistics)."""
-    macs: Callable[[dict, list[Shape], Shape], int] = _zero
-    flops: Callable[[dict, list[Shape], Shape], int] = _zero
-    window: Callable[[dict], Window | str | None] = lambda attrs: None
+    tensors: dict[str, Role] = field(default_factory=dict)
+    """The role of every tensor that params or state may return, by name."""
+    shared: Callable[[dict], dict[str, str]] = _own
+    """Tensors the node reads from another node instead of owning them: its name for the tensor -> the
+    owner's full tensor name (`fc tied=LABEL` reads an embed's "W"). They count once, with their owner."""
+    macs: CostRule = _zero
+    flops: CostRule = _zero
+    window: WindowRule = _pointwise
     """Window for the receptive field; None for pointwise kinds, GLOBAL for kinds that see everything."""
     merge: bool = False  # takes two or more inputs (add, concat)
     reads_tokens: bool = False  # reads token ids (`input seq T`); every other kind reads float features
-    activation: bool = False  # an elementwise activation (one FLOP per element unless it says otherwise)
+
+    def default_attrs(self) -> dict:
+        """Every option at its default and every flag off, as attribute values (pad 0, no label)."""
+        attrs = {k: (0 if v is PAD else None if v is LABEL else v) for k, v in self.options.items()}
+        attrs.update({f: False for f in self.flags})
+        return attrs
 
     @property
     def suffixable(self) -> bool:
@@ -105,8 +207,13 @@ def feature_axis(shape: Shape) -> int:
     return 1 if len(shape) == 2 else 0
 
 
+def role(kind: str, tensor: str) -> Role:
+    """The role of a node's tensor ("W", "mean") given the node's kind."""
+    return KINDS[kind].tensors[tensor]
+
+
 def elements(shape: Shape) -> int:
     return prod(shape)
 
 
-from dlc.layers import conv, pool, dense, elementwise, recurrent, merge  # noqa: E402,F401  (registers the kinds)
+from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence  # noqa: E402,F401  (registers the kinds)

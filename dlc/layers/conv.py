@@ -8,13 +8,13 @@ Weights follow ONNX: conv W (C_out, C_in/groups, kh, kw); upconv W (C_in, C_out/
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import PAD, LayerKind, Window, register
+from dlc.layers import BIAS, PAD, LayerKind, Shape, Window, register, weight
 from dlc.layers.spatial import image, pair, resolve_pads, show, window_out
 
 CONV_OPTIONS = {"pad": 0, "dil": 1, "groups": 1, "bias": True}
 
 
-def _check_groups(groups: int, c_in: int, c_out: int):
+def _check_groups(groups: int, c_in: int, c_out: int) -> None:
     if groups < 1 or c_in % groups or c_out % groups:
         raise ShapeError(f"groups={groups} must divide both the input channels ({c_in}) "
                          f"and the output channels ({c_out})")
@@ -30,7 +30,7 @@ def _conv_out(a: dict, c: int, h: int, w: int) -> tuple[int, int, int]:
     return a["channels"], ho, wo
 
 
-def resolve_conv(attrs: dict, ins):
+def resolve_conv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "conv")
     a = dict(attrs)
     if a["channels"] < 1:
@@ -38,7 +38,7 @@ def resolve_conv(attrs: dict, ins):
     return _conv_out(a, c, h, w), a
 
 
-def resolve_dwconv(attrs: dict, ins):
+def resolve_dwconv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "dwconv")
     a = dict(attrs)
     if a["mult"] < 1:
@@ -47,42 +47,50 @@ def resolve_dwconv(attrs: dict, ins):
     return _conv_out(a, c, h, w), a
 
 
-def _weight_and_bias(a: dict, weight: tuple) -> dict:
-    return {"W": weight, "b": (a["channels"],)} if a["bias"] else {"W": weight}
+def _weight_and_bias(a: dict, w: Shape) -> dict[str, Shape]:
+    return {"W": w, "b": (a["channels"],)} if a["bias"] else {"W": w}
 
 
-def conv_params(a, ins):
+def conv_params(a: dict, ins: list[Shape]) -> dict[str, Shape]:
     return _weight_and_bias(a, (a["channels"], a["in_channels"] // a["groups"], *a["kernel"]))
 
 
-def conv_macs(a, ins, out):
+def conv_macs(a: dict, ins: list[Shape], out: Shape) -> int:
     kh, kw = a["kernel"]
     return out[0] * out[1] * out[2] * (a["in_channels"] // a["groups"]) * kh * kw
 
 
-def conv_flops(a, ins, out):
+def conv_flops(a: dict, ins: list[Shape], out: Shape) -> int:
     elems = out[0] * out[1] * out[2]
     return 2 * conv_macs(a, ins, out) + (elems if a["bias"] else 0)
 
 
-def conv_window(a):
+def conv_window(a: dict) -> Window:
     return Window(a["kernel"], a["stride"], a["dilation"])
+
+
+def conv_fans(a: dict, shape: Shape) -> tuple[float, float]:
+    c_out, c_in_per_group, kh, kw = shape
+    return c_in_per_group * kh * kw, c_out // a["groups"] * kh * kw
+
+
+CONV_TENSORS = {"W": weight(conv_fans), "b": BIAS}
 
 
 register(LayerKind(
     "conv", resolve_conv, aliases=("conv2d",), size="conv", size_required=True,
-    options={**CONV_OPTIONS, "pad": PAD}, params=conv_params, macs=conv_macs, flops=conv_flops,
-    window=conv_window,
+    options={**CONV_OPTIONS, "pad": PAD}, params=conv_params, tensors=CONV_TENSORS, macs=conv_macs,
+    flops=conv_flops, window=conv_window,
 ))
 
 register(LayerKind(
     "dwconv", resolve_dwconv, size="window", size_required=True,
-    options={**CONV_OPTIONS, "pad": PAD, "mult": 1}, params=conv_params, macs=conv_macs,
-    flops=conv_flops, window=conv_window,
+    options={**CONV_OPTIONS, "pad": PAD, "mult": 1}, params=conv_params, tensors=CONV_TENSORS,
+    macs=conv_macs, flops=conv_flops, window=conv_window,
 ))
 
 
-def resolve_upconv(attrs: dict, ins):
+def resolve_upconv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "upconv")
     a = dict(attrs)
     kernel, stride, dil = pair(a["kernel"]), pair(a.get("stride") or 1), pair(a["dil"])
@@ -98,28 +106,41 @@ def resolve_upconv(attrs: dict, ins):
     return (a["channels"], ho, wo), a
 
 
-def upconv_params(a, ins):
+def upconv_params(a: dict, ins: list[Shape]) -> dict[str, Shape]:
     return _weight_and_bias(a, (a["in_channels"], a["channels"] // a["groups"], *a["kernel"]))
 
 
-def upconv_macs(a, ins, out):
+def upconv_macs(a: dict, ins: list[Shape], out: Shape) -> int:
     kh, kw = a["kernel"]
     c, h, w = ins[0]
     return c * h * w * (a["channels"] // a["groups"]) * kh * kw
 
 
-def upconv_flops(a, ins, out):
+def upconv_flops(a: dict, ins: list[Shape], out: Shape) -> int:
     return 2 * upconv_macs(a, ins, out) + (out[0] * out[1] * out[2] if a["bias"] else 0)
+
+
+def upconv_fans(a: dict, shape: Shape) -> tuple[float, float]:
+    # W is (C_in, C_out/groups, kh, kw). An output pixel of a stride-s transposed convolution
+    # gathers about kh*kw/(sh*sw) taps of each of its group's C_in/groups input channels; PyTorch
+    # and Keras take the adjoint convolution's fan-in (C_out/groups*kh*kw) instead, which
+    # misjudges the forward variance whenever C_in != C_out or the stride is not 1.
+    c_in, c_out_per_group, kh, kw = shape
+    sh, sw = a["stride"]
+    taps = max(kh * kw / (sh * sw), 1.0)
+    return c_in // a["groups"] * taps, c_out_per_group * taps
 
 
 register(LayerKind(
     "upconv", resolve_upconv, aliases=("deconv",), size="conv", size_required=True,
-    options={"pad": 0, "dil": 1, "groups": 1, "bias": True}, params=upconv_params, macs=upconv_macs,
-    flops=upconv_flops, window=lambda a: Window(a["kernel"], a["stride"], a["dilation"], transposed=True),
+    options={"pad": 0, "dil": 1, "groups": 1, "bias": True}, params=upconv_params,
+    # output channel j reads W[:, j]: its incoming weights span every axis but the second
+    tensors={"W": weight(upconv_fans, maxnorm=(0, 2, 3)), "b": BIAS}, macs=upconv_macs, flops=upconv_flops,
+    window=lambda a: Window(a["kernel"], a["stride"], a["dilation"], transposed=True),
 ))
 
 
-def resolve_upsample(attrs: dict, ins):
+def resolve_upsample(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "upsample")
     f = attrs["factor"]
     if f < 1:

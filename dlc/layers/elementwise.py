@@ -9,30 +9,30 @@ softmax runs over channels of an image, features of a vector, the last axis of a
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import LayerKind, elements, register
+from dlc.layers import SCALE, SHIFT, CostRule, LayerKind, Shape, elements, register, statistic
 from dlc.layers.spatial import image, show
 
 
-def keep(attrs, ins):
+def keep(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     return ins[0], dict(attrs)
 
 
-def per_element(n: int):
+def per_element(n: int) -> CostRule:
     return lambda a, ins, out: n * elements(out)
 
 
 # Conventions: one FLOP per output element for each elementwise activation.
 for _name, _opts in [("relu", {}), ("relu6", {}), ("sigmoid", {}), ("tanh", {}), ("elu", {"alpha": 1.0}),
                      ("selu", {}), ("gelu", {}), ("leaky", {"alpha": 0.01})]:
-    register(LayerKind(_name, keep, options=_opts, flops=per_element(1), activation=True))
+    register(LayerKind(_name, keep, options=_opts, flops=per_element(1)))
 
 register(LayerKind("identity", keep))
 
 # Softmax: exponential, sum and division, 3 per element (the max shift for stability is not counted).
-register(LayerKind("softmax", keep, flops=per_element(3), activation=True))
+register(LayerKind("softmax", keep, flops=per_element(3)))
 
 
-def resolve_dropout(attrs, ins):
+def resolve_dropout(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     if not 0 <= attrs["p"] < 1:
         raise ShapeError(f"dropout probability must satisfy 0 <= P < 1 (received {attrs['p']})")
     return keep(attrs, ins)
@@ -41,7 +41,7 @@ def resolve_dropout(attrs, ins):
 register(LayerKind("dropout", resolve_dropout, size="number", size_required=True, size_attr="p"))
 
 
-def resolve_noise(attrs, ins):
+def resolve_noise(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     if attrs["sigma"] < 0:
         raise ShapeError(f"noise sigma must be >= 0 (received {attrs['sigma']})")
     return keep(attrs, ins)
@@ -51,7 +51,7 @@ def resolve_noise(attrs, ins):
 register(LayerKind("noise", resolve_noise, size="number", size_required=True, size_attr="sigma"))
 
 
-def resolve_bn(attrs, ins):
+def resolve_bn(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     if len(ins[0]) not in (1, 3):
         raise ShapeError(f"bn expects an image or a vector, got {show(ins[0])}")
     return ins[0], dict(attrs, channels=ins[0][0])
@@ -61,11 +61,13 @@ register(LayerKind(
     "bn", resolve_bn, aliases=("batchnorm",), options={"eps": 1e-5, "momentum": 0.1},
     params=lambda a, ins: {"gamma": (a["channels"],), "beta": (a["channels"],)},
     state=lambda a, ins: {"mean": (a["channels"],), "var": (a["channels"],)},
+    # at the start bn is the identity and its running statistics are those of a standard normal
+    tensors={"gamma": SCALE, "beta": SHIFT, "mean": statistic(0.0), "var": statistic(1.0)},
     flops=per_element(2),  # inference: one multiply and one add per element with folded statistics
 ))
 
 
-def resolve_lrn(attrs, ins):
+def resolve_lrn(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     image(ins[0], "lrn")
     if attrs["size"] < 1:
         raise ShapeError(f"lrn size must be >= 1 (received {attrs['size']})")

@@ -8,13 +8,13 @@ features of a vector (0) or of a sequence (1).
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import LayerKind, elements, register
+from dlc.layers import LayerKind, Shape, elements, feature_axis, register
 from dlc.layers.spatial import show
 
 register(LayerKind("input", lambda attrs, ins: (tuple(attrs["shape"]), dict(attrs))))
 
 
-def resolve_add(attrs, ins):
+def resolve_add(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     for s in ins[1:]:
         if s != ins[0]:
             raise ShapeError(f"add needs equal shapes, got {' and '.join(show(s) for s in ins)}")
@@ -28,9 +28,9 @@ register(LayerKind(
 ))
 
 
-def resolve_concat(attrs, ins):
+def resolve_concat(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     rank = len(ins[0])
-    axis = 1 if rank == 2 else 0
+    axis = feature_axis(ins[0])
     for s in ins[1:]:
         if len(s) != rank or any(x != y for i, (x, y) in enumerate(zip(s, ins[0])) if i != axis):
             what = "spatial sizes" if rank == 3 else "shapes apart from the features"

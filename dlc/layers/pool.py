@@ -9,11 +9,11 @@ avgpool divides by the number of cells of the window that lie inside the unpadde
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import GLOBAL, PAD, LayerKind, Window, register
+from dlc.layers import GLOBAL, PAD, LayerKind, Shape, Window, register
 from dlc.layers.spatial import image, pair, resolve_pads, window_out
 
 
-def resolve_pool(attrs: dict, ins):
+def resolve_pool(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "pooling")
     a = dict(attrs)
     kernel = pair(a["kernel"])
@@ -28,7 +28,7 @@ def resolve_pool(attrs: dict, ins):
     return (c, ho, wo), a
 
 
-def pool_flops(a, ins, out):
+def pool_flops(a: dict, ins: list[Shape], out: Shape) -> int:
     kh, kw = a["kernel"]
     return out[0] * out[1] * out[2] * kh * kw
 
@@ -40,7 +40,7 @@ for _name in ("maxpool", "avgpool"):
     ))
 
 
-def resolve_global(attrs: dict, ins):
+def resolve_global(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     c, h, w = image(ins[0], "global pooling")
     return (c,), dict(attrs)
 

@@ -10,7 +10,7 @@ Input (T, D); output (dirs*H) for the last step or (T, dirs*H) with `sequences`.
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import GLOBAL, LayerKind, register
+from dlc.layers import BIAS, GLOBAL, CostRule, LayerKind, Shape, ShapeRule, register, weight
 from dlc.layers.spatial import show
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -20,8 +20,8 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 GATE_OPS = {"rnn": 1, "lstm": 9, "gru": 7}
 
 
-def resolve_recurrent(kind: str):
-    def resolve(attrs, ins):
+def resolve_recurrent(kind: str) -> ShapeRule:
+    def resolve(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
         if len(ins[0]) != 2:
             raise ShapeError(f"{kind} expects a sequence TxD, got {show(ins[0])}")
         if attrs["hidden"] < 1:
@@ -34,18 +34,29 @@ def resolve_recurrent(kind: str):
     return resolve
 
 
-def recurrent_params(a, ins):
+def recurrent_params(a: dict, ins: list[Shape]) -> dict[str, Shape]:
     g, h, d, dirs = a["gates"] * a["hidden"], a["hidden"], a["in_features"], a["directions"]
     return {"W": (dirs, g, d), "R": (dirs, g, h), "B": (dirs, 2 * g)}
 
 
-def recurrent_macs(a, ins, out):
+def recurrent_fans(a: dict, shape: Shape) -> tuple[float, float]:
+    # W (dirs, gates*H, D) and R (dirs, gates*H, H) stack one H x D (or H x H) matrix per gate
+    # and direction; each gate is its own layer as far as the variance goes.
+    return shape[2], a["hidden"]
+
+
+# A unit's incoming weights are a row of W or R (the last axis), one per gate and direction.
+RECURRENT_TENSORS = {"W": weight(recurrent_fans, maxnorm=(-1,)), "R": weight(recurrent_fans, maxnorm=(-1,)),
+                     "B": BIAS}
+
+
+def recurrent_macs(a: dict, ins: list[Shape], out: Shape) -> int:
     t = ins[0][0]
     return t * a["directions"] * a["gates"] * a["hidden"] * (a["in_features"] + a["hidden"])
 
 
-def recurrent_flops(kind: str):
-    def flops(a, ins, out):
+def recurrent_flops(kind: str) -> CostRule:
+    def flops(a: dict, ins: list[Shape], out: Shape) -> int:
         t, gh = ins[0][0], a["gates"] * a["hidden"]
         # per step: the products, Wx + Rh joined (1 per gate unit), two bias adds, the gate arithmetic
         per_step = 3 * gh + GATE_OPS[kind] * a["hidden"]
@@ -56,6 +67,7 @@ def recurrent_flops(kind: str):
 for _kind in GATES:
     register(LayerKind(
         _kind, resolve_recurrent(_kind), size="int", size_required=True, size_attr="hidden",
-        flags=("sequences", "bidirectional"), params=recurrent_params, macs=recurrent_macs,
+        flags=("sequences", "bidirectional"), params=recurrent_params, tensors=RECURRENT_TENSORS,
+        macs=recurrent_macs,
         flops=recurrent_flops(_kind), window=lambda a: GLOBAL,
     ))

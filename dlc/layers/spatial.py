@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dlc.errors import ShapeError
+from dlc.layers import Shape
+
+Pair = tuple[int, int]  # a (height, width) kernel, stride, dilation or output size
+Pads = tuple[int, int, int, int]  # (top, left, bottom, right)
 
 
-def pair(v) -> tuple[int, int]:
+def pair(v: int | Pair | list[int]) -> Pair:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -16,7 +20,7 @@ def same_pads(size: int, k: int, stride: int, dil: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def resolve_pads(pad, hw: tuple[int, int], kernel, stride, dil) -> tuple[int, int, int, int]:
+def resolve_pads(pad: int | str, hw: Pair, kernel: Pair, stride: Pair, dil: Pair) -> Pads:
     """Explicit (top, left, bottom, right) pads from an option value: int, "same" or "valid"."""
     if pad == "valid":
         return (0, 0, 0, 0)
@@ -50,13 +54,13 @@ def window_out(size: int, k: int, stride: int, dil: int, before: int, after: int
     return out
 
 
-def image(shape, what: str) -> tuple[int, int, int]:
+def image(shape: Shape, what: str) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ShapeError(f"{what} expects an image C@HxW, got {show(shape)}")
-    return shape
+    return shape[0], shape[1], shape[2]
 
 
-def show(shape) -> str:
+def show(shape: Shape) -> str:
     """A shape as the spec language writes it: 3@224x224, 784, 200x128."""
     if len(shape) == 3:
         return f"{shape[0]}@{shape[1]}x{shape[2]}"

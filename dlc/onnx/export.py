@@ -123,7 +123,10 @@ def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict
     try:
         # With external data (not written yet) the checker reads the graph without the weights' values.
         onnx.checker.check_model(skeleton(model) if uses_external_data(model) else model, full_check=True)
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
+        # data_prop: clstoken's Expand takes a shape built from the batch (Shape, Gather, Concat), whose
+        # values only data propagation follows; without it the step axis comes back unknown
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True,
+                                                    data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise DlcError(f"the exported model is not valid ONNX: {e}")
     shapes = {v.name: v.type.tensor_type.shape for v in

@@ -11,16 +11,19 @@ vectors, (N, T, D) sequences, (N, T) token ids.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from onnx import NodeProto, helper, numpy_helper
 
 from dlc.graph import Node
+from dlc.layers import KINDS, feature_axis
 from dlc.onnx import GELU_OPSET, MIN_OPSET
 
+LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
+REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on, an attribute before
 # Kinds whose own ONNX operator is newer than MIN_OPSET; below it they lower to a decomposition.
-NATIVE_OPSET = {"gelu": GELU_OPSET}
+NATIVE_OPSET = {"gelu": GELU_OPSET, "layernorm": LAYERNORM_OPSET}
 
 
 def lowest_opset(graph) -> int:
@@ -29,34 +32,61 @@ def lowest_opset(graph) -> int:
     return max([MIN_OPSET, *(NATIVE_OPSET.get(n.kind, MIN_OPSET) for n in graph.nodes)])
 
 
-def op(kind: str, inputs: list[str], output: str, name: str, **attrs) -> NodeProto:
+class Lowering(Protocol):
+    def __call__(self, n: Node, x: list[str], opset: int, /) -> list[NodeProto]:
+        """(the node, its input tensor names, the target opset) -> the ONNX nodes that compute it."""
+
+
+def op(kind: str, inputs: list[str], output: str, name: str, **attrs: Any) -> NodeProto:
     return helper.make_node(kind, inputs, [output], name=name, **attrs)
 
 
-def const(name: str, values, dtype=np.int64) -> NodeProto:
+def const(name: str, values: float | list[int] | list[float],
+          dtype: type[np.generic] = np.int64) -> NodeProto:
     """A Constant node for a helper tensor (not a parameter, so not an initializer)."""
     return helper.make_node("Constant", [], [name], name=name,
                             value=numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
 
 
 def param(n: Node, key: str) -> str:
-    return f"{n.name}.{key}"
+    """The initializer a node reads as `key`: its own, or the one it shares (tied weights, read twice)."""
+    return KINDS[n.kind].shared(n.attrs).get(key, f"{n.name}.{key}")
 
 
-def unary(onnx_op: str, **fixed) -> Callable:
+def matmul_by_transposed(x: str, n: Node, key: str, out: str) -> list[NodeProto]:
+    """x @ Wᵀ for a weight stored (out, in) as Gemm's transB reads it; MatMul because x is (N, T, in)."""
+    wt = f"{out}/{key}T"
+    return [op("Transpose", [param(n, key)], wt, wt, perm=[1, 0]), op("MatMul", [x, wt], out, out)]
+
+
+def linear(x: str, n: Node, weight: str, bias: str | None, out: str) -> list[NodeProto]:
+    """x @ Wᵀ + b on a sequence (N, T, in): the bias add only when the layer has one."""
+    if bias is None:
+        return matmul_by_transposed(x, n, weight, out)
+    product = f"{out}/product"
+    return [*matmul_by_transposed(x, n, weight, product), op("Add", [product, param(n, bias)], out, out)]
+
+
+def reduce_mean(x: str, axes: list[int], out: str, opset: int, keepdims: int) -> list[NodeProto]:
+    if opset >= REDUCE_AXES_INPUT_OPSET:
+        return [const(f"{out}/axes", axes), op("ReduceMean", [x, f"{out}/axes"], out, out, keepdims=keepdims)]
+    return [op("ReduceMean", [x], out, out, axes=axes, keepdims=keepdims)]
+
+
+def unary(onnx_op: str, **fixed: Any) -> Lowering:
     def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
         return [op(onnx_op, x[:1], n.name, n.name, **fixed)]
     return lower
 
 
-def lower_conv(n: Node, x, opset):
+def lower_conv(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a = n.attrs
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
     return [op("Conv", ins, n.name, n.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
                dilations=list(a["dilation"]), pads=list(a["pads"]), group=a["groups"])]
 
 
-def lower_upconv(n: Node, x, opset):
+def lower_upconv(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a = n.attrs
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
     return [op("ConvTranspose", ins, n.name, n.name, kernel_shape=list(a["kernel"]),
@@ -64,8 +94,8 @@ def lower_upconv(n: Node, x, opset):
                group=a["groups"])]
 
 
-def pool(onnx_op: str, **fixed) -> Callable:
-    def lower(n: Node, x, opset):
+def pool(onnx_op: str, **fixed: Any) -> Lowering:
+    def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
         a = n.attrs
         # ONNX's ceil_mode drops a window that would start in the right padding: the Caffe/PyTorch
         # rule dlc's shape arithmetic follows, so the output sizes agree.
@@ -74,32 +104,34 @@ def pool(onnx_op: str, **fixed) -> Callable:
     return lower
 
 
-def global_pool(onnx_op: str) -> Callable:
-    def lower(n: Node, x, opset):
+def global_pool(onnx_op: str) -> Lowering:
+    def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
         # Global*Pool keeps 1x1 spatial axes; dlc's gap/gmp give a vector.
         return [op(onnx_op, x[:1], f"{n.name}/pooled", f"{n.name}/pool"),
                 op("Flatten", [f"{n.name}/pooled"], n.name, n.name, axis=1)]
     return lower
 
 
-def lower_fc(n: Node, x, opset):
+def lower_fc(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    if n.attrs["steps"] is not None:  # a sequence: every step through the same weight
+        return linear(x[0], n, "W", "b" if n.attrs["bias"] else None, n.name)
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if n.attrs["bias"] else [])
     return [op("Gemm", ins, n.name, n.name, transB=1)]
 
 
-def lower_dropout(n: Node, x, opset):
+def lower_dropout(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     # Without a training_mode input Dropout is the identity; the ratio is kept for readers of the model.
     ratio = f"{n.name}/ratio"
     return [const(ratio, n.attrs["p"], np.float32), op("Dropout", [x[0], ratio], n.name, n.name)]
 
 
-def lower_bn(n: Node, x, opset):
+def lower_bn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     ins = [x[0]] + [param(n, k) for k in ("gamma", "beta", "mean", "var")]
     return [op("BatchNormalization", ins, n.name, n.name, epsilon=float(n.attrs["eps"]),
                momentum=1.0 - float(n.attrs["momentum"]))]  # ONNX's momentum weighs the old statistic
 
 
-def lower_lrn(n: Node, x, opset):
+def lower_lrn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a, p = n.attrs, n.name
     size, alpha, beta, k = a["size"], float(a["alpha"]), float(a["beta"]), float(a["k"])
     if size % 2:
@@ -121,25 +153,24 @@ def lower_lrn(n: Node, x, opset):
             op("Div", [x[0], f"{p}/denominator"], p, p)]
 
 
-def lower_relu6(n: Node, x, opset):
+def lower_relu6(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     lo, hi = f"{n.name}/min", f"{n.name}/max"
     return [const(lo, 0.0, np.float32), const(hi, 6.0, np.float32), op("Clip", [x[0], lo, hi], n.name, n.name)]
 
 
-def lower_elu(n: Node, x, opset):
+def lower_elu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Elu", x[:1], n.name, n.name, alpha=float(n.attrs["alpha"]))]
 
 
-def lower_leaky(n: Node, x, opset):
+def lower_leaky(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("LeakyRelu", x[:1], n.name, n.name, alpha=float(n.attrs["alpha"]))]
 
 
-def lower_softmax(n: Node, x, opset):
-    # Over channels of an image and features of a vector (axis 1), the last axis of a sequence.
-    return [op("Softmax", x[:1], n.name, n.name, axis=-1 if len(n.out_shape) == 2 else 1)]
+def lower_softmax(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("Softmax", x[:1], n.name, n.name, axis=feature_axis(n.out_shape) + 1)]  # +1: the batch axis
 
 
-def lower_gelu(n: Node, x, opset):
+def lower_gelu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     if opset >= GELU_OPSET:
         return [op("Gelu", x[:1], n.name, n.name)]
     # x * (1 + erf(x / sqrt 2)) / 2, the exact Gelu
@@ -153,7 +184,7 @@ def lower_gelu(n: Node, x, opset):
             op("Mul", [f"{p}/product", f"{p}/half"], n.name, n.name)]
 
 
-def lower_upsample(n: Node, x, opset):
+def lower_upsample(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     f = float(n.attrs["factor"])
     scales = f"{n.name}/scales"
     # asymmetric + floor copies input pixel floor(i / f) to output pixel i: plain pixel repetition.
@@ -162,14 +193,95 @@ def lower_upsample(n: Node, x, opset):
                coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
 
 
-def lower_embed(n: Node, x, opset):
+def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
+
+
+def lower_layernorm(n: Node, x, opset):
+    p, eps = n.name, float(n.attrs["eps"])
+    if opset >= LAYERNORM_OPSET:
+        return [op("LayerNormalization", [x[0], param(n, "gamma"), param(n, "beta")], p, p, axis=-1, epsilon=eps)]
+    # (x - mean) / sqrt(variance + eps) * gamma + beta over the last axis, as LayerNormalization defines it
+    return [*reduce_mean(x[0], [-1], f"{p}/mean", opset, keepdims=1),
+            op("Sub", [x[0], f"{p}/mean"], f"{p}/centred", f"{p}/centre"),
+            op("Mul", [f"{p}/centred", f"{p}/centred"], f"{p}/squared", f"{p}/square"),
+            *reduce_mean(f"{p}/squared", [-1], f"{p}/variance", opset, keepdims=1),
+            const(f"{p}/eps", eps, np.float32),
+            op("Add", [f"{p}/variance", f"{p}/eps"], f"{p}/shifted", f"{p}/shift"),
+            op("Sqrt", [f"{p}/shifted"], f"{p}/std", f"{p}/std"),
+            op("Div", [f"{p}/centred", f"{p}/std"], f"{p}/normalised", f"{p}/normalise"),
+            op("Mul", [f"{p}/normalised", param(n, "gamma")], f"{p}/scaled", f"{p}/scale"),
+            op("Add", [f"{p}/scaled", param(n, "beta")], p, p)]
+
+
+def lower_attention(n: Node, x, opset):
+    """Multi-head self-attention as MatMul/Softmax: projections, heads split by Reshape/Transpose,
+    scaled scores, the causal mask as a constant (Where to -inf above the diagonal), softmax, the
+    weighted sum, heads joined, the output projection. Attention dropout is the identity at inference."""
+    a, p = n.attrs, n.name
+    t, d, h, dh = a["steps"], a["dim"], a["heads"], a["head_dim"]
+    bias = a["bias"]
+    nodes = [const(f"{p}/heads_shape", [0, t, h, dh]), const(f"{p}/joined_shape", [0, t, d])]
+    for w in ("q", "k", "v"):
+        nodes += linear(x[0], n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
+        nodes.append(op("Reshape", [f"{p}/{w}", f"{p}/heads_shape"], f"{p}/{w}_split", f"{p}/{w}_split"))
+    # q, v: (N, H, T, dh); k: (N, H, dh, T), so one MatMul gives the scores
+    nodes += [op("Transpose", [f"{p}/q_split"], f"{p}/q_heads", f"{p}/q_heads", perm=[0, 2, 1, 3]),
+              op("Transpose", [f"{p}/k_split"], f"{p}/k_heads", f"{p}/k_heads", perm=[0, 2, 3, 1]),
+              op("Transpose", [f"{p}/v_split"], f"{p}/v_heads", f"{p}/v_heads", perm=[0, 2, 1, 3]),
+              op("MatMul", [f"{p}/q_heads", f"{p}/k_heads"], f"{p}/scores", f"{p}/scores"),
+              const(f"{p}/scale", 1 / math.sqrt(dh), np.float32),
+              op("Mul", [f"{p}/scores", f"{p}/scale"], f"{p}/scaled", f"{p}/scale_scores")]
+    scores = f"{p}/scaled"
+    if a["causal"]:
+        future = np.triu(np.ones((t, t), dtype=bool), 1)
+        nodes += [const(f"{p}/future", future, np.bool_), const(f"{p}/minus_inf", -np.inf, np.float32),
+                  op("Where", [f"{p}/future", f"{p}/minus_inf", scores], f"{p}/masked", f"{p}/mask")]
+        scores = f"{p}/masked"
+    nodes += [op("Softmax", [scores], f"{p}/weights", f"{p}/softmax", axis=-1),
+              op("MatMul", [f"{p}/weights", f"{p}/v_heads"], f"{p}/heads", f"{p}/weighted_sum"),
+              op("Transpose", [f"{p}/heads"], f"{p}/heads_last", f"{p}/join", perm=[0, 2, 1, 3]),
+              op("Reshape", [f"{p}/heads_last", f"{p}/joined_shape"], f"{p}/joined", f"{p}/joined")]
+    return nodes + linear(f"{p}/joined", n, "Wo", "bo" if bias else None, p)
+
+
+def lower_posembed(n: Node, x, opset):
+    return [op("Add", [x[0], param(n, "P")], n.name, n.name)]
+
+
+def lower_clstoken(n: Node, x, opset):
+    # the token, (D,), broadcast to (N, 1, D) for the batch at hand, then put before the first step
+    p, d = n.name, n.attrs["dim"]
+    return [op("Shape", [x[0]], f"{p}/input_shape", f"{p}/input_shape"),
+            const(f"{p}/batch_axis", [0]),
+            op("Gather", [f"{p}/input_shape", f"{p}/batch_axis"], f"{p}/batch", f"{p}/batch", axis=0),
+            const(f"{p}/step_shape", [1, d]),
+            op("Concat", [f"{p}/batch", f"{p}/step_shape"], f"{p}/token_shape", f"{p}/token_shape", axis=0),
+            op("Expand", [param(n, "cls"), f"{p}/token_shape"], f"{p}/token", f"{p}/expand"),
+            op("Concat", [f"{p}/token", x[0]], p, p, axis=1)]
+
+
+def lower_tokens(n: Node, x, opset):
+    p = n.name
+    steps, c = n.out_shape
+    return [const(f"{p}/shape", [0, c, steps]),
+            op("Reshape", [x[0], f"{p}/shape"], f"{p}/flat", f"{p}/flatten"),
+            op("Transpose", [f"{p}/flat"], p, p, perm=[0, 2, 1])]
+
+
+def lower_seqpool(n: Node, x, opset):
+    p, mode = n.name, n.attrs["mode"]
+    if mode == "mean":
+        return reduce_mean(x[0], [1], p, opset, keepdims=0)
+    step = 0 if mode == "first" else n.attrs["steps"] - 1
+    # a scalar index: Gather drops the step axis
+    return [const(f"{p}/step", step), op("Gather", [x[0], f"{p}/step"], p, p, axis=1)]
 
 
 RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
-def lower_recurrent(n: Node, x, opset):
+def lower_recurrent(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     """(N, T, D) -> ONNX's time-major (T, N, D); Y (T, dirs, N, H) or Y_h (dirs, N, H) back to dlc's
     (N, T, dirs*H) or (N, dirs*H). onnxruntime refuses layout=1, hence the transposes."""
     a, p = n.attrs, n.name
@@ -194,15 +306,15 @@ def lower_recurrent(n: Node, x, opset):
     return nodes
 
 
-def lower_add(n: Node, x, opset):
+def lower_add(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Add" if len(x) == 2 else "Sum", x, n.name, n.name)]
 
 
-def lower_concat(n: Node, x, opset):
+def lower_concat(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Concat", x, n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
 
 
-LOWER: dict[str, Callable[[Node, list[str], int], list[NodeProto]]] = {
+LOWER: dict[str, Lowering] = {
     "conv": lower_conv,
     "dwconv": lower_conv,
     "upconv": lower_upconv,
@@ -233,4 +345,10 @@ LOWER: dict[str, Callable[[Node, list[str], int], list[NodeProto]]] = {
     "gru": lower_recurrent,
     "add": lower_add,
     "concat": lower_concat,
+    "layernorm": lower_layernorm,
+    "attention": lower_attention,
+    "posembed": lower_posembed,
+    "clstoken": lower_clstoken,
+    "tokens": lower_tokens,
+    "seqpool": lower_seqpool,
 }

@@ -66,7 +66,7 @@ class NumpyEngine:
         self.trained = {k: v for k, v in params.items() if k not in fixed}
         if self.frozen and not self.trained:
             raise DlcError(f"freeze={cfg.freeze} leaves no layer with weights to train")
-        self.decayed = optim.decayed(self.trained)
+        self.decayed = optim.decayed(graph, self.trained)
         self.norm_axes = optim.maxnorm_axes(graph, self.trained) if cfg.maxnorm else {}
         self.grads: dict[str, np.ndarray] = {}
 

@@ -13,22 +13,25 @@ With learning rate η, gradient g and weights w (CS231n's notes, "Parameter upda
 ε defaults to 1e-8. The state is a dict of named arrays ("v:conv1.W", "m:fc1.b"), plus adam's step
 count t, so a checkpoint holds it and a resumed run continues bit for bit.
 
-Regularisation acts on weights only: not on biases ("*.b", recurrent "*.B") nor bn's "gamma"/"beta".
+Regularisation acts on the tensors whose role in the layer registry says so (weights and embedding
+tables): not on biases nor bn's scale and shift.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
 from dlc.choices import OPTIMIZER_SLOTS
 from dlc.errors import DlcError
+from dlc.graph import Graph
+from dlc.layers import Role, role
 
 DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 RMSPROP_DECAY = 0.9
-NOT_DECAYED = ("b", "B", "gamma", "beta")  # parameter names within a node that are not weights
 
 
 @dataclass
@@ -125,9 +128,14 @@ def step(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndar
         update(opt, name, w, grads[name], lr)
 
 
-def decayed(names) -> list[str]:
-    """The weights among parameter names: what weight decay, L1 and max-norm act on."""
-    return [n for n in names if n.rsplit(".", 1)[-1] not in NOT_DECAYED]
+def _role(graph: Graph, full_name: str) -> Role:
+    layer, tensor = full_name.rsplit(".", 1)
+    return role(graph.node(layer).kind, tensor)
+
+
+def decayed(graph: Graph, names: Iterable[str]) -> list[str]:
+    """The weights among the graph's parameter names: what weight decay, L1 and max-norm act on."""
+    return [n for n in names if _role(graph, n).decayed]
 
 
 # ------------------------------------------------------------------------ checkpointing the state
@@ -149,11 +157,6 @@ def state_from_json(doc: dict) -> Optimizer:
     return opt
 
 
-# A unit's incoming weights for max-norm: every axis but the first, except where the layout differs.
-MAXNORM_AXES = {"rnn": (-1,), "lstm": (-1,), "gru": (-1,),  # W/R (dirs, gates*H, D): rows are units
-                "upconv": (0, 2, 3)}  # W (C_in, C_out, kh, kw): output channel j reads W[:, j]
-
-
-def maxnorm_axes(graph, names) -> dict[str, tuple[int, ...] | None]:
+def maxnorm_axes(graph: Graph, names: Iterable[str]) -> dict[str, tuple[int, ...] | None]:
     """For each weight, the axes its per-unit norm runs over (None: all but the first)."""
-    return {n: MAXNORM_AXES.get(graph.node(n.rsplit(".", 1)[0]).kind) for n in decayed(names)}
+    return {n: _role(graph, n).maxnorm for n in decayed(graph, names)}

@@ -14,9 +14,11 @@ the dtype of their input (float32 in training, float64 for gradient checks).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
+
+Arrays = dict[str, np.ndarray]  # a node's tensors by name within the node ("W", "mean")
 
 
 @dataclass
@@ -25,15 +27,30 @@ class Ctx:
     rng: np.random.Generator | None = None
 
 
-KERNELS: dict[str, Callable] = {}
+class Backward(Protocol):
+    def __call__(self, dy: np.ndarray, /) -> tuple[Sequence[np.ndarray | None], Arrays]:
+        """dy -> (one gradient per input, None for token ids; a gradient per trainable parameter)."""
 
 
-def kernel(*kinds: str):
-    def register(fn):
+Forward = tuple[np.ndarray, Backward]
+
+
+class Kernel(Protocol):
+    def __call__(self, attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx,
+                 /) -> Forward:
+        """The contract above: the output and the closure that back-propagates through it."""
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def kernel(*kinds: str) -> Callable[[Kernel], Kernel]:
+    """Register the decorated function as the kernel of each named kind."""
+    def register(fn: Kernel) -> Kernel:
         for k in kinds:
             KERNELS[k] = fn
         return fn
     return register
 
 
-from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge  # noqa: E402,F401
+from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge, attention, sequence  # noqa: E402,F401

@@ -9,12 +9,18 @@ convs (groups = C) skip the columns and sum weighted window views instead.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 from dlc.engine.kernels.im2col import (add_windows, col2im, crop_chwn, from_chwn, im2col, pad_chwn,
                                        row_bands, span, to_chwn, window_cells, windows)
-from dlc.layers.spatial import window_out
+from dlc.layers import Shape
+from dlc.layers.spatial import Pair, window_out
+
+# d -> (gradient of the padded input, gradient of W), all (C, H, W, N) inside the engine
+ConvBackward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 # Output bytes of a block of depthwise channels: small enough that the block's sum over the window
 # offsets stays in a core's L2 cache.
@@ -46,11 +52,12 @@ def outer_sum(a: np.ndarray, b: np.ndarray, into: np.ndarray) -> None:
         into += np.matmul(b, a.transpose(0, 2, 1)).transpose(0, 2, 1)
 
 
-def scatter(bands, band_windows, shape, dtype, stride, dil) -> np.ndarray:
+def scatter(bands: list[tuple[int, int]], band_windows: Callable[[int, int], np.ndarray], shape: Shape,
+            dtype: np.dtype, stride: Pair, dil: Pair) -> np.ndarray:
     """A new (C, Hp, Wp, N) image summing the window values each band yields as (C, kh, kw, rows, Wo, N),
     where band (r0, r1) covers window rows r0..r1-1."""
     if len(bands) == 1:
-        return col2im(band_windows(*bands[0]), shape[1:3], stride, dil)
+        return col2im(band_windows(*bands[0]), (shape[1], shape[2]), stride, dil)
     out = np.zeros(shape, dtype)
     for r0, r1 in bands:
         cols = band_windows(r0, r1)
@@ -60,7 +67,7 @@ def scatter(bands, band_windows, shape, dtype, stride, dil) -> np.ndarray:
 
 
 @kernel("conv", "dwconv")
-def conv(attrs, params, state, xs, ctx):
+def conv(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     c, h, w, n = x.shape
     (kh, kw), stride, dil, pads = attrs["kernel"], attrs["stride"], attrs["dilation"], attrs["pads"]
@@ -85,7 +92,8 @@ def conv(attrs, params, state, xs, ctx):
     return from_chwn(y), backward
 
 
-def columns(xp, weight, g, out_hw, stride, dil):
+def columns(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: Pair,
+            dil: Pair) -> tuple[np.ndarray, ConvBackward]:
     """A convolution as one matrix product per group over im2col columns: (C_out, Ho, Wo, N) and its
     backward d -> (gradient of xp, gradient of W)."""
     c, _, _, n = xp.shape
@@ -123,7 +131,8 @@ def columns(xp, weight, g, out_hw, stride, dil):
     return y.reshape(c_out, ho, wo, n), backward
 
 
-def depthwise(xp, weight, g, out_hw, stride, dil):
+def depthwise(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: Pair,
+              dil: Pair) -> tuple[np.ndarray, ConvBackward]:
     """groups = C (dwconv, MobileNet): each output channel reads one input channel, so a weighted sum
     of the kh*kw window views does it without columns (as G tiny matrix products it ran 10x slower than
     a dense conv of the same size). Channels go in blocks whose outputs stay in cache across the sum."""
@@ -164,7 +173,7 @@ def depthwise(xp, weight, g, out_hw, stride, dil):
 
 
 @kernel("upconv")
-def upconv(attrs, params, state, xs, ctx):
+def upconv(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     """ONNX ConvTranspose: every input pixel adds x * W[c_in] into its window of the output; the full
     output is then cropped by the pads (output_padding is not offered)."""
     x = to_chwn(xs[0])

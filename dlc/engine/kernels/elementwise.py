@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.layers import feature_axis
 
 # Klambauer et al., "Self-Normalizing Neural Networks" (2017): the fixed point of mean 0, variance 1.
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -18,26 +19,26 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 
 @kernel("identity")
-def identity(attrs, params, state, xs, ctx):
+def identity(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     return xs[0], lambda dy: ([dy], {})
 
 
 @kernel("relu")
-def relu(attrs, params, state, xs, ctx):
+def relu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     y = np.maximum(x, 0)
     return y, lambda dy: ([dy * (x > 0)], {})
 
 
 @kernel("relu6")
-def relu6(attrs, params, state, xs, ctx):
+def relu6(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     y = np.clip(x, 0, 6)  # ONNX Clip(0, 6)
     return y, lambda dy: ([dy * ((x > 0) & (x < 6))], {})
 
 
 @kernel("leaky")
-def leaky(attrs, params, state, xs, ctx):
+def leaky(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x, alpha = xs[0], float(attrs["alpha"])
     slope = np.where(x > 0, 1, alpha).astype(x.dtype, copy=False)
     return x * slope, lambda dy: ([dy * slope], {})
@@ -55,18 +56,18 @@ def logistic(z: np.ndarray) -> np.ndarray:
 
 
 @kernel("sigmoid")
-def sigmoid(attrs, params, state, xs, ctx):
+def sigmoid(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     y = logistic(xs[0])
     return y, lambda dy: ([dy * y * (1 - y)], {})
 
 
 @kernel("tanh")
-def tanh(attrs, params, state, xs, ctx):
+def tanh(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     y = np.tanh(xs[0])
     return y, lambda dy: ([dy * (1 - y * y)], {})
 
 
-def scaled_elu(x: np.ndarray, alpha: float, scale: float):
+def scaled_elu(x: np.ndarray, alpha: float, scale: float) -> Forward:
     """scale * (x if x > 0 else alpha * (exp(x) - 1)), and its backward."""
     pos = x > 0
     # expm1 of the clipped input: accurate near 0 and no overflow warning for large positive x
@@ -78,12 +79,12 @@ def scaled_elu(x: np.ndarray, alpha: float, scale: float):
 
 
 @kernel("elu")
-def elu(attrs, params, state, xs, ctx):
+def elu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     return scaled_elu(xs[0], float(attrs["alpha"]), 1.0)
 
 
 @kernel("selu")
-def selu(attrs, params, state, xs, ctx):
+def selu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     return scaled_elu(xs[0], SELU_ALPHA, SELU_SCALE)
 
 
@@ -148,7 +149,7 @@ _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
 @kernel("gelu")
-def gelu(attrs, params, state, xs, ctx):
+def gelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     # exact GELU, x * Phi(x) (ONNX Gelu approximate="none", PyTorch's default); Phi through erfc
     # keeps its relative accuracy for very negative x
     x = xs[0]
@@ -162,12 +163,12 @@ def gelu(attrs, params, state, xs, ctx):
 
 
 def softmax_axis(x: np.ndarray) -> int:
-    """Softmax runs over channels of an image, features of a vector, the last axis of a sequence."""
-    return -1 if x.ndim == 3 else 1
+    """The axis of a batch-first array that softmax (and a class target) runs over: its features."""
+    return feature_axis(x.shape[1:]) + 1
 
 
 @kernel("softmax")
-def softmax(attrs, params, state, xs, ctx):
+def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     axis = softmax_axis(x)
     y = np.exp(x - x.max(axis=axis, keepdims=True))
@@ -178,27 +179,27 @@ def softmax(attrs, params, state, xs, ctx):
     return y, backward
 
 
-def _rng(ctx, kind: str) -> np.random.Generator:
+def training_rng(ctx, kind: str) -> np.random.Generator:
     if ctx.rng is None:
         raise ValueError(f"{kind} in training mode needs ctx.rng (a seeded numpy Generator)")
     return ctx.rng
 
 
 @kernel("dropout")
-def dropout(attrs, params, state, xs, ctx):
+def dropout(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x, p = xs[0], float(attrs["p"])
     if not ctx.training or p == 0:
         return identity(attrs, params, state, xs, ctx)
     # inverted dropout: scale the kept units at training time so inference is the identity
-    keep = _rng(ctx, "dropout").random(x.shape, dtype=x.dtype) >= p
+    keep = training_rng(ctx, "dropout").random(x.shape, dtype=x.dtype) >= p
     mask = np.multiply(keep, 1 / (1 - p), dtype=x.dtype)
     return x * mask, lambda dy: ([dy * mask], {})
 
 
 @kernel("noise")
-def noise(attrs, params, state, xs, ctx):
+def noise(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x, sigma = xs[0], float(attrs["sigma"])
     if not ctx.training or sigma == 0:
         return identity(attrs, params, state, xs, ctx)
-    eps = _rng(ctx, "noise").standard_normal(x.shape, dtype=x.dtype)
+    eps = training_rng(ctx, "noise").standard_normal(x.shape, dtype=x.dtype)
     return x + sigma * eps, lambda dy: ([dy], {})

@@ -12,12 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-# The most bytes of im2col columns built at once. A layer within it keeps its columns for backward
-# (LeNet-5's first layer at batch 64: 5 MiB); a larger one goes through in bands of output rows and
-# rebuilds them in backward, since kept columns cost kh*kw times the input (VGG-16's second layer at
-# batch 64: 7 GiB). With 8 MiB a LeNet-5 step at batch 256 peaks at 1.6x the training-memory
-# estimate of conventions.md instead of 3.7x.
-COLS_BYTES = 8 << 20
+from dlc.engine.budget import COLS_BYTES  # read at call time by row_bands, so a test can patch it here
+from dlc.layers.spatial import Pads, Pair
 
 
 def to_chwn(x: np.ndarray) -> np.ndarray:
@@ -30,7 +26,7 @@ def from_chwn(a: np.ndarray) -> np.ndarray:
     return a.transpose(3, 0, 1, 2)
 
 
-def pad_chwn(x: np.ndarray, pads, value: float = 0.0) -> np.ndarray:
+def pad_chwn(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     """x padded by (top, left, bottom, right) with `value`; x itself when there is nothing to pad."""
     t, l, b, r = pads
     if not (t or l or b or r):
@@ -46,7 +42,7 @@ def pad_chwn(x: np.ndarray, pads, value: float = 0.0) -> np.ndarray:
     return xp
 
 
-def crop_chwn(xp: np.ndarray, pads) -> np.ndarray:
+def crop_chwn(xp: np.ndarray, pads: Pads) -> np.ndarray:
     t, l, b, r = pads
     return xp[:, t:xp.shape[1] - b, l:xp.shape[2] - r]
 
@@ -62,7 +58,7 @@ def row_bands(rows: int, bytes_per_row: int) -> list[tuple[int, int]]:
     return [(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
-def windows(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
+def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dil: Pair, out_hw: Pair) -> np.ndarray:
     """The read-only (C, kh, kw, Ho, Wo, N) view of every window of a padded (C, Hp, Wp, N) array."""
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dil, out_hw
     c, _, _, n = xp.shape
@@ -71,7 +67,7 @@ def windows(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
                       writeable=False)
 
 
-def window_cells(xp: np.ndarray, i: int, j: int, stride, dil, out_hw) -> np.ndarray:
+def window_cells(xp: np.ndarray, i: int, j: int, stride: Pair, dil: Pair, out_hw: Pair) -> np.ndarray:
     """The writeable (C, Ho, Wo, N) view of the cells that offset (i, j) of every window reads.
 
     The same cells as windows(...)[:, i, j], by plain slicing: numpy adds into it about 8% faster
@@ -81,7 +77,7 @@ def window_cells(xp: np.ndarray, i: int, j: int, stride, dil, out_hw) -> np.ndar
     return xp[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
 
 
-def im2col(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
+def im2col(xp: np.ndarray, kernel: Pair, stride: Pair, dil: Pair, out_hw: Pair) -> np.ndarray:
     """(C*kh*kw, Ho*Wo*N) columns, rows ordered as ONNX weights (c, i, j), so W.reshape(C_out, -1) @ cols."""
     win = windows(xp, kernel, stride, dil, out_hw)
     c, kh, kw, ho, wo, n = win.shape
@@ -90,7 +86,7 @@ def im2col(xp: np.ndarray, kernel, stride, dil, out_hw) -> np.ndarray:
     return cols.reshape(c * kh * kw, ho * wo * n)
 
 
-def add_windows(into: np.ndarray, cols: np.ndarray, stride, dil) -> None:
+def add_windows(into: np.ndarray, cols: np.ndarray, stride: Pair, dil: Pair) -> None:
     """into[window cells] += cols: the transpose of `windows`, for (C, kh, kw, Ho, Wo, N) values."""
     _, kh, kw, ho, wo, _ = cols.shape
     for i in range(kh):
@@ -99,7 +95,7 @@ def add_windows(into: np.ndarray, cols: np.ndarray, stride, dil) -> None:
             cells += cols[:, i, j]
 
 
-def col2im(cols: np.ndarray, padded_hw, stride, dil) -> np.ndarray:
+def col2im(cols: np.ndarray, padded_hw: Pair, stride: Pair, dil: Pair) -> np.ndarray:
     """A new padded (C, Hp, Wp, N) image where each cell sums the window values that cover it.
 
     cols may be any (C, kh, kw, Ho, Wo, N) array, a broadcast view included.

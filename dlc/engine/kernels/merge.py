@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 
 
 @kernel("add")
-def add(attrs, params, state, xs, ctx):
+def add(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     y = xs[0] + xs[1]
     for x in xs[2:]:
         y += x
@@ -17,7 +17,7 @@ def add(attrs, params, state, xs, ctx):
 
 
 @kernel("concat")
-def concat(attrs, params, state, xs, ctx):
+def concat(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     axis = attrs["axis"] + 1  # the attribute counts axes without the batch
     y = np.concatenate(xs, axis=axis)
     ends = np.cumsum([x.shape[axis] for x in xs])[:-1]

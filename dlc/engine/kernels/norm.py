@@ -1,4 +1,5 @@
-"""bn and lrn: normalisation over the batch and over neighbouring channels.
+"""bn, layernorm and lrn: normalisation over the batch, over each sample's features, over neighbouring
+channels.
 
 bn follows PyTorch and ONNX BatchNormalization: training normalises with the batch's biased variance
 and moves the running statistics by `momentum` (running = (1 - momentum) * running + momentum * batch,
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 
 
 def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
@@ -18,7 +19,7 @@ def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
 
 
 @kernel("bn")
-def bn(attrs, params, state, xs, ctx):
+def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     eps = float(attrs["eps"])
@@ -51,6 +52,27 @@ def bn(attrs, params, state, xs, ctx):
     return y, backward
 
 
+@kernel("layernorm")
+def layernorm(attrs, params, state, xs, ctx):
+    # ONNX LayerNormalization over the last axis: each vector, or each step of a sequence, on its own
+    x, gamma, beta = xs[0], params["gamma"], params["beta"]
+    xc = x - x.mean(axis=-1, keepdims=True)
+    inv_std = 1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + float(attrs["eps"]))
+    xhat = xc
+    xhat *= inv_std
+    y = xhat * gamma + beta
+
+    def backward(dy):
+        rows = dy.reshape(-1, dy.shape[-1])
+        grads = {"gamma": (rows * xhat.reshape(rows.shape)).sum(axis=0), "beta": rows.sum(axis=0)}
+        g = dy * gamma
+        # the mean and variance depend on every feature: remove g's mean and its part along xhat
+        dx = g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
+        dx *= inv_std
+        return [dx], grads
+    return y, backward
+
+
 def _window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
     """s[:, c] = sum of a[:, c - before .. c + after] over channels that exist (zero padding)."""
     s = a.copy()
@@ -63,7 +85,7 @@ def _window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
 
 
 @kernel("lrn")
-def lrn(attrs, params, state, xs, ctx):
+def lrn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     size = int(attrs["size"])
     alpha, beta, k = float(attrs["alpha"]), float(attrs["beta"]), float(attrs["k"])

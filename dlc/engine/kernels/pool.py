@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 from dlc.engine.kernels.im2col import col2im, crop_chwn, from_chwn, pad_chwn, to_chwn, windows
-from dlc.layers.spatial import window_out
+from dlc.layers.spatial import Pads, Pair, window_out
 
 
-def pool_geometry(attrs, h: int, w: int):
+def pool_geometry(attrs: dict, h: int, w: int) -> tuple[Pair, Pads]:
     """(out_hw, pads) where pads grow at the bottom/right so the `ceil` windows that hang over the
     edge read padding, not memory past the array."""
     (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
@@ -30,14 +30,14 @@ def inside_counts(size: int, out: int, k: int, stride: int, before: int) -> np.n
     return np.minimum(start + k, size) - np.maximum(start, 0)
 
 
-def pool_windows(attrs, x: np.ndarray, pad_value: float):
+def pool_windows(attrs: dict, x: np.ndarray, pad_value: float) -> tuple[np.ndarray, np.ndarray, Pads]:
     """(padded x, its (C, kh, kw, Ho, Wo, N) window view, pads grown for `ceil`) of a (C, H, W, N) x."""
     out_hw, pads = pool_geometry(attrs, x.shape[1], x.shape[2])
     xp = pad_chwn(x, pads, pad_value)
     return xp, windows(xp, attrs["kernel"], attrs["stride"], (1, 1), out_hw), pads
 
 
-def reduce_windows(win: np.ndarray, op) -> np.ndarray:
+def reduce_windows(win: np.ndarray, op: np.ufunc) -> np.ndarray:
     """op (np.add, np.maximum) over the kh*kw window offsets: (C, Ho, Wo, N)."""
     y = win[:, 0, 0].copy()
     for i in range(win.shape[1]):
@@ -47,13 +47,13 @@ def reduce_windows(win: np.ndarray, op) -> np.ndarray:
     return y
 
 
-def input_gradient(per_window: np.ndarray, xp: np.ndarray, pads, stride) -> np.ndarray:
+def input_gradient(per_window: np.ndarray, xp: np.ndarray, pads: Pads, stride: Pair) -> np.ndarray:
     """The NCHW input gradient from each window cell's share, (C, kh, kw, Ho, Wo, N)."""
     return from_chwn(crop_chwn(col2im(per_window, xp.shape[1:3], stride, (1, 1)), pads))
 
 
 @kernel("avgpool")
-def avgpool(attrs, params, state, xs, ctx):
+def avgpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     """ONNX AveragePool with count_include_pad=0: each window divides by its cells inside the input."""
     x = to_chwn(xs[0])
     xp, win, pads = pool_windows(attrs, x, 0.0)
@@ -75,7 +75,7 @@ def avgpool(attrs, params, state, xs, ctx):
 
 
 @kernel("maxpool")
-def maxpool(attrs, params, state, xs, ctx):
+def maxpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     xp, win, pads = pool_windows(attrs, x, -np.inf)
     y = reduce_windows(win, np.maximum)
@@ -98,7 +98,7 @@ def maxpool(attrs, params, state, xs, ctx):
 
 
 @kernel("gap")
-def gap(attrs, params, state, xs, ctx):
+def gap(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     c, h, w, n = x.shape
     y = x.reshape(c, h * w, n).mean(axis=1)
@@ -112,7 +112,7 @@ def gap(attrs, params, state, xs, ctx):
 
 
 @kernel("gmp")
-def gmp(attrs, params, state, xs, ctx):
+def gmp(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     c, h, w, n = x.shape
     flat = x.reshape(c, h * w, n)
@@ -129,7 +129,7 @@ def gmp(attrs, params, state, xs, ctx):
 
 
 @kernel("upsample")
-def upsample(attrs, params, state, xs, ctx):
+def upsample(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     """Nearest neighbour: output cell (h, w) copies input cell (h // F, w // F)."""
     x = to_chwn(xs[0])
     c, h, w, n = x.shape

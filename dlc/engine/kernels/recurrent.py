@@ -14,23 +14,28 @@ A cell is a pair of functions on one time step, batch-vectorised:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from dlc.engine.kernels import kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, Kernel, kernel
 from dlc.engine.kernels.elementwise import logistic
 
+Step = tuple[np.ndarray, np.ndarray | None, object]  # (h, c, cache); c is None but for the LSTM
+Back = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # (dzx, dzh, dh_prev, dc_prev)
 
-def rnn_step(zx, h, c, R, Rb):
+
+def rnn_step(zx: np.ndarray, h: np.ndarray, c: np.ndarray | None, R: np.ndarray, Rb: np.ndarray) -> Step:
     h = np.tanh(zx + h @ R.T + Rb)
     return h, None, h
 
 
-def rnn_back(dh, dc, h, R):
+def rnn_back(dh: np.ndarray, dc: np.ndarray | None, h: np.ndarray, R: np.ndarray) -> Back:
     dz = dh * (1 - h * h)
     return dz, dz, dz @ R, None
 
 
-def lstm_step(zx, h, c, R, Rb):
+def lstm_step(zx: np.ndarray, h: np.ndarray, c: np.ndarray, R: np.ndarray, Rb: np.ndarray) -> Step:
     H = h.shape[1]
     z = zx + h @ R.T + Rb
     sig = logistic(z[:, :3 * H])  # i, o, f
@@ -41,7 +46,7 @@ def lstm_step(zx, h, c, R, Rb):
     return o * tc, c_new, (sig, g, c, tc)
 
 
-def lstm_back(dh, dc, cache, R):
+def lstm_back(dh: np.ndarray, dc: np.ndarray, cache: tuple, R: np.ndarray) -> Back:
     sig, g, c, tc = cache
     H = g.shape[1]
     i, o, f = sig[:, :H], sig[:, H:2 * H], sig[:, 2 * H:]
@@ -55,7 +60,7 @@ def lstm_back(dh, dc, cache, R):
     return dz, dz, dz @ R, dc * f
 
 
-def gru_step(zx, h, c, R, Rb):
+def gru_step(zx: np.ndarray, h: np.ndarray, c: np.ndarray | None, R: np.ndarray, Rb: np.ndarray) -> Step:
     H = h.shape[1]
     zh = h @ R.T + Rb
     zr = logistic(zx[:, :2 * H] + zh[:, :2 * H])
@@ -65,7 +70,7 @@ def gru_step(zx, h, c, R, Rb):
     return (1 - u) * n + u * h, None, (zr, n, hh, h)
 
 
-def gru_back(dh, dc, cache, R):
+def gru_back(dh: np.ndarray, dc: np.ndarray | None, cache: tuple, R: np.ndarray) -> Back:
     zr, n, hh, h = cache
     H = n.shape[1]
     u, r = zr[:, :H], zr[:, H:]
@@ -80,10 +85,12 @@ def gru_back(dh, dc, cache, R):
     return dzx, dzh, dzh @ R + dh * u, None
 
 
-CELLS = {"rnn": (rnn_step, rnn_back), "lstm": (lstm_step, lstm_back), "gru": (gru_step, gru_back)}
+CELLS: dict[str, tuple[Callable[..., Step], Callable[..., Back]]] = {
+    "rnn": (rnn_step, rnn_back), "lstm": (lstm_step, lstm_back), "gru": (gru_step, gru_back)}
 
 
-def run_direction(step, x_tm, W, R, B):
+def run_direction(step: Callable[..., Step], x_tm: np.ndarray, W: np.ndarray, R: np.ndarray,
+                  B: np.ndarray) -> tuple[np.ndarray, list]:
     """One direction over time-major x (T, N, D): states (T, N, H) and what backward needs."""
     T, N = x_tm.shape[:2]
     G, H = W.shape[0], R.shape[1]
@@ -101,7 +108,8 @@ def run_direction(step, x_tm, W, R, B):
     return hs, caches
 
 
-def back_direction(back, dhs, hs, caches, x_tm, W, R):
+def back_direction(back: Callable[..., Back], dhs: np.ndarray, hs: np.ndarray, caches: list,
+                   x_tm: np.ndarray, W: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, ...]:
     """Backpropagation through time for one direction: (dx_tm, dW, dR, dB)."""
     T, N, H = hs.shape
     G = W.shape[0]
@@ -121,10 +129,10 @@ def back_direction(back, dhs, hs, caches, x_tm, W, R):
     return np.matmul(dzx, W), dW, dR, dB
 
 
-def recurrent(kind):
+def recurrent(kind: str) -> Kernel:
     step, back = CELLS[kind]
 
-    def forward(attrs, params, state, xs, ctx):
+    def forward(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
         x = xs[0]
         W, R, B = params["W"], params["R"], params["B"]
         dirs, H = W.shape[0], R.shape[2]

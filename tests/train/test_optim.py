@@ -142,9 +142,28 @@ def test_unknown_schedule_is_an_error():
         make_schedule("warmup", 0.1, 10)
 
 
+IMAGE_NET = "input 3@8x8 -> conv 4@3x3 -> bn -> relu -> upconv 2@2x2/2 -> gap -> fc 2"
+TOKEN_NET = "input seq 10 -> embed 8 vocab=50 -> lstm 4 -> fc 3"
+
+
 def test_only_weights_are_decayed():
-    names = ["conv1.W", "conv1.b", "bn1.gamma", "bn1.beta", "lstm1.W", "lstm1.R", "lstm1.B", "fc1.W", "embed1.W"]
-    assert optim.decayed(names) == ["conv1.W", "lstm1.W", "lstm1.R", "fc1.W", "embed1.W"]
+    image = compile_spec(IMAGE_NET, file="image.dlc")
+    names = ["conv1.W", "conv1.b", "bn1.gamma", "bn1.beta", "upconv1.W", "upconv1.b", "fc1.W", "fc1.b"]
+    assert optim.decayed(image, names) == ["conv1.W", "upconv1.W", "fc1.W"]
+    tokens = compile_spec(TOKEN_NET, file="tokens.dlc")
+    names = ["embed1.W", "lstm1.W", "lstm1.R", "lstm1.B", "fc1.W", "fc1.b"]
+    assert optim.decayed(tokens, names) == ["embed1.W", "lstm1.W", "lstm1.R", "fc1.W"]
+
+
+def test_maxnorm_runs_over_each_units_incoming_weights():
+    # conv W (C_out, C_in, kh, kw) and fc W (units, in): a unit's weights are all but the first axis;
+    # upconv W (C_in, C_out, kh, kw): output channel j reads W[:, j]; lstm W/R (dirs, 4H, D): a row.
+    image = compile_spec(IMAGE_NET, file="image.dlc")
+    assert optim.maxnorm_axes(image, ["conv1.W", "conv1.b", "upconv1.W", "fc1.W"]) == {
+        "conv1.W": None, "upconv1.W": (0, 2, 3), "fc1.W": None}
+    tokens = compile_spec(TOKEN_NET, file="tokens.dlc")
+    assert optim.maxnorm_axes(tokens, ["embed1.W", "lstm1.W", "lstm1.R", "lstm1.B"]) == {
+        "embed1.W": None, "lstm1.W": (-1,), "lstm1.R": (-1,)}
 
 
 BN_NET = "input 4 -> fc 3 -> bn -> relu -> fc 2 softmax"

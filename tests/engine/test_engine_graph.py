@@ -7,6 +7,7 @@ the `dlc gradcheck` tests go through the real command on spec text.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -15,13 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from dlc.cli import main
+from dlc.compile import compile_spec
 from dlc.engine import run
 from dlc.engine.gradcheck import check_gradients
 from dlc.engine.kernels import KERNELS
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
-from dlc.layers import KINDS, PAD
+from dlc.layers import KINDS
 
 TOL = 1e-6
 
@@ -34,8 +36,7 @@ def build(input_shape, *steps, tokens=False) -> Graph:
     shapes = {"input": tuple(input_shape)}
     for name, kind, written, *inputs in steps:
         k = KINDS[kind]
-        attrs = {o: (0 if v == PAD else v) for o, v in k.options.items()}  # conv/pool pad defaults to 0
-        attrs.update({f: False for f in k.flags})
+        attrs = k.default_attrs()
         if k.size_attr:
             attrs[k.size_attr] = k.size_default
         attrs.update(written)
@@ -190,6 +191,21 @@ def test_fused_bce_matches_bce_on_the_sigmoid_output():
     np.testing.assert_allclose(grads["fc.W"], ((s[:, 0] - t) @ x / 6)[None], rtol=1e-10)
 
 
+def test_the_plan_is_kept_outside_the_graph_and_leaves_with_it():
+    g = build((4,), ("fc", "fc", {"units": 3}))
+    params, state = init_params(g)
+    before = dict(vars(g))
+    run.forward(g, params, state, np.zeros((2, 4), np.float32))
+    assert vars(g) == before  # nothing was written onto the Graph
+    key = id(g)
+    assert run.PLANS[key].nodes is g.nodes
+    g.nodes = list(g.nodes)  # a graph whose node list was replaced gets a fresh plan
+    assert run.compile_plan(g).nodes is g.nodes
+    del g
+    gc.collect()
+    assert key not in run.PLANS
+
+
 def test_predict_in_chunks_equals_one_forward_pass():
     g = resnet_block()
     params, state = init_params(g)
@@ -285,6 +301,20 @@ def test_he_init_of_a_stride_2_upconv_doubles_the_input_variance():
     y, _ = run.forward(g, params, state, x)
     assert y.shape == (8, 32, 16, 16)
     assert y.var() == pytest.approx(2.0, rel=0.1)
+
+
+def test_embedding_rows_have_unit_variance_and_recurrent_gates_their_own_fan_in():
+    # An embedding is a product with a one-hot vector (fan-in 1): N(0, 1) rows under he and xavier, as
+    # PyTorch's nn.Embedding. An lstm stacks one H x D matrix per gate: he's fan-in is D for W, H for R.
+    g = compile_spec("input seq 10 -> embed 100 vocab=400 -> lstm 50", file="lm.dlc")
+    for init in ("he", "xavier"):
+        params, _ = init_params(g, init=init, dtype=np.float64)
+        assert params["embed1.W"].std() == pytest.approx(1.0, rel=0.02), init
+    params, _ = init_params(g, init="he", dtype=np.float64)
+    assert params["lstm1.W"].std() == pytest.approx(np.sqrt(2 / 100), rel=0.03)
+    assert params["lstm1.R"].std() == pytest.approx(np.sqrt(2 / 50), rel=0.03)
+    assert not params["lstm1.B"].any()
+    assert init_params(g, init="gaussian", std=0.5)[0]["embed1.W"].std() == pytest.approx(0.5, rel=0.02)
 
 
 def test_xavier_and_gaussian_init():

@@ -99,17 +99,19 @@ def test_zoo_lists_specs_and_names_resolve():
     assert r.exit_code == 0 and json.loads(r.output)["input"] == [3, 227, 227]
 
 
-def test_analysis_path_imports_neither_numpy_nor_onnx():
+def test_analysis_path_imports_neither_numpy_nor_onnx_nor_matplotlib(tmp_path):
+    drawn = tmp_path / "resnet50.svg"
     code = (
         "import sys\n"
         "from dlc.cli import main\n"
-        "for cmd in ('shapes', 'params', 'flops', 'summary', 'check'):\n"
+        f"for args in (['shapes'], ['params'], ['flops'], ['summary'], ['check'], ['draw', '-o', {str(drawn)!r}]):\n"
         "    try:\n"
-        "        main([cmd, 'resnet50'], standalone_mode=False)\n"
+        "        main([args[0], 'resnet50', *args[1:]], standalone_mode=False)\n"
         "    except SystemExit as e:\n"
         "        assert not e.code, e.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'onnx', 'onnxruntime'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'onnx', 'onnxruntime', 'matplotlib'))\n"
         "assert not heavy, heavy\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert drawn.exists()

@@ -1,0 +1,57 @@
+"""The boxes of a diagram and what each reads: the analysis table's rows, or block calls folded whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.analysis import analyse
+from dlc.graph import BlockCall, Graph
+from dlc.report import Row, rows
+
+
+@dataclass
+class Box:
+    name: str  # the table row's name; "basic1 … basic2" for a collapsed block call and its repeats
+    text: str  # the spec text of the row, or the block call as written ("basic(64) x2")
+    kind: str  # the kind of its first node; "block" for a collapsed block call
+    out_shape: tuple[int, ...]
+    params: int  # trainable
+    nodes: list[str]  # every graph node it stands for
+    inputs: list[str]  # the boxes it reads, in the order its nodes read them
+
+
+@dataclass
+class Diagram:
+    title: str
+    boxes: list[Box]  # in the graph's (topological) order
+
+
+def diagram(graph: Graph, every_node: bool = False, collapse: bool = False) -> Diagram:
+    """One box per row of `dlc shapes` (per node with every_node); with collapse, one box per top-level
+    block call, its repeats included."""
+    groups: list[tuple[BlockCall | None, list[Row]]] = []
+    for row in rows(analyse(graph), every_node):
+        call = row.stats[0].node.call if collapse else None
+        if call is not None and groups and groups[-1][0] == call:
+            groups[-1][1].append(row)
+        else:
+            groups.append((call, [row]))
+    boxes = [_box(call, group) for call, group in groups]
+    box_of = {node: box.name for box in boxes for node in box.nodes}
+    for box in boxes:
+        for node in box.nodes:
+            for i in graph.node(node).inputs:
+                if box_of[i] != box.name and box_of[i] not in box.inputs:
+                    box.inputs.append(box_of[i])
+    return Diagram(graph.file, boxes)
+
+
+def _box(call: BlockCall | None, group: list[Row]) -> Box:
+    nodes = [s.node.name for row in group for s in row.stats]
+    params = sum(row.total("params") for row in group)
+    if call is None:
+        row = group[0]
+        return Box(row.name, row.text, row.stats[0].node.kind, row.out_shape, params, nodes, [])
+    scopes = list(dict.fromkeys(n.split(".", 1)[0] for n in nodes))
+    name = scopes[0] if len(scopes) == 1 else f"{scopes[0]} … {scopes[-1]}"
+    return Box(name, call.text, "block", group[-1].out_shape, params, nodes, [])

@@ -1,0 +1,41 @@
+"""How boxes look in every format: the colour of a box by what its layer does, and its lines of text."""
+
+from __future__ import annotations
+
+from dlc.draw.boxes import Box
+from dlc.layers import KINDS
+from dlc.layers.spatial import show
+
+# category -> (fill, stroke); light fills so the black text stays readable on paper and on screens
+COLOURS = {
+    "input": ("#e6e6e6", "#505050"),
+    "conv": ("#dbe8f7", "#3f6fa3"),
+    "dense": ("#f8dfe3", "#a34a5b"),
+    "pool": ("#def0d8", "#4f8a43"),
+    "merge": ("#fbe8c8", "#a8782a"),
+    "block": ("#e8e0f6", "#6a52a0"),
+    "plain": ("#f5f5f5", "#8c8c8c"),
+}
+
+MAX_TEXT = 56  # characters of spec text on a box; a longer step is cut with an ellipsis
+
+
+def category(box: Box) -> str:
+    """Read from the registry (weights, sliding window, merge), not from a list of kind names."""
+    if box.kind in ("input", "block"):
+        return box.kind
+    kind = KINDS[box.kind]
+    if kind.merge:
+        return "merge"
+    if box.params and kind.size in ("conv", "window"):
+        return "conv"
+    if box.params:
+        return "dense"
+    return "pool" if kind.size == "window" else "plain"
+
+
+def lines(box: Box) -> list[str]:
+    """Name, spec text, output shape (and trainable params when there are any)."""
+    text = box.text if len(box.text) <= MAX_TEXT else box.text[:MAX_TEXT - 1] + "…"
+    shape = show(box.out_shape) + (f" · {box.params:,} params" if box.params else "")
+    return [box.name, text, shape]

@@ -28,6 +28,7 @@ from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.layers import KINDS
 from dlc.layers.spatial import resolve_pads, show
+from dlc.onnx.analysis import live_tensors
 from dlc.onnx.model import OnnxGraph, attributes, from_model, read_model
 
 
@@ -62,8 +63,9 @@ class Reader:
         self.init = {t.name: t for t in g.model.graph.initializer}
         self.constants: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.live = live_tensors(g)
         for n in g.nodes:
-            if n.op_type == "Constant" or (n.op_type == "Identity" and self.is_constant(n.input[0])):
+            if n.op_type == "Constant" or (n.op_type in ("Identity", "Transpose") and self.is_constant(n.input[0])):
                 self.constants[n.output[0]] = n
             for t in n.input:
                 self.consumers.setdefault(t, []).append(n)
@@ -84,8 +86,9 @@ class Reader:
         n = self.constants.get(name)
         if n is None:
             return None
-        if n.op_type == "Identity":
-            return self.value(n.input[0])
+        if n.op_type in ("Identity", "Transpose"):  # a weight stored (out, in), transposed for a MatMul
+            v = self.value(n.input[0])
+            return v if v is None or n.op_type == "Identity" else np.transpose(v, attributes(n).get("perm"))
         a = attributes(n)
         if "value" in a:
             return numpy_helper.to_array(a["value"])
@@ -340,8 +343,10 @@ def reduces_spatial_axes(r: Reader, n: onnx.NodeProto) -> bool:
 # --- dense -----------------------------------------------------------------------------------------
 
 def import_fc(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Gemm on a vector; MatMul by a stored weight (plus an Add of a stored bias) on a vector or on each
+    step of a sequence. A weight shared with an embedding (tied) imports as a copy of the table."""
     x = r.shape(n.input[0])
-    if len(x) != 1:
+    if len(x) != 1 and not (len(x) == 2 and n.op_type == "MatMul"):
         return None
     if n.op_type == "Gemm":
         a = attributes(n)
@@ -631,15 +636,83 @@ def follow_reshapes(r: Reader, name: str, target: tuple[int, ...]) -> list[onnx.
 # --- merges ----------------------------------------------------------------------------------------
 
 def import_add(r: Reader, n: onnx.NodeProto) -> Found | None:
-    return one("add", "add", n)  # the inputs' producers decide; a constant operand is refused by the caller
+    return one("add", "add", n) if all(i in r.live for i in n.input) else None
+
+
+def import_posembed(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """A stored (T, D) table added to a sequence."""
+    if len(n.input) != 2 or n.op_type != "Add":
+        return None
+    x = next((i for i in n.input if i in r.live), None)
+    table = next((r.value(i) for i in n.input if i not in r.live), None)
+    if x is None or table is None or len(r.shape(x)) != 2 or table.size != math.prod(r.shape(x)):
+        return None
+    return one("posembed", "posembed", n, {"P": table.reshape(r.shape(x)).astype(np.float32)})
+
+
+def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Concat along the steps of a stored token (expanded to the batch) and the sequence."""
+    if len(n.input) != 2 or n.input[1] not in r.live or n.input[0] in r.live:
+        return None
+    x = r.shape(n.input[1])
+    token = producer_node(r, n.input[0])
+    cls = r.value(token.input[0]) if token is not None and token.op_type == "Expand" else r.value(n.input[0])
+    if len(x) != 2 or attributes(n).get("axis") not in (1, -2) or cls is None or cls.size != x[1]:
+        return None
+    return one("clstoken", "clstoken", n, {"cls": cls.reshape(-1).astype(np.float32)})
 
 
 def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if not all(i in r.live for i in n.input):
+        return None
     x = r.shape(n.input[0])
     axis = attributes(n)["axis"] % (len(x) + 1)
     if axis != (2 if len(x) == 2 else 1):
         raise NotImportable(f"it joins along axis {axis}; dlc's concat joins the features")
     return one("concat", "concat", n)
+
+
+def import_layernorm(r: Reader, n: onnx.NodeProto) -> Found | None:
+    x = r.shape(n.input[0])
+    a = attributes(n)
+    if a.get("axis", -1) % (len(x) + 1) != len(x) or len(x) not in (1, 2):
+        raise NotImportable("dlc's layernorm normalises the last axis of a vector or a sequence")
+    if len(n.output) > 1 and any(r.consumers.get(o) for o in n.output[1:] if o):
+        raise NotImportable("its mean or inverse deviation is read by the graph")
+    gamma = r.weight(n, 1, "scale")
+    beta = r.weight(n, 2, "bias") if r.optional(n, 2) else np.zeros_like(gamma)
+    return one("layernorm", "layernorm" + options(eps=(float(np.float32(a.get("epsilon", 1e-5))), 1e-5)), n,
+               {"gamma": gamma, "beta": beta})
+
+
+def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """An image read as its pixels: Reshape (N, C, H·W) then Transpose to (N, H·W, C)."""
+    x, y = r.shape(n.input[0]), r.shape(n.output[0])
+    after = r.only_consumer(n.output[0])
+    if len(x) != 3 or y != (x[0], x[1] * x[2]) or after is None or after.op_type != "Transpose" \
+            or list(attributes(after).get("perm", [])) != [0, 2, 1]:
+        return None
+    return one("tokens", "tokens", n, output=after.output[0], nodes=[n, after])
+
+
+def import_seqpool(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Step 0 or T-1 of a sequence (a Gather of a scalar index on axis 1), or its mean over the steps."""
+    x = r.shape(n.input[0])
+    if len(x) != 2 or n.input[0] not in r.live:
+        return None
+    if n.op_type == "Gather":
+        index = r.value(n.input[1])
+        if attributes(n).get("axis", 0) != 1 or index is None or index.ndim != 0:
+            return None
+        step = int(index) % x[0]
+        return one("seqpool", "seqpool first", n) if step == 0 else \
+            one("seqpool", "seqpool last", n) if step == x[0] - 1 else None
+    a = attributes(n)
+    axes = a.get("axes") or (r.value(n.input[1]).tolist() if r.optional(n, 1) and r.value(n.input[1]) is not None
+                             else None)
+    if axes is None or [ax % 3 for ax in axes] != [1] or r.shape(n.output[0]) != x[1:]:
+        return None
+    return one("seqpool", "seqpool", n)
 
 
 def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -677,10 +750,17 @@ IMPORT: dict[str, Import] = {
     "gru": Import(("Transpose", "GRU"), recurrent("gru")),
     "add": Import(("Add", "Sum"), import_add),
     "concat": Import(("Concat",), import_concat),
+    "layernorm": Import(("LayerNormalization",), import_layernorm),
+    "posembed": Import(("Add",), import_posembed),
+    "clstoken": Import(("Concat",), import_clstoken),
+    "tokens": Import(("Reshape",), import_tokens),
+    "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
 }
-# Kinds no ONNX operator pattern gives: `input` is the graph's input itself, and `noise` acts in
-# training only, so exporters write nothing for it.
-NOT_IMPORTED = ("input", "noise")
+# Kinds no ONNX operator pattern gives: `input` is the graph's input itself; `noise` acts in training
+# only, so exporters write nothing for it; `attention` is a chain of a dozen MatMul, Reshape, Transpose,
+# Softmax (and mask) nodes that each exporter lays out its own way, not matched yet: it is refused at
+# its first MatMul.
+NOT_IMPORTED = ("input", "noise", "attention")
 
 BY_OP: dict[str, list[str]] = {}
 for _kind, _entry in IMPORT.items():
@@ -723,8 +803,8 @@ def read_layers(r: Reader) -> tuple[str, list[Layer], int]:
     producer = {g.inputs[0]: 0}
     used: set[int] = set()
     for n in g.nodes:
-        if id(n) in used or not any(i in producer for i in n.input if i):
-            continue  # a helper (constant or shape arithmetic), or a node a pattern already took
+        if id(n) in used or not any(i in producer for i in n.input if i) or not any(o in r.live for o in n.output):
+            continue  # a helper (constant or shape arithmetic, Shape of a layer's output), or taken already
         found = match(r, n)
         used.update(id(m) for m in found.nodes)
         live = [i for i in n.input if i in producer]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import keyword
 import sys
 
 import click
@@ -32,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "infer": "dlc.commands.onnx",
     "bench": "dlc.commands.onnx",
     "train": "dlc.commands.train",
+    "import": "dlc.commands.importer",
     "draw": "dlc.commands.pictures",
     "plot": "dlc.commands.pictures",
 }
@@ -64,7 +66,9 @@ class Commands(click.Group):
         module = COMMANDS.get(name)
         if module is None:
             return None
-        return getattr(importlib.import_module(module), name.replace("-", "_"))
+        attr = name.replace("-", "_")
+        # a command named after a Python keyword (`import`) is defined as `import_`, PEP 8's spelling
+        return getattr(importlib.import_module(module), attr + "_" if keyword.iskeyword(attr) else attr)
 
     def invoke(self, ctx: click.Context):
         try:

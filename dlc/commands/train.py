@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--mixup", type=NON_NEGATIVE, default=0.0, help="Augment: mixup with Beta(alpha, alpha).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<spec>-<time>).")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="DIR", help="Continue the run in DIR exactly.")
+@click.option("--weights", metavar="CKPT", help="Start from this checkpoint's weights (e.g. dlc import's NET.npz) "
+              "instead of fresh ones; with --freeze LABEL, train only the layers after LABEL.")
 @click.option("--save-every", type=click.IntRange(min=1), metavar="STEPS",
               help="Checkpoint every N steps within an epoch (default: every 60 seconds).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
@@ -62,7 +64,7 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
+          mixup, out, resume, weights, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
     from dlc import plot as curves
 
@@ -79,7 +81,10 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
     engine_class = engine_for(engine, device)
     writer = launched()[0] == 0  # under torchrun, rank 0 alone writes and prints
     display = Display(quiet or as_json or not writer)
+    start = None
     if resume is not None:
+        if weights:
+            raise DlcError("--weights starts a new run; --resume continues one with its own weights")
         graph, cfg, src, norm, checkpoint = load_resume(resume, spec, expr, keys)
         classes = output_width(graph)
         runs = [(cfg, resume, checkpoint)]
@@ -90,6 +95,10 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
         norm = None
+        if weights:
+            from dlc.engine.params import load_checkpoint
+
+            start = load_checkpoint(weights, graph)[:2]
         root = out or fresh_out(graph)
         runs = fresh_runs(cfg, root, repeat, check=writer)
     try:
@@ -111,7 +120,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
         try:
             result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
-                                  save_every=save_every, on_event=display, engine=engine_class)
+                                  save_every=save_every, on_event=display, engine=engine_class, start=start)
         finally:
             display.close()
         docs.append(run_summary(result, data_arrays, data_arrays.notes))

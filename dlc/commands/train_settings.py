@@ -47,9 +47,12 @@ TRAIN_FLAGS = [
     ("restart_every", click.IntRange(min=1), "cosine: epochs between warm restarts."),
     ("lr_min", NON_NEGATIVE, "cosine/linear: the lowest rate."),
     ("k", NON_NEGATIVE, "exp/invsqrt: decay constant."),
+    ("freeze", str, "Keep every layer up to and including this label (or layer name) fixed: no gradients, "
+                    "bn statistics frozen (transfer learning, with --weights)."),
 ]
 TRAIN_KEY_NAMES = [k for k, _, _ in TRAIN_FLAGS]
 INT_KEYS = {"batch", "epochs", "seed", "step_every", "restart_every"}
+LABEL_KEYS = {"freeze"}  # a spec's label, checked against the graph by the engine
 WORD_KEYS = {"loss": choices.LOSSES, "optimizer": tuple(choices.OPTIMIZER_SLOTS), "init": choices.INITS,
              "schedule": choices.SCHEDULES}
 # Flags that change what a run computes: refused with --resume, which continues the saved run as it was.
@@ -84,6 +87,9 @@ def spec_settings(graph) -> dict:
     for key, value in graph.train.items():
         if key not in TRAIN_KEY_NAMES:
             raise error(key, f"unknown training setting `{key}` (expected one of {', '.join(TRAIN_KEY_NAMES)})")
+        if key in LABEL_KEYS:
+            out[key] = str(value)
+            continue
         if key in WORD_KEYS:
             if value not in WORD_KEYS[key]:
                 raise error(key, f"train {key}={value}: expected one of {', '.join(WORD_KEYS[key])}")

@@ -59,6 +59,7 @@ class Tape:
     backs: list[Callable] | None  # None once backward has consumed them
     stop: int  # the slot forward stopped at (its output)
     params: dict
+    frozen: int = 0  # slots 1..frozen ran fixed: backward stops before them
 
 
 # Plans by id() of their graph: a Graph is a plain (unhashable) dataclass, so it cannot key a
@@ -126,18 +127,23 @@ def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None) -> Ctx:
 
 
 def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, stop: int,
-             backs: list | None) -> Iterator[tuple[Node, np.ndarray]]:
-    """Yield each node's output in order up to slot `stop`; record backward closures in `backs`."""
+             backs: list | None, frozen: int = 0) -> Iterator[tuple[Node, np.ndarray]]:
+    """Yield each node's output in order up to slot `stop`; record backward closures in `backs`.
+
+    The first `frozen` steps run as at inference (bn on its running statistics, which stay as they
+    are; no dropout) and keep nothing for backward: transfer learning's fixed layers."""
     values: list = [None] * len(plan.nodes)
     values[0] = x
     yield plan.nodes[0], x
+    fixed = Ctx(False, None)
     for step in plan.steps[:stop]:
+        here = fixed if step.out <= frozen else ctx
         y, back = step.kernel(step.attrs, {k: params[f] for k, f in step.params} if step.params else {},
                               {k: state[f] for k, f in step.state} if step.state else {},
-                              [values[i] for i in step.inputs], ctx)
+                              [values[i] for i in step.inputs], here)
         values[step.out] = y
         if backs is not None:
-            backs.append(back)
+            backs.append(None if step.out <= frozen else back)
         # backward reads only what the closures kept, so an output nobody reads again can go at once
         for i in step.free:
             values[i] = None
@@ -146,19 +152,41 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
 
 def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
             rng: np.random.Generator | None = None, keep: bool = False,
-            upto: str | None = None) -> tuple[np.ndarray, Tape | None]:
+            upto: str | None = None, frozen: str | None = None) -> tuple[np.ndarray, Tape | None]:
     """Run the graph (up to and including node `upto`); with keep=True also return the tape for backward.
 
-    In training mode dropout and noise draw from `rng` and bn uses batch statistics and updates `state`.
+    In training mode dropout and noise draw from `rng` and bn uses batch statistics and updates `state`;
+    every node up to and including `frozen` runs as at inference and gets no gradients.
     """
     plan = compile_plan(graph)
     stop = _slot(graph, plan, upto)
+    fixed = plan.index[frozen] if frozen else 0
     _check_input(graph, x)
     backs = [] if keep else None
     y = x
-    for _, y in _execute(plan, params, state, x, _ctx(plan, training, rng), stop, backs):
+    for _, y in _execute(plan, params, state, x, _ctx(plan, training, rng), stop, backs, fixed):
         pass
-    return y, (Tape(plan, backs, stop, params) if keep else None)
+    return y, (Tape(plan, backs, stop, params, fixed) if keep else None)
+
+
+def frozen_params(graph: Graph, frozen: str | None) -> set[str]:
+    """The trainable tensors of every node up to and including `frozen`: transfer learning keeps them."""
+    if not frozen:
+        return set()
+    plan = compile_plan(graph)
+    return {full for step in plan.steps[:plan.index[frozen]] for _, full in step.params}
+
+
+def freeze_point(graph: Graph, label: str) -> str:
+    """The node `--freeze LABEL` names: a label set by `as LABEL`, or a layer's name from the tables."""
+    for n in graph.nodes:
+        if n.label == label:
+            return n.name
+    if label in {n.name for n in graph.nodes[1:]}:
+        return label
+    labels = [n.label for n in graph.nodes if n.label]
+    raise DlcError(f"freeze={label}: no step of {graph.file} is labelled `{label}` and no layer is named so "
+                   f"(labels: {', '.join(labels) or 'none; add `as LABEL` to a step'})")
 
 
 def activations(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
@@ -183,7 +211,7 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
     pending: list = [None] * len(plan.nodes)
     pending[tape.stop] = dy
     grads: dict[str, np.ndarray] = {}
-    for k in range(tape.stop - 1, -1, -1):
+    for k in range(tape.stop - 1, tape.frozen - 1, -1):  # frozen steps (slots 1..frozen) get no gradients
         step = plan.steps[k]
         g = pending[step.out]
         if g is None:
@@ -199,8 +227,9 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
                 # out of place: the first gradient may be a kernel's own buffer or the caller's dy
                 pending[i] = dx if pending[i] is None else pending[i] + dx
     if len(grads) < len(plan.param_names):
+        fixed = {full for step in plan.steps[:tape.frozen] for _, full in step.params}
         for full in plan.param_names:
-            if full not in grads:
+            if full not in grads and full not in fixed:
                 grads[full] = np.zeros_like(tape.params[full])
     return grads, (None if plan.tokens else pending[0])
 
@@ -211,7 +240,7 @@ def _fused(graph: Graph, loss: str) -> str | None:
 
 
 def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,
-                 rng: np.random.Generator | None = None, keep: bool = False):
+                 rng: np.random.Generator | None = None, keep: bool = False, frozen: str | None = None):
     """(value, network output, d value / d (output or logits), tape or None), in training mode.
 
     The tape ends where the loss was taken (the logits when fused), so `backward(tape, dout)` continues it.
@@ -220,26 +249,28 @@ def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.n
         raise DlcError(f"unknown loss `{loss}` (expected one of {', '.join(sorted(LOSSES))})")
     fused = _fused(graph, loss)
     if fused is None:
-        out, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep)
+        out, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, frozen=frozen)
         value, dout = LOSSES[loss](out, y)
         return value, out, dout, tape
     last = graph.output
-    logits, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, upto=last.inputs[0])
+    logits, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, upto=last.inputs[0],
+                           frozen=frozen)
     value, dlogits = LOSSES[fused](logits, y)
     out, _ = KERNELS[last.kind](last.attrs, {}, {}, [logits], Ctx(True, rng))
     return value, out, dlogits, tape
 
 
 def loss_and_grads(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,
-                   rng: np.random.Generator | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+                   rng: np.random.Generator | None = None,
+                   frozen: str | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
     """One training step's core: (loss value, network output, parameter gradients).
 
     With `xent` after a final softmax (or `bce` after a final sigmoid) the network runs up to the logits
     and the fused loss takes them, which stays finite where the probabilities round to 0 or 1; `out`
     is still the network's output (the probabilities). `xent` without a final softmax reads the output
-    as logits.
+    as logits. With `frozen`, the parameters of the nodes up to it get no gradients (none in the dict).
     """
-    value, out, dout, tape = loss_forward(graph, params, state, x, y, loss, rng=rng, keep=True)
+    value, out, dout, tape = loss_forward(graph, params, state, x, y, loss, rng=rng, keep=True, frozen=frozen)
     grads, _ = backward(tape, dout)
     return value, out, grads
 

@@ -73,6 +73,8 @@ class TorchEngine:
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
                  rng_state: str | None):
+        if cfg.freeze:  # the NumPy engine's run.freeze_point and tape-free frozen steps have no torch twin yet
+            raise DlcError("freeze= runs on the NumPy engine for now: drop --engine torch, or the freeze")
         self.graph, self.cfg, self.opt = graph, cfg, opt
         self.device = pick_device(self.device_name)
         self.rank, self.world = launched()
@@ -114,10 +116,13 @@ class TorchEngine:
             self.set_rng(rng_state)
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig) -> TorchEngine:
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> TorchEngine:
         from dlc.engine.params import init_params
 
-        params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
+        if start is not None:  # copies: the same start may begin several runs (--repeat)
+            params, state = ({k: np.array(v, np.float32) for k, v in d.items()} for d in start)
+        else:
+            params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
         return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
                                                                    cfg.beta2, cfg.eps), None)
 

@@ -33,6 +33,7 @@ class TrainConfig:
     restart_every: int | None = None
     lr_min: float | None = None
     k: float | None = None
+    freeze: str | None = None  # transfer learning: the label (or layer) up to which the weights stay fixed
     balanced: bool = False
     augment: Augment = field(default_factory=Augment)
 

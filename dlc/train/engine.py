@@ -16,7 +16,8 @@ import numpy as np
 
 from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params
-from dlc.engine.run import loss_and_grads, predict
+from dlc.engine.run import freeze_point, frozen_params, loss_and_grads, predict
+from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.train import optim
 from dlc.train.config import TrainConfig
@@ -29,8 +30,9 @@ class Engine(Protocol):
     world: int
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig) -> Engine:
-        """Weights initialised as cfg says (init, init_std, seed) and an optimizer with no state yet."""
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> Engine:
+        """Weights initialised as cfg says (init, init_std, seed), or `start`'s (params, state) from
+        --weights, and an optimizer with no state yet."""
 
     @classmethod
     def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> Engine:
@@ -63,14 +65,23 @@ class NumpyEngine:
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
         self.graph, self.cfg = graph, cfg
         self.params, self.state, self.opt = params, state, opt
-        self.decayed = optim.decayed(graph, params)
-        self.norm_axes = optim.maxnorm_axes(graph, params) if cfg.maxnorm else {}
+        # transfer learning: the layers up to cfg.freeze keep their weights; only the rest is trained
+        self.frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
+        fixed = frozen_params(graph, self.frozen)
+        self.trained = {k: v for k, v in params.items() if k not in fixed}
+        if self.frozen and not self.trained:
+            raise DlcError(f"freeze={cfg.freeze} leaves no layer with weights to train")
+        self.decayed = optim.decayed(graph, self.trained)
+        self.norm_axes = optim.maxnorm_axes(graph, self.trained) if cfg.maxnorm else {}
         self.grads: dict[str, np.ndarray] = {}
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig) -> NumpyEngine:
-        """Weights initialised from cfg.seed and an optimizer with no slots yet."""
-        params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> NumpyEngine:
+        """Weights initialised from cfg.seed, or start's (params, state), and an optimizer with no slots yet."""
+        if start is not None:  # copies: the same start may begin several runs (--repeat)
+            params, state = ({k: np.array(v, np.float32) for k, v in d.items()} for d in start)
+        else:
+            params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
         return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
                                                                     cfg.beta2, cfg.eps))
 
@@ -80,7 +91,8 @@ class NumpyEngine:
         return cls(graph, cfg, params, state, optim.state_from_json(optimizer))
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
-        value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng)
+        value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng,
+                                           frozen=self.frozen)
         for lam, penalty in ((self.cfg.weight_decay, l2_penalty), (self.cfg.l1, l1_penalty)):
             if lam:
                 extra, pgrads = penalty(self.params, self.decayed, lam)
@@ -91,7 +103,7 @@ class NumpyEngine:
         return value, out
 
     def update(self, lr: float) -> None:
-        optim.step(self.opt, self.params, self.grads, lr)
+        optim.step(self.opt, self.trained, self.grads, lr)
         for k, axes in self.norm_axes.items():
             maxnorm_(self.params[k], self.cfg.maxnorm, axes)
 

@@ -110,7 +110,8 @@ class Run:
 
     def __init__(self, graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
                  checkpoint: tuple[dict, dict, dict] | None, save_every: int | None, save_seconds: float,
-                 on_event: Callable[[str, dict], None], engine: type[Engine]):
+                 on_event: Callable[[str, dict], None], engine: type[Engine],
+                 start: tuple[dict, dict] | None = None):
         check_config(cfg, graph, data)
         self.graph, self.data, self.cfg = graph, data, cfg
         self.save_every, self.save_seconds, self.emit = save_every, save_seconds, on_event
@@ -121,7 +122,7 @@ class Run:
                                    lr_min=cfg.lr_min, k=cfg.k)
         self.fresh = checkpoint is None
         if checkpoint is None:
-            self.engine: Engine = engine.fresh(graph, cfg)
+            self.engine: Engine = engine.fresh(graph, cfg, start)
             self.noise_rng = np.random.default_rng([cfg.seed, STREAM_NOISE])
             self.aug_rng = np.random.default_rng([cfg.seed, STREAM_AUGMENT])
             self.pos, self.running, self.best, self.elapsed = Position(), Running(), {}, 0.0
@@ -274,7 +275,7 @@ class Run:
 def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
           checkpoint: tuple[dict, dict, dict] | None = None, save_every: int | None = None,
           save_seconds: float = SAVE_SECONDS, on_event: Callable[[str, dict], None] | None = None,
-          engine: type[Engine] = NumpyEngine) -> RunResult:
+          engine: type[Engine] = NumpyEngine, start: tuple[dict, dict] | None = None) -> RunResult:
     """Train `graph` on `data` (already fitted and normalised) into the run directory `out`.
 
     meta: what the checkpoints must carry besides the run's own state (data source, normalisation).
@@ -282,6 +283,8 @@ def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
     on_event(kind, info): "epoch" at the start of an epoch, "step" after each step, "end" with an
     epoch's record; for progress displays.
     engine: the class that does the arithmetic (see dlc.train.engine).
+    start: (params, state) to start a fresh run from (--weights: a checkpoint, an imported model).
     """
     return Run(graph, data, cfg, out, meta=meta, checkpoint=checkpoint, save_every=save_every,
-               save_seconds=save_seconds, on_event=on_event or (lambda kind, info: None), engine=engine).run()
+               save_seconds=save_seconds, on_event=on_event or (lambda kind, info: None), engine=engine,
+               start=start).run()

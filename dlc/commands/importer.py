@@ -1,0 +1,38 @@
+"""`dlc import MODEL.onnx -o NET.dlc`: an ONNX model as a spec, with its weights in NET.npz beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dlc.commands.arguments import parse_shapes, shape_option
+from dlc.errors import DlcError
+
+
+@click.command("import")
+@click.argument("model", metavar="MODEL.onnx")
+@click.option("-o", "--out", required=True, metavar="NET.dlc",
+              help="The spec to write; its weights go to the .npz of the same name beside it.")
+@shape_option
+def import_(model: str, out: str, shapes: tuple[str, ...]):
+    """Write MODEL.onnx as a spec (one step per line, suffix layers, `as` labels for skips) and its
+    weights as a dlc checkpoint, for --weights of infer, export and train."""
+    spec, weights = Path(out), Path(out).with_suffix(".npz")
+    if spec.suffix.lower() in (".npz", ".onnx"):
+        raise DlcError(f"-o {out}: name the spec NET.dlc (its weights go to NET.npz)")
+    source = Path(model).resolve()
+    for target in (spec, weights):
+        if target.resolve() == source:
+            raise DlcError(f"-o {out} would write over the model {model}")
+    from dlc.atomic import atomic_write
+    from dlc.engine.params import save_checkpoint
+    from dlc.onnx.importer import import_onnx
+
+    imported = import_onnx(model, parse_shapes(shapes))
+    save_checkpoint(weights, imported.params, imported.state, {"imported_from": str(model)})
+    with atomic_write(spec, "w") as f:
+        f.write(imported.spec)
+    values = sum(a.size for a in imported.params.values())
+    click.echo(f"wrote {spec} ({len(imported.graph.nodes) - 1} layers) and {weights} ({values:,} parameters, "
+               f"{len(imported.state)} running statistics)")

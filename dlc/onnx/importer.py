@@ -1,0 +1,1040 @@
+"""ONNX in: a model's operators mapped to dlc's layer kinds, written as a spec with its weights.
+
+One function per kind, one dict (IMPORT) keyed by the kind's name, as the exporter's LOWER is: each
+entry names the ONNX operators its pattern starts at and returns the layer it found there (its spec
+text and its tensors, already in the registry's layouts, which are ONNX's), or None when the
+operator is not that kind's. Helper nodes (Constants, shape arithmetic, Identity on weights) are read
+as values, never imported. An operator no kind takes is a DlcError naming it, its node and why.
+
+The layers form a graph that a spec writes as a chain with merges: every merge's branches start at
+the nearest tensor all its inputs come through (its immediate dominator), so a skip becomes
+`as LABEL` ... `add LABEL` and several branches become `add( A | B )` / `concat( A | B | … )`.
+A graph that is not series-parallel in this way has no spec and is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from dlc.compile import compile_spec
+from dlc.errors import DlcError
+from dlc.graph import Graph
+from dlc.layers import KINDS
+from dlc.layers.spatial import resolve_pads, show
+from dlc.onnx.analysis import live_tensors
+from dlc.onnx.model import OnnxGraph, attributes, from_model, read_model
+
+
+class NotImportable(Exception):
+    """The operator is this kind's, but with a setting dlc's kind cannot express; the message says which."""
+
+
+@dataclass
+class Layer:
+    kind: str
+    text: str  # the spec words: `conv 64@3x3/2 pad=1 bias=off`, `bn eps=0.001`, `relu`
+    inputs: list[int]  # positions of the layers it reads; 0 is the input
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # by the kind's tensor names
+    node: str = ""  # the ONNX node it starts at, for messages
+
+
+@dataclass
+class Found:
+    """What a pattern matched: the layer (None where the tensor passes through), the nodes it used and
+    the tensor that carries its output."""
+
+    layer: Layer | None
+    nodes: list[onnx.NodeProto]
+    output: str
+
+
+class Reader:
+    """The model as the patterns read it: shapes per sample, constant values, consumers of a tensor."""
+
+    def __init__(self, g: OnnxGraph, base: Path):
+        self.g, self.base = g, base
+        self.init = {t.name: t for t in g.model.graph.initializer}
+        self.constants: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.live = live_tensors(g)
+        for n in g.nodes:
+            if n.op_type == "Constant" or (n.op_type in ("Identity", "Transpose") and self.is_constant(n.input[0])):
+                self.constants[n.output[0]] = n
+            for t in n.input:
+                self.consumers.setdefault(t, []).append(n)
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.init or name in self.constants
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The tensor's value if it is an initializer or a Constant (maybe through Identity), else None."""
+        if name in self.init:
+            t = self.init[name]
+            if onnx.external_data_helper.uses_external_data(t):
+                copy = onnx.TensorProto()
+                copy.CopyFrom(t)
+                onnx.external_data_helper.load_external_data_for_tensor(copy, str(self.base))
+                t = copy
+            return numpy_helper.to_array(t)
+        n = self.constants.get(name)
+        if n is None:
+            return None
+        if n.op_type in ("Identity", "Transpose"):  # a weight stored (out, in), transposed for a MatMul
+            v = self.value(n.input[0])
+            return v if v is None or n.op_type == "Identity" else np.transpose(v, attributes(n).get("perm"))
+        a = attributes(n)
+        if "value" in a:
+            return numpy_helper.to_array(a["value"])
+        for key in ("value_float", "value_int"):
+            if key in a:
+                return np.array(a[key])
+        for key in ("value_floats", "value_ints"):
+            if key in a:
+                return np.array(a[key])
+        return None
+
+    def weight(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray:
+        """Input i of n as a float32 array; a DlcError-worthy NotImportable if it is computed."""
+        v = self.value(n.input[i]) if len(n.input) > i and n.input[i] else None
+        if v is None:
+            raise NotImportable(f"its {what} is computed by the graph, not a stored tensor")
+        return v.astype(np.float32)
+
+    def optional(self, n: onnx.NodeProto, i: int) -> bool:
+        return len(n.input) > i and bool(n.input[i])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Per sample (the batch, axis 0, left out)."""
+        t = self.g.tensors.get(name)
+        if t is None or not t.known:
+            raise NotImportable(f"ONNX shape inference gives no shape for {name}")
+        return tuple(t.shape[1:])
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading the tensor's values, if exactly one does and it is not a graph output
+        (Shape and Size read only its shape, which the import keeps)."""
+        readers = [n for n in self.consumers.get(name, []) if n.op_type not in ("Shape", "Size")]
+        return readers[0] if len(readers) == 1 and name not in self.g.outputs else None
+
+
+Pattern = Callable[[Reader, onnx.NodeProto], Found | None]
+
+
+@dataclass(frozen=True)
+class Import:
+    ops: tuple[str, ...]  # the ONNX operators the pattern starts at
+    match: Pattern
+
+
+def one(kind: str, text: str, n: onnx.NodeProto, tensors: dict | None = None, output: str | None = None,
+        nodes: list | None = None) -> Found:
+    return Found(Layer(kind, text, [], tensors or {}, n.name), nodes or [n], output or n.output[0])
+
+
+# --- text of sizes and options ---------------------------------------------------------------------
+
+def window_text(kernel, stride) -> str:
+    k = f"{kernel[0]}x{kernel[1]}"
+    if tuple(stride) == (1, 1):
+        return k
+    return k + (f"/{stride[0]}" if stride[0] == stride[1] else f"/{stride[0]}x{stride[1]}")
+
+
+def options(**values) -> str:
+    """`key=value` words for the options that differ from their default (given as (value, default))."""
+    words = []
+    for key, (value, default) in values.items():
+        # float32 attributes (alpha=1e-4 stored as 9.99999974e-05) are their defaults if close
+        same = math.isclose(value, default, rel_tol=1e-6) if isinstance(value, float) else value == default
+        if not same:
+            words.append(f"{key}={'on' if value is True else 'off' if value is False else f'{value:.6g}'}")
+    return "".join(" " + w for w in words)
+
+
+def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, int], dilation=(1, 1)) -> tuple[tuple, int | str]:
+    """(stride, the pad= option) of a 2-D Conv or pool, from its strides, pads and auto_pad."""
+    if len(x) != 3 or len(kernel) != 2:
+        raise NotImportable(f"dlc's kinds are 2-D; this one works on {len(x) - 1} spatial axes")
+    stride = tuple(a.get("strides", (1, 1)))
+    auto = a.get("auto_pad", b"NOTSET").decode()
+    if auto == "SAME_UPPER":
+        return stride, "same"
+    if auto == "VALID":
+        return stride, 0
+    if auto == "SAME_LOWER":
+        raise NotImportable("auto_pad=SAME_LOWER puts the odd pixel first; dlc's pad=same puts it last")
+    pads = tuple(a.get("pads", (0, 0, 0, 0)))
+    if len(set(pads)) == 1:
+        return stride, pads[0]
+    if pads == resolve_pads("same", x[1:], kernel, stride, dilation):
+        return stride, "same"
+    raise NotImportable(f"pads {list(pads)} (top, left, bottom, right) are neither equal nor `same`, "
+                        f"the only forms dlc's pad= writes")
+
+
+def pad_word(pad) -> str:
+    return "" if pad == 0 else f" pad={pad}"
+
+
+# --- convolutions ----------------------------------------------------------------------------------
+
+def zero_pad(r: Reader, pad: onnx.NodeProto) -> tuple[onnx.NodeProto, tuple[int, ...]] | None:
+    """A Pad with zeros on H and W whose only reader is a Conv (TensorFlow's exports write `same` so):
+    (the Conv, its pads with the Pad's added), or None."""
+    conv = r.only_consumer(pad.output[0])
+    a = attributes(pad)
+    pads = a.get("pads") if "pads" in a else r.value(pad.input[1]) if r.optional(pad, 1) else None
+    value = r.value(pad.input[2]) if r.optional(pad, 2) else np.zeros(1)
+    if (conv is None or conv.op_type != "Conv" or conv.input[0] != pad.output[0] or pads is None or len(pads) != 8
+            or a.get("mode", b"constant") != b"constant" or value is None or value.any() or r.optional(pad, 3)
+            or attributes(conv).get("auto_pad", b"NOTSET") != b"NOTSET"):
+        return None
+    pads = [int(p) for p in pads]
+    if any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        return None  # pads the batch or the channels, or crops
+    own = attributes(conv).get("pads", [0, 0, 0, 0])
+    return conv, (own[0] + pads[2], own[1] + pads[3], own[2] + pads[6], own[3] + pads[7])
+
+
+def conv_parts(r: Reader, n: onnx.NodeProto):
+    """The Conv's weight and words, with a zero Pad before it folded into its pad=."""
+    nodes = [n]
+    x = r.shape(n.input[0])
+    if n.op_type == "Pad":
+        folded = zero_pad(r, n)
+        if folded is None:
+            return None
+        n, pads = folded
+        nodes.append(n)
+        a = dict(attributes(n), pads=pads)
+    else:
+        a = attributes(n)
+    w = r.weight(n, 1, "weight")
+    kernel = tuple(w.shape[2:])
+    dil = tuple(a.get("dilations", (1, 1)))
+    stride, pad = spatial(a, x, kernel, dil)
+    tensors = {"W": w}
+    if r.optional(n, 2):
+        tensors["b"] = r.weight(n, 2, "bias")
+    extra = pad_word(pad) + ("" if len(set(dil)) == 1 and dil[0] == 1 else
+                             f" dil={dil[0]}" if len(set(dil)) == 1 else _refuse(f"dilations {list(dil)} differ"))
+    return a, w, x, kernel, stride, extra, tensors, nodes
+
+
+def _refuse(reason: str):
+    raise NotImportable(reason)
+
+
+def import_conv(r: Reader, n: onnx.NodeProto) -> Found | None:
+    parts = conv_parts(r, n)
+    if parts is None:
+        return None
+    a, w, x, kernel, stride, extra, tensors, nodes = parts
+    groups = a.get("group", 1)
+    if groups > 1 and groups == x[0]:
+        return None  # depthwise: dwconv's
+    text = (f"conv {w.shape[0]}@{window_text(kernel, stride)}{extra}" + options(groups=(groups, 1))
+            + options(bias=("b" in tensors, True)))
+    return one("conv", text, n, tensors, nodes[-1].output[0], nodes)
+
+
+def import_dwconv(r: Reader, n: onnx.NodeProto) -> Found | None:
+    parts = conv_parts(r, n)
+    if parts is None:
+        return None
+    a, w, x, kernel, stride, extra, tensors, nodes = parts
+    if not (a.get("group", 1) > 1 and a.get("group", 1) == x[0]):
+        return None
+    text = (f"dwconv {window_text(kernel, stride)}{extra}" + options(mult=(w.shape[0] // x[0], 1))
+            + options(bias=("b" in tensors, True)))
+    return one("dwconv", text, n, tensors, nodes[-1].output[0], nodes)
+
+
+def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
+    a = attributes(n)
+    w = r.weight(n, 1, "weight")
+    x = r.shape(n.input[0])
+    if len(x) != 3:
+        raise NotImportable(f"dlc's upconv is 2-D; this one works on {len(x) - 1} spatial axes")
+    if any(a.get("output_padding", [0])) or "output_shape" in a:
+        raise NotImportable("output_padding/output_shape have no upconv option")
+    if a.get("auto_pad", b"NOTSET") != b"NOTSET":
+        raise NotImportable(f"auto_pad={a['auto_pad'].decode()} has no upconv option")
+    pads = a.get("pads", [0, 0, 0, 0])
+    if len(set(pads)) != 1:
+        raise NotImportable(f"pads {list(pads)} differ; upconv's pad= is one number")
+    dil = tuple(a.get("dilations", (1, 1)))
+    if dil != (1, 1):
+        raise NotImportable(f"dilations {list(dil)}: upconv has no dil=")
+    groups = a.get("group", 1)
+    tensors = {"W": w}
+    if r.optional(n, 2):
+        tensors["b"] = r.weight(n, 2, "bias")
+    text = (f"upconv {w.shape[1] * groups}@{window_text(w.shape[2:], a.get('strides', (1, 1)))}"
+            + pad_word(pads[0]) + options(groups=(groups, 1), bias=("b" in tensors, True)))
+    return one("upconv", text, n, tensors)
+
+
+# --- pools -----------------------------------------------------------------------------------------
+
+def pool(kind: str) -> Pattern:
+    def match(r: Reader, n: onnx.NodeProto) -> Found | None:
+        a = attributes(n)
+        kernel = tuple(a["kernel_shape"])
+        x = r.shape(n.input[0])
+        if len(n.output) > 1 and n.output[1]:
+            raise NotImportable("its indices output has no dlc kind")
+        if tuple(a.get("dilations", (1,) * len(kernel))) != (1,) * len(kernel):
+            raise NotImportable("dilated pooling has no dlc kind")
+        stride, pad = spatial(a, x, kernel)
+        if kind == "avgpool" and a.get("count_include_pad", 0) and pad != 0:
+            raise NotImportable("count_include_pad=1 divides by the padded window; dlc's avgpool divides by "
+                                "the cells inside the input")
+        # a pool's stride defaults to its window, so a stride of 1 is written out
+        size = f"{kernel[0]}x{kernel[1]}" + ("" if stride == kernel else
+                                             f"/{stride[0]}" if stride[0] == stride[1] else f"/{stride[0]}x{stride[1]}")
+        return one(kind, f"{kind} {size}{pad_word(pad)}{' ceil' if a.get('ceil_mode') else ''}", n)
+    return match
+
+
+def vector_of(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The Flatten, Reshape or Squeeze that turns n's (C, 1, 1) output into a vector, if one does."""
+    after = r.only_consumer(n.output[0])
+    if after is not None and after.op_type in ("Flatten", "Reshape", "Squeeze"):
+        if r.shape(after.output[0]) == r.shape(n.output[0])[:1]:
+            return after
+    return None
+
+
+def global_pool(kind: str, ops: tuple[str, str]) -> Pattern:
+    """GlobalAveragePool (or ReduceMean over H and W, dynamo's form) followed by a flatten to a vector."""
+    def match(r: Reader, n: onnx.NodeProto) -> Found | None:
+        x = r.shape(n.input[0])
+        if len(x) != 3:
+            return None
+        if n.op_type == ops[1] and not reduces_spatial_axes(r, n):
+            return None
+        y = r.shape(n.output[0])
+        if y == x[:1]:  # ReduceMean with keepdims=0
+            return one(kind, kind, n)
+        after = vector_of(r, n)
+        if after is None:
+            raise NotImportable(f"its (C, 1, 1) output is read as an image; dlc's {kind} gives a vector")
+        return one(kind, kind, n, output=after.output[0], nodes=[n, after])
+    return match
+
+
+def reduces_spatial_axes(r: Reader, n: onnx.NodeProto) -> bool:
+    a = attributes(n)
+    axes = a.get("axes")
+    if axes is None and len(n.input) > 1:
+        v = r.value(n.input[1])
+        axes = None if v is None else v.tolist()
+    return axes is not None and sorted(ax % 4 for ax in axes) == [2, 3]
+
+
+# --- dense -----------------------------------------------------------------------------------------
+
+def import_fc(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Gemm on a vector; MatMul by a stored weight (plus an Add of a stored bias) on a vector or on each
+    step of a sequence. A weight shared with an embedding (tied) imports as a copy of the table."""
+    x = r.shape(n.input[0])
+    if len(x) != 1 and not (len(x) == 2 and n.op_type == "MatMul"):
+        return None
+    if n.op_type == "Gemm":
+        a = attributes(n)
+        if a.get("transA", 0):
+            raise NotImportable("transA=1 transposes the activations")
+        w = r.weight(n, 1, "weight")
+        w = w if a.get("transB", 0) else w.T
+        tensors = {"W": np.ascontiguousarray(w * np.float32(a.get("alpha", 1.0)))}
+        if r.optional(n, 2):
+            b = r.weight(n, 2, "bias") * np.float32(a.get("beta", 1.0))
+            tensors["b"] = np.broadcast_to(b.reshape(-1), (w.shape[0],)).copy()
+        nodes, out = [n], n.output[0]
+    else:  # MatMul by a stored (in, out) weight, maybe followed by Add of a stored bias
+        w = r.value(n.input[1])
+        if w is None or w.ndim != 2:
+            return None
+        tensors = {"W": np.ascontiguousarray(w.T.astype(np.float32))}
+        nodes, out = [n], n.output[0]
+        add = r.only_consumer(out)
+        if add is not None and add.op_type == "Add":
+            other = add.input[1] if add.input[0] == out else add.input[0]
+            b = r.value(other)
+            if b is not None and b.size == w.shape[1]:
+                tensors["b"] = b.reshape(-1).astype(np.float32)
+                nodes, out = [n, add], add.output[0]
+    units = tensors["W"].shape[0]
+    return one("fc", f"fc {units}" + options(bias=("b" in tensors, True)), n, tensors, out, nodes)
+
+
+def import_flatten(r: Reader, n: onnx.NodeProto) -> Found | None:
+    x, y = r.shape(n.input[0]), r.shape(n.output[0])
+    if y == x:
+        return Found(None, [n], n.output[0])  # already a vector: nothing to do
+    if len(x) > 1 and y == (math.prod(x),):
+        return one("flatten", "flatten", n)
+    return None
+
+
+def import_embed(r: Reader, n: onnx.NodeProto) -> Found | None:
+    table = r.value(n.input[0])
+    if table is None or attributes(n).get("axis", 0) != 0 or table.ndim != 2:
+        return None
+    return one("embed", f"embed {table.shape[1]} vocab={table.shape[0]}", n, {"W": table.astype(np.float32)})
+
+
+# --- elementwise -----------------------------------------------------------------------------------
+
+def unary(kind: str) -> Pattern:
+    return lambda r, n: one(kind, kind, n)
+
+
+def import_relu6(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("relu6", "relu6", n) if clip_bounds(r, n) == (0.0, 6.0) else None
+
+
+def import_relu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if n.op_type == "Relu" or clip_bounds(r, n) == (0.0, math.inf):
+        return one("relu", "relu", n)
+    return None
+
+
+def clip_bounds(r: Reader, n: onnx.NodeProto) -> tuple[float, float]:
+    a = attributes(n)
+    if "min" in a or "max" in a:  # before opset 11 the bounds were attributes
+        return float(a.get("min", -math.inf)), float(a.get("max", math.inf))
+    lo = r.value(n.input[1]) if r.optional(n, 1) else np.array(-math.inf)
+    hi = r.value(n.input[2]) if r.optional(n, 2) else np.array(math.inf)
+    if lo is None or hi is None:
+        raise NotImportable("its bounds are computed by the graph")
+    return float(lo), float(hi)
+
+
+def import_leaky(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("leaky", "leaky" + options(alpha=(float(attributes(n).get("alpha", 0.01)), 0.01)), n)
+
+
+def import_elu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("elu", "elu" + options(alpha=(float(attributes(n).get("alpha", 1.0)), 1.0)), n)
+
+
+def import_selu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    a = attributes(n)
+    if not (math.isclose(a.get("alpha", 1.67326), 1.67326, rel_tol=1e-4)
+            and math.isclose(a.get("gamma", 1.0507), 1.0507, rel_tol=1e-4)):
+        raise NotImportable("dlc's selu has the paper's alpha and gamma only")
+    return one("selu", "selu", n)
+
+
+def import_gelu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if n.op_type == "Gelu":
+        if attributes(n).get("approximate", b"none") != b"none":
+            raise NotImportable("dlc's gelu is the exact one, not the tanh approximation")
+        return one("gelu", "gelu", n)
+    return gelu_erf_form(r, n)
+
+
+def gelu_erf_form(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """x * 0.5 * (1 + erf(x / sqrt 2)) as exporters write it: Div by sqrt 2 (or Mul by its inverse),
+    Erf, Add 1, Mul by x, Mul by 0.5 (the 0.5 on either product)."""
+    x = n.input[0]
+    scale = const_scalar(r, n.input[1])
+    if not np.isclose(scale, math.sqrt(2) if n.op_type == "Div" else 1 / math.sqrt(2), rtol=1e-5):
+        return None
+    erf = r.only_consumer(n.output[0])
+    add = erf and r.only_consumer(erf.output[0])
+    if erf is None or erf.op_type != "Erf" or add is None or add.op_type != "Add":
+        return None
+    if not np.isclose(const_scalar(r, other_input(add, erf.output[0])), 1.0):
+        return None
+    mul = r.only_consumer(add.output[0])
+    if mul is None or mul.op_type != "Mul":
+        return None
+    first = other_input(mul, add.output[0])
+    half = None
+    if first != x:  # (x * 0.5) * (1 + erf): the half comes first
+        half = next((c for c in r.consumers.get(x, []) if c.op_type == "Mul" and c.output[0] == first), None)
+        if half is None or not np.isclose(const_scalar(r, other_input(half, x)), 0.5):
+            return None
+        return one("gelu", "gelu", n, output=mul.output[0], nodes=[n, erf, add, half, mul])
+    last = r.only_consumer(mul.output[0])
+    if last is None or last.op_type != "Mul" or not np.isclose(const_scalar(r, other_input(last, mul.output[0])), 0.5):
+        return None
+    return one("gelu", "gelu", n, output=last.output[0], nodes=[n, erf, add, mul, last])
+
+
+def const_scalar(r: Reader, name: str) -> float:
+    v = r.value(name)
+    return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else math.nan
+
+
+def other_input(n: onnx.NodeProto, name: str) -> str:
+    return n.input[1] if n.input[0] == name else n.input[0]
+
+
+def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
+    x = r.shape(n.input[0])
+    axis = attributes(n).get("axis", -1 if r.g.opset >= 13 else 1) % (len(x) + 1)
+    feature = 1 if len(x) != 2 else 2  # channels of an image, features of a vector, last axis of a sequence
+    if axis != feature or (r.g.opset < 13 and len(x) > 1 and math.prod(x[axis:]) != x[axis - 1]):
+        raise NotImportable(f"it normalises over axis {axis}; dlc's softmax runs over the features (axis {feature})")
+    return one("softmax", "softmax", n)
+
+
+def import_dropout(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if len(n.output) > 1 and n.output[1] and r.consumers.get(n.output[1]):
+        raise NotImportable("its mask is read by the graph")
+    a = attributes(n)
+    p = float(a["ratio"]) if "ratio" in a else const_scalar(r, n.input[1]) if r.optional(n, 1) else 0.5
+    if math.isnan(p):
+        raise NotImportable("its ratio is computed by the graph")
+    return one("dropout", f"dropout {p:g}", n)
+
+
+def import_bn(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if len(n.output) > 1 and any(n.output[1:]):
+        raise NotImportable("it is in training mode (it outputs running statistics)")
+    if len(r.shape(n.input[0])) not in (1, 3):
+        raise NotImportable("dlc's bn normalises images and vectors")
+    a = attributes(n)
+    tensors = {k: r.weight(n, i, k) for i, k in enumerate(("gamma", "beta", "mean", "var"), start=1)}
+    eps, momentum = float(np.float32(a.get("epsilon", 1e-5))), 1.0 - float(a.get("momentum", 0.9))
+    eps_text = "" if math.isclose(eps, 1e-5, rel_tol=1e-6) else f" eps={eps:.6g}"
+    mom_text = "" if math.isclose(momentum, 0.1, rel_tol=1e-6) else f" momentum={momentum:.6g}"
+    return one("bn", f"bn{eps_text}{mom_text}", n, tensors)
+
+
+def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:
+    a = attributes(n)
+    text = f"lrn {a['size']}" + options(alpha=(float(a.get("alpha", 1e-4)), 1e-4),
+                                         beta=(float(a.get("beta", 0.75)), 0.75), k=(float(a.get("bias", 1.0)), 1.0))
+    return one("lrn", text, n)
+
+
+def import_upsample(r: Reader, n: onnx.NodeProto) -> Found | None:
+    a = attributes(n)
+    if a.get("mode", b"nearest") != b"nearest":
+        raise NotImportable(f"mode={a['mode'].decode()}; dlc's upsample copies the nearest pixel")
+    x, y = r.shape(n.input[0]), r.shape(n.output[0])
+    if len(x) != 3 or y[0] != x[0] or y[1] % x[1] or y[2] % x[2] or y[1] // x[1] != y[2] // x[2]:
+        raise NotImportable(f"it resizes {show(x)} to {show(y)}, not by one whole factor on both axes")
+    mode = a.get("coordinate_transformation_mode", b"half_pixel").decode()
+    nearest = a.get("nearest_mode", b"round_prefer_floor").decode()
+    # For a whole factor f, output pixel i reads floor(i / f) under asymmetric+floor and under the
+    # half-pixel modes with rounding ((i + 0.5) / f - 0.5 rounds to floor(i / f)); not otherwise.
+    if n.op_type == "Resize" and not ((mode == "asymmetric" and nearest == "floor") or
+                                      (mode in ("half_pixel", "pytorch_half_pixel") and nearest.startswith("round"))):
+        raise NotImportable(f"coordinate_transformation_mode={mode} with nearest_mode={nearest} does not "
+                            f"repeat each pixel")
+    return one("upsample", f"upsample {y[1] // x[1]}", n)
+
+
+# --- recurrent -------------------------------------------------------------------------------------
+
+def recurrent(kind: str) -> Pattern:
+    """An ONNX RNN/LSTM/GRU between the exporters' transposes: (N, T, D) in, and out either every step
+    (N, T, dirs*H) as `sequences` or the final state (N, dirs*H)."""
+    def match(r: Reader, n: onnx.NodeProto) -> Found | None:
+        if n.op_type == "Transpose":  # the pattern starts at the transpose to time-major
+            after = r.only_consumer(n.output[0])
+            if after is None or after.op_type != kind.upper() or list(attributes(n).get("perm", [])) != [1, 0, 2]:
+                return None
+            n = after
+        a = attributes(n)
+        if a.get("layout", 0):
+            raise NotImportable("layout=1 (batch first inside the operator) is not what dlc's lowering reads")
+        for key in ("activations", "clip", "input_forget"):
+            if a.get(key):
+                raise NotImportable(f"{key}= differs from dlc's {kind}")
+        if kind == "gru" and not a.get("linear_before_reset", 0):
+            raise NotImportable("linear_before_reset=0; dlc's gru applies the reset gate after the product")
+        for i in (4, 5, 6):
+            if r.optional(n, i) and (i == 4 or not zeros(r, n.input[i])):
+                raise NotImportable("sequence lengths or non-zero initial states have no dlc option")
+        before = producer_node(r, n.input[0])
+        if before is None or before.op_type != "Transpose" or list(attributes(before)["perm"]) != [1, 0, 2]:
+            raise NotImportable("its input is not a batch-first sequence transposed to time-major")
+        dirs = 2 if a.get("direction", b"forward") == b"bidirectional" else 1
+        if a.get("direction", b"forward") == b"reverse":
+            raise NotImportable("direction=reverse has no dlc option")
+        hidden = a["hidden_size"]
+        tensors = {"W": r.weight(n, 1, "W"), "R": r.weight(n, 2, "R"),
+                   "B": r.weight(n, 3, "B") if r.optional(n, 3) else
+                   np.zeros((dirs, 2 * r.weight(n, 1, "W").shape[1]), np.float32)}
+        flags = " bidirectional" if dirs == 2 else ""
+        ys = [o for o in n.output[:2]] + [""] * 2
+        t = r.shape(before.input[0])[0]  # steps of the batch-first input
+        chain = follow_reshapes(r, ys[0], (t, dirs * hidden)) if ys[0] else None
+        if chain is not None:
+            last = last_step(r, chain[-1].output[0], t)
+            if last is not None and dirs == 1:  # out[:, -1]: a one-way layer's final state
+                return Found(Layer(kind, f"{kind} {hidden}", [], tensors, n.name), [before, n, *chain, last],
+                             last.output[0])
+            return Found(Layer(kind, f"{kind} {hidden}{flags} sequences", [], tensors, n.name),
+                         [before, n, *chain], chain[-1].output[0])
+        chain = follow_reshapes(r, ys[1], (dirs * hidden,)) if ys[1] else None
+        if chain is not None:
+            return Found(Layer(kind, f"{kind} {hidden}{flags}", [], tensors, n.name), [before, n, *chain],
+                         chain[-1].output[0])
+        raise NotImportable("its outputs are not read as every step (N, T, dirs*H) or the final state (N, dirs*H)")
+    return match
+
+
+def zeros(r: Reader, name: str) -> bool:
+    """Whether the tensor is all zeros: a stored one, or a zero expanded to a computed shape (the
+    TorchScript exporter's initial states)."""
+    v = r.value(name)
+    if v is not None:
+        return not v.any()
+    n = producer_node(r, name)
+    if n is not None and n.op_type == "Expand":
+        v = r.value(n.input[0])
+        return v is not None and not v.any()
+    if n is not None and n.op_type == "ConstantOfShape":
+        value = attributes(n).get("value")
+        return value is None or not numpy_helper.to_array(value).any()
+    return False
+
+
+def last_step(r: Reader, name: str, t: int) -> onnx.NodeProto | None:
+    """The Gather that takes step -1 (or T-1) of a batch-first sequence, if that is all that reads it."""
+    n = r.only_consumer(name)
+    if n is None or n.op_type != "Gather" or attributes(n).get("axis", 0) != 1:
+        return None
+    index = r.value(n.input[1])
+    return n if index is not None and index.size == 1 and int(index.reshape(-1)[0]) in (-1, t - 1) \
+        and index.ndim == 0 else None
+
+
+def producer_node(r: Reader, name: str) -> onnx.NodeProto | None:
+    return next((n for n in r.g.nodes if name in n.output), None)
+
+
+def follow_reshapes(r: Reader, name: str, target: tuple[int, ...]) -> list[onnx.NodeProto] | None:
+    """The shortest chain of Transpose/Reshape/Squeeze nodes, each the only reader of the last, from
+    `name` to a tensor shaped `target` per sample (batch first), or None."""
+    chain, cur = [], name
+    while True:
+        nxt = r.only_consumer(cur)
+        if nxt is None or nxt.op_type not in ("Transpose", "Reshape", "Squeeze"):
+            return None
+        chain.append(nxt)
+        cur = nxt.output[0]
+        if r.shape(cur) == target:
+            return chain
+
+
+# --- merges ----------------------------------------------------------------------------------------
+
+def import_add(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("add", "add", n) if all(i in r.live for i in n.input) else None
+
+
+def import_posembed(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """A stored (T, D) table added to a sequence."""
+    if len(n.input) != 2 or n.op_type != "Add":
+        return None
+    x = next((i for i in n.input if i in r.live), None)
+    table = next((r.value(i) for i in n.input if i not in r.live), None)
+    if x is None or table is None or len(r.shape(x)) != 2 or table.size != math.prod(r.shape(x)):
+        return None
+    return one("posembed", "posembed", n, {"P": table.reshape(r.shape(x)).astype(np.float32)})
+
+
+def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Concat along the steps of a stored token (expanded to the batch) and the sequence."""
+    if len(n.input) != 2 or n.input[1] not in r.live or n.input[0] in r.live:
+        return None
+    x = r.shape(n.input[1])
+    token = producer_node(r, n.input[0])
+    cls = r.value(token.input[0]) if token is not None and token.op_type == "Expand" else r.value(n.input[0])
+    if len(x) != 2 or attributes(n).get("axis") not in (1, -2) or cls is None or cls.size != x[1]:
+        return None
+    return one("clstoken", "clstoken", n, {"cls": cls.reshape(-1).astype(np.float32)})
+
+
+def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if not all(i in r.live for i in n.input):
+        return None
+    x = r.shape(n.input[0])
+    axis = attributes(n)["axis"] % (len(x) + 1)
+    if axis != (2 if len(x) == 2 else 1):
+        raise NotImportable(f"it joins along axis {axis}; dlc's concat joins the features")
+    return one("concat", "concat", n)
+
+
+def import_layernorm(r: Reader, n: onnx.NodeProto) -> Found | None:
+    x = r.shape(n.input[0])
+    a = attributes(n)
+    if a.get("axis", -1) % (len(x) + 1) != len(x) or len(x) not in (1, 2):
+        raise NotImportable("dlc's layernorm normalises the last axis of a vector or a sequence")
+    if len(n.output) > 1 and any(r.consumers.get(o) for o in n.output[1:] if o):
+        raise NotImportable("its mean or inverse deviation is read by the graph")
+    gamma = r.weight(n, 1, "scale")
+    beta = r.weight(n, 2, "bias") if r.optional(n, 2) else np.zeros_like(gamma)
+    return one("layernorm", "layernorm" + options(eps=(float(np.float32(a.get("epsilon", 1e-5))), 1e-5)), n,
+               {"gamma": gamma, "beta": beta})
+
+
+def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """An image read as its pixels: Reshape (N, C, H·W) then Transpose to (N, H·W, C)."""
+    x, y = r.shape(n.input[0]), r.shape(n.output[0])
+    after = r.only_consumer(n.output[0])
+    if len(x) != 3 or y != (x[0], x[1] * x[2]) or after is None or after.op_type != "Transpose" \
+            or list(attributes(after).get("perm", [])) != [0, 2, 1]:
+        return None
+    return one("tokens", "tokens", n, output=after.output[0], nodes=[n, after])
+
+
+def import_seqpool(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Step 0 or T-1 of a sequence (a Gather of a scalar index on axis 1), or its mean over the steps."""
+    x = r.shape(n.input[0])
+    if len(x) != 2 or n.input[0] not in r.live:
+        return None
+    if n.op_type == "Gather":
+        index = r.value(n.input[1])
+        if attributes(n).get("axis", 0) != 1 or index is None or index.ndim != 0:
+            return None
+        step = int(index) % x[0]
+        return one("seqpool", "seqpool first", n) if step == 0 else \
+            one("seqpool", "seqpool last", n) if step == x[0] - 1 else None
+    a = attributes(n)
+    axes = a.get("axes") or (r.value(n.input[1]).tolist() if r.optional(n, 1) and r.value(n.input[1]) is not None
+                             else None)
+    if axes is None or [ax % 3 for ax in axes] != [1] or r.shape(n.output[0]) != x[1:]:
+        return None
+    return one("seqpool", "seqpool", n)
+
+
+def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return Found(None, [n], n.output[0])
+
+
+IMPORT: dict[str, Import] = {
+    "conv": Import(("Conv", "Pad"), import_conv),
+    "dwconv": Import(("Conv", "Pad"), import_dwconv),
+    "upconv": Import(("ConvTranspose",), import_upconv),
+    "maxpool": Import(("MaxPool",), pool("maxpool")),
+    "avgpool": Import(("AveragePool",), pool("avgpool")),
+    "gap": Import(("GlobalAveragePool", "ReduceMean"), global_pool("gap", ("GlobalAveragePool", "ReduceMean"))),
+    "gmp": Import(("GlobalMaxPool", "ReduceMax"), global_pool("gmp", ("GlobalMaxPool", "ReduceMax"))),
+    "fc": Import(("Gemm", "MatMul"), import_fc),
+    "flatten": Import(("Flatten", "Reshape", "Squeeze"), import_flatten),
+    "dropout": Import(("Dropout",), import_dropout),
+    "bn": Import(("BatchNormalization",), import_bn),
+    "lrn": Import(("LRN",), import_lrn),
+    "relu": Import(("Relu", "Clip"), import_relu),
+    "relu6": Import(("Clip",), import_relu6),
+    "sigmoid": Import(("Sigmoid",), unary("sigmoid")),
+    "tanh": Import(("Tanh",), unary("tanh")),
+    "softmax": Import(("Softmax",), import_softmax),
+    "elu": Import(("Elu",), import_elu),
+    "selu": Import(("Selu",), import_selu),
+    "gelu": Import(("Gelu", "Div", "Mul"), import_gelu),
+    "leaky": Import(("LeakyRelu",), import_leaky),
+    # An Identity operator passes its tensor on: it imports as no layer at all.
+    "identity": Import(("Identity",), import_identity),
+    "upsample": Import(("Resize", "Upsample"), import_upsample),
+    "embed": Import(("Gather",), import_embed),
+    "rnn": Import(("Transpose", "RNN"), recurrent("rnn")),
+    "lstm": Import(("Transpose", "LSTM"), recurrent("lstm")),
+    "gru": Import(("Transpose", "GRU"), recurrent("gru")),
+    "add": Import(("Add", "Sum"), import_add),
+    "concat": Import(("Concat",), import_concat),
+    "layernorm": Import(("LayerNormalization",), import_layernorm),
+    "posembed": Import(("Add",), import_posembed),
+    "clstoken": Import(("Concat",), import_clstoken),
+    "tokens": Import(("Reshape",), import_tokens),
+    "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
+}
+# Kinds no ONNX operator pattern gives: `input` is the graph's input itself; `noise` acts in training
+# only, so exporters write nothing for it; `attention` is a chain of a dozen MatMul, Reshape, Transpose,
+# Softmax (and mask) nodes that each exporter lays out its own way, not matched yet: it is refused at
+# its first MatMul.
+NOT_IMPORTED = ("input", "noise", "attention")
+
+BY_OP: dict[str, list[str]] = {}
+for _kind, _entry in IMPORT.items():
+    for _op in _entry.ops:
+        BY_OP.setdefault(_op, []).append(_kind)
+
+
+# --- the model's layers ----------------------------------------------------------------------------
+
+@dataclass
+class Imported:
+    spec: str
+    graph: Graph
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+
+
+def input_step(r: Reader, name: str) -> str:
+    t = r.g.tensors[name]
+    shape = r.shape(name)
+    if not t.is_float:
+        if len(shape) != 1:
+            raise DlcError(f"the model's input {name} holds {len(shape)}-D integers; dlc reads token ids as "
+                           f"(batch, T)")
+        return f"input seq {shape[0]}"
+    if len(shape) == 2:
+        return f"input seq {shape[0]} of {shape[1]}"
+    if len(shape) not in (1, 3):
+        raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are images C@HxW, "
+                       f"vectors and sequences")
+    return f"input {show(shape)}"
+
+
+def read_layers(r: Reader) -> tuple[str, list[Layer], int]:
+    """(the input step, the layers with the input at 0, the position of the output's layer)."""
+    g = r.g
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise DlcError(f"{g.path} has {len(g.inputs)} inputs and {len(g.outputs)} outputs; a dlc spec has one of each")
+    layers = [Layer("input", input_step(r, g.inputs[0]), [])]
+    producer = {g.inputs[0]: 0}
+    used: set[int] = set()
+    for n in g.nodes:
+        if id(n) in used or not any(i in producer for i in n.input if i) or not any(o in r.live for o in n.output):
+            continue  # a helper (constant or shape arithmetic, Shape of a layer's output), or taken already
+        found = match(r, n)
+        used.update(id(m) for m in found.nodes)
+        live = [i for i in n.input if i in producer]
+        if found.layer is None:
+            producer[found.output] = producer[live[0]]
+            continue
+        layer = found.layer
+        if KINDS[layer.kind].merge:
+            if len(live) != len([i for i in n.input if i]):
+                raise DlcError(node_error(n, f"one operand is a stored tensor; dlc's {layer.kind} merges layer "
+                                             f"outputs"))
+            layer.inputs = [producer[i] for i in n.input]
+        else:
+            if len(live) != 1:
+                raise DlcError(node_error(n, f"it reads {len(live)} layer outputs; dlc's {layer.kind} reads one"))
+            layer.inputs = [producer[live[0]]]
+        layers.append(layer)
+        producer[found.output] = len(layers) - 1
+    out = g.outputs[0]
+    if out not in producer:
+        raise DlcError(f"{g.path}'s output {out} does not depend on its input")
+    return layers[0].text, layers, producer[out]
+
+
+def match(r: Reader, n: onnx.NodeProto) -> Found:
+    reasons = []
+    for kind in BY_OP.get(n.op_type, []) if n.domain in ("", "ai.onnx") else []:
+        try:
+            found = IMPORT[kind].match(r, n)
+        except NotImportable as e:
+            reasons.append(str(e))
+            continue
+        if found is not None:
+            return found
+    why = "; ".join(reasons) or (f"dlc has no layer kind for {n.op_type}" if n.op_type not in BY_OP else
+                                 f"this {n.op_type} is none of the forms dlc imports ("
+                                 f"{', '.join(BY_OP[n.op_type])})")
+    raise DlcError(node_error(n, why))
+
+
+def node_error(n: onnx.NodeProto, why: str) -> str:
+    return f"cannot import operator {n.op_type} (node `{n.name or n.output[0]}`): {why}"
+
+
+# --- layers to a spec ------------------------------------------------------------------------------
+
+@dataclass
+class Merge:
+    layer: int
+    branches: list[list]  # each a list of layer positions and Merges
+
+
+def dominator_paths(layers: list[Layer]) -> list[list[int]]:
+    """Each layer's dominators from the input to itself: every path from the input passes them. In a
+    DAG in topological order, a layer's are the common prefix of its inputs' paths, then itself."""
+    paths: list[list[int]] = []
+    for i, layer in enumerate(layers):
+        if not layer.inputs:
+            paths.append([i])
+            continue
+        common = paths[layer.inputs[0]]
+        for j in layer.inputs[1:]:
+            other = paths[j]
+            k = 0
+            while k < min(len(common), len(other)) and common[k] == other[k]:
+                k += 1
+            common = common[:k]
+        paths.append([*common, i])
+    return paths
+
+
+def chain(layers: list[Layer], paths: list[list[int]], start: int, end: int) -> list:
+    """The steps that take layer `start`'s output to layer `end`'s, in order."""
+    items = []
+    cur = end
+    while cur != start:
+        if cur == 0:
+            raise ValueError(end)
+        layer = layers[cur]
+        if len(layer.inputs) == 1:
+            items.append(cur)
+            cur = layer.inputs[0]
+            continue
+        fork = paths[cur][-2]
+        items.append(Merge(cur, [chain(layers, paths, fork, i) for i in layer.inputs]))
+        cur = fork
+    return items[::-1]
+
+
+def flatten_items(items: list) -> list[int]:
+    out = []
+    for it in items:
+        if isinstance(it, Merge):
+            for b in it.branches:
+                out += flatten_items(b)
+            out.append(it.layer)
+        else:
+            out.append(it)
+    return out
+
+
+# Suffix layers keep their input's shape (bn, activations); pools and flatten stand on their own lines.
+SUFFIX = {name for name, k in KINDS.items() if k.suffixable} - {"gap", "gmp", "flatten", "identity"}
+
+
+def skip_fork(layers: list[Layer], m: Merge) -> int | None:
+    """The fork of an add whose other branch is the tensor itself (a residual), written `add LABEL`;
+    None for merges written with branches (a skip from the input has no line to carry `as`)."""
+    if layers[m.layer].kind != "add" or len(m.branches) != 2 or [] not in m.branches or m.branches == [[], []]:
+        return None
+    fork = layers[m.layer].inputs[m.branches.index([])]
+    return fork or None
+
+
+def render(layers: list[Layer], items: list, labels: dict[int, str], readers: dict[int, int],
+           indent: str = "") -> list[tuple[str, int | None]]:
+    """Spec lines: a layer whose kind can be a suffix joins the line of the layer it reads (when that
+    output goes nowhere else); a residual is `as LABEL` ... `add LABEL`, other merges `add( A | B )`.
+    Each line comes with the layer whose output it ends at (None for a merge's opening line)."""
+    lines: list[list] = []  # [text, last layer on the line, may take suffixes]
+    for it in items:
+        if isinstance(it, Merge):
+            kind = layers[it.layer].kind
+            fork = skip_fork(layers, it)
+            if fork is not None:
+                body = next(b for b in it.branches if b)
+                lines += [[t, last, False] for t, last in render(layers, body, labels, readers, indent)]
+                lines.append([f"{indent}{kind} {labels[fork]}", it.layer, False])
+                continue
+            lines.append([f"{indent}{kind}(", None, False])
+            for k, b in enumerate(it.branches):
+                inner = render(layers, b, labels, readers, indent + "    ") if b else [(f"{indent}    identity", None)]
+                if k:
+                    inner[0] = (f"{indent}  | {inner[0][0].lstrip()}", inner[0][1])
+                lines += [[t, last, False] for t, last in inner]
+            lines.append([f"{indent})", it.layer, False])
+            continue
+        layer = layers[it]
+        src = layer.inputs[0]
+        bare = all("=" in w for w in layer.text.split()[1:])  # a suffix takes options, never a size
+        if (lines and layer.kind in SUFFIX and bare and lines[-1][2] and lines[-1][1] == src and readers[src] == 1
+                and src not in labels):
+            lines[-1][0] += f" {layer.text}"
+            lines[-1][1] = it
+        else:
+            lines.append([f"{indent}{layer.text}", it, True])
+    return [(text + (f" as {labels[last]}" if last in labels else ""), last) for text, last, _ in lines]
+
+
+def labels_for(layers: list[Layer], items: list) -> dict[int, str]:
+    """A label for each fork that an `add LABEL` reads back, numbered in order."""
+    forks: list[int] = []
+
+    def visit(its):
+        for it in its:
+            if isinstance(it, Merge):
+                for b in it.branches:
+                    visit(b)
+                fork = skip_fork(layers, it)
+                if fork is not None:
+                    forks.append(fork)
+    visit(items)
+    return {f: f"skip{k}" for k, f in enumerate(sorted(set(forks)), start=1)}
+
+
+def to_spec(layers: list[Layer], output: int, source: str) -> tuple[list[tuple[str, int | None]], list[int]]:
+    """The spec's lines after the input (each with the layer it ends at), and the layers in the order
+    the compiler makes their nodes."""
+    paths = dominator_paths(layers)
+    try:
+        items = chain(layers, paths, 0, output)
+    except ValueError:
+        raise DlcError(f"{source}: the model's layers do not form a chain of merges that a spec can write")
+    order = flatten_items(items)
+    if len(order) != len(set(order)):
+        raise DlcError(f"{source}: a layer's output is read by merges at different levels, which a spec's "
+                       f"nested add( … )/concat( … ) cannot write")
+    readers: dict[int, int] = {}
+    for layer in layers:
+        for i in layer.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    return render(layers, items, labels_for(layers, items), readers), order
+
+
+def bias_defaults(layers: list[Layer]) -> list[str]:
+    """`default conv bias=off` (and dwconv) where most of those layers have no bias, as a network with
+    bn after every conv does; the few with one then say bias=on."""
+    lines = []
+    for kind in ("conv", "dwconv"):
+        mine = [layer for layer in layers if layer.kind == kind]
+        if sum(layer.text.endswith(" bias=off") for layer in mine) * 2 <= len(mine):
+            continue
+        lines.append(f"default {kind} bias=off")
+        for layer in mine:
+            layer.text = layer.text.removesuffix(" bias=off") if layer.text.endswith(" bias=off") else \
+                layer.text + " bias=on"
+    return lines
+
+
+def import_onnx(path: str, shapes: dict | None = None) -> Imported:
+    """The spec and the checkpoint tensors of the model at `path`."""
+    model = read_model(path)
+    g = from_model(model, path, shapes)
+    r = Reader(g, Path(path).resolve().parent)
+    _, layers, output = read_layers(r)
+    producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
+    head = f"# imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import\n"
+    defaults = bias_defaults(layers)
+    lines, order = to_spec(layers, output, path)
+    lines = [(t, None) for t in defaults] + lines
+    graph = compile_spec("\n".join([layers[0].text, *(t for t, _ in lines)]) + "\n", file=path)
+    nodes = graph.nodes[1:]
+    if [n.kind for n in nodes] != [layers[i].kind for i in order]:
+        raise DlcError(f"{path}: the written spec compiles to other layers than the model's (an importer bug)")
+    # each line's output shape as a comment, as the language's examples write them
+    shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
+    width = max(len(t) for t, _ in [(layers[0].text, 0), *lines]) + 2
+    text = "\n".join(t if last is None else f"{t:<{width}}# {show(shape_of[last])}"
+                     for t, last in [(layers[0].text, None), *lines]) + "\n"
+    graph = compile_spec(head + text, file=path)
+    params, state = {}, {}
+    for node, i in zip(nodes, order):
+        kind = KINDS[node.kind]
+        shapes_in = [graph.node(x).out_shape for x in node.inputs]
+        want = {**kind.params(node.attrs, shapes_in), **kind.state(node.attrs, shapes_in)}
+        trainable = set(kind.params(node.attrs, shapes_in))
+        for key, shape in want.items():
+            arr = layers[i].tensors[key]
+            if tuple(arr.shape) != tuple(shape):
+                raise DlcError(f"{path}: node {layers[i].node} gives {key} shaped {arr.shape}; "
+                               f"{node.name} needs {shape}")
+            (params if key in trainable else state)[f"{node.name}.{key}"] = np.ascontiguousarray(arr, np.float32)
+    return Imported(head + text, graph, params, state)

@@ -1,0 +1,325 @@
+"""`dlc import`: models PyTorch exported (both exporters) become a spec and a checkpoint that reproduce
+onnxruntime's outputs on the original file, through dlc's NumPy engine and through dlc's own export.
+
+The expectation is onnxruntime's output on the file PyTorch wrote, never dlc's own figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlc.cli import main
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")  # the dynamo exporter needs it
+ort = pytest.importorskip("onnxruntime")
+
+from torch import nn  # noqa: E402
+
+import torch_models  # noqa: E402
+from test_onnx_torch import EXPORTERS, with_distinct_bn  # noqa: E402
+
+TOLERANCE = 1e-4  # relative to the largest output
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def onnxruntime_output(path, x: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(y - ref).max() / np.abs(ref).max())
+
+
+def imported(tmp, path):
+    r = run("import", path, "-o", tmp / "net.dlc")
+    assert r.exit_code == 0, r.output
+    return tmp / "net.dlc", tmp / "net.npz"
+
+
+@pytest.fixture(scope="session", params=[(n, e) for n in ("resnet18", "mobilenet_v2", "googlenet")
+                                         for e in EXPORTERS], ids=lambda p: f"{p[0]}-{p[1]}")
+def exported(request, tmp_path_factory):
+    """Each model exported once per session, with random bn statistics so folded biases are not zero."""
+    name, exporter = request.param
+    net = with_distinct_bn(getattr(torch_models, name)())
+    folder = tmp_path_factory.mktemp(f"import_{name}_{exporter}")
+    torch_models.export(net, folder / f"{name}.onnx", (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
+    return folder, folder / f"{name}.onnx"
+
+
+def test_googlenet_fixture_has_torchvisions_parameter_count():
+    assert sum(p.numel() for p in torch_models.googlenet().parameters()) == 6_624_904
+
+
+def test_round_trip_reproduces_onnxruntime_on_the_original(exported):
+    folder, path = exported
+    spec, weights = imported(folder, path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.save(folder / "x.npy", x)
+    ref = onnxruntime_output(path, x)
+
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", folder / "x.npy",
+            "--out", folder / "y_numpy.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(folder / "y_numpy.npy"), ref) <= TOLERANCE
+
+    r = run("export", spec, "--weights", weights, "-o", folder / "back.onnx")
+    assert r.exit_code == 0, r.output
+    assert relative_error(onnxruntime_output(folder / "back.onnx", x), ref) <= TOLERANCE
+
+
+# Every kind an ONNX pattern imports, through dlc's own lowerings (the TorchScript-style Erf form of
+# gelu at opset 13, the Gelu operator at 20).
+KIND_SPECS = {
+    "image": "input 3@16x16 -> conv 8@3x3 pad=1 bn relu -> dwconv 3x3/2 pad=same mult=2 bias=off bn relu6 "
+             "-> lrn 5 -> conv 8@3x3 dil=2 pad=2 groups=2 elu alpha=0.5 -> add( conv 8@1x1 leaky alpha=0.2 "
+             "| identity ) -> concat( maxpool 3/1 pad=1 ceil | avgpool 3/1 pad=1 ) -> upconv 4@2x2/2 selu "
+             "-> upsample 2 -> maxpool 2 -> conv 4@3x3 pad=1 gelu sigmoid tanh -> gap -> dropout 0.3 "
+             "-> fc 10 softmax",
+    "vector": "input 2@4x4 -> conv 4@3x3 -> gmp -> bn -> fc 3 bias=off -> flatten -> fc 2",
+    "flatten": "input 2@4x4 -> flatten -> fc 3",
+    "sequence": "input seq 6 -> embed 4 vocab=9 -> rnn 3 bidirectional sequences -> gru 3 sequences "
+                "-> lstm 5 bidirectional -> fc 2 softmax",
+    # transformer kinds but attention; layernorm from its operator (opset 17 on), not its decomposition
+    "transformer": "input seq 6 of 8 -> posembed -> layernorm -> fc 16 gelu -> fc 8 -> clstoken "
+                   "-> layernorm eps=1e-6 -> seqpool first -> fc 3 softmax",
+    "patches": "input 3@8x8 -> conv 8@2x2/2 -> tokens -> clstoken -> posembed -> seqpool mean -> fc 4",
+    "last step": "input seq 5 of 4 -> fc 6 relu -> seqpool last",
+}
+DECOMPOSED_BELOW_17 = {"transformer"}
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+@pytest.mark.parametrize("name", KIND_SPECS)
+def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
+    if opset < 17 and name in DECOMPOSED_BELOW_17:
+        pytest.skip("layernorm's ReduceMean/Sub/Pow/Sqrt/Div form is not imported")
+    from dlc.compile import compile_spec
+    from dlc.engine.params import init_params, save_checkpoint
+    from dlc.onnx.export import save_model, to_onnx
+
+    graph = compile_spec(KIND_SPECS[name])
+    params, state = init_params(graph, seed=1)
+    rng = np.random.default_rng(2)
+    for k in state:  # bn statistics away from (0, 1), so import mixing them up would show
+        state[k] = rng.uniform(0.5, 1.5, state[k].shape).astype(np.float32)
+    for k in params:
+        if k.endswith((".b", ".B", ".beta")):
+            params[k] = rng.uniform(-0.5, 0.5, params[k].shape).astype(np.float32)
+    save_model(to_onnx(graph, params, state, opset=opset), tmp_path / "m.onnx")
+    spec, weights = imported(tmp_path, tmp_path / "m.onnx")
+    shape = (2, *graph.input.out_shape)
+    x = rng.integers(0, 9, shape) if name == "sequence" else rng.standard_normal(shape).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(tmp_path / "m.onnx", x)) <= TOLERANCE
+
+
+def test_fine_tuning_an_imported_network_trains_only_its_head(tmp_path):
+    """Transfer learning as the course notes describe it: import, freeze the features, train a new head."""
+    from dlc.compile import compile_spec
+    from dlc.engine.params import load_checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 10), nn.Softmax(dim=1))
+    with torch.no_grad():  # running statistics of its own (not PyTorch's fresh 0 and 1) for the freeze to keep
+        net.train()
+        for _ in range(20):
+            net(torch.rand(64, 1, 16, 16))
+    # PRESERVE keeps BatchNormalization as an operator, so the import has running statistics to freeze
+    torch_models.export(net, tmp_path / "small.onnx", (torch.randn(1, 1, 16, 16),), dynamo=False,
+                        training=torch.onnx.TrainingMode.PRESERVE)
+    spec, weights = imported(tmp_path, tmp_path / "small.onnx")
+    graph = compile_spec(spec.read_text())
+    head = [n for n in graph.nodes if n.kind == "fc"][-1]
+    assert [n.kind for n in graph.nodes] == ["input", "conv", "bn", "relu", "maxpool", "flatten", "fc", "softmax"]
+    # the spec's own train statement names the freeze point, as `train freeze=LABEL` does
+    spec.write_text(spec.read_text() + f"train freeze={head.inputs[0]} optimizer=adam lr=0.01\n")
+    before, before_state, _ = load_checkpoint(weights)
+    r = run("train", spec, "--weights", weights, "--data", "glyphs", "--n-train", 256, "--n-val", 0, "--n-test", 0,
+            "--batch", 32, "--epochs", 3, "--out", tmp_path / "run", "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    after, after_state, meta = load_checkpoint(tmp_path / "run" / "last.npz")
+    for name in before:
+        changed = not np.array_equal(before[name], after[name])
+        assert changed == name.startswith(head.name + "."), name
+    for name in before_state:  # the frozen bn's statistics are those of the import, bit for bit
+        assert np.array_equal(before_state[name], after_state[name]), name
+    losses = [json_line["train_loss"] for json_line in meta_history(tmp_path / "run")]
+    assert losses[-1] < losses[0]
+
+
+def meta_history(run_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_freeze_names_a_label_or_layer_the_spec_has(tmp_path):
+    r = run("train", "-e", "input 2 -> fc 4 relu as features -> fc 1 sigmoid", "--freeze", "featurs",
+            "--epochs", 1, "--out", tmp_path / "run", "--quiet")
+    assert r.exit_code == 2
+    assert "freeze=featurs" in r.output and "features" in r.output
+
+
+def tiny_model(tmp_path, nodes, initializers, out_shape, in_shape=(1, 3, 8, 8), outputs=("y",)):
+    """An ONNX file from nodes over input `x`, for the importer's refusals."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f"
+                                                        else np.int64), k) for k, v in initializers.items()])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def conv_node(pads=(1, 1, 1, 1), out="c"):
+    from onnx import helper
+
+    return helper.make_node("Conv", ["x", "w"], [out], name="stem", kernel_shape=[3, 3], pads=list(pads))
+
+
+WEIGHT = {"w": np.ones((4, 3, 3, 3))}
+
+
+def refusal(tmp_path, path) -> str:
+    r = run("import", path, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2, r.output
+    assert not (tmp_path / "net.dlc").exists() and not (tmp_path / "net.npz").exists()
+    return r.output
+
+
+def test_an_operator_without_a_kind_is_refused_naming_it_and_its_node(tmp_path):
+    from onnx import helper
+
+    path = tiny_model(tmp_path, [conv_node(), helper.make_node("HardSwish", ["c"], ["y"], name="act7")], WEIGHT,
+                      None)
+    out = refusal(tmp_path, path)
+    assert "HardSwish" in out and "act7" in out and "no layer kind" in out
+
+
+def test_pads_neither_equal_nor_same_are_refused(tmp_path):
+    out = refusal(tmp_path, tiny_model(tmp_path, [conv_node(pads=(0, 0, 2, 2), out="y")], WEIGHT, None))
+    assert "Conv" in out and "stem" in out and "[0, 0, 2, 2]" in out
+
+
+def test_asymmetric_pads_that_are_same_become_pad_same(tmp_path):
+    # 8 pixels, kernel 2: `same` pads 0 before and 1 after (the odd pixel at the end, as TF and ONNX)
+    from onnx import helper
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", kernel_shape=[2, 2], pads=[0, 0, 1, 1])
+    path = tiny_model(tmp_path, [node], {"w": np.ones((4, 3, 2, 2))}, None)
+    spec, _ = imported(tmp_path, path)
+    assert "conv 4@2x2 pad=same " in spec.read_text()
+
+
+def test_a_global_pool_read_as_an_image_is_refused(tmp_path):
+    from onnx import helper
+
+    nodes = [conv_node(), helper.make_node("GlobalAveragePool", ["c"], ["p"], name="squeeze"),
+             helper.make_node("Mul", ["c", "p"], ["y"], name="excite")]
+    out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None))
+    assert "GlobalAveragePool" in out and "squeeze" in out and "read as an image" in out
+
+
+def test_import_never_writes_over_its_model(tmp_path):
+    path = tiny_model(tmp_path, [conv_node(out="y")], WEIGHT, None)
+    data = path.read_bytes()
+    r = run("import", path, "-o", path)
+    assert r.exit_code == 2 and "NET.dlc" in r.output
+    assert path.read_bytes() == data
+
+
+def test_several_outputs_are_refused(tmp_path):
+    from onnx import helper
+
+    nodes = [conv_node(), helper.make_node("Relu", ["c"], ["y"], name="r"),
+             helper.make_node("Sigmoid", ["c"], ["z"], name="s")]
+    out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None, outputs=("y", "z")))
+    assert "2 outputs" in out
+
+
+class LastStep(nn.Module):
+    """An embedding, a recurrent layer read at its last step (`out[:, -1]`), a linear head."""
+
+    def __init__(self, cell=nn.LSTM, **kwargs):
+        super().__init__()
+        self.emb, self.rnn, self.fc = nn.Embedding(20, 8), cell(8, 6, batch_first=True, **kwargs), nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.fc(self.rnn(self.emb(ids))[0][:, -1])
+
+
+class Sequences(nn.Module):
+    """A bidirectional GRU that keeps every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn = nn.Embedding(20, 8), nn.GRU(8, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, ids):
+        return self.rnn(self.emb(ids))[0]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("module,layer", [(LastStep, "lstm 6  "), (Sequences, "gru 5 bidirectional sequences")],
+                         ids=["lstm-last-step", "bigru-sequences"])
+def test_recurrent_layers_from_pytorch(tmp_path, exporter, module, layer):
+    torch.manual_seed(0)
+    path = tmp_path / "rnn.onnx"
+    torch_models.export(module(), path, (torch.randint(0, 20, (1, 7)),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    assert f"\n{layer}" in spec.read_text()
+    x = np.random.default_rng(0).integers(0, 20, (1, 7))
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("exporter,opset", [("torchscript", 17), ("dynamo", 20)], ids=["erf-form", "gelu-op"])
+def test_gelu_in_both_forms(tmp_path, exporter, opset):
+    torch.manual_seed(0)
+    path = tmp_path / "mlp.onnx"
+    net = nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 2))
+    torch_models.export(net, path, (torch.randn(1, 5),), dynamo=EXPORTERS[exporter], opset_version=opset)
+    spec, weights = imported(tmp_path, path)
+    assert "\nfc 7 gelu" in spec.read_text()
+    x = np.random.default_rng(0).standard_normal((1, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+
+
+def test_a_zero_pad_before_a_conv_becomes_its_pad(tmp_path):
+    # TensorFlow's exporters write `same` as an explicit Pad: 1 pixel each side around a 3x3 conv
+    from onnx import helper
+
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "w"], ["y"], name="c", kernel_shape=[3, 3])]
+    path = tiny_model(tmp_path, nodes, {**WEIGHT, "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}, None)
+    spec, weights = imported(tmp_path, path)
+    assert "conv 4@3x3 pad=1 " in spec.read_text()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE

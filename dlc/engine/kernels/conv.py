@@ -19,8 +19,9 @@ from dlc.engine.kernels.im2col import (add_windows, col2im, crop_chwn, from_chwn
 from dlc.layers import Shape
 from dlc.layers.spatial import Pair, window_out
 
-# d -> (gradient of the padded input, gradient of W), all (C, H, W, N) inside the engine
-ConvBackward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (d, need_dx) -> (gradient of the padded input or None without need_dx, gradient of W), all
+# (C, H, W, N) inside the engine
+ConvBackward = Callable[[np.ndarray, bool], tuple[np.ndarray | None, np.ndarray]]
 
 # Output bytes of a block of depthwise channels: small enough that the block's sum over the window
 # offsets stays in a core's L2 cache.
@@ -83,11 +84,11 @@ def conv(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
 
     def backward(dy):
         d = to_chwn(dy)
-        dxp, dw = lowered_backward(d)
+        dxp, dw = lowered_backward(d, ctx.need_dx)
         grads = {"W": dw}
         if attrs["bias"]:
             grads["b"] = d.reshape(c_out, -1).sum(axis=1)
-        return [from_chwn(crop_chwn(dxp, pads))], grads
+        return [None if dxp is None else from_chwn(crop_chwn(dxp, pads))], grads
 
     return from_chwn(y), backward
 
@@ -115,10 +116,14 @@ def columns(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: Pa
         for r0, r1 in bands:
             y[:, r0 * wo * n:r1 * wo * n] = matmul_groups(wm, band_cols(r0, r1))
 
-    def backward(d):
+    def backward(d, need_dx):
         d = grouped(d.reshape(c_out, -1), g)
         dw = np.zeros(wm.shape, xp.dtype)
         wt = wm.transpose(0, 2, 1)
+        if not need_dx:
+            for r0, r1 in bands:
+                outer_sum(d[:, :, r0 * wo * n:r1 * wo * n], kept if kept is not None else band_cols(r0, r1), dw)
+            return None, dw.reshape(weight.shape)
 
         def band_dcols(r0, r1):
             part = d[:, :, r0 * wo * n:r1 * wo * n]
@@ -155,7 +160,8 @@ def depthwise(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: 
                 np.multiply(win[cb, i, j], wd[cb, m, i, j], out=t)
                 acc += t
 
-    def backward(d):
+    def backward(d, need_dx):
+        # need_dx is not read: a depthwise conv is no network's first layer in the zoo
         d = d.reshape(c, mult, *out_hw, n)
         dw = np.empty(wd.shape[:4], xp.dtype)
         dxp = np.zeros(xp.shape, xp.dtype)

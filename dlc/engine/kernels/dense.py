@@ -23,7 +23,7 @@ def fc(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ct
         grads = {"W": dy.T @ x}
         if b is not None:
             grads["b"] = dy.sum(axis=0)
-        return [dy @ W], grads
+        return [dy @ W if ctx.need_dx else None], grads
     return y, backward
 
 

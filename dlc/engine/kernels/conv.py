@@ -27,6 +27,10 @@ ConvBackward = Callable[[np.ndarray, bool], tuple[np.ndarray | None, np.ndarray]
 # offsets stays in a core's L2 cache.
 DEPTHWISE_BLOCK_BYTES = 256 << 10
 
+# outer_piece: the most multiply-adds, and the fewest columns, of one piece of a weight gradient.
+OUTER_PIECE_MACS = 1_000_000
+MIN_OUTER_PIECE = 1024
+
 
 def grouped(m: np.ndarray, groups: int) -> np.ndarray:
     """(G, rows/G, cols) view of a (rows, cols) matrix: group g owns a contiguous block of rows."""
@@ -44,13 +48,28 @@ def outer_sum(a: np.ndarray, b: np.ndarray, into: np.ndarray) -> None:
     """into += a @ b.T per group, for (G, r, P) and (G, c, P) stacks with a long P (weight gradients).
 
     The operand with more rows goes on the left: OpenBLAS measured 1.2-1.6x faster that way on these
-    thin results (LeNet-5's 16x150 gradient: 0.24 ms against 0.39 ms). Cutting P into pieces gained
-    nothing once row bands bound P.
+    thin results (LeNet-5's 16x150 gradient: 0.24 ms against 0.39 ms). A result of few entries goes
+    in pieces of P (outer_piece).
     """
-    if a.shape[1] >= b.shape[1]:
-        into += np.matmul(a, b.transpose(0, 2, 1))
-    else:
-        into += np.matmul(b, a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    piece = outer_piece(a.shape[1] * b.shape[1], a.shape[2])
+    for s in range(0, a.shape[2], piece):
+        pa, pb = a[:, :, s:s + piece], b[:, :, s:s + piece]
+        if a.shape[1] >= b.shape[1]:
+            into += np.matmul(pa, pb.transpose(0, 2, 1))
+        else:
+            into += np.matmul(pb, pa.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
+def outer_piece(entries: int, p: int) -> int:
+    """How much of the inner dimension one matrix product of outer_sum takes.
+
+    OpenBLAS (one thread, this machine's EPYC) did LeNet-5's first weight gradient, 6x25 entries over
+    50,176 columns, in 3.3 ms as one product and 0.8 ms in pieces of 4,096; pieces of 8,192 were slow
+    again. Pieces pay while they stay under about a million multiply-adds and hold 1,024 columns or
+    more; a 16x150 gradient gained nothing at any piece size, so wide results go whole.
+    """
+    piece = 1 << max(0, (OUTER_PIECE_MACS // max(entries, 1)).bit_length() - 1)
+    return piece if MIN_OUTER_PIECE <= piece < p else p
 
 
 def scatter(bands: list[tuple[int, int]], band_windows: Callable[[int, int], np.ndarray], shape: Shape,

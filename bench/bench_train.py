@@ -46,11 +46,13 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist.pkl.gz"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def dlc_train(args: list[str], out: Path) -> dict:
-    """`dlc train ... --json` in this process, as the CLI runs it; its JSON summary."""
+def dlc_train(args: list[str], tmp: Path) -> dict:
+    """`dlc train ... --json` in this process, as the CLI runs it, into a new run folder under tmp;
+    its JSON summary."""
     from dlc.cli import main as cli
 
     buf = io.StringIO()
+    out = Path(tempfile.mkdtemp(dir=tmp)) / "run"
     with contextlib.redirect_stdout(buf):
         cli.main(["train", *args, "--out", str(out), "--json"], standalone_mode=False)
     return json.loads(buf.getvalue())
@@ -128,7 +130,7 @@ def training_targets(torch, mnist, tmp: Path, args) -> dict:
     def lenet_dlc() -> float:
         return dlc_train([str(ROOT / "specs" / "lenet5.dlc"), "--data", str(subset), "--reshape",
                           "--optimizer", "momentum", "--lr", "0.01", "--batch", "64", "--epochs", "1"],
-                         tmp / "lenet")["images_per_second"]
+                         tmp)["images_per_second"]
 
     m = min(args.mlp_images, len(mnist.train))
     mlp_data = tmp / "mlp.npz"
@@ -137,7 +139,7 @@ def training_targets(torch, mnist, tmp: Path, args) -> dict:
 
     def mlp_dlc(batch: int) -> Callable[[], float]:
         return lambda: dlc_train([str(ROOT / "specs" / "mlp_mnist.dlc"), "--data", str(mlp_data),
-                                  "--batch", str(batch), "--epochs", "1"], tmp / f"mlp{batch}")["images_per_second"]
+                                  "--batch", str(batch), "--epochs", "1"], tmp)["images_per_second"]
 
     network_py = nielsen_sgd([784, 30, 10], mnist.train.x[:m], onehot, 10, 3.0, np.float64)
 
@@ -267,7 +269,7 @@ def startup_target(runs: int) -> None:
 
 def accuracy_run(data: Path, epochs: int, tmp: Path) -> None:
     result = dlc_train([str(ROOT / "specs" / "mlp_mnist.dlc"), "--data", str(data), "--epochs", str(epochs)],
-                       tmp / "accuracy")
+                       tmp)
     print(f"Nielsen's 784-30-10, {epochs} epochs of dlc train: test accuracy {result['test_accuracy']:.2%} "
           f"(book: about 95% after 30)\n")
 

@@ -213,6 +213,7 @@ def fusion_check() -> str:
     params, state = init_params(graph)
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()  # graph optimizations default to ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # not the warning that a saved optimized model is machine-specific
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(to_onnx(graph, params, state).SerializeToString(), opts,
                              providers=["CPUExecutionProvider"])

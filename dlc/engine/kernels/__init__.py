@@ -23,7 +23,7 @@ import numpy as np
 Arrays = dict[str, np.ndarray]  # a node's tensors by name within the node ("W", "mean")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ctx:
     training: bool = False
     rng: np.random.Generator | None = None
@@ -32,7 +32,8 @@ class Ctx:
 
 class Backward(Protocol):
     def __call__(self, dy: np.ndarray, /) -> tuple[Sequence[np.ndarray | None], Arrays]:
-        """dy -> (one gradient per input, None for token ids; a gradient per trainable parameter)."""
+        """dy -> (one gradient per input, None for token ids and may be None when ctx.need_dx was
+        False; a gradient per trainable parameter)."""
 
 
 Forward = tuple[np.ndarray, Backward]

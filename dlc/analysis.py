@@ -1,7 +1,7 @@
 """Per-node and total figures of a graph: params, MACs, FLOPs, memory, receptive field.
 
 Every rule comes from the layer registry (dlc.layers); this module only walks the graph and adds up,
-following ../shared/conventions.md (docs/conventions.md for users).
+following docs/conventions.md.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from fractions import Fraction
 from math import prod
 
 from dlc.choices import OPTIMIZER_SLOTS
+from dlc.engine.budget import COLS_BYTES
 from dlc.graph import Graph, Node
 from dlc.layers import GLOBAL, KINDS, Window, param_count
 
@@ -52,6 +53,12 @@ class Totals:
     batch: int
     optimizer: str
     train_formula: str = field(default="")
+    columns_bytes: int = 0  # the NumPy engine's im2col columns at this batch (see engine_columns_bytes)
+
+    @property
+    def engine_train_bytes(self) -> int:
+        """What a training step of dlc's NumPy engine holds at its peak: the estimate plus its columns."""
+        return self.train_bytes + self.columns_bytes
 
 
 @dataclass
@@ -104,10 +111,46 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd") -> Analysis:
             flops=kind.flops(node.attrs, ins, node.out_shape) * batch,
             activations=prod(node.out_shape), rf=fields[node.name],
         ))
-    return Analysis(graph, stats, totals(stats, batch, optimizer))
+    return Analysis(graph, stats, totals(stats, batch, optimizer, engine_columns_bytes(graph, batch)))
 
 
-def totals(stats: list[NodeStats], batch: int, optimizer: str) -> Totals:
+def _column_rows(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int, bool] | None:
+    """(rows, values per row and sample, kept for backward) of the im2col columns the NumPy engine
+    builds for a node, a row being one output row (conv) or input row (upconv); None where it builds
+    none (depthwise convs sum window views instead)."""
+    a = node.attrs
+    if node.kind in ("conv", "dwconv") and not a["groups"] == a["in_channels"] > 1:
+        kh, kw = a["kernel"]
+        return node.out_shape[1], a["in_channels"] * kh * kw * node.out_shape[2], True
+    if node.kind == "upconv":
+        kh, kw = a["kernel"]
+        return in_shape[1], a["channels"] * kh * kw * in_shape[2], False
+    return None
+
+
+def engine_columns_bytes(graph: Graph, batch: int) -> int:
+    """Bytes of im2col columns a training step of the NumPy engine holds at once (dlc.engine.kernels.conv).
+
+    A conv whose columns fit COLS_BYTES keeps them for backward; a larger one (and every upconv) builds
+    them in bands of rows that fit it and drops each band after use. On top of the kept columns, one
+    more band is in flight, the largest: the columns being built, or the gradient columns backward
+    computes beside the kept ones.
+    """
+    shapes = {n.name: n.out_shape for n in graph.nodes}
+    kept = in_flight = 0
+    for node in graph.nodes:
+        found = _column_rows(node, shapes[node.inputs[0]]) if node.inputs else None
+        if found is None:
+            continue
+        rows, values_per_row, keeps = found
+        row_bytes = BYTES_PER_VALUE * values_per_row * batch
+        if keeps and rows * row_bytes <= COLS_BYTES:
+            kept += rows * row_bytes
+        in_flight = max(in_flight, min(rows, max(1, COLS_BYTES // row_bytes)) * row_bytes)
+    return kept + in_flight
+
+
+def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: int = 0) -> Totals:
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
     p = sum(s.params for s in stats)
@@ -125,5 +168,5 @@ def totals(stats: list[NodeStats], batch: int, optimizer: str) -> Totals:
         params=p, non_trainable=nt, macs=sum(s.macs for s in stats), flops=sum(s.flops for s in stats),
         activations=act, param_bytes=param_bytes, activation_bytes=act_bytes, grad_bytes=grad_bytes,
         optimizer_bytes=optimizer_bytes, train_bytes=train,
-        batch=batch, optimizer=optimizer, train_formula=formula,
+        batch=batch, optimizer=optimizer, train_formula=formula, columns_bytes=columns_bytes,
     )

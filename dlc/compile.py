@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from dlc.errors import DlcError, Pos, ShapeError
 from dlc.graph import BlockCall, Graph, Node
-from dlc.layers import KINDS, PAD, LayerKind, all_words, lookup
+from dlc.layers import KINDS, LABEL, PAD, LayerKind, Ref, all_words, lookup
 from dlc.layers.spatial import show
 from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Option, Size, Step, Train, Value, Word,
                         parse, size_example)
@@ -275,8 +275,7 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
 
 def _base_attrs(kind: LayerKind, defaults: Defaults) -> dict:
     """Registry defaults for every option and flag, then the `default` statements in scope."""
-    attrs = {k: (0 if v is PAD else v) for k, v in kind.options.items()}
-    attrs.update({f: False for f in kind.flags})
+    attrs = kind.default_attrs()
     attrs.update(defaults.get(kind.name, {}))
     return attrs
 
@@ -511,16 +510,20 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     if len(b.nodes) >= MAX_NODES:
         raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
     ins = [b.by_name[i] for i in inputs]
-    if kind.name == "fc" and len(ins[0].out_shape) != 1:
-        # dsl.md: fc flattens an image (C, H, W order) first, shown as its own row.
+    if kind.name == "fc" and len(ins[0].out_shape) == 3:
+        # dsl.md: fc flattens an image (C, H, W order) first, shown as its own row; on a sequence it
+        # acts on each step.
         ins = [_add_node(b, scope, KINDS["flatten"], {}, inputs, pos, "flatten", "flatten")]
         inputs = [ins[0].name]
     _check_dtype(kind, ins, pos, head)
     name = name or scope.node_name(kind.name)
     shapes = [n.out_shape for n in ins]
-    missing = next((k for k, v in attrs.items() if v is None and k in kind.options), None)
+    missing = next((k for k, v in attrs.items() if v is None and kind.options.get(k, 0) is None), None)
     if missing is not None:
         raise DlcError(f"{head} needs the option {missing}=… (it has no default)", pos)
+    for k, default in kind.options.items():
+        if default is LABEL and attrs[k] is not None:
+            attrs[k] = _ref(b, attrs[k])
     try:
         out, resolved = kind.resolve(attrs, shapes)
     except ShapeError as e:
@@ -533,6 +536,13 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     b.nodes.append(node)
     b.by_name[name] = node
     return node
+
+
+def _ref(b: Build, name: str) -> Ref:
+    """The labelled node as a LABEL option hands it to a shape rule: its kind and parameter shapes."""
+    node = b.by_name[name]
+    ins = [b.by_name[i].out_shape for i in node.inputs]
+    return Ref(name, node.kind, tuple(KINDS[node.kind].params(node.attrs, ins).items()))
 
 
 def _check_dtype(kind: LayerKind, ins: list[Node], pos: Pos, head: str) -> None:
@@ -599,6 +609,10 @@ def _option_value(kind: LayerKind, opt: Option, scope: Scope):
     default, v = kind.options[opt.key], _value(opt.value, scope)
     got = f"(Received: {opt.key}={v.raw})"
     x = v.v
+    if default is LABEL:
+        if not v.is_name:
+            raise DlcError(f"{opt.key} takes the label of an earlier step (set with `as LABEL`) {got}", v.pos)
+        return _label_node(Word(x, v.pos), scope)
     if default is PAD:
         if x in ("same", "valid") or isinstance(x, int):
             return x

@@ -17,8 +17,8 @@ CONVENTIONS = {
     "out_shape": "per sample, batch left out: [C, H, W] images, [N] vectors, [T, D] sequences, [T] token ids",
     "params": "trainable parameters: weights, biases, bn scale and shift, embeddings, recurrent weights",
     "non_trainable": "bn running mean and variance",
-    "macs": "multiply-accumulates of conv, transposed conv, fc and recurrent products (papers' 'FLOPs'); "
-            "per sample times batch",
+    "macs": "multiply-accumulates of conv, transposed conv, fc, attention and recurrent products (papers' "
+            "'FLOPs'); causal attention counted in full, as dense kernels compute it; per sample times batch",
     "flops": "every floating-point operation of the inference forward pass: 2*MACs + bias adds + "
              "activations + pooling + bn + merges; per sample times batch",
     "activations": "output elements per sample",
@@ -26,6 +26,7 @@ CONVENTIONS = {
     "param_bytes": "float32: 4 * (params + non_trainable)",
     "activation_bytes": "float32: 4 * sum of every node's output elements, per sample",
     "train_bytes": "parameters + gradients + optimizer state + batch * activation_bytes",
+    "engine_train_bytes": "train_bytes + the im2col columns dlc's NumPy engine holds at once at this batch",
 }
 
 
@@ -128,8 +129,10 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
         lines.append(f"params: {grouped(t.params)} trainable + {grouped(t.non_trainable)} non-trainable "
                      f"= {grouped(t.params + t.non_trainable)} ({binary(t.param_bytes)} as float32)")
     if view in ("flops", "summary"):
+        causal = any(n.kind == "attention" and n.attrs["causal"] for n in analysis.graph.nodes)
         lines.append(f"MACs: {si(t.macs)} ({grouped(t.macs)}) multiply-accumulates {per}, "
-                     f"weighted layers only")
+                     f"weighted layers only" + ("; causal attention counted in full (dense kernels compute "
+                                                "the whole T x T square)" if causal else ""))
         lines.append(f"FLOPs: {si(t.flops)} ({grouped(t.flops)}) floating-point operations {per}, "
                      f"forward pass at inference")
     if view == "summary":
@@ -138,6 +141,8 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
         lines.append(f"training memory at batch {t.batch} with {t.optimizer}: {binary(t.train_bytes)} = "
                      f"parameters {binary(t.param_bytes)} + gradients {binary(t.grad_bytes)} + "
                      f"optimizer state {binary(t.optimizer_bytes)} + {t.batch} x activations {binary(t.activation_bytes)}")
+        lines.append(f"NumPy engine (dlc train) at its peak: {binary(t.engine_train_bytes)} = training memory + "
+                     f"im2col columns {binary(t.columns_bytes)}")
     return lines
 
 
@@ -182,6 +187,7 @@ def to_json(analysis: Analysis) -> dict:
             "activation_bytes": t.activation_bytes,
             "train_bytes": {"bytes": t.train_bytes, "batch": t.batch, "optimizer": t.optimizer,
                             "formula": t.train_formula},
+            "engine_train_bytes": t.engine_train_bytes,
         },
     }
 

@@ -19,7 +19,7 @@ TOLERANCE = 1e-6
 def resolve(kind: str, in_shapes, **written):
     """(attrs, param shapes, state shapes) of a node as the compiler would resolve it."""
     k = KINDS[kind]
-    attrs = {**k.options, **{f: False for f in k.flags}, **written}
+    attrs = {**k.default_attrs(), **written}
     if k.size_attr and k.size_attr not in attrs:
         attrs[k.size_attr] = k.size_default
     _, attrs = k.resolve(attrs, list(in_shapes))

@@ -157,13 +157,15 @@ def test_size_forms():
     assert g.node("dropout1").attrs["p"] == 0.25
 
 
-def test_implicit_flatten_before_fc_on_images_and_sequences_only():
+def test_implicit_flatten_before_fc_on_images_only():
     g = graph("input 2@3x4\nfc 5 -> fc 3")
     assert [n.name for n in g.nodes] == ["input", "flatten1", "fc1", "fc2"]
     flat = g.node("flatten1")
     assert flat.out_shape == (24,) and flat.row == "flatten1" and flat.pos == g.node("fc1").pos
+    # dsl.md: on a sequence fc acts on each step (50x64 -> 50x10); `flatten` still flattens
     g = graph("input seq 6 of 4\nfc 2")
-    assert g.node("flatten1").out_shape == (24,)
+    assert [n.kind for n in g.nodes] == ["input", "fc"] and g.output.out_shape == (6, 2)
+    assert graph("input seq 6 of 4\nflatten -> fc 2").node("flatten1").out_shape == (24,)
 
 
 def test_flatten_counter_is_shared_with_written_flattens():

@@ -1,7 +1,7 @@
-"""Every example of the language contract (/work/shared/dsl.md), copied verbatim, compiles to the shapes
+"""Every example of the language contract (docs/language.md), copied verbatim, compiles to the shapes
 its comments state.
 
-The examples are copied here rather than read from the shared folder so that this test pins the
+The examples are copied here rather than read from docs/language.md so that this test pins the
 contract as it was agreed. Shapes are written the way the comments write them (C@HxW, N, TxD); the
 published parameter counts (torchvision's ResNet-50 and VGG-16) check the expanded attributes too.
 """
@@ -123,6 +123,35 @@ XOR = """\
 # XOR, the function a single perceptron cannot represent
 input 2 -> fc 2 sigmoid -> fc 1 sigmoid
 train loss=mse optimizer=sgd lr=0.5 epochs=2000 batch=4
+"""
+
+GPT2 = """\
+# GPT-2 small, 124,439,808 parameters
+input seq 1024
+embed 768 vocab=50257 as tok           # 1024x768
+posembed -> dropout 0.1
+block decoder(d, h, f) {
+    add( layernorm -> attention h causal -> dropout 0.1 | identity )
+    add( layernorm -> fc f gelu -> fc d -> dropout 0.1 | identity )
+}
+decoder(768, 12, 3072) x12             # 1024x768
+layernorm
+fc 50257 tied=tok bias=off softmax     # 1024x50257
+"""
+
+VIT = """\
+# ViT-B/16, 86,567,656 parameters
+input 3@224x224
+conv 768@16x16/16 -> tokens            # 768@14x14 -> 196x768
+clstoken -> posembed                   # 197x768
+default layernorm eps=1e-6
+block encoder(d, h, f) {
+    add( layernorm -> attention h | identity )
+    add( layernorm -> fc f gelu -> fc d | identity )
+}
+encoder(768, 12, 3072) x12
+layernorm -> seqpool first             # 768
+fc 1000 softmax
 """
 
 
@@ -264,7 +293,36 @@ def test_xor_network_and_its_train_statement():
     assert isinstance(g.train["epochs"], int) and isinstance(g.train["lr"], float)
 
 
-@pytest.mark.parametrize("text", [LENET5, ALEXNET, VGG16, RESNET50, INCEPTION, MOBILENET, UNET, LSTM_TEXT, XOR])
+def test_gpt2_small_shapes_tied_output_and_stated_parameter_count():
+    g = compile_spec(GPT2, "gpt2.dlc")
+    s = {n.name: n.out_shape for n in g.nodes}
+    assert s["embed1"] == (1024, 768) and g.node("embed1").label == "tok"
+    assert s["posembed1"] == s["dropout1"] == (1024, 768)
+    assert s["decoder1.attention1"] == (1024, 768) and g.node("decoder1.attention1").attrs["causal"]
+    assert s["decoder1.fc1"] == (1024, 3072) and s["decoder1.fc2"] == (1024, 768)  # fc on each step
+    assert s["decoder12.add2"] == (1024, 768) and "decoder13.add1" not in s
+    out = g.node("fc1")
+    assert s["fc1"] == s["softmax1"] == (1024, 50257) and g.output.name == "softmax1"
+    assert out.attrs["tied"].node == "embed1" and not out.attrs["bias"]
+    # the tied output layer owns no weight: the 50257x768 table counts once, with the embedding
+    assert trainable(GPT2) == 124_439_808
+
+
+def test_vit_b16_shapes_class_token_and_stated_parameter_count():
+    g = compile_spec(VIT, "vit.dlc")
+    s = {n.name: n.out_shape for n in g.nodes}
+    assert s["conv1"] == (768, 14, 14) and s["tokens1"] == (196, 768)
+    assert s["clstoken1"] == s["posembed1"] == (197, 768)
+    assert s["encoder12.add2"] == (197, 768)
+    assert all(n.attrs["eps"] == 1e-6 for n in g.nodes if n.kind == "layernorm")  # the default reaches the blocks
+    assert not any(n.attrs["causal"] for n in g.nodes if n.kind == "attention")
+    assert s["seqpool1"] == (768,) and g.node("seqpool1").attrs["mode"] == "first"
+    assert g.output.out_shape == (1000,)
+    assert trainable(VIT) == 86_567_656
+
+
+@pytest.mark.parametrize("text", [LENET5, ALEXNET, VGG16, RESNET50, INCEPTION, MOBILENET, UNET, LSTM_TEXT, XOR,
+                                  GPT2, VIT])
 def test_every_example_gives_a_well_formed_graph(text):
     g = compile_spec(text, "example.dlc")
     seen = set()

@@ -55,6 +55,7 @@ PUBLISHED = {
     # Howard et al. 2017 (arXiv:1704.04861), Tables 6-8: 1.0 MobileNet-224, 569 million mult-adds,
     # 4.2 million parameters; Keras's MobileNet prints the exact 4,231,976 trainable parameters.
     "mobilenet_v1": (4_231_976, "569", M),
+    "vit_b16": (86_567_656, "17.56", G),  # torchvision ViT_B_16_Weights.IMAGENET1K_V1
 }
 
 # name: (params, MACs), both by hand from the layer tables in the comments below.
@@ -85,6 +86,17 @@ BY_HAND = {
     # embed 20000*128 = 2,560,000; lstm 4*256*(128 + 256) + 8*256 = 395,264; fc 256*2 + 2 = 514.
     # MACs: 200 steps * 4*256*384 = 78,643,200 for the lstm, 512 for the fc.
     "lstm_text": (2_955_778, 78_643_712),
+    # GPT-2 small (issue 11, dsl.md): Hugging Face's GPT2LMHeadModel("gpt2") has 124,439,808 parameters, the
+    # output layer tied to the token table. By hand: embed 50257*768 = 38,597,376, positions 1024*768 = 786,432,
+    # per block 2*1,536 + (4*768^2 + 4*768) + (768*3072 + 3072) + (3072*768 + 768) = 7,087,872 (x12), layernorm
+    # 1,536. MACs at T=1024, per block 1024*4*768^2 + 2*1024^2*768 + 2*1024*768*3072 = 8,858,370,048 (x12),
+    # the output 1024*768*50257 = 39,523,713,024: 145,824,153,600, FlopCounterMode's figure divided by two.
+    "gpt2_small": (38_597_376 + 786_432 + 12 * 7_087_872 + 1_536,
+                   12 * (1024 * 4 * 768**2 + 2 * 1024**2 * 768 + 2 * 1024 * 768 * 3072) + 1024 * 768 * 50257),
+    # The two-block encoder of issue 11's reverse task (D=64, 4 heads, 12 steps over 16 tokens): embed 16*64,
+    # positions 12*64, per block 2*128 + (4*64^2 + 4*64) + (64*256 + 256) + (256*64 + 64) = 49,984, layernorm
+    # 128, output 64*16 + 16. MACs per block 12*4*64^2 + 2*12^2*64 + 2*12*64*256 = 608,256, output 12*64*16.
+    "transformer_reverse": (1_024 + 768 + 2 * 49_984 + 128 + 1_040, 2 * 608_256 + 12_288),
     # U-Net (Ronneberger et al. 2015, Fig. 1), 3x3 convs with bias, pad=same so the count is the paper's:
     #   down: 1->64 640, 64->64 36,928, 64->128 73,856, 128->128 147,584, 128->256 295,168, 256->256 590,080,
     #         256->512 1,180,160, 512->512 2,359,808, 512->1024 4,719,616, 1024->1024 9,438,208 (18,842,048)
@@ -228,6 +240,19 @@ def test_mobilenet_v2_table_2_rows():
     assert len(nodes("mobilenet_v2", "dwconv")) == 17
     assert len(nodes("mobilenet_v2", "add")) == 10
     assert shapes("mobilenet_v2", "conv")[-2:] == [(320, 7, 7), (1280, 7, 7)]
+
+
+def test_gpt2_and_vit_as_written_in_dsl_md():
+    # dsl.md's figures: 124,439,808 and 86,567,656 parameters; 145,824,153,600 and 17,563,828,224 MACs.
+    assert (zoo("gpt2_small").totals.params, zoo("gpt2_small").totals.macs) == (124_439_808, 145_824_153_600)
+    assert (zoo("vit_b16").totals.params, zoo("vit_b16").totals.macs) == (86_567_656, 17_563_828_224)
+    # Radford et al. 2019, Table 2: the smallest model has 12 layers of width 768; 1024 tokens of context
+    assert len(nodes("gpt2_small", "attention")) == 12 and shapes("gpt2_small", "embed") == [(1024, 768)]
+    assert all(s.node.attrs["causal"] and s.node.attrs["heads"] == 12 for s in nodes("gpt2_small", "attention"))
+    # Dosovitskiy et al. 2021, Table 1: ViT-Base has 12 layers, hidden size 768, MLP 3072, 12 heads;
+    # 224/16 = 14 patches a side, 196 + the class token = 197 steps
+    assert shapes("vit_b16", "attention") == [(197, 768)] * 12
+    assert shapes("vit_b16", "fc")[:2] == [(197, 3072), (197, 768)]
 
 
 def test_unet_has_23_convolutional_layers():

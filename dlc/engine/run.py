@@ -1,12 +1,13 @@
 """Running a whole graph: forward in node order, backward through the recorded closures, the loss step.
 
 A graph is compiled once into a plan (a list of steps: kernel, attributes, parameter names, input
-slots) that is cached on the Graph object, so a training step does no name lookups beyond fetching
-each node's parameters. Values live in a list indexed by node position; slot 0 is the input.
+slots) that is kept in this module's PLANS, not on the Graph, so a training step does no name lookups
+beyond fetching each node's parameters. Values live in a list indexed by node position; slot 0 is the input.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
+from dlc.layers import KINDS
 from dlc.layers.spatial import show
 from dlc.engine.kernels import KERNELS, Ctx
 from dlc.engine.losses import LOSSES
@@ -21,7 +23,7 @@ from dlc.engine.params import tensors
 
 # Kinds that draw random numbers in training mode. A fresh unseeded Generator costs ~13 us (OS
 # entropy), a tenth of a whole MLP step at batch 10, so one is made only for graphs that need it.
-RANDOM_KINDS = frozenset({"dropout", "noise"})
+RANDOM_KINDS = frozenset({"dropout", "noise", "attention"})
 
 # A loss on the output of a final activation, and the fused, numerically stable loss on its input.
 FUSED_LOSSES = {("xent", "softmax"): "xent", ("bce", "sigmoid"): "bce_logits"}
@@ -34,7 +36,7 @@ class Step:
     kernel: Callable
     out: int  # the slot it writes: its node's position
     inputs: tuple[int, ...]  # the slots it reads
-    params: tuple[tuple[str, str], ...]  # (name within the node, full name)
+    params: tuple[tuple[str, str], ...]  # (name within the node, full name), shared ones included
     state: tuple[tuple[str, str], ...]
     free: tuple[int, ...]  # slots no later step reads: dropped as soon as this step has run
     carries: bool  # some input depends on a parameter, so its gradient is wanted even when the
@@ -63,11 +65,23 @@ class Tape:
     input_grad: bool  # whether backward returns the gradient of the network's input
 
 
+# Plans by id() of their graph: a Graph is a plain (unhashable) dataclass, so it cannot key a
+# WeakKeyDictionary; a finalizer removes the entry when the graph goes, before its id can be reused.
+PLANS: dict[int, Plan] = {}
+
+
 def compile_plan(graph: Graph) -> Plan:
-    """The graph's plan, built on first use and kept on the graph."""
-    plan = graph.__dict__.get("_engine_plan")
+    """The graph's plan, built on first use and kept in PLANS while the graph lives."""
+    plan = PLANS.get(id(graph))
     if plan is not None and plan.nodes is graph.nodes:
         return plan
+    if plan is None:
+        weakref.finalize(graph, PLANS.pop, id(graph), None)
+    plan = PLANS[id(graph)] = _build_plan(graph)
+    return plan
+
+
+def _build_plan(graph: Graph) -> Plan:
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     last_read = {}
     for i, n in enumerate(graph.nodes):
@@ -87,18 +101,17 @@ def compile_plan(graph: Graph) -> Plan:
                            graph.file, graph.source)
         mine = by_node.get(n.name, [])
         inputs = tuple(index[name] for name in n.inputs)
+        own = tuple((t.name, t.full_name) for t in mine if t.trainable)
+        params = own + tuple(KINDS[n.kind].shared(n.attrs).items())
         carries = any(depends[s] for s in inputs)
-        depends[i] = carries or any(t.trainable for t in mine)
+        depends[i] = carries or bool(params)
         steps.append(Step(
-            node=n, attrs=n.attrs, kernel=kernel, out=i, inputs=inputs,
-            params=tuple((t.name, t.full_name) for t in mine if t.trainable),
+            node=n, attrs=n.attrs, kernel=kernel, out=i, inputs=inputs, params=params,
             state=tuple((t.name, t.full_name) for t in mine if not t.trainable),
             free=tuple(sorted({s for s, last in last_read.items() if last == i})), carries=carries,
         ))
-    plan = Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
+    return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
                 graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes))
-    graph.__dict__["_engine_plan"] = plan
-    return plan
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
@@ -198,7 +211,8 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
         dxs, dparams = backs[k](g)
         backs[k] = None  # its saved activations (im2col columns, masks) are no longer needed
         for name, full in step.params:
-            grads[full] = dparams[name]
+            # a shared tensor (tied weights) receives the sum of its readers' gradients
+            grads[full] = grads[full] + dparams[name] if full in grads else dparams[name]
         for i, dx in zip(step.inputs, dxs):
             if dx is not None and (step.carries or tape.input_grad):
                 # out of place: the first gradient may be a kernel's own buffer or the caller's dy

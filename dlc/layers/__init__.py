@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 Shape = tuple[int, ...]
 
 # Option values that are not plain numbers or on/off switches.
 PAD = "pad"  # an int, `same` or `valid`
+LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,18 @@ def statistic(start: float) -> Role:
     return Role("statistic", constant=start)
 
 
+@dataclass(frozen=True)
+class Ref:
+    """What a LABEL option resolves to: the labelled node, its kind and its parameter shapes."""
+
+    node: str
+    kind: str
+    params: tuple[tuple[str, Shape], ...]
+
+    def param(self, name: str) -> Shape | None:
+        return dict(self.params).get(name)
+
+
 def _none(attrs: dict, ins: list[Shape], /) -> dict[str, Shape]:
     return {}
 
@@ -113,6 +126,10 @@ def _zero(attrs: dict, ins: list[Shape], out: Shape, /) -> int:
 
 def _pointwise(attrs: dict, /) -> None:
     return None
+
+
+def _own(attrs: dict, /) -> dict[str, str]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -133,12 +150,21 @@ class LayerKind:
     """Non-trainable tensors (bn running statistics)."""
     tensors: dict[str, Role] = field(default_factory=dict)
     """The role of every tensor that params or state may return, by name."""
+    shared: Callable[[dict], dict[str, str]] = _own
+    """Tensors the node reads from another node instead of owning them: its name for the tensor -> the
+    owner's full tensor name (`fc tied=LABEL` reads an embed's "W"). They count once, with their owner."""
     macs: CostRule = _zero
     flops: CostRule = _zero
     window: WindowRule = _pointwise
     """Window for the receptive field; None for pointwise kinds, GLOBAL for kinds that see everything."""
     merge: bool = False  # takes two or more inputs (add, concat)
     reads_tokens: bool = False  # reads token ids (`input seq T`); every other kind reads float features
+
+    def default_attrs(self) -> dict:
+        """Every option at its default and every flag off, as attribute values (pad 0, no label)."""
+        attrs = {k: (0 if v is PAD else None if v is LABEL else v) for k, v in self.options.items()}
+        attrs.update({f: False for f in self.flags})
+        return attrs
 
     @property
     def suffixable(self) -> bool:
@@ -190,4 +216,4 @@ def elements(shape: Shape) -> int:
     return prod(shape)
 
 
-from dlc.layers import conv, pool, dense, elementwise, recurrent, merge  # noqa: E402,F401  (registers the kinds)
+from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence  # noqa: E402,F401  (registers the kinds)

@@ -1,8 +1,11 @@
 """fc, flatten, embed.
 
-fc: units, bias, in_features; W (units, in_features) as ONNX Gemm with transB=1, b (units).
-The compiler puts an explicit `flatten` node before an fc whose input is not a vector, so fc itself
-always reads a vector. embed: dim, vocab; W (vocab, dim); its input is token ids (T,).
+fc: units, bias, in_features, steps (T on a sequence, else None), tied (None, or a Ref to the embed
+whose table it reuses); W (units, in_features) as ONNX Gemm with transB=1, b (units). On a sequence TxD
+fc acts on each step alone (PyTorch's Linear, Keras's Dense). The compiler puts an explicit `flatten`
+node before an fc on an image, so fc reads a vector or a sequence. With `tied=LABEL` the weight is the
+labelled embed's table (vocab, dim), which is already (units, in_features): GPT-2's output layer.
+embed: dim, vocab; W (vocab, dim); its input is token ids (T,).
 """
 
 from __future__ import annotations
@@ -11,21 +14,30 @@ from math import prod
 
 from dlc.errors import ShapeError
 from dlc.graph import Graph
-from dlc.layers import BIAS, GLOBAL, KINDS, LayerKind, Role, Shape, register, weight
+from dlc.layers import BIAS, GLOBAL, KINDS, LABEL, LayerKind, Role, Shape, register, weight
 from dlc.layers.spatial import show
 
 
 def resolve_fc(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    if len(ins[0]) != 1:
-        raise ShapeError(f"fc expects a vector, got {show(ins[0])}")
-    a = dict(attrs, in_features=ins[0][0])
+    if len(ins[0]) not in (1, 2):
+        raise ShapeError(f"fc expects a vector or a sequence, got {show(ins[0])}")
+    steps = ins[0][0] if len(ins[0]) == 2 else None
+    a = dict(attrs, in_features=ins[0][-1], steps=steps)
     if a["units"] < 1:
         raise ShapeError(f"fc needs at least one unit (received {a['units']})")
-    return (a["units"],), a
+    tied = a["tied"]
+    if tied is not None:
+        table = tied.param("W") if tied.kind == "embed" else None
+        if table is None:
+            raise ShapeError(f"tied= reuses the table of an embed step; {tied.node} is a {tied.kind}")
+        if table != (a["units"], a["in_features"]):
+            raise ShapeError(f"tied= reuses {tied.node}'s {table[0]}x{table[1]} table (vocab x D), so fc needs "
+                             f"{table[0]} units on {table[1]} features, not {a['units']} on {a['in_features']}")
+    return ((a["units"],) if steps is None else (steps, a["units"])), a
 
 
 def fc_params(a: dict, ins: list[Shape]) -> dict[str, Shape]:
-    p: dict[str, Shape] = {"W": (a["units"], a["in_features"])}
+    p: dict[str, Shape] = {} if a["tied"] is not None else {"W": (a["units"], a["in_features"])}
     if a["bias"]:
         p["b"] = (a["units"],)
     return p
@@ -36,12 +48,21 @@ def fc_fans(a: dict, shape: Shape) -> tuple[float, float]:
     return in_features, units
 
 
+def fc_macs(a: dict, ins: list[Shape], out: Shape) -> int:
+    return (a["steps"] or 1) * a["in_features"] * a["units"]
+
+
+def fc_flops(a: dict, ins: list[Shape], out: Shape) -> int:
+    return 2 * fc_macs(a, ins, out) + ((a["steps"] or 1) * a["units"] if a["bias"] else 0)
+
+
 register(LayerKind(
     "fc", resolve_fc, aliases=("dense", "linear"), size="int", size_required=True, size_attr="units",
-    options={"bias": True}, params=fc_params, tensors={"W": weight(fc_fans), "b": BIAS},
-    macs=lambda a, ins, out: a["in_features"] * a["units"],
-    flops=lambda a, ins, out: 2 * a["in_features"] * a["units"] + (a["units"] if a["bias"] else 0),
-    window=lambda a: GLOBAL,
+    options={"bias": True, "tied": LABEL}, params=fc_params, tensors={"W": weight(fc_fans), "b": BIAS},
+    macs=fc_macs, flops=fc_flops,
+    # on a sequence each step reads only its own features
+    window=lambda a: GLOBAL if a["steps"] is None else None,
+    shared=lambda a: {"W": f"{a['tied'].node}.W"} if a["tied"] is not None else {},
 ))
 
 register(LayerKind("flatten", lambda attrs, ins: ((prod(ins[0]),), dict(attrs))))

@@ -91,7 +91,10 @@ def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict
     """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly dlc's weights."""
     try:
         onnx.checker.check_model(model, full_check=True)
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
+        # data_prop: clstoken's Expand takes a shape built from the batch (Shape, Gather, Concat), whose
+        # values only data propagation follows; without it the step axis comes back unknown
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True,
+                                                    data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise DlcError(f"the exported model is not valid ONNX: {e}")
     shapes = {v.name: v.type.tensor_type.shape for v in

@@ -17,9 +17,11 @@ import numpy as np
 from onnx import NodeProto, helper, numpy_helper
 
 from dlc.graph import Node
-from dlc.layers import feature_axis
+from dlc.layers import KINDS, feature_axis
 
 GELU_OPSET = 20  # the first opset with a Gelu operator
+LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
+REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on, an attribute before
 
 
 class Lowering(Protocol):
@@ -39,7 +41,28 @@ def const(name: str, values: float | list[int] | list[float],
 
 
 def param(n: Node, key: str) -> str:
-    return f"{n.name}.{key}"
+    """The initializer a node reads as `key`: its own, or the one it shares (tied weights, read twice)."""
+    return KINDS[n.kind].shared(n.attrs).get(key, f"{n.name}.{key}")
+
+
+def matmul_by_transposed(x: str, n: Node, key: str, out: str) -> list[NodeProto]:
+    """x @ Wᵀ for a weight stored (out, in) as Gemm's transB reads it; MatMul because x is (N, T, in)."""
+    wt = f"{out}/{key}T"
+    return [op("Transpose", [param(n, key)], wt, wt, perm=[1, 0]), op("MatMul", [x, wt], out, out)]
+
+
+def linear(x: str, n: Node, weight: str, bias: str | None, out: str) -> list[NodeProto]:
+    """x @ Wᵀ + b on a sequence (N, T, in): the bias add only when the layer has one."""
+    if bias is None:
+        return matmul_by_transposed(x, n, weight, out)
+    product = f"{out}/product"
+    return [*matmul_by_transposed(x, n, weight, product), op("Add", [product, param(n, bias)], out, out)]
+
+
+def reduce_mean(x: str, axes: list[int], out: str, opset: int, keepdims: int) -> list[NodeProto]:
+    if opset >= REDUCE_AXES_INPUT_OPSET:
+        return [const(f"{out}/axes", axes), op("ReduceMean", [x, f"{out}/axes"], out, out, keepdims=keepdims)]
+    return [op("ReduceMean", [x], out, out, axes=axes, keepdims=keepdims)]
 
 
 def unary(onnx_op: str, **fixed: Any) -> Lowering:
@@ -82,6 +105,8 @@ def global_pool(onnx_op: str) -> Lowering:
 
 
 def lower_fc(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    if n.attrs["steps"] is not None:  # a sequence: every step through the same weight
+        return linear(x[0], n, "W", "b" if n.attrs["bias"] else None, n.name)
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if n.attrs["bias"] else [])
     return [op("Gemm", ins, n.name, n.name, transB=1)]
 
@@ -164,6 +189,87 @@ def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
 
 
+def lower_layernorm(n: Node, x, opset):
+    p, eps = n.name, float(n.attrs["eps"])
+    if opset >= LAYERNORM_OPSET:
+        return [op("LayerNormalization", [x[0], param(n, "gamma"), param(n, "beta")], p, p, axis=-1, epsilon=eps)]
+    # (x - mean) / sqrt(variance + eps) * gamma + beta over the last axis, as LayerNormalization defines it
+    return [*reduce_mean(x[0], [-1], f"{p}/mean", opset, keepdims=1),
+            op("Sub", [x[0], f"{p}/mean"], f"{p}/centred", f"{p}/centre"),
+            op("Mul", [f"{p}/centred", f"{p}/centred"], f"{p}/squared", f"{p}/square"),
+            *reduce_mean(f"{p}/squared", [-1], f"{p}/variance", opset, keepdims=1),
+            const(f"{p}/eps", eps, np.float32),
+            op("Add", [f"{p}/variance", f"{p}/eps"], f"{p}/shifted", f"{p}/shift"),
+            op("Sqrt", [f"{p}/shifted"], f"{p}/std", f"{p}/std"),
+            op("Div", [f"{p}/centred", f"{p}/std"], f"{p}/normalised", f"{p}/normalise"),
+            op("Mul", [f"{p}/normalised", param(n, "gamma")], f"{p}/scaled", f"{p}/scale"),
+            op("Add", [f"{p}/scaled", param(n, "beta")], p, p)]
+
+
+def lower_attention(n: Node, x, opset):
+    """Multi-head self-attention as MatMul/Softmax: projections, heads split by Reshape/Transpose,
+    scaled scores, the causal mask as a constant (Where to -inf above the diagonal), softmax, the
+    weighted sum, heads joined, the output projection. Attention dropout is the identity at inference."""
+    a, p = n.attrs, n.name
+    t, d, h, dh = a["steps"], a["dim"], a["heads"], a["head_dim"]
+    bias = a["bias"]
+    nodes = [const(f"{p}/heads_shape", [0, t, h, dh]), const(f"{p}/joined_shape", [0, t, d])]
+    for w in ("q", "k", "v"):
+        nodes += linear(x[0], n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
+        nodes.append(op("Reshape", [f"{p}/{w}", f"{p}/heads_shape"], f"{p}/{w}_split", f"{p}/{w}_split"))
+    # q, v: (N, H, T, dh); k: (N, H, dh, T), so one MatMul gives the scores
+    nodes += [op("Transpose", [f"{p}/q_split"], f"{p}/q_heads", f"{p}/q_heads", perm=[0, 2, 1, 3]),
+              op("Transpose", [f"{p}/k_split"], f"{p}/k_heads", f"{p}/k_heads", perm=[0, 2, 3, 1]),
+              op("Transpose", [f"{p}/v_split"], f"{p}/v_heads", f"{p}/v_heads", perm=[0, 2, 1, 3]),
+              op("MatMul", [f"{p}/q_heads", f"{p}/k_heads"], f"{p}/scores", f"{p}/scores"),
+              const(f"{p}/scale", 1 / math.sqrt(dh), np.float32),
+              op("Mul", [f"{p}/scores", f"{p}/scale"], f"{p}/scaled", f"{p}/scale_scores")]
+    scores = f"{p}/scaled"
+    if a["causal"]:
+        future = np.triu(np.ones((t, t), dtype=bool), 1)
+        nodes += [const(f"{p}/future", future, np.bool_), const(f"{p}/minus_inf", -np.inf, np.float32),
+                  op("Where", [f"{p}/future", f"{p}/minus_inf", scores], f"{p}/masked", f"{p}/mask")]
+        scores = f"{p}/masked"
+    nodes += [op("Softmax", [scores], f"{p}/weights", f"{p}/softmax", axis=-1),
+              op("MatMul", [f"{p}/weights", f"{p}/v_heads"], f"{p}/heads", f"{p}/weighted_sum"),
+              op("Transpose", [f"{p}/heads"], f"{p}/heads_last", f"{p}/join", perm=[0, 2, 1, 3]),
+              op("Reshape", [f"{p}/heads_last", f"{p}/joined_shape"], f"{p}/joined", f"{p}/joined")]
+    return nodes + linear(f"{p}/joined", n, "Wo", "bo" if bias else None, p)
+
+
+def lower_posembed(n: Node, x, opset):
+    return [op("Add", [x[0], param(n, "P")], n.name, n.name)]
+
+
+def lower_clstoken(n: Node, x, opset):
+    # the token, (D,), broadcast to (N, 1, D) for the batch at hand, then put before the first step
+    p, d = n.name, n.attrs["dim"]
+    return [op("Shape", [x[0]], f"{p}/input_shape", f"{p}/input_shape"),
+            const(f"{p}/batch_axis", [0]),
+            op("Gather", [f"{p}/input_shape", f"{p}/batch_axis"], f"{p}/batch", f"{p}/batch", axis=0),
+            const(f"{p}/step_shape", [1, d]),
+            op("Concat", [f"{p}/batch", f"{p}/step_shape"], f"{p}/token_shape", f"{p}/token_shape", axis=0),
+            op("Expand", [param(n, "cls"), f"{p}/token_shape"], f"{p}/token", f"{p}/expand"),
+            op("Concat", [f"{p}/token", x[0]], p, p, axis=1)]
+
+
+def lower_tokens(n: Node, x, opset):
+    p = n.name
+    steps, c = n.out_shape
+    return [const(f"{p}/shape", [0, c, steps]),
+            op("Reshape", [x[0], f"{p}/shape"], f"{p}/flat", f"{p}/flatten"),
+            op("Transpose", [f"{p}/flat"], p, p, perm=[0, 2, 1])]
+
+
+def lower_seqpool(n: Node, x, opset):
+    p, mode = n.name, n.attrs["mode"]
+    if mode == "mean":
+        return reduce_mean(x[0], [1], p, opset, keepdims=0)
+    step = 0 if mode == "first" else n.attrs["steps"] - 1
+    # a scalar index: Gather drops the step axis
+    return [const(f"{p}/step", step), op("Gather", [x[0], f"{p}/step"], p, p, axis=1)]
+
+
 RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
@@ -231,4 +337,10 @@ LOWER: dict[str, Lowering] = {
     "gru": lower_recurrent,
     "add": lower_add,
     "concat": lower_concat,
+    "layernorm": lower_layernorm,
+    "attention": lower_attention,
+    "posembed": lower_posembed,
+    "clstoken": lower_clstoken,
+    "tokens": lower_tokens,
+    "seqpool": lower_seqpool,
 }

@@ -25,6 +25,7 @@ from dlc.errors import DlcError
 DEVICES = ("auto", "cpu", "cuda")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 QUIET = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+ORT_DEFAULT_SEVERITY = 2  # the process-wide logger's level until someone sets it (onnxruntime has no getter)
 NUMPY_DTYPE = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
 
@@ -56,6 +57,20 @@ def captured_fd2():
             text.append(tmp.read().decode(errors="replace"))
 
 
+@contextmanager
+def quiet_default_logger():
+    """onnxruntime's process-wide logger at QUIET inside the block, back at its default level after.
+
+    onnxruntime offers no way to read the level, so it is restored to the library's default: a caller
+    that set another level itself sets it again.
+    """
+    ort.set_default_logger_severity(QUIET)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
+
+
 def cuda_failure(log: str) -> str:
     """Why onnxruntime did not create its CUDA provider, in a few words, from what it logged."""
     missing = re.search(r"([\w.+-]+\.(?:so[\w.]*|dll)): cannot open shared object file", log)
@@ -78,14 +93,13 @@ def create_session(model, device: str = "auto") -> Session:
     if device not in DEVICES:
         raise DlcError(f"device must be one of {', '.join(DEVICES)} (received {device})")
     payload = model if isinstance(model, (bytes, str)) else model.SerializeToString()
-    ort.set_default_logger_severity(QUIET)
     opts = ort.SessionOptions()
     opts.log_severity_level = QUIET
     reason = None
     if device != "cpu" and CUDA not in ort.get_available_providers():
         reason = f"this onnxruntime build ({ort.__version__}) has no CUDA provider"
     providers = [CUDA, CPU] if device != "cpu" and reason is None else [CPU]
-    with captured_fd2() as log, warnings.catch_warnings(record=True) as warned:
+    with quiet_default_logger(), captured_fd2() as log, warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
         try:
             session = ort.InferenceSession(payload, opts, providers=providers)

@@ -57,4 +57,4 @@ def kernel(*kinds: str) -> Callable[[Kernel], Kernel]:
     return register
 
 
-from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge  # noqa: E402,F401
+from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge, attention, sequence  # noqa: E402,F401

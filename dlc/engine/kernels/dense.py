@@ -1,6 +1,7 @@
-"""fc, flatten and embed: the kinds that read a whole vector or look rows up in a table.
+"""fc, flatten and embed: the kinds that read a whole vector (or each step) or look rows up in a table.
 
-fc is ONNX Gemm with transB=1 (W is (units, in_features)); flatten is ONNX Flatten on NCHW, so the
+fc is ONNX Gemm with transB=1 (W is (units, in_features)), applied to each step of a sequence; with
+`tied=LABEL` its W is the embed's table, handed in under the same name by the executor. flatten is ONNX Flatten on NCHW, so the
 features come in C, H, W order; embed is ONNX Gather on axis 0 of W (vocab, dim).
 """
 
@@ -14,15 +15,17 @@ from dlc.errors import DlcError
 
 @kernel("fc")
 def fc(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    # x is (N, F), or (N, T, F) for a sequence, where every step goes through the same W
     x, W, b = xs[0], params["W"], params.get("b")
     y = x @ W.T
     if b is not None:
         y += b
 
     def backward(dy):
-        grads = {"W": dy.T @ x}
+        rows, x_rows = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        grads = {"W": rows.T @ x_rows}
         if b is not None:
-            grads["b"] = dy.sum(axis=0)
+            grads["b"] = rows.sum(axis=0)
         return [dy @ W if ctx.need_dx else None], grads
     return y, backward
 

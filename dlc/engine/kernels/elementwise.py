@@ -179,7 +179,7 @@ def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
     return y, backward
 
 
-def _rng(ctx, kind: str) -> np.random.Generator:
+def training_rng(ctx, kind: str) -> np.random.Generator:
     if ctx.rng is None:
         raise ValueError(f"{kind} in training mode needs ctx.rng (a seeded numpy Generator)")
     return ctx.rng
@@ -191,7 +191,7 @@ def dropout(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
     if not ctx.training or p == 0:
         return identity(attrs, params, state, xs, ctx)
     # inverted dropout: scale the kept units at training time so inference is the identity
-    keep = _rng(ctx, "dropout").random(x.shape, dtype=x.dtype) >= p
+    keep = training_rng(ctx, "dropout").random(x.shape, dtype=x.dtype) >= p
     mask = np.multiply(keep, 1 / (1 - p), dtype=x.dtype)
     return x * mask, lambda dy: ([dy * mask], {})
 
@@ -201,5 +201,5 @@ def noise(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx:
     x, sigma = xs[0], float(attrs["sigma"])
     if not ctx.training or sigma == 0:
         return identity(attrs, params, state, xs, ctx)
-    eps = _rng(ctx, "noise").standard_normal(x.shape, dtype=x.dtype)
+    eps = training_rng(ctx, "noise").standard_normal(x.shape, dtype=x.dtype)
     return x + sigma * eps, lambda dy: ([dy], {})

@@ -1,4 +1,5 @@
-"""bn and lrn: normalisation over the batch and over neighbouring channels.
+"""bn, layernorm and lrn: normalisation over the batch, over each sample's features, over neighbouring
+channels.
 
 bn follows PyTorch and ONNX BatchNormalization: training normalises with the batch's biased variance
 and moves the running statistics by `momentum` (running = (1 - momentum) * running + momentum * batch,
@@ -47,6 +48,27 @@ def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ct
         # the batch statistics depend on every x: subtract the mean gradient and the part along xhat
         g = _channel_view(grads["gamma"], x.ndim) * gamma
         dx = (dxhat - (_channel_view(grads["beta"], x.ndim) * gamma + xhat * g) * (1 / n)) * inv_std
+        return [dx], grads
+    return y, backward
+
+
+@kernel("layernorm")
+def layernorm(attrs, params, state, xs, ctx):
+    # ONNX LayerNormalization over the last axis: each vector, or each step of a sequence, on its own
+    x, gamma, beta = xs[0], params["gamma"], params["beta"]
+    xc = x - x.mean(axis=-1, keepdims=True)
+    inv_std = 1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + float(attrs["eps"]))
+    xhat = xc
+    xhat *= inv_std
+    y = xhat * gamma + beta
+
+    def backward(dy):
+        rows = dy.reshape(-1, dy.shape[-1])
+        grads = {"gamma": (rows * xhat.reshape(rows.shape)).sum(axis=0), "beta": rows.sum(axis=0)}
+        g = dy * gamma
+        # the mean and variance depend on every feature: remove g's mean and its part along xhat
+        dx = g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
+        dx *= inv_std
         return [dx], grads
     return y, backward
 

@@ -255,6 +255,31 @@ def test_fc_after_an_image_flattens_first_in_its_own_row():
     assert a.nodes[2].rf.whole and a.nodes[2].rf.size == (6, 6)
 
 
+def test_fc_on_a_sequence_acts_on_each_step():
+    # dsl.md: fc 10 on 50x64 gives 50x10, one 64x10 weight for every step: 64*10 + 10 = 650 params;
+    # MACs T*D*N = 50*64*10 = 32,000; FLOPs 2*32,000 + 50*10 bias adds = 64,500. No flatten is put first.
+    a = analysed("input seq 50 of 64\nfc 10")
+    assert [s.node.kind for s in a.nodes] == ["input", "fc"]
+    assert figures(a.nodes[1]) == ((50, 10), 650, 0, 32_000, 64_500)
+
+
+def test_fc_tied_reuses_the_embedding_table():
+    # GPT-2's output layer: the 11x8 table of `embed 8 vocab=11` read transposed, no weight of its own.
+    # Params: the table 11*8 = 88 once, the fc none (bias off); MACs 7 steps * 8 * 11 = 616.
+    a = analysed("input seq 7\nembed 8 vocab=11 as tok\nfc 11 tied=tok bias=off")
+    assert figures(a.nodes[-1]) == ((7, 11), 0, 0, 616, 2 * 616)
+    assert a.totals.params == 88
+    # with a bias: 11 parameters of its own, one add per output
+    assert figures(last("input seq 7\nembed 8 vocab=11 as tok\nfc 11 tied=tok")) == ((7, 11), 11, 0, 616, 1_309)
+
+
+def test_fc_tied_errors():
+    fails("input seq 7\nembed 8 vocab=11 as tok\nfc 12 tied=tok", 3, "11x8", "11 units")
+    fails("input seq 7 of 8\nfc 8 as h\nfc 8 tied=h", 3, "embed", "fc1 is a fc")
+    fails("input seq 7\nembed 8 vocab=11 as tok\nfc 11 tied=tk", 3, "unknown label `tk`", "did you mean `tok`")
+    fails("input seq 7\nembed 8 vocab=11 as tok\nfc 11 tied=3", 3, "label")
+
+
 def test_flatten_lenet():
     # LeNet-5's S4 output 16@5x5 flattens to 400 values; a copy, so no FLOPs.
     s = last("input 16@5x5\nflatten")
@@ -464,6 +489,81 @@ def test_concat_of_vectors_and_sequences():
 
 def test_concat_of_unequal_spatial_sizes_is_an_error():
     fails("input 8@8x8\nconv 8@3x3 as a\nconv 8@3x3\nconcat a\n", 4, "spatial")
+
+
+# --- transformers: layernorm, attention, posembed, clstoken, tokens, seqpool ---------------------
+
+def test_layernorm_on_each_step_and_on_a_vector():
+    # gamma and beta per feature: 2*8 = 16 params, no MACs; FLOPs 7 per element (mean, centre, square and
+    # add for the variance, scale by 1/std, gamma, beta): 7*5*8 = 280.
+    assert figures(last("input seq 5 of 8\nlayernorm")) == ((5, 8), 16, 0, 0, 280)
+    assert figures(last("input 6\nln eps=1e-6")) == ((6,), 12, 0, 0, 42)
+    assert last("input 6\nln eps=1e-6").node.attrs["eps"] == 1e-6
+
+
+def test_layernorm_refuses_an_image():
+    fails("input 3@4x4\nlayernorm", 2, "vector or of each step", "bn")
+
+
+def test_attention_counts():
+    # D = 16, 4 heads, T = 10. Params: four 16x16 projections and their biases, 4*256 + 4*16 = 1,088.
+    # MACs: projections T*4*D^2 = 10*4*256 = 10,240; scores and weighted sum 2*T^2*D = 2*100*16 = 3,200.
+    # FLOPs: 2*13,440 + bias adds 4*T*D = 640 + scaling and softmax 4 per score, 4*H*T^2 = 1,600.
+    s = last("input seq 10 of 16\nattention 4")
+    assert figures(s) == ((10, 16), 1_088, 0, 13_440, 29_120)
+    assert s.node.attrs["head_dim"] == 4 and not s.node.attrs["causal"]
+    # without biases 1,024 params and 640 fewer FLOPs; causal computes the same dense square
+    assert figures(last("input seq 10 of 16\nmha 4 bias=off")) == ((10, 16), 1_024, 0, 13_440, 28_480)
+    causal = last("input seq 10 of 16\nattention 4 causal dropout=0.1")
+    assert figures(causal) == ((10, 16), 1_088, 0, 13_440, 29_120) and causal.node.attrs["dropout"] == 0.1
+
+
+def test_attention_gpt2_small_layer():
+    # One GPT-2 small attention at T=1024, D=768: 4*768^2 + 4*768 = 2,362,368 params;
+    # 1024*4*768^2 + 2*1024^2*768 = 2,415,919,104 + 1,610,612,736 = 4,026,531,840 MACs.
+    s = last("input seq 1024 of 768\nattention 12 causal")
+    assert (s.params, s.macs) == (2_362_368, 4_026_531_840)
+
+
+def test_attention_errors():
+    fails("input seq 10 of 16\nattention 3", 2, "3 heads must divide 16")
+    fails("input 16\nattention 4", 2, "sequence TxD", "16")
+    fails("input seq 10 of 16\nattention 4 dropout=1", 2, "dropout")
+
+
+def test_posembed_adds_a_table_of_positions():
+    # a T x D table: 10*16 = 160 params, one add per element.
+    assert figures(last("input seq 10 of 16\nposembed")) == ((10, 16), 160, 0, 0, 160)
+    fails("input 16\nposembed", 2, "sequence")
+
+
+def test_clstoken_puts_one_learned_step_first():
+    # ViT: 196 patches + the class token = 197 steps; D = 768 params.
+    assert figures(last("input seq 196 of 768\nclstoken")) == ((197, 768), 768, 0, 0, 0)
+
+
+def test_tokens_reads_an_image_as_a_sequence_of_pixels():
+    # ViT-B/16's patches: 768@14x14 -> 14*14 = 196 steps of 768 features; a reshape, nothing counted.
+    # The patch conv sees 16x16 pixels with jump 16, and so does each token; attention sees the image.
+    a = analysed("input 3@224x224\nconv 768@16x16/16\ntokens\nattention 12")
+    tokens, attention = a.nodes[2], a.nodes[3]
+    assert figures(tokens) == ((196, 768), 0, 0, 0, 0)
+    assert rf(tokens) == (16, 16, 16) and not tokens.rf.whole
+    assert attention.rf.whole and attention.rf.size == (224, 224)
+    # causal: the last step sees every step, and the largest field is the one reported
+    assert last("input 3@32x32\nconv 8@16x16/16\ntokens\nattention 2 causal").rf.whole
+    fails("input seq 4 of 3\ntokens", 2, "image")
+
+
+def test_seqpool_first_last_and_mean():
+    # 10x16 -> 16. first and last pick a step (no FLOPs); mean adds 10*16 values (160 FLOPs).
+    assert figures(last("input seq 10 of 16\nseqpool first")) == ((16,), 0, 0, 0, 0)
+    assert last("input seq 10 of 16\nseqpool last").node.attrs["mode"] == "last"
+    mean = last("input seq 10 of 16\nseqpool")
+    assert figures(mean) == ((16,), 0, 0, 0, 160) and mean.node.attrs["mode"] == "mean"
+    assert last("input seq 10 of 16\nseqpool mean").node.attrs["mode"] == "mean"
+    fails("input seq 10 of 16\nseqpool first last", 2, "one of the flags")
+    fails("input 16\nseqpool", 2, "sequence")
 
 
 # --- rnn / lstm / gru ---------------------------------------------------------------------------

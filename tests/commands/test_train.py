@@ -22,7 +22,7 @@ from dlc.compile import compile_spec
 from dlc.engine.params import load_checkpoint
 from dlc.engine.run import predict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 SPECS = REPO / "specs"
 MNIST = REPO.parent / "shared" / "data" / "mnist.pkl.gz"
 SMALL_CNN = "input 1@12x12 -> conv 8@3x3 relu -> maxpool 2 -> fc 10 softmax"

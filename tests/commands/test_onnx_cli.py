@@ -18,6 +18,7 @@ from dlc.cli import main
 from dlc.compile import compile_spec
 from dlc.engine.params import init_params, save_checkpoint
 from dlc.engine.run import forward, predict
+from dlc.errors import DlcError
 
 LENET = """input 1@32x32
 conv 6@5x5 tanh -> avgpool 2/2
@@ -280,3 +281,15 @@ def test_the_fallback_reason_is_read_from_onnxruntimes_log():
     assert cuda_failure("CUDA failure 100: no CUDA-capable device is detected ; GPU=0") == \
         "no CUDA-capable device is detected"
     assert cuda_failure("") == "onnxruntime could not create its CUDA provider"
+
+
+def test_a_session_leaves_onnxruntimes_process_wide_logger_at_its_default(monkeypatch):
+    from dlc.onnx import runtime
+
+    levels = []
+    monkeypatch.setattr(runtime.ort, "set_default_logger_severity", levels.append)
+    runtime.create_session(_tiny_model_bytes(), "cpu")
+    with pytest.raises(DlcError):
+        runtime.create_session(b"not a model", "cpu")
+    # onnxruntime's documented default is 2 (warning); quieted to 3 (error) only while a session loads
+    assert levels == [3, 2, 3, 2]

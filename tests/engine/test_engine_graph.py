@@ -7,6 +7,7 @@ the `dlc gradcheck` tests go through the real command on spec text.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -22,7 +23,7 @@ from dlc.engine.kernels import KERNELS
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
-from dlc.layers import KINDS, PAD
+from dlc.layers import KINDS
 
 TOL = 1e-6
 
@@ -35,8 +36,7 @@ def build(input_shape, *steps, tokens=False) -> Graph:
     shapes = {"input": tuple(input_shape)}
     for name, kind, written, *inputs in steps:
         k = KINDS[kind]
-        attrs = {o: (0 if v == PAD else v) for o, v in k.options.items()}  # conv/pool pad defaults to 0
-        attrs.update({f: False for f in k.flags})
+        attrs = k.default_attrs()
         if k.size_attr:
             attrs[k.size_attr] = k.size_default
         attrs.update(written)
@@ -205,6 +205,21 @@ def test_fused_bce_matches_bce_on_the_sigmoid_output():
     np.testing.assert_allclose(out, s, rtol=1e-12)
     assert value == pytest.approx(-(t * np.log(s[:, 0]) + (1 - t) * np.log(1 - s[:, 0])).mean(), rel=1e-12)
     np.testing.assert_allclose(grads["fc.W"], ((s[:, 0] - t) @ x / 6)[None], rtol=1e-10)
+
+
+def test_the_plan_is_kept_outside_the_graph_and_leaves_with_it():
+    g = build((4,), ("fc", "fc", {"units": 3}))
+    params, state = init_params(g)
+    before = dict(vars(g))
+    run.forward(g, params, state, np.zeros((2, 4), np.float32))
+    assert vars(g) == before  # nothing was written onto the Graph
+    key = id(g)
+    assert run.PLANS[key].nodes is g.nodes
+    g.nodes = list(g.nodes)  # a graph whose node list was replaced gets a fresh plan
+    assert run.compile_plan(g).nodes is g.nodes
+    del g
+    gc.collect()
+    assert key not in run.PLANS
 
 
 def test_predict_in_chunks_equals_one_forward_pass():

@@ -1,5 +1,5 @@
 """Every zoo network runs forward in the NumPy engine and every node's output has the shape the
-analysis predicts; one LeNet-5 training step stays within the training-memory estimate."""
+analysis predicts; a LeNet-5 training step peaks within 1.5x of the engine's memory estimate."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 
 from dlc.analysis import analyse
-from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import activations, loss_and_grads
 from dlc.layers.dense import token_vocab
-from dlc.zoo import zoo_names, zoo_path
+from dlc.zoo import zoo_names
 
 
-def zoo_graph(name: str):
-    return compile_spec(zoo_path(name).read_text(), file=f"{name}.dlc")
+BIG = 50_000_000  # params above which a zoo network runs at batch 1 (GPT-2 small: 145 G MACs a sample)
 
 
 def random_batch(graph, batch: int, rng) -> np.ndarray:
@@ -27,14 +25,16 @@ def random_batch(graph, batch: int, rng) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", zoo_names())
-def test_every_node_has_the_analysed_shape(name):
+def test_every_node_has_the_analysed_shape(name, zoo_graph):
     graph = zoo_graph(name)
     params, state = init_params(graph)
-    x = random_batch(graph, 2, np.random.default_rng(0))
+    batch = 1 if analyse(graph).totals.params > BIG else 2
+    x = random_batch(graph, batch, np.random.default_rng(0))
     seen = []
     for node, out in activations(graph, params, state, x):
-        assert out.shape == (2, *node.out_shape), f"{name}: {node.name} ({node.kind})"
+        assert out.shape == (batch, *node.out_shape), f"{name}: {node.name} ({node.kind})"
         if node.kind != "input":
             assert out.dtype == np.float32, f"{name}: {node.name} computes in {out.dtype}"
             assert np.isfinite(out).all(), f"{name}: {node.name} has non-finite outputs"
@@ -42,12 +42,12 @@ def test_every_node_has_the_analysed_shape(name):
     assert seen == [n.name for n in graph.nodes]
 
 
-def test_lenet5_training_step_memory_is_within_twice_the_estimate():
+@pytest.mark.parametrize("batch", [1, 32, 64, 256])  # 32 is dlc train's default batch
+def test_lenet5_training_step_peak_is_within_1_5x_of_the_engine_estimate(batch, zoo_graph):
     graph = zoo_graph("lenet5")
-    batch = 256
     # conventions.md "Memory": parameters + gradients + optimizer state (none for sgd) + batch x
-    # activations, 4 bytes each
-    estimate = analyse(graph, batch=batch, optimizer="sgd").totals.train_bytes
+    # activations, 4 bytes each, plus the im2col columns the engine holds at once
+    estimate = analyse(graph, batch=batch, optimizer="sgd").totals.engine_train_bytes
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 1, 32, 32), dtype=np.float32)
     labels = rng.integers(0, 10, batch)
@@ -62,4 +62,15 @@ def test_lenet5_training_step_memory_is_within_twice_the_estimate():
         tracemalloc.stop()
     # the batch itself was allocated before tracing began; the estimate counts it among the activations
     peak += x.nbytes
-    assert estimate / 2 <= peak <= 2 * estimate, f"peak {peak:,} bytes, estimate {estimate:,}"
+    assert estimate / 1.5 <= peak <= 1.5 * estimate, f"peak {peak:,} bytes, estimate {estimate:,}"
+
+
+def test_lenet5_columns_by_hand(zoo_graph):
+    graph = zoo_graph("lenet5")
+    # batch 32: C1 builds 1*5*5 x 28*28*32 columns, C3 6*5*5 x 10*10*32; both fit 8 MiB and are kept,
+    # and C1's, the larger, is in flight once more in backward
+    c1, c3 = 4 * 25 * 784 * 32, 4 * 150 * 100 * 32
+    assert analyse(graph, batch=32).totals.columns_bytes == c1 + c3 + c1
+    # batch 256: C1's 20 MB exceed 8 MiB (8,388,608 bytes), so it keeps nothing and goes in bands of 11
+    # output rows of 716,800 bytes; C3's 15 MB too, in bands of 5 rows of 1,536,000 bytes
+    assert analyse(graph, batch=256).totals.columns_bytes == max(11 * 716_800, 5 * 1_536_000)

@@ -1,0 +1,140 @@
+"""layernorm, attention, posembed, clstoken, tokens, seqpool: the kinds of transformers (dsl.md,
+"Sequences and transformers").
+
+Resolved attributes and tensors (batch left out):
+- layernorm: eps, features (the last axis of a vector or a sequence); gamma, beta (features), as ONNX
+  LayerNormalization over the last axis.
+- attention: heads, steps (T), dim (D), head_dim (D/heads), causal, bias, dropout (on the attention
+  weights, training only). Wq, Wk, Wv, Wo (D, D) laid out as fc's W (out, in); bq, bk, bv, bo (D) with
+  `bias`. Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, heads joined, then Wo.
+- posembed: steps, dim; P (T, D) added to the sequence.
+- clstoken: dim; cls (D) put before the first step.
+- tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence).
+- seqpool: steps, mode ("first", "last" or "mean", from the flags; mean when none is given).
+"""
+
+from __future__ import annotations
+
+from dlc.errors import ShapeError
+from dlc.layers import BIAS, GLOBAL, SCALE, SHIFT, LayerKind, Role, Shape, elements, register, weight
+from dlc.layers.spatial import image, show
+
+
+def _sequence(shape, what: str) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ShapeError(f"{what} expects a sequence TxD, got {show(shape)}")
+    return shape
+
+
+def resolve_layernorm(attrs, ins):
+    if len(ins[0]) not in (1, 2):
+        raise ShapeError(f"layernorm normalises the features of a vector or of each step of a sequence, got "
+                         f"{show(ins[0])} (use bn on an image)")
+    if attrs["eps"] <= 0:
+        raise ShapeError(f"layernorm eps must be > 0 (received eps={attrs['eps']})")
+    return ins[0], dict(attrs, features=ins[0][-1])
+
+
+# FLOPs per element: the mean (1 add), the centring (1), the variance (square and add, 2), the scaling
+# by 1/std (1), gamma and beta (2). Statistics are per sample, so unlike bn nothing folds at inference.
+register(LayerKind(
+    "layernorm", resolve_layernorm, aliases=("ln",), options={"eps": 1e-5},
+    params=lambda a, ins: {"gamma": (a["features"],), "beta": (a["features"],)},
+    tensors={"gamma": SCALE, "beta": SHIFT},
+    flops=lambda a, ins, out: 7 * elements(out),
+))
+
+
+def resolve_attention(attrs, ins):
+    t, d = _sequence(ins[0], "attention")
+    h = attrs["heads"]
+    if h < 1 or d % h:
+        raise ShapeError(f"attention splits the {d} features into heads: {h} heads must divide {d}")
+    if not 0 <= attrs["dropout"] < 1:
+        raise ShapeError(f"attention dropout must satisfy 0 <= P < 1 (received dropout={attrs['dropout']})")
+    return (t, d), dict(attrs, steps=t, dim=d, head_dim=d // h)
+
+
+def attention_params(a, ins):
+    d = a["dim"]
+    p = {w: (d, d) for w in ("Wq", "Wk", "Wv", "Wo")}
+    if a["bias"]:
+        p.update({b: (d,) for b in ("bq", "bk", "bv", "bo")})
+    return p
+
+
+def projection_fans(a: dict, shape: Shape) -> tuple[float, float]:
+    # each of the four projections is a D x D fc, stored (out, in) like fc's W
+    return shape[1], shape[0]
+
+
+def attention_macs(a, ins, out):
+    # the four projections (T·D² each), then Q·Kᵀ and the weighted sum of V (T²·D each, over all
+    # heads). A causal mask does not halve them: the dense kernels compute the whole square.
+    t, d = a["steps"], a["dim"]
+    return 4 * t * d * d + 2 * t * t * d
+
+
+def attention_flops(a, ins, out):
+    # 2·MACs, the bias adds (4·T·D), the 1/sqrt(head_dim) scaling (1 per score) and softmax (3 per score)
+    t, d, h = a["steps"], a["dim"], a["heads"]
+    return 2 * attention_macs(a, ins, out) + (4 * t * d if a["bias"] else 0) + 4 * h * t * t
+
+
+# Every step sees every step (a causal step sees itself and the earlier ones; the last sees them all).
+register(LayerKind(
+    "attention", resolve_attention, aliases=("mha",), size="int", size_required=True, size_attr="heads",
+    options={"bias": True, "dropout": 0.0}, flags=("causal",), params=attention_params,
+    tensors={**{w: weight(projection_fans) for w in ("Wq", "Wk", "Wv", "Wo")},
+             **{b: BIAS for b in ("bq", "bk", "bv", "bo")}},
+    macs=attention_macs, flops=attention_flops, window=lambda a: GLOBAL,
+))
+
+
+def resolve_posembed(attrs, ins):
+    t, d = _sequence(ins[0], "posembed")
+    return (t, d), dict(attrs, steps=t, dim=d)
+
+
+register(LayerKind(
+    "posembed", resolve_posembed, params=lambda a, ins: {"P": (a["steps"], a["dim"])},
+    # GPT-2's and ViT's start, N(0, 0.02^2): small beside the token embeddings; not decayed, as in
+    # both recipes
+    tensors={"P": Role("table", std=0.02)},
+    flops=lambda a, ins, out: elements(out),  # one add per element
+))
+
+
+def resolve_clstoken(attrs, ins):
+    t, d = _sequence(ins[0], "clstoken")
+    return (t + 1, d), dict(attrs, dim=d)
+
+
+# The class token starts at zero, as torchvision's ViT's does.
+register(LayerKind("clstoken", resolve_clstoken, params=lambda a, ins: {"cls": (a["dim"],)},
+                   tensors={"cls": Role("table", constant=0.0)}))
+
+
+def resolve_tokens(attrs, ins):
+    c, h, w = image(ins[0], "tokens")
+    return (h * w, c), dict(attrs)
+
+
+register(LayerKind("tokens", resolve_tokens))
+
+POOL_MODES = ("first", "last", "mean")
+
+
+def resolve_seqpool(attrs, ins):
+    t, d = _sequence(ins[0], "seqpool")
+    modes = [m for m in POOL_MODES if attrs[m]]
+    if len(modes) > 1:
+        raise ShapeError(f"seqpool takes one of the flags first, last or mean (received {' and '.join(modes)})")
+    return (d,), dict(attrs, steps=t, mode=modes[0] if modes else "mean")
+
+
+register(LayerKind(
+    "seqpool", resolve_seqpool, flags=POOL_MODES,
+    flops=lambda a, ins, out: elements(ins[0]) if a["mode"] == "mean" else 0,  # the mean's adds
+    window=lambda a: None if a["mode"] != "mean" else GLOBAL,
+))

@@ -46,8 +46,8 @@ def best_time(fn, repeat: int, number: int) -> float:
 def lenet_numpy(batch: int):
     """(train_step(x, labels) -> loss, the conv/pool layers) for LeNet-5 on dlc's kernels.
 
-    Like dlc's graph executor, the step takes every kernel's input gradient, the first conv's too
-    (PyTorch skips that one: its input needs no gradient).
+    Like dlc's graph executor in a training step, the first conv is told (ctx.need_dx) that its
+    input gradient is not wanted, as PyTorch skips it.
     """
     import numpy as np
     from dlc.engine.kernels import KERNELS, Ctx
@@ -55,6 +55,7 @@ def lenet_numpy(batch: int):
 
     rng = np.random.default_rng(0)
     ctx = Ctx(training=True, rng=rng)
+    first = Ctx(training=True, rng=rng, need_dx=False)
     specs = [("conv", {"channels": 6, "kernel": (5, 5), "stride": None, "pad": 2, "dil": 1, "groups": 1,
                        "bias": True}),
              ("avgpool", {"kernel": (2, 2), "stride": None, "pad": 0, "ceil": False}),
@@ -76,7 +77,7 @@ def lenet_numpy(batch: int):
     def train_step(x, labels):
         backs, h = [], x
         for i, (fn, a, p) in enumerate(layers):
-            h, back = fn(a, p, {}, [h], ctx)
+            h, back = fn(a, p, {}, [h], ctx if i else first)
             backs.append((back, p))
             if i in (0, 2):
                 h = np.tanh(h)

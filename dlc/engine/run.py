@@ -39,6 +39,9 @@ class Step:
     params: tuple[tuple[str, str], ...]  # (name within the node, full name), shared ones included
     state: tuple[tuple[str, str], ...]
     free: tuple[int, ...]  # slots no later step reads: dropped as soon as this step has run
+    carries: bool  # some input depends on a parameter, so its gradient is wanted even when the
+    # network input's is not (False for a first conv: skipping its input gradient saved 0.6 ms of a
+    # 4.5 ms LeNet-5 step)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Tape:
     backs: list[Callable] | None  # None once backward has consumed them
     stop: int  # the slot forward stopped at (its output)
     params: dict
+    input_grad: bool  # whether backward returns the gradient of the network's input
     frozen: int = 0  # slots 1..frozen ran fixed: backward stops before them
 
 
@@ -89,18 +93,23 @@ def _build_plan(graph: Graph) -> Plan:
     for t in every:
         by_node.setdefault(t.node.name, []).append(t)
     steps = []
+    # whether a slot's value depends on some parameter, so its gradient reaches one
+    depends = [False] * len(graph.nodes)
     for i, n in enumerate(graph.nodes[1:], start=1):
         kernel = KERNELS.get(n.kind)
         if kernel is None:
             raise DlcError(f"the NumPy engine has no kernel for `{n.kind}` (layer {n.name})", n.pos,
                            graph.file, graph.source)
         mine = by_node.get(n.name, [])
+        inputs = tuple(index[name] for name in n.inputs)
         own = tuple((t.name, t.full_name) for t in mine if t.trainable)
+        params = own + tuple(KINDS[n.kind].shared(n.attrs).items())
+        carries = any(depends[s] for s in inputs)
+        depends[i] = carries or bool(params)
         steps.append(Step(
-            node=n, attrs=n.attrs, kernel=kernel, out=i, inputs=tuple(index[name] for name in n.inputs),
-            params=own + tuple(KINDS[n.kind].shared(n.attrs).items()),
+            node=n, attrs=n.attrs, kernel=kernel, out=i, inputs=inputs, params=params,
             state=tuple((t.name, t.full_name) for t in mine if not t.trainable),
-            free=tuple(sorted({s for s, last in last_read.items() if last == i})),
+            free=tuple(sorted({s for s, last in last_read.items() if last == i})), carries=carries,
         ))
     return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
                 graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes))
@@ -127,20 +136,24 @@ def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None) -> Ctx:
 
 
 def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, stop: int,
-             backs: list | None, frozen: int = 0) -> Iterator[tuple[Node, np.ndarray]]:
+             backs: list | None, frozen: int = 0, input_grad: bool = True) -> Iterator[tuple[Node, np.ndarray]]:
     """Yield each node's output in order up to slot `stop`; record backward closures in `backs`.
 
     The first `frozen` steps run as at inference (bn on its running statistics, which stay as they
-    are; no dropout) and keep nothing for backward: transfer learning's fixed layers."""
+    are; no dropout) and keep nothing for backward: transfer learning's fixed layers. Without
+    `input_grad`, steps whose inputs depend on no parameter are told (ctx.need_dx) that their input
+    gradients will not be read.
+    """
     values: list = [None] * len(plan.nodes)
     values[0] = x
     yield plan.nodes[0], x
     fixed = Ctx(False, None)
+    no_dx = Ctx(ctx.training, ctx.rng, need_dx=False)
     for step in plan.steps[:stop]:
-        here = fixed if step.out <= frozen else ctx
         y, back = step.kernel(step.attrs, {k: params[f] for k, f in step.params} if step.params else {},
                               {k: state[f] for k, f in step.state} if step.state else {},
-                              [values[i] for i in step.inputs], here)
+                              [values[i] for i in step.inputs],
+                              fixed if step.out <= frozen else ctx if input_grad or step.carries else no_dx)
         values[step.out] = y
         if backs is not None:
             backs.append(None if step.out <= frozen else back)
@@ -151,9 +164,10 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
 
 
 def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
-            rng: np.random.Generator | None = None, keep: bool = False,
-            upto: str | None = None, frozen: str | None = None) -> tuple[np.ndarray, Tape | None]:
-    """Run the graph (up to and including node `upto`); with keep=True also return the tape for backward.
+            rng: np.random.Generator | None = None, keep: bool = False, upto: str | None = None,
+            frozen: str | None = None, input_grad: bool = True) -> tuple[np.ndarray, Tape | None]:
+    """Run the graph (up to and including node `upto`); with keep=True also return the tape for backward,
+    whose backward gives the input's gradient only when `input_grad`.
 
     In training mode dropout and noise draw from `rng` and bn uses batch statistics and updates `state`;
     every node up to and including `frozen` runs as at inference and gets no gradients.
@@ -164,9 +178,9 @@ def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training:
     _check_input(graph, x)
     backs = [] if keep else None
     y = x
-    for _, y in _execute(plan, params, state, x, _ctx(plan, training, rng), stop, backs, fixed):
+    for _, y in _execute(plan, params, state, x, _ctx(plan, training, rng), stop, backs, fixed, input_grad):
         pass
-    return y, (Tape(plan, backs, stop, params, fixed) if keep else None)
+    return y, (Tape(plan, backs, stop, params, input_grad, fixed) if keep else None)
 
 
 def frozen_params(graph: Graph, frozen: str | None) -> set[str]:
@@ -198,7 +212,8 @@ def activations(graph: Graph, params: dict, state: dict, x: np.ndarray, *, train
 
 
 def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """(gradient of every parameter by full name, gradient of the input or None for token ids).
+    """(gradient of every parameter by full name, gradient of the input or None: for token ids, or
+    when the tape was recorded without input_grad).
 
     A tensor read by several nodes receives the sum of their gradients. Parameters the output does not
     depend on (past `upto`) get zeros, so an optimizer can treat every parameter alike. The tape is
@@ -216,6 +231,8 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
         g = pending[step.out]
         if g is None:
             continue
+        if not (step.carries or step.params or tape.input_grad):
+            continue  # a gradient that would only reach the unwanted input gradient
         pending[step.out] = None
         dxs, dparams = backs[k](g)
         backs[k] = None  # its saved activations (im2col columns, masks) are no longer needed
@@ -223,7 +240,7 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
             # a shared tensor (tied weights) receives the sum of its readers' gradients
             grads[full] = grads[full] + dparams[name] if full in grads else dparams[name]
         for i, dx in zip(step.inputs, dxs):
-            if dx is not None:
+            if dx is not None and (step.carries or tape.input_grad):
                 # out of place: the first gradient may be a kernel's own buffer or the caller's dy
                 pending[i] = dx if pending[i] is None else pending[i] + dx
     if len(grads) < len(plan.param_names):
@@ -231,7 +248,7 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
         for full in plan.param_names:
             if full not in grads and full not in fixed:
                 grads[full] = np.zeros_like(tape.params[full])
-    return grads, (None if plan.tokens else pending[0])
+    return grads, (None if plan.tokens or not tape.input_grad else pending[0])
 
 
 def _fused(graph: Graph, loss: str) -> str | None:
@@ -240,7 +257,8 @@ def _fused(graph: Graph, loss: str) -> str | None:
 
 
 def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,
-                 rng: np.random.Generator | None = None, keep: bool = False, frozen: str | None = None):
+                 rng: np.random.Generator | None = None, keep: bool = False, frozen: str | None = None,
+                 input_grad: bool = True):
     """(value, network output, d value / d (output or logits), tape or None), in training mode.
 
     The tape ends where the loss was taken (the logits when fused), so `backward(tape, dout)` continues it.
@@ -249,12 +267,13 @@ def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.n
         raise DlcError(f"unknown loss `{loss}` (expected one of {', '.join(sorted(LOSSES))})")
     fused = _fused(graph, loss)
     if fused is None:
-        out, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, frozen=frozen)
+        out, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, frozen=frozen,
+                            input_grad=input_grad)
         value, dout = LOSSES[loss](out, y)
         return value, out, dout, tape
     last = graph.output
     logits, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, upto=last.inputs[0],
-                           frozen=frozen)
+                           frozen=frozen, input_grad=input_grad)
     value, dlogits = LOSSES[fused](logits, y)
     out, _ = KERNELS[last.kind](last.attrs, {}, {}, [logits], Ctx(True, rng))
     return value, out, dlogits, tape
@@ -270,7 +289,8 @@ def loss_and_grads(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np
     is still the network's output (the probabilities). `xent` without a final softmax reads the output
     as logits. With `frozen`, the parameters of the nodes up to it get no gradients (none in the dict).
     """
-    value, out, dout, tape = loss_forward(graph, params, state, x, y, loss, rng=rng, keep=True, frozen=frozen)
+    value, out, dout, tape = loss_forward(graph, params, state, x, y, loss, rng=rng, keep=True, frozen=frozen,
+                                          input_grad=False)
     grads, _ = backward(tape, dout)
     return value, out, grads
 

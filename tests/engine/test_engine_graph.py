@@ -154,6 +154,22 @@ def test_tensor_read_by_two_branches_sums_their_gradients():
     np.testing.assert_allclose(grads["fc.b"], y.sum(axis=0) / 4, rtol=1e-12)
 
 
+def test_without_the_input_gradient_the_parameter_gradients_are_unchanged():
+    # The first conv and fc read the network input: told need_dx=False they skip its gradient. The
+    # parameter gradients must equal those of the full pass, which the central-difference checks pin.
+    g = compile_spec("input 2@7x7 -> conv 3@3x3 pad=1 tanh -> maxpool 2/2 -> flatten -> fc 4", file="<t>")
+    params, state = init_params(g, dtype=np.float64)
+    rng = np.random.default_rng(3)
+    x, labels = rng.standard_normal((5, 2, 7, 7)), np.array([0, 3, 1, 2, 2])
+    grads = {}
+    for wanted in (True, False):
+        _, _, dout, tape = run.loss_forward(g, params, state, x, labels, "xent", keep=True, input_grad=wanted)
+        grads[wanted], dx = run.backward(tape, dout)
+        assert (dx is None) == (not wanted)
+    for name, full in grads[True].items():
+        np.testing.assert_array_equal(grads[False][name], full)
+
+
 def test_a_tape_serves_one_backward_pass():
     g = mlp()
     params, state = init_params(g)

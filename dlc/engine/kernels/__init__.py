@@ -6,7 +6,9 @@ A kernel is `forward(attrs, params, state, xs, ctx) -> (y, backward)`:
 - state: its non-trainable arrays ("mean", "var"), updated in place when ctx.training;
 - xs: input arrays, batch first (NCHW images, (N, F) vectors, (N, T, D) sequences, (N, T) token ids);
 - backward(dy) -> (dxs, dparams): one gradient per input (None for token ids), and a gradient per
-  trainable parameter by name.
+  trainable parameter by name. When ctx.need_dx is False nobody reads the input gradients (the
+  network's input in a training step): a kernel may return None for them and skip their work, or
+  ignore the flag and compute them anyway.
 Forward and backward sit side by side so each can be checked against the other. Kernels compute in
 the dtype of their input (float32 in training, float64 for gradient checks).
 """
@@ -25,11 +27,13 @@ Arrays = dict[str, np.ndarray]  # a node's tensors by name within the node ("W",
 class Ctx:
     training: bool = False
     rng: np.random.Generator | None = None
+    need_dx: bool = True  # False: the input gradients will be dropped (see the contract above)
 
 
 class Backward(Protocol):
     def __call__(self, dy: np.ndarray, /) -> tuple[Sequence[np.ndarray | None], Arrays]:
-        """dy -> (one gradient per input, None for token ids; a gradient per trainable parameter)."""
+        """dy -> (one gradient per input, None for token ids and may be None when ctx.need_dx was
+        False; a gradient per trainable parameter)."""
 
 
 Forward = tuple[np.ndarray, Backward]

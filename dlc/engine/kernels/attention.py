@@ -18,11 +18,12 @@ import math
 import numpy as np
 
 from dlc.engine.kernels import kernel
+from dlc.engine.kernels.dense import rows_times
 from dlc.engine.kernels.elementwise import training_rng
 
 
 def _project(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    y = x @ W.T
+    y = rows_times(x, W.T)
     if b is not None:
         y += b
     return y

@@ -13,11 +13,19 @@ from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 from dlc.errors import DlcError
 
 
+def rows_times(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """x @ m over x's last axis as one matrix product: numpy's matmul runs a (N, T, F) stack as N
+    small products (a transformer's (64, 12, 64) @ (64, 256): 1.28 ms against 0.74 ms as rows)."""
+    if x.ndim == 2:
+        return x @ m
+    return (x.reshape(-1, x.shape[-1]) @ m).reshape(*x.shape[:-1], m.shape[-1])
+
+
 @kernel("fc")
 def fc(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     # x is (N, F), or (N, T, F) for a sequence, where every step goes through the same W
     x, W, b = xs[0], params["W"], params.get("b")
-    y = x @ W.T
+    y = rows_times(x, W.T)
     if b is not None:
         y += b
 
@@ -26,7 +34,7 @@ def fc(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ct
         grads = {"W": rows.T @ x_rows}
         if b is not None:
             grads["b"] = rows.sum(axis=0)
-        return [dy @ W], grads
+        return [dy @ W if ctx.need_dx else None], grads
     return y, backward
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dlc.engine.kernels import KERNELS, Ctx
-from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc
+from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc, normal_cdf
 from dlc.errors import DlcError
 from kernel_checks import assert_gradients, onnx_run, random_arrays, resolve
 
@@ -384,3 +384,12 @@ def test_gelu_values_at_published_points():
     attrs, _, _ = resolve("gelu", [(7,)])
     np.testing.assert_allclose(run("gelu", attrs, {}, [x])[0][0], ref, rtol=1e-14, atol=1e-300)
     assert abs(run("gelu", attrs, {}, [x])[0][0, 5] - 0.8413447460685429) < 1e-15  # Phi(1)
+
+
+def test_float32_normal_cdf_is_within_float32_rounding_of_the_math_module():
+    # float32 takes Abramowitz & Stegun 7.1.26 (error <= 1.5e-7) in place of Cody's float64 erfc
+    x = np.linspace(-12, 12, 4801)
+    ref = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
+    got = normal_cdf(x.astype(np.float32))
+    assert got.dtype == np.float32
+    assert np.max(np.abs(got - ref)) < 3e-7

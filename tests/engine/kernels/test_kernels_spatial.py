@@ -418,3 +418,19 @@ def test_repeated_steps_reuse_memory_instead_of_faulting_it_in():
     import sys
     out = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 100
+
+
+def test_a_thin_conv_in_blas_pieces_matches_the_definition():
+    # LeNet-5's first conv at batch 8: 6x25 weights over 28*28*8 = 6,272 columns, which the forward
+    # product and the weight gradient take in pieces (conv.blas_piece), so the joins are checked here
+    assert conv.blas_piece(6 * 25, 28 * 28 * 8) < 28 * 28 * 8
+    _, attrs, _ = node("conv", (1, 28, 28), **conv_opts(6, (5, 5), pad=2))
+    rng = np.random.default_rng(5)
+    x, W, b = rng.standard_normal((8, 1, 28, 28)), rng.standard_normal((6, 1, 5, 5)), rng.standard_normal(6)
+    y, backward = run("conv", attrs, x, {"W": W, "b": b}, training=True)
+    np.testing.assert_allclose(y, conv_loop(x, W, b, (1, 1), (2, 2, 2, 2), (1, 1), 1), rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    _, grads = backward(dy)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), (5, 5),
+                                                       axis=(2, 3))  # (n, c, h, w, i, j)
+    np.testing.assert_allclose(grads["W"], np.einsum("nohw,nchwij->ocij", dy, windows), rtol=1e-10)

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "infer": "dlc.commands.onnx",
     "bench": "dlc.commands.onnx",
     "train": "dlc.commands.train",
+    "sample": "dlc.commands.sample",
     "draw": "dlc.commands.pictures",
     "plot": "dlc.commands.pictures",
 }

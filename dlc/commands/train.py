@@ -18,7 +18,8 @@ from dlc import choices
 from dlc.commands.arguments import load_graph, spec_input
 from dlc.commands.train_progress import Display
 from dlc.commands.train_resume import load_resume
-from dlc.commands.train_settings import default_data, fresh_out, output_width, resolve_config, train_flags
+from dlc.commands.train_settings import (default_data, fresh_out, output_steps, output_width, resolve_config,
+                                         train_flags)
 from dlc.commands.train_summary import aggregate, print_summary, run_summary
 from dlc.errors import DlcError
 
@@ -31,7 +32,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @spec_input
 @train_flags
 @click.option("--data", metavar="NAME|PATH", help="Training data: .npz, .csv, .pkl[.gz], an IDX directory or file, "
-              "or a built-in set (xor, spirals, blobs, glyphs). Default: xor for 2 inputs, glyphs for "
+              "a .txt file (a character-level language model), or a built-in set (xor, spirals, blobs, "
+              "glyphs; reverse, sort, copy for token sequences). Default: xor for 2 inputs, glyphs for "
               "images/784-vectors with 10 outputs.")
 @click.option("--reshape", is_flag=True, help="Fit images of another size: centre-pad/crop, repeat one channel.")
 @click.option("--normalize", type=click.Choice(choices.NORMALIZE_KINDS), default="none",
@@ -57,6 +59,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
           mixup, out, resume, save_every, repeat, quiet, as_json, **keys):
     """Train SPEC on the NumPy engine; flags override the spec's `train` statement."""
     from dlc.engine.allocator import tune_allocator
+    from dlc.layers.dense import token_vocab
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
     from dlc.train.sources import prepare
@@ -75,10 +78,11 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         norm = None
         runs = fresh_runs(cfg, out or fresh_out(graph), repeat)
     data_arrays, norm = prepare(src, graph.input.out_shape, classes,
-                                tokens=graph.input.dtype.startswith("int"), norm=norm)
+                                tokens=graph.input.dtype.startswith("int"), norm=norm,
+                                steps=output_steps(graph), vocab=token_vocab(graph))
     for text in data_arrays.notes:
         display.note(text)
-    meta = {"data": asdict(src), "normalize": norm, "classes": classes}
+    meta = {"data": asdict(src), "normalize": norm, "classes": classes, "vocab": data_arrays.vocab}
     docs = []
     for cfg_i, out_i, checkpoint in runs:
         display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""

@@ -32,7 +32,7 @@ TRAIN_FLAGS = [
     ("batch", click.IntRange(min=1), "Mini-batch size (default 32)."),
     ("epochs", click.IntRange(min=0), "Epochs (default 10)."),
     ("seed", int, "Seed of initialisation, data order, dropout and augmentation (default 0)."),
-    ("weight_decay", float, "L2 weight decay on weights (not biases or bn)."),
+    ("weight_decay", float, "L2 weight decay on weights (not biases or bn); adamw's decoupled decay."),
     ("l1", float, "L1 penalty on weights."),
     ("maxnorm", float, "Max-norm constraint on each unit's incoming weights."),
     ("init", click.Choice(choices.INITS), "Weight initialisation (default he)."),
@@ -44,9 +44,11 @@ TRAIN_FLAGS = [
     ("restart_every", click.IntRange(min=1), "cosine: epochs between warm restarts."),
     ("lr_min", float, "cosine/linear: the lowest rate."),
     ("k", float, "exp/invsqrt: decay constant."),
+    ("warmup", click.IntRange(min=0), "Optimizer steps of linear warmup to the scheduled rate (default 0)."),
+    ("clip", click.FloatRange(min=0), "Clip the gradient to this global norm (default 0: off)."),
 ]
 TRAIN_KEY_NAMES = [k for k, _, _ in TRAIN_FLAGS]
-INT_KEYS = {"batch", "epochs", "seed", "step_every", "restart_every"}
+INT_KEYS = {"batch", "epochs", "seed", "step_every", "restart_every", "warmup"}
 WORD_KEYS = {"loss": choices.LOSSES, "optimizer": tuple(choices.OPTIMIZER_SLOTS), "init": choices.INITS,
              "schedule": choices.SCHEDULES}
 # Flags that change what a run computes: refused with --resume, which continues the saved run as it was.
@@ -113,11 +115,18 @@ def default_data(graph) -> str:
 
 
 def output_width(graph) -> int:
+    """The classes (or values) of one prediction: a vector output's, or each step's of a TxV output."""
     shape = graph.output.out_shape
-    if len(shape) != 1:
-        raise DlcError(f"dlc train fits a vector output (classes or values); {graph.file}'s output is "
-                       f"{show(shape)}")
-    return shape[0]
+    if len(shape) not in (1, 2):
+        raise DlcError(f"dlc train fits a vector output (classes or values) or a sequence TxV (classes at "
+                       f"each step); {graph.file}'s output is {show(shape)}")
+    return shape[-1]
+
+
+def output_steps(graph) -> int | None:
+    """T when the output is a sequence TxV (a class label per step), else None."""
+    shape = graph.output.out_shape
+    return shape[0] if len(shape) == 2 else None
 
 
 def fresh_out(graph) -> Path:

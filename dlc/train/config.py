@@ -33,6 +33,8 @@ class TrainConfig:
     restart_every: int | None = None
     lr_min: float | None = None
     k: float | None = None
+    warmup: int = 0  # optimizer steps of linear warmup (dlc.train.schedules.warmup_factor)
+    clip: float = 0.0  # the largest global norm of the loss gradient; 0 is off
     balanced: bool = False
     augment: Augment = field(default_factory=Augment)
 

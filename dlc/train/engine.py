@@ -67,7 +67,7 @@ class NumpyEngine:
         """Weights initialised from cfg.seed and an optimizer with no slots yet."""
         params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
         return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
-                                                                    cfg.beta2, cfg.eps))
+                                                                    cfg.beta2, cfg.eps, cfg.weight_decay))
 
     @classmethod
     def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> NumpyEngine:
@@ -76,7 +76,10 @@ class NumpyEngine:
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng)
-        for lam, penalty in ((self.cfg.weight_decay, l2_penalty), (self.cfg.l1, l1_penalty)):
+        if self.cfg.clip:  # the loss gradient alone, as clip_grad_norm_ before a PyTorch step that adds the decay
+            optim.clip_global_norm(grads, self.cfg.clip)
+        decay = 0.0 if self.opt.weight_decay else self.cfg.weight_decay  # adamw decays in update, not the loss
+        for lam, penalty in ((decay, l2_penalty), (self.cfg.l1, l1_penalty)):
             if lam:
                 extra, pgrads = penalty(self.params, self.decayed, lam)
                 value += extra
@@ -86,7 +89,7 @@ class NumpyEngine:
         return value, out
 
     def update(self, lr: float) -> None:
-        optim.step(self.opt, self.params, self.grads, lr)
+        optim.step(self.opt, self.params, self.grads, lr, self.decayed)
         for k, axes in self.norm_axes.items():
             maxnorm_(self.params[k], self.cfg.maxnorm, axes)
 

@@ -31,7 +31,7 @@ def run_checkpoint(run: Path) -> Path:
               help="Divides the logits: below 1 is more conservative, 0 always takes the most likely character.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
 def sample(run, prompt, tokens, temperature, seed):
-    """Continue PROMPT with a language model trained on a text file (RUN: a run directory or checkpoint)."""
+    """Continue --prompt with a language model trained on a text file (RUN: a run directory or checkpoint)."""
     import numpy as np
 
     from dlc.compile import compile_spec

@@ -111,7 +111,8 @@ def default_data(graph) -> str:
     if (len(shape) == 3 or shape == (784,)) and out == (10,):
         return "glyphs"
     raise DlcError(f"no default data for an input of {show(shape)} and an output of {show(out)}: "
-                   f"name it with --data (a .npz, .csv, .pkl.gz, IDX directory, or xor, spirals, blobs, glyphs)")
+                   f"name it with --data (a .npz, .csv, .pkl.gz, IDX directory, a .txt file, or xor, spirals, "
+                   f"blobs, glyphs, reverse, sort, copy)")
 
 
 def output_width(graph) -> int:

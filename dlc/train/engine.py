@@ -34,7 +34,8 @@ class Engine(Protocol):
         """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
-        """The batch's loss with penalties, and the network's outputs; the gradients stay inside."""
+        """The batch's loss with penalties, and the network's outputs; the gradients stay inside, the
+        loss's clipped to the global norm cfg.clip before the penalties' are added (adamw's decay is not one)."""
 
     def update(self, lr: float) -> None:
         """Apply the gradients of the last loss_and_grads at learning rate lr."""

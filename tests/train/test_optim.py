@@ -272,3 +272,24 @@ def test_maxnorm_caps_each_units_incoming_weights(tmp_path):
         norms = np.sqrt((params[name].astype(np.float64) ** 2).sum(axis=1))
         assert norms.max() <= 0.3 * (1 + 1e-6)
     assert not np.allclose(params["bn1.gamma"], 0.3)
+
+
+def test_adamw_and_clipping_match_pytorch():
+    torch = pytest.importorskip("torch")
+    w, b = (torch.nn.Parameter(torch.tensor(W0)) for _ in range(2))
+    ref = torch.optim.AdamW([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}], lr=LR)
+    opt = optim.make_optimizer("adamw", weight_decay=0.1)
+    p = {"fc1.W": np.array(W0, np.float32), "fc1.b": np.array(W0, np.float32)}
+    for g in (G1, G2):
+        w.grad, b.grad = torch.tensor(g), torch.tensor(g)
+        ref.step()
+        optim.step(opt, p, {k: np.array(g, np.float32) for k in p}, LR, decayed=["fc1.W"])
+    np.testing.assert_allclose(p["fc1.W"], w.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(p["fc1.b"], b.detach().numpy(), rtol=1e-6)
+    grads = {"fc1.W": np.array(G1, np.float32), "fc1.b": np.array(G2, np.float32)}
+    tw, tb = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    tw.grad, tb.grad = torch.tensor(G1), torch.tensor(G2)
+    torch.nn.utils.clip_grad_norm_([tw, tb], 0.1)
+    optim.clip_global_norm(grads, 0.1)
+    np.testing.assert_allclose(np.concatenate([grads["fc1.W"], grads["fc1.b"]]),
+                               np.concatenate([tw.grad.numpy(), tb.grad.numpy()]), rtol=1e-6)

@@ -15,7 +15,7 @@ from dlc.errors import DlcError
 from dlc.normalize import normalize, normalizer
 from dlc.train.builtin import BUILTIN, builtin_data
 from dlc.train.dataset import Data, Split
-from dlc.train.fit import announce_range, carve_val, check_labels, check_step_labels, fit_inputs
+from dlc.train.fit import announce_range, carve_val, check_labels, fit_inputs, step_labels
 from dlc.train.readers import load_file
 from dlc.train.text import is_text, text_data
 
@@ -63,7 +63,7 @@ def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens:
     if steps is None:
         check_labels(data, classes)
     else:
-        check_step_labels(data, steps, classes)
+        data = step_labels(data, steps, classes)
     data = carve_val(data, src.val, src.seed)
     if tokens:
         if not all(np.issubdtype(s.x.dtype, np.integer) for s in data.splits().values()):

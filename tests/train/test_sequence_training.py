@@ -92,3 +92,21 @@ def test_a_small_encoder_learns_to_reverse(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["epochs"] == 6 and doc["test_accuracy"] >= 0.98, doc
+
+
+def test_a_tagging_file_gives_a_label_per_step(tmp_path):
+    # an .npz of feature sequences (N, T, F) with a tag per step: the reader keeps 2-D labels as float
+    # rows, which become class indices for a TxV output; a step's tag is whether its feature is > 0
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 5, 1)).astype(np.float32)
+    np.savez(tmp_path / "tags.npz", x=x, y=(x[..., 0] > 0).astype(np.float64))
+    data, _ = prepare(DataSource(str(tmp_path / "tags.npz")), (5, 1), 2, steps=5)
+    assert data.train.y.dtype == np.int64 and data.train.y.shape == (64, 5)
+    r = CliRunner().invoke(main, ["train", "-e", "input seq 5 of 1 -> fc 8 tanh -> fc 2 softmax", "--data",
+                                  str(tmp_path / "tags.npz"), "--optimizer", "adam", "--lr", "0.05", "--epochs",
+                                  "30", "--out", str(tmp_path / "tag"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["train_accuracy"] > 0.95  # the sign of one feature, learnt per step
+    np.savez(tmp_path / "bad.npz", x=x, y=x[..., 0])
+    with pytest.raises(DlcError, match="not whole numbers"):
+        prepare(DataSource(str(tmp_path / "bad.npz")), (5, 1), 2, steps=5)

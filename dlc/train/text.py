@@ -14,6 +14,7 @@ model cannot see when it is causal (as a language model must be to learn this ta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -99,7 +100,7 @@ def next_token(out: np.ndarray, softmax_output: bool, vocab: int, temperature: f
     return int(rng.choice(vocab, p=p / p.sum()))
 
 
-def generate(forward, steps: int, prompt: np.ndarray, tokens: int, softmax_output: bool, vocab: int,
+def generate(forward: Callable[[np.ndarray], np.ndarray], steps: int, prompt: np.ndarray, tokens: int, softmax_output: bool, vocab: int,
              temperature: float, rng: np.random.Generator) -> np.ndarray:
     """The prompt followed by `tokens` drawn one at a time; forward maps (1, T) token ids to (1, T, V)."""
     ids = list(prompt)

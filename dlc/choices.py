@@ -14,7 +14,7 @@ INITS = ("he", "xavier", "gaussian")
 # The arrays each optimizer keeps per parameter: their names key the checkpoint's optimizer state,
 # their count multiplies the gradients in the training-memory estimate (docs/conventions.md).
 OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("c",), "rmsprop": ("c",),
-                   "adam": ("m", "v")}
+                   "adam": ("m", "v"), "adamw": ("m", "v")}
 SCHEDULES = ("constant", "step", "poly", "cosine", "exp", "linear", "invsqrt")
 NORMALIZE_KINDS = ("none", "mean-std", "minmax")
 TRAIN_ENGINES = ("numpy", "torch")

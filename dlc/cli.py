@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "bench": "dlc.commands.onnx",
     "train": "dlc.commands.train",
     "import": "dlc.commands.importer",
+    "sample": "dlc.commands.sample",
     "draw": "dlc.commands.pictures",
     "plot": "dlc.commands.pictures",
 }

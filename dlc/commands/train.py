@@ -19,7 +19,8 @@ from dlc import choices
 from dlc.commands.arguments import NON_NEGATIVE, load_graph, spec_input
 from dlc.commands.train_progress import Display
 from dlc.commands.train_resume import check_same_data, load_resume
-from dlc.commands.train_settings import default_data, fresh_out, output_width, resolve_config, train_flags
+from dlc.commands.train_settings import (default_data, fresh_out, output_steps, output_width, resolve_config,
+                                         train_flags)
 from dlc.commands.train_summary import aggregate, print_summary, run_summary
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
@@ -33,7 +34,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @spec_input
 @train_flags
 @click.option("--data", metavar="NAME|PATH", help="Training data: .npz, .csv, .pkl[.gz], an IDX directory or file, "
-              "or a built-in set (xor, spirals, blobs, glyphs). Default: xor for 2 inputs, glyphs for "
+              "a .txt file (a character-level language model), or a built-in set (xor, spirals, blobs, "
+              "glyphs; reverse, sort, copy for token sequences). Default: xor for 2 inputs, glyphs for "
               "images/784-vectors with 10 outputs.")
 @click.option("--reshape", is_flag=True, help="Fit images of another size: centre-pad/crop, repeat one channel.")
 @click.option("--normalize", type=click.Choice(choices.NORMALIZE_KINDS), default="none",
@@ -72,6 +74,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         raise DlcError("--plot draws with matplotlib, which is not installed: pip install 'dlc[plot]'")
 
     from dlc.engine.allocator import tune_allocator
+    from dlc.layers.dense import token_vocab
     from dlc.torch import launched
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
@@ -103,7 +106,8 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         runs = fresh_runs(cfg, root, repeat, check=writer)
     try:
         data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
-                                    norm=norm, on_phase=display.phase)
+                                    norm=norm, on_phase=display.phase, steps=output_steps(graph),
+                                    vocab=token_vocab(graph))
         display.phase("fingerprinting the data (--resume checks it)")
         fingerprint = data_arrays.fingerprint()
     except MemoryError:
@@ -114,7 +118,8 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         check_same_data(checkpoint[2], fingerprint, resume)
     for text in data_arrays.notes:
         display.note(text)
-    meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint}
+    meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
+            "vocab": data_arrays.vocab}
     docs = []
     for cfg_i, out_i, checkpoint in runs:
         display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""

@@ -35,7 +35,7 @@ TRAIN_FLAGS = [
     ("batch", click.IntRange(min=1), "Mini-batch size (default 32)."),
     ("epochs", click.IntRange(min=0), "Epochs (default 10)."),
     ("seed", SEED, "Seed of initialisation, data order, dropout and augmentation (default 0)."),
-    ("weight_decay", NON_NEGATIVE, "L2 weight decay on weights (not biases or bn)."),
+    ("weight_decay", NON_NEGATIVE, "L2 weight decay on weights (not biases or bn); adamw's decoupled decay."),
     ("l1", NON_NEGATIVE, "L1 penalty on weights."),
     ("maxnorm", NON_NEGATIVE, "Max-norm constraint on each unit's incoming weights."),
     ("init", click.Choice(choices.INITS), "Weight initialisation (default he)."),
@@ -47,11 +47,13 @@ TRAIN_FLAGS = [
     ("restart_every", click.IntRange(min=1), "cosine: epochs between warm restarts."),
     ("lr_min", NON_NEGATIVE, "cosine/linear: the lowest rate."),
     ("k", NON_NEGATIVE, "exp/invsqrt: decay constant."),
+    ("warmup", click.IntRange(min=0), "Optimizer steps of linear warmup to the scheduled rate (default 0)."),
+    ("clip", NON_NEGATIVE, "Clip the gradient to this global norm (default 0: off)."),
     ("freeze", str, "Keep every layer up to and including this label (or layer name) fixed: no gradients, "
                     "bn statistics frozen (transfer learning, with --weights)."),
 ]
 TRAIN_KEY_NAMES = [k for k, _, _ in TRAIN_FLAGS]
-INT_KEYS = {"batch", "epochs", "seed", "step_every", "restart_every"}
+INT_KEYS = {"batch", "epochs", "seed", "step_every", "restart_every", "warmup"}
 LABEL_KEYS = {"freeze"}  # a spec's label, checked against the graph by the engine
 WORD_KEYS = {"loss": choices.LOSSES, "optimizer": tuple(choices.OPTIMIZER_SLOTS), "init": choices.INITS,
              "schedule": choices.SCHEDULES}
@@ -122,15 +124,23 @@ def default_data(graph) -> str:
     if (len(shape) == 3 or shape == (784,)) and out == (10,):
         return "glyphs"
     raise DlcError(f"no default data for an input of {show(shape)} and an output of {show(out)}: "
-                   f"name it with --data (a .npz, .csv, .pkl.gz, IDX directory, or xor, spirals, blobs, glyphs)")
+                   f"name it with --data (a .npz, .csv, .pkl.gz, IDX directory, a .txt file, or xor, spirals, "
+                   f"blobs, glyphs, reverse, sort, copy)")
 
 
 def output_width(graph) -> int:
+    """The classes (or values) of one prediction: a vector output's, or each step's of a TxV output."""
     shape = graph.output.out_shape
-    if len(shape) != 1:
-        raise DlcError(f"dlc train fits a vector output (classes or values); {graph.file}'s output is "
-                       f"{show(shape)}")
-    return shape[0]
+    if len(shape) not in (1, 2):
+        raise DlcError(f"dlc train fits a vector output (classes or values) or a sequence TxV (classes at "
+                       f"each step); {graph.file}'s output is {show(shape)}")
+    return shape[-1]
+
+
+def output_steps(graph) -> int | None:
+    """T when the output is a sequence TxV (a class label per step), else None."""
+    shape = graph.output.out_shape
+    return shape[0] if len(shape) == 2 else None
 
 
 def fresh_out(graph) -> Path:

@@ -73,8 +73,10 @@ class TorchEngine:
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
                  rng_state: str | None):
-        if cfg.freeze:  # the NumPy engine's run.freeze_point and tape-free frozen steps have no torch twin yet
-            raise DlcError("freeze= runs on the NumPy engine for now: drop --engine torch, or the freeze")
+        # the NumPy engine's frozen steps, adamw's decoupled decay and gradient clipping have no torch twin yet
+        for setting, on in (("freeze=", cfg.freeze), ("clip=", cfg.clip), ("optimizer=adamw", cfg.optimizer == "adamw")):
+            if on:
+                raise DlcError(f"{setting} runs on the NumPy engine for now: drop --engine torch, or {setting}")
         self.graph, self.cfg, self.opt = graph, cfg, opt
         self.device = pick_device(self.device_name)
         self.rank, self.world = launched()

@@ -6,6 +6,7 @@
 - glyphs: the digits 0-9 drawn procedurally from pen strokes (arcs and lines) with a random shift,
   scale, rotation, shear, stroke width, jittered stroke points and pixel noise, rendered at the
   spec's input size (C@HxW, with C copies of one grey image, or a square vector H·W).
+- reverse, sort, copy: token sequences with a target at every step (dlc.train.sequences).
 Every set is a function of its seed and sizes alone.
 """
 
@@ -18,9 +19,11 @@ import numpy as np
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
 from dlc.train.dataset import Data, Split
+from dlc.train.sequences import SEQUENCE_SIZES, TARGETS, sequence_task
 
 BUILTIN_SIZES = {  # default (train, val, test) sizes
     "xor": (4, 0, 0), "spirals": (600, 150, 150), "blobs": (600, 150, 150), "glyphs": (6000, 1000, 1000),
+    **{name: SEQUENCE_SIZES for name in TARGETS},
 }
 
 
@@ -155,14 +158,22 @@ def glyphs(input_shape, classes: int, sizes, seed: int = 0) -> Data:
     return _splits(x, y.astype(np.int64), sizes, "glyphs")
 
 
-BUILTIN = {"xor": xor, "spirals": spirals, "blobs": blobs, "glyphs": glyphs}
+# The sequence tasks take the embedding's vocabulary too (builtin_data passes it).
+BUILTIN = {"xor": xor, "spirals": spirals, "blobs": blobs, "glyphs": glyphs, **dict.fromkeys(TARGETS, sequence_task)}
 
 
-def builtin_data(name: str, input_shape, classes: int, sizes=None, seed: int = 0) -> Data:
-    """A built-in set by name; sizes (train, val, test) default to BUILTIN_SIZES (xor is fixed)."""
+def builtin_data(name: str, input_shape, classes: int, sizes=None, seed: int = 0, vocab: int | None = None) -> Data:
+    """A built-in set by name; sizes (train, val, test) default to BUILTIN_SIZES (xor is fixed).
+
+    classes: the output's width (of each step, for a sequence output); vocab: the embedding's
+    vocabulary when the spec reads token ids, which the sequence tasks draw their tokens from.
+    """
     if name not in BUILTIN:
         raise DlcError(f"no built-in data set `{name}` (expected {', '.join(BUILTIN)})")
     sizes = tuple(BUILTIN_SIZES[name]) if sizes is None else tuple(sizes)
     if name != "xor" and sizes[0] < 1:
         raise DlcError(f"the training split of `{name}` needs at least one sample")
+    if name in TARGETS:
+        x, y = sequence_task(name, tuple(input_shape), classes, vocab, sum(sizes), seed)
+        return _splits(x, y, sizes, name)
     return BUILTIN[name](tuple(input_shape), classes, sizes, seed)

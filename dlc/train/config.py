@@ -34,6 +34,8 @@ class TrainConfig:
     lr_min: float | None = None
     k: float | None = None
     freeze: str | None = None  # transfer learning: the label (or layer) up to which the weights stay fixed
+    warmup: int = 0  # optimizer steps of linear warmup (dlc.train.schedules.warmup_factor)
+    clip: float = 0.0  # the largest global norm of the loss gradient; 0 is off
     balanced: bool = False
     augment: Augment = field(default_factory=Augment)
 

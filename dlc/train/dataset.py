@@ -1,7 +1,7 @@
 """A data set as dlc train holds it: splits of inputs and targets, already checked.
 
-Images are float32 NCHW, vectors (N, F); class labels are int64 (N,), regression or soft targets
-float32 (N, K).
+Images are float32 NCHW, vectors (N, F), token ids int64 (N, T); class labels are int64 (N,), or
+(N, T) for a label at every step of a sequence output; regression or soft targets float32 (N, K).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Data:
     test: Split | None = None
     name: str = ""  # the file or built-in set, for messages
     notes: list[str] = field(default_factory=list)  # what was done on the user's behalf, to announce
+    vocab: str | None = None  # a text file's characters by token id, which `dlc sample` decodes with
 
     def splits(self) -> dict[str, Split]:
         return {k: s for k, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}

@@ -39,7 +39,8 @@ class Engine(Protocol):
         """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
-        """The batch's loss with penalties, and the network's outputs; the gradients stay inside."""
+        """The batch's loss with penalties, and the network's outputs; the gradients stay inside, the
+        loss's clipped to the global norm cfg.clip before the penalties' are added (adamw's decay is not one)."""
 
     def update(self, lr: float) -> None:
         """Apply the gradients of the last loss_and_grads at learning rate lr."""
@@ -83,7 +84,7 @@ class NumpyEngine:
         else:
             params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
         return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
-                                                                    cfg.beta2, cfg.eps))
+                                                                    cfg.beta2, cfg.eps, cfg.weight_decay))
 
     @classmethod
     def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> NumpyEngine:
@@ -93,7 +94,10 @@ class NumpyEngine:
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng,
                                            frozen=self.frozen)
-        for lam, penalty in ((self.cfg.weight_decay, l2_penalty), (self.cfg.l1, l1_penalty)):
+        if self.cfg.clip:  # the loss gradient alone, as clip_grad_norm_ before a PyTorch step that adds the decay
+            optim.clip_global_norm(grads, self.cfg.clip)
+        decay = 0.0 if self.opt.weight_decay else self.cfg.weight_decay  # adamw decays in update, not the loss
+        for lam, penalty in ((decay, l2_penalty), (self.cfg.l1, l1_penalty)):
             if lam:
                 extra, pgrads = penalty(self.params, self.decayed, lam)
                 value += extra
@@ -103,7 +107,7 @@ class NumpyEngine:
         return value, out
 
     def update(self, lr: float) -> None:
-        optim.step(self.opt, self.trained, self.grads, lr)
+        optim.step(self.opt, self.trained, self.grads, lr, self.decayed)
         for k, axes in self.norm_axes.items():
             maxnorm_(self.params[k], self.cfg.maxnorm, axes)
 

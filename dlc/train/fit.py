@@ -81,6 +81,26 @@ def check_labels(data: Data, out_width: int) -> None:
                            f"output has {out_width} units (classes 0..{out_width - 1})")
 
 
+def step_labels(data: Data, steps: int, classes: int) -> Data:
+    """A TxV output predicts a class at each step: targets are T class indices 0..V-1 per sample.
+
+    The readers keep a 2-D label array as float target rows; whole numbers become indices here.
+    """
+    fitted = {}
+    for what, s in data.splits().items():
+        y = s.y
+        whole = np.issubdtype(y.dtype, np.integer) or bool(np.all(y == np.round(y)))
+        if not whole or y.shape[1:] != (steps,):
+            raise DlcError(f"{data.name}: the spec's output predicts a class at each of {steps} steps, so each "
+                           f"sample needs {steps} class indices; the {what} targets have shape "
+                           f"{show(y.shape[1:]) or 'one value'}{'' if whole else ' and are not whole numbers'}")
+        if y.min() < 0 or y.max() >= classes:
+            raise DlcError(f"{data.name}: {what} labels range over {y.min():g}..{y.max():g} but the spec's output "
+                           f"has {classes} classes at each step (0..{classes - 1})")
+        fitted[what] = replace(s, y=y.astype(np.int64, copy=False))
+    return replace(data, **fitted)
+
+
 def carve_val(data: Data, fraction: float, seed: int) -> Data:
     """Hold out a seeded `fraction` of train as the validation split when the data has none."""
     if not fraction:

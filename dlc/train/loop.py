@@ -33,7 +33,7 @@ from dlc.train.dataset import Data
 from dlc.train.engine import Engine, NumpyEngine
 from dlc.train.order import epoch_order
 from dlc.train.rundir import RUN_SCHEMA, RunFiles, Snapshot
-from dlc.train.schedules import make_schedule
+from dlc.train.schedules import make_schedule, warmup_factor
 from dlc.train.scoring import classifies, count_correct, evaluate, improves
 from dlc.train.signals import StopFlag
 from dlc.train.streams import STREAM_AUGMENT, STREAM_NOISE, rng_from, rng_state
@@ -86,6 +86,8 @@ def check_config(cfg: TrainConfig, graph: Graph, data: Data) -> None:
     if cfg.batch < 1 or cfg.epochs < 0 or cfg.lr <= 0:
         raise DlcError(f"need batch >= 1, epochs >= 0 and lr > 0 (received batch={cfg.batch}, "
                        f"epochs={cfg.epochs}, lr={cfg.lr})")
+    if cfg.clip < 0 or cfg.warmup < 0:
+        raise DlcError(f"need clip >= 0 and warmup >= 0 (received clip={cfg.clip}, warmup={cfg.warmup})")
     if cfg.loss not in choices.LOSSES:
         raise DlcError(f"unknown loss `{cfg.loss}` (expected {', '.join(choices.LOSSES)})")
     if cfg.balanced and data.train.y.ndim != 1:
@@ -115,7 +117,8 @@ class Run:
         check_config(cfg, graph, data)
         self.graph, self.data, self.cfg = graph, data, cfg
         self.save_every, self.save_seconds, self.emit = save_every, save_seconds, on_event
-        self.classes = math.prod(graph.output.out_shape)
+        self.classes = graph.output.out_shape[-1]
+        self.predictions = math.prod(graph.output.out_shape[:-1])  # per sample: a TxV output predicts T
         self.scored = classifies(data, self.classes)
         self.lr_at = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, step_every=cfg.step_every,
                                    gamma=cfg.gamma, power=cfg.power, restart_every=cfg.restart_every,
@@ -198,7 +201,7 @@ class Run:
         while pos.batch < self.batches:
             seen_here += self.step(order[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr)
             self.emit("step", {"batch": pos.batch, "loss": self.running.loss / self.running.seen,
-                               "accuracy": self.running.correct / self.running.seen if self.scored else None,
+                               "accuracy": self.accuracy(self.running.correct) if self.scored else None,
                                "images_per_second": seen_here / max(time.perf_counter() - epoch_start, 1e-9)})
             if pos.batch < self.batches and (self.stop.raised or self.checkpoint_due()):
                 self.flush()
@@ -216,7 +219,7 @@ class Run:
         if not math.isfinite(value):
             raise self.diverged(f"the loss became {value} at epoch {pos.epoch + 1}, step {pos.step + 1} "
                                 f"(batch {pos.batch + 1} of {self.batches}) with lr {lr:g}")
-        self.engine.update(lr)
+        self.engine.update(lr * warmup_factor(pos.step, self.cfg.warmup))
         top1, top5 = count_correct(outb, yb, self.classes)
         running.loss += value * len(idx)
         running.correct += top1
@@ -232,14 +235,18 @@ class Run:
             return self.pos.step % self.save_every == 0
         return self.files.since_save() >= self.save_seconds
 
+    def accuracy(self, hits: int) -> float:
+        """The fraction of the epoch's predictions so far that hits counts (each step of a sequence is one)."""
+        return hits / (self.running.seen * self.predictions)
+
     def epoch_record(self, lr: float, seconds: float, seen: int) -> dict:
         """The epoch's line in log.jsonl: training sums, and the validation and test scores."""
         running, scored, classes = self.running, self.scored, self.classes
         record = {"epoch": self.pos.epoch + 1, "step": self.pos.step, "lr": lr, "seconds": seconds,
                   "images_per_second": seen / max(seconds, 1e-9),
                   "train_loss": running.loss / running.seen,
-                  "train_accuracy": running.correct / running.seen if scored else None,
-                  "train_top5": running.top5 / running.seen if scored and classes > 5 else None}
+                  "train_accuracy": self.accuracy(running.correct) if scored else None,
+                  "train_top5": self.accuracy(running.top5) if scored and classes > 5 else None}
         for name in ("val", "test"):
             split = getattr(self.data, name)
             scores = (evaluate(self.engine.predict, self.graph, split, self.cfg.loss, classes, scored)

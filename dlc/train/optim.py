@@ -10,16 +10,23 @@ With learning rate η, gradient g and weights w (CS231n's notes, "Parameter upda
              `beta2` key, default 0.9 for rmsprop)
 - adam:      t += 1;  m = β1 m + (1 - β1) g;  v = β2 v + (1 - β2) g²;
              w -= η (m / (1 - β1ᵗ)) / (√(v / (1 - β2ᵗ)) + ε)          (Kingma & Ba 2015, Algorithm 1)
+- adamw:     w -= η λ w, then adam's step with the same gradient     (Loshchilov & Hutter 2019,
+             "decoupled weight decay", as PyTorch's AdamW: λ = `weight_decay` scaled by the rate η; the
+             decay is not part of the loss, so adam's division by √v never weakens it)
 ε defaults to 1e-8. The state is a dict of named arrays ("v:conv1.W", "m:fc1.b"), plus adam's step
 count t, so a checkpoint holds it and a resumed run continues bit for bit.
 
 Regularisation acts on the tensors whose role in the layer registry says so (weights and embedding
-tables): not on biases nor bn's scale and shift.
+tables): not on biases nor bn's scale and shift; adamw's decay too.
+
+Gradient clipping (`clip`) scales the loss gradient, all tensors together, by clip / (‖g‖ + 1e-6) when
+its global norm ‖g‖ exceeds clip (Pascanu et al. 2013; PyTorch's clip_grad_norm_, whose 1e-6 it keeps).
 """
 
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -43,11 +50,15 @@ class Optimizer:
     eps: float
     slots: dict[str, np.ndarray] = field(default_factory=dict)
     t: int = 0  # updates applied so far (adam's bias correction reads it)
+    weight_decay: float = 0.0  # adamw's decoupled decay λ; the others take weight decay as a penalty
 
 
 def make_optimizer(kind: str, momentum: float | None = None, beta1: float | None = None,
-                   beta2: float | None = None, eps: float | None = None) -> Optimizer:
-    """An optimizer with its hyperparameters; None means the default for that optimizer."""
+                   beta2: float | None = None, eps: float | None = None, weight_decay: float = 0.0) -> Optimizer:
+    """An optimizer with its hyperparameters; None means the default for that optimizer.
+
+    weight_decay is kept by adamw only, which applies it itself (the engine adds the others' as a penalty).
+    """
     if kind not in OPTIMIZER_SLOTS:
         raise DlcError(f"unknown optimizer `{kind}` (expected {', '.join(OPTIMIZER_SLOTS)})")
     if beta2 is None and kind == "rmsprop":
@@ -59,7 +70,9 @@ def make_optimizer(kind: str, momentum: float | None = None, beta1: float | None
             raise DlcError(f"{k} must satisfy 0 <= {k} < 1 (received {hyper[k]})")
     if hyper["eps"] <= 0:
         raise DlcError(f"eps must be > 0 (received {hyper['eps']})")
-    return Optimizer(kind, **hyper)
+    if weight_decay < 0:
+        raise DlcError(f"weight_decay must be >= 0 (received {weight_decay})")
+    return Optimizer(kind, **hyper, weight_decay=float(weight_decay) if kind == "adamw" else 0.0)
 
 
 def _slot(opt: Optimizer, slot: str, name: str, w: np.ndarray) -> np.ndarray:
@@ -117,15 +130,33 @@ def _adam(opt, name, w, g, lr):
 
 
 UPDATES = {"sgd": _sgd, "momentum": _momentum, "nesterov": _nesterov, "adagrad": _adagrad,
-           "rmsprop": _rmsprop, "adam": _adam}
+           "rmsprop": _rmsprop, "adam": _adam, "adamw": _adam}
 
 
-def step(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
-    """Apply one update to every parameter in place."""
+def step(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float,
+         decayed: Iterable[str] = ()) -> None:
+    """Apply one update to every parameter in place; adamw first decays the `decayed` ones."""
     opt.t += 1
+    if opt.weight_decay:
+        shrink = np.float32(1 - lr * opt.weight_decay)
+        for name in decayed:
+            params[name] *= shrink
     update = UPDATES[opt.kind]
     for name, w in params.items():
         update(opt, name, w, grads[name], lr)
+
+
+def clip_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale the gradients so that their global norm is at most max_norm; return the norm before.
+
+    Out of place: a kernel may hand back a buffer it still shares as a parameter's gradient.
+    """
+    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if norm > max_norm:
+        scale = np.float32(max_norm / (norm + 1e-6))
+        for k, g in grads.items():
+            grads[k] = g * scale
+    return norm
 
 
 def _role(graph: Graph, full_name: str) -> Role:
@@ -143,7 +174,7 @@ def decayed(graph: Graph, names: Iterable[str]) -> list[str]:
 def state_to_json(opt: Optimizer) -> dict:
     """The optimizer, JSON-ready, its arrays as exact base64 bytes (checkpoint meta is JSON)."""
     return {"kind": opt.kind, "t": opt.t,
-            "hyper": {k: getattr(opt, k) for k in DEFAULTS},
+            "hyper": {k: getattr(opt, k) for k in (*DEFAULTS, "weight_decay")},
             "slots": {k: {"dtype": str(a.dtype), "shape": list(a.shape),
                           "data": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")}
                       for k, a in opt.slots.items()}}

@@ -11,6 +11,10 @@ from the epoch number alone. With base rate η0 and E epochs in the run:
 - exp:      η0 · gamma^t, or η0 · e^(-k·t) when k is given     (gamma 0.95; CS231n's exponential decay)
 - linear:   η0 + (lr_min - η0) · t / E                         (from η0 towards lr_min, default 0)
 - invsqrt:  η0 / √(1 + k·t)                                    (k 1)
+
+Warmup (`warmup=N` steps, any schedule) scales optimizer step s (counted from 0) by min(1, (s + 1) / N):
+a linear ramp from η/N up to the scheduled rate at step N - 1 (Goyal et al. 2017's gradual warmup;
+Vaswani et al. 2017 ramp linearly too), which keeps adam's first updates on a fresh transformer small.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from dlc.errors import DlcError
 def _positive(name: str, value) -> None:
     if value <= 0:
         raise DlcError(f"{name} must be > 0 (received {value})")
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """The share of the scheduled rate that optimizer step `step` (counted from 0) takes."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
 def make_schedule(kind: str, lr: float, epochs: int, *, step_every: int | None = None,

@@ -11,28 +11,35 @@ from dlc.graph import Graph
 from dlc.train.dataset import Data, Split
 
 
-def _labels_of(y: np.ndarray) -> np.ndarray:
-    return y.argmax(axis=1) if y.ndim == 2 else y
+def _labels_of(out: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Class indices: y itself, or the argmax of target rows shaped like the output."""
+    return y.argmax(axis=-1) if y.ndim == out.ndim else y
+
+
+def predictions(out: np.ndarray) -> int:
+    """How many predictions outputs hold: one per sample, or one per step of a TxV sequence output."""
+    return out.size // out.shape[-1]
 
 
 def classifies(data: Data, classes: int) -> bool:
     """Whether accuracy means something: class labels, or 0/1 targets of a one-unit output."""
     y = data.train.y
-    if y.ndim == 2:
+    if y.ndim >= 2 and y.dtype != np.int64:  # target rows, not labels per step
         return classes > 1
     return classes > 1 or bool(np.all((y == 0) | (y == 1)))
 
 
 def count_correct(out: np.ndarray, y: np.ndarray, classes: int) -> tuple[int, int]:
-    """(top-1 hits, top-5 hits); a one-unit output is right when it is on the target's side of 0.5."""
+    """(top-1 hits, top-5 hits) over every prediction (each step of a sequence output is one);
+    a one-unit output is right when it is on the target's side of 0.5."""
     if classes == 1:
         return int(((out.reshape(len(out)) > 0.5) == (y.reshape(len(y)) > 0.5)).sum()), 0
-    labels = _labels_of(y)
-    top1 = int((out.argmax(axis=1) == labels).sum())
+    labels = _labels_of(out, y)
+    top1 = int((out.argmax(axis=-1) == labels).sum())
     if classes <= 5:
         return top1, 0
-    top5 = np.argpartition(-out, 5, axis=1)[:, :5]
-    return top1, int((top5 == labels[:, None]).any(axis=1).sum())
+    top5 = np.argpartition(-out, 5, axis=-1)[..., :5]
+    return top1, int((top5 == labels[..., None]).any(axis=-1).sum())
 
 
 def eval_loss(graph: Graph, out: np.ndarray, y: np.ndarray, loss: str) -> float:
@@ -48,7 +55,7 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], graph: Graph, split: S
     """Loss, top-1 and top-5 accuracy of a split, from the engine's inference outputs."""
     out = predict(split.x)
     top1, top5 = count_correct(out, split.y, classes)
-    n = len(split)
+    n = predictions(out)
     return {"loss": eval_loss(graph, out, split.y, loss),
             "accuracy": top1 / n if scored else None,
             "top5": top5 / n if scored and classes > 5 else None}

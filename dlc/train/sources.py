@@ -16,8 +16,9 @@ from dlc.errors import DlcError
 from dlc.normalize import normalize, normalizer
 from dlc.train.builtin import BUILTIN, builtin_data
 from dlc.train.dataset import Data, Split
-from dlc.train.fit import announce_range, carve_val, check_labels, fit_inputs
+from dlc.train.fit import announce_range, carve_val, check_labels, fit_inputs, step_labels
 from dlc.train.readers import load_file
+from dlc.train.text import is_text, text_data
 
 
 @dataclass
@@ -48,22 +49,31 @@ def data_source(text: str, **kw) -> DataSource:
 
 
 def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens: bool = False,
-            norm: dict | None = None, on_phase: Callable[[str], None] = lambda what: None) -> tuple[Data, dict]:
+            norm: dict | None = None, on_phase: Callable[[str], None] = lambda what: None, *,
+            steps: int | None = None, vocab: int | None = None) -> tuple[Data, dict]:
     """Load, fit to the spec, check labels, hold out validation, normalise: (data, normalisation).
 
-    tokens: the spec reads token ids (`input seq T`), which must be integers and are not normalised.
+    classes: the output's width, of each step when the output is a sequence of `steps` (TxV).
+    tokens: the spec reads token ids (`input seq T`), which must be integers and are not normalised;
+    vocab: the embedding's vocabulary then (the sequence tasks' tokens, a text file's limit).
     `norm` reuses stored statistics (a resumed run) instead of computing them from train.
     on_phase(what) names each phase as it starts (MNIST takes seconds to read and fit), for a display.
     """
     if src.builtin:
         on_phase(f"making the built-in set {src.source}")
-        data = builtin_data(src.source, input_shape, classes, src.sizes, src.seed)
+        data = builtin_data(src.source, input_shape, classes, src.sizes, src.seed, vocab=vocab)
+    elif is_text(src.source):
+        on_phase(f"reading {src.source}")
+        data = text_data(src.source, tuple(input_shape), classes, vocab)
     else:
         on_phase(f"reading {src.source}")
         data = load_file(src.source)
     on_phase(f"fitting {data.name} to the spec")
     data = fit_inputs(data, input_shape, src.reshape)
-    check_labels(data, classes)
+    if steps is None:
+        check_labels(data, classes)
+    else:
+        data = step_labels(data, steps, classes)
     data = carve_val(data, src.val, src.seed)
     if tokens:
         if not all(np.issubdtype(s.x.dtype, np.integer) for s in data.splits().values()):

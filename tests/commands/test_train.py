@@ -112,15 +112,25 @@ def test_flags_override_the_train_statement(tmp_path):
     assert [r["lr"] for r in log] == [0.25, 0.125]
 
 
+def test_the_train_statement_takes_adamw_clip_and_warmup(tmp_path):
+    r = run("-e", "input 2 -> fc 2 tanh -> fc 1 sigmoid\ntrain optimizer=adamw weight_decay=0.01 clip=1 warmup=3",
+            "--epochs", "2", "--warmup", "5", "--out", tmp_path / "w", "--quiet")
+    assert r.exit_code == 0, r.output
+    cfg = load_checkpoint(tmp_path / "w" / "last.npz")[2]["config"]
+    assert (cfg["optimizer"], cfg["weight_decay"], cfg["clip"], cfg["warmup"]) == ("adamw", 0.01, 1.0, 5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["-e", "input 3 -> fc 5 softmax"], "no default data for an input of 3 and an output of 5"),
     (["-e", "input 1@28x28 -> fc 10 softmax", "--data", "nosuchset"], "no such file or directory, and no built-in"),
     (["-e", "input 1@32x32 -> fc 10 softmax", "--data", "{npz}"], "inputs have shape 784 .* 1@32x32"),
     (["-e", "input 784 -> fc 10 softmax", "--flip"], "--flip needs an image input"),
     (["-e", "input 784 -> fc 3 softmax", "--data", "{npz}"], "labels range over 0..9 but the spec's output has 3"),
-    (["-e", "input 2 -> fc 1 sigmoid\ntrain lr=0.1 optimizer=adamw"],
-     r"<expr>:2:14: train optimizer=adamw: expected one of sgd, .*\n    train lr=0.1 optimizer=adamw\n {17}\^{15}"),
+    (["-e", "input 2 -> fc 1 sigmoid\ntrain lr=0.1 optimizer=adamax"],
+     r"<expr>:2:14: train optimizer=adamax: expected one of sgd, .*adam, adamw\n    train lr=0.1 optimizer=adamax\n {17}\^{16}"),
     (["-e", "input 2 -> fc 1 sigmoid\ntrain batch=2.5"], "<expr>:2:7: train batch=2.5: expected a whole number"),
+    (["-e", "input 2 -> fc 1 sigmoid\ntrain warmup=2.5"], "<expr>:2:7: train warmup=2.5: expected a whole number"),
+    (["-e", "input 2 -> fc 1 sigmoid", "--clip", "-1"], "Invalid value for '--clip'"),
     (["-e", "input 1@8x8 -> conv 2@3x3 -> fc 2 softmax", "--data", "xor"], "`xor` needs a 2-vector input"),
     (["-e", "input 1@8x8 -> conv 2@3x3"], "vector output .* output is 2@6x6"),
 ])

@@ -16,7 +16,7 @@ from dlc.train import optim
 from dlc.train.config import TrainConfig
 from dlc.train.dataset import Data, Split
 from dlc.train.loop import train
-from dlc.train.schedules import make_schedule
+from dlc.train.schedules import make_schedule, warmup_factor
 
 W0 = [0.5, -1.0, 2.0]
 G1 = [0.1, -0.2, 0.3]
@@ -28,7 +28,7 @@ def two_steps(kind: str, **hyper) -> np.ndarray:
     opt = optim.make_optimizer(kind, **hyper)
     w = {"fc1.W": np.array(W0, np.float32)}
     for g in (G1, G2):
-        optim.step(opt, w, {"fc1.W": np.array(g, np.float32)}, LR)
+        optim.step(opt, w, {"fc1.W": np.array(g, np.float32)}, LR, decayed=["fc1.W"])
     return w["fc1.W"]
 
 
@@ -75,6 +75,11 @@ def adam(w, g, s, t, b1=0.9, b2=0.999, eps=1e-8):
     return w - LR * mhat / (math.sqrt(vhat) + eps)
 
 
+def adamw(w, g, s, t, wd=0.1):
+    # Loshchilov & Hutter 2019, Algorithm 2 as PyTorch's AdamW applies it: w <- w - lr*wd*w, then adam
+    return adam(w - LR * wd * w, g, s, t)
+
+
 @pytest.mark.parametrize("kind, rule, hyper", [
     ("sgd", sgd, {}),
     ("momentum", momentum, {}),
@@ -85,6 +90,9 @@ def adam(w, g, s, t, b1=0.9, b2=0.999, eps=1e-8):
     ("rmsprop", lambda w, g, s, t: rmsprop(w, g, s, t, rho=0.99, eps=1e-6), {"beta2": 0.99, "eps": 1e-6}),
     ("adam", adam, {}),
     ("adam", lambda w, g, s, t: adam(w, g, s, t, b1=0.5, b2=0.9), {"beta1": 0.5, "beta2": 0.9}),
+    ("adamw", adamw, {"weight_decay": 0.1}),
+    ("adamw", adam, {}),  # no decay: adam itself
+    ("adam", adam, {"weight_decay": 0.1}),  # adam's decay is a penalty in the gradient, not its step's
 ])
 def test_two_steps_follow_the_published_rule(kind, rule, hyper):
     got = two_steps(kind, **hyper)
@@ -111,9 +119,29 @@ def test_state_round_trips_exactly_through_json():
         assert back.slots[k].dtype == a.dtype and np.array_equal(back.slots[k], a)
 
 
+def test_adamw_decays_only_the_tensors_named_decayed():
+    opt = optim.make_optimizer("adamw", weight_decay=0.5)
+    p = {"fc1.W": np.array(W0, np.float32), "fc1.b": np.array(W0, np.float32)}
+    optim.step(opt, p, {k: np.array(G1, np.float32) for k in p}, LR, decayed=["fc1.W"])
+    # first adam step is lr * sign(g) (Kingma & Ba 2.1); the weight first shrinks by 1 - lr * wd = 0.95
+    np.testing.assert_allclose(p["fc1.b"], np.array(W0) - LR * np.sign(G1), rtol=1e-6)
+    np.testing.assert_allclose(p["fc1.W"], 0.95 * np.array(W0) - LR * np.sign(G1), rtol=1e-6)
+
+
+def test_clipping_scales_every_gradient_by_one_global_norm():
+    # |(3, 4, 12)| = 13: each gradient is multiplied by 1 / (13 + 1e-6), as PyTorch's clip_grad_norm_
+    grads = {"fc1.W": np.array([3.0, 4.0], np.float32), "fc1.b": np.array([12.0], np.float32)}
+    assert optim.clip_global_norm(grads, 1.0) == pytest.approx(13.0)
+    np.testing.assert_allclose(grads["fc1.W"], [3 / 13, 4 / 13], rtol=1e-6)
+    np.testing.assert_allclose(grads["fc1.b"], [12 / 13], rtol=1e-6)
+    untouched = {"fc1.W": np.array([3.0, 4.0], np.float32)}
+    assert optim.clip_global_norm(untouched, 5.5) == pytest.approx(5.0)
+    assert untouched["fc1.W"].tolist() == [3.0, 4.0]
+
+
 def test_bad_hyperparameters_are_errors():
-    with pytest.raises(DlcError, match="unknown optimizer `adamw`"):
-        optim.make_optimizer("adamw")
+    with pytest.raises(DlcError, match="unknown optimizer `adamax`"):
+        optim.make_optimizer("adamax")
     with pytest.raises(DlcError, match="momentum must satisfy"):
         optim.make_optimizer("momentum", momentum=1.5)
 
@@ -135,6 +163,12 @@ def test_schedule_values(kind, keys, expected):
     lr = make_schedule(kind, 0.1, 10, **keys)
     for t, want in expected.items():
         assert lr(t) == pytest.approx(want, rel=1e-12), (kind, t)
+
+
+def test_warmup_ramps_the_first_steps_linearly():
+    # warmup=4: steps 0..3 take 1/4, 2/4, 3/4 and all of the scheduled rate; no warmup is always 1
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
 
 
 def test_unknown_schedule_is_an_error():
@@ -169,11 +203,14 @@ def test_maxnorm_runs_over_each_units_incoming_weights():
 BN_NET = "input 4 -> fc 3 -> bn -> relu -> fc 2 softmax"
 
 
+def sgd_data() -> Data:
+    rng = np.random.default_rng(5)
+    return Data(Split(rng.standard_normal((8, 4)).astype(np.float32), np.array([0, 1] * 4)), name="t")
+
+
 def one_sgd_step(tmp_path: Path, name: str, **cfg) -> dict:
     graph = compile_spec(BN_NET, file="bn.dlc")
-    rng = np.random.default_rng(5)
-    data = Data(Split(rng.standard_normal((8, 4)).astype(np.float32), np.array([0, 1] * 4)), name="t")
-    train(graph, data, TrainConfig(loss="xent", lr=0.1, batch=8, epochs=1, **cfg), tmp_path / name,
+    train(graph, sgd_data(), TrainConfig(loss="xent", lr=0.1, batch=8, epochs=1, **cfg), tmp_path / name,
           meta={}, save_every=None)
     params, _, _ = load_checkpoint(tmp_path / name / "last.npz")
     return params
@@ -193,9 +230,66 @@ def test_weight_decay_and_l1_change_weights_only(tmp_path):
             assert np.array_equal(decayed[name], plain[name]) and np.array_equal(l1[name], plain[name]), name
 
 
+def test_warmup_takes_a_share_of_the_rate_and_adamw_keeps_decay_out_of_the_loss(tmp_path):
+    # one sgd step with warmup=4 is one step at lr / 4: the weights move a quarter as far
+    init, _ = init_params(compile_spec(BN_NET, file="bn.dlc"))
+    plain = one_sgd_step(tmp_path, "plain")
+    warm = one_sgd_step(tmp_path, "warm", warmup=4)
+    for name in plain:
+        np.testing.assert_allclose(warm[name] - init[name], (plain[name] - init[name]) / 4, rtol=1e-4, atol=1e-7)
+    # adamw's decay is not a penalty: the loss it reports is adam's, while the weights differ
+    adam = train(compile_spec(BN_NET, file="bn.dlc"), sgd_data(), TrainConfig(loss="xent", optimizer="adam", lr=0.1,
+                 batch=8, epochs=1), tmp_path / "adam", meta={})
+    adamw = train(compile_spec(BN_NET, file="bn.dlc"), sgd_data(), TrainConfig(loss="xent", optimizer="adamw",
+                  lr=0.1, batch=8, epochs=1, weight_decay=0.5), tmp_path / "adamw", meta={})
+    assert adamw.history[0]["train_loss"] == adam.history[0]["train_loss"]
+    w_adam = load_checkpoint(tmp_path / "adam" / "last.npz")[0]
+    w_adamw = load_checkpoint(tmp_path / "adamw" / "last.npz")[0]
+    for name in w_adam:  # one step: the decayed weights are adam's minus lr * wd * W0; the rest are adam's
+        shift = 0.1 * 0.5 * init[name] if name.endswith(".W") else 0
+        np.testing.assert_allclose(w_adamw[name], w_adam[name] - shift, rtol=1e-5, atol=1e-7)
+
+
+def test_clip_bounds_the_step_of_plain_sgd(tmp_path):
+    # with sgd, W1 - W0 = -lr * g: clipped to a global norm c, the whole step has norm lr * c
+    init, _ = init_params(compile_spec(BN_NET, file="bn.dlc"))
+    plain = one_sgd_step(tmp_path, "plain")
+    clipped = one_sgd_step(tmp_path, "clip", clip=0.01)
+
+    def step(w):
+        return math.sqrt(sum(float(((w[k] - init[k]).astype(np.float64) ** 2).sum()) for k in w))
+
+    assert step(plain) > 0.1 * 0.01 * 10  # the unclipped gradient is far longer than the bound
+    assert step(clipped) == pytest.approx(0.1 * 0.01, rel=1e-3)
+    for name in plain:  # and in the same direction
+        np.testing.assert_allclose(clipped[name] - init[name], (plain[name] - init[name]) * step(clipped) / step(plain),
+                                   rtol=1e-3, atol=1e-8)
+
+
 def test_maxnorm_caps_each_units_incoming_weights(tmp_path):
     params = one_sgd_step(tmp_path, "mn", maxnorm=0.3)
     for name in ("fc1.W", "fc2.W"):
         norms = np.sqrt((params[name].astype(np.float64) ** 2).sum(axis=1))
         assert norms.max() <= 0.3 * (1 + 1e-6)
     assert not np.allclose(params["bn1.gamma"], 0.3)
+
+
+def test_adamw_and_clipping_match_pytorch():
+    torch = pytest.importorskip("torch")
+    w, b = (torch.nn.Parameter(torch.tensor(W0)) for _ in range(2))
+    ref = torch.optim.AdamW([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}], lr=LR)
+    opt = optim.make_optimizer("adamw", weight_decay=0.1)
+    p = {"fc1.W": np.array(W0, np.float32), "fc1.b": np.array(W0, np.float32)}
+    for g in (G1, G2):
+        w.grad, b.grad = torch.tensor(g), torch.tensor(g)
+        ref.step()
+        optim.step(opt, p, {k: np.array(g, np.float32) for k in p}, LR, decayed=["fc1.W"])
+    np.testing.assert_allclose(p["fc1.W"], w.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(p["fc1.b"], b.detach().numpy(), rtol=1e-6)
+    grads = {"fc1.W": np.array(G1, np.float32), "fc1.b": np.array(G2, np.float32)}
+    tw, tb = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    tw.grad, tb.grad = torch.tensor(G1), torch.tensor(G2)
+    torch.nn.utils.clip_grad_norm_([tw, tb], 0.1)
+    optim.clip_global_norm(grads, 0.1)
+    np.testing.assert_allclose(np.concatenate([grads["fc1.W"], grads["fc1.b"]]),
+                               np.concatenate([tw.grad.numpy(), tb.grad.numpy()]), rtol=1e-6)

@@ -1,0 +1,62 @@
+"""`dlc sample RUN`: text from a character-level language model that `dlc train --data FILE.txt` trained.
+
+The run's checkpoint carries the spec and the file's vocabulary, so RUN alone says how to decode.
+numpy and the engine are imported inside the command, so the other commands start fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dlc.errors import DlcError
+
+
+def run_checkpoint(run: Path) -> Path:
+    """A checkpoint file, or a run directory's best.npz (else its last.npz)."""
+    if run.is_dir():
+        for name in ("best.npz", "last.npz"):
+            if (run / name).is_file():
+                return run / name
+        raise DlcError(f"{run}: no best.npz or last.npz here (is it a dlc train run directory?)")
+    return run
+
+
+@click.command("sample")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="The text to continue; every character must be in the run's vocabulary.")
+@click.option("--tokens", type=click.IntRange(min=0), default=200, show_default=True, help="Characters to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Divides the logits: below 1 is more conservative, 0 always takes the most likely character.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
+def sample(run, prompt, tokens, temperature, seed):
+    """Continue --prompt with a language model trained on a text file (RUN: a run directory or checkpoint)."""
+    import numpy as np
+
+    from dlc.compile import compile_spec
+    from dlc.engine.params import check_against, load_checkpoint
+    from dlc.engine.run import forward
+    from dlc.train.text import generate, show_chars
+
+    path = run_checkpoint(run)
+    params, state, meta = load_checkpoint(path)
+    if "spec" not in meta:
+        raise DlcError(f"{path} was not written by dlc train")
+    chars = meta.get("vocab")
+    if not chars:
+        raise DlcError(f"{path}: the run was not trained on a text file (no vocabulary is stored), "
+                       f"so there is nothing to decode tokens with")
+    graph = compile_spec(meta["spec"], file=meta["file"])
+    check_against(graph, params, state, str(path))
+    if not prompt:
+        raise DlcError("--prompt needs at least one character to start from")
+    index = {c: i for i, c in enumerate(chars)}
+    unknown = sorted(set(prompt) - set(index))
+    if unknown:
+        raise DlcError(f"--prompt has characters the run never saw: {show_chars(''.join(unknown))} "
+                       f"(its vocabulary: {show_chars(chars)})")
+    steps = graph.input.out_shape[0]
+    ids = generate(lambda x: forward(graph, params, state, x)[0], steps, np.array([index[c] for c in prompt]),
+                   tokens, graph.output.kind == "softmax", len(chars), temperature, np.random.default_rng(seed))
+    click.echo("".join(chars[i] for i in ids))

@@ -104,20 +104,22 @@ def wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 def test_sigkills_at_random_moments_lose_no_epoch_and_leave_no_temp_files(tmp_path):
     # XOR's 2000 one-step epochs, killed six times at random moments while it writes its log, then
-    # resumed to the end: every epoch's line once, in order, and metrics.json counting 2000.
+    # resumed to the end: every epoch's line once, in order, and metrics.json counting 2000. A checkpoint
+    # every step (--save-every 1) puts a checkpoint write next to nearly every log append, and keeps a
+    # run that needs under a second on a quiet machine alive long enough to be killed.
     out, log, rng = tmp_path / "xor", tmp_path / "xor" / "log.jsonl", random.Random(9)
     kills = 0
-    proc = dlc(XOR, "--out", out, "--quiet")
+    proc = dlc(XOR, "--out", out, "--quiet", "--save-every", 1)
     while kills < 6:
         before = log.stat().st_mtime_ns if log.exists() else None
         wait_for(lambda: log.exists() and log.stat().st_mtime_ns != before, proc)  # it is training
-        time.sleep(rng.uniform(0, 1.2))  # past a checkpoint (one a second) at times
+        time.sleep(rng.uniform(0, 0.3))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        proc = dlc("--resume", out, "--quiet")
+        proc = dlc("--resume", out, "--quiet", "--save-every", 1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
     assert kills >= 3, "the run ended before it was killed enough times"

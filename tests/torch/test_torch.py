@@ -318,7 +318,7 @@ def test_the_torch_engine_trains_a_next_token_model_through_the_loop(tmp_path):
                                                            "with the seqtrain branch")
 def test_the_reverse_transformer_trains_on_torch(tmp_path):
     r = train(zoo_path("transformer_reverse"), "--engine", "torch", "--device", "cpu", "--data", "reverse",
-              "--epochs", "1", "--out", tmp_path / "run", "-q")
+              "--n-train", "640", "--n-val", "64", "--n-test", "64", "--epochs", "1", "--out", tmp_path / "run", "-q")
     assert r.exit_code == 0, r.output
     assert final(tmp_path / "run")["epoch"] == 1
 

@@ -26,7 +26,7 @@ FUSED_OUTPUTS = ("softmax", "sigmoid")  # final activations a fused loss reads t
 RESERVED = frozenset({"x", "logits", "self", "torch", "nn", "F", "math", "forward", "training", "train", "eval",
                       "to", "type", "float", "double", "half", "cuda", "cpu", "apply", "parameters", "buffers",
                       "children", "modules", "state_dict", "load_dlc", "save_dlc", "from_dlc", "to_dlc",
-                      "gaussian_noise", "lrn", "last_states", "zipfile", "json", "ast", "ctypes"})
+                      "gaussian_noise", "lrn", "last_states", "zipfile", "json", "ast", "ctypes", "len"})
 
 
 def identifiers(graph: Graph) -> dict[str, str]:
@@ -69,6 +69,22 @@ def _comment(node: Node) -> str:
     return f"  # {node.text}" if node.text and node.row == node.name else ""
 
 
+def _init_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) -> list[str]:
+    """__init__'s body: each module, then each tensor it shares made the owner's Parameter itself
+    (as Hugging Face ties GPT-2's output layer), so that it counts once and its gradients sum."""
+    lines = []
+    for n in graph.nodes[1:]:
+        layer = made[n.name]
+        if layer.module:
+            lines.append(f"self.{idents[n.name]} = {layer.module}{_comment(n)}")
+        owners = KINDS[n.kind].shared(n.attrs)
+        for attr, param in layer.shared:
+            owner, owner_param = owners[param].rsplit(".", 1)
+            owner_attr = next(t.attr for t in made[owner].tensors if t.param == owner_param)
+            lines.append(f"self.{idents[n.name]}.{attr} = self.{idents[owner]}.{owner_attr}  # shares {owners[param]}")
+    return lines
+
+
 def _forward_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) -> list[str]:
     """forward's body: a value read only by the next layer flows through `x`; others keep a name."""
     readers: dict[str, list[int]] = {}
@@ -99,8 +115,7 @@ def _forward_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str])
 def pytorch_source(graph: Graph) -> str:
     """The text of the standalone file for `graph`."""
     made, idents = layers(graph), identifiers(graph)
-    inits = [f"self.{idents[n.name]} = {made[n.name].module}{_comment(n)}"
-             for n in graph.nodes[1:] if made[n.name].module]
+    inits = _init_lines(graph, made, idents)
     table = tensor_table(graph)
     shape = graph.input.out_shape
     dtype = "torch.int64" if graph.input.dtype.startswith("int") else "torch.float32"

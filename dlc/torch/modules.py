@@ -10,6 +10,8 @@ PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), u
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
 holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
 c; GRU r, z, n against z, r, h) and the two biases apart. A `Tensor` names that conversion.
+attention, posembed and clstoken use modules of the generated file (dlc/torch/netlib.py) whose
+Parameters carry dlc's names and layouts (Wq (out, in), P, cls); `fc tied=LABEL` shares the embed's.
 `input` has no entry: it is the batch that forward receives.
 """
 
@@ -45,6 +47,9 @@ class Layer:
     forward: str
     module: str | None = None
     tensors: tuple[Tensor, ...] = ()
+    shared: tuple[tuple[str, str], ...] = ()
+    """(module attribute, dlc's name within the node) of each tensor read from another node (the
+    registry's LayerKind.shared): the export makes the attribute the owner's Parameter itself."""
 
 
 def _same(*pairs: tuple[str, str]) -> tuple[Tensor, ...]:
@@ -135,9 +140,13 @@ def avgpool(node: Node, ins: list[Shape]) -> Layer:
 
 
 def fc(node: Node, ins: list[Shape]) -> Layer:
+    # nn.Linear acts on the last axis, so on a sequence it acts on each step, as dlc's fc does
     a = node.attrs
-    tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
-    return Layer("{m}({x})", _call("nn.Linear", a["in_features"], a["units"], bias=(bool(a["bias"]), True)), tensors)
+    module = _call("nn.Linear", a["in_features"], a["units"], bias=(bool(a["bias"]), True))
+    bias = _same(("b", "bias")) if a["bias"] else ()
+    if a["tied"] is not None:  # the weight is the embed's table: one Parameter, gradients summed
+        return Layer("{m}({x})", module, bias, shared=(("weight", "W"),))
+    return Layer("{m}({x})", module, _same(("W", "weight")) + bias)
 
 
 def embed(node: Node, ins: list[Shape]) -> Layer:
@@ -179,6 +188,36 @@ def recurrent(node: Node, ins: list[Shape]) -> Layer:
     return Layer(forward, module, tuple(tensors))
 
 
+def layernorm(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    return Layer("{m}({x})", _call("nn.LayerNorm", a["features"], eps=(a["eps"], 1e-5)),
+                 _same(("gamma", "weight"), ("beta", "bias")))
+
+
+def attention(node: Node, ins: list[Shape]) -> Layer:
+    # netlib's SelfAttention holds dlc's four (out, in) projections under dlc's names: nn.MultiheadAttention
+    # would stack Wq, Wk and Wv into one tensor
+    a = node.attrs
+    module = _call("SelfAttention", a["dim"], a["heads"], causal=(bool(a["causal"]), False),
+                   bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0))
+    names = ("Wq", "Wk", "Wv", "Wo") + (("bq", "bk", "bv", "bo") if a["bias"] else ())
+    return Layer("{m}({x})", module, _same(*((n, n) for n in names)))
+
+
+def posembed(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    return Layer("{x} + {m}.P", f"Weights(P=({a['steps']}, {a['dim']}))", _same(("P", "P")))
+
+
+def clstoken(node: Node, ins: list[Shape]) -> Layer:
+    return Layer("torch.cat([{m}.cls.expand(len({x}), 1, -1), {x}], 1)", f"Weights(cls=({node.attrs['dim']},))",
+                 _same(("cls", "cls")))
+
+
+def seqpool(node: Node, ins: list[Shape]) -> Layer:
+    return Layer({"first": "{x}[:, 0]", "last": "{x}[:, -1]", "mean": "{x}.mean(1)"}[node.attrs["mode"]])
+
+
 def softmax(node: Node, ins: list[Shape]) -> Layer:
     # over channels of an image, features of a vector, the last axis of a sequence
     return Layer(f"torch.softmax({{x}}, {-1 if len(ins[0]) == 2 else 1})")
@@ -218,6 +257,13 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "dropout": function("F.dropout({x}, {p}, self.training)"),
     "noise": function("gaussian_noise({x}, {sigma}, self.training)"),
     "bn": bn,
+    "layernorm": layernorm,
+    "attention": attention,
+    "posembed": posembed,
+    "clstoken": clstoken,
+    # an image's pixels as steps, row by row, its channels the features (ViT's patch sequence)
+    "tokens": function("{x}.flatten(2).transpose(1, 2)"),
+    "seqpool": seqpool,
     "lrn": lrn,
     "rnn": recurrent,
     "lstm": recurrent,

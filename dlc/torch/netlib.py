@@ -21,6 +21,38 @@ def last_states(h):
     return h.transpose(0, 1).flatten(1)
 
 
+class SelfAttention(nn.Module):
+    """attention: multi-head self-attention, softmax(Q Kᵀ / sqrt(head_dim)) V per head, the heads joined
+    and projected by Wo. dlc's tensors under dlc's names: Wq, Wk, Wv, Wo (out, in) as nn.Linear's
+    weight, biases bq, bk, bv, bo. `causal` hides later steps from each step; `dropout` acts on the
+    attention weights in training."""
+
+    def __init__(self, dim: int, heads: int, causal: bool = False, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+        for p in "qkvo":
+            self.register_parameter("W" + p, nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, dim))))
+            self.register_parameter("b" + p, nn.Parameter(torch.zeros(dim)) if bias else None)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = (F.linear(x, w, b).view(n, t, self.heads, d // self.heads).transpose(1, 2)
+                   for w, b in ((self.Wq, self.bq), (self.Wk, self.bk), (self.Wv, self.bv)))
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal)
+        return F.linear(o.transpose(1, 2).reshape(n, t, d), self.Wo, self.bo)
+
+
+class Weights(nn.Module):
+    """Tensors a layer adds or puts in place without a module of torch's (posembed's P, clstoken's
+    cls), by dlc's names; they start at zero until a checkpoint fills them (Net.load_dlc)."""
+
+    def __init__(self, **shapes):
+        super().__init__()
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+
+
 NPY_DTYPES = {"<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16, "<i8": torch.int64,
               "<i4": torch.int32, "|u1": torch.uint8, "|b1": torch.bool}
 META = "__dlc_meta__"  # the archive entry holding dlc's JSON metadata

@@ -2,8 +2,9 @@
 
 The network is the file `dlc export --format pytorch` writes (dlc.torch.export), run as it is. The
 engine keeps dlc's rules, not torch's defaults: the losses and updates of dlc.torch.rules, weight
-decay and L1 as penalties on the weights dlc.train.optim names (not biases, not bn), max-norm after
-each update. Checkpoints stay dlc's: weights and optimizer slots go out in dlc's names and layouts,
+decay and L1 as penalties on the weights dlc.train.optim names (not biases, not bn) or adamw's
+decoupled decay in the update, the loss gradient clipped before the penalties', max-norm after each
+update, and the layers up to --freeze run as at inference and left as they are. Checkpoints stay dlc's: weights and optimizer slots go out in dlc's names and layouts,
 so a run resumes on either engine.
 
 Dropout and noise draw from torch's generator, seeded once from the NumPy stream the loop hands
@@ -17,16 +18,17 @@ sees the same value and stops together; the loop gives each rank its shard of th
 from __future__ import annotations
 
 import base64
+import math
 import os
 
 import numpy as np
 import torch
 
-from dlc.engine.run import FUSED_LOSSES
+from dlc.engine.run import FUSED_LOSSES, freeze_point, frozen_params
 from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.torch import launched
-from dlc.torch.export import pytorch_source, state_names
+from dlc.torch.export import identifiers, pytorch_source, state_names
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
@@ -73,10 +75,6 @@ class TorchEngine:
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
                  rng_state: str | None):
-        # the NumPy engine's frozen steps, adamw's decoupled decay and gradient clipping have no torch twin yet
-        for setting, on in (("freeze=", cfg.freeze), ("clip=", cfg.clip), ("optimizer=adamw", cfg.optimizer == "adamw")):
-            if on:
-                raise DlcError(f"{setting} runs on the NumPy engine for now: drop --engine torch, or {setting}")
         self.graph, self.cfg, self.opt = graph, cfg, opt
         self.device = pick_device(self.device_name)
         self.rank, self.world = launched()
@@ -98,8 +96,17 @@ class TorchEngine:
         self.state_names = set(state_names(graph))
         self.params = dict(self.net.named_parameters())  # by torch name
         dlc_of = {key: name for name, key, *_ in self.table}
+        # transfer learning, as the NumPy engine: the layers up to cfg.freeze run as at inference and keep their weights
+        frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
+        self.frozen_modules = self.frozen_layers(graph, frozen)
+        fixed = frozen_params(graph, frozen)
+        self.trained = {k: p for k, p in self.params.items() if dlc_of[k] not in fixed}
+        if frozen and not self.trained:
+            raise DlcError(f"freeze={cfg.freeze} leaves no layer with weights to train")
+        for k, p in self.params.items():
+            p.requires_grad_(k in self.trained)
         weights = set(optim.decayed(graph, params))  # the one rule: the kinds' tensor roles
-        self.decayed = [k for k in self.params if dlc_of[k] in weights]
+        self.decayed = [k for k in self.trained if dlc_of[k] in weights]
         axes = optim.maxnorm_axes(graph, params) if cfg.maxnorm else {}
         # torch's recurrent matrices are dlc's, one direction apiece: the trailing axes carry over
         self.norm_axes = {k: axes[dlc_of[k]] for k in self.decayed if dlc_of[k] in axes}
@@ -126,7 +133,20 @@ class TorchEngine:
         else:
             params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
         return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
-                                                                   cfg.beta2, cfg.eps), None)
+                                                                   cfg.beta2, cfg.eps, cfg.weight_decay), None)
+
+    def frozen_layers(self, graph: Graph, frozen: str | None) -> list[torch.nn.Module]:
+        """The modules of the nodes up to and including `frozen`, which run in eval mode while training."""
+        if not frozen:
+            return []
+        nodes = graph.nodes[1:graph.nodes.index(graph.node(frozen)) + 1]
+        # dropout and noise are expressions of the whole Net's training flag, not modules to switch off alone
+        for n in nodes:
+            if n.kind in ("dropout", "noise"):
+                raise DlcError(f"freeze={self.cfg.freeze} on the torch engine: the frozen part holds {n.kind} "
+                               f"({n.name}), which runs on the NumPy engine for now: drop --engine torch")
+        idents = identifiers(graph)
+        return [m for n in nodes if (m := getattr(self.net, idents[n.name], None)) is not None]
 
     @classmethod
     def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> TorchEngine:
@@ -145,6 +165,8 @@ class TorchEngine:
             torch.manual_seed(int(rng.integers(2 ** 62)) + self.rank)
             self.rng_restored = True
         self.model.train()
+        for m in self.frozen_modules:
+            m.eval()  # bn on its running statistics, which stay as they are
         xb, yb = self.batch(x), torch.from_numpy(np.asarray(y)).to(self.device, non_blocking=True)
         if not yb.is_floating_point():
             yb = yb.long()
@@ -156,25 +178,48 @@ class TorchEngine:
             out = self.model(xb)
             value = LOSSES[self.cfg.loss](out, yb)
             out = out.detach()
-        if self.cfg.weight_decay:
-            value = value + 0.5 * self.cfg.weight_decay * sum((self.params[k] ** 2).sum() for k in self.decayed)
-        if self.cfg.l1:
-            value = value + self.cfg.l1 * sum(self.params[k].abs().sum() for k in self.decayed)
         for p in self.params.values():
             p.grad = None
         value.backward()
+        if self.cfg.clip:  # the loss gradient alone, before the penalties' (optim.clip_global_norm)
+            self.clip(self.cfg.clip)
+        decay = 0.0 if self.opt.weight_decay else self.cfg.weight_decay  # adamw decays in update, not the loss
+        penalty = 0.0
+        if decay:
+            penalty = penalty + 0.5 * decay * sum((self.params[k] ** 2).sum() for k in self.decayed)
+        if self.cfg.l1:
+            penalty = penalty + self.cfg.l1 * sum(self.params[k].abs().sum() for k in self.decayed)
+        if torch.is_tensor(penalty):
+            # autograd.grad, not backward: the penalty's gradient joins the clipped one, outside DDP's averaging
+            tensors = [self.params[k] for k in self.decayed]
+            for w, g in zip(tensors, torch.autograd.grad(penalty, tensors)):
+                w.grad = g if w.grad is None else w.grad + g
+            value = value + penalty
         reported = value.detach()
         if self.world > 1:
             torch.distributed.all_reduce(reported)
             reported /= self.world
         return float(reported), out.cpu().numpy()
 
+    def clip(self, max_norm: float) -> None:
+        """Scale the loss gradient to global norm max_norm when it is longer (optim.clip_global_norm)."""
+        grads = [p.grad for p in self.trained.values() if p.grad is not None]
+        norm = math.sqrt(float(sum((g * g).sum() for g in grads)))
+        if norm > max_norm:
+            scale = float(np.float32(max_norm / (norm + 1e-6)))  # the NumPy engine's float32 factor
+            for g in grads:
+                g *= scale
+
     def update(self, lr: float) -> None:
         opt = self.opt
         opt.t += 1
         update = UPDATES[opt.kind]
         with torch.no_grad():
-            for key, w in self.params.items():
+            if opt.weight_decay:  # adamw: decoupled decay before adam's step (optim.step)
+                shrink = float(np.float32(1 - lr * opt.weight_decay))
+                for key in self.decayed:
+                    self.params[key] *= shrink
+            for key, w in self.trained.items():
                 def slot(name, key=key, w=w):
                     s = self.slots.get(f"{name}:{key}")
                     if s is None:
@@ -215,7 +260,7 @@ class TorchEngine:
         slots = {f"{slot}:{name}": t.cpu().numpy()
                  for slot, tensors in by_slot.items() for name, t in self.to_dlc(self.table, tensors).items()}
         saved = optim.Optimizer(self.opt.kind, self.opt.momentum, self.opt.beta1, self.opt.beta2, self.opt.eps,
-                                slots, self.opt.t)
+                                slots, self.opt.t, self.opt.weight_decay)
         return dict(optim.state_to_json(saved), torch_rng=self.rng_state())
 
     def rng_state(self) -> str:

@@ -118,7 +118,7 @@ def _adam(opt, slots, name, w, g, lr):
 
 
 UPDATES = {"sgd": _sgd, "momentum": _momentum, "nesterov": _nesterov, "adagrad": _adagrad,
-           "rmsprop": _rmsprop, "adam": _adam}
+           "rmsprop": _rmsprop, "adam": _adam, "adamw": _adam}  # adamw's decay: the engine's update
 
 
 def maxnorm_(w: torch.Tensor, c: float, axes: tuple[int, ...] | None) -> None:

@@ -232,18 +232,19 @@ STEP_CONFIGS = [
     TrainConfig(loss="xent", optimizer="adam", lr=0.01, weight_decay=1e-3, maxnorm=1.5),
     TrainConfig(loss="mse", optimizer="nesterov", lr=0.05, l1=1e-3),
     TrainConfig(loss="hinge", optimizer="rmsprop", lr=0.01),
+    # decoupled decay, large enough that a slip in its factor or its tensors shows in the losses
+    TrainConfig(loss="xent", optimizer="adamw", lr=0.01, weight_decay=0.5, maxnorm=1.5),
+    # the loss gradient's norm is above 1 at the start (asserted below): every step is clipped
+    TrainConfig(loss="xent", optimizer="momentum", lr=0.05, clip=0.05, weight_decay=1e-2),
 ]
 
 
-@pytest.mark.parametrize("cfg", STEP_CONFIGS, ids=lambda c: f"{c.loss}-{c.optimizer}")
-def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg):
-    graph = compile_spec(STEP_NET, "step.dlc")
-    params, state = init_params(graph, seed=3, dtype=np.float64)
-    fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
+def run_both(graph, cfg, params, state, rng):
+    """The NumPy and torch engines from the same weights over the same five batches: (losses, engines)."""
+    fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay))
     engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()},
                                   {k: v.copy() for k, v in state.items()}, fresh),
                torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
-    rng = np.random.default_rng(0)
     losses = []
     for _ in range(5):
         x, y = rng.standard_normal((16, 3, 8, 8)), rng.integers(0, 4, 16)
@@ -253,6 +254,20 @@ def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg)
             e.update(cfg.lr)
             step.append(value)
         losses.append(step)
+    return losses, engines
+
+
+@pytest.mark.parametrize("cfg", STEP_CONFIGS, ids=lambda c: f"{c.loss}-{c.optimizer}")
+def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg):
+    graph = compile_spec(STEP_NET, "step.dlc")
+    params, state = init_params(graph, seed=3, dtype=np.float64)
+    if cfg.clip:  # the first batch's loss gradient, unclipped, is well above the clip
+        x, y = np.random.default_rng(0).standard_normal((16, 3, 8, 8)), np.random.default_rng(0).integers(0, 4, 16)
+        plain = NumpyEngine.resume(graph, TrainConfig(loss=cfg.loss), {k: v.copy() for k, v in params.items()},
+                                   {k: v.copy() for k, v in state.items()}, optim.state_to_json(optim.make_optimizer("sgd")))
+        plain.loss_and_grads(x, y, np.random.default_rng(1))
+        assert np.sqrt(sum(np.vdot(g, g) for g in plain.grads.values())) > 20 * cfg.clip
+    losses, engines = run_both(graph, cfg, params, state, np.random.default_rng(0))
     print("numpy/torch losses", cfg.loss, cfg.optimizer, losses)
     np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
     assert losses[-1][0] < losses[0][0]  # it learns
@@ -287,6 +302,36 @@ def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
         # atol: bk adds q·bk to every score of a row, which softmax cancels; its gradient is rounding
         # noise that adam scales up
         np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-8, err_msg=k)
+
+
+FREEZE_NET = "input 3@8x8 -> conv 6@3x3 pad=1 as c -> bn as b -> relu as features -> fc 10 relu -> fc 4 softmax"
+
+
+def test_numpy_and_torch_engines_freeze_the_same_layers():
+    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01, weight_decay=1e-3, freeze="features")
+    graph = compile_spec(FREEZE_NET, "freeze.dlc")
+    params, state = random_weights(graph, seed=3)  # bn statistics away from 0 and 1, so using them shows
+    losses, engines = run_both(graph, cfg, params, state, np.random.default_rng(0))
+    print("numpy/torch losses, frozen", losses)
+    np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
+    assert losses[-1][0] < losses[0][0]
+    (pn, sn), (pt, st) = (e.weights(copy=True) for e in engines)
+    frozen = ["conv1.W", "conv1.b", "bn1.gamma", "bn1.beta"]  # the layers up to the label `features`
+    for k in frozen:
+        assert np.array_equal(pt[k], params[k]) and np.array_equal(pn[k], params[k]), k
+    for k in state:  # inference mode: the running statistics are read, never updated
+        assert np.array_equal(st[k], state[k]) and np.array_equal(sn[k], state[k]), k
+    for k in set(params) - set(frozen):
+        assert not np.array_equal(pt[k], params[k]), k
+        np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-10, err_msg=k)
+
+
+def test_freezing_dropout_on_torch_is_a_message():
+    from dlc.errors import DlcError
+
+    graph = compile_spec("input 4 -> fc 8 relu -> dropout 0.5 as features -> fc 2 softmax", "drop.dlc")
+    with pytest.raises(DlcError, match="dropout"):
+        torch_engine("cpu").fresh(graph, TrainConfig(loss="xent", freeze="features"))
 
 
 NEXT_TOKEN = ("input seq 8 -> embed 16 vocab=11 as tok -> posembed -> ln -> attention 2 causal -> seqpool last "

@@ -313,7 +313,7 @@ def memory_target(batches: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)
     ratios = []
     for batch in batches:
-        estimate = analyse(graph, batch=batch, optimizer="sgd").totals.train_bytes
+        estimate = analyse(graph, batch=batch, optimizer="sgd").totals.engine_train_bytes  # columns included
         x = rng.standard_normal((batch, 1, 32, 32), dtype=np.float32)
         labels = rng.integers(0, 10, batch)
         tracemalloc.start()

@@ -32,6 +32,7 @@ from dlc.torch.export import identifiers, pytorch_source, state_names
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
+from dlc.train.engine import fresh_optimizer, starting_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 PREDICT_BATCH = 256
@@ -126,14 +127,7 @@ class TorchEngine:
 
     @classmethod
     def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> TorchEngine:
-        from dlc.engine.params import init_params
-
-        if start is not None:  # copies: the same start may begin several runs (--repeat)
-            params, state = ({k: np.array(v, np.float32) for k, v in d.items()} for d in start)
-        else:
-            params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
-        return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
-                                                                   cfg.beta2, cfg.eps, cfg.weight_decay), None)
+        return cls(graph, cfg, *starting_weights(graph, cfg, start), fresh_optimizer(cfg), None)
 
     def frozen_layers(self, graph: Graph, frozen: str | None) -> list[torch.nn.Module]:
         """The modules of the nodes up to and including `frozen`, which run in eval mode while training."""

@@ -58,6 +58,19 @@ class Engine(Protocol):
         """The optimizer's slots and step count, JSON-ready and exact, for the checkpoint's meta."""
 
 
+def starting_weights(graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None) -> tuple[dict, dict]:
+    """A fresh run's (params, state): start's copied (the same start may begin several runs, --repeat),
+    else drawn as cfg says (init, init_std, seed). Every engine starts from these NumPy arrays."""
+    if start is not None:
+        return tuple({k: np.array(v, np.float32) for k, v in d.items()} for d in start)
+    return init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
+
+
+def fresh_optimizer(cfg: TrainConfig) -> optim.Optimizer:
+    """The optimizer cfg names, with no slots yet."""
+    return optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+
+
 class NumpyEngine:
     """dlc's own NumPy engine (dlc.engine.run) with the optimizers of dlc.train.optim."""
 
@@ -79,12 +92,7 @@ class NumpyEngine:
     @classmethod
     def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> NumpyEngine:
         """Weights initialised from cfg.seed, or start's (params, state), and an optimizer with no slots yet."""
-        if start is not None:  # copies: the same start may begin several runs (--repeat)
-            params, state = ({k: np.array(v, np.float32) for k, v in d.items()} for d in start)
-        else:
-            params, state = init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
-        return cls(graph, cfg, params, state, optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1,
-                                                                    cfg.beta2, cfg.eps, cfg.weight_decay))
+        return cls(graph, cfg, *starting_weights(graph, cfg, start), fresh_optimizer(cfg))
 
     @classmethod
     def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> NumpyEngine:

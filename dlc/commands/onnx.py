@@ -116,8 +116,12 @@ def vocabularies(net: Network) -> dict[str, int]:
         from dlc.onnx.model import token_vocabularies
 
         vocab.update(token_vocabularies(net.model))
-    if token_vocab(net.graph):
-        vocab[net.graph.input.name] = token_vocab(net.graph)
+    if net.graph is not None:
+        from dlc.layers.dense import token_vocab
+
+        spec_vocab = token_vocab(net.graph)
+        if spec_vocab:
+            vocab[net.graph.input.name] = spec_vocab
     return vocab
 
 
@@ -173,14 +177,6 @@ def write_outputs(path: str, names: list[str], ys: list) -> None:
 
     with atomic_write(path) as f:
         np.savez(f, **dict(zip(names, ys)))
-
-
-def token_vocab(graph) -> int | None:
-    """The smallest vocabulary among the embeddings that read the input's token ids."""
-    if graph is None or graph.input.dtype != "int64":
-        return None
-    vocabs = [n.attrs["vocab"] for n in graph.nodes if n.kind == "embed" and graph.input.name in n.inputs]
-    return min(vocabs) if vocabs else None
 
 
 def read_array(path: str):

@@ -75,7 +75,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
 
     from dlc.engine.allocator import tune_allocator
     from dlc.layers.dense import token_vocab
-    from dlc.torch import launched
+    from dlc.torch import launched, leave_process_group
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
     from dlc.train.sources import prepare
@@ -131,6 +131,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         docs.append(run_summary(result, data_arrays, data_arrays.notes))
         if result.stopped:
             break
+    leave_process_group()  # every collective is done; rank 0 only writes its summary from here
     if not writer:
         return
     summary = docs[0] if len(docs) == 1 else aggregate(docs)

@@ -26,7 +26,7 @@ FUSED_OUTPUTS = ("softmax", "sigmoid")  # final activations a fused loss reads t
 RESERVED = frozenset({"x", "logits", "self", "torch", "nn", "F", "math", "forward", "training", "train", "eval",
                       "to", "type", "float", "double", "half", "cuda", "cpu", "apply", "parameters", "buffers",
                       "children", "modules", "state_dict", "load_dlc", "save_dlc", "from_dlc", "to_dlc",
-                      "gaussian_noise", "lrn", "last_states", "zipfile", "json", "ast", "ctypes", "len"})
+                      "lrn", "last_states", "zipfile", "json", "ast", "ctypes", "len"})
 
 
 def identifiers(graph: Graph) -> dict[str, str]:

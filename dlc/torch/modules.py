@@ -10,7 +10,7 @@ PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), u
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
 holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
 c; GRU r, z, n against z, r, h) and the two biases apart. A `Tensor` names that conversion.
-attention, posembed and clstoken use modules of the generated file (dlc/torch/netlib.py) whose
+attention, posembed, clstoken and noise use modules of the generated file (dlc/torch/netlib.py) whose
 Parameters carry dlc's names and layouts (Wq (out, in), P, cls); `fc tied=LABEL` shares the embed's.
 `input` has no entry: it is the batch that forward receives.
 """
@@ -223,6 +223,15 @@ def softmax(node: Node, ins: list[Shape]) -> Layer:
     return Layer(f"torch.softmax({{x}}, {-1 if len(ins[0]) == 2 else 1})")
 
 
+def dropout(node: Node, ins: list[Shape]) -> Layer:
+    # modules, not F.dropout of the Net's flag: eval() on the layers up to --freeze switches them off
+    return Layer("{m}({x})", f"nn.Dropout({node.attrs['p']})")
+
+
+def noise(node: Node, ins: list[Shape]) -> Layer:
+    return Layer("{m}({x})", f"GaussianNoise({node.attrs['sigma']})")
+
+
 def concat(node: Node, ins: list[Shape]) -> Layer:
     return Layer(f"torch.cat([{{xs}}], {node.attrs['axis'] + 1})")
 
@@ -254,8 +263,8 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "selu": function("F.selu({x})"),
     "gelu": function("F.gelu({x})"),  # exact, x * Phi(x), as the NumPy kernel and ONNX's default
     "softmax": softmax,
-    "dropout": function("F.dropout({x}, {p}, self.training)"),
-    "noise": function("gaussian_noise({x}, {sigma}, self.training)"),
+    "dropout": dropout,
+    "noise": noise,
     "bn": bn,
     "layernorm": layernorm,
     "attention": attention,

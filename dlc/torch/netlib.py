@@ -4,11 +4,6 @@
 # torch alone, so the file needs neither NumPy nor dlc.
 # ------------------------------------------------------------------------------------------------
 
-def gaussian_noise(x, sigma: float, training: bool):
-    """noise: x + sigma * N(0, 1) in training, the identity in inference."""
-    return x + sigma * torch.randn_like(x) if training else x
-
-
 def lrn(x, size: int, before: int, alpha: float, beta: float, k: float):
     """ONNX LRN across channels: x / (k + alpha/size * sum of x^2 over the window)^beta, the window
     holding `before` channels before and size-1-before after."""
@@ -41,6 +36,17 @@ class SelfAttention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=self.causal)
         return F.linear(o.transpose(1, 2).reshape(n, t, d), self.Wo, self.bo)
+
+
+class GaussianNoise(nn.Module):
+    """noise: x + sigma * N(0, 1) in training, the identity in inference."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x):
+        return x + self.sigma * torch.randn_like(x) if self.training else x
 
 
 class Weights(nn.Module):

@@ -10,16 +10,24 @@ so a run resumes on either engine.
 Dropout and noise draw from torch's generator, seeded once from the NumPy stream the loop hands
 over (plus the rank) and carried in the optimizer state, so a resumed run draws what it would have.
 
+A step never waits for the device. The training split stays on the device when it takes at most
+DEVICE_SHARE of its free memory (on the CPU torch.from_numpy shares NumPy's memory: nothing moves);
+each epoch's order goes over once and a step's batch is gathered there. A bigger split stays on the
+host: each batch is gathered there and copied over from pinned memory without waiting; so are
+augmented batches, made on the host. The loss, top-1 and top-5 hits and samples add up on the device,
+and the host reads the four sums only when the loop asks (progress, checkpoints, an epoch's end).
+
 Under torchrun (WORLD_SIZE > 1) the network is wrapped in DistributedDataParallel (gloo on the CPU,
-nccl on CUDA): gradients are averaged over the processes and the loss value too, so every rank
-sees the same value and stops together; the loop gives each rank its shard of the epoch's order.
+nccl on CUDA): gradients are averaged over the processes, and each step's four sums are added up over
+them on the device, so every rank holds every shard's sums and may read them at any step; the loop
+gives each rank its shard of the epoch's order.
 """
 
 from __future__ import annotations
 
 import base64
-import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -32,10 +40,12 @@ from dlc.torch.export import identifiers, pytorch_source, state_names
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
-from dlc.train.engine import fresh_optimizer, starting_weights
+from dlc.train.dataset import Split
+from dlc.train.engine import Running, fresh_optimizer, starting_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 PREDICT_BATCH = 256
+DEVICE_SHARE = 0.25  # of the device's free memory, that a training split may take; the rest is the steps'
 
 
 def pick_device(device: str) -> torch.device:
@@ -69,10 +79,23 @@ def torch_engine(device: str = "auto") -> type[TorchEngine]:
     return type("TorchEngine", (TorchEngine,), {"device_name": device})
 
 
+def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """dlc.train.scoring.count_correct on the device: (top-1 hits, top-5 hits) as tensors."""
+    none = out.new_zeros((), dtype=torch.int64)
+    if classes == 1:
+        return ((out.reshape(len(out)) > 0.5) == (y.reshape(len(y)) > 0.5)).sum(), none
+    labels = y.argmax(-1) if y.ndim == out.ndim else y
+    top1 = (out.argmax(-1) == labels).sum()
+    if classes <= 5:
+        return top1, none
+    return top1, (out.topk(5, -1).indices == labels[..., None]).any(-1).sum()
+
+
 class TorchEngine:
     """dlc's training step in PyTorch; build it with torch_engine(device)."""
 
     device_name = "auto"
+    counts_on_host = False
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
                  rng_state: str | None):
@@ -121,6 +144,9 @@ class TorchEngine:
                 self.slots[f"{slot}:{k}"] = t.to(self.device, self.dtype).clone()
         self.fused = FUSED_LOSSES.get((cfg.loss, graph.output.kind))
         self.tokens = graph.input.dtype.startswith("int")
+        self.classes = graph.output.out_shape[-1]
+        self.x = self.y = None  # the bound training split: tensors on the device, or host arrays
+        self.sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # Running's four, in order
         self.rng_restored = rng_state is not None
         if rng_state is not None:
             self.set_rng(rng_state)
@@ -130,15 +156,11 @@ class TorchEngine:
         return cls(graph, cfg, *starting_weights(graph, cfg, start), fresh_optimizer(cfg), None)
 
     def frozen_layers(self, graph: Graph, frozen: str | None) -> list[torch.nn.Module]:
-        """The modules of the nodes up to and including `frozen`, which run in eval mode while training."""
+        """The modules of the nodes up to and including `frozen`, which run in eval mode while training
+        (bn on its running statistics, no dropout or noise: dlc.engine.run's frozen steps)."""
         if not frozen:
             return []
         nodes = graph.nodes[1:graph.nodes.index(graph.node(frozen)) + 1]
-        # dropout and noise are expressions of the whole Net's training flag, not modules to switch off alone
-        for n in nodes:
-            if n.kind in ("dropout", "noise"):
-                raise DlcError(f"freeze={self.cfg.freeze} on the torch engine: the frozen part holds {n.kind} "
-                               f"({n.name}), which runs on the NumPy engine for now: drop --engine torch")
         idents = identifiers(graph)
         return [m for n in nodes if (m := getattr(self.net, idents[n.name], None)) is not None]
 
@@ -148,22 +170,67 @@ class TorchEngine:
 
     # ------------------------------------------------------------------------------ the step
 
-    def batch(self, x: np.ndarray) -> torch.Tensor:
-        """A NumPy batch on the device: token ids as int64, features in the weights' dtype."""
-        t = torch.from_numpy(np.ascontiguousarray(x))
-        t = t.long() if self.tokens else t.to(self.dtype)
+    def bind(self, split: Split) -> None:
+        x, y = np.ascontiguousarray(split.x), np.ascontiguousarray(split.y)
+        with warnings.catch_warnings():  # a read-only split (a memory-mapped file) is only ever read
+            warnings.simplefilter("ignore", UserWarning)
+            x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if self.device.type == "cpu" or x.nbytes + y.nbytes <= DEVICE_SHARE * torch.cuda.mem_get_info(self.device)[0]:
+            self.x, self.y = x.to(self.device), y.to(self.device)
+        else:
+            self.x, self.y = split.x, split.y
+
+    def feed(self, order: np.ndarray) -> torch.Tensor | np.ndarray:
+        """The order on the device with a split there, else on the host where the batches are gathered."""
+        return torch.from_numpy(order).to(self.device) if torch.is_tensor(self.x) else order
+
+    def to_device(self, a: np.ndarray) -> torch.Tensor:
+        """A host batch on the device: on CUDA from pinned memory, without waiting for the copy."""
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self.device.type == "cuda":
+            t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids as int64, features in the weights' dtype."""
+        return x.long() if self.tokens else x.to(self.dtype)
+
+    def train_step(self, idx, rng: np.random.Generator, batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        if batch is not None:  # augmented on the host: copied over, step by step
+            xb, yb = map(self.to_device, batch)
+        elif torch.is_tensor(self.x):
+            xb, yb = self.x[idx], self.y[idx]
+        else:
+            xb, yb = self.to_device(self.x[idx]), self.to_device(self.y[idx])
+        xb = self.inputs(xb)
+        if not yb.is_floating_point():
+            yb = yb.long()
+        value, out = self.loss_and_grads(xb, yb, rng)
+        top1, top5 = hits(out, yb, self.classes)
+        n = len(yb)
+        sums = torch.stack([value.detach().double() * n, top1.double(), top5.double(),
+                            value.new_full((), n, dtype=torch.float64)])
+        if self.world > 1:  # every shard's sums on every rank: a read needs no collective of its own
+            torch.distributed.all_reduce(sums)
+        self.sums += sums
+
+    def tallies(self) -> Running:
+        loss, correct, top5, seen = self.sums.tolist()  # the one wait for the device
+        return Running(loss, round(correct), round(top5), round(seen))
+
+    def start_tallies(self, running: Running) -> None:
+        self.sums = torch.tensor([running.loss, running.correct, running.top5, running.seen], dtype=torch.float64,
+                                 device=self.device)
+
+    def loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor,
+                       rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss with penalties and the network's outputs, on the device; the gradients in .grad."""
         if not self.rng_restored:
             torch.manual_seed(int(rng.integers(2 ** 62)) + self.rank)
             self.rng_restored = True
         self.model.train()
         for m in self.frozen_modules:
-            m.eval()  # bn on its running statistics, which stay as they are
-        xb, yb = self.batch(x), torch.from_numpy(np.asarray(y)).to(self.device, non_blocking=True)
-        if not yb.is_floating_point():
-            yb = yb.long()
+            m.eval()  # bn on its running statistics, which stay as they are; no dropout or noise
         if self.fused:
             logits = self.model(xb, logits=True)
             value = LOSSES[self.fused](logits, yb)
@@ -189,20 +256,17 @@ class TorchEngine:
             for w, g in zip(tensors, torch.autograd.grad(penalty, tensors)):
                 w.grad = g if w.grad is None else w.grad + g
             value = value + penalty
-        reported = value.detach()
-        if self.world > 1:
-            torch.distributed.all_reduce(reported)
-            reported /= self.world
-        return float(reported), out.cpu().numpy()
+        return value.detach(), out
 
     def clip(self, max_norm: float) -> None:
-        """Scale the loss gradient to global norm max_norm when it is longer (optim.clip_global_norm)."""
+        """Scale the loss gradient to global norm max_norm when it is longer (optim.clip_global_norm),
+        deciding on the device: the host never waits for the norm."""
         grads = [p.grad for p in self.trained.values() if p.grad is not None]
-        norm = math.sqrt(float(sum((g * g).sum() for g in grads)))
-        if norm > max_norm:
-            scale = float(np.float32(max_norm / (norm + 1e-6)))  # the NumPy engine's float32 factor
-            for g in grads:
-                g *= scale
+        norm = torch.stack([(g * g).sum() for g in grads]).double().sum().sqrt()
+        scale = (max_norm / (norm + 1e-6)).float()  # the NumPy engine's float32 factor
+        scale = torch.where(norm > max_norm, scale, torch.ones_like(scale))
+        for g in grads:
+            g *= scale
 
     def update(self, lr: float) -> None:
         opt = self.opt
@@ -228,7 +292,7 @@ class TorchEngine:
         outs = []
         with torch.no_grad():
             for start in range(0, len(x), PREDICT_BATCH):
-                outs.append(self.net(self.batch(x[start:start + PREDICT_BATCH])).cpu())
+                outs.append(self.net(self.inputs(self.to_device(x[start:start + PREDICT_BATCH]))).cpu())
         if not outs:
             return np.zeros((0, *self.graph.output.out_shape), dtype=np.float32)
         return torch.cat(outs).numpy()

@@ -1,16 +1,21 @@
 """The arithmetic of a run, behind one small seam: what an engine does and what the loop keeps.
 
 The loop (dlc.train.loop) owns everything that is not arithmetic: data order, augmentation, the
-random streams, the schedule, scoring, checkpoints, logs, signals and resume. An engine owns the
-weights and the optimizer and does four things with them: a forward/backward pass with the
-penalties (`loss_and_grads`), the update with its constraints (`update`), inference (`predict`), and
-handing its state over as NumPy arrays and JSON for a checkpoint (`weights`, `optimizer_state`).
-Another engine (PyTorch, say) is another class with these methods, and a `fresh`/`resume` pair.
+random streams, the schedule, checkpoints, logs, signals and resume. An engine owns the weights, the
+optimizer and the training split's place: it is handed the split once (`bind`) and each epoch's
+order once (`feed`), then takes a step's slice of that order (`train_step`: forward and backward
+with the penalties) and updates (`update`); it adds each step's loss, top-1 and top-5 hits and
+samples to running sums that the loop reads only when it needs them (`tallies`), since on a GPU a
+read waits for every step queued before it. Augmented batches are made on the host, so the loop
+hands those over as arrays instead. Besides: inference (`predict`), and its state as NumPy arrays and
+JSON for a checkpoint (`weights`, `optimizer_state`). Another engine (PyTorch, say) is another class
+with these methods, and a `fresh`/`resume` pair.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -21,6 +26,19 @@ from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.train import optim
 from dlc.train.config import TrainConfig
+from dlc.train.dataset import Split
+from dlc.train.scoring import count_correct
+
+
+@dataclass
+class Running:
+    """Sums over the batches of the epoch in progress (in the checkpoint, so a resumed epoch's
+    training metrics count the batches done before the kill too); under torchrun, every process's."""
+
+    loss: float = 0.0  # the batch losses (penalties included) times their sizes
+    correct: int = 0  # top-1 hits over every prediction (each step of a sequence output is one)
+    top5: int = 0
+    seen: int = 0  # samples
 
 
 class Engine(Protocol):
@@ -28,6 +46,7 @@ class Engine(Protocol):
 
     rank: int  # this process among `world` data-parallel ones (torchrun); rank 0 alone writes the run
     world: int
+    counts_on_host: bool  # its running sums are host numbers: reading them after every step costs nothing
 
     @classmethod
     def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> Engine:
@@ -38,12 +57,29 @@ class Engine(Protocol):
     def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> Engine:
         """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
-        """The batch's loss with penalties, and the network's outputs; the gradients stay inside, the
-        loss's clipped to the global norm cfg.clip before the penalties' are added (adamw's decay is not one)."""
+    def bind(self, split: Split) -> None:
+        """The training split, once before the first step: the engine keeps it where its steps read it.
+        Not called when the loop augments batches (they are made on the host and handed to each step)."""
+
+    def feed(self, order: np.ndarray) -> Sequence:
+        """An epoch's order (this process's shard) as the engine's steps take it: the loop slices each
+        step's indices from what this returns (the torch engine moves it to the device once)."""
+
+    def train_step(self, idx: Sequence, rng: np.random.Generator,
+                   batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Forward and backward on the samples idx (a slice of `feed`) of the bound split, or on
+        `batch`, those samples augmented on the host; the batch's loss with penalties, top-1 and top-5
+        hits and size join the running sums. The gradients stay inside, the loss's clipped to the
+        global norm cfg.clip before the penalties' are added (adamw's decay is not one)."""
 
     def update(self, lr: float) -> None:
-        """Apply the gradients of the last loss_and_grads at learning rate lr."""
+        """Apply the gradients of the last train_step at learning rate lr."""
+
+    def tallies(self) -> Running:
+        """The running sums as host numbers (on a GPU: one wait for the queued steps)."""
+
+    def start_tallies(self, running: Running) -> None:
+        """Start the running sums from `running` (zeros at an epoch's start, a checkpoint's on resume)."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Inference outputs (dropout off, running statistics) for a whole split."""
@@ -75,9 +111,13 @@ class NumpyEngine:
     """dlc's own NumPy engine (dlc.engine.run) with the optimizers of dlc.train.optim."""
 
     rank, world = 0, 1
+    counts_on_host = True
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
         self.graph, self.cfg = graph, cfg
+        self.classes = graph.output.out_shape[-1]
+        self.split: Split | None = None
+        self.running = Running()
         self.params, self.state, self.opt = params, state, opt
         # transfer learning: the layers up to cfg.freeze keep their weights; only the rest is trained
         self.frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
@@ -99,7 +139,28 @@ class NumpyEngine:
         """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
         return cls(graph, cfg, params, state, optim.state_from_json(optimizer))
 
+    def bind(self, split: Split) -> None:
+        self.split = split
+
+    def feed(self, order: np.ndarray) -> np.ndarray:
+        return order
+
+    def train_step(self, idx: np.ndarray, rng: np.random.Generator,
+                   batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        x, y = batch if batch is not None else (self.split.x[idx], self.split.y[idx])
+        value, out = self.loss_and_grads(x, y, rng)
+        top1, top5 = count_correct(out, y, self.classes)
+        r = self.running
+        r.loss, r.correct, r.top5, r.seen = r.loss + value * len(y), r.correct + top1, r.top5 + top5, r.seen + len(y)
+
+    def tallies(self) -> Running:
+        return replace(self.running)
+
+    def start_tallies(self, running: Running) -> None:
+        self.running = replace(running)
+
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+        """The batch's loss with penalties and the network's outputs; the gradients kept for update."""
         value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng,
                                            frozen=self.frozen)
         if self.cfg.clip:  # the loss gradient alone, as clip_grad_norm_ before a PyTorch step that adds the decay

@@ -10,8 +10,12 @@ every epoch that ends at least EPOCH_SAVE_GAP after the previous checkpoint, and
 (dlc.train.rundir has the files). Checkpoints carry in their meta what `--resume` needs to rebuild
 the run: the spec text, the configuration, the data source and its normalisation.
 
-The arithmetic (forward, backward, update, inference) is the engine's (dlc.train.engine); this module
-runs the epochs around it.
+The arithmetic (forward, backward, update, inference) and the running sums of the epoch (loss, top-1,
+top-5, samples) are the engine's (dlc.train.engine); this module runs the epochs around it. It reads
+the sums only when it needs them, because on a GPU a read waits for every queued step: when the
+progress display redraws (about ten times a second), at a checkpoint and at the epoch's end (and
+after every step on the NumPy engine, whose sums are host numbers anyway). A loss that became NaN or
+infinite is found at such a read, and the message names the steps since the last good one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -30,11 +34,11 @@ from dlc.graph import Graph
 from dlc.train.augment import augment_batch, check_augment
 from dlc.train.config import TrainConfig, config_to_json
 from dlc.train.dataset import Data
-from dlc.train.engine import Engine, NumpyEngine
+from dlc.train.engine import Engine, NumpyEngine, Running
 from dlc.train.order import epoch_order
 from dlc.train.rundir import RUN_SCHEMA, RunFiles, Snapshot
 from dlc.train.schedules import make_schedule, warmup_factor
-from dlc.train.scoring import classifies, count_correct, evaluate, improves
+from dlc.train.scoring import classifies, evaluate, improves
 from dlc.train.signals import StopFlag
 from dlc.train.streams import STREAM_AUGMENT, STREAM_NOISE, rng_from, rng_state
 
@@ -47,17 +51,6 @@ class Position:
     epoch: int = 0  # the epoch in progress, counted from 0 (= epochs completed)
     batch: int = 0  # batches of it done
     step: int = 0  # optimizer steps done in all
-
-
-@dataclass
-class Running:
-    """Sums over the batches of the epoch in progress (in the checkpoint, so a resumed epoch's
-    training metrics count the batches done before the kill too)."""
-
-    loss: float = 0.0
-    correct: int = 0
-    top5: int = 0
-    seen: int = 0
 
 
 @dataclass
@@ -107,8 +100,8 @@ def shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 
 class Run:
-    """One training run. Its state is explicit: the engine's weights and optimizer, the position, the
-    running sums, the best epoch and the random streams; a checkpoint's meta is exactly that state."""
+    """One training run. Its state is explicit: the engine's weights, optimizer and running sums, the
+    position, the best epoch and the random streams; a checkpoint's meta is exactly that state."""
 
     def __init__(self, graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
                  checkpoint: tuple[dict, dict, dict] | None, save_every: int | None, save_seconds: float,
@@ -128,13 +121,18 @@ class Run:
             self.engine: Engine = engine.fresh(graph, cfg, start)
             self.noise_rng = np.random.default_rng([cfg.seed, STREAM_NOISE])
             self.aug_rng = np.random.default_rng([cfg.seed, STREAM_AUGMENT])
-            self.pos, self.running, self.best, self.elapsed = Position(), Running(), {}, 0.0
+            self.pos, running, self.best, self.elapsed = Position(), Running(), {}, 0.0
         else:
             params, state, saved = checkpoint
             self.engine = engine.resume(graph, cfg, params, state, saved["optimizer"])
             self.noise_rng, self.aug_rng = rng_from(saved["rng"]["noise"]), rng_from(saved["rng"]["augment"])
-            self.pos, self.running = Position(**saved["position"]), Running(**saved["running"])
+            self.pos, running = Position(**saved["position"]), Running(**saved["running"])
             self.best, self.elapsed = saved["best"], saved["elapsed"]
+        self.engine.start_tallies(running)
+        self.good_step = self.pos.step  # the last step a read found the loss finite at
+        self.bad: tuple[int, int, float] | None = None  # (step, batch, loss sum) of a read that found it not
+        if not cfg.augment.active:  # augmented batches are made on the host and handed over each step
+            self.engine.bind(data.train)
         self.files = RunFiles(out, writes=self.engine.rank == 0)
         self.history = self.files.history(self.fresh, self.pos.epoch)
         self.batches = -(-shard_size(len(data.train), self.engine.world) // cfg.batch)
@@ -150,15 +148,38 @@ class Run:
 
     def snapshot(self, copy: bool) -> Snapshot:
         """(params, state, meta) as they are now; copies when they must outlive further steps."""
-        doc = dict(self.fixed_meta, position=asdict(self.pos), running=asdict(self.running), best=self.best,
+        doc = dict(self.fixed_meta, position=asdict(self.pos), running=asdict(self.read()), best=self.best,
                    elapsed=self.seconds(),
                    rng={"noise": rng_state(self.noise_rng), "augment": rng_state(self.aug_rng)},
                    optimizer=self.engine.optimizer_state())
         return (*self.engine.weights(copy), doc)
 
     def flush(self, write_last: bool = True) -> None:
-        """Write the pending best checkpoint, then last.npz; a non-finite weight is never written."""
-        self.files.flush(self.snapshot(copy=False) if write_last and self.engine.finite() else None)
+        """Write the pending best checkpoint, then last.npz; a non-finite weight or loss is never written."""
+        snapshot = self.snapshot(copy=False) if write_last and self.engine.finite() else None
+        self.files.flush(snapshot if self.bad is None else None)  # the snapshot's read may find the loss bad
+
+    def read(self) -> Running:
+        """The epoch's running sums, from the engine (on a GPU: a wait for the queued steps); notes
+        where the loss stopped being finite, for check."""
+        running = self.engine.tallies()
+        if self.bad is None:
+            if math.isfinite(running.loss):
+                self.good_step = self.pos.step
+            else:
+                self.bad = (self.pos.step, self.pos.batch, running.loss)
+        return running
+
+    def check(self, together: bool = False) -> None:
+        """Stop if a read found the loss NaN or infinite. Under torchrun only where every process reads
+        at the same step (`together`: an epoch's end, --save-every), so that they all stop there."""
+        if self.bad is None or not (together or self.engine.world == 1):
+            return
+        first, (last, batch, value) = self.good_step + 1, self.bad
+        where = (f"step {last} (batch {batch} of {self.batches})" if first == last else
+                 f"steps {first}-{last} (batches {batch - (last - first)}-{batch} of {self.batches})")
+        raise self.diverged(f"the loss became {value} at epoch {self.pos.epoch + 1}, {where} "
+                            f"with lr {self.lr_at(self.pos.epoch):g}")
 
     def result(self, stopped: str | None = None, message: str = "") -> RunResult:
         r = RunResult(self.files.out, self.history, self.best, self.seconds(), stopped, message)
@@ -180,7 +201,7 @@ class Run:
     def run(self) -> RunResult:
         if self.fresh:
             self.flush()  # a good checkpoint exists from the first moment, whatever happens next
-        # overflow on the way to a NaN loss is reported once, by the check in step, not as numpy warnings
+        # overflow on the way to a NaN loss is reported once, by check, not as numpy warnings
         with self.stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 while self.pos.epoch < self.cfg.epochs:
@@ -197,37 +218,43 @@ class Run:
             order = shard(order, self.engine.rank, self.engine.world)
         self.emit("epoch", {"epoch": pos.epoch + 1, "epochs": cfg.epochs, "batches": self.batches,
                             "done": pos.batch, "lr": lr})
+        # augmented batches are gathered on the host; otherwise the engine holds the order (on its device)
+        fed = order if cfg.augment.active else self.engine.feed(order)
         epoch_start, seen_here = time.perf_counter(), 0
         while pos.batch < self.batches:
-            seen_here += self.step(order[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr)
-            self.emit("step", {"batch": pos.batch, "loss": self.running.loss / self.running.seen,
-                               "accuracy": self.accuracy(self.running.correct) if self.scored else None,
+            seen_here += self.step(fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr)
+            if self.engine.counts_on_host:
+                self.read()
+            self.emit("step", {"batch": pos.batch, "scores": self.scores,
                                "images_per_second": seen_here / max(time.perf_counter() - epoch_start, 1e-9)})
+            self.check()  # what the display's read found
             if pos.batch < self.batches and (self.stop.raised or self.checkpoint_due()):
-                self.flush()
+                self.flush()  # a loss its read finds NaN is not written, and check stops the run
+                self.check(together=bool(self.save_every) and not self.stop.raised)
             if self.stop.raised and pos.batch < self.batches:
                 raise self.interrupted(f"at epoch {pos.epoch + 1}, step {pos.step}")
-        self.end_epoch(self.epoch_record(lr, time.perf_counter() - epoch_start, seen_here))
+        running = self.read()
+        self.check(together=True)
+        self.end_epoch(self.epoch_record(running, lr, time.perf_counter() - epoch_start, seen_here))
 
-    def step(self, idx: np.ndarray, lr: float) -> int:
-        """One optimizer step on the samples idx; returns how many there were."""
-        pos, running = self.pos, self.running
-        xb, yb = self.data.train.x[idx], self.data.train.y[idx]
+    def step(self, idx: Sequence, lr: float) -> int:
+        """One optimizer step on the samples idx (a slice of the engine's feed, or of the order when
+        batches are augmented); returns how many there were."""
+        pos, batch = self.pos, None
         if self.cfg.augment.active:
-            xb, yb = augment_batch(xb, yb, self.cfg.augment, self.classes, self.aug_rng)
-        value, outb = self.engine.loss_and_grads(xb, yb, self.noise_rng)
-        if not math.isfinite(value):
-            raise self.diverged(f"the loss became {value} at epoch {pos.epoch + 1}, step {pos.step + 1} "
-                                f"(batch {pos.batch + 1} of {self.batches}) with lr {lr:g}")
+            batch = augment_batch(self.data.train.x[idx], self.data.train.y[idx], self.cfg.augment, self.classes,
+                                  self.aug_rng)
+        self.engine.train_step(idx, self.noise_rng, batch)
         self.engine.update(lr * warmup_factor(pos.step, self.cfg.warmup))
-        top1, top5 = count_correct(outb, yb, self.classes)
-        running.loss += value * len(idx)
-        running.correct += top1
-        running.top5 += top5
-        running.seen += len(idx)
         pos.batch += 1
         pos.step += 1
         return len(idx)
+
+    def scores(self) -> dict:
+        """The epoch's training loss and accuracy so far, for a progress display that redraws: one read."""
+        running = self.read()
+        return {"loss": running.loss / running.seen,
+                "accuracy": self.accuracy(running.correct, running.seen) if self.scored else None}
 
     def checkpoint_due(self) -> bool:
         """Within an epoch: every `save_every` steps when given, else `save_seconds` after the last one."""
@@ -235,18 +262,18 @@ class Run:
             return self.pos.step % self.save_every == 0
         return self.files.since_save() >= self.save_seconds
 
-    def accuracy(self, hits: int) -> float:
-        """The fraction of the epoch's predictions so far that hits counts (each step of a sequence is one)."""
-        return hits / (self.running.seen * self.predictions)
+    def accuracy(self, hits: int, seen: int) -> float:
+        """The fraction of the predictions of `seen` samples that hits counts (each step of a sequence is one)."""
+        return hits / (seen * self.predictions)
 
-    def epoch_record(self, lr: float, seconds: float, seen: int) -> dict:
+    def epoch_record(self, running: Running, lr: float, seconds: float, seen: int) -> dict:
         """The epoch's line in log.jsonl: training sums, and the validation and test scores."""
-        running, scored, classes = self.running, self.scored, self.classes
+        scored, classes = self.scored, self.classes
         record = {"epoch": self.pos.epoch + 1, "step": self.pos.step, "lr": lr, "seconds": seconds,
                   "images_per_second": seen / max(seconds, 1e-9),
                   "train_loss": running.loss / running.seen,
-                  "train_accuracy": self.accuracy(running.correct) if scored else None,
-                  "train_top5": self.accuracy(running.top5) if scored and classes > 5 else None}
+                  "train_accuracy": self.accuracy(running.correct, running.seen) if scored else None,
+                  "train_top5": self.accuracy(running.top5, running.seen) if scored and classes > 5 else None}
         for name in ("val", "test"):
             split = getattr(self.data, name)
             scores = (evaluate(self.engine.predict, self.graph, split, self.cfg.loss, classes, scored)
@@ -259,7 +286,8 @@ class Run:
         pos = self.pos
         if not self.engine.finite():
             raise self.diverged(f"the weights became NaN or infinite in epoch {pos.epoch + 1}")
-        pos.epoch, pos.batch, self.running = pos.epoch + 1, 0, Running()
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+        self.engine.start_tallies(Running())
         key = "val_accuracy" if self.data.val is not None and self.scored else "train_loss"
         if improves(self.best, key, record[key]):
             self.best = {"key": key, "value": record[key], "epoch": pos.epoch}
@@ -288,7 +316,8 @@ def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
     meta: what the checkpoints must carry besides the run's own state (data source, normalisation).
     checkpoint: (params, state, meta) of last.npz to continue from, or None for a fresh run.
     on_event(kind, info): "epoch" at the start of an epoch, "step" after each step, "end" with an
-    epoch's record; for progress displays.
+    epoch's record; for progress displays. A step's info["scores"]() gives the loss and accuracy so
+    far: call it only to show them (on a GPU it waits for the queued steps).
     engine: the class that does the arithmetic (see dlc.train.engine).
     start: (params, state) to start a fresh run from (--weights: a checkpoint, an imported model).
     """

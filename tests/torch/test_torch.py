@@ -34,7 +34,8 @@ from dlc.torch.engine import network, torch_engine  # noqa: E402
 from dlc.train import optim  # noqa: E402
 from dlc.train.builtin import BUILTIN_SIZES  # noqa: E402
 from dlc.train.config import TrainConfig  # noqa: E402
-from dlc.train.engine import NumpyEngine  # noqa: E402
+from dlc.train.dataset import Data, Split  # noqa: E402
+from dlc.train.engine import NumpyEngine, Running  # noqa: E402
 from dlc.zoo import zoo_names, zoo_path  # noqa: E402
 
 # Kinds the zoo and dsl.md leave out or use one way only: every option path of the mapping.
@@ -239,6 +240,15 @@ STEP_CONFIGS = [
 ]
 
 
+def step_loss(engine, x, y, lr):
+    """One step through the loop's seam on the batch (x, y): its loss, as the engine's sums count it."""
+    engine.bind(Split(x, y))
+    engine.start_tallies(Running())
+    engine.train_step(engine.feed(np.arange(len(x))), np.random.default_rng(1))
+    engine.update(lr)
+    return engine.tallies().loss / len(x)
+
+
 def run_both(graph, cfg, params, state, rng):
     """The NumPy and torch engines from the same weights over the same five batches: (losses, engines)."""
     fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay))
@@ -248,12 +258,7 @@ def run_both(graph, cfg, params, state, rng):
     losses = []
     for _ in range(5):
         x, y = rng.standard_normal((16, 3, 8, 8)), rng.integers(0, 4, 16)
-        step = []
-        for e in engines:
-            value, _ = e.loss_and_grads(x, y, np.random.default_rng(1))
-            e.update(cfg.lr)
-            step.append(value)
-        losses.append(step)
+        losses.append([step_loss(e, x, y, cfg.lr) for e in engines])
     return losses, engines
 
 
@@ -291,9 +296,7 @@ def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
     losses = []
     for _ in range(5):
         x, y = rng.integers(0, 11, (16, 8)), rng.integers(0, 11, (16, 8))  # a class at every step
-        losses.append([e.loss_and_grads(x, y, np.random.default_rng(1))[0] for e in engines])
-        for e in engines:
-            e.update(cfg.lr)
+        losses.append([step_loss(e, x, y, cfg.lr) for e in engines])
     print("numpy/torch losses, causal LM", losses)
     np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
     (pn, _), (pt, _) = (e.weights(copy=True) for e in engines)
@@ -326,12 +329,27 @@ def test_numpy_and_torch_engines_freeze_the_same_layers():
         np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-10, err_msg=k)
 
 
-def test_freezing_dropout_on_torch_is_a_message():
-    from dlc.errors import DlcError
+FREEZE_DROPOUT_NET = ("input 3@8x8 -> conv 6@3x3 pad=1 -> bn -> relu -> noise 0.5 -> dropout 0.5 as features "
+                      "-> fc 10 relu -> fc 4 softmax")
 
-    graph = compile_spec("input 4 -> fc 8 relu -> dropout 0.5 as features -> fc 2 softmax", "drop.dlc")
-    with pytest.raises(DlcError, match="dropout"):
-        torch_engine("cpu").fresh(graph, TrainConfig(loss="xent", freeze="features"))
+
+def test_freezing_past_dropout_and_noise_on_torch_runs_them_as_at_inference():
+    # Frozen, dropout and noise are the identity, as on the NumPy engine; were either drawing, the
+    # losses would differ from the NumPy engine's (and from one run to the next) at once.
+    cfg = TrainConfig(loss="xent", optimizer="momentum", lr=0.05, freeze="features")
+    graph = compile_spec(FREEZE_DROPOUT_NET, "drop.dlc")
+    params, state = random_weights(graph, seed=4)
+    losses, engines = run_both(graph, cfg, params, state, np.random.default_rng(2))
+    print("numpy/torch losses, frozen past dropout and noise", losses)
+    np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
+    (pn, _), (pt, st) = (e.weights(copy=True) for e in engines)
+    for k in ("conv1.W", "conv1.b", "bn1.gamma", "bn1.beta"):
+        assert np.array_equal(pt[k], params[k]), k
+    for k in state:
+        assert np.array_equal(st[k], state[k]), k
+    for k in ("fc1.W", "fc2.W"):
+        assert not np.array_equal(pt[k], params[k]), k
+        np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-10, err_msg=k)
 
 
 NEXT_TOKEN = ("input seq 8 -> embed 16 vocab=11 as tok -> posembed -> ln -> attention 2 causal -> seqpool last "
@@ -451,6 +469,9 @@ def test_two_processes_with_gloo_take_the_steps_of_one_with_twice_the_batch(tmp_
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
     assert final(ddp)["val_accuracy"] == final(single)["val_accuracy"]
+    # the training sums count both shards: step k's two half-batches are the single run's batch k
+    for key in ("train_loss", "train_accuracy", "train_top5"):
+        assert final(ddp)[key] == pytest.approx(final(single)[key], rel=1e-5), key
     done = subprocess.run(launch + ["--resume", str(ddp), "--epochs", "2", "--engine", "torch", "--device", "cpu",
                                     "-q"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -469,3 +490,92 @@ def test_shards_are_distributed_sampler_shards():
     for r in range(3):
         sampler = DistributedSampler(list(range(7)), num_replicas=3, rank=r, shuffle=False)
         assert shard(order, r, 3).tolist() == order[list(sampler)].tolist()
+
+
+# ---------------------------------------------------------------- feeding the device without waiting
+
+HOST_READS = ("item", "__float__", "__int__", "__bool__", "cpu", "numpy", "tolist")  # each waits for the device
+
+
+def count_host_reads(monkeypatch) -> dict:
+    """Count every call of a Tensor method that brings a value to the host (a sync on a GPU)."""
+    counts: dict[str, int] = {}
+    for name in HOST_READS:
+        def counted(self, *args, _name=name, _method=getattr(torch.Tensor, name), **kwargs):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _method(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_a_torch_epoch_reads_the_device_a_fixed_number_of_times(tmp_path, monkeypatch, clip):
+    # Without a progress display the host reads the device at the epoch's start and end and for
+    # checkpoints, never per step: 80 steps take as many reads as 40 (before: 3 a step, 4 with clip).
+    from dlc.train.loop import train as train_loop
+
+    graph = compile_spec("input 1@8x8 -> conv 4@3x3 relu -> fc 10 softmax", "small.dlc")
+    rng = np.random.default_rng(0)
+    reads = []
+    for steps in (40, 80):
+        x, y = rng.standard_normal((8 * steps, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 8 * steps)
+        counts = count_host_reads(monkeypatch)
+        train_loop(graph, Data(Split(x, y)), TrainConfig(loss="xent", batch=8, epochs=1, clip=clip),
+                   tmp_path / f"{steps}", meta={}, engine=torch_engine("cpu"))
+        monkeypatch.undo()
+        reads.append(sum(counts.values()))
+    print("host reads in an epoch of 40 and of 80 steps", reads)
+    assert reads[0] == reads[1] < 40
+
+
+def test_device_hits_count_what_the_numpy_scoring_counts():
+    from dlc.train.scoring import count_correct
+    from dlc.torch.engine import hits
+
+    # by hand: sample 0's best class is 1 (label 1: a hit), sample 1's is 0 (label 2: a miss)
+    out = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    assert [int(t) for t in hits(torch.from_numpy(out), torch.tensor([1, 2]), 3)] == [1, 0]
+    rng = np.random.default_rng(0)
+    cases = [(rng.random((50, 1)), rng.integers(0, 2, 50), 1),  # one unit: the side of 0.5
+             (rng.random((50, 12)), rng.integers(0, 12, 50), 12),  # top-5 too
+             (rng.random((20, 7, 11)), rng.integers(0, 11, (20, 7)), 11),  # a class per step
+             (rng.random((50, 12)), rng.dirichlet(np.ones(12), 50), 12)]  # target rows (mixup)
+    for out, y, classes in cases:
+        assert [int(t) for t in hits(torch.from_numpy(out), torch.from_numpy(y), classes)] == \
+            list(count_correct(out, y, classes))
+
+
+def test_a_diverging_torch_run_names_the_steps_since_the_last_read(tmp_path):
+    # mse on raw scores at lr 1e6 overflows within the first epoch; its end is the first read
+    r = train("-e", "input 1@12x12 -> conv 8@3x3 relu -> maxpool 2 -> fc 10", "--loss", "mse", *GLYPHS,
+              "--lr", "1e6", "--epochs", "3", "--engine", "torch", "--device", "cpu", "--out", tmp_path / "nan", "-q")
+    assert r.exit_code == 1, r.output
+    assert "at epoch 1, steps 1-13 (batches 1-13 of 13)" in r.output and "last good checkpoint" in r.output
+    params, _, meta = load_checkpoint(tmp_path / "nan" / "last.npz")
+    assert meta["position"]["step"] == 0 and all(np.isfinite(p).all() for p in params.values())
+
+
+def test_a_torch_run_resumed_mid_epoch_counts_the_steps_before_the_stop(tmp_path):
+    # SIGINT after step 5 of 13: the checkpoint carries the running sums, and the resumed epoch's
+    # training loss and accuracy are those of the run never stopped (no dropout: the same steps)
+    import signal
+
+    from dlc.train.loop import train as train_loop
+
+    graph = compile_spec("input 1@8x8 -> conv 4@3x3 relu -> fc 10 softmax", "small.dlc")
+    rng = np.random.default_rng(0)
+    data = Data(Split(rng.standard_normal((100, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 100)))
+    cfg = TrainConfig(loss="xent", optimizer="momentum", lr=0.05, batch=8, epochs=1)
+    whole = train_loop(graph, data, cfg, tmp_path / "whole", meta={}, engine=torch_engine("cpu"))
+
+    def interrupt(kind, info):
+        if kind == "step" and info["batch"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = train_loop(graph, data, cfg, tmp_path / "half", meta={}, engine=torch_engine("cpu"), on_event=interrupt)
+    assert stopped.stopped == "interrupted"
+    checkpoint = load_checkpoint(tmp_path / "half" / "last.npz", graph)
+    assert checkpoint[2]["position"]["batch"] == 5 and checkpoint[2]["running"]["seen"] == 40
+    resumed = train_loop(graph, data, cfg, tmp_path / "half", meta={}, engine=torch_engine("cpu"), checkpoint=checkpoint)
+    for key in ("train_loss", "train_accuracy", "train_top5"):
+        assert resumed.final[key] == pytest.approx(whole.final[key], rel=1e-12), key

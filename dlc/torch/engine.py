@@ -4,18 +4,20 @@ The network is the file `dlc export --format pytorch` writes (dlc.torch.export),
 engine keeps dlc's rules, not torch's defaults: the losses and updates of dlc.torch.rules, weight
 decay and L1 as penalties on the weights dlc.train.optim names (not biases, not bn) or adamw's
 decoupled decay in the update, the loss gradient clipped before the penalties', max-norm after each
-update, and the layers up to --freeze run as at inference and left as they are. Checkpoints stay dlc's: weights and optimizer slots go out in dlc's names and layouts,
-so a run resumes on either engine.
+update, and the layers up to --freeze run as at inference (bn on its running statistics, no dropout
+or noise) and left as they are. Checkpoints stay dlc's: weights and optimizer slots go out in dlc's
+names and layouts, so a run resumes on either engine.
 
 Dropout and noise draw from torch's generator, seeded once from the NumPy stream the loop hands
 over (plus the rank) and carried in the optimizer state, so a resumed run draws what it would have.
 
-A step never waits for the device. The training split stays on the device when it takes at most
-DEVICE_SHARE of its free memory (on the CPU torch.from_numpy shares NumPy's memory: nothing moves);
-each epoch's order goes over once and a step's batch is gathered there. A bigger split stays on the
-host: each batch is gathered there and copied over from pinned memory without waiting; so are
-augmented batches, made on the host. The loss, top-1 and top-5 hits and samples add up on the device,
-and the host reads the four sums only when the loop asks (progress, checkpoints, an epoch's end).
+A step never waits for the device. On CUDA the training split is copied to the device once when it
+takes at most DEVICE_SHARE of its free memory, each epoch's order once, and a step's batch is gathered
+there. A bigger split stays on the host: each batch is gathered there and copied over from pinned
+memory without waiting; so are augmented batches, made on the host. On the CPU NumPy gathers the
+batch (several times faster than torch's index_select there) and torch reads it in place. The loss,
+top-1 and top-5 hits and samples add up on the device, and the host reads the four sums only when the
+loop asks (progress, checkpoints, an epoch's end).
 
 Under torchrun (WORLD_SIZE > 1) the network is wrapped in DistributedDataParallel (gloo on the CPU,
 nccl on CUDA): gradients are averaged over the processes, and each step's four sums are added up over
@@ -171,22 +173,28 @@ class TorchEngine:
     # ------------------------------------------------------------------------------ the step
 
     def bind(self, split: Split) -> None:
-        x, y = np.ascontiguousarray(split.x), np.ascontiguousarray(split.y)
-        with warnings.catch_warnings():  # a read-only split (a memory-mapped file) is only ever read
-            warnings.simplefilter("ignore", UserWarning)
-            x, y = torch.from_numpy(x), torch.from_numpy(y)
-        if self.device.type == "cpu" or x.nbytes + y.nbytes <= DEVICE_SHARE * torch.cuda.mem_get_info(self.device)[0]:
-            self.x, self.y = x.to(self.device), y.to(self.device)
-        else:
-            self.x, self.y = split.x, split.y
+        self.x, self.y = split.x, split.y
+        if self.fits_on_device(split.x.nbytes + split.y.nbytes):
+            self.x, self.y = (self.host_tensor(a).to(self.device) for a in (split.x, split.y))
+
+    def fits_on_device(self, nbytes: int) -> bool:
+        """Whether a training split of nbytes goes to the device: on CUDA, within DEVICE_SHARE of its free memory."""
+        return self.device.type == "cuda" and nbytes <= DEVICE_SHARE * torch.cuda.mem_get_info(self.device)[0]
 
     def feed(self, order: np.ndarray) -> torch.Tensor | np.ndarray:
         """The order on the device with a split there, else on the host where the batches are gathered."""
         return torch.from_numpy(order).to(self.device) if torch.is_tensor(self.x) else order
 
+    @staticmethod
+    def host_tensor(a: np.ndarray) -> torch.Tensor:
+        """A NumPy array as a tensor sharing its memory (a copy only when it is not contiguous)."""
+        with warnings.catch_warnings():  # a read-only array (a memory-mapped file) is only ever read
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(np.ascontiguousarray(a))
+
     def to_device(self, a: np.ndarray) -> torch.Tensor:
         """A host batch on the device: on CUDA from pinned memory, without waiting for the copy."""
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = self.host_tensor(a)
         if self.device.type == "cuda":
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
@@ -199,7 +207,7 @@ class TorchEngine:
         if batch is not None:  # augmented on the host: copied over, step by step
             xb, yb = map(self.to_device, batch)
         elif torch.is_tensor(self.x):
-            xb, yb = self.x[idx], self.y[idx]
+            xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
         else:
             xb, yb = self.to_device(self.x[idx]), self.to_device(self.y[idx])
         xb = self.inputs(xb)
@@ -292,10 +300,10 @@ class TorchEngine:
         outs = []
         with torch.no_grad():
             for start in range(0, len(x), PREDICT_BATCH):
-                outs.append(self.net(self.inputs(self.to_device(x[start:start + PREDICT_BATCH]))).cpu())
+                outs.append(self.net(self.inputs(self.to_device(x[start:start + PREDICT_BATCH]))))
         if not outs:
             return np.zeros((0, *self.graph.output.out_shape), dtype=np.float32)
-        return torch.cat(outs).numpy()
+        return torch.cat(outs).cpu().numpy()  # one wait for the device, not one a batch
 
     def finite(self) -> bool:
         # one device-to-host transfer for all the weights

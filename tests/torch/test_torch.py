@@ -528,6 +528,25 @@ def test_a_torch_epoch_reads_the_device_a_fixed_number_of_times(tmp_path, monkey
     assert reads[0] == reads[1] < 40
 
 
+def test_a_split_kept_on_the_device_trains_as_one_gathered_on_the_host(tmp_path, monkeypatch):
+    # CUDA keeps a split that fits on the device and gathers batches there; forced here on the CPU,
+    # that path must take the very samples the host path takes
+    from dlc.torch.engine import TorchEngine
+    from dlc.train.loop import train as train_loop
+
+    graph = compile_spec("input 1@8x8 -> conv 4@3x3 relu -> fc 10 softmax", "small.dlc")
+    rng = np.random.default_rng(0)
+    data = Data(Split(rng.standard_normal((100, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 100)))
+    cfg = TrainConfig(loss="xent", optimizer="momentum", lr=0.05, batch=8, epochs=2)
+    host = train_loop(graph, data, cfg, tmp_path / "host", meta={}, engine=torch_engine("cpu"))
+    monkeypatch.setattr(TorchEngine, "fits_on_device", lambda self, nbytes: True)
+    kept = train_loop(graph, data, cfg, tmp_path / "kept", meta={}, engine=torch_engine("cpu"))
+    assert [r["train_loss"] for r in kept.history] == [r["train_loss"] for r in host.history]
+    a, b = (load_checkpoint(tmp_path / name / "last.npz")[0] for name in ("host", "kept"))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_device_hits_count_what_the_numpy_scoring_counts():
     from dlc.train.scoring import count_correct
     from dlc.torch.engine import hits
@@ -576,6 +595,7 @@ def test_a_torch_run_resumed_mid_epoch_counts_the_steps_before_the_stop(tmp_path
     assert stopped.stopped == "interrupted"
     checkpoint = load_checkpoint(tmp_path / "half" / "last.npz", graph)
     assert checkpoint[2]["position"]["batch"] == 5 and checkpoint[2]["running"]["seen"] == 40
-    resumed = train_loop(graph, data, cfg, tmp_path / "half", meta={}, engine=torch_engine("cpu"), checkpoint=checkpoint)
+    resumed = train_loop(graph, data, cfg, tmp_path / "half", meta={}, engine=torch_engine("cpu"),
+                         checkpoint=checkpoint)
     for key in ("train_loss", "train_accuracy", "train_top5"):
         assert resumed.final[key] == pytest.approx(whole.final[key], rel=1e-12), key

@@ -62,9 +62,12 @@ def test_round_trip_reproduces_onnxruntime_on_the_original(exported):
     folder, path = exported
     spec, weights = imported(folder, path)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    np.save(folder / "x.npy", x)
-    ref = onnxruntime_output(path, x)
+    assert_reproduces(folder, spec, weights, x, onnxruntime_output(path, x))
 
+
+def assert_reproduces(folder, spec, weights, x: np.ndarray, ref: np.ndarray) -> None:
+    """The imported spec and weights give `ref` on x through dlc's NumPy engine and through dlc's export."""
+    np.save(folder / "x.npy", x)
     r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", folder / "x.npy",
             "--out", folder / "y_numpy.npy")
     assert r.exit_code == 0, r.output

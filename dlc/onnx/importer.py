@@ -834,17 +834,19 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     projections = {role: projection_of(r, t) for role, t in branches.items()}
     if None in projections.values():
         return None
-    own = [role for role, p in projections.items() if comes_from(r, p.input[0], x)]
-    if not own:
-        return None  # the attention of a later layer
+    paths = {role: layout_path(r, p.input[0], x) for role, p in projections.items()}
+    own = [role for role, path in paths.items() if path is not None]
+    if not any(m is n for role in own for m in [*paths[role], projections[role]]):
+        return None  # n is not where this attention starts (an fc before it, say)
     if len(own) < 3:
         other = [role for role in projections if role not in own]
         raise Refused(f"its {' and '.join(other)} are not computed from the tensor its {' and '.join(own)} are "
                       f"(cross-attention); dlc's attention attends over its own input")
+    computed = next((p for p in projections.values() if not stored_dense(r, p)), None)
+    if computed is not None:
+        raise Refused(f"its projection `{computed.name}` multiplies by a weight the graph computes, not a stored one")
     y, out_proj = attention_output(r, weighted, x)
     region, shape_only = attention_region(r, x, y)
-    if id(n) not in {id(m) for m in region}:
-        return None
     t, d = r.shape(x)
     batch = r.g.tensors[x].shape[0]
     heads, rest = divmod(math.prod(r.g.tensors[scores.output[0]].shape), batch * t * t)
@@ -854,8 +856,8 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     tensors = attention_weights(r, projections, out_proj, d)
     causal = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
     text = f"attention {heads}" + (" causal" if causal else "") + options(bias=("bo" in tensors, True))
-    return Found(Layer("attention", text, [], tensors, n.name), [m for m in region if any(o in r.live for o in m.output)],
-                 y)
+    computing = [m for m in region if any(o in r.live for o in m.output)]
+    return Found(Layer("attention", text, [], tensors, n.name), computing, y)
 
 
 def nearest_softmax(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -879,10 +881,15 @@ def attention_core(r: Reader, softmax: onnx.NodeProto) -> tuple[onnx.NodeProto, 
     if attributes(softmax).get("axis", -1) % max(rank, 1) != rank - 1:
         return None
     found = scores_before(r, softmax.input[0])
-    weighted = r.only_consumer(softmax.output[0])
-    while weighted is not None and weighted.op_type in ("Cast", "Identity", "Dropout"):
-        weighted = r.only_consumer(weighted.output[0])
-    if found is None or weighted is None or weighted.op_type != "MatMul" or len(live_inputs(r, weighted)) != 2:
+    probs = softmax.output[0]
+    after = r.only_consumer(probs)
+    while after is not None and after.op_type in ("Cast", "Identity", "Dropout"):
+        probs = after.output[0]
+        after = r.only_consumer(probs)
+    # other readers of the weights (returned with need_weights) are refused with the region
+    weighted = next((c for c in r.consumers.get(probs, []) if c.op_type == "MatMul" and c.input[0] == probs
+                     and len(live_inputs(r, c)) == 2), None)
+    if found is None or weighted is None:
         return None
     scores, path = found
     scale_only = all(p.op_type == "Cast" or (p.op_type in ("Mul", "Div") and len(live_inputs(r, p)) == 1
@@ -909,9 +916,9 @@ def scores_before(r: Reader, name: str) -> tuple[onnx.NodeProto, list[onnx.NodeP
 
 
 def projection_of(r: Reader, name: str) -> onnx.NodeProto | None:
-    """The projection that queries, keys or values come from, back through the ops that split heads."""
+    """The MatMul or Gemm that queries, keys or values come from, back through the ops that split heads."""
     p = producer_node(r, name)
-    while p is not None and not stored_dense(r, p):
+    while p is not None and not (p.op_type in ("MatMul", "Gemm") and p.input[0] in r.live):
         inputs = live_inputs(r, p)
         if p.op_type not in TO_HEADS or len(inputs) != 1:
             return None
@@ -919,14 +926,16 @@ def projection_of(r: Reader, name: str) -> onnx.NodeProto | None:
     return p
 
 
-def comes_from(r: Reader, name: str, x: str) -> bool:
-    """Whether `name` is x, or x moved by layout operators only."""
+def layout_path(r: Reader, name: str, x: str) -> list[onnx.NodeProto] | None:
+    """The layout operators that make `name` from x (none if it is x), or None if it is not x so moved."""
+    path = []
     while name != x:
         p = producer_node(r, name)
         if p is None or p.op_type not in LAYOUT or len(live_inputs(r, p)) != 1:
-            return False
+            return None
+        path.append(p)
         name = live_inputs(r, p)[0]
-    return True
+    return path
 
 
 def attention_output(r: Reader, weighted: onnx.NodeProto, x: str) -> tuple[str, onnx.NodeProto]:
@@ -981,7 +990,8 @@ def attention_region(r: Reader, x: str, y: str) -> tuple[list[onnx.NodeProto], l
             outside = [c for c in r.consumers.get(o, []) if id(c) not in region and c.op_type not in ("Shape", "Size")]
             if outside or o in r.g.outputs:
                 raise Refused(f"`{o}`, computed inside it, is read outside it" +
-                              (f" by node `{outside[0].name}`" if outside else " as a model output"))
+                              (f" by node `{outside[0].name}`" if outside else " as a model output") +
+                              "; dlc's attention gives its output only")
     return nodes, sorted(shape_only)
 
 
@@ -1037,17 +1047,19 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     t, d = r.shape(x)
     errors = []
     for causal in (True, False) if masked else (False,):
-        spec = f"input seq {t} of {d}\nattention {heads}{' causal' if causal else ''}{'' if 'bo' in tensors else ' bias=off'}"
-        attrs = compile_spec(spec + "\n").nodes[1].attrs
+        layer = f"attention {heads}" + (" causal" if causal else "") + options(bias=("bo" in tensors, True))
+        attrs = compile_spec(f"input seq {t} of {d}\n{layer}\n").nodes[1].attrs
         got, _ = KERNELS["attention"](attrs, tensors, {}, [probe], Ctx())
         errors.append(float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
         if errors[-1] <= AGREE:
             return causal
+    computes = f"softmax(Q Kᵀ / sqrt(head_dim)) V over {heads} heads with the weights it holds"
     if masked:
-        raise Refused(f"its scores are masked, but not as the causal mask does (each step sees itself and the steps "
-                      f"before it; relative difference {min(errors):.2g} on a random input)")
-    raise Refused(f"it does not compute softmax(Q Kᵀ / sqrt(head_dim)) V over {heads} heads with the weights it "
-                  f"holds, as dlc's attention does (relative difference {errors[0]:.2g} on a random input)")
+        raise Refused(f"its scores are masked, and it does not compute {computes}, with the causal mask (each step "
+                      f"sees itself and the steps before it) or without one, as dlc's attention does (relative "
+                      f"difference {min(errors):.2g} on a random input)")
+    raise Refused(f"it does not compute {computes}, as dlc's attention does (relative difference {errors[0]:.2g} "
+                  f"on a random input)")
 
 
 def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:

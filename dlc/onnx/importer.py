@@ -70,6 +70,7 @@ class Reader:
         self.constants: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
+        self.checked: dict[tuple, bool] = {}  # attention layouts run against dlc's kernel: causal or not
         self.live = live_tensors(g)
         for n in g.nodes:
             self.producer.update((o, n) for o in n.output if o)
@@ -848,13 +849,19 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     y, out_proj = attention_output(r, weighted, x)
     region, shape_only = attention_region(r, x, y)
     t, d = r.shape(x)
-    batch = r.g.tensors[x].shape[0]
-    heads, rest = divmod(math.prod(r.g.tensors[scores.output[0]].shape), batch * t * t)
+    values = elements(r, scores.output[0])
+    if values is None:
+        raise Refused(f"ONNX shape inference gives no shape for its scores {scores.output[0]}")
+    heads, rest = divmod(values, full_shape(r, x)[0] * t * t)  # the batch, t x t scores per head
     if rest or not heads or d % heads:
-        raise Refused(f"its scores hold {math.prod(r.g.tensors[scores.output[0]].shape)} values, not a whole "
-                      f"number of {t}x{t} maps per head dividing the {d} features")
-    tensors = attention_weights(r, projections, out_proj, d)
-    causal = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
+        raise Refused(f"its scores hold {values} values, not {t}x{t} for each of a number of heads dividing "
+                      f"its {d} features")
+    tensors, stored = attention_weights(r, projections, out_proj, d)
+    # Layers laid out alike (every block of one model) are run once: what the run checks is the layout.
+    layout = (heads, layout_key(r, region, x, stored))
+    causal = r.checked.get(layout)
+    if causal is None:
+        causal = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
     text = f"attention {heads}" + (" causal" if causal else "") + options(bias=("bo" in tensors, True))
     computing = [m for m in region if any(o in r.live for o in m.output)]
     return Found(Layer("attention", text, [], tensors, n.name), computing, y)
@@ -877,7 +884,7 @@ def nearest_softmax(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
 def attention_core(r: Reader, softmax: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, bool] | None:
     """(the product of queries and keys, the product of the weights and the values, whether a mask
     lies between the first and the softmax) around a Softmax over the last axis, or None."""
-    rank = len(r.g.tensors[softmax.input[0]].shape or ())
+    rank = len(full_shape(r, softmax.input[0]) or ())
     if attributes(softmax).get("axis", -1) % max(rank, 1) != rank - 1:
         return None
     found = scores_before(r, softmax.input[0])
@@ -893,9 +900,20 @@ def attention_core(r: Reader, softmax: onnx.NodeProto) -> tuple[onnx.NodeProto, 
         return None
     scores, path = found
     scale_only = all(p.op_type == "Cast" or (p.op_type in ("Mul", "Div") and len(live_inputs(r, p)) == 1
-                                              and np.size(r.value(other_input(p, live_inputs(r, p)[0]))) == 1)
+                                              and elements(r, other_input(p, live_inputs(r, p)[0])) == 1)
                      for p in path)
     return scores, weighted, not scale_only
+
+
+def full_shape(r: Reader, name: str) -> tuple[int | None, ...] | None:
+    """The tensor's shape with the batch (1) in it, as the model's operators see it; None if unknown."""
+    t = r.g.tensors.get(name)
+    return t.shape if t is not None else None
+
+
+def elements(r: Reader, name: str) -> int | None:
+    t = r.g.tensors.get(name)
+    return t.elements if t is not None else None
 
 
 def scores_before(r: Reader, name: str) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
@@ -946,10 +964,10 @@ def attention_output(r: Reader, weighted: onnx.NodeProto, x: str) -> tuple[str, 
     if not stored_dense(r, after):
         raise Refused("its heads, joined, are not projected by a stored weight (dlc's attention ends with Wo)")
     _, _, y = dense_parts(r, after)
-    while r.g.tensors[y].shape != r.g.tensors[x].shape:
+    while full_shape(r, y) != full_shape(r, x):
         nxt = r.only_consumer(y)
         if nxt is None or nxt.op_type not in LAYOUT:
-            raise Refused(f"its output is not brought back to its input's layout {r.g.tensors[x].shape}")
+            raise Refused(f"its output is not brought back to its input's layout {full_shape(r, x)}")
         y = nxt.output[0]
     return y, after
 
@@ -996,14 +1014,16 @@ def attention_region(r: Reader, x: str, y: str) -> tuple[list[onnx.NodeProto], l
 
 
 def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_proj: onnx.NodeProto,
-                      d: int) -> dict[str, np.ndarray]:
-    """Wq, Wk, Wv, Wo (D, D) and, if any projection has one, every bias (zeros where one has none). A
-    packed projection holds the parts it feeds in the order queries, keys, values, as PyTorch's
-    in_proj_weight does (the evaluation afterwards checks that)."""
+                      d: int) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Wq, Wk, Wv, Wo (D, D) and, if any projection has one, every bias (zeros where one has none), with
+    the names of the stored tensors they come from. A packed projection holds the parts it feeds in the
+    order queries, keys, values, as PyTorch's in_proj_weight does (the evaluation afterwards checks that)."""
     roles = {"queries": "q", "keys": "k", "values": "v"}
     tensors: dict[str, np.ndarray] = {}
+    stored: set[str] = set()
     for node in {id(p): p for p in projections.values()}.values():
-        parts, _, _ = dense_parts(r, node)
+        parts, nodes, _ = dense_parts(r, node)
+        stored.update(i for m in nodes for i in m.input if i and i not in r.live)
         mine = [roles[role] for role, p in projections.items() if p is node]
         if parts["W"].shape != (len(mine) * d, d):
             raise Refused(f"its projection `{node.name}` is {parts['W'].shape[1]} -> {parts['W'].shape[0]}; dlc's "
@@ -1012,7 +1032,8 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
             tensors["W" + w] = parts["W"][k * d:(k + 1) * d]
             if "b" in parts:
                 tensors["b" + w] = parts["b"][k * d:(k + 1) * d]
-    out, _, _ = dense_parts(r, out_proj)
+    out, nodes, _ = dense_parts(r, out_proj)
+    stored.update(i for m in nodes for i in m.input if i and i not in r.live)
     if out["W"].shape != (d, d):
         raise Refused(f"its output projection is {out['W'].shape[1]} -> {out['W'].shape[0]}, not {d} -> {d}")
     tensors["Wo"] = out["W"]
@@ -1020,30 +1041,57 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
         tensors["bo"] = out["b"]
     if any(k.startswith("b") for k in tensors):
         tensors.update({"b" + w: tensors.get("b" + w, np.zeros(d, np.float32)) for w in "qkvo"})
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, stored
+
+
+def layout_key(r: Reader, nodes: list[onnx.NodeProto], x: str, stored: set[str]) -> tuple:
+    """What two attentions must share for one run to check both: operators, settings and wiring, the
+    shapes of their weights, and every other constant (mask, scale, shapes) by value."""
+    weights = set(stored)
+    stack = list(stored)
+    while stack:  # and what the graph computes them from: a Transpose, Identity or Split of a stored one
+        p = producer_node(r, stack.pop())
+        for i in p.input if p is not None else ():
+            if i and i not in weights:
+                weights.add(i)
+                stack.append(i)
+    made: dict[str, tuple[int, int]] = {}
+    key = [full_shape(r, x)]
+    for k, m in enumerate(nodes):
+        inputs = []
+        for i in m.input:
+            v = None if i in made or i == x or i in weights else r.value(i)
+            inputs.append(made.get(i) or ("x" if i == x else ("weight", full_shape(r, i)) if i in weights else
+                                          (v.dtype.str, v.shape, v.tobytes()) if v is not None else
+                                          ("shape of", full_shape(r, i))))
+        made.update((o, (k, j)) for j, o in enumerate(m.output))
+        settings = tuple(sorted((a, value_key(v)) for a, v in attributes(m).items()))
+        key.append((m.domain, m.op_type, tuple(inputs), settings))
+    return tuple(key)
+
+
+def value_key(v):
+    """An attribute's value as a comparable key; a tensor by its values, not its name."""
+    if isinstance(v, onnx.TensorProto):
+        a = numpy_helper.to_array(v)
+        return a.dtype.str, a.shape, a.tobytes()
+    if isinstance(v, list):
+        return tuple(value_key(e) for e in v)
+    return v.SerializeToString() if hasattr(v, "SerializeToString") else v
 
 
 def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[str], x: str, y: str,
                       tensors: dict[str, np.ndarray], heads: int, masked: bool) -> bool:
     """Whether the attention is causal, from running its operators and dlc's kernel on one random input;
     a Refused if neither kind of dlc's attention computes what they do."""
-    from onnx.reference import ReferenceEvaluator
-
-    full = r.g.tensors[x].shape
-    probe = np.random.default_rng(0).standard_normal(full).astype(np.float32)
-    feeds = {x: probe, **{s: np.zeros(r.g.tensors[s].shape, helper.tensor_dtype_to_np_dtype(r.g.tensors[s].elem_type))
-                          for s in shape_only}}
-    names = {i for m in region for i in m.input}
-    graph = helper.make_graph(
-        region, "attention", [helper.make_tensor_value_info(k, r.g.tensors[k].elem_type, r.g.tensors[k].shape)
-                              for k in feeds],
-        [helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(r.value(k), k) for k in sorted(names) if k in r.init])
-    model = helper.make_model(graph, opset_imports=r.g.model.opset_import, ir_version=r.g.model.ir_version)
-    try:
-        want = ReferenceEvaluator(model).run(None, feeds)[0]
-    except Exception as e:  # onnx's evaluator raises whatever its operator implementations do
-        raise Refused(f"its operators could not be evaluated to check them against dlc's attention: {e}")
+    probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
+    feeds = {x: probe}
+    for name in shape_only:  # read for their shape only: zeros of that shape do
+        t = r.g.tensors.get(name)
+        if t is None or not t.known:
+            raise Refused(f"it reads the shape of {name}, which ONNX shape inference does not give")
+        feeds[name] = np.zeros(t.shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
+    want = run_operators(r, region, feeds, y)
     t, d = r.shape(x)
     errors = []
     for causal in (True, False) if masked else (False,):
@@ -1060,6 +1108,23 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
                       f"difference {min(errors):.2g} on a random input)")
     raise Refused(f"it does not compute {computes}, as dlc's attention does (relative difference {errors[0]:.2g} "
                   f"on a random input)")
+
+
+def run_operators(r: Reader, nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], y: str) -> np.ndarray:
+    """y computed by the model's own operators from the tensors fed, with onnx's reference evaluator (plain
+    NumPy, beside onnx already)."""
+    from onnx.reference import ReferenceEvaluator
+
+    used = {i for m in nodes for i in m.input}
+    graph = helper.make_graph(
+        nodes, "part", [helper.make_tensor_value_info(k, r.g.tensors[k].elem_type, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(r.value(k), k) for k in sorted(used) if k in r.init])
+    model = helper.make_model(graph, opset_imports=r.g.model.opset_import, ir_version=r.g.model.ir_version)
+    try:
+        return ReferenceEvaluator(model).run(None, feeds)[0]
+    except Exception as e:  # the evaluator raises whatever its operator implementations do
+        raise Refused(f"its operators could not be run to check them against dlc's kind: {e}")
 
 
 def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:

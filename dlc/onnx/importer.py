@@ -5,6 +5,9 @@ entry names the ONNX operators its pattern starts at and returns the layer it fo
 text and its tensors, already in the registry's layouts, which are ONNX's), or None when the
 operator is not that kind's. Helper nodes (Constants, shape arithmetic, Identity on weights) are read
 as values, never imported. An operator no kind takes is a DlcError naming it, its node and why.
+Attention, a few dozen operators that every exporter lays out its own way, is found by its softmax and
+then run beside dlc's kernel on a random input (import_attention), so what is not dlc's attention is
+refused at its first operator rather than taken apart into other layers.
 
 The layers form a graph that a spec writes as a chain with merges: every merge's branches start at
 the nearest tensor all its inputs come through (its immediate dominator), so a skip becomes

@@ -344,7 +344,8 @@ def global_pool(kind: str, ops: tuple[str, str]) -> Pattern:
 
 
 def reduce_axes(r: Reader, n: onnx.NodeProto) -> list[int] | None:
-    """A Reduce operator's axes: an attribute before opset 18, an input from then on; None if computed."""
+    """A Reduce operator's axes: an attribute before opset 18, an input from then on; None if computed or
+    not given (every axis)."""
     axes = attributes(n).get("axes")
     if axes is None and r.optional(n, 1):
         v = r.value(n.input[1])

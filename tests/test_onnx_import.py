@@ -62,9 +62,12 @@ def test_round_trip_reproduces_onnxruntime_on_the_original(exported):
     folder, path = exported
     spec, weights = imported(folder, path)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    np.save(folder / "x.npy", x)
-    ref = onnxruntime_output(path, x)
+    assert_reproduces(folder, spec, weights, x, onnxruntime_output(path, x))
 
+
+def assert_reproduces(folder, spec, weights, x: np.ndarray, ref: np.ndarray) -> None:
+    """The imported spec and weights give `ref` on x through dlc's NumPy engine and through dlc's export."""
+    np.save(folder / "x.npy", x)
     r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", folder / "x.npy",
             "--out", folder / "y_numpy.npy")
     assert r.exit_code == 0, r.output
@@ -87,20 +90,19 @@ KIND_SPECS = {
     "flatten": "input 2@4x4 -> flatten -> fc 3",
     "sequence": "input seq 6 -> embed 4 vocab=9 -> rnn 3 bidirectional sequences -> gru 3 sequences "
                 "-> lstm 5 bidirectional -> fc 2 softmax",
-    # transformer kinds but attention; layernorm from its operator (opset 17 on), not its decomposition
+    # layernorm from its operator at opset 20, from its ReduceMean/Sub/Mul/Sqrt/Div form at 13
     "transformer": "input seq 6 of 8 -> posembed -> layernorm -> fc 16 gelu -> fc 8 -> clstoken "
                    "-> layernorm eps=1e-6 -> seqpool first -> fc 3 softmax",
+    "attention": "input seq 5 of 8 -> add( layernorm -> attention 2 causal | identity ) -> attention 4 bias=off "
+                 "-> layernorm -> attention 1 -> seqpool mean -> fc 3",
     "patches": "input 3@8x8 -> conv 8@2x2/2 -> tokens -> clstoken -> posembed -> seqpool mean -> fc 4",
     "last step": "input seq 5 of 4 -> fc 6 relu -> seqpool last",
 }
-DECOMPOSED_BELOW_17 = {"transformer"}
 
 
 @pytest.mark.parametrize("opset", [13, 20])
 @pytest.mark.parametrize("name", KIND_SPECS)
 def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
-    if opset < 17 and name in DECOMPOSED_BELOW_17:
-        pytest.skip("layernorm's ReduceMean/Sub/Pow/Sqrt/Div form is not imported")
     from dlc.compile import compile_spec
     from dlc.engine.params import init_params, save_checkpoint
     from dlc.onnx.export import save_model, to_onnx

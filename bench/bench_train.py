@@ -1,7 +1,10 @@
 """Issue 13's speed targets, each as a ratio against its reference measured in the same run.
 
 Run: python bench/bench_train.py [--threads N] [--rounds 3] [--data ../shared/data/mnist.pkl.gz]
-     [--accuracy-epochs 30]
+     [--accuracy-epochs 30] [--only NAME ...]
+
+--only runs the named targets alone (repeat it for several): lenet, mlp10, mlp128, transformer,
+onnxruntime, memory, startup.
 
 Every ratio comes from alternating rounds in this one process: dlc, then its reference, then dlc
 again, so load from other processes falls on both alike; each side's median over the rounds counts,
@@ -113,12 +116,26 @@ def torch_loop(torch, model, x, y, batch: int, loss_fn, opt) -> Callable[[], flo
     return epoch
 
 
-def training_targets(torch, mnist, tmp: Path, args) -> dict:
+# --only's names: the training targets by their printed name, then the parts printed on their own
+TRAINING = {"lenet": "LeNet-5 dlc train, batch 64", "mlp10": "784-30-10 dlc train, batch 10",
+            "mlp128": "784-30-10 dlc train, batch 128", "transformer": "transformer encoder, batch 64"}
+TARGETS = (*TRAINING, "onnxruntime", "memory", "startup")
+
+
+def training_targets(torch, mnist, tmp: Path, args, wanted: list[str]) -> dict:
+    """Printed name -> (dlc rate, reference rate) for the wanted training targets (--only's names)."""
+    build = {"lenet": lambda: lenet_target(torch, mnist, tmp, args.lenet_images),
+             "mlp10": lambda: mlp_target(torch, mnist, tmp, args.mlp_images, 10),
+             "mlp128": lambda: mlp_target(torch, mnist, tmp, args.mlp_images, 128),
+             "transformer": lambda: transformer_target(torch, tmp, args.sequences)}
+    return {TRAINING[k]: build[k]() for k in TRAINING if k in wanted}
+
+
+def lenet_target(torch, mnist, tmp: Path, images: int) -> tuple[Callable[[], float], Callable[[], float]]:
     import numpy as np
-    from bench_engine import nielsen_sgd, quadratic
 
     nn = torch.nn
-    n = min(args.lenet_images, len(mnist.train))
+    n = min(images, len(mnist.train))
     subset = tmp / "lenet.npz"
     np.savez(subset, x=mnist.train.x[:n], y=mnist.train.y[:n])
     padded = np.zeros((n, 1, 32, 32), np.float32)  # as --reshape centre-pads 28x28 for dlc
@@ -134,30 +151,35 @@ def training_targets(torch, mnist, tmp: Path, args) -> dict:
         return dlc_train([str(ROOT / "specs" / "lenet5.dlc"), "--data", str(subset), "--reshape",
                           "--optimizer", "momentum", "--lr", "0.01", "--batch", "64", "--epochs", "1"],
                          tmp)["images_per_second"]
+    return lenet_dlc, lenet_torch
 
-    m = min(args.mlp_images, len(mnist.train))
+
+def mlp_target(torch, mnist, tmp: Path, images: int, batch: int) -> tuple[Callable[[], float], Callable[[], float]]:
+    """Nielsen's network at `batch`: against network.py's per-sample loop at batch 10, else PyTorch."""
+    import numpy as np
+    from bench_engine import nielsen_sgd, quadratic
+
+    m = min(images, len(mnist.train))
     mlp_data = tmp / "mlp.npz"
     np.savez(mlp_data, x=mnist.train.x[:m], y=mnist.train.y[:m])
     onehot = np.eye(10, dtype=np.float32)[mnist.train.y[:m]]
 
-    def mlp_dlc(batch: int) -> Callable[[], float]:
-        return lambda: dlc_train([str(ROOT / "specs" / "mlp_mnist.dlc"), "--data", str(mlp_data),
-                                  "--batch", str(batch), "--epochs", "1"], tmp)["images_per_second"]
+    def mlp_dlc() -> float:
+        return dlc_train([str(ROOT / "specs" / "mlp_mnist.dlc"), "--data", str(mlp_data),
+                          "--batch", str(batch), "--epochs", "1"], tmp)["images_per_second"]
 
-    network_py = nielsen_sgd([784, 30, 10], mnist.train.x[:m], onehot, 10, 3.0, np.float64)
+    if batch == 10:
+        network_py = nielsen_sgd([784, 30, 10], mnist.train.x[:m], onehot, 10, 3.0, np.float64)
 
-    def network_py_rate() -> float:
-        t0 = time.perf_counter()
-        network_py()
-        return m / (time.perf_counter() - t0)
-
+        def network_py_rate() -> float:
+            t0 = time.perf_counter()
+            network_py()
+            return m / (time.perf_counter() - t0)
+        return mlp_dlc, network_py_rate
+    nn = torch.nn
     mlp = nn.Sequential(nn.Linear(784, 30), nn.Sigmoid(), nn.Linear(30, 10), nn.Sigmoid())
-    mlp_torch = torch_loop(torch, mlp, mnist.train.x[:m], onehot, 128, quadratic,
-                           torch.optim.SGD(mlp.parameters(), lr=3.0))
-    return {"LeNet-5 dlc train, batch 64": (lenet_dlc, lenet_torch),
-            "784-30-10 dlc train, batch 10": (mlp_dlc(10), network_py_rate),
-            "784-30-10 dlc train, batch 128": (mlp_dlc(128), mlp_torch),
-            "transformer encoder, batch 64": transformer_target(torch, tmp, args.sequences)}
+    return mlp_dlc, torch_loop(torch, mlp, mnist.train.x[:m], onehot, batch, quadratic,
+                               torch.optim.SGD(mlp.parameters(), lr=3.0))
 
 
 def transformer_target(torch, tmp: Path, sequences: int) -> tuple[Callable[[], float], Callable[[], float]]:
@@ -248,7 +270,7 @@ def onnxruntime_targets(rounds: int) -> None:
     raw = session.session
     x = rt.random_input(graph.input.out_shape, np.float32, 64)
     name, out = raw.get_inputs()[0].name, raw.get_outputs()[0].name
-    runs = {"dlc bench (LeNet-5, batch 64)": rt.runner(session, x),
+    runs = {"dlc bench (LeNet-5, batch 64)": rt.runner(session, {session.input_name: x}),
             "dlc infer's run (LeNet-5, batch 64)": lambda: rt.infer(session, x),
             "raw": lambda: raw.run([out], {name: x})}
     # Call by call in turns, since one call takes a few milliseconds and load comes in bursts; the
@@ -359,7 +381,10 @@ def main():
     ap.add_argument("--mlp-images", type=int, default=10_000, help="images in a 784-30-10 epoch")
     ap.add_argument("--sequences", type=int, default=3_200, help="sequences in a transformer epoch")
     ap.add_argument("--accuracy-epochs", type=int, default=0, help="train Nielsen's network this long first")
+    ap.add_argument("--only", action="append", choices=TARGETS, metavar="NAME",
+                    help=f"run this target alone (repeatable): {', '.join(TARGETS)}")
     args = ap.parse_args()
+    wanted = args.only or list(TARGETS)
     if not args.data.exists():
         sys.exit(f"{args.data} not found: pass --data path/to/mnist.pkl.gz")
     # before numpy or torch is imported: both size their thread pools once, at import
@@ -380,16 +405,19 @@ def main():
         if args.accuracy_epochs:
             accuracy_run(args.data, args.accuracy_epochs, tmp)
         print(f"{'target':<34} {'dlc':>10}    {'reference':>10}")
-        rates = alternate(training_targets(torch, mnist, tmp, args), args.rounds)
+        rates = alternate(training_targets(torch, mnist, tmp, args, wanted), args.rounds)
         goals = {"LeNet-5 dlc train, batch 64": ("img/s", "PyTorch CPU", 1.0),
                  "784-30-10 dlc train, batch 10": ("img/s", "network.py's loop", 5.0),
                  "784-30-10 dlc train, batch 128": ("img/s", "PyTorch CPU", 1.0),
                  "transformer encoder, batch 64": ("seq/s", "PyTorch CPU", 0.8)}
         for name, (ours, theirs) in rates.items():
             report(name, ours, theirs, *goals[name])
-    onnxruntime_targets(args.rounds)
-    memory_target((1, 2, 4, 8, 16, 32, 64, 128, 256))
-    startup_target(9)
+    if "onnxruntime" in wanted:
+        onnxruntime_targets(args.rounds)
+    if "memory" in wanted:
+        memory_target((1, 2, 4, 8, 16, 32, 64, 128, 256))
+    if "startup" in wanted:
+        startup_target(9)
     if hasattr(os, "getloadavg"):
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 

@@ -90,7 +90,11 @@ def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor
     top1 = (out.argmax(-1) == labels).sum()
     if classes <= 5:
         return top1, none
-    return top1, (out.topk(5, -1).indices == labels[..., None]).any(-1).sum()
+    # the label's rank as count_correct has it: classes above it, then ties at a lower index
+    score = out.gather(-1, labels[..., None])
+    earlier = torch.arange(classes, device=out.device) < labels[..., None]
+    rank = (out > score).sum(-1) + ((out == score) & earlier).sum(-1)
+    return top1, (rank < 5).sum()
 
 
 class TorchEngine:

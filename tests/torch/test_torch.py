@@ -558,7 +558,8 @@ def test_device_hits_count_what_the_numpy_scoring_counts():
     cases = [(rng.random((50, 1)), rng.integers(0, 2, 50), 1),  # one unit: the side of 0.5
              (rng.random((50, 12)), rng.integers(0, 12, 50), 12),  # top-5 too
              (rng.random((20, 7, 11)), rng.integers(0, 11, (20, 7)), 11),  # a class per step
-             (rng.random((50, 12)), rng.dirichlet(np.ones(12), 50), 12)]  # target rows (mixup)
+             (rng.random((50, 12)), rng.dirichlet(np.ones(12), 50), 12),  # target rows (mixup)
+             (rng.integers(0, 3, (50, 12)).astype(float), rng.integers(0, 12, 50), 12)]  # many ties
     for out, y, classes in cases:
         assert [int(t) for t in hits(torch.from_numpy(out), torch.from_numpy(y), classes)] == \
             list(count_correct(out, y, classes))

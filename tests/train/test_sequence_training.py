@@ -65,6 +65,18 @@ def test_accuracy_counts_every_step_as_one_prediction():
     assert count_correct(out6, np.array([[0, 5]]), 6) == (1, 1)
 
 
+def test_tied_scores_rank_as_a_stable_sort_does():
+    # a saturated softmax gives many exact zeros: a label tied with others ranks after the tied
+    # classes of lower index, as argmax picks the first maximum. Ten classes all equal: only label 0
+    # is top-1, labels 0-4 are top-5.
+    assert count_correct(np.zeros((10, 10), np.float32), np.arange(10), 10) == (1, 5)
+    # label 9 scores 0 with classes 0-1 above it and seven zeros (2-8) before it: rank 9, a miss;
+    # label 3 has classes 0-1 above it and one zero (2) before it: rank 3, a hit
+    out = np.zeros((2, 10), np.float32)
+    out[:, :2] = [0.6, 0.4]
+    assert count_correct(out, np.array([9, 3]), 10) == (0, 1)
+
+
 # The zoo's encoder (specs/transformer_reverse.dlc) at half its width and length, which this 2-core
 # machine trains in seconds. Models of this kind sit on a plateau (about 40% here) until attention
 # learns to route by position, then jump to 100%: seeds 0, 1 and 2 all reached 100% test accuracy

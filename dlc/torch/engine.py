@@ -101,7 +101,6 @@ class TorchEngine:
     """dlc's training step in PyTorch; build it with torch_engine(device)."""
 
     device_name = "auto"
-    counts_on_host = False
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
                  rng_state: str | None):
@@ -225,6 +224,9 @@ class TorchEngine:
         if self.world > 1:  # every shard's sums on every rank: a read needs no collective of its own
             torch.distributed.all_reduce(sums)
         self.sums += sums
+
+    def loss_sum(self) -> None:
+        return None  # on the device: read with the others, in tallies
 
     def tallies(self) -> Running:
         loss, correct, top5, seen = self.sums.tolist()  # the one wait for the device

@@ -46,7 +46,6 @@ class Engine(Protocol):
 
     rank: int  # this process among `world` data-parallel ones (torchrun); rank 0 alone writes the run
     world: int
-    counts_on_host: bool  # its running sums are host numbers: reading them after every step costs nothing
 
     @classmethod
     def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> Engine:
@@ -78,6 +77,9 @@ class Engine(Protocol):
     def tallies(self) -> Running:
         """The running sums as host numbers (on a GPU: one wait for the queued steps)."""
 
+    def loss_sum(self) -> float | None:
+        """The running loss sum when reading it costs nothing (a host number), else None."""
+
     def start_tallies(self, running: Running) -> None:
         """Start the running sums from `running` (zeros at an epoch's start, a checkpoint's on resume)."""
 
@@ -107,17 +109,21 @@ def fresh_optimizer(cfg: TrainConfig) -> optim.Optimizer:
     return optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
 
 
+SCORE_ROWS = 1024  # predictions held back before their hits are counted in one call
+
+
 class NumpyEngine:
     """dlc's own NumPy engine (dlc.engine.run) with the optimizers of dlc.train.optim."""
 
     rank, world = 0, 1
-    counts_on_host = True
 
     def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
         self.graph, self.cfg = graph, cfg
         self.classes = graph.output.out_shape[-1]
         self.split: Split | None = None
         self.running = Running()
+        self.unscored: list[tuple[np.ndarray, np.ndarray]] = []  # (outputs, targets) of steps not scored yet
+        self.unscored_rows = 0
         self.params, self.state, self.opt = params, state, opt
         # transfer learning: the layers up to cfg.freeze keep their weights; only the rest is trained
         self.frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
@@ -149,15 +155,33 @@ class NumpyEngine:
                    batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         x, y = batch if batch is not None else (self.split.x[idx], self.split.y[idx])
         value, out = self.loss_and_grads(x, y, rng)
-        top1, top5 = count_correct(out, y, self.classes)
-        r = self.running
-        r.loss, r.correct, r.top5, r.seen = r.loss + value * len(y), r.correct + top1, r.top5 + top5, r.seen + len(y)
+        self.running.loss += value * len(y)
+        self.running.seen += len(y)
+        # hits are counted over several steps at once: at batch 10 one count_correct call a step cost
+        # as much as a tenth of the step
+        self.unscored.append((out.copy(), y))  # a copy: the next step may reuse the output's buffer
+        self.unscored_rows += out.size // self.classes
+        if self.unscored_rows >= SCORE_ROWS:
+            self.score()
+
+    def score(self) -> None:
+        """Add the hits of the outputs not counted yet to the running sums."""
+        if self.unscored:
+            out, y = (np.concatenate(a) for a in zip(*self.unscored))
+            top1, top5 = count_correct(out, y, self.classes)
+            self.running.correct += top1
+            self.running.top5 += top5
+            self.unscored, self.unscored_rows = [], 0
 
     def tallies(self) -> Running:
+        self.score()
         return replace(self.running)
 
+    def loss_sum(self) -> float:
+        return self.running.loss
+
     def start_tallies(self, running: Running) -> None:
-        self.running = replace(running)
+        self.running, self.unscored, self.unscored_rows = replace(running), [], 0
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         """The batch's loss with penalties and the network's outputs; the gradients kept for update."""

@@ -13,9 +13,9 @@ the run: the spec text, the configuration, the data source and its normalisation
 The arithmetic (forward, backward, update, inference) and the running sums of the epoch (loss, top-1,
 top-5, samples) are the engine's (dlc.train.engine); this module runs the epochs around it. It reads
 the sums only when it needs them, because on a GPU a read waits for every queued step: when the
-progress display redraws (about ten times a second), at a checkpoint and at the epoch's end (and
-after every step on the NumPy engine, whose sums are host numbers anyway). A loss that became NaN or
-infinite is found at such a read, and the message names the steps since the last good one.
+progress display redraws (about ten times a second), at a checkpoint and at the epoch's end; the
+NumPy engine's loss sum, a host number, after every step too. A loss that became NaN or infinite is
+found at such a read, and the message names the steps since the last good one.
 """
 
 from __future__ import annotations
@@ -163,12 +163,16 @@ class Run:
         """The epoch's running sums, from the engine (on a GPU: a wait for the queued steps); notes
         where the loss stopped being finite, for check."""
         running = self.engine.tallies()
+        self.note(running.loss)
+        return running
+
+    def note(self, loss: float) -> None:
+        """Note whether the epoch's loss sum, just read, is still finite (for check)."""
         if self.bad is None:
-            if math.isfinite(running.loss):
+            if math.isfinite(loss):
                 self.good_step = self.pos.step
             else:
-                self.bad = (self.pos.step, self.pos.batch, running.loss)
-        return running
+                self.bad = (self.pos.step, self.pos.batch, loss)
 
     def check(self, together: bool = False) -> None:
         """Stop if a read found the loss NaN or infinite. Under torchrun only where every process reads
@@ -223,8 +227,8 @@ class Run:
         epoch_start, seen_here = time.perf_counter(), 0
         while pos.batch < self.batches:
             seen_here += self.step(fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr)
-            if self.engine.counts_on_host:
-                self.read()
+            if (loss := self.engine.loss_sum()) is not None:  # a host number: checked after every step
+                self.note(loss)
             self.emit("step", {"batch": pos.batch, "scores": self.scores,
                                "images_per_second": seen_here / max(time.perf_counter() - epoch_start, 1e-9)})
             self.check()  # what the display's read found

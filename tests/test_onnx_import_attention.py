@@ -48,10 +48,9 @@ class ViT(nn.Module):
 
     def forward(self, x):
         x = self.patch(x).flatten(2).transpose(1, 2)
-        # The token broadcast by adding zeros, not by cls.expand(N, -1, -1): TorchScript writes that expand
-        # as a Where over constants that ONNX shape inference does not follow, and the import then has no
-        # shape for the sequence after it.
-        x = torch.cat([self.cls + torch.zeros_like(x[:, :1]), x], 1) + self.pos
+        # torchvision's form: TorchScript writes this expand's target with ConstantOfShape, Equal and Where,
+        # which ONNX shape inference alone does not follow
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x)[:, 0])
@@ -145,6 +144,24 @@ def test_pytorch_transformers_import_and_reproduce_onnxruntime(exported):
 
     x = example().numpy()
     assert_reproduces(folder, spec, weights, x, onnxruntime_output(folder / "m.onnx", x))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_the_vit_analyses_with_every_shape_and_its_macs_by_hand(tmp_path, exporter):
+    # the class token's expand leaves no node without a shape, and the MACs are the conventions' by hand:
+    # patches 16@2x2 from 3x4x4 windows 16*4*48 = 3,072; per layer on T=5, D=16: attention 5*4*16^2 +
+    # 2*5^2*16 = 5,920 and the feed-forward 2*5*16*32 = 5,120; the head 16*3 on the class token
+    import json
+
+    from test_onnx_import import run
+
+    torch.manual_seed(0)
+    export(ViT(), tmp_path / "m.onnx", torch.randn(1, 3, 8, 8), EXPORTERS[exporter])
+    r = run("flops", tmp_path / "m.onnx", "--all", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [row["name"] for row in doc["layers"] if not row["out_shape"]] == []
+    assert doc["totals"]["macs"] == 3_072 + 2 * (5_920 + 5_120) + 48
 
 
 # dlc's own exports of attention (every projection its own MatMul, heads by Reshape/Transpose, the causal

@@ -237,38 +237,51 @@ def fold_shape_arithmetic(model: onnx.ModelProto, values: dict[str, onnx.ValueIn
     if all(_static(values.get(o)) is not None for n in g.node for o in n.output if o):
         return None
     from onnx import numpy_helper
-    from onnx.reference import ReferenceEvaluator
 
     known = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_type not in FLOAT_TYPES}
     opsets = {o.domain or "": o.version for o in model.opset_import}
     nodes, changed = [], False
     for n in g.node:
-        outputs = None
-        if n.op_type in ("Shape", "Size") and n.domain in ("", "ai.onnx") and _static(values.get(n.input[0])) is not None:
-            dims = _static(values[n.input[0]])
-            a = attributes(n)
-            outputs = [np.array(dims[a.get("start", 0):a.get("end", len(dims))] if n.op_type == "Shape"
-                                else prod(dims), np.int64)]
-        elif n.domain in ("", "ai.onnx") and all(i in known for i in n.input if i) and \
-                not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            try:
-                outputs = ReferenceEvaluator(n, opsets=opsets).run(None, {i: known[i] for i in n.input if i})
-            except Exception:  # the evaluator raises whatever its operator implementations do: leave it to inference
-                outputs = None
-        if outputs is None or any(np.asarray(v).dtype.kind == "f" or np.asarray(v).size > FOLD_VALUES for v in outputs):
+        outputs = _computed(n, known, values, opsets)
+        if outputs is None or any(v.dtype.kind == "f" or v.size > FOLD_VALUES for v in outputs):
             nodes.append(n)
             continue
-        known.update(zip(n.output, (np.asarray(v) for v in outputs)))
+        known.update(zip(n.output, outputs))
         if n.op_type == "Constant":
             nodes.append(n)
             continue
         changed = True
-        nodes += [helper.make_node("Constant", [], [o], value=numpy_helper.from_array(np.asarray(v), o))
+        nodes += [helper.make_node("Constant", [], [o], value=numpy_helper.from_array(v, o))
                   for o, v in zip(n.output, outputs) if o]
     if not changed:
         return None
     return helper.make_model(helper.make_graph(nodes, g.name, g.input, g.output, initializer=g.initializer),
                              opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def _computed(n: onnx.NodeProto, known: dict[str, np.ndarray], values: dict[str, onnx.ValueInfoProto],
+              opsets: dict[str, int]) -> list[np.ndarray] | None:
+    """The node's outputs if its inputs are known values, or it is the Shape or Size of a tensor whose
+    shape inference fixed; else None."""
+    if n.domain not in ("", "ai.onnx"):
+        return None
+    if n.op_type in ("Shape", "Size"):
+        dims = _static(values.get(n.input[0]))
+        if dims is None:
+            return None
+        a = attributes(n)
+        return [np.array(dims[a.get("start", 0):a.get("end", len(dims))] if n.op_type == "Shape" else prod(dims),
+                         np.int64)]
+    if not all(i in known for i in n.input if i) or \
+            any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {i: known[i] for i in n.input if i}
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(n, opsets=opsets).run(None, feeds)]
+    except Exception:  # the evaluator raises whatever its operator implementations do: inference decides
+        return None
 
 
 def load(path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> OnnxGraph:

@@ -161,8 +161,12 @@ def test_pytorch_transformers_import_and_reproduce_onnxruntime(exported):
     assert_reproduces(folder, spec, weights, x, onnxruntime_output(folder / "m.onnx", x))
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-def test_the_vit_analyses_with_every_shape_and_its_macs_by_hand(tmp_path, exporter):
+DYNAMIC_BATCH = {"input_names": ["x"], "output_names": ["y"], "dynamic_axes": {"x": {0: "N"}, "y": {0: "N"}}}
+
+
+@pytest.mark.parametrize("exporter, kwargs", [("torchscript", {}), ("dynamo", {}), ("torchscript", DYNAMIC_BATCH)],
+                         ids=["torchscript", "dynamo", "torchscript-dynamic-batch"])
+def test_the_vit_analyses_with_every_shape_and_its_macs_by_hand(tmp_path, exporter, kwargs):
     # the class token's expand leaves no node without a shape, and the MACs are the conventions' by hand:
     # patches 16@2x2 from 3x4x4 windows 16*4*48 = 3,072; per layer on T=5, D=16: attention 5*4*16^2 +
     # 2*5^2*16 = 5,920 and the feed-forward 2*5*16*32 = 5,120; the head 16*3 on the class token
@@ -171,7 +175,7 @@ def test_the_vit_analyses_with_every_shape_and_its_macs_by_hand(tmp_path, export
     from test_onnx_import import run
 
     torch.manual_seed(0)
-    export(ViT(), tmp_path / "m.onnx", torch.randn(1, 3, 8, 8), EXPORTERS[exporter])
+    export(ViT(), tmp_path / "m.onnx", torch.randn(1, 3, 8, 8), EXPORTERS[exporter], **kwargs)
     r = run("flops", tmp_path / "m.onnx", "--all", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)

@@ -1,7 +1,8 @@
 """`dlc import` of transformers: PyTorch's nn.TransformerEncoderLayer (multi-head self-attention, causal or
-not, pre- or post-norm) from both exporters, LayerNorm's decomposed form below opset 17, and dlc's own
-exports of attention, each reproducing onnxruntime on the original file; attention that dlc's kind does
-not compute (another mask, cross-attention, its weights read outside) is refused naming its first operator.
+not, pre- or post-norm) from both exporters, with torchvision's class token and GPT-2's tied output layer,
+LayerNorm's decomposed form below opset 17, and dlc's own exports of attention, each reproducing
+onnxruntime on the original file; attention that dlc's kind does not compute (another mask,
+cross-attention, its weights read outside) is refused naming its first operator.
 
 The expectation is onnxruntime's output on the file PyTorch wrote, and PyTorch's own parameter count.
 """
@@ -48,10 +49,9 @@ class ViT(nn.Module):
 
     def forward(self, x):
         x = self.patch(x).flatten(2).transpose(1, 2)
-        # The token broadcast by adding zeros, not by cls.expand(N, -1, -1): TorchScript writes that expand
-        # as a Where over constants that ONNX shape inference does not follow, and the import then has no
-        # shape for the sequence after it.
-        x = torch.cat([self.cls + torch.zeros_like(x[:, :1]), x], 1) + self.pos
+        # torchvision's form: TorchScript writes this expand's target with ConstantOfShape, Equal and Where,
+        # which ONNX shape inference alone does not follow
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x)[:, 0])
@@ -77,6 +77,16 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, src_mask=mask, is_causal=self.is_causal)
         return self.head(self.norm(x))
+
+
+class TiedGPT(GPT):
+    """GPT-2's output layer: the scores are the token table (transposed) times the final states, the same
+    Parameter as the embedding's, which PyTorch's parameter count takes once."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(D, VOCAB, bias=False)
+        self.head.weight = self.emb.weight
 
 
 def with_random_parameters(net: nn.Module) -> nn.Module:
@@ -113,6 +123,7 @@ MODELS = {  # name: (the network, its example input, whether its attention is ca
     "vit-postnorm": (lambda: ViT(norm_first=False), lambda: torch.randn(1, 3, 8, 8), False),
     "gpt": (lambda: GPT(), lambda: torch.randint(0, VOCAB, (1, STEPS)), True),
     "gpt-additive-mask": (lambda: GPT(is_causal=False), lambda: torch.randint(0, VOCAB, (1, STEPS)), True),
+    "gpt-tied": (lambda: TiedGPT(), lambda: torch.randint(0, VOCAB, (1, STEPS)), True),
 }
 # TorchScript at opset 16 writes LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add; the dynamo
 # exporter cannot go below opset 18 (its version converter has no LayerNormalization before 17).
@@ -141,10 +152,35 @@ def test_pytorch_transformers_import_and_reproduce_onnxruntime(exported):
     assert " ".join(steps).split().count("layernorm") == 5, text
     if opset:
         assert "opset 16" in text
+    # a tied output layer reads the embedding's table, which it names, instead of a copy
+    tied = isinstance(net, TiedGPT)
+    assert ("embed 16 vocab=11 as tok" in text and f"fc {VOCAB} tied=tok bias=off" in text) == tied, text
     assert saved_parameters(weights) == sum(p.numel() for p in net.parameters())
 
     x = example().numpy()
     assert_reproduces(folder, spec, weights, x, onnxruntime_output(folder / "m.onnx", x))
+
+
+DYNAMIC_BATCH = {"input_names": ["x"], "output_names": ["y"], "dynamic_axes": {"x": {0: "N"}, "y": {0: "N"}}}
+
+
+@pytest.mark.parametrize("exporter, kwargs", [("torchscript", {}), ("dynamo", {}), ("torchscript", DYNAMIC_BATCH)],
+                         ids=["torchscript", "dynamo", "torchscript-dynamic-batch"])
+def test_the_vit_analyses_with_every_shape_and_its_macs_by_hand(tmp_path, exporter, kwargs):
+    # the class token's expand leaves no node without a shape, and the MACs are the conventions' by hand:
+    # patches 16@2x2 from 3x4x4 windows 16*4*48 = 3,072; per layer on T=5, D=16: attention 5*4*16^2 +
+    # 2*5^2*16 = 5,920 and the feed-forward 2*5*16*32 = 5,120; the head 16*3 on the class token
+    import json
+
+    from test_onnx_import import run
+
+    torch.manual_seed(0)
+    export(ViT(), tmp_path / "m.onnx", torch.randn(1, 3, 8, 8), EXPORTERS[exporter], **kwargs)
+    r = run("flops", tmp_path / "m.onnx", "--all", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [row["name"] for row in doc["layers"] if not row["out_shape"]] == []
+    assert doc["totals"]["macs"] == 3_072 + 2 * (5_920 + 5_120) + 48
 
 
 # dlc's own exports of attention (every projection its own MatMul, heads by Reshape/Transpose, the causal
@@ -154,6 +190,9 @@ OWN_SPECS = {
     "transformer_reverse": "specs/transformer_reverse.dlc",
     "variants": "input seq 7 of 12\nadd( attention 3 causal | identity ) -> layernorm eps=1e-6 -> fc 12 bias=off\n"
                 "attention 4 bias=off causal -> attention 1 -> seqpool last -> fc 5 softmax\n",
+    # specs/gpt2_small.dlc's pattern at a small size: the output layer reuses the token table
+    "tied": "input seq 6\nembed 16 vocab=11 as tok -> posembed\nadd( layernorm -> attention 2 causal | identity )\n"
+            "add( layernorm -> fc 32 gelu -> fc 16 | identity )\nlayernorm -> fc 11 tied=tok bias=off softmax\n",
 }
 
 
@@ -176,6 +215,8 @@ def test_dlc_exports_of_attention_import_back(tmp_path, name):
     back = compile_spec(spec.read_text())
     assert [n.kind for n in back.nodes] == [n.kind for n in graph.nodes]
     assert [n.attrs.get("causal") for n in back.nodes] == [n.attrs.get("causal") for n in graph.nodes]
+    assert [n.attrs.get("tied") is not None for n in back.nodes] == [n.attrs.get("tied") is not None
+                                                                      for n in graph.nodes]
     assert saved_parameters(weights) == sum(a.size for a in params.values())
     shape = (2, *graph.input.out_shape)
     vocab = next((n.attrs["vocab"] for n in graph.nodes if n.kind == "embed"), None)

@@ -52,6 +52,7 @@ class Layer:
     inputs: list[int]  # positions of the layers it reads; 0 is the input
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # by the kind's tensor names
     node: str = ""  # the ONNX node it starts at, for messages
+    tied: int | None = None  # an fc reusing an embed's table: that embed's position (`tied=LABEL`)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Found:
     layer: Layer | None
     nodes: list[onnx.NodeProto]
     output: str
+    tied: str = ""  # an fc whose weight is an embedding's table: the tensor that embedding writes
 
 
 class Reader:
@@ -362,7 +364,8 @@ def reduces_spatial_axes(r: Reader, n: onnx.NodeProto) -> bool:
 
 def import_fc(r: Reader, n: onnx.NodeProto) -> Found | None:
     """Gemm on a vector; MatMul by a stored weight (plus an Add of a stored bias) on a vector or on each
-    step of a sequence. A weight shared with an embedding (tied) imports as a copy of the table."""
+    step of a sequence. A weight equal to an embedding's table is that table (`tied=`, GPT-2's output
+    layer): the layer keeps W only for the case that the embedding is not imported before it."""
     x = r.shape(n.input[0])
     if len(x) != 1 and not (len(x) == 2 and n.op_type == "MatMul"):
         return None
@@ -371,7 +374,24 @@ def import_fc(r: Reader, n: onnx.NodeProto) -> Found | None:
         return None
     tensors, nodes, out = dense
     units = tensors["W"].shape[0]
-    return one("fc", f"fc {units}" + options(bias=("b" in tensors, True)), n, tensors, out, nodes)
+    found = one("fc", f"fc {units}" + options(bias=("b" in tensors, True)), n, tensors, out, nodes)
+    found.tied = tied_embedding(r, tensors["W"])
+    return found
+
+
+def tied_embedding(r: Reader, w: np.ndarray) -> str:
+    """The output of the embedding (a Gather on a stored (vocab, D) table) whose table equals w, an fc's
+    (units, in) weight; "" if none does. Equal values, not the same initializer, tie them: PyTorch's two
+    exporters both store a tied weight again, transposed for its MatMul, and a trained table equals
+    another tensor in every element only when it is the same parameter."""
+    for n in r.g.nodes:
+        if n.op_type != "Gather" or n.output[0] not in r.live or attributes(n).get("axis", 0) != 0:
+            continue
+        t = r.g.tensors.get(n.input[0])
+        if t is not None and t.shape == w.shape and r.is_constant(n.input[0]) and \
+                np.array_equal(r.value(n.input[0]).astype(np.float32), w):
+            return n.output[0]
+    return ""
 
 
 def dense_parts(r: Reader, n: onnx.NodeProto) -> tuple[dict[str, np.ndarray], list[onnx.NodeProto], str] | None:
@@ -1228,6 +1248,8 @@ def read_layers(r: Reader) -> tuple[str, list[Layer], int]:
             producer[found.output] = producer[live[0]]
             continue
         layer = found.layer
+        if found.tied in producer and layers[producer[found.tied]].kind == "embed":
+            layer.tied = producer[found.tied]
         if KINDS[layer.kind].merge:
             if len(live) != len([i for i in n.input if i]):
                 raise DlcError(node_error(n, f"one operand is a stored tensor; dlc's {layer.kind} merges layer "
@@ -1367,13 +1389,17 @@ def render(layers: list[Layer], items: list, labels: dict[int, str], readers: di
                 and src not in labels):
             lines[-1][0] += f" {layer.text}"
             lines[-1][1] = it
+        elif layer.tied is not None:  # `fc N tied=LABEL ...`: the size first, as the language's examples write it
+            kind, size, *rest = layer.text.split()
+            lines.append([" ".join([f"{indent}{kind}", size, f"tied={labels[layer.tied]}", *rest]), it, True])
         else:
             lines.append([f"{indent}{layer.text}", it, True])
     return [(text + (f" as {labels[last]}" if last in labels else ""), last) for text, last, _ in lines]
 
 
 def labels_for(layers: list[Layer], items: list) -> dict[int, str]:
-    """A label for each fork that an `add LABEL` reads back, numbered in order."""
+    """A label for each fork that an `add LABEL` reads back, numbered in order, and for each embed whose
+    table a tied fc reuses (`tok`, as GPT-2's spec names it; numbered if there are several)."""
     forks: list[int] = []
 
     def visit(its):
@@ -1385,7 +1411,10 @@ def labels_for(layers: list[Layer], items: list) -> dict[int, str]:
                 if fork is not None:
                     forks.append(fork)
     visit(items)
-    return {f: f"skip{k}" for k, f in enumerate(sorted(set(forks)), start=1)}
+    labels = {f: f"skip{k}" for k, f in enumerate(sorted(set(forks)), start=1)}
+    tables = sorted({layer.tied for layer in layers if layer.tied is not None} - set(labels))
+    labels.update((t, "tok" if len(tables) == 1 else f"tok{k}") for k, t in enumerate(tables, start=1))
+    return labels
 
 
 def to_spec(layers: list[Layer], output: int, source: str) -> tuple[list[tuple[str, int | None]], list[int]]:

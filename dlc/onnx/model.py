@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -22,6 +23,7 @@ from dlc.layers.spatial import show
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 KEEP_VALUES = 64  # float initializers up to this many elements keep their values for shape inference
+FOLD_VALUES = 4096  # integer values up to this many elements are folded into constants (shapes, indices)
 META_SPEC = "dlc.spec"  # the metadata key dlc's exporter writes (dlc.onnx.export.META_SPEC)
 
 
@@ -207,9 +209,79 @@ def _with_external_data(t: onnx.TensorProto, base: Path) -> onnx.TensorProto:
 
 
 def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
-    g = inferred.graph
-    return {v.name: v for v in [*g.input, *g.value_info, *g.output]}
+    """Every value's type and shape; where some are left unknown, inferred again after the shape arithmetic
+    that onnx's data propagation does not follow is folded into constants (see fold_shape_arithmetic)."""
+    while True:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+        g = inferred.graph
+        values = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
+        folded = fold_shape_arithmetic(model, values)
+        if folded is None:
+            return values
+        model = folded
+
+
+def _static(value: onnx.ValueInfoProto | None) -> list[int] | None:
+    dims = _dims(value) if value is not None else None
+    return dims if dims is not None and all(isinstance(d, int) for d in dims) else None
+
+
+def fold_shape_arithmetic(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto | None:
+    """The model with its integer shape arithmetic computed into Constants, or None when no value lacks a
+    shape or nothing more folds. Data propagation follows Shape, Gather, Concat and a few more, not
+    Equal, Where or ConstantOfShape, and TorchScript writes `cls.expand(x.shape[0], -1, -1)` (torchvision's
+    class token) with them: without folding, shape inference stops at that Expand and everything after it
+    has no shape. Each Shape of a tensor whose shape is known is its dims, and every node computing
+    integers from known integers runs in onnx's reference evaluator (imported only then: 0.2 s)."""
+    g = model.graph
+    if all(_static(values.get(o)) is not None for n in g.node for o in n.output if o):
+        return None
+    from onnx import numpy_helper
+
+    known = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_type not in FLOAT_TYPES}
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    nodes, changed = [], False
+    for n in g.node:
+        outputs = _computed(n, known, values, opsets)
+        if outputs is None or any(v.dtype.kind == "f" or v.size > FOLD_VALUES for v in outputs):
+            nodes.append(n)
+            continue
+        known.update(zip(n.output, outputs))
+        if n.op_type == "Constant":
+            nodes.append(n)
+            continue
+        changed = True
+        nodes += [helper.make_node("Constant", [], [o], value=numpy_helper.from_array(v, o))
+                  for o, v in zip(n.output, outputs) if o]
+    if not changed:
+        return None
+    return helper.make_model(helper.make_graph(nodes, g.name, g.input, g.output, initializer=g.initializer),
+                             opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def _computed(n: onnx.NodeProto, known: dict[str, np.ndarray], values: dict[str, onnx.ValueInfoProto],
+              opsets: dict[str, int]) -> list[np.ndarray] | None:
+    """The node's outputs if its inputs are known values, or it is the Shape or Size of a tensor whose
+    shape inference fixed; else None."""
+    if n.domain not in ("", "ai.onnx"):
+        return None
+    if n.op_type in ("Shape", "Size"):
+        dims = _static(values.get(n.input[0]))
+        if dims is None:
+            return None
+        a = attributes(n)
+        return [np.array(dims[a.get("start", 0):a.get("end", len(dims))] if n.op_type == "Shape" else prod(dims),
+                         np.int64)]
+    if not all(i in known for i in n.input if i) or \
+            any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {i: known[i] for i in n.input if i}
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(n, opsets=opsets).run(None, feeds)]
+    except Exception:  # the evaluator raises whatever its operator implementations do: inference decides
+        return None
 
 
 def load(path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> OnnxGraph:

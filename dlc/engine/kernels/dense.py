@@ -21,6 +21,27 @@ def rows_times(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     return (x.reshape(-1, x.shape[-1]) @ m).reshape(*x.shape[:-1], m.shape[-1])
 
 
+# NumPy reduces a short last axis one row at a time: the 3,072 rows of 12 attention weights of a
+# transformer step (batch 64, 4 heads) sum in 63 us as a.sum(-1) and in 6 us as one matrix-vector
+# product; their maxima take 139 us as a.max(-1) and 21 us over the transposed copy, where each step
+# is one vectorised maximum across every row. From rows of 64 on, the row-at-a-time maximum is as fast.
+SHORT_ROW = 64
+
+
+def row_sums(a: np.ndarray) -> np.ndarray:
+    """a.sum(axis=-1, keepdims=True) as one matrix-vector product (BLAS's order of addition)."""
+    ones = np.ones(a.shape[-1], dtype=a.dtype)
+    return (a.reshape(-1, a.shape[-1]) @ ones).reshape(*a.shape[:-1], 1)
+
+
+def row_max(a: np.ndarray) -> np.ndarray:
+    """a.max(axis=-1, keepdims=True), the same values, fast for short rows too."""
+    if a.shape[-1] >= SHORT_ROW:
+        return a.max(axis=-1, keepdims=True)
+    cols = np.ascontiguousarray(a.reshape(-1, a.shape[-1]).T)
+    return cols.max(axis=0).reshape(*a.shape[:-1], 1)
+
+
 @kernel("fc")
 def fc(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     # x is (N, F), or (N, T, F) for a sequence, where every step goes through the same W

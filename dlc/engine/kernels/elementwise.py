@@ -175,8 +175,8 @@ def normal_cdf(x: np.ndarray) -> np.ndarray:
     q *= 0.5  # Phi(-|x|) = erfc(|x| / sqrt 2) / 2
     # Phi(x) = 1 - q where x > 0, else q: as s - (2s - 1) q with s = [x > 0], exactly 1 - q or q. np.where
     # on the random signs of a layer's inputs mispredicts its branches: 0.7 ms against 0.1 ms here.
-    s = np.greater(x, 0).astype(x.dtype)
-    a = np.multiply(s, -2, out=a)
+    s = np.greater(x, 0, out=t)
+    np.multiply(s, -2, out=a)
     a += 1
     q *= a
     q += s

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.layers import feature_axis
 
 # Klambauer et al., "Self-Normalizing Neural Networks" (2017): the fixed point of mean 0, variance 1.
@@ -213,8 +214,13 @@ def softmax_axis(x: np.ndarray) -> int:
 def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     axis = softmax_axis(x)
-    y = np.exp(x - x.max(axis=axis, keepdims=True))
-    y /= y.sum(axis=axis, keepdims=True)
+    if axis == x.ndim - 1:  # vectors, or each step of a sequence
+        y = x - row_max(x)
+        np.exp(y, out=y)
+        y /= row_sums(y)
+    else:
+        y = np.exp(x - x.max(axis=axis, keepdims=True))
+        y /= y.sum(axis=axis, keepdims=True)
 
     def backward(dy):
         return [y * (dy - (dy * y).sum(axis=axis, keepdims=True))], {}

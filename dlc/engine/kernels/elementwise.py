@@ -169,17 +169,14 @@ def normal_cdf(x: np.ndarray) -> np.ndarray:
     for c in reversed(_AS_A[:-1]):
         q += c
         q *= t
-    np.square(a, out=a)
-    np.negative(a, out=a)
+    np.multiply(a, -a, out=a)
     np.exp(a, out=a)
-    q *= a
-    q *= 0.5  # Phi(-|x|) = erfc(|x| / sqrt 2) / 2
-    # Phi(x) = 1 - q where x > 0, else q: as s - (2s - 1) q with s = [x > 0], exactly 1 - q or q. np.where
-    # on the random signs of a layer's inputs mispredicts its branches: 0.7 ms against 0.1 ms here.
+    q *= a  # erfc(|x| / sqrt 2), and Phi(-|x|) is half of it
+    # Phi(x) = 1 - Phi(-|x|) where x > 0, else Phi(-|x|): q (0.5 - s) + s with s = [x > 0] gives exactly
+    # those roundings (scaling by 0.5 and the sign are exact). np.where on the random signs of a
+    # layer's inputs mispredicts its branches: 0.7 ms against 0.1 ms here.
     s = np.greater(x, 0, out=t)
-    np.multiply(s, -2, out=a)
-    a += 1
-    q *= a
+    q *= np.subtract(0.5, s, out=a)
     q += s
     return q
 

@@ -3,6 +3,10 @@
 fc is ONNX Gemm with transB=1 (W is (units, in_features)), applied to each step of a sequence; with
 `tied=LABEL` its W is the embed's table, handed in under the same name by the executor. flatten is ONNX Flatten on NCHW, so the
 features come in C, H, W order; embed is ONNX Gather on axis 0 of W (vocab, dim).
+
+Beside them, what the sequence kernels (attention, layernorm, softmax) share: products and reductions
+over the last axis written as one BLAS call or one vectorised pass (rows_times, row_sums,
+column_sums, row_max).
 """
 
 from __future__ import annotations

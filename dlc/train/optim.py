@@ -42,6 +42,20 @@ RMSPROP_DECAY = 0.9
 
 
 @dataclass
+class Moments:
+    """adam's m and v for every trained tensor end to end in one buffer each, beside the gradients
+    gathered the same way and a scratch buffer: the rule runs as a dozen operations over all the
+    weights instead of a dozen per tensor (the transformer's 38 tensors: 0.5 -> 0.2 ms a step). The
+    optimizer's slots ("m:fc1.W") are views into m and v, so checkpoints see the same named arrays."""
+    names: tuple[str, ...]
+    bounds: tuple[int, ...]  # tensor i is [bounds[i], bounds[i + 1]) of each buffer
+    g: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    scratch: np.ndarray
+
+
+@dataclass
 class Optimizer:
     kind: str
     momentum: float
@@ -51,6 +65,7 @@ class Optimizer:
     slots: dict[str, np.ndarray] = field(default_factory=dict)
     t: int = 0  # updates applied so far (adam's bias correction reads it)
     weight_decay: float = 0.0  # adamw's decoupled decay λ; the others take weight decay as a penalty
+    moments: Moments | None = field(default=None, repr=False, compare=False)  # adam's, built on its first step
 
 
 def make_optimizer(kind: str, momentum: float | None = None, beta1: float | None = None,
@@ -117,20 +132,57 @@ def _rmsprop(opt, name, w, g, lr):
     w -= lr * g / (np.sqrt(c) + opt.eps)
 
 
-def _adam(opt, name, w, g, lr):
-    m, v = _slot(opt, "m", name, w), _slot(opt, "v", name, w)
+def _moments(opt: Optimizer, params: dict[str, np.ndarray]) -> Moments:
+    """The optimizer's Moments for these tensors: built once, the slots it already has copied in (a
+    resumed run's), and rebuilt only if the tensors trained change."""
+    names = tuple(params)
+    if opt.moments is not None and opt.moments.names == names:
+        return opt.moments
+    bounds = tuple(int(b) for b in np.cumsum([0, *(w.size for w in params.values())]))
+    dtype = np.result_type(*params.values())
+    g, m, v, scratch = (np.zeros(bounds[-1], dtype) for _ in range(4))
+    for slot, buf in (("m", m), ("v", v)):
+        for (name, w), start, end in zip(params.items(), bounds, bounds[1:]):
+            view = buf[start:end].reshape(w.shape)
+            if f"{slot}:{name}" in opt.slots:
+                view[...] = opt.slots[f"{slot}:{name}"]
+            opt.slots[f"{slot}:{name}"] = view
+    opt.moments = Moments(names, bounds, g, m, v, scratch)
+    return opt.moments
+
+
+def _adam(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+    mo = _moments(opt, params)
+    g, m, v, tmp = mo.g, mo.m, mo.v, mo.scratch
+    np.concatenate([grads[name].reshape(-1) for name in mo.names], out=g)
     b1, b2 = opt.beta1, opt.beta2
     m *= b1
-    m += (1 - b1) * g
+    m += np.multiply(g, 1 - b1, out=tmp)
     v *= b2
-    v += (1 - b2) * (g * g)
-    mhat = m / (1 - b1 ** opt.t)
-    vhat = v / (1 - b2 ** opt.t)
-    w -= lr * mhat / (np.sqrt(vhat) + opt.eps)
+    np.multiply(g, g, out=tmp)
+    tmp *= 1 - b2
+    v += tmp
+    mhat = np.divide(m, 1 - b1 ** opt.t, out=g)
+    vhat = np.divide(v, 1 - b2 ** opt.t, out=tmp)
+    # w -= lr * mhat / (sqrt(vhat) + eps), each tensor reading its stretch of the whole step
+    np.sqrt(vhat, out=vhat)
+    vhat += opt.eps
+    mhat *= lr
+    mhat /= vhat
+    for (name, w), start, end in zip(params.items(), mo.bounds, mo.bounds[1:]):
+        w -= mhat[start:end].reshape(w.shape)
 
 
-UPDATES = {"sgd": _sgd, "momentum": _momentum, "nesterov": _nesterov, "adagrad": _adagrad,
-           "rmsprop": _rmsprop, "adam": _adam, "adamw": _adam}
+def _each(rule):
+    """A rule written for one tensor, applied to every tensor in turn."""
+    def update(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+        for name, w in params.items():
+            rule(opt, name, w, grads[name], lr)
+    return update
+
+
+UPDATES = {"sgd": _each(_sgd), "momentum": _each(_momentum), "nesterov": _each(_nesterov),
+           "adagrad": _each(_adagrad), "rmsprop": _each(_rmsprop), "adam": _adam, "adamw": _adam}
 
 
 def step(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float,
@@ -141,9 +193,8 @@ def step(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndar
         shrink = np.float32(1 - lr * opt.weight_decay)
         for name in decayed:
             params[name] *= shrink
-    update = UPDATES[opt.kind]
-    for name, w in params.items():
-        update(opt, name, w, grads[name], lr)
+    if params:
+        UPDATES[opt.kind](opt, params, grads, lr)
 
 
 def clip_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:

@@ -18,32 +18,20 @@ import math
 import numpy as np
 
 from dlc.engine.kernels import kernel
-from dlc.engine.kernels.dense import rows_times
+from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.engine.kernels.elementwise import training_rng
 
 
-def _project(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    y = rows_times(x, W.T)
-    if b is not None:
-        y += b
-    return y
+def _stacked(params) -> np.ndarray:
+    """Wq, Wk and Wv as one (3D, D) matrix: Q, K and V come from one matrix product, and backward's
+    weight and input gradients of all three from one each. Stacked anew when needed, not kept: at
+    GPT-2's size it is 7 MiB a layer."""
+    return np.concatenate((params["Wq"], params["Wk"], params["Wv"]))
 
 
-def _split_heads(a: np.ndarray, heads: int) -> np.ndarray:
-    """(N, T, D) -> (N, heads, T, D/heads)."""
-    n, t, d = a.shape
-    return a.reshape(n, t, heads, d // heads).transpose(0, 2, 1, 3)
-
-
-def _join_heads(a: np.ndarray) -> np.ndarray:
-    """(N, heads, T, head_dim) -> (N, T, heads*head_dim)."""
-    n, h, t, dh = a.shape
-    return a.transpose(0, 2, 1, 3).reshape(n, t, h * dh)
-
-
-def causal_mask(steps: int) -> np.ndarray:
-    """True where a step would see a later one: above the diagonal."""
-    return np.triu(np.ones((steps, steps), dtype=bool), 1)
+def causal_mask(steps: int, dtype) -> np.ndarray:
+    """-inf where a step would see a later one (above the diagonal), 0 elsewhere: added to the scores."""
+    return np.triu(np.full((steps, steps), -np.inf, dtype=dtype), 1)
 
 
 @kernel("attention")
@@ -51,36 +39,49 @@ def attention(attrs, params, state, xs, ctx):
     x = xs[0]
     n, t, d = x.shape
     heads, p = attrs["heads"], float(attrs["dropout"])
+    dh = d // heads
     scale = 1 / math.sqrt(attrs["head_dim"])
-    Wq, Wk, Wv, Wo = params["Wq"], params["Wk"], params["Wv"], params["Wo"]
-    q = _split_heads(_project(x, Wq, params.get("bq")), heads)
-    k = _split_heads(_project(x, Wk, params.get("bk")), heads)
-    v = _split_heads(_project(x, Wv, params.get("bv")), heads)
+    bias = "bq" in params
+    x_rows = x.reshape(-1, d)
+    qkv = x_rows @ _stacked(params).T
+    if bias:
+        qkv += np.concatenate((params["bq"], params["bk"], params["bv"]))
+    # (N, T, 3, heads, head_dim) -> three (N, heads, T, head_dim) views: each head's matrix is a strided
+    # one that matmul hands to BLAS as it is (a contiguous copy cost more than it saved)
+    q, k, v = qkv.reshape(n, t, 3, heads, dh).transpose(2, 0, 3, 1, 4)
     a = q @ k.transpose(0, 1, 3, 2)  # (N, H, T, T): the scores, then the weights, in place
     a *= scale
     if attrs["causal"]:
-        a[:, :, causal_mask(t)] = -np.inf  # the diagonal is never masked, so no row is all -inf
-    a -= a.max(axis=-1, keepdims=True)
+        a += causal_mask(t, a.dtype)  # the diagonal is never masked, so no row is all -inf
+    a -= row_max(a)
     np.exp(a, out=a)
-    a /= a.sum(axis=-1, keepdims=True)
+    a /= row_sums(a)
     keep = None
     if ctx.training and p > 0:
         keep = training_rng(ctx, "attention dropout").random(a.shape, dtype=x.dtype) >= p
-        o = (a * keep) @ v
-        o *= 1 / (1 - p)
-    else:
-        o = a @ v
-    o = _join_heads(o)
-    y = _project(o, Wo, params.get("bo"))
+    # O = A V written straight into (N, T, heads, head_dim): the heads joined with no copy
+    o = np.empty((n, t, heads, dh), dtype=x.dtype)
+    np.matmul(a if keep is None else a * keep, v, out=o.transpose(0, 2, 1, 3))
+    o_rows = o.reshape(-1, d)
+    if keep is not None:
+        o_rows *= 1 / (1 - p)
+    Wo = params["Wo"]
+    y = o_rows @ Wo.T
+    if bias:
+        y += params["bo"]
 
     def backward(dy):
         rows = dy.reshape(-1, d)
-        grads = {"Wo": rows.T @ o.reshape(-1, d)}
-        do = _split_heads(dy @ Wo, heads)
+        grads = {"Wo": rows.T @ o_rows}
+        do = (rows @ Wo).reshape(n, t, heads, dh).transpose(0, 2, 1, 3)
+        # dQ, dK and dV written into one (N, T, 3, heads, head_dim) buffer: as (N·T, 3D) rows it is the
+        # gradient of the stacked projection, so its weight and input gradients are one product each
+        d_qkv = np.empty((n, t, 3, heads, dh), dtype=x.dtype)
+        dq, dk, dv = d_qkv.transpose(2, 0, 3, 1, 4)
         if keep is None:
-            dv = a.transpose(0, 1, 3, 2) @ do
+            np.matmul(a.transpose(0, 1, 3, 2), do, out=dv)
         else:
-            dv = (a * keep).transpose(0, 1, 3, 2) @ do
+            np.matmul((a * keep).transpose(0, 1, 3, 2), do, out=dv)
             dv *= 1 / (1 - p)
         da = do @ v.transpose(0, 1, 3, 2)
         if keep is not None:
@@ -90,20 +91,14 @@ def attention(attrs, params, state, xs, ctx):
         da -= np.einsum("nhij,nhij->nhi", da, a)[..., None]
         da *= a
         da *= scale
-        dq = da @ k
-        dk = da.transpose(0, 1, 3, 2) @ q
-        x_rows = x.reshape(-1, d)
-        dx = None
-        for name, W, dproj in (("q", Wq, dq), ("k", Wk, dk), ("v", Wv, dv)):
-            g = _join_heads(dproj).reshape(-1, d)
-            grads["W" + name] = g.T @ x_rows
-            if dx is None:
-                dx = g @ W
-            else:
-                dx += g @ W
-        if "bo" in params:
+        np.matmul(da, k, out=dq)
+        np.matmul(da.transpose(0, 1, 3, 2), q, out=dk)
+        g = d_qkv.reshape(-1, 3 * d)
+        dw = g.T @ x_rows
+        grads["Wq"], grads["Wk"], grads["Wv"] = dw[:d], dw[d:2 * d], dw[2 * d:]
+        if bias:
             grads["bo"] = rows.sum(axis=0)
-            for name, dproj in (("q", dq), ("k", dk), ("v", dv)):
-                grads["b" + name] = dproj.sum(axis=(0, 2)).reshape(-1)
-        return [dx.reshape(n, t, d)], grads
-    return y, backward
+            db = g.sum(axis=0)
+            grads["bq"], grads["bk"], grads["bv"] = db[:d], db[d:2 * d], db[2 * d:]
+        return [(g @ _stacked(params)).reshape(n, t, d)], grads
+    return y.reshape(n, t, d), backward

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.layers import feature_axis
 
 # Klambauer et al., "Self-Normalizing Neural Networks" (2017): the fixed point of mean 0, variance 1.
@@ -168,12 +169,16 @@ def normal_cdf(x: np.ndarray) -> np.ndarray:
     for c in reversed(_AS_A[:-1]):
         q += c
         q *= t
-    np.square(a, out=a)
-    np.negative(a, out=a)
+    np.multiply(a, -a, out=a)
     np.exp(a, out=a)
-    q *= a
-    q *= 0.5  # Phi(-|x|) = erfc(|x| / sqrt 2) / 2
-    return np.where(x > 0, 1 - q, q)
+    q *= a  # erfc(|x| / sqrt 2), and Phi(-|x|) is half of it
+    # Phi(x) = 1 - Phi(-|x|) where x > 0, else Phi(-|x|): q (0.5 - s) + s with s = [x > 0] gives exactly
+    # those roundings (scaling by 0.5 and the sign are exact). np.where on the random signs of a
+    # layer's inputs mispredicts its branches: 0.7 ms against 0.1 ms here.
+    s = np.greater(x, 0, out=t)
+    q *= np.subtract(0.5, s, out=a)
+    q += s
+    return q
 
 
 @kernel("gelu")
@@ -185,8 +190,15 @@ def gelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
     y = x * cdf
 
     def backward(dy):
-        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
-        return [dy * (cdf + x * pdf)], {}
+        # dy * (cdf + x * pdf(x)), pdf(x) = exp(-x²/2) / sqrt(2 pi), in one buffer
+        g = np.multiply(x, -0.5)
+        g *= x
+        np.exp(g, out=g)
+        g *= _INV_SQRT_2PI
+        g *= x
+        g += cdf
+        g *= dy
+        return [g], {}
     return y, backward
 
 
@@ -199,8 +211,13 @@ def softmax_axis(x: np.ndarray) -> int:
 def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
     axis = softmax_axis(x)
-    y = np.exp(x - x.max(axis=axis, keepdims=True))
-    y /= y.sum(axis=axis, keepdims=True)
+    if axis == x.ndim - 1:  # vectors, or each step of a sequence
+        y = x - row_max(x)
+        np.exp(y, out=y)
+        y /= row_sums(y)
+    else:
+        y = np.exp(x - x.max(axis=axis, keepdims=True))
+        y /= y.sum(axis=axis, keepdims=True)
 
     def backward(dy):
         return [y * (dy - (dy * y).sum(axis=axis, keepdims=True))], {}

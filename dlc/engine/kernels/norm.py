@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels.dense import column_sums, row_sums
 
 
 def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
@@ -56,20 +57,33 @@ def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ct
 def layernorm(attrs, params, state, xs, ctx):
     # ONNX LayerNormalization over the last axis: each vector, or each step of a sequence, on its own
     x, gamma, beta = xs[0], params["gamma"], params["beta"]
-    xc = x - x.mean(axis=-1, keepdims=True)
-    inv_std = 1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + float(attrs["eps"]))
-    xhat = xc
+    d = x.shape[-1]
+    mean = row_sums(x)
+    mean /= d
+    xhat = x - mean
+    var = row_sums(xhat * xhat)
+    var /= d
+    var += float(attrs["eps"])
+    inv_std = np.sqrt(var, out=var)
+    np.reciprocal(inv_std, out=inv_std)
     xhat *= inv_std
-    y = xhat * gamma + beta
+    y = xhat * gamma
+    y += beta
 
     def backward(dy):
-        rows = dy.reshape(-1, dy.shape[-1])
-        grads = {"gamma": (rows * xhat.reshape(rows.shape)).sum(axis=0), "beta": rows.sum(axis=0)}
+        rows = dy.reshape(-1, d)
+        dy_xhat = dy * xhat
+        grads = {"gamma": column_sums(dy_xhat.reshape(rows.shape)), "beta": column_sums(rows)}
         g = dy * gamma
         # the mean and variance depend on every feature: remove g's mean and its part along xhat
-        dx = g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
-        dx *= inv_std
-        return [dx], grads
+        along = row_sums(np.multiply(dy_xhat, gamma, out=dy_xhat))  # g · xhat
+        along /= d
+        g_mean = row_sums(g)
+        g_mean /= d
+        g -= g_mean
+        g -= np.multiply(xhat, along, out=dy_xhat)
+        g *= inv_std
+        return [g], grads
     return y, backward
 
 

@@ -20,8 +20,7 @@ Targets (issue 13):
 2. Nielsen's 784-30-10 (specs/mlp_mnist.dlc: sigmoid, quadratic cost, sgd 3.0) at batch 10 against
    network.py's per-sample loop (>= 5x), and at batch 128 against PyTorch's same loop (>= 1.0x).
 3. specs/transformer_reverse.dlc (2 encoder blocks, D=64, 4 heads, T=12, batch 64, adam) against
-   the same network in PyTorch: sequences/s (>= 0.8x). `dlc train` does not fit its per-step output
-   yet, so this one times dlc train's step loop on the engine, not the command.
+   the same network in PyTorch: `dlc train`'s sequences/s, end to end, against PyTorch's loop (>= 0.8x).
 4. `dlc bench` / `dlc infer` through onnxruntime against raw onnxruntime on the same session options
    (<= 5% slower), and whether the export of a conv-bn-relu stack lets onnxruntime fuse it.
 5. A LeNet-5 training step's peak memory (tracemalloc) within 1.5x of `dlc summary --batch B`'s
@@ -185,8 +184,8 @@ def mlp_target(torch, mnist, tmp: Path, images: int, batch: int) -> tuple[Callab
 def transformer_target(torch, tmp: Path, sequences: int) -> tuple[Callable[[], float], Callable[[], float]]:
     """specs/transformer_reverse.dlc (2 pre-layernorm encoder blocks, D=64, 4 heads, T=12, adam 3e-3,
     batch 64) reversing random 12-token sequences over 16 tokens, against the same network in
-    PyTorch (nn.TransformerEncoderLayer, norm_first, exact GELU, no dropout): sequences/s. `dlc train`
-    refuses a per-step output (12x16) so far, so dlc's side is its step loop (engine_loop)."""
+    PyTorch (nn.TransformerEncoderLayer, norm_first, exact GELU, no dropout): sequences/s, dlc's from
+    `dlc train --json` (per-step targets: one class per output step)."""
     import numpy as np
 
     nn = torch.nn
@@ -214,36 +213,8 @@ def transformer_target(torch, tmp: Path, sequences: int) -> tuple[Callable[[], f
                         lambda out, t: nn.functional.cross_entropy(out.reshape(-1, 16), t.reshape(-1)),
                         torch.optim.Adam(model.parameters(), lr=3e-3))
 
-    return engine_loop(ROOT / "specs" / "transformer_reverse.dlc", x, y), theirs
-
-
-def engine_loop(spec: Path, x, y) -> Callable[[], float]:
-    """One epoch of dlc train's step (dlc.train.loop.Run.step) on dlc's NumPy engine with the spec's
-    training settings, for outputs `dlc train` does not fit yet (one class per sequence step)."""
-    import numpy as np
-    from dlc.commands.train_settings import resolve_config
-    from dlc.compile import compile_spec
-    from dlc.train.augment import Augment
-    from dlc.train.engine import NumpyEngine
-    from dlc.train.scoring import count_correct
-
-    graph = compile_spec(spec.read_text(), file=str(spec))
-    cfg = resolve_config(graph, {}, Augment(False, 0, 0.0, 0.0), False)
-    engine = NumpyEngine.fresh(graph, cfg)
-    rng = np.random.default_rng(0)
-    classes = graph.output.out_shape[-1]
-
-    def epoch() -> float:
-        t0 = time.perf_counter()
-        order = rng.permutation(len(x))
-        for i in range(0, len(x), cfg.batch):
-            idx = order[i:i + cfg.batch]
-            xb, yb = x[idx], y[idx]
-            _, out = engine.loss_and_grads(xb, yb, rng)
-            engine.update(cfg.lr)
-            count_correct(out.reshape(-1, classes), yb.reshape(-1), classes)
-        return len(x) / (time.perf_counter() - t0)
-    return epoch
+    spec = str(ROOT / "specs" / "transformer_reverse.dlc")  # its train statement: adam 3e-3, batch 64
+    return lambda: dlc_train([spec, "--data", str(data), "--epochs", "1"], tmp)["images_per_second"], theirs
 
 
 # --- 4: onnxruntime ----------------------------------------------------------------------------

@@ -226,7 +226,8 @@ class Run:
         fed = order if cfg.augment.active else self.engine.feed(order)
         epoch_start, seen_here = time.perf_counter(), 0
         while pos.batch < self.batches:
-            seen_here += self.step(fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr)
+            # images/s of the whole job: every process steps through an equal shard at the same pace
+            seen_here += self.step(fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr) * self.engine.world
             if (loss := self.engine.loss_sum()) is not None:  # a host number: checked after every step
                 self.note(loss)
             self.emit("step", {"batch": pos.batch, "scores": self.scores,

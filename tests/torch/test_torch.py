@@ -462,6 +462,8 @@ def test_two_processes_with_gloo_take_the_steps_of_one_with_twice_the_batch(tmp_
     assert doc["epochs"] == 1
     # 400 samples: 200 per process, ceil(200 / 16) = 13 steps
     assert final(ddp)["step"] == 13 and len((ddp / "log.jsonl").read_text().splitlines()) == 1
+    # images/s are the job's: both processes' 200 samples in the epoch's seconds
+    assert final(ddp)["images_per_second"] * final(ddp)["seconds"] == pytest.approx(400)
     r = train("-e", net, *data, "--batch", "32", "--epochs", "1", "--engine", "torch", "--device", "cpu",
               "--out", single, "-q")
     assert r.exit_code == 0, r.output

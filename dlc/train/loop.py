@@ -274,6 +274,8 @@ class Run:
     def epoch_record(self, running: Running, lr: float, seconds: float, seen: int) -> dict:
         """The epoch's line in log.jsonl: training sums, and the validation and test scores."""
         scored, classes = self.scored, self.classes
+        # the rate the epoch's last step took: during warmup, below the schedule's
+        lr *= warmup_factor(self.pos.step - 1, self.cfg.warmup)
         record = {"epoch": self.pos.epoch + 1, "step": self.pos.step, "lr": lr, "seconds": seconds,
                   "images_per_second": seen / max(seconds, 1e-9),
                   "train_loss": running.loss / running.seen,

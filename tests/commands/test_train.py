@@ -112,6 +112,15 @@ def test_flags_override_the_train_statement(tmp_path):
     assert [r["lr"] for r in log] == [0.25, 0.125]
 
 
+def test_the_log_shows_the_warmed_up_rate(tmp_path):
+    # xor.dlc: 4 samples at batch 4, one step an epoch; warmup=4 takes 1/4, 2/4, 3/4, then all of lr 0.5
+    r = run(SPECS / "xor.dlc", "--epochs", "5", "--lr", "0.5", "--schedule", "constant", "--warmup", "4",
+            "--out", tmp_path / "w", "--quiet")
+    assert r.exit_code == 0, r.output
+    log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == [0.125, 0.25, 0.375, 0.5, 0.5]
+
+
 def test_the_train_statement_takes_adamw_clip_and_warmup(tmp_path):
     r = run("-e", "input 2 -> fc 2 tanh -> fc 1 sigmoid\ntrain optimizer=adamw weight_decay=0.01 clip=1 warmup=3",
             "--epochs", "2", "--warmup", "5", "--out", tmp_path / "w", "--quiet")

@@ -109,7 +109,7 @@ def fresh_optimizer(cfg: TrainConfig) -> optim.Optimizer:
     return optim.make_optimizer(cfg.optimizer, cfg.momentum, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
 
 
-SCORE_ROWS = 1024  # predictions held back before their hits are counted in one call
+SCORE_SIZE = 1 << 14  # output values held back before their hits are counted in one call (64 KiB)
 
 
 class NumpyEngine:
@@ -123,7 +123,7 @@ class NumpyEngine:
         self.split: Split | None = None
         self.running = Running()
         self.unscored: list[tuple[np.ndarray, np.ndarray]] = []  # (outputs, targets) of steps not scored yet
-        self.unscored_rows = 0
+        self.unscored_size = 0
         self.params, self.state, self.opt = params, state, opt
         # transfer learning: the layers up to cfg.freeze keep their weights; only the rest is trained
         self.frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
@@ -157,21 +157,25 @@ class NumpyEngine:
         value, out = self.loss_and_grads(x, y, rng)
         self.running.loss += value * len(y)
         self.running.seen += len(y)
-        # hits are counted over several steps at once: at batch 10 one count_correct call a step cost
-        # as much as a tenth of the step
-        self.unscored.append((out.copy(), y))  # a copy: the next step may reuse the output's buffer
-        self.unscored_rows += out.size // self.classes
-        if self.unscored_rows >= SCORE_ROWS:
+        # Small outputs are scored several steps at once: at batch 10 one count_correct call a step
+        # cost a tenth of the step. A large one is scored at once, not copied and held.
+        if self.unscored_size + out.size > SCORE_SIZE:
             self.score()
+            self.add_hits(out, y)
+        else:
+            self.unscored.append((out.copy(), y))  # a copy: the next step may reuse the output's buffer
+            self.unscored_size += out.size
 
     def score(self) -> None:
-        """Add the hits of the outputs not counted yet to the running sums."""
+        """Add the hits of the outputs held back to the running sums."""
         if self.unscored:
-            out, y = (np.concatenate(a) for a in zip(*self.unscored))
-            top1, top5 = count_correct(out, y, self.classes)
-            self.running.correct += top1
-            self.running.top5 += top5
-            self.unscored, self.unscored_rows = [], 0
+            self.add_hits(*(np.concatenate(a) for a in zip(*self.unscored)))
+            self.unscored, self.unscored_size = [], 0
+
+    def add_hits(self, out: np.ndarray, y: np.ndarray) -> None:
+        top1, top5 = count_correct(out, y, self.classes)
+        self.running.correct += top1
+        self.running.top5 += top5
 
     def tallies(self) -> Running:
         self.score()
@@ -181,7 +185,7 @@ class NumpyEngine:
         return self.running.loss
 
     def start_tallies(self, running: Running) -> None:
-        self.running, self.unscored, self.unscored_rows = replace(running), [], 0
+        self.running, self.unscored, self.unscored_size = replace(running), [], 0
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         """The batch's loss with penalties and the network's outputs; the gradients kept for update."""

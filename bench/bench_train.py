@@ -7,8 +7,8 @@ Run: python bench/bench_train.py [--threads N] [--rounds 3] [--data ../shared/da
 onnxruntime, memory, startup.
 
 Every ratio comes from alternating rounds in this one process: dlc, then its reference, then dlc
-again, so load from other processes falls on both alike; each side's median over the rounds counts,
-and the per-round ratios are printed beside it. numpy's OpenBLAS and PyTorch get the same thread
+again, so load from other processes falls on both alike; the median of the rounds' ratios counts
+(each side's median rate is printed, and every round's ratio beside it). numpy's OpenBLAS and PyTorch get the same thread
 count (--threads, default one per core), fixed before either is imported. OpenBLAS's threads
 busy-wait, and on cores other processes load they collapse 10-50x: on a shared machine
 `--threads 1` gives steadier ratios.
@@ -77,9 +77,12 @@ def alternate(pairs: dict[str, tuple[Callable[[], float], Callable[[], float]]],
 
 
 def report(name: str, ours: list[float], theirs: list[float], unit: str, ref: str, target: float) -> None:
+    # The ratio is the median of the rounds' ratios: each round's two sides ran back to back under
+    # the same load, which a ratio of the two sides' medians (taken from different rounds) loses.
     mine, ref_rate = statistics.median(ours), statistics.median(theirs)
-    ratio = mine / ref_rate
-    per_round = " ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs))
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    ratio = statistics.median(ratios)
+    per_round = " ".join(f"{r:.2f}" for r in ratios)
     print(f"{name:<34} {mine:>10,.0f} vs {ref_rate:>10,.0f} {unit:<8} {ratio:5.2f}x {ref:<20} "
           f"target >= {target:.2g}x {'met' if ratio >= target else 'NOT MET'}   (rounds: {per_round})")
 

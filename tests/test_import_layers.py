@@ -1,6 +1,7 @@
 """dlc's imports run one way, top to bottom, and no module imports itself back through others:
 
-    CLI -> commands -> pictures -> (train, onnx) -> analysis and reports -> engine -> layers/graph/compiler -> errors/units
+    CLI -> commands -> (pictures, torch) -> (train, onnx) -> analysis and reports -> engine
+        -> layers/graph/compiler -> errors/units
 
 Imports are read from the source with ast, function-level ones included (a lazy import is still a
 dependency). A package's __init__ importing its own submodules (the registries of dlc.layers and
@@ -13,7 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dlc"
 
@@ -29,7 +29,6 @@ TIERS: list[dict[str, tuple[str, ...]]] = [
     {"front": ("dlc.layers", "dlc.graph", "dlc.compile", "dlc.syntax", "dlc.zoo")},
     {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.resources", "dlc.choices", "dlc.progress", "dlc")},
 ]
-
 
 
 def module_name(path: Path) -> str:

@@ -104,7 +104,7 @@ KIND_SPECS = {
 @pytest.mark.parametrize("name", KIND_SPECS)
 def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
     from dlc.compile import compile_spec
-    from dlc.engine.params import init_params, save_checkpoint
+    from dlc.engine.params import init_params
     from dlc.onnx.export import save_model, to_onnx
 
     graph = compile_spec(KIND_SPECS[name])

@@ -84,7 +84,7 @@ def count_conv_transpose(op: Op) -> Cost:
 
 
 def count_gemm(op: Op) -> Cost:
-    a, b = op.shape(op.ins[0]), op.shape(op.ins[1])
+    a = op.shape(op.ins[0])
     k = a[0] if op.attrs.get("transA", 0) else a[1]
     out = op.out_elements()
     macs = out * k

@@ -38,7 +38,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -302,32 +301,20 @@ def fusion_check() -> str:
 # --- 5: memory ---------------------------------------------------------------------------------
 
 def memory_target(batches: tuple[int, ...]) -> None:
-    import tracemalloc
-
     import numpy as np
     from dlc.analysis import analyse
     from dlc.compile import compile_spec
-    from dlc.engine.params import init_params
-    from dlc.engine.run import loss_and_grads
     from dlc.zoo import zoo_path
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from step_memory import sgd_step_peak  # the memory test's own measurement
 
     graph = compile_spec(zoo_path("lenet5").read_text(), file="lenet5.dlc")
     rng = np.random.default_rng(0)
     ratios = []
     for batch in batches:
         estimate = analyse(graph, batch=batch, optimizer="sgd").totals.engine_train_bytes  # columns included
-        x = rng.standard_normal((batch, 1, 32, 32), dtype=np.float32)
-        labels = rng.integers(0, 10, batch)
-        tracemalloc.start()
-        try:
-            params, state = init_params(graph)
-            _, _, grads = loss_and_grads(graph, params, state, x, labels, "xent")
-            for k, g in grads.items():
-                params[k] -= 0.01 * g
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        ratios.append((batch, (peak + x.nbytes) / estimate))  # the batch counts among the estimate's activations
+        ratios.append((batch, sgd_step_peak(graph, batch, rng) / estimate))
     worst = max(r for _, r in ratios)
     print(f"{'LeNet-5 step peak / estimate':<34} {' '.join(f'B={b}: {r:.2f}' for b, r in ratios)}   "
           f"target <= 1.5 {'met' if worst <= 1.5 else 'NOT MET'}")

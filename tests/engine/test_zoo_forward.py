@@ -3,16 +3,15 @@ analysis predicts; a LeNet-5 training step peaks within 1.5x of the engine's mem
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from dlc.analysis import analyse
 from dlc.engine.params import init_params
-from dlc.engine.run import activations, loss_and_grads
+from dlc.engine.run import activations
 from dlc.layers.dense import token_vocab
 from dlc.zoo import zoo_names
+from step_memory import sgd_step_peak
 
 
 BIG = 50_000_000  # params above which a zoo network runs at batch 1 (GPT-2 small: 145 G MACs a sample)
@@ -48,20 +47,7 @@ def test_lenet5_training_step_peak_is_within_1_5x_of_the_engine_estimate(batch, 
     # conventions.md "Memory": parameters + gradients + optimizer state (none for sgd) + batch x
     # activations, 4 bytes each, plus the im2col columns the engine holds at once
     estimate = analyse(graph, batch=batch, optimizer="sgd").totals.engine_train_bytes
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, 1, 32, 32), dtype=np.float32)
-    labels = rng.integers(0, 10, batch)
-    tracemalloc.start()
-    try:
-        params, state = init_params(graph)
-        _, _, grads = loss_and_grads(graph, params, state, x, labels, "xent")
-        for k, g in grads.items():
-            params[k] -= 0.01 * g
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    # the batch itself was allocated before tracing began; the estimate counts it among the activations
-    peak += x.nbytes
+    peak = sgd_step_peak(graph, batch, np.random.default_rng(0))
     assert estimate / 1.5 <= peak <= 1.5 * estimate, f"peak {peak:,} bytes, estimate {estimate:,}"
 
 

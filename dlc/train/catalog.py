@@ -6,10 +6,14 @@ its commands), so that the help and the errors built from this table need neithe
 
 Every reader has one signature, `reader(where: str, want: Wanted) -> Data`: `where` is the set's name
 or the file's path, `want` what the spec asks of the data (a reader uses what it needs; a file that
-holds its own arrays needs none of it). A new source is one entry here, its reader, and its sample in
-tests/train/test_data_sources.py, which checks that every entry has one. The first entry in table order
-that matches a path reads it, so an entry that claims a directory only when it finds its own files inside
-goes before IDX, which claims any directory.
+holds its own arrays needs none of it). A reader may return memory-mapped arrays (np.memmap) for data
+larger than memory. A new source is one entry here, its reader, and its sample in
+tests/train/test_data_sources.py, which checks that every entry has one.
+
+The first entry in table order that matches a path reads it. IDX claims any directory (so that a
+folder of misnamed MNIST files is told which names it lacks), so a new directory source goes before it
+and claims only a directory that `holds` its own files (CIFAR's "data_batch_*", or "*/" for a folder of
+class folders).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Source:
     reader: str  # "module:function", called as function(where, want) -> Data
     files: tuple[str, ...] = ()  # patterns a file's lower-cased name matches (fnmatch)
     folder: bool = False  # reads a directory
+    holds: str = ""  # ...one with an entry matching this pattern (a subdirectory's name ends in /); "": any
 
     @property
     def builtin(self) -> bool:
@@ -52,7 +57,8 @@ class Source:
 
     def matches(self, path: Path) -> bool:
         if path.is_dir():
-            return self.folder
+            return self.folder and (not self.holds or any(
+                fnmatch(p.name.lower() + "/" * p.is_dir(), self.holds) for p in path.iterdir()))
         return any(fnmatch(path.name.lower(), pattern) for pattern in self.files)
 
     def read(self, where: str, want: Wanted | None) -> Data:

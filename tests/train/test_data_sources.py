@@ -145,6 +145,21 @@ def test_every_source_has_a_sample_and_every_sample_a_source():
     assert set(SAMPLES) <= {s.name for s in SOURCES}, "a sample for a source the table no longer has"
 
 
+def test_a_directory_source_claims_only_a_directory_holding_its_files(tmp_path):
+    # the next sources are one entry each: CIFAR's folder before IDX, which takes any other directory
+    cifar = Source("CIFAR", "CIFAR-10's python batches", "dlc.train.cifar:load_cifar", files=("*.tar.gz",),
+                   folder=True, holds="data_batch_*")
+    classes = Source("images", "a folder per class", "dlc.train.images:load_folder", folder=True, holds="*/")
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "cifar" / "data_batch_1").write_bytes(b"")
+    (tmp_path / "pets" / "cat").mkdir(parents=True)
+    assert [cifar.matches(tmp_path / d) for d in ("mnist", "cifar", "pets")] == [False, True, False]
+    assert [classes.matches(tmp_path / d) for d in ("mnist", "cifar", "pets")] == [False, False, True]
+    assert cifar.matches(tmp_path / "cifar-10-python.tar.gz") and not classes.matches(tmp_path / "x.npz")
+    assert file_source(tmp_path / "mnist").name == "IDX"
+
+
 def test_the_check_names_a_source_without_a_sample():
     extra = Source("cifar10", "CIFAR-10's python batches", "dlc.train.readers:load_cifar", files=("*.tar.gz",))
     assert missing_samples((*SOURCES, extra)) == ["cifar10"]

@@ -56,7 +56,7 @@ def _windows(ids: np.ndarray, steps: int) -> Split | None:
 def text_data(path: str, want: Wanted | None) -> Data:
     """The text file as next-character windows for a spec reading T token ids, with its vocabulary."""
     if want is None:
-        raise DlcError(f"{path}: a text file is cut into windows of the spec's input length, so it is read for a spec")
+        raise DlcError(f"{path}: a text file is cut into windows of a spec's input length, and no spec was given")
     input_shape, classes, vocab = want.input_shape, want.classes, want.vocab
     if len(input_shape) != 1 or vocab is None:
         raise DlcError(f"{path}: a text file trains a character-level language model, so the spec must read "

@@ -24,18 +24,17 @@ from dlc.commands.train_settings import (default_data, fresh_out, output_steps, 
 from dlc.commands.train_summary import aggregate, print_summary, run_summary
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
+from dlc.train.catalog import data_epilog, data_help
 
 if TYPE_CHECKING:  # numpy comes with them, so the command imports them only when it runs
     from dlc.train.config import TrainConfig
     from dlc.train.sources import DataSource
 
 
-@click.command("train")
+@click.command("train", epilog=data_epilog())
 @spec_input
 @train_flags
-@click.option("--data", metavar="NAME|PATH", help="Training data: .npz, .csv, .pkl[.gz], an IDX directory or file, "
-              "a .txt file (a character-level language model), or a built-in set (xor, spirals, blobs, "
-              "glyphs; reverse, sort, copy for token sequences). Default: xor for 2 inputs, glyphs for "
+@click.option("--data", metavar="NAME|PATH", help=f"{data_help()} Default: xor for 2 inputs, glyphs for "
               "images/784-vectors with 10 outputs.")
 @click.option("--reshape", is_flag=True, help="Fit images of another size: centre-pad/crop, repeat one channel.")
 @click.option("--normalize", type=click.Choice(choices.NORMALIZE_KINDS), default="none",

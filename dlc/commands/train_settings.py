@@ -16,6 +16,7 @@ from dlc import choices
 from dlc.commands.arguments import NON_NEGATIVE, POSITIVE, SEED
 from dlc.errors import DlcError, Pos
 from dlc.layers.spatial import show
+from dlc.train.catalog import data_choices
 
 if TYPE_CHECKING:  # numpy comes with them, so the command imports them only when it runs
     from dlc.train.augment import Augment
@@ -124,8 +125,7 @@ def default_data(graph) -> str:
     if (len(shape) == 3 or shape == (784,)) and out == (10,):
         return "glyphs"
     raise DlcError(f"no default data for an input of {show(shape)} and an output of {show(out)}: "
-                   f"name it with --data (a .npz, .csv, .pkl.gz, IDX directory, a .txt file, or xor, spirals, "
-                   f"blobs, glyphs, reverse, sort, copy)")
+                   f"name it with --data ({data_choices()})")
 
 
 def output_width(graph) -> int:

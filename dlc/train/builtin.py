@@ -18,6 +18,7 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
+from dlc.train.catalog import Wanted, builtin_source
 from dlc.train.dataset import Data, Split
 from dlc.train.sequences import SEQUENCE_SIZES, TARGETS, sequence_task
 
@@ -158,7 +159,8 @@ def glyphs(input_shape, classes: int, sizes, seed: int = 0) -> Data:
     return _splits(x, y.astype(np.int64), sizes, "glyphs")
 
 
-# The sequence tasks take the embedding's vocabulary too (builtin_data passes it).
+# Each set's generator, under the name dlc.train.catalog lists it by (tests/train/test_data_sources.py
+# checks that the two agree). The sequence tasks take the embedding's vocabulary too (builtin_data passes it).
 BUILTIN = {"xor": xor, "spirals": spirals, "blobs": blobs, "glyphs": glyphs, **dict.fromkeys(TARGETS, sequence_task)}
 
 
@@ -168,8 +170,7 @@ def builtin_data(name: str, input_shape, classes: int, sizes=None, seed: int = 0
     classes: the output's width (of each step, for a sequence output); vocab: the embedding's
     vocabulary when the spec reads token ids, which the sequence tasks draw their tokens from.
     """
-    if name not in BUILTIN:
-        raise DlcError(f"no built-in data set `{name}` (expected {', '.join(BUILTIN)})")
+    builtin_source(name)  # refuses a name the table does not list
     sizes = tuple(BUILTIN_SIZES[name]) if sizes is None else tuple(sizes)
     if name != "xor" and sizes[0] < 1:
         raise DlcError(f"the training split of `{name}` needs at least one sample")
@@ -177,3 +178,8 @@ def builtin_data(name: str, input_shape, classes: int, sizes=None, seed: int = 0
         x, y = sequence_task(name, tuple(input_shape), classes, vocab, sum(sizes), seed)
         return _splits(x, y, sizes, name)
     return BUILTIN[name](tuple(input_shape), classes, sizes, seed)
+
+
+def builtin_set(name: str, want: Wanted) -> Data:
+    """The built-in sets' reader in dlc.train.catalog's table, with its one signature."""
+    return builtin_data(name, want.input_shape, want.classes, want.sizes, want.seed, vocab=want.vocab)

@@ -2,6 +2,8 @@
 
 Every reader returns a `Data` of checked splits. Pixel bytes (uint8) become float32 in [0, 1], as in
 the classic mnist.pkl.gz, so one model sees the same scale whatever file its data came from.
+dlc.train.catalog names each reader beside the file names it reads and calls it as reader(path, want);
+a file holds its own shapes (dlc.train.fit fits them to the spec), so these readers ignore `want`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.errors import DlcError
+from dlc.train.catalog import Wanted, file_source
 from dlc.train.dataset import Data, Split
 
 
@@ -122,7 +125,7 @@ def _idx_pair(xp: Path, yp: Path, what: str) -> Split:
     return _split(x[:, None], y, str(xp), what)
 
 
-def load_idx(path) -> Data:
+def load_idx(path, want: Wanted | None = None) -> Data:
     """MNIST IDX: a directory with the four standard files, or one images file beside its labels."""
     path = Path(path)
     if path.is_dir():
@@ -154,7 +157,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_pickle(path) -> Data:
+def load_pickle(path, want: Wanted | None = None) -> Data:
     """mnist.pkl.gz: gzip + pickle (latin1) of (train, valid, test), each (images (N, 784), labels)."""
     path = Path(path)
     raw = _read_bytes(path)
@@ -169,7 +172,7 @@ def load_pickle(path) -> Data:
     return Data(*splits, name=str(path))
 
 
-def load_npz(path) -> Data:
+def load_npz(path, want: Wanted | None = None) -> Data:
     """.npz with x and y; optionally x_val, y_val and x_test, y_test."""
     path = Path(path)
     try:
@@ -189,7 +192,7 @@ def load_npz(path) -> Data:
                 name=str(path))
 
 
-def load_csv(path) -> Data:
+def load_csv(path, want: Wanted | None = None) -> Data:
     """CSV: the label first, then the features; a first row that is not all numbers is a header."""
     path = Path(path)
     try:
@@ -213,18 +216,9 @@ def load_csv(path) -> Data:
     return Data(_split(table[:, 1:].astype(np.float32), table[:, 0], str(path), "train"), name=str(path))
 
 
-def load_file(path) -> Data:
-    """Pick the reader by what the path is: a directory or *idx* file, .pkl[.gz], .npz, .csv[.gz]."""
+def load_file(path, want: Wanted | None = None) -> Data:
+    """Read a file or directory with the reader dlc.train.catalog picks by what the path is."""
     p = Path(path)
     if not p.exists():
         raise DlcError(f"no such data file or directory: {path}")
-    name = p.name.lower()
-    if p.is_dir() or "idx" in name:
-        return load_idx(p)
-    if name.endswith((".pkl", ".pkl.gz", ".pickle")):
-        return load_pickle(p)
-    if name.endswith(".npz"):
-        return load_npz(p)
-    if name.endswith((".csv", ".csv.gz")):
-        return load_csv(p)
-    raise DlcError(f"{path}: unknown data format (expected an IDX directory or file, .pkl.gz, .npz or .csv)")
+    return file_source(p).read(str(p), want)

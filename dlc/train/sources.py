@@ -14,11 +14,10 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.normalize import normalize, normalizer
-from dlc.train.builtin import BUILTIN, builtin_data
+from dlc.train.catalog import BUILTIN_SETS, Wanted, builtin_names, builtin_source
 from dlc.train.dataset import Data, Split
 from dlc.train.fit import announce_range, carve_val, check_labels, fit_inputs, step_labels
 from dlc.train.readers import load_file
-from dlc.train.text import is_text, text_data
 
 
 @dataclass
@@ -38,14 +37,14 @@ def data_source(text: str, **kw) -> DataSource:
     """A --data value: an existing file or directory, else a built-in set's name."""
     if not text.strip():
         raise DlcError(f"--data {text!r} is empty: name a file, a directory, or a built-in set "
-                       f"({', '.join(BUILTIN)})")
+                       f"({builtin_names()})")
     p = Path(os.path.expanduser(text))
     if p.exists():
         return DataSource(str(p.resolve()), **kw)
-    if text in BUILTIN:
+    if text in BUILTIN_SETS:
         return DataSource(text, builtin=True, **kw)
     raise DlcError(f"--data {text}: no such file or directory, and no built-in data set of that name "
-                   f"(built-in: {', '.join(BUILTIN)})")
+                   f"(built-in: {builtin_names()})")
 
 
 def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens: bool = False,
@@ -59,15 +58,13 @@ def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens:
     `norm` reuses stored statistics (a resumed run) instead of computing them from train.
     on_phase(what) names each phase as it starts (MNIST takes seconds to read and fit), for a display.
     """
+    want = Wanted(tuple(input_shape), classes, vocab, src.sizes, src.seed)
     if src.builtin:
         on_phase(f"making the built-in set {src.source}")
-        data = builtin_data(src.source, input_shape, classes, src.sizes, src.seed, vocab=vocab)
-    elif is_text(src.source):
-        on_phase(f"reading {src.source}")
-        data = text_data(src.source, tuple(input_shape), classes, vocab)
+        data = builtin_source(src.source).read(src.source, want)
     else:
         on_phase(f"reading {src.source}")
-        data = load_file(src.source)
+        data = load_file(src.source, want)
     on_phase(f"fitting {data.name} to the spec")
     data = fit_inputs(data, input_shape, src.reshape)
     if steps is None:

@@ -20,14 +20,10 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
+from dlc.train.catalog import Wanted
 from dlc.train.dataset import Data, Split
 
-TEXT_SUFFIXES = (".txt",)
 SPLIT_ENDS = (0.90, 0.95, 1.0)  # where train, val and test end, as fractions of the text
-
-
-def is_text(path: str) -> bool:
-    return Path(path).name.lower().endswith(TEXT_SUFFIXES)
 
 
 def read_text(path: str) -> str:
@@ -57,8 +53,11 @@ def _windows(ids: np.ndarray, steps: int) -> Split | None:
     return Split(x, y)
 
 
-def text_data(path: str, input_shape: tuple[int, ...], classes: int, vocab: int | None) -> Data:
+def text_data(path: str, want: Wanted | None) -> Data:
     """The text file as next-character windows for a spec reading T token ids, with its vocabulary."""
+    if want is None:
+        raise DlcError(f"{path}: a text file is cut into windows of a spec's input length, and no spec was given")
+    input_shape, classes, vocab = want.input_shape, want.classes, want.vocab
     if len(input_shape) != 1 or vocab is None:
         raise DlcError(f"{path}: a text file trains a character-level language model, so the spec must read "
                        f"token ids (`input seq T` then `embed D vocab=V`); its input is {show(input_shape)}")

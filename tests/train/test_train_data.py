@@ -166,9 +166,9 @@ def test_bad_csv(tmp_path, text, message):
 
 
 def test_unknown_format_and_missing_file(tmp_path):
-    (tmp_path / "d.txt").write_text("x")
+    (tmp_path / "d.dat").write_text("x")
     with pytest.raises(DlcError, match="unknown data format"):
-        load_file(tmp_path / "d.txt")
+        load_file(tmp_path / "d.dat")
     with pytest.raises(DlcError, match="no such data file"):
         load_file(tmp_path / "none.npz")
 

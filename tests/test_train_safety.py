@@ -241,3 +241,44 @@ def test_quick_set_up_prints_nothing():
     display.phase("making the built-in set xor")
     display.phase(None)  # well before SETUP_AFTER
     assert screen.getvalue() == ""
+
+
+def test_plot_never_overwrites_a_picture_kept_in_the_folder(tmp_path):
+    pytest.importorskip("matplotlib")
+    for repeat in ("1", "2"):
+        kept = tmp_path / f"kept{repeat}"
+        kept.mkdir()
+        (kept / "curves.png").write_bytes(b"my own picture")
+        refused(run(XOR, "--epochs", "1", "--plot", "--repeat", repeat, "--out", kept),
+                f"{re.escape(str(kept))} holds curves.png, which the run writes")
+        assert sorted(p.name for p in kept.iterdir()) == ["curves.png"]
+        assert (kept / "curves.png").read_bytes() == b"my own picture"
+    assert run(XOR, "--epochs", "1", "--out", tmp_path / "kept1", "--quiet").exit_code == 0  # no --plot: no clash
+
+
+def test_two_runs_into_one_folder_the_second_refuses_with_the_first_ones_pid(tmp_path):
+    # Both started together once both ran, and one log held 600 records for 300 epochs (issue 25).
+    out = tmp_path / "same"
+    first = dlc(XOR, "--out", out, "--quiet", "--epochs", "100000", "--save-every", "1")
+    wait_for(lambda: (out / "log.jsonl").exists(), first)  # it holds the folder and is training
+    second = subprocess.run([sys.executable, "-m", "dlc", "train", str(XOR), "--out", str(out), "--quiet"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    first_running = first.poll() is None
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert first_running, "the first run ended before the second started"
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip() == (f"error: {out} is in use by another dlc train (process {first.pid}): "
+                                     f"wait for it to end, or choose another --out")
+    # the first run's log is its own: one line per epoch, in order
+    epochs = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1))
+    # a resume is refused the same way while a run holds the folder, and the lock goes with its holder
+    assert not (out / ".lock").exists()
+    third = dlc("--resume", out, "--quiet", "--epochs", "100000", "--save-every", "1")
+    wait_for(lambda: (out / ".lock").exists() and (out / ".lock").read_text().strip() == str(third.pid), third)
+    fourth = run("--resume", out, "--quiet")
+    third.send_signal(signal.SIGKILL)  # a killed holder leaves its lock file, but not the lock
+    third.wait()
+    refused(fourth, f"in use by another dlc train \\(process {third.pid}\\)")
+    assert run("--resume", out, "--quiet", "--epochs", str(len(epochs) + 1)).exit_code == 0

@@ -8,6 +8,7 @@ the command, so the other commands start fast.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -78,6 +79,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
     from dlc.torch import launched, leave_process_group
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
+    from dlc.train.rundir import run_lock
     from dlc.train.sources import prepare
 
     tune_allocator()
@@ -103,46 +105,52 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
 
             start = load_checkpoint(weights, graph)[:2]
         root = out or fresh_out(graph)
-        runs = fresh_runs(cfg, root, repeat, check=writer)
-    try:
-        data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
-                                    norm=norm, on_phase=display.phase, steps=output_steps(graph),
-                                    vocab=token_vocab(graph))
-        display.phase("fingerprinting the data (--resume checks it)")
-        fingerprint = data_arrays.fingerprint()
-    except MemoryError:
-        raise DlcError(f"out of memory while preparing the data {src.source}") from None
-    finally:
-        display.phase(None)
-    if resume is not None:
-        check_same_data(checkpoint[2], fingerprint, resume)
-    for text in data_arrays.notes:
-        display.note(text)
-    meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
-            "vocab": data_arrays.vocab}
-    docs = []
-    for cfg_i, out_i, checkpoint in runs:
-        display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
+        runs = fresh_runs(cfg, root, repeat)
+    with contextlib.ExitStack() as held:
+        if writer:  # one run per folder at a time (torchrun's other ranks write nothing), checked once held
+            for _, d, _ in runs:
+                held.enter_context(run_lock(d))
+            if resume is None:
+                check_fresh_runs(root, [d for _, d, _ in runs], plot)
         try:
-            result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
-                                  save_every=save_every, on_event=display, engine=engine_class, start=start)
+            data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
+                                        norm=norm, on_phase=display.phase, steps=output_steps(graph),
+                                        vocab=token_vocab(graph))
+            display.phase("fingerprinting the data (--resume checks it)")
+            fingerprint = data_arrays.fingerprint()
+        except MemoryError:
+            raise DlcError(f"out of memory while preparing the data {src.source}") from None
         finally:
-            display.close()
-        docs.append(run_summary(result, data_arrays, data_arrays.notes))
-        if result.stopped:
-            break
-    leave_process_group()  # every collective is done; rank 0 only writes its summary from here
-    if not writer:
-        return
-    summary = docs[0] if len(docs) == 1 else aggregate(docs)
-    if plot and any(d["epochs"] for d in docs):  # a run stopped in its first epoch has no curve yet
-        summary["curves"] = str(curves.write_curves(root))
-    print_summary(summary, len(docs), quiet, as_json, root)
-    stopped = next((d for d in docs if d["stopped"]), None)
-    if stopped:
-        click.echo(f"error: {stopped['message']}" if stopped["stopped"] == "diverged" else stopped["message"],
-                   err=True)
-        raise SystemExit(1 if stopped["stopped"] == "diverged" else 130)
+            display.phase(None)
+        if resume is not None:
+            check_same_data(checkpoint[2], fingerprint, resume)
+        for text in data_arrays.notes:
+            display.note(text)
+        meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
+                "vocab": data_arrays.vocab}
+        docs = []
+        for cfg_i, out_i, checkpoint in runs:
+            display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
+            try:
+                result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
+                                      save_every=save_every, on_event=display, engine=engine_class, start=start)
+            finally:
+                display.close()
+            docs.append(run_summary(result, data_arrays, data_arrays.notes))
+            if result.stopped:
+                break
+        leave_process_group()  # every collective is done; rank 0 only writes its summary from here
+        if not writer:
+            return
+        summary = docs[0] if len(docs) == 1 else aggregate(docs)
+        if plot and any(d["epochs"] for d in docs):  # a run stopped in its first epoch has no curve yet
+            summary["curves"] = str(curves.write_curves(root))
+        print_summary(summary, len(docs), quiet, as_json, root)
+        stopped = next((d for d in docs if d["stopped"]), None)
+        if stopped:
+            click.echo(f"error: {stopped['message']}" if stopped["stopped"] == "diverged" else stopped["message"],
+                       err=True)
+            raise SystemExit(1 if stopped["stopped"] == "diverged" else 130)
 
 
 def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val: float | None,
@@ -182,32 +190,29 @@ def engine_for(engine: str, device: str):
     return torch_engine(device)
 
 
-def fresh_runs(cfg: TrainConfig, root: Path, repeat: int, check: bool = True) -> list[tuple]:
-    """(config, run directory, no checkpoint) per run: root itself, or root/seedN for --repeat.
-    check: refuse a directory that holds a run (not on torchrun's other ranks, which rank 0 races)."""
+def fresh_runs(cfg: TrainConfig, root: Path, repeat: int) -> list[tuple]:
+    """(config, run directory, no checkpoint) per run: root itself, or root/seedN for --repeat."""
     if repeat == 1:
-        runs = [(cfg, root, None)]
-    else:
-        runs = [(replace(cfg, seed=cfg.seed + i), root / f"seed{cfg.seed + i}", None) for i in range(repeat)]
-    for _, d, _ in runs:
-        if check:
-            check_fresh_folder(d)
-    return runs
+        return [(cfg, root, None)]
+    return [(replace(cfg, seed=cfg.seed + i), root / f"seed{cfg.seed + i}", None) for i in range(repeat)]
 
 
-def check_fresh_folder(folder: Path) -> None:
-    """A fresh run writes its files into `folder`: refuse one that is a file, lies under a file, or holds a
-    file the run would write (a model someone kept is not overwritten), before any data is loaded."""
+def check_fresh_runs(root: Path, folders: list[Path], plot: bool) -> None:
+    """Fresh runs write their files into `folders`, and --plot root's curves.png: refuse a folder that
+    holds a file a run would write (a model or picture someone kept is not overwritten), before any data
+    is loaded."""
+    from dlc.plot import CURVES
     from dlc.train.rundir import LAST, RUN_FILES
 
-    existing = next(p for p in (folder, *folder.parents) if p.exists())  # `.` or `/` at the latest
-    if not existing.is_dir():
-        where = "it is a file" if existing == folder else f"{existing} is a file"
-        raise DlcError(f"--out {folder}: {where}, not a folder")
-    if (folder / LAST).exists():
-        raise DlcError(f"{folder} already holds a run ({LAST}): continue it with --resume {folder}, "
-                       f"or choose another --out")
-    kept = [name for name in RUN_FILES if (folder / name).exists()]
-    if kept:
-        raise DlcError(f"{folder} holds {', '.join(kept)}, which a run writes: choose another --out "
-                       f"(or move them) so they are not overwritten")
+    for folder in folders:
+        if (folder / LAST).exists():
+            raise DlcError(f"{folder} already holds a run ({LAST}): continue it with --resume {folder}, "
+                           f"or choose another --out")
+    written = {folder: list(RUN_FILES) for folder in folders}
+    if plot:
+        written.setdefault(root, []).append(CURVES)
+    for folder, names in written.items():
+        kept = [name for name in names if (folder / name).exists()]
+        if kept:
+            raise DlcError(f"{folder} holds {', '.join(kept)}, which the run writes: choose another --out "
+                           f"(or move them) so they are not overwritten")

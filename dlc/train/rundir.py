@@ -10,11 +10,13 @@ folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 from dlc.atomic import atomic_write, stale_temps
 from dlc.engine.params import save_checkpoint
@@ -23,6 +25,7 @@ from dlc.errors import DlcError
 RUN_SCHEMA = "dlc.train/1"
 LAST, BEST, LOG, METRICS = "last.npz", "best.npz", "log.jsonl", "metrics.json"
 RUN_FILES = (LAST, BEST, LOG, METRICS)  # what a run writes into its folder
+LOCK = ".lock"  # held while a run writes its folder; holds the writer's process id
 
 Snapshot = tuple[dict, dict, dict]  # (params, state, meta), as save_checkpoint takes them
 
@@ -56,6 +59,55 @@ def read_log(path: Path, upto_epoch: int) -> list[dict]:
             records.append(r)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` for one run, so that two runs never write into one (their epochs would interleave
+    in one log). A run that finds the folder held raises DlcError naming the holder's process id.
+
+    The lock is flock(2) on `folder/.lock`: the kernel drops it when its holder dies, however it dies,
+    so a killed run leaves no lock that needs clearing by hand. The file goes when the run ends; a
+    folder this made and the run left empty (refused before it wrote) goes too."""
+    import fcntl
+
+    made = [d for d in (folder, *folder.parents) if not d.exists()]  # leaf first, as they empty
+    existing = folder.parents[len(made) - 1] if made else folder  # `.` or `/` at the latest
+    if not existing.is_dir():
+        where = "it is a file" if existing == folder else f"{existing} is a file"
+        raise DlcError(f"--out {folder}: {where}, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DlcError(f"cannot make the run folder {folder}: {e.strerror}") from None
+    path = folder / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DlcError(f"{folder} is in use by another dlc train (process {holder}): wait for it to "
+                           f"end, or choose another --out") from None
+        try:  # the file a run that just ended unlinked is not the lock any more: take the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+        with contextlib.suppress(OSError):  # rmdir removes only empty folders; the first full one stops it
+            for d in made:
+                d.rmdir()
 
 
 class RunFiles:

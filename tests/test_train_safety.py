@@ -282,3 +282,42 @@ def test_two_runs_into_one_folder_the_second_refuses_with_the_first_ones_pid(tmp
     third.wait()
     refused(fourth, f"in use by another dlc train \\(process {third.pid}\\)")
     assert run("--resume", out, "--quiet", "--epochs", str(len(epochs) + 1)).exit_code == 0
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "log"])
+def test_a_full_disk_ends_the_run_in_one_line_and_the_last_checkpoint_loads(tmp_path, monkeypatch, full_at):
+    import errno
+    import os
+
+    import dlc.engine.params as params
+    import dlc.train.rundir as rundir
+    from dlc.engine.params import load_checkpoint
+
+    out, saved, savez, write = tmp_path / "x", [], np.savez, os.write
+    disk_full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def savez_until_full(f, **arrays):
+        meta = json.loads(str(arrays["__dlc_meta__"])) if "__dlc_meta__" in arrays else {}
+        if full_at == "checkpoint" and len(saved) >= 6:
+            f.write(b"PK\x03\x04 half a checkpoint")  # the disk fills in the middle of the file
+            raise disk_full
+        savez(f, **arrays)
+        saved.append(meta.get("position", {}).get("step"))
+
+    def write_until_full(fd, data):
+        if full_at == "log" and len(saved) >= 6 and data.startswith(b'{"epoch"'):
+            raise disk_full
+        return write(fd, data)
+
+    monkeypatch.setattr(params.np, "savez", savez_until_full)
+    monkeypatch.setattr(rundir.os, "write", write_until_full)
+    r = run(XOR, "--epochs", "5", "--batch", "1", "--save-every", "1", "--out", out, "--quiet")
+    monkeypatch.undo()
+    broken = out / ("last.npz" if full_at == "checkpoint" else "log.jsonl")  # within an epoch, no best waits
+    assert r.exit_code == 2, r.output
+    assert r.stderr == (f"error: cannot write {broken}: No space left on device; the last checkpoint written, "
+                        f"{out / 'last.npz'}, is intact: free some space and continue with --resume {out}\n")
+    last = load_checkpoint(out / "last.npz")[2]["position"]["step"]
+    assert last == max(s for s in saved if s is not None) > 0
+    assert not list(out.glob(".*.tmp"))
+    assert run("--resume", out, "--quiet").exit_code == 0  # space freed: the run goes on from there

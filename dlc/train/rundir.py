@@ -36,12 +36,16 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def append_line(path: Path, record: dict) -> None:
-    """One JSON line in one write(2) on an O_APPEND descriptor: a reader never sees half a line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """One JSON line in one write(2) on an O_APPEND descriptor: a reader never sees half a line
+    (read_log drops a line a full disk cut short)."""
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DlcError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_log(path: Path, upto_epoch: int) -> list[dict]:
@@ -98,8 +102,9 @@ def run_lock(folder: Path) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder unnamed
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -138,15 +143,28 @@ class RunFiles:
             return []
         return read_log(self.log, upto_epoch)
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A failed write (a full disk) ends the run with one line that says what is still safe: every
+        checkpoint is written atomically, so the last one written before the failure is intact."""
+        try:
+            yield
+        except DlcError as e:
+            if not self.last.exists():
+                raise
+            raise DlcError(f"{e.message}; the last checkpoint written, {self.last}, is intact: "
+                           f"free some space and continue with --resume {self.out}") from None
+
     def flush(self, last: Snapshot | None) -> None:
         """Write the pending best checkpoint, then `last` (None: keep the last.npz there is)."""
-        if not self.writes:
-            self.pending_best = None
-        elif self.pending_best is not None:
-            save_checkpoint(self.best, *self.pending_best)
-            self.pending_best = None
-        if last is not None and self.writes:
-            save_checkpoint(self.last, *last)
+        with self.writing():
+            if not self.writes:
+                self.pending_best = None
+            elif self.pending_best is not None:
+                save_checkpoint(self.best, *self.pending_best)
+                self.pending_best = None
+            if last is not None and self.writes:
+                save_checkpoint(self.last, *last)
         self.last_save = time.perf_counter()
 
     def since_save(self) -> float:
@@ -154,8 +172,10 @@ class RunFiles:
 
     def append(self, record: dict) -> None:
         if self.writes:
-            append_line(self.log, record)
+            with self.writing():
+                append_line(self.log, record)
 
     def write_metrics(self, doc: dict) -> None:
         if self.writes:
-            write_atomic(self.out / METRICS, json.dumps(doc, indent=1))
+            with self.writing():
+                write_atomic(self.out / METRICS, json.dumps(doc, indent=1))

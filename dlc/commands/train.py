@@ -55,6 +55,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--resume", type=click.Path(path_type=Path), metavar="DIR", help="Continue the run in DIR exactly.")
 @click.option("--weights", metavar="CKPT", help="Start from this checkpoint's weights (e.g. dlc import's NET.npz) "
               "instead of fresh ones; with --freeze LABEL, train only the layers after LABEL.")
+@click.option("--weights-partial", is_flag=True, help="With --weights: take the tensors that fit by name and "
+              "shape, start the rest fresh (a new head), and list both; without it every tensor must fit.")
 @click.option("--save-every", type=click.IntRange(min=1), metavar="STEPS",
               help="Checkpoint every N steps within an epoch (default: every 60 seconds).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
@@ -67,7 +69,7 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, weights, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
+          mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
     from dlc import plot as curves
 
@@ -101,9 +103,9 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
         norm = None
         if weights:
-            from dlc.engine.params import load_checkpoint
-
-            start = load_checkpoint(weights, graph)[:2]
+            start = start_weights(weights, graph, cfg, weights_partial, display)
+        elif weights_partial:
+            raise DlcError("--weights-partial says how to load --weights CKPT: give the checkpoint")
         root = out or fresh_out(graph)
         runs = fresh_runs(cfg, root, repeat)
     with contextlib.ExitStack() as held:
@@ -188,6 +190,28 @@ def engine_for(engine: str, device: str):
                        "(the README says how to get the CPU build)")
     pick_device(device)  # a missing GPU is reported before any data is read
     return torch_engine(device)
+
+
+def start_weights(path: str, graph, cfg: TrainConfig, partial: bool, display: Display) -> tuple[dict, dict]:
+    """--weights: the (params, state) a fresh run starts from. Every tensor must fit the spec, or with
+    --weights-partial those that fit are taken, the rest drawn fresh, and the display lists both."""
+    from dlc.engine.params import check_against, load_checkpoint, partial_start
+    from dlc.train.engine import starting_weights
+
+    params, state, _ = load_checkpoint(path)
+    if not partial:
+        try:
+            check_against(graph, params, state, path)
+        except DlcError as e:
+            raise DlcError(f"{e.message}; --weights-partial takes the tensors that fit and starts the rest "
+                           f"fresh (a new head)", e.pos, e.file, e.source) from None
+        return params, state
+    got = partial_start(graph, (params, state), starting_weights(graph, cfg, None), path)
+    display.note(f"--weights-partial: from {path}: {', '.join(got.loaded)}")
+    display.note(f"--weights-partial: started fresh: {', '.join(got.fresh) or 'none'}")
+    if got.unused:
+        display.note(f"--weights-partial: not used from {path}: {', '.join(got.unused)}")
+    return got.params, got.state
 
 
 def fresh_runs(cfg: TrainConfig, root: Path, repeat: int) -> list[tuple]:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
               "glyphs; reverse, sort, copy for token sequences). Default: xor for 2 inputs, glyphs for "
               "images/784-vectors with 10 outputs.")
 @click.option("--reshape", is_flag=True, help="Fit images of another size: centre-pad/crop, repeat one channel.")
+@click.option("--layout", type=click.Choice(["chw", "hwc"]), help="How a data file's images are laid out: chw "
+              "(channels first) or hwc (channels last, as PIL and Keras keep photos; transposed). Default: "
+              "read from the shapes, refused when both fit.")
 @click.option("--normalize", type=click.Choice(choices.NORMALIZE_KINDS), default="none",
               show_default=True, help="Input normalisation, computed on the training split.")
 @click.option("--val", type=float, default=None, metavar="FRACTION",
@@ -68,8 +71,9 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
               help="numpy: dlc's own; torch: PyTorch, on --device, and data-parallel under torchrun.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
-def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
+def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
+          mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json, engine, device,
+          **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
     from dlc import plot as curves
 
@@ -100,7 +104,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         graph = load_graph(spec, expr)
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
-        src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
+        src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test))
         norm = None
         if weights:
             start = start_weights(weights, graph, cfg, weights_partial, display)
@@ -155,15 +159,18 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
             raise SystemExit(1 if stopped["stopped"] == "diverged" else 130)
 
 
-def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val: float | None,
-                   normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
+def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, layout: str | None,
+                   val: float | None, normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
     """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set."""
     from dlc.train.builtin import BUILTIN_SIZES
     from dlc.memory import refuse_unless_fits
     from dlc.train.sources import data_source
 
-    src = data_source(default_data(graph) if data is None else data, reshape=reshape, val=val, seed=cfg.seed,
-                      normalize=normalize)
+    src = data_source(default_data(graph) if data is None else data, reshape=reshape, layout=layout, val=val,
+                      seed=cfg.seed, normalize=normalize)
+    if layout and src.builtin:
+        raise DlcError(f"--layout says how a data file's images are laid out; the built-in set {src.source} "
+                       f"is made in the spec's own")
     if any(v is not None for v in sizes):
         if not src.builtin or src.source == "xor":
             raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets spirals, blobs and "

@@ -40,24 +40,25 @@ def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
 
-def _channels_first(data: Data, target: tuple[int, int, int], reshape: bool) -> Data:
-    """Read 3-D samples as images laid out C x H x W (as dlc's networks take them) or H x W x C
-    (channels last, as PIL, Keras and most .npz files of photos keep them), and transpose the second.
+def _channels_first(data: Data, target: tuple[int, int, int], reshape: bool, layout: str | None) -> Data:
+    """Read 3-D samples as images laid out C x H x W (chw, as dlc's networks take them) or H x W x C
+    (hwc: channels last, as PIL, Keras and most .npz files of photos keep them), and transpose the second.
 
-    A reading fits when it is the spec's image (with --reshape: has its channels, or one to repeat).
-    When both readings fit the layout cannot be told from the shapes, and guessing would train on
-    scrambled pixels without a word, so nothing is guessed."""
+    Without a `layout`, a reading fits when it is the spec's image (with --reshape: has its channels, or
+    one to repeat). When both readings fit the shapes cannot tell the layout, and guessing would train
+    on scrambled pixels without a word, so nothing is guessed."""
     a, b, c = data.train.x.shape[1:]
     first, last = (a, b, c), (c, a, b)
-    if reshape:
-        fits = [r for r in (first, last) if r == target] or [r for r in (first, last) if r[0] in (target[0], 1)]
-    else:
+    if layout is None:
         fits = [r for r in (first, last) if r == target]
-    if len(fits) == 2 and a * b * c > 1:
-        raise DlcError(f"{data.name}: inputs of shape {_dims(first)} fit the spec's input {show(target)} two "
-                       f"ways, channels first (C x H x W = {_dims(first)}) or channels last (H x W x C, "
-                       f"read as {show(last)}), and the shapes cannot tell which the file holds")
-    if fits != [last] or first == last:
+        if reshape and not fits:
+            fits = [r for r in (first, last) if r[0] in (target[0], 1)]
+        if len(fits) == 2 and a * b * c > 1:
+            raise DlcError(f"{data.name}: inputs of shape {_dims(first)} fit the spec's input {show(target)} two "
+                           f"ways, channels first (C x H x W = {_dims(first)}) or channels last (H x W x C, "
+                           f"read as {show(last)}); say which the file holds: --layout chw or --layout hwc")
+        layout = "hwc" if fits == [last] else "chw"
+    if layout == "chw":
         return data
     fitted = {k: replace(s, x=np.ascontiguousarray(s.x.transpose(0, 3, 1, 2))) for k, s in data.splits().items()}
     note = (f"read the inputs of {data.name} as channels last ({_dims(first)} = H x W x C) and transposed "
@@ -72,18 +73,22 @@ def _same_pixels(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     return len(shape) == 1 or len(target) == 1 or squeeze(shape) == squeeze(target)
 
 
-def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False) -> Data:
+def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False, layout: str | None = None) -> Data:
     """Make every split's inputs the spec's input shape, or say why they cannot be.
 
     Channels-last images are transposed to the spec's C@HxW (announced in data.notes). Equal element
     counts reshape automatically when that moves no pixel (a flat row to an image, 28x28 to 1@28x28);
     other sizes need `reshape=True`, which reads both sides as images and centre-pads/crops them
     (MNIST's 28x28 into LeNet-5's 32x32, as LeCun et al. 1998 did) and repeats a single channel.
-    Pixel memory is never reinterpreted: an image 32x3x32 is not 3@32x32.
+    Pixel memory is never reinterpreted: an image 32x3x32 is not 3@32x32. `layout` (chw or hwc) says how
+    3-D samples are laid out when the shapes cannot.
     """
     target = tuple(input_shape)
+    if layout is not None and data.train.x.ndim != 4:
+        raise DlcError(f"{data.name}: --layout {layout} is for images stored one 3-D array per sample; "
+                       f"these samples have shape {_dims(data.train.x.shape[1:])}")
     if data.train.x.ndim == 4 and len(target) == 3:
-        data = _channels_first(data, target, reshape)
+        data = _channels_first(data, target, reshape, layout)
     shape = tuple(data.train.x.shape[1:])
     if shape == target:
         return data

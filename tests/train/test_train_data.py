@@ -376,7 +376,8 @@ def test_one_channel_images_last_or_first_need_no_transpose_word():
 def test_a_layout_both_readings_fit_is_refused_not_guessed(tmp_path):
     cube = Data(Split(np.zeros((2, 3, 3, 3), np.float32), np.arange(2)), name="c.npz")
     with pytest.raises(DlcError, match=r"c.npz: inputs of shape 3x3x3 fit the spec's input 3@3x3 two ways, "
-                                       r"channels first .* or channels last"):
+                                       r"channels first .* or channels last .*; say which the file holds: "
+                                       r"--layout chw or --layout hwc"):
         fit_inputs(cube, (3, 3, 3))
     odd = Data(Split(np.zeros((2, 3, 4, 3), np.float32), np.arange(2)), name="o.npz")
     with pytest.raises(DlcError, match=r"o.npz: inputs of shape 3x4x3 fit the spec's input 3@6x6 two ways"):
@@ -400,3 +401,23 @@ def test_equal_counts_that_would_move_pixels_are_refused():
     with pytest.raises(DlcError, match="scramble the pixels"):
         fit_inputs(tall, (1, 28, 28))
     assert fit_inputs(tall, (784,)).train.x.shape == (2, 784)  # a vector input keeps the row order
+
+
+def test_layout_says_which_when_the_shapes_cannot(tmp_path):
+    x = photos(h=3, w=3)  # channels last, every value telling its (c, y, x)
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(3))
+    hwc, _ = prepare(data_source(str(tmp_path / "c.npz"), layout="hwc"), (3, 3, 3), 3)
+    assert hwc.train.x[2, 1, 0, 2] == 1000 + 2 + 0.5 and hwc.train.x[0, 2, 2, 1] == 2021
+    chw, _ = prepare(data_source(str(tmp_path / "c.npz"), layout="chw"), (3, 3, 3), 3)
+    assert np.array_equal(chw.train.x, x)  # taken as it is stored
+    with pytest.raises(DlcError, match="--layout hwc is for images stored one 3-D array per sample"):
+        fit_inputs(vectors(), (1, 28, 28), layout="hwc")
+    from click.testing import CliRunner
+    from dlc.cli import main
+
+    r = CliRunner().invoke(main, ["train", "-e", "input 3@3x3 -> fc 3 softmax", "--data", str(tmp_path / "c.npz"),
+                                  "--layout", "hwc", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0 and "read the inputs of" in r.stderr and "transposed them to 3@3x3" in r.stderr, r.output
+    r = CliRunner().invoke(main, ["train", "-e", "input 3@3x3 -> fc 10 softmax", "--layout", "hwc",
+                                  "--out", str(tmp_path / "glyphs")])
+    assert r.exit_code == 2 and "the built-in set glyphs is made in the spec's own" in r.stderr, r.output

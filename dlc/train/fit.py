@@ -67,10 +67,10 @@ def _channels_first(data: Data, target: tuple[int, int, int], reshape: bool, lay
 
 
 def _same_pixels(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    """Whether reshaping one into the other keeps every value where it was: one side is a flat vector
-    (a row of pixels, as MNIST's CSV and pickle keep them) or they differ only in axes of size 1."""
-    squeeze = lambda s: tuple(d for d in s if d != 1)
-    return len(shape) == 1 or len(target) == 1 or squeeze(shape) == squeeze(target)
+    """Whether reshaping one into the other keeps every value where it was: one side is a row of values
+    (a flat vector, as MNIST's CSV and pickle keep pixels) or they differ only in axes of size 1."""
+    a, b = (tuple(d for d in s if d != 1) for s in (shape, target))
+    return len(a) <= 1 or len(b) <= 1 or a == b
 
 
 def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False, layout: str | None = None) -> Data:

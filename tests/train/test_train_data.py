@@ -401,6 +401,8 @@ def test_equal_counts_that_would_move_pixels_are_refused():
     with pytest.raises(DlcError, match="scramble the pixels"):
         fit_inputs(tall, (1, 28, 28))
     assert fit_inputs(tall, (784,)).train.x.shape == (2, 784)  # a vector input keeps the row order
+    row = Data(Split(np.arange(2 * 784, dtype=np.float32).reshape(2, 1, 784), np.arange(2)), name="r.npz")
+    assert fit_inputs(row, (1, 28, 28)).train.x[1, 0, 2, 3] == 784 + 2 * 28 + 3  # a row, though 2-D
 
 
 def test_layout_says_which_when_the_shapes_cannot(tmp_path):

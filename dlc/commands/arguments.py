@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from dlc.atomic import replaceable
 from dlc.errors import DlcError
 
 # The zoo's largest spec is a few kilobytes; a spec past this size is a wrong file (a model, /dev/zero),
@@ -159,6 +158,8 @@ def output_file(path: str, flag: str, suffixes: tuple[str, ...], inputs: list[st
         raise DlcError(f"cannot write {path}: {existing} is a file, not a folder")
     if existing != folder:
         raise DlcError(f"cannot write {path}: no folder {folder}")
+    from dlc.atomic import replaceable  # here: `secrets` would slow every command's start
+
     replaceable(target)  # a folder, device or FIFO is refused before the work, not at the write
 
 

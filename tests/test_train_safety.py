@@ -316,7 +316,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_last_checkpoint_loads(tmp_
     broken = out / ("last.npz" if full_at == "checkpoint" else "log.jsonl")  # within an epoch, no best waits
     assert r.exit_code == 2, r.output
     assert r.stderr == (f"error: cannot write {broken}: No space left on device; the last checkpoint written, "
-                        f"{out / 'last.npz'}, is intact: free some space and continue with --resume {out}\n")
+                        f"{out / 'last.npz'}, is intact: --resume {out} continues from it\n")
     last = load_checkpoint(out / "last.npz")[2]["position"]["step"]
     assert last == max(s for s in saved if s is not None) > 0
     assert not list(out.glob(".*.tmp"))

@@ -165,7 +165,7 @@ class PartialStart:
     params: dict[str, np.ndarray]
     state: dict[str, np.ndarray]
     loaded: list[str]  # tensors taken from the checkpoint
-    fresh: list[str]  # tensors started fresh, each with why ("fc3.W (10, 64); the checkpoint's is (3, 64)")
+    fresh: list[str]  # tensors started fresh, each with why: "fc3.W (10, 64) (the checkpoint's is (3, 64))"
     unused: list[str]  # checkpoint tensors no layer of the spec takes
 
 

@@ -153,7 +153,7 @@ class RunFiles:
             if not self.last.exists():
                 raise
             raise DlcError(f"{e.message}; the last checkpoint written, {self.last}, is intact: "
-                           f"free some space and continue with --resume {self.out}") from None
+                           f"--resume {self.out} continues from it") from None
 
     def flush(self, last: Snapshot | None) -> None:
         """Write the pending best checkpoint, then `last` (None: keep the last.npz there is)."""

@@ -21,19 +21,15 @@ def atomic_write(path, mode: str = "wb"):
     umask (mkstemp's 0600 would hide checkpoints and models from the rest of a group). A failed write
     names `path`, never the hidden temp file the user did not ask for."""
     path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise DlcError(f"cannot write {path}: there is no folder {folder}")
-    if path.is_dir():
-        raise DlcError(f"cannot write {path}: it is a folder")
+    real = replaceable(path)
     tmp = None
     try:
-        fd, tmp = _create_beside(path)
+        fd, tmp = _create_beside(real)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, real)
     except OSError as e:
         _remove(tmp)
         if e.filename in (None, tmp, str(path)):
@@ -42,6 +38,34 @@ def atomic_write(path, mode: str = "wb"):
     except BaseException:
         _remove(tmp)
         raise
+
+
+# What a rename must not replace: the user's device, pipe or socket would become a plain file.
+_NOT_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def replaceable(path) -> Path:
+    """The file a write to `path` replaces: path itself, or the file a symlink at path points to (so the
+    link stays a link, as open() would keep it). Raises DlcError unless that is a regular file or
+    nothing yet in an existing folder: renaming over a device, FIFO or socket would destroy it."""
+    path = Path(path)
+    real = Path(os.path.realpath(path)) if path.is_symlink() else path
+    via = f" (through the link to {real})" if real is not path else ""
+    if not real.parent.is_dir():
+        raise DlcError(f"cannot write {path}: there is no folder {real.parent}{via}")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real
+    except OSError as e:
+        raise DlcError(f"cannot write {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise DlcError(f"cannot write {path}: it is a folder{via}")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_FILES if test(mode)), "not a regular file")
+        raise DlcError(f"cannot write {path}: it is {kind}{via}; dlc replaces only regular files")
+    return real
 
 
 def _create_beside(path: Path) -> tuple[int, str]:

@@ -115,3 +115,43 @@ def test_out_npz_holds_the_output_as_y(files):
     assert r.exit_code == 0, r.output
     with np.load(files / "y.npz") as z:
         assert z.files == ["y"] and z["y"].shape == (2, 3)
+
+
+def char_device(path) -> None:
+    """A character device like /dev/null's (1, 3) at path, or skip where mknod is not permitted."""
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod of a character device needs root")
+
+
+@pytest.mark.parametrize("make, kind", [(os.mkfifo, "a named pipe (FIFO)"), (char_device, "a character device")])
+def test_a_device_or_fifo_is_never_replaced_by_a_file(tmp_path, make, kind):
+    # a rename over /dev/-like nodes would turn the user's device into a plain file
+    dev, link = tmp_path / "fake.svg", tmp_path / "link.svg"
+    make(dev)
+    link.symlink_to(dev)
+    for target, said in ((dev, f"cannot write {dev}: it is {kind}; dlc replaces only regular files"),
+                         (link, f"cannot write {link}: it is {kind} (through the link to {dev})")):
+        r = run("draw", "-e", SMALL, "-o", target)
+        assert r.exit_code == 2 and said in r.stderr and "Traceback" not in r.output, r.output
+        with pytest.raises(DlcError, match="dlc replaces only regular files"):
+            with atomic_write(target) as f:
+                f.write(b"x")
+    assert not stat.S_ISREG(os.lstat(dev).st_mode) and link.is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["fake.svg", "link.svg"]  # no temp file left either
+
+
+def test_export_refuses_a_device_before_any_work(tmp_path):
+    os.mkfifo(tmp_path / "m.onnx")
+    r = run("export", "-e", SMALL, "-o", tmp_path / "m.onnx")
+    assert r.exit_code == 2 and "it is a named pipe (FIFO)" in r.stderr, r.output
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "m.onnx").st_mode)
+
+
+def test_a_link_to_a_file_stays_a_link_and_its_file_is_written(tmp_path):
+    (tmp_path / "real.svg").write_text("old")
+    (tmp_path / "link.svg").symlink_to("real.svg")
+    r = run("draw", "-e", SMALL, "-o", tmp_path / "link.svg")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "link.svg").is_symlink() and (tmp_path / "real.svg").read_text().startswith("<svg")

@@ -241,3 +241,83 @@ def test_quick_set_up_prints_nothing():
     display.phase("making the built-in set xor")
     display.phase(None)  # well before SETUP_AFTER
     assert screen.getvalue() == ""
+
+
+def test_plot_never_overwrites_a_picture_kept_in_the_folder(tmp_path):
+    pytest.importorskip("matplotlib")
+    for repeat in ("1", "2"):
+        kept = tmp_path / f"kept{repeat}"
+        kept.mkdir()
+        (kept / "curves.png").write_bytes(b"my own picture")
+        refused(run(XOR, "--epochs", "1", "--plot", "--repeat", repeat, "--out", kept),
+                f"{re.escape(str(kept))} holds curves.png, which the run writes")
+        assert sorted(p.name for p in kept.iterdir()) == ["curves.png"]
+        assert (kept / "curves.png").read_bytes() == b"my own picture"
+    assert run(XOR, "--epochs", "1", "--out", tmp_path / "kept1", "--quiet").exit_code == 0  # no --plot: no clash
+
+
+def test_two_runs_into_one_folder_the_second_refuses_with_the_first_ones_pid(tmp_path):
+    # Both started together once both ran, and one log held 600 records for 300 epochs (issue 25).
+    out = tmp_path / "same"
+    first = dlc(XOR, "--out", out, "--quiet", "--epochs", "100000", "--save-every", "1")
+    wait_for(lambda: (out / "log.jsonl").exists(), first)  # it holds the folder and is training
+    second = subprocess.run([sys.executable, "-m", "dlc", "train", str(XOR), "--out", str(out), "--quiet"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    first_running = first.poll() is None
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert first_running, "the first run ended before the second started"
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip() == (f"error: {out} is in use by another dlc train (process {first.pid}): "
+                                     f"wait for it to end, or choose another --out")
+    # the first run's log is its own: one line per epoch, in order
+    epochs = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1))
+    # a resume is refused the same way while a run holds the folder, and the lock goes with its holder
+    assert not (out / ".lock").exists()
+    third = dlc("--resume", out, "--quiet", "--epochs", "100000", "--save-every", "1")
+    wait_for(lambda: (out / ".lock").exists() and (out / ".lock").read_text().strip() == str(third.pid), third)
+    fourth = run("--resume", out, "--quiet")
+    third.send_signal(signal.SIGKILL)  # a killed holder leaves its lock file, but not the lock
+    third.wait()
+    refused(fourth, f"in use by another dlc train \\(process {third.pid}\\)")
+    assert run("--resume", out, "--quiet", "--epochs", str(len(epochs) + 1)).exit_code == 0
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "log"])
+def test_a_full_disk_ends_the_run_in_one_line_and_the_last_checkpoint_loads(tmp_path, monkeypatch, full_at):
+    import errno
+    import os
+
+    import dlc.engine.params as params
+    import dlc.train.rundir as rundir
+    from dlc.engine.params import load_checkpoint
+
+    out, saved, savez, write = tmp_path / "x", [], np.savez, os.write
+    disk_full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def savez_until_full(f, **arrays):
+        meta = json.loads(str(arrays["__dlc_meta__"])) if "__dlc_meta__" in arrays else {}
+        if full_at == "checkpoint" and len(saved) >= 6:
+            f.write(b"PK\x03\x04 half a checkpoint")  # the disk fills in the middle of the file
+            raise disk_full
+        savez(f, **arrays)
+        saved.append(meta.get("position", {}).get("step"))
+
+    def write_until_full(fd, data):
+        if full_at == "log" and len(saved) >= 6 and data.startswith(b'{"epoch"'):
+            raise disk_full
+        return write(fd, data)
+
+    monkeypatch.setattr(params.np, "savez", savez_until_full)
+    monkeypatch.setattr(rundir.os, "write", write_until_full)
+    r = run(XOR, "--epochs", "5", "--batch", "1", "--save-every", "1", "--out", out, "--quiet")
+    monkeypatch.undo()
+    broken = out / ("last.npz" if full_at == "checkpoint" else "log.jsonl")  # within an epoch, no best waits
+    assert r.exit_code == 2, r.output
+    assert r.stderr == (f"error: cannot write {broken}: No space left on device; the last checkpoint written, "
+                        f"{out / 'last.npz'}, is intact: --resume {out} continues from it\n")
+    last = load_checkpoint(out / "last.npz")[2]["position"]["step"]
+    assert last == max(s for s in saved if s is not None) > 0
+    assert not list(out.glob(".*.tmp"))
+    assert run("--resume", out, "--quiet").exit_code == 0  # space freed: the run goes on from there

@@ -158,8 +158,9 @@ def output_file(path: str, flag: str, suffixes: tuple[str, ...], inputs: list[st
         raise DlcError(f"cannot write {path}: {existing} is a file, not a folder")
     if existing != folder:
         raise DlcError(f"cannot write {path}: no folder {folder}")
-    if target.is_dir():
-        raise DlcError(f"cannot write {path}: it is a folder")
+    from dlc.atomic import replaceable  # here: `secrets` would slow every command's start
+
+    replaceable(target)  # a folder, device or FIFO is refused before the work, not at the write
 
 
 def _same_file(a: Path, b: Path) -> bool:

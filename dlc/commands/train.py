@@ -8,6 +8,7 @@ the command, so the other commands start fast.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -37,6 +38,9 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--data", metavar="NAME|PATH", help=f"{data_help()} Default: xor for 2 inputs, glyphs for "
               "images/784-vectors with 10 outputs.")
 @click.option("--reshape", is_flag=True, help="Fit images of another size: centre-pad/crop, repeat one channel.")
+@click.option("--layout", type=click.Choice(["chw", "hwc"]), help="How a data file's images are laid out: chw "
+              "(channels first) or hwc (channels last, as PIL and Keras keep photos; transposed). Default: "
+              "read from the shapes, refused when both fit.")
 @click.option("--normalize", type=click.Choice(choices.NORMALIZE_KINDS), default="none",
               show_default=True, help="Input normalisation, computed on the training split.")
 @click.option("--val", type=float, default=None, metavar="FRACTION",
@@ -53,6 +57,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--resume", type=click.Path(path_type=Path), metavar="DIR", help="Continue the run in DIR exactly.")
 @click.option("--weights", metavar="CKPT", help="Start from this checkpoint's weights (e.g. dlc import's NET.npz) "
               "instead of fresh ones; with --freeze LABEL, train only the layers after LABEL.")
+@click.option("--weights-partial", is_flag=True, help="With --weights: take the tensors that fit by name and "
+              "shape, start the rest fresh (a new head), and list both; without it every tensor must fit.")
 @click.option("--save-every", type=click.IntRange(min=1), metavar="STEPS",
               help="Checkpoint every N steps within an epoch (default: every 60 seconds).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
@@ -64,8 +70,9 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
               help="numpy: dlc's own; torch: PyTorch, on --device, and data-parallel under torchrun.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
-def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, weights, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
+def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
+          mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json, engine, device,
+          **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
     from dlc import plot as curves
 
@@ -77,6 +84,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
     from dlc.torch import launched, leave_process_group
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
+    from dlc.train.rundir import run_lock
     from dlc.train.sources import prepare
 
     tune_allocator()
@@ -95,64 +103,73 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         graph = load_graph(spec, expr)
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
-        src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
+        src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test))
         norm = None
         if weights:
-            from dlc.engine.params import load_checkpoint
-
-            start = load_checkpoint(weights, graph)[:2]
+            start = start_weights(weights, graph, cfg, weights_partial, display)
+        elif weights_partial:
+            raise DlcError("--weights-partial says how to load --weights CKPT: give the checkpoint")
         root = out or fresh_out(graph)
-        runs = fresh_runs(cfg, root, repeat, check=writer)
-    try:
-        data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
-                                    norm=norm, on_phase=display.phase, steps=output_steps(graph),
-                                    vocab=token_vocab(graph))
-        display.phase("fingerprinting the data (--resume checks it)")
-        fingerprint = data_arrays.fingerprint()
-    except MemoryError:
-        raise DlcError(f"out of memory while preparing the data {src.source}") from None
-    finally:
-        display.phase(None)
-    if resume is not None:
-        check_same_data(checkpoint[2], fingerprint, resume)
-    for text in data_arrays.notes:
-        display.note(text)
-    meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
-            "vocab": data_arrays.vocab}
-    docs = []
-    for cfg_i, out_i, checkpoint in runs:
-        display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
+        runs = fresh_runs(cfg, root, repeat)
+    with contextlib.ExitStack() as held:
+        if writer:  # one run per folder at a time (torchrun's other ranks write nothing), checked once held
+            for _, d, _ in runs:
+                held.enter_context(run_lock(d))
+            if resume is None:
+                check_fresh_runs(root, [d for _, d, _ in runs], plot)
         try:
-            result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
-                                  save_every=save_every, on_event=display, engine=engine_class, start=start)
+            data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
+                                        norm=norm, on_phase=display.phase, steps=output_steps(graph),
+                                        vocab=token_vocab(graph))
+            display.phase("fingerprinting the data (--resume checks it)")
+            fingerprint = data_arrays.fingerprint()
+        except MemoryError:
+            raise DlcError(f"out of memory while preparing the data {src.source}") from None
         finally:
-            display.close()
-        docs.append(run_summary(result, data_arrays, data_arrays.notes))
-        if result.stopped:
-            break
-    leave_process_group()  # every collective is done; rank 0 only writes its summary from here
-    if not writer:
-        return
-    summary = docs[0] if len(docs) == 1 else aggregate(docs)
-    if plot and any(d["epochs"] for d in docs):  # a run stopped in its first epoch has no curve yet
-        summary["curves"] = str(curves.write_curves(root))
-    print_summary(summary, len(docs), quiet, as_json, root)
-    stopped = next((d for d in docs if d["stopped"]), None)
-    if stopped:
-        click.echo(f"error: {stopped['message']}" if stopped["stopped"] == "diverged" else stopped["message"],
-                   err=True)
-        raise SystemExit(1 if stopped["stopped"] == "diverged" else 130)
+            display.phase(None)
+        if resume is not None:
+            check_same_data(checkpoint[2], fingerprint, resume)
+        for text in data_arrays.notes:
+            display.note(text)
+        meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
+                "vocab": data_arrays.vocab}
+        docs = []
+        for cfg_i, out_i, checkpoint in runs:
+            display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
+            try:
+                result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
+                                      save_every=save_every, on_event=display, engine=engine_class, start=start)
+            finally:
+                display.close()
+            docs.append(run_summary(result, data_arrays, data_arrays.notes))
+            if result.stopped:
+                break
+        leave_process_group()  # every collective is done; rank 0 only writes its summary from here
+        if not writer:
+            return
+        summary = docs[0] if len(docs) == 1 else aggregate(docs)
+        if plot and any(d["epochs"] for d in docs):  # a run stopped in its first epoch has no curve yet
+            summary["curves"] = str(curves.write_curves(root))
+        print_summary(summary, len(docs), quiet, as_json, root)
+        stopped = next((d for d in docs if d["stopped"]), None)
+        if stopped:
+            click.echo(f"error: {stopped['message']}" if stopped["stopped"] == "diverged" else stopped["message"],
+                       err=True)
+            raise SystemExit(1 if stopped["stopped"] == "diverged" else 130)
 
 
-def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val: float | None,
-                   normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
+def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, layout: str | None,
+                   val: float | None, normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
     """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set."""
     from dlc.train.builtin import BUILTIN_SIZES
     from dlc.memory import refuse_unless_fits
     from dlc.train.sources import data_source
 
-    src = data_source(default_data(graph) if data is None else data, reshape=reshape, val=val, seed=cfg.seed,
-                      normalize=normalize)
+    src = data_source(default_data(graph) if data is None else data, reshape=reshape, layout=layout, val=val,
+                      seed=cfg.seed, normalize=normalize)
+    if layout and src.builtin:
+        raise DlcError(f"--layout says how a data file's images are laid out; the built-in set {src.source} "
+                       f"is made in the spec's own")
     if any(v is not None for v in sizes):
         if not src.builtin or src.source == "xor":
             raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets spirals, blobs and "
@@ -181,32 +198,51 @@ def engine_for(engine: str, device: str):
     return torch_engine(device)
 
 
-def fresh_runs(cfg: TrainConfig, root: Path, repeat: int, check: bool = True) -> list[tuple]:
-    """(config, run directory, no checkpoint) per run: root itself, or root/seedN for --repeat.
-    check: refuse a directory that holds a run (not on torchrun's other ranks, which rank 0 races)."""
+def start_weights(path: str, graph, cfg: TrainConfig, partial: bool, display: Display) -> tuple[dict, dict]:
+    """--weights: the (params, state) a fresh run starts from. Every tensor must fit the spec, or with
+    --weights-partial those that fit are taken, the rest drawn fresh, and the display lists both."""
+    from dlc.engine.params import check_against, load_checkpoint, partial_start
+    from dlc.train.engine import starting_weights
+
+    params, state, _ = load_checkpoint(path)
+    if not partial:
+        try:
+            check_against(graph, params, state, path)
+        except DlcError as e:
+            raise DlcError(f"{e.message}; --weights-partial takes the tensors that fit and starts the rest "
+                           f"fresh (a new head)", e.pos, e.file, e.source) from None
+        return params, state
+    got = partial_start(graph, (params, state), starting_weights(graph, cfg, None), path)
+    display.note(f"--weights-partial: from {path}: {', '.join(got.loaded)}")
+    display.note(f"--weights-partial: started fresh: {', '.join(got.fresh) or 'none'}")
+    if got.unused:
+        display.note(f"--weights-partial: not used from {path}: {', '.join(got.unused)}")
+    return got.params, got.state
+
+
+def fresh_runs(cfg: TrainConfig, root: Path, repeat: int) -> list[tuple]:
+    """(config, run directory, no checkpoint) per run: root itself, or root/seedN for --repeat."""
     if repeat == 1:
-        runs = [(cfg, root, None)]
-    else:
-        runs = [(replace(cfg, seed=cfg.seed + i), root / f"seed{cfg.seed + i}", None) for i in range(repeat)]
-    for _, d, _ in runs:
-        if check:
-            check_fresh_folder(d)
-    return runs
+        return [(cfg, root, None)]
+    return [(replace(cfg, seed=cfg.seed + i), root / f"seed{cfg.seed + i}", None) for i in range(repeat)]
 
 
-def check_fresh_folder(folder: Path) -> None:
-    """A fresh run writes its files into `folder`: refuse one that is a file, lies under a file, or holds a
-    file the run would write (a model someone kept is not overwritten), before any data is loaded."""
+def check_fresh_runs(root: Path, folders: list[Path], plot: bool) -> None:
+    """Fresh runs write their files into `folders`, and --plot root's curves.png: refuse a folder that
+    holds a file a run would write (a model or picture someone kept is not overwritten), before any data
+    is loaded."""
+    from dlc.plot import CURVES
     from dlc.train.rundir import LAST, RUN_FILES
 
-    existing = next(p for p in (folder, *folder.parents) if p.exists())  # `.` or `/` at the latest
-    if not existing.is_dir():
-        where = "it is a file" if existing == folder else f"{existing} is a file"
-        raise DlcError(f"--out {folder}: {where}, not a folder")
-    if (folder / LAST).exists():
-        raise DlcError(f"{folder} already holds a run ({LAST}): continue it with --resume {folder}, "
-                       f"or choose another --out")
-    kept = [name for name in RUN_FILES if (folder / name).exists()]
-    if kept:
-        raise DlcError(f"{folder} holds {', '.join(kept)}, which a run writes: choose another --out "
-                       f"(or move them) so they are not overwritten")
+    for folder in folders:
+        if (folder / LAST).exists():
+            raise DlcError(f"{folder} already holds a run ({LAST}): continue it with --resume {folder}, "
+                           f"or choose another --out")
+    written = {folder: list(RUN_FILES) for folder in folders}
+    if plot:
+        written.setdefault(root, []).append(CURVES)
+    for folder, names in written.items():
+        kept = [name for name in names if (folder / name).exists()]
+        if kept:
+            raise DlcError(f"{folder} holds {', '.join(kept)}, which the run writes: choose another --out "
+                           f"(or move them) so they are not overwritten")

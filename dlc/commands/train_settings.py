@@ -59,8 +59,9 @@ LABEL_KEYS = {"freeze"}  # a spec's label, checked against the graph by the engi
 WORD_KEYS = {"loss": choices.LOSSES, "optimizer": tuple(choices.OPTIMIZER_SLOTS), "init": choices.INITS,
              "schedule": choices.SCHEDULES}
 # Flags that change what a run computes: refused with --resume, which continues the saved run as it was.
-RUN_FLAGS = set(TRAIN_KEY_NAMES) - {"epochs"} | {"data", "reshape", "normalize", "val", "balanced", "n_train",
-                                                 "n_val", "n_test", "flip", "shift", "noise", "mixup", "repeat", "out"}
+RUN_FLAGS = set(TRAIN_KEY_NAMES) - {"epochs"} | {"data", "reshape", "layout", "normalize", "val", "balanced",
+                                                 "n_train", "n_val", "n_test", "flip", "shift", "noise", "mixup",
+                                                 "repeat", "out"}
 
 
 def train_flags(fn: Callable) -> Callable:

@@ -158,6 +158,42 @@ def _check_meta(meta: dict, path: str) -> None:
             raise wrong(f"normalize.{key}", "a finite number or a list of them")
 
 
+@dataclass
+class PartialStart:
+    """--weights-partial: the starting (params, state), and what came from where."""
+
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+    loaded: list[str]  # tensors taken from the checkpoint
+    fresh: list[str]  # tensors started fresh, each with why: "fc3.W (10, 64) (the checkpoint's is (3, 64))"
+    unused: list[str]  # checkpoint tensors no layer of the spec takes
+
+
+def partial_start(graph: Graph, stored: tuple[dict, dict], fresh: tuple[dict, dict], path: str) -> PartialStart:
+    """Fine-tuning with a new head: each tensor of the graph from the checkpoint's `stored` (params,
+    state) where it holds one of that name and shape, else from `fresh`. A checkpoint nothing of which
+    fits is refused: it belongs to another network (its layer names differ), not to another head."""
+    expected = tensors(graph)
+    start: tuple[dict, dict] = ({}, {})
+    loaded, started = [], []
+    for t in expected:
+        i = 0 if t.trainable else 1
+        have = stored[i].get(t.full_name)
+        if have is not None and tuple(have.shape) == t.shape:
+            start[i][t.full_name] = have
+            loaded.append(t.full_name)
+        else:
+            start[i][t.full_name] = fresh[i][t.full_name]
+            why = "none in the checkpoint" if have is None else f"the checkpoint's is {tuple(have.shape)}"
+            started.append(f"{t.full_name} {t.shape} ({why})")
+    names = sorted(set(stored[0]) | set(stored[1]))
+    if not loaded:
+        raise DlcError(f"--weights-partial: no tensor of {path} fits {graph.file} by name and shape (the "
+                       f"checkpoint holds {', '.join(names[:4]) or 'none'}{', ...' if len(names) > 4 else ''})")
+    known = {t.full_name for t in expected}
+    return PartialStart(*start, loaded, started, [n for n in names if n not in known])
+
+
 def check_against(graph: Graph, params: dict, state: dict, path: str) -> None:
     """Raise a DlcError at the first layer whose tensors the checkpoint lacks or shapes differently."""
     def error(node: Node, message: str) -> DlcError:

@@ -36,18 +36,63 @@ def _fit_image(x: np.ndarray, src: tuple[int, int, int], dst: tuple[int, int, in
     return np.repeat(out, dc, axis=1) if c == 1 and dc > 1 else out
 
 
-def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False) -> Data:
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _channels_first(data: Data, target: tuple[int, int, int], reshape: bool, layout: str | None) -> Data:
+    """Read 3-D samples as images laid out C x H x W (chw, as dlc's networks take them) or H x W x C
+    (hwc: channels last, as PIL, Keras and most .npz files of photos keep them), and transpose the second.
+
+    Without a `layout`, a reading fits when it is the spec's image (with --reshape: has its channels, or
+    one to repeat). When both readings fit the shapes cannot tell the layout, and guessing would train
+    on scrambled pixels without a word, so nothing is guessed."""
+    a, b, c = data.train.x.shape[1:]
+    first, last = (a, b, c), (c, a, b)
+    if layout is None:
+        fits = [r for r in (first, last) if r == target]
+        if reshape and not fits:
+            fits = [r for r in (first, last) if r[0] in (target[0], 1)]
+        if len(fits) == 2 and a * b * c > 1:
+            raise DlcError(f"{data.name}: inputs of shape {_dims(first)} fit the spec's input {show(target)} two "
+                           f"ways, channels first (C x H x W = {_dims(first)}) or channels last (H x W x C, "
+                           f"read as {show(last)}); say which the file holds: --layout chw or --layout hwc")
+        layout = "hwc" if fits == [last] else "chw"
+    if layout == "chw":
+        return data
+    fitted = {k: replace(s, x=np.ascontiguousarray(s.x.transpose(0, 3, 1, 2))) for k, s in data.splits().items()}
+    note = (f"read the inputs of {data.name} as channels last ({_dims(first)} = H x W x C) and transposed "
+            f"them to {show(last)}")
+    return replace(data, **fitted, notes=[*data.notes, note])
+
+
+def _same_pixels(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether reshaping one into the other keeps every value where it was: one side is a row of values
+    (a flat vector, as MNIST's CSV and pickle keep pixels) or they differ only in axes of size 1."""
+    a, b = (tuple(d for d in s if d != 1) for s in (shape, target))
+    return len(a) <= 1 or len(b) <= 1 or a == b
+
+
+def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False, layout: str | None = None) -> Data:
     """Make every split's inputs the spec's input shape, or say why they cannot be.
 
-    Equal element counts reshape automatically (announced in data.notes); other sizes need
-    `reshape=True`, which reads both sides as images and centre-pads/crops them (MNIST's 28x28 into
-    LeNet-5's 32x32, as LeCun et al. 1998 did) and repeats a single channel.
+    Channels-last images are transposed to the spec's C@HxW (announced in data.notes). Equal element
+    counts reshape automatically when that moves no pixel (a flat row to an image, 28x28 to 1@28x28);
+    other sizes need `reshape=True`, which reads both sides as images and centre-pads/crops them
+    (MNIST's 28x28 into LeNet-5's 32x32, as LeCun et al. 1998 did) and repeats a single channel.
+    Pixel memory is never reinterpreted: an image 32x3x32 is not 3@32x32. `layout` (chw or hwc) says how
+    3-D samples are laid out when the shapes cannot.
     """
-    shape = tuple(data.train.x.shape[1:])
     target = tuple(input_shape)
+    if layout is not None and data.train.x.ndim != 4:
+        raise DlcError(f"{data.name}: --layout {layout} is for images stored one 3-D array per sample; "
+                       f"these samples have shape {_dims(data.train.x.shape[1:])}")
+    if data.train.x.ndim == 4 and len(target) == 3:
+        data = _channels_first(data, target, reshape, layout)
+    shape = tuple(data.train.x.shape[1:])
     if shape == target:
         return data
-    if math.prod(shape) == math.prod(target):
+    if math.prod(shape) == math.prod(target) and _same_pixels(shape, target):
         fitted = {k: replace(s, x=s.x.reshape(len(s), *target)) for k, s in data.splits().items()}
         note = f"reshaped the inputs of {data.name} from {show(shape)} to {show(target)}"
     elif reshape:
@@ -58,6 +103,10 @@ def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False) 
         fitted = {k: replace(s, x=_fit_image(s.x, src, dst).reshape(len(s), *target))
                   for k, s in data.splits().items()}
         note = f"fitted the inputs of {data.name} from {show(shape)} to {show(target)} (centred pad/crop)"
+    elif math.prod(shape) == math.prod(target):
+        raise DlcError(f"{data.name}: inputs have shape {_dims(shape)} but the spec's input is {show(target)}: "
+                       f"as many values, but reshaping one into the other would scramble the pixels; "
+                       f"--reshape pads or crops images to fit")
     else:
         raise DlcError(f"{data.name}: inputs have shape {show(shape)} ({math.prod(shape)} values) but the "
                        f"spec's input is {show(target)} ({math.prod(target)} values); "

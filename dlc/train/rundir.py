@@ -10,11 +10,13 @@ folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 from dlc.atomic import atomic_write, stale_temps
 from dlc.engine.params import save_checkpoint
@@ -23,6 +25,7 @@ from dlc.errors import DlcError
 RUN_SCHEMA = "dlc.train/1"
 LAST, BEST, LOG, METRICS = "last.npz", "best.npz", "log.jsonl", "metrics.json"
 RUN_FILES = (LAST, BEST, LOG, METRICS)  # what a run writes into its folder
+LOCK = ".lock"  # held while a run writes its folder; holds the writer's process id
 
 Snapshot = tuple[dict, dict, dict]  # (params, state, meta), as save_checkpoint takes them
 
@@ -33,12 +36,16 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def append_line(path: Path, record: dict) -> None:
-    """One JSON line in one write(2) on an O_APPEND descriptor: a reader never sees half a line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """One JSON line in one write(2) on an O_APPEND descriptor: a reader never sees half a line
+    (read_log drops a line a full disk cut short)."""
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DlcError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_log(path: Path, upto_epoch: int) -> list[dict]:
@@ -56,6 +63,56 @@ def read_log(path: Path, upto_epoch: int) -> list[dict]:
             records.append(r)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` for one run, so that two runs never write into one (their epochs would interleave
+    in one log). A run that finds the folder held raises DlcError naming the holder's process id.
+
+    The lock is flock(2) on `folder/.lock`: the kernel drops it when its holder dies, however it dies,
+    so a killed run leaves no lock that needs clearing by hand. The file goes when the run ends; a
+    folder this made and the run left empty (refused before it wrote) goes too."""
+    import fcntl
+
+    made = [d for d in (folder, *folder.parents) if not d.exists()]  # leaf first, as they empty
+    existing = folder.parents[len(made) - 1] if made else folder  # `.` or `/` at the latest
+    if not existing.is_dir():
+        where = "it is a file" if existing == folder else f"{existing} is a file"
+        raise DlcError(f"--out {folder}: {where}, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DlcError(f"cannot make the run folder {folder}: {e.strerror}") from None
+    path = folder / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DlcError(f"{folder} is in use by another dlc train (process {holder}): wait for it to "
+                           f"end, or choose another --out") from None
+        try:  # the file a run that just ended unlinked is not the lock any more: take the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder unnamed
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+        with contextlib.suppress(OSError):  # rmdir removes only empty folders; the first full one stops it
+            for d in made:
+                d.rmdir()
 
 
 class RunFiles:
@@ -86,15 +143,28 @@ class RunFiles:
             return []
         return read_log(self.log, upto_epoch)
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A failed write (a full disk) ends the run with one line that says what is still safe: every
+        checkpoint is written atomically, so the last one written before the failure is intact."""
+        try:
+            yield
+        except DlcError as e:
+            if not self.last.exists():
+                raise
+            raise DlcError(f"{e.message}; the last checkpoint written, {self.last}, is intact: "
+                           f"--resume {self.out} continues from it") from None
+
     def flush(self, last: Snapshot | None) -> None:
         """Write the pending best checkpoint, then `last` (None: keep the last.npz there is)."""
-        if not self.writes:
-            self.pending_best = None
-        elif self.pending_best is not None:
-            save_checkpoint(self.best, *self.pending_best)
-            self.pending_best = None
-        if last is not None and self.writes:
-            save_checkpoint(self.last, *last)
+        with self.writing():
+            if not self.writes:
+                self.pending_best = None
+            elif self.pending_best is not None:
+                save_checkpoint(self.best, *self.pending_best)
+                self.pending_best = None
+            if last is not None and self.writes:
+                save_checkpoint(self.last, *last)
         self.last_save = time.perf_counter()
 
     def since_save(self) -> float:
@@ -102,8 +172,10 @@ class RunFiles:
 
     def append(self, record: dict) -> None:
         if self.writes:
-            append_line(self.log, record)
+            with self.writing():
+                append_line(self.log, record)
 
     def write_metrics(self, doc: dict) -> None:
         if self.writes:
-            write_atomic(self.out / METRICS, json.dumps(doc, indent=1))
+            with self.writing():
+                write_atomic(self.out / METRICS, json.dumps(doc, indent=1))

@@ -28,6 +28,7 @@ class DataSource:
     builtin: bool = False
     sizes: tuple[int, int, int] | None = None  # built-in split sizes (train, val, test)
     reshape: bool = False
+    layout: str | None = None  # chw or hwc: how a file's 3-D samples are laid out (None: from the shapes)
     val: float | None = None  # fraction of train held out when the data has no validation split
     seed: int = 0  # for built-in sets and the held-out split
     normalize: str = "none"
@@ -66,7 +67,7 @@ def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens:
         on_phase(f"reading {src.source}")
         data = load_file(src.source, want)
     on_phase(f"fitting {data.name} to the spec")
-    data = fit_inputs(data, input_shape, src.reshape)
+    data = fit_inputs(data, input_shape, src.reshape, src.layout)
     if steps is None:
         check_labels(data, classes)
     else:

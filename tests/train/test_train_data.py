@@ -338,3 +338,88 @@ def test_prepare_fits_checks_and_normalises(tmp_path):
     assert any("reshaped" in n for n in data.notes) and any("held out 6" in n for n in data.notes)
     with pytest.raises(DlcError, match="no built-in data set of that name"):
         data_source("mnistt")
+
+
+def photos(n=3, h=4, w=5, c=3) -> np.ndarray:
+    """Channels-last photos (N, H, W, C) whose every value says where it sits: 1000c + 10y + x."""
+    ch, y, x = np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij")
+    chw = (1000 * ch + 10 * y + x).astype(np.float32)
+    return np.stack([chw + 0.25 * i for i in range(n)]).transpose(0, 2, 3, 1)
+
+
+def test_channels_last_images_are_transposed_not_reshaped(tmp_path):
+    # what a .npz of photos from PIL or Keras holds; pixel (c, y, x) of sample i must stay that pixel
+    np.savez(tmp_path / "p.npz", x=photos(), y=np.arange(3))
+    data, _ = prepare(data_source(str(tmp_path / "p.npz")), (3, 4, 5), 3)
+    x = data.train.x
+    assert x.shape == (3, 3, 4, 5)
+    assert x[2, 1, 3, 4] == 1000 + 34 + 0.5 and x[0, 2, 0, 1] == 2001 and x[1, 0, 2, 0] == 20.25
+    assert any("channels last (4x5x3 = H x W x C) and transposed them to 3@4x5" in n for n in data.notes)
+
+
+def test_channels_last_images_are_transposed_before_padding_and_from_a_pickle(tmp_path):
+    with open(tmp_path / "p.pkl", "wb") as f:
+        pickle.dump(((photos(), np.arange(3)),), f)
+    data, _ = prepare(data_source(str(tmp_path / "p.pkl"), reshape=True), (3, 6, 7), 3)
+    x = data.train.x
+    assert x.shape == (3, 3, 6, 7)
+    # the 4x5 image sits centred in the 6x7 field: pixel (c, y, x) lands at (c, y + 1, x + 1)
+    assert x[2, 1, 4, 5] == 1000 + 34 + 0.5 and x[0, 2, 1, 2] == 2001 and x[:, :, 0].sum() == 0
+
+
+def test_one_channel_images_last_or_first_need_no_transpose_word():
+    grey = Data(Split(photos(c=1), np.arange(3)), name="g.npz")
+    d = fit_inputs(grey, (1, 4, 5))
+    assert np.array_equal(d.train.x[:, 0], photos(c=1)[..., 0])
+
+
+def test_a_layout_both_readings_fit_is_refused_not_guessed(tmp_path):
+    cube = Data(Split(np.zeros((2, 3, 3, 3), np.float32), np.arange(2)), name="c.npz")
+    with pytest.raises(DlcError, match=r"c.npz: inputs of shape 3x3x3 fit the spec's input 3@3x3 two ways, "
+                                       r"channels first .* or channels last .*; say which the file holds: "
+                                       r"--layout chw or --layout hwc"):
+        fit_inputs(cube, (3, 3, 3))
+    odd = Data(Split(np.zeros((2, 3, 4, 3), np.float32), np.arange(2)), name="o.npz")
+    with pytest.raises(DlcError, match=r"o.npz: inputs of shape 3x4x3 fit the spec's input 3@6x6 two ways"):
+        fit_inputs(odd, (3, 6, 6), reshape=True)
+    np.savez(tmp_path / "c.npz", x=np.zeros((2, 3, 3, 3)), y=np.arange(2))
+    from click.testing import CliRunner
+    from dlc.cli import main
+
+    r = CliRunner().invoke(main, ["train", "-e", "input 3@3x3 -> fc 2 softmax", "--data", str(tmp_path / "c.npz"),
+                                  "--out", str(tmp_path / "run"), "-q"])
+    assert r.exit_code == 2 and "3x3x3" in r.output and "Traceback" not in r.output
+
+
+def test_equal_counts_that_would_move_pixels_are_refused():
+    # 4x3x5 holds as many values as 3@4x5 but is neither C x H x W nor H x W x C of it
+    d = Data(Split(np.zeros((2, 4, 3, 5), np.float32), np.arange(2)), name="s.npz")
+    with pytest.raises(DlcError, match="s.npz: inputs have shape 4x3x5 but the spec's input is 3@4x5: as many "
+                                       "values, but reshaping one into the other would scramble the pixels"):
+        fit_inputs(d, (3, 4, 5))
+    tall = Data(Split(np.zeros((2, 14, 56), np.float32), np.arange(2)), name="t.npz")
+    with pytest.raises(DlcError, match="scramble the pixels"):
+        fit_inputs(tall, (1, 28, 28))
+    assert fit_inputs(tall, (784,)).train.x.shape == (2, 784)  # a vector input keeps the row order
+    row = Data(Split(np.arange(2 * 784, dtype=np.float32).reshape(2, 1, 784), np.arange(2)), name="r.npz")
+    assert fit_inputs(row, (1, 28, 28)).train.x[1, 0, 2, 3] == 784 + 2 * 28 + 3  # a row, though 2-D
+
+
+def test_layout_says_which_when_the_shapes_cannot(tmp_path):
+    x = photos(h=3, w=3)  # channels last, every value telling its (c, y, x)
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(3))
+    hwc, _ = prepare(data_source(str(tmp_path / "c.npz"), layout="hwc"), (3, 3, 3), 3)
+    assert hwc.train.x[2, 1, 0, 2] == 1000 + 2 + 0.5 and hwc.train.x[0, 2, 2, 1] == 2021
+    chw, _ = prepare(data_source(str(tmp_path / "c.npz"), layout="chw"), (3, 3, 3), 3)
+    assert np.array_equal(chw.train.x, x)  # taken as it is stored
+    with pytest.raises(DlcError, match="--layout hwc is for images stored one 3-D array per sample"):
+        fit_inputs(vectors(), (1, 28, 28), layout="hwc")
+    from click.testing import CliRunner
+    from dlc.cli import main
+
+    r = CliRunner().invoke(main, ["train", "-e", "input 3@3x3 -> fc 3 softmax", "--data", str(tmp_path / "c.npz"),
+                                  "--layout", "hwc", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0 and "read the inputs of" in r.stderr and "transposed them to 3@3x3" in r.stderr, r.output
+    r = CliRunner().invoke(main, ["train", "-e", "input 3@3x3 -> fc 10 softmax", "--layout", "hwc",
+                                  "--out", str(tmp_path / "glyphs")])
+    assert r.exit_code == 2 and "the built-in set glyphs is made in the spec's own" in r.stderr, r.output

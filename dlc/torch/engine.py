@@ -38,7 +38,7 @@ from dlc.engine.run import FUSED_LOSSES, freeze_point, frozen_params
 from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.torch import launched
-from dlc.torch.export import identifiers, pytorch_source, state_names
+from dlc.torch.export import comment_text, identifiers, pytorch_source, state_names
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
@@ -72,7 +72,8 @@ def cuda_missing() -> str:
 def network(graph: Graph) -> dict:
     """The generated file of `graph`, run: its Net class and its helpers by name."""
     scope: dict = {}
-    exec(compile(pytorch_source(graph), f"<dlc pytorch: {graph.file}>", "exec"), scope)
+    # the name as the generated file's comment writes it: a checkpoint's metadata may hold NUL
+    exec(compile(pytorch_source(graph), f"<dlc pytorch: {comment_text(graph.file)}>", "exec"), scope)
     return scope
 
 

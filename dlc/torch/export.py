@@ -6,6 +6,8 @@ kept under its layer's name; `Net.load_dlc(path)` / `save_dlc(path)` convert dlc
 ways through the table of where each dlc tensor lives. Each kind's code comes from MODULES
 (dlc.torch.modules); the helpers every file carries are dlc/torch/netlib.py, copied verbatim.
 The torch engine runs this same text, so what it trains is what the export writes.
+Nothing a user wrote or named reaches the text but the spec's own words (the grammar's ASCII names,
+checked numbers) and comments escaped by comment_text.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def identifiers(graph: Graph) -> dict[str, str]:
     out: dict[str, str] = {}
     taken: set[str] = set()
     for n in graph.nodes:
-        ident = re.sub(r"\W", "_", n.name)
+        # ASCII alone: \w takes letters Python refuses in a name, or folds (NFKC) into another one
+        ident = re.sub(r"[^A-Za-z0-9_]", "_", n.name)
         if ident[0].isdigit() or keyword.iskeyword(ident) or ident in RESERVED:
             ident += "_"
         while ident in taken:
@@ -65,8 +68,16 @@ def tensor_table(graph: Graph) -> list[tuple]:
     return table
 
 
+def comment_text(text: str) -> str:
+    """Text as it may stand in a comment of the generated file: each character Python would read as a
+    line break (\\n, \\r), or refuse (NUL, a lone surrogate), and every other unprintable one is written
+    as its escape, so that nothing a user named or wrote (a file name, a spec's comment, a checkpoint's
+    metadata) can end the comment and become code."""
+    return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in text)
+
+
 def _comment(node: Node) -> str:
-    return f"  # {node.text}" if node.text and node.row == node.name else ""
+    return f"  # {comment_text(node.text)}" if node.text and node.row == node.name else ""
 
 
 def _init_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) -> list[str]:
@@ -119,18 +130,20 @@ def pytorch_source(graph: Graph) -> str:
     table = tensor_table(graph)
     shape = graph.input.out_shape
     dtype = "torch.int64" if graph.input.dtype.startswith("int") else "torch.float32"
-    spec = "\n".join("# " + line if line else "#" for line in graph.source.rstrip().splitlines())
+    spec = "\n".join(f"# {comment_text(line)}".rstrip() for line in graph.source.rstrip().splitlines())
     indent = "\n        "
     fused = graph.output.kind in FUSED_OUTPUTS
     signature = "self, x, logits: bool = False" if fused else "self, x"
     logits_doc = (" logits=True stops before the final\n        "
                   f"{graph.output.kind} (the fused loss reads its input).") if fused else ""
-    return f'''"""{Path(graph.file).name} as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
+    # The docstring is fixed text: the file's name, which may hold quotes and backslashes, is only
+    # ever written through comment_text.
+    return f'''"""A dlc spec as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
 
 Net.load_dlc(path) reads a dlc checkpoint (.npz) into a new Net; net.save_dlc(path) writes one that
 dlc reads (export, infer, train --resume). The file needs torch alone.
 """
-# The spec:
+# The spec, {comment_text(Path(graph.file).name)}:
 {spec}
 
 import ast
@@ -198,8 +211,8 @@ def write_pytorch(graph: Graph, output: str, **onnx_only) -> list[str]:
     folder = Path(output).resolve().parent
     if not folder.is_dir():
         raise DlcError(f"cannot write {output}: no folder {folder}")
-    with atomic_write(output, "w") as f:
-        f.write(pytorch_source(graph))
+    with atomic_write(output) as f:  # UTF-8, as Python reads source, whatever the locale's encoding
+        f.write(pytorch_source(graph).encode("utf-8"))
     trainable, fixed = (sum(c) for c in zip(*(param_count(KINDS[n.kind], n.attrs, ins)
                                                for n, ins in _inputs(graph))))
     return [f"wrote {output}: class Net, {len(graph.nodes) - 1} layers, {trainable:,} params + {fixed:,} "

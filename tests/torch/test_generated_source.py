@@ -1,0 +1,89 @@
+"""What a user names or writes reaches the generated PyTorch source only as escaped text.
+
+Every hostile text below carries a payload that, run, touches the file PWNED in the working folder:
+the export's file must import without running it and still work, the torch engine must train
+without running it, on a fresh run and on one resumed from a checkpoint whose metadata holds it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from dlc.cli import main  # noqa: E402
+from dlc.compile import compile_spec  # noqa: E402
+from dlc.engine.params import init_params, load_checkpoint, save_checkpoint  # noqa: E402
+from dlc.torch.engine import network  # noqa: E402
+from dlc.torch.export import pytorch_source  # noqa: E402
+
+PAYLOAD = '__import__("pathlib").Path("PWNED").touch()'
+# Every way out of a docstring or a comment: quotes, a backslash escape that breaks the string (\N),
+# and each character Python's str.splitlines breaks at (Python's tokenizer ends a line at \n and \r).
+HOSTILE = [f'a"""\n{PAYLOAD}\n"""b', f"a'''\n{PAYLOAD}\n'''b", f'a"""\r{PAYLOAD}\r"""b', "a\\Nb", "a\\N{x}\\",
+           "a\\", *(f'a"""{brk}{PAYLOAD}{brk}"""b' for brk in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")]
+XOR = "input 2 -> fc 2 sigmoid -> fc 1 sigmoid  # hidden 2\ntrain loss=mse epochs=1 batch=4\n"
+
+
+def run_file(path: Path):
+    """Import the generated file as a module, as a user's `import net` would."""
+    spec = importlib.util.spec_from_file_location("generated_net", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
+def test_a_hostile_spec_file_name_is_only_ever_text_in_the_export(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path(name + ".dlc").write_text(XOR)
+    r = CliRunner().invoke(main, ["export", name + ".dlc", "--format", "pytorch", "-o", "net.py"])
+    assert r.exit_code == 0, r.output
+    net = run_file(tmp_path / "net.py").Net()
+    assert not (tmp_path / "PWNED").exists()
+    assert tuple(net(torch.zeros(3, 2)).shape) == (3, 1)
+
+
+@pytest.mark.parametrize("name", HOSTILE[:4], ids=range(4))
+def test_a_hostile_spec_file_name_trains_on_the_torch_engine_without_running(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path(name + ".dlc").write_text(XOR)
+    r = CliRunner().invoke(main, ["train", name + ".dlc", "--engine", "torch", "--device", "cpu", "--out", "run",
+                                  "-q"])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "PWNED").exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["epoch"] == 1
+
+
+def test_a_checkpoint_whose_file_names_code_resumes_on_torch_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("xor.dlc").write_text(XOR)
+    r = CliRunner().invoke(main, ["train", "xor.dlc", "--out", "run", "-q"])
+    assert r.exit_code == 0, r.output
+    params, state, meta = load_checkpoint("run/last.npz")
+    meta["file"] = HOSTILE[0] + "\x00"  # the metadata may hold what no file name can
+    save_checkpoint("run/last.npz", params, state, meta)
+    r = CliRunner().invoke(main, ["train", "--resume", "run", "--epochs", "2", "--engine", "torch", "--device", "cpu",
+                                  "-q"])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "PWNED").exists()
+    assert json.loads(Path("run/metrics.json").read_text())["final"]["epoch"] == 2
+
+
+def test_spec_comments_with_any_line_break_stay_comments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    breaks = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    text = "".join(f"# c{b}{PAYLOAD}\n" for b in breaks) + "input 2 -> fc 2 sigmoid -> fc 1 sigmoid\n"
+    graph = compile_spec(text, "hostile.dlc")
+    source = pytorch_source(graph)
+    assert not set(breaks + "\r\0") & set(source)  # each written as its escape
+    (tmp_path / "net.py").write_text(source, encoding="utf-8")
+    run_file(tmp_path / "net.py").Net()
+    assert not (tmp_path / "PWNED").exists()

@@ -4,8 +4,8 @@ One attribute per layer that has a module (named after the layer, dots as unders
 beside it; `forward` in graph order, a chain flowing through `x` and a value that a later merge reads
 kept under its layer's name; `Net.load_dlc(path)` / `save_dlc(path)` convert dlc checkpoints both
 ways through the table of where each dlc tensor lives. Each kind's code comes from MODULES
-(dlc.torch.modules); the helpers every file carries are dlc/torch/netlib.py, copied verbatim.
-The torch engine runs this same text, so what it trains is what the export writes.
+(dlc.torch.modules); the helpers every file carries (dlc/torch/netlib.py, copied verbatim) come
+before the class. The torch engine runs this same text, so what it trains is what the export writes.
 Nothing a user wrote or named reaches the text but the spec's own words (the grammar's ASCII names,
 checked numbers) and comments escaped by comment_text.
 """
@@ -140,8 +140,9 @@ def pytorch_source(graph: Graph) -> str:
     # ever written through comment_text.
     return f'''"""A dlc spec as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
 
-Net.load_dlc(path) reads a dlc checkpoint (.npz) into a new Net; net.save_dlc(path) writes one that
-dlc reads (export, infer, train --resume). The file needs torch alone.
+Net.load_dlc(path) builds a Net with the weights of a dlc checkpoint (.npz), net.load_dlc(path) loads
+them into net; net.save_dlc(path) writes one that dlc reads (export, infer, train --resume). The file
+needs torch alone.
 """
 # The spec, {comment_text(Path(graph.file).name)}:
 {spec}
@@ -156,6 +157,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+{NETLIB}
 
 class Net(nn.Module):
     input_shape = {tuple(shape)!r}  # one sample, batch left out
@@ -175,10 +177,11 @@ class Net(nn.Module):
         """x: N x {" x ".join(map(str, shape))} ({dtype.split(".")[1]}).{logits_doc}"""
         {indent.join(_forward_lines(graph, made, idents))}
 
-    @classmethod
-    def load_dlc(cls, path) -> "Net":
-        """A Net with the weights of a dlc checkpoint."""
-        net = cls()
+    @class_or_instance_method
+    def load_dlc(net, path) -> "Net":
+        """Net.load_dlc(path): a new Net with the weights of a dlc checkpoint; net.load_dlc(path): those
+        weights in net itself, as load_state_dict does (net is returned)."""
+        net = net() if isinstance(net, type) else net
         net.from_dlc(read_npz(path)[0])
         return net
 
@@ -197,9 +200,7 @@ class Net(nn.Module):
         """This module's parameters and buffers as dlc's tensors (by dlc name)."""
         mine = dict(self.named_parameters()) | dict(self.named_buffers())
         return {{k: v.detach().clone() for k, v in to_dlc_layout(self.DLC_TENSORS, mine).items()}}
-
-
-{NETLIB}'''
+'''
 
 
 def write_pytorch(graph: Graph, output: str, **onnx_only) -> list[str]:

@@ -87,3 +87,18 @@ def test_spec_comments_with_any_line_break_stay_comments(tmp_path, monkeypatch):
     (tmp_path / "net.py").write_text(source, encoding="utf-8")
     run_file(tmp_path / "net.py").Net()
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_load_dlc_on_an_instance_loads_in_place_and_on_the_class_builds_a_net(tmp_path):
+    graph = compile_spec("input 2 -> fc 3 relu -> fc 1", "small.dlc")
+    params, state = init_params(graph, seed=1)
+    save_checkpoint(tmp_path / "w.npz", params, state)
+    Net = network(graph)["Net"]
+    net = Net()
+    returned = net.load_dlc(tmp_path / "w.npz")
+    assert returned is net  # in place, as load_state_dict does: not a new network the caller drops
+    np.testing.assert_array_equal(net.fc1.weight.detach().numpy(), params["fc1.W"])
+    np.testing.assert_array_equal(net.fc2.bias.detach().numpy(), params["fc2.b"])
+    built = Net.load_dlc(tmp_path / "w.npz")
+    assert isinstance(built, Net) and built is not net
+    np.testing.assert_array_equal(built.fc1.weight.detach().numpy(), params["fc1.W"])

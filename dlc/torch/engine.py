@@ -86,7 +86,7 @@ def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor
     """dlc.train.scoring.count_correct on the device: (top-1 hits, top-5 hits) as tensors."""
     none = out.new_zeros((), dtype=torch.int64)
     if classes == 1:
-        return ((out.reshape(len(out)) > 0.5) == (y.reshape(len(y)) > 0.5)).sum(), none
+        return ((out.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)).sum(), none
     labels = y.argmax(-1) if y.ndim == out.ndim else y
     top1 = (out.argmax(-1) == labels).sum()
     if classes <= 5:

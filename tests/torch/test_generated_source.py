@@ -89,6 +89,21 @@ def test_spec_comments_with_any_line_break_stay_comments(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_labels_and_blocks_named_like_python_or_the_files_own_names_stay_apart():
+    text = """\
+block self(n) {
+  fc n relu as torch
+}
+block lambda(n) {
+  add(identity | fc n)
+}
+input 4 -> fc 4 as xx -> self(4) as nn -> lambda(4) x2 as F -> concat(identity | fc 2 as read_npz) as None -> fc 3
+"""
+    net = network(compile_spec(text, "names.dlc"))["Net"]()
+    assert tuple(net(torch.zeros(2, 4)).shape) == (2, 3)
+    assert sum(p.numel() for p in net.parameters()) == 20 + 20 + 2 * 20 + 10 + 21  # `dlc params`: 111
+
+
 def test_load_dlc_on_an_instance_loads_in_place_and_on_the_class_builds_a_net(tmp_path):
     graph = compile_spec("input 2 -> fc 3 relu -> fc 1", "small.dlc")
     params, state = init_params(graph, seed=1)

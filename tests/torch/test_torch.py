@@ -573,10 +573,11 @@ def test_device_hits_count_what_the_numpy_scoring_counts():
 
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
 def test_bad_class_targets_are_one_message_on_either_engine(engine, tmp_path):
-    # xent reads XOR's 0/1 targets as class labels of a one-unit output: class 1 does not exist
-    r = train("-e", XOR, "--data", "xor", "--loss", "xent", "--engine", engine, "--out", tmp_path / "a")
-    assert r.exit_code == 2, r.output
-    assert r.output.strip() == "error: class label 1 is outside 0..0 for an output of 1 units"
+    # xent and hinge read XOR's 0/1 targets as class labels of a one-unit output: class 1 does not exist
+    for loss in ("xent", "hinge"):
+        r = train("-e", XOR, "--data", "xor", "--loss", loss, "--engine", engine, "--out", tmp_path / loss)
+        assert r.exit_code == 2, r.output
+        assert r.output.strip() == "error: class label 1 is outside 0..0 for an output of 1 units"
     # a text of one character: a vocabulary of one token, nothing to predict
     (tmp_path / "a.txt").write_text("a" * 500)
     r = train("-e", "input seq 8 -> embed 4 vocab=1 -> lstm 4 sequences -> fc 1 softmax", "--data",

@@ -230,4 +230,4 @@ def state_names(graph: Graph) -> tuple[str, ...]:
     return tuple(f"{n.name}.{k}" for n, ins in _inputs(graph) for k in KINDS[n.kind].state(n.attrs, ins))
 
 
-NETLIB = (Path(__file__).parent / "netlib.py").read_text()
+NETLIB = (Path(__file__).parent / "netlib.py").read_text(encoding="utf-8")  # holds Kᵀ: not the locale's encoding

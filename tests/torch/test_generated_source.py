@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +90,17 @@ def test_spec_comments_with_any_line_break_stay_comments(tmp_path, monkeypatch):
     (tmp_path / "net.py").write_text(source, encoding="utf-8")
     run_file(tmp_path / "net.py").Net()
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_export_writes_utf8_source_under_an_ascii_locale(tmp_path):
+    # Python reads source as UTF-8; a C locale without UTF-8 mode reads and writes text as ASCII
+    (tmp_path / "u.dlc").write_text("input 2 -> fc 1  # 2×1, für XOR\n", encoding="utf-8")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    done = subprocess.run([sys.executable, "-m", "dlc", "export", "u.dlc", "--format", "pytorch", "-o", "u.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "# input 2 -> fc 1  # 2×1, für XOR" in (tmp_path / "u.py").read_text(encoding="utf-8")
+    run_file(tmp_path / "u.py").Net()
 
 
 def test_labels_and_blocks_named_like_python_or_the_files_own_names_stay_apart():

@@ -40,6 +40,16 @@ def _checked_indices(target: np.ndarray, classes: int) -> np.ndarray:
     return t
 
 
+def check_class_labels(loss: str, out_shape: tuple[int, ...], y: np.ndarray) -> None:
+    """Raise, before the first step, what `loss` raises at a batch of targets y whose class labels
+    lie outside the classes of outputs of out_shape (one sample's). The torch engine's losses index
+    with the labels unchecked: a traceback on the CPU, a device-side assert on CUDA."""
+    out = np.broadcast_to(np.float32(0), (len(y), *out_shape))  # the outputs' shape, without their memory
+    labels_for_mse = loss == "mse" and out.ndim == 2 and out.shape[1] > 1 and y.shape == out.shape[:1]
+    if (loss in ("xent", "hinge") and _is_indices(out, y)) or labels_for_mse:
+        _checked_indices(y, out.shape[softmax_axis(out)])
+
+
 def _as_rows(out: np.ndarray) -> np.ndarray:
     """(predictions, classes): the class axis (the one softmax normalises) last, the rest as rows."""
     if out.ndim == 2:

@@ -38,7 +38,7 @@ from dlc.engine.run import FUSED_LOSSES, freeze_point, frozen_params
 from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.torch import launched
-from dlc.torch.export import identifiers, pytorch_source, state_names
+from dlc.torch.export import comment_text, identifiers, pytorch_source, state_names
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
@@ -72,7 +72,8 @@ def cuda_missing() -> str:
 def network(graph: Graph) -> dict:
     """The generated file of `graph`, run: its Net class and its helpers by name."""
     scope: dict = {}
-    exec(compile(pytorch_source(graph), f"<dlc pytorch: {graph.file}>", "exec"), scope)
+    # the name as the generated file's comment writes it: a checkpoint's metadata may hold NUL
+    exec(compile(pytorch_source(graph), f"<dlc pytorch: {comment_text(graph.file)}>", "exec"), scope)
     return scope
 
 
@@ -85,7 +86,7 @@ def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor
     """dlc.train.scoring.count_correct on the device: (top-1 hits, top-5 hits) as tensors."""
     none = out.new_zeros((), dtype=torch.int64)
     if classes == 1:
-        return ((out.reshape(len(out)) > 0.5) == (y.reshape(len(y)) > 0.5)).sum(), none
+        return ((out.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)).sum(), none
     labels = y.argmax(-1) if y.ndim == out.ndim else y
     top1 = (out.argmax(-1) == labels).sum()
     if classes <= 5:

@@ -4,8 +4,10 @@ One attribute per layer that has a module (named after the layer, dots as unders
 beside it; `forward` in graph order, a chain flowing through `x` and a value that a later merge reads
 kept under its layer's name; `Net.load_dlc(path)` / `save_dlc(path)` convert dlc checkpoints both
 ways through the table of where each dlc tensor lives. Each kind's code comes from MODULES
-(dlc.torch.modules); the helpers every file carries are dlc/torch/netlib.py, copied verbatim.
-The torch engine runs this same text, so what it trains is what the export writes.
+(dlc.torch.modules); the helpers every file carries (dlc/torch/netlib.py, copied verbatim) come
+before the class. The torch engine runs this same text, so what it trains is what the export writes.
+Nothing a user wrote or named reaches the text but the spec's own words (the grammar's ASCII names,
+checked numbers) and comments escaped by comment_text.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def identifiers(graph: Graph) -> dict[str, str]:
     out: dict[str, str] = {}
     taken: set[str] = set()
     for n in graph.nodes:
-        ident = re.sub(r"\W", "_", n.name)
+        # ASCII alone: \w takes letters Python refuses in a name, or folds (NFKC) into another one
+        ident = re.sub(r"[^A-Za-z0-9_]", "_", n.name)
         if ident[0].isdigit() or keyword.iskeyword(ident) or ident in RESERVED:
             ident += "_"
         while ident in taken:
@@ -65,8 +68,16 @@ def tensor_table(graph: Graph) -> list[tuple]:
     return table
 
 
+def comment_text(text: str) -> str:
+    """Text as it may stand in a comment of the generated file: each character Python would read as a
+    line break (\\n, \\r), or refuse (NUL, a lone surrogate), and every other unprintable one is written
+    as its escape, so that nothing a user named or wrote (a file name, a spec's comment, a checkpoint's
+    metadata) can end the comment and become code."""
+    return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in text)
+
+
 def _comment(node: Node) -> str:
-    return f"  # {node.text}" if node.text and node.row == node.name else ""
+    return f"  # {comment_text(node.text)}" if node.text and node.row == node.name else ""
 
 
 def _init_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) -> list[str]:
@@ -119,18 +130,21 @@ def pytorch_source(graph: Graph) -> str:
     table = tensor_table(graph)
     shape = graph.input.out_shape
     dtype = "torch.int64" if graph.input.dtype.startswith("int") else "torch.float32"
-    spec = "\n".join("# " + line if line else "#" for line in graph.source.rstrip().splitlines())
+    spec = "\n".join(f"# {comment_text(line)}".rstrip() for line in graph.source.rstrip().splitlines())
     indent = "\n        "
     fused = graph.output.kind in FUSED_OUTPUTS
     signature = "self, x, logits: bool = False" if fused else "self, x"
     logits_doc = (" logits=True stops before the final\n        "
                   f"{graph.output.kind} (the fused loss reads its input).") if fused else ""
-    return f'''"""{Path(graph.file).name} as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
+    # The docstring is fixed text: the file's name, which may hold quotes and backslashes, is only
+    # ever written through comment_text.
+    return f'''"""A dlc spec as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
 
-Net.load_dlc(path) reads a dlc checkpoint (.npz) into a new Net; net.save_dlc(path) writes one that
-dlc reads (export, infer, train --resume). The file needs torch alone.
+Net.load_dlc(path) builds a Net with the weights of a dlc checkpoint (.npz), net.load_dlc(path) loads
+them into net; net.save_dlc(path) writes one that dlc reads (export, infer, train --resume). The file
+needs torch alone.
 """
-# The spec:
+# The spec, {comment_text(Path(graph.file).name)}:
 {spec}
 
 import ast
@@ -143,6 +157,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+{NETLIB}
 
 class Net(nn.Module):
     input_shape = {tuple(shape)!r}  # one sample, batch left out
@@ -162,10 +177,11 @@ class Net(nn.Module):
         """x: N x {" x ".join(map(str, shape))} ({dtype.split(".")[1]}).{logits_doc}"""
         {indent.join(_forward_lines(graph, made, idents))}
 
-    @classmethod
-    def load_dlc(cls, path) -> "Net":
-        """A Net with the weights of a dlc checkpoint."""
-        net = cls()
+    @class_or_instance_method
+    def load_dlc(net, path) -> "Net":
+        """Net.load_dlc(path): a new Net with the weights of a dlc checkpoint; net.load_dlc(path): those
+        weights in net itself, as load_state_dict does (net is returned)."""
+        net = net() if isinstance(net, type) else net
         net.from_dlc(read_npz(path)[0])
         return net
 
@@ -184,9 +200,7 @@ class Net(nn.Module):
         """This module's parameters and buffers as dlc's tensors (by dlc name)."""
         mine = dict(self.named_parameters()) | dict(self.named_buffers())
         return {{k: v.detach().clone() for k, v in to_dlc_layout(self.DLC_TENSORS, mine).items()}}
-
-
-{NETLIB}'''
+'''
 
 
 def write_pytorch(graph: Graph, output: str, **onnx_only) -> list[str]:
@@ -198,8 +212,8 @@ def write_pytorch(graph: Graph, output: str, **onnx_only) -> list[str]:
     folder = Path(output).resolve().parent
     if not folder.is_dir():
         raise DlcError(f"cannot write {output}: no folder {folder}")
-    with atomic_write(output, "w") as f:
-        f.write(pytorch_source(graph))
+    with atomic_write(output) as f:  # UTF-8, as Python reads source, whatever the locale's encoding
+        f.write(pytorch_source(graph).encode("utf-8"))
     trainable, fixed = (sum(c) for c in zip(*(param_count(KINDS[n.kind], n.attrs, ins)
                                                for n, ins in _inputs(graph))))
     return [f"wrote {output}: class Net, {len(graph.nodes) - 1} layers, {trainable:,} params + {fixed:,} "
@@ -216,4 +230,4 @@ def state_names(graph: Graph) -> tuple[str, ...]:
     return tuple(f"{n.name}.{k}" for n, ins in _inputs(graph) for k in KINDS[n.kind].state(n.attrs, ins))
 
 
-NETLIB = (Path(__file__).parent / "netlib.py").read_text()
+NETLIB = (Path(__file__).parent / "netlib.py").read_text(encoding="utf-8")  # holds Kᵀ: not the locale's encoding

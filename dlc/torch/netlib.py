@@ -59,6 +59,18 @@ class Weights(nn.Module):
             self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
 
 
+class class_or_instance_method:
+    """A method that receives the class when called on the class and the instance when called on one:
+    `Net.load_dlc(path)` builds a network, `net.load_dlc(path)` fills net (a classmethod would
+    silently build a new one and leave net as it was)."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def __get__(self, instance, owner):
+        return self.method.__get__(owner if instance is None else instance)
+
+
 NPY_DTYPES = {"<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16, "<i8": torch.int64,
               "<i4": torch.int32, "|u1": torch.uint8, "|b1": torch.bool}
 META = "__dlc_meta__"  # the archive entry holding dlc's JSON metadata

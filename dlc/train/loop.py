@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dlc import choices
+from dlc.engine.losses import check_class_labels
 from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.train.augment import augment_batch, check_augment
@@ -85,6 +86,7 @@ def check_config(cfg: TrainConfig, graph: Graph, data: Data) -> None:
         raise DlcError(f"unknown loss `{cfg.loss}` (expected {', '.join(choices.LOSSES)})")
     if cfg.balanced and data.train.y.ndim != 1:
         raise DlcError("--balanced needs class labels, not target rows")
+    check_class_labels(cfg.loss, graph.output.out_shape, data.train.y)
 
 
 def shard_size(n: int, world: int) -> int:

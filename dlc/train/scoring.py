@@ -33,7 +33,7 @@ def count_correct(out: np.ndarray, y: np.ndarray, classes: int) -> tuple[int, in
     """(top-1 hits, top-5 hits) over every prediction (each step of a sequence output is one);
     a one-unit output is right when it is on the target's side of 0.5."""
     if classes == 1:
-        return int(((out.reshape(len(out)) > 0.5) == (y.reshape(len(y)) > 0.5)).sum()), 0
+        return int(((out.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)).sum()), 0  # every step of a Tx1 output
     rows, labels = out.reshape(-1, classes), _labels_of(out, y).reshape(-1)
     top1 = int(np.count_nonzero(rows.argmax(axis=1) == labels))
     if classes <= 5:

@@ -63,6 +63,9 @@ def text_data(path: str, want: Wanted | None) -> Data:
                        f"token ids (`input seq T` then `embed D vocab=V`); its input is {show(input_shape)}")
     text = read_text(path)
     ids, chars = encode(text)
+    if len(chars) < 2:  # every target would be that character: nothing to learn, and one class to score
+        raise DlcError(f"{path} holds a single distinct character ({show_chars(chars)}): a language model "
+                       "needs a text of at least two to predict one from another")
     need = min(vocab, classes)
     if len(chars) > need:
         raise DlcError(f"{path} has {len(chars)} distinct characters, but the spec's embed has vocab={vocab} "

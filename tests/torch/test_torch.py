@@ -565,6 +565,26 @@ def test_device_hits_count_what_the_numpy_scoring_counts():
     for out, y, classes in cases:
         assert [int(t) for t in hits(torch.from_numpy(out), torch.from_numpy(y), classes)] == \
             list(count_correct(out, y, classes))
+    # one unit at each of 3 steps: each step is on its target's side of 0.5 or not (by hand: 2 hits, 1 miss)
+    out, y = np.array([[[0.9], [0.2], [0.6]]]), np.array([[1, 0, 0]])
+    assert count_correct(out, y, 1) == (2, 0)
+    assert [int(t) for t in hits(torch.from_numpy(out), torch.from_numpy(y), 1)] == [2, 0]
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_bad_class_targets_are_one_message_on_either_engine(engine, tmp_path):
+    # xent and hinge read XOR's 0/1 targets as class labels of a one-unit output: class 1 does not exist
+    for loss in ("xent", "hinge"):
+        r = train("-e", XOR, "--data", "xor", "--loss", loss, "--engine", engine, "--out", tmp_path / loss)
+        assert r.exit_code == 2, r.output
+        assert r.output.strip() == "error: class label 1 is outside 0..0 for an output of 1 units"
+    # a text of one character: a vocabulary of one token, nothing to predict
+    (tmp_path / "a.txt").write_text("a" * 500)
+    r = train("-e", "input seq 8 -> embed 4 vocab=1 -> lstm 4 sequences -> fc 1 softmax", "--data",
+              tmp_path / "a.txt", "--engine", engine, "--out", tmp_path / "b")
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"error: {tmp_path / 'a.txt'} holds a single distinct character (a)"), r.output
+    assert "Traceback" not in r.output
 
 
 def test_a_diverging_torch_run_names_the_steps_since_the_last_read(tmp_path):

@@ -140,6 +140,18 @@ def test_resume_removes_what_killed_writes_left(tmp_path):
     assert sorted(p.name for p in out.glob(".*")) == [".notes.txt.abc.tmp"]
 
 
+def test_resume_reads_the_log_as_plot_does_and_refuses_one_that_is_not_text(tmp_path):
+    out = tmp_path / "x"
+    assert run(XOR, "--epochs", "2", "--out", out, "--quiet").exit_code == 0
+    log = out / "log.jsonl"
+    kept = log.read_bytes()
+    log.write_bytes(b"\xff\xfe binary")
+    refused(run("--resume", out, "--epochs", "3"), r"log.jsonl is not text \(not UTF-8\), so not a run log")
+    log.write_bytes(kept + b'{"epoch": 3, "train_lo')  # a line cut short is dropped, the epochs kept
+    assert run("--resume", out, "--epochs", "3", "--quiet").exit_code == 0
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_resume_refuses_data_that_changed(tmp_path):
     data, out = tmp_path / "d.npz", tmp_path / "run"
 

@@ -143,6 +143,9 @@ def _check_meta(meta: dict, path: str) -> None:
     def wrong(field: str, expected: str) -> DlcError:
         return DlcError(f"checkpoint {path}: its metadata's `{field}` is not {expected}")
 
+    for field in ("spec", "file", "vocab"):  # null: a run without one (vocab: not trained on text)
+        if meta.get(field) is not None and not isinstance(meta[field], str):
+            raise wrong(field, "text")
     names = meta.get("state_tensors", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise wrong("state_tensors", "a list of tensor names")

@@ -8,7 +8,6 @@ the command, so the other commands start fast.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,6 +103,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
             start = load_checkpoint(weights, graph)[:2]
         root = out or fresh_out(graph)
         runs = fresh_runs(cfg, root, repeat, check=writer)
+    refuse_unless_run_fits(graph, cfg, src, engine)
     try:
         data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                     norm=norm, on_phase=display.phase, steps=output_steps(graph),
@@ -126,6 +126,8 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         try:
             result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
                                   save_every=save_every, on_event=display, engine=engine_class, start=start)
+        except MemoryError as e:  # what refuse_unless_run_fits could not foresee (the estimate is a lower bound)
+            raise DlcError(f"out of memory while training: {e}") from None
         finally:
             display.close()
         docs.append(run_summary(result, data_arrays, data_arrays.notes))
@@ -149,20 +151,36 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val
                    normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
     """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set."""
     from dlc.train.builtin import BUILTIN_SIZES
-    from dlc.memory import refuse_unless_fits
     from dlc.train.sources import data_source
 
     src = data_source(default_data(graph) if data is None else data, reshape=reshape, val=val, seed=cfg.seed,
                       normalize=normalize)
     if any(v is not None for v in sizes):
         if not src.builtin or src.source == "xor":
-            raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets spirals, blobs and "
-                           f"glyphs, not {'the four points of xor' if src.builtin else 'a file'}")
+            sized = ", ".join(name for name in BUILTIN_SIZES if name != "xor")
+            raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets {sized}, "
+                           f"not {'the four points of xor' if src.builtin else 'a file'}")
         src.sizes = tuple(d if v is None else v for v, d in zip(sizes, BUILTIN_SIZES[src.source]))
-        samples, shape = sum(src.sizes), graph.input.out_shape
-        # the arrays alone, as float32: a lower bound (generating and normalising them takes more)
-        refuse_unless_fits(4 * samples * math.prod(shape), f"the data ({samples:,} samples of {show(shape)})")
     return src
+
+
+def refuse_unless_run_fits(graph, cfg: TrainConfig, src: DataSource, engine: str) -> None:
+    """Refuse a run whose built-in data and NumPy training step cannot be held at once, before either is
+    made: both grow with the spec (a 100,000-step input, a large --n-train), and a run that starts
+    anyway pages for hours or dies in its first step. A file's size is known only once it is read."""
+    from dlc.memory import backprop_bytes, refuse_unless_fits
+    from dlc.train.builtin import BUILTIN_SIZES, builtin_bytes
+    from dlc.units import binary
+
+    parts = []
+    if src.builtin:
+        sizes, shape = src.sizes or BUILTIN_SIZES[src.source], graph.input.out_shape
+        parts.append((builtin_bytes(src.source, shape, sizes), f"the data, {sum(sizes):,} samples of {show(shape)}"))
+    if engine == "numpy":  # the torch engine's step lives on its device, which dlc.memory does not see
+        parts.append((backprop_bytes(graph, cfg.batch, cfg.optimizer), f"a training step at batch {cfg.batch}"))
+    if parts:
+        refuse_unless_fits(sum(n for n, _ in parts),
+                           f"this run ({'; '.join(f'{what}: {binary(n)}' for n, what in parts)})")
 
 
 def engine_for(engine: str, device: str):

@@ -195,3 +195,44 @@ def test_values_an_edited_log_holds_are_left_out_of_the_curve(tmp_path):
     c = curve(read_run(folder), "train_loss")
     assert c.epochs == [4] and c.mean == [0.25]
     assert run("plot", folder).exit_code == 0
+
+
+def test_repeat_bands_stay_within_what_the_metric_can_be(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    root = tmp_path / "rep"
+    # accuracies 100%, 100%, 94%: mean 98%, population std sqrt((2 x 0.02^2 + 0.04^2) / 3) = 2.83%, so the
+    # band would reach 100.83%; losses 0, 0, 0.3: mean 0.1, std 0.1414, so it would reach -0.0414
+    for seed, (acc, loss) in enumerate([(1.0, 0.0), (1.0, 0.0), (0.94, 0.3)]):
+        write_log(root / f"seed{seed}", [0.5, loss], [0.5, acc])
+    c = curve(read_run(root), "train_accuracy")
+    assert c.mean[1] == pytest.approx(0.98) and c.std[1] == pytest.approx(0.0008 ** 0.5)
+    assert c.band()[1][1] == 1.0 and curve(read_run(root), "train_loss").band()[0][1] == 0.0
+    drawn = []
+    real = Axes.fill_between
+    monkeypatch.setattr(Axes, "fill_between", lambda ax, x, y1, y2, **kw: drawn.append((y1, y2)) or real(ax, x, y1, y2, **kw))
+    assert run("plot", root, "-o", tmp_path / "rep.svg").exit_code == 0
+    assert len(drawn) == 2  # the loss band and the accuracy band
+    assert min(v for y1, _ in drawn for v in y1) == 0.0 and max(v for _, y2 in drawn for v in y2) == 1.0
+
+
+def test_in_the_terminal_curves_that_share_a_cell_show_as_an_overlap(tmp_path):
+    # train and val meet at epochs 1 and 3 and part at epoch 2: both must show, neither hide the other
+    folder = write_log(tmp_path / "run", [1.0, 0.5, 0.25], val=[1.0, 0.75, 0.25])
+    lines = run("plot", folder).output.splitlines()
+    chart = lines[1:11]
+    assert chart[0].endswith("│#" + " " * 55) and chart[-1].endswith("#")  # epochs 1 and 3: both curves
+    assert sum(row.count("•") for row in chart) == 1 and sum(row.count("o") for row in chart) == 1
+    assert lines[13].split() == ["•", "train", "o", "val", "#", "overlap"]
+
+
+def test_values_past_float32_are_left_out_not_a_traceback(tmp_path):
+    # a run logs float32 means; past that range means overflow and matplotlib cannot lay out an axis
+    folder = write_log(tmp_path / "one", [1.5e308, -1.5e308, 3e38, 0.0])
+    assert curve(read_run(folder), "train_loss").mean == [3e38, 0.0]
+    assert run("plot", folder).exit_code == 0 and run("plot", folder, "-o", tmp_path / "one.png").exit_code == 0
+    root = tmp_path / "rep"
+    write_log(root / "seed0", [1.7e308, 0.5])
+    write_log(root / "seed1", [1.7e308, 0.3])
+    assert curve(read_run(root), "train_loss").epochs == [2]
+    assert run("plot", root).exit_code == 0 and run("plot", root, "-o", tmp_path / "rep.png").exit_code == 0

@@ -12,6 +12,7 @@ from dlc.errors import DlcError
 from dlc.train.rundir import LOG, read_log
 
 SPLITS = ("train", "val", "test")
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -25,6 +26,14 @@ class Curve:
     epochs: list[int]
     mean: list[float]
     std: list[float] | None  # over the seeds, population std as `dlc train --repeat` reports it
+    limits: tuple[float, float]  # the values the metric can take
+
+    def band(self) -> tuple[list[float], list[float]]:
+        """mean - std and mean + std, within the metric's limits: three seeds at 98%, 99% and 100% have a
+        band reaching past 100%, which no accuracy reaches."""
+        lo, hi = self.limits
+        std = self.std or [0.0] * len(self.mean)
+        return [max(m - s, lo) for m, s in zip(self.mean, std)], [min(m + s, hi) for m, s in zip(self.mean, std)]
 
 
 def read_run(folder: Path) -> Run:
@@ -53,16 +62,16 @@ def curve(run: Run, key: str) -> Curve | None:
     if not epochs:
         return None
     mean = [statistics.fmean(s[e] for s in per_seed) for e in epochs]
-    std = [statistics.pstdev([s[e] for s in per_seed]) for e in epochs] if len(per_seed) > 1 else None
-    return Curve(epochs, mean, std)
+    std = [statistics.pstdev([s[e] for s in per_seed]) for e in epochs]
+    # accuracies are fractions; losses (xent, bce, mse, hinge, and their penalties) and rates are not negative
+    limits = (0.0, 1.0) if key.endswith(("accuracy", "top5")) else (0.0, math.inf)
+    return Curve(epochs, mean, std if len(per_seed) > 1 else None, limits)
 
 
 def _number(value) -> float | None:
-    """A finite number as a float; None for anything else an edited log may hold (text, null, true, 10**400)."""
-    if type(value) not in (int, float):
+    """A number a run can log, as a float; None for what else an edited log may hold (text, null, true,
+    10**400, 1e308). A run's figures are float32 sums and means, within float32's range; past it, means
+    overflow and matplotlib cannot lay out an axis."""
+    if type(value) not in (int, float) or not -FLOAT32_MAX <= value <= FLOAT32_MAX:
         return None
-    try:
-        v = float(value)
-    except OverflowError:
-        return None
-    return v if math.isfinite(v) else None
+    return float(value)

@@ -236,3 +236,12 @@ def test_values_past_float32_are_left_out_not_a_traceback(tmp_path):
     write_log(root / "seed1", [1.7e308, 0.3])
     assert curve(read_run(root), "train_loss").epochs == [2]
     assert run("plot", root).exit_code == 0 and run("plot", root, "-o", tmp_path / "rep.png").exit_code == 0
+
+
+def test_a_repeat_folder_with_a_damaged_seed_names_that_seeds_log(tmp_path):
+    root = tmp_path / "rep"
+    write_log(root / "seed0", [1.0, 0.5])
+    write_log(root / "seed1", [1.0, 0.5])
+    (root / "seed1" / "log.jsonl").write_bytes(b"\x80\x81 not text")
+    r = run("plot", root)
+    assert r.exit_code == 2 and r.output == f"error: {root / 'seed1' / 'log.jsonl'} is not text (not UTF-8), so not a run log\n"

@@ -12,7 +12,7 @@ from dlc.errors import DlcError
 from dlc.train.rundir import LOG, read_log
 
 SPLITS = ("train", "val", "test")
-FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = 3.4028234663852886e38  # float32's largest finite value, numpy's finfo(float32).max
 
 
 @dataclass
@@ -29,8 +29,8 @@ class Curve:
     limits: tuple[float, float]  # the values the metric can take
 
     def band(self) -> tuple[list[float], list[float]]:
-        """mean - std and mean + std, within the metric's limits: three seeds at 98%, 99% and 100% have a
-        band reaching past 100%, which no accuracy reaches."""
+        """mean - std and mean + std, within the metric's limits: seeds at 94%, 100% and 100% have a band
+        reaching 100.8%, which no accuracy reaches."""
         lo, hi = self.limits
         std = self.std or [0.0] * len(self.mean)
         return [max(m - s, lo) for m, s in zip(self.mean, std)], [min(m + s, hi) for m, s in zip(self.mean, std)]

@@ -210,7 +210,8 @@ def test_repeat_bands_stay_within_what_the_metric_can_be(tmp_path, monkeypatch):
     assert c.band()[1][1] == 1.0 and curve(read_run(root), "train_loss").band()[0][1] == 0.0
     drawn = []
     real = Axes.fill_between
-    monkeypatch.setattr(Axes, "fill_between", lambda ax, x, y1, y2, **kw: drawn.append((y1, y2)) or real(ax, x, y1, y2, **kw))
+    monkeypatch.setattr(Axes, "fill_between",
+                        lambda ax, x, y1, y2, **kw: drawn.append((y1, y2)) or real(ax, x, y1, y2, **kw))
     assert run("plot", root, "-o", tmp_path / "rep.svg").exit_code == 0
     assert len(drawn) == 2  # the loss band and the accuracy band
     assert min(v for y1, _ in drawn for v in y1) == 0.0 and max(v for _, y2 in drawn for v in y2) == 1.0
@@ -244,4 +245,5 @@ def test_a_repeat_folder_with_a_damaged_seed_names_that_seeds_log(tmp_path):
     write_log(root / "seed1", [1.0, 0.5])
     (root / "seed1" / "log.jsonl").write_bytes(b"\x80\x81 not text")
     r = run("plot", root)
-    assert r.exit_code == 2 and r.output == f"error: {root / 'seed1' / 'log.jsonl'} is not text (not UTF-8), so not a run log\n"
+    log = root / "seed1" / "log.jsonl"
+    assert r.exit_code == 2 and r.output == f"error: {log} is not text (not UTF-8), so not a run log\n"

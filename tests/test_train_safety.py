@@ -207,8 +207,8 @@ def test_sizes_beyond_memory_are_refused_with_the_figure(tmp_path, monkeypatch):
     # 10^8 training images of 1@32x32 plus glyphs' 1,000 + 1,000 others, 4 bytes a value and an 8-byte
     # label: 100,002,000 x (1,024 x 4 + 8) = 410,408,208,000 bytes = 382.22 GiB
     r = run("-e", "input 1@32x32 -> fc 10 softmax", "--n-train", "100000000", "--out", tmp_path / "o")
-    refused(r, r"the data, 100,002,000 samples of 1@32x32: 382\.22 GiB; a training step at batch 32: [\d.]+ KiB\) "
-               r"needs at least 382\.22 GiB of memory; 8\.00 GiB is available")
+    refused(r, r"the data \(100,002,000 samples of 1@32x32: 382\.22 GiB\) plus a training step at batch 32 "
+               r"\([\d.]+ KiB\) needs at least 382\.22 GiB of memory; 8\.00 GiB is available")
     refused(run("-e", TINY, "--data", "xor", "--n-train", "10"), "not the four points of xor")
 
 
@@ -218,9 +218,9 @@ SEQUENCE_LM = "input seq {} -> embed 8 vocab=8 -> fc 8 softmax"
 @pytest.mark.parametrize("steps, flags, figure", [
     # the default 8,000 + 1,000 + 1,000 sequences of 100,000 int64 ids and as many int64 targets:
     # 10,000 x 100,000 x 16 = 16,000,000,000 bytes = 14.90 GiB
-    (100_000, [], r"the data, 10,000 samples of 100000: 14\.90 GiB"),
+    (100_000, [], r"the data \(10,000 samples of 100000: 14\.90 GiB\) plus a training step at batch 32"),
     # (10^8 + 2,000) x 8 x 16 = 12,800,256,000 bytes = 11.92 GiB
-    (8, ["--n-train", "100000000"], r"the data, 100,002,000 samples of 8: 11\.92 GiB"),
+    (8, ["--n-train", "100000000"], r"the data \(100,002,000 samples of 8: 11\.92 GiB\) plus a training step"),
 ])
 def test_sequence_sets_too_large_for_memory_are_refused_before_they_are_made(tmp_path, monkeypatch, steps,
                                                                                flags, figure):
@@ -239,10 +239,13 @@ def test_a_training_step_too_large_for_memory_is_refused_before_it_runs(tmp_path
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
     monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("the run started"))
-    # two 2-to-50,000 then 50,000-to-50,000 layers: 2.5 x 10^9 weights, 9.3 GiB before gradients
-    r = run("-e", "input 2 -> fc 50000 relu -> fc 50000 relu -> fc 2 softmax", "--data", "spirals",
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((20, 2), np.float32), y=np.arange(20) % 2)
+    # a 50,000-to-50,000 layer: 2.5 x 10^9 weights, 9.3 GiB before gradients; a file's 20 samples are known
+    # once read, and a batch is at most the split: the step is at batch 20, not --batch 1000000
+    r = run("-e", "input 2 -> fc 50000 relu -> fc 50000 relu -> fc 2 softmax", "--data", data, "--batch", "1000000",
             "--out", tmp_path / "o")
-    refused(r, r"a training step at batch 32: [\d.]+ GiB\) needs at least [\d.]+ GiB of memory; 8\.00 GiB")
+    refused(r, r"^error: a training step at batch 20 needs at least [\d.]+ GiB of memory; 8\.00 GiB is available")
 
 
 def test_running_out_of_memory_in_a_step_is_one_line(tmp_path, monkeypatch):

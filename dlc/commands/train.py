@@ -95,7 +95,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         graph = load_graph(spec, expr)
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
-        src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test))
+        src = data_source_of(graph, cfg, data, reshape, val, normalize, (n_train, n_val, n_test), engine)
         norm = None
         if weights:
             from dlc.engine.params import load_checkpoint
@@ -103,7 +103,6 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
             start = load_checkpoint(weights, graph)[:2]
         root = out or fresh_out(graph)
         runs = fresh_runs(cfg, root, repeat, check=writer)
-    refuse_unless_run_fits(graph, cfg, src, engine)
     try:
         data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                     norm=norm, on_phase=display.phase, steps=output_steps(graph),
@@ -116,6 +115,11 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         display.phase(None)
     if resume is not None:
         check_same_data(checkpoint[2], fingerprint, resume)
+    step, step_name = training_step(graph, cfg, engine, len(data_arrays.train))
+    if step:  # a file's sample count is known only now; free memory is now what the step can have
+        from dlc.memory import refuse_unless_fits
+
+        refuse_unless_fits(step, step_name)
     for text in data_arrays.notes:
         display.note(text)
     meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
@@ -148,10 +152,14 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
 
 
 def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val: float | None,
-                   normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
-    """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set."""
-    from dlc.train.builtin import BUILTIN_SIZES
+                   normalize: str, sizes: tuple[int | None, int | None, int | None], engine: str) -> DataSource:
+    """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set, which is refused
+    before it is made when its arrays and a training step would not fit in memory (both grow with the
+    spec: a 100,000-step input made 16 GB of sequences, then a step of attention over them)."""
+    from dlc.memory import refuse_unless_fits
+    from dlc.train.builtin import BUILTIN_SIZES, builtin_bytes
     from dlc.train.sources import data_source
+    from dlc.units import binary
 
     src = data_source(default_data(graph) if data is None else data, reshape=reshape, val=val, seed=cfg.seed,
                       normalize=normalize)
@@ -161,26 +169,24 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val
             raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets {sized}, "
                            f"not {'the four points of xor' if src.builtin else 'a file'}")
         src.sizes = tuple(d if v is None else v for v, d in zip(sizes, BUILTIN_SIZES[src.source]))
+    if src.builtin:
+        split_sizes, shape = src.sizes or BUILTIN_SIZES[src.source], graph.input.out_shape
+        held = builtin_bytes(src.source, shape, split_sizes)
+        step, step_name = training_step(graph, cfg, engine, split_sizes[0])
+        what = f"the data ({sum(split_sizes):,} samples of {show(shape)}: {binary(held)})"
+        refuse_unless_fits(held + step, what + (f" plus {step_name} ({binary(step)})" if step else ""))
     return src
 
 
-def refuse_unless_run_fits(graph, cfg: TrainConfig, src: DataSource, engine: str) -> None:
-    """Refuse a run whose built-in data and NumPy training step cannot be held at once, before either is
-    made: both grow with the spec (a 100,000-step input, a large --n-train), and a run that starts
-    anyway pages for hours or dies in its first step. A file's size is known only once it is read."""
-    from dlc.memory import backprop_bytes, refuse_unless_fits
-    from dlc.train.builtin import BUILTIN_SIZES, builtin_bytes
-    from dlc.units import binary
+def training_step(graph, cfg: TrainConfig, engine: str, samples: int) -> tuple[int, str]:
+    """The least memory of a NumPy training step on `samples` training samples, and its name; (0, "") on
+    the torch engine, whose step lives on a device dlc.memory does not see."""
+    if engine != "numpy":
+        return 0, ""
+    from dlc.memory import backprop_bytes
 
-    parts = []
-    if src.builtin:
-        sizes, shape = src.sizes or BUILTIN_SIZES[src.source], graph.input.out_shape
-        parts.append((builtin_bytes(src.source, shape, sizes), f"the data, {sum(sizes):,} samples of {show(shape)}"))
-    if engine == "numpy":  # the torch engine's step lives on its device, which dlc.memory does not see
-        parts.append((backprop_bytes(graph, cfg.batch, cfg.optimizer), f"a training step at batch {cfg.batch}"))
-    if parts:
-        refuse_unless_fits(sum(n for n, _ in parts),
-                           f"this run ({'; '.join(f'{what}: {binary(n)}' for n, what in parts)})")
+    batch = min(cfg.batch, samples)  # a batch is at most the training split
+    return backprop_bytes(graph, batch, cfg.optimizer), f"a training step at batch {batch}"
 
 
 def engine_for(engine: str, device: str):

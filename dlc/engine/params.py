@@ -7,7 +7,6 @@ here repeats the shape arithmetic or knows which kinds have weights.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from dlc.atomic import atomic_write
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS, Role, Shape, role
+from dlc.npz import check_arrays_file
 
 CHECKPOINT_SCHEMA = "dlc.checkpoint/1"
 META_KEY = "__dlc_meta__"  # the npz entry holding the JSON metadata; no parameter name has dunders
@@ -114,7 +114,7 @@ def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]
     try:
         if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
             raise DlcError(f"{path} is not a regular file, so not a checkpoint")  # a FIFO would block
-        _check_npz(path)
+        check_arrays_file(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(str(arrays.pop(META_KEY)))
@@ -140,40 +140,6 @@ def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]
     if graph is not None:
         check_against(graph, params, state, path)
     return params, state, meta
-
-
-# numpy's own bound on an .npy header it parses from an untrusted file (np.lib.format's max_header_size)
-NPY_HEADER_MAX = 10_000
-
-
-def _check_npz(path: str) -> None:
-    """Before np.load reads an .npz: every member's header within numpy's bound (numpy reads a header
-    of any length, up to 4 GiB, before it checks it), and the data its header declares present in the
-    member (numpy allocates the declared shape first: a 100-byte file can ask for terabytes)."""
-    from dlc.memory import refuse_unless_fits
-
-    declared = 0
-    with zipfile.ZipFile(path) as z:
-        for info in z.infolist():
-            with z.open(info) as f:
-                prefix = f.read(12)
-                if len(prefix) < 12 or prefix[:6] != b"\x93NUMPY" or prefix[6] not in (1, 2):
-                    raise ValueError(f"{info.filename} is not a version 1 or 2 .npy array")
-                start, size = (10, prefix[8] | prefix[9] << 8) if prefix[6] == 1 else \
-                    (12, int.from_bytes(prefix[8:12], "little"))
-                if size > NPY_HEADER_MAX:
-                    raise DlcError(f"{path}: the header of {info.filename} is {size:,} bytes, past numpy's "
-                                   f"bound of {NPY_HEADER_MAX:,} for an untrusted file; it is not a checkpoint")
-                header = io.BytesIO(prefix[8:] + f.read(max(start + size - len(prefix), 0)))
-                read_header = np.lib.format.read_array_header_1_0 if prefix[6] == 1 else \
-                    np.lib.format.read_array_header_2_0
-                shape, _, dtype = read_header(header, max_header_size=NPY_HEADER_MAX)
-            needed = math.prod(shape) * dtype.itemsize
-            if needed > info.file_size - start - size:
-                raise DlcError(f"{path}: {info.filename} declares {needed:,} bytes of {dtype} {shape} but holds "
-                               f"{max(info.file_size - start - size, 0):,}; the file is damaged")
-            declared += needed
-    refuse_unless_fits(declared, f"the checkpoint {path}")
 
 
 def _check_meta(meta: dict, path: str) -> None:

@@ -194,17 +194,28 @@ def npz_member(path, header: str, data: bytes, header_length: int | None = None,
     # 59 + 5,000,000 + 1 bytes of header deflated to a few kB: numpy reads all of it before its bound applies
     (lambda p: npz_member(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }" + " " * 5_000_000 + "\n",
                           b"\0" * 48, compress=True),
-     "the header of W.npy is 5,000,060 bytes, past numpy's bound of 10,000"),
-    (lambda p: npz_member(p, "{", b"", header_length=2**32 - 1), "the header of W.npy is 4,294,967,295 bytes"),
+     "c.npz, array W.npy: a header of 5,000,060 bytes, past numpy's bound of 10,000"),
+    (lambda p: npz_member(p, "{", b"", header_length=2**32 - 1), "W.npy: a header of 4,294,967,295 bytes"),
     # a 100-byte member asking for 10^12 float32 values: numpy would allocate 3.64 TiB before reading
     (lambda p: npz_member(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }\n", b"\0" * 8),
-     "W.npy declares 4,000,000,000,000 bytes of float32 (1000000000000,) but holds 8; the file is damaged"),
+     "W.npy: the header declares 4,000,000,000,000 bytes of float32 (1000000000000,), the file holds 8"),
 ])
-def test_a_hostile_npz_is_refused_before_numpy_reads_or_allocates(tmp_path, make, said):
-    ckpt = make(tmp_path / "c.npz")
-    r = run("export", "-e", CLASSIFIER, "--weights", ckpt, "-o", tmp_path / "m.onnx")
+def test_a_hostile_npz_is_refused_before_numpy_reads_or_allocates(tmp_path, make, said, model):
+    arrays = make(tmp_path / "c.npz")
+    r = run("export", "-e", CLASSIFIER, "--weights", arrays, "-o", tmp_path / "m.onnx")
     assert r.exit_code == 2 and said in r.stderr and r.stderr.count("\n") == 1, r.output
     assert not (tmp_path / "m.onnx").exists()
+    r = run("infer", model, "--input", arrays)  # an input is read the same way
+    assert r.exit_code == 2 and said in r.stderr.splitlines()[-1] and "Traceback" not in r.output, r.output
+
+
+def test_a_hostile_npy_input_is_refused_before_numpy_allocates(tmp_path, model):
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000,), }\n"
+    (tmp_path / "x.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 8)
+    r = run("infer", model, "--input", tmp_path / "x.npy")
+    assert r.exit_code == 2 and r.stderr.splitlines()[-1] == (
+        f"error: {tmp_path / 'x.npy'}: the header declares 400,000,000,000 bytes of float32 (100000000000,), "
+        f"the file holds 8; it is damaged"), r.stderr
 
 
 def test_weights_that_are_not_a_regular_file_are_refused_before_opening(tmp_path):

@@ -130,7 +130,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         try:
             result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
                                   save_every=save_every, on_event=display, engine=engine_class, start=start)
-        except MemoryError as e:  # what refuse_unless_run_fits could not foresee (the estimate is a lower bound)
+        except MemoryError as e:  # what the checks above could not foresee: their estimates are lower bounds
             raise DlcError(f"out of memory while training: {e}") from None
         finally:
             display.close()

@@ -140,6 +140,18 @@ def test_resume_removes_what_killed_writes_left(tmp_path):
     assert sorted(p.name for p in out.glob(".*")) == [".notes.txt.abc.tmp"]
 
 
+def test_resume_reads_the_log_as_plot_does_and_refuses_one_that_is_not_text(tmp_path):
+    out = tmp_path / "x"
+    assert run(XOR, "--epochs", "2", "--out", out, "--quiet").exit_code == 0
+    log = out / "log.jsonl"
+    kept = log.read_bytes()
+    log.write_bytes(b"\xff\xfe binary")
+    refused(run("--resume", out, "--epochs", "3"), r"log.jsonl is not text \(not UTF-8\), so not a run log")
+    log.write_bytes(kept + b'{"epoch": 3, "train_lo')  # a line cut short is dropped, the epochs kept
+    assert run("--resume", out, "--epochs", "3", "--quiet").exit_code == 0
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_resume_refuses_data_that_changed(tmp_path):
     data, out = tmp_path / "d.npz", tmp_path / "run"
 
@@ -192,11 +204,58 @@ def test_sizes_beyond_memory_are_refused_with_the_figure(tmp_path, monkeypatch):
     import dlc.memory as memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
-    # 10^8 training images of 1@32x32 plus glyphs' 1,000 + 1,000 others, 4 bytes a value:
-    # 100,002,000 x 1,024 x 4 = 409,608,192,000 bytes = 381.48 GiB
+    # 10^8 training images of 1@32x32 plus glyphs' 1,000 + 1,000 others, 4 bytes a value and an 8-byte
+    # label: 100,002,000 x (1,024 x 4 + 8) = 410,408,208,000 bytes = 382.22 GiB
     r = run("-e", "input 1@32x32 -> fc 10 softmax", "--n-train", "100000000", "--out", tmp_path / "o")
-    refused(r, r"100,002,000 samples of 1@32x32\) needs at least 381\.48 GiB of memory; 8\.00 GiB is available")
+    refused(r, r"the data \(100,002,000 samples of 1@32x32: 382\.22 GiB\) plus a training step at batch 32 "
+               r"\([\d.]+ KiB\) needs at least 382\.22 GiB of memory; 8\.00 GiB is available")
     refused(run("-e", TINY, "--data", "xor", "--n-train", "10"), "not the four points of xor")
+
+
+SEQUENCE_LM = "input seq {} -> embed 8 vocab=8 -> fc 8 softmax"
+
+
+@pytest.mark.parametrize("steps, flags, figure", [
+    # the default 8,000 + 1,000 + 1,000 sequences of 100,000 int64 ids and as many int64 targets:
+    # 10,000 x 100,000 x 16 = 16,000,000,000 bytes = 14.90 GiB
+    (100_000, [], r"the data \(10,000 samples of 100000: 14\.90 GiB\) plus a training step at batch 32"),
+    # (10^8 + 2,000) x 8 x 16 = 12,800,256,000 bytes = 11.92 GiB
+    (8, ["--n-train", "100000000"], r"the data \(100,002,000 samples of 8: 11\.92 GiB\) plus a training step"),
+])
+def test_sequence_sets_too_large_for_memory_are_refused_before_they_are_made(tmp_path, monkeypatch, steps,
+                                                                               flags, figure):
+    import dlc.memory as memory
+    import dlc.train.builtin as builtin
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(builtin, "sequence_task", lambda *a: pytest.fail("the sequences were made"))
+    r = run("-e", SEQUENCE_LM.format(steps), "--data", "reverse", *flags, "--out", tmp_path / "o")
+    refused(r, figure, r"needs at least [\d.]+ GiB of memory; 8\.00 GiB is available")
+
+
+def test_a_training_step_too_large_for_memory_is_refused_before_it_runs(tmp_path, monkeypatch):
+    import dlc.memory as memory
+    import dlc.train.loop as loop
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("the run started"))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((20, 2), np.float32), y=np.arange(20) % 2)
+    # a 50,000-to-50,000 layer: 2.5 x 10^9 weights, 9.3 GiB before gradients; a file's 20 samples are known
+    # once read, and a batch is at most the split: the step is at batch 20, not --batch 1000000
+    r = run("-e", "input 2 -> fc 50000 relu -> fc 50000 relu -> fc 2 softmax", "--data", data, "--batch", "1000000",
+            "--out", tmp_path / "o")
+    refused(r, r"^error: a training step at batch 20 needs at least [\d.]+ GiB of memory; 8\.00 GiB is available")
+
+
+def test_running_out_of_memory_in_a_step_is_one_line(tmp_path, monkeypatch):
+    import dlc.train.loop as loop
+
+    def out_of_memory(*a, **k):
+        raise MemoryError("Unable to allocate 1.46 TiB for an array with shape (10, 4, 100000, 100000)")
+
+    monkeypatch.setattr(loop, "train", out_of_memory)
+    refused(run(XOR, "--out", tmp_path / "o"), r"^error: out of memory while training: Unable to allocate 1\.46 TiB")
 
 
 # ------------------------------------------------------------------------------ what is printed

@@ -14,6 +14,7 @@ import click
 
 from dlc.commands.arguments import SEED, is_onnx, load_graph, output_file, parse_shapes, shape_option, spec_input
 from dlc.errors import DlcError
+from dlc.npz import check_arrays_file
 from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET
 
 ENGINES = ("onnxruntime", "numpy")
@@ -154,6 +155,7 @@ def read_named_arrays(path: str, names: list[str]) -> dict:
     if not Path(path).is_file():
         raise DlcError(f"no such file: {path}")
     try:
+        check_arrays_file(path)
         with np.load(path, allow_pickle=False) as data:
             missing = [n for n in names if n not in data.files]
             if missing:
@@ -191,6 +193,7 @@ def read_array(path: str):
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):  # .npy's magic string; .npz is a zip
         raise DlcError(f"{path} is not a NumPy .npy or .npz file")
     try:
+        check_arrays_file(path)
         data = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DlcError(f"{path} cannot be read as a NumPy array ({e})")

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import click
 
+from dlc.commands.arguments import NON_NEGATIVE, SEED
 from dlc.errors import DlcError
+
+# Every token is a forward pass of the whole window, held until the end: a bound that a small model
+# reaches in about a minute keeps a typo (a billion, 23 digits) from running for days.
+MAX_TOKENS = 100_000
 
 
 def run_checkpoint(run: Path) -> Path:
@@ -26,10 +31,11 @@ def run_checkpoint(run: Path) -> Path:
 @click.command("sample")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--prompt", required=True, help="The text to continue; every character must be in the run's vocabulary.")
-@click.option("--tokens", type=click.IntRange(min=0), default=200, show_default=True, help="Characters to generate.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--tokens", type=click.IntRange(min=0, max=MAX_TOKENS), default=200, show_default=True,
+              help=f"Characters to generate, at most {MAX_TOKENS:,}.")
+@click.option("--temperature", type=NON_NEGATIVE, default=1.0, show_default=True,
               help="Divides the logits: below 1 is more conservative, 0 always takes the most likely character.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the draws (a whole number >= 0).")
 def sample(run, prompt, tokens, temperature, seed):
     """Continue --prompt with a language model trained on a text file (RUN: a run directory or checkpoint)."""
     import numpy as np
@@ -37,6 +43,7 @@ def sample(run, prompt, tokens, temperature, seed):
     from dlc.compile import compile_spec
     from dlc.engine.params import check_against, load_checkpoint
     from dlc.engine.run import forward
+    from dlc.layers.dense import token_vocab
     from dlc.train.text import generate, show_chars
 
     path = run_checkpoint(run)
@@ -47,8 +54,12 @@ def sample(run, prompt, tokens, temperature, seed):
     if not chars:
         raise DlcError(f"{path}: the run was not trained on a text file (no vocabulary is stored), "
                        f"so there is nothing to decode tokens with")
-    graph = compile_spec(meta["spec"], file=meta["file"])
+    graph = compile_spec(meta["spec"], file=meta.get("file") or str(path))
     check_against(graph, params, state, str(path))
+    fits = min(token_vocab(graph) or 0, graph.output.out_shape[-1])
+    if len(chars) > fits:  # an edited vocabulary: its last characters would index past the embedding
+        raise DlcError(f"{path}: its vocabulary has {len(chars)} characters but its network reads and predicts "
+                       f"{fits} tokens; the checkpoint was edited or damaged")
     if not prompt:
         raise DlcError("--prompt needs at least one character to start from")
     index = {c: i for i, c in enumerate(chars)}

@@ -9,7 +9,6 @@ the command, so the other commands start fast.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,7 +102,7 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
         graph = load_graph(spec, expr)
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
-        src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test))
+        src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test), engine)
         norm = None
         if weights:
             start = start_weights(weights, graph, cfg, weights_partial, display)
@@ -129,6 +128,11 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
             display.phase(None)
         if resume is not None:
             check_same_data(checkpoint[2], fingerprint, resume)
+        step, step_name = training_step(graph, cfg, engine, len(data_arrays.train))
+        if step:  # a file's sample count is known only now; free memory is now what the step can have
+            from dlc.memory import refuse_unless_fits
+
+            refuse_unless_fits(step, step_name)
         for text in data_arrays.notes:
             display.note(text)
         meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
@@ -139,6 +143,8 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
             try:
                 result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
                                       save_every=save_every, on_event=display, engine=engine_class, start=start)
+            except MemoryError as e:  # what the checks above could not foresee: their estimates are lower bounds
+                raise DlcError(f"out of memory while training: {e}") from None
             finally:
                 display.close()
             docs.append(run_summary(result, data_arrays, data_arrays.notes))
@@ -159,11 +165,15 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
 
 
 def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, layout: str | None,
-                   val: float | None, normalize: str, sizes: tuple[int | None, int | None, int | None]) -> DataSource:
-    """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set."""
-    from dlc.train.builtin import BUILTIN_SIZES
+                   val: float | None, normalize: str, sizes: tuple[int | None, int | None, int | None],
+                   engine: str) -> DataSource:
+    """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set, which is refused
+    before it is made when its arrays and a training step would not fit in memory (both grow with the
+    spec: a 100,000-step input made 16 GB of sequences, then a step of attention over them)."""
     from dlc.memory import refuse_unless_fits
+    from dlc.train.builtin import BUILTIN_SIZES, builtin_bytes
     from dlc.train.sources import data_source
+    from dlc.units import binary
 
     src = data_source(default_data(graph) if data is None else data, reshape=reshape, layout=layout, val=val,
                       seed=cfg.seed, normalize=normalize)
@@ -172,13 +182,28 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, lay
                        f"is made in the spec's own")
     if any(v is not None for v in sizes):
         if not src.builtin or src.source == "xor":
-            raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets spirals, blobs and "
-                           f"glyphs, not {'the four points of xor' if src.builtin else 'a file'}")
+            sized = ", ".join(name for name in BUILTIN_SIZES if name != "xor")
+            raise DlcError(f"--n-train, --n-val and --n-test size the built-in data sets {sized}, "
+                           f"not {'the four points of xor' if src.builtin else 'a file'}")
         src.sizes = tuple(d if v is None else v for v, d in zip(sizes, BUILTIN_SIZES[src.source]))
-        samples, shape = sum(src.sizes), graph.input.out_shape
-        # the arrays alone, as float32: a lower bound (generating and normalising them takes more)
-        refuse_unless_fits(4 * samples * math.prod(shape), f"the data ({samples:,} samples of {show(shape)})")
+    if src.builtin:
+        split_sizes, shape = src.sizes or BUILTIN_SIZES[src.source], graph.input.out_shape
+        held = builtin_bytes(src.source, shape, split_sizes)
+        step, step_name = training_step(graph, cfg, engine, split_sizes[0])
+        what = f"the data ({sum(split_sizes):,} samples of {show(shape)}: {binary(held)})"
+        refuse_unless_fits(held + step, what + (f" plus {step_name} ({binary(step)})" if step else ""))
     return src
+
+
+def training_step(graph, cfg: TrainConfig, engine: str, samples: int) -> tuple[int, str]:
+    """The least memory of a NumPy training step on `samples` training samples, and its name; (0, "") on
+    the torch engine, whose step lives on a device dlc.memory does not see."""
+    if engine != "numpy":
+        return 0, ""
+    from dlc.memory import backprop_bytes
+
+    batch = min(cfg.batch, samples)  # a batch is at most the training split
+    return backprop_bytes(graph, batch, cfg.optimizer), f"a training step at batch {batch}"
 
 
 def engine_for(engine: str, device: str):

@@ -21,6 +21,7 @@ from dlc.atomic import atomic_write
 from dlc.errors import DlcError
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS, Role, Shape, role
+from dlc.npz import check_arrays_file
 
 CHECKPOINT_SCHEMA = "dlc.checkpoint/1"
 META_KEY = "__dlc_meta__"  # the npz entry holding the JSON metadata; no parameter name has dunders
@@ -111,6 +112,9 @@ def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]
     """(params, state, meta) from a checkpoint; with a graph, every name and shape must match it."""
     path = os.fspath(path)
     try:
+        if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+            raise DlcError(f"{path} is not a regular file, so not a checkpoint")  # a FIFO would block
+        check_arrays_file(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(str(arrays.pop(META_KEY)))
@@ -120,7 +124,7 @@ def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]
         raise DlcError(f"no such checkpoint: {path}")
     except IsADirectoryError:
         raise DlcError(f"{path} is a directory, not a checkpoint")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile):
         raise DlcError(f"{path} is not a dlc checkpoint (unreadable or damaged)")
     _check_meta(meta, path)
     for name, a in arrays.items():
@@ -143,6 +147,9 @@ def _check_meta(meta: dict, path: str) -> None:
     def wrong(field: str, expected: str) -> DlcError:
         return DlcError(f"checkpoint {path}: its metadata's `{field}` is not {expected}")
 
+    for field in ("spec", "file", "vocab"):  # null: a run without one (vocab: not trained on text)
+        if meta.get(field) is not None and not isinstance(meta[field], str):
+            raise wrong(field, "text")
     names = meta.get("state_tensors", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise wrong("state_tensors", "a list of tensor names")

@@ -93,5 +93,4 @@ def save(runs: list[Run], out: Path) -> None:
 def _draw(ax, c: Curve, colour: str, style: str, markers: bool) -> None:
     ax.plot(c.epochs, c.mean, color=colour, linestyle=style, marker="o" if markers else None, markersize=3)
     if c.std is not None:
-        ax.fill_between(c.epochs, [m - s for m, s in zip(c.mean, c.std)], [m + s for m, s in zip(c.mean, c.std)],
-                        color=colour, alpha=0.18, linewidth=0)
+        ax.fill_between(c.epochs, *c.band(), color=colour, alpha=0.18, linewidth=0)

@@ -7,7 +7,8 @@ from dlc.plot.runs import SPLITS, Curve, Run, curve
 WIDTH = 56  # columns of the plotting area
 HEIGHT = 10  # rows of the loss and accuracy charts
 LR_HEIGHT = 4
-MARKS = "•ox+*#%@"  # one per curve; a later curve drawn on the same cell wins
+MARKS = "•ox+*%@&"  # one per curve
+SHARED = "#"  # a cell two or more curves fall in: no curve hides another
 
 
 def render(runs: list[Run]) -> str:
@@ -34,7 +35,8 @@ def _chart(title: str, series: list[tuple[str, Curve]], height: int, percent: bo
         for e, v in zip(c.epochs, c.mean):
             col = round((e - first) / (last - first) * (WIDTH - 1)) if last > first else 0
             row = round((hi - v) / (hi - lo) * (height - 1)) if hi > lo else height // 2
-            grid[row][col] = MARKS[k % len(MARKS)]
+            mark = MARKS[k % len(MARKS)]
+            grid[row][col] = mark if grid[row][col] in (" ", mark) else SHARED
 
     def value(v: float) -> str:
         return f"{v:.1%}" if percent else f"{v:.4g}"
@@ -48,5 +50,7 @@ def _chart(title: str, series: list[tuple[str, Curve]], height: int, percent: bo
     span = f"epoch {first}"
     lines.append(" " * (pad + 2) + span + f"{last:>{WIDTH - len(span)}}")
     key = "   ".join(f"{MARKS[k % len(MARKS)]} {label}" for k, (label, _) in enumerate(series))
+    if any(SHARED in row for row in grid):
+        key += f"   {SHARED} overlap"
     lines.append(" " * (pad + 2) + key)
     return "\n".join(lines)

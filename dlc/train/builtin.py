@@ -159,6 +159,13 @@ def glyphs(input_shape, classes: int, sizes, seed: int = 0) -> Data:
     return _splits(x, y.astype(np.int64), sizes, "glyphs")
 
 
+def builtin_bytes(name: str, input_shape: tuple[int, ...], sizes: tuple[int, int, int]) -> int:
+    """What a built-in set's arrays hold once made: float32 inputs with an int64 label each, or for the
+    sequence tasks int64 token ids with an int64 target at every step (making them takes more)."""
+    per_sample = 16 * math.prod(input_shape) if name in TARGETS else 4 * math.prod(input_shape) + 8
+    return sum(sizes) * per_sample
+
+
 # Each set's generator, under the name dlc.train.catalog lists it by (tests/train/test_data_sources.py
 # checks that the two agree). The sequence tasks take the embedding's vocabulary too (builtin_data passes it).
 BUILTIN = {"xor": xor, "spirals": spirals, "blobs": blobs, "glyphs": glyphs, **dict.fromkeys(TARGETS, sequence_task)}

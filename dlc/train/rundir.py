@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Iterator
@@ -48,19 +48,46 @@ def append_line(path: Path, record: dict) -> None:
         raise DlcError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def read_log(path: Path, upto_epoch: int) -> list[dict]:
-    """The epoch records of log.jsonl up to an epoch; lines past it (written after the checkpoint a
-    run resumes from) or cut short by a kill are dropped, and the file is rewritten to match."""
-    if not path.exists():
+# A log line is about 400 bytes, so this holds some 500,000 epochs; more is not a log dlc wrote.
+MAX_LOG_BYTES = 200 * 2**20
+
+
+def read_log(path: Path) -> list[dict]:
+    """The epoch records of a run's log.jsonl in epoch order ([] when there is none). A line that is
+    not a record (cut short by a kill) is left out; a file that is not a regular file of text, or is
+    larger than any log, is a DlcError naming it, refused before it is read (a FIFO would block)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise DlcError(f"{path} is not a regular file, so not a run log")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_LOG_BYTES + 1)
+    except FileNotFoundError:
         return []
+    except OSError as e:
+        raise DlcError(f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_LOG_BYTES:
+        raise DlcError(f"{path} is larger than {MAX_LOG_BYTES // 2**20} MiB, more than any run log")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DlcError(f"{path} is not text (not UTF-8), so not a run log") from None
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             r = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than Python's stack
             continue
-        if isinstance(r, dict) and r.get("epoch", math.inf) <= upto_epoch:
+        if isinstance(r, dict) and type(r.get("epoch")) is int:
             records.append(r)
+    return sorted(records, key=lambda r: r["epoch"])
+
+
+def trim_log(path: Path, upto_epoch: int) -> list[dict]:
+    """The epoch records up to an epoch; lines past it (written after the checkpoint a run resumes
+    from) or cut short by a kill are dropped, and the file is rewritten to match."""
+    if not path.exists():
+        return []
+    records = [r for r in read_log(path) if r["epoch"] <= upto_epoch]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
@@ -141,7 +168,7 @@ class RunFiles:
         if fresh:
             self.log.unlink(missing_ok=True)
             return []
-        return read_log(self.log, upto_epoch)
+        return trim_log(self.log, upto_epoch)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

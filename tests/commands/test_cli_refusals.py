@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +168,8 @@ def nan_weight(arrays):
     (set_meta(state_tensors=5), "its metadata's `state_tensors` is not a list of tensor names"),
     (set_meta(normalize="mean"), "its metadata's `normalize` is not an object with a `kind`"),
     (set_meta(normalize={"kind": "mean-std", "mean": ["x"], "std": 1}), "`normalize.mean` is not a finite number"),
+    (set_meta(spec=5), "its metadata's `spec` is not text"),
+    (lambda a: a.update({META_KEY: np.array("[" * 100_000 + "]" * 100_000)}), "is not a dlc checkpoint"),
 ])
 def test_a_tampered_checkpoint_is_refused_by_infer_and_export_alike(tmp_path, change, said):
     ckpt = tampered(tmp_path / "c.npz", change)
@@ -171,6 +178,51 @@ def test_a_tampered_checkpoint_is_refused_by_infer_and_export_alike(tmp_path, ch
         r = run(*args)
         assert r.exit_code == 2 and said in r.stderr and "Traceback" not in r.output, (args, r.output)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def npz_member(path, header: str, data: bytes, header_length: int | None = None, compress: bool = False) -> Path:
+    """An .npz of one member, W.npy, in the .npy 2.0 layout: magic, version, a 4-byte header length
+    (header_length, or the header's true one), the header, the data."""
+    length = len(header) if header_length is None else header_length
+    body = b"\x93NUMPY\x02\x00" + length.to_bytes(4, "little") + header.encode("latin1") + data
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        z.writestr("W.npy", body)
+    return path
+
+
+@pytest.mark.parametrize("make, said", [
+    # 59 + 5,000,000 + 1 bytes of header deflated to a few kB: numpy reads all of it before its bound applies
+    (lambda p: npz_member(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }" + " " * 5_000_000 + "\n",
+                          b"\0" * 48, compress=True),
+     "c.npz, array W.npy: a header of 5,000,060 bytes, past numpy's bound of 10,000"),
+    (lambda p: npz_member(p, "{", b"", header_length=2**32 - 1), "W.npy: a header of 4,294,967,295 bytes"),
+    # a 100-byte member asking for 10^12 float32 values: numpy would allocate 3.64 TiB before reading
+    (lambda p: npz_member(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }\n", b"\0" * 8),
+     "W.npy: the header declares 4,000,000,000,000 bytes of float32 (1000000000000,), the file holds 8"),
+])
+def test_a_hostile_npz_is_refused_before_numpy_reads_or_allocates(tmp_path, make, said, model):
+    arrays = make(tmp_path / "c.npz")
+    r = run("export", "-e", CLASSIFIER, "--weights", arrays, "-o", tmp_path / "m.onnx")
+    assert r.exit_code == 2 and said in r.stderr and r.stderr.count("\n") == 1, r.output
+    assert not (tmp_path / "m.onnx").exists()
+    r = run("infer", model, "--input", arrays)  # an input is read the same way
+    assert r.exit_code == 2 and said in r.stderr.splitlines()[-1] and "Traceback" not in r.output, r.output
+
+
+def test_a_hostile_npy_input_is_refused_before_numpy_allocates(tmp_path, model):
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000,), }\n"
+    (tmp_path / "x.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 8)
+    r = run("infer", model, "--input", tmp_path / "x.npy")
+    assert r.exit_code == 2 and r.stderr.splitlines()[-1] == (
+        f"error: {tmp_path / 'x.npy'}: the header declares 400,000,000,000 bytes of float32 (100000000000,), "
+        f"the file holds 8; it is damaged"), r.stderr
+
+
+def test_weights_that_are_not_a_regular_file_are_refused_before_opening(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # opening it would wait for a writer
+    r = subprocess.run([sys.executable, "-m", "dlc", "export", "-e", CLASSIFIER, "--weights", tmp_path / "fifo",
+                        "-o", tmp_path / "m.onnx"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'fifo'} is not a regular file, so not a checkpoint\n"
 
 
 # --- a very wide merge -----------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from dlc.cli import main
-from dlc.engine.params import load_checkpoint
+from dlc.engine.params import META_KEY, load_checkpoint
 
 # Each character of this text has one successor (é is two UTF-8 bytes but one character), so a model
 # that learned the text predicts every step right and greedy sampling continues the cycle exactly.
@@ -61,3 +63,53 @@ def test_a_text_file_needs_a_spec_reading_enough_token_ids(tmp_path):
     assert r.exit_code == 2 and "9 distinct characters" in r.output and "vocab=5" in r.output
     r = CliRunner().invoke(main, ["train", "-e", "input seq 8 of 3 -> fc 9 softmax", "--data", str(text)])
     assert r.exit_code == 2 and "token ids" in r.output
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--tokens", "1000000000", "1000000000 is not in the range 0<=x<=100000"),
+    ("--tokens", "12345678901234567890123", "is not in the range 0<=x<=100000"),
+    ("--temperature", "nan", "nan is not a finite number"),
+    ("--temperature", "inf", "inf is not a finite number"),
+    ("--seed", "-1", "-1 is not in the range x>=0"),
+])
+def test_flags_out_of_range_are_refused_before_the_run_is_read(tmp_path, flag, value, message):
+    r = CliRunner().invoke(main, ["sample", str(tmp_path / "no-run"), "--prompt", "a", flag, value])
+    assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
+
+
+def test_the_token_bound_is_in_the_help():
+    assert "at most 100,000" in " ".join(CliRunner().invoke(main, ["sample", "--help"]).output.split())
+
+
+def rewrite_meta(checkpoint, **changes):
+    """The checkpoint with its metadata edited as a person might, the arrays kept."""
+    arrays = dict(np.load(checkpoint))
+    meta = json.loads(str(arrays[META_KEY]))
+    meta.update(changes)
+    arrays[META_KEY] = np.array(json.dumps({k: v for k, v in meta.items() if v is not DROP}))
+    np.savez(checkpoint, **arrays)
+
+
+DROP = object()
+
+
+def test_a_run_whose_checkpoint_was_edited_is_one_line(tmp_path):
+    train_on_text(tmp_path, "--quiet", "--epochs", "1")
+    best = tmp_path / "run" / "best.npz"
+    kept = best.read_bytes()
+
+    def refused(message):
+        r = CliRunner().invoke(main, ["sample", str(tmp_path / "run"), "--prompt", "ab", "--tokens", "3"])
+        assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
+        best.write_bytes(kept)
+
+    for field, value in (("spec", 5), ("vocab", 5), ("vocab", ["a", "b"]), ("file", 5)):
+        rewrite_meta(best, **{field: value})
+        refused(f"its metadata's `{field}` is not text")
+    rewrite_meta(best, vocab=CYCLE + "xyz")  # 12 characters for a network of 9 tokens
+    refused("its vocabulary has 12 characters but its network reads and predicts 9 tokens")
+    best.write_bytes(kept[:len(kept) // 2])
+    refused("is not a dlc checkpoint (unreadable or damaged)")
+    rewrite_meta(best, file=DROP)  # a checkpoint from before runs named their file still samples
+    r = CliRunner().invoke(main, ["sample", str(tmp_path / "run"), "--prompt", "ab", "--tokens", "3"])
+    assert r.exit_code == 0 and len(r.stdout) == 6, r.output

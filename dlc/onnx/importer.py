@@ -1451,6 +1451,16 @@ def bias_defaults(layers: list[Layer]) -> list[str]:
     return lines
 
 
+def comment(text: str) -> str:
+    """`# text`, kept one comment line whatever the model's file says: a producer name or file name
+    holding a line break would otherwise end the comment and put its own statements (a `train` line)
+    into the spec. Every character that is not printable is escaped (`\\n`): the line breaks of the
+    grammar (\\n) and of dlc's spec reader (\\r too), the others str.splitlines breaks at (\\v, \\f,
+    \\x1c-\\x1e, \\x85, \\u2028, \\u2029), which editors show as new lines, and control characters,
+    NUL (a spec with one is refused as not text) and undecodable bytes of a file name."""
+    return "# " + "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     """The spec and the checkpoint tensors of the model at `path`."""
     model = read_model(path)
@@ -1458,7 +1468,7 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     r = Reader(g, Path(path).resolve().parent)
     _, layers, output = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
-    head = f"# imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import\n"
+    head = comment(f"imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import") + "\n"
     defaults = bias_defaults(layers)
     lines, order = to_spec(layers, output, path)
     lines = [(t, None) for t in defaults] + lines
@@ -1469,7 +1479,7 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     # each line's output shape as a comment, as the language's examples write them
     shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
     width = max(len(t) for t, _ in [(layers[0].text, 0), *lines]) + 2
-    text = "\n".join(t if last is None else f"{t:<{width}}# {show(shape_of[last])}"
+    text = "\n".join(t if last is None else f"{t:<{width}}{comment(show(shape_of[last]))}"
                      for t, last in [(layers[0].text, None), *lines]) + "\n"
     graph = compile_spec(head + text, file=path)
     params, state = {}, {}

@@ -1,0 +1,109 @@
+"""`dlc import`, `shapes`, `draw` and `infer` on odd or hostile ONNX files (issue 26): names that would put
+statements into the written spec, external data that points anywhere but beside the model, files the
+ONNX checker rejects, and outputs that are not regular files. Every file is built here with onnx.helper.
+
+What a refusal must look like: exit status 2, one line, no traceback, and nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from dlc.cli import main
+from dlc.commands.arguments import read_spec
+from dlc.compile import compile_spec
+
+# Every line break of str.splitlines: what an editor, `cat` or a reader of the spec may show as a new line.
+LINE_BREAKS = ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def fc_model(producer: str = "test", weight=None, opset: int = 13) -> onnx.ModelProto:
+    """x (N, 4) -> Gemm by a stored (4, 3) weight and bias -> y (N, 3): `input 4` / `fc 3` as a spec."""
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "W") if weight is None else weight
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "B")
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="fc")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=[w, b])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8, producer_name=producer)
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def refused(r, *words: str) -> str:
+    """The one-line message of a clean refusal, checked to hold `words`."""
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    message = r.output.strip()
+    assert "\n" not in message and "Traceback" not in message, message
+    for w in words:
+        assert w in message, message
+    return message
+
+
+def written_spec(path: Path):
+    """The spec as `dlc train` reads it: dlc's own reader (which takes \\r for a line break too), compiled."""
+    file, text = read_spec(str(path), None)
+    return text, compile_spec(text, file=file)
+
+
+# --- names that would put statements into the spec ----------------------------------------------------
+
+def test_the_spec_reader_breaks_lines_at_newline_and_carriage_return_only(tmp_path):
+    """What the grammar and dlc's reader take for a line break, of those str.splitlines knows: after each,
+    is a `train` statement live? (\\n and \\r, and \\r\\n; the others stay inside the comment.) The
+    importer escapes all of them, and this pins that the reader's set is among them."""
+    live = set()
+    for brk in LINE_BREAKS:
+        path = tmp_path / "probe.dlc"
+        path.write_bytes(f"input 4  # note{brk}train epochs=3\nfc 3\n".encode())
+        _, graph = written_spec(path)
+        if graph.train:
+            live.add(brk)
+    assert live == {"\n", "\r", "\r\n"}
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS, ids=repr)
+def test_a_producer_name_with_a_line_break_stays_in_the_comment(tmp_path, brk):
+    assert len(f"a{brk}b".splitlines()) == 2  # each is a line break to Python
+    evil = f"evil{brk}train epochs=99999 lr=50 optimizer=adam{brk}#"
+    model = save(fc_model(producer=evil), tmp_path / "m.onnx")
+    r = run("import", model, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 0, r.output
+    text, graph = written_spec(tmp_path / "net.dlc")
+    assert graph.train == {}
+    assert [n.kind for n in graph.nodes] == ["input", "fc"] and graph.output.out_shape == (3,)
+    lines = (tmp_path / "net.dlc").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3 and lines[0].startswith("# imported from m.onnx (evil") and "epochs=99999" in lines[0]
+
+
+def test_a_file_name_with_line_breaks_stays_in_the_comment(tmp_path):
+    model = save(fc_model(), tmp_path / "name\ntrain epochs=77777\n#.onnx")
+    r = run("import", model, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 0, r.output
+    text, graph = written_spec(tmp_path / "net.dlc")
+    assert graph.train == {} and [n.kind for n in graph.nodes] == ["input", "fc"]
+    assert text.splitlines()[0].startswith("# imported from name\\ntrain epochs=77777\\n#.onnx (test, opset 13)")
+
+
+def test_a_file_name_with_undecodable_bytes_is_imported(tmp_path):
+    """A name that is not UTF-8 (surrogate-escaped by Python) is written escaped, not a UnicodeEncodeError."""
+    model = save(fc_model(), Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.onnx")))
+    r = run("import", model, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 0, r.output
+    text, graph = written_spec(tmp_path / "net.dlc")
+    assert text.startswith("# imported from caf\\udce9.onnx") and graph.train == {}

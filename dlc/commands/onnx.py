@@ -48,12 +48,10 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
     if is_onnx(model) and expr is None:
         if weights:
             raise DlcError(f"{model} carries its own weights; --weights goes with a spec")
-        if need_graph:
-            onnx_model = export.load_model(model)  # the numpy engine needs the weights' values
-        else:
-            from dlc.onnx.model import read_model
+        from dlc.onnx.model import read_model
 
-            onnx_model = read_model(model)  # external data stays on disk, for onnxruntime to read by path
+        # the numpy engine needs the weights' values; onnxruntime reads external data itself, by path
+        onnx_model = read_model(model, weights=need_graph)
         graph = params = state = None
         if need_graph or any(p.key == export.META_SPEC for p in onnx_model.metadata_props):
             from dlc.compile import compile_spec
@@ -66,7 +64,7 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
                     raise
                 # onnxruntime needs only the model; the spec served to check token ids
             if need_graph:
-                params, state = export.weights_of(onnx_model, graph)
+                params, state = export.weights_of(onnx_model, graph, model)
         return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model), f"{model}'s initializers",
                        model)
     graph = load_graph(model, expr)

@@ -29,7 +29,7 @@ def draw(spec, expr, out, every_node, collapse, shapes):
     """The network as a diagram, top to bottom: one box per row of `dlc shapes`, branches side by side.
     SPEC may also be an .onnx model: one box per row of `dlc shapes MODEL.onnx`."""
     from dlc.atomic import atomic_write
-    from dlc.commands.analysis import analyse_input
+    from dlc.commands.analysis import analyse_input, warn_uncounted
     from dlc.draw.boxes import diagram
 
     writer = DRAW_FORMATS.get(out.suffix.lower())
@@ -39,8 +39,9 @@ def draw(spec, expr, out, every_node, collapse, shapes):
         raise DlcError(f"-o {out} is the spec itself; choose another file")
     if collapse and is_onnx(spec) and expr is None:
         raise DlcError("--collapse folds a spec's block calls; an .onnx model has none (draw it without --collapse)")
-    analysed = analyse_input(spec, expr, shapes).result
-    text = importlib.import_module(writer).render(diagram(analysed, every_node, collapse))
+    analysed = analyse_input(spec, expr, shapes)
+    warn_uncounted(analysed)
+    text = importlib.import_module(writer).render(diagram(analysed.result, every_node, collapse))
     with atomic_write(out, "w") as f:
         f.write(text)
     click.echo(f"wrote {out}")

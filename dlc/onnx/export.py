@@ -27,6 +27,7 @@ from dlc.graph import Graph, Node
 from dlc.layers import KINDS, param_count
 from dlc.onnx import MAX_OPSET, MIN_OPSET
 from dlc.onnx.lower import LOWER, lowest_opset
+from dlc.onnx.model import is_external, tensor_values
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a larger message
 BYTES_PER_FLOAT = 4  # initializers are float32
@@ -115,7 +116,7 @@ def external_initializers(arrays: dict, data_file: str) -> list[onnx.TensorProto
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+    return any(is_external(t) for t in model.graph.initializer)
 
 
 def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict | None = None) -> None:
@@ -183,17 +184,6 @@ def save_model(model: onnx.ModelProto, path, weights: dict | None = None) -> str
     return str(data)
 
 
-def load_model(path) -> onnx.ModelProto:
-    """An .onnx file; a missing or unreadable one is a DlcError."""
-    p = Path(path)
-    if not p.is_file():
-        raise DlcError(f"no such file: {path}")
-    try:
-        return onnx.load_model(str(p))
-    except Exception as e:  # protobuf's DecodeError and friends: the file is not a model
-        raise DlcError(f"{path} is not an ONNX model ({type(e).__name__}: {e})")
-
-
 def spec_of(model: onnx.ModelProto, path: str = "model") -> tuple[str, str]:
     """(file, spec text) that dlc stored when it exported the model."""
     meta = {p.key: p.value for p in model.metadata_props}
@@ -207,9 +197,9 @@ def normalize_of(model: onnx.ModelProto) -> dict | None:
     return json.loads(meta[META_NORMALIZE]) if META_NORMALIZE in meta else None
 
 
-def weights_of(model: onnx.ModelProto, graph: Graph) -> tuple[dict, dict]:
-    """(params, state) from the initializers, split as the registry splits them."""
-    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+def weights_of(model: onnx.ModelProto, graph: Graph, path: str = "model") -> tuple[dict, dict]:
+    """(params, state) from the initializers of the model at `path`, split as the registry splits them."""
+    stored = {t.name: tensor_values(t, path) for t in model.graph.initializer}
     params, state = {}, {}
     for t in tensors(graph):
         arr = stored.get(t.full_name)

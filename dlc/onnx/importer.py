@@ -33,7 +33,7 @@ from dlc.graph import Graph
 from dlc.layers import KINDS
 from dlc.layers.spatial import resolve_pads, show
 from dlc.onnx.analysis import live_tensors
-from dlc.onnx.model import OnnxGraph, attributes, from_model, read_model
+from dlc.onnx.model import OnnxGraph, attributes, from_model, read_model, tensor_values
 
 
 class NotImportable(Exception):
@@ -69,8 +69,8 @@ class Found:
 class Reader:
     """The model as the patterns read it: shapes per sample, constant values, consumers of a tensor."""
 
-    def __init__(self, g: OnnxGraph, base: Path):
-        self.g, self.base = g, base
+    def __init__(self, g: OnnxGraph):
+        self.g = g
         self.init = {t.name: t for t in g.model.graph.initializer}
         self.constants: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -90,13 +90,7 @@ class Reader:
     def value(self, name: str) -> np.ndarray | None:
         """The tensor's value if it is an initializer or a Constant (maybe through Identity), else None."""
         if name in self.init:
-            t = self.init[name]
-            if onnx.external_data_helper.uses_external_data(t):
-                copy = onnx.TensorProto()
-                copy.CopyFrom(t)
-                onnx.external_data_helper.load_external_data_for_tensor(copy, str(self.base))
-                t = copy
-            return numpy_helper.to_array(t)
+            return tensor_values(self.init[name], self.g.path)
         n = self.constants.get(name)
         if n is None:
             return None
@@ -1465,7 +1459,9 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     """The spec and the checkpoint tensors of the model at `path`."""
     model = read_model(path)
     g = from_model(model, path, shapes)
-    r = Reader(g, Path(path).resolve().parent)
+    if g.weights_error:
+        raise DlcError(f"{path}: cannot read the weights ({g.weights_error})")
+    r = Reader(g)
     _, layers, output = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
     head = comment(f"imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import") + "\n"

@@ -107,3 +107,94 @@ def test_a_file_name_with_undecodable_bytes_is_imported(tmp_path):
     assert r.exit_code == 0, r.output
     text, graph = written_spec(tmp_path / "net.dlc")
     assert text.startswith("# imported from caf\\udce9.onnx") and graph.train == {}
+
+
+# --- external data that is not a file beside the model -------------------------------------------------
+
+def external(location: str, **fields) -> onnx.TensorProto:
+    """The (4, 3) float32 weight W, its 48 bytes said to lie in `location` (with offset=, length=)."""
+    t = onnx.TensorProto(name="W", dims=[4, 3], data_type=TensorProto.FLOAT, data_location=TensorProto.EXTERNAL)
+    for key, value in {"location": location, **fields}.items():
+        t.external_data.add(key=key, value=str(value))
+    return t
+
+
+WEIGHT_BYTES = np.arange(12, dtype=np.float32).tobytes()  # what fc_model's W holds: 48 bytes
+
+# location (or a name that a setup below makes), extra fields, words of the reason
+EXTERNAL_CASES = {
+    "dotdot": ("../../etc/passwd", {}, "outside the model's folder"),
+    "dotdot-inside": ("sub/../../w.bin", {}, "outside the model's folder"),
+    "absolute": ("/etc/passwd", {}, "absolute path"),
+    "dev-zero": ("/dev/zero", {}, "absolute path"),
+    "proc-environ": ("/proc/self/environ", {}, "absolute path"),
+    "symlink-out": ("passwd.bin", {}, "symbolic link"),
+    "symlink-in": ("alias.bin", {}, "symbolic link"),
+    "folder-symlink-out": ("etc/passwd", {}, "outside the model's folder"),
+    "missing": ("nope.bin", {}, "does not exist"),
+    "folder": ("sub", {}, "a folder"),
+    "fifo": ("pipe.bin", {}, "not a regular file"),
+    "offset-past-end": ("w.bin", {"offset": 1000}, "run past the end"),
+    "length-past-end": ("w.bin", {"length": 1000}, "run past the end"),
+    "short": ("w.bin", {"offset": 8}, "needs 48 bytes"),
+    "short-length": ("w.bin", {"length": 40}, "needs 48 bytes"),
+    "negative-offset": ("w.bin", {"offset": -4}, "non-negative"),
+    "offset-not-a-number": ("w.bin", {"offset": "zero"}, "invalid literal"),
+    "no-location": ("", {}, "names no data file"),
+}
+
+
+def external_model(folder: Path, case: str) -> Path:
+    location, fields, _ = EXTERNAL_CASES[case]
+    (folder / "sub").mkdir()
+    (folder / "w.bin").write_bytes(WEIGHT_BYTES)
+    os.symlink("/etc/passwd", folder / "passwd.bin")
+    os.symlink("w.bin", folder / "alias.bin")
+    os.symlink("/etc", folder / "etc")
+    os.mkfifo(folder / "pipe.bin")
+    return save(fc_model(weight=external(location, **fields)), folder / "m.onnx")
+
+
+def test_external_data_beside_the_model_is_read(tmp_path):
+    """The control: the same file, its data where ONNX says, imports with the weights it holds."""
+    (tmp_path / "w.bin").write_bytes(WEIGHT_BYTES)
+    model = save(fc_model(weight=external("w.bin")), tmp_path / "m.onnx")
+    r = run("import", model, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "net.npz") as ckpt:
+        assert np.array_equal(ckpt["fc1.W"], np.arange(12, dtype=np.float32).reshape(4, 3).T)  # stored (out, in)
+
+
+@pytest.mark.parametrize("case", EXTERNAL_CASES)
+def test_unreadable_external_data_is_refused_in_one_line(tmp_path, case):
+    model = external_model(tmp_path, case)
+    message = refused(run("import", model, "-o", tmp_path / "net.dlc"), str(model), "initializer W",
+                      EXTERNAL_CASES[case][2])
+    assert message.startswith("error:")
+    assert not (tmp_path / "net.dlc").exists() and not (tmp_path / "net.npz").exists()
+
+
+@pytest.mark.parametrize("command", ["shapes", "draw"])
+@pytest.mark.parametrize("case", ["dotdot", "proc-environ", "symlink-out", "missing", "offset-past-end"])
+def test_shapes_and_draw_say_the_weights_are_unreadable(tmp_path, case, command):
+    model = external_model(tmp_path, case)
+    r = run(command, model, *(["-o", tmp_path / "m.svg"] if command == "draw" else []))
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, r.stderr
+    assert str(model) in warnings[0] and "initializer W" in warnings[0] and EXTERNAL_CASES[case][2] in warnings[0]
+
+
+def test_the_numpy_engine_refuses_unreadable_external_data(tmp_path):
+    """infer --engine numpy reads every weight (read_model with weights=True): a dlc export whose
+    initializer now points outside its folder."""
+    path = tmp_path / "m.onnx"
+    assert run("export", "-e", "input 4 -> fc 3", "-o", path).exit_code == 0
+    model = onnx.load(str(path))
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 2)
+    name = weight.name
+    weight.CopyFrom(external("../../etc/passwd"))  # (4, 3) float32, as fc 3 on 4 inputs has
+    weight.name = name
+    onnx.save(model, str(path))
+    refused(run("infer", path, "--engine", "numpy", "--random", 1), str(path), f"initializer {name}",
+            "outside the model's folder")

@@ -33,7 +33,7 @@ from dlc.graph import Graph
 from dlc.layers import KINDS
 from dlc.layers.spatial import resolve_pads, show
 from dlc.onnx.analysis import live_tensors
-from dlc.onnx.model import OnnxGraph, attributes, from_model, read_model, tensor_values
+from dlc.onnx.model import OnnxGraph, attributes, from_model, input_shapes, read_model, tensor_values, validate
 
 
 class NotImportable(Exception):
@@ -1458,6 +1458,7 @@ def comment(text: str) -> str:
 def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     """The spec and the checkpoint tensors of the model at `path`."""
     model = read_model(path)
+    validate(model, path, input_shapes(model, shapes or {}))
     g = from_model(model, path, shapes)
     if g.weights_error:
         raise DlcError(f"{path}: cannot read the weights ({g.weights_error})")

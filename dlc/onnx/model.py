@@ -270,6 +270,29 @@ def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: 
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
+def validate(model: onnx.ModelProto, path: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A DlcError with the reason if the model is not valid ONNX, by the checker's full rules (types and
+    shapes through every node: a float16 input into a float32 Gemm, two nodes writing one tensor, an IR
+    version newer than onnx knows) and two it lets through: an opset newer than onnx defines, and two
+    graph outputs of one name. It checks the skeleton: on the model itself the checker serialises every
+    weight first, 9 s for GPT-2's 500 MB, and the weights' values are what read_model's callers check."""
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise DlcError(f"{path} asks for ONNX opset {o.version}; there is none after {newest}")
+    names = [v.name for v in model.graph.output]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise DlcError(f"{path} is not valid ONNX: it names two graph outputs {twice}")
+    try:
+        # Outputs declared without a shape (the checker wants one; writers leave it out, dlc infers every
+        # shape anyway) get the inferred one before the check.
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model, shapes, 1, path))
+        onnx.checker.check_model(inferred, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise DlcError(f"{path} is not valid ONNX: {str(e).strip().splitlines()[0]}")
+
+
 def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:
     """Every value's type and shape; where some are left unknown, inferred again after the shape arithmetic
     that onnx's data propagation does not follow is folded into constants (see fold_shape_arithmetic)."""

@@ -27,6 +27,7 @@ from dlc.graph import Graph, Node
 from dlc.layers import KINDS, param_count
 from dlc.onnx import MAX_OPSET, MIN_OPSET
 from dlc.onnx.lower import LOWER, lowest_opset
+from dlc.normalize import stats_error
 from dlc.onnx.model import is_external, tensor_values
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a larger message
@@ -192,9 +193,19 @@ def spec_of(model: onnx.ModelProto, path: str = "model") -> tuple[str, str]:
     return meta.get(META_FILE, path), meta[META_SPEC]
 
 
-def normalize_of(model: onnx.ModelProto) -> dict | None:
+def normalize_of(model: onnx.ModelProto, path: str = "model") -> dict | None:
+    """The input normalisation dlc train stored in the model's metadata, checked (a file may be edited)."""
     meta = {p.key: p.value for p in model.metadata_props}
-    return json.loads(meta[META_NORMALIZE]) if META_NORMALIZE in meta else None
+    if META_NORMALIZE not in meta:
+        return None
+    try:
+        norm = json.loads(meta[META_NORMALIZE])
+        problem = stats_error(norm)
+    except ValueError:
+        problem = "not JSON"
+    if problem:
+        raise DlcError(f"{path}: its metadata's {META_NORMALIZE} is {problem}")
+    return norm
 
 
 def weights_of(model: onnx.ModelProto, graph: Graph, path: str = "model") -> tuple[dict, dict]:

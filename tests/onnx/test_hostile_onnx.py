@@ -198,3 +198,113 @@ def test_the_numpy_engine_refuses_unreadable_external_data(tmp_path):
     onnx.save(model, str(path))
     refused(run("infer", path, "--engine", "numpy", "--random", 1), str(path), f"initializer {name}",
             "outside the model's folder")
+
+
+# --- files the ONNX checker rejects ------------------------------------------------------------------
+
+X4 = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+Y4 = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+
+
+def graph_model(nodes, inputs, outputs, initializers=(), opset: int = 13) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def two_writers():
+    """Relu and Sigmoid both write y: not single assignment; the last silently won."""
+    return graph_model([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Sigmoid", ["x"], ["y"])],
+                       [X4], [Y4])
+
+
+def opset_99():
+    return fc_model(opset=99)
+
+
+def ir_version_99():
+    model = fc_model()
+    model.ir_version = 99
+    return model
+
+
+def float16_into_float32_gemm():
+    x16 = helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    return graph_model([helper.make_node("Gemm", ["x", "W"], ["y"])], [x16],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
+
+
+def two_outputs_of_one_name():
+    return graph_model([helper.make_node("Relu", ["x"], ["y"])], [X4], [Y4, Y4])
+
+
+INVALID = {  # the model, words of the reason
+    "two-nodes-write-one-output": (two_writers, "single static assignment"),
+    "opset-99": (opset_99, "opset 99"),
+    "ir-version-99": (ir_version_99, "ir_version 99"),
+    "float16-into-float32-gemm": (float16_into_float32_gemm, "inconsistent type"),
+    "two-graph-outputs-of-one-name": (two_outputs_of_one_name, "two graph outputs y"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_a_model_that_is_not_valid_onnx_is_refused_with_its_reason(tmp_path, case):
+    build, words = INVALID[case]
+    model = save(build(), tmp_path / "m.onnx")
+    refused(run("import", model, "-o", tmp_path / "net.dlc"), str(model), words)
+    assert not (tmp_path / "net.dlc").exists() and not (tmp_path / "net.npz").exists()
+
+
+@pytest.mark.parametrize("case", ["two-nodes-write-one-output", "ir-version-99", "float16-into-float32-gemm"])
+def test_the_onnx_checker_itself_rejects_these(tmp_path, case):
+    """The outside truth for three of the cases (the other two, which the checker lets through, are
+    ONNX's rules read off its spec: no opset after onnx.defs.onnx_opset_version(), unique output names)."""
+    with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
+        onnx.checker.check_model(str(save(INVALID[case][0](), tmp_path / "m.onnx")), full_check=True)
+    assert onnx.defs.onnx_opset_version() < 99
+
+
+# --- what ended in a traceback --------------------------------------------------------------------------
+
+def test_an_initializer_short_of_its_declared_shape_is_refused(tmp_path):
+    """W declared (1000000, 1000000) float32 (4 TB) holding 8 values: the checker's own verdict is that
+    the data is too small; dlc says so in a line instead of numpy's reshape error."""
+    w = onnx.TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[1_000_000, 1_000_000],
+                         raw_data=np.ones(8, np.float32).tobytes())
+    model = save(graph_model([helper.make_node("MatMul", ["x", "W"], ["y"])],
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1_000_000])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1_000_000])], [w]),
+                 tmp_path / "m.onnx")
+    with pytest.raises(onnx.checker.ValidationError, match="too small"):
+        onnx.checker.check_model(str(model))
+    refused(run("import", model, "-o", tmp_path / "net.dlc"), str(model), "initializer W", "1000000x1000000")
+
+
+def test_an_empty_output_name_is_refused(tmp_path):
+    model = save(fc_model(), tmp_path / "m.onnx")
+    refused(run("import", model, "-o", ""), "-o")
+
+
+def exported_with_normalize(tmp_path, value: str) -> Path:
+    path = tmp_path / "m.onnx"
+    assert run("export", "-e", "input 4 -> fc 3", "-o", path).exit_code == 0
+    model = onnx.load(str(path))
+    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "dlc.normalize": value})
+    return save(model, path)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "numpy"])
+@pytest.mark.parametrize("value", ['{"kind": "mean-std", "mean": [0, 0', '{"kind": "mean-std", "mean": "a", "std": "b"}',
+                                   '{"kind": "minmax", "min": [0, 0, 0, 0]}', '["mean-std"]', '{"mean": [1]}',
+                                   '{"kind": "mean-std", "mean": [0, 1], "std": [1, 1]}'],
+                         ids=["not-json", "strings", "no-max", "a-list", "no-kind", "two-values-for-four-features"])
+def test_infer_refuses_normalisation_metadata_it_cannot_apply(tmp_path, value, engine):
+    path = exported_with_normalize(tmp_path, value)
+    refused(run("infer", path, "--random", 2, "--engine", engine, "--device", "cpu"), "normali")
+
+
+def test_infer_applies_normalisation_metadata_that_is_right(tmp_path):
+    """The control: mean 1, std 2 on every feature, applied before the network."""
+    path = exported_with_normalize(tmp_path, '{"kind": "mean-std", "mean": 1.0, "std": 2.0}')
+    r = run("infer", path, "--random", 2, "--engine", "numpy")
+    assert r.exit_code == 0 and "normalised (mean-std)" in r.output, r.output

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import is_onnx, shape_option, spec_input
+from dlc.commands.arguments import is_onnx, shape_option, spec_input, writable
 from dlc.errors import DlcError
 
 DRAW_FORMATS = {".svg": "dlc.draw.svg", ".mmd": "dlc.draw.mermaid", ".dot": "dlc.draw.dot"}
@@ -37,6 +37,7 @@ def draw(spec, expr, out, every_node, collapse, shapes):
         raise DlcError(f"cannot draw to {out}: give a file ending in {', '.join(DRAW_FORMATS)}")
     if spec is not None and spec != "-" and out.exists() and Path(spec).exists() and os.path.samefile(out, spec):
         raise DlcError(f"-o {out} is the spec itself; choose another file")
+    writable(str(out), "-o", [])
     if collapse and is_onnx(spec) and expr is None:
         raise DlcError("--collapse folds a spec's block calls; an .onnx model has none (draw it without --collapse)")
     analysed = analyse_input(spec, expr, shapes)

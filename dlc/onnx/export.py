@@ -10,8 +10,6 @@ limit is saved with its weights in an external data file beside it (NAME.onnx.da
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from math import prod
 from pathlib import Path
 
@@ -165,24 +163,18 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path, weights: dict | None = None) -> str | None:
-    """Write atomically: a temp file in the same directory, then os.replace. A model whose initializers
-    refer to external data (to_onnx's data_file) is written with that file, from `weights` (params and
-    state by name), whose path it returns; else None."""
-    if not uses_external_data(model):
-        with atomic_write(path) as f:
-            f.write(model.SerializeToString())
-        return None
-    path = Path(path)
-    data = path.with_name(model.graph.initializer[0].external_data[0].value)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
-        with open(os.path.join(tmp, data.name), "wb") as f:
+    """Write atomically (dlc.atomic). A model whose initializers refer to external data (to_onnx's
+    data_file) is written with that file, from `weights` (params and state by name), whose path it
+    returns; else None."""
+    blob, data = model.SerializeToString(), None
+    if uses_external_data(model):
+        data = Path(path).with_name(model.graph.initializer[0].external_data[0].value)
+        with atomic_write(data) as f:  # the data first: a reader never sees a model without it
             for t in model.graph.initializer:  # in the order external_initializers laid them out
                 f.write(memoryview(np.ascontiguousarray(weights[t.name], dtype=np.float32)).cast("B"))
-        with open(os.path.join(tmp, path.name), "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(os.path.join(tmp, data.name), data)  # the data first: a reader never sees a model without it
-        os.replace(os.path.join(tmp, path.name), path)
-    return str(data)
+    with atomic_write(path) as f:
+        f.write(blob)
+    return str(data) if data else None
 
 
 def spec_of(model: onnx.ModelProto, path: str = "model") -> tuple[str, str]:

@@ -282,7 +282,7 @@ def test_an_initializer_short_of_its_declared_shape_is_refused(tmp_path):
 
 def test_an_empty_output_name_is_refused(tmp_path):
     model = save(fc_model(), tmp_path / "m.onnx")
-    refused(run("import", model, "-o", ""), "-o")
+    refused(run("import", model, "-o", ""), "-o ''")
 
 
 def exported_with_normalize(tmp_path, value: str) -> Path:
@@ -308,3 +308,71 @@ def test_infer_applies_normalisation_metadata_that_is_right(tmp_path):
     path = exported_with_normalize(tmp_path, '{"kind": "mean-std", "mean": 1.0, "std": 2.0}')
     r = run("infer", path, "--random", 2, "--engine", "numpy")
     assert r.exit_code == 0 and "normalised (mean-std)" in r.output, r.output
+
+
+# --- where the outputs go -------------------------------------------------------------------------------
+
+def special_file(path: Path, kind: str) -> Path:
+    """A named pipe (anyone may make one), or as root a character device like /dev/null (1, 3)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("only root makes device files")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return path
+
+
+def still_special(path: Path) -> bool:
+    mode = os.lstat(path).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("which", ["spec", "weights"])
+def test_import_never_replaces_a_device_or_pipe(tmp_path, kind, which):
+    model = save(fc_model(), tmp_path / "m.onnx")
+    target = special_file(tmp_path / ("net.dlc" if which == "spec" else "net.npz"), kind)
+    refused(run("import", model, "-o", tmp_path / "net.dlc"), str(target), "not a regular file")
+    assert still_special(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", target.name])  # nothing else written
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_draw_never_replaces_a_device_or_pipe(tmp_path, kind):
+    model = save(fc_model(), tmp_path / "m.onnx")
+    target = special_file(tmp_path / "m.svg", kind)
+    refused(run("draw", model, "-o", target), str(target), "not a regular file")
+    assert still_special(target)
+
+
+def test_export_never_replaces_a_device_or_pipe(tmp_path):
+    target = special_file(tmp_path / "m.onnx", "fifo")
+    refused(run("export", "-e", "input 4 -> fc 3", "-o", target), str(target), "not a regular file")
+    assert still_special(target)
+
+
+def test_import_to_a_folder_writes_nothing(tmp_path):
+    """-o DIR was refused only after DIR.npz was written beside it."""
+    model = save(fc_model(), tmp_path / "m.onnx")
+    (tmp_path / "net").mkdir()
+    refused(run("import", model, "-o", tmp_path / "net"), "it is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "net"] and not any((tmp_path / "net").iterdir())
+
+
+def test_import_to_a_missing_folder_writes_nothing(tmp_path):
+    model = save(fc_model(), tmp_path / "m.onnx")
+    refused(run("import", model, "-o", tmp_path / "no" / "net.dlc"), "there is no folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_import_writes_the_spec_and_weights_readable_as_the_umask_says(tmp_path):
+    """The control for the checks above: ordinary names are written, as regular files, 0666 minus umask."""
+    model = save(fc_model(), tmp_path / "m.onnx")
+    old = os.umask(0o022)
+    try:
+        assert run("import", model, "-o", tmp_path / "net.dlc").exit_code == 0
+    finally:
+        os.umask(old)
+    for name in ("net.dlc", "net.npz"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644

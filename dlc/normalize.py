@@ -48,16 +48,16 @@ def normalizer(x_train: np.ndarray, kind: str) -> dict:
     return {"kind": kind, "min": _plain(x.min(axis=axes)), "max": _plain(x.max(axis=axes))}
 
 
-def stats_error(norm: object) -> str | None:
-    """What is wrong with stored statistics (a checkpoint's meta["normalize"], an exported model's
+def stats_error(norm: object, name: str) -> str | None:
+    """What is wrong with stored statistics `name` (a checkpoint's meta["normalize"], an exported model's
     metadata: both files a user may have edited), or None: a `kind`, and for it finite numbers or lists."""
     if not isinstance(norm, dict) or norm.get("kind") not in NORMALIZE_KINDS:
-        return f"not an object whose `kind` is one of {', '.join(NORMALIZE_KINDS)}"
+        return f"`{name}` is not an object with a `kind` among {', '.join(NORMALIZE_KINDS)}"
     for key in STATS[norm["kind"]]:
         v = norm.get(key)
         values = v if isinstance(v, list) and v else [v]
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
-            return f"its `{key}` is not a finite number or a list of them"
+            return f"`{name}.{key}` is not a finite number or a list of them"
     return None
 
 

@@ -65,8 +65,8 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
                 # onnxruntime needs only the model; the spec served to check token ids
             if need_graph:
                 params, state = export.weights_of(onnx_model, graph, model)
-        return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model, model), f"{model}'s initializers",
-                       model)
+        return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model, model),
+                       f"{model}'s initializers", model)
     graph = load_graph(model, expr)
     return Network(graph, None, *weights_for(graph, weights, fresh_seed))
 

@@ -146,9 +146,9 @@ def _check_meta(meta: dict, path: str) -> None:
     names = meta.get("state_tensors", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise wrong("state_tensors", "a list of tensor names")
-    problem = stats_error(meta["normalize"]) if meta.get("normalize") is not None else None
+    problem = stats_error(meta["normalize"], "normalize") if meta.get("normalize") is not None else None
     if problem:
-        raise DlcError(f"checkpoint {path}: its metadata's `normalize` is {problem}")
+        raise DlcError(f"checkpoint {path}: its metadata's {problem}")
 
 
 def check_against(graph: Graph, params: dict, state: dict, path: str) -> None:

@@ -23,9 +23,9 @@ from dlc.errors import DlcError
 from dlc.engine.params import tensors
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS, param_count
+from dlc.normalize import stats_error
 from dlc.onnx import MAX_OPSET, MIN_OPSET
 from dlc.onnx.lower import LOWER, lowest_opset
-from dlc.normalize import stats_error
 from dlc.onnx.model import is_external, tensor_values
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a larger message
@@ -192,11 +192,11 @@ def normalize_of(model: onnx.ModelProto, path: str = "model") -> dict | None:
         return None
     try:
         norm = json.loads(meta[META_NORMALIZE])
-        problem = stats_error(norm)
+        problem = stats_error(norm, META_NORMALIZE)
     except ValueError:
-        problem = "not JSON"
+        problem = f"`{META_NORMALIZE}` is not JSON"
     if problem:
-        raise DlcError(f"{path}: its metadata's {META_NORMALIZE} is {problem}")
+        raise DlcError(f"{path}: its metadata's {problem}")
     return norm
 
 

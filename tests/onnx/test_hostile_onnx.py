@@ -294,7 +294,8 @@ def exported_with_normalize(tmp_path, value: str) -> Path:
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "numpy"])
-@pytest.mark.parametrize("value", ['{"kind": "mean-std", "mean": [0, 0', '{"kind": "mean-std", "mean": "a", "std": "b"}',
+@pytest.mark.parametrize("value", ['{"kind": "mean-std", "mean": [0, 0',
+                                   '{"kind": "mean-std", "mean": "a", "std": "b"}',
                                    '{"kind": "minmax", "min": [0, 0, 0, 0]}', '["mean-std"]', '{"mean": [1]}',
                                    '{"kind": "mean-std", "mean": [0, 1], "std": [1, 1]}'],
                          ids=["not-json", "strings", "no-max", "a-list", "no-kind", "two-values-for-four-features"])

@@ -129,27 +129,33 @@ def external_data_error(t: onnx.TensorProto, path: str) -> str | None:
         info = onnx.external_data_helper.ExternalDataInfo(t)
     except ValueError as e:  # an offset or length that is not a whole number >= 0
         return str(e)
-    base = Path(path).resolve().parent
-    file = base / info.location
     if not info.location:
         return "it names no data file"
     if Path(info.location).is_absolute():
-        return f"its data file {info.location} is an absolute path, not a file beside the model"
+        return f"its data file {info.location!r} is an absolute path, not a file beside the model"
+    try:
+        return _data_file_error(t, info, Path(path).resolve().parent)
+    except (OSError, ValueError) as e:  # a name too long, with a NUL byte, a folder that cannot be read
+        return f"its data file {info.location!r} cannot be opened ({e})"
+
+
+def _data_file_error(t: onnx.TensorProto, info, base: Path) -> str | None:
+    file = base / info.location
     if file.is_symlink():
-        return f"its data file {info.location} is a symbolic link"
+        return f"its data file {info.location!r} is a symbolic link"
     if ".." in Path(info.location).parts or not file.resolve().is_relative_to(base):
-        return f"its data file {info.location} lies outside the model's folder"
+        return f"its data file {info.location!r} lies outside the model's folder"
     if not file.exists():
-        return f"its data file {info.location} does not exist"
+        return f"its data file {info.location!r} does not exist"
     if not file.is_file():
-        return f"its data file {info.location} is {'a folder' if file.is_dir() else 'not a regular file'}"
+        return f"its data file {info.location!r} is {'a folder' if file.is_dir() else 'not a regular file'}"
     size, offset = file.stat().st_size, info.offset or 0
     length = size - offset if info.length is None else info.length
     if length < 0 or offset + length > size:
-        return f"its offset {offset:,} and length {length:,} run past the end of {info.location} ({size:,} bytes)"
+        return f"its offset {offset:,} and length {length:,} run past the end of {info.location!r} ({size:,} bytes)"
     needed = prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     if t.data_type in FLOAT_TYPES and length < needed:
-        return f"it needs {needed:,} bytes, and {info.location} holds {length:,} from offset {offset:,}"
+        return f"it needs {needed:,} bytes, and {info.location!r} holds {length:,} from offset {offset:,}"
     return None
 
 
@@ -260,7 +266,7 @@ def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: 
             t = with_external_data(t, path)
         if small:
             kept.append(t)
-        else:
+        if not small or model.ir_version < 4:  # before IR 4 every initializer is a graph input too
             weights.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     init = {t.name for t in g.initializer}
     inputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type,

@@ -141,6 +141,9 @@ EXTERNAL_CASES = {
     "negative-offset": ("w.bin", {"offset": -4}, "non-negative"),
     "offset-not-a-number": ("w.bin", {"offset": "zero"}, "invalid literal"),
     "no-location": ("", {}, "names no data file"),
+    "nul-in-name": ("w\0.bin", {}, "cannot be opened"),
+    "name-too-long": ("w" * 5000, {}, "cannot be opened"),
+    "line-break-in-name": ("w\n.bin", {}, "'w\\n.bin' does not exist"),
 }
 
 
@@ -262,6 +265,17 @@ def test_the_onnx_checker_itself_rejects_these(tmp_path, case):
     with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
         onnx.checker.check_model(str(save(INVALID[case][0](), tmp_path / "m.onnx")), full_check=True)
     assert onnx.defs.onnx_opset_version() < 99
+
+
+def test_an_ir_version_3_model_passes_the_check(tmp_path):
+    """The control: before IR 4 every initializer is listed among the graph inputs too, and the checker
+    requires it; the weightless copy that is checked keeps them listed."""
+    model = fc_model(opset=8)
+    model.ir_version = 3
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in model.graph.initializer)
+    onnx.checker.check_model(model, full_check=True)
+    r = run("import", save(model, tmp_path / "m.onnx"), "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 0, r.output
 
 
 # --- what ended in a traceback --------------------------------------------------------------------------

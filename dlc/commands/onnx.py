@@ -48,10 +48,11 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
     if is_onnx(model) and expr is None:
         if weights:
             raise DlcError(f"{model} carries its own weights; --weights goes with a spec")
-        from dlc.onnx.model import read_model
+        from dlc.onnx.model import check_weights, read_model
 
         # the numpy engine needs the weights' values; onnxruntime reads external data itself, by path
         onnx_model = read_model(model, weights=need_graph)
+        check_weights(onnx_model, model)
         graph = params = state = None
         if need_graph or any(p.key == export.META_SPEC for p in onnx_model.metadata_props):
             from dlc.compile import compile_spec

@@ -33,7 +33,8 @@ from dlc.graph import Graph
 from dlc.layers import KINDS
 from dlc.layers.spatial import resolve_pads, show
 from dlc.onnx.analysis import live_tensors
-from dlc.onnx.model import OnnxGraph, attributes, from_model, input_shapes, read_model, tensor_values, validate
+from dlc.onnx.model import (OnnxGraph, attributes, check_weights, from_model, input_shapes, read_model, tensor_values,
+                            validate)
 
 
 class NotImportable(Exception):
@@ -1458,10 +1459,9 @@ def comment(text: str) -> str:
 def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     """The spec and the checkpoint tensors of the model at `path`."""
     model = read_model(path)
+    check_weights(model, path)
     validate(model, path, input_shapes(model, shapes or {}))
     g = from_model(model, path, shapes)
-    if g.weights_error:
-        raise DlcError(f"{path}: cannot read the weights ({g.weights_error})")
     r = Reader(g)
     _, layers, output = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"

@@ -159,6 +159,21 @@ def _data_file_error(t: onnx.TensorProto, info, base: Path) -> str | None:
     return None
 
 
+def weights_error(model: onnx.ModelProto, path: str) -> str | None:
+    """Why the first initializer whose external data cannot be read cannot, or None: a warning for the
+    analysis, a refusal for what runs or imports the weights (check_weights)."""
+    return next((f"initializer {t.name}: {e}" for t in model.graph.initializer
+                 if is_external(t) and (e := external_data_error(t, path))), None)
+
+
+def check_weights(model: onnx.ModelProto, path: str) -> None:
+    """A DlcError if some initializer's external data cannot be read (see external_data_error), before
+    anything reads it: onnxruntime and the onnx library each have their own rules and messages."""
+    problem = weights_error(model, path)
+    if problem:
+        raise DlcError(f"{path}: cannot read the weights ({problem})")
+
+
 def with_external_data(t: onnx.TensorProto, path: str) -> onnx.TensorProto:
     """A copy of initializer t with its external data read in, beside the model at `path`."""
     problem = external_data_error(t, path)
@@ -396,8 +411,6 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         two = None
     initializers = {t.name: Initializer(t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer}
-    weights_error = next((f"initializer {t.name}: {e}" for t in model.graph.initializer
-                          if is_external(t) and (e := external_data_error(t, path))), None)
     tensors = {}
     for name, v in one.items():
         dims = _dims(v)
@@ -409,7 +422,8 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
     init = set(initializers)
     return OnnxGraph(str(path), model, [v.name for v in model.graph.input if v.name not in init],
                      [v.name for v in model.graph.output], initializers, tensors,
-                     {p.key: p.value for p in model.metadata_props}, inference_error, weights_error)
+                     {p.key: p.value for p in model.metadata_props}, inference_error,
+                     weights_error(model, path))
 
 
 def _batch_axis(shape, at_two: onnx.ValueInfoProto | None) -> int | None:

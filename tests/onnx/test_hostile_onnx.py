@@ -188,9 +188,10 @@ def test_shapes_and_draw_say_the_weights_are_unreadable(tmp_path, case, command)
     assert str(model) in warnings[0] and "initializer W" in warnings[0] and EXTERNAL_CASES[case][2] in warnings[0]
 
 
-def test_the_numpy_engine_refuses_unreadable_external_data(tmp_path):
-    """infer --engine numpy reads every weight (read_model with weights=True): a dlc export whose
-    initializer now points outside its folder."""
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
+def test_infer_refuses_unreadable_external_data(tmp_path, engine):
+    """A dlc export whose initializer now points outside its folder: the numpy engine reads every weight
+    (read_model with weights=True), onnxruntime would read the file by its own rules; dlc's come first."""
     path = tmp_path / "m.onnx"
     assert run("export", "-e", "input 4 -> fc 3", "-o", path).exit_code == 0
     model = onnx.load(str(path))
@@ -199,7 +200,7 @@ def test_the_numpy_engine_refuses_unreadable_external_data(tmp_path):
     weight.CopyFrom(external("../../etc/passwd"))  # (4, 3) float32, as fc 3 on 4 inputs has
     weight.name = name
     onnx.save(model, str(path))
-    refused(run("infer", path, "--engine", "numpy", "--random", 1), str(path), f"initializer {name}",
+    refused(run("infer", path, "--engine", engine, "--device", "cpu", "--random", 1), str(path), f"initializer {name}",
             "outside the model's folder")
 
 

@@ -84,7 +84,7 @@ def test_a_producer_name_with_a_line_break_stays_in_the_comment(tmp_path, brk):
     model = save(fc_model(producer=evil), tmp_path / "m.onnx")
     r = run("import", model, "-o", tmp_path / "net.dlc")
     assert r.exit_code == 0, r.output
-    text, graph = written_spec(tmp_path / "net.dlc")
+    _, graph = written_spec(tmp_path / "net.dlc")
     assert graph.train == {}
     assert [n.kind for n in graph.nodes] == ["input", "fc"] and graph.output.out_shape == (3,)
     lines = (tmp_path / "net.dlc").read_text(encoding="utf-8").splitlines()

@@ -8,11 +8,16 @@ a vector or of a sequence's steps.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dlc.choices import NORMALIZE_KINDS
 from dlc.errors import DlcError
 from dlc.layers import feature_axis
+
+
+STATS = {"none": (), "mean-std": ("mean", "std"), "minmax": ("min", "max")}  # what each kind stores
 
 
 def _feature_axis(x: np.ndarray) -> int:
@@ -43,12 +48,29 @@ def normalizer(x_train: np.ndarray, kind: str) -> dict:
     return {"kind": kind, "min": _plain(x.min(axis=axes)), "max": _plain(x.max(axis=axes))}
 
 
+def stats_error(norm: object, name: str) -> str | None:
+    """What is wrong with stored statistics `name` (a checkpoint's meta["normalize"], an exported model's
+    metadata: both files a user may have edited), or None: a `kind`, and for it finite numbers or lists."""
+    if not isinstance(norm, dict) or norm.get("kind") not in NORMALIZE_KINDS:
+        return f"`{name}` is not an object with a `kind` among {', '.join(NORMALIZE_KINDS)}"
+    for key in STATS[norm["kind"]]:
+        v = norm.get(key)
+        values = v if isinstance(v, list) and v else [v]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
+            return f"`{name}.{key}` is not a finite number or a list of them"
+    return None
+
+
 def _broadcast(v, x: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float32)
     if v.ndim == 0:
         return v
+    axis = _feature_axis(x)
+    if v.size != x.shape[axis]:
+        raise DlcError(f"the stored normalisation has {v.size} values per statistic; the input has "
+                       f"{x.shape[axis]} features")
     shape = [1] * x.ndim
-    shape[_feature_axis(x)] = v.size
+    shape[axis] = v.size
     return v.reshape(shape)
 
 

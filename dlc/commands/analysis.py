@@ -39,6 +39,10 @@ def analyse_input(spec, expr, shapes: tuple[str, ...], batch: int = 1, optimizer
 
 
 def warn_uncounted(a: Analysed) -> None:
+    """On stderr, what an .onnx model's figures leave out or could not check."""
+    if a.model is not None and a.model.weights_error:
+        click.echo(f"dlc: warning: {a.model.path}: the weights cannot be read ({a.model.weights_error}); the "
+                   f"figures count them by their declared shapes", err=True)
     if a.model is not None and a.model.inference_error:
         click.echo(f"dlc: warning: ONNX shape inference stopped early: {a.model.inference_error}", err=True)
     by_op: dict[str, list] = {}

@@ -143,11 +143,19 @@ POSITIVE = FiniteFloat(low=0, open_low=True)  # a rate, an epsilon
 # --- output files -------------------------------------------------------------------------------
 
 def output_file(path: str, flag: str, suffixes: tuple[str, ...], inputs: list[str | None]) -> None:
-    """Refuse an output that would destroy an input (the same file after links are followed: `export
-    my.dlc -o my.dlc`), a name whose extension does not fit what is written, or a folder that is not
-    one, before any work is done."""
+    """Refuse a name whose extension does not fit what is written, and what writable() refuses, before
+    any work is done."""
     if not path.lower().endswith(suffixes):
         raise DlcError(f"{flag} {path}: the file written is {' or '.join(suffixes)}; name it so")
+    writable(path, flag, inputs)
+
+
+def writable(path: str, flag: str, inputs: list[str | None]) -> None:
+    """Refuse an output that would destroy an input (the same file after links are followed: `export
+    my.dlc -o my.dlc`), that is not a regular file (a folder, or a device: `-o /dev/null` run as root
+    would put a file in its place), or whose folder is not one."""
+    if not path:
+        raise DlcError(f"{flag} '': give a file name")
     target = Path(path)
     for source in inputs:
         if source and source != "-" and Path(source).exists() and _same_file(target, Path(source)):
@@ -157,7 +165,7 @@ def output_file(path: str, flag: str, suffixes: tuple[str, ...], inputs: list[st
     if not existing.is_dir():
         raise DlcError(f"cannot write {path}: {existing} is a file, not a folder")
     if existing != folder:
-        raise DlcError(f"cannot write {path}: no folder {folder}")
+        raise DlcError(f"cannot write {path}: there is no folder {folder}")
     from dlc.atomic import replaceable  # here: `secrets` would slow every command's start
 
     replaceable(target)  # a folder, device or FIFO is refused before the work, not at the write

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import parse_shapes, shape_option
+from dlc.commands.arguments import parse_shapes, shape_option, writable
 from dlc.errors import DlcError
 
 
@@ -18,13 +18,11 @@ from dlc.errors import DlcError
 def import_(model: str, out: str, shapes: tuple[str, ...]):
     """Write MODEL.onnx as a spec (one step per line, suffix layers, `as` labels for skips) and its
     weights as a dlc checkpoint, for --weights of infer, export and train."""
+    if not Path(out).name or Path(out).suffix.lower() in (".npz", ".onnx"):
+        raise DlcError(f"-o {out or repr(out)}: name the spec NET.dlc (its weights go to NET.npz)")
     spec, weights = Path(out), Path(out).with_suffix(".npz")
-    if spec.suffix.lower() in (".npz", ".onnx"):
-        raise DlcError(f"-o {out}: name the spec NET.dlc (its weights go to NET.npz)")
-    source = Path(model).resolve()
-    for target in (spec, weights):
-        if target.resolve() == source:
-            raise DlcError(f"-o {out} would write over the model {model}")
+    for target in (spec, weights):  # both, before either is written
+        writable(str(target), "-o", [model])
     from dlc.atomic import atomic_write
     from dlc.engine.params import save_checkpoint
     from dlc.onnx.importer import import_onnx

@@ -49,12 +49,11 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
     if is_onnx(model) and expr is None:
         if weights:
             raise DlcError(f"{model} carries its own weights; --weights goes with a spec")
-        if need_graph:
-            onnx_model = export.load_model(model)  # the numpy engine needs the weights' values
-        else:
-            from dlc.onnx.model import read_model
+        from dlc.onnx.model import check_weights, read_model
 
-            onnx_model = read_model(model)  # external data stays on disk, for onnxruntime to read by path
+        # the numpy engine needs the weights' values; onnxruntime reads external data itself, by path
+        onnx_model = read_model(model, weights=need_graph)
+        check_weights(onnx_model, model)
         graph = params = state = None
         if need_graph or any(p.key == export.META_SPEC for p in onnx_model.metadata_props):
             from dlc.compile import compile_spec
@@ -67,9 +66,9 @@ def load_network(model: str | None, expr: str | None, weights: str | None, *, ne
                     raise
                 # onnxruntime needs only the model; the spec served to check token ids
             if need_graph:
-                params, state = export.weights_of(onnx_model, graph)
-        return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model), f"{model}'s initializers",
-                       model)
+                params, state = export.weights_of(onnx_model, graph, model)
+        return Network(graph, onnx_model, params, state, export.normalize_of(onnx_model, model),
+                       f"{model}'s initializers", model)
     graph = load_graph(model, expr)
     return Network(graph, None, *weights_for(graph, weights, fresh_seed))
 

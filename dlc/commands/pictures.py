@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import is_onnx, shape_option, spec_input
+from dlc.commands.arguments import is_onnx, shape_option, spec_input, writable
 from dlc.errors import DlcError
 
 DRAW_FORMATS = {".svg": "dlc.draw.svg", ".mmd": "dlc.draw.mermaid", ".dot": "dlc.draw.dot"}
@@ -29,7 +29,7 @@ def draw(spec, expr, out, every_node, collapse, shapes):
     """The network as a diagram, top to bottom: one box per row of `dlc shapes`, branches side by side.
     SPEC may also be an .onnx model: one box per row of `dlc shapes MODEL.onnx`."""
     from dlc.atomic import atomic_write
-    from dlc.commands.analysis import analyse_input
+    from dlc.commands.analysis import analyse_input, warn_uncounted
     from dlc.draw.boxes import diagram
 
     writer = DRAW_FORMATS.get(out.suffix.lower())
@@ -37,10 +37,12 @@ def draw(spec, expr, out, every_node, collapse, shapes):
         raise DlcError(f"cannot draw to {out}: give a file ending in {', '.join(DRAW_FORMATS)}")
     if spec is not None and spec != "-" and out.exists() and Path(spec).exists() and os.path.samefile(out, spec):
         raise DlcError(f"-o {out} is the spec itself; choose another file")
+    writable(str(out), "-o", [])
     if collapse and is_onnx(spec) and expr is None:
         raise DlcError("--collapse folds a spec's block calls; an .onnx model has none (draw it without --collapse)")
-    analysed = analyse_input(spec, expr, shapes).result
-    text = importlib.import_module(writer).render(diagram(analysed, every_node, collapse))
+    analysed = analyse_input(spec, expr, shapes)
+    warn_uncounted(analysed)
+    text = importlib.import_module(writer).render(diagram(analysed.result, every_node, collapse))
     with atomic_write(out, "w") as f:
         f.write(text)
     click.echo(f"wrote {out}")

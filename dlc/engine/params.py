@@ -8,7 +8,6 @@ here repeats the shape arithmetic or knows which kinds have weights.
 from __future__ import annotations
 
 import json
-import math
 import os
 import zipfile
 import zlib
@@ -22,6 +21,7 @@ from dlc.errors import DlcError
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS, Role, Shape, role
 from dlc.npz import check_arrays_file
+from dlc.normalize import stats_error
 
 CHECKPOINT_SCHEMA = "dlc.checkpoint/1"
 META_KEY = "__dlc_meta__"  # the npz entry holding the JSON metadata; no parameter name has dunders
@@ -153,16 +153,9 @@ def _check_meta(meta: dict, path: str) -> None:
     names = meta.get("state_tensors", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise wrong("state_tensors", "a list of tensor names")
-    norm = meta.get("normalize")
-    if norm is None:
-        return
-    if not isinstance(norm, dict) or not isinstance(norm.get("kind"), str):
-        raise wrong("normalize", "an object with a `kind`")
-    for key, v in norm.items():
-        values = v if isinstance(v, list) else [v]
-        if key != "kind" and not all(isinstance(x, (int, float)) and not isinstance(x, bool) and
-                                     math.isfinite(x) for x in values):
-            raise wrong(f"normalize.{key}", "a finite number or a list of them")
+    problem = stats_error(meta["normalize"], "normalize") if meta.get("normalize") is not None else None
+    if problem:
+        raise DlcError(f"checkpoint {path}: its metadata's {problem}")
 
 
 @dataclass

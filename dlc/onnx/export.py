@@ -10,8 +10,6 @@ limit is saved with its weights in an external data file beside it (NAME.onnx.da
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from math import prod
 from pathlib import Path
 
@@ -25,8 +23,10 @@ from dlc.errors import DlcError
 from dlc.engine.params import tensors
 from dlc.graph import Graph, Node
 from dlc.layers import KINDS, param_count
+from dlc.normalize import stats_error
 from dlc.onnx import MAX_OPSET, MIN_OPSET
 from dlc.onnx.lower import LOWER, lowest_opset
+from dlc.onnx.model import is_external, tensor_values
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf cannot serialise a larger message
 BYTES_PER_FLOAT = 4  # initializers are float32
@@ -115,7 +115,7 @@ def external_initializers(arrays: dict, data_file: str) -> list[onnx.TensorProto
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+    return any(is_external(t) for t in model.graph.initializer)
 
 
 def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict | None = None) -> None:
@@ -163,35 +163,18 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path, weights: dict | None = None) -> str | None:
-    """Write atomically: a temp file in the same directory, then os.replace. A model whose initializers
-    refer to external data (to_onnx's data_file) is written with that file, from `weights` (params and
-    state by name), whose path it returns; else None."""
-    if not uses_external_data(model):
-        with atomic_write(path) as f:
-            f.write(model.SerializeToString())
-        return None
-    path = Path(path)
-    data = path.with_name(model.graph.initializer[0].external_data[0].value)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
-        with open(os.path.join(tmp, data.name), "wb") as f:
+    """Write atomically (dlc.atomic). A model whose initializers refer to external data (to_onnx's
+    data_file) is written with that file, from `weights` (params and state by name), whose path it
+    returns; else None."""
+    blob, data = model.SerializeToString(), None
+    if uses_external_data(model):
+        data = Path(path).with_name(model.graph.initializer[0].external_data[0].value)
+        with atomic_write(data) as f:  # the data first: a reader never sees a model without it
             for t in model.graph.initializer:  # in the order external_initializers laid them out
                 f.write(memoryview(np.ascontiguousarray(weights[t.name], dtype=np.float32)).cast("B"))
-        with open(os.path.join(tmp, path.name), "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(os.path.join(tmp, data.name), data)  # the data first: a reader never sees a model without it
-        os.replace(os.path.join(tmp, path.name), path)
-    return str(data)
-
-
-def load_model(path) -> onnx.ModelProto:
-    """An .onnx file; a missing or unreadable one is a DlcError."""
-    p = Path(path)
-    if not p.is_file():
-        raise DlcError(f"no such file: {path}")
-    try:
-        return onnx.load_model(str(p))
-    except Exception as e:  # protobuf's DecodeError and friends: the file is not a model
-        raise DlcError(f"{path} is not an ONNX model ({type(e).__name__}: {e})")
+    with atomic_write(path) as f:
+        f.write(blob)
+    return str(data) if data else None
 
 
 def spec_of(model: onnx.ModelProto, path: str = "model") -> tuple[str, str]:
@@ -202,14 +185,24 @@ def spec_of(model: onnx.ModelProto, path: str = "model") -> tuple[str, str]:
     return meta.get(META_FILE, path), meta[META_SPEC]
 
 
-def normalize_of(model: onnx.ModelProto) -> dict | None:
+def normalize_of(model: onnx.ModelProto, path: str = "model") -> dict | None:
+    """The input normalisation dlc train stored in the model's metadata, checked (a file may be edited)."""
     meta = {p.key: p.value for p in model.metadata_props}
-    return json.loads(meta[META_NORMALIZE]) if META_NORMALIZE in meta else None
+    if META_NORMALIZE not in meta:
+        return None
+    try:
+        norm = json.loads(meta[META_NORMALIZE])
+        problem = stats_error(norm, META_NORMALIZE)
+    except ValueError:
+        problem = f"`{META_NORMALIZE}` is not JSON"
+    if problem:
+        raise DlcError(f"{path}: its metadata's {problem}")
+    return norm
 
 
-def weights_of(model: onnx.ModelProto, graph: Graph) -> tuple[dict, dict]:
-    """(params, state) from the initializers, split as the registry splits them."""
-    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+def weights_of(model: onnx.ModelProto, graph: Graph, path: str = "model") -> tuple[dict, dict]:
+    """(params, state) from the initializers of the model at `path`, split as the registry splits them."""
+    stored = {t.name: tensor_values(t, path) for t in model.graph.initializer}
     params, state = {}, {}
     for t in tensors(graph):
         arr = stored.get(t.full_name)

@@ -33,7 +33,8 @@ from dlc.graph import Graph
 from dlc.layers import KINDS
 from dlc.layers.spatial import resolve_pads, show
 from dlc.onnx.analysis import live_tensors
-from dlc.onnx.model import OnnxGraph, attributes, from_model, read_model
+from dlc.onnx.model import (OnnxGraph, attributes, check_weights, from_model, input_shapes, read_model, tensor_values,
+                            validate)
 
 
 class NotImportable(Exception):
@@ -69,8 +70,8 @@ class Found:
 class Reader:
     """The model as the patterns read it: shapes per sample, constant values, consumers of a tensor."""
 
-    def __init__(self, g: OnnxGraph, base: Path):
-        self.g, self.base = g, base
+    def __init__(self, g: OnnxGraph):
+        self.g = g
         self.init = {t.name: t for t in g.model.graph.initializer}
         self.constants: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -90,13 +91,7 @@ class Reader:
     def value(self, name: str) -> np.ndarray | None:
         """The tensor's value if it is an initializer or a Constant (maybe through Identity), else None."""
         if name in self.init:
-            t = self.init[name]
-            if onnx.external_data_helper.uses_external_data(t):
-                copy = onnx.TensorProto()
-                copy.CopyFrom(t)
-                onnx.external_data_helper.load_external_data_for_tensor(copy, str(self.base))
-                t = copy
-            return numpy_helper.to_array(t)
+            return tensor_values(self.init[name], self.g.path)
         n = self.constants.get(name)
         if n is None:
             return None
@@ -1451,14 +1446,26 @@ def bias_defaults(layers: list[Layer]) -> list[str]:
     return lines
 
 
+def comment(text: str) -> str:
+    """`# text`, kept one comment line whatever the model's file says: a producer name or file name
+    holding a line break would otherwise end the comment and put its own statements (a `train` line)
+    into the spec. Every character that is not printable is escaped (`\\n`): the line breaks of the
+    grammar (\\n) and of dlc's spec reader (\\r too), the others str.splitlines breaks at (\\v, \\f,
+    \\x1c-\\x1e, \\x85, \\u2028, \\u2029), which editors show as new lines, and control characters,
+    NUL (a spec with one is refused as not text) and undecodable bytes of a file name."""
+    return "# " + "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     """The spec and the checkpoint tensors of the model at `path`."""
     model = read_model(path)
+    check_weights(model, path)
+    validate(model, path, input_shapes(model, shapes or {}))
     g = from_model(model, path, shapes)
-    r = Reader(g, Path(path).resolve().parent)
+    r = Reader(g)
     _, layers, output = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
-    head = f"# imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import\n"
+    head = comment(f"imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import") + "\n"
     defaults = bias_defaults(layers)
     lines, order = to_spec(layers, output, path)
     lines = [(t, None) for t in defaults] + lines
@@ -1469,7 +1476,7 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     # each line's output shape as a comment, as the language's examples write them
     shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
     width = max(len(t) for t, _ in [(layers[0].text, 0), *lines]) + 2
-    text = "\n".join(t if last is None else f"{t:<{width}}# {show(shape_of[last])}"
+    text = "\n".join(t if last is None else f"{t:<{width}}{comment(show(shape_of[last]))}"
                      for t, last in [(layers[0].text, None), *lines]) + "\n"
     graph = compile_spec(head + text, file=path)
     params, state = {}, {}

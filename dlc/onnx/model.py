@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
@@ -83,6 +83,7 @@ class OnnxGraph:
     tensors: dict[str, Tensor]  # every value shape inference typed, inputs and initializers included
     metadata: dict[str, str] = field(default_factory=dict)
     inference_error: str | None = None  # why strict ONNX shape inference failed, if it did
+    weights_error: str | None = None  # why an initializer's values cannot be read, if one's cannot
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -97,15 +98,107 @@ class OnnxGraph:
         return self.metadata.get(META_SPEC)
 
 
-def read_model(path: str) -> onnx.ModelProto:
-    """The model's protobuf, external data left on disk; a missing or unreadable file is a DlcError."""
+def read_model(path: str, weights: bool = False) -> onnx.ModelProto:
+    """The model's protobuf; a missing or unreadable file is a DlcError. External data stays on disk
+    (analysis reads the weights' shapes only, onnxruntime reads the file itself) unless `weights` asks
+    for the values, as the NumPy engine does; then every fault of it is a DlcError too."""
     p = Path(path)
     if not p.is_file():
         raise DlcError(f"no such file: {path}")
     try:
-        return onnx.load_model(str(p), load_external_data=False)
+        model = onnx.load_model(str(p), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends: the file is not a model
         raise DlcError(f"{path} is not an ONNX model ({type(e).__name__}: {e})")
+    if weights:
+        for t in model.graph.initializer:
+            if is_external(t):
+                t.CopyFrom(with_external_data(t, path))
+    return model
+
+
+def is_external(t: onnx.TensorProto) -> bool:
+    return t.data_location == TensorProto.EXTERNAL
+
+
+def external_data_error(t: onnx.TensorProto, path: str) -> str | None:
+    """Why the external data of initializer t cannot be read beside the model at `path`; None if it can.
+    ONNX's rules: a relative path to a regular file in the model's folder, not a symbolic link (onnx
+    itself refuses the rest since 1.17; dlc admits 1.16, which opens what it is told), and the bytes the
+    tensor needs within the file. Nothing is read: `dlc shapes` warns of unreadable weights for free."""
+    try:
+        info = onnx.external_data_helper.ExternalDataInfo(t)
+    except ValueError as e:  # an offset or length that is not a whole number >= 0
+        return str(e)
+    if not info.location:
+        return "it names no data file"
+    if Path(info.location).is_absolute():
+        return f"its data file {info.location!r} is an absolute path, not a file beside the model"
+    try:
+        return _data_file_error(t, info, Path(path).resolve().parent)
+    except (OSError, ValueError) as e:  # a name too long, with a NUL byte, a folder that cannot be read
+        return f"its data file {info.location!r} cannot be opened ({e})"
+
+
+def _data_file_error(t: onnx.TensorProto, info, base: Path) -> str | None:
+    file = base / info.location
+    if file.is_symlink():
+        return f"its data file {info.location!r} is a symbolic link"
+    if ".." in Path(info.location).parts or not file.resolve().is_relative_to(base):
+        return f"its data file {info.location!r} lies outside the model's folder"
+    if not file.exists():
+        return f"its data file {info.location!r} does not exist"
+    if not file.is_file():
+        return f"its data file {info.location!r} is {'a folder' if file.is_dir() else 'not a regular file'}"
+    size, offset = file.stat().st_size, info.offset or 0
+    length = size - offset if info.length is None else info.length
+    if length < 0 or offset + length > size:
+        return f"its offset {offset:,} and length {length:,} run past the end of {info.location!r} ({size:,} bytes)"
+    needed = prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    if t.data_type in FLOAT_TYPES and length < needed:
+        return f"it needs {needed:,} bytes, and {info.location!r} holds {length:,} from offset {offset:,}"
+    return None
+
+
+def weights_error(model: onnx.ModelProto, path: str) -> str | None:
+    """Why the first initializer whose external data cannot be read cannot, or None: a warning for the
+    analysis, a refusal for what runs or imports the weights (check_weights)."""
+    return next((f"initializer {t.name}: {e}" for t in model.graph.initializer
+                 if is_external(t) and (e := external_data_error(t, path))), None)
+
+
+def check_weights(model: onnx.ModelProto, path: str) -> None:
+    """A DlcError if some initializer's external data cannot be read (see external_data_error), before
+    anything reads it: onnxruntime and the onnx library each have their own rules and messages."""
+    problem = weights_error(model, path)
+    if problem:
+        raise DlcError(f"{path}: cannot read the weights ({problem})")
+
+
+def with_external_data(t: onnx.TensorProto, path: str) -> onnx.TensorProto:
+    """A copy of initializer t with its external data read in, beside the model at `path`."""
+    problem = external_data_error(t, path)
+    copy = onnx.TensorProto()
+    copy.CopyFrom(t)
+    if problem is None:
+        try:
+            onnx.external_data_helper.load_external_data_for_tensor(copy, str(Path(path).resolve().parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:  # the file changed since the check
+            problem = str(e)
+    if problem is not None:
+        raise DlcError(f"{path}: cannot read the weights of initializer {t.name}: {problem}")
+    copy.data_location = TensorProto.DEFAULT
+    del copy.external_data[:]
+    return copy
+
+
+def tensor_values(t: onnx.TensorProto, path: str) -> np.ndarray:
+    """Initializer t's values, its external data read beside the model at `path`; a DlcError if it does
+    not hold the values its dims declare."""
+    try:
+        return numpy_helper.to_array(with_external_data(t, path) if is_external(t) else t)
+    except ValueError as e:  # numpy's reshape error: fewer values than the dims declare
+        raise DlcError(f"{path}: initializer {t.name} is declared {show(tuple(t.dims))} "
+                       f"({prod(t.dims):,} values) but does not hold them ({e})")
 
 
 def attributes(node: onnx.NodeProto) -> dict:
@@ -174,19 +267,21 @@ def _show_dims(dims) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int, base: Path) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int, path: str) -> onnx.ModelProto:
     """The graph with its inputs fixed at `batch` and the shapes given, and every large float initializer
     a typed input without values: shape inference reads their dims only, and a copy without hundreds of
     MB of weights goes through onnx's C++ in milliseconds."""
     g = model.graph
     kept, weights = [], []
     for t in g.initializer:
-        small = t.data_type not in FLOAT_TYPES or prod(t.dims) <= KEEP_VALUES
-        if small and onnx.external_data_helper.uses_external_data(t):
-            t = _with_external_data(t, base)
+        # an initializer whose values cannot be read is typed by its dims alone, as a weight is
+        small = (t.data_type not in FLOAT_TYPES or prod(t.dims) <= KEEP_VALUES) \
+            and not (is_external(t) and external_data_error(t, path))
+        if small and is_external(t):
+            t = with_external_data(t, path)
         if small:
             kept.append(t)
-        else:
+        if not small or model.ir_version < 4:  # before IR 4 every initializer is a graph input too
             weights.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     init = {t.name for t in g.initializer}
     inputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type,
@@ -196,16 +291,27 @@ def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: 
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def _with_external_data(t: onnx.TensorProto, base: Path) -> onnx.TensorProto:
-    copy = onnx.TensorProto()
-    copy.CopyFrom(t)
+def validate(model: onnx.ModelProto, path: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A DlcError with the reason if the model is not valid ONNX, by the checker's full rules (types and
+    shapes through every node: a float16 input into a float32 Gemm, two nodes writing one tensor, an IR
+    version newer than onnx knows) and two it lets through: an opset newer than onnx defines, and two
+    graph outputs of one name. It checks the skeleton: on the model itself the checker serialises every
+    weight first, 9 s for GPT-2's 500 MB, and the weights' values are what read_model's callers check."""
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise DlcError(f"{path} asks for ONNX opset {o.version}; there is none after {newest}")
+    names = [v.name for v in model.graph.output]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise DlcError(f"{path} is not valid ONNX: it names two graph outputs {twice}")
     try:
-        onnx.external_data_helper.load_external_data_for_tensor(copy, str(base))
-    except OSError as e:
-        raise DlcError(f"cannot read the external data of initializer {t.name}: {e}")
-    copy.data_location = TensorProto.DEFAULT
-    del copy.external_data[:]
-    return copy
+        # Outputs declared without a shape (the checker wants one; writers leave it out, dlc infers every
+        # shape anyway) get the inferred one before the check.
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model, shapes, 1, path))
+        onnx.checker.check_model(inferred, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise DlcError(f"{path} is not valid ONNX: {str(e).strip().splitlines()[0]}")
 
 
 def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:
@@ -236,8 +342,6 @@ def fold_shape_arithmetic(model: onnx.ModelProto, values: dict[str, onnx.ValueIn
     g = model.graph
     if all(_static(values.get(o)) is not None for n in g.node for o in n.output if o):
         return None
-    from onnx import numpy_helper
-
     known = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_type not in FLOAT_TYPES}
     opsets = {o.domain or "": o.version for o in model.opset_import}
     nodes, changed = [], False
@@ -292,19 +396,18 @@ def load(path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> O
 def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> OnnxGraph:
     """A model already in memory (its external data, if any, beside `path`)."""
     shapes = input_shapes(model, given or {})
-    base = Path(path).resolve().parent
     inference_error = None
     try:
-        one = infer(skeleton(model, shapes, 1, base))
+        one = infer(skeleton(model, shapes, 1, path))
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
         # An operator inference does not know (a contrib op) or rejects: the shapes it could infer still
         # count; the nodes left without one are shown as not counted.
         inference_error = str(e).strip().splitlines()[0]
-        one = infer(skeleton(model, shapes, 1, base), strict=False)
+        one = infer(skeleton(model, shapes, 1, path), strict=False)
     try:
         # The axis that doubles at batch 2 is each tensor's batch axis; a model that fixes its batch in a
         # Reshape may not infer at batch 2, and then no axis is called the batch but the leading 1.
-        two = infer(skeleton(model, shapes, 2, base))
+        two = infer(skeleton(model, shapes, 2, path))
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         two = None
     initializers = {t.name: Initializer(t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer}
@@ -319,7 +422,8 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
     init = set(initializers)
     return OnnxGraph(str(path), model, [v.name for v in model.graph.input if v.name not in init],
                      [v.name for v in model.graph.output], initializers, tensors,
-                     {p.key: p.value for p in model.metadata_props}, inference_error)
+                     {p.key: p.value for p in model.metadata_props}, inference_error,
+                     weights_error(model, path))
 
 
 def _batch_axis(shape, at_two: onnx.ValueInfoProto | None) -> int | None:

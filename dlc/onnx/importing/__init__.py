@@ -1,10 +1,11 @@
 """ONNX in: a model's operators mapped to dlc's layer kinds, written as a spec with its weights.
 
 One function per kind, one dict (IMPORT) keyed by the kind's name, as the exporter's LOWER is: each
-entry names the ONNX operators its pattern starts at and returns the layer it found there (its spec
-text and its tensors, already in the registry's layouts, which are ONNX's), or None when the
-operator is not that kind's. Helper nodes (Constants, shape arithmetic, Identity on weights) are read
-as values, never imported. An operator no kind takes is a DlcError naming it, its node and why.
+entry names the ONNX operators its pattern starts at and returns the layer it found there (its size
+and options, for dlc.decompile to write, and its tensors, already in the registry's layouts, which are
+ONNX's), or None when the operator is not that kind's. Helper nodes (Constants, shape arithmetic,
+Identity on weights) are read as values, never imported. An operator no kind takes is a DlcError
+naming it, its node and why.
 
 The package: `reader` (the model as the patterns read it), one module of patterns per group of kinds as
 in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence), `attention` (the search

@@ -9,12 +9,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from dlc.compile import compile_spec
-from dlc.decompile import Layer
+from dlc.decompile import SpecLayer
 from dlc.engine.kernels import Ctx, KERNELS
+from dlc.layers import KINDS
 from dlc.onnx.importing.dense import dense_parts
 from dlc.onnx.importing.reader import Found, Reader, Refused, other_input, producer_node
-from dlc.onnx.importing.words import options
 from dlc.onnx.model import attributes
 
 
@@ -101,9 +100,9 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     causal = r.checked.get(layout)
     if causal is None:
         causal = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
-    text = f"attention {heads}" + (" causal" if causal else "") + options(bias=("bo" in tensors, True))
     computing = [m for m in region if any(o in r.live for o in m.output)]
-    return Found(Layer("attention", text, [], tensors, n.name), computing, y)
+    return Found(SpecLayer("attention", [], str(heads), {"causal": causal, "bias": "bo" in tensors}), computing, y,
+                 tensors, n.name)
 
 
 def nearest_softmax(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -333,9 +332,10 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     want = run_operators(r, region, feeds, y)
     t, d = r.shape(x)
     errors = []
+    kind = KINDS["attention"]
     for causal in (True, False) if masked else (False,):
-        layer = f"attention {heads}" + (" causal" if causal else "") + options(bias=("bo" in tensors, True))
-        attrs = compile_spec(f"input seq {t} of {d}\n{layer}\n").nodes[1].attrs
+        written = {**kind.default_attrs(), "heads": heads, "causal": causal, "bias": "bo" in tensors}
+        _, attrs = kind.resolve(written, [(t, d)])
         got, _ = KERNELS["attention"](attrs, tensors, {}, [probe], Ctx())
         errors.append(float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
         if errors[-1] <= AGREE:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from dlc.decompile import window_size
 from dlc.layers.spatial import resolve_pads, show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
-from dlc.onnx.importing.words import options, pad_word, window_text
 from dlc.onnx.model import attributes
 
 
@@ -53,7 +53,7 @@ def zero_pad(r: Reader, pad: onnx.NodeProto) -> tuple[onnx.NodeProto, tuple[int,
 
 
 def conv_parts(r: Reader, n: onnx.NodeProto):
-    """The Conv's weight and words, with a zero Pad before it folded into its pad=."""
+    """The Conv's weight and options, with a zero Pad before it folded into its pad=."""
     nodes = [n]
     x = r.shape(n.input[0])
     if n.op_type == "Pad":
@@ -72,38 +72,32 @@ def conv_parts(r: Reader, n: onnx.NodeProto):
     tensors = {"W": w}
     if r.optional(n, 2):
         tensors["b"] = r.weight(n, 2, "bias")
-    extra = pad_word(pad) + ("" if len(set(dil)) == 1 and dil[0] == 1 else
-                             f" dil={dil[0]}" if len(set(dil)) == 1 else _refuse(f"dilations {list(dil)} differ"))
-    return a, w, x, kernel, stride, extra, tensors, nodes
-
-
-def _refuse(reason: str):
-    raise NotImportable(reason)
+    if len(set(dil)) != 1:
+        raise NotImportable(f"dilations {list(dil)} differ")
+    return a, w, x, kernel, stride, {"pad": pad, "dil": dil[0]}, tensors, nodes
 
 
 def import_conv(r: Reader, n: onnx.NodeProto) -> Found | None:
     parts = conv_parts(r, n)
     if parts is None:
         return None
-    a, w, x, kernel, stride, extra, tensors, nodes = parts
+    a, w, x, kernel, stride, pad_dil, tensors, nodes = parts
     groups = a.get("group", 1)
     if groups > 1 and groups == x[0]:
         return None  # depthwise: dwconv's
-    text = (f"conv {w.shape[0]}@{window_text(kernel, stride)}{extra}" + options(groups=(groups, 1))
-            + options(bias=("b" in tensors, True)))
-    return one("conv", text, n, tensors, nodes[-1].output[0], nodes)
+    return one("conv", n, f"{w.shape[0]}@{window_size(kernel, stride)}",
+               {**pad_dil, "groups": groups, "bias": "b" in tensors}, tensors, nodes[-1].output[0], nodes)
 
 
 def import_dwconv(r: Reader, n: onnx.NodeProto) -> Found | None:
     parts = conv_parts(r, n)
     if parts is None:
         return None
-    a, w, x, kernel, stride, extra, tensors, nodes = parts
+    a, w, x, kernel, stride, pad_dil, tensors, nodes = parts
     if not (a.get("group", 1) > 1 and a.get("group", 1) == x[0]):
         return None
-    text = (f"dwconv {window_text(kernel, stride)}{extra}" + options(mult=(w.shape[0] // x[0], 1))
-            + options(bias=("b" in tensors, True)))
-    return one("dwconv", text, n, tensors, nodes[-1].output[0], nodes)
+    return one("dwconv", n, window_size(kernel, stride),
+               {**pad_dil, "mult": w.shape[0] // x[0], "bias": "b" in tensors}, tensors, nodes[-1].output[0], nodes)
 
 
 def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -126,9 +120,8 @@ def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
     tensors = {"W": w}
     if r.optional(n, 2):
         tensors["b"] = r.weight(n, 2, "bias")
-    text = (f"upconv {w.shape[1] * groups}@{window_text(w.shape[2:], a.get('strides', (1, 1)))}"
-            + pad_word(pads[0]) + options(groups=(groups, 1), bias=("b" in tensors, True)))
-    return one("upconv", text, n, tensors)
+    return one("upconv", n, f"{w.shape[1] * groups}@{window_size(w.shape[2:], a.get('strides', (1, 1)))}",
+               {"pad": pads[0], "groups": groups, "bias": "b" in tensors}, tensors)
 
 
 def import_upsample(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -146,4 +139,4 @@ def import_upsample(r: Reader, n: onnx.NodeProto) -> Found | None:
                                       (mode in ("half_pixel", "pytorch_half_pixel") and nearest.startswith("round"))):
         raise NotImportable(f"coordinate_transformation_mode={mode} with nearest_mode={nearest} does not "
                             f"repeat each pixel")
-    return one("upsample", f"upsample {y[1] // x[1]}", n)
+    return one("upsample", n, str(y[1] // x[1]))

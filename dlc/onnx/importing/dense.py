@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
-from dlc.onnx.importing.words import options
 from dlc.onnx.model import attributes
 
 
@@ -26,7 +25,7 @@ def import_fc(r: Reader, n: onnx.NodeProto) -> Found | None:
         return None
     tensors, nodes, out = dense
     units = tensors["W"].shape[0]
-    found = one("fc", f"fc {units}" + options(bias=("b" in tensors, True)), n, tensors, out, nodes)
+    found = one("fc", n, str(units), {"bias": "b" in tensors}, tensors, out, nodes)
     found.tied = tied_embedding(r, tensors["W"])
     return found
 
@@ -81,7 +80,7 @@ def import_flatten(r: Reader, n: onnx.NodeProto) -> Found | None:
     if y == x:
         return Found(None, [n], n.output[0])  # already a vector: nothing to do
     if len(x) > 1 and y == (math.prod(x),):
-        return one("flatten", "flatten", n)
+        return one("flatten", n)
     return None
 
 
@@ -89,4 +88,4 @@ def import_embed(r: Reader, n: onnx.NodeProto) -> Found | None:
     table = r.value(n.input[0])
     if table is None or attributes(n).get("axis", 0) != 0 or table.ndim != 2:
         return None
-    return one("embed", f"embed {table.shape[1]} vocab={table.shape[0]}", n, {"W": table.astype(np.float32)})
+    return one("embed", n, str(table.shape[1]), {"vocab": table.shape[0]}, {"W": table.astype(np.float32)})

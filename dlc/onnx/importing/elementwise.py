@@ -10,21 +10,20 @@ import numpy as np
 import onnx
 
 from dlc.onnx.importing.reader import Found, NotImportable, Pattern, Reader, const_scalar, one, other_input
-from dlc.onnx.importing.words import options
 from dlc.onnx.model import attributes
 
 
 def unary(kind: str) -> Pattern:
-    return lambda r, n: one(kind, kind, n)
+    return lambda r, n: one(kind, n)
 
 
 def import_relu6(r: Reader, n: onnx.NodeProto) -> Found | None:
-    return one("relu6", "relu6", n) if clip_bounds(r, n) == (0.0, 6.0) else None
+    return one("relu6", n) if clip_bounds(r, n) == (0.0, 6.0) else None
 
 
 def import_relu(r: Reader, n: onnx.NodeProto) -> Found | None:
     if n.op_type == "Relu" or clip_bounds(r, n) == (0.0, math.inf):
-        return one("relu", "relu", n)
+        return one("relu", n)
     return None
 
 
@@ -40,11 +39,11 @@ def clip_bounds(r: Reader, n: onnx.NodeProto) -> tuple[float, float]:
 
 
 def import_leaky(r: Reader, n: onnx.NodeProto) -> Found | None:
-    return one("leaky", "leaky" + options(alpha=(float(attributes(n).get("alpha", 0.01)), 0.01)), n)
+    return one("leaky", n, options={"alpha": float(attributes(n).get("alpha", 0.01))})
 
 
 def import_elu(r: Reader, n: onnx.NodeProto) -> Found | None:
-    return one("elu", "elu" + options(alpha=(float(attributes(n).get("alpha", 1.0)), 1.0)), n)
+    return one("elu", n, options={"alpha": float(attributes(n).get("alpha", 1.0))})
 
 
 def import_selu(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -52,14 +51,14 @@ def import_selu(r: Reader, n: onnx.NodeProto) -> Found | None:
     if not (math.isclose(a.get("alpha", 1.67326), 1.67326, rel_tol=1e-4)
             and math.isclose(a.get("gamma", 1.0507), 1.0507, rel_tol=1e-4)):
         raise NotImportable("dlc's selu has the paper's alpha and gamma only")
-    return one("selu", "selu", n)
+    return one("selu", n)
 
 
 def import_gelu(r: Reader, n: onnx.NodeProto) -> Found | None:
     if n.op_type == "Gelu":
         if attributes(n).get("approximate", b"none") != b"none":
             raise NotImportable("dlc's gelu is the exact one, not the tanh approximation")
-        return one("gelu", "gelu", n)
+        return one("gelu", n)
     return gelu_erf_form(r, n)
 
 
@@ -85,11 +84,11 @@ def gelu_erf_form(r: Reader, n: onnx.NodeProto) -> Found | None:
         half = next((c for c in r.consumers.get(x, []) if c.op_type == "Mul" and c.output[0] == first), None)
         if half is None or not np.isclose(const_scalar(r, other_input(half, x)), 0.5):
             return None
-        return one("gelu", "gelu", n, output=mul.output[0], nodes=[n, erf, add, half, mul])
+        return one("gelu", n, output=mul.output[0], nodes=[n, erf, add, half, mul])
     last = r.only_consumer(mul.output[0])
     if last is None or last.op_type != "Mul" or not np.isclose(const_scalar(r, other_input(last, mul.output[0])), 0.5):
         return None
-    return one("gelu", "gelu", n, output=last.output[0], nodes=[n, erf, add, mul, last])
+    return one("gelu", n, output=last.output[0], nodes=[n, erf, add, mul, last])
 
 
 def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -98,7 +97,7 @@ def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
     feature = 1 if len(x) != 2 else 2  # channels of an image, features of a vector, last axis of a sequence
     if axis != feature or (r.g.opset < 13 and len(x) > 1 and math.prod(x[axis:]) != x[axis - 1]):
         raise NotImportable(f"it normalises over axis {axis}; dlc's softmax runs over the features (axis {feature})")
-    return one("softmax", "softmax", n)
+    return one("softmax", n)
 
 
 def import_dropout(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -108,7 +107,7 @@ def import_dropout(r: Reader, n: onnx.NodeProto) -> Found | None:
     p = float(a["ratio"]) if "ratio" in a else const_scalar(r, n.input[1]) if r.optional(n, 1) else 0.5
     if math.isnan(p):
         raise NotImportable("its ratio is computed by the graph")
-    return one("dropout", f"dropout {p:g}", n)
+    return one("dropout", n, f"{p:g}")
 
 
 def import_bn(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -119,16 +118,13 @@ def import_bn(r: Reader, n: onnx.NodeProto) -> Found | None:
     a = attributes(n)
     tensors = {k: r.weight(n, i, k) for i, k in enumerate(("gamma", "beta", "mean", "var"), start=1)}
     eps, momentum = float(np.float32(a.get("epsilon", 1e-5))), 1.0 - float(a.get("momentum", 0.9))
-    eps_text = "" if math.isclose(eps, 1e-5, rel_tol=1e-6) else f" eps={eps:.6g}"
-    mom_text = "" if math.isclose(momentum, 0.1, rel_tol=1e-6) else f" momentum={momentum:.6g}"
-    return one("bn", f"bn{eps_text}{mom_text}", n, tensors)
+    return one("bn", n, options={"eps": eps, "momentum": momentum}, tensors=tensors)
 
 
 def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:
     a = attributes(n)
-    text = f"lrn {a['size']}" + options(alpha=(float(a.get("alpha", 1e-4)), 1e-4),
-                                         beta=(float(a.get("beta", 0.75)), 0.75), k=(float(a.get("bias", 1.0)), 1.0))
-    return one("lrn", text, n)
+    return one("lrn", n, str(a["size"]), {"alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
+                                          "k": float(a.get("bias", 1.0))})
 
 
 def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from dlc.compile import compile_spec
-from dlc.decompile import Layer, bias_defaults, to_spec
+from dlc.decompile import SpecLayer, write_spec
 from dlc.errors import DlcError
 from dlc.graph import Graph
 from dlc.layers import KINDS
@@ -29,28 +28,29 @@ class Imported:
     state: dict[str, np.ndarray]
 
 
-def input_step(r: Reader, name: str) -> str:
+def input_size(r: Reader, name: str) -> str:
+    """The input step's size: `seq T` for token ids, `seq T of D`, or the shape of a vector or an image."""
     t = r.g.tensors[name]
     shape = r.shape(name)
     if not t.is_float:
         if len(shape) != 1:
             raise DlcError(f"the model's input {name} holds {len(shape)}-D integers; dlc reads token ids as "
                            f"(batch, T)")
-        return f"input seq {shape[0]}"
+        return f"seq {shape[0]}"
     if len(shape) == 2:
-        return f"input seq {shape[0]} of {shape[1]}"
+        return f"seq {shape[0]} of {shape[1]}"
     if len(shape) not in (1, 3):
         raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are images C@HxW, "
                        f"vectors and sequences")
-    return f"input {show(shape)}"
+    return show(shape)
 
 
-def read_layers(r: Reader) -> tuple[str, list[Layer], int]:
-    """(the input step, the layers with the input at 0, the position of the output's layer)."""
+def read_layers(r: Reader) -> tuple[list[Found], int]:
+    """The layers found, the input at 0 (with no nodes), and the position of the output's layer."""
     g = r.g
     if len(g.inputs) != 1 or len(g.outputs) != 1:
         raise DlcError(f"{g.path} has {len(g.inputs)} inputs and {len(g.outputs)} outputs; a dlc spec has one of each")
-    layers = [Layer("input", input_step(r, g.inputs[0]), [])]
+    layers = [Found(SpecLayer("input", [], input_size(r, g.inputs[0])), [], g.inputs[0])]
     producer = {g.inputs[0]: 0}
     used: set[int] = set()
     for n in g.nodes:
@@ -63,7 +63,7 @@ def read_layers(r: Reader) -> tuple[str, list[Layer], int]:
             producer[found.output] = producer[live[0]]
             continue
         layer = found.layer
-        if found.tied in producer and layers[producer[found.tied]].kind == "embed":
+        if found.tied in producer and layers[producer[found.tied]].layer.kind == "embed":
             layer.tied = producer[found.tied]
         if KINDS[layer.kind].merge:
             if len(live) != len([i for i in n.input if i]):
@@ -74,12 +74,12 @@ def read_layers(r: Reader) -> tuple[str, list[Layer], int]:
             if len(live) != 1:
                 raise DlcError(node_error(n, f"it reads {len(live)} layer outputs; dlc's {layer.kind} reads one"))
             layer.inputs = [producer[live[0]]]
-        layers.append(layer)
+        layers.append(found)
         producer[found.output] = len(layers) - 1
     out = g.outputs[0]
     if out not in producer:
         raise DlcError(f"{g.path}'s output {out} does not depend on its input")
-    return layers[0].text, layers, producer[out]
+    return layers, producer[out]
 
 
 def match(r: Reader, n: onnx.NodeProto) -> Found:
@@ -109,32 +109,20 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
     model = read_model(path)
     g = from_model(model, path, shapes)
     r = Reader(g, Path(path).resolve().parent)
-    _, layers, output = read_layers(r)
+    found, output = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
     head = f"# imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import\n"
-    defaults = bias_defaults(layers)
-    lines, order = to_spec(layers, output, path)
-    lines = [(t, None) for t in defaults] + lines
-    graph = compile_spec("\n".join([layers[0].text, *(t for t, _ in lines)]) + "\n", file=path)
-    nodes = graph.nodes[1:]
-    if [n.kind for n in nodes] != [layers[i].kind for i in order]:
-        raise DlcError(f"{path}: the written spec compiles to other layers than the model's (an importer bug)")
-    # each line's output shape as a comment, as the language's examples write them
-    shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
-    width = max(len(t) for t, _ in [(layers[0].text, 0), *lines]) + 2
-    text = "\n".join(t if last is None else f"{t:<{width}}# {show(shape_of[last])}"
-                     for t, last in [(layers[0].text, None), *lines]) + "\n"
-    graph = compile_spec(head + text, file=path)
+    spec, graph, order = write_spec([f.layer for f in found], output, path, head)
     params, state = {}, {}
-    for node, i in zip(nodes, order):
+    for node, i in zip(graph.nodes[1:], order):
         kind = KINDS[node.kind]
         shapes_in = [graph.node(x).out_shape for x in node.inputs]
         want = {**kind.params(node.attrs, shapes_in), **kind.state(node.attrs, shapes_in)}
         trainable = set(kind.params(node.attrs, shapes_in))
         for key, shape in want.items():
-            arr = layers[i].tensors[key]
+            arr = found[i].tensors[key]
             if tuple(arr.shape) != tuple(shape):
-                raise DlcError(f"{path}: node {layers[i].node} gives {key} shaped {arr.shape}; "
+                raise DlcError(f"{path}: node {found[i].node} gives {key} shaped {arr.shape}; "
                                f"{node.name} needs {shape}")
             (params if key in trainable else state)[f"{node.name}.{key}"] = np.ascontiguousarray(arr, np.float32)
-    return Imported(head + text, graph, params, state)
+    return Imported(spec, graph, params, state)

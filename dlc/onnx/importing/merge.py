@@ -9,7 +9,7 @@ from dlc.onnx.model import attributes
 
 
 def import_add(r: Reader, n: onnx.NodeProto) -> Found | None:
-    return one("add", "add", n) if all(i in r.live for i in n.input) else None
+    return one("add", n) if all(i in r.live for i in n.input) else None
 
 
 def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -19,4 +19,4 @@ def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
     axis = attributes(n)["axis"] % (len(x) + 1)
     if axis != (2 if len(x) == 2 else 1):
         raise NotImportable(f"it joins along axis {axis}; dlc's concat joins the features")
-    return one("concat", "concat", n)
+    return one("concat", n)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx
 
+from dlc.decompile import window_size
 from dlc.onnx.importing.conv import spatial
 from dlc.onnx.importing.reader import Found, NotImportable, Pattern, Reader, one, reduce_axes
-from dlc.onnx.importing.words import pad_word
 from dlc.onnx.model import attributes
 
 
@@ -24,9 +24,7 @@ def pool(kind: str) -> Pattern:
             raise NotImportable("count_include_pad=1 divides by the padded window; dlc's avgpool divides by "
                                 "the cells inside the input")
         # a pool's stride defaults to its window, so a stride of 1 is written out
-        size = f"{kernel[0]}x{kernel[1]}" + ("" if stride == kernel else
-                                             f"/{stride[0]}" if stride[0] == stride[1] else f"/{stride[0]}x{stride[1]}")
-        return one(kind, f"{kind} {size}{pad_word(pad)}{' ceil' if a.get('ceil_mode') else ''}", n)
+        return one(kind, n, window_size(kernel, stride, implied=kernel), {"pad": pad, "ceil": bool(a.get("ceil_mode"))})
     return match
 
 
@@ -49,11 +47,11 @@ def global_pool(kind: str, ops: tuple[str, str]) -> Pattern:
             return None
         y = r.shape(n.output[0])
         if y == x[:1]:  # ReduceMean with keepdims=0
-            return one(kind, kind, n)
+            return one(kind, n)
         after = vector_of(r, n)
         if after is None:
             raise NotImportable(f"its (C, 1, 1) output is read as an image; dlc's {kind} gives a vector")
-        return one(kind, kind, n, output=after.output[0], nodes=[n, after])
+        return one(kind, n, output=after.output[0], nodes=[n, after])
     return match
 
 

@@ -5,7 +5,7 @@ pattern declines an operator that has its form (NotImportable, Refused).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dlc.decompile import Layer
+from dlc.decompile import SpecLayer
 from dlc.onnx.analysis import live_tensors
 from dlc.onnx.model import OnnxGraph, attributes
 
@@ -29,12 +29,14 @@ class Refused(NotImportable):
 
 @dataclass
 class Found:
-    """What a pattern matched: the layer (None where the tensor passes through), the nodes it used and
-    the tensor that carries its output."""
+    """What a pattern matched: the layer (None where the tensor passes through) and its tensors, the nodes
+    it used and the tensor that carries its output."""
 
-    layer: Layer | None
+    layer: SpecLayer | None
     nodes: list[onnx.NodeProto]
     output: str
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # by the kind's tensor names
+    node: str = ""  # the ONNX node it starts at, for messages
     tied: str = ""  # an fc whose weight is an embedding's table: the tensor that embedding writes
 
 
@@ -119,9 +121,10 @@ class Import:
     match: Pattern
 
 
-def one(kind: str, text: str, n: onnx.NodeProto, tensors: dict | None = None, output: str | None = None,
-        nodes: list | None = None) -> Found:
-    return Found(Layer(kind, text, [], tensors or {}, n.name), nodes or [n], output or n.output[0])
+def one(kind: str, n: onnx.NodeProto, size: str = "", options: dict | None = None, tensors: dict | None = None,
+        output: str | None = None, nodes: list | None = None) -> Found:
+    """The layer found at n: its size and options (the writer leaves out those at their defaults)."""
+    return Found(SpecLayer(kind, [], size, options or {}), nodes or [n], output or n.output[0], tensors or {}, n.name)
 
 
 def reduce_axes(r: Reader, n: onnx.NodeProto) -> list[int] | None:

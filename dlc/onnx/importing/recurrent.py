@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dlc.decompile import Layer
+from dlc.decompile import SpecLayer
 from dlc.onnx.importing.reader import Found, NotImportable, Pattern, Reader, producer_node
 from dlc.onnx.model import attributes
 
@@ -43,21 +43,20 @@ def recurrent(kind: str) -> Pattern:
         tensors = {"W": r.weight(n, 1, "W"), "R": r.weight(n, 2, "R"),
                    "B": r.weight(n, 3, "B") if r.optional(n, 3) else
                    np.zeros((dirs, 2 * r.weight(n, 1, "W").shape[1]), np.float32)}
-        flags = " bidirectional" if dirs == 2 else ""
         ys = [o for o in n.output[:2]] + [""] * 2
         t = r.shape(before.input[0])[0]  # steps of the batch-first input
         chain = follow_reshapes(r, ys[0], (t, dirs * hidden)) if ys[0] else None
         if chain is not None:
             last = last_step(r, chain[-1].output[0], t)
             if last is not None and dirs == 1:  # out[:, -1]: a one-way layer's final state
-                return Found(Layer(kind, f"{kind} {hidden}", [], tensors, n.name), [before, n, *chain, last],
-                             last.output[0])
-            return Found(Layer(kind, f"{kind} {hidden}{flags} sequences", [], tensors, n.name),
-                         [before, n, *chain], chain[-1].output[0])
+                return Found(SpecLayer(kind, [], str(hidden)), [before, n, *chain, last], last.output[0], tensors,
+                             n.name)
+            return Found(SpecLayer(kind, [], str(hidden), {"bidirectional": dirs == 2, "sequences": True}),
+                         [before, n, *chain], chain[-1].output[0], tensors, n.name)
         chain = follow_reshapes(r, ys[1], (dirs * hidden,)) if ys[1] else None
         if chain is not None:
-            return Found(Layer(kind, f"{kind} {hidden}{flags}", [], tensors, n.name), [before, n, *chain],
-                         chain[-1].output[0])
+            return Found(SpecLayer(kind, [], str(hidden), {"bidirectional": dirs == 2}), [before, n, *chain],
+                         chain[-1].output[0], tensors, n.name)
         raise NotImportable("its outputs are not read as every step (N, T, dirs*H) or the final state (N, dirs*H)")
     return match
 

@@ -11,7 +11,6 @@ import onnx
 
 from dlc.onnx.importing.reader import (Found, NotImportable, Reader, const_scalar, one, other_input, producer_node,
                                        reduce_axes)
-from dlc.onnx.importing.words import options
 from dlc.onnx.model import attributes
 
 
@@ -23,7 +22,7 @@ def import_posembed(r: Reader, n: onnx.NodeProto) -> Found | None:
     table = next((r.value(i) for i in n.input if i not in r.live), None)
     if x is None or table is None or len(r.shape(x)) != 2 or table.size != math.prod(r.shape(x)):
         return None
-    return one("posembed", "posembed", n, {"P": table.reshape(r.shape(x)).astype(np.float32)})
+    return one("posembed", n, tensors={"P": table.reshape(r.shape(x)).astype(np.float32)})
 
 
 def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -35,7 +34,7 @@ def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:
     cls = r.value(token.input[0]) if token is not None and token.op_type == "Expand" else r.value(n.input[0])
     if len(x) != 2 or attributes(n).get("axis") not in (1, -2) or cls is None or cls.size != x[1]:
         return None
-    return one("clstoken", "clstoken", n, {"cls": cls.reshape(-1).astype(np.float32)})
+    return one("clstoken", n, tensors={"cls": cls.reshape(-1).astype(np.float32)})
 
 
 def import_layernorm(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -49,8 +48,8 @@ def import_layernorm(r: Reader, n: onnx.NodeProto) -> Found | None:
         raise NotImportable("its mean or inverse deviation is read by the graph")
     gamma = r.weight(n, 1, "scale")
     beta = r.weight(n, 2, "bias") if r.optional(n, 2) else np.zeros_like(gamma)
-    return one("layernorm", "layernorm" + options(eps=(float(np.float32(a.get("epsilon", 1e-5))), 1e-5)), n,
-               {"gamma": gamma, "beta": beta})
+    return one("layernorm", n, options={"eps": float(np.float32(a.get("epsilon", 1e-5)))},
+               tensors={"gamma": gamma, "beta": beta})
 
 
 def layernorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -90,7 +89,7 @@ def layernorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
             tensors[key] = v.reshape(-1).astype(np.float32)
             nodes.append(after)
             out = after.output[0]
-    return one("layernorm", "layernorm" + options(eps=(float(np.float32(eps)), 1e-5)), n, tensors, out, nodes)
+    return one("layernorm", n, options={"eps": float(np.float32(eps))}, tensors=tensors, output=out, nodes=nodes)
 
 
 def last_axis_mean(r: Reader, n: onnx.NodeProto, rank: int) -> bool:
@@ -106,7 +105,7 @@ def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
     if len(x) != 3 or y != (x[0], x[1] * x[2]) or after is None or after.op_type != "Transpose" \
             or list(attributes(after).get("perm", [])) != [0, 2, 1]:
         return None
-    return one("tokens", "tokens", n, output=after.output[0], nodes=[n, after])
+    return one("tokens", n, output=after.output[0], nodes=[n, after])
 
 
 def import_seqpool(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -119,9 +118,9 @@ def import_seqpool(r: Reader, n: onnx.NodeProto) -> Found | None:
         if attributes(n).get("axis", 0) != 1 or index is None or index.ndim != 0:
             return None
         step = int(index) % x[0]
-        return one("seqpool", "seqpool first", n) if step == 0 else \
-            one("seqpool", "seqpool last", n) if step == x[0] - 1 else None
+        return one("seqpool", n, options={"first": True}) if step == 0 else \
+            one("seqpool", n, options={"last": True}) if step == x[0] - 1 else None
     axes = reduce_axes(r, n)
     if axes is None or [ax % 3 for ax in axes] != [1] or r.shape(n.output[0]) != x[1:]:
         return None
-    return one("seqpool", "seqpool", n)
+    return one("seqpool", n)

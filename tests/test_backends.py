@@ -24,7 +24,7 @@ BACKENDS = {
     "NumPy kernels": ("dlc.engine.kernels", "KERNELS"),
     "ONNX lowerings": ("dlc.onnx.lower", "LOWER"),
     "PyTorch modules": ("dlc.torch.modules", "MODULES"),
-    "ONNX import": ("dlc.onnx.importer", "IMPORT"),
+    "ONNX import": ("dlc.onnx.importing", "IMPORT"),
 }
 # backend -> the tuple in its module of kinds it leaves out on purpose, each with its reason beside it
 EXEMPT = {"ONNX import": "NOT_IMPORTED"}

@@ -25,7 +25,7 @@ def import_(model: str, out: str, shapes: tuple[str, ...]):
         writable(str(target), "-o", [model])
     from dlc.atomic import atomic_write
     from dlc.engine.params import save_checkpoint
-    from dlc.onnx.importer import import_onnx
+    from dlc.onnx.importing.importer import import_onnx
 
     imported = import_onnx(model, parse_shapes(shapes))
     save_checkpoint(weights, imported.params, imported.state, {"imported_from": str(model)})

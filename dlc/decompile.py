@@ -1,0 +1,261 @@
+"""Layers -> spec text: the compiler's inverse, for any graph of layers that is to become a spec.
+
+The layers form a graph that a spec writes as a chain with merges: every merge's branches start at
+the nearest tensor all its inputs come through (its immediate dominator), so a skip becomes
+`as LABEL` ... `add LABEL` and several branches become `add( A | B )` / `concat( A | B | … )`.
+A graph that is not series-parallel in this way has no spec and is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from dlc.compile import compile_spec
+from dlc.errors import DlcError
+from dlc.graph import Graph
+from dlc.layers import KINDS
+from dlc.layers.spatial import show
+
+
+@dataclass
+class SpecLayer:
+    """A layer as a spec writes it: its kind, its size and its options, before any text."""
+
+    kind: str
+    inputs: list[int]  # positions of the layers it reads; 0 is the input, which reads none
+    size: str = ""  # the SIZE as the language writes it (`64@3x3/2`, `0.5`, `seq 6 of 8`); "" for none
+    # values by the kind's option and flag names (a flag's is True or False), in the order they are
+    # written; the writer leaves out those at their default
+    options: dict = field(default_factory=dict)
+    tied: int | None = None  # an fc reusing an embed's table: that embed's position (`tied=LABEL`)
+
+
+def window_size(kernel: tuple[int, int], stride: tuple[int, int], implied: tuple[int, int] = (1, 1)) -> str:
+    """`KxK`, `KxK/S` or `KxK/SxS`; the stride left out where it is the kind's own (1, or a pool's window)."""
+    k = f"{kernel[0]}x{kernel[1]}"
+    if tuple(stride) == tuple(implied):
+        return k
+    return k + (f"/{stride[0]}" if stride[0] == stride[1] else f"/{stride[0]}x{stride[1]}")
+
+
+@dataclass
+class Merge:
+    layer: int
+    branches: list[list]  # each a list of layer positions and Merges
+
+
+def dominator_paths(layers: list[SpecLayer]) -> list[list[int]]:
+    """Each layer's dominators from the input to itself: every path from the input passes them. In a
+    DAG in topological order, a layer's are the common prefix of its inputs' paths, then itself."""
+    paths: list[list[int]] = []
+    for i, layer in enumerate(layers):
+        if not layer.inputs:
+            paths.append([i])
+            continue
+        common = paths[layer.inputs[0]]
+        for j in layer.inputs[1:]:
+            other = paths[j]
+            k = 0
+            while k < min(len(common), len(other)) and common[k] == other[k]:
+                k += 1
+            common = common[:k]
+        paths.append([*common, i])
+    return paths
+
+
+def chain(layers: list[SpecLayer], paths: list[list[int]], start: int, end: int) -> list:
+    """The steps that take layer `start`'s output to layer `end`'s, in order."""
+    items = []
+    cur = end
+    while cur != start:
+        if cur == 0:
+            raise ValueError(end)
+        layer = layers[cur]
+        if len(layer.inputs) == 1:
+            items.append(cur)
+            cur = layer.inputs[0]
+            continue
+        fork = paths[cur][-2]
+        items.append(Merge(cur, [chain(layers, paths, fork, i) for i in layer.inputs]))
+        cur = fork
+    return items[::-1]
+
+
+def flatten_items(items: list) -> list[int]:
+    out = []
+    for it in items:
+        if isinstance(it, Merge):
+            for b in it.branches:
+                out += flatten_items(b)
+            out.append(it.layer)
+        else:
+            out.append(it)
+    return out
+
+
+# Suffix layers keep their input's shape (bn, activations); pools and flatten stand on their own lines.
+SUFFIX = {name for name, k in KINDS.items() if k.suffixable} - {"gap", "gmp", "flatten", "identity"}
+
+
+def skip_fork(layers: list[SpecLayer], m: Merge) -> int | None:
+    """The fork of an add whose other branch is the tensor itself (a residual), written `add LABEL`;
+    None for merges written with branches (a skip from the input has no line to carry `as`)."""
+    if layers[m.layer].kind != "add" or len(m.branches) != 2 or [] not in m.branches or m.branches == [[], []]:
+        return None
+    fork = layers[m.layer].inputs[m.branches.index([])]
+    return fork or None
+
+
+@dataclass
+class Draft:
+    """What the lines are written from, fixed before the first line is."""
+
+    layers: list[SpecLayer]
+    steps: list[str]  # each layer's step: `conv 64@3x3 pad=1`, `fc 10 tied=tok bias=off`
+    suffixes: set[int]  # the layers that may join the line of the layer they read
+    labels: dict[int, str]
+    readers: dict[int, int]  # how many layers read each layer's output
+
+
+def render(d: Draft, items: list, indent: str = "") -> list[tuple[str, int | None]]:
+    """Spec lines: a layer whose kind can be a suffix joins the line of the layer it reads (when that
+    output goes nowhere else); a residual is `as LABEL` ... `add LABEL`, other merges `add( A | B )`.
+    Each line comes with the layer whose output it ends at (None for a merge's opening line)."""
+    lines: list[list] = []  # [text, last layer on the line, may take suffixes]
+    for it in items:
+        if isinstance(it, Merge):
+            kind = d.layers[it.layer].kind
+            fork = skip_fork(d.layers, it)
+            if fork is not None:
+                body = next(b for b in it.branches if b)
+                lines += [[t, last, False] for t, last in render(d, body, indent)]
+                lines.append([f"{indent}{kind} {d.labels[fork]}", it.layer, False])
+                continue
+            lines.append([f"{indent}{kind}(", None, False])
+            for k, b in enumerate(it.branches):
+                inner = render(d, b, indent + "    ") if b else [(f"{indent}    identity", None)]
+                if k:
+                    inner[0] = (f"{indent}  | {inner[0][0].lstrip()}", inner[0][1])
+                lines += [[t, last, False] for t, last in inner]
+            lines.append([f"{indent})", it.layer, False])
+            continue
+        src = d.layers[it].inputs[0]
+        if (lines and it in d.suffixes and lines[-1][2] and lines[-1][1] == src and d.readers[src] == 1
+                and src not in d.labels):
+            lines[-1][0] += f" {d.steps[it]}"
+            lines[-1][1] = it
+        else:
+            lines.append([f"{indent}{d.steps[it]}", it, True])
+    return [(text + (f" as {d.labels[last]}" if last in d.labels else ""), last) for text, last, _ in lines]
+
+
+def labels_for(layers: list[SpecLayer], items: list) -> dict[int, str]:
+    """A label for each fork that an `add LABEL` reads back, numbered in order, and for each embed whose
+    table a tied fc reuses (`tok`, as GPT-2's spec names it; numbered if there are several)."""
+    forks: list[int] = []
+
+    def visit(its):
+        for it in its:
+            if isinstance(it, Merge):
+                for b in it.branches:
+                    visit(b)
+                fork = skip_fork(layers, it)
+                if fork is not None:
+                    forks.append(fork)
+    visit(items)
+    labels = {f: f"skip{k}" for k, f in enumerate(sorted(set(forks)), start=1)}
+    tables = sorted({layer.tied for layer in layers if layer.tied is not None} - set(labels))
+    labels.update((t, "tok" if len(tables) == 1 else f"tok{k}") for k, t in enumerate(tables, start=1))
+    return labels
+
+
+def bias_defaults(layers: list[SpecLayer]) -> dict[str, dict]:
+    """`default conv bias=off` (and dwconv) where most of those layers have no bias, as a network with
+    bn after every conv does; the few with one then say bias=on."""
+    defaults = {}
+    for kind in ("conv", "dwconv"):
+        mine = [layer for layer in layers if layer.kind == kind]
+        if sum(layer.options.get("bias") is False for layer in mine) * 2 > len(mine):
+            defaults[kind] = {"bias": False}
+    return defaults
+
+
+def written(kind: str, options: dict, defaults: dict[str, dict]) -> dict:
+    """The options that differ from their default: the kind's, or the spec's `default` line for it."""
+    base = {**KINDS[kind].default_attrs(), **defaults.get(kind, {})}
+    return {key: value for key, value in options.items() if not at_default(value, base.get(key))}
+
+
+def at_default(value, default) -> bool:
+    # float32 attributes (alpha=1e-4 stored as 9.99999974e-05) are their defaults if close
+    if isinstance(value, float) and isinstance(default, (int, float)) and not isinstance(default, bool):
+        return math.isclose(value, default, rel_tol=1e-6)
+    return value == default
+
+
+def option_words(kind: str, options: dict) -> list[str]:
+    """`key=value` words, and a flag that is on as its bare word."""
+    flags = KINDS[kind].flags
+    return [key if key in flags else f"{key}={value_word(value)}" for key, value in options.items()]
+
+
+def value_word(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def step_text(layer: SpecLayer, options: dict, labels: dict[int, str]) -> str:
+    """`kind SIZE tied=LABEL options`: the size first and a tied fc's table next, as the language's
+    examples write them."""
+    tied = [] if layer.tied is None else [f"tied={labels[layer.tied]}"]
+    return " ".join([layer.kind, *filter(None, [layer.size]), *tied, *option_words(layer.kind, options)])
+
+
+def comment(text: str) -> str:
+    """`# text`, kept one comment line whatever the model's file says: a producer name or file name
+    holding a line break would otherwise end the comment and put its own statements (a `train` line)
+    into the spec. Every character that is not printable is escaped (`\\n`): the line breaks of the
+    grammar (\\n) and of dlc's spec reader (\\r too), the others str.splitlines breaks at (\\v, \\f,
+    \\x1c-\\x1e, \\x85, \\u2028, \\u2029), which editors show as new lines, and control characters,
+    NUL (a spec with one is refused as not text) and undecodable bytes of a file name."""
+    return "# " + "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") -> tuple[str, Graph, list[int]]:
+    """The spec of a graph of layers (layers[0] the input, each reading earlier ones), with `head` (comment
+    lines) first and each step's output shape as a comment after it; its compiled graph; and the layers
+    in the order the graph's nodes after the input come from them. A DlcError naming `file` if no spec
+    writes the graph."""
+    paths = dominator_paths(layers)
+    try:
+        items = chain(layers, paths, 0, output)
+    except ValueError:
+        raise DlcError(f"{file}: the model's layers do not form a chain of merges that a spec can write")
+    order = flatten_items(items)
+    if len(order) != len(set(order)):
+        raise DlcError(f"{file}: a layer's output is read by merges at different levels, which a spec's "
+                       f"nested add( … )/concat( … ) cannot write")
+    readers: dict[int, int] = {}
+    for layer in layers:
+        for i in layer.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    defaults = bias_defaults(layers)
+    labels = labels_for(layers, items)
+    options = [written(layer.kind, layer.options, defaults) for layer in layers]
+    steps = [step_text(layer, opts, labels) for layer, opts in zip(layers, options)]
+    # a suffix takes options, never a size or a flag
+    suffixes = {i for i, layer in enumerate(layers) if layer.kind in SUFFIX and not layer.size
+                and not any(key in KINDS[layer.kind].flags for key in options[i])}
+    lines = [(" ".join(["default", kind, *option_words(kind, opts)]), None) for kind, opts in defaults.items()]
+    lines = [(steps[0], None), *lines, *render(Draft(layers, steps, suffixes, labels, readers), items)]
+    graph = compile_spec(head + "\n".join(t for t, _ in lines) + "\n", file=file)
+    nodes = graph.nodes[1:]
+    if [n.kind for n in nodes] != [layers[i].kind for i in order]:
+        raise DlcError(f"{file}: the written spec compiles to other layers than the model's (a bug in dlc)")
+    # each line's output shape as a comment, as the language's examples write them
+    shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
+    width = max(len(t) for t, _ in lines) + 2
+    text = "\n".join(t if last is None else f"{t:<{width}}{comment(show(shape_of[last]))}" for t, last in lines) + "\n"
+    return head + text, graph, order

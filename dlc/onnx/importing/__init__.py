@@ -1,0 +1,82 @@
+"""ONNX in: a model's operators mapped to dlc's layer kinds, written as a spec with its weights.
+
+One function per kind, one dict (IMPORT) keyed by the kind's name, as the exporter's LOWER is: each
+entry names the ONNX operators its pattern starts at and returns the layer it found there (its size
+and options, for dlc.decompile to write, and its tensors, already in the registry's layouts, which are
+ONNX's), or None when the operator is not that kind's. Helper nodes (Constants, shape arithmetic,
+Identity on weights) are read as values, never imported. An operator no kind takes is a DlcError
+naming it, its node and why.
+
+The package: `reader` (the model as the patterns read it), one module of patterns per group of kinds as
+in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence), `attention` (the search
+and its numerical check), and `importer` (the model's layers, then the spec dlc.decompile writes).
+"""
+
+from __future__ import annotations
+
+from dlc.onnx.importing.attention import import_attention
+from dlc.onnx.importing.conv import import_conv, import_dwconv, import_upconv, import_upsample
+from dlc.onnx.importing.dense import import_embed, import_fc, import_flatten
+from dlc.onnx.importing.elementwise import (import_bn, import_dropout, import_elu, import_gelu, import_identity,
+                                            import_leaky, import_lrn, import_relu, import_relu6, import_selu,
+                                            import_softmax, unary)
+from dlc.onnx.importing.merge import import_add, import_concat
+from dlc.onnx.importing.pool import global_pool, pool
+from dlc.onnx.importing.reader import Import
+from dlc.onnx.importing.recurrent import recurrent
+from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_seqpool,
+                                         import_tokens)
+
+
+IMPORT: dict[str, Import] = {
+    # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape
+    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm"), import_attention),
+    "conv": Import(("Conv", "Pad"), import_conv),
+    "dwconv": Import(("Conv", "Pad"), import_dwconv),
+    "upconv": Import(("ConvTranspose",), import_upconv),
+    "maxpool": Import(("MaxPool",), pool("maxpool")),
+    "avgpool": Import(("AveragePool",), pool("avgpool")),
+    "gap": Import(("GlobalAveragePool", "ReduceMean"), global_pool("gap", ("GlobalAveragePool", "ReduceMean"))),
+    "gmp": Import(("GlobalMaxPool", "ReduceMax"), global_pool("gmp", ("GlobalMaxPool", "ReduceMax"))),
+    "fc": Import(("Gemm", "MatMul"), import_fc),
+    "flatten": Import(("Flatten", "Reshape", "Squeeze"), import_flatten),
+    "dropout": Import(("Dropout",), import_dropout),
+    "bn": Import(("BatchNormalization",), import_bn),
+    "lrn": Import(("LRN",), import_lrn),
+    "relu": Import(("Relu", "Clip"), import_relu),
+    "relu6": Import(("Clip",), import_relu6),
+    "sigmoid": Import(("Sigmoid",), unary("sigmoid")),
+    "tanh": Import(("Tanh",), unary("tanh")),
+    "softmax": Import(("Softmax",), import_softmax),
+    "elu": Import(("Elu",), import_elu),
+    "selu": Import(("Selu",), import_selu),
+    "gelu": Import(("Gelu", "Div", "Mul"), import_gelu),
+    "leaky": Import(("LeakyRelu",), import_leaky),
+    # An Identity operator passes its tensor on: it imports as no layer at all.
+    "identity": Import(("Identity",), import_identity),
+    "upsample": Import(("Resize", "Upsample"), import_upsample),
+    "embed": Import(("Gather",), import_embed),
+    "rnn": Import(("Transpose", "RNN"), recurrent("rnn")),
+    "lstm": Import(("Transpose", "LSTM"), recurrent("lstm")),
+    "gru": Import(("Transpose", "GRU"), recurrent("gru")),
+    "add": Import(("Add", "Sum"), import_add),
+    "concat": Import(("Concat",), import_concat),
+    "layernorm": Import(("LayerNormalization", "ReduceMean"), import_layernorm),
+    "posembed": Import(("Add",), import_posembed),
+    "clstoken": Import(("Concat",), import_clstoken),
+    "tokens": Import(("Reshape",), import_tokens),
+    "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
+}
+
+
+# Kinds no ONNX operator pattern gives: `input` is the graph's input itself; `noise` acts in training
+# only, so exporters write nothing for it.
+NOT_IMPORTED = ("input", "noise")
+
+
+BY_OP: dict[str, list[str]] = {}
+
+
+for _kind, _entry in IMPORT.items():
+    for _op in _entry.ops:
+        BY_OP.setdefault(_op, []).append(_kind)

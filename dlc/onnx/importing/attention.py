@@ -1,0 +1,366 @@
+"""Attention, a few dozen operators that every exporter lays out its own way, is found by its softmax and
+then run beside dlc's kernel on a random input (import_attention), so what is not dlc's attention is
+refused at its first operator rather than taken apart into other layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from dlc.decompile import SpecLayer
+from dlc.engine.kernels import Ctx, KERNELS
+from dlc.layers import KINDS
+from dlc.onnx.importing.dense import dense_parts
+from dlc.onnx.importing.reader import Found, Reader, Refused, other_input, producer_node
+from dlc.onnx.model import attributes
+
+
+# Operators that move values without changing them: the layouts between a layer's input and its
+# projections, and between the joined heads and the output projection.
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+# Between a projection and the scores (or the values): its bias, the heads split out, one part of a
+# packed projection taken, the scale (TorchScript multiplies q and k by the square root of it each).
+TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "Mul", "Div", "Cast")
+
+
+# Between the scores and the softmax: the scale, and a mask added or put in with Where.
+TO_SOFTMAX = ("Mul", "Div", "Add", "Sub", "Where", "Cast")
+
+
+# An attention's own softmax is a few dozen operators after its first one (about 25 in TorchScript's
+# layout); a search that goes on longer has left the layer.
+SEARCH = 200
+
+
+# The model's operators and dlc's kernel, run on one random input, agree to float32 rounding (1e-6
+# here); a mask, scale or head split dlc's attention does not have differs by tens of percent.
+AGREE = 1e-3
+
+
+def live_inputs(r: Reader, n: onnx.NodeProto) -> list[str]:
+    return [i for i in n.input if i in r.live]
+
+
+def stored_dense(r: Reader, n: onnx.NodeProto | None) -> bool:
+    """A MatMul or Gemm by a stored 2-D weight: a projection."""
+    if n is None or n.op_type not in ("MatMul", "Gemm") or len(live_inputs(r, n)) != 1 or n.input[0] not in r.live:
+        return False
+    w = r.value(n.input[1])
+    return w is not None and w.ndim == 2
+
+
+def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Multi-head self-attention in whatever layout an exporter writes it (one packed or three
+    projections, heads split by Reshape/Transpose or Gather/Slice, the scale anywhere, the causal mask
+    as a constant to add or a Where): found by its softmax, the queries, keys and values traced back
+    from the two products around it to their projections, and the subgraph from the input to the output
+    projection evaluated once beside dlc's kernel on a random input, so that a mask, scale or head
+    layout that dlc's attention does not have is refused, never imported wrongly."""
+    inputs = live_inputs(r, n)
+    if len(inputs) != 1 or len(r.shape(inputs[0])) != 2:
+        return None
+    x = inputs[0]
+    softmax = nearest_softmax(r, n)
+    core = softmax and attention_core(r, softmax)
+    if core is None:
+        return None
+    scores, weighted, masked = core
+    branches = {"queries": scores.input[0], "keys": scores.input[1], "values": weighted.input[1]}
+    projections = {role: projection_of(r, t) for role, t in branches.items()}
+    if None in projections.values():
+        return None
+    paths = {role: layout_path(r, p.input[0], x) for role, p in projections.items()}
+    own = [role for role, path in paths.items() if path is not None]
+    if not any(m is n for role in own for m in [*paths[role], projections[role]]):
+        return None  # n is not where this attention starts (an fc before it, say)
+    if len(own) < 3:
+        other = [role for role in projections if role not in own]
+        raise Refused(f"its {' and '.join(other)} are not computed from the tensor its {' and '.join(own)} are "
+                      f"(cross-attention); dlc's attention attends over its own input")
+    computed = next((p for p in projections.values() if not stored_dense(r, p)), None)
+    if computed is not None:
+        raise Refused(f"its projection `{computed.name}` multiplies by a weight the graph computes, not a stored one")
+    y, out_proj = attention_output(r, weighted, x)
+    region, shape_only = attention_region(r, x, y)
+    t, d = r.shape(x)
+    values = elements(r, scores.output[0])
+    if values is None:
+        raise Refused(f"ONNX shape inference gives no shape for its scores {scores.output[0]}")
+    heads, rest = divmod(values, full_shape(r, x)[0] * t * t)  # the batch, t x t scores per head
+    if rest or not heads or d % heads:
+        raise Refused(f"its scores hold {values} values, not {t}x{t} for each of a number of heads dividing "
+                      f"its {d} features")
+    tensors, stored = attention_weights(r, projections, out_proj, d)
+    # Layers laid out alike (every block of one model) are run once: what the run checks is the layout.
+    layout = (heads, layout_key(r, region, x, stored))
+    causal = r.checked.get(layout)
+    if causal is None:
+        causal = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
+    computing = [m for m in region if any(o in r.live for o in m.output)]
+    return Found(SpecLayer("attention", [], str(heads), {"causal": causal, "bias": "bo" in tensors}), computing, y,
+                 tensors, n.name)
+
+
+def nearest_softmax(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The first Softmax computed from n's output, breadth first, within SEARCH operators."""
+    queue, seen = list(n.output), set()
+    while queue and len(seen) < SEARCH:
+        for c in r.consumers.get(queue.pop(0), []):
+            if id(c) in seen or not any(o in r.live for o in c.output):
+                continue
+            if c.op_type == "Softmax":
+                return c
+            seen.add(id(c))
+            queue += c.output
+    return None
+
+
+def attention_core(r: Reader, softmax: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, bool] | None:
+    """(the product of queries and keys, the product of the weights and the values, whether a mask
+    lies between the first and the softmax) around a Softmax over the last axis, or None."""
+    rank = len(full_shape(r, softmax.input[0]) or ())
+    if attributes(softmax).get("axis", -1) % max(rank, 1) != rank - 1:
+        return None
+    found = scores_before(r, softmax.input[0])
+    probs = softmax.output[0]
+    after = r.only_consumer(probs)
+    while after is not None and after.op_type in ("Cast", "Identity", "Dropout"):
+        probs = after.output[0]
+        after = r.only_consumer(probs)
+    # other readers of the weights (returned with need_weights) are refused with the region
+    weighted = next((c for c in r.consumers.get(probs, []) if c.op_type == "MatMul" and c.input[0] == probs
+                     and len(live_inputs(r, c)) == 2), None)
+    if found is None or weighted is None:
+        return None
+    scores, path = found
+    scale_only = all(p.op_type == "Cast" or (p.op_type in ("Mul", "Div") and len(live_inputs(r, p)) == 1
+                                              and elements(r, other_input(p, live_inputs(r, p)[0])) == 1)
+                     for p in path)
+    return scores, weighted, not scale_only
+
+
+def full_shape(r: Reader, name: str) -> tuple[int | None, ...] | None:
+    """The tensor's shape with the batch (1) in it, as the model's operators see it; None if unknown."""
+    t = r.g.tensors.get(name)
+    return t.shape if t is not None else None
+
+
+def elements(r: Reader, name: str) -> int | None:
+    t = r.g.tensors.get(name)
+    return t.elements if t is not None else None
+
+
+def scores_before(r: Reader, name: str) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
+    """The MatMul of two computed tensors that `name` comes from through scaling and masking, with the
+    operators on the way."""
+    p = producer_node(r, name)
+    if p is None:
+        return None
+    if p.op_type == "MatMul" and len(live_inputs(r, p)) == 2:
+        return p, []
+    if p.op_type not in TO_SOFTMAX:
+        return None
+    for i in live_inputs(r, p):
+        found = scores_before(r, i)
+        if found is not None:
+            return found[0], [p, *found[1]]
+    return None
+
+
+def projection_of(r: Reader, name: str) -> onnx.NodeProto | None:
+    """The MatMul or Gemm that queries, keys or values come from, back through the ops that split heads."""
+    p = producer_node(r, name)
+    while p is not None and not (p.op_type in ("MatMul", "Gemm") and p.input[0] in r.live):
+        inputs = live_inputs(r, p)
+        if p.op_type not in TO_HEADS or len(inputs) != 1:
+            return None
+        p = producer_node(r, inputs[0])
+    return p
+
+
+def layout_path(r: Reader, name: str, x: str) -> list[onnx.NodeProto] | None:
+    """The layout operators that make `name` from x (none if it is x), or None if it is not x so moved."""
+    path = []
+    while name != x:
+        p = producer_node(r, name)
+        if p is None or p.op_type not in LAYOUT or len(live_inputs(r, p)) != 1:
+            return None
+        path.append(p)
+        name = live_inputs(r, p)[0]
+    return path
+
+
+def attention_output(r: Reader, weighted: onnx.NodeProto, x: str) -> tuple[str, onnx.NodeProto]:
+    """(the output, back in the input's layout, and the output projection) after the weighted sum."""
+    after = r.only_consumer(weighted.output[0])
+    while after is not None and after.op_type in LAYOUT:
+        after = r.only_consumer(after.output[0])
+    if not stored_dense(r, after):
+        raise Refused("its heads, joined, are not projected by a stored weight (dlc's attention ends with Wo)")
+    _, _, y = dense_parts(r, after)
+    while full_shape(r, y) != full_shape(r, x):
+        nxt = r.only_consumer(y)
+        if nxt is None or nxt.op_type not in LAYOUT:
+            raise Refused(f"its output is not brought back to its input's layout {full_shape(r, x)}")
+        y = nxt.output[0]
+    return y, after
+
+
+def attention_region(r: Reader, x: str, y: str) -> tuple[list[onnx.NodeProto], list[str]]:
+    """The operators that compute y from x (helpers included), in the model's order, and the other
+    computed tensors they read only the shape of. Reading another computed tensor's values (a second
+    sequence, a padding mask from the data), or letting one of its own be read outside (the attention
+    weights), is not dlc's attention."""
+    downstream, queue = {x}, [x]
+    while queue:
+        for c in r.consumers.get(queue.pop(), []):
+            new = [o for o in c.output if o in r.live and o not in downstream]
+            downstream.update(new)
+            queue += new
+    region, shape_only, seen, stack = set(), set(), set(), [y]
+    while stack:
+        t = stack.pop()
+        if t in seen or t == x:
+            continue
+        seen.add(t)
+        p = producer_node(r, t)
+        if t in r.live and (p is None or t not in downstream):
+            raise Refused(f"it reads `{t}` besides its input: a second sequence or a mask computed from the "
+                          f"data, which dlc's attention does not have")
+        if p is None:
+            continue
+        region.add(id(p))
+        if p.op_type in ("Shape", "Size") and p.input[0] in r.live and p.input[0] not in downstream:
+            shape_only.add(p.input[0])
+            continue
+        stack += [i for i in p.input if i]
+    nodes = [m for m in r.g.nodes if id(m) in region]
+    for m in nodes:
+        for o in m.output:
+            if o == y or o not in r.live:
+                continue
+            outside = [c for c in r.consumers.get(o, []) if id(c) not in region and c.op_type not in ("Shape", "Size")]
+            if outside or o in r.g.outputs:
+                raise Refused(f"`{o}`, computed inside it, is read outside it" +
+                              (f" by node `{outside[0].name}`" if outside else " as a model output") +
+                              "; dlc's attention gives its output only")
+    return nodes, sorted(shape_only)
+
+
+def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_proj: onnx.NodeProto,
+                      d: int) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Wq, Wk, Wv, Wo (D, D) and, if any projection has one, every bias (zeros where one has none), with
+    the names of the stored tensors they come from. A packed projection holds the parts it feeds in the
+    order queries, keys, values, as PyTorch's in_proj_weight does (the evaluation afterwards checks that)."""
+    roles = {"queries": "q", "keys": "k", "values": "v"}
+    tensors: dict[str, np.ndarray] = {}
+    stored: set[str] = set()
+    for node in {id(p): p for p in projections.values()}.values():
+        parts, nodes, _ = dense_parts(r, node)
+        stored.update(i for m in nodes for i in m.input if i and i not in r.live)
+        mine = [roles[role] for role, p in projections.items() if p is node]
+        if parts["W"].shape != (len(mine) * d, d):
+            raise Refused(f"its projection `{node.name}` is {parts['W'].shape[1]} -> {parts['W'].shape[0]}; dlc's "
+                          f"attention projects {d} features to {d} for each of queries, keys and values")
+        for k, w in enumerate(mine):
+            tensors["W" + w] = parts["W"][k * d:(k + 1) * d]
+            if "b" in parts:
+                tensors["b" + w] = parts["b"][k * d:(k + 1) * d]
+    out, nodes, _ = dense_parts(r, out_proj)
+    stored.update(i for m in nodes for i in m.input if i and i not in r.live)
+    if out["W"].shape != (d, d):
+        raise Refused(f"its output projection is {out['W'].shape[1]} -> {out['W'].shape[0]}, not {d} -> {d}")
+    tensors["Wo"] = out["W"]
+    if "b" in out:
+        tensors["bo"] = out["b"]
+    if any(k.startswith("b") for k in tensors):
+        tensors.update({"b" + w: tensors.get("b" + w, np.zeros(d, np.float32)) for w in "qkvo"})
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, stored
+
+
+def layout_key(r: Reader, nodes: list[onnx.NodeProto], x: str, stored: set[str]) -> tuple:
+    """What two attentions must share for one run to check both: operators, settings and wiring, the
+    shapes of their weights, and every other constant (mask, scale, shapes) by value."""
+    weights = set(stored)
+    stack = list(stored)
+    while stack:  # and what the graph computes them from: a Transpose, Identity or Split of a stored one
+        p = producer_node(r, stack.pop())
+        for i in p.input if p is not None else ():
+            if i and i not in weights:
+                weights.add(i)
+                stack.append(i)
+    made: dict[str, tuple[int, int]] = {}
+    key = [full_shape(r, x)]
+    for k, m in enumerate(nodes):
+        inputs = []
+        for i in m.input:
+            v = None if i in made or i == x or i in weights else r.value(i)
+            inputs.append(made.get(i) or ("x" if i == x else ("weight", full_shape(r, i)) if i in weights else
+                                          (v.dtype.str, v.shape, v.tobytes()) if v is not None else
+                                          ("shape of", full_shape(r, i))))
+        made.update((o, (k, j)) for j, o in enumerate(m.output))
+        settings = tuple(sorted((a, value_key(v)) for a, v in attributes(m).items()))
+        key.append((m.domain, m.op_type, tuple(inputs), settings))
+    return tuple(key)
+
+
+def value_key(v):
+    """An attribute's value as a comparable key; a tensor by its values, not its name."""
+    if isinstance(v, onnx.TensorProto):
+        a = numpy_helper.to_array(v)
+        return a.dtype.str, a.shape, a.tobytes()
+    if isinstance(v, list):
+        return tuple(value_key(e) for e in v)
+    return v.SerializeToString() if hasattr(v, "SerializeToString") else v
+
+
+def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[str], x: str, y: str,
+                      tensors: dict[str, np.ndarray], heads: int, masked: bool) -> bool:
+    """Whether the attention is causal, from running its operators and dlc's kernel on one random input;
+    a Refused if neither kind of dlc's attention computes what they do."""
+    probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
+    feeds = {x: probe}
+    for name in shape_only:  # read for their shape only: zeros of that shape do
+        t = r.g.tensors.get(name)
+        if t is None or not t.known:
+            raise Refused(f"it reads the shape of {name}, which ONNX shape inference does not give")
+        feeds[name] = np.zeros(t.shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
+    want = run_operators(r, region, feeds, y)
+    t, d = r.shape(x)
+    errors = []
+    kind = KINDS["attention"]
+    for causal in (True, False) if masked else (False,):
+        written = {**kind.default_attrs(), "heads": heads, "causal": causal, "bias": "bo" in tensors}
+        _, attrs = kind.resolve(written, [(t, d)])
+        got, _ = KERNELS["attention"](attrs, tensors, {}, [probe], Ctx())
+        errors.append(float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
+        if errors[-1] <= AGREE:
+            return causal
+    computes = f"softmax(Q Kᵀ / sqrt(head_dim)) V over {heads} heads with the weights it holds"
+    if masked:
+        raise Refused(f"its scores are masked, and it does not compute {computes}, with the causal mask (each step "
+                      f"sees itself and the steps before it) or without one, as dlc's attention does (relative "
+                      f"difference {min(errors):.2g} on a random input)")
+    raise Refused(f"it does not compute {computes}, as dlc's attention does (relative difference {errors[0]:.2g} "
+                  f"on a random input)")
+
+
+def run_operators(r: Reader, nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], y: str) -> np.ndarray:
+    """y computed by the model's own operators from the tensors fed, with onnx's reference evaluator (plain
+    NumPy, beside onnx already)."""
+    from onnx.reference import ReferenceEvaluator
+
+    used = {i for m in nodes for i in m.input}
+    graph = helper.make_graph(
+        nodes, "part", [helper.make_tensor_value_info(k, r.g.tensors[k].elem_type, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(r.value(k), k) for k in sorted(used) if k in r.init])
+    model = helper.make_model(graph, opset_imports=r.g.model.opset_import, ir_version=r.g.model.ir_version)
+    try:
+        return ReferenceEvaluator(model).run(None, feeds)[0]
+    except Exception as e:  # the evaluator raises whatever its operator implementations do
+        raise Refused(f"its operators could not be run to check them against dlc's kind: {e}")

@@ -1,0 +1,130 @@
+"""The import of one model: its operators matched to layers in the model's order (read_layers), the
+spec the layers make (dlc.decompile), and the weights keyed by the spec's node names (import_onnx).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from dlc.decompile import SpecLayer, comment, write_spec
+from dlc.errors import DlcError
+from dlc.graph import Graph
+from dlc.layers import KINDS
+from dlc.layers.spatial import show
+from dlc.onnx.importing import BY_OP, IMPORT
+from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused
+from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, validate
+
+
+@dataclass
+class Imported:
+    spec: str
+    graph: Graph
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+
+
+def input_size(r: Reader, name: str) -> str:
+    """The input step's size: `seq T` for token ids, `seq T of D`, or the shape of a vector or an image."""
+    t = r.g.tensors[name]
+    shape = r.shape(name)
+    if not t.is_float:
+        if len(shape) != 1:
+            raise DlcError(f"the model's input {name} holds {len(shape)}-D integers; dlc reads token ids as "
+                           f"(batch, T)")
+        return f"seq {shape[0]}"
+    if len(shape) == 2:
+        return f"seq {shape[0]} of {shape[1]}"
+    if len(shape) not in (1, 3):
+        raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are images C@HxW, "
+                       f"vectors and sequences")
+    return show(shape)
+
+
+def read_layers(r: Reader) -> tuple[list[Found], int]:
+    """The layers found, the input at 0 (with no nodes), and the position of the output's layer."""
+    g = r.g
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise DlcError(f"{g.path} has {len(g.inputs)} inputs and {len(g.outputs)} outputs; a dlc spec has one of each")
+    layers = [Found(SpecLayer("input", [], input_size(r, g.inputs[0])), [], g.inputs[0])]
+    producer = {g.inputs[0]: 0}
+    used: set[int] = set()
+    for n in g.nodes:
+        if id(n) in used or not any(i in producer for i in n.input if i) or not any(o in r.live for o in n.output):
+            continue  # a helper (constant or shape arithmetic, Shape of a layer's output), or taken already
+        found = match(r, n)
+        used.update(id(m) for m in found.nodes)
+        live = [i for i in n.input if i in producer]
+        if found.layer is None:
+            producer[found.output] = producer[live[0]]
+            continue
+        layer = found.layer
+        if found.tied in producer and layers[producer[found.tied]].layer.kind == "embed":
+            layer.tied = producer[found.tied]
+        if KINDS[layer.kind].merge:
+            if len(live) != len([i for i in n.input if i]):
+                raise DlcError(node_error(n, f"one operand is a stored tensor; dlc's {layer.kind} merges layer "
+                                             f"outputs"))
+            layer.inputs = [producer[i] for i in n.input]
+        else:
+            if len(live) != 1:
+                raise DlcError(node_error(n, f"it reads {len(live)} layer outputs; dlc's {layer.kind} reads one"))
+            layer.inputs = [producer[live[0]]]
+        layers.append(found)
+        producer[found.output] = len(layers) - 1
+    out = g.outputs[0]
+    if out not in producer:
+        raise DlcError(f"{g.path}'s output {out} does not depend on its input")
+    return layers, producer[out]
+
+
+def match(r: Reader, n: onnx.NodeProto) -> Found:
+    reasons = []
+    for kind in BY_OP.get(n.op_type, []) if n.domain in ("", "ai.onnx") else []:
+        try:
+            found = IMPORT[kind].match(r, n)
+        except Refused as e:
+            raise DlcError(node_error(n, str(e)))
+        except NotImportable as e:
+            reasons.append(str(e))
+            continue
+        if found is not None:
+            return found
+    why = "; ".join(reasons) or (f"dlc has no layer kind for {n.op_type}" if n.op_type not in BY_OP else
+                                 f"this {n.op_type} is none of the forms dlc imports ("
+                                 f"{', '.join(BY_OP[n.op_type])})")
+    raise DlcError(node_error(n, why))
+
+
+def node_error(n: onnx.NodeProto, why: str) -> str:
+    return f"cannot import operator {n.op_type} (node `{n.name or n.output[0]}`): {why}"
+
+
+def import_onnx(path: str, shapes: dict | None = None) -> Imported:
+    """The spec and the checkpoint tensors of the model at `path`."""
+    model = read_model(path)
+    check_weights(model, path)
+    validate(model, path, input_shapes(model, shapes or {}))
+    g = from_model(model, path, shapes)
+    r = Reader(g)
+    found, output = read_layers(r)
+    producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
+    head = comment(f"imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import") + "\n"
+    spec, graph, order = write_spec([f.layer for f in found], output, path, head)
+    params, state = {}, {}
+    for node, i in zip(graph.nodes[1:], order):
+        kind = KINDS[node.kind]
+        shapes_in = [graph.node(x).out_shape for x in node.inputs]
+        want = {**kind.params(node.attrs, shapes_in), **kind.state(node.attrs, shapes_in)}
+        trainable = set(kind.params(node.attrs, shapes_in))
+        for key, shape in want.items():
+            arr = found[i].tensors[key]
+            if tuple(arr.shape) != tuple(shape):
+                raise DlcError(f"{path}: node {found[i].node} gives {key} shaped {arr.shape}; "
+                               f"{node.name} needs {shape}")
+            (params if key in trainable else state)[f"{node.name}.{key}"] = np.ascontiguousarray(arr, np.float32)
+    return Imported(spec, graph, params, state)

@@ -1,0 +1,143 @@
+"""The model as the patterns read it (Reader), what a pattern returns (Found), and the two ways a
+pattern declines an operator that has its form (NotImportable, Refused).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from dlc.decompile import SpecLayer
+from dlc.onnx.analysis import live_tensors
+from dlc.onnx.model import OnnxGraph, attributes, tensor_values
+
+
+class NotImportable(Exception):
+    """The operator is this kind's, but with a setting dlc's kind cannot express; the message says which."""
+
+
+class Refused(NotImportable):
+    """The operators have this kind's form but compute something else (cross-attention, another mask):
+    the import stops here, so that no other kind takes them apart into layers that would import wrongly."""
+
+
+@dataclass
+class Found:
+    """What a pattern matched: the layer (None where the tensor passes through) and its tensors, the nodes
+    it used and the tensor that carries its output."""
+
+    layer: SpecLayer | None
+    nodes: list[onnx.NodeProto]
+    output: str
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # by the kind's tensor names
+    node: str = ""  # the ONNX node it starts at, for messages
+    tied: str = ""  # an fc whose weight is an embedding's table: the tensor that embedding writes
+
+
+class Reader:
+    """The model as the patterns read it: shapes per sample, constant values, consumers of a tensor."""
+
+    def __init__(self, g: OnnxGraph):
+        self.g = g
+        self.init = {t.name: t for t in g.model.graph.initializer}
+        self.constants: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.checked: dict[tuple, bool] = {}  # attention layouts run against dlc's kernel: causal or not
+        self.live = live_tensors(g)
+        for n in g.nodes:
+            self.producer.update((o, n) for o in n.output if o)
+            if n.op_type == "Constant" or (n.op_type in ("Identity", "Transpose") and self.is_constant(n.input[0])):
+                self.constants[n.output[0]] = n
+            for t in n.input:
+                self.consumers.setdefault(t, []).append(n)
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.init or name in self.constants
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The tensor's value if it is an initializer or a Constant (maybe through Identity), else None."""
+        if name in self.init:
+            return tensor_values(self.init[name], self.g.path)
+        n = self.constants.get(name)
+        if n is None:
+            return None
+        if n.op_type in ("Identity", "Transpose"):  # a weight stored (out, in), transposed for a MatMul
+            v = self.value(n.input[0])
+            return v if v is None or n.op_type == "Identity" else np.transpose(v, attributes(n).get("perm"))
+        a = attributes(n)
+        if "value" in a:
+            return numpy_helper.to_array(a["value"])
+        for key in ("value_float", "value_int"):
+            if key in a:
+                return np.array(a[key])
+        for key in ("value_floats", "value_ints"):
+            if key in a:
+                return np.array(a[key])
+        return None
+
+    def weight(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray:
+        """Input i of n as a float32 array; a DlcError-worthy NotImportable if it is computed."""
+        v = self.value(n.input[i]) if len(n.input) > i and n.input[i] else None
+        if v is None:
+            raise NotImportable(f"its {what} is computed by the graph, not a stored tensor")
+        return v.astype(np.float32)
+
+    def optional(self, n: onnx.NodeProto, i: int) -> bool:
+        return len(n.input) > i and bool(n.input[i])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Per sample (the batch, axis 0, left out)."""
+        t = self.g.tensors.get(name)
+        if t is None or not t.known:
+            raise NotImportable(f"ONNX shape inference gives no shape for {name}")
+        return tuple(t.shape[1:])
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading the tensor's values, if exactly one does and it is not a graph output
+        (Shape and Size read only its shape, which the import keeps)."""
+        readers = [n for n in self.consumers.get(name, []) if n.op_type not in ("Shape", "Size")]
+        return readers[0] if len(readers) == 1 and name not in self.g.outputs else None
+
+
+Pattern = Callable[[Reader, onnx.NodeProto], Found | None]
+
+
+@dataclass(frozen=True)
+class Import:
+    ops: tuple[str, ...]  # the ONNX operators the pattern starts at
+    match: Pattern
+
+
+def one(kind: str, n: onnx.NodeProto, size: str = "", options: dict | None = None, tensors: dict | None = None,
+        output: str | None = None, nodes: list | None = None) -> Found:
+    """The layer found at n: its size and options (the writer leaves out those at their defaults)."""
+    return Found(SpecLayer(kind, [], size, options or {}), nodes or [n], output or n.output[0], tensors or {}, n.name)
+
+
+def reduce_axes(r: Reader, n: onnx.NodeProto) -> list[int] | None:
+    """A Reduce operator's axes: an attribute before opset 18, an input from then on; None if computed or
+    not given (every axis)."""
+    axes = attributes(n).get("axes")
+    if axes is None and r.optional(n, 1):
+        v = r.value(n.input[1])
+        axes = None if v is None else v.reshape(-1).tolist()
+    return None if axes is None else list(axes)
+
+
+def const_scalar(r: Reader, name: str) -> float:
+    v = r.value(name)
+    return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else math.nan
+
+
+def other_input(n: onnx.NodeProto, name: str) -> str:
+    return n.input[1] if n.input[0] == name else n.input[0]
+
+
+def producer_node(r: Reader, name: str) -> onnx.NodeProto | None:
+    return r.producer.get(name)

@@ -560,8 +560,8 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
         raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
     ins = [b.by_name[i] for i in inputs]
     if kind.name == "fc" and len(ins[0].out_shape) == 3:
-        # dsl.md: fc flattens an image (C, H, W order) first, shown as its own row; on a sequence it
-        # acts on each step.
+        # docs/language.md, "Layer kinds": fc flattens an image (C, H, W order) first, shown as its own
+        # row; on a sequence it acts on each step.
         ins = [_add_node(b, scope, KINDS["flatten"], {}, inputs, pos, "flatten", "flatten")]
         inputs = [ins[0].name]
     _check_dtype(kind, ins, pos, head)

@@ -23,7 +23,7 @@ LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands
 
 @dataclass(frozen=True)
 class Window:
-    """How a kind moves over the spatial axes, for the receptive field (conventions.md)."""
+    """How a kind moves over the spatial axes, for the receptive field (docs/conventions.md)."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]

@@ -53,6 +53,7 @@ class Scope:
     stack: tuple[str, ...] = ()  # blocks being expanded, outermost first
     counters: dict = field(default_factory=dict)
     label_at: dict[str, Pos] = field(default_factory=dict)  # label -> where it is written
+    resolved: dict[str, str] = field(default_factory=dict)  # step text -> with the call's values
 
     def count(self, key) -> int:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -584,7 +585,11 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
             raise DlcError(f"{head} ({name}): {e}", pos) from None
         what = "inputs" if len(shapes) > 1 else "input"
         raise DlcError(f"{head} ({name}) does not fit its {what} {' and '.join(shown)}: {e}", pos) from None
-    node = Node(name, kind.name, resolved, inputs, tuple(out), "float32", pos, row, None, _one_line(text))
+    text = _one_line(text)
+    if scope.params and text not in scope.resolved:  # once per step, not per node of it
+        scope.resolved[text] = _with_arguments(text, scope.params)
+    node = Node(name, kind.name, resolved, inputs, tuple(out), "float32", pos, row, None, text,
+                resolved_text=scope.resolved.get(text, ""))
     b.nodes.append(node)
     b.by_name[name] = node
     return node
@@ -740,6 +745,24 @@ def _bad_word(w: Word, step: Step, layers: list[Layer], scope: Scope) -> DlcErro
     hint = _did_you_mean(w.name, flags + suffixes + options + list(scope.params))
     what = f"a flag of {main.name}" + (f" ({', '.join(main.flags)})" if main.flags else "")
     return DlcError(f"`{w.name}` is neither a layer kind nor {what}{hint}", w.pos)
+
+
+# a word where a value stands: not an option's key (`pad=`), not part of a number (`3x3`, `1e-5`)
+_WORD = re.compile(r"(/?)(?<![\w.])([A-Za-z_]\w*)(?![\w=])")
+
+
+def _with_arguments(text: str, params: dict[str, Value]) -> str:
+    """A block step's text with each parameter replaced by the value the call bound it to (a parameter
+    stands for a whole value: docs/language.md, `block`), a stride of 1 dropped as a step writes it;
+    "" when no parameter stands in it."""
+    def value(m: re.Match) -> str:
+        slash, word = m.groups()
+        if word not in params:
+            return m[0]
+        raw = params[word].raw
+        return "" if slash and raw in ("1", "1x1") else slash + raw
+    resolved = _WORD.sub(value, text)
+    return "" if resolved == text else resolved
 
 
 def _one_line(text: str) -> str:

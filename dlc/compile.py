@@ -74,7 +74,7 @@ class Build:
 
 
 @dataclass
-class Layer:
+class StepLayer:
     """One layer of a step before it becomes a node: the step's main layer or a suffix layer."""
 
     kind: LayerKind
@@ -197,7 +197,7 @@ def _emit_group(b: Build, g: Group, cur: str, scope: Scope, defaults: Defaults) 
 def _read_default(s: Default, scope: Scope, defaults: Defaults) -> None:
     kind = _kind_or_error(s.kind, scope)
     values = dict(defaults.get(kind.name, {}))
-    written = Layer(kind, {}, s.pos, s.kind.name)
+    written = StepLayer(kind, {}, s.pos, s.kind.name)
     for item in s.items:
         if isinstance(item, Option):
             if item.key not in kind.options:
@@ -257,7 +257,7 @@ def _emit_step(b: Build, step: Step, cur: str, scope: Scope, defaults: Defaults)
     return cur
 
 
-def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> list[Layer]:
+def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> list[StepLayer]:
     """The step's main layer and its suffix layers, with sizes, options and flags applied."""
     items, size = list(step.items), step.size
     if size is None and kind.size and items and isinstance(items[0], Word) and items[0].name in scope.params:
@@ -273,7 +273,7 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
     head = step.kind.name + (f" {size.raw}" if size is not None else "")
     pos = step.kind.pos if size is None else Pos(step.kind.pos.line, step.kind.pos.col,
                                                  size.pos.end_col if size.pos.line == step.kind.pos.line else None)
-    main = Layer(kind, _base_attrs(kind, defaults), pos, head, _size_where(kind, size))
+    main = StepLayer(kind, _base_attrs(kind, defaults), pos, head, _size_where(kind, size))
     main.attrs.update(_size_attrs(kind, size, step.kind, scope))
     layers = [main]
     for item in items:
@@ -294,13 +294,13 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
         if suffix is not None and suffix.suffixable:
             attrs = _base_attrs(suffix, defaults)
             attrs.update(_size_attrs(suffix, None, item, scope))
-            layers.append(Layer(suffix, attrs, item.pos, item.name))
+            layers.append(StepLayer(suffix, attrs, item.pos, item.name))
             continue
         raise _bad_word(item, step, layers, scope)
     return layers
 
 
-def _once(layer: Layer, key: str, what: str, pos: Pos) -> None:
+def _once(layer: StepLayer, key: str, what: str, pos: Pos) -> None:
     """Refuse an option or flag written twice for one layer (`pad=1 pad=2`: which one was meant?)."""
     if key in layer.where:
         raise DlcError(f"{what} is given twice for {layer.kind.name}; keep one", pos)
@@ -718,14 +718,14 @@ def _kind_or_error(w: Word, scope: Scope) -> LayerKind:
     raise DlcError(f"unknown layer kind `{w.name}`{_did_you_mean(w.name, all_words())}", w.pos)
 
 
-def _unknown_option(opt: Option, layers: list[Layer]) -> DlcError:
+def _unknown_option(opt: Option, layers: list[StepLayer]) -> DlcError:
     keys = [k for layer in layers for k in layer.kind.options]
     takes = "; ".join(f"{layer.kind.name} takes {', '.join(layer.kind.options)}" if layer.kind.options
                       else f"{layer.kind.name} takes no options" for layer in layers)
     return DlcError(f"unknown option `{opt.key}=`{_did_you_mean(opt.key, keys)}; {takes}", opt.pos)
 
 
-def _bad_word(w: Word, step: Step, layers: list[Layer], scope: Scope) -> DlcError:
+def _bad_word(w: Word, step: Step, layers: list[StepLayer], scope: Scope) -> DlcError:
     main = layers[0].kind
     kind = lookup(w.name)
     if kind is not None and kind.merge:

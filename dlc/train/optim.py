@@ -28,7 +28,8 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from types import ModuleType
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -101,19 +102,21 @@ def _slot(opt: Optimizer, slot: str, name: str, w: np.ndarray) -> np.ndarray:
 # The rules themselves, written once for any array module `xp` whose arrays update in place and which
 # has sqrt (numpy here, torch in dlc.torch.rules): both engines run these lines, so they cannot drift.
 # `slot(key)` hands over the tensor's state array of that key ("v", "c"), made zero on first use.
+Array = Any  # a numpy.ndarray or a torch.Tensor: the rules use only what the two have in common
+Slot = Callable[[str], Array]
 
-def sgd(opt: Optimizer, slot, w, g, lr: float, xp) -> None:
+def sgd(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
     w -= lr * g
 
 
-def momentum(opt: Optimizer, slot, w, g, lr: float, xp) -> None:
+def momentum(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
     v = slot("v")
     v *= opt.momentum
     v -= lr * g
     w += v
 
 
-def nesterov(opt: Optimizer, slot, w, g, lr: float, xp) -> None:
+def nesterov(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
     v, mu = slot("v"), opt.momentum
     w -= mu * v
     v *= mu
@@ -121,20 +124,20 @@ def nesterov(opt: Optimizer, slot, w, g, lr: float, xp) -> None:
     w += (1 + mu) * v
 
 
-def adagrad(opt: Optimizer, slot, w, g, lr: float, xp) -> None:
+def adagrad(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
     c = slot("c")
     c += g * g
     w -= lr * g / (xp.sqrt(c) + opt.eps)
 
 
-def rmsprop(opt: Optimizer, slot, w, g, lr: float, xp) -> None:
+def rmsprop(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
     c, rho = slot("c"), opt.beta2
     c *= rho
     c += (1 - rho) * (g * g)
     w -= lr * g / (xp.sqrt(c) + opt.eps)
 
 
-def adam_step(opt: Optimizer, g, m, v, scratch, lr: float, xp):
+def adam_step(opt: Optimizer, g: Array, m: Array, v: Array, scratch: Array, lr: float, xp: ModuleType) -> Array:
     """Advance m and v by the gradient g and return the step to subtract from the weights, written over g.
     Every operation writes into m, v, g or scratch (the NumPy engine runs it once over all the weights:
     Moments); numpy and torch both spell these multiply/divide/sqrt with out=."""

@@ -1,7 +1,7 @@
 """The names `dlc train` and the analysis commands offer, without importing numpy.
 
 The engine's tables (dlc.engine.losses.LOSSES, dlc.engine.params.INITS, dlc.train.optim.UPDATES)
-hold the arithmetic behind these names; tests/test_choices.py checks that they cover the same names,
+hold the arithmetic behind these names; tests/test_train_choices.py checks that they cover the same names,
 so the command line never offers a choice the engine cannot run.
 """
 

@@ -53,6 +53,7 @@ class Scope:
     stack: tuple[str, ...] = ()  # blocks being expanded, outermost first
     counters: dict = field(default_factory=dict)
     label_at: dict[str, Pos] = field(default_factory=dict)  # label -> where it is written
+    resolved: dict[str, str] = field(default_factory=dict)  # step text -> with the call's values
 
     def count(self, key) -> int:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -73,7 +74,7 @@ class Build:
 
 
 @dataclass
-class Layer:
+class StepLayer:
     """One layer of a step before it becomes a node: the step's main layer or a suffix layer."""
 
     kind: LayerKind
@@ -196,7 +197,7 @@ def _emit_group(b: Build, g: Group, cur: str, scope: Scope, defaults: Defaults) 
 def _read_default(s: Default, scope: Scope, defaults: Defaults) -> None:
     kind = _kind_or_error(s.kind, scope)
     values = dict(defaults.get(kind.name, {}))
-    written = Layer(kind, {}, s.pos, s.kind.name)
+    written = StepLayer(kind, {}, s.pos, s.kind.name)
     for item in s.items:
         if isinstance(item, Option):
             if item.key not in kind.options:
@@ -256,7 +257,7 @@ def _emit_step(b: Build, step: Step, cur: str, scope: Scope, defaults: Defaults)
     return cur
 
 
-def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> list[Layer]:
+def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> list[StepLayer]:
     """The step's main layer and its suffix layers, with sizes, options and flags applied."""
     items, size = list(step.items), step.size
     if size is None and kind.size and items and isinstance(items[0], Word) and items[0].name in scope.params:
@@ -272,7 +273,7 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
     head = step.kind.name + (f" {size.raw}" if size is not None else "")
     pos = step.kind.pos if size is None else Pos(step.kind.pos.line, step.kind.pos.col,
                                                  size.pos.end_col if size.pos.line == step.kind.pos.line else None)
-    main = Layer(kind, _base_attrs(kind, defaults), pos, head, _size_where(kind, size))
+    main = StepLayer(kind, _base_attrs(kind, defaults), pos, head, _size_where(kind, size))
     main.attrs.update(_size_attrs(kind, size, step.kind, scope))
     layers = [main]
     for item in items:
@@ -293,13 +294,13 @@ def _layers(step: Step, kind: LayerKind, scope: Scope, defaults: Defaults) -> li
         if suffix is not None and suffix.suffixable:
             attrs = _base_attrs(suffix, defaults)
             attrs.update(_size_attrs(suffix, None, item, scope))
-            layers.append(Layer(suffix, attrs, item.pos, item.name))
+            layers.append(StepLayer(suffix, attrs, item.pos, item.name))
             continue
         raise _bad_word(item, step, layers, scope)
     return layers
 
 
-def _once(layer: Layer, key: str, what: str, pos: Pos) -> None:
+def _once(layer: StepLayer, key: str, what: str, pos: Pos) -> None:
     """Refuse an option or flag written twice for one layer (`pad=1 pad=2`: which one was meant?)."""
     if key in layer.where:
         raise DlcError(f"{what} is given twice for {layer.kind.name}; keep one", pos)
@@ -560,8 +561,8 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
         raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
     ins = [b.by_name[i] for i in inputs]
     if kind.name == "fc" and len(ins[0].out_shape) == 3:
-        # dsl.md: fc flattens an image (C, H, W order) first, shown as its own row; on a sequence it
-        # acts on each step.
+        # docs/language.md, "Layer kinds": fc flattens an image (C, H, W order) first, shown as its own
+        # row; on a sequence it acts on each step.
         ins = [_add_node(b, scope, KINDS["flatten"], {}, inputs, pos, "flatten", "flatten")]
         inputs = [ins[0].name]
     _check_dtype(kind, ins, pos, head)
@@ -584,7 +585,11 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
             raise DlcError(f"{head} ({name}): {e}", pos) from None
         what = "inputs" if len(shapes) > 1 else "input"
         raise DlcError(f"{head} ({name}) does not fit its {what} {' and '.join(shown)}: {e}", pos) from None
-    node = Node(name, kind.name, resolved, inputs, tuple(out), "float32", pos, row, None, _one_line(text))
+    text = _one_line(text)
+    if scope.params and text not in scope.resolved:  # once per step, not per node of it
+        scope.resolved[text] = _with_arguments(text, scope.params)
+    node = Node(name, kind.name, resolved, inputs, tuple(out), "float32", pos, row, None, text,
+                resolved_text=scope.resolved.get(text, ""))
     b.nodes.append(node)
     b.by_name[name] = node
     return node
@@ -713,14 +718,14 @@ def _kind_or_error(w: Word, scope: Scope) -> LayerKind:
     raise DlcError(f"unknown layer kind `{w.name}`{_did_you_mean(w.name, all_words())}", w.pos)
 
 
-def _unknown_option(opt: Option, layers: list[Layer]) -> DlcError:
+def _unknown_option(opt: Option, layers: list[StepLayer]) -> DlcError:
     keys = [k for layer in layers for k in layer.kind.options]
     takes = "; ".join(f"{layer.kind.name} takes {', '.join(layer.kind.options)}" if layer.kind.options
                       else f"{layer.kind.name} takes no options" for layer in layers)
     return DlcError(f"unknown option `{opt.key}=`{_did_you_mean(opt.key, keys)}; {takes}", opt.pos)
 
 
-def _bad_word(w: Word, step: Step, layers: list[Layer], scope: Scope) -> DlcError:
+def _bad_word(w: Word, step: Step, layers: list[StepLayer], scope: Scope) -> DlcError:
     main = layers[0].kind
     kind = lookup(w.name)
     if kind is not None and kind.merge:
@@ -740,6 +745,24 @@ def _bad_word(w: Word, step: Step, layers: list[Layer], scope: Scope) -> DlcErro
     hint = _did_you_mean(w.name, flags + suffixes + options + list(scope.params))
     what = f"a flag of {main.name}" + (f" ({', '.join(main.flags)})" if main.flags else "")
     return DlcError(f"`{w.name}` is neither a layer kind nor {what}{hint}", w.pos)
+
+
+# a word where a value stands: not an option's key (`pad=`), not part of a number (`3x3`, `1e-5`)
+_WORD = re.compile(r"(/?)(?<![\w.])([A-Za-z_]\w*)(?![\w=])")
+
+
+def _with_arguments(text: str, params: dict[str, Value]) -> str:
+    """A block step's text with each parameter replaced by the value the call bound it to (a parameter
+    stands for a whole value: docs/language.md, `block`), a stride of 1 dropped as a step writes it;
+    "" when no parameter stands in it."""
+    def value(m: re.Match) -> str:
+        slash, word = m.groups()
+        if word not in params:
+            return m[0]
+        raw = params[word].raw
+        return "" if slash and raw in ("1", "1x1") else slash + raw
+    resolved = _WORD.sub(value, text)
+    return "" if resolved == text else resolved
 
 
 def _one_line(text: str) -> str:

@@ -30,6 +30,9 @@ class Node:
     label: str | None = None  # `as LABEL`
     text: str = ""  # the spec text of its step, for tables and ONNX doc strings
     call: BlockCall | None = None  # the outermost block call it was expanded from
+    # inside a block, its step with the parameters replaced by the call's values ("conv 64@3x3 pad=1 bn
+    # relu" for text "conv c@3x3/s pad=1 bn relu"); "" where the step is written with values
+    resolved_text: str = ""
 
     def __post_init__(self):
         if not self.row:

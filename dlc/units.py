@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def si(n: float, unit: str = "") -> str:
-    """105,415,200 -> '105.42 M'. Counts use k = 10^3, M = 10^6, G = 10^9 (conventions.md)."""
+    """105,415,200 -> '105.42 M'. Counts use k = 10^3, M = 10^6, G = 10^9 (docs/conventions.md)."""
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= factor:
             return f"{n / factor:.2f} {prefix}{unit}"

@@ -162,7 +162,7 @@ def test_implicit_flatten_before_fc_on_images_only():
     assert [n.name for n in g.nodes] == ["input", "flatten1", "fc1", "fc2"]
     flat = g.node("flatten1")
     assert flat.out_shape == (24,) and flat.row == "flatten1" and flat.pos == g.node("fc1").pos
-    # dsl.md: on a sequence fc acts on each step (50x64 -> 50x10); `flatten` still flattens
+    # docs/language.md: on a sequence fc acts on each step (50x64 -> 50x10); `flatten` still flattens
     g = graph("input seq 6 of 4\nfc 2")
     assert [n.kind for n in g.nodes] == ["input", "fc"] and g.output.out_shape == (6, 2)
     assert graph("input seq 6 of 4\nflatten -> fc 2").node("flatten1").out_shape == (24,)

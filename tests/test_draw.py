@@ -133,6 +133,31 @@ def test_collapse_draws_a_block_call_and_its_repeats_as_one_box(tmp_path):
     assert b["basic3"]["lines"][1] == "basic(128, s=2)"
 
 
+def test_a_block_step_shows_the_layer_its_call_makes_and_keeps_the_template_on_hover(tmp_path):
+    # resnet18's `block basic(c, s=1)` writes `conv c@3x3/s pad=1 bn relu`; basic(64) makes a 64-channel
+    # stride-1 conv (no /1, as a step writes it), basic(128, s=2) a 128-channel stride-2 one
+    b = boxes(draw_svg(tmp_path, "resnet18"))
+    assert b["basic1.conv1"]["lines"][1] == "conv 64@3x3 pad=1 bn relu"
+    assert b["basic3.conv1"]["lines"][1] == "conv 128@3x3/2 pad=1 bn relu"
+    assert b["basic3.conv2"]["lines"][1] == "conv 128@3x3 pad=1 bn"
+    assert b["basic1.conv1"]["title"].endswith("in its block: conv c@3x3/s pad=1 bn relu")
+    assert "in its block" not in b["conv1"]["title"]  # a top-level step is written with values already
+    for suffix, pattern in ((".mmd", r"%% n\d+ in its block: conv c@3x3/s pad=1 bn relu\n\s+n\d+\[\"<b>basic1\.conv1</b>"
+                                     r"<br/>conv 64@3x3 pad=1 bn relu<br/>"),
+                            (".dot", r'label="basic1\.conv1\\nconv 64@3x3 pad=1 bn relu\\n[^"]*", [^\]]*'
+                                     r'tooltip="in its block: conv c@3x3/s pad=1 bn relu"')):
+        out = tmp_path / f"net{suffix}"
+        assert run("draw", "resnet18", "-o", out).exit_code == 0
+        assert re.search(pattern, out.read_text()), suffix
+
+
+def test_a_parameter_is_replaced_only_where_a_value_stands():
+    g = compile_spec("input 3@8x8\nblock b(pad, n, s=1) {\n conv pad@3x3/s pad=pad relu x n\n}\nb(4, 2) -> b(8, 1, s=2)\n")
+    shown = {n.name: n.resolved_text for n in g.nodes if n.kind == "conv"}
+    assert shown == {"b1.conv1": "conv 4@3x3 pad=4 relu x 2", "b1.conv2": "conv 4@3x3 pad=4 relu x 2",
+                     "b2.conv1": "conv 8@3x3/2 pad=8 relu x 1"}
+
+
 def test_resnet152_collapsed_stays_short(tmp_path):
     b = boxes(draw_svg(tmp_path, "resnet152", "--collapse"))
     # input, conv1, maxpool, seven block-call statements (x3, /2, x7, /2, x35, /2, x2), gap, fc

@@ -1,7 +1,7 @@
 """Whatever text it is given, compile_spec returns a well-formed Graph or raises a DlcError whose position
 lies inside that text: never another exception, never a position the caret cannot point at.
 
-The texts are the dsl.md examples with characters and tokens deleted, inserted and swapped (so most
+The texts are the docs/language.md examples with characters and tokens deleted, inserted and swapped (so most
 of each text stays valid and the mutation reaches the compiler), and random text over the language's
 characters.
 """

@@ -86,7 +86,7 @@ BY_HAND = {
     # embed 20000*128 = 2,560,000; lstm 4*256*(128 + 256) + 8*256 = 395,264; fc 256*2 + 2 = 514.
     # MACs: 200 steps * 4*256*384 = 78,643,200 for the lstm, 512 for the fc.
     "lstm_text": (2_955_778, 78_643_712),
-    # GPT-2 small (issue 11, dsl.md): Hugging Face's GPT2LMHeadModel("gpt2") has 124,439,808 parameters, the
+    # GPT-2 small (issue 11, docs/language.md): Hugging Face's GPT2LMHeadModel("gpt2") has 124,439,808 parameters, the
     # output layer tied to the token table. By hand: embed 50257*768 = 38,597,376, positions 1024*768 = 786,432,
     # per block 2*1,536 + (4*768^2 + 4*768) + (768*3072 + 3072) + (3072*768 + 768) = 7,087,872 (x12), layernorm
     # 1,536. MACs at T=1024, per block 1024*4*768^2 + 2*1024^2*768 + 2*1024*768*3072 = 8,858,370,048 (x12),
@@ -242,8 +242,8 @@ def test_mobilenet_v2_table_2_rows():
     assert shapes("mobilenet_v2", "conv")[-2:] == [(320, 7, 7), (1280, 7, 7)]
 
 
-def test_gpt2_and_vit_as_written_in_dsl_md():
-    # dsl.md's figures: 124,439,808 and 86,567,656 parameters; 145,824,153,600 and 17,563,828,224 MACs.
+def test_gpt2_and_vit_as_written_in_the_language_guide():
+    # docs/language.md's figures: 124,439,808 and 86,567,656 parameters; 145,824,153,600 and 17,563,828,224 MACs.
     assert (zoo("gpt2_small").totals.params, zoo("gpt2_small").totals.macs) == (124_439_808, 145_824_153_600)
     assert (zoo("vit_b16").totals.params, zoo("vit_b16").totals.macs) == (86_567_656, 17_563_828_224)
     # Radford et al. 2019, Table 2: the smallest model has 12 layers of width 768; 1024 tokens of context

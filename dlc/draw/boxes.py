@@ -13,12 +13,13 @@ from dlc.report import Row, rows
 @dataclass
 class Box:
     name: str  # the table row's name; "basic1 … basic2" for a collapsed block call and its repeats
-    text: str  # the spec text of the row, or the block call as written ("basic(64) x2")
+    text: str  # the row's step as the call resolved it ("conv 64@3x3 pad=1"), or the block call as written
     kind: str  # the kind of its first node (an ONNX op type for a model); "block" for a collapsed block call
     out_shape: tuple[int, ...]
     params: int  # trainable
     nodes: list[str]  # every graph node it stands for
     inputs: list[str]  # the boxes it reads, in the order its nodes read them
+    template: str = ""  # the step as its block writes it ("conv c@3x3/s pad=1"); "" when that is text
 
 
 @dataclass
@@ -52,8 +53,10 @@ def _box(call: BlockCall | None, group: list[Row]) -> Box:
     nodes = [s.node.name for row in group for s in row.stats]
     params = sum(row.total("params") for row in group)
     if call is None:
-        row = group[0]
-        return Box(row.name, row.text, row.stats[0].node.kind, row.out_shape, params, nodes, [])
+        row, node = group[0], group[0].stats[0].node
+        if node.resolved_text and row.text == node.text:  # not with --all, whose rows show the kind alone
+            return Box(row.name, node.resolved_text, node.kind, row.out_shape, params, nodes, [], row.text)
+        return Box(row.name, row.text, node.kind, row.out_shape, params, nodes, [])
     scopes = list(dict.fromkeys(n.split(".", 1)[0] for n in nodes))
     name = scopes[0] if len(scopes) == 1 else f"{scopes[0]} … {scopes[-1]}"
     return Box(name, call.text, "block", group[-1].out_shape, params, nodes, [])

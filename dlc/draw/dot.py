@@ -15,7 +15,8 @@ def render(d: Diagram) -> str:
     for b in d.boxes:
         fill, stroke = COLOURS[category(b)]
         label = _quote("\n".join(lines(b)))
-        out.append(f'    {ids[b.name]} [label={label}, fillcolor="{fill}", color="{stroke}"];')
+        tip = f", tooltip={_quote('in its block: ' + b.template)}" if b.template else ""  # SVG output's hover
+        out.append(f'    {ids[b.name]} [label={label}, fillcolor="{fill}", color="{stroke}"{tip}];')
     for b in d.boxes:
         out.extend(f"    {ids[i]} -> {ids[b.name]};" for i in b.inputs)
     out.append("}")

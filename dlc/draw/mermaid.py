@@ -17,6 +17,8 @@ def render(d: Diagram) -> str:
            "flowchart TD"]
     for b in d.boxes:
         first, *rest = (_escape(t) for t in lines(b))
+        if b.template:  # a Mermaid tooltip needs a click handler and a loose security level: a comment
+            out.append(f"    %% {ids[b.name]} in its block: {b.template}")
         out.append(f'    {ids[b.name]}["<b>{first}</b><br/>{"<br/>".join(rest)}"]')
     for b in d.boxes:
         out.extend(f"    {ids[i]} --> {ids[b.name]}" for i in b.inputs)

@@ -55,7 +55,8 @@ def _header(d: Diagram) -> str:
 def _box(b: Box, r: Rect) -> str:
     fill, stroke = COLOURS[category(b)]
     text = lines(b)
-    tips = " + ".join(b.nodes)  # the folded layers, shown on hover
+    tips = " + ".join(b.nodes)  # the folded layers, shown on hover, and the step as its block writes it
+    tips += f" · in its block: {b.template}" if b.template else ""
     parts = [f'<g class="box"><title>{escape(tips)}</title>',
              f'<rect x="{r.x:.1f}" y="{r.y:.1f}" width="{r.w:.1f}" height="{r.h:.1f}" rx="6" '
              f'fill="{fill}" stroke="{stroke}" stroke-width="1.2"/>']

@@ -6,6 +6,11 @@ the shape or parameter arithmetic, nor keeps its own list of which kinds have we
 `tensors` say what every tensor it may have is (weight, bias, table, scale, shift, statistic), how it
 starts and whether regularisation acts on it. Every rule reads the node's resolved attributes
 (`resolve` fills in the derived ones such as explicit pads) and the input shapes (batch left out).
+
+Adding a kind touches more than these two backends: the PyTorch mapping (dlc.torch.modules), the ONNX
+importer's patterns, the ONNX analysis's operator costs (dlc/onnx/count.py, which must agree with the
+kind's `macs` and `flops`), the language guide and the tests that keep each table complete.
+docs/extending.md lists them in order, each with the test that asks for it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands
 
 @dataclass(frozen=True)
 class Window:
-    """How a kind moves over the spatial axes, for the receptive field (conventions.md)."""
+    """How a kind moves over the spatial axes, for the receptive field (docs/conventions.md)."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]

@@ -1,4 +1,4 @@
-"""layernorm, attention, posembed, clstoken, tokens, seqpool: the kinds of transformers (dsl.md,
+"""layernorm, attention, posembed, clstoken, tokens, seqpool: the kinds of transformers (docs/language.md,
 "Sequences and transformers").
 
 Resolved attributes and tensors (batch left out):

@@ -1,4 +1,4 @@
-"""Window arithmetic shared by every convolution and pooling kind (conventions.md, "Shapes")."""
+"""Window arithmetic shared by every convolution and pooling kind (docs/conventions.md, "Shapes")."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ suffix layers do: a bn or activation reading the previous layer's output joins i
 Activations are the tensors that leave a layer (read by another layer, or a graph output), as a spec
 counts each layer's output and not the intermediates inside it. Parameters are the float initializers
 of rank >= 1, each counted once, at the first layer that reads it; BatchNormalization's mean and
-variance are non-trainable (conventions.md).
+variance are non-trainable (docs/conventions.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MACs, FLOPs and receptive-field windows of ONNX operators: one function per op type, one dict (COUNT).
 
-The rules are dlc's (../shared/conventions.md), applied operator by operator on shapes at batch 1:
+The rules are dlc's (docs/conventions.md), applied operator by operator on shapes at batch 1:
 Conv, ConvTranspose (by C_in), Gemm, MatMul (batched, weights or two activations), Einsum of two
 operands and RNN/LSTM/GRU (per step, times T, per direction) are MACs; bias adds are FLOPs, not MACs;
 elementwise ops cost one FLOP per output element and per extra input; data movement and arithmetic on

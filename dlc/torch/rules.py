@@ -1,5 +1,6 @@
 """dlc's losses and optimizer updates on torch tensors: the rules of dlc.engine.losses and
-dlc.train.optim (their docstrings give the formulas and sources), so that a run gives the same
+dlc.train.optim (their docstrings give the formulas and sources; the updates are optim's own
+functions, run with torch as their array module), so that a run gives the same
 numbers on either engine. Losses return the value only; autograd supplies the gradient, and where
 the NumPy loss defines its gradient otherwise (bce at clipped probabilities) the value is written so
 that autograd gives the same one.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from dlc.train import optim
 
 
 def class_axis(out: torch.Tensor) -> int:
@@ -73,52 +76,22 @@ FINAL = {"softmax": lambda z: torch.softmax(z, class_axis(z)), "sigmoid": torch.
 
 # -------------------------------------------------------------------- updates (dlc.train.optim)
 
-def _sgd(opt, slots, name, w, g, lr):
-    w -= lr * g
+def _tensorwise(rule):
+    """dlc.train.optim's rule for one tensor, run on torch tensors (the engine's update signature)."""
+    def update(opt, slot, name, w, g, lr):
+        rule(opt, slot, w, g, lr, torch)
+    return update
 
 
-def _momentum(opt, slots, name, w, g, lr):
-    v = slots("v")
-    v *= opt.momentum
-    v -= lr * g
-    w += v
+def _adam(opt, slot, name, w, g, lr):
+    # a copy of the gradient for the step to be written over, as the NumPy engine writes it over its own
+    w -= optim.adam_step(opt, g.clone(), slot("m"), slot("v"), torch.empty_like(g), lr, torch)
 
 
-def _nesterov(opt, slots, name, w, g, lr):
-    v, mu = slots("v"), opt.momentum
-    w -= mu * v
-    v *= mu
-    v -= lr * g
-    w += (1 + mu) * v
-
-
-def _adagrad(opt, slots, name, w, g, lr):
-    c = slots("c")
-    c += g * g
-    w -= lr * g / (torch.sqrt(c) + opt.eps)
-
-
-def _rmsprop(opt, slots, name, w, g, lr):
-    c, rho = slots("c"), opt.beta2
-    c *= rho
-    c += (1 - rho) * (g * g)
-    w -= lr * g / (torch.sqrt(c) + opt.eps)
-
-
-def _adam(opt, slots, name, w, g, lr):
-    m, v = slots("m"), slots("v")
-    b1, b2 = opt.beta1, opt.beta2
-    m *= b1
-    m += (1 - b1) * g
-    v *= b2
-    v += (1 - b2) * (g * g)
-    mhat = m / (1 - b1 ** opt.t)
-    vhat = v / (1 - b2 ** opt.t)
-    w -= lr * mhat / (torch.sqrt(vhat) + opt.eps)
-
-
-UPDATES = {"sgd": _sgd, "momentum": _momentum, "nesterov": _nesterov, "adagrad": _adagrad,
-           "rmsprop": _rmsprop, "adam": _adam, "adamw": _adam}  # adamw's decay: the engine's update
+UPDATES = {"sgd": _tensorwise(optim.sgd), "momentum": _tensorwise(optim.momentum),
+           "nesterov": _tensorwise(optim.nesterov), "adagrad": _tensorwise(optim.adagrad),
+           "rmsprop": _tensorwise(optim.rmsprop), "adam": _adam,
+           "adamw": _adam}  # adamw's decay: the engine's update
 
 
 def maxnorm_(w: torch.Tensor, c: float, axes: tuple[int, ...] | None) -> None:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from types import ModuleType
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -98,38 +99,63 @@ def _slot(opt: Optimizer, slot: str, name: str, w: np.ndarray) -> np.ndarray:
     return s
 
 
-def _sgd(opt, name, w, g, lr):
+# The rules themselves, written once for any array module `xp` whose arrays update in place and which
+# has sqrt (numpy here, torch in dlc.torch.rules): both engines run these lines, so they cannot drift.
+# `slot(key)` hands over the tensor's state array of that key ("v", "c"), made zero on first use.
+Array = Any  # a numpy.ndarray or a torch.Tensor: the rules use only what the two have in common
+Slot = Callable[[str], Array]
+
+def sgd(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
     w -= lr * g
 
 
-def _momentum(opt, name, w, g, lr):
-    v = _slot(opt, "v", name, w)
+def momentum(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
+    v = slot("v")
     v *= opt.momentum
     v -= lr * g
     w += v
 
 
-def _nesterov(opt, name, w, g, lr):
-    v = _slot(opt, "v", name, w)
-    mu = opt.momentum
+def nesterov(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
+    v, mu = slot("v"), opt.momentum
     w -= mu * v
     v *= mu
     v -= lr * g
     w += (1 + mu) * v
 
 
-def _adagrad(opt, name, w, g, lr):
-    c = _slot(opt, "c", name, w)
+def adagrad(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
+    c = slot("c")
     c += g * g
-    w -= lr * g / (np.sqrt(c) + opt.eps)
+    w -= lr * g / (xp.sqrt(c) + opt.eps)
 
 
-def _rmsprop(opt, name, w, g, lr):
-    c = _slot(opt, "c", name, w)
-    rho = opt.beta2
+def rmsprop(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: ModuleType) -> None:
+    c, rho = slot("c"), opt.beta2
     c *= rho
     c += (1 - rho) * (g * g)
-    w -= lr * g / (np.sqrt(c) + opt.eps)
+    w -= lr * g / (xp.sqrt(c) + opt.eps)
+
+
+def adam_step(opt: Optimizer, g: Array, m: Array, v: Array, scratch: Array, lr: float, xp: ModuleType) -> Array:
+    """Advance m and v by the gradient g and return the step to subtract from the weights, written over g.
+    Every operation writes into m, v, g or scratch (the NumPy engine runs it once over all the weights:
+    Moments); numpy and torch both spell these multiply/divide/sqrt with out=."""
+    b1, b2 = opt.beta1, opt.beta2
+    m *= b1
+    m += xp.multiply(g, 1 - b1, out=scratch)
+    v *= b2
+    xp.multiply(g, g, out=scratch)
+    scratch *= 1 - b2
+    v += scratch
+    mhat = xp.divide(m, 1 - b1 ** opt.t, out=g)
+    vhat = xp.divide(v, 1 - b2 ** opt.t, out=scratch)
+    # lr * mhat / (sqrt(vhat) + eps)
+    xp.sqrt(vhat, out=vhat)
+    vhat += opt.eps
+    mhat *= lr
+    mhat /= vhat
+    return mhat
 
 
 def _moments(opt: Optimizer, params: dict[str, np.ndarray]) -> Moments:
@@ -153,36 +179,23 @@ def _moments(opt: Optimizer, params: dict[str, np.ndarray]) -> Moments:
 
 def _adam(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
     mo = _moments(opt, params)
-    g, m, v, tmp = mo.g, mo.m, mo.v, mo.scratch
-    np.concatenate([grads[name].reshape(-1) for name in mo.names], out=g)
-    b1, b2 = opt.beta1, opt.beta2
-    m *= b1
-    m += np.multiply(g, 1 - b1, out=tmp)
-    v *= b2
-    np.multiply(g, g, out=tmp)
-    tmp *= 1 - b2
-    v += tmp
-    mhat = np.divide(m, 1 - b1 ** opt.t, out=g)
-    vhat = np.divide(v, 1 - b2 ** opt.t, out=tmp)
-    # w -= lr * mhat / (sqrt(vhat) + eps), each tensor reading its stretch of the whole step
-    np.sqrt(vhat, out=vhat)
-    vhat += opt.eps
-    mhat *= lr
-    mhat /= vhat
+    np.concatenate([grads[name].reshape(-1) for name in mo.names], out=mo.g)
+    step = adam_step(opt, mo.g, mo.m, mo.v, mo.scratch, lr, np)
+    # each tensor reads its stretch of the whole step
     for (name, w), start, end in zip(params.items(), mo.bounds, mo.bounds[1:]):
-        w -= mhat[start:end].reshape(w.shape)
+        w -= step[start:end].reshape(w.shape)
 
 
 def _each(rule):
     """A rule written for one tensor, applied to every tensor in turn."""
     def update(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
         for name, w in params.items():
-            rule(opt, name, w, grads[name], lr)
+            rule(opt, lambda key, name=name, w=w: _slot(opt, key, name, w), w, grads[name], lr, np)
     return update
 
 
-UPDATES = {"sgd": _each(_sgd), "momentum": _each(_momentum), "nesterov": _each(_nesterov),
-           "adagrad": _each(_adagrad), "rmsprop": _each(_rmsprop), "adam": _adam, "adamw": _adam}
+UPDATES = {"sgd": _each(sgd), "momentum": _each(momentum), "nesterov": _each(nesterov),
+           "adagrad": _each(adagrad), "rmsprop": _each(rmsprop), "adam": _adam, "adamw": _adam}
 
 
 def step(opt: Optimizer, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float,

@@ -256,7 +256,7 @@ def test_fc_after_an_image_flattens_first_in_its_own_row():
 
 
 def test_fc_on_a_sequence_acts_on_each_step():
-    # dsl.md: fc 10 on 50x64 gives 50x10, one 64x10 weight for every step: 64*10 + 10 = 650 params;
+    # docs/language.md: fc 10 on 50x64 gives 50x10, one 64x10 weight for every step: 64*10 + 10 = 650 params;
     # MACs T*D*N = 50*64*10 = 32,000; FLOPs 2*32,000 + 50*10 bias adds = 64,500. No flatten is put first.
     a = analysed("input seq 50 of 64\nfc 10")
     assert [s.node.kind for s in a.nodes] == ["input", "fc"]
@@ -476,7 +476,7 @@ def test_concat_inception_3a():
 
 
 def test_concat_a_label_u_net_skip():
-    # dsl.md's U-Net example: upconv 16@2x2/2 on 32@32x32 is 16@64x64; with the 16@64x64 skip, 32@64x64.
+    # docs/language.md's U-Net example: upconv 16@2x2/2 on 32@32x32 is 16@64x64; with the 16@64x64 skip, 32@64x64.
     spec = ("input 1@64x64\ndefault conv pad=same\nconv 16@3x3 relu as e1 -> maxpool 2\nconv 32@3x3 relu\n"
             "upconv 16@2x2/2 -> concat e1\n")
     assert last(spec).node.out_shape == (32, 64, 64)

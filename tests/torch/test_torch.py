@@ -2,7 +2,7 @@
 
 The NumPy kernels are checked against numerical gradients and onnxruntime (test_kernels_*); here
 PyTorch's own layers, driven by the generated file, must compute what they compute: every zoo spec
-and every dsl.md example generates, compiles and counts `dlc params`; the outputs agree to 1e-5
+and every docs/language.md example generates, compiles and counts `dlc params`; the outputs agree to 1e-5
 (float64 on both) wherever the NumPy forward is quick enough; a training step gives the same loss.
 """
 
@@ -38,7 +38,7 @@ from dlc.train.dataset import Data, Split  # noqa: E402
 from dlc.train.engine import NumpyEngine, Running  # noqa: E402
 from dlc.zoo import zoo_names, zoo_path  # noqa: E402
 
-# Kinds the zoo and dsl.md leave out or use one way only: every option path of the mapping.
+# Kinds the zoo and docs/language.md leave out or use one way only: every option path of the mapping.
 EVERY_KIND = """\
 input 3@11x11
 conv 8@4x4/2 pad=same elu -> bn -> lrn 4          # pad=same, stride 2 on odd input: asymmetric pads

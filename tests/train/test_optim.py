@@ -100,6 +100,20 @@ def test_two_steps_follow_the_published_rule(kind, rule, hyper):
     np.testing.assert_allclose(got, by_hand(rule), rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_the_torch_engine_runs_the_same_update_bit_for_bit(kind):
+    # one formula for both engines (dlc.torch.rules runs optim's functions with torch as the array module)
+    torch = pytest.importorskip("torch")
+    from dlc.torch.rules import UPDATES
+    opt, slots = optim.make_optimizer(kind), {}
+    w = torch.tensor(W0, dtype=torch.float32)
+    for g in (G1, G2):
+        opt.t += 1
+        UPDATES[kind](opt, lambda key: slots.setdefault(key, torch.zeros_like(w)), "fc1.W", w,
+                      torch.tensor(g, dtype=torch.float32), LR)
+    assert np.array_equal(w.numpy(), two_steps(kind))
+
+
 def test_adam_first_step_moves_each_weight_by_lr():
     # Kingma & Ba, section 2.1: with bias correction the first step is lr * sign(g) (up to eps).
     opt = optim.make_optimizer("adam")

@@ -26,7 +26,7 @@ from test_onnx_import import assert_reproduces, imported, onnxruntime_output, re
 from test_onnx_torch import EXPORTERS  # noqa: E402
 
 D, HEADS, FF, STEPS, VOCAB = 16, 2, 32, 6, 11
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parent.parent.parent
 
 
 def encoder_layer(norm_first: bool) -> nn.TransformerEncoderLayer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ from dlc.analysis import analyse
 from dlc.cli import main
 from dlc.compile import compile_spec
 from dlc.engine.params import tensors
+from dlc.layers import KINDS
 from dlc.onnx import export
 from dlc.onnx.analysis import analyse_onnx
 from dlc.onnx.model import from_model
@@ -46,10 +48,37 @@ def weightless_export(graph, monkeypatch) -> onnx.ModelProto:
     return export.to_onnx(graph, weights, {})
 
 
-@pytest.mark.parametrize("name", zoo_names())
+# The kinds the zoo leaves out, and the options that change what a kind's export writes or costs
+# (stride 2 with pad=same, ceil, no bias, two directions, a causal mask, a tied output layer): each
+# operator dlc's export writes must cost in ONNX (dlc.onnx.count.COUNT) what its kind's rule says
+# (dlc.layers). A new kind gets a line here (docs/extending.md).
+KIND_EXAMPLES = {
+    "activations": "input 3@9x9 -> conv 4@3x3/2 pad=same elu -> conv 4@3x3 pad=same bias=off selu -> upsample 2 "
+                   "-> leaky -> noise 0.1 -> identity -> gmp -> fc 3",
+    "recurrent": "input seq 5 of 7 -> gru 4 bidirectional sequences -> rnn 3 sequences -> lstm 6 bidirectional "
+                 "-> fc 2",
+    "tokens": "input seq 8 -> embed 16 vocab=11 as tok -> posembed -> layernorm -> attention 2 causal bias=off "
+              "-> fc 11 tied=tok softmax",
+    "windows": "input 3@11x11 -> maxpool 3/2 pad=same ceil -> avgpool 3/2 ceil -> dwconv 3x3 mult=2 "
+               "-> upconv 2@3x3/2 pad=1 -> lrn 3",
+}
+EXPORTED = {**{name: zoo_path(name) for name in zoo_names()}, **KIND_EXAMPLES}
+
+
+def spec_text(source) -> str:
+    return source.read_text() if isinstance(source, Path) else source
+
+
+def test_the_exports_checked_below_write_every_kind():
+    used = {n.kind for source in EXPORTED.values() for n in compile_spec(spec_text(source)).nodes}
+    missing = sorted(set(KINDS) - used)
+    assert not missing, (f"no spec in EXPORTED uses the kind(s) {', '.join(missing)}: add one to KIND_EXAMPLES "
+                         "so that their ONNX operators' counted costs are checked against the kind's rules")
+
+
+@pytest.mark.parametrize("name", EXPORTED)
 def test_a_dlc_export_gives_exactly_its_specs_figures(name, monkeypatch):
-    path = zoo_path(name)
-    graph = compile_spec(path.read_text(), file=str(path))
+    graph = compile_spec(spec_text(EXPORTED[name]), file=f"{name}.dlc")
     spec = analyse(graph)
     model, _ = analyse_onnx(from_model(weightless_export(graph, monkeypatch), f"{name}.onnx"))
     # every figure but the NumPy engine's workspace, which belongs to a spec the engine runs
@@ -60,6 +89,14 @@ def test_a_dlc_export_gives_exactly_its_specs_figures(name, monkeypatch):
         o = got[s.node.name]
         assert [getattr(o, f) for f in FIGURES] == [getattr(s, f) for f in FIGURES], s.node.name
         assert (tuple(o.node.out_shape), o.rf, o.node.row) == (s.node.out_shape, s.rf, s.node.row), s.node.name
+
+
+def test_an_operator_counted_unlike_its_kind_fails_the_check(monkeypatch):
+    # the check checks itself: an Elu costed at 2 FLOPs an element, where elu's rule says 1
+    from dlc.onnx import count
+    monkeypatch.setitem(count.COUNT, "Elu", count.per_element(2))
+    with pytest.raises(AssertionError):
+        test_a_dlc_export_gives_exactly_its_specs_figures("activations", monkeypatch)
 
 
 def test_the_cli_reads_an_exported_file_like_its_spec(tmp_path):

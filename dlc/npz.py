@@ -24,7 +24,7 @@ def check_arrays_file(path: str) -> None:
     """A DlcError naming the file when an .npy file, or any member of an .npz (a zip), has a header past
     numpy's bound or declares more data than it holds or than memory can take. What is not an .npy or a
     zip is left to np.load to refuse."""
-    from dlc.memory import refuse_unless_fits
+    from dlc.machine import refuse_unless_fits
 
     with open(path, "rb") as f:
         if f.read(len(NPY_MAGIC)) == NPY_MAGIC:

@@ -27,7 +27,7 @@ TIERS: list[dict[str, tuple[str, ...]]] = [
     {"analysis": ("dlc.analysis", "dlc.report", "dlc.memory")},  # the ONNX analysis builds on it
     {"engine": ("dlc.engine", "dlc.normalize")},
     {"front": ("dlc.layers", "dlc.graph", "dlc.compile", "dlc.decompile", "dlc.syntax", "dlc.zoo")},
-    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.npz", "dlc.resources", "dlc.choices", "dlc.progress", "dlc")},
+    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.npz", "dlc.machine", "dlc.resources", "dlc.choices", "dlc.progress", "dlc")},
 ]
 
 

@@ -201,9 +201,9 @@ def test_bad_spec_settings_are_refused_where_they_stand(tmp_path, setting):
 
 
 def test_sizes_beyond_memory_are_refused_with_the_figure(tmp_path, monkeypatch):
-    import dlc.memory as memory
+    import dlc.machine as machine
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(machine, "available_bytes", lambda: 8 * 2**30)
     # 10^8 training images of 1@32x32 plus glyphs' 1,000 + 1,000 others, 4 bytes a value and an 8-byte
     # label: 100,002,000 x (1,024 x 4 + 8) = 410,408,208,000 bytes = 382.22 GiB
     r = run("-e", "input 1@32x32 -> fc 10 softmax", "--n-train", "100000000", "--out", tmp_path / "o")
@@ -224,20 +224,20 @@ SEQUENCE_LM = "input seq {} -> embed 8 vocab=8 -> fc 8 softmax"
 ])
 def test_sequence_sets_too_large_for_memory_are_refused_before_they_are_made(tmp_path, monkeypatch, steps,
                                                                                flags, figure):
-    import dlc.memory as memory
+    import dlc.machine as machine
     import dlc.train.builtin as builtin
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(machine, "available_bytes", lambda: 8 * 2**30)
     monkeypatch.setattr(builtin, "sequence_task", lambda *a: pytest.fail("the sequences were made"))
     r = run("-e", SEQUENCE_LM.format(steps), "--data", "reverse", *flags, "--out", tmp_path / "o")
     refused(r, figure, r"needs at least [\d.]+ GiB of memory; 8\.00 GiB is available")
 
 
 def test_a_training_step_too_large_for_memory_is_refused_before_it_runs(tmp_path, monkeypatch):
-    import dlc.memory as memory
+    import dlc.machine as machine
     import dlc.train.loop as loop
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(machine, "available_bytes", lambda: 8 * 2**30)
     monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("the run started"))
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((20, 2), np.float32), y=np.arange(20) % 2)

@@ -34,7 +34,8 @@ def gradcheck(spec, expr, tol, every_entry, samples, batch, loss, seed, as_json)
     """
     from dlc.choices import default_loss
     from dlc.engine.allocator import tune_allocator
-    from dlc.memory import backprop_bytes, refuse_unless_fits
+    from dlc.machine import refuse_unless_fits
+    from dlc.memory import backprop_bytes
     from dlc.progress import progress
 
     graph = load_graph(spec, expr)

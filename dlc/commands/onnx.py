@@ -276,7 +276,7 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 def export(spec, expr, output, fmt, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count; or as PyTorch source."""
     from dlc.analysis import analyse
-    from dlc.memory import refuse_unless_fits
+    from dlc.machine import refuse_unless_fits
     from dlc.progress import progress
 
     output_file(output, "-o", (".py",) if fmt == "pytorch" else (".onnx",), [spec_file(spec, expr), weights])
@@ -427,7 +427,8 @@ def show_outputs(engine, ran_on, notice, net, feeds, names, ys, top, normalized,
 def refuse_to_overrun(graph, ports: list, batch: int, what: str, per_sample: int = 0) -> None:
     """Refuse a batch whose forward pass (and `per_sample` bytes more for each sample) cannot fit in
     memory (dlc.memory), before allocating it."""
-    from dlc.memory import forward_bytes, input_bytes, refuse_unless_fits
+    from dlc.machine import refuse_unless_fits
+    from dlc.memory import forward_bytes, input_bytes
 
     if graph is not None:
         refuse_unless_fits(forward_bytes(graph, batch) + batch * per_sample, what)

@@ -130,7 +130,7 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
             check_same_data(checkpoint[2], fingerprint, resume)
         step, step_name = training_step(graph, cfg, engine, len(data_arrays.train))
         if step:  # a file's sample count is known only now; free memory is now what the step can have
-            from dlc.memory import refuse_unless_fits
+            from dlc.machine import refuse_unless_fits
 
             refuse_unless_fits(step, step_name)
         for text in data_arrays.notes:
@@ -170,7 +170,7 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, lay
     """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set, which is refused
     before it is made when its arrays and a training step would not fit in memory (both grow with the
     spec: a 100,000-step input made 16 GB of sequences, then a step of attention over them)."""
-    from dlc.memory import refuse_unless_fits
+    from dlc.machine import refuse_unless_fits
     from dlc.train.builtin import BUILTIN_SIZES, builtin_bytes
     from dlc.train.sources import data_source
     from dlc.units import binary

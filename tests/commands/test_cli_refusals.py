@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dlc import memory
+from dlc import machine
 from dlc.analysis import analyse
 from dlc.cli import main
 from dlc.compile import compile_spec
@@ -75,7 +75,7 @@ def test_a_failing_json_command_prints_the_error_as_json_on_stdout(model):
 
 @pytest.fixture
 def one_gib(monkeypatch):
-    monkeypatch.setattr(memory, "available_bytes", lambda: 2**30)
+    monkeypatch.setattr(machine, "available_bytes", lambda: 2**30)
 
 
 def test_infer_refuses_a_batch_that_cannot_fit(model, one_gib):

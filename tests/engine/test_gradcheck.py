@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from dlc import memory
+from dlc import machine
 from dlc.cli import main
 from dlc.engine.kernels import KERNELS
 
@@ -62,7 +62,7 @@ def test_flag_values_it_cannot_use_are_refused_as_one_error_line(flag, value, sa
 
 
 def test_a_batch_that_cannot_fit_is_refused_with_the_figure(monkeypatch):
-    monkeypatch.setattr(memory, "available_bytes", lambda: 2**30)
+    monkeypatch.setattr(machine, "available_bytes", lambda: 2**30)
     r = gradcheck("-e", "input 4 -> fc 2", "--batch", 10**9)
     # float64: 2 x 10 weights (and gradients) + 10^9 samples x (4 inputs + 2 outputs) = 6e9 + 20 values
     # = 48,000,000,160 bytes = 44.70 GiB

@@ -151,8 +151,7 @@ def read_named_arrays(path: str, names: list[str]) -> dict:
     if not path.lower().endswith(".npz"):
         raise DlcError(f"the model has {len(names)} inputs ({listed}): give them as an .npz holding one array "
                        f"per input name")
-    if not Path(path).is_file():
-        raise DlcError(f"no such file: {path}")
+    existing_file(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [n for n in names if n not in data.files]
@@ -179,13 +178,17 @@ def write_outputs(path: str, names: list[str], ys: list) -> None:
         np.savez(f, **dict(zip(names, ys)))
 
 
+def existing_file(path: str) -> Path:
+    if not Path(path).is_file():
+        raise DlcError(f"no such file: {path}")
+    return Path(path)
+
+
 def read_array(path: str):
     """X from an .npy file, or from an .npz file's `x` (or its only array)."""
     import numpy as np
 
-    p = Path(path)
-    if not p.is_file():
-        raise DlcError(f"no such file: {path}")
+    p = existing_file(path)
     with open(p, "rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):  # .npy's magic string; .npz is a zip
@@ -338,6 +341,8 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         raise DlcError("--device cuda: the numpy engine runs on the CPU; use --engine onnxruntime")
     if out:
         output_file(out, "--out", (".npy", ".npz"), [input_path, weights, model])
+    if input_path is not None:
+        existing_file(input_path)  # a mistyped name is the first thing said, before any device is tried
     net = load_network(model, expr, weights, need_graph=engine == "numpy")
     notice = None
     if engine == "onnxruntime":

@@ -60,6 +60,15 @@ class Commands(click.Group):
         ctx.meta["dlc.json"] = "--json" in args[1:args.index("--") if "--" in args else None]
         return super().resolve_command(ctx, args)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = bool(args)  # click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if not given:
+                raise  # `dlc` alone: click shows the help
+            fail(*explain(e))  # `dlc --bogus`: the same `error:` line as a command's mistakes
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 

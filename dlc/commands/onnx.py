@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import SEED, is_onnx, load_graph, output_file, parse_shapes, shape_option, spec_input
+from dlc.commands.arguments import OUT_FLAGS, SEED, is_onnx, load_graph, output_file, parse_shapes, shape_option, spec_input
 from dlc.errors import DlcError
 from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -265,7 +265,7 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 
 @click.command()
 @spec_input
-@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write the model (.onnx, or .py).")
+@click.option(*OUT_FLAGS, "output", required=True, metavar="FILE", help="Where to write the model (.onnx, or .py).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "pytorch"]), default="onnx", show_default=True,
               help="pytorch: a standalone Python file, class Net(nn.Module), that loads dlc checkpoints.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
@@ -318,10 +318,12 @@ def export(spec, expr, output, fmt, weights, seed, opset, batch):
 @click.option("--input", "input_path", metavar="X.npy|X.npz", help="The input batch (.npz: array `x`).")
 @click.option("--random", "random_n", type=click.IntRange(min=1), help="Run N random samples instead.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint for a spec MODEL.")
-@click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True,
+              help="onnxruntime: the ONNX model on --device; numpy: dlc's own engine, on the CPU (a spec with "
+                   "--weights, or an .onnx file dlc exported).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@click.option("--out", metavar="Y.npy|Y.npz", help="Save the raw output array (.npz: array `y`, or one per output name).")
+@click.option(*OUT_FLAGS, "out", metavar="Y.npy|Y.npz", help="Save the raw output array (.npz: array `y`, or one per output name).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --random.")
@@ -468,8 +470,10 @@ def parse_batches(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint for a spec MODEL (else fresh weights).")
 @click.option("--batch", "batches", default=None, callback=parse_batches,
               help="Batch sizes, comma-separated (default 1,8,32; a model exported for one batch size runs at it).")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs per batch size first (memory allocation, kernel selection, caches).")
+@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Timed runs per batch size; p50, p90 and p99 are taken over them.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from dlc import choices
-from dlc.commands.arguments import NON_NEGATIVE, load_graph, spec_input
+from dlc.commands.arguments import NON_NEGATIVE, OUT_FLAGS, load_graph, spec_input
 from dlc.commands.train_progress import Display
 from dlc.commands.train_resume import check_same_data, load_resume
 from dlc.commands.train_settings import (default_data, fresh_out, output_steps, output_width, resolve_config,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 
 
 @click.command("train")
-@spec_input
+@partial(spec_input, metavar="[SPEC]")
 @train_flags
 @click.option("--data", metavar="NAME|PATH", help="Training data: .npz, .csv, .pkl[.gz], an IDX directory or file, "
               "a .txt file (a character-level language model), or a built-in set (xor, spirals, blobs, "
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--shift", type=click.IntRange(min=0), default=0, help="Augment: random shifts of up to N pixels.")
 @click.option("--noise", type=NON_NEGATIVE, default=0.0, help="Augment: Gaussian noise of this sigma.")
 @click.option("--mixup", type=NON_NEGATIVE, default=0.0, help="Augment: mixup with Beta(alpha, alpha).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<spec>-<time>).")
+@click.option(*OUT_FLAGS, "out", type=click.Path(path_type=Path), metavar="DIR", help="Run directory (default runs/<spec>-<time>).")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="DIR", help="Continue the run in DIR exactly.")
 @click.option("--weights", metavar="CKPT", help="Start from this checkpoint's weights (e.g. dlc import's NET.npz) "
               "instead of fresh ones; with --freeze LABEL, train only the layers after LABEL.")
@@ -59,7 +60,7 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
 @click.option("--plot", is_flag=True, help="At the end, draw the loss and accuracy curves into the run folder's "
               "curves.png (needs the `plot` extra; --repeat: mean ± std over the seeds).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the run folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.option("--engine", type=click.Choice(choices.TRAIN_ENGINES), default="numpy", show_default=True,
               help="numpy: dlc's own; torch: PyTorch, on --device, and data-parallel under torchrun.")
@@ -67,7 +68,8 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
           mixup, out, resume, weights, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
-    """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
+    """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement.
+    `--resume DIR` continues a run from its folder, with no SPEC."""
     from dlc import plot as curves
 
     if plot and not curves.available():  # before any data is loaded or epoch run
@@ -116,6 +118,7 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
         display.phase(None)
     if resume is not None:
         check_same_data(checkpoint[2], fingerprint, resume)
+    display.note(data_line(data_arrays, graph, default=data is None and resume is None))
     for text in data_arrays.notes:
         display.note(text)
     meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
@@ -163,6 +166,15 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, val
         # the arrays alone, as float32: a lower bound (generating and normalising them takes more)
         refuse_unless_fits(4 * samples * math.prod(shape), f"the data ({samples:,} samples of {show(shape)})")
     return src
+
+
+def data_line(data, graph, default: bool) -> str:
+    """Which data set trains the run and its split sizes: a default that the spec's shapes picked is
+    named as such, so a CIFAR-shaped spec is not trained on glyphs without a word."""
+    sizes = ", ".join(f"{len(split):,} {name}" for name, split in data.splits().items())
+    why = (f" (the default for an input of {show(graph.input.out_shape)} and an output of "
+           f"{show(graph.output.out_shape)}; --data names another)") if default else ""
+    return f"data: {data.name}{why}: {sizes}"
 
 
 def engine_for(engine: str, device: str):

@@ -16,6 +16,7 @@ import click
 
 from dlc import __version__
 from dlc.errors import DlcError, Failure
+from dlc.torch import launched
 
 EXIT_SPEC_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -42,7 +43,10 @@ COMMANDS: dict[str, str] = {
 
 def fail(message: str, status: int = EXIT_SPEC_ERROR, as_json: bool = False, error: DlcError | None = None):
     """Print an error for a person (no traceback) and exit. With --json, stdout gets the error too, as
-    {"error": {"message", "file", "line", "col"}}, so a program reading stdout sees why it is empty."""
+    {"error": {"message", "file", "line", "col"}}, so a program reading stdout sees why it is empty.
+    Under torchrun every process meets the same mistake: rank 0 alone says it, as it alone prints."""
+    if launched()[0] != 0:
+        sys.exit(status)
     if as_json:
         pos = error.pos if error is not None else None
         click.echo(json.dumps({"error": {

@@ -3,6 +3,10 @@ that writes, help for every option, usage lines that say what is optional, and o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -56,3 +60,13 @@ def test_train_shows_spec_as_optional_since_resume_needs_none():
 def test_every_usage_mistake_is_one_lower_case_error_line(args, said):
     r = run(*args)
     assert r.exit_code == 2 and r.stderr.startswith(f"error: {said}.") and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("rank, said", [("0", "error: --data nowhere.pkl.gz: no such file"), ("1", "")])
+def test_under_torchrun_rank_0_alone_says_the_mistake(rank, said, tmp_path):
+    # every process torchrun starts meets the same missing file; the user reads it once, from rank 0
+    env = {**os.environ, "RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank}
+    r = subprocess.run([sys.executable, "-m", "dlc", "train", "lenet5", "--data", "nowhere.pkl.gz"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(said) and r.stderr.count("\n") == (1 if said else 0), r.stderr

@@ -126,14 +126,10 @@ def test_every_block_runs_after_the_ones_above_it(tmp_path):
     folder, a model, an input batch), and nothing beyond the checkout."""
     (tmp_path / "specs").symlink_to(REPO / "specs")
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
-    bin_dir = Path(sys.executable).parent
     for block in sh_blocks():
         for command in block:
             if "dlc train" in command:
                 command = f"{command.split('#')[0]} {ONE_EPOCH}"
-            if command.startswith("torchrun ") and not (bin_dir / "torchrun").exists():
-                # the program behind torch's console script, for a venv that shares its packages
-                command = command.replace("torchrun ", "python -m torch.distributed.run ", 1)
             done = shell(command, tmp_path)
             assert done.returncode == 0, f"{command}\n{done.stderr}"
 

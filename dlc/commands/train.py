@@ -9,6 +9,7 @@ the command, so the other commands start fast.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -66,8 +67,12 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
               help="numpy: dlc's own; torch: PyTorch, on --device, and data-parallel under torchrun.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
+              help="--engine torch: data-parallel in N processes on this machine, started by PyTorch's launcher "
+                   "(as torchrun --standalone) once the command is checked.")
 def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, weights, save_every, repeat, plot, quiet, as_json, engine, device, **keys):
+          mixup, out, resume, weights, save_every, repeat, plot, quiet, as_json, engine, device, nproc_per_node,
+          **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement.
     `--resume DIR` continues a run from its folder, with no SPEC."""
     from dlc import plot as curves
@@ -78,11 +83,14 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
     from dlc.engine.allocator import tune_allocator
     from dlc.layers.dense import token_vocab
     from dlc.torch import launched, leave_process_group
+    from dlc.torch.launch import launch_standalone, under_launcher
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
     from dlc.train.sources import prepare
 
     tune_allocator()
+    if nproc_per_node and engine != "torch":
+        raise DlcError("--nproc-per-node trains data-parallel with PyTorch: add --engine torch")
     engine_class = engine_for(engine, device)
     writer = launched()[0] == 0  # under torchrun, rank 0 alone writes and prints
     display = Display(quiet or as_json or not writer)
@@ -106,6 +114,9 @@ def train(spec, expr, data, reshape, normalize, val, balanced, n_train, n_val, n
             start = load_checkpoint(weights, graph)[:2]
         root = out or fresh_out(graph)
         runs = fresh_runs(cfg, root, repeat, check=writer)
+    if nproc_per_node and not under_launcher():
+        # the command is checked (spec, data, run folder): now the processes, each of which runs it
+        raise SystemExit(launch_standalone(nproc_per_node, sys.argv[1:]))
     try:
         data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                     norm=norm, on_phase=display.phase, steps=output_steps(graph),

@@ -16,6 +16,7 @@ import click
 
 from dlc import __version__
 from dlc.errors import DlcError, Failure
+from dlc.torch import launched
 
 EXIT_SPEC_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -42,7 +43,10 @@ COMMANDS: dict[str, str] = {
 
 def fail(message: str, status: int = EXIT_SPEC_ERROR, as_json: bool = False, error: DlcError | None = None):
     """Print an error for a person (no traceback) and exit. With --json, stdout gets the error too, as
-    {"error": {"message", "file", "line", "col"}}, so a program reading stdout sees why it is empty."""
+    {"error": {"message", "file", "line", "col"}}, so a program reading stdout sees why it is empty.
+    Under torchrun every process meets the same mistake: rank 0 alone says it, as it alone prints."""
+    if launched()[0] != 0:
+        sys.exit(status)
     if as_json:
         pos = error.pos if error is not None else None
         click.echo(json.dumps({"error": {
@@ -59,6 +63,15 @@ class Commands(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         ctx.meta["dlc.json"] = "--json" in args[1:args.index("--") if "--" in args else None]
         return super().resolve_command(ctx, args)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = bool(args)  # click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if not given:
+                raise  # `dlc` alone: click shows the help
+            fail(*explain(e))  # `dlc --bogus`: the same `error:` line as a command's mistakes
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

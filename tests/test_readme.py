@@ -1,26 +1,21 @@
 """Every command the README shows runs as written, in a fresh folder beside a checkout (`specs/` and
 `.venv` as a reader has them): the ```sh blocks line by line, in order, and each `$ ` command of a
 ```text block, whose shown output fixes the exit status (an `error:` or a located message is 2) and
-whose first line must appear. The MNIST block needs ../shared/data and skips cleanly without it."""
+whose first line must appear. The blocks run in one folder, in order: each may read only what the
+checkout ships and what a block above it wrote."""
 
 from __future__ import annotations
 
-import gzip
-import pickle
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist.pkl.gz"
 README = (REPO / "README.md").read_text()
-# Parts of a command the suite cannot run inside itself: making the virtualenv it runs in, installing
-# into it (what .ci/run does), and the suite itself.
 # Parts of a command the suite cannot run inside itself: making the virtualenv it runs in, installing
 # into it or asking the index what it could install (what .ci/run does), and the suite itself.
 NOT_HERE = re.compile(r"^(python3 -m venv|\.venv/bin/pip |\.venv/bin/python -m pytest)")
@@ -106,29 +101,37 @@ def test_set_up_block_runs(reader_folder):
 
 
 def test_test_block_is_the_ci_command():
-    # the suite cannot run itself; .ci/run runs this very line
-    assert sh_blocks()[1] == [] and "pip install -q -e '.[test]' && .venv/bin/python -m pytest -q" in (
-        REPO / ".ci" / "run").read_text()
+    # the suite cannot run itself; .ci/run runs this very line and nothing else a user would not run
+    line = re.search(r"```sh\n(.*?)\n```", README[README.index("Install and run the tests"):]).group(1)
+    assert sh_blocks()[1] == [] and line.endswith("pip install -q -e '.[test]' && .venv/bin/python -m pytest -q")
+    script = (REPO / ".ci" / "run").read_text().splitlines()
+    steps = [x for x in script if x.strip() and not x.startswith(("#", "set ", "cd "))]
+    assert steps == [line]
+
+
+def test_no_block_names_a_file_that_nothing_before_it_makes():
+    # the files a fresh clone lacks: the first command that names one is the one that writes it
+    shown = "\n".join(blocks("sh"))
+    for name in ("mnist.pkl.gz", "digits.npy", "resnet18.onnx"):
+        assert name not in shown, name
+    commands = [c for block in sh_blocks() for c in block]
+    for name in ("runs/lenet5", "lenet5.onnx", "batch.npy", "runs/adam", "runs/momentum"):
+        writer = next(c for c in commands if name in c)
+        assert re.search(rf"(-o|--out) {re.escape(name)}( |$)|np\.save\('{re.escape(name)}'", writer), writer
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(2, len(sh_blocks())))
-def test_usage_block_runs(reader_folder, index):
-    block = sh_blocks()[index]
-    if any("mnist.pkl.gz" in c for c in block):
-        if not MNIST.exists():
-            pytest.skip(f"{MNIST} is not here (the MNIST pickle is optional)")
-        (reader_folder / "mnist.pkl.gz").symlink_to(MNIST)
-        with gzip.open(MNIST) as f:
-            _, _, (test_x, _) = pickle.load(f, encoding="latin1")
-        digits = np.zeros((5, 1, 32, 32), np.float32)  # the README's digits.npy: real digits, 28x28 centred
-        digits[:, 0, 2:30, 2:30] = test_x[:5].reshape(5, 28, 28)
-        np.save(reader_folder / "digits.npy", digits)
-    for command in block:
-        if "dlc train" in command:
-            command = f"{command.split('#')[0]} {ONE_EPOCH}"
-        done = shell(command, reader_folder)
-        assert done.returncode == 0, f"{command}\n{done.stderr}"
+def test_every_block_runs_after_the_ones_above_it(tmp_path):
+    """One reader's folder for the whole README: a block may use what an earlier one wrote (a run
+    folder, a model, an input batch), and nothing beyond the checkout."""
+    (tmp_path / "specs").symlink_to(REPO / "specs")
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
+    for block in sh_blocks():
+        for command in block:
+            if "dlc train" in command:
+                command = f"{command.split('#')[0]} {ONE_EPOCH}"
+            done = shell(command, tmp_path)
+            assert done.returncode == 0, f"{command}\n{done.stderr}"
 
 
 @pytest.mark.parametrize("command, shown", text_commands(), ids=lambda v: v.split("\n")[0][:40])

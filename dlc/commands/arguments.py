@@ -48,10 +48,11 @@ def parse_shapes(values: tuple[str, ...]) -> dict[str | None, tuple[int, ...]]:
     return shapes
 
 
-def spec_input(fn):
-    """SPEC argument: a file, `-` for stdin, or a zoo name; or -e 'TEXT' for inline text."""
+def spec_input(fn, metavar: str = "SPEC"):
+    """SPEC argument: a file, `-` for stdin, or a zoo name; or -e 'TEXT' for inline text. A command that
+    can run without one (train --resume DIR) shows it as `[SPEC]`."""
     fn = click.option("-e", "--expr", "expr", metavar="TEXT", help="Spec text given inline.")(fn)
-    return click.argument("spec", required=False, metavar="SPEC")(fn)
+    return click.argument("spec", required=False, metavar=metavar)(fn)
 
 
 def read_spec(spec: str | None, expr: str | None) -> tuple[str, str]:
@@ -141,6 +142,9 @@ POSITIVE = FiniteFloat(low=0, open_low=True)  # a rate, an epsilon
 
 
 # --- output files -------------------------------------------------------------------------------
+
+# Every command that writes a file or a folder takes the same three spellings for it.
+OUT_FLAGS = ("-o", "--out", "--output")
 
 def output_file(path: str, flag: str, suffixes: tuple[str, ...], inputs: list[str | None]) -> None:
     """Refuse a name whose extension does not fit what is written, and what writable() refuses, before

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import parse_shapes, shape_option, writable
+from dlc.commands.arguments import OUT_FLAGS, parse_shapes, shape_option, writable
 from dlc.errors import DlcError
 
 
 @click.command("import")
 @click.argument("model", metavar="MODEL.onnx")
-@click.option("-o", "--out", required=True, metavar="NET.dlc",
+@click.option(*OUT_FLAGS, "out", required=True, metavar="NET.dlc",
               help="The spec to write; its weights go to the .npz of the same name beside it.")
 @shape_option
 def import_(model: str, out: str, shapes: tuple[str, ...]):

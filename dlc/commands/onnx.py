@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import SEED, is_onnx, load_graph, output_file, parse_shapes, shape_option, spec_input
+from dlc.commands.arguments import OUT_FLAGS, SEED, is_onnx, load_graph, output_file, parse_shapes, shape_option, spec_input
 from dlc.errors import DlcError
 from dlc.npz import check_arrays_file
 from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET
@@ -151,8 +151,7 @@ def read_named_arrays(path: str, names: list[str]) -> dict:
     if not path.lower().endswith(".npz"):
         raise DlcError(f"the model has {len(names)} inputs ({listed}): give them as an .npz holding one array "
                        f"per input name")
-    if not Path(path).is_file():
-        raise DlcError(f"no such file: {path}")
+    existing_file(path)
     try:
         check_arrays_file(path)
         with np.load(path, allow_pickle=False) as data:
@@ -180,13 +179,17 @@ def write_outputs(path: str, names: list[str], ys: list) -> None:
         np.savez(f, **dict(zip(names, ys)))
 
 
+def existing_file(path: str) -> Path:
+    if not Path(path).is_file():
+        raise DlcError(f"no such file: {path}")
+    return Path(path)
+
+
 def read_array(path: str):
     """X from an .npy file, or from an .npz file's `x` (or its only array)."""
     import numpy as np
 
-    p = Path(path)
-    if not p.is_file():
-        raise DlcError(f"no such file: {path}")
+    p = existing_file(path)
     with open(p, "rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):  # .npy's magic string; .npz is a zip
@@ -264,7 +267,7 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 
 @click.command()
 @spec_input
-@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write the model (.onnx, or .py).")
+@click.option(*OUT_FLAGS, "output", required=True, metavar="FILE", help="Where to write the model (.onnx, or .py).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "pytorch"]), default="onnx", show_default=True,
               help="pytorch: a standalone Python file, class Net(nn.Module), that loads dlc checkpoints.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint (.npz); else fresh weights from --seed.")
@@ -317,10 +320,12 @@ def export(spec, expr, output, fmt, weights, seed, opset, batch):
 @click.option("--input", "input_path", metavar="X.npy|X.npz", help="The input batch (.npz: array `x`).")
 @click.option("--random", "random_n", type=click.IntRange(min=1), help="Run N random samples instead.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint for a spec MODEL.")
-@click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True,
+              help="onnxruntime: the ONNX model on --device; numpy: dlc's own engine, on the CPU (a spec with "
+                   "--weights, or an .onnx file dlc exported).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@click.option("--out", metavar="Y.npy|Y.npz", help="Save the raw output array (.npz: array `y`, or one per output name).")
+@click.option(*OUT_FLAGS, "out", metavar="Y.npy|Y.npz", help="Save the raw output array (.npz: array `y`, or one per output name).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --random.")
@@ -340,6 +345,8 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         raise DlcError("--device cuda: the numpy engine runs on the CPU; use --engine onnxruntime")
     if out:
         output_file(out, "--out", (".npy", ".npz"), [input_path, weights, model])
+    if input_path is not None:
+        existing_file(input_path)  # a mistyped name is the first thing said, before any device is tried
     net = load_network(model, expr, weights, need_graph=engine == "numpy")
     notice = None
     if engine == "onnxruntime":
@@ -466,8 +473,10 @@ def parse_batches(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint for a spec MODEL (else fresh weights).")
 @click.option("--batch", "batches", default=None, callback=parse_batches,
               help="Batch sizes, comma-separated (default 1,8,32; a model exported for one batch size runs at it).")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs per batch size first (memory allocation, kernel selection, caches).")
+@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Timed runs per batch size; p50, p90 and p99 are taken over them.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")

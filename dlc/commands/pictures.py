@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dlc.commands.arguments import is_onnx, shape_option, spec_input, writable
+from dlc.commands.arguments import OUT_FLAGS, is_onnx, shape_option, spec_input, writable
 from dlc.errors import DlcError
 
 DRAW_FORMATS = {".svg": "dlc.draw.svg", ".mmd": "dlc.draw.mermaid", ".dot": "dlc.draw.dot"}
@@ -20,7 +20,7 @@ DRAW_FORMATS = {".svg": "dlc.draw.svg", ".mmd": "dlc.draw.mermaid", ".dot": "dlc
 
 @click.command()
 @spec_input
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), metavar="FILE",
+@click.option(*OUT_FLAGS, "out", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Where to write: .svg (a laid-out diagram), .mmd (Mermaid) or .dot (Graphviz).")
 @click.option("--all", "every_node", is_flag=True, help="One box per node instead of folding suffix layers.")
 @click.option("--collapse", is_flag=True, help="One box per block call, its repeats included (`basic(64) x2`).")
@@ -50,7 +50,7 @@ def draw(spec, expr, out, every_node, collapse, shapes):
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN [RUN...]")
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path), metavar="FILE",
+@click.option(*OUT_FLAGS, "out", type=click.Path(path_type=Path), metavar="FILE",
               help="Write a .png or .svg figure (needs the `plot` extra); without it, draw in the terminal.")
 def plot(runs, out):
     """Loss, accuracy and learning rate per epoch of `dlc train` run folders, overlaid; a --repeat run

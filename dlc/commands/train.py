@@ -9,14 +9,16 @@ the command, so the other commands start fast.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from dlc import choices
-from dlc.commands.arguments import NON_NEGATIVE, load_graph, spec_input
+from dlc.commands.arguments import NON_NEGATIVE, OUT_FLAGS, load_graph, spec_input
 from dlc.commands.train_progress import Display
 from dlc.commands.train_resume import check_same_data, load_resume
 from dlc.commands.train_settings import (default_data, fresh_out, output_steps, output_width, resolve_config,
@@ -32,7 +34,7 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 
 
 @click.command("train", epilog=data_epilog())
-@spec_input
+@partial(spec_input, metavar="[SPEC]")
 @train_flags
 @click.option("--data", metavar="NAME|PATH", help=f"{data_help()} Default: xor for 2 inputs, glyphs for "
               "images/784-vectors with 10 outputs.")
@@ -52,7 +54,7 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--shift", type=click.IntRange(min=0), default=0, help="Augment: random shifts of up to N pixels.")
 @click.option("--noise", type=NON_NEGATIVE, default=0.0, help="Augment: Gaussian noise of this sigma.")
 @click.option("--mixup", type=NON_NEGATIVE, default=0.0, help="Augment: mixup with Beta(alpha, alpha).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<spec>-<time>).")
+@click.option(*OUT_FLAGS, "out", type=click.Path(path_type=Path), metavar="DIR", help="Run directory (default runs/<spec>-<time>).")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="DIR", help="Continue the run in DIR exactly.")
 @click.option("--weights", metavar="CKPT", help="Start from this checkpoint's weights (e.g. dlc import's NET.npz) "
               "instead of fresh ones; with --freeze LABEL, train only the layers after LABEL.")
@@ -63,16 +65,20 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="K runs with seeds seed..seed+K-1.")
 @click.option("--plot", is_flag=True, help="At the end, draw the loss and accuracy curves into the run folder's "
               "curves.png (needs the `plot` extra; --repeat: mean ± std over the seeds).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the run folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.option("--engine", type=click.Choice(choices.TRAIN_ENGINES), default="numpy", show_default=True,
               help="numpy: dlc's own; torch: PyTorch, on --device, and data-parallel under torchrun.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
+              help="--engine torch: data-parallel in N processes on this machine, started by PyTorch's launcher "
+                   "(as torchrun --standalone) once the command is checked.")
 def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
           mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json, engine, device,
-          **keys):
-    """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement."""
+          nproc_per_node, **keys):
+    """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement.
+    `--resume DIR` continues a run from its folder, with no SPEC."""
     from dlc import plot as curves
 
     if plot and not curves.available():  # before any data is loaded or epoch run
@@ -81,12 +87,15 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
     from dlc.engine.allocator import tune_allocator
     from dlc.layers.dense import token_vocab
     from dlc.torch import launched, leave_process_group
+    from dlc.torch.launch import launch_standalone, under_launcher
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
     from dlc.train.rundir import run_lock
     from dlc.train.sources import prepare
 
     tune_allocator()
+    if nproc_per_node and engine != "torch":
+        raise DlcError("--nproc-per-node trains data-parallel with PyTorch: add --engine torch")
     engine_class = engine_for(engine, device)
     writer = launched()[0] == 0  # under torchrun, rank 0 alone writes and prints
     display = Display(quiet or as_json or not writer)
@@ -110,6 +119,12 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
             raise DlcError("--weights-partial says how to load --weights CKPT: give the checkpoint")
         root = out or fresh_out(graph)
         runs = fresh_runs(cfg, root, repeat)
+    if nproc_per_node and not under_launcher():
+        # the command is checked (spec, data, run folder): now the processes, each of which runs it (and
+        # rank 0 takes the run folder's lock: the launcher holding it would lock its own processes out)
+        if resume is None:
+            check_fresh_runs(root, [d for _, d, _ in runs], plot)
+        raise SystemExit(launch_standalone(nproc_per_node, sys.argv[1:]))
     with contextlib.ExitStack() as held:
         if writer:  # one run per folder at a time (torchrun's other ranks write nothing), checked once held
             for _, d, _ in runs:
@@ -133,6 +148,7 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
             from dlc.machine import refuse_unless_fits
 
             refuse_unless_fits(step, step_name)
+        display.note(data_line(data_arrays, graph, default=data is None and resume is None))
         for text in data_arrays.notes:
             display.note(text)
         meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
@@ -204,6 +220,15 @@ def training_step(graph, cfg: TrainConfig, engine: str, samples: int) -> tuple[i
 
     batch = min(cfg.batch, samples)  # a batch is at most the training split
     return backprop_bytes(graph, batch, cfg.optimizer), f"a training step at batch {batch}"
+
+
+def data_line(data, graph, default: bool) -> str:
+    """Which data set trains the run and its split sizes: a default that the spec's shapes picked is
+    named as such, so a CIFAR-shaped spec is not trained on glyphs without a word."""
+    sizes = ", ".join(f"{len(split):,} {name}" for name, split in data.splits().items())
+    why = (f" (the default for an input of {show(graph.input.out_shape)} and an output of "
+           f"{show(graph.output.out_shape)}; --data names another)") if default else ""
+    return f"data: {data.name}{why}: {sizes}"
 
 
 def engine_for(engine: str, device: str):

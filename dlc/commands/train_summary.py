@@ -68,10 +68,12 @@ def aggregate(docs: list[dict]) -> dict:
 def print_summary(summary: dict, runs: int, quiet: bool, as_json: bool, root: Path | None = None) -> None:
     """One JSON object with --json; else the closing table, where the runs went and their curves (written
     by --plot, or how to draw them from `root`, the run folder or the folder of a --repeat's seeds);
-    nothing when quiet."""
+    when quiet, that folder alone, on one line: what a script needs to find the run."""
     if as_json:
         click.echo(json.dumps(summary, indent=1))
-    elif not quiet:
+    elif quiet:
+        click.echo(root if root is not None else summary["out"])
+    else:
         from rich.console import Console
         console = Console(highlight=False)
         outs = summary["out"] if isinstance(summary["out"], str) else ", ".join(summary["out"])

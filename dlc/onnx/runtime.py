@@ -8,8 +8,9 @@ is created that descriptor points at a temporary file, whose text says why CUDA 
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import io
-
 import os
 import re
 import sys
@@ -112,14 +113,30 @@ def cuda_failure(log: str) -> str:
     return "onnxruntime could not create its CUDA provider"
 
 
+def gpu_driver() -> bool:
+    """Whether this machine has an NVIDIA GPU with its driver: the kernel driver's files (Linux), or the
+    driver's library that every CUDA program loads (libcuda.so.1, nvcuda.dll). Without one CUDA cannot
+    run whatever libraries are installed, and falling back to the CPU is no news: a laptop's normal case."""
+    if os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*"):
+        return True
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def create_session(model, device: str = "auto") -> Session:
     """A session for an onnx.ModelProto, serialized bytes or a path, on `device` (auto, cpu, cuda).
 
-    auto takes CUDA where the session really got it, else the CPU with a notice; cuda where CUDA
-    cannot run is a DlcError.
+    auto takes CUDA where the session really got it, else the CPU: silently on a machine without a GPU
+    driver (CUDA is not even tried), with a notice on one that has a GPU but lacks a library. cuda where
+    CUDA cannot run is a DlcError.
     """
     if device not in DEVICES:
         raise DlcError(f"device must be one of {', '.join(DEVICES)} (received {device})")
+    if device == "auto" and not gpu_driver():
+        device = "cpu"
     payload = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     opts = ort.SessionOptions()
     opts.log_severity_level = QUIET

@@ -280,3 +280,23 @@ def test_resume_accepts_the_same_spec_and_refuses_another(tmp_path):
     assert r.exit_code == 0, r.output
     r = run("-e", "input 2 -> fc 1 sigmoid", "--resume", tmp_path / "x", "--epochs", "4")
     assert r.exit_code == 2 and "differs from the one the run" in r.stderr
+
+
+def test_quiet_prints_the_run_folder_alone(tmp_path):
+    r = run(SPECS / "xor.dlc", "--epochs", "3", "--out", tmp_path / "q", "-q")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == f"{tmp_path / 'q'}\n" and r.stderr == ""
+
+
+def test_the_log_names_the_data_set_and_says_when_it_is_the_default(tmp_path):
+    # a CIFAR-shaped spec without --data trains on the built-in digits: the run must say so
+    cifar = "input 3@32x32 -> conv 4@3x3 relu -> flatten -> fc 10 softmax"
+    r = CliRunner().invoke(main, ["train", "-e", cifar, "--epochs", "1", "--n-train", "20", "--n-val", "10",
+                                  "--n-test", "0", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stderr.splitlines() if x.startswith("data: "))
+    assert line == ("data: glyphs (the default for an input of 3@32x32 and an output of 10; --data names "
+                    "another): 20 train, 10 val")
+    r = run(SPECS / "xor.dlc", "--data", "xor", "--epochs", "1", "--out", tmp_path / "x")
+    assert r.exit_code == 0, r.output
+    assert "data: xor: 4 train\n" in r.stderr and "default" not in r.stderr

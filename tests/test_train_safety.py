@@ -36,7 +36,7 @@ def refused(r, *patterns):
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and isinstance(r.exception, (SystemExit, type(None))), r.exception
     for p in patterns:
-        assert re.search(p, r.stderr), (p, r.stderr)
+        assert re.search(p, r.stderr, re.M), (p, r.stderr)  # a pattern's ^ is a line's start: the log comes first
 
 
 # ------------------------------------------------------------------------------------- data loss

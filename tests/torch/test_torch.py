@@ -577,7 +577,8 @@ def test_bad_class_targets_are_one_message_on_either_engine(engine, tmp_path):
     for loss in ("xent", "hinge"):
         r = train("-e", XOR, "--data", "xor", "--loss", loss, "--engine", engine, "--out", tmp_path / loss)
         assert r.exit_code == 2, r.output
-        assert r.output.strip() == "error: class label 1 is outside 0..0 for an output of 1 units"
+        assert r.output.strip().splitlines()[-1] == "error: class label 1 is outside 0..0 for an output of 1 units"
+        assert "Traceback" not in r.output
     # a text of one character: a vocabulary of one token, nothing to predict
     (tmp_path / "a.txt").write_text("a" * 500)
     r = train("-e", "input seq 8 -> embed 4 vocab=1 -> lstm 4 sequences -> fc 1 softmax", "--data",

@@ -114,8 +114,8 @@ def recurrent_step(kind: str, params: Arrays, x: np.ndarray, carry: RecurrentSta
     zx = x[0] @ W.T + B[:g]
     hs = np.empty((x.shape[1], R.shape[1]), dtype=x.dtype)
     for t in range(x.shape[1]):
-        carry.h, c, _ = step(zx[t:t + 1], carry.h, carry.c if carry.c is not None else carry.h, R, B[g:])
-        carry.c = c
+        # the rnn and gru cells ignore their c argument and return None for it
+        carry.h, carry.c, _ = step(zx[t:t + 1], carry.h, carry.h if carry.c is None else carry.c, R, B[g:])
         hs[t] = carry.h[0]
     return hs[None]
 
@@ -182,7 +182,9 @@ class Decoder:
         for s in self.plan.steps:
             a = s.attrs
             if s.node.kind == "attention":
-                shape = (a["heads"], self.window, a["head_dim"])
+                # as many heads as Wk has head_dim-row blocks: fewer than the queries' when grouped
+                kv_heads = self.params[dict(s.params)["Wk"]].shape[0] // a["head_dim"]
+                shape = (kv_heads, self.window, a["head_dim"])
                 self.memory[s.out] = KVCache(np.empty(shape, dtype), np.empty(shape, dtype))
             elif s.node.kind in ("rnn", "lstm", "gru"):
                 h = np.zeros((1, a["hidden"]), dtype)
@@ -222,5 +224,6 @@ class Decoder:
         return s.kernel(s.attrs, params, state, xs, PLAIN_CTX[False, True])[0]
 
     def cache_bytes(self) -> int:
-        """What the caches hold at most: for each attention layer 2 (keys, values) x D x T numbers."""
+        """What the caches hold at most: for each attention layer 2 (keys, values) x D x T numbers (with
+        grouped heads, D is the key/value heads' width)."""
         return sum(m.keys.nbytes + m.values.nbytes for m in self.memory.values() if isinstance(m, KVCache))

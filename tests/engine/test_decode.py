@@ -7,7 +7,8 @@ import pytest
 
 from dlc.compile import compile_spec
 from dlc.engine import kernels
-from dlc.engine.decode import POSITIONWISE, STEP_KERNELS, Decoder, why_not_stepwise
+from dlc.engine.decode import POSITIONWISE, STEP_KERNELS, Decoder, KVCache, attention_step, why_not_stepwise
+from dlc.engine.kernels import Ctx
 from dlc.engine.params import init_params
 from dlc.engine.run import forward
 from dlc.layers import KINDS
@@ -89,6 +90,28 @@ def test_each_new_token_runs_each_layer_on_one_step_until_the_window_is_full(mon
     assert steps_run(full_window(graph, params, state), 60) == 60 * 64
     # 70 tokens: up to 64 ids as before, then 65 to 73 slide the window, each a full pass over its 64 ids
     assert steps_run(Decoder(graph, params, state).next_output, 70) == 4 + 60 + 9 * 64
+
+
+def test_grouped_key_value_heads_are_cached_once_per_group():
+    """kv=2 of 6 heads (the `kv=N` option's layout: Wk, Wv (kv x head_dim, D), query head i reading key/value
+    head i // 3) step by step against the attention kernel with each key/value head's rows repeated for
+    its 3 query heads, which is what grouped attention computes."""
+    rng = np.random.default_rng(0)
+    t, d, heads, kv = 10, 24, 6, 2
+    dh = d // heads
+    params = {w: rng.normal(size=(d, d)) for w in ("Wq", "Wo")}
+    params.update({w: rng.normal(size=(kv * dh, d)) for w in ("Wk", "Wv")})
+    params.update({b: rng.normal(size=len(params["W" + b[1]])) for b in ("bq", "bk", "bv", "bo")})
+    attrs = {"heads": heads, "head_dim": dh, "causal": True, "dropout": 0.0}
+    x = rng.normal(size=(1, t, d))
+    full = {k: np.repeat(v.reshape(kv, dh, *v.shape[1:]), heads // kv, axis=0).reshape(d, *v.shape[1:])
+            if k[1] in "kv" else v for k, v in params.items()}
+    want, _ = kernels.KERNELS["attention"](attrs, full, {}, [x], Ctx())
+    cache = KVCache(np.empty((kv, t, dh)), np.empty((kv, t, dh)))
+    first = attention_step(attrs, params, x[:, :4], cache)  # four steps at once (a prompt), then one by one
+    got = np.concatenate([first] + [attention_step(attrs, params, x[:, i:i + 1], cache) for i in range(4, t)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert cache.length == t
 
 
 def test_a_cache_holds_two_vectors_of_d_per_attention_layer_and_step():

@@ -6,8 +6,9 @@ of the repeats (the least disturbed by other work on the machine), and the table
 32 tokens at 16, 256 and 480. With the key/value cache a token costs one step of every layer plus its
 attention over the cached steps, so the times stay near flat; the whole window, as `dlc sample` ran
 every token before the cache and still runs past the window, is timed at a few lengths for contrast.
-tests/engine/test_decode.py counts the steps each layer computes instead, which a busy machine cannot
-disturb. Run: python bench/bench_sample.py [--repeats N]
+tests/engine/test_decode.py holds the ratio of the last medians to the first below 1.5 (a slow test, in
+the thread's CPU time so that other work on the machine counts less) and counts the steps each layer
+computes. Run: python bench/bench_sample.py [--repeats N]
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -112,6 +114,32 @@ def test_grouped_key_value_heads_are_cached_once_per_group():
     got = np.concatenate([first] + [attention_step(attrs, params, x[:, i:i + 1], cache) for i in range(4, t)], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert cache.length == t
+
+
+@pytest.mark.slow
+def test_time_per_token_stays_flat_from_token_16_to_512_and_far_below_a_whole_window():
+    """Issue 19's measure on a model big enough that a token is more than Python's overhead (4 blocks of
+    D=128 at T=512): each token's time is the thread's CPU time (what other work on the machine takes is
+    not counted), the fastest of 3 runs, and the medians over 32 tokens compared. bench/bench_sample.py
+    prints the same figures."""
+    spec = GPT.format(t=512).replace("decoder(32, 4, 64) x2", "decoder(128, 4, 512) x4").replace("embed 32", "embed 128")
+    graph, params, state = model(spec, np.float32)
+    ids = np.random.default_rng(0).integers(11, size=512).tolist()
+    runs = []
+    for _ in range(3):
+        output, times = Decoder(graph, params, state).next_output, []
+        for n in range(512):
+            t0 = time.thread_time()
+            output(ids[:n + 1])
+            times.append(time.thread_time() - t0)
+        runs.append(times)
+    fastest = np.min(runs, axis=0)
+    early, late = np.median(fastest[16:48]), np.median(fastest[480:512])
+    assert late < 1.5 * early, f"token 16: {early * 1e3:.3f} ms, token 512: {late * 1e3:.3f} ms"
+    # without the cache every token is a pass over the whole window of 512 (as it was before the cache)
+    full, t0 = full_window(graph, params, state), time.thread_time()
+    full(ids[:20])
+    assert late < (time.thread_time() - t0) / 5
 
 
 def test_a_cache_holds_two_vectors_of_d_per_attention_layer_and_step():

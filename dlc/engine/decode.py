@@ -45,9 +45,10 @@ POSITIONWISE = frozenset({
 class KVCache:
     """One causal attention layer's keys and values of the steps seen so far, per key/value head.
 
-    Keys are stored as the scores read them: after any rotation of positions (rope goes between the
-    projection and `append`); grouped heads (kv=N) store N heads here; a sliding window bounds what
-    `read` returns. Preallocated for the whole window: 2 x D x T numbers a layer.
+    Keys are stored as the scores read them, so attention options slot in here: a rotation of positions
+    (rope) goes between attention_step's projection and `append`; grouped heads (kv=N) already store N
+    heads; a sliding window (window=N) would bound what `read` returns and the mask of a batch of new
+    steps. Preallocated for the whole window: 2 x D x T numbers a layer.
     """
 
     keys: np.ndarray  # (heads, T, head_dim)

@@ -162,6 +162,7 @@ def test_networks_that_mix_steps_otherwise_are_named_for_the_full_window(spec, r
 
 def test_every_kind_is_classified_for_the_step_by_step_decoder():
     # the kinds that mix or reshape steps, or never meet a sequence: a network with one runs the full window
+    # (concat is decided by its axis: it runs step by step when it joins features)
     full_window_kinds = {"conv", "dwconv", "upconv", "avgpool", "maxpool", "gap", "gmp", "bn", "lrn", "upsample",
                          "flatten", "tokens", "clstoken", "seqpool", "concat", "input"}
     unclassified = set(KINDS) - POSITIONWISE - STEP_KERNELS - full_window_kinds

@@ -13,7 +13,7 @@ import click
 from dlc.commands.arguments import NON_NEGATIVE, SEED
 from dlc.errors import DlcError
 
-# Every token is a forward pass of the whole window, held until the end: a bound that a small model
+# Tokens are held until the end, and past the window each costs a full pass: a bound that a small model
 # reaches in about a minute keeps a typo (a billion, 23 digits) from running for days.
 MAX_TOKENS = 100_000
 
@@ -37,14 +37,21 @@ def run_checkpoint(run: Path) -> Path:
               help="Divides the logits: below 1 is more conservative, 0 always takes the most likely character.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the draws (a whole number >= 0).")
 def sample(run, prompt, tokens, temperature, seed):
-    """Continue --prompt with a language model trained on a text file (RUN: a run directory or checkpoint)."""
+    """Continue --prompt with a language model trained on a text file (RUN: a run directory or checkpoint).
+
+    A causal model keeps a key/value cache: each new character runs the layers on that step alone
+    (attention reads the earlier steps' keys and values), holding 2 x D x T numbers (4 bytes each in
+    float32) per attention layer for a window of T. Past T characters the window slides and every new
+    character re-reads the last T, as a model without the cache does on every one.
+    """
     import numpy as np
 
     from dlc.compile import compile_spec
     from dlc.engine.params import check_against, load_checkpoint
+    from dlc.engine.decode import Decoder, why_not_stepwise
     from dlc.engine.run import forward
     from dlc.layers.dense import token_vocab
-    from dlc.train.text import generate, show_chars
+    from dlc.train.text import generate, show_chars, window_output
 
     path = run_checkpoint(run)
     params, state, meta = load_checkpoint(path)
@@ -67,7 +74,12 @@ def sample(run, prompt, tokens, temperature, seed):
     if unknown:
         raise DlcError(f"--prompt has characters the run never saw: {show_chars(''.join(unknown))} "
                        f"(its vocabulary: {show_chars(chars)})")
-    steps = graph.input.out_shape[0]
-    ids = generate(lambda x: forward(graph, params, state, x)[0], steps, np.array([index[c] for c in prompt]),
-                   tokens, graph.output.kind == "softmax", len(chars), temperature, np.random.default_rng(seed))
+    reason = why_not_stepwise(graph)
+    if reason is None:
+        output = Decoder(graph, params, state).next_output
+    else:
+        click.echo(f"dlc: no key/value cache: {reason}, so every character re-runs the whole window", err=True)
+        output = window_output(lambda x: forward(graph, params, state, x)[0], graph.input.out_shape[0])
+    ids = generate(output, np.array([index[c] for c in prompt]), tokens, graph.output.kind == "softmax",
+                   len(chars), temperature, np.random.default_rng(seed))
     click.echo("".join(chars[i] for i in ids))

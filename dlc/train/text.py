@@ -8,7 +8,8 @@ the last 5% tests, each from its own stretch of the text so that no window strad
 
 Sampling (`dlc sample`) feeds the last T characters and draws the next from the output at the last
 of them; a prompt shorter than T sits at the start of the window with the rest padded, which the
-model cannot see when it is causal (as a language model must be to learn this task honestly).
+model cannot see when it is causal (as a language model must be to learn this task honestly). A causal
+model is run step by step with its keys and values cached (dlc.engine.decode), with the same outputs.
 """
 
 from __future__ import annotations
@@ -102,14 +103,24 @@ def next_token(out: np.ndarray, softmax_output: bool, vocab: int, temperature: f
     return int(rng.choice(vocab, p=p / p.sum()))
 
 
-def generate(forward: Callable[[np.ndarray], np.ndarray], steps: int, prompt: np.ndarray, tokens: int, softmax_output: bool, vocab: int,
-             temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """The prompt followed by `tokens` drawn one at a time; forward maps (1, T) token ids to (1, T, V)."""
-    ids = list(prompt)
+def window_output(forward: Callable[[np.ndarray], np.ndarray], steps: int) -> Callable[[list[int]], np.ndarray]:
+    """The output at the last of some ids from a forward pass of the whole window: the last `steps` ids
+    at its start, the rest padded. Each call costs a full window; dlc.engine.decode.Decoder gives the
+    same outputs for a causal network at one step's cost."""
     window = np.zeros((1, steps), np.int64)
-    for _ in range(tokens):
+
+    def output(ids: list[int]) -> np.ndarray:
         context = ids[-steps:]
         window[0, :len(context)] = context
-        out = forward(window)
-        ids.append(next_token(out[0, len(context) - 1], softmax_output, vocab, temperature, rng))
+        return forward(window)[0, len(context) - 1]
+    return output
+
+
+def generate(output: Callable[[list[int]], np.ndarray], prompt: np.ndarray, tokens: int, softmax_output: bool,
+             vocab: int, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """The prompt followed by `tokens` drawn one at a time; output maps the ids so far to the network's
+    output at the last of them."""
+    ids = list(prompt)
+    for _ in range(tokens):
+        ids.append(next_token(output(ids), softmax_output, vocab, temperature, rng))
     return np.array(ids, np.int64)

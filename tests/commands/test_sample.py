@@ -17,10 +17,10 @@ CYCLE = "abcdefgé\n"
 LM = "input seq 16 -> embed 16 vocab=9 -> attention 2 causal -> fc 9 softmax"
 
 
-def train_on_text(tmp_path, *extra):
+def train_on_text(tmp_path, *extra, spec=LM):
     text = tmp_path / "cycle.txt"
     text.write_text(CYCLE * 300, encoding="utf-8")
-    r = CliRunner().invoke(main, ["train", "-e", LM, "--data", str(text), "--optimizer", "adam", "--lr", "0.02",
+    r = CliRunner().invoke(main, ["train", "-e", spec, "--data", str(text), "--optimizer", "adam", "--lr", "0.02",
                                   "--batch", "16", "--epochs", "6", "--out", str(tmp_path / "run"), *extra])
     assert r.exit_code == 0, r.output
     return r
@@ -77,8 +77,18 @@ def test_flags_out_of_range_are_refused_before_the_run_is_read(tmp_path, flag, v
     assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
 
 
-def test_the_token_bound_is_in_the_help():
-    assert "at most 100,000" in " ".join(CliRunner().invoke(main, ["sample", "--help"]).output.split())
+def test_the_token_bound_and_the_caches_memory_are_in_the_help():
+    shown = " ".join(CliRunner().invoke(main, ["sample", "--help"]).output.split())
+    assert "at most 100,000" in shown
+    assert "2 x D x T numbers (4 bytes each in float32) per attention layer" in shown
+
+
+def test_a_network_that_lets_steps_see_later_ones_samples_the_whole_window_and_says_so(tmp_path):
+    train_on_text(tmp_path, "--quiet", "--epochs", "1", spec=LM.replace(" causal", ""))
+    r = CliRunner().invoke(main, ["sample", str(tmp_path / "run"), "--prompt", "ab", "--tokens", "5"])
+    assert r.exit_code == 0 and len(r.stdout) == 8, r.output  # the prompt, 5 more and a newline
+    assert r.stderr == ("dlc: no key/value cache: layer attention1 (attention) lets every step see later ones "
+                        "(no `causal`), so every character re-runs the whole window\n")
 
 
 def rewrite_meta(checkpoint, **changes):

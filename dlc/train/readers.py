@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.errors import DlcError
+from dlc.npz import check_arrays_file
 from dlc.train.catalog import Wanted, file_source
 from dlc.train.dataset import Data, Split
 
@@ -175,6 +176,7 @@ def load_pickle(path, want: Wanted | None = None) -> Data:
 def load_npz(path, want: Wanted | None = None) -> Data:
     """.npz with x and y; optionally x_val, y_val and x_test, y_test."""
     path = Path(path)
+    check_arrays_file(str(path))  # numpy would read a huge header, or allocate what a header declares, first
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -141,6 +142,15 @@ def test_npz_with_optional_splits(tmp_path):
     with pytest.raises(DlcError, match="g.npz: train has 7 inputs but 5 labels"):
         load_file(tmp_path / "g.npz")
 
+
+
+def test_an_npz_whose_header_declares_more_than_it_holds_is_refused_before_numpy_allocates(tmp_path):
+    # a 100-byte member asking for 10^12 float32 values (3.64 TiB): numpy allocates before reading
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }\n"
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 8)
+    with pytest.raises(DlcError, match=r"d\.npz, array x\.npy: the header declares 4,000,000,000,000 bytes"):
+        load_file(str(tmp_path / "d.npz"))
 
 @pytest.mark.parametrize("header", ["", "label,a,b\n"])
 def test_csv_with_and_without_header(tmp_path, header):

@@ -152,6 +152,27 @@ def test_resume_reads_the_log_as_plot_does_and_refuses_one_that_is_not_text(tmp_
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda m: m.pop("config"), r"last\.npz holds no `config`: it was not written by dlc train"),
+    (lambda m: m.pop("rng"), r"last\.npz holds no `rng`"),
+    (lambda m: m.update(file=5), r"`file` is not text"),
+    (lambda m: m.update(elapsed="soon"), r"its `elapsed` is not what dlc train writes"),
+    (lambda m: m.update(position={"epoch": 2, "bogus": 1}), r"its `position` is not what dlc train writes"),
+    (lambda m: m["config"].pop("augment"), r"its `config` is not what dlc train writes \(KeyError: 'augment'\)"),
+    (lambda m: m["data"].pop("sizes"), r"its `data` is not what dlc train writes"),
+    (lambda m: m.update(rng={"noise": {}}), r"its `rng` is not what dlc train writes"),
+])
+def test_resume_of_a_checkpoint_edited_by_hand_names_the_field(tmp_path, edit, said):
+    out = tmp_path / "x"
+    assert run(XOR, "--epochs", "2", "--out", out, "--quiet").exit_code == 0
+    arrays = dict(np.load(out / "last.npz", allow_pickle=False))
+    meta = json.loads(str(arrays["__dlc_meta__"]))
+    edit(meta)
+    arrays["__dlc_meta__"] = np.array(json.dumps(meta))
+    np.savez(out / "last.npz", **arrays)
+    refused(run("--resume", out, "--epochs", "3"), said)
+
+
 def test_resume_refuses_data_that_changed(tmp_path):
     data, out = tmp_path / "d.npz", tmp_path / "run"
 

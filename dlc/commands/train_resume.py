@@ -18,7 +18,11 @@ def load_resume(folder: Path, spec: str | None, expr: str | None, keys: dict) ->
     from dlc.compile import compile_spec
     from dlc.engine.params import check_against, load_checkpoint
     from dlc.train.config import config_from_json
+    from dlc.train.engine import Running
+    from dlc.train.loop import Position
+    from dlc.train.rundir import check_run_fields
     from dlc.train.sources import DataSource
+    from dlc.train.streams import rng_from
 
     ctx = click.get_current_context()
     given = sorted(name for name in RUN_FLAGS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE)
@@ -30,8 +34,7 @@ def load_resume(folder: Path, spec: str | None, expr: str | None, keys: dict) ->
     if not path.exists():
         raise DlcError(f"--resume {folder}: no last.npz there (is it a dlc train run directory?)")
     params, state, meta = load_checkpoint(path)
-    if "spec" not in meta or "optimizer" not in meta:
-        raise DlcError(f"{path} was not written by dlc train, so it cannot be resumed")
+    check_run_fields(meta, path)
     if spec is not None or expr is not None:
         _, text = read_spec(spec, expr)
         if text != meta["spec"]:
@@ -39,10 +42,20 @@ def load_resume(folder: Path, spec: str | None, expr: str | None, keys: dict) ->
                            f"drop SPEC to continue that run")
     graph = compile_spec(meta["spec"], file=meta["file"])
     check_against(graph, params, state, str(path))
-    cfg = config_from_json(meta["config"])
-    if keys.get("epochs") is not None:
-        cfg = replace(cfg, epochs=keys["epochs"])
-    src = DataSource(**dict(meta["data"], sizes=tuple(meta["data"]["sizes"]) if meta["data"]["sizes"] else None))
+    field = "config"  # the field being read, for the refusal of one edited by hand
+    try:
+        cfg = config_from_json(meta["config"])
+        if keys.get("epochs") is not None:
+            cfg = replace(cfg, epochs=keys["epochs"])
+        field = "data"
+        src = DataSource(**dict(meta["data"], sizes=tuple(meta["data"]["sizes"]) if meta["data"]["sizes"] else None))
+        for field, read in (("position", Position), ("running", Running)):  # what the loop restores
+            read(**meta[field])
+        field = "rng"
+        rng_from(meta["rng"]["noise"]), rng_from(meta["rng"]["augment"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DlcError(f"{path}: its `{field}` is not what dlc train writes ({type(e).__name__}: {e}), so it "
+                       f"cannot be resumed") from None
     return graph, cfg, src, meta["normalize"], (params, state, meta)
 
 

@@ -23,6 +23,10 @@ from dlc.engine.params import save_checkpoint
 from dlc.errors import DlcError
 
 RUN_SCHEMA = "dlc.train/1"
+# What a run's last.npz holds beside the checkpoint's own fields, and of which JSON type: --resume reads
+# every one of them, so a checkpoint edited by hand is refused by name before any is used.
+RUN_FIELDS = {"spec": str, "file": str, "config": dict, "data": dict, "position": dict, "running": dict,
+              "best": dict, "elapsed": (int, float), "rng": dict, "optimizer": dict}
 LAST, BEST, LOG, METRICS = "last.npz", "best.npz", "log.jsonl", "metrics.json"
 RUN_FILES = (LAST, BEST, LOG, METRICS)  # what a run writes into its folder
 LOCK = ".lock"  # held while a run writes its folder; holds the writer's process id
@@ -206,3 +210,13 @@ class RunFiles:
         if self.writes:
             with self.writing():
                 write_atomic(self.out / METRICS, json.dumps(doc, indent=1))
+
+
+def check_run_fields(meta: dict, path) -> None:
+    """A DlcError naming the first field --resume needs that the checkpoint lacks or holds as another type."""
+    for name, kind in RUN_FIELDS.items():
+        if name not in meta:
+            raise DlcError(f"{path} holds no `{name}`: it was not written by dlc train (or was edited), so it "
+                           f"cannot be resumed")
+        if not isinstance(meta[name], kind) or isinstance(meta[name], bool):
+            raise DlcError(f"{path}: its `{name}` is not what dlc train writes (edited?), so it cannot be resumed")

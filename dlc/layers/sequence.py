@@ -4,6 +4,8 @@
 Resolved attributes and tensors (batch left out):
 - layernorm: eps, features (the last axis of a vector or a sequence); gamma, beta (features), as ONNX
   LayerNormalization over the last axis.
+- rmsnorm: eps, features (the last axis); gamma (features), as ONNX RMSNormalization over the last axis:
+  x / sqrt(mean(x²) + eps) * gamma, no centring and no shift (Zhang & Sennrich 2019; Llama).
 - attention: heads, steps (T), dim (D), head_dim (D/heads), causal, bias, dropout (on the attention
   weights, training only). Wq, Wk, Wv, Wo (D, D) laid out as fc's W (out, in); bq, bk, bv, bo (D) with
   `bias`. Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, heads joined, then Wo.
@@ -46,6 +48,24 @@ register(LayerKind(
     flops=lambda a, ins, out: 7 * elements(out) + 2 * elements(out) // a["features"],
 ))
 
+
+def resolve_rmsnorm(attrs, ins):
+    if len(ins[0]) not in (1, 2):
+        raise ShapeError(f"rmsnorm normalises the features of a vector or of each step of a sequence, got "
+                         f"{show(ins[0])}")
+    if attrs["eps"] <= 0:
+        raise ShapeError(f"rmsnorm eps must be > 0 (received eps={attrs['eps']})", "eps")
+    return ins[0], dict(attrs, features=ins[0][-1])
+
+
+# FLOPs by layernorm's rule without the mean, the centring and the shift: per element the square, the
+# sum for the mean square, the scaling by 1/rms and gamma (4); per normalised vector the eps add and the
+# square root (2). RMSNormalization and its Mul/ReduceMean/Add/Sqrt/Div/Mul form count the same.
+register(LayerKind(
+    "rmsnorm", resolve_rmsnorm, options={"eps": 1e-5},  # Llama's eps
+    params=lambda a, ins: {"gamma": (a["features"],)}, tensors={"gamma": SCALE},
+    flops=lambda a, ins, out: 4 * elements(out) + 2 * elements(out) // a["features"],
+))
 
 def resolve_attention(attrs, ins):
     t, d = _sequence(ins[0], "attention")

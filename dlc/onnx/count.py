@@ -219,6 +219,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "GroupNormalization": count_normalization,
     "InstanceNormalization": count_normalization,
     "RMSNormalization": count_rms_normalization,
+    "Swish": per_element(2),  # SiLU (opset 24): the sigmoid and the product, dlc's silu rule
     "LRN": count_lrn,
     # Softmax: exponential, sum and division (dlc's softmax rule); LogSoftmax adds the logarithm.
     "Softmax": per_element(3),

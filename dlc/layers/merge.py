@@ -36,8 +36,8 @@ def resolve_mul(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     features = (out[feature_axis(out)],)
     for s in ins:
         if s != out and s != features:
-            raise ShapeError(f"mul needs equal shapes, or a vector of the other's {features[0]} features, got "
-                             f"{' and '.join(show(s) for s in ins)}")
+            vector = f", or a vector of the {features[0]} features of {show(out)}" if len(out) > 1 else ""
+            raise ShapeError(f"mul needs equal shapes{vector}, got {' and '.join(show(s) for s in ins)}")
     return out, dict(attrs, broadcast=tuple(s != out for s in ins))
 
 

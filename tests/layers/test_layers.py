@@ -484,9 +484,11 @@ def test_mul_a_vector_of_features_over_an_image_and_a_sequence():
 
 def test_mul_of_mismatched_shapes_names_both():
     fails("input 8@8x8\nconv 8@3x3 as a\nconv 8@3x3\nmul a\n", 4, "8@6x6", "8@4x4", "mul needs equal shapes")
-    fails("input 8@6x6\nmul( conv 4@3x3 | gap )", 2, "4@4x4", "8", "vector of the other's 4 features")
+    fails("input 8@6x6\nmul( conv 4@3x3 | gap )", 2, "4@4x4", "8", "vector of the 4 features of 4@4x4")
     fails("input seq 5 of 6\nmul( fc 3 | seqpool )", 2, "5x3", "6")
+    fails("input 6\nmul( fc 4 | fc 5 )", 2, "mul (mul1)", "mul needs equal shapes, got 4 and 5")  # vectors: no broadcast
     fails("input 8\nmul( fc 8 | shortcut )", 2, "not of mul")
+
 
 INCEPTION_3A = """input 192@28x28
 concat(

@@ -156,6 +156,23 @@ def test_mul_gradients(case):
     assert_gradients("mul", attrs, {}, xs)
 
 
+@pytest.mark.parametrize("kind,shapes", [("silu", [(3, 2, 2)]), ("mul", MUL_SHAPES["image"]),
+                                         ("mul", MUL_SHAPES["three with a vector"])])
+def test_silu_and_mul_in_float32_are_float64_rounded(kind, shapes):
+    # float32's forward and gradients are float64's to float32's precision, not another computation
+    rng = np.random.default_rng(13)
+    attrs, _, _ = resolve(kind, shapes)
+    xs = [2 * rng.standard_normal((2, *s)) for s in shapes]
+    results = {}
+    for dtype in (np.float64, np.float32):
+        y, backward = run(kind, attrs, {}, [x.astype(dtype) for x in xs])
+        dxs, _ = backward(np.ones_like(y))
+        assert {a.dtype for a in (y, *dxs)} == {np.dtype(dtype)}
+        results[dtype] = (y, *dxs)
+    for a, b in zip(results[np.float32], results[np.float64]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shapes", [[(2, 3, 3), (4, 3, 3)], [(3,), (2,), (1,)], [(4, 2), (4, 3)]])
 def test_concat_gradients(shapes):
     rng = np.random.default_rng(11)

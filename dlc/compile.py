@@ -403,7 +403,7 @@ def _emit_merge(b: Build, m: Merge, cur: str, scope: Scope, defaults: Defaults) 
         word = _lone_word(branch)
         if word == "shortcut":
             if kind.name != "add":
-                raise DlcError("`shortcut` is a branch of add( … ), not of concat", branch[0].pos)
+                raise DlcError(f"`shortcut` is a branch of add( … ), not of {kind.name}", branch[0].pos)
             shortcuts.append(branch[0])
             outs.append(None)
         elif word == "identity":

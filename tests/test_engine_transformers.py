@@ -44,6 +44,29 @@ layernorm -> seqpool first
 fc 3 softmax
 """
 
+# Llama's layer as far as the norm and the feed-forward go: rmsnorm before each branch, the SwiGLU
+# product, no biases
+LLAMA_LIKE = """\
+input seq 5
+embed 6 vocab=7
+block decoder(d, h, f) {
+    add( rmsnorm -> attention h causal bias=off | identity )
+    add( rmsnorm -> mul( fc f silu bias=off | fc f bias=off ) -> fc d bias=off | identity )
+}
+decoder(6, 2, 8) x2
+rmsnorm eps=1e-6
+fc 7 bias=off softmax
+"""
+
+# squeeze-and-excite (Hu et al. 2018): a per-channel scale from the pooled image, times the image
+SQUEEZE_EXCITE = """\
+input 3@4x4
+conv 4@3x3 pad=1 swish as feat
+gap -> fc 2 relu -> fc 4 sigmoid
+mul feat
+gap -> fc 3 softmax
+"""
+
 
 def assert_every_gradient_matches(spec: str, **kw) -> set[str]:
     graph = compile_spec(spec, "test.dlc")
@@ -64,6 +87,13 @@ def test_small_causal_language_model_gradients():
 def test_small_vit_gradients():
     checked = assert_every_gradient_matches(VIT)
     assert {"input", "clstoken1.cls", "posembed1.P", "encoder1.attention1.Wq", "encoder2.attention1.bo"} <= checked
+
+
+@pytest.mark.parametrize("spec", [LLAMA_LIKE, SQUEEZE_EXCITE], ids=["llama-like", "squeeze-excite"])
+def test_rmsnorm_silu_and_mul_gradients(spec):
+    checked = assert_every_gradient_matches(spec)
+    # every parameter: the norms' gammas, the gate, up and down projections, the excitation's layers
+    assert checked >= {t.full_name for t in tensors(compile_spec(spec)) if t.trainable}
 
 
 @pytest.mark.parametrize("pool", ["last", "mean"])
@@ -100,7 +130,7 @@ def test_inference_keeps_nothing_for_backward():
     assert dx is None and set(grads) == set(params)
 
 
-@pytest.mark.parametrize("spec", [CAUSAL_LM, VIT])
+@pytest.mark.parametrize("spec", [CAUSAL_LM, VIT, LLAMA_LIKE, SQUEEZE_EXCITE])
 def test_gradcheck_command_on_transformers(spec):
     r = CliRunner().invoke(main, ["gradcheck", "-e", spec, "--all"])
     assert r.exit_code == 0, r.output

@@ -1,6 +1,6 @@
-"""The transformer kernels: layernorm, attention, posembed, clstoken, tokens, seqpool, and fc on each
+"""The transformer kernels: layernorm, rmsnorm, attention, posembed, clstoken, tokens, seqpool, and fc on each
 step of a sequence. Backward against central differences in float64, in every mode; forward against
-onnxruntime's operator (LayerNormalization) or a plain loop written from the definition (attention:
+onnxruntime's operator (LayerNormalization, RMSNormalization) or a plain loop written from the definition (attention:
 Vaswani et al. 2017, eq. 1 and section 3.2.2); attention's memory at GPT-2 small's size.
 """
 
@@ -28,6 +28,32 @@ def test_layernorm_gradients(shape):
     attrs, shapes, _ = resolve("layernorm", [shape])
     params = {"gamma": 1 + random_arrays(shapes, rng)["gamma"], "beta": random_arrays(shapes, rng)["beta"]}
     assert_gradients("layernorm", attrs, params, [2 * rng.standard_normal((3, *shape)) + 1])
+
+
+@pytest.mark.parametrize("shape", [(5,), (4, 5)], ids=["vector", "sequence"])
+def test_rmsnorm_gradients(shape):
+    rng = np.random.default_rng(1)
+    attrs, shapes, _ = resolve("rmsnorm", [shape])
+    assert shapes == {"gamma": (5,)}
+    params = {"gamma": 1 + random_arrays(shapes, rng)["gamma"]}
+    assert_gradients("rmsnorm", attrs, params, [2 * rng.standard_normal((3, *shape)) + 1])
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_norms_in_float32_stay_float32_and_agree_with_float64(kind):
+    # float32's gradients are float64's rounded: one forward and backward at each precision
+    rng = np.random.default_rng(4)
+    attrs, shapes, _ = resolve(kind, [(4, 6)])
+    params = {k: (1 if k == "gamma" else 0) + random_arrays(shapes, rng)[k] for k in shapes}
+    x, dy = 2 * rng.standard_normal((3, 4, 6)) + 1, rng.standard_normal((3, 4, 6))
+    results = {}
+    for dtype in (np.float64, np.float32):
+        y, backward = run(kind, attrs, {k: v.astype(dtype) for k, v in params.items()}, [x.astype(dtype)])
+        dxs, grads = backward(dy.astype(dtype))
+        assert {a.dtype for a in (y, *dxs, *grads.values())} == {np.dtype(dtype)}
+        results[dtype] = (y, dxs[0], *grads.values())
+    for a, b in zip(results[np.float32], results[np.float64]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def assert_attention_gradients(attrs, params, x, ctx=lambda: Ctx()):
@@ -105,6 +131,17 @@ def test_layernorm_matches_layernormalization(shape):
     gamma, beta, x = f32(rng, 7), f32(rng, 7), f32(rng, *shape, scale=3.0)
     ref = onnx_run("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=1e-6)[0]
     y = run("layernorm", attrs, {"gamma": gamma, "beta": beta}, [x])[0]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (2, 5, 7)], ids=["vector", "sequence"])
+def test_rmsnorm_matches_rmsnormalization(shape):
+    rng = np.random.default_rng(21)
+    attrs, _, _ = resolve("rmsnorm", [shape[1:]], eps=1e-6)
+    gamma, x = f32(rng, 7), f32(rng, *shape, scale=3.0)
+    ref = onnx_run("RMSNormalization", [x, gamma], opset=23, axis=-1, epsilon=1e-6)[0]
+    y = run("rmsnorm", attrs, {"gamma": gamma}, [x])[0]
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 

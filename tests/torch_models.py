@@ -179,3 +179,30 @@ def export(model: nn.Module, path, args: tuple, *, dynamo: bool, **kwargs) -> No
             torch.onnx.export(model, args, str(path), dynamo=True, verbose=False, **kwargs)
         else:
             torch.onnx.export(model, args, str(path), dynamo=False, **kwargs)
+
+
+class RMSNorm(nn.Module):
+    """Llama's RMSNorm as its reference code writes it (torch 2.1, dlc's floor, has no nn.RMSNorm)."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.rand(d) + 0.5)
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class SwiGLUBlock(nn.Module):
+    """A Llama feed-forward with its norm and residual: x + W2(silu(W1 n(x)) * W3 n(x)), no biases; SiLU as
+    nn.SiLU or written out as x * sigmoid(x). `norm` is RMSNorm above or torch's nn.RMSNorm."""
+
+    def __init__(self, d: int, f: int, written_out: bool = False, norm: nn.Module | None = None):
+        super().__init__()
+        self.norm = norm or RMSNorm(d)
+        self.gate, self.up, self.down = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False), nn.Linear(f, d, bias=False)
+        self.silu = (lambda g: g * torch.sigmoid(g)) if written_out else nn.SiLU()
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.down(self.silu(self.gate(h)) * self.up(h))

@@ -26,6 +26,10 @@ for _name, _opts in [("relu", {}), ("relu6", {}), ("sigmoid", {}), ("tanh", {}),
                      ("selu", {}), ("gelu", {}), ("leaky", {"alpha": 0.01})]:
     register(LayerKind(_name, keep, options=_opts, flops=per_element(1)))
 
+# SiLU (Swish with beta 1), x * sigmoid(x): 2 per element, the sigmoid and the product, as ONNX writes it
+# (Sigmoid and Mul; its Swish operator comes at opset 24) and as PyTorch's exporters do.
+register(LayerKind("silu", keep, aliases=("swish",), flops=per_element(2)))
+
 register(LayerKind("identity", keep))
 
 # Softmax: exponential, sum and division, 3 per element (the max shift for stability is not counted).

@@ -1,6 +1,9 @@
-"""input, add, concat.
+"""input, add, mul, concat.
 
 input: shape (batch left out); its node's dtype is int64 for `input seq T` (token ids).
+mul: the elementwise product of equal shapes; a branch may instead be a vector of the other's features
+(C against C@HxW or TxC), repeated over its positions. broadcast: for each input, whether it is such
+a vector.
 concat: axis, the index in the shape (batch left out) it joins along: channels of an image (0),
 features of a vector (0) or of a sequence (1).
 """
@@ -27,6 +30,22 @@ register(LayerKind(
     flops=lambda a, ins, out: (len(ins) - 1) * elements(out),
 ))
 
+
+def resolve_mul(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    out = max(ins, key=len)  # an image or a sequence beside a vector of its features
+    features = (out[feature_axis(out)],)
+    for s in ins:
+        if s != out and s != features:
+            vector = f", or a vector of the {features[0]} features of {show(out)}" if len(out) > 1 else ""
+            raise ShapeError(f"mul needs equal shapes{vector}, got {' and '.join(show(s) for s in ins)}")
+    return out, dict(attrs, broadcast=tuple(s != out for s in ins))
+
+
+register(LayerKind(
+    "mul", resolve_mul, merge=True,
+    # add's rule: one multiply per output element for each input beyond the first
+    flops=lambda a, ins, out: (len(ins) - 1) * elements(out),
+))
 
 def resolve_concat(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     rank = len(ins[0])

@@ -4,6 +4,8 @@
 Resolved attributes and tensors (batch left out):
 - layernorm: eps, features (the last axis of a vector or a sequence); gamma, beta (features), as ONNX
   LayerNormalization over the last axis.
+- rmsnorm: eps, features (the last axis); gamma (features), as ONNX RMSNormalization over the last axis:
+  x / sqrt(mean(x²) + eps) * gamma, no centring and no shift (Zhang & Sennrich 2019; Llama).
 - attention: heads, steps (T), dim (D), head_dim (D/heads), causal, bias, dropout (on the attention
   weights, training only). Wq, Wk, Wv, Wo (D, D) laid out as fc's W (out, in); bq, bk, bv, bo (D) with
   `bias`. Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, heads joined, then Wo.
@@ -16,7 +18,7 @@ Resolved attributes and tensors (batch left out):
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import BIAS, GLOBAL, SCALE, SHIFT, LayerKind, Role, Shape, elements, register, weight
+from dlc.layers import BIAS, GLOBAL, SCALE, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
 from dlc.layers.spatial import image, show
 
 
@@ -26,13 +28,16 @@ def _sequence(shape, what: str) -> tuple[int, int]:
     return shape
 
 
-def resolve_layernorm(attrs, ins):
-    if len(ins[0]) not in (1, 2):
-        raise ShapeError(f"layernorm normalises the features of a vector or of each step of a sequence, got "
-                         f"{show(ins[0])} (use bn on an image)")
-    if attrs["eps"] <= 0:
-        raise ShapeError(f"layernorm eps must be > 0 (received eps={attrs['eps']})", "eps")
-    return ins[0], dict(attrs, features=ins[0][-1])
+def per_step_norm(kind: str, hint: str = "") -> ShapeRule:
+    """The shape rule of layernorm and rmsnorm: the features of a vector or of each step, eps > 0."""
+    def resolve(attrs, ins):
+        if len(ins[0]) not in (1, 2):
+            raise ShapeError(f"{kind} normalises the features of a vector or of each step of a sequence, got "
+                             f"{show(ins[0])}{hint}")
+        if attrs["eps"] <= 0:  # it keeps the division away from zero
+            raise ShapeError(f"{kind} eps must be > 0 (received eps={attrs['eps']})", "eps")
+        return ins[0], dict(attrs, features=ins[0][-1])
+    return resolve
 
 
 # FLOPs per element: the mean (1 add), the centring (1), the variance (square and add, 2), the scaling
@@ -40,12 +45,21 @@ def resolve_layernorm(attrs, ins):
 # ONNX's LayerNormalization and its ReduceMean/Sub/Pow/Sqrt/Div form count the same (dlc/onnx/count.py).
 # Statistics are per sample, so unlike bn nothing folds at inference.
 register(LayerKind(
-    "layernorm", resolve_layernorm, aliases=("ln",), options={"eps": 1e-5},
+    "layernorm", per_step_norm("layernorm", " (use bn on an image)"), aliases=("ln",), options={"eps": 1e-5},
     params=lambda a, ins: {"gamma": (a["features"],), "beta": (a["features"],)},
     tensors={"gamma": SCALE, "beta": SHIFT},
     flops=lambda a, ins, out: 7 * elements(out) + 2 * elements(out) // a["features"],
 ))
 
+
+# FLOPs by layernorm's rule without the mean, the centring and the shift: per element the square, the
+# sum for the mean square, the scaling by 1/rms and gamma (4); per normalised vector the eps add and the
+# square root (2). RMSNormalization and its Mul/ReduceMean/Add/Sqrt/Div/Mul form count the same.
+register(LayerKind(
+    "rmsnorm", per_step_norm("rmsnorm"), options={"eps": 1e-5},  # Llama's eps
+    params=lambda a, ins: {"gamma": (a["features"],)}, tensors={"gamma": SCALE},
+    flops=lambda a, ins, out: 4 * elements(out) + 2 * elements(out) // a["features"],
+))
 
 def resolve_attention(attrs, ins):
     t, d = _sequence(ins[0], "attention")

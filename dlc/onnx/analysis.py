@@ -27,7 +27,7 @@ from dlc.onnx.model import OnnxGraph, Tensor, attributes, dtype_name
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
-              "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Softplus", "Mish", "Dropout", "Identity"}
+              "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Swish", "Softplus", "Mish", "Dropout", "Identity"}
 AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
 NEVER_LIVE = {"Shape", "Size"}  # they read the data's shape, not its values
 NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance

@@ -169,6 +169,14 @@ def count_normalization(op: Op) -> Cost:
     return Cost(0, per * prod(x) + 2 * groups)
 
 
+def count_rms_normalization(op: Op) -> Cost:
+    """dlc's rmsnorm rule: per element the square, the mean-square sum, the divide and the scale; per
+    group the eps add and the square root, as its Mul/ReduceMean/Add/Sqrt/Div/Mul form counts."""
+    x = op.shape(op.ins[0])
+    groups = prod(x[:op.attrs.get("axis", -1) % len(x)])
+    return Cost(0, 4 * prod(x) + 2 * groups)
+
+
 def count_lrn(op: Op) -> Cost:
     # dlc's lrn rule: a square, size-1 adds over the window, scale and offset, the power, the division
     return Cost(0, (op.attrs["size"] + 4) * op.out_elements())
@@ -210,6 +218,8 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "LayerNormalization": count_normalization,
     "GroupNormalization": count_normalization,
     "InstanceNormalization": count_normalization,
+    "RMSNormalization": count_rms_normalization,
+    "Swish": per_element(2),  # SiLU (opset 24): the sigmoid and the product, dlc's silu rule
     "LRN": count_lrn,
     # Softmax: exponential, sum and division (dlc's softmax rule); LogSoftmax adds the logarithm.
     "Softmax": per_element(3),

@@ -18,13 +18,13 @@ from onnx import NodeProto, helper, numpy_helper
 
 from dlc.graph import Node
 from dlc.layers import KINDS, feature_axis
-from dlc.onnx import GELU_OPSET, MIN_OPSET
+from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET
 
 LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
 REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on, an attribute before
 
 # Kinds whose own ONNX operator is newer than MIN_OPSET; below it they lower to a decomposition.
-NATIVE_OPSET = {"gelu": GELU_OPSET, "layernorm": LAYERNORM_OPSET}
+NATIVE_OPSET = {"gelu": GELU_OPSET, "layernorm": LAYERNORM_OPSET, "rmsnorm": RMSNORM_OPSET}
 
 
 def lowest_opset(graph) -> int:
@@ -185,6 +185,12 @@ def lower_gelu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
             op("Mul", [f"{p}/product", f"{p}/half"], n.name, n.name)]
 
 
+def lower_silu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # x * sigmoid(x), as PyTorch's exporters write SiLU; ONNX's own Swish comes at opset 24, past MAX_OPSET
+    return [op("Sigmoid", x[:1], f"{n.name}/sigmoid", f"{n.name}/sigmoid"),
+            op("Mul", [x[0], f"{n.name}/sigmoid"], n.name, n.name)]
+
+
 def lower_upsample(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     f = float(n.attrs["factor"])
     scales = f"{n.name}/scales"
@@ -213,6 +219,20 @@ def lower_layernorm(n: Node, x, opset):
             op("Div", [f"{p}/centred", f"{p}/std"], f"{p}/normalised", f"{p}/normalise"),
             op("Mul", [f"{p}/normalised", param(n, "gamma")], f"{p}/scaled", f"{p}/scale"),
             op("Add", [f"{p}/scaled", param(n, "beta")], p, p)]
+
+
+def lower_rmsnorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    p, eps = n.name, float(n.attrs["eps"])
+    if opset >= RMSNORM_OPSET:
+        return [op("RMSNormalization", [x[0], param(n, "gamma")], p, p, axis=-1, epsilon=eps)]
+    # x / sqrt(mean(x²) + eps) * gamma over the last axis, RMSNormalization's own definition
+    return [op("Mul", [x[0], x[0]], f"{p}/squared", f"{p}/square"),
+            *reduce_mean(f"{p}/squared", [-1], f"{p}/mean_square", opset, keepdims=1),
+            const(f"{p}/eps", eps, np.float32),
+            op("Add", [f"{p}/mean_square", f"{p}/eps"], f"{p}/shifted", f"{p}/shift"),
+            op("Sqrt", [f"{p}/shifted"], f"{p}/rms", f"{p}/rms"),
+            op("Div", [x[0], f"{p}/rms"], f"{p}/normalised", f"{p}/normalise"),
+            op("Mul", [f"{p}/normalised", param(n, "gamma")], p, p)]
 
 
 def lower_attention(n: Node, x, opset):
@@ -311,6 +331,26 @@ def lower_add(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Add" if len(x) == 2 else "Sum", x, n.name, n.name)]
 
 
+def lower_mul(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    """The product of the inputs, one Mul per extra input; a vector of features gets the axes it is
+    repeated over (N, C) -> (N, C, 1, 1) against an image, (N, 1, C) against a sequence, so that ONNX's
+    broadcasting lines its features up with theirs."""
+    p, factors = n.name, list(x)
+    axes = f"{p}/positions"
+    nodes = [const(axes, [2, 3] if len(n.out_shape) == 3 else [1])] if any(n.attrs["broadcast"]) else []
+    for i, vector in enumerate(n.attrs["broadcast"]):
+        if vector:
+            spread = f"{p}/input{i}_spread"
+            nodes.append(op("Unsqueeze", [x[i], axes], spread, spread))
+            factors[i] = spread
+    product = factors[0]
+    for i, f in enumerate(factors[1:], start=1):
+        out = p if i == len(factors) - 1 else f"{p}/product{i}"
+        nodes.append(op("Mul", [product, f], out, out))
+        product = out
+    return nodes
+
+
 def lower_concat(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Concat", x, n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
 
@@ -338,6 +378,7 @@ LOWER: dict[str, Lowering] = {
     "selu": unary("Selu"),
     "gelu": lower_gelu,
     "leaky": lower_leaky,
+    "silu": lower_silu,
     "identity": unary("Identity"),
     "upsample": lower_upsample,
     "embed": lower_embed,
@@ -345,8 +386,10 @@ LOWER: dict[str, Lowering] = {
     "lstm": lower_recurrent,
     "gru": lower_recurrent,
     "add": lower_add,
+    "mul": lower_mul,
     "concat": lower_concat,
     "layernorm": lower_layernorm,
+    "rmsnorm": lower_rmsnorm,
     "attention": lower_attention,
     "posembed": lower_posembed,
     "clstoken": lower_clstoken,

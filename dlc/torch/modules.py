@@ -10,7 +10,7 @@ PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), u
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
 holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
 c; GRU r, z, n against z, r, h) and the two biases apart. A `Tensor` names that conversion.
-attention, posembed, clstoken and noise use modules of the generated file (dlc/torch/netlib.py) whose
+attention, rmsnorm, posembed, clstoken and noise use modules of the generated file (dlc/torch/netlib.py) whose
 Parameters carry dlc's names and layouts (Wq (out, in), P, cls); `fc tied=LABEL` shares the embed's.
 `input` has no entry: it is the batch that forward receives.
 """
@@ -194,6 +194,11 @@ def layernorm(node: Node, ins: list[Shape]) -> Layer:
                  _same(("gamma", "weight"), ("beta", "bias")))
 
 
+def rmsnorm(node: Node, ins: list[Shape]) -> Layer:
+    a = node.attrs
+    return Layer("{m}({x})", _call("RMSNorm", a["features"], eps=(a["eps"], 1e-5)), _same(("gamma", "weight")))
+
+
 def attention(node: Node, ins: list[Shape]) -> Layer:
     # netlib's SelfAttention holds dlc's four (out, in) projections under dlc's names: nn.MultiheadAttention
     # would stack Wq, Wk and Wv into one tensor
@@ -262,11 +267,13 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "elu": function("F.elu({x}, {alpha})"),
     "selu": function("F.selu({x})"),
     "gelu": function("F.gelu({x})"),  # exact, x * Phi(x), as the NumPy kernel and ONNX's default
+    "silu": function("F.silu({x})"),
     "softmax": softmax,
     "dropout": dropout,
     "noise": noise,
     "bn": bn,
     "layernorm": layernorm,
+    "rmsnorm": rmsnorm,
     "attention": attention,
     "posembed": posembed,
     "clstoken": clstoken,
@@ -278,5 +285,6 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "lstm": recurrent,
     "gru": recurrent,
     "add": function("{plus}"),
+    "mul": function("product({xs})"),  # netlib's: a vector of features repeated over the positions
     "concat": concat,
 }

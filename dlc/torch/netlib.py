@@ -11,6 +11,18 @@ def lrn(x, size: int, before: int, alpha: float, beta: float, k: float):
     return x / (k + alpha * F.avg_pool3d(squares, (size, 1, 1), stride=1).squeeze(1)) ** beta
 
 
+def product(*xs):
+    """mul: the elementwise product of the inputs; a vector of features (N, C) is repeated over the
+    positions of an image (N, C, 1, 1) or a sequence (N, 1, C)."""
+    rank = max(x.dim() for x in xs)
+    out = None
+    for x in xs:
+        if x.dim() < rank:
+            x = x[:, :, None, None] if rank == 4 else x[:, None, :]
+        out = x if out is None else out * x
+    return out
+
+
 def last_states(h):
     """(directions, N, H) final states -> (N, directions*H), forward direction first."""
     return h.transpose(0, 1).flatten(1)
@@ -36,6 +48,19 @@ class SelfAttention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=self.causal)
         return F.linear(o.transpose(1, 2).reshape(n, t, d), self.Wo, self.bo)
+
+
+class RMSNorm(nn.Module):
+    """rmsnorm: x / sqrt(mean(x²) + eps) * weight over the last axis (torch >= 2.4 has nn.RMSNorm; dlc's
+    floor, 2.1, has not). dlc's gamma is `weight`."""
+
+    def __init__(self, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(features))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
 class GaussianNoise(nn.Module):

@@ -337,6 +337,15 @@ def test_gelu_elementwise():
     activation("gelu")
 
 
+def test_silu_two_flops_per_element_and_a_suffix():
+    # x * sigmoid(x): the sigmoid and the product, 2 per element; 3@4x4 -> 96
+    s = last("input 3@4x4\nsilu")
+    assert s.node.kind == "silu" and figures(s) == ((3, 4, 4), 0, 0, 0, 96) and rf(s) == (1, 1, 1)
+    # `swish` is the same kind, and both follow a size as relu does: fc 64 is 2*64*32 + 64 FLOPs, silu 128
+    a = analysed("input 32\nfc 64 swish")
+    assert [n.node.kind for n in a.nodes] == ["input", "fc", "silu"] and a.nodes[-1].flops == 128
+    assert a.nodes[-1].node.row == a.nodes[-2].node.row
+
 def test_leaky_elementwise_with_its_slope():
     activation("leaky", "alpha=0.2")
     assert last("input 4\nleaky alpha=0.2").node.attrs["alpha"] == 0.2
@@ -454,6 +463,33 @@ def test_add_of_unequal_shapes_is_an_error():
     fails("input 8@8x8\nconv 8@3x3 as a\nconv 8@3x3\nadd a\n", 4, "8@6x6", "8@4x4")
 
 
+def test_mul_swiglu_product_of_equal_shapes():
+    # Llama's feed-forward on 10x16 with f = 24: gate and up are 16x24 each (384), down 24x16 (384),
+    # 1,152 params; the product is one multiply per output element, 10*24 = 240 FLOPs and no MACs.
+    a = analysed("input seq 10 of 16\nmul( fc 24 silu bias=off | fc 24 bias=off ) -> fc 16 bias=off")
+    mul = last("input seq 10 of 16\nmul( fc 24 silu bias=off | fc 24 bias=off )")
+    assert figures(mul) == ((10, 24), 0, 0, 0, 240) and len(mul.node.inputs) == 2
+    assert a.totals.params == 1_152 and a.totals.macs == 3 * 10 * 16 * 24
+
+
+def test_mul_a_vector_of_features_over_an_image_and_a_sequence():
+    # squeeze-and-excite's scale: C against C@HxW, repeated over the 4x4 positions: 8*16 = 128 FLOPs
+    s = last("input 8@6x6\nconv 8@3x3 as feat\ngap -> fc 8 sigmoid\nmul feat")
+    assert figures(s) == ((8, 4, 4), 0, 0, 0, 128) and s.node.attrs["broadcast"] == (True, False)  # the current, then feat
+    # the vector may come first; on TxC the same rule repeats it over the steps: 5*6 = 30
+    seq = last("input seq 5 of 6\nmul( seqpool | identity )")
+    assert figures(seq) == ((5, 6), 0, 0, 0, 30) and seq.node.attrs["broadcast"] == (True, False)
+    assert figures(last("input 6\nmul( fc 6 | fc 6 | identity )")) == ((6,), 0, 0, 0, 12)
+
+
+def test_mul_of_mismatched_shapes_names_both():
+    fails("input 8@8x8\nconv 8@3x3 as a\nconv 8@3x3\nmul a\n", 4, "8@6x6", "8@4x4", "mul needs equal shapes")
+    fails("input 8@6x6\nmul( conv 4@3x3 | gap )", 2, "4@4x4", "8", "vector of the 4 features of 4@4x4")
+    fails("input seq 5 of 6\nmul( fc 3 | seqpool )", 2, "5x3", "6")
+    fails("input 6\nmul( fc 4 | fc 5 )", 2, "mul (mul1)", "mul needs equal shapes, got 4 and 5")  # vectors: no broadcast
+    fails("input 8\nmul( fc 8 | shortcut )", 2, "not of mul")
+
+
 INCEPTION_3A = """input 192@28x28
 concat(
     conv 64@1x1 relu
@@ -505,6 +541,20 @@ def test_layernorm_on_each_step_and_on_a_vector():
 def test_layernorm_refuses_an_image():
     fails("input 3@4x4\nlayernorm", 2, "vector or of each step", "bn")
 
+
+def test_rmsnorm_on_each_step_and_on_a_vector():
+    # gamma only, per feature: 8 params, no MACs; FLOPs 4 per element (square, mean-square sum, scale by
+    # 1/rms, gamma) and 2 per step (eps add, square root): 4*5*8 + 2*5 = 170.
+    assert figures(last("input seq 5 of 8\nrmsnorm")) == ((5, 8), 8, 0, 0, 170)
+    assert figures(last("input 6\nrmsnorm eps=1e-6")) == ((6,), 6, 0, 0, 26)
+    assert last("input 6\nrmsnorm").node.attrs["eps"] == 1e-5  # Llama's
+    assert rf(last("input 3@4x4\nconv 6@3x3 -> tokens -> rmsnorm")) == (3, 3, 1)  # per step: the field is kept
+
+
+def test_rmsnorm_refuses_an_image_and_a_bad_eps():
+    fails("input 3@4x4\nrmsnorm", 2, "vector or of each step", "3@4x4")
+    fails("input 8\nrmsnorm eps=-1", 2, "rmsnorm eps must be > 0", "eps=-1")
+    fails("input 8\nrmsnorm eps=0", 2, "rmsnorm eps must be > 0")
 
 def test_attention_counts():
     # D = 16, 4 heads, T = 10. Params: four 16x16 projections and their biases, 4*256 + 4*16 = 1,088.

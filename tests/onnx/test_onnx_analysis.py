@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dlc.analysis import analyse
 from dlc.cli import main
 from dlc.compile import compile_spec
-from dlc.engine.params import tensors
+from dlc.engine.params import init_params, tensors
 from dlc.layers import KINDS
 from dlc.onnx import export
 from dlc.onnx.analysis import analyse_onnx
@@ -59,6 +59,10 @@ KIND_EXAMPLES = {
                  "-> fc 2",
     "tokens": "input seq 8 -> embed 16 vocab=11 as tok -> posembed -> layernorm -> attention 2 causal bias=off "
               "-> fc 11 tied=tok softmax",
+    "llama": "input seq 8 -> embed 16 vocab=11 -> rmsnorm -> mul( fc 24 silu bias=off | fc 24 bias=off ) "
+             "-> fc 16 bias=off -> rmsnorm eps=1e-6 -> fc 11 bias=off",
+    "squeeze-excite": "input 3@8x8 -> conv 4@3x3 pad=1 swish as feat -> gap -> fc 2 relu -> fc 4 sigmoid -> mul feat "
+                      "-> gap -> fc 3",
     "windows": "input 3@11x11 -> maxpool 3/2 pad=same ceil -> avgpool 3/2 ceil -> dwconv 3x3 mult=2 "
                "-> upconv 2@3x3/2 pad=1 -> lrn 3",
 }
@@ -89,6 +93,14 @@ def test_a_dlc_export_gives_exactly_its_specs_figures(name, monkeypatch):
         o = got[s.node.name]
         assert [getattr(o, f) for f in FIGURES] == [getattr(s, f) for f in FIGURES], s.node.name
         assert (tuple(o.node.out_shape), o.rf, o.node.row) == (s.node.out_shape, s.rf, s.node.row), s.node.name
+
+
+def test_rmsnorm_below_opset_23_counts_as_the_fused_operator():
+    # Mul (x²), ReduceMean, Add, Sqrt, Div, Mul (gamma): 4 per element and 2 per step, rmsnorm's rule
+    graph = compile_spec("input seq 6 of 8 -> rmsnorm -> fc 4")
+    for opset in (17, 23):
+        model, _ = analyse_onnx(from_model(export.to_onnx(graph, init_params(graph)[0], {}, opset=opset), "m.onnx"))
+        assert [s.flops for s in model.nodes][1] == 4 * 6 * 8 + 2 * 6, opset
 
 
 def test_an_operator_counted_unlike_its_kind_fails_the_check(monkeypatch):

@@ -169,6 +169,8 @@ KIND_CASES = {
     "selu": "input 6 -> selu",
     "gelu": "input 6 -> gelu",
     "leaky": "input 6 -> leaky alpha=0.2",
+    "silu": "input 3@4x4 -> silu",
+    "swish as a suffix on each step": "input seq 5 of 4 -> fc 6 swish",
     "identity": "input 6 -> identity",
     "upsample 2": "input 2@3x3 -> upsample 2",
     "upsample 3": "input 2@2x3 -> upsample 3",
@@ -176,6 +178,11 @@ KIND_CASES = {
     "add of two branches": "input 3@4x4 -> add( conv 3@3x3 pad=1 | identity )",
     "add of three branches": "input 3@4x4 -> add( conv 3@1x1 | conv 3@3x3 pad=1 | identity )",
     "add with a projection shortcut": "input 3@8x8 -> add( conv 6@3x3/2 pad=1 bn | shortcut )",
+    "mul of two branches": "input 3@4x4 -> mul( conv 3@3x3 pad=1 | identity )",
+    "mul of three branches": "input 6 -> mul( fc 6 | fc 6 tanh | identity )",
+    "mul, SwiGLU": "input seq 5 of 4 -> mul( fc 6 silu bias=off | fc 6 bias=off ) -> fc 4 bias=off",
+    "mul of a vector over an image (squeeze-and-excite)": "input 3@4x4 -> mul( identity | gap -> fc 3 sigmoid )",
+    "mul of a vector over a sequence, first": "input seq 5 of 4 -> mul( seqpool -> fc 4 | identity )",
     "concat of images": "input 3@4x4 -> concat( conv 2@1x1 | identity )",
     "concat of vectors": "input 5 -> concat( fc 2 | fc 3 )",
     "concat of sequences along features": "input seq 4 of 3 -> concat( lstm 2 sequences | identity )",
@@ -192,6 +199,8 @@ KIND_CASES.update({
     "fc tied to an embedding, on a vector": "input seq 5 -> embed 4 vocab=9 as tok -> seqpool -> fc 9 tied=tok",
     "layernorm on a sequence": "input seq 5 of 4 -> layernorm",
     "layernorm on a vector": "input 6 -> ln eps=1e-6",
+    "rmsnorm on a sequence": "input seq 5 of 4 -> rmsnorm",
+    "rmsnorm on a vector": "input 6 -> rmsnorm eps=1e-6",
     "attention": "input seq 5 of 6 -> attention 3",
     "attention, causal": "input seq 5 of 6 -> attention 2 causal",
     "attention without bias, one head, dropout (identity at inference)": "input seq 4 of 6 -> mha 1 bias=off dropout=0.2",
@@ -226,6 +235,15 @@ def test_layernorm_and_mean_pooling_at_other_opsets(opset):
     ops = [n.op_type for n in model.graph.node]
     assert ("LayerNormalization" in ops) == (opset >= 17)
     assert ops.count("ReduceMean") == (1 if opset >= 17 else 5)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 22, 23])
+def test_rmsnorm_at_other_opsets(opset):
+    """RMSNormalization from opset 23, below it its definition: Mul, ReduceMean, Add, Sqrt, Div, Mul."""
+    _, model = assert_matches_engine("input seq 4 of 5 -> rmsnorm -> fc 3 -> rmsnorm eps=1e-6", opset=opset)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("RMSNormalization") == (2 if opset >= 23 else 0)
+    assert ops.count("ReduceMean") == (0 if opset >= 23 else 2) and ("Sqrt" in ops) == (opset < 23)
 
 
 def test_tied_weights_are_one_initializer_read_twice():

@@ -97,10 +97,16 @@ KIND_SPECS = {
                  "-> layernorm -> attention 1 -> seqpool mean -> fc 3",
     "patches": "input 3@8x8 -> conv 8@2x2/2 -> tokens -> clstoken -> posembed -> seqpool mean -> fc 4",
     "last step": "input seq 5 of 4 -> fc 6 relu -> seqpool last",
+    # rmsnorm from its Mul/ReduceMean/Add/Sqrt/Div form (below 23) and RMSNormalization (23); silu from
+    # Sigmoid times x; mul of equal shapes and of a feature vector (through its Unsqueeze)
+    "llama": "input seq 6 of 8 -> add( rmsnorm -> mul( fc 12 silu bias=off | fc 12 bias=off ) -> fc 8 bias=off "
+             "| identity ) -> rmsnorm eps=1e-6 -> mul( seqpool -> fc 8 | identity ) -> fc 3",
+    "squeeze-excite": "input 4@6x6 -> conv 4@3x3 pad=1 swish -> mul( identity | gap -> fc 2 relu -> fc 4 sigmoid ) "
+                      "-> gap -> fc 3",
 }
 
 
-@pytest.mark.parametrize("opset", [13, 20])
+@pytest.mark.parametrize("opset", [13, 20, 23])
 @pytest.mark.parametrize("name", KIND_SPECS)
 def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
     from dlc.compile import compile_spec
@@ -308,6 +314,64 @@ def test_gelu_in_both_forms(tmp_path, exporter, opset):
             "--out", tmp_path / "y.npy")
     assert r.exit_code == 0, r.output
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+
+
+# Llama's feed-forward from both PyTorch exporters: RMSNorm written out (Pow, ReduceMean, Add, Sqrt, then
+# Div of 1 under TorchScript, Reciprocal under dynamo, times x, times the weight) or torch's nn.RMSNorm as
+# dynamo's RMSNormalization at opset 23; SiLU as nn.SiLU or x * sigmoid(x), both Sigmoid and Mul.
+LLAMA_FF = {"torchscript": ("torchscript", False, 17), "torchscript, x*sigmoid(x)": ("torchscript", True, 17),
+            "dynamo": ("dynamo", False, None), "dynamo, x*sigmoid(x)": ("dynamo", True, None),
+            "dynamo, nn.RMSNorm at opset 23": ("dynamo", False, 23)}
+
+
+@pytest.mark.parametrize("case", LLAMA_FF)
+def test_rmsnorm_silu_and_the_swiglu_product_from_pytorch(tmp_path, case):
+    import json
+
+    exporter, written_out, opset = LLAMA_FF[case]
+    if opset == 23 and not hasattr(nn, "RMSNorm"):
+        pytest.skip("nn.RMSNorm came in torch 2.4")
+    torch.manual_seed(0)
+    t, d, f = 5, 8, 12
+    norm = nn.RMSNorm(d, eps=1e-6) if opset == 23 else torch_models.RMSNorm(d, eps=1e-6)
+    net = torch_models.SwiGLUBlock(d, f, written_out, norm)
+    path = tmp_path / "ff.onnx"
+    torch_models.export(net, path, (torch.randn(1, t, d),), dynamo=EXPORTERS[exporter],
+                        **({"opset_version": opset} if opset else {}))
+    spec, weights = imported(tmp_path, path)
+    text = spec.read_text()
+    assert "rmsnorm eps=1e-06" in text and "fc 12 bias=off silu" in text and "mul(" in text, text
+    x = np.random.default_rng(0).standard_normal((1, t, d)).astype(np.float32)  # the exports fix the batch at 1
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+    # `dlc summary` of the PyTorch file counts the spec's figures: params d + 3·d·f, MACs 3·T·d·f; the
+    # written-out norm computes one reciprocal per step beside rmsnorm's rule (rsqrt as 1/sqrt)
+    torch_doc = json.loads(run("summary", path, "--json").stdout)["totals"]
+    spec_doc = json.loads(run("summary", spec, "--json").stdout)["totals"]
+    assert torch_doc["params"] == spec_doc["params"] == d + 3 * d * f
+    assert torch_doc["macs"] == spec_doc["macs"] == 3 * t * d * f
+    assert torch_doc["flops"] == spec_doc["flops"] + (0 if opset == 23 else t)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_swish_of_opset_24_imports_as_silu_and_counts_as_its_rule(tmp_path, alpha):
+    import json
+
+    import onnx
+    from onnx import helper
+
+    path = tiny_model(tmp_path, [conv_node(), helper.make_node("Swish", ["c"], ["y"], name="act", alpha=alpha)],
+                      WEIGHT, None)
+    model = onnx.load(path)
+    model.opset_import[0].version, model.ir_version = 24, 11
+    onnx.save(model, path)
+    if alpha != 1.0:
+        assert "Swish" in refusal(tmp_path, path) and "alpha 1" in refusal(tmp_path, path)
+        return
+    spec, weights = imported(tmp_path, path)
+    assert "conv 4@3x3 pad=1 silu" in spec.read_text()
+    doc = json.loads(run("summary", path, "--json").stdout)
+    conv_flops = 2 * 4 * 8 * 8 * 27  # the convolution alone, without a bias
+    assert doc["totals"]["flops"] == conv_flops + 2 * 4 * 8 * 8  # the sigmoid and the product per element
 
 
 def test_a_zero_pad_before_a_conv_becomes_its_pad(tmp_path):

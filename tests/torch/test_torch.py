@@ -69,10 +69,16 @@ add( layernorm eps=1e-6 -> attention 4 dropout=0.1 | identity )
 add( layernorm -> fc 32 gelu -> fc 16 | identity )
 layernorm -> seqpool first -> fc 10 softmax
 """
+# rmsnorm, silu and mul: Llama's norm and SwiGLU feed-forward, squeeze-and-excite's channel scale
+LLAMA_PARTS = ("input seq 6 of 8 -> rmsnorm -> add( mul( fc 12 silu bias=off | fc 12 bias=off ) -> fc 8 bias=off "
+               "| identity ) -> rmsnorm eps=1e-6 -> mul( seqpool -> fc 8 swish | identity ) -> fc 3")
+SQUEEZE_EXCITE = ("input 3@6x6 -> conv 4@3x3 pad=1 silu as feat -> gap -> fc 2 relu -> fc 4 sigmoid -> mul feat "
+                  "-> gap -> rmsnorm -> fc 3")
 SEQUENCE_OPTIONS = ("input seq 6 of 8 -> attention 2 bias=off -> concat(seqpool mean | seqpool last) -> layernorm "
                     "-> fc 3 bias=off -> fc 3 sigmoid")
 EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
-         "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS}
+         "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
+         "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}

@@ -62,6 +62,22 @@ def sigmoid(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
     return y, lambda dy: ([dy * y * (1 - y)], {})
 
 
+@kernel("silu")
+def silu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    sig = logistic(x)
+    y = x * sig
+
+    def backward(dy):
+        # d(x·s)/dx = s + x·s·(1 - s) = s + y·(1 - s)
+        g = 1 - sig
+        g *= y
+        g += sig
+        g *= dy
+        return [g], {}
+    return y, backward
+
+
 @kernel("tanh")
 def tanh(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     y = np.tanh(xs[0])

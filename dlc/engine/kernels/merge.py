@@ -1,4 +1,4 @@
-"""add and concat: the kinds that join branches (identity, the pass-through branch, is in elementwise)."""
+"""add, mul and concat: the kinds that join branches (identity, the pass-through branch, is in elementwise)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,43 @@ def add(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
         y += x
     # every input receives dy itself: the executor must not update a gradient in place
     return y, lambda dy: ([dy] * len(xs), {})
+
+
+def _over_positions(x: np.ndarray, ndim: int) -> np.ndarray:
+    """A batch of feature vectors (N, C) shaped to repeat over an (N, C, H, W) image's pixels or an
+    (N, T, C) sequence's steps."""
+    return x[:, :, None, None] if ndim == 4 else x[:, None, :]
+
+
+def _sum_over_positions(g: np.ndarray) -> np.ndarray:
+    """The gradient of a vector repeated over the positions: the sum over every position it fed."""
+    return g.sum(axis=(2, 3)) if g.ndim == 4 else g.sum(axis=1)
+
+
+@kernel("mul")
+def mul(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    ndim = max(x.ndim for x in xs)
+    views = [_over_positions(x, ndim) if b else x for x, b in zip(xs, attrs["broadcast"])]
+
+    def others(i: int) -> np.ndarray:
+        """The product of every input but the i-th, at the output's shape."""
+        rest = [v for j, v in enumerate(views) if j != i]
+        p = rest[0] * rest[1] if len(rest) > 1 else np.broadcast_to(rest[0], y.shape)
+        for v in rest[2:]:
+            p *= v
+        return p
+
+    y = views[0] * views[1]
+    for v in views[2:]:
+        y *= v
+
+    def backward(dy):
+        dxs = []
+        for i, (x, b) in enumerate(zip(xs, attrs["broadcast"])):
+            g = dy * others(i)
+            dxs.append(_sum_over_positions(g) if b else g)
+        return dxs, {}
+    return y, backward
 
 
 @kernel("concat")

@@ -1,5 +1,5 @@
-"""bn, layernorm and lrn: normalisation over the batch, over each sample's features, over neighbouring
-channels.
+"""bn, layernorm, rmsnorm and lrn: normalisation over the batch, over each sample's features, over
+neighbouring channels.
 
 bn follows PyTorch and ONNX BatchNormalization: training normalises with the batch's biased variance
 and moves the running statistics by `momentum` (running = (1 - momentum) * running + momentum * batch,
@@ -83,6 +83,32 @@ def layernorm(attrs, params, state, xs, ctx):
         g -= g_mean
         g -= np.multiply(xhat, along, out=dy_xhat)
         g *= inv_std
+        return [g], grads
+    return y, backward
+
+
+@kernel("rmsnorm")
+def rmsnorm(attrs, params, state, xs, ctx):
+    # ONNX RMSNormalization over the last axis: x / sqrt(mean(x²) + eps) * gamma, no centring
+    x, gamma = xs[0], params["gamma"]
+    d = x.shape[-1]
+    inv_rms = row_sums(x * x)
+    inv_rms /= d
+    inv_rms += float(attrs["eps"])
+    np.sqrt(inv_rms, out=inv_rms)
+    np.reciprocal(inv_rms, out=inv_rms)
+    xhat = x * inv_rms
+    y = xhat * gamma
+
+    def backward(dy):
+        dy_xhat = dy * xhat
+        grads = {"gamma": column_sums(dy_xhat.reshape(-1, d))}
+        g = dy * gamma
+        # the mean square depends on every feature: remove g's part along xhat
+        along = row_sums(np.multiply(dy_xhat, gamma, out=dy_xhat))  # g · xhat
+        along /= d
+        g -= np.multiply(xhat, along, out=dy_xhat)
+        g *= inv_rms
         return [g], grads
     return y, backward
 

@@ -19,18 +19,23 @@ from dlc.onnx.importing.conv import import_conv, import_dwconv, import_upconv, i
 from dlc.onnx.importing.dense import import_embed, import_fc, import_flatten
 from dlc.onnx.importing.elementwise import (import_bn, import_dropout, import_elu, import_gelu, import_identity,
                                             import_leaky, import_lrn, import_relu, import_relu6, import_selu,
-                                            import_softmax, unary)
-from dlc.onnx.importing.merge import import_add, import_concat
+                                            import_silu, import_softmax, unary)
+from dlc.onnx.importing.merge import import_add, import_concat, import_mul
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
-from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_seqpool,
-                                         import_tokens)
+from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_rmsnorm,
+                                         import_seqpool, import_tokens)
 
 
 IMPORT: dict[str, Import] = {
     # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape
     "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm"), import_attention),
+    # before sigmoid, which takes any Sigmoid, and before gelu: rmsnorm's square is a Mul of x by itself,
+    # the product of SiLU is a Mul, and mul takes what is left of Mul (in this order)
+    "rmsnorm": Import(("RMSNormalization", "Pow", "Mul"), import_rmsnorm),
+    "silu": Import(("Sigmoid", "Swish"), import_silu),
+    "mul": Import(("Mul", "Unsqueeze"), import_mul),
     "conv": Import(("Conv", "Pad"), import_conv),
     "dwconv": Import(("Conv", "Pad"), import_dwconv),
     "upconv": Import(("ConvTranspose",), import_upconv),

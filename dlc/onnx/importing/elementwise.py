@@ -91,6 +91,19 @@ def gelu_erf_form(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("gelu", n, output=last.output[0], nodes=[n, erf, add, mul, last])
 
 
+def import_silu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Swish with alpha 1 (opset 24), or x * Sigmoid(x) as PyTorch's exporters and dlc's lowering write
+    SiLU: the Sigmoid read only by a Mul whose other operand is the Sigmoid's own input."""
+    if n.op_type == "Swish":
+        if attributes(n).get("alpha", 1.0) != 1.0:
+            raise NotImportable("dlc's silu is Swish with alpha 1")
+        return one("silu", n)
+    mul = r.only_consumer(n.output[0])
+    if mul is None or mul.op_type != "Mul" or other_input(mul, n.output[0]) != n.input[0]:
+        return None
+    return one("silu", n, output=mul.output[0], nodes=[n, mul])
+
+
 def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
     x = r.shape(n.input[0])
     axis = attributes(n).get("axis", -1 if r.g.opset >= 13 else 1) % (len(x) + 1)

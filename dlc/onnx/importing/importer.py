@@ -58,7 +58,7 @@ def read_layers(r: Reader) -> tuple[list[Found], int]:
             continue  # a helper (constant or shape arithmetic, Shape of a layer's output), or taken already
         found = match(r, n)
         used.update(id(m) for m in found.nodes)
-        live = [i for i in n.input if i in producer]
+        live = list(dict.fromkeys(i for i in n.input if i in producer))  # Mul(x, x) reads one layer output
         if found.layer is None:
             producer[found.output] = producer[live[0]]
             continue
@@ -66,7 +66,7 @@ def read_layers(r: Reader) -> tuple[list[Found], int]:
         if found.tied in producer and layers[producer[found.tied]].layer.kind == "embed":
             layer.tied = producer[found.tied]
         if KINDS[layer.kind].merge:
-            if len(live) != len([i for i in n.input if i]):
+            if len(live) != len({i for i in n.input if i}):
                 raise DlcError(node_error(n, f"one operand is a stored tensor; dlc's {layer.kind} merges layer "
                                              f"outputs"))
             layer.inputs = [producer[i] for i in n.input]

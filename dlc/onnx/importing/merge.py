@@ -1,15 +1,49 @@
-"""Patterns of the merges: add and concat of layer outputs."""
+"""Patterns of the merges: add, mul and concat of layer outputs."""
 
 from __future__ import annotations
 
 import onnx
 
-from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
+from dlc.layers.spatial import show
+from dlc.onnx.importing.reader import Found, NotImportable, Reader, one, other_input
 from dlc.onnx.model import attributes
 
 
 def import_add(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("add", n) if all(i in r.live for i in n.input) else None
+
+
+def import_mul(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """A product of layer outputs of the output's shape, or of a feature vector spread over its positions
+    by Unsqueeze (C -> C@1x1 against C@HxW, 1xC against TxC), which imports as the vector itself.
+    Mul(x, x), a square, is not a merge of branches: rmsnorm's pattern reads it."""
+    if n.op_type == "Unsqueeze":
+        return spread_vector(r, n)
+    if len(set(n.input)) != len(n.input) or not all(i in r.live for i in n.input):
+        return None
+    out = r.shape(n.output[0])
+    for i in n.input:
+        s, source = r.shape(i), r.producer.get(i)
+        if s != out and not (source is not None and source.op_type == "Unsqueeze" and s == spread(out)):
+            raise NotImportable(f"it multiplies {show(s)} by {show(out)}; dlc's mul takes equal shapes or a "
+                                f"vector of the features")
+    return one("mul", n)
+
+
+def spread(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a vector of the features takes to multiply an image (C, 1, 1) or a sequence (1, C)."""
+    return (shape[0], 1, 1) if len(shape) == 3 else (1, shape[1])
+
+
+def spread_vector(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Unsqueeze of a feature vector read only by a Mul with a tensor it spreads over: the vector passes on."""
+    mul = r.only_consumer(n.output[0])
+    if mul is None or mul.op_type != "Mul" or len(r.shape(n.input[0])) != 1:
+        return None
+    other = r.shape(other_input(mul, n.output[0]))
+    if len(other) not in (2, 3) or r.shape(n.output[0]) != spread(other):
+        return None
+    return Found(None, [n], n.output[0])
 
 
 def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:

@@ -1,5 +1,5 @@
-"""Patterns of the sequence kinds but attention: layernorm (one operator or the decomposed form),
-posembed, clstoken, tokens and seqpool.
+"""Patterns of the sequence kinds but attention: layernorm and rmsnorm (one operator or the decomposed
+forms), posembed, clstoken, tokens and seqpool.
 """
 
 from __future__ import annotations
@@ -65,21 +65,14 @@ def layernorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
         return None
     centred = sub.output[0]
     readers = list({id(c): c for c in r.consumers.get(centred, [])}.values())  # Mul(d, d) reads it twice
-    square = next((c for c in readers if c.input[0] == centred and (
-        (c.op_type == "Pow" and const_scalar(r, c.input[1]) == 2) or (c.op_type == "Mul" and c.input[1] == centred))),
-        None)
+    square = next((c for c in readers if is_square(r, c, centred)), None)
     div = next((c for c in readers if c.op_type == "Div" and c.input[0] == centred), None)
     if len(readers) != 2 or square is None or div is None:
         return None
-    var = r.only_consumer(square.output[0])
-    add = var and r.only_consumer(var.output[0])
-    if var is None or var.op_type != "ReduceMean" or not last_axis_mean(r, var, len(shape) + 1) \
-            or add is None or add.op_type != "Add":
+    root = root_of_mean(r, square, len(shape) + 1)
+    if root is None or div.input[1] != root[0][-1].output[0]:
         return None
-    eps = const_scalar(r, other_input(add, var.output[0]))
-    sqrt = r.only_consumer(add.output[0])
-    if not eps > 0 or sqrt is None or sqrt.op_type != "Sqrt" or div.input[1] != sqrt.output[0]:
-        return None
+    (var, add, sqrt), eps = root
     nodes, out = [n, sub, square, var, add, sqrt, div], div.output[0]
     tensors = {"gamma": np.ones(shape[-1], np.float32), "beta": np.zeros(shape[-1], np.float32)}
     for op_type, key in (("Mul", "gamma"), ("Add", "beta")):
@@ -96,6 +89,74 @@ def last_axis_mean(r: Reader, n: onnx.NodeProto, rank: int) -> bool:
     """A ReduceMean over the last axis of a rank-`rank` tensor (batch included) that keeps that axis."""
     axes = reduce_axes(r, n)
     return axes is not None and [ax % rank for ax in axes] == [rank - 1] and attributes(n).get("keepdims", 1) == 1
+
+
+def is_square(r: Reader, n: onnx.NodeProto, t: str) -> bool:
+    """n squares t: Pow(t, 2), or Mul(t, t)."""
+    return n.input[0] == t and ((n.op_type == "Pow" and const_scalar(r, n.input[1]) == 2)
+                                or (n.op_type == "Mul" and n.input[1] == t))
+
+
+def root_of_mean(r: Reader, square: onnx.NodeProto, rank: int) -> tuple[list[onnx.NodeProto], float] | None:
+    """sqrt(mean(square) + eps) over the last axis, the denominator of both norms: its ReduceMean, Add and
+    Sqrt nodes, and eps."""
+    mean = r.only_consumer(square.output[0])
+    add = mean and r.only_consumer(mean.output[0])
+    if mean is None or mean.op_type != "ReduceMean" or not last_axis_mean(r, mean, rank) \
+            or add is None or add.op_type != "Add":
+        return None
+    eps = const_scalar(r, other_input(add, mean.output[0]))
+    sqrt = r.only_consumer(add.output[0])
+    if not eps > 0 or sqrt is None or sqrt.op_type != "Sqrt":
+        return None
+    return [mean, add, sqrt], eps
+
+
+def import_rmsnorm(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if n.op_type != "RMSNormalization":
+        return rmsnorm_decomposed(r, n)
+    x = r.shape(n.input[0])
+    if attributes(n).get("axis", -1) % (len(x) + 1) != len(x) or len(x) not in (1, 2):
+        raise NotImportable("dlc's rmsnorm normalises the last axis of a vector or a sequence")
+    return one("rmsnorm", n, options={"eps": float(np.float32(attributes(n).get("epsilon", 1e-5)))},
+               tensors={"gamma": r.weight(n, 1, "scale")})
+
+
+def rmsnorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """RMSNorm as written out: the square (Pow 2, or Mul by itself), ReduceMean over the last axis kept as
+    an axis, Add eps, Sqrt, then the division (Div of x: dlc's lowering below opset 23), or the
+    reciprocal (Div of 1: TorchScript's rsqrt; Reciprocal: dynamo's) times x; then Mul by the scale if
+    it has one. Llama's `x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight`."""
+    x = n.input[0]
+    shape = r.shape(x)
+    if len(shape) not in (1, 2) or not is_square(r, n, x):
+        return None
+    root = root_of_mean(r, n, len(shape) + 1)
+    sqrt = root and root[0][-1]
+    after = sqrt and r.only_consumer(sqrt.output[0])
+    if after is None:
+        return None
+    eps = root[1]
+    nodes = [n, *root[0], after]
+    if after.op_type == "Div" and list(after.input) == [x, sqrt.output[0]]:
+        out = after.output[0]
+    else:
+        reciprocal = after.op_type == "Reciprocal" or (
+            after.op_type == "Div" and after.input[1] == sqrt.output[0] and const_scalar(r, after.input[0]) == 1)
+        times = reciprocal and r.only_consumer(after.output[0])
+        if not times or times.op_type != "Mul" or other_input(times, after.output[0]) != x:
+            return None
+        nodes.append(times)
+        out = times.output[0]
+    gamma = np.ones(shape[-1], np.float32)
+    scale = r.only_consumer(out)
+    v = None if scale is None or scale.op_type != "Mul" else r.value(other_input(scale, out))
+    if v is not None and v.size == shape[-1]:
+        gamma = v.reshape(-1).astype(np.float32)
+        nodes.append(scale)
+        out = scale.output[0]
+    return one("rmsnorm", n, options={"eps": float(np.float32(eps))}, tensors={"gamma": gamma}, output=out,
+               nodes=nodes)
 
 
 def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:

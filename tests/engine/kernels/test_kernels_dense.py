@@ -1,5 +1,5 @@
 """The non-spatial, non-recurrent kernels: fc, flatten, embed, activations, softmax, dropout, noise,
-bn, lrn, add, concat. Backward against central differences in float64; forward against onnxruntime
+bn, lrn, add, mul, concat. Backward against central differences in float64; forward against onnxruntime
 running the matching ONNX operator in float32.
 """
 
@@ -15,7 +15,7 @@ from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc, normal_
 from dlc.errors import DlcError
 from kernel_checks import assert_gradients, onnx_run, random_arrays, resolve
 
-ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "elu", "selu", "gelu", "identity", "leaky", "softmax"]
+ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "elu", "selu", "gelu", "identity", "leaky", "softmax", "silu"]
 
 
 def away_from_kinks(x: np.ndarray) -> np.ndarray:
@@ -137,6 +137,42 @@ def test_add_gradients_three_inputs():
     assert_gradients("add", attrs, {}, xs)
 
 
+# equal shapes (three inputs), and a vector of features against an image or a sequence, on either side
+MUL_SHAPES = {"equal": [(2, 3)] * 3, "image": [(3, 2, 2), (3,)], "sequence": [(4,), (3, 4)],
+              "three with a vector": [(3, 4), (4,), (3, 4)]}
+
+
+@pytest.mark.parametrize("case", sorted(MUL_SHAPES))
+def test_mul_gradients(case):
+    rng = np.random.default_rng(12)
+    shapes = MUL_SHAPES[case]
+    attrs, _, _ = resolve("mul", shapes)
+    xs = [rng.standard_normal((2, *s)) for s in shapes]
+    y, _ = run("mul", attrs, {}, xs)
+    # the vector as numpy would broadcast it by hand: over an image's pixels, over a sequence's steps
+    full = [x[:, :, None, None] if x.ndim == 2 and y.ndim == 4 else x[:, None, :] if x.ndim == 2 < y.ndim
+            else x for x in xs]
+    assert np.array_equal(y, np.prod(np.broadcast_arrays(*full), axis=0))
+    assert_gradients("mul", attrs, {}, xs)
+
+
+@pytest.mark.parametrize("kind,shapes", [("silu", [(3, 2, 2)]), ("mul", MUL_SHAPES["image"]),
+                                         ("mul", MUL_SHAPES["three with a vector"])])
+def test_silu_and_mul_in_float32_are_float64_rounded(kind, shapes):
+    # float32's forward and gradients are float64's to float32's precision, not another computation
+    rng = np.random.default_rng(13)
+    attrs, _, _ = resolve(kind, shapes)
+    xs = [2 * rng.standard_normal((2, *s)) for s in shapes]
+    results = {}
+    for dtype in (np.float64, np.float32):
+        y, backward = run(kind, attrs, {}, [x.astype(dtype) for x in xs])
+        dxs, _ = backward(np.ones_like(y))
+        assert {a.dtype for a in (y, *dxs)} == {np.dtype(dtype)}
+        results[dtype] = (y, *dxs)
+    for a, b in zip(results[np.float32], results[np.float64]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shapes", [[(2, 3, 3), (4, 3, 3)], [(3,), (2,), (1,)], [(4, 2), (4, 3)]])
 def test_concat_gradients(shapes):
     rng = np.random.default_rng(11)
@@ -192,6 +228,7 @@ ONNX_ACTIVATIONS = {
     "selu": ("Selu", {}, {"alpha": SELU_ALPHA, "gamma": SELU_SCALE}, 17),
     "gelu": ("Gelu", {}, {}, 20),
     "leaky": ("LeakyRelu", {"alpha": 0.1}, {"alpha": 0.1}, 17),
+    "silu": ("Swish", {}, {}, 24),  # Swish(alpha=1) is SiLU; onnxruntime runs it from opset 24
 }
 
 
@@ -269,6 +306,18 @@ def test_add_matches_onnx_add_and_sum():
     assert_close_f32(run("add", attrs, {}, [a, b, c])[0], onnx_run("Sum", [a, b, c])[0])
 
 
+def test_mul_matches_onnx_mul_with_the_vector_unsqueezed():
+    rng = np.random.default_rng(29)
+    a, b, v = f32(rng, 2, 3, 2, 2), f32(rng, 2, 3, 2, 2), f32(rng, 2, 3)
+    attrs, _, _ = resolve("mul", [(3, 2, 2)] * 2)
+    assert_close_f32(run("mul", attrs, {}, [a, b])[0], onnx_run("Mul", [a, b])[0])
+    attrs, _, _ = resolve("mul", [(3, 2, 2), (3,)])
+    assert_close_f32(run("mul", attrs, {}, [a, v])[0], onnx_run("Mul", [a, v[:, :, None, None]])[0])
+    s = f32(rng, 2, 5, 3)
+    attrs, _, _ = resolve("mul", [(3,), (5, 3)])
+    assert_close_f32(run("mul", attrs, {}, [v, s])[0], onnx_run("Mul", [v[:, None, :], s])[0])
+
+
 @pytest.mark.parametrize("shapes", [[(2, 3, 3), (4, 3, 3)], [(3,), (5,)], [(4, 2), (4, 3), (4, 1)]])
 def test_concat_matches_onnx_concat(shapes):
     rng = np.random.default_rng(30)
@@ -290,6 +339,8 @@ def test_float32_stays_float32_forward_and_backward():
               ("lrn", resolve("lrn", [(3, 2, 2)]), [x]),
               ("flatten", resolve("flatten", [(3, 2, 2)]), [x]),
               ("add", resolve("add", [(3, 2, 2)] * 2), [x, x]),
+              ("mul", resolve("mul", [(3, 2, 2)] * 2), [x, x]),
+              ("mul", resolve("mul", [(3, 2, 2), (3,)]), [x, f32(rng, 4, 3)]),
               ("concat", resolve("concat", [(3, 2, 2)] * 2), [x, x]),
               ("fc", resolve("fc", [(5,)], units=3), [f32(rng, 4, 5)])]
     for kind, (attrs, pshapes, sshapes), xs in cases:

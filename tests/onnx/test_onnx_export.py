@@ -202,6 +202,10 @@ KIND_CASES.update({
     "seqpool last": "input seq 5 of 4 -> seqpool last",
     "seqpool mean": "input seq 5 of 4 -> seqpool mean",
 })
+KIND_CASES.update({
+    "experts on a sequence, top 2 of 4": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> fc 3",
+    "experts on a vector, top 1 of 3, balance (training only)": "input 6 -> experts 3 top=1 balance=0.1 { fc 6 tanh }",
+})
 KIND_CASES["stacked bidirectional lstm on embeddings"] = (
     "input seq 6 -> embed 5 vocab=9 -> lstm 3 bidirectional sequences -> gru 2")
 

@@ -279,4 +279,6 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "gru": recurrent,
     "add": function("{plus}"),
     "concat": concat,
+    # the router and experts are nodes of their own; the load-balancing loss is the NumPy engine's only
+    "experts": function("mixture({top}, {xs})"),
 }

@@ -16,6 +16,15 @@ def last_states(h):
     return h.transpose(0, 1).flatten(1)
 
 
+def mixture(top: int, logits, *outs):
+    """experts: a mixture's join, as dlc's NumPy kernel computes it. Each step keeps its `top` largest
+    router logits (ties to the lower expert index: a stable sort, since torch.topk leaves ties in no
+    set order), takes their softmax and sums the experts' outputs so weighted, the others by zero."""
+    index = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :top]
+    gate = torch.zeros_like(logits).scatter(-1, index, torch.softmax(torch.gather(logits, -1, index), dim=-1))
+    return (torch.stack(outs, -1) * gate.unsqueeze(-2)).sum(-1)
+
+
 class SelfAttention(nn.Module):
     """attention: multi-head self-attention, softmax(Q Kᵀ / sqrt(head_dim)) V per head, the heads joined
     and projected by Wo. dlc's tensors under dlc's names: Wq, Wk, Wv, Wo (out, in) as nn.Linear's

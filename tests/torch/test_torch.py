@@ -71,7 +71,10 @@ layernorm -> seqpool first -> fc 10 softmax
 """
 SEQUENCE_OPTIONS = ("input seq 6 of 8 -> attention 2 bias=off -> concat(seqpool mean | seqpool last) -> layernorm "
                     "-> fc 3 bias=off -> fc 3 sigmoid")
-EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+# a mixture on a sequence and on a vector; the router ties of the third are broken as the engine breaks them
+MIXTURE = ("input seq 5 of 6\nexperts 4 top=2 { fc 8 relu -> fc 6 }\nseqpool\n"
+           "experts 3 top=1 balance=0.1 { fc 6 tanh }\nfc 3")
+EXTRA = {"mixture": MIXTURE, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,

@@ -158,9 +158,9 @@ def table(analysis: Analysis, view: str, every_node: bool = False) -> str:
 
 
 def has_mixture(analysis: Analysis) -> bool:
-    """Whether the graph has a mixture of experts, the only networks whose tables and JSON show active
-    params (elsewhere they equal params)."""
-    return any(n.kind == "experts" for n in analysis.graph.nodes)
+    """Whether some params are not active (a mixture of experts with K < E): only then do the tables and
+    JSON show active params, which elsewhere equal params."""
+    return any(n.standby for n in analysis.graph.nodes)
 
 
 def totals_lines(analysis: Analysis, view: str) -> list[str]:

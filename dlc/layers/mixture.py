@@ -45,11 +45,12 @@ def resolve_experts(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
 
 
 def experts_flops(a: dict, ins: list[Shape], out: Shape) -> int:
-    # per step: softmax over the K kept logits (3 each, as softmax), K multiplies and K-1 adds per
-    # feature for the weighted sum; picking the top K is a selection, not counted (as the causal mask)
+    # per step: softmax over the K kept logits (3 each, as softmax), K multiplies and a sum of K per
+    # feature for the weighted sum (a sum over K counts K, as dlc counts ONNX's ReduceSum); picking the
+    # top K is a selection, not counted (as the causal mask)
     steps = elements(out) // out[-1]
     k = a["top"]
-    return steps * 3 * k + (2 * k - 1) * elements(out)
+    return steps * 3 * k + 2 * k * elements(out)
 
 
 register(LayerKind(

@@ -643,8 +643,8 @@ def test_experts_count_every_expert_in_params_and_k_of_them_in_active_params_and
     # per step: the router and 2 experts' products; 8 steps
     assert a.totals.macs == 8 * (16 * 4 + 2 * (16 * 32 + 32 * 16) + 16 * 3) == 17_280
     joined = last(MIXTURE, "experts")
-    # per step: softmax over the 2 kept logits (3 each), 2 multiplies and 1 add per feature
-    assert figures(joined) == ((8, 16), 0, 0, 0, 8 * (3 * 2 + 3 * 16))
+    # per step: softmax over the 2 kept logits (3 each), 2 multiplies and a sum of 2 per feature
+    assert figures(joined) == ((8, 16), 0, 0, 0, 8 * (3 * 2 + 4 * 16))
 
 
 def test_experts_without_a_mixture_active_params_equal_params():

@@ -59,6 +59,8 @@ KIND_EXAMPLES = {
                  "-> fc 2",
     "tokens": "input seq 8 -> embed 16 vocab=11 as tok -> posembed -> layernorm -> attention 2 causal bias=off "
               "-> fc 11 tied=tok softmax",
+    "mixture": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> seqpool -> experts 3 top=1 { fc 6 } "
+               "-> fc 2",
     "windows": "input 3@11x11 -> maxpool 3/2 pad=same ceil -> avgpool 3/2 ceil -> dwconv 3x3 mult=2 "
                "-> upconv 2@3x3/2 pad=1 -> lrn 3",
 }

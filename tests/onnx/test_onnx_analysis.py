@@ -86,6 +86,7 @@ def test_a_dlc_export_gives_exactly_its_specs_figures(name, monkeypatch):
     # every figure but the NumPy engine's workspace, which belongs to a spec the engine runs
     assert model.totals == replace(spec.totals, columns_bytes=None)
     got = {s.node.name: s for s in model.nodes}
+    assert not [s.node.name for s in model.nodes if s.uncounted]  # every operator the export writes has a rule
     assert list(got) == [s.node.name for s in spec.nodes]
     for s in spec.nodes:
         o = got[s.node.name]

@@ -279,6 +279,6 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "gru": recurrent,
     "add": function("{plus}"),
     "concat": concat,
-    # the router and experts are nodes of their own; the load-balancing loss is the NumPy engine's only
-    "experts": function("mixture({top}, {xs})"),
+    # the router and experts are nodes of their own; the join holds the load-balancing loss
+    "experts": lambda node, ins: Layer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
 }

@@ -310,6 +310,26 @@ def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
         np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-8, err_msg=k)
 
 
+def test_numpy_and_torch_engines_agree_on_a_mixture_with_its_balance_loss():
+    # the load-balancing loss is in both engines' loss and gradient: with balance=0.5 it moves the router
+    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01)
+    graph = compile_spec("input seq 6 -> embed 8 vocab=7 -> experts 4 top=2 balance=0.5 { fc 12 relu -> fc 8 } "
+                         "-> fc 7 softmax", "moe.dlc")
+    params, state = init_params(graph, seed=3, dtype=np.float64)
+    fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
+    engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()}, {}, fresh),
+               torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(5):
+        x, y = rng.integers(0, 7, (16, 6)), rng.integers(0, 7, (16, 6))
+        losses.append([step_loss(e, x, y, cfg.lr) for e in engines])
+    np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
+    (pn, _), (pt, _) = (e.weights(copy=True) for e in engines)
+    for k in pn:
+        np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-10, err_msg=k)
+
+
 FREEZE_NET = "input 3@8x8 -> conv 6@3x3 pad=1 as c -> bn as b -> relu as features -> fc 10 relu -> fc 4 softmax"
 
 

@@ -310,6 +310,21 @@ def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
         np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-8, err_msg=k)
 
 
+def test_a_mixtures_router_ties_go_to_the_lower_expert_in_torch_as_in_the_engine():
+    # a zero router: every logit ties; torch.topk would pick any two, the module's stable sort picks 1 and 2
+    graph = compile_spec("input seq 3 of 4 -> experts 4 top=2 { fc 4 }", "ties.dlc")
+    params, state = random_weights(graph)
+    params["experts1.router.W"][...] = 0
+    net = net_of(graph).double()
+    net.from_dlc({k: torch.from_numpy(v) for k, v in params.items()})
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    with torch.no_grad():
+        got = net.eval()(torch.from_numpy(x)).numpy()
+    experts = [x @ params[f"experts1.expert{e}.fc1.W"].T + params[f"experts1.expert{e}.fc1.b"] for e in (1, 2)]
+    np.testing.assert_allclose(got, (experts[0] + experts[1]) / 2, rtol=1e-12)
+    np.testing.assert_allclose(got, predict(graph, params, state, x), rtol=1e-12)
+
+
 def test_numpy_and_torch_engines_agree_on_a_mixture_with_its_balance_loss():
     # the load-balancing loss is in both engines' loss and gradient: with balance=0.5 it moves the router
     cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01)

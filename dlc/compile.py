@@ -442,6 +442,9 @@ def _emit_nest(b: Build, n: Nest, cur: str, scope: Scope, defaults: Defaults) ->
         raise DlcError(str(e), main.where.get(e.attr, main.pos)) from None
     if not any(isinstance(s, STEPS) for s in n.body):
         raise DlcError(f"{main.head} has no steps in its braces: write the block each expert is", n.pos)
+    if len(b.by_name[cur].out_shape) == 3:
+        raise DlcError(f"{main.head} routes each step of a sequence, or a vector; its input is the image "
+                       f"{show(b.by_name[cur].out_shape)}: write `tokens` (or `gap`) before it", main.pos)
     base = scope.node_name(kind.name)
     text = _one_line(n.text) if "\n" not in n.text else _one_line(n.text.split("{", 1)[0]) + " {…}"
     first = len(b.nodes)

@@ -685,9 +685,19 @@ def test_experts_names_rows_and_repeats():
     ("input 6\nfc 6 { fc 6 }", ["only experts takes a block in braces"]),
     ("input 6\nexperts 4 { }", ["no steps"]),
     ("input 6\nexperts 4 topp=1 { fc 6 }", ["unknown option", "top"]),
+    ("input 3@4x4\nexperts 4 { conv 3@3x3 pad=1 }", ["image 3@4x4", "tokens"]),
 ])
 def test_experts_bad_values_are_located_errors(spec, words):
     fails(spec, 2, *words)
+
+
+def test_experts_take_block_parameters_and_defaults():
+    g = compile_spec("input seq 4 of 6\ndefault experts top=1\nblock moe(e, f) {\n  experts e { fc f relu -> fc 6 }\n}\n"
+                     "moe(3, 8)\n", file="<test>")
+    joined = g.node("moe1.experts1")
+    assert (joined.attrs["experts"], joined.attrs["top"]) == (3, 1)
+    assert g.node("moe1.experts1.expert3.fc1").out_shape == (4, 8)
+    assert [n.standby for n in g.nodes if n.name.startswith("moe1.experts1.expert")] == [False] * 3 + [True] * 6
 
 
 def test_experts_error_points_at_the_bad_value():

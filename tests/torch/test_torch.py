@@ -30,6 +30,7 @@ from dlc.compile import compile_spec  # noqa: E402
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint  # noqa: E402
 from dlc.engine.run import predict  # noqa: E402
 from dlc.layers import KINDS, param_count  # noqa: E402
+from dlc.layers.dense import token_vocab  # noqa: E402
 from dlc.torch.engine import network, torch_engine  # noqa: E402
 from dlc.train import optim  # noqa: E402
 from dlc.train.builtin import BUILTIN_SIZES  # noqa: E402
@@ -287,22 +288,30 @@ def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg)
         np.testing.assert_allclose(st[k], sn[k], rtol=1e-9, atol=1e-8, err_msg=k)
 
 
-def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
-    # weight decay on the shared table, adam's slots for it: one tensor on both engines
-    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01, weight_decay=1e-3)
-    graph = graph_of("small_lm")
+def run_both_on_tokens(graph, cfg):
+    """The NumPy and torch engines from the same float64 weights over the same five batches of token
+    sequences with a class at every step: (losses, (numpy weights, torch weights), initial params)."""
     params, state = init_params(graph, seed=3, dtype=np.float64)
     fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
     engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()}, {}, fresh),
                torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
     rng = np.random.default_rng(0)
+    vocab, classes, shape = token_vocab(graph), graph.output.out_shape[-1], (16, *graph.input.out_shape)
     losses = []
     for _ in range(5):
-        x, y = rng.integers(0, 11, (16, 8)), rng.integers(0, 11, (16, 8))  # a class at every step
+        x, y = rng.integers(0, vocab, shape), rng.integers(0, classes, shape)
         losses.append([step_loss(e, x, y, cfg.lr) for e in engines])
+    (pn, _), (pt, _) = (e.weights(copy=True) for e in engines)
+    return losses, (pn, pt), params
+
+
+def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
+    # weight decay on the shared table, adam's slots for it: one tensor on both engines
+    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01, weight_decay=1e-3)
+    graph = graph_of("small_lm")
+    losses, (pn, pt), params = run_both_on_tokens(graph, cfg)
     print("numpy/torch losses, causal LM", losses)
     np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
-    (pn, _), (pt, _) = (e.weights(copy=True) for e in engines)
     assert set(pt) == set(pn) == set(params)
     for k in pn:
         # atol: bk adds q·bk to every score of a row, which softmax cancels; its gradient is rounding
@@ -330,17 +339,8 @@ def test_numpy_and_torch_engines_agree_on_a_mixture_with_its_balance_loss():
     cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01)
     graph = compile_spec("input seq 6 -> embed 8 vocab=7 -> experts 4 top=2 balance=0.5 { fc 12 relu -> fc 8 } "
                          "-> fc 7 softmax", "moe.dlc")
-    params, state = init_params(graph, seed=3, dtype=np.float64)
-    fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
-    engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()}, {}, fresh),
-               torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
-    rng = np.random.default_rng(0)
-    losses = []
-    for _ in range(5):
-        x, y = rng.integers(0, 7, (16, 6)), rng.integers(0, 7, (16, 6))
-        losses.append([step_loss(e, x, y, cfg.lr) for e in engines])
+    losses, (pn, pt), _ = run_both_on_tokens(graph, cfg)
     np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
-    (pn, _), (pt, _) = (e.weights(copy=True) for e in engines)
     for k in pn:
         np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-10, err_msg=k)
 

@@ -53,6 +53,7 @@ class Plan:
     param_names: tuple[str, ...]
     tokens: bool  # the input is token ids, which have no gradient
     random: bool  # some node draws random numbers in training mode
+    balanced: bool  # some mixture adds a load-balancing loss in training
 
 
 @dataclass
@@ -113,7 +114,8 @@ def _build_plan(graph: Graph) -> Plan:
             free=tuple(sorted({s for s, last in last_read.items() if last == i})), carries=carries,
         ))
     return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
-                graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes))
+                graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes),
+                any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes))
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
@@ -138,6 +140,8 @@ PLAIN_CTX = {(training, need_dx): Ctx(training, None, need_dx) for training in (
 
 def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None, need_dx: bool = True,
          aux: list[float] | None = None) -> Ctx:
+    if not plan.balanced:
+        aux = None  # nothing will add to it: keep the shared contexts
     if not plan.random and aux is None:
         return PLAIN_CTX[training, need_dx]
     if training and rng is None and plan.random:

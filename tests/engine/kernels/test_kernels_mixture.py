@@ -58,6 +58,23 @@ def test_gradients_with_a_tie_inside_the_top_k():
     assert_gradients("experts", attrs_of(4, 2), {}, xs)
 
 
+def test_a_tie_at_the_kth_place_takes_the_gradient_of_the_lower_experts_side():
+    # logits 2, 1, 1, 0 with top 2: experts 2 and 3 tie for the second place, a jump in the routing
+    # where no derivative exists; the engine routes to expert 2 and back-propagates that routing, the
+    # limit from the side where expert 2's logit is the larger
+    rng = np.random.default_rng(5)
+    xs = mixture_inputs(rng, n=1)
+    xs[0][:] = [[2.0, 1.0, 1.0, 0.0]]
+    nudged = [x.copy() for x in xs]
+    nudged[0][0, 1] += 1e-9
+    dy = rng.standard_normal((1, 3))
+    at_tie = KERNELS["experts"](attrs_of(4, 2), {}, {}, xs, Ctx())[1](dy)[0]
+    beside = KERNELS["experts"](attrs_of(4, 2), {}, {}, nudged, Ctx())[1](dy)[0]
+    for a, b in zip(at_tie, beside):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    assert not at_tie[3].any() and at_tie[2].any()  # expert 3 gets nothing, expert 2 its share
+
+
 def test_float32_agrees_with_float64():
     rng = np.random.default_rng(3)
     xs = mixture_inputs(rng)

@@ -37,6 +37,11 @@ class NodeStats:
     activations: int  # output elements per sample
     rf: ReceptiveField | None  # None where the input has no spatial axes
     uncounted: str | None = None  # why macs and flops leave this node out (an ONNX operator without a rule)
+    active_params: int | None = None  # params one step runs: 0 for a mixture's standby experts
+
+    def __post_init__(self):
+        if self.active_params is None:
+            self.active_params = self.params
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Totals:
     macs: int
     flops: int
     activations: int
+    active_params: int  # what one step runs: every expert of a mixture counts in params, K of E here
     param_bytes: int
     activation_bytes: int  # per sample
     grad_bytes: int
@@ -108,11 +114,13 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd") -> Analysis:
             fields[node.name] = receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
                                                  graph.input.out_shape[1:])
         trainable, frozen = param_count(kind, node.attrs, ins)
+        # a mixture's experts past its top K hold weights but do no work on a step (docs/conventions.md)
+        runs = not node.standby
         stats.append(NodeStats(
             node=node, params=trainable, non_trainable=frozen,
-            macs=kind.macs(node.attrs, ins, node.out_shape) * batch,
-            flops=kind.flops(node.attrs, ins, node.out_shape) * batch,
-            activations=prod(node.out_shape), rf=fields[node.name],
+            macs=kind.macs(node.attrs, ins, node.out_shape) * batch * runs,
+            flops=kind.flops(node.attrs, ins, node.out_shape) * batch * runs,
+            activations=prod(node.out_shape), rf=fields[node.name], active_params=trainable * runs,
         ))
     return Analysis(graph, stats, totals(stats, batch, optimizer, engine_columns_bytes(graph, batch)))
 
@@ -169,7 +177,7 @@ def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: in
                f"{slots}x{BYTES_PER_VALUE * p} + batch {batch} x activations {act_bytes} = {train} bytes")
     return Totals(
         params=p, non_trainable=nt, macs=sum(s.macs for s in stats), flops=sum(s.flops for s in stats),
-        activations=act, param_bytes=param_bytes, activation_bytes=act_bytes, grad_bytes=grad_bytes,
+        activations=act, active_params=sum(s.active_params for s in stats), param_bytes=param_bytes, activation_bytes=act_bytes, grad_bytes=grad_bytes,
         optimizer_bytes=optimizer_bytes, train_bytes=train,
         batch=batch, optimizer=optimizer, train_formula=formula, columns_bytes=columns_bytes,
     )

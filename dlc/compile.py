@@ -15,7 +15,8 @@ from dlc.errors import DlcError, Pos, ShapeError
 from dlc.graph import BlockCall, Graph, Node
 from dlc.layers import KINDS, LABEL, PAD, LayerKind, Ref, all_words, lookup
 from dlc.layers.spatial import show
-from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Option, Size, Step, Train, Value, Word,
+from dlc.layers.mixture import check_mixture
+from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Nest, Option, Size, Step, Train, Value, Word,
                         parse, size_example)
 
 # A spec that expands past this many nodes is almost surely a mistyped repeat count, not a network.
@@ -86,7 +87,7 @@ class StepLayer:
 
 Defaults = dict  # canonical kind -> {option or flag: value}, from `default` statements in scope
 
-STEPS = (Step, Group, Call, Merge)
+STEPS = (Step, Group, Call, Merge, Nest)
 
 
 def _compile(text: str, file: str) -> Graph:
@@ -139,7 +140,7 @@ def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
                        s.pos)
     if isinstance(s, Train):
         raise DlcError("`train` is a top-level statement, not part of a block, group or branch", s.pos)
-    emit = {Step: _emit_step, Group: _emit_group, Call: _emit_call, Merge: _emit_merge}[type(s)]
+    emit = {Step: _emit_step, Group: _emit_group, Call: _emit_call, Merge: _emit_merge, Nest: _emit_nest}[type(s)]
     first = len(b.nodes)
     for _ in range(_repeat_count(s.repeat, scope)):
         cur = emit(b, s, cur, scope, defaults)
@@ -245,6 +246,9 @@ def _emit_step(b: Build, step: Step, cur: str, scope: Scope, defaults: Defaults)
     kind = _kind_or_error(step.kind, scope)
     if kind.name == "input":
         raise DlcError("`input` is the first statement of the spec, not a step", step.kind.pos)
+    if kind.body:
+        raise DlcError(f"`{step.kind.name}` takes its block in braces: `{step.kind.name} 8 top=2 {{ fc 64 relu "
+                       f"-> fc 16 }}`", step.kind.pos)
     if kind.merge:
         return _emit_label_merge(b, kind, step, cur, scope)
     layers = _layers(step, kind, scope, defaults)
@@ -389,8 +393,8 @@ def _label_node(w: Word, scope: Scope) -> str:
 
 def _emit_merge(b: Build, m: Merge, cur: str, scope: Scope, defaults: Defaults) -> str:
     kind = lookup(m.kind.name)
-    if kind is None or not kind.merge:
-        merges = [k.name for k in KINDS.values() if k.merge]
+    if kind is None or not kind.merge or kind.body:
+        merges = [k.name for k in KINDS.values() if k.merge and not k.body]
         if m.kind.name in b.blocks:
             raise DlcError(f"a block call takes its arguments on one line, like `{m.kind.name}(64, 2)`", m.kind.pos)
         raise DlcError(f"`{m.kind.name}( … | … )`: branches are merged by {' or '.join(merges)}"
@@ -419,6 +423,58 @@ def _emit_merge(b: Build, m: Merge, cur: str, scope: Scope, defaults: Defaults) 
             outs[i] = _shortcut(b, shortcuts.pop(0), cur, target, scope, defaults)
     text = _one_line(m.text) if "\n" not in m.text else f"{m.kind.name}(…)"
     return _add_node(b, scope, kind, {}, outs, m.pos, text, kind.name).name
+
+
+# --- mixtures of experts --------------------------------------------------------------------------
+
+def _emit_nest(b: Build, n: Nest, cur: str, scope: Scope, defaults: Defaults) -> str:
+    """`experts E top=K { BLOCK }`: a router `fc E bias=off`, E copies of the block from the current tensor
+    (each with its own weights), and the `experts` node that joins them (dlc/layers/mixture.py)."""
+    kind = _kind_or_error(n.kind, scope)
+    if not kind.body:
+        bodied = [k.name for k in KINDS.values() if k.body]
+        raise DlcError(f"only {', '.join(bodied)} takes a block in braces; `{n.kind.name}` is a step of its own",
+                       n.kind.pos)
+    main, *suffixes = _layers(Step(n.kind, n.size, n.items, None, None, n.text, n.pos), kind, scope, defaults)
+    try:
+        check_mixture(main.attrs)
+    except ShapeError as e:
+        raise DlcError(str(e), main.where.get(e.attr, main.pos)) from None
+    if not any(isinstance(s, STEPS) for s in n.body):
+        raise DlcError(f"{main.head} has no steps in its braces: write the block each expert is", n.pos)
+    if len(b.by_name[cur].out_shape) == 3:
+        raise DlcError(f"{main.head} routes each step of a sequence, or a vector; its input is the image "
+                       f"{show(b.by_name[cur].out_shape)}: write `tokens` (or `gap`) before it", main.pos)
+    base = scope.node_name(kind.name)
+    text = _one_line(n.text) if "\n" not in n.text else _one_line(n.text.split("{", 1)[0]) + " {…}"
+    first = len(b.nodes)
+    router = _add_node(b, scope, KINDS["fc"], dict(KINDS["fc"].default_attrs(), units=main.attrs["experts"],
+                                                   bias=False), [cur], main.pos, text, main.head,
+                       name=f"{base}.router")
+    outs = []
+    for e in range(1, main.attrs["experts"] + 1):
+        start = len(b.nodes)
+        inner = Scope(f"{base}.expert{e}.", scope.params, dict(scope.labels), scope.stack,
+                      resolved=scope.resolved)
+        out, expert_defaults = cur, dict(defaults)
+        for s in n.body:
+            out = _emit(b, s, out, inner, expert_defaults)
+        got, want = b.by_name[out].out_shape, b.by_name[cur].out_shape
+        if got != want:
+            raise DlcError(f"{main.head} ({base}): each expert must give back its input's shape {show(want)}; "
+                           f"this block turns it into {show(got)}", n.pos)
+        for node in b.nodes[start:]:
+            node.standby = e > main.attrs["top"]
+        outs.append(out)
+    joined = _add_node(b, scope, kind, main.attrs, [router.name, *outs], main.pos, text, main.head, name=base,
+                       where=main.where)
+    for node in b.nodes[first:]:
+        node.row = base
+    cur = joined.name
+    for layer in suffixes:
+        cur = _add_node(b, scope, layer.kind, dict(layer.attrs), [cur], layer.pos, text, layer.head, base,
+                        where=layer.where).name
+    return cur
 
 
 def _lone_word(branch: list) -> str | None:

@@ -33,6 +33,9 @@ class Node:
     # inside a block, its step with the parameters replaced by the call's values ("conv 64@3x3 pad=1 bn
     # relu" for text "conv c@3x3/s pad=1 bn relu"); "" where the step is written with values
     resolved_text: str = ""
+    # an expert of a mixture past its top K (`experts E top=K`): its parameters count, but not in the
+    # active parameters, MACs or FLOPs, since each step runs K of the E experts (docs/conventions.md)
+    standby: bool = False
 
     def __post_init__(self):
         if not self.row:

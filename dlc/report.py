@@ -29,6 +29,10 @@ CONVENTIONS = {
     "engine_train_bytes": "train_bytes + the im2col columns dlc's NumPy engine holds at once at this batch "
                           "(null for an ONNX model)",
 }
+# Beside the others only where the graph has a mixture of experts, so other documents stay as they were.
+ACTIVE_CONVENTION = ("the params one step runs: each mixture's router and K of its E experts, and every layer "
+                     "outside the mixtures (params counts every expert); a mixture's macs and flops are its "
+                     "router's and its K routed experts' per step")
 
 
 @dataclass
@@ -115,6 +119,7 @@ COLUMNS = {
     "from": ("from", False, lambda r: _sources(r.sources)),
     "output": ("output", True, lambda r: show(r.out_shape)),
     "params": ("params", True, lambda r: grouped(r.total("params"))),
+    "active_params": ("active", True, lambda r: grouped(r.total("active_params"))),
     "non_trainable": ("non-trainable", True, lambda r: grouped(r.total("non_trainable"))),
     "macs": ("MACs", True, lambda r: _cost(r, "macs")),
     "flops": ("FLOPs", True, lambda r: _cost(r, "flops")),
@@ -139,6 +144,8 @@ def table(analysis: Analysis, view: str, every_node: bool = False) -> str:
     cols = VIEWS[view]
     if not any(r.sources for r in table_rows):
         cols = [c for c in cols if c != "from"]
+    if "params" in cols and has_mixture(analysis):
+        cols.insert(cols.index("params") + 1, "active_params")
     cells = [[COLUMNS[c][0] for c in cols]] + [[COLUMNS[c][2](r) for c in cols] for r in table_rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
 
@@ -150,6 +157,12 @@ def table(analysis: Analysis, view: str, every_node: bool = False) -> str:
     return "\n".join([fmt(cells[0]), rule, *(fmt(line) for line in cells[1:]), rule])
 
 
+def has_mixture(analysis: Analysis) -> bool:
+    """Whether some params are not active (a mixture of experts with K < E): only then do the tables and
+    JSON show active params, which elsewhere equal params."""
+    return any(n.standby for n in analysis.graph.nodes)
+
+
 def totals_lines(analysis: Analysis, view: str) -> list[str]:
     t = analysis.totals
     per = "per sample" if t.batch == 1 else f"for a batch of {t.batch}"
@@ -157,11 +170,16 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
     if view in ("params", "summary"):
         lines.append(f"params: {grouped(t.params)} trainable + {grouped(t.non_trainable)} non-trainable "
                      f"= {grouped(t.params + t.non_trainable)} ({binary(t.param_bytes)} as float32)")
+        if has_mixture(analysis):
+            lines.append(f"active params: {grouped(t.active_params)} of {grouped(t.params)}, what one step runs "
+                         f"(each mixture's router and top K experts, and every layer outside the mixtures)")
     if view in ("flops", "summary"):
         causal = any(n.kind == "attention" and n.attrs["causal"] for n in analysis.graph.nodes)
         lines.append(f"MACs: {si(t.macs)} ({grouped(t.macs)}) multiply-accumulates {per}, "
                      f"weighted layers only" + ("; causal attention counted in full (dense kernels compute "
-                                                "the whole T x T square)" if causal else ""))
+                                                "the whole T x T square)" if causal else "")
+                     + ("; a mixture counts its router and K routed experts per step" if has_mixture(analysis)
+                        else ""))
         lines.append(f"FLOPs: {si(t.flops)} ({grouped(t.flops)}) floating-point operations {per}, "
                      f"forward pass at inference")
     if view == "summary":
@@ -178,6 +196,7 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
 
 def to_json(analysis: Analysis) -> dict:
     g, t = analysis.graph, analysis.totals
+    mixture = has_mixture(analysis)
     layers = []
     for s in analysis.nodes:
         n = s.node
@@ -192,6 +211,7 @@ def to_json(analysis: Analysis) -> dict:
             "out_shape": list(n.out_shape),
             "params": s.params,
             "non_trainable": s.non_trainable,
+            **({"active_params": s.active_params} if mixture else {}),
             "macs": s.macs,
             "flops": s.flops,
             "activations": s.activations,
@@ -206,11 +226,12 @@ def to_json(analysis: Analysis) -> dict:
         "input": list(g.input.out_shape),
         "input_dtype": g.input.dtype,
         "batch": t.batch,
-        "conventions": CONVENTIONS,
+        "conventions": CONVENTIONS | ({"active_params": ACTIVE_CONVENTION} if mixture else {}),
         "layers": layers,
         "totals": {
             "params": t.params,
             "non_trainable": t.non_trainable,
+            **({"active_params": t.active_params} if mixture else {}),
             "macs": t.macs,
             "flops": t.flops,
             "activations": t.activations,

@@ -103,6 +103,20 @@ class Merge:
 
 
 @dataclass
+class Nest:
+    """A step with a body in braces: `experts 8 top=2 { … }`."""
+
+    kind: Word
+    size: Size | None
+    items: list[Word | Option]
+    body: list
+    repeat: Value | None
+    label: Word | None
+    text: str
+    pos: Pos
+
+
+@dataclass
 class Input:
     size: Size | None  # `input 3@224x224`, `input 784`
     steps: Value | None  # `input seq T [of D]`
@@ -138,7 +152,7 @@ class Train:
     pos: Pos
 
 
-Statement = Input | Default | BlockDef | Train | Step | Group | Call | Merge
+Statement = Input | Default | BlockDef | Train | Step | Group | Call | Merge | Nest
 
 
 @dataclass
@@ -272,6 +286,13 @@ class _ToAst(Transformer):
         size = next((c for c in rest[1:] if isinstance(c, Size)), None)
         items = [c for c in rest[1:] if isinstance(c, (Word, Option))]
         return Step(kind, size, items, repeat, label, self._slice(meta), _meta_pos(meta))
+
+    def nest(self, meta, children):
+        rest, repeat, label = _split(children)
+        kind = Word(str(rest[0]), token_pos(rest[0]))
+        size = next((c for c in rest[1:] if isinstance(c, Size)), None)
+        items = [c for c in rest[1:-1] if isinstance(c, (Word, Option))]
+        return Nest(kind, size, items, rest[-1], repeat, label, self._slice(meta), _meta_pos(meta))
 
     def group(self, meta, children):
         rest, repeat, label = _split(children)

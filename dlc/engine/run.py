@@ -53,6 +53,7 @@ class Plan:
     param_names: tuple[str, ...]
     tokens: bool  # the input is token ids, which have no gradient
     random: bool  # some node draws random numbers in training mode
+    balanced: bool  # some mixture adds a load-balancing loss in training
 
 
 @dataclass
@@ -113,7 +114,8 @@ def _build_plan(graph: Graph) -> Plan:
             free=tuple(sorted({s for s, last in last_read.items() if last == i})), carries=carries,
         ))
     return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
-                graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes))
+                graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes),
+                any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes))
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
@@ -136,12 +138,15 @@ PLAIN_CTX = {(training, need_dx): Ctx(training, None, need_dx) for training in (
              for need_dx in (False, True)}
 
 
-def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None, need_dx: bool = True) -> Ctx:
-    if not plan.random:
+def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None, need_dx: bool = True,
+         aux: list[float] | None = None) -> Ctx:
+    if not plan.balanced:
+        aux = None  # nothing will add to it: keep the shared contexts
+    if not plan.random and aux is None:
         return PLAIN_CTX[training, need_dx]
-    if training and rng is None:
+    if training and rng is None and plan.random:
         rng = np.random.default_rng()
-    return Ctx(training, rng, need_dx)
+    return Ctx(training, rng, need_dx, aux)
 
 
 def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, stop: int,
@@ -157,7 +162,7 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
     values[0] = x
     yield plan.nodes[0], x
     fixed = PLAIN_CTX[False, True]
-    no_dx = ctx if input_grad else _ctx(plan, ctx.training, ctx.rng, need_dx=False)
+    no_dx = ctx if input_grad else _ctx(plan, ctx.training, ctx.rng, need_dx=False, aux=ctx.aux)
     for step in plan.steps[:stop]:
         y, back = step.kernel(step.attrs, {k: params[f] for k, f in step.params} if step.params else {},
                               {k: state[f] for k, f in step.state} if step.state else {},
@@ -174,9 +179,11 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
 
 def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
             rng: np.random.Generator | None = None, keep: bool = False, upto: str | None = None,
-            frozen: str | None = None, input_grad: bool = True) -> tuple[np.ndarray, Tape | None]:
+            frozen: str | None = None, input_grad: bool = True,
+            aux: list[float] | None = None) -> tuple[np.ndarray, Tape | None]:
     """Run the graph (up to and including node `upto`); with keep=True also return the tape for backward,
-    whose backward gives the input's gradient only when `input_grad`.
+    whose backward gives the input's gradient only when `input_grad`. In training, the auxiliary losses
+    of the kernels (a mixture's load balancing) are appended to `aux` when it is given.
 
     In training mode dropout and noise draw from `rng` and bn uses batch statistics and updates `state`;
     every node up to and including `frozen` runs as at inference and gets no gradients.
@@ -187,7 +194,8 @@ def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training:
     _check_input(graph, x)
     backs = [] if keep else None
     y = x
-    for _, y in _execute(plan, params, state, x, _ctx(plan, training, rng), stop, backs, fixed, input_grad):
+    for _, y in _execute(plan, params, state, x, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
+                         input_grad):
         pass
     return y, (Tape(plan, backs, stop, params, input_grad, fixed) if keep else None)
 
@@ -272,21 +280,24 @@ def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.n
     """(value, network output, d value / d (output or logits), tape or None), in training mode.
 
     The tape ends where the loss was taken (the logits when fused), so `backward(tape, dout)` continues it.
+    The value includes the kernels' auxiliary losses (a mixture's load balancing), whose gradients their
+    backward adds.
     """
     if loss not in LOSSES:
         raise DlcError(f"unknown loss `{loss}` (expected one of {', '.join(sorted(LOSSES))})")
     fused = _fused(graph, loss)
+    aux: list[float] = []
     if fused is None:
         out, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, frozen=frozen,
-                            input_grad=input_grad)
+                            input_grad=input_grad, aux=aux)
         value, dout = LOSSES[loss](out, y)
-        return value, out, dout, tape
+        return value + sum(aux), out, dout, tape
     last = graph.output
     logits, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, upto=last.inputs[0],
-                           frozen=frozen, input_grad=input_grad)
+                           frozen=frozen, input_grad=input_grad, aux=aux)
     value, dlogits = LOSSES[fused](logits, y)
     out, _ = KERNELS[last.kind](last.attrs, {}, {}, [logits], Ctx(True, rng))
-    return value, out, dlogits, tape
+    return value + sum(aux), out, dlogits, tape
 
 
 def loss_and_grads(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,

@@ -163,6 +163,7 @@ class LayerKind:
     window: WindowRule = _pointwise
     """Window for the receptive field; None for pointwise kinds, GLOBAL for kinds that see everything."""
     merge: bool = False  # takes two or more inputs (add, concat)
+    body: bool = False  # written with a block in braces, `experts 8 top=2 { … }`, never as a plain step
     reads_tokens: bool = False  # reads token ids (`input seq T`); every other kind reads float features
 
     def default_attrs(self) -> dict:
@@ -221,4 +222,4 @@ def elements(shape: Shape) -> int:
     return prod(shape)
 
 
-from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence  # noqa: E402,F401  (registers the kinds)
+from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence, mixture  # noqa: E402,F401  (registers the kinds)

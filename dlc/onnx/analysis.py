@@ -178,6 +178,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
 
     stats, uncounted, owner = [], [], {}
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
+    in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
     for name in g.inputs:
         t = g.tensors[name]
         node = Node(name, "input", {}, [], t.per_sample, dtype_name(t.elem_type), text="input")
@@ -213,16 +214,53 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
         if steps is not None:
             steps[layer.name] = main.doc_string
         node = Node(layer.name, main.op_type, attributes(main), inputs, t.per_sample or (), dtype_name(t.elem_type),
-                    text=text)
-        stats.append(NodeStats(node, params, frozen, macs * batch, flops * batch,
-                               sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None))
+                    text=text, standby=in_mixture.get(layer.name) == "standby")
+        runs = not node.standby
+        stats.append(NodeStats(node, params, frozen, macs * batch * runs, flops * batch * runs,
+                               sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None,
+                               params * runs))
     fold_rows(stats, steps)
+    mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
     return Analysis(graph, stats, totals(stats, batch, optimizer)), uncounted
 
 
+def standby_layers(layers: list[Layer], g: OnnxGraph) -> dict[str, str]:
+    """In a dlc export, the layers of each mixture of experts (`<mixture>.router`, `<mixture>.expert<e>.…`)
+    -> the mixture: its join is the layer with the TopK, whose K the kept values' inferred shape gives.
+    Experts past the top K map to "standby": they count in params, not in active params, MACs or FLOPs
+    (docs/conventions.md). Other layers are not in the dict."""
+    tops = {}
+    for layer in layers:
+        for n in layer.nodes:
+            t = g.tensors.get(n.output[0]) if n.op_type == "TopK" else None
+            if t is not None and t.known:
+                tops[layer.name] = t.shape[-1]
+    found = {}
+    for layer in layers:
+        mixture, _, rest = layer.name.rpartition(".expert")
+        number = rest.split(".", 1)[0]
+        if mixture in tops and number.isdigit():
+            found[layer.name] = "standby" if int(number) > tops[mixture] else mixture
+        elif layer.name.endswith(".router") and layer.name[:-len(".router")] in tops:
+            found[layer.name] = layer.name[:-len(".router")]
+    return found
+
+
 def weight(cost: Cost | NotCounted) -> tuple[int, int]:
     return (0, 0) if isinstance(cost, NotCounted) else (cost.macs, cost.flops)
+
+
+def mixture_rows(stats: list[NodeStats], in_mixture: dict[str, str]) -> None:
+    """A mixture is one row, as in its spec: its router, experts and join share the join's row."""
+    if not in_mixture:
+        return
+    joins = {s.node.name for s in stats if s.node.name in in_mixture.values()}
+    for s in stats:
+        name = s.node.name
+        for j in joins:
+            if name == j or name.startswith(f"{j}."):
+                s.node.row = j
 
 
 def fold_rows(stats: list[NodeStats], steps: dict[str, str] | None) -> None:

@@ -226,6 +226,8 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "LogSoftmax": per_element(4),
     "Resize": count_resize,
     "Upsample": count_resize,
+    # a mixture's routing picks the K largest logits: a selection, not counted (dlc's experts rule)
+    "TopK": free,
     **{name: per_element(1) for name in (
         "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "PRelu", "HardSigmoid",
         "HardSwish", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Clip", "Erf", "Exp", "Log", "Sqrt",

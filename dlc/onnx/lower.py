@@ -355,6 +355,34 @@ def lower_concat(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Concat", x, n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
 
 
+def lower_experts(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    """A mixture's join: TopK of the router logits (ties to the lower index, as the engine), Softmax over
+    the K kept, and the weighted sum of the K routed experts' outputs, gathered (GatherElements) from all
+    E stacked. Every expert's branch runs on every step before it: ONNX has no dispatch of steps to
+    experts short of Loop/If, and this dense form is what dlc's engines compute, so the export equals
+    them; the gather keeps the join's own work to the K routed experts, as dlc counts it."""
+    p, d = n.name, n.out_shape[-1]
+    logits, outs = x[0], x[1:]
+    return [
+        const(f"{p}/k", [n.attrs["top"]]),
+        helper.make_node("TopK", [logits, f"{p}/k"], [f"{p}/kept", f"{p}/index"], name=f"{p}/topk", axis=-1,
+                         largest=1, sorted=1),
+        op("Softmax", [f"{p}/kept"], f"{p}/weights", f"{p}/softmax", axis=-1),
+        const(f"{p}/last", [-1]),
+        const(f"{p}/expert_axis", [-2]),
+        *(op("Unsqueeze", [o, f"{p}/expert_axis"], f"{p}/out{i}", f"{p}/out{i}") for i, o in enumerate(outs)),
+        op("Concat", [f"{p}/out{i}" for i in range(len(outs))], f"{p}/stacked", f"{p}/stack", axis=-2),
+        op("Unsqueeze", [f"{p}/index", f"{p}/last"], f"{p}/index1", f"{p}/index1"),
+        const(f"{p}/features", [d]),
+        op("Expand", [f"{p}/index1", f"{p}/features"], f"{p}/index_d", f"{p}/index_d"),
+        op("GatherElements", [f"{p}/stacked", f"{p}/index_d"], f"{p}/routed", f"{p}/gather", axis=-2),
+        op("Unsqueeze", [f"{p}/weights", f"{p}/last"], f"{p}/weights1", f"{p}/weights1"),
+        op("Mul", [f"{p}/routed", f"{p}/weights1"], f"{p}/weighted", f"{p}/weigh"),
+        const(f"{p}/axes", [-2]),
+        op("ReduceSum", [f"{p}/weighted", f"{p}/axes"], n.name, n.name, keepdims=0),
+    ]
+
+
 LOWER: dict[str, Lowering] = {
     "conv": lower_conv,
     "dwconv": lower_conv,
@@ -395,4 +423,5 @@ LOWER: dict[str, Lowering] = {
     "clstoken": lower_clstoken,
     "tokens": lower_tokens,
     "seqpool": lower_seqpool,
+    "experts": lower_experts,
 }

@@ -117,6 +117,7 @@ class TorchEngine:
         self.net = scope["Net"]().to(self.dtype)
         self.table = self.net.DLC_TENSORS
         self.to_torch, self.to_dlc = scope["to_torch_layout"], scope["to_dlc_layout"]
+        self.balance_loss = scope["balance_loss"]
         self.net.from_dlc({k: torch.from_numpy(np.asarray(v)) for k, v in {**params, **state}.items()})
         self.net.to(self.device)
         self.model = self.net
@@ -254,6 +255,7 @@ class TorchEngine:
             out = self.model(xb)
             value = LOSSES[self.cfg.loss](out, yb)
             out = out.detach()
+        value = value + self.balance_loss(self.net)  # a mixture's load balancing, as the NumPy engine adds it
         for p in self.params.values():
             p.grad = None
         value.backward()

@@ -287,4 +287,6 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "add": function("{plus}"),
     "mul": function("product({xs})"),  # netlib's: a vector of features repeated over the positions
     "concat": concat,
+    # the router and experts are nodes of their own; the join holds the load-balancing loss
+    "experts": lambda node, ins: Layer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
 }

@@ -28,6 +28,35 @@ def last_states(h):
     return h.transpose(0, 1).flatten(1)
 
 
+class Mixture(nn.Module):
+    """experts: a mixture's join, as dlc's NumPy kernel computes it. Each step keeps its `top` largest
+    router logits (ties to the lower expert index: a stable sort, since torch.topk leaves ties in no
+    set order), takes their softmax and sums the experts' outputs so weighted, the others by zero.
+    In training with balance > 0, `loss` is the batch's load-balancing loss, alpha·E·Σ f_i·P_i (f_i the
+    fraction of steps with expert i among their top K, a count; P_i the mean softmax over all E), for
+    the training loss to add: balance_loss(net) sums them."""
+
+    def __init__(self, top: int, balance: float = 0.0):
+        super().__init__()
+        self.top, self.balance, self.loss = top, balance, None
+
+    def forward(self, logits, *outs):
+        index = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :self.top]
+        gate = torch.zeros_like(logits).scatter(-1, index, torch.softmax(torch.gather(logits, -1, index), dim=-1))
+        self.loss = None
+        if self.training and self.balance > 0:
+            e = logits.shape[-1]
+            z = logits.reshape(-1, e)
+            f = torch.bincount(index.reshape(-1), minlength=e).to(z.dtype) / len(z)
+            self.loss = self.balance * e * (f * torch.softmax(z, -1).mean(0)).sum()
+        return (torch.stack(outs, -1) * gate.unsqueeze(-2)).sum(-1)
+
+
+def balance_loss(net: nn.Module):
+    """The load-balancing losses of the net's mixtures in its last training forward pass (0: none)."""
+    return sum(m.loss for m in net.modules() if isinstance(m, Mixture) and m.loss is not None)
+
+
 class SelfAttention(nn.Module):
     """attention: multi-head self-attention, softmax(Q Kᵀ / sqrt(head_dim)) V per head, the heads joined
     and projected by Wo. dlc's tensors under dlc's names: Wq, Wk, Wv, Wo (out, in) as nn.Linear's

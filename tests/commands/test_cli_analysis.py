@@ -44,6 +44,31 @@ def test_json_has_the_documented_fields():
     assert totals["train_bytes"]["optimizer"] == "sgd" and totals["train_bytes"]["batch"] == 1
 
 
+MIXTURE = "input seq 8 of 16\nexperts 4 top=2 {\n  fc 32 relu\n  fc 16\n}\nfc 3\n"
+
+
+def test_a_mixture_adds_active_params_to_tables_and_json():
+    # router 16x4, experts of 16*32+32 + 32*16+16 = 1,072, head 16*3+3: all 4 experts in params, 2 active
+    doc = json.loads(run("summary", "-e", MIXTURE, "--json").output)
+    assert (doc["totals"]["params"], doc["totals"]["active_params"]) == (4_403, 2_259)
+    assert "active_params" in doc["conventions"]
+    by_name = {layer["name"]: layer for layer in doc["layers"]}
+    assert by_name["experts1.expert3.fc1"]["params"] == 544 and by_name["experts1.expert3.fc1"]["active_params"] == 0
+    assert by_name["experts1.expert3.fc1"]["macs"] == 0 and by_name["experts1.expert2.fc1"]["macs"] == 8 * 16 * 32
+    for view in ("summary", "params"):
+        table = run(view, "-e", MIXTURE).output
+        assert "active" in table.splitlines()[2]
+        assert "experts 4 top=2 {…}" in table and "4,352   2,208" in table
+        assert "active params: 2,259 of 4,403" in table
+
+
+def test_without_a_mixture_nothing_says_active():
+    doc = json.loads(run("summary", "-e", ALEXNET_HEAD, "--json").output)
+    assert "active_params" not in doc["totals"] and "active_params" not in doc["conventions"]
+    assert all("active_params" not in layer for layer in doc["layers"])
+    assert "active" not in run("summary", "-e", ALEXNET_HEAD).output
+
+
 def test_batch_and_optimizer_scale_costs_and_training_memory():
     one = json.loads(run("flops", "-e", ALEXNET_HEAD, "--json").output)["totals"]
     r = run("summary", "-e", ALEXNET_HEAD, "--json", "--batch", "8", "--optimizer", "adam")

@@ -678,6 +678,84 @@ def test_receptive_field_through_transposed_windows():
     assert rf(last(head + "upsample 2")) == (4, 4, 1)  # nearest neighbour: a copy
 
 
+# --- experts (a mixture of experts) -------------------------------------------------------------
+
+MIXTURE = "input seq 8 of 16\nexperts 4 top=2 {\n  fc 32 relu\n  fc 16\n}\nfc 3\n"
+
+
+def test_experts_count_every_expert_in_params_and_k_of_them_in_active_params_and_macs():
+    a = analysed(MIXTURE)
+    expert = 16 * 32 + 32 + 32 * 16 + 16  # 1,072: fc 32 and fc 16 with biases
+    router = 16 * 4  # fc 4 without bias
+    head = 16 * 3 + 3
+    assert a.totals.params == router + 4 * expert + head == 4_403
+    assert a.totals.active_params == router + 2 * expert + head == 2_259
+    # per step: the router and 2 experts' products; 8 steps
+    assert a.totals.macs == 8 * (16 * 4 + 2 * (16 * 32 + 32 * 16) + 16 * 3) == 17_280
+    joined = last(MIXTURE, "experts")
+    # per step: softmax over the 2 kept logits (3 each), 2 multiplies and a sum of 2 per feature
+    assert figures(joined) == ((8, 16), 0, 0, 0, 8 * (3 * 2 + 4 * 16))
+
+
+def test_experts_without_a_mixture_active_params_equal_params():
+    a = analysed("input 8 -> fc 4 relu -> fc 2")
+    assert a.totals.active_params == a.totals.params == 8 * 4 + 4 + 4 * 2 + 2
+
+
+def test_experts_mixtral_expert_block_gives_the_issue_figures_difference():
+    # Mixtral-8x7B per layer: 8 SwiGLU experts of 3·4096·14336 weights, top 2, router 4096x8. An add of
+    # two fc 14336 branches has SwiGLU's weights and products (the product itself is no MAC).
+    spec = ("input 4096\nexperts 8 top=2 {\n  add( fc 14336 bias=off | fc 14336 bias=off )\n"
+            "  fc 4096 bias=off\n}\n")
+    a = analysed(spec)
+    expert = 3 * 4096 * 14336
+    assert a.totals.params == 8 * expert + 4096 * 8
+    assert a.totals.active_params == 2 * expert + 4096 * 8
+    assert a.totals.macs == 2 * expert + 4096 * 8  # one step: 2 experts' products and the router
+    # 32 such layers: the issue's 46,702,792,704 params and 12,879,925,248 active differ by 6 idle experts
+    assert 32 * (a.totals.params - a.totals.active_params) == 46_702_792_704 - 12_879_925_248
+
+
+def test_experts_names_rows_and_repeats():
+    g = compile_spec("input 6\nexperts 2 top=1 { fc 6 } x2 as m\nadd m\n", file="<test>")
+    names = [n.name for n in g.nodes]
+    assert names[:5] == ["input", "experts1.router", "experts1.expert1.fc1", "experts1.expert2.fc1", "experts1"]
+    assert "experts2" in names and g.node("experts2").label == "m"
+    assert {n.row for n in g.nodes[1:5]} == {"experts1"}
+    assert [n.standby for n in g.nodes[1:5]] == [False, False, True, False]
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("input 6\nexperts 4 top=5 { fc 6 }", ["top=K", "at most 4", "top=5"]),
+    ("input 6\nexperts 0 { fc 6 }", ["at least 1 expert"]),
+    ("input 6\nexperts 4 top=0 { fc 6 }", ["at least 1", "top=0"]),
+    ("input 6\nexperts 4 balance=-0.5 { fc 6 }", ["balance=-0.5", ">= 0"]),
+    ("input 6\nexperts 4 { fc 7 }", ["its input's shape 6", "into 7"]),
+    ("input 6\nexperts 4 top=2", ["braces"]),
+    ("input 6\nfc 6 { fc 6 }", ["only experts takes a block in braces"]),
+    ("input 6\nexperts 4 { }", ["no steps"]),
+    ("input 6\nexperts 4 topp=1 { fc 6 }", ["unknown option", "top"]),
+    ("input 3@4x4\nexperts 4 { conv 3@3x3 pad=1 }", ["image 3@4x4", "tokens"]),
+])
+def test_experts_bad_values_are_located_errors(spec, words):
+    fails(spec, 2, *words)
+
+
+def test_experts_take_block_parameters_and_defaults():
+    g = compile_spec("input seq 4 of 6\ndefault experts top=1\nblock moe(e, f) {\n  experts e { fc f relu -> fc 6 }\n}\n"
+                     "moe(3, 8)\n", file="<test>")
+    joined = g.node("moe1.experts1")
+    assert (joined.attrs["experts"], joined.attrs["top"]) == (3, 1)
+    assert g.node("moe1.experts1.expert3.fc1").out_shape == (4, 8)
+    assert [n.standby for n in g.nodes if n.name.startswith("moe1.experts1.expert")] == [False] * 3 + [True] * 6
+
+
+def test_experts_error_points_at_the_bad_value():
+    with pytest.raises(DlcError) as err:
+        compile_spec("input 6\nexperts 4 top=5 { fc 6 }", file="<test>")
+    assert (err.value.pos.line, err.value.pos.col) == (2, 15)
+
+
 def test_every_kind_has_its_own_test():
     tested = {name.split("_")[1] for name in globals() if name.startswith("test_")}
     assert set(KINDS) - tested == set()

@@ -63,6 +63,8 @@ KIND_EXAMPLES = {
              "-> fc 16 bias=off -> rmsnorm eps=1e-6 -> fc 11 bias=off",
     "squeeze-excite": "input 3@8x8 -> conv 4@3x3 pad=1 swish as feat -> gap -> fc 2 relu -> fc 4 sigmoid -> mul feat "
                       "-> gap -> fc 3",
+    "mixture": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> seqpool -> experts 3 top=1 { fc 6 } "
+               "-> fc 2",
     "windows": "input 3@11x11 -> maxpool 3/2 pad=same ceil -> avgpool 3/2 ceil -> dwconv 3x3 mult=2 "
                "-> upconv 2@3x3/2 pad=1 -> lrn 3",
 }
@@ -88,6 +90,7 @@ def test_a_dlc_export_gives_exactly_its_specs_figures(name, monkeypatch):
     # every figure but the NumPy engine's workspace, which belongs to a spec the engine runs
     assert model.totals == replace(spec.totals, columns_bytes=None)
     got = {s.node.name: s for s in model.nodes}
+    assert not [s.node.name for s in model.nodes if s.uncounted]  # every operator the export writes has a rule
     assert list(got) == [s.node.name for s in spec.nodes]
     for s in spec.nodes:
         o = got[s.node.name]

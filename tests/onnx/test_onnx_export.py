@@ -211,8 +211,25 @@ KIND_CASES.update({
     "seqpool last": "input seq 5 of 4 -> seqpool last",
     "seqpool mean": "input seq 5 of 4 -> seqpool mean",
 })
+KIND_CASES.update({
+    "experts on a sequence, top 2 of 4": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> fc 3",
+    "experts on a vector, top 1 of 3, balance (training only)": "input 6 -> experts 3 top=1 balance=0.1 { fc 6 tanh }",
+})
 KIND_CASES["stacked bidirectional lstm on embeddings"] = (
     "input seq 6 -> embed 5 vocab=9 -> lstm 3 bidirectional sequences -> gru 2")
+
+
+def test_a_mixtures_router_ties_go_to_the_lower_expert_in_onnxruntime_as_in_the_engine():
+    # a zero router: every logit ties, so each step takes experts 1 and 2 at 1/2 each
+    graph = compile_spec("input seq 3 of 4 -> experts 4 top=2 { fc 4 }", "ties.dlc")
+    params, state = exercised_weights(graph)
+    params["experts1.router.W"] = np.zeros_like(params["experts1.router.W"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    got = session(to_onnx(graph, params, state)).run(None, {"input": x})[0]
+    experts = [x @ params[f"experts1.expert{e}.fc1.W"].T + params[f"experts1.expert{e}.fc1.b"] for e in (1, 2)]
+    np.testing.assert_allclose(got, (experts[0] + experts[1]) / 2, rtol=1e-5, atol=1e-6)
+    want = {n.name: y for n, y in activations(graph, params, state, x)}["experts1"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("case", sorted(KIND_CASES))

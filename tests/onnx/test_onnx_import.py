@@ -389,3 +389,15 @@ def test_a_zero_pad_before_a_conv_becomes_its_pad(tmp_path):
             "--out", tmp_path / "y.npy")
     assert r.exit_code == 0, r.output
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+
+
+def test_a_mixture_of_experts_is_refused_naming_its_topk_node(tmp_path):
+    spec = tmp_path / "moe.dlc"
+    spec.write_text("input seq 4 of 6\nexperts 4 top=2 { fc 8 relu -> fc 6 }\nfc 3\n")
+    model = tmp_path / "moe.onnx"
+    assert run("export", spec, "-o", model).exit_code == 0
+    r = run("import", model, "-o", tmp_path / "back.dlc")
+    assert r.exit_code == 2
+    assert "cannot import operator TopK (node `experts1/topk`)" in r.output
+    assert "mixture of experts" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "back.dlc").exists()

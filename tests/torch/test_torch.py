@@ -30,6 +30,7 @@ from dlc.compile import compile_spec  # noqa: E402
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint  # noqa: E402
 from dlc.engine.run import predict  # noqa: E402
 from dlc.layers import KINDS, param_count  # noqa: E402
+from dlc.layers.dense import token_vocab  # noqa: E402
 from dlc.torch.engine import network, torch_engine  # noqa: E402
 from dlc.train import optim  # noqa: E402
 from dlc.train.builtin import BUILTIN_SIZES  # noqa: E402
@@ -76,9 +77,12 @@ SQUEEZE_EXCITE = ("input 3@6x6 -> conv 4@3x3 pad=1 silu as feat -> gap -> fc 2 r
                   "-> gap -> rmsnorm -> fc 3")
 SEQUENCE_OPTIONS = ("input seq 6 of 8 -> attention 2 bias=off -> concat(seqpool mean | seqpool last) -> layernorm "
                     "-> fc 3 bias=off -> fc 3 sigmoid")
+# a mixture on a sequence and on a vector; the router ties of the third are broken as the engine breaks them
+MIXTURE = ("input seq 5 of 6\nexperts 4 top=2 { fc 8 relu -> fc 6 }\nseqpool\n"
+           "experts 3 top=1 balance=0.1 { fc 6 tanh }\nfc 3")
 EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
-         "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE}
+         "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}
@@ -290,27 +294,61 @@ def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg)
         np.testing.assert_allclose(st[k], sn[k], rtol=1e-9, atol=1e-8, err_msg=k)
 
 
-def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
-    # weight decay on the shared table, adam's slots for it: one tensor on both engines
-    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01, weight_decay=1e-3)
-    graph = graph_of("small_lm")
+def run_both_on_tokens(graph, cfg):
+    """The NumPy and torch engines from the same float64 weights over the same five batches of token
+    sequences with a class at every step: (losses, (numpy weights, torch weights), initial params)."""
     params, state = init_params(graph, seed=3, dtype=np.float64)
     fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
     engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()}, {}, fresh),
                torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
     rng = np.random.default_rng(0)
+    vocab, classes, shape = token_vocab(graph), graph.output.out_shape[-1], (16, *graph.input.out_shape)
     losses = []
     for _ in range(5):
-        x, y = rng.integers(0, 11, (16, 8)), rng.integers(0, 11, (16, 8))  # a class at every step
+        x, y = rng.integers(0, vocab, shape), rng.integers(0, classes, shape)
         losses.append([step_loss(e, x, y, cfg.lr) for e in engines])
+    (pn, _), (pt, _) = (e.weights(copy=True) for e in engines)
+    return losses, (pn, pt), params
+
+
+def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
+    # weight decay on the shared table, adam's slots for it: one tensor on both engines
+    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01, weight_decay=1e-3)
+    graph = graph_of("small_lm")
+    losses, (pn, pt), params = run_both_on_tokens(graph, cfg)
     print("numpy/torch losses, causal LM", losses)
     np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
-    (pn, _), (pt, _) = (e.weights(copy=True) for e in engines)
     assert set(pt) == set(pn) == set(params)
     for k in pn:
         # atol: bk adds q·bk to every score of a row, which softmax cancels; its gradient is rounding
         # noise that adam scales up
         np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-8, err_msg=k)
+
+
+def test_a_mixtures_router_ties_go_to_the_lower_expert_in_torch_as_in_the_engine():
+    # a zero router: every logit ties; torch.topk would pick any two, the module's stable sort picks 1 and 2
+    graph = compile_spec("input seq 3 of 4 -> experts 4 top=2 { fc 4 }", "ties.dlc")
+    params, state = random_weights(graph)
+    params["experts1.router.W"][...] = 0
+    net = net_of(graph).double()
+    net.from_dlc({k: torch.from_numpy(v) for k, v in params.items()})
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    with torch.no_grad():
+        got = net.eval()(torch.from_numpy(x)).numpy()
+    experts = [x @ params[f"experts1.expert{e}.fc1.W"].T + params[f"experts1.expert{e}.fc1.b"] for e in (1, 2)]
+    np.testing.assert_allclose(got, (experts[0] + experts[1]) / 2, rtol=1e-12)
+    np.testing.assert_allclose(got, predict(graph, params, state, x), rtol=1e-12)
+
+
+def test_numpy_and_torch_engines_agree_on_a_mixture_with_its_balance_loss():
+    # the load-balancing loss is in both engines' loss and gradient: with balance=0.5 it moves the router
+    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01)
+    graph = compile_spec("input seq 6 -> embed 8 vocab=7 -> experts 4 top=2 balance=0.5 { fc 12 relu -> fc 8 } "
+                         "-> fc 7 softmax", "moe.dlc")
+    losses, (pn, pt), _ = run_both_on_tokens(graph, cfg)
+    np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
+    for k in pn:
+        np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-10, err_msg=k)
 
 
 FREEZE_NET = "input 3@8x8 -> conv 6@3x3 pad=1 as c -> bn as b -> relu as features -> fc 10 relu -> fc 4 softmax"

@@ -28,6 +28,9 @@ class Ctx:
     training: bool = False
     rng: np.random.Generator | None = None
     need_dx: bool = True  # False: the input gradients will be dropped (see the contract above)
+    # in training, where kernels put the auxiliary losses they add to the training loss (a mixture's
+    # load balancing); None where nobody takes the loss
+    aux: list[float] | None = None
 
 
 class Backward(Protocol):
@@ -57,4 +60,4 @@ def kernel(*kinds: str) -> Callable[[Kernel], Kernel]:
     return register
 
 
-from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge, attention, sequence  # noqa: E402,F401
+from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge, attention, sequence, mixture  # noqa: E402,F401

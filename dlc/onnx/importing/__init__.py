@@ -21,6 +21,7 @@ from dlc.onnx.importing.elementwise import (import_bn, import_dropout, import_el
                                             import_leaky, import_lrn, import_relu, import_relu6, import_selu,
                                             import_silu, import_softmax, unary)
 from dlc.onnx.importing.merge import import_add, import_concat, import_mul
+from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
@@ -71,6 +72,7 @@ IMPORT: dict[str, Import] = {
     "clstoken": Import(("Concat",), import_clstoken),
     "tokens": Import(("Reshape",), import_tokens),
     "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
+    "experts": Import(("TopK",), import_experts),
 }
 
 

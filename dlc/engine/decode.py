@@ -36,7 +36,7 @@ from dlc.graph import Graph, Node
 # goes here, in STEP_KERNELS below, or nowhere (the full window); tests/engine/test_decode.py names
 # every kind that is in none of them, so that a new one is classified on purpose.
 POSITIONWISE = frozenset({
-    "embed", "fc", "layernorm", "rmsnorm", "identity", "dropout", "noise", "add", "mul",
+    "embed", "fc", "layernorm", "rmsnorm", "identity", "dropout", "noise", "add", "mul", "experts",
     "relu", "relu6", "leaky", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "softmax",
 })
 

@@ -47,6 +47,10 @@ def full_window(graph, params, state):
     "input seq 16 -> embed 16 vocab=11 -> attention 2 causal bias=off -> fc 11",
     "input seq 16 -> embed 12 vocab=11 -> lstm 8 sequences -> gru 8 sequences -> rnn 6 sequences -> fc 11 softmax",
     "input seq 16 -> embed 12 vocab=11 -> concat( fc 6 relu | attention 3 causal ) -> layernorm -> fc 11",
+    # Llama's parts: rmsnorm, the SwiGLU product, and a mixture whose router reads each step alone
+    "input seq 16 -> embed 12 vocab=11 -> rmsnorm -> add( attention 3 causal bias=off | identity ) -> rmsnorm "
+    "-> add( mul( fc 16 silu bias=off | fc 16 bias=off ) -> fc 12 bias=off | identity ) "
+    "-> experts 4 top=2 { fc 8 silu -> fc 12 } -> fc 11",
 ])
 def test_the_cache_gives_the_whole_windows_outputs_step_by_step_and_past_the_window(spec):
     graph, params, state = model(spec)

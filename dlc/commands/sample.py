@@ -43,6 +43,7 @@ def sample(run, prompt, tokens, temperature, seed):
     from dlc.compile import compile_spec
     from dlc.engine.params import check_against, load_checkpoint
     from dlc.engine.run import forward
+    from dlc.graph import Network
     from dlc.layers.dense import token_vocab
     from dlc.train.text import generate, show_chars
 
@@ -55,7 +56,8 @@ def sample(run, prompt, tokens, temperature, seed):
         raise DlcError(f"{path}: the run was not trained on a text file (no vocabulary is stored), "
                        f"so there is nothing to decode tokens with")
     graph = compile_spec(meta["spec"], file=meta.get("file") or str(path))
-    check_against(graph, params, state, str(path))
+    net = Network(graph, params, state, weights=str(path), checkpoint=str(path))
+    check_against(net)
     fits = min(token_vocab(graph) or 0, graph.output.out_shape[-1])
     if len(chars) > fits:  # an edited vocabulary: its last characters would index past the embedding
         raise DlcError(f"{path}: its vocabulary has {len(chars)} characters but its network reads and predicts "
@@ -68,6 +70,6 @@ def sample(run, prompt, tokens, temperature, seed):
         raise DlcError(f"--prompt has characters the run never saw: {show_chars(''.join(unknown))} "
                        f"(its vocabulary: {show_chars(chars)})")
     steps = graph.input.out_shape[0]
-    ids = generate(lambda x: forward(graph, params, state, x)[0], steps, np.array([index[c] for c in prompt]),
+    ids = generate(lambda x: forward(net, x)[0], steps, np.array([index[c] for c in prompt]),
                    tokens, graph.output.kind == "softmax", len(chars), temperature, np.random.default_rng(seed))
     click.echo("".join(chars[i] for i in ids))

@@ -252,17 +252,19 @@ def start_weights(path: str, graph, cfg: TrainConfig, partial: bool, display: Di
     """--weights: the (params, state) a fresh run starts from. Every tensor must fit the spec, or with
     --weights-partial those that fit are taken, the rest drawn fresh, and the display lists both."""
     from dlc.engine.params import check_against, load_checkpoint, partial_start
+    from dlc.graph import Network
     from dlc.train.engine import starting_weights
 
     params, state, _ = load_checkpoint(path)
     if not partial:
         try:
-            check_against(graph, params, state, path)
+            check_against(Network(graph, params, state, weights=path, checkpoint=path))
         except DlcError as e:
             raise DlcError(f"{e.message}; --weights-partial takes the tensors that fit and starts the rest "
                            f"fresh (a new head)", e.pos, e.file, e.source) from None
         return params, state
-    got = partial_start(graph, (params, state), starting_weights(graph, cfg, None), path)
+    fresh = starting_weights(graph, cfg, None)
+    got = partial_start(graph, (params, state), (fresh.params, fresh.state), path)
     display.note(f"--weights-partial: from {path}: {', '.join(got.loaded)}")
     display.note(f"--weights-partial: started fresh: {', '.join(got.fresh) or 'none'}")
     if got.unused:

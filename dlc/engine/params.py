@@ -18,7 +18,7 @@ import numpy as np
 from dlc import __version__
 from dlc.atomic import atomic_write
 from dlc.errors import DlcError
-from dlc.graph import Graph, Node
+from dlc.graph import Graph, Network, Node
 from dlc.layers import KINDS, Role, Shape, role
 from dlc.npz import check_arrays_file
 from dlc.normalize import stats_error
@@ -138,7 +138,7 @@ def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]
     state = {k: v for k, v in arrays.items() if k in state_names}
     params = {k: v for k, v in arrays.items() if k not in state_names}
     if graph is not None:
-        check_against(graph, params, state, path)
+        check_against(Network(graph, params, state, weights=path, checkpoint=path))
     return params, state, meta
 
 
@@ -194,8 +194,10 @@ def partial_start(graph: Graph, stored: tuple[dict, dict], fresh: tuple[dict, di
     return PartialStart(*start, loaded, started, [n for n in names if n not in known])
 
 
-def check_against(graph: Graph, params: dict, state: dict, path: str) -> None:
-    """Raise a DlcError at the first layer whose tensors the checkpoint lacks or shapes differently."""
+def check_against(net: Network) -> None:
+    """Raise a DlcError at the first layer whose tensors the network's checkpoint lacks or shapes differently."""
+    graph, params, state, path = net.graph, net.params, net.state, net.checkpoint
+
     def error(node: Node, message: str) -> DlcError:
         return DlcError(f"checkpoint {path} does not fit layer {node.name}: {message}", node.pos,
                         graph.file, graph.source)

@@ -36,7 +36,7 @@ import torch
 
 from dlc.engine.run import FUSED_LOSSES, freeze_point, frozen_params
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 from dlc.torch import launched
 from dlc.torch.export import comment_text, identifiers, pytorch_source, state_names
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
@@ -103,8 +103,8 @@ class TorchEngine:
 
     device_name = "auto"
 
-    def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
-                 rng_state: str | None):
+    def __init__(self, start: Network, cfg: TrainConfig, opt: optim.Optimizer, rng_state: str | None):
+        graph, params, state = start.graph, start.params, start.state
         self.graph, self.cfg, self.opt = graph, cfg, opt
         self.device = pick_device(self.device_name)
         self.rank, self.world = launched()
@@ -159,7 +159,7 @@ class TorchEngine:
 
     @classmethod
     def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> TorchEngine:
-        return cls(graph, cfg, *starting_weights(graph, cfg, start), fresh_optimizer(cfg), None)
+        return cls(starting_weights(graph, cfg, start), cfg, fresh_optimizer(cfg), None)
 
     def frozen_layers(self, graph: Graph, frozen: str | None) -> list[torch.nn.Module]:
         """The modules of the nodes up to and including `frozen`, which run in eval mode while training
@@ -171,8 +171,8 @@ class TorchEngine:
         return [m for n in nodes if (m := getattr(self.net, idents[n.name], None)) is not None]
 
     @classmethod
-    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> TorchEngine:
-        return cls(graph, cfg, params, state, optim.state_from_json(optimizer), optimizer.get("torch_rng"))
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> TorchEngine:
+        return cls(net, cfg, optim.state_from_json(optimizer), optimizer.get("torch_rng"))
 
     # ------------------------------------------------------------------------------ the step
 

@@ -23,7 +23,7 @@ from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params
 from dlc.engine.run import freeze_point, frozen_params, loss_and_grads, predict
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 from dlc.train import optim
 from dlc.train.config import TrainConfig
 from dlc.train.dataset import Split
@@ -53,8 +53,8 @@ class Engine(Protocol):
         --weights, and an optimizer with no state yet."""
 
     @classmethod
-    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> Engine:
-        """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> Engine:
+        """The engine as a checkpoint left it: its network and meta["optimizer"]."""
 
     def bind(self, split: Split) -> None:
         """The training split, once before the first step: the engine keeps it where its steps read it.
@@ -96,12 +96,12 @@ class Engine(Protocol):
         """The optimizer's slots and step count, JSON-ready and exact, for the checkpoint's meta."""
 
 
-def starting_weights(graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None) -> tuple[dict, dict]:
-    """A fresh run's (params, state): start's copied (the same start may begin several runs, --repeat),
-    else drawn as cfg says (init, init_std, seed). Every engine starts from these NumPy arrays."""
+def starting_weights(graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None) -> Network:
+    """A fresh run's network: start's (params, state) copied (the same start may begin several runs,
+    --repeat), else drawn as cfg says (init, init_std, seed). Every engine starts from these NumPy arrays."""
     if start is not None:
-        return tuple({k: np.array(v, np.float32) for k, v in d.items()} for d in start)
-    return init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
+        return Network(graph, *({k: np.array(v, np.float32) for k, v in d.items()} for d in start))
+    return Network(graph, *init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std))
 
 
 def fresh_optimizer(cfg: TrainConfig) -> optim.Optimizer:
@@ -117,14 +117,15 @@ class NumpyEngine:
 
     rank, world = 0, 1
 
-    def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
-        self.graph, self.cfg = graph, cfg
+    def __init__(self, net: Network, cfg: TrainConfig, opt: optim.Optimizer):
+        graph, params = net.graph, net.params
+        self.net, self.cfg = net, cfg
         self.classes = graph.output.out_shape[-1]
         self.split: Split | None = None
         self.running = Running()
         self.unscored: list[tuple[np.ndarray, np.ndarray]] = []  # (outputs, targets) of steps not scored yet
         self.unscored_size = 0
-        self.params, self.state, self.opt = params, state, opt
+        self.opt = opt
         # transfer learning: the layers up to cfg.freeze keep their weights; only the rest is trained
         self.frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
         fixed = frozen_params(graph, self.frozen)
@@ -138,12 +139,12 @@ class NumpyEngine:
     @classmethod
     def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> NumpyEngine:
         """Weights initialised from cfg.seed, or start's (params, state), and an optimizer with no slots yet."""
-        return cls(graph, cfg, *starting_weights(graph, cfg, start), fresh_optimizer(cfg))
+        return cls(starting_weights(graph, cfg, start), cfg, fresh_optimizer(cfg))
 
     @classmethod
-    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> NumpyEngine:
-        """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
-        return cls(graph, cfg, params, state, optim.state_from_json(optimizer))
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> NumpyEngine:
+        """The engine as a checkpoint left it: its network and meta["optimizer"]."""
+        return cls(net, cfg, optim.state_from_json(optimizer))
 
     def bind(self, split: Split) -> None:
         self.split = split
@@ -189,14 +190,13 @@ class NumpyEngine:
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         """The batch's loss with penalties and the network's outputs; the gradients kept for update."""
-        value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng,
-                                           frozen=self.frozen)
+        value, out, grads = loss_and_grads(self.net, x, y, self.cfg.loss, rng=rng, frozen=self.frozen)
         if self.cfg.clip:  # the loss gradient alone, as clip_grad_norm_ before a PyTorch step that adds the decay
             optim.clip_global_norm(grads, self.cfg.clip)
         decay = 0.0 if self.opt.weight_decay else self.cfg.weight_decay  # adamw decays in update, not the loss
         for lam, penalty in ((decay, l2_penalty), (self.cfg.l1, l1_penalty)):
             if lam:
-                extra, pgrads = penalty(self.params, self.decayed, lam)
+                extra, pgrads = penalty(self.net.params, self.decayed, lam)
                 value += extra
                 for k, g in pgrads.items():
                     grads[k] = grads[k] + g
@@ -206,18 +206,19 @@ class NumpyEngine:
     def update(self, lr: float) -> None:
         optim.step(self.opt, self.trained, self.grads, lr, self.decayed)
         for k, axes in self.norm_axes.items():
-            maxnorm_(self.params[k], self.cfg.maxnorm, axes)
+            maxnorm_(self.net.params[k], self.cfg.maxnorm, axes)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return predict(self.graph, self.params, self.state, x, batch=256)
+        return predict(self.net, x, batch=256)
 
     def finite(self) -> bool:
-        return all(np.isfinite(p).all() for p in self.params.values())
+        return all(np.isfinite(p).all() for p in self.net.params.values())
 
     def weights(self, copy: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         if copy:
-            return {k: v.copy() for k, v in self.params.items()}, {k: v.copy() for k, v in self.state.items()}
-        return self.params, self.state
+            return ({k: v.copy() for k, v in self.net.params.items()},
+                    {k: v.copy() for k, v in self.net.state.items()})
+        return self.net.params, self.net.state
 
     def optimizer_state(self) -> dict:
         return optim.state_to_json(self.opt)

@@ -31,7 +31,7 @@ import numpy as np
 from dlc import choices
 from dlc.engine.losses import check_class_labels
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 from dlc.train.augment import augment_batch, check_augment
 from dlc.train.config import TrainConfig, config_to_json
 from dlc.train.dataset import Data
@@ -126,7 +126,7 @@ class Run:
             self.pos, running, self.best, self.elapsed = Position(), Running(), {}, 0.0
         else:
             params, state, saved = checkpoint
-            self.engine = engine.resume(graph, cfg, params, state, saved["optimizer"])
+            self.engine = engine.resume(Network(graph, params, state), cfg, saved["optimizer"])
             self.noise_rng, self.aug_rng = rng_from(saved["rng"]["noise"]), rng_from(saved["rng"]["augment"])
             self.pos, running = Position(**saved["position"]), Running(**saved["running"])
             self.best, self.elapsed = saved["best"], saved["elapsed"]

@@ -29,6 +29,7 @@ from dlc.cli import main  # noqa: E402
 from dlc.compile import compile_spec  # noqa: E402
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint  # noqa: E402
 from dlc.engine.run import predict  # noqa: E402
+from dlc.graph import Network  # noqa: E402
 from dlc.layers import KINDS, param_count  # noqa: E402
 from dlc.torch.engine import network, torch_engine  # noqa: E402
 from dlc.train import optim  # noqa: E402
@@ -128,7 +129,7 @@ def test_generated_file_compiles_counts_params_and_matches_numpy(name):
     net.double().from_dlc({k: torch.from_numpy(v) for k, v in {**params, **state}.items()})
     with torch.no_grad():
         y = net.eval()(torch.from_numpy(x)).numpy()
-    expected = predict(graph, params, state, x)
+    expected = predict(Network(graph, params, state), x)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
@@ -219,7 +220,7 @@ def test_attention_dropout_drops_weights_in_training_only_and_keeps_the_mean():
     with torch.no_grad():
         dropped = net.train()(x)
         kept = net.eval()(x[:1])
-    torch.testing.assert_close(kept, torch.from_numpy(predict(graph, params, {}, x[:1].numpy())))
+    torch.testing.assert_close(kept, torch.from_numpy(predict(Network(graph, params, {}), x[:1].numpy())))
     assert dropped.std(0).min() > 0.01  # each draw its own
     # inverted dropout: the output is linear in the weights, E[keep / (1 - p)] = 1, so the mean is eval's
     error = (dropped.mean(0) - kept[0]).abs().max() / (dropped.std(0).max() / 20000 ** 0.5)
@@ -252,9 +253,9 @@ def step_loss(engine, x, y, lr):
 def run_both(graph, cfg, params, state, rng):
     """The NumPy and torch engines from the same weights over the same five batches: (losses, engines)."""
     fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay))
-    engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()},
-                                  {k: v.copy() for k, v in state.items()}, fresh),
-               torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
+    engines = [NumpyEngine.resume(Network(graph, {k: v.copy() for k, v in params.items()},
+                                          {k: v.copy() for k, v in state.items()}), cfg, fresh),
+               torch_engine("cpu").resume(Network(graph, params, state), cfg, fresh)]
     losses = []
     for _ in range(5):
         x, y = rng.standard_normal((16, 3, 8, 8)), rng.integers(0, 4, 16)
@@ -268,8 +269,9 @@ def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg)
     params, state = init_params(graph, seed=3, dtype=np.float64)
     if cfg.clip:  # the first batch's loss gradient, unclipped, is well above the clip
         x, y = np.random.default_rng(0).standard_normal((16, 3, 8, 8)), np.random.default_rng(0).integers(0, 4, 16)
-        plain = NumpyEngine.resume(graph, TrainConfig(loss=cfg.loss), {k: v.copy() for k, v in params.items()},
-                                   {k: v.copy() for k, v in state.items()}, optim.state_to_json(optim.make_optimizer("sgd")))
+        plain = NumpyEngine.resume(Network(graph, {k: v.copy() for k, v in params.items()},
+                                           {k: v.copy() for k, v in state.items()}), TrainConfig(loss=cfg.loss),
+                                   optim.state_to_json(optim.make_optimizer("sgd")))
         plain.loss_and_grads(x, y, np.random.default_rng(1))
         assert np.sqrt(sum(np.vdot(g, g) for g in plain.grads.values())) > 20 * cfg.clip
     losses, engines = run_both(graph, cfg, params, state, np.random.default_rng(0))
@@ -290,8 +292,8 @@ def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
     graph = graph_of("small_lm")
     params, state = init_params(graph, seed=3, dtype=np.float64)
     fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
-    engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()}, {}, fresh),
-               torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
+    engines = [NumpyEngine.resume(Network(graph, {k: v.copy() for k, v in params.items()}, {}), cfg, fresh),
+               torch_engine("cpu").resume(Network(graph, params, state), cfg, fresh)]
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(5):

@@ -7,7 +7,8 @@ import json
 import click
 
 from dlc.commands.arguments import parse_shapes, shape_option
-from dlc.commands.model import DEVICE_HELP, drawn_bytes, load_model, model_input, refuse_to_overrun, session_of, vocabularies
+from dlc.commands.model import (DEVICE_HELP, drawn_bytes, load_model, model_input, refuse_to_overrun, session_of,
+                                vocabularies)
 
 
 def parse_batches(ctx, param, value: str | None) -> list[int] | None:

@@ -10,7 +10,8 @@ import click
 
 from dlc.commands.arguments import OUT_FLAGS, SEED, output_file, shape_option
 from dlc.commands.arrays import existing_file, json_values, read_feeds, write_outputs
-from dlc.commands.model import DEVICE_HELP, drawn_bytes, load_model, model_input, refuse_to_overrun, session_of, vocabularies
+from dlc.commands.model import (DEVICE_HELP, drawn_bytes, load_model, model_input, refuse_to_overrun, session_of,
+                                vocabularies)
 from dlc.errors import DlcError
 
 ENGINES = ("onnxruntime", "numpy")

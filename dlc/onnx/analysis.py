@@ -43,7 +43,7 @@ class Uncounted:
 
 
 @dataclass
-class Layer:
+class OnnxLayer:
     name: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     main: onnx.NodeProto | None = None  # the node whose output the layer shows
@@ -70,7 +70,7 @@ def live_tensors(g: OnnxGraph) -> set[str]:
     return live
 
 
-def group(g: OnnxGraph, live: set[str]) -> list[Layer]:
+def group(g: OnnxGraph, live: set[str]) -> list[OnnxLayer]:
     nodes, names = g.nodes, node_names(g.nodes)
     if g.dlc_spec is not None:
         key = [name.split("/")[0] for name in names]
@@ -88,9 +88,9 @@ def group(g: OnnxGraph, live: set[str]) -> list[Layer]:
             # A helper joins the layer of its first consumer; one that feeds no layer stands alone.
             fed = sorted(j for o in n.output for j in consumers.get(o, []) if key[j])
             key[i] = key[fed[0]] if fed else names[i]
-    layers: dict[str, Layer] = {}
+    layers: dict[str, OnnxLayer] = {}
     for i, (n, k) in enumerate(zip(nodes, key)):
-        layer = layers.setdefault(k, Layer(k))
+        layer = layers.setdefault(k, OnnxLayer(k))
         layer.nodes.append(n)
         if names[i] == k or (g.dlc_spec is not None and k in n.output):
             layer.main = n
@@ -141,7 +141,7 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     return costs
 
 
-def layer_params(layer: Layer, g: OnnxGraph, owner: dict[str, str]) -> tuple[int, int]:
+def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str]) -> tuple[int, int]:
     """(trainable, non-trainable) values of the float initializers this layer reads first; `owner`
     records which layer took each, so a shared weight counts once."""
     params = frozen = 0

@@ -30,7 +30,9 @@ INITS = ("he", "xavier", "gaussian")
 
 
 @dataclass(frozen=True)
-class Tensor:
+class ParamTensor:
+    """A parameter or a running statistic of a node (`trainable` says which), shaped by the registry."""
+
     node: Node
     name: str  # the parameter's name within its node: "W", "gamma", "mean"
     shape: Shape
@@ -45,19 +47,19 @@ class Tensor:
         return role(self.node.kind, self.name)
 
 
-def tensors(graph: Graph) -> list[Tensor]:
+def tensors(graph: Graph) -> list[ParamTensor]:
     """Every parameter and running statistic of the graph, in node order, shaped by the registry."""
     shapes = {n.name: n.out_shape for n in graph.nodes}
     out = []
     for node in graph.nodes:
         kind = KINDS[node.kind]
         ins = [shapes[i] for i in node.inputs]
-        out += [Tensor(node, k, tuple(s), True) for k, s in kind.params(node.attrs, ins).items()]
-        out += [Tensor(node, k, tuple(s), False) for k, s in kind.state(node.attrs, ins).items()]
+        out += [ParamTensor(node, k, tuple(s), True) for k, s in kind.params(node.attrs, ins).items()]
+        out += [ParamTensor(node, k, tuple(s), False) for k, s in kind.state(node.attrs, ins).items()]
     return out
 
 
-def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float,
+def initial_value(t: ParamTensor, init: str, rng: np.random.Generator, std: float,
                   dtype: type[np.floating]) -> np.ndarray:
     """The tensor's start: its role's constant, else drawn by the init (`std` is gaussian's)."""
     r = t.role

@@ -23,7 +23,7 @@ import onnx
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import OnnxGraph, Tensor, attributes, dtype_name
+from dlc.onnx.model import OnnxGraph, OnnxValue, attributes, dtype_name
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -204,7 +204,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
             uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
         out = layer.main.output[0] if g.dlc_spec is None else (layer.name if layer.name in g.tensors else
                                                                  layer.main.output[0])
-        t = g.tensors.get(out) or Tensor(out, None, 0)
+        t = g.tensors.get(out) or OnnxValue(out, None, 0)
         inputs = list(dict.fromkeys(producer[i] for n in layer.nodes for i in n.input
                                     if i in live and producer.get(i, layer.name) != layer.name))
         # a layer of dlc's export is named after its weightiest operator (LSTM, not the Transposes round it)

@@ -9,7 +9,7 @@ module's parameters and buffers. Nothing here imports torch: the generated file 
 PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), upconv W (C_in,
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
 holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
-c; GRU r, z, n against z, r, h) and the two biases apart. A `Tensor` names that conversion.
+c; GRU r, z, n against z, r, h) and the two biases apart. A `TorchParam` names that conversion.
 attention, posembed, clstoken and noise use modules of the generated file (dlc/torch/netlib.py) whose
 Parameters carry dlc's names and layouts (Wq (out, in), P, cls); `fc tied=LABEL` shares the embed's.
 `input` has no entry: it is the batch that forward receives.
@@ -29,8 +29,9 @@ RECURRENT_MODULES = {"rnn": "nn.RNN", "lstm": "nn.LSTM", "gru": "nn.GRU"}
 
 
 @dataclass(frozen=True)
-class Tensor:
-    """One torch tensor of a node: `module.<attr>` holds dlc's `<node>.<param>`, or part of it."""
+class TorchParam:
+    """One torch tensor of a node (a Parameter, or a buffer such as running_mean): `module.<attr>` holds
+    dlc's `<node>.<param>`, or part of it."""
 
     param: str  # dlc's name within the node: "W", "mean"
     attr: str  # torch's name within the module: "weight", "running_mean", "weight_ih_l0_reverse"
@@ -46,14 +47,14 @@ class TorchLayer:
 
     forward: str
     module: str | None = None
-    tensors: tuple[Tensor, ...] = ()
+    tensors: tuple[TorchParam, ...] = ()
     shared: tuple[tuple[str, str], ...] = ()
     """(module attribute, dlc's name within the node) of each tensor read from another node (the
     registry's LayerKind.shared): the export makes the attribute the owner's Parameter itself."""
 
 
-def _same(*pairs: tuple[str, str]) -> tuple[Tensor, ...]:
-    return tuple(Tensor(p, a) for p, a in pairs)
+def _same(*pairs: tuple[str, str]) -> tuple[TorchParam, ...]:
+    return tuple(TorchParam(p, a) for p, a in pairs)
 
 
 def _pad_call(pads: tuple[int, int, int, int], x: str = "{x}", value: str = "") -> str:
@@ -176,10 +177,10 @@ def recurrent(node: Node, ins: list[Shape]) -> TorchLayer:
     tensors = []
     for d in range(a["directions"]):
         suffix = "_l0" + ("_reverse" if d else "")
-        tensors += [Tensor("W", "weight_ih" + suffix, d, None, order),
-                    Tensor("R", "weight_hh" + suffix, d, None, order),
-                    Tensor("B", "bias_ih" + suffix, d, (0, g), order),  # ONNX B = [Wb, Rb]
-                    Tensor("B", "bias_hh" + suffix, d, (g, 2 * g), order)]
+        tensors += [TorchParam("W", "weight_ih" + suffix, d, None, order),
+                    TorchParam("R", "weight_hh" + suffix, d, None, order),
+                    TorchParam("B", "bias_ih" + suffix, d, (0, g), order),  # ONNX B = [Wb, Rb]
+                    TorchParam("B", "bias_hh" + suffix, d, (g, 2 * g), order)]
     bidirectional = ", bidirectional=True" if a["directions"] == 2 else ""
     module = f"{RECURRENT_MODULES[kind]}({a['in_features']}, {a['hidden']}, batch_first=True{bidirectional})"
     # without `sequences`: each direction's last state (the backward one's is after reading x[0])

@@ -5,7 +5,7 @@ beside it; `forward` in graph order, a chain flowing through `x` and a value tha
 kept under its layer's name; `Net.load_dlc(path)` / `save_dlc(path)` convert dlc checkpoints both
 ways through the table of where each dlc tensor lives. Each kind's code comes from MODULES
 (dlc.torch.modules); the helpers every file carries (dlc/torch/netlib.py, copied verbatim) come
-before the class. The torch engine runs this same text, so what it trains is what the export writes.
+before the class. The torch trainer runs this same text, so what it trains is what the export writes.
 Nothing a user wrote or named reaches the text but the spec's own words (the grammar's ASCII names,
 checked numbers) and comments escaped by comment_text.
 """

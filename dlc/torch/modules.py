@@ -4,7 +4,7 @@ A mapping reads the node's resolved attributes (the contract in dlc/layers/*.py)
 `TorchLayer`: the module the network holds for the node (a constructor expression, or None for a pure
 function), the forward expression, and where each of the node's dlc tensors lives among the
 module's parameters and buffers. Nothing here imports torch: the generated file does
-(dlc.torch.export), and both `dlc export --format pytorch` and the torch engine run that file.
+(dlc.torch.export), and both `dlc export --format pytorch` and the torch trainer run that file.
 
 PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), upconv W (C_in,
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch

@@ -1,12 +1,12 @@
-"""The torch engine: the run's arithmetic in PyTorch, behind dlc.train.engine's seam.
+"""The torch trainer: the run's arithmetic in PyTorch, behind dlc.train.trainer's seam.
 
 The network is the file `dlc export --format pytorch` writes (dlc.torch.export), run as it is. The
-engine keeps dlc's rules, not torch's defaults: the losses and updates of dlc.torch.rules, weight
+trainer keeps dlc's rules, not torch's defaults: the losses and updates of dlc.torch.rules, weight
 decay and L1 as penalties on the weights dlc.train.optim names (not biases, not bn) or adamw's
 decoupled decay in the update, the loss gradient clipped before the penalties', max-norm after each
 update, and the layers up to --freeze run as at inference (bn on its running statistics, no dropout
 or noise) and left as they are. Checkpoints stay dlc's: weights and optimizer slots go out in dlc's
-names and layouts, so a run resumes on either engine.
+names and layouts, so a run resumes on either trainer (--engine numpy or torch).
 
 Dropout and noise draw from torch's generator, seeded once from the NumPy stream the loop hands
 over (plus the rank) and carried in the optimizer state, so a resumed run draws what it would have.
@@ -43,7 +43,7 @@ from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
 from dlc.train.dataset import Split
-from dlc.train.engine import Running, fresh_optimizer, starting_weights
+from dlc.train.trainer import Running, fresh_optimizer, starting_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 PREDICT_BATCH = 256
@@ -77,9 +77,9 @@ def network(graph: Graph) -> dict:
     return scope
 
 
-def torch_engine(device: str = "auto") -> type[TorchEngine]:
-    """The TorchEngine class for a device, as `train(..., engine=...)` takes it."""
-    return type("TorchEngine", (TorchEngine,), {"device_name": device})
+def torch_trainer(device: str = "auto") -> type[TorchTrainer]:
+    """The TorchTrainer class for a device, as `train(..., trainer=...)` takes it."""
+    return type("TorchTrainer", (TorchTrainer,), {"device_name": device})
 
 
 def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +98,8 @@ def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor
     return top1, (rank < 5).sum()
 
 
-class TorchEngine:
-    """dlc's training step in PyTorch; build it with torch_engine(device)."""
+class TorchTrainer:
+    """dlc's training step in PyTorch; build it with torch_trainer(device)."""
 
     device_name = "auto"
 
@@ -126,7 +126,8 @@ class TorchEngine:
         self.state_names = set(state_names(graph))
         self.params = dict(self.net.named_parameters())  # by torch name
         dlc_of = {key: name for name, key, *_ in self.table}
-        # transfer learning, as the NumPy engine: the layers up to cfg.freeze run as at inference and keep their weights
+        # transfer learning, as the NumPy trainer: the layers up to cfg.freeze run as at inference and keep
+        # their weights
         frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
         self.frozen_modules = self.frozen_layers(graph, frozen)
         fixed = frozen_params(graph, frozen)
@@ -158,7 +159,7 @@ class TorchEngine:
             self.set_rng(rng_state)
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> TorchEngine:
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> TorchTrainer:
         return cls(starting_weights(graph, cfg, start), cfg, fresh_optimizer(cfg), None)
 
     def frozen_layers(self, graph: Graph, frozen: str | None) -> list[torch.nn.Module]:
@@ -171,7 +172,7 @@ class TorchEngine:
         return [m for n in nodes if (m := getattr(self.net, idents[n.name], None)) is not None]
 
     @classmethod
-    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> TorchEngine:
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> TorchTrainer:
         return cls(net, cfg, optim.state_from_json(optimizer), optimizer.get("torch_rng"))
 
     # ------------------------------------------------------------------------------ the step
@@ -278,7 +279,7 @@ class TorchEngine:
         deciding on the device: the host never waits for the norm."""
         grads = [p.grad for p in self.trained.values() if p.grad is not None]
         norm = torch.stack([(g * g).sum() for g in grads]).double().sum().sqrt()
-        scale = (max_norm / (norm + 1e-6)).float()  # the NumPy engine's float32 factor
+        scale = (max_norm / (norm + 1e-6)).float()  # the NumPy trainer's float32 factor
         scale = torch.where(norm > max_norm, scale, torch.ones_like(scale))
         for g in grads:
             g *= scale

@@ -1,14 +1,14 @@
-"""The arithmetic of a run, behind one small seam: what an engine does and what the loop keeps.
+"""The arithmetic of a run, behind one small seam: what a trainer does and what the loop keeps.
 
 The loop (dlc.train.loop) owns everything that is not arithmetic: data order, augmentation, the
-random streams, the schedule, checkpoints, logs, signals and resume. An engine owns the weights, the
+random streams, the schedule, checkpoints, logs, signals and resume. A trainer owns the weights, the
 optimizer and the training split's place: it is handed the split once (`bind`) and each epoch's
 order once (`feed`), then takes a step's slice of that order (`train_step`: forward and backward
 with the penalties) and updates (`update`); it adds each step's loss, top-1 and top-5 hits and
 samples to running sums that the loop reads only when it needs them (`tallies`), since on a GPU a
 read waits for every step queued before it. Augmented batches are made on the host, so the loop
 hands those over as arrays instead. Besides: inference (`predict`), and its state as NumPy arrays and
-JSON for a checkpoint (`weights`, `optimizer_state`). Another engine (PyTorch, say) is another class
+JSON for a checkpoint (`weights`, `optimizer_state`). Another trainer (PyTorch, say) is another class
 with these methods, and a `fresh`/`resume` pair.
 """
 
@@ -41,28 +41,28 @@ class Running:
     seen: int = 0  # samples
 
 
-class Engine(Protocol):
-    """What the loop asks of an engine; a class is built by `fresh` or `resume`."""
+class Trainer(Protocol):
+    """What the loop asks of a trainer; a class is built by `fresh` or `resume`."""
 
     rank: int  # this process among `world` data-parallel ones (torchrun); rank 0 alone writes the run
     world: int
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> Engine:
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> Trainer:
         """Weights initialised as cfg says (init, init_std, seed), or `start`'s (params, state) from
         --weights, and an optimizer with no state yet."""
 
     @classmethod
-    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> Engine:
-        """The engine as a checkpoint left it: its network and meta["optimizer"]."""
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> Trainer:
+        """The trainer as a checkpoint left it: its network and meta["optimizer"]."""
 
     def bind(self, split: Split) -> None:
-        """The training split, once before the first step: the engine keeps it where its steps read it.
+        """The training split, once before the first step: the trainer keeps it where its steps read it.
         Not called when the loop augments batches (they are made on the host and handed to each step)."""
 
     def feed(self, order: np.ndarray) -> Sequence:
-        """An epoch's order (this process's shard) as the engine's steps take it: the loop slices each
-        step's indices from what this returns (the torch engine moves it to the device once)."""
+        """An epoch's order (this process's shard) as the trainer's steps take it: the loop slices each
+        step's indices from what this returns (the torch trainer moves it to the device once)."""
 
     def train_step(self, idx: Sequence, rng: np.random.Generator,
                    batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -98,7 +98,7 @@ class Engine(Protocol):
 
 def starting_weights(graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None) -> Network:
     """A fresh run's network: start's (params, state) copied (the same start may begin several runs,
-    --repeat), else drawn as cfg says (init, init_std, seed). Every engine starts from these NumPy arrays."""
+    --repeat), else drawn as cfg says (init, init_std, seed). Every trainer starts from these NumPy arrays."""
     if start is not None:
         return Network(graph, *({k: np.array(v, np.float32) for k, v in d.items()} for d in start))
     return Network(graph, *init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std))
@@ -112,7 +112,7 @@ def fresh_optimizer(cfg: TrainConfig) -> optim.Optimizer:
 SCORE_SIZE = 1 << 14  # output values held back before their hits are counted in one call (64 KiB)
 
 
-class NumpyEngine:
+class NumpyTrainer:
     """dlc's own NumPy engine (dlc.engine.run) with the optimizers of dlc.train.optim."""
 
     rank, world = 0, 1
@@ -137,13 +137,13 @@ class NumpyEngine:
         self.grads: dict[str, np.ndarray] = {}
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> NumpyEngine:
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> NumpyTrainer:
         """Weights initialised from cfg.seed, or start's (params, state), and an optimizer with no slots yet."""
         return cls(starting_weights(graph, cfg, start), cfg, fresh_optimizer(cfg))
 
     @classmethod
-    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> NumpyEngine:
-        """The engine as a checkpoint left it: its network and meta["optimizer"]."""
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> NumpyTrainer:
+        """The trainer as a checkpoint left it: its network and meta["optimizer"]."""
         return cls(net, cfg, optim.state_from_json(optimizer))
 
     def bind(self, split: Split) -> None:

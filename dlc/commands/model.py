@@ -25,19 +25,11 @@ class Model:
     # the spec an .onnx file dlc exported carries, where its weights were not read: it tells the token
     # vocabulary and the memory a batch takes
     spec: Graph | None = None
+    normalize: dict | None = None  # the input statistics training stored, applied as training applied them
 
     @property
     def graph(self) -> Graph | None:
         return self.net.graph if self.net is not None else self.spec
-
-    @property
-    def normalize(self) -> dict | None:
-        """The input statistics training stored, for infer to apply as training applied them."""
-        if self.net is not None:
-            return self.net.normalize
-        from dlc.onnx.export import normalize_of
-
-        return normalize_of(self.onnx, self.path)
 
     @property
     def weights(self) -> str:
@@ -77,12 +69,14 @@ def load_model(model: str | None, expr: str | None, weights: str | None, *, need
                 if need_weights:
                     raise
                 # onnxruntime needs only the model; the spec served to check token ids
-        if need_weights:
-            net = Network(graph, *export.weights_of(onnx_model, graph, model), weights=f"{model}'s initializers",
-                          onnx_file=model, normalize=export.normalize_of(onnx_model, model))
-            return Model(net, onnx_model, model)
-        return Model(None, onnx_model, model, graph)
-    return Model(weights_for(load_graph(model, expr), weights, fresh_seed), None)
+        arrays = export.weights_of(onnx_model, graph, model) if need_weights else None
+        normalize = export.normalize_of(onnx_model, model)
+        if arrays is None:
+            return Model(None, onnx_model, model, graph, normalize)
+        net = Network(graph, *arrays, weights=f"{model}'s initializers", onnx_file=model, normalize=normalize)
+        return Model(net, onnx_model, model, normalize=normalize)
+    net = weights_for(load_graph(model, expr), weights, fresh_seed)
+    return Model(net, None, normalize=net.normalize)
 
 
 def weights_for(graph: Graph, weights: str | None, fresh_seed: int | None) -> Network:
@@ -101,39 +95,39 @@ def weights_for(graph: Graph, weights: str | None, fresh_seed: int | None) -> Ne
     return Network(graph, params, state, weights=f"fresh {init} weights (seed {fresh_seed})")
 
 
-def onnx_model_of(m: Model):
-    if m.onnx is None:
+def onnx_model_of(loaded: Model):
+    if loaded.onnx is None:
         from dlc.onnx.export import to_onnx
 
-        m.onnx = to_onnx(m.net)
-    return m.onnx
+        loaded.onnx = to_onnx(loaded.net)
+    return loaded.onnx
 
 
-def session_of(m: Model, device: str):
+def session_of(loaded: Model, device: str):
     """An onnxruntime session: on the file itself for an .onnx model (a model over 2 GB cannot travel
     as bytes, and its external data is found beside the file), else on dlc's export of the spec."""
     from dlc.onnx import runtime as rt
 
-    if m.path:
+    if loaded.path:
         from dlc.onnx.model import check_ranked
 
-        check_ranked(m.onnx)
-    return rt.create_session(m.path or onnx_model_of(m), device)
+        check_ranked(loaded.onnx)
+    return rt.create_session(loaded.path or onnx_model_of(loaded), device)
 
 
-def vocabularies(m: Model) -> dict[str, int]:
+def vocabularies(loaded: Model) -> dict[str, int]:
     """Input name -> the vocabulary its token ids must stay below, where the spec or the graph says it."""
     vocab = {}
-    if m.onnx is not None:
+    if loaded.onnx is not None:
         from dlc.onnx.model import token_vocabularies
 
-        vocab.update(token_vocabularies(m.onnx))
-    if m.graph is not None:
+        vocab.update(token_vocabularies(loaded.onnx))
+    if loaded.graph is not None:
         from dlc.layers.dense import token_vocab
 
-        spec_vocab = token_vocab(m.graph)
+        spec_vocab = token_vocab(loaded.graph)
         if spec_vocab:
-            vocab[m.graph.input.name] = spec_vocab
+            vocab[loaded.graph.input.name] = spec_vocab
     return vocab
 
 

@@ -63,3 +63,18 @@ class Graph:
     @cached_property
     def _by_name(self) -> dict[str, Node]:  # a graph's nodes are fixed once the compiler returns it
         return {n.name: n for n in self.nodes}
+
+
+@dataclass
+class Network:
+    """A compiled spec with its weights, and where they came from: the one value that import returns and
+    infer, export, train and the torch engine take. It sits beside the graph, not in the engine, so that
+    holding one needs no numpy: the arrays are NumPy's, made and read by the modules that import it."""
+
+    graph: Graph  # its file is the spec's (or the .onnx file a spec was read from)
+    params: dict  # trainable tensors by full name ("conv1.W"), as dlc.engine.params names them
+    state: dict  # running statistics ("bn1.mean")
+    weights: str = ""  # where the weights came from, for reports: "run/best.npz", "fresh he weights (seed 0)"
+    checkpoint: str | None = None  # the checkpoint they were read from
+    onnx_file: str | None = None  # the .onnx file they were read from (its initializers)
+    normalize: dict | None = None  # the input statistics training stored (a checkpoint's meta["normalize"])

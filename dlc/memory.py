@@ -1,8 +1,8 @@
 """Refusing work that cannot fit in memory, with the figure, before NumPy or onnxruntime tries.
 
-The estimates come from the analysis (dlc.analysis) and count what an engine must hold at once, so a
+The estimates come from the analysis (dlc.analysis) and count what a runtime must hold at once, so a
 refusal turns away only work that could not have fit; work that passes may still need more. What is
-free, and the refusal itself, are dlc.machine's (the npz checks below the engine use them too).
+free, and the refusal itself, are dlc.machine's (the npz checks below dlc.engine use them too).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dlc.graph import Graph
 
 def forward_bytes(graph: Graph, batch: int, value_bytes: int = BYTES_PER_VALUE) -> int:
     """A forward pass's least memory: the weights, and for each sample the input, the output and the
-    largest tensor in between (an engine that frees every tensor once read still holds those at once)."""
+    largest tensor in between (a runtime that frees every tensor once read still holds those at once)."""
     stats = analyse(graph).nodes
     weights = sum(s.params + s.non_trainable for s in stats)
     per_sample = stats[0].activations + stats[-1].activations + max(s.activations for s in stats)

@@ -9,7 +9,7 @@ import numpy as np
 
 from dlc.engine.params import init_params
 from dlc.engine.run import loss_and_grads
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 
 
 def sgd_step_peak(graph: Graph, batch: int, rng: np.random.Generator) -> int:
@@ -21,7 +21,7 @@ def sgd_step_peak(graph: Graph, batch: int, rng: np.random.Generator) -> int:
     tracemalloc.start()
     try:
         params, state = init_params(graph)
-        _, _, grads = loss_and_grads(graph, params, state, x, labels, "xent")
+        _, _, grads = loss_and_grads(Network(graph, params, state), x, labels, "xent")
         for k, g in grads.items():
             params[k] -= 0.01 * g
         _, peak = tracemalloc.get_traced_memory()

@@ -14,6 +14,7 @@ from dlc.compile import compile_spec
 from dlc.engine.gradcheck import check_gradients
 from dlc.engine.params import init_params, tensors
 from dlc.engine.run import backward, forward, loss_and_grads
+from dlc.graph import Network
 
 TOL = 1e-6
 
@@ -111,8 +112,8 @@ def test_tied_weights_receive_the_sum_of_both_gradients():
     twin_params = {"embed1.W": params["embed1.W"], "fc1.W": params["embed1.W"].copy()}
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 5, (4, 3)), rng.integers(0, 5, (4, 3))
-    value, _, grads = loss_and_grads(tied, params, state, x, y, "xent")
-    twin_value, _, twin_grads = loss_and_grads(twin, twin_params, {}, x, y, "xent")
+    value, _, grads = loss_and_grads(Network(tied, params, state), x, y, "xent")
+    twin_value, _, twin_grads = loss_and_grads(Network(twin, twin_params, {}), x, y, "xent")
     assert value == pytest.approx(twin_value, rel=1e-12)
     np.testing.assert_allclose(grads["embed1.W"], twin_grads["embed1.W"] + twin_grads["fc1.W"], rtol=1e-12)
     assert not np.allclose(twin_grads["embed1.W"], 0) and not np.allclose(twin_grads["fc1.W"], 0)
@@ -122,10 +123,10 @@ def test_inference_keeps_nothing_for_backward():
     graph = compile_spec(CAUSAL_LM)
     params, state = init_params(graph)
     x = np.random.default_rng(3).integers(0, 7, (2, 5))
-    y, tape = forward(graph, params, state, x)
+    y, tape = forward(Network(graph, params, state), x)
     assert tape is None and y.shape == (2, 5, 7)
     np.testing.assert_allclose(y.sum(axis=-1), 1, rtol=1e-5)  # a distribution over the vocabulary per step
-    _, tape = forward(graph, params, state, x, keep=True)
+    _, tape = forward(Network(graph, params, state), x, keep=True)
     grads, dx = backward(tape, np.ones_like(y))
     assert dx is None and set(grads) == set(params)
 

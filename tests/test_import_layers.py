@@ -22,7 +22,7 @@ TIERS: list[dict[str, tuple[str, ...]]] = [
     {"cli": ("dlc.cli", "dlc.__main__")},
     {"commands": ("dlc.commands",)},
     {"pictures": ("dlc.draw", "dlc.plot"),  # diagrams of the analysed graph, curves of runs
-     "torch": ("dlc.torch",)},  # the PyTorch export and engine: on top of train's loop and optimizer rules
+     "torch": ("dlc.torch",)},  # the PyTorch export and trainer: on top of train's loop and optimizer rules
     {"train": ("dlc.train",), "onnx": ("dlc.onnx",)},
     {"analysis": ("dlc.analysis", "dlc.report", "dlc.memory")},  # the ONNX analysis builds on it
     {"engine": ("dlc.engine", "dlc.normalize")},

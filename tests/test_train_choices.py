@@ -1,5 +1,5 @@
 """The names the command line offers (dlc.choices, numpy-free) against the engine tables that run them,
-and the seams around the training loop: no side effect at import, the engine as a swappable part."""
+and the seams around the training loop: no side effect at import, the trainer as a swappable part."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dlc.normalize import normalizer
 from dlc.train import optim
 from dlc.train.config import TrainConfig
 from dlc.train.dataset import Data, Split
-from dlc.train.engine import NumpyEngine
+from dlc.train.trainer import NumpyTrainer
 from dlc.train.loop import train
 from dlc.train.schedules import make_schedule
 
@@ -76,8 +76,8 @@ def test_dlc_mallopt_0_turns_the_allocator_tuning_off():
                   DLC_MALLOPT="0") == "False"
 
 
-class CountingEngine(NumpyEngine):
-    """The NumPy engine, recording which of the engine's methods the loop calls."""
+class CountingTrainer(NumpyTrainer):
+    """The NumPy trainer, recording which of the trainer's methods the loop calls."""
 
     calls: list[str] = []
 
@@ -96,6 +96,6 @@ def test_the_loop_runs_through_the_engine_seam_and_gets_the_same_weights(tmp_pat
     data = Data(Split(x, (x.sum(axis=1) > 1).astype(np.int64)), name="toy")
     cfg = TrainConfig(loss="bce", optimizer="adam", lr=0.05, batch=4, epochs=2)
     plain = train(graph, data, cfg, tmp_path / "plain", meta={})
-    counted = train(graph, data, cfg, tmp_path / "counted", meta={}, engine=CountingEngine)
-    assert CountingEngine.calls == ["loss_and_grads", "update"] * 6  # 2 epochs of ceil(10 / 4) steps
+    counted = train(graph, data, cfg, tmp_path / "counted", meta={}, trainer=CountingTrainer)
+    assert CountingTrainer.calls == ["loss_and_grads", "update"] * 6  # 2 epochs of ceil(10 / 4) steps
     assert counted.history[-1]["train_loss"] == plain.history[-1]["train_loss"]

@@ -50,6 +50,7 @@ def sample(run, prompt, tokens, temperature, seed):
     from dlc.engine.params import check_against, load_checkpoint
     from dlc.engine.decode import Decoder, why_not_stepwise
     from dlc.engine.run import forward
+    from dlc.graph import Network
     from dlc.layers.dense import token_vocab
     from dlc.train.text import generate, show_chars, window_output
 
@@ -62,7 +63,8 @@ def sample(run, prompt, tokens, temperature, seed):
         raise DlcError(f"{path}: the run was not trained on a text file (no vocabulary is stored), "
                        f"so there is nothing to decode tokens with")
     graph = compile_spec(meta["spec"], file=meta.get("file") or str(path))
-    check_against(graph, params, state, str(path))
+    net = Network(graph, params, state, weights=str(path), checkpoint=str(path))
+    check_against(net)
     fits = min(token_vocab(graph) or 0, graph.output.out_shape[-1])
     if len(chars) > fits:  # an edited vocabulary: its last characters would index past the embedding
         raise DlcError(f"{path}: its vocabulary has {len(chars)} characters but its network reads and predicts "
@@ -76,10 +78,10 @@ def sample(run, prompt, tokens, temperature, seed):
                        f"(its vocabulary: {show_chars(chars)})")
     reason = why_not_stepwise(graph)
     if reason is None:
-        output = Decoder(graph, params, state).next_output
+        output = Decoder(net).next_output
     else:
         click.echo(f"dlc: no key/value cache: {reason}, so every character re-runs the whole window", err=True)
-        output = window_output(lambda x: forward(graph, params, state, x)[0], graph.input.out_shape[0])
+        output = window_output(lambda x: forward(net, x)[0], graph.input.out_shape[0])
     ids = generate(output, np.array([index[c] for c in prompt]), tokens, graph.output.kind == "softmax",
                    len(chars), temperature, np.random.default_rng(seed))
     click.echo("".join(chars[i] for i in ids))

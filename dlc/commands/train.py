@@ -96,7 +96,7 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
     tune_allocator()
     if nproc_per_node and engine != "torch":
         raise DlcError("--nproc-per-node trains data-parallel with PyTorch: add --engine torch")
-    engine_class = engine_for(engine, device)
+    trainer_class = trainer_for(engine, device)
     writer = launched()[0] == 0  # under torchrun, rank 0 alone writes and prints
     display = Display(quiet or as_json or not writer)
     start = None
@@ -158,7 +158,7 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
             display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
             try:
                 result = run_training(graph, data_arrays, cfg_i, out_i, meta=meta, checkpoint=checkpoint,
-                                      save_every=save_every, on_event=display, engine=engine_class, start=start)
+                                      save_every=save_every, on_event=display, trainer=trainer_class, start=start)
             except MemoryError as e:  # what the checks above could not foresee: their estimates are lower bounds
                 raise DlcError(f"out of memory while training: {e}") from None
             finally:
@@ -213,7 +213,7 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, lay
 
 def training_step(graph, cfg: TrainConfig, engine: str, samples: int) -> tuple[int, str]:
     """The least memory of a NumPy training step on `samples` training samples, and its name; (0, "") on
-    the torch engine, whose step lives on a device dlc.memory does not see."""
+    the torch trainer, whose step lives on a device dlc.memory does not see."""
     if engine != "numpy":
         return 0, ""
     from dlc.memory import backprop_bytes
@@ -231,38 +231,40 @@ def data_line(data, graph, default: bool) -> str:
     return f"data: {data.name}{why}: {sizes}"
 
 
-def engine_for(engine: str, device: str):
-    """The engine class `train` runs: NumpyEngine, or the torch one for a device."""
+def trainer_for(engine: str, device: str):
+    """The trainer class `train --engine` runs: NumpyTrainer, or the torch one for a device."""
     if engine == "numpy":
         if device == "cuda":
             raise DlcError("--device cuda: the numpy engine runs on the CPU; use --engine torch")
-        from dlc.train.engine import NumpyEngine
+        from dlc.train.trainer import NumpyTrainer
 
-        return NumpyEngine
+        return NumpyTrainer
     try:
-        from dlc.torch.engine import pick_device, torch_engine
+        from dlc.torch.trainer import pick_device, torch_trainer
     except ImportError as e:
         raise DlcError(f"--engine torch needs PyTorch ({e}); install it: pip install 'dlc[torch]' "
                        "(the README says how to get the CPU build)")
     pick_device(device)  # a missing GPU is reported before any data is read
-    return torch_engine(device)
+    return torch_trainer(device)
 
 
 def start_weights(path: str, graph, cfg: TrainConfig, partial: bool, display: Display) -> tuple[dict, dict]:
     """--weights: the (params, state) a fresh run starts from. Every tensor must fit the spec, or with
     --weights-partial those that fit are taken, the rest drawn fresh, and the display lists both."""
     from dlc.engine.params import check_against, load_checkpoint, partial_start
-    from dlc.train.engine import starting_weights
+    from dlc.graph import Network
+    from dlc.train.trainer import starting_weights
 
     params, state, _ = load_checkpoint(path)
     if not partial:
         try:
-            check_against(graph, params, state, path)
+            check_against(Network(graph, params, state, weights=path, checkpoint=path))
         except DlcError as e:
             raise DlcError(f"{e.message}; --weights-partial takes the tensors that fit and starts the rest "
                            f"fresh (a new head)", e.pos, e.file, e.source) from None
         return params, state
-    got = partial_start(graph, (params, state), starting_weights(graph, cfg, None), path)
+    fresh = starting_weights(graph, cfg, None)
+    got = partial_start(graph, (params, state), (fresh.params, fresh.state), path)
     display.note(f"--weights-partial: from {path}: {', '.join(got.loaded)}")
     display.note(f"--weights-partial: started fresh: {', '.join(got.fresh) or 'none'}")
     if got.unused:

@@ -69,7 +69,7 @@ class Display:
             self.last_update = now
             if self.progress is None:
                 self._start_bar()
-            scores = info["scores"]()  # a read of the engine's sums: only when the bar redraws
+            scores = info["scores"]()  # a read of the trainer's sums: only when the bar redraws
             acc = "" if scores["accuracy"] is None else f"  acc {scores['accuracy']:.2%}"
             stats = f"loss {scores['loss']:.4g}{acc}  {info['images_per_second']:,.0f} img/s"
             self.progress.update(self.task, completed=info["batch"], stats=stats)

@@ -17,8 +17,9 @@ def load_resume(folder: Path, spec: str | None, expr: str | None, keys: dict) ->
     """(graph, config, data source, normalisation, checkpoint) of the run saved in folder."""
     from dlc.compile import compile_spec
     from dlc.engine.params import check_against, load_checkpoint
+    from dlc.graph import Network
     from dlc.train.config import config_from_json
-    from dlc.train.engine import Running
+    from dlc.train.trainer import Running
     from dlc.train.loop import Position
     from dlc.train.rundir import check_run_fields
     from dlc.train.sources import DataSource
@@ -41,7 +42,7 @@ def load_resume(folder: Path, spec: str | None, expr: str | None, keys: dict) ->
             raise DlcError(f"the spec given differs from the one the run in {folder} trained; "
                            f"drop SPEC to continue that run")
     graph = compile_spec(meta["spec"], file=meta["file"])
-    check_against(graph, params, state, str(path))
+    check_against(Network(graph, params, state, weights=str(path), checkpoint=str(path)))
     field = "config"  # the field being read, for the refusal of one edited by hand
     try:
         cfg = config_from_json(meta["config"])

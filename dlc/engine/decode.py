@@ -29,7 +29,7 @@ from dlc.engine.kernels import Arrays
 from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.engine.kernels.recurrent import CELLS
 from dlc.engine.run import PLAIN_CTX, Plan, Step, compile_plan
-from dlc.graph import Graph, Node
+from dlc.graph import Graph, Network, Node
 
 # Kinds whose output at a step reads only that step of their inputs at inference (dropout and noise
 # are identities then): the decoder runs their ordinary kernels on the new steps alone. A new kind
@@ -163,28 +163,26 @@ def _why_not(n: Node, steps: int) -> str | None:
 class Decoder:
     """A causal network run step by step on one sequence; `next_output(ids)` is the output at the last id."""
 
-    graph: Graph = field(repr=False)
-    params: dict = field(repr=False)
-    state: dict = field(repr=False)
+    net: Network = field(repr=False)
     plan: Plan = field(init=False, repr=False)
     window: int = field(init=False)  # T: the steps the network reads
     fed: list[int] = field(init=False, default_factory=list)  # the ids the caches hold, in order
     memory: dict = field(init=False, default_factory=dict, repr=False)  # slot -> KVCache or RecurrentState
 
     def __post_init__(self):
-        self.plan = compile_plan(self.graph)
-        self.window = self.graph.input.out_shape[0]
+        self.plan = compile_plan(self.net.graph)
+        self.window = self.net.graph.input.out_shape[0]
         self.reset()
 
     def reset(self) -> None:
         self.fed = []
         self.memory = {}
-        dtype = self.params[next(iter(self.params))].dtype if self.params else np.float32
+        dtype = self.net.params[next(iter(self.net.params))].dtype if self.net.params else np.float32
         for s in self.plan.steps:
             a = s.attrs
             if s.node.kind == "attention":
                 # as many heads as Wk has head_dim-row blocks: fewer than the queries' when grouped
-                kv_heads = self.params[dict(s.params)["Wk"]].shape[0] // a["head_dim"]
+                kv_heads = self.net.params[dict(s.params)["Wk"]].shape[0] // a["head_dim"]
                 shape = (kv_heads, self.window, a["head_dim"])
                 self.memory[s.out] = KVCache(np.empty(shape, dtype), np.empty(shape, dtype))
             elif s.node.kind in ("rnn", "lstm", "gru"):
@@ -208,7 +206,7 @@ class Decoder:
         values: list = [None] * len(self.plan.nodes)
         values[0] = ids
         for s in self.plan.steps:
-            params = {k: self.params[f] for k, f in s.params}
+            params = {k: self.net.params[f] for k, f in s.params}
             xs = [values[i] for i in s.inputs]
             values[s.out] = self._layer(s, params, xs, start)
         return values[-1]
@@ -221,7 +219,7 @@ class Decoder:
             return xs[0] + params["P"][start:start + xs[0].shape[1]]
         if kind in ("rnn", "lstm", "gru"):
             return recurrent_step(kind, params, xs[0], self.memory[s.out])
-        state = {k: self.state[f] for k, f in s.state}
+        state = {k: self.net.state[f] for k, f in s.state}
         return s.kernel(s.attrs, params, state, xs, PLAIN_CTX[False, True])[0]
 
     def cache_bytes(self) -> int:

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 from dlc.choices import default_loss
 from dlc.layers import feature_axis
 from dlc.layers.dense import token_vocab
@@ -108,7 +108,7 @@ def check_gradients(graph: Graph, *, loss: str | None = None, batch: int = 2, se
         # a fresh copy of the running statistics: bn's training-mode update must not accumulate; numpy's
         # overflow warnings are silenced, since a non-finite loss or gradient is reported as a failure
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return loss_forward(graph, params, copy.deepcopy(state), x, y, loss,
+            return loss_forward(Network(graph, params, copy.deepcopy(state)), x, y, loss,
                                 rng=np.random.default_rng(seed + 1), keep=keep)
 
     value, _, dout, tape = evaluate(keep=True)

@@ -18,7 +18,7 @@ import numpy as np
 from dlc import __version__
 from dlc.atomic import atomic_write
 from dlc.errors import DlcError
-from dlc.graph import Graph, Node
+from dlc.graph import Graph, Network, Node
 from dlc.layers import KINDS, Role, Shape, role
 from dlc.npz import check_arrays_file
 from dlc.normalize import stats_error
@@ -30,7 +30,9 @@ INITS = ("he", "xavier", "gaussian")
 
 
 @dataclass(frozen=True)
-class Tensor:
+class ParamTensor:
+    """A parameter or a running statistic of a node (`trainable` says which), shaped by the registry."""
+
     node: Node
     name: str  # the parameter's name within its node: "W", "gamma", "mean"
     shape: Shape
@@ -45,19 +47,19 @@ class Tensor:
         return role(self.node.kind, self.name)
 
 
-def tensors(graph: Graph) -> list[Tensor]:
+def tensors(graph: Graph) -> list[ParamTensor]:
     """Every parameter and running statistic of the graph, in node order, shaped by the registry."""
     shapes = {n.name: n.out_shape for n in graph.nodes}
     out = []
     for node in graph.nodes:
         kind = KINDS[node.kind]
         ins = [shapes[i] for i in node.inputs]
-        out += [Tensor(node, k, tuple(s), True) for k, s in kind.params(node.attrs, ins).items()]
-        out += [Tensor(node, k, tuple(s), False) for k, s in kind.state(node.attrs, ins).items()]
+        out += [ParamTensor(node, k, tuple(s), True) for k, s in kind.params(node.attrs, ins).items()]
+        out += [ParamTensor(node, k, tuple(s), False) for k, s in kind.state(node.attrs, ins).items()]
     return out
 
 
-def initial_value(t: Tensor, init: str, rng: np.random.Generator, std: float,
+def initial_value(t: ParamTensor, init: str, rng: np.random.Generator, std: float,
                   dtype: type[np.floating]) -> np.ndarray:
     """The tensor's start: its role's constant, else drawn by the init (`std` is gaussian's)."""
     r = t.role
@@ -138,7 +140,7 @@ def load_checkpoint(path, graph: Graph | None = None) -> tuple[dict, dict, dict]
     state = {k: v for k, v in arrays.items() if k in state_names}
     params = {k: v for k, v in arrays.items() if k not in state_names}
     if graph is not None:
-        check_against(graph, params, state, path)
+        check_against(Network(graph, params, state, weights=path, checkpoint=path))
     return params, state, meta
 
 
@@ -194,8 +196,10 @@ def partial_start(graph: Graph, stored: tuple[dict, dict], fresh: tuple[dict, di
     return PartialStart(*start, loaded, started, [n for n in names if n not in known])
 
 
-def check_against(graph: Graph, params: dict, state: dict, path: str) -> None:
-    """Raise a DlcError at the first layer whose tensors the checkpoint lacks or shapes differently."""
+def check_against(net: Network) -> None:
+    """Raise a DlcError at the first layer whose tensors the network's checkpoint lacks or shapes differently."""
+    graph, params, state, path = net.graph, net.params, net.state, net.checkpoint
+
     def error(node: Node, message: str) -> DlcError:
         return DlcError(f"checkpoint {path} does not fit layer {node.name}: {message}", node.pos,
                         graph.file, graph.source)

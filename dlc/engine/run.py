@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dlc.errors import DlcError
-from dlc.graph import Graph, Node
+from dlc.graph import Graph, Network, Node
 from dlc.layers import KINDS
 from dlc.layers.spatial import show
 from dlc.engine.kernels import KERNELS, Ctx
@@ -177,7 +177,7 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
         yield step.node, y
 
 
-def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
+def forward(net: Network, x: np.ndarray, *, training: bool = False,
             rng: np.random.Generator | None = None, keep: bool = False, upto: str | None = None,
             frozen: str | None = None, input_grad: bool = True,
             aux: list[float] | None = None) -> tuple[np.ndarray, Tape | None]:
@@ -188,16 +188,16 @@ def forward(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training:
     In training mode dropout and noise draw from `rng` and bn uses batch statistics and updates `state`;
     every node up to and including `frozen` runs as at inference and gets no gradients.
     """
-    plan = compile_plan(graph)
-    stop = _slot(graph, plan, upto)
+    plan = compile_plan(net.graph)
+    stop = _slot(net.graph, plan, upto)
     fixed = plan.index[frozen] if frozen else 0
-    _check_input(graph, x)
+    _check_input(net.graph, x)
     backs = [] if keep else None
     y = x
-    for _, y in _execute(plan, params, state, x, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
+    for _, y in _execute(plan, net.params, net.state, x, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
                          input_grad):
         pass
-    return y, (Tape(plan, backs, stop, params, input_grad, fixed) if keep else None)
+    return y, (Tape(plan, backs, stop, net.params, input_grad, fixed) if keep else None)
 
 
 def frozen_params(graph: Graph, frozen: str | None) -> set[str]:
@@ -220,12 +220,12 @@ def freeze_point(graph: Graph, label: str) -> str:
                    f"(labels: {', '.join(labels) or 'none; add `as LABEL` to a step'})")
 
 
-def activations(graph: Graph, params: dict, state: dict, x: np.ndarray, *, training: bool = False,
+def activations(net: Network, x: np.ndarray, *, training: bool = False,
                 rng: np.random.Generator | None = None) -> Iterator[tuple[Node, np.ndarray]]:
     """Every node with its output, the input first, keeping nothing for backward."""
-    plan = compile_plan(graph)
-    _check_input(graph, x)
-    yield from _execute(plan, params, state, x, _ctx(plan, training, rng), len(plan.nodes) - 1, None)
+    plan = compile_plan(net.graph)
+    _check_input(net.graph, x)
+    yield from _execute(plan, net.params, net.state, x, _ctx(plan, training, rng), len(plan.nodes) - 1, None)
 
 
 def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -274,7 +274,7 @@ def _fused(graph: Graph, loss: str) -> str | None:
     return FUSED_LOSSES.get((loss, graph.output.kind))
 
 
-def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,
+def loss_forward(net: Network, x: np.ndarray, y: np.ndarray, loss: str, *,
                  rng: np.random.Generator | None = None, keep: bool = False, frozen: str | None = None,
                  input_grad: bool = True):
     """(value, network output, d value / d (output or logits), tape or None), in training mode.
@@ -285,22 +285,22 @@ def loss_forward(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.n
     """
     if loss not in LOSSES:
         raise DlcError(f"unknown loss `{loss}` (expected one of {', '.join(sorted(LOSSES))})")
-    fused = _fused(graph, loss)
+    fused = _fused(net.graph, loss)
     aux: list[float] = []
     if fused is None:
-        out, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, frozen=frozen,
+        out, tape = forward(net, x, training=True, rng=rng, keep=keep, frozen=frozen,
                             input_grad=input_grad, aux=aux)
         value, dout = LOSSES[loss](out, y)
         return value + sum(aux), out, dout, tape
-    last = graph.output
-    logits, tape = forward(graph, params, state, x, training=True, rng=rng, keep=keep, upto=last.inputs[0],
+    last = net.graph.output
+    logits, tape = forward(net, x, training=True, rng=rng, keep=keep, upto=last.inputs[0],
                            frozen=frozen, input_grad=input_grad, aux=aux)
     value, dlogits = LOSSES[fused](logits, y)
     out, _ = KERNELS[last.kind](last.attrs, {}, {}, [logits], Ctx(True, rng))
     return value + sum(aux), out, dlogits, tape
 
 
-def loss_and_grads(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np.ndarray, loss: str, *,
+def loss_and_grads(net: Network, x: np.ndarray, y: np.ndarray, loss: str, *,
                    rng: np.random.Generator | None = None,
                    frozen: str | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
     """One training step's core: (loss value, network output, parameter gradients).
@@ -310,23 +310,23 @@ def loss_and_grads(graph: Graph, params: dict, state: dict, x: np.ndarray, y: np
     is still the network's output (the probabilities). `xent` without a final softmax reads the output
     as logits. With `frozen`, the parameters of the nodes up to it get no gradients (none in the dict).
     """
-    value, out, dout, tape = loss_forward(graph, params, state, x, y, loss, rng=rng, keep=True, frozen=frozen,
+    value, out, dout, tape = loss_forward(net, x, y, loss, rng=rng, keep=True, frozen=frozen,
                                           input_grad=False)
     grads, _ = backward(tape, dout)
     return value, out, grads
 
 
-def predict(graph: Graph, params: dict, state: dict, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def predict(net: Network, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """The network's output for every sample of x, in inference mode, `batch` samples at a time."""
     if batch < 1:
         raise DlcError(f"batch must be >= 1 (received {batch})")
     n = len(x)
     if n == 0:
-        _check_input(graph, x)
-        return np.zeros((0, *graph.output.out_shape), dtype=np.float32)
+        _check_input(net.graph, x)
+        return np.zeros((0, *net.graph.output.out_shape), dtype=np.float32)
     out = None
     for start in range(0, n, batch):
-        y, _ = forward(graph, params, state, x[start:start + batch])
+        y, _ = forward(net, x[start:start + batch])
         if out is None:
             out = np.empty((n, *y.shape[1:]), dtype=y.dtype)
         out[start:start + len(y)] = y

@@ -23,7 +23,7 @@ import onnx
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import OnnxGraph, Tensor, attributes, dtype_name
+from dlc.onnx.model import OnnxGraph, OnnxValue, attributes, dtype_name
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -43,7 +43,7 @@ class Uncounted:
 
 
 @dataclass
-class Layer:
+class OnnxLayer:
     name: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     main: onnx.NodeProto | None = None  # the node whose output the layer shows
@@ -70,7 +70,7 @@ def live_tensors(g: OnnxGraph) -> set[str]:
     return live
 
 
-def group(g: OnnxGraph, live: set[str]) -> list[Layer]:
+def group(g: OnnxGraph, live: set[str]) -> list[OnnxLayer]:
     nodes, names = g.nodes, node_names(g.nodes)
     if g.dlc_spec is not None:
         key = [name.split("/")[0] for name in names]
@@ -88,9 +88,9 @@ def group(g: OnnxGraph, live: set[str]) -> list[Layer]:
             # A helper joins the layer of its first consumer; one that feeds no layer stands alone.
             fed = sorted(j for o in n.output for j in consumers.get(o, []) if key[j])
             key[i] = key[fed[0]] if fed else names[i]
-    layers: dict[str, Layer] = {}
+    layers: dict[str, OnnxLayer] = {}
     for i, (n, k) in enumerate(zip(nodes, key)):
-        layer = layers.setdefault(k, Layer(k))
+        layer = layers.setdefault(k, OnnxLayer(k))
         layer.nodes.append(n)
         if names[i] == k or (g.dlc_spec is not None and k in n.output):
             layer.main = n
@@ -141,7 +141,7 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     return costs
 
 
-def layer_params(layer: Layer, g: OnnxGraph, owner: dict[str, str]) -> tuple[int, int]:
+def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str]) -> tuple[int, int]:
     """(trainable, non-trainable) values of the float initializers this layer reads first; `owner`
     records which layer took each, so a shared weight counts once."""
     params = frozen = 0
@@ -205,7 +205,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
             uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
         out = layer.main.output[0] if g.dlc_spec is None else (layer.name if layer.name in g.tensors else
                                                                  layer.main.output[0])
-        t = g.tensors.get(out) or Tensor(out, None, 0)
+        t = g.tensors.get(out) or OnnxValue(out, None, 0)
         inputs = list(dict.fromkeys(producer[i] for n in layer.nodes for i in n.input
                                     if i in live and producer.get(i, layer.name) != layer.name))
         # a layer of dlc's export is named after its weightiest operator (LSTM, not the Transposes round it)
@@ -225,7 +225,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
     return Analysis(graph, stats, totals(stats, batch, optimizer)), uncounted
 
 
-def standby_layers(layers: list[Layer], g: OnnxGraph) -> dict[str, str]:
+def standby_layers(layers: list[OnnxLayer], g: OnnxGraph) -> dict[str, str]:
     """In a dlc export, the layers of each mixture of experts (`<mixture>.router`, `<mixture>.expert<e>.…`)
     -> the mixture: its join is the layer with the TopK, whose K the kept values' inferred shape gives.
     Experts past the top K map to "standby": they count in params, not in active params, MACs or FLOPs

@@ -18,7 +18,7 @@ import onnx
 
 from dlc.layers import GLOBAL, Window
 from dlc.layers.recurrent import GATES, recurrent_flops, recurrent_macs
-from dlc.onnx.model import Tensor, attributes
+from dlc.onnx.model import OnnxValue, attributes
 
 
 class NotCounted(Exception):
@@ -28,14 +28,14 @@ class NotCounted(Exception):
 @dataclass
 class Op:
     node: onnx.NodeProto
-    ins: list[Tensor | None]  # None for an omitted optional input
-    outs: list[Tensor | None]
+    ins: list[OnnxValue | None]  # None for an omitted optional input
+    outs: list[OnnxValue | None]
 
     @property
     def attrs(self) -> dict:
         return attributes(self.node)
 
-    def shape(self, tensor: Tensor | None) -> tuple[int, ...]:
+    def shape(self, tensor: OnnxValue | None) -> tuple[int, ...]:
         if tensor is None or not tensor.known:
             what = "an omitted input" if tensor is None else tensor.name
             raise NotCounted(f"ONNX shape inference gives no shape for {what}")

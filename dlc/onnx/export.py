@@ -21,7 +21,7 @@ from dlc import __version__
 from dlc.atomic import atomic_write
 from dlc.errors import DlcError
 from dlc.engine.params import tensors
-from dlc.graph import Graph, Node
+from dlc.graph import Graph, Network, Node
 from dlc.layers import KINDS, param_count
 from dlc.normalize import stats_error
 from dlc.onnx import MAX_OPSET, MIN_OPSET
@@ -44,17 +44,18 @@ def where(graph: Graph, n: Node) -> str:
     return f"{graph.file}:{n.pos.line}: {n.text}" if n.pos else f"{graph.file}: {n.text or n.name}"
 
 
-def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None, batch: int | None = None,
-            normalize: dict | None = None, data_file: str | None = None,
+def to_onnx(net: Network, *, opset: int | None = None, batch: int | None = None, data_file: str | None = None,
             limit: int = PROTOBUF_LIMIT) -> onnx.ModelProto:
-    """The ONNX model of `graph` with these weights; the batch axis is "N" unless `batch` fixes it.
+    """The ONNX model of the network; the batch axis is "N" unless `batch` fixes it.
 
     `opset` defaults to the lowest that gives every kind its own operator (lowest_opset).
-    `normalize` (a checkpoint's meta["normalize"]) travels in the metadata so `dlc infer` applies it.
+    The network's `normalize` (a checkpoint's meta["normalize"]) travels in the metadata so `dlc infer`
+    applies it.
     Weights over `limit` bytes in all cannot live in a protobuf message (not even one 2.3 GB tensor): with
     `data_file` (a name beside the model), the initializers then refer to that file, and save_model
     writes it from the arrays themselves.
     """
+    graph, normalize = net.graph, net.normalize
     if opset is None:
         opset = lowest_opset(graph)
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -65,7 +66,7 @@ def to_onnx(graph: Graph, params: dict, state: dict, *, opset: int | None = None
     if len(graph.nodes) < 2:
         raise DlcError("the network has no layers to export")
     dim = batch if batch else "N"
-    given = {**state, **params}
+    given = {**net.state, **net.params}
     nodes, arrays = [], {}
     for t in tensors(graph):
         if t.full_name not in given:
@@ -118,8 +119,9 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(is_external(t) for t in model.graph.initializer)
 
 
-def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict | None = None) -> None:
-    """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly dlc's weights."""
+def check_export(model: onnx.ModelProto, net: Network) -> None:
+    """The model is valid ONNX, its inferred shapes are dlc's, and it carries exactly the network's weights."""
+    graph = net.graph
     try:
         # With external data (not written yet) the checker reads the graph without the weights' values.
         onnx.checker.check_model(skeleton(model) if uses_external_data(model) else model, full_check=True)
@@ -144,7 +146,7 @@ def check_export(model: onnx.ModelProto, graph: Graph, params: dict, state: dict
     if count != dlc_count:
         raise DlcError(f"the model's initializers hold {count:,} values, dlc counts {dlc_count:,} "
                        f"(params + non-trainable)")
-    given = {**(state or {}), **params}
+    given = {**net.state, **net.params}
     for t in model.graph.initializer:
         if t.data_location == TensorProto.EXTERNAL:
             continue  # save_model writes these from the given arrays themselves

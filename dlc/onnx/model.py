@@ -44,7 +44,7 @@ class Initializer:
 
 
 @dataclass(frozen=True)
-class Tensor:
+class OnnxValue:
     """A value of the graph at batch 1: its full shape (None where inference left a dimension or the
     whole shape unknown) and the axis that holds the batch, if one does."""
 
@@ -80,7 +80,7 @@ class OnnxGraph:
     inputs: list[str]  # graph inputs that are not initializers, in order
     outputs: list[str]
     initializers: dict[str, Initializer]
-    tensors: dict[str, Tensor]  # every value shape inference typed, inputs and initializers included
+    tensors: dict[str, OnnxValue]  # every value shape inference typed, inputs and initializers included
     metadata: dict[str, str] = field(default_factory=dict)
     inference_error: str | None = None  # why strict ONNX shape inference failed, if it did
     weights_error: str | None = None  # why an initializer's values cannot be read, if one's cannot
@@ -416,9 +416,9 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
         dims = _dims(v)
         shape = None if dims is None else tuple(d if isinstance(d, int) else None for d in dims)
         batch_axis = _batch_axis(shape, two.get(name) if two else None)
-        tensors[name] = Tensor(name, shape, v.type.tensor_type.elem_type, batch_axis)
+        tensors[name] = OnnxValue(name, shape, v.type.tensor_type.elem_type, batch_axis)
     for t in initializers.values():
-        tensors[t.name] = Tensor(t.name, t.dims, t.elem_type)
+        tensors[t.name] = OnnxValue(t.name, t.dims, t.elem_type)
     init = set(initializers)
     return OnnxGraph(str(path), model, [v.name for v in model.graph.input if v.name not in init],
                      [v.name for v in model.graph.output], initializers, tensors,

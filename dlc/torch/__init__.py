@@ -1,4 +1,4 @@
-"""PyTorch: a spec as a torch module (export), and the torch training engine (engine).
+"""PyTorch: a spec as a torch module (export), and the torch trainer (trainer).
 
 This package's __init__ imports nothing heavy: the analysis commands must start without torch.
 """

@@ -5,7 +5,7 @@ beside it; `forward` in graph order, a chain flowing through `x` and a value tha
 kept under its layer's name; `Net.load_dlc(path)` / `save_dlc(path)` convert dlc checkpoints both
 ways through the table of where each dlc tensor lives. Each kind's code comes from MODULES
 (dlc.torch.modules); the helpers every file carries (dlc/torch/netlib.py, copied verbatim) come
-before the class. The torch engine runs this same text, so what it trains is what the export writes.
+before the class. The torch trainer runs this same text, so what it trains is what the export writes.
 Nothing a user wrote or named reaches the text but the spec's own words (the grammar's ASCII names,
 checked numbers) and comments escaped by comment_text.
 """
@@ -21,7 +21,7 @@ from dlc.errors import DlcError
 from dlc.graph import Graph, Node
 from dlc.atomic import atomic_write
 from dlc.layers import KINDS, param_count
-from dlc.torch.modules import MODULES, Layer
+from dlc.torch.modules import MODULES, TorchLayer
 
 FUSED_OUTPUTS = ("softmax", "sigmoid")  # final activations a fused loss reads the input of
 # Names a layer cannot take as an attribute of an nn.Module or a local of forward.
@@ -47,8 +47,8 @@ def identifiers(graph: Graph) -> dict[str, str]:
     return out
 
 
-def layers(graph: Graph) -> dict[str, Layer]:
-    """Each node's Layer, from MODULES."""
+def layers(graph: Graph) -> dict[str, TorchLayer]:
+    """Each node's TorchLayer, from MODULES."""
     out = {}
     for n, ins in _inputs(graph)[1:]:  # the input node is `x` itself
         make = MODULES.get(n.kind)
@@ -80,7 +80,7 @@ def _comment(node: Node) -> str:
     return f"  # {comment_text(node.text)}" if node.text and node.row == node.name else ""
 
 
-def _init_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) -> list[str]:
+def _init_lines(graph: Graph, made: dict[str, TorchLayer], idents: dict[str, str]) -> list[str]:
     """__init__'s body: each module, then each tensor it shares made the owner's Parameter itself
     (as Hugging Face ties GPT-2's output layer), so that it counts once and its gradients sum."""
     lines = []
@@ -96,7 +96,7 @@ def _init_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) ->
     return lines
 
 
-def _forward_lines(graph: Graph, made: dict[str, Layer], idents: dict[str, str]) -> list[str]:
+def _forward_lines(graph: Graph, made: dict[str, TorchLayer], idents: dict[str, str]) -> list[str]:
     """forward's body: a value read only by the next layer flows through `x`; others keep a name."""
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(graph.nodes):

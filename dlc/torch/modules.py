@@ -1,15 +1,15 @@
 """Each layer kind as PyTorch source: one function per kind, one dict (MODULES).
 
 A mapping reads the node's resolved attributes (the contract in dlc/layers/*.py) and returns a
-`Layer`: the module the network holds for the node (a constructor expression, or None for a pure
+`TorchLayer`: the module the network holds for the node (a constructor expression, or None for a pure
 function), the forward expression, and where each of the node's dlc tensors lives among the
 module's parameters and buffers. Nothing here imports torch: the generated file does
-(dlc.torch.export), and both `dlc export --format pytorch` and the torch engine run that file.
+(dlc.torch.export), and both `dlc export --format pytorch` and the torch trainer run that file.
 
 PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), upconv W (C_in,
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
 holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
-c; GRU r, z, n against z, r, h) and the two biases apart. A `Tensor` names that conversion.
+c; GRU r, z, n against z, r, h) and the two biases apart. A `TorchParam` names that conversion.
 attention, rmsnorm, posembed, clstoken and noise use modules of the generated file (dlc/torch/netlib.py) whose
 Parameters carry dlc's names and layouts (Wq (out, in), P, cls); `fc tied=LABEL` shares the embed's.
 `input` has no entry: it is the batch that forward receives.
@@ -29,8 +29,9 @@ RECURRENT_MODULES = {"rnn": "nn.RNN", "lstm": "nn.LSTM", "gru": "nn.GRU"}
 
 
 @dataclass(frozen=True)
-class Tensor:
-    """One torch tensor of a node: `module.<attr>` holds dlc's `<node>.<param>`, or part of it."""
+class TorchParam:
+    """One torch tensor of a node (a Parameter, or a buffer such as running_mean): `module.<attr>` holds
+    dlc's `<node>.<param>`, or part of it."""
 
     param: str  # dlc's name within the node: "W", "mean"
     attr: str  # torch's name within the module: "weight", "running_mean", "weight_ih_l0_reverse"
@@ -40,20 +41,20 @@ class Tensor:
 
 
 @dataclass(frozen=True)
-class Layer:
+class TorchLayer:
     """A node in PyTorch: `module` builds self.<name> (None: no module); `forward` is an expression in
     {m} (the module), {x} (the first input), {xs} (every input, comma-separated) and {plus} (their sum)."""
 
     forward: str
     module: str | None = None
-    tensors: tuple[Tensor, ...] = ()
+    tensors: tuple[TorchParam, ...] = ()
     shared: tuple[tuple[str, str], ...] = ()
     """(module attribute, dlc's name within the node) of each tensor read from another node (the
     registry's LayerKind.shared): the export makes the attribute the owner's Parameter itself."""
 
 
-def _same(*pairs: tuple[str, str]) -> tuple[Tensor, ...]:
-    return tuple(Tensor(p, a) for p, a in pairs)
+def _same(*pairs: tuple[str, str]) -> tuple[TorchParam, ...]:
+    return tuple(TorchParam(p, a) for p, a in pairs)
 
 
 def _pad_call(pads: tuple[int, int, int, int], x: str = "{x}", value: str = "") -> str:
@@ -80,7 +81,7 @@ def _symmetric(pads) -> bool:
     return pads[0] == pads[2] and pads[1] == pads[3]
 
 
-def conv(node: Node, ins: list[Shape]) -> Layer:
+def conv(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     pads = a["pads"]
     padding = (pads[0], pads[1]) if _symmetric(pads) else (0, 0)
@@ -89,20 +90,20 @@ def conv(node: Node, ins: list[Shape]) -> Layer:
                    bias=(bool(a["bias"]), True))
     x = "{x}" if _symmetric(pads) else _pad_call(pads)
     tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
-    return Layer(f"{{m}}({x})", module, tensors)
+    return TorchLayer(f"{{m}}({x})", module, tensors)
 
 
-def upconv(node: Node, ins: list[Shape]) -> Layer:
+def upconv(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     module = _call("nn.ConvTranspose2d", a["in_channels"], a["channels"], _size(a["kernel"]),
                    stride=(_size(a["stride"]), 1), padding=(a["pads"][0], 0), dilation=(_size(a["dilation"]), 1),
                    groups=(a["groups"], 1), bias=(bool(a["bias"]), True))
     tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
-    return Layer("{m}({x})", module, tensors)
+    return TorchLayer("{m}({x})", module, tensors)
 
 
-def upsample(node: Node, ins: list[Shape]) -> Layer:
-    return Layer(f"F.interpolate({{x}}, scale_factor={node.attrs['factor']}, mode='nearest')")
+def upsample(node: Node, ins: list[Shape]) -> TorchLayer:
+    return TorchLayer(f"F.interpolate({{x}}, scale_factor={node.attrs['factor']}, mode='nearest')")
 
 
 def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, int, int, int]:
@@ -113,140 +114,140 @@ def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, int, int, int]:
     return t, l, max(b, (ho - 1) * sh + kh - t - h), max(r, (wo - 1) * sw + kw - l - w)
 
 
-def maxpool(node: Node, ins: list[Shape]) -> Layer:
+def maxpool(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
     if _symmetric(pads):
-        return Layer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0),
+        return TorchLayer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0),
                                        ceil_mode=(bool(a["ceil"]), False)))
     _, ho, wo = node.out_shape
     padded = _pad_call(_pool_pads(node, ins), value=", value=-math.inf")
-    return Layer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s))
+    return TorchLayer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s))
 
 
-def avgpool(node: Node, ins: list[Shape]) -> Layer:
+def avgpool(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
     if _symmetric(pads):
         # count_include_pad=False: each window divides by its cells inside the input, as ONNX's default
-        return Layer("{m}({x})", _call("nn.AvgPool2d", k, s, padding=(_size(pads[:2]), 0),
+        return TorchLayer("{m}({x})", _call("nn.AvgPool2d", k, s, padding=(_size(pads[:2]), 0),
                                        ceil_mode=(bool(a["ceil"]), False), count_include_pad=(False, True)))
     # Asymmetric pads: window sums over the zero-padded input, divided by the windows' cells that
     # lie inside the input (the same pool over a padded plane of ones).
     _, ho, wo = node.out_shape
     grown = _pool_pads(node, ins)
     ones = _pad_call(grown, "torch.ones_like({x}[:1, :1])")
-    return Layer(f"({{m}}({_pad_call(grown)}) / {{m}}({ones}))[..., :{ho}, :{wo}]", _call("nn.AvgPool2d", k, s))
+    return TorchLayer(f"({{m}}({_pad_call(grown)}) / {{m}}({ones}))[..., :{ho}, :{wo}]", _call("nn.AvgPool2d", k, s))
 
 
-def fc(node: Node, ins: list[Shape]) -> Layer:
+def fc(node: Node, ins: list[Shape]) -> TorchLayer:
     # nn.Linear acts on the last axis, so on a sequence it acts on each step, as dlc's fc does
     a = node.attrs
     module = _call("nn.Linear", a["in_features"], a["units"], bias=(bool(a["bias"]), True))
     bias = _same(("b", "bias")) if a["bias"] else ()
     if a["tied"] is not None:  # the weight is the embed's table: one Parameter, gradients summed
-        return Layer("{m}({x})", module, bias, shared=(("weight", "W"),))
-    return Layer("{m}({x})", module, _same(("W", "weight")) + bias)
+        return TorchLayer("{m}({x})", module, bias, shared=(("weight", "W"),))
+    return TorchLayer("{m}({x})", module, _same(("W", "weight")) + bias)
 
 
-def embed(node: Node, ins: list[Shape]) -> Layer:
+def embed(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    return Layer("{m}({x})", f"nn.Embedding({a['vocab']}, {a['dim']})", _same(("W", "weight")))
+    return TorchLayer("{m}({x})", f"nn.Embedding({a['vocab']}, {a['dim']})", _same(("W", "weight")))
 
 
-def bn(node: Node, ins: list[Shape]) -> Layer:
+def bn(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     cls = "nn.BatchNorm2d" if len(ins[0]) == 3 else "nn.BatchNorm1d"
-    return Layer("{m}({x})", _call(cls, a["channels"], eps=(a["eps"], 1e-5), momentum=(a["momentum"], 0.1)),
+    return TorchLayer("{m}({x})", _call(cls, a["channels"], eps=(a["eps"], 1e-5), momentum=(a["momentum"], 0.1)),
                  _same(("gamma", "weight"), ("beta", "bias"), ("mean", "running_mean"), ("var", "running_var")))
 
 
-def lrn(node: Node, ins: list[Shape]) -> Layer:
+def lrn(node: Node, ins: list[Shape]) -> TorchLayer:
     # ONNX LRN puts floor((size-1)/2) channels before and the rest after; nn.LocalResponseNorm does
     # the opposite for an even size, so the window sum is written out.
     a = node.attrs
     size = a["size"]
     before = (size - 1) // 2
-    return Layer(f"lrn({{x}}, {size}, {before}, {a['alpha']}, {a['beta']}, {a['k']})")
+    return TorchLayer(f"lrn({{x}}, {size}, {before}, {a['alpha']}, {a['beta']}, {a['k']})")
 
 
-def recurrent(node: Node, ins: list[Shape]) -> Layer:
+def recurrent(node: Node, ins: list[Shape]) -> TorchLayer:
     a, kind = node.attrs, node.kind
     g, order = a["gates"] * a["hidden"], GATE_ORDER[kind]
     tensors = []
     for d in range(a["directions"]):
         suffix = "_l0" + ("_reverse" if d else "")
-        tensors += [Tensor("W", "weight_ih" + suffix, d, None, order),
-                    Tensor("R", "weight_hh" + suffix, d, None, order),
-                    Tensor("B", "bias_ih" + suffix, d, (0, g), order),  # ONNX B = [Wb, Rb]
-                    Tensor("B", "bias_hh" + suffix, d, (g, 2 * g), order)]
+        tensors += [TorchParam("W", "weight_ih" + suffix, d, None, order),
+                    TorchParam("R", "weight_hh" + suffix, d, None, order),
+                    TorchParam("B", "bias_ih" + suffix, d, (0, g), order),  # ONNX B = [Wb, Rb]
+                    TorchParam("B", "bias_hh" + suffix, d, (g, 2 * g), order)]
     bidirectional = ", bidirectional=True" if a["directions"] == 2 else ""
     module = f"{RECURRENT_MODULES[kind]}({a['in_features']}, {a['hidden']}, batch_first=True{bidirectional})"
     # without `sequences`: each direction's last state (the backward one's is after reading x[0])
     state = "[1][0]" if kind == "lstm" else "[1]"
     forward = "{m}({x})[0]" if a["sequences"] else f"last_states({{m}}({{x}}){state})"
-    return Layer(forward, module, tuple(tensors))
+    return TorchLayer(forward, module, tuple(tensors))
 
 
-def layernorm(node: Node, ins: list[Shape]) -> Layer:
+def layernorm(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    return Layer("{m}({x})", _call("nn.LayerNorm", a["features"], eps=(a["eps"], 1e-5)),
+    return TorchLayer("{m}({x})", _call("nn.LayerNorm", a["features"], eps=(a["eps"], 1e-5)),
                  _same(("gamma", "weight"), ("beta", "bias")))
 
 
-def rmsnorm(node: Node, ins: list[Shape]) -> Layer:
+def rmsnorm(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    return Layer("{m}({x})", _call("RMSNorm", a["features"], eps=(a["eps"], 1e-5)), _same(("gamma", "weight")))
+    return TorchLayer("{m}({x})", _call("RMSNorm", a["features"], eps=(a["eps"], 1e-5)), _same(("gamma", "weight")))
 
 
-def attention(node: Node, ins: list[Shape]) -> Layer:
+def attention(node: Node, ins: list[Shape]) -> TorchLayer:
     # netlib's SelfAttention holds dlc's four (out, in) projections under dlc's names: nn.MultiheadAttention
     # would stack Wq, Wk and Wv into one tensor
     a = node.attrs
     module = _call("SelfAttention", a["dim"], a["heads"], causal=(bool(a["causal"]), False),
                    bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0))
     names = ("Wq", "Wk", "Wv", "Wo") + (("bq", "bk", "bv", "bo") if a["bias"] else ())
-    return Layer("{m}({x})", module, _same(*((n, n) for n in names)))
+    return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names)))
 
 
-def posembed(node: Node, ins: list[Shape]) -> Layer:
+def posembed(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    return Layer("{x} + {m}.P", f"Weights(P=({a['steps']}, {a['dim']}))", _same(("P", "P")))
+    return TorchLayer("{x} + {m}.P", f"Weights(P=({a['steps']}, {a['dim']}))", _same(("P", "P")))
 
 
-def clstoken(node: Node, ins: list[Shape]) -> Layer:
-    return Layer("torch.cat([{m}.cls.expand(len({x}), 1, -1), {x}], 1)", f"Weights(cls=({node.attrs['dim']},))",
+def clstoken(node: Node, ins: list[Shape]) -> TorchLayer:
+    return TorchLayer("torch.cat([{m}.cls.expand(len({x}), 1, -1), {x}], 1)", f"Weights(cls=({node.attrs['dim']},))",
                  _same(("cls", "cls")))
 
 
-def seqpool(node: Node, ins: list[Shape]) -> Layer:
-    return Layer({"first": "{x}[:, 0]", "last": "{x}[:, -1]", "mean": "{x}.mean(1)"}[node.attrs["mode"]])
+def seqpool(node: Node, ins: list[Shape]) -> TorchLayer:
+    return TorchLayer({"first": "{x}[:, 0]", "last": "{x}[:, -1]", "mean": "{x}.mean(1)"}[node.attrs["mode"]])
 
 
-def softmax(node: Node, ins: list[Shape]) -> Layer:
+def softmax(node: Node, ins: list[Shape]) -> TorchLayer:
     # over channels of an image, features of a vector, the last axis of a sequence
-    return Layer(f"torch.softmax({{x}}, {-1 if len(ins[0]) == 2 else 1})")
+    return TorchLayer(f"torch.softmax({{x}}, {-1 if len(ins[0]) == 2 else 1})")
 
 
-def dropout(node: Node, ins: list[Shape]) -> Layer:
+def dropout(node: Node, ins: list[Shape]) -> TorchLayer:
     # modules, not F.dropout of the Net's flag: eval() on the layers up to --freeze switches them off
-    return Layer("{m}({x})", f"nn.Dropout({node.attrs['p']})")
+    return TorchLayer("{m}({x})", f"nn.Dropout({node.attrs['p']})")
 
 
-def noise(node: Node, ins: list[Shape]) -> Layer:
-    return Layer("{m}({x})", f"GaussianNoise({node.attrs['sigma']})")
+def noise(node: Node, ins: list[Shape]) -> TorchLayer:
+    return TorchLayer("{m}({x})", f"GaussianNoise({node.attrs['sigma']})")
 
 
-def concat(node: Node, ins: list[Shape]) -> Layer:
-    return Layer(f"torch.cat([{{xs}}], {node.attrs['axis'] + 1})")
+def concat(node: Node, ins: list[Shape]) -> TorchLayer:
+    return TorchLayer(f"torch.cat([{{xs}}], {node.attrs['axis'] + 1})")
 
 
-def function(expression: str) -> Callable[[Node, list[Shape]], Layer]:
+def function(expression: str) -> Callable[[Node, list[Shape]], TorchLayer]:
     """A kind computed by one expression of its input and attributes, with no tensors."""
-    return lambda node, ins: Layer(expression.format(x="{x}", xs="{xs}", plus="{plus}", **node.attrs))
+    return lambda node, ins: TorchLayer(expression.format(x="{x}", xs="{xs}", plus="{plus}", **node.attrs))
 
 
-MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
+MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "conv": conv,
     "dwconv": conv,
     "upconv": upconv,
@@ -288,5 +289,5 @@ MODULES: dict[str, Callable[[Node, list[Shape]], Layer]] = {
     "mul": function("product({xs})"),  # netlib's: a vector of features repeated over the positions
     "concat": concat,
     # the router and experts are nodes of their own; the join holds the load-balancing loss
-    "experts": lambda node, ins: Layer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
+    "experts": lambda node, ins: TorchLayer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
 }

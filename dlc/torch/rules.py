@@ -1,7 +1,7 @@
 """dlc's losses and optimizer updates on torch tensors: the rules of dlc.engine.losses and
 dlc.train.optim (their docstrings give the formulas and sources; the updates are optim's own
 functions, run with torch as their array module), so that a run gives the same
-numbers on either engine. Losses return the value only; autograd supplies the gradient, and where
+numbers on either trainer. Losses return the value only; autograd supplies the gradient, and where
 the NumPy loss defines its gradient otherwise (bce at clipped probabilities) the value is written so
 that autograd gives the same one.
 """
@@ -77,21 +77,21 @@ FINAL = {"softmax": lambda z: torch.softmax(z, class_axis(z)), "sigmoid": torch.
 # -------------------------------------------------------------------- updates (dlc.train.optim)
 
 def _tensorwise(rule):
-    """dlc.train.optim's rule for one tensor, run on torch tensors (the engine's update signature)."""
+    """dlc.train.optim's rule for one tensor, run on torch tensors (the trainer's update signature)."""
     def update(opt, slot, name, w, g, lr):
         rule(opt, slot, w, g, lr, torch)
     return update
 
 
 def _adam(opt, slot, name, w, g, lr):
-    # a copy of the gradient for the step to be written over, as the NumPy engine writes it over its own
+    # a copy of the gradient for the step to be written over, as the NumPy trainer writes it over its own
     w -= optim.adam_step(opt, g.clone(), slot("m"), slot("v"), torch.empty_like(g), lr, torch)
 
 
 UPDATES = {"sgd": _tensorwise(optim.sgd), "momentum": _tensorwise(optim.momentum),
            "nesterov": _tensorwise(optim.nesterov), "adagrad": _tensorwise(optim.adagrad),
            "rmsprop": _tensorwise(optim.rmsprop), "adam": _adam,
-           "adamw": _adam}  # adamw's decay: the engine's update
+           "adamw": _adam}  # adamw's decay: the trainer's update
 
 
 def maxnorm_(w: torch.Tensor, c: float, axes: tuple[int, ...] | None) -> None:

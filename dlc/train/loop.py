@@ -11,10 +11,10 @@ every epoch that ends at least EPOCH_SAVE_GAP after the previous checkpoint, and
 the run: the spec text, the configuration, the data source and its normalisation.
 
 The arithmetic (forward, backward, update, inference) and the running sums of the epoch (loss, top-1,
-top-5, samples) are the engine's (dlc.train.engine); this module runs the epochs around it. It reads
+top-5, samples) are the trainer's (dlc.train.trainer); this module runs the epochs around it. It reads
 the sums only when it needs them, because on a GPU a read waits for every queued step: when the
 progress display redraws (about ten times a second), at a checkpoint and at the epoch's end; the
-NumPy engine's loss sum, a host number, after every step too. A loss that became NaN or infinite is
+NumPy trainer's loss sum, a host number, after every step too. A loss that became NaN or infinite is
 found at such a read, and the message names the steps since the last good one.
 """
 
@@ -31,11 +31,11 @@ import numpy as np
 from dlc import choices
 from dlc.engine.losses import check_class_labels
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 from dlc.train.augment import augment_batch, check_augment
 from dlc.train.config import TrainConfig, config_to_json
 from dlc.train.dataset import Data
-from dlc.train.engine import Engine, NumpyEngine, Running
+from dlc.train.trainer import NumpyTrainer, Running, Trainer
 from dlc.train.order import epoch_order
 from dlc.train.rundir import RUN_SCHEMA, RunFiles, Snapshot
 from dlc.train.schedules import make_schedule, warmup_factor
@@ -102,12 +102,12 @@ def shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 
 class Run:
-    """One training run. Its state is explicit: the engine's weights, optimizer and running sums, the
+    """One training run. Its state is explicit: the trainer's weights, optimizer and running sums, the
     position, the best epoch and the random streams; a checkpoint's meta is exactly that state."""
 
     def __init__(self, graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
                  checkpoint: tuple[dict, dict, dict] | None, save_every: int | None, save_seconds: float,
-                 on_event: Callable[[str, dict], None], engine: type[Engine],
+                 on_event: Callable[[str, dict], None], trainer: type[Trainer],
                  start: tuple[dict, dict] | None = None):
         check_config(cfg, graph, data)
         self.graph, self.data, self.cfg = graph, data, cfg
@@ -120,24 +120,24 @@ class Run:
                                    lr_min=cfg.lr_min, k=cfg.k)
         self.fresh = checkpoint is None
         if checkpoint is None:
-            self.engine: Engine = engine.fresh(graph, cfg, start)
+            self.trainer: Trainer = trainer.fresh(graph, cfg, start)
             self.noise_rng = np.random.default_rng([cfg.seed, STREAM_NOISE])
             self.aug_rng = np.random.default_rng([cfg.seed, STREAM_AUGMENT])
             self.pos, running, self.best, self.elapsed = Position(), Running(), {}, 0.0
         else:
             params, state, saved = checkpoint
-            self.engine = engine.resume(graph, cfg, params, state, saved["optimizer"])
+            self.trainer = trainer.resume(Network(graph, params, state), cfg, saved["optimizer"])
             self.noise_rng, self.aug_rng = rng_from(saved["rng"]["noise"]), rng_from(saved["rng"]["augment"])
             self.pos, running = Position(**saved["position"]), Running(**saved["running"])
             self.best, self.elapsed = saved["best"], saved["elapsed"]
-        self.engine.start_tallies(running)
+        self.trainer.start_tallies(running)
         self.good_step = self.pos.step  # the last step a read found the loss finite at
         self.bad: tuple[int, int, float] | None = None  # (step, batch, loss sum) of a read that found it not
         if not cfg.augment.active:  # augmented batches are made on the host and handed over each step
-            self.engine.bind(data.train)
-        self.files = RunFiles(out, writes=self.engine.rank == 0)
+            self.trainer.bind(data.train)
+        self.files = RunFiles(out, writes=self.trainer.rank == 0)
         self.history = self.files.history(self.fresh, self.pos.epoch)
-        self.batches = -(-shard_size(len(data.train), self.engine.world) // cfg.batch)
+        self.batches = -(-shard_size(len(data.train), self.trainer.world) // cfg.batch)
         self.fixed_meta = dict(meta, schema_run=RUN_SCHEMA, spec=graph.source, file=graph.file,
                                config=config_to_json(cfg))
         self.started = time.perf_counter()
@@ -153,18 +153,18 @@ class Run:
         doc = dict(self.fixed_meta, position=asdict(self.pos), running=asdict(self.read()), best=self.best,
                    elapsed=self.seconds(),
                    rng={"noise": rng_state(self.noise_rng), "augment": rng_state(self.aug_rng)},
-                   optimizer=self.engine.optimizer_state())
-        return (*self.engine.weights(copy), doc)
+                   optimizer=self.trainer.optimizer_state())
+        return (*self.trainer.weights(copy), doc)
 
     def flush(self, write_last: bool = True) -> None:
         """Write the pending best checkpoint, then last.npz; a non-finite weight or loss is never written."""
-        snapshot = self.snapshot(copy=False) if write_last and self.engine.finite() else None
+        snapshot = self.snapshot(copy=False) if write_last and self.trainer.finite() else None
         self.files.flush(snapshot if self.bad is None else None)  # the snapshot's read may find the loss bad
 
     def read(self) -> Running:
-        """The epoch's running sums, from the engine (on a GPU: a wait for the queued steps); notes
+        """The epoch's running sums, from the trainer (on a GPU: a wait for the queued steps); notes
         where the loss stopped being finite, for check."""
-        running = self.engine.tallies()
+        running = self.trainer.tallies()
         self.note(running.loss)
         return running
 
@@ -179,7 +179,7 @@ class Run:
     def check(self, together: bool = False) -> None:
         """Stop if a read found the loss NaN or infinite. Under torchrun only where every process reads
         at the same step (`together`: an epoch's end, --save-every), so that they all stop there."""
-        if self.bad is None or not (together or self.engine.world == 1):
+        if self.bad is None or not (together or self.trainer.world == 1):
             return
         first, (last, batch, value) = self.good_step + 1, self.bad
         where = (f"step {last} (batch {batch} of {self.batches})" if first == last else
@@ -220,17 +220,17 @@ class Run:
         pos, cfg = self.pos, self.cfg
         lr = self.lr_at(pos.epoch)
         order = epoch_order(len(self.data.train), cfg.seed, pos.epoch, self.data.train.y, cfg.balanced)
-        if self.engine.world > 1:
-            order = shard(order, self.engine.rank, self.engine.world)
+        if self.trainer.world > 1:
+            order = shard(order, self.trainer.rank, self.trainer.world)
         self.emit("epoch", {"epoch": pos.epoch + 1, "epochs": cfg.epochs, "batches": self.batches,
                             "done": pos.batch, "lr": lr})
-        # augmented batches are gathered on the host; otherwise the engine holds the order (on its device)
-        fed = order if cfg.augment.active else self.engine.feed(order)
+        # augmented batches are gathered on the host; otherwise the trainer holds the order (on its device)
+        fed = order if cfg.augment.active else self.trainer.feed(order)
         epoch_start, seen_here = time.perf_counter(), 0
         while pos.batch < self.batches:
             # images/s of the whole job: every process steps through an equal shard at the same pace
-            seen_here += self.step(fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr) * self.engine.world
-            if (loss := self.engine.loss_sum()) is not None:  # a host number: checked after every step
+            seen_here += self.step(fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr) * self.trainer.world
+            if (loss := self.trainer.loss_sum()) is not None:  # a host number: checked after every step
                 self.note(loss)
             self.emit("step", {"batch": pos.batch, "scores": self.scores,
                                "images_per_second": seen_here / max(time.perf_counter() - epoch_start, 1e-9)})
@@ -245,14 +245,14 @@ class Run:
         self.end_epoch(self.epoch_record(running, lr, time.perf_counter() - epoch_start, seen_here))
 
     def step(self, idx: Sequence, lr: float) -> int:
-        """One optimizer step on the samples idx (a slice of the engine's feed, or of the order when
+        """One optimizer step on the samples idx (a slice of the trainer's feed, or of the order when
         batches are augmented); returns how many there were."""
         pos, batch = self.pos, None
         if self.cfg.augment.active:
             batch = augment_batch(self.data.train.x[idx], self.data.train.y[idx], self.cfg.augment, self.classes,
                                   self.aug_rng)
-        self.engine.train_step(idx, self.noise_rng, batch)
-        self.engine.update(lr * warmup_factor(pos.step, self.cfg.warmup))
+        self.trainer.train_step(idx, self.noise_rng, batch)
+        self.trainer.update(lr * warmup_factor(pos.step, self.cfg.warmup))
         pos.batch += 1
         pos.step += 1
         return len(idx)
@@ -285,7 +285,7 @@ class Run:
                   "train_top5": self.accuracy(running.top5, running.seen) if scored and classes > 5 else None}
         for name in ("val", "test"):
             split = getattr(self.data, name)
-            scores = (evaluate(self.engine.predict, self.graph, split, self.cfg.loss, classes, scored)
+            scores = (evaluate(self.trainer.predict, self.graph, split, self.cfg.loss, classes, scored)
                       if split else {})
             for key in ("loss", "accuracy", "top5"):
                 record[f"{name}_{key}"] = scores.get(key)
@@ -293,10 +293,10 @@ class Run:
 
     def end_epoch(self, record: dict) -> None:
         pos = self.pos
-        if not self.engine.finite():
+        if not self.trainer.finite():
             raise self.diverged(f"the weights became NaN or infinite in epoch {pos.epoch + 1}")
         pos.epoch, pos.batch = pos.epoch + 1, 0
-        self.engine.start_tallies(Running())
+        self.trainer.start_tallies(Running())
         key = "val_accuracy" if self.data.val is not None and self.scored else "train_loss"
         if improves(self.best, key, record[key]):
             self.best = {"key": key, "value": record[key], "epoch": pos.epoch}
@@ -319,7 +319,7 @@ class Run:
 def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
           checkpoint: tuple[dict, dict, dict] | None = None, save_every: int | None = None,
           save_seconds: float = SAVE_SECONDS, on_event: Callable[[str, dict], None] | None = None,
-          engine: type[Engine] = NumpyEngine, start: tuple[dict, dict] | None = None) -> RunResult:
+          trainer: type[Trainer] = NumpyTrainer, start: tuple[dict, dict] | None = None) -> RunResult:
     """Train `graph` on `data` (already fitted and normalised) into the run directory `out`.
 
     meta: what the checkpoints must carry besides the run's own state (data source, normalisation).
@@ -327,9 +327,9 @@ def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,
     on_event(kind, info): "epoch" at the start of an epoch, "step" after each step, "end" with an
     epoch's record; for progress displays. A step's info["scores"]() gives the loss and accuracy so
     far: call it only to show them (on a GPU it waits for the queued steps).
-    engine: the class that does the arithmetic (see dlc.train.engine).
+    trainer: the class that does the arithmetic (see dlc.train.trainer).
     start: (params, state) to start a fresh run from (--weights: a checkpoint, an imported model).
     """
     return Run(graph, data, cfg, out, meta=meta, checkpoint=checkpoint, save_every=save_every,
-               save_seconds=save_seconds, on_event=on_event or (lambda kind, info: None), engine=engine,
+               save_seconds=save_seconds, on_event=on_event or (lambda kind, info: None), trainer=trainer,
                start=start).run()

@@ -73,7 +73,7 @@ def make_optimizer(kind: str, momentum: float | None = None, beta1: float | None
                    beta2: float | None = None, eps: float | None = None, weight_decay: float = 0.0) -> Optimizer:
     """An optimizer with its hyperparameters; None means the default for that optimizer.
 
-    weight_decay is kept by adamw only, which applies it itself (the engine adds the others' as a penalty).
+    weight_decay is kept by adamw only, which applies it itself (the trainer adds the others' as a penalty).
     """
     if kind not in OPTIMIZER_SLOTS:
         raise DlcError(f"unknown optimizer `{kind}` (expected {', '.join(OPTIMIZER_SLOTS)})")
@@ -100,7 +100,7 @@ def _slot(opt: Optimizer, slot: str, name: str, w: np.ndarray) -> np.ndarray:
 
 
 # The rules themselves, written once for any array module `xp` whose arrays update in place and which
-# has sqrt (numpy here, torch in dlc.torch.rules): both engines run these lines, so they cannot drift.
+# has sqrt (numpy here, torch in dlc.torch.rules): both trainers run these lines, so they cannot drift.
 # `slot(key)` hands over the tensor's state array of that key ("v", "c"), made zero on first use.
 Array = Any  # a numpy.ndarray or a torch.Tensor: the rules use only what the two have in common
 Slot = Callable[[str], Array]
@@ -139,7 +139,7 @@ def rmsprop(opt: Optimizer, slot: Slot, w: Array, g: Array, lr: float, xp: Modul
 
 def adam_step(opt: Optimizer, g: Array, m: Array, v: Array, scratch: Array, lr: float, xp: ModuleType) -> Array:
     """Advance m and v by the gradient g and return the step to subtract from the weights, written over g.
-    Every operation writes into m, v, g or scratch (the NumPy engine runs it once over all the weights:
+    Every operation writes into m, v, g or scratch (the NumPy trainer runs it once over all the weights:
     Moments); numpy and torch both spell these multiply/divide/sqrt with out=."""
     b1, b2 = opt.beta1, opt.beta2
     m *= b1

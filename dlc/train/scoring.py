@@ -60,7 +60,7 @@ def eval_loss(graph: Graph, out: np.ndarray, y: np.ndarray, loss: str) -> float:
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], graph: Graph, split: Split, loss: str,
              classes: int, scored: bool) -> dict:
-    """Loss, top-1 and top-5 accuracy of a split, from the engine's inference outputs."""
+    """Loss, top-1 and top-5 accuracy of a split, from the trainer's inference outputs."""
     out = predict(split.x)
     top1, top5 = count_correct(out, split.y, classes)
     n = predictions(out)

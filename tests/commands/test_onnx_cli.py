@@ -18,6 +18,7 @@ from dlc.compile import compile_spec
 from dlc.engine.params import init_params, save_checkpoint
 from dlc.engine.run import forward, predict
 from dlc.errors import DlcError
+from dlc.graph import Network
 
 LENET = """input 1@32x32
 conv 6@5x5 tanh -> avgpool 2/2
@@ -50,7 +51,7 @@ def _tiny_model_bytes() -> bytes:
     from dlc.onnx.export import to_onnx
 
     graph = compile_spec("input 2 -> relu")
-    return to_onnx(graph, {}, {}).SerializeToString()
+    return to_onnx(Network(graph, {}, {})).SerializeToString()
 
 
 def test_export_prints_the_summary_and_writes_a_loadable_model(lenet):
@@ -195,7 +196,7 @@ def test_trained_checkpoint_exports_to_the_same_predictions(tmp_path):
     y = rng.integers(0, 4, 16)
     before = {k: v.copy() for k, v in {**params, **state}.items()}
     for _ in range(5):
-        _, _, grads = loss_and_grads(graph, params, state, x, y, "xent", rng=rng)
+        _, _, grads = loss_and_grads(Network(graph, params, state), x, y, "xent", rng=rng)
         for k, g in grads.items():
             params[k] -= 0.1 * g
     assert all(not np.array_equal(before[k], v) for k, v in {**params, **state}.items())
@@ -205,7 +206,7 @@ def test_trained_checkpoint_exports_to_the_same_predictions(tmp_path):
     assert r.exit_code == 0, r.output
     assert "mean-std" in r.output
     np.save(tmp_path / "raw.npy", raw)
-    want = predict(graph, params, state, x)
+    want = predict(Network(graph, params, state), x)
     for args in (("infer", tmp_path / "trained.onnx"), ("infer", "-e", SMALL, "--weights", ckpt, "--engine", "numpy"),
                  ("infer", "-e", SMALL, "--weights", ckpt)):
         r = run(*args, "--input", tmp_path / "raw.npy", "--out", tmp_path / "y.npy", "--device", "cpu")
@@ -225,7 +226,7 @@ def test_infer_reads_token_ids_from_an_npz(tmp_path):
     r = run("infer", "-e", spec, "--weights", tmp_path / "w.npz", "--input", tmp_path / "x.npz", "--json",
             "--out", tmp_path / "y.npy", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    want, _ = forward(graph, params, state, x)
+    want, _ = forward(Network(graph, params, state), x)
     assert np.abs(np.load(tmp_path / "y.npy") - want).max() < 1e-5
     np.save(tmp_path / "bad.npy", np.array([[0, 1, 2, 3, 7]]))
     r = run("infer", "-e", spec, "--weights", tmp_path / "w.npz", "--input", tmp_path / "bad.npy")

@@ -21,6 +21,7 @@ from dlc.cli import main
 from dlc.compile import compile_spec
 from dlc.engine.params import load_checkpoint
 from dlc.engine.run import predict
+from dlc.graph import Network
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 SPECS = REPO / "specs"
@@ -38,7 +39,7 @@ def test_xor_spec_learns_xor(tmp_path):
     assert r.exit_code == 0, r.output
     params, state, meta = load_checkpoint(tmp_path / "xor" / "last.npz")
     graph = compile_spec(meta["spec"], file="xor.dlc")
-    out = predict(graph, params, state, np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)).ravel()
+    out = predict(Network(graph, params, state), np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)).ravel()
     assert (out[[0, 3]] < 0.5).all() and (out[[1, 2]] > 0.5).all(), out
     # the spec's own train statement ran: 2000 epochs of one batch of 4, momentum 0.9 at lr 0.5
     assert meta["position"] == {"epoch": 2000, "batch": 0, "step": 2000}

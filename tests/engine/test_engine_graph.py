@@ -22,7 +22,7 @@ from dlc.engine.gradcheck import check_gradients
 from dlc.engine.kernels import KERNELS
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint
 from dlc.errors import DlcError
-from dlc.graph import Graph, Node
+from dlc.graph import Graph, Network, Node
 from dlc.layers import KINDS
 
 TOL = 1e-6
@@ -145,7 +145,7 @@ def test_tensor_read_by_two_branches_sums_their_gradients():
     params, state = init_params(g, dtype=np.float64)
     params["fc.b"][:] = [0.1, -0.2, 0.3]
     x = np.random.default_rng(1).standard_normal((4, 3))
-    y, tape = run.forward(g, params, state, x, keep=True)
+    y, tape = run.forward(Network(g, params, state), x, keep=True)
     expected_y = x @ params["fc.W"].T + params["fc.b"] + x
     np.testing.assert_allclose(y, expected_y, rtol=1e-12)
     grads, dx = run.backward(tape, y / 4)
@@ -163,7 +163,7 @@ def test_without_the_input_gradient_the_parameter_gradients_are_unchanged():
     x, labels = rng.standard_normal((5, 2, 7, 7)), np.array([0, 3, 1, 2, 2])
     grads = {}
     for wanted in (True, False):
-        _, _, dout, tape = run.loss_forward(g, params, state, x, labels, "xent", keep=True, input_grad=wanted)
+        _, _, dout, tape = run.loss_forward(Network(g, params, state), x, labels, "xent", keep=True, input_grad=wanted)
         grads[wanted], dx = run.backward(tape, dout)
         assert (dx is None) == (not wanted)
     for name, full in grads[True].items():
@@ -173,7 +173,7 @@ def test_without_the_input_gradient_the_parameter_gradients_are_unchanged():
 def test_a_tape_serves_one_backward_pass():
     g = mlp()
     params, state = init_params(g)
-    _, tape = run.forward(g, params, state, np.ones((2, 4), np.float32), keep=True)
+    _, tape = run.forward(Network(g, params, state), np.ones((2, 4), np.float32), keep=True)
     run.backward(tape, np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match="already consumed"):
         run.backward(tape, np.ones((2, 3), np.float32))
@@ -184,8 +184,8 @@ def test_fused_cross_entropy_runs_to_the_logits_and_returns_probabilities():
     params, state = init_params(g, dtype=np.float64)
     rng = np.random.default_rng(2)
     x, labels = rng.standard_normal((5, 4, 6, 6)), np.array([0, 2, 1, 1, 0])
-    logits, _ = run.forward(g, params, dict(state), x, training=True, upto="fc")
-    value, out, grads = run.loss_and_grads(g, params, dict(state), x, labels, "xent")
+    logits, _ = run.forward(Network(g, params, dict(state)), x, training=True, upto="fc")
+    value, out, grads = run.loss_and_grads(Network(g, params, dict(state)), x, labels, "xent")
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(out, p, rtol=1e-12)
@@ -200,7 +200,7 @@ def test_fused_bce_matches_bce_on_the_sigmoid_output():
     g = build((3,), ("fc", "fc", {"units": 1}), act("sig", "sigmoid"))
     params, state = init_params(g, dtype=np.float64)
     x, t = np.random.default_rng(3).standard_normal((6, 3)), np.array([0, 1, 1, 0, 1, 0.0])
-    value, out, grads = run.loss_and_grads(g, params, state, x, t, "bce")
+    value, out, grads = run.loss_and_grads(Network(g, params, state), x, t, "bce")
     s = 1 / (1 + np.exp(-(x @ params["fc.W"].T + params["fc.b"])))
     np.testing.assert_allclose(out, s, rtol=1e-12)
     assert value == pytest.approx(-(t * np.log(s[:, 0]) + (1 - t) * np.log(1 - s[:, 0])).mean(), rel=1e-12)
@@ -211,7 +211,7 @@ def test_the_plan_is_kept_outside_the_graph_and_leaves_with_it():
     g = build((4,), ("fc", "fc", {"units": 3}))
     params, state = init_params(g)
     before = dict(vars(g))
-    run.forward(g, params, state, np.zeros((2, 4), np.float32))
+    run.forward(Network(g, params, state), np.zeros((2, 4), np.float32))
     assert vars(g) == before  # nothing was written onto the Graph
     key = id(g)
     assert run.PLANS[key].nodes is g.nodes
@@ -226,16 +226,16 @@ def test_predict_in_chunks_equals_one_forward_pass():
     g = resnet_block()
     params, state = init_params(g)
     x = np.random.default_rng(4).standard_normal((7, 4, 6, 6)).astype(np.float32)
-    whole, _ = run.forward(g, params, state, x)
-    np.testing.assert_allclose(run.predict(g, params, state, x, batch=3), whole, rtol=1e-5, atol=1e-7)
-    assert run.predict(g, params, state, x[:0]).shape == (0, 3)
+    whole, _ = run.forward(Network(g, params, state), x)
+    np.testing.assert_allclose(run.predict(Network(g, params, state), x, batch=3), whole, rtol=1e-5, atol=1e-7)
+    assert run.predict(Network(g, params, state), x[:0]).shape == (0, 3)
 
 
 def test_activations_yield_every_node_in_order():
     g = lstm_classifier()
     params, state = init_params(g)
     x = np.array([[1, 2, 3, 4, 5], [0, 6, 6, 1, 2]])
-    seen = [(node.name, out.shape) for node, out in run.activations(g, params, state, x)]
+    seen = [(node.name, out.shape) for node, out in run.activations(Network(g, params, state), x)]
     assert seen == [("input", (2, 5)), ("embed", (2, 5, 4)), ("lstm", (2, 3)), ("fc", (2, 2)),
                     ("softmax", (2, 2))]
 
@@ -244,11 +244,11 @@ def test_wrong_input_shape_and_unknown_layer_are_errors():
     g = mlp()
     params, state = init_params(g)
     with pytest.raises(DlcError, match=r"shape \(2, 5\).*takes 4"):
-        run.forward(g, params, state, np.zeros((2, 5), np.float32))
+        run.forward(Network(g, params, state), np.zeros((2, 5), np.float32))
     with pytest.raises(DlcError, match="no layer named `fc9`"):
-        run.forward(g, params, state, np.zeros((2, 4), np.float32), upto="fc9")
+        run.forward(Network(g, params, state), np.zeros((2, 4), np.float32), upto="fc9")
     with pytest.raises(DlcError, match="unknown loss `l3`"):
-        run.loss_and_grads(g, params, state, np.zeros((2, 4), np.float32), np.zeros((2, 3)), "l3")
+        run.loss_and_grads(Network(g, params, state), np.zeros((2, 4), np.float32), np.zeros((2, 3)), "l3")
 
 
 def test_checkpoint_round_trip_keeps_arrays_and_metadata(tmp_path):
@@ -314,7 +314,7 @@ def test_he_init_of_a_stride_2_upconv_doubles_the_input_variance():
     g = build((64, 8, 8), ("up", "upconv", {"channels": 32, "kernel": 2, "stride": 2}))
     params, state = init_params(g, init="he", dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((8, 64, 8, 8))
-    y, _ = run.forward(g, params, state, x)
+    y, _ = run.forward(Network(g, params, state), x)
     assert y.shape == (8, 32, 16, 16)
     assert y.var() == pytest.approx(2.0, rel=0.1)
 

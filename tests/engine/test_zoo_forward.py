@@ -9,6 +9,7 @@ import pytest
 from dlc.analysis import analyse
 from dlc.engine.params import init_params
 from dlc.engine.run import activations
+from dlc.graph import Network
 from dlc.layers.dense import token_vocab
 from dlc.zoo import zoo_names
 from step_memory import sgd_step_peak
@@ -32,7 +33,7 @@ def test_every_node_has_the_analysed_shape(name, zoo_graph):
     batch = 1 if analyse(graph).totals.params > BIG else 2
     x = random_batch(graph, batch, np.random.default_rng(0))
     seen = []
-    for node, out in activations(graph, params, state, x):
+    for node, out in activations(Network(graph, params, state), x):
         assert out.shape == (batch, *node.out_shape), f"{name}: {node.name} ({node.kind})"
         if node.kind != "input":
             assert out.dtype == np.float32, f"{name}: {node.name} computes in {out.dtype}"

@@ -20,6 +20,7 @@ from dlc.analysis import analyse
 from dlc.cli import main
 from dlc.compile import compile_spec
 from dlc.engine.params import init_params, tensors
+from dlc.graph import Network
 from dlc.layers import KINDS
 from dlc.onnx import export
 from dlc.onnx.analysis import analyse_onnx
@@ -45,7 +46,7 @@ def weightless_export(graph, monkeypatch) -> onnx.ModelProto:
 
     monkeypatch.setattr(numpy_helper, "from_array", dims_only)
     weights = {t.full_name: np.broadcast_to(np.float32(0), t.shape) for t in tensors(graph)}
-    return export.to_onnx(graph, weights, {})
+    return export.to_onnx(Network(graph, weights, {}))
 
 
 # The kinds the zoo leaves out, and the options that change what a kind's export writes or costs

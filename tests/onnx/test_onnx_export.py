@@ -22,6 +22,7 @@ from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import activations
 from dlc.errors import DlcError
+from dlc.graph import Network
 from dlc.layers.dense import token_vocab
 from dlc.onnx.export import check_export, spec_of, to_onnx, weights_of
 from dlc.zoo import zoo_names, zoo_path
@@ -81,8 +82,8 @@ def assert_matches_engine(text: str, batch: int = 2, opset: int | None = None, f
     softmax or sigmoid that could saturate and hide differences, its input too."""
     graph = compile_spec(text, file=file)
     params, state = exercised_weights(graph)
-    model = to_onnx(graph, params, state, opset=opset)
-    check_export(model, graph, params, state)
+    model = to_onnx(Network(graph, params, state), opset=opset)
+    check_export(model, Network(graph, params, state))
     x = sample_batch(graph, batch)
     names = [graph.output.name]
     if graph.output.kind in ("softmax", "sigmoid"):
@@ -90,7 +91,7 @@ def assert_matches_engine(text: str, batch: int = 2, opset: int | None = None, f
         model = with_output(model, names[1])
     # one session and one run give every compared tensor
     got = session(model).run(names, {graph.input.name: x})
-    wanted = {node.name: y for node, y in activations(graph, params, state, x) if node.name in names}
+    wanted = {node.name: y for node, y in activations(Network(graph, params, state), x) if node.name in names}
     for name, y in zip(names, got):
         want = wanted[name]
         assert y.shape == want.shape == (batch, *graph.node(name).out_shape)
@@ -294,7 +295,7 @@ def attr(node, key):
 def test_same_padding_is_asymmetric_with_the_extra_pixel_at_the_end():
     # 9 wide, k=4, s=2: out = ceil(9/2) = 5; total pad = (5-1)*2 + 4 - 9 = 3 -> 1 before, 2 after
     graph = compile_spec("input 3@9x9 -> conv 4@4x4/2 pad=same")
-    model = to_onnx(graph, *init_params(graph))
+    model = to_onnx(Network(graph, *init_params(graph)))
     conv = node_of(model, graph.nodes[1].name)
     assert attr(conv, "pads") == [1, 1, 2, 2]
     assert attr(conv, "strides") == [2, 2]
@@ -311,7 +312,7 @@ def test_model_metadata_names_and_versions():
     text = "input 1@8x8\nconv 2@3x3 relu\nfc 3\n"
     graph = compile_spec(text, file="tiny.dlc")
     params, state = init_params(graph)
-    model = to_onnx(graph, params, state)
+    model = to_onnx(Network(graph, params, state))
     assert model.ir_version == 7 and model.opset_import[0].version == 13  # the lowest opset, and its IR
     conv = graph.nodes[1]
     proto = node_of(model, conv.name)
@@ -330,8 +331,8 @@ def test_model_metadata_names_and_versions():
 
 def test_fixed_batch():
     graph = compile_spec("input 5 -> fc 2")
-    model = to_onnx(graph, *init_params(graph), batch=3)
-    check_export(model, graph, init_params(graph)[0])
+    model = to_onnx(Network(graph, *init_params(graph)), batch=3)
+    check_export(model, Network(graph, init_params(graph)[0], {}))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
     assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 3
 
@@ -340,7 +341,7 @@ def test_resnet50_initializers_hold_kerass_total_params():
     """25,557,032 trainable (torchvision) + 53,120 bn statistics = 25,610,152 (Keras's "Total params")."""
     graph = compile_spec(ZOO_TWINS["resnet50"])
     params, state = init_params(graph)
-    model = to_onnx(graph, params, state)
+    model = to_onnx(Network(graph, params, state))
     assert sum(a.size for a in params.values()) == 25_557_032
     assert sum(np.prod(t.dims) for t in model.graph.initializer) == 25_610_152
 
@@ -348,40 +349,40 @@ def test_resnet50_initializers_hold_kerass_total_params():
 def test_check_export_catches_a_missing_initializer():
     graph = compile_spec("input 6 -> fc 3 -> bn")
     params, state = init_params(graph)
-    model = to_onnx(graph, params, state)
+    model = to_onnx(Network(graph, params, state))
     del model.graph.initializer[-1]
     with pytest.raises(DlcError):  # the checker (an input with no producer) or the count
-        check_export(model, graph, params, state)
+        check_export(model, Network(graph, params, state))
 
 
 def test_check_export_catches_a_shape_that_disagrees_with_dlc():
     # gap hides the pool's spatial size from the declared output, so only dlc's own comparison sees it
     graph = compile_spec("input 3@8x8 -> maxpool 3/2 ceil -> gap")
-    model = to_onnx(graph, *init_params(graph))
+    model = to_onnx(Network(graph, *init_params(graph)))
     pool = node_of(model, graph.nodes[1].name)
     for a in pool.attribute:
         if a.name == "ceil_mode":
             a.i = 0  # floor: 3x3 where dlc says 4x4
     with pytest.raises(DlcError, match=r"shape inference gives \['N', 3, 3, 3\]"):
-        check_export(model, graph, {})
+        check_export(model, Network(graph, {}, {}))
 
 
 def test_check_export_catches_changed_weights():
     graph = compile_spec("input 6 -> fc 3")
     params, state = init_params(graph)
-    model = to_onnx(graph, params, state)
+    model = to_onnx(Network(graph, params, state))
     params = {k: v + 1 for k, v in params.items()}
     with pytest.raises(DlcError, match="differs"):
-        check_export(model, graph, params, state)
+        check_export(model, Network(graph, params, state))
 
 
 def test_unsupported_opset_and_missing_weights_are_errors():
     graph = compile_spec("input 6 -> fc 3")
     params, state = init_params(graph)
     with pytest.raises(DlcError, match="opset 12"):
-        to_onnx(graph, params, state, opset=12)
+        to_onnx(Network(graph, params, state), opset=12)
     with pytest.raises(DlcError, match="fc"):
-        to_onnx(graph, {}, state)
+        to_onnx(Network(graph, {}, state))
     bad = {k: v[:, :2] for k, v in params.items() if v.ndim == 2}
     with pytest.raises(DlcError, match=r"\(3, 2\)"):
-        to_onnx(graph, {**params, **bad}, state)
+        to_onnx(Network(graph, {**params, **bad}, state))

@@ -13,6 +13,7 @@ from dlc.cli import main
 from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import predict
+from dlc.graph import Network
 from dlc.onnx import export
 from dlc.onnx.model import read_model
 
@@ -29,7 +30,7 @@ def test_default_opset_is_the_lowest_that_gives_every_layer_its_operator():
                         ("input 4 -> mul( fc 3 silu | fc 3 )", 13), ("input 4 -> rmsnorm -> fc 3 gelu", 23)):
         graph = compile_spec(text)
         params, state = init_params(graph)
-        model = export.to_onnx(graph, params, state)
+        model = export.to_onnx(Network(graph, params, state))
         assert model.opset_import[0].version == opset, text
         assert model.ir_version == onnx.helper.find_min_ir_version_for(model.opset_import)
 
@@ -45,9 +46,9 @@ def test_a_model_over_the_limit_is_saved_with_external_data(tmp_path):
     """The 2 GB limit lowered to 1 kB: the path a 2.3 GB fc 140000 takes, in milliseconds."""
     graph = compile_spec("input 16 -> fc 64 relu -> fc 8")
     params, state = init_params(graph, seed=1)
-    model = export.to_onnx(graph, params, state, data_file="big.onnx.data", limit=1024)
+    model = export.to_onnx(Network(graph, params, state), data_file="big.onnx.data", limit=1024)
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    export.check_export(model, graph, params, state)  # the checker sees the graph without the weights
+    export.check_export(model, Network(graph, params, state))  # the checker sees the graph without the weights
     path = tmp_path / "big.onnx"
     data = export.save_model(model, path, {**state, **params})
     assert data == str(tmp_path / "big.onnx.data") and os.path.getsize(data) >= 4 * (16 * 64 + 64 * 8)
@@ -56,7 +57,7 @@ def test_a_model_over_the_limit_is_saved_with_external_data(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     y = session.run(None, {session.get_inputs()[0].name: x})[0]
-    np.testing.assert_allclose(y, predict(graph, params, state, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, predict(Network(graph, params, state), x), rtol=1e-5, atol=1e-6)
     loaded = read_model(str(path), weights=True)
     assert export.weights_of(loaded, graph)[0].keys() == params.keys()
     doc = run("params", path, "--json")

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dlc.cli import main
+from dlc.graph import Network
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")  # the dynamo exporter needs it
@@ -121,7 +122,7 @@ def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
     for k in params:
         if k.endswith((".b", ".B", ".beta")):
             params[k] = rng.uniform(-0.5, 0.5, params[k].shape).astype(np.float32)
-    save_model(to_onnx(graph, params, state, opset=opset), tmp_path / "m.onnx")
+    save_model(to_onnx(Network(graph, params, state), opset=opset), tmp_path / "m.onnx")
     spec, weights = imported(tmp_path, tmp_path / "m.onnx")
     shape = (2, *graph.input.out_shape)
     x = rng.integers(0, 9, shape) if name == "sequence" else rng.standard_normal(shape).astype(np.float32)

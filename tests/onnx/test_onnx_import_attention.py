@@ -22,6 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402
 
 import torch_models  # noqa: E402
+from dlc.graph import Network  # noqa: E402
 from test_onnx_import import assert_reproduces, imported, onnxruntime_output, refusal  # noqa: E402
 from test_onnx_torch import EXPORTERS  # noqa: E402
 
@@ -210,7 +211,7 @@ def test_dlc_exports_of_attention_import_back(tmp_path, name):
     for k in params:  # biases and betas away from zero, so that a bias put in the wrong place would show
         if k.split(".")[-1] in ("bq", "bk", "bv", "bo", "b", "beta"):
             params[k] = rng.uniform(-0.5, 0.5, params[k].shape).astype(np.float32)
-    save_model(to_onnx(graph, params, state), tmp_path / "m.onnx")
+    save_model(to_onnx(Network(graph, params, state)), tmp_path / "m.onnx")
     spec, weights = imported(tmp_path, tmp_path / "m.onnx")
     back = compile_spec(spec.read_text())
     assert [n.kind for n in back.nodes] == [n.kind for n in graph.nodes]
@@ -284,7 +285,7 @@ def own_export_edited(tmp_path, spec, edit) -> str:
     from dlc.onnx.export import to_onnx
 
     graph = compile_spec(spec)
-    model = to_onnx(graph, *init_params(graph, seed=0))
+    model = to_onnx(Network(graph, *init_params(graph, seed=0)))
     for n in model.graph.node:
         if n.op_type == "Constant" and n.name in edit:
             value = n.attribute[0]

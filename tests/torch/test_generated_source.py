@@ -24,7 +24,7 @@ from click.testing import CliRunner  # noqa: E402
 from dlc.cli import main  # noqa: E402
 from dlc.compile import compile_spec  # noqa: E402
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint  # noqa: E402
-from dlc.torch.engine import network  # noqa: E402
+from dlc.torch.trainer import network  # noqa: E402
 from dlc.torch.export import pytorch_source  # noqa: E402
 
 PAYLOAD = '__import__("pathlib").Path("PWNED").touch()'

@@ -1,4 +1,4 @@
-"""The spec as a PyTorch module, and the torch training engine, against the NumPy engine.
+"""The spec as a PyTorch module, and the torch trainer, against the NumPy trainer.
 
 The NumPy kernels are checked against numerical gradients and onnxruntime (test_kernels_*); here
 PyTorch's own layers, driven by the generated file, must compute what they compute: every zoo spec
@@ -29,14 +29,15 @@ from dlc.cli import main  # noqa: E402
 from dlc.compile import compile_spec  # noqa: E402
 from dlc.engine.params import init_params, load_checkpoint, save_checkpoint  # noqa: E402
 from dlc.engine.run import predict  # noqa: E402
+from dlc.graph import Network  # noqa: E402
 from dlc.layers import KINDS, param_count  # noqa: E402
 from dlc.layers.dense import token_vocab  # noqa: E402
-from dlc.torch.engine import network, torch_engine  # noqa: E402
+from dlc.torch.trainer import network, torch_trainer  # noqa: E402
 from dlc.train import optim  # noqa: E402
 from dlc.train.builtin import BUILTIN_SIZES  # noqa: E402
 from dlc.train.config import TrainConfig  # noqa: E402
 from dlc.train.dataset import Data, Split  # noqa: E402
-from dlc.train.engine import NumpyEngine, Running  # noqa: E402
+from dlc.train.trainer import NumpyTrainer, Running  # noqa: E402
 from dlc.zoo import zoo_names, zoo_path  # noqa: E402
 
 # Kinds the zoo and docs/language.md leave out or use one way only: every option path of the mapping.
@@ -138,7 +139,7 @@ def test_generated_file_compiles_counts_params_and_matches_numpy(name):
     net.double().from_dlc({k: torch.from_numpy(v) for k, v in {**params, **state}.items()})
     with torch.no_grad():
         y = net.eval()(torch.from_numpy(x)).numpy()
-    expected = predict(graph, params, state, x)
+    expected = predict(Network(graph, params, state), x)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
@@ -229,14 +230,14 @@ def test_attention_dropout_drops_weights_in_training_only_and_keeps_the_mean():
     with torch.no_grad():
         dropped = net.train()(x)
         kept = net.eval()(x[:1])
-    torch.testing.assert_close(kept, torch.from_numpy(predict(graph, params, {}, x[:1].numpy())))
+    torch.testing.assert_close(kept, torch.from_numpy(predict(Network(graph, params, {}), x[:1].numpy())))
     assert dropped.std(0).min() > 0.01  # each draw its own
     # inverted dropout: the output is linear in the weights, E[keep / (1 - p)] = 1, so the mean is eval's
     error = (dropped.mean(0) - kept[0]).abs().max() / (dropped.std(0).max() / 20000 ** 0.5)
     assert error < 5, error
 
 
-# ------------------------------------------------------------------------------ the engine
+# ------------------------------------------------------------------------------ the trainer
 
 STEP_NET = "input 3@8x8 -> conv 6@3x3 pad=1 bn relu -> maxpool 2 -> fc 10 relu -> fc 4 softmax"
 STEP_CONFIGS = [
@@ -262,9 +263,9 @@ def step_loss(engine, x, y, lr):
 def run_both(graph, cfg, params, state, rng):
     """The NumPy and torch engines from the same weights over the same five batches: (losses, engines)."""
     fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer, weight_decay=cfg.weight_decay))
-    engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()},
-                                  {k: v.copy() for k, v in state.items()}, fresh),
-               torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
+    engines = [NumpyTrainer.resume(Network(graph, {k: v.copy() for k, v in params.items()},
+                                          {k: v.copy() for k, v in state.items()}), cfg, fresh),
+               torch_trainer("cpu").resume(Network(graph, params, state), cfg, fresh)]
     losses = []
     for _ in range(5):
         x, y = rng.standard_normal((16, 3, 8, 8)), rng.integers(0, 4, 16)
@@ -278,8 +279,9 @@ def test_numpy_and_torch_engines_give_the_same_losses_from_the_same_weights(cfg)
     params, state = init_params(graph, seed=3, dtype=np.float64)
     if cfg.clip:  # the first batch's loss gradient, unclipped, is well above the clip
         x, y = np.random.default_rng(0).standard_normal((16, 3, 8, 8)), np.random.default_rng(0).integers(0, 4, 16)
-        plain = NumpyEngine.resume(graph, TrainConfig(loss=cfg.loss), {k: v.copy() for k, v in params.items()},
-                                   {k: v.copy() for k, v in state.items()}, optim.state_to_json(optim.make_optimizer("sgd")))
+        plain = NumpyTrainer.resume(Network(graph, {k: v.copy() for k, v in params.items()},
+                                           {k: v.copy() for k, v in state.items()}), TrainConfig(loss=cfg.loss),
+                                   optim.state_to_json(optim.make_optimizer("sgd")))
         plain.loss_and_grads(x, y, np.random.default_rng(1))
         assert np.sqrt(sum(np.vdot(g, g) for g in plain.grads.values())) > 20 * cfg.clip
     losses, engines = run_both(graph, cfg, params, state, np.random.default_rng(0))
@@ -299,8 +301,8 @@ def run_both_on_tokens(graph, cfg):
     sequences with a class at every step: (losses, (numpy weights, torch weights), initial params)."""
     params, state = init_params(graph, seed=3, dtype=np.float64)
     fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
-    engines = [NumpyEngine.resume(graph, cfg, {k: v.copy() for k, v in params.items()}, {}, fresh),
-               torch_engine("cpu").resume(graph, cfg, params, state, fresh)]
+    engines = [NumpyTrainer.resume(Network(graph, {k: v.copy() for k, v in params.items()}, {}), cfg, fresh),
+               torch_trainer("cpu").resume(Network(graph, params, state), cfg, fresh)]
     rng = np.random.default_rng(0)
     vocab, classes, shape = token_vocab(graph), graph.output.out_shape[-1], (16, *graph.input.out_shape)
     losses = []
@@ -411,7 +413,7 @@ def test_the_torch_engine_trains_a_next_token_model_through_the_loop(tmp_path):
     x = rng.integers(0, 11, (600, 8))
     data = Data(Split(x[:500], x[:500, 0].copy()), Split(x[500:], x[500:, 0].copy()), name="random tokens")
     cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01, batch=32, epochs=4)
-    result = train_loop(graph, data, cfg, tmp_path, meta={}, engine=torch_engine("cpu"))
+    result = train_loop(graph, data, cfg, tmp_path, meta={}, trainer=torch_trainer("cpu"))
     losses = [r["train_loss"] for r in result.history]
     print("next-token model on torch: train losses", losses, "val accuracy", result.final["val_accuracy"])
     assert losses[-1] < 0.5 * losses[0]
@@ -567,7 +569,7 @@ def test_a_torch_epoch_reads_the_device_a_fixed_number_of_times(tmp_path, monkey
         x, y = rng.standard_normal((8 * steps, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 8 * steps)
         counts = count_host_reads(monkeypatch)
         train_loop(graph, Data(Split(x, y)), TrainConfig(loss="xent", batch=8, epochs=1, clip=clip),
-                   tmp_path / f"{steps}", meta={}, engine=torch_engine("cpu"))
+                   tmp_path / f"{steps}", meta={}, trainer=torch_trainer("cpu"))
         monkeypatch.undo()
         reads.append(sum(counts.values()))
     print("host reads in an epoch of 40 and of 80 steps", reads)
@@ -577,16 +579,16 @@ def test_a_torch_epoch_reads_the_device_a_fixed_number_of_times(tmp_path, monkey
 def test_a_split_kept_on_the_device_trains_as_one_gathered_on_the_host(tmp_path, monkeypatch):
     # CUDA keeps a split that fits on the device and gathers batches there; forced here on the CPU,
     # that path must take the very samples the host path takes
-    from dlc.torch.engine import TorchEngine
+    from dlc.torch.trainer import TorchTrainer
     from dlc.train.loop import train as train_loop
 
     graph = compile_spec("input 1@8x8 -> conv 4@3x3 relu -> fc 10 softmax", "small.dlc")
     rng = np.random.default_rng(0)
     data = Data(Split(rng.standard_normal((100, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 100)))
     cfg = TrainConfig(loss="xent", optimizer="momentum", lr=0.05, batch=8, epochs=2)
-    host = train_loop(graph, data, cfg, tmp_path / "host", meta={}, engine=torch_engine("cpu"))
-    monkeypatch.setattr(TorchEngine, "fits_on_device", lambda self, nbytes: True)
-    kept = train_loop(graph, data, cfg, tmp_path / "kept", meta={}, engine=torch_engine("cpu"))
+    host = train_loop(graph, data, cfg, tmp_path / "host", meta={}, trainer=torch_trainer("cpu"))
+    monkeypatch.setattr(TorchTrainer, "fits_on_device", lambda self, nbytes: True)
+    kept = train_loop(graph, data, cfg, tmp_path / "kept", meta={}, trainer=torch_trainer("cpu"))
     assert [r["train_loss"] for r in kept.history] == [r["train_loss"] for r in host.history]
     a, b = (load_checkpoint(tmp_path / name / "last.npz")[0] for name in ("host", "kept"))
     for k in a:
@@ -595,7 +597,7 @@ def test_a_split_kept_on_the_device_trains_as_one_gathered_on_the_host(tmp_path,
 
 def test_device_hits_count_what_the_numpy_scoring_counts():
     from dlc.train.scoring import count_correct
-    from dlc.torch.engine import hits
+    from dlc.torch.trainer import hits
 
     # by hand: sample 0's best class is 1 (label 1: a hit), sample 1's is 0 (label 2: a miss)
     out = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
@@ -653,17 +655,17 @@ def test_a_torch_run_resumed_mid_epoch_counts_the_steps_before_the_stop(tmp_path
     rng = np.random.default_rng(0)
     data = Data(Split(rng.standard_normal((100, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 100)))
     cfg = TrainConfig(loss="xent", optimizer="momentum", lr=0.05, batch=8, epochs=1)
-    whole = train_loop(graph, data, cfg, tmp_path / "whole", meta={}, engine=torch_engine("cpu"))
+    whole = train_loop(graph, data, cfg, tmp_path / "whole", meta={}, trainer=torch_trainer("cpu"))
 
     def interrupt(kind, info):
         if kind == "step" and info["batch"] == 5:
             os.kill(os.getpid(), signal.SIGINT)
 
-    stopped = train_loop(graph, data, cfg, tmp_path / "half", meta={}, engine=torch_engine("cpu"), on_event=interrupt)
+    stopped = train_loop(graph, data, cfg, tmp_path / "half", meta={}, trainer=torch_trainer("cpu"), on_event=interrupt)
     assert stopped.stopped == "interrupted"
     checkpoint = load_checkpoint(tmp_path / "half" / "last.npz", graph)
     assert checkpoint[2]["position"]["batch"] == 5 and checkpoint[2]["running"]["seen"] == 40
-    resumed = train_loop(graph, data, cfg, tmp_path / "half", meta={}, engine=torch_engine("cpu"),
+    resumed = train_loop(graph, data, cfg, tmp_path / "half", meta={}, trainer=torch_trainer("cpu"),
                          checkpoint=checkpoint)
     for key in ("train_loss", "train_accuracy", "train_top5"):
         assert resumed.final[key] == pytest.approx(whole.final[key], rel=1e-12), key

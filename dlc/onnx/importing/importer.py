@@ -4,7 +4,7 @@ spec the layers make (dlc.decompile), and the weights keyed by the spec's node n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +12,12 @@ import onnx
 
 from dlc.decompile import SpecLayer, comment, write_spec
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Network
 from dlc.layers import KINDS
 from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused
 from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, validate
-
-
-@dataclass
-class Imported:
-    spec: str
-    graph: Graph
-    params: dict[str, np.ndarray]
-    state: dict[str, np.ndarray]
 
 
 def input_size(r: Reader, name: str) -> str:
@@ -104,8 +96,9 @@ def node_error(n: onnx.NodeProto, why: str) -> str:
     return f"cannot import operator {n.op_type} (node `{n.name or n.output[0]}`): {why}"
 
 
-def import_onnx(path: str, shapes: dict | None = None) -> Imported:
-    """The spec and the checkpoint tensors of the model at `path`."""
+def import_onnx(path: str, shapes: dict | None = None) -> Network:
+    """The model at `path` as a network: its graph's source is the spec to write (shape comments
+    included, which move no step), its tensors the checkpoint's."""
     model = read_model(path)
     check_weights(model, path)
     validate(model, path, input_shapes(model, shapes or {}))
@@ -127,4 +120,4 @@ def import_onnx(path: str, shapes: dict | None = None) -> Imported:
                 raise DlcError(f"{path}: node {found[i].node} gives {key} shaped {arr.shape}; "
                                f"{node.name} needs {shape}")
             (params if key in trainable else state)[f"{node.name}.{key}"] = np.ascontiguousarray(arr, np.float32)
-    return Imported(spec, graph, params, state)
+    return Network(replace(graph, source=spec), params, state, weights=f"{path}'s initializers", onnx_file=path)

@@ -1,12 +1,12 @@
-"""The torch engine: the run's arithmetic in PyTorch, behind dlc.train.engine's seam.
+"""The torch trainer: the run's arithmetic in PyTorch, behind dlc.train.trainer's seam.
 
 The network is the file `dlc export --format pytorch` writes (dlc.torch.export), run as it is. The
-engine keeps dlc's rules, not torch's defaults: the losses and updates of dlc.torch.rules, weight
+trainer keeps dlc's rules, not torch's defaults: the losses and updates of dlc.torch.rules, weight
 decay and L1 as penalties on the weights dlc.train.optim names (not biases, not bn) or adamw's
 decoupled decay in the update, the loss gradient clipped before the penalties', max-norm after each
 update, and the layers up to --freeze run as at inference (bn on its running statistics, no dropout
 or noise) and left as they are. Checkpoints stay dlc's: weights and optimizer slots go out in dlc's
-names and layouts, so a run resumes on either engine.
+names and layouts, so a run resumes on either trainer (--engine numpy or torch).
 
 Dropout and noise draw from torch's generator, seeded once from the NumPy stream the loop hands
 over (plus the rank) and carried in the optimizer state, so a resumed run draws what it would have.
@@ -36,14 +36,14 @@ import torch
 
 from dlc.engine.run import FUSED_LOSSES, freeze_point, frozen_params
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 from dlc.torch import launched
 from dlc.torch.export import comment_text, identifiers, pytorch_source, state_names
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
 from dlc.train.dataset import Split
-from dlc.train.engine import Running, fresh_optimizer, starting_weights
+from dlc.train.trainer import Running, fresh_optimizer, starting_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 PREDICT_BATCH = 256
@@ -77,9 +77,9 @@ def network(graph: Graph) -> dict:
     return scope
 
 
-def torch_engine(device: str = "auto") -> type[TorchEngine]:
-    """The TorchEngine class for a device, as `train(..., engine=...)` takes it."""
-    return type("TorchEngine", (TorchEngine,), {"device_name": device})
+def torch_trainer(device: str = "auto") -> type[TorchTrainer]:
+    """The TorchTrainer class for a device, as `train(..., trainer=...)` takes it."""
+    return type("TorchTrainer", (TorchTrainer,), {"device_name": device})
 
 
 def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,13 +98,13 @@ def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor
     return top1, (rank < 5).sum()
 
 
-class TorchEngine:
-    """dlc's training step in PyTorch; build it with torch_engine(device)."""
+class TorchTrainer:
+    """dlc's training step in PyTorch; build it with torch_trainer(device)."""
 
     device_name = "auto"
 
-    def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer,
-                 rng_state: str | None):
+    def __init__(self, start: Network, cfg: TrainConfig, opt: optim.Optimizer, rng_state: str | None):
+        graph, params, state = start.graph, start.params, start.state
         self.graph, self.cfg, self.opt = graph, cfg, opt
         self.device = pick_device(self.device_name)
         self.rank, self.world = launched()
@@ -127,7 +127,8 @@ class TorchEngine:
         self.state_names = set(state_names(graph))
         self.params = dict(self.net.named_parameters())  # by torch name
         dlc_of = {key: name for name, key, *_ in self.table}
-        # transfer learning, as the NumPy engine: the layers up to cfg.freeze run as at inference and keep their weights
+        # transfer learning, as the NumPy trainer: the layers up to cfg.freeze run as at inference and keep
+        # their weights
         frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
         self.frozen_modules = self.frozen_layers(graph, frozen)
         fixed = frozen_params(graph, frozen)
@@ -159,8 +160,8 @@ class TorchEngine:
             self.set_rng(rng_state)
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> TorchEngine:
-        return cls(graph, cfg, *starting_weights(graph, cfg, start), fresh_optimizer(cfg), None)
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> TorchTrainer:
+        return cls(starting_weights(graph, cfg, start), cfg, fresh_optimizer(cfg), None)
 
     def frozen_layers(self, graph: Graph, frozen: str | None) -> list[torch.nn.Module]:
         """The modules of the nodes up to and including `frozen`, which run in eval mode while training
@@ -172,8 +173,8 @@ class TorchEngine:
         return [m for n in nodes if (m := getattr(self.net, idents[n.name], None)) is not None]
 
     @classmethod
-    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> TorchEngine:
-        return cls(graph, cfg, params, state, optim.state_from_json(optimizer), optimizer.get("torch_rng"))
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> TorchTrainer:
+        return cls(net, cfg, optim.state_from_json(optimizer), optimizer.get("torch_rng"))
 
     # ------------------------------------------------------------------------------ the step
 
@@ -280,7 +281,7 @@ class TorchEngine:
         deciding on the device: the host never waits for the norm."""
         grads = [p.grad for p in self.trained.values() if p.grad is not None]
         norm = torch.stack([(g * g).sum() for g in grads]).double().sum().sqrt()
-        scale = (max_norm / (norm + 1e-6)).float()  # the NumPy engine's float32 factor
+        scale = (max_norm / (norm + 1e-6)).float()  # the NumPy trainer's float32 factor
         scale = torch.where(norm > max_norm, scale, torch.ones_like(scale))
         for g in grads:
             g *= scale

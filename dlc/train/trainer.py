@@ -1,14 +1,14 @@
-"""The arithmetic of a run, behind one small seam: what an engine does and what the loop keeps.
+"""The arithmetic of a run, behind one small seam: what a trainer does and what the loop keeps.
 
 The loop (dlc.train.loop) owns everything that is not arithmetic: data order, augmentation, the
-random streams, the schedule, checkpoints, logs, signals and resume. An engine owns the weights, the
+random streams, the schedule, checkpoints, logs, signals and resume. A trainer owns the weights, the
 optimizer and the training split's place: it is handed the split once (`bind`) and each epoch's
 order once (`feed`), then takes a step's slice of that order (`train_step`: forward and backward
 with the penalties) and updates (`update`); it adds each step's loss, top-1 and top-5 hits and
 samples to running sums that the loop reads only when it needs them (`tallies`), since on a GPU a
 read waits for every step queued before it. Augmented batches are made on the host, so the loop
 hands those over as arrays instead. Besides: inference (`predict`), and its state as NumPy arrays and
-JSON for a checkpoint (`weights`, `optimizer_state`). Another engine (PyTorch, say) is another class
+JSON for a checkpoint (`weights`, `optimizer_state`). Another trainer (PyTorch, say) is another class
 with these methods, and a `fresh`/`resume` pair.
 """
 
@@ -23,7 +23,7 @@ from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params
 from dlc.engine.run import freeze_point, frozen_params, loss_and_grads, predict
 from dlc.errors import DlcError
-from dlc.graph import Graph
+from dlc.graph import Graph, Network
 from dlc.train import optim
 from dlc.train.config import TrainConfig
 from dlc.train.dataset import Split
@@ -41,28 +41,28 @@ class Running:
     seen: int = 0  # samples
 
 
-class Engine(Protocol):
-    """What the loop asks of an engine; a class is built by `fresh` or `resume`."""
+class Trainer(Protocol):
+    """What the loop asks of a trainer; a class is built by `fresh` or `resume`."""
 
     rank: int  # this process among `world` data-parallel ones (torchrun); rank 0 alone writes the run
     world: int
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> Engine:
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> Trainer:
         """Weights initialised as cfg says (init, init_std, seed), or `start`'s (params, state) from
         --weights, and an optimizer with no state yet."""
 
     @classmethod
-    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> Engine:
-        """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> Trainer:
+        """The trainer as a checkpoint left it: its network and meta["optimizer"]."""
 
     def bind(self, split: Split) -> None:
-        """The training split, once before the first step: the engine keeps it where its steps read it.
+        """The training split, once before the first step: the trainer keeps it where its steps read it.
         Not called when the loop augments batches (they are made on the host and handed to each step)."""
 
     def feed(self, order: np.ndarray) -> Sequence:
-        """An epoch's order (this process's shard) as the engine's steps take it: the loop slices each
-        step's indices from what this returns (the torch engine moves it to the device once)."""
+        """An epoch's order (this process's shard) as the trainer's steps take it: the loop slices each
+        step's indices from what this returns (the torch trainer moves it to the device once)."""
 
     def train_step(self, idx: Sequence, rng: np.random.Generator,
                    batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -96,12 +96,12 @@ class Engine(Protocol):
         """The optimizer's slots and step count, JSON-ready and exact, for the checkpoint's meta."""
 
 
-def starting_weights(graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None) -> tuple[dict, dict]:
-    """A fresh run's (params, state): start's copied (the same start may begin several runs, --repeat),
-    else drawn as cfg says (init, init_std, seed). Every engine starts from these NumPy arrays."""
+def starting_weights(graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None) -> Network:
+    """A fresh run's network: start's (params, state) copied (the same start may begin several runs,
+    --repeat), else drawn as cfg says (init, init_std, seed). Every trainer starts from these NumPy arrays."""
     if start is not None:
-        return tuple({k: np.array(v, np.float32) for k, v in d.items()} for d in start)
-    return init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std)
+        return Network(graph, *({k: np.array(v, np.float32) for k, v in d.items()} for d in start))
+    return Network(graph, *init_params(graph, init=cfg.init, seed=cfg.seed, std=cfg.init_std))
 
 
 def fresh_optimizer(cfg: TrainConfig) -> optim.Optimizer:
@@ -112,19 +112,20 @@ def fresh_optimizer(cfg: TrainConfig) -> optim.Optimizer:
 SCORE_SIZE = 1 << 14  # output values held back before their hits are counted in one call (64 KiB)
 
 
-class NumpyEngine:
+class NumpyTrainer:
     """dlc's own NumPy engine (dlc.engine.run) with the optimizers of dlc.train.optim."""
 
     rank, world = 0, 1
 
-    def __init__(self, graph: Graph, cfg: TrainConfig, params: dict, state: dict, opt: optim.Optimizer):
-        self.graph, self.cfg = graph, cfg
+    def __init__(self, net: Network, cfg: TrainConfig, opt: optim.Optimizer):
+        graph, params = net.graph, net.params
+        self.net, self.cfg = net, cfg
         self.classes = graph.output.out_shape[-1]
         self.split: Split | None = None
         self.running = Running()
         self.unscored: list[tuple[np.ndarray, np.ndarray]] = []  # (outputs, targets) of steps not scored yet
         self.unscored_size = 0
-        self.params, self.state, self.opt = params, state, opt
+        self.opt = opt
         # transfer learning: the layers up to cfg.freeze keep their weights; only the rest is trained
         self.frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
         fixed = frozen_params(graph, self.frozen)
@@ -136,14 +137,14 @@ class NumpyEngine:
         self.grads: dict[str, np.ndarray] = {}
 
     @classmethod
-    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> NumpyEngine:
+    def fresh(cls, graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None = None) -> NumpyTrainer:
         """Weights initialised from cfg.seed, or start's (params, state), and an optimizer with no slots yet."""
-        return cls(graph, cfg, *starting_weights(graph, cfg, start), fresh_optimizer(cfg))
+        return cls(starting_weights(graph, cfg, start), cfg, fresh_optimizer(cfg))
 
     @classmethod
-    def resume(cls, graph: Graph, cfg: TrainConfig, params: dict, state: dict, optimizer: dict) -> NumpyEngine:
-        """The engine as a checkpoint left it: its (params, state) and meta["optimizer"]."""
-        return cls(graph, cfg, params, state, optim.state_from_json(optimizer))
+    def resume(cls, net: Network, cfg: TrainConfig, optimizer: dict) -> NumpyTrainer:
+        """The trainer as a checkpoint left it: its network and meta["optimizer"]."""
+        return cls(net, cfg, optim.state_from_json(optimizer))
 
     def bind(self, split: Split) -> None:
         self.split = split
@@ -189,14 +190,13 @@ class NumpyEngine:
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         """The batch's loss with penalties and the network's outputs; the gradients kept for update."""
-        value, out, grads = loss_and_grads(self.graph, self.params, self.state, x, y, self.cfg.loss, rng=rng,
-                                           frozen=self.frozen)
+        value, out, grads = loss_and_grads(self.net, x, y, self.cfg.loss, rng=rng, frozen=self.frozen)
         if self.cfg.clip:  # the loss gradient alone, as clip_grad_norm_ before a PyTorch step that adds the decay
             optim.clip_global_norm(grads, self.cfg.clip)
         decay = 0.0 if self.opt.weight_decay else self.cfg.weight_decay  # adamw decays in update, not the loss
         for lam, penalty in ((decay, l2_penalty), (self.cfg.l1, l1_penalty)):
             if lam:
-                extra, pgrads = penalty(self.params, self.decayed, lam)
+                extra, pgrads = penalty(self.net.params, self.decayed, lam)
                 value += extra
                 for k, g in pgrads.items():
                     grads[k] = grads[k] + g
@@ -206,18 +206,19 @@ class NumpyEngine:
     def update(self, lr: float) -> None:
         optim.step(self.opt, self.trained, self.grads, lr, self.decayed)
         for k, axes in self.norm_axes.items():
-            maxnorm_(self.params[k], self.cfg.maxnorm, axes)
+            maxnorm_(self.net.params[k], self.cfg.maxnorm, axes)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return predict(self.graph, self.params, self.state, x, batch=256)
+        return predict(self.net, x, batch=256)
 
     def finite(self) -> bool:
-        return all(np.isfinite(p).all() for p in self.params.values())
+        return all(np.isfinite(p).all() for p in self.net.params.values())
 
     def weights(self, copy: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         if copy:
-            return {k: v.copy() for k, v in self.params.items()}, {k: v.copy() for k, v in self.state.items()}
-        return self.params, self.state
+            return ({k: v.copy() for k, v in self.net.params.items()},
+                    {k: v.copy() for k, v in self.net.state.items()})
+        return self.net.params, self.net.state
 
     def optimizer_state(self) -> dict:
         return optim.state_to_json(self.opt)

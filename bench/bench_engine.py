@@ -28,6 +28,7 @@ import numpy as np
 from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import loss_and_grads
+from dlc.graph import Network
 from dlc.zoo import zoo_path
 
 MLP_SPEC = "input 784 -> fc 30 sigmoid -> fc 10 sigmoid"
@@ -63,7 +64,7 @@ def dlc_sgd(graph, x, y, batch: int, lr: float, loss: str):
 
     def epoch():
         for i in range(0, steps * batch, batch):
-            _, _, grads = loss_and_grads(graph, params, state, x[i:i + batch], y[i:i + batch], loss)
+            _, _, grads = loss_and_grads(Network(graph, params, state), x[i:i + batch], y[i:i + batch], loss)
             for k, g in grads.items():
                 params[k] -= lr * g
     return epoch

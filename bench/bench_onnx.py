@@ -14,6 +14,7 @@ import numpy as np
 from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import forward
+from dlc.graph import Network
 from dlc.onnx import runtime as rt
 from dlc.onnx.export import to_onnx
 from dlc.zoo import zoo_path
@@ -31,10 +32,10 @@ def main():
         path = zoo_path(name)
         graph = compile_spec(path.read_text(), file=str(path))
         params, state = init_params(graph)
-        session = rt.create_session(to_onnx(graph, params, state), "cpu")
+        session = rt.create_session(to_onnx(Network(graph, params, state)), "cpu")
         ort_result = rt.bench(session, batch, args.warmup, args.runs)
         x = rt.random_input(graph.input.out_shape, np.float32, batch)
-        numpy_result = rt.latency(batch, rt.time_runs(lambda: forward(graph, params, state, x),
+        numpy_result = rt.latency(batch, rt.time_runs(lambda: forward(Network(graph, params, state), x),
                                                       args.warmup, args.runs))
         print(f"{name:10s} {batch:5d} {ort_result.throughput:18,.1f} {numpy_result.throughput:12,.1f} "
               f"{ort_result.throughput / numpy_result.throughput:6.2f}x   ({session.provider}, "

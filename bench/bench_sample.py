@@ -22,6 +22,7 @@ from dlc.compile import compile_spec
 from dlc.engine.decode import Decoder
 from dlc.engine.params import init_params
 from dlc.engine.run import forward
+from dlc.graph import Network
 from dlc.train.text import window_output
 
 SPEC = """input seq 512
@@ -42,7 +43,7 @@ def token_times(graph, params, state, ids: list[int], repeats: int) -> np.ndarra
     """Seconds per token n (the output at ids[:n + 1]) with the cache, the fastest of `repeats` runs."""
     runs = []
     for _ in range(repeats):
-        output = Decoder(graph, params, state).next_output
+        output = Decoder(Network(graph, params, state)).next_output
         times = []
         for n in range(512):
             t0 = time.perf_counter()
@@ -60,7 +61,7 @@ def main():
     params, state = init_params(graph)
     ids = np.random.default_rng(0).integers(96, size=512).tolist()
     cached = token_times(graph, params, state, ids, args.repeats)
-    full = window_output(lambda x: forward(graph, params, state, x)[0], 512)
+    full = window_output(lambda x: forward(Network(graph, params, state), x)[0], 512)
     print("token   cached (ms)   whole window (ms)")
     medians = []
     for start in STARTS:

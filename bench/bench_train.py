@@ -230,13 +230,14 @@ def onnxruntime_targets(rounds: int) -> None:
     import onnxruntime as ort
     from dlc.compile import compile_spec
     from dlc.engine.params import init_params
+    from dlc.graph import Network
     from dlc.onnx import runtime as rt
     from dlc.onnx.export import to_onnx
     from dlc.zoo import zoo_path
 
     graph = compile_spec(zoo_path("lenet5").read_text(), file="lenet5.dlc")
     params, state = init_params(graph)
-    payload = to_onnx(graph, params, state).SerializeToString()
+    payload = to_onnx(Network(graph, params, state)).SerializeToString()
     session = rt.create_session(payload, "cpu")
     # dlc's session differs from a default one only in its log level (the optimization level and
     # thread counts are printed to show it), so its own InferenceSession is the raw reference: two
@@ -282,6 +283,7 @@ def fusion_check() -> str:
     import onnxruntime as ort
     from dlc.compile import compile_spec
     from dlc.engine.params import init_params
+    from dlc.graph import Network
     from dlc.onnx.export import to_onnx
 
     graph = compile_spec("input 3@16x16 -> conv 8@3x3 pad=1 bn relu -> conv 8@3x3 pad=1 bn relu -> gap -> fc 10",
@@ -291,7 +293,7 @@ def fusion_check() -> str:
         opts = ort.SessionOptions()  # graph optimizations default to ORT_ENABLE_ALL
         opts.log_severity_level = 3  # not the warning that a saved optimized model is machine-specific
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(to_onnx(graph, params, state).SerializeToString(), opts,
+        ort.InferenceSession(to_onnx(Network(graph, params, state)).SerializeToString(), opts,
                              providers=["CPUExecutionProvider"])
         kinds = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
     fused = "BatchNormalization" not in kinds and "Relu" not in kinds

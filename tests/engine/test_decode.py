@@ -13,6 +13,7 @@ from dlc.engine.decode import POSITIONWISE, STEP_KERNELS, Decoder, KVCache, atte
 from dlc.engine.kernels import Ctx
 from dlc.engine.params import init_params
 from dlc.engine.run import forward
+from dlc.graph import Network
 from dlc.layers import KINDS
 from dlc.train.text import generate, window_output
 
@@ -35,11 +36,11 @@ def model(spec: str, dtype=np.float64, seed: int = 0):
     # gaussian weights of 0.3 make outputs that differ clearly from step to step (he's small fc outputs
     # behind layernorms would too, but a 0.02 table makes every step look alike)
     params, state = init_params(graph, init="gaussian", std=0.3, seed=seed, dtype=dtype)
-    return graph, params, state
+    return Network(graph, params, state)
 
 
-def full_window(graph, params, state):
-    return window_output(lambda x: forward(graph, params, state, x)[0], graph.input.out_shape[0])
+def full_window(net: Network):
+    return window_output(lambda x: forward(net, x)[0], net.graph.input.out_shape[0])
 
 
 @pytest.mark.parametrize("spec", [
@@ -53,9 +54,9 @@ def full_window(graph, params, state):
     "-> experts 4 top=2 { fc 8 silu -> fc 12 } -> fc 11",
 ])
 def test_the_cache_gives_the_whole_windows_outputs_step_by_step_and_past_the_window(spec):
-    graph, params, state = model(spec)
-    assert why_not_stepwise(graph) is None
-    cached, full = Decoder(graph, params, state).next_output, full_window(graph, params, state)
+    net = model(spec)
+    assert why_not_stepwise(net.graph) is None
+    cached, full = Decoder(net).next_output, full_window(net)
     rng = np.random.default_rng(1)
     ids = [3, 1, 4]
     # 40 ids over a window of 16: the window fills at 16 and slides for the 24 after
@@ -65,10 +66,10 @@ def test_the_cache_gives_the_whole_windows_outputs_step_by_step_and_past_the_win
         ids.append(int(rng.integers(11)))
     # greedy generation picks the same tokens with and without the cache, in float32 too
     for dtype in (np.float64, np.float32):
-        graph, params, state = model(spec, dtype)
-        runs = [generate(out, np.array([5, 2]), 40, graph.output.kind == "softmax", 11, 0.0,
+        net = model(spec, dtype)
+        runs = [generate(out, np.array([5, 2]), 40, net.graph.output.kind == "softmax", 11, 0.0,
                          np.random.default_rng(0))
-                for out in (Decoder(graph, params, state).next_output, full_window(graph, params, state))]
+                for out in (Decoder(net).next_output, full_window(net))]
         np.testing.assert_array_equal(runs[0], runs[1])
         assert len(set(runs[0].tolist())) > 2  # the model does not just repeat one token
 
@@ -84,7 +85,7 @@ def test_each_new_token_runs_each_layer_on_one_step_until_the_window_is_full(mon
         return fc(attrs, params, state, xs, ctx)
 
     monkeypatch.setitem(kernels.KERNELS, "fc", counting)
-    graph, params, state = model(GPT.format(t=64))  # 5 fc layers: two per block and the output
+    net = model(GPT.format(t=64))  # 5 fc layers: two per block and the output
     prompt = np.array([1, 2, 3, 4])
 
     def steps_run(output, tokens):
@@ -92,10 +93,10 @@ def test_each_new_token_runs_each_layer_on_one_step_until_the_window_is_full(mon
         generate(output, prompt, tokens, True, 11, 0.0, np.random.default_rng(0))
         return sum(rows) // 5
     # 60 tokens: the prompt's 4 steps, then one step for each token after the first
-    assert steps_run(Decoder(graph, params, state).next_output, 60) == 4 + 59
-    assert steps_run(full_window(graph, params, state), 60) == 60 * 64
+    assert steps_run(Decoder(net).next_output, 60) == 4 + 59
+    assert steps_run(full_window(net), 60) == 60 * 64
     # 70 tokens: up to 64 ids as before, then 65 to 73 slide the window, each a full pass over its 64 ids
-    assert steps_run(Decoder(graph, params, state).next_output, 70) == 4 + 60 + 9 * 64
+    assert steps_run(Decoder(net).next_output, 70) == 4 + 60 + 9 * 64
 
 
 def test_grouped_key_value_heads_are_cached_once_per_group():
@@ -127,11 +128,11 @@ def test_time_per_token_stays_flat_from_token_16_to_512_and_far_below_a_whole_wi
     not counted), the fastest of 3 runs, and the medians over 32 tokens compared. bench/bench_sample.py
     prints the same figures."""
     spec = GPT.format(t=512).replace("decoder(32, 4, 64) x2", "decoder(128, 4, 512) x4").replace("embed 32", "embed 128")
-    graph, params, state = model(spec, np.float32)
+    net = model(spec, np.float32)
     ids = np.random.default_rng(0).integers(11, size=512).tolist()
     runs = []
     for _ in range(3):
-        output, times = Decoder(graph, params, state).next_output, []
+        output, times = Decoder(net).next_output, []
         for n in range(512):
             t0 = time.thread_time()
             output(ids[:n + 1])
@@ -141,14 +142,14 @@ def test_time_per_token_stays_flat_from_token_16_to_512_and_far_below_a_whole_wi
     early, late = np.median(fastest[16:48]), np.median(fastest[480:512])
     assert late < 1.5 * early, f"token 16: {early * 1e3:.3f} ms, token 512: {late * 1e3:.3f} ms"
     # without the cache every token is a pass over the whole window of 512 (as it was before the cache)
-    full, t0 = full_window(graph, params, state), time.thread_time()
+    full, t0 = full_window(net), time.thread_time()
     full(ids[:20])
     assert late < (time.thread_time() - t0) / 5
 
 
 def test_a_cache_holds_two_vectors_of_d_per_attention_layer_and_step():
-    graph, params, state = model(GPT.format(t=512), np.float32)
-    assert Decoder(graph, params, state).cache_bytes() == 2 * 2 * 32 * 512 * 4  # layers x 2 x D x T x 4 bytes
+    net = model(GPT.format(t=512), np.float32)
+    assert Decoder(net).cache_bytes() == 2 * 2 * 32 * 512 * 4  # layers x 2 x D x T x 4 bytes
 
 
 @pytest.mark.parametrize("spec, reason", [

@@ -103,7 +103,7 @@ def test_rmsnorm_below_opset_23_counts_as_the_fused_operator():
     # Mul (x²), ReduceMean, Add, Sqrt, Div, Mul (gamma): 4 per element and 2 per step, rmsnorm's rule
     graph = compile_spec("input seq 6 of 8 -> rmsnorm -> fc 4")
     for opset in (17, 23):
-        model, _ = analyse_onnx(from_model(export.to_onnx(graph, init_params(graph)[0], {}, opset=opset), "m.onnx"))
+        model, _ = analyse_onnx(from_model(export.to_onnx(Network(graph, init_params(graph)[0], {}), opset=opset), "m.onnx"))
         assert [s.flops for s in model.nodes][1] == 4 * 6 * 8 + 2 * 6, opset
 
 

@@ -226,10 +226,10 @@ def test_a_mixtures_router_ties_go_to_the_lower_expert_in_onnxruntime_as_in_the_
     params, state = exercised_weights(graph)
     params["experts1.router.W"] = np.zeros_like(params["experts1.router.W"])
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
-    got = session(to_onnx(graph, params, state)).run(None, {"input": x})[0]
+    got = session(to_onnx(Network(graph, params, state))).run(None, {"input": x})[0]
     experts = [x @ params[f"experts1.expert{e}.fc1.W"].T + params[f"experts1.expert{e}.fc1.b"] for e in (1, 2)]
     np.testing.assert_allclose(got, (experts[0] + experts[1]) / 2, rtol=1e-5, atol=1e-6)
-    want = {n.name: y for n, y in activations(graph, params, state, x)}["experts1"]
+    want = {n.name: y for n, y in activations(Network(graph, params, state), x)}["experts1"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -339,7 +339,7 @@ def test_a_mixtures_router_ties_go_to_the_lower_expert_in_torch_as_in_the_engine
         got = net.eval()(torch.from_numpy(x)).numpy()
     experts = [x @ params[f"experts1.expert{e}.fc1.W"].T + params[f"experts1.expert{e}.fc1.b"] for e in (1, 2)]
     np.testing.assert_allclose(got, (experts[0] + experts[1]) / 2, rtol=1e-12)
-    np.testing.assert_allclose(got, predict(graph, params, state, x), rtol=1e-12)
+    np.testing.assert_allclose(got, predict(Network(graph, params, state), x), rtol=1e-12)
 
 
 def test_numpy_and_torch_engines_agree_on_a_mixture_with_its_balance_loss():

@@ -2,7 +2,8 @@
 analysis of any ONNX model (model.py loads, count.py counts, analysis.py groups into layers)."""
 
 # The opsets dlc exports: from 13 (Softmax before 13 normalises over every axis from `axis` on, not
-# over channels alone) to 21, the newest that every onnxruntime dlc's pyproject admits (>= 1.20) runs.
+# over channels alone) to 23, the first with RotaryEmbedding (and RMSNormalization), which onnx >= 1.18
+# writes and onnxruntime >= 1.23 runs (dlc's pyproject floors).
 # Here, free of imports, so that `dlc export --help` states the range without loading onnx.
-MIN_OPSET, MAX_OPSET = 13, 21
+MIN_OPSET, MAX_OPSET = 13, 23
 GELU_OPSET = 20  # the first opset with a Gelu operator

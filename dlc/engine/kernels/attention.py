@@ -35,16 +35,21 @@ def _stacked(params) -> np.ndarray:
 # Where positions enter: the rotary tables and the mask are functions of the query and key positions,
 # which a forward pass over T steps gives as 0..T-1 and a key/value cache as its own offsets.
 
-def causal_mask(query_positions: np.ndarray, key_positions: np.ndarray, dtype,
-                window: int | None = None) -> np.ndarray:
-    """(queries, keys) of -inf where a query would see a later key, or with a window of W a key W or
-    more steps back (Mistral: a step sees itself and the W-1 before it), and 0 elsewhere: added to the
-    scores."""
+def hidden_keys(query_positions: np.ndarray, key_positions: np.ndarray, window: int | None = None) -> np.ndarray:
+    """(queries, keys), True where a query would see a later key or, with a window of W, a key W or more
+    steps back (Mistral: a step sees itself and the W-1 before it)."""
     queries, keys = query_positions[:, None], key_positions[None, :]
     hidden = keys > queries  # booleans, not a (T, T) array of distances: at T = 1024 that is 8 MiB
     if window is not None:
         hidden |= keys <= queries - window
-    return np.where(hidden, np.asarray(-np.inf, dtype), np.asarray(0, dtype))
+    return hidden
+
+
+def causal_mask(query_positions: np.ndarray, key_positions: np.ndarray, dtype,
+                window: int | None = None) -> np.ndarray:
+    """-inf where hidden_keys says so, 0 elsewhere: added to the scores."""
+    return np.where(hidden_keys(query_positions, key_positions, window), np.asarray(-np.inf, dtype),
+                    np.asarray(0, dtype))
 
 
 def rotary_tables(positions: np.ndarray, head_dim: int, theta: float, dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -193,11 +193,16 @@ OWN_SPECS = {
     # specs/gpt2_small.dlc's pattern at a small size: the output layer reuses the token table
     "tied": "input seq 6\nembed 16 vocab=11 as tok -> posembed\nadd( layernorm -> attention 2 causal | identity )\n"
             "add( layernorm -> fc 32 gelu -> fc 16 | identity )\nlayernorm -> fc 11 tied=tok bias=off softmax\n",
+    # Llama's and Mistral's options: grouped and multi-query kv heads, rope (RotaryEmbedding at the
+    # default opset 23), a sliding window, no biases
+    "llama": "input seq 7 of 16\nadd( layernorm -> attention 4 kv=2 rope=500000 causal window=3 bias=off | identity )\n"
+             "attention 2 kv=1 rope causal -> attention 4 rope=20000 -> seqpool last -> fc 5 softmax\n",
 }
 
 
-@pytest.mark.parametrize("name", OWN_SPECS)
-def test_dlc_exports_of_attention_import_back(tmp_path, name):
+@pytest.mark.parametrize("name,opset", [(name, None) for name in OWN_SPECS] + [("llama", 13)],
+                         ids=[*OWN_SPECS, "llama at opset 13 (rope's cos/sin tables)"])
+def test_dlc_exports_of_attention_import_back(tmp_path, name, opset):
     from dlc.compile import compile_spec
     from dlc.engine.params import init_params
     from dlc.onnx.export import save_model, to_onnx
@@ -210,11 +215,12 @@ def test_dlc_exports_of_attention_import_back(tmp_path, name):
     for k in params:  # biases and betas away from zero, so that a bias put in the wrong place would show
         if k.split(".")[-1] in ("bq", "bk", "bv", "bo", "b", "beta"):
             params[k] = rng.uniform(-0.5, 0.5, params[k].shape).astype(np.float32)
-    save_model(to_onnx(graph, params, state), tmp_path / "m.onnx")
+    save_model(to_onnx(graph, params, state, opset=opset), tmp_path / "m.onnx")
     spec, weights = imported(tmp_path, tmp_path / "m.onnx")
     back = compile_spec(spec.read_text())
     assert [n.kind for n in back.nodes] == [n.kind for n in graph.nodes]
-    assert [n.attrs.get("causal") for n in back.nodes] == [n.attrs.get("causal") for n in graph.nodes]
+    for option in ("causal", "kv", "rope", "window"):
+        assert [n.attrs.get(option) for n in back.nodes] == [n.attrs.get(option) for n in graph.nodes], option
     assert [n.attrs.get("tied") is not None for n in back.nodes] == [n.attrs.get("tied") is not None
                                                                       for n in graph.nodes]
     assert saved_parameters(weights) == sum(a.size for a in params.values())

@@ -280,6 +280,22 @@ def test_attention_dlc_does_not_compute_is_refused_at_its_first_operator(tmp_pat
     assert f"cannot import operator Transpose (node `{first.name}`)" in out and why in out
 
 
+@pytest.mark.parametrize("interleave", [False, True], ids=["expand", "repeat_interleave"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_llama_style_attention_from_pytorch(tmp_path, exporter, interleave):
+    # Hugging Face Llama's rotate-half rope (theta 500000), kv heads repeated, a Mistral window
+    torch.manual_seed(0)
+    net = with_random_parameters(torch_models.LlamaBlock(interleave=interleave))
+    x = torch.randn(1, STEPS, D)
+    export(net, tmp_path / "m.onnx", x, EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, tmp_path / "m.onnx")
+    steps = [line.split("#")[0].strip(" |") for line in spec.read_text().splitlines()]
+    assert "attention 4 causal kv=2 rope=500000 bias=off" in steps, steps
+    assert "attention 4 causal kv=1 window=3 rope bias=off" in steps, steps
+    assert saved_parameters(weights) == sum(p.numel() for p in net.parameters())
+    assert_reproduces(tmp_path, spec, weights, x.numpy(), onnxruntime_output(tmp_path / "m.onnx", x.numpy()))
+
+
 def own_export_edited(tmp_path, spec, edit) -> str:
     """dlc's export of a spec with one of its constants changed, then imported."""
     import onnx

@@ -15,7 +15,7 @@ import click
 from dlc.commands.arguments import OUT_FLAGS, SEED, is_onnx, load_graph, output_file, parse_shapes, shape_option, spec_input
 from dlc.errors import DlcError
 from dlc.npz import check_arrays_file
-from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET
+from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET, ROTARY_OPSET
 
 ENGINES = ("onnxruntime", "numpy")
 DEVICE_HELP = "auto: CUDA where onnxruntime really gets it, else the CPU with a notice; cuda: CUDA or exit 2."
@@ -274,7 +274,8 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 @click.option("--seed", type=SEED, default=None, help="Seed of the fresh weights (default 0).")
 @click.option("--opset", type=int, default=None,
               help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: the lowest in which every layer has its own "
-                   f"operator: {MIN_OPSET}, 17 with layernorm, {GELU_OPSET} with gelu).")
+                   f"operator: {MIN_OPSET}, 17 with layernorm, {GELU_OPSET} with gelu, {ROTARY_OPSET} with "
+                   f"attention's rope).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
 def export(spec, expr, output, fmt, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count; or as PyTorch source."""

@@ -7,3 +7,4 @@ analysis of any ONNX model (model.py loads, count.py counts, analysis.py groups 
 # Here, free of imports, so that `dlc export --help` states the range without loading onnx.
 MIN_OPSET, MAX_OPSET = 13, 23
 GELU_OPSET = 20  # the first opset with a Gelu operator
+ROTARY_OPSET = 23  # the first with RotaryEmbedding (attention's rope)

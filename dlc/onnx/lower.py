@@ -19,10 +19,9 @@ from onnx import NodeProto, helper, numpy_helper
 from dlc.engine.kernels.attention import hidden_keys, rotary_tables
 from dlc.graph import Node
 from dlc.layers import KINDS, feature_axis
-from dlc.onnx import GELU_OPSET, MIN_OPSET
+from dlc.onnx import GELU_OPSET, MIN_OPSET, ROTARY_OPSET
 
 LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
-ROTARY_OPSET = 23  # the first with RotaryEmbedding
 REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on, an attribute before
 
 # Kinds whose own ONNX operator is newer than MIN_OPSET; below it they lower to a decomposition.

@@ -121,7 +121,7 @@ def attention(attrs, params, state, xs, ctx):
         dq, dk, dv = _heads(d_qkv, kv, group, dh)
         weights = a if keep is None else a * keep
         # a key/value head's gradient sums over the query heads of its group
-        dv[...] = (weights.swapaxes(-1, -2) @ do).sum(axis=2, keepdims=True)
+        grouped_product(weights.swapaxes(-1, -2), do, dv)
         if keep is not None:
             dv *= 1 / (1 - p)
         da = do @ v.swapaxes(-1, -2)
@@ -132,10 +132,12 @@ def attention(attrs, params, state, xs, ctx):
         da -= np.einsum("...ij,...ij->...i", da, a)[..., None]
         da *= a
         da *= scale
-        dq_turned, dk_turned = da @ k, (da.swapaxes(-1, -2) @ q).sum(axis=2, keepdims=True)
-        if attrs["rope"]:
-            dq_turned, dk_turned = rotate(dq_turned, cos, -sin), rotate(dk_turned, cos, -sin)
-        dq[...], dk[...] = dq_turned, dk_turned
+        if attrs["rope"]:  # the gradients of the turned queries and keys, turned back
+            dq[...] = rotate(da @ k, cos, -sin)
+            dk[...] = rotate((da.swapaxes(-1, -2) @ q).sum(axis=2, keepdims=True), cos, -sin)
+        else:
+            np.matmul(da, k, out=dq)
+            grouped_product(da.swapaxes(-1, -2), q, dk)
         g = d_qkv.reshape(-1, d + 2 * kd)
         dw = g.T @ x_rows
         grads["Wq"], grads["Wk"], grads["Wv"] = dw[:d], dw[d:d + kd], dw[d + kd:]
@@ -145,6 +147,15 @@ def attention(attrs, params, state, xs, ctx):
             grads["bq"], grads["bk"], grads["bv"] = db[:d], db[d:d + kd], db[d + kd:]
         return [(g @ _stacked(params)).reshape(n, t, d)], grads
     return y.reshape(n, t, d), backward
+
+
+def grouped_product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = the sum over each group's query heads (axis 2) of a @ b, written into out (N, kv, 1, ., .);
+    one matmul straight into out when every group is one head (plain multi-head attention)."""
+    if a.shape[2] == 1:
+        np.matmul(a, b, out=out)
+    else:
+        np.sum(a @ b, axis=2, keepdims=True, out=out)
 
 
 def _heads(qkv: np.ndarray, kv: int, group: int, dh: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

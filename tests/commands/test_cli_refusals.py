@@ -51,7 +51,7 @@ def test_flag_values_out_of_range_are_one_error_line_not_a_usage_block(args, sai
 
 
 def test_opset_states_its_range_in_help():
-    assert "ONNX opset, 13 to 21" in " ".join(run("export", "--help").output.split())
+    assert "ONNX opset, 13 to 23" in " ".join(run("export", "--help").output.split())
 
 
 # --- --json failures -------------------------------------------------------------------------------

@@ -300,8 +300,9 @@ def rotary_embedding(n: Node, x: str, heads: int, out: str, tables: bool) -> lis
                const(f"{p}/steps", list(range(t))),
                helper.make_node("Shape", [x], [f"{p}/batch_steps"], name=f"{p}/batch_steps", start=0, end=2),
                op("Expand", [f"{p}/steps", f"{p}/batch_steps"], f"{p}/positions", f"{p}/positions")]
-    return [*(written if tables else []), op("RotaryEmbedding", [x, f"{p}/cos_cache", f"{p}/sin_cache", f"{p}/positions"], out, out,
-                        num_heads=heads)]
+    rotation = op("RotaryEmbedding", [x, f"{p}/cos_cache", f"{p}/sin_cache", f"{p}/positions"], out, out,
+                  num_heads=heads)
+    return [*(written if tables else []), rotation]
 
 
 def repeat_heads(n: Node, x: str, out: str) -> list[NodeProto]:

@@ -78,8 +78,8 @@ add( layernorm -> attention 4 kv=2 rope=500000 causal window=3 bias=off | identi
 add( layernorm -> attention 2 kv=1 rope causal | identity )
 fc 11 softmax
 """
-EXTRA = {"every_kind": EVERY_KIND, "llama_attention": LLAMA_ATTENTION, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
-         "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS}
+EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+         "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS, "llama_attention": LLAMA_ATTENTION}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}

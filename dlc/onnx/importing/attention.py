@@ -353,7 +353,9 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     t, d = r.shape(x)
     kv = len(tensors["Wk"]) // (d // heads)
     grouped = {"kv": kv} if kv != heads else {}
-    masks = [(True, None), *((True, w) for w in mask_windows(r, region, t)), (False, None)] if masked else [(False, None)]
+    masks = [(False, None)]
+    if masked:
+        masks = [(True, None), *((True, w) for w in mask_windows(r, region, t)), (False, None)]
     settings = [{"causal": causal, **grouped, **({"window": w} if w else {}), **({"rope": rope} if rope else {})}
                 for rope in rotary_bases(r, region, t, d // heads) or [False] for causal, w in masks]
     errors = []
@@ -390,7 +392,8 @@ def region_constants(r: Reader, region: list[onnx.NodeProto]) -> list[np.ndarray
         nodes = [m for m in r.g.nodes if id(m) in needed]
         used = {i for m in nodes for i in m.input}
         graph = helper.make_graph(
-            nodes, "constants", [], [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in evaluable],
+            nodes, "constants", [],
+            [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in evaluable],
             initializer=[numpy_helper.from_array(r.value(k), k) for k in sorted(used) if k in r.init])
         model = helper.make_model(graph, opset_imports=r.g.model.opset_import, ir_version=r.g.model.ir_version)
         try:
@@ -448,7 +451,8 @@ def rotary_bases(r: Reader, region: list[onnx.NodeProto], t: int, dh: int) -> li
     for cos in (c for c in tables if np.allclose(c[0], 1, atol=1e-6)):
         sin = next((s for s in tables if s.shape == cos.shape and np.allclose(s[0], 0, atol=1e-6)
                     and np.allclose(s ** 2 + cos ** 2, 1, atol=1e-5)), None)
-        angle = float(np.arctan2(abs(sin[1, 1]), cos[1, 1]) if sin is not None else np.arccos(np.clip(cos[1, 1], -1, 1)))
+        angle = float(np.arctan2(abs(sin[1, 1]), cos[1, 1]) if sin is not None
+                      else np.arccos(np.clip(cos[1, 1], -1, 1)))
         if not 0 < angle < 1:
             continue
         theta = angle ** (-dh / 2)

@@ -272,10 +272,12 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
         stored.update(i for m in nodes for i in m.input if i and i not in r.live)
         mine = [roles[role] for role, p in projections.items() if p is node]
         rows, cols = parts["W"].shape
-        kv_rows = rows - d if mine[0] == "q" else rows
-        kd = kv_rows // max(len(mine) - (mine[0] == "q"), 1)
+        kv_parts = len(mine) - (mine[0] == "q")  # the keys' and values' share of the rows, kd each
+        kd = (rows - d * (mine[0] == "q")) // kv_parts if kv_parts else 0
         widths = {"q": d, "k": kd, "v": kd}
-        if cols != d or sum(widths[w] for w in mine) != rows or kd % (d // heads) or heads % (kd // (d // heads) or 1):
+        dh = d // heads
+        grouping = not kv_parts or (kd and not kd % dh and not heads % (kd // dh))
+        if cols != d or sum(widths[w] for w in mine) != rows or not grouping:
             raise Refused(f"its projection `{node.name}` is {cols} -> {rows}; dlc's attention projects {d} features "
                           f"to {d} queries and to key/value heads of {d // heads} features, a number of them dividing "
                           f"its {heads} heads")
@@ -353,11 +355,12 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     t, d = r.shape(x)
     kv = len(tensors["Wk"]) // (d // heads)
     grouped = {"kv": kv} if kv != heads else {}
+    constants = region_constants(r, region)
     masks = [(False, None)]
     if masked:
-        masks = [(True, None), *((True, w) for w in mask_windows(r, region, t)), (False, None)]
+        masks = [(True, None), *((True, w) for w in mask_windows(constants, t)), (False, None)]
     settings = [{"causal": causal, **grouped, **({"window": w} if w else {}), **({"rope": rope} if rope else {})}
-                for rope in rotary_bases(r, region, t, d // heads) or [False] for causal, w in masks]
+                for rope in rotary_bases(constants, d // heads) or [False] for causal, w in masks]
     errors = []
     kind = KINDS["attention"]
     for setting in settings:
@@ -424,12 +427,12 @@ def constant_nodes(r: Reader, name: str, needed: dict[int, onnx.NodeProto]) -> b
     return True
 
 
-def mask_windows(r: Reader, region: list[onnx.NodeProto], t: int) -> list[int]:
-    """Sliding windows a (T, T) mask among the region's constants may hold: how many steps its last row
-    lets through, read as booleans either way round (hidden or seen) or as a float mask of 0 and -inf
-    (or a large negative number). Candidates only: the run decides."""
+def mask_windows(constants: list[np.ndarray], t: int) -> list[int]:
+    """Sliding windows a (T, T) mask among the region's constants (region_constants) may hold: how many
+    steps its last row lets through, read as booleans either way round (hidden or seen) or as a float
+    mask of 0 and -inf (or a large negative number). Candidates only: the run decides."""
     found = set()
-    for v in region_constants(r, region):
+    for v in constants:
         if v.ndim < 2 or v.shape[-2:] != (t, t) or v.size != t * t:
             continue
         last = v.reshape(t, t)[-1]
@@ -438,13 +441,13 @@ def mask_windows(r: Reader, region: list[onnx.NodeProto], t: int) -> list[int]:
     return sorted(found)
 
 
-def rotary_bases(r: Reader, region: list[onnx.NodeProto], t: int, dh: int) -> list[float]:
+def rotary_bases(constants: list[np.ndarray], dh: int) -> list[float]:
     """Rope's base theta read off the cos and sin tables among the region's constants: (positions,
     head_dim) or (positions, head_dim/2) with any axes of 1, cos 1 and sin 0 at position 0, and at
     position 1 feature 1 turned by theta^(-2/head_dim) (read as atan2(|sin|, cos): a small angle's cos
     alone is 1 to float32's precision). Thetas are round numbers (10000, 500000, 1e6): one within 1e-3 of
     three significant digits is taken as that. Candidates only: the run decides."""
-    tables = [v.reshape(-1, v.shape[-1]).astype(np.float64) for v in region_constants(r, region)
+    tables = [v.reshape(-1, v.shape[-1]).astype(np.float64) for v in constants
               if v.dtype.kind == "f" and v.ndim >= 2 and dh >= 4 and v.shape[-1] in (dh, dh // 2)
               and v.size // v.shape[-1] >= 2]
     found = []

@@ -329,3 +329,21 @@ def test_a_mask_that_is_not_causal_is_refused(tmp_path):
 def test_another_scale_than_one_over_sqrt_head_dim_is_refused(tmp_path):
     out = own_export_edited(tmp_path, "input seq 5 of 8\nattention 2", {"attention1/scale": lambda s: s * s})  # 1/dh
     assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "does not compute softmax" in out
+
+
+def test_a_rotation_dlc_does_not_compute_is_refused(tmp_path):
+    # RotaryEmbedding's sin cache negated: each step turns the other way, which no theta gives
+    out = own_export_edited(tmp_path, "input seq 5 of 8\nattention 2 rope", {"attention1/sin_cache": lambda s: -s})
+    assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "does not compute softmax" in out
+
+
+def test_a_band_that_is_no_sliding_window_is_refused(tmp_path):
+    # the window's band with one step seen past it in the last row only: no window=N masks so
+    def widen_last_row(hidden):
+        hidden = hidden.copy()
+        hidden[-1, 0] = False
+        return hidden
+
+    out = own_export_edited(tmp_path, "input seq 6 of 8\nattention 2 causal window=2",
+                            {"attention1/future": widen_last_row})
+    assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "a window of them" in out

@@ -195,9 +195,10 @@ def at_default(value, default) -> bool:
 
 
 def option_words(kind: str, options: dict) -> list[str]:
-    """`key=value` words, and a flag that is on as its bare word."""
+    """`key=value` words, and a flag that is on as its bare word (`rope`, but `rope=500000`)."""
     flags = KINDS[kind].flags
-    return [key if key in flags else f"{key}={value_word(value)}" for key, value in options.items()]
+    return [key if key in flags and value is True else f"{key}={value_word(value)}"
+            for key, value in options.items()]
 
 
 def value_word(value) -> str:

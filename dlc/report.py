@@ -18,7 +18,8 @@ CONVENTIONS = {
     "params": "trainable parameters: weights, biases, bn scale and shift, embeddings, recurrent weights",
     "non_trainable": "bn running mean and variance",
     "macs": "multiply-accumulates of conv, transposed conv, fc, attention and recurrent products (papers' "
-            "'FLOPs'); causal attention counted in full, as dense kernels compute it; per sample times batch",
+            "'FLOPs'); causal and sliding-window attention counted in full, as dense kernels compute it; "
+            "per sample times batch",
     "flops": "every floating-point operation of the inference forward pass: 2*MACs + bias adds + "
              "activations + pooling + bn + merges; per sample times batch",
     "activations": "output elements per sample",
@@ -175,8 +176,10 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
                          f"(each mixture's router and top K experts, and every layer outside the mixtures)")
     if view in ("flops", "summary"):
         causal = any(n.kind == "attention" and n.attrs["causal"] for n in analysis.graph.nodes)
+        window = any(n.kind == "attention" and n.attrs["window"] for n in analysis.graph.nodes)
+        masked = "causal and sliding-window attention" if window else "causal attention"
         lines.append(f"MACs: {si(t.macs)} ({grouped(t.macs)}) multiply-accumulates {per}, "
-                     f"weighted layers only" + ("; causal attention counted in full (dense kernels compute "
+                     f"weighted layers only" + (f"; {masked} counted in full (dense kernels compute "
                                                 "the whole T x T square)" if causal else "")
                      + ("; a mixture counts its router and K routed experts per step" if has_mixture(analysis)
                         else ""))

@@ -58,11 +58,13 @@ def test_norms_in_float32_stay_float32_and_agree_with_float64(kind):
 
 def assert_attention_gradients(attrs, params, x, ctx=lambda: Ctx()):
     """Every gradient against central differences, except the key bias's, which is zero: adding b to every
-    key adds q·b to each score of a row alike, and softmax ignores that. Its check is that it is ~0."""
+    key adds q·b to each score of a row alike, and softmax ignores that. Its check is that it is ~0.
+    (With rope the bias turns with each key's position, so the scores of a row move apart: it counts.)"""
     errors = gradient_errors("attention", attrs, params, [x], ctx=ctx)
-    bad = {k: e for k, e in errors.items() if k != "bk" and not e < TOLERANCE}
+    zero = "bk" if "bk" in params and not attrs["rope"] else None
+    bad = {k: e for k, e in errors.items() if k != zero and not e < TOLERANCE}
     assert not bad, f"attention: relative errors above {TOLERANCE}: {bad}"
-    if "bk" in params:
+    if zero:
         _, backward = KERNELS["attention"](attrs, params, {}, [x], ctx())
         assert np.abs(backward(np.ones_like(x))[1]["bk"]).max() < 1e-12
 
@@ -118,6 +120,41 @@ def test_seqpool_gradients(mode):
     assert_gradients("seqpool", attrs, {}, [np.random.default_rng(9).standard_normal((2, 4, 3))])
 
 
+# every mode of the options: grouped kv heads (kv=1 is multi-query), rope, a window, all together
+OPTION_MODES = {"kv groups": dict(heads=4, kv=2), "multi-query": dict(heads=4, kv=1),
+                "rope": dict(heads=2, rope=True), "window": dict(heads=2, causal=True, window=2),
+                "all": dict(heads=4, kv=2, rope=500000.0, causal=True, window=3)}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+@pytest.mark.parametrize("mode", OPTION_MODES)
+def test_attention_option_gradients(mode, bias):
+    rng = np.random.default_rng(5)
+    attrs, shapes, _ = resolve("attention", [(5, 8)], bias=bias, **OPTION_MODES[mode])
+    assert_attention_gradients(attrs, random_arrays(shapes, rng), rng.standard_normal((2, 5, 8)))
+
+
+@pytest.mark.parametrize("mode", OPTION_MODES)
+def test_attention_option_gradients_in_float32(mode):
+    # central differences in float32 are noise; float32's backward instead matches float64's (checked
+    # above against central differences) to float32's precision
+    rng = np.random.default_rng(6)
+    attrs, shapes, _ = resolve("attention", [(5, 8)], **OPTION_MODES[mode])
+    params, x = random_arrays(shapes, rng), rng.standard_normal((2, 5, 8))
+    dy = rng.standard_normal((2, 5, 8))
+    y64, back64 = run("attention", attrs, params, [x])
+    y32, back32 = run("attention", attrs, {k: v.astype(np.float32) for k, v in params.items()},
+                      [x.astype(np.float32)])
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-5)
+    (dx64,), g64 = back64(dy)
+    (dx32,), g32 = back32(dy.astype(np.float32))
+    assert dx32.dtype == np.float32 and all(g.dtype == np.float32 for g in g32.values())
+    for name, want in [("x", dx64), *g64.items()]:
+        got = dx32 if name == "x" else g32[name]
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), name
+
+
 # ---- forward against references -----------------------------------------------------------------
 
 def f32(rng, *shape, scale=1.0):
@@ -146,21 +183,39 @@ def test_rmsnorm_matches_rmsnormalization(shape):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
-def attention_by_loops(x, p, heads, causal):
-    """Self-attention one sample, head and step at a time, straight from the definition."""
+def turned(x, m, theta):
+    """One head's features at position m under rope, pair by pair: feature i and i + d/2 turn by
+    m·theta^(-2i/d) (Su et al. 2021, eq. 34, in Hugging Face Llama's pairing)."""
+    half = len(x) // 2
+    out = x.copy()
+    for i in range(half):
+        angle = m * theta ** (-2 * i / len(x))
+        c, s = math.cos(angle), math.sin(angle)
+        out[i], out[i + half] = x[i] * c - x[i + half] * s, x[i + half] * c + x[i] * s
+    return out
+
+
+def attention_by_loops(x, p, heads, causal, kv=None, theta=None, window=None):
+    """Self-attention one sample, head and step at a time, straight from the definition; query head h
+    reads key/value head h // (heads/kv); a causal step i sees steps max(0, i - window + 1) .. i."""
     n, t, d = x.shape
     dh = d // heads
+    group = heads // (kv or heads)
     q, k, v = (x @ p[f"W{w}"].T + p[f"b{w}"] for w in "qkv")
     out = np.zeros_like(x)
     for s in range(n):
         for h in range(heads):
             cols = slice(h * dh, (h + 1) * dh)
+            kv_cols = slice(h // group * dh, (h // group + 1) * dh)
             for i in range(t):
-                seen = range(i + 1) if causal else range(t)
-                scores = np.array([q[s, i, cols] @ k[s, j, cols] / math.sqrt(dh) for j in seen])
+                first = 0 if window is None else max(0, i - window + 1)
+                seen = range(first, i + 1) if causal else range(t)
+                qi = q[s, i, cols] if theta is None else turned(q[s, i, cols], i, theta)
+                keys = {j: k[s, j, kv_cols] if theta is None else turned(k[s, j, kv_cols], j, theta) for j in seen}
+                scores = np.array([qi @ keys[j] / math.sqrt(dh) for j in seen])
                 w = np.exp(scores - scores.max())
                 w /= w.sum()
-                out[s, i, cols] = sum(wj * v[s, j, cols] for wj, j in zip(w, seen))
+                out[s, i, cols] = sum(wj * v[s, j, kv_cols] for wj, j in zip(w, seen))
     return out @ p["Wo"].T + p["bo"]
 
 
@@ -172,6 +227,29 @@ def test_attention_matches_the_definition(causal):
     x = rng.standard_normal((2, 5, 6))
     np.testing.assert_allclose(run("attention", attrs, params, [x])[0], attention_by_loops(x, params, 3, causal),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", OPTION_MODES)
+def test_attention_options_match_the_definition(mode):
+    rng = np.random.default_rng(25)
+    written = OPTION_MODES[mode]
+    attrs, shapes, _ = resolve("attention", [(6, 8)], **written)
+    params = random_arrays(shapes, rng)
+    x = rng.standard_normal((2, 6, 8))
+    theta = None if "rope" not in written else 10000.0 if written["rope"] is True else written["rope"]
+    want = attention_by_loops(x, params, written["heads"], written.get("causal", False), written.get("kv"),
+                              theta, written.get("window"))
+    np.testing.assert_allclose(run("attention", attrs, params, [x])[0], want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_window_as_long_as_the_sequence_is_causal_attention():
+    rng = np.random.default_rng(26)
+    attrs, shapes, _ = resolve("attention", [(6, 8)], heads=2, causal=True, window=6)
+    causal, _, _ = resolve("attention", [(6, 8)], heads=2, causal=True)
+    params, x = random_arrays(shapes, rng), rng.standard_normal((1, 6, 8))
+    assert np.array_equal(run("attention", attrs, params, [x])[0], run("attention", causal, params, [x])[0])
+    short, _, _ = resolve("attention", [(6, 8)], heads=2, causal=True, window=2)
+    assert not np.allclose(run("attention", short, params, [x])[0], run("attention", causal, params, [x])[0])
 
 
 def test_attention_dropout_is_the_identity_at_inference_and_rescales_in_training():

@@ -9,6 +9,8 @@ the tests, which checks this file against outside truth before any figure is com
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -166,6 +168,68 @@ def mobilenet_v2() -> nn.Module:
 
 def googlenet() -> nn.Module:
     return GoogLeNet()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Hugging Face Llama's rotate_half: (x1, x2) -> (-x2, x1) over the last axis's halves."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    """Hugging Face's LlamaAttention (and Mistral's, with `window`), as its modeling code writes it: q, k, v
+    and o projections without bias, kv key/value heads, rope by rotate_half with cos/sin tables computed
+    from an inv_freq buffer and the positions, the kv heads repeated to the query heads (repeat_kv's
+    expand and reshape, or `repeat_interleave`), an additive causal (or sliding-window) mask, softmax."""
+
+    def __init__(self, d: int, heads: int, kv: int, theta: float = 10000.0, window: int | None = None,
+                 interleave: bool = False):
+        super().__init__()
+        self.heads, self.kv, self.dh, self.window, self.interleave = heads, kv, d // heads, window, interleave
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv * self.dh, bias=False)
+        self.v_proj = nn.Linear(d, kv * self.dh, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        inv_freq = 1.0 / theta ** (torch.arange(0, self.dh, 2, dtype=torch.int64).float() / self.dh)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        group = self.heads // self.kv
+        if self.interleave:
+            return x.repeat_interleave(group, dim=1)
+        n, kv, t, dh = x.shape
+        return x[:, :, None].expand(n, kv, group, t, dh).reshape(n, kv * group, t, dh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q = self.q_proj(x).view(n, t, self.heads, self.dh).transpose(1, 2)
+        k = self.k_proj(x).view(n, t, self.kv, self.dh).transpose(1, 2)
+        v = self.v_proj(x).view(n, t, self.kv, self.dh).transpose(1, 2)
+        freqs = torch.arange(t, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos()[None, None], emb.sin()[None, None]
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = self.repeat_kv(k), self.repeat_kv(v)
+        scores = q @ k.transpose(2, 3) / math.sqrt(self.dh)
+        hidden = torch.ones(t, t, dtype=torch.bool).triu(1)
+        if self.window is not None:
+            hidden = hidden | torch.ones(t, t, dtype=torch.bool).tril(-self.window)
+        weights = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
+        return self.o_proj((weights @ v).transpose(1, 2).reshape(n, t, d))
+
+
+class LlamaBlock(nn.Module):
+    """Two residual attentions and a head: Llama-3's theta and kv groups, Mistral's window."""
+
+    def __init__(self, d: int = 16, interleave: bool = False):
+        super().__init__()
+        self.first = LlamaAttention(d, 4, 2, theta=500000.0, interleave=interleave)
+        self.second = LlamaAttention(d, 4, 1, window=3, interleave=interleave)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.first(x)
+        return self.head(x + self.second(x))
 
 
 def export(model: nn.Module, path, args: tuple, *, dynamo: bool, **kwargs) -> None:

@@ -10,7 +10,7 @@ import click
 from dlc.commands.arguments import OUT_FLAGS, SEED, load_graph, output_file, spec_input
 from dlc.commands.model import weights_for
 from dlc.errors import DlcError
-from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET, RMSNORM_OPSET
+from dlc.onnx import GELU_OPSET, MAX_OPSET, MIN_OPSET, RMSNORM_OPSET, ROTARY_OPSET
 
 
 def spec_file(spec: str | None, expr: str | None) -> str | None:
@@ -27,7 +27,8 @@ def spec_file(spec: str | None, expr: str | None) -> str | None:
 @click.option("--seed", type=SEED, default=None, help="Seed of the fresh weights (default 0).")
 @click.option("--opset", type=int, default=None,
               help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: the lowest in which every layer has its own "
-                   f"operator: {MIN_OPSET}, 17 with layernorm, {GELU_OPSET} with gelu, {RMSNORM_OPSET} with rmsnorm).")
+                   f"operator: {MIN_OPSET}, 17 with layernorm, {GELU_OPSET} with gelu, {RMSNORM_OPSET} with rmsnorm, "
+                   f"{ROTARY_OPSET} with attention's rope).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Fix the batch axis (default: dynamic N).")
 def export(spec, expr, output, fmt, weights, seed, opset, batch):
     """Write SPEC as an ONNX model, checked: ONNX checker, shapes, parameter count; or as PyTorch source."""

@@ -7,8 +7,11 @@ Resolved attributes and tensors (batch left out):
 - rmsnorm: eps, features (the last axis); gamma (features), as ONNX RMSNormalization over the last axis:
   x / sqrt(mean(x²) + eps) * gamma, no centring and no shift (Zhang & Sennrich 2019; Llama).
 - attention: heads, steps (T), dim (D), head_dim (D/heads), causal, bias, dropout (on the attention
-  weights, training only). Wq, Wk, Wv, Wo (D, D) laid out as fc's W (out, in); bq, bk, bv, bo (D) with
-  `bias`. Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, heads joined, then Wo.
+  weights, training only), kv (key/value heads, = heads unless grouped), rope (False, or the rotary base
+  theta), window (None, or how many steps a causal step sees, itself included). Wq, Wo (D, D) and Wk, Wv
+  (kv·head_dim, D) laid out as fc's W (out, in); bq, bo (D) and bk, bv (kv·head_dim) with `bias`.
+  Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, query head i reading key/value
+  head i // (heads/kv), heads joined, then Wo.
 - posembed: steps, dim; P (T, D) added to the sequence.
 - clstoken: dim; cls (D) put before the first step.
 - tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence).
@@ -18,7 +21,7 @@ Resolved attributes and tensors (batch left out):
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import BIAS, GLOBAL, SCALE, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
+from dlc.layers import BIAS, COUNT, GLOBAL, SCALE, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
 from dlc.layers.spatial import image, show
 
 
@@ -60,6 +63,8 @@ register(LayerKind(
     params=lambda a, ins: {"gamma": (a["features"],)}, tensors={"gamma": SCALE},
     flops=lambda a, ins, out: 4 * elements(out) + 2 * elements(out) // a["features"],
 ))
+ROPE_THETA = 10000.0  # RoFormer's and Llama 1-2's base; Llama 3 writes rope=500000
+
 
 def resolve_attention(attrs, ins):
     t, d = _sequence(ins[0], "attention")
@@ -69,39 +74,61 @@ def resolve_attention(attrs, ins):
     if not 0 <= attrs["dropout"] < 1:
         raise ShapeError(f"attention dropout must satisfy 0 <= P < 1 (received dropout={attrs['dropout']})",
                          "dropout")
-    return (t, d), dict(attrs, steps=t, dim=d, head_dim=d // h)
+    kv = attrs["kv"] or h
+    if h % kv:
+        raise ShapeError(f"attention kv={kv} groups the {h} query heads: {kv} key/value heads must divide {h}",
+                         "kv")
+    rope = attrs["rope"]
+    if rope is True:
+        rope = ROPE_THETA
+    elif rope is not False and not rope > 0:
+        raise ShapeError(f"attention rope=THETA takes a base above 0, 10000 without a value (received rope={rope})",
+                         "rope")
+    if rope and (d // h) % 2:
+        raise ShapeError(f"rope turns pairs of a head's features: the head size {d}/{h} = {d // h} must be even")
+    if attrs["window"] is not None and not attrs["causal"]:
+        # Mistral's window looks back only; a two-sided band (Longformer) is another layer
+        raise ShapeError(f"attention window={attrs['window']} is a sliding window over earlier steps: "
+                         f"write it with `causal`", "window")
+    return (t, d), dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope)
 
 
 def attention_params(a, ins):
-    d = a["dim"]
-    p = {w: (d, d) for w in ("Wq", "Wk", "Wv", "Wo")}
+    d, kd = a["dim"], a["kv"] * a["head_dim"]
+    p = {"Wq": (d, d), "Wk": (kd, d), "Wv": (kd, d), "Wo": (d, d)}
     if a["bias"]:
-        p.update({b: (d,) for b in ("bq", "bk", "bv", "bo")})
+        p.update({"bq": (d,), "bk": (kd,), "bv": (kd,), "bo": (d,)})
     return p
 
 
 def projection_fans(a: dict, shape: Shape) -> tuple[float, float]:
-    # each of the four projections is a D x D fc, stored (out, in) like fc's W
+    # each of the four projections is an fc, stored (out, in) like fc's W
     return shape[1], shape[0]
 
 
 def attention_macs(a, ins, out):
-    # the four projections (T·D² each), then Q·Kᵀ and the weighted sum of V (T²·D each, over all
-    # heads). A causal mask does not halve them: the dense kernels compute the whole square.
-    t, d = a["steps"], a["dim"]
-    return 4 * t * d * d + 2 * t * t * d
+    # the four projections (T·D² for queries and output, T·D·kv·head_dim for keys and values), then
+    # Q·Kᵀ and the weighted sum of V (T²·D each, over all query heads: grouped heads share keys and
+    # values, not the products). A causal mask or a window does not shrink them: the dense kernels
+    # compute the whole square; rotary positions are elementwise, no MACs.
+    t, d, kd = a["steps"], a["dim"], a["kv"] * a["head_dim"]
+    return 2 * t * d * d + 2 * t * d * kd + 2 * t * t * d
 
 
 def attention_flops(a, ins, out):
-    # 2·MACs, the bias adds (4·T·D), the 1/sqrt(head_dim) scaling (1 per score) and softmax (3 per score)
-    t, d, h = a["steps"], a["dim"], a["heads"]
-    return 2 * attention_macs(a, ins, out) + (4 * t * d if a["bias"] else 0) + 4 * h * t * t
+    # 2·MACs, the bias adds (one per projected feature), the 1/sqrt(head_dim) scaling (1 per score),
+    # softmax (3 per score) and rope's rotation (q·cos + swap(q)·sin: 3 per query and key feature)
+    t, d, h, kd = a["steps"], a["dim"], a["heads"], a["kv"] * a["head_dim"]
+    rope = 3 * t * (d + kd) if a["rope"] else 0
+    return 2 * attention_macs(a, ins, out) + (2 * t * (d + kd) if a["bias"] else 0) + 4 * h * t * t + rope
 
 
-# Every step sees every step (a causal step sees itself and the earlier ones; the last sees them all).
+# Every step sees every step (a causal step sees itself and the earlier ones; the last sees them all;
+# with a window of W a step sees W steps, and stacked layers reach further back: still the whole input).
 register(LayerKind(
     "attention", resolve_attention, aliases=("mha",), size="int", size_required=True, size_attr="heads",
-    options={"bias": True, "dropout": 0.0}, flags=("causal",), params=attention_params,
+    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": COUNT},
+    flags=("causal", "rope"), params=attention_params,
     tensors={**{w: weight(projection_fans) for w in ("Wq", "Wk", "Wv", "Wo")},
              **{b: BIAS for b in ("bq", "bk", "bv", "bo")}},
     macs=attention_macs, flops=attention_flops, window=lambda a: GLOBAL,

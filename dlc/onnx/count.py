@@ -223,6 +223,8 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "LRN": count_lrn,
     # Softmax: exponential, sum and division (dlc's softmax rule); LogSoftmax adds the logarithm.
     "Softmax": per_element(3),
+    # per element: x1·cos - x2·sin (or x2·cos + x1·sin), two products and an add, as dlc counts rope
+    "RotaryEmbedding": per_element(3),
     "LogSoftmax": per_element(4),
     "Resize": count_resize,
     "Upsample": count_resize,

@@ -1,6 +1,7 @@
 """A compiled graph and its weights as an ONNX model, checked before anyone runs it.
 
-Default opset: the lowest in which every kind of the network has its own operator (13; 20 with gelu),
+Default opset: the lowest in which every kind of the network has its own operator (13; 20 with gelu,
+23 with attention's rope: RotaryEmbedding),
 so that older runtimes and converters read the model (dlc.onnx.lower.lowest_opset). The IR version is
 the lowest one that opset needs (7 for opset 13, 10 for opset 21): onnx 1.23 writes IR 14 by default,
 which onnxruntime up to at least 1.31 refuses (it accepts at most 13). A model over protobuf's 2 GB

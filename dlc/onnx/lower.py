@@ -16,21 +16,30 @@ from typing import Any, Protocol
 import numpy as np
 from onnx import NodeProto, helper, numpy_helper
 
+from dlc.engine.kernels.attention import hidden_keys, rotary_tables
 from dlc.graph import Node
 from dlc.layers import KINDS, feature_axis
-from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET
+from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET, ROTARY_OPSET
 
 LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
 REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on, an attribute before
 
 # Kinds whose own ONNX operator is newer than MIN_OPSET; below it they lower to a decomposition.
 NATIVE_OPSET = {"gelu": GELU_OPSET, "layernorm": LAYERNORM_OPSET, "rmsnorm": RMSNORM_OPSET}
+# The same for an option of a kind, when it is set: (kind, option) -> opset.
+NATIVE_OPTION_OPSET = {("attention", "rope"): ROTARY_OPSET}
+
+
+def native_opset(n: Node) -> int:
+    """The first opset in which the node's kind and its options have their own operators."""
+    options = [opset for (kind, option), opset in NATIVE_OPTION_OPSET.items() if kind == n.kind and n.attrs[option]]
+    return max([NATIVE_OPSET.get(n.kind, MIN_OPSET), *options])
 
 
 def lowest_opset(graph) -> int:
     """The lowest opset in which every kind of the graph has its own operator: dlc's default, so that
     older runtimes and converters (onnx2torch and the like stop near 18) read the model."""
-    return max([MIN_OPSET, *(NATIVE_OPSET.get(n.kind, MIN_OPSET) for n in graph.nodes)])
+    return max([MIN_OPSET, *(native_opset(n) for n in graph.nodes)])
 
 
 class Lowering(Protocol):
@@ -237,26 +246,43 @@ def lower_rmsnorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
 
 def lower_attention(n: Node, x, opset):
     """Multi-head self-attention as MatMul/Softmax: projections, heads split by Reshape/Transpose,
-    scaled scores, the causal mask as a constant (Where to -inf above the diagonal), softmax, the
-    weighted sum, heads joined, the output projection. Attention dropout is the identity at inference."""
+    rope on queries and keys (RotaryEmbedding from opset 23, below it Mul/Add with cos and sin tables),
+    grouped key/value heads repeated to the query heads (Unsqueeze/Expand/Reshape, PyTorch's
+    repeat_interleave), scaled scores, the causal or window mask as a constant (Where to -inf), softmax,
+    the weighted sum, heads joined, the output projection. Attention dropout is the identity at inference."""
     a, p = n.attrs, n.name
-    t, d, h, dh = a["steps"], a["dim"], a["heads"], a["head_dim"]
+    t, d, h, dh, kv = a["steps"], a["dim"], a["heads"], a["head_dim"], a["kv"]
     bias = a["bias"]
-    nodes = [const(f"{p}/heads_shape", [0, t, h, dh]), const(f"{p}/joined_shape", [0, t, d])]
-    for w in ("q", "k", "v"):
+    nodes = [const(f"{p}/joined_shape", [0, t, d])]
+    split = {}  # each projection's heads (N, T, heads, dh), turned and repeated as the options say
+    for w, heads in (("q", h), ("k", kv), ("v", kv)):
         nodes += linear(x[0], n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
-        nodes.append(op("Reshape", [f"{p}/{w}", f"{p}/heads_shape"], f"{p}/{w}_split", f"{p}/{w}_split"))
+        now, turn = f"{p}/{w}", a["rope"] and w != "v"
+        if turn and opset >= ROTARY_OPSET:
+            nodes += rotary_embedding(n, now, heads, f"{p}/{w}_turned", tables=w == "q")
+            now = f"{p}/{w}_turned"
+        nodes += [const(f"{p}/{w}_shape", [0, t, heads, dh]),
+                  op("Reshape", [now, f"{p}/{w}_shape"], f"{p}/{w}_split", f"{p}/{w}_split")]
+        now = f"{p}/{w}_split"
+        if turn and opset < ROTARY_OPSET:
+            nodes += rotate_half(n, now, f"{p}/{w}_turned", tables=w == "q")
+            now = f"{p}/{w}_turned"
+        if w != "q" and kv < h:
+            nodes += repeat_heads(n, now, f"{p}/{w}_repeated")
+            now = f"{p}/{w}_repeated"
+        split[w] = now
     # q, v: (N, H, T, dh); k: (N, H, dh, T), so one MatMul gives the scores
-    nodes += [op("Transpose", [f"{p}/q_split"], f"{p}/q_heads", f"{p}/q_heads", perm=[0, 2, 1, 3]),
-              op("Transpose", [f"{p}/k_split"], f"{p}/k_heads", f"{p}/k_heads", perm=[0, 2, 3, 1]),
-              op("Transpose", [f"{p}/v_split"], f"{p}/v_heads", f"{p}/v_heads", perm=[0, 2, 1, 3]),
+    nodes += [op("Transpose", [split["q"]], f"{p}/q_heads", f"{p}/q_heads", perm=[0, 2, 1, 3]),
+              op("Transpose", [split["k"]], f"{p}/k_heads", f"{p}/k_heads", perm=[0, 2, 3, 1]),
+              op("Transpose", [split["v"]], f"{p}/v_heads", f"{p}/v_heads", perm=[0, 2, 1, 3]),
               op("MatMul", [f"{p}/q_heads", f"{p}/k_heads"], f"{p}/scores", f"{p}/scores"),
               const(f"{p}/scale", 1 / math.sqrt(dh), np.float32),
               op("Mul", [f"{p}/scores", f"{p}/scale"], f"{p}/scaled", f"{p}/scale_scores")]
     scores = f"{p}/scaled"
     if a["causal"]:
-        future = np.triu(np.ones((t, t), dtype=bool), 1)
-        nodes += [const(f"{p}/future", future, np.bool_), const(f"{p}/minus_inf", -np.inf, np.float32),
+        positions = np.arange(t)
+        nodes += [const(f"{p}/future", hidden_keys(positions, positions, a["window"]), np.bool_),
+                  const(f"{p}/minus_inf", -np.inf, np.float32),
                   op("Where", [f"{p}/future", f"{p}/minus_inf", scores], f"{p}/masked", f"{p}/mask")]
         scores = f"{p}/masked"
     nodes += [op("Softmax", [scores], f"{p}/weights", f"{p}/softmax", axis=-1),
@@ -264,6 +290,51 @@ def lower_attention(n: Node, x, opset):
               op("Transpose", [f"{p}/heads"], f"{p}/heads_last", f"{p}/join", perm=[0, 2, 1, 3]),
               op("Reshape", [f"{p}/heads_last", f"{p}/joined_shape"], f"{p}/joined", f"{p}/joined")]
     return nodes + linear(f"{p}/joined", n, "Wo", "bo" if bias else None, p)
+
+
+def rotate_half(n: Node, x: str, out: str, tables: bool) -> list[NodeProto]:
+    """Rope on heads (N, T, heads, dh) below opset 23: x·cos + (x2, x1)·(-sin, sin), the tables (T, 1, dh)
+    constants from the NumPy engine's rotary_tables, so both compute the same angles. The tables are
+    one pair per layer, written with the queries' rotation and read by the keys' too."""
+    t, dh, p = n.attrs["steps"], n.attrs["head_dim"], n.name
+    cos, sin = rotary_tables(np.arange(t), dh, n.attrs["rope"], np.float32)
+    written = [const(f"{p}/cos", cos[:, None, :], np.float32), const(f"{p}/sin", sin[:, None, :], np.float32),
+               const(f"{p}/halves", [dh // 2, dh // 2])]
+    return [*(written if tables else []),
+            op("Mul", [x, f"{p}/cos"], f"{out}/cos", f"{out}/cos"),
+            helper.make_node("Split", [x, f"{p}/halves"], [f"{out}/first", f"{out}/second"], name=f"{out}/split",
+                             axis=-1),
+            op("Concat", [f"{out}/second", f"{out}/first"], f"{out}/swapped", f"{out}/swap", axis=-1),
+            op("Mul", [f"{out}/swapped", f"{p}/sin"], f"{out}/sin", f"{out}/sin"),
+            op("Add", [f"{out}/cos", f"{out}/sin"], out, out)]
+
+
+def rotary_embedding(n: Node, x: str, heads: int, out: str, tables: bool) -> list[NodeProto]:
+    """Rope from opset 23: RotaryEmbedding on the projection (N, T, heads·dh) with caches (T, dh/2) read
+    at positions 0..T-1 of every sample (onnxruntime wants the positions batch-shaped); the caches and
+    positions written once per layer, with the queries' rotation."""
+    t, dh, p = n.attrs["steps"], n.attrs["head_dim"], n.name
+    cos, sin = rotary_tables(np.arange(t), dh, n.attrs["rope"], np.float32)
+    written = [const(f"{p}/cos_cache", cos[:, :dh // 2], np.float32),
+               const(f"{p}/sin_cache", sin[:, dh // 2:], np.float32),  # the positive half of the table
+               const(f"{p}/steps", list(range(t))),
+               helper.make_node("Shape", [x], [f"{p}/batch_steps"], name=f"{p}/batch_steps", start=0, end=2),
+               op("Expand", [f"{p}/steps", f"{p}/batch_steps"], f"{p}/positions", f"{p}/positions")]
+    rotation = op("RotaryEmbedding", [x, f"{p}/cos_cache", f"{p}/sin_cache", f"{p}/positions"], out, out,
+                  num_heads=heads)
+    return [*(written if tables else []), rotation]
+
+
+def repeat_heads(n: Node, x: str, out: str) -> list[NodeProto]:
+    """(N, T, kv, dh) -> (N, T, heads, dh), each key/value head repeated for the heads/kv query heads of its
+    group, in a row (PyTorch's repeat_interleave, Hugging Face's repeat_kv)."""
+    a = n.attrs
+    group = a["heads"] // a["kv"]
+    return [const(f"{out}/axis", [3]), op("Unsqueeze", [x, f"{out}/axis"], f"{out}/one", f"{out}/unsqueeze"),
+            const(f"{out}/group", [1, 1, 1, group, 1]),
+            op("Expand", [f"{out}/one", f"{out}/group"], f"{out}/grouped", f"{out}/expand"),
+            const(f"{out}/shape", [0, a["steps"], a["heads"], a["head_dim"]]),
+            op("Reshape", [f"{out}/grouped", f"{out}/shape"], out, out)]
 
 
 def lower_posembed(n: Node, x, opset):

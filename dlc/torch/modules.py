@@ -205,7 +205,8 @@ def attention(node: Node, ins: list[Shape]) -> TorchLayer:
     # would stack Wq, Wk and Wv into one tensor
     a = node.attrs
     module = _call("SelfAttention", a["dim"], a["heads"], causal=(bool(a["causal"]), False),
-                   bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0))
+                   bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0), kv=(a["kv"], a["heads"]),
+                   rope=(float(a["rope"]), 0.0), window=(a["window"], None))
     names = ("Wq", "Wk", "Wv", "Wo") + (("bq", "bk", "bv", "bo") if a["bias"] else ())
     return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names)))
 

@@ -57,25 +57,60 @@ def balance_loss(net: nn.Module):
     return sum(m.loss for m in net.modules() if isinstance(m, Mixture) and m.loss is not None)
 
 
+def rotary_tables(steps: int, head_dim: int, theta: float, dtype, device):
+    """(cos, sin), each (steps, head_dim), of Hugging Face Llama's rotate-half rope at positions 0..steps-1:
+    feature i pairs with i + head_dim/2 and turns by position·theta^(-2i/head_dim); sin's first half is
+    negated, so that rotate_half(x)·sin is swap_halves(x)·sin. Angles in float64, as dlc's NumPy engine."""
+    inverse = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(steps, dtype=torch.float64)[:, None] * inverse
+    cos, sin = angles.cos(), angles.sin()
+    return (torch.cat((cos, cos), -1).to(device, dtype), torch.cat((-sin, sin), -1).to(device, dtype))
+
+
+def rotate(x, cos, sin):
+    """x·cos + rotate_half(x)·sin over the last axis, with sin as rotary_tables gives it."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), -1) * sin
+
+
 class SelfAttention(nn.Module):
     """attention: multi-head self-attention, softmax(Q Kᵀ / sqrt(head_dim)) V per head, the heads joined
     and projected by Wo. dlc's tensors under dlc's names: Wq, Wk, Wv, Wo (out, in) as nn.Linear's
-    weight, biases bq, bk, bv, bo. `causal` hides later steps from each step; `dropout` acts on the
-    attention weights in training."""
+    weight, biases bq, bk, bv, bo. `causal` hides later steps from each step, and `window` the steps
+    `window` or more back; `kv` key/value heads each serve heads/kv query heads in a row; `rope` (the
+    base theta, 0 for none) turns queries and keys by their positions; `dropout` acts on the attention
+    weights in training."""
 
-    def __init__(self, dim: int, heads: int, causal: bool = False, bias: bool = True, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, causal: bool = False, bias: bool = True, dropout: float = 0.0,
+                 kv: int | None = None, rope: float = 0.0, window: int | None = None):
         super().__init__()
         self.heads, self.causal, self.dropout = heads, causal, dropout
-        for p in "qkvo":
-            self.register_parameter("W" + p, nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, dim))))
-            self.register_parameter("b" + p, nn.Parameter(torch.zeros(dim)) if bias else None)
+        self.kv, self.rope, self.window = kv or heads, rope, window
+        sizes = {"q": dim, "k": self.kv * (dim // heads), "v": self.kv * (dim // heads), "o": dim}
+        for p, size in sizes.items():
+            shape = (size, dim) if p != "o" else (dim, dim)
+            self.register_parameter("W" + p, nn.Parameter(nn.init.xavier_uniform_(torch.empty(shape))))
+            self.register_parameter("b" + p, nn.Parameter(torch.zeros(shape[0])) if bias else None)
 
     def forward(self, x):
         n, t, d = x.shape
-        q, k, v = (F.linear(x, w, b).view(n, t, self.heads, d // self.heads).transpose(1, 2)
-                   for w, b in ((self.Wq, self.bq), (self.Wk, self.bk), (self.Wv, self.bv)))
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal)
+        dh = d // self.heads
+        q = F.linear(x, self.Wq, self.bq).view(n, t, self.heads, dh).transpose(1, 2)
+        k, v = (F.linear(x, w, b).view(n, t, self.kv, dh).transpose(1, 2)
+                for w, b in ((self.Wk, self.bk), (self.Wv, self.bv)))
+        if self.rope:
+            cos, sin = rotary_tables(t, dh, self.rope, x.dtype, x.device)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if self.kv < self.heads:  # scaled_dot_product_attention groups heads itself only from torch 2.5
+            k, v = (z.repeat_interleave(self.heads // self.kv, dim=1) for z in (k, v))
+        seen = None
+        if self.window is not None:
+            steps = torch.arange(t, device=x.device)
+            back = steps[:, None] - steps[None, :]
+            seen = (back >= 0) & (back < self.window)  # Mistral: itself and the window-1 steps before
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=seen,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal and seen is None)
         return F.linear(o.transpose(1, 2).reshape(n, t, d), self.Wo, self.bo)
 
 

@@ -140,3 +140,14 @@ def test_analysis_path_imports_neither_numpy_nor_onnx_nor_matplotlib_nor_torch(t
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert drawn.exists()
+
+
+def test_llama_attention_summary_and_its_refusals():
+    # Llama-3-8B's attention at 2048 tokens: 41,943,040 params; a sliding window is counted in full
+    spec = "input seq 2048 of 4096\nattention 32 kv=8 rope=500000 causal window=4096 bias=off"
+    r = run("summary", "-e", spec)
+    assert r.exit_code == 0, r.output
+    assert "41,943,040" in r.output and "causal and sliding-window attention counted in full" in r.output
+    for bad, said in (("kv=3", "kv=3"), ("rope=0", "rope=0"), ("window=0", "window"), ("kv=0", "kv")):
+        r = run("summary", "-e", f"input seq 8 of 16\nattention 4 causal {bad}")
+        assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output

@@ -582,6 +582,54 @@ def test_attention_errors():
     fails("input seq 10 of 16\nattention 4 dropout=1", 2, "dropout")
 
 
+def test_attention_grouped_kv_rope_and_window():
+    # D = 16, 4 heads of 4, kv=2: keys and values are 2 heads of 4 = 8 features. Params: Wq, Wo 16x16
+    # (256 each), Wk, Wv 8x16 (128 each), biases 16 + 8 + 8 + 16: 768 + 48 = 816.
+    # MACs at T = 10: queries and output 2*T*D^2 = 5,120, keys and values 2*T*D*8 = 2,560, the products
+    # 2*T^2*D = 3,200 (every query head scores and sums): 10,880. FLOPs 2*10,880 + bias adds T*(16+8+8+16)
+    # = 480 + 4*H*T^2 = 1,600: 23,840.
+    s = last("input seq 10 of 16\nattention 4 kv=2")
+    assert figures(s) == ((10, 16), 816, 0, 10_880, 23_840)
+    assert (s.node.attrs["kv"], s.node.attrs["rope"], s.node.attrs["window"]) == (2, False, None)
+    # rope: no MACs; 3 FLOPs per rotated query and key feature (q*cos + swap(q)*sin): 3*T*(16+8) = 720
+    r = last("input seq 10 of 16\nattention 4 kv=2 rope")
+    assert figures(r) == ((10, 16), 816, 0, 10_880, 24_560) and r.node.attrs["rope"] == 10000.0
+    assert last("input seq 10 of 16\nattention 4 rope=500000").node.attrs["rope"] == 500000.0
+    # a window is a mask like causal: the dense kernel computes the whole square, nothing less is counted
+    w = last("input seq 10 of 16\nattention 4 kv=2 causal window=3")
+    assert figures(w) == ((10, 16), 816, 0, 10_880, 23_840) and w.node.attrs["window"] == 3
+    # kv=1 is multi-query attention: one 4-wide key and value head, 256*2 + 64*2 = 640 weights
+    assert last("input seq 10 of 16\nattention 4 kv=1 bias=off").params == 640
+    # kv = heads is plain multi-head attention
+    assert figures(last("input seq 10 of 16\nattention 4 kv=4")) == figures(last("input seq 10 of 16\nattention 4"))
+
+
+def test_attention_llama3_8b_layer():
+    # Llama-3-8B's attention (D = 4096, 32 heads of 128, 8 kv heads, no biases): q and o 4096x4096,
+    # k and v 4096x1024: 2*16,777,216 + 2*4,194,304 = 41,943,040 params per layer. At 2048 tokens the
+    # projections are 2048*41,943,040 = 85,899,345,920 MACs and the score and weighted-sum products
+    # 2*2048^2*4096 = 34,359,738,368, which over 32 layers is the 1,099,511,627,776.
+    s = last("input seq 2048 of 4096\nattention 32 kv=8 rope=500000 causal bias=off")
+    assert s.params == 41_943_040
+    assert s.macs == 85_899_345_920 + 34_359_738_368
+    assert 32 * (s.macs - 2048 * s.params) == 1_099_511_627_776
+
+
+def test_attention_option_errors_point_at_the_value():
+    fails("input seq 10 of 16\nattention 4 kv=3", 2, "kv=3", "must divide 4")
+    fails("input seq 10 of 16\nattention 4 kv=0", 2, "kv", "at least 1")
+    fails("input seq 10 of 16\nattention 4 rope=0", 2, "rope=0")
+    fails("input seq 10 of 16\nattention 4 rope=-1", 2, "rope")
+    fails("input seq 10 of 16\nattention 4 rope=on", 2, "rope takes a number")
+    fails("input seq 10 of 16\nattention 4 rope rope=5", 2, "twice")
+    fails("input seq 10 of 12\nattention 4 rope", 2, "must be even", "3")
+    fails("input seq 10 of 16\nattention 4 causal window=0", 2, "window", "at least 1")
+    fails("input seq 10 of 16\nattention 4 window=4", 2, "window=4", "causal")
+    with pytest.raises(DlcError) as err:
+        compile_spec("input seq 10 of 16\nattention 4 kv=3", file="<test>")
+    assert err.value.pos.col == len("attention 4 kv=") + 1  # the caret under the value
+
+
 def test_posembed_adds_a_table_of_positions():
     # a T x D table: 10*16 = 160 params, one add per element.
     assert figures(last("input seq 10 of 16\nposembed")) == ((10, 16), 160, 0, 0, 160)

@@ -34,7 +34,7 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def weightless_export(graph, monkeypatch) -> onnx.ModelProto:
+def weightless_export(graph, monkeypatch, opset: int | None = None) -> onnx.ModelProto:
     """dlc's export of `graph` with initializers that carry dims but no values: the analysis reads only
     dims, and VGG-16's 138 M weights would take seconds to serialise for nothing."""
     real = numpy_helper.from_array
@@ -46,7 +46,7 @@ def weightless_export(graph, monkeypatch) -> onnx.ModelProto:
 
     monkeypatch.setattr(numpy_helper, "from_array", dims_only)
     weights = {t.full_name: np.broadcast_to(np.float32(0), t.shape) for t in tensors(graph)}
-    return export.to_onnx(Network(graph, weights, {}))
+    return export.to_onnx(Network(graph, weights, {}), opset=opset)
 
 
 # The kinds the zoo leaves out, and the options that change what a kind's export writes or costs
@@ -66,6 +66,8 @@ KIND_EXAMPLES = {
                       "-> gap -> fc 3",
     "mixture": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> seqpool -> experts 3 top=1 { fc 6 } "
                "-> fc 2",
+    "llama attention": "input seq 8 -> embed 16 vocab=11 -> attention 4 kv=2 rope=500000 causal window=4 "
+                       "bias=off -> attention 2 kv=1 bias=on -> fc 11",
     "windows": "input 3@11x11 -> maxpool 3/2 pad=same ceil -> avgpool 3/2 ceil -> dwconv 3x3 mult=2 "
                "-> upconv 2@3x3/2 pad=1 -> lrn 3",
 }
@@ -105,6 +107,15 @@ def test_rmsnorm_below_opset_23_counts_as_the_fused_operator():
     for opset in (17, 23):
         model, _ = analyse_onnx(from_model(export.to_onnx(Network(graph, init_params(graph)[0], {}), opset=opset), "m.onnx"))
         assert [s.flops for s in model.nodes][1] == 4 * 6 * 8 + 2 * 6, opset
+
+
+def test_rope_below_opset_23_counts_as_rotary_embedding(monkeypatch):
+    # the cos/sin form (Mul, Split, Concat, Mul, Add) costs what RotaryEmbedding and the kind's rule do
+    graph = compile_spec(KIND_EXAMPLES["llama attention"], file="llama.dlc")
+    spec = analyse(graph)
+    model, _ = analyse_onnx(from_model(weightless_export(graph, monkeypatch, opset=13), "llama.onnx"))
+    assert model.totals == replace(spec.totals, columns_bytes=None)
+    assert [(o.macs, o.flops) for o in model.nodes] == [(s.macs, s.flops) for s in spec.nodes]
 
 
 def test_an_operator_counted_unlike_its_kind_fails_the_check(monkeypatch):

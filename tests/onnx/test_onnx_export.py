@@ -25,6 +25,7 @@ from dlc.errors import DlcError
 from dlc.graph import Network
 from dlc.layers.dense import token_vocab
 from dlc.onnx.export import check_export, spec_of, to_onnx, weights_of
+from dlc.onnx.lower import lowest_opset
 from dlc.zoo import zoo_names, zoo_path
 
 TOL = 1e-4
@@ -205,6 +206,12 @@ KIND_CASES.update({
     "attention": "input seq 5 of 6 -> attention 3",
     "attention, causal": "input seq 5 of 6 -> attention 2 causal",
     "attention without bias, one head, dropout (identity at inference)": "input seq 4 of 6 -> mha 1 bias=off dropout=0.2",
+    "attention, grouped kv heads": "input seq 5 of 8 -> attention 4 kv=2",
+    "attention, multi-query": "input seq 5 of 8 -> attention 4 kv=1 causal bias=off",
+    "attention, rope (RotaryEmbedding, opset 23)": "input seq 5 of 8 -> attention 2 rope",
+    "attention, sliding window": "input seq 6 of 8 -> attention 2 causal window=2",
+    "attention, Llama-style (kv, rope=500000, window, no bias)":
+        "input seq 6 of 16 -> attention 4 kv=2 rope=500000 causal window=3 bias=off",
     "posembed": "input seq 5 of 4 -> posembed",
     "clstoken": "input seq 5 of 4 -> clstoken",
     "tokens": "input 3@2x4 -> tokens",
@@ -262,6 +269,29 @@ def test_rmsnorm_at_other_opsets(opset):
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("RMSNormalization") == (2 if opset >= 23 else 0)
     assert ops.count("ReduceMean") == (0 if opset >= 23 else 2) and ("Sqrt" in ops) == (opset < 23)
+
+
+@pytest.mark.parametrize("opset", [13, 18, 21, 23])
+def test_rope_is_rotary_embedding_from_opset_23_and_cos_sin_tables_below(opset):
+    """RotaryEmbedding from opset 23 (the default for a spec with rope), below it x·cos + swap(x)·sin with
+    constant tables; grouped kv heads repeated by Expand; the results agree either way."""
+    text = "input seq 6 of 16 -> attention 4 kv=2 rope causal window=4"
+    _, model = assert_matches_engine(text, opset=opset)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("RotaryEmbedding") == (2 if opset >= 23 else 0)  # queries and keys
+    assert ops.count("Split") == (0 if opset >= 23 else 2) and ops.count("Expand") >= 2
+    assert [t.name for t in model.graph.initializer] == [f"attention1.W{w}" for w in "qkvo"] + [
+        f"attention1.b{w}" for w in "qkvo"]  # tables and masks are constants, not parameters
+    assert lowest_opset(compile_spec(text.replace(" -> ", "\n"), file="<t>")) == 23
+    assert lowest_opset(compile_spec("input seq 6 of 16\nattention 4 kv=2 causal window=4", file="<t>")) == 13
+
+
+def test_a_window_is_a_band_mask():
+    graph, model = assert_matches_engine("input seq 5 of 4 -> attention 2 causal window=2")
+    band = onnx.numpy_helper.to_array(attr(node_of(model, "attention1/future"), "value"))
+    # step i sees i-1 and i: hidden above the diagonal and two or more steps back
+    want = np.triu(np.ones((5, 5), bool), 1) | np.tril(np.ones((5, 5), bool), -2)
+    assert np.array_equal(band, want)
 
 
 def test_tied_weights_are_one_initializer_read_twice():

@@ -23,11 +23,13 @@ def run(*args):
 
 
 def test_default_opset_is_the_lowest_that_gives_every_layer_its_operator():
-    # opset 13 has every operator dlc lowers to but Gelu, which came in opset 20, and RMSNormalization
-    # (23); silu and mul are Sigmoid and Mul, in every opset
+    # opset 13 has every operator dlc lowers to but Gelu, which came in opset 20, RMSNormalization and
+    # RotaryEmbedding (23); silu and mul are Sigmoid and Mul, in every opset
     for text, opset in (("input 4 -> fc 3 relu -> fc 2 softmax", 13), ("input 4 -> fc 3 gelu", 20),
                         ("input seq 5 -> embed 4 vocab=9 -> lstm 3", 13),
-                        ("input 4 -> mul( fc 3 silu | fc 3 )", 13), ("input 4 -> rmsnorm -> fc 3 gelu", 23)):
+                        ("input 4 -> mul( fc 3 silu | fc 3 )", 13), ("input 4 -> rmsnorm -> fc 3 gelu", 23),
+                        ("input seq 5 of 8 -> attention 2 kv=1 causal window=2", 13),
+                        ("input seq 5 of 8 -> attention 2 rope -> fc 3 gelu", 23)):
         graph = compile_spec(text)
         params, state = init_params(graph)
         model = export.to_onnx(Network(graph, params, state))

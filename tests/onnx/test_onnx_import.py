@@ -96,6 +96,9 @@ KIND_SPECS = {
                    "-> layernorm eps=1e-6 -> seqpool first -> fc 3 softmax",
     "attention": "input seq 5 of 8 -> add( layernorm -> attention 2 causal | identity ) -> attention 4 bias=off "
                  "-> layernorm -> attention 1 -> seqpool mean -> fc 3",
+    # kv heads, rope (its cos/sin tables below opset 23) and a window, as Llama and Mistral have them
+    "llama attention": "input seq 6 of 16 -> attention 4 kv=2 rope=500000 causal window=3 bias=off -> layernorm "
+                       "-> attention 2 kv=1 rope causal -> seqpool mean -> fc 3",
     "patches": "input 3@8x8 -> conv 8@2x2/2 -> tokens -> clstoken -> posembed -> seqpool mean -> fc 4",
     "last step": "input seq 5 of 4 -> fc 6 relu -> seqpool last",
     # rmsnorm from its Mul/ReduceMean/Add/Sqrt/Div form (below 23) and RMSNormalization (23); silu from

@@ -194,11 +194,16 @@ OWN_SPECS = {
     # specs/gpt2_small.dlc's pattern at a small size: the output layer reuses the token table
     "tied": "input seq 6\nembed 16 vocab=11 as tok -> posembed\nadd( layernorm -> attention 2 causal | identity )\n"
             "add( layernorm -> fc 32 gelu -> fc 16 | identity )\nlayernorm -> fc 11 tied=tok bias=off softmax\n",
+    # Llama's and Mistral's options: grouped and multi-query kv heads, rope (RotaryEmbedding at the
+    # default opset 23), a sliding window, no biases
+    "llama": "input seq 7 of 16\nadd( layernorm -> attention 4 kv=2 rope=500000 causal window=3 bias=off | identity )\n"
+             "attention 2 kv=1 rope causal -> attention 4 rope=20000 -> seqpool last -> fc 5 softmax\n",
 }
 
 
-@pytest.mark.parametrize("name", OWN_SPECS)
-def test_dlc_exports_of_attention_import_back(tmp_path, name):
+@pytest.mark.parametrize("name,opset", [(name, None) for name in OWN_SPECS] + [("llama", 13)],
+                         ids=[*OWN_SPECS, "llama at opset 13 (rope's cos/sin tables)"])
+def test_dlc_exports_of_attention_import_back(tmp_path, name, opset):
     from dlc.compile import compile_spec
     from dlc.engine.params import init_params
     from dlc.onnx.export import save_model, to_onnx
@@ -211,11 +216,12 @@ def test_dlc_exports_of_attention_import_back(tmp_path, name):
     for k in params:  # biases and betas away from zero, so that a bias put in the wrong place would show
         if k.split(".")[-1] in ("bq", "bk", "bv", "bo", "b", "beta"):
             params[k] = rng.uniform(-0.5, 0.5, params[k].shape).astype(np.float32)
-    save_model(to_onnx(Network(graph, params, state)), tmp_path / "m.onnx")
+    save_model(to_onnx(Network(graph, params, state), opset=opset), tmp_path / "m.onnx")
     spec, weights = imported(tmp_path, tmp_path / "m.onnx")
     back = compile_spec(spec.read_text())
     assert [n.kind for n in back.nodes] == [n.kind for n in graph.nodes]
-    assert [n.attrs.get("causal") for n in back.nodes] == [n.attrs.get("causal") for n in graph.nodes]
+    for option in ("causal", "kv", "rope", "window"):
+        assert [n.attrs.get(option) for n in back.nodes] == [n.attrs.get(option) for n in graph.nodes], option
     assert [n.attrs.get("tied") is not None for n in back.nodes] == [n.attrs.get("tied") is not None
                                                                       for n in graph.nodes]
     assert saved_parameters(weights) == sum(a.size for a in params.values())
@@ -275,6 +281,22 @@ def test_attention_dlc_does_not_compute_is_refused_at_its_first_operator(tmp_pat
     assert f"cannot import operator Transpose (node `{first.name}`)" in out and why in out
 
 
+@pytest.mark.parametrize("interleave", [False, True], ids=["expand", "repeat_interleave"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_llama_style_attention_from_pytorch(tmp_path, exporter, interleave):
+    # Hugging Face Llama's rotate-half rope (theta 500000), kv heads repeated, a Mistral window
+    torch.manual_seed(0)
+    net = with_random_parameters(torch_models.LlamaBlock(interleave=interleave))
+    x = torch.randn(1, STEPS, D)
+    export(net, tmp_path / "m.onnx", x, EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, tmp_path / "m.onnx")
+    steps = [line.split("#")[0].strip(" |") for line in spec.read_text().splitlines()]
+    assert "attention 4 causal kv=2 rope=500000 bias=off" in steps, steps
+    assert "attention 4 causal kv=1 window=3 rope bias=off" in steps, steps
+    assert saved_parameters(weights) == sum(p.numel() for p in net.parameters())
+    assert_reproduces(tmp_path, spec, weights, x.numpy(), onnxruntime_output(tmp_path / "m.onnx", x.numpy()))
+
+
 def own_export_edited(tmp_path, spec, edit) -> str:
     """dlc's export of a spec with one of its constants changed, then imported."""
     import onnx
@@ -308,3 +330,21 @@ def test_a_mask_that_is_not_causal_is_refused(tmp_path):
 def test_another_scale_than_one_over_sqrt_head_dim_is_refused(tmp_path):
     out = own_export_edited(tmp_path, "input seq 5 of 8\nattention 2", {"attention1/scale": lambda s: s * s})  # 1/dh
     assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "does not compute softmax" in out
+
+
+def test_a_rotation_dlc_does_not_compute_is_refused(tmp_path):
+    # RotaryEmbedding's sin cache negated: each step turns the other way, which no theta gives
+    out = own_export_edited(tmp_path, "input seq 5 of 8\nattention 2 rope", {"attention1/sin_cache": lambda s: -s})
+    assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "does not compute softmax" in out
+
+
+def test_a_band_that_is_no_sliding_window_is_refused(tmp_path):
+    # the window's band with one step seen past it in the last row only: no window=N masks so
+    def widen_last_row(hidden):
+        hidden = hidden.copy()
+        hidden[-1, 0] = False
+        return hidden
+
+    out = own_export_edited(tmp_path, "input seq 6 of 8\nattention 2 causal window=2",
+                            {"attention1/future": widen_last_row})
+    assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "a window of them" in out

@@ -81,9 +81,17 @@ SEQUENCE_OPTIONS = ("input seq 6 of 8 -> attention 2 bias=off -> concat(seqpool 
 # a mixture on a sequence and on a vector; the router ties of the third are broken as the engine breaks them
 MIXTURE = ("input seq 5 of 6\nexperts 4 top=2 { fc 8 relu -> fc 6 }\nseqpool\n"
            "experts 3 top=1 balance=0.1 { fc 6 tanh }\nfc 3")
+# Llama's and Mistral's attention options: grouped kv heads, rope, a sliding window, no biases
+LLAMA_ATTENTION = """\
+input seq 8 -> embed 16 vocab=11
+add( layernorm -> attention 4 kv=2 rope=500000 causal window=3 bias=off | identity )
+add( layernorm -> attention 2 kv=1 rope causal | identity )
+fc 11 softmax
+"""
 EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
-         "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE}
+         "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
+         "llama_attention": LLAMA_ATTENTION}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}
@@ -218,6 +226,30 @@ def test_a_causal_step_does_not_see_later_tokens():
         a, b = net(x), net(changed)
     torch.testing.assert_close(a[0, :5], b[0, :5], rtol=0, atol=0)  # steps 0-4 read tokens 0..their own
     assert not torch.allclose(a[0, 5:], b[0, 5:])
+
+
+def test_attention_options_give_the_numpy_kernels_gradients():
+    # torch's autograd through SelfAttention (repeat_interleave, rope, the window mask) against the NumPy
+    # kernel's backward, float64, every tensor
+    from dlc.engine.kernels import KERNELS, Ctx
+
+    graph = compile_spec("input seq 7 of 16 -> attention 4 kv=2 rope=500000 causal window=3", "attn.dlc")
+    node = graph.nodes[1]
+    params, _ = random_weights(graph)
+    mine = {k.split(".", 1)[1]: v for k, v in params.items()}
+    x, dy = np.random.default_rng(3).standard_normal((2, 2, 7, 16))
+    y, backward = KERNELS["attention"](node.attrs, mine, {}, [x], Ctx())
+    (dx,), grads = backward(dy)
+    net = net_of(graph).double()
+    net.from_dlc({k: torch.from_numpy(v) for k, v in params.items()})
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = net(tx)
+    (ty * torch.from_numpy(dy)).sum().backward()
+    np.testing.assert_allclose(ty.detach().numpy(), y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tx.grad.numpy(), dx, rtol=1e-10, atol=1e-12)
+    module = getattr(net, node.name)
+    for name, g in grads.items():
+        np.testing.assert_allclose(getattr(module, name).grad.numpy(), g, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 def test_attention_dropout_drops_weights_in_training_only_and_keeps_the_mean():

@@ -1,7 +1,10 @@
 """attention: multi-head self-attention, forward and backward side by side.
 
-Per head, with Q = x Wqᵀ + bq, K and V alike (each head a head_dim-wide slice of the features):
-A = softmax(Q Kᵀ / sqrt(head_dim)), the causal mask setting future scores to -inf before the softmax;
+Per head, with Q = x Wqᵀ + bq, K and V alike (each head a head_dim-wide slice of the features; with
+kv=N grouped heads, K and V have N heads, each read by heads/N consecutive query heads; with rope,
+Q and K turned by their positions, rotate-half as Hugging Face Llama):
+A = softmax(Q Kᵀ / sqrt(head_dim)), the causal mask (and window) setting hidden scores to -inf before
+the softmax;
 in training, inverted dropout on A; O = A V, the heads joined back along the features; y = O Woᵀ + bo.
 This is what PyTorch's nn.MultiheadAttention and the ONNX lowering (MatMul/Softmax) compute.
 
@@ -23,36 +26,74 @@ from dlc.engine.kernels.elementwise import training_rng
 
 
 def _stacked(params) -> np.ndarray:
-    """Wq, Wk and Wv as one (3D, D) matrix: Q, K and V come from one matrix product, and backward's
-    weight and input gradients of all three from one each. Stacked anew when needed, not kept: at
-    GPT-2's size it is 7 MiB a layer."""
+    """Wq, Wk and Wv as one (D + 2·kv·head_dim, D) matrix: Q, K and V come from one matrix product, and
+    backward's weight and input gradients of all three from one each. Stacked anew when needed, not
+    kept: at GPT-2's size it is 7 MiB a layer."""
     return np.concatenate((params["Wq"], params["Wk"], params["Wv"]))
 
 
-def causal_mask(steps: int, dtype) -> np.ndarray:
-    """-inf where a step would see a later one (above the diagonal), 0 elsewhere: added to the scores."""
-    return np.triu(np.full((steps, steps), -np.inf, dtype=dtype), 1)
+# Where positions enter: the rotary tables and the mask are functions of the query and key positions,
+# which a forward pass over T steps gives as 0..T-1 and a key/value cache as its own offsets.
+
+def hidden_keys(query_positions: np.ndarray, key_positions: np.ndarray, window: int | None = None) -> np.ndarray:
+    """(queries, keys), True where a query would see a later key or, with a window of W, a key W or more
+    steps back (Mistral: a step sees itself and the W-1 before it)."""
+    queries, keys = query_positions[:, None], key_positions[None, :]
+    hidden = keys > queries  # booleans, not a (T, T) array of distances: at T = 1024 that is 8 MiB
+    if window is not None:
+        hidden |= keys <= queries - window
+    return hidden
+
+
+def causal_mask(query_positions: np.ndarray, key_positions: np.ndarray, dtype,
+                window: int | None = None) -> np.ndarray:
+    """-inf where hidden_keys says so, 0 elsewhere: added to the scores."""
+    return np.where(hidden_keys(query_positions, key_positions, window), np.asarray(-np.inf, dtype),
+                    np.asarray(0, dtype))
+
+
+def rotary_tables(positions: np.ndarray, head_dim: int, theta: float, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each (len(positions), head_dim), of Hugging Face Llama's rotate-half rope: feature i
+    of a head pairs with i + head_dim/2 and turns by position·theta^(-2i/head_dim). The sin table has
+    its first half negated, so that rotate_half(x)·sin is swap_halves(x)·sin. Angles in float64."""
+    inverse = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.outer(np.asarray(positions, dtype=np.float64), inverse)
+    cos, sin = np.cos(angles), np.sin(angles)
+    return np.concatenate((cos, cos), axis=-1).astype(dtype), np.concatenate((-sin, sin), axis=-1).astype(dtype)
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x·cos + rotate_half(x)·sin over the last axis (steps on the axis before). Its gradient is the
+    inverse turn, rotate(dy, cos, -sin): swapping the halves is its own transpose and turns sin to -sin."""
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate((x[..., half:], x[..., :half]), axis=-1) * sin
 
 
 @kernel("attention")
 def attention(attrs, params, state, xs, ctx):
     x = xs[0]
     n, t, d = x.shape
-    heads, p = attrs["heads"], float(attrs["dropout"])
-    dh = d // heads
-    scale = 1 / math.sqrt(attrs["head_dim"])
+    heads, kv, dh, p = attrs["heads"], attrs["kv"], attrs["head_dim"], float(attrs["dropout"])
+    group, kd = heads // kv, attrs["kv"] * attrs["head_dim"]
+    scale = 1 / math.sqrt(dh)
     bias = "bq" in params
     x_rows = x.reshape(-1, d)
     qkv = x_rows @ _stacked(params).T
     if bias:
         qkv += np.concatenate((params["bq"], params["bk"], params["bv"]))
-    # (N, T, 3, heads, head_dim) -> three (N, heads, T, head_dim) views: each head's matrix is a strided
-    # one that matmul hands to BLAS as it is (a contiguous copy cost more than it saved)
-    q, k, v = qkv.reshape(n, t, 3, heads, dh).transpose(2, 0, 3, 1, 4)
-    a = q @ k.transpose(0, 1, 3, 2)  # (N, H, T, T): the scores, then the weights, in place
+    # (N, kv, group, T, head_dim) queries and (N, kv, 1, T, head_dim) keys and values: query head
+    # j·group + i reads key/value head j, and matmul broadcasts each key head over its group. Strided
+    # views that matmul hands to BLAS as they are (a contiguous copy cost more than it saved).
+    q, k, v = _heads(qkv.reshape(n, t, d + 2 * kd), kv, group, dh)
+    positions = np.arange(t)
+    if attrs["rope"]:
+        cos, sin = rotary_tables(positions, dh, attrs["rope"], x.dtype)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    a = q @ k.swapaxes(-1, -2)  # (N, kv, group, T, T): the scores, then the weights, in place
     a *= scale
     if attrs["causal"]:
-        a += causal_mask(t, a.dtype)  # the diagonal is never masked, so no row is all -inf
+        # the diagonal is never masked, so no row is all -inf
+        a += causal_mask(positions, positions, a.dtype, attrs["window"])
     a -= row_max(a)
     np.exp(a, out=a)
     a /= row_sums(a)
@@ -60,8 +101,8 @@ def attention(attrs, params, state, xs, ctx):
     if ctx.training and p > 0:
         keep = training_rng(ctx, "attention dropout").random(a.shape, dtype=x.dtype) >= p
     # O = A V written straight into (N, T, heads, head_dim): the heads joined with no copy
-    o = np.empty((n, t, heads, dh), dtype=x.dtype)
-    np.matmul(a if keep is None else a * keep, v, out=o.transpose(0, 2, 1, 3))
+    o = np.empty((n, t, kv, group, dh), dtype=x.dtype)
+    np.matmul(a if keep is None else a * keep, v, out=o.transpose(0, 2, 3, 1, 4))
     o_rows = o.reshape(-1, d)
     if keep is not None:
         o_rows *= 1 / (1 - p)
@@ -73,32 +114,57 @@ def attention(attrs, params, state, xs, ctx):
     def backward(dy):
         rows = dy.reshape(-1, d)
         grads = {"Wo": rows.T @ o_rows}
-        do = (rows @ Wo).reshape(n, t, heads, dh).transpose(0, 2, 1, 3)
-        # dQ, dK and dV written into one (N, T, 3, heads, head_dim) buffer: as (N·T, 3D) rows it is the
-        # gradient of the stacked projection, so its weight and input gradients are one product each
-        d_qkv = np.empty((n, t, 3, heads, dh), dtype=x.dtype)
-        dq, dk, dv = d_qkv.transpose(2, 0, 3, 1, 4)
-        if keep is None:
-            np.matmul(a.transpose(0, 1, 3, 2), do, out=dv)
-        else:
-            np.matmul((a * keep).transpose(0, 1, 3, 2), do, out=dv)
+        do = (rows @ Wo).reshape(n, t, kv, group, dh).transpose(0, 2, 3, 1, 4)
+        # dQ, dK and dV written into one (N·T, D + 2·kv·head_dim) buffer: the gradient of the stacked
+        # projection, so its weight and input gradients are one product each
+        d_qkv = np.empty((n, t, d + 2 * kd), dtype=x.dtype)
+        dq, dk, dv = _heads(d_qkv, kv, group, dh)
+        weights = a if keep is None else a * keep
+        # a key/value head's gradient sums over the query heads of its group
+        grouped_product(weights.swapaxes(-1, -2), do, dv)
+        if keep is not None:
             dv *= 1 / (1 - p)
-        da = do @ v.transpose(0, 1, 3, 2)
+        da = do @ v.swapaxes(-1, -2)
         if keep is not None:
             da *= keep
             da *= 1 / (1 - p)
         # softmax: ds = A * (dA - sum over the row of dA * A); masked entries have A = 0, so ds = 0
-        da -= np.einsum("nhij,nhij->nhi", da, a)[..., None]
+        da -= np.einsum("...ij,...ij->...i", da, a)[..., None]
         da *= a
         da *= scale
-        np.matmul(da, k, out=dq)
-        np.matmul(da.transpose(0, 1, 3, 2), q, out=dk)
-        g = d_qkv.reshape(-1, 3 * d)
+        if attrs["rope"]:  # the gradients of the turned queries and keys, turned back
+            dq[...] = rotate(da @ k, cos, -sin)
+            dk[...] = rotate((da.swapaxes(-1, -2) @ q).sum(axis=2, keepdims=True), cos, -sin)
+        else:
+            np.matmul(da, k, out=dq)
+            grouped_product(da.swapaxes(-1, -2), q, dk)
+        g = d_qkv.reshape(-1, d + 2 * kd)
         dw = g.T @ x_rows
-        grads["Wq"], grads["Wk"], grads["Wv"] = dw[:d], dw[d:2 * d], dw[2 * d:]
+        grads["Wq"], grads["Wk"], grads["Wv"] = dw[:d], dw[d:d + kd], dw[d + kd:]
         if bias:
             grads["bo"] = rows.sum(axis=0)
             db = g.sum(axis=0)
-            grads["bq"], grads["bk"], grads["bv"] = db[:d], db[d:2 * d], db[2 * d:]
+            grads["bq"], grads["bk"], grads["bv"] = db[:d], db[d:d + kd], db[d + kd:]
         return [(g @ _stacked(params)).reshape(n, t, d)], grads
     return y.reshape(n, t, d), backward
+
+
+def grouped_product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = the sum over each group's query heads (axis 2) of a @ b, written into out (N, kv, 1, ., .);
+    one matmul straight into out when every group is one head (plain multi-head attention)."""
+    if a.shape[2] == 1:
+        np.matmul(a, b, out=out)
+    else:
+        np.sum(a @ b, axis=2, keepdims=True, out=out)
+
+
+def _heads(qkv: np.ndarray, kv: int, group: int, dh: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of (N, T, D + 2·kv·head_dim) projections as queries (N, kv, group, T, head_dim) and keys and
+    values (N, kv, 1, T, head_dim); writing into a view writes into qkv."""
+    n, t, _ = qkv.shape
+    d, kd = kv * group * dh, kv * dh
+    q = qkv[..., :d].reshape(n, t, kv, group, dh)
+    k = qkv[..., d:d + kd].reshape(n, t, kv, 1, dh)
+    v = qkv[..., d + kd:].reshape(n, t, kv, 1, dh)
+    assert all(np.shares_memory(view, qkv) for view in (q, k, v))  # views, not copies (backward writes)
+    return tuple(view.transpose(0, 2, 3, 1, 4) for view in (q, k, v))

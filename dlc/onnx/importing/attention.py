@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 from dlc.decompile import SpecLayer
 from dlc.engine.kernels import Ctx, KERNELS
 from dlc.layers import KINDS
+from dlc.layers.sequence import ROPE_THETA
 from dlc.onnx.importing.dense import dense_parts
 from dlc.onnx.importing.reader import Found, Reader, Refused, other_input, producer_node
 from dlc.onnx.model import attributes
@@ -23,8 +24,11 @@ LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 # Between a projection and the scores (or the values): its bias, the heads split out, one part of a
-# packed projection taken, the scale (TorchScript multiplies q and k by the square root of it each).
-TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "Mul", "Div", "Cast")
+# packed projection taken, the scale (TorchScript multiplies q and k by the square root of it each),
+# rotary positions (RotaryEmbedding, or x·cos + rotate_half(x)·sin: Split or Slice, Neg, Concat, Mul,
+# Add) and grouped key/value heads repeated to the query heads (Expand, Tile).
+TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "Mul", "Div", "Cast", "Neg", "Concat", "Expand", "Tile",
+            "RotaryEmbedding")
 
 
 # Between the scores and the softmax: the scale, and a mask added or put in with Where.
@@ -94,14 +98,14 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     if rest or not heads or d % heads:
         raise Refused(f"its scores hold {values} values, not {t}x{t} for each of a number of heads dividing "
                       f"its {d} features")
-    tensors, stored = attention_weights(r, projections, out_proj, d)
+    tensors, stored = attention_weights(r, projections, out_proj, d, heads)
     # Layers laid out alike (every block of one model) are run once: what the run checks is the layout.
     layout = (heads, layout_key(r, region, x, stored))
-    causal = r.checked.get(layout)
-    if causal is None:
-        causal = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
+    settings = r.checked.get(layout)
+    if settings is None:
+        settings = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
     computing = [m for m in region if any(o in r.live for o in m.output)]
-    return Found(SpecLayer("attention", [], str(heads), {"causal": causal, "bias": "bo" in tensors}), computing, y,
+    return Found(SpecLayer("attention", [], str(heads), {**settings, "bias": "bo" in tensors}), computing, y,
                  tensors, n.name)
 
 
@@ -172,14 +176,17 @@ def scores_before(r: Reader, name: str) -> tuple[onnx.NodeProto, list[onnx.NodeP
 
 
 def projection_of(r: Reader, name: str) -> onnx.NodeProto | None:
-    """The MatMul or Gemm that queries, keys or values come from, back through the ops that split heads."""
+    """The MatMul or Gemm that queries, keys or values come from, back through the ops that split heads;
+    an op reading several computed tensors (rope's x·cos + rotate_half(x)·sin) must read them all from
+    the one projection."""
     p = producer_node(r, name)
-    while p is not None and not (p.op_type in ("MatMul", "Gemm") and p.input[0] in r.live):
-        inputs = live_inputs(r, p)
-        if p.op_type not in TO_HEADS or len(inputs) != 1:
-            return None
-        p = producer_node(r, inputs[0])
-    return p
+    if p is None or (p.op_type in ("MatMul", "Gemm") and p.input[0] in r.live):
+        return p
+    inputs = live_inputs(r, p)
+    if p.op_type not in TO_HEADS or not inputs:
+        return None
+    found = [projection_of(r, i) for i in inputs]
+    return found[0] if found[0] is not None and all(f is found[0] for f in found) else None
 
 
 def layout_path(r: Reader, name: str, x: str) -> list[onnx.NodeProto] | None:
@@ -252,10 +259,11 @@ def attention_region(r: Reader, x: str, y: str) -> tuple[list[onnx.NodeProto], l
 
 
 def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_proj: onnx.NodeProto,
-                      d: int) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Wq, Wk, Wv, Wo (D, D) and, if any projection has one, every bias (zeros where one has none), with
-    the names of the stored tensors they come from. A packed projection holds the parts it feeds in the
-    order queries, keys, values, as PyTorch's in_proj_weight does (the evaluation afterwards checks that)."""
+                      d: int, heads: int) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Wq, Wo (D, D), Wk, Wv (kv·head_dim, D) and, if any projection has one, every bias (zeros where one
+    has none), with the names of the stored tensors they come from. A packed projection holds the parts it
+    feeds in the order queries, keys, values, as PyTorch's in_proj_weight does (the evaluation afterwards
+    checks that). Keys and values as wide as the queries are plain heads; narrower, grouped ones."""
     roles = {"queries": "q", "keys": "k", "values": "v"}
     tensors: dict[str, np.ndarray] = {}
     stored: set[str] = set()
@@ -263,13 +271,25 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
         parts, nodes, _ = dense_parts(r, node)
         stored.update(i for m in nodes for i in m.input if i and i not in r.live)
         mine = [roles[role] for role, p in projections.items() if p is node]
-        if parts["W"].shape != (len(mine) * d, d):
-            raise Refused(f"its projection `{node.name}` is {parts['W'].shape[1]} -> {parts['W'].shape[0]}; dlc's "
-                          f"attention projects {d} features to {d} for each of queries, keys and values")
-        for k, w in enumerate(mine):
-            tensors["W" + w] = parts["W"][k * d:(k + 1) * d]
+        rows, cols = parts["W"].shape
+        kv_parts = len(mine) - (mine[0] == "q")  # the keys' and values' share of the rows, kd each
+        kd = (rows - d * (mine[0] == "q")) // kv_parts if kv_parts else 0
+        widths = {"q": d, "k": kd, "v": kd}
+        dh = d // heads
+        grouping = not kv_parts or (kd and not kd % dh and not heads % (kd // dh))
+        if cols != d or sum(widths[w] for w in mine) != rows or not grouping:
+            raise Refused(f"its projection `{node.name}` is {cols} -> {rows}; dlc's attention projects {d} features "
+                          f"to {d} queries and to key/value heads of {d // heads} features, a number of them dividing "
+                          f"its {heads} heads")
+        start = 0
+        for w in mine:
+            tensors["W" + w] = parts["W"][start:start + widths[w]]
             if "b" in parts:
-                tensors["b" + w] = parts["b"][k * d:(k + 1) * d]
+                tensors["b" + w] = parts["b"][start:start + widths[w]]
+            start += widths[w]
+    if tensors["Wk"].shape != tensors["Wv"].shape:
+        raise Refused(f"its keys have {tensors['Wk'].shape[0]} features and its values {tensors['Wv'].shape[0]}; "
+                      f"dlc's attention has as many of each")
     out, nodes, _ = dense_parts(r, out_proj)
     stored.update(i for m in nodes for i in m.input if i and i not in r.live)
     if out["W"].shape != (d, d):
@@ -278,7 +298,7 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
     if "b" in out:
         tensors["bo"] = out["b"]
     if any(k.startswith("b") for k in tensors):
-        tensors.update({"b" + w: tensors.get("b" + w, np.zeros(d, np.float32)) for w in "qkvo"})
+        tensors.update({"b" + w: tensors.get("b" + w, np.zeros(len(tensors["W" + w]), np.float32)) for w in "qkvo"})
     return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, stored
 
 
@@ -319,9 +339,11 @@ def value_key(v):
 
 
 def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[str], x: str, y: str,
-                      tensors: dict[str, np.ndarray], heads: int, masked: bool) -> bool:
-    """Whether the attention is causal, from running its operators and dlc's kernel on one random input;
-    a Refused if neither kind of dlc's attention computes what they do."""
+                      tensors: dict[str, np.ndarray], heads: int, masked: bool) -> dict:
+    """The settings of dlc's attention that compute what the operators do (causal, and kv, rope and window
+    when they are not the plain ones), from running both on one random input; a Refused if none does.
+    Rope's base and the window are read off the region's constants (the cos table, the mask), then
+    checked by the run like the rest."""
     probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
     feeds = {x: probe}
     for name in shape_only:  # read for their shape only: zeros of that shape do
@@ -331,22 +353,116 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
         feeds[name] = np.zeros(t.shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
     want = run_operators(r, region, feeds, y)
     t, d = r.shape(x)
+    kv = len(tensors["Wk"]) // (d // heads)
+    grouped = {"kv": kv} if kv != heads else {}
+    constants = region_constants(r, region)
+    masks = [(False, None)]
+    if masked:
+        masks = [(True, None), *((True, w) for w in mask_windows(constants, t)), (False, None)]
+    settings = [{"causal": causal, **grouped, **({"window": w} if w else {}), **({"rope": rope} if rope else {})}
+                for rope in rotary_bases(constants, d // heads) or [False] for causal, w in masks]
     errors = []
     kind = KINDS["attention"]
-    for causal in (True, False) if masked else (False,):
-        written = {**kind.default_attrs(), "heads": heads, "causal": causal, "bias": "bo" in tensors}
+    for setting in settings:
+        written = {**kind.default_attrs(), **setting, "heads": heads, "bias": "bo" in tensors}
         _, attrs = kind.resolve(written, [(t, d)])
         got, _ = KERNELS["attention"](attrs, tensors, {}, [probe], Ctx())
         errors.append(float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
         if errors[-1] <= AGREE:
-            return causal
+            return setting
     computes = f"softmax(Q Kᵀ / sqrt(head_dim)) V over {heads} heads with the weights it holds"
     if masked:
         raise Refused(f"its scores are masked, and it does not compute {computes}, with the causal mask (each step "
-                      f"sees itself and the steps before it) or without one, as dlc's attention does (relative "
-                      f"difference {min(errors):.2g} on a random input)")
-    raise Refused(f"it does not compute {computes}, as dlc's attention does (relative difference {errors[0]:.2g} "
+                      f"sees itself and the steps before it, or a window of them) or without one, as dlc's "
+                      f"attention does (relative difference {min(errors):.2g} on a random input)")
+    raise Refused(f"it does not compute {computes}, as dlc's attention does (relative difference {min(errors):.2g} "
                   f"on a random input)")
+
+
+def region_constants(r: Reader, region: list[onnx.NodeProto]) -> list[np.ndarray]:
+    """The values of the tensors the region's computing operators read that do not depend on its input:
+    stored ones, Constants, and ones computed from them alone (PyTorch's cos and sin tables, Cos and Sin
+    of stored angles; its masks, from Trilu), evaluated once. Candidates' sources only: a tensor that
+    cannot be evaluated so is left out."""
+    computing = [m for m in region if any(o in r.live for o in m.output)]
+    names = sorted({i for m in computing for i in m.input if i and i not in r.live})
+    values = {i: r.value(i) for i in names}
+    needed: dict[int, onnx.NodeProto] = {}
+    evaluable = [i for i, v in values.items() if v is None and constant_nodes(r, i, needed)]
+    if evaluable:
+        from onnx.reference import ReferenceEvaluator
+
+        nodes = [m for m in r.g.nodes if id(m) in needed]
+        used = {i for m in nodes for i in m.input}
+        graph = helper.make_graph(
+            nodes, "constants", [],
+            [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in evaluable],
+            initializer=[numpy_helper.from_array(r.value(k), k) for k in sorted(used) if k in r.init])
+        model = helper.make_model(graph, opset_imports=r.g.model.opset_import, ir_version=r.g.model.ir_version)
+        try:
+            values.update(zip(evaluable, ReferenceEvaluator(model).run(None, {})))
+        except Exception:  # the evaluator raises what its operators do; candidates only: the run decides
+            pass
+    return [np.asarray(v) for v in values.values() if v is not None]
+
+
+def constant_nodes(r: Reader, name: str, needed: dict[int, onnx.NodeProto]) -> bool:
+    """Whether `name` is computed from stored tensors and Constants alone; if so its operators are added
+    to `needed`."""
+    found: dict[int, onnx.NodeProto] = {}
+    stack = [name]
+    while stack:
+        t = stack.pop()
+        if t in r.init or t in r.live:
+            if t in r.live:
+                return False
+            continue
+        p = producer_node(r, t)
+        if p is None:
+            return False
+        if id(p) not in found:
+            found[id(p)] = p
+            stack += [i for i in p.input if i]
+    needed.update(found)
+    return True
+
+
+def mask_windows(constants: list[np.ndarray], t: int) -> list[int]:
+    """Sliding windows a (T, T) mask among the region's constants (region_constants) may hold: how many
+    steps its last row lets through, read as booleans either way round (hidden or seen) or as a float
+    mask of 0 and -inf (or a large negative number). Candidates only: the run decides."""
+    found = set()
+    for v in constants:
+        if v.ndim < 2 or v.shape[-2:] != (t, t) or v.size != t * t:
+            continue
+        last = v.reshape(t, t)[-1]
+        seen = [int(last.sum()), t - int(last.sum())] if last.dtype == np.bool_ else [int((last > -1e4).sum())]
+        found.update(w for w in seen if 1 <= w < t)
+    return sorted(found)
+
+
+def rotary_bases(constants: list[np.ndarray], dh: int) -> list[float]:
+    """Rope's base theta read off the cos and sin tables among the region's constants: (positions,
+    head_dim) or (positions, head_dim/2) with any axes of 1, cos 1 and sin 0 at position 0, and at
+    position 1 feature 1 turned by theta^(-2/head_dim) (read as atan2(|sin|, cos): a small angle's cos
+    alone is 1 to float32's precision). Thetas are round numbers (10000, 500000, 1e6): one within 1e-3 of
+    three significant digits is taken as that. Candidates only: the run decides."""
+    tables = [v.reshape(-1, v.shape[-1]).astype(np.float64) for v in constants
+              if v.dtype.kind == "f" and v.ndim >= 2 and dh >= 4 and v.shape[-1] in (dh, dh // 2)
+              and v.size // v.shape[-1] >= 2]
+    found = []
+    for cos in (c for c in tables if np.allclose(c[0], 1, atol=1e-6)):
+        sin = next((s for s in tables if s.shape == cos.shape and np.allclose(s[0], 0, atol=1e-6)
+                    and np.allclose(s ** 2 + cos ** 2, 1, atol=1e-5)), None)
+        angle = float(np.arctan2(abs(sin[1, 1]), cos[1, 1]) if sin is not None
+                      else np.arccos(np.clip(cos[1, 1], -1, 1)))
+        if not 0 < angle < 1:
+            continue
+        theta = angle ** (-dh / 2)
+        rounded = float(f"{theta:.3g}")
+        theta = rounded if abs(rounded / theta - 1) < 1e-3 else theta
+        found.append(True if theta == ROPE_THETA else theta)
+    return list(dict.fromkeys(found))
 
 
 def run_operators(r: Reader, nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], y: str) -> np.ndarray:

@@ -41,7 +41,7 @@ def sample(run, prompt, tokens, temperature, seed):
 
     A causal model keeps a key/value cache: each new character runs the layers on that step alone
     (attention reads the earlier steps' keys and values), holding 2 x D x T numbers (4 bytes each in
-    float32) per attention layer for a window of T. Past T characters the window slides and every new
+    float32) per attention layer for a window of T; with kv=N grouped heads, N/H of that. Past T characters the window slides and every new
     character re-reads the last T, as a model without the cache does on every one.
     """
     import numpy as np

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlc.engine.kernels import Arrays
+from dlc.engine.kernels.attention import causal_mask, rotary_tables, rotate
 from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.engine.kernels.recurrent import CELLS
 from dlc.engine.run import PLAIN_CTX, Plan, Step, compile_plan
@@ -45,10 +46,9 @@ POSITIONWISE = frozenset({
 class KVCache:
     """One causal attention layer's keys and values of the steps seen so far, per key/value head.
 
-    Keys are stored as the scores read them, so attention options slot in here: a rotation of positions
-    (rope) goes between attention_step's projection and `append`; grouped heads (kv=N) already store N
-    heads; a sliding window (window=N) would bound what `read` returns and the mask of a batch of new
-    steps. Preallocated for the whole window: 2 x D x T numbers a layer.
+    Keys are stored as the scores read them: turned by their positions (rope) before `append`, N heads of
+    them with grouped heads (kv=N); a sliding window masks what a step reads of them. Preallocated for
+    the whole window: 2 x T x (N x D/H) numbers a layer (2 x D x T without grouped heads).
     """
 
     keys: np.ndarray  # (heads, T, head_dim)
@@ -80,6 +80,10 @@ def attention_step(attrs: dict, params: Arrays, x: np.ndarray, cache: KVCache) -
     # (heads, n, head_dim); keys and values have as many heads as Wk has head_dim-row blocks
     q, k, v = (m.reshape(n, -1, dh).transpose(1, 0, 2) for m in (q, k, v))
     start = cache.length
+    positions = np.arange(start, start + n)
+    if attrs["rope"]:  # the new steps turned by their own positions; the cache holds keys already turned
+        cos, sin = rotary_tables(positions, dh, attrs["rope"], q.dtype)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     cache.append(k, v)
     keys, values = cache.read()
     kv = keys.shape[0]
@@ -87,8 +91,8 @@ def attention_step(attrs: dict, params: Arrays, x: np.ndarray, cache: KVCache) -
     q = q.reshape(kv, heads // kv * n, dh)
     a = (q @ keys.transpose(0, 2, 1)).reshape(heads, n, start + n)
     a *= 1 / math.sqrt(dh)
-    if n > 1:  # new step i (position start + i) sees the cached steps and new steps 0..i
-        a += np.triu(np.full((n, start + n), -np.inf, dtype=a.dtype), start + 1)
+    if n > 1 or attrs["window"]:  # new step i (position start + i) sees steps up to its own, within a window
+        a += causal_mask(positions, np.arange(start + n), a.dtype, attrs["window"])
     a -= row_max(a)
     np.exp(a, out=a)
     a /= row_sums(a)
@@ -122,9 +126,10 @@ def recurrent_step(kind: str, params: Arrays, x: np.ndarray, carry: RecurrentSta
 
 
 # The attention attributes attention_step computes as the kernel does (grouped key/value heads are read
-# off Wk's shape); an option beyond them that is set (a rotation of positions, a sliding window) sends the
-# network to the full window until attention_step and KVCache follow it.
-ATTENTION_FOLLOWED = frozenset({"heads", "steps", "dim", "head_dim", "causal", "bias", "dropout", "kv"})
+# off Wk's shape, rope turns the new steps before they are cached, a window masks what a step reads); an
+# option beyond them that is set sends the network to the full window until attention_step follows it.
+ATTENTION_FOLLOWED = frozenset({"heads", "steps", "dim", "head_dim", "causal", "bias", "dropout", "kv", "rope",
+                                "window"})
 
 # Kinds that mix steps but can run on new steps given what they keep of earlier ones.
 STEP_KERNELS = frozenset({"posembed", "attention", "rnn", "lstm", "gru"})

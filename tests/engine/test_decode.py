@@ -52,6 +52,9 @@ def full_window(net: Network):
     "input seq 16 -> embed 12 vocab=11 -> rmsnorm -> add( attention 3 causal bias=off | identity ) -> rmsnorm "
     "-> add( mul( fc 16 silu bias=off | fc 16 bias=off ) -> fc 12 bias=off | identity ) "
     "-> experts 4 top=2 { fc 8 silu -> fc 12 } -> fc 11",
+    # Llama's and Mistral's attention: grouped heads, rotary positions, a sliding window
+    "input seq 16 -> embed 16 vocab=11 -> attention 4 kv=2 rope=500000 causal window=5 bias=off "
+    "-> attention 2 kv=1 rope causal -> fc 11",
 ])
 def test_the_cache_gives_the_whole_windows_outputs_step_by_step_and_past_the_window(spec):
     net = model(spec)

@@ -93,6 +93,20 @@ BY_HAND = {
     # the output 1024*768*50257 = 39,523,713,024: 145,824,153,600, FlopCounterMode's figure divided by two.
     "gpt2_small": (38_597_376 + 786_432 + 12 * 7_087_872 + 1_536,
                    12 * (1024 * 4 * 768**2 + 2 * 1024**2 * 768 + 2 * 1024 * 768 * 3072) + 1024 * 768 * 50257),
+    # Llama 3 8B (specs/llama3_8b.dlc): LlamaForCausalLM's 8,030,261,248 parameters. By hand: embed and head
+    # 128256*4096 each, per layer 2*4096 (rmsnorms) + 2*4096^2 + 2*4096*1024 (attention, kv=8) + 3*4096*14336
+    # (SwiGLU), the final rmsnorm 4096. MACs at 2048 tokens: every weight that multiplies, once per token
+    # (the embedding's lookup excepted), and attention's 2*T^2*D per layer, causal counted in full.
+    "llama3_8b": (2 * 128256 * 4096 + 32 * (2 * 4096 + 2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336) + 4096,
+                  2048 * (32 * (2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336) + 128256 * 4096)
+                  + 32 * 2 * 2048**2 * 4096),
+    # Mixtral 8x7B (specs/mixtral_8x7b.dlc): MixtralForCausalLM's 46,702,792,704 parameters: as Llama's layers
+    # but 8 SwiGLU experts and a 4096x8 router in place of the one feed-forward, vocabulary 32000. MACs per
+    # token: the router and the 2 routed experts, the attention as Llama's.
+    "mixtral_8x7b": (2 * 32000 * 4096 + 32 * (2 * 4096 + 2 * 4096**2 + 2 * 4096 * 1024 + 4096 * 8
+                                             + 8 * 3 * 4096 * 14336) + 4096,
+                     2048 * (32 * (2 * 4096**2 + 2 * 4096 * 1024 + 4096 * 8 + 2 * 3 * 4096 * 14336) + 32000 * 4096)
+                     + 32 * 2 * 2048**2 * 4096),
     # The two-block encoder of issue 11's reverse task (D=64, 4 heads, 12 steps over 16 tokens): embed 16*64,
     # positions 12*64, per block 2*128 + (4*64^2 + 4*64) + (64*256 + 256) + (256*64 + 64) = 49,984, layernorm
     # 128, output 64*16 + 16. MACs per block 12*4*64^2 + 2*12^2*64 + 2*12*64*256 = 608,256, output 12*64*16.
@@ -153,6 +167,19 @@ def test_every_spec_names_its_source_and_figures(name):
     # A paper (a year, and an arXiv id where there is one) or a book in the first line, then the figures.
     assert any(str(year) in lines[0] for year in range(1960, 2030))
     assert lines[1].startswith("# Reproduces")
+
+
+def test_llama_and_mixtral_as_published():
+    # issue 19's figures: Llama-3-8B 8,030,261,248 params and at 2048 tokens 16,469,052,096,512 MACs, of which
+    # 1,099,511,627,776 in attention's scores and weighted sums; Mixtral-8x7B 46,702,792,704 params and
+    # 12,879,925,248 active (router, 2 of 8 experts, everything outside the mixtures)
+    llama = zoo("llama3_8b")
+    assert (llama.totals.params, llama.totals.macs) == (8_030_261_248, 16_469_052_096_512)
+    assert sum(s.macs for s in llama.nodes if s.node.kind == "attention") - 2048 * 32 * (
+        2 * 4096**2 + 2 * 4096 * 1024) == 1_099_511_627_776
+    assert all(s.node.attrs["kv"] == 8 and s.node.attrs["rope"] == 500000 for s in nodes("llama3_8b", "attention"))
+    mixtral = zoo("mixtral_8x7b").totals
+    assert (mixtral.params, mixtral.active_params) == (46_702_792_704, 12_879_925_248)
 
 
 def test_alexnet_course_table_rows():

@@ -174,11 +174,11 @@ def layer_params(layer: Layer, g: OnnxGraph, owner: dict[str, str], tables: set[
 
 def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
     """The float initializers that are attention's tables and masks, not parameters (docs/conventions.md):
-    every value computed from one meets the activations only as a table (two or more axes longer than 1)
-    in an elementwise operator (TABLE_OPS) on attention's scores, queries or keys, or as the mask of an
-    Attention operator or the cos and sin caches of a RotaryEmbedding. A vector there (a projection's
-    bias, a scale) stays a parameter, and so does a table met elsewhere (a learned position table added
-    to the embeddings)."""
+    every value computed from one meets the activations only in an elementwise operator (TABLE_OPS) on
+    attention's scores, queries or keys as a table (two or more axes longer than 1) or a single value
+    (the scale, stored with shape [1]), or as the mask of an Attention operator or the cos and sin caches
+    of a RotaryEmbedding. A vector there (a projection's bias) stays a parameter, and so does a table met
+    elsewhere (a learned position table added to the embeddings)."""
     scored = attention_activations(g, live)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.nodes:
@@ -190,7 +190,7 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
             return any(n.input[i] == t for i in TABLE_INPUTS[n.op_type] if i < len(n.input))
         shape = g.tensors[t].shape if t in g.tensors else None
         return n.op_type in TABLE_OPS and any(i in scored for i in n.input) and shape is not None \
-            and sum(d is None or d > 1 for d in shape) >= 2
+            and sum(d is None or d > 1 for d in shape) != 1
 
     tables = set()
     for name, init in g.initializers.items():

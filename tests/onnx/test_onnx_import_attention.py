@@ -20,6 +20,7 @@ pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 ort = pytest.importorskip("onnxruntime")
 
 from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 import torch_models  # noqa: E402
 from test_onnx_import import assert_reproduces, imported, onnxruntime_output, refusal  # noqa: E402
@@ -126,8 +127,10 @@ MODELS = {  # name: (the network, its example input, whether its attention is ca
     "gpt-tied": (lambda: TiedGPT(), lambda: torch.randint(0, VOCAB, (1, STEPS)), True),
 }
 # TorchScript at opset 16 writes LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add; the dynamo
-# exporter cannot go below opset 18 (its version converter has no LayerNormalization before 17).
-CASES = [(m, e, None) for m in MODELS for e in EXPORTERS] + [("vit", "torchscript", 16), ("gpt", "torchscript", 16)]
+# exporter cannot go below opset 18 (its version converter has no LayerNormalization before 17). From opset
+# 23 on dynamo writes each attention's core as one ONNX Attention operator.
+CASES = [(m, e, None) for m in MODELS for e in EXPORTERS] + [("vit", "torchscript", 16), ("gpt", "torchscript", 16)] \
+    + [(m, "dynamo", 23) for m in MODELS]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}" + (f"-opset{c[2]}" if c[2] else ""))
@@ -151,7 +154,7 @@ def test_pytorch_transformers_import_and_reproduce_onnxruntime(exported):
     # two per block and the final one (some as suffixes), from the operator or (opset 16) its decomposition
     assert " ".join(steps).split().count("layernorm") == 5, text
     if opset:
-        assert "opset 16" in text
+        assert f"opset {opset}" in text
     # a tied output layer reads the embedding's table, which it names, instead of a copy
     tied = isinstance(net, TiedGPT)
     assert ("embed 16 vocab=11 as tok" in text and f"fc {VOCAB} tied=tok bias=off" in text) == tied, text
@@ -159,6 +162,60 @@ def test_pytorch_transformers_import_and_reproduce_onnxruntime(exported):
 
     x = example().numpy()
     assert_reproduces(folder, spec, weights, x, onnxruntime_output(folder / "m.onnx", x))
+
+
+class CausalSelfAttention(nn.Module):
+    """A token table and causal self-attention as GPT-like code writes it by hand: one packed projection
+    split in three, heads by view and transpose, F.scaled_dot_product_attention told is_causal or given
+    an additive mask (a registered buffer), heads joined, the output projection; or nn.MultiheadAttention
+    given that mask."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.emb, self.qkv, self.out = nn.Embedding(VOCAB, D), nn.Linear(D, 3 * D), nn.Linear(D, D)
+        self.mha = nn.MultiheadAttention(D, HEADS, batch_first=True)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(STEPS))
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        if self.form == "multihead":
+            return self.mha(x, x, x, attn_mask=self.mask, need_weights=False)[0]
+        n = x.shape[0]
+        q, k, v = (t.view(n, STEPS, HEADS, D // HEADS).transpose(1, 2) for t in self.qkv(x).split(D, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True) if self.form == "is-causal" else \
+            F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.out(y.transpose(1, 2).reshape(n, STEPS, D))
+
+
+@pytest.mark.parametrize("opset", [None, 23], ids=["default-opset", "opset23"])
+@pytest.mark.parametrize("form", ["is-causal", "additive-mask", "multihead"])
+def test_dynamo_attention_imports_and_analyses_as_its_spec(tmp_path, form, opset):
+    # dynamo writes scaled_dot_product_attention as Mul/MatMul/Softmax/MatMul below opset 23 and as one
+    # Attention operator from 23 on; both import as dlc's causal attention, reproduce onnxruntime, and
+    # the file's analysis counts what the spec's does (its mask buffer a constant, not a parameter)
+    import json
+
+    from test_onnx_import import run
+
+    torch.manual_seed(0)
+    net = with_random_parameters(CausalSelfAttention(form))
+    kwargs = {"opset_version": opset} if opset else {}
+    export(net, tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), dynamo=True, **kwargs)
+    spec, weights = imported(tmp_path, tmp_path / "m.onnx")
+    steps = [line.split("#")[0].strip() for line in spec.read_text().splitlines()]
+    assert steps.count("attention 2 causal") == 1, spec.read_text()
+    used = sum(p.numel() for name, p in net.named_parameters() if name.startswith(("emb", "mha" if
+                                                                                   form == "multihead" else "q")))
+    used += 0 if form == "multihead" else sum(p.numel() for p in net.out.parameters())
+    assert saved_parameters(weights) == used
+
+    x = torch.randint(0, VOCAB, (1, STEPS)).numpy()
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(tmp_path / "m.onnx", x))
+    figures = [json.loads(run("flops", path, "--json").output)["totals"] for path in (tmp_path / "m.onnx", spec)]
+    assert figures[0]["macs"] == figures[1]["macs"] == 4 * STEPS * D * D + 2 * STEPS * STEPS * D
+    figures = [json.loads(run("params", path, "--json").output)["totals"] for path in (tmp_path / "m.onnx", spec)]
+    assert figures[0]["params"] == figures[1]["params"] == used
 
 
 DYNAMIC_BATCH = {"input_names": ["x"], "output_names": ["y"], "dynamic_axes": {"x": {0: "N"}, "y": {0: "N"}}}

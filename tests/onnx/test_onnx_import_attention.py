@@ -315,14 +315,16 @@ REFUSED = {  # name: (the call, what the refusal says)
 }
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("exporter, opset", [("torchscript", None), ("dynamo", None), ("dynamo", 23)],
+                         ids=["torchscript", "dynamo", "dynamo-opset23"])
 @pytest.mark.parametrize("case", REFUSED)
-def test_attention_dlc_does_not_compute_is_refused_at_its_first_operator(tmp_path, case, exporter):
+def test_attention_dlc_does_not_compute_is_refused_at_its_first_operator(tmp_path, case, exporter, opset):
     import onnx
 
     call, why = REFUSED[case]
     torch.manual_seed(0)
-    export(Attention(call), tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), EXPORTERS[exporter])
+    kwargs = {"opset_version": opset} if opset else {}
+    export(Attention(call), tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), EXPORTERS[exporter], **kwargs)
     # its first operator: the first to read the embedding's output on the way to the projections
     nodes = onnx.load(tmp_path / "m.onnx").graph.node
     table = next(n for n in nodes if n.op_type == "Gather").output[0]
@@ -364,3 +366,25 @@ def test_a_mask_that_is_not_causal_is_refused(tmp_path):
 def test_another_scale_than_one_over_sqrt_head_dim_is_refused(tmp_path):
     out = own_export_edited(tmp_path, "input seq 5 of 8\nattention 2", {"attention1/scale": lambda s: s * s})  # 1/dh
     assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "does not compute softmax" in out
+
+
+class OtherScale(CausalSelfAttention):
+    """scaled_dot_product_attention given its own scale, not 1/sqrt(head_dim)."""
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        q, k, v = (t.view(1, STEPS, HEADS, D // HEADS).transpose(1, 2) for t in self.qkv(x).split(D, dim=-1))
+        return self.out(F.scaled_dot_product_attention(q, k, v, scale=0.1).transpose(1, 2).reshape(1, STEPS, D))
+
+
+@pytest.mark.parametrize("opset", [None, 23], ids=["default-opset", "opset23"])
+def test_scaled_dot_product_attention_with_another_scale_is_refused_at_its_projection(tmp_path, opset):
+    import onnx
+
+    kwargs = {"opset_version": opset} if opset else {}
+    export(OtherScale("is-causal"), tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), True, **kwargs)
+    nodes = onnx.load(tmp_path / "m.onnx").graph.node
+    table = next(n for n in nodes if n.op_type == "Gather").output[0]
+    first = next(n for n in nodes if table in n.input)
+    out = refusal(tmp_path, tmp_path / "m.onnx")
+    assert f"cannot import operator MatMul (node `{first.name}`)" in out and "does not compute softmax" in out, out

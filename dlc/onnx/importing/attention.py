@@ -1,6 +1,7 @@
-"""Attention, a few dozen operators that every exporter lays out its own way, is found by its softmax and
-then run beside dlc's kernel on a random input (import_attention), so what is not dlc's attention is
-refused at its first operator rather than taken apart into other layers.
+"""Attention, a few dozen operators that every exporter lays out its own way (or ONNX's one Attention
+operator, opset 23), is found by its softmax (or that operator) and then run beside dlc's kernel on a
+random input (import_attention), so what is not dlc's attention is refused at its first operator rather
+than taken apart into other layers.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def operator_core(r: Reader, att: onnx.NodeProto) -> Core | None:
     scaled_dot_product_attention from opset 23 on: queries, keys and values (batch, heads, T, head_dim),
     or (batch, T, features) with q_num_heads, a causal flag or a mask input; its other settings (scale,
     softcap, grouped heads) are for the evaluation beside dlc's kernel to accept or refuse."""
-    if any(i not in r.live for i in att.input[:3]) or len(att.input) < 3:
+    if len(att.input) < 3 or any(i not in r.live for i in att.input[:3]):
         return None
     q, k = full_shape(r, att.input[0]), full_shape(r, att.input[1])
     a = attributes(att)

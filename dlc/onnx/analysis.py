@@ -31,6 +31,9 @@ SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRel
               "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Swish", "Softplus", "Mish", "Dropout", "Identity"}
 AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
 NEVER_LIVE = {"Shape", "Size"}  # they read the data's shape, not its values
+# Inputs read for their element type only: CastLike's target (dynamo's unoptimised graphs cast the
+# attention scale, computed from the queries' shape, like the queries).
+TYPE_ONLY_INPUTS = {"CastLike": (1,)}
 NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance
 # A recurrent op's sequence lengths and initial states are inputs given as constants, not weights.
 CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
@@ -76,7 +79,8 @@ def live_tensors(g: OnnxGraph) -> set[str]:
     fixed once the shapes are."""
     live = set(g.inputs)
     for n in g.nodes:
-        if n.op_type not in NEVER_LIVE and any(i in live for i in n.input if i):
+        skip = TYPE_ONLY_INPUTS.get(n.op_type, ())
+        if n.op_type not in NEVER_LIVE and any(i in live for k, i in enumerate(n.input) if i and k not in skip):
             live.update(o for o in n.output if o)
     return live
 
@@ -259,6 +263,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
     fields: dict[str, ReceptiveField | None] = {
         name: ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if image else None for name in g.inputs}
 
+    producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner = [], [], {}
     tables = attention_tables(g, live)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
@@ -283,7 +288,8 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
         params, frozen, constants = layer_params(layer, g, owner, tables)
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
-        sizes = [g.tensors[o].elements if o in g.tensors else None for o in leaving]
+        sizes = [g.tensors[o].elements if o in g.tensors and g.tensors[o].known else sequence_size(g, producer_node[o])
+                 for o in leaving]
         if None in sizes and not reasons:
             reasons.append("ONNX shape inference leaves an output's size unknown")
             uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
@@ -307,6 +313,13 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
     mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
     return Analysis(graph, stats, totals(stats, batch, optimizer)), uncounted
+
+
+def sequence_size(g: OnnxGraph, n: onnx.NodeProto) -> int | None:
+    """The values of a SplitToSequence's output (a sequence, which shape inference does not give as a
+    tensor): its input's, split; None for any other untyped output."""
+    t = g.tensors.get(n.input[0]) if n.op_type == "SplitToSequence" else None
+    return t.elements if t is not None else None
 
 
 def standby_layers(layers: list[Layer], g: OnnxGraph) -> dict[str, str]:

@@ -265,7 +265,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
         "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Expand", "Tile", "Pad", "Identity",
         "Dropout", "Constant", "ConstantOfShape", "Shape", "Size", "Cast", "CastLike", "Range", "Where",
         "DepthToSpace", "SpaceToDepth", "Trilu", "OneHot", "NonZero", "EyeLike", "SequenceConstruct",
-        "SplitToSequence", "ConcatFromSequence", "Compress", "ReverseSequence")},
+        "SplitToSequence", "SequenceAt", "ConcatFromSequence", "Compress", "ReverseSequence")},
 }
 
 

@@ -188,20 +188,24 @@ class CausalSelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(n, STEPS, D))
 
 
-@pytest.mark.parametrize("opset", [None, 23], ids=["default-opset", "opset23"])
+# dynamo's forms: below opset 23 Mul/MatMul/Softmax/MatMul; from 23 on one Attention operator; unoptimised
+# (the default before torch 2.9) the scale computed from the queries' shape (CastLike, Sqrt, Div) and a
+# packed projection split by SplitToSequence and SequenceAt
+DYNAMO_FORMS = {"default-opset": {}, "opset23": {"opset_version": 23}, "unoptimised": {"optimize": False}}
+
+
+@pytest.mark.parametrize("variant", DYNAMO_FORMS)
 @pytest.mark.parametrize("form", ["is-causal", "additive-mask", "multihead"])
-def test_dynamo_attention_imports_and_analyses_as_its_spec(tmp_path, form, opset):
-    # dynamo writes scaled_dot_product_attention as Mul/MatMul/Softmax/MatMul below opset 23 and as one
-    # Attention operator from 23 on; both import as dlc's causal attention, reproduce onnxruntime, and
-    # the file's analysis counts what the spec's does (its mask buffer a constant, not a parameter)
+def test_dynamo_attention_imports_and_analyses_as_its_spec(tmp_path, form, variant):
+    # each imports as dlc's causal attention, reproduces onnxruntime, and the file's analysis counts what
+    # the spec's does (its mask buffer and its scale constants, not parameters)
     import json
 
     from test_onnx_import import run
 
     torch.manual_seed(0)
     net = with_random_parameters(CausalSelfAttention(form))
-    kwargs = {"opset_version": opset} if opset else {}
-    export(net, tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), dynamo=True, **kwargs)
+    export(net, tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), dynamo=True, **DYNAMO_FORMS[variant])
     spec, weights = imported(tmp_path, tmp_path / "m.onnx")
     steps = [line.split("#")[0].strip() for line in spec.read_text().splitlines()]
     assert steps.count("attention 2 causal") == 1, spec.read_text()
@@ -214,6 +218,7 @@ def test_dynamo_attention_imports_and_analyses_as_its_spec(tmp_path, form, opset
     assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(tmp_path / "m.onnx", x))
     figures = [json.loads(run("flops", path, "--json").output)["totals"] for path in (tmp_path / "m.onnx", spec)]
     assert figures[0]["macs"] == figures[1]["macs"] == 4 * STEPS * D * D + 2 * STEPS * STEPS * D
+    assert figures[0]["not_counted"] == 0
     figures = [json.loads(run("params", path, "--json").output)["totals"] for path in (tmp_path / "m.onnx", spec)]
     assert figures[0]["params"] == figures[1]["params"] == used
 

@@ -26,8 +26,9 @@ LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 # Between a projection and the scores (or the values): its bias, the heads split out, one part of a
-# packed projection taken, the scale (TorchScript multiplies q and k by the square root of it each).
-TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "Mul", "Div", "Cast")
+# packed projection taken (Split, or SplitToSequence and SequenceAt in dynamo's unoptimised graphs), the
+# scale (TorchScript multiplies q and k by the square root of it each).
+TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "SplitToSequence", "SequenceAt", "Mul", "Div", "Cast")
 
 
 # Between the scores and the softmax: the scale, and a mask added or put in with Where.

@@ -159,9 +159,22 @@ def test_pytorch_transformers_import_and_reproduce_onnxruntime(exported):
     tied = isinstance(net, TiedGPT)
     assert ("embed 16 vocab=11 as tok" in text and f"fc {VOCAB} tied=tok bias=off" in text) == tied, text
     assert saved_parameters(weights) == sum(p.numel() for p in net.parameters())
+    # and the file's own analysis counts them so: a stored mask or scale is a constant, not a parameter
+    # (both exporters store a tied table a second time, transposed, which the analysis counts twice)
+    assert onnx_params(folder / "m.onnx") == sum(p.numel() for p in net.parameters()) + tied * D * VOCAB
 
     x = example().numpy()
     assert_reproduces(folder, spec, weights, x, onnxruntime_output(folder / "m.onnx", x))
+
+
+def onnx_params(path) -> int:
+    import json
+
+    from test_onnx_import import run
+
+    r = run("params", path, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)["totals"]["params"]
 
 
 class CausalSelfAttention(nn.Module):

@@ -177,7 +177,8 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
             lines.append(f"active params: {grouped(t.active_params)} of {grouped(t.params)}, what one step runs "
                          f"(each mixture's router and top K experts, and every layer outside the mixtures)")
         if t.constants:
-            lines.append(f"constants: {grouped(t.constants)} values ({binary(4 * t.constants)} as float32), "
+            lines.append(f"constants: {grouped(t.constants)} value{'s' * (t.constants != 1)} "
+                         f"({binary(4 * t.constants)} as float32), "
                          f"attention's stored tables and masks, not parameters")
     if view in ("flops", "summary"):
         causal = any(n.kind == "attention" and n.attrs["causal"] for n in analysis.graph.nodes)

@@ -239,8 +239,10 @@ def test_dynamo_attention_imports_and_analyses_as_its_spec(tmp_path, form, varia
 DYNAMIC_BATCH = {"input_names": ["x"], "output_names": ["y"], "dynamic_axes": {"x": {0: "N"}, "y": {0: "N"}}}
 
 
-@pytest.mark.parametrize("exporter, kwargs", [("torchscript", {}), ("dynamo", {}), ("torchscript", DYNAMIC_BATCH)],
-                         ids=["torchscript", "dynamo", "torchscript-dynamic-batch"])
+@pytest.mark.parametrize("exporter, kwargs", [("torchscript", {}), ("dynamo", {}), ("torchscript", DYNAMIC_BATCH),
+                                             ("dynamo", {"opset_version": 23}), ("dynamo", {"optimize": False})],
+                         ids=["torchscript", "dynamo", "torchscript-dynamic-batch", "dynamo-opset23",
+                              "dynamo-unoptimised"])
 def test_the_vit_analyses_with_every_shape_and_its_macs_by_hand(tmp_path, exporter, kwargs):
     # the class token's expand leaves no node without a shape, and the MACs are the conventions' by hand:
     # patches 16@2x2 from 3x4x4 windows 16*4*48 = 3,072; per layer on T=5, D=16: attention 5*4*16^2 +

@@ -200,16 +200,16 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
     for name, init in g.initializers.items():
         if not init.is_float or not init.dims:
             continue
-        met, stack, seen = 0, [name], set()
+        meetings, stack, seen = [], [name], set()  # whether each use by an activation is a table's
         while stack:
             t = stack.pop()
             for n in consumers.get(t, []):
                 if any(i in live for i in n.input):
-                    met = met + 1 if as_table(t, n) else -len(g.nodes)  # one use elsewhere makes it a parameter
+                    meetings.append(as_table(t, n))
                 elif id(n) not in seen:  # computed from constants only: follow what it computes
                     seen.add(id(n))
                     stack += [o for o in n.output if o]
-        if met > 0:
+        if meetings and all(meetings):
             tables.add(name)
     return tables
 

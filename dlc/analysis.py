@@ -38,6 +38,7 @@ class NodeStats:
     rf: ReceptiveField | None  # None where the input has no spatial axes
     uncounted: str | None = None  # why macs and flops leave this node out (an ONNX operator without a rule)
     active_params: int | None = None  # params one step runs: 0 for a mixture's standby experts
+    constants: int = 0  # an ONNX model's stored attention tables and masks: values, not parameters
 
     def __post_init__(self):
         if self.active_params is None:
@@ -63,6 +64,7 @@ class Totals:
     # The NumPy engine's im2col columns at this batch (see engine_columns_bytes); None for an ONNX
     # model, which the engine does not run as it stands.
     columns_bytes: int | None = None
+    constants: int = 0  # an ONNX model's stored attention tables and masks, apart from params
 
     @property
     def engine_train_bytes(self) -> int | None:
@@ -180,4 +182,5 @@ def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: in
         activations=act, active_params=sum(s.active_params for s in stats), param_bytes=param_bytes, activation_bytes=act_bytes, grad_bytes=grad_bytes,
         optimizer_bytes=optimizer_bytes, train_bytes=train,
         batch=batch, optimizer=optimizer, train_formula=formula, columns_bytes=columns_bytes,
+        constants=sum(s.constants for s in stats),
     )

@@ -34,6 +34,9 @@ CONVENTIONS = {
 ACTIVE_CONVENTION = ("the params one step runs: each mixture's router and K of its E experts, and every layer "
                      "outside the mixtures (params counts every expert); a mixture's macs and flops are its "
                      "router's and its K routed experts' per step")
+# Beside the others only where an ONNX model stores attention tables or masks.
+CONSTANTS_CONVENTION = ("values of an ONNX model's stored attention tables and masks (a causal mask, rotary cos "
+                        "and sin tables): constants, not in params; float32 bytes 4 * constants")
 
 
 @dataclass
@@ -174,6 +177,10 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
         if has_mixture(analysis):
             lines.append(f"active params: {grouped(t.active_params)} of {grouped(t.params)}, what one step runs "
                          f"(each mixture's router and top K experts, and every layer outside the mixtures)")
+        if t.constants:
+            lines.append(f"constants: {grouped(t.constants)} value{'s' * (t.constants != 1)} "
+                         f"({binary(4 * t.constants)} as float32), "
+                         f"attention's stored tables and masks, not parameters")
     if view in ("flops", "summary"):
         causal = any(n.kind == "attention" and n.attrs["causal"] for n in analysis.graph.nodes)
         window = any(n.kind == "attention" and n.attrs["window"] for n in analysis.graph.nodes)
@@ -229,12 +236,14 @@ def to_json(analysis: Analysis) -> dict:
         "input": list(g.input.out_shape),
         "input_dtype": g.input.dtype,
         "batch": t.batch,
-        "conventions": CONVENTIONS | ({"active_params": ACTIVE_CONVENTION} if mixture else {}),
+        "conventions": CONVENTIONS | ({"active_params": ACTIVE_CONVENTION} if mixture else {})
+        | ({"constants": CONSTANTS_CONVENTION} if t.constants else {}),
         "layers": layers,
         "totals": {
             "params": t.params,
             "non_trainable": t.non_trainable,
             **({"active_params": t.active_params} if mixture else {}),
+            **({"constants": {"values": t.constants, "bytes": 4 * t.constants}} if t.constants else {}),
             "macs": t.macs,
             "flops": t.flops,
             "activations": t.activations,

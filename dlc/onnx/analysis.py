@@ -9,7 +9,8 @@ suffix layers do: a bn or activation reading the previous layer's output joins i
 Activations are the tensors that leave a layer (read by another layer, or a graph output), as a spec
 counts each layer's output and not the intermediates inside it. Parameters are the float initializers
 of rank >= 1, each counted once, at the first layer that reads it; BatchNormalization's mean and
-variance are non-trainable (docs/conventions.md).
+variance are non-trainable; attention's stored tables and masks (attention_tables) are constants, counted
+apart (docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -30,9 +31,22 @@ SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRel
               "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Swish", "Softplus", "Mish", "Dropout", "Identity"}
 AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
 NEVER_LIVE = {"Shape", "Size"}  # they read the data's shape, not its values
+# Inputs read for their element type only: CastLike's target (dynamo's unoptimised graphs cast the
+# attention scale, computed from the queries' shape, like the queries).
+TYPE_ONLY_INPUTS = {"CastLike": (1,)}
 NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance
 # A recurrent op's sequence lengths and initial states are inputs given as constants, not weights.
 CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
+
+# Attention's stored tables and masks (attention_tables): the elementwise operators through which such a
+# table meets the activations; the operators between the scores' product and the Softmax (scale, mask);
+# and those between the queries' and keys' projections and that product (heads split, rotary positions:
+# x * cos + rotate_half(x) * sin); the opset-23 operators that take the tables as inputs.
+TABLE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Max", "Min"}
+SCORE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Cast"}
+QUERY_KEY_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Slice", "Split",
+                 "Gather", "Concat", "Expand", "Neg", "Add", "Sub", "Mul", "Div", "Where"}
+TABLE_INPUTS = {"Attention": (3,), "RotaryEmbedding": (1, 2)}  # the mask; the cos and sin caches
 
 
 @dataclass
@@ -65,7 +79,8 @@ def live_tensors(g: OnnxGraph) -> set[str]:
     fixed once the shapes are."""
     live = set(g.inputs)
     for n in g.nodes:
-        if n.op_type not in NEVER_LIVE and any(i in live for i in n.input if i):
+        skip = TYPE_ONLY_INPUTS.get(n.op_type, ())
+        if n.op_type not in NEVER_LIVE and any(i in live for k, i in enumerate(n.input) if i and k not in skip):
             live.update(o for o in n.output if o)
     return live
 
@@ -141,10 +156,10 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     return costs
 
 
-def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str]) -> tuple[int, int]:
-    """(trainable, non-trainable) values of the float initializers this layer reads first; `owner`
-    records which layer took each, so a shared weight counts once."""
-    params = frozen = 0
+def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: set[str]) -> tuple[int, int, int]:
+    """(trainable, non-trainable, constant) values of the float initializers this layer reads first;
+    `owner` records which layer took each, so a shared weight counts once; `tables` are the constants."""
+    params = frozen = constants = 0
     for n in layer.nodes:
         for i, t in enumerate(n.input):
             init = g.initializers.get(t)
@@ -152,11 +167,83 @@ def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str]) -> tuple
                     i in CONSTANT_INPUTS.get(n.op_type, ()):
                 continue
             owner[t] = layer.name
-            if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
+            if t in tables:
+                constants += prod(init.dims)
+            elif i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
                 frozen += prod(init.dims)
             else:
                 params += prod(init.dims)
-    return params, frozen
+    return params, frozen, constants
+
+
+def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
+    """The float initializers that are attention's tables and masks, not parameters (docs/conventions.md):
+    every value computed from one meets the activations only in an elementwise operator (TABLE_OPS) on
+    attention's scores, queries or keys as a table (two or more axes longer than 1) or a single value
+    (the scale, stored with shape [1]), or as the mask of an Attention operator or the cos and sin caches
+    of a RotaryEmbedding. A vector there (a projection's bias) stays a parameter, and so does a table met
+    elsewhere (a learned position table added to the embeddings)."""
+    scored = attention_activations(g, live)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.nodes:
+        for t in dict.fromkeys(n.input):
+            consumers.setdefault(t, []).append(n)
+
+    def as_table(t: str, n: onnx.NodeProto) -> bool:
+        if n.op_type in TABLE_INPUTS:
+            return any(n.input[i] == t for i in TABLE_INPUTS[n.op_type] if i < len(n.input))
+        shape = g.tensors[t].shape if t in g.tensors else None
+        return n.op_type in TABLE_OPS and any(i in scored for i in n.input) and shape is not None \
+            and sum(d is None or d > 1 for d in shape) != 1
+
+    tables = set()
+    for name, init in g.initializers.items():
+        if not init.is_float or not init.dims:
+            continue
+        meetings, stack, seen = [], [name], set()  # whether each use by an activation is a table's
+        while stack:
+            t = stack.pop()
+            for n in consumers.get(t, []):
+                if any(i in live for i in n.input):
+                    meetings.append(as_table(t, n))
+                elif id(n) not in seen:  # computed from constants only: follow what it computes
+                    seen.add(id(n))
+                    stack += [o for o in n.output if o]
+        if meetings and all(meetings):
+            tables.add(name)
+    return tables
+
+
+def attention_activations(g: OnnxGraph, live: set[str]) -> set[str]:
+    """The activations of every attention's scores: from each Softmax back to the product of two
+    activations (the scores), then from that product's operands back to their projections (the queries
+    and keys)."""
+    producer = {o: n for n in g.nodes for o in n.output if o}
+
+    def back(start: list[str], ops: set[str]) -> tuple[set[str], list[onnx.NodeProto]]:
+        """The tensors computed from `start` back through `ops`, and the nodes where the way stops."""
+        tensors, stops, stack = set(), [], list(start)
+        while stack:
+            t = stack.pop()
+            p = producer.get(t)
+            if t in tensors or p is None:
+                continue
+            tensors.add(t)
+            if p.op_type in ops:
+                stack += [i for i in p.input if i in live]
+            else:
+                stops.append(p)
+        return tensors, stops
+
+    found: set[str] = set()
+    for n in g.nodes:
+        if n.op_type != "Softmax" or n.input[0] not in live:
+            continue
+        scores, stops = back([n.input[0]], SCORE_OPS)
+        products = [p for p in stops if p.op_type == "MatMul" and all(i in live for i in p.input)]
+        for p in products:
+            found |= scores | back(list(p.input), QUERY_KEY_OPS)[0]
+    return found
 
 
 def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[Analysis, list[Uncounted]]:
@@ -176,7 +263,9 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
     fields: dict[str, ReceptiveField | None] = {
         name: ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if image else None for name in g.inputs}
 
+    producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner = [], [], {}
+    tables = attention_tables(g, live)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
     for name in g.inputs:
@@ -196,10 +285,11 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
             field_in = [fields.get(i) for i in n.input if i in live]
             for o in n.output:
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
-        params, frozen = layer_params(layer, g, owner)
+        params, frozen, constants = layer_params(layer, g, owner, tables)
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
-        sizes = [g.tensors[o].elements if o in g.tensors else None for o in leaving]
+        sizes = [g.tensors[o].elements if o in g.tensors and g.tensors[o].known else sequence_size(g, producer_node[o])
+                 for o in leaving]
         if None in sizes and not reasons:
             reasons.append("ONNX shape inference leaves an output's size unknown")
             uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
@@ -218,11 +308,18 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
         runs = not node.standby
         stats.append(NodeStats(node, params, frozen, macs * batch * runs, flops * batch * runs,
                                sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None,
-                               params * runs))
+                               params * runs, constants))
     fold_rows(stats, steps)
     mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
     return Analysis(graph, stats, totals(stats, batch, optimizer)), uncounted
+
+
+def sequence_size(g: OnnxGraph, n: onnx.NodeProto) -> int | None:
+    """The values of a SplitToSequence's output (a sequence, which shape inference does not give as a
+    tensor): its input's, split; None for any other untyped output."""
+    t = g.tensors.get(n.input[0]) if n.op_type == "SplitToSequence" else None
+    return t.elements if t is not None else None
 
 
 def standby_layers(layers: list[OnnxLayer], g: OnnxGraph) -> dict[str, str]:

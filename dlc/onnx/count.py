@@ -2,7 +2,7 @@
 
 The rules are dlc's (docs/conventions.md), applied operator by operator on shapes at batch 1:
 Conv, ConvTranspose (by C_in), Gemm, MatMul (batched, weights or two activations), Einsum of two
-operands and RNN/LSTM/GRU (per step, times T, per direction) are MACs; bias adds are FLOPs, not MACs;
+operands, Attention (its two products) and RNN/LSTM/GRU (per step, times T, per direction) are MACs; bias adds are FLOPs, not MACs;
 elementwise ops cost one FLOP per output element and per extra input; data movement and arithmetic on
 integer (shape) tensors costs nothing. An operator without a rule, or whose shapes inference left
 unknown, raises NotCounted: the analysis shows the node as "not counted" and warns, never a silent zero.
@@ -115,6 +115,25 @@ def count_einsum(op: Op) -> Cost:
     raise NotCounted(f"Einsum `{equation}` of {len(terms)} operands")
 
 
+def count_attention(op: Op) -> Cost:
+    """ONNX's Attention (opset 23): dlc's attention rule less the projections (the model's own MatMuls
+    around it): Q·Kᵀ and the weighted sum of V as MACs; per score the scale and the softmax (4, as dlc's
+    attention counts them) and the add of a float mask (1, as its Add would count); a causal flag costs
+    nothing, as dlc's causal attention counts the whole square."""
+    q, k, v = (op.shape(t) for t in op.ins[:3])
+    a = op.attrs
+    if a.get("softcap", 0.0) or op.has(4):
+        raise NotCounted("Attention with a softcap or past keys and values: dlc's attention has neither")
+    if len(q) == 4:  # (batch, heads, T, head_dim)
+        heads, width_qk, width_v = q[1], q[3], v[3]
+    else:  # (batch, T, heads * head_dim)
+        heads, width_qk, width_v = a["q_num_heads"], q[2] // a["q_num_heads"], v[2] // a["kv_num_heads"]
+    scores = q[0] * heads * q[-2] * k[-2]
+    macs = scores * (width_qk + width_v)
+    mask = op.has(3) and op.ins[3].is_float
+    return Cost(macs, 2 * macs + (4 + mask) * scores, GLOBAL)
+
+
 def count_recurrent(op: Op) -> Cost:
     """Per step, times T, per direction: the rules of dlc's rnn/lstm/gru kinds (dlc.layers.recurrent)."""
     kind = op.node.op_type.lower()
@@ -204,6 +223,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "Gemm": count_gemm,
     "MatMul": count_matmul,
     "Einsum": count_einsum,
+    "Attention": count_attention,
     "RNN": count_recurrent,
     "LSTM": count_recurrent,
     "GRU": count_recurrent,
@@ -247,7 +267,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
         "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Expand", "Tile", "Pad", "Identity",
         "Dropout", "Constant", "ConstantOfShape", "Shape", "Size", "Cast", "CastLike", "Range", "Where",
         "DepthToSpace", "SpaceToDepth", "Trilu", "OneHot", "NonZero", "EyeLike", "SequenceConstruct",
-        "SplitToSequence", "ConcatFromSequence", "Compress", "ReverseSequence")},
+        "SplitToSequence", "SequenceAt", "ConcatFromSequence", "Compress", "ReverseSequence")},
 }
 
 

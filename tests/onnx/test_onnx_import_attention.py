@@ -20,6 +20,7 @@ pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 ort = pytest.importorskip("onnxruntime")
 
 from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 import torch_models  # noqa: E402
 from dlc.graph import Network  # noqa: E402
@@ -127,8 +128,10 @@ MODELS = {  # name: (the network, its example input, whether its attention is ca
     "gpt-tied": (lambda: TiedGPT(), lambda: torch.randint(0, VOCAB, (1, STEPS)), True),
 }
 # TorchScript at opset 16 writes LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add; the dynamo
-# exporter cannot go below opset 18 (its version converter has no LayerNormalization before 17).
-CASES = [(m, e, None) for m in MODELS for e in EXPORTERS] + [("vit", "torchscript", 16), ("gpt", "torchscript", 16)]
+# exporter cannot go below opset 18 (its version converter has no LayerNormalization before 17). From opset
+# 23 on dynamo writes each attention's core as one ONNX Attention operator.
+CASES = [(m, e, None) for m in MODELS for e in EXPORTERS] + [("vit", "torchscript", 16), ("gpt", "torchscript", 16)] \
+    + [(m, "dynamo", 23) for m in MODELS]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}" + (f"-opset{c[2]}" if c[2] else ""))
@@ -152,21 +155,95 @@ def test_pytorch_transformers_import_and_reproduce_onnxruntime(exported):
     # two per block and the final one (some as suffixes), from the operator or (opset 16) its decomposition
     assert " ".join(steps).split().count("layernorm") == 5, text
     if opset:
-        assert "opset 16" in text
+        assert f"opset {opset}" in text
     # a tied output layer reads the embedding's table, which it names, instead of a copy
     tied = isinstance(net, TiedGPT)
     assert ("embed 16 vocab=11 as tok" in text and f"fc {VOCAB} tied=tok bias=off" in text) == tied, text
     assert saved_parameters(weights) == sum(p.numel() for p in net.parameters())
+    # and the file's own analysis counts them so: a stored mask or scale is a constant, not a parameter
+    # (both exporters store a tied table a second time, transposed, which the analysis counts twice)
+    assert onnx_params(folder / "m.onnx") == sum(p.numel() for p in net.parameters()) + tied * D * VOCAB
 
     x = example().numpy()
     assert_reproduces(folder, spec, weights, x, onnxruntime_output(folder / "m.onnx", x))
 
 
+def onnx_params(path) -> int:
+    import json
+
+    from test_onnx_import import run
+
+    r = run("params", path, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)["totals"]["params"]
+
+
+class CausalSelfAttention(nn.Module):
+    """A token table and causal self-attention as GPT-like code writes it by hand: one packed projection
+    split in three, heads by view and transpose, F.scaled_dot_product_attention told is_causal or given
+    an additive mask (a registered buffer), heads joined, the output projection; or nn.MultiheadAttention
+    given that mask."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.emb, self.qkv, self.out = nn.Embedding(VOCAB, D), nn.Linear(D, 3 * D), nn.Linear(D, D)
+        self.mha = nn.MultiheadAttention(D, HEADS, batch_first=True)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(STEPS))
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        if self.form == "multihead":
+            return self.mha(x, x, x, attn_mask=self.mask, need_weights=False)[0]
+        n = x.shape[0]
+        q, k, v = (t.view(n, STEPS, HEADS, D // HEADS).transpose(1, 2) for t in self.qkv(x).split(D, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True) if self.form == "is-causal" else \
+            F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.out(y.transpose(1, 2).reshape(n, STEPS, D))
+
+
+# dynamo's forms: below opset 23 Mul/MatMul/Softmax/MatMul; from 23 on one Attention operator; unoptimised
+# (the default before torch 2.9) the scale computed from the queries' shape (CastLike, Sqrt, Div) and a
+# packed projection split by SplitToSequence and SequenceAt
+DYNAMO_FORMS = {"default-opset": {}, "opset23": {"opset_version": 23}, "unoptimised": {"optimize": False}}
+
+
+@pytest.mark.parametrize("variant", DYNAMO_FORMS)
+@pytest.mark.parametrize("form", ["is-causal", "additive-mask", "multihead"])
+def test_dynamo_attention_imports_and_analyses_as_its_spec(tmp_path, form, variant):
+    # each imports as dlc's causal attention, reproduces onnxruntime, and the file's analysis counts what
+    # the spec's does (its mask buffer and its scale constants, not parameters)
+    import json
+
+    from test_onnx_import import run
+
+    torch.manual_seed(0)
+    net = with_random_parameters(CausalSelfAttention(form))
+    export(net, tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), dynamo=True, **DYNAMO_FORMS[variant])
+    spec, weights = imported(tmp_path, tmp_path / "m.onnx")
+    steps = [line.split("#")[0].strip() for line in spec.read_text().splitlines()]
+    assert steps.count("attention 2 causal") == 1, spec.read_text()
+    used = sum(p.numel() for name, p in net.named_parameters() if name.startswith(("emb", "mha" if
+                                                                                   form == "multihead" else "q")))
+    used += 0 if form == "multihead" else sum(p.numel() for p in net.out.parameters())
+    assert saved_parameters(weights) == used
+
+    x = torch.randint(0, VOCAB, (1, STEPS)).numpy()
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(tmp_path / "m.onnx", x))
+    figures = [json.loads(run("flops", path, "--json").output)["totals"] for path in (tmp_path / "m.onnx", spec)]
+    assert figures[0]["macs"] == figures[1]["macs"] == 4 * STEPS * D * D + 2 * STEPS * STEPS * D
+    assert figures[0]["not_counted"] == 0
+    figures = [json.loads(run("params", path, "--json").output)["totals"] for path in (tmp_path / "m.onnx", spec)]
+    assert figures[0]["params"] == figures[1]["params"] == used
+
+
 DYNAMIC_BATCH = {"input_names": ["x"], "output_names": ["y"], "dynamic_axes": {"x": {0: "N"}, "y": {0: "N"}}}
 
 
-@pytest.mark.parametrize("exporter, kwargs", [("torchscript", {}), ("dynamo", {}), ("torchscript", DYNAMIC_BATCH)],
-                         ids=["torchscript", "dynamo", "torchscript-dynamic-batch"])
+@pytest.mark.parametrize("exporter, kwargs", [("torchscript", {}), ("dynamo", {}), ("torchscript", DYNAMIC_BATCH),
+                                             ("dynamo", {"opset_version": 23}), ("dynamo", {"optimize": False})],
+                         ids=["torchscript", "dynamo", "torchscript-dynamic-batch", "dynamo-opset23",
+                              "dynamo-unoptimised"])
 def test_the_vit_analyses_with_every_shape_and_its_macs_by_hand(tmp_path, exporter, kwargs):
     # the class token's expand leaves no node without a shape, and the MACs are the conventions' by hand:
     # patches 16@2x2 from 3x4x4 windows 16*4*48 = 3,072; per layer on T=5, D=16: attention 5*4*16^2 +
@@ -265,14 +342,16 @@ REFUSED = {  # name: (the call, what the refusal says)
 }
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("exporter, opset", [("torchscript", None), ("dynamo", None), ("dynamo", 23)],
+                         ids=["torchscript", "dynamo", "dynamo-opset23"])
 @pytest.mark.parametrize("case", REFUSED)
-def test_attention_dlc_does_not_compute_is_refused_at_its_first_operator(tmp_path, case, exporter):
+def test_attention_dlc_does_not_compute_is_refused_at_its_first_operator(tmp_path, case, exporter, opset):
     import onnx
 
     call, why = REFUSED[case]
     torch.manual_seed(0)
-    export(Attention(call), tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), EXPORTERS[exporter])
+    kwargs = {"opset_version": opset} if opset else {}
+    export(Attention(call), tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), EXPORTERS[exporter], **kwargs)
     # its first operator: the first to read the embedding's output on the way to the projections
     nodes = onnx.load(tmp_path / "m.onnx").graph.node
     table = next(n for n in nodes if n.op_type == "Gather").output[0]
@@ -348,3 +427,25 @@ def test_a_band_that_is_no_sliding_window_is_refused(tmp_path):
     out = own_export_edited(tmp_path, "input seq 6 of 8\nattention 2 causal window=2",
                             {"attention1/future": widen_last_row})
     assert "cannot import operator MatMul (node `attention1/q/product`)" in out and "a window of them" in out
+
+
+class OtherScale(CausalSelfAttention):
+    """scaled_dot_product_attention given its own scale, not 1/sqrt(head_dim)."""
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        q, k, v = (t.view(1, STEPS, HEADS, D // HEADS).transpose(1, 2) for t in self.qkv(x).split(D, dim=-1))
+        return self.out(F.scaled_dot_product_attention(q, k, v, scale=0.1).transpose(1, 2).reshape(1, STEPS, D))
+
+
+@pytest.mark.parametrize("opset", [None, 23], ids=["default-opset", "opset23"])
+def test_scaled_dot_product_attention_with_another_scale_is_refused_at_its_projection(tmp_path, opset):
+    import onnx
+
+    kwargs = {"opset_version": opset} if opset else {}
+    export(OtherScale("is-causal"), tmp_path / "m.onnx", torch.randint(0, VOCAB, (1, STEPS)), True, **kwargs)
+    nodes = onnx.load(tmp_path / "m.onnx").graph.node
+    table = next(n for n in nodes if n.op_type == "Gather").output[0]
+    first = next(n for n in nodes if table in n.input)
+    out = refusal(tmp_path, tmp_path / "m.onnx")
+    assert f"cannot import operator MatMul (node `{first.name}`)" in out and "does not compute softmax" in out, out

@@ -142,3 +142,56 @@ def test_transformer_block(tmp_path, dynamo, opset):
     layernorm = 7 * t * d + 2 * t  # fused or decomposed alike
     elementwise = t * t + 3 * t * t + t * ff + 2 * t * d  # scale, softmax, relu, two residual adds
     assert doc["totals"]["flops"] == 2 * doc["totals"]["macs"] + biases + layernorm + elementwise
+
+
+class RotaryLM(nn.Module):
+    """A small causal LM as dynamo meets it in Llama-like code: RMSNorm, rotary positions from stored cos
+    and sin tables (registered buffers, rotate-half), an additive causal mask (a registered buffer),
+    a SwiGLU feed-forward, a learned position table (a Parameter added to the embeddings, which stays a
+    parameter) and biases on the queries and keys (vectors added on attention's way: parameters)."""
+
+    def __init__(self, vocab: int, t: int, d: int, heads: int):
+        super().__init__()
+        self.t, self.heads = t, heads
+        self.emb, self.pos = nn.Embedding(vocab, d), nn.Parameter(torch.randn(t, d))
+        self.norm = torch_models.RMSNorm(d)
+        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
+        self.v, self.o = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.ff = torch_models.SwiGLUBlock(d, 2 * d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.register_buffer("mask", torch.triu(torch.full((t, t), -math.inf), 1))
+        dh = d // heads
+        angles = torch.arange(t)[:, None] * 10000 ** (-torch.arange(0, dh, 2) / dh)
+        self.register_buffer("cos", torch.cat([angles, angles], -1).cos())
+        self.register_buffer("sin", torch.cat([angles, angles], -1).sin())
+
+    def rotary(self, x):
+        half = x.shape[-1] // 2
+        return x * self.cos + torch.cat([-x[..., half:], x[..., :half]], -1) * self.sin
+
+    def forward(self, ids):
+        x = self.emb(ids) + self.pos
+        n, (t, d) = x.shape[0], x.shape[1:]
+        h = self.norm(x)
+        q, k, v = (p(h).view(n, t, self.heads, d // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        scores = self.rotary(q) @ self.rotary(k).transpose(-2, -1) / math.sqrt(d // self.heads) + self.mask
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d)
+        return self.head(self.ff(x + self.o(y)))
+
+
+def test_stored_rotary_tables_and_masks_are_constants_not_parameters(tmp_path):
+    # dynamo stores the registered buffers (the mask, the cos and sin tables) as initializers beside the
+    # weights: they count apart, as constants, and params are PyTorch's own count
+    t, d, vocab = 6, 16, 11
+    net = RotaryLM(vocab, t, d, heads=2)
+    path = export_small(tmp_path, net, (torch.randint(0, vocab, (1, t)),), True)
+    doc = figures(path)
+    assert doc["totals"]["params"] == sum(p.numel() for p in net.parameters())
+    constants = sum(b.numel() for b in net.buffers())
+    assert constants == t * t + 2 * t * (d // 2)
+    assert doc["totals"]["constants"] == {"values": constants, "bytes": 4 * constants}
+    assert "constants" in doc["conventions"]
+    r = run("params", path)
+    assert r.exit_code == 0, r.output
+    assert f"constants: {constants:,} values" in r.output
+    assert f"params: {sum(p.numel() for p in net.parameters()):,} trainable" in r.output

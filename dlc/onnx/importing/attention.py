@@ -1,9 +1,12 @@
-"""Attention, a few dozen operators that every exporter lays out its own way, is found by its softmax and
-then run beside dlc's kernel on a random input (import_attention), so what is not dlc's attention is
-refused at its first operator rather than taken apart into other layers.
+"""Attention, a few dozen operators that every exporter lays out its own way (or ONNX's one Attention
+operator, opset 23), is found by its softmax (or that operator) and then run beside dlc's kernel on a
+random input (import_attention), so what is not dlc's attention is refused at its first operator rather
+than taken apart into other layers.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -24,11 +27,12 @@ LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 # Between a projection and the scores (or the values): its bias, the heads split out, one part of a
-# packed projection taken, the scale (TorchScript multiplies q and k by the square root of it each),
-# rotary positions (RotaryEmbedding, or x·cos + rotate_half(x)·sin: Split or Slice, Neg, Concat, Mul,
-# Add) and grouped key/value heads repeated to the query heads (Expand, Tile).
-TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "Mul", "Div", "Cast", "Neg", "Concat", "Expand", "Tile",
-            "RotaryEmbedding")
+# packed projection taken (Split, or SplitToSequence and SequenceAt in dynamo's unoptimised graphs), the
+# scale (TorchScript multiplies q and k by the square root of it each), rotary positions (RotaryEmbedding,
+# or x·cos + rotate_half(x)·sin: Split or Slice, Neg, Concat, Mul, Add) and grouped key/value heads
+# repeated to the query heads (Expand, Tile).
+TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "SplitToSequence", "SequenceAt", "Mul", "Div", "Cast", "Neg",
+            "Concat", "Expand", "Tile", "RotaryEmbedding")
 
 
 # Between the scores and the softmax: the scale, and a mask added or put in with Where.
@@ -68,12 +72,10 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     if len(inputs) != 1 or len(r.shape(inputs[0])) != 2:
         return None
     x = inputs[0]
-    softmax = nearest_softmax(r, n)
-    core = softmax and attention_core(r, softmax)
+    core = nearest_core(r, n)
     if core is None:
         return None
-    scores, weighted, masked = core
-    branches = {"queries": scores.input[0], "keys": scores.input[1], "values": weighted.input[1]}
+    branches = {"queries": core.queries, "keys": core.keys, "values": core.values}
     projections = {role: projection_of(r, t) for role, t in branches.items()}
     if None in projections.values():
         return None
@@ -88,12 +90,12 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     computed = next((p for p in projections.values() if not stored_dense(r, p)), None)
     if computed is not None:
         raise Refused(f"its projection `{computed.name}` multiplies by a weight the graph computes, not a stored one")
-    y, out_proj = attention_output(r, weighted, x)
+    y, out_proj = attention_output(r, core.output, x)
     region, shape_only = attention_region(r, x, y)
     t, d = r.shape(x)
-    values = elements(r, scores.output[0])
+    values = core.scores
     if values is None:
-        raise Refused(f"ONNX shape inference gives no shape for its scores {scores.output[0]}")
+        raise Refused(f"ONNX shape inference gives no shape for its scores (node `{core.node}`)")
     heads, rest = divmod(values, full_shape(r, x)[0] * t * t)  # the batch, t x t scores per head
     if rest or not heads or d % heads:
         raise Refused(f"its scores hold {values} values, not {t}x{t} for each of a number of heads dividing "
@@ -103,29 +105,63 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     layout = (heads, layout_key(r, region, x, stored))
     settings = r.checked.get(layout)
     if settings is None:
-        settings = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, masked)
+        settings = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, core.masked)
     computing = [m for m in region if any(o in r.live for o in m.output)]
     return Found(SpecLayer("attention", [], str(heads), {**settings, "bias": "bo" in tensors}), computing, y,
                  tensors, n.name)
 
 
-def nearest_softmax(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
-    """The first Softmax computed from n's output, breadth first, within SEARCH operators."""
+@dataclass
+class Core:
+    """Attention between its projections and its output projection: the queries, keys and values as the
+    scores read them (heads split), the weighted values (heads not yet joined), how many scores it
+    computes (None if shape inference does not say), and whether a mask lies on their way to the softmax."""
+
+    queries: str
+    keys: str
+    values: str
+    output: str
+    scores: int | None
+    masked: bool
+    node: str  # the Softmax or Attention node, for messages
+
+
+def nearest_core(r: Reader, n: onnx.NodeProto) -> Core | None:
+    """The attention around the first Softmax (attention_core) or ONNX Attention operator (operator_core)
+    computed from n's output, breadth first, within SEARCH operators."""
     queue, seen = list(n.output), set()
     while queue and len(seen) < SEARCH:
         for c in r.consumers.get(queue.pop(0), []):
             if id(c) in seen or not any(o in r.live for o in c.output):
                 continue
             if c.op_type == "Softmax":
-                return c
+                return attention_core(r, c)
+            if c.op_type == "Attention" and c.domain in ("", "ai.onnx"):
+                return operator_core(r, c)
             seen.add(id(c))
             queue += c.output
     return None
 
 
-def attention_core(r: Reader, softmax: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, bool] | None:
-    """(the product of queries and keys, the product of the weights and the values, whether a mask
-    lies between the first and the softmax) around a Softmax over the last axis, or None."""
+def operator_core(r: Reader, att: onnx.NodeProto) -> Core | None:
+    """ONNX's Attention operator (opset 23), which the dynamo exporter writes for PyTorch's
+    scaled_dot_product_attention from opset 23 on: queries, keys and values (batch, heads, T, head_dim),
+    or (batch, T, features) with q_num_heads, a causal flag or a mask input; its other settings (scale,
+    softcap, grouped heads) are for the evaluation beside dlc's kernel to accept or refuse."""
+    if len(att.input) < 3 or any(i not in r.live for i in att.input[:3]):
+        return None
+    q, k = full_shape(r, att.input[0]), full_shape(r, att.input[1])
+    a = attributes(att)
+    heads = q[1] if q is not None and len(q) == 4 else a.get("q_num_heads")
+    known = q is not None and k is not None and None not in (*q, *k) and heads is not None
+    scores = q[0] * heads * q[-2] * k[-2] if known else None
+    masked = bool(a.get("is_causal", 0)) or r.optional(att, 3)
+    return Core(*att.input[:3], att.output[0], scores, masked, att.name)
+
+
+def attention_core(r: Reader, softmax: onnx.NodeProto) -> Core | None:
+    """Attention around a Softmax over the last axis: the product of queries and keys before it (through
+    scale and mask), the product of the weights and the values after it; or None."""
     rank = len(full_shape(r, softmax.input[0]) or ())
     if attributes(softmax).get("axis", -1) % max(rank, 1) != rank - 1:
         return None
@@ -144,7 +180,8 @@ def attention_core(r: Reader, softmax: onnx.NodeProto) -> tuple[onnx.NodeProto, 
     scale_only = all(p.op_type == "Cast" or (p.op_type in ("Mul", "Div") and len(live_inputs(r, p)) == 1
                                               and elements(r, other_input(p, live_inputs(r, p)[0])) == 1)
                      for p in path)
-    return scores, weighted, not scale_only
+    return Core(scores.input[0], scores.input[1], weighted.input[1], weighted.output[0],
+                elements(r, scores.output[0]), not scale_only, softmax.name)
 
 
 def full_shape(r: Reader, name: str) -> tuple[int | None, ...] | None:
@@ -201,9 +238,9 @@ def layout_path(r: Reader, name: str, x: str) -> list[onnx.NodeProto] | None:
     return path
 
 
-def attention_output(r: Reader, weighted: onnx.NodeProto, x: str) -> tuple[str, onnx.NodeProto]:
+def attention_output(r: Reader, weighted: str, x: str) -> tuple[str, onnx.NodeProto]:
     """(the output, back in the input's layout, and the output projection) after the weighted sum."""
-    after = r.only_consumer(weighted.output[0])
+    after = r.only_consumer(weighted)
     while after is not None and after.op_type in LAYOUT:
         after = r.only_consumer(after.output[0])
     if not stored_dense(r, after):

@@ -11,8 +11,8 @@ from dlc.engine.params import init_params
 from dlc.engine.run import activations
 from dlc.graph import Network
 from dlc.layers.dense import token_vocab
-from dlc.zoo import zoo_names
 from step_memory import sgd_step_peak
+from zoo_weights import zoo_names_with_weights
 
 
 BIG = 50_000_000  # params above which a zoo network runs at batch 1 (GPT-2 small: 145 G MACs a sample)
@@ -26,7 +26,7 @@ def random_batch(graph, batch: int, rng) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", zoo_names())
+@pytest.mark.parametrize("name", zoo_names_with_weights())
 def test_every_node_has_the_analysed_shape(name, zoo_graph):
     graph = zoo_graph(name)
     params, state = init_params(graph)

@@ -26,7 +26,8 @@ from dlc.graph import Network
 from dlc.layers.dense import token_vocab
 from dlc.onnx.export import check_export, spec_of, to_onnx, weights_of
 from dlc.onnx.lower import lowest_opset
-from dlc.zoo import zoo_names, zoo_path
+from dlc.zoo import zoo_path
+from zoo_weights import zoo_names_with_weights
 
 TOL = 1e-4
 BIG = 50_000_000  # params above which a zoo network runs at batch 1
@@ -120,7 +121,7 @@ def test_dsl_example_left_to_the_zoo_test_is_that_zoo_network(name, zoo_graph):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", zoo_names())
+@pytest.mark.parametrize("name", zoo_names_with_weights())
 def test_zoo_spec_exports_and_matches_numpy(name, zoo_graph):
     path = zoo_path(name)
     assert_matches_engine(path.read_text(), batch=batch_for(zoo_graph(name)), file=str(path))

@@ -1,11 +1,11 @@
 """A small Llama-style character model (rmsnorm, rope, kv=2, SwiGLU, tied or untied head) trained with
-`dlc train FILE.txt` on each engine, against the same model written by hand in PyTorch, started from
-dlc's initial weights and fed the same windows in the same order with the same adam."""
+`dlc train FILE.txt` on each engine, against the same model written by hand in PyTorch
+(tests/torch_models.py's LlamaLM, which tests/onnx exports and imports), started from dlc's initial
+weights and fed the same windows in the same order with the same adam."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -18,6 +18,8 @@ from dlc.train.order import epoch_order
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
+
+import torch_models  # noqa: E402  the model by hand: RMSNorm, rotate-half rope, repeat_interleave, SwiGLU
 
 T, D, H, KV, FF, LAYERS = 16, 32, 4, 2, 64, 2
 BATCH, EPOCHS, LR, SEED = 16, 4, 0.003, 0
@@ -45,91 +47,16 @@ def book() -> str:
     return " ".join(words[i] for i in rng.integers(0, len(words), 900)) + "\n"
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, d: int, heads: int, kv: int, theta: float = 10000.0):
-        super().__init__()
-        self.heads, self.kv, self.hd = heads, kv, d // heads
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, kv * self.hd, bias=False)
-        self.v_proj = nn.Linear(d, kv * self.hd, bias=False)
-        self.o_proj = nn.Linear(d, d, bias=False)
-        inv = theta ** (-torch.arange(0, self.hd, 2, dtype=torch.float32) / self.hd)
-        angles = torch.arange(T, dtype=torch.float32)[:, None] * inv[None]
-        self.register_buffer("cos", torch.cat((angles, angles), -1).cos(), persistent=False)
-        self.register_buffer("sin", torch.cat((angles, angles), -1).sin(), persistent=False)
-
-    def forward(self, x):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv, self.hd).transpose(1, 2)
-        cos, sin = self.cos[:t], self.sin[:t]
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        k = k.repeat_interleave(self.heads // self.kv, dim=1)  # Llama's repeat_kv
-        v = v.repeat_interleave(self.heads // self.kv, dim=1)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.hd)
-        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-        y = scores.softmax(-1) @ v
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
-
-
-class Layer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.input_norm, self.attn = RMSNorm(D), Attention(D, H, KV)
-        self.post_norm = RMSNorm(D)
-        self.gate = nn.Linear(D, FF, bias=False)
-        self.up = nn.Linear(D, FF, bias=False)
-        self.down = nn.Linear(FF, D, bias=False)
-
-    def forward(self, x):
-        x = x + self.attn(self.input_norm(x))
-        h = self.post_norm(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
-
-
-class CharLlama(nn.Module):
-    """The spec above as Hugging Face's LlamaForCausalLM writes it; returns logits."""
-
-    def __init__(self, tied: bool):
-        super().__init__()
-        self.embed = nn.Embedding(64, D)
-        self.layers = nn.ModuleList(Layer() for _ in range(LAYERS))
-        self.norm = RMSNorm(D)
-        self.head = nn.Linear(D, 64, bias=False)
-        if tied:
-            self.head.weight = self.embed.weight
-
-    def forward(self, ids):
-        x = self.embed(ids)
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(self.norm(x))
-
-
-def from_dlc(model: CharLlama, params: dict[str, np.ndarray]) -> None:
+def from_dlc(model: nn.Module, params: dict[str, np.ndarray]) -> None:
     """dlc's weights into the PyTorch model: both keep a linear map as (out, in)."""
     names = {"embed1.W": "embed.weight", "rmsnorm1.gamma": "norm.weight"}
     if "fc1.W" in params:
         names["fc1.W"] = "head.weight"
     for i in range(LAYERS):
         a, t = f"llama{i + 1}.", f"layers.{i}."
-        names.update({a + "rmsnorm1.gamma": t + "input_norm.weight", a + "rmsnorm2.gamma": t + "post_norm.weight",
-                      a + "fc1.W": t + "gate.weight", a + "fc2.W": t + "up.weight", a + "fc3.W": t + "down.weight",
+        names.update({a + "rmsnorm1.gamma": t + "norm.weight", a + "rmsnorm2.gamma": t + "mlp.norm.weight",
+                      a + "fc1.W": t + "mlp.gate.weight", a + "fc2.W": t + "mlp.up.weight",
+                      a + "fc3.W": t + "mlp.down.weight",
                       **{a + f"attention1.W{p}": t + f"attn.{p}_proj.weight" for p in "qkvo"}})
     assert sorted(names) == sorted(params)  # every dlc tensor has its place, and nothing is left at PyTorch's init
     state = model.state_dict()
@@ -142,7 +69,7 @@ def windows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[:n * T].reshape(n, T), ids[1:n * T + 1].reshape(n, T)
 
 
-def pytorch_run(text: str, tied: bool) -> tuple[list[float], float, CharLlama]:
+def pytorch_run(text: str, tied: bool) -> tuple[list[float], float, nn.Module]:
     """The epochs' mean training losses, the validation loss after the last, and the trained model, by
     hand in PyTorch."""
     chars = sorted(set(text))
@@ -150,8 +77,7 @@ def pytorch_run(text: str, tied: bool) -> tuple[list[float], float, CharLlama]:
     train_end, val_end = round(0.90 * len(ids)), round(0.95 * len(ids))  # the text's splits (dlc.train.text)
     x, y = (torch.from_numpy(a) for a in windows(ids[:train_end]))
     vx, vy = (torch.from_numpy(a) for a in windows(ids[train_end:val_end]))
-    torch.manual_seed(0)
-    model = CharLlama(tied)
+    model = torch_models.LlamaLM(64, D, H, KV, FF, LAYERS, tied)
     from_dlc(model, init_params(compile_spec(llama_spec(tied)), seed=SEED)[0])
     opt = torch.optim.Adam(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8)
     means = []

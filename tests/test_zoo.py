@@ -107,6 +107,11 @@ BY_HAND = {
                                              + 8 * 3 * 4096 * 14336) + 4096,
                      2048 * (32 * (2 * 4096**2 + 2 * 4096 * 1024 + 4096 * 8 + 2 * 3 * 4096 * 14336) + 32000 * 4096)
                      + 32 * 2 * 2048**2 * 4096),
+    # The small Llama-style character model (specs/llama_char.dlc): embed 128*64 and the head 64*128; per layer
+    # 2*64 (rmsnorms) + 2*64^2 + 2*64*32 (attention, kv=2 of 4 heads of 16) + 3*64*192 (SwiGLU); the final rmsnorm
+    # 64. MACs at 64 steps: the weights that multiply once per step, and attention's 2*T^2*D per layer.
+    "llama_char": (128 * 64 + 4 * (2 * 64 + 2 * 64**2 + 2 * 64 * 32 + 3 * 64 * 192) + 64 + 64 * 128,
+                   64 * (4 * (2 * 64**2 + 2 * 64 * 32 + 3 * 64 * 192) + 64 * 128) + 4 * 2 * 64**2 * 64),
     # The two-block encoder of issue 11's reverse task (D=64, 4 heads, 12 steps over 16 tokens): embed 16*64,
     # positions 12*64, per block 2*128 + (4*64^2 + 4*64) + (64*256 + 256) + (256*64 + 64) = 49,984, layernorm
     # 128, output 64*16 + 16. MACs per block 12*4*64^2 + 2*12^2*64 + 2*12*64*256 = 608,256, output 12*64*16.

@@ -270,3 +270,36 @@ class SwiGLUBlock(nn.Module):
     def forward(self, x):
         h = self.norm(x)
         return x + self.down(self.silu(self.gate(h)) * self.up(h))
+
+
+class LlamaLayer(nn.Module):
+    """A Llama decoder layer: x + attention(RMSNorm(x)), then the SwiGLU block with its own norm and residual."""
+
+    def __init__(self, d: int, heads: int, kv: int, f: int):
+        super().__init__()
+        self.norm = RMSNorm(d)
+        self.attn = LlamaAttention(d, heads, kv, interleave=True)
+        self.mlp = SwiGLUBlock(d, f)
+
+    def forward(self, x):
+        return self.mlp(x + self.attn(self.norm(x)))
+
+
+class LlamaLM(nn.Module):
+    """A small LlamaForCausalLM: token table, decoder layers, a final RMSNorm and the scores over the
+    vocabulary (logits), from a head of its own or the token table's (`tied`)."""
+
+    def __init__(self, vocab: int, d: int, heads: int, kv: int, f: int, layers: int, tied: bool):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(LlamaLayer(d, heads, kv, f) for _ in range(layers))
+        self.norm = RMSNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.norm(x))

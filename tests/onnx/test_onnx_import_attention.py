@@ -376,6 +376,24 @@ def test_llama_style_attention_from_pytorch(tmp_path, exporter, interleave):
     assert_reproduces(tmp_path, spec, weights, x.numpy(), onnxruntime_output(tmp_path / "m.onnx", x.numpy()))
 
 
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_a_whole_llama_character_model_from_pytorch(tmp_path, exporter, tied):
+    # the model tests/train/test_llama_char.py trains: token table, two layers of RMSNorm, rope attention
+    # with kv=2 (repeat_interleave), SwiGLU, a final RMSNorm and the head, end to end from token ids
+    torch.manual_seed(0)
+    net = with_random_parameters(torch_models.LlamaLM(40, 32, 4, 2, 64, 2, tied))
+    x = torch.randint(0, 40, (1, 16))
+    export(net, tmp_path / "m.onnx", x, EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, tmp_path / "m.onnx")
+    steps = [line.split("#")[0].strip(" |") for line in spec.read_text().splitlines()]
+    assert steps.count("attention 4 causal kv=2 rope bias=off") == 2, steps
+    assert steps.count("rmsnorm") == 5 and steps.count("fc 64 bias=off silu") == 2, steps
+    assert ("fc 40 tied=skip1 bias=off" if tied else "fc 40 bias=off") in steps, steps
+    assert saved_parameters(weights) == sum(p.numel() for p in net.parameters())  # a tied table once
+    assert_reproduces(tmp_path, spec, weights, x.numpy(), onnxruntime_output(tmp_path / "m.onnx", x.numpy()))
+
+
 def own_export_edited(tmp_path, spec, edit) -> str:
     """dlc's export of a spec with one of its constants changed, then imported."""
     import onnx

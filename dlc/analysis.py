@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from math import prod
+from math import ceil, prod
 
-from dlc.choices import OPTIMIZER_SLOTS
+from dlc.choices import DTYPE_BYTES, OPTIMIZER_SLOTS
 from dlc.engine.budget import COLS_BYTES
 from dlc.graph import Graph, Node
 from dlc.layers import GLOBAL, KINDS, Window, param_count
 
-BYTES_PER_VALUE = 4  # float32
+BYTES_PER_VALUE = 4  # float32: what dlc's NumPy engine computes in
+
+
+def value_bytes(values: int, dtype: str) -> int:
+    """Bytes of one node's `values` values in `dtype`; an odd count of int4 values rounds up a byte."""
+    return ceil(values * DTYPE_BYTES[dtype])
 
 
 @dataclass
@@ -39,6 +44,14 @@ class NodeStats:
     uncounted: str | None = None  # why macs and flops leave this node out (an ONNX operator without a rule)
     active_params: int | None = None  # params one step runs: 0 for a mixture's standby experts
     constants: int = 0  # an ONNX model's stored attention tables and masks: values, not parameters
+    # An ONNX model's (trainable, non-trainable) bytes in the types its initializers are stored in;
+    # None for a spec, whose values all take the precision asked for.
+    stored_bytes: tuple[int, int] | None = None
+    # In the precision of the analysis (set by totals): a node's bytes of params and non-trainable
+    # values, of trainable values alone (its gradients), and of its output per sample.
+    param_bytes: int = 0
+    grad_bytes: int = 0
+    activation_bytes: int = 0
 
     def __post_init__(self):
         if self.active_params is None:
@@ -65,6 +78,10 @@ class Totals:
     # model, which the engine does not run as it stands.
     columns_bytes: int | None = None
     constants: int = 0  # an ONNX model's stored attention tables and masks, apart from params
+    # The precision of weights and activations (DTYPE_BYTES' names), "mixed" for an ONNX model whose
+    # initializers are stored in several types.
+    dtype: str = "fp32"
+    act_dtype: str = "fp32"
 
     @property
     def engine_train_bytes(self) -> int | None:
@@ -101,8 +118,10 @@ def receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple
     return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] * window.stride[i] for i in (0, 1)), whole)
 
 
-def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd") -> Analysis:
-    """Figures per node and in total. MACs, FLOPs and activations are per sample times `batch`."""
+def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd", dtype: str = "fp32",
+            act_dtype: str | None = None) -> Analysis:
+    """Figures per node and in total. MACs, FLOPs and activations are per sample times `batch`; bytes
+    in `dtype` for weights and `act_dtype` (default: `dtype`) for activations."""
     shapes = {n.name: n.out_shape for n in graph.nodes}
     fields: dict[str, ReceptiveField | None] = {}
     stats = []
@@ -124,7 +143,10 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd") -> Analysis:
             flops=kind.flops(node.attrs, ins, node.out_shape) * batch * runs,
             activations=prod(node.out_shape), rf=fields[node.name], active_params=trainable * runs,
         ))
-    return Analysis(graph, stats, totals(stats, batch, optimizer, engine_columns_bytes(graph, batch)))
+    act_dtype = act_dtype or dtype
+    # the NumPy engine computes in float32 alone: its peak beside another precision's estimate means nothing
+    columns = engine_columns_bytes(graph, batch) if dtype == act_dtype == "fp32" else None
+    return Analysis(graph, stats, totals(stats, batch, optimizer, columns, dtype, act_dtype))
 
 
 def _column_rows(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int, bool] | None:
@@ -163,24 +185,35 @@ def engine_columns_bytes(graph: Graph, batch: int) -> int:
     return kept + in_flight
 
 
-def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: int | None = None) -> Totals:
+def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: int | None = None,
+           dtype: str = "fp32", act_dtype: str = "fp32") -> Totals:
+    """The totals, weights in `dtype` ("mixed": each ONNX initializer in its stored type) and activations
+    in `act_dtype`. Gradients and optimizer state take the weights' precision (docs/conventions.md)."""
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
+    for s in stats:
+        if dtype == "mixed":
+            s.grad_bytes, frozen_bytes = s.stored_bytes or (0, 0)
+            s.param_bytes = s.grad_bytes + frozen_bytes
+        else:
+            s.param_bytes = value_bytes(s.params + s.non_trainable, dtype)
+            s.grad_bytes = value_bytes(s.params, dtype)
+        s.activation_bytes = value_bytes(s.activations, act_dtype)
     p = sum(s.params for s in stats)
     nt = sum(s.non_trainable for s in stats)
     act = sum(s.activations for s in stats)
     slots = len(OPTIMIZER_SLOTS[optimizer])
-    param_bytes = BYTES_PER_VALUE * (p + nt)
-    act_bytes = BYTES_PER_VALUE * act
-    grad_bytes = BYTES_PER_VALUE * p
+    param_bytes = sum(s.param_bytes for s in stats)
+    act_bytes = sum(s.activation_bytes for s in stats)
+    grad_bytes = sum(s.grad_bytes for s in stats)
     optimizer_bytes = slots * grad_bytes
     train = param_bytes + grad_bytes + optimizer_bytes + batch * act_bytes
-    formula = (f"parameters {param_bytes} + gradients {BYTES_PER_VALUE * p} + {optimizer} state "
-               f"{slots}x{BYTES_PER_VALUE * p} + batch {batch} x activations {act_bytes} = {train} bytes")
+    formula = (f"parameters {param_bytes} + gradients {grad_bytes} + {optimizer} state "
+               f"{slots}x{grad_bytes} + batch {batch} x activations {act_bytes} = {train} bytes")
     return Totals(
         params=p, non_trainable=nt, macs=sum(s.macs for s in stats), flops=sum(s.flops for s in stats),
         activations=act, active_params=sum(s.active_params for s in stats), param_bytes=param_bytes, activation_bytes=act_bytes, grad_bytes=grad_bytes,
         optimizer_bytes=optimizer_bytes, train_bytes=train,
         batch=batch, optimizer=optimizer, train_formula=formula, columns_bytes=columns_bytes,
-        constants=sum(s.constants for s in stats),
+        constants=sum(s.constants for s in stats), dtype=dtype, act_dtype=act_dtype,
     )

@@ -15,6 +15,9 @@ INITS = ("he", "xavier", "gaussian")
 # their count multiplies the gradients in the training-memory estimate (docs/conventions.md).
 OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("c",), "rmsprop": ("c",),
                    "adam": ("m", "v"), "adamw": ("m", "v")}
+# Bytes per value of each precision the analysis commands' --dtype names: int4 packs two values in a
+# byte. A node's values round up to whole bytes (docs/conventions.md, Memory).
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 SCHEDULES = ("constant", "step", "poly", "cosine", "exp", "linear", "invsqrt")
 NORMALIZE_KINDS = ("none", "mean-std", "minmax")
 TRAIN_ENGINES = ("numpy", "torch")

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from dlc.analysis import Analysis, NodeStats
+from dlc.choices import DTYPE_BYTES
 from dlc.layers.spatial import show
 from dlc.units import binary, grouped, si
 
@@ -24,9 +25,11 @@ CONVENTIONS = {
              "activations + pooling + bn + merges; per sample times batch",
     "activations": "output elements per sample",
     "receptive_field": "input pixels [height, width] one output element sees; jump = product of strides",
-    "param_bytes": "float32: 4 * (params + non_trainable)",
-    "activation_bytes": "float32: 4 * sum of every node's output elements, per sample",
-    "train_bytes": "parameters + gradients + optimizer state + batch * activation_bytes",
+    "param_bytes": "(params + non_trainable) in dtype.weights (bytes_per_value; int4 rounds up to whole bytes "
+                   "per node; an ONNX model by default each initializer in its stored type)",
+    "activation_bytes": "sum of every node's output elements per sample in dtype.activations",
+    "train_bytes": "parameters + gradients + optimizer state + batch * activation_bytes, gradients and "
+                   "optimizer state in dtype.weights",
     "engine_train_bytes": "train_bytes + the im2col columns dlc's NumPy engine holds at once at this batch "
                           "(null for an ONNX model)",
 }
@@ -127,7 +130,7 @@ COLUMNS = {
     "non_trainable": ("non-trainable", True, lambda r: grouped(r.total("non_trainable"))),
     "macs": ("MACs", True, lambda r: _cost(r, "macs")),
     "flops": ("FLOPs", True, lambda r: _cost(r, "flops")),
-    "memory": ("activations", True, lambda r: binary(4 * r.total("activations"))),
+    "memory": ("activations", True, lambda r: binary(r.total("activation_bytes"))),
     "rf": ("RF", True, lambda r: _rf(r.stats[-1])),
     "jump": ("jump", True, lambda r: _jump(r.stats[-1])),
 }
@@ -167,13 +170,19 @@ def has_mixture(analysis: Analysis) -> bool:
     return any(n.standby for n in analysis.graph.nodes)
 
 
+def dtype_text(dtype: str) -> str:
+    """A precision as the totals name it: float32 as before --dtype existed, an ONNX model's mixture of
+    stored types as such."""
+    return {"fp32": "float32", "mixed": "stored types"}.get(dtype, dtype)
+
+
 def totals_lines(analysis: Analysis, view: str) -> list[str]:
     t = analysis.totals
     per = "per sample" if t.batch == 1 else f"for a batch of {t.batch}"
     lines = []
     if view in ("params", "summary"):
         lines.append(f"params: {grouped(t.params)} trainable + {grouped(t.non_trainable)} non-trainable "
-                     f"= {grouped(t.params + t.non_trainable)} ({binary(t.param_bytes)} as float32)")
+                     f"= {grouped(t.params + t.non_trainable)} ({binary(t.param_bytes)} as {dtype_text(t.dtype)})")
         if has_mixture(analysis):
             lines.append(f"active params: {grouped(t.active_params)} of {grouped(t.params)}, what one step runs "
                          f"(each mixture's router and top K experts, and every layer outside the mixtures)")
@@ -194,7 +203,7 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
                      f"forward pass at inference")
     if view == "summary":
         lines.append(f"activations: {binary(t.activation_bytes)} per sample "
-                     f"({grouped(t.activations)} float32 values)")
+                     f"({grouped(t.activations)} {dtype_text(t.act_dtype)} values)")
         lines.append(f"training memory at batch {t.batch} with {t.optimizer}: {binary(t.train_bytes)} = "
                      f"parameters {binary(t.param_bytes)} + gradients {binary(t.grad_bytes)} + "
                      f"optimizer state {binary(t.optimizer_bytes)} + {t.batch} x activations {binary(t.activation_bytes)}")
@@ -238,6 +247,8 @@ def to_json(analysis: Analysis) -> dict:
         "batch": t.batch,
         "conventions": CONVENTIONS | ({"active_params": ACTIVE_CONVENTION} if mixture else {})
         | ({"constants": CONSTANTS_CONVENTION} if t.constants else {}),
+        "dtype": {"weights": t.dtype, "activations": t.act_dtype,
+                  "bytes_per_value": {"weights": DTYPE_BYTES.get(t.dtype), "activations": DTYPE_BYTES[t.act_dtype]}},
         "layers": layers,
         "totals": {
             "params": t.params,

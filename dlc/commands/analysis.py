@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import click
 
 from dlc.analysis import OPTIMIZER_SLOTS, Analysis, analyse
+from dlc.choices import DTYPE_BYTES
 from dlc.commands.arguments import is_onnx, load_graph, parse_shapes, shape_option, spec_input
 from dlc.errors import DlcError
 
@@ -22,20 +23,24 @@ class Analysed:
     model: object = None  # dlc.onnx.model.OnnxGraph
 
 
-def analyse_input(spec, expr, shapes: tuple[str, ...], batch: int = 1, optimizer: str | None = None) -> Analysed:
-    """SPEC (a spec or an .onnx model) analysed at `batch` with `optimizer` (default: the spec's, else sgd)."""
+def analyse_input(spec, expr, shapes: tuple[str, ...], batch: int = 1, optimizer: str | None = None,
+                  dtype: str | None = None, act_dtype: str | None = None) -> Analysed:
+    """SPEC (a spec or an .onnx model) analysed at `batch` with `optimizer` (default: the spec's, else sgd),
+    weights in `dtype` (default: fp32, an .onnx model's stored types) and activations in `act_dtype`
+    (default: the weights')."""
     if is_onnx(spec) and expr is None:
         from dlc.onnx.analysis import analyse_onnx
         from dlc.onnx.model import load
 
         model = load(spec, parse_shapes(shapes))
-        result, uncounted = analyse_onnx(model, batch, optimizer or "sgd")
+        result, uncounted = analyse_onnx(model, batch, optimizer or "sgd", dtype, act_dtype)
         return Analysed(result, uncounted, model)
     if shapes:
         raise DlcError("--shape goes with an .onnx model; a spec's input step gives its shape")
     graph = load_graph(spec, expr)
     opt = optimizer or graph.train.get("optimizer", "sgd")
-    return Analysed(analyse(graph, batch=batch, optimizer=opt if opt in OPTIMIZER_SLOTS else "sgd"))
+    return Analysed(analyse(graph, batch=batch, optimizer=opt if opt in OPTIMIZER_SLOTS else "sgd",
+                            dtype=dtype or "fp32", act_dtype=act_dtype))
 
 
 def warn_uncounted(a: Analysed) -> None:
@@ -84,13 +89,18 @@ def _analysis_command(view: str, help_text: str):
                   help="Batch size for MACs, FLOPs and the training-memory estimate.")
     @click.option("--optimizer", type=click.Choice(sorted(OPTIMIZER_SLOTS)), default=None,
                   help="Optimizer for the training-memory estimate (default: the spec's, else sgd).")
+    @click.option("--dtype", type=click.Choice(list(DTYPE_BYTES)), default=None,
+                  help="Precision of the weights for the byte figures (default: fp32; an .onnx model's "
+                       "stored types). Gradients and optimizer state take it too.")
+    @click.option("--act-dtype", type=click.Choice(list(DTYPE_BYTES)), default=None,
+                  help="Precision of the activations (default: the weights').")
     @click.option("--all", "every_node", is_flag=True, help="One row per node instead of folding suffix layers.")
     @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document instead of a table.")
     @shape_option
-    def command(spec, expr, batch, optimizer, every_node, as_json, shapes):
+    def command(spec, expr, batch, optimizer, dtype, act_dtype, every_node, as_json, shapes):
         from dlc import report
 
-        a = analyse_input(spec, expr, shapes, batch, optimizer)
+        a = analyse_input(spec, expr, shapes, batch, optimizer, dtype, act_dtype)
         warn_uncounted(a)
         if as_json:
             doc = report.to_json(a.result)

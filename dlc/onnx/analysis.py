@@ -34,6 +34,9 @@ NEVER_LIVE = {"Shape", "Size"}  # they read the data's shape, not its values
 # Inputs read for their element type only: CastLike's target (dynamo's unoptimised graphs cast the
 # attention scale, computed from the queries' shape, like the queries).
 TYPE_ONLY_INPUTS = {"CastLike": (1,)}
+# The --dtype name of a stored float type; a model whose weights are in another type, or several, is
+# reported as stored, tensor by tensor ("mixed").
+STORED_DTYPES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
 NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance
 # A recurrent op's sequence lengths and initial states are inputs given as constants, not weights.
 CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
@@ -156,10 +159,13 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     return costs
 
 
-def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: set[str]) -> tuple[int, int, int]:
-    """(trainable, non-trainable, constant) values of the float initializers this layer reads first;
-    `owner` records which layer took each, so a shared weight counts once; `tables` are the constants."""
-    params = frozen = constants = 0
+def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
+                 tables: set[str]) -> tuple[int, int, int, tuple[int, int], set[int]]:
+    """(trainable, non-trainable, constant) values of the float initializers this layer reads first,
+    the (trainable, non-trainable) bytes in their stored types, and those types; `owner` records which
+    layer took each, so a shared weight counts once; `tables` are the constants."""
+    params = frozen = constants = params_bytes = frozen_bytes = 0
+    types = set()
     for n in layer.nodes:
         for i, t in enumerate(n.input):
             init = g.initializers.get(t)
@@ -169,11 +175,16 @@ def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: 
             owner[t] = layer.name
             if t in tables:
                 constants += prod(init.dims)
-            elif i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
+                continue
+            size = onnx.helper.tensor_dtype_to_np_dtype(init.elem_type).itemsize
+            types.add(init.elem_type)
+            if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
                 frozen += prod(init.dims)
+                frozen_bytes += size * prod(init.dims)
             else:
                 params += prod(init.dims)
-    return params, frozen, constants
+                params_bytes += size * prod(init.dims)
+    return params, frozen, constants, (params_bytes, frozen_bytes), types
 
 
 def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
@@ -246,8 +257,11 @@ def attention_activations(g: OnnxGraph, live: set[str]) -> set[str]:
     return found
 
 
-def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[Analysis, list[Uncounted]]:
-    """dlc's figures for an ONNX model, per layer and in total, and the nodes they leave out."""
+def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: str | None = None,
+                 act_dtype: str | None = None) -> tuple[Analysis, list[Uncounted]]:
+    """dlc's figures for an ONNX model, per layer and in total, and the nodes they leave out. Bytes in
+    `dtype` and `act_dtype`; by default the weights' stored types, and activations in the weights'
+    type where they have one type, else float32 (docs/conventions.md)."""
     live = live_tensors(g)
     layers = group(g, live)
     costs = node_costs(g)
@@ -264,7 +278,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
         name: ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if image else None for name in g.inputs}
 
     producer_node = {o: n for n in g.nodes for o in n.output if o}
-    stats, uncounted, owner = [], [], {}
+    stats, uncounted, owner, types = [], [], {}, set()
     tables = attention_tables(g, live)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
@@ -285,7 +299,8 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
             field_in = [fields.get(i) for i in n.input if i in live]
             for o in n.output:
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
-        params, frozen, constants = layer_params(layer, g, owner, tables)
+        params, frozen, constants, stored, layer_types = layer_params(layer, g, owner, tables)
+        types |= layer_types
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
         sizes = [g.tensors[o].elements if o in g.tensors and g.tensors[o].known else sequence_size(g, producer_node[o])
@@ -308,11 +323,14 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd") -> tuple[
         runs = not node.standby
         stats.append(NodeStats(node, params, frozen, macs * batch * runs, flops * batch * runs,
                                sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None,
-                               params * runs, constants))
+                               params * runs, constants, stored))
     fold_rows(stats, steps)
     mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
-    return Analysis(graph, stats, totals(stats, batch, optimizer)), uncounted
+    stored_as = STORED_DTYPES.get(types.pop()) if len(types) == 1 else "fp32" if not types else None
+    weights = dtype or stored_as or "mixed"
+    return Analysis(graph, stats, totals(stats, batch, optimizer, None, weights,
+                                         act_dtype or dtype or stored_as or "fp32")), uncounted
 
 
 def sequence_size(g: OnnxGraph, n: onnx.NodeProto) -> int | None:

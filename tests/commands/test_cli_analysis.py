@@ -151,3 +151,35 @@ def test_llama_attention_summary_and_its_refusals():
     for bad, said in (("kv=3", "kv=3"), ("rope=0", "rope=0"), ("window=0", "window"), ("kv=0", "kv")):
         r = run("summary", "-e", f"input seq 8 of 16\nattention 4 causal {bad}")
         assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
+
+
+def test_dtype_prices_llama3_8b_params_in_bf16():
+    r = run("params", "llama3_8b", "--dtype", "bf16", "--json")
+    doc = json.loads(r.output)
+    assert doc["totals"]["param_bytes"] == 8_030_261_248 * 2
+    assert doc["dtype"]["bytes_per_value"] == {"weights": 2, "activations": 2}
+    # 16,060,522,496 bytes / 2**30 = 14.957 GiB
+    assert "= 8,030,261,248 (14.96 GiB as bf16)" in run("params", "llama3_8b", "--dtype", "bf16").output
+
+
+def test_dtype_int4_packs_two_values_a_byte_and_rounds_up_per_node():
+    # LeNet-5's layers: 156 + 2,416 + 48,120 + 10,164 + 850 = 61,706 params, even per layer: 30,853 bytes.
+    # Its outputs: 1,024 + 4,704 x 2 + 1,176 + 1,600 x 2 + 400 x 2 + 120 x 2 + 84 x 2 + 10 x 2 = 16,036
+    # values, 8,018 bytes; with adam, train = 30,853 x 4 + 8,018.
+    doc = json.loads(run("summary", "lenet5", "--dtype", "int4", "--optimizer", "adam", "--json").output)
+    t = doc["totals"]
+    assert (t["param_bytes"], t["activation_bytes"]) == (30_853, 8_018)
+    assert t["train_bytes"]["bytes"] == 30_853 * 4 + 8_018
+    assert t["engine_train_bytes"] is None  # the NumPy engine computes in float32 only
+    # An odd count rounds up a whole byte per node: fc 1 on 2 inputs has 3 params -> 2 bytes, and the
+    # input's 2 values and the output's 1 value take 1 byte each; activations in int8 on request.
+    doc = json.loads(run("summary", "-e", "input 2\nfc 1\n", "--dtype", "int4", "--act-dtype", "int8",
+                         "--json").output)
+    assert (doc["totals"]["param_bytes"], doc["totals"]["activation_bytes"]) == (2, 3)
+
+
+def test_dtype_default_is_float32_and_bad_values_are_refused():
+    default = json.loads(run("summary", "lenet5", "--json").output)
+    assert default["dtype"]["weights"] == "fp32" and default["totals"]["param_bytes"] == 4 * 61_706
+    r = run("summary", "lenet5", "--dtype", "int3")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "'int3' is not one of" in r.output

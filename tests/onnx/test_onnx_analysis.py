@@ -289,3 +289,37 @@ def test_an_operator_shape_inference_does_not_know_leaves_its_node_uncounted(tmp
     doc = json.loads(r.stdout)
     assert doc["totals"]["flops"] == 10  # the Relu; FusedThing has no rule, Sigmoid no shape
     assert {u["op"] for u in doc["onnx"]["not_counted"]} == {"FusedThing", "Sigmoid"}
+
+
+def gemm_net(w_type, b_type) -> onnx.ModelProto:
+    """x[N, 4] -> Gemm 3 -> y, its weight of 12 values and bias of 3 stored in the given numpy types."""
+    act = TensorProto.FLOAT16 if w_type == np.float16 else TensorProto.FLOAT
+    return model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
+                 [value("x", ["N", 4], act)], [value("y", ["N", 3], act)],
+                 [numpy_helper.from_array(np.ones((3, 4), w_type), "w"),
+                  numpy_helper.from_array(np.ones(3, b_type), "b")])
+
+
+def test_a_float16_model_is_reported_in_its_stored_types(tmp_path):
+    # The issue: a float16 file was reported as float32. 15 params x 2 bytes = 30; activations: the
+    # input's 4 and the output's 3 values, float16 like the weights, 14 bytes.
+    path = save(gemm_net(np.float16, np.float16), tmp_path / "half.onnx")
+    doc = json.loads(run("summary", path, "--json").stdout)
+    assert doc["dtype"] == {"weights": "fp16", "activations": "fp16",
+                            "bytes_per_value": {"weights": 2, "activations": 2}}
+    assert (doc["totals"]["param_bytes"], doc["totals"]["activation_bytes"]) == (30, 14)
+    text = run("summary", path).stdout
+    assert "= 15 (30 B as fp16)" in text and "(7 fp16 values)" in text
+    # --dtype overrides the stored type: 15 x 4 bytes
+    assert json.loads(run("params", path, "--json", "--dtype", "fp32").stdout)["totals"]["param_bytes"] == 60
+
+
+def test_mixed_stored_types_are_summed_per_tensor(tmp_path):
+    # weight 12 x 2 bytes + bias 3 x 4 bytes = 36; activations in float32 (no single weight type), 7 x 4
+    path = save(gemm_net(np.float16, np.float32), tmp_path / "mixed.onnx")
+    doc = json.loads(run("summary", path, "--json").stdout)
+    assert doc["dtype"]["weights"] == "mixed" and doc["dtype"]["bytes_per_value"]["weights"] is None
+    assert (doc["totals"]["param_bytes"], doc["totals"]["activation_bytes"]) == (36, 28)
+    # sgd: parameters + gradients, each as stored
+    assert doc["totals"]["train_bytes"]["bytes"] == 36 + 36 + 28
+    assert "(36 B as stored types)" in run("params", path).stdout

@@ -119,18 +119,19 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
             raise DlcError("--weights-partial says how to load --weights CKPT: give the checkpoint")
         root = out or fresh_out(graph)
         runs = fresh_runs(cfg, root, repeat)
+    folders = [d for _, d, _ in runs]
     if nproc_per_node and not under_launcher():
         # the command is checked (spec, data, run folder): now the processes, each of which runs it (and
         # rank 0 takes the run folder's lock: the launcher holding it would lock its own processes out)
         if resume is None:
-            check_fresh_runs(root, [d for _, d, _ in runs], plot)
+            check_fresh_runs(root, folders, plot)
         raise SystemExit(launch_standalone(nproc_per_node, sys.argv[1:]))
     with contextlib.ExitStack() as held:
         if writer:  # one run per folder at a time (torchrun's other ranks write nothing), checked once held
-            for _, d, _ in runs:
+            for d in folders:
                 held.enter_context(run_lock(d))
             if resume is None:
-                check_fresh_runs(root, [d for _, d, _ in runs], plot)
+                check_fresh_runs(root, folders, plot)
         try:
             data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                         norm=norm, on_phase=display.phase, steps=output_steps(graph),

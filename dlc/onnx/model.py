@@ -287,7 +287,11 @@ def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: 
     inputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type,
                                             [batch, *shapes[v.name]] if _dims(v) else _dims(v))
               for v in g.input if v.name not in init]  # a scalar input stays one: it has no batch axis
-    return helper.make_model(helper.make_graph(g.node, g.name, [*inputs, *weights], g.output, initializer=kept),
+    # An output's declared batch belongs to the writer's example (old exporters fixed it at 2): left in, it
+    # would contradict the batch set here.
+    outputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, [None, *_dims(v)[1:]])
+               if _dims(v) else v for v in g.output]
+    return helper.make_model(helper.make_graph(g.node, g.name, [*inputs, *weights], outputs, initializer=kept),
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 
 

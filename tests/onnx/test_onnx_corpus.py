@@ -1,0 +1,180 @@
+"""ONNX's own backend test models, read from the installed onnx package (never copied), as the import
+corpus: each model either imports and reproduces the suite's expected output on dlc's NumPy engine, or is
+refused in one line naming what dlc lacks. `summary` and `draw` run on every one without a traceback.
+
+REFUSED is the map of what the language does not yet say: an entry leaves it when its kind lands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+onnx = pytest.importorskip("onnx")
+from onnx import numpy_helper  # noqa: E402
+
+from dlc.cli import main  # noqa: E402
+
+ROOT = Path(onnx.__file__).parent / "backend" / "test" / "data"
+GROUPS = ("pytorch-converted", "pytorch-operator", "simple")
+MODELS = sorted(f"{g}/{p.parent.name}" for g in GROUPS for p in (ROOT / g).glob("*/model.onnx"))
+TOLERANCE = 1e-4  # relative to the largest expected output, as the suite's own runner allows
+
+# model -> words its one-line refusal contains
+REFUSED = {
+    "pytorch-converted/test_AvgPool1d": "Unsqueeze",
+    "pytorch-converted/test_AvgPool1d_stride": "Unsqueeze",
+    "pytorch-converted/test_AvgPool3d": "per sample",
+    "pytorch-converted/test_AvgPool3d_stride": "per sample",
+    "pytorch-converted/test_AvgPool3d_stride1_pad0_gpu_input": "per sample",
+    "pytorch-converted/test_BatchNorm1d_3d_input_eval": "BatchNormalization",
+    "pytorch-converted/test_BatchNorm3d_eval": "per sample",
+    "pytorch-converted/test_BatchNorm3d_momentum_eval": "per sample",
+    "pytorch-converted/test_ConstantPad2d": "Pad",
+    "pytorch-converted/test_Conv1d": "Conv",
+    "pytorch-converted/test_Conv1d_dilated": "Conv",
+    "pytorch-converted/test_Conv1d_groups": "Conv",
+    "pytorch-converted/test_Conv1d_pad1": "Conv",
+    "pytorch-converted/test_Conv1d_pad1size1": "Conv",
+    "pytorch-converted/test_Conv1d_pad2": "Conv",
+    "pytorch-converted/test_Conv1d_pad2size1": "Conv",
+    "pytorch-converted/test_Conv1d_stride": "Conv",
+    "pytorch-converted/test_Conv3d": "per sample",
+    "pytorch-converted/test_Conv3d_dilated": "per sample",
+    "pytorch-converted/test_Conv3d_dilated_strided": "per sample",
+    "pytorch-converted/test_Conv3d_groups": "per sample",
+    "pytorch-converted/test_Conv3d_no_bias": "per sample",
+    "pytorch-converted/test_Conv3d_stride": "per sample",
+    "pytorch-converted/test_Conv3d_stride_padding": "per sample",
+    "pytorch-converted/test_ConvTranspose2d": "ConvTranspose",
+    "pytorch-converted/test_ConvTranspose2d_no_bias": "ConvTranspose",
+    "pytorch-converted/test_GLU": "Split",
+    "pytorch-converted/test_GLU_dim": "Split",
+    "pytorch-converted/test_LogSoftmax": "LogSoftmax",
+    "pytorch-converted/test_MaxPool1d": "MaxPool",
+    "pytorch-converted/test_MaxPool1d_stride": "MaxPool",
+    "pytorch-converted/test_MaxPool1d_stride_padding_dilation": "MaxPool",
+    "pytorch-converted/test_MaxPool2d_stride_padding_dilation": "MaxPool",
+    "pytorch-converted/test_MaxPool3d": "per sample",
+    "pytorch-converted/test_MaxPool3d_stride": "per sample",
+    "pytorch-converted/test_MaxPool3d_stride_padding": "per sample",
+    "pytorch-converted/test_PReLU_1d": "PRelu",
+    "pytorch-converted/test_PReLU_1d_multiparam": "PRelu",
+    "pytorch-converted/test_PReLU_2d": "PRelu",
+    "pytorch-converted/test_PReLU_2d_multiparam": "PRelu",
+    "pytorch-converted/test_PReLU_3d": "per sample",
+    "pytorch-converted/test_PReLU_3d_multiparam": "per sample",
+    "pytorch-converted/test_PixelShuffle": "Reshape",
+    "pytorch-converted/test_PoissonNLLLLoss_no_reduce": "Exp",
+    "pytorch-converted/test_ReflectionPad2d": "Pad",
+    "pytorch-converted/test_ReplicationPad2d": "Pad",
+    "pytorch-converted/test_Softmin": "Neg",
+    "pytorch-converted/test_Softplus": "Softplus",
+    "pytorch-converted/test_Softsign": "Abs",
+    "pytorch-converted/test_ZeroPad2d": "Pad",
+    "pytorch-converted/test_log_softmax_dim3": "LogSoftmax",
+    "pytorch-converted/test_log_softmax_lastdim": "LogSoftmax",
+    "pytorch-converted/test_softmax_functional_dim3": "Softmax",
+    "pytorch-operator/test_operator_add_broadcast": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_add_size1_broadcast": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_add_size1_right_broadcast": "inputs and",
+    "pytorch-operator/test_operator_add_size1_singleton_broadcast": "inputs and",
+    "pytorch-operator/test_operator_addconstant": "Add",
+    "pytorch-operator/test_operator_addmm": "3 inputs and 1 outputs",
+    "pytorch-operator/test_operator_basic": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_chunk": "not valid ONNX",
+    "pytorch-operator/test_operator_clip": "Clip",
+    "pytorch-operator/test_operator_concat2": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_convtranspose": "ConvTranspose",
+    "pytorch-operator/test_operator_exp": "Exp",
+    "pytorch-operator/test_operator_index": "Slice",
+    "pytorch-operator/test_operator_max": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_maxpool": "MaxPool",
+    "pytorch-operator/test_operator_min": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_mm": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_non_float_params": "Add",
+    "pytorch-operator/test_operator_pad": "Pad",
+    "pytorch-operator/test_operator_params": "Add",
+    "pytorch-operator/test_operator_permute2": "per sample",
+    "pytorch-operator/test_operator_pow": "2 inputs and 1 outputs",
+    "pytorch-operator/test_operator_reduced_mean": "ReduceMean",
+    "pytorch-operator/test_operator_reduced_mean_keepdim": "ReduceMean",
+    "pytorch-operator/test_operator_reduced_sum": "ReduceSum",
+    "pytorch-operator/test_operator_reduced_sum_keepdim": "ReduceSum",
+    "pytorch-operator/test_operator_repeat": "Tile",
+    "pytorch-operator/test_operator_repeat_dim_overflow": "Reshape",
+    "pytorch-operator/test_operator_sqrt": "Sqrt",
+    "pytorch-operator/test_operator_symbolic_override": "InstanceNormalization",
+    "pytorch-operator/test_operator_symbolic_override_nested": "inputs and",
+    "pytorch-operator/test_operator_view": "per sample",
+    "simple/test_expand_shape_model1": "2 inputs and 1 outputs",
+    "simple/test_expand_shape_model2": "2 inputs and 1 outputs",
+    "simple/test_expand_shape_model3": "2 inputs and 1 outputs",
+    "simple/test_expand_shape_model4": "not valid ONNX",
+    "simple/test_gradient_of_add": "2 inputs and 3 outputs",
+    "simple/test_gradient_of_add_and_mul": "2 inputs and 3 outputs",
+    "simple/test_sequence_model1": "3 inputs and 1 outputs",
+    "simple/test_sequence_model2": "3 inputs and 1 outputs",
+    "simple/test_sequence_model3": "3 inputs and 1 outputs",
+    "simple/test_sequence_model4": "3 inputs and 1 outputs",
+    "simple/test_sequence_model5": "3 inputs and 1 outputs",
+    "simple/test_sequence_model6": "SplitToSequence",
+    "simple/test_sequence_model7": "SplitToSequence",
+    "simple/test_sequence_model8": "2 inputs and 1 outputs",
+    "simple/test_shrink": "per sample",
+    "simple/test_sign_model": "per sample",
+    "simple/test_strnorm_model_monday_casesensintive_lower": "0-D integers",
+    "simple/test_strnorm_model_monday_casesensintive_nochangecase": "0-D integers",
+    "simple/test_strnorm_model_monday_casesensintive_upper": "0-D integers",
+    "simple/test_strnorm_model_monday_empty_output": "0-D integers",
+    "simple/test_strnorm_model_monday_insensintive_upper_twodim": "StringNormalizer",
+    "simple/test_strnorm_model_nostopwords_nochangecase": "0-D integers",
+}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_clean(r) -> None:
+    """exit 0, or exit 2 with one line that says why: never a traceback."""
+    assert r.exit_code in (0, 2), r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    if r.exit_code == 2:
+        assert r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+
+
+def test_the_corpus_is_the_one_the_issue_counts():
+    assert len([m for m in MODELS if not m.startswith("simple/")]) == 117
+    assert set(REFUSED) <= set(MODELS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_imports_and_reproduces_the_expected_output_or_says_why_not(model, tmp_path):
+    folder = ROOT / model
+    r = run("import", folder / "model.onnx", "-o", tmp_path / "net.dlc")
+    assert_clean(r)
+    if model in REFUSED:
+        assert r.exit_code == 2 and REFUSED[model] in r.output, r.output
+        return
+    assert r.exit_code == 0, r.output
+    data = folder / "test_data_set_0"
+    x = numpy_helper.to_array(onnx.load_tensor(str(data / "input_0.pb")))
+    expected = numpy_helper.to_array(onnx.load_tensor(str(data / "output_0.pb")))
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", tmp_path / "net.dlc", "--weights", tmp_path / "net.npz", "--engine", "numpy",
+            "--input", tmp_path / "x.npy", "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == expected.shape
+    assert np.abs(y - expected).max() <= TOLERANCE * max(np.abs(expected).max(), 1e-12)
+
+
+@pytest.mark.parametrize("model", MODELS + sorted(f"light/{p.stem}" for p in (ROOT / "light").glob("*.onnx")))
+def test_summary_and_draw_never_crash(model, tmp_path):
+    path = ROOT / model / "model.onnx" if not model.startswith("light/") else ROOT / f"{model}.onnx"
+    assert_clean(run("summary", path))
+    assert_clean(run("draw", path, "-o", tmp_path / "net.svg"))

@@ -106,21 +106,28 @@ def projection_fans(a: dict, shape: Shape) -> tuple[float, float]:
     return shape[1], shape[0]
 
 
+def attention_work(a: dict, queries: int, keys: int) -> tuple[int, int]:
+    """(MACs, FLOPs) of `queries` steps each attending over `keys` steps: the whole layer (queries = keys =
+    T) or one decode step at a context (queries = 1, dlc.serving)."""
+    # the four projections (D² per query for queries and output, D·kv·head_dim for keys and values; a
+    # decode step projects its new step alone), then Q·Kᵀ and the weighted sum of V (queries·keys·D each,
+    # over all query heads: grouped heads share keys and values, not the products). A causal mask or a
+    # window does not shrink a whole layer's: the dense kernels compute the whole square; rotary
+    # positions are elementwise, no MACs.
+    q, d, h, kd = queries, a["dim"], a["heads"], a["kv"] * a["head_dim"]
+    macs = 2 * q * d * d + 2 * q * d * kd + 2 * q * keys * d
+    # 2·MACs, the bias adds (one per projected feature), the 1/sqrt(head_dim) scaling (1 per score),
+    # softmax (3 per score) and rope's rotation (q·cos + swap(q)·sin: 3 per query and key feature)
+    rope = 3 * q * (d + kd) if a["rope"] else 0
+    return macs, 2 * macs + (2 * q * (d + kd) if a["bias"] else 0) + 4 * h * q * keys + rope
+
+
 def attention_macs(a, ins, out):
-    # the four projections (T·D² for queries and output, T·D·kv·head_dim for keys and values), then
-    # Q·Kᵀ and the weighted sum of V (T²·D each, over all query heads: grouped heads share keys and
-    # values, not the products). A causal mask or a window does not shrink them: the dense kernels
-    # compute the whole square; rotary positions are elementwise, no MACs.
-    t, d, kd = a["steps"], a["dim"], a["kv"] * a["head_dim"]
-    return 2 * t * d * d + 2 * t * d * kd + 2 * t * t * d
+    return attention_work(a, a["steps"], a["steps"])[0]
 
 
 def attention_flops(a, ins, out):
-    # 2·MACs, the bias adds (one per projected feature), the 1/sqrt(head_dim) scaling (1 per score),
-    # softmax (3 per score) and rope's rotation (q·cos + swap(q)·sin: 3 per query and key feature)
-    t, d, h, kd = a["steps"], a["dim"], a["heads"], a["kv"] * a["head_dim"]
-    rope = 3 * t * (d + kd) if a["rope"] else 0
-    return 2 * attention_macs(a, ins, out) + (2 * t * (d + kd) if a["bias"] else 0) + 4 * h * t * t + rope
+    return attention_work(a, a["steps"], a["steps"])[1]
 
 
 # Every step sees every step (a causal step sees itself and the earlier ones; the last sees them all;

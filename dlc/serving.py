@@ -1,0 +1,188 @@
+"""What running a network costs, layer by layer: a prefill of P tokens, one decode step at a context of
+N tokens, or one batch of a model without causal attention; the KV cache; the memory to serve.
+
+The figures follow docs/conventions.md ("Serving and the roofline"): MACs and FLOPs by the layer
+registry's rules; bytes moved = each weight read once per pass (in --dtype), each activation written
+once and read by each layer that consumes it (in --act-dtype), and for causal attention the keys and
+values written to and read from the cache (in --kv-dtype). Plain integers, no numpy: the analysis
+commands that show these figures must start at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dlc.analysis import Analysis, NodeStats, value_bytes
+from dlc.graph import Graph, Node
+from dlc.layers.sequence import attention_work
+
+# Bytes of an integer input read by its first layer (token ids are int64 as dlc's inputs store them);
+# every other tensor moves in the precision asked for.
+STORED_BYTES = {"int64": 8, "int32": 4}
+
+
+@dataclass
+class LayerCost:
+    """One node's work and traffic in one pass, for the whole batch."""
+
+    node: Node
+    macs: int
+    flops: int
+    weight_bytes: int  # its weights, read once
+    activation_bytes: int  # its inputs read and its output written
+    kv_bytes: int = 0  # keys and values written to the cache and read from it (causal attention)
+    uncounted: str | None = None  # an ONNX operator without a counting rule: its MACs and FLOPs are unknown
+
+    @property
+    def bytes(self) -> int:
+        return self.weight_bytes + self.activation_bytes + self.kv_bytes
+
+    @property
+    def intensity(self) -> float | None:
+        """FLOPs per byte moved; None for a node that moves nothing."""
+        return self.flops / self.bytes if self.bytes else None
+
+
+@dataclass
+class Pass:
+    """The nodes' costs for one pass: `queries` new tokens per sequence over a `context` of tokens
+    (both None for a model without causal attention, whose pass is one batch)."""
+
+    what: str  # "prefill", "decode" or "batch"
+    batch: int
+    layers: list[LayerCost]
+    queries: int | None = None
+    context: int | None = None
+
+    def total(self, field: str) -> int:
+        return sum(getattr(c, field) for c in self.layers)
+
+
+def causal_attention(graph: Graph) -> list[Node]:
+    """The layers that keep a KV cache when the network generates: its causal attention."""
+    return [n for n in graph.nodes if n.kind == "attention" and n.attrs["causal"]]
+
+
+def steps(graph: Graph) -> int:
+    """T, the spec's sequence length (`input seq T` or a T x D input)."""
+    return graph.input.out_shape[0]
+
+
+def kv_values_per_token(node: Node) -> int:
+    """Keys and values one token adds to a layer's cache: 2 x kv heads x head size."""
+    return 2 * node.attrs["kv"] * node.attrs["head_dim"]
+
+
+def kv_bytes_per_token(graph: Graph, kv_dtype: str) -> int:
+    """Layers x 2 x kv heads x head size x bytes: what each token of context holds in the cache."""
+    return sum(value_bytes(kv_values_per_token(n), kv_dtype) for n in causal_attention(graph))
+
+
+def cached_tokens(node: Node, context: int) -> int:
+    """Tokens a layer keeps at a context: a sliding window keeps its last `window` alone."""
+    window = node.attrs["window"]
+    return context if window is None else min(context, window)
+
+
+def kv_cache_bytes(graph: Graph, context: int, batch: int, kv_dtype: str) -> int:
+    """The KV cache of `batch` sequences of `context` tokens."""
+    return sum(value_bytes(kv_values_per_token(n) * cached_tokens(n, context) * batch, kv_dtype)
+               for n in causal_attention(graph))
+
+
+def _per_token(node: Node, seq: int) -> bool:
+    """Whether a node's output runs along the sequence, one row a step (so a pass over q new tokens
+    computes q/T of it); a node off the sequence (after seqpool) runs whole on every pass."""
+    return 1 <= len(node.out_shape) <= 2 and node.out_shape[0] == seq
+
+
+def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int | None = None,
+          context: int | None = None) -> Pass:
+    g, t = analysis.graph, analysis.totals
+    seq = steps(g) if queries is not None else None
+    by_name = {s.node.name: s for s in analysis.nodes}
+
+    def scaled(s: NodeStats, n: int) -> int:
+        """A count of node s at T steps, for the pass's new tokens."""
+        return n * queries // seq if seq is not None and _per_token(s.node, seq) else n
+
+    def out_bytes(s: NodeStats) -> int:
+        n = scaled(s, s.activations) * batch
+        if s.node.dtype in STORED_BYTES:
+            return n * STORED_BYTES[s.node.dtype]
+        return value_bytes(n, t.act_dtype)
+
+    layers = []
+    for s in analysis.nodes:
+        node = s.node
+        if node.kind == "input":  # put there by the caller: read by its consumers, not a layer's work
+            layers.append(LayerCost(node, 0, 0, 0, 0))
+            continue
+        macs, flops = scaled(s, s.macs) * batch, scaled(s, s.flops) * batch
+        weights = 0 if node.standby else s.param_bytes
+        kv = 0
+        if node.kind == "embed":  # a lookup reads the rows of the tokens it looks up, not the table
+            rows = min(node.attrs["vocab"], scaled(by_name[node.inputs[0]], by_name[node.inputs[0]].activations) * batch)
+            weights = value_bytes(rows * node.attrs["dim"], t.dtype)
+        elif node.kind == "posembed" and seq is not None:
+            weights = value_bytes(min(node.attrs["steps"], queries) * node.attrs["dim"], t.dtype)
+        elif node.kind == "fc" and node.attrs["tied"] is not None:  # the head reads the embed's whole table
+            weights += value_bytes(node.attrs["units"] * node.attrs["in_features"], t.dtype)
+        elif node.kind == "attention" and node.attrs["causal"] and seq is not None:
+            keys = queries if what == "prefill" else cached_tokens(node, context)
+            macs, flops = (x * batch for x in attention_work(node.attrs, queries, keys))
+            # prefill stores the keys and values the cache keeps; a decode step stores its token's and
+            # reads the whole cache (its own token included)
+            stored = cached_tokens(node, queries) if what == "prefill" else 1
+            read = 0 if what == "prefill" else keys
+            kv = value_bytes(kv_values_per_token(node) * (stored + read) * batch, kv_dtype)
+        moved = out_bytes(s) + sum(out_bytes(by_name[i]) for i in node.inputs)
+        layers.append(LayerCost(node, macs, flops, weights, moved, kv, s.uncounted))
+    return Pass(what, batch, layers, queries, context)
+
+
+def prefill(analysis: Analysis, tokens: int, batch: int, kv_dtype: str) -> Pass:
+    """Prefill of `tokens` tokens per sequence: every layer over them, causal attention over the whole
+    tokens x tokens square as dense kernels compute it (the analysis' convention), the cache written."""
+    return _pass(analysis, "prefill", batch, kv_dtype, tokens, tokens)
+
+
+def decode_step(analysis: Analysis, context: int, batch: int, kv_dtype: str) -> Pass:
+    """One new token per sequence whose context (its own token included) is `context` tokens: every
+    layer on one step, causal attention over the cached tokens (a window's at most)."""
+    return _pass(analysis, "decode", batch, kv_dtype, 1, context)
+
+
+def batch_pass(analysis: Analysis, batch: int) -> Pass:
+    """One forward pass of a batch: a model without causal attention (a CNN, ViT, an encoder)."""
+    return _pass(analysis, "batch", batch, "fp32")
+
+
+@dataclass
+class ServeMemory:
+    weights: int  # every parameter, a mixture's standby experts too
+    kv_cache: int  # at the context and batch
+    activations: int  # the largest layer's inputs and output at once, prefilling the context
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations
+
+
+def serve_memory(analysis: Analysis, context: int | None, batch: int, kv_dtype: str) -> ServeMemory:
+    """What serving holds at once: the weights, the KV cache of `batch` sequences of `context` tokens
+    (a causal model; None for another, served batch by batch), and the largest live activations."""
+    g = analysis.graph
+    if context is None:
+        work = batch_pass(analysis, batch)
+        kv = 0
+    else:
+        work = prefill(analysis, context, batch, kv_dtype)
+        kv = kv_cache_bytes(g, context, batch, kv_dtype)
+    return ServeMemory(analysis.totals.param_bytes, kv, max(c.activation_bytes for c in work.layers))
+
+
+def time_of(cost: LayerCost, peak_flops: float, bandwidth: float) -> tuple[float, str]:
+    """The roofline's time for a node (seconds) and what bounds it: its FLOPs at the peak, or its bytes at
+    the bandwidth, whichever takes longer (a node that does neither takes no time)."""
+    compute, memory = cost.flops / peak_flops, cost.bytes / bandwidth
+    return max(compute, memory), "compute" if compute >= memory and cost.flops else "memory"

@@ -32,6 +32,13 @@ def available_bytes() -> int | None:
     return min(found) if found else None
 
 
+def total_bytes() -> int:
+    """The machine's physical memory (what `--device local` can hold)."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def refuse_unless_fits(needed: int, what: str) -> None:
     """A DlcError naming both figures when `what` needs more memory than this machine has free."""
     free = available_bytes()

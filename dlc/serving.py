@@ -97,13 +97,15 @@ def _per_token(node: Node, seq: int) -> bool:
 
 def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int | None = None,
           context: int | None = None) -> Pass:
-    g, t = analysis.graph, analysis.totals
-    seq = steps(g) if queries is not None else None
+    t = analysis.totals
+    seq = steps(analysis.graph) if queries is not None else None
     by_name = {s.node.name: s for s in analysis.nodes}
 
     def scaled(s: NodeStats, n: int) -> int:
-        """A count of node s at T steps, for the pass's new tokens."""
+        """A count of node s per sample at T steps, for the pass's new tokens."""
         return n * queries // seq if seq is not None and _per_token(s.node, seq) else n
+
+    per_sample = t.batch  # the analysis' MACs and FLOPs are for its batch; a pass sets its own
 
     def out_bytes(s: NodeStats) -> int:
         n = scaled(s, s.activations) * batch
@@ -117,7 +119,7 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
         if node.kind == "input":  # put there by the caller: read by its consumers, not a layer's work
             layers.append(LayerCost(node, 0, 0, 0, 0))
             continue
-        macs, flops = scaled(s, s.macs) * batch, scaled(s, s.flops) * batch
+        macs, flops = (scaled(s, x // per_sample) * batch for x in (s.macs, s.flops))
         weights = 0 if node.standby else s.param_bytes
         kv = 0
         if node.kind == "embed":  # a lookup reads the rows of the tokens it looks up, not the table
@@ -171,13 +173,12 @@ class ServeMemory:
 def serve_memory(analysis: Analysis, context: int | None, batch: int, kv_dtype: str) -> ServeMemory:
     """What serving holds at once: the weights, the KV cache of `batch` sequences of `context` tokens
     (a causal model; None for another, served batch by batch), and the largest live activations."""
-    g = analysis.graph
     if context is None:
         work = batch_pass(analysis, batch)
         kv = 0
     else:
         work = prefill(analysis, context, batch, kv_dtype)
-        kv = kv_cache_bytes(g, context, batch, kv_dtype)
+        kv = kv_cache_bytes(analysis.graph, context, batch, kv_dtype)
     return ServeMemory(analysis.totals.param_bytes, kv, max(c.activation_bytes for c in work.layers))
 
 

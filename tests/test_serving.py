@@ -118,3 +118,8 @@ def test_the_roofline_takes_the_slower_of_compute_and_memory():
     assert (conv.flops, conv.bytes) == (152, 176)
     assert time_of(conv, 1e3, 1e3) == (0.176, "memory")
     assert time_of(conv, 100.0, 1e6) == (1.52, "compute")
+
+
+def test_a_pass_sets_its_own_batch_whatever_the_analysis_batch(zoo_graph):
+    g = zoo_graph("llama_char")
+    assert decode_step(analyse(g, batch=4), 10, 2, "fp32").total("macs") == 2 * 209_920

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 
 from dlc.analysis import Analysis, NodeStats
+from dlc.devices import Device
+from dlc.serving import Serving
 from dlc.choices import DTYPE_BYTES
 from dlc.layers.spatial import show
 from dlc.units import binary, grouped, si
@@ -211,6 +213,58 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
             lines.append(f"NumPy engine (dlc train) at its peak: {binary(t.engine_train_bytes)} = training memory + "
                          f"im2col columns {binary(t.columns_bytes)}")
     return lines
+
+
+# Beside the others only for a spec with causal attention (docs/conventions.md, Serving and the roofline).
+SERVING_CONVENTIONS = {
+    "kv_bytes_per_token": "causal attention layers x 2 (keys, values) x kv heads x head size x bytes of kv_dtype",
+    "kv_cache_bytes": "kv_bytes_per_token x context x batch; a sliding window keeps its last window tokens",
+    "prefill": "context tokens per sequence, causal attention over the whole square as dense kernels compute it",
+    "decode": "one new token per sequence whose context (its own token included) is `context` tokens: every "
+              "weight that multiplies once, attention over the cached tokens; the embedding a lookup",
+    "bytes": "weights read once per pass in dtype.weights, each activation written once and read by each "
+             "consumer in dtype.activations, keys and values written to and read from the cache in kv_dtype",
+    "serve_bytes": "every weight (standby experts too) + the KV cache at context and batch + the largest "
+                   "layer's inputs and output at once while prefilling the context",
+}
+
+
+def serving_lines(s: Serving, device: Device | None = None) -> list[str]:
+    """The KV cache, a decode step beside the prefill, and the memory to serve, for people."""
+    at = f"context {grouped(s.context)} x batch {s.batch}"
+    d, p, m = s.decode, s.prefill, s.memory
+    each = "one new token" if s.batch == 1 else f"one new token for each of {s.batch} sequences"
+    lines = [
+        f"KV cache: {grouped(s.kv_per_token)} B ({binary(s.kv_per_token)}) per token in {s.kv_dtype} = {s.kv_formula}; "
+        f"{binary(s.kv_cache)} ({grouped(s.kv_cache)} B) at {at}",
+        f"decode step at context {grouped(s.context)}: {si(d.total('macs'))} MACs ({grouped(d.total('macs'))}), "
+        f"{si(d.total('flops'))} FLOPs, {binary(d.total('bytes'))} moved ({each}); prefill of "
+        f"{grouped(s.context)} tokens: {si(p.total('macs'))} MACs ({grouped(p.total('macs'))}), "
+        f"{binary(p.total('bytes'))} moved",
+        f"memory to serve at {at}: {binary(m.total)} = weights {binary(m.weights)} + KV cache "
+        f"{binary(m.kv_cache)} + largest live activations {binary(m.activations)}",
+    ]
+    if device is not None:
+        verdict = "fits in" if m.total <= device.memory else "does not fit in"
+        lines.append(f"{device.name}: {binary(m.total)} {verdict} its {binary(device.memory)} "
+                     f"({grouped(device.memory)} B)")
+    return lines
+
+
+def serving_json(s: Serving, device: Device | None = None) -> dict:
+    def work(p):
+        return {"tokens" if p.what == "prefill" else "context": p.context, "macs": p.total("macs"),
+                "flops": p.total("flops"), "bytes": p.total("bytes")}
+
+    m = s.memory
+    doc = {"context": s.context, "batch": s.batch, "kv_dtype": s.kv_dtype, "kv_bytes_per_token": s.kv_per_token,
+           "kv_cache_bytes": s.kv_cache, "prefill": work(s.prefill), "decode": work(s.decode),
+           "serve_bytes": {"weights": m.weights, "kv_cache": m.kv_cache, "activations": m.activations,
+                           "total": m.total},
+           "conventions": SERVING_CONVENTIONS}
+    if device is not None:
+        doc["device"] = {"name": device.name, "memory": device.memory, "fits": m.total <= device.memory}
+    return doc
 
 
 def to_json(analysis: Analysis) -> dict:

@@ -11,7 +11,9 @@ commands that show these figures must start at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from dlc.analysis import Analysis, NodeStats, value_bytes
+from dlc.choices import DTYPE_BYTES
 from dlc.graph import Graph, Node
 from dlc.layers.sequence import attention_work
 
@@ -187,3 +189,37 @@ def time_of(cost: LayerCost, peak_flops: float, bandwidth: float) -> tuple[float
     the bandwidth, whichever takes longer (a node that does neither takes no time)."""
     compute, memory = cost.flops / peak_flops, cost.bytes / bandwidth
     return max(compute, memory), "compute" if compute >= memory and cost.flops else "memory"
+
+
+@dataclass
+class Serving:
+    """What `dlc summary` shows of a causal spec: the KV cache, a decode step beside the prefill, the
+    memory to serve."""
+
+    context: int
+    batch: int
+    kv_dtype: str
+    kv_per_token: int
+    kv_formula: str  # how kv_per_token is made: "32 layers x 2 x 8 kv heads x 128 x 2 B"
+    kv_cache: int
+    prefill: Pass
+    decode: Pass
+    memory: ServeMemory
+
+
+def serving(analysis: Analysis, context: int, batch: int, kv_dtype: str) -> Serving:
+    g = analysis.graph
+    return Serving(context, batch, kv_dtype, kv_bytes_per_token(g, kv_dtype), kv_formula(g, kv_dtype),
+                   kv_cache_bytes(g, context, batch, kv_dtype),
+                   prefill(analysis, context, batch, kv_dtype), decode_step(analysis, context, batch, kv_dtype),
+                   serve_memory(analysis, context, batch, kv_dtype))
+
+
+def kv_formula(graph: Graph, kv_dtype: str) -> str:
+    """Layers x 2 x kv heads x head size x bytes, where every causal layer has the same heads; else a sum."""
+    layers = causal_attention(graph)
+    shapes = {(n.attrs["kv"], n.attrs["head_dim"]) for n in layers}
+    if len(shapes) == 1:
+        (kv, hd), = shapes
+        return f"{len(layers)} layers x 2 x {kv} kv heads x {hd} x {DTYPE_BYTES[kv_dtype]:g} B"
+    return f"the sum over {len(layers)} layers of 2 x kv heads x head size x {DTYPE_BYTES[kv_dtype]:g} B"

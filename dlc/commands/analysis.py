@@ -97,23 +97,69 @@ def _analysis_command(view: str, help_text: str):
     @click.option("--all", "every_node", is_flag=True, help="One row per node instead of folding suffix layers.")
     @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document instead of a table.")
     @shape_option
-    def command(spec, expr, batch, optimizer, dtype, act_dtype, every_node, as_json, shapes):
+    def command(spec, expr, batch, optimizer, dtype, act_dtype, every_node, as_json, shapes, context=None,
+                kv_dtype=None, device=None):
         from dlc import report
 
         a = analyse_input(spec, expr, shapes, batch, optimizer, dtype, act_dtype)
         warn_uncounted(a)
+        served = serving_figures(a, context, kv_dtype) if view == "summary" else None
+        found = find_device(device) if device is not None else None
         if as_json:
             doc = report.to_json(a.result)
             if a.model is not None:
                 doc["onnx"] = model_json(a)
                 doc["totals"]["not_counted"] = len(a.uncounted)
+            if served is not None:
+                doc["serving"] = report.serving_json(served, found)
             click.echo(report.dumps(doc))
             return
         click.echo(f"{a.result.graph.file}\n")
         click.echo(report.table(a.result, view, every_node))
         for line in report.totals_lines(a.result, view) + (model_lines(a) if a.model is not None else []):
             click.echo(line)
+        for line in report.serving_lines(served, found) if served is not None else []:
+            click.echo(line)
+    if view == "summary":
+        command = serving_options(command)
     return command
+
+
+def serving_options(fn):
+    """--context, --kv-dtype and --device: what serving a causal spec costs (docs/conventions.md)."""
+    fn = click.option("--device", metavar="NAME|FILE.toml|local", default=None,
+                      help="Say whether the memory to serve fits this device (`dlc roofline` lists the table).")(fn)
+    fn = click.option("--kv-dtype", type=click.Choice(list(DTYPE_BYTES)), default=None,
+                      help="Precision of the KV cache (default: the activations').")(fn)
+    return click.option("--context", type=click.IntRange(min=1), default=None,
+                        help="Tokens of context for the KV cache, the decode step and the memory to serve "
+                             "(default: the spec's sequence length).")(fn)
+
+
+def find_device(name: str):
+    from dlc.devices import find, local
+
+    if name == "local":
+        device, said = local()
+        click.echo(said, err=True)
+        return device
+    return find(name)
+
+
+def serving_figures(a: Analysed, context: int | None, kv_dtype: str | None):
+    """A causal spec's serving figures at --context (default: its sequence length); None for another
+    network, which refuses --context and --kv-dtype."""
+    from dlc.serving import causal_attention, serving, steps
+
+    causal = a.model is None and causal_attention(a.result.graph)
+    if not causal:
+        for flag, value in (("--context", context), ("--kv-dtype", kv_dtype)):
+            if value is not None:
+                raise DlcError(f"{flag} {value}: {a.result.graph.file} has no causal attention, so no KV cache "
+                               f"and no decode step")
+        return None
+    t = a.result.totals
+    return serving(a.result, context or a.result.graph.input.out_shape[0], t.batch, kv_dtype or t.act_dtype)
 
 
 shapes = _analysis_command("shapes", "Every layer's output shape.")

@@ -155,15 +155,20 @@ def table(analysis: Analysis, view: str, every_node: bool = False) -> str:
         cols = [c for c in cols if c != "from"]
     if "params" in cols and has_mixture(analysis):
         cols.insert(cols.index("params") + 1, "active_params")
-    cells = [[COLUMNS[c][0] for c in cols]] + [[COLUMNS[c][2](r) for c in cols] for r in table_rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
+    return grid([COLUMNS[c][0] for c in cols], [COLUMNS[c][1] for c in cols],
+                [[COLUMNS[c][2](r) for c in cols] for r in table_rows])
+
+
+def grid(headers: list[str], right: list[bool], lines: list[list[str]]) -> str:
+    """Columns two spaces apart under a header and between rules, numbers (`right`) right-justified."""
+    cells = [headers, *lines]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
 
     def fmt(line):
-        return "  ".join(v.rjust(w) if COLUMNS[c][1] else v.ljust(w)
-                         for c, v, w in zip(cols, line, widths)).rstrip()
+        return "  ".join(v.rjust(w) if r else v.ljust(w) for r, v, w in zip(right, line, widths)).rstrip()
 
     rule = "  ".join("─" * w for w in widths)
-    return "\n".join([fmt(cells[0]), rule, *(fmt(line) for line in cells[1:]), rule])
+    return "\n".join([fmt(headers), rule, *(fmt(line) for line in lines), rule])
 
 
 def has_mixture(analysis: Analysis) -> bool:

@@ -98,7 +98,7 @@ def _per_token(node: Node, seq: int) -> bool:
 
 
 def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int | None = None,
-          context: int | None = None) -> Pass:
+          context: int | None = None, only: set[str] | None = None) -> Pass:
     t = analysis.totals
     seq = steps(analysis.graph) if queries is not None else None
     by_name = {s.node.name: s for s in analysis.nodes}
@@ -118,6 +118,8 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
     layers = []
     for s in analysis.nodes:
         node = s.node
+        if only is not None and node.name not in only:
+            continue
         if node.kind == "input":  # put there by the caller: read by its consumers, not a layer's work
             layers.append(LayerCost(node, 0, 0, 0, 0))
             continue
@@ -150,10 +152,11 @@ def prefill(analysis: Analysis, tokens: int, batch: int, kv_dtype: str) -> Pass:
     return _pass(analysis, "prefill", batch, kv_dtype, tokens, tokens)
 
 
-def decode_step(analysis: Analysis, context: int, batch: int, kv_dtype: str) -> Pass:
+def decode_step(analysis: Analysis, context: int, batch: int, kv_dtype: str, only: set[str] | None = None) -> Pass:
     """One new token per sequence whose context (its own token included) is `context` tokens: every
-    layer on one step, causal attention over the cached tokens (a window's at most)."""
-    return _pass(analysis, "decode", batch, kv_dtype, 1, context)
+    layer on one step, causal attention over the cached tokens (a window's at most). With `only`, the
+    named nodes alone (the others' cost does not depend on the context)."""
+    return _pass(analysis, "decode", batch, kv_dtype, 1, context, only)
 
 
 def batch_pass(analysis: Analysis, batch: int) -> Pass:

@@ -21,3 +21,11 @@ def binary(n: float) -> str:
 
 def grouped(n: int) -> str:
     return f"{n:,}"
+
+
+def seconds(t: float) -> str:
+    """0.03805 -> '38.05 ms': s, ms, µs, ns."""
+    for factor, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if t >= factor:
+            return f"{t / factor:.2f} {unit}"
+    return f"{t / 1e-9:.2f} ns" if t else "0 s"

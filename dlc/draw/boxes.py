@@ -20,6 +20,7 @@ class Box:
     nodes: list[str]  # every graph node it stands for
     inputs: list[str]  # the boxes it reads, in the order its nodes read them
     template: str = ""  # the step as its block writes it ("conv c@3x3/s pad=1"); "" when that is text
+    bound: str | None = None  # with `dlc draw --device`: "compute" or "memory" on that device, "idle" for no work
 
 
 @dataclass
@@ -47,6 +48,17 @@ def diagram(analysis: Analysis, every_node: bool = False, collapse: bool = False
                 if box_of[i] != box.name and box_of[i] not in box.inputs:
                     box.inputs.append(box_of[i])
     return Diagram(graph.file, boxes)
+
+
+def colour_by_bound(d: Diagram, nodes: list) -> None:
+    """Give each box the bound of its nodes' roofline times (dlc.roofline.NodeTime): compute where compute
+    takes most of its time, memory where traffic does, idle where it does no work; the title says so."""
+    by_name = {n.node.name: n for n in nodes}
+    for box in d.boxes:
+        times = [by_name[name] for name in box.nodes]
+        total = sum(t.seconds for t in times)
+        compute = sum(t.compute_seconds for t in times)
+        box.bound = "idle" if not total else "compute" if compute * 2 > total else "memory"
 
 
 def _box(call: BlockCall | None, group: list[Row]) -> Box:

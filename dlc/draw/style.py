@@ -15,13 +15,20 @@ COLOURS = {
     "merge": ("#fbe8c8", "#a8782a"),
     "block": ("#e8e0f6", "#6a52a0"),
     "plain": ("#f5f5f5", "#8c8c8c"),
+    # `dlc draw --device`: the bound on that device instead of what the layer does
+    "compute": ("#f7d4c6", "#b3401f"),
+    "memory": ("#cfe3f6", "#2b5c8c"),
+    "idle": ("#f5f5f5", "#8c8c8c"),
 }
 
 MAX_TEXT = 56  # characters of spec text on a box; a longer step is cut with an ellipsis
 
 
 def category(box: Box) -> str:
-    """Read from the registry (weights, sliding window, merge), not from a list of kind names."""
+    """Read from the registry (weights, sliding window, merge), not from a list of kind names; with
+    `dlc draw --device`, the box's bound on the device."""
+    if box.bound is not None:
+        return box.bound
     if box.kind in ("input", "block"):
         return box.kind
     kind = KINDS.get(box.kind)

@@ -39,6 +39,18 @@ def total_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def cache_bytes() -> int:
+    """The largest cache of CPU 0 (its last level), 0 where the kernel does not say."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip()
+            sizes.append(int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]])
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    return max(sizes, default=0)
+
+
 def refuse_unless_fits(needed: int, what: str) -> None:
     """A DlcError naming both figures when `what` needs more memory than this machine has free."""
     free = available_bytes()

@@ -50,6 +50,8 @@ class Phase:
     what: str  # "prefill", "decode" or "batch"
     passes: int  # 1, or the G decode steps summed
     nodes: list[NodeTime]
+    bandwidth: float  # bytes/s its traffic moves at: the memory's, or the cache's where a pass fits it
+    in_cache: bool = False
     contexts: tuple[int, int] | None = None  # the first and last decode step's context
 
     @property
@@ -75,10 +77,13 @@ class Roofline:
         return next((p for p in self.phases if p.what == what), None)
 
 
-def _phase(passes: list[Pass], peak: float, bandwidth: float, repeats: int = 1) -> Phase:
+def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1) -> Phase:
     """Each node of the first pass summed over the passes: the later passes name only the nodes whose
     cost changes from pass to pass (a decode step's causal attention); any other node costs what it
-    cost in the first, `repeats` times."""
+    cost in the first, `repeats` times. A first pass that fits the device's cache whole (weights,
+    outputs, keys and values) moves its bytes at the cache's bandwidth, as repeated runs find them there."""
+    in_cache = 0 < passes[0].footprint <= device.cache
+    bandwidth = device.cache_bandwidth if in_cache else device.bandwidth
     varies = {c.node.name for p in passes[1:] for c in p.layers}
     nodes = {c.node.name: NodeTime(c.node, uncounted=c.uncounted) for c in passes[0].layers}
     for p in passes:
@@ -91,7 +96,7 @@ def _phase(passes: list[Pass], peak: float, bandwidth: float, repeats: int = 1) 
             t.compute_seconds += times * seconds if bound == "compute" else 0.0
     first = passes[0]
     contexts = (first.context, passes[-1].context) if first.what == "decode" else None
-    return Phase(first.what, repeats, list(nodes.values()), contexts)
+    return Phase(first.what, repeats, list(nodes.values()), bandwidth, in_cache, contexts)
 
 
 def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prompt: int | None = None,
@@ -110,7 +115,7 @@ def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prom
             if value is not None:
                 raise DlcError(f"{flag} {value}: {g.file} has no causal attention, so it does not generate; "
                                f"it runs batch by batch (--batch)")
-        phases = [_phase([batch_pass(analysis, batch)], peak, device.bandwidth)]
+        phases = [_phase([batch_pass(analysis, batch)], peak, device)]
         return Roofline(device, precision, peak, batch, phases, notes=notes)
     prompt = prompt or steps(g)
     generate = 128 if generate is None else generate
@@ -118,11 +123,11 @@ def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prom
     if learned and prompt + generate > steps(g):
         raise DlcError(f"--prompt {prompt} --generate {generate}: {g.file} learns positions ({learned[0].name}) "
                        f"for {steps(g)} tokens, fewer than {prompt + generate}")
-    phases = [_phase([prefill(analysis, prompt, batch, kv_dtype)], peak, device.bandwidth)]
+    phases = [_phase([prefill(analysis, prompt, batch, kv_dtype)], peak, device)]
     if generate:
         # only causal attention reads a context: the other layers cost the same on every step
         attention = {n.name for n in causal_attention(g)}
         steps_ = [decode_step(analysis, prompt + 1, batch, kv_dtype)] + [
             decode_step(analysis, prompt + i, batch, kv_dtype, attention) for i in range(2, generate + 1)]
-        phases.append(_phase(steps_, peak, device.bandwidth, generate))
+        phases.append(_phase(steps_, peak, device, generate))
     return Roofline(device, precision, peak, batch, phases, prompt, generate, notes)

@@ -32,6 +32,7 @@ class LayerCost:
     weight_bytes: int  # its weights, read once
     activation_bytes: int  # its inputs read and its output written
     kv_bytes: int = 0  # keys and values written to the cache and read from it (causal attention)
+    out_bytes: int = 0  # of activation_bytes, its output written
     uncounted: str | None = None  # an ONNX operator without a counting rule: its MACs and FLOPs are unknown
 
     @property
@@ -57,6 +58,11 @@ class Pass:
 
     def total(self, field: str) -> int:
         return sum(getattr(c, field) for c in self.layers)
+
+    @property
+    def footprint(self) -> int:
+        """Bytes a pass touches: its weights, every output, the keys and values it moves."""
+        return self.total("weight_bytes") + self.total("out_bytes") + self.total("kv_bytes")
 
 
 def causal_attention(graph: Graph) -> list[Node]:
@@ -121,7 +127,7 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
         if only is not None and node.name not in only:
             continue
         if node.kind == "input":  # put there by the caller: read by its consumers, not a layer's work
-            layers.append(LayerCost(node, 0, 0, 0, 0))
+            layers.append(LayerCost(node, 0, 0, 0, 0, out_bytes=out_bytes(s)))
             continue
         macs, flops = (scaled(s, x // per_sample) * batch for x in (s.macs, s.flops))
         weights = 0 if node.standby else s.param_bytes
@@ -141,8 +147,9 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
             stored = cached_tokens(node, queries) if what == "prefill" else 1
             read = 0 if what == "prefill" else keys
             kv = value_bytes(kv_values_per_token(node) * (stored + read) * batch, kv_dtype)
-        moved = out_bytes(s) + sum(out_bytes(by_name[i]) for i in node.inputs)
-        layers.append(LayerCost(node, macs, flops, weights, moved, kv, s.uncounted))
+        written = out_bytes(s)
+        moved = written + sum(out_bytes(by_name[i]) for i in node.inputs)
+        layers.append(LayerCost(node, macs, flops, weights, moved, kv, written, s.uncounted))
     return Pass(what, batch, layers, queries, context)
 
 

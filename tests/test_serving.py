@@ -123,3 +123,18 @@ def test_the_roofline_takes_the_slower_of_compute_and_memory():
 def test_a_pass_sets_its_own_batch_whatever_the_analysis_batch(zoo_graph):
     g = zoo_graph("llama_char")
     assert decode_step(analyse(g, batch=4), 10, 2, "fp32").total("macs") == 2 * 209_920
+
+
+def test_a_pass_that_fits_the_cache_moves_at_its_bandwidth():
+    from dlc.devices import Device
+    from dlc.roofline import roofline
+
+    a = analyse(compile_spec("input 1@4x4\nconv 2@3x3\n"))
+    # the pass touches 80 bytes of weights and 64 + 32 of outputs (the input's and the conv's)
+    assert batch_pass(a, 1).footprint == 80 + 64 + 32
+    roomy = Device("x", 2**30, 1e3, {"fp32": 1e12}, cache=176, cache_bandwidth=1e6)
+    (work,) = roofline(a, roomy, 1, "fp32").phases
+    assert work.in_cache and work.bandwidth == 1e6 and work.seconds == 176 / 1e6
+    tight = Device("x", 2**30, 1e3, {"fp32": 1e12}, cache=175, cache_bandwidth=1e6)
+    (work,) = roofline(a, tight, 1, "fp32").phases
+    assert not work.in_cache and work.seconds == 176 / 1e3

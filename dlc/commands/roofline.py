@@ -19,7 +19,9 @@ CONVENTIONS = {
              "routed experts), each activation written once and read by each consumer in dtype.activations, "
              "causal attention's keys and values written to and read from the cache in kv_dtype; attention's "
              "scores stay on chip (a fused, flash-attention style kernel)",
-    "seconds": "per node max(flops / peak, bytes / bandwidth); a phase is the sum over its nodes",
+    "seconds": "per node max(flops / peak, bytes / bandwidth); a phase is the sum over its nodes; a phase "
+               "whose first pass fits the device's measured cache (weights, outputs, keys and values) moves its "
+               "bytes at the cache's bandwidth",
     "prefill": "the prompt's tokens, causal attention over the whole square as dense kernels compute it",
     "decode": "one new token per sequence a step, contexts prompt+1 .. prompt+generate; figures summed "
               "over the steps (per_step: divided by them)",
@@ -90,6 +92,13 @@ def heading(r, analysis, kv: str) -> str:
             f"{t.act_dtype}" + (f", KV cache {kv}" if r.prompt else "") + f"; batch {r.batch}")
 
 
+def cached(phase, device) -> str:
+    """Where a phase fits the device's cache, what its bytes moved at."""
+    if not phase.in_cache:
+        return ""
+    return f" (it fits the {binary(device.cache)} cache: bytes at its {si(phase.bandwidth, 'B/s')})"
+
+
 def _intensity(x: float | None) -> str:
     return "" if x is None else f"{x:,.1f}"
 
@@ -127,15 +136,16 @@ def text(r, analysis, kv: str, every_node: bool) -> str:
     pre, dec = r.phase("prefill"), r.phase("decode")
     if pre is None:
         work = r.phases[0]
-        out += [f"one batch of {r.batch}", phase_table(work, analysis, every_node)]
+        out += [f"one batch of {r.batch}{cached(work, r.device)}", phase_table(work, analysis, every_node)]
         out.append(f"time per batch: {seconds(work.seconds)} ({binary(work.total('bytes'))} moved, "
                    f"{si(work.total('flops'))} FLOPs); samples/s: {r.batch / work.seconds:,.1f}")
         return "\n".join(out)
-    out += [f"prefill: {grouped(r.prompt)} tokens x batch {r.batch}", phase_table(pre, analysis, every_node)]
+    out += [f"prefill: {grouped(r.prompt)} tokens x batch {r.batch}{cached(pre, r.device)}",
+            phase_table(pre, analysis, every_node)]
     if dec is not None:
         lo, hi = dec.contexts
         out += ["", f"decode: the mean of {grouped(dec.passes)} steps at contexts {grouped(lo)}..{grouped(hi)}, "
-                    f"one token x batch {r.batch} each", phase_table(dec, analysis, every_node)]
+                    f"one token x batch {r.batch} each{cached(dec, r.device)}", phase_table(dec, analysis, every_node)]
     out.append(f"time to first token: {seconds(pre.seconds)} (prefill of {grouped(r.prompt)} tokens, "
                f"{si(pre.total('flops'))} FLOPs, {binary(pre.total('bytes'))} moved)")
     if dec is not None:
@@ -151,7 +161,8 @@ def to_json(r, analysis, kv: str) -> dict:
     d, t = r.device, analysis.totals
 
     def phase(p) -> dict:
-        doc = {"what": p.what, "passes": p.passes, "seconds": p.seconds,
+        doc = {"what": p.what, "passes": p.passes, "seconds": p.seconds, "bandwidth": p.bandwidth,
+               "in_cache": p.in_cache,
                **({"contexts": list(p.contexts)} if p.contexts else {}),
                "totals": {f: p.total(f) for f in ("macs", "flops", "weight_bytes", "activation_bytes", "kv_bytes")},
                "layers": [{"name": n.node.name, "kind": n.node.kind, "row": n.node.row, "macs": n.macs,
@@ -175,7 +186,8 @@ def to_json(r, analysis, kv: str) -> dict:
         "dtype": {"weights": t.dtype, "activations": t.act_dtype, "kv": kv if r.prompt else None,
                   "compute": r.precision},
         "device": {"name": d.name, "memory": d.memory, "bandwidth": d.bandwidth, "peak": r.peak,
-                   "ridge": r.peak / d.bandwidth, "sources": d.sources, "note": d.note},
+                   "ridge": r.peak / d.bandwidth, "cache": d.cache, "cache_bandwidth": d.cache_bandwidth,
+                   "sources": d.sources, "note": d.note},
         **({"prompt": r.prompt, "generate": r.generate} if r.prompt else {}),
         "notes": r.notes, "conventions": CONVENTIONS, "phases": [phase(p) for p in r.phases], "totals": totals,
     }

@@ -54,6 +54,10 @@ def save(r: Roofline, analysis: Analysis, out: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.plot([lo, ridge, hi], [lo * d.bandwidth, r.peak, r.peak], color="black", linewidth=2)
+    if any(p.in_cache for p in r.phases):  # the roof its bytes met instead: the cache's
+        knee = r.peak / d.cache_bandwidth
+        ax.plot([lo, knee, hi], [lo * d.cache_bandwidth, r.peak, r.peak], color="black", linewidth=1,
+                linestyle="--", label="cache")
     ax.axvline(ridge, color="grey", linestyle=":", linewidth=1)
     ax.text(ridge, 0.5, f"ridge {ridge:,.1f} FLOP/B ", rotation=90, ha="right", va="center", fontsize=9,
             color="dimgrey", transform=ax.get_xaxis_transform())

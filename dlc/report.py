@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dlc.analysis import Analysis, NodeStats
-from dlc.devices import Device
-from dlc.serving import Serving
 from dlc.choices import DTYPE_BYTES
 from dlc.layers.spatial import show
 from dlc.units import binary, grouped, si
+
+if TYPE_CHECKING:  # a spec without causal attention never needs them
+    from dlc.devices import Device
+    from dlc.serving import Serving
 
 SCHEMA = "dlc.analysis/1"
 

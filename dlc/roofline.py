@@ -12,33 +12,17 @@ from dataclasses import dataclass, field
 from dlc.analysis import Analysis
 from dlc.devices import Device, compute_precision, peak_for
 from dlc.errors import DlcError
-from dlc.graph import Node
-from dlc.serving import Pass, batch_pass, causal_attention, decode_step, prefill, steps, time_of
+from dlc.serving import LayerCost, Pass, batch_pass, causal_attention, decode_step, prefill, steps, time_of
 
-COST_FIELDS = ("macs", "flops", "weight_bytes", "activation_bytes", "kv_bytes")
+COST_FIELDS = ("macs", "flops", "weight_bytes", "activation_bytes", "kv_bytes", "out_bytes")
 
 
 @dataclass
-class NodeTime:
+class NodeTime(LayerCost):
     """A node's figures summed over a phase's passes, with its roofline time."""
 
-    node: Node
-    macs: int = 0
-    flops: int = 0
-    weight_bytes: int = 0
-    activation_bytes: int = 0
-    kv_bytes: int = 0
     seconds: float = 0.0
     compute_seconds: float = 0.0  # the part of `seconds` in passes where its compute was the bound
-    uncounted: str | None = None
-
-    @property
-    def bytes(self) -> int:
-        return self.weight_bytes + self.activation_bytes + self.kv_bytes
-
-    @property
-    def intensity(self) -> float | None:
-        return self.flops / self.bytes if self.bytes else None
 
     @property
     def bound(self) -> str:
@@ -85,7 +69,7 @@ def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1) ->
     in_cache = 0 < passes[0].footprint <= device.cache
     bandwidth = device.cache_bandwidth if in_cache else device.bandwidth
     varies = {c.node.name for p in passes[1:] for c in p.layers}
-    nodes = {c.node.name: NodeTime(c.node, uncounted=c.uncounted) for c in passes[0].layers}
+    nodes = {c.node.name: NodeTime(c.node, 0, 0, 0, 0, uncounted=c.uncounted) for c in passes[0].layers}
     for p in passes:
         for c in p.layers:
             t, times = nodes[c.node.name], 1 if c.node.name in varies else repeats

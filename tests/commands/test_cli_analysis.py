@@ -129,7 +129,8 @@ def test_analysis_path_imports_neither_numpy_nor_onnx_nor_matplotlib_nor_torch(t
     code = (
         "import sys\n"
         "from dlc.cli import main\n"
-        f"for args in (['shapes'], ['params'], ['flops'], ['summary'], ['check'], ['draw', '-o', {str(drawn)!r}]):\n"
+        f"for args in (['shapes'], ['params'], ['flops'], ['summary'], ['check'], ['draw', '-o', {str(drawn)!r}],\n"
+        "             ['roofline', '--device', 'h100-sxm'], ['summary', '--device', 'l4']):\n"
         "    try:\n"
         "        main([args[0], 'resnet50', *args[1:]], standalone_mode=False)\n"
         "    except SystemExit as e:\n"

@@ -86,7 +86,7 @@ def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1) ->
 def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prompt: int | None = None,
              generate: int | None = None) -> Roofline:
     """The phases of `analysis` on `device`: for a causal network a prefill of `prompt` tokens (default:
-    its sequence length) and `generate` decode steps at contexts prompt+1 .. prompt+generate; for any
+    its sequence length T, or T - generate where it learns positions for T tokens alone) and `generate` decode steps at contexts prompt+1 .. prompt+generate; for any
     other, one batch."""
     t = analysis.totals
     asked = compute_precision(t.dtype, t.act_dtype)
@@ -101,9 +101,10 @@ def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prom
                                f"it runs batch by batch (--batch)")
         phases = [_phase([batch_pass(analysis, batch)], peak, device)]
         return Roofline(device, precision, peak, batch, phases, notes=notes)
-    prompt = prompt or steps(g)
     generate = 128 if generate is None else generate
     learned = [n for n in g.nodes if n.kind == "posembed"]
+    if prompt is None:  # the spec's window, or what leaves room for the tokens generated in it
+        prompt = steps(g) - generate if learned and generate < steps(g) else steps(g)
     if learned and prompt + generate > steps(g):
         raise DlcError(f"--prompt {prompt} --generate {generate}: {g.file} learns positions ({learned[0].name}) "
                        f"for {steps(g)} tokens, fewer than {prompt + generate}")

@@ -138,3 +138,17 @@ def test_a_pass_that_fits_the_cache_moves_at_its_bandwidth():
     tight = Device("x", 2**30, 1e3, {"fp32": 1e12}, cache=175, cache_bandwidth=1e6)
     (work,) = roofline(a, tight, 1, "fp32").phases
     assert not work.in_cache and work.seconds == 176 / 1e3
+
+
+def test_a_tied_head_reads_the_whole_table_the_embedding_its_rows(zoo_graph):
+    a = analyse(zoo_graph("gpt2_small"))
+    step = decode_step(a, 100, 3, "fp32")
+    by_kind = {}
+    for c in step.layers:
+        by_kind.setdefault(c.node.kind, []).append(c)
+    (embed,) = by_kind["embed"]
+    head = by_kind["fc"][-1]
+    assert embed.weight_bytes == 3 * 768 * 4  # three sequences' new tokens: three rows of 768
+    assert head.weight_bytes == 50257 * 768 * 4  # GPT-2's head is the token table, read whole
+    (positions,) = by_kind["posembed"]
+    assert positions.weight_bytes == 768 * 4  # one position's row

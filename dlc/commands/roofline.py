@@ -38,7 +38,8 @@ CONVENTIONS = {
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sequences (a causal network) or samples in flight at once.")
 @click.option("--prompt", type=click.IntRange(min=1), default=None,
-              help="Prompt tokens of a causal network (default: the spec's sequence length).")
+              help="Prompt tokens of a causal network (default: the spec's sequence length T; T minus --generate "
+                   "where it learns positions, posembed, for T tokens).")
 @click.option("--generate", type=click.IntRange(min=0), default=None,
               help="Tokens generated after the prompt, one decode step each [default: 128].")
 @click.option("--dtype", type=click.Choice(list(DTYPE_BYTES)), default=None,

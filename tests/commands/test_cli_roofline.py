@@ -137,3 +137,10 @@ def test_an_onnx_model_does_not_generate(tmp_path):
     assert run("export", "lenet5", "-o", str(model)).exit_code == 0
     r = run("roofline", str(model), "--device", "l4", "--prompt", "4")
     assert r.exit_code == 2 and "an .onnx model runs batch by batch" in r.output
+
+
+def test_learned_positions_leave_room_for_the_generated_tokens():
+    # gpt2_small learns 1024 positions: by default the prompt is 1024 - 128 tokens
+    doc = roofline_json("gpt2_small", "--device", "l4")
+    assert (doc["prompt"], doc["generate"]) == (896, 128)
+    assert doc["phases"][1]["contexts"] == [897, 1024]

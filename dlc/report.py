@@ -14,7 +14,7 @@ from dlc.units import binary, grouped, si
 
 if TYPE_CHECKING:  # a spec without causal attention never needs them
     from dlc.devices import Device
-    from dlc.serving import Serving
+    from dlc.serving import ServeMemory, Serving
 
 SCHEMA = "dlc.analysis/1"
 
@@ -240,18 +240,24 @@ SERVING_CONVENTIONS = {
 def serving_lines(s: Serving, device: Device | None = None) -> list[str]:
     """The KV cache, a decode step beside the prefill, and the memory to serve, for people."""
     at = f"context {grouped(s.context)} x batch {s.batch}"
-    d, p, m = s.decode, s.prefill, s.memory
+    d, p = s.decode, s.prefill
     each = "one new token" if s.batch == 1 else f"one new token for each of {s.batch} sequences"
-    lines = [
+    return [
         f"KV cache: {grouped(s.kv_per_token)} B ({binary(s.kv_per_token)}) per token in {s.kv_dtype} = {s.kv_formula}; "
         f"{binary(s.kv_cache)} ({grouped(s.kv_cache)} B) at {at}",
         f"decode step at context {grouped(s.context)}: {si(d.total('macs'))} MACs ({grouped(d.total('macs'))}), "
         f"{si(d.total('flops'))} FLOPs, {binary(d.total('bytes'))} moved ({each}); prefill of "
         f"{grouped(s.context)} tokens: {si(p.total('macs'))} MACs ({grouped(p.total('macs'))}), "
         f"{binary(p.total('bytes'))} moved",
-        f"memory to serve at {at}: {binary(m.total)} = weights {binary(m.weights)} + KV cache "
-        f"{binary(m.kv_cache)} + largest live activations {binary(m.activations)}",
+        *memory_lines(s.memory, at, device, with_kv=True),
     ]
+
+
+def memory_lines(m: ServeMemory, at: str, device: Device | None = None, with_kv: bool = False) -> list[str]:
+    """The memory to serve (with_kv: a causal network's, with its KV cache), and whether it fits."""
+    kv = f" + KV cache {binary(m.kv_cache)}" if with_kv else ""
+    lines = [f"memory to serve at {at}: {binary(m.total)} = weights {binary(m.weights)}{kv} + largest live "
+             f"activations {binary(m.activations)}"]
     if device is not None:
         verdict = "fits in" if m.total <= device.memory else "does not fit in"
         lines.append(f"{device.name}: {binary(m.total)} {verdict} its {binary(device.memory)} "
@@ -264,12 +270,14 @@ def serving_json(s: Serving, device: Device | None = None) -> dict:
         return {"tokens" if p.what == "prefill" else "context": p.context, "macs": p.total("macs"),
                 "flops": p.total("flops"), "bytes": p.total("bytes")}
 
-    m = s.memory
-    doc = {"context": s.context, "batch": s.batch, "kv_dtype": s.kv_dtype, "kv_bytes_per_token": s.kv_per_token,
-           "kv_cache_bytes": s.kv_cache, "prefill": work(s.prefill), "decode": work(s.decode),
-           "serve_bytes": {"weights": m.weights, "kv_cache": m.kv_cache, "activations": m.activations,
-                           "total": m.total},
-           "conventions": SERVING_CONVENTIONS}
+    return {"context": s.context, "batch": s.batch, "kv_dtype": s.kv_dtype, "kv_bytes_per_token": s.kv_per_token,
+            "kv_cache_bytes": s.kv_cache, "prefill": work(s.prefill), "decode": work(s.decode),
+            **memory_json(s.memory, device), "conventions": SERVING_CONVENTIONS}
+
+
+def memory_json(m: ServeMemory, device: Device | None = None) -> dict:
+    doc = {"serve_bytes": {"weights": m.weights, "kv_cache": m.kv_cache, "activations": m.activations,
+                           "total": m.total}}
     if device is not None:
         doc["device"] = {"name": device.name, "memory": device.memory, "fits": m.total <= device.memory}
     return doc

@@ -112,13 +112,19 @@ def _analysis_command(view: str, help_text: str):
                 doc["totals"]["not_counted"] = len(a.uncounted)
             if served is not None:
                 doc["serving"] = report.serving_json(served, found)
+            elif found is not None:
+                doc["serving"] = {"batch": batch, **report.memory_json(batch_memory(a), found)}
             click.echo(report.dumps(doc))
             return
         click.echo(f"{a.result.graph.file}\n")
         click.echo(report.table(a.result, view, every_node))
         for line in report.totals_lines(a.result, view) + (model_lines(a) if a.model is not None else []):
             click.echo(line)
-        for line in report.serving_lines(served, found) if served is not None else []:
+        if served is not None:
+            lines = report.serving_lines(served, found)
+        else:
+            lines = report.memory_lines(batch_memory(a), f"batch {batch}", found) if found is not None else []
+        for line in lines:
             click.echo(line)
     if view == "summary":
         command = serving_options(command)
@@ -144,6 +150,13 @@ def find_device(name: str):
         click.echo(said, err=True)
         return device
     return find(name)
+
+
+def batch_memory(a: Analysed):
+    """What serving a network without causal attention holds: its weights and a batch's largest layer."""
+    from dlc.serving import serve_memory
+
+    return serve_memory(a.result, None, a.result.totals.batch, a.result.totals.act_dtype)
 
 
 def serving_figures(a: Analysed, context: int | None, kv_dtype: str | None):

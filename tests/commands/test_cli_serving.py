@@ -61,3 +61,16 @@ def test_bad_serving_flags_are_refused(args, words):
     r = run("summary", *args)
     assert r.exit_code == 2
     assert words in r.output and "Traceback" not in r.output
+
+
+def test_a_cnn_with_a_device_says_whether_a_batch_fits():
+    r = run("summary", "resnet50", "--batch", "64", "--dtype", "fp16", "--device", "l4")
+    assert r.exit_code == 0, r.output
+    # 25,557,032 params and 53,120 bn statistics in fp16; the largest layer at batch 64: a stage-1 add
+    # reading two 256@56x56 tensors and writing a third
+    weights, activations = 2 * (25_557_032 + 53_120), 3 * 64 * 256 * 56 * 56 * 2
+    assert (f"memory to serve at batch 64: {(weights + activations) / 2**20:.2f} MiB = weights "
+            f"{weights / 2**20:.2f} MiB + largest live activations {activations / 2**20:.2f} MiB") in r.output
+    assert "l4: 342.85 MiB fits in its 22.35 GiB (24,000,000,000 B)" in r.output
+    doc = json.loads(run("summary", "resnet50", "--device", "l4", "--json").output)["serving"]
+    assert doc["serve_bytes"]["kv_cache"] == 0 and doc["device"]["fits"] is True

@@ -144,3 +144,21 @@ def test_learned_positions_leave_room_for_the_generated_tokens():
     doc = roofline_json("gpt2_small", "--device", "l4")
     assert (doc["prompt"], doc["generate"]) == (896, 128)
     assert doc["phases"][1]["contexts"] == [897, 1024]
+
+
+def test_device_local_says_it_measured_then_that_it_read_the_cache(tmp_path, monkeypatch):
+    from dlc import devices
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fake = devices.Device("local", 8 * 2**30, 10e9, {"fp32": 100e9}, {"peak": "measured"}, "", 2**20, 50e9)
+    monkeypatch.setattr(devices, "measure", lambda: fake)
+    cache = tmp_path / "dlc" / "device-local.json"
+    first = run("roofline", "lenet5", "--device", "local")
+    assert first.exit_code == 0, first.output
+    assert f"--device local: measured this machine (cached in {cache})" in first.output
+    monkeypatch.setattr(devices, "measure", lambda: pytest.fail("measured twice"))
+    second = run("roofline", "lenet5", "--device", "local", "--json")
+    assert f"--device local: read the measurement cached in {cache}" in second.stderr
+    doc = json.loads(second.stdout)
+    # LeNet-5 touches far less than the 1 MiB cache: its bytes move at the cache's 50 GB/s
+    assert doc["phases"][0]["in_cache"] and doc["phases"][0]["bandwidth"] == 50e9

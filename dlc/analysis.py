@@ -47,6 +47,8 @@ class NodeStats:
     # An ONNX model's (trainable, non-trainable) bytes in the types its initializers are stored in;
     # None for a spec, whose values all take the precision asked for.
     stored_bytes: tuple[int, int] | None = None
+    constant_bytes: int = 0  # the constants' bytes in their stored types
+    overhead_bytes: int = 0  # a quantized ONNX model's scales and zero points: stored bytes, not parameters
     # In the precision of the analysis (set by totals): a node's bytes of params and non-trainable
     # values, of trainable values alone (its gradients), and of its output per sample.
     param_bytes: int = 0

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from math import prod
+from math import ceil, prod
 
 import onnx
 
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import OnnxGraph, OnnxValue, attributes, dtype_name
+from dlc.onnx.model import Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -50,6 +50,26 @@ SCORE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Cast"}
 QUERY_KEY_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Slice", "Split",
                  "Gather", "Concat", "Expand", "Neg", "Add", "Sub", "Mul", "Div", "Where"}
 TABLE_INPUTS = {"Attention": (3,), "RotaryEmbedding": (1, 2)}  # the mask; the cos and sin caches
+
+# Quantized operators' inputs (onnxruntime's and ONNX's definitions): where a weight's stored values go
+# (its parameters, whatever their type: int8, int4, packed bits, int32 biases) and where its scales and
+# zero points go (quantization overhead: bytes, not parameters). QLinearConcat's are per input, below.
+QUANT_WEIGHT_INPUTS = {"DequantizeLinear": (0,), "QLinearConv": (3, 8), "QLinearMatMul": (0, 3), "QGemm": (3, 6),
+                       "ConvInteger": (1,), "MatMulInteger": (1,), "MatMulNBits": (1,), "GatherBlockQuantized": (0,),
+                       "QLinearAdd": (0, 3), "QLinearMul": (0, 3)}
+# Element types that hold quantized values, never shapes or indices: an initializer of one is a weight
+# wherever it is not a zero point.
+QUANTIZED_TYPES = {getattr(onnx.TensorProto, name) for name in (
+    "INT8", "UINT8", "INT4", "UINT4", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+    "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)}
+INTEGER_PRODUCTS = {"ConvInteger", "MatMulInteger"}
+QUANT_OVERHEAD_INPUTS = {
+    "DequantizeLinear": (1, 2), "QuantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QGemm": (1, 2, 4, 5, 7, 8), "ConvInteger": (2, 3), "MatMulInteger": (2, 3),
+    "MatMulNBits": (2, 3, 4), "GatherBlockQuantized": (2, 3), "QLinearAdd": (1, 2, 4, 5, 6, 7),
+    "QLinearMul": (1, 2, 4, 5, 6, 7),
+    **{op: (1, 2, 3, 4) for op in ("QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
+                                   "QLinearSigmoid", "QLinearLeakyRelu")}}
 
 
 @dataclass
@@ -159,32 +179,97 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     return costs
 
 
-def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
-                 tables: set[str]) -> tuple[int, int, int, tuple[int, int], set[int]]:
-    """(trainable, non-trainable, constant) values of the float initializers this layer reads first,
-    the (trainable, non-trainable) bytes in their stored types, and those types; `owner` records which
-    layer took each, so a shared weight counts once; `tables` are the constants."""
-    params = frozen = constants = params_bytes = frozen_bytes = 0
-    types = set()
+@dataclass
+class LayerValues:
+    """The stored values a layer reads first: parameter counts, and bytes in their stored types."""
+
+    params: int = 0
+    frozen: int = 0  # non-trainable
+    constants: int = 0  # attention's tables and masks
+    params_bytes: int = 0
+    frozen_bytes: int = 0
+    constant_bytes: int = 0
+    overhead_bytes: int = 0  # quantization scales and zero points
+    types: set[int] = field(default_factory=set)  # the weights' stored element types
+
+
+def stored_bytes(init: Initializer) -> int:
+    """The bytes an initializer's values take in the file: int4 and 4-bit floats pack two in a byte."""
+    return ceil(prod(init.dims) * element_bits(init.elem_type) / 8)
+
+
+def quant_role(n: onnx.NodeProto, i: int) -> str | None:
+    """"weight" if input i of a quantized operator holds a weight's stored values, "overhead" if it holds
+    scales or zero points, None for any other input."""
+    if n.op_type == "QLinearConcat":  # Y_scale, Y_zero_point, then (tensor, scale, zero point) per input
+        return "weight" if i >= 2 and (i - 2) % 3 == 0 else "overhead"
+    if i in QUANT_WEIGHT_INPUTS.get(n.op_type, ()):
+        return "weight"
+    return "overhead" if i in QUANT_OVERHEAD_INPUTS.get(n.op_type, ()) else None
+
+
+def weight_values(n: onnx.NodeProto, i: int, init: Initializer) -> int:
+    """The values a stored weight holds: MatMulNBits packs its K x N weight in bytes of blocks, and
+    GatherBlockQuantized may pack 8/bits values in each uint8."""
+    if n.op_type == "MatMulNBits":
+        a = attributes(n)
+        return a["K"] * a["N"]
+    if n.op_type == "GatherBlockQuantized" and init.elem_type == onnx.TensorProto.UINT8:
+        return prod(init.dims) * 8 // attributes(n).get("bits", 4)
+    return prod(init.dims)
+
+
+def integer_product_scales(g: OnnxGraph) -> set[str]:
+    """The initializers that scale an integer product back to floats: onnxruntime's quantize_dynamic casts
+    a ConvInteger's or MatMulInteger's output to float and multiplies it by the product of the weight's
+    and the input's scales (each an initializer, or the input's computed by DynamicQuantizeLinear)."""
+    producer = {o: n for n in g.nodes for o in n.output if o}
+    products = {n.output[0] for n in g.nodes if n.op_type in INTEGER_PRODUCTS}
+    casts = {n.output[0] for n in g.nodes if n.op_type == "Cast" and n.input[0] in products}
+    found, stack = set(), [t for n in g.nodes if n.op_type == "Mul" and casts & set(n.input)
+                           for t in n.input if t not in casts]
+    while stack:
+        t = stack.pop()
+        if t in g.initializers:
+            found.add(t)
+        elif t in producer and producer[t].op_type == "Mul":
+            stack += producer[t].input
+    return found
+
+
+def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: set[str],
+                 scales: set[str]) -> LayerValues:
+    """The values of the initializers this layer reads first: the float ones (weights, biases, tables) and
+    a quantized weight's stored values, whatever their type, as parameters of the network the file holds;
+    scales and zero points (`scales`: the dynamic ones) as overhead bytes. `owner` records which layer took
+    each, so a shared weight counts once; `tables` are the constants."""
+    found = LayerValues()
     for n in layer.nodes:
         for i, t in enumerate(n.input):
             init = g.initializers.get(t)
-            if init is None or t in owner or not init.is_float or not init.dims or \
-                    i in CONSTANT_INPUTS.get(n.op_type, ()):
+            if init is None or t in owner or i in CONSTANT_INPUTS.get(n.op_type, ()):
+                continue
+            role = "overhead" if t in scales else quant_role(n, i)
+            if role is None and init.elem_type in QUANTIZED_TYPES:
+                role = "weight"  # an int8 embedding table read by a Gather, as quantize_dynamic writes it
+            if role is None and not init.is_float or role != "overhead" and not init.dims:
                 continue
             owner[t] = layer.name
-            if t in tables:
-                constants += prod(init.dims)
-                continue
-            size = onnx.helper.tensor_dtype_to_np_dtype(init.elem_type).itemsize
-            types.add(init.elem_type)
-            if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
-                frozen += prod(init.dims)
-                frozen_bytes += size * prod(init.dims)
+            size = stored_bytes(init)
+            if role == "overhead":
+                found.overhead_bytes += size
+            elif t in tables:
+                found.constants += prod(init.dims)
+                found.constant_bytes += size
+            elif i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
+                found.types.add(init.elem_type)
+                found.frozen += prod(init.dims)
+                found.frozen_bytes += size
             else:
-                params += prod(init.dims)
-                params_bytes += size * prod(init.dims)
-    return params, frozen, constants, (params_bytes, frozen_bytes), types
+                found.types.add(init.elem_type)
+                found.params += weight_values(n, i, init) if role == "weight" else prod(init.dims)
+                found.params_bytes += size
+    return found
 
 
 def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
@@ -280,6 +365,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner, types = [], [], {}, set()
     tables = attention_tables(g, live)
+    scales = integer_product_scales(g)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
     for name in g.inputs:
@@ -299,8 +385,9 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
             field_in = [fields.get(i) for i in n.input if i in live]
             for o in n.output:
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
-        params, frozen, constants, stored, layer_types = layer_params(layer, g, owner, tables)
-        types |= layer_types
+        values = layer_params(layer, g, owner, tables, scales)
+        params, frozen = values.params, values.frozen
+        types |= values.types
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
         sizes = [g.tensors[o].elements if o in g.tensors and g.tensors[o].known else sequence_size(g, producer_node[o])
@@ -323,7 +410,8 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
         runs = not node.standby
         stats.append(NodeStats(node, params, frozen, macs * batch * runs, flops * batch * runs,
                                sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None,
-                               params * runs, constants, stored))
+                               params * runs, values.constants, (values.params_bytes, values.frozen_bytes),
+                               constant_bytes=values.constant_bytes, overhead_bytes=values.overhead_bytes))
     fold_rows(stats, steps)
     mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)

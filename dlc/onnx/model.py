@@ -27,6 +27,17 @@ FOLD_VALUES = 4096  # integer values up to this many elements are folded into co
 META_SPEC = "dlc.spec"  # the metadata key dlc's exporter writes (dlc.onnx.export.META_SPEC)
 
 
+# Element types narrower than a byte: ONNX packs two in each byte.
+NIBBLE_TYPES = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
+
+
+def element_bits(elem_type: int) -> int:
+    """Bits one value of an ONNX element type takes where it is stored."""
+    if elem_type in NIBBLE_TYPES:
+        return 4
+    return 8 * helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+
+
 def dtype_name(elem_type: int) -> str:
     """numpy's name for an ONNX element type: float32, int64, float16, ..."""
     return helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "undefined"

@@ -123,3 +123,21 @@ def test_a_quantized_file_counts_its_float_twins_macs_and_nothing_is_left_uncoun
     doc = figures(quantized(name, fmt))
     assert doc["totals"]["not_counted"] == 0, doc["onnx"]["not_counted"]
     assert doc["totals"]["macs"] == twin["macs"]
+
+
+@pytest.mark.parametrize("name, fmt", cases())
+def test_a_quantized_file_has_its_float_twins_params(name, fmt, quantized):
+    twin = figures(quantized(name, "float"))["totals"]
+    assert figures(quantized(name, fmt))["totals"]["params"] == twin["params"]
+
+
+# LeNet-5's weights are 61,470 values and its biases 236 (6 + 16 + 120 + 84 + 10).
+LENET_WEIGHTS, LENET_BIASES = 6 * 25 + 16 * 6 * 25 + 400 * 120 + 120 * 84 + 84 * 10, 236
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator", "dynamic"])
+def test_int8_weights_take_a_byte_each_and_int32_biases_four(fmt, quantized):
+    # static quantization stores the biases as int32 (4 bytes); dynamic leaves them float32 (4 bytes too)
+    data = figures(quantized("lenet5", fmt))["totals"]["param_bytes"]
+    assert data - figures(quantized("lenet5", fmt))["totals"].get("quantization_bytes", 0) == \
+        LENET_WEIGHTS + 4 * LENET_BIASES

@@ -63,6 +63,9 @@ QUANTIZED_TYPES = {getattr(onnx.TensorProto, name) for name in (
     "INT8", "UINT8", "INT4", "UINT4", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
     "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)}
 INTEGER_PRODUCTS = {"ConvInteger", "MatMulInteger"}
+# Operators that only change an activation's precision: in the row of the layer they feed, so a quantized
+# file has its float twin's layers and rows.
+QUANTIZE_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 QUANT_OVERHEAD_INPUTS = {
     "DequantizeLinear": (1, 2), "QuantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
     "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QGemm": (1, 2, 4, 5, 7, 8), "ConvInteger": (2, 3), "MatMulInteger": (2, 3),
@@ -84,6 +87,19 @@ class OnnxLayer:
     name: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     main: onnx.NodeProto | None = None  # the node whose output the layer shows
+
+
+def is_rescale(n: onnx.NodeProto, nodes: list[onnx.NodeProto], producer: dict[str, int], input_side: bool) -> bool:
+    """Whether n is part of the float rescaling of an integer product, as onnxruntime's quantize_dynamic
+    writes it: Cast(ConvInteger|MatMulInteger) * (input scale * weight scale). The input side is the
+    product of scales (reading DynamicQuantizeLinear's scale); the output side the Cast and the Mul."""
+    made = [nodes[producer[t]] for t in n.input if t in producer]
+    if input_side:
+        return n.op_type == "Mul" and any(p.op_type == "DynamicQuantizeLinear" and p.output[0] not in n.input
+                                          for p in made)
+    if n.op_type == "Cast":
+        return any(p.op_type in INTEGER_PRODUCTS for p in made)
+    return n.op_type == "Mul" and any(p.op_type == "Cast" and is_rescale(p, nodes, producer, False) for p in made)
 
 
 def node_names(nodes: list[onnx.NodeProto]) -> list[str]:
@@ -117,15 +133,32 @@ def group(g: OnnxGraph, live: set[str]) -> list[OnnxLayer]:
         for i, n in enumerate(nodes):
             for t in n.input:
                 consumers.setdefault(t, []).append(i)
-        key = [""] * len(nodes)
-        for i in reversed(range(len(nodes))):
-            n = nodes[i]
-            if any(o in live for o in n.output):
-                key[i] = names[i]
-                continue
-            # A helper joins the layer of its first consumer; one that feeds no layer stands alone.
-            fed = sorted(j for o in n.output for j in consumers.get(o, []) if key[j])
-            key[i] = key[fed[0]] if fed else names[i]
+        index = {id(n): i for i, n in enumerate(nodes)}
+        producer = {o: index[id(n)] for n in nodes for o in n.output if o}
+        joins: dict[int, int] = {}  # node -> the node whose layer it belongs to
+        for i, n in enumerate(nodes):
+            fed = sorted(j for o in n.output for j in consumers.get(o, []))
+            made = [producer[t] for t in n.input if t in producer]
+            if not any(o in live for o in n.output) or n.op_type in QUANTIZE_OPS \
+                    or is_rescale(n, nodes, producer, input_side=True):
+                # A helper, or the quantizing of a layer's input, joins the layer of its first consumer;
+                # one that feeds no layer stands alone, but the dequantizing of an output is its producer's.
+                if fed:
+                    joins[i] = fed[0]
+                elif n.op_type in QUANTIZE_OPS and made:
+                    j = made[0]
+                    while nodes[j].op_type in QUANTIZE_OPS and nodes[j].input[0] in producer:
+                        j = producer[nodes[j].input[0]]
+                    joins[i] = j
+            elif is_rescale(n, nodes, producer, input_side=False) and made:
+                joins[i] = made[0]  # the float result of an integer product: the product's layer
+        key = []
+        for i in range(len(nodes)):
+            seen = {i}
+            while i in joins and joins[i] not in seen:
+                i = joins[i]
+                seen.add(i)
+            key.append(names[i])
     layers: dict[str, OnnxLayer] = {}
     for i, (n, k) in enumerate(zip(nodes, key)):
         layer = layers.setdefault(k, OnnxLayer(k))

@@ -106,6 +106,11 @@ class OnnxGraph:
 
     @property
     def dlc_spec(self) -> str | None:
+        """The spec of a model dlc exported, whose nodes are grouped by its layers; None for another
+        model, or one another tool rewrote since (a quantizer keeps the metadata and adds nodes without
+        the doc string dlc's exporter writes on each)."""
+        if not all(n.doc_string for n in self.model.graph.node):
+            return None
         return self.metadata.get(META_SPEC)
 
 

@@ -141,3 +141,15 @@ def test_int8_weights_take_a_byte_each_and_int32_biases_four(fmt, quantized):
     data = figures(quantized("lenet5", fmt))["totals"]["param_bytes"]
     assert data - figures(quantized("lenet5", fmt))["totals"].get("quantization_bytes", 0) == \
         LENET_WEIGHTS + 4 * LENET_BIASES
+
+
+@pytest.mark.parametrize("fmt", ["dynamic", "qdq", "qoperator"])
+def test_a_quantized_file_has_its_float_twins_rows(fmt, quantized):
+    # LeNet-5's rows: conv, pool, conv, pool, flatten, three fcs, the softmax. The quantizing, dequantizing
+    # and rescaling nodes join the rows they serve; the metadata dlc's export wrote is no longer trusted
+    # for rows once the quantizer added nodes.
+    layers = [layer for layer in figures(quantized("lenet5", fmt))["layers"] if layer["kind"] != "input"]
+    rows = list(dict.fromkeys(layer["row"] for layer in layers))
+    weighted = [sum(layer["params"] for layer in layers if layer["row"] == row) for row in rows]
+    assert [w for w in weighted if w] == [156, 2_416, 48_120, 10_164, 850]
+    assert len(rows) == 9, rows

@@ -57,6 +57,18 @@ TABLE_INPUTS = {"Attention": (3,), "RotaryEmbedding": (1, 2)}  # the mask; the c
 QUANT_WEIGHT_INPUTS = {"DequantizeLinear": (0,), "QLinearConv": (3, 8), "QLinearMatMul": (0, 3), "QGemm": (3, 6),
                        "ConvInteger": (1,), "MatMulInteger": (1,), "MatMulNBits": (1,), "GatherBlockQuantized": (0,),
                        "QLinearAdd": (0, 3), "QLinearMul": (0, 3)}
+# The (activation, weight) inputs of the operators whose products are MACs, for their precision.
+PRODUCT_OPERANDS = {"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1), "Einsum": (0, 1),
+                    "LSTM": (0, 1), "GRU": (0, 1), "RNN": (0, 1), "QLinearConv": (0, 3), "QLinearMatMul": (0, 3),
+                    "QGemm": (0, 3), "ConvInteger": (0, 1), "MatMulInteger": (0, 1), "MatMulNBits": (0, 1)}
+LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+PRECISION_NAMES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
+                   onnx.TensorProto.DOUBLE: "fp64", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+                   onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4",
+                   onnx.TensorProto.FLOAT8E4M3FN: "fp8", onnx.TensorProto.FLOAT8E5M2: "fp8"}
+# The peak a product's activations' precision runs at (dlc.choices.DTYPE_BYTES' names), for the roofline.
+COMPUTE_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4",
+                     "uint4": "int4"}
 # Element types that hold quantized values, never shapes or indices: an initializer of one is a weight
 # wherever it is not a zero point.
 QUANTIZED_TYPES = {getattr(onnx.TensorProto, name) for name in (
@@ -401,10 +413,13 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     scales = integer_product_scales(g)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
+    act_types = set()
     for name in g.inputs:
         t = g.tensors[name]
         node = Node(name, "input", {}, [], t.per_sample, dtype_name(t.elem_type), text="input")
-        stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name]))
+        act_types.add(t.elem_type)
+        stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name],
+                               stored_activation_bytes=activation_bytes(g, name, t.elements)))
     for layer in layers:
         macs = flops = 0
         reasons = []
@@ -425,6 +440,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
         sizes = [g.tensors[o].elements if o in g.tensors and g.tensors[o].known else sequence_size(g, producer_node[o])
                  for o in leaving]
+        act_types |= {g.tensors[o].elem_type for o in leaving if o in g.tensors}
         if None in sizes and not reasons:
             reasons.append("ONNX shape inference leaves an output's size unknown")
             uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
@@ -441,17 +457,74 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
         node = Node(layer.name, main.op_type, attributes(main), inputs, t.per_sample or (), dtype_name(t.elem_type),
                     text=text, standby=in_mixture.get(layer.name) == "standby")
         runs = not node.standby
+        products = [(weight(costs[id(n)]), p) for n in layer.nodes if (p := precision(n, g, producer_node, live))]
+        precise = max(products, key=lambda found: found[0])[1] if products else (None, None)
         stats.append(NodeStats(node, params, frozen, macs * batch * runs, flops * batch * runs,
                                sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None,
                                params * runs, values.constants, (values.params_bytes, values.frozen_bytes),
-                               constant_bytes=values.constant_bytes, overhead_bytes=values.overhead_bytes))
+                               constant_bytes=values.constant_bytes, overhead_bytes=values.overhead_bytes,
+                               stored_activation_bytes=sum(activation_bytes(g, o, size) for o, size in zip(leaving, sizes)),
+                               precision=precise[0], compute=precise[1]))
     fold_rows(stats, steps)
     mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
     stored_as = STORED_DTYPES.get(types.pop()) if len(types) == 1 else "fp32" if not types else None
     weights = dtype or stored_as or "mixed"
+    # activations each in their own tensor's type (issue 20 priced them all in the weights' one)
+    acts = STORED_DTYPES.get(act_types.pop(), "mixed") if len(act_types) == 1 else "mixed"
     return Analysis(graph, stats, totals(stats, batch, optimizer, None, weights,
-                                         act_dtype or dtype or stored_as or "fp32")), uncounted
+                                         act_dtype or dtype or acts)), uncounted
+
+
+def activation_bytes(g: OnnxGraph, name: str, size: int | None) -> int:
+    """The bytes of `size` values of tensor `name` in its element type (float32 where it has none: a
+    sequence's)."""
+    t = g.tensors.get(name)
+    return ceil((size or 0) * (element_bits(t.elem_type) if t is not None and t.elem_type else 32) / 8)
+
+
+def operand_precision(t: str, g: OnnxGraph, producer: dict[str, onnx.NodeProto],
+                      stored: bool) -> tuple[str, int | None]:
+    """The precision an operand is held in, and its block size: through layout operators, the type a
+    DequantizeLinear read it in (or, for a `stored` weight, a Cast: a float16 weight cast to float32 is
+    stored in float16; an activation cast is computed on in its new type), else its own."""
+    while t in producer and producer[t].op_type in LAYOUT_OPS:
+        t = producer[t].input[0]
+    made = producer.get(t)
+    block = None
+    if made is not None and made.op_type in ("DequantizeLinear", "Cast") and (stored or made.op_type != "Cast"):
+        block = attributes(made).get("block_size") or None if made.op_type == "DequantizeLinear" else None
+        t = made.input[0]
+    value = g.tensors.get(t)
+    return (precision_name(value.elem_type) if value is not None else "fp32"), block
+
+
+def precision_name(elem_type: int) -> str:
+    return PRECISION_NAMES.get(elem_type) or dtype_name(elem_type)
+
+
+def precision(n: onnx.NodeProto, g: OnnxGraph, producer: dict[str, onnx.NodeProto],
+              live: set[str]) -> tuple[str, str] | None:
+    """The precision of a product's operands in the words of the table ("fp32", "fp16 w / fp32 a",
+    "int8 w / uint8 a", "int4 w, block 32"), and the precision it computes in (DTYPE_BYTES' names: a
+    weight-only quantized product computes in its activations' float type); None for another operator."""
+    if n.op_type not in PRODUCT_OPERANDS or len(n.input) <= max(PRODUCT_OPERANDS[n.op_type]):
+        return None
+    x, w = PRODUCT_OPERANDS[n.op_type]
+    act, _ = operand_precision(n.input[x], g, producer, stored=False)
+    if n.op_type == "MatMulNBits":
+        a = attributes(n)
+        stored, block = f"int{a.get('bits', 4)}", a.get("block_size")
+    else:
+        stored, block = operand_precision(n.input[w], g, producer, stored=n.input[w] not in live)
+    floats = set(STORED_DTYPES.values())
+    if stored == act and act in floats and not block:
+        label = act
+    elif act in floats and stored not in floats:
+        label = f"{stored} w"
+    else:
+        label = f"{stored} w / {act} a"
+    return label + (f", block {block}" if block else ""), COMPUTE_PRECISION.get(act, "fp32")
 
 
 def sequence_size(g: OnnxGraph, n: onnx.NodeProto) -> int | None:

@@ -32,7 +32,7 @@ TWINS = {"lenet5": (61_706, 416_520),
          "gpt": (256 * 64 + 4 * (64 * 64 + 64) + 2 * 64 + (64 * 256 + 256) + (256 * 64 + 64) + (64 * 256 + 256),
                  16 * 4 * 64 * 64 + 2 * 4 * 16 * 16 * 16 + 16 * 3 * 64 * 256)}
 FORMATS = ("dynamic", "dynamic-uint8", "dynamic-per-channel", "qdq", "qoperator", "nbits", "nbits-gather",
-           "int4-qdq", "fp16", "fp16-cast")
+           "int4-qdq", "fp16", "fp16-weights")
 
 
 def run(*args):
@@ -86,11 +86,25 @@ def _quantized(folder: Path, name: str, fmt: str) -> Path:
                                          **(gather if fmt == "nbits-gather" else {}))
         quantizer.process()
         quantizer.model.save_model_to_file(str(out))
-    else:
-        # fp16: every operator in float16; fp16-cast: float16 weights, each Cast to float32 before its use
-        blocked = {n.op_type for n in onnx.load(twin).graph.node} if fmt == "fp16-cast" else None
-        onnx.save(convert_float_to_float16(onnx.load(twin), keep_io_types=True, op_block_list=blocked), out)
+    elif fmt == "fp16":  # every operator in float16, the inputs and outputs cast
+        onnx.save(convert_float_to_float16(onnx.load(twin), keep_io_types=True), out)
+    else:  # fp16-weights: float16 weights, each cast to float32 before its use, as a file stored half-size
+        onnx.save(with_float16_weights(onnx.load(twin)), out)
     return out
+
+
+def with_float16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    g = model.graph
+    casts = []
+    for t in g.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT and t.dims:
+            name = t.name
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float16), f"{name}.fp16"))
+            casts.append(onnx.helper.make_node("Cast", [t.name], [name], to=onnx.TensorProto.FLOAT))
+    nodes = [*casts, *g.node]
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
 
 
 @pytest.fixture(scope="session")
@@ -153,3 +167,106 @@ def test_a_quantized_file_has_its_float_twins_rows(fmt, quantized):
     weighted = [sum(layer["params"] for layer in layers if layer["row"] == row) for row in rows]
     assert [w for w in weighted if w] == [156, 2_416, 48_120, 10_164, 850]
     assert len(rows) == 9, rows
+
+
+# Each format's products in the table's words, and the precision they compute in. The GPT's attention
+# products (scores and weighted sum, between two activations) stay float where only weights are quantized;
+# quantize_static quantizes their operands too.
+PRECISIONS = {
+    "dynamic": {"int8 w / uint8 a": "int8"}, "dynamic-uint8": {"uint8 w / uint8 a": "int8"},
+    "dynamic-per-channel": {"int8 w / uint8 a": "int8"}, "qdq": {"int8 w / int8 a": "int8"},
+    "qoperator": {"int8 w / int8 a": "int8"}, "nbits": {"int4 w, block 32": "fp32"},
+    "nbits-gather": {"int4 w, block 32": "fp32"}, "int4-qdq": {"uint4 w, block 32": "fp32"},
+    "fp16": {"fp16": "fp16"}, "fp16-weights": {"fp16 w / fp32 a": "fp32"}}
+
+
+@pytest.mark.parametrize("name, fmt", cases(formats=tuple(f for f in FORMATS if not f.startswith(("nbits", "int4")))) +
+                         cases(names=("gpt",), formats=("nbits", "nbits-gather", "int4-qdq")))
+def test_macs_are_split_by_the_precision_of_their_products(name, fmt, quantized):
+    doc = figures(quantized(name, fmt))
+    split = doc["totals"]["macs_by_precision"]
+    expected = PRECISIONS[fmt]
+    if name == "gpt" and fmt not in ("qdq", "fp16"):
+        # the scores and the weighted sum: 2 * 4 heads * 16 * 16 * 16 float32 MACs
+        expected = {**expected, "fp32": "fp32"}
+        assert split["fp32"]["macs"] == 2 * 4 * 16 * 16 * 16
+    assert {p: e["compute"] for p, e in split.items()} == expected
+    assert sum(e["macs"] for e in split.values()) == doc["totals"]["macs"]
+    assert {layer["precision"] for layer in doc["layers"] if layer.get("precision")} == set(expected)
+    text = run("summary", quantized(name, fmt)).output
+    assert "MACs by precision: " in text and all(f" {p} " in text for p in expected)
+
+
+def test_a_float32_file_shows_no_precision_column(quantized):
+    text = run("summary", quantized("lenet5", "float")).output
+    assert "precision" not in text.splitlines()[2]
+    assert "MACs by precision" not in text
+
+
+def test_int4_weights_take_half_a_byte_and_their_block_scales_are_overhead(quantized):
+    # The GPT's 7 MatMul weights, 4*64*64 + 3*64*256 = 65,536 values: 32,768 bytes at 4 bits, and one float32
+    # scale per block of 32 (symmetric: no zero points), 2,048 scales = 8,192 bytes. The rest stays float32:
+    # the embedding 256*64, the biases 4*64 + 256 + 64 + 256 and layernorm's 2*64.
+    values = 4 * 64 * 64 + 3 * 64 * 256
+    rest = 4 * (256 * 64 + 4 * 64 + 256 + 64 + 256 + 2 * 64)
+    totals = figures(quantized("gpt", "nbits"))["totals"]
+    assert totals["quantization_bytes"] == 4 * values // 32
+    assert totals["param_bytes"] == values // 2 + 4 * values // 32 + rest
+    # GatherBlockQuantized: the embedding in int4 too, 256*64 / 2 bytes and 256*64 / 32 float32 scales
+    totals = figures(quantized("gpt", "nbits-gather"))["totals"]
+    table = 256 * 64
+    assert totals["param_bytes"] == (values + table) // 2 + 4 * (values + table) // 32 + rest - 4 * table
+    text = run("params", quantized("gpt", "nbits")).output
+    assert f"of which {8192 / 1024:.2f} KiB quantization scales and zero points" in text
+
+
+def test_float16_weights_behind_a_cast_take_two_bytes(quantized):
+    doc = figures(quantized("lenet5", "fp16-weights"))
+    assert (doc["totals"]["params"], doc["totals"]["param_bytes"]) == (61_706, 2 * 61_706)
+    assert doc["dtype"]["weights"] == "fp16"
+
+
+def _save(nodes, inputs, outputs, initializers, path) -> Path:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_each_activation_takes_its_own_tensors_type(tmp_path):
+    # Issue 20 left every activation in the weights' single type. A float16 input of 4 values cast to
+    # float32 for a float32 Gemm of 3 outputs: the input 4 x 2 bytes, the cast 4 x 4, the output 3 x 4 = 36
+    # (all in the weights' float32 it was 44).
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = _save([helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT),
+                  helper.make_node("Gemm", ["c", "W", "b"], ["y"], transB=1)],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                 [numpy_helper.from_array(np.ones((3, 4), np.float32), "W"),
+                  numpy_helper.from_array(np.ones(3, np.float32), "b")], tmp_path / "cast.onnx")
+    doc = figures(path)
+    assert doc["totals"]["activation_bytes"] == 4 * 2 + 4 * 4 + 3 * 4
+    assert doc["dtype"]["activations"] == "mixed" and doc["dtype"]["bytes_per_value"]["activations"] is None
+    assert "(11 values, each in its tensor's stored type)" in run("summary", path).output
+
+
+def test_constants_are_priced_in_their_stored_type(tmp_path):
+    # Issue 20 priced constants at 4 bytes whatever their type: attention's 4x4 float16 mask added to the
+    # scores of queries and keys is 16 values, 32 bytes.
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.ones((8, 8), np.float16), name) for name in ("Wq", "Wk")]
+    mask = numpy_helper.from_array(np.triu(np.full((4, 4), -1e4, np.float16), 1), "mask")
+    path = _save([helper.make_node("MatMul", ["x", "Wq"], ["q"]), helper.make_node("MatMul", ["x", "Wk"], ["k"]),
+                  helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+                  helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Add", ["s", "mask"], ["m"]),
+                  helper.make_node("Softmax", ["m"], ["p"], axis=-1)],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4, 8])],
+                 [helper.make_tensor_value_info("p", TensorProto.FLOAT16, ["N", 4, 4])],
+                 [*weights, mask], tmp_path / "mask.onnx")
+    doc = figures(path)
+    assert doc["totals"]["constants"] == {"values": 16, "bytes": 32}
+    assert doc["totals"]["params"] == 2 * 64
+    assert "constants: 16 values (32 B as stored)" in run("params", path).output

@@ -92,7 +92,7 @@ class Totals:
     act_dtype: str = "fp32"
     constant_bytes: int = 0
     overhead_bytes: int = 0  # in param_bytes: a quantized ONNX model's scales and zero points
-    # An ONNX model's MACs per precision of its products: {precision: {"macs": n, "compute": dtype}}
+    # MACs per precision of the products: {precision: {"macs": n, "compute": dtype}}; a spec's all in dtype
     macs_by_precision: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -216,8 +216,8 @@ def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: in
             s.activation_bytes = s.stored_activation_bytes
         else:
             s.activation_bytes = value_bytes(s.activations, "fp32" if act_dtype == "mixed" else act_dtype)
-        if s.precision is not None:
-            entry = by_precision.setdefault(s.precision, {"macs": 0, "compute": s.compute})
+        if s.macs:  # a spec's products, and an ONNX product dlc names no precision for, are in dtype
+            entry = by_precision.setdefault(s.precision or dtype, {"macs": 0, "compute": s.compute or act_dtype})
             entry["macs"] += s.macs
     p = sum(s.params for s in stats)
     nt = sum(s.non_trainable for s in stats)

@@ -39,11 +39,11 @@ CONVENTIONS = {
 ACTIVE_CONVENTION = ("the params one step runs: each mixture's router and K of its E experts, and every layer "
                      "outside the mixtures (params counts every expert); a mixture's macs and flops are its "
                      "router's and its K routed experts' per step")
-# Beside the others only for an ONNX model, whose products each have a stored precision.
-PRECISION_CONVENTION = ("an ONNX model's MACs split by the precision of each product's operands ('fp32', 'fp16 w / "
-                        "fp32 a', 'int8 w / uint8 a', 'int4 w, block 32': weights, then activations where they are "
-                        "not the float the product computes in), each with the precision it computes in (compute: "
-                        "the activations', int8 for a uint8 one), for the peak that applies")
+PRECISION_CONVENTION = ("MACs split by the precision of each product's operands (a spec's all in dtype.weights; an "
+                        "ONNX model's as stored: 'fp32', 'fp16 w / fp32 a', 'int8 w / uint8 a', 'int4 w, block 32': "
+                        "weights, then activations where they are not the float the product computes in), each "
+                        "with the precision it computes in (compute: the activations', int8 for a uint8 one), for "
+                        "the peak that applies")
 # Beside the others only where an ONNX model stores attention tables or masks.
 CONSTANTS_CONVENTION = ("values of an ONNX model's stored attention tables and masks (a causal mask, rotary cos "
                         "and sin tables): constants, not in params; bytes in their stored types")
@@ -182,7 +182,7 @@ def table(analysis: Analysis, view: str, every_node: bool = False) -> str:
 def shows_precision(analysis: Analysis) -> bool:
     """Whether the tables say each row's precision and stored bytes: for an ONNX model whose products are
     not all in float32 (a quantized or float16 file)."""
-    return set(analysis.totals.macs_by_precision) - {"fp32"} != set()
+    return any(s.precision not in (None, "fp32") for s in analysis.nodes)
 
 
 def has_mixture(analysis: Analysis) -> bool:

@@ -164,13 +164,15 @@ def group(g: OnnxGraph, live: set[str]) -> list[OnnxLayer]:
                     joins[i] = j
             elif is_rescale(n, nodes, producer, input_side=False) and made:
                 joins[i] = made[0]  # the float result of an integer product: the product's layer
-        key = []
-        for i in range(len(nodes)):
-            seen = {i}
-            while i in joins and joins[i] not in seen:
+        root: dict[int, int] = {}
+        for start in range(len(nodes)):
+            path, i = [], start
+            while i in joins and i not in root and i not in path:  # a cycle of joins ends where it closes
+                path.append(i)
                 i = joins[i]
-                seen.add(i)
-            key.append(names[i])
+            end = root.get(i, i)
+            root.update((j, end) for j in path)
+        key = [names[root.get(i, i)] for i in range(len(nodes))]
     layers: dict[str, OnnxLayer] = {}
     for i, (n, k) in enumerate(zip(nodes, key)):
         layer = layers.setdefault(k, OnnxLayer(k))

@@ -7,7 +7,7 @@ shape). The definitions are onnxruntime's docs/ContribOperators.md.
 
 from __future__ import annotations
 
-from math import ceil
+from math import ceil, floor
 from typing import Callable
 
 import numpy as np
@@ -68,7 +68,7 @@ def qlinear_pool(ins: list[Typed | None], a: dict) -> list[Typed]:
     else:
         if auto == b"VALID":
             pads = [0] * 2 * len(kernel)
-        rounding = ceil if a.get("ceil_mode", 0) else (lambda x: int(x // 1))
+        rounding = ceil if a.get("ceil_mode", 0) else floor
         out = [rounding((d + pads[i] + pads[i + len(kernel)] - k) / s) + 1
                for i, (d, k, s) in enumerate(zip(spatial, kernel, strides))]
     full = (shape[0], *out, shape[-1]) if last else (*shape[:2], *out)

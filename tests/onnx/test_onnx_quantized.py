@@ -271,3 +271,30 @@ def test_constants_are_priced_in_their_stored_type(tmp_path):
     assert doc["totals"]["constants"] == {"values": 16, "bytes": 32}
     assert doc["totals"]["params"] == 2 * 64
     assert "constants: 16 values (32 B as stored)" in run("params", path).output
+
+
+def test_dlcs_shape_rules_for_contrib_operators():
+    # by hand from onnxruntime's ContribOperators.md
+    from onnx import TensorProto as T
+
+    from dlc.onnx.contrib import contrib_shapes
+
+    u8, f32 = T.UINT8, T.FLOAT
+    scale = (f32, ())
+    x = (u8, (1, 3, 8, 8))
+    # AveragePool's sizes: floor((8 + 1 + 1 - 3) / 2) + 1 = 4, with ceil_mode 5
+    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    assert contrib_shapes("QLinearAveragePool", [x, scale, x, scale, x], pool) == [(u8, (1, 3, 4, 4))]
+    assert contrib_shapes("QLinearAveragePool", [x, scale, x, scale, x], {**pool, "ceil_mode": 1}) == \
+        [(u8, (1, 3, 5, 5))]
+    assert contrib_shapes("QLinearGlobalAveragePool", [x], {"channels_last": 0}) == [(u8, (1, 3, 1, 1))]
+    assert contrib_shapes("QLinearMul", [x, scale, scale, (u8, (1, 3, 1, 1))], {}) == [(u8, (1, 3, 8, 8))]
+    parts = [(u8, (1, 2, 4)), scale, scale, (u8, (1, 3, 4)), scale, scale]
+    assert contrib_shapes("QLinearConcat", [scale, (u8, ()), *parts], {"axis": 1}) == [(u8, (1, 5, 4))]
+    # a 4-bit table packed two values a byte: 32 bytes a row hold 64 values
+    table = [(u8, (256, 32)), (T.INT64, (1, 16)), (f32, (256, 2))]
+    assert contrib_shapes("GatherBlockQuantized", table, {"bits": 4, "block_size": 32}) == [(f32, (1, 16, 64))]
+    assert contrib_shapes("MatMulNBits", [(f32, (1, 16, 64))], {"K": 64, "N": 96}) == [(f32, (1, 16, 96))]
+    # QGemm without y_scale gives floats; an input still unknown gives no shape yet
+    assert contrib_shapes("QGemm", [(u8, (1, 400)), scale, x, (u8, (120, 400))], {"transB": 1}) == [(f32, (1, 120))]
+    assert contrib_shapes("QLinearSoftmax", [None, scale], {}) is None

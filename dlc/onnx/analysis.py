@@ -508,7 +508,8 @@ def precision_name(elem_type: int) -> str:
 def precision(n: onnx.NodeProto, g: OnnxGraph, producer: dict[str, onnx.NodeProto],
               live: set[str]) -> tuple[str, str] | None:
     """The precision of a product's operands in the words of the table ("fp32", "fp16 w / fp32 a",
-    "int8 w / uint8 a", "int4 w, block 32"), and the precision it computes in (DTYPE_BYTES' names: a
+    "int8 w / uint8 a", "int4 w, block 32", "int8 a / int8 a" between two activations), and the precision
+    it computes in (DTYPE_BYTES' names: a
     weight-only quantized product computes in its activations' float type); None for another operator."""
     if n.op_type not in PRODUCT_OPERANDS or len(n.input) <= max(PRODUCT_OPERANDS[n.op_type]):
         return None
@@ -522,6 +523,8 @@ def precision(n: onnx.NodeProto, g: OnnxGraph, producer: dict[str, onnx.NodeProt
     floats = set(STORED_DTYPES.values())
     if stored == act and act in floats and not block:
         label = act
+    elif n.input[w] in live:  # a product of two activations (attention's scores)
+        label = f"{act} a / {stored} a"
     elif act in floats and stored not in floats:
         label = f"{stored} w"
     else:

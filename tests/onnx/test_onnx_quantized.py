@@ -219,6 +219,10 @@ def test_int4_weights_take_half_a_byte_and_their_block_scales_are_overhead(quant
     totals = figures(quantized("gpt", "nbits-gather"))["totals"]
     table = 256 * 64
     assert totals["param_bytes"] == (values + table) // 2 + 4 * (values + table) // 32 + rest - 4 * table
+    # int4 in QDQ form, asymmetric: the same scales and a uint4 zero point per block, 2,048 / 2 bytes
+    totals = figures(quantized("gpt", "int4-qdq"))["totals"]
+    assert totals["quantization_bytes"] == 4 * values // 32 + values // 32 // 2
+    assert totals["param_bytes"] == values // 2 + totals["quantization_bytes"] + rest
     text = run("params", quantized("gpt", "nbits")).output
     assert f"of which {8192 / 1024:.2f} KiB quantization scales and zero points" in text
 

@@ -47,6 +47,14 @@ class NodeStats:
     # An ONNX model's (trainable, non-trainable) bytes in the types its initializers are stored in;
     # None for a spec, whose values all take the precision asked for.
     stored_bytes: tuple[int, int] | None = None
+    constant_bytes: int = 0  # the constants' bytes in their stored types
+    overhead_bytes: int = 0  # a quantized ONNX model's scales and zero points: stored bytes, not parameters
+    # An ONNX model's output bytes per sample, each tensor in its own element type (None for a spec)
+    stored_activation_bytes: int | None = None
+    # An ONNX layer's products' precision ("int8 w / int8 a", "int4 w, block 32", "fp16") and the
+    # precision they compute in (DTYPE_BYTES' names); None without products, or for a spec.
+    precision: str | None = None
+    compute: str | None = None
     # In the precision of the analysis (set by totals): a node's bytes of params and non-trainable
     # values, of trainable values alone (its gradients), and of its output per sample.
     param_bytes: int = 0
@@ -82,6 +90,10 @@ class Totals:
     # initializers are stored in several types.
     dtype: str = "fp32"
     act_dtype: str = "fp32"
+    constant_bytes: int = 0
+    overhead_bytes: int = 0  # in param_bytes: a quantized ONNX model's scales and zero points
+    # MACs per precision of the products: {precision: {"macs": n, "compute": dtype}}; a spec's all in dtype
+    macs_by_precision: dict[str, dict] = field(default_factory=dict)
 
     @property
     def engine_train_bytes(self) -> int | None:
@@ -187,18 +199,26 @@ def engine_columns_bytes(graph: Graph, batch: int) -> int:
 
 def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: int | None = None,
            dtype: str = "fp32", act_dtype: str = "fp32") -> Totals:
-    """The totals, weights in `dtype` ("mixed": each ONNX initializer in its stored type) and activations
-    in `act_dtype`. Gradients and optimizer state take the weights' precision (docs/conventions.md)."""
+    """The totals, weights in `dtype` ("mixed": each ONNX initializer in its stored type, scales and zero
+    points included) and activations in `act_dtype` ("mixed": each ONNX tensor in its own type).
+    Gradients and optimizer state take the weights' precision (docs/conventions.md)."""
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
+    by_precision: dict[str, dict] = {}
     for s in stats:
         if dtype == "mixed":
             s.grad_bytes, frozen_bytes = s.stored_bytes or (0, 0)
-            s.param_bytes = s.grad_bytes + frozen_bytes
+            s.param_bytes = s.grad_bytes + frozen_bytes + s.overhead_bytes
         else:
             s.param_bytes = value_bytes(s.params + s.non_trainable, dtype)
             s.grad_bytes = value_bytes(s.params, dtype)
-        s.activation_bytes = value_bytes(s.activations, act_dtype)
+        if act_dtype == "mixed" and s.stored_activation_bytes is not None:
+            s.activation_bytes = s.stored_activation_bytes
+        else:
+            s.activation_bytes = value_bytes(s.activations, "fp32" if act_dtype == "mixed" else act_dtype)
+        if s.macs:  # a spec's products, and an ONNX product dlc names no precision for, are in dtype
+            entry = by_precision.setdefault(s.precision or dtype, {"macs": 0, "compute": s.compute or act_dtype})
+            entry["macs"] += s.macs
     p = sum(s.params for s in stats)
     nt = sum(s.non_trainable for s in stats)
     act = sum(s.activations for s in stats)
@@ -216,4 +236,7 @@ def totals(stats: list[NodeStats], batch: int, optimizer: str, columns_bytes: in
         optimizer_bytes=optimizer_bytes, train_bytes=train,
         batch=batch, optimizer=optimizer, train_formula=formula, columns_bytes=columns_bytes,
         constants=sum(s.constants for s in stats), dtype=dtype, act_dtype=act_dtype,
+        constant_bytes=sum(s.constant_bytes for s in stats),
+        overhead_bytes=sum(s.overhead_bytes for s in stats) if dtype == "mixed" else 0,
+        macs_by_precision=by_precision,
     )

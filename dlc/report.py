@@ -31,8 +31,10 @@ CONVENTIONS = {
     "activations": "output elements per sample",
     "receptive_field": "input pixels [height, width] one output element sees; jump = product of strides",
     "param_bytes": "(params + non_trainable) in dtype.weights (bytes_per_value; int4 rounds up to whole bytes "
-                   "per node; an ONNX model by default each initializer in its stored type)",
-    "activation_bytes": "sum of every node's output elements per sample in dtype.activations",
+                   "per node; an ONNX model by default each initializer in its stored type, a quantized one's "
+                   "scales and zero points included: quantization_bytes)",
+    "activation_bytes": "sum of every node's output elements per sample in dtype.activations (an ONNX model "
+                        "by default each tensor in its own element type)",
     "train_bytes": "parameters + gradients + optimizer state + batch * activation_bytes, gradients and "
                    "optimizer state in dtype.weights",
     "engine_train_bytes": "train_bytes + the im2col columns dlc's NumPy engine holds at once at this batch "
@@ -42,9 +44,14 @@ CONVENTIONS = {
 ACTIVE_CONVENTION = ("the params one step runs: each mixture's router and K of its E experts, and every layer "
                      "outside the mixtures (params counts every expert); a mixture's macs and flops are its "
                      "router's and its K routed experts' per step")
+PRECISION_CONVENTION = ("MACs split by the precision of each product's operands (a spec's all in dtype.weights; an "
+                        "ONNX model's as stored: 'fp32', 'fp16 w / fp32 a', 'int8 w / uint8 a', 'int4 w, block 32': "
+                        "weights, then activations where they are not the float the product computes in), each "
+                        "with the precision it computes in (compute: the activations', int8 for a uint8 one), for "
+                        "the peak that applies")
 # Beside the others only where an ONNX model stores attention tables or masks.
 CONSTANTS_CONVENTION = ("values of an ONNX model's stored attention tables and masks (a causal mask, rotary cos "
-                        "and sin tables): constants, not in params; float32 bytes 4 * constants")
+                        "and sin tables): constants, not in params; bytes in their stored types")
 
 
 @dataclass
@@ -124,6 +131,10 @@ def _cost(r: Row, field: str) -> str:
     return "not counted" if any(s.uncounted for s in r.stats) else si(r.total(field))
 
 
+def _precision(r: Row) -> str:
+    return next((s.precision for s in r.stats if s.precision), "")
+
+
 COLUMNS = {
     # name: (header, right-justified, cell)
     "layer": ("layer", False, lambda r: r.name),
@@ -137,6 +148,8 @@ COLUMNS = {
     "flops": ("FLOPs", True, lambda r: _cost(r, "flops")),
     "memory": ("activations", True, lambda r: binary(r.total("activation_bytes"))),
     "rf": ("RF", True, lambda r: _rf(r.stats[-1])),
+    "precision": ("precision", False, _precision),
+    "weights": ("weights", True, lambda r: binary(r.total("param_bytes")) if r.total("param_bytes") else ""),
     "jump": ("jump", True, lambda r: _jump(r.stats[-1])),
 }
 
@@ -153,11 +166,13 @@ def table(analysis: Analysis, view: str, every_node: bool = False) -> str:
     """The table as text. Drawn by hand rather than with rich: rich takes a second to lay out the
     hundreds of rows of a ResNet-152, and the analysis commands must answer instantly."""
     table_rows = rows(analysis, every_node)
-    cols = VIEWS[view]
+    cols = list(VIEWS[view])  # a copy: the columns added below are for this table only
     if not any(r.sources for r in table_rows):
         cols = [c for c in cols if c != "from"]
     if "params" in cols and has_mixture(analysis):
         cols.insert(cols.index("params") + 1, "active_params")
+    if shows_precision(analysis) and view in ("params", "flops", "summary"):
+        cols[cols.index("output") + 1:cols.index("output") + 1] = ["precision"] + ["weights"] * (view != "flops")
     return grid([COLUMNS[c][0] for c in cols], [COLUMNS[c][1] for c in cols],
                 [[COLUMNS[c][2](r) for c in cols] for r in table_rows])
 
@@ -172,6 +187,12 @@ def grid(headers: list[str], right: list[bool], lines: list[list[str]]) -> str:
 
     rule = "  ".join("─" * w for w in widths)
     return "\n".join([fmt(headers), rule, *(fmt(line) for line in lines), rule])
+
+
+def shows_precision(analysis: Analysis) -> bool:
+    """Whether the tables say each row's precision and stored bytes: for an ONNX model whose products are
+    not all in float32 (a quantized or float16 file)."""
+    return any(s.precision not in (None, "fp32") for s in analysis.nodes)
 
 
 def has_mixture(analysis: Analysis) -> bool:
@@ -191,14 +212,17 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
     per = "per sample" if t.batch == 1 else f"for a batch of {t.batch}"
     lines = []
     if view in ("params", "summary"):
+        overhead = f", of which {binary(t.overhead_bytes)} quantization scales and zero points" \
+            if t.overhead_bytes else ""
         lines.append(f"params: {grouped(t.params)} trainable + {grouped(t.non_trainable)} non-trainable "
-                     f"= {grouped(t.params + t.non_trainable)} ({binary(t.param_bytes)} as {dtype_text(t.dtype)})")
+                     f"= {grouped(t.params + t.non_trainable)} ({binary(t.param_bytes)} as {dtype_text(t.dtype)}"
+                     f"{overhead})")
         if has_mixture(analysis):
             lines.append(f"active params: {grouped(t.active_params)} of {grouped(t.params)}, what one step runs "
                          f"(each mixture's router and top K experts, and every layer outside the mixtures)")
         if t.constants:
             lines.append(f"constants: {grouped(t.constants)} value{'s' * (t.constants != 1)} "
-                         f"({binary(4 * t.constants)} as float32), "
+                         f"({binary(t.constant_bytes)} as stored), "
                          f"attention's stored tables and masks, not parameters")
     if view in ("flops", "summary"):
         causal = any(n.kind == "attention" and n.attrs["causal"] for n in analysis.graph.nodes)
@@ -209,11 +233,15 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
                                                 "the whole T x T square)" if causal else "")
                      + ("; a mixture counts its router and K routed experts per step" if has_mixture(analysis)
                         else ""))
+        if shows_precision(analysis):
+            split = ", ".join(f"{p} {si(e['macs'])} ({e['compute']} compute)" for p, e in t.macs_by_precision.items())
+            lines.append(f"MACs by precision: {split}")
         lines.append(f"FLOPs: {si(t.flops)} ({grouped(t.flops)}) floating-point operations {per}, "
                      f"forward pass at inference")
     if view == "summary":
-        lines.append(f"activations: {binary(t.activation_bytes)} per sample "
-                     f"({grouped(t.activations)} {dtype_text(t.act_dtype)} values)")
+        each = "values, each in its tensor's stored type" if t.act_dtype == "mixed" else \
+            f"{dtype_text(t.act_dtype)} values"
+        lines.append(f"activations: {binary(t.activation_bytes)} per sample ({grouped(t.activations)} {each})")
         lines.append(f"training memory at batch {t.batch} with {t.optimizer}: {binary(t.train_bytes)} = "
                      f"parameters {binary(t.param_bytes)} + gradients {binary(t.grad_bytes)} + "
                      f"optimizer state {binary(t.optimizer_bytes)} + {t.batch} x activations {binary(t.activation_bytes)}")
@@ -308,6 +336,7 @@ def to_json(analysis: Analysis) -> dict:
             "receptive_field_whole": s.rf.whole if s.rf else None,
             "jump": [float(j) for j in s.rf.jump] if s.rf else None,
             **({"not_counted": s.uncounted} if s.uncounted else {}),
+            **({"precision": s.precision, "param_bytes": s.param_bytes} if s.precision else {}),
         })
     return {
         "schema": SCHEMA,
@@ -316,16 +345,20 @@ def to_json(analysis: Analysis) -> dict:
         "input_dtype": g.input.dtype,
         "batch": t.batch,
         "conventions": CONVENTIONS | ({"active_params": ACTIVE_CONVENTION} if mixture else {})
-        | ({"constants": CONSTANTS_CONVENTION} if t.constants else {}),
+        | ({"constants": CONSTANTS_CONVENTION} if t.constants else {})
+        | ({"macs_by_precision": PRECISION_CONVENTION} if t.macs_by_precision else {}),
         "dtype": {"weights": t.dtype, "activations": t.act_dtype,
-                  "bytes_per_value": {"weights": DTYPE_BYTES.get(t.dtype), "activations": DTYPE_BYTES[t.act_dtype]}},
+                  "bytes_per_value": {"weights": DTYPE_BYTES.get(t.dtype),
+                                      "activations": DTYPE_BYTES.get(t.act_dtype)}},
         "layers": layers,
         "totals": {
             "params": t.params,
             "non_trainable": t.non_trainable,
             **({"active_params": t.active_params} if mixture else {}),
-            **({"constants": {"values": t.constants, "bytes": 4 * t.constants}} if t.constants else {}),
+            **({"constants": {"values": t.constants, "bytes": t.constant_bytes}} if t.constants else {}),
+            **({"quantization_bytes": t.overhead_bytes} if t.overhead_bytes else {}),
             "macs": t.macs,
+            **({"macs_by_precision": t.macs_by_precision} if t.macs_by_precision else {}),
             "flops": t.flops,
             "activations": t.activations,
             "param_bytes": t.param_bytes,

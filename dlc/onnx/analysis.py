@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from math import prod
+from math import ceil, prod
 
 import onnx
 
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import OnnxGraph, OnnxValue, attributes, dtype_name
+from dlc.onnx.model import Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -51,6 +51,41 @@ QUERY_KEY_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Ide
                  "Gather", "Concat", "Expand", "Neg", "Add", "Sub", "Mul", "Div", "Where"}
 TABLE_INPUTS = {"Attention": (3,), "RotaryEmbedding": (1, 2)}  # the mask; the cos and sin caches
 
+# Quantized operators' inputs (onnxruntime's and ONNX's definitions): where a weight's stored values go
+# (its parameters, whatever their type: int8, int4, packed bits, int32 biases) and where its scales and
+# zero points go (quantization overhead: bytes, not parameters). QLinearConcat's are per input, below.
+QUANT_WEIGHT_INPUTS = {"DequantizeLinear": (0,), "QLinearConv": (3, 8), "QLinearMatMul": (0, 3), "QGemm": (3, 6),
+                       "ConvInteger": (1,), "MatMulInteger": (1,), "MatMulNBits": (1,), "GatherBlockQuantized": (0,),
+                       "QLinearAdd": (0, 3), "QLinearMul": (0, 3)}
+# The (activation, weight) inputs of the operators whose products are MACs, for their precision.
+PRODUCT_OPERANDS = {"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1), "Einsum": (0, 1),
+                    "LSTM": (0, 1), "GRU": (0, 1), "RNN": (0, 1), "QLinearConv": (0, 3), "QLinearMatMul": (0, 3),
+                    "QGemm": (0, 3), "ConvInteger": (0, 1), "MatMulInteger": (0, 1), "MatMulNBits": (0, 1)}
+LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+PRECISION_NAMES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
+                   onnx.TensorProto.DOUBLE: "fp64", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+                   onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4",
+                   onnx.TensorProto.FLOAT8E4M3FN: "fp8", onnx.TensorProto.FLOAT8E5M2: "fp8"}
+# The peak a product's activations' precision runs at (dlc.choices.DTYPE_BYTES' names), for the roofline.
+COMPUTE_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4",
+                     "uint4": "int4"}
+# Element types that hold quantized values, never shapes or indices: an initializer of one is a weight
+# wherever it is not a zero point.
+QUANTIZED_TYPES = {getattr(onnx.TensorProto, name) for name in (
+    "INT8", "UINT8", "INT4", "UINT4", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+    "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)}
+INTEGER_PRODUCTS = {"ConvInteger", "MatMulInteger"}
+# Operators that only change an activation's precision: in the row of the layer they feed, so a quantized
+# file has its float twin's layers and rows.
+QUANTIZE_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+QUANT_OVERHEAD_INPUTS = {
+    "DequantizeLinear": (1, 2), "QuantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QGemm": (1, 2, 4, 5, 7, 8), "ConvInteger": (2, 3), "MatMulInteger": (2, 3),
+    "MatMulNBits": (2, 3, 4), "GatherBlockQuantized": (2, 3), "QLinearAdd": (1, 2, 4, 5, 6, 7),
+    "QLinearMul": (1, 2, 4, 5, 6, 7),
+    **{op: (1, 2, 3, 4) for op in ("QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
+                                   "QLinearSigmoid", "QLinearLeakyRelu")}}
+
 
 @dataclass
 class Uncounted:
@@ -64,6 +99,19 @@ class OnnxLayer:
     name: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     main: onnx.NodeProto | None = None  # the node whose output the layer shows
+
+
+def is_rescale(n: onnx.NodeProto, nodes: list[onnx.NodeProto], producer: dict[str, int], input_side: bool) -> bool:
+    """Whether n is part of the float rescaling of an integer product, as onnxruntime's quantize_dynamic
+    writes it: Cast(ConvInteger|MatMulInteger) * (input scale * weight scale). The input side is the
+    product of scales (reading DynamicQuantizeLinear's scale); the output side the Cast and the Mul."""
+    made = [nodes[producer[t]] for t in n.input if t in producer]
+    if input_side:
+        return n.op_type == "Mul" and any(p.op_type == "DynamicQuantizeLinear" and p.output[0] not in n.input
+                                          for p in made)
+    if n.op_type == "Cast":
+        return any(p.op_type in INTEGER_PRODUCTS for p in made)
+    return n.op_type == "Mul" and any(p.op_type == "Cast" and is_rescale(p, nodes, producer, False) for p in made)
 
 
 def node_names(nodes: list[onnx.NodeProto]) -> list[str]:
@@ -97,15 +145,34 @@ def group(g: OnnxGraph, live: set[str]) -> list[OnnxLayer]:
         for i, n in enumerate(nodes):
             for t in n.input:
                 consumers.setdefault(t, []).append(i)
-        key = [""] * len(nodes)
-        for i in reversed(range(len(nodes))):
-            n = nodes[i]
-            if any(o in live for o in n.output):
-                key[i] = names[i]
-                continue
-            # A helper joins the layer of its first consumer; one that feeds no layer stands alone.
-            fed = sorted(j for o in n.output for j in consumers.get(o, []) if key[j])
-            key[i] = key[fed[0]] if fed else names[i]
+        index = {id(n): i for i, n in enumerate(nodes)}
+        producer = {o: index[id(n)] for n in nodes for o in n.output if o}
+        joins: dict[int, int] = {}  # node -> the node whose layer it belongs to
+        for i, n in enumerate(nodes):
+            fed = sorted(j for o in n.output for j in consumers.get(o, []))
+            made = [producer[t] for t in n.input if t in producer]
+            if not any(o in live for o in n.output) or n.op_type in QUANTIZE_OPS \
+                    or is_rescale(n, nodes, producer, input_side=True):
+                # A helper, or the quantizing of a layer's input, joins the layer of its first consumer;
+                # one that feeds no layer stands alone, but the dequantizing of an output is its producer's.
+                if fed:
+                    joins[i] = fed[0]
+                elif n.op_type in QUANTIZE_OPS and made:
+                    j = made[0]
+                    while nodes[j].op_type in QUANTIZE_OPS and nodes[j].input[0] in producer:
+                        j = producer[nodes[j].input[0]]
+                    joins[i] = j
+            elif is_rescale(n, nodes, producer, input_side=False) and made:
+                joins[i] = made[0]  # the float result of an integer product: the product's layer
+        root: dict[int, int] = {}
+        for start in range(len(nodes)):
+            path, i = [], start
+            while i in joins and i not in root and i not in path:  # a cycle of joins ends where it closes
+                path.append(i)
+                i = joins[i]
+            end = root.get(i, i)
+            root.update((j, end) for j in path)
+        key = [names[root.get(i, i)] for i in range(len(nodes))]
     layers: dict[str, OnnxLayer] = {}
     for i, (n, k) in enumerate(zip(nodes, key)):
         layer = layers.setdefault(k, OnnxLayer(k))
@@ -159,32 +226,97 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     return costs
 
 
-def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
-                 tables: set[str]) -> tuple[int, int, int, tuple[int, int], set[int]]:
-    """(trainable, non-trainable, constant) values of the float initializers this layer reads first,
-    the (trainable, non-trainable) bytes in their stored types, and those types; `owner` records which
-    layer took each, so a shared weight counts once; `tables` are the constants."""
-    params = frozen = constants = params_bytes = frozen_bytes = 0
-    types = set()
+@dataclass
+class LayerValues:
+    """The stored values a layer reads first: parameter counts, and bytes in their stored types."""
+
+    params: int = 0
+    frozen: int = 0  # non-trainable
+    constants: int = 0  # attention's tables and masks
+    params_bytes: int = 0
+    frozen_bytes: int = 0
+    constant_bytes: int = 0
+    overhead_bytes: int = 0  # quantization scales and zero points
+    types: set[int] = field(default_factory=set)  # the weights' stored element types
+
+
+def stored_bytes(init: Initializer) -> int:
+    """The bytes an initializer's values take in the file: int4 and 4-bit floats pack two in a byte."""
+    return ceil(prod(init.dims) * element_bits(init.elem_type) / 8)
+
+
+def quant_role(n: onnx.NodeProto, i: int) -> str | None:
+    """"weight" if input i of a quantized operator holds a weight's stored values, "overhead" if it holds
+    scales or zero points, None for any other input."""
+    if n.op_type == "QLinearConcat":  # Y_scale, Y_zero_point, then (tensor, scale, zero point) per input
+        return "weight" if i >= 2 and (i - 2) % 3 == 0 else "overhead"
+    if i in QUANT_WEIGHT_INPUTS.get(n.op_type, ()):
+        return "weight"
+    return "overhead" if i in QUANT_OVERHEAD_INPUTS.get(n.op_type, ()) else None
+
+
+def weight_values(n: onnx.NodeProto, i: int, init: Initializer) -> int:
+    """The values a stored weight holds: MatMulNBits packs its K x N weight in bytes of blocks, and
+    GatherBlockQuantized may pack 8/bits values in each uint8."""
+    if n.op_type == "MatMulNBits":
+        a = attributes(n)
+        return a["K"] * a["N"]
+    if n.op_type == "GatherBlockQuantized" and init.elem_type == onnx.TensorProto.UINT8:
+        return prod(init.dims) * 8 // attributes(n).get("bits", 4)
+    return prod(init.dims)
+
+
+def integer_product_scales(g: OnnxGraph) -> set[str]:
+    """The initializers that scale an integer product back to floats: onnxruntime's quantize_dynamic casts
+    a ConvInteger's or MatMulInteger's output to float and multiplies it by the product of the weight's
+    and the input's scales (each an initializer, or the input's computed by DynamicQuantizeLinear)."""
+    producer = {o: n for n in g.nodes for o in n.output if o}
+    products = {n.output[0] for n in g.nodes if n.op_type in INTEGER_PRODUCTS}
+    casts = {n.output[0] for n in g.nodes if n.op_type == "Cast" and n.input[0] in products}
+    found, stack = set(), [t for n in g.nodes if n.op_type == "Mul" and casts & set(n.input)
+                           for t in n.input if t not in casts]
+    while stack:
+        t = stack.pop()
+        if t in g.initializers:
+            found.add(t)
+        elif t in producer and producer[t].op_type == "Mul":
+            stack += producer[t].input
+    return found
+
+
+def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: set[str],
+                 scales: set[str]) -> LayerValues:
+    """The values of the initializers this layer reads first: the float ones (weights, biases, tables) and
+    a quantized weight's stored values, whatever their type, as parameters of the network the file holds;
+    scales and zero points (`scales`: the dynamic ones) as overhead bytes. `owner` records which layer took
+    each, so a shared weight counts once; `tables` are the constants."""
+    found = LayerValues()
     for n in layer.nodes:
         for i, t in enumerate(n.input):
             init = g.initializers.get(t)
-            if init is None or t in owner or not init.is_float or not init.dims or \
-                    i in CONSTANT_INPUTS.get(n.op_type, ()):
+            if init is None or t in owner or i in CONSTANT_INPUTS.get(n.op_type, ()):
+                continue
+            role = "overhead" if t in scales else quant_role(n, i)
+            if role is None and init.elem_type in QUANTIZED_TYPES:
+                role = "weight"  # an int8 embedding table read by a Gather, as quantize_dynamic writes it
+            if role is None and not init.is_float or role != "overhead" and not init.dims:
                 continue
             owner[t] = layer.name
-            if t in tables:
-                constants += prod(init.dims)
-                continue
-            size = onnx.helper.tensor_dtype_to_np_dtype(init.elem_type).itemsize
-            types.add(init.elem_type)
-            if i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
-                frozen += prod(init.dims)
-                frozen_bytes += size * prod(init.dims)
+            size = stored_bytes(init)
+            if role == "overhead":
+                found.overhead_bytes += size
+            elif t in tables:
+                found.constants += prod(init.dims)
+                found.constant_bytes += size
+            elif i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
+                found.types.add(init.elem_type)
+                found.frozen += prod(init.dims)
+                found.frozen_bytes += size
             else:
-                params += prod(init.dims)
-                params_bytes += size * prod(init.dims)
-    return params, frozen, constants, (params_bytes, frozen_bytes), types
+                found.types.add(init.elem_type)
+                found.params += weight_values(n, i, init) if role == "weight" else prod(init.dims)
+                found.params_bytes += size
+    return found
 
 
 def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
@@ -280,12 +412,16 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner, types = [], [], {}, set()
     tables = attention_tables(g, live)
+    scales = integer_product_scales(g)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
+    act_types = set()
     for name in g.inputs:
         t = g.tensors[name]
         node = Node(name, "input", {}, [], t.per_sample, dtype_name(t.elem_type), text="input")
-        stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name]))
+        act_types.add(t.elem_type)
+        stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name],
+                               stored_activation_bytes=activation_bytes(g, name, t.elements)))
     for layer in layers:
         macs = flops = 0
         reasons = []
@@ -299,12 +435,14 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
             field_in = [fields.get(i) for i in n.input if i in live]
             for o in n.output:
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
-        params, frozen, constants, stored, layer_types = layer_params(layer, g, owner, tables)
-        types |= layer_types
+        values = layer_params(layer, g, owner, tables, scales)
+        params, frozen = values.params, values.frozen
+        types |= values.types
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]
         sizes = [g.tensors[o].elements if o in g.tensors and g.tensors[o].known else sequence_size(g, producer_node[o])
                  for o in leaving]
+        act_types |= {g.tensors[o].elem_type for o in leaving if o in g.tensors}
         if None in sizes and not reasons:
             reasons.append("ONNX shape inference leaves an output's size unknown")
             uncounted.append(Uncounted(layer.name, layer.main.op_type, reasons[-1]))
@@ -321,16 +459,77 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
         node = Node(layer.name, main.op_type, attributes(main), inputs, t.per_sample or (), dtype_name(t.elem_type),
                     text=text, standby=in_mixture.get(layer.name) == "standby")
         runs = not node.standby
+        products = [(weight(costs[id(n)]), p) for n in layer.nodes if (p := precision(n, g, producer_node, live))]
+        precise = max(products, key=lambda found: found[0])[1] if products else (None, None)
         stats.append(NodeStats(node, params, frozen, macs * batch * runs, flops * batch * runs,
                                sum(s or 0 for s in sizes), fields.get(out), "; ".join(reasons) or None,
-                               params * runs, constants, stored))
+                               params * runs, values.constants, (values.params_bytes, values.frozen_bytes),
+                               constant_bytes=values.constant_bytes, overhead_bytes=values.overhead_bytes,
+                               stored_activation_bytes=sum(activation_bytes(g, o, size) for o, size in zip(leaving, sizes)),
+                               precision=precise[0], compute=precise[1]))
     fold_rows(stats, steps)
     mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
     stored_as = STORED_DTYPES.get(types.pop()) if len(types) == 1 else "fp32" if not types else None
     weights = dtype or stored_as or "mixed"
+    # activations each in their own tensor's type (issue 20 priced them all in the weights' one)
+    acts = STORED_DTYPES.get(act_types.pop(), "mixed") if len(act_types) == 1 else "mixed"
     return Analysis(graph, stats, totals(stats, batch, optimizer, None, weights,
-                                         act_dtype or dtype or stored_as or "fp32")), uncounted
+                                         act_dtype or dtype or acts)), uncounted
+
+
+def activation_bytes(g: OnnxGraph, name: str, size: int | None) -> int:
+    """The bytes of `size` values of tensor `name` in its element type (float32 where it has none: a
+    sequence's)."""
+    t = g.tensors.get(name)
+    return ceil((size or 0) * (element_bits(t.elem_type) if t is not None and t.elem_type else 32) / 8)
+
+
+def operand_precision(t: str, g: OnnxGraph, producer: dict[str, onnx.NodeProto],
+                      stored: bool) -> tuple[str, int | None]:
+    """The precision an operand is held in, and its block size: through layout operators, the type a
+    DequantizeLinear read it in (or, for a `stored` weight, a Cast: a float16 weight cast to float32 is
+    stored in float16; an activation cast is computed on in its new type), else its own."""
+    while t in producer and producer[t].op_type in LAYOUT_OPS:
+        t = producer[t].input[0]
+    made = producer.get(t)
+    block = None
+    if made is not None and made.op_type in ("DequantizeLinear", "Cast") and (stored or made.op_type != "Cast"):
+        block = attributes(made).get("block_size") or None if made.op_type == "DequantizeLinear" else None
+        t = made.input[0]
+    value = g.tensors.get(t)
+    return (precision_name(value.elem_type) if value is not None else "fp32"), block
+
+
+def precision_name(elem_type: int) -> str:
+    return PRECISION_NAMES.get(elem_type) or dtype_name(elem_type)
+
+
+def precision(n: onnx.NodeProto, g: OnnxGraph, producer: dict[str, onnx.NodeProto],
+              live: set[str]) -> tuple[str, str] | None:
+    """The precision of a product's operands in the words of the table ("fp32", "fp16 w / fp32 a",
+    "int8 w / uint8 a", "int4 w, block 32", "int8 a / int8 a" between two activations), and the precision
+    it computes in (DTYPE_BYTES' names: a
+    weight-only quantized product computes in its activations' float type); None for another operator."""
+    if n.op_type not in PRODUCT_OPERANDS or len(n.input) <= max(PRODUCT_OPERANDS[n.op_type]):
+        return None
+    x, w = PRODUCT_OPERANDS[n.op_type]
+    act, _ = operand_precision(n.input[x], g, producer, stored=False)
+    if n.op_type == "MatMulNBits":
+        a = attributes(n)
+        stored, block = f"int{a.get('bits', 4)}", a.get("block_size")
+    else:
+        stored, block = operand_precision(n.input[w], g, producer, stored=n.input[w] not in live)
+    floats = set(STORED_DTYPES.values())
+    if stored == act and act in floats and not block:
+        label = act
+    elif n.input[w] in live:  # a product of two activations (attention's scores)
+        label = f"{act} a / {stored} a"
+    elif act in floats and stored not in floats:
+        label = f"{stored} w"
+    else:
+        label = f"{stored} w / {act} a"
+    return label + (f", block {block}" if block else ""), COMPUTE_PRECISION.get(act, "fp32")
 
 
 def sequence_size(g: OnnxGraph, n: onnx.NodeProto) -> int | None:

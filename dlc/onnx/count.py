@@ -10,7 +10,8 @@ unknown, raises NotCounted: the analysis shows the node as "not counted" and war
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from math import prod
 from typing import Callable
 
@@ -69,11 +70,12 @@ def _window_2d(op: Op, kernel: tuple[int, ...], transposed: bool = False) -> Win
     return Window(tuple(kernel), tuple(a.get("strides", (1, 1))), tuple(a.get("dilations", (1, 1))), transposed)
 
 
-def count_conv(op: Op) -> Cost:
-    w = op.shape(op.ins[1])  # (C_out, C_in/groups, *kernel)
+def count_conv(op: Op, w: int = 1, bias: int | None = 2) -> Cost:
+    """Conv, and its quantized forms with the weight and bias at other inputs (QLinearConv, ConvInteger)."""
+    kernel = op.shape(op.ins[w])  # (C_out, C_in/groups, *kernel)
     out = op.out_elements()
-    macs = out * prod(w[1:])
-    return Cost(macs, 2 * macs + (out if op.has(2) else 0), _window_2d(op, w[2:]))
+    macs = out * prod(kernel[1:])
+    return Cost(macs, 2 * macs + (out if bias is not None and op.has(bias) else 0), _window_2d(op, kernel[2:]))
 
 
 def count_conv_transpose(op: Op) -> Cost:
@@ -83,12 +85,12 @@ def count_conv_transpose(op: Op) -> Cost:
     return Cost(macs, 2 * macs + (op.out_elements() if op.has(2) else 0), _window_2d(op, w[2:], transposed=True))
 
 
-def count_gemm(op: Op) -> Cost:
+def count_gemm(op: Op, bias: int = 2) -> Cost:
     a = op.shape(op.ins[0])
     k = a[0] if op.attrs.get("transA", 0) else a[1]
     out = op.out_elements()
     macs = out * k
-    return Cost(macs, 2 * macs + (out if op.has(2) else 0), GLOBAL)
+    return Cost(macs, 2 * macs + (out if op.has(bias) else 0), GLOBAL)
 
 
 def count_matmul(op: Op) -> Cost:
@@ -96,6 +98,24 @@ def count_matmul(op: Op) -> Cost:
     k = op.shape(op.ins[0])[-1]
     macs = op.out_elements() * k
     return Cost(macs, 2 * macs, GLOBAL)
+
+
+def count_matmul_nbits(op: Op) -> Cost:
+    """com.microsoft MatMulNBits: A [..., K] times the dequantized [K, N] weight, plus its optional bias."""
+    out = op.out_elements()
+    macs = out * op.attrs["K"]
+    return Cost(macs, 2 * macs + (out if op.has(5) else 0), GLOBAL)
+
+
+def quantized(n: int, rule: Callable[[Op], Cost]) -> Callable[[Op], Cost]:
+    """A QLinear operator (QLinearAdd, QLinearAveragePool, ...): the float operator's rule on the same
+    shapes, its inputs at every n-th place (each data input comes with its scale and zero point), and its
+    integer output counted as the float one it stands for."""
+    def count(op: Op) -> Cost:
+        ins = op.ins[::n]
+        float_out = [replace(t, elem_type=onnx.TensorProto.FLOAT) if t is not None else None for t in op.outs]
+        return rule(Op(op.node, ins, float_out))
+    return count
 
 
 def count_einsum(op: Op) -> Cost:
@@ -261,6 +281,22 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     **{name: reduce for name in (
         "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
         "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum")},
+    # Quantized operators: the products and work of the float ones they stand for, so a quantized file
+    # counts as its float twin; converting between precisions is no arithmetic, as Cast is not.
+    "QLinearConv": partial(count_conv, w=3, bias=8),
+    "ConvInteger": partial(count_conv, w=1, bias=None),
+    "QLinearMatMul": count_matmul,
+    "MatMulInteger": count_matmul,
+    "com.microsoft.QGemm": partial(count_gemm, bias=6),
+    "com.microsoft.MatMulNBits": count_matmul_nbits,
+    "com.microsoft.GatherBlockQuantized": free,
+    **{f"com.microsoft.QLinear{name}": quantized(3, rule) for name, rule in (
+        ("Add", per_input), ("Mul", per_input), ("AveragePool", count_pool),
+        ("GlobalAveragePool", count_global_pool), ("Softmax", per_element(3)), ("Sigmoid", per_element(1)),
+        ("LeakyRelu", per_element(1)))},
+    "com.microsoft.QLinearConcat": free,
+    **{name: free for name in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                               "com.microsoft.QuantizeLinear", "com.microsoft.DequantizeLinear")},
     # Data movement, constants and shape arithmetic: no floating-point work.
     **{name: free for name in (
         "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Split", "Gather",
@@ -272,10 +308,11 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
 
 
 def count(op: Op) -> Cost:
-    """The operator's cost; NotCounted where dlc has no rule or no shapes for it."""
-    if op.node.domain not in ("", "ai.onnx"):
-        raise NotCounted(f"operators of the {op.node.domain} domain have no counting rule")
-    rule = COUNT.get(op.node.op_type)
+    """The operator's cost; NotCounted where dlc has no rule or no shapes for it. COUNT names an operator
+    of another domain than ONNX's own with its domain (com.microsoft's Attention is not ONNX's)."""
+    domain = op.node.domain
+    rule = COUNT.get(op.node.op_type if domain in ("", "ai.onnx") else f"{domain}.{op.node.op_type}")
     if rule is None:
-        raise NotCounted(f"{op.node.op_type} has no counting rule")
+        where = "" if domain in ("", "ai.onnx") else f" of the {domain} domain"
+        raise NotCounted(f"{op.node.op_type}{where} has no counting rule")
     return rule(op)

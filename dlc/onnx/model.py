@@ -27,6 +27,17 @@ FOLD_VALUES = 4096  # integer values up to this many elements are folded into co
 META_SPEC = "dlc.spec"  # the metadata key dlc's exporter writes (dlc.onnx.export.META_SPEC)
 
 
+# Element types narrower than a byte: ONNX packs two in each byte.
+NIBBLE_TYPES = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
+
+
+def element_bits(elem_type: int) -> int:
+    """Bits one value of an ONNX element type takes where it is stored."""
+    if elem_type in NIBBLE_TYPES:
+        return 4
+    return 8 * helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+
+
 def dtype_name(elem_type: int) -> str:
     """numpy's name for an ONNX element type: float32, int64, float16, ..."""
     return helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "undefined"
@@ -95,6 +106,11 @@ class OnnxGraph:
 
     @property
     def dlc_spec(self) -> str | None:
+        """The spec of a model dlc exported, whose nodes are grouped by its layers; None for another
+        model, or one another tool rewrote since (a quantizer keeps the metadata and adds nodes without
+        the doc string dlc's exporter writes on each)."""
+        if not all(n.doc_string for n in self.model.graph.node):
+            return None
         return self.metadata.get(META_SPEC)
 
 
@@ -275,7 +291,9 @@ def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: 
     kept, weights = [], []
     for t in g.initializer:
         # an initializer whose values cannot be read is typed by its dims alone, as a weight is
-        small = (t.data_type not in FLOAT_TYPES or prod(t.dims) <= KEEP_VALUES) \
+        # (a quantized weight's integers are no shape's values either: only the dims of those past
+        # FOLD_VALUES go in)
+        small = (t.data_type not in FLOAT_TYPES and prod(t.dims) <= FOLD_VALUES or prod(t.dims) <= KEEP_VALUES) \
             and not (is_external(t) and external_data_error(t, path))
         if small and is_external(t):
             t = with_external_data(t, path)
@@ -325,10 +343,35 @@ def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueIn
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
         g = inferred.graph
         values = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
-        folded = fold_shape_arithmetic(model, values)
+        folded = fold_shape_arithmetic(model, values) or with_contrib_shapes(model, values)
         if folded is None:
             return values
         model = folded
+
+
+def with_contrib_shapes(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto | None:
+    """The model with the outputs of the com.microsoft operators whose inputs have shapes typed by dlc's
+    rules (dlc.onnx.contrib) as value_info, which ONNX's inference then carries on from; None when no
+    such output is left to type."""
+    from dlc.onnx.contrib import CONTRIB_DOMAIN, contrib_shapes
+
+    known = {t.name: (t.data_type, tuple(t.dims)) for t in model.graph.initializer}
+    known.update((name, (v.type.tensor_type.elem_type, tuple(_static(v)))) for name, v in values.items()
+                 if _static(v) is not None)
+    typed = []
+    for n in model.graph.node:
+        if n.domain != CONTRIB_DOMAIN or all(_static(values.get(o)) is not None for o in n.output if o):
+            continue
+        outs = contrib_shapes(n.op_type, [known.get(i) for i in n.input], attributes(n))
+        typed += [helper.make_tensor_value_info(o, elem, shape) for o, (elem, shape) in zip(n.output, outs or []) if o]
+    if not typed:
+        return None
+    g = model.graph
+    named = {v.name for v in typed}
+    value_info = [v for v in g.value_info if v.name not in named] + typed
+    return helper.make_model(helper.make_graph(g.node, g.name, g.input, g.output, initializer=g.initializer,
+                                               value_info=value_info),
+                             opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
 def _static(value: onnx.ValueInfoProto | None) -> list[int] | None:
@@ -363,7 +406,8 @@ def fold_shape_arithmetic(model: onnx.ModelProto, values: dict[str, onnx.ValueIn
                   for o, v in zip(n.output, outputs) if o]
     if not changed:
         return None
-    return helper.make_model(helper.make_graph(nodes, g.name, g.input, g.output, initializer=g.initializer),
+    return helper.make_model(helper.make_graph(nodes, g.name, g.input, g.output, initializer=g.initializer,
+                                               value_info=g.value_info),
                              opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
@@ -399,6 +443,7 @@ def load(path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> O
 
 def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[int, ...]] | None = None) -> OnnxGraph:
     """A model already in memory (its external data, if any, beside `path`)."""
+    in_topological_order(model)
     shapes = input_shapes(model, given or {})
     inference_error = None
     try:
@@ -428,6 +473,37 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
                      [v.name for v in model.graph.output], initializers, tensors,
                      {p.key: p.value for p in model.metadata_props}, inference_error,
                      weights_error(model, path))
+
+
+def in_topological_order(model: onnx.ModelProto) -> None:
+    """Put the graph's nodes in an order where each comes after the nodes it reads, as ONNX requires and
+    onnxruntime does not: onnxruntime's float16 converter appends the Casts it adds at the end. A sorted
+    graph is left as it is; otherwise each node keeps its place but after its producers (depth first,
+    so nodes in a cycle stay in some order, for inference to reject)."""
+    g = model.graph
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    done: set[int] = set()
+    if all(producer.get(t, -1) < i for i, n in enumerate(g.node) for t in n.input if t):
+        return
+    order = []
+    for start in range(len(g.node)):
+        stack = [(start, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if i in done:
+                continue
+            if expanded:
+                done.add(i)
+                order.append(i)
+                continue
+            stack.append((i, True))
+            stack += [(producer[t], False) for t in reversed(g.node[i].input) if t in producer
+                      and producer[t] not in done and producer[t] != i]
+    nodes = [onnx.NodeProto() for _ in order]
+    for copy, i in zip(nodes, order):
+        copy.CopyFrom(g.node[i])
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _batch_axis(shape, at_two: onnx.ValueInfoProto | None) -> int | None:

@@ -219,14 +219,12 @@ def gelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
 
 
 def softmax_axis(x: np.ndarray) -> int:
-    """The axis of a batch-first array that softmax (and a class target) runs over: its features."""
+    """The axis of a batch-first array that a class target runs over: its features (softmax's default)."""
     return feature_axis(x.shape[1:]) + 1
 
 
-@kernel("softmax")
-def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
-    x = xs[0]
-    axis = softmax_axis(x)
+def softmax_forward(x: np.ndarray, axis: int) -> np.ndarray:
+    """exp(x - max) normalised along the axis of a batch-first array."""
     if axis == x.ndim - 1:  # vectors, or each step of a sequence
         y = x - row_max(x)
         np.exp(y, out=y)
@@ -234,9 +232,118 @@ def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
     else:
         y = np.exp(x - x.max(axis=axis, keepdims=True))
         y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
+@kernel("softmax")
+def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    axis = attrs["axis"] + 1  # the batch axis
+    y = softmax_forward(xs[0], axis)
 
     def backward(dy):
         return [y * (dy - (dy * y).sum(axis=axis, keepdims=True))], {}
+    return y, backward
+
+
+# ---- the math kinds of issue 28 ----
+
+@kernel("logsoftmax")
+def logsoftmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, axis = xs[0], attrs["axis"] + 1
+    shifted = x - x.max(axis=axis, keepdims=True)
+    y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(dy):
+        # d/dx_i of x_i - log sum exp x: dy_i - softmax_i * sum(dy)
+        return [dy - np.exp(y) * dy.sum(axis=axis, keepdims=True)], {}
+    return y, backward
+
+
+@kernel("softplus")
+def softplus(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow for large x, exact for small
+    y = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    return y, lambda dy: ([dy * logistic(x)], {})
+
+
+@kernel("softsign")
+def softsign(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    d = 1 + np.abs(x)
+    return x / d, lambda dy: ([dy / (d * d)], {})
+
+
+@kernel("exp")
+def exp(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    y = np.exp(xs[0])
+    return y, lambda dy: ([dy * y], {})
+
+
+@kernel("sqrt")
+def sqrt(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    with np.errstate(invalid="ignore"):  # nan below 0, as ONNX's Sqrt and torch.sqrt give, without a warning
+        y = np.sqrt(xs[0])
+    return y, lambda dy: ([dy / (2 * y)], {})
+
+
+@kernel("abs")
+def absolute(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    return np.abs(x), lambda dy: ([dy * np.sign(x)], {})
+
+
+@kernel("neg")
+def neg(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    return -xs[0], lambda dy: ([-dy], {})
+
+
+@kernel("clip")
+def clip(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, lo, hi = xs[0], attrs["min"], attrs["max"]
+    inside = (x > lo) & (x < hi)  # the gradient stops at the bounds, as torch.clamp's
+    return np.clip(x, lo, hi), lambda dy: ([dy * inside], {})
+
+
+@kernel("prelu")
+def prelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, alpha = xs[0], params["alpha"]  # alpha in ONNX's broadcast layout: (1,), or (C, 1, 1) for an image
+    negative = np.minimum(x, 0)
+    y = np.maximum(x, 0) + alpha * negative
+
+    def backward(dy):
+        dx = dy * np.where(x > 0, 1, alpha).astype(x.dtype, copy=False)
+        g = dy * negative  # each slope's gradient sums over every value it scaled
+        kept = x.ndim - alpha.ndim  # the axes alpha broadcasts over: the leading ones and its 1s
+        dalpha = g.sum(axis=tuple(range(kept)) + tuple(kept + i for i, n in enumerate(alpha.shape) if n == 1),
+                       keepdims=True).reshape(alpha.shape)
+        return [dx], {"alpha": dalpha}
+    return y, backward
+
+
+@kernel("glu")
+def glu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    axis = attrs["axis"] + 1
+    a, b = np.split(xs[0], 2, axis=axis)
+    gate = logistic(b)
+    y = a * gate
+
+    def backward(dy):
+        return [np.concatenate([dy * gate, dy * y * (1 - gate)], axis=axis)], {}
+    return y, backward
+
+
+@kernel("reduce")
+def reduce(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, axis, keep = xs[0], attrs["axis"] + 1, attrs["keep"]
+    scale = 1.0 if attrs["sum"] else 1 / x.shape[axis]
+    y = x.sum(axis=axis, keepdims=keep)
+    if scale != 1:
+        y *= scale
+
+    def backward(dy):
+        g = dy if keep else np.expand_dims(dy, axis)
+        return [np.broadcast_to(g * scale, x.shape).copy()], {}
     return y, backward
 
 

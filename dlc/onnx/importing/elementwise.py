@@ -9,7 +9,10 @@ import math
 import numpy as np
 import onnx
 
-from dlc.onnx.importing.reader import Found, NotImportable, Pattern, Reader, const_scalar, one, other_input
+from dlc.layers import KINDS, feature_axis
+from dlc.layers.spatial import show
+from dlc.onnx.importing.reader import (Found, NotImportable, Pattern, Reader, const_scalar, one, other_input,
+                                       reduce_axes)
 from dlc.onnx.model import attributes
 
 
@@ -104,13 +107,94 @@ def import_silu(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("silu", n, output=mul.output[0], nodes=[n, mul])
 
 
-def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
+def axis_option(r: Reader, n: onnx.NodeProto, axis: int) -> dict:
+    """`axis=` of a kind that works along one axis (softmax, logsoftmax, glu, reduce) from the operator's axis
+    of the batch-first tensor: nothing where it is the features, dlc's default."""
+    x = r.shape(n.input[0])
+    axis %= len(x) + 1
+    if axis == 0:
+        raise NotImportable("it works along the batch axis; dlc's layers work on each sample")
+    return {} if axis - 1 == feature_axis(x) else {"axis": axis - 1}
+
+
+def softmax_axis_option(r: Reader, n: onnx.NodeProto) -> dict:
     x = r.shape(n.input[0])
     axis = attributes(n).get("axis", -1 if r.g.opset >= 13 else 1) % (len(x) + 1)
-    feature = 1 if len(x) != 2 else 2  # channels of an image, features of a vector, last axis of a sequence
-    if axis != feature or (r.g.opset < 13 and len(x) > 1 and math.prod(x[axis:]) != x[axis - 1]):
-        raise NotImportable(f"it normalises over axis {axis}; dlc's softmax runs over the features (axis {feature})")
-    return one("softmax", n)
+    if r.g.opset < 13 and axis and math.prod(x[axis - 1:]) != x[axis - 1]:
+        raise NotImportable(f"before opset 13 it normalises over every axis from {axis} on together; dlc's "
+                            f"{n.op_type.lower()} runs over one axis")
+    return axis_option(r, n, axis)
+
+
+def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("softmax", n, options=softmax_axis_option(r, n))
+
+
+# ---- the math kinds of issue 28 ----
+
+def import_logsoftmax(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("logsoftmax", n, options=softmax_axis_option(r, n))
+
+
+def import_softsign(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Softsign, or x / (1 + |x|) as old PyTorch exporters wrote it: Abs, Add 1, Div of x by the sum."""
+    if n.op_type == "Softsign":
+        return one("softsign", n)
+    add = r.only_consumer(n.output[0])
+    if add is None or add.op_type != "Add" or not np.isclose(const_scalar(r, other_input(add, n.output[0])), 1.0):
+        return None
+    div = r.only_consumer(add.output[0])
+    if div is None or div.op_type != "Div" or list(div.input) != [n.input[0], add.output[0]]:
+        return None
+    return one("softsign", n, output=div.output[0], nodes=[n, add, div])
+
+
+def import_clip(r: Reader, n: onnx.NodeProto) -> Found | None:
+    lo, hi = clip_bounds(r, n)
+    return one("clip", n, options={k: v for k, v in (("min", lo), ("max", hi)) if not math.isinf(v)})
+
+
+def import_prelu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    slope, x = r.weight(n, 1, "slope"), r.shape(n.input[0])
+    if slope.size == 1:
+        return one("prelu", n, tensors={"alpha": slope.reshape(1)})
+    channels = {"channels": True}
+    want = KINDS["prelu"].params(channels, [x])["alpha"]
+    if r.g.opset < 7 and slope.ndim == 1:  # before opset 7 a 1-D slope ran along axis 1, the channels
+        slope = slope.reshape((-1,) + (1,) * (len(x) - 1))
+    full = (1,) * (len(x) + 1 - slope.ndim) + slope.shape  # against the batch-first input
+    if slope.ndim > len(x) + 1 or full[-len(want):] != want or any(d != 1 for d in full[:-len(want)]):
+        raise NotImportable(f"its slopes (shaped {'x'.join(map(str, slope.shape))}) are neither one for all nor "
+                            f"one per feature of {show(x)}")
+    return one("prelu", n, options=channels, tensors={"alpha": slope.reshape(want)})
+
+
+def import_glu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """a * sigmoid(b) of the two equal halves of a Split, as PyTorch's exporters write nn.GLU."""
+    outs = [o for o in n.output if o]
+    if len(outs) != 2:
+        return None
+    sig = r.only_consumer(outs[1])
+    mul = sig and r.only_consumer(sig.output[0])
+    if sig is None or sig.op_type != "Sigmoid" or mul is None or mul.op_type != "Mul" \
+            or set(mul.input) != {outs[0], sig.output[0]} or r.only_consumer(outs[0]) is not mul:
+        return None
+    x, axis = r.shape(n.input[0]), attributes(n).get("axis", 0)
+    halves = r.value(n.input[1]) if r.optional(n, 1) else attributes(n).get("split")
+    size = x[axis % (len(x) + 1) - 1] if axis % (len(x) + 1) else 0
+    if halves is not None and list(np.asarray(halves).reshape(-1)) != [size // 2, size // 2]:
+        raise NotImportable("it splits into unequal parts; dlc's glu halves its axis")
+    return one("glu", n, options=axis_option(r, n, axis), output=mul.output[0], nodes=[n, sig, mul])
+
+
+def import_reduce(r: Reader, n: onnx.NodeProto) -> Found | None:
+    axes = reduce_axes(r, n)
+    if axes is None or len(axes) != 1:
+        raise NotImportable("it reduces over several axes; dlc's reduce works along one")
+    options = {**axis_option(r, n, axes[0]), **({"sum": True} if n.op_type == "ReduceSum" else {})}
+    if attributes(n).get("keepdims", 1):
+        options["keep"] = True
+    return one("reduce", n, options=options)
 
 
 def import_dropout(r: Reader, n: onnx.NodeProto) -> Found | None:

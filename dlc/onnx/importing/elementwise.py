@@ -136,6 +136,34 @@ def import_logsoftmax(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("logsoftmax", n, options=softmax_axis_option(r, n))
 
 
+# PyTorch's Softplus returns x itself above its threshold (20); log(1 + e^-x) is below float32's resolution
+# of x from about 17 on, so with such a threshold the two agree to float32 rounding.
+SOFTPLUS_EXACT_ABOVE = 17.0
+
+
+def import_softplus(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Softplus, or as the dynamo exporter writes torch's: Where(Greater(x, threshold), x, Softplus(x)),
+    starting at either of the Softplus and the Greater (whichever comes first in the graph)."""
+    if n.op_type == "Greater":
+        where = r.only_consumer(n.output[0])
+        softplus = where and r.producer.get(where.input[2])
+        if softplus is None or softplus.op_type != "Softplus":
+            return None
+    else:
+        softplus = n
+    x = softplus.input[0]
+    where = r.only_consumer(softplus.output[0])
+    if where is None or where.op_type != "Where" or list(where.input[1:]) != [x, softplus.output[0]]:
+        return one("softplus", n)
+    greater = r.producer.get(where.input[0])
+    if greater is None or greater.op_type != "Greater" or greater.input[0] != x:
+        return None
+    if not const_scalar(r, greater.input[1]) >= SOFTPLUS_EXACT_ABOVE:
+        raise NotImportable(f"it returns x above a threshold below {SOFTPLUS_EXACT_ABOVE:g}; dlc's softplus is "
+                            f"log(1 + exp(x)) everywhere")
+    return one("softplus", n, output=where.output[0], nodes=[softplus, greater, where])
+
+
 def import_softsign(r: Reader, n: onnx.NodeProto) -> Found | None:
     """Softsign, or x / (1 + |x|) as old PyTorch exporters wrote it: Abs, Add 1, Div of x by the sum."""
     if n.op_type == "Softsign":
@@ -191,7 +219,7 @@ def import_reduce(r: Reader, n: onnx.NodeProto) -> Found | None:
     axes = reduce_axes(r, n)
     if axes is None or len(axes) != 1:
         raise NotImportable("it reduces over several axes; dlc's reduce works along one")
-    options = {**axis_option(r, n, axes[0]), **({"sum": True} if n.op_type == "ReduceSum" else {})}
+    options = {**({"sum": True} if n.op_type == "ReduceSum" else {}), **axis_option(r, n, axes[0])}
     if attributes(n).get("keepdims", 1):
         options["keep"] = True
     return one("reduce", n, options=options)

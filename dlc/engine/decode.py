@@ -40,7 +40,7 @@ POSITIONWISE = frozenset({
     "embed", "fc", "layernorm", "rmsnorm", "identity", "dropout", "noise", "add", "mul", "experts",
     "relu", "relu6", "leaky", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "softmax",
     # the math kinds of issue 28 (those with an axis only along the features: ALONG_AXIS)
-    "logsoftmax", "softplus", "softsign", "exp", "sqrt", "abs", "neg", "clip", "prelu", "glu", "reduce",
+    "logsoftmax", "softplus", "softsign", "exp", "sqrt", "abs", "neg", "clip", "prelu", "shift", "glu", "reduce",
 })
 ALONG_AXIS = ("softmax", "logsoftmax", "glu", "reduce")  # positionwise when their axis is a step's features
 

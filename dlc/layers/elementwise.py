@@ -5,9 +5,9 @@ axis 1 of the batch tensor: channels of an image, features of a vector; gamma, b
 var non-trainable); lrn size, alpha, beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
 softmax runs over channels of an image, features of a vector, the last axis of a sequence, or over
 `axis` (the index in the shape, batch left out; negative from the end): resolved `axis` >= 0.
-The math kinds (issue 28): prelu `alpha` slopes, one or (flag `channels`) one per feature, stored in ONNX
-PRelu's broadcast layout (C, 1, 1) for an image; logsoftmax like softmax; clip `min`, `max`; glu halves
-`axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag `sum`, else the
+The math kinds (issue 28): prelu `alpha` slopes and shift `b` values, one or (flag `channels`) one per
+feature, stored in ONNX's broadcast layout (C, 1, 1) for an image; logsoftmax like softmax; clip `min`,
+`max`; glu halves `axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag `sum`, else the
 mean) removes `axis` (resolved), or keeps it at 1 with `keep`.
 """
 
@@ -17,7 +17,8 @@ import math
 from typing import Callable
 
 from dlc.errors import ShapeError
-from dlc.layers import AXIS, SCALE, SHIFT, CostRule, LayerKind, Role, Shape, elements, feature_axis, register, statistic
+from dlc.layers import (AXIS, BIAS, SCALE, SHIFT, CostRule, LayerKind, Role, Shape, elements, feature_axis, register,
+                        statistic)
 from dlc.layers.spatial import image, show
 
 
@@ -81,21 +82,27 @@ def resolve_clip(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
 register(LayerKind("clip", resolve_clip, options={"min": -math.inf, "max": math.inf}, flops=per_element(1)))
 
 
-def prelu_slopes(attrs: dict, ins: list[Shape]) -> dict[str, Shape]:
-    """One slope, or one per feature laid out as ONNX's PRelu broadcasts it against the batch-first input:
-    (C, 1, 1) for an image, (F,) for a vector, (D,) for each step of a sequence."""
+def per_feature(attrs: dict, ins: list[Shape]) -> Shape:
+    """The shape of a tensor of one value, or (flag `channels`) one per feature, laid out as ONNX broadcasts
+    it against the batch-first input: (C, 1, 1) for an image, (F,) for a vector, (D,) for each step of a
+    sequence."""
     if not attrs["channels"]:
-        return {"alpha": (1,)}
+        return (1,)
     shape = ins[0]
     axis = feature_axis(shape)
-    return {"alpha": (shape[axis],) + (1,) * (len(shape) - 1 - axis)}
+    return (shape[axis],) + (1,) * (len(shape) - 1 - axis)
 
 
 # PReLU (He et al., "Delving Deep into Rectifiers", 2015): leaky with a learned slope, which starts at 0.25
 # as in the paper and PyTorch and takes no weight decay (the paper's point: decay pulls it to relu).
 # 1 per element as leaky.
-register(LayerKind("prelu", keep, flags=("channels",), params=prelu_slopes,
+register(LayerKind("prelu", keep, flags=("channels",), params=lambda a, ins: {"alpha": per_feature(a, ins)},
                    tensors={"alpha": Role("scale", constant=0.25)}, flops=per_element(1)))
+
+# A learned value added to the input, one or one per feature (x + c as PyTorch writes it, a stored tensor
+# added in an ONNX file): 1 per element, the add, as the bias of a weighted layer.
+register(LayerKind("shift", keep, flags=("channels",), params=lambda a, ins: {"b": per_feature(a, ins)},
+                   tensors={"b": BIAS}, flops=per_element(1)))
 
 
 def resolve_glu(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:

@@ -202,6 +202,10 @@ def lower_prelu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("PRelu", [x[0], param(n, "alpha")], n.name, n.name)]  # alpha is stored in PRelu's layout
 
 
+def lower_shift(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("Add", [x[0], param(n, "b")], n.name, n.name)]
+
+
 def lower_glu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     p, axis = n.name, n.attrs["axis"]
     half = n.out_shape[axis]
@@ -546,6 +550,7 @@ LOWER: dict[str, Lowering] = {
     "neg": unary("Neg"),
     "clip": lower_clip,
     "prelu": lower_prelu,
+    "shift": lower_shift,
     "glu": lower_glu,
     "reduce": lower_reduce,
 }

@@ -244,7 +244,13 @@ def clip(node: Node, ins: list[Shape]) -> TorchLayer:
 def prelu(node: Node, ins: list[Shape]) -> TorchLayer:
     # nn.PReLU's slopes run along axis 1, not a sequence's features: dlc's alpha in its broadcast layout
     shape = tuple(KINDS["prelu"].params(node.attrs, ins)["alpha"])
-    return TorchLayer("torch.where({x} > 0, {x}, {m}.alpha * {x})", f"Weights(alpha={shape})", _same(("alpha", "alpha")))
+    return TorchLayer("torch.where({x} > 0, {x}, {m}.alpha * {x})", f"Weights(alpha={shape})",
+                      _same(("alpha", "alpha")))
+
+
+def shift(node: Node, ins: list[Shape]) -> TorchLayer:
+    shape = tuple(KINDS["shift"].params(node.attrs, ins)["b"])
+    return TorchLayer("{x} + {m}.b", f"Weights(b={shape})", _same(("b", "b")))
 
 
 def reduce(node: Node, ins: list[Shape]) -> TorchLayer:
@@ -324,6 +330,7 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "neg": function("torch.neg({x})"),
     "clip": clip,
     "prelu": prelu,
+    "shift": shift,
     "glu": lambda node, ins: TorchLayer(f"F.glu({{x}}, {node.attrs['axis'] + 1})"),
     "reduce": reduce,
 }

@@ -869,6 +869,13 @@ def test_prelu_one_slope_or_one_per_channel():
     assert KINDS["prelu"].tensors["alpha"] == Role("scale", constant=0.25)  # He et al.: 0.25, no decay
 
 
+def test_shift_one_value_or_one_per_channel():
+    # x + b: 1 parameter, or 4 for 4@3x3 with `channels`; 1 FLOP per element, the add
+    assert figures(last("input 4@3x3\nshift")) == ((4, 3, 3), 1, 0, 0, 36)
+    assert figures(last("input 4@3x3\nshift channels")) == ((4, 3, 3), 4, 0, 0, 36)
+    assert KINDS["shift"].params({"channels": True}, [(4, 3, 3)]) == {"b": (4, 1, 1)}
+
+
 def test_glu_halves_its_axis():
     # fc 128 -> glu: 64 features, 2 FLOPs per output element (the sigmoid and the product)
     s = last("input 32\nfc 128\nglu")

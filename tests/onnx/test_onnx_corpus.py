@@ -70,7 +70,6 @@ REFUSED = {
     "pytorch-operator/test_operator_add_size1_broadcast": "2 inputs and 1 outputs",
     "pytorch-operator/test_operator_add_size1_right_broadcast": "inputs and",
     "pytorch-operator/test_operator_add_size1_singleton_broadcast": "inputs and",
-    "pytorch-operator/test_operator_addconstant": "Add",
     "pytorch-operator/test_operator_addmm": "3 inputs and 1 outputs",
     "pytorch-operator/test_operator_basic": "2 inputs and 1 outputs",
     "pytorch-operator/test_operator_chunk": "not valid ONNX",
@@ -81,9 +80,9 @@ REFUSED = {
     "pytorch-operator/test_operator_maxpool": "MaxPool",
     "pytorch-operator/test_operator_min": "2 inputs and 1 outputs",
     "pytorch-operator/test_operator_mm": "2 inputs and 1 outputs",
-    "pytorch-operator/test_operator_non_float_params": "Add",
+    "pytorch-operator/test_operator_non_float_params": "spans the batch axis",
     "pytorch-operator/test_operator_pad": "Pad",
-    "pytorch-operator/test_operator_params": "Add",
+    "pytorch-operator/test_operator_params": "spans the batch axis",
     "pytorch-operator/test_operator_permute2": "per sample",
     "pytorch-operator/test_operator_pow": "2 inputs and 1 outputs",
     "pytorch-operator/test_operator_repeat": "Tile",
@@ -153,6 +152,11 @@ def test_imports_and_reproduces_the_expected_output_or_says_why_not(model, tmp_p
     assert y.shape == expected.shape
     # where the suite expects nan (the square root of a negative number), so must the engine give it
     assert np.array_equal(np.isnan(y), np.isnan(expected))
+    # dlc computes in float32: a float64 model's values past its range (test_operator_addconstant's data
+    # reach 9e223) overflow to infinity there, as in any float32 runtime; the rest must agree
+    beyond = np.abs(expected) > np.finfo(np.float32).max
+    assert np.isinf(y[beyond]).all() and not beyond.all()
+    y, expected = y[~beyond], expected[~beyond]
     assert np.nanmax(np.abs(y - expected)) <= TOLERANCE * max(np.nanmax(np.abs(expected)), 1e-12)
 
 

@@ -236,6 +236,8 @@ KIND_CASES.update({  # the math kinds of issue 28
     "prelu, one slope": "input 3@4x4 -> conv 4@3x3 prelu",
     "prelu per channel": "input 3@4x4 -> conv 4@3x3 prelu channels",
     "prelu per feature of a sequence": "input seq 5 of 4 -> prelu channels",
+    "shift, one value": "input 6 -> shift",
+    "shift per channel": "input 3@4x4 -> shift channels",
     "glu over features": "input 6 -> fc 8 -> glu",
     "glu over an image's channels": "input 4@3x3 -> glu",
     "glu over a sequence's steps": "input seq 6 of 4 -> glu axis=0",

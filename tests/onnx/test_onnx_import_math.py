@@ -31,6 +31,17 @@ class Lambda(nn.Module):
         return self.fn(x)
 
 
+class Shifted(nn.Module):
+    """x plus a learned tensor of one value per channel, broadcast over the pixels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.b = nn.Parameter(torch.linspace(-1, 1, channels).reshape(channels, 1, 1))
+
+    def forward(self, x):
+        return x + self.b
+
+
 def image(*layers: nn.Module) -> tuple[nn.Module, tuple[int, ...]]:
     return nn.Sequential(nn.Conv2d(3, 4, 3), *layers), (2, 3, 6, 6)
 
@@ -54,6 +65,8 @@ CASES = {
     "softmax over the width": (lambda: image(Lambda(lambda x: torch.softmax(x, 3))), "softmax axis=2"),
     "exp, abs, neg": (lambda: vector(Lambda(lambda x: -torch.exp(torch.abs(x)))), "abs exp neg"),
     "sqrt": (lambda: vector(nn.Softplus(), Lambda(torch.sqrt)), "sqrt"),
+    "x + c": (lambda: vector(Lambda(lambda x: x + 0.75)), "shift"),
+    "x + a stored per-channel tensor": (lambda: image(Shifted(4)), "shift channels"),
     "mean over the height": (lambda: image(Lambda(lambda x: x.mean(2))), "reduce axis=1"),
     "sum over the width, kept": (lambda: image(Lambda(lambda x: x.sum(3, keepdim=True))), "reduce sum axis=2 keep"),
 }

@@ -93,8 +93,8 @@ fc 11 softmax
 MATH = """\
 input 4@6x6
 conv 8@3x3 prelu channels -> glu -> softplus -> sqrt -> clip min=-1 max=1.2 -> softsign -> neg -> abs
-exp -> clip max=2 -> prelu -> softmax axis=-1 -> reduce sum axis=1 keep -> reduce axis=1   # 4x4
-logsoftmax axis=0 -> glu axis=1 -> prelu channels -> reduce axis=0 -> fc 3 logsoftmax
+exp -> clip max=2 -> prelu -> shift channels -> softmax axis=-1 -> reduce sum axis=1 keep -> reduce axis=1   # 4x4
+logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift -> reduce axis=0 -> fc 3 logsoftmax
 """
 EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,

@@ -305,6 +305,13 @@ def clip(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
     return np.clip(x, lo, hi), lambda dy: ([dy * inside], {})
 
 
+def sum_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """g summed over the axes a tensor of `shape` was broadcast along (the batch, and its axes of size 1)."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1)
+    return g.sum(axis=axes, keepdims=True).reshape(shape)
+
+
 @kernel("prelu")
 def prelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x, alpha = xs[0], params["alpha"]  # alpha in ONNX's broadcast layout: (1,), or (C, 1, 1) for an image
@@ -313,12 +320,14 @@ def prelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx:
 
     def backward(dy):
         dx = dy * np.where(x > 0, 1, alpha).astype(x.dtype, copy=False)
-        g = dy * negative  # each slope's gradient sums over every value it scaled
-        kept = x.ndim - alpha.ndim  # the axes alpha broadcasts over: the leading ones and its 1s
-        dalpha = g.sum(axis=tuple(range(kept)) + tuple(kept + i for i, n in enumerate(alpha.shape) if n == 1),
-                       keepdims=True).reshape(alpha.shape)
-        return [dx], {"alpha": dalpha}
+        return [dx], {"alpha": sum_to(dy * negative, alpha.shape)}  # each slope sums what it scaled
     return y, backward
+
+
+@kernel("shift")
+def shift(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    b = params["b"]
+    return xs[0] + b, lambda dy: ([dy], {"b": sum_to(dy, b.shape)})
 
 
 @kernel("glu")

@@ -20,7 +20,8 @@ from dlc.onnx.importing.dense import import_embed, import_fc, import_flatten
 from dlc.onnx.importing.elementwise import (import_bn, import_clip, import_dropout, import_elu, import_gelu,
                                             import_glu, import_identity, import_leaky, import_logsoftmax, import_lrn,
                                             import_prelu, import_reduce, import_relu, import_relu6, import_selu,
-                                            import_silu, import_softmax, import_softplus, import_softsign, unary)
+                                            import_shift, import_silu, import_softmax, import_softplus,
+                                            import_softsign, unary)
 from dlc.onnx.importing.merge import import_add, import_concat, import_mul
 from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
@@ -85,6 +86,7 @@ IMPORT: dict[str, Import] = {
     "neg": Import(("Neg",), unary("neg")),
     "clip": Import(("Clip",), import_clip),
     "prelu": Import(("PRelu",), import_prelu),
+    "shift": Import(("Add",), import_shift),
     "glu": Import(("Split",), import_glu),
     "reduce": Import(("ReduceMean", "ReduceSum"), import_reduce),
 }

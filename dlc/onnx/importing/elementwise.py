@@ -9,7 +9,8 @@ import math
 import numpy as np
 import onnx
 
-from dlc.layers import KINDS, feature_axis
+from dlc.layers import feature_axis
+from dlc.layers.elementwise import per_feature
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import (Found, NotImportable, Pattern, Reader, const_scalar, one, other_input,
                                        reduce_axes)
@@ -182,19 +183,38 @@ def import_clip(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("clip", n, options={k: v for k, v in (("min", lo), ("max", hi)) if not math.isinf(v)})
 
 
+def per_feature_tensor(r: Reader, x: str, value: np.ndarray, what: str) -> tuple[dict, np.ndarray]:
+    """A stored operand broadcast against x as prelu's and shift's tensors are: one value for all, or
+    (`channels`) one per feature in ONNX's broadcast layout; NotImportable naming any other shape."""
+    shape = r.shape(x)
+    if value.size == 1:
+        return {}, value.reshape(1).astype(np.float32)
+    want = per_feature({"channels": True}, [shape])
+    full = (1,) * (len(shape) + 1 - value.ndim) + value.shape  # against the batch-first input
+    shown = "x".join(map(str, value.shape))
+    if value.ndim == len(shape) + 1 and value.shape[0] != 1:
+        raise NotImportable(f"its {what} ({shown}) spans the batch axis; dlc's layers work on each sample")
+    if value.ndim > len(shape) + 1 or full[-len(want):] != want or any(d != 1 for d in full[:-len(want)]):
+        raise NotImportable(f"its {what} ({shown}): neither one value for all nor one per feature of {show(shape)}")
+    return {"channels": True}, value.reshape(want).astype(np.float32)
+
+
 def import_prelu(r: Reader, n: onnx.NodeProto) -> Found | None:
-    slope, x = r.weight(n, 1, "slope"), r.shape(n.input[0])
-    if slope.size == 1:
-        return one("prelu", n, tensors={"alpha": slope.reshape(1)})
-    channels = {"channels": True}
-    want = KINDS["prelu"].params(channels, [x])["alpha"]
-    if r.g.opset < 7 and slope.ndim == 1:  # before opset 7 a 1-D slope ran along axis 1, the channels
-        slope = slope.reshape((-1,) + (1,) * (len(x) - 1))
-    full = (1,) * (len(x) + 1 - slope.ndim) + slope.shape  # against the batch-first input
-    if slope.ndim > len(x) + 1 or full[-len(want):] != want or any(d != 1 for d in full[:-len(want)]):
-        raise NotImportable(f"its slopes (shaped {'x'.join(map(str, slope.shape))}) are neither one for all nor "
-                            f"one per feature of {show(x)}")
-    return one("prelu", n, options=channels, tensors={"alpha": slope.reshape(want)})
+    slope = r.weight(n, 1, "slope")
+    if r.g.opset < 7 and slope.ndim == 1 and slope.size > 1:  # before opset 7 a 1-D slope ran along axis 1
+        slope = slope.reshape((-1,) + (1,) * (len(r.shape(n.input[0])) - 1))
+    options, alpha = per_feature_tensor(r, n.input[0], slope, "slopes")
+    return one("prelu", n, options=options, tensors={"alpha": alpha})
+
+
+def import_shift(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """x plus a stored tensor (a Constant or an initializer), in either order."""
+    stored = [i for i in n.input if r.is_constant(i)]
+    if len(stored) != 1 or "axis" in attributes(n):  # before opset 7 `axis` could align it elsewhere
+        return None
+    x = other_input(n, stored[0])
+    options, b = per_feature_tensor(r, x, r.value(stored[0]), "stored operand")
+    return one("shift", n, options=options, tensors={"b": b})
 
 
 def import_glu(r: Reader, n: onnx.NodeProto) -> Found | None:

@@ -293,6 +293,16 @@ def test_prelu_slopes_against_central_differences_and_onnxruntime(shape, channel
     assert_close_f32(run("prelu", attrs, {"alpha": a32}, [x32])[0], onnx_run("PRelu", [x32, a32])[0])
 
 
+@pytest.mark.parametrize("shape,channels", [((3, 4, 4), True), ((3, 4, 4), False), ((5, 4), True)])
+def test_shift_against_central_differences_and_onnxruntime(shape, channels):
+    rng = np.random.default_rng(46)
+    attrs, shapes, _ = resolve("shift", [shape], channels=channels)
+    params = random_arrays(shapes, rng)
+    assert_gradients("shift", attrs, params, [rng.standard_normal((2, *shape))])
+    x32, b32 = f32(rng, 2, *shape), params["b"].astype(np.float32)
+    assert_close_f32(run("shift", attrs, {"b": b32}, [x32])[0], onnx_run("Add", [x32, b32])[0])
+
+
 @pytest.mark.parametrize("shape,axis", [((6,), None), ((4, 3, 3), None), ((6, 5), 0), ((3, 4, 2), 2)])
 def test_glu_against_central_differences_and_torch_formula(shape, axis):
     rng = np.random.default_rng(44)

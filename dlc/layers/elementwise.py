@@ -7,8 +7,8 @@ softmax runs over channels of an image, features of a vector, the last axis of a
 `axis` (the index in the shape, batch left out; negative from the end): resolved `axis` >= 0.
 The math kinds (issue 28): prelu `alpha` slopes and shift `b` values, one or (flag `channels`) one per
 feature, stored in ONNX's broadcast layout (C, 1, 1) for an image; logsoftmax like softmax; clip `min`,
-`max`; glu halves `axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag `sum`, else the
-mean) removes `axis` (resolved), or keeps it at 1 with `keep`.
+`max`; glu halves `axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag
+`sum`, else the mean) removes `axis` (resolved), or keeps it at 1 with `keep`.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def lower_leaky(n: Node, x: list[str], opset: int) -> list[NodeProto]:
 
 
 def lower_softmax(n: Node, x: list[str], opset: int) -> list[NodeProto]:
-    return [op("Softmax", x[:1], n.name, n.name, axis=n.attrs["axis"] + 1)]
+    return [op("Softmax", x[:1], n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
 
 
 # ---- the math kinds of issue 28 ----

@@ -223,8 +223,10 @@ def softmax_axis(x: np.ndarray) -> int:
     return feature_axis(x.shape[1:]) + 1
 
 
-def softmax_forward(x: np.ndarray, axis: int) -> np.ndarray:
-    """exp(x - max) normalised along the axis of a batch-first array."""
+@kernel("softmax")
+def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    axis = attrs["axis"] + 1  # the batch axis
     if axis == x.ndim - 1:  # vectors, or each step of a sequence
         y = x - row_max(x)
         np.exp(y, out=y)
@@ -232,13 +234,6 @@ def softmax_forward(x: np.ndarray, axis: int) -> np.ndarray:
     else:
         y = np.exp(x - x.max(axis=axis, keepdims=True))
         y /= y.sum(axis=axis, keepdims=True)
-    return y
-
-
-@kernel("softmax")
-def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
-    axis = attrs["axis"] + 1  # the batch axis
-    y = softmax_forward(xs[0], axis)
 
     def backward(dy):
         return [y * (dy - (dy * y).sum(axis=axis, keepdims=True))], {}

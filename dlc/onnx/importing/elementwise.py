@@ -228,17 +228,18 @@ def import_glu(r: Reader, n: onnx.NodeProto) -> Found | None:
             or set(mul.input) != {outs[0], sig.output[0]} or r.only_consumer(outs[0]) is not mul:
         return None
     x, axis = r.shape(n.input[0]), attributes(n).get("axis", 0)
+    options = axis_option(r, n, axis)
+    size = x[axis % (len(x) + 1) - 1]
     halves = r.value(n.input[1]) if r.optional(n, 1) else attributes(n).get("split")
-    size = x[axis % (len(x) + 1) - 1] if axis % (len(x) + 1) else 0
     if halves is not None and list(np.asarray(halves).reshape(-1)) != [size // 2, size // 2]:
         raise NotImportable("it splits into unequal parts; dlc's glu halves its axis")
-    return one("glu", n, options=axis_option(r, n, axis), output=mul.output[0], nodes=[n, sig, mul])
+    return one("glu", n, options=options, output=mul.output[0], nodes=[n, sig, mul])
 
 
 def import_reduce(r: Reader, n: onnx.NodeProto) -> Found | None:
     axes = reduce_axes(r, n)
     if axes is None or len(axes) != 1:
-        raise NotImportable("it reduces over several axes; dlc's reduce works along one")
+        raise NotImportable("it reduces over several axes (or every one); dlc's reduce works along one")
     options = {**({"sum": True} if n.op_type == "ReduceSum" else {}), **axis_option(r, n, axes[0])}
     if attributes(n).get("keepdims", 1):
         options["keep"] = True

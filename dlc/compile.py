@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from dlc.errors import DlcError, Pos, ShapeError
 from dlc.graph import BlockCall, Graph, Node
-from dlc.layers import COUNT, KINDS, LABEL, PAD, LayerKind, Ref, all_words, lookup
+from dlc.layers import AXIS, COUNT, KINDS, LABEL, PAD, LayerKind, Ref, all_words, lookup
 from dlc.layers.spatial import show
 from dlc.layers.mixture import check_mixture
 from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Nest, Option, Size, Step, Train, Value, Word,
@@ -728,6 +728,11 @@ def _option_value(kind: LayerKind, opt: Option, scope: Scope):
         return _label_node(Word(x, v.pos), scope)
     if default is COUNT:
         return _positive_int(v, opt.key, scope)
+    if default is AXIS:
+        if isinstance(x, int):
+            return x
+        raise DlcError(f"{opt.key} takes a whole number, an axis of the input (-1: the last){_unbound(v, scope)} {got}",
+                       v.pos)
     if default is PAD:
         if x in ("same", "valid") or isinstance(x, int):
             return x

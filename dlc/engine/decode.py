@@ -39,7 +39,10 @@ from dlc.graph import Graph, Network, Node
 POSITIONWISE = frozenset({
     "embed", "fc", "layernorm", "rmsnorm", "identity", "dropout", "noise", "add", "mul", "experts",
     "relu", "relu6", "leaky", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "softmax",
+    # the math kinds of issue 28 (those with an axis only along the features: ALONG_AXIS)
+    "logsoftmax", "softplus", "softsign", "exp", "sqrt", "abs", "neg", "clip", "prelu", "shift", "glu", "reduce",
 })
+ALONG_AXIS = ("softmax", "logsoftmax", "glu", "reduce")  # positionwise when their axis is a step's features
 
 
 @dataclass
@@ -159,6 +162,8 @@ def _why_not(n: Node, steps: int) -> str | None:
         return "reads the sequence backwards too" if n.attrs["bidirectional"] else None
     if n.kind == "concat":
         return None if n.attrs["axis"] == 1 else "joins along the steps"
+    if n.kind in ALONG_AXIS and n.attrs["axis"] != 1:
+        return "works along the steps"
     if n.kind in POSITIONWISE or n.kind in STEP_KERNELS:
         return None
     return "mixes steps in a way the step-by-step decoder does not follow"

@@ -25,6 +25,7 @@ Shape = tuple[int, ...]
 PAD = "pad"  # an int, `same` or `valid`
 LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
 COUNT = "count"  # a whole number >= 1, or absent (None) unless written (`kv=8`, `window=4096`)
+AXIS = "axis"  # an axis of the input's shape (batch left out, negative from the end), or absent (None) unless written
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,9 @@ class LayerKind:
     reads_tokens: bool = False  # reads token ids (`input seq T`); every other kind reads float features
 
     def default_attrs(self) -> dict:
-        """Every option at its default and every flag off, as attribute values (pad 0, no label, no count).
+        """Every option at its default and every flag off, as attribute values (pad 0, no label, count or axis).
         A flag may also be an option with a value (`rope` or `rope=500000`): off unless written."""
-        attrs = {k: (0 if v is PAD else None if v is LABEL or v is COUNT else v)
+        attrs = {k: (0 if v is PAD else None if v in (LABEL, COUNT, AXIS) else v)
                  for k, v in self.options.items()}
         attrs.update({f: False for f in self.flags})
         return attrs

@@ -3,13 +3,22 @@
 Resolved attributes: dropout p; noise sigma; leaky/elu alpha; bn eps, momentum, channels (bn normalises
 axis 1 of the batch tensor: channels of an image, features of a vector; gamma, beta trainable; mean,
 var non-trainable); lrn size, alpha, beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
-softmax runs over channels of an image, features of a vector, the last axis of a sequence.
+softmax runs over channels of an image, features of a vector, the last axis of a sequence, or over
+`axis` (the index in the shape, batch left out; negative from the end): resolved `axis` >= 0.
+The math kinds (issue 28): prelu `alpha` slopes and shift `b` values, one or (flag `channels`) one per
+feature, stored in ONNX's broadcast layout (C, 1, 1) for an image; logsoftmax like softmax; clip `min`,
+`max`; glu halves `axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag
+`sum`, else the mean) removes `axis` (resolved), or keeps it at 1 with `keep`.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 from dlc.errors import ShapeError
-from dlc.layers import SCALE, SHIFT, CostRule, LayerKind, Shape, elements, register, statistic
+from dlc.layers import (AXIS, BIAS, SCALE, SHIFT, CostRule, LayerKind, Role, Shape, elements, feature_axis, register,
+                        statistic)
 from dlc.layers.spatial import image, show
 
 
@@ -32,8 +41,104 @@ register(LayerKind("silu", keep, aliases=("swish",), flops=per_element(2)))
 
 register(LayerKind("identity", keep))
 
+
+def resolve_axis(attrs: dict, ins: list[Shape], kind: str) -> int:
+    """The axis a kind works along: `axis` as written (negative from the end), else the features."""
+    shape, axis = ins[0], attrs["axis"]
+    if axis is None:
+        return feature_axis(shape)
+    if not -len(shape) <= axis < len(shape):
+        raise ShapeError(f"{kind} axis must be one of 0..{len(shape) - 1} of {show(shape)} (batch left out), "
+                         f"or counted from the end as -1..-{len(shape)} (received axis={axis})", "axis")
+    return axis % len(shape)
+
+
+def along_axis(kind: str) -> Callable[[dict, list[Shape]], tuple[Shape, dict]]:
+    return lambda attrs, ins: (ins[0], dict(attrs, axis=resolve_axis(attrs, ins, kind)))
+
+
 # Softmax: exponential, sum and division, 3 per element (the max shift for stability is not counted).
-register(LayerKind("softmax", keep, flops=per_element(3)))
+register(LayerKind("softmax", along_axis("softmax"), options={"axis": AXIS}, flops=per_element(3)))
+
+# ---- the math kinds of issue 28 ----
+# LogSoftmax, x - max - log(sum(exp(x - max))): the exponential, the sum, the log and the subtraction, 4 per
+# element (ONNX's LogSoftmax counts so in dlc/onnx/count.py, whoever wrote the model).
+register(LayerKind("logsoftmax", along_axis("logsoftmax"), aliases=("log_softmax",), options={"axis": AXIS},
+                   flops=per_element(4)))
+
+# One ONNX operator per element each, 1 FLOP, as the activations above: softplus log(1 + exp(x)), softsign
+# x / (1 + |x|), exp, sqrt, abs, neg.
+for _name in ("softplus", "softsign", "exp", "sqrt", "abs", "neg"):
+    register(LayerKind(_name, keep, flops=per_element(1)))
+
+
+def resolve_clip(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    if attrs["min"] > attrs["max"]:
+        raise ShapeError(f"clip min must be <= max (received min={attrs['min']:g}, max={attrs['max']:g})", "min")
+    return keep(attrs, ins)
+
+
+# x held within [min, max]: one comparison each side at most, 1 per element as relu6 (ONNX's Clip).
+register(LayerKind("clip", resolve_clip, options={"min": -math.inf, "max": math.inf}, flops=per_element(1)))
+
+
+def per_feature(attrs: dict, ins: list[Shape]) -> Shape:
+    """The shape of a tensor of one value, or (flag `channels`) one per feature, laid out as ONNX broadcasts
+    it against the batch-first input: (C, 1, 1) for an image, (F,) for a vector, (D,) for each step of a
+    sequence."""
+    if not attrs["channels"]:
+        return (1,)
+    shape = ins[0]
+    axis = feature_axis(shape)
+    return (shape[axis],) + (1,) * (len(shape) - 1 - axis)
+
+
+# PReLU (He et al., "Delving Deep into Rectifiers", 2015): leaky with a learned slope, which starts at 0.25
+# as in the paper and PyTorch and takes no weight decay (the paper's point: decay pulls it to relu).
+# 1 per element as leaky.
+register(LayerKind("prelu", keep, flags=("channels",), params=lambda a, ins: {"alpha": per_feature(a, ins)},
+                   tensors={"alpha": Role("scale", constant=0.25)}, flops=per_element(1)))
+
+# A learned value added to the input, one or one per feature (x + c as PyTorch writes it, a stored tensor
+# added in an ONNX file): 1 per element, the add, as the bias of a weighted layer.
+register(LayerKind("shift", keep, flags=("channels",), params=lambda a, ins: {"b": per_feature(a, ins)},
+                   tensors={"b": BIAS}, flops=per_element(1)))
+
+
+def resolve_glu(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    axis = resolve_axis(attrs, ins, "glu")
+    out = list(ins[0])
+    if out[axis] % 2:
+        raise ShapeError(f"glu halves axis {axis} of {show(ins[0])}, so its size must be even (received {out[axis]})")
+    out[axis] //= 2
+    return tuple(out), dict(attrs, axis=axis)
+
+
+# GLU (Dauphin et al. 2017), a * sigmoid(b) of the two halves along `axis`: 2 per output element, the sigmoid
+# and the product (ONNX writes Split, Sigmoid, Mul; the split is a copy).
+register(LayerKind("glu", resolve_glu, options={"axis": AXIS}, flops=per_element(2)))
+
+
+def resolve_reduce(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    if attrs["sum"] and attrs["mean"]:
+        raise ShapeError("reduce takes one of the flags `mean` (the default) and `sum`, not both")
+    axis = resolve_axis(attrs, ins, "reduce")
+    out = list(ins[0])
+    if attrs["keep"]:
+        out[axis] = 1
+    else:
+        del out[axis]
+        if not out:
+            raise ShapeError(f"reduce over the only axis of {show(ins[0])} leaves no features: add `keep`")
+    return tuple(out), dict(attrs, axis=axis)
+
+
+# A sum or mean along one axis, removed (or kept at 1 with `keep`): 1 per input element, the add that folds
+# it in, as global pooling and ONNX's Reduce* count (the mean's one division per output is not counted).
+# The receptive field treats it as pointwise, as the ONNX analysis does every Reduce operator, whose axes
+# it does not read.
+register(LayerKind("reduce", resolve_reduce, options={"axis": AXIS}, flags=("mean", "sum", "keep"),
+                   flops=lambda a, ins, out: elements(ins[0])))
 
 
 def resolve_dropout(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:

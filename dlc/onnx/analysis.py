@@ -28,7 +28,8 @@ from dlc.onnx.model import Initializer, OnnxGraph, OnnxValue, attributes, dtype_
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
-              "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Swish", "Softplus", "Mish", "Dropout", "Identity"}
+              "Gelu", "PRelu", "HardSigmoid", "HardSwish", "Swish", "Softplus", "Softsign", "Mish", "Dropout",
+              "Identity"}
 AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
 NEVER_LIVE = {"Shape", "Size"}  # they read the data's shape, not its values
 # Inputs read for their element type only: CastLike's target (dynamo's unoptimised graphs cast the

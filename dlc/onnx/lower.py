@@ -18,7 +18,7 @@ from onnx import NodeProto, helper, numpy_helper
 
 from dlc.engine.kernels.attention import hidden_keys, rotary_tables
 from dlc.graph import Node
-from dlc.layers import KINDS, feature_axis
+from dlc.layers import KINDS
 from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET, ROTARY_OPSET
 
 LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
@@ -177,7 +177,52 @@ def lower_leaky(n: Node, x: list[str], opset: int) -> list[NodeProto]:
 
 
 def lower_softmax(n: Node, x: list[str], opset: int) -> list[NodeProto]:
-    return [op("Softmax", x[:1], n.name, n.name, axis=feature_axis(n.out_shape) + 1)]  # +1: the batch axis
+    return [op("Softmax", x[:1], n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
+
+
+# ---- the math kinds of issue 28 ----
+
+def lower_logsoftmax(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("LogSoftmax", x[:1], n.name, n.name, axis=n.attrs["axis"] + 1)]
+
+
+def lower_clip(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # an absent bound (an infinite one) is an omitted input, as PyTorch's exporters write clamp(min=...)
+    bounds, nodes = [], []
+    for key in ("min", "max"):
+        if math.isinf(n.attrs[key]):
+            bounds.append("")
+        else:
+            bounds.append(f"{n.name}/{key}")
+            nodes.append(const(bounds[-1], n.attrs[key], np.float32))
+    return [*nodes, op("Clip", [x[0], *bounds], n.name, n.name)]
+
+
+def lower_prelu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("PRelu", [x[0], param(n, "alpha")], n.name, n.name)]  # alpha is stored in PRelu's layout
+
+
+def lower_shift(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("Add", [x[0], param(n, "b")], n.name, n.name)]
+
+
+def lower_glu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    p, axis = n.name, n.attrs["axis"]
+    half = n.out_shape[axis]
+    return [const(f"{p}/halves", [half, half]),
+            helper.make_node("Split", [x[0], f"{p}/halves"], [f"{p}/value", f"{p}/gate_in"], name=f"{p}/split",
+                             axis=axis + 1),
+            op("Sigmoid", [f"{p}/gate_in"], f"{p}/gate", f"{p}/sigmoid"),
+            op("Mul", [f"{p}/value", f"{p}/gate"], p, p)]
+
+
+def lower_reduce(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    a, p = n.attrs, n.name
+    axes, keep = [a["axis"] + 1], int(a["keep"])
+    if not a["sum"]:
+        return reduce_mean(x[0], axes, p, opset, keepdims=keep)
+    # ReduceSum took its axes as an input five opsets before ReduceMean did: from 13, dlc's lowest
+    return [const(f"{p}/axes", axes), op("ReduceSum", [x[0], f"{p}/axes"], p, p, keepdims=keep)]
 
 
 def lower_gelu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
@@ -495,4 +540,17 @@ LOWER: dict[str, Lowering] = {
     "tokens": lower_tokens,
     "seqpool": lower_seqpool,
     "experts": lower_experts,
+    # the math kinds of issue 28
+    "logsoftmax": lower_logsoftmax,
+    "softplus": unary("Softplus"),
+    "softsign": unary("Softsign"),
+    "exp": unary("Exp"),
+    "sqrt": unary("Sqrt"),
+    "abs": unary("Abs"),
+    "neg": unary("Neg"),
+    "clip": lower_clip,
+    "prelu": lower_prelu,
+    "shift": lower_shift,
+    "glu": lower_glu,
+    "reduce": lower_reduce,
 }

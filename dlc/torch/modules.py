@@ -17,11 +17,12 @@ Parameters carry dlc's names and layouts (Wq (out, in), P, cls); `fc tied=LABEL`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 from dlc.graph import Node
-from dlc.layers import Shape
+from dlc.layers import KINDS, Shape
 
 # Torch's block order, as indices of ONNX's blocks: torch block k is ONNX block GATE_ORDER[kind][k].
 GATE_ORDER = {"rnn": (0,), "lstm": (0, 2, 3, 1), "gru": (1, 0, 2)}
@@ -226,8 +227,36 @@ def seqpool(node: Node, ins: list[Shape]) -> TorchLayer:
 
 
 def softmax(node: Node, ins: list[Shape]) -> TorchLayer:
-    # over channels of an image, features of a vector, the last axis of a sequence
-    return TorchLayer(f"torch.softmax({{x}}, {-1 if len(ins[0]) == 2 else 1})")
+    return TorchLayer(f"torch.softmax({{x}}, {node.attrs['axis'] + 1})")  # +1: the batch axis
+
+
+# ---- the math kinds of issue 28 ----
+
+def logsoftmax(node: Node, ins: list[Shape]) -> TorchLayer:
+    return TorchLayer(f"torch.log_softmax({{x}}, {node.attrs['axis'] + 1})")
+
+
+def clip(node: Node, ins: list[Shape]) -> TorchLayer:
+    bounds = ", ".join(f"{k}={v!r}" for k, v in node.attrs.items() if v not in (-math.inf, math.inf))
+    return TorchLayer(f"torch.clamp({{x}}, {bounds})" if bounds else "{x}")
+
+
+def prelu(node: Node, ins: list[Shape]) -> TorchLayer:
+    # nn.PReLU's slopes run along axis 1, not a sequence's features: dlc's alpha in its broadcast layout
+    shape = tuple(KINDS["prelu"].params(node.attrs, ins)["alpha"])
+    return TorchLayer("torch.where({x} > 0, {x}, {m}.alpha * {x})", f"Weights(alpha={shape})",
+                      _same(("alpha", "alpha")))
+
+
+def shift(node: Node, ins: list[Shape]) -> TorchLayer:
+    shape = tuple(KINDS["shift"].params(node.attrs, ins)["b"])
+    return TorchLayer("{x} + {m}.b", f"Weights(b={shape})", _same(("b", "b")))
+
+
+def reduce(node: Node, ins: list[Shape]) -> TorchLayer:
+    a = node.attrs
+    keep = ", keepdim=True" if a["keep"] else ""
+    return TorchLayer(f"{{x}}.{'sum' if a['sum'] else 'mean'}({a['axis'] + 1}{keep})")
 
 
 def dropout(node: Node, ins: list[Shape]) -> TorchLayer:
@@ -291,4 +320,17 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "concat": concat,
     # the router and experts are nodes of their own; the join holds the load-balancing loss
     "experts": lambda node, ins: TorchLayer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
+    # the math kinds of issue 28
+    "logsoftmax": logsoftmax,
+    "softplus": function("F.softplus({x})"),
+    "softsign": function("F.softsign({x})"),
+    "exp": function("torch.exp({x})"),
+    "sqrt": function("torch.sqrt({x})"),
+    "abs": function("torch.abs({x})"),
+    "neg": function("torch.neg({x})"),
+    "clip": clip,
+    "prelu": prelu,
+    "shift": shift,
+    "glu": lambda node, ins: TorchLayer(f"F.glu({{x}}, {node.attrs['axis'] + 1})"),
+    "reduce": reduce,
 }

@@ -32,6 +32,8 @@ from dlc import choices
 from dlc.engine.losses import check_class_labels
 from dlc.errors import DlcError
 from dlc.graph import Graph, Network
+from dlc.layers import feature_axis
+from dlc.layers.spatial import show
 from dlc.train.augment import augment_batch, check_augment
 from dlc.train.config import TrainConfig, config_to_json
 from dlc.train.dataset import Data
@@ -84,6 +86,12 @@ def check_config(cfg: TrainConfig, graph: Graph, data: Data) -> None:
         raise DlcError(f"need clip >= 0 and warmup >= 0 (received clip={cfg.clip}, warmup={cfg.warmup})")
     if cfg.loss not in choices.LOSSES:
         raise DlcError(f"unknown loss `{cfg.loss}` (expected {', '.join(choices.LOSSES)})")
+    out = graph.output
+    if cfg.loss == "xent" and out.kind == "softmax" and out.attrs["axis"] != feature_axis(out.out_shape):
+        # the fused loss and the class targets read the classes along the features (dlc.engine.losses)
+        raise DlcError(f"xent reads the classes along axis {feature_axis(out.out_shape)} of the output "
+                       f"{show(out.out_shape)}, but the final softmax runs over axis {out.attrs['axis']}: drop its "
+                       f"axis= or choose another --loss")
     if cfg.balanced and data.train.y.ndim != 1:
         raise DlcError("--balanced needs class labels, not target rows")
     check_class_labels(cfg.loss, graph.output.out_shape, data.train.y)

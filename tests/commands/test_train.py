@@ -143,6 +143,8 @@ def test_the_train_statement_takes_adamw_clip_and_warmup(tmp_path):
     (["-e", "input 2 -> fc 1 sigmoid", "--clip", "-1"], "Invalid value for '--clip'"),
     (["-e", "input 1@8x8 -> conv 2@3x3 -> fc 2 softmax", "--data", "xor"], "`xor` needs a 2-vector input"),
     (["-e", "input 1@8x8 -> conv 2@3x3"], "vector output .* output is 2@6x6"),
+    (["-e", "input seq 8 -> embed 8 vocab=11 -> fc 11 -> softmax axis=0", "--data", "reverse"],
+     "xent reads the classes along axis 1 of the output 8x11, but the final softmax runs over axis 0"),
 ])
 def test_user_errors_are_messages_not_tracebacks(tmp_path, args, message):
     npz = tmp_path / "d.npz"

@@ -52,6 +52,9 @@ def full_window(net: Network):
     "input seq 16 -> embed 12 vocab=11 -> rmsnorm -> add( attention 3 causal bias=off | identity ) -> rmsnorm "
     "-> add( mul( fc 16 silu bias=off | fc 16 bias=off ) -> fc 12 bias=off | identity ) "
     "-> experts 4 top=2 { fc 8 silu -> fc 12 } -> fc 11",
+    # the positionwise math kinds of issue 28, on each step's features
+    "input seq 16 -> embed 12 vocab=11 -> attention 3 causal -> prelu channels -> shift channels -> glu "
+    "-> softplus -> clip min=-1 max=1 -> reduce sum axis=1 keep -> fc 11 logsoftmax",
     # Llama's and Mistral's attention: grouped heads, rotary positions, a sliding window
     "input seq 16 -> embed 16 vocab=11 -> attention 4 kv=2 rope=500000 causal window=5 bias=off "
     "-> attention 2 kv=1 rope causal -> fc 11",
@@ -162,6 +165,10 @@ def test_a_cache_holds_two_vectors_of_d_per_attention_layer_and_step():
     ("input seq 8 -> embed 8 vocab=11 -> clstoken -> fc 11", "layer clstoken1 (clstoken) does not keep one output"),
     ("input seq 8 -> embed 8 vocab=11 -> concat( fc 4 | fc 4 ) -> fc 11", None),
     ("input seq 8 of 4 -> attention 2 causal -> fc 11", "its input is not a sequence of token ids"),
+    # the math kinds of issue 28 with an axis: along a step's features positionwise, along the steps not
+    ("input seq 8 -> embed 8 vocab=11 -> softmax axis=0 -> fc 11", "layer softmax1 (softmax) works along the steps"),
+    ("input seq 8 -> embed 8 vocab=11 -> glu axis=0 -> fc 11", "layer glu1 (glu) does not keep one output per step"),
+    ("input seq 8 -> embed 8 vocab=11 -> logsoftmax axis=-1 -> glu -> prelu channels -> shift -> fc 11", None),
 ])
 def test_networks_that_mix_steps_otherwise_are_named_for_the_full_window(spec, reason):
     why = why_not_stepwise(compile_spec(spec))

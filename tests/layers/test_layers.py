@@ -8,12 +8,14 @@ Tests are named test_<kind>_...; the last test checks that no registered kind is
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dlc.analysis import analyse
 from dlc.compile import compile_spec
 from dlc.errors import DlcError
-from dlc.layers import KINDS
+from dlc.layers import KINDS, Role
 
 
 def analysed(spec: str):
@@ -802,6 +804,95 @@ def test_experts_error_points_at_the_bad_value():
     with pytest.raises(DlcError) as err:
         compile_spec("input 6\nexperts 4 top=5 { fc 6 }", file="<test>")
     assert (err.value.pos.line, err.value.pos.col) == (2, 15)
+
+
+# --- the math kinds of issue 28 -----------------------------------------------------------------
+
+def test_softmax_along_another_axis():
+    # 3@4x5 over the width (axis 2, or -1): still 3 FLOPs per element, 3*4*5*3 = 180
+    for axis in ("2", "-1"):
+        s = last(f"input 3@4x5\nsoftmax axis={axis}")
+        assert s.node.attrs["axis"] == 2 and figures(s) == ((3, 4, 5), 0, 0, 0, 180)
+    assert last("input 3@4x5\nsoftmax").node.attrs["axis"] == 0  # the channels, as before
+    assert last("input seq 6 of 4\nsoftmax").node.attrs["axis"] == 1  # each step's features
+    fails("input 3@4x5\nsoftmax axis=3", 2, "softmax axis must be one of 0..2 of 3@4x5", "received axis=3")
+    fails("input 3@4x5\nsoftmax axis=same", 2, "axis takes a whole number")
+
+
+def test_logsoftmax_four_flops_per_element():
+    # exp, sum, log, subtract: fc 10 logsoftmax is 40; the alias and the axis as softmax's
+    s = last("input 32\nfc 10 log_softmax")
+    assert s.node.kind == "logsoftmax" and figures(s) == ((10,), 0, 0, 0, 40)
+    assert last("input 3@4x5\nlogsoftmax axis=1").node.attrs["axis"] == 1
+
+
+def test_softplus_one_flop_per_element():
+    activation("softplus")
+
+
+def test_softsign_one_flop_per_element():
+    activation("softsign")
+
+
+def test_exp_one_flop_per_element():
+    activation("exp")
+
+
+def test_sqrt_one_flop_per_element():
+    activation("sqrt")
+
+
+def test_abs_one_flop_per_element():
+    activation("abs")
+
+
+def test_neg_one_flop_per_element():
+    activation("neg")
+
+
+def test_clip_one_flop_per_element_with_either_bound():
+    activation("clip", "min=-1 max=1")
+    assert last("input 4\nclip max=6").node.attrs == {"min": -math.inf, "max": 6.0}
+    fails("input 4\nclip min=2 max=1", 2, "clip min must be <= max (received min=2, max=1)")
+
+
+def test_prelu_one_slope_or_one_per_channel():
+    # one slope: 1 parameter; per channel of 64@8x8: 64; 1 FLOP per element as leaky
+    s = last("input 3@8x8\nconv 64@3x3 pad=1 prelu")
+    assert s.node.kind == "prelu" and figures(s) == ((64, 8, 8), 1, 0, 0, 64 * 8 * 8)
+    s = last("input 3@8x8\nconv 64@3x3 pad=1 prelu channels")
+    assert figures(s) == ((64, 8, 8), 64, 0, 0, 64 * 8 * 8) and rf(s) == (3, 3, 1)
+    # in ONNX PRelu's layout: (C, 1, 1) against NCHW, (F,) for a vector, (D,) for each step of a sequence
+    shapes = {spec: KINDS["prelu"].params({"channels": True}, [shape])["alpha"]
+              for spec, shape in (("image", (64, 8, 8)), ("vector", (10,)), ("sequence", (5, 7)))}
+    assert shapes == {"image": (64, 1, 1), "vector": (10,), "sequence": (7,)}
+    assert KINDS["prelu"].tensors["alpha"] == Role("scale", constant=0.25)  # He et al.: 0.25, no decay
+
+
+def test_shift_one_value_or_one_per_channel():
+    # x + b: 1 parameter, or 4 for 4@3x3 with `channels`; 1 FLOP per element, the add
+    assert figures(last("input 4@3x3\nshift")) == ((4, 3, 3), 1, 0, 0, 36)
+    assert figures(last("input 4@3x3\nshift channels")) == ((4, 3, 3), 4, 0, 0, 36)
+    assert KINDS["shift"].params({"channels": True}, [(4, 3, 3)]) == {"b": (4, 1, 1)}
+
+
+def test_glu_halves_its_axis():
+    # fc 128 -> glu: 64 features, 2 FLOPs per output element (the sigmoid and the product)
+    s = last("input 32\nfc 128\nglu")
+    assert figures(s) == ((64,), 0, 0, 0, 128)
+    assert last("input 6@4x4\nglu").node.out_shape == (3, 4, 4)  # an image's channels
+    assert last("input seq 6 of 7\nglu axis=0").node.out_shape == (3, 7)  # PyTorch's GLU(dim=1) on 6x7
+    fails("input 5@4x4\nglu", 2, "glu halves axis 0 of 5@4x4, so its size must be even (received 5)")
+
+
+def test_reduce_mean_or_sum_along_one_axis():
+    # 2@3x4 over the height: 2x4 (a sequence), or 2@1x4 with keep; 1 FLOP per input element, 24
+    s = last("input 2@3x4\nreduce axis=1")
+    assert figures(s) == ((2, 4), 0, 0, 0, 24) and s.node.attrs["sum"] is False
+    assert figures(last("input 2@3x4\nreduce sum axis=1 keep")) == ((2, 1, 4), 0, 0, 0, 24)
+    assert last("input seq 5 of 8\nreduce").node.out_shape == (5,)  # each step's features, by default
+    fails("input 8\nreduce", 2, "reduce over the only axis of 8 leaves no features: add `keep`")
+    fails("input 2@3x4\nreduce mean sum", 2, "one of the flags `mean`")
 
 
 def test_every_kind_has_its_own_test():

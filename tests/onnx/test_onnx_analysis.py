@@ -68,6 +68,9 @@ KIND_EXAMPLES = {
                "-> fc 2",
     "llama attention": "input seq 8 -> embed 16 vocab=11 -> attention 4 kv=2 rope=500000 causal window=4 "
                        "bias=off -> attention 2 kv=1 bias=on -> fc 11",
+    "math": "input 4@6x6 -> conv 8@3x3 prelu channels -> glu -> softplus -> clip min=-1 max=1 -> softsign "
+            "-> abs -> sqrt -> neg -> exp -> prelu -> shift channels -> softmax axis=-1 -> reduce sum axis=1 keep "
+            "-> reduce axis=1 -> shift -> logsoftmax",
     "windows": "input 3@11x11 -> maxpool 3/2 pad=same ceil -> avgpool 3/2 ceil -> dwconv 3x3 mult=2 "
                "-> upconv 2@3x3/2 pad=1 -> lrn 3",
 }

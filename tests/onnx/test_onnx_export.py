@@ -224,6 +224,27 @@ KIND_CASES.update({
     "experts on a sequence, top 2 of 4": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> fc 3",
     "experts on a vector, top 1 of 3, balance (training only)": "input 6 -> experts 3 top=1 balance=0.1 { fc 6 tanh }",
 })
+KIND_CASES.update({  # the math kinds of issue 28
+    "softmax over an image's width": "input 3@4x5 -> softmax axis=-1",
+    "softmax over a sequence's steps": "input seq 5 of 4 -> softmax axis=0",
+    "logsoftmax over features": "input 6 -> fc 5 logsoftmax",
+    "logsoftmax over an image's height": "input 3@4x5 -> logsoftmax axis=1",
+    "softplus, softsign, exp, abs, neg": "input 3@4x4 -> softplus -> softsign -> exp -> neg -> abs",
+    "sqrt of a softplus (positive)": "input 6 -> softplus -> sqrt",
+    "clip with both bounds": "input 3@4x4 -> clip min=-0.5 max=0.5",
+    "clip with one bound": "input 6 -> clip max=0.2",
+    "prelu, one slope": "input 3@4x4 -> conv 4@3x3 prelu",
+    "prelu per channel": "input 3@4x4 -> conv 4@3x3 prelu channels",
+    "prelu per feature of a sequence": "input seq 5 of 4 -> prelu channels",
+    "shift, one value": "input 6 -> shift",
+    "shift per channel": "input 3@4x4 -> shift channels",
+    "glu over features": "input 6 -> fc 8 -> glu",
+    "glu over an image's channels": "input 4@3x3 -> glu",
+    "glu over a sequence's steps": "input seq 6 of 4 -> glu axis=0",
+    "reduce mean over the height": "input 2@3x4 -> reduce axis=1",
+    "reduce sum over the width, kept": "input 2@3x4 -> reduce sum axis=2 keep",
+    "reduce mean over a sequence's features": "input seq 5 of 4 -> reduce",
+})
 KIND_CASES["stacked bidirectional lstm on embeddings"] = (
     "input seq 6 -> embed 5 vocab=9 -> lstm 3 bidirectional sequences -> gru 2")
 

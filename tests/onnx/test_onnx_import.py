@@ -107,6 +107,11 @@ KIND_SPECS = {
              "| identity ) -> rmsnorm eps=1e-6 -> mul( seqpool -> fc 8 | identity ) -> fc 3",
     "squeeze-excite": "input 4@6x6 -> conv 4@3x3 pad=1 swish -> mul( identity | gap -> fc 2 relu -> fc 4 sigmoid ) "
                       "-> gap -> fc 3",
+    # the math kinds of issue 28; glu from its Split, whose sizes are an input from opset 13
+    "math": "input 4@6x6 -> conv 8@3x3 prelu channels -> glu -> softplus -> sqrt -> clip min=-1 max=1.2 -> softsign "
+            "-> neg -> abs -> exp -> clip max=2 -> prelu -> shift channels -> softmax axis=-1 "
+            "-> reduce sum axis=1 keep -> reduce axis=1 -> logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift "
+            "-> reduce axis=0 -> fc 3 logsoftmax",
 }
 
 

@@ -89,10 +89,17 @@ add( layernorm -> attention 4 kv=2 rope=500000 causal window=3 bias=off | identi
 add( layernorm -> attention 2 kv=1 rope causal | identity )
 fc 11 softmax
 """
+# the math kinds of issue 28, every option path of their mappings (sqrt after softplus: positive inputs)
+MATH = """\
+input 4@6x6
+conv 8@3x3 prelu channels -> glu -> softplus -> sqrt -> clip min=-1 max=1.2 -> softsign -> neg -> abs
+exp -> clip max=2 -> prelu -> shift channels -> softmax axis=-1 -> reduce sum axis=1 keep -> reduce axis=1   # 4x4
+logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift -> reduce axis=0 -> fc 3 logsoftmax
+"""
 EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
-         "llama_attention": LLAMA_ATTENTION}
+         "llama_attention": LLAMA_ATTENTION, "math": MATH}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}

@@ -219,14 +219,14 @@ def gelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
 
 
 def softmax_axis(x: np.ndarray) -> int:
-    """The axis of a batch-first array that softmax (and a class target) runs over: its features."""
+    """The axis of a batch-first array that a class target runs over: its features (softmax's default)."""
     return feature_axis(x.shape[1:]) + 1
 
 
 @kernel("softmax")
 def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
-    axis = softmax_axis(x)
+    axis = attrs["axis"] + 1  # the batch axis
     if axis == x.ndim - 1:  # vectors, or each step of a sequence
         y = x - row_max(x)
         np.exp(y, out=y)
@@ -237,6 +237,117 @@ def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
 
     def backward(dy):
         return [y * (dy - (dy * y).sum(axis=axis, keepdims=True))], {}
+    return y, backward
+
+
+# ---- the math kinds of issue 28 ----
+
+@kernel("logsoftmax")
+def logsoftmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, axis = xs[0], attrs["axis"] + 1
+    shifted = x - x.max(axis=axis, keepdims=True)
+    y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(dy):
+        # d/dx_i of x_i - log sum exp x: dy_i - softmax_i * sum(dy)
+        return [dy - np.exp(y) * dy.sum(axis=axis, keepdims=True)], {}
+    return y, backward
+
+
+@kernel("softplus")
+def softplus(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow for large x, exact for small
+    y = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    return y, lambda dy: ([dy * logistic(x)], {})
+
+
+@kernel("softsign")
+def softsign(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    d = 1 + np.abs(x)
+    return x / d, lambda dy: ([dy / (d * d)], {})
+
+
+@kernel("exp")
+def exp(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    y = np.exp(xs[0])
+    return y, lambda dy: ([dy * y], {})
+
+
+@kernel("sqrt")
+def sqrt(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    with np.errstate(invalid="ignore"):  # nan below 0, as ONNX's Sqrt and torch.sqrt give, without a warning
+        y = np.sqrt(xs[0])
+    return y, lambda dy: ([dy / (2 * y)], {})
+
+
+@kernel("abs")
+def absolute(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    return np.abs(x), lambda dy: ([dy * np.sign(x)], {})
+
+
+@kernel("neg")
+def neg(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    return -xs[0], lambda dy: ([-dy], {})
+
+
+@kernel("clip")
+def clip(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, lo, hi = xs[0], attrs["min"], attrs["max"]
+    inside = (x > lo) & (x < hi)  # the gradient stops at the bounds, as torch.clamp's
+    return np.clip(x, lo, hi), lambda dy: ([dy * inside], {})
+
+
+def sum_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """g summed over the axes a tensor of `shape` was broadcast along (the batch, and its axes of size 1)."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1)
+    return g.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+@kernel("prelu")
+def prelu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, alpha = xs[0], params["alpha"]  # alpha in ONNX's broadcast layout: (1,), or (C, 1, 1) for an image
+    negative = np.minimum(x, 0)
+    y = np.maximum(x, 0) + alpha * negative
+
+    def backward(dy):
+        dx = dy * np.where(x > 0, 1, alpha).astype(x.dtype, copy=False)
+        return [dx], {"alpha": sum_to(dy * negative, alpha.shape)}  # each slope sums what it scaled
+    return y, backward
+
+
+@kernel("shift")
+def shift(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    b = params["b"]
+    return xs[0] + b, lambda dy: ([dy], {"b": sum_to(dy, b.shape)})
+
+
+@kernel("glu")
+def glu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    axis = attrs["axis"] + 1
+    a, b = np.split(xs[0], 2, axis=axis)
+    gate = logistic(b)
+    y = a * gate
+
+    def backward(dy):
+        return [np.concatenate([dy * gate, dy * y * (1 - gate)], axis=axis)], {}
+    return y, backward
+
+
+@kernel("reduce")
+def reduce(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, axis, keep = xs[0], attrs["axis"] + 1, attrs["keep"]
+    scale = 1.0 if attrs["sum"] else 1 / x.shape[axis]
+    y = x.sum(axis=axis, keepdims=keep)
+    if scale != 1:
+        y *= scale
+
+    def backward(dy):
+        g = dy if keep else np.expand_dims(dy, axis)
+        return [np.broadcast_to(g * scale, x.shape).copy()], {}
     return y, backward
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 from dlc.onnx.importing.attention import import_attention
 from dlc.onnx.importing.conv import import_conv, import_dwconv, import_upconv, import_upsample
 from dlc.onnx.importing.dense import import_embed, import_fc, import_flatten
-from dlc.onnx.importing.elementwise import (import_bn, import_dropout, import_elu, import_gelu, import_identity,
-                                            import_leaky, import_lrn, import_relu, import_relu6, import_selu,
-                                            import_silu, import_softmax, unary)
+from dlc.onnx.importing.elementwise import (import_bn, import_clip, import_dropout, import_elu, import_gelu,
+                                            import_glu, import_identity, import_leaky, import_logsoftmax, import_lrn,
+                                            import_prelu, import_reduce, import_relu, import_relu6, import_selu,
+                                            import_shift, import_silu, import_softmax, import_softplus,
+                                            import_softsign, unary)
 from dlc.onnx.importing.merge import import_add, import_concat, import_mul
 from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
@@ -73,6 +75,20 @@ IMPORT: dict[str, Import] = {
     "tokens": Import(("Reshape",), import_tokens),
     "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
     "experts": Import(("TopK",), import_experts),
+    # the math kinds of issue 28; after relu and relu6, which take their Clips, and after gap, layernorm and
+    # seqpool, which take their ReduceMeans; softsign before abs, whose Abs its old form starts at
+    "logsoftmax": Import(("LogSoftmax",), import_logsoftmax),
+    "softplus": Import(("Softplus", "Greater"), import_softplus),
+    "softsign": Import(("Softsign", "Abs"), import_softsign),
+    "exp": Import(("Exp",), unary("exp")),
+    "sqrt": Import(("Sqrt",), unary("sqrt")),
+    "abs": Import(("Abs",), unary("abs")),
+    "neg": Import(("Neg",), unary("neg")),
+    "clip": Import(("Clip",), import_clip),
+    "prelu": Import(("PRelu",), import_prelu),
+    "shift": Import(("Add",), import_shift),
+    "glu": Import(("Split",), import_glu),
+    "reduce": Import(("ReduceMean", "ReduceSum"), import_reduce),
 }
 
 

@@ -9,7 +9,11 @@ import math
 import numpy as np
 import onnx
 
-from dlc.onnx.importing.reader import Found, NotImportable, Pattern, Reader, const_scalar, one, other_input
+from dlc.layers import feature_axis
+from dlc.layers.elementwise import per_feature
+from dlc.layers.spatial import show
+from dlc.onnx.importing.reader import (Found, NotImportable, Pattern, Reader, const_scalar, one, other_input,
+                                       reduce_axes)
 from dlc.onnx.model import attributes
 
 
@@ -104,13 +108,142 @@ def import_silu(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("silu", n, output=mul.output[0], nodes=[n, mul])
 
 
-def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
+def axis_option(r: Reader, n: onnx.NodeProto, axis: int) -> dict:
+    """`axis=` of a kind that works along one axis (softmax, logsoftmax, glu, reduce) from the operator's axis
+    of the batch-first tensor: nothing where it is the features, dlc's default."""
+    x = r.shape(n.input[0])
+    axis %= len(x) + 1
+    if axis == 0:
+        raise NotImportable("it works along the batch axis; dlc's layers work on each sample")
+    return {} if axis - 1 == feature_axis(x) else {"axis": axis - 1}
+
+
+def softmax_axis_option(r: Reader, n: onnx.NodeProto) -> dict:
     x = r.shape(n.input[0])
     axis = attributes(n).get("axis", -1 if r.g.opset >= 13 else 1) % (len(x) + 1)
-    feature = 1 if len(x) != 2 else 2  # channels of an image, features of a vector, last axis of a sequence
-    if axis != feature or (r.g.opset < 13 and len(x) > 1 and math.prod(x[axis:]) != x[axis - 1]):
-        raise NotImportable(f"it normalises over axis {axis}; dlc's softmax runs over the features (axis {feature})")
-    return one("softmax", n)
+    if r.g.opset < 13 and axis and math.prod(x[axis - 1:]) != x[axis - 1]:
+        raise NotImportable(f"before opset 13 it normalises over every axis from {axis} on together; dlc's "
+                            f"{n.op_type.lower()} runs over one axis")
+    return axis_option(r, n, axis)
+
+
+def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("softmax", n, options=softmax_axis_option(r, n))
+
+
+# ---- the math kinds of issue 28 ----
+
+def import_logsoftmax(r: Reader, n: onnx.NodeProto) -> Found | None:
+    return one("logsoftmax", n, options=softmax_axis_option(r, n))
+
+
+# PyTorch's Softplus returns x itself above its threshold (20); log(1 + e^-x) is below float32's resolution
+# of x from about 17 on, so with such a threshold the two agree to float32 rounding.
+SOFTPLUS_EXACT_ABOVE = 17.0
+
+
+def import_softplus(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Softplus, or as the dynamo exporter writes torch's: Where(Greater(x, threshold), x, Softplus(x)),
+    starting at either of the Softplus and the Greater (whichever comes first in the graph)."""
+    if n.op_type == "Greater":
+        where = r.only_consumer(n.output[0])
+        softplus = where and r.producer.get(where.input[2])
+        if softplus is None or softplus.op_type != "Softplus":
+            return None
+    else:
+        softplus = n
+    x = softplus.input[0]
+    where = r.only_consumer(softplus.output[0])
+    if where is None or where.op_type != "Where" or list(where.input[1:]) != [x, softplus.output[0]]:
+        return one("softplus", n)
+    greater = r.producer.get(where.input[0])
+    if greater is None or greater.op_type != "Greater" or greater.input[0] != x:
+        return None
+    if not const_scalar(r, greater.input[1]) >= SOFTPLUS_EXACT_ABOVE:
+        raise NotImportable(f"it returns x above a threshold below {SOFTPLUS_EXACT_ABOVE:g}; dlc's softplus is "
+                            f"log(1 + exp(x)) everywhere")
+    return one("softplus", n, output=where.output[0], nodes=[softplus, greater, where])
+
+
+def import_softsign(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Softsign, or x / (1 + |x|) as old PyTorch exporters wrote it: Abs, Add 1, Div of x by the sum."""
+    if n.op_type == "Softsign":
+        return one("softsign", n)
+    add = r.only_consumer(n.output[0])
+    if add is None or add.op_type != "Add" or not np.isclose(const_scalar(r, other_input(add, n.output[0])), 1.0):
+        return None
+    div = r.only_consumer(add.output[0])
+    if div is None or div.op_type != "Div" or list(div.input) != [n.input[0], add.output[0]]:
+        return None
+    return one("softsign", n, output=div.output[0], nodes=[n, add, div])
+
+
+def import_clip(r: Reader, n: onnx.NodeProto) -> Found | None:
+    lo, hi = clip_bounds(r, n)
+    return one("clip", n, options={k: v for k, v in (("min", lo), ("max", hi)) if not math.isinf(v)})
+
+
+def per_feature_tensor(r: Reader, x: str, value: np.ndarray, what: str) -> tuple[dict, np.ndarray]:
+    """A stored operand broadcast against x as prelu's and shift's tensors are: one value for all, or
+    (`channels`) one per feature in ONNX's broadcast layout; NotImportable naming any other shape."""
+    shape = r.shape(x)
+    if value.size == 1:
+        return {}, value.reshape(1).astype(np.float32)
+    want = per_feature({"channels": True}, [shape])
+    full = (1,) * (len(shape) + 1 - value.ndim) + value.shape  # against the batch-first input
+    shown = "x".join(map(str, value.shape))
+    if value.ndim == len(shape) + 1 and value.shape[0] != 1:
+        raise NotImportable(f"its {what} ({shown}) spans the batch axis; dlc's layers work on each sample")
+    if value.ndim > len(shape) + 1 or full[-len(want):] != want or any(d != 1 for d in full[:-len(want)]):
+        raise NotImportable(f"its {what} ({shown}): neither one value for all nor one per feature of {show(shape)}")
+    return {"channels": True}, value.reshape(want).astype(np.float32)
+
+
+def import_prelu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    slope = r.weight(n, 1, "slope")
+    if r.g.opset < 7 and slope.ndim == 1 and slope.size > 1:  # before opset 7 a 1-D slope ran along axis 1
+        slope = slope.reshape((-1,) + (1,) * (len(r.shape(n.input[0])) - 1))
+    options, alpha = per_feature_tensor(r, n.input[0], slope, "slopes")
+    return one("prelu", n, options=options, tensors={"alpha": alpha})
+
+
+def import_shift(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """x plus a stored tensor (a Constant or an initializer), in either order."""
+    stored = [i for i in n.input if r.is_constant(i)]
+    if len(stored) != 1 or "axis" in attributes(n):  # before opset 7 `axis` could align it elsewhere
+        return None
+    x = other_input(n, stored[0])
+    options, b = per_feature_tensor(r, x, r.value(stored[0]), "stored operand")
+    return one("shift", n, options=options, tensors={"b": b})
+
+
+def import_glu(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """a * sigmoid(b) of the two equal halves of a Split, as PyTorch's exporters write nn.GLU."""
+    outs = [o for o in n.output if o]
+    if len(outs) != 2:
+        return None
+    sig = r.only_consumer(outs[1])
+    mul = sig and r.only_consumer(sig.output[0])
+    if sig is None or sig.op_type != "Sigmoid" or mul is None or mul.op_type != "Mul" \
+            or set(mul.input) != {outs[0], sig.output[0]} or r.only_consumer(outs[0]) is not mul:
+        return None
+    x, axis = r.shape(n.input[0]), attributes(n).get("axis", 0)
+    options = axis_option(r, n, axis)
+    size = x[axis % (len(x) + 1) - 1]
+    halves = r.value(n.input[1]) if r.optional(n, 1) else attributes(n).get("split")
+    if halves is not None and list(np.asarray(halves).reshape(-1)) != [size // 2, size // 2]:
+        raise NotImportable("it splits into unequal parts; dlc's glu halves its axis")
+    return one("glu", n, options=options, output=mul.output[0], nodes=[n, sig, mul])
+
+
+def import_reduce(r: Reader, n: onnx.NodeProto) -> Found | None:
+    axes = reduce_axes(r, n)
+    if axes is None or len(axes) != 1:
+        raise NotImportable("it reduces over several axes (or every one); dlc's reduce works along one")
+    options = {**({"sum": True} if n.op_type == "ReduceSum" else {}), **axis_option(r, n, axes[0])}
+    if attributes(n).get("keepdims", 1):
+        options["keep"] = True
+    return one("reduce", n, options=options)
 
 
 def import_dropout(r: Reader, n: onnx.NodeProto) -> Found | None:

@@ -15,7 +15,9 @@ from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc, normal_
 from dlc.errors import DlcError
 from kernel_checks import assert_gradients, onnx_run, random_arrays, resolve
 
-ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "elu", "selu", "gelu", "identity", "leaky", "softmax", "silu"]
+ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "elu", "selu", "gelu", "identity", "leaky", "softmax", "silu",
+               # the math kinds of issue 28 that take no setting (sqrt: positive inputs only, below)
+               "logsoftmax", "softplus", "softsign", "exp", "abs", "neg"]
 
 
 def away_from_kinks(x: np.ndarray) -> np.ndarray:
@@ -229,6 +231,12 @@ ONNX_ACTIVATIONS = {
     "gelu": ("Gelu", {}, {}, 20),
     "leaky": ("LeakyRelu", {"alpha": 0.1}, {"alpha": 0.1}, 17),
     "silu": ("Swish", {}, {}, 24),  # Swish(alpha=1) is SiLU; onnxruntime runs it from opset 24
+    "logsoftmax": ("LogSoftmax", {}, {"axis": 1}, 17),
+    "softplus": ("Softplus", {}, {}, 17),
+    "softsign": ("Softsign", {}, {}, 17),
+    "exp": ("Exp", {}, {}, 17),
+    "abs": ("Abs", {}, {}, 17),
+    "neg": ("Neg", {}, {}, 17),
 }
 
 
@@ -238,6 +246,83 @@ def test_activation_matches_onnxruntime(kind):
     x = f32(np.random.default_rng(23), 2, 3, 4, 4, scale=3)
     attrs, _, _ = resolve(kind, [(3, 4, 4)], **written)
     assert_close_f32(run(kind, attrs, {}, [x])[0], onnx_run(op, [x], opset=opset, **onnx_attrs)[0])
+
+
+# ---- the math kinds of issue 28 with a setting or a tensor ----
+
+def test_sqrt_gradients_and_onnxruntime_on_positive_inputs():
+    x = np.random.default_rng(40).uniform(0.5, 3.0, (2, 3, 2, 2))
+    attrs, _, _ = resolve("sqrt", [(3, 2, 2)])
+    assert_gradients("sqrt", attrs, {}, [x])
+    x32 = x.astype(np.float32)
+    assert_close_f32(run("sqrt", attrs, {}, [x32])[0], onnx_run("Sqrt", [x32])[0])
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logsoftmax"])
+@pytest.mark.parametrize("axis", [1, 2, -1])
+def test_softmax_and_logsoftmax_along_another_axis_against_central_differences_and_onnxruntime(kind, axis):
+    rng = np.random.default_rng(41)
+    attrs, _, _ = resolve(kind, [(3, 4, 5)], axis=axis)
+    assert_gradients(kind, attrs, {}, [rng.standard_normal((2, 3, 4, 5))])
+    x = f32(rng, 2, 3, 4, 5, scale=3)
+    op = {"softmax": "Softmax", "logsoftmax": "LogSoftmax"}[kind]
+    assert_close_f32(run(kind, attrs, {}, [x])[0], onnx_run(op, [x], axis=attrs["axis"] + 1)[0])
+
+
+@pytest.mark.parametrize("bounds", [{"min": -1.0, "max": 1.0}, {"min": 0.5}, {"max": -0.5}])
+def test_clip_with_any_bounds_against_central_differences_and_onnxruntime(bounds):
+    rng = np.random.default_rng(42)
+    attrs, _, _ = resolve("clip", [(6,)], **bounds)
+    x = 3 * rng.standard_normal((4, 6))
+    for edge in bounds.values():  # off the bounds, where the derivative jumps
+        x[np.abs(x - edge) < 0.05] += 0.1
+    assert_gradients("clip", attrs, {}, [x])
+    x32 = x.astype(np.float32)
+    lo, hi = (np.array(bounds[k], np.float32) if k in bounds else None for k in ("min", "max"))
+    assert_close_f32(run("clip", attrs, {}, [x32])[0], onnx_run("Clip", [x32, lo, hi])[0])
+
+
+@pytest.mark.parametrize("shape,channels", [((3, 4, 4), True), ((3, 4, 4), False), ((6,), True), ((5, 4), True)])
+def test_prelu_slopes_against_central_differences_and_onnxruntime(shape, channels):
+    rng = np.random.default_rng(43)
+    attrs, shapes, _ = resolve("prelu", [shape], channels=channels)
+    params = {"alpha": rng.uniform(0.1, 0.5, shapes["alpha"])}
+    x = away_from_kinks(rng.standard_normal((2, *shape)))
+    assert_gradients("prelu", attrs, params, [x])
+    x32, a32 = x.astype(np.float32), params["alpha"].astype(np.float32)
+    assert_close_f32(run("prelu", attrs, {"alpha": a32}, [x32])[0], onnx_run("PRelu", [x32, a32])[0])
+
+
+@pytest.mark.parametrize("shape,channels", [((3, 4, 4), True), ((3, 4, 4), False), ((5, 4), True)])
+def test_shift_against_central_differences_and_onnxruntime(shape, channels):
+    rng = np.random.default_rng(46)
+    attrs, shapes, _ = resolve("shift", [shape], channels=channels)
+    params = random_arrays(shapes, rng)
+    assert_gradients("shift", attrs, params, [rng.standard_normal((2, *shape))])
+    x32, b32 = f32(rng, 2, *shape), params["b"].astype(np.float32)
+    assert_close_f32(run("shift", attrs, {"b": b32}, [x32])[0], onnx_run("Add", [x32, b32])[0])
+
+
+@pytest.mark.parametrize("shape,axis", [((6,), None), ((4, 3, 3), None), ((6, 5), 0), ((3, 4, 2), 2)])
+def test_glu_against_central_differences_and_torch_formula(shape, axis):
+    rng = np.random.default_rng(44)
+    attrs, _, _ = resolve("glu", [shape], axis=axis)
+    x = rng.standard_normal((2, *shape))
+    assert_gradients("glu", attrs, {}, [x])
+    a, b = np.split(x, 2, axis=attrs["axis"] + 1)
+    np.testing.assert_allclose(run("glu", attrs, {}, [x])[0], a / (1 + np.exp(-b)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("sum_", [False, True])
+@pytest.mark.parametrize("keep", [False, True])
+def test_reduce_against_central_differences_and_onnxruntime(sum_, keep):
+    rng = np.random.default_rng(45)
+    attrs, _, _ = resolve("reduce", [(2, 3, 4)], axis=1, sum=sum_, keep=keep)
+    assert_gradients("reduce", attrs, {}, [rng.standard_normal((2, 2, 3, 4))])
+    x = f32(rng, 2, 2, 3, 4)
+    op = "ReduceSum" if sum_ else "ReduceMean"
+    ref = onnx_run(op, [x, np.array([2])], opset=18, keepdims=int(keep))[0]
+    assert_close_f32(run("reduce", attrs, {}, [x])[0], ref)
 
 
 def test_relu6_matches_clip():

@@ -17,7 +17,7 @@ from dlc.layers import KINDS
 from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
 from dlc.onnx.importing.quantized import float_twin
-from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused
+from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused, node_error
 from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, validate
 
 
@@ -91,10 +91,6 @@ def match(r: Reader, n: onnx.NodeProto) -> Found:
                                  f"this {n.op_type} is none of the forms dlc imports ("
                                  f"{', '.join(BY_OP[n.op_type])})")
     raise DlcError(node_error(n, why))
-
-
-def node_error(n: onnx.NodeProto, why: str) -> str:
-    return f"cannot import operator {n.op_type} (node `{n.name or n.output[0]}`): {why}"
 
 
 def import_onnx(path: str, shapes: dict | None = None) -> tuple[Network, str]:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from dlc.errors import DlcError
+from dlc.onnx.importing.reader import node_error, other_input
 from dlc.onnx.model import attributes, tensor_values
 
 
@@ -60,10 +60,12 @@ QLINEAR = {
 MOVES = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "GlobalMaxPool", "Gather",
          "Slice", "Split", "Identity", "Resize", "DepthToSpace", "SpaceToDepth", "Expand", "Tile"}
 
-# Operators whose output is never negative, and those that keep a non-negative input so (a Relu after them
-# would change nothing, so none is added where the quantization clips below 0)
+# Operators whose output is never negative, and those whose output is not when no input is (a Relu after
+# them would change nothing, so none is added where their output's quantization clips below 0)
 NON_NEGATIVE = {"Relu", "Softmax", "Sigmoid"}
-KEEP_SIGN = MOVES | {"AveragePool", "GlobalAveragePool", "Concat", "Add", "Mul"}
+KEEP_SIGN = {"AveragePool", "GlobalAveragePool", "Concat", "Add", "Max"}
+
+FOUR_BIT_LOWEST = {"int4": -8, "uint4": 0}  # numpy's iinfo does not know onnx's 4-bit types
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
                  *QLINEAR, "QLinearConcat"}
@@ -157,9 +159,9 @@ class FloatTwin:
         values, s = self.value(q), self.value(scale)
         z = self.value(zero) if zero else None
         if values is None or s is None or (zero and z is None):
-            raise DlcError(error(n, f"the scale or zero point of its stored input {q} is computed by the graph"))
+            raise DlcError(node_error(n, f"the scale or zero point of its stored input {q} is computed by the graph"))
         if values.dtype.kind == "f":
-            raise DlcError(error(n, f"its stored input {q} is {values.dtype.name}, not quantized"))
+            raise DlcError(node_error(n, f"its stored input {q} is {values.dtype.name}, not quantized"))
         self.stored[name] = dequantize(values, s, z, axis, block)
         kind = values.dtype.name
         self.report.values[kind] = self.report.values.get(kind, 0) + values.size
@@ -177,7 +179,8 @@ class FloatTwin:
         z = self.value(zero) if zero else None
         if z is None or z.size != 1:
             return False
-        return int(z.reshape(-1)[0]) == ml_dtypes.iinfo(z.dtype).min  # ml_dtypes knows int4 too
+        lowest = FOUR_BIT_LOWEST.get(z.dtype.name, np.iinfo(z.dtype).min if z.dtype.kind in "iu" else None)
+        return lowest is not None and int(z.reshape(-1)[0]) == lowest
 
     def quantized(self, n: onnx.NodeProto, x: str, out: str, scale: str, zero: str) -> list[onnx.NodeProto]:
         """x quantized into `out`: out stands for x itself, or for Relu(x) when the quantization clips below
@@ -210,7 +213,7 @@ class FloatTwin:
             elif x in self.codes:
                 self.alias[n.output[0]] = self.float_of(x)
             else:
-                raise DlcError(error(n, f"its input {x} is quantized outside the graph; dlc reads float inputs"))
+                raise DlcError(node_error(n, f"its input {x} is quantized outside the graph; dlc reads float inputs"))
             return []
         if op in ("ConvInteger", "MatMulInteger"):
             return [self.integer_product(n)]
@@ -232,7 +235,7 @@ class FloatTwin:
         elif reads_codes:
             why = ("dlc reads no float form of this quantized operator" if n.domain not in ("", "ai.onnx") else
                    f"it computes on the quantized codes of {reads_codes[0]}; dlc reads no float form of that")
-            raise DlcError(error(n, why))
+            raise DlcError(node_error(n, why))
         twin = onnx.NodeProto()
         twin.CopyFrom(n)
         twin.input[:] = [self.float_of(i) if i else i for i in n.input]
@@ -253,12 +256,13 @@ class FloatTwin:
         self.report.forms.add("QOperator")
         a = attributes(n)
         if a.get("channels_last"):
-            raise DlcError(error(n, "its channels come last; dlc's images are channels first"))
-        if n.op_type == "QLinearSoftmax" and (a.get("opset", 13) < 13) != (self.opset() < 13):
-            raise DlcError(error(n, f"it computes Softmax of opset {a.get('opset')}, whose axis means another "
-                                    f"thing in the model's opset {self.opset()}"))
+            raise DlcError(node_error(n, "its channels come last; dlc's images are channels first"))
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if n.op_type == "QLinearSoftmax" and (a.get("opset", 13) < 13) != (opset < 13):
+            raise DlcError(node_error(n, f"it computes Softmax of opset {a.get('opset')}, whose axis means "
+                                         f"another thing in the model's opset {opset}"))
         if n.op_type == "QGemm" and a.get("transA"):
-            raise DlcError(error(n, "its first operand is transposed"))
+            raise DlcError(node_error(n, "its first operand is transposed"))
         # a conv's weights have a scale per output channel, axis 0; a MatMul's per column, its last axis
         axis = 0 if n.op_type == "QLinearConv" or (n.op_type == "QGemm" and a.get("transB")) else -1
         inputs = [self.data(n, n.input[x], n.input[s], optional(n, z), axis) for x, s, z in form.data]
@@ -267,7 +271,7 @@ class FloatTwin:
             scale = f"{n.output[0]}/bias_scale"
             va, vb = self.value(n.input[s1]), self.value(n.input[s2])
             if va is None or vb is None:
-                raise DlcError(error(n, "its scales are computed by the graph"))
+                raise DlcError(node_error(n, "its scales are computed by the graph"))
             self.init[scale] = numpy_helper.from_array((va.astype(np.float32) * vb.astype(np.float32)).reshape(-1),
                                                        scale)
             inputs.append(self.weight(n, n.input[form.bias], scale, "", axis=0))
@@ -295,18 +299,18 @@ class FloatTwin:
         self.report.forms.add("dynamic")
         cast = self.only_reader(n.output[0], "Cast")
         rescale = self.only_reader(cast.output[0], "Mul") if cast is not None else None
-        scales = self.producer.get(other(rescale, cast.output[0])) if rescale is not None else None
+        scales = self.producer.get(other_input(rescale, cast.output[0])) if rescale is not None else None
         weight_scale = next((i for i in scales.input if self.is_stored(i)), None) \
             if scales is not None and scales.op_type == "Mul" else None
         if weight_scale is None:
-            raise DlcError(error(n, "its integer output is not rescaled by the activation's and the weight's "
+            raise DlcError(node_error(n, "its integer output is not rescaled by the activation's and the weight's "
                                     "scales as onnxruntime's dynamic quantizer writes it"))
         axis = 0 if n.op_type == "ConvInteger" else -1
         inputs = [self.float_of(n.input[0]), self.weight(n, n.input[1], weight_scale, optional(n, 3), axis)]
         self.taken.update(id(m) for m in (cast, rescale, scales))
         out = rescale.output[0]
         bias = self.only_reader(out, "Add") if n.op_type == "ConvInteger" else None
-        made = self.producer.get(other(bias, out)) if bias is not None else None
+        made = self.producer.get(other_input(bias, out)) if bias is not None else None
         if made is not None and made.op_type == "Reshape" and made.input[0] in self.init:
             # the conv's bias, added after the rescale as a (1, C, 1, 1) tensor: Conv's own input again
             inputs.append(made.input[0])
@@ -320,13 +324,14 @@ class FloatTwin:
         readers = self.consumers.get(name, [])
         return readers[0] if len(readers) == 1 and readers[0].op_type == op else None
 
-    def opset(self) -> int:
-        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
     def signs(self, n: onnx.NodeProto) -> onnx.NodeProto:
         """n, its outputs noted as non-negative when they are."""
-        data = [i for i in n.input if i and not self.is_stored(i)]
-        if n.op_type in NON_NEGATIVE or n.op_type in KEEP_SIGN and data and all(i in self.non_negative for i in data):
+        def non_negative(name: str) -> bool:
+            v = self.value(name) if self.is_stored(name) else None
+            return name in self.non_negative or (v is not None and v.dtype.kind in "fiu" and bool((v >= 0).all()))
+
+        if n.op_type in NON_NEGATIVE or (n.op_type in MOVES and n.input[0] in self.non_negative) or \
+                (n.op_type in KEEP_SIGN and all(non_negative(i) for i in n.input if i)):
             self.non_negative.update(n.output)
         return n
 
@@ -334,7 +339,7 @@ class FloatTwin:
         g = self.model.graph
         nodes = [self.signs(m) for n in g.node if id(n) not in self.taken for m in self.rewrite(n)]
         for o in g.output:
-            if o.name in self.codes and o.name not in self.alias:
+            if o.name in self.codes:
                 raise DlcError(f"{self.path}'s output {o.name} holds quantized values; dlc imports float outputs")
             if self.float_of(o.name) != o.name:
                 nodes.append(helper.make_node("Identity", [self.float_of(o.name)], [o.name]))
@@ -359,10 +364,3 @@ def float_twin(model: onnx.ModelProto, path: str) -> tuple[onnx.ModelProto, Dequ
 def optional(n: onnx.NodeProto, i: int) -> str:
     return n.input[i] if len(n.input) > i else ""
 
-
-def other(n: onnx.NodeProto, name: str) -> str:
-    return n.input[1] if n.input[0] == name else n.input[0]
-
-
-def error(n: onnx.NodeProto, why: str) -> str:
-    return f"cannot import operator {n.op_type} (node `{n.name or n.output[0]}`): {why}"

@@ -283,9 +283,42 @@ def test_int4_weights_in_blocks_import_as_onnxruntime_computes_them(tmp_path):
     y = numpy_output(tmp_path, spec, weights, x)
     assert relative_error(y, ReferenceEvaluator(str(path)).run(None, {"x": x})[0]) <= 1e-5
     assert relative_error(y, onnxruntime_output(path, x)) <= 0.01
-    # each weight within half a step of its block's 4-bit grid over [min(w, 0), max(w, 0)] of the block
-    w = numpy_helper.to_array(onnx.load(str(float_path)).graph.initializer[0])
-    blocks = w.reshape(4, 16, 32)
-    step = (np.maximum(blocks.max(1), 0) - np.minimum(blocks.min(1), 0)) / 15
     with np.load(weights) as got:
-        assert (np.abs(got["fc1.W"].T.reshape(4, 16, 32) - blocks) <= step[:, None, :] / 2 * 1.001 + 1e-7).all()
+        assert_on_block_grid(got["fc1.W"], float_path, 16, 4)
+
+
+def assert_on_block_grid(got: np.ndarray, float_path: Path, block: int, bits: int) -> None:
+    """Each imported weight (N, K) within half a step of its block's grid of 2^bits values over [min(w, 0),
+    max(w, 0)] of the float weight (K, N) in that block of K."""
+    w = numpy_helper.to_array(onnx.load(str(float_path)).graph.initializer[0])
+    for start in range(0, w.shape[0], block):
+        part = w[start:start + block]
+        step = (np.maximum(part.max(0), 0) - np.minimum(part.min(0), 0)) / (2 ** bits - 1)
+        assert (np.abs(got.T[start:start + block] - part) <= step / 2 * 1.001 + 1e-7).all()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_matmulnbits_of_4_bit_language_models_imports_as_its_qdq_twin(tmp_path, bits):
+    """com.microsoft's MatMulNBits packs what the QDQ form stores in blocks; the same quantizer writes both,
+    so both import to the same weight (the QDQ one checked against ONNX's reference evaluator above). K = 40
+    is not a whole number of blocks: the last block is padded in the packed form."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    float_path = matmul_model(tmp_path, k=40)
+    outputs = {}
+    for form in (QuantFormat.QOperator, QuantFormat.QDQ):
+        config = DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=False, bits=bits, quant_format=form)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(float_path)), algo_config=config)
+        quantizer.process()
+        path = tmp_path / f"fc_{form.name}.onnx"
+        quantizer.model.save_model_to_file(str(path))
+        outputs[form] = path, imported(path, tmp_path / f"{form.name}.dlc")
+    nbits, (said, spec, weights) = outputs[QuantFormat.QOperator]
+    assert [n.op_type for n in onnx.load(str(nbits)).graph.node] == ["MatMulNBits", "Add"]
+    assert f"weights dequantized from uint{bits} (w = (q - zero_point) * scale, blocks of 16; 1,280 values" in said
+    with np.load(weights) as got, np.load(outputs[QuantFormat.QDQ][1][2]) as qdq:
+        assert_on_block_grid(got["fc1.W"], float_path, 16, bits)
+        # onnxruntime writes no QDQ form of 8 bits (that file keeps the float weight)
+        assert bits == 8 or np.array_equal(got["fc1.W"], qdq["fc1.W"])
+    x = samples(nbits, 8, 1)
+    assert relative_error(numpy_output(tmp_path, spec, weights, x), onnxruntime_output(nbits, x)) <= 0.01

@@ -9,7 +9,8 @@ onnxruntime's quantizer writes three forms, and each is read back here:
   float tensors their quantized inputs stand for, with QuantizeLinear and DequantizeLinear at the edges;
 - dynamic: DynamicQuantizeLinear before ConvInteger or MatMulInteger, whose integer output onnxruntime
   casts and multiplies by the activation's and the weight's scales: one float Conv or MatMul with the
-  dequantized weight computes that product.
+  dequantized weight computes that product;
+- weight-only: com.microsoft's MatMulNBits (4-bit language models), a MatMul by its dequantized weight.
 
 The twin computes what the quantized model approximates: its outputs differ from onnxruntime's on the
 quantized file by the activations' rounding only, since the weights are exactly the file's.
@@ -68,7 +69,7 @@ KEEP_SIGN = {"AveragePool", "GlobalAveragePool", "Concat", "Add", "Max"}
 FOUR_BIT_LOWEST = {"int4": -8, "uint4": 0}  # numpy's iinfo does not know onnx's 4-bit types
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-                 *QLINEAR, "QLinearConcat"}
+                 *QLINEAR, "QLinearConcat", "MatMulNBits"}
 
 
 @dataclass
@@ -217,6 +218,8 @@ class FloatTwin:
             return []
         if op in ("ConvInteger", "MatMulInteger"):
             return [self.integer_product(n)]
+        if op == "MatMulNBits":
+            return self.nbits_product(n)
         if op in QLINEAR:
             return self.qlinear(n, QLINEAR[op])
         if op == "QLinearConcat":
@@ -320,6 +323,37 @@ class FloatTwin:
         twin.attribute.extend(n.attribute)
         return twin
 
+    def nbits_product(self, n: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """com.microsoft's MatMulNBits, the weight-only form of 4-bit language models: B holds each output
+        column's K values in blocks, `bits` to a byte's bits from the lowest up, with a scale per block and a
+        zero point per block (packed the same way; 2^(bits-1) when absent). Read as MatMul by the
+        dequantized (K, N) weight, then Add of its bias."""
+        a = attributes(n)
+        k, cols, bits, block = a["K"], a["N"], a.get("bits", 4), a["block_size"]
+        if optional(n, 4):
+            raise DlcError(node_error(n, "it reorders its weight's rows (g_idx); dlc reads blocks in order"))
+        packed, scales = self.value(n.input[1]), self.value(optional(n, 2))
+        zeros = self.value(optional(n, 3)) if optional(n, 3) else None
+        if packed is None or scales is None or (optional(n, 3) and zeros is None):
+            raise DlcError(node_error(n, "its weight, scales or zero points are computed by the graph"))
+        if zeros is not None and zeros.dtype != np.uint8:
+            raise DlcError(node_error(n, f"its zero points are {zeros.dtype.name}; dlc reads packed uint8 ones"))
+        blocks = -(-k // block)
+        q = unpack(packed.reshape(cols, -1), bits)[:, :blocks * block]
+        zero = unpack(zeros.reshape(cols, -1), bits)[:, :blocks] if zeros is not None else \
+            np.full((cols, blocks), 2 ** (bits - 1))
+        w = dequantize(q, scales.reshape(cols, blocks), zero, axis=1, block=block)[:, :k].T
+        name = f"{n.input[1]}/dequantized"
+        self.stored[name] = np.ascontiguousarray(w)
+        self.report.values[f"uint{bits}"] = self.report.values.get(f"uint{bits}", 0) + k * cols
+        self.report.tensors += 1
+        self.report.layouts.add(f"blocks of {block}")
+        x, out = self.float_of(n.input[0]), n.output[0]
+        if not optional(n, 5):
+            return [helper.make_node("MatMul", [x, name], [out], name=n.name)]
+        return [helper.make_node("MatMul", [x, name], [f"{out}/product"], name=n.name),
+                helper.make_node("Add", [f"{out}/product", n.input[5]], [out], name=f"{n.name}/bias")]
+
     def only_reader(self, name: str, op: str) -> onnx.NodeProto | None:
         readers = self.consumers.get(name, [])
         return readers[0] if len(readers) == 1 and readers[0].op_type == op else None
@@ -359,6 +393,13 @@ def float_twin(model: onnx.ModelProto, path: str) -> tuple[onnx.ModelProto, Dequ
         return model, None
     rewrite = FloatTwin(model, path)
     return rewrite.twin(), rewrite.report
+
+
+def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """The `bits`-wide unsigned values packed along the last axis of uint8 bytes, lowest bits first."""
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    values = (packed[..., None] >> shifts) & np.uint8(2 ** bits - 1)
+    return values.reshape(*packed.shape[:-1], -1)
 
 
 def optional(n: onnx.NodeProto, i: int) -> str:

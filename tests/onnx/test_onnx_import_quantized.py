@@ -245,15 +245,15 @@ def test_a_model_whose_input_is_already_quantized_is_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "q.onnx"))
     r = run("import", tmp_path / "q.onnx", "-o", tmp_path / "net.dlc")
     assert r.exit_code == 2, r.output
-    assert "cannot import operator DequantizeLinear (node `dequant`): its input x is quantized outside the graph" \
+    assert "cannot import operator DequantizeLinear (node `dequant`): its input x is not quantized by the graph" \
         in r.output
 
 
 def matmul_model(tmp_path, k: int = 64, n: int = 32) -> Path:
     """x (batch, k) times a stored weight plus a bias: the weight-only quantizers' MatMul."""
     rng = np.random.default_rng(0)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])],
-                              "fc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "fc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])],
                               [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "W"),
                                numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")])

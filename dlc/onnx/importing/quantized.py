@@ -214,7 +214,8 @@ class FloatTwin:
             elif x in self.codes:
                 self.alias[n.output[0]] = self.float_of(x)
             else:
-                raise DlcError(node_error(n, f"its input {x} is quantized outside the graph; dlc reads float inputs"))
+                raise DlcError(node_error(n, f"its input {x} is not quantized by the graph (a QuantizeLinear or a "
+                                             f"quantized operator); dlc imports float inputs"))
             return []
         if op in ("ConvInteger", "MatMulInteger"):
             return [self.integer_product(n)]

@@ -322,3 +322,26 @@ def test_matmulnbits_of_4_bit_language_models_imports_as_its_qdq_twin(tmp_path, 
         assert bits == 8 or np.array_equal(got["fc1.W"], qdq["fc1.W"])
     x = samples(nbits, 8, 1)
     assert relative_error(numpy_output(tmp_path, spec, weights, x), onnxruntime_output(nbits, x)) <= 0.01
+
+
+@pytest.mark.parametrize("form", ["QDQ", "QOperator"])
+def test_a_relu6_the_quantizer_dropped_comes_back_when_its_range_ends_at_6(tmp_path, form):
+    """onnxruntime drops relu6's Clip and quantizes its output over the calibrated range: starting at 0, and
+    ending at 6 when calibration reached 6 (inputs ten times larger here, so that it does)."""
+    spec = "input 3@8x8 -> conv 8@3x3 pad=1 relu6 -> conv 8@3x3 pad=1 relu6 -> gap -> fc 4"
+    float_path = tmp_path / "float.onnx"
+    assert run("export", "-e", spec, "-o", float_path).exit_code == 0
+    calibration = Calibration(float_path)
+    calibration.feeds = iter({"input": 10 * x[None]} for x in samples(float_path, 16, 0))
+    path = tmp_path / "relu6.onnx"
+    logging.disable(logging.WARNING)
+    try:
+        FORMATS[form][0](str(float_path), str(path), calibration)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert "Clip" not in [n.op_type for n in onnx.load(str(path)).graph.node]
+    _, got, weights = imported(path, tmp_path / "net.dlc")
+    _, want, _ = imported(float_path, tmp_path / "float.dlc")
+    assert body(got) == body(want) and "relu6" in want.read_text()
+    x = 10 * samples(path, 16, 0)
+    assert relative_error(numpy_output(tmp_path, got, weights, x), onnxruntime_output(path, x)) <= BOUND["lenet5"][0]

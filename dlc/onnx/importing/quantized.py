@@ -66,7 +66,8 @@ MOVES = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "
 NON_NEGATIVE = {"Relu", "Softmax", "Sigmoid"}
 KEEP_SIGN = {"AveragePool", "GlobalAveragePool", "Concat", "Add", "Max"}
 
-FOUR_BIT_LOWEST = {"int4": -8, "uint4": 0}  # numpy's iinfo does not know onnx's 4-bit types
+FOUR_BIT_RANGE = {"int4": (-8, 7), "uint4": (0, 15)}  # numpy's iinfo does not know onnx's 4-bit types
+RELU6_TOP = 6.0
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
                  *QLINEAR, "QLinearConcat", "MatMulNBits"}
@@ -118,11 +119,13 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: 
 
 class FloatTwin:
     """The rewrite, node by node in the model's order: `alias` maps a quantized tensor (or a dropped node's
-    output) to the float tensor it stands for, `stored` holds the dequantized weights, `codes` names the
-    tensors that hold quantized codes in the file (a float operator reading one is refused)."""
+    output) to the float tensor it stands for, `stored` holds the float tensors it adds (the dequantized
+    weights, relu6's bounds), `codes` names the tensors that hold quantized codes in the file (a float
+    operator reading one is refused)."""
 
     def __init__(self, model: onnx.ModelProto, path: str):
         self.model, self.path = model, path
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         g = model.graph
         self.init = {t.name: t for t in g.initializer}
         self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
@@ -174,25 +177,36 @@ class FloatTwin:
         """The float tensor a quantized operand stands for: a stored one dequantized, or the activation."""
         return self.weight(n, x, scale, zero, axis) if self.is_stored(x) else self.float_of(x)
 
-    def rectifies(self, scale: str, zero: str) -> bool:
-        """Whether quantizing with this zero point clips below 0: its range starts at 0, and onnxruntime's
-        quantizer drops a Relu whose output it quantizes so (the rounding does the Relu's work)."""
-        z = self.value(zero) if zero else None
-        if z is None or z.size != 1:
-            return False
-        lowest = FOUR_BIT_LOWEST.get(z.dtype.name, np.iinfo(z.dtype).min if z.dtype.kind in "iu" else None)
-        return lowest is not None and int(z.reshape(-1)[0]) == lowest
+    def rectifier(self, x: str, out: str, name: str, scale: str, zero: str) -> list[onnx.NodeProto]:
+        """The activation a quantization of x into `out` stands for: none, or, when its range starts at 0
+        (onnxruntime's quantizer drops a Relu or a Clip whose output it quantizes so: the rounding does
+        their work), a Relu, or relu6's Clip when the range ends at 6. A Clip at 6 whose calibration never
+        reached 6 leaves no trace in the file: it is read as a Relu."""
+        z, s = (self.value(zero) if zero else None), self.value(scale)
+        if z is None or s is None or z.size != 1 or s.size != 1 or x in self.non_negative:
+            return []
+        low, high = FOUR_BIT_RANGE.get(z.dtype.name, (np.iinfo(z.dtype).min, np.iinfo(z.dtype).max)
+                                       if z.dtype.kind in "iu" else (None, None))
+        zero_point, step = int(z.reshape(-1)[0]), float(s.reshape(-1)[0])
+        if low is None or zero_point != low:
+            return []
+        if abs((high - zero_point) * step - RELU6_TOP) <= step / 2:
+            if self.opset < 11:  # Clip's bounds were attributes then
+                return [helper.make_node("Clip", [x], [out], name=name, min=0.0, max=RELU6_TOP)]
+            bounds = [f"{out}/relu6_{k}" for k in ("min", "max")]
+            self.stored.update(zip(bounds, (np.array(0, np.float32), np.array(RELU6_TOP, np.float32))))
+            return [helper.make_node("Clip", [x, *bounds], [out], name=name)]
+        return [helper.make_node("Relu", [x], [out], name=name)]
 
     def quantized(self, n: onnx.NodeProto, x: str, out: str, scale: str, zero: str) -> list[onnx.NodeProto]:
-        """x quantized into `out`: out stands for x itself, or for Relu(x) when the quantization clips below
-        0 and x may be negative."""
+        """x quantized into `out`: out stands for x itself, or for the activation its range says (rectifier)."""
         self.codes.add(out)
         x = self.float_of(x)
         # a stored tensor's range is its own: its quantization clips none of its values
-        if self.rectifies(scale, zero) and x not in self.non_negative and not self.is_stored(x):
-            return [helper.make_node("Relu", [x], [out], name=n.name)]
-        self.alias[out] = x
-        return []
+        activation = [] if self.is_stored(x) else self.rectifier(x, out, n.name, scale, zero)
+        if not activation:
+            self.alias[out] = x
+        return activation
 
     def rewrite(self, n: onnx.NodeProto) -> list[onnx.NodeProto]:
         """The node's float form: nothing (its output aliased), the node itself on float inputs, or its
@@ -261,10 +275,9 @@ class FloatTwin:
         a = attributes(n)
         if a.get("channels_last"):
             raise DlcError(node_error(n, "its channels come last; dlc's images are channels first"))
-        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        if n.op_type == "QLinearSoftmax" and (a.get("opset", 13) < 13) != (opset < 13):
+        if n.op_type == "QLinearSoftmax" and (a.get("opset", 13) < 13) != (self.opset < 13):
             raise DlcError(node_error(n, f"it computes Softmax of opset {a.get('opset')}, whose axis means "
-                                         f"another thing in the model's opset {opset}"))
+                                         f"another thing in the model's opset {self.opset}"))
         if n.op_type == "QGemm" and a.get("transA"):
             raise DlcError(node_error(n, "its first operand is transposed"))
         # a conv's weights have a scale per output channel, axis 0; a MatMul's per column, its last axis
@@ -284,17 +297,17 @@ class FloatTwin:
 
     def float_op(self, n: onnx.NodeProto, op: str, inputs: list[str], scale: str, zero: str,
                  dropped: tuple[str, ...] = ()) -> list[onnx.NodeProto]:
-        """The float operator on float inputs, writing the quantized output's name (a Relu after it when its
-        quantization clips below 0); QGemm without an output scale writes float already."""
+        """The float operator on float inputs, writing the quantized output's name (the activation its
+        range says after it, see rectifier); QGemm without an output scale writes float already."""
         out = n.output[0]
         twin = self.signs(helper.make_node(op, inputs, [f"{out}/float"], name=n.name))
         twin.attribute.extend(x for x in n.attribute if x.name not in dropped)
+        activation = self.rectifier(twin.output[0], out, f"{n.name}/clip", scale, zero) if scale else []
         if scale:
             self.codes.add(out)
-        if scale and self.rectifies(scale, zero) and twin.output[0] not in self.non_negative:
-            return [twin, helper.make_node("Relu", [twin.output[0]], [out], name=f"{n.name}/clip")]
-        twin.output[0] = out
-        return [twin]
+        if not activation:
+            twin.output[0] = out
+        return [twin, *activation]
 
     def integer_product(self, n: onnx.NodeProto) -> onnx.NodeProto:
         """ConvInteger or MatMulInteger as onnxruntime's dynamic quantizer writes it: Cast to float, then
@@ -362,10 +375,12 @@ class FloatTwin:
     def signs(self, n: onnx.NodeProto) -> onnx.NodeProto:
         """n, its outputs noted as non-negative when they are."""
         def non_negative(name: str) -> bool:
-            v = self.value(name) if self.is_stored(name) else None
+            v = self.stored.get(name, self.value(name) if self.is_stored(name) else None)
             return name in self.non_negative or (v is not None and v.dtype.kind in "fiu" and bool((v >= 0).all()))
 
-        if n.op_type in NON_NEGATIVE or (n.op_type in MOVES and n.input[0] in self.non_negative) or \
+        clip_min = attributes(n).get("min", -1.0) if len(n.input) < 2 else n.input[1]
+        clipped = n.op_type == "Clip" and (non_negative(clip_min) if isinstance(clip_min, str) else clip_min >= 0)
+        if n.op_type in NON_NEGATIVE or clipped or (n.op_type in MOVES and n.input[0] in self.non_negative) or \
                 (n.op_type in KEEP_SIGN and all(non_negative(i) for i in n.input if i)):
             self.non_negative.update(n.output)
         return n

@@ -345,3 +345,37 @@ def test_a_relu6_the_quantizer_dropped_comes_back_when_its_range_ends_at_6(tmp_p
     assert body(got) == body(want) and "relu6" in want.read_text()
     x = 10 * samples(path, 16, 0)
     assert relative_error(numpy_output(tmp_path, got, weights, x), onnxruntime_output(path, x)) <= BOUND["lenet5"][0]
+
+
+@pytest.mark.parametrize("form", ["dynamic", "QDQ", "QOperator"])
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_quantized_pytorch_encoder_imports_as_its_float_network(tmp_path, exporter, form):
+    """Two nn.TransformerEncoderLayers as each PyTorch exporter writes them: their weights stored as used,
+    so the dynamic quantizer takes every MatMul (MatMulInteger), and TorchScript's Identity copies of the
+    weights it stores once (the layernorms' ones) read as the weight they copy."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")  # the dynamo exporter needs it
+    import torch_models
+    from test_onnx_torch import EXPORTERS
+
+    torch.manual_seed(0)
+    torch.backends.mha.set_fastpath_enabled(False)  # its fused operator has no TorchScript export
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    float_path = tmp_path / "encoder.onnx"
+    torch_models.export(torch.nn.TransformerEncoder(layer, 2).eval(), float_path, (torch.randn(1, 10, 32),),
+                        dynamo=EXPORTERS[exporter])
+    path = tmp_path / "quantized.onnx"
+    logging.disable(logging.WARNING)
+    try:
+        FORMATS[form][0](str(float_path), str(path), Calibration(float_path))
+    finally:
+        logging.disable(logging.NOTSET)
+    said, spec, weights = imported(path, tmp_path / "net.dlc")
+    _, float_spec, _ = imported(float_path, tmp_path / "float.dlc")
+    assert "weights dequantized from int8" in said and body(spec) == body(float_spec)
+    if form == "dynamic":
+        assert "MatMulInteger" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    # one sample at a time: TorchScript fixes the batch at the example's
+    x = samples(path, 16, 0)
+    want = np.concatenate([onnxruntime_output(path, sample[None]) for sample in x])
+    assert relative_error(numpy_output(tmp_path, spec, weights, x), want) <= BOUND["transformer_reverse"][0]

@@ -59,7 +59,7 @@ QLINEAR = {
 # Operators that move or select values without arithmetic: on quantized codes they give the codes of the
 # same operator on the float values (onnxruntime runs them on int8 tensors between QLinear operators).
 MOVES = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "GlobalMaxPool", "Gather",
-         "Slice", "Split", "Identity", "Resize", "DepthToSpace", "SpaceToDepth", "Expand", "Tile"}
+         "Slice", "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Expand", "Tile"}
 
 # Operators whose output is never negative, and those whose output is not when no input is (a Relu after
 # them would change nothing, so none is added where their output's quantization clips below 0)
@@ -142,9 +142,11 @@ class FloatTwin:
         self.report = Dequantized()
 
     def is_stored(self, name: str) -> bool:
-        return name in self.init or name in self.constants
+        return name in self.init or name in self.constants or name in self.stored
 
     def value(self, name: str) -> np.ndarray | None:
+        if name in self.stored:
+            return self.stored[name]
         if name in self.init:
             return tensor_values(self.init[name], self.path)
         a = attributes(self.constants[name]) if name in self.constants else {}
@@ -215,6 +217,11 @@ class FloatTwin:
         if op == "QuantizeLinear":
             self.report.forms.add("QDQ")
             return self.quantized(n, n.input[0], n.output[0], n.input[1], optional(n, 2))
+        if op == "Identity":  # TorchScript's copy of a weight it stores once: the weight itself
+            self.alias[n.output[0]] = self.float_of(n.input[0])
+            if n.input[0] in self.codes:
+                self.codes.add(n.output[0])
+            return []
         if op == "DynamicQuantizeLinear":  # its range always holds the tensor's own minimum: nothing clips
             self.report.forms.add("dynamic")
             self.codes.add(n.output[0])
@@ -375,7 +382,7 @@ class FloatTwin:
     def signs(self, n: onnx.NodeProto) -> onnx.NodeProto:
         """n, its outputs noted as non-negative when they are."""
         def non_negative(name: str) -> bool:
-            v = self.stored.get(name, self.value(name) if self.is_stored(name) else None)
+            v = self.value(name) if self.is_stored(name) else None
             return name in self.non_negative or (v is not None and v.dtype.kind in "fiu" and bool((v >= 0).all()))
 
         clip_min = attributes(n).get("min", -1.0) if len(n.input) < 2 else n.input[1]

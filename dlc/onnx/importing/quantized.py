@@ -38,7 +38,9 @@ class QLinear:
     data: tuple[tuple[int, int, int], ...]
     out: tuple[int, int]  # the output's scale and zero point
     bias: int | None = None
-    dropped: tuple[str, ...] = ()  # attributes of the quantized operator only
+
+
+QUANTIZED_ATTRIBUTES = ("channels_last", "opset")  # the contrib operators' own, which the float ones lack
 
 
 ONE = ((0, 1, 2),)
@@ -49,9 +51,9 @@ QLINEAR = {
     "QGemm": QLinear("Gemm", TWO, (7, 8), bias=6),
     "QLinearAdd": QLinear("Add", TWO, (6, 7)),
     "QLinearMul": QLinear("Mul", TWO, (6, 7)),
-    "QLinearGlobalAveragePool": QLinear("GlobalAveragePool", ONE, (3, 4), dropped=("channels_last",)),
-    "QLinearAveragePool": QLinear("AveragePool", ONE, (3, 4), dropped=("channels_last",)),
-    "QLinearSoftmax": QLinear("Softmax", ONE, (3, 4), dropped=("opset",)),
+    "QLinearGlobalAveragePool": QLinear("GlobalAveragePool", ONE, (3, 4)),
+    "QLinearAveragePool": QLinear("AveragePool", ONE, (3, 4)),
+    "QLinearSoftmax": QLinear("Softmax", ONE, (3, 4)),
     "QLinearLeakyRelu": QLinear("LeakyRelu", ONE, (3, 4)),
     "QLinearSigmoid": QLinear("Sigmoid", ONE, (3, 4)),
 }
@@ -299,16 +301,14 @@ class FloatTwin:
             self.init[scale] = numpy_helper.from_array((va.astype(np.float32) * vb.astype(np.float32)).reshape(-1),
                                                        scale)
             inputs.append(self.weight(n, n.input[form.bias], scale, "", axis=0))
-        return self.float_op(n, form.op, inputs, optional(n, form.out[0]), optional(n, form.out[1]),
-                             ("channels_last", "opset", *form.dropped))
+        return self.float_op(n, form.op, inputs, optional(n, form.out[0]), optional(n, form.out[1]))
 
-    def float_op(self, n: onnx.NodeProto, op: str, inputs: list[str], scale: str, zero: str,
-                 dropped: tuple[str, ...] = ()) -> list[onnx.NodeProto]:
+    def float_op(self, n: onnx.NodeProto, op: str, inputs: list[str], scale: str, zero: str) -> list[onnx.NodeProto]:
         """The float operator on float inputs, writing the quantized output's name (the activation its
         range says after it, see rectifier); QGemm without an output scale writes float already."""
         out = n.output[0]
         twin = self.signs(helper.make_node(op, inputs, [f"{out}/float"], name=n.name))
-        twin.attribute.extend(x for x in n.attribute if x.name not in dropped)
+        twin.attribute.extend(x for x in n.attribute if x.name not in QUANTIZED_ATTRIBUTES)
         activation = self.rectifier(twin.output[0], out, f"{n.name}/clip", scale, zero) if scale else []
         if scale:
             self.codes.add(out)

@@ -27,10 +27,12 @@ def import_(model: str, out: str, shapes: tuple[str, ...]):
     from dlc.engine.params import save_checkpoint
     from dlc.onnx.importing.importer import import_onnx
 
-    net = import_onnx(model, parse_shapes(shapes))
+    net, dequantized = import_onnx(model, parse_shapes(shapes))
     save_checkpoint(weights, net.params, net.state, {"imported_from": str(model)})
     with atomic_write(spec, "w") as f:
         f.write(net.graph.source)
     values = sum(a.size for a in net.params.values())
     click.echo(f"wrote {spec} ({len(net.graph.nodes) - 1} layers) and {weights} ({values:,} parameters, "
                f"{len(net.state)} running statistics)")
+    if dequantized:
+        click.echo(dequantized)

@@ -9,7 +9,8 @@ naming it, its node and why.
 
 The package: `reader` (the model as the patterns read it), one module of patterns per group of kinds as
 in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence), `attention` (the search
-and its numerical check), and `importer` (the model's layers, then the spec dlc.decompile writes).
+and its numerical check), `quantized` (a quantized model read as its float twin, before any pattern
+sees it), and `importer` (the model's layers, then the spec dlc.decompile writes).
 """
 
 from __future__ import annotations

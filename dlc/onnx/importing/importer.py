@@ -16,7 +16,8 @@ from dlc.graph import Network
 from dlc.layers import KINDS
 from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
-from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused
+from dlc.onnx.importing.quantized import float_twin
+from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused, node_error
 from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, validate
 
 
@@ -92,21 +93,21 @@ def match(r: Reader, n: onnx.NodeProto) -> Found:
     raise DlcError(node_error(n, why))
 
 
-def node_error(n: onnx.NodeProto, why: str) -> str:
-    return f"cannot import operator {n.op_type} (node `{n.name or n.output[0]}`): {why}"
-
-
-def import_onnx(path: str, shapes: dict | None = None) -> Network:
+def import_onnx(path: str, shapes: dict | None = None) -> tuple[Network, str]:
     """The model at `path` as a network: its graph's source is the spec to write (shape comments
-    included, which move no step), its tensors the checkpoint's."""
+    included, which move no step), its tensors the checkpoint's; and, for a quantized model, the line
+    saying what was dequantized ("" for a float one)."""
     model = read_model(path)
     check_weights(model, path)
     validate(model, path, input_shapes(model, shapes or {}))
+    model, dequantized = float_twin(model, path)
     g = from_model(model, path, shapes)
     r = Reader(g)
     found, output = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
     head = comment(f"imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import") + "\n"
+    if dequantized:
+        head += comment(dequantized.line()) + "\n"
     spec, graph, order = write_spec([f.layer for f in found], output, path, head)
     params, state = {}, {}
     for node, i in zip(graph.nodes[1:], order):
@@ -120,4 +121,5 @@ def import_onnx(path: str, shapes: dict | None = None) -> Network:
                 raise DlcError(f"{path}: node {found[i].node} gives {key} shaped {arr.shape}; "
                                f"{node.name} needs {shape}")
             (params if key in trainable else state)[f"{node.name}.{key}"] = np.ascontiguousarray(arr, np.float32)
-    return Network(replace(graph, source=spec), params, state, weights=f"{path}'s initializers", onnx_file=path)
+    net = Network(replace(graph, source=spec), params, state, weights=f"{path}'s initializers", onnx_file=path)
+    return net, dequantized.line() if dequantized else ""

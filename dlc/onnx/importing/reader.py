@@ -139,5 +139,9 @@ def other_input(n: onnx.NodeProto, name: str) -> str:
     return n.input[1] if n.input[0] == name else n.input[0]
 
 
+def node_error(n: onnx.NodeProto, why: str) -> str:
+    return f"cannot import operator {n.op_type} (node `{n.name or n.output[0]}`): {why}"
+
+
 def producer_node(r: Reader, name: str) -> onnx.NodeProto | None:
     return r.producer.get(name)

@@ -7,8 +7,9 @@ doc string, so the analysis gives exactly the spec's figures and rows. Layers fo
 suffix layers do: a bn or activation reading the previous layer's output joins its row.
 
 Activations are the tensors that leave a layer (read by another layer, or a graph output), as a spec
-counts each layer's output and not the intermediates inside it. Parameters are the float initializers
-of rank >= 1, each counted once, at the first layer that reads it; BatchNormalization's mean and
+counts each layer's output and not the intermediates inside it. Parameters are the stored float tensors
+of rank >= 1 (initializers, and the Constants, ConstantOfShapes, Identities and Casts old writers make
+weights with: dlc.onnx.model.stored_weights), each counted once, at the first layer that reads it; BatchNormalization's mean and
 variance are non-trainable; attention's stored tables and masks (attention_tables) are constants, counted
 apart (docs/conventions.md).
 """
@@ -131,7 +132,7 @@ def describe(n: onnx.NodeProto, g: OnnxGraph) -> str:
     if n.op_type in ("LSTM", "GRU", "RNN"):
         return f"{n.op_type} {a.get('hidden_size')}"
     out = g.tensors.get(n.output[0])
-    if n.op_type in ("Gemm", "MatMul") and w is not None and n.input[1] in g.initializers and out and out.shape:
+    if n.op_type in ("Gemm", "MatMul") and w is not None and n.input[1] in g.weights and out and out.shape:
         return f"{n.op_type} {out.shape[-1]}"
     return n.op_type
 
@@ -161,19 +162,22 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
 
 def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
                  tables: set[str]) -> tuple[int, int, int, tuple[int, int], set[int]]:
-    """(trainable, non-trainable, constant) values of the float initializers this layer reads first,
-    the (trainable, non-trainable) bytes in their stored types, and those types; `owner` records which
-    layer took each, so a shared weight counts once; `tables` are the constants."""
+    """(trainable, non-trainable, constant) values of the stored weights this layer reads first, the
+    (trainable, non-trainable) bytes in their stored types, and those types; `owner` records which
+    layer took each, so a shared weight counts once; `tables` are the constants. A weight counts where
+    an operator reads it, not where a Cast or Identity passes it on, so a bn's mean is its mean behind
+    them too."""
     params = frozen = constants = params_bytes = frozen_bytes = 0
     types = set()
     for n in layer.nodes:
+        if n.output and n.output[0] in g.weights:
+            continue
         for i, t in enumerate(n.input):
-            init = g.initializers.get(t)
-            if init is None or t in owner or not init.is_float or not init.dims or \
-                    i in CONSTANT_INPUTS.get(n.op_type, ()):
+            init = g.weights.get(t)
+            if init is None or init.name in owner or i in CONSTANT_INPUTS.get(n.op_type, ()):
                 continue
-            owner[t] = layer.name
-            if t in tables:
+            owner[init.name] = layer.name
+            if init.name in tables:
                 constants += prod(init.dims)
                 continue
             size = onnx.helper.tensor_dtype_to_np_dtype(init.elem_type).itemsize
@@ -188,7 +192,7 @@ def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
 
 
 def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
-    """The float initializers that are attention's tables and masks, not parameters (docs/conventions.md):
+    """The stored weights that are attention's tables and masks, not parameters (docs/conventions.md):
     every value computed from one meets the activations only in an elementwise operator (TABLE_OPS) on
     attention's scores, queries or keys as a table (two or more axes longer than 1) or a single value
     (the scale, stored with shape [1]), or as the mask of an Attention operator or the cos and sin caches
@@ -208,8 +212,8 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
             and sum(d is None or d > 1 for d in shape) != 1
 
     tables = set()
-    for name, init in g.initializers.items():
-        if not init.is_float or not init.dims:
+    for name, init in g.weights.items():
+        if name != init.name:  # a view of a stored weight: the walk from the weight itself passes it
             continue
         meetings, stack, seen = [], [name], set()  # whether each use by an activation is a table's
         while stack:

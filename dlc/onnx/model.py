@@ -80,6 +80,10 @@ class OnnxGraph:
     inputs: list[str]  # graph inputs that are not initializers, in order
     outputs: list[str]
     initializers: dict[str, Initializer]
+    # every tensor the file holds rather than computes (stored_tensors), and the float ones of rank >= 1
+    # as the weights they are (stored_weights)
+    stored: dict[str, onnx.TensorProto | onnx.NodeProto]
+    weights: dict[str, Initializer]
     tensors: dict[str, OnnxValue]  # every value shape inference typed, inputs and initializers included
     metadata: dict[str, str] = field(default_factory=dict)
     inference_error: str | None = None  # why strict ONNX shape inference failed, if it did
@@ -199,6 +203,77 @@ def tensor_values(t: onnx.TensorProto, path: str) -> np.ndarray:
     except ValueError as e:  # numpy's reshape error: fewer values than the dims declare
         raise DlcError(f"{path}: initializer {t.name} is declared {show(tuple(t.dims))} "
                        f"({prod(t.dims):,} values) but does not hold them ({e})")
+
+
+# Operators that pass a stored tensor on as a stored tensor: a view, a copy in another type, a layout
+# transposed for a MatMul. A weight behind them is still the one stored weight.
+PASS_STORED = ("Identity", "Cast", "Transpose")
+
+
+def stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto | onnx.NodeProto]:
+    """Every tensor whose values the file holds rather than computes from its inputs -> what holds it: an
+    initializer, a Constant, a ConstantOfShape of a stored shape (the ONNX zoo's Caffe2 conversions, the
+    light models in onnx's backend tests among them, write every weight so), or a PASS_STORED of one."""
+    stored: dict[str, onnx.TensorProto | onnx.NodeProto] = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx") or not n.output:
+            continue
+        if n.op_type == "Constant" or (n.op_type in ("ConstantOfShape", *PASS_STORED) and n.input
+                                       and n.input[0] in stored):
+            stored[n.output[0]] = n
+    return stored
+
+
+def stored_value(name: str, stored: dict[str, onnx.TensorProto | onnx.NodeProto], path: str) -> np.ndarray | None:
+    """The values of stored tensor `name` (see stored_tensors), read beside the model at `path`; None for
+    a Constant whose kind of value dlc does not read (a sparse tensor, strings)."""
+    held = stored[name]
+    if isinstance(held, onnx.TensorProto):
+        return tensor_values(held, path)
+    a = attributes(held)
+    if held.op_type == "Constant":
+        if "value" in a:
+            return numpy_helper.to_array(a["value"])
+        kind = next((k for k in ("value_float", "value_floats", "value_int", "value_ints") if k in a), None)
+        return None if kind is None else np.array(a[kind], np.float32 if "float" in kind else np.int64)
+    if held.op_type == "ConstantOfShape":
+        fill = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)  # ONNX's default
+        return np.full(stored_value(held.input[0], stored, path).astype(np.int64), fill.reshape(-1)[0], fill.dtype)
+    v = stored_value(held.input[0], stored, path)
+    if v is None or held.op_type == "Identity":
+        return v
+    if held.op_type == "Cast":
+        return v.astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+    return np.transpose(v, a.get("perm"))
+
+
+def stored_weights(stored: dict[str, onnx.TensorProto | onnx.NodeProto], path: str) -> dict[str, Initializer]:
+    """Each stored float tensor of rank >= 1 -> the weight it holds: the initializer, Constant or
+    ConstantOfShape its values come from (through PASS_STORED operators), with that tensor's dims and
+    stored type. So a weight counts once however many views of it the graph reads, and a float16 weight
+    behind a Cast is priced as stored. Only a ConstantOfShape's shape is read, never a weight's values."""
+    weights: dict[str, Initializer] = {}
+    for name, held in stored.items():
+        if isinstance(held, onnx.TensorProto):
+            weight = Initializer(name, tuple(held.dims), held.data_type)
+        elif held.op_type in PASS_STORED:
+            weight = weights.get(held.input[0])  # a Cast of integers is not a float weight (quantization's)
+        elif held.op_type == "ConstantOfShape":
+            fill = attributes(held).get("value")
+            try:
+                shape = stored_value(held.input[0], stored, path)
+            except DlcError:  # its shape's external data is unreadable: the analysis warns of that apart
+                shape = None
+            weight = None if shape is None or shape.dtype.kind not in "iu" else \
+                Initializer(name, tuple(int(d) for d in shape.reshape(-1)),
+                            fill.data_type if fill is not None else TensorProto.FLOAT)
+        else:  # a Constant: its value a tensor, or a list of floats
+            a = attributes(held)
+            weight = Initializer(name, tuple(a["value"].dims), a["value"].data_type) if "value" in a else \
+                Initializer(name, (len(a["value_floats"]),), TensorProto.FLOAT) if "value_floats" in a else None
+        if weight is not None and weight.is_float and weight.dims and min(weight.dims) >= 0:
+            weights[name] = weight
+    return weights
 
 
 def attributes(node: onnx.NodeProto) -> dict:
@@ -424,9 +499,15 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
     for t in initializers.values():
         tensors[t.name] = OnnxValue(t.name, t.dims, t.elem_type)
     init = set(initializers)
+    stored = stored_tensors(model)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    # dlc's exporter stores exactly the spec's parameters as initializers and every other value (rotary
+    # tables, clip bounds) as a Constant (dlc.onnx.lower), so that its export counts as its spec does
+    held = stored if META_SPEC not in metadata else \
+        {k: v for k, v in stored.items() if not (isinstance(v, onnx.NodeProto) and v.op_type == "Constant")}
     return OnnxGraph(str(path), model, [v.name for v in model.graph.input if v.name not in init],
-                     [v.name for v in model.graph.output], initializers, tensors,
-                     {p.key: p.value for p in model.metadata_props}, inference_error,
+                     [v.name for v in model.graph.output], initializers, stored, stored_weights(held, path),
+                     tensors, metadata, inference_error,
                      weights_error(model, path))
 
 

@@ -205,9 +205,11 @@ def tensor_values(t: onnx.TensorProto, path: str) -> np.ndarray:
                        f"({prod(t.dims):,} values) but does not hold them ({e})")
 
 
-# Operators that pass a stored tensor on as a stored tensor: a view, a copy in another type, a layout
-# transposed for a MatMul. A weight behind them is still the one stored weight.
-PASS_STORED = ("Identity", "Cast", "Transpose")
+# Operators that pass a stored tensor on as a stored tensor, its values unchanged, when their other inputs
+# (a shape, axes) are stored too: a view, a copy in another type, a layout transposed for a MatMul, a
+# weight reshaped for a Gemm or a vector unsqueezed to (C, 1, 1) to scale an image (Caffe's Scale layer).
+# A weight behind them is still the one stored weight.
+PASS_STORED = ("Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 def stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto | onnx.NodeProto]:
@@ -219,7 +221,7 @@ def stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto | onnx.
         if n.domain not in ("", "ai.onnx") or not n.output:
             continue
         if n.op_type == "Constant" or (n.op_type in ("ConstantOfShape", *PASS_STORED) and n.input
-                                       and n.input[0] in stored):
+                                       and all(i in stored for i in n.input if i)):
             stored[n.output[0]] = n
     return stored
 
@@ -239,12 +241,31 @@ def stored_value(name: str, stored: dict[str, onnx.TensorProto | onnx.NodeProto]
     if held.op_type == "ConstantOfShape":
         fill = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)  # ONNX's default
         return np.full(stored_value(held.input[0], stored, path).astype(np.int64), fill.reshape(-1)[0], fill.dtype)
-    v = stored_value(held.input[0], stored, path)
-    if v is None or held.op_type == "Identity":
-        return v
-    if held.op_type == "Cast":
+    v, *more = [stored_value(i, stored, path) if i else None for i in held.input]
+    return None if v is None else _passed_on(held.op_type, a, v, more)
+
+
+def _passed_on(op_type: str, a: dict, v: np.ndarray, more: list[np.ndarray | None]) -> np.ndarray:
+    """What a PASS_STORED operator makes of v, its other inputs `more` (Reshape's shape; Squeeze's and
+    Unsqueeze's axes from opset 13, an attribute before), as ONNX defines it."""
+    if op_type == "Cast":
         return v.astype(helper.tensor_dtype_to_np_dtype(a["to"]))
-    return np.transpose(v, a.get("perm"))
+    if op_type == "Transpose":
+        return np.transpose(v, a.get("perm"))
+    if op_type == "Reshape":  # a 0 keeps that axis (unless allowzero), a -1 takes what is left
+        shape = [v.shape[i] if d == 0 and not a.get("allowzero") else int(d) for i, d in enumerate(more[0])]
+        return v.reshape(shape)
+    if op_type == "Flatten":
+        axis = a.get("axis", 1) % (v.ndim + 1) if v.ndim else 0
+        return v.reshape(prod(v.shape[:axis]), -1)
+    axes = a.get("axes", None if not more or more[0] is None else more[0].tolist())
+    if op_type == "Squeeze":
+        return np.squeeze(v, None if axes is None else tuple(axes))
+    if op_type == "Unsqueeze":
+        rank = v.ndim + len(axes)
+        for ax in sorted(ax % rank for ax in axes):
+            v = np.expand_dims(v, ax)
+    return v
 
 
 def stored_weights(stored: dict[str, onnx.TensorProto | onnx.NodeProto], path: str) -> dict[str, Initializer]:

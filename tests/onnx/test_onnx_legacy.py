@@ -156,3 +156,140 @@ def test_the_light_zoo_counts_the_macs_of_the_spec_zoo(model, spec):
 
 def test_alexnet_macs_by_hand():
     assert totals(LIGHT / "light_bvlc_alexnet.onnx")["macs"] == ALEXNET_MACS == 654_560_384
+
+
+ort = pytest.importorskip("onnxruntime")
+TOLERANCE = 1e-4  # relative to the largest output, as tests/onnx/test_onnx_import.py allows
+
+
+def onnxruntime_output(path, x: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def imports_and_reproduces(path, tmp_path, x: np.ndarray, expected: np.ndarray | None = None) -> str:
+    """Import the model at `path`, run the spec on dlc's NumPy engine, compare with onnxruntime on the file
+    (and with `expected`); the spec's text."""
+    r = run("import", path, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 0, r.output
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", tmp_path / "net.dlc", "--weights", tmp_path / "net.npz", "--engine", "numpy",
+            "--input", tmp_path / "x.npy", "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    y = np.load(tmp_path / "y.npy")
+    for ref in (onnxruntime_output(path, x), *([] if expected is None else [expected])):
+        assert y.shape == ref.shape and np.abs(y - ref).max() <= TOLERANCE * np.abs(ref).max()
+    return (tmp_path / "net.dlc").read_text()
+
+
+def small(nodes: list, initializers: dict, in_shape: tuple, opset: int = 9) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [stored(k, v) for k, v in initializers.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+def saved(m: onnx.ModelProto, tmp_path) -> Path:
+    onnx.save_model(m, str(tmp_path / "m.onnx"))
+    return tmp_path / "m.onnx"
+
+
+RNG = np.random.default_rng(0)
+
+
+def test_a_pool_padded_over_its_whole_input_imports_as_the_whole_window(tmp_path):
+    # Caffe2's GoogLeNet ends so: a 7x7 average, padded 1 at the bottom and right, over a 6x6 input
+    m = small([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[7, 7], pads=[0, 0, 1, 1])], {},
+              (1, 8, 6, 6))
+    spec = imports_and_reproduces(saved(m, tmp_path), tmp_path, RNG.standard_normal((1, 8, 6, 6)).astype(np.float32))
+    assert "avgpool 6x6 " in spec
+
+
+def test_a_global_pool_read_as_an_image_imports_as_the_whole_window(tmp_path):
+    # SqueezeNet's end: the global average of the class maps, then a softmax over its channels (opset 9)
+    m = small([helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Softmax", ["p"], ["y"])], {},
+              (1, 10, 5, 5))
+    spec = imports_and_reproduces(saved(m, tmp_path), tmp_path, RNG.standard_normal((1, 10, 5, 5)).astype(np.float32))
+    assert "avgpool 5x5 softmax" in spec
+
+
+def test_a_softmax_before_opset_13_over_channels_and_positions_is_refused(tmp_path):
+    # opset 9's Softmax normalises the 4 channels and 2x2 positions as one of 16 values, dlc's the channels
+    m = small([helper.make_node("Softmax", ["x"], ["y"])], {}, (1, 4, 2, 2))
+    r = run("import", saved(m, tmp_path), "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2 and "Softmax" in r.output and "together" in r.output, r.output
+
+
+def test_a_caffe_scale_after_batch_norm_folds_into_it(tmp_path):
+    # DenseNet's and BN-Inception's form: a BatchNormalization of scale 1 and shift 0, then Caffe's Scale
+    # layer as Mul and Add of stored (C,) vectors unsqueezed to (C, 1, 1)
+    c = 6
+    weights = {"one": np.ones(c, np.float32), "zero": np.zeros(c, np.float32),
+               "mean": RNG.standard_normal(c).astype(np.float32), "var": RNG.uniform(0.5, 2, c).astype(np.float32),
+               "s": RNG.standard_normal(c).astype(np.float32), "b": RNG.standard_normal(c).astype(np.float32)}
+    m = small([helper.make_node("BatchNormalization", ["x", "one", "zero", "mean", "var"], ["n"]),
+               helper.make_node("Unsqueeze", ["s"], ["s3"], axes=[1, 2]), helper.make_node("Mul", ["n", "s3"], ["m"]),
+               helper.make_node("Unsqueeze", ["b"], ["b3"], axes=[1, 2]), helper.make_node("Add", ["m", "b3"], ["y"])],
+              weights, (1, c, 4, 4))
+    path = saved(m, tmp_path)
+    spec = imports_and_reproduces(path, tmp_path, RNG.standard_normal((1, c, 4, 4)).astype(np.float32))
+    assert [line.split("#")[0].strip() for line in spec.splitlines()[1:]] == ["input 6@4x4", "bn"]
+    arrays = np.load(tmp_path / "net.npz")
+    assert np.allclose(arrays["bn1.gamma"], weights["s"]) and np.allclose(arrays["bn1.beta"], weights["b"])
+    # the file holds 4 learnable values per channel, the network they compute 2
+    assert totals(path)["params"] == 4 * c
+
+
+def randomized(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """The light model with each ConstantOfShape fill made a random initializer of its shape, so that the
+    classes differ (with every weight 0.02, every class scores the same): He's scale for kernels and
+    matrices, 0.5 to 1.5 for vectors (bn variances must be positive). It ends at the logits: a softmax of
+    random weights' logits is 1 for one class and 0 for the rest, and would hide any difference."""
+    rng = np.random.default_rng(seed)
+    shapes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    fills = [n for n in model.graph.node if n.op_type == "ConstantOfShape"]
+    weights = []
+    for n in fills:
+        shape = shapes[n.input[0]].tolist()
+        v = rng.standard_normal(shape) * np.sqrt(2 / np.prod(shape[1:])) if len(shape) > 1 else \
+            rng.uniform(0.5, 1.5, shape)
+        weights.append(numpy_helper.from_array(v.astype(np.float32), n.output[0]))
+    g = model.graph
+    nodes = [n for n in g.node if n.op_type != "ConstantOfShape"]
+    output = g.output
+    if nodes[-1].op_type == "Softmax":
+        logits = nodes.pop().input[0]
+        output = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, g.name, g.input, output, [*g.initializer, *weights])
+    return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def shipped_input(model: onnx.ModelProto) -> np.ndarray:
+    """The input onnx's backend runner feeds a light model to get its shipped output: 0, 1/n, 2/n, ..."""
+    stored = {t.name for t in model.graph.initializer}  # IR 3 lists every initializer as an input too
+    x = next(v for v in model.graph.input if v.name not in stored)
+    shape = [d.dim_value for d in x.type.tensor_type.shape.dim]
+    return (np.arange(np.prod(shape)).reshape(shape) / np.prod(shape)).astype(np.float32)
+
+
+# SqueezeNet runs in seconds on the NumPy engine, in every test session; the rest run when slow tests do.
+# ShuffleNet's channel shuffle (Reshape, Transpose, Reshape) has no dlc kind.
+QUICK = ["light_squeezenet"]
+SLOW = ["light_inception_v1", "light_bvlc_alexnet", "light_densenet121", "light_inception_v2", "light_resnet50",
+        "light_zfnet512", "light_vgg19"]
+
+
+@pytest.mark.parametrize("model", QUICK + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW])
+def test_the_light_zoo_imports_and_reproduces_onnxruntime(model, tmp_path):
+    original = onnx.load(str(LIGHT / f"{model}.onnx"))
+    x = shipped_input(original)
+    expected = numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"{model}_output_0.pb")))
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    imports_and_reproduces(LIGHT / f"{model}.onnx", shipped, x, expected)
+    imports_and_reproduces(saved(randomized(original), tmp_path), tmp_path, RNG.random(x.shape, np.float32))
+
+
+def test_shufflenet_is_refused_naming_its_channel_shuffle(tmp_path):
+    r = run("import", LIGHT / "light_shufflenet.onnx", "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "Reshape" in r.output, r.output

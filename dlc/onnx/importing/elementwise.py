@@ -108,8 +108,12 @@ def import_softmax(r: Reader, n: onnx.NodeProto) -> Found | None:
     x = r.shape(n.input[0])
     axis = attributes(n).get("axis", -1 if r.g.opset >= 13 else 1) % (len(x) + 1)
     feature = 1 if len(x) != 2 else 2  # channels of an image, features of a vector, last axis of a sequence
-    if axis != feature or (r.g.opset < 13 and len(x) > 1 and math.prod(x[axis:]) != x[axis - 1]):
+    if axis != feature:
         raise NotImportable(f"it normalises over axis {axis}; dlc's softmax runs over the features (axis {feature})")
+    # before opset 13 Softmax normalises the axes from `axis` on as one (x is per sample: axis - 1 is axis)
+    if r.g.opset < 13 and math.prod(x[axis - 1:]) != x[axis - 1]:
+        raise NotImportable(f"it normalises axes {axis} to {len(x)} together (opset {r.g.opset}); dlc's softmax "
+                            f"runs over the features alone")
     return one("softmax", n)
 
 
@@ -131,7 +135,38 @@ def import_bn(r: Reader, n: onnx.NodeProto) -> Found | None:
     a = attributes(n)
     tensors = {k: r.weight(n, i, k) for i, k in enumerate(("gamma", "beta", "mean", "var"), start=1)}
     eps, momentum = float(np.float32(a.get("epsilon", 1e-5))), 1.0 - float(a.get("momentum", 0.9))
-    return one("bn", n, options={"eps": eps, "momentum": momentum}, tensors=tensors)
+    nodes = [n, *scale_after(r, n, tensors)]
+    return one("bn", n, options={"eps": eps, "momentum": momentum}, tensors=tensors, output=nodes[-1].output[0],
+               nodes=nodes)
+
+
+def scale_after(r: Reader, n: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> list[onnx.NodeProto]:
+    """The per-channel Mul, then Add, of stored vectors that follow a BatchNormalization alone (Caffe's
+    Scale layer after its BatchNorm, whose own scale and shift are 1 and 0: DenseNet, BN-Inception), folded
+    into `tensors`' gamma and beta: y = (x̂·γ + β)·s + b = x̂·γs + (βs + b)."""
+    folded, out = [], n.output[0]
+    for op_type in ("Mul", "Add"):
+        after = r.only_consumer(out)
+        v = None if after is None or after.op_type != op_type else per_channel(r, other_input(after, out), out)
+        if v is None:
+            break
+        if op_type == "Mul":
+            tensors["gamma"], tensors["beta"] = tensors["gamma"] * v, tensors["beta"] * v
+        else:
+            tensors["beta"] = tensors["beta"] + v
+        folded.append(after)
+        out = after.output[0]
+    return folded
+
+
+def per_channel(r: Reader, name: str, x: str) -> np.ndarray | None:
+    """The stored tensor `name` as a vector over x's channels, if it is one as it broadcasts against x
+    (C@1x1 or 1xC@1x1 against an image, C or 1xC against a vector); else None."""
+    v, shape = r.value(name), r.shape(x)
+    if v is None:
+        return None
+    fits = {(shape[0], 1, 1), (1, shape[0], 1, 1)} if len(shape) == 3 else {(shape[0],), (1, shape[0])}
+    return v.reshape(shape[0]).astype(np.float32) if v.shape in fits else None
 
 
 def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:

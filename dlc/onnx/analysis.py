@@ -153,8 +153,9 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     costs: dict[int, Cost | NotCounted] = {}
     for n in g.nodes:
         try:
-            costs[id(n)] = count(Op(n, [g.tensors.get(i) if i else None for i in n.input],
-                                    [g.tensors.get(o) if o else None for o in n.output]))
+            # a tensor inference did not type is named in the message, unlike an omitted input
+            costs[id(n)] = count(Op(n, [g.tensors.get(i, OnnxValue(i, None, 0)) if i else None for i in n.input],
+                                    [g.tensors.get(o, OnnxValue(o, None, 0)) if o else None for o in n.output]))
         except NotCounted as e:
             costs[id(n)] = e
     return costs

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
+from dlc.onnx.shapes import rule_shapes
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 KEEP_VALUES = 64  # float initializers up to this many elements keep their values for shape inference
@@ -416,15 +417,47 @@ def validate(model: onnx.ModelProto, path: str, shapes: dict[str, tuple[int, ...
 
 def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:
     """Every value's type and shape; where some are left unknown, inferred again after the shape arithmetic
-    that onnx's data propagation does not follow is folded into constants (see fold_shape_arithmetic)."""
+    that onnx's data propagation does not follow is folded into constants (see fold_shape_arithmetic), or
+    after dlc's own rules gave the shapes of operators ONNX's inference does not know (with_rule_shapes)."""
     while True:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
         g = inferred.graph
         values = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
-        folded = fold_shape_arithmetic(model, values)
-        if folded is None:
+        further = fold_shape_arithmetic(model, values) or with_rule_shapes(model, values)
+        if further is None:
             return values
-        model = folded
+        model = further
+
+
+def with_rule_shapes(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto | None:
+    """The model with the output shapes dlc's rules (dlc.onnx.shapes) give written in as value_info, for
+    each node inference left without them whose inputs have theirs; None if no rule gives one."""
+    found = []
+    kept = {t.name: t for t in model.graph.initializer}  # the skeleton's small ones, not among the values
+    # shapes written in before: never twice, so that inference ignoring one cannot loop
+    written = {v.name: v for v in model.graph.value_info}
+
+    def shape(name: str) -> list[int] | None:
+        return list(kept[name].dims) if name in kept else _static(values.get(name) or written.get(name))
+
+    for n in model.graph.node:
+        ins = [shape(i) if i else None for i in n.input]
+        if any(i and s is None for i, s in zip(n.input, ins)) or all(shape(o) is not None for o in n.output if o):
+            continue
+        shapes = rule_shapes(n, [tuple(s) if s is not None else None for s in ins])
+        x = n.input[0]
+        elem_type = kept[x].data_type if x in kept else values[x].type.tensor_type.elem_type
+        found += [helper.make_tensor_value_info(o, elem_type, list(s)) for o, s in zip(n.output, shapes or [])
+                  if o and shape(o) is None]
+    if not found:
+        return None
+    typed = onnx.ModelProto()
+    typed.CopyFrom(model)
+    given = {v.name for v in found}
+    declared = [v for v in typed.graph.value_info if v.name not in given]
+    del typed.graph.value_info[:]
+    typed.graph.value_info.extend([*declared, *found])
+    return typed
 
 
 def _static(value: onnx.ValueInfoProto | None) -> list[int] | None:

@@ -293,3 +293,12 @@ def test_the_light_zoo_imports_and_reproduces_onnxruntime(model, tmp_path):
 def test_shufflenet_is_refused_naming_its_channel_shuffle(tmp_path):
     r = run("import", LIGHT / "light_shufflenet.onnx", "-o", tmp_path / "net.dlc")
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "Reshape" in r.output, r.output
+
+
+def test_a_reason_two_kinds_give_is_said_once(tmp_path):
+    # conv and dwconv both decline a Conv whose weight the graph computes (a Relu of a stored tensor)
+    m = small([helper.make_node("Relu", ["w0"], ["w"]),
+               helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])],
+              {"w0": np.ones((4, 3, 3, 3), np.float32)}, (1, 3, 8, 8))
+    r = run("import", saved(m, tmp_path), "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2 and r.output.count("computed by the graph") == 1, r.output

@@ -8,10 +8,10 @@ suffix layers do: a bn or activation reading the previous layer's output joins i
 
 Activations are the tensors that leave a layer (read by another layer, or a graph output), as a spec
 counts each layer's output and not the intermediates inside it. Parameters are the stored float tensors
-of rank >= 1 (initializers, and the Constants, ConstantOfShapes, Identities and Casts old writers make
-weights with: dlc.onnx.model.stored_weights), each counted once, at the first layer that reads it; BatchNormalization's mean and
-variance are non-trainable; attention's stored tables and masks (attention_tables) are constants, counted
-apart (docs/conventions.md).
+of rank >= 1 (initializers, and the Constants, ConstantOfShape fills, Identities, Casts and Reshapes old
+writers make weights with: dlc.onnx.model.stored_weights), each counted once, at the first layer that
+reads it; BatchNormalization's mean and variance are non-trainable; attention's stored tables and masks
+(attention_tables) are constants, counted apart (docs/conventions.md).
 """
 
 from __future__ import annotations

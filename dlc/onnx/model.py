@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
+from dlc.machine import refuse_unless_fits
 from dlc.onnx.shapes import rule_shapes
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
@@ -241,7 +242,12 @@ def stored_value(name: str, stored: dict[str, onnx.TensorProto | onnx.NodeProto]
         return None if kind is None else np.array(a[kind], np.float32 if "float" in kind else np.int64)
     if held.op_type == "ConstantOfShape":
         fill = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)  # ONNX's default
-        return np.full(stored_value(held.input[0], stored, path).astype(np.int64), fill.reshape(-1)[0], fill.dtype)
+        shape = stored_value(held.input[0], stored, path).astype(np.int64).reshape(-1)
+        if shape.min(initial=0) < 0:
+            raise DlcError(f"{path}: ConstantOfShape {name} is given the shape {shape.tolist()}")
+        # a few bytes of file can ask for terabytes
+        refuse_unless_fits(prod(shape.tolist()) * fill.itemsize, f"{path}: ConstantOfShape {name}")
+        return np.full(shape, fill.reshape(-1)[0], fill.dtype)
     v, *more = [stored_value(i, stored, path) if i else None for i in held.input]
     return None if v is None else _passed_on(held.op_type, a, v, more)
 

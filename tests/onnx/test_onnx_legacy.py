@@ -302,3 +302,13 @@ def test_a_reason_two_kinds_give_is_said_once(tmp_path):
               {"w0": np.ones((4, 3, 3, 3), np.float32)}, (1, 3, 8, 8))
     r = run("import", saved(m, tmp_path), "-o", tmp_path / "net.dlc")
     assert r.exit_code == 2 and r.output.count("computed by the graph") == 1, r.output
+
+
+def test_a_fill_of_terabytes_is_refused_before_it_is_made(tmp_path):
+    # a few bytes of file ask ConstantOfShape for 4x3x3x3 x 10^12 floats
+    m = small([helper.make_node("ConstantOfShape", ["s"], ["w"], value=stored("", np.array([0.5], np.float32))),
+               helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])],
+              {"s": np.array([4, 3, 3, 3, 10 ** 6, 10 ** 6], np.int64)}, (1, 3, 8, 8), opset=17)
+    r = run("import", saved(m, tmp_path), "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+    assert "ConstantOfShape w" in r.output and "TiB" in r.output

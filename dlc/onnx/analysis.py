@@ -39,7 +39,8 @@ TYPE_ONLY_INPUTS = {"CastLike": (1,)}
 # reported as stored, tensor by tensor ("mixed").
 STORED_DTYPES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
 NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance
-# A recurrent op's sequence lengths and initial states are inputs given as constants, not weights.
+# A recurrent op's sequence lengths and initial states are inputs given as constants, not weights
+# (given_states).
 CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
 
 # Attention's stored tables and masks (attention_tables): the elementwise operators through which such a
@@ -161,11 +162,12 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     return costs
 
 
-def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
-                 tables: set[str]) -> tuple[int, int, int, tuple[int, int], set[int]]:
+def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: set[str],
+                 states: set[str]) -> tuple[int, int, int, tuple[int, int], set[int]]:
     """(trainable, non-trainable, constant) values of the stored weights this layer reads first, the
     (trainable, non-trainable) bytes in their stored types, and those types; `owner` records which
-    layer took each, so a shared weight counts once; `tables` are the constants. A weight counts where
+    layer took each, so a shared weight counts once; `tables` are the constants, `states` are counted
+    nowhere (given_states). A weight counts where
     an operator reads it, not where a Cast or Identity passes it on, so a bn's mean is its mean behind
     them too."""
     params = frozen = constants = params_bytes = frozen_bytes = 0
@@ -175,7 +177,7 @@ def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
             continue
         for i, t in enumerate(n.input):
             init = g.weights.get(t)
-            if init is None or init.name in owner or i in CONSTANT_INPUTS.get(n.op_type, ()):
+            if init is None or init.name in owner or init.name in states:
                 continue
             owner[init.name] = layer.name
             if init.name in tables:
@@ -190,6 +192,30 @@ def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str],
                 params += prod(init.dims)
                 params_bytes += size * prod(init.dims)
     return params, frozen, constants, (params_bytes, frozen_bytes), types
+
+
+def given_states(g: OnnxGraph) -> set[str]:
+    """The stored weights whose every use is a recurrent op's sequence lengths or initial state
+    (CONSTANT_INPUTS), read directly or broadcast to the batch by an Expand (TorchScript writes zero
+    states so): values given to the op, not parameters."""
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in g.nodes:
+        for i, t in enumerate(n.input):
+            consumers.setdefault(t, []).append((n, i))
+    states = set()
+    for name, weight in g.weights.items():
+        if name != weight.name:  # a view of a stored weight: the walk from the weight itself passes it
+            continue
+        uses, stack = [], [name]
+        while stack:
+            for n, i in consumers.get(stack.pop(), []):
+                if (n.op_type == "Expand" and i == 0) or n.output[0] in g.weights:  # the same values, passed on
+                    stack += [o for o in n.output if o]
+                else:
+                    uses.append(i in CONSTANT_INPUTS.get(n.op_type, ()))
+        if uses and all(uses):
+            states.add(name)
+    return states
 
 
 def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
@@ -284,7 +310,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
 
     producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner, types = [], [], {}, set()
-    tables = attention_tables(g, live)
+    tables, states = attention_tables(g, live), given_states(g)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
     for name in g.inputs:
@@ -304,7 +330,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
             field_in = [fields.get(i) for i in n.input if i in live]
             for o in n.output:
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
-        params, frozen, constants, stored, layer_types = layer_params(layer, g, owner, tables)
+        params, frozen, constants, stored, layer_types = layer_params(layer, g, owner, tables, states)
         types |= layer_types
         leaving = [o for n in layer.nodes for o in n.output
                    if o in live and (o in g.outputs or read_by.get(o, set()) - {layer.name})]

@@ -167,9 +167,8 @@ def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: 
     """(trainable, non-trainable, constant) values of the stored weights this layer reads first, the
     (trainable, non-trainable) bytes in their stored types, and those types; `owner` records which
     layer took each, so a shared weight counts once; `tables` are the constants, `states` are counted
-    nowhere (given_states). A weight counts where
-    an operator reads it, not where a Cast or Identity passes it on, so a bn's mean is its mean behind
-    them too."""
+    nowhere (given_states). A weight counts where an operator reads it, not where a Cast or Identity
+    passes it on, so a bn's mean is its mean behind them too."""
     params = frozen = constants = params_bytes = frozen_bytes = 0
     types = set()
     for n in layer.nodes:

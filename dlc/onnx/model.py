@@ -260,8 +260,8 @@ def _passed_on(op_type: str, a: dict, v: np.ndarray, more: list[np.ndarray | Non
     if op_type == "Transpose":
         return np.transpose(v, a.get("perm"))
     if op_type == "Reshape":  # a 0 keeps that axis (unless allowzero), a -1 takes what is left
-        shape = [v.shape[i] if d == 0 and not a.get("allowzero") else int(d) for i, d in enumerate(more[0])]
-        return v.reshape(shape)
+        target = more[0] if more and more[0] is not None else a["shape"]  # an attribute before opset 5
+        return v.reshape([v.shape[i] if d == 0 and not a.get("allowzero") else int(d) for i, d in enumerate(target)])
     if op_type == "Flatten":
         axis = a.get("axis", 1) % (v.ndim + 1) if v.ndim else 0
         return v.reshape(prod(v.shape[:axis]), -1)

@@ -450,10 +450,12 @@ def with_rule_shapes(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoPro
         ins = [shape(i) if i else None for i in n.input]
         if any(i and s is None for i, s in zip(n.input, ins)) or all(shape(o) is not None for o in n.output if o):
             continue
-        shapes = rule_shapes(n, [tuple(s) if s is not None else None for s in ins])
+        shapes = rule_shapes(n, [tuple(s) if s is not None else None for s in ins]) if n.input else None
+        if not shapes:
+            continue
         x = n.input[0]
         elem_type = kept[x].data_type if x in kept else values[x].type.tensor_type.elem_type
-        found += [helper.make_tensor_value_info(o, elem_type, list(s)) for o, s in zip(n.output, shapes or [])
+        found += [helper.make_tensor_value_info(o, elem_type, list(s)) for o, s in zip(n.output, shapes)
                   if o and shape(o) is None]
     if not found:
         return None

@@ -450,7 +450,9 @@ def with_rule_shapes(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoPro
         ins = [shape(i) if i else None for i in n.input]
         if any(i and s is None for i, s in zip(n.input, ins)) or all(shape(o) is not None for o in n.output if o):
             continue
-        shapes = rule_shapes(n, [tuple(s) if s is not None else None for s in ins]) if n.input else None
+        if not n.input:
+            continue
+        shapes = rule_shapes(n, attributes(n), [tuple(s) if s is not None else None for s in ins])
         if not shapes:
             continue
         x = n.input[0]

@@ -4,9 +4,9 @@ one dict (SHAPES) keyed by (domain, op type), as count.py's COUNT is by op type.
 ONNX's inference knows the standard operators only; at a contrib operator (onnxruntime's com.microsoft
 fusions, which its optimiser and quantizer write) it leaves the outputs without a shape, and every node
 after it too. dlc.onnx.model.infer asks these rules for such a node whose inputs have shapes, writes the
-shapes they give into the graph, and lets ONNX's inference go on from there. A rule takes the node and
-its inputs' full shapes (batch included; None for an omitted input) and gives its outputs' shapes, the
-first ones at least; what it cannot know it leaves out.
+shapes they give into the graph, and lets ONNX's inference go on from there. A rule takes the node's
+attributes and its inputs' full shapes (batch included; None for an omitted input) and gives its
+outputs' shapes, the first ones at least; what it cannot know it leaves out.
 """
 
 from __future__ import annotations
@@ -15,32 +15,26 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper
 
 Shape = tuple[int, ...]
 
 
-def attributes(n: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in n.attribute}
-
-
-def like_input(n: onnx.NodeProto, ins: list[Shape | None]) -> list[Shape]:
+def like_input(a: dict, ins: list[Shape | None]) -> list[Shape]:
     """An elementwise operator, or a normalization whose first output has its input's shape."""
     return [ins[0]]
 
 
-def broadcast(n: onnx.NodeProto, ins: list[Shape | None]) -> list[Shape]:
+def broadcast(a: dict, ins: list[Shape | None]) -> list[Shape]:
     return [tuple(np.broadcast_shapes(*(s for s in ins if s is not None)))]
 
 
-def matmul_nbits(n: onnx.NodeProto, ins: list[Shape | None]) -> list[Shape]:
+def matmul_nbits(a: dict, ins: list[Shape | None]) -> list[Shape]:
     """A (..., K) times the N x K matrix its blocks hold: (..., N)."""
-    return [ins[0][:-1] + (attributes(n)["N"],)]
+    return [ins[0][:-1] + (a["N"],)]
 
 
-def fused_matmul(n: onnx.NodeProto, ins: list[Shape | None]) -> list[Shape]:
+def fused_matmul(a: dict, ins: list[Shape | None]) -> list[Shape]:
     """MatMul of the operands, each maybe transposed in its last two axes, batch axes broadcast."""
-    a = attributes(n)
     x, w = ins[0], ins[1]
     rows = x[-1] if a.get("transA") else x[-2]
     columns = w[-2] if a.get("transB") else w[-1]
@@ -48,7 +42,7 @@ def fused_matmul(n: onnx.NodeProto, ins: list[Shape | None]) -> list[Shape]:
 
 
 MICROSOFT = "com.microsoft"
-SHAPES: dict[tuple[str, str], Callable[[onnx.NodeProto, list[Shape | None]], list[Shape]]] = {
+SHAPES: dict[tuple[str, str], Callable[[dict, list[Shape | None]], list[Shape]]] = {
     (MICROSOFT, "Gelu"): like_input,
     (MICROSOFT, "FastGelu"): like_input,  # its optional bias is the last axis's
     (MICROSOFT, "QuickGelu"): like_input,
@@ -62,12 +56,13 @@ SHAPES: dict[tuple[str, str], Callable[[onnx.NodeProto, list[Shape | None]], lis
 }
 
 
-def rule_shapes(n: onnx.NodeProto, ins: list[Shape | None]) -> list[Shape] | None:
-    """The node's output shapes by dlc's rule, or None where there is no rule or it does not apply."""
+def rule_shapes(n: onnx.NodeProto, attrs: dict, ins: list[Shape | None]) -> list[Shape] | None:
+    """The output shapes of node n (its attributes `attrs`) by dlc's rule, or None where there is no rule
+    or it does not apply."""
     rule = SHAPES.get(("" if n.domain == "ai.onnx" else n.domain, n.op_type))
     if rule is None or ins[:1] == [None]:
         return None
     try:
-        return rule(n, ins)
+        return rule(attrs, ins)
     except (IndexError, KeyError, ValueError):  # shapes the operator does not take: ONNX's checker says why
         return None

@@ -360,6 +360,7 @@ def test_an_operator_without_a_shape_rule_still_stops_inference_and_says_so(tmp_
      [(1, 7, 768), (1, 7, 768), (768,)], (1, 7, 768)),
 ])
 def test_dlcs_shape_rules_for_contrib_operators(node, ins, out):
+    from dlc.onnx.model import attributes
     from dlc.onnx.shapes import rule_shapes
 
-    assert rule_shapes(node, ins)[0] == out
+    assert rule_shapes(node, attributes(node), ins)[0] == out

@@ -7,10 +7,11 @@ doc string, so the analysis gives exactly the spec's figures and rows. Layers fo
 suffix layers do: a bn or activation reading the previous layer's output joins its row.
 
 Activations are the tensors that leave a layer (read by another layer, or a graph output), as a spec
-counts each layer's output and not the intermediates inside it. Parameters are the float initializers
-of rank >= 1, each counted once, at the first layer that reads it; BatchNormalization's mean and
-variance are non-trainable; attention's stored tables and masks (attention_tables) are constants, counted
-apart (docs/conventions.md).
+counts each layer's output and not the intermediates inside it. Parameters are the stored float tensors
+of rank >= 1 (initializers, and the Constants, ConstantOfShape fills, Identities, Casts and Reshapes old
+writers make weights with: dlc.onnx.model.stored_weights), each counted once, at the first layer that
+reads it; BatchNormalization's mean and variance are non-trainable; attention's stored tables and masks
+(attention_tables) are constants, counted apart (docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ TYPE_ONLY_INPUTS = {"CastLike": (1,)}
 # reported as stored, tensor by tensor ("mixed").
 STORED_DTYPES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
 NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4)}  # running mean and variance
-# A recurrent op's sequence lengths and initial states are inputs given as constants, not weights.
+# A recurrent op's sequence lengths and initial states are inputs given as constants, not weights
+# (given_states).
 CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
 
 # Attention's stored tables and masks (attention_tables): the elementwise operators through which such a
@@ -199,7 +201,7 @@ def describe(n: onnx.NodeProto, g: OnnxGraph) -> str:
     if n.op_type in ("LSTM", "GRU", "RNN"):
         return f"{n.op_type} {a.get('hidden_size')}"
     out = g.tensors.get(n.output[0])
-    if n.op_type in ("Gemm", "MatMul") and w is not None and n.input[1] in g.initializers and out and out.shape:
+    if n.op_type in ("Gemm", "MatMul") and w is not None and n.input[1] in g.weights and out and out.shape:
         return f"{n.op_type} {out.shape[-1]}"
     return n.op_type
 
@@ -220,8 +222,9 @@ def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
     costs: dict[int, Cost | NotCounted] = {}
     for n in g.nodes:
         try:
-            costs[id(n)] = count(Op(n, [g.tensors.get(i) if i else None for i in n.input],
-                                    [g.tensors.get(o) if o else None for o in n.output]))
+            # a tensor inference did not type is named in the message, unlike an omitted input
+            costs[id(n)] = count(Op(n, [g.tensors.get(i, OnnxValue(i, None, 0)) if i else None for i in n.input],
+                                    [g.tensors.get(o, OnnxValue(o, None, 0)) if o else None for o in n.output]))
         except NotCounted as e:
             costs[id(n)] = e
     return costs
@@ -286,27 +289,32 @@ def integer_product_scales(g: OnnxGraph) -> set[str]:
 
 
 def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: set[str],
-                 scales: set[str]) -> LayerValues:
+                 scales: set[str], states: set[str]) -> LayerValues:
     """The values of the initializers this layer reads first: the float ones (weights, biases, tables) and
     a quantized weight's stored values, whatever their type, as parameters of the network the file holds;
     scales and zero points (`scales`: the dynamic ones) as overhead bytes. `owner` records which layer took
-    each, so a shared weight counts once; `tables` are the constants."""
+    each, so a shared weight counts once; `tables` are the constants, `states` are counted nowhere
+    (given_states). A weight counts where an operator reads it, not where a Cast or Identity passes it on,
+    so a bn's mean is its mean behind them too."""
     found = LayerValues()
     for n in layer.nodes:
+        if n.output and n.output[0] in g.weights:
+            continue
         for i, t in enumerate(n.input):
-            init = g.initializers.get(t)
-            if init is None or t in owner or i in CONSTANT_INPUTS.get(n.op_type, ()):
+            # a float weight however it is stored (g.weights), else a quantized weight's codes or its scales
+            init = g.weights.get(t) or g.initializers.get(t)
+            if init is None or init.name in owner or init.name in states:
                 continue
-            role = "overhead" if t in scales else quant_role(n, i)
+            role = "overhead" if init.name in scales else quant_role(n, i)
             if role is None and init.elem_type in QUANTIZED_TYPES:
                 role = "weight"  # an int8 embedding table read by a Gather, as quantize_dynamic writes it
             if role is None and not init.is_float or role != "overhead" and not init.dims:
                 continue
-            owner[t] = layer.name
+            owner[init.name] = layer.name
             size = stored_bytes(init)
             if role == "overhead":
                 found.overhead_bytes += size
-            elif t in tables:
+            elif init.name in tables:
                 found.constants += prod(init.dims)
                 found.constant_bytes += size
             elif i in NON_TRAINABLE_INPUTS.get(n.op_type, ()):
@@ -320,8 +328,32 @@ def layer_params(layer: OnnxLayer, g: OnnxGraph, owner: dict[str, str], tables: 
     return found
 
 
+def given_states(g: OnnxGraph) -> set[str]:
+    """The stored weights whose every use is a recurrent op's sequence lengths or initial state
+    (CONSTANT_INPUTS), read directly or broadcast to the batch by an Expand (TorchScript writes zero
+    states so): values given to the op, not parameters."""
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in g.nodes:
+        for i, t in enumerate(n.input):
+            consumers.setdefault(t, []).append((n, i))
+    states = set()
+    for name, weight in g.weights.items():
+        if name != weight.name:  # a view of a stored weight: the walk from the weight itself passes it
+            continue
+        uses, stack = [], [name]
+        while stack:
+            for n, i in consumers.get(stack.pop(), []):
+                if (n.op_type == "Expand" and i == 0) or n.output[0] in g.weights:  # the same values, passed on
+                    stack += [o for o in n.output if o]
+                else:
+                    uses.append(i in CONSTANT_INPUTS.get(n.op_type, ()))
+        if uses and all(uses):
+            states.add(name)
+    return states
+
+
 def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
-    """The float initializers that are attention's tables and masks, not parameters (docs/conventions.md):
+    """The stored weights that are attention's tables and masks, not parameters (docs/conventions.md):
     every value computed from one meets the activations only in an elementwise operator (TABLE_OPS) on
     attention's scores, queries or keys as a table (two or more axes longer than 1) or a single value
     (the scale, stored with shape [1]), or as the mask of an Attention operator or the cos and sin caches
@@ -341,8 +373,8 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
             and sum(d is None or d > 1 for d in shape) != 1
 
     tables = set()
-    for name, init in g.initializers.items():
-        if not init.is_float or not init.dims:
+    for name, init in g.weights.items():
+        if name != init.name:  # a view of a stored weight: the walk from the weight itself passes it
             continue
         meetings, stack, seen = [], [name], set()  # whether each use by an activation is a table's
         while stack:
@@ -412,7 +444,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
 
     producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner, types = [], [], {}, set()
-    tables = attention_tables(g, live)
+    tables, states = attention_tables(g, live), given_states(g)
     scales = integer_product_scales(g)
     steps: dict[str, str] | None = {} if g.dlc_spec is not None else None  # layer -> its spec step
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
@@ -436,7 +468,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
             field_in = [fields.get(i) for i in n.input if i in live]
             for o in n.output:
                 fields[o] = receptive_field(cost.window, field_in, image) if image else None
-        values = layer_params(layer, g, owner, tables, scales)
+        values = layer_params(layer, g, owner, tables, scales, states)
         params, frozen = values.params, values.frozen
         types |= values.types
         leaving = [o for n in layer.nodes for o in n.output

@@ -20,6 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
+from dlc.machine import refuse_unless_fits
+from dlc.onnx.shapes import rule_shapes
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 KEEP_VALUES = 64  # float initializers up to this many elements keep their values for shape inference
@@ -91,6 +93,10 @@ class OnnxGraph:
     inputs: list[str]  # graph inputs that are not initializers, in order
     outputs: list[str]
     initializers: dict[str, Initializer]
+    # every tensor the file holds rather than computes (stored_tensors), and the float ones of rank >= 1
+    # as the weights they are (stored_weights)
+    stored: dict[str, onnx.TensorProto | onnx.NodeProto]
+    weights: dict[str, Initializer]
     tensors: dict[str, OnnxValue]  # every value shape inference typed, inputs and initializers included
     metadata: dict[str, str] = field(default_factory=dict)
     inference_error: str | None = None  # why strict ONNX shape inference failed, if it did
@@ -217,6 +223,103 @@ def tensor_values(t: onnx.TensorProto, path: str) -> np.ndarray:
                        f"({prod(t.dims):,} values) but does not hold them ({e})")
 
 
+# Operators that pass a stored tensor on as a stored tensor, its values unchanged, when their other inputs
+# (a shape, axes) are stored too: a view, a copy in another type, a layout transposed for a MatMul, a
+# weight reshaped for a Gemm or a vector unsqueezed to (C, 1, 1) to scale an image (Caffe's Scale layer).
+# A weight behind them is still the one stored weight.
+PASS_STORED = ("Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto | onnx.NodeProto]:
+    """Every tensor whose values the file holds rather than computes from its inputs -> what holds it: an
+    initializer, a Constant, a ConstantOfShape of a stored shape (the ONNX zoo's Caffe2 conversions, the
+    light models in onnx's backend tests among them, write every weight so), or a PASS_STORED of one."""
+    stored: dict[str, onnx.TensorProto | onnx.NodeProto] = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx") or not n.output:
+            continue
+        if n.op_type == "Constant" or (n.op_type in ("ConstantOfShape", *PASS_STORED) and n.input
+                                       and all(i in stored for i in n.input if i)):
+            stored[n.output[0]] = n
+    return stored
+
+
+def stored_value(name: str, stored: dict[str, onnx.TensorProto | onnx.NodeProto], path: str) -> np.ndarray | None:
+    """The values of stored tensor `name` (see stored_tensors), read beside the model at `path`; None for
+    a Constant whose kind of value dlc does not read (a sparse tensor, strings)."""
+    held = stored[name]
+    if isinstance(held, onnx.TensorProto):
+        return tensor_values(held, path)
+    a = attributes(held)
+    if held.op_type == "Constant":
+        if "value" in a:
+            return numpy_helper.to_array(a["value"])
+        kind = next((k for k in ("value_float", "value_floats", "value_int", "value_ints") if k in a), None)
+        return None if kind is None else np.array(a[kind], np.float32 if "float" in kind else np.int64)
+    if held.op_type == "ConstantOfShape":
+        fill = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)  # ONNX's default
+        shape = stored_value(held.input[0], stored, path).astype(np.int64).reshape(-1)
+        if shape.min(initial=0) < 0:
+            raise DlcError(f"{path}: ConstantOfShape {name} is given the shape {shape.tolist()}")
+        # a few bytes of file can ask for terabytes
+        refuse_unless_fits(prod(shape.tolist()) * fill.itemsize, f"{path}: ConstantOfShape {name}")
+        return np.full(shape, fill.reshape(-1)[0], fill.dtype)
+    v, *more = [stored_value(i, stored, path) if i else None for i in held.input]
+    return None if v is None else _passed_on(held.op_type, a, v, more)
+
+
+def _passed_on(op_type: str, a: dict, v: np.ndarray, more: list[np.ndarray | None]) -> np.ndarray:
+    """What a PASS_STORED operator makes of v, its other inputs `more` (Reshape's shape; Squeeze's and
+    Unsqueeze's axes from opset 13, an attribute before), as ONNX defines it."""
+    if op_type == "Cast":
+        return v.astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+    if op_type == "Transpose":
+        return np.transpose(v, a.get("perm"))
+    if op_type == "Reshape":  # a 0 keeps that axis (unless allowzero), a -1 takes what is left
+        target = more[0] if more and more[0] is not None else a["shape"]  # an attribute before opset 5
+        return v.reshape([v.shape[i] if d == 0 and not a.get("allowzero") else int(d) for i, d in enumerate(target)])
+    if op_type == "Flatten":
+        axis = a.get("axis", 1) % (v.ndim + 1) if v.ndim else 0
+        return v.reshape(prod(v.shape[:axis]), -1)
+    axes = a.get("axes", None if not more or more[0] is None else more[0].tolist())
+    if op_type == "Squeeze":
+        return np.squeeze(v, None if axes is None else tuple(axes))
+    if op_type == "Unsqueeze":
+        rank = v.ndim + len(axes)
+        for ax in sorted(ax % rank for ax in axes):
+            v = np.expand_dims(v, ax)
+    return v
+
+
+def stored_weights(stored: dict[str, onnx.TensorProto | onnx.NodeProto], path: str) -> dict[str, Initializer]:
+    """Each stored float tensor of rank >= 1 -> the weight it holds: the initializer, Constant or
+    ConstantOfShape its values come from (through PASS_STORED operators), with that tensor's dims and
+    stored type. So a weight counts once however many views of it the graph reads, and a float16 weight
+    behind a Cast is priced as stored. Only a ConstantOfShape's shape is read, never a weight's values."""
+    weights: dict[str, Initializer] = {}
+    for name, held in stored.items():
+        if isinstance(held, onnx.TensorProto):
+            weight = Initializer(name, tuple(held.dims), held.data_type)
+        elif held.op_type in PASS_STORED:
+            weight = weights.get(held.input[0])  # a Cast of integers is not a float weight (quantization's)
+        elif held.op_type == "ConstantOfShape":
+            fill = attributes(held).get("value")
+            try:
+                shape = stored_value(held.input[0], stored, path)
+            except DlcError:  # its shape's external data is unreadable: the analysis warns of that apart
+                shape = None
+            weight = None if shape is None or shape.dtype.kind not in "iu" else \
+                Initializer(name, tuple(int(d) for d in shape.reshape(-1)),
+                            fill.data_type if fill is not None else TensorProto.FLOAT)
+        else:  # a Constant: its value a tensor, or a list of floats
+            a = attributes(held)
+            weight = Initializer(name, tuple(a["value"].dims), a["value"].data_type) if "value" in a else \
+                Initializer(name, (len(a["value_floats"]),), TensorProto.FLOAT) if "value_floats" in a else None
+        if weight is not None and weight.is_float and weight.dims and min(weight.dims) >= 0:
+            weights[name] = weight
+    return weights
+
+
 def attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -338,40 +441,51 @@ def validate(model: onnx.ModelProto, path: str, shapes: dict[str, tuple[int, ...
 
 def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:
     """Every value's type and shape; where some are left unknown, inferred again after the shape arithmetic
-    that onnx's data propagation does not follow is folded into constants (see fold_shape_arithmetic)."""
+    that onnx's data propagation does not follow is folded into constants (see fold_shape_arithmetic), or
+    after dlc's own rules gave the shapes of operators ONNX's inference does not know (with_rule_shapes)."""
     while True:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
         g = inferred.graph
         values = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
-        folded = fold_shape_arithmetic(model, values) or with_contrib_shapes(model, values)
-        if folded is None:
+        further = fold_shape_arithmetic(model, values) or with_rule_shapes(model, values)
+        if further is None:
             return values
-        model = folded
+        model = further
 
 
-def with_contrib_shapes(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto | None:
-    """The model with the outputs of the com.microsoft operators whose inputs have shapes typed by dlc's
-    rules (dlc.onnx.contrib) as value_info, which ONNX's inference then carries on from; None when no
-    such output is left to type."""
-    from dlc.onnx.contrib import CONTRIB_DOMAIN, contrib_shapes
+def with_rule_shapes(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto | None:
+    """The model with the outputs' types and shapes dlc's rules (dlc.onnx.shapes) give written in as
+    value_info, for each node inference left without them whose inputs have theirs; None if no rule gives
+    one."""
+    found = []
+    kept = {t.name: t for t in model.graph.initializer}  # the skeleton's small ones, not among the values
+    # shapes written in before: never twice, so that inference ignoring one cannot loop
+    written = {v.name: v for v in model.graph.value_info}
 
-    known = {t.name: (t.data_type, tuple(t.dims)) for t in model.graph.initializer}
-    known.update((name, (v.type.tensor_type.elem_type, tuple(_static(v)))) for name, v in values.items()
-                 if _static(v) is not None)
-    typed = []
+    def typed(name: str) -> tuple[int, tuple[int, ...]] | None:
+        if name in kept:
+            return kept[name].data_type, tuple(kept[name].dims)
+        v = values.get(name) or written.get(name)
+        dims = _static(v)
+        return None if dims is None else (v.type.tensor_type.elem_type, tuple(dims))
+
     for n in model.graph.node:
-        if n.domain != CONTRIB_DOMAIN or all(_static(values.get(o)) is not None for o in n.output if o):
+        ins = [typed(i) if i else None for i in n.input]
+        if not n.input or any(i and t is None for i, t in zip(n.input, ins)) \
+                or all(typed(o) is not None for o in n.output if o):
             continue
-        outs = contrib_shapes(n.op_type, [known.get(i) for i in n.input], attributes(n))
-        typed += [helper.make_tensor_value_info(o, elem, shape) for o, (elem, shape) in zip(n.output, outs or []) if o]
-    if not typed:
+        outs = rule_shapes(n, attributes(n), ins) or []
+        found += [helper.make_tensor_value_info(o, elem, list(shape)) for o, (elem, shape) in zip(n.output, outs)
+                  if o and typed(o) is None]
+    if not found:
         return None
-    g = model.graph
-    named = {v.name for v in typed}
-    value_info = [v for v in g.value_info if v.name not in named] + typed
-    return helper.make_model(helper.make_graph(g.node, g.name, g.input, g.output, initializer=g.initializer,
-                                               value_info=value_info),
-                             opset_imports=model.opset_import, ir_version=model.ir_version)
+    model_typed = onnx.ModelProto()
+    model_typed.CopyFrom(model)
+    given = {v.name for v in found}
+    declared = [v for v in model_typed.graph.value_info if v.name not in given]
+    del model_typed.graph.value_info[:]
+    model_typed.graph.value_info.extend([*declared, *found])
+    return model_typed
 
 
 def _static(value: onnx.ValueInfoProto | None) -> list[int] | None:
@@ -469,9 +583,15 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
     for t in initializers.values():
         tensors[t.name] = OnnxValue(t.name, t.dims, t.elem_type)
     init = set(initializers)
+    stored = stored_tensors(model)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    # dlc's exporter stores exactly the spec's parameters as initializers and every other value (rotary
+    # tables, clip bounds) as a Constant (dlc.onnx.lower), so that its export counts as its spec does
+    held = stored if META_SPEC not in metadata else \
+        {k: v for k, v in stored.items() if not (isinstance(v, onnx.NodeProto) and v.op_type == "Constant")}
     return OnnxGraph(str(path), model, [v.name for v in model.graph.input if v.name not in init],
-                     [v.name for v in model.graph.output], initializers, tensors,
-                     {p.key: p.value for p in model.metadata_props}, inference_error,
+                     [v.name for v in model.graph.output], initializers, stored, stored_weights(held, path),
+                     tensors, metadata, inference_error,
                      weights_error(model, path))
 
 

@@ -88,7 +88,7 @@ def test_the_exports_checked_below_write_every_kind():
                          "so that their ONNX operators' counted costs are checked against the kind's rules")
 
 
-def exported_totals(spec) -> "Totals":
+def exported_totals(spec):
     """The spec's totals as its ONNX export gives them: the same, but that each activation takes its own
     tensor's type, and the token ids are int64 there (8 bytes where the spec prices every value in its
     dtype's 4)."""
@@ -341,3 +341,45 @@ def test_mixed_stored_types_are_summed_per_tensor(tmp_path):
     # sgd: parameters + gradients, each as stored
     assert doc["totals"]["train_bytes"]["bytes"] == 36 + 36 + 14
     assert "(36 B as stored types)" in run("params", path).stdout
+
+
+def contrib_model(op_type: str) -> onnx.ModelProto:
+    """x (N, 16) -> MatMul 32 -> a com.microsoft operator -> MatMul 8 -> Relu -> y."""
+    m = model([helper.make_node("MatMul", ["x", "w1"], ["h"]),
+               helper.make_node(op_type, ["h"], ["g"], domain="com.microsoft"),
+               helper.make_node("MatMul", ["g", "w2"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+              [value("x", ["N", 16])], [value("y", None)], [weight("w1", 16, 32), weight("w2", 32, 8)], opset=17)
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
+def test_shapes_go_on_past_a_contrib_operator_by_dlcs_rules(tmp_path):
+    # ONNX's inference stops at onnxruntime's fused Gelu; dlc's rule (its input's shape) lets it go on, so
+    # only the Gelu, which has no counting rule, is left out
+    r = run("summary", save(contrib_model("Gelu"), tmp_path / "gelu.onnx"), "--json")
+    assert json.loads(r.stdout)["totals"]["macs"] == 16 * 32 + 32 * 8
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "1 Gelu node not counted" in warnings[0], r.stderr
+
+
+def test_an_operator_without_a_shape_rule_still_stops_inference_and_says_so(tmp_path):
+    r = run("summary", save(contrib_model("NoSuchOp"), tmp_path / "unknown.onnx"))
+    assert r.exit_code == 0 and "gives no shape for g" in r.stderr and "omitted" not in r.stderr
+
+
+@pytest.mark.parametrize("node, ins, out", [
+    # 4-bit weights of a 768 -> 3072 projection, on (batch 1, 7 tokens, 768)
+    (helper.make_node("MatMulNBits", ["a", "b", "s"], ["y"], domain="com.microsoft", K=768, N=3072, bits=4,
+                      block_size=32), [(1, 7, 768), (3072, 24, 16), (3072 * 24,)], (1, 7, 3072)),
+    # (2, 1, 5, 3)ᵀ (the last two axes) times (4, 3, 6), the batch axes broadcast
+    (helper.make_node("FusedMatMul", ["a", "b"], ["y"], domain="com.microsoft", transA=1),
+     [(2, 1, 3, 5), (4, 3, 6)], (2, 4, 5, 6)),
+    (helper.make_node("SkipLayerNormalization", ["a", "b", "g"], ["y"], domain="com.microsoft"),
+     [(1, 7, 768), (1, 7, 768), (768,)], (1, 7, 768)),
+])
+def test_dlcs_shape_rules_for_contrib_operators(node, ins, out):
+    from dlc.onnx.model import attributes
+    from dlc.onnx.shapes import rule_shapes
+
+    f32 = onnx.TensorProto.FLOAT
+    assert rule_shapes(node, attributes(node), [(f32, s) for s in ins])[0] == (f32, out)

@@ -244,13 +244,15 @@ def test_asymmetric_pads_that_are_same_become_pad_same(tmp_path):
     assert "conv 4@2x2 pad=same " in spec.read_text()
 
 
-def test_a_global_pool_read_as_an_image_is_refused(tmp_path):
+def test_a_squeeze_and_excitation_product_of_an_image_and_its_pool_is_refused(tmp_path):
+    # the pool imports (as the window of the whole image, its output C@1x1); the product broadcasting it
+    # over the image has no dlc kind
     from onnx import helper
 
     nodes = [conv_node(), helper.make_node("GlobalAveragePool", ["c"], ["p"], name="squeeze"),
              helper.make_node("Mul", ["c", "p"], ["y"], name="excite")]
     out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None))
-    assert "GlobalAveragePool" in out and "squeeze" in out and "read as an image" in out
+    assert "Mul" in out and "excite" in out and "4@1x1 by 4@8x8" in out
 
 
 def test_import_never_writes_over_its_model(tmp_path):

@@ -264,7 +264,38 @@ def import_bn(r: Reader, n: onnx.NodeProto) -> Found | None:
     a = attributes(n)
     tensors = {k: r.weight(n, i, k) for i, k in enumerate(("gamma", "beta", "mean", "var"), start=1)}
     eps, momentum = float(np.float32(a.get("epsilon", 1e-5))), 1.0 - float(a.get("momentum", 0.9))
-    return one("bn", n, options={"eps": eps, "momentum": momentum}, tensors=tensors)
+    nodes = [n, *scale_after(r, n, tensors)]
+    return one("bn", n, options={"eps": eps, "momentum": momentum}, tensors=tensors, output=nodes[-1].output[0],
+               nodes=nodes)
+
+
+def scale_after(r: Reader, n: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> list[onnx.NodeProto]:
+    """The per-channel Mul, then Add, of stored vectors that follow a BatchNormalization alone (Caffe's
+    Scale layer after its BatchNorm, whose own scale and shift are 1 and 0: DenseNet, BN-Inception), folded
+    into `tensors`' gamma and beta: y = (x̂·γ + β)·s + b = x̂·γs + (βs + b)."""
+    folded, out = [], n.output[0]
+    for op_type in ("Mul", "Add"):
+        after = r.only_consumer(out)
+        v = None if after is None or after.op_type != op_type else per_channel(r, other_input(after, out), out)
+        if v is None:
+            break
+        if op_type == "Mul":
+            tensors["gamma"], tensors["beta"] = tensors["gamma"] * v, tensors["beta"] * v
+        else:
+            tensors["beta"] = tensors["beta"] + v
+        folded.append(after)
+        out = after.output[0]
+    return folded
+
+
+def per_channel(r: Reader, name: str, x: str) -> np.ndarray | None:
+    """The stored tensor `name` as a vector over x's channels, if it is one as it broadcasts against x
+    (C@1x1 or 1xC@1x1 against an image, C or 1xC against a vector); else None."""
+    v, shape = r.value(name), r.shape(x)
+    if v is None:
+        return None
+    fits = {(shape[0], 1, 1), (1, shape[0], 1, 1)} if len(shape) == 3 else {(shape[0],), (1, shape[0])}
+    return v.reshape(shape[0]).astype(np.float32) if v.shape in fits else None
 
 
 def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:

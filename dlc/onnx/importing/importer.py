@@ -87,9 +87,10 @@ def match(r: Reader, n: onnx.NodeProto) -> Found:
             continue
         if found is not None:
             return found
-    why = "; ".join(reasons) or (f"dlc has no layer kind for {n.op_type}" if n.op_type not in BY_OP else
-                                 f"this {n.op_type} is none of the forms dlc imports ("
-                                 f"{', '.join(BY_OP[n.op_type])})")
+    # conv and dwconv decline a Conv for the same reason: said once
+    why = "; ".join(dict.fromkeys(reasons)) or (
+        f"dlc has no layer kind for {n.op_type}" if n.op_type not in BY_OP else
+        f"this {n.op_type} is none of the forms dlc imports ({', '.join(BY_OP[n.op_type])})")
     raise DlcError(node_error(n, why))
 
 

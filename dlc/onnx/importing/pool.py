@@ -19,6 +19,11 @@ def pool(kind: str) -> Pattern:
             raise NotImportable("its indices output has no dlc kind")
         if tuple(a.get("dilations", (1,) * len(kernel))) != (1,) * len(kernel):
             raise NotImportable("dilated pooling has no dlc kind")
+        if covers_whole_input(a, x, kernel, r.shape(n.output[0])) and \
+                not (kind == "avgpool" and a.get("count_include_pad")):
+            # Caffe's GoogLeNet ends in a 7x7 average padded at the bottom and right to cover a 6x6 input: every
+            # cell once, divided by the cells inside, as a 6x6 window computes it
+            return whole_window(kind, n, x)
         stride, pad = spatial(a, x, kernel)
         if kind == "avgpool" and a.get("count_include_pad", 0) and pad != 0:
             raise NotImportable("count_include_pad=1 divides by the padded window; dlc's avgpool divides by "
@@ -26,6 +31,18 @@ def pool(kind: str) -> Pattern:
         # a pool's stride defaults to its window, so a stride of 1 is written out
         return one(kind, n, window_size(kernel, stride, implied=kernel), {"pad": pad, "ceil": bool(a.get("ceil_mode"))})
     return match
+
+
+def covers_whole_input(a: dict, x: tuple[int, ...], kernel: tuple[int, ...], y: tuple[int, ...]) -> bool:
+    """Whether the pool's one window, padding included, covers the whole C@HxW input."""
+    pads = a.get("pads", (0,) * 2 * len(kernel))
+    return len(x) == 3 and len(kernel) == 2 and a.get("auto_pad", b"NOTSET") == b"NOTSET" and y[1:] == (1, 1) \
+        and all(k - begin >= size for k, begin, size in zip(kernel, pads, x[1:]))
+
+
+def whole_window(kind: str, n: onnx.NodeProto, x: tuple[int, ...]) -> Found:
+    """A pool of one window over the whole C@HxW input, as dlc writes it: `HxW`, its output a C@1x1 image."""
+    return one(kind, n, window_size(x[1:], x[1:], implied=x[1:]))
 
 
 def vector_of(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -37,8 +54,10 @@ def vector_of(r: Reader, n: onnx.NodeProto) -> onnx.NodeProto | None:
     return None
 
 
-def global_pool(kind: str, ops: tuple[str, str]) -> Pattern:
-    """GlobalAveragePool (or ReduceMean over H and W, dynamo's form) followed by a flatten to a vector."""
+def global_pool(kind: str, ops: tuple[str, str], window: str) -> Pattern:
+    """GlobalAveragePool (or ReduceMean over H and W, dynamo's form) followed by a flatten to a vector; one
+    whose (C, 1, 1) output is read as an image (SqueezeNet's softmax over it) is the `window` pool of the
+    whole input."""
     def match(r: Reader, n: onnx.NodeProto) -> Found | None:
         x = r.shape(n.input[0])
         if len(x) != 3:
@@ -50,7 +69,7 @@ def global_pool(kind: str, ops: tuple[str, str]) -> Pattern:
             return one(kind, n)
         after = vector_of(r, n)
         if after is None:
-            raise NotImportable(f"its (C, 1, 1) output is read as an image; dlc's {kind} gives a vector")
+            return whole_window(window, n, x)
         return one(kind, n, output=after.output[0], nodes=[n, after])
     return match
 

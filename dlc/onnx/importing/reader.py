@@ -10,11 +10,10 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from dlc.decompile import SpecLayer
 from dlc.onnx.analysis import live_tensors
-from dlc.onnx.model import OnnxGraph, attributes, tensor_values
+from dlc.onnx.model import OnnxGraph, attributes, stored_value
 
 
 class NotImportable(Exception):
@@ -45,41 +44,21 @@ class Reader:
     def __init__(self, g: OnnxGraph):
         self.g = g
         self.init = {t.name: t for t in g.model.graph.initializer}
-        self.constants: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.checked: dict[tuple, bool] = {}  # attention layouts run against dlc's kernel: causal or not
         self.live = live_tensors(g)
         for n in g.nodes:
             self.producer.update((o, n) for o in n.output if o)
-            if n.op_type == "Constant" or (n.op_type in ("Identity", "Transpose") and self.is_constant(n.input[0])):
-                self.constants[n.output[0]] = n
             for t in n.input:
                 self.consumers.setdefault(t, []).append(n)
 
     def is_constant(self, name: str) -> bool:
-        return name in self.init or name in self.constants
+        return name in self.g.stored
 
     def value(self, name: str) -> np.ndarray | None:
-        """The tensor's value if it is an initializer or a Constant (maybe through Identity), else None."""
-        if name in self.init:
-            return tensor_values(self.init[name], self.g.path)
-        n = self.constants.get(name)
-        if n is None:
-            return None
-        if n.op_type in ("Identity", "Transpose"):  # a weight stored (out, in), transposed for a MatMul
-            v = self.value(n.input[0])
-            return v if v is None or n.op_type == "Identity" else np.transpose(v, attributes(n).get("perm"))
-        a = attributes(n)
-        if "value" in a:
-            return numpy_helper.to_array(a["value"])
-        for key in ("value_float", "value_int"):
-            if key in a:
-                return np.array(a[key])
-        for key in ("value_floats", "value_ints"):
-            if key in a:
-                return np.array(a[key])
-        return None
+        """The tensor's value if the file stores it (dlc.onnx.model.stored_tensors), else None."""
+        return stored_value(name, self.g.stored, self.g.path) if name in self.g.stored else None
 
     def weight(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray:
         """Input i of n as a float32 array; a DlcError-worthy NotImportable if it is computed."""

@@ -24,10 +24,11 @@ TIERS: list[dict[str, tuple[str, ...]]] = [
     {"pictures": ("dlc.draw", "dlc.plot"),  # diagrams of the analysed graph, curves of runs
      "torch": ("dlc.torch",)},  # the PyTorch export and trainer: on top of train's loop and optimizer rules
     {"train": ("dlc.train",), "onnx": ("dlc.onnx",)},
-    {"analysis": ("dlc.analysis", "dlc.report", "dlc.memory")},  # the ONNX analysis builds on it
+    # the ONNX analysis builds on it; serving's costs and their time on a device (roofline) are the analysis's too
+    {"analysis": ("dlc.analysis", "dlc.report", "dlc.memory", "dlc.serving", "dlc.roofline")},
     {"engine": ("dlc.engine", "dlc.normalize")},
     {"front": ("dlc.layers", "dlc.graph", "dlc.compile", "dlc.decompile", "dlc.syntax", "dlc.zoo")},
-    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.npz", "dlc.machine", "dlc.resources", "dlc.choices", "dlc.progress", "dlc")},
+    {"base": ("dlc.errors", "dlc.units", "dlc.atomic", "dlc.npz", "dlc.machine", "dlc.devices", "dlc.resources", "dlc.choices", "dlc.progress", "dlc")},
 ]
 
 

@@ -225,4 +225,4 @@ def elements(shape: Shape) -> int:
     return prod(shape)
 
 
-from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence, mixture  # noqa: E402,F401  (registers the kinds)
+from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence, mixture, resample  # noqa: E402,F401  (registers the kinds)

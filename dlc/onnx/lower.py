@@ -209,6 +209,17 @@ def lower_upsample(n: Node, x: list[str], opset: int) -> list[NodeProto]:
                coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
 
 
+# dlc's pad modes by ONNX Pad's names for them
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def lower_pad(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    t, l, b, r = n.attrs["pads"]
+    pads, value = f"{n.name}/pads", f"{n.name}/value"
+    return [const(pads, [0, 0, t, l, 0, 0, b, r]), const(value, n.attrs["value"], np.float32),
+            op("Pad", [x[0], pads, value], n.name, n.name, mode=PAD_MODES[n.attrs["mode"]])]
+
+
 def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
 
@@ -495,4 +506,5 @@ LOWER: dict[str, Lowering] = {
     "tokens": lower_tokens,
     "seqpool": lower_seqpool,
     "experts": lower_experts,
+    "pad": lower_pad,
 }

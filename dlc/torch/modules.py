@@ -59,7 +59,8 @@ def _same(*pairs: tuple[str, str]) -> tuple[TorchParam, ...]:
 
 def _pad_call(pads: tuple[int, int, int, int], x: str = "{x}", value: str = "") -> str:
     """F.pad of the input with explicit (top, left, bottom, right) pads, which torch's layers take
-    only when they are symmetric (`pad=same` with an even total puts the odd pixel at the end)."""
+    only when they are symmetric (`pad=same` with an even total puts the odd pixel at the end);
+    `value` is the rest of the call (`, value=-math.inf`, `, mode='reflect'`)."""
     t, l, b, r = pads
     return f"F.pad({x}, ({l}, {r}, {t}, {b}){value})"
 
@@ -243,6 +244,12 @@ def concat(node: Node, ins: list[Shape]) -> TorchLayer:
     return TorchLayer(f"torch.cat([{{xs}}], {node.attrs['axis'] + 1})")
 
 
+def pad(node: Node, ins: list[Shape]) -> TorchLayer:
+    a = node.attrs
+    mode = f", mode={a['mode']!r}" if a["mode"] != "constant" else f", value={a['value']!r}" if a["value"] else ""
+    return TorchLayer(_pad_call(a["pads"], value=mode))
+
+
 def function(expression: str) -> Callable[[Node, list[Shape]], TorchLayer]:
     """A kind computed by one expression of its input and attributes, with no tensors."""
     return lambda node, ins: TorchLayer(expression.format(x="{x}", xs="{xs}", plus="{plus}", **node.attrs))
@@ -291,4 +298,5 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "concat": concat,
     # the router and experts are nodes of their own; the join holds the load-balancing loss
     "experts": lambda node, ins: TorchLayer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
+    "pad": pad,
 }

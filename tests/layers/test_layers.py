@@ -171,6 +171,35 @@ def test_upsample_nearest_neighbour_copies():
     assert figures(s) == ((3, 10, 10), 0, 0, 0, 0)
 
 
+# --- pad (issue 28) ------------------------------------------------------------------------------
+
+def test_pad_cyclegan_reflects_three_pixels_before_its_7x7_conv():
+    # CycleGAN's generator: ReflectionPad2d(3) on 3@256x256 gives 3@262x262, and the 7x7 conv gives back
+    # (262 - 7) + 1 = 256. Copies only: no parameters, no arithmetic, and each output pixel reads one input
+    # pixel, so the conv's field is 7 as without the pad.
+    s = last("input 3@256x256\npad 3 mode=reflect", "pad")
+    assert figures(s) == ((3, 262, 262), 0, 0, 0, 0)
+    assert rf(last("input 3@256x256\npad 3 mode=reflect -> conv 64@7x7")) == (7, 7, 1)
+    assert last("input 3@256x256\npad 3 mode=reflect -> conv 64@7x7").node.out_shape == (64, 256, 256)
+
+
+def test_pad_sides_written_apart():
+    # PyTorch's ZeroPad2d((1, 2, 3, 4)) (left, right, top, bottom) on 3@4x4: 4 + 3 + 4 = 11 high, 4 + 1 + 2 = 7 wide
+    s = last("input 3@4x4\npad 1 top=3 bottom=4 right=2")
+    assert s.node.out_shape == (3, 11, 7) and s.node.attrs["pads"] == (3, 1, 4, 2)
+
+
+def test_pad_refusals_say_what_fits():
+    with pytest.raises(DlcError, match="at most 3 rows and 3 columns"):
+        last("input 3@4x4\npad 4 mode=reflect")
+    with pytest.raises(DlcError, match="constant, reflect, replicate"):
+        last("input 3@4x4\npad 1 mode=wrap")
+    with pytest.raises(DlcError, match="value= is the fill of mode=constant"):
+        last("input 3@4x4\npad 1 mode=replicate value=1")
+    with pytest.raises(DlcError, match="expects an image"):
+        last("input 12\npad 1")
+
+
 # --- maxpool / avgpool --------------------------------------------------------------------------
 
 def test_maxpool_alexnet_first_pool():

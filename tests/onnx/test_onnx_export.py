@@ -224,6 +224,12 @@ KIND_CASES.update({
     "experts on a sequence, top 2 of 4": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> fc 3",
     "experts on a vector, top 1 of 3, balance (training only)": "input 6 -> experts 3 top=1 balance=0.1 { fc 6 tanh }",
 })
+KIND_CASES.update({  # padding and resampling kinds (issue 28)
+    "pad, zeros": "input 2@3x4 -> pad 1",
+    "pad constant 2.5, uneven sides": "input 2@3x4 -> pad 3 left=1 bottom=4 right=2 value=2.5",
+    "pad reflect": "input 2@4x5 -> pad 1 top=3 right=2 mode=reflect -> conv 2@3x3",
+    "pad replicate": "input 2@3x4 -> pad 2 mode=replicate",
+})
 KIND_CASES["stacked bidirectional lstm on embeddings"] = (
     "input seq 6 -> embed 5 vocab=9 -> lstm 3 bidirectional sequences -> gru 2")
 

@@ -107,6 +107,9 @@ KIND_SPECS = {
              "| identity ) -> rmsnorm eps=1e-6 -> mul( seqpool -> fc 8 | identity ) -> fc 3",
     "squeeze-excite": "input 4@6x6 -> conv 4@3x3 pad=1 swish -> mul( identity | gap -> fc 2 relu -> fc 4 sigmoid ) "
                       "-> gap -> fc 3",
+    # padding and resampling (issue 28)
+    "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 relu -> pad 0 bottom=1 right=2 value=1.5 "
+                  "-> pad 1 mode=replicate -> conv 2@3x3 -> gap -> fc 3",
 }
 
 
@@ -134,6 +137,28 @@ def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
             "--out", tmp_path / "y.npy")
     assert r.exit_code == 0, r.output
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(tmp_path / "m.onnx", x)) <= TOLERANCE
+
+
+# The padding and resampling layers of CycleGAN's and pix2pix's generators and of ESPCN, from each of PyTorch's
+# exporters: TorchScript computes Pad's amounts in a ConstantOfShape/Concat/Slice chain, dynamo stores them.
+RESAMPLING_MODULES = {
+    "reflect, uneven": (lambda: nn.Sequential(nn.ReflectionPad2d((1, 2, 3, 1)), nn.Conv2d(3, 4, 3)), "mode=reflect"),
+    "replicate": (lambda: nn.Sequential(nn.ReplicationPad2d(2), nn.Conv2d(3, 4, 3)), "mode=replicate"),
+    "constant 2.5": (lambda: nn.Sequential(nn.ConstantPad2d((0, 1, 0, 2), 2.5), nn.Conv2d(3, 4, 3)), "value=2.5"),
+}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", RESAMPLING_MODULES)
+def test_resampling_layers_from_pytorch(tmp_path, case, exporter):
+    build, written = RESAMPLING_MODULES[case]
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    torch_models.export(build(), path, (torch.randn(1, 3, 8, 8),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    assert written in spec.read_text(), spec.read_text()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
 
 
 def test_fine_tuning_an_imported_network_trains_only_its_head(tmp_path):

@@ -89,10 +89,13 @@ add( layernorm -> attention 4 kv=2 rope=500000 causal window=3 bias=off | identi
 add( layernorm -> attention 2 kv=1 rope causal | identity )
 fc 11 softmax
 """
+# padding and resampling (issue 28): a CycleGAN generator's reflect-padded ends, every pad mode
+RESAMPLING = ("input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 relu -> pad 0 bottom=1 right=2 value=1.5 "
+              "-> pad 1 mode=replicate -> conv 2@3x3 -> gap -> fc 3")
 EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
-         "llama_attention": LLAMA_ATTENTION}
+         "llama_attention": LLAMA_ATTENTION, "resampling": RESAMPLING}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}

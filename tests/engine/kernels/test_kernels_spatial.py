@@ -60,13 +60,14 @@ def conv_loop(x, W, b, stride, pads, dil, groups):
     return y
 
 
-def conv_transpose_loop(x, W, b, stride, pads, dil, groups):
-    """Transposed convolution as a scatter: each input cell adds x * W[c_in] into its output window."""
+def conv_transpose_loop(x, W, b, stride, pads, dil, groups, outpad=0):
+    """Transposed convolution as a scatter: each input cell adds x * W[c_in] into its output window; the
+    output padding adds rows and columns at the bottom and right that no window reaches (bias only)."""
     n, c, h, w = x.shape
     _, og, kh, kw = W.shape
     c_out = og * groups
-    full = np.zeros((n, c_out, (h - 1) * stride[0] + dil[0] * (kh - 1) + 1,
-                     (w - 1) * stride[1] + dil[1] * (kw - 1) + 1))
+    full = np.zeros((n, c_out, (h - 1) * stride[0] + dil[0] * (kh - 1) + 1 + outpad,
+                     (w - 1) * stride[1] + dil[1] * (kw - 1) + 1 + outpad))
     cg = c // groups
     for s in range(n):
         for ci in range(c):
@@ -132,6 +133,11 @@ UPCONV_CASES = [
     ("dilation2", (2, 3, 4), conv_opts(2, dil=2)),
     ("groups2", (4, 3, 3), conv_opts(6, groups=2, stride=(2, 2))),
     ("no-bias-rect", (2, 3, 4), conv_opts(3, kernel=(3, 2), stride=(1, 2), bias=False)),
+    # output padding (issue 28): pix2pix's 3x3/2 pad=1 outpad=1 doubles the map; more outpad than pad
+    # reaches past the full output (ONNX's corpus test_operator_convtranspose: 3x3/3 pad=1 outpad=2)
+    ("outpad1-stride2-pad1", (2, 3, 4), conv_opts(3, stride=(2, 2), pad=1, outpad=1)),
+    ("outpad2-stride3-pad1-no-bias", (2, 3, 3), conv_opts(2, stride=(3, 3), pad=1, outpad=2, bias=False)),
+    ("outpad1-dilation2-rect", (2, 3, 3), conv_opts(2, kernel=(3, 2), stride=(2, 3), dil=2, outpad=1)),
 ]
 ids = pytest.mark.parametrize
 
@@ -176,13 +182,14 @@ def test_upconv_forward_matches_loop_and_onnxruntime(case, in_shape, opts):
     x, p = rng.standard_normal((2, *in_shape)), random_arrays(shapes, rng)
     y, _ = run("upconv", a, x, p)
     assert y.shape == (2, *out_shape)
-    want = conv_transpose_loop(x, p["W"], p.get("b"), a["stride"], a["pads"], a["dilation"], a["groups"])
+    want = conv_transpose_loop(x, p["W"], p.get("b"), a["stride"], a["pads"], a["dilation"], a["groups"],
+                               a["outpad"])
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
     f32 = [v.astype(np.float32) for v in (x, p["W"], p.get("b")) if v is not None]
     (ref,) = onnx_run("ConvTranspose", f32 + [None] * (3 - len(f32)), kernel_shape=list(a["kernel"]),
                       strides=list(a["stride"]), dilations=list(a["dilation"]), pads=list(a["pads"]),
-                      group=a["groups"])
+                      group=a["groups"], output_padding=[a["outpad"]] * 2)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 

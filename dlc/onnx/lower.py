@@ -141,6 +141,11 @@ def lower_bn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
                momentum=1.0 - float(n.attrs["momentum"]))]  # ONNX's momentum weighs the old statistic
 
 
+def lower_instancenorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("InstanceNormalization", [x[0], param(n, "gamma"), param(n, "beta")], n.name, n.name,
+               epsilon=float(n.attrs["eps"]))]
+
+
 def lower_lrn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a, p = n.attrs, n.name
     size, alpha, beta, k = a["size"], float(a["alpha"]), float(a["beta"]), float(a["k"])
@@ -507,4 +512,5 @@ LOWER: dict[str, Lowering] = {
     "seqpool": lower_seqpool,
     "experts": lower_experts,
     "pad": lower_pad,
+    "instancenorm": lower_instancenorm,
 }

@@ -250,6 +250,13 @@ def pad(node: Node, ins: list[Shape]) -> TorchLayer:
     return TorchLayer(_pad_call(a["pads"], value=mode))
 
 
+def instancenorm(node: Node, ins: list[Shape]) -> TorchLayer:
+    # affine: ONNX's operator always scales and shifts, and so does dlc's kind
+    a = node.attrs
+    return TorchLayer("{m}({x})", _call("nn.InstanceNorm2d", a["channels"], eps=(a["eps"], 1e-5), affine=(True, False)),
+                      _same(("gamma", "weight"), ("beta", "bias")))
+
+
 def function(expression: str) -> Callable[[Node, list[Shape]], TorchLayer]:
     """A kind computed by one expression of its input and attributes, with no tensors."""
     return lambda node, ins: TorchLayer(expression.format(x="{x}", xs="{xs}", plus="{plus}", **node.attrs))
@@ -299,4 +306,5 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     # the router and experts are nodes of their own; the join holds the load-balancing loss
     "experts": lambda node, ins: TorchLayer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
     "pad": pad,
+    "instancenorm": instancenorm,
 }

@@ -181,6 +181,17 @@ def test_upsample_nearest_neighbour_copies():
     assert figures(s) == ((3, 10, 10), 0, 0, 0, 0)
 
 
+# --- instancenorm (issue 28) ---------------------------------------------------------------------
+
+def test_instancenorm_cyclegan_after_its_first_conv():
+    # CycleGAN's c7s1-64 on 3@256x256: 64@256x256 normalised per sample and channel. Params gamma and beta,
+    # 2*64 = 128, none running; FLOPs 7 per element + 2 per channel: 7*64*256*256 + 128 = 29,360,256.
+    s = last("input 3@256x256\npad 3 mode=reflect -> conv 64@7x7 -> instancenorm relu", "instancenorm")
+    assert figures(s) == ((64, 256, 256), 128, 0, 0, 29_360_256)
+    with pytest.raises(DlcError, match="expects an image"):
+        last("input 12\ninstancenorm")
+
+
 # --- pad (issue 28) ------------------------------------------------------------------------------
 
 def test_pad_cyclegan_reflects_three_pixels_before_its_7x7_conv():

@@ -99,7 +99,6 @@ REFUSED = {
     "pytorch-operator/test_operator_repeat": "Tile",
     "pytorch-operator/test_operator_repeat_dim_overflow": "Reshape",
     "pytorch-operator/test_operator_sqrt": "Sqrt",
-    "pytorch-operator/test_operator_symbolic_override": "InstanceNormalization",
     "pytorch-operator/test_operator_symbolic_override_nested": "inputs and",
     "pytorch-operator/test_operator_view": "per sample",
     "simple/test_expand_shape_model1": "2 inputs and 1 outputs",

@@ -108,7 +108,7 @@ KIND_SPECS = {
     "squeeze-excite": "input 4@6x6 -> conv 4@3x3 pad=1 swish -> mul( identity | gap -> fc 2 relu -> fc 4 sigmoid ) "
                       "-> gap -> fc 3",
     # padding and resampling (issue 28)
-    "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 relu -> pad 0 bottom=1 right=2 value=1.5 "
+    "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
                   "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> gap -> fc 3",
 }
 
@@ -145,6 +145,8 @@ RESAMPLING_MODULES = {
     "reflect, uneven": (lambda: nn.Sequential(nn.ReflectionPad2d((1, 2, 3, 1)), nn.Conv2d(3, 4, 3)), "mode=reflect"),
     "replicate": (lambda: nn.Sequential(nn.ReplicationPad2d(2), nn.Conv2d(3, 4, 3)), "mode=replicate"),
     "constant 2.5": (lambda: nn.Sequential(nn.ConstantPad2d((0, 1, 0, 2), 2.5), nn.Conv2d(3, 4, 3)), "value=2.5"),
+    "instancenorm": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, affine=True)), "instancenorm"),
+    "instancenorm without affine": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4)), "instancenorm"),
     "upconv outpad": (lambda: nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)),
                       "upconv 4@3x3/2 pad=1 outpad=1"),
 }

@@ -18,7 +18,7 @@ from dlc.onnx.importing.attention import import_attention
 from dlc.onnx.importing.conv import import_conv, import_dwconv, import_upconv, import_upsample
 from dlc.onnx.importing.dense import import_embed, import_fc, import_flatten
 from dlc.onnx.importing.elementwise import (import_bn, import_dropout, import_elu, import_gelu, import_identity,
-                                            import_leaky, import_lrn, import_relu, import_relu6, import_selu,
+                                            import_instancenorm, import_leaky, import_lrn, import_relu, import_relu6, import_selu,
                                             import_silu, import_softmax, unary)
 from dlc.onnx.importing.merge import import_add, import_concat, import_mul
 from dlc.onnx.importing.mixture import import_experts
@@ -76,6 +76,7 @@ IMPORT: dict[str, Import] = {
     "experts": Import(("TopK",), import_experts),
     # after conv and dwconv, which take a zero Pad that only feeds them
     "pad": Import(("Pad",), import_pad),
+    "instancenorm": Import(("InstanceNormalization",), import_instancenorm),
 }
 
 

@@ -11,7 +11,7 @@ Resolved attributes:
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import COUNT, LayerKind, Shape, register
+from dlc.layers import COUNT, LayerKind, Shape, Window, register
 from dlc.layers.spatial import image, show
 
 SIDES = ("top", "left", "bottom", "right")
@@ -45,4 +45,22 @@ register(LayerKind(
     "pad", resolve_pad, size="int", size_required=True, size_attr="amount",
     # a side written (at least 1) replaces P there: `pad 0 bottom=1 right=1` pads two sides
     options={**{side: COUNT for side in SIDES}, "mode": "constant", "value": 0.0},
+))
+
+
+def resolve_pixelshuffle(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    c, h, w = image(ins[0], "pixelshuffle")
+    r = attrs["factor"]
+    if r < 1:
+        raise ShapeError(f"pixelshuffle factor must be >= 1 (received {r})", "factor")
+    if c % (r * r):
+        raise ShapeError(f"pixelshuffle {r} makes each {r}x{r} block of pixels from {r * r} channels; the "
+                         f"{c} channels of {show(ins[0])} are not a multiple of {r * r}")
+    return (c // (r * r), h * r, w * r), dict(attrs)
+
+
+# Copies, as upsample: no FLOPs; an output pixel reads one input pixel, and the jump shrinks by the factor.
+register(LayerKind(
+    "pixelshuffle", resolve_pixelshuffle, size="int", size_required=True, size_attr="factor",
+    window=lambda a: Window((1, 1), (a["factor"], a["factor"]), transposed=True),
 ))

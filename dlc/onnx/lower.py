@@ -225,6 +225,11 @@ def lower_pad(n: Node, x: list[str], opset: int) -> list[NodeProto]:
             op("Pad", [x[0], pads, value], n.name, n.name, mode=PAD_MODES[n.attrs["mode"]])]
 
 
+def lower_pixelshuffle(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # CRD (column, row, depth) is PyTorch's PixelShuffle order; DCR, the default, is TensorFlow's depth_to_space
+    return [op("DepthToSpace", x[:1], n.name, n.name, blocksize=n.attrs["factor"], mode="CRD")]
+
+
 def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
 
@@ -513,4 +518,5 @@ LOWER: dict[str, Lowering] = {
     "experts": lower_experts,
     "pad": lower_pad,
     "instancenorm": lower_instancenorm,
+    "pixelshuffle": lower_pixelshuffle,
 }

@@ -307,4 +307,5 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "experts": lambda node, ins: TorchLayer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
     "pad": pad,
     "instancenorm": instancenorm,
+    "pixelshuffle": function("F.pixel_shuffle({x}, {factor})"),
 }

@@ -192,6 +192,19 @@ def test_instancenorm_cyclegan_after_its_first_conv():
         last("input 12\ninstancenorm")
 
 
+# --- pixelshuffle (issue 28) ---------------------------------------------------------------------
+
+def test_pixelshuffle_espcn_upscales_by_three():
+    # ESPCN (Shi et al. 2016) at r = 3: its last conv gives 1*3*3 = 9 channels on 1@64x64, and the shuffle
+    # makes them one 192x192 channel. Copies only: no parameters, no arithmetic. Field: the conv's 3, and the
+    # jump 1/3 (three output pixels per input pixel), as upsample 3 gives.
+    s = last("input 1@64x64\nconv 9@3x3 pad=1 -> pixelshuffle 3")
+    assert figures(s) == ((1, 192, 192), 0, 0, 0, 0)
+    assert s.rf.size == (3, 3) and s.rf.jump == last("input 1@64x64\nconv 9@3x3 pad=1 -> upsample 3").rf.jump
+    with pytest.raises(DlcError, match="the 8 channels of 8@4x4 are not a multiple of 9"):
+        last("input 8@4x4\npixelshuffle 3")
+
+
 # --- pad (issue 28) ------------------------------------------------------------------------------
 
 def test_pad_cyclegan_reflects_three_pixels_before_its_7x7_conv():

@@ -64,7 +64,6 @@ REFUSED = {
     "pytorch-converted/test_PReLU_2d_multiparam": "PRelu",
     "pytorch-converted/test_PReLU_3d": "per sample",
     "pytorch-converted/test_PReLU_3d_multiparam": "per sample",
-    "pytorch-converted/test_PixelShuffle": "Reshape",
     "pytorch-converted/test_PoissonNLLLLoss_no_reduce": "Exp",
     "pytorch-converted/test_Softmin": "Neg",
     "pytorch-converted/test_Softplus": "Softplus",

@@ -230,6 +230,7 @@ KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "pad reflect": "input 2@4x5 -> pad 1 top=3 right=2 mode=reflect -> conv 2@3x3",
     "pad replicate": "input 2@3x4 -> pad 2 mode=replicate",
     "instancenorm": "input 3@4x5 -> instancenorm eps=1e-3",
+    "pixelshuffle": "input 8@3x2 -> pixelshuffle 2",
     "upconv outpad": "input 3@4x5 -> upconv 4@3x3/2 pad=1 outpad=1",
     "upconv outpad past the pads": "input 3@4x5 -> upconv 2@3x3/3 pad=1 outpad=2 bias=off",
 })

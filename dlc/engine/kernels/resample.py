@@ -46,3 +46,16 @@ def pad(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
     def backward(dy):
         return [add_back(add_back(dy, cols, w, 3), rows, h, 2)], {}
     return y, backward
+
+
+@kernel("pixelshuffle")
+def pixelshuffle(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    """Input channel c·r² + i·r + j, pixel (h, w) goes to output channel c, pixel (h·r + i, w·r + j)."""
+    x = xs[0]
+    n, c, h, w = x.shape
+    r = attrs["factor"]
+    y = x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+    def backward(dy):
+        return [dy.reshape(n, c // (r * r), h, r, w, r).transpose(0, 1, 3, 5, 2, 4).reshape(n, c, h, w)], {}
+    return y, backward

@@ -1,4 +1,5 @@
-"""Patterns of the kinds that move values without weights (pad), as dlc/layers/resample.py groups them."""
+"""Patterns of the kinds that move values without weights (pad, pixelshuffle), as dlc/layers/resample.py
+groups them."""
 
 from __future__ import annotations
 
@@ -46,3 +47,25 @@ def import_pad(r: Reader, n: onnx.NodeProto) -> Found | None:
     if mode != "constant":
         options["mode"] = PAD_KINDS[mode]
     return one("pad", n, str(least), options)
+
+
+def import_pixelshuffle(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """DepthToSpace in CRD mode, or the Reshape/Transpose/Reshape that older exporters write for it:
+    (C·r², H, W) -> (C, r, r, H, W) -> permuted to (C, H, r, W, r) -> (C, H·r, W·r)."""
+    x = r.shape(n.input[0])
+    if n.op_type == "DepthToSpace":
+        a = attributes(n)
+        if a.get("mode", b"DCR") != b"CRD":
+            raise NotImportable("mode=DCR (TensorFlow's depth_to_space) orders the channels otherwise than "
+                                "pixelshuffle (PyTorch's PixelShuffle, mode=CRD)")
+        return one("pixelshuffle", n, str(a["blocksize"]))
+    blocks = r.shape(n.output[0])
+    swap = r.only_consumer(n.output[0])
+    if len(x) != 3 or len(blocks) != 5 or blocks[1] != blocks[2] or blocks[3:] != x[1:] or swap is None \
+            or swap.op_type != "Transpose" or list(attributes(swap).get("perm", [])) != [0, 1, 4, 2, 5, 3]:
+        return None
+    joined = r.only_consumer(swap.output[0])
+    f = blocks[1]
+    if joined is None or joined.op_type != "Reshape" or r.shape(joined.output[0]) != (blocks[0], x[1] * f, x[2] * f):
+        return None
+    return one("pixelshuffle", n, str(f), output=joined.output[0], nodes=[n, swap, joined])

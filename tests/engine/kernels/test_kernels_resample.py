@@ -77,3 +77,22 @@ def test_replicate_sends_the_edge_pixels_every_copy_of_their_gradient():
     _, backward = run("pad", a, np.array([[[[1.0, 2.0]]]]))
     (dx,), _ = backward(np.array([[[[1.0, 10.0, 100.0, 1000.0]]]]))
     np.testing.assert_array_equal(dx, [[[[1.0, 1110.0]]]])
+
+
+# ---------------------------------------------------------------- pixelshuffle
+
+@pytest.mark.parametrize("factor,in_shape", [(2, (8, 3, 2)), (3, (9, 2, 3))])
+def test_pixelshuffle_matches_loop_onnxruntime_and_central_differences(factor, in_shape):
+    out_shape, a = node("pixelshuffle", in_shape, factor=factor)
+    x = np.random.default_rng(1).standard_normal((2, *in_shape))
+    y, _ = run("pixelshuffle", a, x)
+    assert y.shape == (2, *out_shape)
+    want = np.empty(y.shape)
+    for c in range(out_shape[0]):  # PyTorch's definition: channel c*r*r + i*r + j fills offset (i, j)
+        for i in range(factor):
+            for j in range(factor):
+                want[:, c, i::factor, j::factor] = x[:, c * factor * factor + i * factor + j]
+    np.testing.assert_array_equal(y, want)
+    (ref,) = onnx_run("DepthToSpace", [x.astype(np.float32)], opset=13, blocksize=factor, mode="CRD")
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    assert_gradients("pixelshuffle", a, {}, [x])

@@ -731,7 +731,9 @@ def _option_value(kind: LayerKind, opt: Option, scope: Scope):
     if default is PAD:
         if x in ("same", "valid") or isinstance(x, int):
             return x
-        raise DlcError(f"{opt.key} takes a whole number, `same` or `valid`{_unbound(v, scope)} {got}", v.pos)
+        if isinstance(x, tuple) and len(x) == 2 and all(isinstance(p, int) for p in x):
+            return x  # HxW: top and bottom by H, left and right by W (PyTorch's padding=(1, 2))
+        raise DlcError(f"{opt.key} takes a whole number, HxW, `same` or `valid`{_unbound(v, scope)} {got}", v.pos)
     if isinstance(default, bool):
         if x in SWITCH:
             return SWITCH[x]

@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Protocol
 Shape = tuple[int, ...]
 
 # Option values that are not plain numbers or on/off switches.
-PAD = "pad"  # an int, `same` or `valid`
+PAD = "pad"  # an int, a pair (height, width), `same` or `valid`
 LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
 COUNT = "count"  # a whole number >= 1, or absent (None) unless written (`kv=8`, `window=4096`)
 

@@ -111,19 +111,20 @@ def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, int, int, int]:
     """Pads grown at the bottom/right so that floor-mode windows are exactly dlc's windows (those of
     `ceil` included): the rule of the NumPy kernel, for the asymmetric case torch's pools cannot take."""
     a, (_, h, w), (_, ho, wo) = node.attrs, ins[0], node.out_shape
-    (kh, kw), (sh, sw), (t, l, b, r) = a["kernel"], a["stride"], a["pads"]
-    return t, l, max(b, (ho - 1) * sh + kh - t - h), max(r, (wo - 1) * sw + kw - l - w)
+    (kh, kw), (sh, sw), (dh, dw), (t, l, b, r) = a["kernel"], a["stride"], a["dilation"], a["pads"]
+    return t, l, max(b, (ho - 1) * sh + dh * (kh - 1) + 1 - t - h), max(r, (wo - 1) * sw + dw * (kw - 1) + 1 - l - w)
 
 
 def maxpool(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
+    dil = (_size(a["dilation"]), 1)
     if _symmetric(pads):
-        return TorchLayer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0),
+        return TorchLayer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0), dilation=dil,
                                        ceil_mode=(bool(a["ceil"]), False)))
     _, ho, wo = node.out_shape
     padded = _pad_call(_pool_pads(node, ins), value=", value=-math.inf")
-    return TorchLayer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s))
+    return TorchLayer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s, dilation=dil))
 
 
 def avgpool(node: Node, ins: list[Shape]) -> TorchLayer:

@@ -147,6 +147,12 @@ def test_dwconv_channel_multiplier():
     assert figures(s) == ((6, 8, 8), 60, 0, 3_456, 2 * 3_456 + 6 * 64)
 
 
+def test_conv_pad_per_axis():
+    # PyTorch's Conv2d(3, 4, 3, padding=(1, 2)) on 3@8x8: 8 + 2 - 3 + 1 = 8 high, 8 + 4 - 3 + 1 = 10 wide
+    s = last("input 3@8x8\nconv 4@3x3 pad=1x2")
+    assert s.node.out_shape == (4, 8, 10) and s.node.attrs["pads"] == (1, 2, 1, 2)
+
+
 # --- upconv -------------------------------------------------------------------------------------
 
 def test_upconv_unet_doubles_the_map():
@@ -235,6 +241,18 @@ def test_pad_refusals_say_what_fits():
 
 
 # --- maxpool / avgpool --------------------------------------------------------------------------
+
+def test_maxpool_dilated_spreads_its_window():
+    # PyTorch's MaxPool2d(3, 2, padding=1, dilation=2) on 8@16x16: the window spans 2*(3-1)+1 = 5, so
+    # (16 + 2 - 5)/2 + 1 = 7. FLOPs stay k*k per output: 8*7*7*9 = 3,528. Field 5, jump 2.
+    s = last("input 8@16x16\nmaxpool 3/2 pad=1 dil=2")
+    assert figures(s) == ((8, 7, 7), 0, 0, 0, 3_528)
+    assert rf(s) == (5, 5, 2)
+    # ONNX's corpus test_MaxPool2d_stride_padding_dilation: 60x80/10, pads 10 (height) and 20 (width), dil 10
+    assert last("input 1@1000x1000\nmaxpool 60x80/10 pad=10x20 dil=10").node.out_shape == (1, 43, 25)
+    with pytest.raises(DlcError, match="unknown option `dil=`"):
+        last("input 8@16x16\navgpool 3/2 dil=2")
+
 
 def test_maxpool_alexnet_first_pool():
     # 3/2 on 96@55x55: (55 - 3)/2 + 1 = 27. FLOPs k*k per output: 96*27*27*9 = 629,856 (the course's 0.63 M).

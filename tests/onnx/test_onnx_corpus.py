@@ -54,7 +54,6 @@ REFUSED = {
     "pytorch-converted/test_MaxPool1d": "MaxPool",
     "pytorch-converted/test_MaxPool1d_stride": "MaxPool",
     "pytorch-converted/test_MaxPool1d_stride_padding_dilation": "MaxPool",
-    "pytorch-converted/test_MaxPool2d_stride_padding_dilation": "MaxPool",
     "pytorch-converted/test_MaxPool3d": "per sample",
     "pytorch-converted/test_MaxPool3d_stride": "per sample",
     "pytorch-converted/test_MaxPool3d_stride_padding": "per sample",

@@ -231,6 +231,9 @@ KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "pad replicate": "input 2@3x4 -> pad 2 mode=replicate",
     "instancenorm": "input 3@4x5 -> instancenorm eps=1e-3",
     "pixelshuffle": "input 8@3x2 -> pixelshuffle 2",
+    "maxpool dilated": "input 3@9x9 -> maxpool 3/2 pad=1 dil=2",
+    "maxpool dilated, ceil, pad per axis": "input 3@9x8 -> maxpool 3/2 pad=1x0 dil=2 ceil",
+    "conv and avgpool pad per axis": "input 3@7x8 -> conv 4@3x3 pad=1x2 -> avgpool 3/2 pad=0x1",
     "upconv outpad": "input 3@4x5 -> upconv 4@3x3/2 pad=1 outpad=1",
     "upconv outpad past the pads": "input 3@4x5 -> upconv 2@3x3/3 pad=1 outpad=2 bias=off",
 })

@@ -30,7 +30,9 @@ def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, int], dilation=(1, 1
         return stride, pads[0]
     if pads == resolve_pads("same", x[1:], kernel, stride, dilation):
         return stride, "same"
-    raise NotImportable(f"pads {list(pads)} (top, left, bottom, right) are neither equal nor `same`, "
+    if pads[:2] == pads[2:]:
+        return stride, pads[:2]  # pad=HxW
+    raise NotImportable(f"pads {list(pads)} (top, left, bottom, right) are neither equal per axis nor `same`, "
                         f"the only forms dlc's pad= writes")
 
 

@@ -356,6 +356,12 @@ def _size_attrs(kind: LayerKind, size: Size | None, word: Word, scope: Scope) ->
             raise DlcError(f"{shaped}: {word.name} keeps the channel count", size.pos)
         return {"kernel": _pair(dims, "the window size", scope),
                 "stride": _pair(stride, "the stride", scope) if stride is not None else None}
+    if kind.size == "shape":
+        if stride is not None:
+            raise DlcError(shaped, size.pos)
+        counts = ((channels,) if channels is not None else ()) + (
+            tuple(Value(d, str(d), dims.pos) for d in dims.v) if isinstance(dims.v, tuple) else (dims,))
+        return {kind.size_attr: tuple(_positive_int(c, f"each of {word.name}'s counts", scope) for c in counts)}
     if channels is not None or stride is not None or isinstance(dims.v, tuple):
         raise DlcError(shaped, size.pos)
     if kind.size == "int":

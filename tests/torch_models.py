@@ -303,3 +303,14 @@ class LlamaLM(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.head(self.norm(x))
+
+
+class Repeat(nn.Module):
+    """x.repeat(...): ONNX Tile."""
+
+    def __init__(self, repeats: tuple[int, ...]):
+        super().__init__()
+        self.repeats = repeats
+
+    def forward(self, x):
+        return x.repeat(*self.repeats)

@@ -144,7 +144,8 @@ class LayerKind:
     resolve: ShapeRule
     aliases: tuple[str, ...] = ()
     size: str | None = None
-    """Form of the SIZE token: "conv" (C@KxK/S), "window" (KxK/S or K/S), "int", "number", or None."""
+    """Form of the SIZE token: "conv" (C@KxK/S), "window" (KxK/S or K/S), "int", "number", "shape" (a whole
+    number per axis, written as the input's shape is: C@HxW, TxD or N, into size_attr), or None."""
     size_required: bool = False
     size_attr: str = ""  # the attribute an "int"/"number" SIZE sets
     size_default: object = None

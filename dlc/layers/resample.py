@@ -1,4 +1,4 @@
-"""pad and pixelshuffle: kinds that move an image's values to new places without weights.
+"""pad, pixelshuffle and tile: kinds that move values to new places without weights.
 
 Resolved attributes:
 - pad: pads (top, left, bottom, right), mode ("constant", "reflect" or "replicate"), value (the constant
@@ -6,6 +6,9 @@ Resolved attributes:
   PyTorch's ConstantPad2d, ReflectionPad2d and ReplicationPad2d).
 - pixelshuffle: factor r; C·r²@HxW becomes C@(H·r)x(W·r), output (c, h·r + i, w·r + j) reading input
   (c·r² + i·r + j, h, w) (PyTorch's PixelShuffle, ONNX DepthToSpace in CRD mode).
+- tile: repeats, a count per axis of the input (batch left out), written as its shape is: `tile 2@3x4` on an
+  image, `tile 2x3` on a sequence, `tile 3` on a vector; each axis repeated whole that many times
+  (PyTorch's Tensor.repeat, ONNX Tile).
 """
 
 from __future__ import annotations
@@ -64,3 +67,15 @@ register(LayerKind(
     "pixelshuffle", resolve_pixelshuffle, size="int", size_required=True, size_attr="factor",
     window=lambda a: Window((1, 1), (a["factor"], a["factor"]), transposed=True),
 ))
+
+
+def resolve_tile(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    repeats = attrs["repeats"]
+    if len(repeats) != len(ins[0]):
+        raise ShapeError(f"tile takes a count per axis of its input, written as its shape is ({show(ins[0])}: "
+                         f"{show(tuple(2 for _ in ins[0]))} doubles each); received {len(repeats)}", "repeats")
+    return tuple(d * r for d, r in zip(ins[0], repeats)), dict(attrs)
+
+
+# Copies: no FLOPs; each output value is one input value, so the field is kept.
+register(LayerKind("tile", resolve_tile, size="shape", size_required=True, size_attr="repeats"))

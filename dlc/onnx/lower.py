@@ -232,6 +232,11 @@ def lower_pixelshuffle(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("DepthToSpace", x[:1], n.name, n.name, blocksize=n.attrs["factor"], mode="CRD")]
 
 
+def lower_tile(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    repeats = f"{n.name}/repeats"
+    return [const(repeats, [1, *n.attrs["repeats"]]), op("Tile", [x[0], repeats], n.name, n.name)]
+
+
 def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
 
@@ -521,4 +526,5 @@ LOWER: dict[str, Lowering] = {
     "pad": lower_pad,
     "instancenorm": lower_instancenorm,
     "pixelshuffle": lower_pixelshuffle,
+    "tile": lower_tile,
 }

@@ -309,4 +309,5 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "pad": pad,
     "instancenorm": instancenorm,
     "pixelshuffle": function("F.pixel_shuffle({x}, {factor})"),
+    "tile": lambda node, ins: TorchLayer(f"{{x}}.repeat(1, {', '.join(map(str, node.attrs['repeats']))})"),
 }

@@ -211,6 +211,17 @@ def test_pixelshuffle_espcn_upscales_by_three():
         last("input 8@4x4\npixelshuffle 3")
 
 
+# --- tile (issue 28) -----------------------------------------------------------------------------
+
+def test_tile_repeats_each_axis_as_its_shape_is_written():
+    # ONNX's corpus test_operator_repeat, x.repeat(1, 2, 3, 4) on 2@3x4: 2*2 = 4 channels, 3*3 = 9, 4*4 = 16.
+    # Copies only.
+    assert figures(last("input 2@3x4\ntile 2@3x4")) == ((4, 9, 16), 0, 0, 0, 0)
+    assert last("input seq 5 of 3\ntile 2x1").node.out_shape == (10, 3)  # the steps twice over
+    with pytest.raises(DlcError, match="a count per axis of its input"):
+        last("input 2@3x4\ntile 2x2")
+
+
 # --- pad (issue 28) ------------------------------------------------------------------------------
 
 def test_pad_cyclegan_reflects_three_pixels_before_its_7x7_conv():

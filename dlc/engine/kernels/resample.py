@@ -1,4 +1,4 @@
-"""pad and pixelshuffle: each output value is one input value (or pad's constant), so the backward pass
+"""pad, pixelshuffle and tile: each output value is one input value (or pad's constant), so the backward pass
 sends each output gradient back to the value it was copied from."""
 
 from __future__ import annotations
@@ -58,4 +58,17 @@ def pixelshuffle(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray
 
     def backward(dy):
         return [dy.reshape(n, c // (r * r), h, r, w, r).transpose(0, 1, 3, 5, 2, 4).reshape(n, c, h, w)], {}
+    return y, backward
+
+
+@kernel("tile")
+def tile(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    repeats = attrs["repeats"]
+    y = np.tile(x, (1, *repeats))
+
+    def backward(dy):
+        # each axis of size d repeated r times is r blocks of d: sum the blocks
+        split = [x.shape[0]] + [v for r, d in zip(repeats, x.shape[1:]) for v in (r, d)]
+        return [dy.reshape(split).sum(axis=tuple(range(1, 2 * len(repeats), 2)))], {}
     return y, backward

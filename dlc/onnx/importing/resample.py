@@ -1,4 +1,4 @@
-"""Patterns of the kinds that move values without weights (pad, pixelshuffle), as dlc/layers/resample.py
+"""Patterns of the kinds that move values without weights (pad, pixelshuffle, tile), as dlc/layers/resample.py
 groups them."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from dlc.layers.resample import SIDES
+from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
 from dlc.onnx.lower import PAD_MODES
 from dlc.onnx.model import attributes
@@ -69,3 +70,22 @@ def import_pixelshuffle(r: Reader, n: onnx.NodeProto) -> Found | None:
     if joined is None or joined.op_type != "Reshape" or r.shape(joined.output[0]) != (blocks[0], x[1] * f, x[2] * f):
         return None
     return one("pixelshuffle", n, str(f), output=joined.output[0], nodes=[n, swap, joined])
+
+
+def import_tile(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Tile; PyTorch's x.repeat writes an Expand to the same shape before it (it would add the leading
+    axes of a repeat longer than x's rank), which is part of the pattern."""
+    nodes = [n]
+    if n.op_type == "Expand":
+        after = r.only_consumer(n.output[0])
+        if r.shape(n.output[0]) != r.shape(n.input[0]) or after is None or after.op_type != "Tile" \
+                or after.input[0] != n.output[0]:
+            return None
+        n, nodes = after, [n, after]
+    repeats = r.evaluated([n.input[1]])[n.input[1]]
+    if repeats is None:
+        raise NotImportable("its repeats are computed from the input")
+    repeats = [int(v) for v in repeats.reshape(-1)]
+    if repeats[0] != 1:
+        raise NotImportable(f"repeats {repeats} repeat the batch; dlc's tile repeats each sample's axes")
+    return one("tile", n, show(tuple(repeats[1:])), nodes=nodes)

@@ -1,6 +1,6 @@
-"""pad and pixelshuffle kernels, each checked three ways: the backward pass against central differences in
+"""pad, pixelshuffle and tile kernels, each checked three ways: the backward pass against central differences in
 float64, the forward pass against a plain loop written here from the definition, and against onnxruntime
-running the ONNX operator the exporter writes (Pad, DepthToSpace)."""
+running the ONNX operator the exporter writes (Pad, DepthToSpace, Tile)."""
 
 from __future__ import annotations
 
@@ -96,3 +96,18 @@ def test_pixelshuffle_matches_loop_onnxruntime_and_central_differences(factor, i
     (ref,) = onnx_run("DepthToSpace", [x.astype(np.float32)], opset=13, blocksize=factor, mode="CRD")
     np.testing.assert_allclose(y, ref, rtol=1e-6)
     assert_gradients("pixelshuffle", a, {}, [x])
+
+
+# ---------------------------------------------------------------- tile
+
+@pytest.mark.parametrize("in_shape,repeats", [((2, 3, 4), (2, 3, 4)), ((5, 3), (2, 1)), ((3,), (3,))])
+def test_tile_matches_loop_onnxruntime_and_central_differences(in_shape, repeats):
+    out_shape, a = node("tile", in_shape, repeats=repeats)
+    x = np.random.default_rng(2).standard_normal((2, *in_shape))
+    y, _ = run("tile", a, x)
+    assert y.shape == (2, *out_shape) == (2, *(d * r for d, r in zip(in_shape, repeats)))
+    for index in np.ndindex(*out_shape):  # output index i reads input index i mod size, on every axis
+        np.testing.assert_array_equal(y[(slice(None), *index)], x[(slice(None), *(i % d for i, d in zip(index, in_shape)))])
+    (ref,) = onnx_run("Tile", [x.astype(np.float32), np.array([1, *repeats], np.int64)], opset=13)
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    assert_gradients("tile", a, {}, [x])

@@ -314,3 +314,14 @@ class Repeat(nn.Module):
 
     def forward(self, x):
         return x.repeat(*self.repeats)
+
+
+class Narrow(nn.Module):
+    """x.narrow(dim, start, length): ONNX Slice of one axis."""
+
+    def __init__(self, dim: int, start: int, length: int):
+        super().__init__()
+        self.dim, self.start, self.length = dim, start, length
+
+    def forward(self, x):
+        return x.narrow(self.dim, self.start, self.length)

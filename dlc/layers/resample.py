@@ -1,4 +1,4 @@
-"""pad, pixelshuffle and tile: kinds that move values to new places without weights.
+"""pad, pixelshuffle, tile and slice: kinds that move values to new places without weights.
 
 Resolved attributes:
 - pad: pads (top, left, bottom, right), mode ("constant", "reflect" or "replicate"), value (the constant
@@ -9,6 +9,9 @@ Resolved attributes:
 - tile: repeats, a count per axis of the input (batch left out), written as its shape is: `tile 2@3x4` on an
   image, `tile 2x3` on a sequence, `tile 3` on a vector; each axis repeated whole that many times
   (PyTorch's Tensor.repeat, ONNX Tile).
+- slice: length (the SIZE), start (negative: from the end), axis (a word, SLICE_AXES); resolved: dim (the
+  axis's index, batch left out) and begin (start from the front). Keeps `length` consecutive entries of
+  one axis (ONNX Slice of one axis with step 1, PyTorch's x.narrow).
 """
 
 from __future__ import annotations
@@ -79,3 +82,28 @@ def resolve_tile(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
 
 # Copies: no FLOPs; each output value is one input value, so the field is kept.
 register(LayerKind("tile", resolve_tile, size="shape", size_required=True, size_attr="repeats"))
+
+
+# The axes slice names, by the rank of its input (batch left out); an image's features are its channels.
+SLICE_AXES = {3: ("features", "height", "width"), 2: ("steps", "features"), 1: ("features",)}
+
+
+def resolve_slice(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    shape, a = ins[0], dict(attrs)
+    names = SLICE_AXES[len(shape)]
+    if a["axis"] not in names:
+        raise ShapeError(f"slice on {show(shape)} takes axis={' or axis='.join(names)} (received axis={a['axis']})",
+                         "axis")
+    dim = names.index(a["axis"])
+    size, n, start = shape[dim], a["length"], a["start"]
+    begin = start + size if start < 0 else start
+    if n < 1 or begin < 0 or begin + n > size:
+        raise ShapeError(f"{n} entries from start={start} need {begin + n if begin >= 0 else n - start} along "
+                         f"{a['axis']}; {show(shape)} has {size}")
+    a.update(dim=dim, begin=begin)
+    return shape[:dim] + (n,) + shape[dim + 1:], a
+
+
+# Copies: no FLOPs; each output value is one input value, so the field is kept.
+register(LayerKind("slice", resolve_slice, size="int", size_required=True, size_attr="length",
+                   options={"start": 0, "axis": "features"}))

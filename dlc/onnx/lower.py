@@ -237,6 +237,13 @@ def lower_tile(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [const(repeats, [1, *n.attrs["repeats"]]), op("Tile", [x[0], repeats], n.name, n.name)]
 
 
+def lower_slice(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    a, p = n.attrs, n.name
+    return [const(f"{p}/starts", [a["begin"]]), const(f"{p}/ends", [a["begin"] + a["length"]]),
+            const(f"{p}/axes", [a["dim"] + 1]),
+            op("Slice", [x[0], f"{p}/starts", f"{p}/ends", f"{p}/axes"], p, p)]
+
+
 def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
 
@@ -527,4 +534,5 @@ LOWER: dict[str, Lowering] = {
     "instancenorm": lower_instancenorm,
     "pixelshuffle": lower_pixelshuffle,
     "tile": lower_tile,
+    "slice": lower_slice,
 }

@@ -222,6 +222,20 @@ def test_tile_repeats_each_axis_as_its_shape_is_written():
         last("input 2@3x4\ntile 2x2")
 
 
+# --- slice (issue 28) ----------------------------------------------------------------------------
+
+def test_slice_keeps_consecutive_entries_of_one_axis():
+    # the first 16 channels of 32@8x8 are 16@8x8; the last step of 5x4 is 1x4;
+    # rows 2..5 of 3@8x8 are 3@4x8. Copies only.
+    assert figures(last("input 32@8x8\nslice 16")) == ((16, 8, 8), 0, 0, 0, 0)
+    assert last("input seq 5 of 4\nslice 1 start=-1 axis=steps").node.out_shape == (1, 4)
+    assert last("input 3@8x8\nslice 4 start=2 axis=height").node.out_shape == (3, 4, 8)
+    with pytest.raises(DlcError, match="4 entries from start=6 need 10 along height; 3@8x8 has 8"):
+        last("input 3@8x8\nslice 4 start=6 axis=height")
+    with pytest.raises(DlcError, match="takes axis=steps or axis=features"):
+        last("input seq 5 of 4\nslice 1 axis=width")
+
+
 # --- pad (issue 28) ------------------------------------------------------------------------------
 
 def test_pad_cyclegan_reflects_three_pixels_before_its_7x7_conv():

@@ -81,7 +81,7 @@ REFUSED = {
     "pytorch-operator/test_operator_clip": "Clip",
     "pytorch-operator/test_operator_concat2": "2 inputs and 1 outputs",
     "pytorch-operator/test_operator_exp": "Exp",
-    "pytorch-operator/test_operator_index": "Slice",
+    "pytorch-operator/test_operator_index": "slices the batch axis",
     "pytorch-operator/test_operator_max": "2 inputs and 1 outputs",
     "pytorch-operator/test_operator_maxpool": "MaxPool",
     "pytorch-operator/test_operator_min": "2 inputs and 1 outputs",

@@ -1,4 +1,4 @@
-"""pad, pixelshuffle and tile: each output value is one input value (or pad's constant), so the backward pass
+"""pad, pixelshuffle, tile and slice: each output value is one input value (or pad's constant), so the backward pass
 sends each output gradient back to the value it was copied from."""
 
 from __future__ import annotations
@@ -72,3 +72,15 @@ def tile(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
         split = [x.shape[0]] + [v for r, d in zip(repeats, x.shape[1:]) for v in (r, d)]
         return [dy.reshape(split).sum(axis=tuple(range(1, 2 * len(repeats), 2)))], {}
     return y, backward
+
+
+@kernel("slice")
+def slice_(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    kept = (slice(None),) * (attrs["dim"] + 1) + (slice(attrs["begin"], attrs["begin"] + attrs["length"]),)
+
+    def backward(dy):
+        dx = np.zeros_like(x)
+        dx[kept] = dy
+        return [dx], {}
+    return x[kept], backward

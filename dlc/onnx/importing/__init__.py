@@ -25,7 +25,7 @@ from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
-from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_tile
+from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_slice, import_tile
 from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_rmsnorm,
                                          import_seqpool, import_tokens)
 
@@ -79,6 +79,7 @@ IMPORT: dict[str, Import] = {
     "instancenorm": Import(("InstanceNormalization",), import_instancenorm),
     "pixelshuffle": Import(("DepthToSpace", "Reshape"), import_pixelshuffle),
     "tile": Import(("Tile", "Expand"), import_tile),
+    "slice": Import(("Slice",), import_slice),
 }
 
 

@@ -1,12 +1,12 @@
-"""Patterns of the kinds that move values without weights (pad, pixelshuffle, tile), as dlc/layers/resample.py
-groups them."""
+"""Patterns of the kinds that move values without weights (pad, pixelshuffle, tile, slice), as
+dlc/layers/resample.py groups them."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from dlc.layers.resample import SIDES
+from dlc.layers.resample import SIDES, SLICE_AXES
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
 from dlc.onnx.lower import PAD_MODES
@@ -89,3 +89,38 @@ def import_tile(r: Reader, n: onnx.NodeProto) -> Found | None:
     if repeats[0] != 1:
         raise NotImportable(f"repeats {repeats} repeat the batch; dlc's tile repeats each sample's axes")
     return one("tile", n, show(tuple(repeats[1:])), nodes=nodes)
+
+
+def import_slice(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Slice of one axis with step 1: its starts, ends and axes are attributes before opset 10, inputs
+    (stored or computed from constants) from then on."""
+    x = r.shape(n.input[0])
+    a = attributes(n)
+    if "starts" in a:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        values = r.evaluated([i for i in n.input[1:5] if i])
+        starts, ends, axes, steps = (values.get(n.input[i]) if r.optional(n, i) else None for i in range(1, 5))
+        if starts is None or ends is None or (r.optional(n, 3) and axes is None) or (r.optional(n, 4) and steps is None):
+            raise NotImportable("its starts, ends, axes or steps are computed from the input")
+    starts, ends = [int(v) for v in np.asarray(starts).reshape(-1)], [int(v) for v in np.asarray(ends).reshape(-1)]
+    axes = list(range(len(starts))) if axes is None else [int(v) % (len(x) + 1) for v in np.asarray(axes).reshape(-1)]
+    if steps is not None and any(int(v) != 1 for v in np.asarray(steps).reshape(-1)):
+        raise NotImportable("it takes every k-th entry (steps); dlc's slice keeps consecutive ones")
+    if 0 in axes:
+        raise NotImportable("it slices the batch axis (it picks samples); dlc's layers work on each sample alike")
+    cut = []
+    for axis, start, end in zip(axes, starts, ends):
+        size = x[axis - 1]
+        begin, stop = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
+        if (begin, stop) != (0, size):
+            cut.append((axis - 1, begin, stop))
+    if not cut:
+        return Found(None, [n], n.output[0])  # the whole tensor
+    if len(cut) > 1 or len(x) not in SLICE_AXES:
+        raise NotImportable(f"it slices {len(cut)} axes at once; dlc's slice takes one")
+    dim, begin, stop = cut[0]
+    if stop <= begin:
+        raise NotImportable("it keeps nothing")
+    axis = SLICE_AXES[len(x)][dim]
+    return one("slice", n, str(stop - begin), {"start": begin, **({"axis": axis} if axis != "features" else {})})

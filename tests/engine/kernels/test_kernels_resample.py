@@ -1,6 +1,6 @@
-"""pad, pixelshuffle and tile kernels, each checked three ways: the backward pass against central differences in
+"""pad, pixelshuffle, tile and slice kernels, each checked three ways: the backward pass against central differences in
 float64, the forward pass against a plain loop written here from the definition, and against onnxruntime
-running the ONNX operator the exporter writes (Pad, DepthToSpace, Tile)."""
+running the ONNX operator the exporter writes (Pad, DepthToSpace, Tile, Slice)."""
 
 from __future__ import annotations
 
@@ -111,3 +111,23 @@ def test_tile_matches_loop_onnxruntime_and_central_differences(in_shape, repeats
     (ref,) = onnx_run("Tile", [x.astype(np.float32), np.array([1, *repeats], np.int64)], opset=13)
     np.testing.assert_allclose(y, ref, rtol=1e-6)
     assert_gradients("tile", a, {}, [x])
+
+
+# ---------------------------------------------------------------- slice
+
+@pytest.mark.parametrize("in_shape,written,kept", [
+    ((4, 3, 5), {"length": 2, "start": 1}, np.s_[:, 1:3]),
+    ((4, 3, 5), {"length": 2, "start": -2, "axis": "width"}, np.s_[:, :, :, 3:5]),
+    ((5, 3), {"length": 1, "start": -1, "axis": "steps"}, np.s_[:, 4:5]),
+    ((6,), {"length": 3}, np.s_[:, 0:3]),
+])
+def test_slice_matches_indexing_onnxruntime_and_central_differences(in_shape, written, kept):
+    out_shape, a = node("slice", in_shape, **written)
+    x = np.random.default_rng(3).standard_normal((2, *in_shape))
+    y, _ = run("slice", a, x)
+    assert y.shape == (2, *out_shape)
+    np.testing.assert_array_equal(y, x[kept])
+    (ref,) = onnx_run("Slice", [x.astype(np.float32), np.array([a["begin"]]), np.array([a["begin"] + a["length"]]),
+                                np.array([a["dim"] + 1])], opset=13)
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    assert_gradients("slice", a, {}, [x])

@@ -107,17 +107,23 @@ def import_slice(r: Reader, n: onnx.NodeProto) -> Found | None:
     axes = list(range(len(starts))) if axes is None else [int(v) % (len(x) + 1) for v in np.asarray(axes).reshape(-1)]
     if steps is not None and any(int(v) != 1 for v in np.asarray(steps).reshape(-1)):
         raise NotImportable("it takes every k-th entry (steps); dlc's slice keeps consecutive ones")
-    if 0 in axes:
-        raise NotImportable("it slices the batch axis (it picks samples); dlc's layers work on each sample alike")
     cut = []
     for axis, start, end in zip(axes, starts, ends):
+        if axis == 0:  # the whole batch, whatever its size, is 0 to the largest int64 (or int32)
+            if start != 0 or end < 2 ** 31 - 1:
+                raise NotImportable("it slices the batch axis (it picks samples); dlc's layers work on each sample "
+                                    "alike")
+            continue
         size = x[axis - 1]
         begin, stop = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
         if (begin, stop) != (0, size):
             cut.append((axis - 1, begin, stop))
     if not cut:
         return Found(None, [n], n.output[0])  # the whole tensor
-    if len(cut) > 1 or len(x) not in SLICE_AXES:
+    if len(x) not in SLICE_AXES:
+        raise NotImportable(f"dlc's slice works on images, sequences and vectors; this input has {len(x)} axes "
+                            f"per sample")
+    if len(cut) > 1:
         raise NotImportable(f"it slices {len(cut)} axes at once; dlc's slice takes one")
     dim, begin, stop = cut[0]
     if stop <= begin:

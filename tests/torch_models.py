@@ -325,3 +325,15 @@ class Narrow(nn.Module):
 
     def forward(self, x):
         return x.narrow(self.dim, self.start, self.length)
+
+
+class Reshape(nn.Module):
+    """x.reshape(len(x), *shape) (with a check that x's own shape per sample is `given`): ONNX Reshape."""
+
+    def __init__(self, given: tuple[int, ...], shape: tuple[int, ...]):
+        super().__init__()
+        self.given, self.shape = given, shape
+
+    def forward(self, x):
+        assert tuple(x.shape[1:]) == self.given
+        return x.reshape(len(x), *self.shape)

@@ -1,4 +1,4 @@
-"""pad, pixelshuffle, tile and slice: kinds that move values to new places without weights.
+"""pad, pixelshuffle, tile, slice and reshape: kinds that move values to new places without weights.
 
 Resolved attributes:
 - pad: pads (top, left, bottom, right), mode ("constant", "reflect" or "replicate"), value (the constant
@@ -12,12 +12,14 @@ Resolved attributes:
 - slice: length (the SIZE), start (negative: from the end), axis (a word, SLICE_AXES); resolved: dim (the
   axis's index, batch left out) and begin (start from the front). Keeps `length` consecutive entries of
   one axis (ONNX Slice of one axis with step 1, PyTorch's x.narrow).
+- reshape: shape, the output's, written as the language writes shapes (C@HxW, TxD or N); the values keep
+  their order (C, H, W row by row), as ONNX Reshape and PyTorch's x.reshape(len(x), ...).
 """
 
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import COUNT, LayerKind, Shape, Window, register
+from dlc.layers import COUNT, LayerKind, Shape, Window, elements, register
 from dlc.layers.spatial import image, show
 
 SIDES = ("top", "left", "bottom", "right")
@@ -107,3 +109,15 @@ def resolve_slice(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
 # Copies: no FLOPs; each output value is one input value, so the field is kept.
 register(LayerKind("slice", resolve_slice, size="int", size_required=True, size_attr="length",
                    options={"start": 0, "axis": "features"}))
+
+
+def resolve_reshape(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    shape = attrs["shape"]
+    if elements(shape) != elements(ins[0]):
+        raise ShapeError(f"reshape {show(shape)} holds {elements(shape):,} values; {show(ins[0])} has "
+                         f"{elements(ins[0]):,}")
+    return shape, dict(attrs)
+
+
+# Copies: no FLOPs; the field is kept, as flatten keeps it (and as ONNX's analysis reads a Reshape).
+register(LayerKind("reshape", resolve_reshape, size="shape", size_required=True, size_attr="shape"))

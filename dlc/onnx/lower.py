@@ -244,6 +244,11 @@ def lower_slice(n: Node, x: list[str], opset: int) -> list[NodeProto]:
             op("Slice", [x[0], f"{p}/starts", f"{p}/ends", f"{p}/axes"], p, p)]
 
 
+def lower_reshape(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    shape = f"{n.name}/shape"  # 0 copies the batch
+    return [const(shape, [0, *n.attrs["shape"]]), op("Reshape", [x[0], shape], n.name, n.name)]
+
+
 def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Gather", [param(n, "W"), x[0]], n.name, n.name, axis=0)]
 
@@ -535,4 +540,5 @@ LOWER: dict[str, Lowering] = {
     "pixelshuffle": lower_pixelshuffle,
     "tile": lower_tile,
     "slice": lower_slice,
+    "reshape": lower_reshape,
 }

@@ -309,6 +309,7 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "pad": pad,
     "instancenorm": instancenorm,
     "pixelshuffle": function("F.pixel_shuffle({x}, {factor})"),
+    "reshape": lambda node, ins: TorchLayer(f"{{x}}.reshape(len({{x}}), {', '.join(map(str, node.attrs['shape']))})"),
     "slice": lambda node, ins: TorchLayer(f"{{x}}.narrow({node.attrs['dim'] + 1}, {node.attrs['begin']}, "
                                           f"{node.attrs['length']})"),
     "tile": lambda node, ins: TorchLayer(f"{{x}}.repeat(1, {', '.join(map(str, node.attrs['repeats']))})"),

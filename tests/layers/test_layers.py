@@ -236,6 +236,17 @@ def test_slice_keeps_consecutive_entries_of_one_axis():
         last("input seq 5 of 4\nslice 1 axis=width")
 
 
+# --- reshape (issue 28) --------------------------------------------------------------------------
+
+def test_reshape_gives_the_written_shape():
+    # ONNX's corpus test_operator_repeat_dim_overflow: a vector of 2 as the image 1@1x2. Copies only.
+    s = last("input 2\nreshape 1@1x2")
+    assert figures(s) == ((1, 1, 2), 0, 0, 0, 0)
+    assert last("input 3@4x4\nreshape 12x4").node.out_shape == (12, 4)
+    with pytest.raises(DlcError, match="reshape 5x4 holds 20 values; 3@4x4 has 48"):
+        last("input 3@4x4\nreshape 5x4")
+
+
 # --- pad (issue 28) ------------------------------------------------------------------------------
 
 def test_pad_cyclegan_reflects_three_pixels_before_its_7x7_conv():

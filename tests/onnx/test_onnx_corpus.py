@@ -94,7 +94,6 @@ REFUSED = {
     "pytorch-operator/test_operator_reduced_mean_keepdim": "ReduceMean",
     "pytorch-operator/test_operator_reduced_sum": "ReduceSum",
     "pytorch-operator/test_operator_reduced_sum_keepdim": "ReduceSum",
-    "pytorch-operator/test_operator_repeat_dim_overflow": "Reshape",
     "pytorch-operator/test_operator_sqrt": "Sqrt",
     "pytorch-operator/test_operator_symbolic_override_nested": "inputs and",
     "pytorch-operator/test_operator_view": "per sample",

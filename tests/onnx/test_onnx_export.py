@@ -234,6 +234,8 @@ KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "slice channels": "input 4@3x2 -> slice 2 start=1",
     "slice the last step": "input seq 4 of 3 -> slice 1 start=-1 axis=steps",
     "slice width": "input 2@3x5 -> slice 3 start=2 axis=width",
+    "reshape a vector into an image": "input 6 -> reshape 2@1x3 -> conv 2@1x1",
+    "reshape an image into a sequence": "input 2@3x4 -> reshape 6x4",
     "tile an image": "input 2@3x2 -> tile 2@1x3",
     "tile a sequence's steps": "input seq 4 of 3 -> tile 2x1",
     "tile a vector": "input 3 -> tile 2",

@@ -109,7 +109,7 @@ KIND_SPECS = {
                       "-> gap -> fc 3",
     # padding and resampling (issue 28)
     "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
-                  "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> gap -> fc 3",
+                  "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3",
 }
 
 
@@ -153,6 +153,7 @@ RESAMPLING_MODULES = {
                         "maxpool 3x3/2 pad=1 dil=2"),
     "tile": (lambda: torch_models.Repeat((1, 2, 1, 3)), "tile 2@1x3"),
     "slice (narrow)": (lambda: torch_models.Narrow(2, 1, 3), "slice 3 start=1 axis=height"),
+    "reshape": (lambda: torch_models.Reshape((3, 8, 8), (24, 8)), "reshape 24x8"),
     "upconv outpad": (lambda: nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)),
                       "upconv 4@3x3/2 pad=1 outpad=1"),
 }

@@ -1,4 +1,4 @@
-"""pad, pixelshuffle, tile and slice: each output value is one input value (or pad's constant), so the backward pass
+"""pad, pixelshuffle, tile, slice and reshape: each output value is one input value (or pad's constant), so the backward pass
 sends each output gradient back to the value it was copied from."""
 
 from __future__ import annotations
@@ -84,3 +84,9 @@ def slice_(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx
         dx[kept] = dy
         return [dx], {}
     return x[kept], backward
+
+
+@kernel("reshape")
+def reshape(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    return x.reshape(len(x), *attrs["shape"]), lambda dy: ([dy.reshape(x.shape)], {})

@@ -25,7 +25,7 @@ from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
-from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_slice, import_tile
+from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_reshape, import_slice, import_tile
 from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_rmsnorm,
                                          import_seqpool, import_tokens)
 
@@ -80,6 +80,8 @@ IMPORT: dict[str, Import] = {
     "pixelshuffle": Import(("DepthToSpace", "Reshape"), import_pixelshuffle),
     "tile": Import(("Tile", "Expand"), import_tile),
     "slice": Import(("Slice",), import_slice),
+    # last of the Reshape patterns: what attention, flatten, tokens and pixelshuffle leave
+    "reshape": Import(("Reshape",), import_reshape),
 }
 
 

@@ -1,4 +1,4 @@
-"""Patterns of the kinds that move values without weights (pad, pixelshuffle, tile, slice), as
+"""Patterns of the kinds that move values without weights (pad, pixelshuffle, tile, slice, reshape), as
 dlc/layers/resample.py groups them."""
 
 from __future__ import annotations
@@ -130,3 +130,15 @@ def import_slice(r: Reader, n: onnx.NodeProto) -> Found | None:
         raise NotImportable("it keeps nothing")
     axis = SLICE_AXES[len(x)][dim]
     return one("slice", n, str(stop - begin), {"start": begin, **({"axis": axis} if axis != "features" else {})})
+
+
+def import_reshape(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """A Reshape that keeps the batch and gives an image, a sequence or a vector (after every other kind's
+    Reshape pattern has declined it)."""
+    x, y = r.shape(n.input[0]), r.shape(n.output[0])
+    t, u = r.g.tensors[n.input[0]], r.g.tensors[n.output[0]]
+    if t.batch_axis != 0 or u.batch_axis != 0 or not 1 <= len(y) <= 3:
+        return None
+    if y == x:
+        return Found(None, [n], n.output[0])
+    return one("reshape", n, show(y))

@@ -1,6 +1,6 @@
-"""pad, pixelshuffle, tile and slice kernels, each checked three ways: the backward pass against central differences in
+"""pad, pixelshuffle, tile, slice and reshape kernels, each checked three ways: the backward pass against central differences in
 float64, the forward pass against a plain loop written here from the definition, and against onnxruntime
-running the ONNX operator the exporter writes (Pad, DepthToSpace, Tile, Slice)."""
+running the ONNX operator the exporter writes (Pad, DepthToSpace, Tile, Slice, Reshape)."""
 
 from __future__ import annotations
 
@@ -131,3 +131,17 @@ def test_slice_matches_indexing_onnxruntime_and_central_differences(in_shape, wr
                                 np.array([a["dim"] + 1])], opset=13)
     np.testing.assert_allclose(y, ref, rtol=1e-6)
     assert_gradients("slice", a, {}, [x])
+
+
+# ---------------------------------------------------------------- reshape
+
+@pytest.mark.parametrize("in_shape,shape", [((2,), (1, 1, 2)), ((2, 3, 4), (6, 4)), ((6, 4), (24,))])
+def test_reshape_keeps_the_order_of_the_values(in_shape, shape):
+    out_shape, a = node("reshape", in_shape, shape=shape)
+    x = np.random.default_rng(4).standard_normal((2, *in_shape))
+    y, _ = run("reshape", a, x)
+    assert y.shape == (2, *out_shape) == (2, *shape)
+    np.testing.assert_array_equal(y.reshape(2, -1), x.reshape(2, -1))  # each sample's values in row-major order
+    (ref,) = onnx_run("Reshape", [x.astype(np.float32), np.array([0, *shape], np.int64)], opset=13)
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    assert_gradients("reshape", a, {}, [x])

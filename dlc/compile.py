@@ -356,6 +356,12 @@ def _size_attrs(kind: LayerKind, size: Size | None, word: Word, scope: Scope) ->
             raise DlcError(f"{shaped}: {word.name} keeps the channel count", size.pos)
         return {"kernel": _pair(dims, "the window size", scope),
                 "stride": _pair(stride, "the stride", scope) if stride is not None else None}
+    if kind.size == "shape":
+        if stride is not None:
+            raise DlcError(shaped, size.pos)
+        counts = ((channels,) if channels is not None else ()) + (
+            tuple(Value(d, str(d), dims.pos) for d in dims.v) if isinstance(dims.v, tuple) else (dims,))
+        return {kind.size_attr: tuple(_positive_int(c, f"each of {word.name}'s counts", scope) for c in counts)}
     if channels is not None or stride is not None or isinstance(dims.v, tuple):
         raise DlcError(shaped, size.pos)
     if kind.size == "int":
@@ -736,7 +742,9 @@ def _option_value(kind: LayerKind, opt: Option, scope: Scope):
     if default is PAD:
         if x in ("same", "valid") or isinstance(x, int):
             return x
-        raise DlcError(f"{opt.key} takes a whole number, `same` or `valid`{_unbound(v, scope)} {got}", v.pos)
+        if isinstance(x, tuple) and len(x) == 2 and all(isinstance(p, int) for p in x):
+            return x  # HxW: top and bottom by H, left and right by W (PyTorch's padding=(1, 2))
+        raise DlcError(f"{opt.key} takes a whole number, HxW, `same` or `valid`{_unbound(v, scope)} {got}", v.pos)
     if isinstance(default, bool):
         if x in SWITCH:
             return SWITCH[x]

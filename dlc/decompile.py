@@ -204,6 +204,8 @@ def option_words(kind: str, options: dict) -> list[str]:
 def value_word(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, tuple):  # pad=HxW
+        return "x".join(str(v) for v in value)
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

@@ -449,7 +449,8 @@ def size_example(word: str) -> str | None:
     kind = lookup(word)
     if kind is None or kind.size is None:
         return None
-    return {"conv": "64@3x3", "window": "3x3/2 or 2", "int": "64", "number": "0.5"}.get(kind.size, "64")
+    return {"conv": "64@3x3", "window": "3x3/2 or 2", "int": "64", "number": "0.5",
+            "shape": "2@3x4, 2x3 or 3"}.get(kind.size, "64")
 
 
 def _tokens_before(text: str, offset: int) -> list[Token]:

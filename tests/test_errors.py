@@ -265,7 +265,7 @@ def test_reserved_repeat_names():
 
 def test_bad_option_values_quote_the_value():
     e = error("input 3@8x8\nconv 8@3x3 pad=foo")
-    assert e.message == "pad takes a whole number, `same` or `valid`; no block parameter `foo` (received pad=foo)"
+    assert e.message == "pad takes a whole number, HxW, `same` or `valid`; no block parameter `foo` (received pad=foo)"
     assert at(e) == (2, 16)
     e = error("input 3@8x8\nconv 8@3x3 bias=2")
     assert e.message == "bias takes on or off (received bias=2)" and at(e) == (2, 17)

@@ -303,3 +303,37 @@ class LlamaLM(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.head(self.norm(x))
+
+
+class Repeat(nn.Module):
+    """x.repeat(...): ONNX Tile."""
+
+    def __init__(self, repeats: tuple[int, ...]):
+        super().__init__()
+        self.repeats = repeats
+
+    def forward(self, x):
+        return x.repeat(*self.repeats)
+
+
+class Narrow(nn.Module):
+    """x.narrow(dim, start, length): ONNX Slice of one axis."""
+
+    def __init__(self, dim: int, start: int, length: int):
+        super().__init__()
+        self.dim, self.start, self.length = dim, start, length
+
+    def forward(self, x):
+        return x.narrow(self.dim, self.start, self.length)
+
+
+class Reshape(nn.Module):
+    """x.reshape(len(x), *shape) (with a check that x's own shape per sample is `given`): ONNX Reshape."""
+
+    def __init__(self, given: tuple[int, ...], shape: tuple[int, ...]):
+        super().__init__()
+        self.given, self.shape = given, shape
+
+    def forward(self, x):
+        assert tuple(x.shape[1:]) == self.given
+        return x.reshape(len(x), *self.shape)

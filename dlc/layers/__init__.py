@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Protocol
 Shape = tuple[int, ...]
 
 # Option values that are not plain numbers or on/off switches.
-PAD = "pad"  # an int, `same` or `valid`
+PAD = "pad"  # an int, a pair (height, width), `same` or `valid`
 LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
 COUNT = "count"  # a whole number >= 1, or absent (None) unless written (`kv=8`, `window=4096`)
 AXIS = "axis"  # an axis of the input's shape (batch left out, negative from the end), or absent (None) unless written
@@ -145,7 +145,8 @@ class LayerKind:
     resolve: ShapeRule
     aliases: tuple[str, ...] = ()
     size: str | None = None
-    """Form of the SIZE token: "conv" (C@KxK/S), "window" (KxK/S or K/S), "int", "number", or None."""
+    """Form of the SIZE token: "conv" (C@KxK/S), "window" (KxK/S or K/S), "int", "number", "shape" (a whole
+    number per axis, written as the input's shape is: C@HxW, TxD or N, into size_attr), or None."""
     size_required: bool = False
     size_attr: str = ""  # the attribute an "int"/"number" SIZE sets
     size_default: object = None
@@ -226,4 +227,4 @@ def elements(shape: Shape) -> int:
     return prod(shape)
 
 
-from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence, mixture  # noqa: E402,F401  (registers the kinds)
+from dlc.layers import conv, pool, dense, elementwise, recurrent, merge, sequence, mixture, resample  # noqa: E402,F401  (registers the kinds)

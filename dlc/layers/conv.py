@@ -1,7 +1,8 @@
 """conv, dwconv, upconv.
 
 Resolved attributes (what the backends read): channels (C_out), in_channels, kernel (kh, kw),
-stride (sh, sw), dilation (dh, dw), pads (top, left, bottom, right), groups, bias.
+stride (sh, sw), dilation (dh, dw), pads (top, left, bottom, right), groups, bias; upconv also outpad (rows
+and columns added at the bottom and right of its output).
 Weights follow ONNX: conv W (C_out, C_in/groups, kh, kw); upconv W (C_in, C_out/groups, kh, kw); b (C_out).
 """
 
@@ -106,8 +107,14 @@ def resolve_upconv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
     if not isinstance(p, int) or p < 0:
         raise ShapeError(f"upconv takes pad as an integer >= 0 (received pad={p})", "pad")
     _check_groups(a["groups"], c, a["channels"])
-    ho = (h - 1) * stride[0] - 2 * p + dil[0] * (kernel[0] - 1) + 1
-    wo = (w - 1) * stride[1] - 2 * p + dil[1] * (kernel[1] - 1) + 1
+    op = a["outpad"]
+    # Output padding adds at most one stride's worth of rows: enough to invert any stride-s conv's shape.
+    # PyTorch also allows up to the dilation, but onnxruntime refuses it, so dlc does not write it.
+    if op < 0 or op >= min(stride):
+        raise ShapeError(f"upconv outpad must be >= 0 and below the stride (received outpad={op} with stride "
+                         f"{stride[0]}x{stride[1]})", "outpad")
+    ho = (h - 1) * stride[0] - 2 * p + dil[0] * (kernel[0] - 1) + 1 + op
+    wo = (w - 1) * stride[1] - 2 * p + dil[1] * (kernel[1] - 1) + 1 + op
     if ho < 1 or wo < 1:
         raise ShapeError(f"pad={p} crops the {show(ins[0])} input to nothing")
     a.update(kernel=kernel, stride=stride, dilation=dil, pads=(p, p, p, p), in_channels=c)
@@ -141,7 +148,9 @@ def upconv_fans(a: dict, shape: Shape) -> tuple[float, float]:
 
 register(LayerKind(
     "upconv", resolve_upconv, aliases=("deconv",), size="conv", size_required=True,
-    options={"pad": 0, "dil": 1, "groups": 1, "bias": True}, params=upconv_params,
+    # outpad: rows and columns added at the bottom and right of the output (ConvTranspose's output_padding),
+    # so that a stride-s upconv inverts a stride-s conv's shape: 3x3/2 pad=1 outpad=1 doubles the map
+    options={"pad": 0, "dil": 1, "groups": 1, "bias": True, "outpad": 0}, params=upconv_params,
     # output channel j reads W[:, j]: its incoming weights span every axis but the second
     tensors={"W": weight(upconv_fans, maxnorm=(0, 2, 3)), "b": BIAS}, macs=upconv_macs, flops=upconv_flops,
     window=lambda a: Window(a["kernel"], a["stride"], a["dilation"], transposed=True),

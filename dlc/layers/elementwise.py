@@ -2,7 +2,7 @@
 
 Resolved attributes: dropout p; noise sigma; leaky/elu alpha; bn eps, momentum, channels (bn normalises
 axis 1 of the batch tensor: channels of an image, features of a vector; gamma, beta trainable; mean,
-var non-trainable); lrn size, alpha, beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
+var non-trainable); instancenorm eps, channels (gamma, beta trainable, per channel); lrn size, alpha, beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
 softmax runs over channels of an image, features of a vector, the last axis of a sequence, or over
 `axis` (the index in the shape, batch left out; negative from the end): resolved `axis` >= 0.
 The math kinds (issue 28): prelu `alpha` slopes and shift `b` values, one or (flag `channels`) one per
@@ -178,6 +178,25 @@ register(LayerKind(
     # at the start bn is the identity and its running statistics are those of a standard normal
     tensors={"gamma": SCALE, "beta": SHIFT, "mean": statistic(0.0), "var": statistic(1.0)},
     flops=per_element(2),  # inference: one multiply and one add per element with folded statistics
+))
+
+
+def resolve_instancenorm(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    c, _, _ = image(ins[0], "instancenorm")
+    if attrs["eps"] <= 0:  # it keeps the division by the standard deviation away from zero
+        raise ShapeError(f"instancenorm eps must be > 0 (received eps={attrs['eps']})", "eps")
+    return ins[0], dict(attrs, channels=c)
+
+
+# Instance norm (Ulyanov et al. 2016; style transfer, CycleGAN, pix2pix): each sample's channel normalised
+# over its own H·W pixels, then scaled and shifted per channel, as ONNX InstanceNormalization. The
+# statistics are per sample, so unlike bn nothing folds at inference: layernorm's 7 FLOPs per element, and
+# the eps add and square root per channel.
+register(LayerKind(
+    "instancenorm", resolve_instancenorm, options={"eps": 1e-5},
+    params=lambda a, ins: {"gamma": (a["channels"],), "beta": (a["channels"],)},
+    tensors={"gamma": SCALE, "beta": SHIFT},
+    flops=lambda a, ins, out: 7 * elements(out) + 2 * a["channels"],
 ))
 
 

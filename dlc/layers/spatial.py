@@ -20,8 +20,8 @@ def same_pads(size: int, k: int, stride: int, dil: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def resolve_pads(pad: int | str, hw: Pair, kernel: Pair, stride: Pair, dil: Pair) -> Pads:
-    """Explicit (top, left, bottom, right) pads from an option value: int, "same" or "valid"."""
+def resolve_pads(pad: int | Pair | str, hw: Pair, kernel: Pair, stride: Pair, dil: Pair) -> Pads:
+    """Explicit (top, left, bottom, right) pads from an option value: int, (height, width), "same" or "valid"."""
     if pad == "valid":
         return (0, 0, 0, 0)
     if pad == "same":
@@ -32,7 +32,11 @@ def resolve_pads(pad: int | str, hw: Pair, kernel: Pair, stride: Pair, dil: Pair
         if pad < 0:
             raise ShapeError(f"pad must be >= 0 (received pad={pad})", "pad")
         return (pad, pad, pad, pad)
-    raise ShapeError(f"pad must be an integer, `same` or `valid` (received pad={pad})")
+    if isinstance(pad, tuple):
+        if min(pad) < 0:
+            raise ShapeError(f"pad must be >= 0 (received pad={pad[0]}x{pad[1]})", "pad")
+        return (pad[0], pad[1], pad[0], pad[1])
+    raise ShapeError(f"pad must be an integer, HxW, `same` or `valid` (received pad={pad})")
 
 
 def window_out(size: int, k: int, stride: int, dil: int, before: int, after: int, ceil: bool = False,

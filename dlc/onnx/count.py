@@ -233,6 +233,12 @@ def count_resize(op: Op) -> Cost:
     return Cost(0, 0, window)
 
 
+def count_depth_to_space(op: Op) -> Cost:
+    # pixelshuffle's rule: copies, each output pixel from one input pixel, the jump shrunk by the block size
+    b = op.attrs["blocksize"]
+    return Cost(0, 0, Window((1, 1), (b, b), transposed=True))
+
+
 def free(op: Op) -> Cost:
     return FREE
 
@@ -267,6 +273,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "RotaryEmbedding": per_element(3),
     "LogSoftmax": per_element(4),
     "Resize": count_resize,
+    "DepthToSpace": count_depth_to_space,
     "Upsample": count_resize,
     # a mixture's routing picks the K largest logits: a selection, not counted (dlc's experts rule)
     "TopK": free,
@@ -302,7 +309,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
         "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Split", "Gather",
         "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Expand", "Tile", "Pad", "Identity",
         "Dropout", "Constant", "ConstantOfShape", "Shape", "Size", "Cast", "CastLike", "Range", "Where",
-        "DepthToSpace", "SpaceToDepth", "Trilu", "OneHot", "NonZero", "EyeLike", "SequenceConstruct",
+        "SpaceToDepth", "Trilu", "OneHot", "NonZero", "EyeLike", "SequenceConstruct",
         "SplitToSequence", "SequenceAt", "ConcatFromSequence", "Compress", "ReverseSequence")},
 }
 

@@ -101,7 +101,7 @@ def lower_upconv(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     ins = [x[0], param(n, "W")] + ([param(n, "b")] if a["bias"] else [])
     return [op("ConvTranspose", ins, n.name, n.name, kernel_shape=list(a["kernel"]),
                strides=list(a["stride"]), dilations=list(a["dilation"]), pads=list(a["pads"]),
-               group=a["groups"])]
+               group=a["groups"], output_padding=[a["outpad"]] * 2)]
 
 
 def pool(onnx_op: str, **fixed: Any) -> Lowering:
@@ -109,8 +109,10 @@ def pool(onnx_op: str, **fixed: Any) -> Lowering:
         a = n.attrs
         # ONNX's ceil_mode drops a window that would start in the right padding: the Caffe/PyTorch
         # rule dlc's shape arithmetic follows, so the output sizes agree.
+        # MaxPool has dilations from opset 10, AveragePool only from 19: written only where they are not 1
+        dilated = {"dilations": list(a["dilation"])} if a["dilation"] != (1, 1) else {}
         return [op(onnx_op, x[:1], n.name, n.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-                   pads=list(a["pads"]), ceil_mode=int(bool(a.get("ceil"))), **fixed)]
+                   pads=list(a["pads"]), ceil_mode=int(bool(a.get("ceil"))), **dilated, **fixed)]
     return lower
 
 
@@ -139,6 +141,11 @@ def lower_bn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     ins = [x[0]] + [param(n, k) for k in ("gamma", "beta", "mean", "var")]
     return [op("BatchNormalization", ins, n.name, n.name, epsilon=float(n.attrs["eps"]),
                momentum=1.0 - float(n.attrs["momentum"]))]  # ONNX's momentum weighs the old statistic
+
+
+def lower_instancenorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("InstanceNormalization", [x[0], param(n, "gamma"), param(n, "beta")], n.name, n.name,
+               epsilon=float(n.attrs["eps"]))]
 
 
 def lower_lrn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
@@ -252,6 +259,39 @@ def lower_upsample(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [const(scales, [1.0, 1.0, f, f], np.float32),
             op("Resize", [x[0], "", scales], n.name, n.name, mode="nearest",
                coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
+
+
+# dlc's pad modes by ONNX Pad's names for them
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def lower_pad(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    t, l, b, r = n.attrs["pads"]
+    pads, value = f"{n.name}/pads", f"{n.name}/value"
+    return [const(pads, [0, 0, t, l, 0, 0, b, r]), const(value, n.attrs["value"], np.float32),
+            op("Pad", [x[0], pads, value], n.name, n.name, mode=PAD_MODES[n.attrs["mode"]])]
+
+
+def lower_pixelshuffle(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # CRD (column, row, depth) is PyTorch's PixelShuffle order; DCR, the default, is TensorFlow's depth_to_space
+    return [op("DepthToSpace", x[:1], n.name, n.name, blocksize=n.attrs["factor"], mode="CRD")]
+
+
+def lower_tile(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    repeats = f"{n.name}/repeats"
+    return [const(repeats, [1, *n.attrs["repeats"]]), op("Tile", [x[0], repeats], n.name, n.name)]
+
+
+def lower_slice(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    a, p = n.attrs, n.name
+    return [const(f"{p}/starts", [a["begin"]]), const(f"{p}/ends", [a["begin"] + a["length"]]),
+            const(f"{p}/axes", [a["dim"] + 1]),
+            op("Slice", [x[0], f"{p}/starts", f"{p}/ends", f"{p}/axes"], p, p)]
+
+
+def lower_reshape(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    shape = f"{n.name}/shape"  # 0 copies the batch
+    return [const(shape, [0, *n.attrs["shape"]]), op("Reshape", [x[0], shape], n.name, n.name)]
 
 
 def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
@@ -553,4 +593,10 @@ LOWER: dict[str, Lowering] = {
     "shift": lower_shift,
     "glu": lower_glu,
     "reduce": lower_reduce,
+    "pad": lower_pad,
+    "instancenorm": lower_instancenorm,
+    "pixelshuffle": lower_pixelshuffle,
+    "tile": lower_tile,
+    "slice": lower_slice,
+    "reshape": lower_reshape,
 }

@@ -60,7 +60,8 @@ def _same(*pairs: tuple[str, str]) -> tuple[TorchParam, ...]:
 
 def _pad_call(pads: tuple[int, int, int, int], x: str = "{x}", value: str = "") -> str:
     """F.pad of the input with explicit (top, left, bottom, right) pads, which torch's layers take
-    only when they are symmetric (`pad=same` with an even total puts the odd pixel at the end)."""
+    only when they are symmetric (`pad=same` with an even total puts the odd pixel at the end);
+    `value` is the rest of the call (`, value=-math.inf`, `, mode='reflect'`)."""
     t, l, b, r = pads
     return f"F.pad({x}, ({l}, {r}, {t}, {b}){value})"
 
@@ -98,7 +99,7 @@ def upconv(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     module = _call("nn.ConvTranspose2d", a["in_channels"], a["channels"], _size(a["kernel"]),
                    stride=(_size(a["stride"]), 1), padding=(a["pads"][0], 0), dilation=(_size(a["dilation"]), 1),
-                   groups=(a["groups"], 1), bias=(bool(a["bias"]), True))
+                   groups=(a["groups"], 1), bias=(bool(a["bias"]), True), output_padding=(a["outpad"], 0))
     tensors = _same(("W", "weight"), ("b", "bias")) if a["bias"] else _same(("W", "weight"))
     return TorchLayer("{m}({x})", module, tensors)
 
@@ -111,19 +112,20 @@ def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, int, int, int]:
     """Pads grown at the bottom/right so that floor-mode windows are exactly dlc's windows (those of
     `ceil` included): the rule of the NumPy kernel, for the asymmetric case torch's pools cannot take."""
     a, (_, h, w), (_, ho, wo) = node.attrs, ins[0], node.out_shape
-    (kh, kw), (sh, sw), (t, l, b, r) = a["kernel"], a["stride"], a["pads"]
-    return t, l, max(b, (ho - 1) * sh + kh - t - h), max(r, (wo - 1) * sw + kw - l - w)
+    (kh, kw), (sh, sw), (dh, dw), (t, l, b, r) = a["kernel"], a["stride"], a["dilation"], a["pads"]
+    return t, l, max(b, (ho - 1) * sh + dh * (kh - 1) + 1 - t - h), max(r, (wo - 1) * sw + dw * (kw - 1) + 1 - l - w)
 
 
 def maxpool(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
+    dil = (_size(a["dilation"]), 1)
     if _symmetric(pads):
-        return TorchLayer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0),
+        return TorchLayer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0), dilation=dil,
                                        ceil_mode=(bool(a["ceil"]), False)))
     _, ho, wo = node.out_shape
     padded = _pad_call(_pool_pads(node, ins), value=", value=-math.inf")
-    return TorchLayer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s))
+    return TorchLayer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s, dilation=dil))
 
 
 def avgpool(node: Node, ins: list[Shape]) -> TorchLayer:
@@ -272,6 +274,19 @@ def concat(node: Node, ins: list[Shape]) -> TorchLayer:
     return TorchLayer(f"torch.cat([{{xs}}], {node.attrs['axis'] + 1})")
 
 
+def pad(node: Node, ins: list[Shape]) -> TorchLayer:
+    a = node.attrs
+    mode = f", mode={a['mode']!r}" if a["mode"] != "constant" else f", value={a['value']!r}" if a["value"] else ""
+    return TorchLayer(_pad_call(a["pads"], value=mode))
+
+
+def instancenorm(node: Node, ins: list[Shape]) -> TorchLayer:
+    # affine: ONNX's operator always scales and shifts, and so does dlc's kind
+    a = node.attrs
+    return TorchLayer("{m}({x})", _call("nn.InstanceNorm2d", a["channels"], eps=(a["eps"], 1e-5), affine=(True, False)),
+                      _same(("gamma", "weight"), ("beta", "bias")))
+
+
 def function(expression: str) -> Callable[[Node, list[Shape]], TorchLayer]:
     """A kind computed by one expression of its input and attributes, with no tensors."""
     return lambda node, ins: TorchLayer(expression.format(x="{x}", xs="{xs}", plus="{plus}", **node.attrs))
@@ -333,4 +348,11 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "shift": shift,
     "glu": lambda node, ins: TorchLayer(f"F.glu({{x}}, {node.attrs['axis'] + 1})"),
     "reduce": reduce,
+    "pad": pad,
+    "instancenorm": instancenorm,
+    "pixelshuffle": function("F.pixel_shuffle({x}, {factor})"),
+    "reshape": lambda node, ins: TorchLayer(f"{{x}}.reshape(len({{x}}), {', '.join(map(str, node.attrs['shape']))})"),
+    "slice": lambda node, ins: TorchLayer(f"{{x}}.narrow({node.attrs['dim'] + 1}, {node.attrs['begin']}, "
+                                          f"{node.attrs['length']})"),
+    "tile": lambda node, ins: TorchLayer(f"{{x}}.repeat(1, {', '.join(map(str, node.attrs['repeats']))})"),
 }

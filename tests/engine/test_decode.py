@@ -179,6 +179,7 @@ def test_every_kind_is_classified_for_the_step_by_step_decoder():
     # the kinds that mix or reshape steps, or never meet a sequence: a network with one runs the full window
     # (concat is decided by its axis: it runs step by step when it joins features)
     full_window_kinds = {"conv", "dwconv", "upconv", "avgpool", "maxpool", "gap", "gmp", "bn", "lrn", "upsample",
-                         "flatten", "tokens", "clstoken", "seqpool", "concat", "input"}
+                         "flatten", "tokens", "clstoken", "seqpool", "concat", "input",
+                         "pad", "instancenorm", "pixelshuffle", "tile", "slice", "reshape"}  # issue 28's kinds
     unclassified = set(KINDS) - POSITIONWISE - STEP_KERNELS - full_window_kinds
     assert not unclassified, f"say whether {sorted(unclassified)} run step by step (dlc/engine/decode.py)"

@@ -149,6 +149,12 @@ def test_dwconv_channel_multiplier():
     assert figures(s) == ((6, 8, 8), 60, 0, 3_456, 2 * 3_456 + 6 * 64)
 
 
+def test_conv_pad_per_axis():
+    # PyTorch's Conv2d(3, 4, 3, padding=(1, 2)) on 3@8x8: 8 + 2 - 3 + 1 = 8 high, 8 + 4 - 3 + 1 = 10 wide
+    s = last("input 3@8x8\nconv 4@3x3 pad=1x2")
+    assert s.node.out_shape == (4, 8, 10) and s.node.attrs["pads"] == (1, 2, 1, 2)
+
+
 # --- upconv -------------------------------------------------------------------------------------
 
 def test_upconv_unet_doubles_the_map():
@@ -165,6 +171,16 @@ def test_upconv_padding_crops_the_output():
     assert figures(s)[:4] == ((64, 16, 16), 131_136, 0, 8_388_608)
 
 
+def test_upconv_outpad_makes_pix2pix_upsampling_double_the_map():
+    # ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1) on 128@64x64: (64 - 1)*2 - 2*1 + (3 - 1)
+    # + 1 + 1 = 128. Params and MACs are outpad's without it: 128*64*9 + 64 = 73,792; 128*64*64 * 64*9 =
+    # 301,989,888; the bias is added on the larger output: FLOPs 2*MACs + 64*128*128.
+    s = last("input 128@64x64\nupconv 64@3x3/2 pad=1 outpad=1")
+    assert figures(s) == ((64, 128, 128), 73_792, 0, 301_989_888, 2 * 301_989_888 + 64 * 128 * 128)
+    with pytest.raises(DlcError, match="outpad must be >= 0 and below the stride"):
+        last("input 4@8x8\nupconv 4@3x3/2 outpad=2")
+
+
 # --- upsample -----------------------------------------------------------------------------------
 
 def test_upsample_nearest_neighbour_copies():
@@ -173,7 +189,108 @@ def test_upsample_nearest_neighbour_copies():
     assert figures(s) == ((3, 10, 10), 0, 0, 0, 0)
 
 
+# --- instancenorm (issue 28) ---------------------------------------------------------------------
+
+def test_instancenorm_cyclegan_after_its_first_conv():
+    # CycleGAN's c7s1-64 on 3@256x256: 64@256x256 normalised per sample and channel. Params gamma and beta,
+    # 2*64 = 128, none running; FLOPs 7 per element + 2 per channel: 7*64*256*256 + 128 = 29,360,256.
+    s = last("input 3@256x256\npad 3 mode=reflect -> conv 64@7x7 -> instancenorm relu", "instancenorm")
+    assert figures(s) == ((64, 256, 256), 128, 0, 0, 29_360_256)
+    with pytest.raises(DlcError, match="expects an image"):
+        last("input 12\ninstancenorm")
+
+
+# --- pixelshuffle (issue 28) ---------------------------------------------------------------------
+
+def test_pixelshuffle_espcn_upscales_by_three():
+    # ESPCN (Shi et al. 2016) at r = 3: its last conv gives 1*3*3 = 9 channels on 1@64x64, and the shuffle
+    # makes them one 192x192 channel. Copies only: no parameters, no arithmetic. Field: the conv's 3, and the
+    # jump 1/3 (three output pixels per input pixel), as upsample 3 gives.
+    s = last("input 1@64x64\nconv 9@3x3 pad=1 -> pixelshuffle 3")
+    assert figures(s) == ((1, 192, 192), 0, 0, 0, 0)
+    assert s.rf.size == (3, 3) and s.rf.jump == last("input 1@64x64\nconv 9@3x3 pad=1 -> upsample 3").rf.jump
+    with pytest.raises(DlcError, match="the 8 channels of 8@4x4 are not a multiple of 9"):
+        last("input 8@4x4\npixelshuffle 3")
+
+
+# --- tile (issue 28) -----------------------------------------------------------------------------
+
+def test_tile_repeats_each_axis_as_its_shape_is_written():
+    # ONNX's corpus test_operator_repeat, x.repeat(1, 2, 3, 4) on 2@3x4: 2*2 = 4 channels, 3*3 = 9, 4*4 = 16.
+    # Copies only.
+    assert figures(last("input 2@3x4\ntile 2@3x4")) == ((4, 9, 16), 0, 0, 0, 0)
+    assert last("input seq 5 of 3\ntile 2x1").node.out_shape == (10, 3)  # the steps twice over
+    with pytest.raises(DlcError, match="a count per axis of its input"):
+        last("input 2@3x4\ntile 2x2")
+
+
+# --- slice (issue 28) ----------------------------------------------------------------------------
+
+def test_slice_keeps_consecutive_entries_of_one_axis():
+    # the first 16 channels of 32@8x8 are 16@8x8; the last step of 5x4 is 1x4;
+    # rows 2..5 of 3@8x8 are 3@4x8. Copies only.
+    assert figures(last("input 32@8x8\nslice 16")) == ((16, 8, 8), 0, 0, 0, 0)
+    assert last("input seq 5 of 4\nslice 1 start=-1 axis=steps").node.out_shape == (1, 4)
+    assert last("input 3@8x8\nslice 4 start=2 axis=height").node.out_shape == (3, 4, 8)
+    with pytest.raises(DlcError, match="4 entries from start=6 need 10 along height; 3@8x8 has 8"):
+        last("input 3@8x8\nslice 4 start=6 axis=height")
+    with pytest.raises(DlcError, match="takes axis=steps or axis=features"):
+        last("input seq 5 of 4\nslice 1 axis=width")
+
+
+# --- reshape (issue 28) --------------------------------------------------------------------------
+
+def test_reshape_gives_the_written_shape():
+    # ONNX's corpus test_operator_repeat_dim_overflow: a vector of 2 as the image 1@1x2. Copies only.
+    s = last("input 2\nreshape 1@1x2")
+    assert figures(s) == ((1, 1, 2), 0, 0, 0, 0)
+    assert last("input 3@4x4\nreshape 12x4").node.out_shape == (12, 4)
+    with pytest.raises(DlcError, match="reshape 5x4 holds 20 values; 3@4x4 has 48"):
+        last("input 3@4x4\nreshape 5x4")
+
+
+# --- pad (issue 28) ------------------------------------------------------------------------------
+
+def test_pad_cyclegan_reflects_three_pixels_before_its_7x7_conv():
+    # CycleGAN's generator: ReflectionPad2d(3) on 3@256x256 gives 3@262x262, and the 7x7 conv gives back
+    # (262 - 7) + 1 = 256. Copies only: no parameters, no arithmetic, and each output pixel reads one input
+    # pixel, so the conv's field is 7 as without the pad.
+    s = last("input 3@256x256\npad 3 mode=reflect", "pad")
+    assert figures(s) == ((3, 262, 262), 0, 0, 0, 0)
+    assert rf(last("input 3@256x256\npad 3 mode=reflect -> conv 64@7x7")) == (7, 7, 1)
+    assert last("input 3@256x256\npad 3 mode=reflect -> conv 64@7x7").node.out_shape == (64, 256, 256)
+
+
+def test_pad_sides_written_apart():
+    # PyTorch's ZeroPad2d((1, 2, 3, 4)) (left, right, top, bottom) on 3@4x4: 4 + 3 + 4 = 11 high, 4 + 1 + 2 = 7 wide
+    s = last("input 3@4x4\npad 1 top=3 bottom=4 right=2")
+    assert s.node.out_shape == (3, 11, 7) and s.node.attrs["pads"] == (3, 1, 4, 2)
+
+
+def test_pad_refusals_say_what_fits():
+    with pytest.raises(DlcError, match="at most 3 rows and 3 columns"):
+        last("input 3@4x4\npad 4 mode=reflect")
+    with pytest.raises(DlcError, match="constant, reflect, replicate"):
+        last("input 3@4x4\npad 1 mode=wrap")
+    with pytest.raises(DlcError, match="value= is the fill of mode=constant"):
+        last("input 3@4x4\npad 1 mode=replicate value=1")
+    with pytest.raises(DlcError, match="expects an image"):
+        last("input 12\npad 1")
+
+
 # --- maxpool / avgpool --------------------------------------------------------------------------
+
+def test_maxpool_dilated_spreads_its_window():
+    # PyTorch's MaxPool2d(3, 2, padding=1, dilation=2) on 8@16x16: the window spans 2*(3-1)+1 = 5, so
+    # (16 + 2 - 5)/2 + 1 = 7. FLOPs stay k*k per output: 8*7*7*9 = 3,528. Field 5, jump 2.
+    s = last("input 8@16x16\nmaxpool 3/2 pad=1 dil=2")
+    assert figures(s) == ((8, 7, 7), 0, 0, 0, 3_528)
+    assert rf(s) == (5, 5, 2)
+    # ONNX's corpus test_MaxPool2d_stride_padding_dilation: 60x80/10, pads 10 (height) and 20 (width), dil 10
+    assert last("input 1@1000x1000\nmaxpool 60x80/10 pad=10x20 dil=10").node.out_shape == (1, 43, 25)
+    with pytest.raises(DlcError, match="unknown option `dil=`"):
+        last("input 8@16x16\navgpool 3/2 dil=2")
+
 
 def test_maxpool_alexnet_first_pool():
     # 3/2 on 96@55x55: (55 - 3)/2 + 1 = 27. FLOPs k*k per output: 96*27*27*9 = 629,856 (the course's 0.63 M).

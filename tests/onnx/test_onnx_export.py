@@ -244,6 +244,26 @@ KIND_CASES.update({  # the math kinds of issue 28
     "reduce mean over the height": "input 2@3x4 -> reduce axis=1",
     "reduce sum over the width, kept": "input 2@3x4 -> reduce sum axis=2 keep",
     "reduce mean over a sequence's features": "input seq 5 of 4 -> reduce",
+KIND_CASES.update({  # padding and resampling kinds (issue 28)
+    "pad, zeros": "input 2@3x4 -> pad 1",
+    "pad constant 2.5, uneven sides": "input 2@3x4 -> pad 3 left=1 bottom=4 right=2 value=2.5",
+    "pad reflect": "input 2@4x5 -> pad 1 top=3 right=2 mode=reflect -> conv 2@3x3",
+    "pad replicate": "input 2@3x4 -> pad 2 mode=replicate",
+    "instancenorm": "input 3@4x5 -> instancenorm eps=1e-3",
+    "pixelshuffle": "input 8@3x2 -> pixelshuffle 2",
+    "slice channels": "input 4@3x2 -> slice 2 start=1",
+    "slice the last step": "input seq 4 of 3 -> slice 1 start=-1 axis=steps",
+    "slice width": "input 2@3x5 -> slice 3 start=2 axis=width",
+    "reshape a vector into an image": "input 6 -> reshape 2@1x3 -> conv 2@1x1",
+    "reshape an image into a sequence": "input 2@3x4 -> reshape 6x4",
+    "tile an image": "input 2@3x2 -> tile 2@1x3",
+    "tile a sequence's steps": "input seq 4 of 3 -> tile 2x1",
+    "tile a vector": "input 3 -> tile 2",
+    "maxpool dilated": "input 3@9x9 -> maxpool 3/2 pad=1 dil=2",
+    "maxpool dilated, ceil, pad per axis": "input 3@9x8 -> maxpool 3/2 pad=1x0 dil=2 ceil",
+    "conv and avgpool pad per axis": "input 3@7x8 -> conv 4@3x3 pad=1x2 -> avgpool 3/2 pad=0x1",
+    "upconv outpad": "input 3@4x5 -> upconv 4@3x3/2 pad=1 outpad=1",
+    "upconv outpad past the pads": "input 3@4x5 -> upconv 2@3x3/3 pad=1 outpad=2 bias=off",
 })
 KIND_CASES["stacked bidirectional lstm on embeddings"] = (
     "input seq 6 -> embed 5 vocab=9 -> lstm 3 bidirectional sequences -> gru 2")

@@ -112,6 +112,9 @@ KIND_SPECS = {
             "-> neg -> abs -> exp -> clip max=2 -> prelu -> shift channels -> softmax axis=-1 "
             "-> reduce sum axis=1 keep -> reduce axis=1 -> logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift "
             "-> reduce axis=0 -> fc 3 logsoftmax",
+    # padding and resampling (issue 28)
+    "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
+                  "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3",
 }
 
 
@@ -139,6 +142,39 @@ def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
             "--out", tmp_path / "y.npy")
     assert r.exit_code == 0, r.output
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(tmp_path / "m.onnx", x)) <= TOLERANCE
+
+
+# The padding and resampling layers of CycleGAN's and pix2pix's generators and of ESPCN, from each of PyTorch's
+# exporters: TorchScript computes Pad's amounts in a ConstantOfShape/Concat/Slice chain, dynamo stores them.
+RESAMPLING_MODULES = {
+    "reflect, uneven": (lambda: nn.Sequential(nn.ReflectionPad2d((1, 2, 3, 1)), nn.Conv2d(3, 4, 3)), "mode=reflect"),
+    "replicate": (lambda: nn.Sequential(nn.ReplicationPad2d(2), nn.Conv2d(3, 4, 3)), "mode=replicate"),
+    "constant 2.5": (lambda: nn.Sequential(nn.ConstantPad2d((0, 1, 0, 2), 2.5), nn.Conv2d(3, 4, 3)), "value=2.5"),
+    "instancenorm": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, affine=True)), "instancenorm"),
+    "instancenorm without affine": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4)), "instancenorm"),
+    "pixelshuffle (ESPCN)": (lambda: nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2)),
+                             "pixelshuffle 2"),
+    "maxpool dilated": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=(1, 2)), nn.MaxPool2d(3, 2, 1, dilation=2)),
+                        "maxpool 3x3/2 pad=1 dil=2"),
+    "tile": (lambda: torch_models.Repeat((1, 2, 1, 3)), "tile 2@1x3"),
+    "slice (narrow)": (lambda: torch_models.Narrow(2, 1, 3), "slice 3 start=1 axis=height"),
+    "reshape": (lambda: torch_models.Reshape((3, 8, 8), (24, 8)), "reshape 24x8"),
+    "upconv outpad": (lambda: nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)),
+                      "upconv 4@3x3/2 pad=1 outpad=1"),
+}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", RESAMPLING_MODULES)
+def test_resampling_layers_from_pytorch(tmp_path, case, exporter):
+    build, written = RESAMPLING_MODULES[case]
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    torch_models.export(build(), path, (torch.randn(1, 3, 8, 8),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    assert written in spec.read_text(), spec.read_text()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
 
 
 def test_fine_tuning_an_imported_network_trains_only_its_head(tmp_path):

@@ -96,10 +96,13 @@ conv 8@3x3 prelu channels -> glu -> softplus -> sqrt -> clip min=-1 max=1.2 -> s
 exp -> clip max=2 -> prelu -> shift channels -> softmax axis=-1 -> reduce sum axis=1 keep -> reduce axis=1   # 4x4
 logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift -> reduce axis=0 -> fc 3 logsoftmax
 """
+# padding and resampling (issue 28): a CycleGAN generator's reflect-padded ends, every pad mode
+RESAMPLING = ("input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
+              "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3")
 EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
-         "llama_attention": LLAMA_ATTENTION, "math": MATH}
+         "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}

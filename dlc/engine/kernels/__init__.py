@@ -60,4 +60,4 @@ def kernel(*kinds: str) -> Callable[[Kernel], Kernel]:
     return register
 
 
-from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge, attention, sequence, mixture  # noqa: E402,F401
+from dlc.engine.kernels import conv, pool, dense, elementwise, norm, recurrent, merge, attention, sequence, mixture, resample  # noqa: E402,F401

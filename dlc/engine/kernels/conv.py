@@ -207,12 +207,12 @@ def depthwise(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: 
 @kernel("upconv")
 def upconv(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     """ONNX ConvTranspose: every input pixel adds x * W[c_in] into its window of the output; the full
-    output is then cropped by the pads (output_padding is not offered)."""
+    output, with `outpad` more rows and columns that no window reaches, is then cropped by the pads."""
     x = to_chwn(xs[0])
     c, h, w, n = x.shape
     (kh, kw), stride, dil, pads = attrs["kernel"], attrs["stride"], attrs["dilation"], attrs["pads"]
-    g, c_out = attrs["groups"], attrs["channels"]
-    full = (c_out, span(h, kh, stride[0], dil[0]), span(w, kw, stride[1], dil[1]), n)
+    g, c_out, op = attrs["groups"], attrs["channels"], attrs["outpad"]
+    full = (c_out, span(h, kh, stride[0], dil[0]) + op, span(w, kw, stride[1], dil[1]) + op, n)
     weight = params["W"]
     # Per group (C_in/G, C_out/G * kh * kw): its columns are ordered (c_out, i, j) like im2col's rows.
     wm = grouped(weight.reshape(c, -1).astype(x.dtype, copy=False), g)

@@ -1,5 +1,5 @@
-"""bn, layernorm, rmsnorm and lrn: normalisation over the batch, over each sample's features, over
-neighbouring channels.
+"""bn, layernorm, rmsnorm, instancenorm and lrn: normalisation over the batch, over each sample's features,
+over each sample's channel, over neighbouring channels.
 
 bn follows PyTorch and ONNX BatchNormalization: training normalises with the batch's biased variance
 and moves the running statistics by `momentum` (running = (1 - momentum) * running + momentum * batch,
@@ -110,6 +110,28 @@ def rmsnorm(attrs, params, state, xs, ctx):
         g -= np.multiply(xhat, along, out=dy_xhat)
         g *= inv_rms
         return [g], grads
+    return y, backward
+
+
+@kernel("instancenorm")
+def instancenorm(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    # ONNX InstanceNormalization: each sample's channel over its H·W pixels, in training and inference alike
+    x = xs[0]
+    hw = x.shape[2] * x.shape[3]
+    gamma = _channel_view(params["gamma"], x.ndim).astype(x.dtype, copy=False)
+    beta = _channel_view(params["beta"], x.ndim).astype(x.dtype, copy=False)
+    mean = x.mean(axis=(2, 3), keepdims=True)
+    xhat = x - mean
+    inv_std = 1 / np.sqrt((xhat * xhat).mean(axis=(2, 3), keepdims=True) + x.dtype.type(attrs["eps"]))
+    xhat *= inv_std
+    y = xhat * gamma + beta
+
+    def backward(dy):
+        grads = {"gamma": (dy * xhat).sum(axis=(0, 2, 3)), "beta": dy.sum(axis=(0, 2, 3))}
+        g = dy * gamma
+        # the statistics depend on every pixel of the channel: remove g's mean and its part along xhat
+        g -= g.mean(axis=(2, 3), keepdims=True) + xhat * (g * xhat).sum(axis=(2, 3), keepdims=True) / hw
+        return [g * inv_std], grads
     return y, backward
 
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
-from dlc.engine.kernels.im2col import col2im, crop_chwn, from_chwn, pad_chwn, to_chwn, windows
+from dlc.engine.kernels.im2col import col2im, crop_chwn, from_chwn, pad_chwn, span, to_chwn, windows
 from dlc.layers.spatial import Pads, Pair, window_out
 
 
 def pool_geometry(attrs: dict, h: int, w: int) -> tuple[Pair, Pads]:
     """(out_hw, pads) where pads grow at the bottom/right so the `ceil` windows that hang over the
     edge read padding, not memory past the array."""
-    (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
-    ho = window_out(h, kh, sh, 1, t, b, attrs["ceil"])
-    wo = window_out(w, kw, sw, 1, l, r, attrs["ceil"])
-    b = max(b, (ho - 1) * sh + kh - t - h)
-    r = max(r, (wo - 1) * sw + kw - l - w)
+    (kh, kw), (sh, sw), (dh, dw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["dilation"], attrs["pads"]
+    ho = window_out(h, kh, sh, dh, t, b, attrs["ceil"])
+    wo = window_out(w, kw, sw, dw, l, r, attrs["ceil"])
+    b = max(b, span(ho, kh, sh, dh) - t - h)
+    r = max(r, span(wo, kw, sw, dw) - l - w)
     return (ho, wo), (t, l, b, r)
 
 
@@ -34,7 +34,7 @@ def pool_windows(attrs: dict, x: np.ndarray, pad_value: float) -> tuple[np.ndarr
     """(padded x, its (C, kh, kw, Ho, Wo, N) window view, pads grown for `ceil`) of a (C, H, W, N) x."""
     out_hw, pads = pool_geometry(attrs, x.shape[1], x.shape[2])
     xp = pad_chwn(x, pads, pad_value)
-    return xp, windows(xp, attrs["kernel"], attrs["stride"], (1, 1), out_hw), pads
+    return xp, windows(xp, attrs["kernel"], attrs["stride"], attrs["dilation"], out_hw), pads
 
 
 def reduce_windows(win: np.ndarray, op: np.ufunc) -> np.ndarray:
@@ -47,9 +47,9 @@ def reduce_windows(win: np.ndarray, op: np.ufunc) -> np.ndarray:
     return y
 
 
-def input_gradient(per_window: np.ndarray, xp: np.ndarray, pads: Pads, stride: Pair) -> np.ndarray:
+def input_gradient(per_window: np.ndarray, xp: np.ndarray, pads: Pads, stride: Pair, dil: Pair = (1, 1)) -> np.ndarray:
     """The NCHW input gradient from each window cell's share, (C, kh, kw, Ho, Wo, N)."""
-    return from_chwn(crop_chwn(col2im(per_window, xp.shape[1:3], stride, (1, 1)), pads))
+    return from_chwn(crop_chwn(col2im(per_window, xp.shape[1:3], stride, dil), pads))
 
 
 @kernel("avgpool")
@@ -92,7 +92,7 @@ def maxpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
                 hit &= unclaimed
                 unclaimed ^= hit  # hit lies inside unclaimed, so this clears it
                 np.multiply(d, hit, out=routed[:, i, j])
-        return [input_gradient(routed, xp, pads, attrs["stride"])], {}
+        return [input_gradient(routed, xp, pads, attrs["stride"], attrs["dilation"])], {}
 
     return from_chwn(y), backward
 

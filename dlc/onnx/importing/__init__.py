@@ -8,7 +8,7 @@ Identity on weights) are read as values, never imported. An operator no kind tak
 naming it, its node and why.
 
 The package: `reader` (the model as the patterns read it), one module of patterns per group of kinds as
-in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence), `attention` (the search
+in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence, resample), `attention` (the search
 and its numerical check), `quantized` (a quantized model read as its float twin, before any pattern
 sees it), and `importer` (the model's layers, then the spec dlc.decompile writes).
 """
@@ -19,15 +19,16 @@ from dlc.onnx.importing.attention import import_attention
 from dlc.onnx.importing.conv import import_conv, import_dwconv, import_upconv, import_upsample
 from dlc.onnx.importing.dense import import_embed, import_fc, import_flatten
 from dlc.onnx.importing.elementwise import (import_bn, import_clip, import_dropout, import_elu, import_gelu,
-                                            import_glu, import_identity, import_leaky, import_logsoftmax, import_lrn,
-                                            import_prelu, import_reduce, import_relu, import_relu6, import_selu,
-                                            import_shift, import_silu, import_softmax, import_softplus,
-                                            import_softsign, unary)
+                                            import_glu, import_identity, import_instancenorm, import_leaky,
+                                            import_logsoftmax, import_lrn, import_prelu, import_reduce, import_relu,
+                                            import_relu6, import_selu, import_shift, import_silu, import_softmax,
+                                            import_softplus, import_softsign, unary)
 from dlc.onnx.importing.merge import import_add, import_concat, import_mul
 from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
+from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_reshape, import_slice, import_tile
 from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_rmsnorm,
                                          import_seqpool, import_tokens)
 
@@ -91,6 +92,14 @@ IMPORT: dict[str, Import] = {
     "shift": Import(("Add",), import_shift),
     "glu": Import(("Split",), import_glu),
     "reduce": Import(("ReduceMean", "ReduceSum"), import_reduce),
+    # after conv and dwconv, which take a zero Pad that only feeds them
+    "pad": Import(("Pad",), import_pad),
+    "instancenorm": Import(("InstanceNormalization",), import_instancenorm),
+    "pixelshuffle": Import(("DepthToSpace", "Reshape"), import_pixelshuffle),
+    "tile": Import(("Tile", "Expand"), import_tile),
+    "slice": Import(("Slice",), import_slice),
+    # last of the Reshape patterns: what attention, flatten, tokens and pixelshuffle leave
+    "reshape": Import(("Reshape",), import_reshape),
 }
 
 

@@ -423,45 +423,7 @@ def region_constants(r: Reader, region: list[onnx.NodeProto]) -> list[np.ndarray
     cannot be evaluated so is left out."""
     computing = [m for m in region if any(o in r.live for o in m.output)]
     names = sorted({i for m in computing for i in m.input if i and i not in r.live})
-    values = {i: r.value(i) for i in names}
-    needed: dict[int, onnx.NodeProto] = {}
-    evaluable = [i for i, v in values.items() if v is None and constant_nodes(r, i, needed)]
-    if evaluable:
-        from onnx.reference import ReferenceEvaluator
-
-        nodes = [m for m in r.g.nodes if id(m) in needed]
-        used = {i for m in nodes for i in m.input}
-        graph = helper.make_graph(
-            nodes, "constants", [],
-            [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in evaluable],
-            initializer=[numpy_helper.from_array(r.value(k), k) for k in sorted(used) if k in r.init])
-        model = helper.make_model(graph, opset_imports=r.g.model.opset_import, ir_version=r.g.model.ir_version)
-        try:
-            values.update(zip(evaluable, ReferenceEvaluator(model).run(None, {})))
-        except Exception:  # the evaluator raises what its operators do; candidates only: the run decides
-            pass
-    return [np.asarray(v) for v in values.values() if v is not None]
-
-
-def constant_nodes(r: Reader, name: str, needed: dict[int, onnx.NodeProto]) -> bool:
-    """Whether `name` is computed from stored tensors and Constants alone; if so its operators are added
-    to `needed`."""
-    found: dict[int, onnx.NodeProto] = {}
-    stack = [name]
-    while stack:
-        t = stack.pop()
-        if t in r.init or t in r.live:
-            if t in r.live:
-                return False
-            continue
-        p = producer_node(r, t)
-        if p is None:
-            return False
-        if id(p) not in found:
-            found[id(p)] = p
-            stack += [i for i in p.input if i]
-    needed.update(found)
-    return True
+    return [v for v in r.evaluated(names).values() if v is not None]
 
 
 def mask_windows(constants: list[np.ndarray], t: int) -> list[int]:

@@ -30,7 +30,9 @@ def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, int], dilation=(1, 1
         return stride, pads[0]
     if pads == resolve_pads("same", x[1:], kernel, stride, dilation):
         return stride, "same"
-    raise NotImportable(f"pads {list(pads)} (top, left, bottom, right) are neither equal nor `same`, "
+    if pads[:2] == pads[2:]:
+        return stride, pads[:2]  # pad=HxW
+    raise NotImportable(f"pads {list(pads)} (top, left, bottom, right) are neither equal per axis nor `same`, "
                         f"the only forms dlc's pad= writes")
 
 
@@ -106,8 +108,11 @@ def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
     x = r.shape(n.input[0])
     if len(x) != 3:
         raise NotImportable(f"dlc's upconv is 2-D; this one works on {len(x) - 1} spatial axes")
-    if any(a.get("output_padding", [0])) or "output_shape" in a:
-        raise NotImportable("output_padding/output_shape have no upconv option")
+    if "output_shape" in a:
+        raise NotImportable("output_shape has no upconv option (write the pads and outpad= it implies)")
+    outpad = tuple(a.get("output_padding", (0, 0)))
+    if len(set(outpad)) != 1:
+        raise NotImportable(f"output_padding {list(outpad)} differs between the axes; upconv's outpad= is one number")
     if a.get("auto_pad", b"NOTSET") != b"NOTSET":
         raise NotImportable(f"auto_pad={a['auto_pad'].decode()} has no upconv option")
     pads = a.get("pads", [0, 0, 0, 0])
@@ -121,7 +126,7 @@ def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
     if r.optional(n, 2):
         tensors["b"] = r.weight(n, 2, "bias")
     return one("upconv", n, f"{w.shape[1] * groups}@{window_size(w.shape[2:], a.get('strides', (1, 1)))}",
-               {"pad": pads[0], "groups": groups, "bias": "b" in tensors}, tensors)
+               {"pad": pads[0], "groups": groups, "bias": "b" in tensors, "outpad": outpad[0]}, tensors)
 
 
 def import_upsample(r: Reader, n: onnx.NodeProto) -> Found | None:

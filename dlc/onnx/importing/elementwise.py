@@ -298,6 +298,18 @@ def per_channel(r: Reader, name: str, x: str) -> np.ndarray | None:
     return v.reshape(shape[0]).astype(np.float32) if v.shape in fits else None
 
 
+def import_instancenorm(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if len(r.shape(n.input[0])) != 3:
+        raise NotImportable("dlc's instancenorm normalises images C@HxW")
+    # PyTorch's InstanceNorm2d without affine: dynamo computes the ones and zeros from constants
+    values = r.evaluated([n.input[1], n.input[2]])
+    if any(v is None for v in values.values()):
+        raise NotImportable("its scale or shift is computed by the graph, not a stored tensor")
+    gamma, beta = (values[i].astype(np.float32).reshape(-1) for i in n.input[1:3])
+    eps = float(np.float32(attributes(n).get("epsilon", 1e-5)))
+    return one("instancenorm", n, options={"eps": eps}, tensors={"gamma": gamma, "beta": beta})
+
+
 def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:
     a = attributes(n)
     return one("lrn", n, str(a["size"]), {"alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),

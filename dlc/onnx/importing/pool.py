@@ -17,19 +17,26 @@ def pool(kind: str) -> Pattern:
         x = r.shape(n.input[0])
         if len(n.output) > 1 and n.output[1]:
             raise NotImportable("its indices output has no dlc kind")
-        if tuple(a.get("dilations", (1,) * len(kernel))) != (1,) * len(kernel):
-            raise NotImportable("dilated pooling has no dlc kind")
-        if covers_whole_input(a, x, kernel, r.shape(n.output[0])) and \
+        dil = tuple(a.get("dilations", (1,) * len(kernel)))
+        options = {}
+        if dil != (1,) * len(kernel):
+            if kind != "maxpool":
+                raise NotImportable("dilated average pooling has no dlc kind (maxpool takes dil=)")
+            if len(set(dil)) != 1:
+                raise NotImportable(f"dilations {list(dil)} differ; maxpool's dil= is one number")
+            options["dil"] = dil[0]
+        elif covers_whole_input(a, x, kernel, r.shape(n.output[0])) and \
                 not (kind == "avgpool" and a.get("count_include_pad")):
             # Caffe's GoogLeNet ends in a 7x7 average padded at the bottom and right to cover a 6x6 input: every
             # cell once, divided by the cells inside, as a 6x6 window computes it
             return whole_window(kind, n, x)
-        stride, pad = spatial(a, x, kernel)
+        stride, pad = spatial(a, x, kernel, dil)
         if kind == "avgpool" and a.get("count_include_pad", 0) and pad != 0:
             raise NotImportable("count_include_pad=1 divides by the padded window; dlc's avgpool divides by "
                                 "the cells inside the input")
         # a pool's stride defaults to its window, so a stride of 1 is written out
-        return one(kind, n, window_size(kernel, stride, implied=kernel), {"pad": pad, "ceil": bool(a.get("ceil_mode"))})
+        return one(kind, n, window_size(kernel, stride, implied=kernel),
+                   {"pad": pad, **options, "ceil": bool(a.get("ceil_mode"))})
     return match
 
 

@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from dlc.decompile import SpecLayer
 from dlc.onnx.analysis import live_tensors
@@ -59,6 +60,51 @@ class Reader:
     def value(self, name: str) -> np.ndarray | None:
         """The tensor's value if the file stores it (dlc.onnx.model.stored_tensors), else None."""
         return stored_value(name, self.g.stored, self.g.path) if name in self.g.stored else None
+
+    def evaluated(self, names: list[str]) -> dict[str, np.ndarray | None]:
+        """Each tensor's value if it is stored, a Constant, or computed from those alone (PyTorch's rotary
+        tables, its masks, TorchScript's Pad amounts from a ConstantOfShape/Concat/Slice chain), the
+        computed ones evaluated together in onnx's reference evaluator (imported only then: 0.2 s); None
+        for a tensor that depends on the input or that the evaluator cannot compute."""
+        values = {i: self.value(i) for i in names}
+        needed: dict[int, onnx.NodeProto] = {}
+        evaluable = [i for i, v in values.items() if v is None and self._constant_nodes(i, needed)]
+        if evaluable:
+            from onnx.reference import ReferenceEvaluator
+
+            nodes = [m for m in self.g.nodes if id(m) in needed]
+            used = {i for m in nodes for i in m.input}
+            graph = helper.make_graph(
+                nodes, "constants", [],
+                [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in evaluable],
+                initializer=[numpy_helper.from_array(self.value(k), k) for k in sorted(used) if k in self.init])
+            model = helper.make_model(graph, opset_imports=self.g.model.opset_import,
+                                      ir_version=self.g.model.ir_version)
+            try:
+                values.update(zip(evaluable, ReferenceEvaluator(model).run(None, {})))
+            except Exception:  # the evaluator raises what its operators do: the caller decides without it
+                pass
+        return {k: None if v is None else np.asarray(v) for k, v in values.items()}
+
+    def _constant_nodes(self, name: str, needed: dict[int, onnx.NodeProto]) -> bool:
+        """Whether `name` is computed from stored tensors and Constants alone; if so its operators are added
+        to `needed`."""
+        found: dict[int, onnx.NodeProto] = {}
+        stack = [name]
+        while stack:
+            t = stack.pop()
+            if t in self.init or t in self.live:
+                if t in self.live:
+                    return False
+                continue
+            p = self.producer.get(t)
+            if p is None:
+                return False
+            if id(p) not in found:
+                found[id(p)] = p
+                stack += [i for i in p.input if i]
+        needed.update(found)
+        return True
 
     def weight(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray:
         """Input i of n as a float32 array; a DlcError-worthy NotImportable if it is computed."""

@@ -382,6 +382,26 @@ def test_lrn_even_size_follows_the_onnx_window(size):
     np.testing.assert_allclose(run("lrn", attrs, {}, [x])[0], ref, rtol=1e-13)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_instancenorm_matches_its_definition_onnxruntime_and_central_differences(training):
+    # each sample's channel over its own pixels, whatever the batch and in training or not
+    rng = np.random.default_rng(31)
+    attrs, shapes, state_shapes = resolve("instancenorm", [(3, 4, 5)], eps=1e-3)
+    assert shapes == {"gamma": (3,), "beta": (3,)} and state_shapes == {}
+    params = {"gamma": 1 + 0.5 * rng.standard_normal(3), "beta": rng.standard_normal(3)}
+    x = 2 * rng.standard_normal((2, 3, 4, 5)) + 1
+    y = run("instancenorm", attrs, params, [x], training=training)[0]
+    for s in range(2):
+        for c in range(3):
+            plane = x[s, c]
+            want = (plane - plane.mean()) / np.sqrt(plane.var() + 1e-3) * params["gamma"][c] + params["beta"][c]
+            np.testing.assert_allclose(y[s, c], want, rtol=1e-12)
+    f = {k: v.astype(np.float32) for k, v in params.items()}
+    ref = onnx_run("InstanceNormalization", [x.astype(np.float32), f["gamma"], f["beta"]], opset=13, epsilon=1e-3)[0]
+    assert_close_f32(run("instancenorm", attrs, f, [x.astype(np.float32)])[0], ref)
+    assert_gradients("instancenorm", attrs, params, [x], ctx=lambda: Ctx(training))
+
+
 def test_add_matches_onnx_add_and_sum():
     rng = np.random.default_rng(29)
     a, b, c = (f32(rng, 2, 3, 2, 2) for _ in range(3))

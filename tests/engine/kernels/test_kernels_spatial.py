@@ -60,13 +60,14 @@ def conv_loop(x, W, b, stride, pads, dil, groups):
     return y
 
 
-def conv_transpose_loop(x, W, b, stride, pads, dil, groups):
-    """Transposed convolution as a scatter: each input cell adds x * W[c_in] into its output window."""
+def conv_transpose_loop(x, W, b, stride, pads, dil, groups, outpad=0):
+    """Transposed convolution as a scatter: each input cell adds x * W[c_in] into its output window; the
+    output padding adds rows and columns at the bottom and right that no window reaches (bias only)."""
     n, c, h, w = x.shape
     _, og, kh, kw = W.shape
     c_out = og * groups
-    full = np.zeros((n, c_out, (h - 1) * stride[0] + dil[0] * (kh - 1) + 1,
-                     (w - 1) * stride[1] + dil[1] * (kw - 1) + 1))
+    full = np.zeros((n, c_out, (h - 1) * stride[0] + dil[0] * (kh - 1) + 1 + outpad,
+                     (w - 1) * stride[1] + dil[1] * (kw - 1) + 1 + outpad))
     cg = c // groups
     for s in range(n):
         for ci in range(c):
@@ -82,14 +83,17 @@ def conv_transpose_loop(x, W, b, stride, pads, dil, groups):
     return y + (b[None, :, None, None] if b is not None else 0.0)
 
 
-def pool_loop(x, kernel, stride, pads, out_hw, mode):
-    """Each window reduced over its cells inside the unpadded input (max, or mean over those cells)."""
+def pool_loop(x, kernel, stride, pads, out_hw, mode, dil=(1, 1)):
+    """Each window reduced over its cells inside the unpadded input (max, or mean over those cells); a
+    dilated window's cells are dil apart."""
     n, c, h, w = x.shape
     y = np.zeros((n, c, *out_hw))
     for i in range(out_hw[0]):
         for j in range(out_hw[1]):
             r0, c0 = i * stride[0] - pads[0], j * stride[1] - pads[1]
-            cells = x[:, :, max(r0, 0):min(r0 + kernel[0], h), max(c0, 0):min(c0 + kernel[1], w)]
+            rows = [r for r in range(r0, r0 + dil[0] * kernel[0], dil[0]) if 0 <= r < h]
+            cols = [q for q in range(c0, c0 + dil[1] * kernel[1], dil[1]) if 0 <= q < w]
+            cells = x[:, :, rows][:, :, :, cols]
             y[:, :, i, j] = cells.max(axis=(2, 3)) if mode == "max" else cells.mean(axis=(2, 3))
     return y
 
@@ -132,6 +136,11 @@ UPCONV_CASES = [
     ("dilation2", (2, 3, 4), conv_opts(2, dil=2)),
     ("groups2", (4, 3, 3), conv_opts(6, groups=2, stride=(2, 2))),
     ("no-bias-rect", (2, 3, 4), conv_opts(3, kernel=(3, 2), stride=(1, 2), bias=False)),
+    # output padding (issue 28): pix2pix's 3x3/2 pad=1 outpad=1 doubles the map; more outpad than pad
+    # reaches past the full output (ONNX's corpus test_operator_convtranspose: 3x3/3 pad=1 outpad=2)
+    ("outpad1-stride2-pad1", (2, 3, 4), conv_opts(3, stride=(2, 2), pad=1, outpad=1)),
+    ("outpad2-stride3-pad1-no-bias", (2, 3, 3), conv_opts(2, stride=(3, 3), pad=1, outpad=2, bias=False)),
+    ("outpad1-dilation2-rect", (2, 3, 3), conv_opts(2, kernel=(3, 2), stride=(2, 3), dil=2, outpad=1)),
 ]
 ids = pytest.mark.parametrize
 
@@ -176,13 +185,14 @@ def test_upconv_forward_matches_loop_and_onnxruntime(case, in_shape, opts):
     x, p = rng.standard_normal((2, *in_shape)), random_arrays(shapes, rng)
     y, _ = run("upconv", a, x, p)
     assert y.shape == (2, *out_shape)
-    want = conv_transpose_loop(x, p["W"], p.get("b"), a["stride"], a["pads"], a["dilation"], a["groups"])
+    want = conv_transpose_loop(x, p["W"], p.get("b"), a["stride"], a["pads"], a["dilation"], a["groups"],
+                               a["outpad"])
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
     f32 = [v.astype(np.float32) for v in (x, p["W"], p.get("b")) if v is not None]
     (ref,) = onnx_run("ConvTranspose", f32 + [None] * (3 - len(f32)), kernel_shape=list(a["kernel"]),
                       strides=list(a["stride"]), dilations=list(a["dilation"]), pads=list(a["pads"]),
-                      group=a["groups"])
+                      group=a["groups"], output_padding=[a["outpad"]] * 2)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -269,6 +279,13 @@ POOL_CASES = [
     ("3/1-same", (2, 5, 5), pool_opts((3, 3), (1, 1), pad="same")),
     ("2/1-same-asymmetric", (2, 5, 4), pool_opts((2, 2), (1, 1), pad="same")),
     ("rect-3x2/2x1", (2, 7, 5), pool_opts((3, 2), (2, 1))),
+    ("3/2-pad1x0", (2, 6, 7), pool_opts((3, 3), (2, 2), pad=(1, 0))),
+]
+# maxpool's dil= (issue 28), PyTorch's MaxPool2d dilation; avgpool has none
+DILATED_POOL_CASES = [
+    ("3/2-dil2-pad1", (2, 9, 9), pool_opts((3, 3), (2, 2), pad=1, dil=2)),
+    ("2/1-dil3-ceil", (1, 8, 9), pool_opts((2, 2), (2, 2), dil=3, ceil=True)),
+    ("rect-3x2/1-dil2-pad=1x0", (2, 7, 6), pool_opts((3, 2), (1, 1), pad=(1, 0), dil=2)),
 ]
 
 
@@ -294,6 +311,20 @@ def test_pool_forward_matches_loop_and_onnxruntime(kind, case, in_shape, opts):
                       pads=list(a["pads"]), ceil_mode=int(a["ceil"]), **extra)
     assert ref.shape == y.shape
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+@ids("case,in_shape,opts", DILATED_POOL_CASES, ids=[c[0] for c in DILATED_POOL_CASES])
+def test_dilated_maxpool_matches_loop_onnxruntime_and_central_differences(case, in_shape, opts):
+    out_shape, a, _ = node("maxpool", in_shape, **opts)
+    x = distinct_values((2, *in_shape), np.random.default_rng(8))
+    y, _ = run("maxpool", a, x, {})
+    assert y.shape == (2, *out_shape)
+    np.testing.assert_array_equal(y, pool_loop(x, a["kernel"], a["stride"], a["pads"], out_shape[1:], "max",
+                                               a["dilation"]))
+    (ref,) = onnx_run("MaxPool", [x.astype(np.float32)], kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      pads=list(a["pads"]), ceil_mode=int(a["ceil"]), dilations=list(a["dilation"]))
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    assert_gradients("maxpool", a, {}, [x])
 
 
 def test_avgpool_divides_by_cells_inside_the_input():

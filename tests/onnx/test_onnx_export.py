@@ -244,6 +244,7 @@ KIND_CASES.update({  # the math kinds of issue 28
     "reduce mean over the height": "input 2@3x4 -> reduce axis=1",
     "reduce sum over the width, kept": "input 2@3x4 -> reduce sum axis=2 keep",
     "reduce mean over a sequence's features": "input seq 5 of 4 -> reduce",
+})
 KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "pad, zeros": "input 2@3x4 -> pad 1",
     "pad constant 2.5, uneven sides": "input 2@3x4 -> pad 3 left=1 bottom=4 right=2 value=2.5",

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "bench": "dlc.commands.bench",
     "train": "dlc.commands.train",
     "import": "dlc.commands.importer",
+    "quantize": "dlc.commands.quantize",
     "sample": "dlc.commands.sample",
     "draw": "dlc.commands.pictures",
     "plot": "dlc.commands.pictures",

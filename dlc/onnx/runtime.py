@@ -307,6 +307,20 @@ def latency(batch: int, times: np.ndarray) -> Latency:
     return Latency(batch, float(p50), float(p90), float(p99), len(times))
 
 
+def alternating_latency(sessions: list[Session], feeds: dict[str, np.ndarray], batch: int, warmup: int,
+                        runs: int) -> list[Latency]:
+    """Latency of each session on the same batch, their runs taken in turn, so that whatever else the
+    machine does meanwhile falls on each of them alike (`dlc quantize` compares two models so)."""
+    calls = [runner(s, feeds) for s in sessions]
+    for call in calls:
+        time_runs(call, warmup, 0)
+    times = np.empty((len(calls), runs))
+    for i in range(runs):
+        for j, call in enumerate(calls):
+            times[j, i] = time_runs(call, 0, 1)[0]
+    return [latency(batch, t) for t in times]
+
+
 def bench(s: Session, batch: int, warmup: int, runs: int, vocab: dict[str, int] | None = None,
           shapes: dict[str, tuple[int, ...]] | None = None) -> Latency:
     """Latency of one batch of random input after warm-up: the code path of `dlc bench`. `shapes` gives

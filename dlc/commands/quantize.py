@@ -57,7 +57,7 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json):
     source = read_model(model)
     check_weights(source, model)
     float_weights(source, model)
-    float_session = rt.create_session(model, "cpu")
+    float_session = rt.create_session(model, "cpu", spin=False)
     vocab = token_vocabularies(source)
     shapes = rt.sample_shapes(float_session.inputs, {})
     feeds = read_feeds(float_session.inputs, calibrate, None if calibrate else SAMPLES, 0, vocab, ())
@@ -78,7 +78,7 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json):
     helper.set_model_props(quantized, {**{p.key: p.value for p in source.metadata_props},
                                        **{p.key: p.value for p in quantized.metadata_props}})
     blob = quantized.SerializeToString()
-    int8_session = rt.create_session(blob, "cpu")
+    int8_session = rt.create_session(blob, "cpu", spin=False)
     sessions = (float_session, int8_session)
     outputs = [np.concatenate([rt.run(s, part)[0] for part in chunks(feeds, fixed)]) for s in sessions]
     agreed = agreement(*outputs)

@@ -16,24 +16,13 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto
 
-from dlc.cli import main
+from model_outputs import outputs, run
 
 INT8_BOUND = 10 / 255
 LENET_PARAMS = 61_706
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def outputs(path, x) -> np.ndarray:
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
 @pytest.fixture(scope="module")

@@ -17,27 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto
 
-from dlc.cli import main
+from model_outputs import outputs, run
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 MNIST = REPO.parent / "shared" / "data" / "mnist.pkl.gz"
 UNIT_ROUNDOFF = {"fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
 STORED = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 LENET_PARAMS = 61_706  # conventions.md's LeNet-5
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def outputs(path, x) -> np.ndarray:
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +108,7 @@ def test_a_lenet5_trained_on_mnist_predicts_the_same_digits_in_half_precision(tm
         (xtr, ytr), _, (xte, _) = pickle.load(f, encoding="latin1")
     pad = lambda x: np.pad(x.reshape(-1, 1, 28, 28), ((0, 0), (0, 0), (2, 2), (2, 2)))  # noqa: E731 --reshape's centring
     np.savez(tmp_path / "train.npz", x=pad(xtr[:6000]), y=ytr[:6000])
-    r = CliRunner().invoke(main, ["train", "lenet5", "--data", str(tmp_path / "train.npz"), "--epochs", "2",
-                                  "--out", str(tmp_path / "run"), "--quiet"])
+    r = run("train", "lenet5", "--data", tmp_path / "train.npz", "--epochs", 2, "--out", tmp_path / "run", "--quiet")
     assert r.exit_code == 0, r.output
     x = pad(xte).astype(np.float32)
     ys = {}

@@ -80,11 +80,12 @@ def export(spec, expr, output, fmt, weights, seed, opset, batch, dtype):
     if dtype != "fp32":
         from dlc.onnx.agreement import UNIT_ROUNDOFF
 
-        kept = (f"; in float32 (no {converted.type_name} kernel in onnxruntime's CPU provider): "
-                + ", ".join(converted.float32_ops)) if converted.float32_ops else ""
-        click.echo(f"  {converted.type_name}: weights and computation, input and output float32 through Casts{kept}")
+        what = (f"weights, and computation but for {', '.join(converted.float32_ops)} (in float32: no "
+                f"{converted.type_name} kernel in onnxruntime's CPU provider)") if converted.float32_ops \
+            else "weights and computation"
+        click.echo(f"  {converted.type_name}: {what}; input and output float32 through Casts")
         click.echo(f"  against the float32 model on {agreed.samples} random samples (onnxruntime, CPU): "
-                   f"{agreed.line()} ({converted.type_name} rounds at {UNIT_ROUNDOFF[converted.type_name]:.2g})")
+                   f"{agreed.line()} ({converted.type_name} rounds at {UNIT_ROUNDOFF[converted.type_name]:.1e})")
     if data:
         click.echo(f"  over protobuf's 2 GB limit: the weights are in {data} (keep it beside {output})")
 

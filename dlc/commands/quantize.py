@@ -8,7 +8,7 @@ import os
 
 import click
 
-from dlc.commands.arguments import OUT_FLAGS, is_onnx, output_file
+from dlc.commands.arguments import OUT_FLAGS, is_onnx, output_file, shape_option
 from dlc.errors import DlcError
 
 SPEED_WARMUP = 5
@@ -30,7 +30,8 @@ SPEED_WARMUP = 5
 @click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
               help="Timed runs of each model, taken in turn; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json):
+@shape_option
+def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json, shapes):
     """Write MODEL.onnx in int8 with onnxruntime's quantizer (dynamic, or static with --calibrate), and
     report size, speed (onnxruntime on the CPU) and accuracy beside the float model."""
     from dlc.commands.arrays import existing_file
@@ -59,8 +60,7 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json):
     float_weights(source, model)
     float_session = rt.create_session(model, "cpu", spin=False)
     vocab = token_vocabularies(source)
-    shapes = rt.sample_shapes(float_session.inputs, {})
-    feeds = read_feeds(float_session.inputs, calibrate, None if calibrate else SAMPLES, 0, vocab, ())
+    feeds = read_feeds(float_session.inputs, calibrate, None if calibrate else SAMPLES, 0, vocab, shapes)
     n = len(next(iter(feeds.values())))
     if n == 0:
         raise DlcError(f"{calibrate} holds no samples to calibrate on")
@@ -83,7 +83,9 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json):
     outputs = [np.concatenate([rt.run(s, part)[0] for part in chunks(feeds, fixed)]) for s in sessions]
     agreed = agreement(*outputs)
     speed_batch = fixed or batch
-    speed_feeds = rt.random_feeds(float_session.inputs, shapes, speed_batch, vocab)
+    # the speed is measured on samples shaped as the accuracy's (a free dimension: --shape or the data's)
+    speed_feeds = rt.random_feeds(float_session.inputs, {k: v.shape[1:] for k, v in feeds.items()}, speed_batch,
+                                  vocab)
     timed = rt.alternating_latency(list(sessions), speed_feeds, speed_batch, SPEED_WARMUP, runs)
     with atomic_write(output) as f:
         f.write(blob)

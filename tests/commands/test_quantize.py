@@ -132,3 +132,19 @@ def test_a_model_without_float32_weights_is_refused(tmp_path):
     r = run("quantize", path, "--int8", "-o", tmp_path / "q.onnx")
     assert r.exit_code == 2, r.output
     assert f"{path} has no float32 weights to quantize (float16); quantize the float32 model" in r.output
+
+
+def test_a_free_dimension_besides_the_batch_takes_its_size_from_shape(tmp_path):
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "seq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 3])], [w])
+    path = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    r = run("quantize", path, "--int8", "-o", tmp_path / "q.onnx")
+    assert r.exit_code == 2 and "T" in r.output and "--shape" in r.output, r.output
+    r = run("quantize", path, "--int8", "-o", tmp_path / "q.onnx", "--shape", "5x4", "--runs", 2, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["accuracy"]["max_rel_diff"] <= INT8_BOUND

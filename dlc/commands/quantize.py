@@ -12,6 +12,9 @@ from dlc.commands.arguments import OUT_FLAGS, is_onnx, output_file, shape_option
 from dlc.errors import DlcError
 
 SPEED_WARMUP = 5
+# the operators onnxruntime's quantizer writes, dynamic (the first three), QDQ (the next two) or QOperator
+QUANTIZED_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLinear",
+                 "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul"}
 
 
 @click.command()
@@ -57,7 +60,7 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json, shapes):
 
     source = read_model(model)
     check_weights(source, model)
-    float_weights(source, model)
+    quantizable(source, model)
     float_session = rt.create_session(model, "cpu", spin=False)
     vocab = token_vocabularies(source)
     feeds = read_feeds(float_session.inputs, calibrate, None if calibrate else SAMPLES, 0, vocab, shapes)
@@ -110,13 +113,18 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json, shapes):
     click.echo(f"  accuracy on {data}, beside the float model: {agreed.line()}")
 
 
-def float_weights(model, path: str) -> None:
-    """Refuse a model without float32 weights: the quantizer reads float32 (an int8 model is done, a
-    float16 one is quantized from its float32 export)."""
+def quantizable(model, path: str) -> None:
+    """Refuse a model without float32 weights, or one quantized already: the quantizer reads float32 (a
+    float16 model is quantized from its float32 export), and an int8 model's float32 scales and biases
+    are no weights to quantize again."""
     from onnx import TensorProto
 
     from dlc.onnx.model import dtype_name
 
+    done = sorted({n.op_type for n in model.graph.node} & QUANTIZED_OPS)
+    if done:
+        raise DlcError(f"{path} is quantized already (it has {', '.join(done)}); quantize the float model it "
+                       f"came from")
     types = {t.data_type for t in model.graph.initializer}
     if TensorProto.FLOAT not in types:
         held = ", ".join(sorted(dtype_name(t) for t in types)) or "no initializers"

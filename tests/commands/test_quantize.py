@@ -126,6 +126,16 @@ def test_refusals_are_one_line_and_exit_2(lenet, tmp_path, make, args, message):
     assert model.read_bytes() == before and (tmp_path / "out.onnx").read_bytes() == b"kept"
 
 
+def test_a_quantized_model_is_not_quantized_again(lenet, tmp_path):
+    # its scales and biases are float32, but no weights: a second pass changed nothing (dynamic) or
+    # failed inside the quantizer (QDQ: "Expected conv1.W_DequantizeLinear_Output to be an initializer")
+    for args, op in (([], "DynamicQuantizeLinear"), (["--calibrate", lenet.parent / "calibration.npy"], "QuantizeLinear")):
+        once, _ = quantized(lenet, tmp_path, *args)
+        r = run("quantize", once, "--int8", "-o", tmp_path / "twice.onnx")
+        assert r.exit_code == 2 and f"{once} is quantized already (it has " in r.output, r.output
+        assert op in r.output and not (tmp_path / "twice.onnx").exists()
+
+
 def test_a_model_without_float32_weights_is_refused(tmp_path):
     path = tmp_path / "half.onnx"
     assert run("export", "lenet5", "--dtype", "fp16", "-o", path).exit_code == 0

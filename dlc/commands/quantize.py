@@ -63,17 +63,15 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json, shapes):
     quantizable(source, model)
     float_session = rt.create_session(model, "cpu", spin=False)
     vocab = token_vocabularies(source)
-    feeds = read_feeds(float_session.inputs, calibrate, None if calibrate else SAMPLES, 0, vocab, shapes)
+    fixed = rt.fixed_batch(float_session)
+    # random samples: a batch the model runs (one it was exported for)
+    feeds = read_feeds(float_session.inputs, calibrate, None if calibrate else fixed or SAMPLES, 0, vocab, shapes)
     n = len(next(iter(feeds.values())))
     if n == 0:
         raise DlcError(f"{calibrate} holds no samples to calibrate on")
     for p in float_session.inputs:
         if p.name in vocab:
             rt.check_tokens(feeds[p.name], vocab[p.name])
-    fixed = rt.fixed_batch(float_session)
-    if fixed is not None and n % fixed:
-        raise DlcError(f"the model was exported for batch {fixed}; {calibrate} holds {n:,} samples, "
-                       f"not a multiple of it")
     quantized = quantize_int8(model, feeds if calibrate else None, fmt or "qdq", fixed)
     # the spec, its input statistics and the rest of what dlc stored travel with the weights
     from onnx import helper

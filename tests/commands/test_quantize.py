@@ -102,6 +102,7 @@ def test_a_sequence_model_has_its_projections_quantized(tmp_path):
     (lambda d: (d / "x.dlc").write_text("input 2 -> fc 2"), [], "reads an .onnx model"),
     (None, ["--calibrate", "{d}/bad.npy"], "has shape (10, 1, 28, 28); the model expects (N, 1, 32, 32)"),
     (None, ["--calibrate", "{d}/none.npy"], "no such file"),
+    (None, ["--calibrate", "{d}/empty.npy"], "empty.npy holds no samples to calibrate on"),
     (None, ["--format", "qdq"], "--format qdq goes with --calibrate"),
     (None, ["--format", "int4"], "'int4' is not one of 'qdq', 'qoperator'"),
     (None, ["--no-int8"], "say the precision: --int8"),
@@ -110,6 +111,7 @@ def test_a_sequence_model_has_its_projections_quantized(tmp_path):
 ])
 def test_refusals_are_one_line_and_exit_2(lenet, tmp_path, make, args, message):
     np.save(tmp_path / "bad.npy", np.zeros((10, 1, 28, 28), np.float32))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 32, 32), np.float32))
     model = lenet
     if make is not None:
         make(tmp_path)

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "train": "dlc.commands.train",
     "import": "dlc.commands.importer",
     "roofline": "dlc.commands.roofline",
+    "quantize": "dlc.commands.quantize",
     "sample": "dlc.commands.sample",
     "draw": "dlc.commands.pictures",
     "plot": "dlc.commands.pictures",

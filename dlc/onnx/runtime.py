@@ -126,8 +126,12 @@ def gpu_driver() -> bool:
     return True
 
 
-def create_session(model, device: str = "auto") -> Session:
+def create_session(model, device: str = "auto", spin: bool = True) -> Session:
     """A session for an onnx.ModelProto, serialized bytes or a path, on `device` (auto, cpu, cuda).
+
+    `spin=False` keeps onnxruntime's worker threads from spinning after a run for the next one: where two
+    sessions run in turn (alternating_latency), one's spinning threads would take the cores of the other's
+    run.
 
     auto takes CUDA where the session really got it, else the CPU: silently on a machine without a GPU
     driver (CUDA is not even tried), with a notice on one that has a GPU but lacks a library. cuda where
@@ -140,6 +144,8 @@ def create_session(model, device: str = "auto") -> Session:
     payload = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     opts = ort.SessionOptions()
     opts.log_severity_level = QUIET
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     reason = None
     if device != "cpu" and CUDA not in ort.get_available_providers():
         reason = f"this onnxruntime build ({ort.__version__}) has no CUDA provider"
@@ -305,6 +311,21 @@ class Latency:
 def latency(batch: int, times: np.ndarray) -> Latency:
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
     return Latency(batch, float(p50), float(p90), float(p99), len(times))
+
+
+def alternating_latency(sessions: list[Session], feeds: dict[str, np.ndarray], batch: int, warmup: int,
+                        runs: int) -> list[Latency]:
+    """Latency of each session on the same batch, their runs taken in turn, so that whatever else the
+    machine does meanwhile falls on each of them alike (`dlc quantize` compares two models so). The
+    sessions should not spin (create_session's spin=False)."""
+    calls = [runner(s, feeds) for s in sessions]
+    for call in calls:
+        time_runs(call, warmup, 0)
+    times = np.empty((len(calls), runs))
+    for i in range(runs):
+        for j, call in enumerate(calls):
+            times[j, i] = time_runs(call, 0, 1)[0]
+    return [latency(batch, t) for t in times]
 
 
 def bench(s: Session, batch: int, warmup: int, runs: int, vocab: dict[str, int] | None = None,

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from dlc.cli import COMMANDS, main
 
-WRITERS = ("export", "infer", "draw", "plot", "import", "train")  # the commands that write a file or folder
+WRITERS = ("export", "infer", "draw", "plot", "import", "train", "quantize")  # the commands that write a file or folder
 
 
 def command(name: str) -> click.Command:

@@ -110,6 +110,13 @@ def receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple
     if window == GLOBAL:
         return ReceptiveField(image_hw, jump, True)
     assert isinstance(window, Window)
+    extra = len(window.kernel) - len(axes)
+    if extra:
+        # an ONNX op over other axes than the input has: the old exporters' 1-D pool is a 2-D one of
+        # height 1 (Unsqueeze, AveragePool, Squeeze); any other mix is not followed
+        if extra < 0 or set(window.kernel[:extra] + window.stride[:extra]) != {1}:
+            return None
+        window = Window(window.kernel[extra:], window.stride[extra:], window.dilation[extra:], window.transposed)
     if window.transposed:
         # An output pixel of a stride-s transposed window reads ceil(k/s) input pixels, which span
         # floor(dil*(k-1)/s) + 1 of them (2x2/2: one pixel, so the field does not grow).

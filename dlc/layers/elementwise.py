@@ -3,13 +3,14 @@
 Resolved attributes: dropout p; noise sigma; leaky/elu alpha; bn eps, momentum, channels (bn normalises
 axis 1 of the batch tensor: channels of a signal, image or volume, features of a vector; gamma, beta trainable; mean,
 var non-trainable); lrn size, alpha, beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
-softmax runs over channels of an image, features of a vector, the last axis of a sequence.
+softmax runs over `axis` (batch left out): channels of an image, signal or volume, features of a vector,
+the last axis of a sequence.
 """
 
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import SCALE, SHIFT, CostRule, LayerKind, Shape, elements, register, statistic
+from dlc.layers import SCALE, SHIFT, CostRule, LayerKind, Shape, elements, feature_axis, register, statistic
 from dlc.layers.spatial import image, is_spatial, show
 
 
@@ -33,7 +34,7 @@ register(LayerKind("silu", keep, aliases=("swish",), flops=per_element(2)))
 register(LayerKind("identity", keep))
 
 # Softmax: exponential, sum and division, 3 per element (the max shift for stability is not counted).
-register(LayerKind("softmax", keep, flops=per_element(3)))
+register(LayerKind("softmax", lambda a, ins: (ins[0], dict(a, axis=feature_axis(ins[0]))), flops=per_element(3)))
 
 
 def resolve_dropout(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:

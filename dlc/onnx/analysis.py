@@ -23,6 +23,7 @@ import onnx
 
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
+from dlc.layers import Window
 from dlc.onnx.count import Cost, NotCounted, Op, count
 from dlc.onnx.model import OnnxGraph, OnnxValue, attributes, dtype_name
 
@@ -273,9 +274,14 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
         for n in layer.nodes:
             for t in n.input:
                 read_by.setdefault(t, set()).add(layer.name)
-    image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs) if t and t.known and len(t.shape) == 4), None)
+    # the spatial sizes of an image or volume input, or of a signal's where the model has 1-D windows (a
+    # rank-3 input is otherwise a sequence)
+    signals = any(isinstance(c, Cost) and isinstance(c.window, Window) and len(c.window.kernel) == 1
+                  for c in costs.values())
+    image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs)
+                  if t and t.known and (len(t.shape) in (4, 5) or len(t.shape) == 3 and signals)), None)
     fields: dict[str, ReceptiveField | None] = {
-        name: ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if image else None for name in g.inputs}
+        name: ReceptiveField((1,) * len(image), (Fraction(1),) * len(image)) if image else None for name in g.inputs}
 
     producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner, types = [], [], {}, set()

@@ -88,6 +88,11 @@ KIND_SPECS = {
              "-> upsample 2 -> maxpool 2 -> conv 4@3x3 pad=1 gelu sigmoid tanh -> gap -> dropout 0.3 "
              "-> fc 10 softmax",
     "vector": "input 2@4x4 -> conv 4@3x3 -> gmp -> bn -> fc 3 bias=off -> flatten -> fc 2",
+    # issue 28: rank-3 and rank-5 Conv, pools and BatchNormalization, and per-axis pads
+    "signal": "input 2@60 -> conv 4@5/2 pad=same bn relu -> maxpool 3/2 pad=1 ceil -> dwconv 3 pad=1 mult=2 "
+              "-> avgpool 2 -> conv 4@3 dil=2 -> gmp -> fc 3",
+    "volume": "input 2@5x12x12 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bias=off bn relu -> maxpool 1x2x2 "
+              "-> dwconv 3 pad=1 -> avgpool 2 ceil -> conv 6@1 groups=2 -> gap -> fc 3",
     "flatten": "input 2@4x4 -> flatten -> fc 3",
     "sequence": "input seq 6 -> embed 4 vocab=9 -> rnn 3 bidirectional sequences -> gru 3 sequences "
                 "-> lstm 5 bidirectional -> fc 2 softmax",
@@ -297,6 +302,28 @@ def test_recurrent_layers_from_pytorch(tmp_path, exporter, module, layer):
     spec, weights = imported(tmp_path, path)
     assert f"\n{layer}" in spec.read_text()
     x = np.random.default_rng(0).integers(0, 20, (1, 7))
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name,shape,words", [
+    ("signal_net", (2, 40), ["input 2@40", "conv 6@5/2 pad=2 relu", "bn", "maxpool 3/2 pad=1", "avgpool 2 ceil",
+                             "dwconv 3 pad=1", "conv 4@3 dil=2", "gap"]),
+    ("volume_net", (2, 5, 17, 17), ["input 2@5x17x17", "conv 4@3x5x5/1x2x2 pad=1x2x2", "bn", "maxpool 1x2x2",
+                                    "avgpool 2x2x2 ceil", "conv 6@2x2x2 pad=1 groups=2", "gap"])])
+def test_signals_and_volumes_from_pytorch(tmp_path, exporter, name, shape, words):
+    # issue 28: Conv1d/3d, their pools, BatchNorm1d/3d and the adaptive pools, from either exporter
+    path = tmp_path / f"{name}.onnx"
+    torch_models.export(with_distinct_bn(getattr(torch_models, name)()), path, (torch.randn(1, *shape),),
+                        dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    text = spec.read_text()
+    assert all(w in text for w in words), text
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
             "--out", tmp_path / "y.npy")

@@ -13,7 +13,7 @@ import onnx
 from dlc.decompile import SpecLayer, comment, write_spec
 from dlc.errors import DlcError
 from dlc.graph import Network
-from dlc.layers import KINDS
+from dlc.layers import KINDS, Signal
 from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused
@@ -29,12 +29,28 @@ def input_size(r: Reader, name: str) -> str:
             raise DlcError(f"the model's input {name} holds {len(shape)}-D integers; dlc reads token ids as "
                            f"(batch, T)")
         return f"seq {shape[0]}"
+    if len(shape) == 2 and reads_signals(r):
+        return show(Signal(shape))
     if len(shape) == 2:
         return f"seq {shape[0]} of {shape[1]}"
-    if len(shape) not in (1, 3):
-        raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are images C@HxW, "
-                       f"vectors and sequences")
+    if len(shape) not in (1, 3, 4):
+        raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are vectors, "
+                       f"sequences, signals C@L, images C@HxW and volumes C@DxHxW")
     return show(shape)
+
+
+# operators that read the channels at axis 1: on a rank-3 tensor (N, C, L) they make it a signal
+CHANNEL_OPS = ("Conv", "MaxPool", "AveragePool", "BatchNormalization", "GlobalAveragePool", "GlobalMaxPool")
+
+
+def reads_signals(r: Reader) -> bool:
+    """Whether the model's (N, C, L) tensors are signals rather than sequences (N, T, D): an operator
+    reads one by its channels, or an Unsqueeze makes one an image (the old exporters' 1-D pools)."""
+    def rank(name: str) -> int | None:
+        t = r.g.tensors.get(name)
+        return len(t.shape) if t is not None and t.known else None
+    return any(n.input and rank(n.input[0]) == 3 and (n.op_type in CHANNEL_OPS or n.op_type == "Unsqueeze" and any(
+        c.op_type in ("MaxPool", "AveragePool") for c in r.consumers.get(n.output[0], []))) for n in r.g.nodes)
 
 
 def read_layers(r: Reader) -> tuple[list[Found], int]:

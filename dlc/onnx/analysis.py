@@ -23,9 +23,9 @@ import onnx
 
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
-from dlc.layers import Window
+from dlc.layers import Signal
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import OnnxGraph, OnnxValue, attributes, dtype_name
+from dlc.onnx.model import CHANNEL_OPS, OnnxGraph, OnnxValue, attributes, dtype_name
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -146,6 +146,12 @@ def _window(kernel, strides) -> str:
 def step_text(n: onnx.NodeProto) -> str | None:
     """The spec text dlc's exporter put in the doc string (`file:line: text`)."""
     return n.doc_string.split(": ", 1)[1] if ": " in n.doc_string else None
+
+
+def shown(t: OnnxValue, signals: set[str]) -> tuple:
+    """A tensor's shape per sample as dlc shows it: C@L for a signal."""
+    shape = t.per_sample or ()
+    return Signal(shape) if t.name in signals and len(shape) == 2 else shape
 
 
 def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
@@ -276,10 +282,9 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
                 read_by.setdefault(t, set()).add(layer.name)
     # the spatial sizes of an image or volume input, or of a signal's where the model has 1-D windows (a
     # rank-3 input is otherwise a sequence)
-    signals = any(isinstance(c, Cost) and isinstance(c.window, Window) and len(c.window.kernel) == 1
-                  for c in costs.values())
+    signals = g.signals()
     image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs)
-                  if t and t.known and (len(t.shape) in (4, 5) or len(t.shape) == 3 and signals)), None)
+                  if t and t.known and (len(t.shape) in (4, 5) or t.name in signals)), None)
     fields: dict[str, ReceptiveField | None] = {
         name: ReceptiveField((1,) * len(image), (Fraction(1),) * len(image)) if image else None for name in g.inputs}
 
@@ -290,7 +295,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     in_mixture = standby_layers(layers, g) if g.dlc_spec is not None else {}
     for name in g.inputs:
         t = g.tensors[name]
-        node = Node(name, "input", {}, [], t.per_sample, dtype_name(t.elem_type), text="input")
+        node = Node(name, "input", {}, [], shown(t, signals), dtype_name(t.elem_type), text="input")
         stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name]))
     for layer in layers:
         macs = flops = 0
@@ -324,7 +329,9 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
         text = (step_text(main) if steps is not None else None) or describe(main, g)
         if steps is not None:
             steps[layer.name] = main.doc_string
-        node = Node(layer.name, main.op_type, attributes(main), inputs, t.per_sample or (), dtype_name(t.elem_type),
+        # a Conv's or pool's rank-3 output is a signal, as is what such an operator reads
+        node = Node(layer.name, main.op_type, attributes(main), inputs,
+                    shown(t, signals | ({t.name} if main.op_type in CHANNEL_OPS else set())), dtype_name(t.elem_type),
                     text=text, standby=in_mixture.get(layer.name) == "standby")
         runs = not node.standby
         stats.append(NodeStats(node, params, frozen, macs * batch * runs, flops * batch * runs,

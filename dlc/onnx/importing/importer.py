@@ -29,7 +29,7 @@ def input_size(r: Reader, name: str) -> str:
             raise DlcError(f"the model's input {name} holds {len(shape)}-D integers; dlc reads token ids as "
                            f"(batch, T)")
         return f"seq {shape[0]}"
-    if len(shape) == 2 and reads_signals(r):
+    if len(shape) == 2 and name in r.g.signals():
         return show(Signal(shape))
     if len(shape) == 2:
         return f"seq {shape[0]} of {shape[1]}"
@@ -37,20 +37,6 @@ def input_size(r: Reader, name: str) -> str:
         raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are vectors, "
                        f"sequences, signals C@L, images C@HxW and volumes C@DxHxW")
     return show(shape)
-
-
-# operators that read the channels at axis 1: on a rank-3 tensor (N, C, L) they make it a signal
-CHANNEL_OPS = ("Conv", "MaxPool", "AveragePool", "BatchNormalization", "GlobalAveragePool", "GlobalMaxPool")
-
-
-def reads_signals(r: Reader) -> bool:
-    """Whether the model's (N, C, L) tensors are signals rather than sequences (N, T, D): an operator
-    reads one by its channels, or an Unsqueeze makes one an image (the old exporters' 1-D pools)."""
-    def rank(name: str) -> int | None:
-        t = r.g.tensors.get(name)
-        return len(t.shape) if t is not None and t.known else None
-    return any(n.input and rank(n.input[0]) == 3 and (n.op_type in CHANNEL_OPS or n.op_type == "Unsqueeze" and any(
-        c.op_type in ("MaxPool", "AveragePool") for c in r.consumers.get(n.output[0], []))) for n in r.g.nodes)
 
 
 def read_layers(r: Reader) -> tuple[list[Found], int]:

@@ -331,6 +331,16 @@ def test_signals_and_volumes_from_pytorch(tmp_path, exporter, name, shape, words
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
 
 
+def test_a_1d_transposed_conv_is_refused_naming_its_signal(tmp_path):
+    # upconv stays 2-D: the refusal names the input as the language writes it, once
+    path = tmp_path / "up.onnx"
+    torch_models.export(nn.Sequential(nn.ConvTranspose1d(2, 3, 2, stride=2)), path, (torch.randn(1, 2, 10),),
+                        dynamo=False)
+    r = run("import", path, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "dlc's upconv works on images C@HxW; this one's input is 2@10" in r.output
+
+
 @pytest.mark.parametrize("exporter,opset", [("torchscript", 17), ("dynamo", 20)], ids=["erf-form", "gelu-op"])
 def test_gelu_in_both_forms(tmp_path, exporter, opset):
     torch.manual_seed(0)

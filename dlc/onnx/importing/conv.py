@@ -9,6 +9,7 @@ import onnx
 
 from dlc.decompile import window_size
 from dlc.layers.spatial import resolve_pads, show
+from dlc.onnx.analysis import shown
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
 from dlc.onnx.model import attributes
 
@@ -110,7 +111,8 @@ def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
     w = r.weight(n, 1, "weight")
     x = r.shape(n.input[0])
     if len(x) != 3:
-        raise NotImportable(f"dlc's upconv is 2-D; this one works on {len(x) - 1} spatial axes")
+        raise NotImportable(f"dlc's upconv works on images C@HxW; this one's input is "
+                            f"{show(shown(r.g.tensors[n.input[0]], r.g.signals()))}")
     if any(a.get("output_padding", [0])) or "output_shape" in a:
         raise NotImportable("output_padding/output_shape have no upconv option")
     if a.get("auto_pad", b"NOTSET") != b"NOTSET":

@@ -38,6 +38,15 @@ def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(y - ref).max() / np.abs(ref).max())
 
 
+def assert_runs_as_onnxruntime(tmp_path, spec, weights, path, x: np.ndarray) -> None:
+    """The imported spec and weights, run by `dlc infer` on the NumPy engine, give the original's outputs."""
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+
+
 def imported(tmp, path):
     r = run("import", path, "-o", tmp / "net.dlc")
     assert r.exit_code == 0, r.output
@@ -324,11 +333,7 @@ def test_signals_and_volumes_from_pytorch(tmp_path, exporter, name, shape, words
     text = spec.read_text()
     assert all(w in text for w in words), text
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
-            "--out", tmp_path / "y.npy")
-    assert r.exit_code == 0, r.output
-    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path, x)
 
 
 def test_a_1d_transposed_conv_is_refused_naming_its_signal(tmp_path):
@@ -425,11 +430,7 @@ def test_a_zero_pad_before_a_conv_becomes_its_pad(tmp_path):
     spec, weights = imported(tmp_path, path)
     assert "conv 4@3x3 pad=1 " in spec.read_text()
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
-            "--out", tmp_path / "y.npy")
-    assert r.exit_code == 0, r.output
-    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path, x)
 
 
 def test_a_mixture_of_experts_is_refused_naming_its_topk_node(tmp_path):

@@ -36,7 +36,7 @@ def image_attrs(attrs: dict, axes: slice) -> dict:
 
 def signal_as_image(image_kernel: Kernel, attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray],
                     ctx: Ctx) -> Forward:
-    """The image kernel on (N, C, 1, L): a view, no copy, and the gradients back in the signal's shapes."""
+    """The image kernel on (N, C, 1, L), a view of the signal; outputs and gradients in the signal's shapes."""
     x = xs[0]
     as_image = {k: v[:, :, None] if v.ndim == 3 else v for k, v in params.items()}  # conv W: (C_out, C_in, 1, k)
     y, image_backward = image_kernel(image_attrs(attrs, slice(None)), as_image, state, [x[:, :, None]], ctx)

@@ -14,6 +14,7 @@ from dlc.choices import DTYPE_BYTES, OPTIMIZER_SLOTS
 from dlc.engine.budget import COLS_BYTES
 from dlc.graph import Graph, Node
 from dlc.layers import GLOBAL, KINDS, Window, param_count
+from dlc.layers.spatial import is_spatial
 
 BYTES_PER_VALUE = 4  # float32: what dlc's NumPy engine computes in
 
@@ -27,8 +28,8 @@ def value_bytes(values: int, dtype: str) -> int:
 class ReceptiveField:
     """Size of the input window one output element sees, and the product of strides (the jump)."""
 
-    size: tuple[int, int]
-    jump: tuple[Fraction, Fraction]
+    size: tuple[int, ...]  # per spatial axis of the input: (L,), (H, W) or (D, H, W)
+    jump: tuple[Fraction, ...]
     whole: bool = False  # the node sees its whole input (fc, gap, recurrent)
 
 
@@ -108,26 +109,34 @@ class Analysis:
     totals: Totals
 
 
-def receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple[int, int]) -> ReceptiveField | None:
+def receptive_field(window, inputs: list[ReceptiveField | None], image_hw: tuple[int, ...]) -> ReceptiveField | None:
     live = [r for r in inputs if r is not None]
     if not live:
         return None
-    size = tuple(max(r.size[i] for r in live) for i in (0, 1))
-    jump = tuple(max(r.jump[i] for r in live) for i in (0, 1))
+    axes = range(len(live[0].size))
+    size = tuple(max(r.size[i] for r in live) for i in axes)
+    jump = tuple(max(r.jump[i] for r in live) for i in axes)
     whole = any(r.whole for r in live)
     if window is None:
         return ReceptiveField(size, jump, whole)
     if window == GLOBAL:
         return ReceptiveField(image_hw, jump, True)
     assert isinstance(window, Window)
+    extra = len(window.kernel) - len(axes)
+    if extra:
+        # an ONNX op over other axes than the input has: the old exporters' 1-D pool is a 2-D one of
+        # height 1 (Unsqueeze, AveragePool, Squeeze); any other mix is not followed
+        if extra < 0 or set(window.kernel[:extra] + window.stride[:extra]) != {1}:
+            return None
+        window = Window(window.kernel[extra:], window.stride[extra:], window.dilation[extra:], window.transposed)
     if window.transposed:
         # An output pixel of a stride-s transposed window reads ceil(k/s) input pixels, which span
         # floor(dil*(k-1)/s) + 1 of them (2x2/2: one pixel, so the field does not grow).
         new = tuple(size[i] + (window.dilation[i] * (window.kernel[i] - 1) // window.stride[i]) * jump[i]
-                    for i in (0, 1))
-        return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] / window.stride[i] for i in (0, 1)), whole)
-    new = tuple(size[i] + window.dilation[i] * (window.kernel[i] - 1) * jump[i] for i in (0, 1))
-    return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] * window.stride[i] for i in (0, 1)), whole)
+                    for i in axes)
+        return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] / window.stride[i] for i in axes), whole)
+    new = tuple(size[i] + window.dilation[i] * (window.kernel[i] - 1) * jump[i] for i in axes)
+    return ReceptiveField(tuple(int(s) for s in new), tuple(jump[i] * window.stride[i] for i in axes), whole)
 
 
 def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd", dtype: str = "fp32",
@@ -141,8 +150,9 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd", dtype: str = "
         kind = KINDS[node.kind]
         ins = [shapes[i] for i in node.inputs]
         if node.kind == "input":
-            spatial = len(node.out_shape) == 3
-            fields[node.name] = ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if spatial else None
+            axes = len(node.out_shape) - 1
+            fields[node.name] = ReceptiveField((1,) * axes, (Fraction(1),) * axes) \
+                if is_spatial(node.out_shape) else None
         else:
             fields[node.name] = receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
                                                  graph.input.out_shape[1:])
@@ -161,17 +171,21 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd", dtype: str = "
     return Analysis(graph, stats, totals(stats, batch, optimizer, columns, dtype, act_dtype))
 
 
-def _column_rows(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int, bool] | None:
-    """(rows, values per row and sample, kept for backward) of the im2col columns the NumPy engine
-    builds for a node, a row being one output row (conv) or input row (upconv); None where it builds
-    none (depthwise convs sum window views instead)."""
+def _column_rows(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int, bool, int] | None:
+    """(rows, values per row and sample, kept for backward, how many such sets) of the im2col columns
+    the NumPy engine builds for a node, a row being one output row (conv) or input row (upconv); None
+    where it builds none (depthwise convs sum window views instead)."""
     a = node.attrs
     if node.kind in ("conv", "dwconv") and not a["groups"] == a["in_channels"] > 1:
-        kh, kw = a["kernel"]
-        return node.out_shape[1], a["in_channels"] * kh * kw * node.out_shape[2], True
+        kernel, out = a["kernel"], node.out_shape[1:]
+        if len(kernel) == 1:  # a signal runs as an image of height 1 (dlc/engine/kernels/ranks.py)
+            return 1, a["in_channels"] * kernel[0] * out[0], True, 1
+        # a volume runs as one image conv per depth offset of its kernel, over every output depth at once
+        (kh, kw), (ho, wo) = kernel[-2:], out[-2:]
+        return ho, a["in_channels"] * kh * kw * wo * prod(out[:-2]), True, prod(kernel[:-2])
     if node.kind == "upconv":
         kh, kw = a["kernel"]
-        return in_shape[1], a["channels"] * kh * kw * in_shape[2], False
+        return in_shape[1], a["channels"] * kh * kw * in_shape[2], False, 1
     return None
 
 
@@ -189,10 +203,10 @@ def engine_columns_bytes(graph: Graph, batch: int) -> int:
         found = _column_rows(node, shapes[node.inputs[0]]) if node.inputs else None
         if found is None:
             continue
-        rows, values_per_row, keeps = found
+        rows, values_per_row, keeps, sets = found
         row_bytes = BYTES_PER_VALUE * values_per_row * batch
         if keeps and rows * row_bytes <= COLS_BYTES:
-            kept += rows * row_bytes
+            kept += sets * rows * row_bytes
         in_flight = max(in_flight, min(rows, max(1, COLS_BYTES // row_bytes)) * row_bytes)
     return kept + in_flight
 

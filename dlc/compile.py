@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from dlc.errors import DlcError, Pos, ShapeError
 from dlc.graph import BlockCall, Graph, Node
 from dlc.layers import AXIS, COUNT, KINDS, LABEL, PAD, LayerKind, Ref, all_words, lookup
-from dlc.layers.spatial import show
+from dlc.layers.spatial import is_spatial, show, spatial_shape
 from dlc.layers.mixture import check_mixture
 from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Nest, Option, Size, Step, Train, Value, Word,
                         parse, size_example)
@@ -167,9 +167,11 @@ def _emit_input(b: Build, s: Input) -> str:
                            z.pos)
         if z.channels is not None:
             c = _positive_int(z.channels, "the channel count")
-            if not isinstance(z.dims.v, tuple):
-                raise DlcError(f"an image input is written C@HxW, like 3@224x224 (received `{z.raw}`)", z.pos)
-            shape = (c, *(_at_least_one(d, z.dims) for d in z.dims.v))
+            dims = z.dims.v if isinstance(z.dims.v, tuple) else (_positive_int(z.dims, "the signal length"),)
+            if len(dims) > 3:
+                raise DlcError(f"an input has 1 to 3 spatial axes: C@L, C@HxW or C@DxHxW, like 1@8000, 3@224x224 "
+                               f"or 3@16x112x112 (received `{z.raw}`)", z.pos)
+            shape = spatial_shape(c, tuple(_at_least_one(d, z.dims) for d in dims))
         elif isinstance(z.dims.v, tuple):
             raise DlcError(f"an image input is written C@HxW, like 1@{z.raw} (received `{z.raw}`)", z.pos)
         else:
@@ -181,7 +183,7 @@ def _emit_input(b: Build, s: Input) -> str:
         shape = (steps,) if tokens else (steps, _positive_int(s.features, "the feature count"))
     kind = KINDS["input"]
     out, attrs = kind.resolve({"shape": shape, "tokens": tokens}, [])
-    node = Node("input", "input", attrs, [], tuple(out), "int64" if tokens else "float32", s.pos, "", None,
+    node = Node("input", "input", attrs, [], out, "int64" if tokens else "float32", s.pos, "", None,
                 _one_line(s.text))
     b.nodes.append(node)
     b.by_name[node.name] = node
@@ -315,9 +317,9 @@ def _size_where(kind: LayerKind, size: Size | None) -> dict[str, Pos]:
     """Where the attributes a SIZE sets are written, for errors about their values."""
     if size is None:
         return {}
-    if kind.size == "conv":
-        where = {"channels": size.channels.pos if size.channels else size.pos, "kernel": size.dims.pos}
-        return where | ({"stride": size.stride.pos} if size.stride else {})
+    if kind.size in ("conv", "window"):
+        where = {"kernel": size.dims.pos} | ({"stride": size.stride.pos} if size.stride else {})
+        return where | ({"channels": size.channels.pos if size.channels else size.pos} if kind.size == "conv" else {})
     if kind.size_attr:
         return {kind.size_attr: size.dims.pos}
     return {}
@@ -349,13 +351,13 @@ def _size_attrs(kind: LayerKind, size: Size | None, word: Word, scope: Scope) ->
         if channels is None:
             raise DlcError(f"{shaped}: write channels@kernel", size.pos)
         return {"channels": _positive_int(channels, "the channel count", scope),
-                "kernel": _pair(dims, "the kernel size", scope),
-                "stride": _pair(stride, "the stride", scope) if stride is not None else None}
+                "kernel": _dims(dims, "the kernel size", scope),
+                "stride": _dims(stride, "the stride", scope) if stride is not None else None}
     if kind.size == "window":
         if channels is not None:
             raise DlcError(f"{shaped}: {word.name} keeps the channel count", size.pos)
-        return {"kernel": _pair(dims, "the window size", scope),
-                "stride": _pair(stride, "the stride", scope) if stride is not None else None}
+        return {"kernel": _dims(dims, "the window size", scope),
+                "stride": _dims(stride, "the stride", scope) if stride is not None else None}
     if kind.size == "shape":
         if stride is not None:
             raise DlcError(shaped, size.pos)
@@ -448,7 +450,7 @@ def _emit_nest(b: Build, n: Nest, cur: str, scope: Scope, defaults: Defaults) ->
         raise DlcError(str(e), main.where.get(e.attr, main.pos)) from None
     if not any(isinstance(s, STEPS) for s in n.body):
         raise DlcError(f"{main.head} has no steps in its braces: write the block each expert is", n.pos)
-    if len(b.by_name[cur].out_shape) == 3:
+    if is_spatial(b.by_name[cur].out_shape):
         raise DlcError(f"{main.head} routes each step of a sequence, or a vector; its input is the image "
                        f"{show(b.by_name[cur].out_shape)}: write `tokens` (or `gap`) before it", main.pos)
     base = scope.node_name(kind.name)
@@ -497,19 +499,20 @@ def _shortcut(b: Build, s: Step, cur: str, target: str, scope: Scope, defaults: 
     src, dst = b.by_name[cur].out_shape, b.by_name[target].out_shape
     if src == dst:
         return cur
-    if len(src) != 3 or len(dst) != 3:
-        raise DlcError(f"shortcut can only project an image to an image; here it would turn {show(src)} "
-                       f"into {show(dst)}", s.pos)
-    stride = tuple(_projection_stride(src[i], dst[i]) for i in (1, 2))
+    if not is_spatial(src) or len(src) != len(dst) or not is_spatial(dst):
+        raise DlcError(f"shortcut can only project an image to an image (or a signal to a signal, a volume to "
+                       f"a volume); here it would turn {show(src)} into {show(dst)}", s.pos)
+    stride = tuple(_projection_stride(src[i], dst[i]) for i in range(1, len(src)))
     if None in stride:
         raise DlcError(f"shortcut cannot project {show(src)} to {show(dst)} with a strided 1x1 convolution",
                        s.pos)
     n = scope.count(("shortcut",))
     base = f"{scope.prefix}shortcut{'' if n == 1 else n}"
     conv = _base_attrs(KINDS["conv"], defaults)
-    conv.update(channels=dst[0], kernel=(1, 1), stride=stride, pad=0, dil=1, groups=1, bias=False)
-    s_text = "" if stride == (1, 1) else "/" + "x".join(dict.fromkeys(str(x) for x in stride))
-    text = f"shortcut: conv {dst[0]}@1x1{s_text} bias=off -> bn"
+    conv.update(channels=dst[0], kernel=1, stride=stride, pad=0, dil=1, groups=1, bias=False)
+    s_text = "" if set(stride) == {1} else "/" + (str(stride[0]) if len(set(stride)) == 1
+                                                 else "x".join(map(str, stride)))
+    text = f"shortcut: conv {dst[0]}@{'x'.join('1' * len(stride))}{s_text} bias=off -> bn"
     node = _add_node(b, scope, KINDS["conv"], conv, [cur], s.pos, text, "shortcut", name=f"{base}.conv")
     bn = _add_node(b, scope, KINDS["bn"], _base_attrs(KINDS["bn"], defaults), [node.name], s.pos, text,
                    "shortcut", row=node.name, name=f"{base}.bn")
@@ -622,9 +625,9 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     if len(b.nodes) >= MAX_NODES:
         raise DlcError(f"the network grows past {MAX_NODES:,} nodes here; is a repeat count too large?", pos)
     ins = [b.by_name[i] for i in inputs]
-    if kind.name == "fc" and len(ins[0].out_shape) == 3:
-        # docs/language.md, "Layer kinds": fc flattens an image (C, H, W order) first, shown as its own
-        # row; on a sequence it acts on each step.
+    if kind.name == "fc" and is_spatial(ins[0].out_shape):
+        # docs/language.md, "Layer kinds": fc flattens a signal, an image or a volume (C, H, W order)
+        # first, shown as its own row; on a sequence it acts on each step.
         ins = [_add_node(b, scope, KINDS["flatten"], {}, inputs, pos, "flatten", "flatten")]
         inputs = [ins[0].name]
     _check_dtype(kind, ins, pos, head)
@@ -650,7 +653,7 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     text = _one_line(text)
     if scope.params and text not in scope.resolved:  # once per step, not per node of it
         scope.resolved[text] = _with_arguments(text, scope.params)
-    node = Node(name, kind.name, resolved, inputs, tuple(out), "float32", pos, row, None, text,
+    node = Node(name, kind.name, resolved, inputs, out, "float32", pos, row, None, text,
                 resolved_text=scope.resolved.get(text, ""))
     b.nodes.append(node)
     b.by_name[name] = node
@@ -704,11 +707,12 @@ def _at_least_one(n: int, v: Value) -> int:
     return n
 
 
-def _pair(v: Value, what: str, scope: Scope) -> tuple[int, int]:
+def _dims(v: Value, what: str, scope: Scope) -> int | tuple[int, ...]:
+    """A kernel or stride as written: one number for every spatial axis (the shape rule learns how many
+    from the input), or one number per axis, `3x3` or `1x3x3`."""
     if isinstance(v.v, tuple):
-        return (_at_least_one(v.v[0], v), _at_least_one(v.v[1], v))
-    n = _positive_int(v, what, scope)
-    return (n, n)
+        return tuple(_at_least_one(d, v) for d in v.v)
+    return _positive_int(v, what, scope)
 
 
 def _repeat_count(v: Value | None, scope: Scope) -> int:
@@ -740,11 +744,10 @@ def _option_value(kind: LayerKind, opt: Option, scope: Scope):
         raise DlcError(f"{opt.key} takes a whole number, an axis of the input (-1: the last){_unbound(v, scope)} {got}",
                        v.pos)
     if default is PAD:
-        if x in ("same", "valid") or isinstance(x, int):
+        if x in ("same", "valid") or isinstance(x, (int, tuple)):  # a tuple: one per spatial axis, `1x3x3`
             return x
-        if isinstance(x, tuple) and len(x) == 2 and all(isinstance(p, int) for p in x):
-            return x  # HxW: top and bottom by H, left and right by W (PyTorch's padding=(1, 2))
-        raise DlcError(f"{opt.key} takes a whole number, HxW, `same` or `valid`{_unbound(v, scope)} {got}", v.pos)
+        raise DlcError(f"{opt.key} takes a whole number, one per axis like 1x3x3, `same` or `valid`"
+                       f"{_unbound(v, scope)} {got}", v.pos)
     if isinstance(default, bool):
         if x in SWITCH:
             return SWITCH[x]

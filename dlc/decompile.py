@@ -31,12 +31,13 @@ class SpecLayer:
     tied: int | None = None  # an fc reusing an embed's table: that embed's position (`tied=LABEL`)
 
 
-def window_size(kernel: tuple[int, int], stride: tuple[int, int], implied: tuple[int, int] = (1, 1)) -> str:
-    """`KxK`, `KxK/S` or `KxK/SxS`; the stride left out where it is the kind's own (1, or a pool's window)."""
-    k = f"{kernel[0]}x{kernel[1]}"
-    if tuple(stride) == tuple(implied):
+def window_size(kernel: tuple[int, ...], stride: tuple[int, ...], implied: tuple[int, ...] | None = None) -> str:
+    """`KxK`, `KxK/S` or `KxK/SxS` (`K/S` on a signal, `KxKxK/S` on a volume); the stride left out where
+    it is the kind's own (1, or a pool's window)."""
+    k = "x".join(map(str, kernel))
+    if tuple(stride) == tuple(implied or (1,) * len(kernel)):
         return k
-    return k + (f"/{stride[0]}" if stride[0] == stride[1] else f"/{stride[0]}x{stride[1]}")
+    return k + (f"/{stride[0]}" if len(set(stride)) == 1 else "/" + "x".join(map(str, stride)))
 
 
 @dataclass
@@ -204,8 +205,8 @@ def option_words(kind: str, options: dict) -> list[str]:
 def value_word(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, tuple):  # pad=HxW
-        return "x".join(str(v) for v in value)
+    if isinstance(value, tuple):  # one per spatial axis, `pad=1x3x3`
+        return "x".join(map(str, value))
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

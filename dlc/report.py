@@ -114,16 +114,19 @@ def _sources(names: list[str]) -> str:
 def _rf(s: NodeStats) -> str:
     if s.rf is None:
         return ""
-    h, w = s.rf.size
-    size = f"{h}" if h == w else f"{h}x{w}"
+    size = _per_axis(s.rf.size)
     return f"{size} (all)" if s.rf.whole else size
 
 
 def _jump(s: NodeStats) -> str:
     if s.rf is None:
         return ""
-    h, w = s.rf.jump
-    return f"{h}" if h == w else f"{h}x{w}"
+    return _per_axis(s.rf.jump)
+
+
+def _per_axis(values: tuple) -> str:
+    """One number when every spatial axis has it, else one per axis: 7, 7x3, 3x7x7."""
+    return f"{values[0]}" if len(set(values)) == 1 else "x".join(map(str, values))
 
 
 def _cost(r: Row, field: str) -> str:

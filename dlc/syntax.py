@@ -183,8 +183,7 @@ def token_pos(tok: Token) -> Pos:
 def token_value(tok: Token) -> Value:
     s = str(tok)
     if tok.type == "DIMS":
-        h, w = s.split("x")
-        v = (_number(h, tok), _number(w, tok))
+        v = tuple(_number(d, tok) for d in s.split("x"))
     elif tok.type == "NUMBER":
         v = _number(s, tok)
     else:

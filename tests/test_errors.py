@@ -265,7 +265,7 @@ def test_reserved_repeat_names():
 
 def test_bad_option_values_quote_the_value():
     e = error("input 3@8x8\nconv 8@3x3 pad=foo")
-    assert e.message == "pad takes a whole number, HxW, `same` or `valid`; no block parameter `foo` (received pad=foo)"
+    assert e.message == "pad takes a whole number, one per axis like 1x3x3, `same` or `valid`; no block parameter `foo` (received pad=foo)"
     assert at(e) == (2, 16)
     e = error("input 3@8x8\nconv 8@3x3 bias=2")
     assert e.message == "bias takes on or off (received bias=2)" and at(e) == (2, 17)
@@ -318,10 +318,25 @@ def test_expected_things_after_operators():
 
 
 def test_unreadable_tokens():
-    e = error("input 3@8x8\nconv 8@3x3x3")
-    assert e.message.startswith("cannot read `3x3x3`") and at(e) == (2, 8)
+    e = error("input 3@8x8\nconv 8@3x3x")
+    assert e.message.startswith("cannot read `3x3x`") and at(e) == (2, 8)
     e = error("input 3@8x8\nrelu $")
     assert e.message == "unexpected character `$`" and at(e) == (2, 6)
+
+
+def test_a_kernel_with_another_number_of_axes_than_its_input_is_located_and_names_both():
+    # issue 28: 3x3x3 is a 3-D kernel, read as one token; on an image it is a mistake, not a guess
+    e = error("input 3@8x8\nconv 8@3x3x3")
+    assert e.message == ("the kernel 3x3x3 has 3 axes but the input 3@8x8 has 2: write one number for every "
+                         "axis, or 2 like 3x3") and at(e) == (2, 8)
+    e = error("input 3@16x112x112\nconv 64@3x7x7/1x2 pad=1x3x3")
+    assert e.message.startswith("the stride 1x2 has 2 axes but the input 3@16x112x112 has 3") and at(e) == (2, 15)
+    e = error("input 3@16x112x112\nconv 64@3 pad=1x3")
+    assert e.message.startswith("pad=1x3 has 2 axes but the input 16x112x112 has 3") and at(e) == (2, 15)
+    e = error("input 1@8000\nmaxpool 2x2")
+    assert e.message.startswith("the window 2x2 has 2 axes but the input 1@8000 has 1") and at(e) == (2, 9)
+    e = error("input 3@4x4x4x4")
+    assert e.message.startswith("an input has 1 to 3 spatial axes") and at(e) == (1, 7)
 
 
 def test_statements_in_the_wrong_place():

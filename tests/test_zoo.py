@@ -56,6 +56,8 @@ PUBLISHED = {
     # 4.2 million parameters; Keras's MobileNet prints the exact 4,231,976 trainable parameters.
     "mobilenet_v1": (4_231_976, "569", M),
     "vit_b16": (86_567_656, "17.56", G),  # torchvision ViT_B_16_Weights.IMAGENET1K_V1
+    # issue 28: a volume net at 3@16x112x112 (torchvision is not installed here, so its published table)
+    "r3d_18": (33_371_472, "40.697", G),  # torchvision R3D_18_Weights.KINETICS400_V1
 }
 
 # name: (params, MACs), both by hand from the layer tables in the comments below.
@@ -83,6 +85,11 @@ BY_HAND = {
     "mlp_mnist": (23_860, 23_820),
     # 2-2-1: (2*2 + 2) + (2*1 + 1) = 9 params; 4 + 2 MACs.
     "xor": (9, 6),
+    # M5 on a second of 8 kHz audio (issue 28): conv1 32*80 + 32 = 2,592 over (8000-80)/16 + 1 = 496 steps,
+    # pooled to 124; conv2 32*32*3 + 32 = 3,104 (122 -> 30); conv3 64*32*3 + 64 = 6,208 (28 -> 7); conv4
+    # 64*64*3 + 64 = 12,352 (5 -> 1); four bn 2*(32+32+64+64) = 384; fc 64*35 + 35 = 2,275: 26,915, torchaudio
+    # tutorial's count. MACs 32*496*80 + 32*122*96 + 64*28*96 + 64*5*192 + 64*35.
+    "m5_audio": (26_915, 32 * 496 * 80 + 32 * 122 * 96 + 64 * 28 * 96 + 64 * 5 * 192 + 64 * 35),
     # embed 20000*128 = 2,560,000; lstm 4*256*(128 + 256) + 8*256 = 395,264; fc 256*2 + 2 = 514.
     # MACs: 200 steps * 4*256*384 = 78,643,200 for the lstm, 512 for the fc.
     "lstm_text": (2_955_778, 78_643_712),

@@ -232,6 +232,24 @@ class LlamaBlock(nn.Module):
         return self.head(x + self.second(x))
 
 
+def signal_net() -> nn.Module:
+    """A 1-D net on 2@40 (issue 28): Conv1d with stride and same-style pads, a bn after the relu (so no
+    exporter folds it into the conv), both 1-D pools, a depthwise Conv1d, the adaptive pool to 1."""
+    return nn.Sequential(nn.Conv1d(2, 6, 5, stride=2, padding=2), nn.ReLU(), nn.BatchNorm1d(6),
+                         nn.MaxPool1d(3, 2, padding=1), nn.AvgPool1d(2, ceil_mode=True),
+                         nn.Conv1d(6, 6, 3, groups=6, padding=1, dilation=1), nn.Conv1d(6, 4, 3, dilation=2),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def volume_net() -> nn.Module:
+    """A 3-D net on 2@5x17x17 (issue 28): r3d's stem, a bn after the relu, MaxPool3d 1x2x2, AvgPool3d
+    with ceil, a grouped Conv3d, the adaptive pool to 1."""
+    return nn.Sequential(nn.Conv3d(2, 4, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2), bias=False), nn.ReLU(),
+                         nn.BatchNorm3d(4), nn.MaxPool3d((1, 2, 2)), nn.AvgPool3d(2, ceil_mode=True),
+                         nn.Conv3d(4, 6, 2, groups=2, padding=1), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+                         nn.Linear(6, 3))
+
+
 def export(model: nn.Module, path, args: tuple, *, dynamo: bool, **kwargs) -> None:
     """torch.onnx.export in eval mode, quietly, with either exporter."""
     import warnings

@@ -61,13 +61,14 @@ def warn_uncounted(a: Analysed) -> None:
 def model_lines(a: Analysed) -> list[str]:
     """An ONNX model's inputs, outputs and the nodes its totals leave out."""
     from dlc.layers.spatial import show
+    from dlc.onnx.analysis import shown
 
     m = a.model
-    lines = []
+    lines, signals = [], m.signals()
     for what, names in (("inputs", m.inputs), ("outputs", m.outputs)):
-        shown = [f"{n} {show(m.tensors[n].per_sample) if n in m.tensors and m.tensors[n].known else '?'}"
+        ports = [f"{n} {show(shown(m.tensors[n], signals)) if n in m.tensors and m.tensors[n].known else '?'}"
                  for n in names]
-        lines.append(f"{what}: {', '.join(shown) or 'none'}")
+        lines.append(f"{what}: {', '.join(ports) or 'none'}")
     if a.uncounted:
         ops = sorted({u.op for u in a.uncounted})
         lines.append(f"not counted: {len(a.uncounted)} of {len(m.nodes)} nodes ({', '.join(ops)}): the MACs and "

@@ -15,6 +15,7 @@ import click
 from dlc import choices
 from dlc.commands.arguments import NON_NEGATIVE, POSITIVE, SEED
 from dlc.errors import DlcError, Pos
+from dlc.layers import is_sequence
 from dlc.layers.spatial import show
 from dlc.train.catalog import data_choices
 
@@ -132,7 +133,7 @@ def default_data(graph) -> str:
 def output_width(graph) -> int:
     """The classes (or values) of one prediction: a vector output's, or each step's of a TxV output."""
     shape = graph.output.out_shape
-    if len(shape) not in (1, 2):
+    if len(shape) != 1 and not is_sequence(shape):  # a signal C@L is no sequence of predictions
         raise DlcError(f"dlc train fits a vector output (classes or values) or a sequence TxV (classes at "
                        f"each step); {graph.file}'s output is {show(shape)}")
     return shape[-1]
@@ -141,7 +142,7 @@ def output_width(graph) -> int:
 def output_steps(graph) -> int | None:
     """T when the output is a sequence TxV (a class label per step), else None."""
     shape = graph.output.out_shape
-    return shape[0] if len(shape) == 2 else None
+    return shape[0] if is_sequence(shape) else None
 
 
 def fresh_out(graph) -> Path:

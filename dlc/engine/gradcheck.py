@@ -16,7 +16,8 @@ import numpy as np
 from dlc.errors import DlcError
 from dlc.graph import Graph, Network
 from dlc.choices import default_loss
-from dlc.layers import feature_axis
+from dlc.layers import Signal, feature_axis
+from dlc.layers.spatial import show
 from dlc.layers.dense import token_vocab
 from dlc.engine.params import init_params, tensors
 from dlc.engine.run import backward, loss_forward
@@ -77,6 +78,9 @@ def sample_targets(graph: Graph, loss: str, batch: int, rng: np.random.Generator
     shape = graph.output.out_shape
     if loss != "xent":
         return rng.standard_normal((batch, *shape))
+    if isinstance(shape, Signal):  # the losses take a 3-D output's classes on its last axis, a sequence's
+        raise DlcError(f"xent reads the classes of a vector, of each step of a sequence or each pixel of an "
+                       f"image; the output {show(shape)} is a signal: check it with --loss mse")
     axis = feature_axis(shape)  # the one softmax normalises
     return rng.integers(0, shape[axis], size=(batch, *shape[:axis], *shape[axis + 1:]))
 

@@ -21,6 +21,13 @@ from typing import Callable, Mapping, Protocol
 
 Shape = tuple[int, ...]
 
+
+class Signal(tuple):
+    """A 1-D signal C@L as (C, L): channels first like an image, where a sequence's (T, D) of the same
+    length keeps its features last. The type is what tells the two apart; the spatial kinds make it."""
+
+    __slots__ = ()
+
 # Option values that are not plain numbers or on/off switches.
 PAD = "pad"  # an int, a pair (height, width), `same` or `valid`
 LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
@@ -32,10 +39,14 @@ AXIS = "axis"  # an axis of the input's shape (batch left out, negative from the
 class Window:
     """How a kind moves over the spatial axes, for the receptive field (docs/conventions.md)."""
 
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int] = (1, 1)
+    kernel: tuple[int, ...]  # one value per spatial axis, as the input has them
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...] | None = None  # None: 1 on every axis
     transposed: bool = False  # upconv/upsample: the jump shrinks by the stride
+
+    def __post_init__(self) -> None:
+        if self.dilation is None:
+            object.__setattr__(self, "dilation", (1,) * len(self.kernel))
 
 
 GLOBAL = "global"  # the kind sees its whole input (fc, gap, recurrent layers)
@@ -211,11 +222,17 @@ def param_count(kind: LayerKind, attrs: dict, ins: list[Shape]) -> tuple[int, in
             sum(prod(s) for s in kind.state(attrs, ins).values()))
 
 
+def is_sequence(shape: Shape) -> bool:
+    """Steps of features (T, D); a signal (C, L) of the same length is not one."""
+    return len(shape) == 2 and not isinstance(shape, Signal)
+
+
 def feature_axis(shape: Shape) -> int:
-    """The axis of a batch-less shape that holds the features: the channels of an image (C, H, W), the
-    vector itself (F,), the last axis of a sequence (T, D). Softmax, concat, per-feature normalisation
-    and class targets all read it; add 1 for a batch-first array."""
-    return 1 if len(shape) == 2 else 0
+    """The axis of a batch-less shape that holds the features: the channels of an image (C, H, W), a
+    signal (C, L) or a volume (C, D, H, W), the vector itself (F,), the last axis of a sequence (T, D).
+    Softmax, concat, per-feature normalisation and class targets all read it; add 1 for a batch-first
+    array."""
+    return 1 if is_sequence(shape) else 0
 
 
 def role(kind: str, tensor: str) -> Role:

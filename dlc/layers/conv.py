@@ -1,16 +1,20 @@
 """conv, dwconv, upconv.
 
-Resolved attributes (what the backends read): channels (C_out), in_channels, kernel (kh, kw),
-stride (sh, sw), dilation (dh, dw), pads (top, left, bottom, right), groups, bias; upconv also outpad (rows
-and columns added at the bottom and right of its output).
-Weights follow ONNX: conv W (C_out, C_in/groups, kh, kw); upconv W (C_in, C_out/groups, kh, kw); b (C_out).
+Resolved attributes (what the backends read): channels (C_out), in_channels, kernel, stride and
+dilation with one value per spatial axis of the input ((kh, kw) on an image; conv and dwconv also take a
+signal C@L or a volume C@DxHxW), pads (every axis's before, then every axis's after: (top, left,
+bottom, right) on an image), groups, bias; upconv also outpad (rows and columns added at the bottom and
+right of its output).
+Weights follow ONNX: conv W (C_out, C_in/groups, *kernel); upconv W (C_in, C_out/groups, kh, kw); b (C_out).
 """
 
 from __future__ import annotations
 
+from math import prod
+
 from dlc.errors import ShapeError
 from dlc.layers import BIAS, PAD, LayerKind, Shape, Window, register, weight
-from dlc.layers.spatial import image, pair, resolve_pads, show, window_out
+from dlc.layers.spatial import image, pair, per_axis, resolve_pads, show, spatial, spatial_shape, windows_out
 
 CONV_OPTIONS = {"pad": 0, "dil": 1, "groups": 1, "bias": True}
 
@@ -22,38 +26,43 @@ def _check_groups(groups: int, c_in: int, c_out: int) -> None:
 
 
 def _window(a: dict) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """(kernel, stride, dilation) as pairs."""
+    """(kernel, stride, dilation) of upconv, which works on images alone, as pairs."""
     dil = pair(a["dil"])
     if min(dil) < 1:
         raise ShapeError(f"dil must be >= 1 (received dil={a['dil']})", "dil")
     return pair(a["kernel"]), pair(a.get("stride") or 1), dil
 
 
-def _conv_out(a: dict, c: int, h: int, w: int) -> tuple[int, int, int]:
-    kernel, stride, dil = _window(a)
-    pads = resolve_pads(a["pad"], (h, w), kernel, stride, dil)
+def _conv_out(a: dict, shape: Shape) -> Shape:
+    """The output of a conv over every spatial axis of `shape`; fills a's per-axis attributes."""
+    c, sizes = shape[0], shape[1:]
+    kernel = per_axis(a["kernel"], shape, "kernel", "kernel")
+    stride = per_axis(a.get("stride") or 1, shape, "stride", "stride")
+    dil = per_axis(a["dil"], shape, "dilation", "dil")
+    if min(dil) < 1:
+        raise ShapeError(f"dil must be >= 1 (received dil={a['dil']})", "dil")
+    pads = resolve_pads(a["pad"], sizes, kernel, stride, dil)
     _check_groups(a["groups"], c, a["channels"])
-    ho = window_out(h, kernel[0], stride[0], dil[0], pads[0], pads[2], axis="height")
-    wo = window_out(w, kernel[1], stride[1], dil[1], pads[1], pads[3], axis="width")
+    out = windows_out(sizes, kernel, stride, dil, pads)
     a.update(kernel=kernel, stride=stride, dilation=dil, pads=pads, in_channels=c)
-    return a["channels"], ho, wo
+    return spatial_shape(a["channels"], out)
 
 
 def resolve_conv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    c, h, w = image(ins[0], "conv")
+    spatial(ins[0], "conv")
     a = dict(attrs)
     if a["channels"] < 1:
         raise ShapeError(f"conv needs at least one output channel (received {a['channels']})")
-    return _conv_out(a, c, h, w), a
+    return _conv_out(a, ins[0]), a
 
 
 def resolve_dwconv(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    c, h, w = image(ins[0], "dwconv")
+    c, _ = spatial(ins[0], "dwconv")
     a = dict(attrs)
     if a["mult"] < 1:
         raise ShapeError(f"mult must be >= 1 (received mult={a['mult']})", "mult")
     a.update(channels=c * a["mult"], groups=c)
-    return _conv_out(a, c, h, w), a
+    return _conv_out(a, ins[0]), a
 
 
 def _weight_and_bias(a: dict, w: Shape) -> dict[str, Shape]:
@@ -65,13 +74,11 @@ def conv_params(a: dict, ins: list[Shape]) -> dict[str, Shape]:
 
 
 def conv_macs(a: dict, ins: list[Shape], out: Shape) -> int:
-    kh, kw = a["kernel"]
-    return out[0] * out[1] * out[2] * (a["in_channels"] // a["groups"]) * kh * kw
+    return prod(out) * (a["in_channels"] // a["groups"]) * prod(a["kernel"])
 
 
 def conv_flops(a: dict, ins: list[Shape], out: Shape) -> int:
-    elems = out[0] * out[1] * out[2]
-    return 2 * conv_macs(a, ins, out) + (elems if a["bias"] else 0)
+    return 2 * conv_macs(a, ins, out) + (prod(out) if a["bias"] else 0)
 
 
 def conv_window(a: dict) -> Window:
@@ -79,8 +86,8 @@ def conv_window(a: dict) -> Window:
 
 
 def conv_fans(a: dict, shape: Shape) -> tuple[float, float]:
-    c_out, c_in_per_group, kh, kw = shape
-    return c_in_per_group * kh * kw, c_out // a["groups"] * kh * kw
+    c_out, c_in_per_group, *kernel = shape
+    return c_in_per_group * prod(kernel), c_out // a["groups"] * prod(kernel)
 
 
 CONV_TENSORS = {"W": weight(conv_fans), "b": BIAS}

@@ -15,11 +15,11 @@ from math import prod
 from dlc.errors import ShapeError
 from dlc.graph import Graph
 from dlc.layers import BIAS, GLOBAL, KINDS, LABEL, LayerKind, Role, Shape, register, weight
-from dlc.layers.spatial import show
+from dlc.layers.spatial import is_spatial, show
 
 
 def resolve_fc(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    if len(ins[0]) not in (1, 2):
+    if len(ins[0]) not in (1, 2) or is_spatial(ins[0]):
         raise ShapeError(f"fc expects a vector or a sequence, got {show(ins[0])}")
     steps = ins[0][0] if len(ins[0]) == 2 else None
     a = dict(attrs, in_features=ins[0][-1], steps=steps)

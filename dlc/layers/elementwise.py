@@ -1,10 +1,11 @@
 """Kinds that keep their input's shape: activations, softmax, dropout, noise, bn, lrn.
 
 Resolved attributes: dropout p; noise sigma; leaky/elu alpha; bn eps, momentum, channels (bn normalises
-axis 1 of the batch tensor: channels of an image, features of a vector; gamma, beta trainable; mean,
-var non-trainable); instancenorm eps, channels (gamma, beta trainable, per channel); lrn size, alpha, beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
-softmax runs over channels of an image, features of a vector, the last axis of a sequence, or over
-`axis` (the index in the shape, batch left out; negative from the end): resolved `axis` >= 0.
+axis 1 of the batch tensor: channels of a signal, image or volume, features of a vector; gamma, beta trainable;
+mean, var non-trainable); instancenorm eps, channels (gamma, beta trainable, per channel); lrn size, alpha,
+beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
+softmax runs over channels of an image, signal or volume, features of a vector, the last axis of a
+sequence, or over `axis` (the index in the shape, batch left out; negative from the end): resolved `axis` >= 0.
 The math kinds (issue 28): prelu `alpha` slopes and shift `b` values, one or (flag `channels`) one per
 feature, stored in ONNX's broadcast layout (C, 1, 1) for an image; logsoftmax like softmax; clip `min`,
 `max`; glu halves `axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag
@@ -19,7 +20,7 @@ from typing import Callable
 from dlc.errors import ShapeError
 from dlc.layers import (AXIS, BIAS, SCALE, SHIFT, CostRule, LayerKind, Role, Shape, elements, feature_axis, register,
                         statistic)
-from dlc.layers.spatial import image, show
+from dlc.layers.spatial import image, is_spatial, show
 
 
 def keep(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
@@ -161,8 +162,9 @@ register(LayerKind("noise", resolve_noise, size="number", size_required=True, si
 
 
 def resolve_bn(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    if len(ins[0]) not in (1, 3):
-        raise ShapeError(f"bn expects an image or a vector, got {show(ins[0])}")
+    if len(ins[0]) != 1 and not is_spatial(ins[0]):
+        raise ShapeError(f"bn expects a vector, a signal C@L, an image C@HxW or a volume C@DxHxW, "
+                         f"got {show(ins[0])}")
     if attrs["eps"] <= 0:  # it keeps the division by the standard deviation away from zero
         raise ShapeError(f"bn eps must be > 0 (received eps={attrs['eps']})", "eps")
     if not 0 <= attrs["momentum"] <= 1:

@@ -11,10 +11,11 @@ features of a vector (0) or of a sequence (1).
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import LayerKind, Shape, elements, feature_axis, register
+from dlc.layers import LayerKind, Shape, Signal, elements, feature_axis, register
 from dlc.layers.spatial import show
 
-register(LayerKind("input", lambda attrs, ins: (tuple(attrs["shape"]), dict(attrs))))
+register(LayerKind("input", lambda attrs, ins: (Signal(attrs["shape"]) if isinstance(attrs["shape"], Signal)
+                                                else tuple(attrs["shape"]), dict(attrs))))
 
 
 def resolve_add(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
@@ -38,7 +39,12 @@ def resolve_mul(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
         if s != out and s != features:
             vector = f", or a vector of the {features[0]} features of {show(out)}" if len(out) > 1 else ""
             raise ShapeError(f"mul needs equal shapes{vector}, got {' and '.join(show(s) for s in ins)}")
-    return out, dict(attrs, broadcast=tuple(s != out for s in ins))
+    broadcast = tuple(s != out for s in ins)
+    if any(broadcast) and (isinstance(out, Signal) or len(out) == 4):
+        # the backends repeat a vector over an image's pixels or a sequence's steps only
+        raise ShapeError(f"mul repeats a vector over an image or a sequence, not over {show(out)}: "
+                         f"got {' and '.join(show(s) for s in ins)}")
+    return out, dict(attrs, broadcast=broadcast)
 
 
 register(LayerKind(
@@ -56,7 +62,7 @@ def resolve_concat(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
             raise ShapeError(f"concat needs equal {what}, got {' and '.join(show(s) for s in ins)}")
     out = list(ins[0])
     out[axis] = sum(s[axis] for s in ins)
-    return tuple(out), dict(attrs, axis=axis)
+    return type(ins[0])(out), dict(attrs, axis=axis)  # a signal stays one
 
 
 register(LayerKind("concat", resolve_concat, merge=True))

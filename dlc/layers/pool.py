@@ -1,40 +1,45 @@
 """maxpool, avgpool, gap, gmp.
 
-Resolved attributes: kernel (kh, kw), stride (sh, sw), dilation (dh, dw: maxpool's dil=, (1, 1) for avgpool),
-pads (top, left, bottom, right) as written (`ceil` may add windows that hang over the bottom/right edge; the
-output shape says how many), ceil.
+Resolved attributes: kernel, stride and dilation (maxpool's dil=, 1 for avgpool) with one value per spatial
+axis of the input (a signal C@L, an image C@HxW or a volume C@DxHxW), pads (every axis's before, then every
+axis's after) as written (`ceil` may add windows that hang over the far edges; the output shape says how
+many), ceil.
 avgpool divides by the number of cells of the window that lie inside the unpadded input
 (ONNX AveragePool's default count_include_pad=0).
 """
 
 from __future__ import annotations
 
+from math import prod
+
 from dlc.errors import ShapeError
 from dlc.layers import GLOBAL, PAD, LayerKind, Shape, Window, register
-from dlc.layers.spatial import image, pair, resolve_pads, window_out
+from dlc.layers.spatial import per_axis, resolve_pads, spatial, spatial_shape, windows_out
 
 
 def resolve_pool(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    c, h, w = image(ins[0], "pooling")
+    c, sizes = spatial(ins[0], "pooling")
     a = dict(attrs)
-    kernel = pair(a["kernel"])
-    stride = pair(a.get("stride") or kernel)
-    dil = pair(a.get("dil", 1))
+    kernel = per_axis(a["kernel"], ins[0], "window", "kernel")
+    stride = per_axis(a.get("stride") or kernel, ins[0], "stride", "stride")
+    dil = per_axis(a.get("dil", 1), ins[0], "dilation", "dil")
     if min(dil) < 1:
         raise ShapeError(f"dil must be >= 1 (received dil={a['dil']})", "dil")
-    pads = resolve_pads(a["pad"], (h, w), kernel, stride, dil)
-    if max(pads[0], pads[2]) > kernel[0] // 2 or max(pads[1], pads[3]) > kernel[1] // 2:
+    if len(sizes) == 3 and max(dil) > 1:
+        # the volume kernels pool the depth axis by its offsets, undilated
+        raise ShapeError("dil= spreads the windows of a signal's or an image's pool; a volume's are not dilated", "dil")
+    pads = resolve_pads(a["pad"], sizes, kernel, stride, dil)
+    n = len(sizes)
+    if any(max(pads[i], pads[n + i]) > kernel[i] // 2 for i in range(n)):
         # ONNX and PyTorch refuse it: a window could then lie wholly in the padding.
-        raise ShapeError(f"pooling pad {max(pads)} exceeds half the {kernel[0]}x{kernel[1]} window")
-    ho = window_out(h, kernel[0], stride[0], dil[0], pads[0], pads[2], a["ceil"], axis="height")
-    wo = window_out(w, kernel[1], stride[1], dil[1], pads[1], pads[3], a["ceil"], axis="width")
+        raise ShapeError(f"pooling pad {max(pads)} exceeds half the {'x'.join(map(str, kernel))} window")
+    out = windows_out(sizes, kernel, stride, dil, pads, a["ceil"])
     a.update(kernel=kernel, stride=stride, dilation=dil, pads=pads)
-    return (c, ho, wo), a
+    return spatial_shape(c, out), a
 
 
 def pool_flops(a: dict, ins: list[Shape], out: Shape) -> int:
-    kh, kw = a["kernel"]
-    return out[0] * out[1] * out[2] * kh * kw
+    return prod(out) * prod(a["kernel"])
 
 
 # dil= spreads maxpool's window as conv's (PyTorch's MaxPool2d dilation); avgpool has none, as PyTorch's
@@ -47,12 +52,12 @@ for _name, _options in (("maxpool", {"pad": PAD, "dil": 1}), ("avgpool", {"pad":
 
 
 def resolve_global(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    c, h, w = image(ins[0], "global pooling")
+    c, _ = spatial(ins[0], "global pooling")
     return (c,), dict(attrs)
 
 
 for _name in ("gap", "gmp"):
     register(LayerKind(
-        _name, resolve_global, flops=lambda a, ins, out: ins[0][0] * ins[0][1] * ins[0][2],
+        _name, resolve_global, flops=lambda a, ins, out: prod(ins[0]),
         window=lambda a: GLOBAL,
     ))

@@ -10,7 +10,7 @@ Input (T, D); output (dirs*H) for the last step or (T, dirs*H) with `sequences`.
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import BIAS, GLOBAL, CostRule, LayerKind, Shape, ShapeRule, register, weight
+from dlc.layers import BIAS, GLOBAL, CostRule, LayerKind, is_sequence, Shape, ShapeRule, register, weight
 from dlc.layers.spatial import show
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -22,7 +22,7 @@ GATE_OPS = {"rnn": 1, "lstm": 9, "gru": 7}
 
 def resolve_recurrent(kind: str) -> ShapeRule:
     def resolve(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-        if len(ins[0]) != 2:
+        if not is_sequence(ins[0]):
             raise ShapeError(f"{kind} expects a sequence TxD, got {show(ins[0])}")
         if attrs["hidden"] < 1:
             raise ShapeError(f"{kind} needs at least one hidden unit (received {attrs['hidden']})", "hidden")

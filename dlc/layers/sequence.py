@@ -21,12 +21,12 @@ Resolved attributes and tensors (batch left out):
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import BIAS, COUNT, GLOBAL, SCALE, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
+from dlc.layers import BIAS, COUNT, GLOBAL, SCALE, is_sequence, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
 from dlc.layers.spatial import image, show
 
 
 def _sequence(shape, what: str) -> tuple[int, int]:
-    if len(shape) != 2:
+    if not is_sequence(shape):
         raise ShapeError(f"{what} expects a sequence TxD, got {show(shape)}")
     return shape
 
@@ -34,7 +34,7 @@ def _sequence(shape, what: str) -> tuple[int, int]:
 def per_step_norm(kind: str, hint: str = "") -> ShapeRule:
     """The shape rule of layernorm and rmsnorm: the features of a vector or of each step, eps > 0."""
     def resolve(attrs, ins):
-        if len(ins[0]) not in (1, 2):
+        if len(ins[0]) != 1 and not is_sequence(ins[0]):
             raise ShapeError(f"{kind} normalises the features of a vector or of each step of a sequence, got "
                              f"{show(ins[0])}{hint}")
         if attrs["eps"] <= 0:  # it keeps the division away from zero

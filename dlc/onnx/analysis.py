@@ -24,8 +24,9 @@ import onnx
 
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
+from dlc.layers import Signal
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits
+from dlc.onnx.model import CHANNEL_OPS, Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -215,6 +216,12 @@ def _window(kernel, strides) -> str:
 def step_text(n: onnx.NodeProto) -> str | None:
     """The spec text dlc's exporter put in the doc string (`file:line: text`)."""
     return n.doc_string.split(": ", 1)[1] if ": " in n.doc_string else None
+
+
+def shown(t: OnnxValue, signals: set[str]) -> tuple:
+    """A tensor's shape per sample as dlc shows it: C@L for a signal."""
+    shape = t.per_sample or ()
+    return Signal(shape) if t.name in signals and len(shape) == 2 else shape
 
 
 def node_costs(g: OnnxGraph) -> dict[int, Cost | NotCounted]:
@@ -438,9 +445,13 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
         for n in layer.nodes:
             for t in n.input:
                 read_by.setdefault(t, set()).add(layer.name)
-    image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs) if t and t.known and len(t.shape) == 4), None)
+    # the spatial sizes of an image or volume input, or of a signal's where the model has 1-D windows (a
+    # rank-3 input is otherwise a sequence)
+    signals = g.signals()
+    image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs)
+                  if t and t.known and (len(t.shape) in (4, 5) or t.name in signals)), None)
     fields: dict[str, ReceptiveField | None] = {
-        name: ReceptiveField((1, 1), (Fraction(1), Fraction(1))) if image else None for name in g.inputs}
+        name: ReceptiveField((1,) * len(image), (Fraction(1),) * len(image)) if image else None for name in g.inputs}
 
     producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner, types = [], [], {}, set()
@@ -451,7 +462,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     act_types = set()
     for name in g.inputs:
         t = g.tensors[name]
-        node = Node(name, "input", {}, [], t.per_sample, dtype_name(t.elem_type), text="input")
+        node = Node(name, "input", {}, [], shown(t, signals), dtype_name(t.elem_type), text="input")
         act_types.add(t.elem_type)
         stats.append(NodeStats(node, 0, 0, 0, 0, t.elements or 0, fields[name],
                                stored_activation_bytes=activation_bytes(g, name, t.elements)))
@@ -489,7 +500,9 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
         text = (step_text(main) if steps is not None else None) or describe(main, g)
         if steps is not None:
             steps[layer.name] = main.doc_string
-        node = Node(layer.name, main.op_type, attributes(main), inputs, t.per_sample or (), dtype_name(t.elem_type),
+        # a Conv's or pool's rank-3 output is a signal, as is what such an operator reads
+        node = Node(layer.name, main.op_type, attributes(main), inputs,
+                    shown(t, signals | ({t.name} if main.op_type in CHANNEL_OPS else set())), dtype_name(t.elem_type),
                     text=text, standby=in_mixture.get(layer.name) == "standby")
         runs = not node.standby
         products = [(weight(costs[id(n)]), p) for n in layer.nodes if (p := precision(n, g, producer_node, live))]

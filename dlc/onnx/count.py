@@ -62,12 +62,10 @@ class Cost:
 FREE = Cost()
 
 
-def _window_2d(op: Op, kernel: tuple[int, ...], transposed: bool = False) -> Window | None:
-    """The window of a 2-D spatial op; None for 1-D and 3-D ones, whose field dlc does not follow."""
-    if len(kernel) != 2:
-        return None
-    a = op.attrs
-    return Window(tuple(kernel), tuple(a.get("strides", (1, 1))), tuple(a.get("dilations", (1, 1))), transposed)
+def _window(op: Op, kernel: tuple[int, ...], transposed: bool = False) -> Window:
+    """The window of a spatial op over its 1, 2 or 3 axes."""
+    a, ones = op.attrs, (1,) * len(kernel)
+    return Window(tuple(kernel), tuple(a.get("strides", ones)), tuple(a.get("dilations", ones)), transposed)
 
 
 def count_conv(op: Op, w: int = 1, bias: int | None = 2) -> Cost:
@@ -75,14 +73,14 @@ def count_conv(op: Op, w: int = 1, bias: int | None = 2) -> Cost:
     kernel = op.shape(op.ins[w])  # (C_out, C_in/groups, *kernel)
     out = op.out_elements()
     macs = out * prod(kernel[1:])
-    return Cost(macs, 2 * macs + (out if bias is not None and op.has(bias) else 0), _window_2d(op, kernel[2:]))
+    return Cost(macs, 2 * macs + (out if bias is not None and op.has(bias) else 0), _window(op, kernel[2:]))
 
 
 def count_conv_transpose(op: Op) -> Cost:
     # Every input pixel scatters a (C_out/groups)*k*k window: MACs follow C_in, not C_out.
     w = op.shape(op.ins[1])  # (C_in, C_out/groups, *kernel)
     macs = prod(op.shape(op.ins[0])) * prod(w[1:])
-    return Cost(macs, 2 * macs + (op.out_elements() if op.has(2) else 0), _window_2d(op, w[2:], transposed=True))
+    return Cost(macs, 2 * macs + (op.out_elements() if op.has(2) else 0), _window(op, w[2:], transposed=True))
 
 
 def count_gemm(op: Op, bias: int = 2) -> Cost:
@@ -166,7 +164,7 @@ def count_recurrent(op: Op) -> Cost:
 
 def count_pool(op: Op) -> Cost:
     kernel = tuple(op.attrs["kernel_shape"])
-    return Cost(0, op.out_elements() * prod(kernel), _window_2d(op, kernel))
+    return Cost(0, op.out_elements() * prod(kernel), _window(op, kernel))
 
 
 def count_global_pool(op: Op) -> Cost:

@@ -86,6 +86,11 @@ class OnnxValue:
         return prod(self.shape) if self.known else None
 
 
+# operators that read the channels at axis 1, whatever the rank: on a rank-3 tensor, those of a signal
+CHANNEL_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
+               "InstanceNormalization", "GlobalAveragePool", "GlobalMaxPool")
+
+
 @dataclass
 class OnnxGraph:
     path: str
@@ -118,6 +123,17 @@ class OnnxGraph:
         if not all(n.doc_string for n in self.model.graph.node):
             return None
         return self.metadata.get(META_SPEC)
+
+    def signals(self) -> set[str]:
+        """The rank-3 tensors that are signals (N, C, L) rather than sequences (N, T, D): those an
+        operator reads by their channels, or an Unsqueeze turns into an image for a pool (the old
+        exporters' 1-D pools). dlc shows them as C@L and imports a model whose input is one as such."""
+        def rank3(name: str) -> bool:
+            t = self.tensors.get(name)
+            return t is not None and t.shape is not None and len(t.shape) == 3
+        pooled = {n.input[0] for n in self.nodes if n.op_type in ("MaxPool", "AveragePool")}
+        return {n.input[0] for n in self.nodes if n.input and rank3(n.input[0]) and (
+            n.op_type in CHANNEL_OPS or n.op_type == "Unsqueeze" and n.output[0] in pooled)}
 
 
 def read_model(path: str, weights: bool = False) -> onnx.ModelProto:

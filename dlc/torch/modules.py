@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dlc.graph import Node
-from dlc.layers import KINDS, Shape
+from dlc.layers import KINDS, Shape, is_sequence
 
 # Torch's block order, as indices of ONNX's blocks: torch block k is ONNX block GATE_ORDER[kind][k].
 GATE_ORDER = {"rnn": (0,), "lstm": (0, 2, 3, 1), "gru": (1, 0, 2)}
@@ -58,12 +58,13 @@ def _same(*pairs: tuple[str, str]) -> tuple[TorchParam, ...]:
     return tuple(TorchParam(p, a) for p, a in pairs)
 
 
-def _pad_call(pads: tuple[int, int, int, int], x: str = "{x}", value: str = "") -> str:
-    """F.pad of the input with explicit (top, left, bottom, right) pads, which torch's layers take
-    only when they are symmetric (`pad=same` with an even total puts the odd pixel at the end);
-    `value` is the rest of the call (`, value=-math.inf`, `, mode='reflect'`)."""
-    t, l, b, r = pads
-    return f"F.pad({x}, ({l}, {r}, {t}, {b}){value})"
+def _pad_call(pads: tuple[int, ...], x: str = "{x}", value: str = "") -> str:
+    """F.pad of the input with explicit pads (every axis's before, then every axis's after), which
+    torch's layers take only when they are symmetric (`pad=same` with an even total puts the odd
+    pixel at the end). F.pad lists the last axis first."""
+    n = len(pads) // 2
+    pairs = ", ".join(f"{pads[i]}, {pads[n + i]}" for i in reversed(range(n)))
+    return f"F.pad({x}, ({pairs}){value})"
 
 
 def _size(v) -> object:
@@ -80,14 +81,26 @@ def _call(fn: str, *args, **options: tuple) -> str:
 
 
 def _symmetric(pads) -> bool:
-    return pads[0] == pads[2] and pads[1] == pads[3]
+    n = len(pads) // 2
+    return pads[:n] == pads[n:]
+
+
+def _rank(node: Node) -> int:
+    """The spatial axes of a conv or pool: torch's Conv1d, Conv2d or Conv3d (and their pools)."""
+    return len(node.attrs["kernel"])
+
+
+def _crop(out: Shape) -> str:
+    """Indexing that keeps the first `out` cells of every spatial axis."""
+    return "[..., " + ", ".join(f":{o}" for o in out[1:]) + "]"
 
 
 def conv(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     pads = a["pads"]
-    padding = (pads[0], pads[1]) if _symmetric(pads) else (0, 0)
-    module = _call("nn.Conv2d", a["in_channels"], a["channels"], _size(a["kernel"]), stride=(_size(a["stride"]), 1),
+    padding = pads[:_rank(node)] if _symmetric(pads) else (0,)
+    module = _call(f"nn.Conv{_rank(node)}d", a["in_channels"], a["channels"], _size(a["kernel"]),
+                   stride=(_size(a["stride"]), 1),
                    padding=(_size(padding), 0), dilation=(_size(a["dilation"]), 1), groups=(a["groups"], 1),
                    bias=(bool(a["bias"]), True))
     x = "{x}" if _symmetric(pads) else _pad_call(pads)
@@ -108,39 +121,39 @@ def upsample(node: Node, ins: list[Shape]) -> TorchLayer:
     return TorchLayer(f"F.interpolate({{x}}, scale_factor={node.attrs['factor']}, mode='nearest')")
 
 
-def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, int, int, int]:
-    """Pads grown at the bottom/right so that floor-mode windows are exactly dlc's windows (those of
+def _pool_pads(node: Node, ins: list[Shape]) -> tuple[int, ...]:
+    """Pads grown at the far ends so that floor-mode windows are exactly dlc's windows (those of
     `ceil` included): the rule of the NumPy kernel, for the asymmetric case torch's pools cannot take."""
-    a, (_, h, w), (_, ho, wo) = node.attrs, ins[0], node.out_shape
-    (kh, kw), (sh, sw), (dh, dw), (t, l, b, r) = a["kernel"], a["stride"], a["dilation"], a["pads"]
-    return t, l, max(b, (ho - 1) * sh + dh * (kh - 1) + 1 - t - h), max(r, (wo - 1) * sw + dw * (kw - 1) + 1 - l - w)
+    a, n = node.attrs, _rank(node)
+    befores, afters = a["pads"][:n], a["pads"][n:]
+    grown = tuple(max(afters[i], (node.out_shape[1 + i] - 1) * a["stride"][i] + a["dilation"][i] * (a["kernel"][i] - 1)
+                      + 1 - befores[i] - ins[0][1 + i]) for i in range(n))
+    return (*befores, *grown)
 
 
 def maxpool(node: Node, ins: list[Shape]) -> TorchLayer:
-    a = node.attrs
+    a, cls = node.attrs, f"nn.MaxPool{_rank(node)}d"
     k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
     dil = (_size(a["dilation"]), 1)
     if _symmetric(pads):
-        return TorchLayer("{m}({x})", _call("nn.MaxPool2d", k, s, padding=(_size(pads[:2]), 0), dilation=dil,
+        return TorchLayer("{m}({x})", _call(cls, k, s, padding=(_size(pads[:_rank(node)]), 0), dilation=dil,
                                        ceil_mode=(bool(a["ceil"]), False)))
-    _, ho, wo = node.out_shape
     padded = _pad_call(_pool_pads(node, ins), value=", value=-math.inf")
-    return TorchLayer(f"{{m}}({padded})[..., :{ho}, :{wo}]", _call("nn.MaxPool2d", k, s, dilation=dil))
+    return TorchLayer(f"{{m}}({padded}){_crop(node.out_shape)}", _call(cls, k, s, dilation=dil))
 
 
 def avgpool(node: Node, ins: list[Shape]) -> TorchLayer:
-    a = node.attrs
+    a, cls = node.attrs, f"nn.AvgPool{_rank(node)}d"
     k, s, pads = _size(a["kernel"]), _size(a["stride"]), a["pads"]
     if _symmetric(pads):
         # count_include_pad=False: each window divides by its cells inside the input, as ONNX's default
-        return TorchLayer("{m}({x})", _call("nn.AvgPool2d", k, s, padding=(_size(pads[:2]), 0),
+        return TorchLayer("{m}({x})", _call(cls, k, s, padding=(_size(pads[:_rank(node)]), 0),
                                        ceil_mode=(bool(a["ceil"]), False), count_include_pad=(False, True)))
     # Asymmetric pads: window sums over the zero-padded input, divided by the windows' cells that
     # lie inside the input (the same pool over a padded plane of ones).
-    _, ho, wo = node.out_shape
     grown = _pool_pads(node, ins)
     ones = _pad_call(grown, "torch.ones_like({x}[:1, :1])")
-    return TorchLayer(f"({{m}}({_pad_call(grown)}) / {{m}}({ones}))[..., :{ho}, :{wo}]", _call("nn.AvgPool2d", k, s))
+    return TorchLayer(f"({{m}}({_pad_call(grown)}) / {{m}}({ones})){_crop(node.out_shape)}", _call(cls, k, s))
 
 
 def fc(node: Node, ins: list[Shape]) -> TorchLayer:
@@ -160,7 +173,8 @@ def embed(node: Node, ins: list[Shape]) -> TorchLayer:
 
 def bn(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    cls = "nn.BatchNorm2d" if len(ins[0]) == 3 else "nn.BatchNorm1d"
+    # a vector (N, C) and a signal (N, C, L) are BatchNorm1d's, an image 2d's, a volume 3d's
+    cls = f"nn.BatchNorm{max(len(ins[0]) - 1, 1)}d"
     return TorchLayer("{m}({x})", _call(cls, a["channels"], eps=(a["eps"], 1e-5), momentum=(a["momentum"], 0.1)),
                  _same(("gamma", "weight"), ("beta", "bias"), ("mean", "running_mean"), ("var", "running_var")))
 
@@ -299,8 +313,8 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "upsample": upsample,
     "maxpool": maxpool,
     "avgpool": avgpool,
-    "gap": function("{x}.mean((2, 3))"),
-    "gmp": function("{x}.amax((2, 3))"),
+    "gap": function("{x}.flatten(2).mean(2)"),  # every spatial axis of a signal, image or volume
+    "gmp": function("{x}.flatten(2).amax(2)"),
     "fc": fc,
     "flatten": function("{x}.flatten(1)"),
     "embed": embed,

@@ -83,7 +83,7 @@ def fit_inputs(data: Data, input_shape: tuple[int, ...], reshape: bool = False, 
     Pixel memory is never reinterpreted: an image 32x3x32 is not 3@32x32. `layout` (chw or hwc) says how
     3-D samples are laid out when the shapes cannot.
     """
-    target = tuple(input_shape)
+    target = input_shape if isinstance(input_shape, tuple) else tuple(input_shape)  # a Signal stays one
     if layout is not None and data.train.x.ndim != 4:
         raise DlcError(f"{data.name}: --layout {layout} is for images stored one 3-D array per sample; "
                        f"these samples have shape {_dims(data.train.x.shape[1:])}")

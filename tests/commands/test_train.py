@@ -48,6 +48,14 @@ def test_xor_spec_learns_xor(tmp_path):
     assert len((tmp_path / "xor" / "log.jsonl").read_text().splitlines()) == 2000
 
 
+def test_a_signal_output_is_refused_not_trained_as_a_sequence(tmp_path):
+    # issue 28: 3@20 from a 1-D conv is 3 channels of 20 positions, not 3 steps of 20 classes; dlc's losses
+    # read classes on the last axis, so the run is refused in one line rather than trained on scrambled classes
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 20), np.float32), y=np.zeros((4, 20), np.int64))
+    r = run("-e", "input 1@20 -> conv 3@3 pad=1 softmax", "--data", tmp_path / "d.npz", "--out", tmp_path / "run", "-q")
+    assert r.exit_code == 2 and "output is 3@20" in r.output and r.output.count("\n") == 1, r.output
+
+
 def test_glyphs_run_beats_chance_and_reports_json(tmp_path):
     r = run("-e", SMALL_CNN, *GLYPHS, "--epochs", "3", "--optimizer", "adam", "--lr", "0.01",
             "--normalize", "mean-std", "--out", tmp_path / "g", "--json")

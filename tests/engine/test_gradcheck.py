@@ -68,3 +68,15 @@ def test_a_batch_that_cannot_fit_is_refused_with_the_figure(monkeypatch):
     # = 48,000,000,160 bytes = 44.70 GiB
     assert r.exit_code == 2
     assert "gradcheck --batch 1000000000 needs at least 44.70 GiB of memory; 1.00 GiB is available" in r.output
+
+
+def test_signal_and_volume_nets_pass_and_a_signal_output_is_not_taken_for_a_sequence():
+    # issue 28: 1-D and 3-D conv, pools and bn through the whole network; a softmax over a signal's
+    # channels is checked with mse, since xent would read its length as the classes
+    for spec in ("input 2@12 -> conv 3@3/2 pad=same bn relu -> maxpool 2 ceil -> avgpool 2 -> fc 3 softmax",
+                 "input 2@3x5x5 -> conv 3@3 pad=1 bn relu -> maxpool 1x2x2 -> dwconv 2 -> gap -> fc 3 softmax"):
+        r = gradcheck("-e", spec)
+        assert r.exit_code == 0 and "within relative error 1e-06" in r.output, r.output
+    r = gradcheck("-e", "input 1@20 -> conv 3@3 pad=1 softmax")
+    assert r.exit_code == 2 and "the output 3@20 is a signal: check it with --loss mse" in r.output, r.output
+    assert gradcheck("-e", "input 1@20 -> conv 3@3 pad=1 softmax", "--loss", "mse").exit_code == 0

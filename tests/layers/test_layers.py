@@ -134,6 +134,47 @@ def test_conv_groups_must_divide_the_channels():
 
 # --- dwconv -------------------------------------------------------------------------------------
 
+def test_conv_on_a_signal_one_number_is_a_1d_kernel():
+    # issue 28: on 1@8000 (C@L) `conv 16@3` is a 1-D conv of width 3 (PyTorch's Conv1d). With pad=same at
+    # stride 2: out ceil(8000/2) = 4000, total padding (4000-1)*2 + 3 - 8000 = 1, at the end.
+    # Params 16*1*3 + 16 = 64; MACs 16*4000 * 1*3 = 192,000; FLOPs 2*MACs + 64,000 bias adds.
+    s = last("input 1@8000\nconv 16@3/2 pad=same")
+    assert figures(s) == ((16, 4000), 64, 0, 192_000, 448_000)
+    assert s.node.attrs["kernel"] == (3,) and s.node.attrs["pads"] == (0, 1)
+    assert s.rf.size == (3,) and s.rf.jump == (2,)
+    assert type(s.node.out_shape).__name__ == "Signal"  # C@L, not a sequence of 16 steps
+
+
+def test_conv_on_a_volume_r3d_stem():
+    # torchvision's r3d_18 stem, Conv3d(3, 64, (3, 7, 7), stride (1, 2, 2), padding (1, 3, 3), bias=False)
+    # on 3@16x112x112: depth (16 + 2 - 3)/1 + 1 = 16, height and width (112 + 6 - 7)//2 + 1 = 56.
+    # Params 64*3*3*7*7 = 28,224; MACs 64*16*56*56 * 3*3*7*7 = 1,416,167,424; FLOPs 2*MACs.
+    s = last("input 3@16x112x112\nconv 64@3x7x7/1x2x2 pad=1x3x3 bias=off")
+    assert figures(s) == ((64, 16, 56, 56), 28_224, 0, 1_416_167_424, 2_832_334_848)
+    assert s.node.attrs["pads"] == (1, 3, 3, 1, 3, 3)
+    assert s.rf.size == (3, 7, 7) and s.rf.jump == (1, 2, 2)
+
+
+def test_conv_one_number_applies_to_every_axis_of_a_volume():
+    # 3@8x8x8, 4@3 pad=1 /2: each axis (8 + 2 - 3)//2 + 1 = 4. Params 4*3*27 + 4 = 328; MACs 4*64 * 81.
+    s = last("input 3@8x8x8\nconv 4@3/2 pad=1")
+    assert figures(s) == ((4, 4, 4, 4), 328, 0, 20_736, 41_728)
+    assert s.node.attrs["kernel"] == (3, 3, 3) and s.node.attrs["stride"] == (2, 2, 2)
+
+
+def test_conv_kernel_with_other_axes_than_the_input_is_a_located_error():
+    fails("input 3@16x112x112\nconv 64@3x3", 2, "kernel 3x3 has 2 axes", "3@16x112x112 has 3")
+    fails("input 1@8000\nconv 64@3x3", 2, "kernel 3x3 has 2 axes", "1@8000 has 1")
+    fails("input 3@32x32\nconv 64@3x3x3", 2, "kernel 3x3x3 has 3 axes", "3@32x32 has 2")
+
+
+def test_dwconv_on_a_signal_and_a_volume():
+    # groups = C on every rank: 8@100 with 5 taps: 8*5 + 8 = 48 params, MACs 8*96 * 5 = 3,840;
+    # on 4@4x8x8 with 3x3x3 pad=1: 4*27 + 4 = 112 params, MACs 4*256 * 27 = 27,648.
+    assert figures(last("input 8@100\ndwconv 5")) == ((8, 96), 48, 0, 3_840, 8_448)
+    assert figures(last("input 4@4x8x8\ndwconv 3x3x3 pad=1")) == ((4, 4, 8, 8), 112, 0, 27_648, 56_320)
+
+
 def test_dwconv_mobilenet_stride_2():
     # MobileNet's second depthwise conv: 3x3/2 pad=same on 32@112x112 gives 32@56x56 (ceil(112/2));
     # total padding (56-1)*2 + 3 - 112 = 1, at the end. One 3x3 filter per channel: 32*1*9 = 288 params;
@@ -329,6 +370,23 @@ def test_maxpool_padding_beyond_half_the_window_is_an_error():
     fails("input 1@8x8\nmaxpool 2 pad=2\n", 2, "pad")
 
 
+def test_maxpool_on_a_signal_and_a_volume():
+    # 16@4000, maxpool 4: 1000 windows of 4, 16*1000*4 = 64,000 comparisons counted as FLOPs, no MACs.
+    s = last("input 16@4000\nmaxpool 4")
+    assert figures(s) == ((16, 1000), 0, 0, 0, 64_000) and s.rf.size == (4,) and s.rf.jump == (4,)
+    # r3d_18 keeps no pooling, but C3D's pool1 is 1x2x2: 64@16x112x112 -> 64@16x56x56.
+    s = last("input 64@16x112x112\nmaxpool 1x2x2")
+    assert figures(s)[:1] == ((64, 16, 56, 56),) and s.rf.jump == (1, 2, 2)
+    # ceil on the depth axis: (5 - 2)/2 rounds up to 2, so 3 windows.
+    assert last("input 2@5x4x4\nmaxpool 2 ceil").node.out_shape == (2, 3, 2, 2)
+
+
+def test_avgpool_on_a_signal():
+    # PyTorch's AvgPool1d(3, stride=2, padding=1) on 2@10: (10 + 2 - 3)//2 + 1 = 5.
+    s = last("input 2@10\navgpool 3/2 pad=1")
+    assert figures(s) == ((2, 5), 0, 0, 0, 30) and s.node.attrs["pads"] == (1, 1)
+
+
 def test_avgpool_lenet_subsampling():
     # LeNet-5's S2: 2/2 on 6@28x28 gives 6@14x14; FLOPs 6*14*14 * 2*2 = 4,704.
     s = last("input 6@28x28\navgpool 2/2")
@@ -343,6 +401,13 @@ def test_gap_resnet_head():
     s = last("input 2048@7x7\ngap")
     assert figures(s) == ((2048,), 0, 0, 0, 100_352)
     assert s.rf.whole and s.rf.size == (7, 7)
+
+
+def test_gap_on_a_signal_and_a_volume():
+    # one add per input element: 32*1000 and 512*2*7*7
+    assert figures(last("input 32@1000\ngap")) == ((32,), 0, 0, 0, 32_000)
+    s = last("input 512@2x7x7\ngap")
+    assert figures(s) == ((512,), 0, 0, 0, 50_176) and s.rf.size == (2, 7, 7) and s.rf.whole
 
 
 def test_gmp_global_max_pool():
@@ -509,6 +574,13 @@ def test_bn_on_a_vector_with_its_own_eps():
     assert s.node.attrs["eps"] == 0.001
 
 
+def test_bn_on_a_signal_and_a_volume_normalises_each_channel():
+    # BatchNorm1d on 16@4000 and BatchNorm3d on 64@16x56x56: per channel, not per step or per position
+    assert figures(last("input 16@4000\nbn")) == ((16, 4000), 32, 32, 0, 128_000)
+    assert figures(last("input 64@16x56x56\nbn"))[:3] == ((64, 16, 56, 56), 128, 128)
+    fails("input seq 10 of 4\nbn", 2, "bn expects a vector, a signal C@L", "10x4")
+
+
 def test_lrn_default_size_5():
     # size + 4 FLOPs per element: 9 * 96*55*55 = 2,613,600.
     s = last("input 96@55x55\nlrn")
@@ -535,6 +607,24 @@ def test_input_forms():
     assert tokens.node.out_shape == (200,) and tokens.node.dtype == "int64"
     steps = first("input seq 50 of 64")
     assert steps.node.out_shape == (50, 64) and steps.node.dtype == "float32"
+
+
+def test_input_signal_and_volume():
+    # issue 28: C@L and C@DxHxW; a signal is not the sequence of the same numbers (its channels come first)
+    sig = analysed("input 1@8000 -> identity").nodes[0]
+    assert sig.node.out_shape == (1, 8000) and type(sig.node.out_shape).__name__ == "Signal"
+    assert sig.rf.size == (1,) and sig.activations == 8000
+    vol = analysed("input 3@16x112x112 -> identity").nodes[0]
+    assert vol.node.out_shape == (3, 16, 112, 112) and vol.rf.size == (1, 1, 1)
+    assert type(analysed("input seq 1 of 8000 -> identity").nodes[0].node.out_shape) is tuple
+    fails("input 3@4x4x4x4\nrelu", 1, "1 to 3 spatial axes", "3@4x4x4x4")
+
+
+def test_fc_after_a_signal_or_volume_flattens_first():
+    # 8@100 flattens to 800 (a sequence of 8 steps would instead get fc per step)
+    stats = analysed("input 8@100\nfc 10").nodes
+    assert [s.node.kind for s in stats] == ["input", "flatten", "fc"] and stats[-1].params == 8010
+    assert analysed("input 2@2x3x4\nfc 5").nodes[-1].params == 2 * 2 * 3 * 4 * 5 + 5
 
 
 def test_input_alone_is_an_error():

@@ -147,6 +147,17 @@ def test_an_operator_counted_unlike_its_kind_fails_the_check(monkeypatch):
         test_a_dlc_export_gives_exactly_its_specs_figures("activations", monkeypatch)
 
 
+def test_an_exported_signal_net_shows_its_shapes_as_c_at_l(tmp_path):
+    # issue 28: the rank-3 tensors a Conv or pool reads or writes are signals (C@L), not sequences (TxD)
+    path = tmp_path / "m5.onnx"
+    assert run("export", "m5_audio", "-o", path).exit_code == 0
+    table = run("shapes", path).stdout
+    assert "1@8000" in table and "32@496" in table and "64@1" in table and "1x8000" not in table
+    assert "inputs: input 1@8000" in table
+    spec = run("shapes", "m5_audio").stdout
+    assert [line.split()[-1] for line in table.splitlines()[3:8]] == [line.split()[-1] for line in spec.splitlines()[3:8]]
+
+
 def test_the_cli_reads_an_exported_file_like_its_spec(tmp_path):
     path = tmp_path / "net.onnx"
     text = "input 3@32x32\nconv 8@3x3 bn relu\nmaxpool 2/2\nconv 16@3x3/2 relu x2\ngap\nfc 10 softmax\n"

@@ -266,6 +266,18 @@ KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "upconv outpad": "input 3@4x5 -> upconv 4@3x3/2 pad=1 outpad=1",
     "upconv outpad past the pads": "input 3@4x5 -> upconv 2@3x3/3 pad=1 outpad=2 bias=off",
 })
+# issue 28: signals C@L and volumes C@DxHxW, through the same ONNX operators at rank 3 and 5
+KIND_CASES.update({
+    "signal: conv, bn, maxpool with pad, dwconv, avgpool ceil, gap": (
+        "input 2@20 -> conv 4@5/2 pad=same bn relu -> maxpool 3/2 pad=1 -> dwconv 3 mult=2 -> avgpool 2 ceil -> gap"),
+    "signal: softmax over its channels, concat of channels, fc after a flatten": (
+        "input 3@10 -> conv 4@3 pad=1 as a -> conv 2@1 -> concat a -> softmax -> fc 3"),
+    "volume: r3d stem, maxpool 1x2x2, shortcut projection, avgpool ceil, gap": (
+        "input 2@5x17x17 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bn relu -> maxpool 1x2x2 -> "
+        "add( conv 6@3/2 pad=1 bn | shortcut ) -> avgpool 2 ceil -> gap -> fc 3"),
+    "volume: dwconv, dilation, groups, flatten": (
+        "input 4@5x6x6 -> dwconv 3 pad=1 -> conv 4@2x3x3 dil=2 groups=2 -> flatten"),
+})
 KIND_CASES["stacked bidirectional lstm on embeddings"] = (
     "input seq 6 -> embed 5 vocab=9 -> lstm 3 bidirectional sequences -> gru 2")
 

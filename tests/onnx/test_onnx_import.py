@@ -38,6 +38,15 @@ def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(y - ref).max() / np.abs(ref).max())
 
 
+def assert_runs_as_onnxruntime(tmp_path, spec, weights, path, x: np.ndarray) -> None:
+    """The imported spec and weights, run by `dlc infer` on the NumPy engine, give the original's outputs."""
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
+            "--out", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+
+
 def imported(tmp, path):
     r = run("import", path, "-o", tmp / "net.dlc")
     assert r.exit_code == 0, r.output
@@ -88,6 +97,11 @@ KIND_SPECS = {
              "-> upsample 2 -> maxpool 2 -> conv 4@3x3 pad=1 gelu sigmoid tanh -> gap -> dropout 0.3 "
              "-> fc 10 softmax",
     "vector": "input 2@4x4 -> conv 4@3x3 -> gmp -> bn -> fc 3 bias=off -> flatten -> fc 2",
+    # issue 28: rank-3 and rank-5 Conv, pools and BatchNormalization, and per-axis pads
+    "signal": "input 2@60 -> conv 4@5/2 pad=same bn relu -> maxpool 3/2 pad=1 ceil -> dwconv 3 pad=1 mult=2 "
+              "-> avgpool 2 -> conv 4@3 dil=2 -> gmp -> fc 3",
+    "volume": "input 2@5x12x12 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bias=off bn relu -> maxpool 1x2x2 "
+              "-> dwconv 3 pad=1 -> avgpool 2 ceil -> conv 6@1 groups=2 -> gap -> fc 3",
     "flatten": "input 2@4x4 -> flatten -> fc 3",
     "sequence": "input seq 6 -> embed 4 vocab=9 -> rnn 3 bidirectional sequences -> gru 3 sequences "
                 "-> lstm 5 bidirectional -> fc 2 softmax",
@@ -347,6 +361,34 @@ def test_recurrent_layers_from_pytorch(tmp_path, exporter, module, layer):
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name,shape,words", [
+    ("signal_net", (2, 40), ["input 2@40", "conv 6@5/2 pad=2 relu", "bn", "maxpool 3/2 pad=1", "avgpool 2 ceil",
+                             "dwconv 3 pad=1", "conv 4@3 dil=2", "gap"]),
+    ("volume_net", (2, 5, 17, 17), ["input 2@5x17x17", "conv 4@3x5x5/1x2x2 pad=1x2x2", "bn", "maxpool 1x2x2",
+                                    "avgpool 2x2x2 ceil", "conv 6@2x2x2 pad=1 groups=2", "gap"])])
+def test_signals_and_volumes_from_pytorch(tmp_path, exporter, name, shape, words):
+    # issue 28: Conv1d/3d, their pools, BatchNorm1d/3d and the adaptive pools, from either exporter
+    path = tmp_path / f"{name}.onnx"
+    torch_models.export(with_distinct_bn(getattr(torch_models, name)()), path, (torch.randn(1, *shape),),
+                        dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    text = spec.read_text()
+    assert all(w in text for w in words), text
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path, x)
+
+
+def test_a_1d_transposed_conv_is_refused_naming_its_signal(tmp_path):
+    # upconv stays 2-D: the refusal names the input as the language writes it, once
+    path = tmp_path / "up.onnx"
+    torch_models.export(nn.Sequential(nn.ConvTranspose1d(2, 3, 2, stride=2)), path, (torch.randn(1, 2, 10),),
+                        dynamo=False)
+    r = run("import", path, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "dlc's upconv works on images C@HxW; this one's input is 2@10" in r.output
+
+
 @pytest.mark.parametrize("exporter,opset", [("torchscript", 17), ("dynamo", 20)], ids=["erf-form", "gelu-op"])
 def test_gelu_in_both_forms(tmp_path, exporter, opset):
     torch.manual_seed(0)
@@ -431,11 +473,7 @@ def test_a_zero_pad_before_a_conv_becomes_its_pad(tmp_path):
     spec, weights = imported(tmp_path, path)
     assert "conv 4@3x3 pad=1 " in spec.read_text()
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    r = run("infer", spec, "--weights", weights, "--engine", "numpy", "--input", tmp_path / "x.npy",
-            "--out", tmp_path / "y.npy")
-    assert r.exit_code == 0, r.output
-    assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(path, x)) <= TOLERANCE
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path, x)
 
 
 def test_a_mixture_of_experts_is_refused_naming_its_topk_node(tmp_path):

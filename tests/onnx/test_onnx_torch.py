@@ -46,7 +46,7 @@ def with_distinct_bn(model: nn.Module) -> nn.Module:
     the TorchScript exporter stores those identical tensors once."""
     torch.manual_seed(0)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             for t in (m.weight.data, m.bias.data, m.running_mean, m.running_var):
                 t.uniform_(0.5, 1.5)
     return model

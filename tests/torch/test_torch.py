@@ -99,7 +99,12 @@ logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift -> reduce axis=0 -> f
 # padding and resampling (issue 28): a CycleGAN generator's reflect-padded ends, every pad mode
 RESAMPLING = ("input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
               "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3")
-EXTRA = {"every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+# issue 28: nn.Conv1d/3d, the pools, BatchNorm1d/3d, asymmetric pads and ceil windows on every axis
+SIGNAL = ("input 2@20 -> conv 4@5/2 pad=same bn relu -> maxpool 3/2 pad=1 -> dwconv 3 mult=2 -> avgpool 2 ceil "
+          "-> conv 3@2 pad=same as a -> maxpool 2/1 pad=same -> concat a -> softmax -> gmp -> fc 3")
+VOLUME = ("input 2@5x9x9 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bn relu -> maxpool 2 ceil -> add( conv 6@3/2 pad=1 bn "
+          "| shortcut ) -> avgpool 3/2 pad=same -> dwconv 2 pad=same -> gap -> fc 3")
+EXTRA = {"signal": SIGNAL, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
          "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}

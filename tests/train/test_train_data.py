@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dlc.errors import DlcError
+from dlc.layers import Signal
 from dlc.normalize import normalize, normalizer
 from dlc.train.dataset import Data, Split
 from dlc.train.fit import carve_val, check_labels, fit_inputs
@@ -381,6 +382,17 @@ def test_one_channel_images_last_or_first_need_no_transpose_word():
     grey = Data(Split(photos(c=1), np.arange(3)), name="g.npz")
     d = fit_inputs(grey, (1, 4, 5))
     assert np.array_equal(d.train.x[:, 0], photos(c=1)[..., 0])
+
+
+def test_signals_fit_from_a_row_of_samples_and_a_wrong_layout_names_both_shapes():
+    # issue 28: a second of mono audio stored as one row per sample is the spec's 1@8000; stereo stored
+    # channels last (8000x2) is not 2@8000, and the message says so in the language's words
+    mono = Data(Split(np.zeros((3, 8000), np.float32), np.arange(3)), name="a.npz")
+    d = fit_inputs(mono, Signal((1, 8000)))
+    assert d.train.x.shape == (3, 1, 8000) and d.notes == ["reshaped the inputs of a.npz from 8000 to 1@8000"]
+    stereo = Data(Split(np.zeros((3, 8000, 2), np.float32), np.arange(3)), name="s.npz")
+    with pytest.raises(DlcError, match=r"s.npz: inputs have shape 8000x2 but the spec's input is 2@8000"):
+        fit_inputs(stereo, Signal((2, 8000)))
 
 
 def test_a_layout_both_readings_fit_is_refused_not_guessed(tmp_path):

@@ -1,5 +1,7 @@
 """conv and dwconv (one kernel: dwconv resolves to a conv with groups = C), and upconv.
 
+On a signal or a volume, conv runs by its image kernel (dlc/engine/kernels/ranks.py).
+
 Both run on the (C, H, W, N) layout of dlc.engine.kernels.im2col with one matrix product per group:
 conv forward is im2col then W @ cols, its input gradient W.T @ dy then col2im; upconv (ONNX
 ConvTranspose) is the same pair of steps the other way round. Layers whose columns would exceed
@@ -13,9 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, Kernel, kernel
 from dlc.engine.kernels.im2col import (add_windows, col2im, crop_chwn, from_chwn, im2col, pad_chwn,
                                        row_bands, span, to_chwn, window_cells, windows)
+from dlc.engine.kernels.ranks import any_rank, depth_into_batch, depth_out_of_batch, depth_slices, image_attrs
 from dlc.layers import Shape
 from dlc.layers.spatial import Pair, window_out
 
@@ -93,7 +96,50 @@ def scatter(bands: list[tuple[int, int]], band_windows: Callable[[int, int], np.
     return out
 
 
+def volume_conv(image_conv: Kernel, attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray],
+                ctx: Ctx) -> Forward:
+    """A conv over (D, H, W) as the sum over the kernel's depth offsets i of image convs with W[:, :, i],
+    each over the depth slices offset i reads (every output depth at once, stacked into the batch)."""
+    x = xs[0]
+    n, _, d, _, _ = x.shape
+    (kd, *_), (sd, *_), (dd, *_), pads = attrs["kernel"], attrs["stride"], attrs["dilation"], attrs["pads"]
+    front, back = pads[0], pads[3]
+    xp = np.pad(x, ((0, 0), (0, 0), (front, back), (0, 0), (0, 0))) if front or back else x
+    do = window_out(d, kd, sd, dd, front, back)
+    image = dict(image_attrs(attrs, slice(1, None)), bias=False)
+    weight = params["W"]
+    taps = [depth_slices(i * dd, sd, do) for i in range(kd)]
+    y, backwards = None, []
+    for i, cells in enumerate(taps):
+        yi, back_i = image_conv(image, {"W": weight[:, :, i]}, state, [depth_into_batch(xp[:, :, cells])], ctx)
+        if y is None:
+            y = yi  # the image kernel's own buffer, which its backward does not read
+        else:
+            y += yi
+        backwards.append(back_i)
+    y = depth_out_of_batch(y, n)
+    if attrs["bias"]:
+        y = y + params["b"].astype(x.dtype, copy=False)[:, None, None, None]
+
+    def backward(dy):
+        d_images = depth_into_batch(dy)
+        dw = np.empty(weight.shape, x.dtype)
+        dxp = np.zeros(xp.shape, x.dtype) if ctx.need_dx else None
+        for i, (cells, back_i) in enumerate(zip(taps, backwards)):
+            (dxi,), grads = back_i(d_images)
+            dw[:, :, i] = grads["W"]
+            if dxp is not None:
+                dxp[:, :, cells] += depth_out_of_batch(dxi, n)
+        grads = {"W": dw}
+        if attrs["bias"]:
+            grads["b"] = dy.sum(axis=(0, 2, 3, 4))
+        return [None if dxp is None else dxp[:, :, front:front + d]], grads
+
+    return y, backward
+
+
 @kernel("conv", "dwconv")
+@any_rank(volume_conv)
 def conv(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     c, h, w, n = x.shape

@@ -226,7 +226,7 @@ def softmax_axis(x: np.ndarray) -> int:
 @kernel("softmax")
 def softmax(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
-    axis = attrs["axis"] + 1  # the batch axis
+    axis = attrs["axis"] + 1  # the resolved axis: a signal's (N, C, L) is not a sequence's (N, T, D)
     if axis == x.ndim - 1:  # vectors, or each step of a sequence
         y = x - row_max(x)
         np.exp(y, out=y)

@@ -22,7 +22,7 @@ def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
 @kernel("bn")
 def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = xs[0]
-    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    axes = (0, *range(2, x.ndim))  # every axis but the channels: of a vector, signal, image or volume
     eps = float(attrs["eps"])
     gamma = _channel_view(params["gamma"], x.ndim)
     beta = _channel_view(params["beta"], x.ndim)

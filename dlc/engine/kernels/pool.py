@@ -1,15 +1,17 @@
 """maxpool, avgpool, gap, gmp, upsample.
 
 Windowed pools loop over the kh*kw window offsets (never over samples or pixels), each step one
-vectorised operation on a strided (C, Ho, Wo, N) view of the batch-innermost layout.
+vectorised operation on a strided (C, Ho, Wo, N) view of the batch-innermost layout. On a signal or
+a volume the image kernels do the work (dlc/engine/kernels/ranks.py and the volume rules below).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, Kernel, kernel
 from dlc.engine.kernels.im2col import col2im, crop_chwn, from_chwn, pad_chwn, span, to_chwn, windows
+from dlc.engine.kernels.ranks import any_rank, depth_into_batch, depth_out_of_batch, depth_slices, image_attrs
 from dlc.layers.spatial import Pads, Pair, window_out
 
 
@@ -52,7 +54,82 @@ def input_gradient(per_window: np.ndarray, xp: np.ndarray, pads: Pads, stride: P
     return from_chwn(crop_chwn(col2im(per_window, xp.shape[1:3], stride, dil), pads))
 
 
+def depth_windows(image_pool: Kernel, attrs: dict, state: Arrays, x: np.ndarray, ctx: Ctx,
+                  pad_value: float) -> tuple[list[slice], list[np.ndarray], list, tuple[int, ...], np.ndarray]:
+    """A volume pool's image pools, one per depth offset of its window over the depth slices that offset
+    reads: (the slices, their (N, C, D', H', W') outputs, their backwards, the padded shape, the counts
+    of each output depth's window cells inside the input)."""
+    n, _, d, _, _ = x.shape
+    (kd, *_), (sd, *_), pads = attrs["kernel"], attrs["stride"], attrs["pads"]
+    front = pads[0]
+    do = window_out(d, kd, sd, 1, front, pads[3], attrs["ceil"])
+    back = max(pads[3], (do - 1) * sd + kd - front - d)  # `ceil` windows that hang over the end read padding
+    xp = np.pad(x, ((0, 0), (0, 0), (front, back), (0, 0), (0, 0)), constant_values=pad_value)
+    image = image_attrs(attrs, slice(1, None))
+    taps = [depth_slices(i, sd, do) for i in range(kd)]
+    outs, backwards = [], []
+    for cells in taps:
+        y, back_i = image_pool(image, {}, state, [depth_into_batch(xp[:, :, cells])], ctx)
+        outs.append(depth_out_of_batch(y, n))
+        backwards.append(back_i)
+    return taps, outs, backwards, xp.shape, inside_counts(d, do, kd, sd, front)
+
+
+def volume_avgpool(image_pool: Kernel, attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray],
+                   ctx: Ctx) -> Forward:
+    """The mean over the depth offsets of the image averages: each image average already divides by
+    its window's cells inside the image, so dividing the sum by the offsets inside the input gives
+    count_include_pad=0 over the whole (D, H, W) window."""
+    x = xs[0]
+    n, front, d = x.shape[0], attrs["pads"][0], x.shape[2]
+    taps, outs, backwards, padded, counts = depth_windows(image_pool, attrs, state, x, ctx, 0.0)
+    scale = (1.0 / counts).astype(x.dtype)[:, None, None]
+    y = sum(outs[1:], outs[0].copy()) * scale
+
+    def backward(dy):
+        share = depth_into_batch(dy * scale)
+        dxp = np.zeros(padded, x.dtype)
+        for cells, back_i in zip(taps, backwards):
+            dxp[:, :, cells] += depth_out_of_batch(back_i(share)[0][0], n)
+        return [dxp[:, :, front:front + d]], {}
+
+    return y, backward
+
+
+def volume_maxpool(image_pool: Kernel, attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray],
+                   ctx: Ctx) -> Forward:
+    """The max over the depth offsets of the image maxima; backward routes to the first maximum in
+    (depth, height, width) order, as the image kernel does within each offset."""
+    x = xs[0]
+    n, front, d = x.shape[0], attrs["pads"][0], x.shape[2]
+    taps, outs, backwards, padded, _ = depth_windows(image_pool, attrs, state, x, ctx, -np.inf)
+    y = outs[0].copy()
+    for o in outs[1:]:
+        np.maximum(y, o, out=y)
+
+    def backward(dy):
+        dxp = np.zeros(padded, x.dtype)
+        unclaimed = np.ones(y.shape, bool)
+        for cells, o, back_i in zip(taps, outs, backwards):
+            hit = (o == y) & unclaimed
+            unclaimed ^= hit
+            dxp[:, :, cells] += depth_out_of_batch(back_i(depth_into_batch(dy * hit))[0][0], n)
+        return [dxp[:, :, front:front + d]], {}
+
+    return y, backward
+
+
+def volume_as_image(image_kernel: Kernel, attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray],
+                    ctx: Ctx) -> Forward:
+    """gap and gmp see every cell alike: a volume (N, C, D, H, W) is the image (N, C, D*H, W)."""
+    x = xs[0]
+    n, c, d, h, w = x.shape
+    y, image_backward = image_kernel(attrs, params, state, [x.reshape(n, c, d * h, w)], ctx)
+    return y, lambda dy: ([image_backward(dy)[0][0].reshape(x.shape)], {})
+
+
 @kernel("avgpool")
+@any_rank(volume_avgpool)
 def avgpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     """ONNX AveragePool with count_include_pad=0: each window divides by its cells inside the input."""
     x = to_chwn(xs[0])
@@ -75,6 +152,7 @@ def avgpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
 
 
 @kernel("maxpool")
+@any_rank(volume_maxpool)
 def maxpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     xp, win, pads = pool_windows(attrs, x, -np.inf)
@@ -98,6 +176,7 @@ def maxpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
 
 
 @kernel("gap")
+@any_rank(volume_as_image)
 def gap(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     c, h, w, n = x.shape
@@ -112,6 +191,7 @@ def gap(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
 
 
 @kernel("gmp")
+@any_rank(volume_as_image)
 def gmp(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
     c, h, w, n = x.shape

@@ -9,15 +9,19 @@ import onnx
 
 from dlc.decompile import window_size
 from dlc.layers.spatial import resolve_pads, show
+from dlc.onnx.analysis import shown
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one
 from dlc.onnx.model import attributes
 
 
-def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, int], dilation=(1, 1)) -> tuple[tuple, int | str]:
-    """(stride, the pad= option) of a 2-D Conv or pool, from its strides, pads and auto_pad."""
-    if len(x) != 3 or len(kernel) != 2:
-        raise NotImportable(f"dlc's kinds are 2-D; this one works on {len(x) - 1} spatial axes")
-    stride = tuple(a.get("strides", (1, 1)))
+def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, ...],
+            dilation: tuple[int, ...] | None = None) -> tuple[tuple, int | tuple | str]:
+    """(stride, the pad= option) of a Conv or pool over 1, 2 or 3 axes, from its strides, pads and auto_pad."""
+    ones = (1,) * len(kernel)
+    if len(x) - 1 != len(kernel) or not 1 <= len(kernel) <= 3:
+        raise NotImportable(f"its {len(kernel)}-axis window on a {show(x)} input: dlc's windows have 1 to 3 "
+                            f"spatial axes, those of the input")
+    stride = tuple(a.get("strides", ones))
     auto = a.get("auto_pad", b"NOTSET").decode()
     if auto == "SAME_UPPER":
         return stride, "same"
@@ -25,15 +29,15 @@ def spatial(a: dict, x: tuple[int, ...], kernel: tuple[int, int], dilation=(1, 1
         return stride, 0
     if auto == "SAME_LOWER":
         raise NotImportable("auto_pad=SAME_LOWER puts the odd pixel first; dlc's pad=same puts it last")
-    pads = tuple(a.get("pads", (0, 0, 0, 0)))
+    pads = tuple(a.get("pads", (0,) * 2 * len(kernel)))
     if len(set(pads)) == 1:
         return stride, pads[0]
-    if pads == resolve_pads("same", x[1:], kernel, stride, dilation):
+    if pads[:len(kernel)] == pads[len(kernel):]:  # before = after on each axis: `pad=1x3x3`
+        return stride, pads[:len(kernel)]
+    if pads == resolve_pads("same", x[1:], kernel, stride, dilation or ones):
         return stride, "same"
-    if pads[:2] == pads[2:]:
-        return stride, pads[:2]  # pad=HxW
-    raise NotImportable(f"pads {list(pads)} (top, left, bottom, right) are neither equal per axis nor `same`, "
-                        f"the only forms dlc's pad= writes")
+    raise NotImportable(f"pads {list(pads)} (every axis's before, then after) are neither equal on each axis "
+                        f"nor `same`, the only forms dlc's pad= writes")
 
 
 def zero_pad(r: Reader, pad: onnx.NodeProto) -> tuple[onnx.NodeProto, tuple[int, ...]] | None:
@@ -69,7 +73,7 @@ def conv_parts(r: Reader, n: onnx.NodeProto):
         a = attributes(n)
     w = r.weight(n, 1, "weight")
     kernel = tuple(w.shape[2:])
-    dil = tuple(a.get("dilations", (1, 1)))
+    dil = tuple(a.get("dilations", (1,) * len(kernel)))
     stride, pad = spatial(a, x, kernel, dil)
     tensors = {"W": w}
     if r.optional(n, 2):
@@ -107,7 +111,8 @@ def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
     w = r.weight(n, 1, "weight")
     x = r.shape(n.input[0])
     if len(x) != 3:
-        raise NotImportable(f"dlc's upconv is 2-D; this one works on {len(x) - 1} spatial axes")
+        raise NotImportable(f"dlc's upconv works on images C@HxW; this one's input is "
+                            f"{show(shown(r.g.tensors[n.input[0]], r.g.signals()))}")
     if "output_shape" in a:
         raise NotImportable("output_shape has no upconv option (write the pads and outpad= it implies)")
     outpad = tuple(a.get("output_padding", (0, 0)))

@@ -259,8 +259,8 @@ def import_dropout(r: Reader, n: onnx.NodeProto) -> Found | None:
 def import_bn(r: Reader, n: onnx.NodeProto) -> Found | None:
     if len(n.output) > 1 and any(n.output[1:]):
         raise NotImportable("it is in training mode (it outputs running statistics)")
-    if len(r.shape(n.input[0])) not in (1, 3):
-        raise NotImportable("dlc's bn normalises images and vectors")
+    if not 1 <= len(r.shape(n.input[0])) <= 4:
+        raise NotImportable("dlc's bn normalises vectors, signals, images and volumes")
     a = attributes(n)
     tensors = {k: r.weight(n, i, k) for i, k in enumerate(("gamma", "beta", "mean", "var"), start=1)}
     eps, momentum = float(np.float32(a.get("epsilon", 1e-5))), 1.0 - float(a.get("momentum", 0.9))

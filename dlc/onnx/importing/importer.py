@@ -13,7 +13,7 @@ import onnx
 from dlc.decompile import SpecLayer, comment, write_spec
 from dlc.errors import DlcError
 from dlc.graph import Network
-from dlc.layers import KINDS
+from dlc.layers import KINDS, Signal
 from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
 from dlc.onnx.importing.quantized import float_twin
@@ -30,11 +30,13 @@ def input_size(r: Reader, name: str) -> str:
             raise DlcError(f"the model's input {name} holds {len(shape)}-D integers; dlc reads token ids as "
                            f"(batch, T)")
         return f"seq {shape[0]}"
+    if len(shape) == 2 and name in r.g.signals():
+        return show(Signal(shape))
     if len(shape) == 2:
         return f"seq {shape[0]} of {shape[1]}"
-    if len(shape) not in (1, 3):
-        raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are images C@HxW, "
-                       f"vectors and sequences")
+    if len(shape) not in (1, 3, 4):
+        raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are vectors, "
+                       f"sequences, signals C@L, images C@HxW and volumes C@DxHxW")
     return show(shape)
 
 

@@ -13,6 +13,7 @@ import pytest
 from dlc.engine.kernels import KERNELS, Ctx
 from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc, normal_cdf
 from dlc.errors import DlcError
+from dlc.layers import Signal
 from kernel_checks import assert_gradients, onnx_run, random_arrays, resolve
 
 ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "elu", "selu", "gelu", "identity", "leaky", "softmax", "silu",
@@ -108,7 +109,12 @@ def test_stochastic_gradients_in_training(kind, written):
     assert_gradients(kind, attrs, {}, [x], ctx=lambda: Ctx(True, np.random.default_rng(7)))
 
 
-BN_SHAPES = {"vector": (6, 3), "image": (3, 3, 2, 2)}
+BN_SHAPES = {"vector": (6, 3), "image": (3, 3, 2, 2), "signal": (3, 3, 4), "volume": (2, 3, 2, 2, 2)}
+
+
+def batchless(shape: tuple) -> tuple:
+    """A batch shape's sample shape as the compiler makes it: a signal (N, C, L) is C@L, not TxD."""
+    return Signal(shape[1:]) if len(shape) == 3 else shape[1:]
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -116,7 +122,7 @@ BN_SHAPES = {"vector": (6, 3), "image": (3, 3, 2, 2)}
 def test_bn_gradients(layout, training):
     rng = np.random.default_rng(8)
     shape = BN_SHAPES[layout]
-    attrs, shapes, state_shapes = resolve("bn", [shape[1:]])
+    attrs, shapes, state_shapes = resolve("bn", [batchless(shape)])
     params = {"gamma": 1 + random_arrays(shapes, rng)["gamma"], "beta": random_arrays(shapes, rng)["beta"]}
     state = {"mean": 0.3 * rng.standard_normal(3), "var": rng.uniform(0.5, 2, 3)}
     assert_gradients("bn", attrs, params, [2 * rng.standard_normal(shape) + 1], state=state,
@@ -348,10 +354,10 @@ def test_softmax_matches_onnxruntime(shape, axis):
     np.testing.assert_allclose(y.sum(axis=axis), 1, rtol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4, 5)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4, 5), (2, 3, 6), (2, 3, 2, 3, 4)])
 def test_bn_inference_matches_batchnormalization(shape):
     rng = np.random.default_rng(27)
-    attrs, _, _ = resolve("bn", [shape[1:]], eps=1e-3)
+    attrs, _, _ = resolve("bn", [batchless(shape)], eps=1e-3)
     params = {"gamma": f32(rng, 3), "beta": f32(rng, 3)}
     state = {"mean": f32(rng, 3), "var": rng.uniform(0.5, 2, 3).astype(np.float32)}
     x = f32(rng, *shape)
@@ -460,10 +466,10 @@ def test_float32_stays_float32_forward_and_backward():
             assert all(g.dtype == np.float32 for g in grads.values()), (kind, training)
 
 
-@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 2, 5)])
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 2, 5), (4, 3, 5), (2, 3, 2, 2, 3)])
 def test_bn_training_normalises_with_the_batch_and_moves_the_running_averages(shape):
     rng = np.random.default_rng(32)
-    attrs, _, _ = resolve("bn", [shape[1:]], momentum=0.2, eps=1e-5)
+    attrs, _, _ = resolve("bn", [batchless(shape)], momentum=0.2, eps=1e-5)
     x = 3 * rng.standard_normal(shape) + 2
     params = {"gamma": np.ones(3), "beta": np.zeros(3)}
     old_mean, old_var = np.array([0.5, -1.0, 0.0]), np.array([1.0, 2.0, 0.5])

@@ -13,7 +13,7 @@ import pytest
 
 from dlc.engine import allocator
 from dlc.engine.kernels import KERNELS, Ctx, conv, im2col
-from dlc.layers import KINDS
+from dlc.layers import KINDS, Signal
 from kernel_checks import assert_gradients, onnx_run, random_arrays, resolve
 
 
@@ -465,3 +465,86 @@ def test_a_thin_conv_in_blas_pieces_matches_the_definition():
     windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), (5, 5),
                                                        axis=(2, 3))  # (n, c, h, w, i, j)
     np.testing.assert_allclose(grads["W"], np.einsum("nohw,nchwij->ocij", dy, windows), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- signals C@L and volumes C@DxHxW (issue 28)
+
+# The image kernels run them (a signal as an image of height 1, a volume one depth offset at a time);
+# onnxruntime's Conv, MaxPool and AveragePool on rank-3 and rank-5 tensors are the reference.
+SIGNAL_VOLUME_CONV_CASES = [
+    ("conv", "signal-k3-stride2-same", Signal((2, 9)), conv_opts(3, kernel=3, stride=2, pad="same")),
+    ("conv", "signal-dil2-groups2", Signal((4, 10)), conv_opts(4, kernel=3, dil=2, groups=2, pad=1)),
+    ("dwconv", "signal-depthwise-mult2", Signal((3, 8)), {"kernel": 3, "stride": None, "pad": 1, "mult": 2}),
+    ("conv", "volume-3x3x3-pad1", (2, 4, 5, 5), conv_opts(3, kernel=3, pad=1)),
+    ("conv", "volume-r3d-stem-like", (2, 5, 7, 7), conv_opts(3, kernel=(3, 5, 5), stride=(1, 2, 2), pad=(1, 2, 2))),
+    ("conv", "volume-stride2-dil2", (2, 7, 6, 6), conv_opts(2, kernel=(3, 2, 2), stride=(2, 1, 2), dil=2)),
+    ("conv", "volume-groups-nobias-same", (4, 3, 4, 4), conv_opts(2, kernel=(2, 3, 3), groups=2, bias=False,
+                                                                  pad="same")),
+    ("dwconv", "volume-depthwise-stride2", (2, 4, 4, 4), {"kernel": 3, "stride": 2, "pad": 1}),
+]
+
+
+@ids("kind,case,in_shape,opts", SIGNAL_VOLUME_CONV_CASES, ids=[c[1] for c in SIGNAL_VOLUME_CONV_CASES])
+def test_signal_and_volume_conv_gradients(kind, case, in_shape, opts):
+    rng = np.random.default_rng(11)
+    _, attrs, shapes = node(kind, in_shape, **opts)
+    assert_gradients(kind, attrs, random_arrays(shapes, rng), [rng.standard_normal((2, *in_shape))])
+
+
+@ids("kind,case,in_shape,opts", SIGNAL_VOLUME_CONV_CASES, ids=[c[1] for c in SIGNAL_VOLUME_CONV_CASES])
+def test_signal_and_volume_conv_forward_matches_onnxruntime(kind, case, in_shape, opts):
+    rng = np.random.default_rng(12)
+    out_shape, a, shapes = node(kind, in_shape, **opts)
+    x, p = rng.standard_normal((2, *in_shape)).astype(np.float32), random_arrays(shapes, rng, np.float32)
+    y, _ = run(kind, a, x, p)
+    assert y.shape == (2, *out_shape) and y.dtype == np.float32
+    (ref,) = onnx_run("Conv", [x, p["W"], p.get("b")], kernel_shape=list(a["kernel"]),
+                      strides=list(a["stride"]), dilations=list(a["dilation"]), pads=list(a["pads"]),
+                      group=a["groups"])
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+SIGNAL_VOLUME_POOL_CASES = [
+    ("signal-3/2-pad1", Signal((2, 9)), pool_opts(3, 2, pad=1)),
+    ("signal-2-ceil", Signal((2, 7)), pool_opts(2, ceil=True)),
+    ("volume-2", (2, 4, 4, 4), pool_opts(2)),
+    ("volume-1x2x2", (2, 3, 4, 4), pool_opts((1, 2, 2))),
+    ("volume-3/2-pad1-ceil", (1, 6, 5, 5), pool_opts(3, 2, pad=1, ceil=True)),
+    ("volume-2-ceil-odd", (1, 5, 5, 4), pool_opts(2, ceil=True)),
+]
+
+
+@ids("kind", ["maxpool", "avgpool"])
+@ids("case,in_shape,opts", SIGNAL_VOLUME_POOL_CASES, ids=[c[0] for c in SIGNAL_VOLUME_POOL_CASES])
+def test_signal_and_volume_pool_gradients_and_onnxruntime(kind, case, in_shape, opts):
+    out_shape, a, _ = node(kind, in_shape, **opts)
+    x = distinct_values((2, *in_shape), np.random.default_rng(13))
+    y, _ = run(kind, a, x, {})
+    assert y.shape == (2, *out_shape)
+    op, extra = ("MaxPool", {}) if kind == "maxpool" else ("AveragePool", {"count_include_pad": 0})
+    (ref,) = onnx_run(op, [x.astype(np.float32)], kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      pads=list(a["pads"]), ceil_mode=int(a["ceil"]), **extra)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    assert_gradients(kind, a, {}, [x])
+
+
+def test_volume_maxpool_routes_a_tie_across_depth_to_the_first_frame():
+    # two frames, equal everywhere: the gradient goes to frame 0 alone, as PyTorch's MaxPool3d sends it
+    _, a, _ = node("maxpool", (1, 2, 2, 2), **pool_opts(2))
+    x = np.ones((1, 1, 2, 2, 2))
+    _, backward = run("maxpool", a, x, {}, training=True)
+    (dx,), _ = backward(np.full((1, 1, 1, 1, 1), 5.0))
+    assert dx[0, 0, 0, 0, 0] == 5.0 and dx.sum() == 5.0
+
+
+@ids("kind,op", [("gap", "GlobalAveragePool"), ("gmp", "GlobalMaxPool")])
+@ids("in_shape", [Signal((3, 7)), (3, 2, 3, 4)])
+def test_global_pools_on_a_signal_and_a_volume(kind, op, in_shape):
+    out_shape, a, _ = node(kind, in_shape)
+    x = distinct_values((2, *in_shape), np.random.default_rng(14))
+    y, _ = run(kind, a, x, {})
+    axes = tuple(range(2, x.ndim))
+    np.testing.assert_allclose(y, x.mean(axis=axes) if kind == "gap" else x.max(axis=axes), rtol=1e-12)
+    (ref,) = onnx_run(op, [x.astype(np.float32)])
+    np.testing.assert_allclose(y, ref.reshape(2, 3), rtol=1e-5, atol=1e-6)
+    assert_gradients(kind, a, {}, [x])

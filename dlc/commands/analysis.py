@@ -163,7 +163,7 @@ def batch_memory(a: Analysed):
 def serving_figures(a: Analysed, context: int | None, kv_dtype: str | None):
     """A causal spec's serving figures at --context (default: its sequence length); None for another
     network, which refuses --context and --kv-dtype."""
-    from dlc.serving import causal_attention, serving, steps
+    from dlc.serving import causal_attention, serving
 
     causal = a.model is None and causal_attention(a.result.graph)
     if not causal:

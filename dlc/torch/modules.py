@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dlc.graph import Node
-from dlc.layers import KINDS, Shape, is_sequence
+from dlc.layers import KINDS, Shape
 
 # Torch's block order, as indices of ONNX's blocks: torch block k is ONNX block GATE_ORDER[kind][k].
 GATE_ORDER = {"rnn": (0,), "lstm": (0, 2, 3, 1), "gru": (1, 0, 2)}

@@ -110,7 +110,7 @@ def pool(onnx_op: str, **fixed: Any) -> Lowering:
         # ONNX's ceil_mode drops a window that would start in the right padding: the Caffe/PyTorch
         # rule dlc's shape arithmetic follows, so the output sizes agree.
         # MaxPool has dilations from opset 10, AveragePool only from 19: written only where they are not 1
-        dilated = {"dilations": list(a["dilation"])} if a["dilation"] != (1, 1) else {}
+        dilated = {"dilations": list(a["dilation"])} if max(a["dilation"]) > 1 else {}
         return [op(onnx_op, x[:1], n.name, n.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
                    pads=list(a["pads"]), ceil_mode=int(bool(a.get("ceil"))), **dilated, **fixed)]
     return lower

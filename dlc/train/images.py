@@ -182,3 +182,19 @@ def load_folder(where: str, want: Wanted | None) -> Data:
             f"{counts} images, decoded a batch at a time to {show(size)}{fitted}")
     return Data(splits["train"], splits.get("val"), splits.get("test"), name=where, notes=[note],
                 class_names=classes)
+
+
+def read_images(where: str, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+    """An image file, or every image in a folder and its subfolders in sorted order, as a batch of the
+    model's input (scaled and centre-cropped where the size differs), with the files' names."""
+    root = Path(where)
+    paths = [str(root)] if root.is_file() else sorted(
+        str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DlcError(f"{where}: no PNG or JPEG images in the folder")
+    return ImageFiles(tuple(paths), shape, resize=True)[:], paths
+
+
+def is_images(where: str) -> bool:
+    """An image file or a folder (of images), which infer decodes, rather than an array file."""
+    return Path(where).is_dir() or Path(where).suffix.lower() in IMAGE_SUFFIXES

@@ -83,12 +83,12 @@ SOURCES: tuple[Source, ...] = (
            files=("*.txt",)),
     # Your own data: CIFAR's pickles before the image folder (CIFAR-100's folder holds files train and
     # test), both before IDX; token files are memory-mapped, never read whole.
-    Source("CIFAR", "CIFAR-10/100 as distributed: the python-pickle folder or its .tar.gz",
+    Source("CIFAR", "CIFAR-10/100 as distributed: the python folder or its .tar.gz",
            "dlc.train.readers:load_cifar", files=("*cifar*.tar.gz", "*cifar*.tgz"), folder=True,
            holds=("data_batch_*", "train")),
     Source("images", "a folder per class of PNG/JPEG images (or train/, val/, test/ so)",
            "dlc.train.images:load_folder", folder=True, holds=("*/", "*.png", "*.jpg", "*.jpeg")),
-    Source("tokens", "token ids: .bin (uint16/uint32, --token-dtype or meta.json) or .npy",
+    Source("tokens", "token ids: .npy, or .bin of uint16/uint32 (--token-dtype)",
            "dlc.train.tokens:load_tokens", files=("*.bin", "*.npy")),
     Source("IDX", "MNIST's IDX files: their directory, or an images file", "dlc.train.readers:load_idx",
            files=("*idx*",), folder=True),

@@ -133,16 +133,18 @@ def map_ids(path: Path, dtype: str | None) -> np.ndarray:
     return np.memmap(path, dtype, mode="r")
 
 
-def _largest(ids: np.ndarray) -> int:
-    """The largest id, read in chunks from the file (not the map: the pages read would stay resident)."""
-    offset = getattr(ids, "offset", 0)
+def _largest(ids: np.ndarray, limit: int) -> int:
+    """The largest id, which must be below `limit`: read in chunks from the file, not through the map
+    (the pages read would stay resident)."""
     top = 0
     with open(ids.filename, "rb") as f:
-        f.seek(offset)
-        for _ in range(0, ids.size, CHUNK):
+        f.seek(getattr(ids, "offset", 0))
+        for start in range(0, ids.size, CHUNK):
             chunk = np.fromfile(f, ids.dtype, count=CHUNK)
-            if chunk.size and np.issubdtype(chunk.dtype, np.signedinteger) and chunk.min() < 0:
-                raise DlcError(f"{ids.filename}: holds a negative token id ({chunk.min()})")
+            bad = np.flatnonzero((chunk < 0) | (chunk >= limit))
+            if bad.size:
+                raise DlcError(f"{ids.filename}: token id {chunk[bad[0]]} (at position {start + bad[0]:,}) is past "
+                               f"the vocabulary: the spec's embed and output take ids 0..{limit - 1}")
             top = max(top, int(chunk.max()) if chunk.size else 0)
     return top
 
@@ -153,12 +155,7 @@ def _windows(path: Path, dtype: str | None, steps: int, limit: int) -> TokenWind
     if count < 1:
         raise DlcError(f"{path}: {ids.size:,} token ids are too few for one window of {steps + 1} "
                        f"(the spec's input is seq {steps})")
-    top = _largest(ids)
-    if top >= limit:
-        where = int(np.flatnonzero(np.asarray(ids) >= limit)[0]) if ids.size <= CHUNK else None
-        raise DlcError(f"{path}: token id {top}{f' (at position {where:,})' if where is not None else ''} is past "
-                       f"the vocabulary: the spec's embed and output take ids 0..{limit - 1}")
-    return TokenWindows(ids, steps, count, 0, top)
+    return TokenWindows(ids, steps, count, 0, _largest(ids, limit))
 
 
 def load_tokens(where: str, want: Wanted | None) -> Data:

@@ -1,4 +1,4 @@
-"""Token files: a flat array of token ids (nanoGPT's train.bin, or an .npy), memory-mapped, never read whole.
+"""Token files: a flat array of token ids (nanoGPT's train.bin, or an .npy), never read whole.
 
 A .bin file has no header, so its element type comes from --token-dtype or from a meta.json beside it
 ({"dtype": "uint16", "vocab_size": 50257}); an .npy carries its own. The ids are cut into windows of
@@ -6,8 +6,9 @@ T + 1 tokens one after another (inputs the first T, targets the last T), and eac
 a seeded random order (dlc.train.order): a window is drawn at random each step, as nanoGPT draws its
 offsets, but every token is a target once per epoch, so a resumed run sees no window twice and skips
 none. A val.bin (or val.npy) beside train.bin is the validation split. Every id is checked against
-the spec's vocabulary once, by reading the file in chunks (not through the map, so the pages read do
-not stay resident).
+the spec's vocabulary once, by reading the file in chunks. The file is held as a np.memmap (its dtype,
+size and data offset, an .npy's header parsed), but windows are read with pread, so that the pages
+read do not stay mapped and resident.
 """
 
 from __future__ import annotations
@@ -66,8 +67,21 @@ class TokenWindows:
     def __getitem__(self, idx) -> np.ndarray:
         rows = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx).ravel()
         windows = rows if self.picked is None else self.picked[rows]
-        starts = windows * self.steps + self.shift
-        return self.ids[starts[:, None] + np.arange(self.steps)].astype(np.int64)
+        return self.read(windows * self.steps + self.shift, self.steps)
+
+    def read(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """ids[s:s + length] for each start, as int64 rows, read with pread rather than through the map:
+        each page fault in a map reads ahead and maps up to megabytes around it, which then count as the
+        process's resident memory (random windows of a 4 GB file made 3 GB of it resident in a minute)."""
+        dtype, item = self.ids.dtype, self.ids.dtype.itemsize
+        out = np.empty((len(starts), length), np.int64)
+        fd = os.open(self.ids.filename, os.O_RDONLY)
+        try:
+            for i, start in enumerate(starts):
+                out[i] = np.frombuffer(os.pread(fd, length * item, self.ids.offset + int(start) * item), dtype)
+        finally:
+            os.close(fd)
+        return out
 
     def subset(self, idx: np.ndarray) -> TokenWindows:
         return replace(self, picked=np.asarray(idx) if self.picked is None else self.picked[idx])
@@ -76,8 +90,8 @@ class TokenWindows:
         """The file's path, size and a digest of 64 spread chunks of it (hashing gigabytes would take the
         time of an epoch), with the windows taken."""
         digest = hashlib.sha256(f"{self.ids.filename} {self.ids.size} {self.steps} {self.shift}".encode())
-        for at in np.linspace(0, max(self.ids.size - 4096, 0), 64).astype(np.int64):
-            digest.update(np.ascontiguousarray(self.ids[at:at + 4096]))
+        length = min(4096, self.ids.size)
+        digest.update(self.read(np.linspace(0, self.ids.size - length, 64).astype(np.int64), length))
         if self.picked is not None:
             digest.update(np.ascontiguousarray(self.picked))
         return digest.digest()
@@ -138,7 +152,7 @@ def _largest(ids: np.ndarray, limit: int) -> int:
     (the pages read would stay resident)."""
     top = 0
     with open(ids.filename, "rb") as f:
-        f.seek(getattr(ids, "offset", 0))
+        f.seek(ids.offset)
         for start in range(0, ids.size, CHUNK):
             chunk = np.fromfile(f, ids.dtype, count=CHUNK)
             bad = np.flatnonzero((chunk < 0) | (chunk >= limit))

@@ -131,7 +131,7 @@ def main() -> None:
     gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
 
     tokens = make_tokens(a.tmp / "tokens", a.gb)
-    peak = resident(["-e", TOKEN_SPEC, "--data", str(tokens), "--batch", "16", "--out", str(a.tmp / "run-tokens")],
+    peak = resident(["-e", TOKEN_SPEC, "--data", str(tokens), "--batch", "16", "--out", str(a.tmp / f"run-tokens-{os.getpid()}")],
                     a.seconds)
     model = training_memory(["-e", TOKEN_SPEC], 16)
     print(f"token file {gib(tokens.stat().st_size)}: peak RSS {gib(peak['VmHWM'])} (anonymous {gib(peak['RssAnon'])}, "
@@ -139,7 +139,7 @@ def main() -> None:
 
     images = make_images(a.tmp / f"glyphs{a.images}", a.images)
     lenet = [str(REPO / "specs" / "lenet5.dlc")]
-    peak = resident([*lenet, "--data", str(images), "--out", str(a.tmp / "run-images")], a.seconds)
+    peak = resident([*lenet, "--data", str(images), "--out", str(a.tmp / f"run-images-{os.getpid()}")], a.seconds)
     model = training_memory(lenet, 64)
     print(f"image folder of {a.images:,}: peak RSS {gib(peak['VmHWM'])} (anonymous {gib(peak['RssAnon'])}); "
           f"target {gib(budget + model)} = 1.5 GiB + the model's {gib(model)}")

@@ -187,15 +187,19 @@ def test_an_npy_token_file_carries_its_dtype(tmp_path):
 
 @pytest.mark.parametrize("make, said", [
     (lambda p: (p / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken"), "c.png: not a readable image"),
+    (lambda p: (p / "c.png").write_bytes(next(p.glob("*.png")).read_bytes()[:120]), "c.png: not a readable image"),
+    (lambda p: (p / "c.jpg").write_bytes(next(p.glob("*.jpg")).read_bytes()[:-200]), "c.jpg: not a readable image"),
     (lambda p: Image.new("L", (12, 12)).save(p / "c.png"), "no class subfolders"),
-    (lambda p: Image.new("L", (10, 12)).save(p / "digit0" / "c.png"), "images of mixed sizes"),
+    (lambda p: Image.new("L", (10, 12)).save(p / "c.png"), "images of mixed sizes"),
 ])
 def test_a_bad_image_folder_is_one_line_and_exit_2_with_no_run(tmp_path, make, said):
+    """A damaged file (garbage, or a PNG or JPEG cut short), no class folders, mixed sizes."""
     data = glyph_folder(tmp_path / "g", n=30, splits=("train",)) / "train"
+    Image.new("L", (12, 12), 128).save(data / "digit0" / "gray.jpg")
     if said == "no class subfolders":
         data = tmp_path / "flat"
         data.mkdir()
-    make(data if said != "c.png: not a readable image" else data / "digit0")
+    make(data if said == "no class subfolders" else data / "digit0")
     r = dlc("train", "-e", SMALL_CNN, "--data", data, "--epochs", "1", "--out", tmp_path / "run")
     assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

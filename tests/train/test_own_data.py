@@ -142,15 +142,16 @@ def test_a_folder_run_killed_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch
     assert dlc("train", *args, "--out", tmp_path / "whole").exit_code == 0
     step, seen = loop.Run.step, []
 
-    def killed_at_step_8(self, idx, lr):  # a kill after the checkpoint of step 6, mid-epoch
+    def killed_at_step_8(self, idx, lr, rows=None):  # a kill after the checkpoint of step 6, mid-epoch
         if self.pos.step == 7:
             raise KeyboardInterrupt
         seen.append(np.asarray(idx).tolist())
-        return step(self, idx, lr)
+        return step(self, idx, lr, rows)
     monkeypatch.setattr(loop.Run, "step", killed_at_step_8)
     dlc("train", *args, "--out", tmp_path / "killed")
     assert load_checkpoint(tmp_path / "killed" / "last.npz")[2]["position"] == {"epoch": 0, "batch": 6, "step": 6}
-    monkeypatch.setattr(loop.Run, "step", lambda self, idx, lr: seen.append(np.asarray(idx).tolist()) or step(self, idx, lr))
+    monkeypatch.setattr(loop.Run, "step",
+                        lambda self, idx, lr, rows=None: seen.append(np.asarray(idx).tolist()) or step(self, idx, lr, rows))
     r = dlc("train", "--resume", tmp_path / "killed")
     assert r.exit_code == 0, r.output
     a, b = (load_checkpoint(tmp_path / d / "last.npz") for d in ("killed", "whole"))

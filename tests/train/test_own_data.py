@@ -179,6 +179,16 @@ def test_a_token_file_trains_memory_mapped_with_its_val_file(tmp_path):
     assert log(tmp_path / "run")[0]["val_accuracy"] > 0.9
 
 
+def test_a_token_file_s_held_out_windows_stay_unread(tmp_path):
+    np.tile(np.arange(32, dtype=np.uint16), 100).tofile(tmp_path / "train.bin")
+    data, _ = prepare(data_source(str(tmp_path / "train.bin"), val=0.25, token_dtype="uint16"), (8,), 32, tokens=True,
+                      steps=8, vocab=32)
+    assert (len(data.train), len(data.val)) == (299, 100)  # (3,200 - 1) // 8 = 399 windows, a quarter held out
+    assert type(data.val.y).__name__ == "TokenWindows"  # not every window read into memory
+    x, y = data.val.x[:], data.val.y[:]
+    assert np.array_equal(y[:, :-1], x[:, 1:]) and np.all((x + 1) % 32 == y)
+
+
 def test_an_npy_token_file_carries_its_dtype(tmp_path):
     np.save(tmp_path / "ids.npy", np.tile(np.arange(32, dtype=np.int32), 100))
     r = token_spec_run(tmp_path, tmp_path / "ids.npy")

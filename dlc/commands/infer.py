@@ -114,19 +114,26 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         write_outputs(out, names, ys)
     for y in ys:
         warn_not_finite(y)
-    show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json)
+    files = None
+    if input_path is not None:
+        from dlc.train.images import image_paths, is_images
+
+        files = image_paths(input_path) if is_images(input_path) else None
+    show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json, files)
 
 
-def show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json) -> None:
+def show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json,
+                 files: list[str] | None = None) -> None:
     """infer's report: the top classes of a classifier's output, the first values of any other; every
-    output of a model with several."""
+    output of a model with several. `files`: the image files the samples were read from, which name them."""
     import numpy as np
 
     ranked = [top_classes(y, top) for y in ys]
     x, y = next(iter(feeds.values())), ys[0]
     if as_json:
         doc = {"schema": "dlc.infer/1", "engine": engine, "provider": ran_on, "notice": notice,
-               "input_shape": list(x.shape), "output_shape": list(y.shape), "normalized": normalized, "out": out}
+               "input_shape": list(x.shape), "output_shape": list(y.shape), "normalized": normalized, "out": out,
+               **({"files": files} if files else {})}
         results = [{"name": n, "shape": list(o.shape),
                     **({"top": [[{"class": c, **({"name": loaded.class_names[c]} if loaded.class_names else {}),
                                   "p": p if math.isfinite(p) else None} for c, p in row] for row in r]}
@@ -149,7 +156,7 @@ def show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normaliz
         if rows is not None:
             named = loaded.class_names if loaded.class_names and len(loaded.class_names) == y.shape[1] else None
             for i, row in enumerate(rows[:shown]):
-                click.echo(f"{indent}sample {i}: " + "  ".join(
+                click.echo(f"{indent}{files[i] if files else f'sample {i}'}: " + "  ".join(
                     f"{named[c] if named else c} ({p:.3f})" for c, p in row))
         else:
             for i, row in enumerate(y[:shown] if y.ndim else [y]):

@@ -197,12 +197,18 @@ def load_folder(where: str, want: Wanted | None) -> Data:
 def read_images(where: str, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
     """An image file, or every image in a folder and its subfolders in sorted order, as a batch of the
     model's input (scaled and centre-cropped where the size differs), with the files' names."""
+    paths = image_paths(where)
+    return ImageFiles(tuple(paths), shape, resize=True)[:], paths
+
+
+def image_paths(where: str) -> list[str]:
+    """The image file itself, or every image in the folder and its subfolders, in sorted order."""
     root = Path(where)
     paths = [str(root)] if root.is_file() else sorted(
         str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise DlcError(f"{where}: no PNG or JPEG images in the folder")
-    return ImageFiles(tuple(paths), shape, resize=True)[:], paths
+    return paths
 
 
 def is_images(where: str) -> bool:

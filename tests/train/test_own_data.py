@@ -58,12 +58,14 @@ def test_an_image_folder_trains_above_chance_and_infer_names_its_classes(tmp_pat
     image = sorted((data / "test" / "digit3").iterdir())[0]
     r = dlc("infer", "-e", SMALL_CNN, "--weights", tmp_path / "run" / "best.npz", "--input", image, "--json")
     assert r.exit_code == 0, r.output
-    top = json.loads(r.output)["top"][0][0]
-    assert top["name"] == f"digit{top['class']}"
+    doc = json.loads(r.output)
+    top = doc["top"][0][0]
+    assert top["name"] == f"digit{top['class']}" and doc["files"] == [str(image)]
     r = dlc("infer", "-e", SMALL_CNN, "--weights", tmp_path / "run" / "best.npz", "--input", data / "test",
             "--engine", "numpy")
     assert r.exit_code == 0, r.output
-    assert "input (100, 1, 12, 12)" in r.output and "sample 0: digit" in r.output
+    first = sorted(str(p) for p in (data / "test").rglob("*.png"))[0]  # the samples in sorted file order
+    assert "input (100, 1, 12, 12)" in r.output and f"{first}: digit" in r.output
 
 
 def test_a_folder_without_splits_takes_val_as_a_fraction_and_jpeg_reads_too(tmp_path):

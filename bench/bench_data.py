@@ -160,8 +160,8 @@ def main() -> None:
 
 def memory(a, budget: float, gib, lenet: list[str], images: Path) -> None:
     tokens = make_tokens(a.tmp / "tokens", a.gb)
-    peak = resident(["-e", TOKEN_SPEC, "--data", str(tokens), "--batch", "16", "--out", str(a.tmp / f"run-tokens-{os.getpid()}")],
-                    a.seconds)
+    out = a.tmp / f"run-tokens-{os.getpid()}"
+    peak = resident(["-e", TOKEN_SPEC, "--data", str(tokens), "--batch", "16", "--out", str(out)], a.seconds)
     model = training_memory(["-e", TOKEN_SPEC], 16)
     print(f"token file {gib(tokens.stat().st_size)}: peak RSS {gib(peak['VmHWM'])} (anonymous {gib(peak['RssAnon'])}, "
           f"file pages {gib(peak['RssFile'])}); target {gib(budget + model)} = 1.5 GiB + the model's {gib(model)}")

@@ -78,9 +78,9 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
               help="--engine torch: data-parallel in N processes on this machine, started by PyTorch's launcher "
                    "(as torchrun --standalone) once the command is checked.")
-def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json, engine, device,
-          nproc_per_node, **keys):
+def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val, balanced, n_train, n_val, n_test,
+          flip, shift, noise, mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json,
+          engine, device, nproc_per_node, **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement.
     `--resume DIR` continues a run from its folder, with no SPEC."""
     from dlc import plot as curves

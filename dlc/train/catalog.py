@@ -7,8 +7,9 @@ its commands), so that the help and the errors built from this table need neithe
 Every reader has one signature, `reader(where: str, want: Wanted) -> Data`: `where` is the set's name
 or the file's path, `want` what the spec asks of the data (a reader uses what it needs; a file that
 holds its own arrays needs none of it). For data larger than memory a reader returns lazy rows
-(dlc.train.dataset.LazyRows: image files, token windows), read a batch at a time. A new source is one entry here, its reader, and its sample in
-tests/train/test_data_sources.py, which checks that every entry has one.
+(dlc.train.dataset.LazyRows: image files, token windows), read a batch at a time. A new source is one
+entry here, its reader, and its sample in tests/train/test_data_sources.py, which checks that every
+entry has one.
 
 The first entry in table order that matches a path reads it. IDX claims any directory (so that a
 folder of misnamed MNIST files is told which names it lacks), so a new directory source goes before it

@@ -43,7 +43,7 @@ def take(x: Inputs, idx: np.ndarray) -> Inputs:
 @dataclass
 class Split:
     x: Inputs
-    y: np.ndarray
+    y: Inputs  # lazy too for a token file, whose targets are its windows one id on
 
     def __len__(self) -> int:
         return len(self.x)

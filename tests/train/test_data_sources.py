@@ -253,7 +253,8 @@ def test_an_unlisted_name_and_format_are_refused_with_the_table_s_choices(tmp_pa
     with pytest.raises(DlcError, match="no built-in data set `mnist` \\(expected xor, spirals, .*copy\\)"):
         builtin_source("mnist")
     (tmp_path / "d.dat").write_text("1")
-    with pytest.raises(DlcError, match=r"d.dat: unknown data format \(expected .txt, CIFAR, images, tokens, IDX, .*\.npz or .csv\[.gz\]\)"):
+    expected = r"expected .txt, CIFAR, images, tokens, IDX, .*\.npz or .csv\[.gz\]"
+    with pytest.raises(DlcError, match=rf"d.dat: unknown data format \({expected}\)"):
         load_file(tmp_path / "d.dat")
 
 

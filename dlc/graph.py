@@ -78,3 +78,4 @@ class Network:
     checkpoint: str | None = None  # the checkpoint they were read from
     onnx_file: str | None = None  # the .onnx file they were read from (its initializers)
     normalize: dict | None = None  # the input statistics training stored (a checkpoint's meta["normalize"])
+    class_names: list | None = None  # the classes by label of the data it trained on (meta["class_names"])

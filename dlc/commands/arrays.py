@@ -23,6 +23,13 @@ def read_feeds(ports: list, input_path: str | None, random_n: int | None, seed: 
         raise DlcError("--shape goes with --random: the arrays of --input carry their shapes")
     if len(ports) == 1:
         p = ports[0]
+        from dlc.train.images import is_images, read_images
+
+        if is_images(input_path):
+            if len(p.shape) != 4 or not all(isinstance(d, int) for d in p.shape[1:]):
+                raise DlcError(f"{input_path}: images feed a model whose input is an image C@HxW "
+                               f"(this one takes {p.shape[1:]})")
+            return {p.name: read_images(input_path, tuple(p.shape[1:]))[0]}
         return {p.name: rt.prepare_input(read_array(input_path), p.shape, p.dtype, what=input_path)}
     arrays = read_named_arrays(input_path, [p.name for p in ports])
     return {p.name: rt.prepare_input(arrays[p.name], p.shape, p.dtype, what=f"{input_path}'s {p.name}")

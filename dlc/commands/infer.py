@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from math import prod
 
 import click
@@ -43,7 +44,8 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
 
 @click.command()
 @model_input
-@click.option("--input", "input_path", metavar="X.npy|X.npz", help="The input batch (.npz: array `x`).")
+@click.option("--input", "input_path", metavar="X.npy|X.npz|IMAGE|DIR", help="The input batch (.npz: array `x`), "
+              "or a PNG/JPEG image or a folder of them (scaled and centre-cropped to the input's size).")
 @click.option("--random", "random_n", type=click.IntRange(min=1), help="Run N random samples instead.")
 @click.option("--weights", metavar="CKPT", help="A dlc checkpoint for a spec MODEL.")
 @click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True,
@@ -71,7 +73,7 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         raise DlcError("--device cuda: the numpy engine runs on the CPU; use --engine onnxruntime")
     if out:
         output_file(out, "--out", (".npy", ".npz"), [input_path, weights, model])
-    if input_path is not None:
+    if input_path is not None and not Path(input_path).is_dir():
         existing_file(input_path)  # a mistyped name is the first thing said, before any device is tried
     loaded = load_model(model, expr, weights, need_weights=engine == "numpy")
     notice = None
@@ -112,21 +114,29 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         write_outputs(out, names, ys)
     for y in ys:
         warn_not_finite(y)
-    show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json)
+    files = None
+    if input_path is not None:
+        from dlc.train.images import image_paths, is_images
+
+        files = image_paths(input_path) if is_images(input_path) else None
+    show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json, files)
 
 
-def show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json) -> None:
+def show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normalized, out, as_json,
+                 files: list[str] | None = None) -> None:
     """infer's report: the top classes of a classifier's output, the first values of any other; every
-    output of a model with several."""
+    output of a model with several. `files`: the image files the samples were read from, which name them."""
     import numpy as np
 
     ranked = [top_classes(y, top) for y in ys]
     x, y = next(iter(feeds.values())), ys[0]
     if as_json:
         doc = {"schema": "dlc.infer/1", "engine": engine, "provider": ran_on, "notice": notice,
-               "input_shape": list(x.shape), "output_shape": list(y.shape), "normalized": normalized, "out": out}
+               "input_shape": list(x.shape), "output_shape": list(y.shape), "normalized": normalized, "out": out,
+               **({"files": files} if files else {})}
         results = [{"name": n, "shape": list(o.shape),
-                    **({"top": [[{"class": c, "p": p if math.isfinite(p) else None} for c, p in row] for row in r]}
+                    **({"top": [[{"class": c, **({"name": loaded.class_names[c]} if loaded.class_names else {}),
+                                  "p": p if math.isfinite(p) else None} for c, p in row] for row in r]}
                        if r is not None else {"output": json_values(o)})} for n, o, r in zip(names, ys, ranked)]
         doc.update({k: v for k, v in results[0].items() if k in ("top", "output")})
         if len(ys) > 1 or len(feeds) > 1:
@@ -144,8 +154,10 @@ def show_outputs(engine, ran_on, notice, loaded, feeds, names, ys, top, normaliz
             click.echo(f"  output {name} {tuple(y.shape)} {y.dtype}:")
             indent = "    "
         if rows is not None:
+            named = loaded.class_names if loaded.class_names and len(loaded.class_names) == y.shape[1] else None
             for i, row in enumerate(rows[:shown]):
-                click.echo(f"{indent}sample {i}: " + "  ".join(f"{c} ({p:.3f})" for c, p in row))
+                click.echo(f"{indent}{files[i] if files else f'sample {i}'}: " + "  ".join(
+                    f"{named[c] if named else c} ({p:.3f})" for c, p in row))
         else:
             for i, row in enumerate(y[:shown] if y.ndim else [y]):
                 flat = np.ravel(row)

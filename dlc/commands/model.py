@@ -32,6 +32,11 @@ class Model:
         return self.net.graph if self.net is not None else self.spec
 
     @property
+    def class_names(self) -> list | None:
+        """The classes by label that training named (an image folder's, CIFAR's), for infer to print."""
+        return self.net.class_names if self.net is not None else None
+
+    @property
     def weights(self) -> str:
         """Where the weights came from, for infer's report."""
         return self.net.weights if self.net is not None else f"{self.path}'s initializers"
@@ -85,7 +90,8 @@ def weights_for(graph: Graph, weights: str | None, fresh_seed: int | None) -> Ne
         from dlc.engine.params import load_checkpoint
 
         params, state, meta = load_checkpoint(weights, graph)
-        return Network(graph, params, state, weights=weights, checkpoint=weights, normalize=meta.get("normalize"))
+        return Network(graph, params, state, weights=weights, checkpoint=weights, normalize=meta.get("normalize"),
+                       class_names=meta.get("class_names"))
     if fresh_seed is None:
         raise DlcError("a spec needs its trained weights: --weights CKPT (or give an exported .onnx file)")
     from dlc.engine.params import init_params

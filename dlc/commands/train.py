@@ -42,6 +42,10 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--layout", type=click.Choice(["chw", "hwc"]), help="How a data file's images are laid out: chw "
               "(channels first) or hwc (channels last, as PIL and Keras keep photos; transposed). Default: "
               "read from the shapes, refused when both fit.")
+@click.option("--resize", is_flag=True, help="An image folder's images of another size: scale the shorter side "
+              "to the spec's and crop the centre.")
+@click.option("--token-dtype", type=click.Choice(["uint16", "uint32"]), help="A .bin token file's element type "
+              "(else from meta.json beside it).")
 @click.option("--normalize", type=click.Choice(choices.NORMALIZE_KINDS), default="none",
               show_default=True, help="Input normalisation, computed on the training split.")
 @click.option("--val", type=float, default=None, metavar="FRACTION",
@@ -74,9 +78,9 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
               help="--engine torch: data-parallel in N processes on this machine, started by PyTorch's launcher "
                    "(as torchrun --standalone) once the command is checked.")
-def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, n_val, n_test, flip, shift, noise,
-          mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json, engine, device,
-          nproc_per_node, **keys):
+def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val, balanced, n_train, n_val, n_test,
+          flip, shift, noise, mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json,
+          engine, device, nproc_per_node, **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement.
     `--resume DIR` continues a run from its folder, with no SPEC."""
     from dlc import plot as curves
@@ -111,7 +115,8 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
         graph = load_graph(spec, expr)
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
-        src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test), engine)
+        src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test), engine,
+                             resize, token_dtype)
         norm = None
         if weights:
             start = start_weights(weights, graph, cfg, weights_partial, display)
@@ -153,7 +158,7 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
         for text in data_arrays.notes:
             display.note(text)
         meta = {"data": asdict(src), "normalize": norm, "classes": classes, "data_fingerprint": fingerprint,
-                "vocab": data_arrays.vocab}
+                "vocab": data_arrays.vocab, "class_names": data_arrays.class_names}
         docs = []
         for cfg_i, out_i, checkpoint in runs:
             display.label = f"seed {cfg_i.seed} " if len(runs) > 1 else ""
@@ -183,7 +188,7 @@ def train(spec, expr, data, reshape, layout, normalize, val, balanced, n_train, 
 
 def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, layout: str | None,
                    val: float | None, normalize: str, sizes: tuple[int | None, int | None, int | None],
-                   engine: str) -> DataSource:
+                   engine: str, resize: bool = False, token_dtype: str | None = None) -> DataSource:
     """The DataSource the flags name; --n-train/--n-val/--n-test resize a built-in set, which is refused
     before it is made when its arrays and a training step would not fit in memory (both grow with the
     spec: a 100,000-step input made 16 GB of sequences, then a step of attention over them)."""
@@ -193,7 +198,7 @@ def data_source_of(graph, cfg: TrainConfig, data: str | None, reshape: bool, lay
     from dlc.units import binary
 
     src = data_source(default_data(graph) if data is None else data, reshape=reshape, layout=layout, val=val,
-                      seed=cfg.seed, normalize=normalize)
+                      seed=cfg.seed, normalize=normalize, resize=resize, token_dtype=token_dtype)
     if layout and src.builtin:
         raise DlcError(f"--layout says how a data file's images are laid out; the built-in set {src.source} "
                        f"is made in the spec's own")

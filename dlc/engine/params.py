@@ -152,6 +152,9 @@ def _check_meta(meta: dict, path: str) -> None:
     for field in ("spec", "file", "vocab"):  # null: a run without one (vocab: not trained on text)
         if meta.get(field) is not None and not isinstance(meta[field], str):
             raise wrong(field, "text")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise wrong("class_names", "a list of class names")
     names = meta.get("state_tensors", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise wrong("state_tensors", "a list of tensor names")

@@ -6,14 +6,15 @@ its commands), so that the help and the errors built from this table need neithe
 
 Every reader has one signature, `reader(where: str, want: Wanted) -> Data`: `where` is the set's name
 or the file's path, `want` what the spec asks of the data (a reader uses what it needs; a file that
-holds its own arrays needs none of it). A reader may return memory-mapped arrays (np.memmap) for data
-larger than memory. A new source is one entry here, its reader, and its sample in
-tests/train/test_data_sources.py, which checks that every entry has one.
+holds its own arrays needs none of it). For data larger than memory a reader returns lazy rows
+(dlc.train.dataset.LazyRows: image files, token windows), read a batch at a time. A new source is one
+entry here, its reader, and its sample in tests/train/test_data_sources.py, which checks that every
+entry has one.
 
 The first entry in table order that matches a path reads it. IDX claims any directory (so that a
 folder of misnamed MNIST files is told which names it lacks), so a new directory source goes before it
 and claims only a directory that `holds` its own files (CIFAR's "data_batch_*", or "*/" for a folder of
-class folders).
+class folders; an image folder also claims loose images, to say that they need class folders).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Wanted:
     vocab: int | None = None  # the embedding's vocabulary when the spec reads token ids
     sizes: tuple[int, int, int] | None = None  # a built-in set's (train, val, test); None: its default
     seed: int = 0
+    resize: bool = False  # images of another size are scaled and centre-cropped to the input's
+    token_dtype: str | None = None  # a .bin token file's element type (uint16 or uint32), when given
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Source:
     reader: str  # "module:function", called as function(where, want) -> Data
     files: tuple[str, ...] = ()  # patterns a file's lower-cased name matches (fnmatch)
     folder: bool = False  # reads a directory
-    holds: str = ""  # ...one with an entry matching this pattern (a subdirectory's name ends in /); "": any
+    holds: tuple[str, ...] = ()  # ...one with an entry matching one of these (a subdirectory's name ends in /); (): any
 
     @property
     def builtin(self) -> bool:
@@ -58,7 +61,7 @@ class Source:
     def matches(self, path: Path) -> bool:
         if path.is_dir():
             return self.folder and (not self.holds or any(
-                fnmatch(p.name.lower() + "/" * p.is_dir(), self.holds) for p in path.iterdir()))
+                fnmatch(p.name.lower() + "/" * p.is_dir(), pattern) for p in path.iterdir() for pattern in self.holds))
         return any(fnmatch(path.name.lower(), pattern) for pattern in self.files)
 
     def read(self, where: str, want: Wanted | None) -> Data:
@@ -79,6 +82,15 @@ SOURCES: tuple[Source, ...] = (
     # mirrors' spellings: train-images-idx3-ubyte[.gz], train-images.idx3-ubyte), then the suffixes.
     Source(".txt", "UTF-8 text, for a character-level language model", "dlc.train.text:text_data",
            files=("*.txt",)),
+    # Your own data: CIFAR's pickles before the image folder (CIFAR-100's folder holds files train and
+    # test), both before IDX; token files are memory-mapped, never read whole.
+    Source("CIFAR", "CIFAR-10/100 as distributed: the python folder or its .tar.gz",
+           "dlc.train.readers:load_cifar", files=("*cifar*.tar.gz", "*cifar*.tgz"), folder=True,
+           holds=("data_batch_*", "train")),
+    Source("images", "a folder per class of PNG/JPEG images (or train/, val/, test/ so)",
+           "dlc.train.images:load_folder", folder=True, holds=("*/", "*.png", "*.jpg", "*.jpeg")),
+    Source("tokens", "token ids: .npy, or .bin of uint16/uint32 (--token-dtype)",
+           "dlc.train.tokens:load_tokens", files=("*.bin", "*.npy")),
     Source("IDX", "MNIST's IDX files: their directory, or an images file", "dlc.train.readers:load_idx",
            files=("*idx*",), folder=True),
     Source(".pkl[.gz]", "pickled arrays (train, valid, test): mnist.pkl.gz", "dlc.train.readers:load_pickle",

@@ -8,14 +8,42 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Protocol, Union, runtime_checkable
 
 import numpy as np
 
 
+@runtime_checkable
+class LazyRows(Protocol):
+    """Inputs read a batch at a time (decoded images, windows of a memory-mapped token file), for data
+    larger than memory: indexing by a slice or an index array gives a NumPy array of those rows only."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx) -> np.ndarray: ...
+
+    def subset(self, idx: np.ndarray) -> "LazyRows":
+        """The rows idx, still unread (a held-out split)."""
+
+    def identity(self) -> bytes:
+        """What the fingerprint hashes instead of every row: the files and their sizes."""
+
+
+Inputs = Union[np.ndarray, LazyRows]
+
+
+def take(x: Inputs, idx: np.ndarray) -> Inputs:
+    """Rows idx of inputs: an array's copy, or lazy rows still unread."""
+    return x.subset(idx) if isinstance(x, LazyRows) else x[idx]
+
+
 @dataclass
 class Split:
-    x: np.ndarray
-    y: np.ndarray
+    x: Inputs
+    y: Inputs  # lazy too for a token file, whose targets are its windows one id on
 
     def __len__(self) -> int:
         return len(self.x)
@@ -29,6 +57,7 @@ class Data:
     name: str = ""  # the file or built-in set, for messages
     notes: list[str] = field(default_factory=list)  # what was done on the user's behalf, to announce
     vocab: str | None = None  # a text file's characters by token id, which `dlc sample` decodes with
+    class_names: list[str] | None = None  # an image folder's classes by label, which `dlc infer` prints
 
     def splits(self) -> dict[str, Split]:
         return {k: s for k, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
@@ -40,6 +69,6 @@ class Data:
         for name, split in self.splits().items():
             for a in (split.x, split.y):
                 digest.update(f"{name} {a.dtype.str} {a.shape}\n".encode())
-                digest.update(np.ascontiguousarray(a))
+                digest.update(a.identity() if isinstance(a, LazyRows) else np.ascontiguousarray(a))
         return {"samples": {name: len(split) for name, split in self.splits().items()},
                 "sha256": digest.hexdigest()}

@@ -9,7 +9,7 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
-from dlc.train.dataset import Data, Split
+from dlc.train.dataset import Data, Split, take
 from dlc.train.streams import STREAM_VAL
 
 
@@ -165,7 +165,7 @@ def carve_val(data: Data, fraction: float, seed: int) -> Data:
     order = np.random.default_rng([seed, STREAM_VAL]).permutation(n)
     val, train = np.sort(order[:k]), np.sort(order[k:])
     t = data.train
-    return replace(data, train=Split(t.x[train], t.y[train]), val=Split(t.x[val], t.y[val]),
+    return replace(data, train=Split(take(t.x, train), take(t.y, train)), val=Split(take(t.x, val), take(t.y, val)),
                    notes=[*data.notes, f"held out {k} of {n} training samples for validation (seed {seed})"])
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,7 +37,7 @@ from dlc.layers import feature_axis
 from dlc.layers.spatial import show
 from dlc.train.augment import augment_batch, check_augment
 from dlc.train.config import TrainConfig, config_to_json
-from dlc.train.dataset import Data
+from dlc.train.dataset import Data, LazyRows, Split
 from dlc.train.trainer import NumpyTrainer, Running, Trainer
 from dlc.train.order import epoch_order
 from dlc.train.rundir import RUN_SCHEMA, RunFiles, Snapshot
@@ -141,7 +142,10 @@ class Run:
         self.trainer.start_tallies(running)
         self.good_step = self.pos.step  # the last step a read found the loss finite at
         self.bad: tuple[int, int, float] | None = None  # (step, batch, loss sum) of a read that found it not
-        if not cfg.augment.active:  # augmented batches are made on the host and handed over each step
+        # augmented batches, and those of lazy rows (read ahead in a thread), are made on the host and
+        # handed over each step
+        self.on_host = cfg.augment.active or isinstance(data.train.x, LazyRows)
+        if not self.on_host:
             self.trainer.bind(data.train)
         self.files = RunFiles(out, writes=self.trainer.rank == 0)
         self.history = self.files.history(self.fresh, self.pos.epoch)
@@ -232,33 +236,40 @@ class Run:
             order = shard(order, self.trainer.rank, self.trainer.world)
         self.emit("epoch", {"epoch": pos.epoch + 1, "epochs": cfg.epochs, "batches": self.batches,
                             "done": pos.batch, "lr": lr})
-        # augmented batches are gathered on the host; otherwise the trainer holds the order (on its device)
-        fed = order if cfg.augment.active else self.trainer.feed(order)
+        # batches made on the host are gathered from the order; otherwise the trainer holds it (on its device)
+        fed = order if self.on_host else self.trainer.feed(order)
+        ahead = ReadAhead(self.data.train) if isinstance(self.data.train.x, LazyRows) else None
         epoch_start, seen_here = time.perf_counter(), 0
-        while pos.batch < self.batches:
-            # images/s of the whole job: every process steps through an equal shard at the same pace
-            seen_here += self.step(fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch], lr) * self.trainer.world
-            if (loss := self.trainer.loss_sum()) is not None:  # a host number: checked after every step
-                self.note(loss)
-            self.emit("step", {"batch": pos.batch, "scores": self.scores,
-                               "images_per_second": seen_here / max(time.perf_counter() - epoch_start, 1e-9)})
-            self.check()  # what the display's read found
-            if pos.batch < self.batches and (self.stop.raised or self.checkpoint_due()):
-                self.flush()  # a loss its read finds NaN is not written, and check stops the run
-                self.check(together=bool(self.save_every) and not self.stop.raised)
-            if self.stop.raised and pos.batch < self.batches:
-                raise self.interrupted(f"at epoch {pos.epoch + 1}, step {pos.step}")
+        try:
+            while pos.batch < self.batches:
+                idx = fed[pos.batch * cfg.batch:(pos.batch + 1) * cfg.batch]
+                rows = ahead.take(idx, fed[(pos.batch + 1) * cfg.batch:(pos.batch + 2) * cfg.batch]) if ahead else None
+                # images/s of the whole job: every process steps through an equal shard at the same pace
+                seen_here += self.step(idx, lr, rows) * self.trainer.world
+                if (loss := self.trainer.loss_sum()) is not None:  # a host number: checked after every step
+                    self.note(loss)
+                self.emit("step", {"batch": pos.batch, "scores": self.scores,
+                                   "images_per_second": seen_here / max(time.perf_counter() - epoch_start, 1e-9)})
+                self.check()  # what the display's read found
+                if pos.batch < self.batches and (self.stop.raised or self.checkpoint_due()):
+                    self.flush()  # a loss its read finds NaN is not written, and check stops the run
+                    self.check(together=bool(self.save_every) and not self.stop.raised)
+                if self.stop.raised and pos.batch < self.batches:
+                    raise self.interrupted(f"at epoch {pos.epoch + 1}, step {pos.step}")
+        finally:
+            if ahead:
+                ahead.pool.shutdown(cancel_futures=True)
         running = self.read()
         self.check(together=True)
         self.end_epoch(self.epoch_record(running, lr, time.perf_counter() - epoch_start, seen_here))
 
-    def step(self, idx: Sequence, lr: float) -> int:
+    def step(self, idx: Sequence, lr: float, rows: tuple[np.ndarray, np.ndarray] | None = None) -> int:
         """One optimizer step on the samples idx (a slice of the trainer's feed, or of the order when
-        batches are augmented); returns how many there were."""
-        pos, batch = self.pos, None
+        batches are made on the host; `rows`: those samples, already read); returns how many there were."""
+        pos, batch = self.pos, rows
         if self.cfg.augment.active:
-            batch = augment_batch(self.data.train.x[idx], self.data.train.y[idx], self.cfg.augment, self.classes,
-                                  self.aug_rng)
+            x, y = rows or (self.data.train.x[idx], self.data.train.y[idx])
+            batch = augment_batch(x, y, self.cfg.augment, self.classes, self.aug_rng)
         self.trainer.train_step(idx, self.noise_rng, batch)
         self.trainer.update(lr * warmup_factor(pos.step, self.cfg.warmup))
         pos.batch += 1
@@ -322,6 +333,25 @@ class Run:
         self.emit("end", record)
         if self.stop.raised:
             raise self.interrupted(f"after epoch {pos.epoch}")
+
+
+class ReadAhead:
+    """Reads the next batch of lazy rows (decoded images, token windows) in a thread while the current
+    one trains, so that decoding and training overlap."""
+
+    def __init__(self, split: Split):
+        self.split, self.pool = split, ThreadPoolExecutor(1, thread_name_prefix="dlc-read-ahead")
+        self.pending: tuple[np.ndarray, Future] | None = None
+
+    def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.split.x[idx], self.split.y[idx]
+
+    def take(self, idx: np.ndarray, following: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows idx (read ahead by the last call when it named them), and start reading `following`."""
+        ready = self.pending is not None and np.array_equal(self.pending[0], idx)
+        rows = self.pending[1].result() if ready else self.read(idx)
+        self.pending = (following, self.pool.submit(self.read, following)) if len(following) else None
+        return rows
 
 
 def train(graph: Graph, data: Data, cfg: TrainConfig, out: Path, *, meta: dict,

@@ -224,3 +224,63 @@ def load_file(path, want: Wanted | None = None) -> Data:
     if not p.exists():
         raise DlcError(f"no such data file or directory: {path}")
     return file_source(p).read(str(p), want)
+
+
+# CIFAR's python version (Krizhevsky 2009): pickled dicts of `data` (N x 3072 bytes: 1024 red, then
+# green, then blue, each row-major 32x32) and `labels` (CIFAR-10) or `fine_labels` (CIFAR-100); the
+# class names are in batches.meta (label_names) or meta (fine_label_names).
+CIFAR_FILES = {  # split -> its files: CIFAR-10's, else CIFAR-100's
+    "train": (tuple(f"data_batch_{i}" for i in range(1, 6)), ("train",)),
+    "test": (("test_batch",), ("test",)),
+}
+
+
+def _cifar_members(path: Path) -> dict[str, bytes]:
+    """File name -> bytes of the pickles in a CIFAR folder or its .tar.gz (read by name, never extracted)."""
+    if path.is_dir():
+        return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tar:
+            return {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DlcError(f"{path}: not a readable .tar.gz ({e})") from None
+
+
+def _cifar_pickle(raw: bytes, where: str) -> dict:
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as e:  # a damaged pickle raises whatever its bytes happen to trigger
+        raise DlcError(f"{where}: unreadable pickle ({e})") from None
+    if not isinstance(obj, dict):
+        raise DlcError(f"{where}: expected a CIFAR batch (a dict of `data` and labels)")
+    return obj
+
+
+def load_cifar(path, want: Wanted | None = None) -> Data:
+    """CIFAR-10 or CIFAR-100 as distributed: the cifar-10-batches-py / cifar-100-python folder or its .tar.gz."""
+    path = Path(path)
+    members = _cifar_members(path)
+    hundred = "train" in members and "data_batch_1" not in members
+    splits = {}
+    for split, names in CIFAR_FILES.items():
+        names = names[hundred]
+        if split == "train" and not all(n in members for n in names):
+            raise DlcError(f"{path}: a CIFAR set needs {', '.join(names)} (missing "
+                           f"{next(n for n in names if n not in members)})")
+        xs, ys = [], []
+        for name in (n for n in names if n in members):
+            batch = _cifar_pickle(members[name], f"{path}:{name}")
+            data, labels = batch.get("data"), batch.get("fine_labels" if hundred else "labels")
+            if data is None or labels is None or np.asarray(data).ndim != 2 or np.asarray(data).shape[1] != 3072:
+                raise DlcError(f"{path}:{name}: expected `data` of N x 3072 pixel bytes and "
+                               f"`{'fine_labels' if hundred else 'labels'}`")
+            xs.append(np.asarray(data, np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(labels))
+        if xs:
+            splits[split] = _split(np.concatenate(xs), np.concatenate(ys), str(path), split)
+    meta = members.get("meta" if hundred else "batches.meta")
+    names = _cifar_pickle(meta, f"{path}:meta").get("fine_label_names" if hundred else "label_names") if meta else None
+    return Data(splits["train"], None, splits.get("test"), name=str(path),
+                class_names=[str(n) for n in names] if names else None)

@@ -8,7 +8,9 @@ import numpy as np
 
 from dlc.engine.losses import LOSSES
 from dlc.graph import Graph
-from dlc.train.dataset import Data, Split
+from dlc.train.dataset import Data, LazyRows, Split
+
+EVAL_CHUNK = 1024  # lazy samples scored at a time
 
 
 def _labels_of(out: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -60,11 +62,16 @@ def eval_loss(graph: Graph, out: np.ndarray, y: np.ndarray, loss: str) -> float:
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], graph: Graph, split: Split, loss: str,
              classes: int, scored: bool) -> dict:
-    """Loss, top-1 and top-5 accuracy of a split, from the trainer's inference outputs."""
-    out = predict(split.x)
-    top1, top5 = count_correct(out, split.y, classes)
-    n = predictions(out)
-    return {"loss": eval_loss(graph, out, split.y, loss),
+    """Loss, top-1 and top-5 accuracy of a split, from the trainer's inference outputs: at once for
+    arrays in memory, a chunk at a time for lazy rows (their outputs alone may not fit)."""
+    chunk = EVAL_CHUNK if isinstance(split.x, LazyRows) else max(len(split), 1)
+    losses, top1, top5, n = [], 0, 0, 0
+    for start in range(0, len(split), chunk):
+        out, y = predict(split.x[start:start + chunk]), split.y[start:start + chunk]
+        hits = count_correct(out, y, classes)
+        losses.append((eval_loss(graph, out, y, loss), len(y)))
+        top1, top5, n = top1 + hits[0], top5 + hits[1], n + predictions(out)
+    return {"loss": losses[0][0] if len(losses) == 1 else sum(v * k for v, k in losses) / len(split),
             "accuracy": top1 / n if scored else None,
             "top5": top5 / n if scored and classes > 5 else None}
 

@@ -15,7 +15,7 @@ import numpy as np
 from dlc.errors import DlcError
 from dlc.normalize import normalize, normalizer
 from dlc.train.catalog import BUILTIN_SETS, Wanted, builtin_names, builtin_source
-from dlc.train.dataset import Data, Split
+from dlc.train.dataset import Data, LazyRows, Split
 from dlc.train.fit import announce_range, carve_val, check_labels, fit_inputs, step_labels
 from dlc.train.readers import load_file
 
@@ -32,6 +32,8 @@ class DataSource:
     val: float | None = None  # fraction of train held out when the data has no validation split
     seed: int = 0  # for built-in sets and the held-out split
     normalize: str = "none"
+    resize: bool = False  # images of another size: scaled and centre-cropped to the spec's input
+    token_dtype: str | None = None  # a .bin token file's element type, when the flags give it
 
 
 def data_source(text: str, **kw) -> DataSource:
@@ -59,7 +61,7 @@ def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens:
     `norm` reuses stored statistics (a resumed run) instead of computing them from train.
     on_phase(what) names each phase as it starts (MNIST takes seconds to read and fit), for a display.
     """
-    want = Wanted(tuple(input_shape), classes, vocab, src.sizes, src.seed)
+    want = Wanted(tuple(input_shape), classes, vocab, src.sizes, src.seed, src.resize, src.token_dtype)
     if src.builtin:
         on_phase(f"making the built-in set {src.source}")
         data = builtin_source(src.source).read(src.source, want)
@@ -78,7 +80,27 @@ def prepare(src: DataSource, input_shape: tuple[int, ...], classes: int, tokens:
             raise DlcError(f"{data.name}: the spec reads token ids, but the inputs are not integers")
         return data, {"kind": "none"}
     on_phase(f"normalising {data.name}")
+    if isinstance(data.train.x, LazyRows):
+        return normalize_lazy(data, src.normalize, norm)
     data = replace(data, **{k: Split(s.x.astype(np.float32, copy=False), s.y) for k, s in data.splits().items()})
     norm = norm or normalizer(data.train.x, src.normalize)
     data = announce_range(data, src.normalize)
     return replace(data, **{k: Split(normalize(s.x, norm), s.y) for k, s in data.splits().items()}), norm
+
+
+NORM_SAMPLE = 2048  # training samples a folder's normalisation statistics are taken over
+
+
+def normalize_lazy(data: Data, kind: str, norm: dict | None) -> tuple[Data, dict]:
+    """Images decoded a batch at a time are normalised as each batch is decoded; their statistics come
+    from a seeded sample of the training split (reading every image for them would cost an epoch)."""
+    if (norm or {"kind": kind})["kind"] == "none":
+        return data, {"kind": "none"}
+    if norm is None:
+        n = len(data.train)
+        take = np.sort(np.random.default_rng(0).permutation(n)[:NORM_SAMPLE])
+        norm = normalizer(data.train.x[take], kind)
+        if n > NORM_SAMPLE:
+            data = replace(data, notes=[*data.notes, f"--normalize {kind}: statistics of {NORM_SAMPLE} "
+                                                     f"of the {n:,} training images"])
+    return replace(data, **{k: Split(s.x.normalized(norm), s.y) for k, s in data.splits().items()}), norm

@@ -136,6 +136,46 @@ def _csv(tmp):
     return str(path), None, check
 
 
+@sample("CIFAR")
+def _cifar(tmp):
+    x = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    folder = tmp / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):  # CIFAR-10's layout: five training batches, a test batch, the names in batches.meta
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps({"data": x, "labels": [i % 2, 1]}, protocol=2))
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": x[:1], "labels": [0]}, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["cat", "dog"]}, protocol=2))
+
+    def check(d):  # rows of 1024 red, 1024 green, 1024 blue bytes: channel 1 starts at byte 1024
+        assert d.train.x.shape == (10, 3, 32, 32) and len(d.test) == 1 and d.class_names == ["cat", "dog"]
+        assert d.train.x[0, 1, 0, 0] == np.float32(1024 % 256) / 255 and d.train.y.tolist()[:2] == [1, 1]
+    return str(folder), None, check
+
+
+@sample("images")
+def _images(tmp):
+    from PIL import Image
+
+    for name, value in (("cat", 0), ("dog", 255)):
+        (tmp / "pets" / name).mkdir(parents=True)
+        Image.new("L", (4, 3), value).save(tmp / "pets" / name / "a.png")
+
+    def check(d):  # class i is the i-th folder in sorted order; pixels to [0, 1]
+        assert d.class_names == ["cat", "dog"] and d.train.y.tolist() == [0, 1]
+        assert d.train.x.shape == (2, 1, 3, 4) and d.train.x[:].tolist() == [[[[0.0] * 4] * 3], [[[1.0] * 4] * 3]]
+    return str(tmp / "pets"), Wanted((1, 3, 4), 2), check
+
+
+@sample("tokens")
+def _tokens(tmp):
+    path = tmp / "train.bin"
+    np.arange(10, dtype=np.uint16).tofile(path)
+
+    def check(d):  # windows of 3 ids one after another, targets one on: 3 windows from 10 ids
+        assert len(d.train) == 3 and d.train.x[[2]].tolist() == [[6, 7, 8]] and d.train.y[[2]].tolist() == [[7, 8, 9]]
+    return str(path), Wanted((3,), 10, vocab=10, token_dtype="uint16"), check
+
+
 def missing_samples(sources) -> list[str]:
     return [s.name for s in sources if s.name not in SAMPLES]
 
@@ -148,8 +188,8 @@ def test_every_source_has_a_sample_and_every_sample_a_source():
 def test_a_directory_source_claims_only_a_directory_holding_its_files(tmp_path):
     # the next sources are one entry each: CIFAR's folder before IDX, which takes any other directory
     cifar = Source("CIFAR", "CIFAR-10's python batches", "dlc.train.cifar:load_cifar", files=("*.tar.gz",),
-                   folder=True, holds="data_batch_*")
-    classes = Source("images", "a folder per class", "dlc.train.images:load_folder", folder=True, holds="*/")
+                   folder=True, holds=("data_batch_*",))
+    classes = Source("images", "a folder per class", "dlc.train.images:load_folder", folder=True, holds=("*/",))
     (tmp_path / "mnist").mkdir()
     (tmp_path / "cifar").mkdir()
     (tmp_path / "cifar" / "data_batch_1").write_bytes(b"")
@@ -213,7 +253,8 @@ def test_an_unlisted_name_and_format_are_refused_with_the_table_s_choices(tmp_pa
     with pytest.raises(DlcError, match="no built-in data set `mnist` \\(expected xor, spirals, .*copy\\)"):
         builtin_source("mnist")
     (tmp_path / "d.dat").write_text("1")
-    with pytest.raises(DlcError, match=r"d.dat: unknown data format \(expected .txt, IDX, .*\.npz or .csv\[.gz\]\)"):
+    expected = r"expected .txt, CIFAR, images, tokens, IDX, .*\.npz or .csv\[.gz\]"
+    with pytest.raises(DlcError, match=rf"d.dat: unknown data format \({expected}\)"):
         load_file(tmp_path / "d.dat")
 
 

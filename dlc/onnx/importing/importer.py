@@ -26,9 +26,13 @@ def input_size(r: Reader, name: str) -> str:
     t = r.g.tensors[name]
     shape = r.shape(name)
     if not t.is_float:
+        kind = onnx.TensorProto.DataType.Name(t.elem_type).lower()
+        if not kind.startswith(("int", "uint")):  # a string tensor, booleans: no dlc input holds them
+            raise DlcError(f"the model's input {name} is a {kind} tensor; dlc's inputs hold numbers (images, "
+                           f"vectors, sequences) or integer token ids")
         if len(shape) != 1:
-            raise DlcError(f"the model's input {name} holds {len(shape)}-D integers; dlc reads token ids as "
-                           f"(batch, T)")
+            raise DlcError(f"the model's input {name} holds integers shaped {show(shape) or 'as a scalar'} per "
+                           f"sample; dlc reads integers as token ids, (batch, T)")
         return f"seq {shape[0]}"
     if len(shape) == 2 and name in r.g.signals():
         return show(Signal(shape))

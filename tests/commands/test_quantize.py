@@ -160,3 +160,29 @@ def test_a_free_dimension_besides_the_batch_takes_its_size_from_shape(tmp_path):
     r = run("quantize", path, "--int8", "-o", tmp_path / "q.onnx", "--shape", "5x4", "--runs", 2, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["accuracy"]["max_rel_diff"] <= INT8_BOUND
+
+
+@pytest.mark.parametrize("args", [[], ["--calibrate", "calibration.npy"],
+                                  ["--calibrate", "calibration.npy", "--format", "qoperator"]],
+                         ids=["dynamic", "qdq", "qoperator"])
+def test_quantize_analyse_import_and_compare_agree(lenet, tmp_path, args):
+    """Issue 28's rules and this command check each other: the quantized file counts LeNet-5's parameters and
+    MACs (the float twin's, 61,706 and 416,520 by the spec's own table), imports as LeNet-5 with dequantized
+    weights, and dlc's NumPy engine on that import agrees with onnxruntime on the quantized file within twice
+    the int8 bound: each is within INT8_BOUND of the float model (the import rounds only the weights, the
+    quantized file the weights and the activations)."""
+    args = [lenet.parent / a if a.endswith(".npy") else a for a in args]
+    out, _ = quantized(lenet, tmp_path, *args)
+    totals = json.loads(run("flops", out, "--json").output)["totals"]
+    assert (totals["params"], totals["macs"]) == (LENET_PARAMS, 416_520)
+    assert all(label.startswith("int8 w") for label in totals["macs_by_precision"])
+    r = run("import", out, "-o", tmp_path / "net.dlc")
+    assert r.exit_code == 0 and "dequantized" in r.output, r.output
+    assert json.loads(run("params", tmp_path / "net.dlc", "--json").output)["totals"]["params"] == LENET_PARAMS
+    x = np.random.default_rng(6).standard_normal((16, 1, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", tmp_path / "net.dlc", "--weights", tmp_path / "net.npz", "--engine", "numpy",
+            "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    ref = outputs(out, x)
+    assert np.abs(np.load(tmp_path / "y.npy") - ref).max() / np.abs(ref).max() <= 2 * INT8_BOUND

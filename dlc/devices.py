@@ -142,7 +142,10 @@ def find(name: str) -> Device:
 
 def from_toml(path: str) -> Device:
     """One's own device: name, memory_gb, bandwidth_gb_s and a [peak_tflops] table (fp32 = ..., bf16 = ...)."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # the standard library has it from Python 3.11
+        raise DlcError(f"--device {path}: reading a .toml device needs Python 3.11 or newer") from None
 
     try:
         with open(path, "rb") as f:

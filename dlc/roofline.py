@@ -61,11 +61,14 @@ class Roofline:
         return next((p for p in self.phases if p.what == what), None)
 
 
-def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1) -> Phase:
+def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1,
+           peaks: dict[str, float] | None = None) -> Phase:
     """Each node of the first pass summed over the passes: the later passes name only the nodes whose
     cost changes from pass to pass (a decode step's causal attention); any other node costs what it
     cost in the first, `repeats` times. A first pass that fits the device's cache whole (weights,
-    outputs, keys and values) moves its bytes at the cache's bandwidth, as repeated runs find them there."""
+    outputs, keys and values) moves its bytes at the cache's bandwidth, as repeated runs find them there.
+    `peaks` gives a node whose products run in another precision (an int8 layer of a quantized ONNX file)
+    its own peak."""
     in_cache = 0 < passes[0].footprint <= device.cache
     bandwidth = device.cache_bandwidth if in_cache else device.bandwidth
     varies = {c.node.name for p in passes[1:] for c in p.layers}
@@ -73,7 +76,7 @@ def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1) ->
     for p in passes:
         for c in p.layers:
             t, times = nodes[c.node.name], 1 if c.node.name in varies else repeats
-            seconds, bound = time_of(c, peak, bandwidth)
+            seconds, bound = time_of(c, (peaks or {}).get(c.node.name, peak), bandwidth)
             for name in COST_FIELDS:
                 setattr(t, name, getattr(t, name) + times * getattr(c, name))
             t.seconds += times * seconds
@@ -93,13 +96,18 @@ def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prom
     precision, peak = peak_for(device, asked)
     notes = [] if precision == asked else [
         f"{device.name} lists no {asked} peak: its products are timed at its {precision} peak"]
+    # an ONNX file's layers each compute in their own precision (a quantized file's int8 products)
+    own = {s.node.name: peak_for(device, s.compute) for s in analysis.nodes if s.compute and s.compute != asked}
+    peaks = {name: p for name, (_, p) in own.items()}
+    notes += [f"{device.name}: products in {p} run at its {p} peak, {flops / 1e12:,.2f} TFLOP/s"
+              for p, flops in sorted(set(own.values()))]
     g = analysis.graph
     if not causal_attention(g):
         for flag, value in (("--prompt", prompt), ("--generate", generate)):
             if value is not None:
                 raise DlcError(f"{flag} {value}: {g.file} has no causal attention, so it does not generate; "
                                f"it runs batch by batch (--batch)")
-        phases = [_phase([batch_pass(analysis, batch)], peak, device)]
+        phases = [_phase([batch_pass(analysis, batch)], peak, device, peaks=peaks)]
         return Roofline(device, precision, peak, batch, phases, notes=notes)
     generate = 128 if generate is None else generate
     learned = [n for n in g.nodes if n.kind == "posembed"]
@@ -108,11 +116,11 @@ def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prom
     if learned and prompt + generate > steps(g):
         raise DlcError(f"--prompt {prompt} --generate {generate}: {g.file} learns positions ({learned[0].name}) "
                        f"for {steps(g)} tokens, fewer than {prompt + generate}")
-    phases = [_phase([prefill(analysis, prompt, batch, kv_dtype)], peak, device)]
+    phases = [_phase([prefill(analysis, prompt, batch, kv_dtype)], peak, device, peaks=peaks)]
     if generate:
         # only causal attention reads a context: the other layers cost the same on every step
         attention = {n.name for n in causal_attention(g)}
         steps_ = [decode_step(analysis, prompt + 1, batch, kv_dtype)] + [
             decode_step(analysis, prompt + i, batch, kv_dtype, attention) for i in range(2, generate + 1)]
-        phases.append(_phase(steps_, peak, device, generate))
+        phases.append(_phase(steps_, peak, device, generate, peaks))
     return Roofline(device, precision, peak, batch, phases, prompt, generate, notes)

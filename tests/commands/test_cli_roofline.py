@@ -162,3 +162,22 @@ def test_device_local_says_it_measured_then_that_it_read_the_cache(tmp_path, mon
     doc = json.loads(second.stdout)
     # LeNet-5 touches far less than the 1 MiB cache: its bytes move at the cache's 50 GB/s
     assert doc["phases"][0]["in_cache"] and doc["phases"][0]["bandwidth"] == 50e9
+
+
+def test_a_quantized_files_int8_products_run_at_the_int8_peak(tmp_path):
+    """A device whose int8 peak is 8x its fp32 one and whose memory is never the bound: each int8 product of
+    onnxruntime's dynamic LeNet-5 takes its FLOPs over the int8 peak, every other node over the fp32 one."""
+    pytest.importorskip("onnxruntime")
+    assert run("export", "lenet5", "-o", str(tmp_path / "l.onnx")).exit_code == 0
+    r = run("quantize", str(tmp_path / "l.onnx"), "--int8", "-o", str(tmp_path / "q.onnx"), "--runs", "1")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "d.toml").write_text('name = "toy"\nmemory_gb = 16\nbandwidth_gb_s = 1e12\n'
+                                     '[peak_tflops]\nfp32 = 1\nint8 = 8\n')
+    doc = roofline_json(str(tmp_path / "q.onnx"), "--device", str(tmp_path / "d.toml"))
+    assert doc["notes"] == ["toy: products in int8 run at its int8 peak, 8.00 TFLOP/s"]
+    layers = doc["phases"][0]["layers"]
+    integer = [n for n in layers if n["kind"] in ("ConvInteger", "MatMulInteger")]
+    assert len(integer) == 5  # LeNet-5's two convs and three fcs
+    for n in layers:
+        peak = 8e12 if n in integer else 1e12
+        assert n["seconds"] == pytest.approx(n["flops"] / peak, rel=1e-6), n

@@ -132,8 +132,17 @@ class OnnxGraph:
             t = self.tensors.get(name)
             return t is not None and t.shape is not None and len(t.shape) == 3
         pooled = {n.input[0] for n in self.nodes if n.op_type in ("MaxPool", "AveragePool")}
+
+        def channel_slopes(n: onnx.NodeProto) -> bool:
+            """PRelu's slopes one per channel of (N, C, L): (C, 1), or (C,) before opset 7 (axis 1 then)."""
+            slope = self.tensors.get(n.input[1]) if len(n.input) > 1 else None
+            c = self.tensors[n.input[0]].shape[1]
+            return slope is not None and (tuple(slope.shape or ()) == (c, 1)
+                                          or self.opset < 7 and tuple(slope.shape or ()) == (c,) and c > 1)
+
         return {n.input[0] for n in self.nodes if n.input and rank3(n.input[0]) and (
-            n.op_type in CHANNEL_OPS or n.op_type == "Unsqueeze" and n.output[0] in pooled)}
+            n.op_type in CHANNEL_OPS or n.op_type == "Unsqueeze" and n.output[0] in pooled
+            or n.op_type == "PRelu" and channel_slopes(n))}
 
 
 def read_model(path: str, weights: bool = False) -> onnx.ModelProto:

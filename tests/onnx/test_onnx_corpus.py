@@ -25,7 +25,6 @@ TOLERANCE = 1e-4  # relative to the largest expected output, as the suite's own 
 
 # model -> words its one-line refusal contains
 REFUSED = {
-    "pytorch-converted/test_PReLU_1d_multiparam": "PRelu",
     "pytorch-converted/test_PoissonNLLLLoss_no_reduce": "Mul",
     "pytorch-operator/test_operator_add_broadcast": "2 inputs and 1 outputs",
     "pytorch-operator/test_operator_add_size1_broadcast": "2 inputs and 1 outputs",

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import onnx
 
-from dlc.layers import feature_axis
+from dlc.layers import Signal, feature_axis
 from dlc.layers.elementwise import per_feature
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import (Found, NotImportable, Pattern, Reader, const_scalar, one, other_input,
@@ -186,7 +186,7 @@ def import_clip(r: Reader, n: onnx.NodeProto) -> Found | None:
 def per_feature_tensor(r: Reader, x: str, value: np.ndarray, what: str) -> tuple[dict, np.ndarray]:
     """A stored operand broadcast against x as prelu's and shift's tensors are: one value for all, or
     (`channels`) one per feature in ONNX's broadcast layout; NotImportable naming any other shape."""
-    shape = r.shape(x)
+    shape = Signal(r.shape(x)) if x in r.g.signals() else r.shape(x)  # a signal's features are its channels
     if value.size == 1:
         return {}, value.reshape(1).astype(np.float32)
     want = per_feature({"channels": True}, [shape])

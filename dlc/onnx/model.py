@@ -455,13 +455,26 @@ def validate(model: onnx.ModelProto, path: str, shapes: dict[str, tuple[int, ...
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice is not None:
         raise DlcError(f"{path} is not valid ONNX: it names two graph outputs {twice}")
-    try:
-        # Outputs declared without a shape (the checker wants one; writers leave it out, dlc infers every
-        # shape anyway) get the inferred one before the check.
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model, shapes, 1, path))
-        onnx.checker.check_model(inferred, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise DlcError(f"{path} is not valid ONNX: {str(e).strip().splitlines()[0]}")
+    def fault(batch: int) -> str | None:
+        try:
+            # Outputs declared without a shape (the checker wants one; writers leave it out, dlc infers every
+            # shape anyway) get the inferred one before the check.
+            inferred = onnx.shape_inference.infer_shapes(skeleton(model, shapes, batch, path))
+            onnx.checker.check_model(inferred, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            return str(e).strip().splitlines()[0]
+        return None
+
+    reason = fault(1)
+    if reason is None:
+        return
+    init = {t.name for t in model.graph.initializer}
+    declared = next((d[0] for v in model.graph.input if v.name not in init and (d := _dims(v))
+                     and isinstance(d[0], int) and d[0] > 1), None)
+    if declared is not None and fault(declared) is None:  # valid as written: its first axis is no batch
+        raise DlcError(f"{path} computes across its first axis ({declared} as written), which dlc reads as the "
+                       f"batch: at batch 1, {reason}")
+    raise DlcError(f"{path} is not valid ONNX: {reason}")
 
 
 def infer(model: onnx.ModelProto, strict: bool = True) -> dict[str, onnx.ValueInfoProto]:

@@ -114,9 +114,10 @@ WIDER = {"int4": ("int8", "fp8", "fp16", "bf16", "fp32"), "int8": ("fp8", "fp16"
 def compute_precision(dtype: str, act_dtype: str) -> str:
     """The precision a product runs in: the wider of weights and activations (w4a16 multiplies in 16
     bits); an ONNX model stored in several types ("mixed") computes in its activations' type."""
-    if dtype not in DTYPE_BYTES:
-        return act_dtype
-    return max(dtype, act_dtype, key=lambda p: (DTYPE_BYTES[p], p == act_dtype))
+    known = [p for p in (dtype, act_dtype) if p in DTYPE_BYTES]  # "mixed": an ONNX file's several types
+    if not known:
+        return "fp32"
+    return max(known, key=lambda p: (DTYPE_BYTES[p], p == act_dtype))
 
 
 def peak_for(device: Device, precision: str) -> tuple[str, float]:
@@ -206,12 +207,11 @@ def local() -> tuple[Device, str]:
     return device, f"--device local: measured this machine ({where})"
 
 
-def measure(sizes: tuple[int, ...] = (256, 384, 512), copy_mib: int = 256, cache_kib: int = 256) -> Device:
+def measure(sizes: tuple[int, ...] = (256, 512, 1024), copy_mib: int = 256, cache_kib: int = 256) -> Device:
     """The best of many trials (a shared machine's other work slows some of them, never speeds one up):
-    FLOP/s of size x size float32 products, bytes/s of copying a `copy_mib` MiB array (each byte read
-    and written), and of copying a `cache_kib` KiB array, which stays in the cache. The products are
-    small enough to run from the cache, where the BLAS comes nearest its peak (at 2048 it waits on memory
-    and reaches a sixth of it on a 2-core EPYC)."""
+    FLOP/s of size x size float32 products, bytes/s of moving a `copy_mib` MiB array (a copy, each byte
+    read and written, or a product reading it once, the faster), and of copying a `cache_kib` KiB array,
+    which stays in the cache."""
     import numpy as np
 
     flops = 0.0
@@ -219,10 +219,14 @@ def measure(sizes: tuple[int, ...] = (256, 384, 512), copy_mib: int = 256, cache
         a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
         b = a.copy()
         a @ b  # the first call loads the BLAS and its threads
-        flops = max(flops, 2 * size**3 / _best(lambda: a @ b, 200))
+        # about a second of products at each size: the best of them is the peak a quiet moment gives
+        flops = max(flops, 2 * size**3 / _best(lambda: a @ b, max(20, 200 * 256**3 // size**3)))
     src = np.ones(copy_mib * 2**20 // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    bandwidth = 2 * src.nbytes / _best(lambda: np.copyto(dst, src), 8)
+    # the faster of a copy (one thread reading and writing) and a matrix-vector product reading the array
+    # once on the BLAS's threads: a lower bound needs the most the memory gives to any reader
+    rows, ones = src.reshape(-1, 8192), np.ones(8192, dtype=np.float32)
+    bandwidth = max(2 * src.nbytes / _best(lambda: np.copyto(dst, src), 12), src.nbytes / _best(lambda: rows @ ones, 12))
     small, into = src[:cache_kib * 256], dst[:cache_kib * 256]
 
     def copies():
@@ -234,8 +238,9 @@ def measure(sizes: tuple[int, ...] = (256, 384, 512), copy_mib: int = 256, cache
 
     return Device("local", total_bytes(), bandwidth, {"fp32": flops},
                   {"peak": f"measured: float32 matmuls of {', '.join(map(str, sizes))} squared with numpy's BLAS, "
-                           f"the best of 200 each",
-                   "bandwidth": f"measured: np.copyto of {copy_mib} MiB (read + write), best of 8",
+                           f"the best of about a second of each",
+                   "bandwidth": f"measured: np.copyto of {copy_mib} MiB (read + write) or a product reading it "
+                                f"once, the faster, best of 12",
                    "cache": f"measured: np.copyto of {cache_kib} KiB (read + write), best of 30"},
                   f"measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores",
                   cache_bytes(), cache_bandwidth)

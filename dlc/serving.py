@@ -116,6 +116,8 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
     per_sample = t.batch  # the analysis' MACs and FLOPs are for its batch; a pass sets its own
 
     def out_bytes(s: NodeStats) -> int:
+        if s.stored_activation_bytes is not None:  # an ONNX file's outputs, each in its own element type
+            return scaled(s, s.stored_activation_bytes) * batch
         n = scaled(s, s.activations) * batch
         if s.node.dtype in STORED_BYTES:
             return n * STORED_BYTES[s.node.dtype]

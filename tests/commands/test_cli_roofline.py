@@ -181,3 +181,16 @@ def test_a_quantized_files_int8_products_run_at_the_int8_peak(tmp_path):
     for n in layers:
         peak = 8e12 if n in integer else 1e12
         assert n["seconds"] == pytest.approx(n["flops"] / peak, rel=1e-6), n
+
+
+def test_an_onnx_model_with_token_ids_costs_what_its_spec_does(tmp_path):
+    """Its activations are in two types (int64 ids, float32 values): each priced in its own, the products
+    at the float32 peak; the work is the spec's, and the weights read too but for the embedding, whose Gather
+    an ONNX file reads whole (docs/conventions.md) where the spec reads the rows it looks up."""
+    model = tmp_path / "tr.onnx"
+    assert run("export", "transformer_reverse", "-o", str(model)).exit_code == 0
+    spec = roofline_json("transformer_reverse", "--device", "l4")["phases"][0]["totals"]
+    onnx = roofline_json(str(model), "--device", "l4")["phases"][0]["totals"]
+    assert onnx["macs"] == spec["macs"]
+    # embed 64 vocab=16 over 12 tokens: the file reads 16 rows of 64 float32, the spec the 12 it looks up
+    assert onnx["weight_bytes"] - spec["weight_bytes"] == 4 * 64 * (16 - 12)

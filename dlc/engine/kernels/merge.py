@@ -7,13 +7,20 @@ import numpy as np
 from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
 
 
+def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """The gradient of an input NumPy repeated along its size-1 axes: the sum over the copies."""
+    axes = tuple(i for i, (d, n) in enumerate(zip(shape, g.shape)) if d == 1 and n != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
 @kernel("add")
 def add(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     y = xs[0] + xs[1]
     for x in xs[2:]:
-        y += x
-    # every input receives dy itself: the executor must not update a gradient in place
-    return y, lambda dy: ([dy] * len(xs), {})
+        y = y + x  # not in place: a later input may be the one broadcast to y's shape
+    # every input receives dy itself (summed where it was broadcast): the executor must not update a
+    # gradient in place
+    return y, lambda dy: ([unbroadcast(dy, x.shape) for x in xs], {})
 
 
 def _over_positions(x: np.ndarray, ndim: int) -> np.ndarray:
@@ -48,7 +55,7 @@ def mul(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
         dxs = []
         for i, (x, b) in enumerate(zip(xs, attrs["broadcast"])):
             g = dy * others(i)
-            dxs.append(_sum_over_positions(g) if b else g)
+            dxs.append(_sum_over_positions(g) if b else unbroadcast(g, x.shape))
         return dxs, {}
     return y, backward
 

@@ -1,0 +1,86 @@
+"""Networks with several inputs (`input ... as LABEL` lines): shapes, broadcasting merges, the NumPy
+engine forward and backward, and every backend that reads a network's input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlc.compile import compile_spec
+from dlc.errors import DlcError
+from dlc.graph import Network
+
+TWO = """input 3@4x4 as a
+input 3@1x4 as b
+add a
+conv 2@3x3
+"""
+
+
+def test_each_input_is_a_node_named_by_its_label_and_read_by_it():
+    g = compile_spec(TWO)
+    assert [(n.name, n.out_shape) for n in g.inputs] == [("a", (3, 4, 4)), ("b", (3, 1, 4))]
+    add = g.node("add1")
+    # the step after `input ... as b` continues from b; `add a` joins a: b's size-1 height repeats 4 times
+    assert add.inputs == ["b", "a"] and add.out_shape == (3, 4, 4)
+    assert g.output.out_shape == (2, 2, 2)
+
+
+
+
+def test_sequence_and_tokens_inputs():
+    g = compile_spec("input seq 6 of 4 as feats -> fc 4 as f\ninput seq 6 as ids -> embed 4 vocab=10 -> add f")
+    assert [n.dtype for n in g.inputs] == ["float32", "int64"] and g.output.out_shape == (6, 4)
+
+
+def _net(text: str) -> Network:
+    from dlc.engine.params import init_params
+
+    g = compile_spec(text)
+    params, state = init_params(g, seed=0)
+    return Network(g, params, state)
+
+
+def test_forward_broadcasts_as_numpy_and_backward_sums_over_the_copies():
+    from dlc.engine.run import backward, forward
+
+    net = _net("input seq 2 of 3 as a\ninput seq 2 of 1 as b\nadd a\nmul b")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 1))
+    y, tape = forward(net, {"a": a, "b": b}, keep=True)
+    np.testing.assert_allclose(y, (a + b) * b)
+    _, dx = backward(tape, np.ones_like(y))
+    # d/da (a + b) b = b, repeated over the 3 columns; d/db = a + 2b summed over them
+    np.testing.assert_allclose(dx["a"], np.broadcast_to(b, a.shape))
+    np.testing.assert_allclose(dx["b"], (a + 2 * b).sum(axis=2, keepdims=True))
+
+
+def test_forward_names_a_missing_or_misshapen_input():
+    from dlc.engine.run import forward
+
+    net = _net(TWO)
+    with pytest.raises(DlcError, match="has 2 inputs: give a batch for each of a, b"):
+        forward(net, np.zeros((1, 3, 4, 4)))
+    with pytest.raises(DlcError, match="takes the inputs a, b; received a"):
+        forward(net, {"a": np.zeros((1, 3, 4, 4))})
+    with pytest.raises(DlcError, match=r"the batch of input `b` has shape \(1, 3, 4, 4\)"):
+        forward(net, {"a": np.zeros((1, 3, 4, 4)), "b": np.zeros((1, 3, 4, 4))})
+
+
+def test_gradcheck_checks_each_input():
+    from dlc.engine.gradcheck import check_gradients
+
+    layers = check_gradients(compile_spec(TWO + "mul( identity | gap -> fc 2 sigmoid )\n"), loss="mse")
+    assert [r.layer for r in layers][:2] == ["a", "b"]
+    assert all(t.worst < 1e-6 for r in layers for t in r.tensors)
+
+
+def test_one_input_keeps_the_name_input_with_a_label():
+    g = compile_spec("input 4 as v\nfc 4\nadd v")
+    assert [n.name for n in g.inputs] == ["input"] and g.output.inputs == ["fc1", "input"]
+
+
+def test_broadcast_needs_one_rank_and_size_one_axes():
+    assert compile_spec("input seq 2 of 3 as a\ninput seq 1 of 3 as b\nmul a").output.out_shape == (2, 3)
+    with pytest.raises(DlcError, match=r"add needs equal shapes, got 2x2 and 2x3"):
+        compile_spec("input seq 2 of 3 as a\ninput seq 2 of 2 as b\nadd a")

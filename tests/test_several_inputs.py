@@ -84,3 +84,20 @@ def test_broadcast_needs_one_rank_and_size_one_axes():
     assert compile_spec("input seq 2 of 3 as a\ninput seq 1 of 3 as b\nmul a").output.out_shape == (2, 3)
     with pytest.raises(DlcError, match=r"add needs equal shapes, got 2x2 and 2x3"):
         compile_spec("input seq 2 of 3 as a\ninput seq 2 of 2 as b\nadd a")
+
+
+def test_json_lists_every_input_and_the_table_shows_each_as_a_row(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from dlc.cli import main
+
+    spec = tmp_path / "two.dlc"
+    spec.write_text(TWO)
+    r = CliRunner().invoke(main, ["params", str(spec), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["inputs"] == [{"name": "a", "shape": [3, 4, 4], "dtype": "float32"},
+                                              {"name": "b", "shape": [3, 1, 4], "dtype": "float32"}]
+    rows = CliRunner().invoke(main, ["summary", str(spec)]).output.splitlines()
+    assert any(r.startswith("b ") and "input 3@1x4 as b" in r and "3@1x4" in r for r in rows)

@@ -153,3 +153,24 @@ def test_train_refuses_several_inputs_in_one_line(tmp_path):
     assert r.exit_code == 2
     assert r.output.strip().splitlines()[-1] == (f"error: {spec} has 2 inputs (a, b): dlc train feeds one tensor "
                                                  "per sample, so a network with several inputs cannot train yet")
+
+
+def test_import_writes_the_inputs_beyond_the_first_as_labels_a_merge_reads(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def model(b_batch):
+        x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [b, 3]) for n, b in (("0", 2), ("1", b_batch))]
+        y = helper.make_tensor_value_info("2", TensorProto.FLOAT, [2, 6])
+        g = helper.make_graph([helper.make_node("Concat", ["0", "1"], ["2"], axis=1)], "g", x, [y])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+    onnx.save(model(2), tmp_path / "two.onnx")
+    r = _cli("import", tmp_path / "two.onnx", "-o", tmp_path / "two.dlc")
+    assert r.exit_code == 0, r.output
+    lines = [t.split("#")[0].strip() for t in (tmp_path / "two.dlc").read_text().splitlines()]
+    # PyTorch's names `0` and `1` are no labels; the second input is read by the concat after the first
+    assert [t for t in lines if t] == ["input 3 as in2", "input 3 as in1", "concat in2"]
+    onnx.save(model(1), tmp_path / "bcast.onnx")
+    r = _cli("import", tmp_path / "bcast.onnx", "-o", tmp_path / "bcast.dlc")
+    assert r.exit_code == 2 and "the model's inputs have batches of 2 (0), 1 (1); dlc's inputs share one batch" in r.output

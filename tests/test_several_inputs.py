@@ -174,3 +174,57 @@ def test_import_writes_the_inputs_beyond_the_first_as_labels_a_merge_reads(tmp_p
     onnx.save(model(1), tmp_path / "bcast.onnx")
     r = _cli("import", tmp_path / "bcast.onnx", "-o", tmp_path / "bcast.dlc")
     assert r.exit_code == 2 and "the model's inputs have batches of 2 (0), 1 (1); dlc's inputs share one batch" in r.output
+
+
+def test_the_pytorch_code_generator_takes_one_tensor_per_input(tmp_path):
+    torch = pytest.importorskip("torch")
+    from dlc.engine.params import save_checkpoint
+    from dlc.engine.run import forward
+    from dlc.torch.trainer import network
+
+    net = _net(TWO + "mul( identity | gap -> fc 2 sigmoid )\n")
+    save_checkpoint(tmp_path / "w.npz", net.params, net.state)
+    Net = network(net.graph)["Net"]
+    assert Net.input_shapes == {"a": (3, 4, 4), "b": (3, 1, 4)}
+    model = Net.load_dlc(tmp_path / "w.npz").eval()
+    rng = np.random.default_rng(2)
+    x = {"a": rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+         "b": rng.standard_normal((2, 3, 1, 4)).astype(np.float32)}
+    with torch.no_grad():
+        y = model(torch.from_numpy(x["a"]), b=torch.from_numpy(x["b"])).numpy()
+    np.testing.assert_allclose(y, forward(net, x)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_two_input_model_from_either_pytorch_exporter_imports_and_reproduces(tmp_path, dynamo):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")  # the dynamo exporter needs it
+    import onnx
+    from torch import nn
+
+    import torch_models
+    from dlc.onnx.importing.importer import input_labels
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, a, b):
+            return torch.relu(self.fc(a)) + b
+
+    torch.manual_seed(0)
+    module = Two()
+    a, b = torch.randn(2, 3), torch.randn(2, 4)
+    torch_models.export(module, tmp_path / "two.onnx", (a, b), dynamo=dynamo)
+    r = _cli("import", tmp_path / "two.onnx", "-o", tmp_path / "two.dlc")
+    assert r.exit_code == 0, r.output
+    g = compile_spec((tmp_path / "two.dlc").read_text())
+    assert sorted(n.out_shape for n in g.inputs) == [(3,), (4,)] and g.output.out_shape == (4,)
+    names = input_labels([v.name for v in onnx.load(tmp_path / "two.onnx").graph.input])
+    np.savez(tmp_path / "ab.npz", **dict(zip(names, (a.numpy(), b.numpy()))))
+    r = _cli("infer", tmp_path / "two.dlc", "--weights", tmp_path / "two.npz", "--engine", "numpy",
+             "--input", tmp_path / "ab.npz", "-o", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    with torch.no_grad():
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), module(a, b).numpy(), rtol=1e-5, atol=1e-6)

@@ -228,3 +228,54 @@ def test_a_two_input_model_from_either_pytorch_exporter_imports_and_reproduces(t
     assert r.exit_code == 0, r.output
     with torch.no_grad():
         np.testing.assert_allclose(np.load(tmp_path / "y.npy"), module(a, b).numpy(), rtol=1e-5, atol=1e-6)
+
+
+ELEMENTWISE = """input 3@4x4 as a
+input 3@1x4 as b
+maximum a
+sub a
+conv 2@3x3
+pow( sigmoid | conv 2@1x1 )
+div( identity | minimum( identity | conv 2@1x1 sigmoid ) )
+"""
+
+
+def test_the_elementwise_merges_compute_numpys_expressions():
+    from dlc.engine.run import forward
+
+    net = _net("input seq 2 of 3 as a\ninput seq 2 of 1 as b\nminimum a as n\nmaximum a\nsub n\n"
+               "div( identity | sigmoid )\npow( sigmoid | identity )")
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 1))
+    n = np.minimum(b, a)
+    s = np.maximum(n, a) - n
+    d = s * (1 + np.exp(-s))  # s / sigmoid(s)
+    np.testing.assert_allclose(forward(net, {"a": a, "b": b})[0], (1 / (1 + np.exp(-d))) ** d, rtol=1e-6)
+
+
+def test_the_elementwise_merges_pass_gradcheck_and_agree_with_onnxruntime_and_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    from dlc.engine.gradcheck import check_gradients
+    from dlc.engine.params import save_checkpoint
+    from dlc.engine.run import forward
+    from dlc.onnx.export import check_export, to_onnx
+    from dlc.torch.trainer import network
+
+    graph = compile_spec(ELEMENTWISE)
+    assert all(t.worst < 1e-6 for r in check_gradients(graph, loss="mse") for t in r.tensors)
+    net = _net(ELEMENTWISE)
+    model = to_onnx(net)
+    check_export(model, net)
+    assert {"Max", "Min", "Sub", "Div", "Pow"} <= {n.op_type for n in model.graph.node}
+    rng = np.random.default_rng(4)
+    x = {"a": rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+         "b": rng.standard_normal((2, 3, 1, 4)).astype(np.float32)}
+    want = forward(net, x)[0]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    save_checkpoint(tmp_path / "w.npz", net.params, net.state)
+    module = network(net.graph)["Net"].load_dlc(tmp_path / "w.npz").eval()
+    with torch.no_grad():
+        got = module(torch.from_numpy(x["a"]), torch.from_numpy(x["b"])).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

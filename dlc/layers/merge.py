@@ -5,6 +5,8 @@ add, mul: the elementwise sum or product of equal shapes, or of one rank with si
 mul: a branch may instead be a vector of the other's features
 (C against C@HxW or TxC), repeated over its positions. broadcast: for each input, whether it is such
 a vector.
+maximum, minimum, pow, sub, div: elementwise, broadcasting as add; pow, sub and div take two inputs, the
+current tensor first (its power, or what is taken from or divided).
 concat: axis, the index in the shape (batch left out) it joins along: channels of an image (0),
 features of a vector (0) or of a sequence (1).
 """
@@ -82,3 +84,23 @@ def resolve_concat(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
 
 
 register(LayerKind("concat", resolve_concat, merge=True))
+
+
+# --- the elementwise merges of several inputs (issue 22): ONNX's Max, Min, Pow, Sub, Div ---------------
+
+def elementwise_merge(name: str, pair: bool) -> LayerKind:
+    """A merge that broadcasts as add does; `pair`: it takes exactly two inputs, in order."""
+    def resolve(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+        if pair and len(ins) != 2:
+            raise ShapeError(f"{name} takes two inputs, the current tensor and one more; got {len(ins)}")
+        out = broadcast_shape(ins)
+        if out is None:
+            raise ShapeError(f"{name} needs equal shapes, or 1 on an axis where they differ, got "
+                             f"{' and '.join(show(s) for s in ins)}")
+        return out, dict(attrs)
+    # add's rule: one operation per output element for each input beyond the first
+    return LayerKind(name, resolve, merge=True, flops=lambda a, ins, out: (len(ins) - 1) * elements(out))
+
+
+for _name, _pair in (("maximum", False), ("minimum", False), ("pow", True), ("sub", True), ("div", True)):
+    register(elementwise_merge(_name, _pair))

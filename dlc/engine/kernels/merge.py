@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, Kernel, kernel
 
 
 def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
@@ -66,3 +66,46 @@ def concat(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx
     y = np.concatenate(xs, axis=axis)
     ends = np.cumsum([x.shape[axis] for x in xs])[:-1]
     return y, lambda dy: (np.split(dy, ends, axis=axis), {})
+
+
+# --- the elementwise merges of several inputs (issue 22) -----------------------------------------------
+
+def _extremum(pick) -> Kernel:
+    """maximum or minimum of the inputs: the gradient goes to the input that gave each element, the
+    first of those that tie (the one np.argmax or np.argmin finds)."""
+    def run(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+        stacked = np.stack(np.broadcast_arrays(*xs))
+        which = pick(stacked, axis=0)
+        y = np.take_along_axis(stacked, which[None], axis=0)[0]
+        return y, lambda dy: ([unbroadcast(np.where(which == i, dy, 0), x.shape) for i, x in enumerate(xs)], {})
+    return run
+
+
+kernel("maximum")(_extremum(np.argmax))
+kernel("minimum")(_extremum(np.argmin))
+
+
+@kernel("sub")
+def sub(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    a, b = xs
+    return a - b, lambda dy: ([unbroadcast(dy, a.shape), unbroadcast(-dy, b.shape)], {})
+
+
+@kernel("div")
+def div(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    a, b = xs
+    y = a / b
+    return y, lambda dy: ([unbroadcast(dy / b, a.shape), unbroadcast(-dy * y / b, b.shape)], {})
+
+
+@kernel("pow")
+def power(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    a, b = xs
+    y = np.power(a, b)
+
+    def backward(dy):
+        # d/db a^b = a^b ln a, defined for a > 0 (where a <= 0 the power itself is real only for whole b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            db = np.where(a > 0, dy * y * np.log(np.where(a > 0, a, 1)), 0)
+        return [unbroadcast(dy * b * np.power(a, b - 1), a.shape), unbroadcast(db, b.shape)], {}
+    return y, backward

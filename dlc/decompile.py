@@ -85,7 +85,10 @@ def chain(layers: list[SpecLayer], paths: list[list[int]], start: int, end: int)
             cur = layer.inputs[0]
             continue
         fork = paths[cur][-2]
-        items.append(Merge(cur, [chain(layers, paths, fork, i) for i in layer.inputs]))
+        branches = [chain(layers, paths, fork, i) for i in layer.inputs]
+        if layer.kind in COMMUTATIVE:  # the inputs read by label go last, whatever the model's order
+            branches.sort(key=lambda b: by_label(layers, b))
+        items.append(Merge(cur, branches))
         cur = fork
     return items[::-1]
 
@@ -115,17 +118,25 @@ def skip_fork(layers: list[SpecLayer], m: Merge) -> int | None:
     return fork or None
 
 
+COMMUTATIVE = {"add", "mul", "maximum", "minimum"}  # merges whose inputs may be written in any order
+
+
 def later_input(layers: list[SpecLayer], i: int) -> bool:
     return i > 0 and layers[i].kind == "input"
+
+
+def by_label(layers: list[SpecLayer], branch: list) -> bool:
+    """Whether a merge's branch is an input beyond the first alone, which the merge reads by label."""
+    return len(branch) == 1 and not isinstance(branch[0], Merge) and later_input(layers, branch[0])
 
 
 def read_inputs(layers: list[SpecLayer], m: Merge) -> list[int] | None:
     """The inputs beyond the first that a merge reads after its first branch, written `kind LABEL …`
     after that branch; None where it reads none. Anywhere else such an input has no spec."""
     rest = m.branches[1:]
-    if not any(len(b) == 1 and later_input(layers, b[0]) for b in rest):
+    if not any(by_label(layers, b) for b in rest):
         return None
-    if not all(len(b) == 1 and later_input(layers, b[0]) for b in rest) or any(
+    if not all(by_label(layers, b) for b in rest) or any(
             not isinstance(it, Merge) and later_input(layers, it) for it in m.branches[0]):
         raise ValueError(m.layer)
     return [b[0] for b in rest]
@@ -169,6 +180,8 @@ def render(d: Draft, items: list, indent: str = "") -> list[tuple[str, int | Non
                 lines += [[t, last, False] for t, last in inner]
             lines.append([f"{indent})", it.layer, False])
             continue
+        if later_input(d.layers, it):
+            raise ValueError(it)  # an input read other than by label after a merge's first branch
         src = d.layers[it].inputs[0]
         if (lines and it in d.suffixes and lines[-1][2] and lines[-1][1] == src and d.readers[src] == 1
                 and src not in d.labels):

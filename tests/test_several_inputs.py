@@ -279,3 +279,43 @@ def test_the_elementwise_merges_pass_gradcheck_and_agree_with_onnxruntime_and_to
     with torch.no_grad():
         got = module(torch.from_numpy(x["a"]), torch.from_numpy(x["b"])).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _two_input_model(nodes, shapes=((2, 3), (2, 3))):
+    from onnx import TensorProto, helper
+
+    x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in zip(("p", "q"), shapes)]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(nodes, "g", x, [y]), opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_import_writes_a_commutative_merge_of_the_later_input_first_by_label(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    # Max(q, Relu(p)): the merge's first operand is the later input, so the spec reads it by label last
+    model = _two_input_model([helper.make_node("Relu", ["p"], ["r"]), helper.make_node("Max", ["q", "r"], ["y"])])
+    onnx.save(model, tmp_path / "m.onnx")
+    r = _cli("import", tmp_path / "m.onnx", "-o", tmp_path / "m.dlc")
+    assert r.exit_code == 0, r.output
+    lines = [t.split("#")[0].strip() for t in (tmp_path / "m.dlc").read_text().splitlines()]
+    assert [t for t in lines if t] == ["input 3 as q", "input 3 as p", "relu", "maximum q"]
+    rng = np.random.default_rng(5)
+    p, q = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)
+    np.savez(tmp_path / "pq.npz", p=p, q=q)
+    r = _cli("infer", tmp_path / "m.dlc", "--weights", tmp_path / "m.npz", "--engine", "numpy", "--input",
+             tmp_path / "pq.npz", "-o", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.maximum(q, np.maximum(p, 0)))
+
+
+def test_import_refuses_a_later_input_read_by_a_layer_in_one_line(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    # Sub(p, Relu(q)): the later input q feeds a relu, which a spec cannot write after `input 3 as q`
+    model = _two_input_model([helper.make_node("Relu", ["q"], ["r"]), helper.make_node("Sub", ["p", "r"], ["y"])])
+    onnx.save(model, tmp_path / "s.onnx")
+    r = _cli("import", tmp_path / "s.onnx", "-o", tmp_path / "s.dlc")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "an input beyond the first is read other than by a merge after the first branch" in r.output

@@ -56,6 +56,7 @@ class Plan:
     tokens: bool  # the input is token ids, which have no gradient
     random: bool  # some node draws random numbers in training mode
     balanced: bool  # some mixture adds a load-balancing loss in training
+    inputs: tuple[int, ...]  # the slots of the graph's inputs, in the spec's order
 
 
 @dataclass
@@ -123,7 +124,8 @@ def _build_plan(graph: Graph) -> Plan:
         ))
     return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
                 graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes),
-                any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes))
+                any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes),
+                tuple(i for i, n in enumerate(graph.nodes) if n.kind == "input"))
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
@@ -139,14 +141,13 @@ Feed = np.ndarray | dict  # one input's batch, or a batch per input name for a n
 
 def _feeds(graph: Graph, plan: Plan, x: Feed) -> list[tuple[int, np.ndarray]]:
     """(slot, batch) for every input of the graph, checked against its shape."""
-    inputs = graph.inputs
+    inputs = [plan.nodes[i] for i in plan.inputs]
     if not isinstance(x, dict):
         if len(inputs) > 1:
             raise DlcError(f"{graph.file} has {len(inputs)} inputs: give a batch for each of "
                            f"{', '.join(n.name for n in inputs)}")
         x = {inputs[0].name: x}
-    missing = [n.name for n in inputs if n.name not in x]
-    if missing or len(x) != len(inputs):
+    elif set(x) != {n.name for n in inputs}:
         raise DlcError(f"{graph.file} takes the inputs {', '.join(n.name for n in inputs)}; received "
                        f"{', '.join(map(str, x)) or 'none'}")
     for n in inputs:
@@ -254,7 +255,8 @@ def activations(net: Network, x: Feed, *, training: bool = False,
                 rng: np.random.Generator | None = None) -> Iterator[tuple[Node, np.ndarray]]:
     """Every node with its output, the input first, keeping nothing for backward."""
     plan = compile_plan(net.graph)
-    yield from _execute(plan, net.params, net.state, _feeds(net.graph, plan, x), _ctx(plan, training, rng), len(plan.nodes) - 1, None)
+    feeds = _feeds(net.graph, plan, x)
+    yield from _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng), len(plan.nodes) - 1, None)
 
 
 def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -297,9 +299,9 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
                 grads[full] = np.zeros_like(tape.params[full])
     if not tape.input_grad:
         return grads, None
-    inputs = [(n, pending[i]) for i, n in enumerate(plan.nodes) if n.kind == "input"]
-    if len(inputs) > 1:  # by input name, as forward took them; token ids have none
-        return grads, {n.name: None if n.dtype == "int64" else g for n, g in inputs}
+    if len(plan.inputs) > 1:  # by input name, as forward took them; token ids have none
+        return grads, {plan.nodes[i].name: None if plan.nodes[i].dtype == "int64" else pending[i]
+                       for i in plan.inputs}
     return grads, None if plan.tokens else pending[0]
 
 

@@ -98,32 +98,42 @@ def _compile(text: str, file: str) -> Graph:
                        "like `input 784 -> fc 10 softmax`", Pos(1, 1))
     _check_input(statements)
     scope, defaults, cur = Scope("", {}, {}), {}, ""
+    several = sum(isinstance(s, Input) for s in statements) > 1
     for s in statements:
-        if isinstance(s, Input):
-            cur = _emit_input(build, s)
+        if isinstance(s, Input):  # each input starts a chain; a later step reads it by its label
+            cur = _emit_input(build, s, scope, several)
         elif isinstance(s, Train):
             _read_train(build, s)
         elif not isinstance(s, BlockDef):
             cur = _emit(build, s, cur, scope, defaults)
-    if len(build.nodes) == 1:
-        node = build.nodes[0]
+    if build.nodes[-1].kind == "input":
+        node = build.nodes[-1]
         raise DlcError(f"the network has no layers after `{node.text}`", node.pos)
+    read = {i for n in build.nodes for i in n.inputs}
+    for node in build.nodes:
+        if node.kind == "input" and node.name not in read:
+            raise DlcError(f"input `{node.name}` is never read: a later step reads it by its label, as "
+                           f"`add {node.name}` or `concat {node.name}`", node.pos)
     return Graph(build.nodes, source=text, file=file, train=build.train)
 
 
 def _check_input(statements: list) -> None:
-    inputs = [i for i, s in enumerate(statements) if isinstance(s, Input)]
+    inputs = [s for s in statements if isinstance(s, Input)]
     first_step = next((i for i, s in enumerate(statements) if isinstance(s, STEPS)), None)
     if not inputs:
         raise DlcError("the network has no `input`: start it with one, like `input 3@224x224`, `input 784` "
                        "or `input seq 200`", statements[first_step].pos)
-    first, *others = (statements[i] for i in inputs)
-    if others:
-        raise DlcError(f"a second `input`: a network has exactly one (the first is on line {first.pos.line})",
-                       others[0].pos)
-    if first_step is not None and first_step < inputs[0]:
+    if first_step is not None and first_step < statements.index(inputs[0]):
         raise DlcError(f"`input` must come before the first step (line {statements[first_step].pos.line})",
-                       first.pos)
+                       inputs[0].pos)
+    # several inputs are read by name, in the .npz infer takes and the ONNX graph: each needs one
+    for s in inputs if len(inputs) > 1 else []:
+        if s.label is None:
+            raise DlcError(f"a network with {len(inputs)} inputs names each: write `{s.text} as NAME`", s.pos)
+        base = s.label.name.rstrip("0123456789")
+        if base != s.label.name and base in KINDS:
+            raise DlcError(f"`{s.label.name}` cannot name an input: the layers of kind {base} are named so",
+                           s.label.pos)
 
 
 # --- statements ----------------------------------------------------------------------------------
@@ -159,7 +169,7 @@ def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
     return cur
 
 
-def _emit_input(b: Build, s: Input) -> str:
+def _emit_input(b: Build, s: Input, scope: Scope, several: bool) -> str:
     if s.size is not None:
         z = s.size
         if z.stride is not None:
@@ -183,10 +193,19 @@ def _emit_input(b: Build, s: Input) -> str:
         shape = (steps,) if tokens else (steps, _positive_int(s.features, "the feature count"))
     kind = KINDS["input"]
     out, attrs = kind.resolve({"shape": shape, "tokens": tokens}, [])
-    node = Node("input", "input", attrs, [], out, "int64" if tokens else "float32", s.pos, "", None,
+    # one input keeps the name `input` that tables, checkpoints and ONNX files have always used
+    name = s.label.name if several else "input"
+    node = Node(name, "input", attrs, [], out, "int64" if tokens else "float32", s.pos, "", None,
                 _one_line(s.text))
     b.nodes.append(node)
     b.by_name[node.name] = node
+    if s.label is not None:
+        _check_name(s.label, "a label")
+        if s.label.name in scope.labels:
+            raise DlcError(f"label `{s.label.name}` is used twice (first on line "
+                           f"{scope.label_at[s.label.name].line}): each label names one step", s.label.pos)
+        scope.labels[s.label.name], scope.label_at[s.label.name] = name, s.label.pos
+        node.label = s.label.name
     return node.name
 
 

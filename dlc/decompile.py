@@ -23,12 +23,13 @@ class SpecLayer:
     """A layer as a spec writes it: its kind, its size and its options, before any text."""
 
     kind: str
-    inputs: list[int]  # positions of the layers it reads; 0 is the input, which reads none
+    inputs: list[int]  # positions of the layers it reads; 0 is the input, which reads none (nor do the others)
     size: str = ""  # the SIZE as the language writes it (`64@3x3/2`, `0.5`, `seq 6 of 8`); "" for none
     # values by the kind's option and flag names (a flag's is True or False), in the order they are
     # written; the writer leaves out those at their default
     options: dict = field(default_factory=dict)
     tied: int | None = None  # an fc reusing an embed's table: that embed's position (`tied=LABEL`)
+    label: str = ""  # an input's name, where the network has several (`input 3 as in1`)
 
 
 def window_size(kernel: tuple[int, ...], stride: tuple[int, ...], implied: tuple[int, ...] | None = None) -> str:
@@ -52,7 +53,9 @@ def dominator_paths(layers: list[SpecLayer]) -> list[list[int]]:
     paths: list[list[int]] = []
     for i, layer in enumerate(layers):
         if not layer.inputs:
-            paths.append([i])
+            # an input beyond the first is read by label wherever the chain from the first stands: as
+            # if it hung off the first input, so that a merge of the two forks there
+            paths.append([0, i] if i else [0])
             continue
         common = paths[layer.inputs[0]]
         for j in layer.inputs[1:]:
@@ -73,12 +76,19 @@ def chain(layers: list[SpecLayer], paths: list[list[int]], start: int, end: int)
         if cur == 0:
             raise ValueError(end)
         layer = layers[cur]
+        if later_input(layers, cur):  # read by its label
+            items.append(cur)
+            cur = 0
+            continue
         if len(layer.inputs) == 1:
             items.append(cur)
             cur = layer.inputs[0]
             continue
         fork = paths[cur][-2]
-        items.append(Merge(cur, [chain(layers, paths, fork, i) for i in layer.inputs]))
+        branches = [chain(layers, paths, fork, i) for i in layer.inputs]
+        if layer.kind in COMMUTATIVE:  # the inputs read by label go last, whatever the model's order
+            branches.sort(key=lambda b: by_label(layers, b))
+        items.append(Merge(cur, branches))
         cur = fork
     return items[::-1]
 
@@ -108,6 +118,30 @@ def skip_fork(layers: list[SpecLayer], m: Merge) -> int | None:
     return fork or None
 
 
+COMMUTATIVE = {"add", "mul", "maximum", "minimum"}  # merges whose inputs may be written in any order
+
+
+def later_input(layers: list[SpecLayer], i: int) -> bool:
+    return i > 0 and layers[i].kind == "input"
+
+
+def by_label(layers: list[SpecLayer], branch: list) -> bool:
+    """Whether a merge's branch is an input beyond the first alone, which the merge reads by label."""
+    return len(branch) == 1 and not isinstance(branch[0], Merge) and later_input(layers, branch[0])
+
+
+def read_inputs(layers: list[SpecLayer], m: Merge) -> list[int] | None:
+    """The inputs beyond the first that a merge reads after its first branch, written `kind LABEL …`
+    after that branch; None where it reads none. Anywhere else such an input has no spec."""
+    rest = m.branches[1:]
+    if not any(by_label(layers, b) for b in rest):
+        return None
+    if not all(by_label(layers, b) for b in rest) or any(
+            not isinstance(it, Merge) and later_input(layers, it) for it in m.branches[0]):
+        raise ValueError(m.layer)
+    return [b[0] for b in rest]
+
+
 @dataclass
 class Draft:
     """What the lines are written from, fixed before the first line is."""
@@ -127,6 +161,11 @@ def render(d: Draft, items: list, indent: str = "") -> list[tuple[str, int | Non
     for it in items:
         if isinstance(it, Merge):
             kind = d.layers[it.layer].kind
+            named = read_inputs(d.layers, it)
+            if named is not None:
+                lines += [[t, last, False] for t, last in render(d, it.branches[0], indent)]
+                lines.append([f"{indent}{kind} {' '.join(d.layers[i].label for i in named)}", it.layer, False])
+                continue
             fork = skip_fork(d.layers, it)
             if fork is not None:
                 body = next(b for b in it.branches if b)
@@ -141,6 +180,8 @@ def render(d: Draft, items: list, indent: str = "") -> list[tuple[str, int | Non
                 lines += [[t, last, False] for t, last in inner]
             lines.append([f"{indent})", it.layer, False])
             continue
+        if later_input(d.layers, it):
+            raise ValueError(it)  # an input read other than by label after a merge's first branch
         src = d.layers[it].inputs[0]
         if (lines and it in d.suffixes and lines[-1][2] and lines[-1][1] == src and d.readers[src] == 1
                 and src not in d.labels):
@@ -237,7 +278,7 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
         items = chain(layers, paths, 0, output)
     except ValueError:
         raise DlcError(f"{file}: the model's layers do not form a chain of merges that a spec can write")
-    order = flatten_items(items)
+    order = [i for i in flatten_items(items) if not later_input(layers, i)]
     if len(order) != len(set(order)):
         raise DlcError(f"{file}: a layer's output is read by merges at different levels, which a spec's "
                        f"nested add( … )/concat( … ) cannot write")
@@ -253,9 +294,17 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
     suffixes = {i for i, layer in enumerate(layers) if layer.kind in SUFFIX and not layer.size
                 and not any(key in KINDS[layer.kind].flags for key in options[i])}
     lines = [(" ".join(["default", kind, *option_words(kind, opts)]), None) for kind, opts in defaults.items()]
-    lines = [(steps[0], None), *lines, *render(Draft(layers, steps, suffixes, labels, readers), items)]
+    try:
+        body = render(Draft(layers, steps, suffixes, labels, readers), items)
+    except ValueError:
+        raise DlcError(f"{file}: an input beyond the first is read other than by a merge after the first "
+                       f"branch, which a spec writes only as `add LABEL`, `mul LABEL` or `concat LABEL`")
+    # the inputs beyond the first come first, each on its own line: the first one's chain follows
+    named = [(f"{steps[i]} as {layers[i].label}", None) for i in range(1, len(layers)) if later_input(layers, i)]
+    first = f"{steps[0]} as {layers[0].label}" if named else steps[0]
+    lines = [*named, (first, None), *lines, *body]
     graph = compile_spec(head + "\n".join(t for t, _ in lines) + "\n", file=file)
-    nodes = graph.nodes[1:]
+    nodes = [n for n in graph.nodes if n.kind != "input"]
     if [n.kind for n in nodes] != [layers[i].kind for i in order]:
         raise DlcError(f"{file}: the written spec compiles to other layers than the model's (a bug in dlc)")
     # each line's output shape as a comment, as the language's examples write them

@@ -44,7 +44,7 @@ class Node:
 
 @dataclass
 class Graph:
-    nodes: list[Node]  # topological order; nodes[0] is the input
+    nodes: list[Node]  # topological order; nodes[0] is the first input
     source: str = ""  # the spec text
     file: str = "<spec>"
     train: dict = field(default_factory=dict)  # the `train` statement's settings, keys as written
@@ -52,6 +52,10 @@ class Graph:
     @property
     def input(self) -> Node:
         return self.nodes[0]
+
+    @property
+    def inputs(self) -> list[Node]:  # `input ... as LABEL` lines, in the spec's order
+        return [n for n in self.nodes if n.kind == "input"]
 
     @property
     def output(self) -> Node:

@@ -346,6 +346,8 @@ def to_json(analysis: Analysis) -> dict:
         "file": g.file,
         "input": list(g.input.out_shape),
         "input_dtype": g.input.dtype,
+        # every input of the network, the first being `input` and `input_dtype` above
+        "inputs": [{"name": n.name, "shape": list(n.out_shape), "dtype": n.dtype} for n in g.inputs],
         "batch": t.batch,
         "conventions": CONVENTIONS | ({"active_params": ACTIVE_CONVENTION} if mixture else {})
         | ({"constants": CONSTANTS_CONVENTION} if t.constants else {})

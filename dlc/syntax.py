@@ -121,6 +121,7 @@ class Input:
     size: Size | None  # `input 3@224x224`, `input 784`
     steps: Value | None  # `input seq T [of D]`
     features: Value | None
+    label: Word | None  # `as ids`: names the input's node, and how a later step reads it
     text: str
     pos: Pos
 
@@ -312,11 +313,13 @@ class _ToAst(Transformer):
         return Merge(kind, branches, repeat, label, self._slice(meta), _meta_pos(meta))
 
     def input_image(self, meta, children):
-        return Input(children[0], None, None, self._slice(meta), _meta_pos(meta))
+        rest, _, label = _split(children)
+        return Input(rest[0], None, None, label, self._slice(meta), _meta_pos(meta))
 
     def input_seq(self, meta, children):
-        steps, features = children
-        return Input(None, steps, features, self._slice(meta), _meta_pos(meta))
+        steps, features, label = children  # lark leaves None for an absent `of D` or `as LABEL`
+        label = label and label.word
+        return Input(None, steps, features, label, self._slice(meta), _meta_pos(meta))
 
     def default(self, meta, children):
         kind = Word(str(children[0]), token_pos(children[0]))
@@ -520,9 +523,8 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
         return DlcError("expected a kernel or map size after `@`, like 64@3x3", where)
     if prev == "SLASH":
         return DlcError("expected a stride after `/`, like 3x3/2", where)
-    if head == "INPUT" and tok.type in ("AS", "REPEAT", "X") and prev in ("NUMBER", "DIMS", "NAME"):
-        return DlcError(f"the input takes no {'label' if tok.type == 'AS' else 'repeat'}: it is the one "
-                        f"`input` of the network", where)
+    if head == "INPUT" and tok.type in ("REPEAT", "X") and prev in ("NUMBER", "DIMS", "NAME"):
+        return DlcError("an input takes no repeat: write one `input ... as LABEL` line per input", where)
     if stmt and stmt[0].type == "INPUT" and tok.type != "_SEP" or prev == "INPUT" or prev == "SEQ":
         return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200` or "
                         "`input seq 50 of 64`", where)

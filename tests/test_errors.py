@@ -226,9 +226,15 @@ def test_no_input():
     assert e.message.startswith("the network has no `input`") and at(e) == (1, 1)
 
 
-def test_two_inputs():
+def test_two_inputs_are_named():
     e = error("input 3@32x32\ninput 3@32x32\nconv 3@3x3")
-    assert e.message == "a second `input`: a network has exactly one (the first is on line 1)" and at(e) == (2, 1)
+    assert e.message == "a network with 2 inputs names each: write `input 3@32x32 as NAME`" and at(e) == (1, 1)
+    e = error("input 3 as a\ninput 3 as b\nfc 2")
+    assert e.message.startswith("input `a` is never read: a later step reads it by its label") and at(e) == (1, 1)
+    e = error("input 3 as a\ninput 3 as relu2\nadd a")
+    assert e.message == "`relu2` cannot name an input: the layers of kind relu are named so" and at(e) == (2, 12)
+    e = error("input 3 as a\ninput 3 as a\nadd a")
+    assert e.message.startswith("label `a` is used twice (first on line 1)") and at(e) == (2, 12)
 
 
 def test_input_not_first():
@@ -409,9 +415,9 @@ def test_numbers_too_large_for_any_size():
     assert compile_spec("input 4 -> fc 9223372036854775807").output.out_shape == (2**63 - 1,)
 
 
-def test_the_input_takes_no_label():
-    e = error("input 10 as a")
-    assert e.message == "the input takes no label: it is the one `input` of the network" and at(e) == (1, 10)
+def test_an_input_takes_no_repeat():
+    e = error("input 10 x2")
+    assert e.message == "an input takes no repeat: write one `input ... as LABEL` line per input" and at(e) == (1, 10)
 
 
 def test_a_layer_kind_where_a_flag_stands_is_the_fault():

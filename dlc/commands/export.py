@@ -72,7 +72,7 @@ def export(spec, expr, output, fmt, weights, seed, opset, batch, dtype):
         update(what="export: writing")
         data = save_model(model, output, {**net.state, **net.params})
     n_params, n_state = (sum(a.size for a in d.values()) for d in (net.params, net.state))
-    click.echo(f"wrote {output}: {len(graph.nodes) - 1} layers, {n_params:,} params + {n_state:,} non-trainable, "
+    click.echo(f"wrote {output}: {len(graph.nodes) - len(graph.inputs)} layers, {n_params:,} params + {n_state:,} non-trainable, "
                f"{net.weights}")
     click.echo(f"  {summary_line(model)}, batch {batch or 'N (dynamic)'}")
     click.echo("  checked: ONNX checker (full), shape inference agrees with dlc on every layer, parameter count"

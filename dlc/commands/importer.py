@@ -32,7 +32,7 @@ def import_(model: str, out: str, shapes: tuple[str, ...]):
     with atomic_write(spec, "w") as f:
         f.write(net.graph.source)
     values = sum(a.size for a in net.params.values())
-    click.echo(f"wrote {spec} ({len(net.graph.nodes) - 1} layers) and {weights} ({values:,} parameters, "
+    click.echo(f"wrote {spec} ({len(net.graph.nodes) - len(net.graph.inputs)} layers) and {weights} ({values:,} parameters, "
                f"{len(net.state)} running statistics)")
     if dequantized:
         click.echo(dequantized)

@@ -81,8 +81,8 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         session = session_of(loaded, device)
         ports, names, notice, ran_on = session.inputs, session.outputs, session.notice, session.provider
     else:
-        dtype = np.int64 if loaded.graph.input.dtype == "int64" else np.float32
-        ports = [rt.Port(loaded.graph.input.name, ["N", *loaded.graph.input.out_shape], dtype)]
+        ports = [rt.Port(i.name, ["N", *i.out_shape], np.int64 if i.dtype == "int64" else np.float32)
+                 for i in loaded.graph.inputs]
         names, ran_on = [loaded.graph.output.name], "the CPU"
     if notice:
         click.echo(f"dlc: {notice}", err=True)
@@ -109,7 +109,7 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
     else:
         from dlc.engine.run import predict
 
-        ys = [predict(loaded.net, feeds[ports[0].name])]
+        ys = [predict(loaded.net, feeds if len(ports) > 1 else feeds[ports[0].name])]
     if out:
         write_outputs(out, names, ys)
     for y in ys:

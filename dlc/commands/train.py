@@ -113,6 +113,10 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
         root = resume
     else:
         graph = load_graph(spec, expr)
+        if len(graph.inputs) > 1:  # every data source gives one tensor per sample
+            names = ", ".join(n.name for n in graph.inputs)
+            raise DlcError(f"{graph.file} has {len(graph.inputs)} inputs ({names}): dlc train feeds one "
+                           f"tensor per sample, so a network with several inputs cannot train yet")
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test), engine,

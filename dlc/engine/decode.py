@@ -41,6 +41,8 @@ POSITIONWISE = frozenset({
     "relu", "relu6", "leaky", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "softmax",
     # the math kinds of issue 28 (those with an axis only along the features: ALONG_AXIS)
     "logsoftmax", "softplus", "softsign", "exp", "sqrt", "abs", "neg", "clip", "prelu", "shift", "glu", "reduce",
+    # the elementwise merges of several inputs (issue 22)
+    "maximum", "minimum", "pow", "sub", "div",
 })
 ALONG_AXIS = ("softmax", "logsoftmax", "glu", "reduce")  # positionwise when their axis is a step's features
 
@@ -141,6 +143,8 @@ STEP_KERNELS = frozenset({"posembed", "attention", "rnn", "lstm", "gru"})
 def why_not_stepwise(graph: Graph) -> str | None:
     """None when every layer of the graph can run on new steps alone; else why not, naming the layer."""
     steps = graph.input.out_shape
+    if len(graph.inputs) > 1:
+        return f"it has {len(graph.inputs)} inputs"
     if graph.input.dtype != "int64" or len(steps) != 1:
         return "its input is not a sequence of token ids"
     for n in graph.nodes[1:]:

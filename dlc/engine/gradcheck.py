@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from dlc.errors import DlcError
-from dlc.graph import Graph, Network
+from dlc.graph import Graph, Network, Node
 from dlc.choices import default_loss
 from dlc.layers import Signal, feature_axis
 from dlc.layers.spatial import show
@@ -61,12 +61,19 @@ def relative_error(analytic: float, numeric: float, floor: float = FLOOR) -> flo
     return abs(analytic - numeric) / max(abs(analytic), abs(numeric), floor)
 
 
-def sample_batch(graph: Graph, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """A random batch of the graph's input: token ids inside every reading embedding's vocabulary."""
-    shape = (batch, *graph.input.out_shape)
-    if not graph.input.dtype.startswith("int"):
+def sample_batch(graph: Graph, batch: int, rng: np.random.Generator) -> np.ndarray | dict:
+    """A random batch of the graph's input: token ids inside every reading embedding's vocabulary; a
+    dict of one by input name for a graph with several."""
+    if len(graph.inputs) > 1:
+        return {n.name: _sample_input(graph, n, batch, rng) for n in graph.inputs}
+    return _sample_input(graph, graph.input, batch, rng)
+
+
+def _sample_input(graph: Graph, node: Node, batch: int, rng: np.random.Generator) -> np.ndarray:
+    shape = (batch, *node.out_shape)
+    if not node.dtype.startswith("int"):
         return rng.standard_normal(shape)
-    vocab = token_vocab(graph)
+    vocab = token_vocab(graph, node.name)
     if vocab is None:
         raise DlcError("token ids feed no embedding layer: nothing to check")
     return rng.integers(0, vocab, size=shape)
@@ -121,7 +128,11 @@ def check_gradients(graph: Graph, *, loss: str | None = None, batch: int = 2, se
         grads, dx = backward(tape, dout)
     analytic = dict(grads)
     targets = dict(params)
-    if dx is not None:
+    if isinstance(dx, dict):  # several inputs, named as their layers
+        for name, g in dx.items():
+            if g is not None:
+                analytic[name], targets[name] = g, x[name]
+    elif dx is not None:
         analytic["input"], targets["input"] = dx, x
 
     def difference(flat: np.ndarray, i: int, h: float) -> float:
@@ -141,7 +152,7 @@ def check_gradients(graph: Graph, *, loss: str | None = None, batch: int = 2, se
     total, done = sum(len(p) for p in picked.values()), 0
     results: dict[str, LayerCheck] = {}
     for name, tensor in targets.items():
-        layer = graph.input.name if name == "input" else name.rsplit(".", 1)[0]
+        layer = name.rsplit(".", 1)[0]  # a parameter's layer, or an input by its own name
         flat = tensor.reshape(-1)  # a view: perturbing it perturbs the tensor evaluate() reads
         picks = picked[name]
         g = analytic[name].reshape(-1)

@@ -3,6 +3,8 @@
 A graph is compiled once into a plan (a list of steps: kernel, attributes, parameter names, input
 slots) that is kept in this module's PLANS, not on the Graph, so a training step does no name lookups
 beyond fetching each node's parameters. Values live in a list indexed by node position; slot 0 is the input.
+A network with several inputs takes a dict of arrays by input name; each later input's slot is filled
+before the first step, and its own step (_read_input) passes it on.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Plan:
     tokens: bool  # the input is token ids, which have no gradient
     random: bool  # some node draws random numbers in training mode
     balanced: bool  # some mixture adds a load-balancing loss in training
+    inputs: tuple[int, ...]  # the slots of the graph's inputs, in the spec's order
 
 
 @dataclass
@@ -84,6 +87,12 @@ def compile_plan(graph: Graph) -> Plan:
     return plan
 
 
+def _read_input(attrs: dict, params: dict, state: dict, xs: list, ctx: Ctx):
+    """The step of an input after the first: it reads its own slot, filled before the first step, and
+    hands its gradient back to that slot, where backward finds it."""
+    return xs[0], lambda dy: ([dy], {})
+
+
 def _build_plan(graph: Graph) -> Plan:
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     last_read = {}
@@ -98,12 +107,12 @@ def _build_plan(graph: Graph) -> Plan:
     # whether a slot's value depends on some parameter, so its gradient reaches one
     depends = [False] * len(graph.nodes)
     for i, n in enumerate(graph.nodes[1:], start=1):
-        kernel = KERNELS.get(n.kind)
+        kernel = _read_input if n.kind == "input" else KERNELS.get(n.kind)
         if kernel is None:
             raise DlcError(f"the NumPy engine has no kernel for `{n.kind}` (layer {n.name})", n.pos,
                            graph.file, graph.source)
         mine = by_node.get(n.name, [])
-        inputs = tuple(index[name] for name in n.inputs)
+        inputs = (i,) if n.kind == "input" else tuple(index[name] for name in n.inputs)
         own = tuple((t.name, t.full_name) for t in mine if t.trainable)
         params = own + tuple(KINDS[n.kind].shared(n.attrs).items())
         carries = any(depends[s] for s in inputs)
@@ -115,7 +124,8 @@ def _build_plan(graph: Graph) -> Plan:
         ))
     return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
                 graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes),
-                any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes))
+                any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes),
+                tuple(i for i, n in enumerate(graph.nodes) if n.kind == "input"))
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
@@ -126,10 +136,30 @@ def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
     return plan.index[name]
 
 
-def _check_input(graph: Graph, x: np.ndarray) -> None:
-    if x.shape[1:] != graph.input.out_shape:
-        raise DlcError(f"the input batch has shape {x.shape} (a batch of "
-                       f"{show(x.shape[1:]) or 'scalars'}); {graph.file} takes {show(graph.input.out_shape)}")
+Feed = np.ndarray | dict  # one input's batch, or a batch per input name for a network with several
+
+
+def _feeds(graph: Graph, plan: Plan, x: Feed) -> list[tuple[int, np.ndarray]]:
+    """(slot, batch) for every input of the graph, checked against its shape."""
+    inputs = [plan.nodes[i] for i in plan.inputs]
+    if not isinstance(x, dict):
+        if len(inputs) > 1:
+            raise DlcError(f"{graph.file} has {len(inputs)} inputs: give a batch for each of "
+                           f"{', '.join(n.name for n in inputs)}")
+        x = {inputs[0].name: x}
+    elif set(x) != {n.name for n in inputs}:
+        raise DlcError(f"{graph.file} takes the inputs {', '.join(n.name for n in inputs)}; received "
+                       f"{', '.join(map(str, x)) or 'none'}")
+    for n in inputs:
+        v = x[n.name]
+        if v.shape[1:] != n.out_shape:
+            what = "the input batch" if len(inputs) == 1 else f"the batch of input `{n.name}`"
+            raise DlcError(f"{what} has shape {v.shape} (a batch of {show(v.shape[1:]) or 'scalars'}); "
+                           f"{graph.file} takes {show(n.out_shape)}")
+    if len({len(x[n.name]) for n in inputs}) > 1:
+        raise DlcError(f"the inputs' batches differ in size: "
+                       f"{', '.join(f'{n.name} {len(x[n.name])}' for n in inputs)}")
+    return [(plan.index[n.name], x[n.name]) for n in inputs]
 
 
 # The contexts of a graph that draws no random numbers, shared: kernels only read them, and a new
@@ -149,7 +179,7 @@ def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None, need_dx: b
     return Ctx(training, rng, need_dx, aux)
 
 
-def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, stop: int,
+def _execute(plan: Plan, params: dict, state: dict, feeds: list, ctx: Ctx, stop: int,
              backs: list | None, frozen: int = 0, input_grad: bool = True) -> Iterator[tuple[Node, np.ndarray]]:
     """Yield each node's output in order up to slot `stop`; record backward closures in `backs`.
 
@@ -159,8 +189,9 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
     gradients will not be read.
     """
     values: list = [None] * len(plan.nodes)
-    values[0] = x
-    yield plan.nodes[0], x
+    for slot, x in feeds:
+        values[slot] = x
+    yield plan.nodes[0], feeds[0][1]
     fixed = PLAIN_CTX[False, True]
     no_dx = ctx if input_grad else _ctx(plan, ctx.training, ctx.rng, need_dx=False, aux=ctx.aux)
     for step in plan.steps[:stop]:
@@ -177,7 +208,7 @@ def _execute(plan: Plan, params: dict, state: dict, x: np.ndarray, ctx: Ctx, sto
         yield step.node, y
 
 
-def forward(net: Network, x: np.ndarray, *, training: bool = False,
+def forward(net: Network, x: Feed, *, training: bool = False,
             rng: np.random.Generator | None = None, keep: bool = False, upto: str | None = None,
             frozen: str | None = None, input_grad: bool = True,
             aux: list[float] | None = None) -> tuple[np.ndarray, Tape | None]:
@@ -191,10 +222,10 @@ def forward(net: Network, x: np.ndarray, *, training: bool = False,
     plan = compile_plan(net.graph)
     stop = _slot(net.graph, plan, upto)
     fixed = plan.index[frozen] if frozen else 0
-    _check_input(net.graph, x)
+    feeds = _feeds(net.graph, plan, x)
     backs = [] if keep else None
-    y = x
-    for _, y in _execute(plan, net.params, net.state, x, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
+    y = feeds[0][1]
+    for _, y in _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
                          input_grad):
         pass
     return y, (Tape(plan, backs, stop, net.params, input_grad, fixed) if keep else None)
@@ -220,17 +251,17 @@ def freeze_point(graph: Graph, label: str) -> str:
                    f"(labels: {', '.join(labels) or 'none; add `as LABEL` to a step'})")
 
 
-def activations(net: Network, x: np.ndarray, *, training: bool = False,
+def activations(net: Network, x: Feed, *, training: bool = False,
                 rng: np.random.Generator | None = None) -> Iterator[tuple[Node, np.ndarray]]:
     """Every node with its output, the input first, keeping nothing for backward."""
     plan = compile_plan(net.graph)
-    _check_input(net.graph, x)
-    yield from _execute(plan, net.params, net.state, x, _ctx(plan, training, rng), len(plan.nodes) - 1, None)
+    feeds = _feeds(net.graph, plan, x)
+    yield from _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng), len(plan.nodes) - 1, None)
 
 
 def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """(gradient of every parameter by full name, gradient of the input or None: for token ids, or
-    when the tape was recorded without input_grad).
+    when the tape was recorded without input_grad; a dict by input name for several inputs).
 
     A tensor read by several nodes receives the sum of their gradients. Parameters the output does not
     depend on (past `upto`) get zeros, so an optimizer can treat every parameter alike. The tape is
@@ -266,7 +297,12 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
         for full in plan.param_names:
             if full not in grads and full not in fixed:
                 grads[full] = np.zeros_like(tape.params[full])
-    return grads, (None if plan.tokens or not tape.input_grad else pending[0])
+    if not tape.input_grad:
+        return grads, None
+    if len(plan.inputs) > 1:  # by input name, as forward took them; token ids have none
+        return grads, {plan.nodes[i].name: None if plan.nodes[i].dtype == "int64" else pending[i]
+                       for i in plan.inputs}
+    return grads, None if plan.tokens else pending[0]
 
 
 def _fused(graph: Graph, loss: str) -> str | None:
@@ -316,17 +352,18 @@ def loss_and_grads(net: Network, x: np.ndarray, y: np.ndarray, loss: str, *,
     return value, out, grads
 
 
-def predict(net: Network, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def predict(net: Network, x: Feed, batch: int = 256) -> np.ndarray:
     """The network's output for every sample of x, in inference mode, `batch` samples at a time."""
     if batch < 1:
         raise DlcError(f"batch must be >= 1 (received {batch})")
-    n = len(x)
+    plan = compile_plan(net.graph)
+    n = len(_feeds(net.graph, plan, x)[0][1])
     if n == 0:
-        _check_input(net.graph, x)
         return np.zeros((0, *net.graph.output.out_shape), dtype=np.float32)
     out = None
     for start in range(0, n, batch):
-        y, _ = forward(net, x[start:start + batch])
+        part = {k: v[start:start + batch] for k, v in x.items()} if isinstance(x, dict) else x[start:start + batch]
+        y, _ = forward(net, part)
         if out is None:
             out = np.empty((n, *y.shape[1:]), dtype=y.dtype)
         out[start:start + len(y)] = y

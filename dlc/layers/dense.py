@@ -86,9 +86,10 @@ register(LayerKind(
 ))
 
 
-def token_vocab(graph: Graph) -> int | None:
-    """The smallest vocabulary among the kinds that read the graph's input token ids: every id of an
-    input batch must lie below it."""
+def token_vocab(graph: Graph, name: str | None = None) -> int | None:
+    """The smallest vocabulary among the kinds that read the token ids of input `name` (the first
+    input's by default): every id of an input batch must lie below it."""
+    name = name or graph.input.name
     vocabs = [n.attrs["vocab"] for n in graph.nodes
-              if graph.input.name in n.inputs and KINDS[n.kind].reads_tokens]
+              if name in n.inputs and KINDS[n.kind].reads_tokens]
     return min(vocabs, default=None)

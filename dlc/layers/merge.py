@@ -1,9 +1,12 @@
 """input, add, mul, concat.
 
 input: shape (batch left out); its node's dtype is int64 for `input seq T` (token ids).
-mul: the elementwise product of equal shapes; a branch may instead be a vector of the other's features
+add, mul: the elementwise sum or product of equal shapes, or of one rank with size-1 axes (broadcast_shape()).
+mul: a branch may instead be a vector of the other's features
 (C against C@HxW or TxC), repeated over its positions. broadcast: for each input, whether it is such
 a vector.
+maximum, minimum, pow, sub, div: elementwise, broadcasting as add; pow, sub and div take two inputs, the
+current tensor first (its power, or what is taken from or divided).
 concat: axis, the index in the shape (batch left out) it joins along: channels of an image (0),
 features of a vector (0) or of a sequence (1).
 """
@@ -18,11 +21,23 @@ register(LayerKind("input", lambda attrs, ins: (Signal(attrs["shape"]) if isinst
                                                 else tuple(attrs["shape"]), dict(attrs))))
 
 
+def broadcast_shape(ins: list[Shape]) -> Shape | None:
+    """NumPy's and ONNX's broadcasting on shapes of one rank: each axis equal, or 1 where another
+    input's is larger (that input is repeated along it); None where they do not broadcast. The ranks
+    must match because the batch axis, left out here, leads every shape."""
+    if len({len(s) for s in ins}) != 1:
+        return None
+    out = tuple(max(axis) for axis in zip(*ins))
+    if any(d not in (1, o) for s in ins for d, o in zip(s, out)):
+        return None
+    return type(ins[0])(out) if isinstance(ins[0], Signal) else out
+
+
 def resolve_add(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    for s in ins[1:]:
-        if s != ins[0]:
-            raise ShapeError(f"add needs equal shapes, got {' and '.join(show(s) for s in ins)}")
-    return ins[0], dict(attrs)
+    out = broadcast_shape(ins)
+    if out is None:
+        raise ShapeError(f"add needs equal shapes, got {' and '.join(show(s) for s in ins)}")
+    return out, dict(attrs)
 
 
 register(LayerKind(
@@ -33,6 +48,9 @@ register(LayerKind(
 
 
 def resolve_mul(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    out = broadcast_shape(ins)
+    if out is not None:
+        return out, dict(attrs, broadcast=(False,) * len(ins))  # size-1 axes repeat as NumPy's do
     out = max(ins, key=len)  # an image or a sequence beside a vector of its features
     features = (out[feature_axis(out)],)
     for s in ins:
@@ -66,3 +84,23 @@ def resolve_concat(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
 
 
 register(LayerKind("concat", resolve_concat, merge=True))
+
+
+# --- the elementwise merges of several inputs (issue 22): ONNX's Max, Min, Pow, Sub, Div ---------------
+
+def elementwise_merge(name: str, pair: bool) -> LayerKind:
+    """A merge that broadcasts as add does; `pair`: it takes exactly two inputs, in order."""
+    def resolve(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+        if pair and len(ins) != 2:
+            raise ShapeError(f"{name} takes two inputs, the current tensor and one more; got {len(ins)}")
+        out = broadcast_shape(ins)
+        if out is None:
+            raise ShapeError(f"{name} needs equal shapes, or 1 on an axis where they differ, got "
+                             f"{' and '.join(show(s) for s in ins)}")
+        return out, dict(attrs)
+    # add's rule: one operation per output element for each input beyond the first
+    return LayerKind(name, resolve, merge=True, flops=lambda a, ins, out: (len(ins) - 1) * elements(out))
+
+
+for _name, _pair in (("maximum", False), ("minimum", False), ("pow", True), ("sub", True), ("div", True)):
+    register(elementwise_merge(_name, _pair))

@@ -79,17 +79,19 @@ def to_onnx(net: Network, *, opset: int | None = None, batch: int | None = None,
     external = data_file is not None and BYTES_PER_FLOAT * sum(a.size for a in arrays.values()) > limit
     initializers = external_initializers(arrays, data_file) if external else [
         numpy_helper.from_array(a.astype(np.float32, copy=False), name) for name, a in arrays.items()]
-    for n in graph.nodes[1:]:
+    for n in graph.nodes:
+        if n.kind == "input":
+            continue  # a graph input, below
         lower = LOWER.get(n.kind)
         if lower is None:
             raise DlcError(f"`{n.kind}` has no ONNX lowering", n.pos, graph.file, graph.source)
         for proto in lower(n, list(n.inputs), opset):
             proto.doc_string = where(graph, n)
             nodes.append(proto)
-    inp, out = graph.input, graph.output
+    out = graph.output
     g = helper.make_graph(
         nodes, Path(graph.file).stem or "dlc",
-        [helper.make_tensor_value_info(inp.name, ELEM_TYPE[inp.dtype], [dim, *inp.out_shape])],
+        [helper.make_tensor_value_info(i.name, ELEM_TYPE[i.dtype], [dim, *i.out_shape]) for i in graph.inputs],
         [helper.make_tensor_value_info(out.name, TensorProto.FLOAT, [dim, *out.out_shape])],
         initializer=initializers)
     opsets = [helper.make_opsetid("", opset)]

@@ -511,6 +511,11 @@ def lower_concat(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("Concat", x, n.name, n.name, axis=n.attrs["axis"] + 1)]  # +1: the batch axis
 
 
+def lower_elementwise(onnx_op: str):
+    """maximum, minimum (variadic in ONNX) and pow, sub, div (two inputs): ONNX broadcasts as dlc does."""
+    return lambda n, x, opset: [op(onnx_op, x, n.name, n.name)]
+
+
 def lower_experts(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     """A mixture's join: TopK of the router logits (ties to the lower index, as the engine), Softmax over
     the K kept, and the weighted sum of the K routed experts' outputs, gathered (GatherElements) from all
@@ -572,6 +577,12 @@ LOWER: dict[str, Lowering] = {
     "add": lower_add,
     "mul": lower_mul,
     "concat": lower_concat,
+    # the elementwise merges of several inputs (issue 22)
+    "maximum": lower_elementwise("Max"),
+    "minimum": lower_elementwise("Min"),
+    "pow": lower_elementwise("Pow"),
+    "sub": lower_elementwise("Sub"),
+    "div": lower_elementwise("Div"),
     "layernorm": lower_layernorm,
     "rmsnorm": lower_rmsnorm,
     "attention": lower_attention,

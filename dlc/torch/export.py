@@ -50,7 +50,9 @@ def identifiers(graph: Graph) -> dict[str, str]:
 def layers(graph: Graph) -> dict[str, TorchLayer]:
     """Each node's TorchLayer, from MODULES."""
     out = {}
-    for n, ins in _inputs(graph)[1:]:  # the input node is `x` itself
+    for n, ins in _inputs(graph):
+        if n.kind == "input":  # an argument of forward itself
+            continue
         make = MODULES.get(n.kind)
         if make is None:
             raise DlcError(f"the PyTorch export has no mapping for `{n.kind}` (layer {n.name})", n.pos,
@@ -84,7 +86,9 @@ def _init_lines(graph: Graph, made: dict[str, TorchLayer], idents: dict[str, str
     """__init__'s body: each module, then each tensor it shares made the owner's Parameter itself
     (as Hugging Face ties GPT-2's output layer), so that it counts once and its gradients sum."""
     lines = []
-    for n in graph.nodes[1:]:
+    for n in graph.nodes:
+        if n.kind == "input":
+            continue
         layer = made[n.name]
         if layer.module:
             lines.append(f"self.{idents[n.name]} = {layer.module}{_comment(n)}")
@@ -105,7 +109,11 @@ def _forward_lines(graph: Graph, made: dict[str, TorchLayer], idents: dict[str, 
     var: dict[str, str] = {}
     lines = []
     fused = graph.output.kind in FUSED_OUTPUTS
+    several = len(graph.inputs) > 1
     for i, n in enumerate(graph.nodes):
+        if several and n.kind == "input":  # an argument of forward, by its name
+            var[n.name] = idents[n.name]
+            continue
         chained = readers.get(n.name) == [i + 1] and graph.nodes[i + 1].inputs == [n.name]
         var[n.name] = "x" if chained or i == len(graph.nodes) - 1 else idents[n.name]
         if i == 0:
@@ -128,12 +136,23 @@ def pytorch_source(graph: Graph) -> str:
     made, idents = layers(graph), identifiers(graph)
     inits = _init_lines(graph, made, idents)
     table = tensor_table(graph)
-    shape = graph.input.out_shape
-    dtype = "torch.int64" if graph.input.dtype.startswith("int") else "torch.float32"
+    idents = identifiers(graph)
+    dtypes = {n.name: "torch.int64" if n.dtype.startswith("int") else "torch.float32" for n in graph.inputs}
+    if len(graph.inputs) == 1:
+        args = "x"
+        about = f'input_shape = {tuple(graph.input.out_shape)!r}  # one sample, batch left out\n' \
+                f'    input_dtype = {dtypes[graph.input.name]}'
+    else:  # forward takes one tensor per input, named as the spec labels them
+        args = ", ".join(idents[n.name] for n in graph.inputs)
+        about = (f'input_shapes = {{{", ".join(f"{idents[n.name]!r}: {tuple(n.out_shape)!r}" for n in graph.inputs)}}}'
+                 f'  # one sample each, batch left out\n'
+                 f'    input_dtypes = {{{", ".join(f"{idents[n.name]!r}: {dtypes[n.name]}" for n in graph.inputs)}}}')
+    shapes_doc = ", ".join(f"{'x' if len(graph.inputs) == 1 else idents[n.name]}: N x "
+                           f"{' x '.join(map(str, n.out_shape))} ({dtypes[n.name].split('.')[1]})" for n in graph.inputs)
     spec = "\n".join(f"# {comment_text(line)}".rstrip() for line in graph.source.rstrip().splitlines())
     indent = "\n        "
     fused = graph.output.kind in FUSED_OUTPUTS
-    signature = "self, x, logits: bool = False" if fused else "self, x"
+    signature = f"self, {args}, logits: bool = False" if fused else f"self, {args}"
     logits_doc = (" logits=True stops before the final\n        "
                   f"{graph.output.kind} (the fused loss reads its input).") if fused else ""
     # The docstring is fixed text: the file's name, which may hold quotes and backslashes, is only
@@ -160,8 +179,7 @@ from torch import nn
 {NETLIB}
 
 class Net(nn.Module):
-    input_shape = {tuple(shape)!r}  # one sample, batch left out
-    input_dtype = {dtype}
+    {about}
     # (dlc tensor, torch tensor, direction, rows, gate order): where each tensor of a dlc checkpoint
     # lives; recurrent kinds keep one matrix per direction, torch's gate order and the biases apart.
     DLC_TENSORS = (
@@ -174,7 +192,7 @@ class Net(nn.Module):
         {indent.join(inits) if inits else "pass"}
 
     def forward({signature}):
-        """x: N x {" x ".join(map(str, shape))} ({dtype.split(".")[1]}).{logits_doc}"""
+        """{shapes_doc}.{logits_doc}"""
         {indent.join(_forward_lines(graph, made, idents))}
 
     @class_or_instance_method
@@ -216,7 +234,7 @@ def write_pytorch(graph: Graph, output: str, **onnx_only) -> list[str]:
         f.write(pytorch_source(graph).encode("utf-8"))
     trainable, fixed = (sum(c) for c in zip(*(param_count(KINDS[n.kind], n.attrs, ins)
                                                for n, ins in _inputs(graph))))
-    return [f"wrote {output}: class Net, {len(graph.nodes) - 1} layers, {trainable:,} params + {fixed:,} "
+    return [f"wrote {output}: class Net, {len(graph.nodes) - len(graph.inputs)} layers, {trainable:,} params + {fixed:,} "
             "non-trainable (weights: Net.load_dlc(CKPT))"]
 
 

@@ -347,6 +347,12 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "add": function("{plus}"),
     "mul": function("product({xs})"),  # netlib's: a vector of features repeated over the positions
     "concat": concat,
+    # the elementwise merges of several inputs (issue 22); torch broadcasts as dlc does
+    "maximum": function("extremum(torch.maximum, {xs})"),
+    "minimum": function("extremum(torch.minimum, {xs})"),
+    "pow": function("torch.pow({xs})"),
+    "sub": function("torch.sub({xs})"),
+    "div": function("torch.div({xs})"),
     # the router and experts are nodes of their own; the join holds the load-balancing loss
     "experts": lambda node, ins: TorchLayer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
     # the math kinds of issue 28

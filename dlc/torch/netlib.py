@@ -23,6 +23,14 @@ def product(*xs):
     return out
 
 
+def extremum(pick, *xs):
+    """maximum or minimum of two or more tensors (torch.maximum takes two)."""
+    out = xs[0]
+    for x in xs[1:]:
+        out = pick(out, x)
+    return out
+
+
 def last_states(h):
     """(directions, N, H) final states -> (N, directions*H), forward direction first."""
     return h.transpose(0, 1).flatten(1)

@@ -169,6 +169,10 @@ def test_a_cache_holds_two_vectors_of_d_per_attention_layer_and_step():
     ("input seq 8 -> embed 8 vocab=11 -> softmax axis=0 -> fc 11", "layer softmax1 (softmax) works along the steps"),
     ("input seq 8 -> embed 8 vocab=11 -> glu axis=0 -> fc 11", "layer glu1 (glu) does not keep one output per step"),
     ("input seq 8 -> embed 8 vocab=11 -> logsoftmax axis=-1 -> glu -> prelu channels -> shift -> fc 11", None),
+    # several inputs (issue 22): the decoder feeds one sequence of token ids
+    ("input seq 8 as a -> embed 8 vocab=11 as e\ninput seq 8 as b -> embed 8 vocab=11 -> add e -> fc 11",
+     "it has 2 inputs"),
+    ("input seq 8 -> embed 8 vocab=11 as e -> fc 8 -> maximum e -> sub e -> fc 11", None),
 ])
 def test_networks_that_mix_steps_otherwise_are_named_for_the_full_window(spec, reason):
     why = why_not_stepwise(compile_spec(spec))

@@ -1102,6 +1102,33 @@ def test_reduce_mean_or_sum_along_one_axis():
     fails("input 2@3x4\nreduce mean sum", 2, "one of the flags `mean`")
 
 
+# --- the elementwise merges of several inputs (issue 22) ------------------------------------------
+
+def test_maximum_of_three_broadcasts_size_one_axes():
+    # 2@3x4, 2@1x4 and 2@3x1 give 2@3x4; two comparisons per output element: 2 * 24 = 48 FLOPs
+    s = last("input 2@3x4 as a\ninput 2@1x4 as b\ninput 2@3x1 as c\nmaximum a b")
+    assert figures(s) == ((2, 3, 4), 0, 0, 0, 48) and s.node.inputs == ["c", "a", "b"]
+
+
+def test_minimum_needs_one_rank():
+    fails("input 2@3x4 as a\ninput 2 as b\nminimum a", 3,
+          "minimum needs equal shapes, or 1 on an axis where they differ, got 2 and 2@3x4")
+
+
+def test_pow_takes_the_current_tensor_to_the_power_of_the_other():
+    s = last("input seq 3 of 4 as base\ninput seq 1 of 4 as e\npow base")
+    assert figures(s) == ((3, 4), 0, 0, 0, 12) and s.node.inputs == ["e", "base"]
+
+
+def test_sub_takes_two_inputs():
+    fails("input 4 as a\ninput 4 as b\ninput 4 as c\nsub a b", 4, "sub takes two inputs, the current tensor and "
+          "one more; got 3")
+
+
+def test_div_of_equal_shapes():
+    assert figures(last("input 6 as a\ninput 6 as b\ndiv a")) == ((6,), 0, 0, 0, 6)
+
+
 def test_every_kind_has_its_own_test():
     tested = {name.split("_")[1] for name in globals() if name.startswith("test_")}
     assert set(KINDS) - tested == set()

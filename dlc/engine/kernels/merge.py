@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels import Arrays, Ctx, Forward, Kernel, kernel
+
+
+def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """The gradient of an input NumPy repeated along its size-1 axes: the sum over the copies."""
+    axes = tuple(i for i, (d, n) in enumerate(zip(shape, g.shape)) if d == 1 and n != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
 
 
 @kernel("add")
 def add(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     y = xs[0] + xs[1]
     for x in xs[2:]:
-        y += x
-    # every input receives dy itself: the executor must not update a gradient in place
-    return y, lambda dy: ([dy] * len(xs), {})
+        y = y + x  # not in place: a later input may be the one broadcast to y's shape
+    # every input receives dy itself (summed where it was broadcast): the executor must not update a
+    # gradient in place
+    return y, lambda dy: ([unbroadcast(dy, x.shape) for x in xs], {})
 
 
 def _over_positions(x: np.ndarray, ndim: int) -> np.ndarray:
@@ -48,7 +55,7 @@ def mul(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
         dxs = []
         for i, (x, b) in enumerate(zip(xs, attrs["broadcast"])):
             g = dy * others(i)
-            dxs.append(_sum_over_positions(g) if b else g)
+            dxs.append(_sum_over_positions(g) if b else unbroadcast(g, x.shape))
         return dxs, {}
     return y, backward
 
@@ -59,3 +66,46 @@ def concat(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx
     y = np.concatenate(xs, axis=axis)
     ends = np.cumsum([x.shape[axis] for x in xs])[:-1]
     return y, lambda dy: (np.split(dy, ends, axis=axis), {})
+
+
+# --- the elementwise merges of several inputs (issue 22) -----------------------------------------------
+
+def _extremum(pick) -> Kernel:
+    """maximum or minimum of the inputs: the gradient goes to the input that gave each element, the
+    first of those that tie (the one np.argmax or np.argmin finds)."""
+    def run(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+        stacked = np.stack(np.broadcast_arrays(*xs))
+        which = pick(stacked, axis=0)
+        y = np.take_along_axis(stacked, which[None], axis=0)[0]
+        return y, lambda dy: ([unbroadcast(np.where(which == i, dy, 0), x.shape) for i, x in enumerate(xs)], {})
+    return run
+
+
+kernel("maximum")(_extremum(np.argmax))
+kernel("minimum")(_extremum(np.argmin))
+
+
+@kernel("sub")
+def sub(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    a, b = xs
+    return a - b, lambda dy: ([unbroadcast(dy, a.shape), unbroadcast(-dy, b.shape)], {})
+
+
+@kernel("div")
+def div(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    a, b = xs
+    y = a / b
+    return y, lambda dy: ([unbroadcast(dy / b, a.shape), unbroadcast(-dy * y / b, b.shape)], {})
+
+
+@kernel("pow")
+def power(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    a, b = xs
+    y = np.power(a, b)
+
+    def backward(dy):
+        # d/db a^b = a^b ln a, defined for a > 0 (where a <= 0 the power itself is real only for whole b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            db = np.where(a > 0, dy * y * np.log(np.where(a > 0, a, 1)), 0)
+        return [unbroadcast(dy * b * np.power(a, b - 1), a.shape), unbroadcast(db, b.shape)], {}
+    return y, backward

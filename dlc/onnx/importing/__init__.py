@@ -23,7 +23,7 @@ from dlc.onnx.importing.elementwise import (import_bn, import_clip, import_dropo
                                             import_logsoftmax, import_lrn, import_prelu, import_reduce, import_relu,
                                             import_relu6, import_selu, import_shift, import_silu, import_softmax,
                                             import_softplus, import_softsign, unary)
-from dlc.onnx.importing.merge import import_add, import_concat, import_mul
+from dlc.onnx.importing.merge import elementwise_merge, import_add, import_concat, import_mul
 from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
@@ -100,6 +100,13 @@ IMPORT: dict[str, Import] = {
     "pixelshuffle": Import(("DepthToSpace", "Reshape"), import_pixelshuffle),
     "tile": Import(("Tile", "Expand"), import_tile),
     "slice": Import(("Slice",), import_slice),
+    # the elementwise merges of several inputs (issue 22); after rmsnorm and gelu, whose Pow and Div
+    # read a stored exponent or divisor
+    "maximum": Import(("Max",), elementwise_merge("maximum")),
+    "minimum": Import(("Min",), elementwise_merge("minimum")),
+    "pow": Import(("Pow",), elementwise_merge("pow")),
+    "sub": Import(("Sub",), elementwise_merge("sub")),
+    "div": Import(("Div",), elementwise_merge("div")),
     # last of the Reshape patterns: what attention, flatten, tokens and pixelshuffle leave
     "reshape": Import(("Reshape",), import_reshape),
 }

@@ -4,12 +4,14 @@ spec the layers make (dlc.decompile), and the weights keyed by the spec's node n
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from dlc.compile import KEYWORDS, RESERVED
 from dlc.decompile import SpecLayer, comment, write_spec
 from dlc.errors import DlcError
 from dlc.graph import Network
@@ -38,19 +40,39 @@ def input_size(r: Reader, name: str) -> str:
         return show(Signal(shape))
     if len(shape) == 2:
         return f"seq {shape[0]} of {shape[1]}"
+    if not shape:
+        raise DlcError(f"the model's input {name} holds one number per sample (or has no batch axis); dlc's "
+                       f"inputs are vectors, sequences, signals C@L, images C@HxW and volumes C@DxHxW")
     if len(shape) not in (1, 3, 4):
         raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are vectors, "
                        f"sequences, signals C@L, images C@HxW and volumes C@DxHxW")
     return show(shape)
 
 
+def input_labels(names: list[str]) -> list[str]:
+    """The spec's label of each input: its ONNX name where that is a word a label may be, else `in1`,
+    `in2`, … by its position (PyTorch's exporter names inputs `0`, `1`)."""
+    def fits(name: str) -> bool:
+        return (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None and name not in KEYWORDS
+                and not RESERVED.fullmatch(name) and name.rstrip("0123456789") not in KINDS)
+    if all(fits(n) for n in names) and len(set(names)) == len(names):
+        return list(names)
+    return [f"in{k}" for k in range(1, len(names) + 1)]
+
+
 def read_layers(r: Reader) -> tuple[list[Found], int]:
     """The layers found, the input at 0 (with no nodes), and the position of the output's layer."""
     g = r.g
-    if len(g.inputs) != 1 or len(g.outputs) != 1:
-        raise DlcError(f"{g.path} has {len(g.inputs)} inputs and {len(g.outputs)} outputs; a dlc spec has one of each")
-    layers = [Found(SpecLayer("input", [], input_size(r, g.inputs[0])), [], g.inputs[0])]
-    producer = {g.inputs[0]: 0}
+    if len(g.outputs) != 1:
+        raise DlcError(f"{g.path} has {len(g.inputs)} inputs and {len(g.outputs)} outputs; a dlc spec has one output")
+    names = input_labels(g.inputs) if len(g.inputs) > 1 else [""]
+    declared = {v.name: v.type.tensor_type.shape.dim for v in g.model.graph.input}
+    batches = {x: declared[x][0].dim_value or declared[x][0].dim_param if declared.get(x) else None for x in g.inputs}
+    if len(set(batches.values())) > 1:  # a batch of 1 that ONNX would broadcast over the others' is not one
+        raise DlcError(f"the model's inputs have batches of {', '.join(f'{b} ({x})' for x, b in batches.items())}; "
+                       f"dlc's inputs share one batch")
+    layers = [Found(SpecLayer("input", [], input_size(r, x), label=label), [], x) for x, label in zip(g.inputs, names)]
+    producer = {x: i for i, x in enumerate(g.inputs)}
     used: set[int] = set()
     for n in g.nodes:
         if id(n) in used or not any(i in producer for i in n.input if i) or not any(o in r.live for o in n.output):
@@ -117,7 +139,7 @@ def import_onnx(path: str, shapes: dict | None = None) -> tuple[Network, str]:
         head += comment(dequantized.line()) + "\n"
     spec, graph, order = write_spec([f.layer for f in found], output, path, head)
     params, state = {}, {}
-    for node, i in zip(graph.nodes[1:], order):
+    for node, i in zip([n for n in graph.nodes if n.kind != "input"], order):
         kind = KINDS[node.kind]
         shapes_in = [graph.node(x).out_shape for x in node.inputs]
         want = {**kind.params(node.attrs, shapes_in), **kind.state(node.attrs, shapes_in)}

@@ -1,4 +1,4 @@
-"""Patterns of the merges: add, mul and concat of layer outputs."""
+"""Patterns of the merges: add, mul, concat, maximum, minimum, pow, sub and div of layer outputs."""
 
 from __future__ import annotations
 
@@ -54,3 +54,8 @@ def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
     if axis != (2 if len(x) == 2 else 1):
         raise NotImportable(f"it joins along axis {axis}; dlc's concat joins the features")
     return one("concat", n)
+
+
+def elementwise_merge(kind: str):
+    """Max, Min, Pow, Sub or Div of layer outputs (of a stored tensor, other kinds' patterns)."""
+    return lambda r, n: one(kind, n) if all(i in r.live for i in n.input) else None

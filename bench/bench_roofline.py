@@ -2,8 +2,9 @@
 
 Run: python bench/bench_roofline.py [--runs 20] [--warmup 3]. Each network is exported to ONNX with
 fresh weights; the roofline reads the .onnx file through the ONNX analysis, as `dlc roofline
-MODEL.onnx --device local` does, with this machine's measured float32 matrix-product peak and copy
-bandwidth (measured once, cached: dlc.devices.local); onnxruntime runs the same file through `dlc
+MODEL.onnx --device local --fused` does (onnxruntime folds bn into the convolution, runs activations in
+its epilogue and finds a layer's output still in cache), with this machine's measured float32
+matrix-product peak and bandwidth (measured once, cached: dlc.devices.local); onnxruntime runs the same file through `dlc
 bench`'s code path (median of the timed runs). The device is measured afresh (dlc.devices.measure, what
 `--device local` caches), so that both sides see the machine's load of the moment. A prediction above
 the measurement is marked "ABOVE": the roofline must never be. Not a timed test: the figures depend on
@@ -56,7 +57,7 @@ def main():
             analysis, _ = analyse_onnx(load(str(file)))
             session = rt.create_session(model, "cpu")
             for batch in batches:
-                (work,) = roofline(analysis, device, batch, "fp32").phases
+                (work,) = roofline(analysis, device, batch, "fp32", fused=True).phases
                 compute = sum(n.compute_seconds for n in work.nodes)
                 bound = f"{100 * compute / work.seconds:.0f}% compute"
                 measured = rt.bench(session, batch, args.warmup, args.runs).p50

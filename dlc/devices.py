@@ -217,10 +217,13 @@ def measure(sizes: tuple[int, ...] = (256, 512, 1024), copy_mib: int = 256, cach
     flops = 0.0
     for size in sizes:
         a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-        b = a.copy()
-        a @ b  # the first call loads the BLAS and its threads
-        # about a second of products at each size: the best of them is the peak a quiet moment gives
-        flops = max(flops, 2 * size**3 / _best(lambda: a @ b, max(20, 200 * 256**3 // size**3)))
+        for product in (lambda: a @ a, onnxruntime_matmul(a)):
+            product()  # the first call loads the library and its threads
+            # about a second of products at each size: the best of them is the peak a quiet moment gives
+            flops = max(flops, 2 * size**3 / _best(product, max(20, 200 * 256**3 // size**3)))
+    conv, conv_flops = onnxruntime_conv()
+    conv()
+    flops = max(flops, conv_flops / _best(conv, 200))
     src = np.ones(copy_mib * 2**20 // 4, dtype=np.float32)
     dst = np.empty_like(src)
     # the faster of a copy (one thread reading and writing) and a matrix-vector product reading the array
@@ -237,13 +240,46 @@ def measure(sizes: tuple[int, ...] = (256, 512, 1024), copy_mib: int = 256, cach
     from dlc.machine import cache_bytes, total_bytes
 
     return Device("local", total_bytes(), bandwidth, {"fp32": flops},
-                  {"peak": f"measured: float32 matmuls of {', '.join(map(str, sizes))} squared with numpy's BLAS, "
-                           f"the best of about a second of each",
+                  {"peak": f"measured: float32 matmuls of {', '.join(map(str, sizes))} squared with numpy's BLAS "
+                           f"and onnxruntime's MatMul, and onnxruntime's 3x3 convolution of 512 channels over "
+                           f"7x7, the best of many of each",
                    "bandwidth": f"measured: np.copyto of {copy_mib} MiB (read + write) or a product reading it "
                                 f"once, the faster, best of 12",
                    "cache": f"measured: np.copyto of {cache_kib} KiB (read + write), best of 30"},
                   f"measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores",
                   cache_bytes(), cache_bandwidth)
+
+
+def onnxruntime_matmul(a):
+    """a @ a by onnxruntime's MatMul (its own kernels, MLAS, which reach a few per cent above numpy's BLAS
+    on a CPU), as a call: the peak must be the most any of this machine's libraries reaches."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = a.shape[0]
+    value = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "c")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "a"], ["c"])], "matmul", value[:1], value[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"a": a})
+
+
+def onnxruntime_conv(channels: int = 512, size: int = 7):
+    """(a call, its FLOPs) of onnxruntime's 3x3 convolution of `channels` channels over size x size (a
+    ResNet's last stage): its convolution kernels run a few per cent above its MatMul on a CPU."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
+    w = numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3), dtype=np.float32), "w")
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, channels, size, size]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+                              value[:1], value[1:], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return (lambda: session.run(None, {"x": x})), 2 * channels * channels * 9 * size * size
 
 
 def _best(fn, trials: int) -> float:

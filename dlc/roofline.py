@@ -62,13 +62,14 @@ class Roofline:
 
 
 def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1,
-           peaks: dict[str, float] | None = None) -> Phase:
+           peaks: dict[str, float] | None = None, fused: bool = False) -> Phase:
     """Each node of the first pass summed over the passes: the later passes name only the nodes whose
     cost changes from pass to pass (a decode step's causal attention); any other node costs what it
     cost in the first, `repeats` times. A first pass that fits the device's cache whole (weights,
     outputs, keys and values) moves its bytes at the cache's bandwidth, as repeated runs find them there.
     `peaks` gives a node whose products run in another precision (an int8 layer of a quantized ONNX file)
-    its own peak."""
+    its own peak. `fused`: besides, a node whose own traffic fits the cache moves it at the cache's
+    bandwidth, as a layer's output is still there for the next."""
     in_cache = 0 < passes[0].footprint <= device.cache
     bandwidth = device.cache_bandwidth if in_cache else device.bandwidth
     varies = {c.node.name for p in passes[1:] for c in p.layers}
@@ -76,7 +77,9 @@ def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1,
     for p in passes:
         for c in p.layers:
             t, times = nodes[c.node.name], 1 if c.node.name in varies else repeats
-            seconds, bound = time_of(c, (peaks or {}).get(c.node.name, peak), bandwidth)
+            resident = fused and 0 < c.bytes <= device.cache
+            seconds, bound = time_of(c, (peaks or {}).get(c.node.name, peak),
+                                     device.cache_bandwidth if resident else bandwidth)
             for name in COST_FIELDS:
                 setattr(t, name, getattr(t, name) + times * getattr(c, name))
             t.seconds += times * seconds
@@ -87,7 +90,7 @@ def _phase(passes: list[Pass], peak: float, device: Device, repeats: int = 1,
 
 
 def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prompt: int | None = None,
-             generate: int | None = None) -> Roofline:
+             generate: int | None = None, fused: bool = False) -> Roofline:
     """The phases of `analysis` on `device`: for a causal network a prefill of `prompt` tokens (default:
     its sequence length T, or T - generate where it learns positions for T tokens alone) and `generate` decode steps at contexts prompt+1 .. prompt+generate; for any
     other, one batch."""
@@ -107,7 +110,7 @@ def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prom
             if value is not None:
                 raise DlcError(f"{flag} {value}: {g.file} has no causal attention, so it does not generate; "
                                f"it runs batch by batch (--batch)")
-        phases = [_phase([batch_pass(analysis, batch)], peak, device, peaks=peaks)]
+        phases = [_phase([batch_pass(analysis, batch, fused)], peak, device, peaks=peaks, fused=fused)]
         return Roofline(device, precision, peak, batch, phases, notes=notes)
     generate = 128 if generate is None else generate
     learned = [n for n in g.nodes if n.kind == "posembed"]
@@ -116,11 +119,11 @@ def roofline(analysis: Analysis, device: Device, batch: int, kv_dtype: str, prom
     if learned and prompt + generate > steps(g):
         raise DlcError(f"--prompt {prompt} --generate {generate}: {g.file} learns positions ({learned[0].name}) "
                        f"for {steps(g)} tokens, fewer than {prompt + generate}")
-    phases = [_phase([prefill(analysis, prompt, batch, kv_dtype)], peak, device, peaks=peaks)]
+    phases = [_phase([prefill(analysis, prompt, batch, kv_dtype, fused)], peak, device, peaks=peaks, fused=fused)]
     if generate:
         # only causal attention reads a context: the other layers cost the same on every step
         attention = {n.name for n in causal_attention(g)}
-        steps_ = [decode_step(analysis, prompt + 1, batch, kv_dtype)] + [
-            decode_step(analysis, prompt + i, batch, kv_dtype, attention) for i in range(2, generate + 1)]
-        phases.append(_phase(steps_, peak, device, generate, peaks))
+        steps_ = [decode_step(analysis, prompt + 1, batch, kv_dtype, fused=fused)] + [
+            decode_step(analysis, prompt + i, batch, kv_dtype, attention, fused) for i in range(2, generate + 1)]
+        phases.append(_phase(steps_, peak, device, generate, peaks, fused))
     return Roofline(device, precision, peak, batch, phases, prompt, generate, notes)

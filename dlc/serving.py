@@ -34,6 +34,9 @@ class LayerCost:
     kv_bytes: int = 0  # keys and values written to the cache and read from it (causal attention)
     out_bytes: int = 0  # of activation_bytes, its output written
     uncounted: str | None = None  # an ONNX operator without a counting rule: its MACs and FLOPs are unknown
+    # fused into the product before it (a suffix layer, timed --fused): a folded bn computes nothing at run
+    # time and an activation's few operations an output overlap the product's, so it takes no time of its own
+    epilogue: bool = False
 
     @property
     def bytes(self) -> int:
@@ -104,7 +107,7 @@ def _per_token(node: Node, seq: int) -> bool:
 
 
 def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int | None = None,
-          context: int | None = None, only: set[str] | None = None) -> Pass:
+          context: int | None = None, only: set[str] | None = None, fused: bool = False) -> Pass:
     t = analysis.totals
     seq = steps(analysis.graph) if queries is not None else None
     by_name = {s.node.name: s for s in analysis.nodes}
@@ -124,6 +127,11 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
         return value_bytes(n, t.act_dtype)
 
     layers = []
+    readers: dict[str, int] = {}
+    for s in analysis.nodes:
+        for i in s.node.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    previous = {s.node.name: p.node.name for p, s in zip(analysis.nodes, analysis.nodes[1:])}
     for s in analysis.nodes:
         node = s.node
         if only is not None and node.name not in only:
@@ -149,28 +157,52 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
             stored = cached_tokens(node, queries) if what == "prefill" else 1
             read = 0 if what == "prefill" else keys
             kv = value_bytes(kv_values_per_token(node) * (stored + read) * batch, kv_dtype)
-        written = out_bytes(s)
-        moved = written + sum(out_bytes(by_name[i]) for i in node.inputs)
-        layers.append(LayerCost(node, macs, flops, weights, moved, kv, written, s.uncounted))
+        reads = fused_reads(node, previous, readers) if fused else None
+        if reads is not None:  # runs on its producer's output before that is written, which it replaces
+            written = 0
+            moved = sum(out_bytes(by_name[i]) for i in reads)
+        else:
+            written = out_bytes(s)
+            moved = written + sum(out_bytes(by_name[i]) for i in node.inputs)
+        layers.append(LayerCost(node, macs, flops, weights, moved, kv, written, s.uncounted,
+                                reads == [] and node.row != node.name))
     return Pass(what, batch, layers, queries, context)
 
 
-def prefill(analysis: Analysis, tokens: int, batch: int, kv_dtype: str) -> Pass:
+# The elementwise merges a fusing runtime runs in the epilogue of the product before them (a residual add
+# in onnxruntime's FusedConv, a squeeze-and-excitation product), besides every suffix layer of a row.
+EPILOGUE_MERGES = {"add", "mul", "Add", "Mul"}
+
+
+def fused_reads(node: Node, previous: dict[str, str], readers: dict[str, int]) -> list[str] | None:
+    """The inputs a node still reads from memory when it runs in the epilogue of the node just before it
+    (a row's suffix layer, a bn or relu; an elementwise merge): those other than that node, whose output
+    it takes in registers and which nothing else reads; None for a node that runs alone."""
+    before = previous.get(node.name)
+    if before not in node.inputs or readers.get(before) != 1:
+        return None
+    if node.row == node.name and node.kind not in EPILOGUE_MERGES:
+        return None
+    return [i for i in node.inputs if i != before]
+
+
+def prefill(analysis: Analysis, tokens: int, batch: int, kv_dtype: str, fused: bool = False) -> Pass:
     """Prefill of `tokens` tokens per sequence: every layer over them, causal attention over the whole
     tokens x tokens square as dense kernels compute it (the analysis' convention), the cache written."""
-    return _pass(analysis, "prefill", batch, kv_dtype, tokens, tokens)
+    return _pass(analysis, "prefill", batch, kv_dtype, tokens, tokens, fused=fused)
 
 
-def decode_step(analysis: Analysis, context: int, batch: int, kv_dtype: str, only: set[str] | None = None) -> Pass:
+def decode_step(analysis: Analysis, context: int, batch: int, kv_dtype: str, only: set[str] | None = None,
+                fused: bool = False) -> Pass:
     """One new token per sequence whose context (its own token included) is `context` tokens: every
     layer on one step, causal attention over the cached tokens (a window's at most). With `only`, the
     named nodes alone (the others' cost does not depend on the context)."""
-    return _pass(analysis, "decode", batch, kv_dtype, 1, context, only)
+    return _pass(analysis, "decode", batch, kv_dtype, 1, context, only, fused)
 
 
-def batch_pass(analysis: Analysis, batch: int) -> Pass:
+def batch_pass(analysis: Analysis, batch: int, fused: bool = False) -> Pass:
     """One forward pass of a batch: a model without causal attention (a CNN, ViT, an encoder)."""
-    return _pass(analysis, "batch", batch, "fp32")
+    return _pass(analysis, "batch", batch, "fp32", fused=fused)
 
 
 @dataclass
@@ -199,6 +231,8 @@ def serve_memory(analysis: Analysis, context: int | None, batch: int, kv_dtype: 
 def time_of(cost: LayerCost, peak_flops: float, bandwidth: float) -> tuple[float, str]:
     """The roofline's time for a node (seconds) and what bounds it: its FLOPs at the peak, or its bytes at
     the bandwidth, whichever takes longer (a node that does neither takes no time)."""
+    if cost.epilogue:
+        return 0.0, "compute"
     compute, memory = cost.flops / peak_flops, cost.bytes / bandwidth
     return max(compute, memory), "compute" if compute >= memory and cost.flops else "memory"
 

@@ -152,3 +152,38 @@ def test_a_tied_head_reads_the_whole_table_the_embedding_its_rows(zoo_graph):
     assert head.weight_bytes == 50257 * 768 * 4  # GPT-2's head is the token table, read whole
     (positions,) = by_kind["posembed"]
     assert positions.weight_bytes == 768 * 4  # one position's row
+
+
+def test_fused_suffix_layers_move_nothing_and_take_no_time():
+    # conv 2@3x3 on 1@4x4, then bn and relu: fused, they act on the conv's 2@2x2 output in registers
+    a = analyse(compile_spec("input 1@4x4\nconv 2@3x3 bn relu\n"))
+    plain = {c.node.kind: c for c in batch_pass(a, 1).layers}
+    fused = {c.node.kind: c for c in batch_pass(a, 1, fused=True).layers}
+    assert plain["bn"].activation_bytes == plain["relu"].activation_bytes == 2 * 8 * 4  # 2@2x2 read and written
+    assert fused["bn"].activation_bytes == fused["relu"].activation_bytes == 0
+    assert fused["bn"].weight_bytes == plain["bn"].weight_bytes == 4 * 2 * 4  # gamma, beta, mean, var
+    assert fused["relu"].epilogue and time_of(fused["relu"], 1.0, 1.0) == (0.0, "compute")
+    assert fused["conv"] == plain["conv"]  # it writes the row's output, once
+
+
+def test_a_fused_residual_add_reads_only_its_shortcut():
+    # the add follows the branch's conv, which nothing else reads: it takes the conv's output in registers
+    # and reads the shortcut, the 4@3x3 input: 36 float32 values
+    a = analyse(compile_spec("input 4@3x3\nadd( conv 4@3x3 pad=1 | identity )\n"))
+    add = next(c for c in batch_pass(a, 1, fused=True).layers if c.node.kind == "add")
+    assert (add.activation_bytes, add.out_bytes, add.epilogue) == (36 * 4, 0, False)
+    plain = next(c for c in batch_pass(a, 1).layers if c.node.kind == "add")
+    assert plain.activation_bytes == 3 * 36 * 4  # two inputs read, the output written
+
+
+def test_fused_nodes_whose_traffic_fits_the_cache_move_at_its_bandwidth():
+    from dlc.devices import Device
+    from dlc.roofline import roofline
+
+    a = analyse(compile_spec("input 1@4x4\nconv 2@3x3\nconv 2@1x1\n"))
+    # conv1 moves 80 bytes of weights, 64 in, 32 out (176); conv2 (4 + 2) * 4 = 24, 32 in, 32 out (88); the
+    # pass touches 80 + 24 of weights and 64 + 32 + 32 of outputs: 232, more than a cache of 176 holds
+    assert batch_pass(a, 1).footprint == 232
+    device = Device("x", 2**30, 1e3, {"fp32": 1e12}, cache=176, cache_bandwidth=1e6)
+    assert roofline(a, device, 1, "fp32").phases[0].seconds == (176 + 88) / 1e3
+    assert roofline(a, device, 1, "fp32", fused=True).phases[0].seconds == (176 + 88) / 1e6

@@ -48,13 +48,16 @@ CONVENTIONS = {
               help="Precision of the activations (default: the weights').")
 @click.option("--kv-dtype", type=click.Choice(list(DTYPE_BYTES)), default=None,
               help="Precision of the KV cache (default: the activations').")
+@click.option("--fused", is_flag=True,
+              help="Time as a fusing runtime runs it: a row's suffix layers (bn, activations) in its kernel, "
+                   "moving nothing, and a node whose traffic fits the device's cache at its bandwidth.")
 @click.option("--all", "every_node", is_flag=True, help="One row per node instead of folding suffix layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document instead of tables.")
 @click.option(*OUT_FLAGS, "out", type=click.Path(path_type=Path), metavar="FILE",
               help="Also draw every layer on the device's roofline: .png or .svg (the `plot` extra).")
 @shape_option
-def roofline(spec, expr, device, batch, prompt, generate, dtype, act_dtype, kv_dtype, every_node, as_json, out,
-             shapes):
+def roofline(spec, expr, device, batch, prompt, generate, dtype, act_dtype, kv_dtype, fused, every_node, as_json,
+             out, shapes):
     """Per layer: MACs, FLOPs, bytes moved, FLOP per byte, the bound (compute or memory) and the time on
     a device; totals: prefill time (to the first token), time per decoded token and tokens/s for a
     network with causal attention, time per batch and samples/s for any other. SPEC may be an .onnx model."""
@@ -71,7 +74,7 @@ def roofline(spec, expr, device, batch, prompt, generate, dtype, act_dtype, kv_d
                                "runs batch by batch")
     t = a.result.totals
     kv = kv_dtype or t.act_dtype
-    r = run_roofline(a.result, found, batch, kv, prompt, generate)
+    r = run_roofline(a.result, found, batch, kv, prompt, generate, fused)
     if out is not None:
         from dlc.plot.roofline import save
 

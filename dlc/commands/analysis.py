@@ -64,7 +64,7 @@ def model_lines(a: Analysed) -> list[str]:
     from dlc.onnx.analysis import shown
 
     m = a.model
-    lines, signals = [], m.signals()
+    lines, signals = [], m.signals
     for what, names in (("inputs", m.inputs), ("outputs", m.outputs)):
         ports = [f"{n} {show(shown(m.tensors[n], signals)) if n in m.tensors and m.tensors[n].known else '?'}"
                  for n in names]

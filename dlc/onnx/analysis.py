@@ -447,7 +447,7 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
                 read_by.setdefault(t, set()).add(layer.name)
     # the spatial sizes of an image or volume input, or of a signal's where the model has 1-D windows (a
     # rank-3 input is otherwise a sequence)
-    signals = g.signals()
+    signals = g.signals
     image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs)
                   if t and t.known and (len(t.shape) in (4, 5) or t.name in signals)), None)
     fields: dict[str, ReceptiveField | None] = {

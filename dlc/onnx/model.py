@@ -11,6 +11,7 @@ names it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from math import prod
 from pathlib import Path
 
@@ -124,7 +125,8 @@ class OnnxGraph:
             return None
         return self.metadata.get(META_SPEC)
 
-    def signals(self) -> set[str]:
+    @cached_property
+    def signals(self) -> set[str]:  # a graph's nodes and tensors are fixed once from_model returns it
         """The rank-3 tensors that are signals (N, C, L) rather than sequences (N, T, D): those an
         operator reads by their channels, or an Unsqueeze turns into an image for a pool (the old
         exporters' 1-D pools). dlc shows them as C@L and imports a model whose input is one as such."""

@@ -112,7 +112,7 @@ def import_upconv(r: Reader, n: onnx.NodeProto) -> Found | None:
     x = r.shape(n.input[0])
     if len(x) != 3:
         raise NotImportable(f"dlc's upconv works on images C@HxW; this one's input is "
-                            f"{show(shown(r.g.tensors[n.input[0]], r.g.signals()))}")
+                            f"{show(shown(r.g.tensors[n.input[0]], r.g.signals))}")
     if "output_shape" in a:
         raise NotImportable("output_shape has no upconv option (write the pads and outpad= it implies)")
     outpad = tuple(a.get("output_padding", (0, 0)))

@@ -186,7 +186,7 @@ def import_clip(r: Reader, n: onnx.NodeProto) -> Found | None:
 def per_feature_tensor(r: Reader, x: str, value: np.ndarray, what: str) -> tuple[dict, np.ndarray]:
     """A stored operand broadcast against x as prelu's and shift's tensors are: one value for all, or
     (`channels`) one per feature in ONNX's broadcast layout; NotImportable naming any other shape."""
-    shape = Signal(r.shape(x)) if x in r.g.signals() else r.shape(x)  # a signal's features are its channels
+    shape = Signal(r.shape(x)) if x in r.g.signals else r.shape(x)  # a signal's features are its channels
     if value.size == 1:
         return {}, value.reshape(1).astype(np.float32)
     want = per_feature({"channels": True}, [shape])

@@ -36,7 +36,7 @@ def input_size(r: Reader, name: str) -> str:
             raise DlcError(f"the model's input {name} holds integers shaped {show(shape) or 'as a scalar'} per "
                            f"sample; dlc reads integers as token ids, (batch, T)")
         return f"seq {shape[0]}"
-    if len(shape) == 2 and name in r.g.signals():
+    if len(shape) == 2 and name in r.g.signals:
         return show(Signal(shape))
     if len(shape) == 2:
         return f"seq {shape[0]} of {shape[1]}"

@@ -127,11 +127,13 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
         return value_bytes(n, t.act_dtype)
 
     layers = []
-    readers: dict[str, int] = {}
-    for s in analysis.nodes:
-        for i in s.node.inputs:
-            readers[i] = readers.get(i, 0) + 1
-    previous = {s.node.name: p.node.name for p, s in zip(analysis.nodes, analysis.nodes[1:])}
+    readers: dict[str, int] = {}  # what fused_reads asks, only then
+    previous: dict[str, str] = {}
+    if fused:
+        for s in analysis.nodes:
+            for i in s.node.inputs:
+                readers[i] = readers.get(i, 0) + 1
+        previous = {s.node.name: p.node.name for p, s in zip(analysis.nodes, analysis.nodes[1:])}
     for s in analysis.nodes:
         node = s.node
         if only is not None and node.name not in only:

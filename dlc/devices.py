@@ -253,33 +253,38 @@ def measure(sizes: tuple[int, ...] = (256, 512, 1024), copy_mib: int = 256, cach
 def onnxruntime_matmul(a):
     """a @ a by onnxruntime's MatMul (its own kernels, MLAS, which reach a few per cent above numpy's BLAS
     on a CPU), as a call: the peak must be the most any of this machine's libraries reaches."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     n = a.shape[0]
-    value = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "c")]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "a"], ["c"])], "matmul", value[:1], value[1:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"a": a})
+    run = _one_node(("MatMul", ["a", "a"], {}), {"a": [n, n]}, [n, n], [])
+    return lambda: run({"a": a})
 
 
 def onnxruntime_conv(channels: int = 512, size: int = 7):
     """(a call, its FLOPs) of onnxruntime's 3x3 convolution of `channels` channels over size x size (a
     ResNet's last stage): its convolution kernels run a few per cent above its MatMul on a CPU."""
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, channels, size, size), dtype=np.float32)
     w = numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3), dtype=np.float32), "w")
-    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, channels, size, size]) for n in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
-                              value[:1], value[1:], initializer=[w])
+    shape = [1, channels, size, size]
+    run = _one_node(("Conv", ["x", "w"], {"pads": [1, 1, 1, 1]}), {"x": shape}, shape, [w])
+    return (lambda: run({"x": x})), 2 * channels * channels * 9 * size * size
+
+
+def _one_node(node: tuple[str, list[str], dict], inputs: dict[str, list[int]], output: list[int], initializer: list):
+    """A float32 model of one node (op type, inputs, attributes) writing `y`, on onnxruntime's CPU provider:
+    its run on a feed."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    op_type, names, attrs = node
+    graph = helper.make_graph([helper.make_node(op_type, names, ["y"], **attrs)], op_type.lower(),
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output)], initializer=initializer)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return (lambda: session.run(None, {"x": x})), 2 * channels * channels * 9 * size * size
+    return lambda feed: session.run(None, feed)
 
 
 def _best(fn, trials: int) -> float:

@@ -95,7 +95,7 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
     from dlc.train.augment import Augment
     from dlc.train.loop import train as run_training
     from dlc.train.rundir import run_lock
-    from dlc.train.sources import prepare
+    from dlc.train.sources import prepare, spec_inputs
 
     tune_allocator()
     if nproc_per_node and engine != "torch":
@@ -113,10 +113,6 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
         root = resume
     else:
         graph = load_graph(spec, expr)
-        if len(graph.inputs) > 1:  # every data source gives one tensor per sample
-            names = ", ".join(n.name for n in graph.inputs)
-            raise DlcError(f"{graph.file} has {len(graph.inputs)} inputs ({names}): dlc train feeds one "
-                           f"tensor per sample, so a network with several inputs cannot train yet")
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test), engine,
@@ -144,7 +140,7 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
         try:
             data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                         norm=norm, on_phase=display.phase, steps=output_steps(graph),
-                                        vocab=token_vocab(graph))
+                                        vocab=token_vocab(graph), inputs=spec_inputs(graph))
             display.phase("fingerprinting the data (--resume checks it)")
             fingerprint = data_arrays.fingerprint()
         except MemoryError:
@@ -236,7 +232,9 @@ def data_line(data, graph, default: bool) -> str:
     """Which data set trains the run and its split sizes: a default that the spec's shapes picked is
     named as such, so a CIFAR-shaped spec is not trained on glyphs without a word."""
     sizes = ", ".join(f"{len(split):,} {name}" for name, split in data.splits().items())
-    why = (f" (the default for an input of {show(graph.input.out_shape)} and an output of "
+    ins = (f"an input of {show(graph.input.out_shape)}" if len(graph.inputs) == 1 else
+           f"the inputs {', '.join(f'{n.name} {show(n.out_shape)}' for n in graph.inputs)}")
+    why = (f" (the default for {ins} and an output of "
            f"{show(graph.output.out_shape)}; --data names another)") if default else ""
     return f"data: {data.name}{why}: {sizes}"
 

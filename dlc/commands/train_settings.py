@@ -120,8 +120,11 @@ def resolve_config(graph, flags: dict, augment: Augment, balanced: bool) -> Trai
 
 
 def default_data(graph) -> str:
-    """xor for a 2-input spec; glyphs for an image or 784-vector input with 10 outputs."""
+    """xor for a 2-input spec; glyphs for an image or 784-vector input with 10 outputs; pairs for a spec
+    with two inputs."""
     shape, out = graph.input.out_shape, graph.output.out_shape
+    if len(graph.inputs) == 2:
+        return "pairs"
     if shape == (2,):
         return "xor"
     if (len(shape) == 3 or shape == (784,)) and out == (10,):

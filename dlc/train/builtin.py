@@ -7,6 +7,7 @@
   scale, rotation, shear, stroke width, jittered stroke points and pixel noise, rendered at the
   spec's input size (C@HxW, with C copies of one grey image, or a square vector H·W).
 - reverse, sort, copy: token sequences with a target at every step (dlc.train.sequences).
+- pairs: two inputs, token ids and token types, for sequence-pair matching (dlc.train.pairs).
 Every set is a function of its seed and sizes alone.
 """
 
@@ -18,19 +19,21 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.layers.spatial import show
-from dlc.train.catalog import Wanted, builtin_source
-from dlc.train.dataset import Data, Split
+from dlc.train.catalog import InputWanted, Wanted, builtin_source
+from dlc.train.dataset import ByInput, Data, Split, take
+from dlc.train.pairs import PAIRS_SIZES, pair_task
 from dlc.train.sequences import SEQUENCE_SIZES, TARGETS, sequence_task
 
 BUILTIN_SIZES = {  # default (train, val, test) sizes
     "xor": (4, 0, 0), "spirals": (600, 150, 150), "blobs": (600, 150, 150), "glyphs": (6000, 1000, 1000),
-    **{name: SEQUENCE_SIZES for name in TARGETS},
+    **{name: SEQUENCE_SIZES for name in TARGETS}, "pairs": PAIRS_SIZES,
 }
 
 
-def _splits(x: np.ndarray, y: np.ndarray, sizes: tuple[int, int, int], name: str) -> Data:
+def _splits(x: np.ndarray | ByInput, y: np.ndarray, sizes: tuple[int, int, int], name: str) -> Data:
     a, b, c = sizes
-    parts = [Split(x[lo:hi], y[lo:hi]) if hi > lo else None for lo, hi in ((0, a), (a, a + b), (a + b, a + b + c))]
+    parts = [Split(take(x, slice(lo, hi)), y[lo:hi]) if hi > lo else None
+             for lo, hi in ((0, a), (a, a + b), (a + b, a + b + c))]
     return Data(*parts, name=name)
 
 
@@ -160,22 +163,28 @@ def glyphs(input_shape, classes: int, sizes, seed: int = 0) -> Data:
 
 
 def builtin_bytes(name: str, input_shape: tuple[int, ...], sizes: tuple[int, int, int]) -> int:
-    """What a built-in set's arrays hold once made: float32 inputs with an int64 label each, or for the
-    sequence tasks int64 token ids with an int64 target at every step (making them takes more)."""
-    per_sample = 16 * math.prod(input_shape) if name in TARGETS else 4 * math.prod(input_shape) + 8
+    """What a built-in set's arrays hold once made: float32 inputs with an int64 label each, for the
+    sequence tasks int64 token ids with an int64 target at every step (making them takes more), for
+    pairs two int64 inputs of the first's shape and a label."""
+    per_sample = (16 * math.prod(input_shape) if name in TARGETS else
+                  16 * math.prod(input_shape) + 8 if name == "pairs" else 4 * math.prod(input_shape) + 8)
     return sum(sizes) * per_sample
 
 
 # Each set's generator, under the name dlc.train.catalog lists it by (tests/train/test_data_sources.py
-# checks that the two agree). The sequence tasks take the embedding's vocabulary too (builtin_data passes it).
-BUILTIN = {"xor": xor, "spirals": spirals, "blobs": blobs, "glyphs": glyphs, **dict.fromkeys(TARGETS, sequence_task)}
+# checks that the two agree). The sequence tasks take the embedding's vocabulary too, pairs every input
+# (builtin_data passes them).
+BUILTIN = {"xor": xor, "spirals": spirals, "blobs": blobs, "glyphs": glyphs, **dict.fromkeys(TARGETS, sequence_task),
+           "pairs": pair_task}
 
 
-def builtin_data(name: str, input_shape, classes: int, sizes=None, seed: int = 0, vocab: int | None = None) -> Data:
+def builtin_data(name: str, input_shape, classes: int, sizes=None, seed: int = 0, vocab: int | None = None,
+                 inputs: tuple[InputWanted, ...] = ()) -> Data:
     """A built-in set by name; sizes (train, val, test) default to BUILTIN_SIZES (xor is fixed).
 
     classes: the output's width (of each step, for a sequence output); vocab: the embedding's
-    vocabulary when the spec reads token ids, which the sequence tasks draw their tokens from.
+    vocabulary when the spec reads token ids, which the sequence tasks draw their tokens from;
+    inputs: every input of a spec with several, which pairs feeds.
     """
     builtin_source(name)  # refuses a name the table does not list
     sizes = tuple(BUILTIN_SIZES[name]) if sizes is None else tuple(sizes)
@@ -184,9 +193,13 @@ def builtin_data(name: str, input_shape, classes: int, sizes=None, seed: int = 0
     if name in TARGETS:
         x, y = sequence_task(name, tuple(input_shape), classes, vocab, sum(sizes), seed)
         return _splits(x, y, sizes, name)
+    if name == "pairs":
+        x, y = pair_task(inputs, classes, sum(sizes), seed)
+        return _splits(ByInput(x), y, sizes, name)
     return BUILTIN[name](tuple(input_shape), classes, sizes, seed)
 
 
 def builtin_set(name: str, want: Wanted) -> Data:
     """The built-in sets' reader in dlc.train.catalog's table, with its one signature."""
-    return builtin_data(name, want.input_shape, want.classes, want.sizes, want.seed, vocab=want.vocab)
+    return builtin_data(name, want.input_shape, want.classes, want.sizes, want.seed, vocab=want.vocab,
+                        inputs=want.inputs)

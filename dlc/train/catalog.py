@@ -32,6 +32,19 @@ if TYPE_CHECKING:  # numpy comes with it; the help is built without it
 
 
 @dataclass(frozen=True)
+class InputWanted:
+    """One input of the spec, as its data must feed it."""
+
+    label: str  # the input's node name: the key of its array
+    shape: tuple[int, ...]  # one sample's
+    vocab: int | None = None  # token ids (read by an `embed`): the smallest vocabulary among their readers
+
+    @property
+    def tokens(self) -> bool:
+        return self.vocab is not None
+
+
+@dataclass(frozen=True)
 class Wanted:
     """What the spec asks of its data, for the readers that make or cut data to fit it."""
 
@@ -42,6 +55,7 @@ class Wanted:
     seed: int = 0
     resize: bool = False  # images of another size are scaled and centre-cropped to the input's
     token_dtype: str | None = None  # a .bin token file's element type (uint16 or uint32), when given
+    inputs: tuple[InputWanted, ...] = ()  # every input, in the spec's order (the first's are input_shape, vocab)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class Source:
     files: tuple[str, ...] = ()  # patterns a file's lower-cased name matches (fnmatch)
     folder: bool = False  # reads a directory
     holds: tuple[str, ...] = ()  # ...one with an entry matching one of these (a subdirectory's name ends in /); (): any
+    several: bool = False  # feeds a network with several inputs (an array per input label)
 
     @property
     def builtin(self) -> bool:
@@ -78,6 +93,9 @@ SOURCES: tuple[Source, ...] = (
     Source("reverse", "random token sequences; target: the input backwards", "dlc.train.builtin:builtin_set"),
     Source("sort", "random token sequences; target: their tokens sorted", "dlc.train.builtin:builtin_set"),
     Source("copy", "random token sequences; target: the input itself", "dlc.train.builtin:builtin_set"),
+    Source("pairs", "two inputs, token ids of two sequences side by side and each token's segment "
+                    "(0, 1); class 1 when the second sequence repeats the first", "dlc.train.builtin:builtin_set",
+           several=True),
     # Files are tried in this order: text first, then "idx" anywhere in a name (MNIST's files and its
     # mirrors' spellings: train-images-idx3-ubyte[.gz], train-images.idx3-ubyte), then the suffixes.
     Source(".txt", "UTF-8 text, for a character-level language model", "dlc.train.text:text_data",
@@ -95,8 +113,9 @@ SOURCES: tuple[Source, ...] = (
            files=("*idx*",), folder=True),
     Source(".pkl[.gz]", "pickled arrays (train, valid, test): mnist.pkl.gz", "dlc.train.readers:load_pickle",
            files=("*.pkl", "*.pkl.gz", "*.pickle")),
-    Source(".npz", "arrays x, y; optionally x_val, y_val, x_test, y_test", "dlc.train.readers:load_npz",
-           files=("*.npz",)),
+    Source(".npz", "arrays x, y; optionally x_val, y_val, x_test, y_test (several inputs: an array per "
+                   "input label instead of x, LABEL_val, LABEL_test)", "dlc.train.readers:load_npz",
+           files=("*.npz",), several=True),
     Source(".csv[.gz]", "a row per sample: the label, then the features", "dlc.train.readers:load_csv",
            files=("*.csv", "*.csv.gz")),
 )

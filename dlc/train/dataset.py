@@ -2,6 +2,7 @@
 
 Images are float32 NCHW, vectors (N, F), token ids int64 (N, T); class labels are int64 (N,), or
 (N, T) for a label at every step of a sequence output; regression or soft targets float32 (N, K).
+A network with several inputs reads ByInput: an array per input label, whose rows go together.
 """
 
 from __future__ import annotations
@@ -32,12 +33,34 @@ class LazyRows(Protocol):
         """What the fingerprint hashes instead of every row: the files and their sizes."""
 
 
-Inputs = Union[np.ndarray, LazyRows]
+@dataclass
+class ByInput:
+    """The inputs of a network with several: an array per input label, in the spec's order, with one row
+    per sample each. Rows are taken from every array at once, so a batch (and a shuffled order) keeps
+    each sample's inputs together; indexing gives the engine's feed, a dict by input name."""
+
+    arrays: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, idx) -> dict[str, np.ndarray]:
+        return {label: a[idx] for label, a in self.arrays.items()}
+
+    def subset(self, idx: np.ndarray) -> "ByInput":
+        return ByInput(self[idx])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+Inputs = Union[np.ndarray, LazyRows, ByInput]
 
 
 def take(x: Inputs, idx: np.ndarray) -> Inputs:
-    """Rows idx of inputs: an array's copy, or lazy rows still unread."""
-    return x.subset(idx) if isinstance(x, LazyRows) else x[idx]
+    """Rows idx of inputs: an array's copy, the same rows of each input's, or lazy rows still unread."""
+    return x.subset(idx) if isinstance(x, (LazyRows, ByInput)) else x[idx]
 
 
 @dataclass
@@ -67,7 +90,8 @@ class Data:
         shapes too): a checkpoint keeps it, so that --resume can tell the run's data from changed data."""
         digest = hashlib.sha256()
         for name, split in self.splits().items():
-            for a in (split.x, split.y):
+            xs = split.x.arrays.values() if isinstance(split.x, ByInput) else (split.x,)
+            for a in (*xs, split.y):
                 digest.update(f"{name} {a.dtype.str} {a.shape}\n".encode())
                 digest.update(a.identity() if isinstance(a, LazyRows) else np.ascontiguousarray(a))
         return {"samples": {name: len(split) for name, split in self.splits().items()},

@@ -37,7 +37,7 @@ from dlc.layers import feature_axis
 from dlc.layers.spatial import show
 from dlc.train.augment import augment_batch, check_augment
 from dlc.train.config import TrainConfig, config_to_json
-from dlc.train.dataset import Data, LazyRows, Split
+from dlc.train.dataset import ByInput, Data, LazyRows, Split
 from dlc.train.trainer import NumpyTrainer, Running, Trainer
 from dlc.train.order import epoch_order
 from dlc.train.rundir import RUN_SCHEMA, RunFiles, Snapshot
@@ -79,6 +79,9 @@ class Stop(Exception):
 
 
 def check_config(cfg: TrainConfig, graph: Graph, data: Data) -> None:
+    if cfg.augment.active and isinstance(data.train.x, ByInput):
+        raise DlcError(f"--flip, --shift, --noise and --mixup augment one input's images; a network with several "
+                       f"inputs ({', '.join(data.train.x.arrays)}) trains on its data as it is")
     check_augment(cfg.augment, graph.input.out_shape)
     if cfg.batch < 1 or cfg.epochs < 0 or cfg.lr <= 0:
         raise DlcError(f"need batch >= 1, epochs >= 0 and lr > 0 (received batch={cfg.batch}, "

@@ -3,7 +3,8 @@
 Every reader returns a `Data` of checked splits. Pixel bytes (uint8) become float32 in [0, 1], as in
 the classic mnist.pkl.gz, so one model sees the same scale whatever file its data came from.
 dlc.train.catalog names each reader beside the file names it reads and calls it as reader(path, want);
-a file holds its own shapes (dlc.train.fit fits them to the spec), so these readers ignore `want`.
+a file holds its own shapes (dlc.train.fit fits them to the spec), so these readers ignore `want`,
+except an .npz for a network with several inputs: its arrays are found and checked by the inputs' labels.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import numpy as np
 
 from dlc.errors import DlcError
 from dlc.npz import check_arrays_file
-from dlc.train.catalog import Wanted, file_source
-from dlc.train.dataset import Data, Split
+from dlc.layers.spatial import show
+from dlc.train.catalog import InputWanted, Wanted, file_source
+from dlc.train.dataset import ByInput, Data, Split
 
 
 def _pixels(x: np.ndarray) -> np.ndarray:
@@ -174,7 +176,8 @@ def load_pickle(path, want: Wanted | None = None) -> Data:
 
 
 def load_npz(path, want: Wanted | None = None) -> Data:
-    """.npz with x and y; optionally x_val, y_val and x_test, y_test."""
+    """.npz with x and y; optionally x_val, y_val and x_test, y_test. For a network with several inputs,
+    an array per input label instead of x (LABEL, LABEL_val, LABEL_test), y as ever."""
     path = Path(path)
     check_arrays_file(str(path))  # numpy would read a huge header, or allocate what a header declares, first
     try:
@@ -182,6 +185,8 @@ def load_npz(path, want: Wanted | None = None) -> Data:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise DlcError(f"{path}: unreadable .npz ({e})")
+    if want is not None and len(want.inputs) > 1:
+        return _npz_by_input(arrays, path, want.inputs)
     if "x" not in arrays or "y" not in arrays:
         raise DlcError(f"{path}: needs arrays `x` and `y` (found {', '.join(sorted(arrays)) or 'none'})")
     splits = {}
@@ -192,6 +197,65 @@ def load_npz(path, want: Wanted | None = None) -> Data:
         splits[what] = None if xs is None else _split(xs, ys, str(path), what)
     return Data(_split(arrays["x"], arrays["y"], str(path), "train"), splits["val"], splits["test"],
                 name=str(path))
+
+
+SPLIT_SUFFIXES = {"train": "", "val": "_val", "test": "_test"}
+
+
+def _npz_by_input(arrays: dict[str, np.ndarray], path: Path, inputs: tuple[InputWanted, ...]) -> Data:
+    """The splits of an .npz for a network with several inputs: each input's array under its label, the
+    target under y, a split's arrays all present or all absent (train's present), one row per sample each.
+    Token ids must be whole numbers below the vocabulary of the embed that reads them; other inputs are
+    numbers, read as float32, each sample shaped as its input."""
+    labels = [i.label for i in inputs]
+    if "y" in labels:
+        raise DlcError(f"{path}: the array y is the target, but the spec also has an input labelled y: "
+                       f"relabel the input")
+    expected = {name + suffix for name in (*labels, "y") for suffix in SPLIT_SUFFIXES.values()}
+    unknown = sorted(set(arrays) - expected)
+    if unknown:
+        raise DlcError(f"{path}: holds the array `{unknown[0]}`, which is no input of the spec (its inputs: "
+                       f"{', '.join(labels)}; the target is y; a split's arrays end in _val or _test)")
+    splits: dict[str, Split | None] = {}
+    for what, suffix in SPLIT_SUFFIXES.items():
+        keys = [label + suffix for label in (*labels, "y")]
+        if what != "train" and not any(k in arrays for k in keys):
+            splits[what] = None
+            continue
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            role = "the target" if missing[0] == "y" + suffix else f"the input {missing[0][:len(missing[0]) - len(suffix)]}"
+            raise DlcError(f"{path}: no array `{missing[0]}` for {role} (found {', '.join(sorted(arrays))})")
+        y = np.asarray(arrays["y" + suffix])
+        if len(y) == 0:
+            raise DlcError(f"{path}: `y{suffix}` is empty")
+        xs = {i.label: _input_array(np.asarray(arrays[i.label + suffix]), i, f"{path}: `{i.label + suffix}`", len(y))
+              for i in inputs}
+        splits[what] = Split(ByInput(xs), _labels(y, str(path)))
+    return Data(splits["train"], splits["val"], splits["test"], name=str(path))
+
+
+def _input_array(a: np.ndarray, wanted: InputWanted, name: str, rows: int) -> np.ndarray:
+    """One input's array of an .npz, checked against the input it feeds (name: the file and the key)."""
+    if a.ndim < 1 or len(a) != rows:
+        raise DlcError(f"{name} has {len(a) if a.ndim else 'no'} rows, but the target has {rows}")
+    if a.shape[1:] != wanted.shape:
+        raise DlcError(f"{name} holds samples of shape {show(a.shape[1:]) or 'one value'}, but the input "
+                       f"{wanted.label} is {show(wanted.shape)}")
+    if wanted.tokens:
+        if not np.issubdtype(a.dtype, np.integer):
+            raise DlcError(f"{name} holds {a.dtype}, but the input {wanted.label} is read by an embed, which "
+                           f"takes whole token ids (an integer array)")
+        if a.size and (a.min() < 0 or (wanted.vocab is not None and a.max() >= wanted.vocab)):
+            raise DlcError(f"{name}: its token ids range over {a.min()}..{a.max()}, but the embed reading "
+                           f"{wanted.label} has vocab={wanted.vocab} (ids 0..{wanted.vocab - 1})")
+        return a.astype(np.int64, copy=False)
+    if not np.issubdtype(a.dtype, np.number):
+        raise DlcError(f"{name} must hold numbers (found dtype {a.dtype})")
+    a = _pixels(a).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(a)):
+        raise DlcError(f"{name} holds NaN or infinite values")
+    return a
 
 
 def load_csv(path, want: Wanted | None = None) -> Data:

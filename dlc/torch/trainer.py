@@ -42,7 +42,7 @@ from dlc.torch.export import comment_text, identifiers, pytorch_source, state_na
 from dlc.torch.rules import FINAL, LOSSES, UPDATES, maxnorm_
 from dlc.train import optim
 from dlc.train.config import TrainConfig
-from dlc.train.dataset import Split
+from dlc.train.dataset import ByInput, Split
 from dlc.train.trainer import Running, fresh_optimizer, starting_weights
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,6 +98,14 @@ def hits(out: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.Tensor
     return top1, (rank < 5).sum()
 
 
+def each(x, fn):
+    """fn on one input's array, or on each of several inputs' (a ByInput, or the dict a batch of it is),
+    giving a dict by input name."""
+    if isinstance(x, (ByInput, dict)):
+        return {label: fn(a) for label, a in (x.arrays if isinstance(x, ByInput) else x).items()}
+    return fn(x)
+
+
 class TorchTrainer:
     """dlc's training step in PyTorch; build it with torch_trainer(device)."""
 
@@ -151,9 +159,9 @@ class TorchTrainer:
             for k, t in self.to_torch(self.table, arrays).items():
                 self.slots[f"{slot}:{k}"] = t.to(self.device, self.dtype).clone()
         self.fused = FUSED_LOSSES.get((cfg.loss, graph.output.kind))
-        self.tokens = graph.input.dtype.startswith("int")
         self.classes = graph.output.out_shape[-1]
-        self.x = self.y = None  # the bound training split: tensors on the device, or host arrays
+        # the bound training split: tensors on the device (several inputs: a dict of them), or host arrays
+        self.x = self.y = None
         self.sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # Running's four, in order
         self.rng_restored = rng_state is not None
         if rng_state is not None:
@@ -181,7 +189,8 @@ class TorchTrainer:
     def bind(self, split: Split) -> None:
         self.x, self.y = split.x, split.y
         if self.fits_on_device(split.x.nbytes + split.y.nbytes):
-            self.x, self.y = (self.host_tensor(a).to(self.device) for a in (split.x, split.y))
+            self.x = each(split.x, lambda a: self.host_tensor(a).to(self.device))
+            self.y = self.host_tensor(split.y).to(self.device)
 
     def fits_on_device(self, nbytes: int) -> bool:
         """Whether a training split of nbytes goes to the device: on CUDA, within DEVICE_SHARE of its free memory."""
@@ -189,7 +198,7 @@ class TorchTrainer:
 
     def feed(self, order: np.ndarray) -> torch.Tensor | np.ndarray:
         """The order on the device with a split there, else on the host where the batches are gathered."""
-        return torch.from_numpy(order).to(self.device) if torch.is_tensor(self.x) else order
+        return torch.from_numpy(order).to(self.device) if torch.is_tensor(self.y) else order
 
     @staticmethod
     def host_tensor(a: np.ndarray) -> torch.Tensor:
@@ -205,17 +214,19 @@ class TorchTrainer:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Token ids as int64, features in the weights' dtype."""
-        return x.long() if self.tokens else x.to(self.dtype)
+    def inputs(self, x: torch.Tensor | dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """A batch as forward's arguments, one per input in the spec's order (a dict holds several by
+        name): token ids as int64, features in the weights' dtype."""
+        xs = [x[n.name] for n in self.graph.inputs] if isinstance(x, dict) else [x]
+        return [t.long() if n.dtype.startswith("int") else t.to(self.dtype) for n, t in zip(self.graph.inputs, xs)]
 
     def train_step(self, idx, rng: np.random.Generator, batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if batch is not None:  # augmented on the host: copied over, step by step
             xb, yb = map(self.to_device, batch)
-        elif torch.is_tensor(self.x):
-            xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+        elif torch.is_tensor(self.y):
+            xb, yb = each(self.x, lambda t: t.index_select(0, idx)), self.y.index_select(0, idx)
         else:
-            xb, yb = self.to_device(self.x[idx]), self.to_device(self.y[idx])
+            xb, yb = each(self.x[idx], self.to_device), self.to_device(self.y[idx])
         xb = self.inputs(xb)
         if not yb.is_floating_point():
             yb = yb.long()
@@ -239,7 +250,7 @@ class TorchTrainer:
         self.sums = torch.tensor([running.loss, running.correct, running.top5, running.seen], dtype=torch.float64,
                                  device=self.device)
 
-    def loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor,
+    def loss_and_grads(self, xb: list[torch.Tensor], yb: torch.Tensor,
                        rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's loss with penalties and the network's outputs, on the device; the gradients in .grad."""
         if not self.rng_restored:
@@ -249,11 +260,11 @@ class TorchTrainer:
         for m in self.frozen_modules:
             m.eval()  # bn on its running statistics, which stay as they are; no dropout or noise
         if self.fused:
-            logits = self.model(xb, logits=True)
+            logits = self.model(*xb, logits=True)
             value = LOSSES[self.fused](logits, yb)
             out = FINAL[self.graph.output.kind](logits.detach())
         else:
-            out = self.model(xb)
+            out = self.model(*xb)
             value = LOSSES[self.cfg.loss](out, yb)
             out = out.detach()
         value = value + self.balance_loss(self.net)  # a mixture's load balancing, as the NumPy engine adds it
@@ -305,12 +316,13 @@ class TorchTrainer:
             for key, axes in self.norm_axes.items():
                 maxnorm_(self.params[key], self.cfg.maxnorm, axes)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         self.net.eval()  # the bare module: DDP's forward would broadcast buffers, a collective
+        x = ByInput(x) if isinstance(x, dict) else x  # several inputs' arrays, sliced together
         outs = []
         with torch.no_grad():
             for start in range(0, len(x), PREDICT_BATCH):
-                outs.append(self.net(self.inputs(self.to_device(x[start:start + PREDICT_BATCH]))))
+                outs.append(self.net(*self.inputs(each(x[start:start + PREDICT_BATCH], self.to_device))))
         if not outs:
             return np.zeros((0, *self.graph.output.out_shape), dtype=np.float32)
         return torch.cat(outs).cpu().numpy()  # one wait for the device, not one a batch

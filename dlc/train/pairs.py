@@ -19,7 +19,7 @@ from dlc.errors import DlcError
 from dlc.layers.spatial import show
 from dlc.train.catalog import InputWanted
 
-PAIRS_SIZES = (4000, 500, 500)  # (train, val, test)
+PAIRS_SIZES = (2000, 500, 500)  # (train, val, test)
 
 
 def _check(inputs: tuple[InputWanted, ...], classes: int) -> tuple[int, int]:

@@ -93,8 +93,7 @@ SOURCES: tuple[Source, ...] = (
     Source("reverse", "random token sequences; target: the input backwards", "dlc.train.builtin:builtin_set"),
     Source("sort", "random token sequences; target: their tokens sorted", "dlc.train.builtin:builtin_set"),
     Source("copy", "random token sequences; target: the input itself", "dlc.train.builtin:builtin_set"),
-    Source("pairs", "two inputs, token ids of two sequences side by side and each token's segment "
-                    "(0, 1); class 1 when the second sequence repeats the first", "dlc.train.builtin:builtin_set",
+    Source("pairs", "token ids and types of two sequences; class 1: the second repeats", "dlc.train.builtin:builtin_set",
            several=True),
     # Files are tried in this order: text first, then "idx" anywhere in a name (MNIST's files and its
     # mirrors' spellings: train-images-idx3-ubyte[.gz], train-images.idx3-ubyte), then the suffixes.
@@ -113,8 +112,7 @@ SOURCES: tuple[Source, ...] = (
            files=("*idx*",), folder=True),
     Source(".pkl[.gz]", "pickled arrays (train, valid, test): mnist.pkl.gz", "dlc.train.readers:load_pickle",
            files=("*.pkl", "*.pkl.gz", "*.pickle")),
-    Source(".npz", "arrays x, y; optionally x_val, y_val, x_test, y_test (several inputs: an array per "
-                   "input label instead of x, LABEL_val, LABEL_test)", "dlc.train.readers:load_npz",
+    Source(".npz", "x and y, or an array per input label and y; _val, _test: splits", "dlc.train.readers:load_npz",
            files=("*.npz",), several=True),
     Source(".csv[.gz]", "a row per sample: the label, then the features", "dlc.train.readers:load_csv",
            files=("*.csv", "*.csv.gz")),

@@ -82,6 +82,16 @@ sample("sort")(_sequences("sort", lambda x: np.sort(x, axis=1)))
 sample("copy")(_sequences("copy", lambda x: x))
 
 
+@sample("pairs")
+def _pairs(tmp):
+    def check(d):  # ids of two sequences side by side, their segments, and whether the second repeats the first
+        ids, types = d.train.x.arrays["ids"], d.train.x.arrays["types"]
+        assert ids.shape == types.shape == (6, 4) and (types == [0, 0, 1, 1]).all()
+        assert np.array_equal(d.train.y, (ids[:, :2] == ids[:, 2:]).all(axis=1))
+    inputs = (catalog.InputWanted("ids", (4,), 3), catalog.InputWanted("types", (4,), 2))
+    return "pairs", Wanted((4,), 2, vocab=3, sizes=(6, 0, 0), inputs=inputs), check
+
+
 @sample(".txt")
 def _text(tmp):
     path = tmp / "book.txt"
@@ -250,7 +260,7 @@ def test_every_data_the_docs_show_is_in_the_table():
 
 
 def test_an_unlisted_name_and_format_are_refused_with_the_table_s_choices(tmp_path):
-    with pytest.raises(DlcError, match="no built-in data set `mnist` \\(expected xor, spirals, .*copy\\)"):
+    with pytest.raises(DlcError, match="no built-in data set `mnist` \\(expected xor, spirals, .*copy, pairs\\)"):
         builtin_source("mnist")
     (tmp_path / "d.dat").write_text("1")
     expected = r"expected .txt, CIFAR, images, tokens, IDX, .*\.npz or .csv\[.gz\]"

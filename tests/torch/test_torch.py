@@ -37,7 +37,7 @@ from dlc.torch.trainer import network, torch_trainer  # noqa: E402
 from dlc.train import optim  # noqa: E402
 from dlc.train.builtin import BUILTIN_SIZES  # noqa: E402
 from dlc.train.config import TrainConfig  # noqa: E402
-from dlc.train.dataset import Data, Split  # noqa: E402
+from dlc.train.dataset import Data, Split, take  # noqa: E402
 from dlc.train.trainer import NumpyTrainer, Running  # noqa: E402
 from dlc.zoo import zoo_names, zoo_path  # noqa: E402
 
@@ -134,12 +134,13 @@ def random_weights(graph, seed=0):
     return params, state
 
 
-def sample(graph, n=2, seed=1):
+def sample(graph, n=2, seed=1, node=None):
+    """A batch for the graph's input (or `node`, one of several): token ids below its embed's vocabulary."""
     rng = np.random.default_rng(seed)
-    if graph.input.dtype.startswith("int"):
-        vocab = min(n.attrs["vocab"] for n in graph.nodes if n.kind == "embed")
-        return rng.integers(0, vocab, (n, *graph.input.out_shape))
-    return rng.standard_normal((n, *graph.input.out_shape))
+    node = node or graph.input
+    if node.dtype.startswith("int"):
+        return rng.integers(0, token_vocab(graph, node.name), (n, *node.out_shape))
+    return rng.standard_normal((n, *node.out_shape))
 
 
 @pytest.mark.slow
@@ -157,17 +158,18 @@ def test_generated_file_compiles_counts_params_and_matches_numpy(name):
     macs = analyse(graph).totals.macs
     if macs > COUNT_MACS:
         return
-    x = sample(graph, n=1 if macs > 1e8 else 2)
+    xs = {i.name: sample(graph, n=1 if macs > 1e8 else 2, node=i) for i in graph.inputs}  # forward's arguments
     if macs > FORWARD_MACS:
         with torch.no_grad():
-            y = net.float().eval()(torch.from_numpy(x).float()[:1] if x.dtype.kind == "f" else torch.from_numpy(x)[:1])
+            y = net.float().eval()(*(torch.from_numpy(x).float()[:1] if x.dtype.kind == "f" else torch.from_numpy(x)[:1]
+                                     for x in xs.values()))
         assert tuple(y.shape[1:]) == graph.output.out_shape
         return
     params, state = random_weights(graph)
     net.double().from_dlc({k: torch.from_numpy(v) for k, v in {**params, **state}.items()})
     with torch.no_grad():
-        y = net.eval()(torch.from_numpy(x)).numpy()
-    expected = predict(Network(graph, params, state), x)
+        y = net.eval()(*map(torch.from_numpy, xs.values())).numpy()
+    expected = predict(Network(graph, params, state), xs if len(xs) > 1 else xs[graph.input.name])
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
@@ -377,6 +379,27 @@ def test_numpy_and_torch_engines_agree_on_a_causal_lm_with_per_step_targets():
         # atol: bk adds q·bk to every score of a row, which softmax cancels; its gradient is rounding
         # noise that adam scales up
         np.testing.assert_allclose(pt[k], pn[k], rtol=1e-9, atol=1e-8, err_msg=k)
+
+
+def test_numpy_and_torch_engines_agree_on_several_inputs_batched_together():
+    # the small BERT's ids and token types (specs/bert_pairs.dlc) over five batches of the pairs task: each
+    # engine takes a batch as an array per input, torch's forward as its arguments in the spec's order
+    from dlc.train.builtin import builtin_data
+    from dlc.train.sources import spec_inputs
+
+    graph = graph_of("bert_pairs")
+    cfg = TrainConfig(loss="xent", optimizer="adam", lr=0.01)
+    params, state = init_params(graph, seed=3, dtype=np.float64)
+    fresh = optim.state_to_json(optim.make_optimizer(cfg.optimizer))
+    engines = [NumpyTrainer.resume(Network(graph, {k: v.copy() for k, v in params.items()}, {}), cfg, fresh),
+               torch_trainer("cpu").resume(Network(graph, params, state), cfg, fresh)]
+    data = builtin_data("pairs", (8,), 2, (80, 0, 16), inputs=spec_inputs(graph))
+    losses = [[step_loss(e, take(data.train.x, slice(i, i + 16)), data.train.y[i:i + 16], cfg.lr) for e in engines]
+              for i in range(0, 80, 16)]
+    print("numpy/torch losses, two inputs", losses)
+    np.testing.assert_allclose([t for _, t in losses], [n for n, _ in losses], rtol=1e-10)
+    outs = [e.predict(data.test.x[:]) for e in engines]  # a dict by input name, as the loop's evaluation gives it
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-9, atol=1e-12)
 
 
 def test_a_mixtures_router_ties_go_to_the_lower_expert_in_torch_as_in_the_engine():

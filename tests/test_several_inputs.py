@@ -146,15 +146,6 @@ def test_export_has_a_graph_input_per_input_and_onnxruntime_agrees_with_the_engi
     np.testing.assert_allclose(session.run(None, x)[0], forward(net, x)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_train_refuses_several_inputs_in_one_line(tmp_path):
-    spec = tmp_path / "two.dlc"
-    spec.write_text(TWO)
-    r = _cli("train", spec)
-    assert r.exit_code == 2
-    assert r.output.strip().splitlines()[-1] == (f"error: {spec} has 2 inputs (a, b): dlc train feeds one tensor "
-                                                 "per sample, so a network with several inputs cannot train yet")
-
-
 def test_import_writes_the_inputs_beyond_the_first_as_labels_a_merge_reads(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper

@@ -126,8 +126,8 @@ BY_HAND = {
     # The small BERT-style encoder of issue 22's pair task (D=32, 2 heads, 8 steps over 16 tokens): embeds of ids
     # 16*32 and token types 2*32, positions 8*32, per layer 2*64 + (4*32^2 + 4*32) + (32*64 + 64) + (64*32 + 32),
     # layernorm 64, classifier 32*2 + 2. MACs per layer 8*4*32^2 + 2*8^2*32 + 2*8*32*64, classifier 32*2.
-    "bert_pairs": (16 * 32 + 2 * 32 + 8 * 32 + 2 * (2 * 64 + 4 * 32**2 + 4 * 32 + 32 * 64 + 64 + 64 * 32 + 32) + 64 + 66,
-                   2 * (8 * 4 * 32**2 + 2 * 8**2 * 32 + 2 * 8 * 32 * 64) + 32 * 2),
+    "bert_pairs": (16 * 32 + 2 * 32 + 8 * 32 + 2 * (2 * 64 + 4 * 32**2 + 4 * 32 + 32 * 64 + 64 + 64 * 32 + 32)
+                   + 64 + 66, 2 * (8 * 4 * 32**2 + 2 * 8**2 * 32 + 2 * 8 * 32 * 64) + 32 * 2),
     # U-Net (Ronneberger et al. 2015, Fig. 1), 3x3 convs with bias, pad=same so the count is the paper's:
     #   down: 1->64 640, 64->64 36,928, 64->128 73,856, 128->128 147,584, 128->256 295,168, 256->256 590,080,
     #         256->512 1,180,160, 512->512 2,359,808, 512->1024 4,719,616, 1024->1024 9,438,208 (18,842,048)

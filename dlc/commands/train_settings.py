@@ -125,6 +125,9 @@ def default_data(graph) -> str:
     shape, out = graph.input.out_shape, graph.output.out_shape
     if len(graph.inputs) == 2:
         return "pairs"
+    if len(graph.inputs) > 2:
+        raise DlcError(f"no default data for a spec with {len(graph.inputs)} inputs: name it with --data (an .npz "
+                       f"with an array per input label and the target y)")
     if shape == (2,):
         return "xor"
     if (len(shape) == 3 or shape == (784,)) and out == (10,):

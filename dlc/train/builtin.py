@@ -166,9 +166,10 @@ def builtin_bytes(name: str, input_shape: tuple[int, ...], sizes: tuple[int, int
     """What a built-in set's arrays hold once made: float32 inputs with an int64 label each, for the
     sequence tasks int64 token ids with an int64 target at every step (making them takes more), for
     pairs two int64 inputs of the first's shape and a label."""
-    per_sample = (16 * math.prod(input_shape) if name in TARGETS else
-                  16 * math.prod(input_shape) + 8 if name == "pairs" else 4 * math.prod(input_shape) + 8)
-    return sum(sizes) * per_sample
+    values = math.prod(input_shape)
+    if name in TARGETS:
+        return sum(sizes) * 16 * values
+    return sum(sizes) * ((16 if name == "pairs" else 4) * values + 8)
 
 
 # Each set's generator, under the name dlc.train.catalog lists it by (tests/train/test_data_sources.py

@@ -93,8 +93,8 @@ SOURCES: tuple[Source, ...] = (
     Source("reverse", "random token sequences; target: the input backwards", "dlc.train.builtin:builtin_set"),
     Source("sort", "random token sequences; target: their tokens sorted", "dlc.train.builtin:builtin_set"),
     Source("copy", "random token sequences; target: the input itself", "dlc.train.builtin:builtin_set"),
-    Source("pairs", "token ids and types of two sequences; class 1: the second repeats", "dlc.train.builtin:builtin_set",
-           several=True),
+    Source("pairs", "token ids and types of two sequences; class 1: the second repeats",
+           "dlc.train.builtin:builtin_set", several=True),
     # Files are tried in this order: text first, then "idx" anywhere in a name (MNIST's files and its
     # mirrors' spellings: train-images-idx3-ubyte[.gz], train-images.idx3-ubyte), then the suffixes.
     Source(".txt", "UTF-8 text, for a character-level language model", "dlc.train.text:text_data",

@@ -25,7 +25,8 @@ PAIRS_SIZES = (2000, 500, 500)  # (train, val, test)
 def _check(inputs: tuple[InputWanted, ...], classes: int) -> tuple[int, int]:
     """(T, V) of a spec the task fits, or why it does not."""
     shapes = ", ".join(f"{i.label} {show(i.shape)}{' (token ids)' if i.tokens else ''}" for i in inputs) or "one"
-    if len(inputs) != 2 or not all(i.tokens and len(i.shape) == 1 for i in inputs) or inputs[0].shape != inputs[1].shape:
+    if (len(inputs) != 2 or not all(i.tokens and len(i.shape) == 1 for i in inputs)
+            or inputs[0].shape != inputs[1].shape):
         raise DlcError(f"the built-in task `pairs` feeds two inputs of token ids of one length, each read by an "
                        f"embed: `input seq T as ids` (two sequences side by side) and `input seq T as types` "
                        f"(each token's segment); the spec's inputs are {shapes}")

@@ -224,8 +224,9 @@ def _npz_by_input(arrays: dict[str, np.ndarray], path: Path, inputs: tuple[Input
             continue
         missing = [k for k in keys if k not in arrays]
         if missing:
-            role = "the target" if missing[0] == "y" + suffix else f"the input {missing[0][:len(missing[0]) - len(suffix)]}"
-            raise DlcError(f"{path}: no array `{missing[0]}` for {role} (found {', '.join(sorted(arrays))})")
+            key = missing[0]
+            role = "the target" if key == "y" + suffix else f"the input {key[:len(key) - len(suffix)]}"
+            raise DlcError(f"{path}: no array `{key}` for {role} (found {', '.join(sorted(arrays))})")
         y = np.asarray(arrays["y" + suffix])
         if len(y) == 0:
             raise DlcError(f"{path}: `y{suffix}` is empty")

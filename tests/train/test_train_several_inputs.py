@@ -194,3 +194,14 @@ def test_data_and_flags_for_one_input_are_refused_for_several(tmp_path):
     assert r.exit_code == 2 and "two sequences of T/2 tokens side by side: T must be even" in r.output, r.output
     r = dlc("train", "-e", TWO, "--data", "pairs", "--out", tmp_path / "run")
     assert r.exit_code == 2 and "the built-in task `pairs` feeds two inputs of token ids" in r.output, r.output
+
+
+def test_three_inputs_have_no_default_data_but_train_on_an_npz(tmp_path):
+    three = "input 2 as a -> fc 4 as fa\ninput 2 as b -> fc 4 as fb\ninput 2 as c -> fc 4\nadd fa\nadd fb\nfc 2 softmax"
+    r = dlc("train", "-e", three, "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "no default data for a spec with 3 inputs: name it with --data" in r.output, r.output
+    rng = np.random.default_rng(0)
+    a, b, c = rng.standard_normal((3, 64, 2)).astype(np.float32)
+    np.savez(tmp_path / "abc.npz", a=a, b=b, c=c, y=(a[:, 0] + b[:, 0] > c[:, 0]).astype(np.int64))
+    r = dlc("train", "-e", three, "--data", tmp_path / "abc.npz", "--epochs", "1", "--out", tmp_path / "run")
+    assert r.exit_code == 0 and "64 train" in r.output, r.output

@@ -247,7 +247,7 @@ def _input_array(a: np.ndarray, wanted: InputWanted, name: str, rows: int) -> np
         if not np.issubdtype(a.dtype, np.integer):
             raise DlcError(f"{name} holds {a.dtype}, but the input {wanted.label} is read by an embed, which "
                            f"takes whole token ids (an integer array)")
-        if a.size and (a.min() < 0 or (wanted.vocab is not None and a.max() >= wanted.vocab)):
+        if a.size and (a.min() < 0 or a.max() >= wanted.vocab):
             raise DlcError(f"{name}: its token ids range over {a.min()}..{a.max()}, but the embed reading "
                            f"{wanted.label} has vocab={wanted.vocab} (ids 0..{wanted.vocab - 1})")
         return a.astype(np.int64, copy=False)

@@ -21,7 +21,7 @@ def test_a_missing_data_file_is_one_line_before_any_process_starts(tmp_path):
             "--out", tmp_path / "ddp", cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == ("error: --data mnist.pkl.gz: no such file or directory, and no built-in data set of that "
-                        "name (built-in: xor, spirals, blobs, glyphs, reverse, sort, copy)\n")
+                        "name (built-in: xor, spirals, blobs, glyphs, reverse, sort, copy, pairs)\n")
     assert not (tmp_path / "ddp").exists()
 
 
@@ -40,3 +40,13 @@ def test_two_processes_train_one_run_that_counts_both_shards(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     # 64 samples in 2 shards of 32 at batch 8 per process: 4 steps, each over 16 samples
     assert doc["epochs"] == 1 and len(log) == 1 and log[0]["step"] == 4
+
+
+@pytest.mark.slow
+def test_two_processes_shard_several_inputs_together(tmp_path):
+    # the pairs task's ids and types: each process's shard takes the same rows of both
+    r = dlc("train", "bert_pairs", "--n-train", 64, "--n-val", 16, "--n-test", 0, "--batch", 8, "--epochs", 1,
+            "--engine", "torch", "--nproc-per-node", 2, "--out", tmp_path / "ddp", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert json.loads(r.stdout)["data"] == "pairs" and log[0]["step"] == 4

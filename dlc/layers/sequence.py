@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dlc.errors import ShapeError
 from dlc.layers import (BIAS, COUNT, GLOBAL, SCALE, SHIFT, SIZES, Grid, LayerKind, Role, Shape, ShapeRule, elements,
-                        Window, is_sequence, register, weight)
+                        is_sequence, register, weight)
 from dlc.layers.spatial import image, show
 
 
@@ -187,6 +187,8 @@ def attention_flops(a, ins, out):
 
 # Every step sees every step (a causal step sees itself and the earlier ones; the last sees them all;
 # with a window of W a step sees W steps, and stacked layers reach further back: still the whole input).
+# Swin's windows are counted so too: shifted windows reach the whole grid after a few blocks, and an
+# ONNX export's gathers and products of activations say no more.
 register(LayerKind(
     "attention", resolve_attention, aliases=("mha",), size="int", size_required=True, size_attr="heads",
     options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": SIZES, "shift": 0},
@@ -195,8 +197,7 @@ register(LayerKind(
              **{b: BIAS for b in ("bq", "bk", "bv", "bo")},
              # Swin's relative position bias table: torchvision's trunc_normal_(std=0.02), not decayed
              "B": Role("table", std=0.02)},
-    # Swin's windows: a step sees its window's tokens, wherever in the window it lies
-    macs=attention_macs, flops=attention_flops, window=lambda a: Window(a["window"], (1, 1)) if windowed(a) else GLOBAL,
+    macs=attention_macs, flops=attention_flops, window=lambda a: GLOBAL,
 ))
 
 
@@ -244,7 +245,9 @@ def resolve_patchmerge(attrs, ins):
 
 
 # Swin's PatchMerging is `patchmerge -> layernorm -> fc 2C bias=off`; this is its data movement alone.
-register(LayerKind("patchmerge", resolve_patchmerge, window=lambda a: Window((2, 2), (2, 2))))
+# Its receptive field is left as a pointwise kind's, as its ONNX Reshape and Transpose give it: in Swin it
+# follows an attention, which has seen the whole image already.
+register(LayerKind("patchmerge", resolve_patchmerge))
 
 POOL_MODES = ("first", "last", "mean")
 

@@ -365,7 +365,8 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
     attention's scores, queries or keys as a table (two or more axes longer than 1) or a single value
     (the scale, stored with shape [1]), or as the mask of an Attention operator or the cos and sin caches
     of a RotaryEmbedding. A vector there (a projection's bias) stays a parameter, and so does a table met
-    elsewhere (a learned position table added to the embeddings)."""
+    elsewhere (a learned position table added to the embeddings), and so does a table read by a Gather at
+    stored indices (Swin's relative position bias table, read at each pair's offset in a window)."""
     scored = attention_activations(g, live)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.nodes:
@@ -383,6 +384,8 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
     for name, init in g.weights.items():
         if name != init.name:  # a view of a stored weight: the walk from the weight itself passes it
             continue
+        if any(n.op_type == "Gather" and n.input[0] == name and n.input[1] not in live for n in consumers.get(name, [])):
+            continue  # learned entries looked up at fixed places, not a computed table
         meetings, stack, seen = [], [name], set()  # whether each use by an activation is a table's
         while stack:
             t = stack.pop()

@@ -1152,8 +1152,6 @@ def test_windowed_attention_counts_its_windows_not_the_whole_grid():
     # a window as large as the grid's side does not shift along it (torchvision's rule): no mask
     whole = last("input 3@28x28\nconv 96@4x4/4 -> tokens\nattention 3 window=7x7 shift=3")
     assert whole.node.attrs["shift"] == (0, 0)
-    # the window is the field: 7 more tokens of 4 pixels each way at most, 4 + 6*4 = 28
-    assert rf(s) == (28, 28, 4)
 
 
 def test_the_grid_survives_the_kinds_that_keep_the_steps():
@@ -1164,7 +1162,6 @@ def test_the_grid_survives_the_kinds_that_keep_the_steps():
     assert s.node.out_shape == (16, 48) and s.node.attrs["grid"] == (4, 4)
     merge = last("input 3@32x32\nconv 16@4x4/4 -> tokens -> patchmerge")
     assert figures(merge) == ((16, 64), 0, 0, 0, 0)
-    assert rf(merge) == (8, 8, 8)  # 2x2 tokens of 4x4 pixels
 
 
 def test_windowed_attention_and_patchmerge_errors_point_at_the_fault():

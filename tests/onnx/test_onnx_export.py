@@ -220,6 +220,12 @@ KIND_CASES.update({
     "seqpool last": "input seq 5 of 4 -> seqpool last",
     "seqpool mean": "input seq 5 of 4 -> seqpool mean",
 })
+KIND_CASES.update({  # Swin: windows of a token grid, shifted and not, and patchmerge
+    "attention, windows of a token grid": "input 4@4x6 -> tokens -> attention 2 window=2x3",
+    "attention, shifted windows": "input 4@6x6 -> tokens -> attention 2 window=3x3 shift=1",
+    "attention, shifted windows, a window as tall as the grid": "input 4@2x4 -> tokens -> attention 2 window=2x2 shift=1",
+    "patchmerge": "input 3@4x6 -> tokens -> patchmerge",
+})
 KIND_CASES.update({
     "experts on a sequence, top 2 of 4": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> fc 3",
     "experts on a vector, top 1 of 3, balance (training only)": "input 6 -> experts 3 top=1 balance=0.1 { fc 6 tanh }",

@@ -1154,7 +1154,7 @@ def test_windowed_attention_counts_its_windows_not_the_whole_grid():
     assert whole.node.attrs["shift"] == (0, 0)
 
 
-def test_the_grid_survives_the_kinds_that_keep_the_steps():
+def test_patchmerge_halves_the_grid_that_the_kinds_keeping_the_steps_keep():
     # fc, layernorm, gelu, dropout and add keep a grid; patchmerge halves it and joins 4 tokens' features
     s = last("input 3@32x32\nconv 16@4x4/4 -> tokens -> layernorm -> fc 24 gelu -> dropout 0.1\n"
              "add( attention 2 window=4x4 | identity ) -> patchmerge -> layernorm -> fc 48 bias=off\n"

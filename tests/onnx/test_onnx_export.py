@@ -38,7 +38,7 @@ BIG = 50_000_000  # params above which a zoo network runs at batch 1
 DSL_EXAMPLES = {"inception": dsl.INCEPTION, "mobilenet": dsl.MOBILENET, "unet": dsl.UNET}
 ZOO_TWINS = {"lenet5": dsl.LENET5, "alexnet": dsl.ALEXNET, "vgg16": dsl.VGG16, "resnet50": dsl.RESNET50,
              "lstm_text": dsl.LSTM_TEXT, "xor": dsl.XOR,
-             "gpt2_small": dsl.GPT2, "vit_b16": dsl.VIT}
+             "gpt2_small": dsl.GPT2, "vit_b16": dsl.VIT, "swin_t": dsl.SWIN_T}
 
 
 def exercised_weights(graph, seed=0):

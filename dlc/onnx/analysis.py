@@ -16,17 +16,19 @@ reads it; BatchNormalization's mean and variance are non-trainable; attention's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from math import ceil, prod
 
+import numpy as np
 import onnx
 
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
 from dlc.graph import Graph, Node
 from dlc.layers import Signal
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import CHANNEL_OPS, Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits
+from dlc.onnx.model import (CHANNEL_OPS, Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits,
+                            stored_value)
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -50,7 +52,7 @@ CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
 # and those between the queries' and keys' projections and that product (heads split, rotary positions:
 # x * cos + rotate_half(x) * sin); the opset-23 operators that take the tables as inputs.
 TABLE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Max", "Min"}
-SCORE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Cast"}
+SCORE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Reshape"}  # Reshape: Swin's scores seen by window
 QUERY_KEY_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Slice", "Split",
                  "Gather", "Concat", "Expand", "Neg", "Add", "Sub", "Mul", "Div", "Where"}
 TABLE_INPUTS = {"Attention": (3,), "RotaryEmbedding": (1, 2)}  # the mask; the cos and sin caches
@@ -400,6 +402,32 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
     return tables
 
 
+def expanded_biases(g: OnnxGraph, tables: set[str]) -> tuple[int, int, int]:
+    """(how many, their stored values, their learned values) of the attention tables that are Swin's
+    relative position bias as an exporter folds its lookup: (1, heads, N, N) values that repeat a
+    ((2·wh-1)·(2·ww-1), heads) table at each pair's offset in a wh x ww window (N = wh·ww, both above 1:
+    a sequence's band masks depend on offsets too). A table of one value throughout is not one."""
+    from dlc.engine.kernels.attention import relative_index
+
+    found = [0, 0, 0]
+    for name in sorted(tables) if g.weights_error is None else ():  # values unreadable: the analysis warns
+        dims = g.weights[name].dims
+        if len(dims) < 3 or dims[-1] != dims[-2] or prod(dims[:-3]) != 1:
+            continue
+        n, heads = dims[-1], dims[-3]
+        values = stored_value(name, g.stored, g.path).reshape(heads, n * n)
+        if not np.isfinite(values).all() or values.min() == values.max():
+            continue
+        for wh in (d for d in range(2, n // 2 + 1) if n % d == 0):
+            index, learned = relative_index((wh, n // wh)), (2 * wh - 1) * (2 * n // wh - 1)
+            table = np.zeros((heads, learned), values.dtype)
+            table[:, index] = values
+            if np.array_equal(table[:, index], values):
+                found = [found[0] + 1, found[1] + values.size, found[2] + table.size]
+                break
+    return found[0], found[1], found[2]
+
+
 def attention_activations(g: OnnxGraph, live: set[str]) -> set[str]:
     """The activations of every attention's scores: from each Softmax back to the product of two
     activations (the scores), then from that product's operands back to their projections (the queries
@@ -523,8 +551,8 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     weights = dtype or stored_as or "mixed"
     # activations each in their own tensor's type (issue 20 priced them all in the weights' one)
     acts = STORED_DTYPES.get(act_types.pop(), "mixed") if len(act_types) == 1 else "mixed"
-    return Analysis(graph, stats, totals(stats, batch, optimizer, None, weights,
-                                         act_dtype or dtype or acts)), uncounted
+    summed = totals(stats, batch, optimizer, None, weights, act_dtype or dtype or acts)
+    return Analysis(graph, stats, replace(summed, expanded_biases=expanded_biases(g, tables))), uncounted
 
 
 def activation_bytes(g: OnnxGraph, name: str, size: int | None) -> int:

@@ -486,3 +486,19 @@ def test_a_mixture_of_experts_is_refused_naming_its_topk_node(tmp_path):
     assert "cannot import operator TopK (node `experts1/topk`)" in r.output
     assert "mixture of experts" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "back.dlc").exists()
+
+
+def test_a_swin_export_is_refused_at_its_first_window_operator_in_one_line(tmp_path):
+    # windowed attention has no import pattern yet (dlc/onnx/importing/__init__.py, NOT_IMPORTED): dlc's
+    # own export gathers the grid's steps into windows, and the import stops there, writing nothing
+    from dlc.compile import compile_spec
+    from dlc.engine.params import init_params
+    from dlc.graph import Network
+    from dlc.onnx.export import to_onnx
+
+    graph = compile_spec("input 3@16x16 -> conv 8@4x4/4 -> tokens -> attention 2 window=2x2 shift=1 -> "
+                         "patchmerge -> seqpool -> fc 3", "swin.dlc")
+    path = tmp_path / "swin.onnx"
+    path.write_bytes(to_onnx(Network(graph, *init_params(graph))).SerializeToString())
+    out = refusal(tmp_path, path)
+    assert "attention1/gather" in out and out.count("\n") == 1 and "Traceback" not in out

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from math import ceil, prod
 
-import numpy as np
 import onnx
 
 from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, totals
@@ -407,24 +406,18 @@ def expanded_biases(g: OnnxGraph, tables: set[str]) -> tuple[int, int, int]:
     relative position bias as an exporter folds its lookup: (1, heads, N, N) values that repeat a
     ((2·wh-1)·(2·ww-1), heads) table at each pair's offset in a wh x ww window (N = wh·ww, both above 1:
     a sequence's band masks depend on offsets too). A table of one value throughout is not one."""
-    from dlc.engine.kernels.attention import relative_index
+    from dlc.engine.kernels.attention import bias_table
 
     found = [0, 0, 0]
     for name in sorted(tables) if g.weights_error is None else ():  # values unreadable: the analysis warns
         dims = g.weights[name].dims
         if len(dims) < 3 or dims[-1] != dims[-2] or prod(dims[:-3]) != 1:
             continue
-        n, heads = dims[-1], dims[-3]
-        values = stored_value(name, g.stored, g.path).reshape(heads, n * n)
-        if not np.isfinite(values).all() or values.min() == values.max():
-            continue
-        for wh in (d for d in range(2, n // 2 + 1) if n % d == 0):
-            index, learned = relative_index((wh, n // wh)), (2 * wh - 1) * (2 * n // wh - 1)
-            table = np.zeros((heads, learned), values.dtype)
-            table[:, index] = values
-            if np.array_equal(table[:, index], values):
-                found = [found[0] + 1, found[1] + values.size, found[2] + table.size]
-                break
+        values, n = stored_value(name, g.stored, g.path), dims[-1]
+        table = next((t for t in (bias_table(values, (wh, n // wh)) for wh in range(2, n // 2 + 1) if n % wh == 0)
+                      if t is not None), None)
+        if table is not None:
+            found = [found[0] + 1, found[1] + values.size, found[2] + table.size]
     return found[0], found[1], found[2]
 
 

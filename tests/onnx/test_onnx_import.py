@@ -6,6 +6,8 @@ The expectation is onnxruntime's output on the file PyTorch wrote, never dlc's o
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -488,9 +490,45 @@ def test_a_mixture_of_experts_is_refused_naming_its_topk_node(tmp_path):
     assert not (tmp_path / "back.dlc").exists()
 
 
-def test_a_swin_export_is_refused_at_its_first_window_operator_in_one_line(tmp_path):
-    # windowed attention has no import pattern yet (dlc/onnx/importing/__init__.py, NOT_IMPORTED): dlc's
-    # own export gathers the grid's steps into windows, and the import stops there, writing nothing
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_small_swin_from_pytorch_imports_as_windows_on_a_token_grid(tmp_path, dynamo):
+    # tests/torch_models.py's Swin (torchvision's, layer for layer) on a 1@16x16 image: the grid kept
+    # (N, H, W, C), rolls as Slices and Concats, the bias tables expanded to 1 x heads x 16 x 16 constants.
+    # It imports as tokens, windowed attention (the tables read back from the expansions), fc, patchmerge
+    # and the grid's mean, with every one of PyTorch's 35,238 parameters, and reproduces the original.
+    from test_onnx_torch import small_swin
+
+    net = small_swin()
+    path = tmp_path / "swin.onnx"
+    torch_models.export(net, path, (torch.randn(1, 1, 16, 16),), dynamo=dynamo)
+    spec, weights = imported(tmp_path, path)
+    text = spec.read_text()
+    assert "tokens" in text and "attention 2 window=4x4 shift=2" in text and "patchmerge" in text
+    assert re.search(r"^attention 4 window=4x4 +#", text, re.M)  # the 4x4 grid's windows span it: no shift
+    assert sum(v.size for v in np.load(weights).values() if v.dtype.kind == "f") == 35_238
+    x = np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+
+
+@pytest.mark.slow  # a full-size export and import: about a minute for each exporter on 2 shared cores
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_swin_t_from_pytorch_round_trips(tmp_path, dynamo):
+    net = torch_models.swin_t()
+    torch.manual_seed(0)
+    for p in net.parameters():  # fresh norms are identical tensors, which TorchScript stores once
+        p.data.normal_(0, 0.02)
+    path = tmp_path / "swin_t.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=dynamo)
+    spec, weights = imported(tmp_path, path)
+    assert sum(v.size for v in np.load(weights).values() if v.dtype.kind == "f") == 28_288_354
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+
+
+def test_dlcs_own_swin_export_is_refused_at_its_first_window_operator_in_one_line(tmp_path):
+    # the import reads windowed attention on a grid kept (N, H, W, C), as PyTorch's exports keep it; dlc's
+    # own export gathers a sequence's steps into windows instead, and the import stops there, writing
+    # nothing
     from dlc.compile import compile_spec
     from dlc.engine.params import init_params
     from dlc.graph import Network

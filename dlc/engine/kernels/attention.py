@@ -94,6 +94,22 @@ def relative_index(window: tuple[int, int]) -> np.ndarray:
     return ((y[:, None] - y[None, :] + wh - 1) * (2 * ww - 1) + x[:, None] - x[None, :] + ww - 1).reshape(-1)
 
 
+def bias_table(expanded: np.ndarray, window: tuple[int, int]) -> np.ndarray | None:
+    """The ((2wh-1)(2ww-1), heads) table whose entries, read at relative_index, give `expanded`
+    ((1,) heads, N, N): Swin's relative position bias as an exporter stores it folded; None when its
+    values do not repeat so (or are one value throughout, which any table of one value gives)."""
+    n, heads = window[0] * window[1], expanded.shape[-3] if expanded.ndim >= 3 else 0
+    if expanded.ndim < 3 or expanded.shape[-2:] != (n, n) or expanded.size != heads * n * n:
+        return None
+    values = expanded.reshape(heads, n * n)
+    if not np.isfinite(values).all() or values.min() == values.max():
+        return None
+    index = relative_index(window)
+    table = np.zeros((heads, (2 * window[0] - 1) * (2 * window[1] - 1)), values.dtype)
+    table[:, index] = values
+    return np.ascontiguousarray(table.T) if np.array_equal(table[:, index], values) else None
+
+
 def window_mask(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
     """(windows, N, N) float64: -100 where two tokens of a window come from different regions of the
     rolled grid, 0 elsewhere (torchvision's attn_mask, slices and all)."""

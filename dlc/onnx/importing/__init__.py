@@ -29,13 +29,13 @@ from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
 from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_reshape, import_slice, import_tile
-from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_rmsnorm,
-                                         import_seqpool, import_tokens)
+from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_patchmerge, import_posembed,
+                                         import_rmsnorm, import_seqpool, import_tokens)
 
 
 IMPORT: dict[str, Import] = {
     # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape
-    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm"), import_attention),
+    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm", "Slice"), import_attention),  # Slice: Swin's roll
     # before sigmoid, which takes any Sigmoid, and before gelu: rmsnorm's square is a Mul of x by itself,
     # the product of SiLU is a Mul, and mul takes what is left of Mul (in this order)
     "rmsnorm": Import(("RMSNormalization", "Pow", "Mul"), import_rmsnorm),
@@ -77,8 +77,12 @@ IMPORT: dict[str, Import] = {
     "layernorm": Import(("LayerNormalization", "ReduceMean"), import_layernorm),
     "posembed": Import(("Add",), import_posembed),
     "clstoken": Import(("Concat",), import_clstoken),
-    "tokens": Import(("Reshape",), import_tokens),
-    "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
+    # a Transpose to (N, H, W, C) (Swin's token grid), or back and pooled; after attention, whose starts
+    # these are too
+    "tokens": Import(("Reshape", "Transpose"), import_tokens),
+    "seqpool": Import(("Gather", "ReduceMean", "Transpose"), import_seqpool),
+    # before slice, which takes any Slice: Swin's four strided Slices of a grid and their Concat
+    "patchmerge": Import(("Slice",), import_patchmerge),
     "experts": Import(("TopK",), import_experts),
     # the math kinds of issue 28; after relu and relu6, which take their Clips, and after gap, layernorm and
     # seqpool, which take their ReduceMeans; softsign before abs, whose Abs its old form starts at
@@ -113,11 +117,8 @@ IMPORT: dict[str, Import] = {
 
 
 # Kinds no ONNX operator pattern gives: `input` is the graph's input itself; `noise` acts in training
-# only, so exporters write nothing for it; `patchmerge`, Swin's, has no pattern yet: it only follows
-# windowed attention on a token grid, which the attention patterns do not find (dlc's export gathers
-# the steps into windows first; PyTorch's exports keep the grid (N, H, W, C)), so a Swin model is
-# refused at its first such operator.
-NOT_IMPORTED = ("input", "noise", "patchmerge")
+# only, so exporters write nothing for it.
+NOT_IMPORTED = ("input", "noise")
 
 
 BY_OP: dict[str, list[str]] = {}

@@ -35,7 +35,8 @@ from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, impo
 
 IMPORT: dict[str, Import] = {
     # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape
-    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm", "Slice"), import_attention),  # Slice: Swin's roll
+    # Slice: the roll of Swin's shifted windows; Gather: dlc's own windows, the steps gathered into them
+    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm", "Slice", "Gather"), import_attention),
     # before sigmoid, which takes any Sigmoid, and before gelu: rmsnorm's square is a Mul of x by itself,
     # the product of SiLU is a Mul, and mul takes what is left of Mul (in this order)
     "rmsnorm": Import(("RMSNormalization", "Pow", "Mul"), import_rmsnorm),
@@ -81,8 +82,9 @@ IMPORT: dict[str, Import] = {
     # these are too
     "tokens": Import(("Reshape", "Transpose"), import_tokens),
     "seqpool": Import(("Gather", "ReduceMean", "Transpose"), import_seqpool),
-    # before slice, which takes any Slice: Swin's four strided Slices of a grid and their Concat
-    "patchmerge": Import(("Slice",), import_patchmerge),
+    # before slice, which takes any Slice: Swin's four strided Slices of a grid and their Concat; before
+    # pixelshuffle and reshape: dlc's own Reshape, Transpose, Reshape
+    "patchmerge": Import(("Slice", "Reshape"), import_patchmerge),
     "experts": Import(("TopK",), import_experts),
     # the math kinds of issue 28; after relu and relu6, which take their Clips, and after gap, layernorm and
     # seqpool, which take their ReduceMeans; softsign before abs, whose Abs its old form starts at

@@ -70,7 +70,8 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     projection evaluated once beside dlc's kernel on a random input, so that a mask, scale or head
     layout that dlc's attention does not have is refused, never imported wrongly."""
     inputs = live_inputs(r, n)
-    if len(inputs) != 1 or len(r.shape(inputs[0])) != 2 and inputs[0] not in r.grids:
+    if len(inputs) != 1 or len(r.shape(inputs[0])) != 2 and inputs[0] not in r.grids or \
+            n.op_type == "Gather" and steps_order(r, n) is None:
         return None
     x = inputs[0]
     core = nearest_core(r, n)
@@ -98,7 +99,9 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     values = core.scores
     if values is None:
         raise Refused(f"ONNX shape inference gives no shape for its scores (node `{core.node}`)")
-    keys = full_shape(r, core.scores_tensor)[-1] if x in r.grids else t  # Swin: a window's tokens
+    gathered = next((steps_order(r, m) for m in r.consumers.get(x, []) if steps_order(r, m) is not None), None)
+    windowed = x in r.grids or gathered is not None
+    keys = full_shape(r, core.scores_tensor)[-1] if windowed else t  # Swin: a window's tokens
     heads, rest = divmod(values, full_shape(r, x)[0] * t * keys)  # the batch, t x keys scores per head
     if rest or not heads or d % heads:
         raise Refused(f"its scores hold {values} values, not {t}x{keys} for each of a number of heads dividing "
@@ -107,8 +110,9 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     # Layers laid out alike (every block of one model) are run once: what the run checks is the layout.
     layout = (heads, layout_key(r, region, x, stored))
     settings = r.checked.get(layout)
-    if settings is None and x in r.grids:
-        settings = windows_checked(r, region, shape_only, x, y, tensors, heads, keys)
+    if settings is None and windowed:
+        grids = [r.shape(x)[:2]] if x in r.grids else grids_of(gathered, keys)
+        settings = windows_checked(r, region, shape_only, x, y, tensors, heads, keys, grids)
     elif settings is None:
         settings = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, core.masked)
     if "B" in settings:  # Swin's bias table, read off this layer's own constants
@@ -245,11 +249,27 @@ def layout_path(r: Reader, name: str, x: str) -> list[onnx.NodeProto] | None:
             path += [p, *(producer_node(r, i) for i in p.input)]
             name = rolled
             continue
+        if steps_order(r, p) is not None:  # dlc's own export: the steps gathered into windows
+            path.append(p)
+            name = p.input[0]
+            continue
         if p is None or p.op_type not in LAYOUT or len(live_inputs(r, p)) != 1:
             return None
         path.append(p)
         name = live_inputs(r, p)[0]
     return path
+
+
+def steps_order(r: Reader, p: onnx.NodeProto | None) -> np.ndarray | None:
+    """The stored permutation of a sequence's steps a Gather on axis 1 reads them in, or None."""
+    if p is None or p.op_type != "Gather" or attributes(p).get("axis", 0) != 1 or p.input[0] not in r.live:
+        return None
+    order = r.value(p.input[1])
+    shape = full_shape(r, p.input[0])
+    if order is None or order.ndim != 1 or shape is None or len(shape) != 3 or \
+            not np.array_equal(np.sort(order), np.arange(shape[1])):
+        return None
+    return order
 
 
 def rolled_from(r: Reader, p: onnx.NodeProto | None) -> str | None:
@@ -276,6 +296,11 @@ def attention_output(r: Reader, weighted: str, x: str) -> tuple[str, onnx.NodePr
         if nxt is None or nxt.op_type not in LAYOUT:
             raise Refused(f"its output is not brought back to its input's layout {full_shape(r, x)}")
         y = nxt.output[0]
+    back = r.only_consumer(y)
+    while back is not None and back.op_type in LAYOUT and full_shape(r, back.output[0]) == full_shape(r, x):
+        back = r.only_consumer(back.output[0])  # a window as large as the sequence: Reshapes to itself
+    if x not in r.grids and steps_order(r, back) is not None:  # dlc's own windows put back on their steps
+        y = back.output[0]
     while x in r.grids:  # Swin's windows rolled back
         readers = r.consumers.get(y, [])
         join = {id(c): c for m in readers if m.op_type == "Slice" for c in r.consumers.get(m.output[0], [])}
@@ -447,8 +472,20 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
                   f"on a random input)")
 
 
+def grids_of(order: np.ndarray, keys: int) -> list[tuple[int, int]]:
+    """The token grids (H, W) whose windows of `keys` tokens, shifted or not, read the steps in `order`
+    (dlc's export gathers them so: window_order)."""
+    from dlc.engine.kernels.attention import window_order
+
+    t = len(order)
+    return [(h, t // h) for h in range(1, t + 1) if not t % h and any(
+        np.array_equal(window_order((h, t // h), (wh, keys // wh), (sh, sw)), order)
+        for wh in range(1, keys + 1) if not keys % wh and not h % wh and not (t // h) % (keys // wh)
+        for sh in range(wh) for sw in range(keys // wh))]
+
+
 def windows_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[str], x: str, y: str,
-                    tensors: dict[str, np.ndarray], heads: int, keys: int) -> dict:
+                    tensors: dict[str, np.ndarray], heads: int, keys: int, grids: list[tuple[int, int]]) -> dict:
     """The window, shift and bias table of Swin's attention on a token grid (N, H, W, C) that compute what
     the operators do: windows of `keys` tokens tiling the grid, the table read off the region's constants
     (a stored heads x N x N bias, bias_table), each shift tried; run on one random input beside dlc's
@@ -456,14 +493,14 @@ def windows_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[st
     from dlc.engine.kernels.attention import bias_table
     from dlc.layers import Grid
 
-    h, w, d = r.shape(x)
+    d = r.shape(x)[-1]
     probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
     feeds = {x: probe, **{name: np.zeros(r.g.tensors[name].shape, np.float32) for name in shape_only}}
-    want = run_operators(r, region, feeds, y).reshape(1, h * w, d)
+    want = run_operators(r, region, feeds, y).reshape(1, -1, d)
     constants = region_constants(r, region)
     kind, errors = KINDS["attention"], []
-    for window in ((wh, keys // wh) for wh in range(1, keys + 1) if keys % wh == 0 and not h % wh
-                   and not w % (keys // wh)):
+    for h, w, window in ((h, w, (wh, keys // wh)) for h, w in grids for wh in range(1, keys + 1)
+                         if keys % wh == 0 and not h % wh and not w % (keys // wh)):
         table = next((t for t in (bias_table(v, window) for v in constants) if t is not None), None)
         if table is None:
             continue
@@ -477,7 +514,7 @@ def windows_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[st
             errors.append(float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
             if errors[-1] <= AGREE:
                 return {"window": window, **({"shift": shift} if shift else {}), "B": table}
-    raise Refused(f"it attends within windows of {keys} tokens of its {h}x{w} grid, and no window, shift and "
+    raise Refused(f"it attends within windows of {keys} tokens of a grid, and no window, shift and "
                   f"relative position bias of Swin's that dlc's attention has computes what it does" +
                   (f" (relative difference {min(errors):.2g} on a random input)" if errors else
                    ": no stored heads x N x N bias among its constants"))

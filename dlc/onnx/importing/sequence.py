@@ -221,8 +221,12 @@ def every_value_in_order(r: Reader, n: onnx.NodeProto) -> bool:
 def import_patchmerge(r: Reader, n: onnx.NodeProto) -> Found | None:
     """Swin's 2x2 neighbours of a token grid (N, H, W, C) joined along the channels: four strided Slices
     (rows, columns from 0 or 1 by 2; one Slice of both axes, or one per axis) and their Concat, in the
-    order x0 (0, 0), x1 (1, 0), x2 (0, 1), x3 (1, 1) (torchvision's PatchMerging)."""
+    order x0 (0, 0), x1 (1, 0), x2 (0, 1), x3 (1, 1) (torchvision's PatchMerging). Or dlc's own: a
+    sequence's steps Reshaped to (H/2, 2, W/2, 2, C), Transposed to put each 2x2 together in that order,
+    Reshaped to (H/2·W/2, 4C)."""
     x = n.input[0]
+    if n.op_type == "Reshape":
+        return merged_by_layout(r, n)
     if x not in r.grids:
         return None
     h, w, c = r.shape(x)
@@ -246,6 +250,18 @@ def import_patchmerge(r: Reader, n: onnx.NodeProto) -> Found | None:
     if starts != [(0, 0), (1, 0), (0, 1), (1, 1)]:
         return None
     return one("patchmerge", n, output=concat.output[0], nodes=list(nodes.values()))
+
+
+def merged_by_layout(r: Reader, n: onnx.NodeProto) -> Found | None:
+    x, grid = r.shape(n.input[0]), r.shape(n.output[0])
+    turn = r.only_consumer(n.output[0])
+    back = turn and r.only_consumer(turn.output[0])
+    if len(x) != 2 or len(grid) != 5 or grid[1] != 2 or grid[3] != 2 or grid[4] != x[1] or \
+            grid[0] * grid[2] * 4 != x[0] or turn is None or turn.op_type != "Transpose" or \
+            list(attributes(turn).get("perm", [])) != [0, 1, 3, 4, 2, 5] or back is None or \
+            back.op_type != "Reshape" or r.shape(back.output[0]) != (x[0] // 4, 4 * x[1]):
+        return None
+    return one("patchmerge", n, output=back.output[0], nodes=[n, turn, back])
 
 
 def slice_chain(r: Reader, t: str, x: str) -> tuple[tuple[int, int], list[onnx.NodeProto]] | None:

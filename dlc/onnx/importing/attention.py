@@ -7,6 +7,7 @@ than taken apart into other layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
@@ -99,7 +100,7 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     values = core.scores
     if values is None:
         raise Refused(f"ONNX shape inference gives no shape for its scores (node `{core.node}`)")
-    gathered = next((steps_order(r, m) for m in r.consumers.get(x, []) if steps_order(r, m) is not None), None)
+    gathered = next((o for o in map(partial(steps_order, r), r.consumers.get(x, [])) if o is not None), None)
     windowed = x in r.grids or gathered is not None
     keys = full_shape(r, core.scores_tensor)[-1] if windowed else t  # Swin: a window's tokens
     heads, rest = divmod(values, full_shape(r, x)[0] * t * keys)  # the batch, t x keys scores per head
@@ -438,13 +439,7 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     Rope's base and the window are read off the region's constants (the cos table, the mask), then
     checked by the run like the rest."""
     probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
-    feeds = {x: probe}
-    for name in shape_only:  # read for their shape only: zeros of that shape do
-        t = r.g.tensors.get(name)
-        if t is None or not t.known:
-            raise Refused(f"it reads the shape of {name}, which ONNX shape inference does not give")
-        feeds[name] = np.zeros(t.shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
-    want = run_operators(r, region, feeds, y)
+    want = run_operators(r, region, {x: probe, **shape_feeds(r, shape_only)}, y)
     t, d = r.shape(x)
     kv = len(tensors["Wk"]) // (d // heads)
     grouped = {"kv": kv} if kv != heads else {}
@@ -484,6 +479,17 @@ def grids_of(order: np.ndarray, keys: int) -> list[tuple[int, int]]:
         for sh in range(wh) for sw in range(keys // wh))]
 
 
+def shape_feeds(r: Reader, shape_only: list[str]) -> dict[str, np.ndarray]:
+    """Zeros for the tensors a region reads for their shape only: zeros of that shape do."""
+    feeds = {}
+    for name in shape_only:
+        t = r.g.tensors.get(name)
+        if t is None or not t.known:
+            raise Refused(f"it reads the shape of {name}, which ONNX shape inference does not give")
+        feeds[name] = np.zeros(t.shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
+    return feeds
+
+
 def windows_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[str], x: str, y: str,
                     tensors: dict[str, np.ndarray], heads: int, keys: int, grids: list[tuple[int, int]]) -> dict:
     """The window, shift and bias table of Swin's attention on a token grid (N, H, W, C) that compute what
@@ -495,8 +501,7 @@ def windows_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[st
 
     d = r.shape(x)[-1]
     probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
-    feeds = {x: probe, **{name: np.zeros(r.g.tensors[name].shape, np.float32) for name in shape_only}}
-    want = run_operators(r, region, feeds, y).reshape(1, -1, d)
+    want = run_operators(r, region, {x: probe, **shape_feeds(r, shape_only)}, y).reshape(1, -1, d)
     constants = region_constants(r, region)
     kind, errors = KINDS["attention"], []
     for h, w, window in ((h, w, (wh, keys // wh)) for h, w in grids for wh in range(1, keys + 1)

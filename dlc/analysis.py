@@ -92,6 +92,9 @@ class Totals:
     dtype: str = "fp32"
     act_dtype: str = "fp32"
     constant_bytes: int = 0
+    # among the constants, Swin's relative position bias tables as an exporter expanded them: (how many,
+    # values stored, values learned), docs/conventions.md
+    expanded_biases: tuple[int, int, int] = (0, 0, 0)
     overhead_bytes: int = 0  # in param_bytes: a quantized ONNX model's scales and zero points
     # MACs per precision of the products: {precision: {"macs": n, "compute": dtype}}; a spec's all in dtype
     macs_by_precision: dict[str, dict] = field(default_factory=dict)

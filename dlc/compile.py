@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from dlc.errors import DlcError, Pos, ShapeError
 from dlc.graph import BlockCall, Graph, Node
-from dlc.layers import AXIS, COUNT, KINDS, LABEL, PAD, LayerKind, Ref, all_words, lookup
+from dlc.layers import AXIS, COUNT, KINDS, LABEL, PAD, SIZES, LayerKind, Ref, all_words, lookup
 from dlc.layers.spatial import is_spatial, show, spatial_shape
 from dlc.layers.mixture import check_mixture
 from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Nest, Option, Size, Step, Train, Value, Word,
@@ -757,6 +757,8 @@ def _option_value(kind: LayerKind, opt: Option, scope: Scope):
         return _label_node(Word(x, v.pos), scope)
     if default is COUNT:
         return _positive_int(v, opt.key, scope)
+    if default is SIZES:
+        return _dims(v, opt.key, scope)
     if default is AXIS:
         if isinstance(x, int):
             return x

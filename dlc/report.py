@@ -51,7 +51,9 @@ PRECISION_CONVENTION = ("MACs split by the precision of each product's operands 
                         "the peak that applies")
 # Beside the others only where an ONNX model stores attention tables or masks.
 CONSTANTS_CONVENTION = ("values of an ONNX model's stored attention tables and masks (a causal mask, rotary cos "
-                        "and sin tables): constants, not in params; bytes in their stored types")
+                        "and sin tables): constants, not in params; bytes in their stored types; among them "
+                        "Swin's relative position biases that an exporter expanded to heads x N x N "
+                        "(expanded_biases: the learned values behind them)")
 
 
 @dataclass
@@ -227,6 +229,12 @@ def totals_lines(analysis: Analysis, view: str) -> list[str]:
             lines.append(f"constants: {grouped(t.constants)} value{'s' * (t.constants != 1)} "
                          f"({binary(t.constant_bytes)} as stored), "
                          f"attention's stored tables and masks, not parameters")
+        tables, stored, learned = t.expanded_biases
+        if tables:
+            lines.append(f"  {grouped(stored)} of them are {tables} relative position bias table"
+                         f"{'s' * (tables != 1)} (Swin's) that the exporter expanded to heads x N x N from "
+                         f"{grouped(learned)} learned values: the model's own count is "
+                         f"{grouped(t.params + learned)} params")
     if view in ("flops", "summary"):
         causal = any(n.kind == "attention" and n.attrs["causal"] for n in analysis.graph.nodes)
         window = any(n.kind == "attention" and n.attrs["window"] for n in analysis.graph.nodes)
@@ -361,6 +369,8 @@ def to_json(analysis: Analysis) -> dict:
             "non_trainable": t.non_trainable,
             **({"active_params": t.active_params} if mixture else {}),
             **({"constants": {"values": t.constants, "bytes": t.constant_bytes}} if t.constants else {}),
+            **({"expanded_biases": dict(zip(("tables", "values", "learned"), t.expanded_biases))}
+               if t.expanded_biases[0] else {}),
             **({"quantization_bytes": t.overhead_bytes} if t.overhead_bytes else {}),
             "macs": t.macs,
             **({"macs_by_precision": t.macs_by_precision} if t.macs_by_precision else {}),

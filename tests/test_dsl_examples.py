@@ -154,6 +154,28 @@ layernorm -> seqpool first             # 768
 fc 1000 softmax
 """
 
+SWIN_T = """\
+# Swin-T, 28,288,354 parameters (the zoo's swin_t, its train line left out)
+input 3@224x224
+conv 96@4x4/4 -> tokens -> layernorm   # 3136x96, a 56x56 grid
+block swin(d, h, f, s) {
+    add( layernorm -> attention h window=7x7 shift=s | identity )
+    add( layernorm -> fc f gelu -> fc d | identity )
+}
+block stage(d, h, f) {
+    swin(d, h, f, 0) -> swin(d, h, f, 3)
+}
+block merge(c) {
+    patchmerge -> layernorm -> fc c bias=off
+}
+stage(96, 3, 384)                      # 3136x96
+merge(192) -> stage(192, 6, 768)       # 784x192
+merge(384) -> stage(384, 12, 1536) x3  # 196x384
+merge(768) -> stage(768, 24, 3072)     # 49x768: 7x7 windows span the grid, no shift
+layernorm -> seqpool                   # 768
+fc 1000 softmax
+"""
+
 
 def shapes(text: str) -> dict[str, tuple[int, ...]]:
     return {n.name: n.out_shape for n in compile_spec(text, "example.dlc").nodes}
@@ -321,8 +343,20 @@ def test_vit_b16_shapes_class_token_and_stated_parameter_count():
     assert trainable(VIT) == 86_567_656
 
 
+def test_swin_t_keeps_its_grid_through_the_stages_and_states_its_parameter_count():
+    g = compile_spec(SWIN_T, "swin.dlc")
+    s = {n.name: n.out_shape for n in g.nodes}
+    # Liu et al. 2021, Figure 3: 4x4 patches of C = 96, then merges to 2C, 4C and 8C on grids of H/8, H/16, H/32
+    assert s["conv1"] == (96, 56, 56) and s["tokens1"] == s["stage1.swin2.add2"] == (3136, 96)
+    assert [s[f"merge{i}.patchmerge1"] for i in (1, 2, 3)] == [(784, 384), (196, 768), (49, 1536)]
+    assert [s[f"merge{i}.fc1"] for i in (1, 2, 3)] == [(784, 192), (196, 384), (49, 768)]
+    assert g.node("stage6.swin2.attention1").attrs["grid"] == (7, 7) and s["seqpool1"] == (768,)
+    assert g.output.out_shape == (1000,)
+    assert trainable(SWIN_T) == 28_288_354  # torchvision's Swin_T_Weights.IMAGENET1K_V1
+
+
 @pytest.mark.parametrize("text", [LENET5, ALEXNET, VGG16, RESNET50, INCEPTION, MOBILENET, UNET, LSTM_TEXT, XOR,
-                                  GPT2, VIT])
+                                  GPT2, VIT, SWIN_T])
 def test_every_example_gives_a_well_formed_graph(text):
     g = compile_spec(text, "example.dlc")
     seen = set()

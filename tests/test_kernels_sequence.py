@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dlc.engine.kernels import KERNELS, Ctx
+from dlc.layers import Grid
 from kernel_checks import TOLERANCE, assert_gradients, gradient_errors, onnx_run, random_arrays, resolve
 
 
@@ -309,3 +310,45 @@ def test_attention_at_gpt2_size_fits_in_memory():
     # for backward: the weights (one T^2*H buffer) and x, Q, K, V, O, y (3 MiB each), nothing more
     assert kept < scores + 8 * t * d * 4, f"kept {kept / 2**20:.0f} MiB"
     assert after <= y.nbytes + 2**20  # only the output outlives the closure
+
+
+# --- Swin: windowed attention and patchmerge, against torchvision's construction (tests/torch_models.py)
+
+WINDOWS = [((4, 4), (2, 2), 0), ((4, 4), (2, 2), 1), ((6, 6), (3, 3), 1), ((2, 4), (2, 2), 1)]
+
+
+@pytest.mark.parametrize("grid, window, shift", WINDOWS)
+def test_windowed_attention_gradients(grid, window, shift):
+    rng = np.random.default_rng(5)
+    attrs, shapes, _ = resolve("attention", [Grid(grid, 6)], heads=2, window=window, shift=shift)
+    assert_attention_gradients(attrs, random_arrays(shapes, rng), rng.standard_normal((2, grid[0] * grid[1], 6)))
+
+
+@pytest.mark.parametrize("grid, window, shift", WINDOWS)
+def test_windowed_attention_matches_torchvisions_shifted_window_attention(grid, window, shift):
+    # the last case's grid is as tall as the window: torchvision shifts it along the width alone
+    torch = pytest.importorskip("torch")
+    import torch_models
+    rng = np.random.default_rng(6)
+    attrs, shapes, _ = resolve("attention", [Grid(grid, 8)], heads=2, window=window, shift=shift)
+    p = random_arrays(shapes, rng)
+    x = rng.standard_normal((2, grid[0] * grid[1], 8))
+    twin = torch_models.SwinAttention(8, 2, window[0], shift).double()
+    with torch.no_grad():
+        for tensor, value in ((twin.qkv.weight, np.concatenate((p["Wq"], p["Wk"], p["Wv"]))),
+                              (twin.qkv.bias, np.concatenate((p["bq"], p["bk"], p["bv"]))),
+                              (twin.proj.weight, p["Wo"]), (twin.proj.bias, p["bo"]),
+                              (twin.relative_position_bias_table, p["B"])):
+            tensor.copy_(torch.from_numpy(value))
+        expected = twin(torch.from_numpy(x).view(2, *grid, 8)).reshape(2, -1, 8).numpy()
+    np.testing.assert_allclose(run("attention", attrs, p, [x])[0], expected, rtol=0, atol=1e-12)
+
+
+def test_patchmerge_joins_each_2x2_neighbourhood_in_swins_order():
+    attrs, _, _ = resolve("patchmerge", [Grid((2, 4), 1)])
+    # the 2x4 grid's tokens numbered row by row: 0 1 2 3 / 4 5 6 7; x0, x1, x2, x3 of the left
+    # neighbourhood are (0, 0), (1, 0), (0, 1), (1, 1): 0, 4, 1, 5
+    x = np.arange(8.0).reshape(1, 8, 1)
+    assert run("patchmerge", attrs, {}, [x])[0].tolist() == [[[0, 4, 1, 5], [2, 6, 3, 7]]]
+    attrs, _, _ = resolve("patchmerge", [Grid((4, 6), 3)])
+    assert_gradients("patchmerge", attrs, {}, [np.random.default_rng(7).standard_normal((2, 24, 3))])

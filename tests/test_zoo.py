@@ -56,6 +56,7 @@ PUBLISHED = {
     # 4.2 million parameters; Keras's MobileNet prints the exact 4,231,976 trainable parameters.
     "mobilenet_v1": (4_231_976, "569", M),
     "vit_b16": (86_567_656, "17.56", G),  # torchvision ViT_B_16_Weights.IMAGENET1K_V1
+    "swin_t": (28_288_354, "4.49", G),  # torchvision Swin_T_Weights.IMAGENET1K_V1
     # issue 28: a volume net at 3@16x112x112 (torchvision is not installed here, so its published table)
     "r3d_18": (33_371_472, "40.697", G),  # torchvision R3D_18_Weights.KINETICS400_V1
 }
@@ -297,6 +298,29 @@ def test_gpt2_and_vit_as_written_in_the_language_guide():
     # 224/16 = 14 patches a side, 196 + the class token = 197 steps
     assert shapes("vit_b16", "attention") == [(197, 768)] * 12
     assert shapes("vit_b16", "fc")[:2] == [(197, 3072), (197, 768)]
+
+
+def test_swin_t_counts_what_a_plain_torch_twin_of_torchvisions_computes():
+    # tests/torch_models.py's Swin-T, layer for layer as torchvision builds it, on the meta device: its
+    # parameters, and torch's own FLOP counter over its convolution and every product (the linear
+    # layers, and the windows' Q·Kᵀ and weights·V as batched products), halved to MACs
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    import torch_models
+
+    with torch.device("meta"):
+        twin = torch_models.swin_t().eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            twin(torch.zeros(1, 3, 224, 224))
+    swin = zoo("swin_t")
+    assert sum(p.numel() for p in twin.parameters()) == swin.totals.params == 28_288_354
+    assert counter.get_total_flops() // 2 == swin.totals.macs == 4_490_566_656
+    # Liu et al. 2021, Section 3.3: Swin-T is C = 96, layer numbers {2, 2, 6, 2}, window M = 7, and the
+    # stages' grids are 56, 28, 14 and 7 tokens a side
+    attention = nodes("swin_t", "attention")
+    assert [s.node.attrs["grid"][0] for s in attention] == [56] * 2 + [28] * 2 + [14] * 6 + [7] * 2
+    assert {s.node.attrs["window"] for s in attention} == {(7, 7)}
+    assert [s.node.attrs["shift"] for s in attention[-2:]] == [(0, 0), (0, 0)]  # 7x7 windows span the 7x7 grid
 
 
 def test_unet_has_23_convolutional_layers():

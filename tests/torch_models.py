@@ -1,4 +1,4 @@
-"""torchvision's ResNet-18, ResNet-50, MobileNet v2 and GoogLeNet, written in plain torch.nn.
+"""torchvision's ResNet-18, ResNet-50, MobileNet v2, GoogLeNet and Swin-T, written in plain torch.nn.
 
 torchvision cannot be installed beside the CPU torch of the test extra, so the three architectures are
 restated here, layer for layer as torchvision builds them (ResNet v1.5: the stride on the 3x3 conv of a
@@ -355,3 +355,106 @@ class Reshape(nn.Module):
     def forward(self, x):
         assert tuple(x.shape[1:]) == self.given
         return x.reshape(len(x), *self.shape)
+
+
+# ---- Swin-T (torchvision's swin_transformer.py, v1): the tokens kept (N, H, W, C) as torchvision does ----
+
+def swin_window_attention(x: torch.Tensor, m: "SwinAttention") -> torch.Tensor:
+    """torchvision's shifted_window_attention without its padding (the windows tile the grid): the
+    grid rolled by -shift, cut into windows, attention within each with the relative position bias and,
+    when shifted, -100 between tokens of different regions of the rolled grid; then back."""
+    n, h, w, c = x.shape
+    (wh, ww), heads = m.window, m.heads
+    sh, sw = (0 if wh >= h else m.shift, 0 if ww >= w else m.shift)
+    if sh or sw:
+        x = torch.roll(x, (-sh, -sw), (1, 2))
+    windows = (h // wh) * (w // ww)
+    x = x.view(n, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n * windows, wh * ww, c)
+    q, k, v = m.qkv(x).reshape(len(x), wh * ww, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    scores = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+    bias = m.relative_position_bias_table[m.relative_position_index].view(wh * ww, wh * ww, -1)
+    scores = scores + bias.permute(2, 0, 1).unsqueeze(0)
+    if sh or sw:
+        region = x.new_zeros((h, w))
+        for i, (r0, r1) in enumerate(((0, -wh), (-wh, -sh), (-sh, None))):
+            for j, (c0, c1) in enumerate(((0, -ww), (-ww, -sw), (-sw, None))):
+                region[r0:r1, c0:c1] = 3 * i + j
+        region = region.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).reshape(windows, wh * ww)
+        mask = (region.unsqueeze(1) - region.unsqueeze(2)) != 0
+        mask = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(mask, -100.0)
+        scores = (scores.view(n, windows, heads, wh * ww, wh * ww) + mask.unsqueeze(1).unsqueeze(0)).view(
+            -1, heads, wh * ww, wh * ww)
+    x = (scores.softmax(-1) @ v).transpose(1, 2).reshape(len(x), wh * ww, c)
+    x = m.proj(x).view(n, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+    return torch.roll(x, (sh, sw), (1, 2)) if sh or sw else x
+
+
+class SwinAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, shift: int):
+        super().__init__()
+        self.heads, self.window, self.shift = heads, (window, window), shift
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads) * 0.02)
+        y, x = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        y, x = y.flatten(), x.flatten()
+        index = (y[:, None] - y[None, :] + window - 1) * (2 * window - 1) + x[:, None] - x[None, :] + window - 1
+        self.register_buffer("relative_position_index", index.flatten())
+
+    def forward(self, x):
+        return swin_window_attention(x, self)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, shift: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), SwinAttention(dim, heads, window, shift)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):  # stochastic depth is the identity at inference
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm, self.reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):  # x0 (even rows, even columns), x1 (odd, even), x2 (even, odd), x3 (odd, odd)
+        x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
+        return self.reduction(self.norm(x))
+
+
+class SwinTransformer(nn.Module):
+    def __init__(self, dim: int = 96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24), window: int = 7,
+                 patch: int = 4, classes: int = 1000, channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(channels, dim, patch, patch), Permute(0, 2, 3, 1),
+                                                 nn.LayerNorm(dim))]
+        for i, (depth, h) in enumerate(zip(depths, heads)):
+            width = dim * 2 ** i
+            layers.append(nn.Sequential(*(SwinBlock(width, h, window, 0 if j % 2 == 0 else window // 2)
+                                          for j in range(depth))))
+            if i < len(depths) - 1:
+                layers.append(PatchMerging(width))
+        self.features = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dim * 2 ** (len(depths) - 1))
+        self.head = nn.Linear(dim * 2 ** (len(depths) - 1), classes)
+
+    def forward(self, x):  # norm, permute, avgpool, flatten, head
+        x = self.norm(self.features(x)).permute(0, 3, 1, 2)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+def swin_t() -> nn.Module:
+    return SwinTransformer()

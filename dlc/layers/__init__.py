@@ -28,10 +28,31 @@ class Signal(tuple):
 
     __slots__ = ()
 
+
+class Grid(tuple):
+    """A sequence (T, D) whose T steps are an HxW grid of tokens, row by row: what `tokens` makes of an
+    image, and what windowed attention and patchmerge read (Swin). Every sequence kind takes it as a
+    sequence; the kinds that keep the steps (fc, the norms, activations, add) keep the grid."""
+
+    def __new__(cls, hw: tuple[int, int], features: int) -> "Grid":
+        grid = super().__new__(cls, (hw[0] * hw[1], features))
+        grid.hw = (int(hw[0]), int(hw[1]))
+        return grid
+
+    def __reduce__(self):  # copy and pickle rebuild it from its grid, not from the tuple
+        return Grid, (self.hw, self[1])
+
+
+def with_features(shape: "Shape", features: int) -> "Shape":
+    """A sequence's steps with another number of features: a grid stays one."""
+    return Grid(shape.hw, features) if isinstance(shape, Grid) else (shape[0], features)
+
+
 # Option values that are not plain numbers or on/off switches.
 PAD = "pad"  # an int, a pair (height, width), `same` or `valid`
 LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
 COUNT = "count"  # a whole number >= 1, or absent (None) unless written (`kv=8`, `window=4096`)
+SIZES = "sizes"  # a whole number >= 1 or one per axis (`7x7`, a tuple), or absent (None) unless written
 AXIS = "axis"  # an axis of the input's shape (batch left out, negative from the end), or absent (None) unless written
 
 
@@ -183,7 +204,7 @@ class LayerKind:
     def default_attrs(self) -> dict:
         """Every option at its default and every flag off, as attribute values (pad 0, no label, count or axis).
         A flag may also be an option with a value (`rope` or `rope=500000`): off unless written."""
-        attrs = {k: (0 if v is PAD else None if v in (LABEL, COUNT, AXIS) else v)
+        attrs = {k: (0 if v is PAD else None if v in (LABEL, COUNT, SIZES, AXIS) else v)
                  for k, v in self.options.items()}
         attrs.update({f: False for f in self.flags})
         return attrs

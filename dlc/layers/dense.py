@@ -14,7 +14,7 @@ from math import prod
 
 from dlc.errors import ShapeError
 from dlc.graph import Graph
-from dlc.layers import BIAS, GLOBAL, KINDS, LABEL, LayerKind, Role, Shape, register, weight
+from dlc.layers import BIAS, GLOBAL, KINDS, LABEL, LayerKind, Role, Shape, register, weight, with_features
 from dlc.layers.spatial import is_spatial, show
 
 
@@ -33,7 +33,7 @@ def resolve_fc(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
         if table != (a["units"], a["in_features"]):
             raise ShapeError(f"tied= reuses {tied.node}'s {table[0]}x{table[1]} table (vocab x D), so fc needs "
                              f"{table[0]} units on {table[1]} features, not {a['units']} on {a['in_features']}")
-    return ((a["units"],) if steps is None else (steps, a["units"])), a
+    return ((a["units"],) if steps is None else with_features(ins[0], a["units"])), a
 
 
 def fc_params(a: dict, ins: list[Shape]) -> dict[str, Shape]:

@@ -14,7 +14,7 @@ features of a vector (0) or of a sequence (1).
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import LayerKind, Shape, Signal, elements, feature_axis, register
+from dlc.layers import Grid, LayerKind, Shape, Signal, elements, feature_axis, register, with_features
 from dlc.layers.spatial import show
 
 register(LayerKind("input", lambda attrs, ins: (Signal(attrs["shape"]) if isinstance(attrs["shape"], Signal)
@@ -30,7 +30,8 @@ def broadcast_shape(ins: list[Shape]) -> Shape | None:
     out = tuple(max(axis) for axis in zip(*ins))
     if any(d not in (1, o) for s in ins for d, o in zip(s, out)):
         return None
-    return type(ins[0])(out) if isinstance(ins[0], Signal) else out
+    grid = next((s for s in ins if isinstance(s, Grid) and s == out), None)
+    return grid or (type(ins[0])(out) if isinstance(ins[0], Signal) else out)  # a grid or a signal stays one
 
 
 def resolve_add(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
@@ -80,6 +81,8 @@ def resolve_concat(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
             raise ShapeError(f"concat needs equal {what}, got {' and '.join(show(s) for s in ins)}")
     out = list(ins[0])
     out[axis] = sum(s[axis] for s in ins)
+    if isinstance(ins[0], Grid):  # the features of every grid token joined
+        return with_features(ins[0], out[axis]), dict(attrs, axis=axis)
     return type(ins[0])(out), dict(attrs, axis=axis)  # a signal stays one
 
 

@@ -12,6 +12,12 @@ Resolved attributes and tensors (batch left out):
   (kv·head_dim, D) laid out as fc's W (out, in); bq, bo (D) and bk, bv (kv·head_dim) with `bias`.
   Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, query head i reading key/value
   head i // (heads/kv), heads joined, then Wo.
+  With window=HxW (a tuple) on a token grid (Swin's W-MSA and SW-MSA, torchvision's order): grid (the
+  tokens' H, W), window (wh, ww), shift (sh, sw) as applied: the written shift, 0 on an axis the window
+  spans whole (torchvision's rule); B ((2wh-1)(2ww-1), heads), the relative position bias table.
+  Each window of wh·ww tokens attends within itself, its scores plus B read at relative_index; the grid
+  is first rolled up and left by the shift and windows of tokens from different regions of the rolled
+  grid are kept apart by -100 added to their scores (torchvision's mask), then rolled back.
 - posembed: steps, dim; P (T, D) added to the sequence.
 - clstoken: dim; cls (D) put before the first step.
 - tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence).
@@ -21,7 +27,8 @@ Resolved attributes and tensors (batch left out):
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import BIAS, COUNT, GLOBAL, SCALE, is_sequence, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
+from dlc.layers import (BIAS, COUNT, GLOBAL, SCALE, SHIFT, SIZES, Grid, LayerKind, Role, Shape, ShapeRule, elements,
+                        is_sequence, register, weight)
 from dlc.layers.spatial import image, show
 
 
@@ -86,11 +93,51 @@ def resolve_attention(attrs, ins):
                          "rope")
     if rope and (d // h) % 2:
         raise ShapeError(f"rope turns pairs of a head's features: the head size {d}/{h} = {d // h} must be even")
-    if attrs["window"] is not None and not attrs["causal"]:
+    window = attrs["window"]
+    if isinstance(window, tuple):
+        if attrs["causal"] or rope or kv != h:
+            raise ShapeError("attention window=HxW (Swin's windows on a token grid) takes neither causal, rope nor "
+                             "kv=", "window")
+        return ins[0], dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope,
+                            **grid_windows(ins[0], window, attrs["shift"]))
+    if attrs["shift"]:
+        raise ShapeError(f"attention shift={attrs['shift']} moves the windows of window=HxW on a token grid; "
+                         f"write both", "shift")
+    if window is not None and not attrs["causal"]:
         # Mistral's window looks back only; a two-sided band (Longformer) is another layer
-        raise ShapeError(f"attention window={attrs['window']} is a sliding window over earlier steps: "
-                         f"write it with `causal`", "window")
-    return (t, d), dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope)
+        grid = f", or window={window}x{window} for windows of the token grid" if isinstance(ins[0], Grid) else ""
+        raise ShapeError(f"attention window={window} is a sliding window over earlier steps: "
+                         f"write it with `causal`{grid}", "window")
+    return ins[0], dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope)
+
+
+def grid_windows(shape: Shape, window: tuple[int, ...], shift: int) -> dict:
+    """The grid, window and shift of Swin's windowed attention (torchvision's shifted_window_attention,
+    without its padding: the windows must tile the grid)."""
+    shown = "x".join(map(str, window))
+    if not isinstance(shape, Grid):
+        raise ShapeError(f"attention window={shown} attends within windows of a token grid, and {show(shape)} "
+                         f"is a sequence without one: `tokens` of an image gives one", "window")
+    if len(window) != 2:
+        raise ShapeError(f"attention window=HxW takes a height and a width (received window={shown})", "window")
+    (h, w), (wh, ww) = shape.hw, window
+    if h % wh or w % ww:
+        raise ShapeError(f"attention window={shown} must tile the {h}x{w} token grid: {wh} must divide {h} and "
+                         f"{ww} divide {w}", "window")
+    if not 0 <= shift < min(wh, ww):
+        raise ShapeError(f"attention shift=N rolls the grid by fewer steps than the window's sides, 0 <= N < "
+                         f"{min(wh, ww)} (received shift={shift})", "shift")
+    # torchvision: a window as large as the grid's side does not shift along it
+    return {"grid": (h, w), "window": (wh, ww), "shift": (0 if wh == h else shift, 0 if ww == w else shift)}
+
+
+def windowed(a: dict) -> bool:
+    """The attention is Swin's, within windows of a token grid."""
+    return isinstance(a["window"], tuple)
+
+
+def window_tokens(a: dict) -> int:
+    return a["window"][0] * a["window"][1]
 
 
 def attention_params(a, ins):
@@ -98,6 +145,9 @@ def attention_params(a, ins):
     p = {"Wq": (d, d), "Wk": (kd, d), "Wv": (kd, d), "Wo": (d, d)}
     if a["bias"]:
         p.update({"bq": (d,), "bk": (kd,), "bv": (kd,), "bo": (d,)})
+    if windowed(a):
+        (wh, ww) = a["window"]
+        p["B"] = ((2 * wh - 1) * (2 * ww - 1), a["heads"])
     return p
 
 
@@ -123,28 +173,37 @@ def attention_work(a: dict, queries: int, keys: int) -> tuple[int, int]:
 
 
 def attention_macs(a, ins, out):
-    return attention_work(a, a["steps"], a["steps"])[0]
+    # within windows each step attends over its window's tokens, not over the whole grid
+    return attention_work(a, a["steps"], window_tokens(a) if windowed(a) else a["steps"])[0]
 
 
 def attention_flops(a, ins, out):
-    return attention_work(a, a["steps"], a["steps"])[1]
+    if not windowed(a):
+        return attention_work(a, a["steps"], a["steps"])[1]
+    scores = a["heads"] * a["steps"] * window_tokens(a)
+    # the relative position bias added to every score, and the shifted windows' mask too
+    return attention_work(a, a["steps"], window_tokens(a))[1] + scores * (2 if any(a["shift"]) else 1)
 
 
 # Every step sees every step (a causal step sees itself and the earlier ones; the last sees them all;
 # with a window of W a step sees W steps, and stacked layers reach further back: still the whole input).
+# Swin's windows are counted so too: shifted windows reach the whole grid after a few blocks, and an
+# ONNX export's gathers and products of activations say no more.
 register(LayerKind(
     "attention", resolve_attention, aliases=("mha",), size="int", size_required=True, size_attr="heads",
-    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": COUNT},
+    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": SIZES, "shift": 0},
     flags=("causal", "rope"), params=attention_params,
     tensors={**{w: weight(projection_fans) for w in ("Wq", "Wk", "Wv", "Wo")},
-             **{b: BIAS for b in ("bq", "bk", "bv", "bo")}},
+             **{b: BIAS for b in ("bq", "bk", "bv", "bo")},
+             # Swin's relative position bias table: torchvision's trunc_normal_(std=0.02), not decayed
+             "B": Role("table", std=0.02)},
     macs=attention_macs, flops=attention_flops, window=lambda a: GLOBAL,
 ))
 
 
 def resolve_posembed(attrs, ins):
     t, d = _sequence(ins[0], "posembed")
-    return (t, d), dict(attrs, steps=t, dim=d)
+    return ins[0], dict(attrs, steps=t, dim=d)
 
 
 register(LayerKind(
@@ -168,10 +227,27 @@ register(LayerKind("clstoken", resolve_clstoken, params=lambda a, ins: {"cls": (
 
 def resolve_tokens(attrs, ins):
     c, h, w = image(ins[0], "tokens")
-    return (h * w, c), dict(attrs)
+    return Grid((h, w), c), dict(attrs)
 
 
 register(LayerKind("tokens", resolve_tokens))
+
+
+def resolve_patchmerge(attrs, ins):
+    shape = _sequence(ins[0], "patchmerge")
+    if not isinstance(shape, Grid):
+        raise ShapeError(f"patchmerge joins 2x2 neighbours of a token grid, and {show(shape)} is a sequence "
+                         f"without one: `tokens` of an image gives one")
+    (h, w), c = shape.hw, shape[1]
+    if h % 2 or w % 2:
+        raise ShapeError(f"patchmerge joins 2x2 neighbours: the token grid {h}x{w} must have even sides")
+    return Grid((h // 2, w // 2), 4 * c), dict(attrs, grid=(h, w), features=c)
+
+
+# Swin's PatchMerging is `patchmerge -> layernorm -> fc 2C bias=off`; this is its data movement alone.
+# Its receptive field is left as a pointwise kind's, as its ONNX Reshape and Transpose give it: in Swin it
+# follows an attention, which has seen the whole image already.
+register(LayerKind("patchmerge", resolve_patchmerge))
 
 POOL_MODES = ("first", "last", "mean")
 

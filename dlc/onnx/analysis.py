@@ -16,7 +16,7 @@ reads it; BatchNormalization's mean and variance are non-trainable; attention's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from math import ceil, prod
 
@@ -26,7 +26,8 @@ from dlc.analysis import Analysis, NodeStats, ReceptiveField, receptive_field, t
 from dlc.graph import Graph, Node
 from dlc.layers import Signal
 from dlc.onnx.count import Cost, NotCounted, Op, count
-from dlc.onnx.model import CHANNEL_OPS, Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits
+from dlc.onnx.model import (CHANNEL_OPS, Initializer, OnnxGraph, OnnxValue, attributes, dtype_name, element_bits,
+                            stored_value)
 
 # Ops shown in the row of the layer they follow, like a spec's suffix layers.
 SUFFIX_OPS = {"BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -50,7 +51,7 @@ CONSTANT_INPUTS = {"LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5)}
 # and those between the queries' and keys' projections and that product (heads split, rotary positions:
 # x * cos + rotate_half(x) * sin); the opset-23 operators that take the tables as inputs.
 TABLE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Max", "Min"}
-SCORE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Cast"}
+SCORE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Reshape"}  # Reshape: Swin's scores seen by window
 QUERY_KEY_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Slice", "Split",
                  "Gather", "Concat", "Expand", "Neg", "Add", "Sub", "Mul", "Div", "Where"}
 TABLE_INPUTS = {"Attention": (3,), "RotaryEmbedding": (1, 2)}  # the mask; the cos and sin caches
@@ -365,7 +366,8 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
     attention's scores, queries or keys as a table (two or more axes longer than 1) or a single value
     (the scale, stored with shape [1]), or as the mask of an Attention operator or the cos and sin caches
     of a RotaryEmbedding. A vector there (a projection's bias) stays a parameter, and so does a table met
-    elsewhere (a learned position table added to the embeddings)."""
+    elsewhere (a learned position table added to the embeddings), and so does a table read by a Gather at
+    stored indices (Swin's relative position bias table, read at each pair's offset in a window)."""
     scored = attention_activations(g, live)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.nodes:
@@ -383,6 +385,8 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
     for name, init in g.weights.items():
         if name != init.name:  # a view of a stored weight: the walk from the weight itself passes it
             continue
+        if any(n.op_type == "Gather" and n.input[0] == name and n.input[1] not in live for n in consumers.get(name, [])):
+            continue  # learned entries looked up at fixed places, not a computed table
         meetings, stack, seen = [], [name], set()  # whether each use by an activation is a table's
         while stack:
             t = stack.pop()
@@ -395,6 +399,26 @@ def attention_tables(g: OnnxGraph, live: set[str]) -> set[str]:
         if meetings and all(meetings):
             tables.add(name)
     return tables
+
+
+def expanded_biases(g: OnnxGraph, tables: set[str]) -> tuple[int, int, int]:
+    """(how many, their stored values, their learned values) of the attention tables that are Swin's
+    relative position bias as an exporter folds its lookup: (1, heads, N, N) values that repeat a
+    ((2·wh-1)·(2·ww-1), heads) table at each pair's offset in a wh x ww window (N = wh·ww, both above 1:
+    a sequence's band masks depend on offsets too). A table of one value throughout is not one."""
+    from dlc.engine.kernels.attention import bias_table
+
+    found = [0, 0, 0]
+    for name in sorted(tables) if g.weights_error is None else ():  # values unreadable: the analysis warns
+        dims = g.weights[name].dims
+        if len(dims) < 3 or dims[-1] != dims[-2] or prod(dims[:-3]) != 1:
+            continue
+        values, n = stored_value(name, g.stored, g.path), dims[-1]
+        table = next((t for t in (bias_table(values, (wh, n // wh)) for wh in range(2, n // 2 + 1) if n % wh == 0)
+                      if t is not None), None)
+        if table is not None:
+            found = [found[0] + 1, found[1] + values.size, found[2] + table.size]
+    return found[0], found[1], found[2]
 
 
 def attention_activations(g: OnnxGraph, live: set[str]) -> set[str]:
@@ -520,8 +544,8 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     weights = dtype or stored_as or "mixed"
     # activations each in their own tensor's type (issue 20 priced them all in the weights' one)
     acts = STORED_DTYPES.get(act_types.pop(), "mixed") if len(act_types) == 1 else "mixed"
-    return Analysis(graph, stats, totals(stats, batch, optimizer, None, weights,
-                                         act_dtype or dtype or acts)), uncounted
+    summed = totals(stats, batch, optimizer, None, weights, act_dtype or dtype or acts)
+    return Analysis(graph, stats, replace(summed, expanded_biases=expanded_biases(g, tables))), uncounted
 
 
 def activation_bytes(g: OnnxGraph, name: str, size: int | None) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from onnx import NodeProto, helper, numpy_helper
 
-from dlc.engine.kernels.attention import hidden_keys, rotary_tables
+from dlc.engine.kernels.attention import hidden_keys, relative_index, rotary_tables, window_mask, window_order
 from dlc.graph import Node
 from dlc.layers import KINDS
 from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET, ROTARY_OPSET
@@ -334,14 +334,60 @@ def lower_attention(n: Node, x, opset):
     rope on queries and keys (RotaryEmbedding from opset 23, below it Mul/Add with cos and sin tables),
     grouped key/value heads repeated to the query heads (Unsqueeze/Expand/Reshape, PyTorch's
     repeat_interleave), scaled scores, the causal or window mask as a constant (Where to -inf), softmax,
-    the weighted sum, heads joined, the output projection. Attention dropout is the identity at inference."""
+    the weighted sum, heads joined, the output projection. Attention dropout is the identity at inference.
+    Swin's windows (window=HxW) gather the steps into windows of the batch axis first (Gather by the
+    NumPy engine's window_order, Reshape), add the bias table read at relative_index (Gather, Reshape,
+    Transpose) and the shifted windows' -100 mask (a constant) to the scaled scores, and put each
+    window's outputs back on their steps (Reshape, Gather by the inverse order)."""
     a, p = n.attrs, n.name
-    t, d, h, dh, kv = a["steps"], a["dim"], a["heads"], a["head_dim"], a["kv"]
+    if not isinstance(a["window"], tuple):
+        return attention_nodes(n, x[0], opset, a["steps"], p)
+    order = window_order(a["grid"], a["window"], a["shift"])
+    tokens = a["window"][0] * a["window"][1]
+    nodes = [const(f"{p}/order", order.tolist()),
+             op("Gather", [x[0], f"{p}/order"], f"{p}/gathered", f"{p}/gather", axis=1),
+             const(f"{p}/windows_shape", [-1, tokens, a["dim"]]),
+             op("Reshape", [f"{p}/gathered", f"{p}/windows_shape"], f"{p}/windows", f"{p}/windows")]
+    nodes += attention_nodes(n, f"{p}/windows", opset, tokens, f"{p}/windowed")
+    return nodes + [const(f"{p}/steps_shape", [-1, a["steps"], a["dim"]]),
+                    op("Reshape", [f"{p}/windowed", f"{p}/steps_shape"], f"{p}/in_order", f"{p}/in_order"),
+                    const(f"{p}/back", np.argsort(order).tolist()),
+                    op("Gather", [f"{p}/in_order", f"{p}/back"], p, p, axis=1)]
+
+
+def window_bias(n: Node, scores: str) -> tuple[list[NodeProto], str]:
+    """Swin's additions to a window's scaled scores (N·windows, heads, N, N): the bias table read at each
+    pair's offset, (heads, N, N), then with shifted windows the mask, (windows, 1, N, N), added to the
+    scores seen as (N, windows, heads, N, N)."""
+    a, p = n.attrs, n.name
+    tokens, heads = a["window"][0] * a["window"][1], a["heads"]
+    nodes = [const(f"{p}/relative_index", relative_index(a["window"]).tolist()),
+             op("Gather", [param(n, "B"), f"{p}/relative_index"], f"{p}/bias_pairs", f"{p}/bias_pairs", axis=0),
+             const(f"{p}/bias_shape", [tokens, tokens, heads]),
+             op("Reshape", [f"{p}/bias_pairs", f"{p}/bias_shape"], f"{p}/bias_grid", f"{p}/bias_grid"),
+             op("Transpose", [f"{p}/bias_grid"], f"{p}/bias", f"{p}/bias", perm=[2, 0, 1]),
+             op("Add", [scores, f"{p}/bias"], f"{p}/biased", f"{p}/add_bias")]
+    if not any(a["shift"]):
+        return nodes, f"{p}/biased"
+    mask = window_mask(a["grid"], a["window"], a["shift"])
+    return nodes + [const(f"{p}/by_window_shape", [-1, len(mask), heads, tokens, tokens]),
+                    op("Reshape", [f"{p}/biased", f"{p}/by_window_shape"], f"{p}/by_window", f"{p}/by_window"),
+                    const(f"{p}/mask", mask[:, None], np.float32),
+                    op("Add", [f"{p}/by_window", f"{p}/mask"], f"{p}/masked_windows", f"{p}/add_mask"),
+                    const(f"{p}/scores_shape", [-1, heads, tokens, tokens]),
+                    op("Reshape", [f"{p}/masked_windows", f"{p}/scores_shape"], f"{p}/masked", f"{p}/unwindow")
+                    ], f"{p}/masked"
+
+
+def attention_nodes(n: Node, x: str, opset: int, t: int, out: str) -> list[NodeProto]:
+    """lower_attention over the T steps of x (N, T, D): the whole sequence, or Swin's windows."""
+    a, p = n.attrs, n.name
+    d, h, dh, kv = a["dim"], a["heads"], a["head_dim"], a["kv"]
     bias = a["bias"]
     nodes = [const(f"{p}/joined_shape", [0, t, d])]
     split = {}  # each projection's heads (N, T, heads, dh), turned and repeated as the options say
     for w, heads in (("q", h), ("k", kv), ("v", kv)):
-        nodes += linear(x[0], n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
+        nodes += linear(x, n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
         now, turn = f"{p}/{w}", a["rope"] and w != "v"
         if turn and opset >= ROTARY_OPSET:
             nodes += rotary_embedding(n, now, heads, f"{p}/{w}_turned", tables=w == "q")
@@ -370,11 +416,14 @@ def lower_attention(n: Node, x, opset):
                   const(f"{p}/minus_inf", -np.inf, np.float32),
                   op("Where", [f"{p}/future", f"{p}/minus_inf", scores], f"{p}/masked", f"{p}/mask")]
         scores = f"{p}/masked"
+    if isinstance(a["window"], tuple):
+        extra, scores = window_bias(n, scores)
+        nodes += extra
     nodes += [op("Softmax", [scores], f"{p}/weights", f"{p}/softmax", axis=-1),
               op("MatMul", [f"{p}/weights", f"{p}/v_heads"], f"{p}/heads", f"{p}/weighted_sum"),
               op("Transpose", [f"{p}/heads"], f"{p}/heads_last", f"{p}/join", perm=[0, 2, 1, 3]),
               op("Reshape", [f"{p}/heads_last", f"{p}/joined_shape"], f"{p}/joined", f"{p}/joined")]
-    return nodes + linear(f"{p}/joined", n, "Wo", "bo" if bias else None, p)
+    return nodes + linear(f"{p}/joined", n, "Wo", "bo" if bias else None, out)
 
 
 def rotate_half(n: Node, x: str, out: str, tables: bool) -> list[NodeProto]:
@@ -444,6 +493,16 @@ def lower_tokens(n: Node, x, opset):
     return [const(f"{p}/shape", [0, c, steps]),
             op("Reshape", [x[0], f"{p}/shape"], f"{p}/flat", f"{p}/flatten"),
             op("Transpose", [f"{p}/flat"], p, p, perm=[0, 2, 1])]
+
+
+def lower_patchmerge(n: Node, x, opset):
+    # the NumPy kernel's view: (N, H/2, row a, W/2, column b, C), neighbours in Swin's order (b, a)
+    p, (h, w), c = n.name, n.attrs["grid"], n.attrs["features"]
+    return [const(f"{p}/neighbours", [0, h // 2, 2, w // 2, 2, c]),
+            op("Reshape", [x[0], f"{p}/neighbours"], f"{p}/grid", f"{p}/grid"),
+            op("Transpose", [f"{p}/grid"], f"{p}/joined", f"{p}/join", perm=[0, 1, 3, 4, 2, 5]),
+            const(f"{p}/shape", [0, h * w // 4, 4 * c]),
+            op("Reshape", [f"{p}/joined", f"{p}/shape"], p, p)]
 
 
 def lower_seqpool(n: Node, x, opset):
@@ -590,6 +649,7 @@ LOWER: dict[str, Lowering] = {
     "clstoken": lower_clstoken,
     "tokens": lower_tokens,
     "seqpool": lower_seqpool,
+    "patchmerge": lower_patchmerge,
     "experts": lower_experts,
     # the math kinds of issue 28
     "logsoftmax": lower_logsoftmax,

@@ -221,10 +221,14 @@ def attention(node: Node, ins: list[Shape]) -> TorchLayer:
     # netlib's SelfAttention holds dlc's four (out, in) projections under dlc's names: nn.MultiheadAttention
     # would stack Wq, Wk and Wv into one tensor
     a = node.attrs
+    names = ("Wq", "Wk", "Wv", "Wo") + (("bq", "bk", "bv", "bo") if a["bias"] else ())
+    if isinstance(a["window"], tuple):  # Swin's windows, with their bias table B
+        module = _call("WindowAttention", a["dim"], a["heads"], a["grid"], a["window"], shift=(a["shift"], (0, 0)),
+                       bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0))
+        return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names + ("B",))))
     module = _call("SelfAttention", a["dim"], a["heads"], causal=(bool(a["causal"]), False),
                    bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0), kv=(a["kv"], a["heads"]),
                    rope=(float(a["rope"]), 0.0), window=(a["window"], None))
-    names = ("Wq", "Wk", "Wv", "Wo") + (("bq", "bk", "bv", "bo") if a["bias"] else ())
     return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names)))
 
 
@@ -340,6 +344,11 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     # an image's pixels as steps, row by row, its channels the features (ViT's patch sequence)
     "tokens": function("{x}.flatten(2).transpose(1, 2)"),
     "seqpool": seqpool,
+    # Swin's 2x2 neighbours joined: x0 (even row, even column), x1 (odd, even), x2 (even, odd), x3 (odd, odd)
+    "patchmerge": lambda node, ins: TorchLayer(
+        "{x}.view(len({x}), %d, 2, %d, 2, %d).permute(0, 1, 3, 4, 2, 5).reshape(len({x}), %d, %d)"
+        % (node.attrs["grid"][0] // 2, node.attrs["grid"][1] // 2, node.attrs["features"], node.out_shape[0],
+           node.out_shape[1])),
     "lrn": lrn,
     "rnn": recurrent,
     "lstm": recurrent,

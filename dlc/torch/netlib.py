@@ -122,6 +122,50 @@ class SelfAttention(nn.Module):
         return F.linear(o.transpose(1, 2).reshape(n, t, d), self.Wo, self.bo)
 
 
+def window_order(grid, window, shift):
+    """The grid's steps in window order, the grid rolled up and left by the shift first (torch.roll by
+    -shift, then windows row by row): token i of window j reads step order[j·wh·ww + i]."""
+    (h, w), (wh, ww), (sh, sw) = grid, window, shift
+    rolled = ((torch.arange(h) + sh) % h)[:, None] * w + (torch.arange(w) + sw) % w
+    return rolled.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).flatten()
+
+
+class WindowAttention(SelfAttention):
+    """attention window=HxW: Swin's windowed attention on a token grid (torchvision's
+    shifted_window_attention, windows that tile the grid): each window of wh·ww tokens attends within
+    itself, its scores plus the relative position bias B ((2wh-1)(2ww-1), heads) read at each pair's
+    offset and, with a shift, -100 between tokens of different regions of the rolled grid."""
+
+    def __init__(self, dim: int, heads: int, grid, window, shift=(0, 0), bias: bool = True, dropout: float = 0.0):
+        super().__init__(dim, heads, bias=bias, dropout=dropout)
+        (h, w), (wh, ww), (sh, sw) = grid, window, shift
+        self.tokens = wh * ww
+        self.B = nn.Parameter(nn.init.trunc_normal_(torch.empty((2 * wh - 1) * (2 * ww - 1), heads), std=0.02))
+        order = window_order(grid, window, shift)
+        y, x = torch.arange(wh).repeat_interleave(ww), torch.arange(ww).repeat(wh)
+        offsets = (y[:, None] - y + wh - 1) * (2 * ww - 1) + x[:, None] - x + ww - 1
+        mask = torch.zeros(1, 1, self.tokens, self.tokens)
+        if sh or sw:
+            region = torch.zeros(h, w)
+            rows, cols = ((slice(0, -k), slice(-k, -s), slice(-s, None)) for k, s in ((wh, sh), (ww, sw)))
+            for i, (r, c) in enumerate((r, c) for r in rows for c in cols):
+                region[r, c] = i
+            region = region.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).reshape(-1, self.tokens)
+            mask = (region[:, None, :] != region[:, :, None]).float().mul(-100.0)[:, None]
+        for name, buffer in (("order", order), ("back", order.argsort()), ("offsets", offsets.flatten()), ("mask", mask)):
+            self.register_buffer(name, buffer, persistent=False)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        windows, dh = x[:, self.order].view(n, -1, self.tokens, d), d // self.heads
+        q, k, v = (F.linear(windows, w, b).view(n, -1, self.tokens, self.heads, dh).transpose(2, 3)
+                   for w, b in ((self.Wq, self.bq), (self.Wk, self.bk), (self.Wv, self.bv)))
+        bias = self.B[self.offsets].view(self.tokens, self.tokens, -1).permute(2, 0, 1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias + self.mask.to(x.dtype),
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return F.linear(o.transpose(2, 3).reshape(n, t, d), self.Wo, self.bo)[:, self.back]
+
+
 class RMSNorm(nn.Module):
     """rmsnorm: x / sqrt(mean(x²) + eps) * weight over the last axis (torch >= 2.4 has nn.RMSNorm; dlc's
     floor, 2.1, has not). dlc's gamma is `weight`."""

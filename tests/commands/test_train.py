@@ -77,6 +77,36 @@ def test_glyphs_run_beats_chance_and_reports_json(tmp_path):
     assert norm["kind"] == "mean-std" and isinstance(norm["mean"], float) and norm["std"] > 0
 
 
+SMALL_SWIN = """\
+input 1@16x16
+conv 16@2x2/2 -> tokens -> layernorm          # an 8x8 grid of 16
+block swin(d, h, f, s) {
+    add( layernorm -> attention h window=4x4 shift=s | identity )
+    add( layernorm -> fc f gelu -> fc d | identity )
+}
+swin(16, 2, 32, 0) -> swin(16, 2, 32, 2)
+patchmerge -> layernorm -> fc 32 bias=off     # a 4x4 grid of 32
+swin(32, 4, 64, 0)
+layernorm -> seqpool -> fc 10 softmax
+train loss=xent optimizer=adam lr=0.001 batch=32 epochs=5
+"""
+
+
+@pytest.mark.slow  # about 30 s on the NumPy engine and 2 min on torch's CPU, on 2 shared cores
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_a_small_swin_learns_the_glyphs_on_both_engines(engine, tmp_path):
+    # windows and shifted windows, the bias tables, patchmerge and the pooled grid, trained by the spec's
+    # own train statement on the default data of a 1@16x16 input with 10 classes (the glyphs)
+    if engine == "torch":
+        pytest.importorskip("torch")
+    r = run("-e", SMALL_SWIN, *GLYPHS, "--normalize", "mean-std", "--engine", engine, "--out", tmp_path / "s",
+            "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["data"] == "glyphs" and doc["epochs"] == 5
+    assert doc["train_loss"] < 0.8 * np.log(10) and doc["val_accuracy"] > 0.2  # ten classes: chance is 0.1
+
+
 def test_json_reports_null_for_missing_splits(tmp_path):
     r = run(SPECS / "xor.dlc", "--epochs", "3", "--out", tmp_path / "x", "--json")
     doc = json.loads(r.stdout)

@@ -1132,3 +1132,45 @@ def test_div_of_equal_shapes():
 def test_every_kind_has_its_own_test():
     tested = {name.split("_")[1] for name in globals() if name.startswith("test_")}
     assert set(KINDS) - tested == set()
+
+
+# --- Swin: windowed attention and patchmerge on a token grid ----------------------------------------
+
+def test_windowed_attention_counts_its_windows_not_the_whole_grid():
+    # Swin-T's first attention: 56x56 tokens of 96, 3 heads, 7x7 windows. Params: 4*96^2 + 4*96 = 37,248
+    # and the bias table (2*7-1)^2 * 3 = 507: 37,755. MACs: projections 3136*4*96^2 = 115,605,504; each
+    # token scores and sums over its window's 49 tokens, 2*3136*49*96 = 29,503,488: 145,108,992. A global
+    # attention would count 2*3136^2*96 = 1,888,223,232 for the products, 64 times the windows' 29.5 M.
+    # FLOPs: 2*MACs + bias adds 4*3136*96 = 1,204,224 + 4 per score (scale, softmax) 4*3*3136*49 =
+    # 1,843,968 + the bias table's add, 1 per score, 460,992: 293,727,168; shifted, the mask adds 460,992.
+    grid = "input 3@224x224\nconv 96@4x4/4 -> tokens\n"
+    s = last(grid + "attention 3 window=7x7")
+    assert figures(s) == ((3136, 96), 37_755, 0, 145_108_992, 293_727_168)
+    assert s.node.attrs["shift"] == (0, 0) and s.node.attrs["grid"] == (56, 56)
+    shifted = last(grid + "attention 3 window=7x7 shift=3")
+    assert figures(shifted)[3:] == (145_108_992, 293_727_168 + 460_992) and shifted.node.attrs["shift"] == (3, 3)
+    # a window as large as the grid's side does not shift along it (torchvision's rule): no mask
+    whole = last("input 3@28x28\nconv 96@4x4/4 -> tokens\nattention 3 window=7x7 shift=3")
+    assert whole.node.attrs["shift"] == (0, 0)
+
+
+def test_patchmerge_halves_the_grid_that_the_kinds_keeping_the_steps_keep():
+    # fc, layernorm, gelu, dropout and add keep a grid; patchmerge halves it and joins 4 tokens' features
+    s = last("input 3@32x32\nconv 16@4x4/4 -> tokens -> layernorm -> fc 24 gelu -> dropout 0.1\n"
+             "add( attention 2 window=4x4 | identity ) -> patchmerge -> layernorm -> fc 48 bias=off\n"
+             "attention 4 window=2x2 shift=1")
+    assert s.node.out_shape == (16, 48) and s.node.attrs["grid"] == (4, 4)
+    merge = last("input 3@32x32\nconv 16@4x4/4 -> tokens -> patchmerge")
+    assert figures(merge) == ((16, 64), 0, 0, 0, 0)
+
+
+def test_windowed_attention_and_patchmerge_errors_point_at_the_fault():
+    fails("input seq 16 of 8\nattention 2 window=2x2", 2, "window=2x2", "sequence without one", "tokens")
+    fails("input 3@24x24\nconv 8@4x4/4 -> tokens\nattention 2 window=4x4", 3, "must tile the 6x6 token grid")
+    fails("input 3@32x32\nconv 8@4x4/4 -> tokens\nattention 2 window=4x4 shift=4", 3, "0 <= N < 4", "shift=4")
+    fails("input 3@32x32\nconv 8@4x4/4 -> tokens\nattention 2 window=4x4 causal", 3, "neither causal")
+    fails("input 3@32x32\nconv 8@4x4/4 -> tokens\nattention 2 shift=1", 3, "window=HxW")
+    fails("input 3@32x32\nconv 8@4x4/4 -> tokens\nattention 2 window=4", 3, "causal", "window=4x4")
+    fails("input seq 16 of 8\npatchmerge", 2, "patchmerge", "sequence without one")
+    fails("input 3@12x12\nconv 8@4x4/4 -> tokens -> patchmerge", 2, "even sides", "3x3")
+    fails("input 3@32x32\nconv 8@4x4/4 -> tokens -> seqpool -> patchmerge", 2, "TxD")

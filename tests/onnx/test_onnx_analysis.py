@@ -76,6 +76,9 @@ KIND_EXAMPLES = {
     # padding and resampling kinds (issue 28): a CycleGAN generator's ends
     "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1 "
                   "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6x18",
+    # Swin: windows of a token grid, shifted and not, the bias table read as parameters; patchmerge
+    "swin": "input 3@16x16 -> conv 8@2x2/2 -> tokens -> layernorm -> attention 2 window=4x4 shift=2 -> patchmerge "
+            "-> layernorm -> fc 16 bias=off -> attention 2 window=2x2 -> seqpool -> fc 3",
     # several inputs and the elementwise merges (issue 22), broadcasting a size-1 height
     "several inputs": "input 3@4x4 as a\ninput 3@1x4 as b\nmaximum a\nsub a\nconv 2@3x3\npow( sigmoid | conv 2@1x1 )\n"
                       "div( identity | minimum( identity | conv 2@1x1 sigmoid ) ) -> add( identity | identity )",

@@ -38,7 +38,7 @@ BIG = 50_000_000  # params above which a zoo network runs at batch 1
 DSL_EXAMPLES = {"inception": dsl.INCEPTION, "mobilenet": dsl.MOBILENET, "unet": dsl.UNET}
 ZOO_TWINS = {"lenet5": dsl.LENET5, "alexnet": dsl.ALEXNET, "vgg16": dsl.VGG16, "resnet50": dsl.RESNET50,
              "lstm_text": dsl.LSTM_TEXT, "xor": dsl.XOR,
-             "gpt2_small": dsl.GPT2, "vit_b16": dsl.VIT}
+             "gpt2_small": dsl.GPT2, "vit_b16": dsl.VIT, "swin_t": dsl.SWIN_T}
 
 
 def exercised_weights(graph, seed=0):
@@ -219,6 +219,12 @@ KIND_CASES.update({
     "seqpool first": "input seq 5 of 4 -> seqpool first",
     "seqpool last": "input seq 5 of 4 -> seqpool last",
     "seqpool mean": "input seq 5 of 4 -> seqpool mean",
+})
+KIND_CASES.update({  # Swin: windows of a token grid, shifted and not, and patchmerge
+    "attention, windows of a token grid": "input 4@4x6 -> tokens -> attention 2 window=2x3",
+    "attention, shifted windows": "input 4@6x6 -> tokens -> attention 2 window=3x3 shift=1",
+    "attention, shifted windows, a window as tall as the grid": "input 4@2x4 -> tokens -> attention 2 window=2x2 shift=1",
+    "patchmerge": "input 3@4x6 -> tokens -> patchmerge",
 })
 KIND_CASES.update({
     "experts on a sequence, top 2 of 4": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> fc 3",

@@ -6,6 +6,8 @@ The expectation is onnxruntime's output on the file PyTorch wrote, never dlc's o
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -129,6 +131,9 @@ KIND_SPECS = {
     # padding and resampling (issue 28)
     "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
                   "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3",
+    # Swin: windows of a token grid, shifted, and a window as large as the grid; patchmerge
+    "swin": "input 3@16x16 -> conv 8@2x2/2 -> tokens -> layernorm -> attention 2 window=4x4 shift=2 -> patchmerge "
+            "-> layernorm -> fc 16 bias=off -> attention 2 window=4x4 bias=off -> seqpool -> fc 3",
 }
 
 
@@ -486,3 +491,38 @@ def test_a_mixture_of_experts_is_refused_naming_its_topk_node(tmp_path):
     assert "cannot import operator TopK (node `experts1/topk`)" in r.output
     assert "mixture of experts" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "back.dlc").exists()
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_small_swin_from_pytorch_imports_as_windows_on_a_token_grid(tmp_path, dynamo):
+    # tests/torch_models.py's Swin (torchvision's, layer for layer) on a 1@16x16 image: the grid kept
+    # (N, H, W, C), rolls as Slices and Concats, the bias tables expanded to 1 x heads x 16 x 16 constants.
+    # It imports as tokens, windowed attention (the tables read back from the expansions), fc, patchmerge
+    # and the grid's mean, with every one of PyTorch's 35,238 parameters, and reproduces the original.
+    from test_onnx_torch import small_swin
+
+    net = small_swin()
+    path = tmp_path / "swin.onnx"
+    torch_models.export(net, path, (torch.randn(1, 1, 16, 16),), dynamo=dynamo)
+    spec, weights = imported(tmp_path, path)
+    text = spec.read_text()
+    assert "tokens" in text and "attention 2 window=4x4 shift=2" in text and "patchmerge" in text
+    assert re.search(r"^attention 4 window=4x4 +#", text, re.M)  # the 4x4 grid's windows span it: no shift
+    assert sum(v.size for v in np.load(weights).values() if v.dtype.kind == "f") == 35_238
+    x = np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+
+
+@pytest.mark.slow  # a full-size export and import: about a minute for each exporter on 2 shared cores
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_swin_t_from_pytorch_round_trips(tmp_path, dynamo):
+    net = torch_models.swin_t()
+    torch.manual_seed(0)
+    for p in net.parameters():  # fresh norms are identical tensors, which TorchScript stores once
+        p.data.normal_(0, 0.02)
+    path = tmp_path / "swin_t.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=dynamo)
+    spec, weights = imported(tmp_path, path)
+    assert sum(v.size for v in np.load(weights).values() if v.dtype.kind == "f") == 28_288_354
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))

@@ -195,3 +195,34 @@ def test_stored_rotary_tables_and_masks_are_constants_not_parameters(tmp_path):
     assert r.exit_code == 0, r.output
     assert f"constants: {constants:,} values" in r.output
     assert f"params: {sum(p.numel() for p in net.parameters()):,} trainable" in r.output
+
+
+def randomised(model: nn.Module) -> nn.Module:
+    """Every parameter drawn at random: fresh norms (ones, zeros) are identical tensors, which the
+    TorchScript exporter stores once."""
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    return model
+
+
+def small_swin() -> nn.Module:
+    # tests/torch_models.py's Swin on a 1@16x16 image: 2x2 patches of 16, an 8x8 grid and 4x4 windows
+    # (one block plain, one shifted), a merge, a 4x4 grid whose 4x4 windows span it
+    return randomised(torch_models.SwinTransformer(dim=16, depths=(2, 2), heads=(2, 4), window=4, patch=2,
+                                                   classes=10, channels=1))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_swin_bias_tables_expanded_by_the_exporter_are_named_with_their_learned_count(tmp_path, dynamo):
+    # Both exporters fold each table[relative_position_index] lookup into a stored (1, heads, 16, 16)
+    # tensor: 2*256 + 2*256 + 4*256 + 4*256 = 3,072 values for tables of (2*4-1)^2 = 49 offsets per head,
+    # 2*49 + 2*49 + 4*49 + 4*49 = 588 learned values. The file's params leave them out; the report says
+    # how many values are learned behind them, and params + those is PyTorch's own count.
+    net = small_swin()
+    doc = figures(export_small(tmp_path, net, (torch.randn(1, 1, 16, 16),), dynamo))
+    assert doc["totals"]["expanded_biases"] == {"tables": 4, "values": 3_072, "learned": 588}
+    assert doc["totals"]["params"] + 588 == sum(p.numel() for p in net.parameters()) == 35_238
+    r = run("params", tmp_path / f"SwinTransformer_{int(dynamo)}.onnx")
+    assert "3,072 of them are 4 relative position bias tables (Swin's)" in r.output
+    assert "the model's own count is 35,238 params" in r.output

@@ -104,7 +104,17 @@ SIGNAL = ("input 2@20 -> conv 4@5/2 pad=same bn relu -> maxpool 3/2 pad=1 -> dwc
           "-> conv 3@2 pad=same as a -> maxpool 2/1 pad=same -> concat a -> softmax -> gmp -> fc 3")
 VOLUME = ("input 2@5x9x9 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bn relu -> maxpool 2 ceil -> add( conv 6@3/2 pad=1 bn "
           "| shortcut ) -> avgpool 3/2 pad=same -> dwconv 2 pad=same -> gap -> fc 3")
-EXTRA = {"signal": SIGNAL, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+# Swin: patches on a token grid, shifted windows, patchmerge, the grid pooled
+SMALL_SWIN = """\
+input 3@16x16
+conv 8@2x2/2 -> tokens -> layernorm                    # an 8x8 grid of 8
+add( layernorm -> attention 2 window=4x4 | identity )
+add( layernorm -> attention 2 window=4x4 shift=2 dropout=0.1 | identity )
+patchmerge -> layernorm -> fc 16 bias=off             # 4x4 of 16
+add( layernorm -> attention 4 window=2x2 shift=1 bias=off | identity )
+layernorm -> seqpool -> fc 3
+"""
+EXTRA = {"signal": SIGNAL, "small_swin": SMALL_SWIN, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
          "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}
@@ -272,6 +282,32 @@ def test_attention_options_give_the_numpy_kernels_gradients():
     module = getattr(net, node.name)
     for name, g in grads.items():
         np.testing.assert_allclose(getattr(module, name).grad.numpy(), g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_swin_windows_and_patchmerge_give_the_numpy_engines_outputs_and_gradients():
+    # the generated WindowAttention (gathered windows, bias table, shifted mask) and patchmerge against
+    # the NumPy engine, float64: the network's output and every parameter's gradient
+    from dlc.engine.run import backward, forward
+
+    graph = graph_of("small_swin")
+    params, state = random_weights(graph)
+    x = sample(graph, n=2)
+    out, tape = forward(Network(graph, params, state), x, keep=True)
+    dy = np.random.default_rng(4).standard_normal(out.shape)
+    grads, _ = backward(tape, dy)
+    net = net_of(graph).double()
+    net.from_dlc({k: torch.from_numpy(v) for k, v in params.items()})
+    y = net.eval()(torch.from_numpy(x))
+    (y * torch.from_numpy(dy)).sum().backward()
+    np.testing.assert_allclose(y.detach().numpy(), out, rtol=1e-10, atol=1e-12)
+    theirs = {row[0]: row for row in net.DLC_TENSORS}
+    assert {"attention1.B", "attention2.B", "attention3.B"} <= set(grads) <= set(theirs)
+    for full, g in grads.items():
+        node, name = full.rsplit(".", 1)
+        module = getattr(net, node.replace(".", "_"))
+        torch_name = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}.get(name, name)
+        np.testing.assert_allclose(getattr(module, torch_name).grad.numpy(), g, rtol=1e-8, atol=1e-10,
+                                   err_msg=full)
 
 
 def test_attention_dropout_drops_weights_in_training_only_and_keeps_the_mean():

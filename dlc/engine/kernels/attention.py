@@ -7,6 +7,10 @@ A = softmax(Q Kᵀ / sqrt(head_dim)), the causal mask (and window) setting hidde
 the softmax;
 in training, inverted dropout on A; O = A V, the heads joined back along the features; y = O Woᵀ + bo.
 This is what PyTorch's nn.MultiheadAttention and the ONNX lowering (MatMul/Softmax) compute.
+With window=HxW on a token grid (Swin) the steps are first gathered into windows (window_order), each
+window attends within itself with the relative position bias (and the shifted windows' mask) added to
+its scaled scores, and the outputs go back to their steps; B's gradient sums the scores' gradients of
+every window and sample at each table entry.
 
 Memory: the score matrix is the one T²·H buffer of a forward pass (softmax runs in place on it), so
 inference at T=1024, D=768, 12 heads holds 48 MiB of scores per sample, freed when the layer returns.
@@ -69,9 +73,96 @@ def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return x * cos + np.concatenate((x[..., half:], x[..., :half]), axis=-1) * sin
 
 
+# Swin's windows (torchvision's shifted_window_attention): which step each window's token reads, the
+# relative position of two tokens of a window as an index into the bias table, and the mask that keeps
+# tokens of different regions of the rolled grid apart.
+
+def window_order(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """(T,) the grid's steps in window order: entry j·wh·ww + i is the step token i of window j reads,
+    the grid rolled up and left by the shift first (torch.roll by -shift), windows row by row. The
+    outputs go back the same way: step order[k] gets window token k (the roll back undoes the roll)."""
+    (h, w), (wh, ww), (sh, sw) = grid, window, shift
+    rolled = ((np.arange(h) + sh) % h)[:, None] * w + ((np.arange(w) + sw) % w)[None, :]
+    return rolled.reshape(h // wh, wh, w // ww, ww).transpose(0, 2, 1, 3).reshape(-1)
+
+
+def relative_index(window: tuple[int, int]) -> np.ndarray:
+    """(N·N,) for tokens i, j of a window of N = wh·ww, the row of the bias table their offset reads:
+    (dy + wh - 1)·(2·ww - 1) + dx + ww - 1, torchvision's relative_position_index."""
+    wh, ww = window
+    y, x = np.divmod(np.arange(wh * ww), ww)
+    return ((y[:, None] - y[None, :] + wh - 1) * (2 * ww - 1) + x[:, None] - x[None, :] + ww - 1).reshape(-1)
+
+
+def bias_table(expanded: np.ndarray, window: tuple[int, int]) -> np.ndarray | None:
+    """The ((2wh-1)(2ww-1), heads) table whose entries, read at relative_index, give `expanded`
+    ((1,) heads, N, N): Swin's relative position bias as an exporter stores it folded; None when its
+    values do not repeat so (or are one value throughout, which any table of one value gives)."""
+    n, heads = window[0] * window[1], expanded.shape[-3] if expanded.ndim >= 3 else 0
+    if expanded.ndim < 3 or expanded.shape[-2:] != (n, n) or expanded.size != heads * n * n:
+        return None
+    values = expanded.reshape(heads, n * n)
+    if not np.isfinite(values).all() or values.min() == values.max():
+        return None
+    index = relative_index(window)
+    table = np.zeros((heads, (2 * window[0] - 1) * (2 * window[1] - 1)), values.dtype)
+    table[:, index] = values
+    return np.ascontiguousarray(table.T) if np.array_equal(table[:, index], values) else None
+
+
+def window_mask(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """(windows, N, N) float64: -100 where two tokens of a window come from different regions of the
+    rolled grid, 0 elsewhere (torchvision's attn_mask, slices and all)."""
+    (h, w), (wh, ww), (sh, sw) = grid, window, shift
+    region = np.zeros((h, w))
+    rows = (slice(0, -wh), slice(-wh, -sh), slice(-sh, None))
+    cols = (slice(0, -ww), slice(-ww, -sw), slice(-sw, None))
+    for count, (r, c) in enumerate((r, c) for r in rows for c in cols):
+        region[r, c] = count
+    tokens = region.reshape(h // wh, wh, w // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
+    return np.where(tokens[:, None, :] != tokens[:, :, None], -100.0, 0.0)
+
+
+def window_scores(attrs: dict, table: np.ndarray) -> np.ndarray:
+    """(windows or 1, heads, N, N): what Swin adds to a window's scaled scores, the bias read from the
+    table at each pair's offset, plus the mask when the windows are shifted."""
+    n = attrs["window"][0] * attrs["window"][1]
+    bias = table[relative_index(attrs["window"])].reshape(n, n, -1).transpose(2, 0, 1)[None]
+    if any(attrs["shift"]):
+        bias = bias + window_mask(attrs["grid"], attrs["window"], attrs["shift"])[:, None].astype(table.dtype)
+    return bias
+
+
 @kernel("attention")
 def attention(attrs, params, state, xs, ctx):
+    if not isinstance(attrs["window"], tuple):
+        y, back = attend(attrs, params, xs[0], ctx)
+        return y, lambda dy: back(dy)[:2]
     x = xs[0]
+    n, t, d = x.shape
+    order = window_order(attrs["grid"], attrs["window"], attrs["shift"])
+    tokens = attrs["window"][0] * attrs["window"][1]
+    windows = x[:, order].reshape(-1, tokens, d)
+    y_windows, back = attend(attrs, params, windows, ctx, window_scores(attrs, params["B"]))
+    y = np.empty_like(y_windows, shape=x.shape)
+    y[:, order] = y_windows.reshape(n, t, d)
+
+    def backward(dy):
+        dxs, grads, d_scores = back(dy[:, order].reshape(-1, tokens, d))
+        table = np.zeros_like(params["B"])
+        np.add.at(table, relative_index(attrs["window"]), d_scores.transpose(1, 2, 0).reshape(tokens * tokens, -1))
+        grads["B"] = table
+        dx = np.empty_like(x)
+        dx[:, order] = dxs[0].reshape(n, t, d)
+        return [dx], grads
+    return y, backward
+
+
+def attend(attrs, params, x, ctx, extra: np.ndarray | None = None):
+    """Self-attention over the steps of x (N, T, D), `extra` (windows or 1, heads, T, T) added to the
+    scaled scores of every run of `windows` consecutive samples (Swin's bias and mask). Its backward
+    returns (dxs, grads, the gradient of extra summed over every sample and window: (heads, T, T), or
+    None without extra)."""
     n, t, d = x.shape
     heads, kv, dh, p = attrs["heads"], attrs["kv"], attrs["head_dim"], float(attrs["dropout"])
     group, kd = heads // kv, attrs["kv"] * attrs["head_dim"]
@@ -94,6 +185,8 @@ def attention(attrs, params, state, xs, ctx):
     if attrs["causal"]:
         # the diagonal is never masked, so no row is all -inf
         a += causal_mask(positions, positions, a.dtype, attrs["window"])
+    if extra is not None:
+        a.reshape(-1, extra.shape[0], *a.shape[1:3], t, t)[...] += extra[:, :, None]  # (kv, group) = (heads, 1)
     a -= row_max(a)
     np.exp(a, out=a)
     a /= row_sums(a)
@@ -131,6 +224,7 @@ def attention(attrs, params, state, xs, ctx):
         # softmax: ds = A * (dA - sum over the row of dA * A); masked entries have A = 0, so ds = 0
         da -= np.einsum("...ij,...ij->...i", da, a)[..., None]
         da *= a
+        d_extra = None if extra is None else da.reshape(-1, heads, t, t).sum(axis=0)
         da *= scale
         if attrs["rope"]:  # the gradients of the turned queries and keys, turned back
             dq[...] = rotate(da @ k, cos, -sin)
@@ -145,7 +239,7 @@ def attention(attrs, params, state, xs, ctx):
             grads["bo"] = rows.sum(axis=0)
             db = g.sum(axis=0)
             grads["bq"], grads["bk"], grads["bv"] = db[:d], db[d:d + kd], db[d + kd:]
-        return [(g @ _stacked(params)).reshape(n, t, d)], grads
+        return [(g @ _stacked(params)).reshape(n, t, d)], grads, d_extra
     return y.reshape(n, t, d), backward
 
 

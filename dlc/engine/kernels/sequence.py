@@ -46,3 +46,18 @@ def seqpool(attrs, params, state, xs, ctx):
         dx[:, step] = dy
         return [dx], {}
     return x[:, step].copy(), backward
+
+
+@kernel("patchmerge")
+def patchmerge(attrs, params, state, xs, ctx):
+    # (N, H·W, C) -> (N, H/2·W/2, 4C): the grid as (N, H/2, row a, W/2, column b, C), and each 2x2
+    # neighbourhood's tokens joined in Swin's order x0 (a=0, b=0), x1 (1, 0), x2 (0, 1), x3 (1, 1)
+    x = xs[0]
+    (h, w), c, n = attrs["grid"], attrs["features"], len(x)
+    neighbours = (n, h // 2, 2, w // 2, 2, c)
+    y = np.ascontiguousarray(x.reshape(neighbours).transpose(0, 1, 3, 4, 2, 5)).reshape(n, -1, 4 * c)
+
+    def backward(dy):
+        merged = dy.reshape(n, h // 2, w // 2, 2, 2, c)
+        return [np.ascontiguousarray(merged.transpose(0, 1, 4, 2, 3, 5)).reshape(x.shape)], {}
+    return y, backward

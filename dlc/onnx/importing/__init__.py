@@ -29,13 +29,14 @@ from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
 from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_reshape, import_slice, import_tile
-from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_posembed, import_rmsnorm,
-                                         import_seqpool, import_tokens)
+from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_patchmerge, import_posembed,
+                                         import_rmsnorm, import_seqpool, import_tokens)
 
 
 IMPORT: dict[str, Import] = {
     # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape
-    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm"), import_attention),
+    # Slice: the roll of Swin's shifted windows; Gather: dlc's own windows, the steps gathered into them
+    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm", "Slice", "Gather"), import_attention),
     # before sigmoid, which takes any Sigmoid, and before gelu: rmsnorm's square is a Mul of x by itself,
     # the product of SiLU is a Mul, and mul takes what is left of Mul (in this order)
     "rmsnorm": Import(("RMSNormalization", "Pow", "Mul"), import_rmsnorm),
@@ -77,8 +78,13 @@ IMPORT: dict[str, Import] = {
     "layernorm": Import(("LayerNormalization", "ReduceMean"), import_layernorm),
     "posembed": Import(("Add",), import_posembed),
     "clstoken": Import(("Concat",), import_clstoken),
-    "tokens": Import(("Reshape",), import_tokens),
-    "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
+    # a Transpose to (N, H, W, C) (Swin's token grid), or back and pooled; after attention, whose starts
+    # these are too
+    "tokens": Import(("Reshape", "Transpose"), import_tokens),
+    "seqpool": Import(("Gather", "ReduceMean", "Transpose"), import_seqpool),
+    # before slice, which takes any Slice: Swin's four strided Slices of a grid and their Concat; before
+    # pixelshuffle and reshape: dlc's own Reshape, Transpose, Reshape
+    "patchmerge": Import(("Slice", "Reshape"), import_patchmerge),
     "experts": Import(("TopK",), import_experts),
     # the math kinds of issue 28; after relu and relu6, which take their Clips, and after gap, layernorm and
     # seqpool, which take their ReduceMeans; softsign before abs, whose Abs its old form starts at

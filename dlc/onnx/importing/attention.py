@@ -7,6 +7,7 @@ than taken apart into other layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
@@ -35,8 +36,9 @@ TO_HEADS = (*LAYOUT, "Add", "Gather", "Slice", "Split", "SplitToSequence", "Sequ
             "Concat", "Expand", "Tile", "RotaryEmbedding")
 
 
-# Between the scores and the softmax: the scale, and a mask added or put in with Where.
-TO_SOFTMAX = ("Mul", "Div", "Add", "Sub", "Where", "Cast")
+# Between the scores and the softmax: the scale, and a mask added or put in with Where (Reshape: Swin's
+# scores seen by window to add the shifted windows' mask).
+TO_SOFTMAX = ("Mul", "Div", "Add", "Sub", "Where", "Cast", "Reshape")
 
 
 # An attention's own softmax is a few dozen operators after its first one (about 25 in TorchScript's
@@ -69,7 +71,8 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     projection evaluated once beside dlc's kernel on a random input, so that a mask, scale or head
     layout that dlc's attention does not have is refused, never imported wrongly."""
     inputs = live_inputs(r, n)
-    if len(inputs) != 1 or len(r.shape(inputs[0])) != 2:
+    if len(inputs) != 1 or len(r.shape(inputs[0])) != 2 and inputs[0] not in r.grids or \
+            n.op_type == "Gather" and steps_order(r, n) is None:
         return None
     x = inputs[0]
     core = nearest_core(r, n)
@@ -92,20 +95,29 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
         raise Refused(f"its projection `{computed.name}` multiplies by a weight the graph computes, not a stored one")
     y, out_proj = attention_output(r, core.output, x)
     region, shape_only = attention_region(r, x, y)
-    t, d = r.shape(x)
+    *grid, d = r.shape(x)
+    t = int(np.prod(grid))
     values = core.scores
     if values is None:
         raise Refused(f"ONNX shape inference gives no shape for its scores (node `{core.node}`)")
-    heads, rest = divmod(values, full_shape(r, x)[0] * t * t)  # the batch, t x t scores per head
+    gathered = next((o for o in map(partial(steps_order, r), r.consumers.get(x, [])) if o is not None), None)
+    windowed = x in r.grids or gathered is not None
+    keys = full_shape(r, core.scores_tensor)[-1] if windowed else t  # Swin: a window's tokens
+    heads, rest = divmod(values, full_shape(r, x)[0] * t * keys)  # the batch, t x keys scores per head
     if rest or not heads or d % heads:
-        raise Refused(f"its scores hold {values} values, not {t}x{t} for each of a number of heads dividing "
+        raise Refused(f"its scores hold {values} values, not {t}x{keys} for each of a number of heads dividing "
                       f"its {d} features")
     tensors, stored = attention_weights(r, projections, out_proj, d, heads)
     # Layers laid out alike (every block of one model) are run once: what the run checks is the layout.
     layout = (heads, layout_key(r, region, x, stored))
     settings = r.checked.get(layout)
-    if settings is None:
+    if settings is None and windowed:
+        grids = [r.shape(x)[:2]] if x in r.grids else grids_of(gathered, keys)
+        settings = windows_checked(r, region, shape_only, x, y, tensors, heads, keys, grids)
+    elif settings is None:
         settings = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, core.masked)
+    if "B" in settings:  # Swin's bias table, read off this layer's own constants
+        tensors["B"] = settings.pop("B")
     computing = [m for m in region if any(o in r.live for o in m.output)]
     return Found(SpecLayer("attention", [], str(heads), {**settings, "bias": "bo" in tensors}), computing, y,
                  tensors, n.name)
@@ -124,6 +136,7 @@ class Core:
     scores: int | None
     masked: bool
     node: str  # the Softmax or Attention node, for messages
+    scores_tensor: str = ""  # the product of queries and keys
 
 
 def nearest_core(r: Reader, n: onnx.NodeProto) -> Core | None:
@@ -181,7 +194,7 @@ def attention_core(r: Reader, softmax: onnx.NodeProto) -> Core | None:
                                               and elements(r, other_input(p, live_inputs(r, p)[0])) == 1)
                      for p in path)
     return Core(scores.input[0], scores.input[1], weighted.input[1], weighted.output[0],
-                elements(r, scores.output[0]), not scale_only, softmax.name)
+                elements(r, scores.output[0]), not scale_only, softmax.name, scores.output[0])
 
 
 def full_shape(r: Reader, name: str) -> tuple[int | None, ...] | None:
@@ -227,15 +240,48 @@ def projection_of(r: Reader, name: str) -> onnx.NodeProto | None:
 
 
 def layout_path(r: Reader, name: str, x: str) -> list[onnx.NodeProto] | None:
-    """The layout operators that make `name` from x (none if it is x), or None if it is not x so moved."""
+    """The layout operators that make `name` from x (none if it is x), or None if it is not x so moved;
+    a roll of a token grid (Slices of one tensor concatenated: torch.roll) is one of them."""
     path = []
     while name != x:
         p = producer_node(r, name)
+        rolled = rolled_from(r, p)
+        if rolled is not None:
+            path += [p, *(producer_node(r, i) for i in p.input)]
+            name = rolled
+            continue
+        if steps_order(r, p) is not None:  # dlc's own export: the steps gathered into windows
+            path.append(p)
+            name = p.input[0]
+            continue
         if p is None or p.op_type not in LAYOUT or len(live_inputs(r, p)) != 1:
             return None
         path.append(p)
         name = live_inputs(r, p)[0]
     return path
+
+
+def steps_order(r: Reader, p: onnx.NodeProto | None) -> np.ndarray | None:
+    """The stored permutation of a sequence's steps a Gather on axis 1 reads them in, or None."""
+    if p is None or p.op_type != "Gather" or attributes(p).get("axis", 0) != 1 or p.input[0] not in r.live:
+        return None
+    order = r.value(p.input[1])
+    shape = full_shape(r, p.input[0])
+    if order is None or order.ndim != 1 or shape is None or len(shape) != 3 or \
+            not np.array_equal(np.sort(order), np.arange(shape[1])):
+        return None
+    return order
+
+
+def rolled_from(r: Reader, p: onnx.NodeProto | None) -> str | None:
+    """The tensor a Concat of Slices of one tensor of the same shape rolls (torch.roll's export), or None."""
+    if p is None or p.op_type != "Concat" or len(p.input) != 2:
+        return None
+    slices = [producer_node(r, i) for i in p.input]
+    if any(m is None or m.op_type != "Slice" for m in slices) or slices[0].input[0] != slices[1].input[0]:
+        return None
+    source = slices[0].input[0]
+    return source if full_shape(r, source) == full_shape(r, p.output[0]) else None
 
 
 def attention_output(r: Reader, weighted: str, x: str) -> tuple[str, onnx.NodeProto]:
@@ -251,6 +297,17 @@ def attention_output(r: Reader, weighted: str, x: str) -> tuple[str, onnx.NodePr
         if nxt is None or nxt.op_type not in LAYOUT:
             raise Refused(f"its output is not brought back to its input's layout {full_shape(r, x)}")
         y = nxt.output[0]
+    back = r.only_consumer(y)
+    while back is not None and back.op_type in LAYOUT and full_shape(r, back.output[0]) == full_shape(r, x):
+        back = r.only_consumer(back.output[0])  # a window as large as the sequence: Reshapes to itself
+    if x not in r.grids and steps_order(r, back) is not None:  # dlc's own windows put back on their steps
+        y = back.output[0]
+    while x in r.grids:  # Swin's windows rolled back
+        readers = r.consumers.get(y, [])
+        join = {id(c): c for m in readers if m.op_type == "Slice" for c in r.consumers.get(m.output[0], [])}
+        if len(readers) != 2 or len(join) != 1 or rolled_from(r, next(iter(join.values()))) != y:
+            break
+        y = next(iter(join.values())).output[0]
     return y, after
 
 
@@ -382,13 +439,7 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     Rope's base and the window are read off the region's constants (the cos table, the mask), then
     checked by the run like the rest."""
     probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
-    feeds = {x: probe}
-    for name in shape_only:  # read for their shape only: zeros of that shape do
-        t = r.g.tensors.get(name)
-        if t is None or not t.known:
-            raise Refused(f"it reads the shape of {name}, which ONNX shape inference does not give")
-        feeds[name] = np.zeros(t.shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
-    want = run_operators(r, region, feeds, y)
+    want = run_operators(r, region, {x: probe, **shape_feeds(r, shape_only)}, y)
     t, d = r.shape(x)
     kv = len(tensors["Wk"]) // (d // heads)
     grouped = {"kv": kv} if kv != heads else {}
@@ -414,6 +465,64 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
                       f"attention does (relative difference {min(errors):.2g} on a random input)")
     raise Refused(f"it does not compute {computes}, as dlc's attention does (relative difference {min(errors):.2g} "
                   f"on a random input)")
+
+
+def grids_of(order: np.ndarray, keys: int) -> list[tuple[int, int]]:
+    """The token grids (H, W) whose windows of `keys` tokens, shifted or not, read the steps in `order`
+    (dlc's export gathers them so: window_order)."""
+    from dlc.engine.kernels.attention import window_order
+
+    t = len(order)
+    return [(h, t // h) for h in range(1, t + 1) if not t % h and any(
+        np.array_equal(window_order((h, t // h), (wh, keys // wh), (sh, sw)), order)
+        for wh in range(1, keys + 1) if not keys % wh and not h % wh and not (t // h) % (keys // wh)
+        for sh in range(wh) for sw in range(keys // wh))]
+
+
+def shape_feeds(r: Reader, shape_only: list[str]) -> dict[str, np.ndarray]:
+    """Zeros for the tensors a region reads for their shape only: zeros of that shape do."""
+    feeds = {}
+    for name in shape_only:
+        t = r.g.tensors.get(name)
+        if t is None or not t.known:
+            raise Refused(f"it reads the shape of {name}, which ONNX shape inference does not give")
+        feeds[name] = np.zeros(t.shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
+    return feeds
+
+
+def windows_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[str], x: str, y: str,
+                    tensors: dict[str, np.ndarray], heads: int, keys: int, grids: list[tuple[int, int]]) -> dict:
+    """The window, shift and bias table of Swin's attention on a token grid (N, H, W, C) that compute what
+    the operators do: windows of `keys` tokens tiling the grid, the table read off the region's constants
+    (a stored heads x N x N bias, bias_table), each shift tried; run on one random input beside dlc's
+    kernel. A Refused if none does."""
+    from dlc.engine.kernels.attention import bias_table
+    from dlc.layers import Grid
+
+    d = r.shape(x)[-1]
+    probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
+    want = run_operators(r, region, {x: probe, **shape_feeds(r, shape_only)}, y).reshape(1, -1, d)
+    constants = region_constants(r, region)
+    kind, errors = KINDS["attention"], []
+    for h, w, window in ((h, w, (wh, keys // wh)) for h, w in grids for wh in range(1, keys + 1)
+                         if keys % wh == 0 and not h % wh and not w % (keys // wh)):
+        table = next((t for t in (bias_table(v, window) for v in constants) if t is not None), None)
+        if table is None:
+            continue
+        for shift in range(min(window)):
+            written = {**kind.default_attrs(), "heads": heads, "bias": "bo" in tensors, "window": window,
+                       "shift": shift}
+            _, attrs = kind.resolve(written, [Grid((h, w), d)])
+            if shift and not any(attrs["shift"]):
+                break  # the window spans the grid: no shift to try
+            got, _ = KERNELS["attention"](attrs, {**tensors, "B": table}, {}, [probe.reshape(1, h * w, d)], Ctx())
+            errors.append(float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
+            if errors[-1] <= AGREE:
+                return {"window": window, **({"shift": shift} if shift else {}), "B": table}
+    raise Refused(f"it attends within windows of {keys} tokens of a grid, and no window, shift and "
+                  f"relative position bias of Swin's that dlc's attention has computes what it does" +
+                  (f" (relative difference {min(errors):.2g} on a random input)" if errors else
+                   ": no stored heads x N x N bias among its constants"))
 
 
 def region_constants(r: Reader, region: list[onnx.NodeProto]) -> list[np.ndarray]:

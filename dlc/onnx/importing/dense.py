@@ -18,7 +18,8 @@ def import_fc(r: Reader, n: onnx.NodeProto) -> Found | None:
     step of a sequence. A weight equal to an embedding's table is that table (`tied=`, GPT-2's output
     layer): the layer keeps W only for the case that the embedding is not imported before it."""
     x = r.shape(n.input[0])
-    if len(x) != 1 and not (len(x) == 2 and n.op_type == "MatMul"):
+    if len(x) != 1 and not (len(x) == 2 and n.op_type == "MatMul") and not (n.input[0] in r.grids and
+                                                                          n.op_type == "MatMul"):
         return None
     dense = dense_parts(r, n)
     if dense is None:

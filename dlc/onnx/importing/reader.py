@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -53,6 +54,29 @@ class Reader:
             self.producer.update((o, n) for o in n.output if o)
             for t in n.input:
                 self.consumers.setdefault(t, []).append(n)
+
+    @cached_property
+    def grids(self) -> set[str]:
+        """The tensors that hold a token grid channels last, (N, H, W, C), as Swin's exports keep one: from
+        an image's Transpose to (N, H, W, C) (dlc's `tokens`) on, every rank-4 tensor computed from it,
+        until a Transpose back to (N, C, H, W) ends the grid."""
+        def transpose(n: onnx.NodeProto, perm: list[int]) -> bool:
+            return n.op_type == "Transpose" and list(attributes(n).get("perm", [])) == perm
+
+        def rank4(t: str) -> bool:
+            v = self.g.tensors.get(t)
+            return v is not None and v.known and len(v.shape) == 4
+        seen: set[str] = set()
+        stack = [n.output[0] for n in self.g.nodes if transpose(n, [0, 2, 3, 1]) and n.input[0] in self.live
+                 and rank4(n.input[0])]
+        while stack:  # through the windows' other ranks too: attention gives the grid back
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            stack += [o for c in self.consumers.get(t, []) if not transpose(c, [0, 3, 1, 2])
+                      for o in c.output if o in self.live]
+        return {t for t in seen if rank4(t)}
 
     def is_constant(self, name: str) -> bool:
         return name in self.g.stored

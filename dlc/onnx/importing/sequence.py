@@ -42,7 +42,7 @@ def import_layernorm(r: Reader, n: onnx.NodeProto) -> Found | None:
         return layernorm_decomposed(r, n)
     x = r.shape(n.input[0])
     a = attributes(n)
-    if a.get("axis", -1) % (len(x) + 1) != len(x) or len(x) not in (1, 2):
+    if a.get("axis", -1) % (len(x) + 1) != len(x) or len(x) not in (1, 2) and n.input[0] not in r.grids:
         raise NotImportable("dlc's layernorm normalises the last axis of a vector or a sequence")
     if len(n.output) > 1 and any(r.consumers.get(o) for o in n.output[1:] if o):
         raise NotImportable("its mean or inverse deviation is read by the graph")
@@ -160,7 +160,10 @@ def rmsnorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
-    """An image read as its pixels: Reshape (N, C, H·W) then Transpose to (N, H·W, C)."""
+    """An image read as its pixels: Reshape (N, C, H·W) then Transpose to (N, H·W, C); or Transpose to
+    (N, H, W, C), a token grid kept channels last (Swin's exports, r.grids)."""
+    if n.op_type == "Transpose":
+        return one("tokens", n) if n.output[0] in r.grids and len(r.shape(n.input[0])) == 3 else None
     x, y = r.shape(n.input[0]), r.shape(n.output[0])
     after = r.only_consumer(n.output[0])
     if len(x) != 3 or y != (x[0], x[1] * x[2]) or after is None or after.op_type != "Transpose" \
@@ -170,7 +173,11 @@ def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def import_seqpool(r: Reader, n: onnx.NodeProto) -> Found | None:
-    """Step 0 or T-1 of a sequence (a Gather of a scalar index on axis 1), or its mean over the steps."""
+    """Step 0 or T-1 of a sequence (a Gather of a scalar index on axis 1), or its mean over the steps; or
+    a token grid's mean: Transpose back to (N, C, H, W), the global average pool, Flatten (torchvision's
+    Swin: permute, AdaptiveAvgPool2d(1), flatten)."""
+    if n.op_type == "Transpose":
+        return grid_mean(r, n)
     x = r.shape(n.input[0])
     if len(x) != 2 or n.input[0] not in r.live:
         return None
@@ -185,3 +192,97 @@ def import_seqpool(r: Reader, n: onnx.NodeProto) -> Found | None:
     if axes is None or [ax % 3 for ax in axes] != [1] or r.shape(n.output[0]) != x[1:]:
         return None
     return one("seqpool", n)
+
+
+def grid_mean(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if n.input[0] not in r.grids or list(attributes(n).get("perm", [])) != [0, 3, 1, 2]:
+        return None
+    pool = r.only_consumer(n.output[0])
+    c = r.shape(n.input[0])[-1]
+    if pool is None or pool.op_type not in ("GlobalAveragePool", "ReduceMean") or (
+            pool.op_type == "ReduceMean" and sorted(ax % 4 for ax in reduce_axes(r, pool) or []) != [2, 3]):
+        return None
+    nodes, out = [n, pool], pool.output[0]
+    while r.shape(out) != (c,):  # flattened: Flatten, or dynamo's Reshapes around a Gather of every value in order
+        flat = r.only_consumer(out)
+        if flat is None or flat.op_type not in ("Flatten", "Reshape", "Squeeze", "Gather") or (
+                flat.op_type == "Gather" and not every_value_in_order(r, flat)):
+            return None
+        nodes, out = [*nodes, flat], flat.output[0]
+    return one("seqpool", n, output=out, nodes=nodes)
+
+
+def every_value_in_order(r: Reader, n: onnx.NodeProto) -> bool:
+    index, data = r.value(n.input[1]), r.g.tensors.get(n.input[0])
+    return index is not None and data is not None and data.elements == index.size and \
+        np.array_equal(index.reshape(-1), np.arange(index.size)) and attributes(n).get("axis", 0) == 0
+
+
+def import_patchmerge(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Swin's 2x2 neighbours of a token grid (N, H, W, C) joined along the channels: four strided Slices
+    (rows, columns from 0 or 1 by 2; one Slice of both axes, or one per axis) and their Concat, in the
+    order x0 (0, 0), x1 (1, 0), x2 (0, 1), x3 (1, 1) (torchvision's PatchMerging). Or dlc's own: a
+    sequence's steps Reshaped to (H/2, 2, W/2, 2, C), Transposed to put each 2x2 together in that order,
+    Reshaped to (H/2·W/2, 4C)."""
+    x = n.input[0]
+    if n.op_type == "Reshape":
+        return merged_by_layout(r, n)
+    if x not in r.grids:
+        return None
+    h, w, c = r.shape(x)
+    concat, stack = None, [x]  # the Slices from x form a tree (rows, then columns of each) up to the Concat
+    while stack:
+        for m in r.consumers.get(stack.pop(), []):
+            if m.op_type == "Slice":
+                stack.append(m.output[0])
+            elif m.op_type == "Concat" and len(m.input) == 4 and attributes(m).get("axis") in (3, -1):
+                concat = m
+    if concat is None or r.shape(concat.output[0]) != (h // 2, w // 2, 4 * c):
+        return None
+    starts, nodes = [], {id(concat): concat}
+    for part in concat.input:
+        chain = slice_chain(r, part, x)
+        if chain is None:
+            return None
+        offsets, used = chain
+        starts.append(offsets)
+        nodes.update((id(m), m) for m in used)
+    if starts != [(0, 0), (1, 0), (0, 1), (1, 1)]:
+        return None
+    return one("patchmerge", n, output=concat.output[0], nodes=list(nodes.values()))
+
+
+def merged_by_layout(r: Reader, n: onnx.NodeProto) -> Found | None:
+    x, grid = r.shape(n.input[0]), r.shape(n.output[0])
+    turn = r.only_consumer(n.output[0])
+    back = turn and r.only_consumer(turn.output[0])
+    if len(x) != 2 or len(grid) != 5 or grid[1] != 2 or grid[3] != 2 or grid[4] != x[1] or \
+            grid[0] * grid[2] * 4 != x[0] or turn is None or turn.op_type != "Transpose" or \
+            list(attributes(turn).get("perm", [])) != [0, 1, 3, 4, 2, 5] or back is None or \
+            back.op_type != "Reshape" or r.shape(back.output[0]) != (x[0] // 4, 4 * x[1]):
+        return None
+    return one("patchmerge", n, output=back.output[0], nodes=[n, turn, back])
+
+
+def slice_chain(r: Reader, t: str, x: str) -> tuple[tuple[int, int], list[onnx.NodeProto]] | None:
+    """(the row and column each take from, by 2) of the Slices from x to t, and those Slices."""
+    offsets, used = {}, []
+    while t != x:
+        m = producer_node(r, t)
+        if m is None or m.op_type != "Slice":
+            return None
+        starts, _, axes, steps = (r.value(m.input[i]) if len(m.input) > i and m.input[i] else None
+                                  for i in (1, 2, 3, 4))
+        if starts is None:
+            return None
+        starts = starts.reshape(-1).tolist()
+        axes = range(len(starts)) if axes is None else axes.reshape(-1).tolist()
+        steps = [1] * len(starts) if steps is None else steps.reshape(-1).tolist()
+        for start, axis, step in zip(starts, axes, steps):
+            if step != 1 or start != 0:
+                if step != 2 or axis % 4 not in (1, 2):
+                    return None
+                offsets[axis % 4] = start
+        used.append(m)
+        t = m.input[0]
+    return (offsets.get(1, 0), offsets.get(2, 0)), used

@@ -133,8 +133,9 @@ def recurrent_step(kind: str, params: Arrays, x: np.ndarray, carry: RecurrentSta
 # The attention attributes attention_step computes as the kernel does (grouped key/value heads are read
 # off Wk's shape, rope turns the new steps before they are cached, a window masks what a step reads); an
 # option beyond them that is set sends the network to the full window until attention_step follows it.
+# source_steps and source_dim are steps and dim but with from=, which, as mask=, reads a second input
 ATTENTION_FOLLOWED = frozenset({"heads", "steps", "dim", "head_dim", "causal", "bias", "dropout", "kv", "rope",
-                                "window"})
+                                "window", "source_steps", "source_dim"})
 
 # Kinds that mix steps but can run on new steps given what they keep of earlier ones.
 STEP_KERNELS = frozenset({"posembed", "attention", "rnn", "lstm", "gru"})

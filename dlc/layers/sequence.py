@@ -21,7 +21,7 @@ Resolved attributes and tensors (batch left out):
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import BIAS, COUNT, GLOBAL, SCALE, is_sequence, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
+from dlc.layers import BIAS, COUNT, GLOBAL, READ, SCALE, is_sequence, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
 from dlc.layers.spatial import image, show
 
 
@@ -90,12 +90,26 @@ def resolve_attention(attrs, ins):
         # Mistral's window looks back only; a two-sided band (Longformer) is another layer
         raise ShapeError(f"attention window={attrs['window']} is a sliding window over earlier steps: "
                          f"write it with `causal`", "window")
-    return (t, d), dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope)
+    # the labelled inputs follow the current tensor in the order of the options: from=, then mask=
+    read = iter(ins[1:])
+    s, e = (t, d)
+    if attrs["from"] is not None:
+        s, e = _sequence(next(read), "attention from=")
+        for option in ("causal", "rope"):  # both compare query and key positions, which cross-attention has not
+            if attrs[option]:
+                raise ShapeError(f"attention from={attrs['from']} reads keys from another sequence: `{option}` "
+                                 f"compares positions within one, write it without", option)
+    if attrs["mask"] is not None:
+        mask = next(read)
+        if mask != (s,):
+            raise ShapeError(f"attention mask={attrs['mask']} holds one value per key step, {s} of them "
+                             f"(`input seq {s} as {attrs['mask']}`), got {show(mask)}")
+    return (t, d), dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope, source_steps=s, source_dim=e)
 
 
 def attention_params(a, ins):
-    d, kd = a["dim"], a["kv"] * a["head_dim"]
-    p = {"Wq": (d, d), "Wk": (kd, d), "Wv": (kd, d), "Wo": (d, d)}
+    d, e, kd = a["dim"], a["source_dim"], a["kv"] * a["head_dim"]
+    p = {"Wq": (d, d), "Wk": (kd, e), "Wv": (kd, e), "Wo": (d, d)}
     if a["bias"]:
         p.update({"bq": (d,), "bk": (kd,), "bv": (kd,), "bo": (d,)})
     return p
@@ -107,34 +121,37 @@ def projection_fans(a: dict, shape: Shape) -> tuple[float, float]:
 
 
 def attention_work(a: dict, queries: int, keys: int) -> tuple[int, int]:
-    """(MACs, FLOPs) of `queries` steps each attending over `keys` steps: the whole layer (queries = keys =
-    T) or one decode step at a context (queries = 1, dlc.serving)."""
-    # the four projections (D² per query for queries and output, D·kv·head_dim for keys and values; a
-    # decode step projects its new step alone), then Q·Kᵀ and the weighted sum of V (queries·keys·D each,
-    # over all query heads: grouped heads share keys and values, not the products). A causal mask or a
-    # window does not shrink a whole layer's: the dense kernels compute the whole square; rotary
-    # positions are elementwise, no MACs.
+    """(MACs, FLOPs) of `queries` steps each attending over `keys` steps: the whole layer (queries = T,
+    keys = T or the source's steps) or one decode step at a context (queries = 1, dlc.serving)."""
+    # the four projections (D² per query for queries and output; D·kv·head_dim for keys and values per
+    # projected step: each new step of self-attention, a decode step's alone, every step of the source of
+    # cross-attention, from its width E), then Q·Kᵀ and the weighted sum of V (queries·keys·D each, over
+    # all query heads: grouped heads share keys and values, not the products). A causal mask, a window
+    # or a padding mask does not shrink a whole layer's: the dense kernels compute the whole matrix;
+    # rotary positions are elementwise, no MACs.
     q, d, h, kd = queries, a["dim"], a["heads"], a["kv"] * a["head_dim"]
-    macs = 2 * q * d * d + 2 * q * d * kd + 2 * q * keys * d
+    projected = keys if a["from"] is not None else q
+    macs = 2 * q * d * d + 2 * projected * a["source_dim"] * kd + 2 * q * keys * d
     # 2·MACs, the bias adds (one per projected feature), the 1/sqrt(head_dim) scaling (1 per score),
     # softmax (3 per score) and rope's rotation (q·cos + swap(q)·sin: 3 per query and key feature)
     rope = 3 * q * (d + kd) if a["rope"] else 0
-    return macs, 2 * macs + (2 * q * (d + kd) if a["bias"] else 0) + 4 * h * q * keys + rope
+    return macs, 2 * macs + (2 * q * d + 2 * projected * kd if a["bias"] else 0) + 4 * h * q * keys + rope
 
 
 def attention_macs(a, ins, out):
-    return attention_work(a, a["steps"], a["steps"])[0]
+    return attention_work(a, a["steps"], a["source_steps"])[0]
 
 
 def attention_flops(a, ins, out):
-    return attention_work(a, a["steps"], a["steps"])[1]
+    return attention_work(a, a["steps"], a["source_steps"])[1]
 
 
 # Every step sees every step (a causal step sees itself and the earlier ones; the last sees them all;
 # with a window of W a step sees W steps, and stacked layers reach further back: still the whole input).
 register(LayerKind(
     "attention", resolve_attention, aliases=("mha",), size="int", size_required=True, size_attr="heads",
-    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": COUNT},
+    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": COUNT,
+             "from": READ, "mask": READ},
     flags=("causal", "rope"), params=attention_params,
     tensors={**{w: weight(projection_fans) for w in ("Wq", "Wk", "Wv", "Wo")},
              **{b: BIAS for b in ("bq", "bk", "bv", "bo")}},

@@ -14,7 +14,7 @@ import math
 from typing import Any, Protocol
 
 import numpy as np
-from onnx import NodeProto, helper, numpy_helper
+from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from dlc.engine.kernels.attention import hidden_keys, rotary_tables
 from dlc.graph import Node
@@ -330,30 +330,34 @@ def lower_rmsnorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
 
 
 def lower_attention(n: Node, x, opset):
-    """Multi-head self-attention as MatMul/Softmax: projections, heads split by Reshape/Transpose,
-    rope on queries and keys (RotaryEmbedding from opset 23, below it Mul/Add with cos and sin tables),
-    grouped key/value heads repeated to the query heads (Unsqueeze/Expand/Reshape, PyTorch's
-    repeat_interleave), scaled scores, the causal or window mask as a constant (Where to -inf), softmax,
-    the weighted sum, heads joined, the output projection. Attention dropout is the identity at inference."""
+    """Multi-head attention as MatMul/Softmax: projections (keys and values of the `from=` source for
+    cross-attention), heads split by Reshape/Transpose, rope on queries and keys (RotaryEmbedding from
+    opset 23, below it Mul/Add with cos and sin tables), grouped key/value heads repeated to the query
+    heads (Unsqueeze/Expand/Reshape, PyTorch's repeat_interleave), scaled scores, the causal or window
+    mask as a constant (Where to -inf), the padding mask of `mask=` (Cast to bool, Where to the lowest
+    float, as the NumPy engine), softmax, the weighted sum, heads joined, the output projection.
+    Attention dropout is the identity at inference."""
     a, p = n.attrs, n.name
-    t, d, h, dh, kv = a["steps"], a["dim"], a["heads"], a["head_dim"], a["kv"]
+    t, d, h, dh, kv, s = a["steps"], a["dim"], a["heads"], a["head_dim"], a["kv"], a["source_steps"]
     bias = a["bias"]
+    # the labelled inputs follow the current tensor in the order of the options: from=, then mask=
+    source = x[1] if a["from"] is not None else x[0]
     nodes = [const(f"{p}/joined_shape", [0, t, d])]
     split = {}  # each projection's heads (N, T, heads, dh), turned and repeated as the options say
-    for w, heads in (("q", h), ("k", kv), ("v", kv)):
-        nodes += linear(x[0], n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
+    for w, heads, read, steps in (("q", h, x[0], t), ("k", kv, source, s), ("v", kv, source, s)):
+        nodes += linear(read, n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
         now, turn = f"{p}/{w}", a["rope"] and w != "v"
         if turn and opset >= ROTARY_OPSET:
             nodes += rotary_embedding(n, now, heads, f"{p}/{w}_turned", tables=w == "q")
             now = f"{p}/{w}_turned"
-        nodes += [const(f"{p}/{w}_shape", [0, t, heads, dh]),
+        nodes += [const(f"{p}/{w}_shape", [0, steps, heads, dh]),
                   op("Reshape", [now, f"{p}/{w}_shape"], f"{p}/{w}_split", f"{p}/{w}_split")]
         now = f"{p}/{w}_split"
         if turn and opset < ROTARY_OPSET:
             nodes += rotate_half(n, now, f"{p}/{w}_turned", tables=w == "q")
             now = f"{p}/{w}_turned"
         if w != "q" and kv < h:
-            nodes += repeat_heads(n, now, f"{p}/{w}_repeated")
+            nodes += repeat_heads(n, now, f"{p}/{w}_repeated", steps)
             now = f"{p}/{w}_repeated"
         split[w] = now
     # q, v: (N, H, T, dh); k: (N, H, dh, T), so one MatMul gives the scores
@@ -370,6 +374,13 @@ def lower_attention(n: Node, x, opset):
                   const(f"{p}/minus_inf", -np.inf, np.float32),
                   op("Where", [f"{p}/future", f"{p}/minus_inf", scores], f"{p}/masked", f"{p}/mask")]
         scores = f"{p}/masked"
+    if a["mask"] is not None:  # (N, S) -> (N, 1, 1, S): one row of keys for every head and query
+        nodes += [op("Cast", [x[-1]], f"{p}/kept", f"{p}/kept", to=TensorProto.BOOL),
+                  const(f"{p}/kept_axes", [1, 2]),
+                  op("Unsqueeze", [f"{p}/kept", f"{p}/kept_axes"], f"{p}/kept_keys", f"{p}/kept_keys"),
+                  const(f"{p}/lowest", np.finfo(np.float32).min, np.float32),
+                  op("Where", [f"{p}/kept_keys", scores, f"{p}/lowest"], f"{p}/padded", f"{p}/padding")]
+        scores = f"{p}/padded"
     nodes += [op("Softmax", [scores], f"{p}/weights", f"{p}/softmax", axis=-1),
               op("MatMul", [f"{p}/weights", f"{p}/v_heads"], f"{p}/heads", f"{p}/weighted_sum"),
               op("Transpose", [f"{p}/heads"], f"{p}/heads_last", f"{p}/join", perm=[0, 2, 1, 3]),
@@ -410,7 +421,7 @@ def rotary_embedding(n: Node, x: str, heads: int, out: str, tables: bool) -> lis
     return [*(written if tables else []), rotation]
 
 
-def repeat_heads(n: Node, x: str, out: str) -> list[NodeProto]:
+def repeat_heads(n: Node, x: str, out: str, steps: int) -> list[NodeProto]:
     """(N, T, kv, dh) -> (N, T, heads, dh), each key/value head repeated for the heads/kv query heads of its
     group, in a row (PyTorch's repeat_interleave, Hugging Face's repeat_kv)."""
     a = n.attrs
@@ -418,7 +429,7 @@ def repeat_heads(n: Node, x: str, out: str) -> list[NodeProto]:
     return [const(f"{out}/axis", [3]), op("Unsqueeze", [x, f"{out}/axis"], f"{out}/one", f"{out}/unsqueeze"),
             const(f"{out}/group", [1, 1, 1, group, 1]),
             op("Expand", [f"{out}/one", f"{out}/group"], f"{out}/grouped", f"{out}/expand"),
-            const(f"{out}/shape", [0, a["steps"], a["heads"], a["head_dim"]]),
+            const(f"{out}/shape", [0, steps, a["heads"], a["head_dim"]]),
             op("Reshape", [f"{out}/grouped", f"{out}/shape"], out, out)]
 
 

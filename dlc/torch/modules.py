@@ -223,9 +223,12 @@ def attention(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     module = _call("SelfAttention", a["dim"], a["heads"], causal=(bool(a["causal"]), False),
                    bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0), kv=(a["kv"], a["heads"]),
-                   rope=(float(a["rope"]), 0.0), window=(a["window"], None))
+                   rope=(float(a["rope"]), 0.0), window=(a["window"], None),
+                   source=(a["source_dim"] if a["from"] is not None else None, None),
+                   masked=(a["mask"] is not None, False))
     names = ("Wq", "Wk", "Wv", "Wo") + (("bq", "bk", "bv", "bo") if a["bias"] else ())
-    return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names)))
+    # {xs}: the current tensor, then the labelled ones in the order of the options (from=, mask=)
+    return TorchLayer("{m}({xs})", module, _same(*((n, n) for n in names)))
 
 
 def posembed(node: Node, ins: list[Shape]) -> TorchLayer:

@@ -839,6 +839,42 @@ def test_attention_option_errors_point_at_the_value():
     assert err.value.pos.col == len("attention 4 kv=") + 1  # the caret under the value
 
 
+CROSS = "input seq 10 of 16 as text\ninput seq 10 as pad\ninput seq 7 of 32 as img\n"
+UNREAD = "input seq 10 of 16 as text\ninput seq 7 of 32 as img\n"
+
+
+def test_cross_attention_projects_the_source_from_its_own_width():
+    # 7 queries of D = 32, 4 heads, keys and values from 10 text steps of E = 16. Params: Wq, Wo 32x32
+    # (1,024 each), Wk, Wv 32x16 (512 each), biases 4*32: 3,200. MACs: query and output projections
+    # 2*7*32^2 = 14,336; key and value projections once per source step 2*10*16*32 = 10,240; scores and
+    # weighted sum 2*7*10*32 = 4,480: 29,056. FLOPs: 2*29,056 + biases 2*7*32 + 2*10*32 = 1,088 + scaling
+    # and softmax 4 per score and head 4*4*7*10 = 1,120: 60,320.
+    s = last(UNREAD + "attention 4 from=text")
+    assert figures(s) == ((7, 32), 3_200, 0, 29_056, 60_320)
+    assert s.node.inputs == ["img", "text"] and (s.node.attrs["source_steps"], s.node.attrs["source_dim"]) == (10, 16)
+    # a padding mask over the 10 keys adds an input and nothing else
+    m = last(CROSS + "attention 4 from=text mask=pad")
+    assert figures(m) == figures(s) and m.node.inputs == ["img", "text", "pad"]
+    # grouped heads: kv=2 keys and values of 2*8 = 16 features, Wk and Wv 16x16
+    assert last(UNREAD + "attention 4 from=text kv=2").params == 2 * 1_024 + 2 * 256 + 32 + 16 + 16 + 32
+
+
+def test_a_padding_mask_on_self_attention_counts_as_without_it():
+    plain = last("input seq 10 of 16\nattention 4")
+    masked = last("input seq 10 as pad\ninput seq 10 of 16 as words\nattention 4 mask=pad causal")
+    assert figures(masked) == figures(plain) == ((10, 16), 1_088, 0, 13_440, 29_120)
+
+
+def test_cross_attention_and_mask_errors():
+    fails(CROSS + "attention 4 from=text causal mask=pad", 4, "from=text", "causal")
+    fails(CROSS + "attention 4 from=text rope mask=pad", 4, "rope")
+    fails(CROSS + "attention 4 mask=pad", 4, "mask=pad", "7", "10")  # self-attention: 7 keys, not 10
+    fails(CROSS + "attention 4 from=pad", 4, "sequence TxD")
+    fails(CROSS + "attention 4 from=nowhere", 4, "nowhere")
+    fails(CROSS + "attention 4 from=3", 4, "from takes the label")
+    fails(CROSS + "attention 4 from=text", 2, "never read", "mask=pad")
+
+
 def test_posembed_adds_a_table_of_positions():
     # a T x D table: 10*16 = 160 params, one add per element.
     assert figures(last("input seq 10 of 16\nposembed")) == ((10, 16), 160, 0, 0, 160)

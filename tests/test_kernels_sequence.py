@@ -105,6 +105,40 @@ def test_posembed_gradients():
     assert_gradients("posembed", attrs, random_arrays(shapes, rng), [rng.standard_normal((2, 4, 3))])
 
 
+def test_posembed_of_a_longer_table_and_fixed_gradients():
+    rng = np.random.default_rng(5)
+    attrs, shapes, _ = resolve("posembed", [(3, 4)], positions=7)
+    params = random_arrays(shapes, rng)
+    assert_gradients("posembed", attrs, params, [rng.standard_normal((2, 3, 4))])
+    # only the first 3 of the 7 rows are read: the others get no gradient
+    _, backward = run("posembed", attrs, params, [rng.standard_normal((2, 3, 4))])
+    assert np.all(backward(np.ones((2, 3, 4)))[1]["P"][3:] == 0)
+    attrs, shapes, _ = resolve("posembed", [(3, 4)], fixed=True)
+    assert shapes == {}
+    assert_gradients("posembed", attrs, {}, [rng.standard_normal((2, 3, 4))])
+
+
+def whisper_sinusoids(length, channels):
+    """Whisper's `sinusoids` (openai/whisper, whisper/model.py), one entry at a time."""
+    increment = math.log(10000) / (channels // 2 - 1)
+    table = np.zeros((length, channels))
+    for p in range(length):
+        for i in range(channels // 2):
+            table[p, i] = math.sin(p * math.exp(-increment * i))
+            table[p, channels // 2 + i] = math.cos(p * math.exp(-increment * i))
+    return table
+
+
+def test_posembed_fixed_adds_whispers_sinusoids():
+    attrs, _, _ = resolve("posembed", [(30, 8)], fixed=True)
+    x = np.zeros((1, 30, 8))
+    np.testing.assert_allclose(run("posembed", attrs, {}, [x])[0][0], whisper_sinusoids(30, 8), atol=1e-12)
+    # position 0 is sin 0 = 0 and cos 0 = 1; the first frequency is 1 and the last 1/10000
+    np.testing.assert_allclose(run("posembed", attrs, {}, [x])[0][0, 1], [math.sin(1), math.sin(10000 ** -(1 / 3)),
+                               math.sin(10000 ** -(2 / 3)), math.sin(1e-4), math.cos(1), math.cos(10000 ** -(1 / 3)),
+                               math.cos(10000 ** -(2 / 3)), math.cos(1e-4)], atol=1e-12)
+
+
 def test_clstoken_gradients():
     rng = np.random.default_rng(7)
     attrs, shapes, _ = resolve("clstoken", [(4, 3)])

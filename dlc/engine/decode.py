@@ -29,6 +29,7 @@ from dlc.engine.kernels import Arrays
 from dlc.engine.kernels.attention import causal_mask, rotary_tables, rotate
 from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.engine.kernels.recurrent import CELLS
+from dlc.engine.kernels.sequence import position_rows
 from dlc.engine.run import PLAIN_CTX, Plan, Step, compile_plan
 from dlc.graph import Graph, Network, Node
 
@@ -231,7 +232,7 @@ class Decoder:
         if kind == "attention":
             return attention_step(s.attrs, params, xs[0], self.memory[s.out])
         if kind == "posembed":
-            return xs[0] + params["P"][start:start + xs[0].shape[1]]
+            return xs[0] + position_rows(s.attrs, params, start, xs[0].shape[1], xs[0].dtype)
         if kind in ("rnn", "lstm", "gru"):
             return recurrent_step(kind, params, xs[0], self.memory[s.out])
         state = {k: self.net.state[f] for k, f in s.state}

@@ -12,7 +12,8 @@ Resolved attributes and tensors (batch left out):
   (kv·head_dim, D) laid out as fc's W (out, in); bq, bo (D) and bk, bv (kv·head_dim) with `bias`.
   Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, query head i reading key/value
   head i // (heads/kv), heads joined, then Wo.
-- posembed: steps, dim; P (T, D) added to the sequence.
+- posembed: steps, dim, positions (the table's rows, >= steps), fixed; P (positions, D), its first T rows
+  added to the sequence; with `fixed` no P: sinusoids(T, D) of dlc.engine.kernels.sequence instead.
 - clstoken: dim; cls (D) put before the first step.
 - tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence).
 - seqpool: steps, mode ("first", "last" or "mean", from the flags; mean when none is given).
@@ -161,11 +162,26 @@ register(LayerKind(
 
 def resolve_posembed(attrs, ins):
     t, d = _sequence(ins[0], "posembed")
-    return (t, d), dict(attrs, steps=t, dim=d)
+    positions = attrs["positions"]
+    if attrs["fixed"]:
+        if positions is not None:
+            raise ShapeError(f"posembed fixed computes its positions, it has no table of {positions} rows to size: "
+                             f"write `posembed fixed`", "positions")
+        if d % 2 or d < 4:
+            raise ShapeError(f"posembed fixed pairs a sine and a cosine per frequency: the {d} features must be "
+                             f"even and at least 4")
+        positions = t
+    positions = t if positions is None else positions
+    if positions < t:
+        raise ShapeError(f"posembed {positions} has a table of {positions} positions, fewer than the {t} steps")
+    return (t, d), dict(attrs, steps=t, dim=d, positions=positions)
 
 
+# A learned table of `positions` rows (T unless written: BERT's 512 used at 128 tokens), of which a
+# sequence of T steps reads the first T; `fixed` is tensor2tensor's and Whisper's sinusoids, no parameters.
 register(LayerKind(
-    "posembed", resolve_posembed, params=lambda a, ins: {"P": (a["steps"], a["dim"])},
+    "posembed", resolve_posembed, size="int", size_attr="positions", flags=("fixed",),
+    params=lambda a, ins: {} if a["fixed"] else {"P": (a["positions"], a["dim"])},
     # GPT-2's and ViT's start, N(0, 0.02^2): small beside the token embeddings; not decayed, as in
     # both recipes
     tensors={"P": Role("table", std=0.02)},

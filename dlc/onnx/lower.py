@@ -17,6 +17,7 @@ import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from dlc.engine.kernels.attention import hidden_keys, rotary_tables
+from dlc.engine.kernels.sequence import sinusoids
 from dlc.graph import Node
 from dlc.layers import KINDS
 from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET, ROTARY_OPSET
@@ -434,7 +435,16 @@ def repeat_heads(n: Node, x: str, out: str, steps: int) -> list[NodeProto]:
 
 
 def lower_posembed(n: Node, x, opset):
-    return [op("Add", [x[0], param(n, "P")], n.name, n.name)]
+    a, p = n.attrs, n.name
+    if a["fixed"]:  # a constant, not an initializer: the sinusoids are no parameters
+        return [const(f"{p}/sinusoids", sinusoids(0, a["steps"], a["dim"], np.float32), np.float32),
+                op("Add", [x[0], f"{p}/sinusoids"], p, p)]
+    if a["positions"] == a["steps"]:
+        return [op("Add", [x[0], param(n, "P")], p, p)]
+    # the table's first T rows, as Hugging Face's BERT gathers its position ids 0..T-1
+    return [const(f"{p}/first", list(range(a["steps"]))),
+            op("Gather", [param(n, "P"), f"{p}/first"], f"{p}/rows", f"{p}/rows", axis=0),
+            op("Add", [x[0], f"{p}/rows"], p, p)]
 
 
 def lower_clstoken(n: Node, x, opset):

@@ -233,7 +233,10 @@ def attention(node: Node, ins: list[Shape]) -> TorchLayer:
 
 def posembed(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    return TorchLayer("{x} + {m}.P", f"Weights(P=({a['steps']}, {a['dim']}))", _same(("P", "P")))
+    if a["fixed"]:
+        return TorchLayer(f"{{x}} + sinusoids({a['steps']}, {a['dim']}, {{x}})")
+    rows = "" if a["positions"] == a["steps"] else f"[:{a['steps']}]"  # a longer table's first T rows
+    return TorchLayer(f"{{x}} + {{m}}.P{rows}", f"Weights(P=({a['positions']}, {a['dim']}))", _same(("P", "P")))
 
 
 def clstoken(node: Node, ins: list[Shape]) -> TorchLayer:

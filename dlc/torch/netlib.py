@@ -75,6 +75,15 @@ def rotary_tables(steps: int, head_dim: int, theta: float, dtype, device):
     return (torch.cat((cos, cos), -1).to(device, dtype), torch.cat((-sin, sin), -1).to(device, dtype))
 
 
+def sinusoids(steps: int, dim: int, like):
+    """posembed fixed: tensor2tensor's and Whisper's positions 0..steps-1, sin(p·w_i) then cos(p·w_i),
+    w_i = 10000^(-i/(dim/2 - 1)), in the dtype and on the device of `like`. Angles in float64."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000) / (half - 1) * torch.arange(half, dtype=torch.float64))
+    angles = torch.arange(steps, dtype=torch.float64)[:, None] * frequencies
+    return torch.cat((angles.sin(), angles.cos()), 1).to(like.device, like.dtype)
+
+
 def rotate(x, cos, sin):
     """x·cos + rotate_half(x)·sin over the last axis, with sin as rotary_tables gives it."""
     half = x.shape[-1] // 2

@@ -881,6 +881,19 @@ def test_posembed_adds_a_table_of_positions():
     fails("input 16\nposembed", 2, "sequence")
 
 
+def test_posembed_with_a_longer_table_or_fixed_sinusoids():
+    # BERT-base's positions: a 512 x 768 table read at 128 tokens is 393,216 params (128 x 768 would be
+    # 98,304); one add per element of the 128 x 768 output
+    assert figures(last("input seq 128 of 768\nposembed 512")) == ((128, 768), 393_216, 0, 0, 98_304)
+    # sinusoids: nothing learned, the same add
+    assert figures(last("input seq 1500 of 384\nposembed fixed")) == ((1500, 384), 0, 0, 0, 576_000)
+    fails("input seq 10 of 16\nposembed 8", 2, "8 positions", "10 steps")
+    fails("input seq 10 of 16\nposembed 20 fixed", 2, "posembed fixed")
+    fails("input seq 10 of 7\nposembed fixed", 2, "even")
+    fails("input seq 10 of 2\nposembed fixed", 2, "at least 4")  # one frequency: 10000^(-i/0)
+
+
+
 def test_clstoken_puts_one_learned_step_first():
     # ViT: 196 patches + the class token = 197 steps; D = 768 params.
     assert figures(last("input seq 196 of 768\nclstoken")) == ((197, 768), 768, 0, 0, 0)

@@ -54,6 +54,9 @@ def weightless_export(graph, monkeypatch, opset: int | None = None) -> onnx.Mode
 # operator dlc's export writes must cost in ONNX (dlc.onnx.count.COUNT) what its kind's rule says
 # (dlc.layers). A new kind gets a line here (docs/extending.md).
 KIND_EXAMPLES = {
+    "positions and cross-attention": "input seq 6 of 12 as encoded\ninput seq 6 as pad\ninput seq 4 of 8 as text\n"
+                                     "posembed 10 -> posembed fixed -> attention 2 from=encoded mask=pad kv=1 "
+                                     "-> attention 2 causal -> fc 3",
     "activations": "input 3@9x9 -> conv 4@3x3/2 pad=same elu -> conv 4@3x3 pad=same bias=off selu -> upsample 2 "
                    "-> leaky -> noise 0.1 -> identity -> gmp -> fc 3",
     "recurrent": "input seq 5 of 7 -> gru 4 bidirectional sequences -> rnn 3 sequences -> lstm 6 bidirectional "

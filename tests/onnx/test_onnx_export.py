@@ -214,6 +214,8 @@ KIND_CASES.update({
     "attention, Llama-style (kv, rope=500000, window, no bias)":
         "input seq 6 of 16 -> attention 4 kv=2 rope=500000 causal window=3 bias=off",
     "posembed": "input seq 5 of 4 -> posembed",
+    "posembed, the first T rows of a longer table (Gather)": "input seq 5 of 4 -> posembed 9",
+    "posembed fixed (a constant of sinusoids)": "input seq 5 of 4 -> posembed fixed",
     "clstoken": "input seq 5 of 4 -> clstoken",
     "tokens": "input 3@2x4 -> tokens",
     "seqpool first": "input seq 5 of 4 -> seqpool first",

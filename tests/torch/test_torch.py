@@ -104,7 +104,9 @@ SIGNAL = ("input 2@20 -> conv 4@5/2 pad=same bn relu -> maxpool 3/2 pad=1 -> dwc
           "-> conv 3@2 pad=same as a -> maxpool 2/1 pad=same -> concat a -> softmax -> gmp -> fc 3")
 VOLUME = ("input 2@5x9x9 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bn relu -> maxpool 2 ceil -> add( conv 6@3/2 pad=1 bn "
           "| shortcut ) -> avgpool 3/2 pad=same -> dwconv 2 pad=same -> gap -> fc 3")
-EXTRA = {"signal": SIGNAL, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+# issue 22: BERT's table read at fewer steps, Whisper's sinusoids
+POSITIONS = "input seq 6 of 8 -> posembed 10 -> posembed fixed -> attention 2 -> seqpool -> fc 3"
+EXTRA = {"positions": POSITIONS, "signal": SIGNAL, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
          "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}

@@ -149,6 +149,27 @@ def lower_instancenorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
                epsilon=float(n.attrs["eps"]))]
 
 
+def lower_groupnorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # PyTorch's form (both exporters): InstanceNormalization of the (N, G, rest) view with an identity scale
+    # and shift, then the channels' gamma and beta broadcast over the positions. Not GroupNormalization:
+    # ONNX's shape inference gives it no shape, and before opset 21 it scales per group.
+    a, p = n.attrs, n.name
+    g = a["groups"]
+    per_channel = [a["channels"]] + [1] * (len(n.out_shape) - 1)
+    return [const(f"{p}/groups", [0, g, -1]),
+            op("Reshape", [x[0], f"{p}/groups"], f"{p}/grouped", f"{p}/group"),
+            const(f"{p}/ones", np.ones(g), np.float32), const(f"{p}/zeros", np.zeros(g), np.float32),
+            op("InstanceNormalization", [f"{p}/grouped", f"{p}/ones", f"{p}/zeros"], f"{p}/normalised",
+               f"{p}/normalise", epsilon=float(a["eps"])),
+            const(f"{p}/shape", [0, *n.out_shape]),  # a constant (PyTorch: Shape of x), which opset 13 infers
+            op("Reshape", [f"{p}/normalised", f"{p}/shape"], f"{p}/ungrouped", f"{p}/ungroup"),
+            const(f"{p}/per_channel", per_channel),
+            op("Reshape", [param(n, "gamma"), f"{p}/per_channel"], f"{p}/gamma", f"{p}/gamma"),
+            op("Reshape", [param(n, "beta"), f"{p}/per_channel"], f"{p}/beta", f"{p}/beta"),
+            op("Mul", [f"{p}/ungrouped", f"{p}/gamma"], f"{p}/scaled", f"{p}/scale"),
+            op("Add", [f"{p}/scaled", f"{p}/beta"], p, p)]
+
+
 def lower_lrn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     a, p = n.attrs, n.name
     size, alpha, beta, k = a["size"], float(a["alpha"]), float(a["beta"]), float(a["k"])
@@ -627,6 +648,7 @@ LOWER: dict[str, Lowering] = {
     "reduce": lower_reduce,
     "pad": lower_pad,
     "instancenorm": lower_instancenorm,
+    "groupnorm": lower_groupnorm,  # issue 22
     "pixelshuffle": lower_pixelshuffle,
     "tile": lower_tile,
     "slice": lower_slice,

@@ -307,6 +307,12 @@ def instancenorm(node: Node, ins: list[Shape]) -> TorchLayer:
                       _same(("gamma", "weight"), ("beta", "bias")))
 
 
+def groupnorm(node: Node, ins: list[Shape]) -> TorchLayer:
+    a = node.attrs
+    return TorchLayer("{m}({x})", _call("nn.GroupNorm", a["groups"], a["channels"], eps=(a["eps"], 1e-5)),
+                      _same(("gamma", "weight"), ("beta", "bias")))
+
+
 def function(expression: str) -> Callable[[Node, list[Shape]], TorchLayer]:
     """A kind computed by one expression of its input and attributes, with no tensors."""
     return lambda node, ins: TorchLayer(expression.format(x="{x}", xs="{xs}", plus="{plus}", **node.attrs))
@@ -376,6 +382,7 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "reduce": reduce,
     "pad": pad,
     "instancenorm": instancenorm,
+    "groupnorm": groupnorm,  # issue 22
     "pixelshuffle": function("F.pixel_shuffle({x}, {factor})"),
     "reshape": lambda node, ins: TorchLayer(f"{{x}}.reshape(len({{x}}), {', '.join(map(str, node.attrs['shape']))})"),
     "slice": lambda node, ins: TorchLayer(f"{{x}}.narrow({node.attrs['dim'] + 1}, {node.attrs['begin']}, "

@@ -241,6 +241,21 @@ def test_instancenorm_cyclegan_after_its_first_conv():
         last("input 12\ninstancenorm")
 
 
+# --- groupnorm (issue 22) ------------------------------------------------------------------------
+
+def test_groupnorm_stable_diffusions_resblock_norm():
+    # SD's first ResBlock normalises 320@64x64 in 32 groups of 10 channels: gamma and beta 2*320 = 640
+    # params, none running; FLOPs 9 per element + 2 per group: 9*320*64*64 + 64 = 11,796,544.
+    s = last("input 320@64x64\ngroupnorm 32 silu", "groupnorm")
+    assert figures(s) == ((320, 64, 64), 640, 0, 0, 11_796_544) and s.node.attrs["channels"] == 320
+    # on a signal (Whisper-style 1-D features) and a volume: the channels' groups over every position
+    assert figures(last("input 8@100\ngroupnorm 2")) == ((8, 100), 16, 0, 0, 9 * 800 + 4)
+    assert last("input 4@3x5x5\ngroupnorm 4 eps=1e-6").params == 8
+    fails("input 320@8x8\ngroupnorm 30", 2, "30 must divide 320")
+    fails("input 320@8x8\ngroupnorm 32 eps=0", 2, "eps")
+    fails("input seq 4 of 8\ngroupnorm 2", 2, "signal C@L, an image C@HxW or a volume")
+
+
 # --- pixelshuffle (issue 28) ---------------------------------------------------------------------
 
 def test_pixelshuffle_espcn_upscales_by_three():

@@ -54,6 +54,7 @@ def weightless_export(graph, monkeypatch, opset: int | None = None) -> onnx.Mode
 # operator dlc's export writes must cost in ONNX (dlc.onnx.count.COUNT) what its kind's rule says
 # (dlc.layers). A new kind gets a line here (docs/extending.md).
 KIND_EXAMPLES = {
+    "groupnorm": "input 4@9x9 -> groupnorm 2 -> conv 6@3x3 -> groupnorm 3 silu -> gap -> fc 2",
     "positions and cross-attention": "input seq 6 of 12 as encoded\ninput seq 6 as pad\ninput seq 4 of 8 as text\n"
                                      "posembed 10 -> posembed fixed -> attention 2 from=encoded mask=pad kv=1 "
                                      "-> attention 2 causal -> fc 3",

@@ -253,6 +253,8 @@ KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "pad reflect": "input 2@4x5 -> pad 1 top=3 right=2 mode=reflect -> conv 2@3x3",
     "pad replicate": "input 2@3x4 -> pad 2 mode=replicate",
     "instancenorm": "input 3@4x5 -> instancenorm eps=1e-3",
+    "groupnorm on an image": "input 6@4x5 -> groupnorm 3 eps=1e-3",
+    "groupnorm on a signal, one group": "input 4@9 -> groupnorm 1",
     "pixelshuffle": "input 8@3x2 -> pixelshuffle 2",
     "slice channels": "input 4@3x2 -> slice 2 start=1",
     "slice the last step": "input seq 4 of 3 -> slice 1 start=-1 axis=steps",

@@ -106,7 +106,8 @@ VOLUME = ("input 2@5x9x9 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bn relu -> maxpool 2 ce
           "| shortcut ) -> avgpool 3/2 pad=same -> dwconv 2 pad=same -> gap -> fc 3")
 # issue 22: BERT's table read at fewer steps, Whisper's sinusoids
 POSITIONS = "input seq 6 of 8 -> posembed 10 -> posembed fixed -> attention 2 -> seqpool -> fc 3"
-EXTRA = {"positions": POSITIONS, "signal": SIGNAL, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+GROUPNORM = "input 6@5x5 -> conv 8@3x3 pad=1 -> groupnorm 4 eps=1e-6 silu -> conv 4@3 -> groupnorm 2 -> gap -> fc 3"
+EXTRA = {"positions": POSITIONS, "groupnorm": GROUPNORM, "signal": SIGNAL, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
          "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}

@@ -595,7 +595,9 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
         raise TooDeep(f"block calls nest more than {MAX_BLOCK_DEPTH} deep here ({chain})", call.name.pos)
     params = _bind(block, call, scope)
     n = scope.count(("block", name))
-    inner = Scope(f"{scope.prefix}{name}{n}.", params, {}, (*scope.stack, name))
+    # the network's inputs are seen in every body (BERT's padding mask, read by each layer's attention)
+    inputs = {label: node for label, node in scope.labels.items() if b.by_name[node].kind == "input"}
+    inner = Scope(f"{scope.prefix}{name}{n}.", params, inputs, (*scope.stack, name))
     body_defaults = dict(defaults)
     try:
         for s in block.body:

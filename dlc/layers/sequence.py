@@ -15,14 +15,15 @@ Resolved attributes and tensors (batch left out):
 - posembed: steps, dim, positions (the table's rows, >= steps), fixed; P (positions, D), its first T rows
   added to the sequence; with `fixed` no P: sinusoids(T, D) of dlc.engine.kernels.sequence instead.
 - clstoken: dim; cls (D) put before the first step.
-- tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence).
+- tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence); a signal
+  C@L as L steps of C features (Whisper's encoder after its conv stem).
 - seqpool: steps, mode ("first", "last" or "mean", from the flags; mean when none is given).
 """
 
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import BIAS, COUNT, GLOBAL, READ, SCALE, is_sequence, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
+from dlc.layers import BIAS, COUNT, GLOBAL, READ, SCALE, Signal, is_sequence, SHIFT, LayerKind, Role, Shape, ShapeRule, elements, register, weight
 from dlc.layers.spatial import image, show
 
 
@@ -200,7 +201,10 @@ register(LayerKind("clstoken", resolve_clstoken, params=lambda a, ins: {"cls": (
 
 
 def resolve_tokens(attrs, ins):
-    c, h, w = image(ins[0], "tokens")
+    if isinstance(ins[0], Signal):  # C@L: its L positions, as Whisper's encoder turns its conv stem's output
+        c, steps = ins[0]
+        return (steps, c), dict(attrs)
+    c, h, w = image(ins[0], "tokens expects a signal C@L or")
     return (h * w, c), dict(attrs)
 
 

@@ -58,11 +58,11 @@ def exercised_weights(graph, seed=0):
     return params, state
 
 
-def sample_batch(graph, n, seed=0):
+def sample_batch(graph, n, seed=0) -> dict:
+    """A batch of each input by name: token ids below their vocabulary (a mask's below 2), else N(0, 1)."""
     rng = np.random.default_rng(seed)
-    if graph.input.dtype == "int64":
-        return rng.integers(0, token_vocab(graph), (n, *graph.input.out_shape))
-    return rng.standard_normal((n, *graph.input.out_shape)).astype(np.float32)
+    return {i.name: rng.integers(0, token_vocab(graph, i.name), (n, *i.out_shape)) if i.dtype == "int64"
+            else rng.standard_normal((n, *i.out_shape)).astype(np.float32) for i in graph.inputs}
 
 
 def relative_error(got, want) -> float:
@@ -92,8 +92,9 @@ def assert_matches_engine(text: str, batch: int = 2, opset: int | None = None, f
         names.append(graph.output.inputs[0])
         model = with_output(model, names[1])
     # one session and one run give every compared tensor
-    got = session(model).run(names, {graph.input.name: x})
-    wanted = {node.name: y for node, y in activations(Network(graph, params, state), x) if node.name in names}
+    got = session(model).run(names, x)
+    feeds = x if len(x) > 1 else x[graph.input.name]
+    wanted = {node.name: y for node, y in activations(Network(graph, params, state), feeds) if node.name in names}
     for name, y in zip(names, got):
         want = wanted[name]
         assert y.shape == want.shape == (batch, *graph.node(name).out_shape)

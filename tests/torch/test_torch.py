@@ -138,11 +138,23 @@ def random_weights(graph, seed=0):
 
 
 def sample(graph, n=2, seed=1):
+    """A batch of the input, or a dict of one per input by name (BERT's ids, token types and mask)."""
     rng = np.random.default_rng(seed)
-    if graph.input.dtype.startswith("int"):
-        vocab = min(n.attrs["vocab"] for n in graph.nodes if n.kind == "embed")
-        return rng.integers(0, vocab, (n, *graph.input.out_shape))
-    return rng.standard_normal((n, *graph.input.out_shape))
+    feeds = {i.name: rng.integers(0, token_vocab(graph, i.name), (n, *i.out_shape)) if i.dtype.startswith("int")
+             else rng.standard_normal((n, *i.out_shape)) for i in graph.inputs}
+    return feeds if len(feeds) > 1 else feeds[graph.input.name]
+
+
+def run_torch(net, graph, x, rows=None, dtype=None):
+    """net's output on x (an array or a dict by input name): the first input positionally, the others by
+    name; the first `rows` samples, floats cast to `dtype`."""
+    def tensor(a):
+        t = torch.from_numpy(a[:rows])
+        return t.to(dtype) if dtype is not None and a.dtype.kind == "f" else t
+    if not isinstance(x, dict):
+        return net(tensor(x))
+    first = graph.input.name
+    return net(tensor(x[first]), **{k: tensor(v) for k, v in x.items() if k != first})
 
 
 @pytest.mark.slow
@@ -163,13 +175,13 @@ def test_generated_file_compiles_counts_params_and_matches_numpy(name):
     x = sample(graph, n=1 if macs > 1e8 else 2)
     if macs > FORWARD_MACS:
         with torch.no_grad():
-            y = net.float().eval()(torch.from_numpy(x).float()[:1] if x.dtype.kind == "f" else torch.from_numpy(x)[:1])
+            y = run_torch(net.float().eval(), graph, x, rows=1, dtype=torch.float32)
         assert tuple(y.shape[1:]) == graph.output.out_shape
         return
     params, state = random_weights(graph)
     net.double().from_dlc({k: torch.from_numpy(v) for k, v in {**params, **state}.items()})
     with torch.no_grad():
-        y = net.eval()(torch.from_numpy(x)).numpy()
+        y = run_torch(net.eval(), graph, x).numpy()
     expected = predict(Network(graph, params, state), x)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

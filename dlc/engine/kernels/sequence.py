@@ -54,10 +54,10 @@ def clstoken(attrs, params, state, xs, ctx):
 
 @kernel("tokens")
 def tokens(attrs, params, state, xs, ctx):
-    # NCHW -> (N, H*W, C): pixel (i, j) becomes step i*W + j, its channels the step's features
+    # NCHW -> (N, H*W, C): pixel (i, j) becomes step i*W + j, its channels the step's features; NCL -> (N, L, C)
     x = xs[0]
-    n, c, h, w = x.shape
-    y = np.ascontiguousarray(x.reshape(n, c, h * w).transpose(0, 2, 1))
+    n, c = x.shape[:2]
+    y = np.ascontiguousarray(x.reshape(n, c, -1).transpose(0, 2, 1))
     return y, lambda dy: ([np.ascontiguousarray(dy.transpose(0, 2, 1)).reshape(x.shape)], {})
 
 

@@ -80,7 +80,7 @@ IMPORT: dict[str, Import] = {
     "layernorm": Import(("LayerNormalization", "ReduceMean"), import_layernorm),
     "posembed": Import(("Add",), import_posembed),
     "clstoken": Import(("Concat",), import_clstoken),
-    "tokens": Import(("Reshape",), import_tokens),
+    "tokens": Import(("Reshape", "Transpose"), import_tokens),
     "seqpool": Import(("Gather", "ReduceMean"), import_seqpool),
     "experts": Import(("TopK",), import_experts),
     # the math kinds of issue 28; after relu and relu6, which take their Clips, and after gap, layernorm and

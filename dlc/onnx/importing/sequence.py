@@ -160,10 +160,15 @@ def rmsnorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
-    """An image read as its pixels: Reshape (N, C, H·W) then Transpose to (N, H·W, C)."""
+    """An image read as its pixels: Reshape (N, C, H·W) then Transpose to (N, H·W, C); a signal read as its
+    positions: Transpose (N, C, L) to (N, L, C) (PyTorch's permute), after a Reshape that keeps it or not."""
     x, y = r.shape(n.input[0]), r.shape(n.output[0])
+    if n.op_type == "Transpose":  # a signal's Transpose alone
+        if len(x) != 2 or list(attributes(n).get("perm", [])) != [0, 2, 1]:
+            return None
+        return one("tokens", n)
     after = r.only_consumer(n.output[0])
-    if len(x) != 3 or y != (x[0], x[1] * x[2]) or after is None or after.op_type != "Transpose" \
+    if len(x) not in (2, 3) or y != (x[0], math.prod(x[1:])) or after is None or after.op_type != "Transpose" \
             or list(attributes(after).get("perm", [])) != [0, 2, 1]:
         return None
     return one("tokens", n, output=after.output[0], nodes=[n, after])

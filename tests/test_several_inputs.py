@@ -379,3 +379,12 @@ def test_a_mask_or_source_label_that_names_no_step_is_located():
     with pytest.raises(DlcError) as e:
         compile_spec(CROSS)
     assert e.value.pos.line == 6 and "text_pad" in e.value.message
+
+
+def test_an_inputs_label_is_seen_inside_a_block_body_and_a_bodys_labels_are_not_outside():
+    spec = ("input seq 4 as pad\ninput seq 4 of 8 as words\n"
+            "block layer(h) {\n  add( attention h mask=pad | identity ) as out\n}\nlayer(2) x2\n")
+    g = compile_spec(spec)
+    assert [n.inputs for n in g.nodes if n.kind == "attention"] == [["words", "pad"], ["layer1.add1", "pad"]]
+    with pytest.raises(DlcError, match="unknown label `out`"):
+        compile_spec(spec + "add out\n")

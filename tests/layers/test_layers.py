@@ -914,6 +914,16 @@ def test_clstoken_puts_one_learned_step_first():
     assert figures(last("input seq 196 of 768\nclstoken")) == ((197, 768), 768, 0, 0, 0)
 
 
+def test_tokens_reads_a_signal_as_a_sequence_of_its_positions():
+    # Whisper's stem: 80@3000 -> conv 384@3 pad=1 -> 384@3000 -> conv 384@3/2 pad=1 -> 384@1500 (floor((3000 +
+    # 2 - 3)/2) + 1), read as 1500 steps of 384 features
+    a = analysed("input 80@3000\nconv 384@3 pad=1 gelu\nconv 384@3/2 pad=1 gelu\ntokens")
+    assert figures(a.nodes[-1]) == ((1500, 384), 0, 0, 0, 0)
+    assert [s.macs for s in a.nodes if s.node.kind == "conv"] == [384 * 3000 * 80 * 3, 384 * 1500 * 384 * 3]
+    with pytest.raises(DlcError, match="signal C@L or an image"):
+        last("input 4@2x3x3\ntokens")
+
+
 def test_tokens_reads_an_image_as_a_sequence_of_pixels():
     # ViT-B/16's patches: 768@14x14 -> 14*14 = 196 steps of 768 features; a reshape, nothing counted.
     # The patch conv sees 16x16 pixels with jump 16, and so does each token; attention sees the image.

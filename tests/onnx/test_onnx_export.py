@@ -217,6 +217,7 @@ KIND_CASES.update({
     "posembed": "input seq 5 of 4 -> posembed",
     "posembed, the first T rows of a longer table (Gather)": "input seq 5 of 4 -> posembed 9",
     "posembed fixed (a constant of sinusoids)": "input seq 5 of 4 -> posembed fixed",
+    "tokens of a signal": "input 3@7 -> conv 4@3 pad=1 -> tokens -> fc 2",
     "clstoken": "input seq 5 of 4 -> clstoken",
     "tokens": "input 3@2x4 -> tokens",
     "seqpool first": "input seq 5 of 4 -> seqpool first",

@@ -30,6 +30,8 @@ class SpecLayer:
     options: dict = field(default_factory=dict)
     tied: int | None = None  # an fc reusing an embed's table: that embed's position (`tied=LABEL`)
     label: str = ""  # an input's name, where the network has several (`input 3 as in1`)
+    # the layers it reads by label besides its input, by option: attention's `from=LABEL`, `mask=LABEL`
+    reads: dict[str, int] = field(default_factory=dict)
 
 
 def window_size(kernel: tuple[int, ...], stride: tuple[int, ...], implied: tuple[int, ...] | None = None) -> str:
@@ -209,6 +211,10 @@ def labels_for(layers: list[SpecLayer], items: list) -> dict[int, str]:
     labels = {f: f"skip{k}" for k, f in enumerate(sorted(set(forks)), start=1)}
     tables = sorted({layer.tied for layer in layers if layer.tied is not None} - set(labels))
     labels.update((t, "tok" if len(tables) == 1 else f"tok{k}") for k, t in enumerate(tables, start=1))
+    # what a layer reads by an option: an input by its own label, another layer by one given here
+    read = sorted({i for layer in layers for i in layer.reads.values()} - set(labels))
+    labels.update((i, layers[i].label) for i in read if layers[i].kind == "input")
+    labels.update((i, f"src{k}") for k, i in enumerate([i for i in read if layers[i].kind != "input"], start=1))
     return labels
 
 
@@ -252,10 +258,11 @@ def value_word(value) -> str:
 
 
 def step_text(layer: SpecLayer, options: dict, labels: dict[int, str]) -> str:
-    """`kind SIZE tied=LABEL options`: the size first and a tied fc's table next, as the language's
-    examples write them."""
+    """`kind SIZE tied=LABEL from=LABEL options`: the size first and the layers it reads by label next, as
+    the language's examples write them."""
     tied = [] if layer.tied is None else [f"tied={labels[layer.tied]}"]
-    return " ".join([layer.kind, *filter(None, [layer.size]), *tied, *option_words(layer.kind, options)])
+    reads = [f"{option}={labels[i]}" for option, i in layer.reads.items()]
+    return " ".join([layer.kind, *filter(None, [layer.size]), *tied, *reads, *option_words(layer.kind, options)])
 
 
 def comment(text: str) -> str:

@@ -151,7 +151,7 @@ BY_HAND = {
     "whisper_tiny_encoder": (92_544 + 442_752 + 4 * 1_774_464 + 768,
                              384 * 3000 * 80 * 3 + 384 * 1500 * 384 * 3
                              + 4 * (1500 * 4 * 384**2 + 2 * 1500**2 * 384 + 2 * 1500 * 384 * 1536)),
-    # The Stable Diffusion block at a 64x64 latent (the spec's header; tests/torch/test_stable_diffusion.py
+    # The Stable Diffusion block at a 64x64 latent (the spec's header; tests/torch/test_zoo_against_torch.py
     # checks the same rules against PyTorch's counts of diffusers' layers).
     "sd_block": (2_255_040 + 2_546_240,
                  2 * 320 * 4096 * 2880 + 1280 * 320 + 2 * 4096 * 320**2

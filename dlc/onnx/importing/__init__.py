@@ -34,8 +34,10 @@ from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, impo
 
 
 IMPORT: dict[str, Import] = {
-    # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape
-    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm"), import_attention),
+    # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape; and
+    # the preparation of a padding mask (Unsqueeze, Cast, 1 - mask, times the lowest float) passes it on
+    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm", "Unsqueeze", "Cast", "Sub", "Mul", "Not", "Equal",
+                         "Where", "Expand"), import_attention),
     # before the other Reshape patterns and instancenorm: PyTorch's group norm starts at a Reshape to
     # (N, G, -1) and reads an InstanceNormalization (issue 22)
     "groupnorm": Import(("Reshape", "GroupNormalization"), import_groupnorm),

@@ -15,14 +15,26 @@ from dlc.onnx.model import attributes
 
 
 def import_posembed(r: Reader, n: onnx.NodeProto) -> Found | None:
-    """A stored (T, D) table added to a sequence."""
+    """A (T, D) table added to a sequence: stored, or the first T rows of a longer stored one gathered at
+    positions 0..T-1 (Hugging Face's BERT reads its 512 at the sequence's length: `posembed 512`)."""
     if len(n.input) != 2 or n.op_type != "Add":
         return None
     x = next((i for i in n.input if i in r.live), None)
-    table = next((r.value(i) for i in n.input if i not in r.live), None)
-    if x is None or table is None or len(r.shape(x)) != 2 or table.size != math.prod(r.shape(x)):
+    rows = next((i for i in n.input if i not in r.live), None)
+    if x is None or rows is None or len(r.shape(x)) != 2:
         return None
-    return one("posembed", n, tensors={"P": table.reshape(r.shape(x)).astype(np.float32)})
+    t, d = r.shape(x)
+    gather = producer_node(r, rows)
+    if gather is not None and gather.op_type == "Gather" and attributes(gather).get("axis", 0) == 0:
+        table, positions = r.value(gather.input[0]), r.evaluated([gather.input[1]])[gather.input[1]]
+        if table is not None and table.ndim == 2 and table.shape[1] == d and positions is not None \
+                and np.array_equal(positions.reshape(-1), np.arange(t)):
+            size = str(len(table)) if len(table) != t else ""
+            return one("posembed", n, size, tensors={"P": table.astype(np.float32)})
+    table = r.evaluated([rows])[rows]
+    if table is None or table.size != t * d:
+        return None
+    return one("posembed", n, tensors={"P": table.reshape(t, d).astype(np.float32)})
 
 
 def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:

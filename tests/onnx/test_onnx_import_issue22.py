@@ -75,3 +75,17 @@ def test_a_bert_style_encoder_with_token_types_and_a_padding_mask(tmp_path, expo
     assert spec.count("attention 4 mask=attention_mask") == 2 and "embed 32 vocab=2" in spec, spec
     # TorchScript keeps the 16-row table and gathers its first 8 rows; dynamo stores those 8 rows alone
     assert ("posembed 16" if exporter == "torchscript" else "posembed layernorm") in spec, spec
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_whispers_encoder_with_its_conv_stem_and_fixed_positions(tmp_path, exporter):
+    # a small config of Whisper's encoder: 8 mel bins x 40 frames, 2 layers of 16 features
+    torch.manual_seed(0)
+    net = torch_models.WhisperEncoder(mels=8, d=16, heads=2, layers=2, ffn=32, frames=40)
+    feeds = {"features": np.random.default_rng(1).standard_normal((1, 8, 40)).astype(np.float32)}
+    torch_models.export(net, tmp_path / "whisper.onnx", (torch.from_numpy(feeds["features"]),),
+                        dynamo=EXPORTERS[exporter], input_names=["features"], output_names=["encoded"])
+    spec = reproduces(tmp_path, tmp_path / "whisper.onnx", feeds)
+    # the stem as Whisper's, read back as dlc writes it; the stored table is Whisper's sinusoids: fixed
+    assert "conv 16@3 pad=1 gelu" in spec and "conv 16@3/2 pad=1 gelu" in spec and "tokens" in spec, spec
+    assert "posembed fixed" in spec and spec.count("attention 2") == 2, spec

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import onnx
 
+from dlc.engine.kernels.sequence import sinusoids
 from dlc.onnx.importing.reader import (Found, NotImportable, Reader, const_scalar, one, other_input, producer_node,
                                        reduce_axes)
 from dlc.onnx.model import attributes
@@ -16,7 +17,8 @@ from dlc.onnx.model import attributes
 
 def import_posembed(r: Reader, n: onnx.NodeProto) -> Found | None:
     """A (T, D) table added to a sequence: stored, or the first T rows of a longer stored one gathered at
-    positions 0..T-1 (Hugging Face's BERT reads its 512 at the sequence's length: `posembed 512`)."""
+    positions 0..T-1 (Hugging Face's BERT reads its 512 at the sequence's length: `posembed 512`); a
+    table of Whisper's sinusoids is `posembed fixed`."""
     if len(n.input) != 2 or n.op_type != "Add":
         return None
     x = next((i for i in n.input if i in r.live), None)
@@ -34,7 +36,12 @@ def import_posembed(r: Reader, n: onnx.NodeProto) -> Found | None:
     table = r.evaluated([rows])[rows]
     if table is None or table.size != t * d:
         return None
-    return one("posembed", n, tensors={"P": table.reshape(t, d).astype(np.float32)})
+    table = table.reshape(t, d)
+    # Whisper's sinusoids, stored (Hugging Face) or a buffer (openai/whisper): computed in float32 there, so
+    # 1e-4 off at position 1500, which dlc's float64 table replaces
+    if d % 2 == 0 and d >= 4 and np.abs(table - sinusoids(0, t, d, np.float64)).max() <= 2e-4:
+        return one("posembed", n, options={"fixed": True})
+    return one("posembed", n, tensors={"P": table.astype(np.float32)})
 
 
 def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:

@@ -89,3 +89,34 @@ def test_whispers_encoder_with_its_conv_stem_and_fixed_positions(tmp_path, expor
     # the stem as Whisper's, read back as dlc writes it; the stored table is Whisper's sinusoids: fixed
     assert "conv 16@3 pad=1 gelu" in spec and "conv 16@3/2 pad=1 gelu" in spec and "tokens" in spec, spec
     assert "posembed fixed" in spec and spec.count("attention 2") == 2, spec
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_a_diffusion_resblock_with_its_time_embedding_on_every_pixel(tmp_path, exporter):
+    # diffusers' ResnetBlock2D at 8 channels in 4 groups: groupnorm, silu, the time embedding's projection
+    # added to every pixel (`[:, :, None, None]`: `reshape 8@1x1`, then add broadcasting)
+    torch.manual_seed(0)
+    net = torch_models.ResnetBlock2D(channels=8, temb=12, groups=4)
+    for norm in (net.norm1, net.norm2):  # scale and shift away from 1 and 0, so that misreading them shows
+        norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.uniform_(-0.5, 0.5)
+    rng = np.random.default_rng(2)
+    feeds = {"latent": rng.standard_normal((1, 8, 6, 6)).astype(np.float32),
+             "temb": rng.standard_normal((1, 12)).astype(np.float32)}
+    torch_models.export(net, tmp_path / "resblock.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
+                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
+    spec = reproduces(tmp_path, tmp_path / "resblock.onnx", feeds)
+    assert "input 12 as temb -> silu -> fc 8 -> reshape 8@1x1 as temb_out" in spec and spec.count("groupnorm 4") == 2
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_diffusers_cross_attention_to_text(tmp_path, exporter):
+    # to_q, to_k and to_v without bias (zeros in dlc's), keys and values from 5 text steps of 12 features
+    torch.manual_seed(0)
+    net = torch_models.Attention(16, 2, context=12)
+    rng = np.random.default_rng(3)
+    feeds = {"hidden": rng.standard_normal((1, 9, 16)).astype(np.float32),
+             "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
+    torch_models.export(net, tmp_path / "xattn.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
+                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
+    spec = reproduces(tmp_path, tmp_path / "xattn.onnx", feeds)
+    assert "attention 2 from=text" in spec, spec

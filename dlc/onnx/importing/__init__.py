@@ -113,7 +113,7 @@ IMPORT: dict[str, Import] = {
     "sub": Import(("Sub",), elementwise_merge("sub")),
     "div": Import(("Div",), elementwise_merge("div")),
     # last of the Reshape patterns: what attention, flatten, tokens and pixelshuffle leave
-    "reshape": Import(("Reshape",), import_reshape),
+    "reshape": Import(("Reshape", "Unsqueeze"), import_reshape),
 }
 
 

@@ -309,12 +309,29 @@ def test_import_writes_a_commutative_merge_of_the_later_input_first_by_label(tmp
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.maximum(q, np.maximum(p, 0)))
 
 
-def test_import_refuses_a_later_input_read_by_a_layer_in_one_line(tmp_path):
+def test_import_writes_a_later_inputs_layers_on_its_line(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import helper
 
-    # Sub(p, Relu(q)): the later input q feeds a relu, which a spec cannot write after `input 3 as q`
+    from dlc.engine.run import forward
+    from dlc.onnx.importing.importer import import_onnx
+
+    # Sub(p, Relu(q)): the later input q feeds a relu before the merge, written on q's line (as BERT's token
+    # types and their embedding are)
     model = _two_input_model([helper.make_node("Relu", ["q"], ["r"]), helper.make_node("Sub", ["p", "r"], ["y"])])
+    onnx.save(model, tmp_path / "s.onnx")
+    net, _ = import_onnx(str(tmp_path / "s.onnx"))
+    assert "input 3 as q -> relu as q_out" in net.graph.source and "sub q_out" in net.graph.source
+    p, q = np.array([[1.0, -2.0, 3.0]] * 2), np.array([[-1.0, 2.0, 0.5]] * 2)
+    np.testing.assert_allclose(forward(net, {"p": p, "q": q})[0], p - np.maximum(q, 0))
+
+
+def test_import_refuses_a_later_input_read_inside_a_merges_first_branch(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    # Sub(Relu(q), p): the later input q opens the merge's first branch, which a spec cannot write
+    model = _two_input_model([helper.make_node("Relu", ["q"], ["r"]), helper.make_node("Sub", ["r", "p"], ["y"])])
     onnx.save(model, tmp_path / "s.onnx")
     r = _cli("import", tmp_path / "s.onnx", "-o", tmp_path / "s.dlc")
     assert r.exit_code == 2 and r.output.count("\n") == 1

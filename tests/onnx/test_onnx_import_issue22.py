@@ -120,3 +120,19 @@ def test_diffusers_cross_attention_to_text(tmp_path, exporter):
                         dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
     spec = reproduces(tmp_path, tmp_path / "xattn.onnx", feeds)
     assert "attention 2 from=text" in spec, spec
+
+
+@pytest.mark.slow
+def test_bert_base_from_torchscript_imports_with_the_zoos_counts(tmp_path):
+    # BertModel's size at 128 tokens: the import keeps the 512-row position table, the token types and the
+    # pooler, so its spec counts what specs/bert_base.dlc does
+    from dlc.analysis import analyse
+
+    torch.manual_seed(0)
+    feeds = bert_feeds(t=128)
+    torch_models.export(torch_models.Bert(), tmp_path / "bert.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
+                        dynamo=False, input_names=list(feeds), output_names=["pooled"])
+    spec, _ = imported(tmp_path, tmp_path / "bert.onnx")
+    totals = analyse(compile_spec(spec.read_text())).totals
+    assert (totals.params, totals.macs) == (109_482_240, 11_174_215_680)
+    assert "posembed 512" in spec.read_text()

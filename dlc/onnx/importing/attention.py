@@ -119,11 +119,13 @@ def attention_layer(r: Reader, n: onnx.NodeProto) -> Found | None:
         # cross-attention: keys and values from one other sequence (`from=`), found from its queries' side
         origins = {layout_origin(r, projections[role].input[0]) for role in ("keys", "values")}
         source = origins.pop() if len(origins) == 1 else None
-        if own != ["queries"] or source is None or len(r.shape(source)) != 2:
+        # a source computed from the queries' own input (keys from fc(x)) is no other sequence: a spec's
+        # step reads the current tensor and labelled ones, so it could not write both
+        if own != ["queries"] or source is None or len(r.shape(source)) != 2 or depends_on(r, source, x):
             other = [role for role in projections if role not in own]
             raise Refused(f"its {' and '.join(other)} are not computed from the tensor its {' and '.join(own)} "
-                          f"are, nor its keys and values from one other sequence, read after its queries "
-                          f"(dlc's cross-attention, from=)")
+                          f"are, nor its keys and values from one sequence its queries do not come from, read "
+                          f"after them (dlc's cross-attention, from=)")
     computed = next((p for p in projections.values() if not stored_dense(r, p)), None)
     if computed is not None:
         raise Refused(f"its projection `{computed.name}` multiplies by a weight the graph computes, not a stored one")
@@ -149,6 +151,21 @@ def attention_layer(r: Reader, n: onnx.NodeProto) -> Found | None:
     computing = [m for m in region if any(o in r.live for o in m.output)]
     return Found(SpecLayer("attention", [], str(heads), {**settings, "bias": "bo" in tensors}), computing, y,
                  tensors, n.name, reads=reads)
+
+
+def depends_on(r: Reader, name: str, x: str) -> bool:
+    """Whether the computed tensor `name` is computed from x."""
+    stack, seen = [name], set()
+    while stack:
+        t = stack.pop()
+        if t == x:
+            return True
+        p = producer_node(r, t)
+        if t in seen or p is None:
+            continue
+        seen.add(t)
+        stack += live_inputs(r, p)
+    return False
 
 
 def layout_origin(r: Reader, name: str) -> str:

@@ -185,6 +185,7 @@ def test_every_kind_is_classified_for_the_step_by_step_decoder():
     # (concat is decided by its axis: it runs step by step when it joins features)
     full_window_kinds = {"conv", "dwconv", "upconv", "avgpool", "maxpool", "gap", "gmp", "bn", "lrn", "upsample",
                          "flatten", "tokens", "clstoken", "seqpool", "concat", "input",
-                         "pad", "instancenorm", "pixelshuffle", "tile", "slice", "reshape"}  # issue 28's kinds
+                         "pad", "instancenorm", "pixelshuffle", "tile", "slice", "reshape",  # issue 28's kinds
+                         "groupnorm"}  # issue 22: images and signals, not a sequence's steps
     unclassified = set(KINDS) - POSITIONWISE - STEP_KERNELS - full_window_kinds
     assert not unclassified, f"say whether {sorted(unclassified)} run step by step (dlc/engine/decode.py)"

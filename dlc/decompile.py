@@ -310,8 +310,16 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
     # the output's chain may start at an input beyond the first (cross-attention's queries, the first input
     # read by `from=`): that input's line is written last, and the chain goes on from it
     root = items.pop(0) if items and not isinstance(items[0], Merge) and later_input(layers, items[0]) else None
-    # the inputs' chains are written on their lines, before the first input's
+    # the inputs' chains are written on their lines, before the first input's: those a merge reads, and those
+    # that end at a layer read by an option alone (an encoder's output that a decoder attends `from=`)
     chains = input_chains(layers, items)
+    rendered = set(flatten_items(items)) | {i for c in chains.values() for i in c}
+    for target in sorted({i for layer in layers for i in layer.reads.values()} - rendered):
+        path = chain(layers, paths, 0, target) if not later_input(layers, target) else []
+        if path and by_label(layers, path):
+            chains[path[0]] = path[1:]
+        elif path and root is not None and all(isinstance(it, int) and not later_input(layers, it) for it in path):
+            chains[0] = path  # the first input's own chain, when the output's starts at a later input
     ahead = [i for k in sorted(chains) for i in chains[k]]
     order = ahead + [i for i in flatten_items(items) if not later_input(layers, i) and i not in ahead]
     if len(order) != len(set(order)):
@@ -339,6 +347,8 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
               + (f" as {labels[chains[i][-1]]}" if i in chains else ""), None)
              for i in range(1, len(layers)) if later_input(layers, i) and i != root]
     first = f"{steps[0]} as {layers[0].label}" if named or root else steps[0]
+    if 0 in chains:
+        first = " -> ".join([first, *(steps[j] for j in chains[0])]) + f" as {labels[chains[0][-1]]}"
     heads = [*named, (first, None)] if root is None else [(first, None), *named, (f"{steps[root]} as {layers[root].label}", None)]
     lines = [*heads, *lines, *body]
     graph = compile_spec(head + "\n".join(t for t, _ in lines) + "\n", file=file)

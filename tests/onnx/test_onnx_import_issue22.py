@@ -54,6 +54,22 @@ def test_cross_attention_and_masks_of_dlcs_export_import_back(tmp_path):
     assert "attention 2 from=encoded mask=keep kv=1" in spec and "attention 4 from=encoded mask=keep" in spec
 
 
+def test_a_decoder_attending_to_an_encoder_on_another_input_imports_back(tmp_path):
+    # the encoder's layers are the first input's, written on its line, and the output's chain starts at the
+    # text, a later input, whose line comes last
+    text = ("input 4@12 as audio -> conv 8@3/2 pad=1 gelu -> tokens as encoded\ninput seq 5 of 8 as words\n"
+            "attention 2 causal\nattention 2 from=encoded\nfc 3\n")
+    graph = compile_spec(text)
+    params, state = init_params(graph, seed=4)
+    save_model(to_onnx(Network(graph, {k: v + 0.1 for k, v in params.items()}, state)), tmp_path / "m.onnx")
+    rng = np.random.default_rng(5)
+    feeds = {"audio": rng.standard_normal((2, 4, 12)).astype(np.float32),
+             "words": rng.standard_normal((2, 5, 8)).astype(np.float32)}
+    spec = reproduces(tmp_path, tmp_path / "m.onnx", feeds)
+    assert "input 4@12 as audio -> conv 8@3/2 pad=1 -> gelu -> tokens as src1" in spec, spec
+    assert spec.index("input seq 5 of 8 as words") < spec.index("attention 2 from=src1"), spec
+
+
 def bert_feeds(t=8, seed=0):
     """One sample (the exporters bake the batch they trace into the heads' reshapes): two sentences, the
     last three steps padding."""

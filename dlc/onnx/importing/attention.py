@@ -115,9 +115,11 @@ def attention_layer(r: Reader, n: onnx.NodeProto) -> Found | None:
     if not any(m is n for role in own for m in [*paths[role], projections[role]]):
         return None  # n is not where this attention starts (an fc before it, say)
     source = x
+    if "queries" not in own and len(own) < 3:
+        return None  # the keys' side of a cross-attention: the queries' side imports it (the source's layers first)
     if len(own) < 3:
         # cross-attention: keys and values from one other sequence (`from=`), found from its queries' side
-        origins = {layout_origin(r, projections[role].input[0]) for role in ("keys", "values")}
+        origins = {projections[role].input[0] for role in ("keys", "values")}
         source = origins.pop() if len(origins) == 1 else None
         # a source computed from the queries' own input (keys from fc(x)) is no other sequence: a spec's
         # step reads the current tensor and labelled ones, so it could not write both
@@ -166,15 +168,6 @@ def depends_on(r: Reader, name: str, x: str) -> bool:
         seen.add(t)
         stack += live_inputs(r, p)
     return False
-
-
-def layout_origin(r: Reader, name: str) -> str:
-    """The tensor `name` is made from by layout operators alone (itself if none)."""
-    p = producer_node(r, name)
-    while p is not None and p.op_type in LAYOUT and len(live_inputs(r, p)) == 1:
-        name = live_inputs(r, p)[0]
-        p = producer_node(r, name)
-    return name
 
 
 @dataclass

@@ -148,6 +148,8 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd", dtype: str = "
     in `dtype` for weights and `act_dtype` (default: `dtype`) for activations."""
     shapes = {n.name: n.out_shape for n in graph.nodes}
     fields: dict[str, ReceptiveField | None] = {}
+    # the whole field is the first spatial input's (a diffusion block's latent, not its time embedding)
+    image = next((n.out_shape[1:] for n in graph.inputs if is_spatial(n.out_shape)), graph.input.out_shape[1:])
     stats = []
     for node in graph.nodes:
         kind = KINDS[node.kind]
@@ -157,8 +159,7 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd", dtype: str = "
             fields[node.name] = ReceptiveField((1,) * axes, (Fraction(1),) * axes) \
                 if is_spatial(node.out_shape) else None
         else:
-            fields[node.name] = receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs],
-                                                 graph.input.out_shape[1:])
+            fields[node.name] = receptive_field(kind.window(node.attrs), [fields[i] for i in node.inputs], image)
         trainable, frozen = param_count(kind, node.attrs, ins)
         # a mixture's experts past its top K hold weights but do no work on a step (docs/conventions.md)
         runs = not node.standby

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from dlc.errors import DlcError, Pos, ShapeError
 from dlc.graph import BlockCall, Graph, Node
-from dlc.layers import AXIS, COUNT, KINDS, LABEL, PAD, SIZES, LayerKind, Ref, all_words, lookup
+from dlc.layers import AXIS, COUNT, KINDS, LABEL, PAD, READ, SIZES, LayerKind, Ref, all_words, lookup
 from dlc.layers.spatial import is_spatial, show, spatial_shape
 from dlc.layers.mixture import check_mixture
 from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Nest, Option, Size, Step, Train, Value, Word,
@@ -112,8 +112,10 @@ def _compile(text: str, file: str) -> Graph:
     read = {i for n in build.nodes for i in n.inputs}
     for node in build.nodes:
         if node.kind == "input" and node.name not in read:
-            raise DlcError(f"input `{node.name}` is never read: a later step reads it by its label, as "
-                           f"`add {node.name}` or `concat {node.name}`", node.pos)
+            ways = (f"`attention H mask={node.name}`" if node.dtype == "int64"
+                    else f"`add {node.name}`, `concat {node.name}` or `attention H from={node.name}`")
+            raise DlcError(f"input `{node.name}` is never read: a later step reads it by its label, as {ways}",
+                           node.pos)
     return Graph(build.nodes, source=text, file=file, train=build.train)
 
 
@@ -593,7 +595,9 @@ def _emit_call(b: Build, call: Call, cur: str, scope: Scope, defaults: Defaults)
         raise TooDeep(f"block calls nest more than {MAX_BLOCK_DEPTH} deep here ({chain})", call.name.pos)
     params = _bind(block, call, scope)
     n = scope.count(("block", name))
-    inner = Scope(f"{scope.prefix}{name}{n}.", params, {}, (*scope.stack, name))
+    # the network's inputs are seen in every body (BERT's padding mask, read by each layer's attention)
+    inputs = {label: node for label, node in scope.labels.items() if b.by_name[node].kind == "input"}
+    inner = Scope(f"{scope.prefix}{name}{n}.", params, inputs, (*scope.stack, name))
     body_defaults = dict(defaults)
     try:
         for s in block.body:
@@ -658,6 +662,9 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     for k, default in kind.options.items():
         if default is LABEL and attrs[k] is not None:
             attrs[k] = _ref(b, attrs[k])
+    # the tensors read by label (attention's from= and mask=) are read as written: a mask is token ids
+    read = [attrs[k] for k, default in kind.options.items() if default is READ and attrs[k] is not None]
+    inputs, shapes = [*inputs, *read], [*shapes, *(b.by_name[r].out_shape for r in read)]
     try:
         out, resolved = kind.resolve(attrs, shapes)
     except ShapeError as e:
@@ -751,7 +758,7 @@ def _option_value(kind: LayerKind, opt: Option, scope: Scope):
     default, v = kind.options[opt.key], _value(opt.value, scope)
     got = f"(received {opt.key}={v.raw})"
     x = v.v
-    if default is LABEL:
+    if default in (LABEL, READ):
         if not v.is_name:
             raise DlcError(f"{opt.key} takes the label of an earlier step (set with `as LABEL`) {got}", v.pos)
         return _label_node(Word(x, v.pos), scope)

@@ -30,6 +30,8 @@ class SpecLayer:
     options: dict = field(default_factory=dict)
     tied: int | None = None  # an fc reusing an embed's table: that embed's position (`tied=LABEL`)
     label: str = ""  # an input's name, where the network has several (`input 3 as in1`)
+    # the layers it reads by label besides its input, by option: attention's `from=LABEL`, `mask=LABEL`
+    reads: dict[str, int] = field(default_factory=dict)
 
 
 def window_size(kernel: tuple[int, ...], stride: tuple[int, ...], implied: tuple[int, ...] | None = None) -> str:
@@ -126,8 +128,27 @@ def later_input(layers: list[SpecLayer], i: int) -> bool:
 
 
 def by_label(layers: list[SpecLayer], branch: list) -> bool:
-    """Whether a merge's branch is an input beyond the first alone, which the merge reads by label."""
-    return len(branch) == 1 and not isinstance(branch[0], Merge) and later_input(layers, branch[0])
+    """Whether a merge's branch is an input beyond the first, alone or with a chain of layers after it
+    (BERT's token types and their embedding), which the merge reads by label: the chain is written on the
+    input's line (input_chains)."""
+    return (bool(branch) and all(not isinstance(it, Merge) for it in branch) and later_input(layers, branch[0])
+            and not any(later_input(layers, it) for it in branch[1:]))
+
+
+def input_chains(layers: list[SpecLayer], items: list) -> dict[int, list[int]]:
+    """Each input beyond the first that a merge reads with layers after it: those layers, in order."""
+    chains: dict[int, list[int]] = {}
+
+    def visit(its):
+        for it in its:
+            if isinstance(it, Merge):
+                for b in it.branches:
+                    if by_label(layers, b) and len(b) > 1:
+                        chains[b[0]] = b[1:]
+                    else:
+                        visit(b)
+    visit(items)
+    return chains
 
 
 def read_inputs(layers: list[SpecLayer], m: Merge) -> list[int] | None:
@@ -139,7 +160,7 @@ def read_inputs(layers: list[SpecLayer], m: Merge) -> list[int] | None:
     if not all(by_label(layers, b) for b in rest) or any(
             not isinstance(it, Merge) and later_input(layers, it) for it in m.branches[0]):
         raise ValueError(m.layer)
-    return [b[0] for b in rest]
+    return [b[-1] for b in rest]  # the input, or the end of its chain
 
 
 @dataclass
@@ -164,7 +185,8 @@ def render(d: Draft, items: list, indent: str = "") -> list[tuple[str, int | Non
             named = read_inputs(d.layers, it)
             if named is not None:
                 lines += [[t, last, False] for t, last in render(d, it.branches[0], indent)]
-                lines.append([f"{indent}{kind} {' '.join(d.layers[i].label for i in named)}", it.layer, False])
+                words = [d.layers[i].label if later_input(d.layers, i) else d.labels[i] for i in named]
+                lines.append([f"{indent}{kind} {' '.join(words)}", it.layer, False])
                 continue
             fork = skip_fork(d.layers, it)
             if fork is not None:
@@ -207,8 +229,14 @@ def labels_for(layers: list[SpecLayer], items: list) -> dict[int, str]:
                     forks.append(fork)
     visit(items)
     labels = {f: f"skip{k}" for k, f in enumerate(sorted(set(forks)), start=1)}
+    # the end of an input's chain, which a merge reads by label
+    labels.update((chain[-1], f"{layers[i].label}_out") for i, chain in input_chains(layers, items).items())
     tables = sorted({layer.tied for layer in layers if layer.tied is not None} - set(labels))
     labels.update((t, "tok" if len(tables) == 1 else f"tok{k}") for k, t in enumerate(tables, start=1))
+    # what a layer reads by an option: an input by its own label, another layer by one given here
+    read = sorted({i for layer in layers for i in layer.reads.values()} - set(labels))
+    labels.update((i, layers[i].label) for i in read if layers[i].kind == "input")
+    labels.update((i, f"src{k}") for k, i in enumerate([i for i in read if layers[i].kind != "input"], start=1))
     return labels
 
 
@@ -252,10 +280,11 @@ def value_word(value) -> str:
 
 
 def step_text(layer: SpecLayer, options: dict, labels: dict[int, str]) -> str:
-    """`kind SIZE tied=LABEL options`: the size first and a tied fc's table next, as the language's
-    examples write them."""
+    """`kind SIZE tied=LABEL from=LABEL options`: the size first and the layers it reads by label next, as
+    the language's examples write them."""
     tied = [] if layer.tied is None else [f"tied={labels[layer.tied]}"]
-    return " ".join([layer.kind, *filter(None, [layer.size]), *tied, *option_words(layer.kind, options)])
+    reads = [f"{option}={labels[i]}" for option, i in layer.reads.items()]
+    return " ".join([layer.kind, *filter(None, [layer.size]), *tied, *reads, *option_words(layer.kind, options)])
 
 
 def comment(text: str) -> str:
@@ -278,7 +307,21 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
         items = chain(layers, paths, 0, output)
     except ValueError:
         raise DlcError(f"{file}: the model's layers do not form a chain of merges that a spec can write")
-    order = [i for i in flatten_items(items) if not later_input(layers, i)]
+    # the output's chain may start at an input beyond the first (cross-attention's queries, the first input
+    # read by `from=`): that input's line is written last, and the chain goes on from it
+    root = items.pop(0) if items and not isinstance(items[0], Merge) and later_input(layers, items[0]) else None
+    # the inputs' chains are written on their lines, before the first input's: those a merge reads, and those
+    # that end at a layer read by an option alone (an encoder's output that a decoder attends `from=`)
+    chains = input_chains(layers, items)
+    rendered = set(flatten_items(items)) | {i for c in chains.values() for i in c}
+    for target in sorted({i for layer in layers for i in layer.reads.values()} - rendered):
+        path = chain(layers, paths, 0, target) if not later_input(layers, target) else []
+        if path and by_label(layers, path):
+            chains[path[0]] = path[1:]
+        elif path and root is not None and all(isinstance(it, int) and not later_input(layers, it) for it in path):
+            chains[0] = path  # the first input's own chain, when the output's starts at a later input
+    ahead = [i for k in sorted(chains) for i in chains[k]]
+    order = ahead + [i for i in flatten_items(items) if not later_input(layers, i) and i not in ahead]
     if len(order) != len(set(order)):
         raise DlcError(f"{file}: a layer's output is read by merges at different levels, which a spec's "
                        f"nested add( … )/concat( … ) cannot write")
@@ -300,9 +343,14 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
         raise DlcError(f"{file}: an input beyond the first is read other than by a merge after the first "
                        f"branch, which a spec writes only as `add LABEL`, `mul LABEL` or `concat LABEL`")
     # the inputs beyond the first come first, each on its own line: the first one's chain follows
-    named = [(f"{steps[i]} as {layers[i].label}", None) for i in range(1, len(layers)) if later_input(layers, i)]
-    first = f"{steps[0]} as {layers[0].label}" if named else steps[0]
-    lines = [*named, (first, None), *lines, *body]
+    named = [(" -> ".join([f"{steps[i]} as {layers[i].label}", *(steps[j] for j in chains.get(i, []))])
+              + (f" as {labels[chains[i][-1]]}" if i in chains else ""), None)
+             for i in range(1, len(layers)) if later_input(layers, i) and i != root]
+    first = f"{steps[0]} as {layers[0].label}" if named or root else steps[0]
+    if 0 in chains:
+        first = " -> ".join([first, *(steps[j] for j in chains[0])]) + f" as {labels[chains[0][-1]]}"
+    heads = [*named, (first, None)] if root is None else [(first, None), *named, (f"{steps[root]} as {layers[root].label}", None)]
+    lines = [*heads, *lines, *body]
     graph = compile_spec(head + "\n".join(t for t, _ in lines) + "\n", file=file)
     nodes = [n for n in graph.nodes if n.kind != "input"]
     if [n.kind for n in nodes] != [layers[i].kind for i in order]:

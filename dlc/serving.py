@@ -147,7 +147,7 @@ def _pass(analysis: Analysis, what: str, batch: int, kv_dtype: str, queries: int
         if node.kind == "embed":  # a lookup reads the rows of the tokens it looks up, not the table
             rows = min(node.attrs["vocab"], scaled(by_name[node.inputs[0]], by_name[node.inputs[0]].activations) * batch)
             weights = value_bytes(rows * node.attrs["dim"], t.dtype)
-        elif node.kind == "posembed" and seq is not None:
+        elif node.kind == "posembed" and seq is not None and not node.attrs["fixed"]:  # a table's rows
             weights = value_bytes(min(node.attrs["steps"], queries) * node.attrs["dim"], t.dtype)
         elif node.kind == "fc" and node.attrs["tied"] is not None:  # the head reads the embed's whole table
             weights += value_bytes(node.attrs["units"] * node.attrs["in_features"], t.dtype)

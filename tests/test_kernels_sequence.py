@@ -60,13 +60,16 @@ def test_norms_in_float32_stay_float32_and_agree_with_float64(kind):
 def assert_attention_gradients(attrs, params, x, ctx=lambda: Ctx()):
     """Every gradient against central differences, except the key bias's, which is zero: adding b to every
     key adds q·b to each score of a row alike, and softmax ignores that. Its check is that it is ~0.
-    (With rope the bias turns with each key's position, so the scores of a row move apart: it counts.)"""
-    errors = gradient_errors("attention", attrs, params, [x], ctx=ctx)
+    (With rope the bias turns with each key's position, so the scores of a row move apart: it counts.)
+    x: the input, or the list of inputs (with a source for from= and a mask)."""
+    xs = x if isinstance(x, list) else [x]
+    x = xs[0]
+    errors = gradient_errors("attention", attrs, params, xs, ctx=ctx)
     zero = "bk" if "bk" in params and not attrs["rope"] else None
     bad = {k: e for k, e in errors.items() if k != zero and not e < TOLERANCE}
     assert not bad, f"attention: relative errors above {TOLERANCE}: {bad}"
     if zero:
-        _, backward = KERNELS["attention"](attrs, params, {}, [x], ctx())
+        _, backward = KERNELS["attention"](attrs, params, {}, xs, ctx())
         assert np.abs(backward(np.ones_like(x))[1]["bk"]).max() < 1e-12
 
 
@@ -101,6 +104,40 @@ def test_posembed_gradients():
     rng = np.random.default_rng(6)
     attrs, shapes, _ = resolve("posembed", [(4, 3)])
     assert_gradients("posembed", attrs, random_arrays(shapes, rng), [rng.standard_normal((2, 4, 3))])
+
+
+def test_posembed_of_a_longer_table_and_fixed_gradients():
+    rng = np.random.default_rng(5)
+    attrs, shapes, _ = resolve("posembed", [(3, 4)], positions=7)
+    params = random_arrays(shapes, rng)
+    assert_gradients("posembed", attrs, params, [rng.standard_normal((2, 3, 4))])
+    # only the first 3 of the 7 rows are read: the others get no gradient
+    _, backward = run("posembed", attrs, params, [rng.standard_normal((2, 3, 4))])
+    assert np.all(backward(np.ones((2, 3, 4)))[1]["P"][3:] == 0)
+    attrs, shapes, _ = resolve("posembed", [(3, 4)], fixed=True)
+    assert shapes == {}
+    assert_gradients("posembed", attrs, {}, [rng.standard_normal((2, 3, 4))])
+
+
+def whisper_sinusoids(length, channels):
+    """Whisper's `sinusoids` (openai/whisper, whisper/model.py), one entry at a time."""
+    increment = math.log(10000) / (channels // 2 - 1)
+    table = np.zeros((length, channels))
+    for p in range(length):
+        for i in range(channels // 2):
+            table[p, i] = math.sin(p * math.exp(-increment * i))
+            table[p, channels // 2 + i] = math.cos(p * math.exp(-increment * i))
+    return table
+
+
+def test_posembed_fixed_adds_whispers_sinusoids():
+    attrs, _, _ = resolve("posembed", [(30, 8)], fixed=True)
+    x = np.zeros((1, 30, 8))
+    np.testing.assert_allclose(run("posembed", attrs, {}, [x])[0][0], whisper_sinusoids(30, 8), atol=1e-12)
+    # position 0 is sin 0 = 0 and cos 0 = 1; the first frequency is 1 and the last 1/10000
+    np.testing.assert_allclose(run("posembed", attrs, {}, [x])[0][0, 1], [math.sin(1), math.sin(10000 ** -(1 / 3)),
+                               math.sin(10000 ** -(2 / 3)), math.sin(1e-4), math.cos(1), math.cos(10000 ** -(1 / 3)),
+                               math.cos(10000 ** -(2 / 3)), math.cos(1e-4)], atol=1e-12)
 
 
 def test_clstoken_gradients():
@@ -196,13 +233,17 @@ def turned(x, m, theta):
     return out
 
 
-def attention_by_loops(x, p, heads, causal, kv=None, theta=None, window=None):
+def attention_by_loops(x, p, heads, causal, kv=None, theta=None, window=None, source=None, mask=None):
     """Self-attention one sample, head and step at a time, straight from the definition; query head h
-    reads key/value head h // (heads/kv); a causal step i sees steps max(0, i - window + 1) .. i."""
+    reads key/value head h // (heads/kv); a causal step i sees steps max(0, i - window + 1) .. i. With a
+    source, keys and values are its steps (cross-attention); with a mask, a step sees only the keys
+    whose mask is 1 (padding left out of the softmax)."""
     n, t, d = x.shape
     dh = d // heads
     group = heads // (kv or heads)
-    q, k, v = (x @ p[f"W{w}"].T + p[f"b{w}"] for w in "qkv")
+    source = x if source is None else source
+    q = x @ p["Wq"].T + p["bq"]
+    k, v = (source @ p[f"W{w}"].T + p[f"b{w}"] for w in "kv")
     out = np.zeros_like(x)
     for s in range(n):
         for h in range(heads):
@@ -210,7 +251,8 @@ def attention_by_loops(x, p, heads, causal, kv=None, theta=None, window=None):
             kv_cols = slice(h // group * dh, (h // group + 1) * dh)
             for i in range(t):
                 first = 0 if window is None else max(0, i - window + 1)
-                seen = range(first, i + 1) if causal else range(t)
+                seen = range(first, i + 1) if causal else range(source.shape[1])
+                seen = [j for j in seen if mask is None or mask[s, j] == 1]
                 qi = q[s, i, cols] if theta is None else turned(q[s, i, cols], i, theta)
                 keys = {j: k[s, j, kv_cols] if theta is None else turned(k[s, j, kv_cols], j, theta) for j in seen}
                 scores = np.array([qi @ keys[j] / math.sqrt(dh) for j in seen])
@@ -241,6 +283,57 @@ def test_attention_options_match_the_definition(mode):
     want = attention_by_loops(x, params, written["heads"], written.get("causal", False), written.get("kv"),
                               theta, written.get("window"))
     np.testing.assert_allclose(run("attention", attrs, params, [x])[0], want, rtol=1e-12, atol=1e-12)
+
+
+# cross-attention and padding masks: 5 queries of 6 features attend to 7 source steps of 4 features
+CROSS_MASK = np.array([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("kv", [None, 1])
+@pytest.mark.parametrize("masked", [False, True], ids=["whole", "padded"])
+def test_cross_attention_matches_the_definition(masked, kv):
+    rng = np.random.default_rng(27)
+    mask = CROSS_MASK if masked else None
+    ins = [(5, 6), (7, 4)] + ([(7,)] if masked else [])
+    attrs, shapes, _ = resolve("attention", ins, heads=3, kv=kv, **{"from": "src", "mask": "pad" if masked else None})
+    params = random_arrays(shapes, rng)
+    x, src = rng.standard_normal((2, 5, 6)), rng.standard_normal((2, 7, 4))
+    want = attention_by_loops(x, params, 3, False, kv, source=src, mask=mask)
+    xs = [x, src] + ([mask] if masked else [])
+    np.testing.assert_allclose(run("attention", attrs, params, xs)[0], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_a_padding_mask_leaves_the_padded_steps_out_of_self_attention(causal):
+    rng = np.random.default_rng(28)
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
+    attrs, shapes, _ = resolve("attention", [(6, 8), (6,)], heads=2, causal=causal, mask="pad")
+    params = random_arrays(shapes, rng)
+    x = rng.standard_normal((2, 6, 8))
+    np.testing.assert_allclose(run("attention", attrs, params, [x, mask])[0],
+                               attention_by_loops(x, params, 2, causal, mask=mask), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+def test_cross_attention_and_mask_gradients(bias):
+    rng = np.random.default_rng(29)
+    attrs, shapes, _ = resolve("attention", [(5, 6), (7, 4), (7,)], heads=3, kv=1, bias=bias,
+                               **{"from": "src", "mask": "pad"})
+    params = random_arrays(shapes, rng)
+    x, src = rng.standard_normal((2, 5, 6)), rng.standard_normal((2, 7, 4))
+    assert_attention_gradients(attrs, params, [x, src, CROSS_MASK])
+    # padding gets no weight, so nothing flows back to it: the padded source steps' gradient is 0
+    y, backward = run("attention", attrs, params, [x, src, CROSS_MASK])
+    d_src = backward(rng.standard_normal(y.shape))[0][1]
+    assert np.all(d_src[CROSS_MASK == 0] == 0) and np.all(np.abs(d_src[CROSS_MASK == 1]).sum(axis=-1) > 0)
+
+
+def test_a_query_whose_keys_are_all_padding_averages_them_rather_than_nan():
+    rng = np.random.default_rng(30)
+    attrs, shapes, _ = resolve("attention", [(3, 4), (3,)], heads=1, mask="pad")
+    params = random_arrays(shapes, rng)
+    y = run("attention", attrs, params, [rng.standard_normal((1, 3, 4)), np.zeros((1, 3), np.int64)])[0]
+    assert np.all(np.isfinite(y))
 
 
 def test_a_window_as_long_as_the_sequence_is_causal_attention():

@@ -300,13 +300,99 @@ def test_import_writes_a_commutative_merge_of_the_later_input_first_by_label(tmp
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.maximum(q, np.maximum(p, 0)))
 
 
-def test_import_refuses_a_later_input_read_by_a_layer_in_one_line(tmp_path):
+def test_import_writes_a_later_inputs_layers_on_its_line(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import helper
 
-    # Sub(p, Relu(q)): the later input q feeds a relu, which a spec cannot write after `input 3 as q`
+    from dlc.engine.run import forward
+    from dlc.onnx.importing.importer import import_onnx
+
+    # Sub(p, Relu(q)): the later input q feeds a relu before the merge, written on q's line (as BERT's token
+    # types and their embedding are)
     model = _two_input_model([helper.make_node("Relu", ["q"], ["r"]), helper.make_node("Sub", ["p", "r"], ["y"])])
+    onnx.save(model, tmp_path / "s.onnx")
+    net, _ = import_onnx(str(tmp_path / "s.onnx"))
+    assert "input 3 as q -> relu as q_out" in net.graph.source and "sub q_out" in net.graph.source
+    p, q = np.array([[1.0, -2.0, 3.0]] * 2), np.array([[-1.0, 2.0, 0.5]] * 2)
+    np.testing.assert_allclose(forward(net, {"p": p, "q": q})[0], p - np.maximum(q, 0))
+
+
+def test_import_refuses_a_later_input_read_inside_a_merges_first_branch(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    # Sub(Relu(q), p): the later input q opens the merge's first branch, which a spec cannot write
+    model = _two_input_model([helper.make_node("Relu", ["q"], ["r"]), helper.make_node("Sub", ["r", "p"], ["y"])])
     onnx.save(model, tmp_path / "s.onnx")
     r = _cli("import", tmp_path / "s.onnx", "-o", tmp_path / "s.dlc")
     assert r.exit_code == 2 and r.output.count("\n") == 1
     assert "an input beyond the first is read other than by a merge after the first branch" in r.output
+
+
+# a decoder layer reading a padded encoder output (docs/language.md, "Sequences and transformers")
+CROSS = """input seq 6 of 12 as encoded
+input seq 6 as pad
+input seq 4 of 8 as text
+attention 2 causal
+add( layernorm -> attention 2 from=encoded mask=pad kv=1 | identity )
+attention 4 mask=text_pad from=encoded
+"""
+CROSS_FEEDS = {"pad": np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])}
+
+
+def _cross_feeds(graph, dtype=np.float32) -> dict:
+    rng = np.random.default_rng(6)
+    return {n.name: CROSS_FEEDS[n.name] if n.dtype == "int64" else rng.standard_normal((2, *n.out_shape)).astype(dtype)
+            for n in graph.inputs}
+
+
+def test_cross_attention_with_a_padding_mask_on_every_engine(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    from dlc.engine.gradcheck import check_gradients
+    from dlc.engine.params import init_params
+    from dlc.engine.run import forward
+    from dlc.onnx.export import check_export, to_onnx
+    from dlc.torch.trainer import network
+
+    spec = CROSS.replace("mask=text_pad ", "mask=pad ")
+    graph = compile_spec(spec)
+    assert all(t.worst < 1e-6 for r in check_gradients(graph, loss="mse") for t in r.tensors)
+    # the padded encoder steps change nothing: the same outputs with other values there
+    net = _net(spec)
+    x = _cross_feeds(graph)
+    moved = dict(x, encoded=x["encoded"].copy())
+    moved["encoded"][0, 4:] += 10
+    want = forward(net, x)[0]
+    np.testing.assert_allclose(forward(net, moved)[0][0], want[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(forward(net, dict(x, pad=np.ones_like(x["pad"])))[0][0], want[0])
+    model = to_onnx(net)
+    check_export(model, net)
+    assert [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input] == [
+        ("encoded", 1), ("pad", 7), ("text", 1)]  # float, int64, float
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # torch in float64 against the NumPy engine in float64
+    params, state = init_params(graph, seed=1, dtype=np.float64)
+    module = network(graph)["Net"]().double()
+    module.from_dlc({k: torch.from_numpy(v) for k, v in {**params, **state}.items()})
+    x64 = _cross_feeds(graph, np.float64)
+    with torch.no_grad():
+        got = module.eval()(torch.from_numpy(x64["encoded"]), pad=torch.from_numpy(x64["pad"]),
+                            text=torch.from_numpy(x64["text"])).numpy()
+    np.testing.assert_allclose(got, forward(Network(graph, params, state), x64)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_a_mask_or_source_label_that_names_no_step_is_located():
+    with pytest.raises(DlcError) as e:
+        compile_spec(CROSS)
+    assert e.value.pos.line == 6 and "text_pad" in e.value.message
+
+
+def test_an_inputs_label_is_seen_inside_a_block_body_and_a_bodys_labels_are_not_outside():
+    spec = ("input seq 4 as pad\ninput seq 4 of 8 as words\n"
+            "block layer(h) {\n  add( attention h mask=pad | identity ) as out\n}\nlayer(2) x2\n")
+    g = compile_spec(spec)
+    assert [n.inputs for n in g.nodes if n.kind == "attention"] == [["words", "pad"], ["layer1.add1", "pad"]]
+    with pytest.raises(DlcError, match="unknown label `out`"):
+        compile_spec(spec + "add out\n")

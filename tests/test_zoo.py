@@ -146,7 +146,41 @@ BY_HAND = {
                               + 8**2 * (131072 + 262144 + 524288 + 262144)
                               + 4**2 * (524288 + 1048576))
              + 4 * (1024 * 16 * 512 + 512 * 64 * 256 + 256 * 256 * 128 + 128 * 1024 * 64) + 2 * 64 * 64**2),
+    # issue 22. BERT-base: Hugging Face's BertModel("bert-base-uncased").num_parameters(), 109,482,240 with the
+    # pooler: token table 30522*768, 512 positions and 2 token types of 768, a layernorm, 12 layers of 7,087,872
+    # (GPT-2's block), the pooler 768*768 + 768. MACs at 128 tokens: per layer 128*4*768^2 + 2*128^2*768 +
+    # 2*128*768*3072, the pooler 768^2 on the first token.
+    "bert_base": (30522 * 768 + 512 * 768 + 2 * 768 + 1_536 + 12 * 7_087_872 + 590_592,
+                  12 * (128 * 4 * 768**2 + 2 * 128**2 * 768 + 2 * 128 * 768 * 3072) + 768**2),
+    # Whisper tiny's encoder (the spec's header): 18,468,864,000 MACs for 80x3000, the issue's figure; params by
+    # hand, every projection with its bias.
+    "whisper_tiny_encoder": (92_544 + 442_752 + 4 * 1_774_464 + 768,
+                             384 * 3000 * 80 * 3 + 384 * 1500 * 384 * 3
+                             + 4 * (1500 * 4 * 384**2 + 2 * 1500**2 * 384 + 2 * 1500 * 384 * 1536)),
+    # The Stable Diffusion block at a 64x64 latent (the spec's header; tests/torch/test_zoo_against_torch.py
+    # checks the same rules against PyTorch's counts of diffusers' layers).
+    "sd_block": (2_255_040 + 2_546_240,
+                 2 * 320 * 4096 * 2880 + 1280 * 320 + 2 * 4096 * 320**2
+                 + 4 * 4096 * 320**2 + 2 * 4096**2 * 320
+                 + 2 * 4096 * 320**2 + 2 * 77 * 768 * 320 + 2 * 4096 * 77 * 320
+                 + 4096 * (320 * 2560 + 1280 * 320)),
 }
+
+
+def test_bert_whisper_and_the_sd_block_as_the_issue_counts_them():
+    # issue 22's figures, exactly
+    assert (zoo("bert_base").totals.params, zoo("bert_base").totals.macs) == (109_482_240, 11_174_215_680)
+    assert zoo("whisper_tiny_encoder").totals.macs == 18_468_864_000
+    assert (zoo("sd_block").totals.params, zoo("sd_block").totals.macs) == (4_801_280, 26_915_880_960)
+    # BERT reads three inputs, its mask in every layer's attention; Whisper's stem is two 1-D convs
+    bert = zoo("bert_base").graph
+    assert [(n.name, n.out_shape, n.dtype) for n in bert.inputs] == [
+        ("types", (128,), "int64"), ("mask", (128,), "int64"), ("ids", (128,), "int64")]
+    assert [n.attrs["mask"] for n in bert.nodes if n.kind == "attention"] == ["mask"] * 12
+    assert shapes("whisper_tiny_encoder", "conv") == [(384, 3000), (384, 1500)]
+    assert shapes("whisper_tiny_encoder", "tokens") == [(1500, 384)]
+    cross = [s for s in nodes("sd_block", "attention") if s.node.attrs["from"] == "text"]
+    assert len(cross) == 1 and cross[0].params == 2 * 320**2 + 2 * 768 * 320
 
 
 def test_every_zoo_spec_is_checked_against_a_source():
@@ -338,7 +372,8 @@ def test_nielsen_train_statement_reproduces_the_book():
     assert (train["init"], train["init_std"]) == ("gaussian", 1.0)
 
 
-@pytest.mark.parametrize("name", sorted(set(PUBLISHED) | set(BY_HAND) - {"mlp_mnist", "xor", "unet"}))
+@pytest.mark.parametrize("name", sorted(set(PUBLISHED) | set(BY_HAND) - {"mlp_mnist", "xor", "unet", "bert_base",
+                                                                          "whisper_tiny_encoder", "sd_block"}))
 def test_classifiers_end_in_softmax_and_say_how_to_train(name):
     a = zoo(name)
     assert a.graph.output.kind == "softmax"

@@ -458,3 +458,199 @@ class Permute(nn.Module):
 
 def swin_t() -> nn.Module:
     return SwinTransformer()
+# ---- issue 22: BERT, Whisper's encoder and a Stable Diffusion block, as Hugging Face writes them ----------------
+# (transformers' modeling_bert.py, eager attention; modeling_whisper.py's WhisperEncoder; diffusers'
+# ResnetBlock2D, Transformer2DModel and BasicTransformerBlock with the eager AttnProcessor), with the
+# submodule names of those files so that a reader can set one beside the other.
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads, self.head = heads, hidden // heads
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+
+    def split(self, x):
+        n, t, _ = x.shape
+        return x.view(n, t, self.heads, self.head).permute(0, 2, 1, 3)
+
+    def forward(self, x, extended_mask):
+        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head) + extended_mask
+        context = torch.matmul(scores.softmax(-1), v).permute(0, 2, 1, 3)
+        return context.reshape(x.shape)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float = 1e-12):
+        super().__init__()
+        self.self = BertSelfAttention(hidden, heads)
+        self.output_dense, self.attention_norm = nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=eps)
+        self.intermediate, self.output = nn.Linear(hidden, intermediate), nn.Linear(intermediate, hidden)
+        self.output_norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x, extended_mask):
+        a = self.attention_norm(self.output_dense(self.self(x, extended_mask)) + x)
+        return self.output_norm(self.output(nn.functional.gelu(self.intermediate(a))) + a)
+
+
+class Bert(nn.Module):
+    """BertModel's pooled output: word, position (a table of `positions` read at T) and token type
+    embeddings, LayerNorm; post-norm layers reading the extended mask (1 - mask) * the lowest float added
+    to the scores; the pooler (the first step, Linear, tanh)."""
+
+    def __init__(self, vocab=30522, hidden=768, layers=12, heads=12, intermediate=3072, positions=512, types=2):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, hidden)
+        self.position_embeddings = nn.Embedding(positions, hidden)
+        self.token_type_embeddings = nn.Embedding(types, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.register_buffer("position_ids", torch.arange(positions)[None], persistent=False)
+        self.layer = nn.ModuleList(BertLayer(hidden, heads, intermediate) for _ in range(layers))
+        self.pooler = nn.Linear(hidden, hidden)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        t = input_ids.shape[1]
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = self.norm(x + self.position_embeddings(self.position_ids[:, :t]))
+        extended = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.layer:
+            x = layer(x, extended)
+        return torch.tanh(self.pooler(x[:, 0]))
+
+
+def whisper_sinusoids(length: int, channels: int) -> torch.Tensor:
+    """openai/whisper's `sinusoids` (model.py)."""
+    increment = math.log(10000) / (channels // 2 - 1)
+    scaled = torch.arange(length)[:, None] * torch.exp(-increment * torch.arange(channels // 2))[None, :]
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
+
+
+class WhisperAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.k_proj = nn.Linear(d, d, bias=False)  # Whisper's keys have no bias
+        self.v_proj, self.q_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        split = lambda z: z.view(n, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q_proj(x) * (d // self.heads) ** -0.5), split(self.k_proj(x)), split(self.v_proj(x))
+        o = torch.matmul(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), v)
+        return self.out_proj(o.transpose(1, 2).reshape(n, t, d))
+
+
+class WhisperEncoderLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int):
+        super().__init__()
+        self.self_attn, self.self_attn_layer_norm = WhisperAttention(d, heads), nn.LayerNorm(d)
+        self.fc1, self.fc2, self.final_layer_norm = nn.Linear(d, ffn), nn.Linear(ffn, d), nn.LayerNorm(d)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class WhisperEncoder(nn.Module):
+    """WhisperEncoder: two Conv1d with gelu (the second of stride 2), positions added from a stored table of
+    Whisper's sinusoids, pre-norm layers, a final LayerNorm."""
+
+    def __init__(self, mels=80, d=384, heads=6, layers=4, ffn=1536, frames=3000):
+        super().__init__()
+        self.conv1 = nn.Conv1d(mels, d, 3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(frames // 2, d)
+        self.embed_positions.weight.data.copy_(whisper_sinusoids(frames // 2, d))
+        self.layers = nn.ModuleList(WhisperEncoderLayer(d, heads, ffn) for _ in range(layers))
+        self.layer_norm = nn.LayerNorm(d)
+
+    def forward(self, features):
+        x = nn.functional.gelu(self.conv2(nn.functional.gelu(self.conv1(features))))
+        x = x.permute(0, 2, 1) + self.embed_positions.weight
+        for layer in self.layers:
+            x = layer(x)
+        return self.layer_norm(x)
+
+
+class ResnetBlock2D(nn.Module):
+    def __init__(self, channels: int = 320, temb: int = 1280, groups: int = 32):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, channels), nn.Conv2d(channels, channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb, channels)
+        self.norm2, self.conv2 = nn.GroupNorm(groups, channels), nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, temb):
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(nn.functional.silu(temb))[:, :, None, None]
+        return x + self.conv2(nn.functional.silu(self.norm2(h)))
+
+
+class Attention(nn.Module):
+    """diffusers' Attention with the eager AttnProcessor: to_q, to_k, to_v without bias, to_out with one."""
+
+    def __init__(self, dim: int, heads: int, context: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k, self.to_v = (nn.Linear(context or dim, dim, bias=False) for _ in range(2))
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        n, t, d = x.shape
+        split = lambda z: z.view(n, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (d // self.heads) ** -0.5
+        return self.to_out(torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(n, t, d))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * inner)
+
+    def forward(self, x):
+        hidden, gate = self.proj(x).chunk(2, dim=-1)
+        return hidden * nn.functional.gelu(gate)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, context: int):
+        super().__init__()
+        self.norm1, self.attn1 = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.attn2 = nn.LayerNorm(dim), Attention(dim, heads, context)
+        self.norm3, self.ff = nn.LayerNorm(dim), nn.Sequential(GEGLU(dim, 4 * dim), nn.Linear(4 * dim, dim))
+
+    def forward(self, x, context):
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class Transformer2DModel(nn.Module):
+    def __init__(self, channels: int = 320, heads: int = 8, context: int = 768, groups: int = 32):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, heads, context)])
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x, context):
+        n, c, h, w = x.shape
+        hidden = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(n, h * w, c)
+        for block in self.transformer_blocks:
+            hidden = block(hidden, context)
+        hidden = hidden.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return self.proj_out(hidden) + x
+
+
+class SDBlock(nn.Module):
+    """down_blocks.0's first ResnetBlock2D and Transformer2DModel of Stable Diffusion 1.5 at 320 channels."""
+
+    def __init__(self, channels: int = 320, temb: int = 1280, heads: int = 8, context: int = 768):
+        super().__init__()
+        self.resnet = ResnetBlock2D(channels, temb)
+        self.attention = Transformer2DModel(channels, heads, context)
+
+    def forward(self, latent, temb, text):
+        return self.attention(self.resnet(latent, temb), text)

@@ -131,9 +131,10 @@ def vocabularies(loaded: Model) -> dict[str, int]:
     if loaded.graph is not None:
         from dlc.layers.dense import token_vocab
 
-        spec_vocab = token_vocab(loaded.graph)
-        if spec_vocab:
-            vocab[loaded.graph.input.name] = spec_vocab
+        for node in loaded.graph.inputs:  # each input of token ids (or a padding mask), not the first alone
+            spec_vocab = token_vocab(loaded.graph, node.name)
+            if spec_vocab:
+                vocab[node.name] = spec_vocab
     return vocab
 
 

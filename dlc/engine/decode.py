@@ -29,6 +29,7 @@ from dlc.engine.kernels import Arrays
 from dlc.engine.kernels.attention import causal_mask, rotary_tables, rotate
 from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.engine.kernels.recurrent import CELLS
+from dlc.engine.kernels.sequence import position_rows
 from dlc.engine.run import PLAIN_CTX, Plan, Step, compile_plan
 from dlc.graph import Graph, Network, Node
 
@@ -133,8 +134,9 @@ def recurrent_step(kind: str, params: Arrays, x: np.ndarray, carry: RecurrentSta
 # The attention attributes attention_step computes as the kernel does (grouped key/value heads are read
 # off Wk's shape, rope turns the new steps before they are cached, a window masks what a step reads); an
 # option beyond them that is set sends the network to the full window until attention_step follows it.
+# source_steps and source_dim are steps and dim but with from=, which, as mask=, reads a second input
 ATTENTION_FOLLOWED = frozenset({"heads", "steps", "dim", "head_dim", "causal", "bias", "dropout", "kv", "rope",
-                                "window"})
+                                "window", "source_steps", "source_dim"})
 
 # Kinds that mix steps but can run on new steps given what they keep of earlier ones.
 STEP_KERNELS = frozenset({"posembed", "attention", "rnn", "lstm", "gru"})
@@ -230,7 +232,7 @@ class Decoder:
         if kind == "attention":
             return attention_step(s.attrs, params, xs[0], self.memory[s.out])
         if kind == "posembed":
-            return xs[0] + params["P"][start:start + xs[0].shape[1]]
+            return xs[0] + position_rows(s.attrs, params, start, xs[0].shape[1], xs[0].dtype)
         if kind in ("rnn", "lstm", "gru"):
             return recurrent_step(kind, params, xs[0], self.memory[s.out])
         state = {k: self.net.state[f] for k, f in s.state}

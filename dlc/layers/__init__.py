@@ -51,6 +51,10 @@ def with_features(shape: "Shape", features: int) -> "Shape":
 # Option values that are not plain numbers or on/off switches.
 PAD = "pad"  # an int, a pair (height, width), `same` or `valid`
 LABEL = "label"  # the label of an earlier step (`tied=tok`); the compiler hands the rule a Ref to it
+# the label of an earlier step whose output the node reads besides the current tensor (`from=enc`,
+# `mask=m`): the compiler adds it to the node's inputs, after the current tensor, in the order of the
+# kind's options, and keeps the labelled node's name as the attribute
+READ = "read"
 COUNT = "count"  # a whole number >= 1, or absent (None) unless written (`kv=8`, `window=4096`)
 SIZES = "sizes"  # a whole number >= 1 or one per axis (`7x7`, a tuple), or absent (None) unless written
 AXIS = "axis"  # an axis of the input's shape (batch left out, negative from the end), or absent (None) unless written
@@ -204,7 +208,7 @@ class LayerKind:
     def default_attrs(self) -> dict:
         """Every option at its default and every flag off, as attribute values (pad 0, no label, count or axis).
         A flag may also be an option with a value (`rope` or `rope=500000`): off unless written."""
-        attrs = {k: (0 if v is PAD else None if v in (LABEL, COUNT, SIZES, AXIS) else v)
+        attrs = {k: (0 if v is PAD else None if v in (LABEL, READ, COUNT, SIZES, AXIS) else v)
                  for k, v in self.options.items()}
         attrs.update({f: False for f in self.flags})
         return attrs

@@ -92,4 +92,6 @@ def token_vocab(graph: Graph, name: str | None = None) -> int | None:
     name = name or graph.input.name
     vocabs = [n.attrs["vocab"] for n in graph.nodes
               if name in n.inputs and KINDS[n.kind].reads_tokens]
+    # a padding mask (attention's mask=) holds 1 to keep a step and 0 for padding: ids below 2
+    vocabs += [2 for n in graph.nodes if n.attrs.get("mask") == name]
     return min(vocabs, default=None)

@@ -2,7 +2,8 @@
 
 Resolved attributes: dropout p; noise sigma; leaky/elu alpha; bn eps, momentum, channels (bn normalises
 axis 1 of the batch tensor: channels of a signal, image or volume, features of a vector; gamma, beta trainable;
-mean, var non-trainable); instancenorm eps, channels (gamma, beta trainable, per channel); lrn size, alpha,
+mean, var non-trainable); instancenorm eps, channels (gamma, beta trainable, per channel); groupnorm groups,
+eps, channels (gamma, beta per channel; statistics per sample and group of C/groups channels); lrn size, alpha,
 beta, k (across channels: x / (k + alpha/size * sum x^2)^beta).
 softmax runs over channels of an image, signal or volume, features of a vector, the last axis of a
 sequence, or over `axis` (the index in the shape, batch left out; negative from the end): resolved `axis` >= 0.
@@ -20,7 +21,7 @@ from typing import Callable
 from dlc.errors import ShapeError
 from dlc.layers import (AXIS, BIAS, SCALE, SHIFT, CostRule, LayerKind, Role, Shape, elements, feature_axis, register,
                         statistic)
-from dlc.layers.spatial import image, is_spatial, show
+from dlc.layers.spatial import image, is_spatial, show, spatial
 
 
 def keep(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
@@ -199,6 +200,29 @@ register(LayerKind(
     params=lambda a, ins: {"gamma": (a["channels"],), "beta": (a["channels"],)},
     tensors={"gamma": SCALE, "beta": SHIFT},
     flops=lambda a, ins, out: 7 * elements(out) + 2 * a["channels"],
+))
+
+
+def resolve_groupnorm(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    c, _ = spatial(ins[0], "groupnorm")
+    g = attrs["groups"]
+    if g < 1 or c % g:
+        raise ShapeError(f"groupnorm {g} splits the {c} channels into groups: {g} must divide {c}", "groups")
+    if attrs["eps"] <= 0:  # it keeps the division by the standard deviation away from zero
+        raise ShapeError(f"groupnorm eps must be > 0 (received eps={attrs['eps']})", "eps")
+    return ins[0], dict(attrs, channels=c)
+
+
+# Group norm (Wu & He 2018; Stable Diffusion's UNet, 32 groups): each sample's C/G channels of a group
+# normalised together over their positions, then scaled and shifted per channel, as PyTorch's GroupNorm.
+# FLOPs as the ONNX form both PyTorch exporters and dlc write computes it: instancenorm's rule on the
+# (G, C/G·positions) view, its identity scale and shift included (7 per element, the eps add and the
+# square root per group), then the channels' gamma and beta (2 per element).
+register(LayerKind(
+    "groupnorm", resolve_groupnorm, size="int", size_required=True, size_attr="groups", options={"eps": 1e-5},
+    params=lambda a, ins: {"gamma": (a["channels"],), "beta": (a["channels"],)},
+    tensors={"gamma": SCALE, "beta": SHIFT},
+    flops=lambda a, ins, out: 9 * elements(out) + 2 * a["groups"],
 ))
 
 

@@ -18,17 +18,19 @@ Resolved attributes and tensors (batch left out):
   Each window of wh·ww tokens attends within itself, its scores plus B read at relative_index; the grid
   is first rolled up and left by the shift and windows of tokens from different regions of the rolled
   grid are kept apart by -100 added to their scores (torchvision's mask), then rolled back.
-- posembed: steps, dim; P (T, D) added to the sequence.
+- posembed: steps, dim, positions (the table's rows, >= steps), fixed; P (positions, D), its first T rows
+  added to the sequence; with `fixed` no P: sinusoids(T, D) of dlc.engine.kernels.sequence instead.
 - clstoken: dim; cls (D) put before the first step.
-- tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence).
+- tokens: an image C@HxW read as H·W steps of C features, row by row (ViT's patch sequence); a signal
+  C@L as L steps of C features (Whisper's encoder after its conv stem).
 - seqpool: steps, mode ("first", "last" or "mean", from the flags; mean when none is given).
 """
 
 from __future__ import annotations
 
 from dlc.errors import ShapeError
-from dlc.layers import (BIAS, COUNT, GLOBAL, SCALE, SHIFT, SIZES, Grid, LayerKind, Role, Shape, ShapeRule, elements,
-                        is_sequence, register, weight)
+from dlc.layers import (BIAS, COUNT, GLOBAL, READ, SCALE, SHIFT, SIZES, Grid, LayerKind, Role, Shape, ShapeRule, Signal,
+                        elements, is_sequence, register, weight)
 from dlc.layers.spatial import image, show
 
 
@@ -95,10 +97,10 @@ def resolve_attention(attrs, ins):
         raise ShapeError(f"rope turns pairs of a head's features: the head size {d}/{h} = {d // h} must be even")
     window = attrs["window"]
     if isinstance(window, tuple):
-        if attrs["causal"] or rope or kv != h:
-            raise ShapeError("attention window=HxW (Swin's windows on a token grid) takes neither causal, rope nor "
-                             "kv=", "window")
-        return ins[0], dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope,
+        if attrs["causal"] or rope or kv != h or attrs["from"] is not None or attrs["mask"] is not None:
+            raise ShapeError("attention window=HxW (Swin's windows on a token grid) takes neither causal, rope, "
+                             "kv=, from= nor mask=", "window")
+        return ins[0], dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope, source_steps=t, source_dim=d,
                             **grid_windows(ins[0], window, attrs["shift"]))
     if attrs["shift"]:
         raise ShapeError(f"attention shift={attrs['shift']} moves the windows of window=HxW on a token grid; "
@@ -108,7 +110,21 @@ def resolve_attention(attrs, ins):
         grid = f", or window={window}x{window} for windows of the token grid" if isinstance(ins[0], Grid) else ""
         raise ShapeError(f"attention window={window} is a sliding window over earlier steps: "
                          f"write it with `causal`{grid}", "window")
-    return ins[0], dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope)
+    # the labelled inputs follow the current tensor in the order of the options: from=, then mask=
+    read = iter(ins[1:])
+    s, e = (t, d)
+    if attrs["from"] is not None:
+        s, e = _sequence(next(read), "attention from=")
+        for option in ("causal", "rope"):  # both compare query and key positions, which cross-attention has not
+            if attrs[option]:
+                raise ShapeError(f"attention from={attrs['from']} reads keys from another sequence: `{option}` "
+                                 f"compares positions within one, write it without", option)
+    if attrs["mask"] is not None:
+        mask = next(read)
+        if mask != (s,):
+            raise ShapeError(f"attention mask={attrs['mask']} holds one value per key step, {s} of them "
+                             f"(`input seq {s} as {attrs['mask']}`), got {show(mask)}")
+    return ins[0], dict(attrs, steps=t, dim=d, head_dim=d // h, kv=kv, rope=rope, source_steps=s, source_dim=e)
 
 
 def grid_windows(shape: Shape, window: tuple[int, ...], shift: int) -> dict:
@@ -141,8 +157,8 @@ def window_tokens(a: dict) -> int:
 
 
 def attention_params(a, ins):
-    d, kd = a["dim"], a["kv"] * a["head_dim"]
-    p = {"Wq": (d, d), "Wk": (kd, d), "Wv": (kd, d), "Wo": (d, d)}
+    d, e, kd = a["dim"], a["source_dim"], a["kv"] * a["head_dim"]
+    p = {"Wq": (d, d), "Wk": (kd, e), "Wv": (kd, e), "Wo": (d, d)}
     if a["bias"]:
         p.update({"bq": (d,), "bk": (kd,), "bv": (kd,), "bo": (d,)})
     if windowed(a):
@@ -157,29 +173,31 @@ def projection_fans(a: dict, shape: Shape) -> tuple[float, float]:
 
 
 def attention_work(a: dict, queries: int, keys: int) -> tuple[int, int]:
-    """(MACs, FLOPs) of `queries` steps each attending over `keys` steps: the whole layer (queries = keys =
-    T) or one decode step at a context (queries = 1, dlc.serving)."""
-    # the four projections (D² per query for queries and output, D·kv·head_dim for keys and values; a
-    # decode step projects its new step alone), then Q·Kᵀ and the weighted sum of V (queries·keys·D each,
-    # over all query heads: grouped heads share keys and values, not the products). A causal mask or a
-    # window does not shrink a whole layer's: the dense kernels compute the whole square; rotary
-    # positions are elementwise, no MACs.
+    """(MACs, FLOPs) of `queries` steps each attending over `keys` steps: the whole layer (queries = T,
+    keys = T or the source's steps) or one decode step at a context (queries = 1, dlc.serving)."""
+    # the four projections (D² per query for queries and output; D·kv·head_dim for keys and values per
+    # projected step: each new step of self-attention, a decode step's alone, every step of the source of
+    # cross-attention, from its width E), then Q·Kᵀ and the weighted sum of V (queries·keys·D each, over
+    # all query heads: grouped heads share keys and values, not the products). A causal mask, a window
+    # or a padding mask does not shrink a whole layer's: the dense kernels compute the whole matrix;
+    # rotary positions are elementwise, no MACs.
     q, d, h, kd = queries, a["dim"], a["heads"], a["kv"] * a["head_dim"]
-    macs = 2 * q * d * d + 2 * q * d * kd + 2 * q * keys * d
+    projected = keys if a["from"] is not None else q
+    macs = 2 * q * d * d + 2 * projected * a["source_dim"] * kd + 2 * q * keys * d
     # 2·MACs, the bias adds (one per projected feature), the 1/sqrt(head_dim) scaling (1 per score),
     # softmax (3 per score) and rope's rotation (q·cos + swap(q)·sin: 3 per query and key feature)
     rope = 3 * q * (d + kd) if a["rope"] else 0
-    return macs, 2 * macs + (2 * q * (d + kd) if a["bias"] else 0) + 4 * h * q * keys + rope
+    return macs, 2 * macs + (2 * q * d + 2 * projected * kd if a["bias"] else 0) + 4 * h * q * keys + rope
 
 
 def attention_macs(a, ins, out):
     # within windows each step attends over its window's tokens, not over the whole grid
-    return attention_work(a, a["steps"], window_tokens(a) if windowed(a) else a["steps"])[0]
+    return attention_work(a, a["steps"], window_tokens(a) if windowed(a) else a["source_steps"])[0]
 
 
 def attention_flops(a, ins, out):
     if not windowed(a):
-        return attention_work(a, a["steps"], a["steps"])[1]
+        return attention_work(a, a["steps"], a["source_steps"])[1]
     scores = a["heads"] * a["steps"] * window_tokens(a)
     # the relative position bias added to every score, and the shifted windows' mask too
     return attention_work(a, a["steps"], window_tokens(a))[1] + scores * (2 if any(a["shift"]) else 1)
@@ -191,7 +209,8 @@ def attention_flops(a, ins, out):
 # ONNX export's gathers and products of activations say no more.
 register(LayerKind(
     "attention", resolve_attention, aliases=("mha",), size="int", size_required=True, size_attr="heads",
-    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": SIZES, "shift": 0},
+    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": SIZES, "shift": 0,
+             "from": READ, "mask": READ},
     flags=("causal", "rope"), params=attention_params,
     tensors={**{w: weight(projection_fans) for w in ("Wq", "Wk", "Wv", "Wo")},
              **{b: BIAS for b in ("bq", "bk", "bv", "bo")},
@@ -203,11 +222,26 @@ register(LayerKind(
 
 def resolve_posembed(attrs, ins):
     t, d = _sequence(ins[0], "posembed")
-    return ins[0], dict(attrs, steps=t, dim=d)
+    positions = attrs["positions"]
+    if attrs["fixed"]:
+        if positions is not None:
+            raise ShapeError(f"posembed fixed computes its positions, it has no table of {positions} rows to size: "
+                             f"write `posembed fixed`", "positions")
+        if d % 2 or d < 4:
+            raise ShapeError(f"posembed fixed pairs a sine and a cosine per frequency: the {d} features must be "
+                             f"even and at least 4")
+        positions = t
+    positions = t if positions is None else positions
+    if positions < t:
+        raise ShapeError(f"posembed {positions} has a table of {positions} positions, fewer than the {t} steps")
+    return ins[0], dict(attrs, steps=t, dim=d, positions=positions)
 
 
+# A learned table of `positions` rows (T unless written: BERT's 512 used at 128 tokens), of which a
+# sequence of T steps reads the first T; `fixed` is tensor2tensor's and Whisper's sinusoids, no parameters.
 register(LayerKind(
-    "posembed", resolve_posembed, params=lambda a, ins: {"P": (a["steps"], a["dim"])},
+    "posembed", resolve_posembed, size="int", size_attr="positions", flags=("fixed",),
+    params=lambda a, ins: {} if a["fixed"] else {"P": (a["positions"], a["dim"])},
     # GPT-2's and ViT's start, N(0, 0.02^2): small beside the token embeddings; not decayed, as in
     # both recipes
     tensors={"P": Role("table", std=0.02)},
@@ -226,6 +260,9 @@ register(LayerKind("clstoken", resolve_clstoken, params=lambda a, ins: {"cls": (
 
 
 def resolve_tokens(attrs, ins):
+    if isinstance(ins[0], Signal):  # C@L: its L positions, as Whisper's encoder turns its conv stem's output
+        c, steps = ins[0]
+        return (steps, c), dict(attrs)
     c, h, w = image(ins[0], "tokens")
     return Grid((h, w), c), dict(attrs)
 

@@ -472,10 +472,12 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     # the spatial sizes of an image or volume input, or of a signal's where the model has 1-D windows (a
     # rank-3 input is otherwise a sequence)
     signals = g.signals
-    image = next((t.shape[2:] for t in map(g.tensors.get, g.inputs)
-                  if t and t.known and (len(t.shape) in (4, 5) or t.name in signals)), None)
-    fields: dict[str, ReceptiveField | None] = {
-        name: ReceptiveField((1,) * len(image), (Fraction(1),) * len(image)) if image else None for name in g.inputs}
+    spatial = [t for t in map(g.tensors.get, g.inputs) if t and t.known and (len(t.shape) in (4, 5) or t.name in signals)]
+    image = spatial[0].shape[2:] if spatial else None
+    # a field for each spatial input; none for a vector or a sequence beside it (a diffusion block's time
+    # embedding and text), as the spec's analysis has it
+    fields: dict[str, ReceptiveField | None] = dict.fromkeys(g.inputs)
+    fields.update((t.name, ReceptiveField((1,) * len(image), (Fraction(1),) * len(image))) for t in spatial)
 
     producer_node = {o: n for n in g.nodes for o in n.output if o}
     stats, uncounted, owner, types = [], [], {}, set()

@@ -14,9 +14,10 @@ import math
 from typing import Any, Protocol
 
 import numpy as np
-from onnx import NodeProto, helper, numpy_helper
+from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from dlc.engine.kernels.attention import hidden_keys, relative_index, rotary_tables, window_mask, window_order
+from dlc.engine.kernels.sequence import sinusoids
 from dlc.graph import Node
 from dlc.layers import KINDS
 from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET, ROTARY_OPSET
@@ -146,6 +147,27 @@ def lower_bn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
 def lower_instancenorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     return [op("InstanceNormalization", [x[0], param(n, "gamma"), param(n, "beta")], n.name, n.name,
                epsilon=float(n.attrs["eps"]))]
+
+
+def lower_groupnorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # PyTorch's form (both exporters): InstanceNormalization of the (N, G, rest) view with an identity scale
+    # and shift, then the channels' gamma and beta broadcast over the positions. Not GroupNormalization:
+    # ONNX's shape inference gives it no shape, and before opset 21 it scales per group.
+    a, p = n.attrs, n.name
+    g = a["groups"]
+    per_channel = [a["channels"]] + [1] * (len(n.out_shape) - 1)
+    return [const(f"{p}/groups", [0, g, -1]),
+            op("Reshape", [x[0], f"{p}/groups"], f"{p}/grouped", f"{p}/group"),
+            const(f"{p}/ones", np.ones(g), np.float32), const(f"{p}/zeros", np.zeros(g), np.float32),
+            op("InstanceNormalization", [f"{p}/grouped", f"{p}/ones", f"{p}/zeros"], f"{p}/normalised",
+               f"{p}/normalise", epsilon=float(a["eps"])),
+            const(f"{p}/shape", [0, *n.out_shape]),  # a constant (PyTorch: Shape of x), which opset 13 infers
+            op("Reshape", [f"{p}/normalised", f"{p}/shape"], f"{p}/ungrouped", f"{p}/ungroup"),
+            const(f"{p}/per_channel", per_channel),
+            op("Reshape", [param(n, "gamma"), f"{p}/per_channel"], f"{p}/gamma", f"{p}/gamma"),
+            op("Reshape", [param(n, "beta"), f"{p}/per_channel"], f"{p}/beta", f"{p}/beta"),
+            op("Mul", [f"{p}/ungrouped", f"{p}/gamma"], f"{p}/scaled", f"{p}/scale"),
+            op("Add", [f"{p}/scaled", f"{p}/beta"], p, p)]
 
 
 def lower_lrn(n: Node, x: list[str], opset: int) -> list[NodeProto]:
@@ -330,25 +352,27 @@ def lower_rmsnorm(n: Node, x: list[str], opset: int) -> list[NodeProto]:
 
 
 def lower_attention(n: Node, x, opset):
-    """Multi-head self-attention as MatMul/Softmax: projections, heads split by Reshape/Transpose,
-    rope on queries and keys (RotaryEmbedding from opset 23, below it Mul/Add with cos and sin tables),
-    grouped key/value heads repeated to the query heads (Unsqueeze/Expand/Reshape, PyTorch's
-    repeat_interleave), scaled scores, the causal or window mask as a constant (Where to -inf), softmax,
-    the weighted sum, heads joined, the output projection. Attention dropout is the identity at inference.
+    """Multi-head attention as MatMul/Softmax: projections (keys and values of the `from=` source for
+    cross-attention), heads split by Reshape/Transpose, rope on queries and keys (RotaryEmbedding from
+    opset 23, below it Mul/Add with cos and sin tables), grouped key/value heads repeated to the query
+    heads (Unsqueeze/Expand/Reshape, PyTorch's repeat_interleave), scaled scores, the causal or window
+    mask as a constant (Where to -inf), the padding mask of `mask=` (Cast to bool, Where to the lowest
+    float, as the NumPy engine), softmax, the weighted sum, heads joined, the output projection.
+    Attention dropout is the identity at inference.
     Swin's windows (window=HxW) gather the steps into windows of the batch axis first (Gather by the
     NumPy engine's window_order, Reshape), add the bias table read at relative_index (Gather, Reshape,
     Transpose) and the shifted windows' -100 mask (a constant) to the scaled scores, and put each
     window's outputs back on their steps (Reshape, Gather by the inverse order)."""
     a, p = n.attrs, n.name
     if not isinstance(a["window"], tuple):
-        return attention_nodes(n, x[0], opset, a["steps"], p)
+        return attention_nodes(n, x, opset, a["steps"], a["source_steps"], p)
     order = window_order(a["grid"], a["window"], a["shift"])
     tokens = a["window"][0] * a["window"][1]
     nodes = [const(f"{p}/order", order.tolist()),
              op("Gather", [x[0], f"{p}/order"], f"{p}/gathered", f"{p}/gather", axis=1),
              const(f"{p}/windows_shape", [-1, tokens, a["dim"]]),
              op("Reshape", [f"{p}/gathered", f"{p}/windows_shape"], f"{p}/windows", f"{p}/windows")]
-    nodes += attention_nodes(n, f"{p}/windows", opset, tokens, f"{p}/windowed")
+    nodes += attention_nodes(n, [f"{p}/windows"], opset, tokens, tokens, f"{p}/windowed")
     return nodes + [const(f"{p}/steps_shape", [-1, a["steps"], a["dim"]]),
                     op("Reshape", [f"{p}/windowed", f"{p}/steps_shape"], f"{p}/in_order", f"{p}/in_order"),
                     const(f"{p}/back", np.argsort(order).tolist()),
@@ -379,27 +403,30 @@ def window_bias(n: Node, scores: str) -> tuple[list[NodeProto], str]:
                     ], f"{p}/masked"
 
 
-def attention_nodes(n: Node, x: str, opset: int, t: int, out: str) -> list[NodeProto]:
-    """lower_attention over the T steps of x (N, T, D): the whole sequence, or Swin's windows."""
+def attention_nodes(n: Node, x: list[str], opset: int, t: int, s: int, out: str) -> list[NodeProto]:
+    """lower_attention over the T steps of x[0] (N, T, D), keys from S steps (the source's with
+    `from=`): the whole sequence, or Swin's windows."""
     a, p = n.attrs, n.name
     d, h, dh, kv = a["dim"], a["heads"], a["head_dim"], a["kv"]
     bias = a["bias"]
+    # the labelled inputs follow the current tensor in the order of the options: from=, then mask=
+    source = x[1] if a["from"] is not None else x[0]
     nodes = [const(f"{p}/joined_shape", [0, t, d])]
     split = {}  # each projection's heads (N, T, heads, dh), turned and repeated as the options say
-    for w, heads in (("q", h), ("k", kv), ("v", kv)):
-        nodes += linear(x, n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
+    for w, heads, read, steps in (("q", h, x[0], t), ("k", kv, source, s), ("v", kv, source, s)):
+        nodes += linear(read, n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
         now, turn = f"{p}/{w}", a["rope"] and w != "v"
         if turn and opset >= ROTARY_OPSET:
             nodes += rotary_embedding(n, now, heads, f"{p}/{w}_turned", tables=w == "q")
             now = f"{p}/{w}_turned"
-        nodes += [const(f"{p}/{w}_shape", [0, t, heads, dh]),
+        nodes += [const(f"{p}/{w}_shape", [0, steps, heads, dh]),
                   op("Reshape", [now, f"{p}/{w}_shape"], f"{p}/{w}_split", f"{p}/{w}_split")]
         now = f"{p}/{w}_split"
         if turn and opset < ROTARY_OPSET:
             nodes += rotate_half(n, now, f"{p}/{w}_turned", tables=w == "q")
             now = f"{p}/{w}_turned"
         if w != "q" and kv < h:
-            nodes += repeat_heads(n, now, f"{p}/{w}_repeated")
+            nodes += repeat_heads(n, now, f"{p}/{w}_repeated", steps)
             now = f"{p}/{w}_repeated"
         split[w] = now
     # q, v: (N, H, T, dh); k: (N, H, dh, T), so one MatMul gives the scores
@@ -419,6 +446,13 @@ def attention_nodes(n: Node, x: str, opset: int, t: int, out: str) -> list[NodeP
     if isinstance(a["window"], tuple):
         extra, scores = window_bias(n, scores)
         nodes += extra
+    if a["mask"] is not None:  # (N, S) -> (N, 1, 1, S): one row of keys for every head and query
+        nodes += [op("Cast", [x[-1]], f"{p}/kept", f"{p}/kept", to=TensorProto.BOOL),
+                  const(f"{p}/kept_axes", [1, 2]),
+                  op("Unsqueeze", [f"{p}/kept", f"{p}/kept_axes"], f"{p}/kept_keys", f"{p}/kept_keys"),
+                  const(f"{p}/lowest", np.finfo(np.float32).min, np.float32),
+                  op("Where", [f"{p}/kept_keys", scores, f"{p}/lowest"], f"{p}/padded", f"{p}/padding")]
+        scores = f"{p}/padded"
     nodes += [op("Softmax", [scores], f"{p}/weights", f"{p}/softmax", axis=-1),
               op("MatMul", [f"{p}/weights", f"{p}/v_heads"], f"{p}/heads", f"{p}/weighted_sum"),
               op("Transpose", [f"{p}/heads"], f"{p}/heads_last", f"{p}/join", perm=[0, 2, 1, 3]),
@@ -459,7 +493,7 @@ def rotary_embedding(n: Node, x: str, heads: int, out: str, tables: bool) -> lis
     return [*(written if tables else []), rotation]
 
 
-def repeat_heads(n: Node, x: str, out: str) -> list[NodeProto]:
+def repeat_heads(n: Node, x: str, out: str, steps: int) -> list[NodeProto]:
     """(N, T, kv, dh) -> (N, T, heads, dh), each key/value head repeated for the heads/kv query heads of its
     group, in a row (PyTorch's repeat_interleave, Hugging Face's repeat_kv)."""
     a = n.attrs
@@ -467,12 +501,21 @@ def repeat_heads(n: Node, x: str, out: str) -> list[NodeProto]:
     return [const(f"{out}/axis", [3]), op("Unsqueeze", [x, f"{out}/axis"], f"{out}/one", f"{out}/unsqueeze"),
             const(f"{out}/group", [1, 1, 1, group, 1]),
             op("Expand", [f"{out}/one", f"{out}/group"], f"{out}/grouped", f"{out}/expand"),
-            const(f"{out}/shape", [0, a["steps"], a["heads"], a["head_dim"]]),
+            const(f"{out}/shape", [0, steps, a["heads"], a["head_dim"]]),
             op("Reshape", [f"{out}/grouped", f"{out}/shape"], out, out)]
 
 
 def lower_posembed(n: Node, x, opset):
-    return [op("Add", [x[0], param(n, "P")], n.name, n.name)]
+    a, p = n.attrs, n.name
+    if a["fixed"]:  # a constant, not an initializer: the sinusoids are no parameters
+        return [const(f"{p}/sinusoids", sinusoids(0, a["steps"], a["dim"], np.float32), np.float32),
+                op("Add", [x[0], f"{p}/sinusoids"], p, p)]
+    if a["positions"] == a["steps"]:
+        return [op("Add", [x[0], param(n, "P")], p, p)]
+    # the table's first T rows, as Hugging Face's BERT gathers its position ids 0..T-1
+    return [const(f"{p}/first", list(range(a["steps"]))),
+            op("Gather", [param(n, "P"), f"{p}/first"], f"{p}/rows", f"{p}/rows", axis=0),
+            op("Add", [x[0], f"{p}/rows"], p, p)]
 
 
 def lower_clstoken(n: Node, x, opset):
@@ -666,6 +709,7 @@ LOWER: dict[str, Lowering] = {
     "reduce": lower_reduce,
     "pad": lower_pad,
     "instancenorm": lower_instancenorm,
+    "groupnorm": lower_groupnorm,  # issue 22
     "pixelshuffle": lower_pixelshuffle,
     "tile": lower_tile,
     "slice": lower_slice,

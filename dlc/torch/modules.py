@@ -228,13 +228,19 @@ def attention(node: Node, ins: list[Shape]) -> TorchLayer:
         return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names + ("B",))))
     module = _call("SelfAttention", a["dim"], a["heads"], causal=(bool(a["causal"]), False),
                    bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0), kv=(a["kv"], a["heads"]),
-                   rope=(float(a["rope"]), 0.0), window=(a["window"], None))
-    return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names)))
+                   rope=(float(a["rope"]), 0.0), window=(a["window"], None),
+                   source=(a["source_dim"] if a["from"] is not None else None, None),
+                   masked=(a["mask"] is not None, False))
+    # {xs}: the current tensor, then the labelled ones in the order of the options (from=, mask=)
+    return TorchLayer("{m}({xs})", module, _same(*((n, n) for n in names)))
 
 
 def posembed(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    return TorchLayer("{x} + {m}.P", f"Weights(P=({a['steps']}, {a['dim']}))", _same(("P", "P")))
+    if a["fixed"]:
+        return TorchLayer(f"{{x}} + sinusoids({a['steps']}, {a['dim']}, {{x}})")
+    rows = "" if a["positions"] == a["steps"] else f"[:{a['steps']}]"  # a longer table's first T rows
+    return TorchLayer(f"{{x}} + {{m}}.P{rows}", f"Weights(P=({a['positions']}, {a['dim']}))", _same(("P", "P")))
 
 
 def clstoken(node: Node, ins: list[Shape]) -> TorchLayer:
@@ -302,6 +308,12 @@ def instancenorm(node: Node, ins: list[Shape]) -> TorchLayer:
     # affine: ONNX's operator always scales and shifts, and so does dlc's kind
     a = node.attrs
     return TorchLayer("{m}({x})", _call("nn.InstanceNorm2d", a["channels"], eps=(a["eps"], 1e-5), affine=(True, False)),
+                      _same(("gamma", "weight"), ("beta", "bias")))
+
+
+def groupnorm(node: Node, ins: list[Shape]) -> TorchLayer:
+    a = node.attrs
+    return TorchLayer("{m}({x})", _call("nn.GroupNorm", a["groups"], a["channels"], eps=(a["eps"], 1e-5)),
                       _same(("gamma", "weight"), ("beta", "bias")))
 
 
@@ -379,6 +391,7 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "reduce": reduce,
     "pad": pad,
     "instancenorm": instancenorm,
+    "groupnorm": groupnorm,  # issue 22
     "pixelshuffle": function("F.pixel_shuffle({x}, {factor})"),
     "reshape": lambda node, ins: TorchLayer(f"{{x}}.reshape(len({{x}}), {', '.join(map(str, node.attrs['shape']))})"),
     "slice": lambda node, ins: TorchLayer(f"{{x}}.narrow({node.attrs['dim'] + 1}, {node.attrs['begin']}, "

@@ -75,6 +75,15 @@ def rotary_tables(steps: int, head_dim: int, theta: float, dtype, device):
     return (torch.cat((cos, cos), -1).to(device, dtype), torch.cat((-sin, sin), -1).to(device, dtype))
 
 
+def sinusoids(steps: int, dim: int, like):
+    """posembed fixed: tensor2tensor's and Whisper's positions 0..steps-1, sin(p·w_i) then cos(p·w_i),
+    w_i = 10000^(-i/(dim/2 - 1)), in the dtype and on the device of `like`. Angles in float64."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000) / (half - 1) * torch.arange(half, dtype=torch.float64))
+    angles = torch.arange(steps, dtype=torch.float64)[:, None] * frequencies
+    return torch.cat((angles.sin(), angles.cos()), 1).to(like.device, like.dtype)
+
+
 def rotate(x, cos, sin):
     """x·cos + rotate_half(x)·sin over the last axis, with sin as rotary_tables gives it."""
     half = x.shape[-1] // 2
@@ -87,24 +96,30 @@ class SelfAttention(nn.Module):
     weight, biases bq, bk, bv, bo. `causal` hides later steps from each step, and `window` the steps
     `window` or more back; `kv` key/value heads each serve heads/kv query heads in a row; `rope` (the
     base theta, 0 for none) turns queries and keys by their positions; `dropout` acts on the attention
-    weights in training."""
+    weights in training. `source` (the width of another sequence, forward's second tensor) makes it
+    cross-attention: keys and values from that sequence; `masked`: forward's last tensor is a padding
+    mask (N, S), 1 for a key to keep and 0 for padding, whose scores become the lowest float."""
 
     def __init__(self, dim: int, heads: int, causal: bool = False, bias: bool = True, dropout: float = 0.0,
-                 kv: int | None = None, rope: float = 0.0, window: int | None = None):
+                 kv: int | None = None, rope: float = 0.0, window: int | None = None, source: int | None = None,
+                 masked: bool = False):
         super().__init__()
         self.heads, self.causal, self.dropout = heads, causal, dropout
         self.kv, self.rope, self.window = kv or heads, rope, window
+        self.cross, self.masked = source is not None, masked
         sizes = {"q": dim, "k": self.kv * (dim // heads), "v": self.kv * (dim // heads), "o": dim}
         for p, size in sizes.items():
-            shape = (size, dim) if p != "o" else (dim, dim)
+            shape = (size, dim) if p in "qo" or source is None else (size, source)
             self.register_parameter("W" + p, nn.Parameter(nn.init.xavier_uniform_(torch.empty(shape))))
             self.register_parameter("b" + p, nn.Parameter(torch.zeros(shape[0])) if bias else None)
 
-    def forward(self, x):
+    def forward(self, x, *read):
         n, t, d = x.shape
         dh = d // self.heads
+        source = read[0] if self.cross else x
+        s = source.shape[1]
         q = F.linear(x, self.Wq, self.bq).view(n, t, self.heads, dh).transpose(1, 2)
-        k, v = (F.linear(x, w, b).view(n, t, self.kv, dh).transpose(1, 2)
+        k, v = (F.linear(source, w, b).view(n, s, self.kv, dh).transpose(1, 2)
                 for w, b in ((self.Wk, self.bk), (self.Wv, self.bv)))
         if self.rope:
             cos, sin = rotary_tables(t, dh, self.rope, x.dtype, x.device)
@@ -116,6 +131,14 @@ class SelfAttention(nn.Module):
             steps = torch.arange(t, device=x.device)
             back = steps[:, None] - steps[None, :]
             seen = (back >= 0) & (back < self.window)  # Mistral: itself and the window-1 steps before
+        if self.masked:
+            kept = (read[-1] != 0)[:, None, None, :]  # (N, 1, 1, S): every head and query
+            if self.causal and seen is None:
+                seen = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            kept = kept if seen is None else kept & seen
+            # a float mask: padding at the lowest float, as Hugging Face's BERT, so that a query whose
+            # keys are all padding averages them (a boolean one would give it NaN)
+            seen = torch.zeros(kept.shape, dtype=x.dtype, device=x.device).masked_fill(~kept, torch.finfo(x.dtype).min)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=seen,
                                            dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=self.causal and seen is None)

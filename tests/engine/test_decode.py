@@ -115,7 +115,8 @@ def test_grouped_key_value_heads_are_cached_once_per_group():
     params = {w: rng.normal(size=(d, d)) for w in ("Wq", "Wo")}
     params.update({w: rng.normal(size=(kv * dh, d)) for w in ("Wk", "Wv")})
     params.update({b: rng.normal(size=len(params["W" + b[1]])) for b in ("bq", "bk", "bv", "bo")})
-    attrs = {"heads": heads, "head_dim": dh, "causal": True, "dropout": 0.0, "kv": heads, "rope": False, "window": None}
+    attrs = {"heads": heads, "head_dim": dh, "causal": True, "dropout": 0.0, "kv": heads, "rope": False, "window": None,
+             "from": None, "mask": None}
     x = rng.normal(size=(1, t, d))
     full = {k: np.repeat(v.reshape(kv, dh, *v.shape[1:]), heads // kv, axis=0).reshape(d, *v.shape[1:])
             if k[1] in "kv" else v for k, v in params.items()}
@@ -185,6 +186,7 @@ def test_every_kind_is_classified_for_the_step_by_step_decoder():
     full_window_kinds = {"conv", "dwconv", "upconv", "avgpool", "maxpool", "gap", "gmp", "bn", "lrn", "upsample",
                          "flatten", "tokens", "clstoken", "seqpool", "concat", "input",
                          "pad", "instancenorm", "pixelshuffle", "tile", "slice", "reshape",  # issue 28's kinds
-                         "patchmerge"}  # Swin's: it joins neighbouring tokens of a grid
+                         "patchmerge",  # Swin's: it joins neighbouring tokens of a grid
+                         "groupnorm"}  # issue 22: images and signals, not a sequence's steps
     unclassified = set(KINDS) - POSITIONWISE - STEP_KERNELS - full_window_kinds
     assert not unclassified, f"say whether {sorted(unclassified)} run step by step (dlc/engine/decode.py)"

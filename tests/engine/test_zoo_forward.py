@@ -18,11 +18,15 @@ from zoo_weights import zoo_names_with_weights
 BIG = 50_000_000  # params above which a zoo network runs at batch 1 (GPT-2 small: 145 G MACs a sample)
 
 
-def random_batch(graph, batch: int, rng) -> np.ndarray:
-    shape = (batch, *graph.input.out_shape)
-    if graph.input.dtype.startswith("int"):
-        return rng.integers(0, token_vocab(graph), size=shape)
-    return rng.standard_normal(shape, dtype=np.float32)
+def random_batch(graph, batch: int, rng) -> np.ndarray | dict:
+    """A batch of the input, or of each input by name (BERT's ids, token types and mask)."""
+    def draw(node):
+        shape = (batch, *node.out_shape)
+        if node.dtype.startswith("int"):
+            return rng.integers(0, token_vocab(graph, node.name), size=shape)
+        return rng.standard_normal(shape, dtype=np.float32)
+    feeds = {n.name: draw(n) for n in graph.inputs}
+    return feeds if len(feeds) > 1 else feeds[graph.input.name]
 
 
 @pytest.mark.slow

@@ -241,6 +241,21 @@ def test_instancenorm_cyclegan_after_its_first_conv():
         last("input 12\ninstancenorm")
 
 
+# --- groupnorm (issue 22) ------------------------------------------------------------------------
+
+def test_groupnorm_stable_diffusions_resblock_norm():
+    # SD's first ResBlock normalises 320@64x64 in 32 groups of 10 channels: gamma and beta 2*320 = 640
+    # params, none running; FLOPs 9 per element + 2 per group: 9*320*64*64 + 64 = 11,796,544.
+    s = last("input 320@64x64\ngroupnorm 32 silu", "groupnorm")
+    assert figures(s) == ((320, 64, 64), 640, 0, 0, 11_796_544) and s.node.attrs["channels"] == 320
+    # on a signal (Whisper-style 1-D features) and a volume: the channels' groups over every position
+    assert figures(last("input 8@100\ngroupnorm 2")) == ((8, 100), 16, 0, 0, 9 * 800 + 4)
+    assert last("input 4@3x5x5\ngroupnorm 4 eps=1e-6").params == 8
+    fails("input 320@8x8\ngroupnorm 30", 2, "30 must divide 320")
+    fails("input 320@8x8\ngroupnorm 32 eps=0", 2, "eps")
+    fails("input seq 4 of 8\ngroupnorm 2", 2, "signal C@L, an image C@HxW or a volume")
+
+
 # --- pixelshuffle (issue 28) ---------------------------------------------------------------------
 
 def test_pixelshuffle_espcn_upscales_by_three():
@@ -839,15 +854,74 @@ def test_attention_option_errors_point_at_the_value():
     assert err.value.pos.col == len("attention 4 kv=") + 1  # the caret under the value
 
 
+CROSS = "input seq 10 of 16 as text\ninput seq 10 as pad\ninput seq 7 of 32 as img\n"
+UNREAD = "input seq 10 of 16 as text\ninput seq 7 of 32 as img\n"
+
+
+def test_cross_attention_projects_the_source_from_its_own_width():
+    # 7 queries of D = 32, 4 heads, keys and values from 10 text steps of E = 16. Params: Wq, Wo 32x32
+    # (1,024 each), Wk, Wv 32x16 (512 each), biases 4*32: 3,200. MACs: query and output projections
+    # 2*7*32^2 = 14,336; key and value projections once per source step 2*10*16*32 = 10,240; scores and
+    # weighted sum 2*7*10*32 = 4,480: 29,056. FLOPs: 2*29,056 + biases 2*7*32 + 2*10*32 = 1,088 + scaling
+    # and softmax 4 per score and head 4*4*7*10 = 1,120: 60,320.
+    s = last(UNREAD + "attention 4 from=text")
+    assert figures(s) == ((7, 32), 3_200, 0, 29_056, 60_320)
+    assert s.node.inputs == ["img", "text"] and (s.node.attrs["source_steps"], s.node.attrs["source_dim"]) == (10, 16)
+    # a padding mask over the 10 keys adds an input and nothing else
+    m = last(CROSS + "attention 4 from=text mask=pad")
+    assert figures(m) == figures(s) and m.node.inputs == ["img", "text", "pad"]
+    # grouped heads: kv=2 keys and values of 2*8 = 16 features, Wk and Wv 16x16
+    assert last(UNREAD + "attention 4 from=text kv=2").params == 2 * 1_024 + 2 * 256 + 32 + 16 + 16 + 32
+
+
+def test_a_padding_mask_on_self_attention_counts_as_without_it():
+    plain = last("input seq 10 of 16\nattention 4")
+    masked = last("input seq 10 as pad\ninput seq 10 of 16 as words\nattention 4 mask=pad causal")
+    assert figures(masked) == figures(plain) == ((10, 16), 1_088, 0, 13_440, 29_120)
+
+
+def test_cross_attention_and_mask_errors():
+    fails(CROSS + "attention 4 from=text causal mask=pad", 4, "from=text", "causal")
+    fails(CROSS + "attention 4 from=text rope mask=pad", 4, "rope")
+    fails(CROSS + "attention 4 mask=pad", 4, "mask=pad", "7", "10")  # self-attention: 7 keys, not 10
+    fails(CROSS + "attention 4 from=pad", 4, "sequence TxD")
+    fails(CROSS + "attention 4 from=nowhere", 4, "nowhere")
+    fails(CROSS + "attention 4 from=3", 4, "from takes the label")
+    fails(CROSS + "attention 4 from=text", 2, "never read", "mask=pad")
+
+
 def test_posembed_adds_a_table_of_positions():
     # a T x D table: 10*16 = 160 params, one add per element.
     assert figures(last("input seq 10 of 16\nposembed")) == ((10, 16), 160, 0, 0, 160)
     fails("input 16\nposembed", 2, "sequence")
 
 
+def test_posembed_with_a_longer_table_or_fixed_sinusoids():
+    # BERT-base's positions: a 512 x 768 table read at 128 tokens is 393,216 params (128 x 768 would be
+    # 98,304); one add per element of the 128 x 768 output
+    assert figures(last("input seq 128 of 768\nposembed 512")) == ((128, 768), 393_216, 0, 0, 98_304)
+    # sinusoids: nothing learned, the same add
+    assert figures(last("input seq 1500 of 384\nposembed fixed")) == ((1500, 384), 0, 0, 0, 576_000)
+    fails("input seq 10 of 16\nposembed 8", 2, "8 positions", "10 steps")
+    fails("input seq 10 of 16\nposembed 20 fixed", 2, "posembed fixed")
+    fails("input seq 10 of 7\nposembed fixed", 2, "even")
+    fails("input seq 10 of 2\nposembed fixed", 2, "at least 4")  # one frequency: 10000^(-i/0)
+
+
+
 def test_clstoken_puts_one_learned_step_first():
     # ViT: 196 patches + the class token = 197 steps; D = 768 params.
     assert figures(last("input seq 196 of 768\nclstoken")) == ((197, 768), 768, 0, 0, 0)
+
+
+def test_tokens_reads_a_signal_as_a_sequence_of_its_positions():
+    # Whisper's stem: 80@3000 -> conv 384@3 pad=1 -> 384@3000 -> conv 384@3/2 pad=1 -> 384@1500 (floor((3000 +
+    # 2 - 3)/2) + 1), read as 1500 steps of 384 features
+    a = analysed("input 80@3000\nconv 384@3 pad=1 gelu\nconv 384@3/2 pad=1 gelu\ntokens")
+    assert figures(a.nodes[-1]) == ((1500, 384), 0, 0, 0, 0)
+    assert [s.macs for s in a.nodes if s.node.kind == "conv"] == [384 * 3000 * 80 * 3, 384 * 1500 * 384 * 3]
+    with pytest.raises(DlcError, match="signal C@L or an image"):
+        last("input 4@2x3x3\ntokens")
 
 
 def test_tokens_reads_an_image_as_a_sequence_of_pixels():

@@ -58,11 +58,11 @@ def exercised_weights(graph, seed=0):
     return params, state
 
 
-def sample_batch(graph, n, seed=0):
+def sample_batch(graph, n, seed=0) -> dict:
+    """A batch of each input by name: token ids below their vocabulary (a mask's below 2), else N(0, 1)."""
     rng = np.random.default_rng(seed)
-    if graph.input.dtype == "int64":
-        return rng.integers(0, token_vocab(graph), (n, *graph.input.out_shape))
-    return rng.standard_normal((n, *graph.input.out_shape)).astype(np.float32)
+    return {i.name: rng.integers(0, token_vocab(graph, i.name), (n, *i.out_shape)) if i.dtype == "int64"
+            else rng.standard_normal((n, *i.out_shape)).astype(np.float32) for i in graph.inputs}
 
 
 def relative_error(got, want) -> float:
@@ -92,8 +92,9 @@ def assert_matches_engine(text: str, batch: int = 2, opset: int | None = None, f
         names.append(graph.output.inputs[0])
         model = with_output(model, names[1])
     # one session and one run give every compared tensor
-    got = session(model).run(names, {graph.input.name: x})
-    wanted = {node.name: y for node, y in activations(Network(graph, params, state), x) if node.name in names}
+    got = session(model).run(names, x)
+    feeds = x if len(x) > 1 else x[graph.input.name]
+    wanted = {node.name: y for node, y in activations(Network(graph, params, state), feeds) if node.name in names}
     for name, y in zip(names, got):
         want = wanted[name]
         assert y.shape == want.shape == (batch, *graph.node(name).out_shape)
@@ -214,6 +215,9 @@ KIND_CASES.update({
     "attention, Llama-style (kv, rope=500000, window, no bias)":
         "input seq 6 of 16 -> attention 4 kv=2 rope=500000 causal window=3 bias=off",
     "posembed": "input seq 5 of 4 -> posembed",
+    "posembed, the first T rows of a longer table (Gather)": "input seq 5 of 4 -> posembed 9",
+    "posembed fixed (a constant of sinusoids)": "input seq 5 of 4 -> posembed fixed",
+    "tokens of a signal": "input 3@7 -> conv 4@3 pad=1 -> tokens -> fc 2",
     "clstoken": "input seq 5 of 4 -> clstoken",
     "tokens": "input 3@2x4 -> tokens",
     "seqpool first": "input seq 5 of 4 -> seqpool first",
@@ -257,6 +261,8 @@ KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "pad reflect": "input 2@4x5 -> pad 1 top=3 right=2 mode=reflect -> conv 2@3x3",
     "pad replicate": "input 2@3x4 -> pad 2 mode=replicate",
     "instancenorm": "input 3@4x5 -> instancenorm eps=1e-3",
+    "groupnorm on an image": "input 6@4x5 -> groupnorm 3 eps=1e-3",
+    "groupnorm on a signal, one group": "input 4@9 -> groupnorm 1",
     "pixelshuffle": "input 8@3x2 -> pixelshuffle 2",
     "slice channels": "input 4@3x2 -> slice 2 start=1",
     "slice the last step": "input seq 4 of 3 -> slice 1 start=-1 axis=steps",

@@ -128,6 +128,9 @@ KIND_SPECS = {
             "-> neg -> abs -> exp -> clip max=2 -> prelu -> shift channels -> softmax axis=-1 "
             "-> reduce sum axis=1 keep -> reduce axis=1 -> logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift "
             "-> reduce axis=0 -> fc 3 logsoftmax",
+    # group norm on an image and a signal, its gamma and beta non-trivial (issue 22)
+    "groupnorm": "input 4@6x6 -> conv 8@3x3 pad=1 -> groupnorm 4 eps=1e-6 silu -> conv 6@3x3 -> groupnorm 3 -> gap "
+                 "-> fc 3",
     # padding and resampling (issue 28)
     "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
                   "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3",
@@ -178,6 +181,8 @@ RESAMPLING_MODULES = {
     "tile": (lambda: torch_models.Repeat((1, 2, 1, 3)), "tile 2@1x3"),
     "slice (narrow)": (lambda: torch_models.Narrow(2, 1, 3), "slice 3 start=1 axis=height"),
     "reshape": (lambda: torch_models.Reshape((3, 8, 8), (24, 8)), "reshape 24x8"),
+    # group norm: Reshape, InstanceNormalization, Reshape, Mul, Add from both exporters (issue 22)
+    "groupnorm": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8, eps=1e-6), nn.SiLU()), "groupnorm 4"),
     "upconv outpad": (lambda: nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)),
                       "upconv 4@3x3/2 pad=1 outpad=1"),
 }

@@ -114,7 +114,10 @@ patchmerge -> layernorm -> fc 16 bias=off             # 4x4 of 16
 add( layernorm -> attention 4 window=2x2 shift=1 bias=off | identity )
 layernorm -> seqpool -> fc 3
 """
-EXTRA = {"signal": SIGNAL, "small_swin": SMALL_SWIN, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+# issue 22: BERT's table read at fewer steps, Whisper's sinusoids
+POSITIONS = "input seq 6 of 8 -> posembed 10 -> posembed fixed -> attention 2 -> seqpool -> fc 3"
+GROUPNORM = "input 6@5x5 -> conv 8@3x3 pad=1 -> groupnorm 4 eps=1e-6 silu -> conv 4@3 -> groupnorm 2 -> gap -> fc 3"
+EXTRA = {"positions": POSITIONS, "groupnorm": GROUPNORM, "signal": SIGNAL, "small_swin": SMALL_SWIN, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
          "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}
@@ -144,13 +147,24 @@ def random_weights(graph, seed=0):
     return params, state
 
 
-def sample(graph, n=2, seed=1, node=None):
-    """A batch for the graph's input (or `node`, one of several): token ids below its embed's vocabulary."""
+def sample(graph, n=2, seed=1):
+    """A batch of the input, or a dict of one per input by name (BERT's ids, token types and mask)."""
     rng = np.random.default_rng(seed)
-    node = node or graph.input
-    if node.dtype.startswith("int"):
-        return rng.integers(0, token_vocab(graph, node.name), (n, *node.out_shape))
-    return rng.standard_normal((n, *node.out_shape))
+    feeds = {i.name: rng.integers(0, token_vocab(graph, i.name), (n, *i.out_shape)) if i.dtype.startswith("int")
+             else rng.standard_normal((n, *i.out_shape)) for i in graph.inputs}
+    return feeds if len(feeds) > 1 else feeds[graph.input.name]
+
+
+def run_torch(net, graph, x, rows=None, dtype=None):
+    """net's output on x (an array or a dict by input name): the first input positionally, the others by
+    name; the first `rows` samples, floats cast to `dtype`."""
+    def tensor(a):
+        t = torch.from_numpy(a[:rows])
+        return t.to(dtype) if dtype is not None and a.dtype.kind == "f" else t
+    if not isinstance(x, dict):
+        return net(tensor(x))
+    first = graph.input.name
+    return net(tensor(x[first]), **{k: tensor(v) for k, v in x.items() if k != first})
 
 
 @pytest.mark.slow
@@ -168,18 +182,17 @@ def test_generated_file_compiles_counts_params_and_matches_numpy(name):
     macs = analyse(graph).totals.macs
     if macs > COUNT_MACS:
         return
-    xs = {i.name: sample(graph, n=1 if macs > 1e8 else 2, node=i) for i in graph.inputs}  # forward's arguments
+    x = sample(graph, n=1 if macs > 1e8 else 2)
     if macs > FORWARD_MACS:
         with torch.no_grad():
-            y = net.float().eval()(*(torch.from_numpy(x).float()[:1] if x.dtype.kind == "f" else torch.from_numpy(x)[:1]
-                                     for x in xs.values()))
+            y = run_torch(net.float().eval(), graph, x, rows=1, dtype=torch.float32)
         assert tuple(y.shape[1:]) == graph.output.out_shape
         return
     params, state = random_weights(graph)
     net.double().from_dlc({k: torch.from_numpy(v) for k, v in {**params, **state}.items()})
     with torch.no_grad():
-        y = net.eval()(*map(torch.from_numpy, xs.values())).numpy()
-    expected = predict(Network(graph, params, state), xs if len(xs) > 1 else xs[graph.input.name])
+        y = run_torch(net.eval(), graph, x).numpy()
+    expected = predict(Network(graph, params, state), x)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 

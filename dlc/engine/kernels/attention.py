@@ -29,11 +29,12 @@ from dlc.engine.kernels.dense import row_max, row_sums
 from dlc.engine.kernels.elementwise import training_rng
 
 
-def _stacked(params) -> np.ndarray:
-    """Wq, Wk and Wv as one (D + 2·kv·head_dim, D) matrix: Q, K and V come from one matrix product, and
-    backward's weight and input gradients of all three from one each. Stacked anew when needed, not
-    kept: at GPT-2's size it is 7 MiB a layer."""
-    return np.concatenate((params["Wq"], params["Wk"], params["Wv"]))
+def _stacked(params, which: str = "qkv") -> np.ndarray:
+    """Wq, Wk and Wv as one (D + 2·kv·head_dim, D) matrix (Wk and Wv alone for cross-attention, whose
+    keys and values read another tensor): Q, K and V come from one matrix product, and backward's weight
+    and input gradients of all three from one each. Stacked anew when needed, not kept: at GPT-2's size
+    it is 7 MiB a layer."""
+    return np.concatenate([params["W" + w] for w in which])
 
 
 # Where positions enter: the rotary tables and the mask are functions of the query and key positions,
@@ -136,14 +137,14 @@ def window_scores(attrs: dict, table: np.ndarray) -> np.ndarray:
 @kernel("attention")
 def attention(attrs, params, state, xs, ctx):
     if not isinstance(attrs["window"], tuple):
-        y, back = attend(attrs, params, xs[0], ctx)
+        y, back = attend(attrs, params, xs, ctx)
         return y, lambda dy: back(dy)[:2]
     x = xs[0]
     n, t, d = x.shape
     order = window_order(attrs["grid"], attrs["window"], attrs["shift"])
     tokens = attrs["window"][0] * attrs["window"][1]
     windows = x[:, order].reshape(-1, tokens, d)
-    y_windows, back = attend(attrs, params, windows, ctx, window_scores(attrs, params["B"]))
+    y_windows, back = attend(attrs, params, [windows], ctx, window_scores(attrs, params["B"]))
     y = np.empty_like(y_windows, shape=x.shape)
     y[:, order] = y_windows.reshape(n, t, d)
 
@@ -158,35 +159,57 @@ def attention(attrs, params, state, xs, ctx):
     return y, backward
 
 
-def attend(attrs, params, x, ctx, extra: np.ndarray | None = None):
-    """Self-attention over the steps of x (N, T, D), `extra` (windows or 1, heads, T, T) added to the
+def attend(attrs, params, xs, ctx, extra: np.ndarray | None = None):
+    """Attention of the steps of xs[0] (N, T, D) over themselves, or over the source's steps with
+    `from=` (xs[1]); with `mask=` the mask follows. `extra` (windows or 1, heads, T, T) is added to the
     scaled scores of every run of `windows` consecutive samples (Swin's bias and mask). Its backward
     returns (dxs, grads, the gradient of extra summed over every sample and window: (heads, T, T), or
     None without extra)."""
+    x = xs[0]
+    # the labelled inputs, in the order of the kind's options: the source of keys and values, the mask
+    read = iter(xs[1:])
+    cross = attrs["from"] is not None
+    src = next(read) if cross else x
+    mask = next(read) if attrs["mask"] is not None else None
     n, t, d = x.shape
+    s, e = src.shape[1:]
     heads, kv, dh, p = attrs["heads"], attrs["kv"], attrs["head_dim"], float(attrs["dropout"])
     group, kd = heads // kv, attrs["kv"] * attrs["head_dim"]
     scale = 1 / math.sqrt(dh)
     bias = "bq" in params
-    x_rows = x.reshape(-1, d)
-    qkv = x_rows @ _stacked(params).T
-    if bias:
-        qkv += np.concatenate((params["bq"], params["bk"], params["bv"]))
-    # (N, kv, group, T, head_dim) queries and (N, kv, 1, T, head_dim) keys and values: query head
+    x_rows, src_rows = x.reshape(-1, d), src.reshape(-1, e)
+    if cross:  # queries from x, keys and values from the source: a product each
+        qp = x_rows @ params["Wq"].T
+        kvp = src_rows @ _stacked(params, "kv").T
+        if bias:
+            qp += params["bq"]
+            kvp += np.concatenate((params["bk"], params["bv"]))
+        qp, kvp = qp.reshape(n, t, d), kvp.reshape(n, s, 2 * kd)
+    else:
+        qkv = x_rows @ _stacked(params).T
+        if bias:
+            qkv += np.concatenate((params["bq"], params["bk"], params["bv"]))
+        qkv = qkv.reshape(n, t, d + 2 * kd)
+        qp, kvp = qkv[..., :d], qkv[..., d:]
+    # (N, kv, group, T, head_dim) queries and (N, kv, 1, S, head_dim) keys and values: query head
     # j·group + i reads key/value head j, and matmul broadcasts each key head over its group. Strided
     # views that matmul hands to BLAS as they are (a contiguous copy cost more than it saved).
-    q, k, v = _heads(qkv.reshape(n, t, d + 2 * kd), kv, group, dh)
+    q, (k, v) = _query_heads(qp, kv, group, dh), _kv_heads(kvp, kv, dh)
     positions = np.arange(t)
     if attrs["rope"]:
         cos, sin = rotary_tables(positions, dh, attrs["rope"], x.dtype)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-    a = q @ k.swapaxes(-1, -2)  # (N, kv, group, T, T): the scores, then the weights, in place
+    a = q @ k.swapaxes(-1, -2)  # (N, kv, group, T, S): the scores, then the weights, in place
     a *= scale
     if attrs["causal"]:
         # the diagonal is never masked, so no row is all -inf
         a += causal_mask(positions, positions, a.dtype, attrs["window"])
     if extra is not None:
         a.reshape(-1, extra.shape[0], *a.shape[1:3], t, t)[...] += extra[:, :, None]  # (kv, group) = (heads, 1)
+    if mask is not None:
+        # padding (0 in the mask) gets the lowest finite score, as Hugging Face's BERT: no weight, and a
+        # query whose keys are all padding averages them rather than dividing 0 by 0
+        np.copyto(a, np.finfo(a.dtype).min, where=(mask == 0)[:, None, None, None, :])
     a -= row_max(a)
     np.exp(a, out=a)
     a /= row_sums(a)
@@ -208,10 +231,14 @@ def attend(attrs, params, x, ctx, extra: np.ndarray | None = None):
         rows = dy.reshape(-1, d)
         grads = {"Wo": rows.T @ o_rows}
         do = (rows @ Wo).reshape(n, t, kv, group, dh).transpose(0, 2, 3, 1, 4)
-        # dQ, dK and dV written into one (N·T, D + 2·kv·head_dim) buffer: the gradient of the stacked
-        # projection, so its weight and input gradients are one product each
-        d_qkv = np.empty((n, t, d + 2 * kd), dtype=x.dtype)
-        dq, dk, dv = _heads(d_qkv, kv, group, dh)
+        # dQ, dK and dV written into the layout of the projections (one buffer for self-attention, the
+        # gradient of the stacked projection, so its weight and input gradients are one product each)
+        if cross:
+            d_qp, d_kvp = np.empty((n, t, d), dtype=x.dtype), np.empty((n, s, 2 * kd), dtype=x.dtype)
+        else:
+            d_qkv = np.empty((n, t, d + 2 * kd), dtype=x.dtype)
+            d_qp, d_kvp = d_qkv[..., :d], d_qkv[..., d:]
+        dq, (dk, dv) = _query_heads(d_qp, kv, group, dh), _kv_heads(d_kvp, kv, dh)
         weights = a if keep is None else a * keep
         # a key/value head's gradient sums over the query heads of its group
         grouped_product(weights.swapaxes(-1, -2), do, dv)
@@ -232,14 +259,26 @@ def attend(attrs, params, x, ctx, extra: np.ndarray | None = None):
         else:
             np.matmul(da, k, out=dq)
             grouped_product(da.swapaxes(-1, -2), q, dk)
+        if bias:
+            grads["bo"] = rows.sum(axis=0)
+        # the mask is read, not learned: no gradient for token ids, zero for a float mask
+        d_mask = [] if mask is None else [None if mask.dtype.kind in "iub" else np.zeros_like(mask)]
+        if cross:
+            g_q, g_kv = d_qp.reshape(-1, d), d_kvp.reshape(-1, 2 * kd)
+            grads["Wq"], dw = g_q.T @ x_rows, g_kv.T @ src_rows
+            grads["Wk"], grads["Wv"] = dw[:kd], dw[kd:]
+            if bias:
+                grads["bq"], db = g_q.sum(axis=0), g_kv.sum(axis=0)
+                grads["bk"], grads["bv"] = db[:kd], db[kd:]
+            return [(g_q @ params["Wq"]).reshape(n, t, d), (g_kv @ _stacked(params, "kv")).reshape(n, s, e),
+                    *d_mask], grads, d_extra
         g = d_qkv.reshape(-1, d + 2 * kd)
         dw = g.T @ x_rows
         grads["Wq"], grads["Wk"], grads["Wv"] = dw[:d], dw[d:d + kd], dw[d + kd:]
         if bias:
-            grads["bo"] = rows.sum(axis=0)
             db = g.sum(axis=0)
             grads["bq"], grads["bk"], grads["bv"] = db[:d], db[d:d + kd], db[d + kd:]
-        return [(g @ _stacked(params)).reshape(n, t, d)], grads, d_extra
+        return [(g @ _stacked(params)).reshape(n, t, d), *d_mask], grads, d_extra
     return y.reshape(n, t, d), backward
 
 
@@ -252,13 +291,19 @@ def grouped_product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         np.sum(a @ b, axis=2, keepdims=True, out=out)
 
 
-def _heads(qkv: np.ndarray, kv: int, group: int, dh: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of (N, T, D + 2·kv·head_dim) projections as queries (N, kv, group, T, head_dim) and keys and
-    values (N, kv, 1, T, head_dim); writing into a view writes into qkv."""
-    n, t, _ = qkv.shape
-    d, kd = kv * group * dh, kv * dh
-    q = qkv[..., :d].reshape(n, t, kv, group, dh)
-    k = qkv[..., d:d + kd].reshape(n, t, kv, 1, dh)
-    v = qkv[..., d + kd:].reshape(n, t, kv, 1, dh)
-    assert all(np.shares_memory(view, qkv) for view in (q, k, v))  # views, not copies (backward writes)
-    return tuple(view.transpose(0, 2, 3, 1, 4) for view in (q, k, v))
+def _query_heads(qp: np.ndarray, kv: int, group: int, dh: int) -> np.ndarray:
+    """A view of (N, T, heads·head_dim) query projections as (N, kv, group, T, head_dim); writing into it
+    writes into qp (backward's gradient buffers)."""
+    n, t, _ = qp.shape
+    q = qp.reshape(n, t, kv, group, dh)
+    assert np.shares_memory(q, qp)  # a view, not a copy (backward writes)
+    return q.transpose(0, 2, 3, 1, 4)
+
+
+def _kv_heads(kvp: np.ndarray, kv: int, dh: int) -> tuple[np.ndarray, np.ndarray]:
+    """Views of (N, S, 2·kv·head_dim) key and value projections as keys and values (N, kv, 1, S, head_dim)."""
+    n, s, _ = kvp.shape
+    kd = kv * dh
+    k, v = kvp[..., :kd].reshape(n, s, kv, 1, dh), kvp[..., kd:].reshape(n, s, kv, 1, dh)
+    assert np.shares_memory(k, kvp) and np.shares_memory(v, kvp)
+    return k.transpose(0, 2, 3, 1, 4), v.transpose(0, 2, 3, 1, 4)

@@ -1,5 +1,5 @@
-"""bn, layernorm, rmsnorm, instancenorm and lrn: normalisation over the batch, over each sample's features,
-over each sample's channel, over neighbouring channels.
+"""bn, layernorm, rmsnorm, instancenorm, groupnorm and lrn: normalisation over the batch, over each sample's
+features, over each sample's channel or group of channels, over neighbouring channels.
 
 bn follows PyTorch and ONNX BatchNormalization: training normalises with the batch's biased variance
 and moves the running statistics by `momentum` (running = (1 - momentum) * running + momentum * batch,
@@ -132,6 +132,31 @@ def instancenorm(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray
         # the statistics depend on every pixel of the channel: remove g's mean and its part along xhat
         g -= g.mean(axis=(2, 3), keepdims=True) + xhat * (g * xhat).sum(axis=(2, 3), keepdims=True) / hw
         return [g * inv_std], grads
+    return y, backward
+
+
+@kernel("groupnorm")
+def groupnorm(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    # PyTorch's GroupNorm: each sample's group of C/G channels over all their positions, in training and
+    # inference alike; instancenorm's forward and backward on the (N, G, C/G·positions) view
+    x = xs[0]
+    n = x.shape[0]
+    grouped = x.reshape(n, attrs["groups"], -1)
+    size = grouped.shape[2]
+    gamma = _channel_view(params["gamma"], x.ndim).astype(x.dtype, copy=False)
+    beta = _channel_view(params["beta"], x.ndim).astype(x.dtype, copy=False)
+    xhat = grouped - grouped.mean(axis=2, keepdims=True)
+    inv_std = 1 / np.sqrt((xhat * xhat).mean(axis=2, keepdims=True) + x.dtype.type(attrs["eps"]))
+    xhat *= inv_std
+    y = xhat.reshape(x.shape) * gamma + beta
+    axes = (0, *range(2, x.ndim))  # all but the channels
+
+    def backward(dy):
+        grads = {"gamma": (dy * xhat.reshape(x.shape)).sum(axis=axes), "beta": dy.sum(axis=axes)}
+        g = (dy * gamma).reshape(grouped.shape)
+        # the statistics depend on every value of the group: remove g's mean and its part along xhat
+        g -= g.mean(axis=2, keepdims=True) + xhat * (g * xhat).sum(axis=2, keepdims=True) / size
+        return [(g * inv_std).reshape(x.shape)], grads
     return y, backward
 
 

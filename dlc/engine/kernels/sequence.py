@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dlc.engine.kernels import kernel
 
 
+def sinusoids(start: int, steps: int, dim: int, dtype) -> np.ndarray:
+    """Fixed positions start..start+steps-1 as tensor2tensor's timing signal and Whisper's `sinusoids`:
+    sin(p·w_i) in the first half of the features, cos(p·w_i) in the second, w_i = 10000^(-i/(D/2 - 1)) for
+    i < D/2 (the first frequency 1, the last 1/10000). Vaswani et al. interleave sin and cos over
+    w_i = 10000^(-2i/D) instead. Angles in float64."""
+    half = dim // 2
+    frequencies = np.exp(-math.log(10000) / (half - 1) * np.arange(half))
+    angles = np.arange(start, start + steps, dtype=np.float64)[:, None] * frequencies
+    return np.concatenate((np.sin(angles), np.cos(angles)), axis=1).astype(dtype)
+
+
+def position_rows(attrs, params, start: int, steps: int, dtype) -> np.ndarray:
+    """The rows of positions start..start+steps-1 that posembed adds: its table's, or the sinusoids."""
+    if attrs["fixed"]:
+        return sinusoids(start, steps, attrs["dim"], dtype)
+    return params["P"][start:start + steps]
+
+
 @kernel("posembed")
 def posembed(attrs, params, state, xs, ctx):
-    x, P = xs[0], params["P"]
-    return x + P, lambda dy: ([dy], {"P": dy.sum(axis=0)})
+    x = xs[0]
+    t = x.shape[1]
+    if attrs["fixed"]:
+        return x + position_rows(attrs, params, 0, t, x.dtype), lambda dy: ([dy], {})
+    P = params["P"]
+
+    def backward(dy):
+        dP = np.zeros_like(P)  # the rows past the sequence's steps are not read: no gradient
+        dP[:t] = dy.sum(axis=0)
+        return [dy], {"P": dP}
+    return x + P[:t], backward
 
 
 @kernel("clstoken")
@@ -25,10 +54,10 @@ def clstoken(attrs, params, state, xs, ctx):
 
 @kernel("tokens")
 def tokens(attrs, params, state, xs, ctx):
-    # NCHW -> (N, H*W, C): pixel (i, j) becomes step i*W + j, its channels the step's features
+    # NCHW -> (N, H*W, C): pixel (i, j) becomes step i*W + j, its channels the step's features; NCL -> (N, L, C)
     x = xs[0]
-    n, c, h, w = x.shape
-    y = np.ascontiguousarray(x.reshape(n, c, h * w).transpose(0, 2, 1))
+    n, c = x.shape[:2]
+    y = np.ascontiguousarray(x.reshape(n, c, -1).transpose(0, 2, 1))
     return y, lambda dy: ([np.ascontiguousarray(dy.transpose(0, 2, 1)).reshape(x.shape)], {})
 
 

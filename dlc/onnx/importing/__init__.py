@@ -19,7 +19,7 @@ from dlc.onnx.importing.attention import import_attention
 from dlc.onnx.importing.conv import import_conv, import_dwconv, import_upconv, import_upsample
 from dlc.onnx.importing.dense import import_embed, import_fc, import_flatten
 from dlc.onnx.importing.elementwise import (import_bn, import_clip, import_dropout, import_elu, import_gelu,
-                                            import_glu, import_identity, import_instancenorm, import_leaky,
+                                            import_glu, import_groupnorm, import_identity, import_instancenorm, import_leaky,
                                             import_logsoftmax, import_lrn, import_prelu, import_reduce, import_relu,
                                             import_relu6, import_selu, import_shift, import_silu, import_softmax,
                                             import_softplus, import_softsign, unary)
@@ -34,9 +34,14 @@ from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, impo
 
 
 IMPORT: dict[str, Import] = {
-    # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape
-    # Slice: the roll of Swin's shifted windows; Gather: dlc's own windows, the steps gathered into them
-    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm", "Slice", "Gather"), import_attention),
+    # first: attention starts at a MatMul or Gemm that fc would take alone, or a Transpose or Reshape;
+    # Slice: the roll of Swin's shifted windows; Gather: dlc's own windows, the steps gathered into them;
+    # and the preparation of a padding mask (Unsqueeze, Cast, 1 - mask, times the lowest float) passes it on
+    "attention": Import(("Transpose", "Reshape", "MatMul", "Gemm", "Slice", "Gather", "Unsqueeze", "Cast", "Sub", "Mul",
+                         "Not", "Equal", "Where", "Expand"), import_attention),
+    # before the other Reshape patterns and instancenorm: PyTorch's group norm starts at a Reshape to
+    # (N, G, -1) and reads an InstanceNormalization (issue 22)
+    "groupnorm": Import(("Reshape", "GroupNormalization"), import_groupnorm),
     # before sigmoid, which takes any Sigmoid, and before gelu: rmsnorm's square is a Mul of x by itself,
     # the product of SiLU is a Mul, and mul takes what is left of Mul (in this order)
     "rmsnorm": Import(("RMSNormalization", "Pow", "Mul"), import_rmsnorm),
@@ -114,7 +119,7 @@ IMPORT: dict[str, Import] = {
     "sub": Import(("Sub",), elementwise_merge("sub")),
     "div": Import(("Div",), elementwise_merge("div")),
     # last of the Reshape patterns: what attention, flatten, tokens and pixelshuffle leave
-    "reshape": Import(("Reshape",), import_reshape),
+    "reshape": Import(("Reshape", "Unsqueeze"), import_reshape),
 }
 
 

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from dlc.decompile import SpecLayer
 from dlc.engine.kernels import Ctx, KERNELS
+from dlc.errors import ShapeError
 from dlc.layers import KINDS
 from dlc.layers.sequence import ROPE_THETA
 from dlc.onnx.importing.dense import dense_parts
@@ -63,7 +64,37 @@ def stored_dense(r: Reader, n: onnx.NodeProto | None) -> bool:
     return w is not None and w.ndim == 2
 
 
+# What a model does to a padding mask (1 keep, 0 pad) before adding it to the scores: Hugging Face's BERT
+# writes (1 - mask[:, None, None, :]) * the lowest float; others compare, negate or select.
+MASK_PREPARATION = ("Unsqueeze", "Cast", "Sub", "Mul", "Not", "Equal", "Where", "Expand", "Reshape")
+
+# The operators a search for the attention itself starts at (its projections and their input's layout).
+STARTS = ("Transpose", "Reshape", "MatMul", "Gemm")
+
+
+def padding_mask_input(r: Reader, name: str) -> str | None:
+    """The model's input a tensor is prepared from by MASK_PREPARATION operators (with constants): an
+    integer or boolean input of one value per step that no embedding reads; None if it is not one."""
+    while name not in r.g.inputs:
+        p = producer_node(r, name)
+        if p is None or p.op_type not in MASK_PREPARATION or len(live_inputs(r, p)) != 1:
+            return None
+        name = live_inputs(r, p)[0]
+    readers = r.consumers.get(name, [])
+    if r.g.tensors[name].is_float or len(r.shape(name)) != 1 or any(c.op_type == "Gather" for c in readers):
+        return None
+    return name
+
+
 def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """Attention (attention_layer), or a step in the preparation of its padding mask, which passes the mask
+    on: dlc's attention takes the mask as the data gives it (`mask=LABEL`)."""
+    if n.op_type in MASK_PREPARATION and padding_mask_input(r, n.output[0]) is not None:
+        return Found(None, [n], n.output[0])
+    return attention_layer(r, n) if n.op_type in STARTS else None
+
+
+def attention_layer(r: Reader, n: onnx.NodeProto) -> Found | None:
     """Multi-head self-attention in whatever layout an exporter writes it (one packed or three
     projections, heads split by Reshape/Transpose or Gather/Slice, the scale anywhere, the causal mask
     as a constant to add or a Where): found by its softmax, the queries, keys and values traced back
@@ -86,15 +117,25 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
     own = [role for role, path in paths.items() if path is not None]
     if not any(m is n for role in own for m in [*paths[role], projections[role]]):
         return None  # n is not where this attention starts (an fc before it, say)
+    source = x
+    if "queries" not in own and len(own) < 3:
+        return None  # the keys' side of a cross-attention: the queries' side imports it (the source's layers first)
     if len(own) < 3:
-        other = [role for role in projections if role not in own]
-        raise Refused(f"its {' and '.join(other)} are not computed from the tensor its {' and '.join(own)} are "
-                      f"(cross-attention); dlc's attention attends over its own input")
+        # cross-attention: keys and values from one other sequence (`from=`), found from its queries' side
+        origins = {projections[role].input[0] for role in ("keys", "values")}
+        source = origins.pop() if len(origins) == 1 else None
+        # a source computed from the queries' own input (keys from fc(x)) is no other sequence: a spec's
+        # step reads the current tensor and labelled ones, so it could not write both
+        if own != ["queries"] or source is None or len(r.shape(source)) != 2 or depends_on(r, source, x):
+            other = [role for role in projections if role not in own]
+            raise Refused(f"its {' and '.join(other)} are not computed from the tensor its {' and '.join(own)} "
+                          f"are, nor its keys and values from one sequence its queries do not come from, read "
+                          f"after them (dlc's cross-attention, from=)")
     computed = next((p for p in projections.values() if not stored_dense(r, p)), None)
     if computed is not None:
         raise Refused(f"its projection `{computed.name}` multiplies by a weight the graph computes, not a stored one")
     y, out_proj = attention_output(r, core.output, x)
-    region, shape_only = attention_region(r, x, y)
+    region, shape_only, mask = attention_region(r, x, y, source)
     *grid, d = r.shape(x)
     t = int(np.prod(grid))
     values = core.scores
@@ -102,12 +143,14 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
         raise Refused(f"ONNX shape inference gives no shape for its scores (node `{core.node}`)")
     gathered = next((o for o in map(partial(steps_order, r), r.consumers.get(x, [])) if o is not None), None)
     windowed = x in r.grids or gathered is not None
-    keys = full_shape(r, core.scores_tensor)[-1] if windowed else t  # Swin: a window's tokens
+    # Swin: a window's tokens; else the source's steps (the queries' own without from=)
+    keys = full_shape(r, core.scores_tensor)[-1] if windowed else r.shape(source)[0]
     heads, rest = divmod(values, full_shape(r, x)[0] * t * keys)  # the batch, t x keys scores per head
     if rest or not heads or d % heads:
         raise Refused(f"its scores hold {values} values, not {t}x{keys} for each of a number of heads dividing "
                       f"its {d} features")
-    tensors, stored = attention_weights(r, projections, out_proj, d, heads)
+    tensors, stored = attention_weights(r, projections, out_proj, d, heads, r.shape(source)[-1])
+    reads = {**({"from": source} if source != x else {}), **({"mask": mask} if mask else {})}
     # Layers laid out alike (every block of one model) are run once: what the run checks is the layout.
     layout = (heads, layout_key(r, region, x, stored))
     settings = r.checked.get(layout)
@@ -115,12 +158,28 @@ def import_attention(r: Reader, n: onnx.NodeProto) -> Found | None:
         grids = [r.shape(x)[:2]] if x in r.grids else grids_of(gathered, keys)
         settings = windows_checked(r, region, shape_only, x, y, tensors, heads, keys, grids)
     elif settings is None:
-        settings = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, core.masked)
+        settings = r.checked[layout] = attention_checked(r, region, shape_only, x, y, tensors, heads, core.masked,
+                                                         reads)
     if "B" in settings:  # Swin's bias table, read off this layer's own constants
         tensors["B"] = settings.pop("B")
     computing = [m for m in region if any(o in r.live for o in m.output)]
     return Found(SpecLayer("attention", [], str(heads), {**settings, "bias": "bo" in tensors}), computing, y,
-                 tensors, n.name)
+                 tensors, n.name, reads=reads)
+
+
+def depends_on(r: Reader, name: str, x: str) -> bool:
+    """Whether the computed tensor `name` is computed from x."""
+    stack, seen = [name], set()
+    while stack:
+        t = stack.pop()
+        if t == x:
+            return True
+        p = producer_node(r, t)
+        if t in seen or p is None:
+            continue
+        seen.add(t)
+        stack += live_inputs(r, p)
+    return False
 
 
 @dataclass
@@ -311,27 +370,34 @@ def attention_output(r: Reader, weighted: str, x: str) -> tuple[str, onnx.NodePr
     return y, after
 
 
-def attention_region(r: Reader, x: str, y: str) -> tuple[list[onnx.NodeProto], list[str]]:
-    """The operators that compute y from x (helpers included), in the model's order, and the other
-    computed tensors they read only the shape of. Reading another computed tensor's values (a second
-    sequence, a padding mask from the data), or letting one of its own be read outside (the attention
-    weights), is not dlc's attention."""
-    downstream, queue = {x}, [x]
+def attention_region(r: Reader, x: str, y: str, source: str) -> tuple[list[onnx.NodeProto], list[str], str | None]:
+    """The operators that compute y from x and the source of keys and values (helpers included, and the
+    preparation of a padding mask), in the model's order; the other computed tensors they read only the
+    shape of; and the padding mask's input, if it reads one. Reading another computed tensor's values,
+    or letting one of its own be read outside (the attention weights), is not dlc's attention."""
+    downstream, queue = {x, source}, [x, source]
     while queue:
         for c in r.consumers.get(queue.pop(), []):
             new = [o for o in c.output if o in r.live and o not in downstream]
             downstream.update(new)
             queue += new
-    region, shape_only, seen, stack = set(), set(), set(), [y]
+    region, shape_only, seen, stack, mask, shared = set(), set(), set(), [y], None, set()
     while stack:
         t = stack.pop()
-        if t in seen or t == x:
+        if t in seen or t in (x, source):
             continue
         seen.add(t)
         p = producer_node(r, t)
-        if t in r.live and (p is None or t not in downstream):
-            raise Refused(f"it reads `{t}` besides its input: a second sequence or a mask computed from the "
-                          f"data, which dlc's attention does not have")
+        if t in r.live and t not in downstream:
+            found = padding_mask_input(r, t)
+            if found is None or mask not in (None, found):
+                raise Refused(f"it reads `{t}` besides its input: a sequence or a mask computed from the data "
+                              f"other than a padding mask of one value per key (1 keep, 0 pad) and one "
+                              f"sequence of keys and values (dlc's mask= and from=)")
+            mask = found
+            if p is None:
+                continue
+            shared.add(id(p))  # the mask's preparation, which every layer may read
         if p is None:
             continue
         region.add(id(p))
@@ -341,6 +407,8 @@ def attention_region(r: Reader, x: str, y: str) -> tuple[list[onnx.NodeProto], l
         stack += [i for i in p.input if i]
     nodes = [m for m in r.g.nodes if id(m) in region]
     for m in nodes:
+        if id(m) in shared:
+            continue
         for o in m.output:
             if o == y or o not in r.live:
                 continue
@@ -349,11 +417,11 @@ def attention_region(r: Reader, x: str, y: str) -> tuple[list[onnx.NodeProto], l
                 raise Refused(f"`{o}`, computed inside it, is read outside it" +
                               (f" by node `{outside[0].name}`" if outside else " as a model output") +
                               "; dlc's attention gives its output only")
-    return nodes, sorted(shape_only)
+    return nodes, sorted(shape_only), mask
 
 
 def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_proj: onnx.NodeProto,
-                      d: int, heads: int) -> tuple[dict[str, np.ndarray], set[str]]:
+                      d: int, heads: int, e: int) -> tuple[dict[str, np.ndarray], set[str]]:
     """Wq, Wo (D, D), Wk, Wv (kv·head_dim, D) and, if any projection has one, every bias (zeros where one
     has none), with the names of the stored tensors they come from. A packed projection holds the parts it
     feeds in the order queries, keys, values, as PyTorch's in_proj_weight does (the evaluation afterwards
@@ -371,10 +439,11 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
         widths = {"q": d, "k": kd, "v": kd}
         dh = d // heads
         grouping = not kv_parts or (kd and not kd % dh and not heads % (kd // dh))
-        if cols != d or sum(widths[w] for w in mine) != rows or not grouping:
+        width = d if "q" in mine else e  # keys and values from the source's e features (e = d but with from=)
+        if cols != width or sum(widths[w] for w in mine) != rows or not grouping:
             raise Refused(f"its projection `{node.name}` is {cols} -> {rows}; dlc's attention projects {d} features "
-                          f"to {d} queries and to key/value heads of {d // heads} features, a number of them dividing "
-                          f"its {heads} heads")
+                          f"to {d} queries and {e} to key/value heads of {d // heads} features, a number of them "
+                          f"dividing its {heads} heads")
         start = 0
         for w in mine:
             tensors["W" + w] = parts["W"][start:start + widths[w]]
@@ -433,13 +502,24 @@ def value_key(v):
 
 
 def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[str], x: str, y: str,
-                      tensors: dict[str, np.ndarray], heads: int, masked: bool) -> dict:
+                      tensors: dict[str, np.ndarray], heads: int, masked: bool, reads: dict[str, str]) -> dict:
     """The settings of dlc's attention that compute what the operators do (causal, and kv, rope and window
     when they are not the plain ones), from running both on one random input; a Refused if none does.
     Rope's base and the window are read off the region's constants (the cos table, the mask), then
     checked by the run like the rest."""
-    probe = np.random.default_rng(0).standard_normal(full_shape(r, x)).astype(np.float32)
-    want = run_operators(r, region, {x: probe, **shape_feeds(r, shape_only)}, y)
+    rng = np.random.default_rng(0)
+    probe = rng.standard_normal(full_shape(r, x)).astype(np.float32)
+    feeds = {x: probe, **shape_feeds(r, shape_only)}
+    read = []  # the kernel's inputs after x: the source's probe, then the mask's, as the options order them
+    if "from" in reads:
+        read.append(rng.standard_normal(full_shape(r, reads["from"])).astype(np.float32))
+        feeds[reads["from"]] = read[-1]
+    if "mask" in reads:  # the last third of the keys padding, the first always kept
+        shape = full_shape(r, reads["mask"])
+        kept = (np.arange(shape[-1]) < max(1, shape[-1] - shape[-1] // 3)).astype(np.int64)
+        read.append(np.broadcast_to(kept, shape).copy())
+        feeds[reads["mask"]] = read[-1].astype(helper.tensor_dtype_to_np_dtype(r.g.tensors[reads["mask"]].elem_type))
+    want = run_operators(r, region, feeds, y)
     t, d = r.shape(x)
     kv = len(tensors["Wk"]) // (d // heads)
     grouped = {"kv": kv} if kv != heads else {}
@@ -452,9 +532,12 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     errors = []
     kind = KINDS["attention"]
     for setting in settings:
-        written = {**kind.default_attrs(), **setting, "heads": heads, "bias": "bo" in tensors}
-        _, attrs = kind.resolve(written, [(t, d)])
-        got, _ = KERNELS["attention"](attrs, tensors, {}, [probe], Ctx())
+        written = {**kind.default_attrs(), **setting, **reads, "heads": heads, "bias": "bo" in tensors}
+        try:
+            _, attrs = kind.resolve(written, [(t, d), *(a.shape[1:] for a in read)])
+        except ShapeError:  # causal or rope with from=: not a setting cross-attention has
+            continue
+        got, _ = KERNELS["attention"](attrs, tensors, {}, [probe, *read], Ctx())
         errors.append(float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)))
         if errors[-1] <= AGREE:
             return setting

@@ -310,6 +310,49 @@ def import_instancenorm(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("instancenorm", n, options={"eps": eps}, tensors={"gamma": gamma, "beta": beta})
 
 
+def import_groupnorm(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """GroupNormalization, or PyTorch's exported form (dlc's lowering too): Reshape to (N, G, -1),
+    InstanceNormalization with an identity scale and shift, Reshape back, then Mul gamma and Add beta."""
+    shape = r.shape(n.input[0])
+    if len(shape) not in (2, 3, 4):
+        return None
+    c = shape[0]
+    if n.op_type == "GroupNormalization":
+        a = attributes(n)
+        groups = a["num_groups"]
+        gamma, beta = r.weight(n, 1, "scale").reshape(-1), r.weight(n, 2, "bias").reshape(-1)
+        if r.g.opset < 21:  # one scale and bias per group before opset 21
+            gamma, beta = np.repeat(gamma, c // groups), np.repeat(beta, c // groups)
+        return one("groupnorm", n, str(groups), {"eps": float(np.float32(a.get("epsilon", 1e-5)))},
+                   {"gamma": gamma, "beta": beta})
+    target = r.evaluated([n.input[1]])[n.input[1]]
+    norm = r.only_consumer(n.output[0])
+    if target is None or target.size != 3 or int(target.reshape(-1)[2]) != -1 \
+            or norm is None or norm.op_type != "InstanceNormalization":
+        return None
+    groups = int(target.reshape(-1)[1])
+    identity = r.evaluated([norm.input[1], norm.input[2]])
+    back = r.only_consumer(norm.output[0])
+    if c % groups or any(v is None for v in identity.values()) or not np.all(identity[norm.input[1]] == 1) \
+            or not np.all(identity[norm.input[2]] == 0) or back is None or back.op_type != "Reshape" \
+            or r.shape(back.output[0]) != shape:
+        return None
+    nodes, out = [n, norm, back], back.output[0]
+    tensors = {"gamma": np.ones(c, np.float32), "beta": np.zeros(c, np.float32)}
+    for op_type, key in (("Mul", "gamma"), ("Add", "beta")):
+        after = r.only_consumer(out)
+        if after is None or after.op_type != op_type:
+            break
+        v = r.evaluated([other_input(after, out)])[other_input(after, out)]
+        if v is None or v.size != c or tuple(v.shape)[-len(shape):] != (c,) + (1,) * (len(shape) - 1):
+            break  # not one value per channel, broadcast over the positions
+        tensors[key] = v.reshape(-1).astype(np.float32)
+        nodes.append(after)
+        out = after.output[0]
+    eps = float(np.float32(attributes(norm).get("epsilon", 1e-5)))
+    return one("groupnorm", n, str(groups), {"eps": eps}, tensors, output=out, nodes=nodes)
+
+
 def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:
     a = attributes(n)
     return one("lrn", n, str(a["size"]), {"alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),

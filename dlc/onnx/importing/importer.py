@@ -95,6 +95,7 @@ def read_layers(r: Reader) -> tuple[list[Found], int]:
             if len(live) != 1:
                 raise DlcError(node_error(n, f"it reads {len(live)} layer outputs; dlc's {layer.kind} reads one"))
             layer.inputs = [producer[live[0]]]
+            layer.reads = {option: producer[t] for option, t in found.reads.items()}
         layers.append(found)
         producer[found.output] = len(layers) - 1
     out = g.outputs[0]

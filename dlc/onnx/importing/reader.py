@@ -38,6 +38,7 @@ class Found:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # by the kind's tensor names
     node: str = ""  # the ONNX node it starts at, for messages
     tied: str = ""  # an fc whose weight is an embedding's table: the tensor that embedding writes
+    reads: dict[str, str] = field(default_factory=dict)  # tensors read by an option (`from=`, `mask=`), by option
 
 
 class Reader:

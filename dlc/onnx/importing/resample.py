@@ -134,7 +134,17 @@ def import_slice(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 def import_reshape(r: Reader, n: onnx.NodeProto) -> Found | None:
     """A Reshape that keeps the batch and gives an image, a sequence or a vector (after every other kind's
-    Reshape pattern has declined it)."""
+    Reshape pattern has declined it); or Unsqueezes in a row, as PyTorch writes `v[:, :, None, None]` to
+    add a vector to every pixel (a diffusion block's time embedding): `reshape C@1x1`."""
+    nodes = [n]
+    while n.op_type == "Unsqueeze" and r.only_consumer(nodes[-1].output[0]) is not None \
+            and r.only_consumer(nodes[-1].output[0]).op_type == "Unsqueeze":
+        nodes.append(r.only_consumer(nodes[-1].output[0]))
+    if len(nodes) > 1 or n.op_type == "Unsqueeze":
+        x, y = r.shape(n.input[0]), r.shape(nodes[-1].output[0])
+        if not 1 <= len(y) <= 3 or r.g.tensors[nodes[-1].output[0]].batch_axis != 0:
+            return None
+        return one("reshape", n, show(y), output=nodes[-1].output[0], nodes=nodes)
     x, y = r.shape(n.input[0]), r.shape(n.output[0])
     t, u = r.g.tensors[n.input[0]], r.g.tensors[n.output[0]]
     if t.batch_axis != 0 or u.batch_axis != 0 or not 1 <= len(y) <= 3:

@@ -9,20 +9,39 @@ import math
 import numpy as np
 import onnx
 
+from dlc.engine.kernels.sequence import sinusoids
 from dlc.onnx.importing.reader import (Found, NotImportable, Reader, const_scalar, one, other_input, producer_node,
                                        reduce_axes)
 from dlc.onnx.model import attributes
 
 
 def import_posembed(r: Reader, n: onnx.NodeProto) -> Found | None:
-    """A stored (T, D) table added to a sequence."""
+    """A (T, D) table added to a sequence: stored, or the first T rows of a longer stored one gathered at
+    positions 0..T-1 (Hugging Face's BERT reads its 512 at the sequence's length: `posembed 512`); a
+    table of Whisper's sinusoids is `posembed fixed`."""
     if len(n.input) != 2 or n.op_type != "Add":
         return None
     x = next((i for i in n.input if i in r.live), None)
-    table = next((r.value(i) for i in n.input if i not in r.live), None)
-    if x is None or table is None or len(r.shape(x)) != 2 or table.size != math.prod(r.shape(x)):
+    rows = next((i for i in n.input if i not in r.live), None)
+    if x is None or rows is None or len(r.shape(x)) != 2:
         return None
-    return one("posembed", n, tensors={"P": table.reshape(r.shape(x)).astype(np.float32)})
+    t, d = r.shape(x)
+    gather = producer_node(r, rows)
+    if gather is not None and gather.op_type == "Gather" and attributes(gather).get("axis", 0) == 0:
+        table, positions = r.value(gather.input[0]), r.evaluated([gather.input[1]])[gather.input[1]]
+        if table is not None and table.ndim == 2 and table.shape[1] == d and positions is not None \
+                and np.array_equal(positions.reshape(-1), np.arange(t)):
+            size = str(len(table)) if len(table) != t else ""
+            return one("posembed", n, size, tensors={"P": table.astype(np.float32)})
+    table = r.evaluated([rows])[rows]
+    if table is None or table.size != t * d:
+        return None
+    table = table.reshape(t, d)
+    # Whisper's sinusoids, stored (Hugging Face) or a buffer (openai/whisper): computed in float32 there, so
+    # 1e-4 off at position 1500, which dlc's float64 table replaces
+    if d % 2 == 0 and d >= 4 and np.abs(table - sinusoids(0, t, d, np.float64)).max() <= 2e-4:
+        return one("posembed", n, options={"fixed": True})
+    return one("posembed", n, tensors={"P": table.astype(np.float32)})
 
 
 def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -161,12 +180,17 @@ def rmsnorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
     """An image read as its pixels: Reshape (N, C, H·W) then Transpose to (N, H·W, C); or Transpose to
-    (N, H, W, C), a token grid kept channels last (Swin's exports, r.grids)."""
-    if n.op_type == "Transpose":
-        return one("tokens", n) if n.output[0] in r.grids and len(r.shape(n.input[0])) == 3 else None
+    (N, H, W, C), a token grid kept channels last (Swin's exports, r.grids); a signal read as its
+    positions: Transpose (N, C, L) to (N, L, C) (PyTorch's permute), after a Reshape that keeps it or not."""
+    if n.op_type == "Transpose" and n.output[0] in r.grids:
+        return one("tokens", n) if len(r.shape(n.input[0])) == 3 else None
     x, y = r.shape(n.input[0]), r.shape(n.output[0])
+    if n.op_type == "Transpose":  # a signal's Transpose alone
+        if len(x) != 2 or list(attributes(n).get("perm", [])) != [0, 2, 1]:
+            return None
+        return one("tokens", n)
     after = r.only_consumer(n.output[0])
-    if len(x) != 3 or y != (x[0], x[1] * x[2]) or after is None or after.op_type != "Transpose" \
+    if len(x) not in (2, 3) or y != (x[0], math.prod(x[1:])) or after is None or after.op_type != "Transpose" \
             or list(attributes(after).get("perm", [])) != [0, 2, 1]:
         return None
     return one("tokens", n, output=after.output[0], nodes=[n, after])

@@ -408,6 +408,36 @@ def test_instancenorm_matches_its_definition_onnxruntime_and_central_differences
     assert_gradients("instancenorm", attrs, params, [x], ctx=lambda: Ctx(training))
 
 
+@pytest.mark.parametrize("shape", [(6, 4, 5), Signal((6, 7)), (4, 2, 3, 3)], ids=["image", "signal", "volume"])
+def test_groupnorm_matches_its_definition_onnxruntime_and_central_differences(shape):
+    # each sample's group of channels over all their positions; then each channel's scale and shift
+    rng = np.random.default_rng(32)
+    groups = 2
+    attrs, shapes, state_shapes = resolve("groupnorm", [shape], groups=groups, eps=1e-3)
+    c = shape[0]
+    assert shapes == {"gamma": (c,), "beta": (c,)} and state_shapes == {}
+    params = {"gamma": 1 + 0.5 * rng.standard_normal(c), "beta": rng.standard_normal(c)}
+    x = 2 * rng.standard_normal((2, *shape)) + 1
+    y = run("groupnorm", attrs, params, [x])[0]
+    per = c // groups
+    for s in range(2):
+        for g in range(groups):
+            block = x[s, g * per:(g + 1) * per]
+            for k in range(per):
+                ch = g * per + k
+                want = (x[s, ch] - block.mean()) / np.sqrt(block.var() + 1e-3) * params["gamma"][ch] + params["beta"][ch]
+                np.testing.assert_allclose(y[s, ch], want, rtol=1e-12, atol=1e-12)
+    # onnxruntime's InstanceNormalization of the grouped view (PyTorch's exported form), then gamma and beta
+    f = {k: v.astype(np.float32) for k, v in params.items()}
+    grouped = x.astype(np.float32).reshape(2, groups, -1)
+    ref = onnx_run("InstanceNormalization", [grouped, np.ones(groups, np.float32), np.zeros(groups, np.float32)],
+                   opset=13, epsilon=1e-3)[0].reshape(x.shape)
+    view = (1, c) + (1,) * (len(shape) - 1)
+    assert_close_f32(run("groupnorm", attrs, f, [x.astype(np.float32)])[0],
+                     ref * f["gamma"].reshape(view) + f["beta"].reshape(view))
+    assert_gradients("groupnorm", attrs, params, [x])
+
+
 def test_add_matches_onnx_add_and_sum():
     rng = np.random.default_rng(29)
     a, b, c = (f32(rng, 2, 3, 2, 2) for _ in range(3))

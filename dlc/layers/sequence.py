@@ -31,7 +31,7 @@ from __future__ import annotations
 from dlc.errors import ShapeError
 from dlc.layers import (BIAS, COUNT, GLOBAL, READ, SCALE, SHIFT, SIZES, Grid, LayerKind, Role, Shape, ShapeRule, Signal,
                         elements, is_sequence, register, weight)
-from dlc.layers.spatial import image, show
+from dlc.layers.spatial import show
 
 
 def _sequence(shape, what: str) -> tuple[int, int]:
@@ -263,7 +263,9 @@ def resolve_tokens(attrs, ins):
     if isinstance(ins[0], Signal):  # C@L: its L positions, as Whisper's encoder turns its conv stem's output
         c, steps = ins[0]
         return (steps, c), dict(attrs)
-    c, h, w = image(ins[0], "tokens")
+    if len(ins[0]) != 3:
+        raise ShapeError(f"tokens expects a signal C@L or an image C@HxW, got {show(ins[0])}")
+    c, h, w = ins[0]
     return Grid((h, w), c), dict(attrs)
 
 

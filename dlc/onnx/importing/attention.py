@@ -68,8 +68,9 @@ def stored_dense(r: Reader, n: onnx.NodeProto | None) -> bool:
 # writes (1 - mask[:, None, None, :]) * the lowest float; others compare, negate or select.
 MASK_PREPARATION = ("Unsqueeze", "Cast", "Sub", "Mul", "Not", "Equal", "Where", "Expand", "Reshape")
 
-# The operators a search for the attention itself starts at (its projections and their input's layout).
-STARTS = ("Transpose", "Reshape", "MatMul", "Gemm")
+# The operators a search for the attention itself starts at (its projections and their input's layout;
+# Slice: the roll of Swin's shifted windows; Gather: dlc's own windows, the steps gathered into them).
+STARTS = ("Transpose", "Reshape", "MatMul", "Gemm", "Slice", "Gather")
 
 
 def padding_mask_input(r: Reader, name: str) -> str | None:

@@ -8,7 +8,10 @@ from dlc.engine.kernels import Arrays, Ctx, Forward, Kernel, kernel
 
 
 def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
-    """The gradient of an input NumPy repeated along its size-1 axes: the sum over the copies."""
+    """The gradient of an input NumPy repeated along its size-1 axes, or along the leading axes it lacks
+    (a `shared` input has no batch axis): the sum over the copies."""
+    if g.ndim > len(shape):
+        g = g.sum(axis=tuple(range(g.ndim - len(shape))))
     axes = tuple(i for i, (d, n) in enumerate(zip(shape, g.shape)) if d == 1 and n != 1)
     return g.sum(axis=axes, keepdims=True) if axes else g
 

@@ -103,3 +103,70 @@ def _onnxruntime_agrees(net: Network, feeds: dict) -> list[str]:
 def test_export_has_a_graph_output_per_label_in_order_and_onnxruntime_agrees():
     x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
     assert _onnxruntime_agrees(_net(TWO), {"input": x}) == ["logits", "aux"]
+
+
+def test_the_pytorch_code_generator_returns_the_outputs_in_order(tmp_path):
+    torch = pytest.importorskip("torch")
+    from dlc.engine.params import save_checkpoint
+    from dlc.engine.run import forward
+    from dlc.torch.trainer import network
+
+    net = _net(TWO)
+    save_checkpoint(tmp_path / "w.npz", net.params, net.state)
+    model = network(net.graph)["Net"].load_dlc(tmp_path / "w.npz").eval()
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    with torch.no_grad():
+        logits, aux = model(torch.from_numpy(x))
+    mine, _ = forward(net, x)
+    np.testing.assert_allclose(logits.numpy(), mine["logits"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux.numpy(), mine["aux"], rtol=1e-5, atol=1e-6)
+
+
+# a bias shared by every sample (no batch axis), a row scale with a leading 1 against the batch, and a
+# sequence: ONNX's broadcasting of tensors of lower rank, aligned on the right
+SHARED = """input 4 shared as w
+input 1x4 shared as s
+input seq 3 of 4 as v -> add w -> mul s -> tanh
+"""
+
+
+def test_a_shared_input_has_no_batch_axis_and_broadcasts_over_it():
+    from dlc.engine.run import backward, forward
+
+    net = _net(SHARED)
+    assert [(n.name, n.out_shape) for n in net.graph.inputs] == [("w", (4,)), ("s", (1, 4)), ("v", (3, 4))]
+    assert net.graph.output.out_shape == (3, 4)
+    rng = np.random.default_rng(0)
+    x = {"w": rng.standard_normal(4), "s": rng.standard_normal((1, 4)), "v": rng.standard_normal((5, 3, 4))}
+    y, tape = forward(net, x, keep=True)
+    np.testing.assert_allclose(y, np.tanh((x["v"] + x["w"]) * x["s"]))
+    _, dx = backward(tape, np.ones_like(y))
+    # the gradient of a shared tensor sums over every sample and step it was repeated to
+    d = 1 - y**2
+    np.testing.assert_allclose(dx["w"], (d * x["s"]).sum(axis=(0, 1)))
+    np.testing.assert_allclose(dx["s"], (d * (x["v"] + x["w"])).sum(axis=0).sum(axis=0, keepdims=True))
+    with pytest.raises(DlcError, match="input `w` is shared by every sample, shaped 4 without a batch axis"):
+        forward(net, {**x, "w": rng.standard_normal((5, 4))})
+
+
+def test_shared_and_scalar_inputs_pass_gradcheck_and_onnxruntime_agrees():
+    from dlc.engine.gradcheck import check_gradients
+
+    rng = np.random.default_rng(3)
+    scalar = "input scalar as a\ninput scalar as b -> add a -> tanh -> mul a\n"
+    for text, feeds in ((SHARED, {"w": (4,), "s": (1, 4), "v": (2, 3, 4)}), (scalar, {"a": (5,), "b": (5,)})):
+        checks = check_gradients(compile_spec(text), loss="mse")
+        assert max(t.worst for c in checks for t in c.tensors) < 1e-6
+        _onnxruntime_agrees(_net(text), {k: rng.standard_normal(v).astype(np.float32) for k, v in feeds.items()})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("input 3 shared as w -> relu", "relu cannot read a `shared` input (no batch axis)"),
+    ("input 3 shared as w\ninput 3 shared as u -> add w", "add reads only `shared` inputs"),
+    ("input 2x3 shared as w\ninput 3 as v -> add w", "the shared input 2x3 has more axes than the batch and a "
+                                                     "sample 3 together"),
+    ("input 3@4x4 shared as w", "a shared input is written as its whole shape, like 3x4 or 16"),
+])
+def test_shared_input_mistakes(text, message):
+    with pytest.raises(DlcError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compile_spec(text)

@@ -268,16 +268,24 @@ def comment(text: str) -> str:
     return "# " + "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") -> tuple[str, Graph, list[int]]:
-    """The spec of a graph of layers (layers[0] the input, each reading earlier ones), with `head` (comment
-    lines) first and each step's output shape as a comment after it; its compiled graph; and the layers
-    in the order the graph's nodes after the input come from them. A DlcError naming `file` if no spec
-    writes the graph."""
+def write_spec(layers: list[SpecLayer], outputs: dict[str, int], file: str,
+               head: str = "") -> tuple[str, Graph, list[int]]:
+    """The spec of a graph of layers (layers[0] the input, each reading earlier ones) ending at `outputs`
+    (label -> layer; with several, an `output` line names them), with `head` (comment lines) first and
+    each step's output shape as a comment after it; its compiled graph; and the layers in the order the
+    graph's nodes after the input come from them. A DlcError naming `file` if no spec writes the graph."""
     paths = dominator_paths(layers)
+    last = max(outputs.values())
     try:
-        items = chain(layers, paths, 0, output)
+        items = chain(layers, paths, 0, last)
     except ValueError:
         raise DlcError(f"{file}: the model's layers do not form a chain of merges that a spec can write")
+    ends = {it.layer if isinstance(it, Merge) else it for it in items}
+    apart = [label for label, i in outputs.items() if i not in ends]
+    if len(outputs) > 1 and apart:
+        raise DlcError(f"{file}: the output {apart[0]} branches off the chain to the last output "
+                       f"{next(k for k, i in outputs.items() if i == last)}; a spec writes several outputs "
+                       f"along one chain, each feeding the next")
     order = [i for i in flatten_items(items) if not later_input(layers, i)]
     if len(order) != len(set(order)):
         raise DlcError(f"{file}: a layer's output is read by merges at different levels, which a spec's "
@@ -288,6 +296,8 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
             readers[i] = readers.get(i, 0) + 1
     defaults = bias_defaults(layers)
     labels = labels_for(layers, items)
+    if len(outputs) > 1:
+        labels.update((i, label) for label, i in outputs.items())
     options = [written(layer.kind, layer.options, defaults) for layer in layers]
     steps = [step_text(layer, opts, labels) for layer, opts in zip(layers, options)]
     # a suffix takes options, never a size or a flag
@@ -303,6 +313,8 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
     named = [(f"{steps[i]} as {layers[i].label}", None) for i in range(1, len(layers)) if later_input(layers, i)]
     first = f"{steps[0]} as {layers[0].label}" if named else steps[0]
     lines = [*named, (first, None), *lines, *body]
+    if len(outputs) > 1:
+        lines.append((f"output {', '.join(outputs)}", None))
     graph = compile_spec(head + "\n".join(t for t, _ in lines) + "\n", file=file)
     nodes = [n for n in graph.nodes if n.kind != "input"]
     if [n.kind for n in nodes] != [layers[i].kind for i in order]:
@@ -310,5 +322,5 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
     # each line's output shape as a comment, as the language's examples write them
     shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
     width = max(len(t) for t, _ in lines) + 2
-    text = "\n".join(t if last is None else f"{t:<{width}}{comment(show(shape_of[last]))}" for t, last in lines) + "\n"
+    text = "\n".join(t if last is None else f"{t:<{width}}{comment(show(shape_of[last]) or 'scalar')}" for t, last in lines) + "\n"
     return head + text, graph, order

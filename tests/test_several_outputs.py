@@ -170,3 +170,49 @@ def test_shared_and_scalar_inputs_pass_gradcheck_and_onnxruntime_agrees():
 def test_shared_input_mistakes(text, message):
     with pytest.raises(DlcError, match=message.replace("(", r"\(").replace(")", r"\)")):
         compile_spec(text)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from dlc.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_two_output_model_from_either_pytorch_exporter_imports_and_reproduces(tmp_path, dynamo):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")  # the dynamo exporter needs it
+    from torch import nn
+
+    import torch_models
+
+    class Heads(nn.Module):  # a classifier's logits, and a head reading them
+        def __init__(self):
+            super().__init__()
+            self.body, self.head, self.aux = nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            logits = self.head(torch.relu(self.body(x)))
+            return logits, torch.tanh(self.aux(logits))
+
+    torch.manual_seed(0)
+    module = Heads()
+    x = torch.randn(5, 4)
+    torch_models.export(module, tmp_path / "heads.onnx", (x,), dynamo=dynamo)
+    r = _cli("import", tmp_path / "heads.onnx", "-o", tmp_path / "heads.dlc")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "heads.dlc").read_text()
+    g = compile_spec(text)
+    assert [n.out_shape for n in g.outputs] == [(3,), (2,)] and text.splitlines()[-1].startswith("output ")
+    np.save(tmp_path / "x.npy", x.numpy())
+    r = _cli("infer", tmp_path / "heads.dlc", "--weights", tmp_path / "heads.npz", "--engine", "numpy",
+             "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npz")
+    assert r.exit_code == 0, r.output
+    with torch.no_grad():
+        expected = module(x)
+    got = np.load(tmp_path / "y.npz")
+    assert list(got.files) == g.output_names
+    for name, want in zip(g.output_names, expected):
+        np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-5, atol=1e-5)

@@ -216,3 +216,79 @@ def test_a_two_output_model_from_either_pytorch_exporter_imports_and_reproduces(
     assert list(got.files) == g.output_names
     for name, want in zip(g.output_names, expected):
         np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_tables_mark_the_output_rows_and_json_lists_the_outputs_in_order(tmp_path):
+    import json
+
+    spec = tmp_path / "two.dlc"
+    spec.write_text(TWO)
+    r = _cli("shapes", spec)
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line for line in r.output.splitlines()[3:8]}
+    assert "fc2 → logits" in rows["fc2"] and "fc3 → aux" in rows["fc3"] and "→" not in rows["fc1"]
+    doc = json.loads(_cli("summary", spec, "--json").output)
+    assert doc["outputs"] == [{"name": "logits", "layer": "fc2", "shape": [3]},
+                              {"name": "aux", "layer": "tanh1", "shape": [2]}]
+    # the exported model's analysis finds the same ends by their ONNX names
+    assert _cli("export", spec, "-o", tmp_path / "two.onnx").exit_code == 0
+    doc = json.loads(_cli("summary", tmp_path / "two.onnx", "--json").output)
+    assert [(o["name"], o["shape"]) for o in doc["outputs"]] == [("logits", [3]), ("aux", [2])]
+    shared = tmp_path / "shared.dlc"
+    shared.write_text(SHARED)
+    doc = json.loads(_cli("summary", shared, "--json").output)
+    assert doc["inputs"][0] == {"name": "w", "shape": [4], "dtype": "float32", "shared": True}
+    assert doc["outputs"] == [{"name": "tanh1", "layer": "tanh1", "shape": [3, 4]}]
+
+
+def test_draw_shows_each_output_as_an_end(tmp_path):
+    spec = tmp_path / "two.dlc"
+    spec.write_text(TWO)
+    for suffix in ("svg", "mmd", "dot"):
+        assert _cli("draw", spec, "-o", tmp_path / f"two.{suffix}").exit_code == 0
+        text = (tmp_path / f"two.{suffix}").read_text()
+        assert "fc2 → logits" in text and "fc3 → aux" in text, suffix
+
+
+def test_infer_shows_and_saves_every_output_by_name(tmp_path):
+    spec = tmp_path / "two.dlc"
+    spec.write_text(TWO)
+    assert _cli("export", spec, "-o", tmp_path / "two.onnx").exit_code == 0
+    x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for engine in ("numpy", "onnxruntime"):
+        r = _cli("infer", tmp_path / "two.onnx", "--engine", engine, "--device", "cpu", "--input",
+                 tmp_path / "x.npy", "--out", tmp_path / f"{engine}.npz")
+        assert r.exit_code == 0 and "output logits (3, 3)" in r.output and "output aux (3, 2)" in r.output, r.output
+    numpy_out, ort_out = np.load(tmp_path / "numpy.npz"), np.load(tmp_path / "onnxruntime.npz")
+    assert numpy_out.files == ort_out.files == ["logits", "aux"]
+    for name in numpy_out.files:
+        np.testing.assert_allclose(numpy_out[name], ort_out[name], rtol=1e-5, atol=1e-6)
+    r = _cli("infer", tmp_path / "two.onnx", "--random", "2", "--out", tmp_path / "y.npy")
+    assert r.exit_code == 2 and "give --out Y.npz to save them all" in r.output
+
+
+def test_train_refuses_several_outputs_in_one_line(tmp_path):
+    spec = tmp_path / "two.dlc"
+    spec.write_text(TWO)
+    r = _cli("train", spec, "--data", "glyphs", "--epochs", "1", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "has 2 outputs (logits, aux): dlc train fits one target per sample" in r.output
+
+
+def test_infer_reads_a_shared_input_without_a_batch_axis(tmp_path):
+    spec = tmp_path / "shared.dlc"
+    spec.write_text(SHARED)
+    assert _cli("export", spec, "-o", tmp_path / "shared.onnx").exit_code == 0
+    rng = np.random.default_rng(5)
+    x = {"w": rng.standard_normal(4), "s": rng.standard_normal((1, 4)), "v": rng.standard_normal((2, 3, 4))}
+    np.savez(tmp_path / "x.npz", **{k: v.astype(np.float32) for k, v in x.items()})
+    for engine in ("numpy", "onnxruntime"):
+        r = _cli("infer", tmp_path / "shared.onnx", "--engine", engine, "--device", "cpu", "--input",
+                 tmp_path / "x.npz", "--out", tmp_path / "y.npy")
+        assert r.exit_code == 0, r.output
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.tanh((x["v"] + x["w"]) * x["s"]), rtol=1e-5,
+                                   atol=1e-6)
+    np.savez(tmp_path / "bad.npz", **{**x, "w": np.ones((2, 4), np.float32)})
+    r = _cli("infer", tmp_path / "shared.onnx", "--input", tmp_path / "bad.npz")
+    assert r.exit_code == 2 and "one tensor shared by every sample (no batch axis)" in r.output

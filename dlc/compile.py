@@ -725,13 +725,18 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
 
 # The kinds that read a `shared` input (no batch axis): they broadcast it over the batch, as NumPy and
 # ONNX broadcast a tensor of lower rank, aligning the axes on the right.
-READS_SHARED = {"add", "mul", "maximum", "minimum", "pow", "sub", "div"}
+READS_SHARED = {"add", "mul", "maximum", "minimum", "pow", "sub", "div", "matmul"}
 
 
 def _per_sample(shapes: list[tuple], shared: list[bool], kind: LayerKind, head: str, pos: Pos) -> list[tuple]:
     """The inputs' shapes as the shape rule sees them, batch left out: a shared tensor's, aligned on the
     right with the others' batch and sample axes, loses a leading 1 that stands against the batch axis
     and gains leading 1s where it has fewer axes than a sample (`3` against `seq 2 of 3` reads as 1x3)."""
+    if kind.name == "matmul":  # its matrix is one for every sample, read whole
+        if shared != [False, True]:
+            raise DlcError(f"{head} multiplies the current tensor by a matrix shared by every sample: write "
+                           f"`input KxM shared as W` and `matmul W`", pos)
+        return shapes
     if not any(shared):
         return shapes
     if kind.name not in READS_SHARED:

@@ -292,3 +292,61 @@ def test_infer_reads_a_shared_input_without_a_batch_axis(tmp_path):
     np.savez(tmp_path / "bad.npz", **{**x, "w": np.ones((2, 4), np.float32)})
     r = _cli("infer", tmp_path / "shared.onnx", "--input", tmp_path / "bad.npz")
     assert r.exit_code == 2 and "one tensor shared by every sample (no batch axis)" in r.output
+
+
+# PyTorch's x.mm(w) with w an input of the model: a matrix shared by every sample
+MATMUL = "input 3x4 shared as w\ninput seq 2 of 3 as v -> matmul w -> tanh\n"
+
+
+def test_matmul_by_a_shared_matrix_counts_as_fc_and_agrees_with_numpy_onnxruntime_and_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    from dlc.analysis import analyse
+    from dlc.engine.gradcheck import check_gradients
+    from dlc.engine.run import forward
+    from dlc.torch.trainer import network
+
+    g = compile_spec(MATMUL)
+    mm = g.node("matmul1")
+    assert mm.out_shape == (2, 4)
+    stats = {s.node.name: s for s in analyse(g).nodes}
+    assert (stats["matmul1"].params, stats["matmul1"].macs) == (0, 2 * 4 * 3)  # 8 outputs of 3 products each
+    assert max(t.worst for c in check_gradients(g, loss="mse") for t in c.tensors) < 1e-6
+    rng = np.random.default_rng(6)
+    x = {"w": rng.standard_normal((3, 4)).astype(np.float32), "v": rng.standard_normal((5, 2, 3)).astype(np.float32)}
+    net = _net(MATMUL)
+    np.testing.assert_allclose(forward(net, x)[0], np.tanh(x["v"] @ x["w"]), rtol=1e-5, atol=1e-6)
+    _onnxruntime_agrees(net, x)
+    model = network(g)["Net"]()
+    with torch.no_grad():
+        y = model(torch.from_numpy(x["w"]), torch.from_numpy(x["v"])).numpy()
+    np.testing.assert_allclose(y, np.tanh(x["v"] @ x["w"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(DlcError, match="multiplies the current tensor by a matrix shared by every sample"):
+        compile_spec("input seq 3 of 4 as w\ninput seq 2 of 3 as v -> matmul w")
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_mm_by_an_input_matrix_from_either_pytorch_exporter_imports_as_matmul(tmp_path, dynamo):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    import onnx
+    from torch import nn
+
+    import torch_models
+    from dlc.onnx.importing.importer import input_labels
+
+    class Mm(nn.Module):
+        def forward(self, x, w):
+            return torch.tanh(x.mm(w))
+
+    x, w = torch.randn(2, 3), torch.randn(3, 4)
+    torch_models.export(Mm(), tmp_path / "mm.onnx", (x, w), dynamo=dynamo)
+    r = _cli("import", tmp_path / "mm.onnx", "-o", tmp_path / "mm.dlc")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "mm.dlc").read_text()
+    assert "3x4 shared" in text and "matmul" in text, text
+    names = input_labels([v.name for v in onnx.load(tmp_path / "mm.onnx").graph.input])
+    np.savez(tmp_path / "xw.npz", **dict(zip(names, (x.numpy(), w.numpy()))))
+    r = _cli("infer", tmp_path / "mm.dlc", "--weights", tmp_path / "mm.npz", "--engine", "numpy",
+             "--input", tmp_path / "xw.npz", "-o", tmp_path / "y.npy")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), torch.tanh(x.mm(w)).numpy(), rtol=1e-5, atol=1e-6)

@@ -101,6 +101,13 @@ def div(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
     return y, lambda dy: ([unbroadcast(dy / b, a.shape), unbroadcast(-dy * y / b, b.shape)], {})
 
 
+@kernel("matmul")
+def matmul(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, w = xs  # w: K x M, without a batch axis
+    leading = tuple(range(x.ndim - 1))
+    return x @ w, lambda dy: ([dy @ w.T, np.tensordot(x, dy, axes=(leading, leading))], {})
+
+
 @kernel("pow")
 def power(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     a, b = xs

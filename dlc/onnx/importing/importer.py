@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from dlc.compile import KEYWORDS, RESERVED
+from dlc.compile import KEYWORDS, READS_SHARED, RESERVED
 from dlc.decompile import SpecLayer, comment, write_spec
 from dlc.errors import DlcError
 from dlc.graph import Network
@@ -20,7 +20,7 @@ from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
 from dlc.onnx.importing.quantized import float_twin
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused, node_error
-from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, validate
+from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, unbatched_inputs, validate
 
 
 def input_size(r: Reader, name: str) -> str:
@@ -46,19 +46,6 @@ def input_size(r: Reader, name: str) -> str:
         raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are vectors, "
                        f"sequences, signals C@L, images C@HxW and volumes C@DxHxW")
     return show(shape)
-
-
-def shared_inputs(g) -> dict[str, list]:
-    """The inputs without a batch axis, which ONNX broadcasts over the others' batch: those of lower rank
-    than the model's first input of the highest rank (the leader), or whose first axis is not its batch
-    (a 1 against 2, a 3x4 matrix beside a 2x3 batch)."""
-    declared = {v.name: [d.dim_value or d.dim_param or None for d in v.type.tensor_type.shape.dim]
-                for v in g.model.graph.input}
-    dims = {x: declared.get(x) for x in g.inputs}
-    if len(dims) < 2 or any(d is None or not d for d in dims.values()):
-        return {}
-    leader = max(dims.values(), key=len)
-    return {x: d for x, d in dims.items() if len(d) < len(leader) or d[0] != leader[0]}
 
 
 def shared_size(r: Reader, name: str, dims: list) -> str:
@@ -87,7 +74,7 @@ def read_layers(r: Reader) -> tuple[list[Found], dict[str, int]]:
     label the spec gives it (the model's order)."""
     g = r.g
     names = input_labels(g.inputs) if len(g.inputs) > 1 else [""]
-    shared = shared_inputs(g)
+    shared = unbatched_inputs(g.model)
     layers = [Found(SpecLayer("input", [], shared_size(r, x, shared[x]) if x in shared else input_size(r, x), label=label),
                     [], x) for x, label in zip(g.inputs, names)]
     producer = {x: i for i, x in enumerate(g.inputs)}
@@ -102,13 +89,19 @@ def read_layers(r: Reader) -> tuple[list[Found], dict[str, int]]:
             producer[found.output] = producer[live[0]]
             continue
         layer = found.layer
+        unbatched = [i for i in n.input if i in shared]
+        if unbatched and layer.kind not in READS_SHARED:
+            raise DlcError(node_error(n, f"it reads the input {unbatched[0]}, which has no batch axis (ONNX "
+                                         f"broadcasts it over the batch); of dlc's layers only the merges that "
+                                         f"broadcast read such an input"))
         if found.tied in producer and layers[producer[found.tied]].layer.kind == "embed":
             layer.tied = producer[found.tied]
         if KINDS[layer.kind].merge:
-            if len(live) != len({i for i in n.input if i}):
+            operands = n.input[:2] if layer.kind == "matmul" else n.input  # a Gemm's C is a stored zero
+            if len(live) != len({i for i in operands if i}):
                 raise DlcError(node_error(n, f"one operand is a stored tensor; dlc's {layer.kind} merges layer "
                                              f"outputs"))
-            layer.inputs = [producer[i] for i in n.input]
+            layer.inputs = [producer[i] for i in operands]
         else:
             if len(live) != 1:
                 raise DlcError(node_error(n, f"it reads {len(live)} layer outputs; dlc's {layer.kind} reads one"))

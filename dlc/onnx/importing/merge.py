@@ -56,6 +56,21 @@ def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("concat", n)
 
 
+def import_matmul(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """MatMul of a layer output by a graph input, or a Gemm so (alpha 1, neither transposed, C absent,
+    beta 0 or a stored zero): PyTorch's mm by a matrix that is an input of the model."""
+    if len(n.input) < 2 or not all(i in r.live for i in n.input[:2]):
+        return None
+    if n.op_type == "Gemm":
+        a = attributes(n)
+        c = r.value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if a.get("alpha", 1.0) != 1.0 or a.get("transA", 0) or a.get("transB", 0) or (
+                len(n.input) > 2 and n.input[2] and a.get("beta", 1.0) != 0 and (c is None or c.any())):
+            raise NotImportable("it scales, transposes or adds to the product of two layer outputs; dlc's matmul "
+                                "is the product alone")
+    return one("matmul", n)
+
+
 def elementwise_merge(kind: str):
     """Max, Min, Pow, Sub or Div of layer outputs (of a stored tensor, other kinds' patterns)."""
     return lambda r, n: one(kind, n) if all(i in r.live for i in n.input) else None

@@ -631,10 +631,12 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
         two = None
     initializers = {t.name: Initializer(t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer}
     tensors = {}
+    unbatched = unbatched_inputs(model)
     for name, v in one.items():
         dims = _dims(v)
         shape = None if dims is None else tuple(d if isinstance(d, int) else None for d in dims)
-        batch_axis = _batch_axis(shape, two.get(name) if two else None)
+        # an input without a batch axis has none, a leading 1 of it included
+        batch_axis = None if name in unbatched else _batch_axis(shape, two.get(name) if two else None)
         tensors[name] = OnnxValue(name, shape, v.type.tensor_type.elem_type, batch_axis)
     for t in initializers.values():
         tensors[t.name] = OnnxValue(t.name, t.dims, t.elem_type)

@@ -6,7 +6,7 @@ import onnx
 
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one, other_input
-from dlc.onnx.model import attributes
+from dlc.onnx.model import attributes, unbatched_inputs
 
 
 def import_add(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -22,7 +22,10 @@ def import_mul(r: Reader, n: onnx.NodeProto) -> Found | None:
     if len(set(n.input)) != len(n.input) or not all(i in r.live for i in n.input):
         return None
     out = r.shape(n.output[0])
+    shared = unbatched_inputs(r.g.model)  # broadcast over the batch whole, as the compiler checks
     for i in n.input:
+        if i in shared:
+            continue
         s, source = r.shape(i), r.producer.get(i)
         if s != out and not (source is not None and source.op_type == "Unsqueeze" and s == spread(out)):
             raise NotImportable(f"it multiplies {show(s)} by {show(out)}; dlc's mul takes equal shapes or a "

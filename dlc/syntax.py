@@ -548,8 +548,8 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
     if head == "INPUT" and tok.type in ("REPEAT", "X") and prev in ("NUMBER", "DIMS", "NAME"):
         return DlcError("an input takes no repeat: write one `input ... as LABEL` line per input", where)
     if stmt and stmt[0].type == "INPUT" and tok.type != "_SEP" or prev == "INPUT" or prev == "SEQ":
-        return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200` or "
-                        "`input seq 50 of 64`", where)
+        return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200`, "
+                        "`input seq 50 of 64`, `input scalar` or `input 3x4 shared`, then `as LABEL`", where)
     if tok.type == "_SEP" and ("COMMA" in expected or prev == "COMMA"):
         return DlcError("a call's arguments stay on one line: expected `,` or `)`", where)
     if prev == "_SEP" and len(before) > 2 and before[-2].type == "LPAR" and before[-3].type == "NAME" \

@@ -377,3 +377,10 @@ def test_dlc_exports_import_back_and_reproduce(tmp_path, text):
         assert len(got.files) == len(want)
         for name, w in zip(got.files, want.values()):
             np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("text, column", [("input scalar 3", 14), ("input 3 shared shared", 16)])
+def test_a_misread_input_line_names_the_scalar_and_shared_forms(text, column):
+    with pytest.raises(DlcError) as e:
+        compile_spec(text)
+    assert "`input scalar` or `input 3x4 shared`" in e.value.message and e.value.pos.col == column

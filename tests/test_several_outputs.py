@@ -324,8 +324,9 @@ def test_matmul_by_a_shared_matrix_counts_as_fc_and_agrees_with_numpy_onnxruntim
         compile_spec("input seq 3 of 4 as w\ninput seq 2 of 3 as v -> matmul w")
 
 
+@pytest.mark.parametrize("addmm", [False, True], ids=["mm", "addmm"])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_mm_by_an_input_matrix_from_either_pytorch_exporter_imports_as_matmul(tmp_path, dynamo):
+def test_mm_by_an_input_matrix_from_either_pytorch_exporter_imports_as_matmul(tmp_path, dynamo, addmm):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     import onnx
@@ -334,22 +335,23 @@ def test_mm_by_an_input_matrix_from_either_pytorch_exporter_imports_as_matmul(tm
     import torch_models
     from dlc.onnx.importing.importer import input_labels
 
-    class Mm(nn.Module):
-        def forward(self, x, w):
-            return torch.tanh(x.mm(w))
+    class Mm(nn.Module):  # x @ w, or x @ w + b with b a 4-vector (PyTorch's addmm: Gemm with C, or MatMul, Add)
+        def forward(self, x, w, *b):
+            return torch.tanh(torch.addmm(b[0], x, w) if b else x.mm(w))
 
-    x, w = torch.randn(2, 3), torch.randn(3, 4)
-    torch_models.export(Mm(), tmp_path / "mm.onnx", (x, w), dynamo=dynamo)
+    x, w, b = torch.randn(2, 3), torch.randn(3, 4), torch.randn(4)
+    args = (x, w, b) if addmm else (x, w)
+    torch_models.export(Mm(), tmp_path / "mm.onnx", args, dynamo=dynamo)
     r = _cli("import", tmp_path / "mm.onnx", "-o", tmp_path / "mm.dlc")
     assert r.exit_code == 0, r.output
     text = (tmp_path / "mm.dlc").read_text()
     assert "3x4 shared" in text and "matmul" in text, text
     names = input_labels([v.name for v in onnx.load(tmp_path / "mm.onnx").graph.input])
-    np.savez(tmp_path / "xw.npz", **dict(zip(names, (x.numpy(), w.numpy()))))
+    np.savez(tmp_path / "xw.npz", **dict(zip(names, (a.numpy() for a in args))))
     r = _cli("infer", tmp_path / "mm.dlc", "--weights", tmp_path / "mm.npz", "--engine", "numpy",
              "--input", tmp_path / "xw.npz", "-o", tmp_path / "y.npy")
     assert r.exit_code == 0, r.output
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), torch.tanh(x.mm(w)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), Mm()(*args).numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("text", [TWO, SHARED, MATMUL], ids=["two outputs", "shared", "matmul"])

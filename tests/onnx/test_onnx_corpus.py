@@ -27,7 +27,6 @@ TOLERANCE = 1e-4  # relative to the largest expected output, as the suite's own 
 # model -> words its one-line refusal contains
 REFUSED = {
     "pytorch-converted/test_PoissonNLLLLoss_no_reduce": "Mul",
-    "pytorch-operator/test_operator_addmm": "dlc's matmul is the product alone",
     "pytorch-operator/test_operator_chunk": "computes across its first axis",
     "pytorch-operator/test_operator_index": "slices the batch axis",
     "pytorch-operator/test_operator_non_float_params": "spans the batch axis",

@@ -97,8 +97,9 @@ def read_layers(r: Reader) -> tuple[list[Found], dict[str, int]]:
         if found.tied in producer and layers[producer[found.tied]].layer.kind == "embed":
             layer.tied = producer[found.tied]
         if KINDS[layer.kind].merge:
-            operands = n.input[:2] if layer.kind == "matmul" else n.input  # a Gemm's C is a stored zero
-            if len(live) != len({i for i in operands if i}):
+            # a Gemm's C is no operand of its matmul: a stored zero, or added after it (found.plus)
+            operands = n.input[:2] if layer.kind == "matmul" else n.input
+            if any(i not in producer for i in operands if i):
                 raise DlcError(node_error(n, f"one operand is a stored tensor; dlc's {layer.kind} merges layer "
                                              f"outputs"))
             layer.inputs = [producer[i] for i in operands]
@@ -108,6 +109,10 @@ def read_layers(r: Reader) -> tuple[list[Found], dict[str, int]]:
             layer.inputs = [producer[live[0]]]
         layers.append(found)
         producer[found.output] = len(layers) - 1
+        if found.plus:  # a layer output the operator adds to its product: an add after the layer
+            layers.append(Found(SpecLayer("add", [len(layers) - 1, producer[found.plus]]), [], found.output,
+                                node=n.name))
+            producer[found.output] = len(layers) - 1
     for out in g.outputs:
         if out not in producer:
             raise DlcError(f"{g.path}'s output {out} does not depend on its input")

@@ -60,18 +60,22 @@ def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def import_matmul(r: Reader, n: onnx.NodeProto) -> Found | None:
-    """MatMul of a layer output by a graph input, or a Gemm so (alpha 1, neither transposed, C absent,
-    beta 0 or a stored zero): PyTorch's mm by a matrix that is an input of the model."""
+    """MatMul of a layer output by a graph input, or a Gemm so (alpha 1, neither transposed): PyTorch's mm
+    by a matrix that is an input of the model. A Gemm's C is nothing (absent, beta 0, a stored zero) or,
+    at beta 1, a layer output added after the product (PyTorch's addmm): an add follows the matmul."""
     if len(n.input) < 2 or not all(i in r.live for i in n.input[:2]):
         return None
+    found = one("matmul", n)
     if n.op_type == "Gemm":
         a = attributes(n)
-        c = r.value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        if a.get("alpha", 1.0) != 1.0 or a.get("transA", 0) or a.get("transB", 0) or (
-                len(n.input) > 2 and n.input[2] and a.get("beta", 1.0) != 0 and (c is None or c.any())):
-            raise NotImportable("it scales, transposes or adds to the product of two layer outputs; dlc's matmul "
-                                "is the product alone")
-    return one("matmul", n)
+        c = n.input[2] if len(n.input) > 2 and n.input[2] and a.get("beta", 1.0) != 0 else ""
+        if c in r.live and a.get("beta", 1.0) == 1.0:
+            found.plus = c
+        elif c and (r.value(c) is None or r.value(c).any()):
+            raise NotImportable("it scales its C or reads a stored one; dlc's matmul adds a layer output at most")
+        if a.get("alpha", 1.0) != 1.0 or a.get("transA", 0) or a.get("transB", 0):
+            raise NotImportable("it scales or transposes the product of two layer outputs; dlc's matmul does not")
+    return found
 
 
 def elementwise_merge(kind: str):

@@ -37,6 +37,7 @@ class Found:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # by the kind's tensor names
     node: str = ""  # the ONNX node it starts at, for messages
     tied: str = ""  # an fc whose weight is an embedding's table: the tensor that embedding writes
+    plus: str = ""  # a layer output added to the layer's (a Gemm's C, PyTorch's addmm): an `add` follows
 
 
 class Reader:

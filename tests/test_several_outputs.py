@@ -386,3 +386,17 @@ def test_a_misread_input_line_names_the_scalar_and_shared_forms(text, column):
     with pytest.raises(DlcError) as e:
         compile_spec(text)
     assert "`input scalar` or `input 3x4 shared`" in e.value.message and e.value.pos.col == column
+
+
+def test_a_float16_export_casts_every_output_back_and_an_output_still_feeds_the_next_layer(tmp_path):
+    spec = tmp_path / "two.dlc"
+    spec.write_text(TWO)
+    for dtype, name in (("fp32", "y32"), ("fp16", "y16")):
+        assert _cli("export", spec, "--dtype", dtype, "-o", tmp_path / f"{name}.onnx").exit_code == 0
+        r = _cli("infer", tmp_path / f"{name}.onnx", "--random", "4", "--device", "cpu", "--out",
+                 tmp_path / f"{name}.npz")
+        assert r.exit_code == 0 and "output aux (4, 2) float32" in r.output, r.output
+    low, full = np.load(tmp_path / "y16.npz"), np.load(tmp_path / "y32.npz")
+    assert low.files == full.files == ["logits", "aux"]
+    for name in low.files:  # float16 rounds at 4.9e-4 of each value
+        np.testing.assert_allclose(low[name], full[name], rtol=1e-2, atol=1e-2)

@@ -175,5 +175,5 @@ def infer_extra_bytes(graph, ports: list, drawn: bool, as_json: bool, top: int) 
     """What infer holds per sample beside the forward pass: the float64 draw of --random, top_classes'
     float64 copies and sort of the output, and with --json its Python objects (a float in a list takes
     about 32 bytes, a top-k entry about 200)."""
-    n_out = prod(graph.output.out_shape) if graph is not None else 0
+    n_out = sum(prod(o.out_shape) for o in graph.outputs) if graph is not None else 0  # every output
     return drawn_bytes(ports) * drawn + 32 * n_out + (32 * n_out + 200 * top if as_json else 0)

@@ -50,8 +50,10 @@ def input_size(r: Reader, name: str) -> str:
 
 def shared_size(r: Reader, name: str, dims: list) -> str:
     """`3x4 shared`: the whole shape of an input without a batch axis, as the model declares it."""
-    if not r.g.tensors[name].is_float or not all(isinstance(d, int) for d in dims):
-        what = "integers" if r.g.tensors[name].is_float is False else "a shape of named sizes"
+    t = r.g.tensors[name]
+    if not t.is_float or not all(isinstance(d, int) for d in dims):
+        what = "a shape of named sizes" if t.is_float else \
+            f"{onnx.TensorProto.DataType.Name(t.elem_type).lower()} values"
         raise DlcError(f"the model's input {name} has no batch axis and holds {what}; dlc reads such an input "
                        f"as one float tensor of fixed shape, shared by every sample")
     return "x".join(map(str, dims)) + " shared"
@@ -75,8 +77,8 @@ def read_layers(r: Reader) -> tuple[list[Found], dict[str, int]]:
     g = r.g
     names = input_labels(g.inputs) if len(g.inputs) > 1 else [""]
     shared = unbatched_inputs(g.model)
-    layers = [Found(SpecLayer("input", [], shared_size(r, x, shared[x]) if x in shared else input_size(r, x), label=label),
-                    [], x) for x, label in zip(g.inputs, names)]
+    sizes = [shared_size(r, x, shared[x]) if x in shared else input_size(r, x) for x in g.inputs]
+    layers = [Found(SpecLayer("input", [], size, label=label), [], x) for x, size, label in zip(g.inputs, sizes, names)]
     producer = {x: i for i, x in enumerate(g.inputs)}
     used: set[int] = set()
     for n in g.nodes:

@@ -16,8 +16,8 @@ from dlc.graph import BlockCall, Graph, Node
 from dlc.layers import AXIS, COUNT, KINDS, LABEL, PAD, READ, SIZES, LayerKind, Ref, all_words, lookup
 from dlc.layers.spatial import is_spatial, show, spatial_shape
 from dlc.layers.mixture import check_mixture
-from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Nest, Option, Size, Step, Train, Value, Word,
-                        parse, size_example)
+from dlc.syntax import (BlockDef, Call, Default, Group, Input, Merge, Nest, Option, Output, Size, Step, Train, Value,
+                        Word, parse, size_example)
 
 # A spec that expands past this many nodes is almost surely a mistyped repeat count, not a network.
 MAX_NODES = 50_000
@@ -99,9 +99,15 @@ def _compile(text: str, file: str) -> Graph:
     _check_input(statements)
     scope, defaults, cur = Scope("", {}, {}), {}, ""
     several = sum(isinstance(s, Input) for s in statements) > 1
+    output: Output | None = None
     for s in statements:
+        if output is not None and isinstance(s, (*STEPS, Input, Output)):
+            raise DlcError(f"`output` ends the network (line {output.pos.line}): the steps it names come "
+                           f"before it, and nothing after it", s.pos)
         if isinstance(s, Input):  # each input starts a chain; a later step reads it by its label
             cur = _emit_input(build, s, scope, several)
+        elif isinstance(s, Output):
+            output = s
         elif isinstance(s, Train):
             _read_train(build, s)
         elif not isinstance(s, BlockDef):
@@ -116,7 +122,29 @@ def _compile(text: str, file: str) -> Graph:
                     else f"`add {node.name}`, `concat {node.name}` or `attention H from={node.name}`")
             raise DlcError(f"input `{node.name}` is never read: a later step reads it by its label, as {ways}",
                            node.pos)
-    return Graph(build.nodes, source=text, file=file, train=build.train)
+    ends = _outputs(build, output, scope, read) if output is not None else {}
+    return Graph(build.nodes, source=text, file=file, train=build.train, output_labels=ends)
+
+
+def _outputs(b: Build, s: Output, scope: Scope, read: set[str]) -> dict[str, str]:
+    """`output a, b`: label -> node name. Every other step must feed one of them: a step that leads
+    nowhere is a slip (a head left out of the list), not a layer to count."""
+    ends: dict[str, str] = {}
+    for w in s.labels:
+        if w.name in ends:
+            raise DlcError(f"`{w.name}` is named twice in `output`: each output is one tensor", w.pos)
+        name = _label_node(w, scope)
+        node = b.by_name[name]
+        if node.kind == "input":
+            raise DlcError(f"`{w.name}` is an input; an output is a step's result", w.pos)
+        if w.name != name and w.name in b.by_name:  # ONNX names the output by its label: one tensor each
+            raise DlcError(f"`{w.name}` is also the name of layer {w.name}; label this output otherwise", w.pos)
+        ends[w.name] = name
+    for node in b.nodes:
+        if node.name not in read and node.name not in ends.values():
+            raise DlcError(f"{node.text or node.name} ({node.name}) feeds no output: label it and name it in "
+                           f"`{s.text}`, or remove it", node.pos)
+    return ends
 
 
 def _check_input(statements: list) -> None:
@@ -147,6 +175,9 @@ def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
         return cur
     if isinstance(s, Input):
         raise DlcError("`input` is the first statement of the spec, not part of a block, group or branch", s.pos)
+    if isinstance(s, Output):
+        raise DlcError("`output` is a top-level statement after the steps it names, not part of a block, "
+                       "group or branch", s.pos)
     if isinstance(s, BlockDef):
         raise DlcError("blocks are defined at the top level of the spec, not inside a block, group or branch",
                        s.pos)
@@ -172,7 +203,12 @@ def _emit(b: Build, s, cur: str, scope: Scope, defaults: Defaults) -> str:
 
 
 def _emit_input(b: Build, s: Input, scope: Scope, several: bool) -> str:
-    if s.size is not None:
+    tokens = False
+    if s.shared:
+        shape = _shared_shape(s.size)
+    elif s.size is None and s.steps is None:
+        shape = ()  # `input scalar`: one number per sample
+    elif s.size is not None:
         z = s.size
         if z.stride is not None:
             raise DlcError(f"an input has no stride: write an image as C@HxW, like 3@224x224 (received `{z.raw}`)",
@@ -188,13 +224,13 @@ def _emit_input(b: Build, s: Input, scope: Scope, several: bool) -> str:
             raise DlcError(f"an image input is written C@HxW, like 1@{z.raw} (received `{z.raw}`)", z.pos)
         else:
             shape = (_positive_int(z.dims, "the input size"),)
-        tokens = False
     else:
         steps = _positive_int(s.steps, "the sequence length")
         tokens = s.features is None
         shape = (steps,) if tokens else (steps, _positive_int(s.features, "the feature count"))
     kind = KINDS["input"]
-    out, attrs = kind.resolve({"shape": shape, "tokens": tokens}, [])
+    # `shared` is set only where written, so an input's attributes stay what they were without it
+    out, attrs = kind.resolve({"shape": shape, "tokens": tokens, **({"shared": True} if s.shared else {})}, [])
     # one input keeps the name `input` that tables, checkpoints and ONNX files have always used
     name = s.label.name if several else "input"
     node = Node(name, "input", attrs, [], out, "int64" if tokens else "float32", s.pos, "", None,
@@ -209,6 +245,14 @@ def _emit_input(b: Build, s: Input, scope: Scope, several: bool) -> str:
         scope.labels[s.label.name], scope.label_at[s.label.name] = name, s.label.pos
         node.label = s.label.name
     return node.name
+
+
+def _shared_shape(z: Size) -> tuple[int, ...]:
+    """`input 3x4 shared`: the whole tensor's shape, there being no batch axis to leave out."""
+    if z.stride is not None or z.channels is not None:
+        raise DlcError(f"a shared input is written as its whole shape, like 3x4 or 16 (received `{z.raw}`)", z.pos)
+    dims = z.dims.v if isinstance(z.dims.v, tuple) else (_positive_int(z.dims, "the input size"),)
+    return tuple(_at_least_one(d, z.dims) for d in dims)
 
 
 def _emit_group(b: Build, g: Group, cur: str, scope: Scope, defaults: Defaults) -> str:
@@ -655,7 +699,7 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
         inputs = [ins[0].name]
     _check_dtype(kind, ins, pos, head)
     name = name or scope.node_name(kind.name)
-    shapes = [n.out_shape for n in ins]
+    shapes = _per_sample([n.out_shape for n in ins], [bool(n.attrs.get("shared")) for n in ins], kind, head, pos)
     missing = next((k for k, v in attrs.items() if v is None and kind.options.get(k, 0) is None), None)
     if missing is not None:
         raise DlcError(f"{head} needs the option {missing}=… (it has no default)", pos)
@@ -684,6 +728,43 @@ def _add_node(b: Build, scope: Scope, kind: LayerKind, attrs: dict, inputs: list
     b.nodes.append(node)
     b.by_name[name] = node
     return node
+
+
+# The kinds that read a `shared` input (no batch axis): they broadcast it over the batch, as NumPy and
+# ONNX broadcast a tensor of lower rank, aligning the axes on the right.
+READS_SHARED = {"add", "mul", "maximum", "minimum", "pow", "sub", "div", "matmul"}
+
+
+def _per_sample(shapes: list[tuple], shared: list[bool], kind: LayerKind, head: str, pos: Pos) -> list[tuple]:
+    """The inputs' shapes as the shape rule sees them, batch left out: a shared tensor's, aligned on the
+    right with the others' batch and sample axes, loses a leading 1 that stands against the batch axis
+    and gains leading 1s where it has fewer axes than a sample (`3` against `seq 2 of 3` reads as 1x3)."""
+    if kind.name == "matmul":  # its matrix is one for every sample, read whole
+        if shared != [False, True]:
+            raise DlcError(f"{head} multiplies the current tensor by a matrix shared by every sample: write "
+                           f"`input KxM shared as W` and `matmul W`", pos)
+        return shapes
+    if not any(shared):
+        return shapes
+    if kind.name not in READS_SHARED:
+        raise DlcError(f"{head} cannot read a `shared` input (no batch axis): only the merges that broadcast "
+                       f"read one ({', '.join(sorted(READS_SHARED))})", pos)
+    ranks = {len(s) for s, sh in zip(shapes, shared) if not sh}
+    if not ranks:
+        raise DlcError(f"{head} reads only `shared` inputs: its result would have no batch axis", pos)
+    rank = max(ranks)
+    sample = next(s for s, sh in zip(shapes, shared) if not sh and len(s) == rank)
+    out = []
+    for s, sh in zip(shapes, shared):
+        if sh and len(s) == rank + 1 and s[0] == 1:
+            s = tuple(s[1:])
+        elif sh and len(s) <= rank:
+            s = (1,) * (rank - len(s)) + tuple(s)
+        elif sh:
+            raise DlcError(f"{head}: the shared input {'x'.join(map(str, s))} has more axes than the batch "
+                           f"and a sample {show(sample)} together", pos)
+        out.append(s)
+    return out
 
 
 def _ref(b: Build, name: str) -> Ref:

@@ -9,7 +9,8 @@ A graph that is not series-parallel in this way has no spec and is refused.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from dlc.compile import compile_spec
 from dlc.errors import DlcError
@@ -297,18 +298,49 @@ def comment(text: str) -> str:
     return "# " + "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") -> tuple[str, Graph, list[int]]:
-    """The spec of a graph of layers (layers[0] the input, each reading earlier ones), with `head` (comment
+def write_spec(layers: list[SpecLayer], outputs: dict[str, int], file: str,
+               head: str = "") -> tuple[str, Graph, list[int]]:
+    """The spec of a graph of layers (its inputs first, layers[0] the first; each reading earlier ones)
+    ending at `outputs` (label -> layer; with several, an `output` line names them), with `head` (comment
     lines) first and each step's output shape as a comment after it; its compiled graph; and the layers
-    in the order the graph's nodes after the input come from them. A DlcError naming `file` if no spec
-    writes the graph."""
-    paths = dominator_paths(layers)
+    in the order the graph's nodes after the inputs come from them. A DlcError naming `file` if no spec
+    writes the graph.
+
+    Each input starts a chain, and the first one's chain is the spec's main line: where the model's
+    first input cannot carry it (two outputs read it apart, as ONNX's test_operator_symbolic_override_
+    nested: x + y + z, -x and -y), another input goes first."""
+    error = None
+    for k in [i for i, layer in enumerate(layers) if layer.kind == "input"]:
+        def swap(i: int) -> int:  # input k and input 0 trade places; the others keep theirs
+            return k if i == 0 else 0 if i == k else i
+        moved = [None] * len(layers)
+        for i, layer in enumerate(layers):
+            moved[swap(i)] = replace(layer, inputs=[swap(j) for j in layer.inputs],
+                                     tied=None if layer.tied is None else swap(layer.tied))
+        try:
+            text, graph, order = _write(moved, {label: swap(i) for label, i in outputs.items()}, file, head)
+        except DlcError as e:
+            error = error or e
+            continue
+        return text, graph, [swap(i) for i in order]
+    raise error
+
+
+# How a spec's lines are laid out: (the items of the main chain, the layers in the order the spec's nodes
+# come from them, and a function of the Draft and the `default` lines that gives every line in order).
+Plan = tuple[list, list[int], Callable[["Draft", list], list]]
+
+
+def _one_output(layers: list[SpecLayer], paths: list[list[int]], outputs: dict[str, int], file: str) -> Plan:
+    """One output: its chain from the first input, or from a later one (cross-attention's queries, the
+    first input read by `from=`); the other inputs' chains on their own lines before it."""
+    (output,) = outputs.values()
     try:
         items = chain(layers, paths, 0, output)
     except ValueError:
         raise DlcError(f"{file}: the model's layers do not form a chain of merges that a spec can write")
-    # the output's chain may start at an input beyond the first (cross-attention's queries, the first input
-    # read by `from=`): that input's line is written last, and the chain goes on from it
+    # the output's chain may start at an input beyond the first: that input's line is written last, and
+    # the chain goes on from it
     root = items.pop(0) if items and not isinstance(items[0], Merge) and later_input(layers, items[0]) else None
     # the inputs' chains are written on their lines, before the first input's: those a merge reads, and those
     # that end at a layer read by an option alone (an encoder's output that a decoder attends `from=`)
@@ -322,6 +354,66 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
             chains[0] = path  # the first input's own chain, when the output's starts at a later input
     ahead = [i for k in sorted(chains) for i in chains[k]]
     order = ahead + [i for i in flatten_items(items) if not later_input(layers, i) and i not in ahead]
+
+    def arrange(draft: Draft, defaults: list) -> list:
+        steps, labels = draft.steps, draft.labels
+        body = render(draft, items)
+        # the inputs beyond the first come first, each on its own line: the first one's chain follows
+        named = [(" -> ".join([f"{steps[i]} as {layers[i].label}", *(steps[j] for j in chains.get(i, []))])
+                  + (f" as {labels[chains[i][-1]]}" if i in chains else ""), None)
+                 for i in range(1, len(layers)) if later_input(layers, i) and i != root]
+        first = f"{steps[0]} as {layers[0].label}" if named or root else steps[0]
+        if 0 in chains:
+            first = " -> ".join([first, *(steps[j] for j in chains[0])]) + f" as {labels[chains[0][-1]]}"
+        heads = [*named, (first, None)] if root is None else \
+            [(first, None), *named, (f"{steps[root]} as {layers[root].label}", None)]
+        return [*heads, *defaults, *body]
+    return items, order, arrange
+
+
+def _several_outputs(layers: list[SpecLayer], paths: list[list[int]], outputs: dict[str, int], file: str) -> Plan:
+    """Several outputs: each output's chain starts at the input that alone leads to it, the first input
+    where none does; the outputs of one chain lie along it, each feeding the next."""
+    roots: dict[int, list[int]] = {}
+    for i in outputs.values():
+        root = paths[i][1] if len(paths[i]) > 1 and later_input(layers, paths[i][1]) else 0
+        roots.setdefault(root, []).append(i)
+    chains: dict[int, list] = {}
+    for root in sorted(roots, key=lambda r: (r == 0, r)):  # the later inputs' chains first, the first's last
+        try:
+            chains[root] = chain(layers, paths, root, max(roots[root]))
+        except ValueError:
+            raise DlcError(f"{file}: the model's layers do not form a chain of merges that a spec can write")
+        ends = {it.layer if isinstance(it, Merge) else it for it in chains[root]}
+        apart = [label for label, i in outputs.items() if i in roots[root] and i not in ends]
+        if apart:
+            last = next(k for k, i in outputs.items() if i == max(roots[root]))
+            raise DlcError(f"{file}: the output {apart[0]} branches off the chain to the output {last}; a spec "
+                           f"writes several outputs along the chain of one input, each feeding the next")
+    items = [it for c in chains.values() for it in c]
+    order = [i for i in flatten_items(items) if not later_input(layers, i)]
+
+    def arrange(draft: Draft, defaults: list) -> list:
+        steps = draft.steps
+        # the inputs beyond the first come first, each on its own line, those that start an output's chain
+        # with it: the first one's chain follows
+        named = [(f"{steps[i]} as {layers[i].label}", None) for i in range(1, len(layers))
+                 if later_input(layers, i) and i not in chains]
+        several = any(later_input(layers, i) for i in range(1, len(layers)))
+        first = f"{steps[0]} as {layers[0].label}" if several else steps[0]
+        for root, c in chains.items():
+            if root:
+                named += [(f"{steps[root]} as {layers[root].label}", None), *render(draft, c)]
+        body = render(draft, chains.get(0, []))
+        # defaults go first where a later input's chain would otherwise come before them
+        return ([*defaults, *named, (first, None)] if len(chains) > 1 else [*named, (first, None), *defaults]) + body
+    return items, order, arrange
+
+
+def _write(layers: list[SpecLayer], outputs: dict[str, int], file: str, head: str) -> tuple[str, Graph, list[int]]:
+    paths = dominator_paths(layers)
+    plan = _one_output if len(outputs) == 1 else _several_outputs
+    items, order, arrange = plan(layers, paths, outputs, file)
     if len(order) != len(set(order)):
         raise DlcError(f"{file}: a layer's output is read by merges at different levels, which a spec's "
                        f"nested add( … )/concat( … ) cannot write")
@@ -331,26 +423,22 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
             readers[i] = readers.get(i, 0) + 1
     defaults = bias_defaults(layers)
     labels = labels_for(layers, items)
+    if len(outputs) > 1:
+        labels.update((i, label) for label, i in outputs.items())
     options = [written(layer.kind, layer.options, defaults) for layer in layers]
     steps = [step_text(layer, opts, labels) for layer, opts in zip(layers, options)]
     # a suffix takes options, never a size or a flag
     suffixes = {i for i, layer in enumerate(layers) if layer.kind in SUFFIX and not layer.size
                 and not any(key in KINDS[layer.kind].flags for key in options[i])}
+    draft = Draft(layers, steps, suffixes, labels, readers)
     lines = [(" ".join(["default", kind, *option_words(kind, opts)]), None) for kind, opts in defaults.items()]
     try:
-        body = render(Draft(layers, steps, suffixes, labels, readers), items)
+        lines = arrange(draft, lines)
     except ValueError:
         raise DlcError(f"{file}: an input beyond the first is read other than by a merge after the first "
                        f"branch, which a spec writes only as `add LABEL`, `mul LABEL` or `concat LABEL`")
-    # the inputs beyond the first come first, each on its own line: the first one's chain follows
-    named = [(" -> ".join([f"{steps[i]} as {layers[i].label}", *(steps[j] for j in chains.get(i, []))])
-              + (f" as {labels[chains[i][-1]]}" if i in chains else ""), None)
-             for i in range(1, len(layers)) if later_input(layers, i) and i != root]
-    first = f"{steps[0]} as {layers[0].label}" if named or root else steps[0]
-    if 0 in chains:
-        first = " -> ".join([first, *(steps[j] for j in chains[0])]) + f" as {labels[chains[0][-1]]}"
-    heads = [*named, (first, None)] if root is None else [(first, None), *named, (f"{steps[root]} as {layers[root].label}", None)]
-    lines = [*heads, *lines, *body]
+    if len(outputs) > 1:
+        lines.append((f"output {', '.join(outputs)}", None))
     graph = compile_spec(head + "\n".join(t for t, _ in lines) + "\n", file=file)
     nodes = [n for n in graph.nodes if n.kind != "input"]
     if [n.kind for n in nodes] != [layers[i].kind for i in order]:
@@ -358,5 +446,6 @@ def write_spec(layers: list[SpecLayer], output: int, file: str, head: str = "") 
     # each line's output shape as a comment, as the language's examples write them
     shape_of = {i: node.out_shape for node, i in zip(nodes, order)}
     width = max(len(t) for t, _ in lines) + 2
-    text = "\n".join(t if last is None else f"{t:<{width}}{comment(show(shape_of[last]))}" for t, last in lines) + "\n"
+    text = "\n".join(t if last is None else f"{t:<{width}}{comment(show(shape_of[last]) or 'scalar')}"
+                     for t, last in lines) + "\n"
     return head + text, graph, order

@@ -48,6 +48,8 @@ class Graph:
     source: str = ""  # the spec text
     file: str = "<spec>"
     train: dict = field(default_factory=dict)  # the `train` statement's settings, keys as written
+    # `output a, b`: label -> node name, in the statement's order; empty: the last node is the one output
+    output_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def input(self) -> Node:
@@ -58,8 +60,20 @@ class Graph:
         return [n for n in self.nodes if n.kind == "input"]
 
     @property
-    def output(self) -> Node:
-        return self.nodes[-1]
+    def outputs(self) -> list[Node]:  # the network's ends, in the `output` statement's order
+        if not self.output_labels:
+            return [self.nodes[-1]]
+        return [self.node(name) for name in self.output_labels.values()]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs' names outside dlc (ONNX graph outputs, infer's arrays, `--json`): their labels,
+        or the last node's name where the spec declares none."""
+        return list(self.output_labels) or [self.nodes[-1].name]
+
+    @property
+    def output(self) -> Node:  # the first output: the one a loss reads
+        return self.outputs[0]
 
     def node(self, name: str) -> Node:
         return self._by_name[name]

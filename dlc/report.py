@@ -64,6 +64,7 @@ class Row:
     text: str
     stats: list[NodeStats]
     sources: list[str]  # where its input comes from, when that is not simply the row above
+    output: str = ""  # the name `output` gives it, where the row ends at one of the network's outputs
 
     @property
     def out_shape(self):
@@ -87,6 +88,9 @@ def rows(analysis: Analysis, every_node: bool = False) -> list[Row]:
         sources = [] if node.inputs == ([prev] if prev else []) else [row_of.get(i, i) for i in node.inputs]
         text = node.kind if every_node else (node.text or node.kind)
         out.append(Row(key, text, [s], sources))
+    ends = {node: label for label, node in getattr(analysis.graph, "output_labels", {}).items()}
+    for r in out:
+        r.output = ends.get(r.stats[-1].node.name, "")
     return out
 
 
@@ -142,7 +146,8 @@ def _precision(r: Row) -> str:
 
 COLUMNS = {
     # name: (header, right-justified, cell)
-    "layer": ("layer", False, lambda r: r.name),
+    # a declared output's row says so, with its name: `fc2 → logits`
+    "layer": ("layer", False, lambda r: f"{r.name} → {r.output}" if r.output else r.name),
     "spec": ("spec", False, lambda r: _clip(r.text, SPEC_WIDTH)),
     "from": ("from", False, lambda r: _sources(r.sources)),
     "output": ("output", True, lambda r: show(r.out_shape)),
@@ -355,7 +360,11 @@ def to_json(analysis: Analysis) -> dict:
         "input": list(g.input.out_shape),
         "input_dtype": g.input.dtype,
         # every input of the network, the first being `input` and `input_dtype` above
-        "inputs": [{"name": n.name, "shape": list(n.out_shape), "dtype": n.dtype} for n in g.inputs],
+        "inputs": [{"name": n.name, "shape": list(n.out_shape), "dtype": n.dtype,
+                    **({"shared": True} if n.attrs.get("shared") else {})} for n in g.inputs],
+        # the network's ends in the spec's order (`output a, b`), or its last layer
+        "outputs": [{"name": name, "layer": n.name, "shape": list(n.out_shape)}
+                    for name, n in zip(g.output_names, g.outputs)],
         "batch": t.batch,
         "conventions": CONVENTIONS | ({"active_params": ACTIVE_CONVENTION} if mixture else {})
         | ({"constants": CONSTANTS_CONVENTION} if t.constants else {})

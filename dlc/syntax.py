@@ -118,10 +118,20 @@ class Nest:
 
 @dataclass
 class Input:
-    size: Size | None  # `input 3@224x224`, `input 784`
+    size: Size | None  # `input 3@224x224`, `input 784`; None for `input seq` and `input scalar`
     steps: Value | None  # `input seq T [of D]`
     features: Value | None
     label: Word | None  # `as ids`: names the input's node, and how a later step reads it
+    text: str
+    pos: Pos
+    shared: bool = False  # `input 3x4 shared`: no batch axis, the same tensor for every sample
+
+
+@dataclass
+class Output:
+    """`output a, b`: the labelled steps that are the network's ends, in order."""
+
+    labels: list[Word]
     text: str
     pos: Pos
 
@@ -153,7 +163,7 @@ class Train:
     pos: Pos
 
 
-Statement = Input | Default | BlockDef | Train | Step | Group | Call | Merge | Nest
+Statement = Input | Output | Default | BlockDef | Train | Step | Group | Call | Merge | Nest
 
 
 @dataclass
@@ -314,7 +324,17 @@ class _ToAst(Transformer):
 
     def input_image(self, meta, children):
         rest, _, label = _split(children)
-        return Input(rest[0], None, None, label, self._slice(meta), _meta_pos(meta))
+        return Input(rest[0], None, None, label, self._slice(meta), _meta_pos(meta), shared=True in rest[1:])
+
+    def shared(self, meta, children):
+        return True
+
+    def input_scalar(self, meta, children):
+        label = children[0] and children[0].word
+        return Input(None, None, None, label, self._slice(meta), _meta_pos(meta))
+
+    def output(self, meta, children):
+        return Output([Word(str(t), token_pos(t)) for t in children], self._slice(meta), _meta_pos(meta))
 
     def input_seq(self, meta, children):
         steps, features, label = children  # lark leaves None for an absent `of D` or `as LABEL`
@@ -432,7 +452,7 @@ WHAT = {
     "REPEAT": "a repeat like x3", "X": "`x`", "AS": "`as`", "AT": "`@`", "SLASH": "`/`", "EQUAL": "`=`",
     "LPAR": "`(`", "RPAR": "`)`", "LBRACE": "`{`", "RBRACE": "`}`", "VBAR": "`|`", "COMMA": "`,`",
     "INPUT": "`input`", "SEQ": "`seq`", "OF": "`of`", "DEFAULT": "`default`", "BLOCK": "`block`",
-    "TRAIN": "`train`", "$END": "the end of the spec",
+    "TRAIN": "`train`", "OUTPUT": "`output`", "SCALAR": "`scalar`", "SHARED": "`shared`", "$END": "the end of the spec",
 }
 OPENERS = {"LPAR": "RPAR", "LBRACE": "RBRACE"}
 CLOSERS = {"RPAR": "LPAR", "RBRACE": "LBRACE"}
@@ -510,6 +530,8 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
         return DlcError("a block is defined as `block name(p, q=1) { … }`", where)
     if head == "DEFAULT" and len(stmt) == 1:
         return DlcError("expected a layer kind after `default`, like `default conv pad=same`", where)
+    if head == "OUTPUT":
+        return DlcError("`output` names labelled steps, separated by commas: `output logits, pooled`", where)
     if head == "TRAIN" and prev != "EQUAL":
         return DlcError("`train` takes settings like `train optimizer=sgd lr=0.01`", where)
     if prev == "X":
@@ -526,8 +548,8 @@ def syntax_error(e: UnexpectedInput, text: str) -> DlcError:
     if head == "INPUT" and tok.type in ("REPEAT", "X") and prev in ("NUMBER", "DIMS", "NAME"):
         return DlcError("an input takes no repeat: write one `input ... as LABEL` line per input", where)
     if stmt and stmt[0].type == "INPUT" and tok.type != "_SEP" or prev == "INPUT" or prev == "SEQ":
-        return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200` or "
-                        "`input seq 50 of 64`", where)
+        return DlcError("expected an input shape: `input 3@224x224`, `input 784`, `input seq 200`, "
+                        "`input seq 50 of 64`, `input scalar` or `input 3x4 shared`, then `as LABEL`", where)
     if tok.type == "_SEP" and ("COMMA" in expected or prev == "COMMA"):
         return DlcError("a call's arguments stay on one line: expected `,` or `)`", where)
     if prev == "_SEP" and len(before) > 2 and before[-2].type == "LPAR" and before[-3].type == "NAME" \

@@ -22,7 +22,7 @@ def test_a_residual_block_is_written_as_a_person_writes_it():
         SpecLayer("gap", [5]),
         SpecLayer("fc", [6], "10", {"bias": True}),
     ]
-    text, graph, order = write_spec(layers, 7, "<hand>", "# by hand\n")
+    text, graph, order = write_spec(layers, {"out": 7}, "<hand>", "# by hand\n")
     assert text == ("# by hand\n"
                     "input 3@8x8\n"
                     "default conv bias=off\n"
@@ -44,7 +44,7 @@ def test_flags_options_and_a_tied_table_keep_the_language_order():
         SpecLayer("attention", [1], "2", {"causal": True, "bias": True, "dropout": 0.0}),
         SpecLayer("fc", [2], "11", {"bias": False}, tied=1),
     ]
-    text, graph, _ = write_spec(layers, 3, "<hand>")
+    text, graph, _ = write_spec(layers, {"out": 3}, "<hand>")
     assert [line.split("#")[0].rstrip() for line in text.splitlines()] == [
         "input seq 6", "embed 16 vocab=11 as tok", "attention 2 causal", "fc 11 tied=tok bias=off"]
     assert graph.nodes[-1].attrs["tied"] is not None
@@ -55,4 +55,4 @@ def test_a_graph_no_spec_can_write_is_refused_naming_its_source():
     layers = [SpecLayer("input", [], "4"), SpecLayer("fc", [0], "4"), SpecLayer("fc", [1], "4"),
               SpecLayer("add", [1, 2]), SpecLayer("add", [2, 3])]
     with pytest.raises(DlcError, match="<hand>: .*cannot write"):
-        write_spec(layers, 4, "<hand>")
+        write_spec(layers, {"out": 4}, "<hand>")

@@ -30,9 +30,11 @@ def read_feeds(ports: list, input_path: str | None, random_n: int | None, seed: 
                 raise DlcError(f"{input_path}: images feed a model whose input is an image C@HxW "
                                f"(this one takes {p.shape[1:]})")
             return {p.name: read_images(input_path, tuple(p.shape[1:]))[0]}
-        return {p.name: rt.prepare_input(read_array(input_path), p.shape, p.dtype, what=input_path)}
+        return {p.name: rt.prepare_input(read_array(input_path), p.shape, p.dtype, what=input_path,
+                                         batched=p.batched)}
     arrays = read_named_arrays(input_path, [p.name for p in ports])
-    return {p.name: rt.prepare_input(arrays[p.name], p.shape, p.dtype, what=f"{input_path}'s {p.name}")
+    return {p.name: rt.prepare_input(arrays[p.name], p.shape, p.dtype,
+                                    what=f"{input_path}'s {p.name}", batched=p.batched)
             for p in ports}
 
 

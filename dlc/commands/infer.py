@@ -81,9 +81,10 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
         session = session_of(loaded, device)
         ports, names, notice, ran_on = session.inputs, session.outputs, session.notice, session.provider
     else:
-        ports = [rt.Port(i.name, ["N", *i.out_shape], np.int64 if i.dtype == "int64" else np.float32)
+        ports = [rt.Port(i.name, [*([] if i.attrs.get("shared") else ["N"]), *i.out_shape],
+                         np.int64 if i.dtype == "int64" else np.float32, not i.attrs.get("shared"))
                  for i in loaded.graph.inputs]
-        names, ran_on = [loaded.graph.output.name], "the CPU"
+        names, ran_on = loaded.graph.output_names, "the CPU"
     if notice:
         click.echo(f"dlc: {notice}", err=True)
     vocab = vocabularies(loaded)
@@ -92,7 +93,7 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
                           infer_extra_bytes(loaded.graph, ports, True, as_json, top))
     feeds = read_feeds(ports, input_path, random_n, seed, vocab, shapes)
     if random_n is None:
-        n = len(next(iter(feeds.values())))
+        n = len(next(feeds[p.name] for p in ports if p.batched))
         refuse_to_overrun(loaded.graph, ports, n, f"infer on {n:,} samples",
                           infer_extra_bytes(loaded.graph, ports, False, as_json, top))
     for p in ports:
@@ -109,7 +110,8 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
     else:
         from dlc.engine.run import predict
 
-        ys = [predict(loaded.net, feeds if len(ports) > 1 else feeds[ports[0].name])]
+        ys = predict(loaded.net, feeds if len(ports) > 1 else feeds[ports[0].name])
+        ys = [ys[n] for n in names] if isinstance(ys, dict) else [ys]
     if out:
         write_outputs(out, names, ys)
     for y in ys:
@@ -173,5 +175,5 @@ def infer_extra_bytes(graph, ports: list, drawn: bool, as_json: bool, top: int) 
     """What infer holds per sample beside the forward pass: the float64 draw of --random, top_classes'
     float64 copies and sort of the output, and with --json its Python objects (a float in a list takes
     about 32 bytes, a top-k entry about 200)."""
-    n_out = prod(graph.output.out_shape) if graph is not None else 0
+    n_out = sum(prod(o.out_shape) for o in graph.outputs) if graph is not None else 0  # every output
     return drawn_bytes(ports) * drawn + 32 * n_out + (32 * n_out + 200 * top if as_json else 0)

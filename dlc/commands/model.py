@@ -118,7 +118,13 @@ def session_of(loaded: Model, device: str):
         from dlc.onnx.model import check_ranked
 
         check_ranked(loaded.onnx)
-    return rt.create_session(loaded.path or onnx_model_of(loaded), device)
+    session = rt.create_session(loaded.path or onnx_model_of(loaded), device)
+    if loaded.graph is not None:  # a spec's `shared` inputs have no batch axis, which ONNX does not record
+        from dataclasses import replace
+
+        shared = {n.name for n in loaded.graph.inputs if n.attrs.get("shared")}
+        session.inputs = [replace(p, batched=p.name not in shared) for p in session.inputs]
+    return session
 
 
 def vocabularies(loaded: Model) -> dict[str, int]:

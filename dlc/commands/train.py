@@ -113,6 +113,10 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
         root = resume
     else:
         graph = load_graph(spec, expr)
+        if len(graph.outputs) > 1:  # a loss and a target per output is a choice the data sources cannot make
+            raise DlcError(f"{graph.file} has {len(graph.outputs)} outputs ({', '.join(graph.output_names)}): dlc "
+                           f"train fits one target per sample, so a network with several outputs cannot train "
+                           f"yet (train it with one `output`, then add the others)")
         classes = output_width(graph)  # a spec dlc cannot train is refused before any data is looked for
         cfg = resolve_config(graph, keys, Augment(flip, shift, noise, mixup), balanced)
         src = data_source_of(graph, cfg, data, reshape, layout, val, normalize, (n_train, n_val, n_test), engine,

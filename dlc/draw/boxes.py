@@ -21,6 +21,7 @@ class Box:
     inputs: list[str]  # the boxes it reads, in the order its nodes read them
     template: str = ""  # the step as its block writes it ("conv c@3x3/s pad=1"); "" when that is text
     bound: str | None = None  # with `dlc draw --device`: "compute" or "memory" on that device, "idle" for no work
+    output: str = ""  # the network output it ends at, by the name `output` gives it
 
 
 @dataclass
@@ -41,6 +42,8 @@ def diagram(analysis: Analysis, every_node: bool = False, collapse: bool = False
         else:
             groups.append((call, [row]))
     boxes = [_box(call, group) for call, group in groups]
+    for box, (_, group) in zip(boxes, groups):
+        box.output = group[-1].output
     box_of = {node: box.name for box in boxes for node in box.nodes}
     for box in boxes:
         for node in box.nodes:

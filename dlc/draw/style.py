@@ -44,10 +44,11 @@ def category(box: Box) -> str:
 
 
 def lines(box: Box) -> list[str]:
-    """Name, spec text, output shape (and trainable params when there are any)."""
+    """Name (and the output it ends at, as the tables write it), spec text, output shape (and trainable
+    params when there are any)."""
     text = box.text if len(box.text) <= MAX_TEXT else box.text[:MAX_TEXT - 1] + "…"
     shape = show(box.out_shape) + (f" · {box.params:,} params" if box.params else "")
-    return [box.name, text, shape]
+    return [f"{box.name} → {box.output}" if box.output else box.name, text, shape]
 
 
 def _onnx_category(box: Box) -> str:

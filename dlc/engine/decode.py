@@ -44,6 +44,8 @@ POSITIONWISE = frozenset({
     "logsoftmax", "softplus", "softsign", "exp", "sqrt", "abs", "neg", "clip", "prelu", "shift", "glu", "reduce",
     # the elementwise merges of several inputs (issue 22)
     "maximum", "minimum", "pow", "sub", "div",
+    # each step times a matrix shared by every sample
+    "matmul",
 })
 ALONG_AXIS = ("softmax", "logsoftmax", "glu", "reduce")  # positionwise when their axis is a step's features
 

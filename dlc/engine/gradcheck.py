@@ -70,7 +70,7 @@ def sample_batch(graph: Graph, batch: int, rng: np.random.Generator) -> np.ndarr
 
 
 def _sample_input(graph: Graph, node: Node, batch: int, rng: np.random.Generator) -> np.ndarray:
-    shape = (batch, *node.out_shape)
+    shape = node.out_shape if node.attrs.get("shared") else (batch, *node.out_shape)
     if not node.dtype.startswith("int"):
         return rng.standard_normal(shape)
     vocab = token_vocab(graph, node.name)
@@ -79,10 +79,17 @@ def _sample_input(graph: Graph, node: Node, batch: int, rng: np.random.Generator
     return rng.integers(0, vocab, size=shape)
 
 
-def sample_targets(graph: Graph, loss: str, batch: int, rng: np.random.Generator) -> np.ndarray:
+def sample_targets(graph: Graph, loss: str, batch: int, rng: np.random.Generator) -> np.ndarray | dict:
     """Random targets: class indices for xent (one per step of a sequence, per pixel of an image),
-    standard normal values for mse."""
-    shape = graph.output.out_shape
+    standard normal values for mse; a dict of them by output name for a graph with several outputs,
+    whose losses the check sums."""
+    if len(graph.outputs) > 1:
+        return {name: _sample_target(n.out_shape, loss, batch, rng) for name, n in zip(graph.output_names,
+                                                                                       graph.outputs)}
+    return _sample_target(graph.output.out_shape, loss, batch, rng)
+
+
+def _sample_target(shape: tuple, loss: str, batch: int, rng: np.random.Generator) -> np.ndarray:
     if loss != "xent":
         return rng.standard_normal((batch, *shape))
     if isinstance(shape, Signal):  # the losses take a 3-D output's classes on its last axis, a sequence's

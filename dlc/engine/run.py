@@ -57,6 +57,7 @@ class Plan:
     random: bool  # some node draws random numbers in training mode
     balanced: bool  # some mixture adds a load-balancing loss in training
     inputs: tuple[int, ...]  # the slots of the graph's inputs, in the spec's order
+    outputs: dict[str, int]  # the slots of the graph's outputs by name, in the spec's order
 
 
 @dataclass
@@ -125,7 +126,8 @@ def _build_plan(graph: Graph) -> Plan:
     return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
                 graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes),
                 any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes),
-                tuple(i for i, n in enumerate(graph.nodes) if n.kind == "input"))
+                tuple(i for i, n in enumerate(graph.nodes) if n.kind == "input"),
+                {name: index[n.name] for name, n in zip(graph.output_names, graph.outputs)})
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
@@ -140,7 +142,8 @@ Feed = np.ndarray | dict  # one input's batch, or a batch per input name for a n
 
 
 def _feeds(graph: Graph, plan: Plan, x: Feed) -> list[tuple[int, np.ndarray]]:
-    """(slot, batch) for every input of the graph, checked against its shape."""
+    """(slot, batch) for every input of the graph, checked against its shape; a `shared` input is one
+    tensor without a batch axis, which the merges reading it broadcast over the batch."""
     inputs = [plan.nodes[i] for i in plan.inputs]
     if not isinstance(x, dict):
         if len(inputs) > 1:
@@ -152,13 +155,18 @@ def _feeds(graph: Graph, plan: Plan, x: Feed) -> list[tuple[int, np.ndarray]]:
                        f"{', '.join(map(str, x)) or 'none'}")
     for n in inputs:
         v = x[n.name]
-        if v.shape[1:] != n.out_shape:
+        if n.attrs.get("shared"):
+            if v.shape != n.out_shape:
+                raise DlcError(f"input `{n.name}` is shared by every sample, shaped {show(n.out_shape)} without "
+                               f"a batch axis; received {v.shape}")
+        elif v.shape[1:] != n.out_shape:
             what = "the input batch" if len(inputs) == 1 else f"the batch of input `{n.name}`"
             raise DlcError(f"{what} has shape {v.shape} (a batch of {show(v.shape[1:]) or 'scalars'}); "
-                           f"{graph.file} takes {show(n.out_shape)}")
-    if len({len(x[n.name]) for n in inputs}) > 1:
+                           f"{graph.file} takes {show(n.out_shape) or 'one number per sample'}")
+    batched = [n for n in inputs if not n.attrs.get("shared")]
+    if len({len(x[n.name]) for n in batched}) > 1:
         raise DlcError(f"the inputs' batches differ in size: "
-                       f"{', '.join(f'{n.name} {len(x[n.name])}' for n in inputs)}")
+                       f"{', '.join(f'{n.name} {len(x[n.name])}' for n in batched)}")
     return [(plan.index[n.name], x[n.name]) for n in inputs]
 
 
@@ -225,9 +233,15 @@ def forward(net: Network, x: Feed, *, training: bool = False,
     feeds = _feeds(net.graph, plan, x)
     backs = [] if keep else None
     y = feeds[0][1]
-    for _, y in _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
-                         input_grad):
-        pass
+    run = _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
+                   input_grad)
+    if upto is None and len(plan.outputs) > 1:  # by output name, as the inputs are given
+        slots = {slot: name for name, slot in plan.outputs.items()}
+        ys = {slots[node_slot]: y for node_slot, (_, y) in enumerate(run) if node_slot in slots}
+        y = {name: ys[name] for name in plan.outputs}
+    else:
+        for _, y in run:
+            pass
     return y, (Tape(plan, backs, stop, net.params, input_grad, fixed) if keep else None)
 
 
@@ -259,10 +273,11 @@ def activations(net: Network, x: Feed, *, training: bool = False,
     yield from _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng), len(plan.nodes) - 1, None)
 
 
-def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def backward(tape: Tape, dy: np.ndarray | dict) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """(gradient of every parameter by full name, gradient of the input or None: for token ids, or
     when the tape was recorded without input_grad; a dict by input name for several inputs).
 
+    With several outputs, dy is a dict of their gradients by output name, as forward gave the outputs.
     A tensor read by several nodes receives the sum of their gradients. Parameters the output does not
     depend on (past `upto`) get zeros, so an optimizer can treat every parameter alike. The tape is
     consumed: each closure is released once used, so a layer's saved activations do not outlive it.
@@ -272,7 +287,11 @@ def backward(tape: Tape, dy: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndar
     plan, backs = tape.plan, tape.backs
     tape.backs = None
     pending: list = [None] * len(plan.nodes)
-    pending[tape.stop] = dy
+    if isinstance(dy, dict):
+        for name, slot in plan.outputs.items():
+            pending[slot] = dy[name]
+    else:
+        pending[tape.stop] = dy
     grads: dict[str, np.ndarray] = {}
     input_grad, steps = tape.input_grad, plan.steps
     for k in range(tape.stop - 1, tape.frozen - 1, -1):  # frozen steps (slots 1..frozen) get no gradients
@@ -310,7 +329,7 @@ def _fused(graph: Graph, loss: str) -> str | None:
     return FUSED_LOSSES.get((loss, graph.output.kind))
 
 
-def loss_forward(net: Network, x: np.ndarray, y: np.ndarray, loss: str, *,
+def loss_forward(net: Network, x: Feed, y: np.ndarray | dict, loss: str, *,
                  rng: np.random.Generator | None = None, keep: bool = False, frozen: str | None = None,
                  input_grad: bool = True):
     """(value, network output, d value / d (output or logits), tape or None), in training mode.
@@ -323,6 +342,11 @@ def loss_forward(net: Network, x: np.ndarray, y: np.ndarray, loss: str, *,
         raise DlcError(f"unknown loss `{loss}` (expected one of {', '.join(sorted(LOSSES))})")
     fused = _fused(net.graph, loss)
     aux: list[float] = []
+    if isinstance(y, dict):  # several outputs (gradcheck; dlc train refuses them): the sum of their losses
+        outs, tape = forward(net, x, training=True, rng=rng, keep=keep, frozen=frozen, input_grad=input_grad,
+                             aux=aux)
+        parts = {name: LOSSES[loss](out, y[name]) for name, out in outs.items()}
+        return sum(v for v, _ in parts.values()) + sum(aux), outs, {k: d for k, (_, d) in parts.items()}, tape
     if fused is None:
         out, tape = forward(net, x, training=True, rng=rng, keep=keep, frozen=frozen,
                             input_grad=input_grad, aux=aux)
@@ -352,19 +376,24 @@ def loss_and_grads(net: Network, x: np.ndarray, y: np.ndarray, loss: str, *,
     return value, out, grads
 
 
-def predict(net: Network, x: Feed, batch: int = 256) -> np.ndarray:
-    """The network's output for every sample of x, in inference mode, `batch` samples at a time."""
+def predict(net: Network, x: Feed, batch: int = 256) -> np.ndarray | dict:
+    """The network's output for every sample of x, in inference mode, `batch` samples at a time; a dict
+    by output name for a network with several."""
     if batch < 1:
         raise DlcError(f"batch must be >= 1 (received {batch})")
     plan = compile_plan(net.graph)
-    n = len(_feeds(net.graph, plan, x)[0][1])
-    if n == 0:
-        return np.zeros((0, *net.graph.output.out_shape), dtype=np.float32)
-    out = None
+    shared = {n.name for n in net.graph.inputs if n.attrs.get("shared")}
+    n = next(len(v) for (slot, v) in _feeds(net.graph, plan, x) if plan.nodes[slot].name not in shared)
+    names = net.graph.output_names
+    outs: dict = {}
     for start in range(0, n, batch):
-        part = {k: v[start:start + batch] for k, v in x.items()} if isinstance(x, dict) else x[start:start + batch]
-        y, _ = forward(net, part)
-        if out is None:
-            out = np.empty((n, *y.shape[1:]), dtype=y.dtype)
-        out[start:start + len(y)] = y
-    return out
+        part = {k: v if k in shared else v[start:start + batch] for k, v in x.items()} if isinstance(x, dict) \
+            else x[start:start + batch]
+        ys, _ = forward(net, part)
+        for name, y in (ys if isinstance(ys, dict) else {names[0]: ys}).items():
+            if name not in outs:
+                outs[name] = np.empty((n, *y.shape[1:]), dtype=y.dtype)
+            outs[name][start:start + len(y)] = y
+    if n == 0:
+        outs = {name: np.zeros((0, *o.out_shape), dtype=np.float32) for name, o in zip(names, net.graph.outputs)}
+    return outs if len(names) > 1 else outs[names[0]]

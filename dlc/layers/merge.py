@@ -9,6 +9,7 @@ maximum, minimum, pow, sub, div: elementwise, broadcasting as add; pow, sub and 
 current tensor first (its power, or what is taken from or divided).
 concat: axis, the index in the shape (batch left out) it joins along: channels of an image (0),
 features of a vector (0) or of a sequence (1).
+matmul: the current tensor (..., K) times a `shared` input K x M (no batch axis): (..., M).
 """
 
 from __future__ import annotations
@@ -107,3 +108,21 @@ def elementwise_merge(name: str, pair: bool) -> LayerKind:
 
 for _name, _pair in (("maximum", False), ("minimum", False), ("pow", True), ("sub", True), ("div", True)):
     register(elementwise_merge(_name, _pair))
+
+
+# --- matmul: the current tensor times a matrix shared by every sample (ONNX MatMul, PyTorch's mm) -----
+
+def resolve_matmul(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    x, w = ins
+    if len(w) != 2 or not x or x[-1] != w[0]:
+        raise ShapeError(f"matmul multiplies the features (last axis) of its input by a K x M matrix of the same "
+                         f"K, got {show(x) or 'a scalar'} and {'x'.join(map(str, w))}")
+    return (*x[:-1], w[1]), dict(attrs)
+
+
+register(LayerKind(
+    "matmul", resolve_matmul, merge=True,
+    # K multiply-accumulates per output element, as fc's; the matrix is an input, not a parameter
+    macs=lambda a, ins, out: elements(out) * ins[0][-1],
+    flops=lambda a, ins, out: 2 * elements(out) * ins[0][-1],
+))

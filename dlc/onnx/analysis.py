@@ -542,6 +542,9 @@ def analyse_onnx(g: OnnxGraph, batch: int = 1, optimizer: str = "sgd", dtype: st
     fold_rows(stats, steps)
     mixture_rows(stats, in_mixture)
     graph = Graph([s.node for s in stats], g.dlc_spec or "", g.path)
+    named = {s.node.name for s in stats}
+    if len(g.outputs) > 1 and all(producer.get(o) in named for o in g.outputs):  # each graph output by its name
+        graph.output_labels = {o: producer[o] for o in g.outputs}
     stored_as = STORED_DTYPES.get(types.pop()) if len(types) == 1 else "fp32" if not types else None
     weights = dtype or stored_as or "mixed"
     # activations each in their own tensor's type (issue 20 priced them all in the weights' one)

@@ -88,11 +88,19 @@ def to_onnx(net: Network, *, opset: int | None = None, batch: int | None = None,
         for proto in lower(n, list(n.inputs), opset):
             proto.doc_string = where(graph, n)
             nodes.append(proto)
-    out = graph.output
+    # each declared output is the graph output of its label's name (the compiler keeps labels apart
+    # from layer names), so a reader finds `logits` and `pooled`, not `fc3` and `tanh2`
+    renamed = {node: label for label, node in graph.output_labels.items() if label != node}
+    for proto in nodes:
+        for ports in (proto.input, proto.output):
+            ports[:] = [renamed.get(t, t) for t in ports]
     g = helper.make_graph(
         nodes, Path(graph.file).stem or "dlc",
-        [helper.make_tensor_value_info(i.name, ELEM_TYPE[i.dtype], [dim, *i.out_shape]) for i in graph.inputs],
-        [helper.make_tensor_value_info(out.name, TensorProto.FLOAT, [dim, *out.out_shape])],
+        [helper.make_tensor_value_info(i.name, ELEM_TYPE[i.dtype],
+                                       list(i.out_shape) if i.attrs.get("shared") else [dim, *i.out_shape])
+         for i in graph.inputs],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [dim, *out.out_shape])
+         for name, out in zip(graph.output_names, graph.outputs)],
         initializer=initializers)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(g, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets),
@@ -136,9 +144,14 @@ def check_export(model: onnx.ModelProto, net: Network) -> None:
         raise DlcError(f"the exported model is not valid ONNX: {e}")
     shapes = {v.name: v.type.tensor_type.shape for v in
               [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
-    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or None
+    first = next(i for i, n in enumerate(graph.inputs) if not n.attrs.get("shared"))
+    batch = model.graph.input[first].type.tensor_type.shape.dim[0].dim_value or None
+    renamed = {node: label for label, node in graph.output_labels.items()}
     for n in graph.nodes:
-        got = [d.dim_value or None for d in shapes[n.name].dim] if n.name in shapes else None
+        if n.attrs.get("shared"):
+            continue  # a graph input of its own shape, without the batch
+        name = renamed.get(n.name, n.name)
+        got = [d.dim_value or None for d in shapes[name].dim] if name in shapes else None
         # A dynamic batch may come back under another symbol (Resize renames it): only a number counts.
         if got is None or got[1:] != list(n.out_shape) or got[0] != batch:
             show = "no shape" if got is None else [d or "N" for d in got]

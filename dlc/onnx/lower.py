@@ -685,6 +685,7 @@ LOWER: dict[str, Lowering] = {
     "pow": lower_elementwise("Pow"),
     "sub": lower_elementwise("Sub"),
     "div": lower_elementwise("Div"),
+    "matmul": lower_elementwise("MatMul"),
     "layernorm": lower_layernorm,
     "rmsnorm": lower_rmsnorm,
     "attention": lower_attention,

@@ -359,6 +359,19 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
 
+def unbatched_inputs(model: onnx.ModelProto) -> dict[str, list]:
+    """The inputs without a batch axis, by their declared dimensions: those whose first axis is not the
+    batch's, which ONNX broadcasts over it (a 3x4 matrix beside a 2x3 batch, a 3 or a 1x3 beside it). The
+    batch is the first input's named first axis, or, in a file of fixed sizes, the first axis of its first
+    input of the highest rank."""
+    init = {t.name for t in model.graph.initializer}
+    dims = {v.name: _dims(v) for v in model.graph.input if v.name not in init}
+    if len(dims) < 2 or not all(dims.values()):
+        return {}
+    leader = next((d for d in dims.values() if isinstance(d[0], str)), None) or max(dims.values(), key=len)
+    return {x: d for x, d in dims.items() if d[0] != leader[0]}
+
+
 def input_shapes(model: onnx.ModelProto, given: dict[str | None, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """Each graph input's shape per sample (see resolve_shapes)."""
     init = {t.name for t in model.graph.initializer}
@@ -432,9 +445,12 @@ def skeleton(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: 
         if not small or model.ir_version < 4:  # before IR 4 every initializer is a graph input too
             weights.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     init = {t.name for t in g.initializer}
+    unbatched = unbatched_inputs(model)
+    # a scalar input stays one, and an input without a batch axis keeps its shape
     inputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type,
-                                            [batch, *shapes[v.name]] if _dims(v) else _dims(v))
-              for v in g.input if v.name not in init]  # a scalar input stays one: it has no batch axis
+                                            [batch, *shapes[v.name]] if _dims(v) and v.name not in unbatched
+                                            else _dims(v))
+              for v in g.input if v.name not in init]
     # An output's declared batch belongs to the writer's example (old exporters fixed it at 2): left in, it
     # would contradict the batch set here.
     outputs = [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, [None, *_dims(v)[1:]])
@@ -615,10 +631,12 @@ def from_model(model: onnx.ModelProto, path: str, given: dict[str | None, tuple[
         two = None
     initializers = {t.name: Initializer(t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer}
     tensors = {}
+    unbatched = unbatched_inputs(model)
     for name, v in one.items():
         dims = _dims(v)
         shape = None if dims is None else tuple(d if isinstance(d, int) else None for d in dims)
-        batch_axis = _batch_axis(shape, two.get(name) if two else None)
+        # an input without a batch axis has none, a leading 1 of it included
+        batch_axis = None if name in unbatched else _batch_axis(shape, two.get(name) if two else None)
         tensors[name] = OnnxValue(name, shape, v.type.tensor_type.elem_type, batch_axis)
     for t in initializers.values():
         tensors[t.name] = OnnxValue(t.name, t.dims, t.elem_type)

@@ -163,11 +163,13 @@ def to_precision(model: onnx.ModelProto, dtype: str) -> Converted:
             if want == low:
                 is_low.update(y for y in n.output if types.get(y) == TensorProto.FLOAT)
         nodes.append(n)
-    result = g.output[0].name
-    if result in is_low:  # the last operator wrote the type: it writes a new name, the Cast the output's
-        last = next(n for n in nodes if result in n.output)
+    for result in [v.name for v in g.output if v.name in is_low]:
+        # the operator wrote the type: it writes a new name, which the layers after it read (an output may
+        # feed later steps), and a Cast at the end writes the output's
         inner = f"{result}/{LOW_TYPES[dtype][1]}"
-        last.output[list(last.output).index(result)] = inner
+        for n in nodes:
+            for ports in (n.input, n.output):
+                ports[:] = [inner if t == result else t for t in ports]
         nodes.append(helper.make_node("Cast", [inner], [result], name=f"{result}/float32", to=TensorProto.FLOAT))
     float32_ops = sorted({g.node[at].op_type for at in in_float32})
     del g.node[:]

@@ -41,6 +41,7 @@ class Port:
     name: str
     shape: list  # batch first; an int, or a str (e.g. "N") or None for a free axis
     dtype: type
+    batched: bool = True  # False for a spec's `shared` input: one tensor, shape without a batch axis
 
 
 @dataclass
@@ -194,12 +195,12 @@ def sample_shapes(inputs: list[Port], given: dict[str | None, tuple[int, ...]]) 
     (--shape, by input name; key None for a model with one input)."""
     from dlc.onnx.model import resolve_shapes
 
-    return resolve_shapes({p.name: p.shape for p in inputs}, given)
+    return resolve_shapes({p.name: p.shape if p.batched else ["N", *p.shape] for p in inputs}, given)
 
 
 def fixed_batch(s: Session) -> int | None:
     """The batch size every input fixes, if the model was exported for one."""
-    sizes = {p.shape[0] for p in s.inputs}
+    sizes = {p.shape[0] for p in s.inputs if p.batched}
     return sizes.pop() if len(sizes) == 1 and isinstance(next(iter(sizes), None), int) else None
 
 
@@ -207,13 +208,17 @@ def show_shape(shape) -> str:
     return "(" + ", ".join(str(d) if isinstance(d, int) else "N" for d in shape) + ")"
 
 
-def prepare_input(x: np.ndarray, shape: list, dtype: type, what: str = "input") -> np.ndarray:
+def prepare_input(x: np.ndarray, shape: list, dtype: type, what: str = "input", batched: bool = True) -> np.ndarray:
     """Check a batch against the model's input (shape batch first, a str where the axis is free) and
-    cast it to the model's dtype; a single sample gains its batch axis."""
+    cast it to the model's dtype; a single sample gains its batch axis. An input without a batch axis
+    (`shared`) is the one tensor of that shape."""
     x = np.asarray(x)
-    if list(x.shape) == [d for d in shape[1:]]:
+    if not batched and list(x.shape) != list(shape):
+        raise DlcError(f"{what} has shape {show_shape(x.shape)}; the model expects {show_shape(shape)}, one "
+                       f"tensor shared by every sample (no batch axis)")
+    if batched and list(x.shape) == [d for d in shape[1:]]:
         x = x[None]
-    fits = x.ndim == len(shape) and all(not isinstance(d, int) or d == s for d, s in zip(shape, x.shape))
+    fits = not batched or x.ndim == len(shape) and all(not isinstance(d, int) or d == s for d, s in zip(shape, x.shape))
     if not fits:
         raise DlcError(f"{what} has shape {show_shape(x.shape)}; the model expects {show_shape(shape)} "
                        f"(a batch of {show_shape(shape[1:])} samples)")
@@ -243,8 +248,8 @@ def random_input(shape: tuple[int, ...], dtype, n: int, vocab: int | None = None
 def random_feeds(inputs: list[Port], shapes: dict[str, tuple[int, ...]], n: int,
                  vocab: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """n random samples for every input (see random_input), each input from its own stream."""
-    return {p.name: random_input(shapes[p.name], p.dtype, n, (vocab or {}).get(p.name), seed + i)
-            for i, p in enumerate(inputs)}
+    return {p.name: random_input(shapes[p.name], p.dtype, n if p.batched else 1, (vocab or {}).get(p.name),
+                                 seed + i)[slice(None) if p.batched else 0] for i, p in enumerate(inputs)}
 
 
 def run(s: Session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -252,7 +257,8 @@ def run(s: Session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     missing = [p.name for p in s.inputs if p.name not in feeds]
     if missing:
         raise DlcError(f"no array for the model's input {missing[0]} (it reads {', '.join(p.name for p in s.inputs)})")
-    ready = {p.name: prepare_input(feeds[p.name], p.shape, p.dtype, what=p.name) for p in s.inputs}
+    ready = {p.name: prepare_input(feeds[p.name], p.shape, p.dtype, what=p.name, batched=p.batched)
+             for p in s.inputs}
     try:
         return s.session.run(None, ready)
     except Exception as e:  # onnxruntime's run-time errors (e.g. an id outside Gather's table)
@@ -279,7 +285,8 @@ def time_runs(fn, warmup: int, runs: int) -> np.ndarray:
 def runner(s: Session, feeds: dict[str, np.ndarray]):
     """A no-argument callable running one batch; on CUDA, inputs and outputs stay on the device (IO
     binding), so the timing measures the model, not host-device copies."""
-    ready = {p.name: prepare_input(feeds[p.name], p.shape, p.dtype, what=p.name) for p in s.inputs}
+    ready = {p.name: prepare_input(feeds[p.name], p.shape, p.dtype, what=p.name, batched=p.batched)
+             for p in s.inputs}
     if s.provider != CUDA:
         return lambda: s.session.run(None, ready)
     binding = s.session.io_binding()

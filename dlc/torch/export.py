@@ -108,13 +108,14 @@ def _forward_lines(graph: Graph, made: dict[str, TorchLayer], idents: dict[str, 
             readers.setdefault(name, []).append(i)
     var: dict[str, str] = {}
     lines = []
-    fused = graph.output.kind in FUSED_OUTPUTS
+    fused = graph.output.kind in FUSED_OUTPUTS and len(graph.outputs) == 1
     several = len(graph.inputs) > 1
+    ends = {n.name for n in graph.outputs[:-1]}  # an output that a later layer reads keeps its own name
     for i, n in enumerate(graph.nodes):
         if several and n.kind == "input":  # an argument of forward, by its name
             var[n.name] = idents[n.name]
             continue
-        chained = readers.get(n.name) == [i + 1] and graph.nodes[i + 1].inputs == [n.name]
+        chained = readers.get(n.name) == [i + 1] and graph.nodes[i + 1].inputs == [n.name] and n.name not in ends
         var[n.name] = "x" if chained or i == len(graph.nodes) - 1 else idents[n.name]
         if i == 0:
             if var[n.name] != "x":
@@ -127,7 +128,7 @@ def _forward_lines(graph: Graph, made: dict[str, TorchLayer], idents: dict[str, 
             lines.append("if logits:  # the fused loss reads the input of the final activation")
             lines.append(f"    return {ins[0]}")
         lines.append(f"{var[n.name]} = {expr}{_comment(n)}")
-    lines.append(f"return {var[graph.output.name]}")
+    lines.append(f"return {', '.join(var[n.name] for n in graph.outputs)}")  # a tuple in `output`'s order
     return lines
 
 
@@ -147,14 +148,19 @@ def pytorch_source(graph: Graph) -> str:
         about = (f'input_shapes = {{{", ".join(f"{idents[n.name]!r}: {tuple(n.out_shape)!r}" for n in graph.inputs)}}}'
                  f'  # one sample each, batch left out\n'
                  f'    input_dtypes = {{{", ".join(f"{idents[n.name]!r}: {dtypes[n.name]}" for n in graph.inputs)}}}')
-    shapes_doc = ", ".join(f"{'x' if len(graph.inputs) == 1 else idents[n.name]}: N x "
-                           f"{' x '.join(map(str, n.out_shape))} ({dtypes[n.name].split('.')[1]})" for n in graph.inputs)
+    shapes_doc = ", ".join(
+        f"{'x' if len(graph.inputs) == 1 else idents[n.name]}: "
+        + (f"{' x '.join(map(str, n.out_shape))}, one for every sample" if n.attrs.get("shared") else
+           f"N x {' x '.join(map(str, n.out_shape)) or '(one number)'}")
+        + f" ({dtypes[n.name].split('.')[1]})" for n in graph.inputs)
     spec = "\n".join(f"# {comment_text(line)}".rstrip() for line in graph.source.rstrip().splitlines())
     indent = "\n        "
-    fused = graph.output.kind in FUSED_OUTPUTS
+    fused = graph.output.kind in FUSED_OUTPUTS and len(graph.outputs) == 1
     signature = f"self, {args}, logits: bool = False" if fused else f"self, {args}"
     logits_doc = (" logits=True stops before the final\n        "
                   f"{graph.output.kind} (the fused loss reads its input).") if fused else ""
+    returns_doc = (f" Returns ({', '.join(graph.output_names)}), the spec's outputs in order."
+                   if len(graph.outputs) > 1 else "")
     # The docstring is fixed text: the file's name, which may hold quotes and backslashes, is only
     # ever written through comment_text.
     return f'''"""A dlc spec as a PyTorch module, written by `dlc export --format pytorch` (dlc {__version__}).
@@ -192,7 +198,7 @@ class Net(nn.Module):
         {indent.join(inits) if inits else "pass"}
 
     def forward({signature}):
-        """{shapes_doc}.{logits_doc}"""
+        """{shapes_doc}.{logits_doc}{returns_doc}"""
         {indent.join(_forward_lines(graph, made, idents))}
 
     @class_or_instance_method

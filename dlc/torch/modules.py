@@ -374,6 +374,7 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "pow": function("torch.pow({xs})"),
     "sub": function("torch.sub({xs})"),
     "div": function("torch.div({xs})"),
+    "matmul": function("torch.matmul({xs})"),
     # the router and experts are nodes of their own; the join holds the load-balancing loss
     "experts": lambda node, ins: TorchLayer("{m}({xs})", f"Mixture({node.attrs['top']}, {node.attrs['balance']})"),
     # the math kinds of issue 28

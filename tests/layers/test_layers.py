@@ -1203,6 +1203,14 @@ def test_div_of_equal_shapes():
     assert figures(last("input 6 as a\ninput 6 as b\ndiv a")) == ((6,), 0, 0, 0, 6)
 
 
+def test_matmul_by_a_shared_matrix_counts_as_an_fc_without_weights():
+    # 2x3 steps times a 3x5 matrix: 2x5, 3 MACs per output element (30), 2 FLOPs each (60), no params
+    s = last("input 3x5 shared as w\ninput seq 2 of 3 as v -> matmul w")
+    assert figures(s) == ((2, 5), 0, 0, 30, 60) and s.node.inputs == ["v", "w"]
+    fails("input 4x5 shared as w\ninput seq 2 of 3 as v -> matmul w", 2,
+          "matmul multiplies the features (last axis) of its input by a K x M matrix of the same K, got 2x3 and 4x5")
+
+
 def test_every_kind_has_its_own_test():
     tested = {name.split("_")[1] for name in globals() if name.startswith("test_")}
     assert set(KINDS) - tested == set()

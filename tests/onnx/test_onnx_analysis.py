@@ -86,6 +86,9 @@ KIND_EXAMPLES = {
     # several inputs and the elementwise merges (issue 22), broadcasting a size-1 height
     "several inputs": "input 3@4x4 as a\ninput 3@1x4 as b\nmaximum a\nsub a\nconv 2@3x3\npow( sigmoid | conv 2@1x1 )\n"
                       "div( identity | minimum( identity | conv 2@1x1 sigmoid ) ) -> add( identity | identity )",
+    # inputs without a batch axis, matmul by one, and several outputs
+    "shared inputs": "input 3x4 shared as w\ninput 1x4 shared as s\ninput seq 2 of 3 as v -> matmul w -> mul s as h\n"
+                     "fc 2 as y\noutput h, y",
 }
 EXPORTED = {**{name: zoo_path(name) for name in zoo_names()}, **KIND_EXAMPLES}
 

@@ -8,7 +8,10 @@ from dlc.engine.kernels import Arrays, Ctx, Forward, Kernel, kernel
 
 
 def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
-    """The gradient of an input NumPy repeated along its size-1 axes: the sum over the copies."""
+    """The gradient of an input NumPy repeated along its size-1 axes, or along the leading axes it lacks
+    (a `shared` input has no batch axis): the sum over the copies."""
+    if g.ndim > len(shape):
+        g = g.sum(axis=tuple(range(g.ndim - len(shape))))
     axes = tuple(i for i, (d, n) in enumerate(zip(shape, g.shape)) if d == 1 and n != 1)
     return g.sum(axis=axes, keepdims=True) if axes else g
 
@@ -96,6 +99,13 @@ def div(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
     a, b = xs
     y = a / b
     return y, lambda dy: ([unbroadcast(dy / b, a.shape), unbroadcast(-dy * y / b, b.shape)], {})
+
+
+@kernel("matmul")
+def matmul(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, w = xs  # w: K x M, without a batch axis
+    leading = tuple(range(x.ndim - 1))
+    return x @ w, lambda dy: ([dy @ w.T, np.tensordot(x, dy, axes=(leading, leading))], {})
 
 
 @kernel("pow")

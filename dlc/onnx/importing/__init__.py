@@ -23,7 +23,7 @@ from dlc.onnx.importing.elementwise import (import_bn, import_clip, import_dropo
                                             import_logsoftmax, import_lrn, import_prelu, import_reduce, import_relu,
                                             import_relu6, import_selu, import_shift, import_silu, import_softmax,
                                             import_softplus, import_softsign, unary)
-from dlc.onnx.importing.merge import elementwise_merge, import_add, import_concat, import_mul
+from dlc.onnx.importing.merge import elementwise_merge, import_add, import_concat, import_matmul, import_mul
 from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
@@ -118,6 +118,8 @@ IMPORT: dict[str, Import] = {
     "pow": Import(("Pow",), elementwise_merge("pow")),
     "sub": Import(("Sub",), elementwise_merge("sub")),
     "div": Import(("Div",), elementwise_merge("div")),
+    # after fc, which takes a MatMul or Gemm by a stored weight
+    "matmul": Import(("MatMul", "Gemm"), import_matmul),
     # last of the Reshape patterns: what attention, flatten, tokens and pixelshuffle leave
     "reshape": Import(("Reshape", "Unsqueeze"), import_reshape),
 }

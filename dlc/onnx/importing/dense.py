@@ -80,7 +80,7 @@ def import_flatten(r: Reader, n: onnx.NodeProto) -> Found | None:
     x, y = r.shape(n.input[0]), r.shape(n.output[0])
     if y == x:
         return Found(None, [n], n.output[0])  # already a vector: nothing to do
-    if len(x) > 1 and y == (math.prod(x),):
+    if len(x) != 1 and y == (math.prod(x),):  # an image, a sequence, or a scalar per sample (a vector of 1)
         return one("flatten", n)
     return None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from dlc.compile import KEYWORDS, RESERVED
+from dlc.compile import KEYWORDS, READS_SHARED, RESERVED
 from dlc.decompile import SpecLayer, comment, write_spec
 from dlc.errors import DlcError
 from dlc.graph import Network
@@ -20,7 +20,7 @@ from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
 from dlc.onnx.importing.quantized import float_twin
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused, node_error
-from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, validate
+from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, unbatched_inputs, validate
 
 
 def input_size(r: Reader, name: str) -> str:
@@ -41,37 +41,44 @@ def input_size(r: Reader, name: str) -> str:
     if len(shape) == 2:
         return f"seq {shape[0]} of {shape[1]}"
     if not shape:
-        raise DlcError(f"the model's input {name} holds one number per sample (or has no batch axis); dlc's "
-                       f"inputs are vectors, sequences, signals C@L, images C@HxW and volumes C@DxHxW")
+        return "scalar"
     if len(shape) not in (1, 3, 4):
         raise DlcError(f"the model's input {name} is {show(shape)} per sample; dlc's inputs are vectors, "
                        f"sequences, signals C@L, images C@HxW and volumes C@DxHxW")
     return show(shape)
 
 
-def input_labels(names: list[str]) -> list[str]:
-    """The spec's label of each input: its ONNX name where that is a word a label may be, else `in1`,
-    `in2`, … by its position (PyTorch's exporter names inputs `0`, `1`)."""
+def shared_size(r: Reader, name: str, dims: list) -> str:
+    """`3x4 shared`: the whole shape of an input without a batch axis, as the model declares it."""
+    t = r.g.tensors[name]
+    if not t.is_float or not all(isinstance(d, int) for d in dims):
+        what = "a shape of named sizes" if t.is_float else \
+            f"{onnx.TensorProto.DataType.Name(t.elem_type).lower()} values"
+        raise DlcError(f"the model's input {name} has no batch axis and holds {what}; dlc reads such an input "
+                       f"as one float tensor of fixed shape, shared by every sample")
+    return "x".join(map(str, dims)) + " shared"
+
+
+def input_labels(names: list[str], prefix: str = "in") -> list[str]:
+    """The spec's label of each input (or output): its ONNX name where that is a word a label may be,
+    else `in1`, `in2`, … (`out1`, …) by its position (PyTorch's exporter names inputs `0`, `1`)."""
     def fits(name: str) -> bool:
         return (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None and name not in KEYWORDS
-                and not RESERVED.fullmatch(name) and name.rstrip("0123456789") not in KINDS)
+                and not RESERVED.fullmatch(name) and name.rstrip("0123456789") not in KINDS
+                and not re.fullmatch(r"(skip|tok)\d*", name))  # the labels the writer gives forks and tables
     if all(fits(n) for n in names) and len(set(names)) == len(names):
         return list(names)
-    return [f"in{k}" for k in range(1, len(names) + 1)]
+    return [f"{prefix}{k}" for k in range(1, len(names) + 1)]
 
 
-def read_layers(r: Reader) -> tuple[list[Found], int]:
-    """The layers found, the input at 0 (with no nodes), and the position of the output's layer."""
+def read_layers(r: Reader) -> tuple[list[Found], dict[str, int]]:
+    """The layers found, the input at 0 (with no nodes), and the position of each output's layer by the
+    label the spec gives it (the model's order)."""
     g = r.g
-    if len(g.outputs) != 1:
-        raise DlcError(f"{g.path} has {len(g.inputs)} inputs and {len(g.outputs)} outputs; a dlc spec has one output")
     names = input_labels(g.inputs) if len(g.inputs) > 1 else [""]
-    declared = {v.name: v.type.tensor_type.shape.dim for v in g.model.graph.input}
-    batches = {x: declared[x][0].dim_value or declared[x][0].dim_param if declared.get(x) else None for x in g.inputs}
-    if len(set(batches.values())) > 1:  # a batch of 1 that ONNX would broadcast over the others' is not one
-        raise DlcError(f"the model's inputs have batches of {', '.join(f'{b} ({x})' for x, b in batches.items())}; "
-                       f"dlc's inputs share one batch")
-    layers = [Found(SpecLayer("input", [], input_size(r, x), label=label), [], x) for x, label in zip(g.inputs, names)]
+    shared = unbatched_inputs(g.model)
+    sizes = [shared_size(r, x, shared[x]) if x in shared else input_size(r, x) for x in g.inputs]
+    layers = [Found(SpecLayer("input", [], size, label=label), [], x) for x, size, label in zip(g.inputs, sizes, names)]
     producer = {x: i for i, x in enumerate(g.inputs)}
     used: set[int] = set()
     for n in g.nodes:
@@ -84,13 +91,20 @@ def read_layers(r: Reader) -> tuple[list[Found], int]:
             producer[found.output] = producer[live[0]]
             continue
         layer = found.layer
+        unbatched = [i for i in n.input if i in shared]
+        if unbatched and layer.kind not in READS_SHARED:
+            raise DlcError(node_error(n, f"it reads the input {unbatched[0]}, which has no batch axis (ONNX "
+                                         f"broadcasts it over the batch); of dlc's layers only the merges that "
+                                         f"broadcast read such an input"))
         if found.tied in producer and layers[producer[found.tied]].layer.kind == "embed":
             layer.tied = producer[found.tied]
         if KINDS[layer.kind].merge:
-            if len(live) != len({i for i in n.input if i}):
+            # a Gemm's C is no operand of its matmul: a stored zero, or added after it (found.plus)
+            operands = n.input[:2] if layer.kind == "matmul" else n.input
+            if any(i not in producer for i in operands if i):
                 raise DlcError(node_error(n, f"one operand is a stored tensor; dlc's {layer.kind} merges layer "
                                              f"outputs"))
-            layer.inputs = [producer[i] for i in n.input]
+            layer.inputs = [producer[i] for i in operands]
         else:
             if len(live) != 1:
                 raise DlcError(node_error(n, f"it reads {len(live)} layer outputs; dlc's {layer.kind} reads one"))
@@ -98,10 +112,17 @@ def read_layers(r: Reader) -> tuple[list[Found], int]:
             layer.reads = {option: producer[t] for option, t in found.reads.items()}
         layers.append(found)
         producer[found.output] = len(layers) - 1
-    out = g.outputs[0]
-    if out not in producer:
-        raise DlcError(f"{g.path}'s output {out} does not depend on its input")
-    return layers, producer[out]
+        if found.plus:  # a layer output the operator adds to its product: an add after the layer
+            layers.append(Found(SpecLayer("add", [len(layers) - 1, producer[found.plus]]), [], found.output,
+                                node=n.name))
+            producer[found.output] = len(layers) - 1
+    for out in g.outputs:
+        if out not in producer:
+            raise DlcError(f"{g.path}'s output {out} does not depend on its input")
+    if len(set(producer[out] for out in g.outputs)) < len(g.outputs):
+        raise DlcError(f"{g.path}'s outputs {', '.join(g.outputs)} repeat one tensor; a spec's outputs are "
+                       f"distinct steps")
+    return layers, {label: producer[out] for label, out in zip(input_labels(g.outputs, "out"), g.outputs)}
 
 
 def match(r: Reader, n: onnx.NodeProto) -> Found:
@@ -133,12 +154,12 @@ def import_onnx(path: str, shapes: dict | None = None) -> tuple[Network, str]:
     model, dequantized = float_twin(model, path)
     g = from_model(model, path, shapes)
     r = Reader(g)
-    found, output = read_layers(r)
+    found, outputs = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"
     head = comment(f"imported from {Path(path).name} ({producer}, opset {g.opset}) by dlc import") + "\n"
     if dequantized:
         head += comment(dequantized.line()) + "\n"
-    spec, graph, order = write_spec([f.layer for f in found], output, path, head)
+    spec, graph, order = write_spec([f.layer for f in found], outputs, path, head)
     params, state = {}, {}
     for node, i in zip([n for n in graph.nodes if n.kind != "input"], order):
         kind = KINDS[node.kind]

@@ -6,7 +6,7 @@ import onnx
 
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one, other_input
-from dlc.onnx.model import attributes
+from dlc.onnx.model import attributes, unbatched_inputs
 
 
 def import_add(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -22,7 +22,10 @@ def import_mul(r: Reader, n: onnx.NodeProto) -> Found | None:
     if len(set(n.input)) != len(n.input) or not all(i in r.live for i in n.input):
         return None
     out = r.shape(n.output[0])
+    shared = unbatched_inputs(r.g.model)  # broadcast over the batch whole, as the compiler checks
     for i in n.input:
+        if i in shared:
+            continue
         s, source = r.shape(i), r.producer.get(i)
         if s != out and not (source is not None and source.op_type == "Unsqueeze" and s == spread(out)):
             raise NotImportable(f"it multiplies {show(s)} by {show(out)}; dlc's mul takes equal shapes or a "
@@ -54,6 +57,25 @@ def import_concat(r: Reader, n: onnx.NodeProto) -> Found | None:
     if axis != (2 if len(x) == 2 else 1):
         raise NotImportable(f"it joins along axis {axis}; dlc's concat joins the features")
     return one("concat", n)
+
+
+def import_matmul(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """MatMul of a layer output by a graph input, or a Gemm so (alpha 1, neither transposed): PyTorch's mm
+    by a matrix that is an input of the model. A Gemm's C is nothing (absent, beta 0, a stored zero) or,
+    at beta 1, a layer output added after the product (PyTorch's addmm): an add follows the matmul."""
+    if len(n.input) < 2 or not all(i in r.live for i in n.input[:2]):
+        return None
+    found = one("matmul", n)
+    if n.op_type == "Gemm":
+        a = attributes(n)
+        c = n.input[2] if len(n.input) > 2 and n.input[2] and a.get("beta", 1.0) != 0 else ""
+        if c in r.live and a.get("beta", 1.0) == 1.0:
+            found.plus = c
+        elif c and (r.value(c) is None or r.value(c).any()):
+            raise NotImportable("it scales its C or reads a stored one; dlc's matmul adds a layer output at most")
+        if a.get("alpha", 1.0) != 1.0 or a.get("transA", 0) or a.get("transB", 0):
+            raise NotImportable("it scales or transposes the product of two layer outputs; dlc's matmul does not")
+    return found
 
 
 def elementwise_merge(kind: str):

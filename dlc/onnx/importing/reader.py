@@ -39,6 +39,7 @@ class Found:
     node: str = ""  # the ONNX node it starts at, for messages
     tied: str = ""  # an fc whose weight is an embedding's table: the tensor that embedding writes
     reads: dict[str, str] = field(default_factory=dict)  # tensors read by an option (`from=`, `mask=`), by option
+    plus: str = ""  # a layer output added to the layer's (a Gemm's C, PyTorch's addmm): an `add` follows
 
 
 class Reader:

@@ -318,16 +318,21 @@ def test_import_writes_a_later_inputs_layers_on_its_line(tmp_path):
     np.testing.assert_allclose(forward(net, {"p": p, "q": q})[0], p - np.maximum(q, 0))
 
 
-def test_import_refuses_a_later_input_read_inside_a_merges_first_branch(tmp_path):
+def test_import_puts_first_the_input_that_opens_a_merges_first_branch(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import helper
 
-    # Sub(Relu(q), p): the later input q opens the merge's first branch, which a spec cannot write
+    from dlc.engine.run import forward
+    from dlc.onnx.importing.importer import import_onnx
+
+    # Sub(Relu(q), p): q opens the merge's first branch, which a spec writes only from the main line, so q's
+    # chain becomes the main line and p is read by label: relu(q) - p
     model = _two_input_model([helper.make_node("Relu", ["q"], ["r"]), helper.make_node("Sub", ["r", "p"], ["y"])])
     onnx.save(model, tmp_path / "s.onnx")
-    r = _cli("import", tmp_path / "s.onnx", "-o", tmp_path / "s.dlc")
-    assert r.exit_code == 2 and r.output.count("\n") == 1
-    assert "an input beyond the first is read other than by a merge after the first branch" in r.output
+    net, _ = import_onnx(str(tmp_path / "s.onnx"))
+    assert "sub p" in net.graph.source
+    p, q = np.array([[1.0, -2.0, 3.0]] * 2), np.array([[-1.0, 2.0, 0.5]] * 2)
+    np.testing.assert_allclose(forward(net, {"p": p, "q": q})[0], np.maximum(q, 0) - p)
 
 
 # a decoder layer reading a padded encoder output (docs/language.md, "Sequences and transformers")

@@ -177,6 +177,9 @@ def test_bert_whisper_and_the_sd_block_as_the_issue_counts_them():
     assert [(n.name, n.out_shape, n.dtype) for n in bert.inputs] == [
         ("types", (128,), "int64"), ("mask", (128,), "int64"), ("ids", (128,), "int64")]
     assert [n.attrs["mask"] for n in bert.nodes if n.kind == "attention"] == ["mask"] * 12
+    # and ends at BertModel's two outputs: the sequence output and the pooled output
+    assert [(label, bert.node(name).out_shape) for label, name in bert.output_labels.items()] == [
+        ("sequence", (128, 768)), ("pooled", (768,))]
     assert shapes("whisper_tiny_encoder", "conv") == [(384, 3000), (384, 1500)]
     assert shapes("whisper_tiny_encoder", "tokens") == [(1500, 384)]
     cross = [s for s in nodes("sd_block", "attention") if s.node.attrs["from"] == "text"]

@@ -159,11 +159,3 @@ def refuse_to_overrun(graph, ports: list, batch: int, what: str, per_sample: int
 def drawn_bytes(ports: list) -> int:
     """Per sample, the float64 batch --random draws before casting it."""
     return sum(8 * prod(d for d in p.shape[1:] if isinstance(d, int)) for p in ports)
-
-
-def infer_extra_bytes(graph, ports: list, drawn: bool, as_json: bool, top: int) -> int:
-    """What infer holds per sample beside the forward pass: the float64 draw of --random, top_classes'
-    float64 copies and sort of the output, and with --json its Python objects (a float in a list takes
-    about 32 bytes, a top-k entry about 200)."""
-    n_out = prod(graph.output.out_shape) if graph is not None else 0
-    return drawn_bytes(ports) * drawn + 32 * n_out + (32 * n_out + 200 * top if as_json else 0)

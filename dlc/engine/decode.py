@@ -43,6 +43,8 @@ POSITIONWISE = frozenset({
     "logsoftmax", "softplus", "softsign", "exp", "sqrt", "abs", "neg", "clip", "prelu", "shift", "glu", "reduce",
     # the elementwise merges of several inputs (issue 22)
     "maximum", "minimum", "pow", "sub", "div",
+    # the kinds of today's vision networks (issue 21); droppath is the identity at inference
+    "hardsigmoid", "hardswish", "scale", "droppath",
 })
 ALONG_AXIS = ("softmax", "logsoftmax", "glu", "reduce")  # positionwise when their axis is a step's features
 

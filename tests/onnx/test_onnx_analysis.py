@@ -76,6 +76,9 @@ KIND_EXAMPLES = {
     # padding and resampling kinds (issue 28): a CycleGAN generator's ends
     "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1 "
                   "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6x18",
+    # today's vision networks (issue 21): MobileNetV3's hard activations and squeeze-and-excite with 1x1 convs,
+    # ConvNeXt's channel layernorm, layer scale and stochastic depth
+    "vision": "input 4@8x8 -> conv 8@3x3 pad=1 hardswish -> mul( identity | gap keep -> conv 2@1x1 relu -> conv 8@1x1 hardsigmoid ) -> layernorm channels eps=1e-6 -> add( dwconv 3x3 pad=1 -> scale init=0.5 -> droppath 0.1 | identity ) -> gmp keep -> conv 3@1x1 -> gap -> layernorm -> fc 3",
     # several inputs and the elementwise merges (issue 22), broadcasting a size-1 height
     "several inputs": "input 3@4x4 as a\ninput 3@1x4 as b\nmaximum a\nsub a\nconv 2@3x3\npow( sigmoid | conv 2@1x1 )\n"
                       "div( identity | minimum( identity | conv 2@1x1 sigmoid ) ) -> add( identity | identity )",

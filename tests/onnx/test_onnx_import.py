@@ -126,6 +126,10 @@ KIND_SPECS = {
             "-> neg -> abs -> exp -> clip max=2 -> prelu -> shift channels -> softmax axis=-1 "
             "-> reduce sum axis=1 keep -> reduce axis=1 -> logsoftmax axis=0 -> glu axis=1 -> prelu channels -> shift "
             "-> reduce axis=0 -> fc 3 logsoftmax",
+    # today's vision networks (issue 21): hardswish from HardSigmoid times x, hardsigmoid, gap keep and the
+    # broadcast mul of squeeze-and-excite with 1x1 convs, layernorm channels between Transposes (its operator at
+    # 20, its decomposed form at 13), scale from a Mul by a stored (C, 1, 1); droppath exports as no operator
+    "vision": "input 4@8x8 -> conv 8@3x3 pad=1 hardswish -> mul( identity | gap keep -> conv 2@1x1 relu -> conv 8@1x1 hardsigmoid ) -> layernorm channels eps=1e-6 -> add( dwconv 3x3 pad=1 -> scale init=0.5 -> droppath 0.1 | identity ) -> gmp keep -> conv 3@1x1 -> gap -> layernorm -> fc 3",
     # padding and resampling (issue 28)
     "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
                   "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from dlc.layers.merge import broadcast_shape
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one, other_input
 from dlc.onnx.model import attributes
@@ -22,11 +23,14 @@ def import_mul(r: Reader, n: onnx.NodeProto) -> Found | None:
     if len(set(n.input)) != len(n.input) or not all(i in r.live for i in n.input):
         return None
     out = r.shape(n.output[0])
-    for i in n.input:
-        s, source = r.shape(i), r.producer.get(i)
+    shapes = [r.shape(i) for i in n.input]
+    if broadcast_shape(shapes) == out:  # equal ranks, size-1 axes repeated (squeeze-and-excite's C@1x1)
+        return one("mul", n)
+    for i, s in zip(n.input, shapes):
+        source = r.producer.get(i)
         if s != out and not (source is not None and source.op_type == "Unsqueeze" and s == spread(out)):
-            raise NotImportable(f"it multiplies {show(s)} by {show(out)}; dlc's mul takes equal shapes or a "
-                                f"vector of the features")
+            raise NotImportable(f"it multiplies {show(s)} by {show(out)}; dlc's mul takes equal shapes (or 1 "
+                                f"on an axis) or a vector of the features")
     return one("mul", n)
 
 

@@ -277,10 +277,11 @@ def refusal(tmp_path, path) -> str:
 def test_an_operator_without_a_kind_is_refused_naming_it_and_its_node(tmp_path):
     from onnx import helper
 
-    path = tiny_model(tmp_path, [conv_node(), helper.make_node("HardSwish", ["c"], ["y"], name="act7")], WEIGHT,
+    # (Celu: HardSwish stood here until issue 21 gave it a kind)
+    path = tiny_model(tmp_path, [conv_node(), helper.make_node("Celu", ["c"], ["y"], name="act7")], WEIGHT,
                       None)
     out = refusal(tmp_path, path)
-    assert "HardSwish" in out and "act7" in out and "no layer kind" in out
+    assert "Celu" in out and "act7" in out and "no layer kind" in out
 
 
 def test_pads_neither_equal_nor_same_are_refused(tmp_path):
@@ -490,3 +491,55 @@ def test_a_mixture_of_experts_is_refused_naming_its_topk_node(tmp_path):
     assert "cannot import operator TopK (node `experts1/topk`)" in r.output
     assert "mixture of experts" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "back.dlc").exists()
+
+
+# ---- today's vision networks (issue 21): torchvision's EfficientNet, MobileNetV3 and ConvNeXt -------------
+# Each in miniature, from both exporters, then each at full size: SiLU as Sigmoid and Mul, HardSwish and
+# HardSigmoid, squeeze-and-excite's pooled C@1x1 and 1x1 convs, ConvNeXt's channels-last Transposes around
+# LayerNorm and Linear, its layer scale, dynamo's ReduceMean pool and its as_strided view of the pooled image.
+SMALL_VISION = {
+    "efficientnet": (lambda: torch_models.EfficientNet([(1, 3, 1, 8, 8, 1), (6, 5, 2, 8, 16, 2)], last=32, classes=5),
+                     ("gap keep", "conv 2@1x1", "conv 8@1x1", " silu ", " sigmoid ", "mul(")),
+    "mobilenet_v3": (lambda: torch_models.MobileNetV3([(8, 3, 8, 8, True, nn.ReLU, 2),
+                                                      (8, 3, 24, 8, False, nn.Hardswish, 1),
+                                                      (8, 5, 32, 16, True, nn.Hardswish, 2)], last=32, classes=5),
+                     ("gap keep", "hardsigmoid", "conv 24@1x1 hardswish", "fc 32 hardswish")),
+    "convnext": (lambda: torch_models.ConvNeXt([(8, 1), (16, 2)], classes=5),
+                 ("layernorm eps=1e-06 channels", "conv 32@1x1 gelu", "conv 8@1x1 scale", "conv 64@1x1 gelu")),
+}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", SMALL_VISION)
+def test_todays_vision_blocks_from_both_exporters_import_as_dlcs_kinds(tmp_path, name, exporter):
+    build, words = SMALL_VISION[name]
+    torch.manual_seed(0)
+    net = with_distinct_bn(build())
+    path = tmp_path / f"{name}.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 32, 32),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    text = spec.read_text()
+    assert all(w in text for w in words), text
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+    with torch.no_grad():  # and PyTorch's own output, which the file holds
+        assert relative_error(np.load(tmp_path / "y_numpy.npy"), net(torch.from_numpy(x)).numpy()) <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"])
+def test_todays_vision_networks_at_full_size_round_trip(tmp_path, name, exporter):
+    net = with_distinct_bn(getattr(torch_models, name)())
+    path = tmp_path / f"{name}.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+    # the import has the zoo's parameters but bn's, which the exporters fold into the convs: one bias per
+    # channel where the zoo's spec has gamma and beta
+    zoo = run("params", name, "--json")
+    got = run("params", spec, "--json")
+    bn_channels = sum(m.num_features for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    import json
+    assert json.loads(got.stdout)["totals"]["params"] == json.loads(zoo.stdout)["totals"]["params"] - bn_channels

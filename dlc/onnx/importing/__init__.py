@@ -66,8 +66,9 @@ IMPORT: dict[str, Import] = {
     "selu": Import(("Selu",), import_selu),
     "gelu": Import(("Gelu", "Div", "Mul"), import_gelu),
     "leaky": Import(("LeakyRelu",), import_leaky),
-    # An Identity operator passes its tensor on: it imports as no layer at all.
-    "identity": Import(("Identity",), import_identity),
+    # An Identity operator passes its tensor on: it imports as no layer at all (and so does the dynamo
+    # exporter's as_strided view of a whole tensor, a Reshape and a Gather).
+    "identity": Import(("Identity", "Reshape"), import_identity),
     "upsample": Import(("Resize", "Upsample"), import_upsample),
     "embed": Import(("Gather",), import_embed),
     "rnn": Import(("Transpose", "RNN"), recurrent("rnn")),

@@ -357,4 +357,22 @@ def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if n.op_type == "Reshape":
+        return strided_view(r, n)
     return Found(None, [n], n.output[0])
+
+
+def strided_view(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """The dynamo exporter's as_strided of a whole tensor of a batch-1 model (ConvNeXt's pooled image before
+    its LayerNorm2d): Reshape to one axis, then Gather of every index in order, shaped as the tensor was.
+    It gives the tensor back."""
+    shape = r.value(n.input[1]) if r.optional(n, 1) else None
+    gather = r.only_consumer(n.output[0])
+    if shape is None or shape.tolist() != [-1] or gather is None or gather.op_type != "Gather" \
+            or attributes(gather).get("axis", 0) != 0:
+        return None
+    index = r.value(gather.input[1])
+    x = r.shape(n.input[0])
+    if index is None or index.shape != (1, *x) or not np.array_equal(index.reshape(-1), np.arange(index.size)):
+        return None
+    return Found(None, [n, gather], gather.output[0])

@@ -110,7 +110,7 @@ def global_pool(kind: str, ops: tuple[str, str]) -> Pattern:
         nodes = [first, n] if first is not n else [n]
         while r.shape(nodes[-1].output[0]) != x[:1]:  # ReduceMean with keepdims=0 gives the vector at once
             after = vector_of(r, nodes[-1], x[0])
-            if after is None and nodes == [n] and n.op_type == ops[0] and first is n:
+            if after is None and nodes == [n] and first is n:
                 return one(kind, n, options={"keep": True})
             if after is None:
                 raise NotImportable(f"its (C, 1, 1) output is read as an image; dlc's {kind} gives a vector, or "

@@ -299,15 +299,18 @@ def test_asymmetric_pads_that_are_same_become_pad_same(tmp_path):
     assert "conv 4@2x2 pad=same " in spec.read_text()
 
 
-def test_a_squeeze_and_excitation_product_of_an_image_and_its_pool_is_refused(tmp_path):
-    # the pool imports (as the window of the whole image, its output C@1x1); the product broadcasting it
-    # over the image has no dlc kind
+def test_a_squeeze_and_excitation_product_of_an_image_and_its_pool_imports_as_gap_keep_and_mul(tmp_path):
+    # the pool's output is C@1x1 (gap keep), and the product repeats it over the image, as dlc's mul broadcasts
+    # a size-1 axis (refused before issue 21)
     from onnx import helper
 
     nodes = [conv_node(), helper.make_node("GlobalAveragePool", ["c"], ["p"], name="squeeze"),
              helper.make_node("Mul", ["c", "p"], ["y"], name="excite")]
-    out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None))
-    assert "Mul" in out and "excite" in out and "4@1x1 by 4@8x8" in out
+    path = tiny_model(tmp_path, nodes, WEIGHT, None)
+    spec, weights = imported(tmp_path, path)
+    assert "gap keep" in spec.read_text() and "mul" in spec.read_text()
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path,
+                               np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32))
 
 
 def test_import_never_writes_over_its_model(tmp_path):

@@ -313,6 +313,20 @@ def test_a_squeeze_and_excitation_product_of_an_image_and_its_pool_imports_as_ga
                                np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32))
 
 
+@pytest.mark.parametrize("factor", [0.5, [0.5, -1.0, 2.0, 3.0]], ids=["one value", "per channel"])
+def test_a_product_by_a_stored_value_or_channel_vector_imports_as_scale(tmp_path, factor):
+    # layer scale as PyTorch writes it, x * gamma (C, 1, 1); one value for all is that value per channel
+    from onnx import helper
+
+    path = tiny_model(tmp_path, [conv_node(), helper.make_node("Mul", ["c", "g"], ["y"], name="layer_scale")],
+                      {**WEIGHT, "g": np.reshape(factor, (-1, 1, 1))}, None)
+    spec, weights = imported(tmp_path, path)
+    assert "conv 4@3x3 pad=1 scale" in spec.read_text(), spec.read_text()
+    assert np.load(weights)["scale1.gamma"].shape == (4, 1, 1)
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path,
+                               np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32))
+
+
 def test_import_never_writes_over_its_model(tmp_path):
     path = tiny_model(tmp_path, [conv_node(out="y")], WEIGHT, None)
     data = path.read_bytes()

@@ -141,11 +141,11 @@ def import_scale(r: Reader, n: onnx.NodeProto) -> Found | None:
         return None
     x = other_input(n, stored[0])
     shape = Signal(r.shape(x)) if x in r.g.signals else r.shape(x)  # a signal's features are its channels
-    value = r.value(stored[0])
+    value, layout = r.value(stored[0]), features_layout(shape)
     if value.size == 1:
-        value = np.full(features_layout(shape), value.reshape(-1)[0])
+        value = np.full(layout, value.reshape(-1)[0])
     _, gamma = per_feature_tensor(r, x, value, "stored factor")
-    return one("scale", n, tensors={"gamma": gamma})
+    return one("scale", n, tensors={"gamma": gamma.reshape(layout)})  # one feature: (1, 1, 1) of an image
 
 
 def axis_option(r: Reader, n: onnx.NodeProto, axis: int) -> dict:

@@ -10,6 +10,8 @@ The math kinds (issue 28): prelu `alpha` slopes and shift `b` values, one or (fl
 feature, stored in ONNX's broadcast layout (C, 1, 1) for an image; logsoftmax like softmax; clip `min`,
 `max`; glu halves `axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag
 `sum`, else the mean) removes `axis` (resolved), or keeps it at 1 with `keep`.
+Issue 21's kinds: hardsigmoid, hardswish (PyTorch's); scale `init` and its gamma, one per feature in the
+broadcast layout (C, 1, 1) of an image; droppath `p` (one draw per sample in training, the identity after).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import pytest
 
 from dlc.engine.kernels import KERNELS, Ctx
 from dlc.layers import Grid
+from dlc.layers import Signal
 from kernel_checks import TOLERANCE, assert_gradients, gradient_errors, onnx_run, random_arrays, resolve
 
 
@@ -445,3 +446,29 @@ def test_patchmerge_joins_each_2x2_neighbourhood_in_swins_order():
     assert run("patchmerge", attrs, {}, [x])[0].tolist() == [[[0, 4, 1, 5], [2, 6, 3, 7]]]
     attrs, _, _ = resolve("patchmerge", [Grid((4, 6), 3)])
     assert_gradients("patchmerge", attrs, {}, [np.random.default_rng(7).standard_normal((2, 24, 3))])
+# ---- layernorm channels (issue 21): ConvNeXt's LayerNorm2d --------------------------------------
+
+@pytest.mark.parametrize("shape", [(4, 3, 2), Signal((4, 5)), (3, 2, 2, 2)], ids=["image", "signal", "volume"])
+def test_layernorm_channels_against_central_differences_and_each_pixel_alone(shape):
+    rng = np.random.default_rng(30)
+    attrs, shapes, _ = resolve("layernorm", [shape], channels=True)
+    assert shapes == {"gamma": (shape[0],), "beta": (shape[0],)}
+    params = {"gamma": 1 + random_arrays(shapes, rng)["gamma"], "beta": random_arrays(shapes, rng)["beta"]}
+    x = 2 * rng.standard_normal((3, *shape)) + 1
+    assert_gradients("layernorm", attrs, params, [x])
+    y = run("layernorm", attrs, params, [x])[0]
+    at = (1, slice(None), *(1,) * (len(shape) - 1))  # one position's channels, normalised by hand
+    pixel = x[at]
+    want = (pixel - pixel.mean()) / np.sqrt(pixel.var() + 1e-5) * params["gamma"] + params["beta"]
+    np.testing.assert_allclose(y[at], want, rtol=1e-10)
+
+
+def test_layernorm_channels_matches_layernormalization_of_the_channels_last_image():
+    rng = np.random.default_rng(31)
+    attrs, _, _ = resolve("layernorm", [(6, 3, 4)], channels=True, eps=1e-6)
+    gamma, beta, x = f32(rng, 6), f32(rng, 6), f32(rng, 2, 6, 3, 4, scale=3.0)
+    last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    ref = onnx_run("LayerNormalization", [last, gamma, beta], axis=-1, epsilon=1e-6)[0].transpose(0, 3, 1, 2)
+    y = run("layernorm", attrs, {"gamma": gamma, "beta": beta}, [x])[0]
+    assert y.dtype == np.float32 and y.flags.c_contiguous
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)

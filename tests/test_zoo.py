@@ -59,6 +59,12 @@ PUBLISHED = {
     "swin_t": (28_288_354, "4.49", G),  # torchvision Swin_T_Weights.IMAGENET1K_V1
     # issue 28: a volume net at 3@16x112x112 (torchvision is not installed here, so its published table)
     "r3d_18": (33_371_472, "40.697", G),  # torchvision R3D_18_Weights.KINETICS400_V1
+    # issue 21, exact to the unit: torchvision's counts of its EfficientNet_B0 and ConvNeXt_Tiny weights ("_ops"
+    # 0.386 and 4.5 GFLOPS, whose exact MACs the issue gives); MobileNetV3-Large's MACs are its plain-torch twin's
+    # (tests/torch_models.py), counted by forward hooks in tests/onnx/test_onnx_torch.py (torchvision: 0.217)
+    "efficientnet_b0": (5_288_548, "385814752", 1),  # torchvision EfficientNet_B0_Weights.IMAGENET1K_V1
+    "convnext_tiny": (28_589_128, "4455531264", 1),  # torchvision ConvNeXt_Tiny_Weights.IMAGENET1K_V1
+    "mobilenet_v3_large": (5_483_032, "216589760", 1),  # torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V1
 }
 
 # name: (params, MACs), both by hand from the layer tables in the comments below.
@@ -381,3 +387,20 @@ def test_classifiers_end_in_softmax_and_say_how_to_train(name):
     a = zoo(name)
     assert a.graph.output.kind == "softmax"
     assert a.graph.train.get("loss") == "xent"
+
+
+def test_todays_vision_networks_are_written_with_their_own_kinds():
+    # issue 21: squeeze-and-excite is a real product (gap keep and 1x1 convs, as torchvision writes it), ConvNeXt's
+    # norm is over each pixel's channels and its layer scale starts at 1e-6, its 18 blocks drop their branch with
+    # probability 0.1 * i / 17 and EfficientNet's 9 residual blocks 0.2 * i / 16
+    assert len(nodes("efficientnet_b0", "mul")) == 16 and len(nodes("mobilenet_v3_large", "mul")) == 8
+    assert all(s.node.attrs["keep"] for s in nodes("efficientnet_b0", "gap")[:-1])
+    assert {s.node.out_shape[1:] for s in nodes("efficientnet_b0", "gap")[:-1]} == {(1, 1)}
+    # two in each of the 9 HS blocks (expansion, depthwise), the stem, the last conv and the classifier
+    assert len(nodes("mobilenet_v3_large", "hardswish")) == 2 * 9 + 3
+    norms = nodes("convnext_tiny", "layernorm")
+    assert sum(s.node.attrs["channels"] for s in norms) == 1 + 18 + 3 and norms[-1].node.out_shape == (768,)
+    assert {s.node.attrs["init"] for s in nodes("convnext_tiny", "scale")} == {1e-6}
+    assert [round(s.node.attrs["p"] * 17 / 0.1, 4) for s in nodes("convnext_tiny", "droppath")] == list(range(18))
+    assert [round(s.node.attrs["p"] * 16 / 0.2, 4) for s in nodes("efficientnet_b0", "droppath")] == \
+        [2, 4, 6, 7, 9, 10, 12, 13, 14]

@@ -1,10 +1,12 @@
-"""torchvision's ResNet-18, ResNet-50, MobileNet v2, GoogLeNet and Swin-T, written in plain torch.nn.
+"""torchvision's ResNet-18, ResNet-50, MobileNet v2, GoogLeNet, EfficientNet-B0, MobileNetV3-Large, ConvNeXt-T
+and Swin-T, and Hugging Face's BERT and Whisper encoder and diffusers' blocks, written in plain torch.nn.
 
-torchvision cannot be installed beside the CPU torch of the test extra, so the three architectures are
+torchvision cannot be installed beside the CPU torch of the test extra, so the architectures are
 restated here, layer for layer as torchvision builds them (ResNet v1.5: the stride on the 3x3 conv of a
-bottleneck; GoogLeNet without its auxiliary heads). Their published parameter counts (11,689,512 /
-25,557,032 / 3,504,872 / 6,624,904) are asserted in
-the tests, which checks this file against outside truth before any figure is compared with it.
+bottleneck; GoogLeNet without its auxiliary heads; stochastic depth left out, the identity at inference).
+Their published parameter counts (11,689,512 / 25,557,032 / 3,504,872 / 6,624,904 / 5,288,548 / 5,483,032 /
+28,589,128 / Swin-T 28,288,354) are asserted in the tests, which checks this file against outside truth before any figure is
+compared with it.
 """
 
 from __future__ import annotations
@@ -654,3 +656,169 @@ class SDBlock(nn.Module):
 
     def forward(self, latent, temb, text):
         return self.attention(self.resnet(latent, temb), text)
+
+# ---- today's vision networks (issue 21): EfficientNet-B0, MobileNetV3-Large, ConvNeXt-T, as torchvision builds
+# them (torchvision/models/efficientnet.py, mobilenetv3.py, convnext.py and ops/misc.py); stochastic depth is
+# the identity at inference, so the eval-mode twins leave it out.
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """torchvision's _make_divisible: v rounded to a multiple of 8, never below 90% of v."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def conv_norm_act(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, act: type | None = None,
+                  eps: float = 1e-5, momentum: float = 0.1) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation: conv without bias, BatchNorm2d, the activation if any."""
+    layers = [nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(c_out, eps=eps, momentum=momentum)]
+    return nn.Sequential(*layers, *([act()] if act else []))
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.SqueezeExcitation: AdaptiveAvgPool2d(1), two 1x1 convs with biases, the gate."""
+
+    def __init__(self, channels: int, squeeze: int, act: type = nn.ReLU, gate: type = nn.Sigmoid):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(channels, squeeze, 1), nn.Conv2d(squeeze, channels, 1)
+        self.act, self.gate = act(), gate()
+
+    def forward(self, x):
+        s = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * self.gate(self.fc2(self.act(self.fc1(s))))
+
+
+class MBConv(nn.Module):
+    """EfficientNet's block: expand (unless t = 1), depthwise, squeeze-and-excite of c_in // 4, project."""
+
+    def __init__(self, t: int, k: int, stride: int, c_in: int, c_out: int):
+        super().__init__()
+        e = c_in * t
+        layers = [conv_norm_act(c_in, e, 1, act=nn.SiLU)] if e != c_in else []
+        layers += [conv_norm_act(e, e, k, stride, groups=e, act=nn.SiLU),
+                   SqueezeExcitation(e, max(1, c_in // 4), act=nn.SiLU),
+                   conv_norm_act(e, c_out, 1)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class EfficientNet(nn.Module):
+    # (expansion t, kernel k, stride s, c_in, c_out, repeats n): the paper's Table 1 as torchvision writes it
+    B0 = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+          (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
+
+    def __init__(self, settings=B0, last: int = 1280, classes: int = 1000):
+        super().__init__()
+        layers = [conv_norm_act(3, settings[0][3], 3, 2, act=nn.SiLU)]
+        for t, k, s, c_in, c_out, n in settings:
+            for i in range(n):
+                layers.append(MBConv(t, k, s if i == 0 else 1, c_in if i == 0 else c_out, c_out))
+        layers.append(conv_norm_act(settings[-1][4], last, 1, act=nn.SiLU))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class InvertedResidualV3(nn.Module):
+    """MobileNetV3's block: expand (unless the width stays), depthwise, squeeze-and-excite of
+    make_divisible(e // 4) with a hard-sigmoid gate, project; bn eps 0.001, momentum 0.01."""
+
+    def __init__(self, c_in: int, k: int, e: int, c_out: int, se: bool, act: type, stride: int):
+        super().__init__()
+        bn = {"eps": 0.001, "momentum": 0.01}
+        layers = [conv_norm_act(c_in, e, 1, act=act, **bn)] if e != c_in else []
+        layers.append(conv_norm_act(e, e, k, stride, groups=e, act=act, **bn))
+        if se:
+            layers.append(SqueezeExcitation(e, make_divisible(e // 4), gate=nn.Hardsigmoid))
+        layers.append(conv_norm_act(e, c_out, 1, **bn))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class MobileNetV3(nn.Module):
+    RE, HS = nn.ReLU, nn.Hardswish
+    # (c_in, kernel, expanded, c_out, SE, activation, stride): the paper's Table 1, torchvision's bneck_conf
+    LARGE = [(16, 3, 16, 16, False, RE, 1), (16, 3, 64, 24, False, RE, 2), (24, 3, 72, 24, False, RE, 1),
+             (24, 5, 72, 40, True, RE, 2), (40, 5, 120, 40, True, RE, 1), (40, 5, 120, 40, True, RE, 1),
+             (40, 3, 240, 80, False, HS, 2), (80, 3, 200, 80, False, HS, 1), (80, 3, 184, 80, False, HS, 1),
+             (80, 3, 184, 80, False, HS, 1), (80, 3, 480, 112, True, HS, 1), (112, 3, 672, 112, True, HS, 1),
+             (112, 5, 672, 160, True, HS, 2), (160, 5, 960, 160, True, HS, 1), (160, 5, 960, 160, True, HS, 1)]
+
+    def __init__(self, settings=LARGE, last: int = 1280, classes: int = 1000):
+        super().__init__()
+        bn = {"eps": 0.001, "momentum": 0.01}
+        layers = [conv_norm_act(3, settings[0][0], 3, 2, act=nn.Hardswish, **bn)]
+        layers += [InvertedResidualV3(*row) for row in settings]
+        c = settings[-1][3]
+        layers.append(conv_norm_act(c, 6 * c, 1, act=nn.Hardswish, **bn))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(6 * c, last), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(last, classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: the channels-last view's LayerNorm, and back."""
+
+    def forward(self, x):
+        x = nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt's block: 7x7 depthwise, then on the channels-last image LayerNorm, Linear 4d, GELU, Linear d,
+    back to channels first, times the layer scale, plus the input."""
+
+    def __init__(self, d: int, layer_scale: float = 1e-6):
+        super().__init__()
+        self.dw = nn.Conv2d(d, d, 7, padding=3, groups=d)
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.layer_scale = nn.Parameter(torch.ones(d, 1, 1) * layer_scale)
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(nn.functional.gelu(self.fc1(self.norm(y)))).permute(0, 3, 1, 2)
+        return x + self.layer_scale * y
+
+
+class ConvNeXt(nn.Module):
+    TINY = [(96, 3), (192, 3), (384, 9), (768, 3)]  # (channels, blocks) of each stage
+
+    def __init__(self, stages=TINY, classes: int = 1000, layer_scale: float = 1e-6):
+        super().__init__()
+        layers = [nn.Conv2d(3, stages[0][0], 4, 4), LayerNorm2d(stages[0][0], eps=1e-6)]
+        for i, (d, n) in enumerate(stages):
+            if i:
+                layers += [LayerNorm2d(stages[i - 1][0], eps=1e-6), nn.Conv2d(stages[i - 1][0], d, 2, 2)]
+            layers += [CNBlock(d, layer_scale) for _ in range(n)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(LayerNorm2d(stages[-1][0], eps=1e-6), nn.Flatten(1),
+                                        nn.Linear(stages[-1][0], classes))
+
+    def forward(self, x):
+        return self.classifier(nn.functional.adaptive_avg_pool2d(self.features(x), 1))
+
+
+def efficientnet_b0() -> nn.Module:
+    return EfficientNet()
+
+
+def mobilenet_v3_large() -> nn.Module:
+    return MobileNetV3()
+
+
+def convnext_tiny() -> nn.Module:
+    return ConvNeXt()

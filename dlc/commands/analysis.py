@@ -69,6 +69,13 @@ def model_lines(a: Analysed) -> list[str]:
         ports = [f"{n} {show(shown(m.tensors[n], signals)) if n in m.tensors and m.tensors[n].known else '?'}"
                  for n in names]
         lines.append(f"{what}: {', '.join(ports) or 'none'}")
+    folded, by = m.folded_batchnorms
+    if folded:
+        # the published count has bn's gamma and beta per channel (and its statistics apart); the file, the
+        # conv's weights rescaled and one bias per channel: fewer parameters than the paper's
+        lines.append(f"folded: {folded} conv{'s' if folded > 1 else ''} carry the BatchNorm after "
+                     f"{'them' if folded > 1 else 'it'} (folded in by {by}): one bias per channel in place of bn's "
+                     f"scale and shift, so the file's params are fewer than the paper's")
     if a.uncounted:
         ops = sorted({u.op for u in a.uncounted})
         lines.append(f"not counted: {len(a.uncounted)} of {len(m.nodes)} nodes ({', '.join(ops)}): the MACs and "
@@ -79,6 +86,7 @@ def model_lines(a: Analysed) -> list[str]:
 def model_json(a: Analysed) -> dict:
     m = a.model
     return {"opset": m.opset, "inputs": m.inputs, "outputs": m.outputs, "nodes": len(m.nodes),
+            "folded_batchnorms": m.folded_batchnorms[0],
             "not_counted": [{"node": u.node, "op": u.op, "reason": u.reason} for u in a.uncounted]}
 
 

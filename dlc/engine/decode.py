@@ -46,6 +46,8 @@ POSITIONWISE = frozenset({
     "maximum", "minimum", "pow", "sub", "div",
     # each step times a matrix shared by every sample
     "matmul",
+    # the kinds of today's vision networks (issue 21); droppath is the identity at inference
+    "hardsigmoid", "hardswish", "scale", "droppath",
 })
 ALONG_AXIS = ("softmax", "logsoftmax", "glu", "reduce")  # positionwise when their axis is a step's features
 

@@ -112,7 +112,7 @@ def check_gradients(graph: Graph, *, loss: str | None = None, batch: int = 2, se
     loss = loss or default_loss(graph)
     rng = np.random.default_rng(seed)
     params, state = init_params(graph, init="he", seed=seed, dtype=np.float64)
-    constant = {t.full_name for t in tensors(graph) if t.trainable and t.role.constant is not None}
+    constant = {t.full_name for t in tensors(graph) if t.trainable and t.role.start(t.node.attrs) is not None}
     for name, p in params.items():
         if name in constant:
             # Biases, scales, shifts and class tokens start away from their constant: at it, terms vanish

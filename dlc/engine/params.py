@@ -61,10 +61,11 @@ def tensors(graph: Graph) -> list[ParamTensor]:
 
 def initial_value(t: ParamTensor, init: str, rng: np.random.Generator, std: float,
                   dtype: type[np.floating]) -> np.ndarray:
-    """The tensor's start: its role's constant, else drawn by the init (`std` is gaussian's)."""
+    """The tensor's start: its role's constant (or its node's option), else drawn by the init (`std` is
+    gaussian's)."""
     r = t.role
-    if r.constant is not None:
-        return np.full(t.shape, r.constant, dtype)
+    if r.start(t.node.attrs) is not None:
+        return np.full(t.shape, r.start(t.node.attrs), dtype)
     # Drawn in float64 whatever the dtype, so a float32 network starts from its float64 twin's
     # values rounded (the gradient check and the trainer see the same network).
     if init == "gaussian":

@@ -26,7 +26,7 @@ from dlc.engine.params import tensors
 # Kinds that draw random numbers in training mode. A fresh unseeded Generator costs ~13 us (OS
 # entropy), a tenth of a whole MLP step at batch 10, so one is made only for graphs that need it;
 # the kernels of a graph without these kinds get no generator at all (PLAIN_CTX).
-RANDOM_KINDS = frozenset({"dropout", "noise", "attention"})
+RANDOM_KINDS = frozenset({"dropout", "noise", "attention", "droppath"})
 
 # A loss on the output of a final activation, and the fused, numerically stable loss on its input.
 FUSED_LOSSES = {("xent", "softmax"): "xent", ("bce", "sigmoid"): "bce_logits"}

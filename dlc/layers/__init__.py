@@ -113,8 +113,9 @@ ROLES = ("weight", "bias", "table", "scale", "shift", "statistic")
 class Role:
     """What one of a kind's tensors is, for the backends that create and train it.
 
-    A tensor starts at `constant`, or is drawn at random: under he and xavier, at a fixed `std` (a table
-    of embeddings) or scaled by its `fans`; gaussian draws every random tensor at the std it is given.
+    A tensor starts at `constant`, at the value of the node's option named `option` (layer scale's
+    `init`), or is drawn at random: under he and xavier, at a fixed `std` (a table of embeddings) or
+    scaled by its `fans`; gaussian draws every random tensor at the std it is given.
     Weight decay and L1 act on `decayed` tensors, and so does max-norm, over `maxnorm` axes (None:
     every axis but the first, the usual layout of one unit's incoming weights).
     """
@@ -125,13 +126,18 @@ class Role:
     std: float | None = None
     decayed: bool = False
     maxnorm: tuple[int, ...] | None = None
+    option: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"unknown tensor role {self.role!r} (expected {', '.join(ROLES)})")
-        starts = [x for x in (self.fans, self.constant, self.std) if x is not None]
+        starts = [x for x in (self.fans, self.constant, self.std, self.option) if x is not None]
         if len(starts) != 1:
-            raise ValueError(f"a {self.role} tensor needs exactly one of fans, constant or std")
+            raise ValueError(f"a {self.role} tensor needs exactly one of fans, constant, std or option")
+
+    def start(self, attrs: dict) -> float | None:
+        """The value every entry starts at (its constant, or its node's option), None if drawn at random."""
+        return attrs[self.option] if self.option is not None else self.constant
 
 
 def weight(fans: FansRule, maxnorm: tuple[int, ...] | None = None) -> Role:

@@ -11,6 +11,8 @@ The math kinds (issue 28): prelu `alpha` slopes and shift `b` values, one or (fl
 feature, stored in ONNX's broadcast layout (C, 1, 1) for an image; logsoftmax like softmax; clip `min`,
 `max`; glu halves `axis` (resolved) and gates the first half by the sigmoid of the second; reduce (flag
 `sum`, else the mean) removes `axis` (resolved), or keeps it at 1 with `keep`.
+Issue 21's kinds: hardsigmoid, hardswish (PyTorch's); scale `init` and its gamma, one per feature in the
+broadcast layout (C, 1, 1) of an image; droppath `p` (one draw per sample in training, the identity after).
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ for _name, _opts in [("relu", {}), ("relu6", {}), ("sigmoid", {}), ("tanh", {}),
 register(LayerKind("silu", keep, aliases=("swish",), flops=per_element(2)))
 
 register(LayerKind("identity", keep))
+
+# ---- the kinds of today's vision networks (issue 21): MobileNetV3, EfficientNet, ConvNeXt ----
+# PyTorch's hard activations (Howard et al., "Searching for MobileNetV3", 2019): hardsigmoid is
+# relu6(x + 3) / 6, ONNX's HardSigmoid with alpha 1/6 and beta 1/2, 1 per element as the activations above;
+# hardswish is x * hardsigmoid(x), 2 per element by silu's rule (the gate and the product).
+register(LayerKind("hardsigmoid", keep, flops=per_element(1)))
+register(LayerKind("hardswish", keep, flops=per_element(2)))
 
 
 def resolve_axis(attrs: dict, ins: list[Shape], kind: str) -> int:
@@ -84,15 +93,16 @@ def resolve_clip(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
 register(LayerKind("clip", resolve_clip, options={"min": -math.inf, "max": math.inf}, flops=per_element(1)))
 
 
-def per_feature(attrs: dict, ins: list[Shape]) -> Shape:
-    """The shape of a tensor of one value, or (flag `channels`) one per feature, laid out as ONNX broadcasts
-    it against the batch-first input: (C, 1, 1) for an image, (F,) for a vector, (D,) for each step of a
-    sequence."""
-    if not attrs["channels"]:
-        return (1,)
-    shape = ins[0]
+def features_layout(shape: Shape) -> Shape:
+    """The shape of a tensor of one value per feature, laid out as ONNX broadcasts it against the
+    batch-first input: (C, 1, 1) for an image, (F,) for a vector, (D,) for each step of a sequence."""
     axis = feature_axis(shape)
     return (shape[axis],) + (1,) * (len(shape) - 1 - axis)
+
+
+def per_feature(attrs: dict, ins: list[Shape]) -> Shape:
+    """The shape of a tensor of one value, or (flag `channels`) one per feature (features_layout)."""
+    return features_layout(ins[0]) if attrs["channels"] else (1,)
 
 
 # PReLU (He et al., "Delving Deep into Rectifiers", 2015): leaky with a learned slope, which starts at 0.25
@@ -105,6 +115,26 @@ register(LayerKind("prelu", keep, flags=("channels",), params=lambda a, ins: {"a
 # added in an ONNX file): 1 per element, the add, as the bias of a weighted layer.
 register(LayerKind("shift", keep, flags=("channels",), params=lambda a, ins: {"b": per_feature(a, ins)},
                    tensors={"b": BIAS}, flops=per_element(1)))
+
+
+# Layer scale (Touvron et al., "Going deeper with Image Transformers", 2021; ConvNeXt's init 1e-6): a learned
+# multiplier per feature, starting at `init` and taking no weight decay as bn's gamma; 1 per element, the
+# product, as shift's add.
+register(LayerKind("scale", keep, aliases=("layerscale",), options={"init": 1.0},
+                   params=lambda a, ins: {"gamma": features_layout(ins[0])},
+                   tensors={"gamma": Role("scale", option="init")}, flops=per_element(1)))
+
+
+def resolve_droppath(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
+    if not 0 <= attrs["p"] < 1:
+        raise ShapeError(f"droppath probability must satisfy 0 <= P < 1 (received {attrs['p']})", "p")
+    return keep(attrs, ins)
+
+
+# Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): in training each sample's
+# whole residual branch is dropped with probability P and kept ones scaled by 1/(1-P); the identity at
+# inference, so it counts nothing, as dropout.
+register(LayerKind("droppath", resolve_droppath, size="number", size_required=True, size_attr="p"))
 
 
 def resolve_glu(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:

@@ -1,4 +1,4 @@
-"""maxpool, avgpool, gap, gmp.
+"""maxpool, avgpool, gap, gmp (a vector of the channels; C@1x1 with the flag `keep`).
 
 Resolved attributes: kernel, stride and dilation (maxpool's dil=, 1 for avgpool) with one value per spatial
 axis of the input (a signal C@L, an image C@HxW or a volume C@DxHxW), pads (every axis's before, then every
@@ -52,12 +52,14 @@ for _name, _options in (("maxpool", {"pad": PAD, "dil": 1}), ("avgpool", {"pad":
 
 
 def resolve_global(attrs: dict, ins: list[Shape]) -> tuple[Shape, dict]:
-    c, _ = spatial(ins[0], "global pooling")
-    return (c,), dict(attrs)
+    c, sizes = spatial(ins[0], "global pooling")
+    # `keep`: C@1x1 as PyTorch's AdaptiveAvgPool2d(1) and ONNX's GlobalAveragePool give it, for the 1x1
+    # convs of squeeze-and-excite as torchvision writes them
+    return (spatial_shape(c, (1,) * len(sizes)) if attrs["keep"] else (c,)), dict(attrs)
 
 
 for _name in ("gap", "gmp"):
     register(LayerKind(
-        _name, resolve_global, flops=lambda a, ins, out: prod(ins[0]),
+        _name, resolve_global, flags=("keep",), flops=lambda a, ins, out: prod(ins[0]),
         window=lambda a: GLOBAL,
     ))

@@ -2,8 +2,9 @@
 "Sequences and transformers").
 
 Resolved attributes and tensors (batch left out):
-- layernorm: eps, features (the last axis of a vector or a sequence); gamma, beta (features), as ONNX
-  LayerNormalization over the last axis.
+- layernorm: eps, features (the last axis of a vector or a sequence; with the flag `channels` the channels of
+  each position of a signal, image or volume); gamma, beta (features), as ONNX LayerNormalization over the
+  last axis (channels: between Transposes to channels-last and back, as PyTorch writes ConvNeXt's LayerNorm2d).
 - rmsnorm: eps, features (the last axis); gamma (features), as ONNX RMSNormalization over the last axis:
   x / sqrt(mean(x²) + eps) * gamma, no centring and no shift (Zhang & Sennrich 2019; Llama).
 - attention: heads, steps (T), dim (D), head_dim (D/heads), causal, bias, dropout (on the attention
@@ -31,7 +32,7 @@ from __future__ import annotations
 from dlc.errors import ShapeError
 from dlc.layers import (BIAS, COUNT, GLOBAL, READ, SCALE, SHIFT, SIZES, Grid, LayerKind, Role, Shape, ShapeRule, Signal,
                         elements, is_sequence, register, weight)
-from dlc.layers.spatial import show
+from dlc.layers.spatial import is_spatial, show
 
 
 def _sequence(shape, what: str) -> tuple[int, int]:
@@ -56,8 +57,22 @@ def per_step_norm(kind: str, hint: str = "") -> ShapeRule:
 # by 1/std (1), gamma and beta (2); per normalised vector the eps add and the square root (2), so that
 # ONNX's LayerNormalization and its ReduceMean/Sub/Pow/Sqrt/Div form count the same (dlc/onnx/count.py).
 # Statistics are per sample, so unlike bn nothing folds at inference.
+def resolve_layernorm(attrs, ins):
+    """layernorm's rule: per_step_norm's, or with `channels` each position's channels of a signal, image or
+    volume (ConvNeXt's LayerNorm2d): the axis is written, never guessed from the shape."""
+    if not attrs["channels"]:
+        return per_step_norm("layernorm", " (`layernorm channels` normalises each pixel's channels)")(attrs, ins)
+    if not is_spatial(ins[0]):
+        raise ShapeError(f"layernorm channels normalises each position's channels of a signal C@L, an image C@HxW "
+                         f"or a volume C@DxHxW, got {show(ins[0])} (without `channels` it normalises the features "
+                         f"of a vector or of each step)", "channels")
+    if attrs["eps"] <= 0:
+        raise ShapeError(f"layernorm eps must be > 0 (received eps={attrs['eps']})", "eps")
+    return ins[0], dict(attrs, features=ins[0][0])
+
+
 register(LayerKind(
-    "layernorm", per_step_norm("layernorm", " (use bn on an image)"), aliases=("ln",), options={"eps": 1e-5},
+    "layernorm", resolve_layernorm, aliases=("ln",), options={"eps": 1e-5}, flags=("channels",),
     params=lambda a, ins: {"gamma": (a["features"],), "beta": (a["features"],)},
     tensors={"gamma": SCALE, "beta": SHIFT},
     flops=lambda a, ins, out: 7 * elements(out) + 2 * elements(out) // a["features"],

@@ -264,6 +264,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "InstanceNormalization": count_normalization,
     "RMSNormalization": count_rms_normalization,
     "Swish": per_element(2),  # SiLU (opset 24): the sigmoid and the product, dlc's silu rule
+    "HardSwish": per_element(2),  # the hard gate and the product, dlc's hardswish rule (as Swish)
     "LRN": count_lrn,
     # Softmax: exponential, sum and division (dlc's softmax rule); LogSoftmax adds the logarithm.
     "Softmax": per_element(3),
@@ -277,7 +278,7 @@ COUNT: dict[str, Callable[[Op], Cost]] = {
     "TopK": free,
     **{name: per_element(1) for name in (
         "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "PRelu", "HardSigmoid",
-        "HardSwish", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Clip", "Erf", "Exp", "Log", "Sqrt",
+        "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Clip", "Erf", "Exp", "Log", "Sqrt",
         "Reciprocal", "Neg", "Abs", "Sign", "Floor", "Ceil", "Round", "Sin", "Cos", "Tan", "Atan", "IsNaN",
         "Not")},
     **{name: per_input for name in (

@@ -119,7 +119,9 @@ def pool(onnx_op: str, **fixed: Any) -> Lowering:
 
 def global_pool(onnx_op: str) -> Lowering:
     def lower(n: Node, x: list[str], opset: int) -> list[NodeProto]:
-        # Global*Pool keeps 1x1 spatial axes; dlc's gap/gmp give a vector.
+        # Global*Pool keeps 1x1 spatial axes, as dlc's gap/gmp with `keep`; without it they give a vector.
+        if n.attrs["keep"]:
+            return [op(onnx_op, x[:1], n.name, n.name)]
         return [op(onnx_op, x[:1], f"{n.name}/pooled", f"{n.name}/pool"),
                 op("Flatten", [f"{n.name}/pooled"], n.name, n.name, axis=1)]
     return lower
@@ -274,6 +276,23 @@ def lower_silu(n: Node, x: list[str], opset: int) -> list[NodeProto]:
             op("Mul", [x[0], f"{n.name}/sigmoid"], n.name, n.name)]
 
 
+# ---- the kinds of today's vision networks (issue 21) ----
+
+def lower_hardsigmoid(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # PyTorch's relu6(x + 3) / 6 is HardSigmoid's max(0, min(1, alpha x + beta)) at alpha 1/6, beta 1/2
+    return [op("HardSigmoid", x[:1], n.name, n.name, alpha=1 / 6, beta=0.5)]
+
+
+def lower_hardswish(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    # x * hardsigmoid(x) in every opset: HardSwish itself comes at opset 14, past dlc's lowest
+    return [op("HardSigmoid", x[:1], f"{n.name}/gate", f"{n.name}/gate", alpha=1 / 6, beta=0.5),
+            op("Mul", [x[0], f"{n.name}/gate"], n.name, n.name)]
+
+
+def lower_scale(n: Node, x: list[str], opset: int) -> list[NodeProto]:
+    return [op("Mul", [x[0], param(n, "gamma")], n.name, n.name)]  # gamma is stored in its broadcast layout
+
+
 def lower_upsample(n: Node, x: list[str], opset: int) -> list[NodeProto]:
     f = float(n.attrs["factor"])
     scales = f"{n.name}/scales"
@@ -321,7 +340,21 @@ def lower_embed(n: Node, x: list[str], opset: int) -> list[NodeProto]:
 
 
 def lower_layernorm(n: Node, x, opset):
-    p, eps = n.name, float(n.attrs["eps"])
+    if not n.attrs["channels"]:
+        return normalise_last(n, x[0], n.name, opset)
+    # each position's channels: LayerNormalization of the channels-last view, between two Transposes, as
+    # PyTorch's exporters write ConvNeXt's LayerNorm2d
+    p, rank = n.name, len(n.out_shape) + 1
+    last = [0, *range(2, rank), 1]
+    back = [0, rank - 1, *range(1, rank - 1)]
+    return [op("Transpose", x[:1], f"{p}/channels_last", f"{p}/channels_last", perm=last),
+            *normalise_last(n, f"{p}/channels_last", f"{p}/normalised_last", opset),
+            op("Transpose", [f"{p}/normalised_last"], p, p, perm=back)]
+
+
+def normalise_last(n: Node, x: str, out: str, opset: int) -> list[NodeProto]:
+    """layernorm over the last axis of tensor x into `out`."""
+    p, eps, x = out, float(n.attrs["eps"]), [x]
     if opset >= LAYERNORM_OPSET:
         return [op("LayerNormalization", [x[0], param(n, "gamma"), param(n, "beta")], p, p, axis=-1, epsilon=eps)]
     # (x - mean) / sqrt(variance + eps) * gamma + beta over the last axis, as LayerNormalization defines it
@@ -715,4 +748,9 @@ LOWER: dict[str, Lowering] = {
     "tile": lower_tile,
     "slice": lower_slice,
     "reshape": lower_reshape,
+    # the kinds of today's vision networks (issue 21)
+    "hardsigmoid": lower_hardsigmoid,
+    "hardswish": lower_hardswish,
+    "scale": lower_scale,
+    "droppath": unary("Identity"),  # training only
 }

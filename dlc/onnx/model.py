@@ -126,6 +126,20 @@ class OnnxGraph:
         return self.metadata.get(META_SPEC)
 
     @cached_property
+    def folded_batchnorms(self) -> tuple[int, str]:
+        """How many Conv and Gemm nodes hold a BatchNormalization PyTorch's exporter folded into them, and
+        which exporter's sign says so: dynamo's optimizer names its rewrite on the node it made
+        (FuseBatchNormIntoConv), the TorchScript exporter names the weights it computed `onnx::Conv_N`."""
+        weighted = [n for n in self.model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1]
+        dynamo = sum(any(p.key == "pkg.onnxscript.rewriter.rule_name" and "FuseBatchNorm" in p.value
+                         for p in n.metadata_props) for n in weighted)
+        if dynamo:
+            return dynamo, "the dynamo exporter's FuseBatchNormIntoConv"
+        if self.model.producer_name == "pytorch":
+            return sum(n.input[1].startswith("onnx::Conv_") for n in weighted), "the TorchScript exporter in eval mode"
+        return 0, ""
+
+    @cached_property
     def signals(self) -> set[str]:  # a graph's nodes and tensors are fixed once from_model returns it
         """The rank-3 tensors that are signals (N, C, L) rather than sequences (N, T, D): those an
         operator reads by their channels, or an Unsqueeze turns into an image for a pool (the old

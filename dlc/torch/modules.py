@@ -10,7 +10,7 @@ PyTorch keeps the layouts dlc takes from ONNX (conv W (C_out, C_in/g, kh, kw), u
 C_out/g, kh, kw), fc W (units, in), embed W (vocab, dim)) except for the recurrent kinds: torch
 holds one matrix per direction, its gates in another order (LSTM i, f, g, o against ONNX's i, o, f,
 c; GRU r, z, n against z, r, h) and the two biases apart. A `TorchParam` names that conversion.
-attention, rmsnorm, posembed, clstoken and noise use modules of the generated file (dlc/torch/netlib.py) whose
+attention, rmsnorm, posembed, clstoken, scale, noise and droppath use modules of the generated file (dlc/torch/netlib.py) whose
 Parameters carry dlc's names and layouts (Wq (out, in), P, cls); `fc tied=LABEL` shares the embed's.
 `input` has no entry: it is the batch that forward receives.
 """
@@ -208,7 +208,9 @@ def recurrent(node: Node, ins: list[Shape]) -> TorchLayer:
 
 def layernorm(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
-    return TorchLayer("{m}({x})", _call("nn.LayerNorm", a["features"], eps=(a["eps"], 1e-5)),
+    # `channels`: the channels-last view's last axis and back, as torchvision's ConvNeXt LayerNorm2d
+    forward = "{m}({x}.movedim(1, -1)).movedim(-1, 1)" if a["channels"] else "{m}({x})"
+    return TorchLayer(forward, _call("nn.LayerNorm", a["features"], eps=(a["eps"], 1e-5)),
                  _same(("gamma", "weight"), ("beta", "bias")))
 
 
@@ -315,6 +317,21 @@ def groupnorm(node: Node, ins: list[Shape]) -> TorchLayer:
     a = node.attrs
     return TorchLayer("{m}({x})", _call("nn.GroupNorm", a["groups"], a["channels"], eps=(a["eps"], 1e-5)),
                       _same(("gamma", "weight"), ("beta", "bias")))
+# ---- the kinds of today's vision networks (issue 21) ----
+
+def global_pool(reduction: str) -> Callable[[Node, list[Shape]], TorchLayer]:
+    """gap/gmp over every spatial axis of a signal, image or volume; `keep` leaves them at 1 (C@1x1)."""
+    def mapping(node: Node, ins: list[Shape]) -> TorchLayer:
+        if not node.attrs["keep"]:
+            return TorchLayer(f"{{x}}.flatten(2).{reduction}(2)")
+        axes = tuple(range(2, len(ins[0]) + 1))
+        return TorchLayer(f"{{x}}.{reduction}({axes}, keepdim=True)")
+    return mapping
+
+
+def scale(node: Node, ins: list[Shape]) -> TorchLayer:
+    shape = tuple(KINDS["scale"].params(node.attrs, ins)["gamma"])
+    return TorchLayer("{x} * {m}.gamma", f"Weights(gamma={shape})", _same(("gamma", "gamma")))
 
 
 def function(expression: str) -> Callable[[Node, list[Shape]], TorchLayer]:
@@ -329,8 +346,8 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "upsample": upsample,
     "maxpool": maxpool,
     "avgpool": avgpool,
-    "gap": function("{x}.flatten(2).mean(2)"),  # every spatial axis of a signal, image or volume
-    "gmp": function("{x}.flatten(2).amax(2)"),
+    "gap": global_pool("mean"),
+    "gmp": global_pool("amax"),
     "fc": fc,
     "flatten": function("{x}.flatten(1)"),
     "embed": embed,
@@ -398,4 +415,9 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "slice": lambda node, ins: TorchLayer(f"{{x}}.narrow({node.attrs['dim'] + 1}, {node.attrs['begin']}, "
                                           f"{node.attrs['length']})"),
     "tile": lambda node, ins: TorchLayer(f"{{x}}.repeat(1, {', '.join(map(str, node.attrs['repeats']))})"),
+    # the kinds of today's vision networks (issue 21)
+    "hardsigmoid": function("F.hardsigmoid({x})"),
+    "hardswish": function("F.hardswish({x})"),
+    "scale": scale,
+    "droppath": lambda node, ins: TorchLayer("{m}({x})", f"DropPath({node.attrs['p']})"),
 }

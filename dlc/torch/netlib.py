@@ -213,6 +213,21 @@ class GaussianNoise(nn.Module):
         return x + self.sigma * torch.randn_like(x) if self.training else x
 
 
+class DropPath(nn.Module):
+    """droppath: each sample's whole input kept with probability 1 - p and scaled by 1/(1 - p), or zeroed,
+    in training (stochastic depth on a residual branch); the identity in inference."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand((len(x),) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device) >= self.p
+        return x * keep / (1 - self.p)
+
+
 class Weights(nn.Module):
     """Tensors a layer adds or puts in place without a module of torch's (posembed's P, clstoken's
     cls), by dlc's names; they start at zero until a checkpoint fills them (Net.load_dlc)."""

@@ -762,8 +762,10 @@ def test_layernorm_on_each_step_and_on_a_vector():
     assert last("input 6\nln eps=1e-6").node.attrs["eps"] == 1e-6
 
 
-def test_layernorm_refuses_an_image():
-    fails("input 3@4x4\nlayernorm", 2, "vector or of each step", "bn")
+def test_layernorm_refuses_an_image_unless_told_the_axis():
+    fails("input 3@4x4\nlayernorm", 2, "vector or of each step", "layernorm channels")
+    fails("input 8\nlayernorm channels", 2, "each position's channels", "got 8")
+    fails("input 3@4x4\nlayernorm channels eps=0", 2, "eps must be > 0")
 
 
 def test_rmsnorm_on_each_step_and_on_a_vector():
@@ -1256,3 +1258,49 @@ def test_windowed_attention_and_patchmerge_errors_point_at_the_fault():
     fails("input seq 16 of 8\npatchmerge", 2, "patchmerge", "sequence without one")
     fails("input 3@12x12\nconv 8@4x4/4 -> tokens -> patchmerge", 2, "even sides", "3x3")
     fails("input 3@32x32\nconv 8@4x4/4 -> tokens -> seqpool -> patchmerge", 2, "TxD")
+# --- the kinds of today's vision networks (issue 21) -------------------------------------------
+
+def test_hardsigmoid_elementwise():
+    activation("hardsigmoid")
+
+
+def test_hardswish_two_flops_per_element_as_silu():
+    # x * relu6(x + 3) / 6: the gate and the product, 2 per element; 3@4x4 -> 96
+    s = last("input 3@4x4\nconv 3@1x1 hardswish", "hardswish")
+    assert figures(s) == ((3, 4, 4), 0, 0, 0, 96) and rf(s) == (1, 1, 1)
+
+
+def test_layernorm_channels_convnext_stem():
+    # ConvNeXt-T's stem: conv 96@4x4/4 on 3@224x224 gives 96@56x56, then LayerNorm2d over each pixel's 96
+    # channels: gamma and beta, 2*96 = 192 params; FLOPs 7 per element and 2 per pixel: 7*96*56*56 + 2*56*56
+    s = last("input 3@224x224\nconv 96@4x4/4\nlayernorm channels eps=1e-6")
+    assert figures(s) == ((96, 56, 56), 192, 0, 0, 7 * 96 * 56 * 56 + 2 * 56 * 56) and rf(s) == (4, 4, 4)
+    assert s.node.attrs["features"] == 96 and s.node.attrs["eps"] == 1e-6
+
+
+def test_scale_convnext_layer_scale():
+    # ConvNeXt's layer scale on 96@56x56: one gamma per channel, 96 params starting at 1e-6, stored
+    # (96, 1, 1) to broadcast; 1 product per element = 301,056 FLOPs, no MACs
+    s = last("input 96@56x56\nlayerscale init=1e-6")
+    assert s.node.kind == "scale" and figures(s) == ((96, 56, 56), 96, 0, 0, 96 * 56 * 56)
+    assert KINDS["scale"].params(s.node.attrs, [(96, 56, 56)]) == {"gamma": (96, 1, 1)}
+    assert KINDS["scale"].tensors["gamma"].start(s.node.attrs) == 1e-6
+    assert figures(last("input seq 5 of 8\nscale")) == ((5, 8), 8, 0, 0, 40)
+    fails("input 8\nscale init=1e999", 2, "too large for a number")
+
+
+def test_droppath_counts_nothing_and_checks_its_probability():
+    s = last("input 96@56x56\nadd( conv 96@1x1 -> droppath 0.1 | identity )", "droppath")
+    assert figures(s) == ((96, 56, 56), 0, 0, 0, 0) and s.node.attrs["p"] == 0.1
+    fails("input 8\ndroppath 1", 2, "droppath probability must satisfy 0 <= P < 1")
+
+
+def test_gap_keep_gives_c_at_1x1_for_torchvisions_squeeze_excite():
+    # EfficientNet-B0's first SE on 32@112x112: gap keep -> 32@1x1, 1x1 convs to 8 and back to 32
+    # (32*8 + 8 + 8*32 + 32 = 552 params, 256 + 256 MACs), times the image: 32*112*112 FLOPs, no MACs
+    a = analysed("input 32@112x112\nmul( identity | gap keep -> conv 8@1x1 silu -> conv 32@1x1 sigmoid )")
+    gap = [n for n in a.nodes if n.node.kind == "gap"][0]
+    assert figures(gap) == ((32, 1, 1), 0, 0, 0, 32 * 112 * 112)
+    assert figures(a.nodes[-1]) == ((32, 112, 112), 0, 0, 0, 32 * 112 * 112)
+    assert a.totals.params == 552 and a.totals.macs == 512
+    assert figures(last("input 4@10\ngmp keep")) == ((4, 1), 0, 0, 0, 40)

@@ -83,6 +83,9 @@ KIND_EXAMPLES = {
     # Swin: windows of a token grid, shifted and not, the bias table read as parameters; patchmerge
     "swin": "input 3@16x16 -> conv 8@2x2/2 -> tokens -> layernorm -> attention 2 window=4x4 shift=2 -> patchmerge "
             "-> layernorm -> fc 16 bias=off -> attention 2 window=2x2 -> seqpool -> fc 3",
+    # today's vision networks (issue 21): MobileNetV3's hard activations and squeeze-and-excite with 1x1 convs,
+    # ConvNeXt's channel layernorm, layer scale and stochastic depth
+    "vision": "input 4@8x8 -> conv 8@3x3 pad=1 hardswish -> mul( identity | gap keep -> conv 2@1x1 relu -> conv 8@1x1 hardsigmoid ) -> layernorm channels eps=1e-6 -> add( dwconv 3x3 pad=1 -> scale init=0.5 -> droppath 0.1 | identity ) -> gmp keep -> conv 3@1x1 -> gap -> layernorm -> fc 3",
     # several inputs and the elementwise merges (issue 22), broadcasting a size-1 height
     "several inputs": "input 3@4x4 as a\ninput 3@1x4 as b\nmaximum a\nsub a\nconv 2@3x3\npow( sigmoid | conv 2@1x1 )\n"
                       "div( identity | minimum( identity | conv 2@1x1 sigmoid ) ) -> add( identity | identity )",

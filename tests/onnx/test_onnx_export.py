@@ -255,6 +255,16 @@ KIND_CASES.update({  # the math kinds of issue 28
     "reduce sum over the width, kept": "input 2@3x4 -> reduce sum axis=2 keep",
     "reduce mean over a sequence's features": "input seq 5 of 4 -> reduce",
 })
+KIND_CASES.update({  # the kinds of today's vision networks (issue 21)
+    "hardsigmoid and hardswish": "input 3@4x4 -> conv 3@1x1 hardswish -> hardsigmoid",
+    "layernorm over an image's channels": "input 4@3x5 -> layernorm channels eps=1e-6",
+    "layernorm over a signal's channels": "input 4@7 -> layernorm channels",
+    "scale per channel, per feature of each step": "input 3@4x4 -> scale init=0.5 -> flatten -> fc 6 -> scale",
+    "scale on a sequence": "input seq 5 of 4 -> layerscale init=2",
+    "droppath (identity at inference)": "input 3@4x4 -> add( conv 3@3x3 pad=1 -> droppath 0.2 | identity )",
+    "gap and gmp keep (squeeze-and-excite with 1x1 convs)":
+        "input 4@5x5 -> mul( identity | gap keep -> conv 2@1x1 silu -> conv 4@1x1 sigmoid ) -> gmp keep",
+})
 KIND_CASES.update({  # padding and resampling kinds (issue 28)
     "pad, zeros": "input 2@3x4 -> pad 1",
     "pad constant 2.5, uneven sides": "input 2@3x4 -> pad 3 left=1 bottom=4 right=2 value=2.5",

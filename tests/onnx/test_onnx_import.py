@@ -131,6 +131,10 @@ KIND_SPECS = {
     # group norm on an image and a signal, its gamma and beta non-trivial (issue 22)
     "groupnorm": "input 4@6x6 -> conv 8@3x3 pad=1 -> groupnorm 4 eps=1e-6 silu -> conv 6@3x3 -> groupnorm 3 -> gap "
                  "-> fc 3",
+    # today's vision networks (issue 21): hardswish from HardSigmoid times x, hardsigmoid, gap keep and the
+    # broadcast mul of squeeze-and-excite with 1x1 convs, layernorm channels between Transposes (its operator at
+    # 20, its decomposed form at 13), scale from a Mul by a stored (C, 1, 1); droppath exports as no operator
+    "vision": "input 4@8x8 -> conv 8@3x3 pad=1 hardswish -> mul( identity | gap keep -> conv 2@1x1 relu -> conv 8@1x1 hardsigmoid ) -> layernorm channels eps=1e-6 -> add( dwconv 3x3 pad=1 -> scale init=0.5 -> droppath 0.1 | identity ) -> gmp keep -> conv 3@1x1 -> gap -> layernorm -> fc 3",
     # padding and resampling (issue 28)
     "resampling": "input 3@8x8 -> pad 3 mode=reflect -> conv 4@7x7 instancenorm relu -> pad 0 bottom=1 right=2 value=1.5 "
                   "-> pad 1 mode=replicate -> conv 2@3x3 -> upconv 3@3x3/2 pad=1 outpad=1 -> conv 8@1x1 -> pixelshuffle 2 -> maxpool 3/2 pad=1x0 dil=2 -> tile 2@2x1 -> slice 2 start=1 -> slice 3 start=-3 axis=height -> reshape 6@3x6 -> gap -> fc 3",
@@ -283,10 +287,11 @@ def refusal(tmp_path, path) -> str:
 def test_an_operator_without_a_kind_is_refused_naming_it_and_its_node(tmp_path):
     from onnx import helper
 
-    path = tiny_model(tmp_path, [conv_node(), helper.make_node("HardSwish", ["c"], ["y"], name="act7")], WEIGHT,
+    # (Celu: HardSwish stood here until issue 21 gave it a kind)
+    path = tiny_model(tmp_path, [conv_node(), helper.make_node("Celu", ["c"], ["y"], name="act7")], WEIGHT,
                       None)
     out = refusal(tmp_path, path)
-    assert "HardSwish" in out and "act7" in out and "no layer kind" in out
+    assert "Celu" in out and "act7" in out and "no layer kind" in out
 
 
 def test_pads_neither_equal_nor_same_are_refused(tmp_path):
@@ -304,15 +309,32 @@ def test_asymmetric_pads_that_are_same_become_pad_same(tmp_path):
     assert "conv 4@2x2 pad=same " in spec.read_text()
 
 
-def test_a_squeeze_and_excitation_product_of_an_image_and_its_pool_is_refused(tmp_path):
-    # the pool imports (as the window of the whole image, its output C@1x1); the product broadcasting it
-    # over the image has no dlc kind
+def test_a_squeeze_and_excitation_product_of_an_image_and_its_pool_imports_as_gap_keep_and_mul(tmp_path):
+    # the pool's output is C@1x1 (gap keep), and the product repeats it over the image, as dlc's mul broadcasts
+    # a size-1 axis (refused before issue 21)
     from onnx import helper
 
     nodes = [conv_node(), helper.make_node("GlobalAveragePool", ["c"], ["p"], name="squeeze"),
              helper.make_node("Mul", ["c", "p"], ["y"], name="excite")]
-    out = refusal(tmp_path, tiny_model(tmp_path, nodes, WEIGHT, None))
-    assert "Mul" in out and "excite" in out and "4@1x1 by 4@8x8" in out
+    path = tiny_model(tmp_path, nodes, WEIGHT, None)
+    spec, weights = imported(tmp_path, path)
+    assert "gap keep" in spec.read_text() and "mul" in spec.read_text()
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path,
+                               np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32))
+
+
+@pytest.mark.parametrize("factor", [0.5, [0.5, -1.0, 2.0, 3.0]], ids=["one value", "per channel"])
+def test_a_product_by_a_stored_value_or_channel_vector_imports_as_scale(tmp_path, factor):
+    # layer scale as PyTorch writes it, x * gamma (C, 1, 1); one value for all is that value per channel
+    from onnx import helper
+
+    path = tiny_model(tmp_path, [conv_node(), helper.make_node("Mul", ["c", "g"], ["y"], name="layer_scale")],
+                      {**WEIGHT, "g": np.reshape(factor, (-1, 1, 1))}, None)
+    spec, weights = imported(tmp_path, path)
+    assert "conv 4@3x3 pad=1 scale" in spec.read_text(), spec.read_text()
+    assert np.load(weights)["scale1.gamma"].shape == (4, 1, 1)
+    assert_runs_as_onnxruntime(tmp_path, spec, weights, path,
+                               np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32))
 
 
 def test_import_never_writes_over_its_model(tmp_path):
@@ -532,3 +554,53 @@ def test_swin_t_from_pytorch_round_trips(tmp_path, dynamo):
     assert sum(v.size for v in np.load(weights).values() if v.dtype.kind == "f") == 28_288_354
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+# ---- today's vision networks (issue 21): torchvision's EfficientNet, MobileNetV3 and ConvNeXt -------------
+# Each in miniature, from both exporters, then each at full size: SiLU as Sigmoid and Mul, HardSwish and
+# HardSigmoid, squeeze-and-excite's pooled C@1x1 and 1x1 convs, ConvNeXt's channels-last Transposes around
+# LayerNorm and Linear, its layer scale, dynamo's ReduceMean pool and its as_strided view of the pooled image.
+SMALL_VISION = {
+    "efficientnet": (lambda: torch_models.EfficientNet([(1, 3, 1, 8, 8, 1), (6, 5, 2, 8, 16, 2)], last=32, classes=5),
+                     ("gap keep", "conv 2@1x1", "conv 8@1x1", " silu ", " sigmoid ", "mul(")),
+    "mobilenet_v3": (lambda: torch_models.MobileNetV3([(8, 3, 8, 8, True, nn.ReLU, 2),
+                                                      (8, 3, 24, 8, False, nn.Hardswish, 1),
+                                                      (8, 5, 32, 16, True, nn.Hardswish, 2)], last=32, classes=5),
+                     ("gap keep", "hardsigmoid", "conv 24@1x1 hardswish", "fc 32 hardswish")),
+    "convnext": (lambda: torch_models.ConvNeXt([(8, 1), (16, 2)], classes=5),
+                 ("layernorm eps=1e-06 channels", "conv 32@1x1 gelu", "conv 8@1x1 scale", "conv 64@1x1 gelu")),
+}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", SMALL_VISION)
+def test_todays_vision_blocks_from_both_exporters_import_as_dlcs_kinds(tmp_path, name, exporter):
+    build, words = SMALL_VISION[name]
+    torch.manual_seed(0)
+    net = with_distinct_bn(build())
+    path = tmp_path / f"{name}.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 32, 32),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    text = spec.read_text()
+    assert all(w in text for w in words), text
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+    with torch.no_grad():  # and PyTorch's own output, which the file holds
+        assert relative_error(np.load(tmp_path / "y_numpy.npy"), net(torch.from_numpy(x)).numpy()) <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"])
+def test_todays_vision_networks_at_full_size_round_trip(tmp_path, name, exporter):
+    net = with_distinct_bn(getattr(torch_models, name)())
+    path = tmp_path / f"{name}.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
+    spec, weights = imported(tmp_path, path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    assert_reproduces(tmp_path, spec, weights, x, onnxruntime_output(path, x))
+    # the import has the zoo's parameters but bn's, which the exporters fold into the convs: one bias per
+    # channel where the zoo's spec has gamma and beta
+    zoo = run("params", name, "--json")
+    got = run("params", spec, "--json")
+    bn_channels = sum(m.num_features for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    import json
+    assert json.loads(got.stdout)["totals"]["params"] == json.loads(zoo.stdout)["totals"]["params"] - bn_channels

@@ -29,6 +29,12 @@ PUBLISHED = {  # name: (params, MACs)
     "resnet50": (25_557_032, 4_089_184_256),
     "mobilenet_v2": (3_504_872, 300_774_272),
 }
+# issue 21's networks (tests/test_zoo.py): torchvision's counts and MACs, MobileNetV3-Large's MACs its twin's
+VISION = {
+    "efficientnet_b0": (5_288_548, 385_814_752),
+    "mobilenet_v3_large": (5_483_032, 216_589_760),
+    "convnext_tiny": (28_589_128, 4_455_531_264),
+}
 
 
 def run(*args):
@@ -42,13 +48,19 @@ def figures(path, *args) -> dict:
 
 
 def with_distinct_bn(model: nn.Module) -> nn.Module:
-    """Random bn statistics: with the fresh ones (mean 0, var 1, shift 0) every folded bias is zero and
-    the TorchScript exporter stores those identical tensors once."""
+    """Random bn statistics, LayerNorm scales and shifts and layer scales: with the fresh ones (mean 0, var 1,
+    shift 0; ConvNeXt's 1e-6) every folded bias is zero, norms are alike, and the TorchScript exporter stores
+    those identical tensors once."""
     torch.manual_seed(0)
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             for t in (m.weight.data, m.bias.data, m.running_mean, m.running_var):
                 t.uniform_(0.5, 1.5)
+        if isinstance(m, nn.LayerNorm):
+            for t in (m.weight.data, m.bias.data):
+                t.uniform_(0.5, 1.5)
+        if isinstance(m, torch_models.CNBlock):
+            m.layer_scale.data.uniform_(0.5, 1.5)
     return model
 
 
@@ -74,6 +86,56 @@ def test_torchvision_macs_and_parameters_from_both_exporters(exported):
     assert doc["totals"]["params"] == PUBLISHED[name][0] - bn_channels
     assert doc["totals"]["not_counted"] == 0
     assert doc["layers"][0]["out_shape"] == [3, 224, 224] and doc["layers"][-1]["out_shape"] in ([1000], [1, 1000])
+
+
+def hooked_macs(model: nn.Module, x) -> int:
+    """The multiply-accumulates of every Conv2d and Linear in one forward pass, counted by forward hooks as
+    torchvision's `_ops` counts them: each output element times the inputs its weights read."""
+    total = 0
+
+    def count(m, inputs, y):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += y.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += y.numel() * m.in_features
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize("name", VISION)
+def test_the_vision_twins_have_torchvisions_figures_and_the_zoos(name):
+    from dlc.analysis import analyse
+    from dlc.compile import compile_spec
+    from dlc.zoo import zoo_path
+
+    net = getattr(torch_models, name)()
+    assert (sum(p.numel() for p in net.parameters()), hooked_macs(net, torch.randn(1, 3, 224, 224))) == VISION[name]
+    t = analyse(compile_spec(zoo_path(name).read_text())).totals
+    assert (t.params, t.macs) == VISION[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", VISION)
+def test_the_vision_networks_from_both_exporters_count_as_torchvisions_and_say_what_was_folded(tmp_path, name,
+                                                                                             exporter):
+    net = with_distinct_bn(getattr(torch_models, name)())
+    path = tmp_path / f"{name}.onnx"
+    torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
+    bn_channels = sum(m.num_features for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    doc = figures(path)
+    # a folded bn leaves one bias per channel of its gamma and beta (ConvNeXt has none: its norms are LayerNorms)
+    assert (doc["totals"]["params"], doc["totals"]["macs"]) == (VISION[name][0] - bn_channels, VISION[name][1])
+    assert doc["totals"]["not_counted"] == 0
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert doc["onnx"]["folded_batchnorms"] == bns
+    r = run("summary", path)
+    assert (f"folded: {bns} convs carry the BatchNorm" in r.output) == (bns > 0), r.output
 
 
 def export_small(tmp_path, module: nn.Module, example, dynamo: bool, **kwargs):

@@ -104,6 +104,9 @@ SIGNAL = ("input 2@20 -> conv 4@5/2 pad=same bn relu -> maxpool 3/2 pad=1 -> dwc
           "-> conv 3@2 pad=same as a -> maxpool 2/1 pad=same -> concat a -> softmax -> gmp -> fc 3")
 VOLUME = ("input 2@5x9x9 -> conv 4@3x5x5/1x2x2 pad=1x2x2 bn relu -> maxpool 2 ceil -> add( conv 6@3/2 pad=1 bn "
           "| shortcut ) -> avgpool 3/2 pad=same -> dwconv 2 pad=same -> gap -> fc 3")
+# the kinds of today's vision networks (issue 21): hard activations, squeeze-and-excite with 1x1 convs,
+# ConvNeXt's channel layernorm, layer scale and stochastic depth
+VISION = "input 4@8x8 -> conv 8@3x3 pad=1 hardswish -> mul( identity | gap keep -> conv 2@1x1 relu -> conv 8@1x1 hardsigmoid ) -> layernorm channels eps=1e-6 -> add( dwconv 3x3 pad=1 -> scale init=0.5 -> droppath 0.1 | identity ) -> gmp keep -> conv 3@1x1 -> gap -> layernorm -> fc 3"
 # Swin: patches on a token grid, shifted windows, patchmerge, the grid pooled
 SMALL_SWIN = """\
 input 3@16x16
@@ -117,7 +120,7 @@ layernorm -> seqpool -> fc 3
 # issue 22: BERT's table read at fewer steps, Whisper's sinusoids
 POSITIONS = "input seq 6 of 8 -> posembed 10 -> posembed fixed -> attention 2 -> seqpool -> fc 3"
 GROUPNORM = "input 6@5x5 -> conv 8@3x3 pad=1 -> groupnorm 4 eps=1e-6 silu -> conv 4@3 -> groupnorm 2 -> gap -> fc 3"
-EXTRA = {"positions": POSITIONS, "groupnorm": GROUPNORM, "signal": SIGNAL, "small_swin": SMALL_SWIN, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
+EXTRA = {"vision": VISION, "positions": POSITIONS, "groupnorm": GROUPNORM, "signal": SIGNAL, "small_swin": SMALL_SWIN, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
          "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}

@@ -78,6 +78,41 @@ def silu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
     return y, backward
 
 
+# ---- the kinds of today's vision networks (issue 21) ----
+@kernel("hardsigmoid")
+def hardsigmoid(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    y = np.clip(x / 6 + 0.5, 0, 1)  # PyTorch's relu6(x + 3) / 6, ONNX's HardSigmoid(alpha=1/6, beta=0.5)
+    slope = np.where((x > -3) & (x < 3), 1 / 6, 0).astype(x.dtype, copy=False)
+    return y, lambda dy: ([dy * slope], {})
+
+
+@kernel("hardswish")
+def hardswish(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x = xs[0]
+    gate = np.clip(x / 6 + 0.5, 0, 1)
+    # d(x·g)/dx = g + x·g', g' = 1/6 inside (-3, 3): (2x + 3)/6 there, 0 below, 1 above
+    slope = np.where(x <= -3, 0, np.where(x >= 3, 1, (2 * x + 3) / 6)).astype(x.dtype, copy=False)
+    return x * gate, lambda dy: ([dy * slope], {})
+
+
+@kernel("scale")
+def scale(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, gamma = xs[0], params["gamma"]  # gamma in ONNX's broadcast layout: (C, 1, 1) for an image
+    return x * gamma, lambda dy: ([dy * gamma], {"gamma": sum_to(dy * x, gamma.shape)})
+
+
+@kernel("droppath")
+def droppath(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    x, p = xs[0], float(attrs["p"])
+    if not ctx.training or p == 0:
+        return identity(attrs, params, state, xs, ctx)
+    # one draw per sample: the whole branch is kept (scaled by 1/(1-p)) or dropped
+    keep = training_rng(ctx, "droppath").random((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype) >= p
+    mask = np.multiply(keep, 1 / (1 - p), dtype=x.dtype)
+    return x * mask, lambda dy: ([dy * mask], {})
+
+
 @kernel("tanh")
 def tanh(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     y = np.tanh(xs[0])

@@ -55,15 +55,29 @@ def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ct
 
 @kernel("layernorm")
 def layernorm(attrs, params, state, xs, ctx):
+    if not attrs["channels"]:
+        return layernorm_last(xs[0], params, float(attrs["eps"]))
+    # each position's channels: the last-axis norm of the channels-last view, as PyTorch's ConvNeXt does
+    x = np.moveaxis(xs[0], 1, -1)
+    y, backward = layernorm_last(x, params, float(attrs["eps"]))
+
+    def channels_backward(dy):
+        (dx,), grads = backward(np.ascontiguousarray(np.moveaxis(dy, 1, -1)))
+        return [np.moveaxis(dx, -1, 1)], grads
+    return np.ascontiguousarray(np.moveaxis(y, -1, 1)), channels_backward
+
+
+def layernorm_last(x: np.ndarray, params: Arrays, eps: float) -> Forward:
     # ONNX LayerNormalization over the last axis: each vector, or each step of a sequence, on its own
-    x, gamma, beta = xs[0], params["gamma"], params["beta"]
+    x = np.ascontiguousarray(x)
+    gamma, beta = params["gamma"], params["beta"]
     d = x.shape[-1]
     mean = row_sums(x)
     mean /= d
     xhat = x - mean
     var = row_sums(xhat * xhat)
     var /= d
-    var += float(attrs["eps"])
+    var += eps
     inv_std = np.sqrt(var, out=var)
     np.reciprocal(inv_std, out=inv_std)
     xhat *= inv_std

@@ -175,7 +175,18 @@ def maxpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
     return from_chwn(y), backward
 
 
+def keeping_axes(vector_kernel: Kernel) -> Kernel:
+    """gap and gmp with `keep`: the vector of channels given its 1x1 spatial axes back (C@1x1 of an image)."""
+    def run(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+        y, backward = vector_kernel(attrs, params, state, xs, ctx)
+        if not attrs["keep"]:
+            return y, backward
+        return y.reshape(y.shape + (1,) * (xs[0].ndim - 2)), lambda dy: backward(dy.reshape(y.shape))
+    return run
+
+
 @kernel("gap")
+@keeping_axes
 @any_rank(volume_as_image)
 def gap(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])
@@ -191,6 +202,7 @@ def gap(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
 
 
 @kernel("gmp")
+@keeping_axes
 @any_rank(volume_as_image)
 def gmp(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
     x = to_chwn(xs[0])

@@ -23,6 +23,7 @@ from dlc.onnx.importing.elementwise import (import_bn, import_clip, import_dropo
                                             import_logsoftmax, import_lrn, import_prelu, import_reduce, import_relu,
                                             import_relu6, import_selu, import_shift, import_silu, import_softmax,
                                             import_softplus, import_softsign, unary)
+from dlc.onnx.importing.elementwise import import_hardsigmoid, import_hardswish, import_scale
 from dlc.onnx.importing.merge import elementwise_merge, import_add, import_concat, import_matmul, import_mul
 from dlc.onnx.importing.mixture import import_experts
 from dlc.onnx.importing.pool import global_pool, pool
@@ -54,9 +55,9 @@ IMPORT: dict[str, Import] = {
     "maxpool": Import(("MaxPool", "Unsqueeze"), pool("maxpool")),
     "avgpool": Import(("AveragePool", "Unsqueeze"), pool("avgpool")),
     "gap": Import(("GlobalAveragePool", "ReduceMean", "Unsqueeze"),
-                  global_pool("gap", ("GlobalAveragePool", "ReduceMean"), "avgpool")),
+                  global_pool("gap", ("GlobalAveragePool", "ReduceMean"))),
     "gmp": Import(("GlobalMaxPool", "ReduceMax", "Unsqueeze"),
-                  global_pool("gmp", ("GlobalMaxPool", "ReduceMax"), "maxpool")),
+                  global_pool("gmp", ("GlobalMaxPool", "ReduceMax"))),
     "fc": Import(("Gemm", "MatMul"), import_fc),
     "flatten": Import(("Flatten", "Reshape", "Squeeze"), import_flatten),
     "dropout": Import(("Dropout",), import_dropout),
@@ -71,8 +72,9 @@ IMPORT: dict[str, Import] = {
     "selu": Import(("Selu",), import_selu),
     "gelu": Import(("Gelu", "Div", "Mul"), import_gelu),
     "leaky": Import(("LeakyRelu",), import_leaky),
-    # An Identity operator passes its tensor on: it imports as no layer at all.
-    "identity": Import(("Identity",), import_identity),
+    # An Identity operator passes its tensor on: it imports as no layer at all (and so does the dynamo
+    # exporter's as_strided view of a whole tensor, a Reshape and a Gather).
+    "identity": Import(("Identity", "Reshape"), import_identity),
     "upsample": Import(("Resize", "Upsample"), import_upsample),
     "embed": Import(("Gather",), import_embed),
     "rnn": Import(("Transpose", "RNN"), recurrent("rnn")),
@@ -80,7 +82,7 @@ IMPORT: dict[str, Import] = {
     "gru": Import(("Transpose", "GRU"), recurrent("gru")),
     "add": Import(("Add", "Sum"), import_add),
     "concat": Import(("Concat",), import_concat),
-    "layernorm": Import(("LayerNormalization", "ReduceMean"), import_layernorm),
+    "layernorm": Import(("LayerNormalization", "ReduceMean", "Transpose"), import_layernorm),
     "posembed": Import(("Add",), import_posembed),
     "clstoken": Import(("Concat",), import_clstoken),
     # a Transpose to (N, H, W, C) (Swin's token grid), or back and pooled; after attention, whose starts
@@ -122,12 +124,17 @@ IMPORT: dict[str, Import] = {
     "matmul": Import(("MatMul", "Gemm"), import_matmul),
     # last of the Reshape patterns: what attention, flatten, tokens and pixelshuffle leave
     "reshape": Import(("Reshape", "Unsqueeze"), import_reshape),
+    # the kinds of today's vision networks (issue 21); hardswish before hardsigmoid, which takes any
+    # HardSigmoid, and scale after rmsnorm and mul, which take a square and a product of layers
+    "hardswish": Import(("HardSwish", "HardSigmoid"), import_hardswish),
+    "hardsigmoid": Import(("HardSigmoid",), import_hardsigmoid),
+    "scale": Import(("Mul",), import_scale),
 }
 
 
-# Kinds no ONNX operator pattern gives: `input` is the graph's input itself; `noise` acts in training
-# only, so exporters write nothing for it.
-NOT_IMPORTED = ("input", "noise")
+# Kinds no ONNX operator pattern gives: `input` is the graph's input itself; `noise` and `droppath` act in
+# training only, so exporters write nothing for them.
+NOT_IMPORTED = ("input", "noise", "droppath")
 
 
 BY_OP: dict[str, list[str]] = {}

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from dlc.layers import Signal, feature_axis
-from dlc.layers.elementwise import per_feature
+from dlc.layers.elementwise import features_layout, per_feature
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import (Found, NotImportable, Pattern, Reader, const_scalar, one, other_input,
                                        reduce_axes)
@@ -106,6 +106,46 @@ def import_silu(r: Reader, n: onnx.NodeProto) -> Found | None:
     if mul is None or mul.op_type != "Mul" or other_input(mul, n.output[0]) != n.input[0]:
         return None
     return one("silu", n, output=mul.output[0], nodes=[n, mul])
+
+
+# ---- the kinds of today's vision networks (issue 21) ----
+
+def pytorch_hardsigmoid(n: onnx.NodeProto) -> bool:
+    """HardSigmoid at PyTorch's alpha 1/6 and beta 1/2 (relu6(x + 3) / 6); ONNX's defaults are 0.2 and 0.5."""
+    a = attributes(n)
+    return math.isclose(a.get("alpha", 0.2), 1 / 6, rel_tol=1e-6) and math.isclose(a.get("beta", 0.5), 0.5)
+
+
+def import_hardsigmoid(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if not pytorch_hardsigmoid(n):
+        raise NotImportable("dlc's hardsigmoid is PyTorch's, alpha 1/6 and beta 1/2")
+    return one("hardsigmoid", n)
+
+
+def import_hardswish(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """HardSwish (opset 14), or x * HardSigmoid(x) as dlc's lowering writes it, HardSigmoid at PyTorch's
+    alpha and beta read only by a Mul whose other operand is its own input."""
+    if n.op_type == "HardSwish":
+        return one("hardswish", n)
+    mul = r.only_consumer(n.output[0])
+    if not pytorch_hardsigmoid(n) or mul is None or mul.op_type != "Mul" or other_input(mul, n.output[0]) != n.input[0]:
+        return None
+    return one("hardswish", n, output=mul.output[0], nodes=[n, mul])
+
+
+def import_scale(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """x times a stored tensor of one value per feature (layer scale), in either order; one value for all is
+    that value for every feature."""
+    stored = [i for i in n.input if r.is_constant(i)]
+    if len(stored) != 1 or "axis" in attributes(n):  # before opset 7 `axis` could align it elsewhere
+        return None
+    x = other_input(n, stored[0])
+    shape = Signal(r.shape(x)) if x in r.g.signals else r.shape(x)  # a signal's features are its channels
+    value, layout = r.value(stored[0]), features_layout(shape)
+    if value.size == 1:
+        value = np.full(layout, value.reshape(-1)[0])
+    _, gamma = per_feature_tensor(r, x, value, "stored factor")
+    return one("scale", n, tensors={"gamma": gamma.reshape(layout)})  # one feature: (1, 1, 1) of an image
 
 
 def axis_option(r: Reader, n: onnx.NodeProto, axis: int) -> dict:
@@ -360,4 +400,22 @@ def import_lrn(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def import_identity(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if n.op_type == "Reshape":
+        return strided_view(r, n)
     return Found(None, [n], n.output[0])
+
+
+def strided_view(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """The dynamo exporter's as_strided of a whole tensor of a batch-1 model (ConvNeXt's pooled image before
+    its LayerNorm2d): Reshape to one axis, then Gather of every index in order, shaped as the tensor was.
+    It gives the tensor back."""
+    shape = r.value(n.input[1]) if r.optional(n, 1) else None
+    gather = r.only_consumer(n.output[0])
+    if shape is None or shape.tolist() != [-1] or gather is None or gather.op_type != "Gather" \
+            or attributes(gather).get("axis", 0) != 0:
+        return None
+    index = r.value(gather.input[1])
+    x = r.shape(n.input[0])
+    if index is None or index.shape != (1, *x) or not np.array_equal(index.reshape(-1), np.arange(index.size)):
+        return None
+    return Found(None, [n, gather], gather.output[0])

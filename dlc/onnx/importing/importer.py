@@ -18,6 +18,7 @@ from dlc.graph import Network
 from dlc.layers import KINDS, Signal
 from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
+from dlc.onnx.importing.layout import channels_first
 from dlc.onnx.importing.quantized import float_twin
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused, node_error
 from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, unbatched_inputs, validate
@@ -152,7 +153,7 @@ def import_onnx(path: str, shapes: dict | None = None) -> tuple[Network, str]:
     check_weights(model, path)
     validate(model, path, input_shapes(model, shapes or {}))
     model, dequantized = float_twin(model, path)
-    g = from_model(model, path, shapes)
+    g = from_model(channels_first(model, path), path, shapes)
     r = Reader(g)
     found, outputs = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from dlc.layers.merge import broadcast_shape
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one, other_input
 from dlc.onnx.model import attributes, unbatched_inputs
@@ -23,13 +24,15 @@ def import_mul(r: Reader, n: onnx.NodeProto) -> Found | None:
         return None
     out = r.shape(n.output[0])
     shared = unbatched_inputs(r.g.model)  # broadcast over the batch whole, as the compiler checks
-    for i in n.input:
-        if i in shared:
-            continue
-        s, source = r.shape(i), r.producer.get(i)
+    batched = [i for i in n.input if i not in shared]
+    shapes = [r.shape(i) for i in batched]
+    if broadcast_shape(shapes) == out:  # equal ranks, size-1 axes repeated (squeeze-and-excite's C@1x1)
+        return one("mul", n)
+    for i, s in zip(batched, shapes):
+        source = r.producer.get(i)
         if s != out and not (source is not None and source.op_type == "Unsqueeze" and s == spread(out)):
-            raise NotImportable(f"it multiplies {show(s)} by {show(out)}; dlc's mul takes equal shapes or a "
-                                f"vector of the features")
+            raise NotImportable(f"it multiplies {show(s)} by {show(out)}; dlc's mul takes equal shapes (or 1 "
+                                f"on an axis) or a vector of the features")
     return one("mul", n)
 
 

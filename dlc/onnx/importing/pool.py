@@ -93,10 +93,10 @@ def vector_of(r: Reader, n: onnx.NodeProto, channels: int) -> onnx.NodeProto | N
     return None
 
 
-def global_pool(kind: str, ops: tuple[str, str], window: str) -> Pattern:
+def global_pool(kind: str, ops: tuple[str, str]) -> Pattern:
     """GlobalAveragePool (or ReduceMean over every spatial axis, dynamo's form) followed by a flatten to a
-    vector; one whose (C, 1, 1) output is read as an image (SqueezeNet's softmax over it) is the `window`
-    pool of the whole input."""
+    vector; one whose (C, 1, 1) output is read as an image (SqueezeNet's softmax over it, the 1x1 convs of
+    torchvision's squeeze-and-excite) is the pool with `keep`."""
     def match(r: Reader, n: onnx.NodeProto) -> Found | None:
         first, x = n, r.shape(n.input[0])
         if n.op_type == "Unsqueeze":  # dynamo's adaptive 1-D pool: an Unsqueeze of the signal, then the 2-D one
@@ -110,10 +110,11 @@ def global_pool(kind: str, ops: tuple[str, str], window: str) -> Pattern:
         nodes = [first, n] if first is not n else [n]
         while r.shape(nodes[-1].output[0]) != x[:1]:  # ReduceMean with keepdims=0 gives the vector at once
             after = vector_of(r, nodes[-1], x[0])
-            if after is None and nodes == [n] and len(x) == 3:
-                return whole_window(window, n, x)
+            if after is None and nodes == [n] and first is n:
+                return one(kind, n, options={"keep": True})
             if after is None:
-                raise NotImportable(f"its (C, 1, 1) output is read as an image; dlc's {kind} gives a vector")
+                raise NotImportable(f"its (C, 1, 1) output is read as an image; dlc's {kind} gives a vector, or "
+                                    f"with `keep` a pool of every spatial axis")
             nodes.append(after)
         return one(kind, first, output=nodes[-1].output[0], nodes=nodes)
     return match

@@ -57,11 +57,37 @@ def import_clstoken(r: Reader, n: onnx.NodeProto) -> Found | None:
 
 
 def import_layernorm(r: Reader, n: onnx.NodeProto) -> Found | None:
+    if n.op_type == "Transpose":
+        return layernorm_channels(r, n)
+    return layernorm_last(r, n, ranks=(1, 2))
+
+
+def layernorm_channels(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """`layernorm channels` as PyTorch writes ConvNeXt's LayerNorm2d: a Transpose to channels-last, the norm
+    of the last axis, and the Transpose back."""
+    x = r.shape(n.input[0])
+    rank = len(x) + 1
+    readers = r.consumers.get(n.output[0], [])  # the decomposed form's ReduceMean and Sub both read it
+    norm = next((c for c in readers if c.op_type in ("LayerNormalization", "ReduceMean")), None)
+    if not 3 <= rank <= 5 or list(attributes(n).get("perm", ())) != [0, *range(2, rank), 1] or norm is None:
+        return None
+    found = layernorm_last(r, norm, ranks=(len(x),))
+    back = found and r.only_consumer(found.output)
+    if back is None or not {id(c) for c in readers} <= {id(m) for m in found.nodes} or back.op_type != "Transpose" or \
+            list(attributes(back).get("perm", ())) != [0, rank - 1, *range(1, rank - 1)]:
+        return None
+    found.layer.options["channels"] = True
+    return Found(found.layer, [n, *found.nodes, back], back.output[0], found.tensors, n.name)
+
+
+def layernorm_last(r: Reader, n: onnx.NodeProto, ranks: tuple[int, ...]) -> Found | None:
+    """LayerNormalization over the last axis of a tensor of one of `ranks` (batch left out), or its
+    decomposed form."""
     if n.op_type == "ReduceMean":
-        return layernorm_decomposed(r, n)
+        return layernorm_decomposed(r, n, ranks)
     x = r.shape(n.input[0])
     a = attributes(n)
-    if a.get("axis", -1) % (len(x) + 1) != len(x) or len(x) not in (1, 2) and n.input[0] not in r.grids:
+    if a.get("axis", -1) % (len(x) + 1) != len(x) or len(x) not in ranks and n.input[0] not in r.grids:
         raise NotImportable("dlc's layernorm normalises the last axis of a vector or a sequence")
     if len(n.output) > 1 and any(r.consumers.get(o) for o in n.output[1:] if o):
         raise NotImportable("its mean or inverse deviation is read by the graph")
@@ -71,13 +97,13 @@ def import_layernorm(r: Reader, n: onnx.NodeProto) -> Found | None:
                tensors={"gamma": gamma, "beta": beta})
 
 
-def layernorm_decomposed(r: Reader, n: onnx.NodeProto) -> Found | None:
+def layernorm_decomposed(r: Reader, n: onnx.NodeProto, ranks: tuple[int, ...]) -> Found | None:
     """LayerNorm as the TorchScript exporter writes it below opset 17 (and dlc's own lowering): ReduceMean,
     Sub, Pow 2 (or Mul by itself), ReduceMean, Add eps, Sqrt, Div, then Mul gamma and Add beta if it
     has them, every mean over the last axis only and kept as an axis."""
     x = n.input[0]
     shape = r.shape(x)
-    if len(shape) not in (1, 2) or not last_axis_mean(r, n, len(shape) + 1):
+    if len(shape) not in ranks or not last_axis_mean(r, n, len(shape) + 1):
         return None
     sub = r.only_consumer(n.output[0])
     if sub is None or sub.op_type != "Sub" or list(sub.input) != [x, n.output[0]]:

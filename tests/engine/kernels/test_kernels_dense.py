@@ -243,6 +243,9 @@ ONNX_ACTIVATIONS = {
     "exp": ("Exp", {}, {}, 17),
     "abs": ("Abs", {}, {}, 17),
     "neg": ("Neg", {}, {}, 17),
+    # the kinds of issue 21: ONNX's HardSwish, one operator, checks dlc's x * hardsigmoid(x)
+    "hardsigmoid": ("HardSigmoid", {}, {"alpha": 1 / 6, "beta": 0.5}, 17),
+    "hardswish": ("HardSwish", {}, {}, 17),
 }
 
 
@@ -585,3 +588,42 @@ def test_float32_normal_cdf_is_within_float32_rounding_of_the_math_module():
     got = normal_cdf(x.astype(np.float32))
     assert got.dtype == np.float32
     assert np.max(np.abs(got - ref)) < 3e-7
+
+
+# ---- the kinds of today's vision networks (issue 21) ----
+
+@pytest.mark.parametrize("kind", ["hardsigmoid", "hardswish"])
+def test_hard_activations_against_central_differences_and_pytorchs_formula(kind):
+    x = 4 * np.random.default_rng(50).standard_normal((2, 3, 4, 4))
+    x[np.abs(np.abs(x) - 3) < 0.05] += 0.1  # off the kinks at -3 and 3
+    attrs, _, _ = resolve(kind, [(3, 4, 4)])
+    assert_gradients(kind, attrs, {}, [x])
+    gate = np.minimum(np.maximum(x + 3, 0), 6) / 6  # PyTorch's relu6(x + 3) / 6, written apart
+    np.testing.assert_allclose(run(kind, attrs, {}, [x])[0], gate if kind == "hardsigmoid" else x * gate, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (6,), (5, 4)], ids=["image", "vector", "sequence"])
+def test_scale_against_central_differences_a_loop_and_onnxruntime(shape):
+    rng = np.random.default_rng(51)
+    attrs, shapes, _ = resolve("scale", [shape])
+    params = {"gamma": rng.standard_normal(shapes["gamma"])}
+    x = rng.standard_normal((2, *shape))
+    assert_gradients("scale", attrs, params, [x])
+    y = run("scale", attrs, params, [x])[0]
+    axis = 1 if len(shape) != 2 else 2  # a channel of an image, a feature of a vector or of each step
+    for f in range(shape[axis - 1]):
+        np.testing.assert_allclose(np.take(y, f, axis), np.take(x, f, axis) * params["gamma"].reshape(-1)[f])
+    x32, g32 = x.astype(np.float32), params["gamma"].astype(np.float32)
+    assert_close_f32(run("scale", attrs, {"gamma": g32}, [x32])[0], onnx_run("Mul", [x32, g32])[0])
+
+
+def test_droppath_drops_whole_samples_in_training_and_is_the_identity_at_inference():
+    attrs, _, _ = resolve("droppath", [(3, 2, 2)], p=0.5)
+    x = np.random.default_rng(52).standard_normal((400, 3, 2, 2))
+    assert run("droppath", attrs, {}, [x])[0] is x
+    y, backward = run("droppath", attrs, {}, [x], training=True)
+    kept = np.all(y == 2 * x, axis=(1, 2, 3))  # kept ones scaled by 1 / (1 - 0.5)
+    assert np.all(kept | np.all(y == 0, axis=(1, 2, 3))) and 150 < kept.sum() < 250
+    (dx,), _ = backward(np.ones_like(x))
+    assert np.array_equal(dx[kept], np.full_like(x[kept], 2)) and not dx[~kept].any()
+    assert_gradients("droppath", attrs, {}, [x[:4]], ctx=lambda: Ctx(True, np.random.default_rng(7)))

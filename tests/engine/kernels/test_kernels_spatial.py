@@ -371,6 +371,16 @@ def test_global_pools(kind, op):
     assert_gradients(kind, a, {}, [x])
 
 
+@ids("kind,op", [("gap", "GlobalAveragePool"), ("gmp", "GlobalMaxPool")])
+def test_global_pools_with_keep_give_c_at_1x1_as_onnx(kind, op):
+    out_shape, a, _ = node(kind, (3, 4, 5), keep=True)
+    x = distinct_values((2, 3, 4, 5), np.random.default_rng(10))
+    y, _ = run(kind, a, x, {})
+    assert y.shape == (2, *out_shape) == (2, 3, 1, 1)
+    np.testing.assert_allclose(y, onnx_run(op, [x.astype(np.float32)])[0], rtol=1e-5, atol=1e-6)
+    assert_gradients(kind, a, {}, [x])
+
+
 def test_gmp_routes_tied_gradient_to_the_first_maximum():
     _, a, _ = node("gmp", (1, 2, 2))
     _, backward = run("gmp", a, np.array([[[[1.0, 3.0], [3.0, 2.0]]]]), {}, training=True)

@@ -152,6 +152,11 @@ def test_tokens_gradients():
     assert_gradients("tokens", attrs, {}, [np.random.default_rng(8).standard_normal((2, 3, 2, 4))])
 
 
+def test_image_gradients():
+    attrs, _, _ = resolve("image", [(6, 3)], grid=(2, 3))
+    assert_gradients("image", attrs, {}, [np.random.default_rng(8).standard_normal((2, 6, 3))])
+
+
 @pytest.mark.parametrize("mode", ["first", "last", "mean"])
 def test_seqpool_gradients(mode):
     attrs, _, _ = resolve("seqpool", [(4, 3)], **{mode: True})
@@ -365,6 +370,16 @@ def test_tokens_reads_pixels_row_by_row():
     # step i*W + j holds pixel (i, j)'s three channels
     assert y.shape == (2, 4, 3)
     assert np.array_equal(y[1, 2], x[1, :, 1, 0]) and np.array_equal(y[0, 1], x[0, :, 0, 1])
+
+
+def test_image_puts_step_i_times_w_plus_j_at_pixel_i_j():
+    x = np.arange(2 * 6 * 3, dtype=np.float32).reshape(2, 6, 3)
+    y = run("image", resolve("image", [Grid((2, 3), 3)])[0], {}, [x])[0]
+    assert y.shape == (2, 3, 2, 3)
+    # step 1*3 + 2 = 5 is pixel (1, 2), step 1 pixel (0, 1)
+    assert np.array_equal(y[1, :, 1, 2], x[1, 5]) and np.array_equal(y[0, :, 0, 1], x[0, 1])
+    # and tokens undoes it
+    assert np.array_equal(run("tokens", resolve("tokens", [(3, 2, 3)])[0], {}, [y])[0], x)
 
 
 def test_clstoken_goes_first_and_seqpool_first_reads_it():

@@ -287,6 +287,28 @@ def resolve_tokens(attrs, ins):
 register(LayerKind("tokens", resolve_tokens))
 
 
+def resolve_image(attrs, ins):
+    shape = _sequence(ins[0], "image")
+    steps, c = shape
+    hw = attrs["grid"]
+    if hw is None:
+        if not isinstance(shape, Grid):
+            raise ShapeError(f"image lays the steps of a token grid back out as an image, and {show(shape)} is a "
+                             f"sequence without one: write its grid as `image HxW`")
+        hw = shape.hw
+    if len(hw) != 2:
+        raise ShapeError(f"image takes the grid of the steps as HxW, like 4x6 (received {'x'.join(map(str, hw))})",
+                         "grid")
+    if hw[0] * hw[1] != steps:
+        raise ShapeError(f"image {'x'.join(map(str, hw))} lays out {hw[0] * hw[1]:,} steps; {show(shape)} has "
+                         f"{steps:,}", "grid")
+    return (c, hw[0], hw[1]), dict(attrs, grid=tuple(hw))
+
+
+# The way back from `tokens`: a copy, no parameters and no FLOPs; each pixel is one step, so the field is kept.
+register(LayerKind("image", resolve_image, size="shape", size_attr="grid"))
+
+
 def resolve_patchmerge(attrs, ins):
     shape = _sequence(ins[0], "patchmerge")
     if not isinstance(shape, Grid):

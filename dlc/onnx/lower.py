@@ -571,6 +571,13 @@ def lower_tokens(n: Node, x, opset):
             op("Transpose", [f"{p}/flat"], p, p, perm=[0, 2, 1])]
 
 
+def lower_image(n: Node, x, opset):
+    p = n.name
+    return [op("Transpose", [x[0]], f"{p}/channels", f"{p}/transpose", perm=[0, 2, 1]),
+            const(f"{p}/shape", [0, 0, *n.attrs["grid"]]),
+            op("Reshape", [f"{p}/channels", f"{p}/shape"], p, f"{p}/grid")]
+
+
 def lower_patchmerge(n: Node, x, opset):
     # the NumPy kernel's view: (N, H/2, row a, W/2, column b, C), neighbours in Swin's order (b, a)
     p, (h, w), c = n.name, n.attrs["grid"], n.attrs["features"]
@@ -725,6 +732,7 @@ LOWER: dict[str, Lowering] = {
     "posembed": lower_posembed,
     "clstoken": lower_clstoken,
     "tokens": lower_tokens,
+    "image": lower_image,
     "seqpool": lower_seqpool,
     "patchmerge": lower_patchmerge,
     "experts": lower_experts,

@@ -372,6 +372,7 @@ MODULES: dict[str, Callable[[Node, list[Shape]], TorchLayer]] = {
     "clstoken": clstoken,
     # an image's pixels as steps, row by row, its channels the features (ViT's patch sequence)
     "tokens": function("{x}.flatten(2).transpose(1, 2)"),
+    "image": function("{x}.transpose(1, 2).unflatten(2, {grid})"),
     "seqpool": seqpool,
     # Swin's 2x2 neighbours joined: x0 (even row, even column), x1 (odd, even), x2 (even, odd), x3 (odd, odd)
     "patchmerge": lambda node, ins: TorchLayer(

@@ -939,6 +939,23 @@ def test_tokens_reads_an_image_as_a_sequence_of_pixels():
     fails("input seq 4 of 3\ntokens", 2, "image")
 
 
+def test_image_lays_tokens_back_out_as_an_image():
+    # Stable Diffusion's transformer at 64x64: 4096 steps of 320 back to 320@64x64, a copy: nothing counted,
+    # and each pixel still sees what its token saw
+    a = analysed("input 4@64x64\nconv 320@3x3 pad=1\ntokens\nimage")
+    image = a.nodes[-1]
+    assert figures(a.nodes[-2]) == ((4096, 320), 0, 0, 0, 0)
+    assert figures(image) == ((320, 64, 64), 0, 0, 0, 0)
+    assert rf(image) == rf(a.nodes[-2]) == (3, 3, 1)
+    # a sequence with no grid names its own; fc keeps the grid it reads
+    assert figures(last("input seq 24 of 8\nimage 4x6")) == ((8, 4, 6), 0, 0, 0, 0)
+    assert figures(last("input 3@4x6\ntokens\nfc 5\nimage")) == ((5, 4, 6), 0, 0, 0, 0)
+    fails("input seq 24 of 8\nimage", 2, "without one", "image HxW")
+    fails("input seq 24 of 8\nimage 5x6", 2, "30 steps", "24")
+    fails("input seq 24 of 8\nimage 2x3x4", 2, "HxW")
+    fails("input 3@4x6\nimage", 2, "sequence")
+
+
 def test_seqpool_first_last_and_mean():
     # 10x16 -> 16. first and last pick a step (no FLOPs); mean adds 10*16 values (160 FLOPs).
     assert figures(last("input seq 10 of 16\nseqpool first")) == ((16,), 0, 0, 0, 0)

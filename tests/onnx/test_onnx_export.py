@@ -229,6 +229,8 @@ KIND_CASES.update({  # Swin: windows of a token grid, shifted and not, and patch
     "attention, shifted windows": "input 4@6x6 -> tokens -> attention 2 window=3x3 shift=1",
     "attention, shifted windows, a window as tall as the grid": "input 4@2x4 -> tokens -> attention 2 window=2x2 shift=1",
     "patchmerge": "input 3@4x6 -> tokens -> patchmerge",
+    "image, the way back from tokens": "input 3@4x6 -> tokens -> fc 5 -> image -> conv 2@3x3",
+    "image of a sequence without a grid": "input seq 6 of 4 -> image 2x3",
 })
 KIND_CASES.update({
     "experts on a sequence, top 2 of 4": "input seq 5 of 6 -> experts 4 top=2 { fc 8 relu -> fc 6 } -> fc 3",

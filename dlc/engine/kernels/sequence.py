@@ -1,4 +1,4 @@
-"""posembed, clstoken, tokens and seqpool: the kinds that make, extend and pool sequences (N, T, D)."""
+"""posembed, clstoken, tokens, image and seqpool: the kinds that make, extend, lay out and pool sequences (N, T, D)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ def tokens(attrs, params, state, xs, ctx):
     n, c = x.shape[:2]
     y = np.ascontiguousarray(x.reshape(n, c, -1).transpose(0, 2, 1))
     return y, lambda dy: ([np.ascontiguousarray(dy.transpose(0, 2, 1)).reshape(x.shape)], {})
+
+
+@kernel("image")
+def image(attrs, params, state, xs, ctx):
+    # (N, H*W, C) -> NCHW, tokens' inverse: step i*W + j becomes pixel (i, j)
+    x = xs[0]
+    n, _, c = x.shape
+    y = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(n, c, *attrs["grid"])
+    return y, lambda dy: ([np.ascontiguousarray(dy.reshape(n, c, -1).transpose(0, 2, 1))], {})
 
 
 @kernel("seqpool")

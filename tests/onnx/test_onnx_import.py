@@ -141,6 +141,9 @@ KIND_SPECS = {
     # Swin: windows of a token grid, shifted, and a window as large as the grid; patchmerge
     "swin": "input 3@16x16 -> conv 8@2x2/2 -> tokens -> layernorm -> attention 2 window=4x4 shift=2 -> patchmerge "
             "-> layernorm -> fc 16 bias=off -> attention 2 window=4x4 bias=off -> seqpool -> fc 3",
+    # tokens and back to an image (Stable Diffusion's spatial transformer), then a grid written
+    "image": "input 4@4x6 -> conv 6@1x1 -> tokens -> layernorm -> attention 2 -> fc 6 -> image -> conv 4@3x3 "
+             "-> tokens -> image 2x4 -> gap -> fc 3",
 }
 
 

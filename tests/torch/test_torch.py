@@ -120,7 +120,7 @@ layernorm -> seqpool -> fc 3
 # issue 22: BERT's table read at fewer steps, Whisper's sinusoids
 POSITIONS = "input seq 6 of 8 -> posembed 10 -> posembed fixed -> attention 2 -> seqpool -> fc 3"
 # issue 21: tokens and back to an image (Stable Diffusion's spatial transformer), a grid written too
-IMAGE = "input 4@4x6 -> tokens -> fc 6 -> attention 2 -> image -> conv 3@3x3 -> tokens -> image 4x4 -> gap -> fc 3"
+IMAGE = "input 4@4x6 -> tokens -> fc 6 -> attention 2 -> image -> conv 3@3x3 -> tokens -> image 4x2 -> gap -> fc 3"
 GROUPNORM = "input 6@5x5 -> conv 8@3x3 pad=1 -> groupnorm 4 eps=1e-6 silu -> conv 4@3 -> groupnorm 2 -> gap -> fc 3"
 EXTRA = {"vision": VISION, "positions": POSITIONS, "groupnorm": GROUPNORM, "image": IMAGE, "signal": SIGNAL, "small_swin": SMALL_SWIN, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,

@@ -30,8 +30,8 @@ from dlc.onnx.importing.pool import global_pool, pool
 from dlc.onnx.importing.reader import Import
 from dlc.onnx.importing.recurrent import recurrent
 from dlc.onnx.importing.resample import import_pad, import_pixelshuffle, import_reshape, import_slice, import_tile
-from dlc.onnx.importing.sequence import (import_clstoken, import_layernorm, import_patchmerge, import_posembed,
-                                         import_rmsnorm, import_seqpool, import_tokens)
+from dlc.onnx.importing.sequence import (import_clstoken, import_image, import_layernorm, import_patchmerge,
+                                         import_posembed, import_rmsnorm, import_seqpool, import_tokens)
 
 
 IMPORT: dict[str, Import] = {
@@ -87,6 +87,9 @@ IMPORT: dict[str, Import] = {
     "clstoken": Import(("Concat",), import_clstoken),
     # a Transpose to (N, H, W, C) (Swin's token grid), or back and pooled; after attention, whose starts
     # these are too
+    # a sequence back to an image (a Transpose and a Reshape, either order): before tokens, whose signal
+    # form is a lone Transpose (0, 2, 1)
+    "image": Import(("Transpose", "Reshape"), import_image),
     "tokens": Import(("Reshape", "Transpose"), import_tokens),
     "seqpool": Import(("Gather", "ReduceMean", "Transpose"), import_seqpool),
     # before slice, which takes any Slice: Swin's four strided Slices of a grid and their Concat; before

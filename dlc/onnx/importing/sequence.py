@@ -222,6 +222,29 @@ def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
     return one("tokens", n, output=after.output[0], nodes=[n, after])
 
 
+def import_image(r: Reader, n: onnx.NodeProto) -> Found | None:
+    """A sequence (N, H·W, C) laid back out as an image: Transpose to (N, C, H·W) then Reshape to
+    (N, C, H, W) (dlc's own export); or Reshape to (N, H, W, C) then Transpose to (N, C, H, W) (diffusers'
+    Transformer2DModel: reshape, permute(0, 3, 1, 2))."""
+    x = r.shape(n.input[0])
+    after = r.only_consumer(n.output[0])
+    if len(x) != 2 or n.input[0] not in r.live or after is None:
+        return None
+    perm = list(attributes(n).get("perm", [])) if n.op_type == "Transpose" else \
+        list(attributes(after).get("perm", [])) if after.op_type == "Transpose" else None
+    t, c = x
+    y = r.shape(after.output[0])
+    if n.op_type == "Transpose" and after.op_type == "Reshape" and perm == [0, 2, 1]:
+        grid = y[1:] if len(y) == 3 and y[0] == c else None
+    elif n.op_type == "Reshape" and perm == [0, 3, 1, 2]:
+        grid = y[1:] if len(y) == 3 and y[0] == c and r.shape(n.output[0]) == (*y[1:], c) else None
+    else:
+        return None
+    if grid is None or grid[0] * grid[1] != t:
+        return None
+    return one("image", n, size=f"{grid[0]}x{grid[1]}", output=after.output[0], nodes=[n, after])
+
+
 def import_seqpool(r: Reader, n: onnx.NodeProto) -> Found | None:
     """Step 0 or T-1 of a sequence (a Gather of a scalar index on axis 1), or its mean over the steps; or
     a token grid's mean: Transpose back to (N, C, H, W), the global average pool, Flatten (torchvision's

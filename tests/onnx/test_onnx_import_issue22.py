@@ -138,6 +138,24 @@ def test_diffusers_cross_attention_to_text(tmp_path, exporter):
     assert "attention 2 from=text" in spec, spec
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_diffusers_spatial_transformer_reads_tokens_and_lays_them_back_out(tmp_path, exporter):
+    # Transformer2DModel at 8 channels on a 4x6 latent, its block a cross-attention to 5 text steps: the
+    # permute(0, 2, 3, 1) and reshape to 24 steps import as tokens, the reshape to 4x6 and permute(0, 3, 1, 2)
+    # as image 4x6, between proj_in and proj_out, the latent added back
+    torch.manual_seed(0)
+    net = torch_models.Transformer2DModel(channels=8, heads=2, context=12, groups=4)
+    net.transformer_blocks = torch.nn.ModuleList([torch_models.Attention(8, 2, context=12)])
+    net.norm.weight.data.uniform_(0.5, 1.5), net.norm.bias.data.uniform_(-0.5, 0.5)
+    rng = np.random.default_rng(4)
+    feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
+             "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
+    torch_models.export(net, tmp_path / "spatial.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
+                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
+    spec = reproduces(tmp_path, tmp_path / "spatial.onnx", feeds)
+    assert "conv 8@1x1 tokens" in spec and "attention 2 from=text" in spec and "image 4x6" in spec, spec
+
+
 @pytest.mark.slow
 def test_bert_base_from_torchscript_imports_with_the_zoos_counts(tmp_path):
     # BertModel's size at 128 tokens: the import keeps the 512-row position table, the token types and the

@@ -209,7 +209,14 @@ def import_tokens(r: Reader, n: onnx.NodeProto) -> Found | None:
     (N, H, W, C), a token grid kept channels last (Swin's exports, r.grids); a signal read as its
     positions: Transpose (N, C, L) to (N, L, C) (PyTorch's permute), after a Reshape that keeps it or not."""
     if n.op_type == "Transpose" and n.output[0] in r.grids:
-        return one("tokens", n) if len(r.shape(n.input[0])) == 3 else None
+        if len(r.shape(n.input[0])) != 3:
+            return None
+        # diffusers' Transformer2DModel: permute(0, 2, 3, 1), then the grid reshaped to its H·W steps
+        after = r.only_consumer(n.output[0])
+        h, w, c = r.shape(n.output[0])
+        if after is not None and after.op_type == "Reshape" and r.shape(after.output[0]) == (h * w, c):
+            return one("tokens", n, output=after.output[0], nodes=[n, after])
+        return one("tokens", n)
     x, y = r.shape(n.input[0]), r.shape(n.output[0])
     if n.op_type == "Transpose":  # a signal's Transpose alone
         if len(x) != 2 or list(attributes(n).get("perm", [])) != [0, 2, 1]:

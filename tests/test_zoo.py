@@ -178,6 +178,10 @@ def test_bert_whisper_and_the_sd_block_as_the_issue_counts_them():
     assert (zoo("bert_base").totals.params, zoo("bert_base").totals.macs) == (109_482_240, 11_174_215_680)
     assert zoo("whisper_tiny_encoder").totals.macs == 18_468_864_000
     assert (zoo("sd_block").totals.params, zoo("sd_block").totals.macs) == (4_801_280, 26_915_880_960)
+    # Transformer2DModel's output: the tokens laid back out as the latent's 320@64x64, the latent added
+    sd = zoo("sd_block").graph
+    assert sd.output.out_shape == (320, 64, 64)
+    assert [n.kind for n in sd.nodes if n.kind in ("image", "conv")][-2:] == ["image", "conv"]
     # BERT reads three inputs, its mask in every layer's attention; Whisper's stem is two 1-D convs
     bert = zoo("bert_base").graph
     assert [(n.name, n.out_shape, n.dtype) for n in bert.inputs] == [

@@ -87,15 +87,17 @@ def assert_matches_engine(text: str, batch: int = 2, opset: int | None = None, f
     model = to_onnx(Network(graph, params, state), opset=opset)
     check_export(model, Network(graph, params, state))
     x = sample_batch(graph, batch)
-    names = [graph.output.name]
+    # every output, by its ONNX name (its label where the spec names several) and its node's
+    pairs = list(zip(graph.output_names, (node.name for node in graph.outputs)))
     if graph.output.kind in ("softmax", "sigmoid"):
-        names.append(graph.output.inputs[0])
-        model = with_output(model, names[1])
+        pairs.append((graph.output.inputs[0],) * 2)
+        model = with_output(model, graph.output.inputs[0])
     # one session and one run give every compared tensor
-    got = session(model).run(names, x)
+    got = session(model).run([onnx_name for onnx_name, _ in pairs], x)
     feeds = x if len(x) > 1 else x[graph.input.name]
+    names = {name for _, name in pairs}
     wanted = {node.name: y for node, y in activations(Network(graph, params, state), feeds) if node.name in names}
-    for name, y in zip(names, got):
+    for (_, name), y in zip(pairs, got):
         want = wanted[name]
         assert y.shape == want.shape == (batch, *graph.node(name).out_shape)
         err = relative_error(y, want)

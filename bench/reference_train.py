@@ -37,10 +37,14 @@ SETTINGS = {"lenet_relu": (64, "momentum", 0.01), "lenet_tanh": (64, "momentum",
 # --- data, read as dlc reads it ------------------------------------------------------------------
 
 def mnist(path: Path, pad: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """mnist.pkl.gz's train, valid and test splits as (N, 1, 28, 28) float32 images (32x32, centre-padded,
-    with `pad`, as dlc's --reshape fits them to the zoo's LeNet-5) and int64 labels."""
-    with gzip.open(path, "rb") as f:
-        splits = pickle.load(f, encoding="latin1")
+    """mnist.pkl.gz's train, valid and test splits (or an .npz's x, y, x_val, y_val, x_test, y_test, as
+    bench_epoch's --images writes a part of them) as (N, 1, 28, 28) float32 images (32x32,
+    centre-padded, with `pad`, as dlc's --reshape fits them to the zoo's LeNet-5) and int64 labels."""
+    if path.suffix == ".npz":
+        splits = npz_splits(path)
+    else:
+        with gzip.open(path, "rb") as f:
+            splits = pickle.load(f, encoding="latin1")
     out = []
     for x, y in splits:
         images = x.reshape(-1, 1, 28, 28).astype(np.float32)

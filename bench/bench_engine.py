@@ -81,7 +81,8 @@ def sigmoid_prime(z):
 
 
 def nielsen_sgd(sizes, x, y_onehot, batch: int, lr: float, dtype):
-    """network.py's update_mini_batch and backprop: per-sample column vectors, gradients summed."""
+    """network.py's SGD: (an epoch, its `evaluate` as an accuracy(images, labels)). The epoch shuffles the
+    samples and runs update_mini_batch and backprop on them: per-sample column vectors, gradients summed."""
     rng = np.random.default_rng(0)
     biases = [rng.standard_normal((n, 1)).astype(dtype) for n in sizes[1:]]
     weights = [rng.standard_normal((n, m)).astype(dtype) for m, n in zip(sizes[:-1], sizes[1:])]
@@ -117,9 +118,20 @@ def nielsen_sgd(sizes, x, y_onehot, batch: int, lr: float, dtype):
         biases = [b - (lr / len(mini_batch)) * nb for b, nb in zip(biases, nabla_b)]
 
     def epoch():
+        rng.shuffle(data)
         for i in range(0, len(data) - batch + 1, batch):
             update_mini_batch(data[i:i + batch])
-    return epoch
+
+    def feedforward(a):
+        for b, w in zip(biases, weights):
+            a = sigmoid(np.dot(w, a) + b)
+        return a
+
+    def accuracy(images, labels) -> float:
+        """network.py's evaluate, as a fraction: one feedforward per sample."""
+        hits = sum(int(np.argmax(feedforward(a.reshape(-1, 1).astype(dtype))) == t) for a, t in zip(images, labels))
+        return hits / len(labels)
+    return epoch, accuracy
 
 
 # --- PyTorch -----------------------------------------------------------------------------------
@@ -193,8 +205,8 @@ def main():
     x, t = images[:args.mlp_images], onehot[:args.mlp_images]
     mlp = compile_spec(MLP_SPEC, file="<mlp>")
     runs = {"dlc engine (float32)": dlc_sgd(mlp, x, t, 10, 3.0, "mse"),
-            "per-sample loop, network.py (float64)": nielsen_sgd([784, 30, 10], x, t, 10, 3.0, np.float64),
-            "per-sample loop, float32": nielsen_sgd([784, 30, 10], x, t, 10, 3.0, np.float32)}
+            "per-sample loop, network.py (float64)": nielsen_sgd([784, 30, 10], x, t, 10, 3.0, np.float64)[0],
+            "per-sample loop, float32": nielsen_sgd([784, 30, 10], x, t, 10, 3.0, np.float32)[0]}
     if torch:
         runs["PyTorch CPU"] = torch_sgd(torch, torch_mlp, x, t, 10, 3.0, quadratic)
     times = best_times(runs, args.repeats)

@@ -6,6 +6,10 @@ Run: python bench/bench_train.py [--threads N] [--rounds 3] [--data ../shared/da
 --only runs the named targets alone (repeat it for several): lenet, mlp10, mlp128, transformer,
 onnxruntime, memory, startup.
 
+This is the in-process form: dlc's training loop and the references' epochs timed inside one
+process. bench_epoch.py times whole `dlc train` processes against whole PyTorch scripts, as a user
+would (issue 24). The PyTorch references are reference_train.py's idiomatic ones, for both.
+
 Every ratio comes from alternating rounds in this one process: dlc, then its reference, then dlc
 again, so load from other processes falls on both alike; the median of the rounds' ratios counts
 (each side's median rate is printed, and every round's ratio beside it). numpy's OpenBLAS and PyTorch get the same thread
@@ -16,7 +20,7 @@ busy-wait, and on cores other processes load they collapse 10-50x: on a shared m
 Targets (issue 13):
 1. LeNet-5 (28x28 MNIST centre-padded to 32x32, momentum SGD lr 0.01, batch 64), `dlc train` end to
    end: the images_per_second its --json reports, against PyTorch CPU running the same loop (shuffled
-   batches, forward, cross-entropy, backward, update, top-1/top-5 counts). Target >= 1.0x (stretch 1.3x).
+   batches, forward, cross-entropy, backward, update; nothing read back per step). Target >= 1.0x (stretch 1.3x).
 2. Nielsen's 784-30-10 (specs/mlp_mnist.dlc: sigmoid, quadratic cost, sgd 3.0) at batch 10 against
    network.py's per-sample loop (>= 5x), and at batch 128 against PyTorch's same loop (>= 1.0x).
 3. specs/transformer_reverse.dlc (2 encoder blocks, D=64, 4 heads, T=12, batch 64, adam) against
@@ -89,31 +93,16 @@ def report(name: str, ours: list[float], theirs: list[float], unit: str, ref: st
 
 # --- 1 and 2: training throughput ---------------------------------------------------------------
 
-def torch_loop(torch, model, x, y, batch: int, loss_fn, opt) -> Callable[[], float]:
-    """One epoch of the loop dlc train runs, in PyTorch: images per second."""
+def torch_loop(torch, model, x, y, batch: int, opt, loss=None) -> Callable[[], float]:
+    """One epoch of the idiomatic PyTorch loop (reference_train.torch_epoch), in images per second."""
+    from reference_train import torch_epoch
+
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(0)
-    for i in range(0, 4 * batch, batch):  # warm up: autograd and the allocator set up on first use
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(xt[i:i + batch]), yt[i:i + batch]).backward()
-        opt.step()
+    torch_epoch(torch, model, opt, xt[:4 * batch], yt[:4 * batch], batch, loss)  # autograd's first-use set-up
 
     def epoch() -> float:
         t0 = time.perf_counter()
-        order = torch.randperm(len(xt), generator=gen)
-        correct = top5 = 0
-        for i in range(0, len(xt), batch):
-            idx = order[i:i + batch]
-            xb, yb = xt[idx], yt[idx]
-            opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # classes on the last axis; one-hot rows or class indices
-                labels = yb.argmax(-1) if yb.is_floating_point() else yb
-                correct += int((out.argmax(-1) == labels).sum())
-                top5 += int((out.topk(5, -1).indices == labels[..., None]).any(-1).sum())
+        torch_epoch(torch, model, opt, xt, yt, batch, loss)
         return len(xt) / (time.perf_counter() - t0)
     return epoch
 
@@ -135,19 +124,16 @@ def training_targets(torch, mnist, tmp: Path, args, wanted: list[str]) -> dict:
 
 def lenet_target(torch, mnist, tmp: Path, images: int) -> tuple[Callable[[], float], Callable[[], float]]:
     import numpy as np
+    from reference_train import torch_model, torch_optimizer
 
-    nn = torch.nn
     n = min(images, len(mnist.train))
     subset = tmp / "lenet.npz"
     np.savez(subset, x=mnist.train.x[:n], y=mnist.train.y[:n])
     padded = np.zeros((n, 1, 32, 32), np.float32)  # as --reshape centre-pads 28x28 for dlc
     padded[:, 0, 2:30, 2:30] = mnist.train.x[:n].reshape(-1, 28, 28)
     labels = mnist.train.y[:n].astype(np.int64)
-    lenet = nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10))
-    lenet_torch = torch_loop(torch, lenet, padded, labels, 64, nn.functional.cross_entropy,
-                             torch.optim.SGD(lenet.parameters(), lr=0.01, momentum=0.9))
+    lenet = torch_model(torch, "lenet_tanh")
+    lenet_torch = torch_loop(torch, lenet, padded, labels, 64, torch_optimizer(torch, "lenet_tanh", lenet))
 
     def lenet_dlc() -> float:
         return dlc_train([str(ROOT / "specs" / "lenet5.dlc"), "--data", str(subset), "--reshape",
@@ -171,7 +157,7 @@ def mlp_target(torch, mnist, tmp: Path, images: int, batch: int) -> tuple[Callab
                           "--batch", str(batch), "--epochs", "1"], tmp)["images_per_second"]
 
     if batch == 10:
-        network_py = nielsen_sgd([784, 30, 10], mnist.train.x[:m], onehot, 10, 3.0, np.float64)
+        network_py, _ = nielsen_sgd([784, 30, 10], mnist.train.x[:m], onehot, 10, 3.0, np.float64)
 
         def network_py_rate() -> float:
             t0 = time.perf_counter()
@@ -180,8 +166,8 @@ def mlp_target(torch, mnist, tmp: Path, images: int, batch: int) -> tuple[Callab
         return mlp_dlc, network_py_rate
     nn = torch.nn
     mlp = nn.Sequential(nn.Linear(784, 30), nn.Sigmoid(), nn.Linear(30, 10), nn.Sigmoid())
-    return mlp_dlc, torch_loop(torch, mlp, mnist.train.x[:m], onehot, batch, quadratic,
-                               torch.optim.SGD(mlp.parameters(), lr=3.0))
+    return mlp_dlc, torch_loop(torch, mlp, mnist.train.x[:m], onehot, batch,
+                               torch.optim.SGD(mlp.parameters(), lr=3.0), quadratic)
 
 
 def transformer_target(torch, tmp: Path, sequences: int) -> tuple[Callable[[], float], Callable[[], float]]:
@@ -190,31 +176,16 @@ def transformer_target(torch, tmp: Path, sequences: int) -> tuple[Callable[[], f
     PyTorch (nn.TransformerEncoderLayer, norm_first, exact GELU, no dropout): sequences/s, dlc's from
     `dlc train --json` (per-step targets: one class per output step)."""
     import numpy as np
+    from reference_train import torch_model, torch_optimizer
 
-    nn = torch.nn
     rng = np.random.default_rng(0)
     x = rng.integers(0, 16, (sequences, 12))
     y = x[:, ::-1].copy()
     data = tmp / "reverse.npz"
     np.savez(data, x=x, y=y)
 
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(16, 64)
-            self.pos = nn.Parameter(torch.zeros(12, 64))
-            self.blocks = nn.Sequential(*[nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, activation="gelu",
-                                                                     batch_first=True, norm_first=True)
-                                          for _ in range(2)])
-            self.norm, self.out = nn.LayerNorm(64), nn.Linear(64, 16)
-
-        def forward(self, ids):
-            return self.out(self.norm(self.blocks(self.embed(ids) + self.pos)))
-
-    model = Encoder()
-    theirs = torch_loop(torch, model, x, y, 64,
-                        lambda out, t: nn.functional.cross_entropy(out.reshape(-1, 16), t.reshape(-1)),
-                        torch.optim.Adam(model.parameters(), lr=3e-3))
+    model = torch_model(torch, "transformer")
+    theirs = torch_loop(torch, model, x, y, 64, torch_optimizer(torch, "transformer", model))
 
     spec = str(ROOT / "specs" / "transformer_reverse.dlc")  # its train statement: adam 3e-3, batch 64
     return lambda: dlc_train([spec, "--data", str(data), "--epochs", "1"], tmp)["images_per_second"], theirs

@@ -171,7 +171,9 @@ def carve_val(data: Data, fraction: float, seed: int) -> Data:
 
 def announce_range(data: Data, norm_kind: str) -> Data:
     """Add a hint when raw inputs are far from unit scale and nothing normalises them."""
-    peak = float(np.abs(data.train.x).max())
+    x = data.train.x
+    # the largest magnitude without np.abs's copy of the split (MNIST's: 157 MB, 0.3 s of every start)
+    peak = max(float(x.max()), -float(x.min()))
     if norm_kind == "none" and peak > 10:
         return replace(data, notes=[*data.notes, f"inputs of {data.name} reach {peak:g}; "
                                                  f"--normalize mean-std usually trains better"])

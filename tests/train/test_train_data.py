@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -16,7 +17,7 @@ from dlc.errors import DlcError
 from dlc.layers import Signal
 from dlc.normalize import normalize, normalizer
 from dlc.train.dataset import Data, Split
-from dlc.train.fit import carve_val, check_labels, fit_inputs
+from dlc.train.fit import announce_range, carve_val, check_labels, fit_inputs
 from dlc.train.order import epoch_order
 from dlc.train.readers import load_file, load_idx, read_idx
 from dlc.train.sources import data_source, prepare
@@ -445,3 +446,18 @@ def test_layout_says_which_when_the_shapes_cannot(tmp_path):
     r = CliRunner().invoke(main, ["train", "-e", "input 3@3x3 -> fc 10 softmax", "--layout", "hwc",
                                   "--out", str(tmp_path / "glyphs")])
     assert r.exit_code == 2 and "the built-in set glyphs is made in the spec's own" in r.stderr, r.output
+
+
+def test_the_range_hint_finds_the_largest_magnitude_without_copying_the_inputs():
+    # 2,000 rows of 784 at 3.0 with one pixel at -40: the hint names 40 (its magnitude), and looking
+    # for it allocates no second copy of the 6.3 MB split (np.abs made one: 157 MB for MNIST).
+    x = np.full((2000, 784), 3.0, np.float32)
+    x[5, 7] = -40.0
+    tracemalloc.start()
+    try:
+        d = announce_range(Data(Split(x, np.zeros(2000, np.int64)), name="big.npz"), "none")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert d.notes == ["inputs of big.npz reach 40; --normalize mean-std usually trains better"]
+    assert peak < x.nbytes // 10

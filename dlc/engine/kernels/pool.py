@@ -162,14 +162,25 @@ def maxpool(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ct
         # Only the first maximum in row-major window order gets the gradient, as PyTorch does:
         # flat regions (MNIST's background) tie exactly, and sharing would count the gradient twice.
         d = to_chwn(dy)
-        routed = np.zeros(win.shape, x.dtype)
+        c, kh, kw, ho, wo, n = win.shape
+        # Windows that tile the input exactly (2/2 pooling) route straight into the input gradient's
+        # cells; otherwise into per-window values that col2im sums.
+        tiles = (xp is x and tuple(attrs["stride"]) == (kh, kw) and tuple(attrs["dilation"]) == (1, 1)
+                 and x.shape[1:3] == (ho * kh, wo * kw))
+        if tiles:
+            dx = np.empty((c, ho, kh, wo, kw, n), x.dtype)
+            routed = dx.transpose(0, 2, 4, 1, 3, 5)
+        else:
+            routed = np.zeros(win.shape, x.dtype)
         unclaimed = np.ones(y.shape, bool)
-        for i in range(win.shape[1]):
-            for j in range(win.shape[2]):
+        for i in range(kh):
+            for j in range(kw):
                 hit = win[:, i, j] == y
                 hit &= unclaimed
                 unclaimed ^= hit  # hit lies inside unclaimed, so this clears it
                 np.multiply(d, hit, out=routed[:, i, j])
+        if tiles:
+            return [from_chwn(dx.reshape(x.shape))], {}
         return [input_gradient(routed, xp, pads, attrs["stride"], attrs["dilation"])], {}
 
     return from_chwn(y), backward

@@ -6,6 +6,7 @@ running the matching ONNX operator in float32.
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -527,6 +528,30 @@ def test_bn_training_normalises_with_the_batch_and_moves_the_running_averages(sh
     frozen = {k: v.copy() for k, v in state.items()}
     run("bn", attrs, params, [x], state=state, training=False)
     assert all(np.array_equal(state[k], frozen[k]) for k in state)
+
+
+def test_bn_training_step_holds_no_batch_sized_array_beyond_what_it_returns_and_keeps():
+    # A float32 batch of 64 x 64@28x28 (12.8 MB, EfficientNet's first block): forward returns y and
+    # keeps xhat for backward (2 batches at its peak); backward returns dx and holds dy * xhat for
+    # gamma's gradient (2 batches). Temporaries for each term of the formulas made it 3-4 batches.
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((64, 64, 28, 28), dtype=np.float32)
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    attrs, _, _ = resolve("bn", [x.shape[1:]])
+    params = {"gamma": np.ones(64, np.float32), "beta": np.zeros(64, np.float32)}
+    state = {"mean": np.zeros(64, np.float32), "var": np.ones(64, np.float32)}
+    tracemalloc.start()
+    try:
+        y, backward = run("bn", attrs, params, [x], state=state, training=True)
+        forward_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        backward(dy)
+        backward_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert forward_peak < 2.1 * x.nbytes
+    assert backward_peak < 2.1 * x.nbytes
 
 
 def test_dropout_drops_at_rate_p_and_scales_the_rest():

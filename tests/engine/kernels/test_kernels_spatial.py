@@ -8,6 +8,8 @@ ConvTranspose pads, Resize nearest).
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -345,6 +347,34 @@ def test_maxpool_routes_tied_gradient_to_the_first_maximum():
     (dx,), _ = backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]))
     want = np.zeros((1, 1, 4, 4))
     want[0, 0, 0, 0], want[0, 0, 0, 2], want[0, 0, 2, 0], want[0, 0, 2, 2] = 1, 2, 3, 4
+    np.testing.assert_array_equal(dx, want)
+
+
+def test_tiling_maxpool_backward_routes_into_the_input_gradient_itself():
+    # LeNet-5's 2/2 max pool on a float32 batch of 64 x 6@28x28 (1.2 MB): its windows tile the input,
+    # so each window's gradient goes straight to its first maximum's cell of dx. Besides dx, backward
+    # holds the batch-innermost dy (a quarter of dx) and two bool masks (an eighth): under 1.5 dx.
+    # Per-window values first, then a col2im copy of them, took 2.4.
+    rng = np.random.default_rng(41)
+    x = np.round(2 * rng.standard_normal((64, 6, 28, 28))).astype(np.float32)  # ties, as MNIST has
+    _, a, _ = node("maxpool", (6, 28, 28), **pool_opts((2, 2)))
+    y, backward = run("maxpool", a, x, {}, training=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    tracemalloc.start()
+    try:
+        (dx,), _ = backward(dy)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * x.nbytes
+    # by a loop: each 2x2 window's gradient at its first maximum in row-major order
+    want = np.zeros_like(x)
+    for r in range(14):
+        for c in range(14):
+            cells = x[:, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].reshape(64, 6, 4)
+            first = cells.argmax(axis=2)
+            for k in range(4):
+                want[:, :, 2 * r + k // 2, 2 * c + k % 2] += np.where(first == k, dy[:, :, r, c], 0)
     np.testing.assert_array_equal(dx, want)
 
 

@@ -170,3 +170,16 @@ def test_bert_base_from_torchscript_imports_with_the_zoos_counts(tmp_path):
     totals = analyse(compile_spec(spec.read_text())).totals
     assert (totals.params, totals.macs) == (109_482_240, 11_174_215_680)
     assert "posembed 512" in spec.read_text()
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_diffusers_geglu_imports_as_two_fcs_and_their_product(tmp_path, exporter):
+    # GEGLU's one Linear(8, 24) chunked in two (dynamo: a Split; TorchScript: two Slices whose ends it
+    # computes from the projection's shape): its first 12 columns the hidden fc, its last 12 the gelu'd gate
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch_models.GEGLU(8, 12), torch.nn.Linear(12, 8))
+    feeds = {"hidden": np.random.default_rng(6).standard_normal((1, 5, 8)).astype(np.float32)}
+    torch_models.export(net, tmp_path / "geglu.onnx", (torch.from_numpy(feeds["hidden"]),),
+                        dynamo=EXPORTERS[exporter], input_names=["hidden"], output_names=["y"])
+    spec = reproduces(tmp_path, tmp_path / "geglu.onnx", feeds)
+    assert "mul(\n    fc 12 " in spec and "| fc 12 gelu" in spec, spec

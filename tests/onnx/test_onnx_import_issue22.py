@@ -183,3 +183,46 @@ def test_diffusers_geglu_imports_as_two_fcs_and_their_product(tmp_path, exporter
                         dynamo=EXPORTERS[exporter], input_names=["hidden"], output_names=["y"])
     spec = reproduces(tmp_path, tmp_path / "geglu.onnx", feeds)
     assert "mul(\n    fc 12 " in spec and "| fc 12 gelu" in spec, spec
+
+
+def lift_norms(net) -> None:
+    """Norms' scales and shifts away from 1 and 0, so that misreading them shows."""
+    for m in net.modules():
+        if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_diffusers_spatial_transformer_with_its_basic_transformer_block(tmp_path, exporter):
+    # Transformer2DModel at 8 channels on a 4x6 latent with its real BasicTransformerBlock: self-attention,
+    # cross-attention to 5 text steps of 12, and the GEGLU feed-forward (8 -> 2x32, chunked, -> 8), each
+    # behind a layernorm and added back
+    torch.manual_seed(0)
+    net = torch_models.Transformer2DModel(channels=8, heads=2, context=12, groups=4)
+    lift_norms(net)
+    rng = np.random.default_rng(7)
+    feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
+             "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
+    torch_models.export(net, tmp_path / "spatial.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
+                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
+    spec = reproduces(tmp_path, tmp_path / "spatial.onnx", feeds)
+    assert spec.count("layernorm") == 3 and "attention 2 from=text" in spec and "| fc 32 gelu" in spec, spec
+    assert "conv 8@1x1 tokens as skip1" in spec and "image 4x6" in spec, spec
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_the_whole_sd_block_with_its_time_embedding_and_text(tmp_path, exporter):
+    # tests/torch_models.py's SDBlock (ResnetBlock2D, then Transformer2DModel) at 8 channels in 4 groups, a
+    # time embedding of 12 and 5 text steps of 12: specs/sd_block.dlc's layers at a small size
+    torch.manual_seed(0)
+    net = torch_models.SDBlock(channels=8, temb=12, heads=2, context=12, groups=4)
+    lift_norms(net)
+    rng = np.random.default_rng(8)
+    feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
+             "temb": rng.standard_normal((1, 12)).astype(np.float32),
+             "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
+    torch_models.export(net, tmp_path / "sd.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
+                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
+    spec = reproduces(tmp_path, tmp_path / "sd.onnx", feeds)
+    assert "input 12 as temb -> silu -> fc 8 -> reshape 8@1x1" in spec and spec.count("groupnorm 4") == 3, spec
+    assert "| fc 32 gelu" in spec and "attention 2 from=text" in spec, spec

@@ -5,8 +5,8 @@ then `hidden * gelu(gate)`. The dynamo exporter writes the chunk as a Split, Tor
 ends it computes from the projection's shape. dlc writes the same numbers as `mul( fc F | fc F gelu )`: the
 stored weight's first half of columns (and of the bias) is the `hidden` fc, the second the gate's. So each
 MatMul by a stored (C_in, 2F) weight (and the Add of its stored bias) whose output is read only by such a
-halving is rewritten as two, one per half, and the halves' readers read them. nn.GLU's own halving (the
-second half's sigmoid times the first) is left to the `glu` kind.
+halving is rewritten as two, one per half, and the halves' readers read them. nn.GLU's Split (the second
+half's sigmoid times the first) is left to the `glu` kind, which imports it whole.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def halves(s: Stretches, out: str, width: int, values: dict, known: dict) -> tup
     dims = values.get(out)
     rank = len(dims.type.tensor_type.shape.dim) if dims is not None else 0
     readers = [c for c in s.consumers.get(out, []) if c.op_type != "Shape"]
-    if rank < 2 or any(o in s.model.graph.output or s.init.get(o) for c in readers for o in c.output):
+    if rank < 2 or out in {v.name for v in s.model.graph.output}:  # the whole is needed as it is
         return None
     half = width // 2
     parts: dict[tuple[int, int], str] = {}
@@ -92,7 +92,7 @@ def halves(s: Stretches, out: str, width: int, values: dict, known: dict) -> tup
         return None
     first, second = parts[(0, half)], parts[(half, width)]
     gate = s.consumers.get(second, [])
-    if len(gate) == 1 and gate[0].op_type == "Sigmoid" and \
+    if readers[0].op_type == "Split" and len(gate) == 1 and gate[0].op_type == "Sigmoid" and \
             any(c.op_type == "Mul" and first in c.input for c in s.consumers.get(gate[0].output[0], [])):
         return None  # nn.GLU: the glu kind's
     return first, second

@@ -245,3 +245,27 @@ def test_the_sd_block_at_full_size_imports_with_the_zoos_counts(tmp_path, export
     totals = analyse(compile_spec(spec.read_text())).totals
     assert (totals.params, totals.macs) == (4_801_280 + 2 * 3 * 320, 26_915_880_960)
     assert "| fc 1280 gelu" in spec.read_text(), spec.read_text()
+
+
+class SigmoidChunk(torch.nn.Module):
+    """GLU written by hand: a Linear's output chunked, the first half times the second's sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 24)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_a_chunk_gated_by_a_sigmoid_stays_glu_where_glu_takes_it(tmp_path, exporter):
+    # dynamo writes the chunk as nn.GLU's Split, which the glu kind imports whole (`fc 24 glu`); TorchScript's
+    # Slices with computed ends glu does not take, and they import as the halves' two fcs
+    torch.manual_seed(0)
+    feeds = {"hidden": np.random.default_rng(9).standard_normal((1, 5, 8)).astype(np.float32)}
+    torch_models.export(SigmoidChunk(), tmp_path / "gated.onnx", (torch.from_numpy(feeds["hidden"]),),
+                        dynamo=EXPORTERS[exporter], input_names=["hidden"], output_names=["y"])
+    spec = reproduces(tmp_path, tmp_path / "gated.onnx", feeds)
+    assert ("fc 24 glu" if exporter == "dynamo" else "| fc 12 sigmoid") in spec, spec

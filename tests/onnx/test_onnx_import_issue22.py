@@ -38,6 +38,15 @@ def reproduces(tmp_path, path, feeds: dict[str, np.ndarray]) -> str:
     return spec.read_text()
 
 
+def exported_reproduces(tmp_path, net, feeds: dict[str, np.ndarray], exporter: str) -> str:
+    """Export the PyTorch module `net` on `feeds` (its inputs by name, its output `y`) with `exporter`, then
+    reproduces() on that file; the spec's text."""
+    path = tmp_path / "torch.onnx"
+    torch_models.export(net, path, tuple(torch.from_numpy(v) for v in feeds.values()), dynamo=EXPORTERS[exporter],
+                        input_names=list(feeds), output_names=["y"])
+    return reproduces(tmp_path, path, feeds)
+
+
 def test_cross_attention_and_masks_of_dlcs_export_import_back(tmp_path):
     text = ("input seq 6 of 12 as encoded\ninput seq 6 as keep\ninput seq 4 of 8 as words\nattention 2 causal\n"
             "add( layernorm -> attention 2 from=encoded mask=keep kv=1 | identity )\n"
@@ -118,9 +127,7 @@ def test_a_diffusion_resblock_with_its_time_embedding_on_every_pixel(tmp_path, e
     rng = np.random.default_rng(2)
     feeds = {"latent": rng.standard_normal((1, 8, 6, 6)).astype(np.float32),
              "temb": rng.standard_normal((1, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "resblock.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "resblock.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "input 12 as temb -> silu -> fc 8 -> reshape 8@1x1 as temb_out" in spec and spec.count("groupnorm 4") == 2
 
 
@@ -132,9 +139,7 @@ def test_diffusers_cross_attention_to_text(tmp_path, exporter):
     rng = np.random.default_rng(3)
     feeds = {"hidden": rng.standard_normal((1, 9, 16)).astype(np.float32),
              "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "xattn.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "xattn.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "attention 2 from=text" in spec, spec
 
 
@@ -150,9 +155,7 @@ def test_diffusers_spatial_transformer_reads_tokens_and_lays_them_back_out(tmp_p
     rng = np.random.default_rng(4)
     feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
              "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "spatial.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "spatial.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "conv 8@1x1 tokens" in spec and "attention 2 from=text" in spec and "image 4x6" in spec, spec
 
 
@@ -179,9 +182,7 @@ def test_diffusers_geglu_imports_as_two_fcs_and_their_product(tmp_path, exporter
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch_models.GEGLU(8, 12), torch.nn.Linear(12, 8))
     feeds = {"hidden": np.random.default_rng(6).standard_normal((1, 5, 8)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "geglu.onnx", (torch.from_numpy(feeds["hidden"]),),
-                        dynamo=EXPORTERS[exporter], input_names=["hidden"], output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "geglu.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "mul(\n    fc 12 " in spec and "| fc 12 gelu" in spec, spec
 
 
@@ -203,9 +204,7 @@ def test_diffusers_spatial_transformer_with_its_basic_transformer_block(tmp_path
     rng = np.random.default_rng(7)
     feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
              "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "spatial.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "spatial.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert spec.count("layernorm") == 3 and "attention 2 from=text" in spec and "| fc 32 gelu" in spec, spec
     assert "conv 8@1x1 tokens as skip1" in spec and "image 4x6" in spec, spec
 
@@ -221,9 +220,7 @@ def test_the_whole_sd_block_with_its_time_embedding_and_text(tmp_path, exporter)
     feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
              "temb": rng.standard_normal((1, 12)).astype(np.float32),
              "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "sd.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "sd.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "input 12 as temb -> silu -> fc 8 -> reshape 8@1x1" in spec and spec.count("groupnorm 4") == 3, spec
     assert "| fc 32 gelu" in spec and "attention 2 from=text" in spec, spec
 
@@ -265,7 +262,5 @@ def test_a_chunk_gated_by_a_sigmoid_stays_glu_where_glu_takes_it(tmp_path, expor
     # Slices with computed ends glu does not take, and they import as the halves' two fcs
     torch.manual_seed(0)
     feeds = {"hidden": np.random.default_rng(9).standard_normal((1, 5, 8)).astype(np.float32)}
-    torch_models.export(SigmoidChunk(), tmp_path / "gated.onnx", (torch.from_numpy(feeds["hidden"]),),
-                        dynamo=EXPORTERS[exporter], input_names=["hidden"], output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "gated.onnx", feeds)
+    spec = exported_reproduces(tmp_path, SigmoidChunk(), feeds, exporter)
     assert ("fc 24 glu" if exporter == "dynamo" else "| fc 12 sigmoid") in spec, spec

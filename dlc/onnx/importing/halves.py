@@ -66,6 +66,9 @@ def halves(s: Stretches, out: str, width: int, values: dict, known: dict) -> tup
     readers = [c for c in s.consumers.get(out, []) if c.op_type != "Shape"]
     if rank < 2 or out in {v.name for v in s.model.graph.output}:  # the whole is needed as it is
         return None
+    kinds = sorted(c.op_type for c in readers)
+    if kinds not in (["Split"], ["Slice", "Slice"]):  # each half taken once, by one operator
+        return None
     half = width // 2
     parts: dict[tuple[int, int], str] = {}
     for c in readers:
@@ -81,18 +84,17 @@ def halves(s: Stretches, out: str, width: int, values: dict, known: dict) -> tup
         starts, ends, axes, steps = inputs
         if starts is None or ends is None or len(c.input) > 3 and axes is None or len(c.input) > 4 and steps is None:
             return None
-        if starts.size != 1 or (axes is not None and int(axes.reshape(-1)[0]) % rank != rank - 1) or \
-                axes is None and rank != 1 or steps is not None and int(steps.reshape(-1)[0]) != 1:
+        if starts.size != 1 or axes is None or int(axes.reshape(-1)[0]) % rank != rank - 1 or \
+                steps is not None and int(steps.reshape(-1)[0]) != 1:
             return None
         begin, stop = (min(max(int(v.reshape(-1)[0]) + (width if v.reshape(-1)[0] < 0 else 0), 0), width)
                        for v in (starts, ends))
         parts[(begin, stop)] = c.output[0]
-    if len(readers) != len({id(c) for c in readers}) or set(parts) != {(0, half), (half, width)} or \
-            len(parts) != (2 if readers[0].op_type == "Split" else len(readers)):
+    if set(parts) != {(0, half), (half, width)}:
         return None
     first, second = parts[(0, half)], parts[(half, width)]
     gate = s.consumers.get(second, [])
-    if readers[0].op_type == "Split" and len(gate) == 1 and gate[0].op_type == "Sigmoid" and \
+    if kinds == ["Split"] and len(gate) == 1 and gate[0].op_type == "Sigmoid" and \
             any(c.op_type == "Mul" and first in c.input for c in s.consumers.get(gate[0].output[0], [])):
         return None  # nn.GLU: the glu kind's
     return first, second

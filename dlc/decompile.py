@@ -179,29 +179,31 @@ def render(d: Draft, items: list, indent: str = "") -> list[tuple[str, int | Non
     """Spec lines: a layer whose kind can be a suffix joins the line of the layer it reads (when that
     output goes nowhere else); a residual is `as LABEL` ... `add LABEL`, other merges `add( A | B )`.
     Each line comes with the layer whose output it ends at (None for a merge's opening line)."""
-    lines: list[list] = []  # [text, last layer on the line, may take suffixes]
+    # [text, last layer on the line, may take suffixes, labelled here]: a branch's lines come labelled by the
+    # render of that branch, and take no second `as`
+    lines: list[list] = []
     for it in items:
         if isinstance(it, Merge):
             kind = d.layers[it.layer].kind
             named = read_inputs(d.layers, it)
             if named is not None:
-                lines += [[t, last, False] for t, last in render(d, it.branches[0], indent)]
+                lines += [[t, last, False, False] for t, last in render(d, it.branches[0], indent)]
                 words = [d.layers[i].label if later_input(d.layers, i) else d.labels[i] for i in named]
-                lines.append([f"{indent}{kind} {' '.join(words)}", it.layer, False])
+                lines.append([f"{indent}{kind} {' '.join(words)}", it.layer, False, True])
                 continue
             fork = skip_fork(d.layers, it)
             if fork is not None:
                 body = next(b for b in it.branches if b)
-                lines += [[t, last, False] for t, last in render(d, body, indent)]
-                lines.append([f"{indent}{kind} {d.labels[fork]}", it.layer, False])
+                lines += [[t, last, False, False] for t, last in render(d, body, indent)]
+                lines.append([f"{indent}{kind} {d.labels[fork]}", it.layer, False, True])
                 continue
-            lines.append([f"{indent}{kind}(", None, False])
+            lines.append([f"{indent}{kind}(", None, False, True])
             for k, b in enumerate(it.branches):
                 inner = render(d, b, indent + "    ") if b else [(f"{indent}    identity", None)]
                 if k:
                     inner[0] = (f"{indent}  | {inner[0][0].lstrip()}", inner[0][1])
-                lines += [[t, last, False] for t, last in inner]
-            lines.append([f"{indent})", it.layer, False])
+                lines += [[t, last, False, False] for t, last in inner]
+            lines.append([f"{indent})", it.layer, False, True])
             continue
         if later_input(d.layers, it):
             raise ValueError(it)  # an input read other than by label after a merge's first branch
@@ -211,8 +213,9 @@ def render(d: Draft, items: list, indent: str = "") -> list[tuple[str, int | Non
             lines[-1][0] += f" {d.steps[it]}"
             lines[-1][1] = it
         else:
-            lines.append([f"{indent}{d.steps[it]}", it, True])
-    return [(text + (f" as {d.labels[last]}" if last in d.labels else ""), last) for text, last, _ in lines]
+            lines.append([f"{indent}{d.steps[it]}", it, True, True])
+    return [(text + (f" as {d.labels[last]}" if here and last in d.labels else ""), last)
+            for text, last, _, here in lines]
 
 
 def labels_for(layers: list[SpecLayer], items: list) -> dict[int, str]:

@@ -56,3 +56,14 @@ def test_a_graph_no_spec_can_write_is_refused_naming_its_source():
               SpecLayer("add", [1, 2]), SpecLayer("add", [2, 3])]
     with pytest.raises(DlcError, match="<hand>: .*cannot write"):
         write_spec(layers, {"out": 4}, "<hand>")
+
+
+def test_a_residual_inside_a_merges_branch_is_labelled_once():
+    # Transformer2DModel's shape: add( fc -> fc, with its own residual around the second | the input ): the
+    # inner fork's `as skip1` is written where the branch's lines are, not a second time around them
+    layers = [SpecLayer("input", [], "4"), SpecLayer("fc", [0], "4"), SpecLayer("fc", [1], "4"),
+              SpecLayer("add", [2, 1]), SpecLayer("add", [3, 0])]
+    text, graph, _ = write_spec(layers, {"out": 4}, "<hand>")
+    assert [line.split("#")[0].rstrip() for line in text.splitlines()] == [
+        "input 4", "add(", "    fc 4 as skip1", "    fc 4", "    add skip1", "  | identity", ")"]
+    assert [n.kind for n in graph.nodes] == ["input", "fc", "fc", "add", "add"]

@@ -649,10 +649,10 @@ class Transformer2DModel(nn.Module):
 class SDBlock(nn.Module):
     """down_blocks.0's first ResnetBlock2D and Transformer2DModel of Stable Diffusion 1.5 at 320 channels."""
 
-    def __init__(self, channels: int = 320, temb: int = 1280, heads: int = 8, context: int = 768):
+    def __init__(self, channels: int = 320, temb: int = 1280, heads: int = 8, context: int = 768, groups: int = 32):
         super().__init__()
-        self.resnet = ResnetBlock2D(channels, temb)
-        self.attention = Transformer2DModel(channels, heads, context)
+        self.resnet = ResnetBlock2D(channels, temb, groups)
+        self.attention = Transformer2DModel(channels, heads, context, groups)
 
     def forward(self, latent, temb, text):
         return self.attention(self.resnet(latent, temb), text)

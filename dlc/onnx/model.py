@@ -573,26 +573,32 @@ def fold_shape_arithmetic(model: onnx.ModelProto, values: dict[str, onnx.ValueIn
     g = model.graph
     if all(_static(values.get(o)) is not None for n in g.node for o in n.output if o):
         return None
-    known = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_type not in FLOAT_TYPES}
-    opsets = {o.domain or "": o.version for o in model.opset_import}
+    known = shape_values(model, values)
     nodes, changed = [], False
     for n in g.node:
-        outputs = _computed(n, known, values, opsets)
-        if outputs is None or any(v.dtype.kind == "f" or v.size > FOLD_VALUES for v in outputs):
-            nodes.append(n)
-            continue
-        known.update(zip(n.output, outputs))
-        if n.op_type == "Constant":
+        if n.op_type == "Constant" or not all(o in known for o in n.output if o):
             nodes.append(n)
             continue
         changed = True
-        nodes += [helper.make_node("Constant", [], [o], value=numpy_helper.from_array(v, o))
-                  for o, v in zip(n.output, outputs) if o]
+        nodes += [helper.make_node("Constant", [], [o], value=numpy_helper.from_array(known[o], o))
+                  for o in n.output if o]
     if not changed:
         return None
     return helper.make_model(helper.make_graph(nodes, g.name, g.input, g.output, initializer=g.initializer,
                                                value_info=g.value_info),
                              opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def shape_values(model: onnx.ModelProto, values: dict[str, onnx.ValueInfoProto]) -> dict[str, np.ndarray]:
+    """The model's integer shape arithmetic, computed: each integer initializer, Constant and node output
+    that follows from them and from the shapes inference fixed (`values`), up to FOLD_VALUES elements."""
+    known = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type not in FLOAT_TYPES}
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    for n in model.graph.node:
+        outputs = _computed(n, known, values, opsets)
+        if outputs is not None and not any(v.dtype.kind == "f" or v.size > FOLD_VALUES for v in outputs):
+            known.update((o, v) for o, v in zip(n.output, outputs) if o)
+    return known
 
 
 def _computed(n: onnx.NodeProto, known: dict[str, np.ndarray], values: dict[str, onnx.ValueInfoProto],

@@ -38,6 +38,15 @@ def reproduces(tmp_path, path, feeds: dict[str, np.ndarray]) -> str:
     return spec.read_text()
 
 
+def exported_reproduces(tmp_path, net, feeds: dict[str, np.ndarray], exporter: str) -> str:
+    """Export the PyTorch module `net` on `feeds` (its inputs by name, its output `y`) with `exporter`, then
+    reproduces() on that file; the spec's text."""
+    path = tmp_path / "torch.onnx"
+    torch_models.export(net, path, tuple(torch.from_numpy(v) for v in feeds.values()), dynamo=EXPORTERS[exporter],
+                        input_names=list(feeds), output_names=["y"])
+    return reproduces(tmp_path, path, feeds)
+
+
 def test_cross_attention_and_masks_of_dlcs_export_import_back(tmp_path):
     text = ("input seq 6 of 12 as encoded\ninput seq 6 as keep\ninput seq 4 of 8 as words\nattention 2 causal\n"
             "add( layernorm -> attention 2 from=encoded mask=keep kv=1 | identity )\n"
@@ -118,9 +127,7 @@ def test_a_diffusion_resblock_with_its_time_embedding_on_every_pixel(tmp_path, e
     rng = np.random.default_rng(2)
     feeds = {"latent": rng.standard_normal((1, 8, 6, 6)).astype(np.float32),
              "temb": rng.standard_normal((1, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "resblock.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "resblock.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "input 12 as temb -> silu -> fc 8 -> reshape 8@1x1 as temb_out" in spec and spec.count("groupnorm 4") == 2
 
 
@@ -132,9 +139,7 @@ def test_diffusers_cross_attention_to_text(tmp_path, exporter):
     rng = np.random.default_rng(3)
     feeds = {"hidden": rng.standard_normal((1, 9, 16)).astype(np.float32),
              "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "xattn.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "xattn.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "attention 2 from=text" in spec, spec
 
 
@@ -150,9 +155,7 @@ def test_diffusers_spatial_transformer_reads_tokens_and_lays_them_back_out(tmp_p
     rng = np.random.default_rng(4)
     feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
              "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
-    torch_models.export(net, tmp_path / "spatial.onnx", tuple(torch.from_numpy(v) for v in feeds.values()),
-                        dynamo=EXPORTERS[exporter], input_names=list(feeds), output_names=["y"])
-    spec = reproduces(tmp_path, tmp_path / "spatial.onnx", feeds)
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
     assert "conv 8@1x1 tokens" in spec and "attention 2 from=text" in spec and "image 4x6" in spec, spec
 
 
@@ -170,3 +173,94 @@ def test_bert_base_from_torchscript_imports_with_the_zoos_counts(tmp_path):
     totals = analyse(compile_spec(spec.read_text())).totals
     assert (totals.params, totals.macs) == (109_482_240, 11_174_215_680)
     assert "posembed 512" in spec.read_text()
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_diffusers_geglu_imports_as_two_fcs_and_their_product(tmp_path, exporter):
+    # GEGLU's one Linear(8, 24) chunked in two (dynamo: a Split; TorchScript: two Slices whose ends it
+    # computes from the projection's shape): its first 12 columns the hidden fc, its last 12 the gelu'd gate
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch_models.GEGLU(8, 12), torch.nn.Linear(12, 8))
+    feeds = {"hidden": np.random.default_rng(6).standard_normal((1, 5, 8)).astype(np.float32)}
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
+    assert "mul(\n    fc 12 " in spec and "| fc 12 gelu" in spec, spec
+
+
+def lift_norms(net) -> None:
+    """Norms' scales and shifts away from 1 and 0, so that misreading them shows."""
+    for m in net.modules():
+        if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_diffusers_spatial_transformer_with_its_basic_transformer_block(tmp_path, exporter):
+    # Transformer2DModel at 8 channels on a 4x6 latent with its real BasicTransformerBlock: self-attention,
+    # cross-attention to 5 text steps of 12, and the GEGLU feed-forward (8 -> 2x32, chunked, -> 8), each
+    # behind a layernorm and added back
+    torch.manual_seed(0)
+    net = torch_models.Transformer2DModel(channels=8, heads=2, context=12, groups=4)
+    lift_norms(net)
+    rng = np.random.default_rng(7)
+    feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
+             "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
+    assert spec.count("layernorm") == 3 and "attention 2 from=text" in spec and "| fc 32 gelu" in spec, spec
+    assert "conv 8@1x1 tokens as skip1" in spec and "image 4x6" in spec, spec
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_the_whole_sd_block_with_its_time_embedding_and_text(tmp_path, exporter):
+    # tests/torch_models.py's SDBlock (ResnetBlock2D, then Transformer2DModel) at 8 channels in 4 groups, a
+    # time embedding of 12 and 5 text steps of 12: specs/sd_block.dlc's layers at a small size
+    torch.manual_seed(0)
+    net = torch_models.SDBlock(channels=8, temb=12, heads=2, context=12, groups=4)
+    lift_norms(net)
+    rng = np.random.default_rng(8)
+    feeds = {"latent": rng.standard_normal((1, 8, 4, 6)).astype(np.float32),
+             "temb": rng.standard_normal((1, 12)).astype(np.float32),
+             "text": rng.standard_normal((1, 5, 12)).astype(np.float32)}
+    spec = exported_reproduces(tmp_path, net, feeds, exporter)
+    assert "input 12 as temb -> silu -> fc 8 -> reshape 8@1x1" in spec and spec.count("groupnorm 4") == 3, spec
+    assert "| fc 32 gelu" in spec and "attention 2 from=text" in spec, spec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_the_sd_block_at_full_size_imports_with_the_zoos_counts(tmp_path, exporter):
+    # SD 1.5's down_blocks.0 block on a 64x64 latent: specs/sd_block.dlc's 26,915,880,960 MACs, and its
+    # 4,801,280 params but for to_q, to_k and to_v's biases: diffusers has none, the import writes each
+    # attention with its four projections' biases (zeros there), 2 attentions x 3 x 320 more than the zoo's
+    # `attention 8 bias=off -> shift channels`
+    from dlc.analysis import analyse
+
+    torch.manual_seed(0)
+    args = (torch.randn(1, 320, 64, 64), torch.randn(1, 1280), torch.randn(1, 77, 768))
+    torch_models.export(torch_models.SDBlock(), tmp_path / "sd.onnx", args, dynamo=EXPORTERS[exporter],
+                        input_names=["latent", "temb", "text"], output_names=["y"])
+    spec, _ = imported(tmp_path, tmp_path / "sd.onnx")
+    totals = analyse(compile_spec(spec.read_text())).totals
+    assert (totals.params, totals.macs) == (4_801_280 + 2 * 3 * 320, 26_915_880_960)
+    assert "| fc 1280 gelu" in spec.read_text(), spec.read_text()
+
+
+class SigmoidChunk(torch.nn.Module):
+    """GLU written by hand: a Linear's output chunked, the first half times the second's sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 24)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_a_chunk_gated_by_a_sigmoid_stays_glu_where_glu_takes_it(tmp_path, exporter):
+    # dynamo writes the chunk as nn.GLU's Split, which the glu kind imports whole (`fc 24 glu`); TorchScript's
+    # Slices with computed ends glu does not take, and they import as the halves' two fcs
+    torch.manual_seed(0)
+    feeds = {"hidden": np.random.default_rng(9).standard_normal((1, 5, 8)).astype(np.float32)}
+    spec = exported_reproduces(tmp_path, SigmoidChunk(), feeds, exporter)
+    assert ("fc 24 glu" if exporter == "dynamo" else "| fc 12 sigmoid") in spec, spec

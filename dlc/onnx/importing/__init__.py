@@ -10,7 +10,8 @@ naming it, its node and why.
 The package: `reader` (the model as the patterns read it), one module of patterns per group of kinds as
 in dlc/layers (conv, pool, dense, elementwise, recurrent, merge, sequence, resample), `attention` (the search
 and its numerical check), `quantized` (a quantized model read as its float twin, before any pattern
-sees it), and `importer` (the model's layers, then the spec dlc.decompile writes).
+sees it), `halves` (a projection chunked in two, diffusers' GEGLU, read as two) and `layout` (PyTorch's
+channels-last stretches read channels first), which rewrite the model before the patterns too, and `importer` (the model's layers, then the spec dlc.decompile writes).
 """
 
 from __future__ import annotations

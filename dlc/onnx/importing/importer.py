@@ -18,6 +18,7 @@ from dlc.graph import Network
 from dlc.layers import KINDS, Signal
 from dlc.layers.spatial import show
 from dlc.onnx.importing import BY_OP, IMPORT
+from dlc.onnx.importing.halves import split_halves
 from dlc.onnx.importing.layout import channels_first
 from dlc.onnx.importing.quantized import float_twin
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused, node_error
@@ -153,7 +154,7 @@ def import_onnx(path: str, shapes: dict | None = None) -> tuple[Network, str]:
     check_weights(model, path)
     validate(model, path, input_shapes(model, shapes or {}))
     model, dequantized = float_twin(model, path)
-    g = from_model(channels_first(model, path), path, shapes)
+    g = from_model(channels_first(split_halves(model, path, shapes), path), path, shapes)
     r = Reader(g)
     found, outputs = read_layers(r)
     producer = " ".join(filter(None, [model.producer_name, model.producer_version])) or "unknown producer"

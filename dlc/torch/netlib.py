@@ -93,10 +93,10 @@ def rotate(x, cos, sin):
 class SelfAttention(nn.Module):
     """attention: multi-head self-attention, softmax(Q Kᵀ / sqrt(head_dim)) V per head, the heads joined
     and projected by Wo. dlc's tensors under dlc's names: Wq, Wk, Wv, Wo (out, in) as nn.Linear's
-    weight, biases bq, bk, bv, bo (no bk with keybias=False, as Whisper). `causal` hides later steps from each step, and `window` the steps
-    `window` or more back; `kv` key/value heads each serve heads/kv query heads in a row; `rope` (the
-    base theta, 0 for none) turns queries and keys by their positions; `dropout` acts on the attention
-    weights in training. `source` (the width of another sequence, forward's second tensor) makes it
+    weight, biases bq, bk, bv, bo (no bk with keybias=False, as Whisper). `causal` hides later steps from
+    each step, and `window` the steps `window` or more back; `kv` key/value heads each serve heads/kv
+    query heads in a row; `rope` (the base theta, 0 for none) turns queries and keys by their positions;
+    `dropout` acts on the attention weights in training. `source` (the width of another sequence, forward's second tensor) makes it
     cross-attention: keys and values from that sequence; `masked`: forward's last tensor is a padding
     mask (N, S), 1 for a key to keep and 0 for padding, whose scores become the lowest float."""
 

@@ -424,9 +424,9 @@ def attention_region(r: Reader, x: str, y: str, source: str) -> tuple[list[onnx.
 def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_proj: onnx.NodeProto,
                       d: int, heads: int, e: int) -> tuple[dict[str, np.ndarray], set[str]]:
     """Wq, Wo (D, D), Wk, Wv (kv·head_dim, D) and, if any projection has one, every bias (zeros where one
-    has none, but no bk where the keys alone have none: keybias=off), with the names of the stored tensors they come from. A packed projection holds the parts it
-    feeds in the order queries, keys, values, as PyTorch's in_proj_weight does (the evaluation afterwards
-    checks that). Keys and values as wide as the queries are plain heads; narrower, grouped ones."""
+    has none, but no bk where the keys alone have none: keybias=off), with the names of the stored tensors
+    they come from. A packed projection holds the parts it feeds in the order queries, keys, values, as
+    PyTorch's in_proj_weight does (the evaluation afterwards checks that). Keys and values as wide as the queries are plain heads; narrower, grouped ones."""
     roles = {"queries": "q", "keys": "k", "values": "v"}
     tensors: dict[str, np.ndarray] = {}
     stored: set[str] = set()
@@ -463,8 +463,8 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
         tensors["bo"] = out["b"]
     if any(k.startswith("b") for k in tensors):
         # a missing key bias is keybias=off (Whisper's k_proj); any other missing one a bias of zeros
-        zeros = "qvo" if "bk" not in tensors and any(b in tensors for b in ("bq", "bv", "bo")) else "qkvo"
-        tensors.update({"b" + w: tensors.get("b" + w, np.zeros(len(tensors["W" + w]), np.float32)) for w in zeros})
+        tensors.update({"b" + w: tensors.get("b" + w, np.zeros(len(tensors["W" + w]), np.float32))
+                        for w in ("qkvo" if "bk" in tensors else "qvo")})
     return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, stored
 
 

@@ -102,6 +102,15 @@ def test_sequence_classifier_gradients(pool):
     assert_every_gradient_matches(f"input seq 4 of 6\nattention 2 bias=off\nln -> seqpool {pool}\nfc 2 softmax")
 
 
+def test_attention_without_the_keys_bias_gradients():
+    # keybias=off (Whisper): self-, windowed and cross-attention, every gradient but bk's, which is none
+    checked = assert_every_gradient_matches(
+        "input seq 4 of 6 as src\ninput 6@2x2 as image\ntokens -> attention 2 keybias=off\n"
+        "attention 2 window=2x1 keybias=off\nattention 3 from=src keybias=off\nln -> seqpool\nfc 2 softmax")
+    assert {"attention1.bq", "attention2.bv", "attention3.bo", "attention3.Wk"} <= checked
+    assert not any(name.endswith(".bk") for name in checked)
+
+
 def test_tied_weights_receive_the_sum_of_both_gradients():
     # the tied network against its untied twin with the same values in both tables: the shared table's
     # gradient is the embedding's plus the output layer's

@@ -85,8 +85,9 @@ def attention_step(attrs: dict, params: Arrays, x: np.ndarray, cache: KVCache) -
     q, k, v = (rows @ params[w].T for w in ("Wq", "Wk", "Wv"))
     if "bq" in params:
         q += params["bq"]
-        k += params["bk"]
         v += params["bv"]
+    if "bk" in params:  # keybias=off has none
+        k += params["bk"]
     # (heads, n, head_dim); keys and values have as many heads as Wk has head_dim-row blocks
     q, k, v = (m.reshape(n, -1, dh).transpose(1, 0, 2) for m in (q, k, v))
     start = cache.length
@@ -139,8 +140,8 @@ def recurrent_step(kind: str, params: Arrays, x: np.ndarray, carry: RecurrentSta
 # off Wk's shape, rope turns the new steps before they are cached, a window masks what a step reads); an
 # option beyond them that is set sends the network to the full window until attention_step follows it.
 # source_steps and source_dim are steps and dim but with from=, which, as mask=, reads a second input
-ATTENTION_FOLLOWED = frozenset({"heads", "steps", "dim", "head_dim", "causal", "bias", "dropout", "kv", "rope",
-                                "window", "source_steps", "source_dim"})
+ATTENTION_FOLLOWED = frozenset({"heads", "steps", "dim", "head_dim", "causal", "bias", "keybias", "dropout", "kv",
+                                "rope", "window", "source_steps", "source_dim"})
 
 # Kinds that mix steps but can run on new steps given what they keep of earlier ones.
 STEP_KERNELS = frozenset({"posembed", "attention", "rnn", "lstm", "gru"})

@@ -7,10 +7,11 @@ Resolved attributes and tensors (batch left out):
   last axis (channels: between Transposes to channels-last and back, as PyTorch writes ConvNeXt's LayerNorm2d).
 - rmsnorm: eps, features (the last axis); gamma (features), as ONNX RMSNormalization over the last axis:
   x / sqrt(mean(x²) + eps) * gamma, no centring and no shift (Zhang & Sennrich 2019; Llama).
-- attention: heads, steps (T), dim (D), head_dim (D/heads), causal, bias, dropout (on the attention
-  weights, training only), kv (key/value heads, = heads unless grouped), rope (False, or the rotary base
-  theta), window (None, or how many steps a causal step sees, itself included). Wq, Wo (D, D) and Wk, Wv
-  (kv·head_dim, D) laid out as fc's W (out, in); bq, bo (D) and bk, bv (kv·head_dim) with `bias`.
+- attention: heads, steps (T), dim (D), head_dim (D/heads), causal, bias, keybias (off: no bk, as
+  Whisper's key projection), dropout (on the attention weights, training only), kv (key/value heads,
+  = heads unless grouped), rope (False, or the rotary base theta), window (None, or how many steps a causal step sees, itself included). Wq, Wo (D, D) and Wk, Wv
+  (kv·head_dim, D) laid out as fc's W (out, in); bq, bo (D) and bk, bv (kv·head_dim) with `bias`, bk
+  only with `keybias` too (attention_biases).
   Multi-head self-attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, query head i reading key/value
   head i // (heads/kv), heads joined, then Wo.
   With window=HxW (a tuple) on a token grid (Swin's W-MSA and SW-MSA, torchvision's order): grid (the
@@ -171,11 +172,19 @@ def window_tokens(a: dict) -> int:
     return a["window"][0] * a["window"][1]
 
 
+def attention_biases(a: dict) -> tuple[str, ...]:
+    """The projections' biases the attention has: none with bias=off, all four but the key's with
+    keybias=off (Whisper: a key bias adds q·bk to every score of a query alike, which softmax ignores)."""
+    if not a["bias"]:
+        return ()
+    return ("bq", "bk", "bv", "bo") if a["keybias"] else ("bq", "bv", "bo")
+
+
 def attention_params(a, ins):
     d, e, kd = a["dim"], a["source_dim"], a["kv"] * a["head_dim"]
     p = {"Wq": (d, d), "Wk": (kd, e), "Wv": (kd, e), "Wo": (d, d)}
-    if a["bias"]:
-        p.update({"bq": (d,), "bk": (kd,), "bv": (kd,), "bo": (d,)})
+    widths = {"bq": d, "bk": kd, "bv": kd, "bo": d}
+    p.update({b: (widths[b],) for b in attention_biases(a)})
     if windowed(a):
         (wh, ww) = a["window"]
         p["B"] = ((2 * wh - 1) * (2 * ww - 1), a["heads"])
@@ -202,7 +211,8 @@ def attention_work(a: dict, queries: int, keys: int) -> tuple[int, int]:
     # 2·MACs, the bias adds (one per projected feature), the 1/sqrt(head_dim) scaling (1 per score),
     # softmax (3 per score) and rope's rotation (q·cos + swap(q)·sin: 3 per query and key feature)
     rope = 3 * q * (d + kd) if a["rope"] else 0
-    return macs, 2 * macs + (2 * q * d + 2 * projected * kd if a["bias"] else 0) + 4 * h * q * keys + rope
+    adds = {"bq": q * d, "bk": projected * kd, "bv": projected * kd, "bo": q * d}
+    return macs, 2 * macs + sum(adds[b] for b in attention_biases(a)) + 4 * h * q * keys + rope
 
 
 def attention_macs(a, ins, out):
@@ -224,8 +234,8 @@ def attention_flops(a, ins, out):
 # ONNX export's gathers and products of activations say no more.
 register(LayerKind(
     "attention", resolve_attention, aliases=("mha",), size="int", size_required=True, size_attr="heads",
-    options={"bias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": SIZES, "shift": 0,
-             "from": READ, "mask": READ},
+    options={"bias": True, "keybias": True, "dropout": 0.0, "kv": COUNT, "rope": ROPE_THETA, "window": SIZES,
+             "shift": 0, "from": READ, "mask": READ},
     flags=("causal", "rope"), params=attention_params,
     tensors={**{w: weight(projection_fans) for w in ("Wq", "Wk", "Wv", "Wo")},
              **{b: BIAS for b in ("bq", "bk", "bv", "bo")},

@@ -20,6 +20,7 @@ from dlc.engine.kernels.attention import hidden_keys, relative_index, rotary_tab
 from dlc.engine.kernels.sequence import sinusoids
 from dlc.graph import Node
 from dlc.layers import KINDS
+from dlc.layers.sequence import attention_biases
 from dlc.onnx import GELU_OPSET, MIN_OPSET, RMSNORM_OPSET, ROTARY_OPSET
 
 LAYERNORM_OPSET = 17  # the first opset with LayerNormalization
@@ -441,13 +442,13 @@ def attention_nodes(n: Node, x: list[str], opset: int, t: int, s: int, out: str)
     `from=`): the whole sequence, or Swin's windows."""
     a, p = n.attrs, n.name
     d, h, dh, kv = a["dim"], a["heads"], a["head_dim"], a["kv"]
-    bias = a["bias"]
+    biases = attention_biases(a)
     # the labelled inputs follow the current tensor in the order of the options: from=, then mask=
     source = x[1] if a["from"] is not None else x[0]
     nodes = [const(f"{p}/joined_shape", [0, t, d])]
     split = {}  # each projection's heads (N, T, heads, dh), turned and repeated as the options say
     for w, heads, read, steps in (("q", h, x[0], t), ("k", kv, source, s), ("v", kv, source, s)):
-        nodes += linear(read, n, f"W{w}", f"b{w}" if bias else None, f"{p}/{w}")
+        nodes += linear(read, n, f"W{w}", f"b{w}" if f"b{w}" in biases else None, f"{p}/{w}")
         now, turn = f"{p}/{w}", a["rope"] and w != "v"
         if turn and opset >= ROTARY_OPSET:
             nodes += rotary_embedding(n, now, heads, f"{p}/{w}_turned", tables=w == "q")
@@ -490,7 +491,7 @@ def attention_nodes(n: Node, x: list[str], opset: int, t: int, s: int, out: str)
               op("MatMul", [f"{p}/weights", f"{p}/v_heads"], f"{p}/heads", f"{p}/weighted_sum"),
               op("Transpose", [f"{p}/heads"], f"{p}/heads_last", f"{p}/join", perm=[0, 2, 1, 3]),
               op("Reshape", [f"{p}/heads_last", f"{p}/joined_shape"], f"{p}/joined", f"{p}/joined")]
-    return nodes + linear(f"{p}/joined", n, "Wo", "bo" if bias else None, out)
+    return nodes + linear(f"{p}/joined", n, "Wo", "bo" if "bo" in biases else None, out)
 
 
 def rotate_half(n: Node, x: str, out: str, tables: bool) -> list[NodeProto]:

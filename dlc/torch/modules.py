@@ -23,6 +23,7 @@ from typing import Callable
 
 from dlc.graph import Node
 from dlc.layers import KINDS, Shape
+from dlc.layers.sequence import attention_biases
 
 # Torch's block order, as indices of ONNX's blocks: torch block k is ONNX block GATE_ORDER[kind][k].
 GATE_ORDER = {"rnn": (0,), "lstm": (0, 2, 3, 1), "gru": (1, 0, 2)}
@@ -223,14 +224,15 @@ def attention(node: Node, ins: list[Shape]) -> TorchLayer:
     # netlib's SelfAttention holds dlc's four (out, in) projections under dlc's names: nn.MultiheadAttention
     # would stack Wq, Wk and Wv into one tensor
     a = node.attrs
-    names = ("Wq", "Wk", "Wv", "Wo") + (("bq", "bk", "bv", "bo") if a["bias"] else ())
+    names = ("Wq", "Wk", "Wv", "Wo") + attention_biases(a)
+    keybias = (bool(a["keybias"]), True)
     if isinstance(a["window"], tuple):  # Swin's windows, with their bias table B
         module = _call("WindowAttention", a["dim"], a["heads"], a["grid"], a["window"], shift=(a["shift"], (0, 0)),
-                       bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0))
+                       bias=(bool(a["bias"]), True), keybias=keybias, dropout=(a["dropout"], 0.0))
         return TorchLayer("{m}({x})", module, _same(*((n, n) for n in names + ("B",))))
     module = _call("SelfAttention", a["dim"], a["heads"], causal=(bool(a["causal"]), False),
-                   bias=(bool(a["bias"]), True), dropout=(a["dropout"], 0.0), kv=(a["kv"], a["heads"]),
-                   rope=(float(a["rope"]), 0.0), window=(a["window"], None),
+                   bias=(bool(a["bias"]), True), keybias=keybias, dropout=(a["dropout"], 0.0),
+                   kv=(a["kv"], a["heads"]), rope=(float(a["rope"]), 0.0), window=(a["window"], None),
                    source=(a["source_dim"] if a["from"] is not None else None, None),
                    masked=(a["mask"] is not None, False))
     # {xs}: the current tensor, then the labelled ones in the order of the options (from=, mask=)

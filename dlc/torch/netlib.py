@@ -93,16 +93,16 @@ def rotate(x, cos, sin):
 class SelfAttention(nn.Module):
     """attention: multi-head self-attention, softmax(Q Kᵀ / sqrt(head_dim)) V per head, the heads joined
     and projected by Wo. dlc's tensors under dlc's names: Wq, Wk, Wv, Wo (out, in) as nn.Linear's
-    weight, biases bq, bk, bv, bo. `causal` hides later steps from each step, and `window` the steps
-    `window` or more back; `kv` key/value heads each serve heads/kv query heads in a row; `rope` (the
-    base theta, 0 for none) turns queries and keys by their positions; `dropout` acts on the attention
-    weights in training. `source` (the width of another sequence, forward's second tensor) makes it
+    weight, biases bq, bk, bv, bo (no bk with keybias=False, as Whisper). `causal` hides later steps from
+    each step, and `window` the steps `window` or more back; `kv` key/value heads each serve heads/kv
+    query heads in a row; `rope` (the base theta, 0 for none) turns queries and keys by their positions;
+    `dropout` acts on the attention weights in training. `source` (the width of another sequence, forward's second tensor) makes it
     cross-attention: keys and values from that sequence; `masked`: forward's last tensor is a padding
     mask (N, S), 1 for a key to keep and 0 for padding, whose scores become the lowest float."""
 
     def __init__(self, dim: int, heads: int, causal: bool = False, bias: bool = True, dropout: float = 0.0,
                  kv: int | None = None, rope: float = 0.0, window: int | None = None, source: int | None = None,
-                 masked: bool = False):
+                 masked: bool = False, keybias: bool = True):
         super().__init__()
         self.heads, self.causal, self.dropout = heads, causal, dropout
         self.kv, self.rope, self.window = kv or heads, rope, window
@@ -111,7 +111,8 @@ class SelfAttention(nn.Module):
         for p, size in sizes.items():
             shape = (size, dim) if p in "qo" or source is None else (size, source)
             self.register_parameter("W" + p, nn.Parameter(nn.init.xavier_uniform_(torch.empty(shape))))
-            self.register_parameter("b" + p, nn.Parameter(torch.zeros(shape[0])) if bias else None)
+            has = bias and (keybias or p != "k")
+            self.register_parameter("b" + p, nn.Parameter(torch.zeros(shape[0])) if has else None)
 
     def forward(self, x, *read):
         n, t, d = x.shape
@@ -159,8 +160,9 @@ class WindowAttention(SelfAttention):
     itself, its scores plus the relative position bias B ((2wh-1)(2ww-1), heads) read at each pair's
     offset and, with a shift, -100 between tokens of different regions of the rolled grid."""
 
-    def __init__(self, dim: int, heads: int, grid, window, shift=(0, 0), bias: bool = True, dropout: float = 0.0):
-        super().__init__(dim, heads, bias=bias, dropout=dropout)
+    def __init__(self, dim: int, heads: int, grid, window, shift=(0, 0), bias: bool = True, dropout: float = 0.0,
+                 keybias: bool = True):
+        super().__init__(dim, heads, bias=bias, dropout=dropout, keybias=keybias)
         (h, w), (wh, ww), (sh, sw) = grid, window, shift
         self.tokens = wh * ww
         self.B = nn.Parameter(nn.init.trunc_normal_(torch.empty((2 * wh - 1) * (2 * ww - 1), heads), std=0.02))

@@ -46,6 +46,7 @@ def full_window(net: Network):
 @pytest.mark.parametrize("spec", [
     GPT.format(t=16),
     "input seq 16 -> embed 16 vocab=11 -> attention 2 causal bias=off -> fc 11",
+    "input seq 16 -> embed 16 vocab=11 -> attention 2 causal keybias=off -> fc 11",  # Whisper's keys
     "input seq 16 -> embed 12 vocab=11 -> lstm 8 sequences -> gru 8 sequences -> rnn 6 sequences -> fc 11 softmax",
     "input seq 16 -> embed 12 vocab=11 -> concat( fc 6 relu | attention 3 causal ) -> layernorm -> fc 11",
     # Llama's parts: rmsnorm, the SwiGLU product, and a mixture whose router reads each step alone

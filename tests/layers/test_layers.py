@@ -795,6 +795,22 @@ def test_attention_counts():
     assert figures(causal) == ((10, 16), 1_088, 0, 13_440, 29_120) and causal.node.attrs["dropout"] == 0.1
 
 
+def test_attention_without_the_keys_bias():
+    # Whisper's k_proj has no bias: q·bk is one constant added to every score of a query, which softmax
+    # ignores. D = 16, T = 10: 4*256 + 3*16 = 1,072 params (16 fewer than with every bias), same MACs,
+    # and T*D = 160 fewer bias adds: 29,120 - 160 = 28,960 FLOPs.
+    s = last("input seq 10 of 16\nattention 4 keybias=off")
+    assert figures(s) == ((10, 16), 1_072, 0, 13_440, 28_960)
+    assert set(KINDS["attention"].params(s.node.attrs, [(10, 16)])) == {"Wq", "Wk", "Wv", "Wo", "bq", "bv", "bo"}
+    # with bias=off there is no key bias to drop: 1,024 params either way
+    assert figures(last("input seq 10 of 16\nattention 4 bias=off keybias=off"))[1] == 1_024
+    # cross-attention to S = 6 steps of E = 12: Wq, Wo 256 each, Wk, Wv 16*12 = 192 each, bq, bv, bo 48:
+    # 944 params. MACs 2*T*D^2 + 2*S*E*D + 2*T*S*D = 5,120 + 2,304 + 1,920 = 9,344; FLOPs 2*9,344 + 2*T*D
+    # (bq, bo) + S*D (bv alone) + 4*H*T*S = 18,688 + 320 + 96 + 960 = 20,064.
+    cross = "input seq 6 of 12 as src\ninput seq 10 of 16 as words\nattention 4 from=src keybias=off"
+    assert figures(last(cross)) == ((10, 16), 944, 0, 9_344, 20_064)
+
+
 def test_attention_gpt2_small_layer():
     # One GPT-2 small attention at T=1024, D=768: 4*768^2 + 4*768 = 2,362,368 params;
     # 1024*4*768^2 + 2*1024^2*768 = 2,415,919,104 + 1,610,612,736 = 4,026,531,840 MACs.

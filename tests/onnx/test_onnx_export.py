@@ -211,6 +211,8 @@ KIND_CASES.update({
     "attention, causal": "input seq 5 of 6 -> attention 2 causal",
     "attention without bias, one head, dropout (identity at inference)": "input seq 4 of 6 -> mha 1 bias=off dropout=0.2",
     "attention, grouped kv heads": "input seq 5 of 8 -> attention 4 kv=2",
+    "attention without the keys' bias (Whisper)": "input seq 5 of 8 -> attention 2 kv=1 keybias=off",
+    "attention without the keys' bias, windows": "input 4@4x6 -> tokens -> attention 2 window=2x3 keybias=off",
     "attention, multi-query": "input seq 5 of 8 -> attention 4 kv=1 causal bias=off",
     "attention, rope (RotaryEmbedding, opset 23)": "input seq 5 of 8 -> attention 2 rope",
     "attention, sliding window": "input seq 6 of 8 -> attention 2 causal window=2",

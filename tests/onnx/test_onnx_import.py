@@ -115,6 +115,9 @@ KIND_SPECS = {
     # kv heads, rope (its cos/sin tables below opset 23) and a window, as Llama and Mistral have them
     "llama attention": "input seq 6 of 16 -> attention 4 kv=2 rope=500000 causal window=3 bias=off -> layernorm "
                        "-> attention 2 kv=1 rope causal -> seqpool mean -> fc 3",
+    # Whisper's keys without a bias: read as keybias=off, not as a bias of zeros
+    "keys without bias": "input 4@4x4 -> tokens -> attention 2 window=2x2 keybias=off -> attention 2 keybias=off "
+                         "-> attention 2 kv=1 keybias=off -> seqpool mean -> fc 3",
     "patches": "input 3@8x8 -> conv 8@2x2/2 -> tokens -> clstoken -> posembed -> seqpool mean -> fc 4",
     "last step": "input seq 5 of 4 -> fc 6 relu -> seqpool last",
     # rmsnorm from its Mul/ReduceMean/Add/Sqrt/Div form (below 23) and RMSNormalization (23); silu from
@@ -171,6 +174,8 @@ def test_dlc_exports_import_back_to_the_same_outputs(tmp_path, name, opset):
             "--out", tmp_path / "y.npy")
     assert r.exit_code == 0, r.output
     assert relative_error(np.load(tmp_path / "y.npy"), onnxruntime_output(tmp_path / "m.onnx", x)) <= TOLERANCE
+    if name == "keys without bias":
+        assert spec.read_text().count("keybias=off") == 3, spec.read_text()
 
 
 # The padding and resampling layers of CycleGAN's and pix2pix's generators and of ESPCN, from each of PyTorch's

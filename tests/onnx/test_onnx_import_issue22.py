@@ -114,6 +114,11 @@ def test_whispers_encoder_with_its_conv_stem_and_fixed_positions(tmp_path, expor
     # the stem as Whisper's, read back as dlc writes it; the stored table is Whisper's sinusoids: fixed
     assert "conv 16@3 pad=1 gelu" in spec and "conv 16@3/2 pad=1 gelu" in spec and "tokens" in spec, spec
     assert "posembed fixed" in spec and spec.count("attention 2") == 2, spec
+    # k_proj has no bias: the key projection's bias is left out, not imported as zeros, so params match
+    assert spec.count("attention 2 keybias=off") == 2, spec
+    stored = np.load(tmp_path / "net.npz")
+    assert sum(stored[k].size for k in stored.files if k != "__dlc_meta__") == \
+        sum(p.numel() for p in net.parameters()) - net.embed_positions.weight.numel()
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

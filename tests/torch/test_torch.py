@@ -117,6 +117,8 @@ patchmerge -> layernorm -> fc 16 bias=off             # 4x4 of 16
 add( layernorm -> attention 4 window=2x2 shift=1 bias=off | identity )
 layernorm -> seqpool -> fc 3
 """
+# Whisper's key projection without a bias, on plain and windowed attention
+KEYBIAS = "input 4@4x4 -> tokens -> fc 8 -> attention 2 keybias=off -> attention 2 window=2x2 keybias=off -> seqpool -> fc 3"
 # issue 22: BERT's table read at fewer steps, Whisper's sinusoids
 POSITIONS = "input seq 6 of 8 -> posembed 10 -> posembed fixed -> attention 2 -> seqpool -> fc 3"
 # issue 21: tokens and back to an image (Stable Diffusion's spatial transformer), a grid written too
@@ -125,7 +127,7 @@ GROUPNORM = "input 6@5x5 -> conv 8@3x3 pad=1 -> groupnorm 4 eps=1e-6 silu -> con
 EXTRA = {"vision": VISION, "positions": POSITIONS, "groupnorm": GROUPNORM, "image": IMAGE, "signal": SIGNAL, "small_swin": SMALL_SWIN, "volume": VOLUME, "every_kind": EVERY_KIND, "merges": MERGES, "recurrent": RECURRENT, "tokens": TOKENS, "small_lm": SMALL_LM,
          "small_vit": SMALL_VIT, "sequence_options": SEQUENCE_OPTIONS,
          "llama_parts": LLAMA_PARTS, "squeeze_excite": SQUEEZE_EXCITE, "mixture": MIXTURE,
-         "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING}
+         "llama_attention": LLAMA_ATTENTION, "math": MATH, "resampling": RESAMPLING, "keybias": KEYBIAS}
 EXAMPLES = {"lenet5_example": LENET5, "alexnet_example": ALEXNET, "vgg16_example": VGG16, "resnet50_example": RESNET50,
             "inception_example": INCEPTION, "mobilenet_example": MOBILENET, "unet_example": UNET,
             "lstm_text_example": LSTM_TEXT, "xor_example": XOR}
@@ -304,11 +306,24 @@ def test_attention_options_give_the_numpy_kernels_gradients():
 
 
 def test_swin_windows_and_patchmerge_give_the_numpy_engines_outputs_and_gradients():
-    # the generated WindowAttention (gathered windows, bias table, shifted mask) and patchmerge against
-    # the NumPy engine, float64: the network's output and every parameter's gradient
+    # the generated WindowAttention (gathered windows, bias table, shifted mask) and patchmerge
+    grads, theirs = assert_same_outputs_and_gradients("small_swin")
+    assert {"attention1.B", "attention2.B", "attention3.B"} <= set(grads) <= set(theirs)
+
+
+def test_attention_without_the_keys_bias_gives_the_numpy_engines_outputs_and_gradients():
+    # keybias=off: SelfAttention and WindowAttention hold no bk, as the NumPy engine and `dlc params`
+    grads, theirs = assert_same_outputs_and_gradients("keybias")
+    assert {"attention1.bq", "attention2.bv"} <= set(grads) <= set(theirs)
+    assert not any(name.endswith(".bk") for name in theirs)
+
+
+def assert_same_outputs_and_gradients(name: str) -> tuple[dict, dict]:
+    """The generated network against the NumPy engine, float64: the network's output and every
+    parameter's gradient; the engine's gradients and the torch network's DLC_TENSORS by dlc name."""
     from dlc.engine.run import backward, forward
 
-    graph = graph_of("small_swin")
+    graph = graph_of(name)
     params, state = random_weights(graph)
     x = sample(graph, n=2)
     out, tape = forward(Network(graph, params, state), x, keep=True)
@@ -320,13 +335,13 @@ def test_swin_windows_and_patchmerge_give_the_numpy_engines_outputs_and_gradient
     (y * torch.from_numpy(dy)).sum().backward()
     np.testing.assert_allclose(y.detach().numpy(), out, rtol=1e-10, atol=1e-12)
     theirs = {row[0]: row for row in net.DLC_TENSORS}
-    assert {"attention1.B", "attention2.B", "attention3.B"} <= set(grads) <= set(theirs)
     for full, g in grads.items():
-        node, name = full.rsplit(".", 1)
+        node, tensor = full.rsplit(".", 1)
         module = getattr(net, node.replace(".", "_"))
-        torch_name = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}.get(name, name)
+        torch_name = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}.get(tensor, tensor)
         np.testing.assert_allclose(getattr(module, torch_name).grad.numpy(), g, rtol=1e-8, atol=1e-10,
                                    err_msg=full)
+    return grads, theirs
 
 
 def test_attention_dropout_drops_weights_in_training_only_and_keeps_the_mean():

@@ -40,9 +40,9 @@ def test_whisper_tiny_encoder_macs_and_its_params_beside_whispers():
         params, macs = counted(torch_models.WhisperEncoder(), torch.zeros(1, 80, 3000))
     spec_params, spec_macs = totals("whisper_tiny_encoder")
     assert macs == spec_macs == 18_468_864_000
-    # torch's module holds the 1500x384 position table as a parameter (Hugging Face's embed_positions) and no
-    # key bias in 4 layers; dlc's sinusoids are computed, and its key bias is zero
-    assert params == spec_params + 1500 * 384 - 4 * 384
+    # torch's module holds the 1500x384 position table as a parameter (Hugging Face's embed_positions); dlc's
+    # sinusoids are computed. Without it, exactly: no key bias on either side (keybias=off)
+    assert params - 1500 * 384 == spec_params == 7_632_384
 
 
 def test_the_sd_block_counts_as_diffusers_layers():

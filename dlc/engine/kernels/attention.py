@@ -1,8 +1,9 @@
 """attention: multi-head self-attention, forward and backward side by side.
 
-Per head, with Q = x Wqᵀ + bq, K and V alike (each head a head_dim-wide slice of the features; with
-kv=N grouped heads, K and V have N heads, each read by heads/N consecutive query heads; with rope,
-Q and K turned by their positions, rotate-half as Hugging Face Llama):
+Per head, with Q = x Wqᵀ + bq, K and V alike (K without bk with keybias=off; each head a
+head_dim-wide slice of the features; with kv=N grouped heads, K and V have N heads, each read by
+heads/N consecutive query heads; with rope, Q and K turned by their positions, rotate-half as
+Hugging Face Llama):
 A = softmax(Q Kᵀ / sqrt(head_dim)), the causal mask (and window) setting hidden scores to -inf before
 the softmax;
 in training, inverted dropout on A; O = A V, the heads joined back along the features; y = O Woᵀ + bo.
@@ -35,6 +36,18 @@ def _stacked(params, which: str = "qkv") -> np.ndarray:
     and input gradients of all three from one each. Stacked anew when needed, not kept: at GPT-2's size
     it is 7 MiB a layer."""
     return np.concatenate([params["W" + w] for w in which])
+
+
+def _stacked_bias(params, which: str = "qkv") -> np.ndarray:
+    """bq, bk and bv as one vector beside _stacked's matrix (bk and bv for cross-attention), zeros for
+    the key's when it has none (keybias=off)."""
+    return np.concatenate([params.get("b" + w, np.zeros(len(params["W" + w]), params["W" + w].dtype))
+                           for w in which])
+
+
+def _split_bias(params, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The gradients of the biases the layer has, from the stacked bias's: none for an absent key bias."""
+    return {b: g for b, g in grads.items() if b in params}
 
 
 # Where positions enter: the rotary tables and the mask are functions of the query and key positions,
@@ -183,12 +196,12 @@ def attend(attrs, params, xs, ctx, extra: np.ndarray | None = None):
         kvp = src_rows @ _stacked(params, "kv").T
         if bias:
             qp += params["bq"]
-            kvp += np.concatenate((params["bk"], params["bv"]))
+            kvp += _stacked_bias(params, "kv")
         qp, kvp = qp.reshape(n, t, d), kvp.reshape(n, s, 2 * kd)
     else:
         qkv = x_rows @ _stacked(params).T
         if bias:
-            qkv += np.concatenate((params["bq"], params["bk"], params["bv"]))
+            qkv += _stacked_bias(params)
         qkv = qkv.reshape(n, t, d + 2 * kd)
         qp, kvp = qkv[..., :d], qkv[..., d:]
     # (N, kv, group, T, head_dim) queries and (N, kv, 1, S, head_dim) keys and values: query head
@@ -269,7 +282,7 @@ def attend(attrs, params, xs, ctx, extra: np.ndarray | None = None):
             grads["Wk"], grads["Wv"] = dw[:kd], dw[kd:]
             if bias:
                 grads["bq"], db = g_q.sum(axis=0), g_kv.sum(axis=0)
-                grads["bk"], grads["bv"] = db[:kd], db[kd:]
+                grads.update(_split_bias(params, {"bk": db[:kd], "bv": db[kd:]}))
             return [(g_q @ params["Wq"]).reshape(n, t, d), (g_kv @ _stacked(params, "kv")).reshape(n, s, e),
                     *d_mask], grads, d_extra
         g = d_qkv.reshape(-1, d + 2 * kd)
@@ -277,7 +290,7 @@ def attend(attrs, params, xs, ctx, extra: np.ndarray | None = None):
         grads["Wq"], grads["Wk"], grads["Wv"] = dw[:d], dw[d:d + kd], dw[d + kd:]
         if bias:
             db = g.sum(axis=0)
-            grads["bq"], grads["bk"], grads["bv"] = db[:d], db[d:d + kd], db[d + kd:]
+            grads.update(_split_bias(params, {"bq": db[:d], "bk": db[d:d + kd], "bv": db[d + kd:]}))
         return [(g @ _stacked(params)).reshape(n, t, d), *d_mask], grads, d_extra
     return y.reshape(n, t, d), backward
 

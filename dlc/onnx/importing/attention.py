@@ -164,7 +164,7 @@ def attention_layer(r: Reader, n: onnx.NodeProto) -> Found | None:
     if "B" in settings:  # Swin's bias table, read off this layer's own constants
         tensors["B"] = settings.pop("B")
     computing = [m for m in region if any(o in r.live for o in m.output)]
-    return Found(SpecLayer("attention", [], str(heads), {**settings, "bias": "bo" in tensors}), computing, y,
+    return Found(SpecLayer("attention", [], str(heads), {**settings, **biases_written(tensors)}), computing, y,
                  tensors, n.name, reads=reads)
 
 
@@ -424,9 +424,9 @@ def attention_region(r: Reader, x: str, y: str, source: str) -> tuple[list[onnx.
 def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_proj: onnx.NodeProto,
                       d: int, heads: int, e: int) -> tuple[dict[str, np.ndarray], set[str]]:
     """Wq, Wo (D, D), Wk, Wv (kv·head_dim, D) and, if any projection has one, every bias (zeros where one
-    has none), with the names of the stored tensors they come from. A packed projection holds the parts it
-    feeds in the order queries, keys, values, as PyTorch's in_proj_weight does (the evaluation afterwards
-    checks that). Keys and values as wide as the queries are plain heads; narrower, grouped ones."""
+    has none, but no bk where the keys alone have none: keybias=off), with the names of the stored tensors
+    they come from. A packed projection holds the parts it feeds in the order queries, keys, values, as
+    PyTorch's in_proj_weight does (the evaluation afterwards checks that). Keys and values as wide as the queries are plain heads; narrower, grouped ones."""
     roles = {"queries": "q", "keys": "k", "values": "v"}
     tensors: dict[str, np.ndarray] = {}
     stored: set[str] = set()
@@ -462,8 +462,15 @@ def attention_weights(r: Reader, projections: dict[str, onnx.NodeProto], out_pro
     if "b" in out:
         tensors["bo"] = out["b"]
     if any(k.startswith("b") for k in tensors):
-        tensors.update({"b" + w: tensors.get("b" + w, np.zeros(len(tensors["W" + w]), np.float32)) for w in "qkvo"})
+        # a missing key bias is keybias=off (Whisper's k_proj); any other missing one a bias of zeros
+        tensors.update({"b" + w: tensors.get("b" + w, np.zeros(len(tensors["W" + w]), np.float32))
+                        for w in ("qkvo" if "bk" in tensors else "qvo")})
     return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, stored
+
+
+def biases_written(tensors: dict[str, np.ndarray]) -> dict[str, bool]:
+    """attention's bias options for the tensors attention_weights gives."""
+    return {"bias": "bo" in tensors, "keybias": "bo" not in tensors or "bk" in tensors}
 
 
 def layout_key(r: Reader, nodes: list[onnx.NodeProto], x: str, stored: set[str]) -> tuple:
@@ -533,7 +540,7 @@ def attention_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[
     errors = []
     kind = KINDS["attention"]
     for setting in settings:
-        written = {**kind.default_attrs(), **setting, **reads, "heads": heads, "bias": "bo" in tensors}
+        written = {**kind.default_attrs(), **setting, **reads, "heads": heads, **biases_written(tensors)}
         try:
             _, attrs = kind.resolve(written, [(t, d), *(a.shape[1:] for a in read)])
         except ShapeError:  # causal or rope with from=: not a setting cross-attention has
@@ -594,7 +601,7 @@ def windows_checked(r: Reader, region: list[onnx.NodeProto], shape_only: list[st
         if table is None:
             continue
         for shift in range(min(window)):
-            written = {**kind.default_attrs(), "heads": heads, "bias": "bo" in tensors, "window": window,
+            written = {**kind.default_attrs(), "heads": heads, **biases_written(tensors), "window": window,
                        "shift": shift}
             _, attrs = kind.resolve(written, [Grid((h, w), d)])
             if shift and not any(attrs["shift"]):

@@ -187,7 +187,7 @@ def test_every_kind_is_classified_for_the_step_by_step_decoder():
     full_window_kinds = {"conv", "dwconv", "upconv", "avgpool", "maxpool", "gap", "gmp", "bn", "lrn", "upsample",
                          "flatten", "tokens", "clstoken", "seqpool", "concat", "input",
                          "pad", "instancenorm", "pixelshuffle", "tile", "slice", "reshape",  # issue 28's kinds
-                         "patchmerge",  # Swin's: it joins neighbouring tokens of a grid
+                         "patchmerge", "image",  # Swin's: it joins neighbouring tokens of a grid; image lays them out
                          "groupnorm"}  # issue 22: images and signals, not a sequence's steps
     unclassified = set(KINDS) - POSITIONWISE - STEP_KERNELS - full_window_kinds
     assert not unclassified, f"say whether {sorted(unclassified)} run step by step (dlc/engine/decode.py)"

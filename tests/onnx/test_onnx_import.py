@@ -145,7 +145,7 @@ KIND_SPECS = {
     "swin": "input 3@16x16 -> conv 8@2x2/2 -> tokens -> layernorm -> attention 2 window=4x4 shift=2 -> patchmerge "
             "-> layernorm -> fc 16 bias=off -> attention 2 window=4x4 bias=off -> seqpool -> fc 3",
     # tokens and back to an image (Stable Diffusion's spatial transformer), then a grid written
-    "image": "input 4@4x6 -> conv 6@1x1 -> tokens -> layernorm -> attention 2 -> fc 6 -> image -> conv 4@3x3 "
+    "back_to_an_image": "input 4@4x6 -> conv 6@1x1 -> tokens -> layernorm -> attention 2 -> fc 6 -> image -> conv 4@3x3 "
              "-> tokens -> image 2x4 -> gap -> fc 3",
 }
 

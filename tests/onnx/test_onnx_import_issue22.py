@@ -234,8 +234,8 @@ def test_the_whole_sd_block_with_its_time_embedding_and_text(tmp_path, exporter)
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_the_sd_block_at_full_size_imports_with_the_zoos_counts(tmp_path, exporter):
     # SD 1.5's down_blocks.0 block on a 64x64 latent: specs/sd_block.dlc's 26,915,880,960 MACs, and its
-    # 4,801,280 params but for to_q, to_k and to_v's biases: diffusers has none, the import writes each
-    # attention with its four projections' biases (zeros there), 2 attentions x 3 x 320 more than the zoo's
+    # 4,801,280 params but for to_q and to_v's biases: diffusers has none of q, k and v's; the import drops
+    # the key's (keybias=off) and writes the other two as zeros, 2 attentions x 2 x 320 more than the zoo's
     # `attention 8 bias=off -> shift channels`
     from dlc.analysis import analyse
 
@@ -245,7 +245,7 @@ def test_the_sd_block_at_full_size_imports_with_the_zoos_counts(tmp_path, export
                         input_names=["latent", "temb", "text"], output_names=["y"])
     spec, _ = imported(tmp_path, tmp_path / "sd.onnx")
     totals = analyse(compile_spec(spec.read_text())).totals
-    assert (totals.params, totals.macs) == (4_801_280 + 2 * 3 * 320, 26_915_880_960)
+    assert (totals.params, totals.macs) == (4_801_280 + 2 * 2 * 320, 26_915_880_960)
     assert "| fc 1280 gelu" in spec.read_text(), spec.read_text()
 
 

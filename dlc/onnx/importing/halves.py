@@ -32,12 +32,13 @@ def split_halves(model: onnx.ModelProto, path: str, shapes: dict | None = None) 
     load_external_data_for_model(model, str(Path(path).parent))  # held whole, as layout.channels_first does
     values = infer(skeleton(model, input_shapes(model, shapes or {}), 1, path))
     known = shape_values(model, values)
+    s = Stretches(model, path)
     for n in list(model.graph.node):
-        s = Stretches(model, path)  # afresh: the rewrite before changed the nodes it maps
         found = projection(s, n)
         cut = found and halves(s, *found[1:], values, known)
         if cut:
             rewrite(s, n, *found, cut)
+            s = Stretches(model, path)  # afresh: the rewrite changed the nodes it maps
     return model
 
 

@@ -87,16 +87,18 @@ class Stretches:
 def channels_first(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
     """The model (read from `path`) with each channels-last stretch after a LayerNorm rewritten channels
     first; the model itself when it has none."""
-    if not any(Stretches(model, path).region(back) for back in transposes_back(model)):
+    s = Stretches(model, path)
+    if not any(s.region(back) for back in transposes_back(model)):
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
     # the rewritten model is no longer the file beside its external data (dynamo's .onnx.data): held whole
     load_external_data_for_model(model, str(Path(path).parent))
+    s = Stretches(model, path)
     for back in transposes_back(model):
-        s = Stretches(model, path)  # afresh: the rewrite before changed the nodes it maps
         found = s.region(back)
         if found is not None:
             rewrite(s, back, *found)
+            s = Stretches(model, path)  # afresh: the rewrite changed the nodes it maps
     return model
 
 

@@ -22,7 +22,7 @@ from dlc.onnx.importing.halves import split_halves
 from dlc.onnx.importing.layout import channels_first
 from dlc.onnx.importing.quantized import float_twin
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, Refused, node_error
-from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, unbatched_inputs, validate
+from dlc.onnx.model import check_weights, from_model, input_shapes, read_model, validate
 
 
 def input_size(r: Reader, name: str) -> str:
@@ -78,7 +78,7 @@ def read_layers(r: Reader) -> tuple[list[Found], dict[str, int]]:
     label the spec gives it (the model's order)."""
     g = r.g
     names = input_labels(g.inputs) if len(g.inputs) > 1 else [""]
-    shared = unbatched_inputs(g.model)
+    shared = r.shared
     sizes = [shared_size(r, x, shared[x]) if x in shared else input_size(r, x) for x in g.inputs]
     layers = [Found(SpecLayer("input", [], size, label=label), [], x) for x, size, label in zip(g.inputs, sizes, names)]
     producer = {x: i for i, x in enumerate(g.inputs)}

@@ -7,7 +7,7 @@ import onnx
 from dlc.layers.merge import broadcast_shape
 from dlc.layers.spatial import show
 from dlc.onnx.importing.reader import Found, NotImportable, Reader, one, other_input
-from dlc.onnx.model import attributes, unbatched_inputs
+from dlc.onnx.model import attributes
 
 
 def import_add(r: Reader, n: onnx.NodeProto) -> Found | None:
@@ -23,8 +23,7 @@ def import_mul(r: Reader, n: onnx.NodeProto) -> Found | None:
     if len(set(n.input)) != len(n.input) or not all(i in r.live for i in n.input):
         return None
     out = r.shape(n.output[0])
-    shared = unbatched_inputs(r.g.model)  # broadcast over the batch whole, as the compiler checks
-    batched = [i for i in n.input if i not in shared]
+    batched = [i for i in n.input if i not in r.shared]  # a shared input broadcasts whole, as the compiler checks
     shapes = [r.shape(i) for i in batched]
     if broadcast_shape(shapes) == out:  # equal ranks, size-1 axes repeated (squeeze-and-excite's C@1x1)
         return one("mul", n)

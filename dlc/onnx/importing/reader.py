@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from dlc.decompile import SpecLayer
 from dlc.onnx.analysis import live_tensors
-from dlc.onnx.model import OnnxGraph, attributes, stored_value
+from dlc.onnx.model import OnnxGraph, attributes, stored_value, unbatched_inputs
 
 
 class NotImportable(Exception):
@@ -56,6 +56,12 @@ class Reader:
             self.producer.update((o, n) for o in n.output if o)
             for t in n.input:
                 self.consumers.setdefault(t, []).append(n)
+
+    @cached_property
+    def shared(self) -> dict[str, list]:
+        """The model's inputs without a batch axis, by their declared dimensions (unbatched_inputs): asked
+        at every Mul the patterns meet, found once."""
+        return unbatched_inputs(self.g.model)
 
     @cached_property
     def grids(self) -> set[str]:

@@ -107,6 +107,20 @@ def load_graph(spec: str | None, expr: str | None):
 
 # --- flag values --------------------------------------------------------------------------------
 
+class Threads(click.ParamType):
+    """`auto` or a whole number of threads, at least 1."""
+
+    name = "threads"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text == "auto" or (text.isdigit() and int(text) >= 1):
+            return text
+        self.fail(f"{value!r} is neither auto nor a whole number of threads (1 or more)", param, ctx)
+
+
+THREADS = Threads()
+
 # numpy's generators take any whole number >= 0 as a seed and refuse a negative one with a traceback.
 SEED = click.IntRange(min=0)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dlc import choices
-from dlc.commands.arguments import NON_NEGATIVE, OUT_FLAGS, load_graph, spec_input
+from dlc.commands.arguments import NON_NEGATIVE, OUT_FLAGS, THREADS, load_graph, spec_input
 from dlc.commands.train_progress import Display
 from dlc.commands.train_resume import check_same_data, load_resume
 from dlc.commands.train_settings import (default_data, fresh_out, output_steps, output_width, resolve_config,
@@ -75,12 +75,16 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
               help="numpy: dlc's own; torch: PyTorch, on --device, and data-parallel under torchrun.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
+@click.option("--threads", type=THREADS, metavar="auto|N",
+              help="The NumPy engine's BLAS threads: auto follows the machine's load (as many as the cores other "
+                   "processes leave free; the last bits of some results can then differ from run to run), N fixes "
+                   "them. Default: OpenBLAS's own, one per core.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
               help="--engine torch: data-parallel in N processes on this machine, started by PyTorch's launcher "
                    "(as torchrun --standalone) once the command is checked.")
 def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val, balanced, n_train, n_val, n_test,
           flip, shift, noise, mixup, out, resume, weights, weights_partial, save_every, repeat, plot, quiet, as_json,
-          engine, device, nproc_per_node, **keys):
+          engine, device, nproc_per_node, threads, **keys):
     """Train SPEC on the NumPy engine or PyTorch; flags override the spec's `train` statement.
     `--resume DIR` continues a run from its folder, with no SPEC."""
     from dlc import plot as curves
@@ -89,6 +93,7 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
         raise DlcError("--plot draws with matplotlib, which is not installed: pip install 'dlc[plot]'")
 
     from dlc.engine.allocator import tune_allocator
+    from dlc.engine.threads import blas_threads
     from dlc.layers.dense import token_vocab
     from dlc.torch import launched, leave_process_group
     from dlc.torch.launch import launch_standalone, under_launcher
@@ -98,6 +103,9 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
     from dlc.train.sources import prepare, spec_inputs
 
     tune_allocator()
+    if threads is not None and engine != "numpy":
+        raise DlcError(f"--threads {threads} sets the NumPy engine's BLAS threads; PyTorch's are torch's own "
+                       f"(torch.set_num_threads, OMP_NUM_THREADS)")
     if nproc_per_node and engine != "torch":
         raise DlcError("--nproc-per-node trains data-parallel with PyTorch: add --engine torch")
     trainer_class = trainer_for(engine, device)
@@ -141,6 +149,7 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
                 held.enter_context(run_lock(d))
             if resume is None:
                 check_fresh_runs(root, folders, plot)
+        held.enter_context(blas_threads(threads))
         try:
             data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                         norm=norm, on_phase=display.phase, steps=output_steps(graph),

@@ -21,6 +21,7 @@ import numpy as np
 
 from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params
+from dlc.engine import threads
 from dlc.engine.run import freeze_point, frozen_params, loss_and_grads, predict
 from dlc.errors import DlcError
 from dlc.graph import Graph, Network
@@ -207,6 +208,7 @@ class NumpyTrainer:
         optim.step(self.opt, self.trained, self.grads, lr, self.decayed)
         for k, axes in self.norm_axes.items():
             maxnorm_(self.net.params[k], self.cfg.maxnorm, axes)
+        threads.tick()  # BLAS threads follow the machine's load, when the command started that
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return predict(self.net, x, batch=256)

@@ -43,6 +43,9 @@ def model(tmp_path_factory):
     (("shapes", "-e", CLASSIFIER, "--batch", 0), "Invalid value for '--batch': 0 is not in the range x>=1"),
     (("export", "-e", CLASSIFIER), "Missing option '-o'"),
     (("check", "-e", CLASSIFIER, "--bogus"), "No such option"),
+    (("train", "-e", CLASSIFIER, "--threads", 0), "'0' is neither auto nor a whole number of threads"),
+    (("train", "-e", CLASSIFIER, "--threads", "some"), "'some' is neither auto nor a whole number of threads"),
+    (("train", "-e", CLASSIFIER, "--threads", 2, "--engine", "torch"), "--threads 2 sets the NumPy engine's BLAS"),
 ])
 def test_flag_values_out_of_range_are_one_error_line_not_a_usage_block(args, said, model):
     r = run(*[str(a).format(model=model) for a in args])

@@ -341,3 +341,15 @@ def test_the_log_names_the_data_set_and_says_when_it_is_the_default(tmp_path):
     r = run(SPECS / "xor.dlc", "--data", "xor", "--epochs", "1", "--out", tmp_path / "x")
     assert r.exit_code == 0, r.output
     assert "data: xor: 4 train\n" in r.stderr and "default" not in r.stderr
+
+
+@pytest.mark.parametrize("threads", ["1", "auto"])
+def test_threads_leave_a_convnets_numbers_as_they_were(tmp_path, threads):
+    # --threads sets OpenBLAS's threads for the run (auto: as many as the load leaves free); a conv net's
+    # products split their outputs, not their sums, among threads, so its weights are the same bits
+    runs = {}
+    for name, extra in (("default", []), ("set", ["--threads", threads])):
+        r = run("-e", SMALL_CNN, *GLYPHS, "--epochs", "1", "--out", tmp_path / name, "-q", *extra)
+        assert r.exit_code == 0, r.output
+        runs[name] = load_checkpoint(tmp_path / name / "last.npz")[0]
+    assert all(np.array_equal(runs["default"][k], runs["set"][k]) for k in runs["default"])

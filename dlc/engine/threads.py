@@ -1,0 +1,159 @@
+"""The BLAS library's threads while dlc trains: `dlc train --threads auto` runs as many as the cores
+other processes leave free, `--threads N` a fixed count.
+
+numpy's OpenBLAS runs one thread per core, and its threads meet at every matrix product, spinning
+while they wait. When another process keeps a core busy, a thread that is not scheduled holds the
+others up: beside other work on this 2-core machine a LeNet-5 step at batch 64 took 46-71 ms with 2
+threads and 10-12 ms with 1 (PyTorch's OpenMP threads do the same: 55-175 ms against 9-16 ms). With
+`auto` a training run reads, every few seconds, how much CPU time the machine spent outside this
+process (/proc/stat, less the process's own time) and runs as many BLAS threads as there are cores
+left free: at least one, at most the library's own count.
+
+It is not the default because the count can change a result's last bits: OpenBLAS mostly splits a
+product's output among its threads, but not always the same way (a 64x784 by 784x30 product, the MLP's
+first layer at batch 64, rounds differently on 1 and 2 threads), and a run's numbers should not depend
+on what else the machine was doing. LeNet-5's and a transformer's gradients are the same bits on 1 and 2
+threads (tests/engine/test_threads.py). Nothing is done where numpy's BLAS is not OpenBLAS or there is
+no /proc/stat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from dlc.errors import DlcError
+
+CHECK_SECONDS = 2.0  # how often the machine's load is read: each read costs about 20 us
+SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+           "openblas_set_num_threads")
+GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads64_",
+           "openblas_get_num_threads")
+
+
+@dataclass
+class Openblas:
+    """numpy's OpenBLAS, found among the libraries this process has loaded."""
+
+    set_threads: Callable[[int], None]
+    get_threads: Callable[[], int]
+
+
+def find_openblas() -> Openblas | None:
+    """The OpenBLAS numpy loaded (numpy must be imported), or None: another BLAS, or no /proc/self/maps."""
+    import numpy  # noqa: F401  (its BLAS is loaded with it)
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", f.read())))
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        setter = next((getattr(lib, s) for s in SETTERS if hasattr(lib, s)), None)
+        getter = next((getattr(lib, s) for s in GETTERS if hasattr(lib, s)), None)
+        if setter is not None and getter is not None:
+            setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
+            return Openblas(setter, getter)
+    return None
+
+
+def busy_seconds(stat: str, tick: float) -> float:
+    """CPU seconds every core of the machine has spent working, from /proc/stat's text: its first line's
+    user, nice, system, irq, softirq and steal (time the hypervisor gave to other machines is no free core)."""
+    fields = stat.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError("not /proc/stat")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in (fields[1:9] + ["0"] * 8)[:8])
+    return (user + nice + system + irq + softirq + steal) * tick
+
+
+def threads_for(cores: int, others: float, most: int) -> int:
+    """BLAS threads for a machine of `cores` where other processes keep `others` cores busy: the cores
+    left free, rounded to the nearest, at least 1 and at most `most`."""
+    return max(1, min(most, int(cores - others + 0.5)))
+
+
+@dataclass
+class Governor:
+    """Follows the machine's load: `tick()` after each training step, which reads the load every
+    CHECK_SECONDS and sets the thread count when it should change."""
+
+    blas: Openblas
+    cores: int
+    most: int  # the library's own count at the start
+    threads: int
+    tick_seconds: float  # one /proc/stat jiffy
+    since: tuple[float, float, float]  # (wall, machine's busy seconds, this process's CPU seconds)
+
+    def sample(self) -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                busy = busy_seconds(f.read(), self.tick_seconds)
+        except (OSError, ValueError):
+            return None
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def tick(self) -> None:
+        if time.monotonic() - self.since[0] < CHECK_SECONDS:
+            return
+        now = self.sample()
+        if now is None:
+            return
+        (wall0, busy0, own0), (wall1, busy1, own1) = self.since, now
+        self.since = now
+        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9)
+        want = threads_for(self.cores, others, self.most)
+        if want != self.threads:
+            self.blas.set_threads(want)
+            self.threads = want
+
+
+ACTIVE: list[Governor] = []  # the governor `--threads auto` started, while its run lasts
+
+
+@contextlib.contextmanager
+def blas_threads(count: str | None) -> Iterator[Governor | None]:
+    """`--threads` for the length of a run: None leaves the library's count; "auto" follows the machine's
+    load (yields the governor; None where there is no /proc/stat); a whole number fixes the count. The
+    library's own count is back afterwards. DlcError where numpy's BLAS is not OpenBLAS, whose threads
+    dlc cannot set."""
+    if count is None:
+        yield None
+        return
+    blas = find_openblas()
+    if blas is None:
+        raise DlcError(f"--threads {count}: numpy's BLAS here is not OpenBLAS, whose threads dlc sets; "
+                       f"set your BLAS library's own thread variable instead")
+    most = blas.get_threads()
+    governor = None
+    if count == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        governor = Governor(blas, cores, most, most, 1 / os.sysconf("SC_CLK_TCK"), (0.0, 0.0, 0.0))
+        first = governor.sample()
+        governor = None if first is None else governor
+        if governor is not None:
+            governor.since = first
+            ACTIVE.append(governor)
+    else:
+        blas.set_threads(int(count))
+    try:
+        yield governor
+    finally:
+        ACTIVE.clear()
+        blas.set_threads(most)
+
+
+def tick() -> None:
+    """After a training step: let the governor, if `--threads auto` started one, look at the load."""
+    if ACTIVE:
+        ACTIVE[0].tick()

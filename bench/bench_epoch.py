@@ -1,6 +1,6 @@
 """Issue 24: training speed as a user times it, from outside, whole processes against whole processes.
 
-Run: python bench/bench_epoch.py [--rounds 3] [--only NAME ...] [--dlc OTHER_CHECKOUT] [--busy 1]
+Run: python bench/bench_epoch.py [--rounds 3] [--only NAME ...] [--dlc OTHER_CHECKOUT] [--busy 1] [--threads auto]
      [--data ../shared/data/mnist.pkl.gz] [--images N] [--json FILE]
 
 Each target is timed as `dlc train ... --epochs 1` and `--epochs 2`, two whole processes; the
@@ -16,7 +16,8 @@ user's script would.
 --dlc PATH times a second checkout of dlc beside this one (its package imported from PATH, with
 this Python), so one run gives the before/after table: `git worktree add /tmp/dlc-base base4` then
 `--dlc /tmp/dlc-base`. --busy N starts N CPU-bound processes for the whole run (the under-load
-column: compare with a run without it).
+column: compare with a run without it). --threads VALUE adds `dlc train --threads VALUE` as a contender
+(`--busy 1 --threads auto`: what following the load gives beside a busy process).
 
 Targets (ratio = reference seconds per epoch / dlc's, higher is better):
   lenet_relu    the issue's LeNet-5 (relu, maxpool) on 1@28x28, momentum 0.01, batch 64   >= 1.1x PyTorch
@@ -108,7 +109,7 @@ def make_text(path: Path, chars: int) -> None:
     path.write_text("".join(text)[:chars], encoding="utf-8")
 
 
-def contenders(target: str, data: Path, tmp: Path, before: Path | None) -> list[Contender]:
+def contenders(target: str, data: Path, tmp: Path, before: Path | None, threads: str | None) -> list[Contender]:
     args, _, _, ref = TARGETS[target]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     dlc = [sys.executable, "-m", "dlc", "train", *args, "--data", str(data), "--json"]
@@ -116,6 +117,8 @@ def contenders(target: str, data: Path, tmp: Path, before: Path | None) -> list[
                                                        "--data", str(data)], env)]
     if before is not None:  # the other checkout's package comes first on the path
         out.append(Contender("before", dlc, dict(env, PYTHONPATH=str(before))))
+    if threads is not None:  # the same dlc with `dlc train --threads`
+        out.append(Contender(f"threads_{threads}", [*dlc, "--threads", threads], env))
     return out
 
 
@@ -133,8 +136,9 @@ def run(c: Contender, epochs: int, tmp: Path) -> tuple[float, dict]:
     return seconds, {"val": doc.get("val_accuracy", doc.get("val")), "test": doc.get("test_accuracy", doc.get("test"))}
 
 
-def time_target(target: str, data: Path, tmp: Path, before: Path | None, rounds: int) -> list[Contender]:
-    cs = contenders(target, data, tmp, before)
+def time_target(target: str, data: Path, tmp: Path, before: Path | None, threads: str | None,
+                rounds: int) -> list[Contender]:
+    cs = contenders(target, data, tmp, before, threads)
     for r in range(rounds):
         for c in cs[r % len(cs):] + cs[:r % len(cs)]:
             one, _ = run(c, 1, tmp)
@@ -160,8 +164,8 @@ def report(target: str, cs: list[Contender]) -> dict:
         rs = ratios(cs, mine)
         row[f"{mine}_ratio"] = {"median": statistics.median(rs), "rounds": rs}
     mine = row["dlc_ratio"]["median"]
-    before = f"   before {row['before_ratio']['median']:5.2f}x ({row['before']['seconds_per_epoch']:6.2f} s)" \
-        if "before" in row else ""
+    before = "".join(f"   {c.name} {row[c.name + '_ratio']['median']:5.2f}x ({row[c.name]['seconds_per_epoch']:6.2f} s)"
+                     for c in cs[2:])
     acc = "  ".join(f"{c.name} val {c.scores['val']:.3f}" for c in cs if c.scores.get("val") is not None)
     print(f"{target:<13} {row['dlc']['seconds_per_epoch']:8.2f} s {row[ref]['seconds_per_epoch']:8.2f} s "
           f"{ref:<11} {mine:5.2f}x  >= {goal:.2g}x {'met' if mine >= goal else 'NOT MET':<8}"
@@ -176,6 +180,8 @@ def main():
     ap.add_argument("--only", action="append", choices=TARGETS, metavar="NAME",
                     help=f"time this target alone (repeatable): {', '.join(TARGETS)}")
     ap.add_argument("--dlc", type=Path, metavar="CHECKOUT", help="also time this checkout's dlc (before/after)")
+    ap.add_argument("--threads", metavar="auto|N", help="also time dlc train --threads VALUE (with --busy: "
+                    "does following the load pay)")
     ap.add_argument("--busy", type=int, default=0, metavar="N", help="CPU-bound processes beside the run")
     ap.add_argument("--images", type=int, default=0,
                     help="train on this many MNIST images (and a fifth as many scored) instead of all 50,000")
@@ -205,7 +211,7 @@ def main():
                   f"medians\n")
             print(f"{'target':<13} {'dlc':>10} {'reference':>10} {'':<11} {'ratio':>6}")
             for target in wanted:
-                cs = time_target(target, data[TARGETS[target][1]], tmp, args.dlc, args.rounds)
+                cs = time_target(target, data[TARGETS[target][1]], tmp, args.dlc, args.threads, args.rounds)
                 rows.append(report(target, cs))
     finally:
         for p in busy:

@@ -93,7 +93,7 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
         raise DlcError("--plot draws with matplotlib, which is not installed: pip install 'dlc[plot]'")
 
     from dlc.engine.allocator import tune_allocator
-    from dlc.engine.threads import blas_threads
+    from dlc.engine.threads import blas_threads, load_note
     from dlc.layers.dense import token_vocab
     from dlc.torch import launched, leave_process_group
     from dlc.torch.launch import launch_standalone, under_launcher
@@ -149,7 +149,7 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
                 held.enter_context(run_lock(d))
             if resume is None:
                 check_fresh_runs(root, folders, plot)
-        held.enter_context(blas_threads(threads))
+        load = held.enter_context(blas_threads(threads)) if engine == "numpy" else None
         try:
             data_arrays, norm = prepare(src, graph.input.out_shape, classes, tokens=graph.input.dtype.startswith("int"),
                                         norm=norm, on_phase=display.phase, steps=output_steps(graph),
@@ -188,6 +188,8 @@ def train(spec, expr, data, reshape, layout, resize, token_dtype, normalize, val
         leave_process_group()  # every collective is done; rank 0 only writes its summary from here
         if not writer:
             return
+        if (note := load_note(load)) is not None:
+            display.note(note)
         summary = docs[0] if len(docs) == 1 else aggregate(docs)
         if plot and any(d["epochs"] for d in docs):  # a run stopped in its first epoch has no curve yet
             summary["curves"] = str(curves.write_curves(root))

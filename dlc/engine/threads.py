@@ -84,8 +84,8 @@ def threads_for(cores: int, others: float, most: int) -> int:
 
 @dataclass
 class Governor:
-    """Follows the machine's load: `tick()` after each training step, which reads the load every
-    CHECK_SECONDS and sets the thread count when it should change."""
+    """Watches the machine's load, and follows it with `follow`: `tick()` after each training step reads
+    the load every CHECK_SECONDS and sets the thread count when it should change."""
 
     blas: Openblas
     cores: int
@@ -93,6 +93,8 @@ class Governor:
     threads: int
     tick_seconds: float  # one /proc/stat jiffy
     since: tuple[float, float, float]  # (wall, machine's busy seconds, this process's CPU seconds)
+    follow: bool = True  # False: only watch (the run's count is the library's own), for busiest
+    busiest: float = 0.0  # the most cores other processes kept busy over one check
 
     def sample(self) -> tuple[float, float, float] | None:
         try:
@@ -112,8 +114,9 @@ class Governor:
         (wall0, busy0, own0), (wall1, busy1, own1) = self.since, now
         self.since = now
         others = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9)
+        self.busiest = max(self.busiest, others)
         want = threads_for(self.cores, others, self.most)
-        if want != self.threads:
+        if self.follow and want != self.threads:
             self.blas.set_threads(want)
             self.threads = want
 
@@ -123,22 +126,24 @@ ACTIVE: list[Governor] = []  # the governor `--threads auto` started, while its 
 
 @contextlib.contextmanager
 def blas_threads(count: str | None) -> Iterator[Governor | None]:
-    """`--threads` for the length of a run: None leaves the library's count; "auto" follows the machine's
-    load (yields the governor; None where there is no /proc/stat); a whole number fixes the count. The
-    library's own count is back afterwards. DlcError where numpy's BLAS is not OpenBLAS, whose threads
-    dlc cannot set."""
-    if count is None:
-        yield None
-        return
+    """`--threads` for the length of a run: "auto" follows the machine's load, a whole number fixes the
+    count, None leaves the library's count and only watches the load (its `busiest` says whether `auto`
+    would have paid). Yields the governor, None for a fixed count or where there is no /proc/stat; the
+    library's own count is back afterwards. DlcError for a count where numpy's BLAS is not OpenBLAS,
+    whose threads dlc cannot set."""
     blas = find_openblas()
     if blas is None:
-        raise DlcError(f"--threads {count}: numpy's BLAS here is not OpenBLAS, whose threads dlc sets; "
-                       f"set your BLAS library's own thread variable instead")
+        if count is not None:
+            raise DlcError(f"--threads {count}: numpy's BLAS here is not OpenBLAS, whose threads dlc sets; "
+                           f"set your BLAS library's own thread variable instead")
+        yield None
+        return
     most = blas.get_threads()
     governor = None
-    if count == "auto":
+    if count is None or count == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        governor = Governor(blas, cores, most, most, 1 / os.sysconf("SC_CLK_TCK"), (0.0, 0.0, 0.0))
+        governor = Governor(blas, cores, most, most, 1 / os.sysconf("SC_CLK_TCK"), (0.0, 0.0, 0.0),
+                            follow=count == "auto")
         first = governor.sample()
         governor = None if first is None else governor
         if governor is not None:
@@ -153,7 +158,20 @@ def blas_threads(count: str | None) -> Iterator[Governor | None]:
         blas.set_threads(most)
 
 
+BUSY_NOTE = 0.5  # cores other processes kept busy from which a run on every core is told of --threads auto
+
+
+def load_note(governor: Governor | None) -> str | None:
+    """After a run on the library's own count: a line saying `--threads auto` would have paid, when other
+    processes kept a core or more of the run's busy at some check (None otherwise)."""
+    if governor is None or governor.follow or governor.most < 2 or governor.busiest < BUSY_NOTE:
+        return None
+    return (f"other processes kept {governor.busiest:.1f} of the {governor.cores} cores busy during training, "
+            f"and OpenBLAS's {governor.most} threads wait for each other at every matrix product: "
+            f"--threads auto runs as many as the load leaves free")
+
+
 def tick() -> None:
-    """After a training step: let the governor, if `--threads auto` started one, look at the load."""
+    """After a training step: let the governor of the run, if there is one, look at the load."""
     if ACTIVE:
         ACTIVE[0].tick()

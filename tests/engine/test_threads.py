@@ -96,8 +96,24 @@ def test_blas_threads_for_a_run_and_the_library_count_back_after():
     with threads.blas_threads("auto") as governor:
         assert threads.ACTIVE == [governor] and governor.threads == before
     assert threads.ACTIVE == [] and blas.get_threads() == before
-    with threads.blas_threads(None) as governor:
-        assert governor is None and blas.get_threads() == before
+    with threads.blas_threads(None) as governor:  # the library's count, the load only watched
+        assert threads.ACTIVE == [governor] and not governor.follow
+    assert threads.ACTIVE == [] and blas.get_threads() == before
+
+
+def test_a_watching_governor_keeps_the_count_and_says_what_auto_would_do(monkeypatch):
+    g, blas, clock = governor(monkeypatch, iter([(2.0, 4.0, 2.0)]))
+    g.follow = False
+    clock[0] = 2.0
+    g.tick()
+    assert (g.threads, blas.calls, g.busiest) == (2, [], 1.0)
+    assert threads.load_note(g) == ("other processes kept 1.0 of the 2 cores busy during training, and "
+                                    "OpenBLAS's 2 threads wait for each other at every matrix product: "
+                                    "--threads auto runs as many as the load leaves free")
+    g.busiest = 0.4  # a shell's trickle: nothing to say
+    assert threads.load_note(g) is None
+    g.busiest, g.follow = 1.0, True  # auto already followed it
+    assert threads.load_note(g) is None
 
 
 NETS = {

@@ -108,9 +108,10 @@ def test_a_small_encoder_learns_to_reverse(tmp_path):
 
 
 # The zoo's encoder itself on issue 24's benchmark setting, 20,000 sequences for 2 epochs, where PyTorch's
-# reference (nn.TransformerEncoderLayer, its default init) reaches 100%. With attention's projections
-# drawn He-scaled (√2 over Glorot's) dlc stayed on the plateau (22% test accuracy) until epoch 3; started
-# Glorot-uniform, as PyTorch's and Keras's attention, it reaches 100% in 2 too.
+# reference (nn.TransformerEncoderLayer, its default init) reaches 100% (seeds 0-4). With attention's
+# projections drawn He-scaled (√2 over Glorot's) dlc stayed on the plateau (22% test accuracy) until
+# epoch 3 (seeds 0, 2, 3, 4; seed 1 made it); started Glorot-uniform, as PyTorch's and Keras's attention,
+# seeds 0, 2, 3 and 4 reach 100% in 2 epochs (seed 1 at epoch 3). This is seed 0.
 @pytest.mark.slow
 def test_the_zoo_encoder_learns_to_reverse_in_two_epochs_as_pytorchs_does(tmp_path):
     spec = Path(__file__).resolve().parents[2] / "specs" / "transformer_reverse.dlc"

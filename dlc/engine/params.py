@@ -72,9 +72,9 @@ def initial_value(t: ParamTensor, init: str, rng: np.random.Generator, std: floa
         scale = std
     elif r.std is not None:
         scale = r.std
-    elif init == "he":
+    elif init == "he" and not r.glorot:
         scale = np.sqrt(2.0 / r.fans(t.node.attrs, t.shape)[0])
-    else:  # xavier
+    else:  # xavier, and he's glorot weights
         limit = np.sqrt(6.0 / sum(r.fans(t.node.attrs, t.shape)))
         return rng.uniform(-limit, limit, t.shape).astype(dtype, copy=False)
     w = rng.standard_normal(t.shape)

@@ -115,7 +115,9 @@ class Role:
 
     A tensor starts at `constant`, at the value of the node's option named `option` (layer scale's
     `init`), or is drawn at random: under he and xavier, at a fixed `std` (a table of embeddings) or
-    scaled by its `fans`; gaussian draws every random tensor at the std it is given.
+    scaled by its `fans`; gaussian draws every random tensor at the std it is given. A `glorot` weight
+    is drawn as xavier under he too: He's factor 2 makes up for a rectifier after the weight, and an
+    attention projection has none.
     Weight decay and L1 act on `decayed` tensors, and so does max-norm, over `maxnorm` axes (None:
     every axis but the first, the usual layout of one unit's incoming weights).
     """
@@ -127,6 +129,7 @@ class Role:
     decayed: bool = False
     maxnorm: tuple[int, ...] | None = None
     option: str | None = None
+    glorot: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -140,8 +143,8 @@ class Role:
         return attrs[self.option] if self.option is not None else self.constant
 
 
-def weight(fans: FansRule, maxnorm: tuple[int, ...] | None = None) -> Role:
-    return Role("weight", fans=fans, decayed=True, maxnorm=maxnorm)
+def weight(fans: FansRule, maxnorm: tuple[int, ...] | None = None, glorot: bool = False) -> Role:
+    return Role("weight", fans=fans, decayed=True, maxnorm=maxnorm, glorot=glorot)
 
 
 BIAS = Role("bias", constant=0.0)

@@ -333,6 +333,23 @@ def test_embedding_rows_have_unit_variance_and_recurrent_gates_their_own_fan_in(
     assert init_params(g, init="gaussian", std=0.5)[0]["embed1.W"].std() == pytest.approx(0.5, rel=0.02)
 
 
+def test_attention_projections_start_glorot_uniform_under_he_as_keras_and_pytorch():
+    # An attention projection has no rectifier after it, so no He factor of 2: Glorot & Bengio's
+    # uniform(±sqrt(6 / (fan_in + fan_out))) as Keras's MultiHeadAttention, under he and xavier alike.
+    # Wq of D = 256 is 256 x 256: limit sqrt(6/512) = 0.108, std limit/sqrt(3) = 0.0625 (He's: 0.088);
+    # with kv=2 of 8 heads of 32, Wk is 64 x 256: limit sqrt(6/320) = 0.137. The fc after it keeps He's.
+    g = compile_spec("input seq 10 -> embed 256 vocab=50 -> attention 8 kv=2 -> fc 100", file="a.dlc")
+    for init in ("he", "xavier"):
+        params, _ = init_params(g, init=init, dtype=np.float64)
+        for w, limit in (("Wq", np.sqrt(6 / 512)), ("Wo", np.sqrt(6 / 512)), ("Wk", np.sqrt(6 / 320))):
+            W = params[f"attention1.{w}"]
+            assert np.abs(W).max() <= limit and np.abs(W).max() > 0.99 * limit, (init, w)
+            assert W.std() == pytest.approx(limit / np.sqrt(3), rel=0.03), (init, w)
+        assert not params["attention1.bq"].any()
+    assert init_params(g, init="he", dtype=np.float64)[0]["fc1.W"].std() == pytest.approx(np.sqrt(2 / 256), rel=0.03)
+    assert init_params(g, init="gaussian", std=0.5)[0]["attention1.Wq"].std() == pytest.approx(0.5, rel=0.02)
+
+
 def test_xavier_and_gaussian_init():
     g = build((300,), ("fc", "fc", {"units": 200}))
     w = init_params(g, init="xavier")[0]["fc.W"]

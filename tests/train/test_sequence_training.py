@@ -4,6 +4,7 @@ per-step accuracy, and the small encoder of the zoo learning to reverse."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,21 @@ def test_a_small_encoder_learns_to_reverse(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["epochs"] == 6 and doc["test_accuracy"] >= 0.98, doc
+
+
+# The zoo's encoder itself on issue 24's benchmark setting, 20,000 sequences for 2 epochs, where PyTorch's
+# reference (nn.TransformerEncoderLayer, its default init) reaches 100% (seeds 0-4). With attention's
+# projections drawn He-scaled (√2 over Glorot's) dlc stayed on the plateau (22% test accuracy) until
+# epoch 3 (seeds 0, 2, 3, 4; seed 1 made it); started Glorot-uniform, as PyTorch's and Keras's attention,
+# seeds 0, 2, 3 and 4 reach 100% in 2 epochs (seed 1 at epoch 3). This is seed 0.
+@pytest.mark.slow
+def test_the_zoo_encoder_learns_to_reverse_in_two_epochs_as_pytorchs_does(tmp_path):
+    spec = Path(__file__).resolve().parents[2] / "specs" / "transformer_reverse.dlc"
+    r = CliRunner().invoke(main, ["train", str(spec), "--data", "reverse", "--n-train", "20000", "--n-val", "0",
+                                  "--n-test", "1000", "--epochs", "2", "--out", str(tmp_path / "rev"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["epochs"] == 2 and doc["test_accuracy"] >= 0.98, doc
 
 
 def test_a_tagging_file_gives_a_label_per_step(tmp_path):

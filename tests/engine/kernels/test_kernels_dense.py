@@ -610,9 +610,26 @@ def test_float32_normal_cdf_is_within_float32_rounding_of_the_math_module():
     # float32 takes Abramowitz & Stegun 7.1.26 (error <= 1.5e-7) in place of Cody's float64 erfc
     x = np.linspace(-12, 12, 4801)
     ref = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
-    got = normal_cdf(x.astype(np.float32))
-    assert got.dtype == np.float32
+    got, gauss = normal_cdf(x.astype(np.float32))
+    assert got.dtype == gauss.dtype == np.float32
     assert np.max(np.abs(got - ref)) < 3e-7
+    # the exponential A&S computes on the way, which gelu's backward reuses: exp(-x²/2), whose float32
+    # argument carries a rounding of x²/2 (1e-5 relative far out, 1e-7 absolute)
+    np.testing.assert_allclose(gauss, np.exp(-x * x / 2), rtol=0, atol=2e-7)
+
+
+def test_float32_gelu_gradient_is_within_float32_rounding_of_the_float64_one():
+    # float32 backward reuses the forward's exp(-x²/2); float64 computes its own: both are
+    # dy * (Phi(x) + x exp(-x²/2) / sqrt(2 pi)), from the math module here
+    x = np.linspace(-12, 12, 4801).reshape(1, -1)
+    dy = np.random.default_rng(7).standard_normal(x.shape)
+    ref = dy * np.array([[0.5 * math.erfc(-v / math.sqrt(2)) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+                          for v in x[0]]])
+    attrs, _, _ = resolve("gelu", [(x.shape[1],)])
+    _, backward = KERNELS["gelu"](attrs, {}, {}, [x.astype(np.float32)], Ctx(True, np.random.default_rng(0)))
+    got = backward(dy.astype(np.float32))[0][0]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=4e-7 * np.abs(dy).max())
 
 
 # ---- the kinds of today's vision networks (issue 21) ----

@@ -244,6 +244,26 @@ def test_weight_gradient_by_einsum(c_in, c_out):
     np.testing.assert_allclose(grads["W"], want, rtol=1e-10)
 
 
+def test_1x1_conv_reads_its_input_as_columns_without_a_copy():
+    # A pointwise conv (MobileNet, EfficientNet) is one matrix product over the image itself: its
+    # columns are a view of the batch-innermost input, and its input gradient W.T @ dy is not copied
+    # again by col2im; the values are the per-pixel product written out by einsum.
+    rng = np.random.default_rng(4)
+    _, a, shapes = node("conv", (3, 5, 4), **conv_opts(6, kernel=(1, 1), bias=False))
+    x, p = chwn_view(rng.standard_normal((2, 3, 5, 4))), random_arrays(shapes, rng)
+    xp = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+    assert np.shares_memory(im2col.im2col(xp, (1, 1), (1, 1), (1, 1), (5, 4)), xp)
+    dcols = rng.standard_normal((3, 1, 1, 5, 4, 2))
+    assert np.shares_memory(im2col.col2im(dcols, (5, 4), (1, 1), (1, 1)), dcols)
+    y, backward = run("conv", a, x, p, training=True)
+    w = p["W"][:, :, 0, 0]
+    np.testing.assert_allclose(y, np.einsum("oc,nchw->nohw", w, x), rtol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    (dx,), grads = backward(dy)
+    np.testing.assert_allclose(dx, np.einsum("oc,nohw->nchw", w, dy), rtol=1e-12)
+    np.testing.assert_allclose(grads["W"][:, :, 0, 0], np.einsum("nohw,nchw->oc", dy, x), rtol=1e-12)
+
+
 @ids("kind,case,in_shape,opts", [CONV_CASES[1], CONV_CASES[4], CONV_CASES[5], CONV_CASES[11]]
      + [("dwconv", "depthwise-5-channels", (5, 6, 6), {"kernel": (3, 3), "stride": None, "pad": 1})]
      + [("upconv", *c) for c in UPCONV_CASES[2:6]], ids=lambda v: v if isinstance(v, str) else "")

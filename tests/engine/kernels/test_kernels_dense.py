@@ -530,6 +530,35 @@ def test_bn_training_normalises_with_the_batch_and_moves_the_running_averages(sh
     assert all(np.array_equal(state[k], frozen[k]) for k in state)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 2, 5), (2, 3, 4)])
+def test_bn_on_batch_innermost_memory_matches_the_c_ordered_batch(shape, training):
+    # Convs hand bn NCHW views of (C, H, W, N) memory, which bn reads as one (C, H*W*N) matrix (BLAS
+    # sums and dot products); a C-ordered batch takes the general (N, C, H*W) path, whose gradients
+    # test_bn_gradients checks by central differences. Both give the same outputs and gradients,
+    # and dy may arrive in either layout.
+    rng = np.random.default_rng(34)
+    attrs, _, _ = resolve("bn", [batchless(shape)])
+    x = 2 * rng.standard_normal(shape) + 1
+    dy = rng.standard_normal(shape)
+    params = {"gamma": 1 + 0.5 * rng.standard_normal(3), "beta": rng.standard_normal(3)}
+    state = {"mean": 0.3 * rng.standard_normal(3), "var": rng.uniform(0.5, 2, 3)}
+
+    def inner(a):
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 0, -1)), -1, 0)
+
+    y, backward = run("bn", attrs, params, [x], state={k: v.copy() for k, v in state.items()}, training=training)
+    (dx,), grads = backward(dy)
+    for x_in, dy_in in [(inner(x), inner(dy)), (inner(x), dy), (x, inner(dy))]:
+        y2, backward2 = run("bn", attrs, params, [x_in], state={k: v.copy() for k, v in state.items()},
+                            training=training)
+        (dx2,), grads2 = backward2(dy_in)
+        np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx2, dx, rtol=1e-10, atol=1e-12)
+        for k in grads:
+            np.testing.assert_allclose(grads2[k], grads[k], rtol=1e-12)
+
+
 def test_bn_training_step_holds_no_batch_sized_array_beyond_what_it_returns_and_keeps():
     # A float32 batch of 64 x 64@28x28 (12.8 MB, EfficientNet's first block): forward returns y and
     # keeps xhat for backward (2 batches at its peak); backward returns dx and holds dy * xhat for

@@ -269,7 +269,8 @@ def test_1x1_conv_reads_its_input_as_columns_without_a_copy():
      + [("upconv", *c) for c in UPCONV_CASES[2:6]], ids=lambda v: v if isinstance(v, str) else "")
 def test_bands_and_blocks_give_the_same_results(monkeypatch, kind, case, in_shape, opts):
     # Layers too large for COLS_BYTES go through in bands of rows, depthwise convs in blocks of
-    # channels; budgets of a row and of two channels (the last block short) must change nothing.
+    # channels; budgets of a row and of two channels' 3x3 columns (the last block short) must change
+    # nothing.
     rng = np.random.default_rng(12)
     _, a, shapes = node(kind, in_shape, **opts)
     x, p = rng.standard_normal((3, *in_shape)), random_arrays(shapes, rng)
@@ -277,7 +278,7 @@ def test_bands_and_blocks_give_the_same_results(monkeypatch, kind, case, in_shap
     dy = rng.standard_normal(y.shape)
     (dx,), grads = backward(dy)
     monkeypatch.setattr(im2col, "COLS_BYTES", 1)
-    monkeypatch.setattr(conv, "DEPTHWISE_BLOCK_BYTES", 2 * y.nbytes // in_shape[0])
+    monkeypatch.setattr(conv, "DEPTHWISE_BLOCK_BYTES", 2 * 9 * y.nbytes // in_shape[0])
     yb, backward_b = run(kind, a, x, p, training=True)
     (dxb,), grads_b = backward_b(dy)
     np.testing.assert_allclose(yb, y, rtol=1e-12, atol=1e-12)

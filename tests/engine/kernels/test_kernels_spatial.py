@@ -125,6 +125,7 @@ CONV_CASES = [
     ("conv", "1x1", (3, 4, 4), conv_opts(5, kernel=(1, 1))),
     ("conv", "tiling-patchify", (2, 6, 4), conv_opts(3, kernel=(2, 2), stride=(2, 2))),
     ("dwconv", "depthwise", (3, 6, 6), {"kernel": (3, 3), "stride": None, "pad": 1}),
+    ("dwconv", "depthwise-mult3", (2, 5, 6), {"kernel": (3, 3), "stride": None, "pad": 1, "mult": 3}),
     ("dwconv", "depthwise-mult2-stride2-same", (2, 7, 7), {"kernel": (3, 3), "stride": (2, 2), "pad": "same",
                                                            "mult": 2}),
     ("dwconv", "depthwise-dil2-nobias", (2, 7, 7), {"kernel": (3, 3), "stride": None, "pad": 0, "dil": 2,
@@ -264,7 +265,7 @@ def test_1x1_conv_reads_its_input_as_columns_without_a_copy():
     np.testing.assert_allclose(grads["W"][:, :, 0, 0], np.einsum("nohw,nchw->oc", dy, x), rtol=1e-12)
 
 
-@ids("kind,case,in_shape,opts", [CONV_CASES[1], CONV_CASES[4], CONV_CASES[5], CONV_CASES[11]]
+@ids("kind,case,in_shape,opts", [CONV_CASES[1], CONV_CASES[4], CONV_CASES[5], CONV_CASES[11], CONV_CASES[12]]
      + [("dwconv", "depthwise-5-channels", (5, 6, 6), {"kernel": (3, 3), "stride": None, "pad": 1})]
      + [("upconv", *c) for c in UPCONV_CASES[2:6]], ids=lambda v: v if isinstance(v, str) else "")
 def test_bands_and_blocks_give_the_same_results(monkeypatch, kind, case, in_shape, opts):

@@ -165,6 +165,19 @@ def test_mul_gradients(case):
     assert_gradients("mul", attrs, {}, xs)
 
 
+@pytest.mark.parametrize("vector_first", [False, True])
+def test_mul_of_an_image_by_a_vector_keeps_the_images_memory_layout(vector_first):
+    # Squeeze-and-excitation's x * s between convs: x arrives as an NCHW view of (C, H, W, N) memory
+    # and y leaves the same way, so the next conv reads it without copying it back
+    rng = np.random.default_rng(14)
+    attrs, _, _ = resolve("mul", [(3,), (3, 4, 5)] if vector_first else [(3, 4, 5), (3,)])
+    x = np.moveaxis(np.ascontiguousarray(np.moveaxis(rng.standard_normal((2, 3, 4, 5)), 0, -1)), -1, 0)
+    s = rng.standard_normal((2, 3))
+    y, _ = run("mul", attrs, {}, [s, x] if vector_first else [x, s])
+    np.testing.assert_array_equal(y, x * s[:, :, None, None])
+    assert np.moveaxis(y, 0, -1).flags.c_contiguous
+
+
 @pytest.mark.parametrize("kind,shapes", [("silu", [(3, 2, 2)]), ("mul", MUL_SHAPES["image"]),
                                          ("mul", MUL_SHAPES["three with a vector"])])
 def test_silu_and_mul_in_float32_are_float64_rounded(kind, shapes):

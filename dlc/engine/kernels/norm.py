@@ -19,25 +19,29 @@ def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def _batch_last(x: np.ndarray) -> np.ndarray:
+    """The (C, ..., N) view of an (N, C, ...) batch."""
+    return np.moveaxis(x, 0, -1)
+
+
 def _batch_innermost(x: np.ndarray) -> bool:
-    """Whether x's memory is channel-major: the conv path's (C, H, W, N) layout behind an NCHW view."""
-    return np.moveaxis(x, 1, 0).flags.c_contiguous
+    """Whether x is an NCHW view of the conv path's (C, H, W, N) memory (or a Fortran-ordered (N, C))."""
+    return _batch_last(x).flags.c_contiguous
 
 
 def _by_channel(x: np.ndarray, batch_innermost: bool) -> np.ndarray:
-    """x as an (A, C, B) array with the channels on axis 1: (1, C, H*W*N) in channel-major memory (a
-    view of batch-innermost x), else (N, C, H*W) of images or (N, C, 1) of vectors; copied only when x
-    is not in that layout."""
+    """x as an (A, C, B) array with the channels on axis 1: (1, C, H*W*N) of batch-innermost memory, else
+    (N, C, H*W) of images or (N, C, 1) of vectors; a view of x when x is in that layout."""
     c = x.shape[1]
     if batch_innermost:
-        return np.ascontiguousarray(np.moveaxis(x, 1, 0)).reshape(1, c, -1)
+        return np.ascontiguousarray(_batch_last(x)).reshape(1, c, -1)
     return x.reshape(x.shape[0], c, -1)
 
 
 def _like(a: np.ndarray, x: np.ndarray, batch_innermost: bool) -> np.ndarray:
-    """_by_channel's (A, C, B) array back at x's shape and layout."""
+    """_by_channel's (A, C, B) array back at x's shape, in the same layout."""
     if batch_innermost:
-        return np.moveaxis(a.reshape(np.moveaxis(x, 1, 0).shape), 0, 1)
+        return np.moveaxis(a.reshape(_batch_last(x).shape), -1, 0)
     return a.reshape(x.shape)
 
 

@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from dlc.engine.kernels import KERNELS, Ctx
+from dlc.engine.kernels import KERNELS, Ctx, norm
 from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc, normal_cdf
 from dlc.errors import DlcError
 from dlc.layers import Signal
@@ -562,6 +562,8 @@ def test_bn_on_batch_innermost_memory_matches_the_c_ordered_batch(shape, trainin
 
     y, backward = run("bn", attrs, params, [x], state={k: v.copy() for k, v in state.items()}, training=training)
     (dx,), grads = backward(dy)
+    xi = inner(x)
+    assert np.shares_memory(norm._by_channel(xi, norm._batch_innermost(xi)), xi)  # the (C, H*W*N) path
     for x_in, dy_in in [(inner(x), inner(dy)), (inner(x), dy), (x, inner(dy))]:
         y2, backward2 = run("bn", attrs, params, [x_in], state={k: v.copy() for k, v in state.items()},
                             training=training)

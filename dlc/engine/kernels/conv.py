@@ -6,8 +6,8 @@ Both run on the (C, H, W, N) layout of dlc.engine.kernels.im2col with one matrix
 conv forward is im2col then W @ cols, its input gradient W.T @ dy then col2im; upconv (ONNX
 ConvTranspose) is the same pair of steps the other way round. Layers whose columns would exceed
 COLS_BYTES go through in bands of rows, so memory stays bounded whatever the image size. Depthwise
-convs (groups = C) make their columns a few channels at a time and sum weighted window views for
-the input gradient.
+convs (groups = C) make their columns a few channels at a time; a strided one sums weighted window
+views for its input gradient.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def depthwise(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: 
     blocks whose (kh*kw, Ho*Wo*N) columns stay in cache: the output is one stacked product of each
     channel's weights with its columns, W's gradient one of the columns with dy (as G products over
     all the columns at once it ran 10x slower than a dense conv of the same size; a weighted sum of the
-    kh*kw window views took 1.8x as long forward and its einsum for W's gradient 2x)."""
+    kh*kw window views took 1.5-1.8x as long forward, and its einsum for W's gradient about 1.5x)."""
     c, hp, wp, n = xp.shape
     c_out, _, kh, kw = weight.shape
     mult, taps, positions = c_out // c, kh * kw, out_hw[0] * out_hw[1] * n
@@ -248,7 +248,8 @@ def depthwise(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: 
         dw = dw.transpose(0, 2, 1).reshape(weight.shape)
         if tuple(stride) == (1, 1):
             # At stride 1 the input gradient is dy's full correlation with the flipped kernel, the
-            # forward's products again: 96@14x14 at batch 64 took 7.2 ms as a sum of window views, 3.4 here.
+            # forward's products again: 96@14x14 at batch 64 took 6.6 ms as a sum of window views, 3.9
+            # here. At stride 2 the same by phases of the input's rows and columns measured slower.
             ph, pw = dil[0] * (kh - 1), dil[1] * (kw - 1)
             dpad = pad_chwn(d.reshape(c * mult, *out_hw, n), (ph, pw, ph, pw))
             dwin = windows(dpad, (kh, kw), (1, 1), dil, (hp, wp))

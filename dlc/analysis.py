@@ -178,10 +178,14 @@ def analyse(graph: Graph, batch: int = 1, optimizer: str = "sgd", dtype: str = "
 def _column_rows(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int, bool, int] | None:
     """(rows, values per row and sample, kept for backward, how many such sets) of the im2col columns
     the NumPy engine builds for a node, a row being one output row (conv) or input row (upconv); None
-    where it builds none (depthwise convs sum window views instead)."""
+    where it builds none: depthwise convs make theirs a MiB at a time (DEPTHWISE_BLOCK_BYTES), and an
+    image conv of a 1x1 kernel at stride 1 reads its input as its columns (a band of a larger one is
+    copied, at most COLS_BYTES, not counted)."""
     a = node.attrs
     if node.kind in ("conv", "dwconv") and not a["groups"] == a["in_channels"] > 1:
         kernel, out = a["kernel"], node.out_shape[1:]
+        if len(kernel) == 2 and tuple(kernel) == tuple(a["stride"]) == (1, 1):
+            return None
         if len(kernel) == 1:  # a signal runs as an image of height 1 (dlc/engine/kernels/ranks.py)
             return 1, a["in_channels"] * kernel[0] * out[0], True, 1
         # a volume runs as one image conv per depth offset of its kernel, over every output depth at once

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dlc.analysis import analyse
+from dlc.compile import compile_spec
 from dlc.engine.params import init_params
 from dlc.engine.run import activations
 from dlc.graph import Network
@@ -65,3 +66,12 @@ def test_lenet5_columns_by_hand(zoo_graph):
     # batch 256: C1's 20 MB exceed 8 MiB (8,388,608 bytes), so it keeps nothing and goes in bands of 11
     # output rows of 716,800 bytes; C3's 15 MB too, in bands of 5 rows of 1,536,000 bytes
     assert analyse(graph, batch=256).totals.columns_bytes == max(11 * 716_800, 5 * 1_536_000)
+
+
+def test_a_1x1_conv_builds_no_columns():
+    # MobileNet's and EfficientNet's pointwise convs: the engine reads the (C, H, W, N) input itself
+    # as the columns, where a 3x3 conv of the same input builds 9 rows per channel
+    pointwise = compile_spec("input 16@8x8\nconv 32@1x1\n")
+    assert analyse(pointwise, batch=64).totals.columns_bytes == 0
+    three = compile_spec("input 16@8x8\nconv 32@3x3 pad=1\n")
+    assert analyse(three, batch=64).totals.columns_bytes == 2 * 4 * 16 * 9 * 8 * 8 * 64

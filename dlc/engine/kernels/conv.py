@@ -6,7 +6,8 @@ Both run on the (C, H, W, N) layout of dlc.engine.kernels.im2col with one matrix
 conv forward is im2col then W @ cols, its input gradient W.T @ dy then col2im; upconv (ONNX
 ConvTranspose) is the same pair of steps the other way round. Layers whose columns would exceed
 COLS_BYTES go through in bands of rows, so memory stays bounded whatever the image size. Depthwise
-convs (groups = C) skip the columns and sum weighted window views instead.
+convs (groups = C) make their columns a few channels at a time; a strided one sums weighted window
+views for its input gradient.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from dlc.layers.spatial import Pair, window_out
 # (C, H, W, N) inside the engine
 ConvBackward = Callable[[np.ndarray, bool], tuple[np.ndarray | None, np.ndarray]]
 
-# Output bytes of a block of depthwise channels: small enough that the block's sum over the window
-# offsets stays in a core's L2 cache.
-DEPTHWISE_BLOCK_BYTES = 256 << 10
+# Column bytes of a block of depthwise channels: small enough to stay in cache between the products
+# that read them (EfficientNet's dwconvs at batch 64 measured fastest with 1-4 channels, 0.5-2 MB).
+DEPTHWISE_BLOCK_BYTES = 1 << 20
 
 # blas_piece: the most multiply-adds, and the fewest columns, of one piece of a thin matrix product.
 BLAS_PIECE_MACS = 1_000_000
@@ -208,44 +209,67 @@ def columns(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: Pa
     return y.reshape(c_out, ho, wo, n), backward
 
 
+def channel_blocks(c: int, bytes_per_channel: int) -> list[slice]:
+    """Blocks of the c channels whose columns take about DEPTHWISE_BLOCK_BYTES (one channel at least)."""
+    block = max(1, DEPTHWISE_BLOCK_BYTES // bytes_per_channel)
+    return [slice(s, min(s + block, c)) for s in range(0, c, block)]
+
+
+def block_columns(win: np.ndarray, cb: slice, group: int = 1) -> np.ndarray:
+    """(channels of cb, group*kh*kw, Ho*Wo*N) columns of a (C*group, kh, kw, Ho, Wo, N) window view:
+    channel k of cb owns the windows of channels k*group .. k*group+group-1, rows ordered (g, i, j)."""
+    _, _, _, ho, wo, n = win.shape
+    cols = np.ascontiguousarray(win[cb.start * group:cb.stop * group])
+    return cols.reshape(cb.stop - cb.start, -1, ho * wo * n)
+
+
 def depthwise(xp: np.ndarray, weight: np.ndarray, g: int, out_hw: Pair, stride: Pair,
               dil: Pair) -> tuple[np.ndarray, ConvBackward]:
-    """groups = C (dwconv, MobileNet): each output channel reads one input channel, so a weighted sum
-    of the kh*kw window views does it without columns (as G tiny matrix products it ran 10x slower than
-    a dense conv of the same size). Channels go in blocks whose outputs stay in cache across the sum."""
-    c, _, _, n = xp.shape
+    """groups = C (dwconv, MobileNet): each output channel reads one input channel. Channels go in
+    blocks whose (kh*kw, Ho*Wo*N) columns stay in cache: the output is one stacked product of each
+    channel's weights with its columns, W's gradient one of the columns with dy (as G products over
+    all the columns at once it ran 10x slower than a dense conv of the same size; a weighted sum of the
+    kh*kw window views took 1.5-1.8x as long forward, and its einsum for W's gradient about 1.5x)."""
+    c, hp, wp, n = xp.shape
     c_out, _, kh, kw = weight.shape
-    mult = c_out // c
-    wd = weight.reshape(c, mult, kh, kw, 1, 1, 1)
+    mult, taps, positions = c_out // c, kh * kw, out_hw[0] * out_hw[1] * n
+    wm = weight.reshape(c, mult, taps)
     win = windows(xp, (kh, kw), stride, dil, out_hw)
-    offsets = [(i, j) for i in range(kh) for j in range(kw)]
-    block = max(1, DEPTHWISE_BLOCK_BYTES // (mult * out_hw[0] * out_hw[1] * n * xp.itemsize))
-    blocks = [slice(s, min(s + block, c)) for s in range(0, c, block)]
-    y = np.empty((c, mult, *out_hw, n), xp.dtype)
-    term = np.empty((min(block, c), *out_hw, n), xp.dtype)
+    blocks = channel_blocks(c, taps * positions * xp.itemsize)
+    y = np.empty((c, mult, positions), xp.dtype)
     for cb in blocks:
-        t = term[:cb.stop - cb.start]
-        for m in range(mult):
-            acc = y[cb, m]
-            np.multiply(win[cb, 0, 0], wd[cb, m, 0, 0], out=acc)
-            for i, j in offsets[1:]:
-                np.multiply(win[cb, i, j], wd[cb, m, i, j], out=t)
-                acc += t
+        np.matmul(wm[cb], block_columns(win, cb), out=y[cb])
 
     def backward(d, need_dx):
         # need_dx is not read: a depthwise conv is no network's first layer in the zoo
+        dw = np.empty((c, taps, mult), xp.dtype)
+        for cb in blocks:
+            np.matmul(block_columns(win, cb), d.reshape(c, mult, positions)[cb].transpose(0, 2, 1), out=dw[cb])
+        dw = dw.transpose(0, 2, 1).reshape(weight.shape)
+        if tuple(stride) == (1, 1):
+            # At stride 1 the input gradient is dy's full correlation with the flipped kernel, the
+            # forward's products again: 96@14x14 at batch 64 took 6.6 ms as a sum of window views, 3.9
+            # here. At stride 2 the same by phases of the input's rows and columns measured slower.
+            ph, pw = dil[0] * (kh - 1), dil[1] * (kw - 1)
+            dpad = pad_chwn(d.reshape(c * mult, *out_hw, n), (ph, pw, ph, pw))
+            dwin = windows(dpad, (kh, kw), (1, 1), dil, (hp, wp))
+            # contiguous: numpy's matmul leaves BLAS for its own 5x slower loop on a reversed view
+            flipped = np.ascontiguousarray(weight.reshape(c, mult, kh, kw)[:, :, ::-1, ::-1]).reshape(c, 1, -1)
+            dxp = np.empty((c, 1, hp * wp * n), xp.dtype)
+            for cb in channel_blocks(c, mult * taps * hp * wp * n * xp.itemsize):
+                np.matmul(flipped[cb], block_columns(dwin, cb, mult), out=dxp[cb])
+            return dxp.reshape(xp.shape), dw
         d = d.reshape(c, mult, *out_hw, n)
-        dw = np.empty(wd.shape[:4], xp.dtype)
         dxp = np.zeros(xp.shape, xp.dtype)
+        term = np.empty((min(blocks[0].stop, c), *out_hw, n), xp.dtype)
         for cb in blocks:
             t = term[:cb.stop - cb.start]
-            for i, j in offsets:
-                dw[cb, :, i, j] = np.einsum("cmhwn,chwn->cm", d[cb], win[cb, i, j])
+            for k, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
                 cells = window_cells(dxp[cb], i, j, stride, dil, out_hw)
                 for m in range(mult):
-                    np.multiply(d[cb, m], wd[cb, m, i, j], out=t)
+                    np.multiply(d[cb, m], wm[cb, m, k, None, None, None], out=t)
                     cells += t
-        return dxp, dw.reshape(weight.shape)
+        return dxp, dw
 
     return y.reshape(c_out, *out_hw, n), backward
 

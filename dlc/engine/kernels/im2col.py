@@ -78,7 +78,13 @@ def window_cells(xp: np.ndarray, i: int, j: int, stride: Pair, dil: Pair, out_hw
 
 
 def im2col(xp: np.ndarray, kernel: Pair, stride: Pair, dil: Pair, out_hw: Pair) -> np.ndarray:
-    """(C*kh*kw, Ho*Wo*N) columns, rows ordered as ONNX weights (c, i, j), so W.reshape(C_out, -1) @ cols."""
+    """(C*kh*kw, Ho*Wo*N) columns, rows ordered as ONNX weights (c, i, j), so W.reshape(C_out, -1) @ cols.
+
+    Read-only: a 1x1 kernel of stride 1 gets the image itself as its columns, a view of xp where xp's
+    rows are contiguous (the 1x1 convs of MobileNet and EfficientNet blocks: no copy to make).
+    """
+    if tuple(kernel) == (1, 1) and tuple(stride) == (1, 1):
+        return xp.reshape(xp.shape[0], -1)
     win = windows(xp, kernel, stride, dil, out_hw)
     c, kh, kw, ho, wo, n = win.shape
     cols = np.empty(win.shape, xp.dtype)
@@ -103,10 +109,9 @@ def col2im(cols: np.ndarray, padded_hw: Pair, stride: Pair, dil: Pair) -> np.nda
     c, kh, kw, ho, wo, n = cols.shape
     hp, wp = padded_hw
     if tuple(stride) == (kh, kw) and tuple(dil) == (1, 1) and (hp, wp) == (ho * kh, wo * kw):
-        # Windows tile the image exactly (2/2 pooling, patchify convs): one transposing copy.
-        xp = np.empty((c, ho, kh, wo, kw, n), cols.dtype)
-        np.copyto(xp, cols.transpose(0, 3, 1, 4, 2, 5))
-        return xp.reshape(c, hp, wp, n)
+        # Windows tile the image exactly (2/2 pooling, patchify convs): one transposing copy, and none
+        # for a 1x1 kernel, whose contiguous columns already are the image (the result may be cols)
+        return np.ascontiguousarray(cols.transpose(0, 3, 1, 4, 2, 5)).reshape(c, hp, wp, n)
     xp = np.zeros((c, hp, wp, n), cols.dtype)
     add_windows(xp, cols, stride, dil)
     return xp

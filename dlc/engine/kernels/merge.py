@@ -29,7 +29,10 @@ def add(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: C
 def _over_positions(x: np.ndarray, ndim: int) -> np.ndarray:
     """A batch of feature vectors (N, C) shaped to repeat over an (N, C, H, W) image's pixels or an
     (N, T, C) sequence's steps."""
-    return x[:, :, None, None] if ndim == 4 else x[:, None, :]
+    # Over an image, batch-innermost like the conv path's (C, H, W, N) memory: numpy then keeps that
+    # layout in squeeze-and-excitation's x * s (2.2 -> 0.4 ms with the next conv's copy back, at
+    # 96@14x14 and batch 64; as fast as before on C-ordered images)
+    return np.asfortranarray(x)[:, :, None, None] if ndim == 4 else x[:, None, :]
 
 
 def _sum_over_positions(g: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from dlc.engine.kernels import KERNELS, Ctx
+from dlc.engine.kernels import KERNELS, Ctx, norm
 from dlc.engine.kernels.elementwise import SELU_ALPHA, SELU_SCALE, erfc, normal_cdf
 from dlc.errors import DlcError
 from dlc.layers import Signal
@@ -163,6 +163,19 @@ def test_mul_gradients(case):
             else x for x in xs]
     assert np.array_equal(y, np.prod(np.broadcast_arrays(*full), axis=0))
     assert_gradients("mul", attrs, {}, xs)
+
+
+@pytest.mark.parametrize("vector_first", [False, True])
+def test_mul_of_an_image_by_a_vector_keeps_the_images_memory_layout(vector_first):
+    # Squeeze-and-excitation's x * s between convs: x arrives as an NCHW view of (C, H, W, N) memory
+    # and y leaves the same way, so the next conv reads it without copying it back
+    rng = np.random.default_rng(14)
+    attrs, _, _ = resolve("mul", [(3,), (3, 4, 5)] if vector_first else [(3, 4, 5), (3,)])
+    x = np.moveaxis(np.ascontiguousarray(np.moveaxis(rng.standard_normal((2, 3, 4, 5)), 0, -1)), -1, 0)
+    s = rng.standard_normal((2, 3))
+    y, _ = run("mul", attrs, {}, [s, x] if vector_first else [x, s])
+    np.testing.assert_array_equal(y, x * s[:, :, None, None])
+    assert np.moveaxis(y, 0, -1).flags.c_contiguous
 
 
 @pytest.mark.parametrize("kind,shapes", [("silu", [(3, 2, 2)]), ("mul", MUL_SHAPES["image"]),
@@ -528,6 +541,37 @@ def test_bn_training_normalises_with_the_batch_and_moves_the_running_averages(sh
     frozen = {k: v.copy() for k, v in state.items()}
     run("bn", attrs, params, [x], state=state, training=False)
     assert all(np.array_equal(state[k], frozen[k]) for k in state)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 2, 5), (2, 3, 4)])
+def test_bn_on_batch_innermost_memory_matches_the_c_ordered_batch(shape, training):
+    # Convs hand bn NCHW views of (C, H, W, N) memory, which bn reads as one (C, H*W*N) matrix (BLAS
+    # sums and dot products); a C-ordered batch takes the general (N, C, H*W) path, whose gradients
+    # test_bn_gradients checks by central differences. Both give the same outputs and gradients,
+    # and dy may arrive in either layout.
+    rng = np.random.default_rng(34)
+    attrs, _, _ = resolve("bn", [batchless(shape)])
+    x = 2 * rng.standard_normal(shape) + 1
+    dy = rng.standard_normal(shape)
+    params = {"gamma": 1 + 0.5 * rng.standard_normal(3), "beta": rng.standard_normal(3)}
+    state = {"mean": 0.3 * rng.standard_normal(3), "var": rng.uniform(0.5, 2, 3)}
+
+    def inner(a):
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 0, -1)), -1, 0)
+
+    y, backward = run("bn", attrs, params, [x], state={k: v.copy() for k, v in state.items()}, training=training)
+    (dx,), grads = backward(dy)
+    xi = inner(x)
+    assert np.shares_memory(norm._by_channel(xi, norm._batch_innermost(xi)), xi)  # the (C, H*W*N) path
+    for x_in, dy_in in [(inner(x), inner(dy)), (inner(x), dy), (x, inner(dy))]:
+        y2, backward2 = run("bn", attrs, params, [x_in], state={k: v.copy() for k, v in state.items()},
+                            training=training)
+        (dx2,), grads2 = backward2(dy_in)
+        np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx2, dx, rtol=1e-10, atol=1e-12)
+        for k in grads:
+            np.testing.assert_allclose(grads2[k], grads[k], rtol=1e-12)
 
 
 def test_bn_training_step_holds_no_batch_sized_array_beyond_what_it_returns_and_keeps():

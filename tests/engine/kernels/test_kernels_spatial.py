@@ -125,6 +125,7 @@ CONV_CASES = [
     ("conv", "1x1", (3, 4, 4), conv_opts(5, kernel=(1, 1))),
     ("conv", "tiling-patchify", (2, 6, 4), conv_opts(3, kernel=(2, 2), stride=(2, 2))),
     ("dwconv", "depthwise", (3, 6, 6), {"kernel": (3, 3), "stride": None, "pad": 1}),
+    ("dwconv", "depthwise-mult3", (2, 5, 6), {"kernel": (3, 3), "stride": None, "pad": 1, "mult": 3}),
     ("dwconv", "depthwise-mult2-stride2-same", (2, 7, 7), {"kernel": (3, 3), "stride": (2, 2), "pad": "same",
                                                            "mult": 2}),
     ("dwconv", "depthwise-dil2-nobias", (2, 7, 7), {"kernel": (3, 3), "stride": None, "pad": 0, "dil": 2,
@@ -244,12 +245,33 @@ def test_weight_gradient_by_einsum(c_in, c_out):
     np.testing.assert_allclose(grads["W"], want, rtol=1e-10)
 
 
-@ids("kind,case,in_shape,opts", [CONV_CASES[1], CONV_CASES[4], CONV_CASES[5], CONV_CASES[11]]
+def test_1x1_conv_reads_its_input_as_columns_without_a_copy():
+    # A pointwise conv (MobileNet, EfficientNet) is one matrix product over the image itself: its
+    # columns are a view of the batch-innermost input, and its input gradient W.T @ dy is not copied
+    # again by col2im; the values are the per-pixel product written out by einsum.
+    rng = np.random.default_rng(4)
+    _, a, shapes = node("conv", (3, 5, 4), **conv_opts(6, kernel=(1, 1), bias=False))
+    x, p = chwn_view(rng.standard_normal((2, 3, 5, 4))), random_arrays(shapes, rng)
+    xp = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+    assert np.shares_memory(im2col.im2col(xp, (1, 1), (1, 1), (1, 1), (5, 4)), xp)
+    dcols = rng.standard_normal((3, 1, 1, 5, 4, 2))
+    assert np.shares_memory(im2col.col2im(dcols, (5, 4), (1, 1), (1, 1)), dcols)
+    y, backward = run("conv", a, x, p, training=True)
+    w = p["W"][:, :, 0, 0]
+    np.testing.assert_allclose(y, np.einsum("oc,nchw->nohw", w, x), rtol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    (dx,), grads = backward(dy)
+    np.testing.assert_allclose(dx, np.einsum("oc,nohw->nchw", w, dy), rtol=1e-12)
+    np.testing.assert_allclose(grads["W"][:, :, 0, 0], np.einsum("nohw,nchw->oc", dy, x), rtol=1e-12)
+
+
+@ids("kind,case,in_shape,opts", [CONV_CASES[1], CONV_CASES[4], CONV_CASES[5], CONV_CASES[11], CONV_CASES[12]]
      + [("dwconv", "depthwise-5-channels", (5, 6, 6), {"kernel": (3, 3), "stride": None, "pad": 1})]
      + [("upconv", *c) for c in UPCONV_CASES[2:6]], ids=lambda v: v if isinstance(v, str) else "")
 def test_bands_and_blocks_give_the_same_results(monkeypatch, kind, case, in_shape, opts):
     # Layers too large for COLS_BYTES go through in bands of rows, depthwise convs in blocks of
-    # channels; budgets of a row and of two channels (the last block short) must change nothing.
+    # channels; budgets of a row and of two channels' 3x3 columns (the last block short) must change
+    # nothing.
     rng = np.random.default_rng(12)
     _, a, shapes = node(kind, in_shape, **opts)
     x, p = rng.standard_normal((3, *in_shape)), random_arrays(shapes, rng)
@@ -257,7 +279,7 @@ def test_bands_and_blocks_give_the_same_results(monkeypatch, kind, case, in_shap
     dy = rng.standard_normal(y.shape)
     (dx,), grads = backward(dy)
     monkeypatch.setattr(im2col, "COLS_BYTES", 1)
-    monkeypatch.setattr(conv, "DEPTHWISE_BLOCK_BYTES", 2 * y.nbytes // in_shape[0])
+    monkeypatch.setattr(conv, "DEPTHWISE_BLOCK_BYTES", 2 * 9 * y.nbytes // in_shape[0])
     yb, backward_b = run(kind, a, x, p, training=True)
     (dxb,), grads_b = backward_b(dy)
     np.testing.assert_allclose(yb, y, rtol=1e-12, atol=1e-12)

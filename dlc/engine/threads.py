@@ -45,9 +45,7 @@ class Openblas:
 
 
 def find_openblas() -> Openblas | None:
-    """The OpenBLAS numpy loaded (numpy must be imported), or None: another BLAS, or no /proc/self/maps."""
-    import numpy  # noqa: F401  (its BLAS is loaded with it)
-
+    """The OpenBLAS numpy loaded (so only once numpy is imported), or None: another BLAS, or no /proc/self/maps."""
     try:
         with open("/proc/self/maps") as f:
             paths = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", f.read())))

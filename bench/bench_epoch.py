@@ -164,12 +164,12 @@ def report(target: str, cs: list[Contender]) -> dict:
         rs = ratios(cs, mine)
         row[f"{mine}_ratio"] = {"median": statistics.median(rs), "rounds": rs}
     mine = row["dlc_ratio"]["median"]
-    before = "".join(f"   {c.name} {row[c.name + '_ratio']['median']:5.2f}x ({row[c.name]['seconds_per_epoch']:6.2f} s)"
+    others = "".join(f"   {c.name} {row[c.name + '_ratio']['median']:5.2f}x ({row[c.name]['seconds_per_epoch']:6.2f} s)"
                      for c in cs[2:])
     acc = "  ".join(f"{c.name} val {c.scores['val']:.3f}" for c in cs if c.scores.get("val") is not None)
     print(f"{target:<13} {row['dlc']['seconds_per_epoch']:8.2f} s {row[ref]['seconds_per_epoch']:8.2f} s "
           f"{ref:<11} {mine:5.2f}x  >= {goal:.2g}x {'met' if mine >= goal else 'NOT MET':<8}"
-          f"(rounds {' '.join(f'{r:.2f}' for r in row['dlc_ratio']['rounds'])}){before}   {acc}", flush=True)
+          f"(rounds {' '.join(f'{r:.2f}' for r in row['dlc_ratio']['rounds'])}){others}   {acc}", flush=True)
     return row
 
 

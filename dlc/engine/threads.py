@@ -80,6 +80,17 @@ def threads_for(cores: int, others: float, most: int) -> int:
     return max(1, min(most, int(cores - others + 0.5)))
 
 
+def load_sample(tick_seconds: float) -> tuple[float, float, float] | None:
+    """(wall, the machine's busy seconds, this process's CPU seconds) now; None without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            busy = busy_seconds(f.read(), tick_seconds)
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    return time.monotonic(), busy, own.user + own.system
+
+
 @dataclass
 class Governor:
     """Watches the machine's load, and follows it with `follow`: `tick()` after each training step reads
@@ -90,23 +101,14 @@ class Governor:
     most: int  # the library's own count at the start
     threads: int
     tick_seconds: float  # one /proc/stat jiffy
-    since: tuple[float, float, float]  # (wall, machine's busy seconds, this process's CPU seconds)
+    since: tuple[float, float, float]  # load_sample's at the last check
     follow: bool = True  # False: only watch (the run's count is the library's own), for busiest
     busiest: float = 0.0  # the most cores other processes kept busy over one check
-
-    def sample(self) -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                busy = busy_seconds(f.read(), self.tick_seconds)
-        except (OSError, ValueError):
-            return None
-        own = os.times()
-        return time.monotonic(), busy, own.user + own.system
 
     def tick(self) -> None:
         if time.monotonic() - self.since[0] < CHECK_SECONDS:
             return
-        now = self.sample()
+        now = load_sample(self.tick_seconds)
         if now is None:
             return
         (wall0, busy0, own0), (wall1, busy1, own1) = self.since, now
@@ -119,7 +121,7 @@ class Governor:
             self.threads = want
 
 
-ACTIVE: list[Governor] = []  # the governor `--threads auto` started, while its run lasts
+ACTIVE: list[Governor] = []  # the governor of the run under way, following or only watching
 
 
 @contextlib.contextmanager
@@ -139,13 +141,11 @@ def blas_threads(count: str | None) -> Iterator[Governor | None]:
     most = blas.get_threads()
     governor = None
     if count is None or count == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        governor = Governor(blas, cores, most, most, 1 / os.sysconf("SC_CLK_TCK"), (0.0, 0.0, 0.0),
-                            follow=count == "auto")
-        first = governor.sample()
-        governor = None if first is None else governor
-        if governor is not None:
-            governor.since = first
+        tick_seconds = 1 / os.sysconf("SC_CLK_TCK")
+        first = load_sample(tick_seconds)
+        if first is not None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            governor = Governor(blas, cores, most, most, tick_seconds, first, follow=count == "auto")
             ACTIVE.append(governor)
     else:
         blas.set_threads(int(count))
@@ -161,7 +161,7 @@ BUSY_NOTE = 0.5  # cores other processes kept busy from which a run on every cor
 
 def load_note(governor: Governor | None) -> str | None:
     """After a run on the library's own count: a line saying `--threads auto` would have paid, when other
-    processes kept a core or more of the run's busy at some check (None otherwise)."""
+    processes kept BUSY_NOTE of a core or more busy over some check (None otherwise)."""
     if governor is None or governor.follow or governor.most < 2 or governor.busiest < BUSY_NOTE:
         return None
     return (f"other processes kept {governor.busiest:.1f} of the {governor.cores} cores busy during training, "

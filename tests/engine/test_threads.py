@@ -54,11 +54,11 @@ def governor(monkeypatch, samples, cores=2):
     clock = [0.0]
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
 
-    def sample():
+    def sample(tick_seconds):
         s = next(samples)
         clock[0] = s[0]
         return s
-    g.sample = sample
+    monkeypatch.setattr(threads, "load_sample", sample)
     return g, blas, clock
 
 

@@ -118,7 +118,8 @@ def tanh(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: 
     y = np.tanh(xs[0])
 
     def backward(dy):
-        # dy * (1 - y*y) in one new buffer, not three: 0.29 against 0.43 ms a LeNet-5 step, same bits
+        # dy * (1 - y*y) in one new buffer, not three: a LeNet-5 step's four tanh layers 0.13 against
+        # 0.16 ms (one thread, alternating repetitions), same bits
         g = np.multiply(y, y)
         np.subtract(1, g, out=g)
         g *= dy

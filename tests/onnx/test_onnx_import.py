@@ -7,6 +7,7 @@ The expectation is onnxruntime's output on the file PyTorch wrote, never dlc's o
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -58,12 +59,14 @@ def imported(tmp, path):
 @pytest.fixture(scope="session", params=[(n, e) for n in ("resnet18", "mobilenet_v2", "googlenet")
                                          for e in EXPORTERS], ids=lambda p: f"{p[0]}-{p[1]}")
 def exported(request, tmp_path_factory):
-    """Each model exported once per session, with random bn statistics so folded biases are not zero."""
+    """Each model exported once per session, with random bn statistics so folded biases are not zero; its
+    folder (up to 135 MB of files) goes when the tests of that model and exporter are done."""
     name, exporter = request.param
     net = with_distinct_bn(getattr(torch_models, name)())
     folder = tmp_path_factory.mktemp(f"import_{name}_{exporter}")
     torch_models.export(net, folder / f"{name}.onnx", (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
-    return folder, folder / f"{name}.onnx"
+    yield folder, folder / f"{name}.onnx"
+    shutil.rmtree(folder)
 
 
 def test_googlenet_fixture_has_torchvisions_parameter_count():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -71,7 +72,8 @@ def exported(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(f"{name}_{exporter}") / f"{name}.onnx"
     torch_models.export(net, path, (torch.randn(1, 3, 224, 224),), dynamo=EXPORTERS[exporter])
     bn_channels = sum(m.num_features for m in net.modules() if isinstance(m, nn.BatchNorm2d))
-    return name, path, sum(p.numel() for p in net.parameters()), bn_channels
+    yield name, path, sum(p.numel() for p in net.parameters()), bn_channels
+    shutil.rmtree(path.parent)  # ResNet-50's file and its exporter's data: 98 MB
 
 
 def test_the_torch_fixtures_have_torchvisions_parameter_counts(exported):

@@ -16,7 +16,7 @@ import click
 
 from dlc import __version__
 from dlc.errors import DlcError, Failure
-from dlc.torch import launched
+from dlc.torch import end_worker, launched
 
 EXIT_SPEC_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -85,6 +85,16 @@ class Commands(click.Group):
         attr = name.replace("-", "_")
         # a command named after a Python keyword (`import`) is defined as `import_`, PEP 8's spelling
         return getattr(importlib.import_module(module), attr + "_" if keyword.iskeyword(attr) else attr)
+
+    def main(self, *args, **kwargs):
+        """click's main; a torchrun worker (WORLD_SIZE > 1) ends through end_worker with the same status."""
+        if launched()[1] == 1:
+            return super().main(*args, **kwargs)
+        try:
+            super().main(*args, **kwargs)
+        except SystemExit as e:
+            end_worker(0 if e.code is None else e.code if isinstance(e.code, int) else 1)
+        end_worker(0)
 
     def invoke(self, ctx: click.Context):
         try:

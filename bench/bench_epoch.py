@@ -1,7 +1,7 @@
 """Issue 24: training speed as a user times it, from outside, whole processes against whole processes.
 
 Run: python bench/bench_epoch.py [--rounds 3] [--only NAME ...] [--dlc OTHER_CHECKOUT] [--busy 1] [--threads auto]
-     [--data ../shared/data/mnist.pkl.gz] [--images N] [--json FILE]
+     [--apart K] [--data ../shared/data/mnist.pkl.gz] [--images N] [--json FILE]
 
 Each target is timed as `dlc train ... --epochs 1` and `--epochs 2`, two whole processes; the
 difference of their wall times is one epoch: training on the training split (MNIST's 50,000 images)
@@ -12,6 +12,11 @@ a round, the order turning each round, and the median of the rounds' ratios coun
 two sides ran back to back under the same load). No thread settings are passed: dlc runs with
 numpy's defaults (OpenBLAS: one thread per core) and PyTorch with torch.set_num_threads(2), as a
 user's script would.
+
+--apart K times the 1-epoch run against a (1+K)-epoch one and divides the difference by K. A whole
+process's wall time swings by 2-3 s from run to run on the 2-core development machine, as much as a
+LeNet-5 or transformer epoch (PyTorch's own LeNet-5 epoch read 5.0-7.5 s in three rounds), so for the
+short targets K = 4 divides that noise by 4 at the price of 3 more epochs per process.
 
 --dlc PATH times a second checkout of dlc beside this one (its package imported from PATH, with
 this Python), so one run gives the before/after table: `git worktree add /tmp/dlc-base base4` then
@@ -68,7 +73,7 @@ class Contender:
     env: dict
     epochs: list[float] = field(default_factory=list)  # seconds per epoch, one per round
     totals: list[float] = field(default_factory=list)  # wall seconds of the 1-epoch process
-    scores: dict = field(default_factory=dict)  # the last 2-epoch run's validation/test accuracy
+    scores: dict = field(default_factory=dict)  # the last longer run's validation/test accuracy
 
 
 def make_reverse(path: Path, sequences: int) -> None:
@@ -137,13 +142,13 @@ def run(c: Contender, epochs: int, tmp: Path) -> tuple[float, dict]:
 
 
 def time_target(target: str, data: Path, tmp: Path, before: Path | None, threads: str | None,
-                rounds: int) -> list[Contender]:
+                rounds: int, apart: int = 1) -> list[Contender]:
     cs = contenders(target, data, tmp, before, threads)
     for r in range(rounds):
         for c in cs[r % len(cs):] + cs[:r % len(cs)]:
             one, _ = run(c, 1, tmp)
-            two, c.scores = run(c, 2, tmp)
-            c.epochs.append(two - one)
+            more, c.scores = run(c, 1 + apart, tmp)
+            c.epochs.append((more - one) / apart)
             c.totals.append(one)
     return cs
 
@@ -187,8 +192,12 @@ def main():
                     help="train on this many MNIST images (and a fifth as many scored) instead of all 50,000")
     ap.add_argument("--sequences", type=int, default=20_000, help="transformer training sequences")
     ap.add_argument("--chars", type=int, default=200_000, help="llama_char's text, in characters")
+    ap.add_argument("--apart", type=int, default=1, metavar="K",
+                    help="time 1 and 1+K epochs, the difference over K (less process noise per epoch)")
     ap.add_argument("--json", type=Path, help="write the table's numbers here")
     args = ap.parse_args()
+    if args.apart < 1:
+        sys.exit(f"--apart {args.apart}: K must be at least 1")
     wanted = args.only or list(TARGETS)
     if not args.data.exists() and any(TARGETS[t][1] == "mnist" for t in wanted):
         print(f"{args.data} not found: skipping the MNIST targets (pass --data path/to/mnist.pkl.gz)")
@@ -207,18 +216,19 @@ def main():
             make_reverse(data["reverse"], args.sequences)
             make_text(data["text"], args.chars)
             print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start, {args.busy} busy "
-                  f"process(es) beside; {args.rounds} rounds; seconds per epoch (2-epoch run - 1-epoch run), "
-                  f"medians\n")
+                  f"process(es) beside; {args.rounds} rounds; seconds per epoch ({1 + args.apart}-epoch run - 1-epoch "
+                  f"run{f', over {args.apart}' if args.apart > 1 else ''}), medians\n")
             print(f"{'target':<13} {'dlc':>10} {'reference':>10} {'':<11} {'ratio':>6}")
             for target in wanted:
-                cs = time_target(target, data[TARGETS[target][1]], tmp, args.dlc, args.threads, args.rounds)
+                cs = time_target(target, data[TARGETS[target][1]], tmp, args.dlc, args.threads, args.rounds,
+                                 args.apart)
                 rows.append(report(target, cs))
     finally:
         for p in busy:
             p.kill()
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
-        args.json.write_text(json.dumps({"busy": args.busy, "rounds": args.rounds, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"busy": args.busy, "rounds": args.rounds, "apart": args.apart, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

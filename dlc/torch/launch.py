@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 
 def under_launcher() -> bool:
@@ -26,9 +27,13 @@ def launch_standalone(nproc: int, argv: list[str]) -> int:
 
     # the agent logs each failed process and the signals it sends the others; the process has said why
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dlc", *argv])
-    try:
-        run(args)
-    except ChildFailedError as e:
-        return e.get_first_failure()[1].exitcode
+    # torchrun's log tree (its processes' error files) goes in a folder removed after the run: left to
+    # itself it makes a new /tmp/torchelastic_XXXX every run and leaves it behind
+    with tempfile.TemporaryDirectory(prefix="dlc-torchrun-") as logs:
+        args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={logs}",
+                                             "-m", "dlc", *argv])
+        try:
+            run(args)
+        except ChildFailedError as e:
+            return e.get_first_failure()[1].exitcode
     return 0

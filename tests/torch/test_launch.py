@@ -4,6 +4,7 @@ so a mistake is one line and exit 2, not torchrun's report of every failed proce
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,8 +13,9 @@ import pytest
 pytest.importorskip("torch")
 
 
-def dlc(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "dlc", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def dlc(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "dlc", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env)
 
 
 def test_a_missing_data_file_is_one_line_before_any_process_starts(tmp_path):
@@ -32,10 +34,15 @@ def test_nproc_per_node_goes_with_the_torch_engine(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_one_run_that_counts_both_shards(tmp_path):
+    temp = tmp_path / "temp"  # the temporary folder of the run, to see that it leaves nothing there
+    temp.mkdir()
     r = dlc("train", "-e", "input 1@8x8 -> flatten -> fc 10 softmax", "--data", "glyphs", "--n-train", 64,
             "--n-val", 16, "--n-test", 0, "--batch", 8, "--epochs", 1, "--engine", "torch", "--nproc-per-node", 2,
-            "--out", tmp_path / "ddp", "--json", cwd=tmp_path)
+            "--out", tmp_path / "ddp", "--json", cwd=tmp_path, env={**os.environ, "TMPDIR": str(temp)})
     assert r.returncode == 0, r.stderr
+    # torchrun alone leaves a new torchelastic_XXXX log tree behind every run (torch's one torchinductor_USER
+    # cache folder, reused by every run, may be there)
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
     doc = json.loads(r.stdout)  # rank 0 alone prints: one document
     log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     # 64 samples in 2 shards of 32 at batch 8 per process: 4 steps, each over 16 samples

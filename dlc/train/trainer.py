@@ -211,7 +211,7 @@ class NumpyTrainer:
         threads.tick()  # BLAS threads follow the machine's load, when the command started that
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return predict(self.net, x, batch=256)
+        return predict(self.net, x)
 
     def finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.net.params.values())

@@ -643,7 +643,9 @@ def test_two_processes_with_gloo_take_the_steps_of_one_with_twice_the_batch(tmp_
     net = "input 1@12x12 -> conv 8@3x3 relu -> maxpool 2 -> fc 10 softmax"
     data = ["--n-train", "400", "--n-val", "100", "--n-test", "100", "--optimizer", "momentum", "--lr", "0.05"]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # TMPDIR in the test's folder: torchrun run by hand keeps its log tree in a torchelastic_* folder
+    # of the temporary directory and leaves it there (two per suite run were found in /tmp)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     launch = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "dlc", "train"]
     done = subprocess.run(launch + ["-e", net, *data, "--batch", "16", "--epochs", "1", "--engine", "torch",
                                     "--device", "cpu", "--out", str(ddp), "--json"],

@@ -142,7 +142,7 @@ def run(c: Contender, epochs: int, tmp: Path) -> tuple[float, dict]:
 
 
 def time_target(target: str, data: Path, tmp: Path, before: Path | None, threads: str | None,
-                rounds: int, apart: int = 1) -> list[Contender]:
+                rounds: int, apart: int) -> list[Contender]:
     cs = contenders(target, data, tmp, before, threads)
     for r in range(rounds):
         for c in cs[r % len(cs):] + cs[:r % len(cs)]:
@@ -228,7 +228,8 @@ def main():
             p.kill()
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
-        args.json.write_text(json.dumps({"busy": args.busy, "rounds": args.rounds, "apart": args.apart, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"busy": args.busy, "rounds": args.rounds, "apart": args.apart, "rows": rows},
+                                        indent=1))
 
 
 if __name__ == "__main__":

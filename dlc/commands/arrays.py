@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
 
 from dlc.commands.arguments import parse_shapes
 from dlc.errors import DlcError
 from dlc.npz import check_arrays_file
+
+if TYPE_CHECKING:  # numpy comes with it, so the functions import it only when they run
+    import numpy as np
+
+    from dlc.onnx.runtime import Port
 
 
 def read_feeds(ports: list, input_path: str | None, random_n: int | None, seed: int, vocab: dict[str, int],
@@ -30,12 +38,26 @@ def read_feeds(ports: list, input_path: str | None, random_n: int | None, seed: 
                 raise DlcError(f"{input_path}: images feed a model whose input is an image C@HxW "
                                f"(this one takes {p.shape[1:]})")
             return {p.name: read_images(input_path, tuple(p.shape[1:]))[0]}
-        return {p.name: rt.prepare_input(read_array(input_path), p.shape, p.dtype, what=input_path,
-                                         batched=p.batched)}
+        return {p.name: cast_for(p, read_array(input_path), input_path)}
     arrays = read_named_arrays(input_path, [p.name for p in ports])
-    return {p.name: rt.prepare_input(arrays[p.name], p.shape, p.dtype,
-                                    what=f"{input_path}'s {p.name}", batched=p.batched)
-            for p in ports}
+    return {p.name: cast_for(p, arrays[p.name], f"{input_path}'s {p.name}") for p in ports}
+
+
+def cast_for(port: Port, x: np.ndarray, what: str) -> np.ndarray:
+    """x checked against the model's input and cast to its dtype; values past that dtype's range become
+    infinite, as in any runtime of that precision, and the user hears which input they came from."""
+    import numpy as np
+
+    from dlc.onnx import runtime as rt
+
+    with np.errstate(over="ignore"):  # said below, in dlc's words, with the count
+        ready = rt.prepare_input(x, port.shape, port.dtype, what=what, batched=port.batched)
+    if ready.dtype.kind == "f" and ready is not x:
+        lost = int(np.count_nonzero(np.isinf(ready))) - int(np.count_nonzero(np.isinf(x)))
+        if lost:
+            click.echo(f"dlc: warning: {what}: {lost:,} of {x.size:,} values lie beyond {ready.dtype}'s range "
+                       f"(largest {np.finfo(ready.dtype).max:.4g}) and become infinite", err=True)
+    return ready
 
 
 def read_named_arrays(path: str, names: list[str]) -> dict:

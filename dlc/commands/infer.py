@@ -36,8 +36,9 @@ def top_classes(y, k: int) -> list[list[tuple[int, float]]] | None:
         return None
     p = y.astype(np.float64)
     if not (np.all(p >= 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3)):
-        e = np.exp(p - p.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite outputs: warn_not_finite says so
+            e = np.exp(p - p.max(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True)
     order = np.argsort(-p, axis=1, kind="stable")[:, :k]
     return [[(int(c), float(p[i, c])) for c in row] for i, row in enumerate(order)]
 
@@ -110,7 +111,8 @@ def infer(model, expr, input_path, random_n, weights, engine, top, as_json, out,
     else:
         from dlc.engine.run import predict
 
-        ys = predict(loaded.net, feeds if len(ports) > 1 else feeds[ports[0].name])
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # warn_not_finite says it once
+            ys = predict(loaded.net, feeds if len(ports) > 1 else feeds[ports[0].name])
         ys = [ys[n] for n in names] if isinstance(ys, dict) else [ys]
     if out:
         write_outputs(out, names, ys)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -133,6 +134,22 @@ def test_infer_warns_of_non_finite_outputs_without_json_too(nan_input, model):
     r = run("infer", model, "--input", nan_input)
     assert r.exit_code == 0
     assert "warning: 3 of 6 output values are not finite (NaN or infinite)" in r.stderr
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "numpy"])
+def test_infer_says_which_input_values_overflow_and_numpy_says_nothing(tmp_path, model, engine):
+    # float64 values past float32's largest (3.4e38) become infinite when the model reads float32; dlc
+    # says so once, in its own words, and numpy's RuntimeWarnings (overflow in the cast, inf - inf in
+    # the softmax of the top classes) do not reach the user
+    x = np.ones((2, 4))
+    x[1, 2] = 1e300
+    np.save(tmp_path / "x.npy", x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = run("infer", model, "--input", tmp_path / "x.npy", "--engine", engine)
+    assert r.exit_code == 0 and r.exception is None, r.output
+    assert f"dlc: warning: {tmp_path / 'x.npy'}: 1 of 8 values lie beyond float32's range (largest 3.403e+38) and " \
+           f"become infinite" in r.stderr
 
 
 def test_the_numpy_engine_runs_on_the_cpu_not_on_numpy(model):

@@ -12,6 +12,7 @@ from dlc.commands.arguments import OUT_FLAGS, is_onnx, output_file, shape_option
 from dlc.errors import DlcError
 
 SPEED_WARMUP = 5
+KEPT_WHY = "their tensors reach infinity on the calibration data (a mask's -inf), which int8 cannot hold"
 # the operators onnxruntime's quantizer writes, dynamic (the first three), QDQ (the next two) or QOperator
 QUANTIZED_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLinear",
                  "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul"}
@@ -72,7 +73,7 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json, shapes):
     for p in float_session.inputs:
         if p.name in vocab:
             rt.check_tokens(feeds[p.name], vocab[p.name])
-    quantized = quantize_int8(model, feeds if calibrate else None, fmt or "qdq", fixed)
+    quantized, kept = quantize_int8(model, feeds if calibrate else None, fmt or "qdq", fixed)
     # the spec, its input statistics and the rest of what dlc stored travel with the weights
     from onnx import helper
 
@@ -98,12 +99,15 @@ def quantize(model, int8, calibrate, fmt, output, batch, runs, as_json, shapes):
             "schema": "dlc.quantize/1", "input": model, "output": output, "precision": "int8",
             "mode": "static" if calibrate else "dynamic", "format": (fmt or "qdq") if calibrate else None,
             "calibration": {"file": calibrate, "samples": n} if calibrate else None,
+            "float_nodes": {"names": kept, "why": KEPT_WHY} if kept else None,
             "size": {"float_bytes": before, "int8_bytes": after},
             "speed": {"provider": int8_session.provider, "batch": speed_batch, "runs": runs,
                       "float_p50_ms": timed[0].p50 * 1e3, "int8_p50_ms": timed[1].p50 * 1e3},
             "accuracy": {"data": "calibration" if calibrate else "random", **agreed.as_json()}}))
         return
     click.echo(f"wrote {output}: int8, {mode}" + (f", calibrated on {data}" if calibrate else ""))
+    if kept:
+        click.echo(f"  kept in float: {len(kept)} node{'s' if len(kept) > 1 else ''} ({', '.join(kept)}), {KEPT_WHY}")
     click.echo(f"  size: {before:,} -> {after:,} bytes ({after / before:.2f}x)")
     click.echo(f"  speed (onnxruntime {int8_session.provider}, batch {speed_batch}, median of {runs} runs of each "
                f"in turn): float {timed[0].p50 * 1e3:.3f} ms, int8 {timed[1].p50 * 1e3:.3f} ms "

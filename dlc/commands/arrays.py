@@ -52,7 +52,7 @@ def cast_for(port: Port, x: np.ndarray, what: str) -> np.ndarray:
 
     with np.errstate(over="ignore"):  # said below, in dlc's words, with the count
         ready = rt.prepare_input(x, port.shape, port.dtype, what=what, batched=port.batched)
-    if ready.dtype.kind == "f" and ready is not x:
+    if ready.dtype.kind == "f" and ready.dtype != x.dtype:  # only a narrowing cast makes infinities
         lost = int(np.count_nonzero(np.isinf(ready))) - int(np.count_nonzero(np.isinf(x)))
         if lost:
             click.echo(f"dlc: warning: {what}: {lost:,} of {x.size:,} values lie beyond {ready.dtype}'s range "

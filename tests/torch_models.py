@@ -252,6 +252,23 @@ def volume_net() -> nn.Module:
                          nn.Linear(6, 3))
 
 
+class CausalAttention(nn.Module):
+    """Tokens through nn.MultiheadAttention with a causal float mask (-inf above the diagonal), as PyTorch
+    code writes a decoder's attention, then a head over the vocabulary."""
+
+    def __init__(self, vocab: int = 256, d: int = 64, heads: int = 4, t: int = 16):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.att = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.out = nn.Linear(d, vocab)
+        self.register_buffer("mask", torch.triu(torch.full((t, t), float("-inf")), 1))
+
+    def forward(self, x):
+        h = self.emb(x)
+        a, _ = self.att(h, h, h, attn_mask=self.mask, need_weights=False)
+        return self.out(a + h)
+
+
 def export(model: nn.Module, path, args: tuple, *, dynamo: bool, **kwargs) -> None:
     """torch.onnx.export in eval mode, quietly, with either exporter."""
     import warnings

@@ -59,7 +59,8 @@ def quantize_int8(src: str, calibration: dict[str, np.ndarray] | None, fmt: str 
         ready, out = str(Path(tmp) / "ready.onnx"), str(Path(tmp) / "int8.onnx")
         kept: list[str] = []
         try:
-            quant_pre_process(src, ready, skip_symbolic_shape=True)
+            quant_pre_process(src, ready, skip_symbolic_shape=True, save_as_external_data=True,
+                              all_tensors_to_one_file=True)
             if calibration is None:
                 quantize_dynamic(ready, out, weight_type=QuantType.QInt8)
             else:

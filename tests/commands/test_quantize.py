@@ -145,6 +145,44 @@ def test_nodes_without_names_are_named_so_they_can_stay_in_float(causal, tmp_pat
     assert [ops[k] for k in kept] == ["Where", "Softmax"] and doc["accuracy"]["top1_agreement"] >= 0.75
 
 
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_pytorchs_causal_attention_from_either_exporter_keeps_its_mask_in_float(causal, tmp_path, exporter):
+    # PyTorch adds its -inf mask to the scores (an Add before Softmax) where dlc writes a Where; the dynamo
+    # exporter also keeps the weights in a .data file beside the model, which the quantizer's
+    # pre-processing lost (every such file was refused, static or dynamic)
+    torch = pytest.importorskip("torch")
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    import torch_models
+
+    torch.manual_seed(0)
+    path = tmp_path / "mha.onnx"
+    dynamic = {"dynamic_shapes": ({0: torch.export.Dim("N", min=2)},)} if exporter == "dynamo" else \
+        {"dynamic_axes": {"input": {0: "N"}, "y": {0: "N"}}}
+    torch_models.export(torch_models.CausalAttention(), path, (torch.randint(0, 256, (2, 16)),),
+                        dynamo=exporter == "dynamo", input_names=["input"], output_names=["y"], **dynamic)
+    r = run("quantize", path, "--int8", "--calibrate", causal / "tokens.npy", "-o", tmp_path / "q.onnx",
+            "--runs", 2, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    ops = {n.name: n.op_type for n in onnx.load(path).graph.node}
+    assert sorted(ops[k] for k in doc["float_nodes"]["names"]) == ["Add", "Softmax"]
+    assert doc["accuracy"]["top1_agreement"] >= 0.75
+    r = run("quantize", path, "--int8", "-o", tmp_path / "d.onnx", "--runs", 2, "--json")  # dynamic
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["accuracy"]["top1_agreement"] >= 0.75
+
+
+def test_a_model_with_its_weights_in_a_data_file_is_quantized(lenet, tmp_path):
+    path = tmp_path / "lenet5.onnx"
+    onnx.save_model(onnx.load(lenet), path, save_as_external_data=True, location="lenet5.onnx.data")
+    assert (tmp_path / "lenet5.onnx.data").stat().st_size > 4 * LENET_PARAMS * 0.99
+    for args in ([], ["--calibrate", lenet.parent / "calibration.npy"]):
+        r = run("quantize", path, "--int8", "-o", tmp_path / f"q{len(args)}.onnx", "--runs", 2, "--json", *args)
+        assert r.exit_code == 0, r.output
+        assert 0 < json.loads(r.output)["accuracy"]["max_rel_diff"] <= INT8_BOUND
+
+
 def test_qoperator_on_a_causal_mask_is_refused_with_the_form_that_works(causal, tmp_path):
     r = run("quantize", causal / "gpt.onnx", "--int8", "--calibrate", causal / "tokens.npy", "--format",
             "qoperator", "-o", tmp_path / "q.onnx")

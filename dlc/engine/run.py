@@ -10,7 +10,7 @@ before the first step, and its own step (_read_input) passes it on.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -19,6 +19,7 @@ from dlc.errors import DlcError
 from dlc.graph import Graph, Network, Node
 from dlc.layers import KINDS
 from dlc.layers.spatial import show
+from dlc.engine.fusion import FUSIONS, pass_on
 from dlc.engine.kernels import KERNELS, Ctx
 from dlc.engine.losses import LOSSES
 from dlc.engine.params import tensors
@@ -50,7 +51,9 @@ class Step:
 @dataclass(frozen=True)
 class Plan:
     nodes: list[Node]  # the graph's list, to notice a graph whose nodes were replaced
-    steps: list[Step]  # steps[i] computes nodes[i + 1]
+    steps: list[Step]  # steps[i] computes nodes[i + 1], fused pairs run as one (dlc/engine/fusion.py)
+    exact: list[Step]  # the same without fusion: every slot holds its own node's output
+    passed: frozenset[int]  # the slots of fused pairs' first layers, which hold their input in `steps`
     index: dict[str, int]  # node name -> slot
     param_names: tuple[str, ...]
     tokens: bool  # the input is token ids, which have no gradient
@@ -62,9 +65,11 @@ class Plan:
 
 @dataclass
 class Tape:
-    """What backward needs: the plan, each step's backward closure, and the parameters (for shapes)."""
+    """What backward needs: the plan and the steps forward ran, each step's backward closure, and the
+    parameters (for shapes)."""
 
     plan: Plan
+    steps: list[Step]
     backs: list[Callable] | None  # None once backward has consumed them
     stop: int  # the slot forward stopped at (its output)
     params: dict
@@ -123,11 +128,36 @@ def _build_plan(graph: Graph) -> Plan:
             state=tuple((t.name, t.full_name) for t in mine if not t.trainable),
             free=tuple(sorted({s for s, last in last_read.items() if last == i})), carries=carries,
         ))
-    return Plan(graph.nodes, steps, index, tuple(t.full_name for t in every if t.trainable),
+    outputs = {name: index[n.name] for name, n in zip(graph.output_names, graph.outputs)}
+    fused, passed = _fuse(steps, set(outputs.values()))
+    return Plan(graph.nodes, fused, steps, passed, index, tuple(t.full_name for t in every if t.trainable),
                 graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes),
                 any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes),
-                tuple(i for i, n in enumerate(graph.nodes) if n.kind == "input"),
-                {name: index[n.name] for name, n in zip(graph.output_names, graph.outputs)})
+                tuple(i for i, n in enumerate(graph.nodes) if n.kind == "input"), outputs)
+
+
+def _fuse(steps: list[Step], outputs: set[int]) -> tuple[list[Step], frozenset[int]]:
+    """The steps with every pair of FUSIONS run as one, and the slots of the pairs' first layers."""
+    readers: dict[int, list[int]] = {}
+    for k, s in enumerate(steps):
+        for i in s.inputs:
+            readers.setdefault(i, []).append(k)
+    fused, passed = list(steps), set()
+    for k, first in enumerate(steps):
+        after = readers.get(first.out, [])
+        if len(after) != 1 or first.out in outputs:
+            continue
+        second = steps[after[0]]
+        how = FUSIONS.get((first.node.kind, second.node.kind))
+        # a layer already in a pair stays in that one
+        if how is None or second.inputs != (first.out,) or fused[k] is not first or fused[after[0]] is not second:
+            continue
+        owner = (first, second)[how.owner]
+        fused[k] = replace(first, kernel=pass_on, params=(), state=())
+        fused[after[0]] = replace(second, kernel=how.make(first.attrs, second.attrs), attrs=owner.attrs,
+                                  params=owner.params, state=owner.state, carries=first.carries)
+        passed.add(first.out)
+    return fused, frozenset(passed)
 
 
 def _slot(graph: Graph, plan: Plan, name: str | None) -> int:
@@ -187,9 +217,10 @@ def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None, need_dx: b
     return Ctx(training, rng, need_dx, aux)
 
 
-def _execute(plan: Plan, params: dict, state: dict, feeds: list, ctx: Ctx, stop: int,
+def _execute(plan: Plan, steps: list[Step], params: dict, state: dict, feeds: list, ctx: Ctx, stop: int,
              backs: list | None, frozen: int = 0, input_grad: bool = True) -> Iterator[tuple[Node, np.ndarray]]:
-    """Yield each node's output in order up to slot `stop`; record backward closures in `backs`.
+    """Yield each node's output in order up to slot `stop` (its input at a fused pair's first layer, when
+    `steps` are the plan's fused ones); record backward closures in `backs`.
 
     The first `frozen` steps run as at inference (bn on its running statistics, which stay as they
     are; no dropout) and keep nothing for backward: transfer learning's fixed layers. Without
@@ -202,7 +233,7 @@ def _execute(plan: Plan, params: dict, state: dict, feeds: list, ctx: Ctx, stop:
     yield plan.nodes[0], feeds[0][1]
     fixed = PLAIN_CTX[False, True]
     no_dx = ctx if input_grad else _ctx(plan, ctx.training, ctx.rng, need_dx=False, aux=ctx.aux)
-    for step in plan.steps[:stop]:
+    for step in steps[:stop]:
         y, back = step.kernel(step.attrs, {k: params[f] for k, f in step.params} if step.params else {},
                               {k: state[f] for k, f in step.state} if step.state else {},
                               [values[i] for i in step.inputs],
@@ -233,8 +264,10 @@ def forward(net: Network, x: Feed, *, training: bool = False,
     feeds = _feeds(net.graph, plan, x)
     backs = [] if keep else None
     y = feeds[0][1]
-    run = _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng, aux=aux), stop, backs, fixed,
-                   input_grad)
+    # stopping at a fused pair's first layer wants its output; freezing there splits the pair
+    steps = plan.exact if {stop, fixed} & plan.passed else plan.steps
+    run = _execute(plan, steps, net.params, net.state, feeds, _ctx(plan, training, rng, aux=aux), stop, backs,
+                   fixed, input_grad)
     if upto is None and len(plan.outputs) > 1:  # by output name, as the inputs are given
         slots = {slot: name for name, slot in plan.outputs.items()}
         ys = {slots[node_slot]: y for node_slot, (_, y) in enumerate(run) if node_slot in slots}
@@ -242,7 +275,7 @@ def forward(net: Network, x: Feed, *, training: bool = False,
     else:
         for _, y in run:
             pass
-    return y, (Tape(plan, backs, stop, net.params, input_grad, fixed) if keep else None)
+    return y, (Tape(plan, steps, backs, stop, net.params, input_grad, fixed) if keep else None)
 
 
 def frozen_params(graph: Graph, frozen: str | None) -> set[str]:
@@ -250,7 +283,7 @@ def frozen_params(graph: Graph, frozen: str | None) -> set[str]:
     if not frozen:
         return set()
     plan = compile_plan(graph)
-    return {full for step in plan.steps[:plan.index[frozen]] for _, full in step.params}
+    return {full for step in plan.exact[:plan.index[frozen]] for _, full in step.params}
 
 
 def freeze_point(graph: Graph, label: str) -> str:
@@ -270,7 +303,8 @@ def activations(net: Network, x: Feed, *, training: bool = False,
     """Every node with its output, the input first, keeping nothing for backward."""
     plan = compile_plan(net.graph)
     feeds = _feeds(net.graph, plan, x)
-    yield from _execute(plan, net.params, net.state, feeds, _ctx(plan, training, rng), len(plan.nodes) - 1, None)
+    yield from _execute(plan, plan.exact, net.params, net.state, feeds, _ctx(plan, training, rng), len(plan.nodes) - 1,
+                        None)
 
 
 def backward(tape: Tape, dy: np.ndarray | dict) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -284,7 +318,7 @@ def backward(tape: Tape, dy: np.ndarray | dict) -> tuple[dict[str, np.ndarray], 
     """
     if tape.backs is None:
         raise ValueError("this tape was already consumed by backward; run forward with keep=True again")
-    plan, backs = tape.plan, tape.backs
+    plan, steps, backs = tape.plan, tape.steps, tape.backs
     tape.backs = None
     pending: list = [None] * len(plan.nodes)
     if isinstance(dy, dict):
@@ -293,7 +327,7 @@ def backward(tape: Tape, dy: np.ndarray | dict) -> tuple[dict[str, np.ndarray], 
     else:
         pending[tape.stop] = dy
     grads: dict[str, np.ndarray] = {}
-    input_grad, steps = tape.input_grad, plan.steps
+    input_grad = tape.input_grad
     for k in range(tape.stop - 1, tape.frozen - 1, -1):  # frozen steps (slots 1..frozen) get no gradients
         step = steps[k]
         g = pending[step.out]
@@ -312,7 +346,7 @@ def backward(tape: Tape, dy: np.ndarray | dict) -> tuple[dict[str, np.ndarray], 
                     # out of place: the first gradient may be a kernel's own buffer or the caller's dy
                     pending[i] = dx if pending[i] is None else pending[i] + dx
     if len(grads) < len(plan.param_names):
-        fixed = {full for step in plan.steps[:tape.frozen] for _, full in step.params}
+        fixed = {full for step in plan.exact[:tape.frozen] for _, full in step.params}
         for full in plan.param_names:
             if full not in grads and full not in fixed:
                 grads[full] = np.zeros_like(tape.params[full])

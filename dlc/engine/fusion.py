@@ -11,6 +11,9 @@ rectified max, and relu then passes over a quarter of the values (2/2 pooling), 
 LeNet-5's and AlexNet's relu before each pool. The gradient is the same bits: a window whose max is
 positive routes it to the same first maximum either way, and one whose max is not passes none either
 way (relu's slope is 0 there, at 0 included).
+
+bn then silu (EfficientNet's, after nearly every conv) makes silu's halved input in bn's affine map: see
+`bn_silu` in dlc/engine/kernels/norm.py.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from dlc.engine.kernels import KERNELS, Arrays, Ctx, Forward, Kernel
+from dlc.engine.kernels.norm import bn_silu
 
 
 @dataclass(frozen=True)
@@ -51,4 +55,5 @@ def pool_then_relu(relu_attrs: dict, pool_attrs: dict) -> Kernel:
 # (first kind, second kind) -> how the engine runs the two as one step
 FUSIONS: dict[tuple[str, str], Fusion] = {
     ("relu", "maxpool"): Fusion(1, pool_then_relu),
+    ("bn", "silu"): Fusion(0, lambda bn_attrs, silu_attrs: bn_silu),
 }

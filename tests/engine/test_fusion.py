@@ -1,11 +1,14 @@
 """Layers the NumPy engine runs as one step (dlc/engine/fusion.py): the same numbers as layer by layer.
 
-relu then maxpool runs as maxpool then relu. The references: the plan's unfused steps (each kernel
-checked on its own against central differences and onnxruntime), central differences through the fused
-plan, and hand-worked windows with ties, where only the first maximum may take the gradient.
+relu then maxpool runs as maxpool then relu; bn then silu makes silu's halved input in bn's affine map.
+The references: the plan's unfused steps (each kernel checked on its own against central differences and
+onnxruntime), central differences through the fused plan, the textbook silu, and hand-worked windows with
+ties, where only the first maximum may take the gradient.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -18,6 +21,8 @@ from dlc.graph import Network
 
 LENET_RELU = ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\n"
               "fc 120 relu -> fc 84 relu -> fc 10 softmax\n")
+EFFICIENTNET_STEM = ("input 3@12x12\nconv 8@3x3 pad=1 bias=off bn silu\ndwconv 3x3/2 pad=1 bias=off bn silu\n"
+                     "conv 4@1x1 bn\ngap\nfc 5 softmax\n")
 
 
 def network(spec: str) -> Network:
@@ -35,13 +40,14 @@ def names_of_kind(net: Network, kind: str) -> list[str]:
     return [n.name for n in net.graph.nodes if n.kind == kind]
 
 
-def unfused_loss_and_grads(net: Network, x, y):
-    """loss_and_grads with the plan's fused steps swapped for its unfused ones."""
+@contextlib.contextmanager
+def unfused(net: Network):
+    """The network's plan running its unfused steps, layer by layer."""
     plan = run.compile_plan(net.graph)
     fused = plan.steps
     object.__setattr__(plan, "steps", plan.exact)
     try:
-        return run.loss_and_grads(net, x, y, "xent")
+        yield
     finally:
         object.__setattr__(plan, "steps", fused)
 
@@ -56,7 +62,8 @@ def test_lenet5_relu_before_each_pool_fuses_and_trains_to_the_same_bits():
     x = (rng.random((8, 1, 28, 28)) * (rng.random((8, 1, 28, 28)) < 0.2)).astype(np.float32)
     y = rng.integers(0, 10, 8)
     value, out, grads = run.loss_and_grads(net, x, y, "xent")
-    ref_value, ref_out, ref_grads = unfused_loss_and_grads(net, x, y)
+    with unfused(net):
+        ref_value, ref_out, ref_grads = run.loss_and_grads(net, x, y, "xent")
     assert value == ref_value
     np.testing.assert_array_equal(out, ref_out)
     assert grads.keys() == ref_grads.keys()
@@ -93,22 +100,21 @@ def test_every_slot_still_holds_its_own_output_where_it_is_read():
     np.testing.assert_array_equal(upto, seen[relu])
 
 
-def test_freezing_at_the_relu_trains_what_follows_it_as_unfused():
-    net = network(LENET_RELU)
-    relu = names_of_kind(net, "relu")[0]
+@pytest.mark.parametrize("spec, first, second", [(LENET_RELU, "relu", "maxpool"), (EFFICIENTNET_STEM, "bn", "silu")])
+def test_freezing_at_either_layer_of_a_pair_trains_as_unfused(spec, first, second):
+    net = network(spec)
+    x_shape = net.graph.input.out_shape
     rng = np.random.default_rng(2)
-    x, y = rng.random((4, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 4)
-    _, _, grads = run.loss_and_grads(net, x, y, "xent", frozen=relu)
-    plan = run.compile_plan(net.graph)
-    fused = plan.steps
-    object.__setattr__(plan, "steps", plan.exact)
-    try:
-        _, _, ref = run.loss_and_grads(net, x, y, "xent", frozen=relu)
-    finally:
-        object.__setattr__(plan, "steps", fused)
-    assert grads.keys() == ref.keys() == {k for k in net.params if not k.startswith(names_of_kind(net, "conv")[0])}
-    for name in grads:
-        np.testing.assert_array_equal(grads[name], ref[name])
+    x, y = rng.random((4, *x_shape), dtype=np.float32), rng.integers(0, 5, 4)
+    for frozen in (names_of_kind(net, first)[0], names_of_kind(net, second)[0]):
+        start = {k: v.copy() for k, v in net.state.items()}
+        _, _, grads = run.loss_and_grads(net, x, y, "xent", frozen=frozen)
+        net.state.update({k: v.copy() for k, v in start.items()})
+        with unfused(net):
+            _, _, ref = run.loss_and_grads(net, x, y, "xent", frozen=frozen)
+        assert grads.keys() == ref.keys() == set(net.params) - run.frozen_params(net.graph, frozen)
+        for name in grads:
+            np.testing.assert_array_equal(grads[name], ref[name])
 
 
 @pytest.mark.parametrize("spec", [
@@ -120,3 +126,38 @@ def test_a_relu_read_by_more_than_the_pool_does_not_fuse(spec):
     plan = run.compile_plan(net.graph)
     relu = names_of_kind(net, "relu")[0]
     assert (plan.index[relu] in plan.passed) == spec.startswith("input 1@4x4 -> relu as r -> maxpool")
+
+
+def test_bn_then_silu_fuses_and_trains_and_infers_to_the_same_bits():
+    net = network(EFFICIENTNET_STEM)
+    bns = names_of_kind(net, "bn")
+    # the last bn is read by gap, not silu
+    assert run.compile_plan(net.graph).passed == slots(net, *bns[:2])
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((6, 3, 12, 12)).astype(np.float32), rng.integers(0, 5, 6)
+    before = {k: v.copy() for k, v in net.state.items()}
+    value, out, grads = run.loss_and_grads(net, x, y, "xent")
+    moved = {k: v.copy() for k, v in net.state.items()}
+    net.state.update({k: v.copy() for k, v in before.items()})
+    with unfused(net):
+        ref_value, ref_out, ref_grads = run.loss_and_grads(net, x, y, "xent")
+    assert value == ref_value
+    np.testing.assert_array_equal(out, ref_out)
+    for name in ref_grads:
+        np.testing.assert_array_equal(grads[name], ref_grads[name], err_msg=name)
+    for name in moved:  # the running statistics move alike
+        np.testing.assert_array_equal(moved[name], net.state[name], err_msg=name)
+    inferred, _ = run.forward(net, x)
+    seen = dict((node.name, out) for node, out in run.activations(net, x))
+    np.testing.assert_array_equal(inferred, seen[net.graph.nodes[-1].name])
+    # silu of bn's own output, computed here by the textbook formula
+    z = seen[bns[0]].astype(np.float64)
+    np.testing.assert_allclose(seen[names_of_kind(net, "silu")[0]], z / (1 + np.exp(-z)), rtol=1e-6, atol=1e-7)
+
+
+def test_fused_bn_silu_passes_central_differences():
+    graph = compile_spec("input 2@5x5 -> conv 3@3x3 pad=1 bn silu -> fc 4 softmax", "<test>")
+    assert run.compile_plan(graph).passed
+    worst = {t.tensor: t.worst for layer in check_gradients(graph, every_entry=True) for t in layer.tensors}
+    # the input, conv's W and b, bn's gamma and beta, fc's W and b
+    assert len(worst) == 7 and all(e < 1e-6 for e in worst.values()), worst

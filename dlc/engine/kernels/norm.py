@@ -8,6 +8,8 @@ the variance unbiased); inference reads the running statistics. lrn is ONNX LRN 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
@@ -57,13 +59,35 @@ def _channel_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("acb,acb->c", a, b)
 
 
-@kernel("bn")
-def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
-    # On (A, C, B) views every per-channel vector broadcasts as (C, 1). The conv path's (1, C, B)
-    # memory takes its sums and dot products as BLAS products, and y = xc * (gamma * inv_std) + beta
-    # keeps only xc = x - mean: 3 passes over the batch forward and 4 backward where the textbook
-    # formulas with xhat took 7 each (EfficientNet's 64@28x28 bn, batch 64: see the commit).
-    x = xs[0]
+@dataclass
+class Normalised:
+    """bn's forward up to its affine map, on (A, C, B) views (_by_channel), where every per-channel vector
+    broadcasts as (C, 1)."""
+
+    xc: np.ndarray  # x - mean
+    inv_std: np.ndarray
+    scale: np.ndarray  # gamma * inv_std
+    beta: np.ndarray
+    inner: bool  # x was batch-innermost
+
+    def gradients(self, d3: np.ndarray, training: bool) -> tuple[np.ndarray, Arrays]:
+        """(the input's gradient, gamma's and beta's) from the output's gradient d3, as (A, C, B)."""
+        xc, inv_std, scale = self.xc, self.inv_std, self.scale
+        n = xc.shape[0] * xc.shape[2]
+        dbeta = _channel_sums(d3)
+        dgamma = _channel_dots(d3, xc) * inv_std  # sum of dy * xhat
+        dx = d3 * scale[:, None]
+        if training:
+            # the batch statistics depend on every x: remove dy's mean and its part along xhat,
+            # scale * (dy - dbeta / n - xhat * dgamma / n) with xhat = xc * inv_std
+            along = xc * (scale * inv_std * dgamma / n)[:, None]
+            along += (scale * dbeta / n)[:, None]
+            dx -= along
+        return dx, {"gamma": dgamma, "beta": dbeta}
+
+
+def normalise(attrs: dict, params: Arrays, state: Arrays, x: np.ndarray, ctx: Ctx) -> Normalised:
+    """bn's statistics (the batch's in training, which move the running ones; else the running ones)."""
     inner = _batch_innermost(x)
     x3 = _by_channel(x, inner)
     n = x3.shape[0] * x3.shape[2]
@@ -82,23 +106,50 @@ def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ct
         xc = x3 - state["mean"].astype(x.dtype, copy=False)[:, None]
         var = state["var"]
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
-    scale = gamma * inv_std
-    y = xc * scale[:, None]
-    y += beta[:, None]
+    return Normalised(xc, inv_std, gamma * inv_std, beta, inner)
+
+
+@kernel("bn")
+def bn(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    # The conv path's (1, C, B) memory takes its sums and dot products as BLAS products, and
+    # y = xc * (gamma * inv_std) + beta keeps only xc = x - mean: 3 passes over the batch forward and 4
+    # backward where the textbook formulas with xhat took 7 each (EfficientNet's 64@28x28 bn, batch 64:
+    # see the commit).
+    x = xs[0]
+    b = normalise(attrs, params, state, x, ctx)
+    y = b.xc * b.scale[:, None]
+    y += b.beta[:, None]
 
     def backward(dy):
-        d3 = _by_channel(dy, inner)
-        dbeta = _channel_sums(d3)
-        dgamma = _channel_dots(d3, xc) * inv_std  # sum of dy * xhat
-        dx = d3 * scale[:, None]
-        if ctx.training:
-            # the batch statistics depend on every x: remove dy's mean and its part along xhat,
-            # scale * (dy - dbeta / n - xhat * dgamma / n) with xhat = xc * inv_std
-            along = xc * (scale * inv_std * dgamma / n)[:, None]
-            along += (scale * dbeta / n)[:, None]
-            dx -= along
-        return [_like(dx, x, inner)], {"gamma": dgamma, "beta": dbeta}
-    return _like(y, x, inner), backward
+        dx, grads = b.gradients(_by_channel(dy, b.inner), ctx.training)
+        return [_like(dx, x, b.inner)], grads
+    return _like(y, x, b.inner), backward
+
+
+def bn_silu(attrs: dict, params: Arrays, state: Arrays, xs: list[np.ndarray], ctx: Ctx) -> Forward:
+    """bn then silu as one step (dlc/engine/fusion.py), with the same bits: silu(z) = z * logistic(z)
+    and logistic(z) = (1 + tanh(z/2)) / 2, so with h = z/2, silu(z) = h * (1 + tanh(h)). bn's affine map
+    makes h directly, halving gamma * inv_std and beta, which is exact in binary floating point (as is
+    every other halving and doubling here): 7 passes over the batch forward where the two kernels take 8.
+    """
+    x = xs[0]
+    b = normalise(attrs, params, state, x, ctx)
+    half = b.xc * (b.scale / 2)[:, None]  # bn's output / 2
+    half += (b.beta / 2)[:, None]
+    sig = np.tanh(half)
+    sig += 1  # 2 * logistic(bn's output)
+    y = half * sig
+    sig *= 0.5
+
+    def backward(dy):
+        # silu's backward, then bn's: d(z·s)/dz = s + y·(1 - s)
+        g = 1 - sig
+        g *= y
+        g += sig
+        g *= _by_channel(dy, b.inner)
+        dx, grads = b.gradients(g, ctx.training)
+        return [_like(dx, x, b.inner)], grads
+    return _like(y, x, b.inner), backward
 
 
 @kernel("layernorm")

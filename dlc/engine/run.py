@@ -4,7 +4,8 @@ A graph is compiled once into a plan (a list of steps: kernel, attributes, param
 slots) that is kept in this module's PLANS, not on the Graph, so a training step does no name lookups
 beyond fetching each node's parameters. Values live in a list indexed by node position; slot 0 is the input.
 A network with several inputs takes a dict of arrays by input name; each later input's slot is filled
-before the first step, and its own step (_read_input) passes it on.
+before the first step, and its own step (_read_input) passes it on. Pairs of adjacent layers may run as
+one step (dlc/engine/fusion.py); the plan keeps its unfused steps for whatever reads every slot.
 """
 
 from __future__ import annotations

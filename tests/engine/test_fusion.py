@@ -71,6 +71,27 @@ def test_lenet5_relu_before_each_pool_fuses_and_trains_to_the_same_bits():
         np.testing.assert_array_equal(grads[name], ref_grads[name], err_msg=name)
 
 
+@pytest.mark.parametrize("spec", [
+    "input 2@40 -> conv 4@5/2 bn relu -> maxpool 4 -> gap -> fc 10 softmax",  # a signal, as specs/m5_audio.dlc
+    "input 1@6x6x6 -> conv 3@3x3x3 pad=1 relu -> maxpool 2 -> flatten -> fc 10 softmax",  # a volume
+])
+def test_signals_and_volumes_fuse_to_the_same_bits(spec):
+    net = network(spec)
+    assert run.compile_plan(net.graph).passed == slots(net, *names_of_kind(net, "relu"))
+    rng = np.random.default_rng(5)
+    x = np.round(rng.standard_normal((3, *net.graph.input.out_shape)), 1).astype(np.float32)  # ties
+    y = rng.integers(0, 10, 3)
+    start = {k: v.copy() for k, v in net.state.items()}
+    value, out, grads = run.loss_and_grads(net, x, y, "xent")
+    net.state.update(start)
+    with unfused(net):
+        ref_value, ref_out, ref_grads = run.loss_and_grads(net, x, y, "xent")
+    assert value == ref_value
+    np.testing.assert_array_equal(out, ref_out)
+    for name in ref_grads:
+        np.testing.assert_array_equal(grads[name], ref_grads[name], err_msg=name)
+
+
 def test_fused_pool_passes_the_gradient_only_to_the_first_positive_maximum():
     # one channel, 2/2 pooling of a 2x4 image: window 1 ties at 3 (top-left wins), window 2 is all negative
     net = network("input 1@2x4 -> relu -> maxpool 2 -> flatten")

@@ -52,6 +52,25 @@ def unfused(net: Network):
         object.__setattr__(plan, "steps", fused)
 
 
+def assert_trains_as_unfused(net: Network, x, y, frozen: str | None = None) -> dict:
+    """One training step fused and one unfused from the same running statistics: the same loss, output,
+    gradients and moved statistics, bit for bit. Returns the gradients."""
+    start = {k: v.copy() for k, v in net.state.items()}
+    value, out, grads = run.loss_and_grads(net, x, y, "xent", frozen=frozen)
+    moved = {k: v.copy() for k, v in net.state.items()}
+    net.state.update({k: v.copy() for k, v in start.items()})
+    with unfused(net):
+        ref_value, ref_out, ref_grads = run.loss_and_grads(net, x, y, "xent", frozen=frozen)
+    assert value == ref_value
+    np.testing.assert_array_equal(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], ref_grads[name], err_msg=name)
+    for name in moved:  # the running statistics move alike
+        np.testing.assert_array_equal(moved[name], net.state[name], err_msg=name)
+    return grads
+
+
 def test_lenet5_relu_before_each_pool_fuses_and_trains_to_the_same_bits():
     net = network(LENET_RELU)
     relus = names_of_kind(net, "relu")
@@ -60,15 +79,7 @@ def test_lenet5_relu_before_each_pool_fuses_and_trains_to_the_same_bits():
     rng = np.random.default_rng(0)
     # MNIST-like: most pixels 0, so whole windows tie in the first layer
     x = (rng.random((8, 1, 28, 28)) * (rng.random((8, 1, 28, 28)) < 0.2)).astype(np.float32)
-    y = rng.integers(0, 10, 8)
-    value, out, grads = run.loss_and_grads(net, x, y, "xent")
-    with unfused(net):
-        ref_value, ref_out, ref_grads = run.loss_and_grads(net, x, y, "xent")
-    assert value == ref_value
-    np.testing.assert_array_equal(out, ref_out)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        np.testing.assert_array_equal(grads[name], ref_grads[name], err_msg=name)
+    assert_trains_as_unfused(net, x, rng.integers(0, 10, 8))
 
 
 @pytest.mark.parametrize("spec", [
@@ -80,16 +91,7 @@ def test_signals_and_volumes_fuse_to_the_same_bits(spec):
     assert run.compile_plan(net.graph).passed == slots(net, *names_of_kind(net, "relu"))
     rng = np.random.default_rng(5)
     x = np.round(rng.standard_normal((3, *net.graph.input.out_shape)), 1).astype(np.float32)  # ties
-    y = rng.integers(0, 10, 3)
-    start = {k: v.copy() for k, v in net.state.items()}
-    value, out, grads = run.loss_and_grads(net, x, y, "xent")
-    net.state.update(start)
-    with unfused(net):
-        ref_value, ref_out, ref_grads = run.loss_and_grads(net, x, y, "xent")
-    assert value == ref_value
-    np.testing.assert_array_equal(out, ref_out)
-    for name in ref_grads:
-        np.testing.assert_array_equal(grads[name], ref_grads[name], err_msg=name)
+    assert_trains_as_unfused(net, x, rng.integers(0, 10, 3))
 
 
 def test_fused_pool_passes_the_gradient_only_to_the_first_positive_maximum():
@@ -128,14 +130,8 @@ def test_freezing_at_either_layer_of_a_pair_trains_as_unfused(spec, first, secon
     rng = np.random.default_rng(2)
     x, y = rng.random((4, *x_shape), dtype=np.float32), rng.integers(0, 5, 4)
     for frozen in (names_of_kind(net, first)[0], names_of_kind(net, second)[0]):
-        start = {k: v.copy() for k, v in net.state.items()}
-        _, _, grads = run.loss_and_grads(net, x, y, "xent", frozen=frozen)
-        net.state.update({k: v.copy() for k, v in start.items()})
-        with unfused(net):
-            _, _, ref = run.loss_and_grads(net, x, y, "xent", frozen=frozen)
-        assert grads.keys() == ref.keys() == set(net.params) - run.frozen_params(net.graph, frozen)
-        for name in grads:
-            np.testing.assert_array_equal(grads[name], ref[name])
+        grads = assert_trains_as_unfused(net, x, y, frozen)
+        assert grads.keys() == set(net.params) - run.frozen_params(net.graph, frozen)
 
 
 @pytest.mark.parametrize("spec", [
@@ -155,19 +151,8 @@ def test_bn_then_silu_fuses_and_trains_and_infers_to_the_same_bits():
     # the last bn is read by gap, not silu
     assert run.compile_plan(net.graph).passed == slots(net, *bns[:2])
     rng = np.random.default_rng(3)
-    x, y = rng.standard_normal((6, 3, 12, 12)).astype(np.float32), rng.integers(0, 5, 6)
-    before = {k: v.copy() for k, v in net.state.items()}
-    value, out, grads = run.loss_and_grads(net, x, y, "xent")
-    moved = {k: v.copy() for k, v in net.state.items()}
-    net.state.update({k: v.copy() for k, v in before.items()})
-    with unfused(net):
-        ref_value, ref_out, ref_grads = run.loss_and_grads(net, x, y, "xent")
-    assert value == ref_value
-    np.testing.assert_array_equal(out, ref_out)
-    for name in ref_grads:
-        np.testing.assert_array_equal(grads[name], ref_grads[name], err_msg=name)
-    for name in moved:  # the running statistics move alike
-        np.testing.assert_array_equal(moved[name], net.state[name], err_msg=name)
+    x = rng.standard_normal((6, 3, 12, 12)).astype(np.float32)
+    assert_trains_as_unfused(net, x, rng.integers(0, 5, 6))
     inferred, _ = run.forward(net, x)
     seen = dict((node.name, out) for node, out in run.activations(net, x))
     np.testing.assert_array_equal(inferred, seen[net.graph.nodes[-1].name])

@@ -104,6 +104,7 @@ class Governor:
     since: tuple[float, float, float]  # load_sample's at the last check
     follow: bool = True  # False: only watch (the run's count is the library's own), for busiest
     busiest: float = 0.0  # the most cores other processes kept busy over one check
+    pinned: bool = False  # some split step held BLAS at one thread (pin_one_thread), so load_note does not apply
 
     def tick(self) -> None:
         if time.monotonic() - self.since[0] < CHECK_SECONDS:
@@ -117,11 +118,14 @@ class Governor:
         self.busiest = max(self.busiest, others)
         want = threads_for(self.cores, others, self.most)
         if self.follow and want != self.threads:
-            self.blas.set_threads(want)
+            if not PINNED:  # a split batch's halves keep one BLAS thread; `threads` still says the cores free
+                self.blas.set_threads(want)
             self.threads = want
 
 
 ACTIVE: list[Governor] = []  # the governor of the run under way, following or only watching
+FIXED: list[int] = []  # `--threads N` of the run under way
+PINNED: list[int] = []  # the BLAS count before pin_one_thread, while some split step holds one thread
 
 
 @contextlib.contextmanager
@@ -149,10 +153,12 @@ def blas_threads(count: str | None) -> Iterator[Governor | None]:
             ACTIVE.append(governor)
     else:
         blas.set_threads(int(count))
+        FIXED.append(int(count))
     try:
         yield governor
     finally:
         ACTIVE.clear()
+        FIXED.clear()
         blas.set_threads(most)
 
 
@@ -162,7 +168,7 @@ BUSY_NOTE = 0.5  # cores other processes kept busy from which a run on every cor
 def load_note(governor: Governor | None) -> str | None:
     """After a run on the library's own count: a line saying `--threads auto` would have paid, when other
     processes kept BUSY_NOTE of a core or more busy over some check (None otherwise)."""
-    if governor is None or governor.follow or governor.most < 2 or governor.busiest < BUSY_NOTE:
+    if governor is None or governor.follow or governor.most < 2 or governor.busiest < BUSY_NOTE or governor.pinned:
         return None
     return (f"other processes kept {governor.busiest:.1f} of the {governor.cores} cores busy during training, "
             f"and OpenBLAS's {governor.most} threads wait for each other at every matrix product: "
@@ -173,3 +179,35 @@ def tick() -> None:
     """After a training step: let the governor of the run, if there is one, look at the load."""
     if ACTIVE:
         ACTIVE[0].tick()
+
+
+def cores_free() -> int:
+    """The cores the run under way may keep busy: `--threads N`'s N, `--threads auto`'s latest count, else
+    every core this process may run on."""
+    if FIXED:
+        return FIXED[0]
+    if ACTIVE and ACTIVE[0].follow:
+        return ACTIVE[0].threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pin_one_thread() -> None:
+    """One BLAS thread until unpin(): the halves of a split batch (dlc.engine.halves) compute on one
+    each, wherever they run, so that their bits do not depend on where. Nested pins hold one thread too."""
+    blas = find_openblas()
+    if blas is None:
+        return
+    PINNED.append(blas.get_threads())
+    blas.set_threads(1)
+    if ACTIVE:
+        ACTIVE[0].pinned = True
+
+
+def unpin() -> None:
+    """Undo the last pin_one_thread: the count before it, or what a following governor counts now."""
+    blas = find_openblas()
+    if blas is None or not PINNED:
+        return
+    before = PINNED.pop()
+    if not PINNED:
+        blas.set_threads(ACTIVE[0].threads if ACTIVE and ACTIVE[0].follow else before)

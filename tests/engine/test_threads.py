@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -150,3 +152,41 @@ def test_the_thread_count_does_not_change_a_single_bit(name):
     assert v1 == v2
     assert np.array_equal(o1, o2)
     assert all(np.array_equal(g1[k], g2[k]) for k in g1)
+
+
+def test_a_pinned_count_stays_while_the_governor_counts_the_cores_free(monkeypatch):
+    """While a split batch holds one BLAS thread, the governor's count only says whether its helper works."""
+    g, blas, clock = governor(monkeypatch, iter([(2.0, 4.0, 2.0), (4.0, 8.0, 5.9)]))
+    monkeypatch.setattr(threads, "ACTIVE", [g])
+    monkeypatch.setattr(threads, "PINNED", [2])
+    clock[0] = 2.0
+    g.tick()
+    assert (g.threads, blas.calls, threads.cores_free()) == (1, [], 1)
+    clock[0] = 4.0
+    g.tick()
+    assert (g.threads, blas.calls, threads.cores_free()) == (2, [], 2)
+
+
+def test_cores_free_is_the_fixed_count_or_the_machine_s():
+    assert threads.cores_free() == len(os.sched_getaffinity(0))
+    if threads.find_openblas() is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    with threads.blas_threads("1"):
+        assert threads.cores_free() == 1
+    with threads.blas_threads("3"):
+        assert threads.cores_free() == 3
+    assert threads.cores_free() == len(os.sched_getaffinity(0))
+
+
+def test_pin_holds_one_thread_and_unpin_gives_the_count_back():
+    blas = threads.find_openblas()
+    if blas is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    before = blas.get_threads()
+    threads.pin_one_thread()
+    threads.pin_one_thread()
+    assert blas.get_threads() == 1
+    threads.unpin()
+    assert blas.get_threads() == 1  # the other pin still holds
+    threads.unpin()
+    assert blas.get_threads() == before and threads.PINNED == []

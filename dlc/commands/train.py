@@ -76,9 +76,11 @@ if TYPE_CHECKING:  # numpy comes with them, so the command imports them only whe
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--engine torch: auto uses CUDA when torch sees a GPU; cuda: CUDA or exit 2.")
 @click.option("--threads", type=THREADS, metavar="auto|N",
-              help="The NumPy engine's BLAS threads: auto follows the machine's load (as many as the cores other "
+              help="The NumPy engine's cores: auto follows the machine's load (as many as the cores other "
                    "processes leave free; the last bits of some results can then differ from run to run), N fixes "
-                   "them. Default: OpenBLAS's own, one per core.")
+                   "them. They are BLAS threads, or for a network whose batches split in two (no bn or dropout, "
+                   "a large enough step) a helper process for the second half while two are free, with the same "
+                   "numbers either way. Default: every core.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
               help="--engine torch: data-parallel in N processes on this machine, started by PyTorch's launcher "
                    "(as torchrun --standalone) once the command is checked.")

@@ -351,6 +351,9 @@ class TorchTrainer:
                                 slots, self.opt.t, self.opt.weight_decay)
         return dict(optim.state_to_json(saved), torch_rng=self.rng_state())
 
+    def close(self) -> None:
+        """Nothing to let go of: the device's memory goes with the trainer."""
+
     def rng_state(self) -> str:
         """torch's generator for this device, as base64 bytes."""
         state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()

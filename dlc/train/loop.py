@@ -229,6 +229,8 @@ class Run:
                     self.epoch()
             except Stop as stop:
                 return stop.result
+            finally:
+                self.trainer.close()
         return self.result()
 
     def epoch(self) -> None:

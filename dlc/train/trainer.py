@@ -21,7 +21,9 @@ import numpy as np
 
 from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params
+from dlc.analysis import analyse
 from dlc.engine import threads
+from dlc.engine.halves import Halves, splits
 from dlc.engine.run import freeze_point, frozen_params, loss_and_grads, predict
 from dlc.errors import DlcError
 from dlc.graph import Graph, Network
@@ -96,6 +98,9 @@ class Trainer(Protocol):
     def optimizer_state(self) -> dict:
         """The optimizer's slots and step count, JSON-ready and exact, for the checkpoint's meta."""
 
+    def close(self) -> None:
+        """The run is over: let go of what the trainer started (helper processes, thread settings)."""
+
 
 def starting_weights(graph: Graph, cfg: TrainConfig, start: tuple[dict, dict] | None) -> Network:
     """A fresh run's network: start's (params, state) copied (the same start may begin several runs,
@@ -130,9 +135,12 @@ class NumpyTrainer:
         # transfer learning: the layers up to cfg.freeze keep their weights; only the rest is trained
         self.frozen = freeze_point(graph, cfg.freeze) if cfg.freeze else None
         fixed = frozen_params(graph, self.frozen)
-        self.trained = {k: v for k, v in params.items() if k not in fixed}
-        if self.frozen and not self.trained:
+        if self.frozen and fixed.issuperset(params):
             raise DlcError(f"freeze={cfg.freeze} leaves no layer with weights to train")
+        # before anything keeps the parameters: a split batch moves them into memory its helper shares
+        split = splits(net, analyse(graph, cfg.batch).totals.macs)
+        self.halves = Halves(net, cfg.batch, cfg.loss, self.frozen) if split else None
+        self.trained = {k: v for k, v in params.items() if k not in fixed}
         self.decayed = optim.decayed(graph, self.trained)
         self.norm_axes = optim.maxnorm_axes(graph, self.trained) if cfg.maxnorm else {}
         self.grads: dict[str, np.ndarray] = {}
@@ -191,7 +199,10 @@ class NumpyTrainer:
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         """The batch's loss with penalties and the network's outputs; the gradients kept for update."""
-        value, out, grads = loss_and_grads(self.net, x, y, self.cfg.loss, rng=rng, frozen=self.frozen)
+        if self.halves is not None:
+            value, out, grads = self.halves.loss_and_grads(x, y)
+        else:
+            value, out, grads = loss_and_grads(self.net, x, y, self.cfg.loss, rng=rng, frozen=self.frozen)
         if self.cfg.clip:  # the loss gradient alone, as clip_grad_norm_ before a PyTorch step that adds the decay
             optim.clip_global_norm(grads, self.cfg.clip)
         decay = 0.0 if self.opt.weight_decay else self.cfg.weight_decay  # adamw decays in update, not the loss
@@ -211,7 +222,7 @@ class NumpyTrainer:
         threads.tick()  # BLAS threads follow the machine's load, when the command started that
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return predict(self.net, x)
+        return self.halves.predict(x) if self.halves is not None else predict(self.net, x)
 
     def finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.net.params.values())
@@ -224,3 +235,7 @@ class NumpyTrainer:
 
     def optimizer_state(self) -> dict:
         return optim.state_to_json(self.opt)
+
+    def close(self) -> None:
+        if self.halves is not None:
+            self.halves.close()

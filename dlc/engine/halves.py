@@ -1,0 +1,280 @@
+"""A training step as two halves of its batch, the second on a helper process while a core is free.
+
+numpy runs each operation on one core, and OpenBLAS's second thread joins only the larger matrix
+products: a LeNet-5 step at batch 64 is some 150 operations on arrays of a few hundred KB, and the
+second core stays idle. Threads of one process cannot share that work, since every numpy call takes
+Python's lock back between operations: two threads each on half the batch took 4.7 ms a step against
+4.5 ms for one thread on all of it. A second process can. The helper is forked once, reads the
+parameters from memory both processes share (updates happen in place, so it sees each one), takes
+the second half of each batch through a shared buffer, and hands back its loss, outputs and gradients
+the same way: a LeNet-5 step took 3.4 ms against 4.5 (each half 2.5 ms beside the other, the wait for
+the helper 0.1 ms). Scoring a split (`predict`) shares its batches the same way: every other batch of
+PREDICT_BATCH samples goes to the helper, each computed as the engine's predict computes it.
+
+The split is a rule of the network and the batch (`splits`), never of the machine. The batch's first
+n // 2 samples and the rest each run the engine's step, and the halves' losses and gradients combine
+weighted by their sizes, in that order. Where the second half runs (the helper, or this process after
+the first half) changes no bit, because both halves compute with one BLAS thread wherever they run
+(threads.pin_one_thread: OpenBLAS rounds some products differently on two). So a seeded run gives
+the same numbers on one core and on many, loaded or not, and `--threads` only says whether the helper
+works: `--threads 1` keeps both halves here, `auto` follows the machine's load.
+
+Only networks whose samples do not meet within a step split: none with running statistics (bn
+normalises by the whole batch), none that draws random numbers (dropout's masks come from one stream
+in batch order), none with a mixture's load-balancing loss (over the whole batch), one input. A step
+must also be large enough that a second process pays (SPLIT_MACS).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import struct
+import sys
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlc.engine import threads
+from dlc.engine.run import PREDICT_BATCH, compile_plan, loss_and_grads, predict
+from dlc.graph import Network
+
+# Forward multiply-adds of a whole step from which its batch splits. At batch 64 the 784-30-10 MLP (1.5 M)
+# steps in about 0.2 ms, less than the helper's round trip and the second call's own overhead (0.4 ms
+# at any batch); LeNet-5 (27 M) gained 1.35x.
+SPLIT_MACS = 8_000_000
+ASK = struct.Struct("<?q")  # a request: training (a second half) or inference, and how many samples
+REPLY = struct.Struct("<?d")  # the helper's answer: whether its part ran, and its loss
+
+
+def splits(net: Network, step_macs: int) -> bool:
+    """Whether the network's training steps run as two halves (the rule in the module docstring), given
+    the forward multiply-adds of a whole step (dlc.analysis counts them)."""
+    plan = compile_plan(net.graph)
+    return not (net.state or plan.random or plan.balanced or len(plan.inputs) != 1) and step_macs >= SPLIT_MACS
+
+
+@dataclass
+class Shared:
+    """Arrays in memory the helper process shares: the inputs and targets of its part of a batch, and its
+    outputs and gradients (by parameter name)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    out: np.ndarray
+    grads: dict[str, np.ndarray]
+
+
+def shared_arrays(shapes: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    """Zeroed arrays of these shapes and dtypes in one anonymous shared mapping, which a forked child shares."""
+    sizes = {k: int(np.prod(s, dtype=np.int64)) * np.dtype(t).itemsize for k, (s, t) in shapes.items()}
+    aligned = {k: -(-n // 64) * 64 for k, n in sizes.items()}  # each array on its own cache lines
+    memory = mmap.mmap(-1, max(64, sum(aligned.values())))
+    out, at = {}, 0
+    for k, (shape, dtype) in shapes.items():
+        out[k] = np.frombuffer(memory, dtype, int(np.prod(shape, dtype=np.int64)), at).reshape(shape)
+        at += aligned[k]
+    return out
+
+
+def read_exactly(fd: int, n: int) -> bytes:
+    """n bytes from a pipe, or fewer where it ended."""
+    data = b""
+    while len(data) < n:
+        part = os.read(fd, n - len(data))
+        if not part:
+            break
+        data += part
+    return data
+
+
+@dataclass
+class Helper:
+    pid: int
+    ask: int  # write end of the requests (ASK)
+    answer: int  # read end of the answers (REPLY)
+
+
+def stop(helper: Helper) -> None:
+    """Close the helper's pipes (it exits when its read ends) and wait for it."""
+    for fd in (helper.ask, helper.answer):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        os.waitpid(helper.pid, 0)
+    except ChildProcessError:
+        pass
+
+
+class Halves:
+    """Training steps of a network whose batches split (see `splits`): `loss_and_grads` as the engine's,
+    with the second half on the helper process while `threads.cores_free()` says a second core is free.
+
+    The parameters move into shared memory when this is made, so make it before anything else keeps
+    references to the network's arrays; `close()` stops the helper and gives BLAS its threads back."""
+
+    def __init__(self, net: Network, batch: int, loss: str, frozen: str | None):
+        self.net, self.loss, self.frozen = net, loss, frozen
+        self.room = max(batch - batch // 2, PREDICT_BATCH)  # samples of the largest part the helper takes
+        moved = shared_arrays({k: (v.shape, v.dtype) for k, v in net.params.items()})
+        for k, v in net.params.items():
+            moved[k][...] = v
+            net.params[k] = moved[k]
+        self.shared: Shared | None = None  # made with the helper, once a batch shows its dtypes
+        self.helper: Helper | None = None
+        self.failed = False  # the helper stopped answering: both halves run here from then on
+        self.closer = None
+        threads.pin_one_thread()
+        self.pinned = True
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        """(loss, outputs, gradients) of the whole batch, as two halves weighted by their sizes."""
+        n = len(y)
+        a = n // 2
+        if a == 0:
+            return loss_and_grads(self.net, x, y, self.loss, frozen=self.frozen)
+        helper = self.helper_for(x, y, n - a)
+        if helper is not None:
+            self.shared.x[:n - a] = x[a:]
+            self.shared.y[:n - a] = y[a:]
+            helper = self.send(helper, True, n - a)
+        try:
+            first = loss_and_grads(self.net, x[:a], y[:a], self.loss, frozen=self.frozen)
+        finally:  # the helper's answer is read even when the first half raised, so no later step reads it
+            second = self.answer(helper, n - a) if helper is not None else None
+        if second is None:
+            second = loss_and_grads(self.net, x[a:], y[a:], self.loss, frozen=self.frozen)
+        (v1, out1, g1), (v2, out2, g2) = first, second
+        w1, w2 = a / n, (n - a) / n
+        grads = {k: g1[k] * w1 + g2[k] * w2 for k in g1}
+        return v1 * w1 + v2 * w2, np.concatenate([out1, out2]), grads
+
+    def helper_for(self, x: np.ndarray, y: np.ndarray | None, b: int) -> Helper | None:
+        """The helper to take b samples of x (and y, in training) now; it starts with the first training
+        step it can take. None while no second core is free, where it cannot run, or for arrays its
+        buffers do not fit."""
+        if self.failed or threads.cores_free() < 2 or not hasattr(os, "fork") or sys.platform != "linux":
+            return None
+        if self.helper is None:
+            if y is None:
+                return None
+            self.start(x, y)
+        s = self.shared
+        fits = b <= len(s.x) and x.dtype == s.x.dtype and x.shape[1:] == s.x.shape[1:]
+        if y is not None:
+            fits = fits and y.dtype == s.y.dtype and y.shape[1:] == s.y.shape[1:]
+        return self.helper if fits else None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The engine's predict, every other batch of PREDICT_BATCH samples on the helper: the same bits."""
+        if not isinstance(x, np.ndarray) or self.helper_for(x, None, PREDICT_BATCH) is None:
+            return predict(self.net, x)  # rows read lazily (an image folder) stay with the engine's own loop
+        out = np.empty((len(x), *self.net.graph.output.out_shape), np.float32)
+        for start in range(0, len(x), 2 * PREDICT_BATCH):
+            here = slice(start, min(start + PREDICT_BATCH, len(x)))
+            there = slice(here.stop, min(here.stop + PREDICT_BATCH, len(x)))
+            b = there.stop - there.start
+            helper = self.helper if b else None  # None too once it failed: the rest runs here
+            if helper is not None:
+                self.shared.x[:b] = x[there]
+                helper = self.send(helper, False, b)
+            try:
+                out[here] = predict(self.net, x[here])
+            finally:
+                theirs = self.answer(helper, b) if helper is not None else None
+            if b:
+                out[there] = theirs[1] if theirs is not None else predict(self.net, x[there])
+        return out
+
+    def start(self, x: np.ndarray, y: np.ndarray) -> None:
+        out_shape = self.net.graph.output.out_shape
+        params = self.net.params
+        arrays = shared_arrays({"x": ((self.room, *x.shape[1:]), x.dtype), "y": ((self.room, *y.shape[1:]), y.dtype),
+                                "out": ((self.room, *out_shape), np.dtype(np.float32)),
+                                **{"grad:" + k: (v.shape, v.dtype) for k, v in params.items()}})
+        self.shared = Shared(arrays["x"], arrays["y"], arrays["out"], {k: arrays["grad:" + k] for k in params})
+        ask_r, ask_w = os.pipe()
+        answer_r, answer_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the helper: it never returns into the caller's code
+            try:
+                # Only its own two pipes stay open: a copy of another helper's request pipe, or of a run
+                # folder's lock, would outlive the process that owns it and keep that helper waiting.
+                low, high = sorted((ask_r, answer_w))
+                os.closerange(3, low)
+                os.closerange(low + 1, high)
+                os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
+                serve(self, ask_r, answer_w)
+            finally:
+                os._exit(0)
+        os.close(ask_r)
+        os.close(answer_w)
+        self.helper = Helper(pid, ask_w, answer_r)
+        self.closer = weakref.finalize(self, stop, self.helper)
+
+    def send(self, helper: Helper, training: bool, b: int) -> Helper | None:
+        """Ask the helper for its part of b samples, waiting in the shared buffers; None where it has gone."""
+        try:
+            os.write(helper.ask, ASK.pack(training, b))
+        except OSError:  # a broken pipe: the helper ended (killed, out of memory)
+            self.fail()
+            return None
+        return helper
+
+    def answer(self, helper: Helper, b: int) -> tuple[float, np.ndarray, dict[str, np.ndarray]] | None:
+        """The helper's part of b samples as (loss, outputs, gradients), views of the shared buffers that the
+        caller copies before its next request; None where it failed: the helper is then stopped, and the
+        caller runs the part itself."""
+        reply = read_exactly(helper.answer, REPLY.size)
+        if len(reply) == REPLY.size:
+            ran, value = REPLY.unpack(reply)
+            if ran:
+                return value, self.shared.out[:b], self.shared.grads
+        self.fail()
+        return None
+
+    def fail(self) -> None:
+        """The helper failed: it is stopped, and every part runs here from now on."""
+        self.failed = True
+        self.close_helper()
+
+    def close_helper(self) -> None:
+        if self.closer is not None:
+            self.closer()
+        self.helper = self.closer = None
+
+    def close(self) -> None:
+        """Stop the helper and give BLAS its threads back; the network keeps its (shared) arrays."""
+        self.close_helper()
+        if self.pinned:
+            threads.unpin()
+            self.pinned = False
+
+
+def serve(halves: Halves, ask: int, answer: int) -> None:
+    """The helper's loop: each request says training or inference and how many samples wait in the shared
+    buffers; it answers with REPLY once the outputs (and gradients) are there. It ends when the request
+    pipe closes (the trainer closed, or its process ended), and leaves Ctrl-C to the parent, which stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    s = halves.shared
+    while True:
+        request = read_exactly(ask, ASK.size)
+        if len(request) < ASK.size:
+            return
+        training, b = ASK.unpack(request)
+        try:
+            if training:
+                value, out, grads = loss_and_grads(halves.net, s.x[:b], s.y[:b], halves.loss, frozen=halves.frozen)
+                for k, g in grads.items():
+                    s.grads[k][...] = g
+            else:
+                value, out = 0.0, predict(halves.net, s.x[:b])
+            s.out[:b] = out
+            reply = REPLY.pack(True, value)
+        except Exception:  # the parent runs the half itself, which raises the error where it can be reported
+            reply = REPLY.pack(False, 0.0)
+        os.write(answer, reply)

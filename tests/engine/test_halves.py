@@ -1,0 +1,232 @@
+"""Training steps as two halves of the batch, the second on a helper process (dlc/engine/halves.py).
+
+The references: the engine's step on the whole batch (the mean loss and its gradient, which the halves
+weighted by their sizes must give up to float32 rounding), and the same halves computed in this process
+(which the helper's must give bit for bit, wherever the second half ran).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from click.testing import CliRunner
+
+from dlc.analysis import analyse
+from dlc.cli import main
+from dlc.compile import compile_spec
+from dlc.engine import halves, threads
+from dlc.engine.params import init_params
+from dlc.engine.run import loss_and_grads, predict
+from dlc.graph import Network
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(os, "sched_getaffinity"),
+                                reason="the helper is forked, on Linux")
+
+LENET_RELU = ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\n"
+              "fc 120 relu -> fc 84 relu -> fc 10 softmax\n")
+
+
+def network(spec: str, seed: int = 0) -> Network:
+    g = compile_spec(spec, "<test>")
+    return Network(g, *init_params(g, seed=seed))
+
+
+def batch(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
+
+
+@pytest.fixture
+def cores(monkeypatch):
+    """Set how many cores the run may use (2: the helper takes the second half, 1: this process does)."""
+    def set_cores(n: int) -> None:
+        monkeypatch.setattr(threads, "cores_free", lambda: n)
+    return set_cores
+
+
+@pytest.mark.parametrize("spec, batch_size, split", [
+    (LENET_RELU, 64, True),  # 27.4 M forward multiply-adds a step
+    (LENET_RELU, 16, False),  # 6.8 M: below SPLIT_MACS
+    ("input 784\nfc 30 sigmoid -> fc 10 sigmoid\n", 64, False),  # the MLP: 1.5 M
+    ("input 1@28x28\nconv 6@5x5 pad=2 bn relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\nfc 10 softmax\n",
+     64, False),  # bn normalises by the whole batch
+    ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\ndropout 0.5\nfc 10 softmax\n",
+     64, False),  # dropout draws its masks from one stream
+])
+def test_which_batches_split(spec, batch_size, split):
+    net = network(spec)
+    assert halves.splits(net, analyse(net.graph, batch_size).totals.macs) is split
+
+
+def test_lenet_forward_macs_are_what_the_rule_reads():
+    # conv1 6*25*28*28 + conv2 16*150*10*10 + fc 400*120 + 120*84 + 84*10, per sample
+    per_sample = 6 * 25 * 784 + 16 * 150 * 100 + 400 * 120 + 120 * 84 + 84 * 10
+    assert 16 * per_sample < halves.SPLIT_MACS <= 64 * per_sample
+
+
+@pytest.mark.parametrize("n", [64, 7])
+def test_halves_give_the_whole_batch_mean(cores, n):
+    """Weighted by their sizes (3 and 4 of 7), the halves' loss and gradients are the whole batch's."""
+    cores(2)
+    net = network(LENET_RELU)
+    x, y = batch(n)
+    whole_value, whole_out, whole = loss_and_grads(net, x, y, "xent")
+    whole = {k: v.copy() for k, v in whole.items()}
+    split = halves.Halves(net, 64, "xent", None)
+    try:
+        value, out, grads = split.loss_and_grads(x, y)
+        assert split.helper is not None
+    finally:
+        split.close()
+    assert value == pytest.approx(whole_value, rel=1e-6)
+    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
+    assert grads.keys() == whole.keys()
+    for k, g in whole.items():
+        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-6 * np.abs(g).max(), err_msg=k)
+
+
+def split_steps(net: Network, cores_free: int, cores, steps: int = 3, frozen: str | None = None):
+    """Losses, outputs and gradients of a few steps with a plain SGD update between them."""
+    cores(cores_free)
+    split = halves.Halves(net, 64, "xent", frozen)
+    seen = []
+    try:
+        for s in range(steps):
+            x, y = batch(64 - 9 * s, seed=s)  # 64, 55 (27 + 28), 46
+            value, out, grads = split.loss_and_grads(x, y)
+            seen.append((value, out.copy(), {k: g.copy() for k, g in grads.items()}))
+            for k, g in grads.items():
+                net.params[k] -= 0.1 * g  # in place, as every optimizer updates
+        used = split.helper is not None
+    finally:
+        split.close()
+    return seen, used
+
+
+@pytest.mark.parametrize("frozen", [None, "conv2"])
+def test_the_helper_gives_the_same_bits_as_this_process(cores, frozen):
+    here, helped = split_steps(network(LENET_RELU), 1, cores, frozen=frozen)
+    there, used = split_steps(network(LENET_RELU), 2, cores, frozen=frozen)
+    assert used and not helped
+    for (v1, o1, g1), (v2, o2, g2) in zip(here, there):
+        assert v1 == v2
+        assert o1.tobytes() == o2.tobytes()
+        assert g1.keys() == g2.keys()
+        assert all(g1[k].tobytes() == g2[k].tobytes() for k in g1)
+    if frozen:
+        assert not {"conv1.W", "conv2.W"} & here[0][2].keys()
+
+
+def alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == 0
+
+
+def test_close_stops_the_helper_and_gives_blas_its_threads_back(cores):
+    cores(2)
+    blas = threads.find_openblas()
+    before = blas.get_threads() if blas else None
+    split = halves.Halves(network(LENET_RELU), 64, "xent", None)
+    if blas:
+        assert blas.get_threads() == 1
+    split.loss_and_grads(*batch(64))
+    pid = split.helper.pid
+    assert alive(pid)
+    split.close()
+    assert not alive(pid)
+    if blas:
+        assert blas.get_threads() == before
+
+
+def test_a_helper_that_died_leaves_the_half_to_this_process(cores):
+    reference, _ = split_steps(network(LENET_RELU), 1, cores, steps=1)
+    cores(2)
+    split = halves.Halves(network(LENET_RELU), 64, "xent", None)
+    try:
+        split.loss_and_grads(*batch(64, seed=5))
+        os.kill(split.helper.pid, signal.SIGKILL)
+        os.waitpid(split.helper.pid, 0)  # gone for sure: the next request meets a broken pipe
+        value, out, grads = split.loss_and_grads(*batch(64, seed=0))
+        assert split.failed and split.helper is None
+    finally:
+        split.close()
+    v, o, g = reference[0]
+    assert value == v and out.tobytes() == o.tobytes()
+    assert all(grads[k].tobytes() == g[k].tobytes() for k in g)
+
+
+def children() -> set[int]:
+    """The processes this one started that are still there."""
+    me, out = str(os.getpid()), set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me:
+            out.add(int(entry))
+    return out
+
+
+def test_dlc_train_gives_the_same_numbers_on_one_core_and_two(tmp_path):
+    """The whole command: --threads 1 keeps both halves in this process, --threads 2 gives the second to
+    the helper. The log's losses and accuracies are the same numbers, and no helper outlives its run."""
+    before = children()
+    logs = []
+    for count in ("1", "2"):
+        out = tmp_path / f"run{count}"
+        r = CliRunner().invoke(main, ["train", "-e", LENET_RELU, "--data", "glyphs", "--n-train", "640",
+                                      "--n-val", "128", "--n-test", "128", "--epochs", "2", "--batch", "64",
+                                      "--threads", count, "--out", str(out), "--quiet"])
+        assert r.exit_code == 0, r.output
+        logs.append([json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()])
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+    assert len(logs[0]) == 2
+    assert [[r[k] for k in keys] for r in logs[0]] == [[r[k] for k in keys] for r in logs[1]]
+    assert children() == before
+
+
+@pytest.mark.parametrize("n", [200, 64, 30])
+def test_scoring_on_the_helper_gives_the_engine_s_bits(cores, n):
+    """Every other batch of 64 on the helper: 200 samples are batches of 64, 64, 64 and 8."""
+    net = network(LENET_RELU)
+    x, y = batch(max(n, 64), seed=3)
+    cores(2)
+    split = halves.Halves(net, 64, "xent", None)
+    try:
+        split.loss_and_grads(x[:64], y[:64])  # the helper starts with a training step
+        assert split.helper is not None
+        out = split.predict(x[:n])
+        reference = predict(net, x[:n])
+    finally:
+        split.close()
+    assert out.shape == reference.shape and out.tobytes() == reference.tobytes()
+
+
+def test_a_helper_stops_while_another_runs(cores):
+    """The second helper is forked while the first one's request pipe is open; closing the first must not
+    wait on a copy of that pipe in the second (each helper keeps only its own pipes)."""
+    cores(2)
+    first = halves.Halves(network(LENET_RELU), 64, "xent", None)
+    second = halves.Halves(network(LENET_RELU), 64, "xent", None)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("closing the first helper hung"))
+    signal.alarm(60)
+    try:
+        first.loss_and_grads(*batch(64))
+        second.loss_and_grads(*batch(64))
+        pid = first.helper.pid
+        first.close()
+        assert not alive(pid)
+    finally:
+        signal.alarm(0)
+        first.close()
+        second.close()

@@ -1,4 +1,5 @@
-"""A training step as two halves of its batch, the second on a helper process while a core is free.
+"""A training step as two halves of its batch, the second on a helper process while a core is free;
+scoring shared with the helper the same way.
 
 numpy runs each operation on one core, and OpenBLAS's second thread joins only the larger matrix
 products: a LeNet-5 step at batch 64 is some 150 operations on arrays of a few hundred KB, and the
@@ -8,8 +9,13 @@ Python's lock back between operations: two threads each on half the batch took 4
 parameters from memory both processes share (updates happen in place, so it sees each one), takes
 the second half of each batch through a shared buffer, and hands back its loss, outputs and gradients
 the same way: a LeNet-5 step took 3.4 ms against 4.5 (each half 2.5 ms beside the other, the wait for
-the helper 0.1 ms). Scoring a split (`predict`) shares its batches the same way: every other batch of
-PREDICT_BATCH samples goes to the helper, each computed as the engine's predict computes it.
+the helper 0.1 ms).
+
+Scoring (`predict`, every epoch on validation and test) shares its batches with the helper too: every
+other batch of PREDICT_BATCH samples, each computed as the engine's predict computes it, on one BLAS
+thread in both processes. Inference never makes samples meet (bn reads its running statistics, which
+live in the shared memory too and which bn updates in place), so scoring is shared wherever the step is
+large enough (`shares`), and training splits where the rule below allows.
 
 The split is a rule of the network and the batch (`splits`), never of the machine. The batch's first
 n // 2 samples and the rest each run the engine's step, and the halves' losses and gradients combine
@@ -49,20 +55,25 @@ ASK = struct.Struct("<?q")  # a request: training (a second half) or inference, 
 REPLY = struct.Struct("<?d")  # the helper's answer: whether its part ran, and its loss
 
 
+def shares(net: Network, step_macs: int) -> bool:
+    """Whether the network's scoring is shared with a helper (one input, a step of SPLIT_MACS at least),
+    given the forward multiply-adds of a whole training step (dlc.analysis counts them)."""
+    return len(compile_plan(net.graph).inputs) == 1 and step_macs >= SPLIT_MACS
+
+
 def splits(net: Network, step_macs: int) -> bool:
-    """Whether the network's training steps run as two halves (the rule in the module docstring), given
-    the forward multiply-adds of a whole step (dlc.analysis counts them)."""
+    """Whether the network's training steps also run as two halves (the rule in the module docstring)."""
     plan = compile_plan(net.graph)
-    return not (net.state or plan.random or plan.balanced or len(plan.inputs) != 1) and step_macs >= SPLIT_MACS
+    return shares(net, step_macs) and not (net.state or plan.random or plan.balanced)
 
 
 @dataclass
 class Shared:
-    """Arrays in memory the helper process shares: the inputs and targets of its part of a batch, and its
-    outputs and gradients (by parameter name)."""
+    """Arrays in memory the helper process shares: the inputs and targets of its part of a batch (no
+    targets where only scoring is shared), and its outputs and gradients (by parameter name)."""
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None
     out: np.ndarray
     grads: dict[str, np.ndarray]
 
@@ -111,25 +122,29 @@ def stop(helper: Helper) -> None:
 
 
 class Halves:
-    """Training steps of a network whose batches split (see `splits`): `loss_and_grads` as the engine's,
-    with the second half on the helper process while `threads.cores_free()` says a second core is free.
+    """A network's scoring (`predict`), and with `training` its training steps (`loss_and_grads`, see
+    `splits`), as the engine's, with a part on the helper process while `threads.cores_free()` says a
+    second core is free.
 
-    The parameters move into shared memory when this is made, so make it before anything else keeps
-    references to the network's arrays; `close()` stops the helper and gives BLAS its threads back."""
+    The parameters and running statistics move into shared memory when this is made, so make it before
+    anything else keeps references to the network's arrays; `close()` stops the helper and gives BLAS
+    its threads back."""
 
-    def __init__(self, net: Network, batch: int, loss: str, frozen: str | None):
-        self.net, self.loss, self.frozen = net, loss, frozen
+    def __init__(self, net: Network, batch: int, loss: str, frozen: str | None, training: bool = True):
+        self.net, self.loss, self.frozen, self.training = net, loss, frozen, training
         self.room = max(batch - batch // 2, PREDICT_BATCH)  # samples of the largest part the helper takes
-        moved = shared_arrays({k: (v.shape, v.dtype) for k, v in net.params.items()})
-        for k, v in net.params.items():
-            moved[k][...] = v
-            net.params[k] = moved[k]
+        for arrays in (net.params, net.state):
+            moved = shared_arrays({k: (v.shape, v.dtype) for k, v in arrays.items()})
+            for k, v in arrays.items():
+                moved[k][...] = v
+                arrays[k] = moved[k]
         self.shared: Shared | None = None  # made with the helper, once a batch shows its dtypes
         self.helper: Helper | None = None
-        self.failed = False  # the helper stopped answering: both halves run here from then on
+        self.failed = False  # the helper stopped answering: every part runs here from then on
         self.closer = None
-        threads.pin_one_thread()
-        self.pinned = True
+        self.pinned = training  # split training steps hold one BLAS thread throughout, scoring while it runs
+        if training:
+            threads.pin_one_thread()
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """(loss, outputs, gradients) of the whole batch, as two halves weighted by their sizes."""
@@ -154,23 +169,33 @@ class Halves:
         return v1 * w1 + v2 * w2, np.concatenate([out1, out2]), grads
 
     def helper_for(self, x: np.ndarray, y: np.ndarray | None, b: int) -> Helper | None:
-        """The helper to take b samples of x (and y, in training) now; it starts with the first training
-        step it can take. None while no second core is free, where it cannot run, or for arrays its
-        buffers do not fit."""
+        """The helper to take b samples of x (and y, in training) now, started on first use (by a training
+        step where training splits). None while no second core is free, where it cannot run, or for
+        arrays its buffers do not fit."""
         if self.failed or threads.cores_free() < 2 or not hasattr(os, "fork") or sys.platform != "linux":
             return None
         if self.helper is None:
-            if y is None:
+            if y is None and self.training:
                 return None
             self.start(x, y)
         s = self.shared
         fits = b <= len(s.x) and x.dtype == s.x.dtype and x.shape[1:] == s.x.shape[1:]
         if y is not None:
-            fits = fits and y.dtype == s.y.dtype and y.shape[1:] == s.y.shape[1:]
+            fits = fits and s.y is not None and y.dtype == s.y.dtype and y.shape[1:] == s.y.shape[1:]
         return self.helper if fits else None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """The engine's predict, every other batch of PREDICT_BATCH samples on the helper: the same bits."""
+        """The engine's predict on one BLAS thread, every other batch of PREDICT_BATCH samples on the
+        helper: the same bits wherever a batch ran."""
+        if not self.training:
+            threads.pin_one_thread()
+        try:
+            return self.shared_predict(x)
+        finally:
+            if not self.training:
+                threads.unpin()
+
+    def shared_predict(self, x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray) or self.helper_for(x, None, PREDICT_BATCH) is None:
             return predict(self.net, x)  # rows read lazily (an image folder) stay with the engine's own loop
         out = np.empty((len(x), *self.net.graph.output.out_shape), np.float32)
@@ -190,13 +215,14 @@ class Halves:
                 out[there] = theirs[1] if theirs is not None else predict(self.net, x[there])
         return out
 
-    def start(self, x: np.ndarray, y: np.ndarray) -> None:
+    def start(self, x: np.ndarray, y: np.ndarray | None) -> None:
         out_shape = self.net.graph.output.out_shape
-        params = self.net.params
-        arrays = shared_arrays({"x": ((self.room, *x.shape[1:]), x.dtype), "y": ((self.room, *y.shape[1:]), y.dtype),
+        params = self.net.params if self.training else {}
+        targets = {} if y is None else {"y": ((self.room, *y.shape[1:]), y.dtype)}
+        arrays = shared_arrays({"x": ((self.room, *x.shape[1:]), x.dtype), **targets,
                                 "out": ((self.room, *out_shape), np.dtype(np.float32)),
                                 **{"grad:" + k: (v.shape, v.dtype) for k, v in params.items()}})
-        self.shared = Shared(arrays["x"], arrays["y"], arrays["out"], {k: arrays["grad:" + k] for k in params})
+        self.shared = Shared(arrays["x"], arrays.get("y"), arrays["out"], {k: arrays["grad:" + k] for k in params})
         ask_r, ask_w = os.pipe()
         answer_r, answer_w = os.pipe()
         pid = os.fork()
@@ -260,6 +286,7 @@ def serve(halves: Halves, ask: int, answer: int) -> None:
     buffers; it answers with REPLY once the outputs (and gradients) are there. It ends when the request
     pipe closes (the trainer closed, or its process ended), and leaves Ctrl-C to the parent, which stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threads.pin_one_thread()  # as the parent's predict and split steps: the parts' bits match wherever they ran
     s = halves.shared
     while True:
         request = read_exactly(ask, ASK.size)

@@ -23,7 +23,7 @@ from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params
 from dlc.analysis import analyse
 from dlc.engine import threads
-from dlc.engine.halves import Halves, splits
+from dlc.engine.halves import Halves, shares, splits
 from dlc.engine.run import freeze_point, frozen_params, loss_and_grads, predict
 from dlc.errors import DlcError
 from dlc.graph import Graph, Network
@@ -137,9 +137,9 @@ class NumpyTrainer:
         fixed = frozen_params(graph, self.frozen)
         if self.frozen and fixed.issuperset(params):
             raise DlcError(f"freeze={cfg.freeze} leaves no layer with weights to train")
-        # before anything keeps the parameters: a split batch moves them into memory its helper shares
-        split = splits(net, analyse(graph, cfg.batch).totals.macs)
-        self.halves = Halves(net, cfg.batch, cfg.loss, self.frozen) if split else None
+        # before anything keeps the weights: a helper's work moves them into memory both processes share
+        macs = analyse(graph, cfg.batch).totals.macs
+        self.halves = Halves(net, cfg.batch, cfg.loss, self.frozen, splits(net, macs)) if shares(net, macs) else None
         self.trained = {k: v for k, v in params.items() if k not in fixed}
         self.decayed = optim.decayed(graph, self.trained)
         self.norm_axes = optim.maxnorm_axes(graph, self.trained) if cfg.maxnorm else {}
@@ -199,7 +199,7 @@ class NumpyTrainer:
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
         """The batch's loss with penalties and the network's outputs; the gradients kept for update."""
-        if self.halves is not None:
+        if self.halves is not None and self.halves.training:
             value, out, grads = self.halves.loss_and_grads(x, y)
         else:
             value, out, grads = loss_and_grads(self.net, x, y, self.cfg.loss, rng=rng, frozen=self.frozen)

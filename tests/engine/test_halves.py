@@ -49,18 +49,21 @@ def cores(monkeypatch):
     return set_cores
 
 
-@pytest.mark.parametrize("spec, batch_size, split", [
-    (LENET_RELU, 64, True),  # 27.4 M forward multiply-adds a step
-    (LENET_RELU, 16, False),  # 6.8 M: below SPLIT_MACS
-    ("input 784\nfc 30 sigmoid -> fc 10 sigmoid\n", 64, False),  # the MLP: 1.5 M
+@pytest.mark.parametrize("spec, batch_size, shared, split", [
+    (LENET_RELU, 64, True, True),  # 27.4 M forward multiply-adds a step
+    (LENET_RELU, 16, False, False),  # 6.8 M: below SPLIT_MACS
+    ("input 784\nfc 30 sigmoid -> fc 10 sigmoid\n", 64, False, False),  # the MLP: 1.5 M
+    # bn normalises by the whole batch in training, by its running statistics in inference
     ("input 1@28x28\nconv 6@5x5 pad=2 bn relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\nfc 10 softmax\n",
-     64, False),  # bn normalises by the whole batch
+     64, True, False),
+    # dropout draws its masks from one stream in training, and nothing in inference
     ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\ndropout 0.5\nfc 10 softmax\n",
-     64, False),  # dropout draws its masks from one stream
+     64, True, False),
 ])
-def test_which_batches_split(spec, batch_size, split):
+def test_which_networks_split_and_which_share_their_scoring(spec, batch_size, shared, split):
     net = network(spec)
-    assert halves.splits(net, analyse(net.graph, batch_size).totals.macs) is split
+    macs = analyse(net.graph, batch_size).totals.macs
+    assert (halves.shares(net, macs), halves.splits(net, macs)) == (shared, split)
 
 
 def test_lenet_forward_macs_are_what_the_rule_reads():
@@ -230,3 +233,36 @@ def test_a_helper_stops_while_another_runs(cores):
         signal.alarm(0)
         first.close()
         second.close()
+
+
+BN_NET = ("input 3@16x16\nconv 16@3x3 pad=1 bias=off bn silu\ndwconv 3x3/2 pad=1 bias=off bn silu\n"
+          "conv 8@1x1 bn\ngap\nfc 10 softmax\n")
+
+
+def test_scoring_alone_is_shared_and_sees_bn_s_running_statistics_move(cores):
+    """A network with bn trains whole but scores with the helper: each batch as the engine's predict on one
+    BLAS thread gives it, also after training steps have moved the running statistics (in place, in the
+    memory both processes share); BLAS has its count back between scorings."""
+    cores(2)
+    net = network(BN_NET)
+    rng = np.random.default_rng(4)
+    x, y = rng.random((150, 3, 16, 16), dtype=np.float32), rng.integers(0, 10, 150)
+    blas = threads.find_openblas()
+    before = blas.get_threads() if blas else None
+    start = {k: v.copy() for k, v in net.state.items()}
+    split = halves.Halves(net, 64, "xent", None, training=False)
+    try:
+        for step in range(2):
+            out = split.predict(x)
+            assert split.helper is not None
+            if blas:
+                assert blas.get_threads() == before
+                blas.set_threads(1)
+            reference = predict(net, x)
+            if blas:
+                blas.set_threads(before)
+            assert out.tobytes() == reference.tobytes()
+            loss_and_grads(net, x[:64], y[:64], "xent")  # moves bn's running statistics
+        assert any(not np.array_equal(v, start[k]) for k, v in net.state.items())  # the statistics did move
+    finally:
+        split.close()

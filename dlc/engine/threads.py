@@ -148,7 +148,7 @@ def blas_threads(count: str | None) -> Iterator[Governor | None]:
         tick_seconds = 1 / os.sysconf("SC_CLK_TCK")
         first = load_sample(tick_seconds)
         if first is not None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            cores = usable_cores()
             governor = Governor(blas, cores, most, most, tick_seconds, first, follow=count == "auto")
             ACTIVE.append(governor)
     else:
@@ -181,6 +181,11 @@ def tick() -> None:
         ACTIVE[0].tick()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cores_free() -> int:
     """The cores the run under way may keep busy: `--threads N`'s N, `--threads auto`'s latest count, else
     every core this process may run on."""
@@ -188,7 +193,7 @@ def cores_free() -> int:
         return FIXED[0]
     if ACTIVE and ACTIVE[0].follow:
         return ACTIVE[0].threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def pin_one_thread() -> None:

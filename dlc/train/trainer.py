@@ -19,9 +19,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from dlc.analysis import analyse
 from dlc.engine.losses import l1_penalty, l2_penalty, maxnorm_
 from dlc.engine.params import init_params
-from dlc.analysis import analyse
 from dlc.engine import threads
 from dlc.engine.halves import Halves, shares, splits
 from dlc.engine.run import freeze_point, frozen_params, loss_and_grads, predict

@@ -140,7 +140,7 @@ class Halves:
                 arrays[k] = moved[k]
         self.shared: Shared | None = None  # made with the helper, once a batch shows its dtypes
         self.helper: Helper | None = None
-        self.failed = False  # the helper stopped answering: every part runs here from then on
+        self.ended = False  # the helper failed, or close() ended it: every part runs here from then on
         self.closer = None
         self.pinned = training  # split training steps hold one BLAS thread throughout, scoring while it runs
         if training:
@@ -172,7 +172,7 @@ class Halves:
         """The helper to take b samples of x (and y, in training) now, started on first use (by a training
         step where training splits). None while no second core is free, where it cannot run, or for
         arrays its buffers do not fit."""
-        if self.failed or threads.cores_free() < 2 or not hasattr(os, "fork") or sys.platform != "linux":
+        if self.ended or threads.cores_free() < 2 or not hasattr(os, "fork") or sys.platform != "linux":
             return None
         if self.helper is None:
             if y is None and self.training:
@@ -264,18 +264,17 @@ class Halves:
         return None
 
     def fail(self) -> None:
-        """The helper failed: it is stopped, and every part runs here from now on."""
-        self.failed = True
-        self.close_helper()
-
-    def close_helper(self) -> None:
+        """The helper failed, or the trainer is done: it is stopped, and never started again (a step after
+        close() would otherwise fork a new one, with BLAS no longer pinned)."""
+        self.ended = True
         if self.closer is not None:
             self.closer()
         self.helper = self.closer = None
 
     def close(self) -> None:
-        """Stop the helper and give BLAS its threads back; the network keeps its (shared) arrays."""
-        self.close_helper()
+        """Stop the helper and give BLAS its threads back; the network keeps its (shared) arrays, and
+        computes every part here from now on."""
+        self.fail()
         if self.pinned:
             threads.unpin()
             self.pinned = False

@@ -147,6 +147,8 @@ def test_close_stops_the_helper_and_gives_blas_its_threads_back(cores):
     assert not alive(pid)
     if blas:
         assert blas.get_threads() == before
+    split.loss_and_grads(*batch(64))  # a step after close runs here: no new helper
+    assert split.helper is None
 
 
 def test_a_helper_that_died_leaves_the_half_to_this_process(cores):
@@ -158,7 +160,7 @@ def test_a_helper_that_died_leaves_the_half_to_this_process(cores):
         os.kill(split.helper.pid, signal.SIGKILL)
         os.waitpid(split.helper.pid, 0)  # gone for sure: the next request meets a broken pipe
         value, out, grads = split.loss_and_grads(*batch(64, seed=0))
-        assert split.failed and split.helper is None
+        assert split.ended and split.helper is None
     finally:
         split.close()
     v, o, g = reference[0]

@@ -21,7 +21,7 @@ from dlc.graph import Graph, Network, Node
 from dlc.layers import KINDS
 from dlc.layers.spatial import show
 from dlc.engine.fusion import FUSIONS, pass_on
-from dlc.engine.kernels import KERNELS, Ctx
+from dlc.engine.kernels import KERNELS, Across, Ctx
 from dlc.engine.losses import LOSSES
 from dlc.engine.params import tensors
 
@@ -29,6 +29,10 @@ from dlc.engine.params import tensors
 # entropy), a tenth of a whole MLP step at batch 10, so one is made only for graphs that need it;
 # the kernels of a graph without these kinds get no generator at all (PLAIN_CTX).
 RANDOM_KINDS = frozenset({"dropout", "noise", "attention", "droppath"})
+
+# Kinds with running statistics whose kernels take the other part's sums (Ctx.across) when a batch trains
+# as two parts (dlc/engine/halves.py); a network with any other kind that keeps state trains whole.
+ACROSS_KINDS = frozenset({"bn"})
 
 # A loss on the output of a final activation, and the fused, numerically stable loss on its input.
 FUSED_LOSSES = {("xent", "softmax"): "xent", ("bce", "sigmoid"): "bce_logits"}
@@ -208,14 +212,14 @@ PLAIN_CTX = {(training, need_dx): Ctx(training, None, need_dx) for training in (
 
 
 def _ctx(plan: Plan, training: bool, rng: np.random.Generator | None, need_dx: bool = True,
-         aux: list[float] | None = None) -> Ctx:
+         aux: list[float] | None = None, across: Across | None = None) -> Ctx:
     if not plan.balanced:
         aux = None  # nothing will add to it: keep the shared contexts
-    if not plan.random and aux is None:
+    if not plan.random and aux is None and across is None:
         return PLAIN_CTX[training, need_dx]
     if training and rng is None and plan.random:
         rng = np.random.default_rng()
-    return Ctx(training, rng, need_dx, aux)
+    return Ctx(training, rng, need_dx, aux, across)
 
 
 def _execute(plan: Plan, steps: list[Step], params: dict, state: dict, feeds: list, ctx: Ctx, stop: int,
@@ -233,7 +237,7 @@ def _execute(plan: Plan, steps: list[Step], params: dict, state: dict, feeds: li
         values[slot] = x
     yield plan.nodes[0], feeds[0][1]
     fixed = PLAIN_CTX[False, True]
-    no_dx = ctx if input_grad else _ctx(plan, ctx.training, ctx.rng, need_dx=False, aux=ctx.aux)
+    no_dx = ctx if input_grad else _ctx(plan, ctx.training, ctx.rng, need_dx=False, aux=ctx.aux, across=ctx.across)
     for step in steps[:stop]:
         y, back = step.kernel(step.attrs, {k: params[f] for k, f in step.params} if step.params else {},
                               {k: state[f] for k, f in step.state} if step.state else {},
@@ -250,14 +254,15 @@ def _execute(plan: Plan, steps: list[Step], params: dict, state: dict, feeds: li
 
 def forward(net: Network, x: Feed, *, training: bool = False,
             rng: np.random.Generator | None = None, keep: bool = False, upto: str | None = None,
-            frozen: str | None = None, input_grad: bool = True,
-            aux: list[float] | None = None) -> tuple[np.ndarray, Tape | None]:
+            frozen: str | None = None, input_grad: bool = True, aux: list[float] | None = None,
+            across: Across | None = None) -> tuple[np.ndarray, Tape | None]:
     """Run the graph (up to and including node `upto`); with keep=True also return the tape for backward,
     whose backward gives the input's gradient only when `input_grad`. In training, the auxiliary losses
     of the kernels (a mixture's load balancing) are appended to `aux` when it is given.
 
     In training mode dropout and noise draw from `rng` and bn uses batch statistics and updates `state`;
-    every node up to and including `frozen` runs as at inference and gets no gradients.
+    every node up to and including `frozen` runs as at inference and gets no gradients. `across` is the
+    other part of a batch that trains as two (dlc/engine/halves.py).
     """
     plan = compile_plan(net.graph)
     stop = _slot(net.graph, plan, upto)
@@ -267,8 +272,8 @@ def forward(net: Network, x: Feed, *, training: bool = False,
     y = feeds[0][1]
     # stopping at a fused pair's first layer wants its output; freezing there splits the pair
     steps = plan.exact if {stop, fixed} & plan.passed else plan.steps
-    run = _execute(plan, steps, net.params, net.state, feeds, _ctx(plan, training, rng, aux=aux), stop, backs,
-                   fixed, input_grad)
+    run = _execute(plan, steps, net.params, net.state, feeds, _ctx(plan, training, rng, aux=aux, across=across),
+                   stop, backs, fixed, input_grad)
     if upto is None and len(plan.outputs) > 1:  # by output name, as the inputs are given
         slots = {slot: name for name, slot in plan.outputs.items()}
         ys = {slots[node_slot]: y for node_slot, (_, y) in enumerate(run) if node_slot in slots}
@@ -366,7 +371,7 @@ def _fused(graph: Graph, loss: str) -> str | None:
 
 def loss_forward(net: Network, x: Feed, y: np.ndarray | dict, loss: str, *,
                  rng: np.random.Generator | None = None, keep: bool = False, frozen: str | None = None,
-                 input_grad: bool = True):
+                 input_grad: bool = True, across: Across | None = None):
     """(value, network output, d value / d (output or logits), tape or None), in training mode.
 
     The tape ends where the loss was taken (the logits when fused), so `backward(tape, dout)` continues it.
@@ -379,34 +384,35 @@ def loss_forward(net: Network, x: Feed, y: np.ndarray | dict, loss: str, *,
     aux: list[float] = []
     if isinstance(y, dict):  # several outputs (gradcheck; dlc train refuses them): the sum of their losses
         outs, tape = forward(net, x, training=True, rng=rng, keep=keep, frozen=frozen, input_grad=input_grad,
-                             aux=aux)
+                             aux=aux, across=across)
         parts = {name: LOSSES[loss](out, y[name]) for name, out in outs.items()}
         return sum(v for v, _ in parts.values()) + sum(aux), outs, {k: d for k, (_, d) in parts.items()}, tape
     if fused is None:
         out, tape = forward(net, x, training=True, rng=rng, keep=keep, frozen=frozen,
-                            input_grad=input_grad, aux=aux)
+                            input_grad=input_grad, aux=aux, across=across)
         value, dout = LOSSES[loss](out, y)
         return value + sum(aux), out, dout, tape
     last = net.graph.output
     logits, tape = forward(net, x, training=True, rng=rng, keep=keep, upto=last.inputs[0],
-                           frozen=frozen, input_grad=input_grad, aux=aux)
+                           frozen=frozen, input_grad=input_grad, aux=aux, across=across)
     value, dlogits = LOSSES[fused](logits, y)
     out, _ = KERNELS[last.kind](last.attrs, {}, {}, [logits], Ctx(True, rng))
     return value + sum(aux), out, dlogits, tape
 
 
 def loss_and_grads(net: Network, x: np.ndarray, y: np.ndarray, loss: str, *,
-                   rng: np.random.Generator | None = None,
-                   frozen: str | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+                   rng: np.random.Generator | None = None, frozen: str | None = None,
+                   across: Across | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
     """One training step's core: (loss value, network output, parameter gradients).
 
     With `xent` after a final softmax (or `bce` after a final sigmoid) the network runs up to the logits
     and the fused loss takes them, which stays finite where the probabilities round to 0 or 1; `out`
     is still the network's output (the probabilities). `xent` without a final softmax reads the output
     as logits. With `frozen`, the parameters of the nodes up to it get no gradients (none in the dict).
+    With `across`, x is one part of a batch that trains as two (dlc/engine/halves.py).
     """
     value, out, dout, tape = loss_forward(net, x, y, loss, rng=rng, keep=True, frozen=frozen,
-                                          input_grad=False)
+                                          input_grad=False, across=across)
     grads, _ = backward(tape, dout)
     return value, out, grads
 

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(os, "sche
 
 LENET_RELU = ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\n"
               "fc 120 relu -> fc 84 relu -> fc 10 softmax\n")
+LENET_BN = "input 1@28x28\nconv 6@5x5 pad=2 bn relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\nfc 10 softmax\n"
 
 
 def network(spec: str, seed: int = 0) -> Network:
@@ -53,9 +54,8 @@ def cores(monkeypatch):
     (LENET_RELU, 64, True, True),  # 27.4 M forward multiply-adds a step
     (LENET_RELU, 16, False, False),  # 6.8 M: below SPLIT_MACS
     ("input 784\nfc 30 sigmoid -> fc 10 sigmoid\n", 64, False, False),  # the MLP: 1.5 M
-    # bn normalises by the whole batch in training, by its running statistics in inference
-    ("input 1@28x28\nconv 6@5x5 pad=2 bn relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\nfc 10 softmax\n",
-     64, True, False),
+    # bn normalises by the whole batch in training: its parts exchange their sums
+    (LENET_BN, 64, True, True),
     # dropout draws its masks from one stream in training, and nothing in inference
     ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\ndropout 0.5\nfc 10 softmax\n",
      64, True, False),
@@ -182,14 +182,16 @@ def children() -> set[int]:
     return out
 
 
-def test_dlc_train_gives_the_same_numbers_on_one_core_and_two(tmp_path):
+@pytest.mark.parametrize("spec", [LENET_RELU, LENET_BN])
+def test_dlc_train_gives_the_same_numbers_on_one_core_and_two(tmp_path, spec):
     """The whole command: --threads 1 keeps both halves in this process, --threads 2 gives the second to
-    the helper. The log's losses and accuracies are the same numbers, and no helper outlives its run."""
+    the helper. The log's losses and accuracies are the same numbers (with bn, the validation and test
+    scores read the running statistics), and no helper outlives its run."""
     before = children()
     logs = []
     for count in ("1", "2"):
         out = tmp_path / f"run{count}"
-        r = CliRunner().invoke(main, ["train", "-e", LENET_RELU, "--data", "glyphs", "--n-train", "640",
+        r = CliRunner().invoke(main, ["train", "-e", spec, "--data", "glyphs", "--n-train", "640",
                                       "--n-val", "128", "--n-test", "128", "--epochs", "2", "--batch", "64",
                                       "--threads", count, "--out", str(out), "--quiet"])
         assert r.exit_code == 0, r.output
@@ -267,4 +269,120 @@ def test_scoring_alone_is_shared_and_sees_bn_s_running_statistics_move(cores):
             loss_and_grads(net, x[:64], y[:64], "xent")  # moves bn's running statistics
         assert any(not np.array_equal(v, start[k]) for k, v in net.state.items())  # the statistics did move
     finally:
+        split.close()
+
+
+def bn_batch(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3, 16, 16), dtype=np.float32), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("cores_free", [2, 1])
+@pytest.mark.parametrize("n", [64, 7])
+def test_bn_parts_give_the_whole_batch_s_step_and_statistics(cores, cores_free, n):
+    """bn's parts exchange their sums: the loss, outputs and gradients are the whole batch's step (3 and 4 of
+    7 samples too), on the helper or as two threads here, and the running statistics move once, as the
+    whole batch moves them (the mean and the unbiased variance of all n samples)."""
+    cores(cores_free)
+    whole_net, net = network(BN_NET), network(BN_NET)
+    x, y = bn_batch(n)
+    whole_value, whole_out, whole = loss_and_grads(whole_net, x, y, "xent")
+    split = halves.Halves(net, 64, "xent", None)
+    try:
+        value, out, grads = split.loss_and_grads(x, y)
+        assert (split.helper is not None) == (cores_free == 2)
+    finally:
+        split.close()
+    assert value == pytest.approx(whole_value, rel=1e-6)
+    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
+    assert grads.keys() == whole.keys()
+    # conv2's bias comes before bn, which removes any shift: its gradient is 0 but for rounding, so the
+    # tolerance is at the scale of the largest gradient
+    largest = max(np.abs(g).max() for g in whole.values())
+    assert np.abs(whole["conv2.b"]).max() < 1e-5 * largest
+    for k, g in whole.items():
+        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-5 * largest, err_msg=k)
+    for k, v in whole_net.state.items():
+        np.testing.assert_allclose(net.state[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def bn_steps(cores_free: int, cores, frozen: str | None = None, steps: int = 3):
+    """split_steps on BN_NET, with the running statistics after each step."""
+    cores(cores_free)
+    net = network(BN_NET)
+    split = halves.Halves(net, 64, "xent", frozen)
+    seen = []
+    try:
+        for s in range(steps):
+            x, y = bn_batch(64 - 9 * s, seed=s)
+            value, out, grads = split.loss_and_grads(x, y)
+            seen.append((value, out.copy(), {k: g.copy() for k, g in grads.items()},
+                         {k: v.copy() for k, v in net.state.items()}))
+            for k, g in grads.items():
+                net.params[k] -= 0.1 * g
+        used = split.helper is not None
+    finally:
+        split.close()
+    return seen, used
+
+
+def same_bits(a: list, b: list) -> None:
+    for (v1, o1, g1, s1), (v2, o2, g2, s2) in zip(a, b, strict=True):
+        assert v1 == v2
+        assert o1.tobytes() == o2.tobytes()
+        assert g1.keys() == g2.keys() and all(g1[k].tobytes() == g2[k].tobytes() for k in g1)
+        assert all(s1[k].tobytes() == s2[k].tobytes() for k in s1)
+
+
+@pytest.mark.parametrize("frozen", [None, "bn1"])
+def test_bn_parts_give_the_same_bits_on_the_helper_and_here(cores, frozen):
+    here, helped = bn_steps(1, cores, frozen)
+    there, used = bn_steps(2, cores, frozen)
+    assert used and not helped
+    same_bits(here, there)
+    if frozen:
+        assert not {"conv1.W", "bn1.gamma"} & here[0][2].keys()
+
+
+@pytest.mark.parametrize("how", ["exits", "raises"])
+def test_a_helper_that_ends_between_meetings_leaves_the_step_to_this_process(cores, monkeypatch, how):
+    """The helper ends at its third meeting of a step (its process exits, or its part raises): this process
+    runs the whole step again as two threads, from the running statistics as they were before it."""
+    reference, _ = bn_steps(1, cores, steps=2)
+    met = []
+
+    def meet(ask, answer):  # the helper's side, as the forked helper will have it
+        met.append(1)
+        if len(met) == 9 + 3:  # the second step's third: BN_NET meets 9 times a step (3 bn, 3 times each)
+            if how == "exits":
+                os._exit(1)
+            raise RuntimeError("the helper's part failed")
+        real_meet(ask, answer)
+    real_meet = halves.meet
+    monkeypatch.setattr(halves, "meet", meet)
+    seen, used = bn_steps(2, cores, steps=2)
+    assert not used  # stopped at the second step
+    same_bits(reference, seen)
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_part_that_raises_here_stops_the_other(cores, monkeypatch, failing):
+    """The two threads of a step here: the error of either part reaches the caller, and the other part
+    stops at its next meeting rather than waiting for ever (a 60 s alarm turns a hang into a failure)."""
+    cores(1)
+    engine_step = halves.loss_and_grads
+
+    def step(*args, across, **kwargs):
+        if across.first == (failing == 0):
+            raise ValueError("this part failed")
+        return engine_step(*args, across=across, **kwargs)
+    monkeypatch.setattr(halves, "loss_and_grads", step)
+    split = halves.Halves(network(BN_NET), 64, "xent", None)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the other part hung"))
+    signal.alarm(60)
+    try:
+        with pytest.raises(ValueError, match="this part failed"):
+            split.loss_and_grads(*bn_batch(64))
+    finally:
+        signal.alarm(0)
         split.close()

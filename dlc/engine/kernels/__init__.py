@@ -31,6 +31,20 @@ class Ctx:
     # in training, where kernels put the auxiliary losses they add to the training loss (a mixture's
     # load balancing); None where nobody takes the loss
     aux: list[float] | None = None
+    # in a training step split into two parts of the batch (dlc/engine/halves.py), the other part: a kernel
+    # whose samples meet (bn's statistics) adds its sums to this part's; None for a whole batch
+    across: Across | None = None
+
+
+class Across(Protocol):
+    """The other part of a batch that trains as two parts, each computing the whole batch's statistics."""
+
+    first: bool  # this part holds the batch's first samples (it alone moves running statistics)
+    weight: float  # this part's share of the batch's samples: its loss is the mean over its own samples
+
+    def total(self, local: np.ndarray, /) -> np.ndarray:
+        """The first part's vector plus the second's (this one is `local`, of the same length) in float64:
+        the same bits in both parts."""
 
 
 class Backward(Protocol):

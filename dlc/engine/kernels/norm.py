@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlc.engine.kernels import Arrays, Ctx, Forward, kernel
+from dlc.engine.kernels import Across, Arrays, Ctx, Forward, kernel
 from dlc.engine.kernels.dense import column_sums, row_sums
 
 
@@ -69,19 +69,27 @@ class Normalised:
     scale: np.ndarray  # gamma * inv_std
     beta: np.ndarray
     inner: bool  # x was batch-innermost
+    n: int  # values per channel in the batch (both parts' where it trains as two)
+    across: Across | None  # the batch's other part
 
     def gradients(self, d3: np.ndarray, training: bool) -> tuple[np.ndarray, Arrays]:
         """(the input's gradient, gamma's and beta's) from the output's gradient d3, as (A, C, B)."""
-        xc, inv_std, scale = self.xc, self.inv_std, self.scale
-        n = xc.shape[0] * xc.shape[2]
+        xc, inv_std, scale, n = self.xc, self.inv_std, self.scale, self.n
         dbeta = _channel_sums(d3)
         dgamma = _channel_dots(d3, xc) * inv_std  # sum of dy * xhat
         dx = d3 * scale[:, None]
         if training:
             # the batch statistics depend on every x: remove dy's mean and its part along xhat,
             # scale * (dy - dbeta / n - xhat * dgamma / n) with xhat = xc * inv_std
-            along = xc * (scale * inv_std * dgamma / n)[:, None]
-            along += (scale * dbeta / n)[:, None]
+            sums, dots = dbeta, dgamma
+            if self.across is not None:
+                # over the whole batch, in this part's scale: each part's dy is of the mean of its own
+                # losses, so the parts' sums add weighted by their shares and come back divided by this one's
+                w, c = self.across.weight, len(dbeta)
+                both = self.across.total(np.concatenate([dbeta, dgamma], dtype=np.float64) * w) / w
+                sums, dots = both[:c].astype(d3.dtype), both[c:].astype(d3.dtype)
+            along = xc * (scale * inv_std * dots / n)[:, None]
+            along += (scale * sums / n)[:, None]
             dx -= along
         return dx, {"gamma": dgamma, "beta": dbeta}
 
@@ -93,20 +101,28 @@ def normalise(attrs: dict, params: Arrays, state: Arrays, x: np.ndarray, ctx: Ct
     n = x3.shape[0] * x3.shape[2]
     eps = float(attrs["eps"])
     gamma, beta = params["gamma"].astype(x.dtype, copy=False), params["beta"].astype(x.dtype, copy=False)
-    if ctx.training:
+    across = ctx.across if ctx.training else None
+    if not ctx.training:
+        xc = x3 - state["mean"].astype(x.dtype, copy=False)[:, None]
+        var = state["var"]
+    elif across is None:
         mean = _channel_sums(x3) / n
         xc = x3 - mean[:, None]
         var = _channel_dots(xc, xc) / n
+    else:  # part of a batch: the whole batch's mean and variance, from the sums of both parts
+        sums = across.total(np.concatenate([_channel_sums(x3), [n]], dtype=np.float64))
+        n = int(sums[-1])
+        mean = (sums[:-1] / n).astype(x.dtype)
+        xc = x3 - mean[:, None]
+        var = (across.total(_channel_dots(xc, xc)) / n).astype(x.dtype)
+    if ctx.training and (across is None or across.first):  # the running statistics move once a step
         momentum = float(attrs["momentum"])
         state["mean"] *= 1 - momentum
         state["mean"] += momentum * mean
         state["var"] *= 1 - momentum
         state["var"] += (momentum * n / max(n - 1, 1)) * var
-    else:
-        xc = x3 - state["mean"].astype(x.dtype, copy=False)[:, None]
-        var = state["var"]
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
-    return Normalised(xc, inv_std, gamma * inv_std, beta, inner)
+    return Normalised(xc, inv_std, gamma * inv_std, beta, inner, n, across)
 
 
 @kernel("bn")

@@ -244,7 +244,7 @@ class Halves:
         before = {k: v.copy() for k, v in self.net.state.items()}
         if self.send(helper, True, n - a, n) is None:
             return None
-        peer = Peer(True, a / n, self.shared.sums, lambda: self.meet(helper))
+        peer = Peer(True, a / n, self.shared.sums, lambda: meet(helper.ask, helper.answer))
         try:
             first = loss_and_grads(self.net, x[:a], y[:a], self.loss, frozen=self.frozen, across=peer)
         except Gone:
@@ -267,15 +267,16 @@ class Halves:
         halves = (slice(0, a), slice(a, n))
         if not self.net.state:
             return [loss_and_grads(self.net, x[h], y[h], self.loss, frozen=self.frozen) for h in halves]
+        weights = (a / n, (n - a) / n)
         turns, slots = Turns(), np.zeros((2, 2, self.sums_length))
         results: list = [None, None]
-        errors = np.geterr()  # the caller's, for the second thread too
+        settings = np.geterr()  # the caller's floating-point error handling, for the second thread too
 
         def part(i: int) -> None:
             try:
-                with np.errstate(**errors):
+                with np.errstate(**settings):
                     turns.wait(i)
-                    peer = Peer(i == 0, len(y[halves[i]]) / n, slots, lambda: turns.meet(i))
+                    peer = Peer(i == 0, weights[i], slots, lambda: turns.meet(i))
                     results[i] = loss_and_grads(self.net, x[halves[i]], y[halves[i]], self.loss,
                                                 frozen=self.frozen, across=peer)
                 turns.hand_over(i)
@@ -287,9 +288,9 @@ class Halves:
         second.start()
         part(0)
         second.join()
-        for r in sorted(results, key=lambda r: isinstance(r, Gone)):  # the error that stopped the other first
-            if isinstance(r, BaseException):
-                raise r
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:  # the one that stopped the other part
+            raise next((e for e in errors if not isinstance(e, Gone)), errors[0])
         return results
 
     def helper_for(self, x: np.ndarray, y: np.ndarray | None, b: int) -> Helper | None:
@@ -378,15 +379,6 @@ class Halves:
             return None
         return helper
 
-    def meet(self, helper: Helper) -> None:
-        """This part's sums are in its slot: tell the helper, and wait for its own (Peer.meet)."""
-        try:
-            os.write(helper.ask, MET)
-        except OSError:
-            raise Gone from None
-        if read_exactly(helper.answer, 1) != MET:  # its process ended, or its part failed (REPLY)
-            raise Gone
-
     def answer(self, helper: Helper, b: int) -> tuple[float, np.ndarray, dict[str, np.ndarray]] | None:
         """The helper's part of b samples as (loss, outputs, gradients), views of the shared buffers that the
         caller copies before its next request; None where it failed: the helper is then stopped, and the
@@ -430,7 +422,7 @@ def serve(halves: Halves, ask: int, answer: int) -> None:
         training, b, batch = ASK.unpack(request)
         try:
             if training:
-                peer = Peer(False, b / batch, s.sums, lambda: meet(ask, answer))
+                peer = Peer(False, b / batch, s.sums, lambda: meet(answer, ask))
                 value, out, grads = loss_and_grads(halves.net, s.x[:b], s.y[:b], halves.loss, frozen=halves.frozen,
                                                    across=peer)
                 for k, g in grads.items():
@@ -446,11 +438,12 @@ def serve(halves: Halves, ask: int, answer: int) -> None:
         os.write(answer, reply)
 
 
-def meet(ask: int, answer: int) -> None:
-    """The helper's side of Halves.meet."""
+def meet(tell: int, hear: int) -> None:
+    """Peer.meet between processes: this part's sums are in its slot, so say so on `tell`, and wait on
+    `hear` for the other's."""
     try:
-        os.write(answer, MET)
+        os.write(tell, MET)
     except OSError:
         raise Gone from None
-    if read_exactly(ask, 1) != MET:
+    if read_exactly(hear, 1) != MET:  # its process ended, or its part failed (a REPLY)
         raise Gone

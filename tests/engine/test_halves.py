@@ -349,15 +349,16 @@ def test_a_helper_that_ends_between_meetings_leaves_the_step_to_this_process(cor
     """The helper ends at its third meeting of a step (its process exits, or its part raises): this process
     runs the whole step again as two threads, from the running statistics as they were before it."""
     reference, _ = bn_steps(1, cores, steps=2)
-    met = []
+    met, parent = [], os.getpid()
 
-    def meet(ask, answer):  # the helper's side, as the forked helper will have it
+    def meet(tell, hear):  # as the forked helper will have it
         met.append(1)
-        if len(met) == 9 + 3:  # the second step's third: BN_NET meets 9 times a step (3 bn, 3 times each)
+        # the second step's third meeting: BN_NET meets 9 times a step (3 bn, 3 times each)
+        if os.getpid() != parent and len(met) == 9 + 3:
             if how == "exits":
                 os._exit(1)
             raise RuntimeError("the helper's part failed")
-        real_meet(ask, answer)
+        real_meet(tell, hear)
     real_meet = halves.meet
     monkeypatch.setattr(halves, "meet", meet)
     seen, used = bn_steps(2, cores, steps=2)

@@ -25,10 +25,12 @@ from dlc.engine.kernels import KERNELS, Across, Ctx
 from dlc.engine.losses import LOSSES
 from dlc.engine.params import tensors
 
-# Kinds that draw random numbers in training mode. A fresh unseeded Generator costs ~13 us (OS
-# entropy), a tenth of a whole MLP step at batch 10, so one is made only for graphs that need it;
-# the kernels of a graph without these kinds get no generator at all (PLAIN_CTX).
-RANDOM_KINDS = frozenset({"dropout", "noise", "attention", "droppath"})
+# Kinds that draw random numbers in training mode, by the attribute that makes them draw: at 0 (a
+# transformer's attention without dropout) their kernels draw nothing. A fresh unseeded Generator costs
+# ~13 us (OS entropy), a tenth of a whole MLP step at batch 10, so one is made only for graphs that need
+# it; the kernels of a graph that draws nothing get no generator at all (PLAIN_CTX), and its batches may
+# train as two halves (dlc/engine/halves.py).
+RANDOM_KINDS = {"dropout": "p", "noise": "sigma", "attention": "dropout", "droppath": "p"}
 
 # Kinds with running statistics whose kernels take the other part's sums (Ctx.across) when a batch trains
 # as two parts (dlc/engine/halves.py); a network with any other kind that keeps state trains whole.
@@ -87,6 +89,11 @@ class Tape:
 PLANS: dict[int, Plan] = {}
 
 
+def draws(node: Node) -> bool:
+    """Whether the node draws random numbers in training."""
+    return node.kind in RANDOM_KINDS and float(node.attrs[RANDOM_KINDS[node.kind]]) > 0
+
+
 def compile_plan(graph: Graph) -> Plan:
     """The graph's plan, built on first use and kept in PLANS while the graph lives."""
     plan = PLANS.get(id(graph))
@@ -136,7 +143,7 @@ def _build_plan(graph: Graph) -> Plan:
     outputs = {name: index[n.name] for name, n in zip(graph.output_names, graph.outputs)}
     fused, passed = _fuse(steps, set(outputs.values()))
     return Plan(graph.nodes, fused, steps, passed, index, tuple(t.full_name for t in every if t.trainable),
-                graph.input.dtype.startswith("int"), any(n.kind in RANDOM_KINDS for n in graph.nodes),
+                graph.input.dtype.startswith("int"), any(draws(n) for n in graph.nodes),
                 any(n.kind == "experts" and n.attrs["balance"] > 0 for n in graph.nodes),
                 tuple(i for i, n in enumerate(graph.nodes) if n.kind == "input"), outputs)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(os, "sche
 
 LENET_RELU = ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\n"
               "fc 120 relu -> fc 84 relu -> fc 10 softmax\n")
+TRANSFORMER = (Path(__file__).resolve().parents[2] / "specs" / "transformer_reverse.dlc").read_text()
 LENET_BN = "input 1@28x28\nconv 6@5x5 pad=2 bn relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\nfc 10 softmax\n"
 
 
@@ -56,9 +58,14 @@ def cores(monkeypatch):
     ("input 784\nfc 30 sigmoid -> fc 10 sigmoid\n", 64, False, False),  # the MLP: 1.5 M
     # bn normalises by the whole batch in training: its parts exchange their sums
     (LENET_BN, 64, True, True),
-    # dropout draws its masks from one stream in training, and nothing in inference
+    # dropout draws its masks from one stream in training, and nothing in inference; at 0 nothing ever
     ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\ndropout 0.5\nfc 10 softmax\n",
      64, True, False),
+    ("input 1@28x28\nconv 6@5x5 pad=2 relu -> maxpool 2\nconv 16@5x5 relu -> maxpool 2\ndropout 0\nfc 10 softmax\n",
+     64, True, True),
+    # attention without dropout (the zoo's transformer_reverse: 1.23 M MACs a sample) draws nothing
+    (TRANSFORMER, 64, True, True),
+    (TRANSFORMER.replace("attention h", "attention h dropout=0.1"), 64, True, False),
 ])
 def test_which_networks_split_and_which_share_their_scoring(spec, batch_size, shared, split):
     net = network(spec)
@@ -387,3 +394,27 @@ def test_a_part_that_raises_here_stops_the_other(cores, monkeypatch, failing):
     finally:
         signal.alarm(0)
         split.close()
+
+
+@pytest.mark.parametrize("cores_free", [2, 1])
+def test_transformer_halves_give_the_whole_batch_step(cores, cores_free):
+    """Token ids in, a distribution per position out (the loss is the mean over samples and positions):
+    27 and 28 of 55 sequences weighted by their sizes give the whole batch's loss and gradients."""
+    cores(cores_free)
+    net = network(TRANSFORMER)
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 16, (55, 12))
+    y = x[:, ::-1].copy()
+    whole_value, whole_out, whole = loss_and_grads(net, x, y, "xent")
+    whole = {k: v.copy() for k, v in whole.items()}
+    split = halves.Halves(net, 64, "xent", None)
+    try:
+        value, out, grads = split.loss_and_grads(x, y)
+        assert (split.helper is not None) == (cores_free == 2)
+    finally:
+        split.close()
+    assert value == pytest.approx(whole_value, rel=1e-6)
+    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
+    largest = max(np.abs(g).max() for g in whole.values())
+    for k, g in whole.items():
+        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-6 * largest, err_msg=k)

@@ -278,20 +278,24 @@ def test_scoring_alone_is_shared_and_sees_bn_s_running_statistics_move(cores):
     finally:
         split.close()
 
+BN_FC = "input 3@16x16\nfc 32 bn relu\nfc 10 softmax\n"
+
 
 def bn_batch(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, 3, 16, 16), dtype=np.float32), rng.integers(0, 10, n)
 
 
+@pytest.mark.parametrize("spec", [BN_NET, BN_FC])
 @pytest.mark.parametrize("cores_free", [2, 1])
 @pytest.mark.parametrize("n", [64, 7])
-def test_bn_parts_give_the_whole_batch_s_step_and_statistics(cores, cores_free, n):
+def test_bn_parts_give_the_whole_batch_s_step_and_statistics(cores, cores_free, n, spec):
     """bn's parts exchange their sums: the loss, outputs and gradients are the whole batch's step (3 and 4 of
     7 samples too), on the helper or as two threads here, and the running statistics move once, as the
-    whole batch moves them (the mean and the unbiased variance of all n samples)."""
+    whole batch moves them (the mean and the unbiased variance of all n samples). On images (the conv
+    path's batch-innermost memory) and on vectors."""
     cores(cores_free)
-    whole_net, net = network(BN_NET), network(BN_NET)
+    whole_net, net = network(spec), network(spec)
     x, y = bn_batch(n)
     whole_value, whole_out, whole = loss_and_grads(whole_net, x, y, "xent")
     split = halves.Halves(net, 64, "xent", None)
@@ -303,10 +307,11 @@ def test_bn_parts_give_the_whole_batch_s_step_and_statistics(cores, cores_free, 
     assert value == pytest.approx(whole_value, rel=1e-6)
     np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
     assert grads.keys() == whole.keys()
-    # conv2's bias comes before bn, which removes any shift: its gradient is 0 but for rounding, so the
+    # a bias before bn (conv2's, fc1's), which removes any shift: its gradient is 0 but for rounding, so the
     # tolerance is at the scale of the largest gradient
     largest = max(np.abs(g).max() for g in whole.values())
-    assert np.abs(whole["conv2.b"]).max() < 1e-5 * largest
+    bias = "conv2.b" if spec == BN_NET else "fc1.b"
+    assert np.abs(whole[bias]).max() < 1e-5 * largest
     for k, g in whole.items():
         np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-5 * largest, err_msg=k)
     for k, v in whole_net.state.items():

@@ -79,25 +79,38 @@ def test_lenet_forward_macs_are_what_the_rule_reads():
     assert 16 * per_sample < halves.SPLIT_MACS <= 64 * per_sample
 
 
+def whole_and_halves(spec: str, x: np.ndarray, y: np.ndarray, cores, cores_free: int):
+    """The engine's step on the whole batch and Halves' step as two parts, each from the same weights, and
+    the two networks after them (bn's running statistics): (whole, halves, whole's network, halves')."""
+    cores(cores_free)
+    whole_net, net = network(spec), network(spec)
+    value, out, grads = loss_and_grads(whole_net, x, y, "xent")
+    whole = value, out.copy(), {k: g.copy() for k, g in grads.items()}
+    split = halves.Halves(net, 64, "xent", None)
+    try:
+        parts = split.loss_and_grads(x, y)
+        assert (split.helper is not None) == (cores_free == 2)
+    finally:
+        split.close()
+    return whole, parts, whole_net, net
+
+
+def assert_same_step(whole: tuple, parts: tuple, tolerance: float) -> None:
+    """The loss to 1e-6, the outputs to 1e-5, each gradient to 1e-4 or `tolerance` of the largest one."""
+    (whole_value, whole_out, whole_grads), (value, out, grads) = whole, parts
+    assert value == pytest.approx(whole_value, rel=1e-6)
+    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
+    assert grads.keys() == whole_grads.keys()
+    largest = max(np.abs(g).max() for g in whole_grads.values())
+    for k, g in whole_grads.items():
+        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=tolerance * largest, err_msg=k)
+
+
 @pytest.mark.parametrize("n", [64, 7])
 def test_halves_give_the_whole_batch_mean(cores, n):
     """Weighted by their sizes (3 and 4 of 7), the halves' loss and gradients are the whole batch's."""
-    cores(2)
-    net = network(LENET_RELU)
-    x, y = batch(n)
-    whole_value, whole_out, whole = loss_and_grads(net, x, y, "xent")
-    whole = {k: v.copy() for k, v in whole.items()}
-    split = halves.Halves(net, 64, "xent", None)
-    try:
-        value, out, grads = split.loss_and_grads(x, y)
-        assert split.helper is not None
-    finally:
-        split.close()
-    assert value == pytest.approx(whole_value, rel=1e-6)
-    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
-    assert grads.keys() == whole.keys()
-    for k, g in whole.items():
-        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-6 * np.abs(g).max(), err_msg=k)
+    whole, parts, _, _ = whole_and_halves(LENET_RELU, *batch(n), cores, 2)
+    assert_same_step(whole, parts, 1e-6)
 
 
 def split_steps(net: Network, cores_free: int, cores, steps: int = 3, frozen: str | None = None):
@@ -294,26 +307,10 @@ def test_bn_parts_give_the_whole_batch_s_step_and_statistics(cores, cores_free, 
     7 samples too), on the helper or as two threads here, and the running statistics move once, as the
     whole batch moves them (the mean and the unbiased variance of all n samples). On images (the conv
     path's batch-innermost memory) and on vectors."""
-    cores(cores_free)
-    whole_net, net = network(spec), network(spec)
-    x, y = bn_batch(n)
-    whole_value, whole_out, whole = loss_and_grads(whole_net, x, y, "xent")
-    split = halves.Halves(net, 64, "xent", None)
-    try:
-        value, out, grads = split.loss_and_grads(x, y)
-        assert (split.helper is not None) == (cores_free == 2)
-    finally:
-        split.close()
-    assert value == pytest.approx(whole_value, rel=1e-6)
-    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
-    assert grads.keys() == whole.keys()
-    # a bias before bn (conv2's, fc1's), which removes any shift: its gradient is 0 but for rounding, so the
-    # tolerance is at the scale of the largest gradient
-    largest = max(np.abs(g).max() for g in whole.values())
-    bias = "conv2.b" if spec == BN_NET else "fc1.b"
-    assert np.abs(whole[bias]).max() < 1e-5 * largest
-    for k, g in whole.items():
-        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-5 * largest, err_msg=k)
+    whole, parts, whole_net, net = whole_and_halves(spec, *bn_batch(n), cores, cores_free)
+    # a bias before bn (conv2's, fc1's) has a gradient of 0 but for rounding (bn removes any shift), which is
+    # why assert_same_step compares at the scale of the largest gradient
+    assert_same_step(whole, parts, 1e-5)
     for k, v in whole_net.state.items():
         np.testing.assert_allclose(net.state[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
 
@@ -405,21 +402,7 @@ def test_a_part_that_raises_here_stops_the_other(cores, monkeypatch, failing):
 def test_transformer_halves_give_the_whole_batch_step(cores, cores_free):
     """Token ids in, a distribution per position out (the loss is the mean over samples and positions):
     27 and 28 of 55 sequences weighted by their sizes give the whole batch's loss and gradients."""
-    cores(cores_free)
-    net = network(TRANSFORMER)
     rng = np.random.default_rng(2)
     x = rng.integers(0, 16, (55, 12))
-    y = x[:, ::-1].copy()
-    whole_value, whole_out, whole = loss_and_grads(net, x, y, "xent")
-    whole = {k: v.copy() for k, v in whole.items()}
-    split = halves.Halves(net, 64, "xent", None)
-    try:
-        value, out, grads = split.loss_and_grads(x, y)
-        assert (split.helper is not None) == (cores_free == 2)
-    finally:
-        split.close()
-    assert value == pytest.approx(whole_value, rel=1e-6)
-    np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-7)
-    largest = max(np.abs(g).max() for g in whole.values())
-    for k, g in whole.items():
-        np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-6 * largest, err_msg=k)
+    whole, parts, _, _ = whole_and_halves(TRANSFORMER, x, x[:, ::-1].copy(), cores, cores_free)
+    assert_same_step(whole, parts, 1e-6)

@@ -113,16 +113,19 @@ def test_halves_give_the_whole_batch_mean(cores, n):
     assert_same_step(whole, parts, 1e-6)
 
 
-def split_steps(net: Network, cores_free: int, cores, steps: int = 3, frozen: str | None = None):
-    """Losses, outputs and gradients of a few steps with a plain SGD update between them."""
+def split_steps(spec: str, cores_free: int, cores, steps: int = 3, frozen: str | None = None, data=batch):
+    """Losses, outputs, gradients and running statistics of a few steps of Halves on the network, with a
+    plain SGD update between them, on batches that `data` draws; and whether the helper was still there."""
     cores(cores_free)
+    net = network(spec)
     split = halves.Halves(net, 64, "xent", frozen)
     seen = []
     try:
         for s in range(steps):
-            x, y = batch(64 - 9 * s, seed=s)  # 64, 55 (27 + 28), 46
+            x, y = data(64 - 9 * s, seed=s)  # 64, 55 (27 + 28), 46
             value, out, grads = split.loss_and_grads(x, y)
-            seen.append((value, out.copy(), {k: g.copy() for k, g in grads.items()}))
+            seen.append((value, out.copy(), {k: g.copy() for k, g in grads.items()},
+                         {k: v.copy() for k, v in net.state.items()}))
             for k, g in grads.items():
                 net.params[k] -= 0.1 * g  # in place, as every optimizer updates
         used = split.helper is not None
@@ -131,16 +134,20 @@ def split_steps(net: Network, cores_free: int, cores, steps: int = 3, frozen: st
     return seen, used
 
 
-@pytest.mark.parametrize("frozen", [None, "conv2"])
-def test_the_helper_gives_the_same_bits_as_this_process(cores, frozen):
-    here, helped = split_steps(network(LENET_RELU), 1, cores, frozen=frozen)
-    there, used = split_steps(network(LENET_RELU), 2, cores, frozen=frozen)
-    assert used and not helped
-    for (v1, o1, g1), (v2, o2, g2) in zip(here, there):
+def same_bits(a: list, b: list) -> None:
+    for (v1, o1, g1, s1), (v2, o2, g2, s2) in zip(a, b, strict=True):
         assert v1 == v2
         assert o1.tobytes() == o2.tobytes()
-        assert g1.keys() == g2.keys()
-        assert all(g1[k].tobytes() == g2[k].tobytes() for k in g1)
+        assert g1.keys() == g2.keys() and all(g1[k].tobytes() == g2[k].tobytes() for k in g1)
+        assert all(s1[k].tobytes() == s2[k].tobytes() for k in s1)
+
+
+@pytest.mark.parametrize("frozen", [None, "conv2"])
+def test_the_helper_gives_the_same_bits_as_this_process(cores, frozen):
+    here, helped = split_steps(LENET_RELU, 1, cores, frozen=frozen)
+    there, used = split_steps(LENET_RELU, 2, cores, frozen=frozen)
+    assert used and not helped
+    same_bits(here, there)
     if frozen:
         assert not {"conv1.W", "conv2.W"} & here[0][2].keys()
 
@@ -172,7 +179,7 @@ def test_close_stops_the_helper_and_gives_blas_its_threads_back(cores):
 
 
 def test_a_helper_that_died_leaves_the_half_to_this_process(cores):
-    reference, _ = split_steps(network(LENET_RELU), 1, cores, steps=1)
+    reference, _ = split_steps(LENET_RELU, 1, cores, steps=1)
     cores(2)
     split = halves.Halves(network(LENET_RELU), 64, "xent", None)
     try:
@@ -183,7 +190,7 @@ def test_a_helper_that_died_leaves_the_half_to_this_process(cores):
         assert split.ended and split.helper is None
     finally:
         split.close()
-    v, o, g = reference[0]
+    v, o, g, _ = reference[0]
     assert value == v and out.tobytes() == o.tobytes()
     assert all(grads[k].tobytes() == g[k].tobytes() for k in g)
 
@@ -315,38 +322,10 @@ def test_bn_parts_give_the_whole_batch_s_step_and_statistics(cores, cores_free, 
         np.testing.assert_allclose(net.state[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
 
 
-def bn_steps(cores_free: int, cores, frozen: str | None = None, steps: int = 3):
-    """split_steps on BN_NET, with the running statistics after each step."""
-    cores(cores_free)
-    net = network(BN_NET)
-    split = halves.Halves(net, 64, "xent", frozen)
-    seen = []
-    try:
-        for s in range(steps):
-            x, y = bn_batch(64 - 9 * s, seed=s)
-            value, out, grads = split.loss_and_grads(x, y)
-            seen.append((value, out.copy(), {k: g.copy() for k, g in grads.items()},
-                         {k: v.copy() for k, v in net.state.items()}))
-            for k, g in grads.items():
-                net.params[k] -= 0.1 * g
-        used = split.helper is not None
-    finally:
-        split.close()
-    return seen, used
-
-
-def same_bits(a: list, b: list) -> None:
-    for (v1, o1, g1, s1), (v2, o2, g2, s2) in zip(a, b, strict=True):
-        assert v1 == v2
-        assert o1.tobytes() == o2.tobytes()
-        assert g1.keys() == g2.keys() and all(g1[k].tobytes() == g2[k].tobytes() for k in g1)
-        assert all(s1[k].tobytes() == s2[k].tobytes() for k in s1)
-
-
 @pytest.mark.parametrize("frozen", [None, "bn1"])
 def test_bn_parts_give_the_same_bits_on_the_helper_and_here(cores, frozen):
-    here, helped = bn_steps(1, cores, frozen)
-    there, used = bn_steps(2, cores, frozen)
+    here, helped = split_steps(BN_NET, 1, cores, frozen=frozen, data=bn_batch)
+    there, used = split_steps(BN_NET, 2, cores, frozen=frozen, data=bn_batch)
     assert used and not helped
     same_bits(here, there)
     if frozen:
@@ -357,7 +336,7 @@ def test_bn_parts_give_the_same_bits_on_the_helper_and_here(cores, frozen):
 def test_a_helper_that_ends_between_meetings_leaves_the_step_to_this_process(cores, monkeypatch, how):
     """The helper ends at its third meeting of a step (its process exits, or its part raises): this process
     runs the whole step again as two threads, from the running statistics as they were before it."""
-    reference, _ = bn_steps(1, cores, steps=2)
+    reference, _ = split_steps(BN_NET, 1, cores, steps=2, data=bn_batch)
     met, parent = [], os.getpid()
 
     def meet(tell, hear):  # as the forked helper will have it
@@ -370,7 +349,7 @@ def test_a_helper_that_ends_between_meetings_leaves_the_step_to_this_process(cor
         real_meet(tell, hear)
     real_meet = halves.meet
     monkeypatch.setattr(halves, "meet", meet)
-    seen, used = bn_steps(2, cores, steps=2)
+    seen, used = split_steps(BN_NET, 2, cores, steps=2, data=bn_batch)
     assert not used  # stopped at the second step
     same_bits(reference, seen)
 

@@ -271,9 +271,9 @@ BN_NET = ("input 3@16x16\nconv 16@3x3 pad=1 bias=off bn silu\ndwconv 3x3/2 pad=1
 
 
 def test_scoring_alone_is_shared_and_sees_bn_s_running_statistics_move(cores):
-    """A network with bn trains whole but scores with the helper: each batch as the engine's predict on one
-    BLAS thread gives it, also after training steps have moved the running statistics (in place, in the
-    memory both processes share); BLAS has its count back between scorings."""
+    """Scoring shared alone (Halves without training, as for a bn network that also has dropout): each batch
+    as the engine's predict on one BLAS thread gives it, also after training steps have moved bn's running
+    statistics (in place, in the memory both processes share); BLAS has its count back between scorings."""
     cores(2)
     net = network(BN_NET)
     rng = np.random.default_rng(4)
